@@ -1,0 +1,176 @@
+//! Types shared by the eBPF programs (`gateway-ebpf`) and the userspace gateway.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding: the kernel hashes map
+//! keys byte by byte, so a padding byte left uninitialised would make equal keys unequal.
+//! Addresses are kept in IPv6 form (IPv4 as `::ffff:a.b.c.d`) and in network byte order, so one
+//! key type serves both families; ports are in host byte order.
+#![no_std]
+
+/// Capacity of the redirect maps. LRU-bounded: an entry that is never consumed (the gateway
+/// was down, the client gave up) ages out instead of filling the map.
+pub const REDIRECT_MAP_ENTRIES: u32 = 65_536;
+
+/// How many intercept rules the kernel evaluates (first match wins).
+pub const MAX_RULES: u32 = 32;
+
+/// Length of a task's `comm`, as the kernel defines it.
+pub const COMM_LEN: usize = 16;
+
+/// Names of the maps, as the eBPF object defines them and userspace opens them.
+pub mod maps {
+    pub const CONFIG: &str = "CALLGATE_CONFIG";
+    pub const RULES: &str = "CALLGATE_RULES";
+    pub const BY_COOKIE: &str = "CALLGATE_BY_COOKIE";
+    pub const BY_ADDR: &str = "CALLGATE_BY_ADDR";
+    pub const COUNTERS: &str = "CALLGATE_COUNTERS";
+    /// Every map the object defines; all are pinned by name so that a restarted gateway (and
+    /// the programs still attached from the previous run) share one set.
+    pub const ALL: [&str; 5] = [CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS];
+}
+
+/// Names of the programs in the eBPF object, with the hook each attaches to.
+pub mod programs {
+    pub const CONNECT4: &str = "callgate_connect4";
+    pub const CONNECT6: &str = "callgate_connect6";
+    pub const GETPEERNAME4: &str = "callgate_getpeername4";
+    pub const GETPEERNAME6: &str = "callgate_getpeername6";
+    pub const SENDMSG4: &str = "callgate_sendmsg4";
+    pub const SENDMSG6: &str = "callgate_sendmsg6";
+    pub const SOCK_OPS: &str = "callgate_sock_ops";
+}
+
+/// `Config::flags`: the gateway has written this config (programs do nothing until then).
+pub const FLAG_CONFIGURED: u32 = 1 << 0;
+/// `Config::flags`: let UDP other than DNS through (default: refused, so QUIC cannot bypass L7).
+pub const FLAG_UDP_ALLOW: u32 = 1 << 1;
+/// `Config::flags`: intercept TCP that matches no rule (default on; off = allow-list mode).
+pub const FLAG_DEFAULT_INTERCEPT: u32 = 1 << 2;
+
+/// Index 0 of the config array: where the gateway listens and who it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Gateway listener for IPv4 (and IPv4-mapped) clients, network byte order.
+    pub listen_v4: u32,
+    /// Gateway listener for IPv6 clients, network byte order.
+    pub listen_v6: [u32; 4],
+    /// Listener port, host byte order.
+    pub listen_port: u32,
+    /// The gateway's tgid: its own sockets are never redirected, even inside an enabled cgroup.
+    pub gateway_tgid: u32,
+    pub flags: u32,
+    /// Number of valid entries in the rules array.
+    pub rule_count: u32,
+}
+
+/// `Rule::action`.
+pub const RULE_INTERCEPT: u32 = 1;
+pub const RULE_BYPASS: u32 = 2;
+
+/// One entry of the intercept set: a CIDR and a port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Network address in IPv6 form, network byte order, already masked.
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    /// Inclusive port range, host byte order.
+    pub port_lo: u32,
+    pub port_hi: u32,
+    pub action: u32,
+    pub _pad: u32,
+}
+
+impl Rule {
+    /// Whether `addr`/`port` (IPv6 form, network order; host-order port) fall in this rule.
+    #[inline(always)]
+    pub fn matches(&self, addr: &[u32; 4], port: u32) -> bool {
+        port >= self.port_lo
+            && port <= self.port_hi
+            && addr[0] & self.mask[0] == self.addr[0]
+            && addr[1] & self.mask[1] == self.addr[1]
+            && addr[2] & self.mask[2] == self.addr[2]
+            && addr[3] & self.mask[3] == self.addr[3]
+    }
+}
+
+/// A socket's endpoint: the key by which the gateway finds a redirected connection from the
+/// peer address `accept()` returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub addr: [u32; 4],
+    pub port: u32,
+}
+
+/// Who made the connection, read from the current task at connect time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// What the workload asked for and who it was: stored at connect, consumed at accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// Original destination, IPv6 form, network byte order.
+    pub dst_addr: [u32; 4],
+    /// Original destination port, host byte order.
+    pub dst_port: u32,
+    /// Address family of the workload's socket (`AF_INET` or `AF_INET6`).
+    pub family: u32,
+    pub workload: Workload,
+}
+
+/// Indices into the per-CPU counters array.
+pub mod counter {
+    pub const REDIRECTED: u32 = 0;
+    pub const SKIPPED_GATEWAY: u32 = 1;
+    pub const BYPASSED: u32 = 2;
+    pub const UDP_DNS: u32 = 3;
+    pub const UDP_REFUSED: u32 = 4;
+    pub const MAP_ERRORS: u32 = 5;
+    pub const KEYED: u32 = 6;
+    pub const PEERNAME_REWRITTEN: u32 = 7;
+    pub const REFUSED_OTHER: u32 = 8;
+    pub const COUNT: u32 = 9;
+    /// Names in index order, for status and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "redirected",
+        "skipped_gateway",
+        "bypassed",
+        "udp_dns",
+        "udp_refused",
+        "map_errors",
+        "keyed",
+        "peername_rewritten",
+        "refused_other",
+    ];
+}
+
+/// `::ffff:a.b.c.d` for an IPv4 address in network byte order.
+#[inline(always)]
+pub const fn v4_mapped(addr_be: u32) -> [u32; 4] {
+    [0, 0, u32::from_be(0x0000_ffff), addr_be]
+}
+
+/// Whether an IPv6-form address (network byte order) is IPv4-mapped.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_be(0x0000_ffff)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have no padding or invalid bit patterns.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::Redirect {}
+}

@@ -1,0 +1,390 @@
+//! callgate's kernel side: redirects the TCP connections of enabled cgroups into the gateway.
+//!
+//! - `connect4/6` rewrite an intercepted destination to the gateway listener and remember the
+//!   original destination and the workload, keyed by socket cookie;
+//! - `sock_ops` re-keys that entry by the client's local address and port as soon as the port is
+//!   bound (before the SYN leaves), which is what the gateway sees as the peer of `accept()`;
+//! - `getpeername4/6` hand the workload its original destination back;
+//! - `connect4/6` and `sendmsg4/6` let DNS through and refuse other UDP (QUIC would bypass L7).
+//!
+//! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
+//! record where a connection was going refuses it: nothing reaches the network ungoverned.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, bpf_sock_addr,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use gateway_common::{
+    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_RULES,
+    REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SockKey, Workload, counter, is_v4_mapped,
+    v4_mapped,
+};
+
+/// Return values of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_ICMPV6: u32 = 58;
+const DNS_PORT: u32 = 53;
+
+#[map]
+static CALLGATE_CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map]
+static CALLGATE_RULES: Array<Rule> = Array::pinned(MAX_RULES, 0);
+#[map]
+static CALLGATE_BY_COOKIE: LruHashMap<u64, Redirect> = LruHashMap::pinned(REDIRECT_MAP_ENTRIES, 0);
+#[map]
+static CALLGATE_BY_ADDR: LruHashMap<SockKey, Redirect> =
+    LruHashMap::pinned(REDIRECT_MAP_ENTRIES, 0);
+#[map]
+static CALLGATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+// === connect ===
+
+#[cgroup_sock_addr(connect4)]
+pub fn callgate_connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn callgate_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, true)
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    if is_gateway(cfg) {
+        count(counter::SKIPPED_GATEWAY);
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    let (addr, port) = destination(sa, v6);
+    let (ty, proto) = unsafe {
+        (
+            read_volatile(addr_of!((*sa).type_)),
+            read_volatile(addr_of!((*sa).protocol)),
+        )
+    };
+    match (ty, proto) {
+        (SOCK_STREAM, IPPROTO_TCP) => redirect_tcp(ctx, cfg, addr, port, v6),
+        (SOCK_DGRAM, IPPROTO_UDP) => udp_verdict(cfg, port),
+        (SOCK_DGRAM, IPPROTO_ICMP | IPPROTO_ICMPV6) => ALLOW,
+        // MPTCP, SCTP and friends would carry calls around the gateway.
+        _ => {
+            count(counter::REFUSED_OTHER);
+            REFUSE
+        }
+    }
+}
+
+#[inline(always)]
+fn redirect_tcp(ctx: &SockAddrContext, cfg: &Config, addr: [u32; 4], port: u32, v6: bool) -> i32 {
+    // A v4-mapped destination on a v6 socket still travels over IPv4: send it to the v4 listener.
+    let target = if v6 && !is_v4_mapped(&addr) {
+        cfg.listen_v6
+    } else {
+        v4_mapped(cfg.listen_v4)
+    };
+    if port == cfg.listen_port && addr == target {
+        // Straight to the listener: left alone, and the gateway refuses it for want of an entry.
+        return ALLOW;
+    }
+    if !intercepted(cfg, &addr, port) {
+        count(counter::BYPASSED);
+        return ALLOW;
+    }
+    let redirect = Redirect {
+        dst_addr: addr,
+        dst_port: port,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        workload: workload(),
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if CALLGATE_BY_COOKIE.insert(cookie, redirect, 0).is_err() {
+        count(counter::MAP_ERRORS);
+        return REFUSE;
+    }
+    let sa = ctx.sock_addr;
+    unsafe {
+        if v6 {
+            write_ip6(sa, &target);
+        } else {
+            write_volatile(addr_of_mut!((*sa).user_ip4), cfg.listen_v4);
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), port_be(cfg.listen_port));
+    }
+    count(counter::REDIRECTED);
+    ALLOW
+}
+
+/// First matching rule wins; no match falls back to the configured default.
+#[inline(always)]
+fn intercepted(cfg: &Config, addr: &[u32; 4], port: u32) -> bool {
+    for i in 0..MAX_RULES {
+        if i >= cfg.rule_count {
+            break;
+        }
+        if let Some(rule) = CALLGATE_RULES.get(i) {
+            if rule.matches(addr, port) {
+                return rule.action == RULE_INTERCEPT;
+            }
+        }
+    }
+    cfg.flags & FLAG_DEFAULT_INTERCEPT != 0
+}
+
+#[inline(always)]
+fn workload() -> Workload {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    Workload {
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+// === udp ===
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn callgate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn callgate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, true)
+}
+
+#[inline(always)]
+fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    if is_gateway(cfg) {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    let proto = unsafe { read_volatile(addr_of!((*sa).protocol)) };
+    if proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let (_, port) = destination(sa, v6);
+    udp_verdict(cfg, port)
+}
+
+#[inline(always)]
+fn udp_verdict(cfg: &Config, port: u32) -> i32 {
+    if port == DNS_PORT {
+        count(counter::UDP_DNS);
+        ALLOW
+    } else if cfg.flags & FLAG_UDP_ALLOW != 0 {
+        ALLOW
+    } else {
+        count(counter::UDP_REFUSED);
+        REFUSE
+    }
+}
+
+// === getpeername ===
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn callgate_getpeername4(ctx: SockAddrContext) -> i32 {
+    peername(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn callgate_getpeername6(ctx: SockAddrContext) -> i32 {
+    peername(&ctx, true);
+    ALLOW
+}
+
+#[inline(always)]
+fn peername(ctx: &SockAddrContext, v6: bool) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
+        return;
+    };
+    let (addr, port) = unsafe { ((*redirect).dst_addr, (*redirect).dst_port) };
+    let sa = ctx.sock_addr;
+    unsafe {
+        if v6 {
+            write_ip6(sa, &addr);
+        } else {
+            write_volatile(addr_of_mut!((*sa).user_ip4), addr[3]);
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), port_be(port));
+    }
+    count(counter::PEERNAME_REWRITTEN);
+}
+
+// === sock_ops ===
+
+#[sock_ops]
+pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => key_by_local_address(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => forget(&ctx),
+        _ => {}
+    }
+    0
+}
+
+/// The local port is bound by now and the SYN has not left, so the entry exists before the
+/// gateway can possibly `accept()` this connection.
+#[inline(always)]
+fn key_by_local_address(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
+        return;
+    };
+    let key = local_key(ctx);
+    if CALLGATE_BY_ADDR
+        .insert(key, unsafe { *redirect }, 0)
+        .is_err()
+    {
+        count(counter::MAP_ERRORS);
+        return;
+    }
+    // Ask for state changes so both entries go when the socket closes, not when LRU gets to them.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    count(counter::KEYED);
+}
+
+#[inline(always)]
+fn forget(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if CALLGATE_BY_COOKIE.get_ptr(cookie).is_some() {
+        let _ = CALLGATE_BY_COOKIE.remove(cookie);
+        let _ = CALLGATE_BY_ADDR.remove(local_key(ctx));
+    }
+}
+
+#[inline(always)]
+fn local_key(ctx: &SockOpsContext) -> SockKey {
+    let ops = ctx.ops;
+    // Every field is read unconditionally: choosing which one to read lets LLVM compute a ctx
+    // pointer with a variable offset, which the verifier refuses.
+    let (family, remote, local4, local6, port) = unsafe {
+        (
+            read_volatile(addr_of!((*ops).family)),
+            [
+                read_volatile(addr_of!((*ops).remote_ip6[0])),
+                read_volatile(addr_of!((*ops).remote_ip6[1])),
+                read_volatile(addr_of!((*ops).remote_ip6[2])),
+                read_volatile(addr_of!((*ops).remote_ip6[3])),
+            ],
+            read_volatile(addr_of!((*ops).local_ip4)),
+            [
+                read_volatile(addr_of!((*ops).local_ip6[0])),
+                read_volatile(addr_of!((*ops).local_ip6[1])),
+                read_volatile(addr_of!((*ops).local_ip6[2])),
+                read_volatile(addr_of!((*ops).local_ip6[3])),
+            ],
+            read_volatile(addr_of!((*ops).local_port)),
+        )
+    };
+    // A v6 socket talking to a v4-mapped peer is an IPv4 connection: its v6 local address is
+    // not filled in yet at connect time, the v4 one is.
+    let addr = if family == AF_INET || is_v4_mapped(&remote) {
+        v4_mapped(local4)
+    } else {
+        local6
+    };
+    SockKey { addr, port }
+}
+
+// === helpers ===
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    CALLGATE_CONFIG
+        .get(0)
+        .filter(|cfg| cfg.flags & FLAG_CONFIGURED != 0)
+}
+
+#[inline(always)]
+fn is_gateway(cfg: &Config) -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == cfg.gateway_tgid
+}
+
+/// The destination the caller passed, IPv6 form, with a host-order port.
+/// Fields are read 32 bits at a time: the verifier rejects wider loads of most of them.
+#[inline(always)]
+fn destination(sa: *mut bpf_sock_addr, v6: bool) -> ([u32; 4], u32) {
+    unsafe {
+        let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16) as u32;
+        let addr = if v6 {
+            [
+                read_volatile(addr_of!((*sa).user_ip6[0])),
+                read_volatile(addr_of!((*sa).user_ip6[1])),
+                read_volatile(addr_of!((*sa).user_ip6[2])),
+                read_volatile(addr_of!((*sa).user_ip6[3])),
+            ]
+        } else {
+            v4_mapped(read_volatile(addr_of!((*sa).user_ip4)))
+        };
+        (addr, port)
+    }
+}
+
+#[inline(always)]
+unsafe fn write_ip6(sa: *mut bpf_sock_addr, addr: &[u32; 4]) {
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip6[0]), addr[0]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[1]), addr[1]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[2]), addr[2]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[3]), addr[3]);
+    }
+}
+
+#[inline(always)]
+fn port_be(port: u32) -> u32 {
+    (port as u16).to_be() as u32
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = CALLGATE_COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot += 1 };
+    }
+}
+
+// Only for the BPF target: a workspace-wide clippy checks this crate for the host, where
+// feature unification pulls in std (through aya) and its panic handler.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,80 @@
+//! Builds the eBPF object (`gateway-ebpf`) with nightly and bpf-linker so the gateway can embed
+//! it: one binary to ship. Set `CALLGATE_EBPF_OBJECT` to use a prebuilt object instead.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const TARGET: &str = "bpfel-unknown-none";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=CALLGATE_EBPF_OBJECT");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let dest = out.join("callgate-ebpf.o");
+    if let Some(prebuilt) = env::var_os("CALLGATE_EBPF_OBJECT") {
+        println!("cargo:rerun-if-changed={}", Path::new(&prebuilt).display());
+        std::fs::copy(&prebuilt, &dest).unwrap_or_else(|e| {
+            panic!(
+                "CALLGATE_EBPF_OBJECT={}: {e}",
+                Path::new(&prebuilt).display()
+            )
+        });
+        return;
+    }
+
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest
+        .parent()
+        .expect("gateway/ sits in the workspace")
+        .to_path_buf();
+    for dir in [
+        "gateway-ebpf/src",
+        "gateway-ebpf/Cargo.toml",
+        "gateway-common/src",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    // A target dir of its own: the outer cargo holds the lock on ours.
+    let target_dir = root.join("target").join("ebpf");
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "-p",
+        "callgate-ebpf",
+    ])
+    .args(["--target", TARGET, "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&root);
+    // What the outer cargo sets for the host build must not leak into the BPF one
+    // (clippy's wrapper, host rustflags, the outer toolchain's rustc).
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
+            || key == "RUSTUP_TOOLCHAIN"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("could not run `rustup run nightly cargo` to build the eBPF object ({e}); run `cargo xtask setup`")
+    });
+    if !status.success() {
+        panic!(
+            "building the eBPF object failed ({status}); `cargo xtask setup` installs nightly, rust-src and bpf-linker"
+        );
+    }
+    let built = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("callgate-ebpf");
+    std::fs::copy(&built, &dest)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
+}

@@ -1,0 +1,278 @@
+//! The control socket: a root-only unix socket speaking one JSON request and one JSON response
+//! per line. The CLI's `enable`, `disable` and `status` go through it.
+use std::{
+    collections::BTreeMap,
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    intercept::{Change, Enabled, Interceptor, Target},
+    stats::{ConnSummary, Counters, Stats},
+};
+
+/// Longest request line accepted; a status request is a few dozen bytes.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "cannot reach the callgate daemon at {path}: {source} (is `callgate run` running? is this the right --control-socket?)"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("permission denied on {path}: the control socket is root-only")]
+    Permission { path: PathBuf },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket {path}: malformed response: {source}")]
+    Protocol {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Daemon(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Enable { target: Target },
+    Disable { target: Target },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+/// What `callgate status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub listeners: Vec<String>,
+    pub cgroup_mount: String,
+    pub policies: Option<String>,
+    pub enabled: Vec<Enabled>,
+    pub counters: Counters,
+    /// Counters kept by the eBPF programs.
+    pub kernel: BTreeMap<String, u64>,
+    pub recent: Vec<ConnSummary>,
+}
+
+/// Everything the control socket serves from.
+pub struct AdminInputs {
+    pub interceptor: Arc<Interceptor>,
+    pub stats: Arc<Stats>,
+    pub listeners: Vec<String>,
+    pub policies: Option<PathBuf>,
+    pub started: Instant,
+}
+
+pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+    let io_err = |source| AdminError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    // A stale socket from a killed daemon would make bind fail; a live one answers connect.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(AdminError::Io {
+            path: path.into(),
+            source: io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another callgate daemon is answering on it",
+            ),
+        });
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    inputs: Arc<AdminInputs>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = conn else { continue };
+        // File mode 0600 already keeps others out; the peer check also covers a socket
+        // directory with loose permissions.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
+            other => {
+                warn!(peer = ?other.map(|c| c.uid()), "control socket: refusing non-root peer");
+                continue;
+            }
+        }
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, &inputs).await {
+                debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_one(stream: UnixStream, inputs: &Arc<AdminInputs>) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_REQUEST as u64)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req, inputs).await,
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                data: serde_json::Value::Null,
+            },
+        };
+        let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
+    let result: Result<serde_json::Value, String> = match req {
+        Request::Status => serde_json::to_value(status(inputs)).map_err(|e| e.to_string()),
+        Request::Enable { target } => change(inputs, target, true).await,
+        Request::Disable { target } => change(inputs, target, false).await,
+    };
+    match result {
+        Ok(data) => Response {
+            ok: true,
+            error: None,
+            data,
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(e),
+            data: serde_json::Value::Null,
+        },
+    }
+}
+
+async fn change(
+    inputs: &Arc<AdminInputs>,
+    target: Target,
+    enable: bool,
+) -> Result<serde_json::Value, String> {
+    let interceptor = inputs.interceptor.clone();
+    // bpf(2) calls and `systemctl show` block; keep them off the runtime's workers.
+    let res: Result<Change, String> = tokio::task::spawn_blocking(move || {
+        if enable {
+            interceptor.enable(&target)
+        } else {
+            interceptor.disable(&target)
+        }
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    serde_json::to_value(res?).map_err(|e| e.to_string())
+}
+
+fn status(inputs: &AdminInputs) -> Status {
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_s: inputs.started.elapsed().as_secs(),
+        listeners: inputs.listeners.clone(),
+        cgroup_mount: inputs.interceptor.cgroup_mount().display().to_string(),
+        policies: inputs.policies.as_ref().map(|p| p.display().to_string()),
+        enabled: inputs.interceptor.enabled(),
+        counters: inputs.stats.snapshot(),
+        kernel: inputs
+            .interceptor
+            .counters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        recent: inputs.stats.recent(),
+    }
+}
+
+/// The CLI side: sends one request, returns the response's data or the daemon's error.
+pub async fn call(path: &Path, req: &Request) -> Result<serde_json::Value, AdminError> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(path))
+        .await
+        .map_err(|_| AdminError::Connect {
+            path: path.into(),
+            source: io::ErrorKind::TimedOut.into(),
+        })?
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => AdminError::Permission { path: path.into() },
+            _ => AdminError::Connect {
+                path: path.into(),
+                source,
+            },
+        })?;
+    let io_err = |source| AdminError::Io {
+        path: path.into(),
+        source,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(|e| io_err(io::Error::other(e)))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(io_err)?;
+    let mut reply = String::new();
+    let n = tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(read).read_line(&mut reply),
+    )
+    .await
+    .map_err(|_| io_err(io::ErrorKind::TimedOut.into()))?
+    .map_err(io_err)?;
+    if n == 0 {
+        return Err(AdminError::Permission { path: path.into() });
+    }
+    let response: Response =
+        serde_json::from_str(&reply).map_err(|source| AdminError::Protocol {
+            path: path.into(),
+            source,
+        })?;
+    if response.ok {
+        Ok(response.data)
+    } else {
+        Err(AdminError::Daemon(
+            response.error.unwrap_or_else(|| "unknown error".into()),
+        ))
+    }
+}

@@ -1,0 +1,379 @@
+//! The daemon's configuration: an immutable snapshot built once at start-up from the YAML file
+//! and the command line, shared as `Arc<Config>`.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Where things live unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/callgate/callgate.yaml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/callgate";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/callgate/admin.sock";
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/callgate";
+pub const DEFAULT_PORT: u16 = 15001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: yaml_serde::Error,
+    },
+    #[error("{path}: intercept rule {index}: {reason}")]
+    Rule {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
+    #[error("{path}: at most {max} intercept rules are supported, found {found}")]
+    TooManyRules {
+        path: PathBuf,
+        max: u32,
+        found: usize,
+    },
+}
+
+/// The daemon's settings. Every field has a default, so an empty file is a valid config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port of the redirect listeners on 127.0.0.1 and [::1].
+    pub listen_port: u16,
+    /// Persistent state: which cgroups are enabled.
+    pub state_dir: PathBuf,
+    /// Root-only unix socket the CLI talks to.
+    pub control_socket: PathBuf,
+    /// bpffs directory where maps and links are pinned so they outlive the process.
+    pub bpffs_dir: PathBuf,
+    /// The policy repository (used by the decide stage).
+    pub policies: Option<PathBuf>,
+    /// Which destinations are intercepted.
+    pub intercept: Intercept,
+    /// Let UDP other than DNS leave enabled cgroups (default: refuse, so QUIC cannot bypass L7).
+    pub udp_allow: bool,
+    /// Give up connecting upstream after this long.
+    pub connect_timeout: Duration,
+    /// Close a pass-through connection that moved no byte in either direction for this long.
+    pub idle_timeout: Duration,
+}
+
+/// The intercept set: ordered rules, first match wins, then the default.
+#[derive(Debug, Clone, Default)]
+pub struct Intercept {
+    pub rules: Vec<InterceptRule>,
+    /// Intercept TCP that matches no rule.
+    pub default_intercept: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptRule {
+    pub net: IpAddr,
+    pub prefix: u8,
+    pub ports: (u16, u16),
+    pub intercept: bool,
+}
+
+/// The file's shape. Unknown keys are errors so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    listen_port: Option<u16>,
+    state_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    bpffs_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    intercept: Option<FileIntercept>,
+    udp: Option<UdpMode>,
+    connect_timeout_ms: Option<u64>,
+    idle_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileIntercept {
+    /// `all` (default) or `none`: what happens to TCP that no rule matches.
+    default: Option<DefaultMode>,
+    /// CIDR and optional ports, e.g. `10.0.0.0/8`, `0.0.0.0/0:443`, `[::]/0:8000-8100`.
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DefaultMode {
+    All,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UdpMode {
+    Deny,
+    Allow,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen_port: Option<u16>,
+    pub state_dir: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub bpffs_dir: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path`. A missing file is fine when it is the default path (all defaults apply),
+    /// an error when the user named it.
+    pub fn load(path: &Path, explicit: bool, over: Overrides) -> Result<Self, ConfigError> {
+        let file = match std::fs::read_to_string(path) {
+            Ok(text) => parse(path, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => File::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        Self::build(path, file, over)
+    }
+
+    /// Parses YAML text as a config file (for tests and `callgate run --config`).
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::build(path, parse(path, text)?, Overrides::default())
+    }
+
+    fn build(path: &Path, file: File, over: Overrides) -> Result<Self, ConfigError> {
+        let intercept = file.intercept.unwrap_or_default();
+        let mut rules = Vec::new();
+        // Excludes first: an operator who excludes something means it, whatever else includes it.
+        for (spec, intercept_it) in intercept
+            .exclude
+            .iter()
+            .map(|s| (s, false))
+            .chain(intercept.include.iter().map(|s| (s, true)))
+        {
+            let mut rule = parse_rule(spec).map_err(|reason| ConfigError::Rule {
+                path: path.into(),
+                index: rules.len(),
+                reason: format!("{spec:?}: {reason}"),
+            })?;
+            rule.intercept = intercept_it;
+            rules.push(rule);
+        }
+        if rules.len() > gateway_common::MAX_RULES as usize {
+            return Err(ConfigError::TooManyRules {
+                path: path.into(),
+                max: gateway_common::MAX_RULES,
+                found: rules.len(),
+            });
+        }
+        Ok(Self {
+            listen_port: over
+                .listen_port
+                .or(file.listen_port)
+                .unwrap_or(DEFAULT_PORT),
+            state_dir: over
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            control_socket: over
+                .control_socket
+                .or(file.control_socket)
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            bpffs_dir: over
+                .bpffs_dir
+                .or(file.bpffs_dir)
+                .unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
+            policies: over.policies.or(file.policies),
+            intercept: Intercept {
+                rules,
+                default_intercept: !matches!(intercept.default, Some(DefaultMode::None)),
+            },
+            udp_allow: matches!(file.udp, Some(UdpMode::Allow)),
+            connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(10_000)),
+            idle_timeout: Duration::from_secs(file.idle_timeout_s.unwrap_or(600)),
+        })
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<File, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(File::default());
+    }
+    yaml_serde::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+/// `CIDR[:PORT[-PORT]]`; IPv6 CIDRs with a port are bracketed: `[2001:db8::]/32:443`.
+pub fn parse_rule(spec: &str) -> Result<InterceptRule, String> {
+    let (cidr, ports) = if let Some(rest) = spec.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or("missing ']'")?;
+        let (prefix, ports) = match after.strip_prefix('/') {
+            Some(p) => match p.split_once(':') {
+                Some((pre, ports)) => (Some(pre), Some(ports)),
+                None => (Some(p), None),
+            },
+            None => (None, after.strip_prefix(':')),
+        };
+        (format!("{addr}/{}", prefix.unwrap_or("128")), ports)
+    } else if spec.matches(':').count() > 1 {
+        (spec.to_string(), None) // bare IPv6 CIDR, no port
+    } else {
+        match spec.split_once(':') {
+            Some((c, p)) => (c.to_string(), Some(p)),
+            None => (spec.to_string(), None),
+        }
+    };
+    let (addr, prefix) = match cidr.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (cidr.as_str(), None),
+    };
+    let net: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = match prefix {
+        Some(p) => p
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or(format!("prefix must be 0..={max}"))?,
+        None => max,
+    };
+    let ports = match ports {
+        None | Some("") | Some("*") => (0, u16::MAX),
+        Some(p) => {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            let lo: u16 = lo.parse().map_err(|_| format!("bad port {lo:?}"))?;
+            let hi: u16 = hi.parse().map_err(|_| format!("bad port {hi:?}"))?;
+            if lo > hi {
+                return Err(format!("port range {lo}-{hi} is empty"));
+            }
+            (lo, hi)
+        }
+    };
+    Ok(InterceptRule {
+        net,
+        prefix,
+        ports,
+        intercept: true,
+    })
+}
+
+impl InterceptRule {
+    /// The kernel form: address and mask in IPv6 form, network byte order.
+    pub fn to_kernel(&self) -> gateway_common::Rule {
+        let (addr, prefix) = match self.net {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 96 + u32::from(self.prefix)),
+            IpAddr::V6(v6) => (v6, u32::from(self.prefix)),
+        };
+        let mask = if prefix == 0 {
+            0u128
+        } else {
+            u128::MAX << (128 - prefix)
+        };
+        let net = u128::from(addr) & mask;
+        gateway_common::Rule {
+            addr: words(net),
+            mask: words(mask),
+            port_lo: u32::from(self.ports.0),
+            port_hi: u32::from(self.ports.1),
+            action: if self.intercept {
+                gateway_common::RULE_INTERCEPT
+            } else {
+                gateway_common::RULE_BYPASS
+            },
+            _pad: 0,
+        }
+    }
+}
+
+/// A 128-bit address as four network-order words, the layout of `struct in6_addr`.
+pub fn words(v: u128) -> [u32; 4] {
+    let b = v.to_be_bytes();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
+}
+
+/// The inverse of [`words`].
+pub fn from_words(w: &[u32; 4]) -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(b)
+}
+
+/// The listener addresses.
+pub const LISTEN_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
+pub const LISTEN_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_file() {
+        let c = Config::from_yaml(Path::new("c.yaml"), "").unwrap();
+        assert_eq!(c.listen_port, DEFAULT_PORT);
+        assert!(c.intercept.default_intercept);
+        assert!(!c.udp_allow);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_location() {
+        let err =
+            Config::from_yaml(Path::new("c.yaml"), "listen_port: 1\nlisten_prot: 2\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("c.yaml") && msg.contains("listen_prot") && msg.contains("line 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rules_parse() {
+        assert_eq!(parse_rule("10.0.0.0/8").unwrap().ports, (0, 65535));
+        assert_eq!(parse_rule("0.0.0.0/0:443").unwrap().ports, (443, 443));
+        let r = parse_rule("[2001:db8::]/32:8000-8100").unwrap();
+        assert_eq!((r.prefix, r.ports), (32, (8000, 8100)));
+        assert_eq!(parse_rule("::1").unwrap().prefix, 128);
+        assert!(parse_rule("10.0.0.0/33").is_err());
+        assert!(parse_rule("nope").is_err());
+        assert!(parse_rule("1.2.3.4:9-1").is_err());
+    }
+
+    #[test]
+    fn kernel_rules_match_like_the_kernel() {
+        let rule = parse_rule("10.1.0.0/16:80").unwrap().to_kernel();
+        let inside = words(u128::from(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()));
+        let outside = words(u128::from(Ipv4Addr::new(10, 2, 0, 1).to_ipv6_mapped()));
+        assert!(rule.matches(&inside, 80));
+        assert!(!rule.matches(&inside, 81));
+        assert!(!rule.matches(&outside, 80));
+        assert_eq!(
+            inside,
+            gateway_common::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]))
+        );
+        let all = parse_rule("::/0").unwrap().to_kernel();
+        assert!(all.matches(&inside, 1));
+        assert_eq!(
+            from_words(&inside),
+            Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! `callgate run`: binds everything first, then spawns the listeners and the control socket,
+//! and runs until SIGINT or SIGTERM.
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::{
+    accept::{self, Listeners, ProxyInputs},
+    admin::{self, AdminInputs},
+    cgroup::CgroupNames,
+    config::Config,
+    intercept::Interceptor,
+    stats::Stats,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Intercept(#[from] crate::intercept::InterceptError),
+    #[error(transparent)]
+    Accept(#[from] accept::AcceptError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let cfg = Arc::new(cfg);
+    let started = Instant::now();
+    // Bind before loading: a port conflict should not leave programs redirecting to a
+    // listener that is someone else's.
+    let listeners = Listeners::bind(cfg.listen_port)?;
+    let control = admin::bind(&cfg.control_socket)?;
+    let interceptor = Arc::new(Interceptor::load(&cfg)?);
+    for line in interceptor.restore()? {
+        info!("{line}");
+    }
+    let stats = Arc::new(Stats::default());
+    let addresses: Vec<String> = listeners
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let inputs = Arc::new(ProxyInputs {
+        cfg: cfg.clone(),
+        interceptor: interceptor.clone(),
+        stats: stats.clone(),
+        names: CgroupNames::default(),
+    });
+    let mut tasks = Vec::new();
+    for listener in listeners.listeners {
+        tasks.push(tokio::spawn(accept::serve(
+            listener,
+            inputs.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let admin_inputs = Arc::new(AdminInputs {
+        interceptor: interceptor.clone(),
+        stats,
+        listeners: addresses.clone(),
+        policies: cfg.policies.clone(),
+        started,
+    });
+    tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
+    info!(
+        listeners = ?addresses,
+        control_socket = %cfg.control_socket.display(),
+        enabled = interceptor.enabled().len(),
+        "callgate is running"
+    );
+
+    wait_for_signal().await?;
+    info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
+    let _ = stop_tx.send(true);
+    interceptor.shutdown();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

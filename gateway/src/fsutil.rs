@@ -1,0 +1,32 @@
+//! Small filesystem helpers shared by the stages that persist or inspect state.
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new content:
+/// temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// The filesystem magic of the filesystem holding `path` (see statfs(2)).
+pub fn statfs_type(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and buf is a valid out-parameter.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    (rc == 0).then_some(buf.f_type as i64)
+}

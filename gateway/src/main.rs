@@ -1,0 +1,266 @@
+//! The `callgate` binary: command-line parsing and the edge where errors become messages.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use callgate::{
+    admin::{self, Request, Status},
+    config::{self, Config, Overrides},
+    intercept::{Change, Target},
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// callgate puts policy in front of every call a workload makes, without changing the workload.
+///
+/// The daemon (`callgate run`) loads eBPF programs that redirect the outbound TCP connections of
+/// enabled cgroups into its listener; `enable`/`disable` choose the cgroups; `status` shows what
+/// is happening.
+#[derive(Parser)]
+#[command(name = "callgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon in the foreground (needs root).
+    Run(RunArgs),
+    /// Start intercepting the outbound connections of a cgroup (and every cgroup below it).
+    Enable(TargetArgs),
+    /// Stop intercepting a cgroup; its connections go direct again.
+    Disable(TargetArgs),
+    /// Show listeners, enabled cgroups, counters and recent connections.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Daemon configuration file (YAML). Missing is fine for the default path.
+    #[arg(long, env = "CALLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Policy repository directory.
+    #[arg(long, env = "CALLGATE_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Directory for persistent state (enabled cgroups). Default /var/lib/callgate.
+    #[arg(long, env = "CALLGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Port of the redirect listeners on 127.0.0.1 and [::1]. Default 15001.
+    #[arg(long, env = "CALLGATE_LISTEN_PORT")]
+    listen_port: Option<u16>,
+    /// bpffs directory for pinned maps and links. Default /sys/fs/bpf/callgate.
+    #[arg(long, env = "CALLGATE_BPFFS_DIR")]
+    bpffs_dir: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CALLGATE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long, env = "CALLGATE_CONTROL_SOCKET", default_value = config::DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// A cgroup v2 directory: absolute, or relative to the cgroup v2 mount
+    /// (e.g. `system.slice/app.service`, as /proc/PID/cgroup prints it).
+    #[arg(required_unless_present = "unit", conflicts_with = "unit")]
+    cgroup: Option<String>,
+    /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
+    #[arg(long)]
+    unit: Option<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callgate: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message before it
+/// already includes (most of ours name their cause).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            let explicit = args.config.is_some();
+            let path = args.config.unwrap_or_else(|| config::DEFAULT_CONFIG.into());
+            let cfg = Config::load(
+                &path,
+                explicit,
+                Overrides {
+                    listen_port: args.listen_port,
+                    state_dir: args.state_dir,
+                    control_socket: Some(args.socket.control_socket),
+                    bpffs_dir: args.bpffs_dir,
+                    policies: args.policies,
+                },
+            )?;
+            rt.block_on(callgate::daemon::run(cfg))?;
+        }
+        Command::Enable(t) => {
+            let change: Change = rt.block_on(request(
+                &t.socket,
+                &Request::Enable {
+                    target: target(&t)?,
+                },
+            ))?;
+            let verb = if change.changed {
+                "enabled"
+            } else {
+                "already enabled:"
+            };
+            println!(
+                "{verb} {} (cgroup id {})",
+                change.cgroup.path.display(),
+                change.cgroup.id
+            );
+        }
+        Command::Disable(t) => {
+            let change: Change = rt.block_on(request(
+                &t.socket,
+                &Request::Disable {
+                    target: target(&t)?,
+                },
+            ))?;
+            println!(
+                "disabled {} (cgroup id {})",
+                change.cgroup.path.display(),
+                change.cgroup.id
+            );
+        }
+        Command::Status { json, socket } => {
+            let status: Status = rt.block_on(request(&socket, &Request::Status))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn target(t: &TargetArgs) -> Result<Target> {
+    Ok(match (&t.cgroup, &t.unit) {
+        (_, Some(unit)) => Target::Unit(unit.clone()),
+        (Some(path), None) => {
+            // A relative path that exists from here means the user is standing in cgroupfs.
+            let p = PathBuf::from(path);
+            let resolved = if p.is_relative() && p.exists() {
+                std::fs::canonicalize(&p)?
+            } else {
+                p
+            };
+            Target::Cgroup(resolved.display().to_string())
+        }
+        (None, None) => bail!("give a cgroup path or --unit NAME"),
+    })
+}
+
+async fn request<T: serde::de::DeserializeOwned>(socket: &SocketArg, req: &Request) -> Result<T> {
+    let data = admin::call(&socket.control_socket, req).await?;
+    serde_json::from_value(data).context("unexpected response from the daemon (version mismatch?)")
+}
+
+fn print_status(s: &Status) {
+    println!("callgate {} (pid {}, up {}s)", s.version, s.pid, s.uptime_s);
+    println!("listeners:     {}", s.listeners.join(", "));
+    println!("cgroup mount:  {}", s.cgroup_mount);
+    println!(
+        "policies:      {}",
+        s.policies.as_deref().unwrap_or("(none)")
+    );
+    if s.enabled.is_empty() {
+        println!("enabled:       (none; try `callgate enable <cgroup>`)");
+    } else {
+        println!("enabled:");
+        for e in &s.enabled {
+            let unit = e
+                .unit
+                .as_deref()
+                .map(|u| format!(" [{u}]"))
+                .unwrap_or_default();
+            println!("  {}{unit} (id {})", e.path.display(), e.id);
+        }
+    }
+    let c = &s.counters;
+    println!(
+        "connections:   {} accepted, {} forwarded, {} active, {} upstream errors, {} without entry, {} loops refused",
+        c.accepted, c.forwarded, c.active, c.upstream_errors, c.refused_no_entry, c.refused_loop
+    );
+    println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
+    let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("kernel:        {}", kernel.join(" "));
+    if !s.recent.is_empty() {
+        println!("recent connections:");
+        for r in s.recent.iter().rev().take(20) {
+            println!(
+                "  #{} pid {} ({}) uid {} {} -> {}  {}B up {}B down {}ms  {}",
+                r.id,
+                r.workload.pid,
+                r.workload.comm,
+                r.workload.uid,
+                r.workload.cgroup.as_deref().unwrap_or("?"),
+                r.original_dst,
+                r.bytes_up,
+                r.bytes_down,
+                r.duration_ms,
+                r.outcome
+            );
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

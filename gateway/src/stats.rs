@@ -1,0 +1,117 @@
+//! Counters and the recent-connection ring shown by `callgate status`.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use serde::{Deserialize, Serialize};
+
+/// How many finished connections `status` remembers.
+const RECENT: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub refused_no_entry: AtomicU64,
+    pub refused_loop: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub active: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    recent: Mutex<VecDeque<ConnSummary>>,
+}
+
+/// Who connected (from the kernel at connect time).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread that called connect().
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// One finished connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnSummary {
+    pub id: u64,
+    pub started_unix_ms: u64,
+    pub workload: WorkloadInfo,
+    pub original_dst: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// `ok`, or why the connection ended early.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Counters {
+    pub accepted: u64,
+    pub forwarded: u64,
+    pub refused_no_entry: u64,
+    pub refused_loop: u64,
+    pub upstream_errors: u64,
+    pub active: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl Stats {
+    pub fn finished(&self, summary: ConnSummary) {
+        self.bytes_up.fetch_add(summary.bytes_up, Relaxed);
+        self.bytes_down.fetch_add(summary.bytes_down, Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(summary);
+    }
+
+    pub fn recent(&self) -> Vec<ConnSummary> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            accepted: self.accepted.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            refused_no_entry: self.refused_no_entry.load(Relaxed),
+            refused_loop: self.refused_loop.load(Relaxed),
+            upstream_errors: self.upstream_errors.load(Relaxed),
+            active: self.active.load(Relaxed),
+            bytes_up: self.bytes_up.load(Relaxed),
+            bytes_down: self.bytes_down.load(Relaxed),
+        }
+    }
+}
+
+/// Decrements `active` when a connection ends, however it ends.
+pub struct ActiveGuard<'a>(&'a Stats);
+
+impl<'a> ActiveGuard<'a> {
+    pub fn new(stats: &'a Stats) -> Self {
+        stats.active.fetch_add(1, Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,396 @@
+//! Shared pieces of the end-to-end tests: a real gateway process, real cgroups, real servers
+//! and clients. Every wait is bounded; everything a test creates is removed when it is dropped.
+//!
+//! These tests need root and a kernel with cgroup v2 and eBPF. Without them a test prints why
+//! and passes, unless `CALLGATE_REQUIRE_EBPF=1` (as in CI), where it fails instead.
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether the end-to-end prerequisites are here; panics instead of skipping in CI.
+pub fn ebpf_available(test: &str) -> bool {
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if cgroup_mount().is_none() {
+        Some("no cgroup v2 mount")
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") => {
+            panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1")
+        }
+        Some(why) => {
+            eprintln!("SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)");
+            false
+        }
+    }
+}
+
+pub fn cgroup_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        post.starts_with("cgroup2 ")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The callgate binary: the one xtask built, or the workspace's debug build.
+pub fn callgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CALLGATE_BIN") {
+        return p.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/callgate")
+}
+
+/// Polls `f` every 20 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+// === cgroups ===
+
+/// A cgroup made for one test, removed (with whatever is left in it killed) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let mount = cgroup_mount().expect("cgroup v2 mount");
+        Self::at(mount.join(unique(name)))
+    }
+
+    pub fn child(&self, name: &str) -> Self {
+        Self::at(self.path.join(name))
+    }
+
+    fn at(path: PathBuf) -> Self {
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.path).expect("cgroup exists").ino()
+    }
+
+    /// Runs `argv` inside this cgroup (the shell moves itself in, then execs), at most 30 s.
+    pub fn run(&self, argv: &[&str]) -> Output {
+        let script = format!(
+            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+            self.path.display()
+        );
+        Command::new("timeout")
+            .args(["30", "sh", "-c", &script, "sh"])
+            .args(argv)
+            .output()
+            .expect("spawn sh")
+    }
+
+    /// Like [`TestCgroup::run`] but leaves the process running.
+    pub fn spawn(&self, argv: &[&str], log: &Path) -> Child {
+        let script = format!(
+            "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+            self.path.display()
+        );
+        let log = fs::File::create(log).expect("log file");
+        Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .args(argv)
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sh")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let _ = wait_for(Duration::from_secs(5), || fs::remove_dir(&self.path).ok());
+    }
+}
+
+// === the gateway ===
+
+/// A `callgate run` of its own: own port, state dir, control socket and bpffs directory.
+pub struct Gateway {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("callgate-e2e"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let mut gw = Self {
+            port: free_port(),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(unique("callgate-e2e")),
+            dir,
+            child: None,
+        };
+        gw.restart();
+        gw
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--listen-port".into(),
+            self.port.to_string(),
+            "--state-dir".into(),
+            self.dir.join("state").display().to_string(),
+            "--bpffs-dir".into(),
+            self.bpffs.display().to_string(),
+            "--control-socket".into(),
+            self.socket().display().to_string(),
+        ]
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Starts (again) with the same state, port and pins.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .expect("log");
+        let child = Command::new(callgate_bin())
+            .args(self.args())
+            .env("CALLGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn callgate");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Adopts a gateway started some other way (e.g. inside a cgroup) with this one's args.
+    pub fn adopt(&mut self, child: Child) {
+        self.kill();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("callgate exited early ({status}):\n{}", self.log());
+                }
+            }
+            self.try_status().ok()
+        });
+        assert!(
+            ready.is_some(),
+            "callgate did not become ready:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: no clean-up of any kind, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(callgate_bin())
+            .args(args)
+            .arg("--control-socket")
+            .arg(self.socket())
+            .output()
+            .expect("run callgate")
+    }
+
+    pub fn enable(&self, cg: &TestCgroup) {
+        let out = self.cli(&["enable", &cg.path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "enable failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn disable(&self, cg: &TestCgroup) {
+        let out = self.cli(&["disable", &cg.path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "disable failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn try_status(&self) -> Result<Value, String> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("status: {e}\n{}", self.log()))
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()["counters"][name].as_u64().unwrap_or(0)
+    }
+
+    pub fn kernel_counter(&self, name: &str) -> u64 {
+        self.status()["kernel"][name].as_u64().unwrap_or(0)
+    }
+
+    /// Finished connections, oldest first.
+    pub fn recent(&self) -> Vec<Value> {
+        self.status()["recent"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        // Unpinning every link detaches it; the test cgroups then go back to normal.
+        let _ = fs::remove_dir_all(&self.bpffs);
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("gateway log ({}):\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+// === servers ===
+
+/// Python's http.server on a loopback address, serving `hello.txt` = "hello from upstream\n".
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+pub const HELLO: &str = "hello from upstream\n";
+
+impl HttpServer {
+    pub fn start(ip: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("callgate-www"));
+        fs::create_dir_all(&dir).expect("www dir");
+        fs::write(dir.join("hello.txt"), HELLO).expect("hello.txt");
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                ip,
+                "--directory",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 http.server");
+        let addr: SocketAddr = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }
+        .parse()
+        .expect("address");
+        let up = wait_for(Duration::from_secs(10), || TcpStream::connect(addr).ok());
+        assert!(up.is_some(), "http.server on {addr} did not come up");
+        Self { addr, child, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a Python snippet inside `cg` and returns its stdout; panics with stderr on failure.
+pub fn python_in(cg: &TestCgroup, code: &str) -> String {
+    let out = cg.run(&["python3", "-c", code]);
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// curl inside `cg`: (exit code, body).
+pub fn curl_in(cg: &TestCgroup, args: &[&str]) -> (i32, String) {
+    let mut argv = vec!["curl", "-sS", "--max-time", "10"];
+    argv.extend_from_slice(args);
+    let out = cg.run(&argv);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -1,0 +1,135 @@
+//! Idempotent prerequisites. Each step checks first and acts only when something is missing,
+//! saying what it does; when not root it prints the command to run instead.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run_cmd;
+
+/// bpf-linker is built against the LLVM these packages provide.
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// What the end-to-end tests drive: real clients and real servers.
+const TEST_PACKAGES: &[&str] = &["curl", "python3", "iproute2", "coreutils"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub struct Needs {
+    test_parties: bool,
+}
+
+impl Needs {
+    pub fn build() -> Self {
+        Self {
+            test_parties: false,
+        }
+    }
+
+    pub fn all() -> Self {
+        Self { test_parties: true }
+    }
+}
+
+pub fn run(needs: &Needs) -> Result<()> {
+    let root = is_root();
+    let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
+    if needs.test_parties {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    let missing: Vec<&str> = packages
+        .into_iter()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        let install = format!("apt-get install -y {}", missing.join(" "));
+        if !root {
+            bail!("missing Debian packages; run as root: apt-get update && {install}");
+        }
+        println!("setup: apt-get update");
+        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+        println!("setup: {install}");
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+
+    if !toolchain_has_rust_src() {
+        println!("setup: rustup toolchain install nightly --component rust-src");
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+
+    if !bpf_linker_ok() {
+        println!(
+            "setup: cargo install bpf-linker@{BPF_LINKER_VERSION} (against LLVM 22; takes a few minutes)"
+        );
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run_cmd(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "--locked",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("PATH", path)
+                .env("LLVM_SYS_220_PREFIX", LLVM_PREFIX)
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn toolchain_has_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("rust-src"))
+        })
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
