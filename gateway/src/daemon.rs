@@ -29,6 +29,7 @@ pub enum DaemonError {
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let started = Instant::now();
+    raise_fd_limit();
     // Bind before loading: a port conflict should not leave programs redirecting to a
     // listener that is someone else's.
     let listeners = Listeners::bind(cfg.listen_port)?;
@@ -94,4 +95,22 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+/// Each forwarded connection holds two sockets: the usual soft limit of 1024 descriptors would
+/// cap the gateway at about 500 connections.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-parameter; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                info!(limit = lim.rlim_cur, "raised the open-file limit");
+            }
+        }
+    }
 }

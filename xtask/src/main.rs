@@ -164,7 +164,49 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         "CALLGATE_BIN",
         workspace_root().join("target/debug/callgate"),
     );
-    run_cmd(&mut cmd)
+    run_counting(&mut cmd)
+}
+
+/// Runs cargo test, passing its output through, and ends with one total line
+/// (`N passed, M failed, K skipped`) so that the last line speaks for the whole run rather
+/// than for the last test binary (usually the doc tests, with nothing to run).
+fn run_counting(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            let Some(rest) = line.strip_prefix("test result: ") else {
+                continue;
+            };
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                    words.next(),
+                ) else {
+                    continue;
+                };
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("\nxtask: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
