@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::{
     intercept::{Change, Enabled, Interceptor, Target},
+    policy::{PolicyStore, store::ReloadStatus},
     stats::{ConnSummary, Counters, Stats},
 };
 
@@ -59,6 +60,7 @@ pub enum Request {
     Enable { target: Target },
     Disable { target: Target },
     Status,
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,7 +80,7 @@ pub struct Status {
     pub uptime_s: u64,
     pub listeners: Vec<String>,
     pub cgroup_mount: String,
-    pub policies: Option<String>,
+    pub policy: Option<ReloadStatus>,
     pub enabled: Vec<Enabled>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
@@ -91,7 +93,7 @@ pub struct AdminInputs {
     pub interceptor: Arc<Interceptor>,
     pub stats: Arc<Stats>,
     pub listeners: Vec<String>,
-    pub policies: Option<PathBuf>,
+    pub policy: Option<Arc<PolicyStore>>,
     pub started: Instant,
 }
 
@@ -174,6 +176,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Status => serde_json::to_value(status(inputs)).map_err(|e| e.to_string()),
         Request::Enable { target } => change(inputs, target, true).await,
         Request::Disable { target } => change(inputs, target, false).await,
+        Request::Reload => reload(inputs).await,
     };
     match result {
         Ok(data) => Response {
@@ -209,6 +212,26 @@ async fn change(
     serde_json::to_value(res?).map_err(|e| e.to_string())
 }
 
+async fn reload(inputs: &Arc<AdminInputs>) -> Result<serde_json::Value, String> {
+    let Some(store) = inputs.policy.clone() else {
+        return Err("the daemon runs without a policy repository (--policies)".into());
+    };
+    let res = tokio::task::spawn_blocking(move || store.reload().map(|()| store.status()))
+        .await
+        .map_err(|e| e.to_string())?;
+    match res {
+        Ok(status) => serde_json::to_value(status).map_err(|e| e.to_string()),
+        Err(findings) => Err(format!(
+            "policy rejected, the previous one stays in force:\n{}",
+            findings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+    }
+}
+
 fn status(inputs: &AdminInputs) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -216,7 +239,7 @@ fn status(inputs: &AdminInputs) -> Status {
         uptime_s: inputs.started.elapsed().as_secs(),
         listeners: inputs.listeners.clone(),
         cgroup_mount: inputs.interceptor.cgroup_mount().display().to_string(),
-        policies: inputs.policies.as_ref().map(|p| p.display().to_string()),
+        policy: inputs.policy.as_ref().map(|p| p.status()),
         enabled: inputs.interceptor.enabled(),
         counters: inputs.stats.snapshot(),
         kernel: inputs

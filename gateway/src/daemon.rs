@@ -11,6 +11,7 @@ use crate::{
     cgroup::CgroupNames,
     config::Config,
     intercept::Interceptor,
+    policy::PolicyStore,
     stats::Stats,
 };
 
@@ -22,6 +23,10 @@ pub enum DaemonError {
     Accept(#[from] accept::AcceptError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error("policy {dir}:\n{}", .errors.join("\n"))]
+    Policy { dir: String, errors: Vec<String> },
+    #[error("watching the policy directory: {0}")]
+    Watch(#[source] notify::Error),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -33,6 +38,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // Bind before loading: a port conflict should not leave programs redirecting to a
     // listener that is someone else's.
     let listeners = Listeners::bind(cfg.listen_port)?;
+    // A policy that does not load stops the start: there is no last good one to fall back on.
+    let policy = match &cfg.policies {
+        Some(dir) => Some(Arc::new(PolicyStore::open(dir).map_err(|findings| {
+            DaemonError::Policy {
+                dir: dir.display().to_string(),
+                errors: findings.iter().map(ToString::to_string).collect(),
+            }
+        })?)),
+        None => None,
+    };
+    let _watcher = match &policy {
+        Some(store) => Some(store.watch().map_err(DaemonError::Watch)?),
+        None => None,
+    };
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
     for line in interceptor.restore()? {
@@ -64,7 +83,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         interceptor: interceptor.clone(),
         stats,
         listeners: addresses.clone(),
-        policies: cfg.policies.clone(),
+        policy: policy.clone(),
         started,
     });
     tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
@@ -75,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         "callgate is running"
     );
 
-    wait_for_signal().await?;
+    wait_for_signal(policy.as_ref()).await?;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);
     interceptor.shutdown();
@@ -86,15 +105,24 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), DaemonError> {
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy.
+async fn wait_for_signal(policy: Option<&Arc<PolicyStore>>) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Some(store) = policy {
+                    let store = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 /// Each forwarded connection holds two sockets: the usual soft limit of 1024 descriptors would

@@ -15,4 +15,6 @@ pub mod daemon;
 pub mod forward;
 pub mod fsutil;
 pub mod intercept;
+pub mod jsonpath;
+pub mod policy;
 pub mod stats;

@@ -29,6 +29,9 @@ enum Command {
     Enable(TargetArgs),
     /// Stop intercepting a cgroup; its connections go direct again.
     Disable(TargetArgs),
+    /// Work with a policy repository: test, lint, explain, reload.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -81,6 +84,52 @@ struct TargetArgs {
     unit: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the repository's test cases (tests/*.yaml); exit 1 if any fails.
+    Test {
+        /// The policy repository.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Also write JUnit XML here, for CI systems.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
+    /// Check schema and semantics: errors with file:line:col, shadowed rules, unreferenced
+    /// functions, overlapping services, allow rules open to anyone. Exit 1 on errors.
+    Lint {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Show which rule decides a call, and why every rule before it did not match.
+    Explain {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// JSON: {"service": .., "function": .., "args": {..}} (or "destination": "host:port").
+        #[arg(long)]
+        call: PathBuf,
+        /// JSON: {"subject": .., "groups": [..], "authenticated": true, "workload": {..}}.
+        #[arg(long)]
+        caller: Option<PathBuf>,
+    },
+    /// Ask the running daemon to reload its policy now.
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
                 change.cgroup.id
             );
         }
+        Command::Policy(cmd) => return policy_command(cmd, &rt),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {
@@ -177,6 +227,146 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_status(&status);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Exit status for "ran fine, found failures": distinct from errors only in the message.
+fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
+    use callgate::policy::{self, Severity};
+    let load = |dir: &PathBuf| -> Result<(policy::Loaded, policy::Snapshot)> {
+        policy::load_snapshot(dir).map_err(|findings| {
+            for f in &findings {
+                eprintln!("{f}");
+            }
+            anyhow::anyhow!("{} error(s) in {}", findings.len(), dir.display())
+        })
+    };
+    match cmd {
+        PolicyCommand::Test { dir, junit } => {
+            let (loaded, snap) = load(&dir)?;
+            let outcomes = policy::testing::run(&loaded, &snap);
+            for o in &outcomes {
+                match &o.failure {
+                    None => println!("ok   {}: {}", o.file.display(), o.name),
+                    Some(why) => println!("FAIL {}: {}: {why}", o.file.display(), o.name),
+                }
+            }
+            let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            if let Some(path) = junit {
+                let xml = policy::testing::junit(&outcomes).map_err(anyhow::Error::msg)?;
+                std::fs::write(&path, xml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if failed > 0 {
+                std::process::exit(1);
+            }
+        }
+        PolicyCommand::Lint {
+            dir,
+            format,
+            deny_warnings,
+        } => {
+            let findings = match policy::load_snapshot(&dir) {
+                Ok((loaded, snap)) => policy::lint::lint(&loaded, &snap),
+                Err(errors) => errors,
+            };
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+                OutputFormat::Text => {
+                    for f in &findings {
+                        println!("{f}");
+                    }
+                    let errors = findings
+                        .iter()
+                        .filter(|f| f.severity == Severity::Error)
+                        .count();
+                    println!("{errors} error(s), {} warning(s)", findings.len() - errors);
+                }
+            }
+            let fail = findings
+                .iter()
+                .any(|f| f.severity == Severity::Error || deny_warnings);
+            if fail {
+                std::process::exit(1);
+            }
+        }
+        PolicyCommand::Explain { dir, call, caller } => {
+            let (_, snap) = load(&dir)?;
+            let read = |p: &PathBuf| -> Result<serde_json::Value> {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", p.display()))
+            };
+            let call_json = read(&call)?;
+            let caller: policy::Caller = match &caller {
+                Some(p) => serde_json::from_value(read(p)?)
+                    .with_context(|| format!("{}: not a caller", p.display()))?,
+                None => policy::Caller::default(),
+            };
+            let the_call: policy::Call = serde_json::from_value(call_json.clone())
+                .with_context(|| format!("{}: needs \"function\"", call.display()))?;
+            let service = match (
+                call_json.get("service").and_then(|v| v.as_str()),
+                call_json.get("destination").and_then(|v| v.as_str()),
+            ) {
+                (Some(name), _) => snap
+                    .service(name)
+                    .with_context(|| format!("no service named {name:?}"))?,
+                (None, Some(dst)) => {
+                    let (h, p) = dst
+                        .rsplit_once(':')
+                        .context("destination must be host:port")?;
+                    match snap.service_for(h, p.parse().context("bad port")?, None) {
+                        Some(s) => s,
+                        None => {
+                            let d = snap.decide_unknown_destination();
+                            println!(
+                                "decision: {} (no service claims {dst}; unknown_destination)",
+                                d.action
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
+                (None, None) => bail!("{}: give \"service\" or \"destination\"", call.display()),
+            };
+            let (d, trace) = snap.explain(service, &the_call, &caller);
+            println!("service {}, function {}", service.name, the_call.function);
+            for t in &trace {
+                println!(
+                    "  {} {:<32} {}",
+                    if t.matched { "→" } else { "·" },
+                    t.rule,
+                    t.why
+                );
+            }
+            println!(
+                "decision: {} by {} (mode {:?}, policy {}{})",
+                d.action,
+                d.rule.as_deref().unwrap_or("default"),
+                d.mode,
+                d.policy.commit.as_deref().unwrap_or(&d.policy.source),
+                if d.policy.dirty { ", dirty" } else { "" }
+            );
+            if let Some(r) = &d.reason {
+                println!("reason: {r}");
+            }
+            println!("obligations: {}", serde_json::to_string(&*d.obligations)?);
+        }
+        PolicyCommand::Reload { socket } => {
+            let status: callgate::policy::store::ReloadStatus =
+                rt.block_on(request(&socket, &Request::Reload))?;
+            println!(
+                "policy reloaded: {} services, {} rules, commit {}{}",
+                status.services,
+                status.rules,
+                status.commit.as_deref().unwrap_or(&status.source),
+                if status.dirty { " (dirty)" } else { "" }
+            );
         }
     }
     Ok(())
@@ -208,10 +398,25 @@ fn print_status(s: &Status) {
     println!("callgate {} (pid {}, up {}s)", s.version, s.pid, s.uptime_s);
     println!("listeners:     {}", s.listeners.join(", "));
     println!("cgroup mount:  {}", s.cgroup_mount);
-    println!(
-        "policies:      {}",
-        s.policies.as_deref().unwrap_or("(none)")
-    );
+    match &s.policy {
+        None => println!("policy:        (none; run with --policies DIR)"),
+        Some(p) => {
+            println!(
+                "policy:        {} ({} services, {} rules, commit {}{})",
+                p.dir,
+                p.services,
+                p.rules,
+                p.commit.as_deref().unwrap_or(&p.source),
+                if p.dirty { ", dirty" } else { "" }
+            );
+            if let Some(errors) = &p.last_error {
+                println!("  last reload FAILED (the previous policy stays in force):");
+                for e in errors {
+                    println!("    {e}");
+                }
+            }
+        }
+    }
     if s.enabled.is_empty() {
         println!("enabled:       (none; try `callgate enable <cgroup>`)");
     } else {

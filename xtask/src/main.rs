@@ -45,7 +45,7 @@ enum Task {
     },
     /// Run benchmarks and print ratios against a baseline measured in the same run.
     Bench {
-        /// Which suite: `connect`.
+        /// Which suite: `connect`, `decide`, or `all`.
         #[arg(long, default_value = "connect")]
         suite: String,
     },
@@ -210,18 +210,21 @@ fn run_counting(cmd: &mut Command) -> Result<()> {
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
-    match suite {
-        "connect" => run_cmd(
-            cargo()
-                .args([
-                    "bench",
-                    "--package",
-                    "callgate-benches",
-                    "--bench",
-                    "connect",
-                ])
-                .env("CALLGATE_BIN", root.join("target/release/callgate")),
+    const SUITES: [&str; 2] = ["connect", "decide"];
+    let suites: Vec<&str> = match suite {
+        "all" => SUITES.to_vec(),
+        s if SUITES.contains(&s) => vec![s],
+        other => bail!(
+            "unknown bench suite {other:?}; known: {}, all",
+            SUITES.join(", ")
         ),
-        other => bail!("unknown bench suite {other:?}; known: connect"),
+    };
+    for s in suites {
+        run_cmd(
+            cargo()
+                .args(["bench", "--package", "callgate-benches", "--bench", s])
+                .env("CALLGATE_BIN", root.join("target/release/callgate")),
+        )?;
     }
+    Ok(())
 }

@@ -1,0 +1,255 @@
+//! A small JSONPath subset, shared by policy argument conditions and field masking:
+//! `name`, `$.a.b`, `$.a[0]`, `$.items[*].id`, `$['odd key']`, `$..card` (any depth).
+//!
+//! Matching visits values through a callback instead of collecting them, so evaluating a
+//! condition allocates nothing.
+use std::fmt;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+    Wildcard,
+    /// `..name`: the key at any depth below.
+    Descend(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath {
+    segs: Vec<Seg>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid JSON path {path:?}: {reason}")]
+pub struct PathError {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl JsonPath {
+    /// A bare name (`amount`) is the top-level key of that name.
+    pub fn parse(text: &str) -> Result<Self, PathError> {
+        let err = |reason| PathError {
+            path: text.to_string(),
+            reason,
+        };
+        if text.is_empty() {
+            return Err(err("empty"));
+        }
+        let Some(rest) = text.strip_prefix('$') else {
+            return Ok(Self {
+                segs: vec![Seg::Key(text.to_string())],
+                text: text.to_string(),
+            });
+        };
+        let b = rest.as_bytes();
+        let mut segs = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'.' if b.get(i + 1) == Some(&b'.') => {
+                    let (name, next) =
+                        ident(rest, i + 2).ok_or_else(|| err("`..` needs a name"))?;
+                    segs.push(Seg::Descend(name));
+                    i = next;
+                }
+                b'.' => {
+                    if b.get(i + 1) == Some(&b'*') {
+                        segs.push(Seg::Wildcard);
+                        i += 2;
+                        continue;
+                    }
+                    let (name, next) = ident(rest, i + 1).ok_or_else(|| err("`.` needs a name"))?;
+                    segs.push(Seg::Key(name));
+                    i = next;
+                }
+                b'[' => {
+                    let close = rest[i..].find(']').ok_or_else(|| err("unclosed `[`"))? + i;
+                    let inner = rest[i + 1..close].trim();
+                    segs.push(if inner == "*" {
+                        Seg::Wildcard
+                    } else if let Some(q) =
+                        inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\''))
+                    {
+                        Seg::Key(q.to_string())
+                    } else if let Some(q) =
+                        inner.strip_prefix('"').and_then(|s| s.strip_suffix('"'))
+                    {
+                        Seg::Key(q.to_string())
+                    } else {
+                        Seg::Index(
+                            inner
+                                .parse()
+                                .map_err(|_| err("index must be a number, `*` or a quoted key"))?,
+                        )
+                    });
+                    i = close + 1;
+                }
+                _ => return Err(err("expected `.`, `..` or `[`")),
+            }
+        }
+        Ok(Self {
+            segs,
+            text: text.to_string(),
+        })
+    }
+
+    /// Calls `f` on every value the path selects, until `f` returns false.
+    /// Returns false if it was stopped.
+    pub fn visit<'v>(&self, root: &'v Value, f: &mut dyn FnMut(&'v Value) -> bool) -> bool {
+        walk(&self.segs, root, f, 0)
+    }
+
+    /// Like `visit`, with mutable access (for masking in place).
+    pub fn visit_mut(&self, root: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+        walk_mut(&self.segs, root, f, 0)
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The path has no wildcard or descent: it selects at most one value.
+    pub fn is_single(&self) -> bool {
+        self.segs
+            .iter()
+            .all(|s| matches!(s, Seg::Key(_) | Seg::Index(_)))
+    }
+}
+
+/// Deep JSON can be hostile; paths stop descending past this depth.
+const MAX_DEPTH: usize = 128;
+
+fn walk<'v>(
+    segs: &[Seg],
+    v: &'v Value,
+    f: &mut dyn FnMut(&'v Value) -> bool,
+    depth: usize,
+) -> bool {
+    if depth > MAX_DEPTH {
+        return true;
+    }
+    let Some((seg, rest)) = segs.split_first() else {
+        return f(v);
+    };
+    match seg {
+        Seg::Key(k) => v
+            .get(k.as_str())
+            .is_none_or(|c| walk(rest, c, f, depth + 1)),
+        Seg::Index(i) => v.get(*i).is_none_or(|c| walk(rest, c, f, depth + 1)),
+        Seg::Wildcard => match v {
+            Value::Array(a) => a.iter().all(|c| walk(rest, c, f, depth + 1)),
+            Value::Object(o) => o.values().all(|c| walk(rest, c, f, depth + 1)),
+            _ => true,
+        },
+        Seg::Descend(k) => {
+            if let Some(c) = v.get(k.as_str()) {
+                if !walk(rest, c, f, depth + 1) {
+                    return false;
+                }
+            }
+            match v {
+                Value::Array(a) => a.iter().all(|c| walk(segs, c, f, depth + 1)),
+                Value::Object(o) => o.values().all(|c| walk(segs, c, f, depth + 1)),
+                _ => true,
+            }
+        }
+    }
+}
+
+fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Some((seg, rest)) = segs.split_first() else {
+        return f(v);
+    };
+    match seg {
+        Seg::Key(k) => {
+            if let Some(c) = v.get_mut(k.as_str()) {
+                walk_mut(rest, c, f, depth + 1)
+            }
+        }
+        Seg::Index(i) => {
+            if let Some(c) = v.get_mut(*i) {
+                walk_mut(rest, c, f, depth + 1)
+            }
+        }
+        Seg::Wildcard => match v {
+            Value::Array(a) => a.iter_mut().for_each(|c| walk_mut(rest, c, f, depth + 1)),
+            Value::Object(o) => o.values_mut().for_each(|c| walk_mut(rest, c, f, depth + 1)),
+            _ => {}
+        },
+        Seg::Descend(k) => {
+            if let Some(c) = v.get_mut(k.as_str()) {
+                walk_mut(rest, c, f, depth + 1);
+            }
+            match v {
+                Value::Array(a) => a.iter_mut().for_each(|c| walk_mut(segs, c, f, depth + 1)),
+                Value::Object(o) => o.values_mut().for_each(|c| walk_mut(segs, c, f, depth + 1)),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn ident(s: &str, start: usize) -> Option<(String, usize)> {
+    let end = s[start..].find(['.', '[']).map_or(s.len(), |i| i + start);
+    (end > start).then(|| (s[start..end].to_string(), end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all(path: &str, v: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        JsonPath::parse(path).unwrap().visit(v, &mut |x| {
+            out.push(x.clone());
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn selects() {
+        let v = json!({"amount": 5, "customer": {"ssn": "1", "cards": [{"card": "a"}, {"card": "b"}]}, "odd key": 1});
+        assert_eq!(all("amount", &v), [json!(5)]);
+        assert_eq!(all("$.customer.ssn", &v), [json!("1")]);
+        assert_eq!(all("$.customer.cards[1].card", &v), [json!("b")]);
+        assert_eq!(
+            all("$.customer.cards[*].card", &v),
+            [json!("a"), json!("b")]
+        );
+        assert_eq!(all("$..card", &v), [json!("a"), json!("b")]);
+        assert_eq!(all("$['odd key']", &v), [json!(1)]);
+        assert!(all("$.nope.deeper", &v).is_empty());
+    }
+
+    #[test]
+    fn masks_in_place() {
+        let mut v = json!({"a": [{"ssn": 1}, {"ssn": 2}]});
+        JsonPath::parse("$..ssn")
+            .unwrap()
+            .visit_mut(&mut v, &mut |x| *x = json!("x"));
+        assert_eq!(v, json!({"a": [{"ssn": "x"}, {"ssn": "x"}]}));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in ["", "$.", "$..", "$[", "$[x]", "$a"] {
+            assert!(JsonPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The decide stage: the policy repository (YAML in git) loaded, validated and compiled into an
+//! immutable [`Snapshot`] that decides calls in microseconds, plus what the `callgate policy`
+//! commands need (tests, lint, explain) and hot reload.
+//!
+//! Data flows load → compile → snapshot; the data path only ever sees snapshots.
+pub mod compile;
+pub mod eval;
+pub mod git;
+pub mod lint;
+pub mod load;
+pub mod schema;
+pub mod store;
+pub mod testing;
+
+use std::path::Path;
+
+pub use compile::{Obligations, PolicyVersion, Service, Snapshot};
+pub use eval::{Call, Caller, Decision, TraceLine, Workload};
+pub use load::{Finding, Loaded, Severity};
+pub use schema::{Action, Mode};
+pub use store::PolicyStore;
+
+/// Loads and compiles the repository at `dir`.
+pub fn load_snapshot(dir: &Path) -> Result<(Loaded, Snapshot), Vec<Finding>> {
+    let loaded = load::load(dir)?;
+    let git = git::inspect(dir);
+    let snap = compile::compile(&loaded, &git)?;
+    Ok((loaded, snap))
+}

@@ -1,0 +1,1044 @@
+//! Turning loaded files into an immutable, indexed [`Snapshot`]: services by destination and
+//! name, rules by function (in order), regexes and CEL compiled once. Every problem found is a
+//! located [`Finding`]; a snapshot exists only if there are none.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use regex::Regex;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{
+    git::GitState,
+    load::{Finding, Loaded, Source},
+    schema::{
+        self, Action, ArgCondition, CallerMatch, HeaderEdits, Inject, MaskSpec, Mode, Protocol,
+        RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
+    },
+};
+use crate::jsonpath::JsonPath;
+
+/// Built-in detectors the masking stage knows.
+pub const DETECTORS: &[&str] = &[
+    "card_number",
+    "email",
+    "ssn",
+    "iban",
+    "aws_access_key",
+    "secret_key",
+    "github_token",
+    "slack_token",
+    "jwt",
+    "private_key",
+];
+
+/// The policy as the data path uses it. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: Arc<PolicyVersion>,
+    pub default_action: Action,
+    pub mode: Mode,
+    pub unknown_destination: Action,
+    pub services: Vec<Service>,
+    by_name: HashMap<String, usize>,
+    by_host_port: HashMap<(String, u16), usize>,
+    by_host: HashMap<String, usize>,
+    cidrs: Vec<(IpAddr, u8, Option<u16>, usize)>,
+    by_sni: HashMap<String, usize>,
+    sni_suffixes: Vec<(String, usize)>,
+    pub rule_count: usize,
+    pub(super) default_obligations: Arc<Obligations>,
+}
+
+/// Which policy made a decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub commit: Option<String>,
+    pub dirty: bool,
+    /// `git`, or why there is no commit (`not a git repository`).
+    pub source: String,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub tls: TlsMode,
+    pub tcp: TcpMode,
+    pub functions: Vec<Function>,
+    fn_by_name: HashMap<String, usize>,
+    fn_by_method: HashMap<String, usize>,
+    routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    /// For function i, the indices of the rules that apply to it, in order.
+    rules_for: Vec<Box<[u32]>>,
+    /// Rules for a function the service does not define (`*` rules only).
+    rules_wildcard: Box<[u32]>,
+    pub(super) base: Arc<Obligations>,
+}
+
+#[derive(Debug)]
+pub struct Function {
+    pub name: Arc<str>,
+    pub method: Option<String>,
+    pub route: Option<String>,
+}
+
+#[derive(Debug)]
+struct Route {
+    method: String,
+    segs: Vec<RouteSeg>,
+    function: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RouteSeg {
+    Lit(String),
+    Param(String),
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    /// None: every function.
+    pub functions: Option<Vec<String>>,
+    pub(super) caller: Option<CallerCond>,
+    pub(super) args: Vec<ArgCond>,
+    pub(super) when: Option<When>,
+    pub action: Action,
+    pub reason: Option<Arc<str>>,
+    pub obligations: Arc<Obligations>,
+    /// Where it is written, for explain and lint.
+    pub at: (usize, usize),
+}
+
+impl Rule {
+    /// True when the rule matches every call to its functions (no caller, args or when).
+    pub fn unconditional(&self) -> bool {
+        self.caller.is_none() && self.args.is_empty() && self.when.is_none()
+    }
+}
+
+pub(super) struct When {
+    pub text: String,
+    pub program: cel::Program,
+}
+
+impl std::fmt::Debug for When {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "When({:?})", self.text)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct CallerCond {
+    pub subjects: Vec<String>,
+    pub groups_any: Vec<String>,
+    pub groups_all: Vec<String>,
+    pub claims: Vec<(JsonPath, Json)>,
+    pub authenticated: Option<bool>,
+    pub workload: Option<WorkloadCond>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct WorkloadCond {
+    pub uids: Vec<u32>,
+    pub users: Vec<String>,
+    pub units: Vec<String>,
+    pub cgroup_prefix: Option<String>,
+    pub comms: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(super) struct ArgCond {
+    pub path: JsonPath,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+pub(super) enum Op {
+    Eq(Json),
+    Ne(Json),
+    In(Vec<Json>),
+    NotIn(Vec<Json>),
+    Gt(f64),
+    Ge(f64),
+    Lt(f64),
+    Le(f64),
+    Regex(Regex),
+    Prefix(String),
+    Present(bool),
+    MaxLen(usize),
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Eq(_) => "eq",
+            Op::Ne(_) => "ne",
+            Op::In(_) => "in",
+            Op::NotIn(_) => "not_in",
+            Op::Gt(_) => "gt",
+            Op::Ge(_) => "ge",
+            Op::Lt(_) => "lt",
+            Op::Le(_) => "le",
+            Op::Regex(_) => "regex",
+            Op::Prefix(_) => "prefix",
+            Op::Present(true) => "present",
+            Op::Present(false) => "absent",
+            Op::MaxLen(_) => "max_len",
+        }
+    }
+}
+
+/// What must happen besides the action itself.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Obligations {
+    pub mask: Vec<MaskSpec>,
+    pub record: RecordLevel,
+    pub inject: Option<Inject>,
+    pub headers: HeaderEdits,
+    pub approval: Option<ApprovalSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApprovalSpec {
+    pub groups: Vec<String>,
+    pub subjects: Vec<String>,
+    pub timeout: Duration,
+    pub grant: Option<Duration>,
+}
+
+/// `10m`, `30s`, `2h`, `1d`, or a combination like `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            let n: u64 = num.parse().ok()?;
+            num.clear();
+            total += n * match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => return None,
+            };
+        }
+    }
+    (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
+}
+
+pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>> {
+    let mut errors = Vec::new();
+    let repo = &loaded.repo;
+    for (name, source) in &repo.credentials {
+        if source.count() != 1 || source.credential.is_some() {
+            errors.push(loaded.repo_source.error(
+                &["credentials", name],
+                "give exactly one of env, file or systemd",
+            ));
+        }
+    }
+    check_masks(
+        &loaded.repo_source,
+        &["masking", "default"],
+        &repo.masking.default,
+        &mut errors,
+    );
+
+    let mut services = Vec::new();
+    let mut by_name = HashMap::new();
+    let mut rule_count = 0;
+    for (src, file) in &loaded.services {
+        if let Some(prev) = by_name.insert(file.service.clone(), services.len()) {
+            let other: &Service = &services[prev];
+            errors.push(src.error(
+                &["service"],
+                format!(
+                    "service {:?} is also defined by another file ({})",
+                    file.service, other.name
+                ),
+            ));
+            continue;
+        }
+        match compile_service(src, file, loaded) {
+            Ok(s) => {
+                rule_count += s.rules.len();
+                services.push(s);
+            }
+            Err(mut e) => {
+                errors.append(&mut e);
+                // Keep indices aligned for the duplicate check.
+                by_name.remove(&file.service);
+            }
+        }
+    }
+
+    let mut snap = Snapshot {
+        version: Arc::new(PolicyVersion {
+            commit: git.commit.clone(),
+            dirty: git.dirty,
+            source: git.source.clone(),
+        }),
+        default_action: match repo.default_action {
+            schema::DefaultAction::Allow => Action::Allow,
+            schema::DefaultAction::Deny => Action::Deny,
+        },
+        mode: repo.mode,
+        unknown_destination: match repo.unknown_destination {
+            schema::DefaultAction::Allow => Action::Allow,
+            schema::DefaultAction::Deny => Action::Deny,
+        },
+        by_name: HashMap::new(),
+        by_host_port: HashMap::new(),
+        by_host: HashMap::new(),
+        cidrs: Vec::new(),
+        by_sni: HashMap::new(),
+        sni_suffixes: Vec::new(),
+        rule_count,
+        default_obligations: Arc::new(Obligations {
+            mask: repo.masking.default.clone(),
+            ..Default::default()
+        }),
+        services: Vec::new(),
+    };
+    for (idx, service) in services.iter().enumerate() {
+        let (src, file) = loaded
+            .services
+            .iter()
+            .find(|(_, f)| *f.service == *service.name)
+            .expect("compiled from it");
+        snap.by_name.insert(service.name.to_string(), idx);
+        for (i, host) in file.matcher.hosts.iter().enumerate() {
+            let at = ["match", "hosts", &i.to_string()];
+            let claimed = match parse_host(host) {
+                Ok(HostSpec::HostPort(h, p)) => snap.by_host_port.insert((h, p), idx),
+                Ok(HostSpec::Host(h)) => snap.by_host.insert(h, idx),
+                Ok(HostSpec::Cidr(ip, prefix, port)) => {
+                    snap.cidrs.push((ip, prefix, port, idx));
+                    None
+                }
+                Err(reason) => {
+                    errors.push(src.error(&at, format!("host {host:?}: {reason}")));
+                    None
+                }
+            };
+            if let Some(other) = claimed {
+                errors.push(src.error(
+                    &at,
+                    format!(
+                        "{host} is already claimed by service {}",
+                        services[other].name
+                    ),
+                ));
+            }
+        }
+        for (i, sni) in file.matcher.sni.iter().enumerate() {
+            let sni = sni.to_ascii_lowercase();
+            let other = match sni.strip_prefix("*.") {
+                Some(suffix) => {
+                    snap.sni_suffixes.push((format!(".{suffix}"), idx));
+                    None
+                }
+                None => snap.by_sni.insert(sni.clone(), idx),
+            };
+            if let Some(other) = other {
+                errors.push(src.error(
+                    &["match", "sni", &i.to_string()],
+                    format!(
+                        "SNI {sni} is already claimed by service {}",
+                        services[other].name
+                    ),
+                ));
+            }
+        }
+    }
+    snap.services = services;
+    if errors.is_empty() {
+        Ok(snap)
+    } else {
+        Err(errors)
+    }
+}
+
+enum HostSpec {
+    HostPort(String, u16),
+    Host(String),
+    Cidr(IpAddr, u8, Option<u16>),
+}
+
+fn parse_host(s: &str) -> Result<HostSpec, String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.contains('/') {
+        let rule = crate::config::parse_rule(&s)?;
+        let port = (rule.ports.0 == rule.ports.1).then_some(rule.ports.0);
+        if rule.ports != (0, u16::MAX) && port.is_none() {
+            return Err("port ranges are not supported here; list the ports".into());
+        }
+        return Ok(HostSpec::Cidr(rule.net, rule.prefix, port));
+    }
+    // [v6]:port, v4:port, name:port, or a bare name/address (any port).
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, port) = rest.split_once("]:").ok_or("expected [ipv6]:port")?;
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+        return Ok(HostSpec::HostPort(
+            ip.to_string(),
+            port.parse().map_err(|_| "bad port")?,
+        ));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            if h.is_empty() {
+                return Err("missing host".into());
+            }
+            Ok(HostSpec::HostPort(
+                h.to_string(),
+                p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            ))
+        }
+        _ if s.is_empty() => Err("empty".into()),
+        _ => Ok(HostSpec::Host(
+            s.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(s),
+        )),
+    }
+}
+
+fn compile_service(
+    src: &Source,
+    file: &schema::ServiceFile,
+    loaded: &Loaded,
+) -> Result<Service, Vec<Finding>> {
+    let mut errors = Vec::new();
+    if file.service.trim().is_empty() {
+        errors.push(src.error(&["service"], "service name must not be empty"));
+    }
+    if file.matcher.hosts.is_empty() && file.matcher.sni.is_empty() {
+        errors.push(src.error(&["match"], "a service must match at least one host or SNI"));
+    }
+    let mut functions = Vec::new();
+    let mut fn_by_name = HashMap::new();
+    let mut fn_by_method = HashMap::new();
+    let mut routes = Vec::new();
+    for (name, def) in &file.functions {
+        let idx = functions.len();
+        let at = ["functions", name.as_str()];
+        fn_by_name.insert(name.clone(), idx);
+        match (file.protocol, &def.route) {
+            (Protocol::Rest | Protocol::Http, Some(route)) => match parse_route(route) {
+                Ok((method, segs)) => {
+                    if let Some(other) = routes
+                        .iter()
+                        .find(|r: &&Route| r.method == method && r.segs == segs)
+                    {
+                        let other_name = &functions
+                            .get(other.function)
+                            .map(|f: &Function| f.name.to_string())
+                            .unwrap_or_default();
+                        errors.push(src.error(
+                            &[&at[..], &["route"]].concat(),
+                            format!("route {route:?} is also function {other_name}'s"),
+                        ));
+                    }
+                    routes.push(Route {
+                        method,
+                        segs,
+                        function: idx,
+                    });
+                }
+                Err(reason) => errors.push(src.error(
+                    &[&at[..], &["route"]].concat(),
+                    format!("route {route:?}: {reason}"),
+                )),
+            },
+            (Protocol::Rest, None) => errors.push(src.error(
+                &at,
+                "a REST function needs a route, e.g. `route: \"POST /v1/items/{id}\"`",
+            )),
+            (Protocol::Jsonrpc | Protocol::Mcp | Protocol::Grpc, Some(_)) => {
+                errors.push(src.error(
+                    &[&at[..], &["route"]].concat(),
+                    "routes are for REST; use `method:` (or nothing: the function's name)",
+                ))
+            }
+            _ => {}
+        }
+        let method = def.method.clone().unwrap_or_else(|| name.clone());
+        if file.protocol == Protocol::Grpc
+            && !(method.starts_with('/') && method[1..].contains('/'))
+        {
+            errors.push(src.error(
+                &at,
+                format!("gRPC method {method:?} must look like /package.Service/Method"),
+            ));
+        }
+        fn_by_method.insert(method.clone(), idx);
+        functions.push(Function {
+            name: name.as_str().into(),
+            method: Some(method),
+            route: def.route.clone(),
+        });
+    }
+    // More specific routes first: literal segments beat parameters.
+    routes.sort_by_key(|r| {
+        std::cmp::Reverse(
+            r.segs
+                .iter()
+                .filter(|s| matches!(s, RouteSeg::Lit(_)))
+                .count(),
+        )
+    });
+
+    check_masks(src, &["response", "mask"], &file.response.mask, &mut errors);
+    let inject = match &file.credentials {
+        Some(c) => {
+            if c.inject.from.count() != 1 {
+                errors.push(src.error(
+                    &["credentials", "inject", "from"],
+                    "give exactly one of env, file, systemd or credential",
+                ));
+            }
+            if let Some(name) = &c.inject.from.credential {
+                if !loaded.repo.credentials.contains_key(name) {
+                    errors.push(src.error(
+                        &["credentials", "inject", "from"],
+                        format!("credential {name:?} is not defined in callgate.yaml"),
+                    ));
+                }
+            }
+            if !c.inject.format.contains("{}") {
+                errors.push(src.error(
+                    &["credentials", "inject", "format"],
+                    "format must contain {} where the secret goes",
+                ));
+            }
+            Some(c.inject.clone())
+        }
+        None => None,
+    };
+    let mut base_mask = loaded.repo.masking.default.clone();
+    for m in &file.response.mask {
+        if !base_mask.contains(m) {
+            base_mask.push(m.clone());
+        }
+    }
+    let base = Arc::new(Obligations {
+        mask: base_mask,
+        record: file.record.unwrap_or_default(),
+        inject: inject.clone(),
+        headers: HeaderEdits::default(),
+        approval: None,
+    });
+
+    let mut rules = Vec::new();
+    let mut names = HashSet::new();
+    for (i, def) in file.rules.iter().enumerate() {
+        let idx = i.to_string();
+        let at = |rest: &[&str]| -> Vec<String> {
+            ["rules", idx.as_str()]
+                .iter()
+                .chain(rest)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let err = |rest: &[&str], msg: String| {
+            let path = at(rest);
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            src.error(&refs, msg)
+        };
+        if !names.insert(def.name.clone()) {
+            errors.push(err(
+                &["name"],
+                format!("rule name {:?} is used twice in this service", def.name),
+            ));
+        }
+        let fnames = def.function.items();
+        let functions_of_rule = if fnames.iter().any(|f| f == "*") {
+            if fnames.len() > 1 {
+                errors.push(err(
+                    &["function"],
+                    "`*` cannot be combined with function names".into(),
+                ));
+            }
+            None
+        } else {
+            for f in fnames {
+                if !fn_by_name.contains_key(f) && !file.functions.is_empty() {
+                    errors.push(err(
+                        &["function"],
+                        format!(
+                            "function {f:?} is not defined in this service (defined: {})",
+                            file.functions
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            Some(fnames.to_vec())
+        };
+        let caller = def
+            .caller
+            .as_ref()
+            .map(|c| compile_caller(c, &mut |path, msg| errors.push(err(path, msg))));
+        let mut args = Vec::new();
+        for (name, cond) in &def.args {
+            match compile_arg(name, cond) {
+                Ok(a) => args.push(a),
+                Err(msg) => errors.push(err(&["args", name], msg)),
+            }
+        }
+        let when = match &def.when {
+            Some(text) => match cel::Program::compile(text) {
+                Ok(program) => Some(When {
+                    text: text.clone(),
+                    program,
+                }),
+                Err(e) => {
+                    errors.push(err(&["when"], format!("invalid CEL: {e}")));
+                    None
+                }
+            },
+            None => None,
+        };
+        let approval = match (def.action, &def.approval) {
+            (Action::Approve, Some(a)) => {
+                let timeout = parse_duration(&a.timeout);
+                let grant = a.grant.as_deref().map(parse_duration);
+                if timeout.is_none() {
+                    errors.push(err(
+                        &["approval", "timeout"],
+                        format!("{:?} is not a duration like 10m", a.timeout),
+                    ));
+                }
+                if matches!(grant, Some(None)) {
+                    errors.push(err(
+                        &["approval", "grant"],
+                        "not a duration like 30m".into(),
+                    ));
+                }
+                if a.approvers.groups.is_empty() && a.approvers.subjects.is_empty() {
+                    errors.push(err(
+                        &["approval", "approvers"],
+                        "name at least one approver group or subject".into(),
+                    ));
+                }
+                Some(ApprovalSpec {
+                    groups: a.approvers.groups.clone(),
+                    subjects: a.approvers.subjects.clone(),
+                    timeout: timeout.unwrap_or(Duration::from_secs(600)),
+                    grant: grant.flatten(),
+                })
+            }
+            (Action::Approve, None) => {
+                errors.push(err(
+                    &["action"],
+                    "`approve` needs an `approval:` block with approvers".into(),
+                ));
+                None
+            }
+            (_, Some(_)) => {
+                errors.push(err(
+                    &["approval"],
+                    "`approval:` only applies to `action: approve`".into(),
+                ));
+                None
+            }
+            _ => None,
+        };
+        check_masks(
+            src,
+            &[&["rules", idx.as_str()][..], &["mask"]].concat(),
+            &def.mask,
+            &mut errors,
+        );
+        let mut mask = base.mask.clone();
+        for m in &def.mask {
+            if !mask.contains(m) {
+                mask.push(m.clone());
+            }
+        }
+        let obligations = Arc::new(Obligations {
+            mask,
+            record: def.record.unwrap_or(base.record),
+            inject: if def.inject == Some(false) {
+                None
+            } else {
+                inject.clone()
+            },
+            headers: def.headers.clone().unwrap_or_default(),
+            approval,
+        });
+        if def.inject == Some(true) && inject.is_none() {
+            errors.push(err(
+                &["inject"],
+                "the service has no `credentials:` to inject".into(),
+            ));
+        }
+        rules.push(Rule {
+            name: def.name.as_str().into(),
+            functions: functions_of_rule,
+            caller,
+            args,
+            when,
+            action: def.action,
+            reason: def.reason.as_deref().map(Into::into),
+            obligations,
+            at: src.locator.find(&["rules", &idx]),
+        });
+    }
+
+    let rules_for = functions
+        .iter()
+        .map(|f| {
+            rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.functions
+                        .as_ref()
+                        .is_none_or(|fs| fs.iter().any(|n| **n == *f.name))
+                })
+                .map(|(i, _)| i as u32)
+                .collect()
+        })
+        .collect();
+    let rules_wildcard = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.functions.is_none())
+        .map(|(i, _)| i as u32)
+        .collect();
+    if errors.is_empty() {
+        Ok(Service {
+            name: file.service.as_str().into(),
+            protocol: file.protocol,
+            tls: file.matcher.tls,
+            tcp: file.tcp,
+            functions,
+            fn_by_name,
+            fn_by_method,
+            routes,
+            rules,
+            rules_for,
+            rules_wildcard,
+            base,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<Finding>) {
+    for (i, m) in masks.iter().enumerate() {
+        let idx = i.to_string();
+        let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();
+        match m {
+            MaskSpec::Detector(d) if !DETECTORS.contains(&d.as_str()) => errors.push(src.error(
+                &path,
+                format!("unknown detector {d:?} (known: {})", DETECTORS.join(", ")),
+            )),
+            MaskSpec::Field { field } => {
+                if let Err(e) = JsonPath::parse(field) {
+                    errors.push(src.error(&path, e.to_string()));
+                }
+            }
+            MaskSpec::Regex { regex, .. } => {
+                if let Err(e) = Regex::new(regex) {
+                    errors.push(src.error(&path, format!("invalid regex: {e}")));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> CallerCond {
+    let mut claims = Vec::new();
+    for (path, value) in &c.claims {
+        match JsonPath::parse(path) {
+            Ok(p) => claims.push((p, value.clone())),
+            Err(e) => err(&["caller", "claims", path], e.to_string()),
+        }
+    }
+    CallerCond {
+        subjects: c
+            .subject
+            .as_ref()
+            .map(|s| s.items().to_vec())
+            .unwrap_or_default(),
+        groups_any: c.groups.clone(),
+        groups_all: c.groups_all.clone(),
+        claims,
+        authenticated: c.authenticated,
+        workload: c.workload.as_ref().map(compile_workload),
+    }
+}
+
+fn compile_workload(w: &WorkloadMatch) -> WorkloadCond {
+    let list =
+        |o: &Option<schema::OneOrMany>| o.as_ref().map(|v| v.items().to_vec()).unwrap_or_default();
+    WorkloadCond {
+        uids: match &w.uid {
+            Some(UidList::One(u)) => vec![*u],
+            Some(UidList::Many(v)) => v.clone(),
+            None => Vec::new(),
+        },
+        users: list(&w.user),
+        units: list(&w.unit),
+        cgroup_prefix: w
+            .cgroup
+            .as_ref()
+            .map(|c| c.trim_start_matches('/').to_string()),
+        comms: list(&w.comm),
+    }
+}
+
+fn compile_arg(name: &str, c: &ArgCondition) -> Result<ArgCond, String> {
+    let path = JsonPath::parse(name).map_err(|e| e.to_string())?;
+    let mut ops = Vec::new();
+    let push = |ops: &mut Vec<Op>, v: Option<Op>| ops.extend(v);
+    push(&mut ops, c.eq.clone().map(Op::Eq));
+    push(&mut ops, c.ne.clone().map(Op::Ne));
+    push(&mut ops, c.in_.clone().map(Op::In));
+    push(&mut ops, c.not_in.clone().map(Op::NotIn));
+    push(&mut ops, c.gt.map(Op::Gt));
+    push(&mut ops, c.ge.map(Op::Ge));
+    push(&mut ops, c.min.map(Op::Ge));
+    push(&mut ops, c.lt.map(Op::Lt));
+    push(&mut ops, c.le.map(Op::Le));
+    push(&mut ops, c.max.map(Op::Le));
+    if let Some(re) = &c.regex {
+        // Anchored: `regex: "[a-z]+"` means the whole value, as a reader expects.
+        let re = Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("invalid regex: {e}"))?;
+        ops.push(Op::Regex(re));
+    }
+    push(&mut ops, c.prefix.clone().map(Op::Prefix));
+    push(&mut ops, c.max_len.map(Op::MaxLen));
+    match (c.present, c.absent) {
+        (Some(p), Some(a)) if p == a => {
+            return Err("`present` and `absent` contradict each other".into());
+        }
+        (Some(p), _) => ops.push(Op::Present(p)),
+        (None, Some(a)) => ops.push(Op::Present(!a)),
+        (None, None) => {}
+    }
+    if ops.is_empty() {
+        return Err("no condition given (eq, ne, in, not_in, gt, ge, lt, le, max, min, regex, prefix, present, absent, max_len)".into());
+    }
+    Ok(ArgCond { path, ops })
+}
+
+/// `METHOD /a/{b}/c` → method and segments.
+fn parse_route(route: &str) -> Result<(String, Vec<RouteSeg>), String> {
+    let (method, path) = route
+        .trim()
+        .split_once(' ')
+        .ok_or("expected `METHOD /path`")?;
+    let method = method.trim().to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{method:?} is not an HTTP method"));
+    }
+    let path = path.trim();
+    if !path.starts_with('/') {
+        return Err("the path must start with /".into());
+    }
+    let mut seen = HashSet::new();
+    let mut segs = Vec::new();
+    for seg in path.split('/').skip(1) {
+        if let Some(inner) = seg
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .filter(|s| !s.contains(['{', '}']))
+        {
+            if inner.is_empty() || !seen.insert(inner.to_string()) {
+                return Err(format!("parameter {{{inner}}} is empty or repeated"));
+            }
+            segs.push(RouteSeg::Param(inner.to_string()));
+        } else if seg.contains(['{', '}']) {
+            return Err(format!(
+                "segment {seg:?}: a parameter must be a whole segment"
+            ));
+        } else {
+            segs.push(RouteSeg::Lit(seg.to_string()));
+        }
+    }
+    Ok((method, segs))
+}
+
+// === lookups used by the data path ===
+
+impl Snapshot {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.by_name.get(name).map(|&i| &self.services[i])
+    }
+
+    /// The service that claims an original destination (host or IP, and port), or an SNI.
+    pub fn service_for(&self, host: &str, port: u16, sni: Option<&str>) -> Option<&Service> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let idx = self
+            .by_host_port
+            .get(&(host.to_string(), port))
+            .or_else(|| self.by_host.get(host))
+            .copied()
+            .or_else(|| {
+                let ip: IpAddr = host.parse().ok()?;
+                self.cidrs
+                    .iter()
+                    .find(|(net, prefix, p, _)| {
+                        p.is_none_or(|p| p == port) && in_cidr(ip, *net, *prefix)
+                    })
+                    .map(|c| c.3)
+            })
+            .or_else(|| {
+                let sni = sni?.to_ascii_lowercase();
+                self.by_sni.get(&sni).copied().or_else(|| {
+                    self.sni_suffixes
+                        .iter()
+                        .find(|(s, _)| sni.ends_with(s.as_str()))
+                        .map(|x| x.1)
+                })
+            })?;
+        Some(&self.services[idx])
+    }
+
+    pub fn services_by_name(&self) -> BTreeMap<&str, &Service> {
+        self.services.iter().map(|s| (&*s.name, s)).collect()
+    }
+}
+
+fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    let (ip, net, prefix) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (
+            u128::from(a.to_ipv6_mapped()),
+            u128::from(n.to_ipv6_mapped()),
+            prefix as u32 + 96,
+        ),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), prefix as u32),
+        (IpAddr::V6(a), IpAddr::V4(n)) => match a.to_ipv4_mapped() {
+            Some(a) => (
+                u128::from(a.to_ipv6_mapped()),
+                u128::from(n.to_ipv6_mapped()),
+                prefix as u32 + 96,
+            ),
+            None => return false,
+        },
+        (IpAddr::V4(_), IpAddr::V6(_)) => return false,
+    };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
+    ip & mask == net & mask
+}
+
+impl Service {
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.fn_by_name.get(name).map(|&i| &self.functions[i])
+    }
+
+    /// The function a JSON-RPC method, MCP tool or gRPC path names.
+    pub fn function_by_method(&self, method: &str) -> Option<&Function> {
+        self.fn_by_method.get(method).map(|&i| &self.functions[i])
+    }
+
+    /// The function a REST request calls, with its path parameters.
+    pub fn route(&self, method: &str, path: &str) -> Option<(&Function, Vec<(String, String)>)> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        'routes: for r in &self.routes {
+            if !r.method.eq_ignore_ascii_case(method) {
+                continue;
+            }
+            let mut params = Vec::new();
+            let mut segs = path.split('/').skip(1);
+            for want in &r.segs {
+                let Some(got) = segs.next() else {
+                    continue 'routes;
+                };
+                match want {
+                    RouteSeg::Lit(l) if l == got => {}
+                    RouteSeg::Lit(_) => continue 'routes,
+                    RouteSeg::Param(_) if got.is_empty() => continue 'routes,
+                    RouteSeg::Param(name) => params.push((name.clone(), got.to_string())),
+                }
+            }
+            if segs.next().is_none() {
+                return Some((&self.functions[r.function], params));
+            }
+        }
+        None
+    }
+
+    /// The rules that may decide a call to `function`, in order.
+    pub(super) fn candidates(&self, function: &str) -> &[u32] {
+        match self.fn_by_name.get(function) {
+            Some(&i) => &self.rules_for[i],
+            None => &self.rules_wildcard,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), None);
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+
+    #[test]
+    fn routes() {
+        assert!(parse_route("POST /v1/p/{id}/refund").is_ok());
+        assert!(parse_route("POST v1").is_err());
+        assert!(parse_route("POST /a/{x}{y}").is_err());
+        assert!(parse_route("POST /a/{x}/{x}").is_err());
+        assert!(parse_route("/a").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(in_cidr(
+            "10.1.2.3".parse().unwrap(),
+            "10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(!in_cidr(
+            "11.1.2.3".parse().unwrap(),
+            "10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(in_cidr(
+            "::ffff:10.1.2.3".parse().unwrap(),
+            "10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(in_cidr(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::".parse().unwrap(),
+            32
+        ));
+    }
+}

@@ -1,0 +1,558 @@
+//! Deciding a call: the rules for its function, in order, first match wins; none → the
+//! default. The same matching code serves the hot path (`decide`, which allocates nothing
+//! unless a rule has a CEL `when:`) and `explain`, which also says why each rule did not match.
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::{
+    compile::{
+        ArgCond, CallerCond, Obligations, Op, PolicyVersion, Rule, Service, Snapshot, WorkloadCond,
+    },
+    schema::{Action, Mode},
+};
+
+/// A call as the extract stage produces it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Call {
+    pub function: String,
+    #[serde(default)]
+    pub args: Json,
+}
+
+/// Who is calling: the token's identity (if any) and the workload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Caller {
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub claims: Json,
+    /// A token was presented and verified.
+    #[serde(default)]
+    pub authenticated: bool,
+    /// Why a presented token was not accepted (`invalid_token: expired`).
+    #[serde(default)]
+    pub token_error: Option<String>,
+    #[serde(default)]
+    pub workload: Option<Workload>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Workload {
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// cgroup path relative to the cgroup mount.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub comm: Option<String>,
+}
+
+/// The outcome, with everything later stages and the record need.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// What the policy says.
+    pub action: Action,
+    /// What happens: the same in enforce mode; `allow` in dry-run ("would deny").
+    pub enforced: Action,
+    /// The deciding rule; None when the default decided.
+    pub rule: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    pub mode: Mode,
+    pub reason: Option<Arc<str>>,
+    pub obligations: Arc<Obligations>,
+    pub policy: Arc<PolicyVersion>,
+}
+
+/// Why a rule did not match, without allocating.
+#[derive(Debug, Clone, Copy)]
+enum Miss<'r> {
+    Subject,
+    Groups,
+    GroupsAll(&'r str),
+    Claim(&'r str),
+    Authenticated(bool),
+    NoWorkload,
+    Workload(&'static str),
+    Arg {
+        path: &'r ArgCond,
+        op: &'r Op,
+        missing: bool,
+    },
+    WhenFalse,
+}
+
+/// One line of an explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceLine {
+    pub rule: String,
+    pub matched: bool,
+    pub why: String,
+}
+
+impl Snapshot {
+    /// Decides a call to `service`.
+    pub fn decide(&self, service: &Service, call: &Call, caller: &Caller) -> Decision {
+        self.evaluate(service, call, caller, None)
+    }
+
+    /// Decides and explains: every rule considered, and why it did or did not match.
+    pub fn explain(
+        &self,
+        service: &Service,
+        call: &Call,
+        caller: &Caller,
+    ) -> (Decision, Vec<TraceLine>) {
+        let mut trace = Vec::new();
+        let d = self.evaluate(service, call, caller, Some(&mut trace));
+        (d, trace)
+    }
+
+    /// The decision for a destination no service claims.
+    pub fn decide_unknown_destination(&self) -> Decision {
+        self.decision(
+            self.unknown_destination,
+            None,
+            None,
+            Some("no service in the policy claims this destination".into()),
+            self.default_obligations.clone(),
+        )
+    }
+
+    fn evaluate(
+        &self,
+        service: &Service,
+        call: &Call,
+        caller: &Caller,
+        mut trace: Option<&mut Vec<TraceLine>>,
+    ) -> Decision {
+        for &i in service.candidates(&call.function) {
+            let rule = &service.rules[i as usize];
+            match rule_matches(rule, service, call, caller) {
+                Ok(()) => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(TraceLine {
+                            rule: rule.name.to_string(),
+                            matched: true,
+                            why: format!("matched → {}", rule.action),
+                        });
+                    }
+                    return self.decision(
+                        rule.action,
+                        Some(rule.name.clone()),
+                        Some(service),
+                        rule.reason.clone(),
+                        rule.obligations.clone(),
+                    );
+                }
+                Err(Verdict::Miss(miss)) => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(TraceLine {
+                            rule: rule.name.to_string(),
+                            matched: false,
+                            why: describe(miss, call, caller),
+                        });
+                    }
+                }
+                Err(Verdict::Error(e)) => {
+                    // A rule that cannot be evaluated decides nothing in the caller's favour.
+                    let why = format!("rule {}: `when` failed: {e}", rule.name);
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(TraceLine {
+                            rule: rule.name.to_string(),
+                            matched: false,
+                            why: why.clone(),
+                        });
+                    }
+                    return self.decision(
+                        Action::Deny,
+                        Some(rule.name.clone()),
+                        Some(service),
+                        Some(why.into()),
+                        rule.obligations.clone(),
+                    );
+                }
+            }
+        }
+        if let Some(t) = trace {
+            t.push(TraceLine {
+                rule: "default".into(),
+                matched: true,
+                why: format!("no rule matched → default {}", self.default_action),
+            });
+        }
+        self.decision(
+            self.default_action,
+            None,
+            Some(service),
+            default_reason(self.default_action),
+            service.base.clone(),
+        )
+    }
+
+    fn decision(
+        &self,
+        action: Action,
+        rule: Option<Arc<str>>,
+        service: Option<&Service>,
+        reason: Option<Arc<str>>,
+        obligations: Arc<Obligations>,
+    ) -> Decision {
+        Decision {
+            action,
+            enforced: if self.mode == Mode::DryRun {
+                Action::Allow
+            } else {
+                action
+            },
+            rule,
+            service: service.map(|s| s.name.clone()),
+            mode: self.mode,
+            reason,
+            obligations,
+            policy: self.version.clone(),
+        }
+    }
+}
+
+fn default_reason(action: Action) -> Option<Arc<str>> {
+    (action == Action::Deny).then(|| Arc::from("no policy rule allows this call"))
+}
+
+enum Verdict<'r> {
+    Miss(Miss<'r>),
+    Error(String),
+}
+
+impl<'r> From<Miss<'r>> for Verdict<'r> {
+    fn from(m: Miss<'r>) -> Self {
+        Verdict::Miss(m)
+    }
+}
+
+fn rule_matches<'r>(
+    rule: &'r Rule,
+    service: &Service,
+    call: &Call,
+    caller: &Caller,
+) -> Result<(), Verdict<'r>> {
+    if let Some(c) = &rule.caller {
+        caller_matches(c, caller)?;
+    }
+    for arg in &rule.args {
+        arg_matches(arg, &call.args)?;
+    }
+    if let Some(when) = &rule.when {
+        match eval_when(&when.program, service, call, caller) {
+            Ok(true) => {}
+            Ok(false) => return Err(Miss::WhenFalse.into()),
+            Err(e) => return Err(Verdict::Error(e)),
+        }
+    }
+    Ok(())
+}
+
+fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>> {
+    if let Some(want) = c.authenticated {
+        if caller.authenticated != want {
+            return Err(Miss::Authenticated(want));
+        }
+    }
+    if !c.subjects.is_empty() {
+        // Only a verified token has a subject worth trusting.
+        let ok = caller.authenticated
+            && caller
+                .subject
+                .as_ref()
+                .is_some_and(|s| c.subjects.iter().any(|w| w == s));
+        if !ok {
+            return Err(Miss::Subject);
+        }
+    }
+    let in_a_group = caller.authenticated && c.groups_any.iter().any(|g| caller.groups.contains(g));
+    if !(c.groups_any.is_empty() || in_a_group) {
+        return Err(Miss::Groups);
+    }
+    for g in &c.groups_all {
+        if !(caller.authenticated && caller.groups.contains(g)) {
+            return Err(Miss::GroupsAll(g));
+        }
+    }
+    for (path, want) in &c.claims {
+        let mut found = false;
+        path.visit(&caller.claims, &mut |v| {
+            found = json_eq(v, want)
+                || v.as_array()
+                    .is_some_and(|a| a.iter().any(|x| json_eq(x, want)));
+            !found
+        });
+        if !(caller.authenticated && found) {
+            return Err(Miss::Claim(path_text(path)));
+        }
+    }
+    if let Some(w) = &c.workload {
+        let Some(actual) = &caller.workload else {
+            return Err(Miss::NoWorkload);
+        };
+        workload_matches(w, actual)?;
+    }
+    Ok(())
+}
+
+fn path_text(p: &crate::jsonpath::JsonPath) -> &str {
+    // JsonPath keeps its source text; Display would allocate.
+    p.as_str()
+}
+
+fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r>> {
+    fn one_of(list: &[String], v: &Option<String>) -> bool {
+        list.is_empty() || v.as_ref().is_some_and(|v| list.iter().any(|x| x == v))
+    }
+    if !w.uids.is_empty() && !a.uid.is_some_and(|u| w.uids.contains(&u)) {
+        return Err(Miss::Workload("uid"));
+    }
+    if !one_of(&w.users, &a.user) {
+        return Err(Miss::Workload("user"));
+    }
+    if !one_of(&w.units, &a.unit) {
+        return Err(Miss::Workload("unit"));
+    }
+    if !one_of(&w.comms, &a.comm) {
+        return Err(Miss::Workload("comm"));
+    }
+    if let Some(prefix) = &w.cgroup_prefix {
+        if !a
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| c.trim_start_matches('/').starts_with(prefix.as_str()))
+        {
+            return Err(Miss::Workload("cgroup"));
+        }
+    }
+    Ok(())
+}
+
+fn arg_matches<'r>(cond: &'r ArgCond, args: &Json) -> Result<(), Miss<'r>> {
+    for op in &cond.ops {
+        let mut seen = false;
+        let mut ok = true;
+        cond.path.visit(args, &mut |v| {
+            seen = true;
+            ok = op_holds(op, v);
+            ok
+        });
+        let holds = match op {
+            Op::Present(want) => seen == *want,
+            // A condition on an argument that is not there does not hold.
+            _ => seen && ok,
+        };
+        if !holds {
+            return Err(Miss::Arg {
+                path: cond,
+                op,
+                missing: !seen,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn op_holds(op: &Op, v: &Json) -> bool {
+    let num = || v.as_f64();
+    match op {
+        Op::Eq(want) => json_eq(v, want),
+        Op::Ne(want) => !json_eq(v, want),
+        Op::In(list) => list.iter().any(|w| json_eq(v, w)),
+        Op::NotIn(list) => !list.iter().any(|w| json_eq(v, w)),
+        Op::Gt(n) => num().is_some_and(|x| x > *n),
+        Op::Ge(n) => num().is_some_and(|x| x >= *n),
+        Op::Lt(n) => num().is_some_and(|x| x < *n),
+        Op::Le(n) => num().is_some_and(|x| x <= *n),
+        Op::Regex(re) => v.as_str().is_some_and(|s| re.is_match(s)),
+        Op::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+        Op::MaxLen(n) => match v {
+            Json::String(s) => s.chars().count() <= *n,
+            Json::Array(a) => a.len() <= *n,
+            _ => false,
+        },
+        Op::Present(_) => true,
+    }
+}
+
+/// JSON equality with numbers compared by value (1 == 1.0).
+fn json_eq(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn eval_when(
+    program: &cel::Program,
+    service: &Service,
+    call: &Call,
+    caller: &Caller,
+) -> Result<bool, String> {
+    let mut ctx = cel::Context::default();
+    let call_json = serde_json::json!({ "service": &*service.name, "function": call.function });
+    let caller_json = serde_json::json!({
+        "subject": caller.subject, "groups": caller.groups, "claims": caller.claims,
+        "authenticated": caller.authenticated,
+    });
+    let workload_json = serde_json::to_value(caller.workload.clone().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    for (name, value) in [
+        ("call", &call_json),
+        ("caller", &caller_json),
+        ("args", &call.args),
+        ("workload", &workload_json),
+    ] {
+        ctx.add_variable_from_value(name, to_cel(value, 0));
+    }
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("evaluated to {other:?}, not a boolean")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// JSON to CEL. Integers become signed (`args.n + 1` must work: CEL will not add an unsigned
+/// and a signed number), nesting is capped like everywhere else untrusted JSON is walked.
+fn to_cel(v: &Json, depth: usize) -> cel::Value {
+    use std::collections::HashMap;
+    if depth > 64 {
+        return cel::Value::Null;
+    }
+    match v {
+        Json::Null => cel::Value::Null,
+        Json::Bool(b) => cel::Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => cel::Value::Int(i),
+            None => n
+                .as_u64()
+                .map(cel::Value::UInt)
+                .unwrap_or_else(|| cel::Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        Json::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Json::Array(a) => {
+            cel::Value::List(Arc::new(a.iter().map(|x| to_cel(x, depth + 1)).collect()))
+        }
+        Json::Object(o) => {
+            let map: HashMap<cel::objects::Key, cel::Value> = o
+                .iter()
+                .map(|(k, x)| {
+                    (
+                        cel::objects::Key::String(Arc::new(k.clone())),
+                        to_cel(x, depth + 1),
+                    )
+                })
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
+}
+
+fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
+    match miss {
+        Miss::Subject => format!(
+            "caller subject {:?} is not one the rule names{}",
+            caller.subject,
+            unauth(caller)
+        ),
+        Miss::Groups => format!(
+            "caller groups {:?} include none the rule needs{}",
+            caller.groups,
+            unauth(caller)
+        ),
+        Miss::GroupsAll(g) => format!("caller is not in group {g:?}{}", unauth(caller)),
+        Miss::Claim(c) => format!(
+            "claim {c} does not have the required value{}",
+            unauth(caller)
+        ),
+        Miss::Authenticated(true) => format!(
+            "caller is not authenticated{}",
+            caller
+                .token_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
+        Miss::Authenticated(false) => {
+            "caller is authenticated; the rule is for unauthenticated callers".into()
+        }
+        Miss::NoWorkload => "no workload identity for this call".into(),
+        Miss::Workload(field) => {
+            let w = caller.workload.clone().unwrap_or_default();
+            let actual = match field {
+                "uid" => format!("{:?}", w.uid),
+                "user" => format!("{:?}", w.user),
+                "unit" => format!("{:?}", w.unit),
+                "comm" => format!("{:?}", w.comm),
+                _ => format!("{:?}", w.cgroup),
+            };
+            format!("workload {field} {actual} does not match")
+        }
+        Miss::Arg {
+            path,
+            op,
+            missing: true,
+        } => format!(
+            "argument {} is missing ({} needs it)",
+            path.path.as_str(),
+            op.name()
+        ),
+        Miss::Arg {
+            path,
+            op,
+            missing: false,
+        } => {
+            let mut actual = Vec::new();
+            path.path.visit(&call.args, &mut |v| {
+                actual.push(v.to_string());
+                true
+            });
+            format!(
+                "argument {} = {} fails {}",
+                path.path.as_str(),
+                actual.join(", "),
+                describe_op(op)
+            )
+        }
+        Miss::WhenFalse => "`when` evaluated to false".into(),
+    }
+}
+
+fn unauth(caller: &Caller) -> &'static str {
+    if caller.authenticated {
+        ""
+    } else {
+        " (caller is not authenticated)"
+    }
+}
+
+fn describe_op(op: &Op) -> String {
+    match op {
+        Op::Eq(v) => format!("eq {v}"),
+        Op::Ne(v) => format!("ne {v}"),
+        Op::In(v) => format!("in {}", Json::Array(v.clone())),
+        Op::NotIn(v) => format!("not_in {}", Json::Array(v.clone())),
+        Op::Gt(n) => format!("gt {n}"),
+        Op::Ge(n) => format!("ge {n}"),
+        Op::Lt(n) => format!("lt {n}"),
+        Op::Le(n) => format!("le {n}"),
+        Op::Regex(r) => format!("regex {}", r.as_str()),
+        Op::Prefix(p) => format!("prefix {p:?}"),
+        Op::MaxLen(n) => format!("max_len {n}"),
+        Op::Present(true) => "present".into(),
+        Op::Present(false) => "absent".into(),
+    }
+}

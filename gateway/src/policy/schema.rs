@@ -1,0 +1,507 @@
+//! The policy repository's file formats, as written by people. Every struct rejects unknown
+//! keys so that a typo is an error, not a rule that silently never applies.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// `callgate.yaml`: repository-wide defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoFile {
+    /// What happens to a call that no rule matches.
+    #[serde(default = "deny")]
+    pub default_action: DefaultAction,
+    #[serde(default)]
+    pub mode: Mode,
+    /// What happens to a connection whose destination no service claims.
+    #[serde(default = "deny")]
+    pub unknown_destination: DefaultAction,
+    #[serde(default)]
+    pub identity: Identity,
+    /// Named credentials that services inject; values say where the secret lives, never
+    /// the secret itself.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, SecretRef>,
+    /// Masks applied to every service's responses in addition to its own.
+    #[serde(default)]
+    pub masking: Masking,
+}
+
+fn deny() -> DefaultAction {
+    DefaultAction::Deny
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Decisions are enforced.
+    #[default]
+    Enforce,
+    /// Decisions are computed and recorded ("would deny"), but every call proceeds.
+    DryRun,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+}
+
+/// An OIDC issuer whose bearer tokens identify callers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// JSON path of the groups claim, e.g. `groups` or `realm_access.roles`.
+    #[serde(default = "groups_claim")]
+    pub groups_claim: String,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub clock_skew_s: Option<u64>,
+}
+
+fn groups_claim() -> String {
+    "groups".into()
+}
+
+/// Where a secret is read from: exactly one of the keys. The secret itself never appears in
+/// the policy repository.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A systemd credential (`$CREDENTIALS_DIRECTORY/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<String>,
+    /// A name from `callgate.yaml`'s `credentials` (services only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl SecretRef {
+    pub fn count(&self) -> usize {
+        [&self.env, &self.file, &self.systemd, &self.credential]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masking {
+    #[serde(default)]
+    pub default: Vec<MaskSpec>,
+}
+
+/// `services/<name>.yaml`: one service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub service: String,
+    #[serde(rename = "match")]
+    pub matcher: ServiceMatch,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Non-HTTP TCP to this service's destinations.
+    #[serde(default)]
+    pub tcp: TcpMode,
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionDef>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    #[serde(default)]
+    pub response: Response,
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    #[serde(default)]
+    pub record: Option<RecordLevel>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMatch {
+    /// `host:port`, `ip:port`, `CIDR` or `CIDR:port` of the original destination.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// TLS server names (exact, or `*.example.com`).
+    #[serde(default)]
+    pub sni: Vec<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Decide on SNI and destination only; bytes are spliced.
+    #[default]
+    Passthrough,
+    /// Terminate with a leaf from the local CA, re-originate upstream.
+    Intercept,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rest,
+    Jsonrpc,
+    Mcp,
+    Grpc,
+    #[default]
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpMode {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// How a function is recognised in traffic. REST functions have a route; JSON-RPC, MCP and
+/// gRPC ones are named by their method/tool (the function's own name unless given).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    /// `METHOD /path/{param}/...` (REST).
+    pub route: Option<String>,
+    /// JSON-RPC method, MCP tool or gRPC `/pkg.Service/Method`.
+    pub method: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub name: String,
+    /// A function name, a list of them, or `*`.
+    #[serde(default = "any_function")]
+    pub function: OneOrMany,
+    #[serde(default)]
+    pub caller: Option<CallerMatch>,
+    /// Argument name or JSON path → conditions, all of which must hold.
+    #[serde(default)]
+    pub args: BTreeMap<String, ArgCondition>,
+    /// A CEL expression over `call`, `caller`, `args` and `workload`.
+    #[serde(default)]
+    pub when: Option<String>,
+    pub action: Action,
+    /// Told to the caller on deny.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    #[serde(default)]
+    pub mask: Vec<MaskSpec>,
+    #[serde(default)]
+    pub record: Option<RecordLevel>,
+    /// Inject the service's credential (default true when the service has one).
+    #[serde(default)]
+    pub inject: Option<bool>,
+    #[serde(default)]
+    pub headers: Option<HeaderEdits>,
+}
+
+fn any_function() -> OneOrMany {
+    OneOrMany::One("*".into())
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+    Approve,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Approve => "approve",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerMatch {
+    /// OIDC subject(s).
+    #[serde(default)]
+    pub subject: Option<OneOrMany>,
+    /// The caller is in at least one of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The caller is in every one of these groups.
+    #[serde(default)]
+    pub groups_all: Vec<String>,
+    /// Claim (JSON path into the token's claims) → required value.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Json>,
+    /// Require (true) or forbid (false) a verified token.
+    #[serde(default)]
+    pub authenticated: Option<bool>,
+    #[serde(default)]
+    pub workload: Option<WorkloadMatch>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadMatch {
+    #[serde(default)]
+    pub uid: Option<UidList>,
+    #[serde(default)]
+    pub user: Option<OneOrMany>,
+    /// systemd unit(s).
+    #[serde(default)]
+    pub unit: Option<OneOrMany>,
+    /// cgroup path prefix (relative to the cgroup mount, e.g. `system.slice/`).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    #[serde(default)]
+    pub comm: Option<OneOrMany>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum UidList {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// Conditions on one argument; all given ones must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgCondition {
+    pub eq: Option<Json>,
+    pub ne: Option<Json>,
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<Json>>,
+    pub not_in: Option<Vec<Json>>,
+    pub gt: Option<f64>,
+    pub ge: Option<f64>,
+    pub lt: Option<f64>,
+    pub le: Option<f64>,
+    /// Same as `le`.
+    pub max: Option<f64>,
+    /// Same as `ge`.
+    pub min: Option<f64>,
+    pub regex: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+    pub absent: Option<bool>,
+    /// Maximum length of a string (characters) or array (elements).
+    pub max_len: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    #[serde(default)]
+    pub approvers: Approvers,
+    /// How long the call is held, e.g. `10m`.
+    #[serde(default = "ten_minutes")]
+    pub timeout: String,
+    /// How long an approval also covers repeats, e.g. `30m`.
+    #[serde(default)]
+    pub grant: Option<String>,
+}
+
+fn ten_minutes() -> String {
+    "10m".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvers {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// A masking obligation: a built-in detector by name, a JSON field path, or a custom regex.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MaskSpec {
+    Detector(String),
+    Field {
+        field: String,
+    },
+    Regex {
+        regex: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordLevel {
+    /// Arguments and response (masked).
+    #[default]
+    Full,
+    /// Who called what and the decision, no arguments or body.
+    Metadata,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    #[serde(default)]
+    pub mask: Vec<MaskSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub inject: Inject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    pub header: String,
+    pub from: SecretRef,
+    /// `{}` is replaced by the secret.
+    #[serde(default = "plain_format")]
+    pub format: String,
+    /// Remove a caller-supplied value of the header first (default true).
+    #[serde(default = "yes")]
+    pub strip_caller_value: bool,
+}
+
+fn plain_format() -> String {
+    "{}".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `tests/<name>.yaml`: test cases for `callgate policy test`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    pub tests: Vec<TestCase>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    /// An already extracted call…
+    #[serde(default)]
+    pub call: Option<TestCall>,
+    /// …or a REST request that the service's routes turn into one.
+    #[serde(default)]
+    pub request: Option<TestRequest>,
+    #[serde(default)]
+    pub caller: Option<TestCaller>,
+    #[serde(default)]
+    pub workload: Option<TestWorkload>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCall {
+    pub service: Option<String>,
+    /// `host:port` of the original destination, when the service is to be found from it.
+    pub destination: Option<String>,
+    pub function: String,
+    #[serde(default)]
+    pub args: Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    pub destination: String,
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub body: Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCaller {
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub claims: Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestWorkload {
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub unit: Option<String>,
+    pub cgroup: Option<String>,
+    pub comm: Option<String>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub action: Action,
+    /// The deciding rule; `default` for the default action.
+    pub rule: Option<String>,
+    pub function: Option<String>,
+    #[serde(default)]
+    pub mask: Option<Vec<MaskSpec>>,
+    #[serde(default)]
+    pub record: Option<RecordLevel>,
+    #[serde(default)]
+    pub inject: Option<bool>,
+}

@@ -1,0 +1,219 @@
+//! `callgate policy test`: runs the repository's own test cases (a call, a caller and a
+//! workload → the expected decision) and reports each, JUnit XML included for CI systems.
+use std::{path::PathBuf, time::Instant};
+
+use serde_json::{Map, Value as Json};
+
+use super::{
+    compile::Snapshot,
+    eval::{Call, Caller, Decision, Workload},
+    load::Loaded,
+    schema::{Action, Expect, TestCase},
+};
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub file: PathBuf,
+    pub name: String,
+    /// None when the test passed; else what differed.
+    pub failure: Option<String>,
+    pub seconds: f64,
+}
+
+pub fn run(loaded: &Loaded, snap: &Snapshot) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for (src, file) in &loaded.tests {
+        for case in &file.tests {
+            let start = Instant::now();
+            let failure = run_one(snap, case).err();
+            out.push(Outcome {
+                file: src.path.clone(),
+                name: case.name.clone(),
+                failure,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    out
+}
+
+fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
+    let caller = case
+        .caller
+        .as_ref()
+        .map_or_else(Caller::default, |c| Caller {
+            subject: c.subject.clone(),
+            groups: c.groups.clone(),
+            claims: if c.claims.is_null() {
+                Json::Object(Map::new())
+            } else {
+                c.claims.clone()
+            },
+            authenticated: c.subject.is_some(),
+            token_error: None,
+            workload: None,
+        });
+    let caller = Caller {
+        workload: case.workload.as_ref().map(|w| Workload {
+            pid: w.pid,
+            uid: w.uid,
+            user: w.user.clone(),
+            unit: w.unit.clone(),
+            cgroup: w.cgroup.clone(),
+            comm: w.comm.clone(),
+        }),
+        ..caller
+    };
+    let (decision, function) = match (&case.call, &case.request) {
+        (Some(call), None) => {
+            let service = match (&call.service, &call.destination) {
+                (Some(name), _) => Some(
+                    snap.service(name)
+                        .ok_or_else(|| format!("no service named {name:?}"))?,
+                ),
+                (None, Some(dst)) => {
+                    let (host, port) = split_host_port(dst)?;
+                    snap.service_for(&host, port, None)
+                }
+                (None, None) => return Err("`call` needs `service` or `destination`".into()),
+            };
+            let args = if call.args.is_null() {
+                Json::Object(Map::new())
+            } else {
+                call.args.clone()
+            };
+            let c = Call {
+                function: call.function.clone(),
+                args,
+            };
+            match service {
+                Some(s) => (snap.decide(s, &c, &caller), call.function.clone()),
+                None => (snap.decide_unknown_destination(), call.function.clone()),
+            }
+        }
+        (None, Some(req)) => {
+            let (host, port) = split_host_port(&req.destination)?;
+            let Some(service) = snap.service_for(&host, port, None) else {
+                return check(&case.expect, &snap.decide_unknown_destination(), "");
+            };
+            let (function, args) = match service.route(&req.method, &req.path) {
+                Some((f, params)) => {
+                    let mut args = match &req.body {
+                        Json::Object(m) => m.clone(),
+                        _ => Map::new(),
+                    };
+                    for (k, v) in params {
+                        args.insert(k, Json::String(v));
+                    }
+                    (f.name.to_string(), Json::Object(args))
+                }
+                // No route: the call is the raw HTTP request, decided by `*` rules or the default.
+                None => (
+                    format!("{} {}", req.method.to_ascii_uppercase(), req.path),
+                    Json::Object(Map::new()),
+                ),
+            };
+            let c = Call {
+                function: function.clone(),
+                args,
+            };
+            (snap.decide(service, &c, &caller), function)
+        }
+        _ => return Err("give exactly one of `call` and `request`".into()),
+    };
+    check(&case.expect, &decision, &function)
+}
+
+fn check(expect: &Expect, d: &Decision, function: &str) -> Result<(), String> {
+    let got_rule = d.rule.as_deref().unwrap_or("default");
+    let mut diffs = Vec::new();
+    if expect.action != d.action {
+        diffs.push(format!(
+            "expected {}, got {} (by {got_rule})",
+            expect.action, d.action
+        ));
+    }
+    if let Some(rule) = &expect.rule {
+        if rule != got_rule {
+            diffs.push(format!("expected rule {rule:?}, got {got_rule:?}"));
+        }
+    }
+    if let Some(f) = &expect.function {
+        if f != function {
+            diffs.push(format!("expected function {f:?}, got {function:?}"));
+        }
+    }
+    if let Some(mask) = &expect.mask {
+        let same = mask.len() == d.obligations.mask.len()
+            && mask.iter().all(|m| d.obligations.mask.contains(m));
+        if !same {
+            diffs.push(format!(
+                "expected masks {mask:?}, got {:?}",
+                d.obligations.mask
+            ));
+        }
+    }
+    if let Some(record) = expect.record {
+        if record != d.obligations.record {
+            diffs.push(format!(
+                "expected record {record:?}, got {:?}",
+                d.obligations.record
+            ));
+        }
+    }
+    if let Some(inject) = expect.inject {
+        if inject != d.obligations.inject.is_some() {
+            diffs.push(format!(
+                "expected inject {inject}, got {}",
+                d.obligations.inject.is_some()
+            ));
+        }
+    }
+    if expect.action == Action::Approve
+        && d.obligations.approval.is_none()
+        && d.action == Action::Approve
+    {
+        diffs.push("approve decision without approval settings".into());
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join("; "))
+    }
+}
+
+fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let (h, p) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("destination {s:?} must be host:port"))?;
+    Ok((
+        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        p.parse().map_err(|_| format!("bad port in {s:?}"))?,
+    ))
+}
+
+/// JUnit XML for CI systems.
+pub fn junit(outcomes: &[Outcome]) -> Result<String, String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("callgate policy test");
+    let mut files: Vec<&PathBuf> = outcomes.iter().map(|o| &o.file).collect();
+    files.dedup();
+    for file in files {
+        let mut suite = TestSuite::new(file.display().to_string());
+        for o in outcomes.iter().filter(|o| &o.file == file) {
+            let status = match &o.failure {
+                None => TestCaseStatus::success(),
+                Some(msg) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(msg.clone());
+                    s
+                }
+            };
+            let mut tc = TestCase::new(o.name.clone(), status);
+            tc.set_time(std::time::Duration::from_secs_f64(o.seconds));
+            suite.add_test_case(tc);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string().map_err(|e| e.to_string())
+}

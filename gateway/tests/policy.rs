@@ -1,0 +1,714 @@
+//! The decide stage through its public API: policy repositories written to temp directories,
+//! loaded, compiled and asked for decisions.
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use callgate::policy::{
+    self, Action, Call, Caller, Finding, PolicyStore, Snapshot, Workload, lint,
+};
+use serde_json::{Value, json};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A policy repository in a fresh temp directory, removed on drop.
+struct Repo(PathBuf);
+
+impl Repo {
+    fn new(repo_yaml: &str, services: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "callgate-policy-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(dir.join("services")).unwrap();
+        std::fs::write(dir.join("callgate.yaml"), repo_yaml).unwrap();
+        for (name, text) in services {
+            std::fs::write(dir.join("services").join(name), text).unwrap();
+        }
+        Repo(dir)
+    }
+
+    fn service(text: &str) -> Self {
+        Self::new("default_action: deny\n", &[("svc.yaml", text)])
+    }
+
+    fn compile(&self) -> Result<Snapshot, Vec<Finding>> {
+        policy::load_snapshot(&self.0).map(|(_, s)| s)
+    }
+
+    fn snap(&self) -> Snapshot {
+        self.compile().unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                e.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    fn errors(&self) -> Vec<String> {
+        match self.compile() {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn user(groups: &[&str]) -> Caller {
+    Caller {
+        subject: Some("u".into()),
+        groups: groups.iter().map(|s| s.to_string()).collect(),
+        authenticated: true,
+        ..Default::default()
+    }
+}
+
+fn decide(snap: &Snapshot, function: &str, args: Value, caller: &Caller) -> (Action, String) {
+    let svc = snap.service("svc").expect("service svc");
+    let d = snap.decide(
+        svc,
+        &Call {
+            function: function.into(),
+            args,
+        },
+        caller,
+    );
+    (d.action, d.rule.as_deref().unwrap_or("default").to_string())
+}
+
+const HEAD: &str = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: jsonrpc\nfunctions: { f: {}, g: {} }\nrules:\n";
+
+fn one_rule(cond: &str) -> Repo {
+    Repo::service(&format!(
+        "{HEAD}  - {{ name: r, function: f, action: allow, {cond} }}\n"
+    ))
+}
+
+#[test]
+fn every_argument_operator() {
+    let cases: &[(&str, Value, bool)] = &[
+        ("args: { a: { eq: 5 } }", json!({"a": 5}), true),
+        ("args: { a: { eq: 5 } }", json!({"a": 5.0}), true),
+        ("args: { a: { eq: 5 } }", json!({"a": "5"}), false),
+        ("args: { a: { ne: x } }", json!({"a": "y"}), true),
+        ("args: { a: { ne: x } }", json!({"a": "x"}), false),
+        ("args: { a: { in: [x, y] } }", json!({"a": "y"}), true),
+        ("args: { a: { in: [x, y] } }", json!({"a": "z"}), false),
+        ("args: { a: { not_in: [x] } }", json!({"a": "z"}), true),
+        ("args: { a: { not_in: [x] } }", json!({"a": "x"}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": 2}), true),
+        ("args: { a: { gt: 1 } }", json!({"a": 1}), false),
+        ("args: { a: { ge: 1 } }", json!({"a": 1}), true),
+        ("args: { a: { lt: 1 } }", json!({"a": 0.5}), true),
+        ("args: { a: { lt: 1 } }", json!({"a": 1}), false),
+        ("args: { a: { le: 1 } }", json!({"a": 1}), true),
+        ("args: { a: { max: 100 } }", json!({"a": 100}), true),
+        ("args: { a: { max: 100 } }", json!({"a": 100.5}), false),
+        ("args: { a: { min: 10 } }", json!({"a": 9}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": "2"}), false),
+        (
+            "args: { a: { regex: \"[a-z]+\" } }",
+            json!({"a": "abc"}),
+            true,
+        ),
+        (
+            "args: { a: { regex: \"[a-z]+\" } }",
+            json!({"a": "abc1"}),
+            false,
+        ),
+        (
+            "args: { a: { prefix: acct_ } }",
+            json!({"a": "acct_1"}),
+            true,
+        ),
+        (
+            "args: { a: { prefix: acct_ } }",
+            json!({"a": "x_acct_1"}),
+            false,
+        ),
+        ("args: { a: { present: true } }", json!({"a": null}), true),
+        ("args: { a: { present: true } }", json!({}), false),
+        ("args: { a: { absent: true } }", json!({}), true),
+        ("args: { a: { absent: true } }", json!({"a": 1}), false),
+        ("args: { a: { max_len: 3 } }", json!({"a": "abc"}), true),
+        (
+            "args: { a: { max_len: 3 } }",
+            json!({"a": [1, 2, 3, 4]}),
+            false,
+        ),
+        (
+            "args: { \"$.o.items[*].n\": { max: 5 } }",
+            json!({"o": {"items": [{"n": 1}, {"n": 5}]}}),
+            true,
+        ),
+        (
+            "args: { \"$.o.items[*].n\": { max: 5 } }",
+            json!({"o": {"items": [{"n": 1}, {"n": 6}]}}),
+            false,
+        ),
+        (
+            "args: { \"$..card\": { absent: true } }",
+            json!({"x": {"y": {"card": 1}}}),
+            false,
+        ),
+        // A condition on a missing argument does not hold.
+        ("args: { a: { lt: 10 } }", json!({}), false),
+        ("when: \"args.a + 1 == 3\"", json!({"a": 2}), true),
+        ("when: \"args.a + 1 == 3\"", json!({"a": 5}), false),
+        (
+            "when: \"call.function == 'f' && caller.groups.exists(g, g == 'x')\"",
+            json!({}),
+            true,
+        ),
+    ];
+    for (cond, args, want) in cases {
+        let repo = one_rule(cond);
+        let (action, _) = decide(&repo.snap(), "f", args.clone(), &user(&["x"]));
+        assert_eq!(action == Action::Allow, *want, "{cond} with {args}");
+    }
+}
+
+#[test]
+fn caller_matchers() {
+    let w = |unit: &str, uid: u32| Caller {
+        workload: Some(Workload {
+            unit: Some(unit.into()),
+            uid: Some(uid),
+            user: Some("svc".into()),
+            cgroup: Some("system.slice/a.service".into()),
+            comm: Some("python3".into()),
+            pid: Some(1),
+        }),
+        ..user(&["eng", "ops"])
+    };
+    let cases: &[(&str, Caller, bool)] = &[
+        ("caller: { subject: u }", user(&[]), true),
+        ("caller: { subject: [v, w] }", user(&[]), false),
+        ("caller: { groups: [ops, x] }", user(&["ops"]), true),
+        ("caller: { groups: [x] }", user(&["ops"]), false),
+        (
+            "caller: { groups_all: [ops, eng] }",
+            user(&["ops", "eng"]),
+            true,
+        ),
+        ("caller: { groups_all: [ops, eng] }", user(&["ops"]), false),
+        // Groups claimed without a verified token count for nothing.
+        (
+            "caller: { groups: [ops] }",
+            Caller {
+                groups: vec!["ops".into()],
+                ..Default::default()
+            },
+            false,
+        ),
+        ("caller: { authenticated: true }", Caller::default(), false),
+        ("caller: { authenticated: false }", Caller::default(), true),
+        (
+            "caller: { claims: { tenant: acme } }",
+            Caller {
+                claims: json!({"tenant": "acme"}),
+                ..user(&[])
+            },
+            true,
+        ),
+        (
+            "caller: { claims: { \"$.realm.roles\": admin } }",
+            Caller {
+                claims: json!({"realm": {"roles": ["x", "admin"]}}),
+                ..user(&[])
+            },
+            true,
+        ),
+        (
+            "caller: { claims: { tenant: acme } }",
+            Caller {
+                claims: json!({"tenant": "evil"}),
+                ..user(&[])
+            },
+            false,
+        ),
+        (
+            "caller: { workload: { unit: a.service } }",
+            w("a.service", 1),
+            true,
+        ),
+        (
+            "caller: { workload: { unit: a.service } }",
+            w("b.service", 1),
+            false,
+        ),
+        (
+            "caller: { workload: { unit: a.service } }",
+            user(&[]),
+            false,
+        ),
+        (
+            "caller: { workload: { uid: [1, 2] } }",
+            w("a.service", 2),
+            true,
+        ),
+        ("caller: { workload: { uid: 7 } }", w("a.service", 2), false),
+        (
+            "caller: { workload: { user: svc, comm: python3, cgroup: system.slice/ } }",
+            w("a.service", 2),
+            true,
+        ),
+        (
+            "caller: { workload: { cgroup: user.slice/ } }",
+            w("a.service", 2),
+            false,
+        ),
+    ];
+    for (cond, caller, want) in cases {
+        let repo = one_rule(cond);
+        let (action, _) = decide(&repo.snap(), "f", json!({}), caller);
+        assert_eq!(action == Action::Allow, *want, "{cond} with {caller:?}");
+    }
+}
+
+#[test]
+fn first_match_wins_and_the_default_decides_the_rest() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: deny-big, function: f, args: {{ n: {{ gt: 10 }} }}, action: deny, reason: too big }}\n  - {{ name: allow-f, function: f, caller: {{ groups: [x] }}, action: allow }}\n  - {{ name: any, function: \"*\", caller: {{ groups: [y] }}, action: allow }}\n"
+    ));
+    let snap = repo.snap();
+    assert_eq!(
+        decide(&snap, "f", json!({"n": 11}), &user(&["x"])),
+        (Action::Deny, "deny-big".into())
+    );
+    assert_eq!(
+        decide(&snap, "f", json!({"n": 1}), &user(&["x"])),
+        (Action::Allow, "allow-f".into())
+    );
+    assert_eq!(
+        decide(&snap, "g", json!({}), &user(&["x"])),
+        (Action::Deny, "default".into())
+    );
+    assert_eq!(
+        decide(&snap, "g", json!({}), &user(&["y"])),
+        (Action::Allow, "any".into())
+    );
+    // A function the service does not define is only decided by `*` rules.
+    assert_eq!(
+        decide(&snap, "undefined", json!({}), &user(&["y"])),
+        (Action::Allow, "any".into())
+    );
+    let svc = snap.service("svc").unwrap();
+    let d = snap.decide(
+        svc,
+        &Call {
+            function: "f".into(),
+            args: json!({"n": 11}),
+        },
+        &user(&[]),
+    );
+    assert_eq!(d.reason.as_deref(), Some("too big"));
+    assert!(
+        d.policy.commit.is_none(),
+        "a temp dir is not a git repository"
+    );
+    assert_eq!(d.policy.source, "not a git repository");
+}
+
+#[test]
+fn explain_says_why_each_rule_missed() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: small, function: f, args: {{ amount: {{ max: 100 }} }}, action: allow }}\n  - {{ name: ops-only, function: f, caller: {{ groups: [ops] }}, action: allow }}\n"
+    ));
+    let snap = repo.snap();
+    let svc = snap.service("svc").unwrap();
+    let (d, trace) = snap.explain(
+        svc,
+        &Call {
+            function: "f".into(),
+            args: json!({"amount": 250}),
+        },
+        &user(&["eng"]),
+    );
+    assert_eq!(d.action, Action::Deny);
+    let lines: Vec<String> = trace
+        .iter()
+        .map(|t| format!("{}: {}", t.rule, t.why))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "small: argument amount = 250 fails le 100",
+            "ops-only: caller groups [\"eng\"] include none the rule needs",
+            "default: no rule matched → default deny",
+        ]
+    );
+}
+
+#[test]
+fn dry_run_enforces_allow_but_records_the_real_decision() {
+    let repo = Repo::new(
+        "mode: dry-run\n",
+        &[(
+            "svc.yaml",
+            &format!("{HEAD}  - {{ name: r, function: f, action: deny }}\n"),
+        )],
+    );
+    let snap = repo.snap();
+    let d = snap.decide(
+        snap.service("svc").unwrap(),
+        &Call {
+            function: "f".into(),
+            args: json!({}),
+        },
+        &Caller::default(),
+    );
+    assert_eq!((d.action, d.enforced), (Action::Deny, Action::Allow));
+}
+
+#[test]
+fn a_failing_cel_condition_denies() {
+    let repo = one_rule("when: \"args.missing.deeper == 1\"");
+    let snap = repo.snap();
+    let d = snap.decide(
+        snap.service("svc").unwrap(),
+        &Call {
+            function: "f".into(),
+            args: json!({}),
+        },
+        &Caller::default(),
+    );
+    assert_eq!(d.action, Action::Deny);
+    assert!(
+        d.reason.as_deref().unwrap_or("").contains("`when` failed"),
+        "{:?}",
+        d.reason
+    );
+}
+
+#[test]
+fn services_are_found_by_destination_and_sni() {
+    let repo = Repo::new(
+        "",
+        &[
+            (
+                "a.yaml",
+                "service: a\nmatch: { hosts: [\"api.internal:443\", \"10.1.0.0/16\"] }\n",
+            ),
+            (
+                "b.yaml",
+                "service: b\nmatch: { hosts: [\"[2001:db8::1]:8080\"], sni: [\"*.b.example\"] }\n",
+            ),
+            ("c.yaml", "service: c\nmatch: { hosts: [\"c.internal\"] }\n"),
+        ],
+    );
+    let snap = repo.snap();
+    let name = |h: &str, p: u16, sni: Option<&str>| {
+        snap.service_for(h, p, sni).map(|s| s.name.to_string())
+    };
+    assert_eq!(name("API.internal", 443, None).as_deref(), Some("a"));
+    assert_eq!(name("api.internal", 80, None), None);
+    assert_eq!(name("10.1.200.3", 5432, None).as_deref(), Some("a"));
+    assert_eq!(name("2001:db8::1", 8080, None).as_deref(), Some("b"));
+    assert_eq!(
+        name("192.0.2.1", 443, Some("x.b.example")).as_deref(),
+        Some("b")
+    );
+    assert_eq!(name("c.internal", 1234, None).as_deref(), Some("c"));
+    assert_eq!(name("10.2.0.1", 443, None), None);
+    assert_eq!(snap.decide_unknown_destination().action, Action::Deny);
+}
+
+#[test]
+fn rest_routes_prefer_literals_and_extract_parameters() {
+    let repo = Repo::service(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  get: { route: \"GET /v1/items/{id}\" }\n  mine: { route: \"GET /v1/items/mine\" }\n  sub: { route: \"POST /v1/items/{id}/subs/{sub}\" }\n",
+    );
+    let snap = repo.snap();
+    let svc = snap.service("svc").unwrap();
+    let route = |m: &str, p: &str| {
+        svc.route(m, p)
+            .map(|(f, params)| (f.name.to_string(), params))
+    };
+    assert_eq!(
+        route("GET", "/v1/items/mine"),
+        Some(("mine".into(), vec![]))
+    );
+    assert_eq!(
+        route("GET", "/v1/items/42?x=1"),
+        Some(("get".into(), vec![("id".into(), "42".into())]))
+    );
+    assert_eq!(
+        route("post", "/v1/items/1/subs/2").map(|r| r.1.len()),
+        Some(2)
+    );
+    assert_eq!(
+        route("GET", "/v1/items/"),
+        None,
+        "an empty parameter is no match"
+    );
+    assert_eq!(route("GET", "/v1/items/1/extra"), None);
+    assert_eq!(route("DELETE", "/v1/items/1"), None);
+}
+
+#[test]
+fn semantic_errors_name_file_line_and_column() {
+    let repo = Repo::service(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"POST /x\" }\nrules:\n  - name: a\n    function: nope\n    action: allow\n  - name: b\n    function: f\n    args: { x: { regex: \"(\" } }\n    action: allow\n  - name: b\n    function: f\n    when: \"1 +\"\n    action: approve\nresponse:\n  mask: [cardnumber]\n",
+    );
+    let errors = repo.errors();
+    let text = errors.join("\n");
+    let has = |needle: &str, at: &str| {
+        assert!(
+            errors.iter().any(|e| e.contains(needle) && e.contains(at)),
+            "{needle:?} at {at:?} in:\n{text}"
+        );
+    };
+    has("function \"nope\" is not defined", "svc.yaml:8:5");
+    has("invalid regex", "svc.yaml:12:13");
+    has("rule name \"b\" is used twice", "svc.yaml:14:");
+    has("invalid CEL", "svc.yaml:16:5");
+    has("`approve` needs an `approval:` block", "svc.yaml:17:5");
+    has("unknown detector \"cardnumber\"", "svc.yaml:19:");
+}
+
+#[test]
+fn malformed_yaml_gets_clear_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "service: svc\nmatch: { hosts: \"svc:80\" }\n",
+            "invalid type",
+        ),
+        ("service: [svc]\nmatch: {}\n", "invalid type"),
+        (
+            "service: svc\nservice: again\nmatch: { hosts: [a] }\n",
+            "duplicate",
+        ),
+        (
+            "service: svc\nmatch: { hosts: [a] }\nfunctions: { f: {}, f: {} }\n",
+            "duplicate",
+        ),
+        (
+            "service: svc\nmatch: { hosts: [a] }\nrules: [ { name: r, action: maybe } ]\n",
+            "unknown variant",
+        ),
+        ("service: svc\nmatch: {\n", "did not find expected"),
+        ("service: svc\n\tmatch: {}\n", ""),
+        ("match: { hosts: [a] }\n", "missing field `service`"),
+        ("", "missing field `service`"),
+    ];
+    for (text, expect) in cases {
+        let repo = Repo::service(text);
+        let errors = repo.errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("svc.yaml:") && e.contains(expect)),
+            "{text:?}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn alias_bombs_and_huge_files_are_refused() {
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12u8 {
+        let prev = (b'a' + i - 1) as char;
+        let cur = (b'a' + i) as char;
+        bomb.push_str(&format!("{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+    }
+    let start = std::time::Instant::now();
+    let repo = Repo::service(&format!(
+        "service: svc\nmatch: {{ hosts: [a] }}\nfunctions: {{}}\n{bomb}"
+    ));
+    assert!(!repo.errors().is_empty());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "an alias bomb must not be expanded"
+    );
+
+    let huge = format!(
+        "service: svc\nmatch: {{ hosts: [a] }}\n# {}\n",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let errors = Repo::service(&huge).errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("policy files are limited to")),
+        "{errors:?}"
+    );
+
+    let deep = format!(
+        "service: svc\nmatch: {{ hosts: [a] }}\nrules: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert!(
+        !Repo::service(&deep).errors().is_empty(),
+        "deep nesting is an error, not a stack overflow"
+    );
+}
+
+#[test]
+fn lint_finds_shadowed_unreferenced_and_open_rules() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: all-f, function: f, caller: {{ groups: [x] }}, action: deny }}\n  - {{ name: open, function: \"*\", action: allow }}\n  - {{ name: late, function: f, caller: {{ groups: [y] }}, action: allow }}\n"
+    ));
+    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
+    let findings: Vec<String> = lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let text = findings.join("\n");
+    assert!(
+        text.contains("rule \"late\" can never match: rule \"open\" above it"),
+        "{text}"
+    );
+    assert!(text.contains("rule \"open\" allows any caller"), "{text}");
+    assert!(findings.iter().all(|f| f.contains("warning")), "{text}");
+
+    let unref = Repo::service(&format!(
+        "{HEAD}  - {{ name: r, function: f, caller: {{ groups: [x] }}, action: allow }}\n"
+    ));
+    let (loaded, snap) = policy::load_snapshot(&unref.0).unwrap();
+    let findings: Vec<String> = lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        findings.iter().any(
+            |f| f.contains("function \"g\" is not mentioned by any rule")
+                && f.contains("svc.yaml:4:")
+        ),
+        "{findings:?}"
+    );
+}
+
+#[test]
+fn reload_swaps_atomically_and_keeps_the_last_good_policy() {
+    let repo = one_rule("caller: { groups: [x] }");
+    let store = PolicyStore::open(&repo.0).unwrap();
+    let before = store.snapshot();
+    let write = |text: &str| std::fs::write(repo.0.join("services/svc.yaml"), text).unwrap();
+
+    write(&format!(
+        "{HEAD}  - {{ name: r2, function: f, caller: {{ groups: [x] }}, action: deny }}\n"
+    ));
+    store.reload().unwrap();
+    assert_eq!(
+        decide(&store.snapshot(), "f", json!({}), &user(&["x"])),
+        (Action::Deny, "r2".into())
+    );
+    // A decision that started on the old snapshot finishes on it.
+    assert_eq!(
+        decide(&before, "f", json!({}), &user(&["x"])),
+        (Action::Allow, "r".into())
+    );
+
+    write(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nrules: [ { name: r3, function: f, action: nope } ]\n",
+    );
+    assert!(store.reload().is_err());
+    assert_eq!(
+        decide(&store.snapshot(), "f", json!({}), &user(&["x"])).1,
+        "r2",
+        "the broken policy never took effect"
+    );
+    let status = store.status();
+    assert_eq!(status.failed_reloads, 1);
+    assert!(status.last_error.unwrap()[0].contains("svc.yaml:3:"));
+}
+
+#[test]
+fn git_commit_and_dirty_state_are_stamped() {
+    let repo = one_rule("caller: { groups: [x] }");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.test",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&repo.0)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "policy"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let v = repo.snap().version.clone();
+    assert_eq!((v.commit.as_deref(), v.dirty), (Some(head.as_str()), false));
+    std::fs::write(
+        repo.0.join("services/new.yaml"),
+        "service: n\nmatch: { hosts: [n] }\n",
+    )
+    .unwrap();
+    assert!(
+        repo.snap().version.dirty,
+        "an untracked policy file makes the tree dirty"
+    );
+}
+
+#[test]
+fn the_example_repository_passes_its_own_tests_and_lint() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let (loaded, snap) = policy::load_snapshot(&dir).expect("policies/ loads");
+    let outcomes = policy::testing::run(&loaded, &snap);
+    assert!(outcomes.len() >= 20);
+    let failures: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(lint::lint(&loaded, &snap).is_empty());
+    let xml = policy::testing::junit(&outcomes).unwrap();
+    assert!(xml.contains("<testsuite") && xml.contains("support can refund a small amount"));
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"POST /v1/{id}\" }\nrules:\n  - name: r\n    function: f\n    caller: { groups: [a] }\n    args: { amount: { max: 5 }, \"$.x[*].y\": { regex: \"a+\" } }\n    when: \"args.amount > 1\"\n    action: allow\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,400}") {
+            let _ = policy::load::parse_str::<policy::schema::ServiceFile>(Path::new("x.yaml"), &text);
+        }
+
+        #[test]
+        fn mutated_valid_files(pos in 0usize..VALID.len(), len in 0usize..20, insert in "[\\[\\]{}:,\"'&*!|> a-z0-9\\n-]{0,12}") {
+            let mut text = VALID.to_string();
+            let end = (pos + len).min(text.len());
+            if text.is_char_boundary(pos) && text.is_char_boundary(end) {
+                text.replace_range(pos..end, &insert);
+            }
+            let repo = Repo::service(&text);
+            if let Ok(snap) = repo.compile() {
+                if let Some(svc) = snap.service("svc") {
+                    let _ = snap.decide(svc, &Call { function: "f".into(), args: json!({"amount": 3, "x": [{"y": "aa"}]}) }, &user(&["a"]));
+                }
+            }
+        }
+    }
+}
