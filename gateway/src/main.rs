@@ -232,7 +232,7 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Exit status for "ran fine, found failures": distinct from errors only in the message.
+/// `callgate policy …`: test and lint exit 1 on failures they report, as CI expects.
 fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
     use callgate::policy::{self, Severity};
     let load = |dir: &PathBuf| -> Result<(policy::Loaded, policy::Snapshot)> {

@@ -253,31 +253,29 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         &mut errors,
     );
 
-    let mut services = Vec::new();
-    let mut by_name = HashMap::new();
+    // Each compiled service stays beside the file it came from, for the index pass below.
+    let mut compiled: Vec<(&Source, &schema::ServiceFile, Service)> = Vec::new();
+    let mut defined_in: HashMap<&str, &std::path::Path> = HashMap::new();
     let mut rule_count = 0;
     for (src, file) in &loaded.services {
-        if let Some(prev) = by_name.insert(file.service.clone(), services.len()) {
-            let other: &Service = &services[prev];
+        if let Some(first) = defined_in.insert(&file.service, &src.path) {
             errors.push(src.error(
                 &["service"],
                 format!(
-                    "service {:?} is also defined by another file ({})",
-                    file.service, other.name
+                    "service {:?} is already defined in {}",
+                    file.service,
+                    first.display()
                 ),
             ));
+            defined_in.insert(&file.service, first);
             continue;
         }
         match compile_service(src, file, loaded) {
             Ok(s) => {
                 rule_count += s.rules.len();
-                services.push(s);
+                compiled.push((src, file, s));
             }
-            Err(mut e) => {
-                errors.append(&mut e);
-                // Keep indices aligned for the duplicate check.
-                by_name.remove(&file.service);
-            }
+            Err(mut e) => errors.append(&mut e),
         }
     }
 
@@ -287,15 +285,9 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
             dirty: git.dirty,
             source: git.source.clone(),
         }),
-        default_action: match repo.default_action {
-            schema::DefaultAction::Allow => Action::Allow,
-            schema::DefaultAction::Deny => Action::Deny,
-        },
+        default_action: repo.default_action.into(),
         mode: repo.mode,
-        unknown_destination: match repo.unknown_destination {
-            schema::DefaultAction::Allow => Action::Allow,
-            schema::DefaultAction::Deny => Action::Deny,
-        },
+        unknown_destination: repo.unknown_destination.into(),
         by_name: HashMap::new(),
         by_host_port: HashMap::new(),
         by_host: HashMap::new(),
@@ -309,12 +301,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         }),
         services: Vec::new(),
     };
-    for (idx, service) in services.iter().enumerate() {
-        let (src, file) = loaded
-            .services
-            .iter()
-            .find(|(_, f)| *f.service == *service.name)
-            .expect("compiled from it");
+    for (idx, (src, file, service)) in compiled.iter().enumerate() {
         snap.by_name.insert(service.name.to_string(), idx);
         for (i, host) in file.matcher.hosts.iter().enumerate() {
             let at = ["match", "hosts", &i.to_string()];
@@ -335,7 +322,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
                     &at,
                     format!(
                         "{host} is already claimed by service {}",
-                        services[other].name
+                        compiled[other].2.name
                     ),
                 ));
             }
@@ -354,13 +341,13 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
                     &["match", "sni", &i.to_string()],
                     format!(
                         "SNI {sni} is already claimed by service {}",
-                        services[other].name
+                        compiled[other].2.name
                     ),
                 ));
             }
         }
     }
-    snap.services = services;
+    snap.services = compiled.into_iter().map(|(_, _, s)| s).collect();
     if errors.is_empty() {
         Ok(snap)
     } else {

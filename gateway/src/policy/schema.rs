@@ -40,6 +40,15 @@ pub enum DefaultAction {
     Deny,
 }
 
+impl From<DefaultAction> for Action {
+    fn from(d: DefaultAction) -> Self {
+        match d {
+            DefaultAction::Allow => Action::Allow,
+            DefaultAction::Deny => Action::Deny,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
