@@ -157,17 +157,24 @@ pub struct Gateway {
     pub port: u16,
     pub dir: PathBuf,
     pub bpffs: PathBuf,
+    /// Passed to `callgate run` after the per-gateway ones (e.g. `--policies DIR`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Gateway {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(unique("callgate-e2e"));
         fs::create_dir_all(&dir).expect("temp dir");
         let mut gw = Self {
             port: free_port(),
             bpffs: PathBuf::from("/sys/fs/bpf").join(unique("callgate-e2e")),
             dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         gw.restart();
@@ -175,7 +182,7 @@ impl Gateway {
     }
 
     pub fn args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "run".into(),
             "--listen-port".into(),
             self.port.to_string(),
@@ -185,7 +192,9 @@ impl Gateway {
             self.bpffs.display().to_string(),
             "--control-socket".into(),
             self.socket().display().to_string(),
-        ]
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -236,6 +245,10 @@ impl Gateway {
             "callgate did not become ready:\n{}",
             self.log()
         );
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no clean-up of any kind, like a crash.

@@ -317,10 +317,8 @@ fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()
                     .service(name)
                     .with_context(|| format!("no service named {name:?}"))?,
                 (None, Some(dst)) => {
-                    let (h, p) = dst
-                        .rsplit_once(':')
-                        .context("destination must be host:port")?;
-                    match snap.service_for(h, p.parse().context("bad port")?, None) {
+                    let (h, p) = policy::split_destination(dst).map_err(anyhow::Error::msg)?;
+                    match snap.service_for(&h, p, None) {
                         Some(s) => s,
                         None => {
                             let d = snap.decide_unknown_destination();

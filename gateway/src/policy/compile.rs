@@ -355,13 +355,15 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
     }
 }
 
-enum HostSpec {
+/// One `match.hosts` entry, normalised (lower case, canonical IP text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostSpec {
     HostPort(String, u16),
     Host(String),
     Cidr(IpAddr, u8, Option<u16>),
 }
 
-fn parse_host(s: &str) -> Result<HostSpec, String> {
+pub(crate) fn parse_host(s: &str) -> Result<HostSpec, String> {
     let s = s.trim().to_ascii_lowercase();
     if s.contains('/') {
         let rule = crate::config::parse_rule(&s)?;
@@ -396,6 +398,14 @@ fn parse_host(s: &str) -> Result<HostSpec, String> {
         _ => Ok(HostSpec::Host(
             s.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(s),
         )),
+    }
+}
+
+/// `host:port` or `[v6]:port` as written in a test case or an explain request.
+pub fn split_destination(s: &str) -> Result<(String, u16), String> {
+    match parse_host(s)? {
+        HostSpec::HostPort(h, p) => Ok((h, p)),
+        _ => Err(format!("destination {s:?} must be host:port")),
     }
 }
 
@@ -911,7 +921,7 @@ impl Snapshot {
     }
 }
 
-fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     let (ip, net, prefix) = match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => (
             u128::from(a.to_ipv6_mapped()),

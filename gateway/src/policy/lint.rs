@@ -2,7 +2,7 @@
 //! do what their author meant: shadowed rules, functions no rule mentions, overlapping
 //! services, allow rules open to any caller.
 use super::{
-    compile::Snapshot,
+    compile::{HostSpec, Snapshot, in_cidr, parse_host},
     load::{Finding, Loaded, Severity},
     schema::Action,
 };
@@ -10,7 +10,7 @@ use super::{
 /// Findings for a repository that compiled; sorted by file and line.
 pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
     let mut out = Vec::new();
-    let mut claims: Vec<(String, bool, &str)> = Vec::new();
+    let mut claims: Vec<(HostSpec, &str)> = Vec::new();
     for (src, file) in &loaded.services {
         let Some(service) = snap.service(&file.service) else {
             continue;
@@ -52,30 +52,90 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
                 ));
             }
         }
-        // Exact host:port clashes are compile errors; a host without a port claims every
-        // port, so it overlaps any host:port of the same host in another service.
         for (i, host) in file.matcher.hosts.iter().enumerate() {
-            let host = host.to_ascii_lowercase();
-            let (bare, has_port) = match host.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => {
-                    (h.to_string(), true)
-                }
-                _ => (host.clone(), false),
-            };
-            for (other_bare, other_has_port, other) in &claims {
+            let Ok(spec) = parse_host(host) else { continue };
+            for (other_spec, other) in &claims {
                 if *other != &*service.name
-                    && *other_bare == bare
-                    && (!has_port || !*other_has_port)
+                    && let Some(why) = overlap(&spec, other_spec)
                 {
                     out.push(warn(
                         &["match", "hosts", &i.to_string()],
-                        format!("host {bare} overlaps service {other}'s match: the host:port match wins, check that is intended"),
+                        format!("{host} overlaps service {other}'s match: {why}"),
                     ));
                 }
             }
-            claims.push((bare, has_port, &service.name));
+            claims.push((spec, &service.name));
         }
     }
     out.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     out
+}
+
+/// Why two `match.hosts` entries of different services can claim the same destination, and
+/// which one wins, or `None` when they cannot. Exact host:port clashes are compile errors and
+/// never reach here.
+fn overlap(a: &HostSpec, b: &HostSpec) -> Option<String> {
+    use HostSpec::*;
+    let ports_meet = |x: &Option<u16>, y: &Option<u16>| x.is_none() || y.is_none() || x == y;
+    let ip_in = |host: &str, port: Option<u16>, net, prefix, net_port: &Option<u16>| {
+        host.parse()
+            .is_ok_and(|ip| in_cidr(ip, net, prefix) && ports_meet(&port, net_port))
+    };
+    match (a, b) {
+        (HostPort(h, _), Host(o)) | (Host(h), HostPort(o, _)) if h == o => {
+            Some("the host:port entry wins over the bare host for that port".into())
+        }
+        (HostPort(h, p), Cidr(net, prefix, np)) | (Cidr(net, prefix, np), HostPort(h, p))
+            if ip_in(h, Some(*p), *net, *prefix, np) =>
+        {
+            Some("the host entry wins over the CIDR".into())
+        }
+        (Host(h), Cidr(net, prefix, np)) | (Cidr(net, prefix, np), Host(h))
+            if ip_in(h, None, *net, *prefix, np) =>
+        {
+            Some("the host entry wins over the CIDR".into())
+        }
+        (Cidr(n1, p1, port1), Cidr(n2, p2, port2))
+            if ports_meet(port1, port2)
+                && (in_cidr(*n1, *n2, *p2) || in_cidr(*n2, *n1, *p1)) =>
+        {
+            Some("overlapping CIDRs: whichever service file sorts first wins, so the outcome depends on file names".into())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> HostSpec {
+        parse_host(s).expect("valid host")
+    }
+
+    #[test]
+    fn overlaps() {
+        let yes = [
+            ("api.internal", "api.internal:443"),
+            ("10.0.0.0/8", "10.1.0.0/16"),
+            ("10.0.0.0/8:443", "10.0.0.0/24"),
+            ("10.0.0.5:80", "10.0.0.0/24"),
+            ("10.0.0.5", "10.0.0.0/24:80"),
+            ("fd00::/8", "[fd00::1]:443"),
+        ];
+        for (a, b) in yes {
+            assert!(overlap(&spec(a), &spec(b)).is_some(), "{a} vs {b}");
+            assert!(overlap(&spec(b), &spec(a)).is_some(), "{b} vs {a}");
+        }
+        let no = [
+            ("api.internal", "web.internal:443"),
+            ("10.0.0.0/8", "192.168.0.0/16"),
+            ("10.0.0.0/8:443", "10.0.0.0/8:80"),
+            ("10.0.0.5:80", "10.0.0.0/24:443"),
+            ("192.168.1.1", "10.0.0.0/8"),
+        ];
+        for (a, b) in no {
+            assert!(overlap(&spec(a), &spec(b)).is_none(), "{a} vs {b}");
+        }
+    }
 }

@@ -72,7 +72,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                         .ok_or_else(|| format!("no service named {name:?}"))?,
                 ),
                 (None, Some(dst)) => {
-                    let (host, port) = split_host_port(dst)?;
+                    let (host, port) = super::compile::split_destination(dst)?;
                     snap.service_for(&host, port, None)
                 }
                 (None, None) => return Err("`call` needs `service` or `destination`".into()),
@@ -92,7 +92,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             }
         }
         (None, Some(req)) => {
-            let (host, port) = split_host_port(&req.destination)?;
+            let (host, port) = super::compile::split_destination(&req.destination)?;
             let Some(service) = snap.service_for(&host, port, None) else {
                 return check(&case.expect, &snap.decide_unknown_destination(), "");
             };
@@ -180,16 +180,6 @@ fn check(expect: &Expect, d: &Decision, function: &str) -> Result<(), String> {
     } else {
         Err(diffs.join("; "))
     }
-}
-
-fn split_host_port(s: &str) -> Result<(String, u16), String> {
-    let (h, p) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("destination {s:?} must be host:port"))?;
-    Ok((
-        h.trim_start_matches('[').trim_end_matches(']').to_string(),
-        p.parse().map_err(|_| format!("bad port in {s:?}"))?,
-    ))
 }
 
 /// JUnit XML for CI systems.
