@@ -127,6 +127,64 @@ impl JsonPath {
     }
 }
 
+/// One step of the path to a value met while streaming through a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step<'a> {
+    Key(&'a [u8]),
+    Index(usize),
+}
+
+impl JsonPath {
+    /// Whether the value at `path` (from the root) is one this path selects; what a streaming
+    /// masker asks as each value begins.
+    pub fn matches(&self, path: &[Step<'_>]) -> bool {
+        self.matches_with(path.len(), &|i| path[i])
+    }
+
+    /// The key a selected value always sits under (`$.a.b` → `b`, `$..c` → `c`), if any.
+    pub fn last_key(&self) -> Option<&str> {
+        match self.segs.last()? {
+            Seg::Key(k) | Seg::Descend(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// [`Self::matches`] over a path of `len` steps produced on demand by `step`, so the caller
+    /// need not build a slice per value.
+    pub fn matches_with<'s>(&self, len: usize, step: &dyn Fn(usize) -> Step<'s>) -> bool {
+        // Cheap rejection first: a path ending in a key only selects values under that key.
+        let rejected = match (self.segs.last(), len.checked_sub(1)) {
+            (Some(Seg::Key(k) | Seg::Descend(k)), Some(last)) => {
+                step(last) != Step::Key(k.as_bytes())
+            }
+            (Some(Seg::Index(i)), Some(last)) => step(last) != Step::Index(*i),
+            _ => false,
+        };
+        if rejected {
+            return false;
+        }
+        matches_at(&self.segs, 0, len, step)
+    }
+}
+
+fn matches_at<'s>(segs: &[Seg], at: usize, len: usize, step: &dyn Fn(usize) -> Step<'s>) -> bool {
+    match (segs.split_first(), at < len) {
+        (None, more) => !more,
+        (Some((Seg::Descend(k), rest)), _) => (at..len)
+            .any(|i| step(i) == Step::Key(k.as_bytes()) && matches_at(rest, i + 1, len, step)),
+        (Some(_), false) => false,
+        (Some((seg, rest)), true) => {
+            let here = match (seg, step(at)) {
+                (Seg::Key(k), Step::Key(s)) => k.as_bytes() == s,
+                (Seg::Index(i), Step::Index(j)) => *i == j,
+                (Seg::Wildcard, _) => true,
+                _ => false,
+            };
+            here && matches_at(rest, at + 1, len, step)
+        }
+    }
+}
+
 /// Deep JSON can be hostile; paths stop descending past this depth.
 const MAX_DEPTH: usize = 128;
 
@@ -244,6 +302,22 @@ mod tests {
             .unwrap()
             .visit_mut(&mut v, &mut |x| *x = json!("x"));
         assert_eq!(v, json!({"a": [{"ssn": "x"}, {"ssn": "x"}]}));
+    }
+
+    #[test]
+    fn matches_streamed_paths() {
+        use Step::*;
+        let p = |s: &str| JsonPath::parse(s).unwrap();
+        assert!(p("$.customer.ssn").matches(&[Key(b"customer"), Key(b"ssn")]));
+        assert!(!p("$.customer.ssn").matches(&[Key(b"customer")]));
+        assert!(!p("$.customer.ssn").matches(&[Key(b"customer"), Key(b"ssn"), Key(b"x")]));
+        assert!(p("$..card").matches(&[Key(b"a"), Index(3), Key(b"card")]));
+        assert!(p("$..card").matches(&[Key(b"card")]));
+        assert!(!p("$..card").matches(&[Key(b"card"), Key(b"x")]));
+        assert!(p("$.items[*].id").matches(&[Key(b"items"), Index(7), Key(b"id")]));
+        assert!(p("$.items[2]").matches(&[Key(b"items"), Index(2)]));
+        assert!(!p("$.items[2]").matches(&[Key(b"items"), Index(1)]));
+        assert!(p("ssn").matches(&[Key(b"ssn")]));
     }
 
     #[test]

@@ -16,5 +16,6 @@ pub mod forward;
 pub mod fsutil;
 pub mod intercept;
 pub mod jsonpath;
+pub mod mask;
 pub mod policy;
 pub mod stats;

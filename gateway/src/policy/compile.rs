@@ -20,21 +20,7 @@ use super::{
         RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
     },
 };
-use crate::jsonpath::JsonPath;
-
-/// Built-in detectors the masking stage knows.
-pub const DETECTORS: &[&str] = &[
-    "card_number",
-    "email",
-    "ssn",
-    "iban",
-    "aws_access_key",
-    "secret_key",
-    "github_token",
-    "slack_token",
-    "jwt",
-    "private_key",
-];
+use crate::{jsonpath::JsonPath, mask::MaskRules};
 
 /// The policy as the data path uses it. Immutable; a reload builds a new one.
 #[derive(Debug)]
@@ -195,10 +181,31 @@ impl Op {
     }
 }
 
+/// A compiled mask list. Equality is the source list's (`Obligations::mask`).
+#[derive(Debug, Clone, Default)]
+pub struct CompiledMasks(pub Arc<MaskRules>);
+
+impl CompiledMasks {
+    /// Compiles a list already checked by `check_masks`; a list with errors never reaches a
+    /// snapshot, so an empty one stands in for it.
+    fn of(specs: &[MaskSpec]) -> Self {
+        Self(Arc::new(MaskRules::compile(specs).unwrap_or_default()))
+    }
+}
+
+impl PartialEq for CompiledMasks {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// What must happen besides the action itself.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Obligations {
     pub mask: Vec<MaskSpec>,
+    /// `mask`, compiled; shared by every rule whose list is the same.
+    #[serde(skip)]
+    pub masks: CompiledMasks,
     pub record: RecordLevel,
     pub inject: Option<Inject>,
     pub headers: HeaderEdits,
@@ -297,6 +304,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         rule_count,
         default_obligations: Arc::new(Obligations {
             mask: repo.masking.default.clone(),
+            masks: CompiledMasks::of(&repo.masking.default),
             ..Default::default()
         }),
         services: Vec::new(),
@@ -527,7 +535,9 @@ fn compile_service(
             base_mask.push(m.clone());
         }
     }
+    let base_masks = CompiledMasks::of(&base_mask);
     let base = Arc::new(Obligations {
+        masks: base_masks,
         mask: base_mask,
         record: file.record.unwrap_or_default(),
         inject: inject.clone(),
@@ -665,8 +675,14 @@ fn compile_service(
                 mask.push(m.clone());
             }
         }
+        let masks = if mask == base.mask {
+            base.masks.clone()
+        } else {
+            CompiledMasks::of(&mask)
+        };
         let obligations = Arc::new(Obligations {
             mask,
+            masks,
             record: def.record.unwrap_or(base.record),
             inject: if def.inject == Some(false) {
                 None
@@ -738,24 +754,10 @@ fn compile_service(
 
 fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<Finding>) {
     for (i, m) in masks.iter().enumerate() {
-        let idx = i.to_string();
-        let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();
-        match m {
-            MaskSpec::Detector(d) if !DETECTORS.contains(&d.as_str()) => errors.push(src.error(
-                &path,
-                format!("unknown detector {d:?} (known: {})", DETECTORS.join(", ")),
-            )),
-            MaskSpec::Field { field } => {
-                if let Err(e) = JsonPath::parse(field) {
-                    errors.push(src.error(&path, e.to_string()));
-                }
-            }
-            MaskSpec::Regex { regex, .. } => {
-                if let Err(e) = Regex::new(regex) {
-                    errors.push(src.error(&path, format!("invalid regex: {e}")));
-                }
-            }
-            _ => {}
+        if let Err(e) = MaskRules::compile(std::slice::from_ref(m)) {
+            let idx = i.to_string();
+            let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();
+            errors.push(src.error(&path, e.to_string()));
         }
     }
 }

@@ -370,13 +370,22 @@ pub struct Approvers {
 #[serde(untagged)]
 pub enum MaskSpec {
     Detector(String),
+    /// A detector with a replacement style other than its default.
+    Styled {
+        detector: String,
+        style: crate::mask::Style,
+    },
     Field {
         field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::mask::Style>,
     },
     Regex {
         regex: String,
         #[serde(default)]
         name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::mask::Style>,
     },
 }
 

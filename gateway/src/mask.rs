@@ -1,0 +1,566 @@
+//! The mask stage: sensitive values in bodies, records and log lines are replaced before they
+//! leave the gateway or reach a disk.
+//!
+//! A [`MaskRules`] is compiled once per mask list (built-in detectors, JSON field paths, custom
+//! regexes). Bodies are masked as they stream through a [`BodyMasker`], chunk by chunk with
+//! bounded memory: a value split across two chunks is held back until it can be judged.
+//! JSON is masked structurally (field paths) and textually (detectors inside strings and
+//! numbers), keeping the document valid; other text textually; binary passes unchanged.
+pub mod detect;
+mod json;
+
+use std::{borrow::Cow, fmt::Write as _, path::Path, sync::Arc};
+
+use hmac::{Hmac, Mac};
+use regex::bytes::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+pub use detect::{Detector, Hit, Kind};
+pub use json::JsonMasker;
+
+use crate::{jsonpath::JsonPath, policy::schema::MaskSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error("unknown detector {0:?} (known: {known})", known = Detector::ALL.map(Detector::name).join(", "))]
+    UnknownDetector(String),
+    #[error(transparent)]
+    Path(#[from] crate::jsonpath::PathError),
+    #[error("invalid regex {regex:?}: {source}")]
+    Regex {
+        regex: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("mask key {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a masked value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// `[MASKED:card_number]`
+    #[default]
+    Redact,
+    /// `************1111`: the last four characters stay (e-mail keeps its domain).
+    Partial,
+    /// `[MASKED:email:3f9a…]`: an HMAC under the gateway's key, so equal values stay
+    /// correlatable without being revealed.
+    Hash,
+}
+
+impl Style {
+    fn default_for(d: Detector) -> Style {
+        match d {
+            Detector::CardNumber => Style::Partial,
+            _ => Style::Redact,
+        }
+    }
+}
+
+/// The gateway's secret for [`Style::Hash`]. Kept in the state directory, never in policy.
+#[derive(Clone)]
+pub struct MaskKey(Arc<[u8; 32]>);
+
+impl std::fmt::Debug for MaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskKey(..)")
+    }
+}
+
+impl MaskKey {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(Arc::new(b))
+    }
+
+    /// Reads the key at `path`, creating it (0600, random) on first use.
+    pub fn load_or_create(path: &Path) -> Result<Self, MaskError> {
+        let err = |source| MaskError::Key {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(b) if b.len() == 32 => {
+                let mut k = [0; 32];
+                k.copy_from_slice(&b);
+                return Ok(Self::from_bytes(k));
+            }
+            Ok(_) => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "expected 32 bytes",
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        crate::fsutil::write_atomic_mode(path, &k, 0o600).map_err(err)?;
+        Ok(Self::from_bytes(k))
+    }
+
+    fn tag(&self, label: &str, value: &[u8]) -> [u8; 8] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC takes any key");
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
+}
+
+/// One compiled mask list.
+#[derive(Debug, Default)]
+pub struct MaskRules {
+    scanner: detect::Scanner,
+    styles: Vec<(Detector, Style)>,
+    custom: Vec<(String, Style)>,
+    fields: Vec<(JsonPath, Style)>,
+    /// The key every field path ends in, when they all end in one: a value under any other
+    /// key is skipped without matching paths.
+    field_keys: Option<Vec<Box<[u8]>>>,
+}
+
+impl MaskRules {
+    pub fn compile(specs: &[MaskSpec]) -> Result<Self, MaskError> {
+        let mut styles: Vec<(Detector, Style)> = Vec::new();
+        let mut regexes = Vec::new();
+        let mut custom = Vec::new();
+        let mut fields = Vec::new();
+        for spec in specs {
+            match spec {
+                MaskSpec::Detector(name) => {
+                    let d = Detector::parse(name)
+                        .ok_or_else(|| MaskError::UnknownDetector(name.clone()))?;
+                    styles.push((d, Style::default_for(d)));
+                }
+                MaskSpec::Styled { detector, style } => {
+                    let d = Detector::parse(detector)
+                        .ok_or_else(|| MaskError::UnknownDetector(detector.clone()))?;
+                    styles.push((d, *style));
+                }
+                MaskSpec::Field { field, style } => {
+                    fields.push((JsonPath::parse(field)?, style.unwrap_or_default()));
+                }
+                MaskSpec::Regex { regex, name, style } => {
+                    let re = Regex::new(regex).map_err(|source| MaskError::Regex {
+                        regex: regex.clone(),
+                        source,
+                    })?;
+                    regexes.push(re);
+                    custom.push((
+                        name.clone().unwrap_or_else(|| "custom".into()),
+                        style.unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        // A later entry for the same detector restyles it.
+        styles.reverse();
+        styles.dedup_by_key(|s| s.0);
+        let detectors: Vec<Detector> = styles.iter().map(|s| s.0).collect();
+        let field_keys = fields
+            .iter()
+            .map(|(p, _)| p.last_key().map(|k| k.as_bytes().into()))
+            .collect();
+        Ok(Self {
+            field_keys,
+            scanner: detect::Scanner::new(&detectors, regexes),
+            styles,
+            custom,
+            fields,
+        })
+    }
+
+    /// Every built-in detector, default styles: what log lines and records get when the
+    /// policy says nothing.
+    pub fn all_detectors() -> Self {
+        let specs: Vec<MaskSpec> = Detector::ALL
+            .iter()
+            .map(|d| MaskSpec::Detector(d.name().into()))
+            .collect();
+        Self::compile(&specs).expect("built-in detectors compile")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scanner.is_empty() && self.fields.is_empty()
+    }
+
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    fn label_style(&self, kind: Kind) -> (&str, Style) {
+        match kind {
+            Kind::Detector(d) => (
+                d.name(),
+                self.styles
+                    .iter()
+                    .find(|s| s.0 == d)
+                    .map_or(Style::Redact, |s| s.1),
+            ),
+            Kind::Custom(i) => (&self.custom[i].0, self.custom[i].1),
+        }
+    }
+
+    /// Whether a value under `key` (None: an array element) may be a masked field.
+    fn field_candidate(&self, key: Option<&[u8]>) -> bool {
+        match (&self.field_keys, key) {
+            (None, _) => true,
+            (Some(keys), Some(k)) => keys.iter().any(|f| **f == *k),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn field_style<'s>(
+        &self,
+        len: usize,
+        step: &dyn Fn(usize) -> crate::jsonpath::Step<'s>,
+    ) -> Option<Style> {
+        self.fields
+            .iter()
+            .find(|(p, _)| p.matches_with(len, step))
+            .map(|(_, s)| *s)
+    }
+
+    /// Masks a whole text at once (log lines, record fields).
+    pub fn mask_str<'a>(&self, key: &MaskKey, s: &'a str) -> Cow<'a, str> {
+        let mut hits = Vec::new();
+        self.scanner.scan(s.as_bytes(), &mut hits);
+        if hits.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        let mut out = Vec::with_capacity(s.len());
+        let mut pos = 0;
+        for h in &hits {
+            out.extend_from_slice(&s.as_bytes()[pos..h.start]);
+            self.render(key, h.kind, &s.as_bytes()[h.start..h.end], &mut out);
+            pos = h.end;
+        }
+        out.extend_from_slice(&s.as_bytes()[pos..]);
+        // Replacements are ASCII and cut only at detector boundaries, which are ASCII.
+        Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Masks a JSON value in place: field paths first, then detectors in every string (and
+    /// card numbers written as numbers). Returns how many values were masked.
+    pub fn mask_value(&self, key: &MaskKey, v: &mut serde_json::Value) -> usize {
+        let mut n = 0;
+        for (path, style) in &self.fields {
+            path.visit_mut(v, &mut |x| {
+                let raw = match &*x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let mut out = Vec::new();
+                render_value(key, "field", *style, raw.as_bytes(), &mut out);
+                *x = serde_json::Value::String(String::from_utf8_lossy(&out).into_owned());
+                n += 1;
+            });
+        }
+        if !self.scanner.is_empty() {
+            self.mask_strings(key, v, &mut n, 0);
+        }
+        n
+    }
+
+    fn mask_strings(&self, key: &MaskKey, v: &mut serde_json::Value, n: &mut usize, depth: usize) {
+        use serde_json::Value;
+        if depth > 128 {
+            return;
+        }
+        match v {
+            Value::String(s) => {
+                if let Cow::Owned(m) = self.mask_str(key, s) {
+                    *s = m;
+                    *n += 1;
+                }
+            }
+            Value::Number(num) => {
+                let text = num.to_string();
+                if let Cow::Owned(m) = self.mask_str(key, &text) {
+                    *v = Value::String(m);
+                    *n += 1;
+                }
+            }
+            Value::Array(a) => a
+                .iter_mut()
+                .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
+            Value::Object(o) => o
+                .values_mut()
+                .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
+            _ => {}
+        }
+    }
+
+    fn render(&self, key: &MaskKey, kind: Kind, value: &[u8], out: &mut Vec<u8>) {
+        let (label, style) = self.label_style(kind);
+        match kind {
+            Kind::Detector(Detector::CardNumber) if style != Style::Redact => {
+                // Separators do not make a different card.
+                let mut digits = [0u8; 19];
+                let mut n = 0;
+                for &c in value.iter().filter(|c| c.is_ascii_digit()).take(19) {
+                    digits[n] = c;
+                    n += 1;
+                }
+                render_value(key, label, style, &digits[..n], out)
+            }
+            Kind::Detector(Detector::Email) if style == Style::Partial => {
+                let at = memchr::memchr(b'@', value).unwrap_or(0);
+                out.extend_from_slice(b"***");
+                out.extend_from_slice(&value[at..]);
+            }
+            _ => render_value(key, label, style, value, out),
+        }
+    }
+}
+
+/// Writes the replacement for `value`. Replacements never contain `"` or `\`, so they are
+/// valid inside a JSON string.
+fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mut Vec<u8>) {
+    match style {
+        Style::Redact => {
+            out.extend_from_slice(b"[MASKED:");
+            out.extend_from_slice(label.as_bytes());
+            out.push(b']');
+        }
+        Style::Partial => {
+            let keep = if value.len() >= 8 { 4 } else { 0 };
+            let tail = &value[value.len() - keep..];
+            let stars = value.len() - keep;
+            out.extend(std::iter::repeat_n(b'*', stars.max(4)));
+            for &c in tail {
+                out.push(if c == b'"' || c == b'\\' || c < 0x20 {
+                    b'*'
+                } else {
+                    c
+                });
+            }
+        }
+        Style::Hash => {
+            let mut s = String::with_capacity(40);
+            s.push_str("[MASKED:");
+            s.push_str(label);
+            s.push(':');
+            for b in key.tag(label, value) {
+                let _ = write!(s, "{b:02x}");
+            }
+            s.push(']');
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// Counts of what a masker did, for records and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MaskStats {
+    pub masked: u64,
+    /// The body claimed to be JSON but was not; it was masked as text from that point on.
+    pub json_fallback: bool,
+}
+
+/// Streams text through the detectors; holds back only what may be the start of a value.
+#[derive(Debug)]
+pub struct TextMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+    carry: Vec<u8>,
+    hits: Vec<Hit>,
+    /// Inside a private key whose END line has not come: swallow until it does.
+    in_pem: bool,
+    pub stats: MaskStats,
+}
+
+impl TextMasker {
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey) -> Self {
+        Self {
+            rules,
+            key,
+            carry: Vec::new(),
+            hits: Vec::new(),
+            in_pem: false,
+            stats: MaskStats::default(),
+        }
+    }
+
+    /// Masks `chunk`, appending what can be released to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.carry.is_empty() {
+            let used = self.process(chunk, false, out);
+            self.carry.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.carry);
+            buf.extend_from_slice(chunk);
+            let used = self.process(&buf, false, out);
+            buf.drain(..used);
+            self.carry = buf;
+        }
+    }
+
+    /// The body ended: release everything held back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let buf = std::mem::take(&mut self.carry);
+        self.process(&buf, true, out);
+        self.in_pem = false;
+    }
+
+    /// Bytes held back right now.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Masks `buf` and returns how many bytes of it were consumed.
+    fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
+        let mut start = 0;
+        if self.in_pem {
+            match memchr::memmem::find(buf, b"-----END ") {
+                Some(e) => {
+                    let after = e + 9;
+                    match memchr::memmem::find(&buf[after..], b"-----") {
+                        Some(x) => {
+                            start = after + x + 5;
+                            self.in_pem = false;
+                        }
+                        None if eof => return buf.len(),
+                        None => return e,
+                    }
+                }
+                // Keep a few bytes in case the END marker is split.
+                None if eof => return buf.len(),
+                None => return buf.len().saturating_sub(8),
+            }
+        }
+        let rest = &buf[start..];
+        let safe = if eof {
+            rest.len()
+        } else {
+            detect::pending_from(&self.rules.scanner, rest)
+        };
+        self.hits.clear();
+        self.rules.scanner.scan(rest, &mut self.hits);
+        let mut pos = 0;
+        let mut end = safe;
+        for h in &self.hits {
+            if h.open {
+                if eof || rest.len() - h.start >= detect::MAX_PEM {
+                    out.extend_from_slice(&rest[pos..h.start]);
+                    self.rules.render(&self.key, h.kind, b"", out);
+                    self.stats.masked += 1;
+                    self.in_pem = !eof;
+                    return buf.len();
+                }
+                end = end.min(h.start);
+                break;
+            }
+            if h.end > end {
+                end = end.min(h.start);
+                break;
+            }
+            out.extend_from_slice(&rest[pos..h.start]);
+            self.rules
+                .render(&self.key, h.kind, &rest[h.start..h.end], out);
+            self.stats.masked += 1;
+            pos = h.end;
+        }
+        let end = end.max(pos);
+        out.extend_from_slice(&rest[pos..end]);
+        start + end
+    }
+}
+
+/// What kind of body a masker is looking at, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Text,
+    Binary,
+}
+
+impl BodyKind {
+    pub fn from_content_type(ct: Option<&str>) -> Self {
+        let Some(ct) = ct else {
+            return BodyKind::Text;
+        };
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime == "application/json" || mime.ends_with("+json") || mime == "application/x-ndjson" {
+            BodyKind::Json
+        } else if mime.starts_with("text/")
+            || mime.ends_with("+xml")
+            || mime == "application/xml"
+            || mime == "application/x-www-form-urlencoded"
+            || mime == "application/javascript"
+        {
+            BodyKind::Text
+        } else {
+            BodyKind::Binary
+        }
+    }
+}
+
+/// A body on its way out: JSON, text, or passed through.
+#[derive(Debug)]
+pub enum BodyMasker {
+    Json(Box<JsonMasker>),
+    Text(TextMasker),
+    Binary,
+}
+
+impl BodyMasker {
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey, kind: BodyKind) -> Self {
+        if rules.is_empty() {
+            return BodyMasker::Binary;
+        }
+        match kind {
+            BodyKind::Json => BodyMasker::Json(Box::new(JsonMasker::new(rules, key))),
+            BodyKind::Text => BodyMasker::Text(TextMasker::new(rules, key)),
+            BodyKind::Binary => BodyMasker::Binary,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        match self {
+            BodyMasker::Json(m) => m.push(chunk, out),
+            BodyMasker::Text(m) => m.push(chunk, out),
+            BodyMasker::Binary => out.extend_from_slice(chunk),
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            BodyMasker::Json(m) => m.finish(out),
+            BodyMasker::Text(m) => m.finish(out),
+            BodyMasker::Binary => {}
+        }
+    }
+
+    pub fn stats(&self) -> MaskStats {
+        match self {
+            BodyMasker::Json(m) => m.stats(),
+            BodyMasker::Text(m) => m.stats,
+            BodyMasker::Binary => MaskStats::default(),
+        }
+    }
+
+    /// Masks a whole body at once.
+    pub fn mask_all(&mut self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len());
+        self.push(body, &mut out);
+        self.finish(&mut out);
+        out
+    }
+}

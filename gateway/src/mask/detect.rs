@@ -1,0 +1,637 @@
+//! Finding sensitive values in text: the built-in detectors, each with a validator that keeps
+//! false positives low (Luhn, mod-97, SSN ranges, token shapes), plus custom regexes.
+//!
+//! Clean text must be skipped fast. Anchored detectors (tokens, keys, e-mail) are found with one
+//! aho-corasick automaton and `memchr`; the digit-shaped ones (cards, SSNs, IBANs) with a
+//! stride over a byte-class table: a match is at least [`MIN_RUN`] bytes of `[0-9A-Z -]`, so
+//! probing every `MIN_RUN`th byte skips most text without looking at the rest.
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use regex::bytes::Regex;
+
+/// A built-in detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Detector {
+    CardNumber,
+    Email,
+    Ssn,
+    Iban,
+    AwsAccessKey,
+    SecretKey,
+    GithubToken,
+    SlackToken,
+    Jwt,
+    PrivateKey,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 10] = [
+        Detector::CardNumber,
+        Detector::Email,
+        Detector::Ssn,
+        Detector::Iban,
+        Detector::AwsAccessKey,
+        Detector::SecretKey,
+        Detector::GithubToken,
+        Detector::SlackToken,
+        Detector::Jwt,
+        Detector::PrivateKey,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::CardNumber => "card_number",
+            Detector::Email => "email",
+            Detector::Ssn => "ssn",
+            Detector::Iban => "iban",
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::SecretKey => "secret_key",
+            Detector::GithubToken => "github_token",
+            Detector::SlackToken => "slack_token",
+            Detector::Jwt => "jwt",
+            Detector::PrivateKey => "private_key",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// What a hit is: a detector or the n-th custom regex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Detector(Detector),
+    Custom(usize),
+}
+
+/// One sensitive value at `start..end` of the scanned text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub start: usize,
+    pub end: usize,
+    pub kind: Kind,
+    /// A private key whose END line is not in the text yet: everything after `start` is secret.
+    pub open: bool,
+}
+
+/// Shortest digit-shaped match (an SSN, `ddd-dd-dddd`); the stride of the run scan.
+pub const MIN_RUN: usize = 11;
+/// Longest value a streaming scan holds back waiting for its end (a JWT, a long token).
+pub const MAX_TOKEN: usize = 16 * 1024;
+/// Longest private-key block held back waiting for its END line.
+pub const MAX_PEM: usize = 64 * 1024;
+/// Custom regexes match within one line of at most this many bytes.
+pub const MAX_LINE: usize = 4096;
+
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+
+/// Names whose value is a secret (`aws_secret_access_key = …`).
+const SECRET_NAMES: [&str; 3] = [
+    "aws_secret_access_key",
+    "AWS_SECRET_ACCESS_KEY",
+    "SecretAccessKey",
+];
+/// A secret's name, separators and 40-byte value fit in this many bytes.
+const SECRET_NAME_WINDOW: usize = 21 + 8 + 40;
+
+/// Anchors of the token detectors. Order matters only for leftmost-longest ties.
+const ANCHORS: &[(&str, Detector)] = &[
+    ("AKIA", Detector::AwsAccessKey),
+    ("ASIA", Detector::AwsAccessKey),
+    ("AGPA", Detector::AwsAccessKey),
+    ("AIDA", Detector::AwsAccessKey),
+    ("AROA", Detector::AwsAccessKey),
+    ("ANPA", Detector::AwsAccessKey),
+    ("ANVA", Detector::AwsAccessKey),
+    ("AIPA", Detector::AwsAccessKey),
+    ("sk_live_", Detector::SecretKey),
+    ("sk_test_", Detector::SecretKey),
+    ("rk_live_", Detector::SecretKey),
+    ("rk_test_", Detector::SecretKey),
+    ("sk-", Detector::SecretKey),
+    ("AIza", Detector::SecretKey),
+    ("aws_secret_access_key", Detector::SecretKey),
+    ("AWS_SECRET_ACCESS_KEY", Detector::SecretKey),
+    ("SecretAccessKey", Detector::SecretKey),
+    ("ghp_", Detector::GithubToken),
+    ("gho_", Detector::GithubToken),
+    ("ghu_", Detector::GithubToken),
+    ("ghs_", Detector::GithubToken),
+    ("ghr_", Detector::GithubToken),
+    ("github_pat_", Detector::GithubToken),
+    ("xoxb-", Detector::SlackToken),
+    ("xoxp-", Detector::SlackToken),
+    ("xoxa-", Detector::SlackToken),
+    ("xoxr-", Detector::SlackToken),
+    ("xoxs-", Detector::SlackToken),
+    ("xapp-", Detector::SlackToken),
+    ("eyJ", Detector::Jwt),
+    ("-----BEGIN ", Detector::PrivateKey),
+];
+
+/// The detectors and regexes of one mask list, ready to scan with. Immutable and shared.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    enabled: u16,
+    anchors: Option<(AhoCorasick, Vec<(usize, Detector)>)>,
+    custom: Vec<Regex>,
+}
+
+impl Scanner {
+    pub fn new(detectors: &[Detector], custom: Vec<Regex>) -> Self {
+        let enabled = detectors.iter().fold(0, |m, d| m | d.bit());
+        let wanted: Vec<(usize, &str, Detector)> = ANCHORS
+            .iter()
+            .filter(|(_, d)| enabled & d.bit() != 0)
+            .map(|(a, d)| (a.len(), *a, *d))
+            .collect();
+        let anchors = (!wanted.is_empty()).then(|| {
+            let ac = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(wanted.iter().map(|w| w.1))
+                .expect("built-in anchors are valid literals");
+            (ac, wanted.iter().map(|w| (w.0, w.2)).collect())
+        });
+        Self {
+            enabled,
+            anchors,
+            custom,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.enabled == 0 && self.custom.is_empty()
+    }
+
+    fn on(&self, d: Detector) -> bool {
+        self.enabled & d.bit() != 0
+    }
+
+    fn digit_shaped(&self) -> bool {
+        self.enabled & (Detector::CardNumber.bit() | Detector::Ssn.bit() | Detector::Iban.bit())
+            != 0
+    }
+
+    pub fn has_custom(&self) -> bool {
+        !self.custom.is_empty()
+    }
+
+    /// Appends the hits in `t`, sorted and without overlaps (the earlier, then longer, wins).
+    pub fn scan(&self, t: &[u8], out: &mut Vec<Hit>) {
+        let first = out.len();
+        if self.on(Detector::Email) {
+            for at in memchr::memchr_iter(b'@', t) {
+                if let Some((s, e)) = email(t, at) {
+                    out.push(hit(s, e, Kind::Detector(Detector::Email)));
+                }
+            }
+        }
+        if let Some((ac, kinds)) = &self.anchors {
+            let mut pos = 0;
+            while let Some(m) = ac.find(Input::new(t).span(pos..t.len())) {
+                let (len, d) = kinds[m.pattern().as_usize()];
+                pos = m.start() + 1;
+                if let Some(h) = token(t, m.start(), len, d) {
+                    pos = h.end.max(pos);
+                    out.push(h);
+                }
+            }
+        }
+        if self.digit_shaped() {
+            self.runs(t, out);
+        }
+        for (i, re) in self.custom.iter().enumerate() {
+            for m in re.find_iter(t) {
+                if !m.is_empty() {
+                    out.push(hit(m.start(), m.end(), Kind::Custom(i)));
+                }
+            }
+        }
+        let hits = &mut out[first..];
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+            let mut keep = first;
+            let mut end = 0;
+            for i in first..out.len() {
+                if out[i].start >= end || i == first {
+                    end = out[i].end;
+                    out[keep] = out[i];
+                    keep += 1;
+                }
+            }
+            out.truncate(keep);
+        }
+    }
+
+    /// The stride scan for card numbers, SSNs and IBANs.
+    fn runs(&self, t: &[u8], out: &mut Vec<Hit>) {
+        let n = t.len();
+        let mut i = 0;
+        while i + MIN_RUN <= n {
+            let probe = i + MIN_RUN - 1;
+            if RUN[t[probe] as usize] == 0 {
+                i = probe + 1;
+                continue;
+            }
+            let mut s = probe;
+            while s > i && RUN[t[s - 1] as usize] != 0 {
+                s -= 1;
+            }
+            let mut e = probe + 1;
+            while e < n && RUN[t[e] as usize] != 0 {
+                e += 1;
+            }
+            if e - s >= MIN_RUN {
+                self.analyze_run(t, s, e, out);
+            }
+            i = e + 1;
+        }
+    }
+
+    fn analyze_run(&self, t: &[u8], s: usize, e: usize, out: &mut Vec<Hit>) {
+        // Split into groups of digits or capitals; `joined` says a single space or dash
+        // separates a group from the previous one.
+        let mut groups: [(u32, u32, bool, bool); 64] = [(0, 0, false, false); 64];
+        let mut n = 0;
+        let mut i = s;
+        while i < e && n < groups.len() {
+            let c = t[i];
+            if c == b' ' || c == b'-' {
+                i += 1;
+                continue;
+            }
+            let digit = c.is_ascii_digit();
+            let start = i;
+            while i < e && t[i].is_ascii_digit() == digit && t[i] != b' ' && t[i] != b'-' {
+                i += 1;
+            }
+            let joined = n > 0 && start - groups[n - 1].1 as usize == 1;
+            groups[n] = (start as u32, i as u32, digit, joined);
+            n += 1;
+        }
+        let groups = &groups[..n];
+        if self.on(Detector::CardNumber) {
+            cards(t, groups, out);
+        }
+        if self.on(Detector::Ssn) {
+            for k in 0..groups.len() {
+                if let Some(h) = ssn(t, groups, k) {
+                    out.push(h);
+                }
+            }
+        }
+        if self.on(Detector::Iban) {
+            for (k, g) in groups.iter().enumerate() {
+                if let Some(h) = iban(t, groups, k, g) {
+                    out.push(h);
+                }
+            }
+        }
+    }
+}
+
+fn hit(start: usize, end: usize, kind: Kind) -> Hit {
+    Hit {
+        start,
+        end,
+        kind,
+        open: false,
+    }
+}
+
+/// `[0-9A-Z -]`: the bytes a card number, SSN or IBAN is made of.
+static RUN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = 1;
+        c += 1;
+    }
+    c = b'A';
+    while c <= b'Z' {
+        t[c as usize] = 1;
+        c += 1;
+    }
+    t[b' ' as usize] = 1;
+    t[b'-' as usize] = 1;
+    t
+};
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
+    let mut j = 0;
+    while j < groups.len() {
+        let g = groups[j];
+        // A card starts a digit group that is not glued to a letter before it.
+        if !g.2 || (j > 0 && groups[j - 1].1 == g.0) {
+            j += 1;
+            continue;
+        }
+        let mut digits = 0;
+        let mut best = None;
+        let mut k = j;
+        while k < groups.len() && groups[k].2 && (k == j || groups[k].3) {
+            digits += (groups[k].1 - groups[k].0) as usize;
+            if digits > 19 {
+                break;
+            }
+            let glued_after = groups.get(k + 1).is_some_and(|n| n.0 == groups[k].1);
+            if digits >= 13 && !glued_after && luhn_card(t, g.0 as usize, groups[k].1 as usize) {
+                best = Some(k);
+            }
+            k += 1;
+        }
+        match best {
+            Some(k) => {
+                out.push(hit(
+                    g.0 as usize,
+                    groups[k].1 as usize,
+                    Kind::Detector(Detector::CardNumber),
+                ));
+                j = k + 1;
+            }
+            None => j += 1,
+        }
+    }
+}
+
+/// Luhn over the digits of `t[s..e]`, and a leading digit a card network issues (2–6).
+fn luhn_card(t: &[u8], s: usize, e: usize) -> bool {
+    if !(b'2'..=b'6').contains(&t[s]) {
+        return false;
+    }
+    let mut sum = 0u32;
+    let mut double = false;
+    for &c in t[s..e].iter().rev() {
+        if !c.is_ascii_digit() {
+            continue;
+        }
+        let mut d = (c - b'0') as u32;
+        if double {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        double = !double;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// `ddd-dd-dddd` at groups `k..k+3`, standing alone, with the ranges the SSA never issues
+/// left out.
+fn ssn(t: &[u8], groups: &[(u32, u32, bool, bool)], k: usize) -> Option<Hit> {
+    let w = groups.get(k..k + 3)?;
+    let shape = w.iter().map(|g| g.1 - g.0).eq([3, 2, 4]);
+    if !shape || !w.iter().all(|g| g.2) || !w[1].3 || !w[2].3 {
+        return None;
+    }
+    let (s, e) = (w[0].0 as usize, w[2].1 as usize);
+    if t[s + 3] != b'-' || t[s + 6] != b'-' {
+        return None;
+    }
+    // Not part of a longer digit sequence (a card written 3-2-4-…).
+    let touches = |g: &(u32, u32, bool, bool), joined: bool| g.2 && joined;
+    if k > 0 && touches(&groups[k - 1], w[0].3 || groups[k - 1].1 == w[0].0) {
+        return None;
+    }
+    if groups
+        .get(k + 3)
+        .is_some_and(|n| touches(n, n.3 || n.0 == w[2].1))
+    {
+        return None;
+    }
+    let area = &t[s..s + 3];
+    let valid = area != b"000"
+        && area != b"666"
+        && area[0] != b'9'
+        && &t[s + 4..s + 6] != b"00"
+        && &t[s + 7..e] != b"0000";
+    valid.then(|| hit(s, e, Kind::Detector(Detector::Ssn)))
+}
+
+fn iban(
+    t: &[u8],
+    groups: &[(u32, u32, bool, bool)],
+    k: usize,
+    g: &(u32, u32, bool, bool),
+) -> Option<Hit> {
+    // A two-capital country code at a boundary, glued to at least two check digits.
+    if g.2 || g.1 - g.0 != 2 || (k > 0 && groups[k - 1].1 == g.0) {
+        return None;
+    }
+    let next = groups.get(k + 1)?;
+    if !next.2 || next.0 != g.1 || next.1 - next.0 < 2 {
+        return None;
+    }
+    // Alphanumerics from the country code on, allowing single spaces between groups; try
+    // the longest first, shortening at group ends (the text may go on with capitals).
+    let s = g.0 as usize;
+    let mut alnum = Vec::with_capacity(34);
+    let mut ends = Vec::with_capacity(34);
+    let mut i = s;
+    while i < t.len() && alnum.len() < 34 {
+        let c = t[i];
+        if c.is_ascii_digit() || c.is_ascii_uppercase() {
+            alnum.push(c);
+            ends.push(i + 1);
+            i += 1;
+        } else if c == b' ' && i + 1 < t.len() && t[i + 1].is_ascii_alphanumeric() {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let spaced = ends.windows(2).any(|w| w[1] - w[0] > 1);
+    for len in (15..=alnum.len()).rev() {
+        let end = ends[len - 1];
+        let boundary = t.get(end).is_none_or(|&c| !c.is_ascii_alphanumeric());
+        if (boundary || (spaced && t[end] == b' ')) && mod97(&alnum[..len]) {
+            return Some(hit(s, end, Kind::Detector(Detector::Iban)));
+        }
+        if !spaced && len < alnum.len() {
+            // Compact IBANs run to a boundary; a shorter prefix is not one.
+            break;
+        }
+    }
+    None
+}
+
+fn mod97(iban: &[u8]) -> bool {
+    let check = &iban[2..4];
+    if check == b"00" || check == b"01" || check == b"99" {
+        return false;
+    }
+    let mut r = 0u32;
+    for &c in iban[4..].iter().chain(&iban[..4]) {
+        r = match c {
+            b'0'..=b'9' => (r * 10 + (c - b'0') as u32) % 97,
+            b'A'..=b'Z' => (r * 100 + (c - b'A' + 10) as u32) % 97,
+            _ => return false,
+        };
+    }
+    r == 1
+}
+
+fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
+    let local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let domain = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let mut s = at;
+    while s > 0 && at - s < 64 && local(t[s - 1]) {
+        s -= 1;
+    }
+    let mut e = at + 1;
+    while e < t.len() && e - at < 254 && domain(t[e]) {
+        e += 1;
+    }
+    // A sentence can end right after the address.
+    while e > at + 1 && (t[e - 1] == b'.' || t[e - 1] == b'-') {
+        e -= 1;
+    }
+    let dom = &t[at + 1..e];
+    let dot = memchr::memrchr(b'.', dom)?;
+    let tld = &dom[dot + 1..];
+    (s < at && dot > 0 && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic))
+        .then_some((s, e))
+}
+
+/// Validates a token detector's anchor at `s` and returns its extent.
+fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Option<Hit> {
+    if d != Detector::PrivateKey && s > 0 && is_word(t[s - 1]) {
+        return None;
+    }
+    let run = |from: usize, ok: fn(u8) -> bool| {
+        let mut e = from;
+        while e < t.len() && ok(t[e]) && e - s < MAX_TOKEN {
+            e += 1;
+        }
+        e
+    };
+    let alnum = |c: u8| c.is_ascii_alphanumeric();
+    let b64url = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    let body = s + anchor;
+    let found = |e: usize, min: usize| {
+        (e - body >= min && t.get(e).is_none_or(|&c| !is_word(c)))
+            .then(|| hit(s, e, Kind::Detector(d)))
+    };
+    match d {
+        Detector::AwsAccessKey => {
+            let e = run(body, |c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            (e - body == 16).then_some(())?;
+            found(e, 16)
+        }
+        Detector::SecretKey
+            if t[s..body].ends_with(b"_key")
+                || t[s..body].ends_with(b"_KEY")
+                || t[s..body] == *b"SecretAccessKey" =>
+        {
+            // `aws_secret_access_key = "…"`: the value after the name is the secret.
+            let mut v = body;
+            while v < t.len() && v - body < 8 && b" \t:=\"'".contains(&t[v]) {
+                v += 1;
+            }
+            let e = run(v, |c| c.is_ascii_alphanumeric() || c == b'/' || c == b'+');
+            (e - v == 40).then(|| hit(v, e, Kind::Detector(d)))
+        }
+        Detector::SecretKey if &t[s..body] == b"AIza" => found(run(body, b64url), 35),
+        Detector::SecretKey if &t[s..body] == b"sk-" => found(run(body, b64url), 20),
+        Detector::SecretKey => found(run(body, alnum), 16),
+        Detector::GithubToken if anchor == "github_pat_".len() => {
+            found(run(body, |c| c.is_ascii_alphanumeric() || c == b'_'), 22)
+        }
+        Detector::GithubToken => found(run(body, alnum), 36),
+        Detector::SlackToken => found(run(body, |c| c.is_ascii_alphanumeric() || c == b'-'), 10),
+        Detector::Jwt => {
+            let h = run(body, b64url);
+            if h - s < 10 || t.get(h) != Some(&b'.') {
+                return None;
+            }
+            let p = run(h + 1, b64url);
+            if p - h - 1 < 10 || t.get(p) != Some(&b'.') {
+                return None;
+            }
+            let e = run(p + 1, b64url);
+            t.get(e)
+                .is_none_or(|&c| !is_word(c) && c != b'.')
+                .then(|| hit(s, e, Kind::Detector(d)))
+        }
+        Detector::PrivateKey => pem(t, s),
+        _ => None,
+    }
+}
+
+/// `-----BEGIN … PRIVATE KEY-----` through its END line; `open` if the END is not there yet.
+fn pem(t: &[u8], s: usize) -> Option<Hit> {
+    let label_start = s + PEM_BEGIN.len();
+    let rest = &t[label_start..t.len().min(label_start + 64)];
+    let Some(close) = memchr::memmem::find(rest, b"-----") else {
+        // The label is still arriving: it may yet say PRIVATE KEY.
+        return (label_start + 64 > t.len()).then(|| Hit {
+            open: true,
+            ..hit(s, t.len(), Kind::Detector(Detector::PrivateKey))
+        });
+    };
+    if !rest[..close].ends_with(b"PRIVATE KEY") {
+        return None;
+    }
+    let body = label_start + close + 5;
+    let limit = t.len().min(s + MAX_PEM);
+    match memchr::memmem::find(&t[body..limit], b"-----END ") {
+        Some(end) => {
+            let after = body + end + 9;
+            let e =
+                memchr::memmem::find(&t[after..limit], b"-----").map_or(limit, |x| after + x + 5);
+            Some(hit(s, e, Kind::Detector(Detector::PrivateKey)))
+        }
+        None => Some(Hit {
+            open: true,
+            ..hit(s, limit, Kind::Detector(Detector::PrivateKey))
+        }),
+    }
+}
+
+/// Where an unfinished value may start at the end of `t`: bytes from there on must wait for
+/// more input before they can be judged. `t.len()` when nothing is pending.
+pub fn pending_from(scanner: &Scanner, t: &[u8]) -> usize {
+    let n = t.len();
+    // Tokens, e-mail, compact IBANs and digits: a trailing run of word-ish bytes.
+    let tokenish = |c: u8| c.is_ascii_alphanumeric() || b"_.%+-@=/".contains(&c);
+    let mut s = n;
+    while s > 0 && n - s < MAX_TOKEN && tokenish(t[s - 1]) {
+        s -= 1;
+    }
+    let mut from = s;
+    // Spaced card numbers and IBANs: a trailing run of `[0-9A-Z -]`.
+    if scanner.digit_shaped() {
+        let mut s = n;
+        while s > 0 && n - s < 48 && RUN[t[s - 1] as usize] != 0 {
+            s -= 1;
+        }
+        from = from.min(s);
+    }
+    // A secret named just before it: the name must stay with the value.
+    if scanner.on(Detector::SecretKey) {
+        let window = n.saturating_sub(SECRET_NAME_WINDOW);
+        for name in SECRET_NAMES {
+            if let Some(b) = memchr::memmem::rfind(&t[window..], name.as_bytes()) {
+                from = from.min(window + b);
+            }
+        }
+    }
+    // (A private key whose END line has not arrived is an `open` hit; see `pem`.)
+    if scanner.has_custom() {
+        let line = memchr::memrchr(b'\n', t).map_or(0, |i| i + 1);
+        if n - line <= MAX_LINE {
+            from = from.min(line);
+        }
+    }
+    from
+}

@@ -1,0 +1,346 @@
+//! The mask stage: every detector with true and false positives, replacement styles, streaming
+//! at every split point, JSON field paths, invalid JSON.
+use std::sync::Arc;
+
+use callgate::{
+    mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
+    policy::schema::MaskSpec,
+};
+use serde_json::{Value, json};
+
+fn key() -> MaskKey {
+    MaskKey::from_bytes([7; 32])
+}
+
+fn rules(specs: Value) -> Arc<MaskRules> {
+    let specs: Vec<MaskSpec> = serde_json::from_value(specs).expect("mask specs");
+    Arc::new(MaskRules::compile(&specs).expect("compile"))
+}
+
+fn all() -> Arc<MaskRules> {
+    Arc::new(MaskRules::all_detectors())
+}
+
+fn text(r: &Arc<MaskRules>, s: &str) -> String {
+    let out = BodyMasker::new(r.clone(), key(), BodyKind::Text).mask_all(s.as_bytes());
+    String::from_utf8(out).expect("utf8")
+}
+
+fn json_body(r: &Arc<MaskRules>, s: &str) -> String {
+    let out = BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(s.as_bytes());
+    String::from_utf8(out).expect("utf8")
+}
+
+/// Every split of `input` into two chunks (and byte-at-a-time) gives the one-shot result.
+fn same_at_every_split(r: &Arc<MaskRules>, kind: BodyKind, input: &str) -> String {
+    let whole = BodyMasker::new(r.clone(), key(), kind).mask_all(input.as_bytes());
+    let b = input.as_bytes();
+    for cut in 0..=b.len() {
+        let mut m = BodyMasker::new(r.clone(), key(), kind);
+        let mut out = Vec::new();
+        m.push(&b[..cut], &mut out);
+        m.push(&b[cut..], &mut out);
+        m.finish(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&whole),
+            "split at {cut} of {input:?}"
+        );
+    }
+    let mut m = BodyMasker::new(r.clone(), key(), kind);
+    let mut out = Vec::new();
+    for byte in b.chunks(1) {
+        m.push(byte, &mut out);
+    }
+    m.finish(&mut out);
+    assert_eq!(out, whole, "byte at a time: {input:?}");
+    String::from_utf8(whole).expect("utf8")
+}
+
+#[test]
+fn detectors_find_what_they_should() {
+    let r = all();
+    let cases = [
+        ("card 4111 1111 1111 1111 ok", "card ************1111 ok"),
+        ("card 4111-1111-1111-1111.", "card ************1111."),
+        ("amex 378282246310005", "amex ***********0005"),
+        ("mail alice.smith+x@example.co.uk.", "mail [MASKED:email]."),
+        ("ssn 123-45-6789", "ssn [MASKED:ssn]"),
+        ("iban DE89 3704 0044 0532 0130 00 x", "iban [MASKED:iban] x"),
+        ("iban GB82WEST12345698765432", "iban [MASKED:iban]"),
+        ("key AKIAIOSFODNN7EXAMPLE", "key [MASKED:aws_access_key]"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [MASKED:secret_key]",
+        ),
+        (
+            "stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "stripe [MASKED:secret_key]",
+        ),
+        (
+            "gh ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "gh [MASKED:github_token]",
+        ),
+        (
+            "slack xoxb-123456789012-abcdefABCDEF",
+            "slack [MASKED:slack_token]",
+        ),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end",
+            "jwt [MASKED:jwt] end",
+        ),
+        (
+            "k -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY----- done",
+            "k [MASKED:private_key] done",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(text(&r, input), want, "{input}");
+        same_at_every_split(&r, BodyKind::Text, input);
+    }
+}
+
+#[test]
+fn detectors_leave_lookalikes_alone() {
+    let r = all();
+    for clean in [
+        "order 4111111111111112 fails Luhn",
+        "order id 1234567812345678",
+        "too long 41111111111111111111111",
+        "ssn-ish 000-12-3456 and 666-12-3456 and 123-00-4567",
+        "phone 555-123-4567",
+        "date 2026-11-23T03:17:38Z",
+        "iban-ish DE00 3704 0044 0532 0130 00",
+        "not mail: a@b, @handle, x@localhost",
+        "AKIA short AKIA1234",
+        "words like askew ghost eyJust",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+        "uuid 123e4567-e89b-12d3-a456-426614174000",
+    ] {
+        assert_eq!(text(&r, clean), clean);
+    }
+}
+
+#[test]
+fn styles() {
+    let r = rules(json!([
+        {"detector": "email", "style": "hash"},
+        {"detector": "card_number", "style": "redact"},
+        {"detector": "ssn", "style": "partial"}
+    ]));
+    let a = text(&r, "alice@example.com");
+    let b = text(&r, "to alice@example.com");
+    let c = text(&r, "bob@example.com");
+    assert!(
+        a.starts_with("[MASKED:email:") && a.len() == "[MASKED:email:]".len() + 16,
+        "{a}"
+    );
+    assert_eq!(format!("to {a}"), b, "equal values hash equally");
+    assert_ne!(a, c);
+    let other_key = BodyMasker::new(r.clone(), MaskKey::from_bytes([8; 32]), BodyKind::Text)
+        .mask_all(b"alice@example.com");
+    assert_ne!(
+        a.as_bytes(),
+        other_key,
+        "the hash depends on the gateway key"
+    );
+    assert_eq!(text(&r, "4111 1111 1111 1111"), "[MASKED:card_number]");
+    assert_eq!(text(&r, "123-45-6789"), "*******6789");
+    let partial = rules(json!([{"detector": "email", "style": "partial"}]));
+    assert_eq!(text(&partial, "alice@example.com"), "***@example.com");
+    let custom = rules(json!([{"regex": "ord_[0-9]{6}", "name": "order"}]));
+    assert_eq!(text(&custom, "see ord_123456."), "see [MASKED:order].");
+    same_at_every_split(&custom, BodyKind::Text, "a\nsee ord_123456.\nb");
+}
+
+#[test]
+fn only_configured_detectors_run() {
+    let r = rules(json!(["email"]));
+    assert_eq!(
+        text(&r, "x@example.com 4111 1111 1111 1111"),
+        "[MASKED:email] 4111 1111 1111 1111"
+    );
+    assert!(
+        MaskRules::compile(&[MaskSpec::Detector("nope".into())])
+            .unwrap_err()
+            .to_string()
+            .contains("card_number")
+    );
+}
+
+#[test]
+fn json_fields_and_detectors() {
+    let r = rules(json!([
+        "card_number", "email",
+        {"field": "$.customer.ssn"},
+        {"field": "$..secret"},
+        {"field": "$.items[*].token", "style": "hash"}
+    ]));
+    let input = r#"{"id": 7, "customer": {"name": "Al", "ssn": "123-45-6789", "email": "al@example.com"},
+        "secret": {"nested": [1, 2, {"x": "y"}]}, "deep": [{"secret": 42}],
+        "items": [{"token": "abc"}, {"token": "abc"}, {"token": "def"}],
+        "card": 4111111111111111, "note": "card 4111 1111 1111 1111 on file",
+        "escaped": "say \"hi\" \\ al@example.com", "empty": {}, "list": []}"#;
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["customer"]["ssn"], "[MASKED:field]");
+    assert_eq!(v["customer"]["email"], "[MASKED:email]");
+    assert_eq!(v["customer"]["name"], "Al");
+    assert_eq!(v["secret"], "[MASKED:field]");
+    assert_eq!(v["deep"][0]["secret"], "[MASKED:field]");
+    let t0 = v["items"][0]["token"].as_str().expect("token");
+    assert!(t0.starts_with("[MASKED:field:"), "{t0}");
+    assert_eq!(v["items"][1]["token"], v["items"][0]["token"]);
+    assert_ne!(v["items"][2]["token"], v["items"][0]["token"]);
+    assert_eq!(
+        v["card"], "************1111",
+        "a card as a number becomes a string"
+    );
+    assert_eq!(v["note"], "card ************1111 on file");
+    assert_eq!(v["escaped"], "say \"hi\" \\ [MASKED:email]");
+    assert_eq!(v["empty"], json!({}));
+    assert_eq!(v["list"], json!([]));
+}
+
+#[test]
+fn json_ndjson_and_top_level_values() {
+    let r = rules(json!(["email", {"field": "$.pw"}]));
+    let out = same_at_every_split(
+        &r,
+        BodyKind::Json,
+        "{\"pw\": \"hunter2\"}\n{\"pw\": [1]}\n\"a@example.com\"\n",
+    );
+    assert_eq!(
+        out,
+        "{\"pw\": \"[MASKED:field]\"}\n{\"pw\": \"[MASKED:field]\"}\n\"[MASKED:email]\"\n"
+    );
+}
+
+#[test]
+fn invalid_json_falls_back_to_text() {
+    let r = rules(json!(["email", {"field": "$.pw"}]));
+    for input in [
+        "{\"a\": 1,, \"b\": \"x@example.com\"}",
+        "<html>mail x@example.com</html>",
+        "{\"a\" 1} x@example.com",
+        "]]] x@example.com",
+    ] {
+        let mut m = BodyMasker::new(r.clone(), key(), BodyKind::Json);
+        let out = String::from_utf8(m.mask_all(input.as_bytes())).expect("utf8");
+        assert!(!out.contains("x@example.com"), "{input} → {out}");
+        assert!(m.stats().json_fallback, "{input}");
+    }
+    let deep = "[".repeat(1000) + "\"x@example.com\"" + &"]".repeat(1000);
+    let out = json_body(&r, &deep);
+    assert!(!out.contains("x@example.com"));
+}
+
+#[test]
+fn binary_passes_and_content_types() {
+    assert_eq!(
+        BodyKind::from_content_type(Some("application/json; charset=utf-8")),
+        BodyKind::Json
+    );
+    assert_eq!(
+        BodyKind::from_content_type(Some("application/problem+json")),
+        BodyKind::Json
+    );
+    assert_eq!(
+        BodyKind::from_content_type(Some("text/event-stream")),
+        BodyKind::Text
+    );
+    assert_eq!(
+        BodyKind::from_content_type(Some("image/png")),
+        BodyKind::Binary
+    );
+    let bytes = b"\x89PNG x@example.com";
+    let out = BodyMasker::new(all(), key(), BodyKind::Binary).mask_all(bytes);
+    assert_eq!(out, bytes);
+}
+
+#[test]
+fn streaming_releases_complete_events_without_waiting() {
+    // An SSE stream must not stall: a chunk that ends at an event boundary is released whole.
+    let r = all();
+    let mut m = BodyMasker::new(r, key(), BodyKind::Text);
+    let mut out = Vec::new();
+    m.push(b"data: {\"email\": \"x@example.com\"}\n\n", &mut out);
+    assert_eq!(out, b"data: {\"email\": \"[MASKED:email]\"}\n\n");
+    out.clear();
+    m.push(b"data: card 4111 1111", &mut out);
+    assert_eq!(out, b"data: card", "the possible card start is held back");
+    m.push(b" 1111 1111\n\n", &mut out);
+    assert_eq!(out, b"data: card ************1111\n\n");
+}
+
+#[test]
+fn unterminated_private_key_is_swallowed() {
+    let r = all();
+    let mut m = BodyMasker::new(r, key(), BodyKind::Text);
+    let mut out = Vec::new();
+    m.push(b"-----BEGIN PRIVATE KEY-----\n", &mut out);
+    for _ in 0..2000 {
+        m.push(
+            b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n",
+            &mut out,
+        );
+    }
+    m.push(b"-----END PRIVATE KEY-----\nafter", &mut out);
+    m.finish(&mut out);
+    let s = String::from_utf8(out).expect("utf8");
+    assert_eq!(s, "[MASKED:private_key]\nafter");
+}
+
+#[test]
+fn records_and_logs_get_the_same_masker() {
+    let r = rules(json!(["card_number", "email", {"field": "$.customer.ssn"}]));
+    let mut v = json!({"customer": {"ssn": "123-45-6789", "mail": "al@example.com"}, "card": 4111111111111111u64});
+    let n = r.mask_value(&key(), &mut v);
+    assert_eq!(n, 3);
+    assert_eq!(
+        v,
+        json!({"customer": {"ssn": "[MASKED:field]", "mail": "[MASKED:email]"}, "card": "************1111"})
+    );
+    assert_eq!(
+        r.mask_str(&key(), "refund for al@example.com"),
+        "refund for [MASKED:email]"
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Arbitrary bytes in arbitrary chunks: never panics, same result as one shot, and a
+        /// planted card never survives.
+        #[test]
+        fn chunking_never_changes_the_result(
+            prefix in "[ -~]{0,40}",
+            suffix in "[ -~]{0,40}",
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+            json_mode in any::<bool>(),
+        ) {
+            let input = format!("{prefix} 4111 1111 1111 1111 {suffix}");
+            let kind = if json_mode { BodyKind::Json } else { BodyKind::Text };
+            let r = all();
+            let whole = BodyMasker::new(r.clone(), key(), kind).mask_all(input.as_bytes());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut m = BodyMasker::new(r, key(), kind);
+            let mut out = Vec::new();
+            let mut last = 0;
+            for c in cuts {
+                m.push(&input.as_bytes()[last..c], &mut out);
+                last = c;
+            }
+            m.push(&input.as_bytes()[last..], &mut out);
+            m.finish(&mut out);
+            prop_assert_eq!(&out, &whole);
+            let s = String::from_utf8_lossy(&out);
+            prop_assert!(!s.contains("4111 1111 1111 1111"), "{}", s);
+        }
+    }
+}
