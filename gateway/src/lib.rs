@@ -18,4 +18,5 @@ pub mod intercept;
 pub mod jsonpath;
 pub mod mask;
 pub mod policy;
+pub mod record;
 pub mod stats;

@@ -9,6 +9,8 @@ use callgate::{
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod records_cmd;
+
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
 ///
 /// The daemon (`callgate run`) loads eBPF programs that redirect the outbound TCP connections of
@@ -32,6 +34,9 @@ enum Command {
     /// Work with a policy repository: test, lint, explain, reload.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Read the tamper-evident call log: list, show, replay, verify, export.
+    #[command(subcommand)]
+    Records(records_cmd::RecordsCommand),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -220,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Policy(cmd) => return policy_command(cmd, &rt),
+        Command::Records(cmd) => return records_cmd::run(cmd),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {

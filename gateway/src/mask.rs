@@ -279,13 +279,15 @@ impl MaskRules {
             return;
         }
         match v {
-            Value::String(s) => {
+            // Nothing a detector finds is shorter than `a@b.cd`.
+            Value::String(s) if s.len() >= 6 => {
                 if let Cow::Owned(m) = self.mask_str(key, s) {
                     *s = m;
                     *n += 1;
                 }
             }
-            Value::Number(num) => {
+            // Only an integer of 13 digits or more can be a card number.
+            Value::Number(num) if num.as_u64().is_some_and(|u| u >= 1_000_000_000_000) => {
                 let text = num.to_string();
                 if let Cow::Owned(m) = self.mask_str(key, &text) {
                     *v = Value::String(m);

@@ -1,0 +1,383 @@
+//! The record stage: every call becomes a [`Record`] in a tamper-evident, append-only log.
+//!
+//! The data path hands records to a [`Recorder`]: they are masked and serialised on the
+//! caller's thread, then sent over a bounded `crossbeam` channel to one writer thread that
+//! appends hash-chained frames ([`segment`]), fsyncs in groups, rotates and compresses
+//! segments. When the writer cannot keep up or the disk is full, `submit` refuses the call
+//! instead of dropping its record: callgate fails closed.
+pub mod query;
+pub mod segment;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam_channel::{Sender, TrySendError};
+use serde::{Deserialize, Serialize};
+
+use crate::mask::{MaskKey, MaskRules};
+
+/// One call, as recorded. Argument and response values are masked before they get here and
+/// masked again with every built-in detector before they are written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Unique, time-ordered (UUIDv7).
+    pub id: String,
+    /// Start of the call, Unix milliseconds.
+    pub time_ms: u64,
+    /// The connection (or workload session) the call came on; `replay` groups by it.
+    pub session: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<serde_json::Value>,
+    /// Original destination `host:port`.
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// rest | jsonrpc | mcp | grpc | http | tcp
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
+    pub decision: RecordedDecision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+    /// The response was longer than the record's cap and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub response_truncated: bool,
+    pub latency_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecordedDecision {
+    /// allow | deny | approve
+    pub action: String,
+    /// The action was carried out (false in dry-run for deny/approve).
+    pub enforced: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_commit: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_dirty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl Record {
+    /// A new record with a fresh id, stamped now.
+    pub fn new(session: impl Into<String>, destination: impl Into<String>) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            time_ms: now.as_millis() as u64,
+            session: session.into(),
+            destination: destination.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// When a record counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync'd within `commit_window` of being submitted (group commit).
+    #[default]
+    Buffered,
+    /// The submitter waits until its record is fsync'd.
+    Strict,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    /// Longest a buffered record waits for its fsync.
+    pub commit_window: Duration,
+    /// fsync sooner once this many records are waiting.
+    pub commit_records: usize,
+    /// Records the channel holds before `submit` refuses calls.
+    pub backlog: usize,
+    pub segment_bytes: u64,
+    pub segment_age: Duration,
+    /// Delete the oldest sealed segments beyond these (0 = keep).
+    pub retain_bytes: u64,
+    pub retain_age: Duration,
+    /// Responses longer than this (serialised) are cut in records.
+    pub response_cap: usize,
+}
+
+impl RecorderConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            durability: Durability::Buffered,
+            commit_window: Duration::from_millis(10),
+            commit_records: 4096,
+            backlog: 65_536,
+            segment_bytes: 64 << 20,
+            segment_age: Duration::from_secs(3600),
+            retain_bytes: 0,
+            retain_age: Duration::ZERO,
+            response_cap: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("records directory {dir}: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("records directory {dir}: segment {segment}: {reason}")]
+    Corrupt {
+        dir: PathBuf,
+        segment: String,
+        reason: String,
+    },
+    #[error("call recording is behind by {0} records; refusing new calls until it catches up")]
+    Backlog(usize),
+    #[error("call recording is failing ({0}); refusing new calls until it recovers")]
+    Failing(String),
+    #[error("the recorder has stopped")]
+    Stopped,
+    #[error("serialising a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Shared between the handle and the writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set while writes fail (disk full, I/O error); the reason is in `failure`.
+    failing: AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+    submitted: AtomicU64,
+    refused: AtomicU64,
+    written: AtomicU64,
+    /// Highest sequence number known to be on stable storage.
+    durable_seq: AtomicU64,
+    fsyncs: AtomicU64,
+    write_errors: AtomicU64,
+    segments_sealed: AtomicU64,
+    truncated_bytes: AtomicU64,
+}
+
+/// What `callgate status` shows about recording.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecorderStatus {
+    pub dir: String,
+    pub durability: Durability,
+    pub backlog: usize,
+    pub submitted: u64,
+    pub refused: u64,
+    pub written: u64,
+    pub durable_seq: u64,
+    pub fsyncs: u64,
+    pub write_errors: u64,
+    pub segments_sealed: u64,
+    /// Bytes of a torn final frame cut off at start-up.
+    pub truncated_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+}
+
+struct Entry {
+    payload: Vec<u8>,
+    done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+}
+
+/// The handle the data path records through. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Entry>,
+    shared: Arc<Shared>,
+    cfg: Arc<RecorderConfig>,
+    masks: Arc<MaskRules>,
+    key: MaskKey,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// A strict-mode record's pending fsync.
+pub struct Durable(tokio::sync::oneshot::Receiver<Result<u64, String>>);
+
+impl Durable {
+    /// Waits until the record is on stable storage; its sequence number.
+    pub async fn wait(self) -> Result<u64, RecordError> {
+        match self.0.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(RecordError::Failing(e)),
+            Err(_) => Err(RecordError::Stopped),
+        }
+    }
+
+    /// Blocking [`Self::wait`], for threads outside the runtime.
+    pub fn wait_blocking(self) -> Result<u64, RecordError> {
+        match self.0.blocking_recv() {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(RecordError::Failing(e)),
+            Err(_) => Err(RecordError::Stopped),
+        }
+    }
+}
+
+impl Recorder {
+    /// Opens (or creates) the log in `cfg.dir`, cuts a torn final frame, and starts the writer.
+    pub fn open(cfg: RecorderConfig, key: MaskKey) -> Result<Self, RecordError> {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = crossbeam_channel::bounded(cfg.backlog);
+        let cfg = Arc::new(cfg);
+        let w = writer::Writer::open(cfg.clone(), shared.clone())?;
+        let handle = std::thread::Builder::new()
+            .name("callgate-recorder".into())
+            .spawn(move || w.run(rx))
+            .map_err(|source| RecordError::Open {
+                dir: cfg.dir.clone(),
+                source,
+            })?;
+        Ok(Self {
+            tx,
+            shared,
+            cfg,
+            masks: Arc::new(MaskRules::all_detectors()),
+            key,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    /// Can a call be taken now? The data path asks before forwarding, so that a call whose
+    /// record could not be written is refused rather than carried out unrecorded.
+    pub fn ready(&self) -> Result<(), RecordError> {
+        if self.shared.failing.load(Ordering::Acquire) {
+            let why = self
+                .shared
+                .failure
+                .lock()
+                .map(|f| f.clone().unwrap_or_default())
+                .unwrap_or_default();
+            return Err(RecordError::Failing(why));
+        }
+        let backlog = self.tx.len();
+        if backlog >= self.cfg.backlog {
+            return Err(RecordError::Backlog(backlog));
+        }
+        Ok(())
+    }
+
+    /// Masks, serialises and queues `rec`. In strict mode the returned [`Durable`] resolves
+    /// once it is fsync'd; in buffered mode it is `None`.
+    pub fn submit(&self, mut rec: Record) -> Result<Option<Durable>, RecordError> {
+        let refuse = |e: RecordError| {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        self.ready().map_err(refuse)?;
+        self.mask(&mut rec);
+        let payload = serde_json::to_vec(&rec)?;
+        let (done, durable) = match self.cfg.durability {
+            Durability::Strict => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(Durable(rx)))
+            }
+            Durability::Buffered => (None, None),
+        };
+        match self.tx.try_send(Entry { payload, done }) {
+            Ok(()) => {
+                self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+                Ok(durable)
+            }
+            Err(TrySendError::Full(_)) => Err(refuse(RecordError::Backlog(self.tx.len()))),
+            Err(TrySendError::Disconnected(_)) => Err(refuse(RecordError::Stopped)),
+        }
+    }
+
+    /// Raw PII never reaches disk: whatever the policy masked already, every built-in detector
+    /// runs again over every string in the record.
+    fn mask(&self, rec: &mut Record) {
+        for v in [
+            &mut rec.args,
+            &mut rec.response,
+            &mut rec.caller,
+            &mut rec.approval,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.masks.mask_value(&self.key, v);
+        }
+        if let Some(r) = &rec.response {
+            let len = r.to_string().len();
+            if len > self.cfg.response_cap {
+                rec.response = Some(serde_json::Value::String(format!(
+                    "[{len} bytes, over the record cap of {}]",
+                    self.cfg.response_cap
+                )));
+                rec.response_truncated = true;
+            }
+        }
+        if let Some(reason) = &mut rec.decision.reason {
+            if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, reason) {
+                *reason = m;
+            }
+        }
+    }
+
+    pub fn status(&self) -> RecorderStatus {
+        let s = &self.shared;
+        RecorderStatus {
+            dir: self.cfg.dir.display().to_string(),
+            durability: self.cfg.durability,
+            backlog: self.tx.len(),
+            submitted: s.submitted.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            written: s.written.load(Ordering::Relaxed),
+            durable_seq: s.durable_seq.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            segments_sealed: s.segments_sealed.load(Ordering::Relaxed),
+            truncated_bytes: s.truncated_bytes.load(Ordering::Relaxed),
+            failing: s
+                .failing
+                .load(Ordering::Acquire)
+                .then(|| s.failure.lock().ok().and_then(|f| f.clone()))
+                .flatten(),
+        }
+    }
+
+    /// Stops accepting, writes and fsyncs everything queued, and joins the writer (when this
+    /// is the last handle; the writer ends when the last handle is gone either way).
+    pub fn close(self) {
+        let Recorder { tx, writer, .. } = self;
+        drop(tx);
+        if let Ok(inner) = Arc::try_unwrap(writer) {
+            if let Ok(Some(handle)) = inner.into_inner() {
+                let _ = handle.join();
+            }
+        }
+    }
+}

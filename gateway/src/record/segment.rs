@@ -1,0 +1,260 @@
+//! The on-disk format of the call log: segment files of hash-chained frames.
+//!
+//! ```text
+//! segment  = header frame*
+//! header   = "CALLGATE-RECORDS" first_seq:u64le created_ms:u64le prev_hash:[32]   (64 bytes)
+//! frame    = len:u32le seq:u64le hash:[32] payload:[len]                           (44 + len)
+//! hash     = SHA-256(prev_hash ‖ seq:u64le ‖ payload)
+//! ```
+//! `prev_hash` of a frame is the hash of the frame before it, across segment boundaries (a
+//! segment's header carries the last hash of the previous segment), so removing, reordering or
+//! altering anything breaks the chain at a point `verify` can name. Segment files are named by
+//! their first sequence number; sealed ones are compressed to `.seg.zst`.
+use std::{
+    fs::File,
+    io::{self, BufReader, Read},
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+pub const MAGIC: &[u8; 16] = b"CALLGATE-RECORDS";
+pub const HEADER_LEN: usize = 64;
+pub const FRAME_HEADER_LEN: usize = 44;
+/// Refuse to believe a length above this: it is a torn or corrupted frame, not a record.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+pub type Hash = [u8; 32];
+
+pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_le_bytes());
+    h.update(payload);
+    h.finalize().into()
+}
+
+pub fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub first_seq: u64,
+    pub created_ms: u64,
+    pub prev_hash: Hash,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..16].copy_from_slice(MAGIC);
+        b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        b[32..].copy_from_slice(&self.prev_hash);
+        b
+    }
+
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Option<Self> {
+        if &b[..16] != MAGIC {
+            return None;
+        }
+        let mut prev_hash = [0; 32];
+        prev_hash.copy_from_slice(&b[32..]);
+        Some(Self {
+            first_seq: u64::from_le_bytes(b[16..24].try_into().ok()?),
+            created_ms: u64::from_le_bytes(b[24..32].try_into().ok()?),
+            prev_hash,
+        })
+    }
+}
+
+/// Appends one frame to `out`; returns its hash.
+pub fn encode_frame(out: &mut Vec<u8>, prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
+    let hash = chain(prev, seq, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(payload);
+    hash
+}
+
+/// A segment file in the records directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    /// The first sequence number, from the file name.
+    pub first_seq: u64,
+    pub compressed: bool,
+}
+
+impl SegmentFile {
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn open(&self) -> io::Result<Box<dyn Read>> {
+        let f = File::open(&self.path)?;
+        Ok(if self.compressed {
+            Box::new(BufReader::with_capacity(
+                256 * 1024,
+                zstd::stream::read::Decoder::new(f)?,
+            ))
+        } else {
+            Box::new(BufReader::with_capacity(256 * 1024, f))
+        })
+    }
+}
+
+pub fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+/// The segments in `dir`, oldest first. A sealed segment present both compressed and not (a
+/// crash during compression) is listed once, uncompressed.
+pub fn list(dir: &Path) -> io::Result<Vec<SegmentFile>> {
+    let mut out: Vec<SegmentFile> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let (stem, compressed) = if let Some(s) = name.strip_suffix(".seg.zst") {
+            (s, true)
+        } else if let Some(s) = name.strip_suffix(".seg") {
+            (s, false)
+        } else {
+            continue;
+        };
+        let Ok(first_seq) = stem.parse::<u64>() else {
+            continue;
+        };
+        out.push(SegmentFile {
+            path: entry.path(),
+            first_seq,
+            compressed,
+        });
+    }
+    out.sort_by_key(|s| (s.first_seq, s.compressed));
+    out.dedup_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+/// One frame as read back.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: u64,
+    pub hash: Hash,
+    pub payload: Vec<u8>,
+    /// Byte offset of the frame in the (uncompressed) segment.
+    pub offset: u64,
+}
+
+/// How reading a segment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// At a frame boundary.
+    Clean,
+    /// Inside a frame: `offset` is where the incomplete frame starts, `bytes` how many of its
+    /// bytes are there.
+    Torn { offset: u64, bytes: u64 },
+    /// A length no writer produces.
+    BadLength { offset: u64, len: u64 },
+}
+
+/// Reads frames from a segment, after its header.
+pub struct Reader {
+    r: Box<dyn Read>,
+    offset: u64,
+    pub header: Header,
+    pub end: Option<End>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("not a callgate records segment (bad header)")]
+    BadHeader,
+}
+
+impl Reader {
+    pub fn open(seg: &SegmentFile) -> Result<Self, ReadError> {
+        let mut r = seg.open()?;
+        let mut h = [0u8; HEADER_LEN];
+        r.read_exact(&mut h).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ReadError::BadHeader,
+            _ => ReadError::Io(e),
+        })?;
+        let header = Header::decode(&h).ok_or(ReadError::BadHeader)?;
+        Ok(Self {
+            r,
+            offset: HEADER_LEN as u64,
+            header,
+            end: None,
+        })
+    }
+
+    /// The next frame; `None` at the end (see `self.end` for how it ended).
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let mut fh = [0u8; FRAME_HEADER_LEN];
+        let got = read_full(&mut self.r, &mut fh)?;
+        if got == 0 {
+            self.end = Some(End::Clean);
+            return Ok(None);
+        }
+        if got < FRAME_HEADER_LEN {
+            self.end = Some(End::Torn {
+                offset: self.offset,
+                bytes: got as u64,
+            });
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([fh[0], fh[1], fh[2], fh[3]]) as usize;
+        if len > MAX_PAYLOAD {
+            self.end = Some(End::BadLength {
+                offset: self.offset,
+                len: len as u64,
+            });
+            return Ok(None);
+        }
+        let mut payload = vec![0u8; len];
+        let got = read_full(&mut self.r, &mut payload)?;
+        if got < len {
+            self.end = Some(End::Torn {
+                offset: self.offset,
+                bytes: (FRAME_HEADER_LEN + got) as u64,
+            });
+            return Ok(None);
+        }
+        let mut hash = [0; 32];
+        hash.copy_from_slice(&fh[12..44]);
+        let frame = Frame {
+            seq: u64::from_le_bytes(fh[4..12].try_into().unwrap_or_default()),
+            hash,
+            payload,
+            offset: self.offset,
+        };
+        self.offset += (FRAME_HEADER_LEN + len) as u64;
+        Ok(Some(frame))
+    }
+}
+
+/// Like `read_exact`, but says how much it got before EOF.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

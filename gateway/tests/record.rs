@@ -1,0 +1,505 @@
+//! The record stage against a real filesystem: chain across segments, rotation and zstd,
+//! tampering found and named, torn frames cut, a writer killed with SIGKILL, a full disk.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use callgate::{
+    mask::MaskKey,
+    record::{
+        Durability, Record, RecordError, Recorder, RecorderConfig,
+        query::{self, Filter},
+        segment,
+    },
+};
+use serde_json::json;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "callgate-rec-{name}-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let d = PathBuf::from(d.to_string_lossy().replace([' ', '{', '}', ':', ','], ""));
+    fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn key() -> MaskKey {
+    MaskKey::from_bytes([3; 32])
+}
+
+fn record(i: u64, session: &str) -> Record {
+    let mut r = Record::new(session, "127.0.0.1:18080");
+    r.service = Some("payments".into());
+    r.function = Some(if i.is_multiple_of(2) { "refund" } else { "get" }.into());
+    r.protocol = "rest".into();
+    r.args = Some(json!({"amount": i, "note": format!("call {i}")}));
+    r.decision.action = if i.is_multiple_of(3) { "deny" } else { "allow" }.into();
+    r.decision.enforced = true;
+    r.status = Some(200);
+    r.latency_ms = 1.5;
+    r
+}
+
+fn all(dir: &Path) -> Vec<query::Stored> {
+    let mut out = Vec::new();
+    query::scan(dir, &Filter::default(), &mut |s| {
+        out.push(s);
+        true
+    })
+    .expect("scan");
+    out
+}
+
+fn write(dir: &Path, cfg: impl Fn(&mut RecorderConfig), n: u64) -> Vec<String> {
+    let mut c = RecorderConfig::new(dir);
+    cfg(&mut c);
+    let rec = Recorder::open(c, key()).expect("open");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = record(i, &format!("conn-{}", i % 3));
+        ids.push(r.id.clone());
+        rec.submit(r).expect("submit");
+    }
+    rec.close();
+    ids
+}
+
+#[test]
+fn chain_survives_reopen_and_filters_work() {
+    let dir = tempdir("reopen");
+    let a = write(&dir, |_| {}, 50);
+    let b = write(&dir, |_| {}, 50);
+    let got = all(&dir);
+    assert_eq!(got.len(), 100);
+    let ids: Vec<&str> = got.iter().map(|s| s.record.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        a.iter().chain(&b).map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(got.last().map(|s| s.seq), Some(100));
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(v.records, 100);
+
+    let mut n = 0;
+    let f = Filter {
+        function: Some("refund".into()),
+        decision: Some("deny".into()),
+        ..Filter::default()
+    };
+    query::scan(&dir, &f, &mut |s| {
+        assert_eq!(s.record.function.as_deref(), Some("refund"));
+        assert_eq!(s.record.decision.action, "deny");
+        n += 1;
+        true
+    })
+    .expect("scan");
+    assert_eq!(n, 2 * 9, "i % 6 == 0 in each run of 50");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rotation_compresses_and_verify_spans_segments() {
+    let dir = tempdir("rotate");
+    write(&dir, |c| c.segment_bytes = 8 * 1024, 300);
+    // The compactor runs in the background; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let segs = loop {
+        let segs = segment::list(&dir).expect("list");
+        let sealed_plain = segs[..segs.len() - 1]
+            .iter()
+            .filter(|s| !s.compressed)
+            .count();
+        if sealed_plain == 0 || Instant::now() > deadline {
+            break segs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(segs.len() > 3, "{segs:?}");
+    assert!(
+        segs[..segs.len() - 1].iter().all(|s| s.compressed),
+        "{segs:?}"
+    );
+    assert_eq!(all(&dir).len(), 300);
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok(), "{v:?}");
+    let from = query::verify(&dir, Some(200)).expect("verify --from");
+    assert!(from.ok() && from.records < 300, "{from:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn fresh_log(name: &str) -> PathBuf {
+    let dir = tempdir(name);
+    write(
+        &dir,
+        |c| {
+            c.segment_bytes = 4 * 1024;
+            c.durability = Durability::Buffered;
+        },
+        120,
+    );
+    // Decompress every segment so the test can edit bytes in place.
+    for s in segment::list(&dir).expect("list") {
+        if s.compressed {
+            let mut text = Vec::new();
+            s.open()
+                .expect("open")
+                .read_to_end(&mut text)
+                .expect("read");
+            fs::write(dir.join(segment::segment_name(s.first_seq)), text).expect("write");
+            fs::remove_file(&s.path).expect("rm");
+        }
+    }
+    assert!(query::verify(&dir, None).expect("verify").ok());
+    dir
+}
+
+fn problems(dir: &Path) -> String {
+    let v = query::verify(dir, None).expect("verify");
+    assert!(!v.ok(), "tampering went unnoticed");
+    v.problems.join("\n")
+}
+
+#[test]
+fn tampering_is_found_and_named() {
+    // One flipped byte inside a record.
+    let dir = fresh_log("flip");
+    let segs = segment::list(&dir).expect("list");
+    let victim = &segs[1];
+    let mut bytes = fs::read(&victim.path).expect("read");
+    let at = segment::HEADER_LEN + segment::FRAME_HEADER_LEN + 10;
+    bytes[at] ^= 0x20;
+    fs::write(&victim.path, bytes).expect("write");
+    let p = problems(&dir);
+    assert!(
+        p.contains(&victim.name()) && p.contains("offset 64") && p.contains("altered"),
+        "{p}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+
+    // A deleted segment.
+    let dir = fresh_log("delete");
+    let segs = segment::list(&dir).expect("list");
+    fs::remove_file(&segs[2].path).expect("rm");
+    let p = problems(&dir);
+    assert!(p.contains(&segs[3].name()) && p.contains("missing"), "{p}");
+    let _ = fs::remove_dir_all(&dir);
+
+    // Two segments swapped by renaming.
+    let dir = fresh_log("reorder");
+    let segs = segment::list(&dir).expect("list");
+    let tmp = dir.join("swap");
+    fs::rename(&segs[1].path, &tmp).expect("mv");
+    fs::rename(&segs[2].path, &segs[1].path).expect("mv");
+    fs::rename(&tmp, &segs[2].path).expect("mv");
+    let p = problems(&dir);
+    assert!(p.contains("renamed or reordered"), "{p}");
+    let _ = fs::remove_dir_all(&dir);
+
+    // Whole records cut off the end: the checkpoint notices.
+    let dir = fresh_log("truncate");
+    let mut segs = segment::list(&dir).expect("list");
+    // The newest segment with records in it; newer (empty) ones go too.
+    let (last, first) = loop {
+        let last = segs.pop().expect("a segment with records");
+        let mut r = segment::Reader::open(&last).expect("reader");
+        match r.next_frame().expect("read") {
+            Some(first) => break (last, first),
+            None => fs::remove_file(&last.path).expect("rm"),
+        }
+    };
+    let len = fs::metadata(&last.path).expect("meta").len();
+    assert!(len > first.offset);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&last.path)
+        .and_then(|f| f.set_len(first.offset))
+        .expect("truncate");
+    let p = problems(&dir);
+    assert!(
+        p.contains("truncated log") && p.contains("checkpoint"),
+        "{p}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+
+    // The first segment removed without retention.
+    let dir = fresh_log("head");
+    let segs = segment::list(&dir).expect("list");
+    fs::remove_file(&segs[0].path).expect("rm");
+    let p = problems(&dir);
+    assert!(p.contains("records 1–") && p.contains("missing"), "{p}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn retention_anchors_the_chain() {
+    let dir = tempdir("retain");
+    write(
+        &dir,
+        |c| {
+            c.segment_bytes = 4 * 1024;
+            c.retain_bytes = 8 * 1024;
+        },
+        400,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok(), "{v:?}");
+    assert!(v.first_seq > Some(1), "old segments were removed: {v:?}");
+    assert!(v.notes.iter().any(|n| n.contains("retention")), "{v:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn torn_final_frame_is_cut_at_start() {
+    let dir = tempdir("torn");
+    write(&dir, |_| {}, 10);
+    let segs = segment::list(&dir).expect("list");
+    let active = &segs.last().expect("segment").path;
+    // Half a frame, as a crash mid-append leaves it.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(active)
+        .expect("open");
+    std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 11, 0, 0]).expect("append");
+    drop(f);
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(
+        v.ok() && v.notes.iter().any(|n| n.contains("incomplete")),
+        "{v:?}"
+    );
+
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("reopen");
+    assert_eq!(rec.status().truncated_bytes, 7);
+    rec.submit(record(99, "after")).expect("submit");
+    rec.close();
+    let got = all(&dir);
+    assert_eq!(got.len(), 11);
+    assert_eq!(got[10].seq, 11);
+    assert!(query::verify(&dir, None).expect("verify").ok());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Not a test on its own: the child process `killed_writer_loses_nothing_durable` runs and
+/// kills. Writes strict-mode records forever, printing each id once it is durable.
+#[test]
+fn child_strict_writer() {
+    let Ok(dir) = std::env::var("CALLGATE_TEST_CHILD_DIR") else {
+        return;
+    };
+    let mut cfg = RecorderConfig::new(&dir);
+    cfg.durability = Durability::Strict;
+    let rec = Recorder::open(cfg, key()).expect("open");
+    let stdout = std::io::stdout();
+    for i in 0..1_000_000 {
+        let r = record(i, "child");
+        let id = r.id.clone();
+        let durable = rec.submit(r).expect("submit").expect("strict");
+        let seq = durable.wait_blocking().expect("durable");
+        let mut out = stdout.lock();
+        let _ = std::io::Write::write_all(&mut out, format!("durable {seq} {id}\n").as_bytes());
+        let _ = std::io::Write::flush(&mut out);
+    }
+}
+
+#[test]
+fn killed_writer_loses_nothing_durable() {
+    let dir = tempdir("sigkill");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_strict_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CALLGATE_TEST_CHILD_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut durable = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while durable.len() < 300 && Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("durable ") {
+                    let (_, id) = rest.split_once(' ').expect("seq id");
+                    durable.push(id.to_string());
+                }
+            }
+            _ => break,
+        }
+    }
+    // SIGKILL mid-stream: the child is appending the next record right now.
+    child.kill().expect("kill");
+    let _ = child.wait();
+    // Lines printed before the kill but not yet read are durable too.
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("durable ") {
+            if let Some((_, id)) = rest.split_once(' ') {
+                durable.push(id.to_string());
+            }
+        }
+    }
+    assert!(
+        durable.len() >= 300,
+        "child reported {} durable records",
+        durable.len()
+    );
+
+    // Start-up recovery, then the chain verifies and holds every reported record.
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("recover");
+    rec.close();
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok(), "{v:?}");
+    let stored: std::collections::HashSet<String> =
+        all(&dir).into_iter().map(|s| s.record.id).collect();
+    let missing: Vec<&String> = durable.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "durable records lost: {missing:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn planted_pii_never_reaches_disk() {
+    let dir = tempdir("pii");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let mut r = record(1, "pii");
+    r.args = Some(
+        json!({"card": "4111 1111 1111 1111", "email": "victim@example.com", "n": 4012888888881881u64}),
+    );
+    r.response =
+        Some(json!({"ssn": "123-45-6789", "token": "ghp_abcdefghijklmnopqrstuvwxyz0123456789"}));
+    r.caller = Some(json!({"subject": "alice@example.com"}));
+    r.decision.reason = Some("refund to victim@example.com refused".into());
+    rec.submit(r).expect("submit");
+    rec.close();
+    let mut text = Vec::new();
+    for e in fs::read_dir(&dir).expect("dir").flatten() {
+        let s = segment::SegmentFile {
+            path: e.path(),
+            first_seq: 0,
+            compressed: e.path().extension().is_some_and(|x| x == "zst"),
+        };
+        if e.path().to_string_lossy().contains(".seg") {
+            s.open()
+                .expect("open")
+                .read_to_end(&mut text)
+                .expect("read");
+        } else {
+            text.extend(fs::read(e.path()).expect("read"));
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    for pii in [
+        "4111 1111 1111 1111",
+        "victim@example.com",
+        "4012888888881881",
+        "123-45-6789",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "alice@example.com",
+    ] {
+        assert!(!text.contains(pii), "{pii} reached disk");
+    }
+    assert!(
+        text.contains("[MASKED:email]") && text.contains("1111"),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn full_disk_refuses_calls_then_recovers() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CALLGATE_REQUIRE_EBPF").is_none(),
+            "full-disk test needs root to mount a tmpfs"
+        );
+        eprintln!("skipping full_disk_refuses_calls_then_recovers: not root");
+        return;
+    }
+    let mnt = tempdir("full");
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=512k",
+            "callgate-test",
+            &mnt.to_string_lossy(),
+        ])
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    let _guard = Tmpfs(mnt.clone());
+    let dir = mnt.join("records");
+    // Ballast the test frees later to let the recorder recover.
+    let ballast = mnt.join("ballast");
+    fs::write(&ballast, vec![1u8; 256 * 1024]).expect("ballast");
+
+    let mut cfg = RecorderConfig::new(&dir);
+    cfg.commit_window = Duration::from_millis(2);
+    let rec = Recorder::open(cfg, key()).expect("open");
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while refused.is_none() && Instant::now() < deadline && i < 1_000_000 {
+        let mut r = record(i, "full");
+        r.response = Some(json!({"filler": "x".repeat(1000)}));
+        let id = r.id.clone();
+        match rec.submit(r) {
+            Ok(_) => accepted.push(id),
+            Err(e @ RecordError::Failing(_)) => refused = Some(e),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        i += 1;
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let refused = refused.expect("calls were refused once the disk was full");
+    assert!(refused.to_string().contains("No space left"), "{refused}");
+    assert!(rec.status().failing.is_some());
+    // Nothing on disk is corrupt while failing.
+    assert!(query::verify(&dir, None).expect("verify").ok());
+
+    fs::remove_file(&ballast).expect("free space");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rec.ready().is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rec.ready()
+        .expect("recording recovered after space returned");
+    let r = record(0, "after");
+    accepted.push(r.id.clone());
+    rec.submit(r).expect("accepted again");
+    rec.close();
+
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok(), "{v:?}");
+    let stored: std::collections::HashSet<String> =
+        all(&dir).into_iter().map(|s| s.record.id).collect();
+    let lost: Vec<&String> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} accepted records lost", lost.len());
+}
