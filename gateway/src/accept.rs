@@ -23,6 +23,7 @@ use crate::{
     config::{self, Config},
     forward,
     intercept::{self, Interceptor},
+    record::{Record, RecordedDecision, Recorder},
     stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
 };
 
@@ -46,6 +47,10 @@ pub struct ProxyInputs {
     pub interceptor: Arc<Interceptor>,
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
+    /// The call log; `None` when recording is off.
+    pub recorder: Option<Recorder>,
+    /// Makes session ids unique across restarts (connection ids start at 1 each run).
+    pub session_prefix: String,
 }
 
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported
@@ -143,12 +148,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
     let dst = intercept::original_destination(&redirect);
     let workload = workload_info(&redirect, inputs);
 
+    let unrecordable = inputs.recorder.as_ref().and_then(|r| r.ready().err());
+    let refused_for_recording = unrecordable.is_some();
     let (transfer, outcome) = if dst.port() == inputs.cfg.listen_port && dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
         (
             forward::Transfer::default(),
             Err("refused: the original destination is the gateway itself".to_string()),
         )
+    } else if let Some(e) = unrecordable {
+        // Fail closed: nothing goes through that cannot be recorded.
+        stats.refused_recording.fetch_add(1, Relaxed);
+        (forward::Transfer::default(), Err(format!("refused: {e}")))
     } else {
         let _ = client.set_nodelay(true);
         match forward::connect(dst, inputs.cfg.connect_timeout).await {
@@ -179,6 +190,32 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
         );
     }
     debug!(conn = id, %peer, "peer");
+    if let Some(recorder) = &inputs.recorder
+        && !refused_for_recording
+    {
+        let mut rec = Record::new(format!("{}-{id}", inputs.session_prefix), dst.to_string());
+        rec.time_ms = started_unix_ms;
+        rec.protocol = "tcp".into();
+        rec.workload = serde_json::to_value(&workload).ok();
+        let refused = outcome.starts_with("refused");
+        rec.decision = RecordedDecision {
+            action: if refused { "deny" } else { "allow" }.into(),
+            enforced: true,
+            reason: Some(if refused {
+                outcome.clone()
+            } else {
+                "tcp pass-through".into()
+            }),
+            ..RecordedDecision::default()
+        };
+        rec.latency_ms = duration_ms as f64;
+        rec.bytes_in = transfer.up;
+        rec.bytes_out = transfer.down;
+        if let Err(e) = recorder.submit(rec) {
+            stats.record_errors.fetch_add(1, Relaxed);
+            warn!(conn = id, error = %e, "could not record a finished connection");
+        }
+    }
     stats.finished(ConnSummary {
         id,
         started_unix_ms,

@@ -81,6 +81,8 @@ pub struct Status {
     pub listeners: Vec<String>,
     pub cgroup_mount: String,
     pub policy: Option<ReloadStatus>,
+    #[serde(default)]
+    pub records: Option<crate::record::RecorderStatus>,
     pub enabled: Vec<Enabled>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
@@ -94,6 +96,7 @@ pub struct AdminInputs {
     pub stats: Arc<Stats>,
     pub listeners: Vec<String>,
     pub policy: Option<Arc<PolicyStore>>,
+    pub recorder: Option<crate::record::Recorder>,
     pub started: Instant,
 }
 
@@ -240,6 +243,7 @@ fn status(inputs: &AdminInputs) -> Status {
         listeners: inputs.listeners.clone(),
         cgroup_mount: inputs.interceptor.cgroup_mount().display().to_string(),
         policy: inputs.policy.as_ref().map(|p| p.status()),
+        records: inputs.recorder.as_ref().map(|r| r.status()),
         enabled: inputs.interceptor.enabled(),
         counters: inputs.stats.snapshot(),
         kernel: inputs

@@ -64,6 +64,54 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a pass-through connection that moved no byte in either direction for this long.
     pub idle_timeout: Duration,
+    /// The call log.
+    pub records: RecordsConfig,
+}
+
+/// `records:` in the config file.
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    /// Record calls at all (default true). Off, nothing is written and nothing is refused.
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub durability: crate::record::Durability,
+    pub commit_window: Duration,
+    pub segment_bytes: u64,
+    pub segment_age: Duration,
+    pub retain_bytes: u64,
+    pub retain_age: Duration,
+    pub response_cap: usize,
+}
+
+impl RecordsConfig {
+    pub fn recorder(&self) -> crate::record::RecorderConfig {
+        let mut c = crate::record::RecorderConfig::new(&self.dir);
+        c.durability = self.durability;
+        c.commit_window = self.commit_window;
+        c.segment_bytes = self.segment_bytes;
+        c.segment_age = self.segment_age;
+        c.retain_bytes = self.retain_bytes;
+        c.retain_age = self.retain_age;
+        c.response_cap = self.response_cap;
+        c
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRecords {
+    enabled: Option<bool>,
+    /// Default: `<state_dir>/records`.
+    dir: Option<PathBuf>,
+    /// `buffered` (default) or `strict`.
+    durability: Option<crate::record::Durability>,
+    commit_window_ms: Option<u64>,
+    segment_mb: Option<u64>,
+    segment_age_s: Option<u64>,
+    /// Keep at most this much (0 = no limit).
+    retain_mb: Option<u64>,
+    retain_days: Option<u64>,
+    response_cap_kb: Option<usize>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -95,6 +143,7 @@ struct File {
     udp: Option<UdpMode>,
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
+    records: Option<FileRecords>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,15 +227,29 @@ impl Config {
                 found: rules.len(),
             });
         }
+        let state_dir: PathBuf = over
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let rec = file.records.unwrap_or_default();
+        let records = RecordsConfig {
+            enabled: rec.enabled.unwrap_or(true),
+            dir: rec.dir.unwrap_or_else(|| state_dir.join("records")),
+            durability: rec.durability.unwrap_or_default(),
+            commit_window: Duration::from_millis(rec.commit_window_ms.unwrap_or(10)),
+            segment_bytes: rec.segment_mb.unwrap_or(64) << 20,
+            segment_age: Duration::from_secs(rec.segment_age_s.unwrap_or(3600)),
+            retain_bytes: rec.retain_mb.unwrap_or(0) << 20,
+            retain_age: Duration::from_secs(rec.retain_days.unwrap_or(0) * 86_400),
+            response_cap: rec.response_cap_kb.unwrap_or(64) * 1024,
+        };
         Ok(Self {
+            records,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)
                 .unwrap_or(DEFAULT_PORT),
-            state_dir: over
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
             control_socket: over
                 .control_socket
                 .or(file.control_socket)

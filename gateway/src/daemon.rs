@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Instant};
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     accept::{self, Listeners, ProxyInputs},
@@ -11,7 +11,9 @@ use crate::{
     cgroup::CgroupNames,
     config::Config,
     intercept::Interceptor,
+    mask::MaskKey,
     policy::PolicyStore,
+    record::Recorder,
     stats::Stats,
 };
 
@@ -27,6 +29,10 @@ pub enum DaemonError {
     Policy { dir: String, errors: Vec<String> },
     #[error("watching the policy directory: {0}")]
     Watch(#[source] notify::Error),
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    #[error(transparent)]
+    MaskKey(#[from] crate::mask::MaskError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -52,6 +58,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         Some(store) => Some(store.watch().map_err(DaemonError::Watch)?),
         None => None,
     };
+    // Recording opens before anything is accepted: a call that cannot be recorded is refused.
+    let recorder = if cfg.records.enabled {
+        let key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
+        Some(Recorder::open(cfg.records.recorder(), key)?)
+    } else {
+        warn!("call recording is off (records.enabled: false)");
+        None
+    };
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
     for line in interceptor.restore()? {
@@ -70,6 +84,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         interceptor: interceptor.clone(),
         stats: stats.clone(),
         names: CgroupNames::default(),
+        recorder: recorder.clone(),
+        session_prefix: format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ),
     });
     let mut tasks = Vec::new();
     for listener in listeners.listeners {
@@ -84,6 +106,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         stats,
         listeners: addresses.clone(),
         policy: policy.clone(),
+        recorder: recorder.clone(),
         started,
     });
     tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
@@ -100,6 +123,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     interceptor.shutdown();
     for task in tasks {
         let _ = task.await;
+    }
+    // Handlers still finishing hold clones; the writer drains and fsyncs when the last goes.
+    drop(inputs);
+    if let Some(r) = recorder {
+        r.close();
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())

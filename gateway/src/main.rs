@@ -421,6 +421,28 @@ fn print_status(s: &Status) {
             }
         }
     }
+    match &s.records {
+        None => println!("records:       off"),
+        Some(r) => {
+            println!(
+                "records:       {} ({:?}; {} written, durable to seq {}, backlog {}, {} refused{})",
+                r.dir,
+                r.durability,
+                r.written,
+                r.durable_seq,
+                r.backlog,
+                r.refused,
+                if r.truncated_bytes > 0 {
+                    format!(", {} torn bytes cut at start", r.truncated_bytes)
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(why) = &r.failing {
+                println!("  FAILING, new calls are refused: {why}");
+            }
+        }
+    }
     if s.enabled.is_empty() {
         println!("enabled:       (none; try `callgate enable <cgroup>`)");
     } else {

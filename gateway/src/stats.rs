@@ -19,6 +19,10 @@ pub struct Stats {
     pub refused_no_entry: AtomicU64,
     pub refused_loop: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Refused because the call could not be recorded (disk full, writer behind).
+    pub refused_recording: AtomicU64,
+    /// Records that could not be queued after their connection ended.
+    pub record_errors: AtomicU64,
     pub active: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -61,6 +65,10 @@ pub struct Counters {
     pub refused_no_entry: u64,
     pub refused_loop: u64,
     pub upstream_errors: u64,
+    #[serde(default)]
+    pub refused_recording: u64,
+    #[serde(default)]
+    pub record_errors: u64,
     pub active: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -93,6 +101,8 @@ impl Stats {
             refused_no_entry: self.refused_no_entry.load(Relaxed),
             refused_loop: self.refused_loop.load(Relaxed),
             upstream_errors: self.upstream_errors.load(Relaxed),
+            refused_recording: self.refused_recording.load(Relaxed),
+            record_errors: self.record_errors.load(Relaxed),
             active: self.active.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
