@@ -204,6 +204,28 @@ fn json_fields_and_detectors() {
 }
 
 #[test]
+fn json_without_fields_stays_valid() {
+    let r = rules(json!(["card_number", "email", {"regex": "ord_[0-9]+\"?", "name": "order"}]));
+    let input = r#"{"card": 4111111111111111, "n": [378282246310005], "s": "x@example.com \" 4111 1111 1111 1111", "k": "ord_123", "e": "\\", "after": "y@example.com"}"#;
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["card"], "************1111");
+    assert_eq!(v["n"][0], "***********0005");
+    assert_eq!(v["s"], "[MASKED:email] \" ************1111");
+    assert_eq!(
+        v["k"], "[MASKED:order]",
+        "a custom hit stops at the string's end"
+    );
+    assert_eq!(v["e"], "\\");
+    assert_eq!(v["after"], "[MASKED:email]");
+    // Not JSON after all: masked anyway.
+    assert_eq!(
+        json_body(&r, "<p>x@example.com</p>"),
+        "<p>[MASKED:email]</p>"
+    );
+}
+
+#[test]
 fn json_ndjson_and_top_level_values() {
     let r = rules(json!(["email", {"field": "$.pw"}]));
     let out = same_at_every_split(

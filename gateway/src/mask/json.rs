@@ -82,8 +82,62 @@ pub struct JsonMasker {
     carry: Vec<u8>,
     hits: Vec<Hit>,
     lex: Lexer,
+    /// Without field paths only string-or-not matters: tracked by quote parity.
+    quotes: Quotes,
     fallback: Option<TextMasker>,
     masked: u64,
+}
+
+/// Inside a string or not, and whether the last byte seen was an escaping backslash.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quotes {
+    in_string: bool,
+    escape: bool,
+}
+
+impl Quotes {
+    /// Advances over `b`. Quotes are counted in bulk; backslashes (rare) take the slow path.
+    fn advance(&mut self, mut b: &[u8]) {
+        if self.escape && !b.is_empty() {
+            self.escape = false;
+            b = &b[1..];
+        }
+        if memchr::memchr(b'\\', b).is_none() {
+            // Byte-wide counters over 255-byte blocks vectorise to 16/32 lanes.
+            let n: usize = b
+                .chunks(255)
+                .map(|c| c.iter().fold(0u8, |n, &x| n + u8::from(x == b'"')) as usize)
+                .sum();
+            self.in_string ^= n % 2 == 1;
+            return;
+        }
+        let mut i = 0;
+        while let Some(k) = memchr::memchr2(b'"', b'\\', &b[i..]) {
+            let j = i + k;
+            if b[j] == b'"' {
+                self.in_string = !self.in_string;
+                i = j + 1;
+            } else if j + 1 < b.len() {
+                i = j + 2;
+            } else {
+                self.escape = true;
+                return;
+            }
+        }
+    }
+
+    /// Where the current string ends in `b` (the closing quote), if it does.
+    fn string_end(self, b: &[u8]) -> Option<usize> {
+        let mut i = usize::from(self.escape);
+        while let Some(k) = memchr::memchr2(b'"', b'\\', b.get(i..)?) {
+            let j = i + k;
+            if b[j] == b'"' {
+                return Some(j);
+            }
+            i = j + 2;
+        }
+        None
+    }
 }
 
 impl JsonMasker {
@@ -99,6 +153,7 @@ impl JsonMasker {
                 skip: None,
                 free: Vec::new(),
             },
+            quotes: Quotes::default(),
             fallback: None,
             masked: 0,
         }
@@ -171,7 +226,12 @@ impl JsonMasker {
             }
         }
         let hits = std::mem::take(&mut self.hits);
-        let result = self.run(buf, end, &hits, out);
+        let result = if self.rules.has_fields() {
+            self.run(buf, end, &hits, out)
+        } else {
+            self.run_quotes(buf, end, &hits, out);
+            Ok(())
+        };
         self.hits = hits;
         match result.err().or(text_from) {
             None => end,
@@ -185,6 +245,44 @@ impl JsonMasker {
                 buf.len()
             }
         }
+    }
+
+    /// Writes `buf[..end]` masked, knowing only whether each hit is inside a string. A card
+    /// number outside one (a JSON number) becomes a string; anything else outside a string (not
+    /// JSON after all) is masked in place, so nothing slips through unparsed.
+    fn run_quotes(&mut self, buf: &[u8], end: usize, hits: &[Hit], out: &mut Vec<u8>) {
+        let mut pos = 0;
+        for h in hits.iter().take_while(|h| h.start < end) {
+            self.quotes.advance(&buf[pos..h.start]);
+            out.extend_from_slice(&buf[pos..h.start]);
+            let hit_end = h.end.min(end);
+            if self.quotes.in_string {
+                // A custom regex may run past the string's end: output resumes at the quote.
+                let stop = self
+                    .quotes
+                    .string_end(&buf[h.start..hit_end])
+                    .map_or(hit_end, |q| h.start + q);
+                self.rules
+                    .render(&self.key, h.kind, &buf[h.start..stop], out);
+                self.quotes.advance(&buf[h.start..stop]);
+                pos = stop;
+            } else {
+                let number = h.kind == Kind::Detector(Detector::CardNumber);
+                if number {
+                    out.push(b'"');
+                }
+                self.rules
+                    .render(&self.key, h.kind, &buf[h.start..hit_end], out);
+                if number {
+                    out.push(b'"');
+                }
+                self.quotes.advance(&buf[h.start..hit_end]);
+                pos = hit_end;
+            }
+            self.masked += 1;
+        }
+        self.quotes.advance(&buf[pos..end]);
+        out.extend_from_slice(&buf[pos..end]);
     }
 
     /// Lexes `buf[..end]`, writing it (masked) to `out`. `Err(at)`: not JSON from `at` on;
