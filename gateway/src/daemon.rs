@@ -124,9 +124,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     for task in tasks {
         let _ = task.await;
     }
-    // Handlers still finishing hold clones; the writer drains and fsyncs when the last goes.
+    // Connection handlers may still hold clones: flush what is queued now, so a clean stop
+    // loses no record, then let the writer end with the last handle.
     drop(inputs);
     if let Some(r) = recorder {
+        match tokio::task::spawn_blocking({
+            let r = r.clone();
+            move || r.sync(std::time::Duration::from_secs(5))
+        })
+        .await
+        {
+            Ok(Ok(seq)) => info!(durable_seq = seq, "records flushed"),
+            Ok(Err(e)) => warn!(error = %e, "could not flush records at shutdown"),
+            Err(e) => warn!(error = %e, "records flush task failed"),
+        }
         r.close();
     }
     let _ = std::fs::remove_file(&cfg.control_socket);

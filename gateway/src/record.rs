@@ -206,6 +206,8 @@ pub struct RecorderStatus {
 struct Entry {
     payload: Vec<u8>,
     done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+    /// Not a record: commit what is pending and answer with the durable sequence number.
+    sync: bool,
 }
 
 /// The handle the data path records through. Cheap to clone.
@@ -306,7 +308,11 @@ impl Recorder {
             }
             Durability::Buffered => (None, None),
         };
-        match self.tx.try_send(Entry { payload, done }) {
+        match self.tx.try_send(Entry {
+            payload,
+            done,
+            sync: false,
+        }) {
             Ok(()) => {
                 self.shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(durable)
@@ -367,6 +373,23 @@ impl Recorder {
                 .then(|| s.failure.lock().ok().and_then(|f| f.clone()))
                 .flatten(),
         }
+    }
+
+    /// Writes and fsyncs everything submitted so far (for a clean shutdown while other handles
+    /// are still alive); the durable sequence number.
+    pub fn sync(&self, timeout: Duration) -> Result<u64, RecordError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send_timeout(
+                Entry {
+                    payload: Vec::new(),
+                    done: Some(tx),
+                    sync: true,
+                },
+                timeout,
+            )
+            .map_err(|_| RecordError::Stopped)?;
+        Durable(rx).wait_blocking()
     }
 
     /// Stops accepting, writes and fsyncs everything queued, and joins the writer (when this

@@ -105,6 +105,23 @@ fn chain_survives_reopen_and_filters_work() {
 }
 
 #[test]
+fn sync_makes_everything_submitted_durable() {
+    let dir = tempdir("sync");
+    let mut cfg = RecorderConfig::new(&dir);
+    // A long window: only the sync makes the records durable early (it waits at most one).
+    cfg.commit_window = Duration::from_secs(1);
+    let rec = Recorder::open(cfg, key()).expect("open");
+    assert_eq!(rec.sync(Duration::from_secs(5)).expect("empty sync"), 0);
+    for i in 0..5 {
+        rec.submit(record(i, "s")).expect("submit");
+    }
+    assert_eq!(rec.sync(Duration::from_secs(5)).expect("sync"), 5);
+    assert_eq!(all(&dir).len(), 5, "readable before close");
+    rec.close();
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn rotation_compresses_and_verify_spans_segments() {
     let dir = tempdir("rotate");
     write(&dir, |c| c.segment_bytes = 8 * 1024, 300);

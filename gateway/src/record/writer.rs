@@ -85,10 +85,9 @@ impl Writer {
         let (compactor, compact_rx) = crossbeam_channel::unbounded();
         {
             let cfg = cfg.clone();
-            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("callgate-records-compact".into())
-                .spawn(move || compact_loop(&cfg, &shared, compact_rx))
+                .spawn(move || compact_loop(&cfg, compact_rx))
                 .map_err(open_err)?;
         }
         // Sealed segments a crash left uncompressed.
@@ -240,6 +239,14 @@ impl Writer {
     }
 
     fn append(&mut self, e: Entry) {
+        if e.sync {
+            // Answered by the commit that follows (see `run`): it is a waiter.
+            if let Some(done) = e.done {
+                self.waiters.push((self.next_seq.saturating_sub(1), done));
+            }
+            self.pending_since.get_or_insert_with(Instant::now);
+            return;
+        }
         let seq = self.next_seq;
         self.last_hash = segment::encode_frame(&mut self.pending, &self.last_hash, seq, &e.payload);
         self.next_seq += 1;
@@ -254,6 +261,10 @@ impl Writer {
     /// the writer enters the failing state; `pending` is kept for the retry.
     fn commit(&mut self) {
         if self.pending.is_empty() {
+            for (seq, done) in self.waiters.drain(..) {
+                let _ = done.send(Ok(seq));
+            }
+            self.pending_since = None;
             self.recovered();
             return;
         }
@@ -477,7 +488,7 @@ fn recover(
 }
 
 /// Compresses sealed segments and applies retention, off the write path.
-fn compact_loop(cfg: &RecorderConfig, shared: &Shared, rx: Receiver<PathBuf>) {
+fn compact_loop(cfg: &RecorderConfig, rx: Receiver<PathBuf>) {
     // Compression is background work: let the data path and the writer have the CPU first.
     // SAFETY: setpriority on this thread's own id has no memory effects.
     unsafe {
@@ -491,7 +502,6 @@ fn compact_loop(cfg: &RecorderConfig, shared: &Shared, rx: Receiver<PathBuf>) {
         if let Err(e) = retain(cfg) {
             warn!(error = %e, "records retention failed");
         }
-        let _ = shared;
     }
 }
 
