@@ -201,10 +201,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
         rec.decision = RecordedDecision {
             action: if refused { "deny" } else { "allow" }.into(),
             enforced: true,
-            reason: Some(if refused {
-                outcome.clone()
-            } else {
+            // The decision was to pass it through; an upstream failure is said in the reason.
+            reason: Some(if outcome == "ok" {
                 "tcp pass-through".into()
+            } else {
+                outcome.clone()
             }),
             ..RecordedDecision::default()
         };
