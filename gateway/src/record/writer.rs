@@ -42,6 +42,7 @@ pub(super) struct Writer {
     pending_since: Option<Instant>,
     waiters: Vec<(u64, tokio::sync::oneshot::Sender<Result<u64, String>>)>,
     compactor: crossbeam_channel::Sender<PathBuf>,
+    compactor_thread: Option<std::thread::JoinHandle<()>>,
     checkpointed_seq: u64,
     last_checkpoint: Instant,
 }
@@ -83,13 +84,13 @@ impl Writer {
         }
         let segments = segment::list(&dir).map_err(open_err)?;
         let (compactor, compact_rx) = crossbeam_channel::unbounded();
-        {
+        let compactor_thread = {
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name("callgate-records-compact".into())
                 .spawn(move || compact_loop(&cfg, compact_rx))
-                .map_err(open_err)?;
-        }
+                .map_err(open_err)?
+        };
         // Sealed segments a crash left uncompressed.
         if let Some((_, sealed)) = segments.split_last() {
             for s in sealed.iter().filter(|s| !s.compressed) {
@@ -145,17 +146,28 @@ impl Writer {
             pending_since: None,
             waiters: Vec::new(),
             compactor,
+            compactor_thread: Some(compactor_thread),
             checkpointed_seq: 0,
             last_checkpoint: Instant::now(),
         })
     }
 
     pub(super) fn run(mut self, rx: Receiver<Entry>) {
+        self.write_loop(&rx);
+        // Finish compressing what was sealed, so a stopped recorder leaves no work half done.
+        let (idle, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.compactor, idle));
+        if let Some(t) = self.compactor_thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn write_loop(&mut self, rx: &Receiver<Entry>) {
         loop {
             if self.shared.failing.load(Ordering::Acquire) {
                 std::thread::sleep(RETRY);
                 self.commit();
-                if rx.is_empty() && self.pending.is_empty() && self.sender_gone(&rx) {
+                if rx.is_empty() && self.pending.is_empty() && self.sender_gone(rx) {
                     break;
                 }
                 continue;
