@@ -371,6 +371,20 @@ pub struct MaskStats {
     pub json_fallback: bool,
 }
 
+/// Runs `process` over what was held back followed by `chunk` and returns what it did not
+/// consume, to be held back in turn. The common case (nothing held) copies nothing first.
+fn feed(mut carry: Vec<u8>, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) -> Vec<u8> {
+    if carry.is_empty() {
+        let used = process(chunk);
+        carry.extend_from_slice(&chunk[used..]);
+    } else {
+        carry.extend_from_slice(chunk);
+        let used = process(&carry);
+        carry.drain(..used);
+    }
+    carry
+}
+
 /// Streams text through the detectors; holds back only what may be the start of a value.
 #[derive(Debug)]
 pub struct TextMasker {
@@ -397,16 +411,8 @@ impl TextMasker {
 
     /// Masks `chunk`, appending what can be released to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        if self.carry.is_empty() {
-            let used = self.process(chunk, false, out);
-            self.carry.extend_from_slice(&chunk[used..]);
-        } else {
-            let mut buf = std::mem::take(&mut self.carry);
-            buf.extend_from_slice(chunk);
-            let used = self.process(&buf, false, out);
-            buf.drain(..used);
-            self.carry = buf;
-        }
+        let carry = std::mem::take(&mut self.carry);
+        self.carry = feed(carry, chunk, |buf| self.process(buf, false, out));
     }
 
     /// The body ended: release everything held back.

@@ -170,20 +170,9 @@ impl JsonMasker {
         if let Some(text) = &mut self.fallback {
             return text.push(chunk, out);
         }
-        if self.carry.is_empty() {
-            let used = self.process(chunk, false, out);
-            if self.fallback.is_none() {
-                self.carry.extend_from_slice(&chunk[used..]);
-            }
-        } else {
-            let mut buf = std::mem::take(&mut self.carry);
-            buf.extend_from_slice(chunk);
-            let used = self.process(&buf, false, out);
-            if self.fallback.is_none() {
-                buf.drain(..used);
-                self.carry = buf;
-            }
-        }
+        // A switch to the text masker consumes everything, so nothing is held back then.
+        let carry = std::mem::take(&mut self.carry);
+        self.carry = super::feed(carry, chunk, |buf| self.process(buf, false, out));
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
