@@ -8,7 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use gateway_common::Redirect;
@@ -141,10 +141,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
     };
     let _active = ActiveGuard::new(stats);
     let started = Instant::now();
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let started_unix_ms = crate::record::now_ms();
     let dst = intercept::original_destination(&redirect);
     let workload = workload_info(&redirect, inputs);
 

@@ -80,15 +80,20 @@ pub struct RecordedDecision {
     pub mode: Option<String>,
 }
 
+/// Wall-clock time in Unix milliseconds, as records and the log's files store it.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 impl Record {
     /// A new record with a fresh id, stamped now.
     pub fn new(session: impl Into<String>, destination: impl Into<String>) -> Self {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         Self {
             id: uuid::Uuid::now_v7().to_string(),
-            time_ms: now.as_millis() as u64,
+            time_ms: now_ms(),
             session: session.into(),
             destination: destination.into(),
             ..Default::default()
@@ -227,16 +232,18 @@ pub struct Durable(tokio::sync::oneshot::Receiver<Result<u64, String>>);
 impl Durable {
     /// Waits until the record is on stable storage; its sequence number.
     pub async fn wait(self) -> Result<u64, RecordError> {
-        match self.0.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => Err(RecordError::Failing(e)),
-            Err(_) => Err(RecordError::Stopped),
-        }
+        Self::outcome(self.0.await)
     }
 
     /// Blocking [`Self::wait`], for threads outside the runtime.
     pub fn wait_blocking(self) -> Result<u64, RecordError> {
-        match self.0.blocking_recv() {
+        Self::outcome(self.0.blocking_recv())
+    }
+
+    fn outcome(
+        r: Result<Result<u64, String>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<u64, RecordError> {
+        match r {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(e)) => Err(RecordError::Failing(e)),
             Err(_) => Err(RecordError::Stopped),

@@ -3,11 +3,14 @@
 use std::{
     io::Write,
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
-use callgate::record::query::{self, Filter, Stored};
+use callgate::record::{
+    now_ms,
+    query::{self, Filter, Stored},
+};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -97,13 +100,6 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 fn parse_time(s: &str) -> Result<u64> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
@@ -141,18 +137,8 @@ fn check_dir(dir: &DirArg) -> Result<()> {
     Ok(())
 }
 
-fn caller_of(s: &Stored) -> String {
-    let r = &s.record;
-    let pick = |v: &Option<serde_json::Value>, k: &str| {
-        v.as_ref()
-            .and_then(|v| v.get(k))
-            .and_then(|x| x.as_str())
-            .map(str::to_string)
-    };
-    pick(&r.caller, "subject")
-        .or_else(|| pick(&r.workload, "unit"))
-        .or_else(|| pick(&r.workload, "comm"))
-        .unwrap_or_else(|| "-".into())
+fn caller_of(s: &Stored) -> &str {
+    query::caller_names(&s.record).next().unwrap_or("-")
 }
 
 pub fn run(cmd: RecordsCommand) -> Result<()> {

@@ -46,17 +46,20 @@ pub struct Filter {
     pub from_seq: Option<u64>,
 }
 
+/// The names a caller goes by, most specific first: OIDC subject, systemd unit, command.
+pub fn caller_names(r: &Record) -> impl Iterator<Item = &str> {
+    [
+        (&r.caller, "subject"),
+        (&r.workload, "unit"),
+        (&r.workload, "comm"),
+    ]
+    .into_iter()
+    .filter_map(|(v, key)| v.as_ref()?.get(key)?.as_str())
+}
+
 impl Filter {
     pub fn matches(&self, seq: u64, r: &Record) -> bool {
-        let caller_matches = |want: &str| {
-            let has = |v: &Option<serde_json::Value>, key: &str| {
-                v.as_ref()
-                    .and_then(|v| v.get(key))
-                    .and_then(|s| s.as_str())
-                    .is_some_and(|s| s == want)
-            };
-            has(&r.caller, "subject") || has(&r.workload, "unit") || has(&r.workload, "comm")
-        };
+        let caller_matches = |want: &str| caller_names(r).any(|n| n == want);
         self.from_seq.is_none_or(|s| seq >= s)
             && self.since_ms.is_none_or(|t| r.time_ms >= t)
             && self.until_ms.is_none_or(|t| r.time_ms <= t)

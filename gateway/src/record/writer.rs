@@ -10,14 +10,14 @@ use std::{
     io::{self, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{error, info, warn};
 
 use super::{
-    Entry, RecordError, RecorderConfig, Shared,
+    Entry, RecordError, RecorderConfig, Shared, now_ms,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
 };
 
@@ -57,17 +57,6 @@ pub struct Checkpoint {
 
 pub const CHECKPOINT_FILE: &str = "head.json";
 pub const ANCHOR_FILE: &str = "anchor.json";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 impl Writer {
     pub(super) fn open(cfg: Arc<RecorderConfig>, shared: Arc<Shared>) -> Result<Self, RecordError> {
@@ -409,7 +398,7 @@ fn new_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, Pat
     let result = f
         .write_all(&header.encode())
         .and_then(|()| f.sync_all())
-        .and_then(|()| sync_dir(dir));
+        .and_then(|()| crate::fsutil::sync_dir(dir));
     if let Err(e) = result {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -532,7 +521,7 @@ fn compress(path: &Path) -> io::Result<()> {
     }
     fs::rename(&tmp, &zst)?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        crate::fsutil::sync_dir(dir)?;
     }
     fs::remove_file(path)?;
     Ok(())
