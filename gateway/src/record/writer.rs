@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tracing::{error, info, warn};
 
 use super::{
@@ -156,8 +156,14 @@ impl Writer {
             if self.shared.failing.load(Ordering::Acquire) {
                 std::thread::sleep(RETRY);
                 self.commit();
-                if rx.is_empty() && self.pending.is_empty() && self.sender_gone(rx) {
-                    break;
+                // Still failing: only look whether the last handle is gone. An entry met on
+                // the way joins the group instead of being dropped.
+                if self.shared.failing.load(Ordering::Acquire) {
+                    match rx.try_recv() {
+                        Ok(e) => self.append(e),
+                        Err(TryRecvError::Disconnected) => return self.last_handle_gone(),
+                        Err(TryRecvError::Empty) => {}
+                    }
                 }
                 continue;
             }
@@ -207,36 +213,30 @@ impl Writer {
                     }
                     self.housekeeping();
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.commit();
-                    // One more try if the disk was full at the very end.
-                    if self.shared.failing.load(Ordering::Acquire) {
-                        std::thread::sleep(RETRY);
-                        self.commit();
-                    }
-                    if !self.pending.is_empty() {
-                        error!(
-                            records = self.pending_count,
-                            "recorder stopped with records it could not write"
-                        );
-                    }
-                    self.checkpoint();
-                    break;
-                }
+                Err(RecvTimeoutError::Disconnected) => return self.last_handle_gone(),
             }
         }
+    }
+
+    /// Every handle is gone: write what is pending (one more try if the disk is full) and stop.
+    fn last_handle_gone(&mut self) {
+        self.commit();
+        if self.shared.failing.load(Ordering::Acquire) {
+            std::thread::sleep(RETRY);
+            self.commit();
+        }
+        if !self.pending.is_empty() {
+            error!(
+                records = self.pending_count,
+                "recorder stopped with records it could not write"
+            );
+        }
+        self.checkpoint();
     }
 
     /// The group would fill the segment: commit it so the segment rotates at about its size.
     fn segment_full(&self) -> bool {
         self.durable_len + self.pending.len() as u64 >= self.cfg.segment_bytes
-    }
-
-    fn sender_gone(&self, rx: &Receiver<Entry>) -> bool {
-        matches!(
-            rx.recv_timeout(Duration::ZERO),
-            Err(RecvTimeoutError::Disconnected)
-        )
     }
 
     fn append(&mut self, e: Entry) {
