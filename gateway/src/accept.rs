@@ -1,5 +1,8 @@
 //! The accept stage: listeners on 127.0.0.1 and [::1] that receive redirected connections, look
-//! up each one's original destination and workload, and hand it to the forward stage.
+//! up each one's original destination and workload, sniff what they speak, and route them:
+//! HTTP (after TLS interception where the service asks for it) to the [`crate::http`] stage,
+//! TLS passthrough and allowed raw TCP to a splice, everything else refused and recorded.
+//! Without a policy the gateway is a recorded TCP pass-through.
 //!
 //! A connection with no redirect entry (someone dialled the listener directly) or whose
 //! original destination is the listener itself is closed: the gateway never forwards to a
@@ -16,15 +19,25 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+
+use bytes::Bytes;
 
 use crate::{
     cgroup::{self, CgroupNames},
     config::{self, Config},
-    forward,
+    forward::{self, pool::Upstreams},
+    http,
     intercept::{self, Interceptor},
+    mask::MaskKey,
+    policy::{
+        Action, Caller, PolicyStore, Workload,
+        schema::{TcpMode, TlsMode},
+    },
     record::{Record, RecordedDecision, Recorder},
+    sniff::{self, OtherReason, Protocol, Rewind},
     stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
+    tls::Authority,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +64,13 @@ pub struct ProxyInputs {
     pub recorder: Option<Recorder>,
     /// Makes session ids unique across restarts (connection ids start at 1 each run).
     pub session_prefix: String,
+    /// The policy; `None` runs the gateway as a recorded TCP pass-through.
+    pub policy: Option<Arc<PolicyStore>>,
+    /// The local CA for intercepted TLS.
+    pub authority: Option<Arc<Authority>>,
+    pub upstreams: Arc<Upstreams>,
+    /// Keys the `hash` mask style.
+    pub mask_key: MaskKey,
 }
 
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported
@@ -130,7 +150,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
+async fn handle(client: TcpStream, peer: SocketAddr, inputs: &Arc<ProxyInputs>) {
     let stats = &inputs.stats;
     // Connection ids are the accept count: unique across listeners and easy to read.
     let id = stats.accepted.fetch_add(1, Relaxed) + 1;
@@ -140,89 +160,340 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &ProxyInputs) {
         return;
     };
     let _active = ActiveGuard::new(stats);
-    let started = Instant::now();
-    let started_unix_ms = crate::record::now_ms();
-    let dst = intercept::original_destination(&redirect);
-    let workload = workload_info(&redirect, inputs);
-
-    let unrecordable = inputs.recorder.as_ref().and_then(|r| r.ready().err());
-    let refused_for_recording = unrecordable.is_some();
-    let (transfer, outcome) = if dst.port() == inputs.cfg.listen_port && dst.ip().is_loopback() {
+    let conn = Connection {
+        id,
+        session: format!("{}-{id}", inputs.session_prefix),
+        started: Instant::now(),
+        started_unix_ms: crate::record::now_ms(),
+        dst: intercept::original_destination(&redirect),
+        workload: workload_info(&redirect, inputs),
+    };
+    let _ = client.set_nodelay(true);
+    let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
-        (
-            forward::Transfer::default(),
-            Err("refused: the original destination is the gateway itself".to_string()),
-        )
-    } else if let Some(e) = unrecordable {
+        Ended::refused("the original destination is the gateway itself")
+    } else if let Some(e) = inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
         // Fail closed: nothing goes through that cannot be recorded.
         stats.refused_recording.fetch_add(1, Relaxed);
-        (forward::Transfer::default(), Err(format!("refused: {e}")))
+        Ended {
+            record: false,
+            ..Ended::refused(e.to_string())
+        }
     } else {
-        let _ = client.set_nodelay(true);
-        match forward::connect(dst, inputs.cfg.connect_timeout).await {
-            Ok(upstream) => {
-                stats.forwarded.fetch_add(1, Relaxed);
-                let (t, r) = forward::splice(client, upstream, inputs.cfg.idle_timeout).await;
-                (t, r.map_err(|e| e.to_string()))
-            }
-            Err(e) => {
-                stats.upstream_errors.fetch_add(1, Relaxed);
-                (forward::Transfer::default(), Err(e.to_string()))
+        match &inputs.policy {
+            Some(policy) => route(client, &conn, inputs, policy.clone()).await,
+            None => {
+                let (transfer, r) = pass_through(client, Bytes::new(), &conn, inputs).await;
+                Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
             }
         }
     };
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let outcome = outcome.err().unwrap_or_else(|| "ok".into());
-    if outcome == "ok" {
+    finish(&conn, inputs, ended);
+}
+
+/// One accepted, redirected connection.
+struct Connection {
+    id: u64,
+    session: String,
+    started: Instant,
+    started_unix_ms: u64,
+    dst: SocketAddr,
+    workload: WorkloadInfo,
+}
+
+/// How a connection ended, for the log, `status` and its connection record.
+struct Ended {
+    transfer: forward::Transfer,
+    /// `ok`, or why it ended early.
+    outcome: String,
+    /// A connection record is written (calls on an HTTP connection have their own).
+    record: bool,
+    protocol: &'static str,
+    service: Option<String>,
+    function: Option<String>,
+    decision: RecordedDecision,
+}
+
+impl Ended {
+    fn refused(why: impl Into<String>) -> Self {
+        let why = why.into();
+        Ended {
+            transfer: forward::Transfer::default(),
+            outcome: format!("refused: {why}"),
+            record: true,
+            protocol: "tcp",
+            service: None,
+            function: None,
+            decision: RecordedDecision {
+                action: "deny".into(),
+                enforced: true,
+                reason: Some(why),
+                ..RecordedDecision::default()
+            },
+        }
+    }
+
+    fn spliced(
+        why: &str,
+        transfer: forward::Transfer,
+        r: Result<(), forward::ForwardError>,
+    ) -> Self {
+        let outcome = r.err().map_or_else(|| "ok".to_string(), |e| e.to_string());
+        Ended {
+            transfer,
+            // The decision was to pass it through; an upstream failure is said in the reason.
+            decision: RecordedDecision {
+                action: "allow".into(),
+                enforced: true,
+                reason: Some(if outcome == "ok" {
+                    why.to_string()
+                } else {
+                    format!("{why}; {outcome}")
+                }),
+                ..RecordedDecision::default()
+            },
+            outcome,
+            record: true,
+            protocol: "tcp",
+            service: None,
+            function: None,
+        }
+    }
+}
+
+/// sniff → the service → tcp/tls policy → splice, refuse, or serve HTTP (TLS terminated first
+/// when the service intercepts it).
+async fn route(
+    mut client: TcpStream,
+    conn: &Connection,
+    inputs: &Arc<ProxyInputs>,
+    policy: Arc<PolicyStore>,
+) -> Ended {
+    let stats = &inputs.stats;
+    let sniffed = match sniff::sniff(&mut client, inputs.cfg.http.sniff_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Ended::refused(format!("reading the first bytes: {e}")),
+    };
+    let snap = policy.snapshot();
+    let sni = match &sniffed.protocol {
+        Protocol::Tls(h) => h.sni.clone(),
+        _ => None,
+    };
+    let dst_host = conn.dst.ip().to_string();
+    let service = snap.service_for(&dst_host, conn.dst.port(), sni.as_deref());
+    let refuse = |why: String, service: Option<&str>| {
+        stats.refused_policy.fetch_add(1, Relaxed);
+        Ended {
+            service: service.map(str::to_string),
+            function: sni.clone(),
+            protocol: if sni.is_some() { "tls" } else { "tcp" },
+            ..Ended::refused(why)
+        }
+    };
+    let http_conn = |tls: bool| {
+        Arc::new(http::Conn {
+            inputs: inputs.clone(),
+            policy: policy.clone(),
+            dst: conn.dst,
+            dst_host: dst_host.clone(),
+            sni: sni.clone(),
+            tls,
+            workload: serde_json::to_value(&conn.workload).unwrap_or_default(),
+            caller: Caller {
+                workload: Some(policy_workload(&conn.workload)),
+                ..Caller::default()
+            },
+            session: conn.session.clone(),
+        })
+    };
+    let served = |protocol: &'static str| Ended {
+        transfer: forward::Transfer::default(),
+        outcome: "ok".into(),
+        record: false,
+        protocol,
+        service: service.map(|s| s.name.to_string()),
+        function: None,
+        decision: RecordedDecision::default(),
+    };
+    match (&sniffed.protocol, service) {
+        (Protocol::Http1 | Protocol::H2, _) => {
+            // Each request is decided (an unknown destination by its default) and answered
+            // in HTTP, which says more than a closed connection.
+            http::serve(Rewind::new(sniffed.prefix, client), http_conn(false)).await;
+            served("http")
+        }
+        (_, None) => {
+            let d = snap.decide_unknown_destination();
+            if d.enforced != Action::Allow {
+                return refuse(
+                    format!("{}: {} ({})", conn.dst, reason(&d), sniffed.protocol),
+                    None,
+                );
+            }
+            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            let mut e = Ended::spliced(
+                "unknown destination, allowed by `unknown_destination: allow`",
+                transfer,
+                r,
+            );
+            e.protocol = if sni.is_some() { "tls" } else { "tcp" };
+            e.function = sni.clone();
+            e.decision.policy_commit = d.policy.commit.clone();
+            e
+        }
+        (Protocol::Tls(hello), Some(s)) => {
+            if let Some(name) = &hello.sni {
+                if !s.accepts_host(name, conn.dst.ip()) {
+                    return refuse(
+                        format!("SNI {name} does not name service {} (at {})", s.name, conn.dst),
+                        Some(&s.name),
+                    );
+                }
+            }
+            match (s.tls, &inputs.authority) {
+                (TlsMode::Passthrough, _) => {
+                    let name = s.name.to_string();
+                    let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+                    Ended {
+                        protocol: "tls",
+                        service: Some(name),
+                        function: sni.clone(),
+                        ..Ended::spliced("tls passthrough", transfer, r)
+                    }
+                }
+                (TlsMode::Intercept, Some(authority)) => {
+                    let cfg = authority.server_config(dst_host.clone());
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    let io = Rewind::new(sniffed.prefix, client);
+                    match tokio::time::timeout(
+                        inputs.cfg.http.header_timeout,
+                        acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            http::serve(tls, http_conn(true)).await;
+                            served("https")
+                        }
+                        Ok(Err(e)) => refuse(format!("TLS handshake: {e}"), Some(&s.name)),
+                        Err(_) => refuse("TLS handshake timed out".into(), Some(&s.name)),
+                    }
+                }
+                (TlsMode::Intercept, None) => refuse(
+                    "TLS interception is not set up on this gateway".into(),
+                    Some(&s.name),
+                ),
+            }
+        }
+        (Protocol::Other(OtherReason::BadTls(e)), Some(s)) => {
+            refuse(format!("malformed TLS: {e}"), Some(&s.name))
+        }
+        (Protocol::Other(_), Some(s)) if s.tcp == TcpMode::Allow => {
+            let name = s.name.to_string();
+            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            Ended {
+                service: Some(name),
+                ..Ended::spliced("tcp: allow", transfer, r)
+            }
+        }
+        (Protocol::Other(_), Some(s)) => refuse(
+            format!(
+                "service {} does not allow non-HTTP TCP (tcp: deny; the client sent {})",
+                s.name, sniffed.protocol
+            ),
+            Some(&s.name),
+        ),
+    }
+}
+
+fn reason(d: &crate::policy::Decision) -> String {
+    d.reason
+        .as_deref()
+        .unwrap_or("denied by the policy default")
+        .to_string()
+}
+
+fn policy_workload(w: &WorkloadInfo) -> Workload {
+    Workload {
+        pid: Some(w.pid),
+        uid: Some(w.uid),
+        user: None,
+        unit: w.unit.clone(),
+        cgroup: w.cgroup.clone(),
+        comm: Some(w.comm.clone()),
+    }
+}
+
+/// Connects to the original destination, replays what sniffing read, and copies both ways.
+async fn pass_through(
+    client: TcpStream,
+    prefix: Bytes,
+    conn: &Connection,
+    inputs: &ProxyInputs,
+) -> (forward::Transfer, Result<(), forward::ForwardError>) {
+    let stats = &inputs.stats;
+    let mut upstream = match forward::connect(conn.dst, inputs.cfg.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            stats.upstream_errors.fetch_add(1, Relaxed);
+            return (forward::Transfer::default(), Err(e));
+        }
+    };
+    stats.forwarded.fetch_add(1, Relaxed);
+    if !prefix.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = upstream.write_all(&prefix).await {
+            return (forward::Transfer::default(), Err(e.into()));
+        }
+    }
+    let (mut t, r) = forward::splice(client, upstream, inputs.cfg.idle_timeout).await;
+    t.up += prefix.len() as u64;
+    (t, r)
+}
+
+/// Logs the connection, writes its record, and adds it to `status`.
+fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
+    let duration_ms = conn.started.elapsed().as_millis() as u64;
+    let (w, dst, t) = (&conn.workload, conn.dst, ended.transfer);
+    if ended.outcome == "ok" {
         info!(
-            conn = id, pid = workload.pid, uid = workload.uid, comm = %workload.comm,
-            cgroup = workload.cgroup.as_deref().unwrap_or("?"), dst = %dst,
-            bytes_up = transfer.up, bytes_down = transfer.down, duration_ms, "connection closed"
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
+            bytes_up = t.up, bytes_down = t.down, duration_ms, "connection closed"
         );
     } else {
         warn!(
-            conn = id, pid = workload.pid, uid = workload.uid, comm = %workload.comm,
-            cgroup = workload.cgroup.as_deref().unwrap_or("?"), dst = %dst,
-            bytes_up = transfer.up, bytes_down = transfer.down, duration_ms, outcome = %outcome, "connection ended"
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
+            bytes_up = t.up, bytes_down = t.down, duration_ms, outcome = %ended.outcome,
+            "connection ended"
         );
     }
-    debug!(conn = id, %peer, "peer");
-    if let Some(recorder) = &inputs.recorder
-        && !refused_for_recording
-    {
-        let mut rec = Record::new(format!("{}-{id}", inputs.session_prefix), dst.to_string());
-        rec.time_ms = started_unix_ms;
-        rec.protocol = "tcp".into();
-        rec.workload = serde_json::to_value(&workload).ok();
-        let refused = outcome.starts_with("refused");
-        rec.decision = RecordedDecision {
-            action: if refused { "deny" } else { "allow" }.into(),
-            enforced: true,
-            // The decision was to pass it through; an upstream failure is said in the reason.
-            reason: Some(if outcome == "ok" {
-                "tcp pass-through".into()
-            } else {
-                outcome.clone()
-            }),
-            ..RecordedDecision::default()
-        };
+    if let (Some(recorder), true) = (&inputs.recorder, ended.record) {
+        let mut rec = Record::new(conn.session.clone(), dst.to_string());
+        rec.time_ms = conn.started_unix_ms;
+        rec.protocol = ended.protocol.into();
+        rec.service = ended.service;
+        rec.function = ended.function;
+        rec.workload = serde_json::to_value(w).ok();
+        rec.decision = ended.decision;
         rec.latency_ms = duration_ms as f64;
-        rec.bytes_in = transfer.up;
-        rec.bytes_out = transfer.down;
+        rec.bytes_in = t.up;
+        rec.bytes_out = t.down;
         if let Err(e) = recorder.submit(rec) {
-            stats.record_errors.fetch_add(1, Relaxed);
-            warn!(conn = id, error = %e, "could not record a finished connection");
+            inputs.stats.record_errors.fetch_add(1, Relaxed);
+            warn!(conn = conn.id, error = %e, "could not record a finished connection");
         }
     }
-    stats.finished(ConnSummary {
-        id,
-        started_unix_ms,
-        workload,
+    inputs.stats.finished(ConnSummary {
+        id: conn.id,
+        started_unix_ms: conn.started_unix_ms,
+        workload: conn.workload.clone(),
         original_dst: dst.to_string(),
-        bytes_up: transfer.up,
-        bytes_down: transfer.down,
+        bytes_up: t.up,
+        bytes_down: t.down,
         duration_ms,
-        outcome,
+        outcome: ended.outcome,
     });
 }
 

@@ -66,6 +66,37 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// The call log.
     pub records: RecordsConfig,
+    /// Limits of the L7 data path.
+    pub http: HttpConfig,
+}
+
+/// `http:` in the config file: the limits that keep a hostile or broken client bounded.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// How long the first bytes may take before a connection counts as not TLS/HTTP.
+    pub sniff_timeout: Duration,
+    /// Request line and headers, in all.
+    pub max_header_bytes: usize,
+    /// Request bodies read for inspection (JSON-RPC, MCP, REST with JSON); larger ones get
+    /// 413 without reaching the upstream.
+    pub max_body_bytes: usize,
+    /// The whole request head must arrive within this (slowloris).
+    pub header_timeout: Duration,
+    /// An inspected body must arrive within this.
+    pub body_timeout: Duration,
+    /// Answers that must be held in full (MCP `tools/list`, JSON-RPC batches) up to this.
+    pub max_held_response_bytes: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileHttp {
+    sniff_timeout_ms: Option<u64>,
+    max_header_kb: Option<usize>,
+    max_body_kb: Option<usize>,
+    header_timeout_s: Option<u64>,
+    body_timeout_s: Option<u64>,
+    max_held_response_kb: Option<usize>,
 }
 
 /// `records:` in the config file.
@@ -144,6 +175,7 @@ struct File {
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     records: Option<FileRecords>,
+    http: Option<FileHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,8 +275,18 @@ impl Config {
             retain_age: Duration::from_secs(rec.retain_days.unwrap_or(0) * 86_400),
             response_cap: rec.response_cap_kb.unwrap_or(64) * 1024,
         };
+        let h = file.http.unwrap_or_default();
+        let http = HttpConfig {
+            sniff_timeout: Duration::from_millis(h.sniff_timeout_ms.unwrap_or(1000)),
+            max_header_bytes: h.max_header_kb.unwrap_or(64).max(8) * 1024,
+            max_body_bytes: h.max_body_kb.unwrap_or(1024) * 1024,
+            header_timeout: Duration::from_secs(h.header_timeout_s.unwrap_or(10)),
+            body_timeout: Duration::from_secs(h.body_timeout_s.unwrap_or(30)),
+            max_held_response_bytes: h.max_held_response_kb.unwrap_or(4096) * 1024,
+        };
         Ok(Self {
             records,
+            http,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)

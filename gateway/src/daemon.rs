@@ -10,12 +10,17 @@ use crate::{
     admin::{self, AdminInputs},
     cgroup::CgroupNames,
     config::Config,
+    forward::pool::Upstreams,
     intercept::Interceptor,
     mask::MaskKey,
     policy::PolicyStore,
     record::Recorder,
     stats::Stats,
+    tls::Authority,
 };
+
+/// Idle pooled upstream connections are closed after this.
+const UPSTREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -33,6 +38,8 @@ pub enum DaemonError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     MaskKey(#[from] crate::mask::MaskError),
+    #[error("local CA: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -59,12 +66,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         None => None,
     };
     // Recording opens before anything is accepted: a call that cannot be recorded is refused.
+    let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
-        let key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
-        Some(Recorder::open(cfg.records.recorder(), key)?)
+        Some(Recorder::open(cfg.records.recorder(), mask_key.clone())?)
     } else {
         warn!("call recording is off (records.enabled: false)");
         None
+    };
+    let authority = match &policy {
+        Some(_) => Some(Arc::new(Authority::load_or_create(&cfg.state_dir)?)),
+        None => {
+            warn!("no policy (--policies): connections are passed through and recorded, not decided");
+            None
+        }
     };
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
@@ -92,6 +106,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         ),
+        policy: policy.clone(),
+        authority,
+        upstreams: Arc::new(Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)),
+        mask_key,
     });
     let mut tasks = Vec::new();
     for listener in listeners.listeners {

@@ -1,5 +1,6 @@
-//! The forward stage for plain TCP: connect to the original destination and copy bytes both
-//! ways until both sides are done, with half-close carried across and an idle timeout.
+//! The forward stage. For plain TCP: connect to the original destination and copy bytes both
+//! ways until both sides are done, with half-close carried across and an idle timeout. For
+//! calls: [`pool`], the pooled HTTP clients.
 //!
 //! A plain buffer copy: splice(2) through a pipe was measured at 0.52x direct for bulk
 //! loopback transfers against 0.83x for this (loopback skbs do not splice cheaply).
@@ -13,6 +14,8 @@ use std::{
 use std::os::fd::AsRawFd;
 
 use tokio::{io::Interest, net::TcpStream, time::timeout};
+
+pub mod pool;
 
 const BUF: usize = 32 * 1024;
 /// A direction quiet for this long gives its buffer back.
@@ -28,6 +31,8 @@ pub enum ForwardError {
     },
     #[error("connecting to {dst}: timed out after {after:?}")]
     ConnectTimeout { dst: SocketAddr, after: Duration },
+    #[error("TLS to {dst}: {reason}")]
+    Tls { dst: SocketAddr, reason: String },
     #[error("idle for {0:?}")]
     Idle(Duration),
     #[error("{0}")]

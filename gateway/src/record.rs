@@ -275,6 +275,11 @@ impl Recorder {
         })
     }
 
+    /// How much of a response a record keeps.
+    pub fn response_cap(&self) -> usize {
+        self.cfg.response_cap
+    }
+
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
     }

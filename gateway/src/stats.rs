@@ -24,6 +24,13 @@ pub struct Stats {
     /// Records that could not be queued after their connection ended.
     pub record_errors: AtomicU64,
     pub active: AtomicU64,
+    /// Calls (HTTP requests) decided, and how.
+    pub calls: AtomicU64,
+    pub calls_allowed: AtomicU64,
+    pub calls_denied: AtomicU64,
+    /// Connections or calls the policy refused before any call could be read (unknown
+    /// destination, `tcp: deny`, SNI or Host naming another service, malformed TLS).
+    pub refused_policy: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     recent: Mutex<VecDeque<ConnSummary>>,
@@ -70,6 +77,14 @@ pub struct Counters {
     #[serde(default)]
     pub record_errors: u64,
     pub active: u64,
+    #[serde(default)]
+    pub calls: u64,
+    #[serde(default)]
+    pub calls_allowed: u64,
+    #[serde(default)]
+    pub calls_denied: u64,
+    #[serde(default)]
+    pub refused_policy: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
@@ -104,6 +119,10 @@ impl Stats {
             refused_recording: self.refused_recording.load(Relaxed),
             record_errors: self.record_errors.load(Relaxed),
             active: self.active.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+            calls_allowed: self.calls_allowed.load(Relaxed),
+            calls_denied: self.calls_denied.load(Relaxed),
+            refused_policy: self.refused_policy.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
         }

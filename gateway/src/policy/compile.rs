@@ -37,6 +37,8 @@ pub struct Snapshot {
     by_sni: HashMap<String, usize>,
     sni_suffixes: Vec<(String, usize)>,
     pub rule_count: usize,
+    /// Named secrets from `callgate.yaml` that `credential:` references resolve through.
+    pub credentials: BTreeMap<String, schema::SecretRef>,
     pub(super) default_obligations: Arc<Obligations>,
 }
 
@@ -55,6 +57,11 @@ pub struct Service {
     pub protocol: Protocol,
     pub tls: TlsMode,
     pub tcp: TcpMode,
+    /// Extra CA bundle for the upstream (absolute path), when TLS is intercepted.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
+    /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
+    pub names: Vec<String>,
     pub functions: Vec<Function>,
     fn_by_name: HashMap<String, usize>,
     fn_by_method: HashMap<String, usize>,
@@ -302,6 +309,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         by_sni: HashMap::new(),
         sni_suffixes: Vec::new(),
         rule_count,
+        credentials: repo.credentials.clone(),
         default_obligations: Arc::new(Obligations {
             mask: repo.masking.default.clone(),
             masks: CompiledMasks::of(&repo.masking.default),
@@ -738,6 +746,12 @@ fn compile_service(
             protocol: file.protocol,
             tls: file.matcher.tls,
             tcp: file.tcp,
+            upstream_ca: file
+                .matcher
+                .upstream_ca
+                .as_ref()
+                .map(|p| loaded.root.join(p)),
+            names: service_names(&file.matcher),
             functions,
             fn_by_name,
             fn_by_method,
@@ -750,6 +764,27 @@ fn compile_service(
     } else {
         Err(errors)
     }
+}
+
+/// The names in `hosts` (not IPs or CIDRs) and `sni`, lower-cased; wildcards as `.suffix`.
+fn service_names(m: &schema::ServiceMatch) -> Vec<String> {
+    let mut names: Vec<String> = m
+        .hosts
+        .iter()
+        .filter_map(|h| match parse_host(h) {
+            Ok(HostSpec::HostPort(h, _) | HostSpec::Host(h)) if h.parse::<IpAddr>().is_err() => {
+                Some(h)
+            }
+            _ => None,
+        })
+        .chain(m.sni.iter().map(|s| {
+            let s = s.to_ascii_lowercase();
+            s.strip_prefix('*').map(str::to_string).unwrap_or(s)
+        }))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<Finding>) {
@@ -923,6 +958,17 @@ impl Snapshot {
     }
 }
 
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 address is left alone.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     let (ip, net, prefix) = match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => (
@@ -984,6 +1030,33 @@ impl Service {
             }
         }
         None
+    }
+
+    /// Whether `host` (a Host header, `:authority` or SNI, port allowed) may name this service
+    /// reached at `dst`: one of its names, or the destination's own IP. A service with no
+    /// names accepts any.
+    pub fn accepts_host(&self, host: &str, dst: IpAddr) -> bool {
+        let host = strip_port(host);
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return ip == dst || ip.to_canonical() == dst.to_canonical();
+        }
+        if self.names.is_empty() {
+            return true;
+        }
+        let host = host.trim_end_matches('.');
+        self.names.iter().any(|n| match n.strip_prefix('.') {
+            Some(_) => {
+                host.len() > n.len()
+                    && host.as_bytes()[host.len() - n.len()..].eq_ignore_ascii_case(n.as_bytes())
+            }
+            None => n.eq_ignore_ascii_case(host),
+        })
+    }
+
+    /// What a call to this service carries when no rule decides it (responses to session
+    /// messages are masked with it).
+    pub fn base_obligations(&self) -> &Arc<Obligations> {
+        &self.base
     }
 
     /// The rules that may decide a call to `function`, in order.

@@ -117,6 +117,27 @@ impl Snapshot {
         (d, trace)
     }
 
+    /// Whether `caller` could be allowed some call to `function` (arguments unknown): what an
+    /// MCP `tools/list` shows. A rule whose caller part matches decides it, unless it is a
+    /// deny that depends on the arguments, which some other call might not meet.
+    pub fn may_call(&self, service: &Service, function: &str, caller: &Caller) -> bool {
+        if self.mode == Mode::DryRun {
+            return true;
+        }
+        for &i in service.candidates(function) {
+            let rule = &service.rules[i as usize];
+            if rule.caller.as_ref().is_some_and(|c| caller_matches(c, caller).is_err()) {
+                continue;
+            }
+            match rule.action {
+                Action::Deny if rule.args.is_empty() && rule.when.is_none() => return false,
+                Action::Deny => {}
+                _ => return true,
+            }
+        }
+        self.default_action != Action::Deny
+    }
+
     /// The decision for a destination no service claims.
     pub fn decide_unknown_destination(&self) -> Decision {
         self.decision(

@@ -155,6 +155,10 @@ pub struct ServiceMatch {
     pub sni: Vec<String>,
     #[serde(default)]
     pub tls: TlsMode,
+    /// Extra PEM CA bundle trusted for this service's upstream when TLS is intercepted
+    /// (relative to the policy repository), besides the system roots.
+    #[serde(default)]
+    pub upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -256,6 +260,15 @@ pub enum Action {
     Allow,
     Deny,
     Approve,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+        })
+    }
 }
 
 impl std::fmt::Display for Action {

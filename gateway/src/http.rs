@@ -1,0 +1,621 @@
+//! The http stage: serves HTTP/1.1 and h2 on an intercepted connection (TLS already
+//! terminated when intercepted) with hyper, and takes each request through
+//! extract → decide → forward → mask → record.
+//!
+//! Nothing reaches the upstream that policy did not allow and that cannot be recorded; every
+//! refusal is answered in the client's own protocol (see [`crate::reply`]).
+mod body;
+mod held;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use serde_json::Value as Json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, warn};
+
+use crate::{
+    accept::ProxyInputs,
+    extract::{self, Extracted, Kind, OneCall, Role},
+    forward::pool::{BodyError, ProxyBody, UpstreamKey},
+    inject,
+    policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
+    record::{Record, RecordedDecision},
+    reply::{self, Refusal},
+};
+
+pub use body::Recording;
+
+/// One intercepted connection that speaks HTTP, and what every call on it shares.
+pub struct Conn {
+    pub inputs: Arc<ProxyInputs>,
+    pub policy: Arc<PolicyStore>,
+    pub dst: SocketAddr,
+    /// `dst`'s IP as text, the form service lookup takes.
+    pub dst_host: String,
+    pub sni: Option<String>,
+    /// The client's TLS was terminated here, so the upstream gets TLS too.
+    pub tls: bool,
+    pub workload: Json,
+    pub caller: Caller,
+    pub session: String,
+}
+
+/// Serves requests until the client closes or a limit ends the connection.
+pub async fn serve<I>(io: I, conn: Arc<Conn>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = conn.inputs.cfg.http.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// What the decide step concluded for each call of a request.
+struct Decided {
+    call: OneCall,
+    decision: Decision,
+}
+
+impl Conn {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let stats = &self.inputs.stats;
+        stats.calls.fetch_add(1, Relaxed);
+        let snap = self.policy.snapshot();
+        let (parts, body) = req.into_parts();
+        let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
+        let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
+        let mut rec = Record::new(self.session.clone(), self.dst.to_string());
+        rec.workload = Some(self.workload.clone());
+        rec.protocol = kind.as_str().into();
+        rec.service = service.map(|s| s.name.to_string());
+        let recording = self.inputs.recorder.clone().map(|recorder| Recording {
+            recorder,
+            rec,
+            started,
+            stats: self.inputs.stats.clone(),
+            key: self.inputs.mask_key.clone(),
+            full: true,
+        });
+
+        // Refusals that need no call: the name the client used, and the call log.
+        if let (Some(s), Some(host)) = (service, authority(&parts)) {
+            if !s.accepts_host(host, self.dst.ip()) {
+                stats.refused_policy.fetch_add(1, Relaxed);
+                let r = Refusal {
+                    service: Some(s.name.to_string()),
+                    ..Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        "host_mismatch",
+                        format!(
+                            "{host} does not name service {} (reached at {})",
+                            s.name, self.dst
+                        ),
+                    )
+                };
+                return self
+                    .refuse(recording, kind, extract::raw(&parts), None, r)
+                    .await;
+            }
+        }
+        if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
+            stats.refused_recording.fetch_add(1, Relaxed);
+            let r = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                format!("the call cannot be recorded: {e}"),
+            );
+            return r.respond(kind, None);
+        }
+
+        // Read what the decision needs, bounded.
+        let limits = &self.inputs.cfg.http;
+        let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
+            match read_body(body, &parts.headers, limits.max_body_bytes, limits.body_timeout)
+                .await
+            {
+                Ok(b) => (Some(b), None),
+                Err(r) => {
+                    return self
+                        .refuse(recording, kind, extract::raw(&parts), None, r)
+                        .await;
+                }
+            }
+        } else {
+            (None, Some(body))
+        };
+        let extracted = match service {
+            Some(s) => extract::extract(kind, s, &parts, held_body.as_deref()),
+            None => Ok(Extracted {
+                kind,
+                calls: vec![extract::raw(&parts)],
+                batch: false,
+            }),
+        };
+        let extracted = match extracted {
+            Ok(e) => e,
+            Err(e) => {
+                let r = Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+                return self
+                    .refuse(recording, kind, extract::raw(&parts), None, r)
+                    .await;
+            }
+        };
+
+        let decided: Vec<Decided> = extracted
+            .calls
+            .into_iter()
+            .map(|call| {
+                let decision = self.decide(&snap, service, &call);
+                Decided { call, decision }
+            })
+            .collect();
+        for d in &decided {
+            let counter = if d.decision.enforced == Action::Allow {
+                &stats.calls_allowed
+            } else {
+                &stats.calls_denied
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+
+        if extracted.batch {
+            return held::batch(&self, service, &snap, parts, decided, recording).await;
+        }
+        let Some(one) = decided.into_iter().next() else {
+            return reply::empty(StatusCode::BAD_REQUEST);
+        };
+        if one.decision.enforced != Action::Allow {
+            let r = refusal_for(&one.decision, &one.call);
+            return self
+                .refuse(recording, kind, one.call, Some(&one.decision), r)
+                .await;
+        }
+        let body = match (held_body, stream_body) {
+            (Some(b), _) => reply::full(b),
+            (None, Some(b)) => b.map_err(|e| Box::new(e) as BodyError).boxed_unsync(),
+            (None, None) => reply::full(Bytes::new()),
+        };
+        let resp = match self
+            .forward(&snap, service, &parts, body, &one.decision.obligations)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(r) => {
+                return self
+                    .refuse(recording, kind, one.call, Some(&one.decision), r)
+                    .await;
+            }
+        };
+        if one.call.role == Role::ListTools {
+            if let Some(s) = service {
+                return held::list_tools(&self, s, &snap, &parts, resp, one, recording).await;
+            }
+        }
+        self.respond(kind, parts.version, resp, one, recording)
+    }
+
+    fn decide(&self, snap: &Snapshot, service: Option<&Service>, call: &OneCall) -> Decision {
+        let Some(service) = service else {
+            return snap.decide_unknown_destination();
+        };
+        if call.role != Role::Governed {
+            return Decision {
+                action: Action::Allow,
+                enforced: Action::Allow,
+                rule: None,
+                service: Some(service.name.clone()),
+                mode: snap.mode,
+                reason: Some("protocol session message".into()),
+                obligations: service.base_obligations().clone(),
+                policy: snap.version.clone(),
+            };
+        }
+        // The call is cloned into the policy's shape only for the decision's lifetime.
+        let c = Call {
+            function: call.function.clone(),
+            args: call.args.clone(),
+        };
+        snap.decide(service, &c, &self.caller)
+    }
+
+    /// Sends an allowed request to the original destination.
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        service: Option<&Service>,
+        parts: &http::request::Parts,
+        body: ProxyBody,
+        ob: &Obligations,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let inputs = &self.inputs;
+        let host = authority(parts)
+            .map(str::to_string)
+            .unwrap_or_else(|| self.dst.to_string());
+        let h2c = !self.tls && parts.version == Version::HTTP_2;
+        let uri = format!(
+            "{}://{host}{}",
+            if self.tls { "https" } else { "http" },
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(if h2c {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            })
+            .body(body)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        copy_end_to_end(&parts.headers, req.headers_mut());
+        if h2c {
+            req.headers_mut().remove(header::HOST);
+        }
+        if !ob.masks.0.is_empty() {
+            // The response is masked as it streams: it must come as readable text.
+            req.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
+        inject::apply(req.headers_mut(), ob, &snap.credentials).map_err(|e| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential_unavailable",
+                e,
+            )
+        })?;
+        let tls = if self.tls {
+            let ca = service.and_then(|s| s.upstream_ca.clone());
+            let name = self
+                .sni
+                .clone()
+                .unwrap_or_else(|| host_only(&host).to_string());
+            let cfg = inputs
+                .authority
+                .as_ref()
+                .ok_or_else(|| {
+                    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", "TLS is not set up")
+                })?
+                .client_config(ca.as_deref())
+                .map_err(|e| {
+                    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e.to_string())
+                })?;
+            Some(((name, ca), cfg))
+        } else {
+            None
+        };
+        let key = UpstreamKey {
+            dst: self.dst,
+            tls: tls.as_ref().map(|(k, _)| k.clone()),
+            h2c,
+        };
+        let client = inputs.upstreams.client(&key, tls.map(|(_, c)| c));
+        match tokio::time::timeout(inputs.cfg.idle_timeout, client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                inputs.stats.upstream_errors.fetch_add(1, Relaxed);
+                Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    error_chain(&e),
+                ))
+            }
+            Err(_) => Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!("no response within {:?}", inputs.cfg.idle_timeout),
+            )),
+        }
+    }
+
+    /// Streams the upstream's answer back, masked, and records the call when it ends.
+    fn respond(
+        &self,
+        kind: Kind,
+        version: Version,
+        resp: Response<Incoming>,
+        one: Decided,
+        recording: Option<Recording>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, incoming) = resp.into_parts();
+        parts.version = version;
+        strip_hop_by_hop(&mut parts.headers);
+        let masks = one.decision.obligations.masks.0.clone();
+        if !masks.is_empty() && is_encoded(&parts.headers) {
+            // Fail closed: a compressed body cannot be masked as it streams.
+            let r = Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "unmaskable_response",
+                "the upstream compressed a response that policy says to mask",
+            );
+            if let Some(rec) = recording.and_then(|rec| {
+                rec.with_call(
+                    &one.call,
+                    refused_decision(Some(&one.decision), &r),
+                    Some(&one.decision.obligations),
+                )
+            }) {
+                // Not waited for: the answer is an error either way.
+                let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
+            }
+            return r.respond(kind, one.call.rpc_id.as_ref());
+        }
+        let masker = (!masks.is_empty()).then(|| {
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            crate::mask::BodyMasker::new(
+                masks,
+                self.inputs.mask_key.clone(),
+                crate::mask::BodyKind::from_content_type(ct),
+            )
+        });
+        if masker.is_some() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let status = parts.status.as_u16();
+        let cap = self
+            .inputs
+            .recorder
+            .as_ref()
+            .map_or(0, |r| r.response_cap());
+        let pending = recording
+            .and_then(|r| {
+                r.with_call(
+                    &one.call,
+                    recorded_decision(&one.decision),
+                    Some(&one.decision.obligations),
+                )
+            })
+            .map(|r| body::Pending::new(r, status, cap));
+        let body = body::CallBody::new(incoming, masker, pending);
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// Answers in the client's protocol and records the refused call.
+    async fn refuse(
+        &self,
+        recording: Option<Recording>,
+        kind: Kind,
+        call: OneCall,
+        decision: Option<&Decision>,
+        r: Refusal,
+    ) -> Response<ProxyBody> {
+        let id = call.rpc_id.clone();
+        let notification = id.is_none() && matches!(kind, Kind::JsonRpc | Kind::Mcp);
+        let recording = recording.and_then(|rec| {
+            rec.with_call(
+                &call,
+                refused_decision(decision, &r),
+                decision.map(|d| &*d.obligations),
+            )
+        });
+        if let Some(rec) = recording {
+            if let Some(d) = rec.submit(Some(r.status.as_u16()), None, false, 0) {
+                if let Err(e) = d.wait().await {
+                    warn!(error = %e, "a refused call's record did not reach the disk");
+                }
+            }
+        }
+        let mut resp = r.respond(kind, id.as_ref());
+        if notification {
+            *resp.status_mut() = r.status;
+        }
+        resp
+    }
+}
+
+/// The policy's refusal of one call, worded for its client.
+fn refusal_for(d: &Decision, call: &OneCall) -> Refusal {
+    let approve = d.enforced == Action::Approve;
+    Refusal {
+        rule: d.rule.as_deref().map(str::to_string),
+        service: d.service.as_deref().map(str::to_string),
+        function: Some(call.function.clone()),
+        policy_commit: d.policy.commit.clone(),
+        ..Refusal::new(
+            StatusCode::FORBIDDEN,
+            if approve { "approval_required" } else { "denied" },
+            d.reason.as_deref().map_or_else(
+                || {
+                    if approve {
+                        "this call needs a human approval, which this gateway cannot take yet"
+                            .to_string()
+                    } else {
+                        "no policy rule allows this call".to_string()
+                    }
+                },
+                str::to_string,
+            ),
+        )
+    }
+}
+
+/// The record's decision for a call the gateway answered itself: the policy's, or (for a
+/// refusal no rule made: a limit, a mismatch, a failed upstream) a deny saying why.
+fn refused_decision(d: Option<&Decision>, r: &Refusal) -> RecordedDecision {
+    match d {
+        Some(d) if d.enforced != Action::Allow => recorded_decision(d),
+        Some(d) => RecordedDecision {
+            reason: Some(format!("allowed, then {}: {}", r.error, r.reason)),
+            ..recorded_decision(d)
+        },
+        None => RecordedDecision {
+            action: "deny".into(),
+            enforced: true,
+            reason: Some(format!("{}: {}", r.error, r.reason)),
+            ..RecordedDecision::default()
+        },
+    }
+}
+
+pub fn recorded_decision(d: &Decision) -> RecordedDecision {
+    RecordedDecision {
+        action: d.action.to_string(),
+        enforced: d.enforced == d.action,
+        rule: d.rule.as_deref().map(str::to_string),
+        reason: d.reason.as_deref().map(str::to_string),
+        policy_commit: d.policy.commit.clone(),
+        policy_dirty: d.policy.dirty,
+        mode: Some(d.mode.to_string()),
+    }
+}
+
+/// Reads a request body whole, within the size and time limits.
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+    limit: Duration,
+) -> Result<Bytes, Refusal> {
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the inspection limit of {max} bytes"),
+        )
+    };
+    if content_length(headers).is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {limit:?}"),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "body_error",
+            e.to_string(),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The name the client used: `:authority` (h2, absolute-form) or Host.
+fn authority(parts: &http::request::Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
+fn host_only(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
+}
+
+/// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    to.reserve(from.len());
+    for (name, value) in from {
+        to.append(name, value.clone());
+    }
+    strip_hop_by_hop(to);
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
+    if h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// A JSON response built by the gateway, for held answers.
+fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<ProxyBody> {
+    let mut resp = Response::new(reply::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

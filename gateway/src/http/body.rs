@@ -1,0 +1,283 @@
+//! A forwarded response on its way back: masked chunk by chunk as it streams, captured (up to
+//! the record's cap) for the call's record, which is written when the body ends — or when it is
+//! dropped half-way, so a client that goes away still leaves its call on record.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use serde_json::Value as Json;
+use tracing::warn;
+
+use super::OneCall;
+use crate::{
+    forward::pool::BodyError,
+    mask::{BodyMasker, MaskKey},
+    policy::{Obligations, schema::RecordLevel},
+    record::{Durable, Record, RecordError, RecordedDecision, Recorder},
+    stats::Stats,
+};
+
+/// What writing one call's record needs, carried from the request to the end of its answer.
+#[derive(Clone)]
+pub struct Recording {
+    pub recorder: Recorder,
+    pub rec: Record,
+    pub started: Instant,
+    pub stats: Arc<Stats>,
+    pub key: MaskKey,
+    /// `record: full` (arguments and response) rather than `metadata`.
+    pub full: bool,
+}
+
+impl Recording {
+    /// Fills in the call and its decision; None when the policy says not to record it.
+    pub(super) fn with_call(
+        mut self,
+        call: &OneCall,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        let level = ob.map_or(RecordLevel::Full, |o| o.record);
+        if level == RecordLevel::None {
+            return None;
+        }
+        self.full = level == RecordLevel::Full;
+        self.rec.function = Some(call.function.clone());
+        if self.full && !call.args.is_null() {
+            let mut args = call.args.clone();
+            if let Some(ob) = ob {
+                // Field paths the policy masks in responses are masked in arguments too.
+                ob.masks.0.mask_value(&self.key, &mut args);
+            }
+            self.rec.args = Some(args);
+        }
+        self.rec.decision = decision;
+        Some(self)
+    }
+
+    /// Queues the record; in strict durability the returned handle resolves once it is on disk.
+    pub(super) fn submit(
+        mut self,
+        status: Option<u16>,
+        response: Option<Json>,
+        truncated: bool,
+        bytes_out: u64,
+    ) -> Option<Durable> {
+        self.rec.status = status;
+        if self.full {
+            self.rec.response = response;
+            self.rec.response_truncated = truncated;
+        }
+        self.rec.bytes_out = bytes_out;
+        self.rec.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        match self.recorder.submit(self.rec) {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats
+                    .record_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(error = %e, "could not record a call");
+                None
+            }
+        }
+    }
+}
+
+/// A captured response body as the record stores it: JSON when it parses, text otherwise.
+pub(super) fn response_value(body: &[u8]) -> Json {
+    if body.is_empty() {
+        return Json::Null;
+    }
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+/// The record of a streaming response, completed as the body goes by.
+pub struct Pending {
+    recording: Recording,
+    status: u16,
+    capture: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+    bytes_out: u64,
+    incomplete: Option<String>,
+}
+
+impl Pending {
+    pub(super) fn new(recording: Recording, status: u16, cap: usize) -> Self {
+        Self {
+            capture: Vec::new(),
+            cap: if recording.full { cap } else { 0 },
+            recording,
+            status,
+            truncated: false,
+            bytes_out: 0,
+            incomplete: None,
+        }
+    }
+
+    fn saw(&mut self, chunk: &[u8]) {
+        self.bytes_out += chunk.len() as u64;
+        let room = self.cap.saturating_sub(self.capture.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.capture.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn submit(mut self) -> Option<Durable> {
+        if let Some(why) = self.incomplete.take() {
+            let reason = self.recording.rec.decision.reason.take();
+            self.recording.rec.decision.reason = Some(match reason {
+                Some(r) => format!("{r}; {why}"),
+                None => why,
+            });
+        }
+        let response = (!self.capture.is_empty()).then(|| {
+            if self.truncated {
+                Json::String(String::from_utf8_lossy(&self.capture).into_owned())
+            } else {
+                response_value(&self.capture)
+            }
+        });
+        self.recording
+            .submit(Some(self.status), response, self.truncated, self.bytes_out)
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = Result<u64, RecordError>> + Send>>;
+
+pub struct CallBody {
+    inner: Incoming,
+    masker: Option<BodyMasker>,
+    scratch: Vec<u8>,
+    /// Trailers held back behind the masker's last bytes.
+    stash: Option<Frame<Bytes>>,
+    ended: bool,
+    pending: Option<Pending>,
+    durable: Option<Wait>,
+}
+
+impl CallBody {
+    pub fn new(inner: Incoming, masker: Option<BodyMasker>, pending: Option<Pending>) -> Self {
+        Self {
+            inner,
+            masker,
+            scratch: Vec::new(),
+            stash: None,
+            ended: false,
+            pending,
+            durable: None,
+        }
+    }
+
+    fn out(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(p) = &mut self.pending {
+            p.saw(&b);
+        }
+        Poll::Ready(Some(Ok(Frame::data(b))))
+    }
+
+    /// The masker's held-back tail, once the upstream is done.
+    fn flush_masker(&mut self) -> Option<Bytes> {
+        let mut m = self.masker.take()?;
+        self.scratch.clear();
+        m.finish(&mut self.scratch);
+        (!self.scratch.is_empty()).then(|| Bytes::copy_from_slice(&self.scratch))
+    }
+}
+
+impl Body for CallBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(wait) = &mut this.durable {
+                let r = ready!(wait.as_mut().poll(cx));
+                this.durable = None;
+                // In strict durability a call whose record is not on disk does not complete.
+                return Poll::Ready(r.err().map(|e| Err(Box::new(e) as BodyError)));
+            }
+            if let Some(frame) = this.stash.take() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.ended {
+                if let Some(d) = this.pending.take().and_then(Pending::submit) {
+                    this.durable = Some(Box::pin(d.wait()));
+                    continue;
+                }
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => {
+                    this.ended = true;
+                    if let Some(tail) = this.flush_masker() {
+                        return this.out(tail);
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(p) = &mut this.pending {
+                        p.incomplete = Some(format!("the upstream response failed: {e}"));
+                    }
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let Some(m) = &mut this.masker else {
+                            return this.out(data);
+                        };
+                        this.scratch.clear();
+                        m.push(&data, &mut this.scratch);
+                        if this.scratch.is_empty() {
+                            continue;
+                        }
+                        let b = Bytes::copy_from_slice(&this.scratch);
+                        return this.out(b);
+                    }
+                    Err(trailers) => {
+                        if let Some(tail) = this.flush_masker() {
+                            this.stash = Some(trailers);
+                            return this.out(tail);
+                        }
+                        return Poll::Ready(Some(Ok(trailers)));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.stash.is_none() && self.pending.is_none() && self.durable.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.masker.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for CallBody {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            p.incomplete
+                .get_or_insert_with(|| "the client went away before the response ended".into());
+            let _ = p.submit();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Answers that must be held whole before they go back: a JSON-RPC batch (denied elements are
+//! answered by the gateway and merged with the upstream's answers to the allowed ones) and an
+//! MCP `tools/list` (filtered to the tools the caller may call). Both are bounded by
+//! `http.max_held_response_kb`.
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header, request::Parts};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value as Json;
+
+use super::{
+    Conn, Decided, body::Recording, body::response_value, json_bytes, recorded_decision,
+    refusal_for, strip_hop_by_hop,
+};
+use crate::{
+    extract::Kind,
+    forward::pool::ProxyBody,
+    mask::{BodyKind, BodyMasker},
+    policy::{Action, Service, Snapshot},
+    reply::{self, Refusal},
+};
+
+/// A JSON-RPC batch: the allowed elements go upstream as one batch; the answer is the
+/// upstream's responses and the gateway's errors, in the order of the request.
+pub(super) async fn batch(
+    conn: &Conn,
+    service: Option<&Service>,
+    snap: &Snapshot,
+    parts: Parts,
+    decided: Vec<Decided>,
+    recording: Option<Recording>,
+) -> Response<ProxyBody> {
+    let allowed: Vec<&Json> = decided
+        .iter()
+        .filter(|d| d.decision.enforced == Action::Allow)
+        .filter_map(|d| d.call.message.as_ref())
+        .collect();
+    let mut answers: HashMap<String, Json> = HashMap::new();
+    let mut failure: Option<Refusal> = None;
+    let mut status = StatusCode::OK;
+    if !allowed.is_empty() {
+        let body = serde_json::to_vec(&allowed).unwrap_or_default();
+        let base = match service {
+            Some(s) => s.base_obligations().clone(),
+            None => snap.decide_unknown_destination().obligations,
+        };
+        match conn
+            .forward(snap, service, &parts, reply::full(Bytes::from(body)), &base)
+            .await
+        {
+            Ok(resp) => {
+                status = resp.status();
+                match read_held(conn, resp.into_body()).await {
+                    Ok(b) => match serde_json::from_slice::<Json>(&b) {
+                        Ok(Json::Array(items)) => {
+                            for item in items {
+                                let id = item.get("id").map(Json::to_string).unwrap_or_default();
+                                answers.insert(id, item);
+                            }
+                        }
+                        Ok(other) => {
+                            // One object for a batch: an error about the whole batch.
+                            let id = other.get("id").map(Json::to_string).unwrap_or_default();
+                            answers.insert(id, other);
+                        }
+                        Err(e) => {
+                            failure = Some(Refusal::new(
+                                StatusCode::BAD_GATEWAY,
+                                "upstream_invalid",
+                                format!("the upstream's batch answer is not JSON: {e}"),
+                            ))
+                        }
+                    },
+                    Err(r) => failure = Some(r),
+                }
+            }
+            Err(r) => failure = Some(r),
+        }
+    }
+    let mut out = Vec::new();
+    for d in &decided {
+        let id = d.call.rpc_id.as_ref();
+        let answer = if d.decision.enforced != Action::Allow {
+            let r = refusal_for(&d.decision, &d.call);
+            id.map(|id| r.rpc_error(Some(id)))
+        } else if let Some(r) = &failure {
+            id.map(|id| r.rpc_error(Some(id)))
+        } else {
+            let key = id.map(Json::to_string).unwrap_or_default();
+            id.and_then(|_| answers.remove(&key)).map(|mut a| {
+                d.decision
+                    .obligations
+                    .masks
+                    .0
+                    .mask_value(&conn.inputs.mask_key, &mut a);
+                a
+            })
+        };
+        if let Some(rec) = recording.clone().and_then(|r| {
+            r.with_call(
+                &d.call,
+                recorded_decision(&d.decision),
+                Some(&d.decision.obligations),
+            )
+        }) {
+            let _ = rec.submit(Some(status.as_u16()), answer.clone(), false, 0);
+        }
+        if let Some(a) = answer {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        // Only notifications: nothing to answer.
+        return reply::empty(StatusCode::ACCEPTED);
+    }
+    json_bytes(
+        StatusCode::OK,
+        parts.version,
+        serde_json::to_vec(&out).unwrap_or_default(),
+    )
+}
+
+/// MCP `tools/list`: the server's list without the tools this caller may not call, masked.
+pub(super) async fn list_tools(
+    conn: &Conn,
+    service: &Service,
+    snap: &Snapshot,
+    parts: &Parts,
+    resp: Response<Incoming>,
+    one: Decided,
+    recording: Option<Recording>,
+) -> Response<ProxyBody> {
+    let (mut head, body) = resp.into_parts();
+    head.version = parts.version;
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::CONTENT_LENGTH);
+    let record = |status: u16, response: Option<Json>| {
+        if let Some(rec) = recording.clone().and_then(|r| {
+            r.with_call(
+                &one.call,
+                recorded_decision(&one.decision),
+                Some(&one.decision.obligations),
+            )
+        }) {
+            let _ = rec.submit(Some(status), response, false, 0);
+        }
+    };
+    let bytes = match read_held(conn, body).await {
+        Ok(b) => b,
+        Err(r) => {
+            record(r.status.as_u16(), None);
+            return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+        }
+    };
+    let ct = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let may = |name: &str| {
+        let function = service
+            .function_by_method(name)
+            .map_or_else(|| name.to_string(), |f| f.name.to_string());
+        snap.may_call(service, &function, &conn.caller)
+    };
+    let filtered = if ct.starts_with("text/event-stream") {
+        filter_sse(&bytes, &may)
+    } else {
+        filter_json(&bytes, &may).unwrap_or_else(|| bytes.to_vec())
+    };
+    let mut masker = BodyMasker::new(
+        one.decision.obligations.masks.0.clone(),
+        conn.inputs.mask_key.clone(),
+        if ct.starts_with("text/event-stream") {
+            BodyKind::Text
+        } else {
+            BodyKind::from_content_type(Some(ct))
+        },
+    );
+    let masked = masker.mask_all(&filtered);
+    record(head.status.as_u16(), Some(response_value(&masked)));
+    Response::from_parts(head, reply::full(Bytes::from(masked)))
+}
+
+async fn read_held(conn: &Conn, body: Incoming) -> Result<Bytes, Refusal> {
+    let max = conn.inputs.cfg.http.max_held_response_bytes;
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "response_too_large",
+            format!("an answer that must be inspected whole is larger than {max} bytes"),
+        )),
+        Err(e) => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Drops disallowed tools from a JSON-RPC result; None if it is not such a result.
+fn filter_json(body: &[u8], may: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+    let mut v: Json = serde_json::from_slice(body).ok()?;
+    let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
+    tools.retain(|t| t.get("name").and_then(Json::as_str).is_some_and(may));
+    serde_json::to_vec(&v).ok()
+}
+
+/// The same for each `data:` line of an event stream.
+fn filter_sse(body: &[u8], may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let end = data.len() - data.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+        match filter_json(data[..end].trim_ascii_start(), may) {
+            Some(json) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(&data[end..]);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_are_filtered_in_json_and_sse() {
+        let may = |n: &str| n != "delete_table";
+        let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search_docs"},{"name":"delete_table"}]}}"#;
+        let out = String::from_utf8(filter_json(json, &may).expect("filtered")).expect("utf8");
+        assert!(out.contains("search_docs") && !out.contains("delete_table"));
+        let sse = format!("event: message\r\ndata: {}\r\n\r\n", String::from_utf8_lossy(json));
+        let out = String::from_utf8(filter_sse(sse.as_bytes(), &may)).expect("utf8");
+        assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
+        assert!(out.ends_with("}\r\n\r\n"), "{out:?}");
+        assert!(out.contains("search_docs") && !out.contains("delete_table"));
+        assert_eq!(filter_json(b"{\"result\":{}}", &may), None);
+    }
+}

@@ -1,0 +1,403 @@
+//! The sniff stage: reads the first bytes of an intercepted connection, bounded in size and in
+//! time, and says which protocol it speaks: a TLS ClientHello (with its SNI and ALPN), HTTP/1.x,
+//! the HTTP/2 prior-knowledge preface, or something else.
+//!
+//! The bytes are read, not peeked (a peek cannot wait for more data without spinning), and
+//! handed back with the verdict so the next stage replays them through [`Rewind`].
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    time::Instant,
+};
+
+/// A ClientHello is at most a few KiB; this bounds a hostile one split over many records.
+const MAX_SNIFF: usize = 32 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// What the first bytes say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    Tls(ClientHello),
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+    /// Anything else, including a client that sent nothing before the timeout (a
+    /// server-speaks-first protocol) and a TLS handshake that does not parse.
+    Other(OtherReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtherReason {
+    /// The bytes are not TLS or HTTP.
+    Unknown,
+    /// Nothing (or not enough to tell) arrived in time.
+    Silent,
+    /// The client closed before saying enough.
+    Closed,
+    /// It starts like TLS but the ClientHello is malformed or too large.
+    BadTls(String),
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protocol::Tls(h) => write!(f, "tls (sni {})", h.sni.as_deref().unwrap_or("none")),
+            Protocol::Http1 => f.write_str("http/1"),
+            Protocol::H2 => f.write_str("h2c"),
+            Protocol::Other(OtherReason::Unknown) => f.write_str("unknown protocol"),
+            Protocol::Other(OtherReason::Silent) => f.write_str("client sent nothing"),
+            Protocol::Other(OtherReason::Closed) => f.write_str("client closed early"),
+            Protocol::Other(OtherReason::BadTls(e)) => write!(f, "malformed TLS: {e}"),
+        }
+    }
+}
+
+/// The parts of a ClientHello that routing and policy use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Lower-cased server name.
+    pub sni: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl ClientHello {
+    pub fn offers(&self, proto: &[u8]) -> bool {
+        self.alpn.iter().any(|p| p == proto)
+    }
+}
+
+/// The verdict and the bytes read to reach it.
+#[derive(Debug)]
+pub struct Sniffed {
+    pub protocol: Protocol,
+    pub prefix: Bytes,
+}
+
+/// Reads until the protocol is known, `MAX_SNIFF` bytes were read, the client closes, or
+/// `limit` passes.
+pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, limit: Duration) -> io::Result<Sniffed> {
+    let deadline = Instant::now() + limit;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Some(protocol) = classify(&buf) {
+            return Ok(Sniffed {
+                protocol,
+                prefix: buf.freeze(),
+            });
+        }
+        if buf.len() >= MAX_SNIFF {
+            let protocol = if buf.first() == Some(&0x16) {
+                Protocol::Other(OtherReason::BadTls(format!(
+                    "no complete ClientHello in {MAX_SNIFF} bytes"
+                )))
+            } else {
+                Protocol::Other(OtherReason::Unknown)
+            };
+            return Ok(Sniffed {
+                protocol,
+                prefix: buf.freeze(),
+            });
+        }
+        buf.reserve(1024);
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        let reason = match read {
+            Ok(Ok(0)) => OtherReason::Closed,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => OtherReason::Silent,
+        };
+        return Ok(Sniffed {
+            protocol: Protocol::Other(reason),
+            prefix: buf.freeze(),
+        });
+    }
+}
+
+/// Some(verdict) once the bytes decide it; None while more are needed.
+fn classify(buf: &[u8]) -> Option<Protocol> {
+    let first = *buf.first()?;
+    if first == 0x16 {
+        return client_hello(buf);
+    }
+    if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
+        return Some(Protocol::H2);
+    }
+    let mut maybe = H2_PREFACE.starts_with(buf);
+    for m in METHODS {
+        if buf.starts_with(m) {
+            return Some(Protocol::Http1);
+        }
+        maybe |= m.starts_with(buf);
+    }
+    if maybe {
+        None
+    } else {
+        Some(Protocol::Other(OtherReason::Unknown))
+    }
+}
+
+/// Parses the ClientHello out of however many TLS records carry it; None until complete.
+fn client_hello(buf: &[u8]) -> Option<Protocol> {
+    let bad = |why: &str| Some(Protocol::Other(OtherReason::BadTls(why.to_string())));
+    // Handshake messages may span records: gather the handshake bytes first.
+    let mut hs = Vec::new();
+    let mut rest = buf;
+    loop {
+        if rest.len() < 5 {
+            break;
+        }
+        if rest[0] != 0x16 {
+            return bad("a non-handshake record before the ClientHello ended");
+        }
+        if rest[1] != 0x03 {
+            return bad("unknown record version");
+        }
+        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        if len == 0 || len > 16 * 1024 + 256 {
+            return bad("bad record length");
+        }
+        if rest.len() < 5 + len {
+            // Parse what is here: enough if the hello fits in the first record part.
+            hs.extend_from_slice(&rest[5..]);
+            break;
+        }
+        hs.extend_from_slice(&rest[5..5 + len]);
+        rest = &rest[5 + len..];
+        if hs.len() >= 4 {
+            let body = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
+            if hs.len() >= 4 + body {
+                break;
+            }
+        }
+    }
+    if hs.len() < 4 {
+        return None;
+    }
+    if hs[0] != 1 {
+        return bad("the first handshake message is not a ClientHello");
+    }
+    let body_len = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
+    if body_len > MAX_SNIFF {
+        return bad("ClientHello too large");
+    }
+    if hs.len() < 4 + body_len {
+        return None;
+    }
+    match parse_hello(&hs[4..4 + body_len]) {
+        Some(h) => Some(Protocol::Tls(h)),
+        None => bad("truncated or inconsistent ClientHello"),
+    }
+}
+
+fn parse_hello(mut b: &[u8]) -> Option<ClientHello> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, tail) = b.split_at(n);
+        *b = tail;
+        Some(head)
+    }
+    fn len8<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = *take(b, 1)?.first()? as usize;
+        take(b, n)
+    }
+    fn len16<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = take(b, 2)?;
+        take(b, u16::from_be_bytes([n[0], n[1]]) as usize)
+    }
+    take(&mut b, 2 + 32)?; // version, random
+    len8(&mut b)?; // session id
+    len16(&mut b)?; // cipher suites
+    len8(&mut b)?; // compression methods
+    let mut hello = ClientHello::default();
+    if b.is_empty() {
+        return Some(hello);
+    }
+    let mut exts = len16(&mut b)?;
+    while !exts.is_empty() {
+        let ty = take(&mut exts, 2)?;
+        let mut data = len16(&mut exts)?;
+        match u16::from_be_bytes([ty[0], ty[1]]) {
+            0 => {
+                let mut list = len16(&mut data)?;
+                while !list.is_empty() {
+                    let kind = take(&mut list, 1)?[0];
+                    let name = len16(&mut list)?;
+                    if kind == 0 {
+                        let name = std::str::from_utf8(name).ok()?;
+                        hello.sni = Some(name.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                }
+            }
+            16 => {
+                let mut list = len16(&mut data)?;
+                while !list.is_empty() {
+                    hello.alpn.push(len8(&mut list)?.to_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(hello)
+}
+
+/// A stream whose first bytes were already read: replays them, then reads the stream.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real ClientHello, as rustls writes it.
+    fn hello_bytes(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let roots = rustls::RootCertStore::empty();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("name");
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("conn");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    }
+
+    #[test]
+    fn client_hello_sni_and_alpn() {
+        let b = hello_bytes("API.Example.com", &[b"h2", b"http/1.1"]);
+        let Some(Protocol::Tls(h)) = classify(&b) else {
+            panic!("not tls: {:?}", classify(&b));
+        };
+        assert_eq!(h.sni.as_deref(), Some("api.example.com"));
+        assert!(h.offers(b"h2") && h.offers(b"http/1.1"));
+        // Every proper prefix asks for more.
+        for n in 1..b.len() {
+            assert_eq!(classify(&b[..n]), None, "prefix of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn hello_split_over_two_records_parses() {
+        let b = hello_bytes("split.example", &[]);
+        let body = &b[5..];
+        let (a, c) = body.split_at(40);
+        let mut two = Vec::new();
+        for part in [a, c] {
+            two.extend_from_slice(&[0x16, 0x03, 0x01]);
+            two.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            two.extend_from_slice(part);
+        }
+        let Some(Protocol::Tls(h)) = classify(&two) else {
+            panic!("not tls");
+        };
+        assert_eq!(h.sni.as_deref(), Some("split.example"));
+    }
+
+    #[test]
+    fn http_and_other() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"POS"), None);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::H2));
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH\r\n"),
+            Some(Protocol::Other(OtherReason::Unknown))
+        );
+        assert!(matches!(
+            classify(&[0x16, 0x03, 0x01, 0x00, 0x05, 2, 0, 0, 1, 0]),
+            Some(Protocol::Other(OtherReason::BadTls(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out_and_rewind_replays() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let s = sniff(&mut a, Duration::from_millis(50)).await.expect("sniff");
+        assert_eq!(s.protocol, Protocol::Other(OtherReason::Silent));
+        use tokio::io::AsyncWriteExt;
+        b.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.expect("write");
+        let s = sniff(&mut a, Duration::from_secs(1)).await.expect("sniff");
+        assert_eq!(s.protocol, Protocol::Http1);
+        let mut r = Rewind::new(s.prefix, a);
+        drop(b);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.expect("read");
+        assert_eq!(&all, b"GET /x HTTP/1.1\r\n\r\n");
+    }
+}
