@@ -407,3 +407,143 @@ pub fn curl_in(cg: &TestCgroup, args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+// === test parties (installed by `cargo xtask test` under target/) ===
+
+/// The venv `cargo xtask test` builds: Python with httpx, the MCP SDK and grpcio, pinned.
+pub fn party_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/testenv/bin/python")
+}
+
+/// A script from `tests/parties/`.
+pub fn party_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("parties")
+        .join(name)
+}
+
+/// Whether the pinned Python test parties are installed; panics in CI when they are not.
+pub fn parties_available(test: &str) -> bool {
+    if party_python().exists() {
+        return true;
+    }
+    let why = "the test parties are not installed (run `cargo xtask test`)";
+    if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
+        panic!("{test}: {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+/// A server process started for a test, killed on drop.
+pub struct Party {
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Party {
+    /// Runs `argv` and waits (at most 30 s) for 127.0.0.1:`port` to accept.
+    pub fn start(argv: &[&str], port: u16, log: PathBuf) -> Self {
+        let out = fs::File::create(log.with_extension("out")).expect("party log");
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        let mut p = Self { port, log, child };
+        let up = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "{argv:?} exited ({status}):\n{}",
+                    fs::read_to_string(p.log.with_extension("out")).unwrap_or_default()
+                );
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "{argv:?} did not listen on {port}");
+        p
+    }
+
+    /// The JSON lines the upstream logged, one per request it received.
+    pub fn requests(&self) -> Vec<Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Party {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "party output:\n{}",
+                fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The upstream of `tests/parties/upstream.py` (REST + JSON-RPC), plain or with TLS.
+pub fn upstream(dir: &Path, tls: Option<(&Path, &Path)>) -> Party {
+    let port = free_port();
+    let log = dir.join(format!("upstream-{port}.jsonl"));
+    let py = party_python();
+    let script = party_script("upstream.py");
+    let mut argv: Vec<String> = vec![
+        py.display().to_string(),
+        script.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--log".into(),
+        log.display().to_string(),
+    ];
+    if let Some((cert, key)) = tls {
+        argv.extend([
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    Party::start(&argv, port, log)
+}
+
+/// A policy repository written for one test: `callgate.yaml` plus `services/<name>.yaml`.
+pub fn policy_repo(dir: &Path, repo: &str, services: &[(&str, &str)]) -> PathBuf {
+    let root = dir.join("policies");
+    fs::create_dir_all(root.join("services")).expect("policy dir");
+    fs::write(root.join("callgate.yaml"), repo).expect("callgate.yaml");
+    for (name, text) in services {
+        fs::write(root.join("services").join(format!("{name}.yaml")), text).expect("service");
+    }
+    root
+}
+
+/// Every record a gateway wrote so far (`callgate records export`).
+pub fn records(gw: &Gateway) -> Vec<Value> {
+    let out = Command::new(callgate_bin())
+        .args(["records", "export", "--format", "jsonl", "--dir"])
+        .arg(gw.dir.join("state/records"))
+        .output()
+        .expect("records list");
+    assert!(
+        out.status.success(),
+        "records export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(a)) => a,
+        _ => text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    }
+}

@@ -345,7 +345,10 @@ async fn route(
             if let Some(name) = &hello.sni {
                 if !s.accepts_host(name, conn.dst.ip()) {
                     return refuse(
-                        format!("SNI {name} does not name service {} (at {})", s.name, conn.dst),
+                        format!(
+                            "SNI {name} does not name service {} (at {})",
+                            s.name, conn.dst
+                        ),
                         Some(&s.name),
                     );
                 }
@@ -365,11 +368,8 @@ async fn route(
                     let cfg = authority.server_config(dst_host.clone());
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     let io = Rewind::new(sniffed.prefix, client);
-                    match tokio::time::timeout(
-                        inputs.cfg.http.header_timeout,
-                        acceptor.accept(io),
-                    )
-                    .await
+                    match tokio::time::timeout(inputs.cfg.http.header_timeout, acceptor.accept(io))
+                        .await
                     {
                         Ok(Ok(tls)) => {
                             http::serve(tls, http_conn(true)).await;

@@ -76,7 +76,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let authority = match &policy {
         Some(_) => Some(Arc::new(Authority::load_or_create(&cfg.state_dir)?)),
         None => {
-            warn!("no policy (--policies): connections are passed through and recorded, not decided");
+            warn!(
+                "no policy (--policies): connections are passed through and recorded, not decided"
+            );
             None
         }
     };

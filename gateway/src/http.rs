@@ -140,8 +140,13 @@ impl Conn {
         // Read what the decision needs, bounded.
         let limits = &self.inputs.cfg.http;
         let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
-            match read_body(body, &parts.headers, limits.max_body_bytes, limits.body_timeout)
-                .await
+            match read_body(
+                body,
+                &parts.headers,
+                limits.max_body_bytes,
+                limits.body_timeout,
+            )
+            .await
             {
                 Ok(b) => (Some(b), None),
                 Err(r) => {
@@ -206,7 +211,14 @@ impl Conn {
             (None, None) => reply::full(Bytes::new()),
         };
         let resp = match self
-            .forward(&snap, service, &parts, body, &one.decision.obligations)
+            .forward(
+                &snap,
+                service,
+                kind,
+                &parts,
+                body,
+                &one.decision.obligations,
+            )
             .await
         {
             Ok(resp) => resp,
@@ -253,6 +265,7 @@ impl Conn {
         &self,
         snap: &Snapshot,
         service: Option<&Service>,
+        kind: Kind,
         parts: &http::request::Parts,
         body: ProxyBody,
         ob: &Obligations,
@@ -261,7 +274,9 @@ impl Conn {
         let host = authority(parts)
             .map(str::to_string)
             .unwrap_or_else(|| self.dst.to_string());
-        let h2c = !self.tls && parts.version == Version::HTTP_2;
+        // A plain-text upstream cannot say whether it speaks h2c: only gRPC (which needs
+        // HTTP/2) goes up as h2 with prior knowledge; anything else as HTTP/1.1.
+        let h2c = !self.tls && parts.version == Version::HTTP_2 && kind == Kind::Grpc;
         let uri = format!(
             "{}://{host}{}",
             if self.tls { "https" } else { "http" },
@@ -278,6 +293,9 @@ impl Conn {
             .body(body)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
         copy_end_to_end(&parts.headers, req.headers_mut());
+        // The body may have been cut down (a batch's allowed part): hyper frames it from its
+        // own length.
+        req.headers_mut().remove(header::CONTENT_LENGTH);
         if h2c {
             req.headers_mut().remove(header::HOST);
         }
@@ -286,11 +304,7 @@ impl Conn {
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
         inject::apply(req.headers_mut(), ob, &snap.credentials).map_err(|e| {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "credential_unavailable",
-                e,
-            )
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
         })?;
         let tls = if self.tls {
             let ca = service.and_then(|s| s.upstream_ca.clone());
@@ -444,7 +458,11 @@ fn refusal_for(d: &Decision, call: &OneCall) -> Refusal {
         policy_commit: d.policy.commit.clone(),
         ..Refusal::new(
             StatusCode::FORBIDDEN,
-            if approve { "approval_required" } else { "denied" },
+            if approve {
+                "approval_required"
+            } else {
+                "denied"
+            },
             d.reason.as_deref().map_or_else(
                 || {
                     if approve {
@@ -589,8 +607,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove("keep-alive");
     h.remove("proxy-connection");
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    if h
-        .get(header::TE)
+    if h.get(header::TE)
         .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(header::TE);

@@ -22,8 +22,13 @@ pub fn apply(
     }
     if let Some(inject) = &ob.inject {
         let secret = secret(&inject.from, named)?;
-        let (n, mut v) = header(&inject.header, &inject.format.replace("{}", &secret))
-            .map_err(|_| format!("credential for {} is not a valid header value", inject.header))?;
+        let (n, mut v) =
+            header(&inject.header, &inject.format.replace("{}", &secret)).map_err(|_| {
+                format!(
+                    "credential for {} is not a valid header value",
+                    inject.header
+                )
+            })?;
         v.set_sensitive(true);
         if inject.strip_caller_value {
             headers.remove(&n);

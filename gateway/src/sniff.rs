@@ -388,10 +388,14 @@ mod tests {
     #[tokio::test]
     async fn silent_client_times_out_and_rewind_replays() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        let s = sniff(&mut a, Duration::from_millis(50)).await.expect("sniff");
+        let s = sniff(&mut a, Duration::from_millis(50))
+            .await
+            .expect("sniff");
         assert_eq!(s.protocol, Protocol::Other(OtherReason::Silent));
         use tokio::io::AsyncWriteExt;
-        b.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.expect("write");
+        b.write_all(b"GET /x HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
         let s = sniff(&mut a, Duration::from_secs(1)).await.expect("sniff");
         assert_eq!(s.protocol, Protocol::Http1);
         let mut r = Rewind::new(s.prefix, a);

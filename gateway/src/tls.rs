@@ -284,11 +284,16 @@ mod tests {
         let a = Authority::load_or_create(&dir).expect("create");
         let pem1 = std::fs::read_to_string(dir.join("ca.crt")).expect("crt");
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.join("ca.key")).expect("key").permissions(),
+            &std::fs::metadata(dir.join("ca.key"))
+                .expect("key")
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
         let b = Authority::load_or_create(&dir).expect("reload");
-        assert_eq!(pem1, std::fs::read_to_string(dir.join("ca.crt")).expect("crt"));
+        assert_eq!(
+            pem1,
+            std::fs::read_to_string(dir.join("ca.crt")).expect("crt")
+        );
         assert_eq!(
             a.ca_cert.params().distinguished_name,
             b.ca_cert.params().distinguished_name
@@ -310,7 +315,10 @@ mod tests {
                 rustls::pki_types::UnixTime::now(),
             )
             .expect("leaf verifies");
-        assert!(Arc::ptr_eq(&leaf, &b.leaf("api.example.test").expect("cached")));
+        assert!(Arc::ptr_eq(
+            &leaf,
+            &b.leaf("api.example.test").expect("cached")
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -76,9 +76,11 @@ impl Upstreams {
         }
         let connector = Connector {
             dst: key.dst,
-            tls: key.tls.as_ref().zip(tls).map(|((name, _), cfg)| {
-                (name.clone(), TlsConnector::from(cfg))
-            }),
+            tls: key
+                .tls
+                .as_ref()
+                .zip(tls)
+                .map(|((name, _), cfg)| (name.clone(), TlsConnector::from(cfg))),
             timeout: self.connect_timeout,
         };
         let client = Client::builder(TokioExecutor::new())

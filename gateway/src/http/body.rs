@@ -129,7 +129,8 @@ impl Pending {
         if chunk.len() > room {
             self.truncated = true;
         }
-        self.capture.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.capture
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
     fn submit(mut self) -> Option<Durable> {

@@ -47,7 +47,14 @@ pub(super) async fn batch(
             None => snap.decide_unknown_destination().obligations,
         };
         match conn
-            .forward(snap, service, &parts, reply::full(Bytes::from(body)), &base)
+            .forward(
+                snap,
+                service,
+                Kind::JsonRpc,
+                &parts,
+                reply::full(Bytes::from(body)),
+                &base,
+            )
             .await
         {
             Ok(resp) => {
@@ -217,7 +224,12 @@ fn filter_sse(body: &[u8], may: &dyn Fn(&str) -> bool) -> Vec<u8> {
             out.extend_from_slice(line);
             continue;
         };
-        let end = data.len() - data.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+        let end = data.len()
+            - data
+                .iter()
+                .rev()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
         match filter_json(data[..end].trim_ascii_start(), may) {
             Some(json) => {
                 out.extend_from_slice(b"data: ");
@@ -240,7 +252,10 @@ mod tests {
         let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search_docs"},{"name":"delete_table"}]}}"#;
         let out = String::from_utf8(filter_json(json, &may).expect("filtered")).expect("utf8");
         assert!(out.contains("search_docs") && !out.contains("delete_table"));
-        let sse = format!("event: message\r\ndata: {}\r\n\r\n", String::from_utf8_lossy(json));
+        let sse = format!(
+            "event: message\r\ndata: {}\r\n\r\n",
+            String::from_utf8_lossy(json)
+        );
         let out = String::from_utf8(filter_sse(sse.as_bytes(), &may)).expect("utf8");
         assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
         assert!(out.ends_with("}\r\n\r\n"), "{out:?}");

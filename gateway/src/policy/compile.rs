@@ -961,7 +961,9 @@ impl Snapshot {
 /// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 address is left alone.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
     }
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -1037,7 +1039,11 @@ impl Service {
     /// names accepts any.
     pub fn accepts_host(&self, host: &str, dst: IpAddr) -> bool {
         let host = strip_port(host);
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return ip == dst || ip.to_canonical() == dst.to_canonical();
         }
         if self.names.is_empty() {

@@ -126,7 +126,11 @@ impl Snapshot {
         }
         for &i in service.candidates(function) {
             let rule = &service.rules[i as usize];
-            if rule.caller.as_ref().is_some_and(|c| caller_matches(c, caller).is_err()) {
+            if rule
+                .caller
+                .as_ref()
+                .is_some_and(|c| caller_matches(c, caller).is_err())
+            {
                 continue;
             }
             match rule.action {

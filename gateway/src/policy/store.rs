@@ -110,11 +110,14 @@ impl PolicyStore {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev {
-                // Git's own bookkeeping changes constantly; only the policy files matter.
-                if ev
-                    .paths
-                    .iter()
-                    .any(|p| !p.components().any(|c| c.as_os_str() == ".git"))
+                // Reading the files is an event too (inotify reports opens): reacting to it
+                // would reload forever. Git's own bookkeeping changes constantly; only the
+                // policy files matter.
+                if !matches!(ev.kind, notify::EventKind::Access(_))
+                    && ev
+                        .paths
+                        .iter()
+                        .any(|p| !p.components().any(|c| c.as_os_str() == ".git"))
                 {
                     let _ = tx.send(());
                 }

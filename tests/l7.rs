@@ -1,0 +1,443 @@
+//! The L7 data path end to end: unmodified clients (curl, Node's fetch, Python httpx) in an
+//! enabled cgroup call a real upstream through the gateway, which decides each call from a
+//! policy repository, masks the answers, injects a credential and records every call.
+use std::{fs, path::Path, time::Duration};
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
+
+fn payments(port: u16, secret: &Path) -> String {
+    format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{port}", "payments.test:{port}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  text: {{ route: "GET /text" }}
+rules:
+  - name: small-refunds
+    function: refund
+    args: {{ amount: {{ max: 100 }}, currency: {{ in: [USD, EUR] }} }}
+    action: allow
+  - name: big-refunds
+    function: refund
+    args: {{ amount: {{ gt: 100 }} }}
+    action: approve
+    approval: {{ approvers: {{ groups: [finance] }}, timeout: 1m }}
+  - name: reads
+    function: get_payment
+    action: allow
+  - name: text
+    function: text
+    action: allow
+response:
+  mask: [card_number, email, {{ field: "$.customer.ssn" }}]
+credentials:
+  inject: {{ header: X-Api-Key, from: {{ file: "{}" }} }}
+"#,
+        secret.display()
+    )
+}
+
+fn ledger(port: u16) -> String {
+    format!(
+        r#"
+service: ledger
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: jsonrpc
+functions:
+  balance: {{ method: ledger.balance }}
+  transfer: {{ method: ledger.transfer }}
+rules:
+  - {{ name: balances, function: balance, action: allow }}
+  - name: no-transfers
+    function: transfer
+    action: deny
+    reason: transfers need the treasury's approval
+response:
+  mask: [card_number]
+"#
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    cg: TestCgroup,
+    up: Party,
+    rpc: Party,
+    dir: std::path::PathBuf,
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !ebpf_available(test) || !parties_available(test) {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-l7"));
+    fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("payments.secret");
+    fs::write(&secret, "s3cr3t-from-gateway\n").expect("secret");
+    let up = upstream(&dir, None);
+    let rpc = upstream(&dir, None);
+    let policies = policy_repo(
+        &dir,
+        REPO,
+        &[
+            ("payments", &payments(up.port, &secret)),
+            ("ledger", &ledger(rpc.port)),
+        ],
+    );
+    let config = dir.join("callgate.yaml");
+    fs::write(
+        &config,
+        "http:\n  max_body_kb: 64\n  header_timeout_s: 2\n  max_header_kb: 16\n",
+    )
+    .expect("config");
+    let gw = Gateway::start_with(&[
+        "--policies",
+        &policies.display().to_string(),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    let cg = TestCgroup::new("l7");
+    gw.enable(&cg);
+    Some(Setup {
+        gw,
+        cg,
+        up,
+        rpc,
+        dir,
+    })
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Waits until the gateway has written a record matching `pred`.
+fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(10), || {
+        records(gw).into_iter().find(&pred)
+    })
+    .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
+}
+
+#[test]
+fn rest_calls_are_decided_masked_injected_and_recorded() {
+    let Some(s) = setup("rest_calls_are_decided_masked_injected_and_recorded") else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", s.up.port);
+
+    // Allowed: forwarded with the gateway's credential instead of the caller's, answer masked.
+    let (code, body) = curl_in(
+        &s.cg,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Api-Key: caller-made-this-up",
+            "-d",
+            r#"{"amount": 50, "currency": "EUR"}"#,
+            &format!("{base}/v1/payments/p_1/refund"),
+        ],
+    );
+    assert_eq!(code, 0, "curl failed: {body}");
+    let v = json(&body);
+    let seen = s.up.requests();
+    let last = seen.last().expect("the upstream got the call");
+    assert_eq!(
+        last["headers"]["x-api-key"], "s3cr3t-from-gateway",
+        "{last}"
+    );
+    assert!(!body.contains("4111 1111 1111 1111"), "card leaked: {body}");
+    assert!(
+        !body.contains("jane.doe@example.com"),
+        "e-mail leaked: {body}"
+    );
+    assert!(!body.contains("078-05-1120"), "SSN leaked: {body}");
+    assert_eq!(
+        v["card"], "************1111",
+        "cards are masked partially: {body}"
+    );
+
+    // Denied by default (amount is fine but currency is not): 403 JSON, upstream untouched.
+    let before = s.up.requests().len();
+    let (_, body) = curl_in(
+        &s.cg,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"amount": 5, "currency": "XXX"}"#,
+            &format!("{base}/v1/payments/p_2/refund"),
+        ],
+    );
+    let (body, status) = body.rsplit_once('\n').expect("status line");
+    assert_eq!(status, "403", "{body}");
+    let v = json(body);
+    assert_eq!(v["error"], "denied");
+    assert_eq!(v["service"], "payments");
+    assert_eq!(v["function"], "refund");
+    // Approval is not built yet: held calls are refused, never let through.
+    let (_, body) = curl_in(
+        &s.cg,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"amount": 500, "currency": "USD"}"#,
+            &format!("{base}/v1/payments/p_3/refund"),
+        ],
+    );
+    let v = json(&body);
+    assert_eq!(v["error"], "approval_required", "{body}");
+    assert_eq!(v["rule"], "big-refunds");
+    // A Host naming something else is refused.
+    let (_, body) = curl_in(
+        &s.cg,
+        &["-H", "Host: evil.test", &format!("{base}/v1/payments/p_1")],
+    );
+    assert_eq!(json(&body)["error"], "host_mismatch", "{body}");
+    assert_eq!(
+        s.up.requests().len(),
+        before,
+        "a refused call reached the upstream"
+    );
+
+    // Node's fetch, HTTP/1.1 keep-alive; text bodies are masked too.
+    let out = s.cg.run(&[
+        "node",
+        "-e",
+        &format!(
+            "(async () => {{ for (const p of ['/v1/payments/p_9', '/text']) {{ \
+               const r = await fetch('{base}' + p); console.log(r.status, await r.text()); }} }})()"
+        ),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("200 {"), "{text}");
+    assert!(text.contains("card ************1111 end"), "{text}");
+    assert!(!text.contains("4111"), "{text}");
+
+    // Python httpx over h2 with prior knowledge: a second protocol version on the same path.
+    let out = s.cg.run(&[
+        &party_python().display().to_string(),
+        "-c",
+        &format!(
+            "import httpx\n\
+             with httpx.Client(http1=False, http2=True) as c:\n\
+             \x20   r = c.get('{base}/v1/payments/p_h2')\n\
+             \x20   print(r.http_version, r.status_code, r.json()['card'])\n"
+        ),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "httpx: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(!text.contains("4111"), "{text}");
+
+    // The record: function, masked arguments, decision, status.
+    let r = record_where(&s.gw, "the allowed refund", |r| {
+        r["function"] == "refund" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["service"], "payments");
+    assert_eq!(r["protocol"], "rest");
+    assert_eq!(r["args"]["amount"], 50);
+    assert_eq!(r["args"]["payment_id"], "p_1");
+    assert_eq!(r["status"], 200);
+    assert!(
+        !r.to_string().contains("4111 1111"),
+        "raw card in a record: {r}"
+    );
+    assert!(
+        !r.to_string().contains("s3cr3t"),
+        "the credential reached a record: {r}"
+    );
+    let r = record_where(&s.gw, "the approval refusal", |r| {
+        r["decision"]["action"] == "approve"
+    });
+    assert_eq!(r["decision"]["rule"], "big-refunds");
+    assert_eq!(r["status"], 403);
+}
+
+#[test]
+fn jsonrpc_batch_answers_denied_elements_itself() {
+    let Some(s) = setup("jsonrpc_batch_answers_denied_elements_itself") else {
+        return;
+    };
+    let url = format!("http://127.0.0.1:{}/rpc", s.rpc.port);
+    let batch = r#"[
+        {"jsonrpc":"2.0","id":1,"method":"ledger.balance","params":{"account":"a1"}},
+        {"jsonrpc":"2.0","id":2,"method":"ledger.transfer","params":["a1","a2",10]},
+        {"jsonrpc":"2.0","method":"ledger.balance","params":{}}
+    ]"#;
+    let (code, body) = curl_in(
+        &s.cg,
+        &["-H", "Content-Type: application/json", "-d", batch, &url],
+    );
+    assert_eq!(code, 0, "{body}");
+    let v = json(&body);
+    let items = v.as_array().expect("a batch answer");
+    assert_eq!(items.len(), 2, "one answer per call with an id: {body}");
+    assert_eq!(items[0]["id"], 1);
+    assert_eq!(items[0]["result"]["method"], "ledger.balance");
+    assert!(!body.contains("4111 1111"), "{body}");
+    assert_eq!(items[1]["id"], 2);
+    assert_eq!(items[1]["error"]["code"], -32001);
+    assert!(
+        items[1]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("treasury")),
+        "{body}"
+    );
+    // Only the allowed elements went upstream.
+    let sent = s.rpc.requests();
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0]["body"].as_str().unwrap_or("").contains("transfer"));
+
+    // A single denied call never reaches the upstream; a malformed body is a clear error.
+    let (_, body) = curl_in(
+        &s.cg,
+        &[
+            "-d",
+            r#"{"jsonrpc":"2.0","id":"x","method":"ledger.transfer"}"#,
+            &url,
+        ],
+    );
+    assert_eq!(
+        json(&body)["error"]["data"]["rule"],
+        "no-transfers",
+        "{body}"
+    );
+    let (_, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", "-d", "{not json", &url]);
+    assert!(body.ends_with("400"), "{body}");
+    assert_eq!(s.rpc.requests().len(), 1);
+    let r = record_where(&s.gw, "the denied transfer in the batch", |r| {
+        r["function"] == "transfer" && r["decision"]["action"] == "deny"
+    });
+    assert_eq!(r["args"]["2"], 10, "positional params by index: {r}");
+}
+
+#[test]
+fn hostile_input_is_bounded_and_the_gateway_keeps_serving() {
+    let Some(s) = setup("hostile_input_is_bounded_and_the_gateway_keeps_serving") else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", s.up.port);
+    let py = party_python().display().to_string();
+    // Not HTTP, on a service without `tcp: allow`: closed, recorded as a refusal.
+    let out = s.cg.run(&[
+        &py,
+        "-c",
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('127.0.0.1', {}), timeout=5)\n\
+             s.sendall(b'SSH-2.0-OpenSSH_9.2\\r\\n')\n\
+             print(repr(s.recv(100)))\n",
+            s.up.port
+        ),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b''");
+    record_where(&s.gw, "the refused SSH connection", |r| {
+        r["protocol"] == "tcp"
+            && r["decision"]["action"] == "deny"
+            && r["decision"]["reason"]
+                .as_str()
+                .is_some_and(|x| x.contains("tcp: deny"))
+    });
+    // Oversized headers: 431; an oversized inspected body: 413 before the upstream sees it.
+    let big = format!("X-Big: {}", "a".repeat(32 * 1024));
+    let (_, status) = curl_in(
+        &s.cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &big,
+            &format!("{base}/text"),
+        ],
+    );
+    assert_eq!(status, "431");
+    let before = s.up.requests().len();
+    let body = format!(
+        r#"{{"amount": 1, "currency": "EUR", "pad": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let (_, status) = curl_in(
+        &s.cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("{base}/v1/payments/p/refund"),
+        ],
+    );
+    assert_eq!(status, "413");
+    assert_eq!(s.up.requests().len(), before);
+    // Slowloris: a client that never finishes its headers is cut off after header_timeout_s
+    // (2 s here), while another client is served meanwhile.
+    let out = s.cg.run(&[
+        &py,
+        "-c",
+        &format!(
+            "import socket, time, urllib.request\n\
+             s = socket.create_connection(('127.0.0.1', {port}), timeout=10)\n\
+             s.sendall(b'GET /text HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nX-Slow: ')\n\
+             t = time.time()\n\
+             print(urllib.request.urlopen('{base}/text', timeout=5).status)\n\
+             try:\n\
+             \x20   data = s.recv(100)\n\
+             except Exception as e:\n\
+             \x20   data = repr(e).encode()\n\
+             print(round(time.time() - t), data[:12])\n",
+            port = s.up.port
+        ),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = lines.next().unwrap_or_default();
+    let secs: u64 = last
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(99);
+    assert!(secs <= 4, "slow client held for {secs}s: {last}");
+    // Still serving.
+    let (code, body) = curl_in(&s.cg, &[&format!("{base}/text")]);
+    assert_eq!(code, 0, "{body}");
+}

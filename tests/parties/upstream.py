@@ -1,0 +1,76 @@
+"""A small upstream for the end-to-end tests: REST routes and a JSON-RPC endpoint, over HTTP
+or HTTPS. Every request it receives is appended to --log as one JSON line, so a test can tell
+whether the gateway forwarded a call (and with which headers) or answered it itself."""
+import argparse
+import json
+import ssl
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CARD = "4111 1111 1111 1111"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with open(self.server.log_path, "a") as log:
+            log.write(json.dumps({
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode(errors="replace"),
+            }) + "\n")
+        if self.path == "/rpc":
+            msgs = json.loads(body)
+            batch = isinstance(msgs, list)
+            out = [{"jsonrpc": "2.0", "id": m["id"],
+                    "result": {"method": m["method"], "card": CARD}}
+                   for m in (msgs if batch else [msgs]) if "id" in m]
+            return self.reply(200, out if batch else out[0])
+        if self.path.startswith("/v1/payments/"):
+            return self.reply(200, {
+                "path": self.path,
+                "card": CARD,
+                "customer": {"email": "jane.doe@example.com", "ssn": "078-05-1120"},
+            })
+        if self.path == "/text":
+            return self.reply(200, f"card {CARD} end\n".encode(), "text/plain")
+        return self.reply(404, {"error": "no such route"})
+
+    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--log", required=True)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    a = p.parse_args()
+    srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    srv.log_path = a.log
+    if a.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    print("ready", flush=True)
+    sys.stdout.flush()
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
