@@ -14,7 +14,18 @@ const LLVM_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// What the end-to-end tests drive: real clients and real servers.
-const TEST_PACKAGES: &[&str] = &["curl", "python3", "iproute2", "coreutils"];
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "python3",
+    "python3-venv",
+    "iproute2",
+    "coreutils",
+    "openssl",
+    "ca-certificates",
+    "util-linux",
+];
+/// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers.
+const TEST_PYTHON: &[&str] = &["mcp==1.27.0", "httpx[http2]==0.28.1", "grpcio==1.85.1"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -60,6 +71,10 @@ pub fn run(needs: &Needs) -> Result<()> {
         )?;
     }
 
+    if needs.test_parties {
+        python_parties()?;
+    }
+
     if !toolchain_has_rust_src() {
         println!("setup: rustup toolchain install nightly --component rust-src");
         run_cmd(Command::new("rustup").args([
@@ -94,6 +109,29 @@ pub fn run(needs: &Needs) -> Result<()> {
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
     }
+    Ok(())
+}
+
+/// A venv under `target/testenv` with [`TEST_PYTHON`]; rebuilt only when the pins change.
+fn python_parties() -> Result<()> {
+    let venv = std::path::Path::new("target/testenv");
+    let stamp = venv.join("callgate-pins");
+    let pins = TEST_PYTHON.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
+        return Ok(());
+    }
+    println!(
+        "setup: python venv target/testenv with {}",
+        TEST_PYTHON.join(" ")
+    );
+    let _ = std::fs::remove_dir_all(venv);
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(TEST_PYTHON),
+    )?;
+    std::fs::write(&stamp, pins)?;
     Ok(())
 }
 
