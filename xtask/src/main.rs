@@ -45,7 +45,7 @@ enum Task {
     },
     /// Run benchmarks and print ratios against a baseline measured in the same run.
     Bench {
-        /// Which suite: `connect`, `decide`, `mask`, `record`, or `all`.
+        /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, or `all`.
         #[arg(long, default_value = "connect")]
         suite: String,
     },
@@ -210,7 +210,7 @@ fn run_counting(cmd: &mut Command) -> Result<()> {
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
-    const SUITES: [&str; 4] = ["connect", "decide", "mask", "record"];
+    const SUITES: [&str; 5] = ["connect", "decide", "mask", "record", "l7"];
     let suites: Vec<&str> = match suite {
         "all" => SUITES.to_vec(),
         s if SUITES.contains(&s) => vec![s],

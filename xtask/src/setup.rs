@@ -23,6 +23,9 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "ca-certificates",
     "util-linux",
+    // Benchmark baselines and load generators.
+    "nginx",
+    "wrk",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers.
 const TEST_PYTHON: &[&str] = &["mcp==1.27.0", "httpx[http2]==0.28.1", "grpcio==1.85.1"];
