@@ -85,13 +85,20 @@ response:
         "the callgate runs did not go through the gateway ({calls} calls)"
     );
 
-    println!("\nl7 suite: GET of a {} byte JSON answer, HTTP/1.1 keep-alive, wrk", BODY.len());
+    println!(
+        "\nl7 suite: GET of a {} byte JSON answer, HTTP/1.1 keep-alive, wrk",
+        BODY.len()
+    );
     println!("full load ({}):", FULL.join(" "));
     println!(
         "{:<12} {:>12} {:>10} {:>10} {:>14}",
         "", "req/s", "p50 µs", "p99 µs", "req/s vs nginx"
     );
-    for (name, r) in [("direct", &direct.0), ("nginx", &proxy.0), ("callgate", &gate.0)] {
+    for (name, r) in [
+        ("direct", &direct.0),
+        ("nginx", &proxy.0),
+        ("callgate", &gate.0),
+    ] {
         println!(
             "{name:<12} {:>12.0} {:>10.0} {:>10.0} {:>13.2}x",
             r.rps,
@@ -105,7 +112,11 @@ response:
         "{:<12} {:>12} {:>10} {:>10} {:>16}",
         "", "req/s", "p50 µs", "p99 µs", "added p99 µs"
     );
-    for (name, r) in [("direct", &direct.1), ("nginx", &proxy.1), ("callgate", &gate.1)] {
+    for (name, r) in [
+        ("direct", &direct.1),
+        ("nginx", &proxy.1),
+        ("callgate", &gate.1),
+    ] {
         println!(
             "{name:<12} {:>12.0} {:>10.0} {:>10.0} {:>16.0}",
             r.rps,
@@ -190,7 +201,13 @@ fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> Party
     )
     .expect("nginx.conf");
     Party::start(
-        &["nginx", "-c", &conf.display().to_string(), "-p", &root.display().to_string()],
+        &[
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &root.display().to_string(),
+        ],
         port,
         root.join("nginx.log"),
     )

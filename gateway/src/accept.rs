@@ -300,7 +300,10 @@ async fn route(
             tls,
             workload: serde_json::to_value(&conn.workload).unwrap_or_default(),
             caller: Caller {
-                workload: Some(policy_workload(&conn.workload)),
+                workload: Some(policy_workload(
+                    &conn.workload,
+                    inputs.interceptor.cgroup_mount(),
+                )),
                 ..Caller::default()
             },
             session: conn.session.clone(),
@@ -413,13 +416,20 @@ fn reason(d: &crate::policy::Decision) -> String {
         .to_string()
 }
 
-fn policy_workload(w: &WorkloadInfo) -> Workload {
+/// The workload as policy sees it: cgroup paths relative to the cgroup mount, as
+/// `/proc/PID/cgroup` prints them.
+fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
+    let cgroup = w.cgroup.as_deref().map(|c| {
+        std::path::Path::new(c)
+            .strip_prefix(mount)
+            .map_or_else(|_| c.to_string(), |rel| format!("/{}", rel.display()))
+    });
     Workload {
         pid: Some(w.pid),
         uid: Some(w.uid),
         user: None,
         unit: w.unit.clone(),
-        cgroup: w.cgroup.clone(),
+        cgroup,
         comm: Some(w.comm.clone()),
     }
 }

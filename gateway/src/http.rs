@@ -94,17 +94,19 @@ impl Conn {
         let (parts, body) = req.into_parts();
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
         let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
-        let mut rec = Record::new(self.session.clone(), self.dst.to_string());
-        rec.workload = Some(self.workload.clone());
-        rec.protocol = kind.as_str().into();
-        rec.service = service.map(|s| s.name.to_string());
-        let recording = self.inputs.recorder.clone().map(|recorder| Recording {
-            recorder,
-            rec,
-            started,
-            stats: self.inputs.stats.clone(),
-            key: self.inputs.mask_key.clone(),
-            full: true,
+        let recording = self.inputs.recorder.clone().map(|recorder| {
+            let mut rec = Record::new(self.session.clone(), self.dst.to_string());
+            rec.workload = Some(self.workload.clone());
+            rec.protocol = kind.as_str().into();
+            rec.service = service.map(|s| s.name.to_string());
+            Recording {
+                recorder,
+                rec,
+                started,
+                stats: self.inputs.stats.clone(),
+                key: self.inputs.mask_key.clone(),
+                full: true,
+            }
         });
 
         // Refusals that need no call: the name the client used, and the call log.
@@ -179,8 +181,8 @@ impl Conn {
         let decided: Vec<Decided> = extracted
             .calls
             .into_iter()
-            .map(|call| {
-                let decision = self.decide(&snap, service, &call);
+            .map(|mut call| {
+                let decision = self.decide(&snap, service, &mut call);
                 Decided { call, decision }
             })
             .collect();
@@ -236,7 +238,7 @@ impl Conn {
         self.respond(kind, parts.version, resp, one, recording)
     }
 
-    fn decide(&self, snap: &Snapshot, service: Option<&Service>, call: &OneCall) -> Decision {
+    fn decide(&self, snap: &Snapshot, service: Option<&Service>, call: &mut OneCall) -> Decision {
         let Some(service) = service else {
             return snap.decide_unknown_destination();
         };
@@ -252,12 +254,15 @@ impl Conn {
                 policy: snap.version.clone(),
             };
         }
-        // The call is cloned into the policy's shape only for the decision's lifetime.
+        // Lent to the policy's shape for the decision, then given back: no copy per call.
         let c = Call {
-            function: call.function.clone(),
-            args: call.args.clone(),
+            function: std::mem::take(&mut call.function),
+            args: std::mem::take(&mut call.args),
         };
-        snap.decide(service, &c, &self.caller)
+        let d = snap.decide(service, &c, &self.caller);
+        call.function = c.function;
+        call.args = c.args;
+        d
     }
 
     /// Sends an allowed request to the original destination.

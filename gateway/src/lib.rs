@@ -1,10 +1,12 @@
 //! callgate: a function-call gateway for Linux hosts.
 //!
 //! An eBPF program attached to enabled cgroups redirects their outbound TCP connections into
-//! this gateway, which recovers each connection's original destination and workload and
-//! forwards it. Modules follow the pipeline of `DESIGN.md`, one stage each:
-//! [`intercept`] (kernel side, userspace half) → [`accept`] → [`forward`], with [`admin`] for
-//! the control socket and [`daemon`] wiring them together.
+//! this gateway, which recovers each connection's original destination and workload, turns its
+//! traffic into calls and decides, forwards, masks and records each one. Modules follow the
+//! pipeline of `DESIGN.md`, one stage each: [`intercept`] (userspace half) → [`accept`] →
+//! [`sniff`] → [`tls`] → [`http`] → [`extract`] → [`policy`] (decide) → [`inject`] →
+//! [`forward`] → [`mask`] → [`record`], with [`reply`] for the gateway's own answers, [`admin`]
+//! for the control socket and [`daemon`] wiring them together.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod accept;
