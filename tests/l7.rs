@@ -268,6 +268,10 @@ fn rest_calls_are_decided_masked_injected_and_recorded() {
     assert_eq!(r["args"]["payment_id"], "p_1");
     assert_eq!(r["status"], 200);
     assert!(
+        r["decision"].get("reason").is_none(),
+        "a completed call: {r}"
+    );
+    assert!(
         !r.to_string().contains("4111 1111"),
         "raw card in a record: {r}"
     );

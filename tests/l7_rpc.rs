@@ -172,6 +172,11 @@ rules:
     let r = record_where(&s.gw, "the SayHello call", |r| r["function"] == "hello");
     assert_eq!(r["protocol"], "grpc");
     assert_eq!(r["args"]["metadata"]["x-team"], "support");
+    assert_eq!(r["status"], 200);
+    assert!(
+        r["decision"].get("reason").is_none(),
+        "a completed call: {r}"
+    );
     record_where(&s.gw, "the denied Delete", |r| {
         r["function"] == "delete" && r["decision"]["action"] == "deny"
     });

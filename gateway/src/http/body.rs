@@ -276,8 +276,12 @@ impl Body for CallBody {
 impl Drop for CallBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            p.incomplete
-                .get_or_insert_with(|| "the client went away before the response ended".into());
+            // hyper may stop polling once a body of known length is written: that is an end,
+            // not a client that went away.
+            if !self.inner.is_end_stream() {
+                p.incomplete
+                    .get_or_insert_with(|| "the client went away before the response ended".into());
+            }
             let _ = p.submit();
         }
     }
