@@ -85,6 +85,18 @@ struct Decided {
     decision: Decision,
 }
 
+impl Decided {
+    /// This call's record, begun from the request's: its decision as decided, or (`refusal`)
+    /// as the gateway then answered it. None when recording is off or the policy says not to.
+    fn recording(&self, r: Option<Recording>, refusal: Option<&Refusal>) -> Option<Recording> {
+        let decision = match refusal {
+            Some(refusal) => refused_decision(Some(&self.decision), refusal),
+            None => recorded_decision(&self.decision),
+        };
+        r?.with_call(&self.call, decision, Some(&self.decision.obligations))
+    }
+}
+
 impl Conn {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -375,13 +387,7 @@ impl Conn {
                 "unmaskable_response",
                 "the upstream compressed a response that policy says to mask",
             );
-            if let Some(rec) = recording.and_then(|rec| {
-                rec.with_call(
-                    &one.call,
-                    refused_decision(Some(&one.decision), &r),
-                    Some(&one.decision.obligations),
-                )
-            }) {
+            if let Some(rec) = one.recording(recording, Some(&r)) {
                 // Not waited for: the answer is an error either way.
                 let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
             }
@@ -407,14 +413,8 @@ impl Conn {
             .recorder
             .as_ref()
             .map_or(0, |r| r.response_cap());
-        let pending = recording
-            .and_then(|r| {
-                r.with_call(
-                    &one.call,
-                    recorded_decision(&one.decision),
-                    Some(&one.decision.obligations),
-                )
-            })
+        let pending = one
+            .recording(recording, None)
             .map(|r| body::Pending::new(r, status, cap));
         let body = body::CallBody::new(incoming, masker, pending);
         Response::from_parts(parts, body.boxed_unsync())

@@ -11,8 +11,7 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::{
-    Conn, Decided, body::Recording, body::response_value, json_bytes, recorded_decision,
-    refusal_for, strip_hop_by_hop,
+    Conn, Decided, body::Recording, body::response_value, json_bytes, refusal_for, strip_hop_by_hop,
 };
 use crate::{
     extract::Kind,
@@ -105,13 +104,7 @@ pub(super) async fn batch(
                 a
             })
         };
-        if let Some(rec) = recording.clone().and_then(|r| {
-            r.with_call(
-                &d.call,
-                recorded_decision(&d.decision),
-                Some(&d.decision.obligations),
-            )
-        }) {
+        if let Some(rec) = d.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status.as_u16()), answer.clone(), false, 0);
         }
         if let Some(a) = answer {
@@ -144,13 +137,7 @@ pub(super) async fn list_tools(
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
     let record = |status: u16, response: Option<Json>| {
-        if let Some(rec) = recording.clone().and_then(|r| {
-            r.with_call(
-                &one.call,
-                recorded_decision(&one.decision),
-                Some(&one.decision.obligations),
-            )
-        }) {
+        if let Some(rec) = one.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status), response, false, 0);
         }
     };
