@@ -36,16 +36,17 @@ pub fn ebpf_available(test: &str) -> bool {
     } else {
         None
     };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") => {
-            panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1")
-        }
-        Some(why) => {
-            eprintln!("SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)");
-            false
-        }
+    why.is_none_or(|why| skip(test, why))
+}
+
+/// Reports a missing prerequisite: a failure in CI (`CALLGATE_REQUIRE_EBPF=1`), a skip
+/// otherwise. Returns false (the test does not run) when it returns at all.
+fn skip(test: &str, why: &str) -> bool {
+    if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
+        panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1");
     }
+    eprintln!("SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)");
+    false
 }
 
 pub fn cgroup_mount() -> Option<PathBuf> {
@@ -424,15 +425,11 @@ pub fn party_script(name: &str) -> PathBuf {
 
 /// Whether the pinned Python test parties are installed; panics in CI when they are not.
 pub fn parties_available(test: &str) -> bool {
-    if party_python().exists() {
-        return true;
-    }
-    let why = "the test parties are not installed (run `cargo xtask test`)";
-    if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
-        panic!("{test}: {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
-    false
+    party_python().exists()
+        || skip(
+            test,
+            "the test parties are not installed (run `cargo xtask test`)",
+        )
 }
 
 /// A server process started for a test, killed on drop.
@@ -546,4 +543,12 @@ pub fn records(gw: &Gateway) -> Vec<Value> {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect(),
     }
+}
+
+/// Waits (at most 10 s) for a record matching `pred`; panics with every record if none comes.
+pub fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(10), || {
+        records(gw).into_iter().find(&pred)
+    })
+    .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
 }

@@ -1,7 +1,7 @@
 //! The L7 data path end to end: unmodified clients (curl, Node's fetch, Python httpx) in an
 //! enabled cgroup call a real upstream through the gateway, which decides each call from a
 //! policy repository, masks the answers, injects a credential and records every call.
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -124,14 +124,6 @@ impl Drop for Setup {
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// Waits until the gateway has written a record matching `pred`.
-fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_for(Duration::from_secs(10), || {
-        records(gw).into_iter().find(&pred)
-    })
-    .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! MCP and gRPC end to end: the official MCP Python SDK's client and server, and grpcio's, all
 //! unmodified, with the client in an enabled cgroup.
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, path::PathBuf};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -56,13 +56,6 @@ fn run_json(cg: &TestCgroup, argv: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_for(Duration::from_secs(10), || {
-        records(gw).into_iter().find(&pred)
-    })
-    .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
 }
 
 #[test]

@@ -1,10 +1,9 @@
 //! TLS end to end: interception (the client trusts the gateway's CA through the system trust
 //! store, set up in a mount namespace of the test's own), passthrough decided on SNI, and a
 //! broken handshake.
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, path::Path, process::Command};
 
 use callgate_e2e::*;
-use serde_json::Value;
 
 const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
 
@@ -30,13 +29,6 @@ fn test_pki(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_for(Duration::from_secs(10), || {
-        records(gw).into_iter().find(&pred)
-    })
-    .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
 }
 
 #[test]
