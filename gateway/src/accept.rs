@@ -28,6 +28,10 @@ use crate::{
     config::{self, Config},
     forward::{self, pool::Upstreams},
     http,
+    identity::{
+        Verifier,
+        workload::{self, Users},
+    },
     intercept::{self, Interceptor},
     mask::MaskKey,
     policy::{
@@ -60,6 +64,9 @@ pub struct ProxyInputs {
     pub interceptor: Arc<Interceptor>,
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
+    pub users: Users,
+    /// Verifies callers' OIDC tokens (with a policy).
+    pub verifier: Option<Arc<Verifier>>,
     /// The call log; `None` when recording is off.
     pub recorder: Option<Recorder>,
     /// Makes session ids unique across restarts (connection ids start at 1 each run).
@@ -299,13 +306,14 @@ async fn route(
             sni: sni.clone(),
             tls,
             workload: serde_json::to_value(&conn.workload).unwrap_or_default(),
-            caller: Caller {
+            caller: Arc::new(Caller {
                 workload: Some(policy_workload(
                     &conn.workload,
                     inputs.interceptor.cgroup_mount(),
                 )),
                 ..Caller::default()
-            },
+            }),
+            last_token: Default::default(),
             session: conn.session.clone(),
         })
     };
@@ -427,10 +435,12 @@ fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
     Workload {
         pid: Some(w.pid),
         uid: Some(w.uid),
-        user: None,
+        gid: Some(w.gid),
+        user: w.user.clone(),
         unit: w.unit.clone(),
         cgroup,
         comm: Some(w.comm.clone()),
+        exe: w.exe.clone(),
     }
 }
 
@@ -526,5 +536,7 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
         cgroup_id: w.cgroup_id,
         unit: cgroup.as_deref().and_then(cgroup::unit_of),
         cgroup: cgroup.map(|p| p.display().to_string()),
+        user: inputs.users.name(w.uid).map(|u| u.to_string()),
+        exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
     }
 }

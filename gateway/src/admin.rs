@@ -83,6 +83,9 @@ pub struct Status {
     pub policy: Option<ReloadStatus>,
     #[serde(default)]
     pub records: Option<crate::record::RecorderStatus>,
+    /// OIDC providers and the state of their signing keys.
+    #[serde(default)]
+    pub identity: Vec<crate::identity::oidc::ProviderStatus>,
     pub enabled: Vec<Enabled>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
@@ -97,6 +100,7 @@ pub struct AdminInputs {
     pub listeners: Vec<String>,
     pub policy: Option<Arc<PolicyStore>>,
     pub recorder: Option<crate::record::Recorder>,
+    pub verifier: Option<Arc<crate::identity::Verifier>>,
     pub started: Instant,
 }
 
@@ -244,6 +248,11 @@ fn status(inputs: &AdminInputs) -> Status {
         cgroup_mount: inputs.interceptor.cgroup_mount().display().to_string(),
         policy: inputs.policy.as_ref().map(|p| p.status()),
         records: inputs.recorder.as_ref().map(|r| r.status()),
+        identity: inputs
+            .verifier
+            .as_ref()
+            .map(|v| v.status())
+            .unwrap_or_default(),
         enabled: inputs.interceptor.enabled(),
         counters: inputs.stats.snapshot(),
         kernel: inputs

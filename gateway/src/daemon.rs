@@ -11,6 +11,7 @@ use crate::{
     cgroup::CgroupNames,
     config::Config,
     forward::pool::Upstreams,
+    identity::{Verifier, workload::Users},
     intercept::Interceptor,
     mask::MaskKey,
     policy::PolicyStore,
@@ -82,6 +83,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             None
         }
     };
+    // Callers' tokens are verified against the providers of the policy in force.
+    let verifier = match (&policy, &authority) {
+        (Some(store), Some(ca)) => {
+            let v = Arc::new(Verifier::new((*ca.client_config(None)?).clone()));
+            let weak = Arc::downgrade(&v);
+            store.on_change(move |snap| {
+                if let Some(v) = weak.upgrade() {
+                    v.configure(&snap.identity);
+                }
+            });
+            Some(v)
+        }
+        _ => None,
+    };
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
     for line in interceptor.restore()? {
@@ -100,6 +115,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         interceptor: interceptor.clone(),
         stats: stats.clone(),
         names: CgroupNames::default(),
+        users: Users::default(),
+        verifier: verifier.clone(),
         recorder: recorder.clone(),
         session_prefix: format!(
             "{:x}",
@@ -127,6 +144,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         listeners: addresses.clone(),
         policy: policy.clone(),
         recorder: recorder.clone(),
+        verifier,
         started,
     });
     tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));

@@ -30,7 +30,7 @@ use crate::{
     accept::ProxyInputs,
     extract::{self, Extracted, Kind, OneCall, Role},
     forward::pool::{BodyError, ProxyBody, UpstreamKey},
-    inject,
+    identity, inject,
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
     record::{Record, RecordedDecision},
     reply::{self, Refusal},
@@ -49,7 +49,9 @@ pub struct Conn {
     /// The client's TLS was terminated here, so the upstream gets TLS too.
     pub tls: bool,
     pub workload: Json,
-    pub caller: Caller,
+    /// The caller without a token: the workload alone.
+    pub caller: Arc<Caller>,
+    pub last_token: identity::LastToken,
     pub session: String,
 }
 
@@ -83,6 +85,7 @@ where
 struct Decided {
     call: OneCall,
     decision: Decision,
+    caller: Arc<Caller>,
 }
 
 impl Decided {
@@ -106,9 +109,11 @@ impl Conn {
         let (parts, body) = req.into_parts();
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
         let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
+        let caller = self.identify(&snap, &parts.headers).await;
         let recording = self.inputs.recorder.clone().map(|recorder| {
             let mut rec = Record::new(self.session.clone(), self.dst.to_string());
             rec.workload = Some(self.workload.clone());
+            rec.caller = recorded_caller(&caller);
             rec.protocol = kind.as_str().into();
             rec.service = service.map(|s| s.name.to_string());
             Recording {
@@ -194,8 +199,12 @@ impl Conn {
             .calls
             .into_iter()
             .map(|mut call| {
-                let decision = self.decide(&snap, service, &mut call);
-                Decided { call, decision }
+                let decision = self.decide(&snap, service, &caller, &mut call);
+                Decided {
+                    call,
+                    decision,
+                    caller: caller.clone(),
+                }
             })
             .collect();
         for d in &decided {
@@ -250,7 +259,41 @@ impl Conn {
         self.respond(kind, parts.version, resp, one, recording)
     }
 
-    fn decide(&self, snap: &Snapshot, service: Option<&Service>, call: &mut OneCall) -> Decision {
+    /// The caller of one request: the connection's workload, and the identity its token
+    /// verifies to (or why it does not).
+    async fn identify(&self, snap: &Snapshot, headers: &HeaderMap) -> Arc<Caller> {
+        let (Some(verifier), Some(token)) = (
+            &self.inputs.verifier,
+            identity::bearer(headers, &snap.identity),
+        ) else {
+            return self.caller.clone();
+        };
+        if let Some(known) = self.last_token.get(token) {
+            return known;
+        }
+        verifier.configure(&snap.identity);
+        let outcome = verifier.verify(token).await;
+        let stats = &self.inputs.stats;
+        match &outcome {
+            Ok(_) => stats.tokens_verified.fetch_add(1, Relaxed),
+            Err(_) => stats.tokens_rejected.fetch_add(1, Relaxed),
+        };
+        if let Err(e) = &outcome {
+            debug!(session = %self.session, reason = %e, "bearer token not accepted");
+        }
+        let expires_in = outcome.as_ref().ok().map(|id| id.expires_in);
+        let caller = Arc::new(identity::caller_with(&self.caller, &outcome));
+        self.last_token.put(token, caller.clone(), expires_in);
+        caller
+    }
+
+    fn decide(
+        &self,
+        snap: &Snapshot,
+        service: Option<&Service>,
+        caller: &Caller,
+        call: &mut OneCall,
+    ) -> Decision {
         let Some(service) = service else {
             return snap.decide_unknown_destination();
         };
@@ -271,7 +314,7 @@ impl Conn {
             function: std::mem::take(&mut call.function),
             args: std::mem::take(&mut call.args),
         };
-        let d = snap.decide(service, &c, &self.caller);
+        let d = snap.decide(service, &c, caller);
         call.function = c.function;
         call.args = c.args;
         d
@@ -454,6 +497,21 @@ impl Conn {
 }
 
 /// The policy's refusal of one call, worded for its client.
+/// What a record says about the caller beyond its workload: the verified identity, or why a
+/// presented token was not accepted. Claims stay out: they are the provider's, often personal.
+fn recorded_caller(c: &Caller) -> Option<Json> {
+    if !c.authenticated && c.token_error.is_none() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "authenticated": c.authenticated,
+        "provider": c.provider,
+        "subject": c.subject,
+        "groups": c.groups,
+        "token_error": c.token_error,
+    }))
+}
+
 fn refusal_for(d: &Decision, call: &OneCall) -> Refusal {
     let approve = d.enforced == Action::Approve;
     Refusal {

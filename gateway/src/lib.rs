@@ -18,6 +18,7 @@ pub mod extract;
 pub mod forward;
 pub mod fsutil;
 pub mod http;
+pub mod identity;
 pub mod inject;
 pub mod intercept;
 pub mod jsonpath;

@@ -448,6 +448,17 @@ fn print_status(s: &Status) {
             }
         }
     }
+    for p in &s.identity {
+        let keys = match (p.usable, p.keys_age_s) {
+            (true, Some(age)) => format!("{} keys, fetched {age}s ago", p.keys),
+            (false, Some(age)) => format!("KEYS EXPIRED ({age}s old): its tokens are refused"),
+            (_, None) => "NO KEYS: its tokens are refused".into(),
+        };
+        println!("identity:      {} {} ({keys})", p.name, p.issuer);
+        if let Some(e) = &p.last_error {
+            println!("  last fetch failed: {e}");
+        }
+    }
     if s.enabled.is_empty() {
         println!("enabled:       (none; try `callgate enable <cgroup>`)");
     } else {

@@ -31,6 +31,9 @@ pub struct Stats {
     /// Connections or calls the policy refused before any call could be read (unknown
     /// destination, `tcp: deny`, SNI or Host naming another service, malformed TLS).
     pub refused_policy: AtomicU64,
+    /// Bearer tokens checked (a connection reuses its last outcome; that is not counted).
+    pub tokens_verified: AtomicU64,
+    pub tokens_rejected: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     recent: Mutex<VecDeque<ConnSummary>>,
@@ -49,6 +52,11 @@ pub struct WorkloadInfo {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The executable, when the process was still alive at accept time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
 }
 
 /// One finished connection.
@@ -85,6 +93,10 @@ pub struct Counters {
     pub calls_denied: u64,
     #[serde(default)]
     pub refused_policy: u64,
+    #[serde(default)]
+    pub tokens_verified: u64,
+    #[serde(default)]
+    pub tokens_rejected: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
@@ -123,6 +135,8 @@ impl Stats {
             calls_allowed: self.calls_allowed.load(Relaxed),
             calls_denied: self.calls_denied.load(Relaxed),
             refused_policy: self.refused_policy.load(Relaxed),
+            tokens_verified: self.tokens_verified.load(Relaxed),
+            tokens_rejected: self.tokens_rejected.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
         }

@@ -188,6 +188,7 @@ fn caller_matchers() {
             cgroup: Some("system.slice/a.service".into()),
             comm: Some("python3".into()),
             pid: Some(1),
+            ..Workload::default()
         }),
         ..user(&["eng", "ops"])
     };

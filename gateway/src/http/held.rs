@@ -157,7 +157,7 @@ pub(super) async fn list_tools(
         let function = service
             .function_by_method(name)
             .map_or_else(|| name.to_string(), |f| f.name.to_string());
-        snap.may_call(service, &function, &conn.caller)
+        snap.may_call(service, &function, &one.caller)
     };
     let filtered = if ct.starts_with("text/event-stream") {
         filter_sse(&bytes, &may)

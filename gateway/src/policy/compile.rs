@@ -20,7 +20,7 @@ use super::{
         RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
     },
 };
-use crate::{jsonpath::JsonPath, mask::MaskRules};
+use crate::{identity::IdentityConfig, jsonpath::JsonPath, mask::MaskRules};
 
 /// The policy as the data path uses it. Immutable; a reload builds a new one.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub rule_count: usize,
     /// Named secrets from `callgate.yaml` that `credential:` references resolve through.
     pub credentials: BTreeMap<String, schema::SecretRef>,
+    /// The OIDC providers callers' tokens are verified against.
+    pub identity: Arc<IdentityConfig>,
     pub(super) default_obligations: Arc<Obligations>,
 }
 
@@ -260,6 +262,9 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
             ));
         }
     }
+    let identity = IdentityConfig::compile(&repo.identity, &mut |path, msg| {
+        errors.push(loaded.repo_source.error(path, msg))
+    });
     check_masks(
         &loaded.repo_source,
         &["masking", "default"],
@@ -310,6 +315,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         sni_suffixes: Vec::new(),
         rule_count,
         credentials: repo.credentials.clone(),
+        identity: Arc::new(identity),
         default_obligations: Arc::new(Obligations {
             mask: repo.masking.default.clone(),
             masks: CompiledMasks::of(&repo.masking.default),

@@ -36,6 +36,9 @@ pub struct Caller {
     /// Why a presented token was not accepted (`invalid_token: expired`).
     #[serde(default)]
     pub token_error: Option<String>,
+    /// The provider (its name in `callgate.yaml`) that vouched for the token.
+    #[serde(default)]
+    pub provider: Option<String>,
     #[serde(default)]
     pub workload: Option<Workload>,
 }
@@ -47,6 +50,8 @@ pub struct Workload {
     #[serde(default)]
     pub uid: Option<u32>,
     #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
     pub unit: Option<String>,
@@ -55,6 +60,9 @@ pub struct Workload {
     pub cgroup: Option<String>,
     #[serde(default)]
     pub comm: Option<String>,
+    /// The executable, when the process was still alive at connect time.
+    #[serde(default)]
+    pub exe: Option<String>,
 }
 
 /// The outcome, with everything later stages and the record need.
@@ -431,7 +439,8 @@ fn eval_when(
     let call_json = serde_json::json!({ "service": &*service.name, "function": call.function });
     let caller_json = serde_json::json!({
         "subject": caller.subject, "groups": caller.groups, "claims": caller.claims,
-        "authenticated": caller.authenticated,
+        "authenticated": caller.authenticated, "token_error": caller.token_error,
+        "provider": caller.provider,
     });
     let workload_json = serde_json::to_value(caller.workload.clone().unwrap_or_default())
         .map_err(|e| e.to_string())?;

@@ -13,10 +13,14 @@ use tracing::{info, warn};
 
 use super::{Finding, Snapshot, load_snapshot};
 
+/// Told about each snapshot put in force.
+type Listener = Box<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
+
 pub struct PolicyStore {
     dir: PathBuf,
     current: ArcSwap<Snapshot>,
     status: Mutex<ReloadStatus>,
+    listeners: Mutex<Vec<Listener>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -41,9 +45,20 @@ impl PolicyStore {
             dir: dir.into(),
             current: ArcSwap::from_pointee(snap),
             status: Mutex::new(ReloadStatus::default()),
+            listeners: Mutex::new(Vec::new()),
         };
         store.record_success();
         Ok(store)
+    }
+
+    /// Calls `f` with the snapshot in force now and with each one a reload puts in force:
+    /// for state that lives beside the policy (e.g. identity providers' keys).
+    pub fn on_change(&self, f: impl Fn(&Arc<Snapshot>) + Send + Sync + 'static) {
+        f(&self.snapshot());
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 
     /// The snapshot to decide with; cheap, lock-free.
@@ -54,7 +69,16 @@ impl PolicyStore {
     pub fn reload(&self) -> Result<(), Vec<Finding>> {
         match load_snapshot(&self.dir) {
             Ok((_, snap)) => {
-                self.current.store(Arc::new(snap));
+                let snap = Arc::new(snap);
+                self.current.store(snap.clone());
+                for f in self
+                    .listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                {
+                    f(&snap);
+                }
                 self.record_success();
                 let s = self.status();
                 info!(

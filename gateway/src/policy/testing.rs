@@ -50,8 +50,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                 c.claims.clone()
             },
             authenticated: c.subject.is_some(),
-            token_error: None,
-            workload: None,
+            ..Caller::default()
         });
     let caller = Caller {
         workload: case.workload.as_ref().map(|w| Workload {
@@ -61,6 +60,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             unit: w.unit.clone(),
             cgroup: w.cgroup.clone(),
             comm: w.comm.clone(),
+            ..Workload::default()
         }),
         ..caller
     };
