@@ -552,3 +552,123 @@ pub fn record_where(gw: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> 
     })
     .unwrap_or_else(|| panic!("no record of {what}:\n{:#?}", records(gw)))
 }
+
+/// The Node test parties' directory (`oidc-provider`, pinned, in its `node_modules`).
+pub fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/testenv/node")
+}
+
+/// Whether the pinned Node test parties are installed; panics in CI when they are not.
+pub fn node_parties_available(test: &str) -> bool {
+    node_dir().join("node_modules/oidc-provider").exists()
+        || skip(
+            test,
+            "the Node test parties are not installed (run `cargo xtask test`)",
+        )
+}
+
+/// A real OpenID provider (`tests/parties/oidc_provider.mjs`, npm `oidc-provider`) on
+/// loopback, issuing client-credentials JWT access tokens with a `groups` claim.
+pub struct Oidc {
+    pub port: u16,
+    dir: PathBuf,
+    /// The script's copy beside `node_modules`: ES modules resolve packages from the
+    /// script's own directory. One per provider, so parallel tests never see a half copy.
+    script: PathBuf,
+    party: Option<Party>,
+}
+
+impl Oidc {
+    pub fn start(dir: &Path) -> Self {
+        let script = node_dir().join(format!("{}.mjs", unique("oidc_provider")));
+        fs::copy(party_script("oidc_provider.mjs"), &script).expect("copy the OIDC party");
+        let mut o = Self {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            script,
+            party: None,
+        };
+        o.restart(false);
+        o
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts on the same port with the same keys; `rotate` adds a new signing key.
+    pub fn restart(&mut self, rotate: bool) {
+        self.stop();
+        let port = self.port.to_string();
+        let keys = self.dir.join("oidc-keys.json").display().to_string();
+        let script = self.script.display().to_string();
+        let mut argv = vec!["node", &script, "--port", &port, "--keys", &keys];
+        if rotate {
+            argv.push("--rotate");
+        }
+        let log = self.dir.join(format!("oidc-{}", self.port));
+        self.party = Some(Party::start(&argv, self.port, log));
+    }
+
+    pub fn stop(&mut self) {
+        self.party = None;
+    }
+
+    /// An access token for service account `client` (its secret is `<client>-secret`), got
+    /// as a client would: client credentials at the token endpoint. `resource` picks the
+    /// audience (`urn:callgate:other` gives one the gateway does not accept).
+    pub fn token(&self, client: &str, resource: Option<&str>) -> String {
+        let mut args = vec![
+            "-sS".to_string(),
+            "--max-time".into(),
+            "10".into(),
+            "-u".into(),
+            format!("{client}:{client}-secret"),
+            "-d".into(),
+            "grant_type=client_credentials".into(),
+        ];
+        if let Some(r) = resource {
+            args.extend(["-d".into(), format!("resource={r}")]);
+        }
+        args.push(format!("{}/token", self.issuer()));
+        let out = Command::new("curl").args(&args).output().expect("curl");
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("token endpoint: {}", String::from_utf8_lossy(&out.stdout)));
+        v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {v}"))
+            .to_string()
+    }
+
+    /// A token no provider would issue: `otherkey` (signed by an unpublished key under the
+    /// published kid) or `none` (unsigned).
+    pub fn forged(&self, kind: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("{}/test/forge?kind={kind}", self.issuer()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Oidc {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_file(&self.script);
+    }
+}
+
+/// The `kid` in a JWT's header.
+pub fn jwt_kid(token: &str) -> String {
+    let header = token.split('.').next().unwrap_or_default();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys,base64,json; h=sys.argv[1]; print(json.loads(base64.urlsafe_b64decode(h+'='*(-len(h)%4)))['kid'])",
+            header,
+        ])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -32,6 +32,7 @@ use crate::{
         Verifier,
         workload::{self, Users},
     },
+    inject::Credentials,
     intercept::{self, Interceptor},
     mask::MaskKey,
     policy::{
@@ -65,6 +66,8 @@ pub struct ProxyInputs {
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
     pub users: Users,
+    /// The credentials services inject, as last read.
+    pub credentials: Credentials,
     /// Verifies callers' OIDC tokens (with a policy).
     pub verifier: Option<Arc<Verifier>>,
     /// The call log; `None` when recording is off.

@@ -116,6 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         stats: stats.clone(),
         names: CgroupNames::default(),
         users: Users::default(),
+        credentials: Default::default(),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
         session_prefix: format!(

@@ -30,7 +30,8 @@ use crate::{
     accept::ProxyInputs,
     extract::{self, Extracted, Kind, OneCall, Role},
     forward::pool::{BodyError, ProxyBody, UpstreamKey},
-    identity, inject,
+    identity,
+    mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
     record::{Record, RecordedDecision},
     reply::{self, Refusal},
@@ -79,6 +80,15 @@ where
     if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
         debug!(error = %e, "HTTP connection ended with an error");
     }
+}
+
+/// The scrubber for the credential injected into a request, carried on its response.
+#[derive(Clone)]
+struct Injected(Arc<Secrets>);
+
+/// `resp`'s body scrubber, if a credential went out with its request.
+fn injected<B>(resp: &Response<B>) -> Option<Arc<Secrets>> {
+    resp.extensions().get::<Injected>().map(|i| i.0.clone())
 }
 
 /// What the decide step concluded for each call of a request.
@@ -223,7 +233,7 @@ impl Conn {
             return reply::empty(StatusCode::BAD_REQUEST);
         };
         if one.decision.enforced != Action::Allow {
-            let r = refusal_for(&one.decision, &one.call);
+            let r = one.refusal();
             return self
                 .refuse(recording, kind, one.call, Some(&one.decision), r)
                 .await;
@@ -363,9 +373,12 @@ impl Conn {
             // The response is masked as it streams: it must come as readable text.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
-        inject::apply(req.headers_mut(), ob, &snap.credentials).map_err(|e| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
-        })?;
+        let injected = inputs
+            .credentials
+            .apply(req.headers_mut(), ob, &snap.credentials)
+            .map_err(|e| {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
+            })?;
         let tls = if self.tls {
             let ca = service.and_then(|s| s.upstream_ca.clone());
             let name = self
@@ -393,7 +406,15 @@ impl Conn {
         };
         let client = inputs.upstreams.client(&key, tls.map(|(_, c)| c));
         match tokio::time::timeout(inputs.cfg.idle_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                // What comes back passes the secret's scrubber: headers here, the body in
+                // whichever stage reads it.
+                if let Some(scrub) = injected {
+                    scrub.scrub_headers(resp.headers_mut());
+                    resp.extensions_mut().insert(Injected(scrub));
+                }
+                Ok(resp)
+            }
             Ok(Err(e)) => {
                 inputs.stats.upstream_errors.fetch_add(1, Relaxed);
                 Err(Refusal::new(
@@ -419,6 +440,7 @@ impl Conn {
         one: Decided,
         recording: Option<Recording>,
     ) -> Response<ProxyBody> {
+        let scrub = injected(&resp).map(ScrubStream::new);
         let (mut parts, incoming) = resp.into_parts();
         parts.version = version;
         strip_hop_by_hop(&mut parts.headers);
@@ -447,7 +469,7 @@ impl Conn {
                 crate::mask::BodyKind::from_content_type(ct),
             )
         });
-        if masker.is_some() {
+        if masker.is_some() || scrub.is_some() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status.as_u16();
@@ -459,7 +481,7 @@ impl Conn {
         let pending = one
             .recording(recording, None)
             .map(|r| body::Pending::new(r, status, cap));
-        let body = body::CallBody::new(incoming, masker, pending);
+        let body = body::CallBody::new(incoming, masker, scrub, pending);
         Response::from_parts(parts, body.boxed_unsync())
     }
 
@@ -512,32 +534,40 @@ fn recorded_caller(c: &Caller) -> Option<Json> {
     }))
 }
 
-fn refusal_for(d: &Decision, call: &OneCall) -> Refusal {
-    let approve = d.enforced == Action::Approve;
-    Refusal {
-        rule: d.rule.as_deref().map(str::to_string),
-        service: d.service.as_deref().map(str::to_string),
-        function: Some(call.function.clone()),
-        policy_commit: d.policy.commit.clone(),
-        ..Refusal::new(
-            StatusCode::FORBIDDEN,
-            if approve {
-                "approval_required"
-            } else {
-                "denied"
+impl Decided {
+    /// How the gateway answers this call when policy did not allow it. A caller whose token
+    /// was not accepted is told so: that is about its own credentials, and usually the fix.
+    fn refusal(&self) -> Refusal {
+        let d = &self.decision;
+        let approve = d.enforced == Action::Approve;
+        let mut reason = d.reason.as_deref().map_or_else(
+            || {
+                if approve {
+                    "this call needs a human approval, which this gateway cannot take yet".into()
+                } else {
+                    "no policy rule allows this call".to_string()
+                }
             },
-            d.reason.as_deref().map_or_else(
-                || {
-                    if approve {
-                        "this call needs a human approval, which this gateway cannot take yet"
-                            .to_string()
-                    } else {
-                        "no policy rule allows this call".to_string()
-                    }
+            str::to_string,
+        );
+        if let Some(e) = &self.caller.token_error {
+            reason = format!("{reason} (the bearer token was not accepted: {e})");
+        }
+        Refusal {
+            rule: d.rule.as_deref().map(str::to_string),
+            service: d.service.as_deref().map(str::to_string),
+            function: Some(self.call.function.clone()),
+            policy_commit: d.policy.commit.clone(),
+            ..Refusal::new(
+                StatusCode::FORBIDDEN,
+                if approve {
+                    "approval_required"
+                } else {
+                    "denied"
                 },
-                str::to_string,
-            ),
-        )
+                reason,
+            )
+        }
     }
 }
 

@@ -1,27 +1,58 @@
 //! Request obligations of an allowed call, applied just before it is forwarded: header edits
 //! and the credential the gateway holds for a service, which the caller never sees.
-use std::collections::BTreeMap;
+//!
+//! Secrets are read where the policy says they live and kept for a short while, so that a
+//! rotated file or systemd credential takes effect without a restart but a call does not
+//! cost a file read. Each comes with the [`Secrets`] scrubber for the answer to its call.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::policy::{Obligations, schema::SecretRef};
+use crate::{
+    mask::scrub::Secrets,
+    policy::{Obligations, schema::SecretRef},
+};
 
-/// Applies `ob` to outgoing request headers. An error means the call must not go out (a
-/// credential that cannot be read is not silently left off).
-pub fn apply(
-    headers: &mut HeaderMap,
-    ob: &Obligations,
-    named: &BTreeMap<String, SecretRef>,
-) -> Result<(), String> {
-    for name in &ob.headers.remove {
-        headers.remove(name.as_str());
-    }
-    for (name, value) in &ob.headers.set {
-        let (n, v) = header(name, value)?;
-        headers.insert(n, v);
-    }
-    if let Some(inject) = &ob.inject {
-        let secret = secret(&inject.from, named)?;
+/// How long a secret read from its source is used before it is read again.
+const REREAD: Duration = Duration::from_secs(30);
+
+/// The credentials the gateway holds, as last read.
+#[derive(Default)]
+pub struct Credentials {
+    cache: Mutex<HashMap<SecretRef, Read>>,
+}
+
+struct Read {
+    value: Arc<str>,
+    scrub: Arc<Secrets>,
+    at: Instant,
+}
+
+impl Credentials {
+    /// Applies `ob` to outgoing request headers; returns the scrubber for the injected secret,
+    /// which the answer must pass through. An error means the call must not go out (a
+    /// credential that cannot be read is not silently left off).
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        ob: &Obligations,
+        named: &BTreeMap<String, SecretRef>,
+    ) -> Result<Option<Arc<Secrets>>, String> {
+        for name in &ob.headers.remove {
+            headers.remove(name.as_str());
+        }
+        for (name, value) in &ob.headers.set {
+            let (n, v) = header(name, value)?;
+            headers.insert(n, v);
+        }
+        let Some(inject) = &ob.inject else {
+            return Ok(None);
+        };
+        let (secret, scrub) = self.get(&inject.from, named)?;
         let (n, mut v) =
             header(&inject.header, &inject.format.replace("{}", &secret)).map_err(|_| {
                 format!(
@@ -34,8 +65,35 @@ pub fn apply(
             headers.remove(&n);
         }
         headers.append(n, v);
+        Ok(Some(scrub))
     }
-    Ok(())
+
+    fn get(
+        &self,
+        r: &SecretRef,
+        named: &BTreeMap<String, SecretRef>,
+    ) -> Result<(Arc<str>, Arc<Secrets>), String> {
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| {
+            c.get(r)
+                .filter(|e| e.at.elapsed() < REREAD)
+                .map(|e| (e.value.clone(), e.scrub.clone()))
+        }) {
+            return Ok(hit);
+        }
+        let value: Arc<str> = secret(r, named)?.into();
+        let scrub = Secrets::new(&[&value]).ok_or("the credential is empty")?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(
+                r.clone(),
+                Read {
+                    value: value.clone(),
+                    scrub: scrub.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        Ok((value, scrub))
+    }
 }
 
 fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {

@@ -8,6 +8,7 @@
 //! numbers), keeping the document valid; other text textually; binary passes unchanged.
 pub mod detect;
 mod json;
+pub mod scrub;
 
 use std::{borrow::Cow, fmt::Write as _, path::Path, sync::Arc};
 

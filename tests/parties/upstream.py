@@ -16,10 +16,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def reply(self, status, body, ctype="application/json"):
+    def reply(self, status, body, ctype="application/json", extra=()):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        for k, v in extra:
+            self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -47,6 +49,14 @@ class Handler(BaseHTTPRequestHandler):
                 "card": CARD,
                 "customer": {"email": "jane.doe@example.com", "ssn": "078-05-1120"},
             })
+        if self.path == "/echo":
+            # A careless upstream: quotes the request's headers back, credentials included.
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            return self.reply(200, {"you_sent": headers},
+                              extra=[("X-Echo-Key", headers.get("x-api-key", ""))])
+        if self.path == "/echo.txt":
+            text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
+            return self.reply(200, text.encode(), "text/plain")
         if self.path == "/text":
             return self.reply(200, f"card {CARD} end\n".encode(), "text/plain")
         return self.reply(404, {"error": "no such route"})

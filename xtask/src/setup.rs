@@ -29,6 +29,9 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers.
 const TEST_PYTHON: &[&str] = &["mcp==1.27.0", "httpx[http2]==0.28.1", "grpcio==1.85.1"];
+/// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
+/// endpoints sign with).
+const TEST_NODE: &[&str] = &["oidc-provider@9.13.3", "jose@6.2.17"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -76,6 +79,7 @@ pub fn run(needs: &Needs) -> Result<()> {
 
     if needs.test_parties {
         python_parties()?;
+        node_parties(root)?;
     }
 
     if !toolchain_has_rust_src() {
@@ -133,6 +137,50 @@ fn python_parties() -> Result<()> {
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(TEST_PYTHON),
+    )?;
+    std::fs::write(&stamp, pins)?;
+    Ok(())
+}
+
+/// `node_modules` under `target/testenv/node` with [`TEST_NODE`]; Node itself from Debian when
+/// the machine has none.
+fn node_parties(root: bool) -> Result<()> {
+    if Command::new("npm").arg("--version").output().is_err() {
+        if !root {
+            bail!("Node.js is missing; run as root: apt-get install -y nodejs npm");
+        }
+        println!("setup: apt-get install -y nodejs npm");
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "nodejs", "npm"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let dir = std::path::Path::new("target/testenv/node");
+    let stamp = dir.join("callgate-pins");
+    let pins = TEST_NODE.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
+        return Ok(());
+    }
+    println!(
+        "setup: npm packages in {} : {}",
+        dir.display(),
+        TEST_NODE.join(" ")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("package.json"), "{\"private\": true}\n")?;
+    run_cmd(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "--save-exact",
+            ])
+            .args(TEST_NODE)
+            .current_dir(dir),
     )?;
     std::fs::write(&stamp, pins)?;
     Ok(())

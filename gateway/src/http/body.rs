@@ -18,7 +18,7 @@ use tracing::warn;
 use super::OneCall;
 use crate::{
     forward::pool::BodyError,
-    mask::{BodyMasker, MaskKey},
+    mask::{BodyMasker, MaskKey, scrub::ScrubStream},
     policy::{Obligations, schema::RecordLevel},
     record::{Durable, Record, RecordError, RecordedDecision, Recorder},
     stats::Stats,
@@ -158,7 +158,10 @@ type Wait = Pin<Box<dyn Future<Output = Result<u64, RecordError>> + Send>>;
 pub struct CallBody {
     inner: Incoming,
     masker: Option<BodyMasker>,
+    /// The injected credential's scrubber, after the masker.
+    scrub: Option<ScrubStream>,
     scratch: Vec<u8>,
+    scratch2: Vec<u8>,
     /// Trailers held back behind the masker's last bytes.
     stash: Option<Frame<Bytes>>,
     ended: bool,
@@ -167,11 +170,18 @@ pub struct CallBody {
 }
 
 impl CallBody {
-    pub fn new(inner: Incoming, masker: Option<BodyMasker>, pending: Option<Pending>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        masker: Option<BodyMasker>,
+        scrub: Option<ScrubStream>,
+        pending: Option<Pending>,
+    ) -> Self {
         Self {
             inner,
             masker,
+            scrub,
             scratch: Vec::new(),
+            scratch2: Vec::new(),
             stash: None,
             ended: false,
             pending,
@@ -186,12 +196,39 @@ impl CallBody {
         Poll::Ready(Some(Ok(Frame::data(b))))
     }
 
-    /// The masker's held-back tail, once the upstream is done.
-    fn flush_masker(&mut self) -> Option<Bytes> {
-        let mut m = self.masker.take()?;
-        self.scratch.clear();
-        m.finish(&mut self.scratch);
-        (!self.scratch.is_empty()).then(|| Bytes::copy_from_slice(&self.scratch))
+    /// A chunk from the upstream through the masker and the scrubber; None while they hold
+    /// it back.
+    fn transform(&mut self, data: Bytes) -> Option<Bytes> {
+        if self.masker.is_none() && self.scrub.is_none() {
+            return Some(data);
+        }
+        let mut masked: &[u8] = &data;
+        if let Some(m) = &mut self.masker {
+            self.scratch.clear();
+            m.push(&data, &mut self.scratch);
+            masked = &self.scratch;
+        }
+        if let Some(s) = &mut self.scrub {
+            self.scratch2.clear();
+            s.push(masked, &mut self.scratch2);
+            masked = &self.scratch2;
+        }
+        (!masked.is_empty()).then(|| Bytes::copy_from_slice(masked))
+    }
+
+    /// What the masker and the scrubber held back, once the upstream is done.
+    fn flush(&mut self) -> Option<Bytes> {
+        let mut tail = Vec::new();
+        if let Some(mut m) = self.masker.take() {
+            m.finish(&mut tail);
+        }
+        if let Some(mut s) = self.scrub.take() {
+            let mut out = Vec::with_capacity(tail.len());
+            s.push(&tail, &mut out);
+            s.finish(&mut out);
+            tail = out;
+        }
+        (!tail.is_empty()).then(|| Bytes::from(tail))
     }
 }
 
@@ -224,7 +261,7 @@ impl Body for CallBody {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 None => {
                     this.ended = true;
-                    if let Some(tail) = this.flush_masker() {
+                    if let Some(tail) = this.flush() {
                         return this.out(tail);
                     }
                 }
@@ -236,20 +273,12 @@ impl Body for CallBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let Some(m) = &mut this.masker else {
-                            return this.out(data);
-                        };
-                        this.scratch.clear();
-                        m.push(&data, &mut this.scratch);
-                        if this.scratch.is_empty() {
-                            continue;
-                        }
-                        let b = Bytes::copy_from_slice(&this.scratch);
-                        return this.out(b);
-                    }
+                    Ok(data) => match this.transform(data) {
+                        Some(b) => return this.out(b),
+                        None => continue,
+                    },
                     Err(trailers) => {
-                        if let Some(tail) = this.flush_masker() {
+                        if let Some(tail) = this.flush() {
                             this.stash = Some(trailers);
                             return this.out(tail);
                         }
@@ -265,7 +294,7 @@ impl Body for CallBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.masker.is_some() {
+        if self.masker.is_some() || self.scrub.is_some() {
             SizeHint::default()
         } else {
             self.inner.size_hint()

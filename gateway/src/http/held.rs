@@ -2,7 +2,7 @@
 //! answered by the gateway and merged with the upstream's answers to the allowed ones) and an
 //! MCP `tools/list` (filtered to the tools the caller may call). Both are bounded by
 //! `http.max_held_response_kb`.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header, request::Parts};
@@ -11,12 +11,12 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::{
-    Conn, Decided, body::Recording, body::response_value, json_bytes, refusal_for, strip_hop_by_hop,
+    Conn, Decided, body::Recording, body::response_value, injected, json_bytes, strip_hop_by_hop,
 };
 use crate::{
     extract::Kind,
     forward::pool::ProxyBody,
-    mask::{BodyKind, BodyMasker},
+    mask::{BodyKind, BodyMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     reply::{self, Refusal},
 };
@@ -58,7 +58,8 @@ pub(super) async fn batch(
         {
             Ok(resp) => {
                 status = resp.status();
-                match read_held(conn, resp.into_body()).await {
+                let scrub = injected(&resp);
+                match read_held(conn, resp.into_body(), scrub).await {
                     Ok(b) => match serde_json::from_slice::<Json>(&b) {
                         Ok(Json::Array(items)) => {
                             for item in items {
@@ -89,7 +90,7 @@ pub(super) async fn batch(
     for d in &decided {
         let id = d.call.rpc_id.as_ref();
         let answer = if d.decision.enforced != Action::Allow {
-            let r = refusal_for(&d.decision, &d.call);
+            let r = d.refusal();
             id.map(|id| r.rpc_error(Some(id)))
         } else if let Some(r) = &failure {
             id.map(|id| r.rpc_error(Some(id)))
@@ -132,6 +133,7 @@ pub(super) async fn list_tools(
     one: Decided,
     recording: Option<Recording>,
 ) -> Response<ProxyBody> {
+    let scrub = injected(&resp);
     let (mut head, body) = resp.into_parts();
     head.version = parts.version;
     strip_hop_by_hop(&mut head.headers);
@@ -141,7 +143,7 @@ pub(super) async fn list_tools(
             let _ = rec.submit(Some(status), response, false, 0);
         }
     };
-    let bytes = match read_held(conn, body).await {
+    let bytes = match read_held(conn, body, scrub).await {
         Ok(b) => b,
         Err(r) => {
             record(r.status.as_u16(), None);
@@ -178,10 +180,21 @@ pub(super) async fn list_tools(
     Response::from_parts(head, reply::full(Bytes::from(masked)))
 }
 
-async fn read_held(conn: &Conn, body: Incoming) -> Result<Bytes, Refusal> {
+/// A response body read whole (bounded), with any injected credential scrubbed from it.
+async fn read_held(
+    conn: &Conn,
+    body: Incoming,
+    scrub: Option<Arc<Secrets>>,
+) -> Result<Bytes, Refusal> {
     let max = conn.inputs.cfg.http.max_held_response_bytes;
     match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => {
+            let b = c.to_bytes();
+            Ok(match scrub.as_ref().map(|s| s.scrub(&b)) {
+                Some(std::borrow::Cow::Owned(clean)) => Bytes::from(clean),
+                _ => b,
+            })
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
             StatusCode::BAD_GATEWAY,
             "response_too_large",

@@ -565,11 +565,11 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
     }
 }
 
-fn unauth(caller: &Caller) -> &'static str {
-    if caller.authenticated {
-        ""
-    } else {
-        " (caller is not authenticated)"
+fn unauth(caller: &Caller) -> String {
+    match (&caller.token_error, caller.authenticated) {
+        (_, true) => String::new(),
+        (Some(e), false) => format!(" (caller is not authenticated: {e})"),
+        (None, false) => " (caller is not authenticated)".into(),
     }
 }
 

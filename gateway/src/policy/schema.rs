@@ -119,7 +119,7 @@ fn groups_claim() -> String {
 
 /// Where a secret is read from: exactly one of the keys. The secret itself never appears in
 /// the policy repository.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,382 @@
+//! Who is calling, end to end: a real OpenID provider (npm `oidc-provider`) issues access
+//! tokens to service accounts; an unmodified curl in an enabled cgroup sends them; the
+//! gateway verifies each against the provider's published keys and decides on the groups in
+//! it and on the workload the kernel reported. Also: the credential the gateway injects never
+//! comes back out, whatever the upstream echoes.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+struct Setup {
+    gw: Gateway,
+    /// Enabled; its path is the one the refund rule names.
+    home: TestCgroup,
+    /// Enabled too, but not the refund rule's.
+    other: TestCgroup,
+    up: Party,
+    idp: Oidc,
+    dir: PathBuf,
+}
+
+const SECRET: &str = "gw-held-credential-7f3a9c";
+
+fn repo(issuer: &str, provider_extra: &str) -> String {
+    format!(
+        r#"default_action: deny
+unknown_destination: deny
+identity:
+  providers:
+    - name: test-idp
+      issuer: "{issuer}"
+      audiences: [payments]
+      groups_claim: groups
+      clock_skew_s: 0
+      unknown_key_refresh_s: 1
+{provider_extra}"#
+    )
+}
+
+fn payments(port: u16, home: &TestCgroup, secret: &Path) -> String {
+    let home = home.path.file_name().unwrap().to_string_lossy();
+    format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  echo: {{ route: "GET /echo" }}
+  echo_text: {{ route: "GET /echo.txt" }}
+rules:
+  - name: finance-refunds-from-home-as-root
+    function: refund
+    caller: {{ groups: [finance], workload: {{ cgroup: "{home}", user: root }} }}
+    action: allow
+  - name: finance-reads
+    function: get_payment
+    caller: {{ groups: [finance] }}
+    action: allow
+  - {{ name: echo, function: echo, caller: {{ authenticated: true }}, action: allow }}
+  - {{ name: echo-text, function: echo_text, caller: {{ authenticated: true }}, action: allow }}
+credentials:
+  inject: {{ header: X-Api-Key, from: {{ file: "{}" }} }}
+"#,
+        secret.display()
+    )
+}
+
+fn setup(test: &str, provider_extra: &str) -> Option<Setup> {
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-identity"));
+    fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("payments.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let idp = Oidc::start(&dir);
+    let up = upstream(&dir, None);
+    let home = TestCgroup::new("id-home");
+    let other = TestCgroup::new("id-other");
+    let policies = policy_repo(
+        &dir,
+        &repo(&idp.issuer(), provider_extra),
+        &[("payments", &payments(up.port, &home, &secret))],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    gw.enable(&home);
+    gw.enable(&other);
+    Some(Setup {
+        gw,
+        home,
+        other,
+        up,
+        idp,
+        dir,
+    })
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.up.port)
+    }
+
+    /// GET `path` from `cg` with `token` (if any): (HTTP status, body).
+    fn get(&self, cg: &TestCgroup, path: &str, token: Option<&str>) -> (u16, String) {
+        self.call(cg, &[], path, token, &[])
+    }
+
+    fn call(
+        &self,
+        cg: &TestCgroup,
+        prefix: &[&str],
+        path: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> (u16, String) {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let url = self.url(path);
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend(["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+        if let Some(a) = &auth {
+            argv.extend(["-H", a]);
+        }
+        argv.extend_from_slice(extra);
+        argv.push(&url);
+        let out = cg.run(&argv);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn refund(&self, cg: &TestCgroup, prefix: &[&str], token: Option<&str>) -> (u16, String) {
+        self.call(
+            cg,
+            prefix,
+            "/v1/payments/p_1/refund",
+            token,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                r#"{"amount": 5}"#,
+            ],
+        )
+    }
+
+    /// The record of the last call whose caller matches `pred`.
+    fn caller_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        record_where(&self.gw, what, |r| pred(&r["caller"]))
+    }
+}
+
+#[test]
+fn tokens_are_verified_against_the_provider() {
+    let Some(mut s) = setup("tokens_are_verified_against_the_provider", "") else {
+        return;
+    };
+    let path = "/v1/payments/p_1";
+
+    // A finance service account: allowed, and the record names it.
+    let finance = s.idp.token("billing-agent", None);
+    let (code, body) = s.get(&s.home, path, Some(&finance));
+    assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+    let r = s.caller_record("the finance call", |c| c["subject"] == "billing-agent");
+    assert_eq!(r["caller"]["authenticated"], true, "{r}");
+    assert_eq!(r["caller"]["groups"], serde_json::json!(["finance"]), "{r}");
+    assert_eq!(r["caller"]["provider"], "test-idp", "{r}");
+    assert_eq!(r["decision"]["rule"], "finance-reads", "{r}");
+    assert!(
+        !serde_json::to_string(&r).unwrap().contains(&finance),
+        "the token itself is not recorded: {r}"
+    );
+
+    // A valid token, but not in the group; and no token at all.
+    let support = s.idp.token("support-bot", None);
+    let (code, body) = s.get(&s.home, path, Some(&support));
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = s.get(&s.home, path, None);
+    assert_eq!(code, 403);
+
+    // Tokens that must not identify anyone; each reason reaches the caller and the record.
+    let expiring = s.idp.token("short-lived", None);
+    let wrong_audience = s.idp.token("billing-agent", Some("urn:callgate:other"));
+    let cases = [
+        ("wrong audience", wrong_audience),
+        ("bad signature", s.idp.forged("otherkey")),
+        ("alg none", s.idp.forged("none")),
+        ("malformed", "not-a-jwt".to_string()),
+    ];
+    for (why, token) in &cases {
+        let (code, body) = s.get(&s.home, path, Some(token));
+        assert_eq!(code, 403, "{why}: {body}");
+        assert!(
+            body.contains(&format!("invalid_token: {why}")),
+            "{why}: the answer says why: {body}"
+        );
+        s.caller_record(why, |c| {
+            c["token_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(&format!("invalid_token: {why}")))
+                && c["authenticated"] == false
+        });
+    }
+    // The short-lived token (2 s) was good when issued; past its exp it is refused.
+    std::thread::sleep(Duration::from_millis(3100));
+    let (code, body) = s.get(&s.home, path, Some(&expiring));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("invalid_token: expired"), "{body}");
+
+    // Key rotation: the provider signs with a new key; the gateway has never seen its kid,
+    // fetches the key set again (rate-limited) and accepts the token.
+    let old_kid = jwt_kid(&finance);
+    s.idp.restart(true);
+    let rotated = s.idp.token("billing-agent", None);
+    assert_ne!(jwt_kid(&rotated), old_kid, "the provider rotated its key");
+    let fetches_before = s.gw.status()["identity"][0]["fetches"]
+        .as_u64()
+        .unwrap_or(0);
+    let (code, body) = s.get(&s.home, path, Some(&rotated));
+    assert_eq!(code, 200, "rotated key: {body}\n{}", s.gw.log());
+    let st = s.gw.status();
+    let p = &st["identity"][0];
+    assert!(
+        p["fetches"].as_u64().unwrap_or(0) > fetches_before,
+        "keys were fetched again: {p}"
+    );
+    assert_eq!(p["usable"], true, "{p}");
+    assert!(s.gw.counter("tokens_verified") >= 2);
+    assert!(s.gw.counter("tokens_rejected") >= 5);
+}
+
+#[test]
+fn a_rule_can_require_both_the_token_and_the_workload() {
+    let Some(s) = setup("a_rule_can_require_both_the_token_and_the_workload", "") else {
+        return;
+    };
+    let finance = s.idp.token("billing-agent", None);
+
+    // Finance token, the named cgroup, as root: the only combination allowed.
+    let (code, body) = s.refund(&s.home, &[], Some(&finance));
+    assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+    let r = record_where(&s.gw, "the allowed refund", |r| {
+        r["function"] == "refund" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["workload"]["user"], "root", "{r}");
+    assert!(
+        r["workload"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/curl")),
+        "{r}"
+    );
+
+    // The same call from another cgroup, without the token, or as another user: denied.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    for (what, cg, prefix, token) in [
+        ("another cgroup", &s.other, &[][..], Some(finance.as_str())),
+        ("no token", &s.home, &[][..], None),
+        ("another user", &s.home, &nobody[..], Some(finance.as_str())),
+    ] {
+        let before = s.up.requests().len();
+        let (code, body) = s.refund(cg, prefix, token);
+        assert_eq!(code, 403, "{what}: {body}");
+        assert_eq!(s.up.requests().len(), before, "{what}: upstream untouched");
+    }
+    let denied = wait_for(Duration::from_secs(10), || {
+        let d: Vec<Value> = records(&s.gw)
+            .into_iter()
+            .filter(|r| r["function"] == "refund" && r["decision"]["action"] == "deny")
+            .collect();
+        (d.len() == 3).then_some(d)
+    })
+    .unwrap_or_else(|| panic!("three denied refunds on record: {:#?}", records(&s.gw)));
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["workload"]["uid"] == 65534 && r["workload"]["user"] == "nobody"),
+        "{denied:#?}"
+    );
+}
+
+#[test]
+fn cached_keys_outlive_the_provider_then_fail_closed() {
+    let Some(mut s) = setup(
+        "cached_keys_outlive_the_provider_then_fail_closed",
+        "      jwks_refresh_s: 1\n      jwks_max_age_s: 4\n",
+    ) else {
+        return;
+    };
+    let path = "/v1/payments/p_1";
+    let finance = s.idp.token("billing-agent", None);
+    let (code, body) = s.get(&s.home, path, Some(&finance));
+    assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+
+    // The provider goes away: the keys fetched last keep working for a while…
+    s.idp.stop();
+    let (code, body) = s.get(&s.home, path, Some(&finance));
+    assert_eq!(code, 200, "cached keys: {body}");
+
+    // …and once they are older than jwks_max_age_s, tokens identify nobody.
+    let refused = wait_for(Duration::from_secs(15), || {
+        let (code, body) = s.get(&s.home, path, Some(&finance));
+        (code == 403).then_some(body)
+    })
+    .expect("calls are refused once the keys are too old");
+    assert!(refused.contains("invalid_token: keys expired"), "{refused}");
+    let st = s.gw.status();
+    let p = &st["identity"][0];
+    assert_eq!(p["usable"], false, "{p}");
+    assert!(p["last_error"].is_string(), "status says why: {p}");
+    let out = s.gw.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("KEYS EXPIRED"), "{text}");
+}
+
+#[test]
+fn the_injected_credential_never_comes_back() {
+    let Some(s) = setup("the_injected_credential_never_comes_back", "") else {
+        return;
+    };
+    let finance = s.idp.token("billing-agent", None);
+
+    // The upstream quotes the request's headers in its JSON body, in a response header and
+    // as plain text: the secret reached it, and none of it reaches the caller.
+    let (code, body) = s.call(&s.home, &[], "/echo", Some(&finance), &["-i"]);
+    assert_eq!(code, 200, "{body}");
+    let seen = s.up.requests();
+    assert_eq!(seen.last().unwrap()["headers"]["x-api-key"], SECRET);
+    assert!(!body.contains(SECRET), "leaked to the caller: {body}");
+    assert!(body.contains("[MASKED:credential]"), "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-echo-key: [masked:credential]"),
+        "{body}"
+    );
+    let (code, body) = s.get(&s.home, "/echo.txt", Some(&finance));
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(SECRET), "leaked to the caller: {body}");
+    assert!(body.contains("[MASKED:credential]"), "{body}");
+
+    // Nothing the gateway wrote holds it: records (exported, and the files themselves),
+    // its log, its state.
+    record_where(&s.gw, "the echo", |r| r["function"] == "echo_text");
+    let exported = serde_json::to_string(&records(&s.gw)).unwrap();
+    assert!(exported.contains("[MASKED:credential]"), "{exported}");
+    assert!(!exported.contains(SECRET), "in the records: {exported}");
+    let mut files = 0;
+    let mut stack = vec![s.gw.dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = fs::read(&p) {
+                files += 1;
+                assert!(
+                    !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "{} holds the secret",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files >= 3, "looked at {files} files");
+}
