@@ -488,6 +488,11 @@ impl Drop for Party {
 
 /// The upstream of `tests/parties/upstream.py` (REST + JSON-RPC), plain or with TLS.
 pub fn upstream(dir: &Path, tls: Option<(&Path, &Path)>) -> Party {
+    upstream_with(dir, tls, &[])
+}
+
+/// [`upstream`] with more of its flags (e.g. `--fail-hooks 1`).
+pub fn upstream_with(dir: &Path, tls: Option<(&Path, &Path)>, flags: &[&str]) -> Party {
     let port = free_port();
     let log = dir.join(format!("upstream-{port}.jsonl"));
     let py = party_python();
@@ -508,6 +513,7 @@ pub fn upstream(dir: &Path, tls: Option<(&Path, &Path)>) -> Party {
             key.display().to_string(),
         ]);
     }
+    argv.extend(flags.iter().map(|f| f.to_string()));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     Party::start(&argv, port, log)
 }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use bytes::Bytes;
 
 use crate::{
+    approve::Approvals,
     cgroup::{self, CgroupNames},
     config::{self, Config},
     forward::{self, pool::Upstreams},
@@ -68,6 +69,8 @@ pub struct ProxyInputs {
     pub users: Users,
     /// The credentials services inject, as last read.
     pub credentials: Credentials,
+    /// Calls held for a human's verdict (with a policy).
+    pub approvals: Option<Arc<Approvals>>,
     /// Verifies callers' OIDC tokens (with a policy).
     pub verifier: Option<Arc<Verifier>>,
     /// The call log; `None` when recording is off.

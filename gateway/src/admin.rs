@@ -57,10 +57,34 @@ pub enum AdminError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    Enable { target: Target },
-    Disable { target: Target },
+    Enable {
+        target: Target,
+    },
+    Disable {
+        target: Target,
+    },
     Status,
     Reload,
+    /// Pending approval requests, or (`all`) the recent ones too.
+    Approvals {
+        #[serde(default)]
+        all: bool,
+    },
+    /// An approver's verdict on a held call.
+    Answer {
+        id: String,
+        approve: bool,
+        /// Who answers (the CLI user: the host's operator).
+        approver: String,
+        #[serde(default)]
+        grant: Option<String>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    Grants,
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +110,8 @@ pub struct Status {
     /// OIDC providers and the state of their signing keys.
     #[serde(default)]
     pub identity: Vec<crate::identity::oidc::ProviderStatus>,
+    #[serde(default)]
+    pub approvals: Option<crate::approve::ApprovalsStatus>,
     pub enabled: Vec<Enabled>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
@@ -101,6 +127,7 @@ pub struct AdminInputs {
     pub policy: Option<Arc<PolicyStore>>,
     pub recorder: Option<crate::record::Recorder>,
     pub verifier: Option<Arc<crate::identity::Verifier>>,
+    pub approvals: Option<Arc<crate::approve::Approvals>>,
     pub started: Instant,
 }
 
@@ -184,6 +211,30 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Enable { target } => change(inputs, target, true).await,
         Request::Disable { target } => change(inputs, target, false).await,
         Request::Reload => reload(inputs).await,
+        Request::Approvals { all } => approvals(inputs).and_then(|a| to_json(a.list(all))),
+        Request::Answer {
+            id,
+            approve,
+            approver,
+            grant,
+            comment,
+        } => approvals(inputs).and_then(|a| {
+            let grant = match grant.as_deref() {
+                None => None,
+                Some(g) => Some(
+                    crate::policy::compile::parse_duration(g)
+                        .ok_or_else(|| format!("--grant {g:?} is not a duration like 30m"))?,
+                ),
+            };
+            let who = crate::approve::Approver {
+                name: approver,
+                groups: Vec::new(),
+                operator: true,
+            };
+            to_json(a.answer(&id, approve, &who, grant, comment)?)
+        }),
+        Request::Grants => approvals(inputs).and_then(|a| to_json(a.grants())),
+        Request::Revoke { id } => approvals(inputs).and_then(|a| to_json(a.revoke(&id)?)),
     };
     match result {
         Ok(data) => Response {
@@ -197,6 +248,17 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
             data: serde_json::Value::Null,
         },
     }
+}
+
+fn approvals(inputs: &AdminInputs) -> Result<&crate::approve::Approvals, String> {
+    inputs
+        .approvals
+        .as_deref()
+        .ok_or_else(|| "this gateway runs without a policy: no call is ever held".into())
+}
+
+fn to_json(v: impl Serialize) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
 async fn change(
@@ -253,6 +315,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .as_ref()
             .map(|v| v.status())
             .unwrap_or_default(),
+        approvals: inputs.approvals.as_ref().map(|a| a.status()),
         enabled: inputs.interceptor.enabled(),
         counters: inputs.stats.snapshot(),
         kernel: inputs

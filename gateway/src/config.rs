@@ -35,6 +35,12 @@ pub enum ConfigError {
         index: usize,
         reason: String,
     },
+    #[error("{path}: approvals.{key}: {reason}")]
+    Approvals {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
     #[error("{path}: at most {max} intercept rules are supported, found {found}")]
     TooManyRules {
         path: PathBuf,
@@ -68,6 +74,29 @@ pub struct Config {
     pub records: RecordsConfig,
     /// Limits of the L7 data path.
     pub http: HttpConfig,
+    /// Held calls: limits and where new requests are announced.
+    pub approvals: ApprovalsConfig,
+}
+
+/// `approvals:` in the config file.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalsConfig {
+    pub limits: crate::approve::Limits,
+    pub webhook: Option<crate::approve::notify::WebhookConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileApprovals {
+    max_pending: Option<usize>,
+    max_pending_per_caller: Option<usize>,
+    /// POSTed a JSON announcement of each new request.
+    webhook_url: Option<String>,
+    /// `json` (default) or `slack`.
+    webhook_format: Option<crate::approve::notify::Format>,
+    webhook_attempts: Option<u32>,
+    /// Base URL of the approvals page, for the links in announcements.
+    page_url: Option<String>,
 }
 
 /// `http:` in the config file: the limits that keep a hostile or broken client bounded.
@@ -176,6 +205,7 @@ struct File {
     idle_timeout_s: Option<u64>,
     records: Option<FileRecords>,
     http: Option<FileHttp>,
+    approvals: Option<FileApprovals>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,9 +314,37 @@ impl Config {
             body_timeout: Duration::from_secs(h.body_timeout_s.unwrap_or(30)),
             max_held_response_bytes: h.max_held_response_kb.unwrap_or(4096) * 1024,
         };
+        let a = file.approvals.unwrap_or_default();
+        for (key, url) in [("webhook_url", &a.webhook_url), ("page_url", &a.page_url)] {
+            if let Some(url) = url {
+                check_http_url(url).map_err(|reason| ConfigError::Approvals {
+                    path: path.into(),
+                    key,
+                    reason,
+                })?;
+            }
+        }
+        let defaults = crate::approve::Limits::default();
+        let approvals = ApprovalsConfig {
+            limits: crate::approve::Limits {
+                max_pending: a.max_pending.unwrap_or(defaults.max_pending),
+                max_pending_per_caller: a
+                    .max_pending_per_caller
+                    .unwrap_or(defaults.max_pending_per_caller),
+            },
+            webhook: a
+                .webhook_url
+                .map(|url| crate::approve::notify::WebhookConfig {
+                    url,
+                    format: a.webhook_format.unwrap_or_default(),
+                    page_url: a.page_url,
+                    attempts: a.webhook_attempts.unwrap_or(6),
+                }),
+        };
         Ok(Self {
             records,
             http,
+            approvals,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)
@@ -427,6 +485,19 @@ pub fn from_words(w: &[u32; 4]) -> Ipv6Addr {
 pub const LISTEN_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const LISTEN_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
 
+/// An absolute http(s) URL, as the gateway's own client and a browser need it.
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an absolute http:// or https:// URL"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +518,27 @@ mod tests {
         assert!(
             msg.contains("c.yaml") && msg.contains("listen_prot") && msg.contains("line 2"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn approvals_section() {
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "approvals:\n  max_pending: 3\n  webhook_url: https://hooks.example/x\n  webhook_format: slack\n",
+        )
+        .unwrap();
+        assert_eq!(c.approvals.limits.max_pending, 3);
+        assert_eq!(c.approvals.limits.max_pending_per_caller, 8);
+        let w = c.approvals.webhook.unwrap();
+        assert_eq!(w.format, crate::approve::notify::Format::Slack);
+        assert_eq!(w.attempts, 6);
+        let err = Config::from_yaml(Path::new("c.yaml"), "approvals:\n  webhook_url: hooks\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("approvals.webhook_url") && err.contains("http"),
+            "{err}"
         );
     }
 

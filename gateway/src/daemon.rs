@@ -8,14 +8,16 @@ use tracing::{info, warn};
 use crate::{
     accept::{self, Listeners, ProxyInputs},
     admin::{self, AdminInputs},
+    approve::{Approvals, notify::Notifier},
     cgroup::CgroupNames,
     config::Config,
     forward::pool::Upstreams,
     identity::{Verifier, workload::Users},
     intercept::Interceptor,
     mask::MaskKey,
+    outbound::Outbound,
     policy::PolicyStore,
-    record::Recorder,
+    record::{Record, RecordedDecision, Recorder},
     stats::Stats,
     tls::Authority,
 };
@@ -41,6 +43,8 @@ pub enum DaemonError {
     MaskKey(#[from] crate::mask::MaskError),
     #[error("local CA: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Approvals(#[from] crate::approve::ApprovalError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -83,10 +87,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             None
         }
     };
+    // The gateway's own requests (OIDC providers, approval webhooks).
+    let outbound = match &authority {
+        Some(ca) => Some(Outbound::new((*ca.client_config(None)?).clone())),
+        None => None,
+    };
     // Callers' tokens are verified against the providers of the policy in force.
-    let verifier = match (&policy, &authority) {
-        (Some(store), Some(ca)) => {
-            let v = Arc::new(Verifier::new((*ca.client_config(None)?).clone()));
+    let verifier = match (&policy, &outbound) {
+        (Some(store), Some(http)) => {
+            let v = Arc::new(Verifier::new(http.clone()));
             let weak = Arc::downgrade(&v);
             store.on_change(move |snap| {
                 if let Some(v) = weak.upgrade() {
@@ -96,6 +105,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             Some(v)
         }
         _ => None,
+    };
+    let approvals = match &outbound {
+        Some(http) => Some(open_approvals(&cfg, http, recorder.as_ref())?),
+        None => None,
     };
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
@@ -116,6 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         stats: stats.clone(),
         names: CgroupNames::default(),
         users: Users::default(),
+        approvals: approvals.clone(),
         credentials: Default::default(),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
@@ -146,6 +160,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         policy: policy.clone(),
         recorder: recorder.clone(),
         verifier,
+        approvals,
         started,
     });
     tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
@@ -181,6 +196,49 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())
+}
+
+/// The held-call registry; calls that were held when the gateway last stopped are recorded
+/// now, as interrupted, so that no call goes unrecorded.
+fn open_approvals(
+    cfg: &Config,
+    http: &Outbound,
+    recorder: Option<&Recorder>,
+) -> Result<Arc<Approvals>, DaemonError> {
+    let notifier = cfg
+        .approvals
+        .webhook
+        .clone()
+        .map(|w| Notifier::start(w, http.clone()));
+    let (approvals, interrupted) = Approvals::open(
+        cfg.state_dir.join("approvals.json"),
+        cfg.approvals.limits,
+        notifier,
+    )?;
+    for r in interrupted {
+        warn!(id = %r.id, service = %r.service, function = %r.function, "a call held for approval was interrupted by the restart");
+        let Some(recorder) = recorder else { continue };
+        let mut rec = Record::new(r.session.clone(), r.destination.clone());
+        rec.time_ms = r.requested_at_ms;
+        rec.protocol = "http".into();
+        rec.service = Some(r.service.clone());
+        rec.function = Some(r.function.clone());
+        rec.args = Some(r.args.clone());
+        rec.caller = serde_json::to_value(&r.caller).ok();
+        rec.decision = RecordedDecision {
+            action: "approve".into(),
+            enforced: true,
+            rule: Some(r.rule.clone()),
+            reason: Some("interrupted by restart while awaiting approval".into()),
+            policy_commit: r.policy_commit.clone(),
+            ..RecordedDecision::default()
+        };
+        rec.approval = Some(serde_json::json!({ "request": r.id, "state": r.state }));
+        if let Err(e) = recorder.submit(rec) {
+            warn!(error = %e, "could not record an interrupted call");
+        }
+    }
+    Ok(Arc::new(approvals))
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy.

@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::{
     accept::ProxyInputs,
+    approve,
     extract::{self, Extracted, Kind, OneCall, Role},
     forward::pool::{BodyError, ProxyBody, UpstreamKey},
     identity,
@@ -232,7 +233,19 @@ impl Conn {
         let Some(one) = decided.into_iter().next() else {
             return reply::empty(StatusCode::BAD_REQUEST);
         };
-        if one.decision.enforced != Action::Allow {
+        let mut recording = recording;
+        if one.decision.enforced == Action::Approve {
+            // Held here, the upstream untouched, until a verdict or the rule's timeout.
+            let (approved, info) = self.approve(service, &one).await;
+            if let (Some(r), Some(info)) = (recording.as_mut(), info) {
+                r.rec.approval = Some(info);
+            }
+            if let Err(r) = approved {
+                return self
+                    .refuse(recording, kind, one.call, Some(&one.decision), r)
+                    .await;
+            }
+        } else if one.decision.enforced != Action::Allow {
             let r = one.refusal();
             return self
                 .refuse(recording, kind, one.call, Some(&one.decision), r)
@@ -267,6 +280,74 @@ impl Conn {
             }
         }
         self.respond(kind, parts.version, resp, one, recording)
+    }
+
+    /// Holds a call its rule says needs approval, unless a grant covers it. Ok to go ahead;
+    /// either way, what the record says about the approval.
+    async fn approve(
+        &self,
+        service: Option<&Service>,
+        one: &Decided,
+    ) -> (Result<(), Refusal>, Option<Json>) {
+        let ob = &one.decision.obligations;
+        let (Some(approvals), Some(spec), Some(service)) =
+            (&self.inputs.approvals, &ob.approval, service)
+        else {
+            return (Err(one.refusal()), None);
+        };
+        let key = &self.inputs.mask_key;
+        let digest = key.fingerprint("args", one.call.args.to_string().as_bytes());
+        let function = &one.call.function;
+        if let Some(g) = approvals.granted(&one.caller, &service.name, function, &digest) {
+            let info = serde_json::json!({
+                "grant": g.id, "approved_by": g.approved_by, "request": g.request,
+            });
+            return (Ok(()), Some(info));
+        }
+        let mut args = one.call.args.clone();
+        ob.masks.0.mask_value(key, &mut args);
+        let refusal = |error: &'static str, reason: String| Refusal {
+            error,
+            reason,
+            ..one.refusal()
+        };
+        let hold = match approvals.hold(approve::NewRequest {
+            service: &service.name,
+            function,
+            args,
+            args_digest: digest,
+            caller: &one.caller,
+            rule: one.decision.rule.as_deref().unwrap_or(""),
+            policy_commit: one.decision.policy.commit.clone(),
+            spec,
+            session: &self.session,
+            destination: self.dst.to_string(),
+        }) {
+            Ok(h) => h,
+            Err(why) => return (Err(refusal("approval_unavailable", why)), None),
+        };
+        let id = hold.id.clone();
+        let info = |r: &approve::Request| serde_json::json!({ "request": id, "state": r.state, "verdict": r.verdict });
+        match hold.outcome().await {
+            approve::Outcome::Approved(r) => (Ok(()), Some(info(&r))),
+            approve::Outcome::Denied(r) => {
+                let why = r.verdict.as_ref().map_or_else(
+                    || "denied by an approver".to_string(),
+                    |v| match &v.comment {
+                        Some(c) => format!("denied by {}: {c}", v.by),
+                        None => format!("denied by {}", v.by),
+                    },
+                );
+                (Err(refusal("approval_denied", why)), Some(info(&r)))
+            }
+            approve::Outcome::TimedOut(r) => {
+                let why = format!(
+                    "approval timed out after {}",
+                    humantime::format_duration(spec.timeout)
+                );
+                (Err(refusal("approval_timeout", why)), Some(info(&r)))
+            }
+        }
     }
 
     /// The caller of one request: the connection's workload, and the identity its token
@@ -518,7 +599,6 @@ impl Conn {
     }
 }
 
-/// The policy's refusal of one call, worded for its client.
 /// What a record says about the caller beyond its workload: the verified identity, or why a
 /// presented token was not accepted. Claims stay out: they are the provider's, often personal.
 fn recorded_caller(c: &Caller) -> Option<Json> {
@@ -543,7 +623,8 @@ impl Decided {
         let mut reason = d.reason.as_deref().map_or_else(
             || {
                 if approve {
-                    "this call needs a human approval, which this gateway cannot take yet".into()
+                    "this call needs a human approval; send it on its own, not in a batch, to have it held"
+                        .into()
                 } else {
                     "no policy rule allows this call".to_string()
                 }
@@ -575,6 +656,11 @@ impl Decided {
 /// refusal no rule made: a limit, a mismatch, a failed upstream) a deny saying why.
 fn refused_decision(d: Option<&Decision>, r: &Refusal) -> RecordedDecision {
     match d {
+        // The approval's outcome is the reason: denied by whom, timed out, ….
+        Some(d) if d.enforced == Action::Approve => RecordedDecision {
+            reason: Some(format!("{}: {}", r.error, r.reason)),
+            ..recorded_decision(d)
+        },
         Some(d) if d.enforced != Action::Allow => recorded_decision(d),
         Some(d) => RecordedDecision {
             reason: Some(format!("allowed, then {}: {}", r.error, r.reason)),

@@ -11,6 +11,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod approve;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
@@ -23,6 +24,7 @@ pub mod inject;
 pub mod intercept;
 pub mod jsonpath;
 pub mod mask;
+pub mod outbound;
 pub mod policy;
 pub mod record;
 pub mod reply;

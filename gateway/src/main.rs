@@ -9,6 +9,7 @@ use callgate::{
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod approvals_cmd;
 mod records_cmd;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
@@ -37,6 +38,9 @@ enum Command {
     /// Read the tamper-evident call log: list, show, replay, verify, export.
     #[command(subcommand)]
     Records(records_cmd::RecordsCommand),
+    /// Calls held for human approval: list them, approve or deny, manage grants.
+    #[command(subcommand)]
+    Approvals(approvals_cmd::ApprovalsCommand),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Policy(cmd) => return policy_command(cmd, &rt),
         Command::Records(cmd) => return records_cmd::run(cmd),
+        Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {
@@ -457,6 +462,24 @@ fn print_status(s: &Status) {
         println!("identity:      {} {} ({keys})", p.name, p.issuer);
         if let Some(e) = &p.last_error {
             println!("  last fetch failed: {e}");
+        }
+    }
+    if let Some(a) = &s.approvals {
+        println!(
+            "approvals:     {} pending, {} grants in force{}",
+            a.pending,
+            a.grants,
+            if a.pending > 0 {
+                " (see `callgate approvals list`)"
+            } else {
+                ""
+            }
+        );
+        if let Some(w) = &a.webhook {
+            println!(
+                "  webhook {}: {} delivered, {} retries, {} lost",
+                w.url, w.delivered, w.retries, w.lost
+            );
         }
     }
     if s.enabled.is_empty() {

@@ -107,6 +107,14 @@ impl MaskKey {
         Ok(Self::from_bytes(k))
     }
 
+    /// A keyed digest of `value` (hex), for telling equal values apart without keeping them.
+    pub fn fingerprint(&self, label: &str, value: &[u8]) -> String {
+        self.tag(label, value)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn tag(&self, label: &str, value: &[u8]) -> [u8; 8] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC takes any key");
         mac.update(label.as_bytes());

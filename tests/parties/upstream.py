@@ -36,6 +36,12 @@ class Handler(BaseHTTPRequestHandler):
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode(errors="replace"),
             }) + "\n")
+        if self.path == "/hook":
+            # A webhook receiver that is down for its first --fail-hooks deliveries.
+            self.server.hooks += 1
+            if self.server.hooks <= self.server.fail_hooks:
+                return self.reply(503, {"error": "receiver starting"})
+            return self.reply(204, b"")
         if self.path == "/rpc":
             msgs = json.loads(body)
             batch = isinstance(msgs, list)
@@ -70,9 +76,12 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--fail-hooks", type=int, default=0)
     a = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.log_path = a.log
+    srv.hooks = 0
+    srv.fail_hooks = a.fail_hooks
     if a.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.cert, a.key)

@@ -15,13 +15,7 @@ use std::{
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use bytes::Bytes;
 use http::HeaderName;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use openidconnect::{
     AsyncHttpClient, HttpRequest, HttpResponse, IssuerUrl, JsonWebKey, JsonWebKeySet,
     JsonWebKeySetUrl,
@@ -31,13 +25,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
-use crate::{jsonpath::JsonPath, policy::schema};
+use crate::{
+    jsonpath::JsonPath,
+    outbound::{Outbound, OutboundError, chain},
+    policy::schema,
+};
 
 /// Longest token looked at; real ones are a few KiB.
 const MAX_TOKEN: usize = 16 * 1024;
-/// Largest discovery document or key set read.
-const MAX_DOCUMENT: usize = 1024 * 1024;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Algorithms a provider's tokens may be signed with unless the policy narrows them: every
 /// asymmetric one. HMAC is never among them (its "key" would be the provider's public key).
@@ -273,7 +268,7 @@ pub struct ProviderStatus {
 
 /// Verifies tokens against the providers of the policy in force.
 pub struct Verifier {
-    http: Fetcher,
+    http: Outbound,
     runtime: tokio::runtime::Handle,
     active: ArcSwap<Active>,
     configuring: Mutex<()>,
@@ -311,10 +306,10 @@ struct Health {
 }
 
 impl Verifier {
-    /// Must be called inside the runtime that will refresh keys; `tls` is for https issuers.
-    pub fn new(tls: rustls::ClientConfig) -> Self {
+    /// Must be called inside the runtime that will refresh keys.
+    pub fn new(http: Outbound) -> Self {
         Self {
-            http: Fetcher::new(tls),
+            http,
             runtime: tokio::runtime::Handle::current(),
             active: ArcSwap::from_pointee(Active {
                 config: Arc::new(IdentityConfig::default()),
@@ -492,7 +487,7 @@ impl Issuer {
 
     /// A fetch a token asked for (its key is unknown, or there are no usable keys): true
     /// when new keys are in place. At most one per `unknown_key_refresh`.
-    async fn fetch_on_demand(&self, http: &Fetcher, seen: Option<&Arc<Keys>>) -> bool {
+    async fn fetch_on_demand(&self, http: &Outbound, seen: Option<&Arc<Keys>>) -> bool {
         let mut st = self.fetch.lock().await;
         // Someone fetched while this waited for the lock.
         let now = self.keys.load_full();
@@ -511,12 +506,12 @@ impl Issuer {
         self.fetch_locked(&mut st, http).await.is_ok()
     }
 
-    async fn fetch(&self, http: &Fetcher) -> Result<usize, String> {
+    async fn fetch(&self, http: &Outbound) -> Result<usize, String> {
         let mut st = self.fetch.lock().await;
         self.fetch_locked(&mut st, http).await
     }
 
-    async fn fetch_locked(&self, st: &mut FetchState, http: &Fetcher) -> Result<usize, String> {
+    async fn fetch_locked(&self, st: &mut FetchState, http: &Outbound) -> Result<usize, String> {
         let result = self.fetch_keys(st, http).await;
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         h.fetches += 1;
@@ -541,7 +536,7 @@ impl Issuer {
     async fn fetch_keys(
         &self,
         st: &mut FetchState,
-        http: &Fetcher,
+        http: &Outbound,
     ) -> Result<Vec<CoreJsonWebKey>, String> {
         if let Some(uri) = &st.jwks_uri {
             match JsonWebKeySet::<CoreJsonWebKey>::fetch_async(uri, http).await {
@@ -566,7 +561,7 @@ impl Issuer {
 }
 
 /// Keeps an issuer's keys fresh until the issuer is dropped (its provider left the policy).
-async fn refresh_loop(issuer: Weak<Issuer>, http: Fetcher) {
+async fn refresh_loop(issuer: Weak<Issuer>, http: Outbound) {
     let mut failures: u32 = 0;
     loop {
         let Some(i) = issuer.upgrade() else { return };
@@ -724,82 +719,14 @@ fn identity(cfg: &ProviderConfig, claims: Json, expires_in: Duration) -> Identit
     }
 }
 
-/// An error and its causes on one line: discovery errors hide the useful part in sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let c_s = c.to_string();
-        if !s.contains(&c_s) {
-            s.push_str(": ");
-            s.push_str(&c_s);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// The HTTP client `openidconnect` fetches with: hyper, rustls with the system roots.
-#[derive(Clone)]
-struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FetchError {
-    #[error("{0}")]
-    Http(String),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
-impl Fetcher {
-    fn new(mut tls: rustls::ClientConfig) -> Self {
-        tls.alpn_protocols.clear();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
-        }
-    }
-
-    async fn fetch(&self, req: HttpRequest) -> Result<HttpResponse, FetchError> {
-        let (parts, body) = req.into_parts();
-        let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let fetch = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| FetchError::Http(chain(&e)))?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_DOCUMENT)
-                .collect()
-                .await
-                .map_err(|e| FetchError::Http(e.to_string()))?
-                .to_bytes();
-            Ok(HttpResponse::from_parts(parts, body.to_vec()))
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))?
-    }
-}
-
 // A named future type keeps `Send` provable for the spawned refresh task (a closure client
 // trips the compiler's higher-ranked lifetime inference).
-impl<'c> AsyncHttpClient<'c> for Fetcher {
-    type Error = FetchError;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, FetchError>> + Send + 'c>>;
+impl<'c> AsyncHttpClient<'c> for Outbound {
+    type Error = OutboundError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, OutboundError>> + Send + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.fetch(request))
+        Box::pin(self.send(request))
     }
 }
 

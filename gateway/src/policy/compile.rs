@@ -226,7 +226,10 @@ pub struct ApprovalSpec {
     pub groups: Vec<String>,
     pub subjects: Vec<String>,
     pub timeout: Duration,
+    /// The longest window an approver may grant (none: approve once only).
     pub grant: Option<Duration>,
+    /// Grants cover only calls with the same arguments.
+    pub grant_same_args: bool,
 }
 
 /// `10m`, `30s`, `2h`, `1d`, or a combination like `1h30m`.
@@ -659,6 +662,7 @@ fn compile_service(
                     subjects: a.approvers.subjects.clone(),
                     timeout: timeout.unwrap_or(Duration::from_secs(600)),
                     grant: grant.flatten(),
+                    grant_same_args: a.grant_same_args,
                 })
             }
             (Action::Approve, None) => {

@@ -390,9 +390,13 @@ pub struct Approval {
     /// How long the call is held, e.g. `10m`.
     #[serde(default = "ten_minutes")]
     pub timeout: String,
-    /// How long an approval also covers repeats, e.g. `30m`.
+    /// The longest window an approver may grant, in which the same caller's calls of the
+    /// function pass without asking again, e.g. `30m`. Without it, approvals are once-only.
     #[serde(default)]
     pub grant: Option<String>,
+    /// Grants cover only calls with the same arguments as the approved one.
+    #[serde(default)]
+    pub grant_same_args: bool,
 }
 
 fn ten_minutes() -> String {

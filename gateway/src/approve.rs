@@ -1,0 +1,862 @@
+//! The approve stage: a call whose rule says `approve` is held — the client's request stays
+//! open and the upstream is not contacted — until an approver's verdict, the rule's timeout,
+//! or the client giving up. Approvers answer over the control socket (`callgate approvals`);
+//! each new request is announced to a webhook ([`notify`]).
+//!
+//! An approver may approve once, or grant a window in which the same caller's calls of the
+//! same function (and, if the rule says so, the same arguments) pass without asking again.
+//! Requests and grants live in the state directory: a restart loses neither. Requests held
+//! when the gateway stopped come back `interrupted` (their clients are gone); grants stay in
+//! force until they expire or are revoked.
+pub mod notify;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::{
+    fsutil,
+    policy::{Caller, compile::ApprovalSpec},
+    record::now_ms,
+};
+
+/// Finished requests kept for `approvals list --all` and the record of restarts.
+const KEEP_FINISHED: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("approval state {path}: {reason}")]
+    State { path: String, reason: String },
+}
+
+/// Bounds on what is waiting at once; beyond them new requests are refused at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_pending: usize,
+    pub max_pending_per_caller: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_pending: 256,
+            max_pending_per_caller: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    TimedOut,
+    /// The client gave up before a verdict.
+    Cancelled,
+    /// The gateway stopped while the call was held.
+    Interrupted,
+}
+
+/// One held call, as approvers see it (arguments masked) and as it is kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub state: State,
+    pub service: String,
+    pub function: String,
+    /// Masked with the service's masks.
+    pub args: Json,
+    pub caller: CallerSummary,
+    pub rule: String,
+    pub policy_commit: Option<String>,
+    pub approvers: Approvers,
+    /// The longest grant an approver may give (none: approve once only).
+    pub max_grant_s: Option<u64>,
+    pub requested_at_ms: u64,
+    pub expires_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Where the call was going, for its record should the gateway stop meanwhile.
+    pub session: String,
+    pub destination: String,
+    /// What grants from this request are scoped to.
+    scope: Scope,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Approvers {
+    pub groups: Vec<String>,
+    pub subjects: Vec<String>,
+}
+
+/// Who is calling, in the terms approvers judge by.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallerSummary {
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
+    pub provider: Option<String>,
+    pub unit: Option<String>,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+impl CallerSummary {
+    pub fn of(c: &Caller) -> Self {
+        let w = c.workload.clone().unwrap_or_default();
+        Self {
+            subject: c.authenticated.then(|| c.subject.clone()).flatten(),
+            groups: if c.authenticated {
+                c.groups.clone()
+            } else {
+                Vec::new()
+            },
+            provider: c.provider.clone(),
+            unit: w.unit,
+            user: w.user,
+            uid: w.uid,
+            pid: w.pid,
+            comm: w.comm,
+            cgroup: w.cgroup,
+        }
+    }
+
+    /// The caller a grant is for: its token's subject, else its workload (unit or cgroup,
+    /// and uid).
+    fn key(&self) -> String {
+        match (&self.provider, &self.subject) {
+            (Some(p), Some(s)) => format!("oidc:{p}:{s}"),
+            _ => format!(
+                "workload:{}:uid={}",
+                self.unit
+                    .as_deref()
+                    .or(self.cgroup.as_deref())
+                    .unwrap_or("?"),
+                self.uid.map_or("?".into(), |u| u.to_string())
+            ),
+        }
+    }
+
+    /// How a person would name this caller.
+    pub fn describe(&self) -> String {
+        let who = self.subject.clone().unwrap_or_else(|| "(no token)".into());
+        let what = self
+            .unit
+            .clone()
+            .or_else(|| self.comm.clone())
+            .unwrap_or_else(|| "?".into());
+        format!(
+            "{who} via {what} (uid {})",
+            self.uid.map_or("?".into(), |u| u.to_string())
+        )
+    }
+}
+
+/// What a grant covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Scope {
+    caller: String,
+    service: String,
+    function: String,
+    /// A keyed digest of the arguments, when the rule scopes grants to them.
+    args: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub approved: bool,
+    pub by: String,
+    /// `cli` or `web`.
+    pub via: String,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+}
+
+/// A window in which a caller's repeats of an approved call pass without asking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub caller: String,
+    pub service: String,
+    pub function: String,
+    pub args_digest: Option<String>,
+    pub expires_at_ms: u64,
+    pub approved_by: String,
+    pub request: String,
+    #[serde(default)]
+    pub uses: u64,
+}
+
+/// Who gives a verdict.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub name: String,
+    pub groups: Vec<String>,
+    /// The host's operator over the root-only control socket: may answer any request (the
+    /// break-glass path); web approvers only those whose rule names them.
+    pub operator: bool,
+}
+
+/// A call about to be held.
+pub struct NewRequest<'a> {
+    pub service: &'a str,
+    pub function: &'a str,
+    pub args: Json,
+    pub args_digest: String,
+    pub caller: &'a Caller,
+    pub rule: &'a str,
+    pub policy_commit: Option<String>,
+    pub spec: &'a ApprovalSpec,
+    pub session: &'a str,
+    pub destination: String,
+}
+
+/// What `callgate status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalsStatus {
+    pub pending: usize,
+    pub grants: usize,
+    pub webhook: Option<notify::WebhookStatus>,
+}
+
+/// How a held call ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Approved(Request),
+    Denied(Request),
+    TimedOut(Request),
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    requests: Vec<Request>,
+    grants: Vec<Grant>,
+}
+
+struct Inner {
+    requests: BTreeMap<String, Request>,
+    waiters: HashMap<String, oneshot::Sender<()>>,
+    grants: BTreeMap<String, Grant>,
+}
+
+pub struct Approvals {
+    path: PathBuf,
+    limits: Limits,
+    inner: Mutex<Inner>,
+    /// Bumped on every change, for live views.
+    changes: watch::Sender<u64>,
+    notifier: Option<notify::Notifier>,
+}
+
+impl Approvals {
+    /// Opens the state at `path`; requests that were held when the gateway stopped are
+    /// returned (now `interrupted`) so that their calls can be recorded.
+    pub fn open(
+        path: PathBuf,
+        limits: Limits,
+        notifier: Option<notify::Notifier>,
+    ) -> Result<(Self, Vec<Request>), ApprovalError> {
+        let saved: Saved = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ApprovalError::State {
+                path: path.display().to_string(),
+                reason: format!("not readable state ({e}); move it away to start afresh"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
+            Err(e) => {
+                return Err(ApprovalError::State {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let mut interrupted = Vec::new();
+        let mut requests = BTreeMap::new();
+        for mut r in saved.requests {
+            if r.state == State::Pending {
+                r.state = State::Interrupted;
+                interrupted.push(r.clone());
+            }
+            requests.insert(r.id.clone(), r);
+        }
+        let now = now_ms();
+        let grants = saved
+            .grants
+            .into_iter()
+            .filter(|g| g.expires_at_ms > now)
+            .map(|g| (g.id.clone(), g))
+            .collect();
+        let a = Self {
+            path,
+            limits,
+            inner: Mutex::new(Inner {
+                requests,
+                waiters: HashMap::new(),
+                grants,
+            }),
+            changes: watch::channel(0).0,
+            notifier,
+        };
+        if !interrupted.is_empty() {
+            a.save(&a.lock());
+        }
+        Ok((a, interrupted))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state; a failure is logged, the state in memory stays authoritative.
+    fn save(&self, inner: &Inner) {
+        let saved = Saved {
+            requests: inner.requests.values().cloned().collect(),
+            grants: inner.grants.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved).unwrap_or_default();
+        if let Err(e) = fsutil::write_atomic_mode(&self.path, &bytes, 0o600) {
+            warn!(path = %self.path.display(), error = %e, "could not save approval state");
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A live grant covering this call, if any (its use is counted).
+    pub fn granted(
+        &self,
+        caller: &Caller,
+        service: &str,
+        function: &str,
+        args_digest: &str,
+    ) -> Option<Grant> {
+        let key = CallerSummary::of(caller).key();
+        let now = now_ms();
+        let mut inner = self.lock();
+        let g = inner.grants.values_mut().find(|g| {
+            g.expires_at_ms > now
+                && g.caller == key
+                && g.service == service
+                && g.function == function
+                && g.args_digest.as_deref().is_none_or(|d| d == args_digest)
+        })?;
+        g.uses += 1;
+        Some(g.clone())
+    }
+
+    /// Holds a call: the returned [`Hold`] resolves on a verdict. Refused at once (with why)
+    /// when too many are waiting.
+    pub fn hold(self: &Arc<Self>, new: NewRequest<'_>) -> Result<Hold, String> {
+        let caller = CallerSummary::of(new.caller);
+        let key = caller.key();
+        let now = now_ms();
+        let (tx, rx) = oneshot::channel();
+        let request = {
+            let mut inner = self.lock();
+            let pending: Vec<&Request> = inner
+                .requests
+                .values()
+                .filter(|r| r.state == State::Pending)
+                .collect();
+            if pending.len() >= self.limits.max_pending {
+                return Err(format!(
+                    "{} approvals are already pending, the most this gateway holds",
+                    pending.len()
+                ));
+            }
+            let mine = pending.iter().filter(|r| r.scope.caller == key).count();
+            if mine >= self.limits.max_pending_per_caller {
+                return Err(format!(
+                    "this caller already has {mine} calls waiting for approval"
+                ));
+            }
+            let r = Request {
+                id: uuid::Uuid::now_v7().to_string(),
+                state: State::Pending,
+                service: new.service.into(),
+                function: new.function.into(),
+                args: new.args,
+                caller,
+                rule: new.rule.into(),
+                policy_commit: new.policy_commit,
+                approvers: Approvers {
+                    groups: new.spec.groups.clone(),
+                    subjects: new.spec.subjects.clone(),
+                },
+                max_grant_s: new.spec.grant.map(|g| g.as_secs()),
+                requested_at_ms: now,
+                expires_at_ms: now + new.spec.timeout.as_millis() as u64,
+                verdict: None,
+                session: new.session.into(),
+                destination: new.destination,
+                scope: Scope {
+                    caller: key,
+                    service: new.service.into(),
+                    function: new.function.into(),
+                    args: new.spec.grant_same_args.then_some(new.args_digest),
+                },
+            };
+            inner.requests.insert(r.id.clone(), r.clone());
+            inner.waiters.insert(r.id.clone(), tx);
+            trim(&mut inner);
+            self.save(&inner);
+            r
+        };
+        info!(
+            id = %request.id, service = %request.service, function = %request.function,
+            caller = %request.caller.describe(), rule = %request.rule,
+            "call held for approval"
+        );
+        if let Some(n) = &self.notifier {
+            n.announce(&request);
+        }
+        Ok(Hold {
+            approvals: self.clone(),
+            id: request.id,
+            timeout: new.spec.timeout,
+            rx: Some(rx),
+            done: false,
+        })
+    }
+
+    /// An approver's answer to request `id`.
+    pub fn answer(
+        &self,
+        id: &str,
+        approve: bool,
+        approver: &Approver,
+        grant: Option<Duration>,
+        comment: Option<String>,
+    ) -> Result<Request, String> {
+        let mut inner = self.lock();
+        let r = inner
+            .requests
+            .get(id)
+            .ok_or_else(|| format!("no approval request {id}"))?;
+        if r.state != State::Pending {
+            return Err(format!("request {id} is already {:?}", r.state).to_lowercase());
+        }
+        if approve {
+            may_approve(r, approver)?;
+        }
+        if let Some(g) = grant {
+            if !approve {
+                return Err("a grant comes with an approval, not a denial".into());
+            }
+            match r.max_grant_s {
+                None => {
+                    return Err(format!(
+                        "rule {} allows no grants: approve once, without --grant",
+                        r.rule
+                    ));
+                }
+                Some(max) if g.as_secs() > max => {
+                    return Err(format!(
+                        "rule {} allows grants of at most {}",
+                        r.rule,
+                        humantime::format_duration(Duration::from_secs(max))
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let now = now_ms();
+        let grant = grant.map(|g| Grant {
+            id: uuid::Uuid::now_v7().to_string(),
+            caller: r.scope.caller.clone(),
+            service: r.scope.service.clone(),
+            function: r.scope.function.clone(),
+            args_digest: r.scope.args.clone(),
+            expires_at_ms: now + g.as_millis() as u64,
+            approved_by: approver.name.clone(),
+            request: id.into(),
+            uses: 0,
+        });
+        let verdict = Verdict {
+            approved: approve,
+            by: approver.name.clone(),
+            via: if approver.operator { "cli" } else { "web" }.into(),
+            at_ms: now,
+            comment,
+            grant: grant.as_ref().map(|g| g.id.clone()),
+        };
+        if let Some(g) = grant {
+            inner.grants.insert(g.id.clone(), g);
+        }
+        let r = inner.requests.get_mut(id).expect("checked above");
+        r.state = if approve {
+            State::Approved
+        } else {
+            State::Denied
+        };
+        r.verdict = Some(verdict);
+        let r = r.clone();
+        if let Some(w) = inner.waiters.remove(id) {
+            let _ = w.send(());
+        }
+        self.save(&inner);
+        info!(id, approved = approve, by = %approver.name, "approval answered");
+        Ok(r)
+    }
+
+    /// Requests, newest first: pending ones, or (`all`) every one kept.
+    pub fn list(&self, all: bool) -> Vec<Request> {
+        let inner = self.lock();
+        inner
+            .requests
+            .values()
+            .rev()
+            .filter(|r| all || r.state == State::Pending)
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Request> {
+        self.lock().requests.get(id).cloned()
+    }
+
+    /// Grants in force.
+    pub fn grants(&self) -> Vec<Grant> {
+        let now = now_ms();
+        self.lock()
+            .grants
+            .values()
+            .filter(|g| g.expires_at_ms > now)
+            .cloned()
+            .collect()
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<Grant, String> {
+        let mut inner = self.lock();
+        let g = inner
+            .grants
+            .remove(id)
+            .ok_or_else(|| format!("no grant {id}"))?;
+        self.save(&inner);
+        info!(id, "grant revoked");
+        Ok(g)
+    }
+
+    pub fn status(&self) -> ApprovalsStatus {
+        let now = now_ms();
+        let inner = self.lock();
+        ApprovalsStatus {
+            pending: inner
+                .requests
+                .values()
+                .filter(|r| r.state == State::Pending)
+                .count(),
+            grants: inner
+                .grants
+                .values()
+                .filter(|g| g.expires_at_ms > now)
+                .count(),
+            webhook: self.notifier.as_ref().map(|n| n.status()),
+        }
+    }
+
+    /// A receiver that changes whenever a request or grant does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Ends a request that is still pending (timeout, or the client went away).
+    fn end(&self, id: &str, state: State) -> Option<Request> {
+        let mut inner = self.lock();
+        inner.waiters.remove(id);
+        let r = inner.requests.get_mut(id)?;
+        if r.state != State::Pending {
+            return Some(r.clone());
+        }
+        r.state = state;
+        let r = r.clone();
+        self.save(&inner);
+        Some(r)
+    }
+}
+
+/// Drops the oldest finished requests beyond [`KEEP_FINISHED`], and expired grants.
+fn trim(inner: &mut Inner) {
+    let finished: Vec<String> = inner
+        .requests
+        .values()
+        .filter(|r| r.state != State::Pending)
+        .map(|r| r.id.clone())
+        .collect();
+    for id in finished
+        .iter()
+        .take(finished.len().saturating_sub(KEEP_FINISHED))
+    {
+        inner.requests.remove(id);
+    }
+    let now = now_ms();
+    inner.grants.retain(|_, g| g.expires_at_ms > now);
+}
+
+fn may_approve(r: &Request, a: &Approver) -> Result<(), String> {
+    // The caller's token subject, or the account its workload runs as (root excepted: on
+    // most hosts every service and every operator's sudo is root).
+    let own = r.caller.subject.as_deref() == Some(a.name.as_str())
+        || (r.caller.user.as_deref() == Some(a.name.as_str()) && a.name != "root");
+    if own {
+        return Err(format!(
+            "{} cannot approve their own call: another approver must",
+            a.name
+        ));
+    }
+    if a.operator
+        || r.approvers.subjects.contains(&a.name)
+        || a.groups.iter().any(|g| r.approvers.groups.contains(g))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{} may not approve calls of rule {} (approvers: groups {:?}, subjects {:?})",
+        a.name, r.rule, r.approvers.groups, r.approvers.subjects
+    ))
+}
+
+/// A held call waiting for its verdict. Dropped before one (the client went away), the
+/// request is cancelled.
+pub struct Hold {
+    approvals: Arc<Approvals>,
+    pub id: String,
+    timeout: Duration,
+    rx: Option<oneshot::Receiver<()>>,
+    done: bool,
+}
+
+impl Hold {
+    pub async fn outcome(mut self) -> Outcome {
+        let rx = self.rx.take().expect("awaited once");
+        let answered = tokio::time::timeout(self.timeout, rx).await;
+        self.done = true;
+        let a = &self.approvals;
+        match answered {
+            Ok(Ok(())) => match a.get(&self.id) {
+                Some(r) if r.state == State::Approved => Outcome::Approved(r),
+                Some(r) => Outcome::Denied(r),
+                None => Outcome::TimedOut(self.lost()),
+            },
+            _ => match a.end(&self.id, State::TimedOut) {
+                Some(r) if r.state == State::Approved => Outcome::Approved(r),
+                Some(r) if r.state == State::Denied => Outcome::Denied(r),
+                Some(r) => Outcome::TimedOut(r),
+                None => Outcome::TimedOut(self.lost()),
+            },
+        }
+    }
+
+    /// A request trimmed away meanwhile: cannot happen while pending, answered as a timeout.
+    fn lost(&self) -> Request {
+        Request {
+            id: self.id.clone(),
+            state: State::TimedOut,
+            service: String::new(),
+            function: String::new(),
+            args: Json::Null,
+            caller: CallerSummary::default(),
+            rule: String::new(),
+            policy_commit: None,
+            approvers: Approvers::default(),
+            max_grant_s: None,
+            requested_at_ms: 0,
+            expires_at_ms: 0,
+            verdict: None,
+            session: String::new(),
+            destination: String::new(),
+            scope: Scope {
+                caller: String::new(),
+                service: String::new(),
+                function: String::new(),
+                args: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hold({})", self.id)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(r) = self.approvals.end(&self.id, State::Cancelled) {
+                if r.state == State::Cancelled {
+                    info!(id = %self.id, "the client went away; approval request cancelled");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Workload;
+
+    fn spec(grant: Option<u64>) -> ApprovalSpec {
+        ApprovalSpec {
+            groups: vec!["leads".into()],
+            subjects: vec![],
+            timeout: Duration::from_millis(300),
+            grant: grant.map(Duration::from_secs),
+            grant_same_args: false,
+        }
+    }
+
+    fn caller(sub: &str) -> Caller {
+        Caller {
+            subject: Some(sub.into()),
+            authenticated: true,
+            provider: Some("idp".into()),
+            workload: Some(Workload {
+                uid: Some(1000),
+                ..Workload::default()
+            }),
+            ..Caller::default()
+        }
+    }
+
+    fn new<'a>(c: &'a Caller, s: &'a ApprovalSpec) -> NewRequest<'a> {
+        NewRequest {
+            service: "payments",
+            function: "refund",
+            args: serde_json::json!({"amount": 500}),
+            args_digest: "d1".into(),
+            caller: c,
+            rule: "big",
+            policy_commit: None,
+            spec: s,
+            session: "s-1",
+            destination: "127.0.0.1:1".into(),
+        }
+    }
+
+    fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Approvals>, Vec<Request>) {
+        let (a, i) = Approvals::open(dir.join("approvals.json"), limits, None).unwrap();
+        (Arc::new(a), i)
+    }
+
+    fn person(name: &str, groups: &[&str]) -> Approver {
+        Approver {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            operator: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn approve_deny_timeout_and_grants() {
+        let dir = tempdir();
+        let (a, _) = open(&dir, Limits::default());
+        let c = caller("agent");
+        let s = spec(Some(3600));
+
+        let hold = a.hold(new(&c, &s)).unwrap();
+        let id = hold.id.clone();
+        assert!(
+            a.answer(&id, true, &person("agent", &["leads"]), None, None)
+                .is_err()
+        );
+        assert!(
+            a.answer(&id, true, &person("eve", &["eng"]), None, None)
+                .is_err()
+        );
+        let too_long = Some(Duration::from_secs(7200));
+        assert!(
+            a.answer(&id, true, &person("lee", &["leads"]), too_long, None)
+                .is_err()
+        );
+        let g = Some(Duration::from_secs(600));
+        a.answer(&id, true, &person("lee", &["leads"]), g, Some("ok".into()))
+            .unwrap();
+        assert!(matches!(hold.outcome().await, Outcome::Approved(_)));
+        let grant = a.granted(&c, "payments", "refund", "other-args").unwrap();
+        assert_eq!(grant.approved_by, "lee");
+        assert!(
+            a.granted(&caller("else"), "payments", "refund", "d1")
+                .is_none()
+        );
+
+        let hold = a.hold(new(&c, &s)).unwrap();
+        a.answer(&hold.id, false, &person("lee", &[]), None, None)
+            .unwrap();
+        assert!(matches!(hold.outcome().await, Outcome::Denied(_)));
+
+        let hold = a.hold(new(&c, &s)).unwrap();
+        assert!(matches!(hold.outcome().await, Outcome::TimedOut(_)));
+
+        let hold = a.hold(new(&c, &s)).unwrap();
+        let id = hold.id.clone();
+        drop(hold);
+        assert_eq!(a.get(&id).unwrap().state, State::Cancelled);
+
+        a.revoke(&grant.id).unwrap();
+        assert!(a.granted(&c, "payments", "refund", "d1").is_none());
+    }
+
+    #[tokio::test]
+    async fn limits_and_restart() {
+        let dir = tempdir();
+        let limits = Limits {
+            max_pending: 3,
+            max_pending_per_caller: 2,
+        };
+        let (a, _) = open(&dir, limits);
+        let s = spec(Some(60));
+        let (one, two) = (caller("one"), caller("two"));
+        let h1 = a.hold(new(&one, &s)).unwrap();
+        let h2 = a.hold(new(&one, &s)).unwrap();
+        assert!(a.hold(new(&one, &s)).unwrap_err().contains("already has 2"));
+        let h3 = a.hold(new(&two, &s)).unwrap();
+        assert!(
+            a.hold(new(&two, &s))
+                .unwrap_err()
+                .contains("already pending")
+        );
+        let approved = a
+            .answer(
+                &h3.id,
+                true,
+                &person("lee", &["leads"]),
+                Some(Duration::from_secs(60)),
+                None,
+            )
+            .unwrap();
+        // The gateway stops with two calls held: they come back interrupted, the grant stays.
+        std::mem::forget((h1, h2));
+        drop(a);
+        let (a, interrupted) = open(&dir, limits);
+        assert_eq!(interrupted.len(), 2);
+        assert!(interrupted.iter().all(|r| r.state == State::Interrupted));
+        assert!(a.list(false).is_empty());
+        assert_eq!(a.list(true).len(), 3);
+        assert!(a.granted(&two, "payments", "refund", "x").is_some());
+        assert_eq!(a.get(&approved.id).unwrap().state, State::Approved);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "callgate-approve-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,173 @@
+//! New approval requests announced to a webhook: a JSON POST (or a Slack-compatible `text`)
+//! per request, with a link to where it can be answered and never its arguments. Retried
+//! with backoff; a receiver that stays down loses announcements, never calls (the request
+//! still waits for its verdict and shows in `callgate approvals list`).
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::Request;
+use crate::outbound::Outbound;
+
+/// Announcements queued at most; beyond that new ones are dropped with a warning.
+const QUEUE: usize = 256;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    /// `{"text": ...}`, what Slack (and Mattermost, Rocket.Chat…) incoming webhooks take.
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub format: Format,
+    /// Base URL of the approvals page, for links (`<page_url>/approvals/<id>`).
+    pub page_url: Option<String>,
+    /// Deliveries tried per announcement.
+    pub attempts: u32,
+}
+
+pub struct Notifier {
+    tx: mpsc::Sender<Json>,
+    format: Format,
+    page_url: Option<String>,
+    url: String,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    delivered: AtomicU64,
+    /// Announcements given up after every attempt, or dropped on a full queue.
+    lost: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    pub url: String,
+    pub delivered: u64,
+    pub retries: u64,
+    pub lost: u64,
+}
+
+impl Notifier {
+    /// Starts the delivery task (on the current runtime).
+    pub fn start(cfg: WebhookConfig, http: Outbound) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Json>(QUEUE);
+        let (format, page_url, url) = (cfg.format, cfg.page_url.clone(), cfg.url.clone());
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
+        tokio::spawn(async move {
+            while let Some(payload) = rx.recv().await {
+                // One task per announcement: a slow receiver does not delay the next.
+                tokio::spawn(deliver(cfg.clone(), http.clone(), payload, c.clone()));
+            }
+        });
+        Self {
+            tx,
+            format,
+            page_url,
+            url,
+            counts,
+        }
+    }
+
+    pub fn status(&self) -> WebhookStatus {
+        WebhookStatus {
+            url: self.url.clone(),
+            delivered: self.counts.delivered.load(Relaxed),
+            retries: self.counts.retries.load(Relaxed),
+            lost: self.counts.lost.load(Relaxed),
+        }
+    }
+
+    pub(super) fn announce(&self, r: &Request) {
+        let payload = payload(r, self.format, self.page_url.as_deref());
+        if self.tx.try_send(payload).is_err() {
+            self.counts.lost.fetch_add(1, Relaxed);
+            warn!(id = %r.id, "approval webhook queue is full; this request is not announced");
+        }
+    }
+}
+
+/// The announcement of `r`.
+pub fn payload(r: &Request, format: Format, page_url: Option<&str>) -> Json {
+    let url = page_url.map(|p| format!("{}/approvals/{}", p.trim_end_matches('/'), r.id));
+    let expires_in = Duration::from_millis(r.expires_at_ms.saturating_sub(r.requested_at_ms));
+    match format {
+        Format::Json => json!({
+            "event": "approval_requested",
+            "id": r.id,
+            "service": r.service,
+            "function": r.function,
+            "rule": r.rule,
+            "caller": r.caller,
+            "policy_commit": r.policy_commit,
+            "requested_at_ms": r.requested_at_ms,
+            "expires_at_ms": r.expires_at_ms,
+            "url": url,
+        }),
+        Format::Slack => {
+            let link = url.map_or_else(
+                || format!(" Answer with `callgate approvals approve {}`.", r.id),
+                |u| format!(" <{u}|Review it>."),
+            );
+            json!({
+                "text": format!(
+                    "callgate: approval needed for {}.{} by {} (rule {}), expires in {}.{link}",
+                    r.service,
+                    r.function,
+                    r.caller.describe(),
+                    r.rule,
+                    humantime::format_duration(expires_in),
+                )
+            })
+        }
+    }
+}
+
+async fn deliver(cfg: WebhookConfig, http: Outbound, payload: Json, counts: Arc<Counts>) {
+    let body = serde_json::to_vec(&payload).unwrap_or_default();
+    let mut wait = Duration::from_millis(500);
+    for attempt in 1..=cfg.attempts.max(1) {
+        let req = http::Request::post(&cfg.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        let outcome = match req {
+            Ok(req) => http.send(req).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(resp) if resp.status().is_success() => {
+                debug!(url = %cfg.url, attempt, "approval announced");
+                counts.delivered.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(resp) => {
+                warn!(url = %cfg.url, attempt, status = %resp.status(), "approval webhook refused the announcement")
+            }
+            Err(e) => warn!(url = %cfg.url, attempt, error = %e, "approval webhook unreachable"),
+        }
+        if attempt < cfg.attempts {
+            counts.retries.fetch_add(1, Relaxed);
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+    counts.lost.fetch_add(1, Relaxed);
+    warn!(url = %cfg.url, "approval announcement given up after {} attempts", cfg.attempts);
+}

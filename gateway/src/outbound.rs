@@ -1,0 +1,86 @@
+//! The gateway's own outbound HTTP — OIDC discovery and key sets, approval webhooks — as
+//! opposed to forwarded calls: hyper with rustls (system roots), bounded in time and size.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+/// Largest answer read (a discovery document, a key set, a webhook's reply).
+const MAX_ANSWER: usize = 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Outbound {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("{0}")]
+    Http(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Outbound {
+    pub fn new(mut tls: rustls::ClientConfig) -> Self {
+        // hyper-rustls sets ALPN itself, for the protocols it is told to speak.
+        tls.alpn_protocols.clear();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+        }
+    }
+
+    /// Sends `req` and reads the whole answer.
+    pub async fn send(
+        &self,
+        req: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, OutboundError> {
+        let (parts, body) = req.into_parts();
+        let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| OutboundError::Http(chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| OutboundError::Http(e.to_string()))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body.to_vec()))
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| OutboundError::Timeout(TIMEOUT))?
+    }
+}
+
+/// An error and its causes on one line: client errors hide the useful part in sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,463 @@
+//! Calls held for a human, end to end: an unmodified curl in an enabled cgroup calls a
+//! function whose rule says `approve`; its request stays open while the test answers through
+//! `callgate approvals`, as an operator would. Announcements go to a real local HTTP
+//! receiver that is down for its first delivery.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Output},
+    time::{Duration, Instant},
+};
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+struct Setup {
+    gw: Gateway,
+    cg: TestCgroup,
+    up: Party,
+    idp: Oidc,
+    dir: PathBuf,
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-approvals"));
+    fs::create_dir_all(&dir).expect("dir");
+    let idp = Oidc::start(&dir);
+    // The upstream doubles as the webhook receiver (`/hook`), failing its first delivery.
+    let up = upstream_with(&dir, None, &["--fail-hooks", "1"]);
+    let repo = format!(
+        r#"default_action: deny
+unknown_destination: deny
+identity:
+  providers:
+    - {{ name: test-idp, issuer: "{}", audiences: [payments], groups_claim: groups }}
+"#,
+        idp.issuer()
+    );
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+  close_account: {{ route: "POST /v1/accounts/{{account}}/close" }}
+rules:
+  - name: refunds-need-a-lead
+    function: refund
+    action: approve
+    approval: {{ approvers: {{ groups: [finance-leads] }}, timeout: 60s, grant: 1h }}
+  - name: closing-is-urgent
+    function: close_account
+    action: approve
+    approval: {{ approvers: {{ subjects: [alice] }}, timeout: 2s }}
+response:
+  mask: [card_number]
+"#,
+        port = up.port
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let config = dir.join("callgate.yaml");
+    fs::write(
+        &config,
+        format!(
+            "approvals:\n  webhook_url: http://127.0.0.1:{}/hook\n  page_url: https://callgate.example/\n  webhook_attempts: 4\n",
+            up.port
+        ),
+    )
+    .expect("config");
+    let gw = Gateway::start_with(&[
+        "--policies",
+        &policies.display().to_string(),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    let cg = TestCgroup::new("approvals");
+    gw.enable(&cg);
+    Some(Setup {
+        gw,
+        cg,
+        up,
+        idp,
+        dir,
+    })
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A curl running in the cgroup, its request possibly held.
+struct Call {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Call {
+    /// Waits (at most 30 s) for curl to end: (HTTP status, body); status 0 if it got none.
+    fn finish(mut self) -> (u16, String) {
+        let done = wait_for(Duration::from_secs(30), || self.child.try_wait().ok()?);
+        assert!(done.is_some(), "curl did not finish");
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Setup {
+    /// Starts `POST path` with `body` from the cgroup, as `client` (a service account of the
+    /// provider) or without a token; `max_time` bounds curl itself.
+    fn start(&self, path: &str, body: &str, client: Option<&str>, max_time: u32) -> Call {
+        let out = self.dir.join(unique("curl"));
+        let url = format!("http://127.0.0.1:{}{path}", self.up.port);
+        let auth = client.map(|c| format!("Authorization: Bearer {}", self.idp.token(c, None)));
+        let max_time = max_time.to_string();
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            &max_time,
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ];
+        if let Some(a) = &auth {
+            argv.extend(["-H", a]);
+        }
+        argv.push(&url);
+        Call {
+            child: self.cg.spawn(&argv, &out),
+            out,
+        }
+    }
+
+    fn refund(&self, client: Option<&str>) -> Call {
+        let body = format!(r#"{{"amount": 250, "card": "{CARD}"}}"#);
+        self.start("/v1/payments/p_1/refund", &body, client, 60)
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.gw.cli(args)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "callgate {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.gw.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `callgate <args> --json` parsed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.cli_ok(&args)).expect("JSON from the CLI")
+    }
+
+    fn list(&self, all: bool) -> Vec<Value> {
+        let args: &[&str] = if all {
+            &["approvals", "list", "--all"]
+        } else {
+            &["approvals", "list"]
+        };
+        self.json(args).as_array().cloned().unwrap_or_default()
+    }
+
+    /// The pending request for `function` (waits up to 20 s for it to appear).
+    fn pending(&self, function: &str) -> Value {
+        wait_for(Duration::from_secs(20), || {
+            self.list(false)
+                .into_iter()
+                .find(|r| r["function"] == function)
+        })
+        .unwrap_or_else(|| panic!("no pending request for {function}\n{}", self.gw.log()))
+    }
+
+    /// The state of request `id` once it is no longer pending (waits up to 10 s).
+    fn ended(&self, id: &str) -> Value {
+        wait_for(Duration::from_secs(10), || {
+            self.list(true)
+                .into_iter()
+                .find(|r| r["id"] == id && r["state"] != "pending")
+        })
+        .unwrap_or_else(|| panic!("request {id} did not end\n{}", self.gw.log()))
+    }
+
+    /// Requests the upstream received on `path` so far.
+    fn upstream_saw(&self, path: &str) -> usize {
+        self.up
+            .requests()
+            .iter()
+            .filter(|r| r["path"] == path)
+            .count()
+    }
+}
+
+fn id_of(r: &Value) -> String {
+    r["id"].as_str().expect("request id").to_string()
+}
+
+#[test]
+fn a_held_call_waits_for_an_approver() {
+    let Some(s) = setup("a_held_call_waits_for_an_approver") else {
+        return;
+    };
+    let refund_path = "/v1/payments/p_1/refund";
+
+    // Held: the request is listed with the caller and masked arguments, and the upstream has
+    // not been contacted.
+    let call = s.refund(Some("billing-agent"));
+    let r = s.pending("refund");
+    let id = id_of(&r);
+    assert_eq!(r["caller"]["subject"], "billing-agent", "{r}");
+    assert_eq!(r["caller"]["groups"], serde_json::json!(["finance"]), "{r}");
+    assert!(
+        r["caller"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| s.cg.path.ends_with(c.trim_start_matches('/'))),
+        "{r}"
+    );
+    assert_eq!(r["rule"], "refunds-need-a-lead", "{r}");
+    assert_eq!(r["args"]["amount"], 250, "{r}");
+    assert!(!r.to_string().contains(CARD), "arguments are masked: {r}");
+    assert_eq!(r["args"]["card"], "************1111", "{r}");
+    let held_for = r["expires_at_ms"].as_u64().unwrap() - r["requested_at_ms"].as_u64().unwrap();
+    assert_eq!(held_for, 60_000, "{r}");
+    assert_eq!(
+        s.upstream_saw(refund_path),
+        0,
+        "held calls do not reach the upstream"
+    );
+    let shown = s.cli_ok(&["approvals", "show", &id]);
+    assert!(shown.contains("refunds-need-a-lead") && shown.contains("arguments (masked)"));
+    assert!(!shown.contains(CARD), "{shown}");
+    let status = s.gw.status();
+    assert_eq!(status["approvals"]["pending"], 1, "{status}");
+
+    // The caller cannot approve its own call; a grant longer than the rule's is refused.
+    let out = s.cli(&["approvals", "approve", &id, "--as", "billing-agent"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot approve their own call"), "{err}");
+    let out = s.cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--grant",
+        "2h",
+        "--as",
+        "alice",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at most 1h"), "{err}");
+
+    // Approved with a 30-minute grant: curl completes with the upstream's (masked) answer.
+    s.cli_ok(&[
+        "approvals",
+        "approve",
+        &id,
+        "--grant",
+        "30m",
+        "--comment",
+        "ticket 4711",
+        "--as",
+        "alice",
+    ]);
+    let (code, body) = call.finish();
+    assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+    assert!(body.contains(refund_path) && !body.contains(CARD), "{body}");
+    let rec = record_where(&s.gw, "the approved refund", |r| {
+        r["function"] == "refund" && r["approval"]["request"] == id.as_str()
+    });
+    assert_eq!(rec["decision"]["action"], "approve", "{rec}");
+    assert_eq!(rec["approval"]["verdict"]["by"], "alice", "{rec}");
+    assert_eq!(
+        rec["approval"]["verdict"]["comment"], "ticket 4711",
+        "{rec}"
+    );
+    assert_eq!(rec["status"], 200, "{rec}");
+
+    // Within the grant, the same caller's refund passes at once, without a new request.
+    let (code, body) = s.refund(Some("billing-agent")).finish();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        s.list(true).len(),
+        1,
+        "no new request while the grant lasts"
+    );
+    let grants = s.json(&["approvals", "grants", "list"]);
+    let grant = &grants[0];
+    assert_eq!(grant["approved_by"], "alice", "{grants}");
+    assert_eq!(grant["uses"], 1, "{grants}");
+    assert_eq!(grant["caller"], "oidc:test-idp:billing-agent", "{grants}");
+    let grant_id = grant["id"].as_str().unwrap();
+    record_where(&s.gw, "the granted refund", |r| {
+        r["approval"]["grant"] == grant_id
+    });
+
+    // Revoked: the next refund is held again; denied, curl gets 403 saying by whom and why.
+    s.cli_ok(&["approvals", "grants", "revoke", grant_id]);
+    assert_eq!(
+        s.json(&["approvals", "grants", "list"]),
+        serde_json::json!([])
+    );
+    let call = s.refund(Some("billing-agent"));
+    let id2 = id_of(&s.pending("refund"));
+    s.cli_ok(&[
+        "approvals",
+        "deny",
+        &id2,
+        "--comment",
+        "not twice",
+        "--as",
+        "alice",
+    ]);
+    let (code, body) = call.finish();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("denied by alice: not twice"), "{body}");
+    assert_eq!(s.upstream_saw(refund_path), 2, "the denied call never left");
+    assert_eq!(s.ended(&id2)["state"], "denied");
+
+    // Both requests were announced; the receiver's first failure was retried. Announcements
+    // link to the page and never carry the arguments.
+    let hooks = wait_for(Duration::from_secs(15), || {
+        let hooks: Vec<Value> =
+            s.up.requests()
+                .into_iter()
+                .filter(|r| r["path"] == "/hook")
+                .collect();
+        (hooks.len() >= 3).then_some(hooks)
+    })
+    .unwrap_or_else(|| panic!("announcements: {:?}\n{}", s.up.requests(), s.gw.log()));
+    for h in &hooks {
+        let body: Value = serde_json::from_str(h["body"].as_str().unwrap()).expect("JSON");
+        assert_eq!(body["event"], "approval_requested", "{body}");
+        assert!(
+            body.get("args").is_none() && !body.to_string().contains("250"),
+            "{body}"
+        );
+    }
+    let links: Vec<String> = hooks
+        .iter()
+        .filter_map(|h| serde_json::from_str::<Value>(h["body"].as_str()?).ok())
+        .filter_map(|b| b["url"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        links.contains(&format!("https://callgate.example/approvals/{id}")),
+        "{links:?}"
+    );
+    let webhook = &s.gw.status()["approvals"]["webhook"];
+    assert_eq!(webhook["delivered"], 2, "{webhook}");
+    assert!(webhook["retries"].as_u64().unwrap_or(0) >= 1, "{webhook}");
+}
+
+#[test]
+fn timeouts_and_clients_that_give_up_end_the_request() {
+    let Some(s) = setup("timeouts_and_clients_that_give_up_end_the_request") else {
+        return;
+    };
+    // Nobody answers within the rule's 2 s: 403 with the timeout in words.
+    let started = Instant::now();
+    let (code, body) = s.start("/v1/accounts/a_9/close", "{}", None, 30).finish();
+    assert_eq!(code, 403, "{body}\n{}", s.gw.log());
+    assert!(body.contains("approval timed out after 2s"), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let rec = record_where(&s.gw, "the timed-out call", |r| {
+        r["function"] == "close_account"
+    });
+    assert_eq!(rec["approval"]["state"], "timed_out", "{rec}");
+    assert!(
+        rec["decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("approval_timeout")),
+        "{rec}"
+    );
+    assert_eq!(s.upstream_saw("/v1/accounts/a_9/close"), 0);
+
+    // curl gives up after 2 s of a 60 s hold: the request is cancelled, not left pending.
+    let body = format!(r#"{{"amount": 250, "card": "{CARD}"}}"#);
+    let call = s.start("/v1/payments/p_2/refund", &body, None, 2);
+    let id = id_of(&s.pending("refund"));
+    let (code, _) = call.finish();
+    assert_eq!(code, 0, "curl timed out without an answer");
+    assert_eq!(s.ended(&id)["state"], "cancelled");
+    let out = s.cli(&["approvals", "approve", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already cancelled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn requests_and_grants_survive_a_restart() {
+    let Some(mut s) = setup("requests_and_grants_survive_a_restart") else {
+        return;
+    };
+    // A grant for the finance agent; then the support bot's refund is held.
+    let call = s.refund(Some("billing-agent"));
+    let id = id_of(&s.pending("refund"));
+    s.cli_ok(&[
+        "approvals",
+        "approve",
+        &id,
+        "--grant",
+        "30m",
+        "--as",
+        "alice",
+    ]);
+    assert_eq!(call.finish().0, 200);
+    let held = s.refund(Some("support-bot"));
+    let held_id = id_of(&s.pending("refund"));
+
+    // The gateway stops (SIGKILL) and comes back: the held client lost its connection, the
+    // request is marked interrupted and its call recorded; the grant is still in force.
+    s.gw.restart();
+    let (code, _) = held.finish();
+    assert_eq!(code, 0, "the held connection did not survive");
+    let r = s.ended(&held_id);
+    assert_eq!(r["state"], "interrupted", "{r}");
+    let rec = record_where(&s.gw, "the interrupted call", |r| {
+        r["approval"]["request"] == held_id.as_str()
+    });
+    assert_eq!(
+        rec["decision"]["reason"], "interrupted by restart while awaiting approval",
+        "{rec}"
+    );
+    assert_eq!(rec["caller"]["subject"], "support-bot", "{rec}");
+    let grants = s.json(&["approvals", "grants", "list"]);
+    assert_eq!(grants.as_array().map(Vec::len), Some(1), "{grants}");
+    let (code, body) = s.refund(Some("billing-agent")).finish();
+    assert_eq!(code, 200, "the grant still lets the agent through: {body}");
+    let text = s.cli_ok(&["status"]);
+    assert!(
+        text.contains("approvals:     0 pending, 1 grants in force"),
+        "{text}"
+    );
+}
