@@ -1,11 +1,12 @@
 //! Calls held for a human, end to end: an unmodified curl in an enabled cgroup calls a
 //! function whose rule says `approve`; its request stays open while the test answers through
-//! `callgate approvals`, as an operator would. Announcements go to a real local HTTP
+//! `callgate approvals`, as an operator would, or on the approvals page in headless
+//! Chromium after logging in at a real OpenID provider. Announcements go to a real local HTTP
 //! receiver that is down for its first delivery.
 use std::{
     fs,
-    path::PathBuf,
-    process::{Child, Output},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
     time::{Duration, Instant},
 };
 
@@ -19,6 +20,8 @@ struct Setup {
     cg: TestCgroup,
     up: Party,
     idp: Oidc,
+    /// The approvals page.
+    web: String,
     dir: PathBuf,
 }
 
@@ -28,7 +31,11 @@ fn setup(test: &str) -> Option<Setup> {
     }
     let dir = std::env::temp_dir().join(unique("callgate-approvals"));
     fs::create_dir_all(&dir).expect("dir");
-    let idp = Oidc::start(&dir);
+    let web_port = free_port();
+    let web = format!("http://127.0.0.1:{web_port}");
+    let idp = Oidc::start_with(&dir, &[format!("{web}/callback")]);
+    let client_secret = dir.join("approvals-client.secret");
+    fs::write(&client_secret, "callgate-approvals-secret\n").expect("client secret");
     // The upstream doubles as the webhook receiver (`/hook`), failing its first delivery.
     let up = upstream_with(&dir, None, &["--fail-hooks", "1"]);
     let repo = format!(
@@ -67,8 +74,21 @@ response:
     fs::write(
         &config,
         format!(
-            "approvals:\n  webhook_url: http://127.0.0.1:{}/hook\n  page_url: https://callgate.example/\n  webhook_attempts: 4\n",
-            up.port
+            r#"approvals:
+  webhook_url: http://127.0.0.1:{}/hook
+  page_url: https://callgate.example/
+  webhook_attempts: 4
+admin_http:
+  listen: 127.0.0.1:{web_port}
+  login:
+    issuer: "{}"
+    client_id: callgate-approvals
+    client_secret_file: {}
+    scopes: [profile, groups]
+"#,
+            up.port,
+            idp.issuer(),
+            client_secret.display()
         ),
     )
     .expect("config");
@@ -85,6 +105,7 @@ response:
         cg,
         up,
         idp,
+        web,
         dir,
     })
 }
@@ -216,6 +237,47 @@ impl Setup {
             .iter()
             .filter(|r| r["path"] == path)
             .count()
+    }
+}
+
+/// Where the browser test leaves its screenshots.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+impl Setup {
+    /// `tests/parties/approvals_browser.mjs` as `person`, looking at request `id` (and
+    /// approving it, with `comment`, when given one): what the browser saw.
+    fn browser(&self, person: &str, id: &str, approve: Option<&str>, shot: &Path) -> Value {
+        let script = node_script("approvals_browser.mjs");
+        let mut cmd = Command::new("timeout");
+        cmd.args(["90", "node"])
+            .arg(&script)
+            .args(["--page", &self.web, "--person", person, "--id", id])
+            .arg("--screenshot")
+            .arg(shot);
+        if let Some(c) = approve {
+            cmd.args(["--approve", "--comment", c]);
+        }
+        let out = cmd.output().expect("node");
+        let _ = fs::remove_file(&script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "browser ({}): {stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            out.status.success(),
+            "browser as {person}: {seen:#}\nscreenshot: {}\n{}",
+            shot.display(),
+            self.gw.log()
+        );
+        seen
     }
 }
 
@@ -460,4 +522,55 @@ fn requests_and_grants_survive_a_restart() {
         text.contains("approvals:     0 pending, 1 grants in force"),
         "{text}"
     );
+}
+
+#[test]
+fn approvers_answer_on_the_web_page() {
+    let Some(s) = setup("approvers_answer_on_the_web_page") else {
+        return;
+    };
+    let call = s.refund(Some("billing-agent"));
+    let id = id_of(&s.pending("refund"));
+    let shots = artifacts();
+
+    // Bob logs in, but the rule names finance-leads: he neither sees nor can open the request.
+    let bob = s.browser("bob", &id, None, &shots.join("approvals-bob.png"));
+    assert_eq!(bob["listed"], false, "{bob}");
+    assert_eq!(bob["detail_status"], 404, "{bob}");
+    assert!(
+        bob["header"].as_str().unwrap_or("").contains("bob"),
+        "{bob}"
+    );
+
+    // Alice (finance-leads) sees it with masked arguments; a form without the page's CSRF
+    // token is refused; her approval through the page lets the held call through.
+    let shot = shots.join("approvals-page.png");
+    let alice = s.browser("alice", &id, Some("looked at it in the browser"), &shot);
+    println!("screenshot of the approvals page: {}", shot.display());
+    assert_eq!(alice["listed"], true, "{alice}");
+    assert_eq!(alice["forged_status"], 403, "{alice}");
+    let args = alice["args"].as_str().unwrap_or("");
+    assert!(
+        args.contains("************1111") && !args.contains(CARD),
+        "{alice}"
+    );
+    assert!(
+        alice["flash"].as_str().unwrap_or("").contains("Approved"),
+        "{alice}"
+    );
+    assert_eq!(alice["state"], "approved", "{alice}");
+    assert!(
+        fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "a screenshot was taken"
+    );
+
+    let (code, body) = call.finish();
+    assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+    let rec = record_where(&s.gw, "the call approved on the page", |r| {
+        r["approval"]["request"] == id.as_str()
+    });
+    let verdict = &rec["approval"]["verdict"];
+    assert_eq!(verdict["by"], "alice", "{rec}");
+    assert_eq!(verdict["via"], "web", "{rec}");
+    assert_eq!(verdict["comment"], "looked at it in the browser", "{rec}");
 }

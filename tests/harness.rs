@@ -581,17 +581,33 @@ pub struct Oidc {
     /// The script's copy beside `node_modules`: ES modules resolve packages from the
     /// script's own directory. One per provider, so parallel tests never see a half copy.
     script: PathBuf,
+    /// Where the `callgate-approvals` client may send browsers back to after log-in.
+    redirects: Vec<String>,
     party: Option<Party>,
+}
+
+/// A copy of `tests/parties/<name>` beside `node_modules`: ES modules resolve packages from
+/// the script's own directory. One per use, so parallel tests never see a half copy.
+pub fn node_script(name: &str) -> PathBuf {
+    let stem = name.trim_end_matches(".mjs");
+    let script = node_dir().join(format!("{}.mjs", unique(stem)));
+    fs::copy(party_script(name), &script).unwrap_or_else(|e| panic!("copy {name}: {e}"));
+    script
 }
 
 impl Oidc {
     pub fn start(dir: &Path) -> Self {
-        let script = node_dir().join(format!("{}.mjs", unique("oidc_provider")));
-        fs::copy(party_script("oidc_provider.mjs"), &script).expect("copy the OIDC party");
+        Self::start_with(dir, &[])
+    }
+
+    /// A provider that also lets people log in to client `callgate-approvals` (secret
+    /// `callgate-approvals-secret`) and come back to `redirects`.
+    pub fn start_with(dir: &Path, redirects: &[String]) -> Self {
         let mut o = Self {
             port: free_port(),
             dir: dir.to_path_buf(),
-            script,
+            script: node_script("oidc_provider.mjs"),
+            redirects: redirects.to_vec(),
             party: None,
         };
         o.restart(false);
@@ -611,6 +627,9 @@ impl Oidc {
         let mut argv = vec!["node", &script, "--port", &port, "--keys", &keys];
         if rotate {
             argv.push("--rotate");
+        }
+        for r in &self.redirects {
+            argv.extend(["--redirect-uri", r]);
         }
         let log = self.dir.join(format!("oidc-{}", self.port));
         self.party = Some(Party::start(&argv, self.port, log));

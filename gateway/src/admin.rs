@@ -1,5 +1,10 @@
 //! The control socket: a root-only unix socket speaking one JSON request and one JSON response
-//! per line. The CLI's `enable`, `disable` and `status` go through it.
+//! per line. The CLI's `enable`, `disable`, `status` and `approvals` go through it. The
+//! optional HTTP admin listener ([`web`]) serves the approvals page.
+pub mod login;
+pub mod pages;
+pub mod web;
+
 use std::{
     collections::BTreeMap,
     io,

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use callgate::{
-    admin::Request,
+    admin::{Request, pages::short},
     approve::{self, Grant, State},
     record::now_ms,
 };
@@ -327,14 +327,4 @@ fn ago(ms: u64) -> String {
 
 fn left(ms: u64) -> String {
     short(ms.saturating_sub(now_ms()))
-}
-
-/// `1h 3m` rather than humantime's full `1h 3m 12s 345ms`.
-fn short(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-    }
 }

@@ -449,6 +449,11 @@ impl Approvals {
         }
         if approve {
             may_approve(r, approver)?;
+        } else if !approver.operator && !r.names(approver) {
+            return Err(format!(
+                "{} may not answer calls of rule {}",
+                approver.name, r.rule
+            ));
         }
         if let Some(g) = grant {
             if !approve {
@@ -604,6 +609,20 @@ fn trim(inner: &mut Inner) {
     inner.grants.retain(|_, g| g.expires_at_ms > now);
 }
 
+impl Request {
+    /// Whether the rule names `a` among its approvers (by subject or group); says nothing
+    /// about the caller approving itself.
+    pub fn names(&self, a: &Approver) -> bool {
+        self.approvers.subjects.contains(&a.name)
+            || a.groups.iter().any(|g| self.approvers.groups.contains(g))
+    }
+
+    /// Whether `a` may approve this request, and if not, why.
+    pub fn approvable_by(&self, a: &Approver) -> Result<(), String> {
+        may_approve(self, a)
+    }
+}
+
 fn may_approve(r: &Request, a: &Approver) -> Result<(), String> {
     // The caller's token subject, or the account its workload runs as (root excepted: on
     // most hosts every service and every operator's sudo is root).
@@ -615,10 +634,7 @@ fn may_approve(r: &Request, a: &Approver) -> Result<(), String> {
             a.name
         ));
     }
-    if a.operator
-        || r.approvers.subjects.contains(&a.name)
-        || a.groups.iter().any(|g| r.approvers.groups.contains(g))
-    {
+    if a.operator || r.names(a) {
         return Ok(());
     }
     Err(format!(
@@ -794,7 +810,12 @@ mod tests {
         );
 
         let hold = a.hold(new(&c, &s)).unwrap();
-        a.answer(&hold.id, false, &person("lee", &[]), None, None)
+        // Denying is answering too: only approvers the rule names may.
+        assert!(
+            a.answer(&hold.id, false, &person("eve", &["eng"]), None, None)
+                .is_err()
+        );
+        a.answer(&hold.id, false, &person("lee", &["leads"]), None, None)
             .unwrap();
         assert!(matches!(hold.outcome().await, Outcome::Denied(_)));
 

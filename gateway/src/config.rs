@@ -41,6 +41,12 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error("{path}: admin_http.{key}: {reason}")]
+    AdminHttp {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
     #[error("{path}: at most {max} intercept rules are supported, found {found}")]
     TooManyRules {
         path: PathBuf,
@@ -76,6 +82,58 @@ pub struct Config {
     pub http: HttpConfig,
     /// Held calls: limits and where new requests are announced.
     pub approvals: ApprovalsConfig,
+    /// The optional HTTP admin listener (approvals page, health).
+    pub admin_http: Option<AdminHttpConfig>,
+}
+
+/// `admin_http:` in the config file.
+#[derive(Debug, Clone)]
+pub struct AdminHttpConfig {
+    pub listen: std::net::SocketAddr,
+    /// Where browsers reach the listener (behind a proxy, its public address); links and
+    /// the OIDC redirect are built from it.
+    pub public_url: String,
+    /// How approvers log in; without it the page only says so.
+    pub login: Option<LoginConfig>,
+}
+
+/// `admin_http.login:` the OpenID provider approvers log in at (authorization code + PKCE).
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// Read at start-up; a public client (PKCE only) has none.
+    pub client_secret_file: Option<PathBuf>,
+    /// Claim (or `a.b` path) holding the approver's groups.
+    pub groups_claim: String,
+    /// Asked for besides `openid`.
+    pub scopes: Vec<String>,
+    pub session: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdminHttp {
+    listen: String,
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    login: Option<FileLogin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogin {
+    issuer: String,
+    client_id: String,
+    #[serde(default)]
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    groups_claim: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    session_hours: Option<u64>,
 }
 
 /// `approvals:` in the config file.
@@ -206,6 +264,7 @@ struct File {
     records: Option<FileRecords>,
     http: Option<FileHttp>,
     approvals: Option<FileApprovals>,
+    admin_http: Option<FileAdminHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +383,7 @@ impl Config {
                 })?;
             }
         }
+        let admin_http = file.admin_http.map(|h| admin_http(path, h)).transpose()?;
         let defaults = crate::approve::Limits::default();
         let approvals = ApprovalsConfig {
             limits: crate::approve::Limits {
@@ -337,7 +397,10 @@ impl Config {
                 .map(|url| crate::approve::notify::WebhookConfig {
                     url,
                     format: a.webhook_format.unwrap_or_default(),
-                    page_url: a.page_url,
+                    // Links point at the approvals page when there is one.
+                    page_url: a
+                        .page_url
+                        .or_else(|| admin_http.as_ref().map(|h| h.public_url.clone())),
                     attempts: a.webhook_attempts.unwrap_or(6),
                 }),
         };
@@ -345,6 +408,7 @@ impl Config {
             records,
             http,
             approvals,
+            admin_http,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)
@@ -484,6 +548,51 @@ pub fn from_words(w: &[u32; 4]) -> Ipv6Addr {
 /// The listener addresses.
 pub const LISTEN_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const LISTEN_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+
+fn admin_http(path: &Path, h: FileAdminHttp) -> Result<AdminHttpConfig, ConfigError> {
+    let err = |key: &'static str, reason: String| ConfigError::AdminHttp {
+        path: path.into(),
+        key,
+        reason,
+    };
+    let listen: std::net::SocketAddr = h.listen.parse().map_err(|_| {
+        err(
+            "listen",
+            format!("{:?} is not an address like 127.0.0.1:15080", h.listen),
+        )
+    })?;
+    let public_url = match h.public_url {
+        Some(u) => {
+            check_http_url(&u).map_err(|r| err("public_url", r))?;
+            u.trim_end_matches('/').to_string()
+        }
+        None => format!("http://{listen}"),
+    };
+    let login = match h.login {
+        None => None,
+        Some(l) => {
+            check_http_url(&l.issuer).map_err(|r| err("login.issuer", r))?;
+            if l.client_id.is_empty() {
+                return Err(err("login.client_id", "must not be empty".into()));
+            }
+            Some(LoginConfig {
+                issuer: l.issuer,
+                client_id: l.client_id,
+                client_secret_file: l.client_secret_file,
+                groups_claim: l.groups_claim.unwrap_or_else(|| "groups".into()),
+                scopes: l
+                    .scopes
+                    .unwrap_or_else(|| vec!["profile".into(), "groups".into()]),
+                session: Duration::from_secs(3600 * l.session_hours.unwrap_or(8).max(1)),
+            })
+        }
+    };
+    Ok(AdminHttpConfig {
+        listen,
+        public_url,
+        login,
+    })
+}
 
 /// An absolute http(s) URL, as the gateway's own client and a browser need it.
 fn check_http_url(url: &str) -> Result<(), String> {

@@ -45,6 +45,8 @@ pub enum DaemonError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] crate::approve::ApprovalError),
+    #[error("admin_http: {0}")]
+    AdminHttp(String),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -160,9 +162,32 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         policy: policy.clone(),
         recorder: recorder.clone(),
         verifier,
-        approvals,
+        approvals: approvals.clone(),
         started,
     });
+    if let (Some(web), Some(approvals), Some(http)) = (&cfg.admin_http, approvals, &outbound) {
+        let listener = tokio::net::TcpListener::bind(web.listen)
+            .await
+            .map_err(|e| DaemonError::AdminHttp(format!("listening on {}: {e}", web.listen)))?;
+        let login = match &web.login {
+            Some(l) => Some(
+                admin::login::Login::new(l.clone(), &web.public_url, http.clone())
+                    .map_err(|e| DaemonError::AdminHttp(e.to_string()))?,
+            ),
+            None => None,
+        };
+        info!(listen = %web.listen, url = %web.public_url, login = login.is_some(), "approvals page");
+        let inputs = admin::web::WebInputs {
+            approvals,
+            login,
+            public_url: web.public_url.clone(),
+        };
+        tasks.push(tokio::spawn(admin::web::serve(
+            listener,
+            inputs,
+            stop_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
     info!(
         listeners = ?addresses,

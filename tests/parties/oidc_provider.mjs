@@ -1,8 +1,10 @@
 // A real OpenID provider for the end-to-end tests: npm `oidc-provider` (an OpenID-certified
 // implementation) on loopback. Clients get JWT access tokens with a `groups` claim through
-// client credentials, as a service account would.
+// client credentials, as a service account would. People (approvers) log in to the client
+// `callgate-approvals` through the provider's own login and consent pages (authorization
+// code + PKCE); any password is accepted, their groups come from PEOPLE.
 //
-//   node oidc_provider.mjs --port P --keys FILE [--rotate]
+//   node oidc_provider.mjs --port P --keys FILE [--rotate] [--redirect-uri URL]...
 //
 // FILE keeps the signing keys across restarts; --rotate adds a new key (new kid) in front,
 // which then signs, and keeps publishing the old one. `/test/forge?kind=otherkey|none` mints
@@ -20,6 +22,7 @@ const { values: args } = parseArgs({
     port: { type: 'string' },
     keys: { type: 'string' },
     rotate: { type: 'boolean', default: false },
+    'redirect-uri': { type: 'string', multiple: true, default: [] },
   },
 });
 const port = Number(args.port);
@@ -47,12 +50,30 @@ const clients = Object.keys(GROUPS).map((id) => ({
   redirect_uris: [],
   response_types: [],
 }));
+// People who log in interactively, and their groups.
+const PEOPLE = { alice: ['finance-leads'], bob: ['support'] };
+if (args['redirect-uri'].length > 0) {
+  clients.push({
+    client_id: 'callgate-approvals',
+    client_secret: 'callgate-approvals-secret',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: args['redirect-uri'],
+  });
+}
 
 const provider = new Provider(issuer, {
   clients,
   jwks: { keys },
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, preferred_username: id, groups: PEOPLE[id] ?? [] }),
+  }),
+  claims: { openid: ['sub'], profile: ['preferred_username'], groups: ['groups'] },
+  // Scope-granted claims go in the ID token too, as most enterprise providers do for groups.
+  conformIdTokenClaims: false,
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,

@@ -23,6 +23,8 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "ca-certificates",
     "util-linux",
+    // The approvals page is driven in a real headless browser.
+    "chromium",
     // Benchmark baselines and load generators.
     "nginx",
     "wrk",
@@ -30,8 +32,12 @@ const TEST_PACKAGES: &[&str] = &[
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers.
 const TEST_PYTHON: &[&str] = &["mcp==1.27.0", "httpx[http2]==0.28.1", "grpcio==1.85.1"];
 /// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
-/// endpoints sign with).
-const TEST_NODE: &[&str] = &["oidc-provider@9.13.3", "jose@6.2.17"];
+/// endpoints sign with), and Playwright's driver for Debian's Chromium.
+const TEST_NODE: &[&str] = &[
+    "oidc-provider@9.13.3",
+    "jose@6.2.17",
+    "playwright-core@1.65.1",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

@@ -144,13 +144,7 @@ impl ProviderConfig {
                     .into(),
             );
         }
-        // `realm_access.roles` is a path; a bare name is a top-level claim.
-        let path = if p.groups_claim.starts_with('$') || !p.groups_claim.contains('.') {
-            p.groups_claim.clone()
-        } else {
-            format!("$.{}", p.groups_claim)
-        };
-        let groups = match JsonPath::parse(&path) {
+        let groups = match claim_path(&p.groups_claim) {
             Ok(g) => Some(g),
             Err(e) => {
                 fail("groups_claim", e.to_string());
@@ -696,13 +690,19 @@ fn check_claims(c: &Json, cfg: &ProviderConfig, now: f64) -> Result<Duration, To
     Ok(Duration::from_secs_f64((exp - now).max(0.0)))
 }
 
-fn identity(cfg: &ProviderConfig, claims: Json, expires_in: Duration) -> Identity {
-    let subject = ["sub", "client_id"]
-        .iter()
-        .find_map(|k| claims.get(*k).and_then(Json::as_str))
-        .map(str::to_string);
+/// A claim name (`groups`) or path (`realm_access.roles`, `$.a.b`) as a JSON path.
+pub fn claim_path(claim: &str) -> Result<JsonPath, crate::jsonpath::PathError> {
+    if claim.starts_with('$') || !claim.contains('.') {
+        JsonPath::parse(claim)
+    } else {
+        JsonPath::parse(&format!("$.{claim}"))
+    }
+}
+
+/// The groups at `path` in a token's claims: a string or an array of strings.
+pub fn groups_at(path: &JsonPath, claims: &Json) -> Vec<String> {
     let mut groups = Vec::new();
-    cfg.groups.visit(&claims, &mut |v| {
+    path.visit(claims, &mut |v| {
         match v {
             Json::String(s) => groups.push(s.clone()),
             Json::Array(a) => groups.extend(a.iter().filter_map(Json::as_str).map(str::to_string)),
@@ -710,10 +710,18 @@ fn identity(cfg: &ProviderConfig, claims: Json, expires_in: Duration) -> Identit
         }
         true
     });
+    groups
+}
+
+fn identity(cfg: &ProviderConfig, claims: Json, expires_in: Duration) -> Identity {
+    let subject = ["sub", "client_id"]
+        .iter()
+        .find_map(|k| claims.get(*k).and_then(Json::as_str))
+        .map(str::to_string);
     Identity {
         provider: cfg.name.clone(),
         subject,
-        groups,
+        groups: groups_at(&cfg.groups, &claims),
         claims,
         expires_in,
     }

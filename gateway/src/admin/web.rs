@@ -1,0 +1,626 @@
+//! The HTTP admin listener: health, and the approvals page where approvers log in (OIDC,
+//! [`login`](super::login)) and answer held calls. Sessions live in memory (a restart asks
+//! approvers to log in again); every state change is a POST carrying the session's CSRF token
+//! from a page of this origin.
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use cookie::{Cookie, SameSite};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    login::{Login, Person},
+    pages,
+};
+use crate::approve::{Approvals, Approver};
+
+const SESSION_COOKIE: &str = "callgate_session";
+const LOGIN_COOKIE: &str = "callgate_login";
+/// Sessions kept at once; beyond it the oldest is dropped.
+const MAX_SESSIONS: usize = 10_000;
+/// Largest form accepted (a verdict with its comment).
+const MAX_FORM: usize = 16 * 1024;
+/// Live-refresh streams open at once.
+const MAX_EVENT_STREAMS: usize = 256;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body_ = BoxBody<Bytes, Infallible>;
+
+/// Why a request cannot go on; [`Web::reject`] words it for the browser.
+enum Reject {
+    NoLogin,
+    /// Not logged in: to the log-in, then back to this path.
+    ToLogin(String),
+    Error(StatusCode, &'static str),
+}
+
+struct Session {
+    person: Person,
+    csrf: String,
+    expires: Instant,
+}
+
+pub struct WebInputs {
+    pub approvals: Arc<Approvals>,
+    pub login: Option<Login>,
+    /// Where browsers reach this listener, without a trailing slash.
+    pub public_url: String,
+}
+
+struct Web {
+    inputs: WebInputs,
+    secure_cookies: bool,
+    /// The `Origin` a form POST must come from.
+    origin: String,
+    sessions: Mutex<HashMap<String, Session>>,
+    streams: Arc<()>,
+}
+
+pub async fn serve(listener: TcpListener, inputs: WebInputs, mut shutdown: watch::Receiver<bool>) {
+    let origin = origin_of(&inputs.public_url);
+    let web = Arc::new(Web {
+        secure_cookies: inputs.public_url.starts_with("https://"),
+        origin,
+        inputs,
+        sessions: Mutex::new(HashMap::new()),
+        streams: Arc::new(()),
+    });
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "admin http accept failed");
+                continue;
+            }
+        };
+        let web = web.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(web.route(req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "admin http connection ended") },
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+impl Web {
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body_> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let resp = match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/") => redirect("/approvals"),
+            (&Method::GET, "/static/live.js") => {
+                let mut r = plain(StatusCode::OK, pages::LIVE_JS);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/javascript; charset=utf-8"),
+                );
+                r
+            }
+            (&Method::GET, "/login") => self.login(&req).await,
+            (&Method::GET, "/callback") => self.callback(&req).await,
+            (&Method::POST, "/logout") => self.logout(req).await,
+            (&Method::GET, "/approvals") => match self.session(&req) {
+                Ok((me, csrf)) => {
+                    let list = self.inputs.approvals.list(true);
+                    let body = pages::list(&approver(&me), &list);
+                    html(
+                        StatusCode::OK,
+                        &pages::page("approvals", Some((&me, &csrf)), true, &body),
+                    )
+                }
+                Err(r) => self.reject(r),
+            },
+            (&Method::GET, "/approvals/events") => match self.session(&req) {
+                Ok(_) => self.events(),
+                Err(r) => self.reject(r),
+            },
+            (m, p) if p.starts_with("/approvals/") => {
+                let id = p.trim_start_matches("/approvals/").to_string();
+                match *m {
+                    Method::GET => self.detail(&req, &id),
+                    Method::POST => self.answer(req, &id).await,
+                    _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+                }
+            }
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        debug!(%peer, %method, path, status = %resp.status(), "admin http");
+        resp
+    }
+
+    /// The logged-in person and their CSRF token.
+    fn session(&self, req: &Request<Incoming>) -> Result<(Person, String), Reject> {
+        if self.inputs.login.is_none() {
+            return Err(Reject::NoLogin);
+        }
+        let id = cookie(req, SESSION_COOKIE);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = id.as_deref().and_then(|id| sessions.get(id)) {
+            if s.expires > Instant::now() {
+                return Ok((s.person.clone(), s.csrf.clone()));
+            }
+        }
+        if let Some(id) = id {
+            sessions.remove(&id);
+        }
+        let next = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| req.method() == Method::GET && !p.starts_with("/approvals/events"))
+            .unwrap_or("/approvals");
+        Err(Reject::ToLogin(next.to_string()))
+    }
+
+    fn reject(&self, r: Reject) -> Response<Body_> {
+        match r {
+            Reject::NoLogin => self.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Approver log-in is not configured on this gateway (admin_http.login in its config). Use `callgate approvals` on the host.",
+            ),
+            Reject::ToLogin(next) => redirect(&format!(
+                "/login?next={}",
+                form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+            )),
+            Reject::Error(status, msg) => self.error(status, msg),
+        }
+    }
+
+    async fn login(&self, req: &Request<Incoming>) -> Response<Body_> {
+        let Some(login) = &self.inputs.login else {
+            return plain(StatusCode::NOT_FOUND, "log-in is not configured\n");
+        };
+        let next = query(req, "next")
+            .filter(|n| local_path(n))
+            .unwrap_or_else(|| "/approvals".into());
+        match login.begin(&next).await {
+            Ok((url, state)) => {
+                let mut r = redirect(&url);
+                let c = Cookie::build((LOGIN_COOKIE, state))
+                    .path("/callback")
+                    .http_only(true)
+                    .secure(self.secure_cookies)
+                    // The provider's redirect back is a top-level navigation: Lax sends it.
+                    .same_site(SameSite::Lax)
+                    .max_age(cookie::time::Duration::minutes(10));
+                set_cookie(&mut r, c.build());
+                r
+            }
+            Err(e) => {
+                warn!(issuer = login.issuer(), error = %e, "approver log-in could not start");
+                self.error(StatusCode::BAD_GATEWAY, &e.to_string())
+            }
+        }
+    }
+
+    async fn callback(&self, req: &Request<Incoming>) -> Response<Body_> {
+        let Some(login) = &self.inputs.login else {
+            return plain(StatusCode::NOT_FOUND, "log-in is not configured\n");
+        };
+        if let Some(e) = query(req, "error") {
+            let why = query(req, "error_description").unwrap_or_default();
+            return self.error(
+                StatusCode::FORBIDDEN,
+                &format!("the login provider refused: {e} {why}"),
+            );
+        }
+        let (Some(code), Some(state)) = (query(req, "code"), query(req, "state")) else {
+            return self.error(StatusCode::BAD_REQUEST, "the login provider sent no code");
+        };
+        let from_cookie = cookie(req, LOGIN_COOKIE);
+        match login.finish(&code, &state, from_cookie.as_deref()).await {
+            Ok((person, next)) => {
+                info!(subject = %person.subject, groups = ?person.groups, "approver logged in");
+                let id = random_token();
+                let csrf = random_token();
+                {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    sessions.retain(|_, s| s.expires > now);
+                    if sessions.len() >= MAX_SESSIONS {
+                        let oldest = sessions
+                            .iter()
+                            .min_by_key(|(_, s)| s.expires)
+                            .map(|(k, _)| k.clone());
+                        if let Some(k) = oldest {
+                            sessions.remove(&k);
+                        }
+                    }
+                    sessions.insert(
+                        id.clone(),
+                        Session {
+                            person,
+                            csrf,
+                            expires: now + login.session_length(),
+                        },
+                    );
+                }
+                let mut r = redirect(&next);
+                let session = Cookie::build((SESSION_COOKIE, id))
+                    .path("/")
+                    .http_only(true)
+                    .secure(self.secure_cookies)
+                    .same_site(SameSite::Lax)
+                    .max_age(cookie::time::Duration::seconds(
+                        login.session_length().as_secs() as i64,
+                    ));
+                set_cookie(&mut r, session.build());
+                set_cookie(&mut r, removal(LOGIN_COOKIE, "/callback"));
+                r
+            }
+            Err(e) => {
+                warn!(error = %e, "approver log-in failed");
+                self.error(StatusCode::FORBIDDEN, &e.to_string())
+            }
+        }
+    }
+
+    async fn logout(&self, req: Request<Incoming>) -> Response<Body_> {
+        let id = cookie(&req, SESSION_COOKIE);
+        let form = match form(req).await {
+            Ok(f) => f,
+            Err(r) => return self.reject(r),
+        };
+        if let Some(id) = id {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if sessions
+                .get(&id)
+                .is_some_and(|s| same(&s.csrf, form_value(&form, "csrf")))
+            {
+                sessions.remove(&id);
+            }
+        }
+        let mut r = html(
+            StatusCode::OK,
+            &pages::page(
+                "logged out",
+                None,
+                false,
+                &pages::message("note", "Logged out."),
+            ),
+        );
+        set_cookie(&mut r, removal(SESSION_COOKIE, "/"));
+        r
+    }
+
+    fn detail(&self, req: &Request<Incoming>, id: &str) -> Response<Body_> {
+        let (me, csrf) = match self.session(req) {
+            Ok(s) => s,
+            Err(r) => return self.reject(r),
+        };
+        let who = approver(&me);
+        match self.inputs.approvals.get(id) {
+            Some(r) if r.names(&who) => {
+                let flash = query(req, "done").map(|d| match d.as_str() {
+                    "approved" => "Approved: the call went ahead.".to_string(),
+                    "denied" => "Denied: the caller was told.".to_string(),
+                    other => other.to_string(),
+                });
+                let body = pages::detail(&who, &r, &csrf, flash.as_deref());
+                html(
+                    StatusCode::OK,
+                    &pages::page("approval", Some((&me, &csrf)), false, &body),
+                )
+            }
+            // Requests of rules that do not name this person are not theirs to see.
+            _ => self.error(StatusCode::NOT_FOUND, "no such approval request for you"),
+        }
+    }
+
+    async fn answer(&self, req: Request<Incoming>, id: &str) -> Response<Body_> {
+        let (me, csrf) = match self.session(&req) {
+            Ok(s) => s,
+            Err(r) => return self.reject(r),
+        };
+        // A form from another site never carries our token; the Origin check also stops a
+        // page of another origin that somehow got hold of one.
+        if let Some(o) = req.headers().get(header::ORIGIN) {
+            if o.as_bytes() != self.origin.as_bytes() {
+                return self.error(StatusCode::FORBIDDEN, "this form came from another site");
+            }
+        }
+        let form = match form(req).await {
+            Ok(f) => f,
+            Err(r) => return self.reject(r),
+        };
+        if !same(&csrf, form_value(&form, "csrf")) {
+            return self.error(
+                StatusCode::FORBIDDEN,
+                "the form's security token is missing or stale; reload the page and try again",
+            );
+        }
+        let approve = match form_value(&form, "verdict") {
+            Some("approve") => true,
+            Some("deny") => false,
+            _ => return self.error(StatusCode::BAD_REQUEST, "approve or deny?"),
+        };
+        let grant = match form_value(&form, "grant").filter(|g| !g.is_empty()) {
+            None => None,
+            Some(g) => match crate::policy::compile::parse_duration(g) {
+                Some(d) if approve => Some(d),
+                Some(_) => None,
+                None => return self.error(StatusCode::BAD_REQUEST, "not a grant window"),
+            },
+        };
+        let comment = form_value(&form, "comment")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.chars().take(2000).collect::<String>());
+        let who = approver(&me);
+        match self
+            .inputs
+            .approvals
+            .answer(id, approve, &who, grant, comment)
+        {
+            Ok(_) => redirect(&format!(
+                "/approvals/{}?done={}",
+                id,
+                if approve { "approved" } else { "denied" }
+            )),
+            Err(why) => match self.inputs.approvals.get(id) {
+                Some(r) if r.names(&who) => {
+                    let body = pages::detail(&who, &r, &csrf, Some(&why));
+                    html(
+                        StatusCode::CONFLICT,
+                        &pages::page("approval", Some((&me, &csrf)), false, &body),
+                    )
+                }
+                _ => self.error(StatusCode::NOT_FOUND, "no such approval request for you"),
+            },
+        }
+    }
+
+    /// Server-sent events: the change counter now and after every change, so that the
+    /// list page reloads itself.
+    fn events(&self) -> Response<Body_> {
+        if Arc::strong_count(&self.streams) > MAX_EVENT_STREAMS {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "too many live pages\n");
+        }
+        let guard = self.streams.clone();
+        let mut changes = self.inputs.approvals.changes();
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let n = *changes.borrow_and_update();
+                if tx
+                    .send(Bytes::from(format!("data: {n}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // A comment line now and then finds out whether the browser is still there.
+                loop {
+                    tokio::select! {
+                        c = changes.changed() => match c {
+                            Ok(()) => break,
+                            Err(_) => return,
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(20)) => {
+                            if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(Events(rx).boxed());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+
+    fn error(&self, status: StatusCode, msg: &str) -> Response<Body_> {
+        html(
+            status,
+            &pages::page("error", None, false, &pages::message("error", msg)),
+        )
+    }
+}
+
+async fn form(req: Request<Incoming>) -> Result<Vec<(String, String)>, Reject> {
+    let body = Limited::new(req.into_body(), MAX_FORM)
+        .collect()
+        .await
+        .map_err(|_| Reject::Error(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?
+        .to_bytes();
+    Ok(form_urlencoded::parse(&body).into_owned().collect())
+}
+
+/// The approver a logged-in person is: named by subject, with their groups.
+fn approver(p: &Person) -> Approver {
+    Approver {
+        name: p.subject.clone(),
+        groups: p.groups.clone(),
+        operator: false,
+    }
+}
+
+struct Events(mpsc::Receiver<Bytes>);
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn html(status: StatusCode, body: &str) -> Response<Body_> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `no-referrer` would make browsers send `Origin: null` with our own forms.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body_> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn redirect(to: &str) -> Response<Body_> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn set_cookie(r: &mut Response<Body_>, c: Cookie<'_>) {
+    if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn removal(name: &'static str, path: &'static str) -> Cookie<'static> {
+    let mut c = Cookie::build((name, "")).path(path).build();
+    c.make_removal();
+    c
+}
+
+fn cookie(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn form_value<'f>(form: &'f [(String, String)], key: &str) -> Option<&'f str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A path on this site: never `//host` or a full URL (no open redirect after login).
+fn local_path(p: &str) -> bool {
+    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')
+}
+
+/// Constant-time comparison of a token with what a form sent.
+fn same(want: &str, got: Option<&str>) -> bool {
+    let Some(got) = got else { return false };
+    want.len() == got.len()
+        && want
+            .bytes()
+            .zip(got.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    // The OS generator failing is not something to carry on from.
+    getrandom::fill(&mut b).expect("the OS random number generator failed");
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// `scheme://host[:port]` of a URL, as browsers send it in `Origin`.
+fn origin_of(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}",
+            u.scheme_str().unwrap_or("http"),
+            u.authority().map(|a| a.as_str()).unwrap_or("")
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert!(local_path("/approvals/x?y=1"));
+        assert!(!local_path("//evil.example/"));
+        assert!(!local_path("https://evil.example/"));
+        assert!(!local_path("/\\evil.example"));
+        assert!(same("abc", Some("abc")));
+        assert!(!same("abc", Some("abd")));
+        assert!(!same("abc", Some("ab")));
+        assert!(!same("abc", None));
+        assert_eq!(
+            origin_of("https://gw.example:8443/x"),
+            "https://gw.example:8443"
+        );
+        assert_eq!(origin_of("http://127.0.0.1:9"), "http://127.0.0.1:9");
+    }
+}

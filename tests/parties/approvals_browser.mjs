@@ -1,0 +1,78 @@
+// A person at the approvals page, in headless Chromium (Debian's, driven by playwright-core):
+// opens the page, is sent to the OpenID provider, logs in there (and consents), comes back
+// and looks at request ID. With --approve, also tries a forged form POST without the CSRF
+// token, then approves through the page's own form with --comment.
+//
+//   node approvals_browser.mjs --page URL --person NAME --id ID --screenshot FILE
+//        [--approve --comment TEXT]
+//
+// Prints one JSON object with what it saw; exits 1 (with a screenshot) on a step that fails.
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const { values: a } = parseArgs({
+  options: {
+    page: { type: 'string' },
+    person: { type: 'string' },
+    id: { type: 'string' },
+    screenshot: { type: 'string' },
+    approve: { type: 'boolean', default: false },
+    comment: { type: 'string', default: '' },
+  },
+});
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox'],
+});
+const page = await browser.newPage();
+page.setDefaultTimeout(15000);
+const seen = { person: a.person };
+try {
+  await page.goto(`${a.page}/approvals`);
+  // The provider's login form, then its consent form.
+  await page.fill('input[name="login"]', a.person);
+  await page.fill('input[name="password"]', 'any password');
+  await page.click('button[type="submit"]');
+  for (let i = 0; i < 3 && !page.url().startsWith(a.page); i++) {
+    await page.click('button[type="submit"]');
+    await page.waitForLoadState();
+  }
+  await page.waitForURL(`${a.page}/approvals`);
+  seen.header = (await page.textContent('header')).replace(/\s+/g, ' ').trim();
+  const link = page.locator(`a[href="/approvals/${a.id}"]`);
+  seen.listed = (await link.count()) > 0;
+  if (!a.approve) {
+    const detail = await page.goto(`${a.page}/approvals/${a.id}`);
+    seen.detail_status = detail.status();
+    await page.screenshot({ path: a.screenshot, fullPage: true });
+  } else {
+    // A form another page could send: the browser's cookie, but not the page's token.
+    const forged = await page.request.post(`${a.page}/approvals/${a.id}`, {
+      form: { verdict: 'approve' },
+      maxRedirects: 0,
+    });
+    seen.forged_status = forged.status();
+    await link.click();
+    await page.waitForURL(`${a.page}/approvals/${a.id}`);
+    seen.args = await page.textContent('#args');
+    await page.fill('textarea[name="comment"]', a.comment);
+    await page.screenshot({ path: a.screenshot.replace(/\.png$/, '-before.png'), fullPage: true });
+    await page.click('button[value="approve"]');
+    await page.waitForURL(/done=approved/);
+    seen.flash = await page.textContent('p.note');
+    seen.state = await page.textContent('span.state');
+    await page.screenshot({ path: a.screenshot, fullPage: true });
+  }
+  console.log(JSON.stringify(seen));
+} catch (e) {
+  seen.error = String(e);
+  seen.url = page.url();
+  seen.body = (await page.content().catch(() => '')).slice(0, 4000);
+  await page.screenshot({ path: a.screenshot, fullPage: true }).catch(() => {});
+  console.log(JSON.stringify(seen));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
