@@ -247,34 +247,70 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// `tests/parties/approvals_browser.mjs` running as `person`.
+struct Browser {
+    child: Child,
+    out: PathBuf,
+    shot: PathBuf,
+    script: PathBuf,
+}
+
 impl Setup {
-    /// `tests/parties/approvals_browser.mjs` as `person`, looking at request `id` (and
-    /// approving it, with `comment`, when given one): what the browser saw.
-    fn browser(&self, person: &str, id: &str, approve: Option<&str>, shot: &Path) -> Value {
+    /// Starts the browser as `person`: looking at request `id` (`Some`), or waiting on the
+    /// list for one to appear (`None`, after writing `ready`); and approving it, with
+    /// `comment`, when given one.
+    fn browser(
+        &self,
+        person: &str,
+        id: Option<&str>,
+        approve: Option<&str>,
+        shot: &Path,
+        ready: &Path,
+    ) -> Browser {
         let script = node_script("approvals_browser.mjs");
+        let out = self.dir.join(unique("browser"));
         let mut cmd = Command::new("timeout");
         cmd.args(["90", "node"])
             .arg(&script)
-            .args(["--page", &self.web, "--person", person, "--id", id])
+            .args(["--page", &self.web, "--person", person])
             .arg("--screenshot")
             .arg(shot);
+        match id {
+            Some(id) => cmd.args(["--id", id]),
+            None => cmd.arg("--live").arg("--ready").arg(ready),
+        };
         if let Some(c) = approve {
             cmd.args(["--approve", "--comment", c]);
         }
-        let out = cmd.output().expect("node");
-        let _ = fs::remove_file(&script);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-            panic!(
-                "browser ({}): {stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let log = fs::File::create(&out).expect("browser output");
+        let child = cmd
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("node");
+        Browser {
+            child,
+            out,
+            shot: shot.to_path_buf(),
+            script,
+        }
+    }
+
+    /// What the browser saw, once it is done (at most 100 s).
+    fn seen(&self, mut b: Browser) -> Value {
+        let status = wait_for(Duration::from_secs(100), || b.child.try_wait().ok()?)
+            .expect("the browser did not finish");
+        let _ = fs::remove_file(&b.script);
+        let text = fs::read_to_string(&b.out).unwrap_or_default();
+        let seen: Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("browser ({status}): {text}"));
         assert!(
-            out.status.success(),
-            "browser as {person}: {seen:#}\nscreenshot: {}\n{}",
-            shot.display(),
+            status.success(),
+            "browser: {seen:#}\nscreenshot: {}\n{text}\n{}",
+            b.shot.display(),
             self.gw.log()
         );
         seen
@@ -529,25 +565,32 @@ fn approvers_answer_on_the_web_page() {
     let Some(s) = setup("approvers_answer_on_the_web_page") else {
         return;
     };
+    let shots = artifacts();
+    let ready = s.dir.join("browser-ready");
+
+    // Alice (finance-leads) logs in and keeps the list open; a call is held meanwhile and
+    // shows up on its own (server-sent events). She sees masked arguments; a form without the
+    // page's CSRF token is refused; her approval through the page lets the call through.
+    let shot = shots.join("approvals-page.png");
+    let alice = s.browser(
+        "alice",
+        None,
+        Some("looked at it in the browser"),
+        &shot,
+        &ready,
+    );
+    let logged_in = wait_for(Duration::from_secs(60), || fs::metadata(&ready).ok());
+    assert!(logged_in.is_some(), "alice did not get to the list");
     let call = s.refund(Some("billing-agent"));
     let id = id_of(&s.pending("refund"));
-    let shots = artifacts();
-
-    // Bob logs in, but the rule names finance-leads: he neither sees nor can open the request.
-    let bob = s.browser("bob", &id, None, &shots.join("approvals-bob.png"));
-    assert_eq!(bob["listed"], false, "{bob}");
-    assert_eq!(bob["detail_status"], 404, "{bob}");
-    assert!(
-        bob["header"].as_str().unwrap_or("").contains("bob"),
-        "{bob}"
-    );
-
-    // Alice (finance-leads) sees it with masked arguments; a form without the page's CSRF
-    // token is refused; her approval through the page lets the held call through.
-    let shot = shots.join("approvals-page.png");
-    let alice = s.browser("alice", &id, Some("looked at it in the browser"), &shot);
+    let alice = s.seen(alice);
     println!("screenshot of the approvals page: {}", shot.display());
-    assert_eq!(alice["listed"], true, "{alice}");
+    assert_eq!(alice["live"], true, "{alice}");
+    assert_eq!(alice["id"], id.as_str(), "{alice}");
+    assert!(
+        alice["header"].as_str().unwrap_or("").contains("alice"),
+        "{alice}"
+    );
     assert_eq!(alice["forged_status"], 403, "{alice}");
     let args = alice["args"].as_str().unwrap_or("");
     assert!(
@@ -573,4 +616,15 @@ fn approvers_answer_on_the_web_page() {
     assert_eq!(verdict["by"], "alice", "{rec}");
     assert_eq!(verdict["via"], "web", "{rec}");
     assert_eq!(verdict["comment"], "looked at it in the browser", "{rec}");
+
+    // Bob logs in too, but the rule names finance-leads: he neither sees nor can open the
+    // next held call.
+    let call = s.refund(Some("support-bot"));
+    let id = id_of(&s.pending("refund"));
+    let shot = shots.join("approvals-bob.png");
+    let bob = s.seen(s.browser("bob", Some(&id), None, &shot, &ready));
+    assert_eq!(bob["listed"], false, "{bob}");
+    assert_eq!(bob["detail_status"], 404, "{bob}");
+    s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
+    assert_eq!(call.finish().0, 403);
 }

@@ -1,12 +1,15 @@
 // A person at the approvals page, in headless Chromium (Debian's, driven by playwright-core):
 // opens the page, is sent to the OpenID provider, logs in there (and consents), comes back
 // and looks at request ID. With --approve, also tries a forged form POST without the CSRF
-// token, then approves through the page's own form with --comment.
+// token, then approves through the page's own form with --comment. With --live instead of
+// --id, it writes the --ready file once logged in and waits on the open list, without
+// reloading it, for a request to appear: the page's live refresh must bring it.
 //
-//   node approvals_browser.mjs --page URL --person NAME --id ID --screenshot FILE
-//        [--approve --comment TEXT]
+//   node approvals_browser.mjs --page URL --person NAME (--id ID | --live --ready FILE)
+//        --screenshot FILE [--approve --comment TEXT]
 //
 // Prints one JSON object with what it saw; exits 1 (with a screenshot) on a step that fails.
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
@@ -17,6 +20,8 @@ const { values: a } = parseArgs({
     id: { type: 'string' },
     screenshot: { type: 'string' },
     approve: { type: 'boolean', default: false },
+    live: { type: 'boolean', default: false },
+    ready: { type: 'string' },
     comment: { type: 'string', default: '' },
   },
 });
@@ -41,6 +46,14 @@ try {
   }
   await page.waitForURL(`${a.page}/approvals`);
   seen.header = (await page.textContent('header')).replace(/\s+/g, ' ').trim();
+  if (a.live) {
+    writeFileSync(a.ready, 'logged in\n');
+    const review = page.getByRole('link', { name: 'Review' }).first();
+    await review.waitFor({ timeout: 30000 });
+    a.id = (await review.getAttribute('href')).replace('/approvals/', '');
+    seen.id = a.id;
+    seen.live = true;
+  }
   const link = page.locator(`a[href="/approvals/${a.id}"]`);
   seen.listed = (await link.count()) > 0;
   if (!a.approve) {
