@@ -380,3 +380,89 @@ fn the_injected_credential_never_comes_back() {
     }
     assert!(files >= 3, "looked at {files} files");
 }
+
+#[test]
+fn an_upstream_token_is_got_with_client_credentials() {
+    let test = "an_upstream_token_is_got_with_client_credentials";
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-oauth2"));
+    fs::create_dir_all(&dir).expect("dir");
+    let mut idp = Oidc::start(&dir);
+    let up = upstream(&dir, None);
+    let secret = dir.join("client.secret");
+    fs::write(&secret, "support-bot-secret\n").expect("secret");
+    // The gateway is its own OAuth2 client (support-bot) for tokens meant for other-api; the
+    // caller's own token only says who is calling.
+    let repo = format!(
+        r#"{}
+credentials:
+  upstream-token:
+    oauth2:
+      token_url: "{}/token"
+      client_id: support-bot
+      client_secret: {{ file: "{}" }}
+      resource: urn:callgate:other
+"#,
+        repo(&idp.issuer(), ""),
+        idp.issuer(),
+        secret.display()
+    );
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  echo: {{ route: "GET /echo" }}
+rules:
+  - {{ name: echo, function: echo, caller: {{ authenticated: true }}, action: allow }}
+credentials:
+  inject: {{ header: Authorization, from: {{ credential: upstream-token }}, format: "Bearer {{}}" }}
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("oauth2");
+    gw.enable(&cg);
+    let caller = idp.token("billing-agent", None);
+    let echo = || {
+        let (code, body) = curl_in(
+            &cg,
+            &[
+                "-H",
+                &format!("Authorization: Bearer {caller}"),
+                &format!("http://127.0.0.1:{}/echo", up.port),
+            ],
+        );
+        assert_eq!(code, 0, "{body}");
+        let sent = up.requests().last().expect("a request upstream")["headers"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (body, sent)
+    };
+
+    // The upstream gets the gateway's token, not the caller's; the caller never sees it.
+    let (body, first) = echo();
+    let token = first
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("{first}\n{}", gw.log()));
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "a JWT from the provider: {first}"
+    );
+    assert_ne!(token, caller, "the caller's token was replaced");
+    assert!(!body.contains(token), "leaked to the caller: {body}");
+    assert!(body.contains("[MASKED:credential]"), "{body}");
+
+    // Kept until shortly before it expires: the next call reuses it, even with the provider
+    // down meanwhile.
+    idp.stop();
+    let (_, second) = echo();
+    assert_eq!(second, first, "the token was reused");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     forward::pool::Upstreams,
     identity::{Verifier, workload::Users},
+    inject::Credentials,
     intercept::Interceptor,
     mask::MaskKey,
     outbound::Outbound,
@@ -132,7 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         names: CgroupNames::default(),
         users: Users::default(),
         approvals: approvals.clone(),
-        credentials: Default::default(),
+        credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
         session_prefix: format!(

@@ -457,6 +457,7 @@ impl Conn {
         let injected = inputs
             .credentials
             .apply(req.headers_mut(), ob, &snap.credentials)
+            .await
             .map_err(|e| {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
             })?;

@@ -70,6 +70,23 @@ impl Outbound {
     }
 }
 
+/// Whether the gateway's own client may fetch `url`: https, or plain http on loopback only
+/// (test providers), since what it fetches — keys, tokens — must not be tampered with.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let u = openidconnect::url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let loopback = match u.host() {
+        Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(openidconnect::url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be an https URL (http only on loopback, for tests)".into()),
+    }
+}
+
 /// An error and its causes on one line: client errors hide the useful part in sources.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

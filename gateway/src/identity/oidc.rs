@@ -123,19 +123,8 @@ impl ProviderConfig {
         if p.name.is_empty() {
             fail("name", "a provider needs a name".into());
         }
-        match IssuerUrl::new(p.issuer.clone()) {
-            Ok(u) => {
-                let loopback = matches!(u.url().host(), Some(openidconnect::url::Host::Ipv4(ip)) if ip.is_loopback())
-                    || matches!(u.url().host(), Some(openidconnect::url::Host::Ipv6(ip)) if ip.is_loopback())
-                    || u.url().host_str() == Some("localhost");
-                if u.url().scheme() != "https" && !(u.url().scheme() == "http" && loopback) {
-                    fail(
-                        "issuer",
-                        "the issuer must be an https URL (http only on loopback, for tests)".into(),
-                    );
-                }
-            }
-            Err(e) => fail("issuer", format!("not a URL: {e}")),
+        if let Err(e) = crate::outbound::check_url(&p.issuer) {
+            fail("issuer", format!("the issuer {e}"));
         }
         if p.audiences.is_empty() {
             fail(

@@ -254,16 +254,54 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
 }
 
+/// A secret source: exactly one place; an `oauth2` one with a usable token endpoint and a
+/// client secret that is itself read from one plain place.
+fn check_secret(
+    src: &super::load::Source,
+    path: &[&str],
+    r: &schema::SecretRef,
+    errors: &mut Vec<Finding>,
+) {
+    if r.count() != 1 {
+        errors.push(src.error(
+            path,
+            "give exactly one of env, file, systemd, credential or oauth2",
+        ));
+    }
+    let Some(o) = &r.oauth2 else { return };
+    let mut at = path.to_vec();
+    at.push("oauth2");
+    if let Err(e) = crate::outbound::check_url(&o.token_url) {
+        errors.push(src.error(&at, format!("token_url {e}")));
+    }
+    if o.client_id.is_empty() {
+        errors.push(src.error(&at, "client_id must not be empty"));
+    }
+    let s = &o.client_secret;
+    if s.count() != 1 || s.credential.is_some() || s.oauth2.is_some() {
+        errors.push(src.error(
+            &at,
+            "client_secret: give exactly one of env, file or systemd",
+        ));
+    }
+}
+
 pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>> {
     let mut errors = Vec::new();
     let repo = &loaded.repo;
     for (name, source) in &repo.credentials {
-        if source.count() != 1 || source.credential.is_some() {
+        if source.credential.is_some() {
             errors.push(loaded.repo_source.error(
                 &["credentials", name],
-                "give exactly one of env, file or systemd",
+                "a named credential cannot refer to another one",
             ));
         }
+        check_secret(
+            &loaded.repo_source,
+            &["credentials", name],
+            source,
+            &mut errors,
+        );
     }
     let identity = IdentityConfig::compile(&repo.identity, &mut |path, msg| {
         errors.push(loaded.repo_source.error(path, msg))
@@ -522,12 +560,12 @@ fn compile_service(
     check_masks(src, &["response", "mask"], &file.response.mask, &mut errors);
     let inject = match &file.credentials {
         Some(c) => {
-            if c.inject.from.count() != 1 {
-                errors.push(src.error(
-                    &["credentials", "inject", "from"],
-                    "give exactly one of env, file, systemd or credential",
-                ));
-            }
+            check_secret(
+                src,
+                &["credentials", "inject", "from"],
+                &c.inject.from,
+                &mut errors,
+            );
             if let Some(name) = &c.inject.from.credential {
                 if !loaded.repo.credentials.contains_key(name) {
                     errors.push(src.error(

@@ -132,6 +132,10 @@ pub struct SecretRef {
     /// A name from `callgate.yaml`'s `credentials` (services only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// An access token the gateway gets for itself from an OAuth2 token endpoint (client
+    /// credentials grant), kept until shortly before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<Box<OAuth2Source>>,
 }
 
 impl SecretRef {
@@ -140,7 +144,27 @@ impl SecretRef {
             .iter()
             .filter(|v| v.is_some())
             .count()
+            + usize::from(self.oauth2.is_some())
     }
+}
+
+/// `oauth2:` — where and as whom the gateway gets an upstream's access token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Source {
+    /// The token endpoint (https; http only on loopback).
+    pub token_url: String,
+    pub client_id: String,
+    /// Where the client secret lives: env, file or systemd.
+    pub client_secret: SecretRef,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// RFC 8707 resource indicator, for providers that pick the audience from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// `audience` parameter, as some providers (Auth0, Okta) want it instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
