@@ -179,6 +179,21 @@ impl Setup {
         self.start("/v1/payments/p_1/refund", &body, client, 60)
     }
 
+    /// A GET on the admin listener, from outside any enabled cgroup: the body of a 200.
+    fn admin_get(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .arg(format!("{}{path}", self.web))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "GET {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn cli(&self, args: &[&str]) -> Output {
         self.gw.cli(args)
     }
@@ -473,6 +488,35 @@ fn a_held_call_waits_for_an_approver() {
     let webhook = &s.gw.status()["approvals"]["webhook"];
     assert_eq!(webhook["delivered"], 2, "{webhook}");
     assert!(webhook["retries"].as_u64().unwrap_or(0) >= 1, "{webhook}");
+
+    // The same story in Prometheus terms, on the admin listener.
+    let metrics = s.admin_get("/metrics");
+    for line in [
+        "callgate_calls_total{service=\"payments\",function=\"refund\",decision=\"approve\"} 3",
+        "callgate_approvals_ended_total{outcome=\"approved\"} 1",
+        "callgate_approvals_ended_total{outcome=\"granted\"} 1",
+        "callgate_approvals_ended_total{outcome=\"denied\"} 1",
+        "callgate_approvals_pending 0",
+        "callgate_approval_webhook_delivered_total 2",
+        "callgate_identity_keys_usable{name=\"test-idp\"} 1",
+        "callgate_cgroups_enabled 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    for name in [
+        "callgate_decision_duration_seconds_bucket",
+        "callgate_upstream_duration_seconds_count",
+        "callgate_connections_accepted_total",
+        "callgate_records_written_total",
+        "callgate_kernel_events_total{name=",
+    ] {
+        assert!(metrics.contains(name), "no {name} in\n{metrics}");
+    }
+    assert_eq!(s.admin_get("/readyz"), "ready\n");
+    assert_eq!(s.admin_get("/healthz"), "ok\n");
 }
 
 #[test]

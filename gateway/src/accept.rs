@@ -67,6 +67,8 @@ pub struct ProxyInputs {
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
     pub users: Users,
+    /// What the data path counts for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The credentials services inject, as last read.
     pub credentials: Credentials,
     /// Calls held for a human's verdict (with a policy).

@@ -133,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         names: CgroupNames::default(),
         users: Users::default(),
         approvals: approvals.clone(),
+        metrics: Default::default(),
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
@@ -166,20 +167,26 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         approvals: approvals.clone(),
         started,
     });
-    if let (Some(web), Some(approvals), Some(http)) = (&cfg.admin_http, approvals, &outbound) {
+    let metrics = inputs.metrics.clone();
+    if let Some(web) = &cfg.admin_http {
         let listener = tokio::net::TcpListener::bind(web.listen)
             .await
             .map_err(|e| DaemonError::AdminHttp(format!("listening on {}: {e}", web.listen)))?;
-        let login = match &web.login {
-            Some(l) => Some(
+        let login = match (&web.login, &outbound) {
+            (Some(l), Some(http)) => Some(
                 admin::login::Login::new(l.clone(), &web.public_url, http.clone())
                     .map_err(|e| DaemonError::AdminHttp(e.to_string()))?,
             ),
-            None => None,
+            (Some(_), None) => {
+                warn!("admin_http.login is ignored: without a policy no call is held for approval");
+                None
+            }
+            (None, _) => None,
         };
-        info!(listen = %web.listen, url = %web.public_url, login = login.is_some(), "approvals page");
+        info!(listen = %web.listen, url = %web.public_url, login = login.is_some(), "admin HTTP listener (approvals page, /metrics, /healthz, /readyz)");
         let inputs = admin::web::WebInputs {
-            approvals,
+            admin: admin_inputs.clone(),
+            metrics,
             login,
             public_url: web.public_url.clone(),
         };

@@ -206,6 +206,7 @@ impl Conn {
             }
         };
 
+        let deciding = Instant::now();
         let decided: Vec<Decided> = extracted
             .calls
             .into_iter()
@@ -218,6 +219,8 @@ impl Conn {
                 }
             })
             .collect();
+        let metrics = &self.inputs.metrics;
+        metrics.decided_in(deciding.elapsed());
         for d in &decided {
             let counter = if d.decision.enforced == Action::Allow {
                 &stats.calls_allowed
@@ -225,6 +228,16 @@ impl Conn {
                 &stats.calls_denied
             };
             counter.fetch_add(1, Relaxed);
+            let function = &d.call.function;
+            match service {
+                Some(s) => metrics.call(
+                    &s.name,
+                    function,
+                    s.functions.iter().any(|f| *f.name == **function),
+                    d.decision.enforced.as_str(),
+                ),
+                None => metrics.call("", function, false, d.decision.enforced.as_str()),
+            }
         }
 
         if extracted.batch {
@@ -298,7 +311,9 @@ impl Conn {
         let key = &self.inputs.mask_key;
         let digest = key.fingerprint("args", one.call.args.to_string().as_bytes());
         let function = &one.call.function;
+        let metrics = &self.inputs.metrics;
         if let Some(g) = approvals.granted(&one.caller, &service.name, function, &digest) {
+            metrics.approval("granted");
             let info = serde_json::json!({
                 "grant": g.id, "approved_by": g.approved_by, "request": g.request,
             });
@@ -324,13 +339,20 @@ impl Conn {
             destination: self.dst.to_string(),
         }) {
             Ok(h) => h,
-            Err(why) => return (Err(refusal("approval_unavailable", why)), None),
+            Err(why) => {
+                metrics.approval("unavailable");
+                return (Err(refusal("approval_unavailable", why)), None);
+            }
         };
         let id = hold.id.clone();
         let info = |r: &approve::Request| serde_json::json!({ "request": id, "state": r.state, "verdict": r.verdict });
         match hold.outcome().await {
-            approve::Outcome::Approved(r) => (Ok(()), Some(info(&r))),
+            approve::Outcome::Approved(r) => {
+                metrics.approval("approved");
+                (Ok(()), Some(info(&r)))
+            }
             approve::Outcome::Denied(r) => {
+                metrics.approval("denied");
                 let why = r.verdict.as_ref().map_or_else(
                     || "denied by an approver".to_string(),
                     |v| match &v.comment {
@@ -341,6 +363,7 @@ impl Conn {
                 (Err(refusal("approval_denied", why)), Some(info(&r)))
             }
             approve::Outcome::TimedOut(r) => {
+                metrics.approval("timed_out");
                 let why = format!(
                     "approval timed out after {}",
                     humantime::format_duration(spec.timeout)
@@ -487,8 +510,10 @@ impl Conn {
             h2c,
         };
         let client = inputs.upstreams.client(&key, tls.map(|(_, c)| c));
+        let sent = Instant::now();
         match tokio::time::timeout(inputs.cfg.idle_timeout, client.request(req)).await {
             Ok(Ok(mut resp)) => {
+                inputs.metrics.upstream_in(sent.elapsed());
                 // What comes back passes the secret's scrubber: headers here, the body in
                 // whichever stage reads it.
                 if let Some(scrub) = injected {

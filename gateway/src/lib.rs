@@ -4,9 +4,10 @@
 //! this gateway, which recovers each connection's original destination and workload, turns its
 //! traffic into calls and decides, forwards, masks and records each one. Modules follow the
 //! pipeline of `DESIGN.md`, one stage each: [`intercept`] (userspace half) → [`accept`] →
-//! [`sniff`] → [`tls`] → [`http`] → [`extract`] → [`policy`] (decide) → [`inject`] →
-//! [`forward`] → [`mask`] → [`record`], with [`reply`] for the gateway's own answers, [`admin`]
-//! for the control socket and [`daemon`] wiring them together.
+//! [`sniff`] → [`tls`] → [`http`] → [`identity`] → [`extract`] → [`policy`] (decide) →
+//! [`approve`] → [`inject`] → [`forward`] → [`mask`] → [`record`], with [`reply`] for the
+//! gateway's own answers, [`admin`] for the control socket and the HTTP admin listener,
+//! [`metrics`] for Prometheus and [`daemon`] wiring them together.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod accept;
@@ -24,6 +25,7 @@ pub mod inject;
 pub mod intercept;
 pub mod jsonpath;
 pub mod mask;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod record;

@@ -31,6 +31,8 @@ use super::{
 };
 use crate::approve::{Approvals, Approver};
 
+const NO_POLICY: &str = "this gateway runs without a policy: no call is ever held";
+
 const SESSION_COOKIE: &str = "callgate_session";
 const LOGIN_COOKIE: &str = "callgate_login";
 /// Sessions kept at once; beyond it the oldest is dropped.
@@ -58,7 +60,8 @@ struct Session {
 }
 
 pub struct WebInputs {
-    pub approvals: Arc<Approvals>,
+    pub admin: Arc<super::AdminInputs>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub login: Option<Login>,
     /// Where browsers reach this listener, without a trailing slash.
     pub public_url: String,
@@ -120,6 +123,18 @@ impl Web {
         let method = req.method().clone();
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => self.ready(),
+            (&Method::GET, "/metrics") => {
+                let text = self.inputs.metrics.render(&self.inputs.admin);
+                let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
             (&Method::GET, "/") => redirect("/approvals"),
             (&Method::GET, "/static/live.js") => {
                 let mut r = plain(StatusCode::OK, pages::LIVE_JS);
@@ -134,7 +149,10 @@ impl Web {
             (&Method::POST, "/logout") => self.logout(req).await,
             (&Method::GET, "/approvals") => match self.session(&req) {
                 Ok((me, csrf)) => {
-                    let list = self.inputs.approvals.list(true);
+                    let list = match self.approvals() {
+                        Ok(a) => a.list(true),
+                        Err(r) => return self.reject(r),
+                    };
                     let body = pages::list(&approver(&me), &list);
                     html(
                         StatusCode::OK,
@@ -159,6 +177,39 @@ impl Web {
         };
         debug!(%peer, %method, path, status = %resp.status(), "admin http");
         resp
+    }
+
+    fn approvals(&self) -> Result<&Arc<Approvals>, Reject> {
+        self.inputs
+            .admin
+            .approvals
+            .as_ref()
+            .ok_or(Reject::Error(StatusCode::NOT_FOUND, NO_POLICY))
+    }
+
+    /// Ready to serve calls: the policy loaded (when there is one) and the call log writable.
+    /// (Interception itself is in place before this listener opens.)
+    fn ready(&self) -> Response<Body_> {
+        let a = &self.inputs.admin;
+        if let Some(why) = a.recorder.as_ref().and_then(|r| r.status().failing) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: the call log fails: {why}\n"),
+            );
+        }
+        if let Some(p) = &a.policy {
+            if let Some(errors) = p.status().last_error {
+                // The previous policy still decides: ready, but say so.
+                return text(
+                    StatusCode::OK,
+                    format!(
+                        "ready (the last policy reload failed: {})\n",
+                        errors.join("; ")
+                    ),
+                );
+            }
+        }
+        plain(StatusCode::OK, "ready\n")
     }
 
     /// The logged-in person and their CSRF token.
@@ -322,7 +373,11 @@ impl Web {
             Err(r) => return self.reject(r),
         };
         let who = approver(&me);
-        match self.inputs.approvals.get(id) {
+        let approvals = match self.approvals() {
+            Ok(a) => a,
+            Err(r) => return self.reject(r),
+        };
+        match approvals.get(id) {
             Some(r) if r.names(&who) => {
                 let flash = query(req, "done").map(|d| match d.as_str() {
                     "approved" => "Approved: the call went ahead.".to_string(),
@@ -380,17 +435,17 @@ impl Web {
             .filter(|c| !c.is_empty())
             .map(|c| c.chars().take(2000).collect::<String>());
         let who = approver(&me);
-        match self
-            .inputs
-            .approvals
-            .answer(id, approve, &who, grant, comment)
-        {
+        let approvals = match self.approvals() {
+            Ok(a) => a,
+            Err(r) => return self.reject(r),
+        };
+        match approvals.answer(id, approve, &who, grant, comment) {
             Ok(_) => redirect(&format!(
                 "/approvals/{}?done={}",
                 id,
                 if approve { "approved" } else { "denied" }
             )),
-            Err(why) => match self.inputs.approvals.get(id) {
+            Err(why) => match approvals.get(id) {
                 Some(r) if r.names(&who) => {
                     let body = pages::detail(&who, &r, &csrf, Some(&why));
                     html(
@@ -410,7 +465,10 @@ impl Web {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "too many live pages\n");
         }
         let guard = self.streams.clone();
-        let mut changes = self.inputs.approvals.changes();
+        let mut changes = match self.approvals() {
+            Ok(a) => a.changes(),
+            Err(r) => return self.reject(r),
+        };
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         tokio::spawn(async move {
             let _guard = guard;
@@ -514,7 +572,11 @@ fn html(status: StatusCode, body: &str) -> Response<Body_> {
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Body_> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    text(status, body)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body_> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

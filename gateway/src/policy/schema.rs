@@ -325,13 +325,19 @@ impl std::fmt::Display for Mode {
     }
 }
 
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Action::Allow => "allow",
             Action::Deny => "deny",
             Action::Approve => "approve",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,0 +1,391 @@
+//! Prometheus metrics, served at `/metrics` on the admin listener. What the data path counts
+//! as it goes (calls by service, function and decision; decision and upstream latency;
+//! approval outcomes) lives here; everything else the gateway already keeps — connection
+//! counters, the recorder, the policy, the OIDC keys, the eBPF programs' counters — is read
+//! at scrape time, so there is one source for each number.
+use std::{borrow::Cow, fmt, time::Duration};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::admin::AdminInputs;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    /// A function the policy declares, else `other`: paths of undeclared calls would make
+    /// the label set unbounded.
+    function: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The metrics the data path updates.
+#[derive(Debug)]
+pub struct Metrics {
+    calls: Family<CallLabels, Counter>,
+    decide_seconds: Histogram,
+    upstream_seconds: Histogram,
+    approvals: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            // 1 µs … ~1 s.
+            decide_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 11)),
+            // 100 µs … ~26 s.
+            upstream_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 10)),
+            approvals: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One call decided. `declared` says whether `function` is one the policy names.
+    pub fn call(&self, service: &str, function: &str, declared: bool, decision: &'static str) {
+        self.calls
+            .get_or_create(&CallLabels {
+                service: service.to_string(),
+                function: if declared { function } else { "other" }.to_string(),
+                decision,
+            })
+            .inc();
+    }
+
+    pub fn decided_in(&self, d: Duration) {
+        self.decide_seconds.observe(d.as_secs_f64());
+    }
+
+    /// From sending a call upstream to its response head.
+    pub fn upstream_in(&self, d: Duration) {
+        self.upstream_seconds.observe(d.as_secs_f64());
+    }
+
+    /// How a held call ended: `approved`, `denied`, `timed_out`, `granted` (a grant let it
+    /// through without asking) or `unavailable` (too many waiting).
+    pub fn approval(&self, outcome: &'static str) {
+        self.approvals
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The text exposition of everything: these metrics and the gateway's state now.
+    pub fn render(&self, admin: &AdminInputs) -> String {
+        let mut reg = Registry::with_prefix("callgate");
+        reg.register(
+            "calls",
+            "Calls decided, by service, function and enforced decision",
+            self.calls.clone(),
+        );
+        reg.register_with_unit(
+            "decision_duration",
+            "Time to decide a request's calls",
+            Unit::Seconds,
+            self.decide_seconds.clone(),
+        );
+        reg.register_with_unit(
+            "upstream_duration",
+            "Time from forwarding a call to the upstream's response head",
+            Unit::Seconds,
+            self.upstream_seconds.clone(),
+        );
+        reg.register(
+            "approvals_ended",
+            "Held calls by how they ended",
+            self.approvals.clone(),
+        );
+        reg.register_collector(Box::new(State::of(admin)));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+/// The gateway's state at scrape time.
+#[derive(Debug)]
+struct State {
+    counters: crate::stats::Counters,
+    kernel: Vec<(String, u64)>,
+    enabled: usize,
+    policy: Option<crate::policy::store::ReloadStatus>,
+    records: Option<crate::record::RecorderStatus>,
+    identity: Vec<crate::identity::oidc::ProviderStatus>,
+    approvals: Option<crate::approve::ApprovalsStatus>,
+}
+
+impl State {
+    fn of(a: &AdminInputs) -> Self {
+        Self {
+            counters: a.stats.snapshot(),
+            kernel: a
+                .interceptor
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            enabled: a.interceptor.enabled().len(),
+            policy: a.policy.as_ref().map(|p| p.status()),
+            records: a.recorder.as_ref().map(|r| r.status()),
+            identity: a.verifier.as_ref().map(|v| v.status()).unwrap_or_default(),
+            approvals: a.approvals.as_ref().map(|a| a.status()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One metric with a `name` label per entry.
+fn by_name(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counter: bool,
+    values: &[(Cow<'_, str>, i64)],
+) -> fmt::Result {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let kind = if counter {
+        ConstCounter::new(0u64).metric_type()
+    } else {
+        ConstGauge::new(0i64).metric_type()
+    };
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (label, v) in values {
+        let labels = NameLabel {
+            name: label.to_string(),
+        };
+        let f = m.encode_family(&labels)?;
+        if counter {
+            ConstCounter::new(u64::try_from(*v).unwrap_or(0)).encode(f)?;
+        } else {
+            ConstGauge::new(*v).encode(f)?;
+        }
+    }
+    Ok(())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for State {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let c = &self.counters;
+        counter(
+            &mut e,
+            "connections_accepted",
+            "Intercepted connections accepted",
+            c.accepted,
+        )?;
+        counter(
+            &mut e,
+            "connections_forwarded",
+            "Connections forwarded upstream",
+            c.forwarded,
+        )?;
+        gauge(
+            &mut e,
+            "connections_active",
+            "Connections open now",
+            int(c.active),
+        )?;
+        counter(
+            &mut e,
+            "upstream_errors",
+            "Upstream connections that failed",
+            c.upstream_errors,
+        )?;
+        counter(
+            &mut e,
+            "connections_refused_no_entry",
+            "Redirected connections with no original destination on record",
+            c.refused_no_entry,
+        )?;
+        counter(
+            &mut e,
+            "connections_refused_loop",
+            "Connections refused because they would loop back into the gateway",
+            c.refused_loop,
+        )?;
+        counter(
+            &mut e,
+            "refused_recording",
+            "Calls refused because they could not be recorded",
+            c.refused_recording,
+        )?;
+        counter(
+            &mut e,
+            "record_errors",
+            "Records that could not be queued",
+            c.record_errors,
+        )?;
+        counter(
+            &mut e,
+            "tokens_verified",
+            "Bearer tokens verified",
+            c.tokens_verified,
+        )?;
+        counter(
+            &mut e,
+            "tokens_rejected",
+            "Bearer tokens rejected",
+            c.tokens_rejected,
+        )?;
+        counter(
+            &mut e,
+            "bytes_up",
+            "Bytes from workloads to upstreams",
+            c.bytes_up,
+        )?;
+        counter(
+            &mut e,
+            "bytes_down",
+            "Bytes from upstreams to workloads",
+            c.bytes_down,
+        )?;
+        gauge(
+            &mut e,
+            "cgroups_enabled",
+            "Cgroups whose connections are intercepted",
+            int(self.enabled as u64),
+        )?;
+        let kernel: Vec<(Cow<'_, str>, i64)> = self
+            .kernel
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), int(*v)))
+            .collect();
+        by_name(
+            &mut e,
+            "kernel_events",
+            "Counters kept by the eBPF programs",
+            true,
+            &kernel,
+        )?;
+        if let Some(p) = &self.policy {
+            counter(
+                &mut e,
+                "policy_reloads",
+                "Policy reloads that took effect",
+                p.reloads,
+            )?;
+            counter(
+                &mut e,
+                "policy_reload_failures",
+                "Policy reloads refused (the previous policy stayed)",
+                p.failed_reloads,
+            )?;
+            gauge(
+                &mut e,
+                "policy_rules",
+                "Rules in the policy in force",
+                int(p.rules as u64),
+            )?;
+            gauge(
+                &mut e,
+                "policy_last_reload_failed",
+                "1 when the last reload was refused",
+                i64::from(p.last_error.is_some()),
+            )?;
+        }
+        if let Some(r) = &self.records {
+            gauge(
+                &mut e,
+                "records_backlog",
+                "Records queued and not yet written",
+                int(r.backlog as u64),
+            )?;
+            counter(&mut e, "records_written", "Records written", r.written)?;
+            counter(
+                &mut e,
+                "records_refused",
+                "Records refused (calls refused with them)",
+                r.refused,
+            )?;
+            counter(&mut e, "records_fsyncs", "fsyncs of the call log", r.fsyncs)?;
+            counter(
+                &mut e,
+                "records_write_errors",
+                "Write errors of the call log",
+                r.write_errors,
+            )?;
+            gauge(
+                &mut e,
+                "records_failing",
+                "1 while the call log cannot be written",
+                i64::from(r.failing.is_some()),
+            )?;
+        }
+        let usable: Vec<(Cow<'_, str>, i64)> = self
+            .identity
+            .iter()
+            .map(|p| (Cow::Borrowed(p.name.as_str()), i64::from(p.usable)))
+            .collect();
+        by_name(
+            &mut e,
+            "identity_keys_usable",
+            "1 while an OIDC provider's signing keys are fresh enough to verify with",
+            false,
+            &usable,
+        )?;
+        if let Some(a) = &self.approvals {
+            gauge(
+                &mut e,
+                "approvals_pending",
+                "Calls held for approval now",
+                int(a.pending as u64),
+            )?;
+            gauge(
+                &mut e,
+                "approval_grants",
+                "Approval grants in force",
+                int(a.grants as u64),
+            )?;
+            if let Some(w) = &a.webhook {
+                counter(
+                    &mut e,
+                    "approval_webhook_delivered",
+                    "Approval announcements delivered",
+                    w.delivered,
+                )?;
+                counter(
+                    &mut e,
+                    "approval_webhook_lost",
+                    "Approval announcements given up",
+                    w.lost,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
