@@ -10,6 +10,7 @@ use callgate::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
+mod install_cmd;
 mod records_cmd;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
@@ -41,6 +42,12 @@ enum Command {
     /// Calls held for human approval: list them, approve or deny, manage grants.
     #[command(subcommand)]
     Approvals(approvals_cmd::ApprovalsCommand),
+    /// Install callgate as a hardened systemd service (binary, unit, config, starter policy,
+    /// local CA); idempotent, never overwrites configuration.
+    Install(install_cmd::InstallArgs),
+    /// Stop and remove the service and detach every cgroup; --purge also removes config
+    /// and state.
+    Uninstall(install_cmd::UninstallArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -154,6 +161,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A CLI whose reader went away (`callgate status | head`) ends quietly, like other
+        // Unix tools; the daemon keeps Rust's default of EPIPE errors instead.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -236,6 +249,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => return policy_command(cmd, &rt),
         Command::Records(cmd) => return records_cmd::run(cmd),
         Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
+        Command::Install(a) => return install_cmd::install(a),
+        Command::Uninstall(a) => return install_cmd::uninstall(a),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {
