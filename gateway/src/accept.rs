@@ -67,6 +67,8 @@ pub struct ProxyInputs {
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
     pub users: Users,
+    /// Rate-limit buckets and quota windows.
+    pub limiter: Arc<crate::limit::Limiter>,
     /// What the data path counts for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The credentials services inject, as last read.

@@ -113,6 +113,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         Some(http) => Some(open_approvals(&cfg, http, recorder.as_ref())?),
         None => None,
     };
+    let limiter = Arc::new(crate::limit::Limiter::open(Some(
+        cfg.state_dir.join("quotas.json"),
+    )));
     let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
     for line in interceptor.restore()? {
@@ -134,6 +137,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         users: Users::default(),
         approvals: approvals.clone(),
         metrics: Default::default(),
+        limiter: limiter.clone(),
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
@@ -196,7 +200,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             stop_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(admin::serve(control, admin_inputs, stop_rx)));
+    tasks.push(tokio::spawn(admin::serve(
+        control,
+        admin_inputs,
+        stop_rx.clone(),
+    )));
     info!(
         listeners = ?addresses,
         control_socket = %cfg.control_socket.display(),
@@ -204,6 +212,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         "callgate is running"
     );
 
+    // Quota counts reach the state directory within seconds, so a restart (or a crash)
+    // does not hand out a fresh window.
+    tasks.push(tokio::spawn({
+        let limiter = limiter.clone();
+        let mut stop = stop_rx;
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = stop.changed() => break,
+                }
+                let l = limiter.clone();
+                let _ = tokio::task::spawn_blocking(move || l.save()).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
+        }
+    }));
     wait_for_signal(policy.as_ref()).await?;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);

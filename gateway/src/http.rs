@@ -97,6 +97,8 @@ struct Decided {
     call: OneCall,
     decision: Decision,
     caller: Arc<Caller>,
+    /// The rate limit or quota the call is over; its decision is then enforced as a deny.
+    limited: Option<crate::limit::Hit>,
 }
 
 impl Decided {
@@ -105,6 +107,9 @@ impl Decided {
     fn recording(&self, r: Option<Recording>, refusal: Option<&Refusal>) -> Option<Recording> {
         let decision = match refusal {
             Some(refusal) => refused_decision(Some(&self.decision), refusal),
+            None if self.limited.is_some() => {
+                refused_decision(Some(&self.decision), &self.refusal())
+            }
             None => recorded_decision(&self.decision),
         };
         r?.with_call(&self.call, decision, Some(&self.decision.obligations))
@@ -211,11 +216,16 @@ impl Conn {
             .calls
             .into_iter()
             .map(|mut call| {
-                let decision = self.decide(&snap, service, &caller, &mut call);
+                let mut decision = self.decide(&snap, service, &caller, &mut call);
+                let limited = self.limit(service, &caller, &call, &decision);
+                if limited.is_some() {
+                    decision.enforced = Action::Deny;
+                }
                 Decided {
                     call,
                     decision,
                     caller: caller.clone(),
+                    limited,
                 }
             })
             .collect();
@@ -229,14 +239,18 @@ impl Conn {
             };
             counter.fetch_add(1, Relaxed);
             let function = &d.call.function;
+            let outcome = match d.limited {
+                Some(_) => "limited",
+                None => d.decision.enforced.as_str(),
+            };
             match service {
                 Some(s) => metrics.call(
                     &s.name,
                     function,
                     s.functions.iter().any(|f| *f.name == **function),
-                    d.decision.enforced.as_str(),
+                    outcome,
                 ),
-                None => metrics.call("", function, false, d.decision.enforced.as_str()),
+                None => metrics.call("", function, false, outcome),
             }
         }
 
@@ -399,6 +413,34 @@ impl Conn {
         let caller = Arc::new(identity::caller_with(&self.caller, &outcome));
         self.last_token.put(token, caller.clone(), expires_in);
         caller
+    }
+
+    /// The rate limit or quota an allowed (or held) call is over, if any. Dry-run policies
+    /// refuse nothing, limits included.
+    fn limit(
+        &self,
+        service: Option<&Service>,
+        caller: &Caller,
+        call: &OneCall,
+        d: &Decision,
+    ) -> Option<crate::limit::Hit> {
+        let ob = &d.obligations;
+        if (ob.limit.is_none() && ob.quota.is_none())
+            || d.enforced == Action::Deny
+            || d.enforced != d.action
+        {
+            return None;
+        }
+        let subject = crate::limit::Subject {
+            caller,
+            service: service.map_or("", |s| &s.name),
+            function: &call.function,
+            args: &call.args,
+        };
+        self.inputs
+            .limiter
+            .check(ob.limit.as_deref(), ob.quota.as_deref(), &subject)
+            .err()
     }
 
     fn decide(
@@ -645,6 +687,23 @@ impl Decided {
     /// was not accepted is told so: that is about its own credentials, and usually the fix.
     fn refusal(&self) -> Refusal {
         let d = &self.decision;
+        if let Some(hit) = &self.limited {
+            return Refusal {
+                rule: Some(hit.rule.clone()),
+                service: d.service.as_deref().map(str::to_string),
+                function: Some(self.call.function.clone()),
+                policy_commit: d.policy.commit.clone(),
+                limit: Some(hit.clone()),
+                ..Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "over the {} {}; try again in {}s",
+                        hit.kind, hit.limit, hit.retry_after_s
+                    ),
+                )
+            };
+        }
         let approve = d.enforced == Action::Approve;
         let mut reason = d.reason.as_deref().map_or_else(
             || {
@@ -682,6 +741,12 @@ impl Decided {
 /// refusal no rule made: a limit, a mismatch, a failed upstream) a deny saying why.
 fn refused_decision(d: Option<&Decision>, r: &Refusal) -> RecordedDecision {
     match d {
+        Some(d) if r.limit.is_some() => RecordedDecision {
+            enforced: true,
+            reason: Some(format!("{}: {}", r.error, r.reason)),
+            limit: serde_json::to_value(&r.limit).ok(),
+            ..recorded_decision(d)
+        },
         // The approval's outcome is the reason: denied by whom, timed out, ….
         Some(d) if d.enforced == Action::Approve => RecordedDecision {
             reason: Some(format!("{}: {}", r.error, r.reason)),
@@ -710,6 +775,7 @@ pub fn recorded_decision(d: &Decision) -> RecordedDecision {
         policy_commit: d.policy.commit.clone(),
         policy_dirty: d.policy.dirty,
         mode: Some(d.mode.to_string()),
+        limit: None,
     }
 }
 

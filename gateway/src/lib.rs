@@ -24,6 +24,7 @@ pub mod identity;
 pub mod inject;
 pub mod intercept;
 pub mod jsonpath;
+pub mod limit;
 pub mod mask;
 pub mod metrics;
 pub mod outbound;

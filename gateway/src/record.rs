@@ -78,6 +78,9 @@ pub struct RecordedDecision {
     pub policy_dirty: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The rate limit or quota that refused the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<serde_json::Value>,
 }
 
 /// Wall-clock time in Unix milliseconds, as records and the log's files store it.

@@ -22,6 +22,8 @@ use crate::{
 pub const RPC_DENIED: i64 = -32001;
 /// JSON-RPC error code for a call the gateway could not carry out.
 pub const RPC_UNAVAILABLE: i64 = -32002;
+/// JSON-RPC error code for a call over a rate limit or quota (`data.retry_after_s` says when).
+pub const RPC_LIMITED: i64 = -32003;
 
 /// Why the gateway answers itself.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Refusal {
     pub service: Option<String>,
     pub function: Option<String>,
     pub policy_commit: Option<String>,
+    /// The rate limit or quota the call is over: when to try again (`Retry-After`).
+    pub limit: Option<crate::limit::Hit>,
 }
 
 impl Refusal {
@@ -46,6 +50,7 @@ impl Refusal {
             service: None,
             function: None,
             policy_commit: None,
+            limit: None,
         }
     }
 
@@ -57,14 +62,18 @@ impl Refusal {
     }
 
     fn detail(&self) -> Json {
-        json!({
+        let mut d = json!({
             "error": self.error,
             "reason": self.reason,
             "rule": self.rule,
             "service": self.service,
             "function": self.function,
             "policy_commit": self.policy_commit,
-        })
+        });
+        if let Some(hit) = &self.limit {
+            d["retry_after_s"] = hit.retry_after_s.into();
+        }
+        d
     }
 
     fn grpc_code(&self) -> u8 {
@@ -81,10 +90,10 @@ impl Refusal {
 
     /// The JSON-RPC error object for one call.
     pub fn rpc_error(&self, id: Option<&Json>) -> Json {
-        let code = if self.status == StatusCode::FORBIDDEN {
-            RPC_DENIED
-        } else {
-            RPC_UNAVAILABLE
+        let code = match self.status {
+            StatusCode::FORBIDDEN => RPC_DENIED,
+            StatusCode::TOO_MANY_REQUESTS => RPC_LIMITED,
+            _ => RPC_UNAVAILABLE,
         };
         json!({
             "jsonrpc": "2.0",
@@ -98,7 +107,14 @@ impl Refusal {
         match kind {
             Kind::Grpc => self.grpc(),
             Kind::JsonRpc | Kind::Mcp => json_response(StatusCode::OK, &self.rpc_error(id)),
-            Kind::Rest | Kind::Http => json_response(self.status, &self.detail()),
+            Kind::Rest | Kind::Http => {
+                let mut resp = json_response(self.status, &self.detail());
+                if let Some(hit) = &self.limit {
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(hit.retry_after_s));
+                }
+                resp
+            }
         }
     }
 

@@ -219,6 +219,8 @@ pub struct Obligations {
     pub inject: Option<Inject>,
     pub headers: HeaderEdits,
     pub approval: Option<ApprovalSpec>,
+    pub limit: Option<Arc<crate::limit::LimitSpec>>,
+    pub quota: Option<Arc<crate::limit::QuotaSpec>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -598,6 +600,8 @@ fn compile_service(
         inject: inject.clone(),
         headers: HeaderEdits::default(),
         approval: None,
+        limit: None,
+        quota: None,
     });
 
     let mut rules = Vec::new();
@@ -719,6 +723,25 @@ fn compile_service(
             }
             _ => None,
         };
+        let limited = def.limit.is_some() || def.quota.is_some();
+        if limited && def.action == Action::Deny {
+            errors.push(err(
+                &["action"],
+                "`limit:` and `quota:` apply to calls a rule lets through, not to `deny`".into(),
+            ));
+        }
+        let limit = def.limit.as_ref().and_then(|l| {
+            crate::limit::LimitSpec::compile(&def.name, l)
+                .map_err(|e| errors.push(err(&["limit"], e)))
+                .ok()
+                .map(Arc::new)
+        });
+        let quota = def.quota.as_ref().and_then(|q| {
+            crate::limit::QuotaSpec::compile(&def.name, q)
+                .map_err(|e| errors.push(err(&["quota"], e)))
+                .ok()
+                .map(Arc::new)
+        });
         check_masks(
             src,
             &[&["rules", idx.as_str()][..], &["mask"]].concat(),
@@ -747,6 +770,8 @@ fn compile_service(
             },
             headers: def.headers.clone().unwrap_or_default(),
             approval,
+            limit,
+            quota,
         });
         if def.inject == Some(true) && inject.is_none() {
             errors.push(err(

@@ -277,6 +277,12 @@ pub struct RuleDef {
     pub reason: Option<String>,
     #[serde(default)]
     pub approval: Option<Approval>,
+    /// A token bucket per key: `{ per: [caller.subject, function], rate: 10/m, burst: 20 }`.
+    #[serde(default)]
+    pub limit: Option<LimitDef>,
+    /// Calls per fixed window (UTC-aligned) per key: `{ per: [workload.unit], calls: 1000/d }`.
+    #[serde(default)]
+    pub quota: Option<QuotaDef>,
     #[serde(default)]
     pub mask: Vec<MaskSpec>,
     #[serde(default)]
@@ -286,6 +292,29 @@ pub struct RuleDef {
     pub inject: Option<bool>,
     #[serde(default)]
     pub headers: Option<HeaderEdits>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDef {
+    /// What a bucket is kept per: `caller.subject`, `caller.groups`, `workload.unit`,
+    /// `workload.uid`, `workload.user`, `workload.cgroup`, `service`, `function`, `args.NAME`.
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// `10/m`, `5/s`, `100/h`, `1000/d`, or `3/10s`.
+    pub rate: String,
+    /// Calls allowed at once after a quiet spell (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaDef {
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// `1000/d`, `50/h`: calls per window.
+    pub calls: String,
 }
 
 fn any_function() -> OneOrMany {
@@ -599,4 +628,8 @@ pub struct Expect {
     pub record: Option<RecordLevel>,
     #[serde(default)]
     pub inject: Option<bool>,
+    /// The call is made this many times and once more at one moment: all but the last pass,
+    /// the last is refused by the rule's `limit:` or `quota:`.
+    #[serde(default)]
+    pub limited_after: Option<u64>,
 }

@@ -64,7 +64,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
         }),
         ..caller
     };
-    let (decision, function) = match (&case.call, &case.request) {
+    let (decision, function, args, service) = match (&case.call, &case.request) {
         (Some(call), None) => {
             let service = match (&call.service, &call.destination) {
                 (Some(name), _) => Some(
@@ -87,8 +87,16 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                 args,
             };
             match service {
-                Some(s) => (snap.decide(s, &c, &caller), call.function.clone()),
-                None => (snap.decide_unknown_destination(), call.function.clone()),
+                Some(s) => {
+                    let d = snap.decide(s, &c, &caller);
+                    (d, c.function, c.args, s.name.to_string())
+                }
+                None => (
+                    snap.decide_unknown_destination(),
+                    c.function,
+                    c.args,
+                    String::new(),
+                ),
             }
         }
         (None, Some(req)) => {
@@ -113,15 +121,64 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     Json::Object(Map::new()),
                 ),
             };
-            let c = Call {
-                function: function.clone(),
-                args,
-            };
-            (snap.decide(service, &c, &caller), function)
+            let c = Call { function, args };
+            let d = snap.decide(service, &c, &caller);
+            (d, c.function, c.args, service.name.to_string())
         }
         _ => return Err("give exactly one of `call` and `request`".into()),
     };
-    check(&case.expect, &decision, &function)
+    check(&case.expect, &decision, &function)?;
+    match case.expect.limited_after {
+        Some(n) => check_limit(n, &decision, &caller, &service, &function, &args),
+        None => Ok(()),
+    }
+}
+
+/// `limited_after: n`: n calls at one moment pass the rule's limit and quota, the next not.
+fn check_limit(
+    n: u64,
+    d: &Decision,
+    caller: &Caller,
+    service: &str,
+    function: &str,
+    args: &Json,
+) -> Result<(), String> {
+    let ob = &d.obligations;
+    if ob.limit.is_none() && ob.quota.is_none() {
+        return Err("expected a limit, but the deciding rule has no `limit:` or `quota:`".into());
+    }
+    let limiter = crate::limit::Limiter::open(None);
+    let subject = crate::limit::Subject {
+        caller,
+        service,
+        function,
+        args,
+    };
+    let (now, unix) = (Instant::now(), crate::record::now_ms() / 1000);
+    for i in 0..=n {
+        let r = limiter.check_at(
+            ob.limit.as_deref(),
+            ob.quota.as_deref(),
+            &subject,
+            now,
+            unix,
+        );
+        match (i < n, r) {
+            (true, Err(hit)) => {
+                return Err(format!(
+                    "expected {n} calls to pass, call {} was refused by the {} {}",
+                    i + 1,
+                    hit.kind,
+                    hit.limit
+                ));
+            }
+            (false, Ok(())) => {
+                return Err(format!("expected call {} to be refused, it passed", n + 1));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn check(expect: &Expect, d: &Decision, function: &str) -> Result<(), String> {
