@@ -67,6 +67,8 @@ pub struct ProxyInputs {
     pub stats: Arc<Stats>,
     pub names: CgroupNames,
     pub users: Users,
+    /// Exports a span per call, when configured.
+    pub tracer: Option<Arc<crate::trace::CallTracer>>,
     /// Rate-limit buckets and quota windows.
     pub limiter: Arc<crate::limit::Limiter>,
     /// What the data path counts for `/metrics`.

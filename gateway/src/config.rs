@@ -41,6 +41,8 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error("{path}: telemetry.otlp_endpoint: {reason}")]
+    Telemetry { path: PathBuf, reason: String },
     #[error("{path}: admin_http.{key}: {reason}")]
     AdminHttp {
         path: PathBuf,
@@ -84,6 +86,17 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The optional HTTP admin listener (approvals page, health).
     pub admin_http: Option<AdminHttpConfig>,
+    /// OpenTelemetry trace export (off unless an endpoint is set).
+    pub telemetry: Option<crate::trace::TelemetryConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTelemetry {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    otlp_endpoint: String,
+    #[serde(default)]
+    service_name: Option<String>,
 }
 
 /// `admin_http:` in the config file.
@@ -265,6 +278,7 @@ struct File {
     http: Option<FileHttp>,
     approvals: Option<FileApprovals>,
     admin_http: Option<FileAdminHttp>,
+    telemetry: Option<FileTelemetry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +398,19 @@ impl Config {
             }
         }
         let admin_http = file.admin_http.map(|h| admin_http(path, h)).transpose()?;
+        let telemetry = match file.telemetry {
+            None => None,
+            Some(t) => {
+                check_http_url(&t.otlp_endpoint).map_err(|reason| ConfigError::Telemetry {
+                    path: path.into(),
+                    reason,
+                })?;
+                Some(crate::trace::TelemetryConfig {
+                    endpoint: t.otlp_endpoint,
+                    service_name: t.service_name.unwrap_or_else(|| "callgate".into()),
+                })
+            }
+        };
         let defaults = crate::approve::Limits::default();
         let approvals = ApprovalsConfig {
             limits: crate::approve::Limits {
@@ -409,6 +436,7 @@ impl Config {
             http,
             approvals,
             admin_http,
+            telemetry,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)

@@ -46,6 +46,8 @@ pub enum DaemonError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] crate::approve::ApprovalError),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     #[error("admin_http: {0}")]
     AdminHttp(String),
     #[error("installing signal handlers: {0}")]
@@ -113,6 +115,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         Some(http) => Some(open_approvals(&cfg, http, recorder.as_ref())?),
         None => None,
     };
+    let tracer = match (&cfg.telemetry, &outbound) {
+        (Some(t), Some(http)) => {
+            let tracer = crate::trace::CallTracer::start(t, http.clone())
+                .map_err(|e| DaemonError::Telemetry(e.to_string()))?;
+            info!(endpoint = %t.endpoint, "exporting a trace span per call (OTLP/HTTP)");
+            Some(Arc::new(tracer))
+        }
+        (Some(_), None) => {
+            warn!("telemetry is ignored: without a policy there are no calls to trace");
+            None
+        }
+        (None, _) => None,
+    };
     let limiter = Arc::new(crate::limit::Limiter::open(Some(
         cfg.state_dir.join("quotas.json"),
     )));
@@ -138,6 +153,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         approvals: approvals.clone(),
         metrics: Default::default(),
         limiter: limiter.clone(),
+        tracer: tracer.clone(),
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
@@ -251,6 +267,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             Err(e) => warn!(error = %e, "records flush task failed"),
         }
         r.close();
+    }
+    if let Some(t) = tracer {
+        // The batch processor's thread flushes; not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())

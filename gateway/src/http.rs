@@ -36,6 +36,7 @@ use crate::{
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
     record::{Record, RecordedDecision},
     reply::{self, Refusal},
+    trace::CallSpan,
 };
 
 pub use body::Recording;
@@ -261,6 +262,7 @@ impl Conn {
             return reply::empty(StatusCode::BAD_REQUEST);
         };
         let mut recording = recording;
+        let mut span = self.span(service, &parts.headers, &one);
         if one.decision.enforced == Action::Approve {
             // Held here, the upstream untouched, until a verdict or the rule's timeout.
             let (approved, info) = self.approve(service, &one).await;
@@ -268,12 +270,14 @@ impl Conn {
                 r.rec.approval = Some(info);
             }
             if let Err(r) = approved {
+                end_span(span.take(), &r);
                 return self
                     .refuse(recording, kind, one.call, Some(&one.decision), r)
                     .await;
             }
         } else if one.decision.enforced != Action::Allow {
             let r = one.refusal();
+            end_span(span.take(), &r);
             return self
                 .refuse(recording, kind, one.call, Some(&one.decision), r)
                 .await;
@@ -287,15 +291,24 @@ impl Conn {
             .forward(
                 &snap,
                 service,
-                kind,
-                &parts,
-                body,
-                &one.decision.obligations,
+                Outgoing {
+                    kind,
+                    parts: &parts,
+                    body,
+                    ob: &one.decision.obligations,
+                    span: span.as_ref(),
+                },
             )
             .await
         {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                if let Some(s) = span.take() {
+                    s.end(resp.status().as_u16(), None);
+                }
+                resp
+            }
             Err(r) => {
+                end_span(span.take(), &r);
                 return self
                     .refuse(recording, kind, one.call, Some(&one.decision), r)
                     .await;
@@ -415,6 +428,42 @@ impl Conn {
         caller
     }
 
+    /// The call's trace span, when traces are exported: named for the function the policy
+    /// declares (a bounded set of names), with the decision and who called.
+    fn span(
+        &self,
+        service: Option<&Service>,
+        headers: &HeaderMap,
+        one: &Decided,
+    ) -> Option<CallSpan> {
+        let tracer = self.inputs.tracer.as_ref()?;
+        let d = &one.decision;
+        let function = &one.call.function;
+        let name = match service {
+            Some(s) if s.functions.iter().any(|f| *f.name == **function) => {
+                format!("{}.{}", s.name, function)
+            }
+            Some(s) => format!("{}.other", s.name),
+            None => "callgate.call".to_string(),
+        };
+        let span = tracer.start_call(headers, &name);
+        if let Some(s) = service {
+            span.set("callgate.service", s.name.to_string());
+        }
+        span.set("callgate.function", function.clone());
+        span.set("callgate.decision", d.enforced.as_str());
+        span.set("callgate.mode", d.mode.to_string());
+        if let Some(r) = &d.rule {
+            span.set("callgate.rule", r.to_string());
+        }
+        if let Some(c) = &d.policy.commit {
+            span.set("callgate.policy.commit", c.clone());
+        }
+        span.set("server.address", self.dst.to_string());
+        span.caller(&one.caller);
+        Some(span)
+    }
+
     /// The rate limit or quota an allowed (or held) call is over, if any. Dry-run policies
     /// refuse nothing, limits included.
     fn limit(
@@ -481,11 +530,15 @@ impl Conn {
         &self,
         snap: &Snapshot,
         service: Option<&Service>,
-        kind: Kind,
-        parts: &http::request::Parts,
-        body: ProxyBody,
-        ob: &Obligations,
+        out: Outgoing<'_>,
     ) -> Result<Response<Incoming>, Refusal> {
+        let Outgoing {
+            kind,
+            parts,
+            body,
+            ob,
+            span,
+        } = out;
         let inputs = &self.inputs;
         let host = authority(parts)
             .map(str::to_string)
@@ -509,6 +562,9 @@ impl Conn {
             .body(body)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
         copy_end_to_end(&parts.headers, req.headers_mut());
+        if let (Some(t), Some(s)) = (&inputs.tracer, span) {
+            t.inject(s, req.headers_mut());
+        }
         // The body may have been cut down (a batch's allowed part): hyper frames it from its
         // own length.
         req.headers_mut().remove(header::CONTENT_LENGTH);
@@ -555,7 +611,11 @@ impl Conn {
         let sent = Instant::now();
         match tokio::time::timeout(inputs.cfg.idle_timeout, client.request(req)).await {
             Ok(Ok(mut resp)) => {
-                inputs.metrics.upstream_in(sent.elapsed());
+                let took = sent.elapsed();
+                inputs.metrics.upstream_in(took);
+                if let Some(s) = span {
+                    s.set("callgate.upstream.duration_ms", took.as_secs_f64() * 1000.0);
+                }
                 // What comes back passes the secret's scrubber: headers here, the body in
                 // whichever stage reads it.
                 if let Some(scrub) = injected {
@@ -734,6 +794,21 @@ impl Decided {
                 reason,
             )
         }
+    }
+}
+
+/// What goes upstream: the request, its obligations and the call's trace span.
+pub(crate) struct Outgoing<'a> {
+    pub kind: Kind,
+    pub parts: &'a http::request::Parts,
+    pub body: ProxyBody,
+    pub ob: &'a Obligations,
+    pub span: Option<&'a CallSpan>,
+}
+
+fn end_span(span: Option<CallSpan>, r: &Refusal) {
+    if let Some(s) = span {
+        s.end(r.status.as_u16(), Some(r.error));
     }
 }
 

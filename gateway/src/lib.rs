@@ -34,3 +34,4 @@ pub mod reply;
 pub mod sniff;
 pub mod stats;
 pub mod tls;
+pub mod trace;

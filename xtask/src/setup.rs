@@ -31,8 +31,14 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "wrk",
 ];
-/// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers.
-const TEST_PYTHON: &[&str] = &["mcp==1.27.0", "httpx[http2]==0.28.1", "grpcio==1.85.1"];
+/// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
+const TEST_PYTHON: &[&str] = &[
+    "mcp==1.27.0",
+    "httpx[http2]==0.28.1",
+    "grpcio==1.85.1",
+    // The OTLP receiver decodes what the gateway exports with the official protobufs.
+    "opentelemetry-proto==1.38.0",
+];
 /// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
 /// endpoints sign with), and Playwright's driver for Debian's Chromium.
 const TEST_NODE: &[&str] = &[

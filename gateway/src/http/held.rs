@@ -49,10 +49,13 @@ pub(super) async fn batch(
             .forward(
                 snap,
                 service,
-                Kind::JsonRpc,
-                &parts,
-                reply::full(Bytes::from(body)),
-                &base,
+                super::Outgoing {
+                    kind: Kind::JsonRpc,
+                    parts: &parts,
+                    body: reply::full(Bytes::from(body)),
+                    ob: &base,
+                    span: None,
+                },
             )
             .await
         {
