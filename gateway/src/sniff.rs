@@ -338,6 +338,36 @@ mod tests {
         out
     }
 
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Arbitrary first bytes: a protocol, "need more", never a panic.
+            #[test]
+            fn arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..3000)) {
+                let _ = classify(&b);
+            }
+
+            /// A real ClientHello with bytes overwritten (lengths, extensions, SNI) and cut.
+            #[test]
+            fn damaged_client_hellos(
+                at in 0usize..600,
+                with in proptest::collection::vec(any::<u8>(), 1..8),
+                cut in 0usize..700,
+            ) {
+                let mut b = hello_bytes("api.example.com", &[b"h2"]);
+                let at = at % b.len();
+                let end = (at + with.len()).min(b.len());
+                b[at..end].copy_from_slice(&with[..end - at]);
+                b.truncate(cut.max(1).min(b.len()));
+                let _ = classify(&b);
+            }
+        }
+    }
+
     #[test]
     fn client_hello_sni_and_alpn() {
         let b = hello_bytes("API.Example.com", &[b"h2", b"http/1.1"]);

@@ -687,10 +687,74 @@ mod never_panics {
     use super::*;
     use proptest::prelude::*;
 
+    fn hostile_services() -> &'static Snapshot {
+        static SNAP: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
+        SNAP.get_or_init(build_hostile_services)
+    }
+
+    fn build_hostile_services() -> Snapshot {
+        let svc = |name: &str, port: u16, protocol: &str, functions: &str| {
+            format!(
+                "service: {name}\nmatch: {{ hosts: [\"{name}:{port}\"] }}\nprotocol: {protocol}\nfunctions:\n{functions}rules:\n  - {{ name: r, function: \"*\", action: allow }}\n"
+            )
+        };
+        Repo::new(
+            "default_action: deny\n",
+            &[
+                (
+                    "rpc.yaml",
+                    &svc("rpc", 1, "jsonrpc", "  f: { method: a.b }\n"),
+                ),
+                (
+                    "mcp.yaml",
+                    &svc("mcp", 2, "mcp", "  t: { description: a tool }\n"),
+                ),
+                (
+                    "rest.yaml",
+                    &svc("rest", 3, "rest", "  f: { route: \"POST /v1/{id}/x\" }\n"),
+                ),
+                (
+                    "grpc.yaml",
+                    &svc("grpc", 4, "grpc", "  m: { method: /p.S/M }\n"),
+                ),
+            ],
+        )
+        .snap()
+    }
+
     const VALID: &str = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"POST /v1/{id}\" }\nrules:\n  - name: r\n    function: f\n    caller: { groups: [a] }\n    args: { amount: { max: 5 }, \"$.x[*].y\": { regex: \"a+\" } }\n    when: \"args.amount > 1\"\n    action: allow\n";
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends as a call's body and path, extraction answers with calls
+        /// or an error, for every protocol, and routes never panic.
+        #[test]
+        fn extraction_of_hostile_bodies(
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            json_ish in "[\\[\\]{}:,\"0-9a-z.\\\\ ]{0,200}",
+            path in "/[a-z0-9/{}%.?=&]{0,60}",
+        ) {
+            let snap = hostile_services();
+            for (name, kind) in [
+                ("rpc", callgate::extract::Kind::JsonRpc),
+                ("mcp", callgate::extract::Kind::Mcp),
+                ("rest", callgate::extract::Kind::Rest),
+                ("grpc", callgate::extract::Kind::Grpc),
+            ] {
+                let svc = snap.service(name).expect("service");
+                for method in ["POST", "GET"] {
+                    let Ok(req) = http::Request::builder().method(method).uri(path.as_str()).body(()) else {
+                        continue;
+                    };
+                    let (parts, ()) = req.into_parts();
+                    for b in [&body[..], json_ish.as_bytes()] {
+                        let _ = callgate::extract::extract(kind, svc, &parts, Some(b));
+                    }
+                    let _ = svc.route(method, &path);
+                }
+            }
+        }
 
         #[test]
         fn arbitrary_text(text in "\\PC{0,400}") {

@@ -1,0 +1,158 @@
+//! The bypass matrix: ways a process in an enabled cgroup might open a TCP connection, each of
+//! which must go through the gateway (or be refused), never straight out. Each case runs on
+//! its own and must add exactly one connection to the gateway's count. (IPv6, IPv4-mapped,
+//! UDP/QUIC and a direct connection to the listener are in `connect.rs` and `sendmsg.rs`.)
+use callgate_e2e::*;
+
+/// Python that fetches `/hello.txt` from `HOST:PORT` some way and prints the body.
+const FETCH: &str = "
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+REQ = b'GET /hello.txt HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'
+def body(s):
+    data = b''
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b'\\r\\n\\r\\n', 1)[1].decode()
+";
+
+fn cases() -> Vec<(&'static str, String, bool)> {
+    let nobody = true;
+    vec![
+        (
+            "blocking connect",
+            "s = socket.create_connection((host, port), 5); s.sendall(REQ); print(body(s), end='')"
+                .into(),
+            !nobody,
+        ),
+        (
+            "non-blocking connect",
+            "import select
+s = socket.socket(); s.setblocking(False)
+s.connect_ex((host, port)); select.select([], [s], [], 5); s.setblocking(True)
+s.sendall(REQ); print(body(s), end='')"
+                .into(),
+            !nobody,
+        ),
+        (
+            "TCP Fast Open (sendto with MSG_FASTOPEN)",
+            "s = socket.socket()  # blocking: without a cookie the SYN goes first
+s.sendto(REQ, socket.MSG_FASTOPEN, (host, port)); s.settimeout(5); print(body(s), end='')"
+                .into(),
+            !nobody,
+        ),
+        (
+            "a thread started after enable",
+            "import threading
+out = []
+def run():
+    s = socket.create_connection((host, port), 5); s.sendall(REQ); out.append(body(s))
+t = threading.Thread(target=run); t.start(); t.join(); print(out[0], end='')"
+                .into(),
+            !nobody,
+        ),
+        (
+            "a child process forked after enable",
+            "import os
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    s = socket.create_connection((host, port), 5); s.sendall(REQ); os.write(w, body(s).encode()); os._exit(0)
+os.waitpid(pid, 0); print(os.read(r, 4096).decode(), end='')"
+                .into(),
+            !nobody,
+        ),
+        (
+            "an unprivileged process that tries to leave its cgroup",
+            "import os
+mount = [l.split()[4] for l in open('/proc/self/mountinfo') if ' - cgroup2 ' in l][0]
+try:
+    open(os.path.join(mount, 'cgroup.procs'), 'w').write(str(os.getpid()))
+    sys.exit('moved itself out of its cgroup')
+except PermissionError:
+    pass
+s = socket.create_connection((host, port), 5); s.sendall(REQ); print(body(s), end='')"
+                .into(),
+            nobody,
+        ),
+    ]
+}
+
+#[test]
+fn every_way_to_connect_goes_through_the_gateway() {
+    if !ebpf_available("every_way_to_connect_goes_through_the_gateway") {
+        return;
+    }
+    let server = HttpServer::start("127.0.0.1");
+    let gw = Gateway::start();
+    let cg = TestCgroup::new("bypass");
+    gw.enable(&cg);
+    let host = server.addr.ip().to_string();
+    let port = server.addr.port().to_string();
+    for (name, code, as_nobody) in cases() {
+        let script = format!("{FETCH}{code}");
+        let mut argv: Vec<&str> = Vec::new();
+        if as_nobody {
+            argv.extend([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        // The system Python: a user's (pyenv) may not be readable by nobody.
+        argv.extend(["/usr/bin/python3", "-c", &script, &host, &port]);
+        let before = gw.counter("accepted");
+        let out = cg.run(&argv);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout == HELLO,
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let went = wait_for(std::time::Duration::from_secs(5), || {
+            (gw.counter("accepted") == before + 1).then_some(())
+        });
+        assert!(
+            went.is_some(),
+            "{name}: not through the gateway ({} accepted)",
+            gw.counter("accepted")
+        );
+    }
+}
+
+#[test]
+fn an_unprivileged_workload_cannot_open_raw_sockets() {
+    if !ebpf_available("an_unprivileged_workload_cannot_open_raw_sockets") {
+        return;
+    }
+    // Raw IP would carry TCP around every socket hook; it takes CAP_NET_RAW, which a
+    // workload the threat model covers does not have.
+    let gw = Gateway::start();
+    let cg = TestCgroup::new("bypass-raw");
+    gw.enable(&cg);
+    let out = cg.run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        "import socket\n\
+         for kind in (socket.SOCK_RAW, socket.SOCK_PACKET if hasattr(socket, 'SOCK_PACKET') else socket.SOCK_RAW):\n\
+         \x20   try:\n\
+         \x20       socket.socket(socket.AF_INET, kind, socket.IPPROTO_TCP); print('opened')\n\
+         \x20   except PermissionError:\n\
+         \x20       print('refused')",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "refused\nrefused\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
