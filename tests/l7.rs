@@ -337,6 +337,32 @@ fn jsonrpc_batch_answers_denied_elements_itself() {
     assert_eq!(r["args"]["2"], 10, "positional params by index: {r}");
 }
 
+/// A POST with both Content-Length and Transfer-Encoding whose chunked end is followed by a
+/// second request (a refund the policy denies); prints the status lines that came back.
+const SMUGGLE: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+hidden = b'{"amount": 5, "currency": "GBP"}'
+smuggled = (b'POST /v1/payments/p_9/refund HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n'
+            b'Content-Type: application/json\r\nContent-Length: %d\r\n\r\n' % (port, len(hidden))) + hidden
+body = b'0\r\n\r\n' + smuggled
+head = (b'POST /v1/payments/p_1/refund HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n'
+        b'Content-Type: application/json\r\nContent-Length: %d\r\n'
+        b'Transfer-Encoding: chunked\r\n\r\n' % (port, len(body)))
+s = socket.create_connection(('127.0.0.1', port), timeout=3)
+s.sendall(head + body)
+data = b''
+try:
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        data += c
+except OSError:
+    pass
+print([l.decode() for l in data.split(b'\r\n') if l.startswith(b'HTTP/1.1 ')])
+"#;
+
 #[test]
 fn hostile_input_is_bounded_and_the_gateway_keeps_serving() {
     let Some(s) = setup("hostile_input_is_bounded_and_the_gateway_keeps_serving") else {
@@ -434,6 +460,53 @@ fn hostile_input_is_bounded_and_the_gateway_keeps_serving() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(99);
     assert!(secs <= 4, "slow client held for {secs}s: {last}");
+    // Request smuggling: Content-Length and Transfer-Encoding together, a refund the policy
+    // denies hidden after the chunked end. Every request is parsed and decided by the gateway
+    // itself, so the hidden one is refused (or the whole message is), never forwarded.
+    let port = s.up.port.to_string();
+    let out = s.cg.run(&[&py, "-c", SMUGGLE, &port]);
+    let statuses = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("the smuggling attempt was answered with {statuses}");
+    assert!(
+        out.status.success(),
+        "{statuses}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !s.up
+            .requests()
+            .iter()
+            .any(|r| r["path"] == "/v1/payments/p_9/refund"),
+        "the smuggled refund reached the upstream: {statuses}"
+    );
+    // Bodies that are not JSON: 100,000 levels of nesting, invalid UTF-8. A clear 400 or
+    // JSON-RPC error each, nothing upstream.
+    let before = s.up.requests().len();
+    let rpc = format!("http://127.0.0.1:{}/rpc", s.rpc.port);
+    for what in ["deep", "utf8"] {
+        let out = s.cg.run(&[
+            &py,
+            "-c",
+            &format!(
+                "import sys, urllib.request, urllib.error\n\
+                 body = b'[' * 100000 if sys.argv[1] == 'deep' else b'{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ledger.balance\",\"params\":{{\"a\":\"\\xff\\xfe\"}}}}'\n\
+                 req = urllib.request.Request('{rpc}', data=body, headers={{'Content-Type': 'application/json'}})\n\
+                 try:\n\
+                 \x20   r = urllib.request.urlopen(req, timeout=5); print(r.status, r.read()[:300].decode('utf-8', 'replace'))\n\
+                 except urllib.error.HTTPError as e:\n\
+                 \x20   print(e.code, e.read()[:300].decode('utf-8', 'replace'))\n"
+            ),
+            what,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("400") || text.contains("\"error\""),
+            "{what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(s.rpc.requests().len(), 0, "no hostile body went upstream");
+    assert_eq!(s.up.requests().len(), before);
     // Still serving.
     let (code, body) = curl_in(&s.cg, &[&format!("{base}/text")]);
     assert_eq!(code, 0, "{body}");
