@@ -125,6 +125,32 @@ fn every_way_to_connect_goes_through_the_gateway() {
 }
 
 #[test]
+fn a_connect_through_io_uring_goes_through_the_gateway() {
+    if !ebpf_available("a_connect_through_io_uring_goes_through_the_gateway") {
+        return;
+    }
+    let server = HttpServer::start("127.0.0.1");
+    let gw = Gateway::start();
+    let cg = TestCgroup::new("bypass-uring");
+    gw.enable(&cg);
+    let out = cg.run(&[
+        env!("CARGO_BIN_EXE_uring-connect"),
+        &server.addr.to_string(),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        HELLO,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        gw.counter("accepted"),
+        1,
+        "IORING_OP_CONNECT went around the gateway"
+    );
+}
+
+#[test]
 fn an_unprivileged_workload_cannot_open_raw_sockets() {
     if !ebpf_available("an_unprivileged_workload_cannot_open_raw_sockets") {
         return;
