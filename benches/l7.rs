@@ -1,14 +1,18 @@
-//! `cargo xtask bench --suite l7`: small JSON calls over HTTP/1.1 keep-alive, with `wrk`,
-//! against one nginx upstream reached three ways in the same run:
+//! `cargo xtask bench --suite l7`: HTTP calls with `wrk` against one nginx upstream reached
+//! three ways in the same run — direct; through an nginx reverse proxy (2 workers, upstream
+//! keep-alive); through callgate, intercepted from an enabled cgroup, with policy, masking
+//! (card numbers, e-mail) and recording on — plus callgate without a policy (TCP
+//! pass-through, recorded per connection).
 //!
-//! - direct;
-//! - through an nginx reverse proxy (2 workers, upstream keep-alive);
-//! - through callgate, intercepted from an enabled cgroup, with policy, masking (card numbers,
-//!   e-mail) and recording all on.
+//! Cases: ~160 B JSON over keep-alive at full and light load, 16 KiB and 1 MiB answers, a new
+//! connection per request. For callgate it also reads the gateway's CPU time per request
+//! (from /proc) and its resident memory holding 1,000 idle intercepted connections. Results go
+//! to `benches/results/<date>-<commit>.json` and `.md` as well as the terminal.
 //!
-//! Goals (issue 6): callgate ≥ 1.0× nginx's requests per second at full load; added p99 over
-//! direct ≤ 150 µs at light load. wrk has no fixed-rate mode (that is wrk2, not in Debian), so
-//! "light load" is one connection, one request at a time.
+//! Goals (issues 6 and 9): callgate ≥ 1.0× nginx's requests per second at full load; added
+//! p99 over direct ≤ 150 µs at light load; pass-through ≥ 0.9× direct; RSS ≤ 50 MiB at 1,000
+//! idle connections. wrk has no fixed-rate mode (that is wrk2, not in Debian), so "light load"
+//! is one connection, one request at a time.
 use std::{fs, path::Path, process::Command};
 
 use callgate_e2e::{Gateway, Party, TestCgroup, ebpf_available, free_port, policy_repo, unique};
@@ -16,6 +20,43 @@ use callgate_e2e::{Gateway, Party, TestCgroup, ebpf_available, free_port, policy
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
 const LIGHT: &[&str] = &["-t1", "-c1", "-d5s"];
+const LARGE: &[&str] = &["-t2", "-c8", "-d6s"];
+const CLOSE: &[&str] = &["-t2", "-c16", "-d6s", "-H", "Connection: close"];
+
+/// One measured case: which load, which path.
+struct Case {
+    name: &'static str,
+    load: &'static [&'static str],
+    path: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "keep-alive 160 B, full load",
+        load: FULL,
+        path: "/v1/items/42",
+    },
+    Case {
+        name: "keep-alive 160 B, light load",
+        load: LIGHT,
+        path: "/v1/items/42",
+    },
+    Case {
+        name: "keep-alive 16 KiB",
+        load: LARGE,
+        path: "/v1/items/16k",
+    },
+    Case {
+        name: "keep-alive 1 MiB",
+        load: LARGE,
+        path: "/v1/items/1m",
+    },
+    Case {
+        name: "new connection per request",
+        load: CLOSE,
+        path: "/v1/items/42",
+    },
+];
 
 fn main() {
     if !ebpf_available("bench l7") {
@@ -23,6 +64,11 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(unique("callgate-bench-l7"));
     fs::create_dir_all(&dir).expect("dir");
+    let www = dir.join("www");
+    fs::create_dir_all(&www).expect("www");
+    for (name, size) in [("16k", 16 * 1024), ("1m", 1024 * 1024)] {
+        fs::write(www.join(name), json_of_size(size)).expect("answer file");
+    }
     let up_port = free_port();
     let _upstream = nginx(
         &dir,
@@ -30,7 +76,9 @@ fn main() {
         1,
         &format!(
             "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 1000000; \
-             location / {{ default_type application/json; return 200 '{BODY}'; }} }}"
+             location = /v1/items/42 {{ default_type application/json; return 200 '{BODY}'; }} \
+             location /v1/items/ {{ default_type application/json; alias {}/; }} }}",
+            www.display()
         ),
         up_port,
     );
@@ -43,7 +91,7 @@ fn main() {
             "upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }} \
              server {{ listen 127.0.0.1:{proxy_port}; keepalive_requests 1000000; \
              location / {{ proxy_pass http://up; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; }} }}"
+             proxy_set_header Connection \"\"; proxy_buffering off; }} }}"
         ),
         proxy_port,
     );
@@ -65,78 +113,238 @@ response:
     // The gateway logs each connection, not each call: keep-alive means few lines.
     let cg = TestCgroup::new("bench-l7");
     gw.enable(&cg);
+    // Without a policy: TCP pass-through, each connection recorded.
+    let plain = Gateway::start();
+    let cg_plain = TestCgroup::new("bench-l7-plain");
+    plain.enable(&cg_plain);
 
-    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/items/42");
-    let direct = (
-        wrk(None, FULL, &url(up_port)),
-        wrk(None, LIGHT, &url(up_port)),
-    );
-    let proxy = (
-        wrk(None, FULL, &url(proxy_port)),
-        wrk(None, LIGHT, &url(proxy_port)),
-    );
-    let gate = (
-        wrk(Some(&cg), FULL, &url(up_port)),
-        wrk(Some(&cg), LIGHT, &url(up_port)),
-    );
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    let mut rows: Vec<Row> = Vec::new();
+    for case in CASES {
+        let direct = wrk(None, case.load, &url(up_port, case.path));
+        let proxy = wrk(None, case.load, &url(proxy_port, case.path));
+        let cpu0 = cpu_seconds(&gw);
+        let gate = wrk(Some(&cg), case.load, &url(up_port, case.path));
+        let cpu = cpu_seconds(&gw) - cpu0;
+        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
+        rows.push(Row::new(
+            case.name, "direct", &direct, &direct, &proxy, None,
+        ));
+        rows.push(Row::new(case.name, "nginx", &proxy, &direct, &proxy, None));
+        rows.push(Row::new(
+            case.name,
+            "callgate",
+            &gate,
+            &direct,
+            &proxy,
+            Some(cpu_us),
+        ));
+    }
     let calls = gw.counter("calls");
     assert!(
-        calls as f64 >= gate.0.rps,
+        calls > 1000,
         "the callgate runs did not go through the gateway ({calls} calls)"
     );
+    // Pass-through, against direct in the same minute.
+    for case in &CASES[..2] {
+        let direct = wrk(None, case.load, &url(up_port, case.path));
+        let cpu0 = cpu_seconds(&plain);
+        let pass = wrk(Some(&cg_plain), case.load, &url(up_port, case.path));
+        let cpu = cpu_seconds(&plain) - cpu0;
+        let cpu_us = cpu * 1e6 / (pass.rps * pass.secs).max(1.0);
+        let name = if case.load == FULL {
+            "TCP pass-through, full load"
+        } else {
+            "TCP pass-through, light load"
+        };
+        rows.push(Row::new(name, "direct", &direct, &direct, &direct, None));
+        rows.push(Row::new(
+            name,
+            "callgate",
+            &pass,
+            &direct,
+            &direct,
+            Some(cpu_us),
+        ));
+    }
+    // Idle HTTP connections are classified as not-HTTP after the sniff timeout and closed by
+    // policy; pass-through keeps them, two sockets each, as a long-lived client would.
+    let rss_idle = rss_with_idle_connections(&plain, &cg_plain, up_port, 1000);
 
-    println!(
-        "\nl7 suite: GET of a {} byte JSON answer, HTTP/1.1 keep-alive, wrk",
-        BODY.len()
-    );
-    println!("full load ({}):", FULL.join(" "));
-    println!(
-        "{:<12} {:>12} {:>10} {:>10} {:>14}",
-        "", "req/s", "p50 µs", "p99 µs", "req/s vs nginx"
-    );
-    for (name, r) in [
-        ("direct", &direct.0),
-        ("nginx", &proxy.0),
-        ("callgate", &gate.0),
-    ] {
-        println!(
-            "{name:<12} {:>12.0} {:>10.0} {:>10.0} {:>13.2}x",
+    let mut md = String::new();
+    md.push_str(&format!(
+        "callgate l7 bench, {} CPUs; ratios are against runs in the same minute\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | gateway CPU µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {} |\n",
+            r.case,
+            r.path,
             r.rps,
             r.p50,
             r.p99,
-            r.rps / proxy.0.rps
-        );
+            r.vs_direct,
+            r.vs_nginx,
+            r.added_p99,
+            r.cpu_us.map_or("-".into(), |c| format!("{c:.1}"))
+        ));
     }
-    println!("light load ({}):", LIGHT.join(" "));
-    println!(
-        "{:<12} {:>12} {:>10} {:>10} {:>16}",
-        "", "req/s", "p50 µs", "p99 µs", "added p99 µs"
-    );
-    for (name, r) in [
-        ("direct", &direct.1),
-        ("nginx", &proxy.1),
-        ("callgate", &gate.1),
-    ] {
-        println!(
-            "{name:<12} {:>12.0} {:>10.0} {:>10.0} {:>16.0}",
-            r.rps,
-            r.p50,
-            r.p99,
-            r.p99 - direct.1.p99
-        );
-    }
-    println!(
-        "goals: callgate/nginx req/s ≥ 1.00x (got {:.2}x); added p99 ≤ 150 µs (got {:.0} µs)",
-        gate.0.rps / proxy.0.rps,
-        gate.1.p99 - direct.1.p99
-    );
+    let full = |path: &str, case: &str| rows.iter().find(|r| r.path == path && r.case == case);
+    let ratio = full("callgate", CASES[0].name).map_or(0.0, |r| r.vs_nginx);
+    let added = full("callgate", CASES[1].name).map_or(0.0, |r| r.added_p99);
+    let pass = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_direct);
+    md.push_str(&format!(
+        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at light load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n",
+        rss_idle / 1024.0,
+        rss_idle / 1024.0
+    ));
+    println!("\n{md}");
+    save(&rows, rss_idle, &md);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// One line of the results table.
+struct Row {
+    case: &'static str,
+    path: &'static str,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    vs_direct: f64,
+    vs_nginx: f64,
+    added_p99: f64,
+    cpu_us: Option<f64>,
+}
+
+impl Row {
+    fn new(
+        case: &'static str,
+        path: &'static str,
+        w: &Wrk,
+        direct: &Wrk,
+        nginx: &Wrk,
+        cpu_us: Option<f64>,
+    ) -> Self {
+        Self {
+            case,
+            path,
+            rps: w.rps,
+            p50: w.p50,
+            p99: w.p99,
+            vs_direct: w.rps / direct.rps,
+            vs_nginx: w.rps / nginx.rps,
+            added_p99: w.p99 - direct.p99,
+            cpu_us,
+        }
+    }
+}
+
+/// `benches/results/<date>-<commit>.json` and `.md`.
+fn save(rows: &[Row], rss_kib: f64, md: &str) {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let date = run("date", &["-u", "+%Y-%m-%d"]);
+    let commit = run("git", &["rev-parse", "--short", "HEAD"]);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    if fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let json = serde_json::json!({
+        "suite": "l7",
+        "date": date,
+        "commit": commit,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "rss_kib_1000_idle_connections": rss_kib,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "case": r.case, "path": r.path, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
+            "vs_direct": r.vs_direct, "vs_nginx": r.vs_nginx, "added_p99_us": r.added_p99,
+            "gateway_cpu_us_per_request": r.cpu_us,
+        })).collect::<Vec<_>>(),
+    });
+    let base = dir.join(format!("{date}-{commit}-l7"));
+    let _ = fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+    let _ = fs::write(base.with_extension("md"), md);
+    println!("results: {}", base.with_extension("json").display());
+}
+
+/// A JSON document of about `size` bytes (an array of small objects), so masking reads it.
+fn json_of_size(size: usize) -> String {
+    let item =
+        r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"}"#;
+    let mut s = String::from("[");
+    while s.len() + item.len() + 2 < size {
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
+    s.push(']');
+    s
+}
+
+/// User + system CPU seconds the gateway process has used so far.
+fn cpu_seconds(gw: &Gateway) -> f64 {
+    let Some(pid) = gw.pid() else { return 0.0 };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the
+/// gateway's resident memory meanwhile (KiB).
+fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize) -> f64 {
+    let Some(pid) = gw.pid() else { return 0.0 };
+    let flag = std::env::temp_dir().join(unique("idle-ready"));
+    let script = format!(
+        "import socket, time, resource\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n\
+         socks = [socket.create_connection(('127.0.0.1', {port}), 10) for _ in range({n})]\n\
+         open('{}', 'w').write('ok')\n\
+         time.sleep(4)\n",
+        flag.display()
+    );
+    let mut child = cg.spawn(&["python3", "-c", &script], &flag.with_extension("log"));
+    let mut rss = 0.0;
+    for _ in 0..300 {
+        if flag.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.wait();
+    let _ = fs::remove_file(&flag);
+    rss
 }
 
 struct Wrk {
     rps: f64,
     p50: f64,
     p99: f64,
+    /// How long it ran.
+    secs: f64,
 }
 
 /// Runs wrk (inside `cg` when given, so that its connections are intercepted).
@@ -163,7 +371,15 @@ fn wrk(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
             .unwrap_or_else(|| panic!("no {prefix:?} in wrk's output:\n{text}"))
             .to_string()
     };
+    let secs = load
+        .iter()
+        .find_map(|a| {
+            a.strip_prefix("-d")
+                .and_then(|d| d.trim_end_matches('s').parse().ok())
+        })
+        .unwrap_or(0.0);
     Wrk {
+        secs,
         rps: field("Requests/sec:").parse().unwrap_or(0.0),
         p50: micros(&field("50%")),
         p99: micros(&field("99%")),

@@ -55,6 +55,12 @@ pub enum DaemonError {
 }
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    run_with(cfg, || {}).await
+}
+
+/// [`run`], calling `started` once the gateway serves (the binary returns start-up memory to
+/// the system there).
+pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let started = Instant::now();
     raise_fd_limit();
@@ -227,6 +233,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         enabled = interceptor.enabled().len(),
         "callgate is running"
     );
+    started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)
     // does not hand out a fresh window.

@@ -213,7 +213,12 @@ fn run(cli: Cli) -> Result<()> {
                     policies: args.policies,
                 },
             )?;
-            rt.block_on(callgate::daemon::run(cfg))?;
+            rt.block_on(callgate::daemon::run_with(cfg, || {
+                // Loading the eBPF programs parses the kernel's BTF: tens of MiB, freed right
+                // after, which mimalloc would otherwise keep for the life of the process.
+                // SAFETY: mi_collect has no preconditions.
+                unsafe { libmimalloc_sys::mi_collect(true) };
+            }))?;
         }
         Command::Enable(t) => {
             let change: Change = rt.block_on(request(
