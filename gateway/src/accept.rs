@@ -200,7 +200,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, inputs: &Arc<ProxyInputs>) 
         }
     } else {
         match &inputs.policy {
-            Some(policy) => route(client, &conn, inputs, policy.clone()).await,
+            // Boxed: the L7 state machine (hyper, TLS, the call pipeline) is tens of KiB, and
+            // inline it would make every connection's task that large, pass-through included.
+            Some(policy) => Box::pin(route(client, &conn, inputs, policy.clone())).await,
             None => {
                 let (transfer, r) = pass_through(client, Bytes::new(), &conn, inputs).await;
                 Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
