@@ -83,6 +83,23 @@ pub struct RecordedDecision {
     pub limit: Option<serde_json::Value>,
 }
 
+/// The length of `v` as JSON text, counted without building the text.
+fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// Wall-clock time in Unix milliseconds, as records and the log's files store it.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -352,7 +369,7 @@ impl Recorder {
             self.masks.mask_value(&self.key, v);
         }
         if let Some(r) = &rec.response {
-            let len = r.to_string().len();
+            let len = json_len(r);
             if len > self.cfg.response_cap {
                 rec.response = Some(serde_json::Value::String(format!(
                     "[{len} bytes, over the record cap of {}]",
