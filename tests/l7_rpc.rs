@@ -145,6 +145,7 @@ rules:
     function: hello
     args: {{ "$.metadata['x-team']": {{ eq: support }} }}
     action: allow
+    limit: {{ per: [workload.cgroup], rate: 1/h }}
 "#
             )
         },
@@ -173,4 +174,13 @@ rules:
     record_where(&s.gw, "the denied Delete", |r| {
         r["function"] == "delete" && r["decision"]["action"] == "deny"
     });
+    // Over the rule's limit (one an hour): RESOURCE_EXHAUSTED, with when to retry.
+    let again = run_json(&s.cg, &[&py, &client, &port.to_string()]);
+    assert_eq!(again["SayHello"]["code"], "RESOURCE_EXHAUSTED", "{again}");
+    assert!(
+        again["SayHello"]["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("rate_limited") && d.contains("try again in")),
+        "{again}"
+    );
 }
