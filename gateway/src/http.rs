@@ -245,12 +245,7 @@ impl Conn {
                 None => d.decision.enforced.as_str(),
             };
             match service {
-                Some(s) => metrics.call(
-                    &s.name,
-                    function,
-                    s.functions.iter().any(|f| *f.name == **function),
-                    outcome,
-                ),
+                Some(s) => metrics.call(&s.name, function, s.function(function).is_some(), outcome),
                 None => metrics.call("", function, false, outcome),
             }
         }
@@ -440,7 +435,7 @@ impl Conn {
         let d = &one.decision;
         let function = &one.call.function;
         let name = match service {
-            Some(s) if s.functions.iter().any(|f| *f.name == **function) => {
+            Some(s) if s.function(function).is_some() => {
                 format!("{}.{}", s.name, function)
             }
             Some(s) => format!("{}.other", s.name),
