@@ -1,14 +1,14 @@
 //! `callgate approvals …`: list held calls and answer them over the control socket. The
 //! socket is root-only, so whoever can use it is the host's operator and may answer any
 //! request — except a call made under their own name.
-use std::{
-    io::Write,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::{io::Write, time::Duration};
 
 use anyhow::{Result, bail};
 use callgate::{
-    admin::{Request, pages::short},
+    admin::{
+        Request,
+        pages::{short, time},
+    },
     approve::{self, Grant, State},
     record::now_ms,
 };
@@ -234,7 +234,7 @@ fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
             out,
             "{:<36} {:<11} {:<28} {:<34} {:<18} {:<9} {}",
             r.id,
-            state_name(r.state),
+            r.state.as_str(),
             format!("{}.{}", r.service, r.function),
             r.caller.describe(),
             ago(r.requested_at_ms),
@@ -248,7 +248,7 @@ fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
 fn show(out: &mut impl Write, r: &approve::Request) -> Result<()> {
     let c = &r.caller;
     writeln!(out, "id:           {}", r.id)?;
-    writeln!(out, "state:        {}", state_name(r.state))?;
+    writeln!(out, "state:        {}", r.state.as_str())?;
     writeln!(out, "call:         {}.{}", r.service, r.function)?;
     writeln!(out, "destination:  {}", r.destination)?;
     writeln!(
@@ -308,17 +308,6 @@ fn show(out: &mut impl Write, r: &approve::Request) -> Result<()> {
         serde_json::to_string_pretty(&r.args)?
     )?;
     Ok(())
-}
-
-fn state_name(s: State) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn ago(ms: u64) -> String {

@@ -66,6 +66,20 @@ pub enum State {
     Interrupted,
 }
 
+impl State {
+    /// The name it has in JSON, the CLI and the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::TimedOut => "timed_out",
+            State::Cancelled => "cancelled",
+            State::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One held call, as approvers see it (arguments masked) and as it is kept on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
@@ -445,7 +459,7 @@ impl Approvals {
             .get(id)
             .ok_or_else(|| format!("no approval request {id}"))?;
         if r.state != State::Pending {
-            return Err(format!("request {id} is already {:?}", r.state).to_lowercase());
+            return Err(format!("request {id} is already {}", r.state.as_str()));
         }
         if approve {
             may_approve(r, approver)?;

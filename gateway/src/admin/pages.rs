@@ -225,17 +225,15 @@ pub fn message(class: &str, msg: &str) -> String {
 }
 
 fn state(s: State) -> String {
-    let name = serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let name = s.as_str();
     format!(
         "<span class=\"state {name}\">{}</span>",
         name.replace('_', " ")
     )
 }
 
-fn time(ms: u64) -> String {
+/// A Unix-milliseconds time as RFC 3339, to the second.
+pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
