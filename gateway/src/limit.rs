@@ -63,6 +63,15 @@ impl KeyPart {
     }
 }
 
+/// What a limit is kept per, as written: `caller.subject, function`, or `rule` for one bucket.
+fn per_text(per: &[String]) -> String {
+    if per.is_empty() {
+        "rule".into()
+    } else {
+        per.join(", ")
+    }
+}
+
 fn parse_per(per: &[String]) -> Result<Vec<KeyPart>, String> {
     per.iter().map(|p| KeyPart::parse(p)).collect()
 }
@@ -110,15 +119,7 @@ impl LimitSpec {
             per,
             rate: n as f64 / period.as_secs_f64(),
             burst,
-            text: format!(
-                "{} (burst {burst}) per {}",
-                def.rate,
-                if def.per.is_empty() {
-                    "rule".into()
-                } else {
-                    def.per.join(", ")
-                }
-            ),
+            text: format!("{} (burst {burst}) per {}", def.rate, per_text(&def.per)),
         })
     }
 }
@@ -142,15 +143,7 @@ impl QuotaSpec {
             per,
             calls,
             window,
-            text: format!(
-                "{} per {}",
-                def.calls,
-                if def.per.is_empty() {
-                    "rule".into()
-                } else {
-                    def.per.join(", ")
-                }
-            ),
+            text: format!("{} per {}", def.calls, per_text(&def.per)),
         })
     }
 }
@@ -296,18 +289,24 @@ impl Limiter {
     ) -> Result<(), Hit> {
         // The quota is looked at first and counted last, so a call the bucket refuses does
         // not use up quota.
-        let qkey = quota.map(|q| (q, key(&q.rule, &q.per, s)));
-        if let Some((q, k)) = &qkey {
-            let win = q.window.as_secs().max(1);
-            let start = unix - unix % win;
+        let quota = quota.map(|q| {
+            let len = q.window.as_secs().max(1);
+            let window = Window {
+                start: unix - unix % len,
+                count: 0,
+                len,
+            };
+            (q, key(&q.rule, &q.per, s), window)
+        });
+        if let Some((q, k, window)) = &quota {
             let shard = self.windows.shard(k);
             if let Some(w) = shard.get(k) {
-                if w.start == start && w.count >= q.calls {
+                if w.start == window.start && w.count >= q.calls {
                     return Err(Hit {
                         kind: "quota",
                         rule: q.rule.to_string(),
                         limit: q.text.clone(),
-                        retry_after_s: (start + win).saturating_sub(unix).max(1),
+                        retry_after_s: (window.start + window.len).saturating_sub(unix).max(1),
                     });
                 }
             }
@@ -336,24 +335,14 @@ impl Limiter {
             }
             b.tokens -= 1.0;
         }
-        if let Some((q, k)) = qkey {
-            let win = q.window.as_secs().max(1);
-            let start = unix - unix % win;
+        if let Some((_, k, window)) = quota {
             let mut shard = self.windows.shard(&k);
             if !shard.contains_key(&k) && shard.len() >= PER_SHARD {
                 evict_windows(&mut shard, unix);
             }
-            let w = shard.entry(k).or_insert(Window {
-                start,
-                count: 0,
-                len: win,
-            });
-            if w.start != start {
-                *w = Window {
-                    start,
-                    count: 0,
-                    len: win,
-                };
+            let w = shard.entry(k).or_insert(window);
+            if w.start != window.start {
+                *w = window;
             }
             w.count += 1;
             self.dirty.store(true, Relaxed);
