@@ -22,15 +22,14 @@ struct Setup {
     idp: Oidc,
     /// The approvals page.
     web: String,
-    dir: PathBuf,
+    dir: TestDir,
 }
 
 fn setup(test: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-approvals"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-approvals");
     let web_port = free_port();
     let web = format!("http://127.0.0.1:{web_port}");
     let idp = Oidc::start_with(&dir, &[format!("{web}/callback")]);
@@ -108,14 +107,6 @@ admin_http:
         web,
         dir,
     })
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// A curl running in the cgroup, its request possibly held.

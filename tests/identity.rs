@@ -3,11 +3,7 @@
 //! gateway verifies each against the provider's published keys and decides on the groups in
 //! it and on the workload the kernel reported. Also: the credential the gateway injects never
 //! comes back out, whatever the upstream echoes.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fs, path::Path, time::Duration};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -20,7 +16,8 @@ struct Setup {
     other: TestCgroup,
     up: Party,
     idp: Oidc,
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: TestDir,
 }
 
 const SECRET: &str = "gw-held-credential-7f3a9c";
@@ -75,8 +72,7 @@ fn setup(test: &str, provider_extra: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-identity"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-identity");
     let secret = dir.join("payments.secret");
     fs::write(&secret, format!("{SECRET}\n")).expect("secret");
     let idp = Oidc::start(&dir);
@@ -97,16 +93,8 @@ fn setup(test: &str, provider_extra: &str) -> Option<Setup> {
         other,
         up,
         idp,
-        dir,
+        _dir: dir,
     })
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 impl Setup {
@@ -387,8 +375,7 @@ fn an_upstream_token_is_got_with_client_credentials() {
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-oauth2"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-oauth2");
     let mut idp = Oidc::start(&dir);
     let up = upstream(&dir, None);
     let secret = dir.join("client.secret");
@@ -464,5 +451,4 @@ credentials:
     idp.stop();
     let (_, second) = echo();
     assert_eq!(second, first, "the token was reused");
-    let _ = fs::remove_dir_all(&dir);
 }

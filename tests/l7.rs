@@ -70,15 +70,15 @@ struct Setup {
     cg: TestCgroup,
     up: Party,
     rpc: Party,
-    dir: std::path::PathBuf,
+    /// Removed with the setup.
+    _dir: TestDir,
 }
 
 fn setup(test: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-l7"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-l7");
     let secret = dir.join("payments.secret");
     fs::write(&secret, "s3cr3t-from-gateway\n").expect("secret");
     let up = upstream(&dir, None);
@@ -110,16 +110,8 @@ fn setup(test: &str) -> Option<Setup> {
         cg,
         up,
         rpc,
-        dir,
+        _dir: dir,
     })
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 fn json(s: &str) -> Value {

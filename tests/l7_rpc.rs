@@ -1,6 +1,5 @@
 //! MCP and gRPC end to end: the official MCP Python SDK's client and server, and grpcio's, all
 //! unmodified, with the client in an enabled cgroup.
-use std::{fs, path::PathBuf};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -10,24 +9,16 @@ const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
 struct Setup {
     gw: Gateway,
     cg: TestCgroup,
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: TestDir,
     _parties: Vec<Party>,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 fn start(test: &str, script: &str, service: impl Fn(u16) -> String) -> Option<(Setup, u16)> {
     if !ebpf_available(test) || !parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-rpc"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-rpc");
     let port = free_port();
     let py = party_python().display().to_string();
     let script = party_script(script).display().to_string();
@@ -40,7 +31,7 @@ fn start(test: &str, script: &str, service: impl Fn(u16) -> String) -> Option<(S
         Setup {
             gw,
             cg,
-            dir,
+            _dir: dir,
             _parties: vec![party],
         },
         port,

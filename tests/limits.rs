@@ -1,7 +1,7 @@
 //! Rate limits and quotas end to end: unmodified curl and a Python JSON-RPC client in enabled
 //! cgroups run into a rule's `limit:` (HTTP 429 with Retry-After; a JSON-RPC error with the
 //! retry hint), each workload with its own bucket; a daily `quota:` outlives a restart.
-use std::{fs, path::PathBuf};
+use std::fs;
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -12,15 +12,15 @@ struct Setup {
     b: TestCgroup,
     rest: Party,
     rpc: Party,
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: TestDir,
 }
 
 fn setup(test: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-limits"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-limits");
     let rest = upstream(&dir, None);
     let rpc = upstream(&dir, None);
     let payments = format!(
@@ -74,16 +74,8 @@ rules:
         b,
         rest,
         rpc,
-        dir,
+        _dir: dir,
     })
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// curl in `cg`: (status, response head, body).

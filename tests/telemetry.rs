@@ -1,7 +1,7 @@
 //! OpenTelemetry end to end: curl in an enabled cgroup sends a W3C `traceparent`; the gateway
 //! exports a span per call over OTLP/HTTP to a real receiver (the official protobufs decode
 //! it), as a child of the caller's span and the parent of the one the upstream is handed.
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, time::Duration};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -14,15 +14,15 @@ struct Setup {
     cg: TestCgroup,
     up: Party,
     otlp: Party,
-    dir: PathBuf,
+    /// Removed with the setup.
+    _dir: TestDir,
 }
 
 fn setup(test: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) {
         return None;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-otel"));
-    fs::create_dir_all(&dir).expect("dir");
+    let dir = TestDir::new("callgate-otel");
     let up = upstream(&dir, None);
     let port = free_port();
     let log = dir.join("spans.jsonl");
@@ -78,16 +78,8 @@ rules:
         cg,
         up,
         otlp,
-        dir,
+        _dir: dir,
     })
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 impl Setup {
