@@ -69,10 +69,9 @@ response:
         port = up.port
     );
     let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
-    let config = dir.join("callgate.yaml");
-    fs::write(
-        &config,
-        format!(
+    let gw = gateway_with_config(
+        &policies,
+        &format!(
             r#"approvals:
   webhook_url: http://127.0.0.1:{}/hook
   page_url: https://callgate.example/
@@ -89,14 +88,8 @@ admin_http:
             idp.issuer(),
             client_secret.display()
         ),
-    )
-    .expect("config");
-    let gw = Gateway::start_with(&[
-        "--policies",
-        &policies.display().to_string(),
-        "--config",
-        &config.display().to_string(),
-    ]);
+        &dir,
+    );
     let cg = TestCgroup::new("approvals");
     gw.enable(&cg);
     Some(Setup {

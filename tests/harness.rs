@@ -546,6 +546,19 @@ pub fn upstream_with(dir: &Path, tls: Option<(&Path, &Path)>, flags: &[&str]) ->
     Party::start(&argv, port, log)
 }
 
+/// A gateway deciding with `policies` and configured by `config` (YAML, written to
+/// `dir/callgate.yaml`).
+pub fn gateway_with_config(policies: &Path, config: &str, dir: &Path) -> Gateway {
+    let path = dir.join("callgate.yaml");
+    fs::write(&path, config).expect("config");
+    Gateway::start_with(&[
+        "--policies",
+        &policies.display().to_string(),
+        "--config",
+        &path.display().to_string(),
+    ])
+}
+
 /// A policy repository written for one test: `callgate.yaml` plus `services/<name>.yaml`.
 pub fn policy_repo(dir: &Path, repo: &str, services: &[(&str, &str)]) -> PathBuf {
     let root = dir.join("policies");

@@ -91,18 +91,11 @@ fn setup(test: &str) -> Option<Setup> {
             ("ledger", &ledger(rpc.port)),
         ],
     );
-    let config = dir.join("callgate.yaml");
-    fs::write(
-        &config,
+    let gw = gateway_with_config(
+        &policies,
         "http:\n  max_body_kb: 64\n  header_timeout_s: 2\n  max_header_kb: 16\n",
-    )
-    .expect("config");
-    let gw = Gateway::start_with(&[
-        "--policies",
-        &policies.display().to_string(),
-        "--config",
-        &config.display().to_string(),
-    ]);
+        &dir,
+    );
     let cg = TestCgroup::new("l7");
     gw.enable(&cg);
     Some(Setup {

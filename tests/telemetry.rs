@@ -1,7 +1,7 @@
 //! OpenTelemetry end to end: curl in an enabled cgroup sends a W3C `traceparent`; the gateway
 //! exports a span per call over OTLP/HTTP to a real receiver (the official protobufs decode
 //! it), as a child of the caller's span and the parent of the one the upstream is handed.
-use std::{fs, time::Duration};
+use std::time::Duration;
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -59,18 +59,13 @@ rules:
         "default_action: deny\nunknown_destination: deny\n",
         &[("payments", &service)],
     );
-    let config = dir.join("callgate.yaml");
-    fs::write(
-        &config,
-        format!("telemetry:\n  otlp_endpoint: http://127.0.0.1:{port}/v1/traces\n  service_name: callgate-test\n"),
-    )
-    .expect("config");
-    let gw = Gateway::start_with(&[
-        "--policies",
-        &policies.display().to_string(),
-        "--config",
-        &config.display().to_string(),
-    ]);
+    let gw = gateway_with_config(
+        &policies,
+        &format!(
+            "telemetry:\n  otlp_endpoint: http://127.0.0.1:{port}/v1/traces\n  service_name: callgate-test\n"
+        ),
+        &dir,
+    );
     let cg = TestCgroup::new("otel");
     gw.enable(&cg);
     Some(Setup {
