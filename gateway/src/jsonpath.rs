@@ -119,6 +119,26 @@ impl JsonPath {
         &self.text
     }
 
+    /// Every key name the path compares against (`$.a[0]..b` → `a`, `b`).
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.segs.iter().filter_map(|s| match s {
+            Seg::Key(k) | Seg::Descend(k) => Some(k.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The path counts array elements (`[0]`, `[*]`), so a streaming matcher must too.
+    pub fn steps_into_arrays(&self) -> bool {
+        self.segs
+            .iter()
+            .any(|s| matches!(s, Seg::Index(_) | Seg::Wildcard))
+    }
+
+    /// The path is `$` itself: the whole document.
+    pub fn is_root(&self) -> bool {
+        self.segs.is_empty()
+    }
+
     /// The path has no wildcard or descent: it selects at most one value.
     pub fn is_single(&self) -> bool {
         self.segs

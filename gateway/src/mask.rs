@@ -6,6 +6,7 @@
 //! bounded memory: a value split across two chunks is held back until it can be judged.
 //! JSON is masked structurally (field paths) and textually (detectors inside strings and
 //! numbers), keeping the document valid; other text textually; binary passes unchanged.
+mod blocks;
 pub mod detect;
 mod json;
 pub mod scrub;
@@ -34,6 +35,8 @@ pub enum MaskError {
         #[source]
         source: regex::Error,
     },
+    #[error("field path `$` would mask the whole body; deny the call instead")]
+    WholeBody,
     #[error("mask key {path}: {source}")]
     Key {
         path: String,
@@ -134,9 +137,8 @@ pub struct MaskRules {
     styles: Vec<(Detector, Style)>,
     custom: Vec<(String, Style)>,
     fields: Vec<(JsonPath, Style)>,
-    /// The key every field path ends in, when they all end in one: a value under any other
-    /// key is skipped without matching paths.
-    field_keys: Option<Vec<Box<[u8]>>>,
+    /// The key names field paths compare, for the streaming JSON masker.
+    field_keys: json::FieldKeys,
 }
 
 impl MaskRules {
@@ -158,7 +160,11 @@ impl MaskRules {
                     styles.push((d, *style));
                 }
                 MaskSpec::Field { field, style } => {
-                    fields.push((JsonPath::parse(field)?, style.unwrap_or_default()));
+                    let path = JsonPath::parse(field)?;
+                    if path.is_root() {
+                        return Err(MaskError::WholeBody);
+                    }
+                    fields.push((path, style.unwrap_or_default()));
                 }
                 MaskSpec::Regex { regex, name, style } => {
                     let re = Regex::new(regex).map_err(|source| MaskError::Regex {
@@ -177,10 +183,7 @@ impl MaskRules {
         styles.reverse();
         styles.dedup_by_key(|s| s.0);
         let detectors: Vec<Detector> = styles.iter().map(|s| s.0).collect();
-        let field_keys = fields
-            .iter()
-            .map(|(p, _)| p.last_key().map(|k| k.as_bytes().into()))
-            .collect();
+        let field_keys = json::FieldKeys::new(fields.iter().map(|f| &f.0));
         Ok(Self {
             field_keys,
             scanner: detect::Scanner::new(&detectors, regexes),
@@ -218,15 +221,6 @@ impl MaskRules {
                     .map_or(Style::Redact, |s| s.1),
             ),
             Kind::Custom(i) => (&self.custom[i].0, self.custom[i].1),
-        }
-    }
-
-    /// Whether a value under `key` (None: an array element) may be a masked field.
-    fn field_candidate(&self, key: Option<&[u8]>) -> bool {
-        match (&self.field_keys, key) {
-            (None, _) => true,
-            (Some(keys), Some(k)) => keys.iter().any(|f| **f == *k),
-            (Some(_), None) => false,
         }
     }
 

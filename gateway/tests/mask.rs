@@ -240,22 +240,64 @@ fn json_ndjson_and_top_level_values() {
 }
 
 #[test]
-fn invalid_json_falls_back_to_text() {
+fn invalid_json_is_masked_anyway() {
     let r = rules(json!(["email", {"field": "$.pw"}]));
-    for input in [
-        "{\"a\": 1,, \"b\": \"x@example.com\"}",
-        "<html>mail x@example.com</html>",
-        "{\"a\" 1} x@example.com",
-        "]]] x@example.com",
+    // Structure is followed, not validated: detectors still see every byte.
+    for (input, broken_nesting) in [
+        ("{\"a\": 1,, \"b\": \"x@example.com\"}", false),
+        ("<html>mail x@example.com</html>", false),
+        ("{\"a\" 1} x@example.com", false),
+        ("{\"a\": x@example.com}", false),
+        ("{\"a\": 1user@example.com}", false),
+        ("]]] x@example.com", true),
+        ("{\"a\": [1}} x@example.com", true),
     ] {
         let mut m = BodyMasker::new(r.clone(), key(), BodyKind::Json);
         let out = String::from_utf8(m.mask_all(input.as_bytes())).expect("utf8");
         assert!(!out.contains("x@example.com"), "{input} → {out}");
-        assert!(m.stats().json_fallback, "{input}");
+        assert_eq!(m.stats().json_fallback, broken_nesting, "{input}");
     }
     let deep = "[".repeat(1000) + "\"x@example.com\"" + &"]".repeat(1000);
     let out = json_body(&r, &deep);
     assert!(!out.contains("x@example.com"));
+}
+
+#[test]
+fn json_field_keys_are_read_exactly() {
+    let r = rules(json!([{"field": "$..password"}, {"field": "$.a.b"}, {"field": "$.list[1]"}]));
+    let input = "{\"password\" :\t\"p1\" , \"xpassword\": \"keep1\", \"pass\\\"password\": \"keep2\",\n\
+        \"a\": {\"c\": {\"b\": \"keep3\"}, \"b\": [1, {\"password\": 2}]}, \"b\": \"keep4\",\n\
+        \"list\": [\"keep5\", {\"k\": \"}\"} , \"keep6\"], \"s\": \"\\\"password\\\": \\\"keep7\\\"\"}";
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["password"], "[MASKED:field]");
+    assert!(
+        out.starts_with("{\"password\" :\t\"[MASKED:field]\" ,"),
+        "whitespace kept: {out}"
+    );
+    assert_eq!(v["xpassword"], "keep1");
+    assert_eq!(v["pass\"password"], "keep2");
+    assert_eq!(v["a"]["c"]["b"], "keep3");
+    assert_eq!(v["a"]["b"], "[MASKED:field]");
+    assert_eq!(v["b"], "keep4");
+    assert_eq!(v["list"][0], "keep5");
+    assert_eq!(v["list"][1], "[MASKED:field]");
+    assert_eq!(v["list"][2], "keep6");
+    assert_eq!(v["s"], "\"password\": \"keep7\"");
+    let empty = rules(json!([{"field": "$.e[*]"}]));
+    assert_eq!(
+        same_at_every_split(&empty, BodyKind::Json, "{\"e\": [ ], \"f\": [1]}"),
+        "{\"e\": [ ], \"f\": [1]}"
+    );
+    assert_eq!(
+        same_at_every_split(&empty, BodyKind::Json, "{\"e\": [1, \"x\"]}"),
+        "{\"e\": [\"[MASKED:field]\", \"[MASKED:field]\"]}"
+    );
+    let whole = MaskRules::compile(&[callgate::policy::schema::MaskSpec::Field {
+        field: "$".into(),
+        style: None,
+    }]);
+    assert!(whole.unwrap_err().to_string().contains("whole body"));
 }
 
 #[test]
@@ -363,6 +405,25 @@ mod props {
             prop_assert_eq!(&out, &whole);
             let s = String::from_utf8_lossy(&out);
             prop_assert!(!s.contains("4111 1111 1111 1111"), "{}", s);
+        }
+    }
+}
+
+#[test]
+fn long_runs_of_capitals_and_digits_do_not_hide_a_value() {
+    let r = all();
+    for filler in ["A ", "1 ", "AB-", "X"] {
+        for reps in [10, 63, 64, 65, 200, 1000] {
+            let input = format!(
+                "{} 4111 1111 1111 1111 and 123-45-6789",
+                filler.repeat(reps)
+            );
+            let out = text(&r, &input);
+            assert!(
+                !out.contains("4111 1111 1111 1111"),
+                "{filler:?} × {reps}: {out}"
+            );
+            assert!(!out.contains("123-45-6789"), "{filler:?} × {reps}: {out}");
         }
     }
 }

@@ -230,6 +230,8 @@ impl Scanner {
     /// The stride scan for card numbers, SSNs and IBANs.
     fn runs(&self, t: &[u8], out: &mut Vec<Hit>) {
         let n = t.len();
+        // Set up once per scan, not per run: timestamps and ids make runs common.
+        let mut groups: Groups = [(0, 0, false, false); RUN_GROUPS];
         let mut i = 0;
         while i + MIN_RUN <= n {
             let probe = i + MIN_RUN - 1;
@@ -246,34 +248,46 @@ impl Scanner {
                 e += 1;
             }
             if e - s >= MIN_RUN {
-                self.analyze_run(t, s, e, out);
+                self.analyze_run(t, s, e, &mut groups, out);
             }
             i = e + 1;
         }
     }
 
-    fn analyze_run(&self, t: &[u8], s: usize, e: usize, out: &mut Vec<Hit>) {
-        // Split into groups of digits or capitals; `joined` says a single space or dash
-        // separates a group from the previous one.
-        let mut groups: [(u32, u32, bool, bool); 64] = [(0, 0, false, false); 64];
-        let mut n = 0;
+    /// Finds values in the run `t[s..e]`, split into groups of digits or capitals. A run of
+    /// more groups than fit at once is taken in overlapping windows, so a value after a long
+    /// run of initials or digits is still seen.
+    fn analyze_run(&self, t: &[u8], s: usize, e: usize, groups: &mut Groups, out: &mut Vec<Hit>) {
+        let groups = &mut groups[..];
         let mut i = s;
-        while i < e && n < groups.len() {
-            let c = t[i];
-            if c == b' ' || c == b'-' {
-                i += 1;
-                continue;
+        loop {
+            let mut n = 0;
+            while i < e && n < groups.len() {
+                let c = t[i];
+                if c == b' ' || c == b'-' {
+                    i += 1;
+                    continue;
+                }
+                let digit = c.is_ascii_digit();
+                let start = i;
+                while i < e && t[i].is_ascii_digit() == digit && t[i] != b' ' && t[i] != b'-' {
+                    i += 1;
+                }
+                let joined = n > 0 && start - groups[n - 1].1 as usize == 1;
+                groups[n] = (start as u32, i as u32, digit, joined);
+                n += 1;
             }
-            let digit = c.is_ascii_digit();
-            let start = i;
-            while i < e && t[i].is_ascii_digit() == digit && t[i] != b' ' && t[i] != b'-' {
-                i += 1;
+            self.analyze_groups(t, &groups[..n], out);
+            if i >= e {
+                return;
             }
-            let joined = n > 0 && start - groups[n - 1].1 as usize == 1;
-            groups[n] = (start as u32, i as u32, digit, joined);
-            n += 1;
+            // Every value spans fewer than RUN_OVERLAP groups, so one cut off at the window's
+            // end lies whole in the next.
+            i = groups[n - RUN_OVERLAP].0 as usize;
         }
-        let groups = &groups[..n];
+    }
+
+    fn analyze_groups(&self, t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
         if self.on(Detector::CardNumber) {
             cards(t, groups, out);
         }
@@ -293,6 +307,14 @@ impl Scanner {
         }
     }
 }
+
+/// Groups analysed at once, and how many the next window repeats: more than the groups of
+/// the longest value (an IBAN: 34 characters, a card: 19 digits).
+const RUN_GROUPS: usize = 64;
+const RUN_OVERLAP: usize = 40;
+/// (start, end, digits, joined): `joined` says a single space or dash separates the group
+/// from the previous one.
+type Groups = [(u32, u32, bool, bool); RUN_GROUPS];
 
 fn hit(start: usize, end: usize, kind: Kind) -> Hit {
     Hit {

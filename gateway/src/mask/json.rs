@@ -1,54 +1,150 @@
-//! Streaming JSON masking: a resumable lexer that knows, at every byte, whether it is inside a
-//! string and which path the current value sits at. Field paths replace whole values; detector
-//! hits are replaced inside strings, and a card number written as a bare number becomes a
-//! string, so the document stays valid JSON.
+//! Streaming JSON masking. Field paths replace whole values; detector hits are replaced inside
+//! strings, and a number a detector flags (a card written as a number) becomes a string, so
+//! the document stays valid JSON.
 //!
-//! The lexer only follows structure; it does not build values. Inside strings it jumps with
-//! `memchr2` to the next quote or backslash. A body that turns out not to be JSON is masked as
-//! text from that point on (`MaskStats::json_fallback`).
+//! With field paths, structure is followed from 64-byte bitmasks ([`super::blocks`]): only
+//! `{}[]:` (and `,` where array positions matter) outside strings are visited, and an object
+//! key is read back from the bytes before its colon only when it could be a path's name. The
+//! structure is not validated beyond nesting: detectors still see every byte, in strings or
+//! not, so a body that only looks like JSON loses nothing. Unbalanced nesting or nesting deeper
+//! than [`MAX_DEPTH`] is masked as text from there on (`MaskStats::json_fallback`).
 use std::sync::Arc;
 
 use super::{
     MaskKey, MaskRules, MaskStats, Style, TextMasker,
+    blocks::{Block, Classifier},
     detect::{self, Detector, Hit, Kind},
 };
-use crate::jsonpath::Step;
+use crate::jsonpath::{JsonPath, Step};
 
 /// Nesting beyond this is treated as not-JSON (and masked as text).
 const MAX_DEPTH: usize = 128;
-/// Keys longer than this are compared by their first bytes only.
-const MAX_KEY: usize = 256;
 /// A masked field's value is kept for `partial`/`hash` up to this size; larger ones are redacted.
 const MAX_CAPTURE: usize = 4096;
+/// Whitespace allowed between a key and its colon for the key to be recognised.
+const MAX_KEY_GAP: usize = 64;
+/// The key of a frame whose key no path names: a byte no (UTF-8) path name equals.
+const OTHER_KEY: &[u8] = b"\xff";
+const OTHER: u16 = u16::MAX;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Expecting a value; `first` right after `[` (so `]` may close).
-    Value {
-        first: bool,
-    },
-    AfterValue,
-    /// Expecting a key; `first` right after `{`.
-    Key {
-        first: bool,
-    },
-    Colon,
-    Str {
-        key: bool,
-    },
-    Escape {
-        key: bool,
-    },
-    Scalar,
+/// The key names field paths compare, compiled once per rule set.
+#[derive(Debug, Default)]
+pub(super) struct FieldKeys {
+    names: Vec<Box<[u8]>>,
+    /// By name: some path ends in this key, so a value under it may be masked.
+    last: Vec<bool>,
+    /// Some path ends in an index or a wildcard: any value may be masked.
+    any_value: bool,
+    /// Some path steps into arrays: element positions must be counted.
+    arrays: bool,
+    /// Bytes to look back from a colon to recognise every name.
+    lookback: usize,
+    /// Bloom filter over each name's last two bytes: most keys are rejected by one load.
+    tails: u64,
 }
 
-#[derive(Debug)]
-enum Frame {
-    Object { key: Vec<u8> },
-    Array { index: usize },
+/// The filter bit for a key ending in `a` `b` (`b` last).
+fn tail_bit(a: u8, b: u8) -> u64 {
+    1 << ((u32::from(a) * 7 + u32::from(b)) % 64)
 }
 
-/// A field value being replaced: output is suppressed until it ends.
+impl FieldKeys {
+    pub(super) fn new<'p>(paths: impl Iterator<Item = &'p JsonPath> + Clone) -> Self {
+        let mut k = Self::default();
+        for p in paths.clone() {
+            for name in p.key_names() {
+                if !k.names.iter().any(|n| **n == *name.as_bytes()) {
+                    k.names.push(name.as_bytes().into());
+                    k.last.push(false);
+                }
+            }
+            match p.last_key() {
+                Some(last) => {
+                    let id = k.id(last.as_bytes());
+                    k.last[id as usize] = true;
+                }
+                None => k.any_value = true,
+            }
+            k.arrays |= p.steps_into_arrays();
+        }
+        k.lookback = k.names.iter().map(|n| n.len()).max().unwrap_or(0) + 3 + MAX_KEY_GAP;
+        for n in &k.names {
+            // A one-byte name's opening quote stands in for its missing first byte; what
+            // precedes an empty name is unknown, so it turns the filter off.
+            k.tails |= match n[..] {
+                [] => !0,
+                [b] => tail_bit(b'"', b),
+                [.., a, b] => tail_bit(a, b),
+            };
+        }
+        k
+    }
+
+    fn id(&self, name: &[u8]) -> u16 {
+        self.names
+            .iter()
+            .position(|n| **n == *name)
+            .map_or(OTHER, |i| i as u16)
+    }
+
+    /// The key whose closing quote ends `before` (the bytes up to a colon), if a path names
+    /// it. Keys are compared as written: escape sequences are not decoded.
+    #[inline]
+    fn key_before(&self, before: &[u8]) -> u16 {
+        // The usual `"key":` is settled here; whitespace before the colon takes the long way.
+        let n = before.len();
+        if n >= 3 && before[n - 1] == b'"' {
+            if self.tails & tail_bit(before[n - 3], before[n - 2]) == 0 {
+                return OTHER;
+            }
+            return self.compare(before, n - 1);
+        }
+        let mut end = n;
+        while end > 0 && n - end <= MAX_KEY_GAP && is_ws(before[end - 1]) {
+            end -= 1;
+        }
+        match end.checked_sub(1) {
+            Some(close) if close >= 2 && before[close] == b'"' => self.compare(before, close),
+            _ => OTHER,
+        }
+    }
+
+    /// The name whose closing quote is `before[close]`, if any.
+    #[inline(never)]
+    fn compare(&self, before: &[u8], close: usize) -> u16 {
+        for (i, name) in self.names.iter().enumerate() {
+            // Most keys differ from a name in length or in their last byte: check those first.
+            let Some(open) = close.checked_sub(name.len() + 1) else {
+                continue;
+            };
+            if name.last().is_none_or(|&l| before[close - 1] == l)
+                && before[open] == b'"'
+                && before[open + 1..close] == name[..]
+                && (open == 0 || before[open - 1] != b'\\')
+            {
+                return i as u16;
+            }
+        }
+        OTHER
+    }
+
+    fn name(&self, id: u16) -> &[u8] {
+        self.names.get(id as usize).map_or(OTHER_KEY, |n| n)
+    }
+
+    fn candidate(&self, key: u16) -> bool {
+        self.any_value || self.last.get(key as usize).copied().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    array: bool,
+    /// Object: the current key's name id. Array: the current element's index.
+    at: u32,
+}
+
+/// A field value being replaced: output is captured instead of written until it ends.
 #[derive(Debug)]
 struct Skip {
     depth: usize,
@@ -57,21 +153,13 @@ struct Skip {
     capped: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Lexer {
-    state: State,
+    blocks: Classifier,
     stack: Vec<Frame>,
     skip: Option<Skip>,
-    /// Key buffers of closed objects, reused so a document costs no allocation per object.
-    free: Vec<Vec<u8>>,
-}
-
-impl Lexer {
-    fn pop(&mut self) {
-        if let Some(Frame::Object { key }) = self.stack.pop() {
-            self.free.push(key);
-        }
-    }
+    /// The last bytes consumed, for reading back a key that started in an earlier chunk.
+    tail: Vec<u8>,
 }
 
 /// Streams a JSON body through field paths and detectors.
@@ -147,12 +235,7 @@ impl JsonMasker {
             key,
             carry: Vec::new(),
             hits: Vec::new(),
-            lex: Lexer {
-                state: State::Value { first: false },
-                stack: Vec::new(),
-                skip: None,
-                free: Vec::new(),
-            },
+            lex: Lexer::default(),
             quotes: Quotes::default(),
             fallback: None,
             masked: 0,
@@ -274,8 +357,8 @@ impl JsonMasker {
         out.extend_from_slice(&buf[pos..end]);
     }
 
-    /// Lexes `buf[..end]`, writing it (masked) to `out`. `Err(at)`: not JSON from `at` on;
-    /// everything before `at` has been written.
+    /// Follows `buf[..end]`'s structure, writing it (masked) to `out`. `Err(at)`: not JSON
+    /// from `at` on; everything before `at` has been written.
     fn run(
         &mut self,
         buf: &[u8],
@@ -283,157 +366,134 @@ impl JsonMasker {
         hits: &[Hit],
         out: &mut Vec<u8>,
     ) -> Result<(), usize> {
-        let fields = self.rules.has_fields();
         let mut emit = 0;
-        let mut hit_i = 0;
-        let mut next_hit = hits.first().map_or(usize::MAX, |h| h.start);
-        let mut i = 0;
-        // The state lives in a local while lexing; `self.lex.state` is only the resume point.
-        let mut state = self.lex.state;
-        while i < end {
-            if i >= next_hit {
-                let h = hits[hit_i];
-                hit_i += 1;
-                next_hit = hits.get(hit_i).map_or(usize::MAX, |h| h.start);
-                if self.lex.skip.is_none() {
-                    self.lex.state = state;
-                    self.on_hit(buf, h, i, &mut emit, out);
-                }
-                continue;
-            }
-            let c = buf[i];
-            match state {
-                State::Str { key } => {
-                    let lim = end.min(next_hit);
-                    match find_quote_or_backslash(&buf[i..lim]) {
-                        None => {
-                            if key && fields {
-                                self.key_bytes(&buf[i..lim]);
-                            }
-                            i = lim;
-                        }
-                        Some(k) => {
-                            let j = i + k;
-                            if key && fields {
-                                self.key_bytes(&buf[i..j]);
-                            }
-                            if buf[j] == b'\\' {
-                                state = State::Escape { key };
-                                i = j + 1;
-                            } else {
-                                // A hit clipped at the string's end: output resumes at the quote.
-                                if emit > j {
-                                    emit = j;
-                                }
-                                i = j + 1;
-                                if key {
-                                    state = State::Colon;
-                                } else {
-                                    self.value_done(buf, i, &mut emit, out);
-                                    state = State::AfterValue;
-                                }
-                            }
-                        }
+        let mut hits = hits.iter().take_while(|h| h.start < end);
+        let mut hit = hits.next();
+        let mut base = 0;
+        while base < end {
+            let len = (end - base).min(64);
+            let block = self.lex.blocks.next(&buf[base..base + len]);
+            let mut events = self.events(&block, 0);
+            loop {
+                let ev = if events == 0 {
+                    usize::MAX
+                } else {
+                    base + events.trailing_zeros() as usize
+                };
+                if let Some(h) = hit.filter(|h| h.start < base + len && h.start <= ev) {
+                    if self.lex.skip.is_none() {
+                        let in_string = block.in_string >> (h.start - base) & 1 == 1;
+                        self.on_hit(buf, *h, in_string, &mut emit, out);
                     }
+                    hit = hits.next();
                     continue;
                 }
-                State::Escape { key } => {
-                    if key && fields {
-                        self.key_bytes(&buf[i..i + 1]);
-                    }
-                    state = State::Str { key };
+                if events == 0 {
+                    break;
                 }
-                State::Scalar => {
-                    if c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.' {
-                        i += 1;
-                        continue;
-                    }
-                    self.value_done(buf, i, &mut emit, out);
-                    state = State::AfterValue;
-                    continue;
+                let at = ev;
+                events &= events - 1;
+                let skipping = self.lex.skip.is_some();
+                if let Err(at) = self.on_structure(buf, at, &mut emit, out) {
+                    return self.fail(buf, at, emit, out);
                 }
-                _ if matches!(c, b' ' | b'\t' | b'\n' | b'\r') => {}
-                State::Value { first } => match c {
-                    b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                        if fields {
-                            self.value_start(buf, i, &mut emit, out);
-                        }
-                        match c {
-                            b'{' | b'[' => {
-                                if self.lex.stack.len() >= MAX_DEPTH {
-                                    return self.fail(buf, i, emit, state, out);
-                                }
-                                self.lex.stack.push(if c == b'{' {
-                                    Frame::Object {
-                                        key: self.lex.free.pop().unwrap_or_default(),
-                                    }
-                                } else {
-                                    Frame::Array { index: 0 }
-                                });
-                                state = if c == b'{' {
-                                    State::Key { first: true }
-                                } else {
-                                    State::Value { first: true }
-                                };
-                            }
-                            b'"' => state = State::Str { key: false },
-                            _ => state = State::Scalar,
-                        }
-                    }
-                    b']' if first => {
-                        self.lex.pop();
-                        self.value_done(buf, i + 1, &mut emit, out);
-                        state = State::AfterValue;
-                    }
-                    _ => return self.fail(buf, i, emit, state, out),
-                },
-                State::AfterValue => match (c, self.lex.stack.last_mut()) {
-                    (b',', Some(Frame::Object { .. })) => state = State::Key { first: false },
-                    (b',', Some(Frame::Array { index })) => {
-                        *index += 1;
-                        state = State::Value { first: false };
-                    }
-                    (b'}', Some(Frame::Object { .. })) | (b']', Some(Frame::Array { .. })) => {
-                        self.lex.pop();
-                        self.value_done(buf, i + 1, &mut emit, out);
-                    }
-                    // Another top-level value (NDJSON, JSON sequences).
-                    (_, None) => {
-                        state = State::Value { first: false };
-                        continue;
-                    }
-                    _ => return self.fail(buf, i, emit, state, out),
-                },
-                State::Key { first } => match c {
-                    b'"' => {
-                        if let Some(Frame::Object { key }) = self.lex.stack.last_mut() {
-                            key.clear();
-                        }
-                        state = State::Str { key: true };
-                    }
-                    b'}' if first => {
-                        self.lex.pop();
-                        self.value_done(buf, i + 1, &mut emit, out);
-                        state = State::AfterValue;
-                    }
-                    _ => return self.fail(buf, i, emit, state, out),
-                },
-                State::Colon => match c {
-                    b':' => state = State::Value { first: false },
-                    _ => return self.fail(buf, i, emit, state, out),
-                },
+                if self.lex.skip.is_some() != skipping {
+                    events = self.events(&block, at - base + 1);
+                }
             }
-            i += 1;
+            base += len;
         }
-        self.lex.state = state;
         self.flush(buf, &mut emit, end, out);
+        self.keep_tail(&buf[..end]);
         Ok(())
     }
 
-    fn key_bytes(&mut self, b: &[u8]) {
-        if let Some(Frame::Object { key }) = self.lex.stack.last_mut() {
-            let room = MAX_KEY.saturating_sub(key.len());
-            key.extend_from_slice(&b[..b.len().min(room)]);
+    /// The structural bytes of `block` from bit `from` on that the lexer must visit: commas
+    /// only when array positions matter or a masked value may end at one.
+    fn events(&self, block: &Block, from: usize) -> u64 {
+        let mut ev = block.structural;
+        if self.rules.field_keys.arrays || self.lex.skip.is_some() {
+            ev |= block.comma;
+        }
+        ev & (!0u64).checked_shl(from as u32).unwrap_or(0)
+    }
+
+    /// One structural byte at `at` outside strings. `Err(at)`: nesting is broken there.
+    fn on_structure(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        emit: &mut usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), usize> {
+        let c = buf[at];
+        match c {
+            b'{' | b'[' => {
+                if self.lex.stack.len() >= MAX_DEPTH {
+                    return Err(at);
+                }
+                let array = c == b'[';
+                self.lex.stack.push(Frame {
+                    array,
+                    at: if array { 0 } else { u32::from(OTHER) },
+                });
+                if array && self.rules.field_keys.any_value {
+                    self.value_start(buf, at + 1, emit, out);
+                }
+            }
+            b'}' | b']' => {
+                self.value_end(buf, at, emit, out);
+                match self.lex.stack.pop() {
+                    Some(f) if f.array == (c == b']') => {}
+                    _ => return Err(at),
+                }
+            }
+            b':' => {
+                let keys = &self.rules.field_keys;
+                let key = if self.lex.skip.is_some() || keys.names.is_empty() {
+                    OTHER
+                } else if at >= keys.lookback {
+                    keys.key_before(&buf[at - keys.lookback..at])
+                } else {
+                    let mut before = self.lex.tail.clone();
+                    before.extend_from_slice(&buf[..at]);
+                    keys.key_before(&before)
+                };
+                match self.lex.stack.last_mut() {
+                    Some(f) if !f.array => f.at = u32::from(key),
+                    _ => return Err(at),
+                }
+                if self.rules.field_keys.candidate(key) {
+                    self.value_start(buf, at + 1, emit, out);
+                }
+            }
+            _ => {
+                // `,`
+                self.value_end(buf, at, emit, out);
+                if let Some(f) = self.lex.stack.last_mut()
+                    && f.array
+                {
+                    f.at = f.at.saturating_add(1);
+                    if self.rules.field_keys.any_value {
+                        self.value_start(buf, at + 1, emit, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the last bytes consumed so a key split across chunks can still be read back.
+    fn keep_tail(&mut self, consumed: &[u8]) {
+        let want = self.rules.field_keys.lookback;
+        let tail = &mut self.lex.tail;
+        if consumed.len() >= want {
+            tail.clear();
+            tail.extend_from_slice(&consumed[consumed.len() - want..]);
+        } else {
+            tail.extend_from_slice(consumed);
+            let extra = tail.len().saturating_sub(want);
+            tail.drain(..extra);
         }
     }
 
@@ -455,27 +515,27 @@ impl JsonMasker {
         *emit = to;
     }
 
+    /// A value begins at `at` (after its colon, `[` or `,`; whitespace included) under the
+    /// current stack: starts replacing it if a field path selects it.
     fn value_start(&mut self, buf: &[u8], at: usize, emit: &mut usize, out: &mut Vec<u8>) {
         if self.lex.skip.is_some() {
             return;
         }
-        let top = match self.lex.stack.last() {
-            Some(Frame::Object { key }) => Some(&key[..]),
-            _ => None,
-        };
-        if !self.rules.field_candidate(top) {
-            return;
-        }
-        let n = self.lex.stack.len();
+        let keys = &self.rules.field_keys;
         let stack = &self.lex.stack;
-        let step = |i: usize| match &stack[i] {
-            Frame::Object { key } => Step::Key(key),
-            Frame::Array { index } => Step::Index(*index),
+        let step = |i: usize| {
+            let f = stack[i];
+            if f.array {
+                Step::Index(f.at as usize)
+            } else {
+                Step::Key(keys.name(f.at as u16))
+            }
         };
-        if let Some(style) = self.rules.field_style(n, &step) {
+        let depth = stack.len();
+        if let Some(style) = self.rules.field_style(depth, &step) {
             self.flush(buf, emit, at, out);
             self.lex.skip = Some(Skip {
-                depth: n,
+                depth,
                 style,
                 capture: Vec::new(),
                 capped: false,
@@ -483,7 +543,8 @@ impl JsonMasker {
         }
     }
 
-    fn value_done(&mut self, buf: &[u8], at: usize, emit: &mut usize, out: &mut Vec<u8>) {
+    /// The value at the current depth ends at `at` (a `,` or the closing bracket).
+    fn value_end(&mut self, buf: &[u8], at: usize, emit: &mut usize, out: &mut Vec<u8>) {
         if self
             .lex
             .skip
@@ -497,54 +558,64 @@ impl JsonMasker {
         }
     }
 
+    /// Writes a masked field's replacement where its value was, keeping the whitespace
+    /// around it. An empty value (`[]`'s missing first element) is no value.
     fn render_field(&mut self, skip: &Skip, out: &mut Vec<u8>) {
-        let style = if skip.capped {
-            Style::Redact
-        } else {
-            skip.style
-        };
-        // The value as a caller would see it: a string's content, anything else as written.
         let v = &skip.capture[..];
-        let v = v
-            .strip_prefix(b"\"")
-            .and_then(|s| s.strip_suffix(b"\""))
-            .unwrap_or(v);
-        out.push(b'"');
-        super::render_value(&self.key, "field", style, v, out);
-        out.push(b'"');
-        self.masked += 1;
+        let lead = v.iter().take_while(|&&c| is_ws(c)).count();
+        let trail = if skip.capped {
+            0
+        } else {
+            v[lead..].iter().rev().take_while(|&&c| is_ws(c)).count()
+        };
+        let core = &v[lead..v.len() - trail];
+        out.extend_from_slice(&v[..lead]);
+        if !core.is_empty() {
+            let style = if skip.capped {
+                Style::Redact
+            } else {
+                skip.style
+            };
+            // The value as a caller would see it: a string's content, anything else as written.
+            let core = core
+                .strip_prefix(b"\"")
+                .and_then(|s| s.strip_suffix(b"\""))
+                .unwrap_or(core);
+            out.push(b'"');
+            super::render_value(&self.key, "field", style, core, out);
+            out.push(b'"');
+            self.masked += 1;
+        }
+        out.extend_from_slice(&v[v.len() - trail..]);
     }
 
-    fn on_hit(&mut self, buf: &[u8], h: Hit, at: usize, emit: &mut usize, out: &mut Vec<u8>) {
-        match self.lex.state {
-            State::Str { .. } | State::Escape { .. } => {
-                self.flush(buf, emit, at, out);
-                let end = h.end.min(buf.len());
-                self.rules
-                    .render(&self.key, h.kind, &buf[h.start..end], out);
-                self.masked += 1;
-                *emit = end;
-            }
-            // A card number written as a number: it becomes a string (unless the whole
-            // value is a masked field anyway).
-            State::Value { .. } if h.kind == Kind::Detector(Detector::CardNumber) => {
-                if self.rules.has_fields() {
-                    self.value_start(buf, at, emit, out);
-                    if self.lex.skip.is_some() {
-                        return;
-                    }
-                }
-                self.flush(buf, emit, at, out);
-                out.push(b'"');
-                self.rules
-                    .render(&self.key, h.kind, &buf[h.start..h.end], out);
-                out.push(b'"');
-                self.masked += 1;
-                *emit = h.end;
-            }
-            // Structure or the middle of a number: not a value a detector is meant for.
-            _ => {}
+    /// A detector hit outside any masked field. In a string it is replaced up to the string's
+    /// end; outside one, a number becomes a string and anything else (not JSON after all) is
+    /// replaced in place.
+    fn on_hit(&mut self, buf: &[u8], h: Hit, in_string: bool, emit: &mut usize, out: &mut Vec<u8>) {
+        if h.start < *emit {
+            return;
         }
+        self.flush(buf, emit, h.start, out);
+        let end = h.end.min(buf.len());
+        if in_string {
+            let stop = string_end(&buf[h.start..end]).map_or(end, |q| h.start + q);
+            self.rules
+                .render(&self.key, h.kind, &buf[h.start..stop], out);
+            *emit = stop;
+        } else {
+            let number = matches!(buf[h.start], b'0'..=b'9' | b'-');
+            if number {
+                out.push(b'"');
+            }
+            self.rules
+                .render(&self.key, h.kind, &buf[h.start..end], out);
+            if number {
+                out.push(b'"');
+            }
+            *emit = end;
+        }
+        self.masked += 1;
     }
 
     fn fail(
@@ -552,28 +623,22 @@ impl JsonMasker {
         buf: &[u8],
         at: usize,
         mut emit: usize,
-        state: State,
         out: &mut Vec<u8>,
     ) -> Result<(), usize> {
-        self.lex.state = state;
         self.flush(buf, &mut emit, at, out);
         if let Some(skip) = self.lex.skip.take() {
             self.render_field(&skip, out);
         }
-        tracing::debug!(at, "body is not valid JSON; masking the rest as text");
+        tracing::debug!(at, "body is not JSON; masking the rest as text");
         Err(emit.max(at))
     }
 }
 
-/// `memchr2(b'"', b'\\', ..)`, but most JSON strings are short enough that a plain loop over
-/// their first bytes beats the SIMD call's setup.
-#[inline]
-fn find_quote_or_backslash(b: &[u8]) -> Option<usize> {
-    let head = b.len().min(16);
-    for (i, &c) in b[..head].iter().enumerate() {
-        if c == b'"' || c == b'\\' {
-            return Some(i);
-        }
-    }
-    memchr::memchr2(b'"', b'\\', &b[head..]).map(|i| i + head)
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where the string a hit sits in ends (its closing quote), if within `b`.
+fn string_end(b: &[u8]) -> Option<usize> {
+    Quotes::default().string_end(b)
 }
