@@ -40,6 +40,7 @@ use crate::{
 };
 
 pub use body::Recording;
+pub use held::filter_tools;
 
 /// One intercepted connection that speaks HTTP, and what every call on it shares.
 pub struct Conn {

@@ -311,10 +311,16 @@ impl MaskRules {
         let (label, style) = self.label_style(kind);
         match kind {
             Kind::Detector(Detector::CardNumber) if style != Style::Redact => {
-                // Separators do not make a different card.
+                // Separators do not make a different card. Overlapping readings masked as one
+                // may hold more than 19 digits: the last ones are what `partial` shows.
+                let all = value.iter().filter(|c| c.is_ascii_digit()).count();
                 let mut digits = [0u8; 19];
                 let mut n = 0;
-                for &c in value.iter().filter(|c| c.is_ascii_digit()).take(19) {
+                for &c in value
+                    .iter()
+                    .filter(|c| c.is_ascii_digit())
+                    .skip(all.saturating_sub(19))
+                {
                     digits[n] = c;
                     n += 1;
                 }
@@ -397,6 +403,7 @@ pub struct TextMasker {
     hits: Vec<Hit>,
     /// Inside a private key whose END line has not come: swallow until it does.
     in_pem: bool,
+    behind: detect::Behind,
     pub stats: MaskStats,
 }
 
@@ -408,6 +415,7 @@ impl TextMasker {
             carry: Vec::new(),
             hits: Vec::new(),
             in_pem: false,
+            behind: detect::Behind::default(),
             stats: MaskStats::default(),
         }
     }
@@ -458,7 +466,10 @@ impl TextMasker {
             detect::pending_from(&self.rules.scanner, rest)
         };
         self.hits.clear();
-        self.rules.scanner.scan(rest, &mut self.hits);
+        if start > 0 {
+            self.behind.clear();
+        }
+        self.behind.scan(&self.rules.scanner, rest, &mut self.hits);
         let mut pos = 0;
         let mut end = safe;
         for h in &self.hits {
@@ -485,6 +496,7 @@ impl TextMasker {
         }
         let end = end.max(pos);
         out.extend_from_slice(&rest[pos..end]);
+        self.behind.keep(rest, end);
         start + end
     }
 }

@@ -132,7 +132,7 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, limit: Duration) -> io::Res
 }
 
 /// Some(verdict) once the bytes decide it; None while more are needed.
-fn classify(buf: &[u8]) -> Option<Protocol> {
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
     let first = *buf.first()?;
     if first == 0x16 {
         return client_hello(buf);

@@ -427,3 +427,53 @@ fn long_runs_of_capitals_and_digits_do_not_hide_a_value() {
         }
     }
 }
+
+/// Found by `cargo xtask fuzz` (mask_chunks): a card between long digit runs, cut mid-run.
+#[test]
+fn card_between_digit_runs_at_every_split() {
+    let r = all();
+    let input = format!(
+        "\u{f5}\r{} 4111 1111 1111 1111 {}",
+        "2".repeat(20),
+        "2".repeat(21)
+    );
+    let out = same_at_every_split(&r, BodyKind::Text, &input);
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+}
+
+/// Found by `cargo xtask fuzz` (mask_chunks): a card joined by single spaces to digit groups.
+#[test]
+fn card_joined_to_other_digit_groups() {
+    let r = all();
+    let out = text(&r, "\u{d9}%2222222220 4111 1111 1111 1111 22#22");
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+}
+
+/// Found by `cargo xtask fuzz` (mask_chunks): a long run cut where the hold-back window ends.
+#[test]
+fn long_digit_run_cut_mid_group() {
+    let r = all();
+    let input = "22232222222-22222 4111 1111 1111 1111 222222222222222z22";
+    let out = same_at_every_split(&r, BodyKind::Text, input);
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+    let mut m = BodyMasker::new(r.clone(), key(), BodyKind::Text);
+    let mut chunked = Vec::new();
+    let mut last = 0;
+    for c in [2, 10, 10, 10, 45, 46, 53, 53, input.len()] {
+        m.push(&input.as_bytes()[last..c], &mut chunked);
+        last = c;
+    }
+    m.finish(&mut chunked);
+    assert_eq!(String::from_utf8_lossy(&chunked), out);
+}
+
+/// Found by `cargo xtask fuzz` (mask_chunks): a card right after a token-shaped value.
+#[test]
+fn card_after_a_token() {
+    let r = all();
+    let input = "2\"222mmmmm-xapp-mmmmmmmm22222222222 4111 1111 1111 1111 2222222222222222222222 x";
+    for kind in [BodyKind::Json, BodyKind::Text] {
+        let out = same_at_every_split(&r, kind, input);
+        assert!(!out.contains("4111 1111 1111 1111"), "{kind:?}: {out}");
+    }
+}

@@ -43,6 +43,16 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// Fuzz the parsers of untrusted input with cargo-fuzz (libFuzzer, nightly): the TLS and
+    /// HTTP sniffer, call extraction, policy YAML, masking over chunkings, record segments,
+    /// MCP tools/list filtering. `cargo xtask test` runs each briefly; this runs them longer.
+    Fuzz {
+        /// Only this target (default: every target in turn).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run benchmarks and print ratios against a baseline measured in the same run.
     Bench {
         /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, or `all`.
@@ -69,6 +79,25 @@ fn main() -> Result<()> {
         Task::Test { no_lint, filter } => {
             setup::run(&setup::Needs::all())?;
             test(no_lint, filter.as_deref())
+        }
+        Task::Fuzz { target, seconds } => {
+            setup::run(&setup::Needs::all())?;
+            let targets = match target {
+                Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => vec![t],
+                Some(t) => bail!(
+                    "unknown fuzz target {t:?}; known: {}",
+                    FUZZ_TARGETS.join(", ")
+                ),
+                None => FUZZ_TARGETS.iter().map(|t| t.to_string()).collect(),
+            };
+            let failed: Vec<String> = targets
+                .into_iter()
+                .filter(|t| fuzz(t, seconds).is_err())
+                .collect();
+            if !failed.is_empty() {
+                bail!("fuzz targets found crashes: {}", failed.join(", "));
+            }
+            Ok(())
         }
         Task::Bench { suite } => {
             setup::run(&setup::Needs::all())?;
@@ -164,13 +193,82 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         "CALLGATE_BIN",
         workspace_root().join("target/debug/callgate"),
     );
-    run_counting(&mut cmd)
+    let mut counts = run_counting(&mut cmd)?;
+    // A bounded fuzzing run per target, counted as one test each.
+    for t in FUZZ_TARGETS {
+        match fuzz(t, FUZZ_TEST_SECONDS) {
+            Ok(()) => counts.passed += 1,
+            Err(e) => {
+                println!("xtask: fuzz {t}: {e:#}");
+                counts.failed += 1;
+            }
+        }
+    }
+    println!(
+        "\nxtask: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    if counts.failed > 0 || !counts.cargo_ok {
+        bail!("tests failed");
+    }
+    Ok(())
 }
 
-/// Runs cargo test, passing its output through, and ends with one total line
-/// (`N passed, M failed, K skipped`) so that the last line speaks for the whole run rather
-/// than for the last test binary (usually the doc tests, with nothing to run).
-fn run_counting(cmd: &mut Command) -> Result<()> {
+/// The cargo-fuzz targets in `gateway/fuzz/fuzz_targets`.
+const FUZZ_TARGETS: [&str; 6] = [
+    "sniff",
+    "extract",
+    "policy_yaml",
+    "mask_chunks",
+    "record_reader",
+    "tools_list",
+];
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_TEST_SECONDS: u64 = 20;
+
+/// Runs one fuzz target for `seconds` from its committed seeds plus the corpus grown so far
+/// (under `target/fuzz/corpus`); a crash leaves its input under `target/fuzz/artifacts`.
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    let root = workspace_root();
+    let corpus = root.join("target/fuzz/corpus").join(target);
+    let artifacts = root.join("target/fuzz/artifacts").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let seeds = root.join("gateway/fuzz/seeds").join(target);
+    println!("xtask: fuzz {target} for {seconds} s");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "fuzz", "run"])
+        .args(["--sanitizer", "none", "--debug-assertions"])
+        .arg("--fuzz-dir")
+        .arg(root.join("gateway/fuzz"))
+        .arg("--target-dir")
+        .arg(root.join("target/fuzz/build"))
+        .arg(target)
+        .arg(&corpus);
+    if seeds.is_dir() {
+        cmd.arg(&seeds);
+    }
+    cmd.arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=2048")
+        .arg("-timeout=10")
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .current_dir(root.join("gateway"));
+    // The outer cargo's settings (it runs on stable) must not reach the nightly build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTUP_") {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    run_cmd(&mut cmd)
+}
+
+/// Runs cargo test, passing its output through, and adds up its results, so that the caller's
+/// last line (`N passed, M failed, K skipped`) speaks for the whole run rather than for the
+/// last test binary (usually the doc tests, with nothing to run).
+fn run_counting(cmd: &mut Command) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -202,11 +300,20 @@ fn run_counting(cmd: &mut Command) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("\nxtask: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    Ok(())
+    Ok(Counts {
+        passed,
+        failed,
+        ignored,
+        cargo_ok: status.success(),
+    })
+}
+
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    /// cargo test itself succeeded (it can fail without a failing test: a build error).
+    cargo_ok: bool,
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {

@@ -6,6 +6,9 @@ use anyhow::{Result, bail};
 
 use crate::run_cmd;
 
+/// `cargo xtask fuzz` and the bounded fuzzing in `cargo xtask test`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// bpf-linker is built against the LLVM these packages provide.
 const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -106,6 +109,15 @@ pub fn run(needs: &Needs) -> Result<()> {
             "minimal",
             "--component",
             "rust-src",
+        ]))?;
+    }
+
+    if needs.test_parties && !cargo_fuzz_ok() {
+        println!("setup: cargo install cargo-fuzz@{CARGO_FUZZ_VERSION}");
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "--locked",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
         ]))?;
     }
 
@@ -227,6 +239,15 @@ fn toolchain_has_rust_src() -> bool {
                     .any(|l| l.starts_with("rust-src"))
         })
         .unwrap_or(false)
+}
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        })
 }
 
 fn bpf_linker_ok() -> bool {

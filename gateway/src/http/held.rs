@@ -164,11 +164,7 @@ pub(super) async fn list_tools(
             .map_or_else(|| name.to_string(), |f| f.name.to_string());
         snap.may_call(service, &function, &one.caller)
     };
-    let filtered = if ct.starts_with("text/event-stream") {
-        filter_sse(&bytes, &may)
-    } else {
-        filter_json(&bytes, &may).unwrap_or_else(|| bytes.to_vec())
-    };
+    let filtered = filter_tools(&bytes, ct.starts_with("text/event-stream"), &may);
     let mut masker = BodyMasker::new(
         one.decision.obligations.masks.0.clone(),
         conn.inputs.mask_key.clone(),
@@ -208,6 +204,16 @@ async fn read_held(
             "upstream_failed",
             e.to_string(),
         )),
+    }
+}
+
+/// A `tools/list` answer (JSON, or an event stream when `sse`) keeping only the tools `may`
+/// allows; anything that is not such an answer comes back unchanged.
+pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    if sse {
+        filter_sse(body, may)
+    } else {
+        filter_json(body, may).unwrap_or_else(|| body.to_vec())
     }
 }
 

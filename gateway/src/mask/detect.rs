@@ -180,7 +180,7 @@ impl Scanner {
         !self.custom.is_empty()
     }
 
-    /// Appends the hits in `t`, sorted and without overlaps (the earlier, then longer, wins).
+    /// Appends the hits in `t`, sorted, overlapping ones merged (the earlier one names it).
     pub fn scan(&self, t: &[u8], out: &mut Vec<Hit>) {
         let first = out.len();
         if self.on(Detector::Email) {
@@ -214,13 +214,20 @@ impl Scanner {
         let hits = &mut out[first..];
         if hits.len() > 1 {
             hits.sort_unstable_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+            // Overlapping hits become one: dropping the later one would leave the part of
+            // it past the earlier one's end (a card after a token's last digits) in view.
             let mut keep = first;
             let mut end = 0;
             for i in first..out.len() {
-                if out[i].start >= end || i == first {
-                    end = out[i].end;
-                    out[keep] = out[i];
+                let h = out[i];
+                if h.start >= end || i == first {
+                    end = h.end;
+                    out[keep] = h;
                     keep += 1;
+                } else if h.end > end {
+                    end = h.end;
+                    out[keep - 1].end = end;
+                    out[keep - 1].open |= h.open;
                 }
             }
             out.truncate(keep);
@@ -347,13 +354,15 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
+/// Card numbers among digit groups. Where groups joined by single spaces allow several
+/// readings (`2222222220 4111 1111 1111 1111`), every start is tried and overlapping matches
+/// are masked as one: taking only the first reading would leave most of another card in view.
 fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
-    let mut j = 0;
-    while j < groups.len() {
+    let mut open: Option<(u32, u32)> = None;
+    for j in 0..groups.len() {
         let g = groups[j];
         // A card starts a digit group that is not glued to a letter before it.
         if !g.2 || (j > 0 && groups[j - 1].1 == g.0) {
-            j += 1;
             continue;
         }
         let mut digits = 0;
@@ -366,21 +375,30 @@ fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
             }
             let glued_after = groups.get(k + 1).is_some_and(|n| n.0 == groups[k].1);
             if digits >= 13 && !glued_after && luhn_card(t, g.0 as usize, groups[k].1 as usize) {
-                best = Some(k);
+                best = Some(groups[k].1);
             }
             k += 1;
         }
-        match best {
-            Some(k) => {
+        let Some(end) = best else { continue };
+        open = match open {
+            Some((s, e)) if g.0 < e => Some((s, e.max(end))),
+            Some((s, e)) => {
                 out.push(hit(
-                    g.0 as usize,
-                    groups[k].1 as usize,
+                    s as usize,
+                    e as usize,
                     Kind::Detector(Detector::CardNumber),
                 ));
-                j = k + 1;
+                Some((g.0, end))
             }
-            None => j += 1,
-        }
+            None => Some((g.0, end)),
+        };
+    }
+    if let Some((s, e)) = open {
+        out.push(hit(
+            s as usize,
+            e as usize,
+            Kind::Detector(Detector::CardNumber),
+        ));
     }
 }
 
@@ -620,12 +638,86 @@ fn pem(t: &[u8], s: usize) -> Option<Hit> {
     }
 }
 
+/// How much of what came before a cut is scanned again with the next piece: more than the
+/// longest value plus the group before it.
+const BEHIND: usize = 96;
+
+/// The bytes consumed just before a cut that fell inside a run of value-like bytes (a long
+/// digit run, a token). Scanning the next piece with them in front judges its first group as
+/// the whole text would: without them, the tail of a 20-digit number looks like a card.
+#[derive(Debug, Default)]
+pub struct Behind {
+    bytes: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Behind {
+    /// Appends the hits in `t` as if the remembered bytes came right before it; hits that
+    /// start in them were settled with the previous piece.
+    pub fn scan(&mut self, scanner: &Scanner, t: &[u8], out: &mut Vec<Hit>) {
+        if self.bytes.is_empty() {
+            return scanner.scan(t, out);
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.bytes);
+        self.scratch.extend_from_slice(t);
+        let first = out.len();
+        scanner.scan(&self.scratch, out);
+        let k = self.bytes.len();
+        let mut keep = first;
+        for i in first..out.len() {
+            let h = out[i];
+            if h.start >= k {
+                out[keep] = Hit {
+                    start: h.start - k,
+                    end: h.end - k,
+                    ..h
+                };
+                keep += 1;
+            }
+        }
+        out.truncate(keep);
+    }
+
+    /// Remembers what precedes `t[end..]`, if the cut at `end` falls inside a run.
+    pub fn keep(&mut self, t: &[u8], end: usize) {
+        if end == 0 {
+            // Nothing consumed: what came before is still what comes before.
+            return;
+        }
+        let inside = end < t.len() && value_byte(t[end - 1]) && value_byte(t[end]);
+        if !inside {
+            self.bytes.clear();
+            return;
+        }
+        if end >= BEHIND {
+            self.bytes.clear();
+        }
+        self.bytes
+            .extend_from_slice(&t[end.saturating_sub(BEHIND)..end]);
+        let extra = self.bytes.len().saturating_sub(BEHIND);
+        self.bytes.drain(..extra);
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+}
+
+/// A byte that may belong to a value: digit-shaped runs and tokens.
+fn value_byte(c: u8) -> bool {
+    RUN[c as usize] != 0 || tokenish(c)
+}
+
+fn tokenish(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"_.%+-@=/".contains(&c)
+}
+
 /// Where an unfinished value may start at the end of `t`: bytes from there on must wait for
 /// more input before they can be judged. `t.len()` when nothing is pending.
 pub fn pending_from(scanner: &Scanner, t: &[u8]) -> usize {
     let n = t.len();
     // Tokens, e-mail, compact IBANs and digits: a trailing run of word-ish bytes.
-    let tokenish = |c: u8| c.is_ascii_alphanumeric() || b"_.%+-@=/".contains(&c);
     let mut s = n;
     while s > 0 && n - s < MAX_TOKEN && tokenish(t[s - 1]) {
         s -= 1;

@@ -169,6 +169,7 @@ pub struct JsonMasker {
     key: MaskKey,
     carry: Vec<u8>,
     hits: Vec<Hit>,
+    behind: detect::Behind,
     lex: Lexer,
     /// Without field paths only string-or-not matters: tracked by quote parity.
     quotes: Quotes,
@@ -235,6 +236,7 @@ impl JsonMasker {
             key,
             carry: Vec::new(),
             hits: Vec::new(),
+            behind: detect::Behind::default(),
             lex: Lexer::default(),
             quotes: Quotes::default(),
             fallback: None,
@@ -283,7 +285,7 @@ impl JsonMasker {
             detect::pending_from(scanner, buf)
         };
         self.hits.clear();
-        scanner.scan(buf, &mut self.hits);
+        self.behind.scan(scanner, buf, &mut self.hits);
         let mut end = safe;
         // A private key too long to hold: the text masker swallows it up to its END line.
         let mut text_from = None;
@@ -306,7 +308,10 @@ impl JsonMasker {
         };
         self.hits = hits;
         match result.err().or(text_from) {
-            None => end,
+            None => {
+                self.behind.keep(buf, end);
+                end
+            }
             Some(at) => {
                 let mut text = TextMasker::new(self.rules.clone(), self.key.clone());
                 text.push(&buf[at..], out);
