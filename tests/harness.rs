@@ -280,6 +280,18 @@ impl Gateway {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The gateway's resident memory, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// SIGKILL: no clean-up of any kind, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

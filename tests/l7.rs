@@ -496,3 +496,77 @@ fn hostile_input_is_bounded_and_the_gateway_keeps_serving() {
     let (code, body) = curl_in(&s.cg, &[&format!("{base}/text")]);
     assert_eq!(code, 0, "{body}");
 }
+
+/// 10,000 HTTP/2 streams opened at once on one connection, the server's limit of 256
+/// ignored: the excess is refused (reset, then the connection closed with GOAWAY), memory
+/// stays bounded, and another client is served meanwhile and after.
+#[test]
+fn ten_thousand_h2_streams_are_bounded() {
+    let Some(s) = setup("ten_thousand_h2_streams_are_bounded") else {
+        return;
+    };
+    let py = party_python().display().to_string();
+    let flood = party_script("h2_flood.py");
+    let port = s.up.port.to_string();
+    let before = s.up.requests().len();
+    let log = s._dir.join("h2-flood.log");
+    let mut child = s.cg.spawn(
+        &[
+            "timeout",
+            "60",
+            &py,
+            &flood.display().to_string(),
+            &port,
+            "/text",
+            "10000",
+        ],
+        &log,
+    );
+    // While the flood is in flight, another workload's call is answered.
+    let (_, status) = curl_in(
+        &s.cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/text"),
+        ],
+    );
+    assert_eq!(status, "200", "a second client during the flood");
+    let status = child.wait().expect("flood client");
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "h2 flood: {text}");
+    let v = json(text.trim().lines().last().unwrap_or_default());
+    println!("10,000 h2 streams: {v}");
+    // The server's limit is 256 streams: the rest is reset, and a client that keeps opening
+    // streams after resets is told to calm down (GOAWAY ENHANCE_YOUR_CALM) and cut off.
+    let answered: u64 = v["statuses"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let resets = v["resets"].as_u64().unwrap_or(0);
+    assert!(answered <= 256, "more streams served than the limit: {v}");
+    assert!(
+        resets > 0 || v["goaway"] == true,
+        "the excess streams were neither refused nor cut off: {v}"
+    );
+    // Nothing reached the upstream beyond the streams the gateway took in (and decided).
+    let upstream = s.up.requests().len() - before;
+    assert!(upstream <= 257, "{upstream} upstream requests: {v}");
+    let rss = s.gw.rss_kib().unwrap_or(0);
+    assert!(rss < 300 * 1024, "gateway RSS {rss} KiB after the flood");
+    let (_, status) = curl_in(
+        &s.cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{port}/text"),
+        ],
+    );
+    assert_eq!(status, "200", "served after the flood");
+}
+

@@ -423,7 +423,7 @@ async fn route(
         }
         (Protocol::Other(_), Some(s)) => refuse(
             format!(
-                "service {} does not allow non-HTTP TCP (tcp: deny; the client sent {})",
+                "service {} does not allow non-HTTP TCP (tcp: deny; {})",
                 s.name, sniffed.protocol
             ),
             Some(&s.name),
