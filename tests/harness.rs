@@ -41,7 +41,7 @@ pub fn ebpf_available(test: &str) -> bool {
 
 /// Reports a missing prerequisite: a failure in CI (`CALLGATE_REQUIRE_EBPF=1`), a skip
 /// otherwise. Returns false (the test does not run) when it returns at all.
-fn skip(test: &str, why: &str) -> bool {
+pub fn skip(test: &str, why: &str) -> bool {
     if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
         panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1");
     }
@@ -188,6 +188,8 @@ pub struct Gateway {
     pub bpffs: PathBuf,
     /// Passed to `callgate run` after the per-gateway ones (e.g. `--policies DIR`).
     pub extra_args: Vec<String>,
+    /// Extra environment for the gateway process (e.g. a preloaded fake clock).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -197,6 +199,10 @@ impl Gateway {
     }
 
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_with_env(extra_args, &[])
+    }
+
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(unique("callgate-e2e"));
         fs::create_dir_all(&dir).expect("temp dir");
         let mut gw = Self {
@@ -204,6 +210,10 @@ impl Gateway {
             bpffs: PathBuf::from("/sys/fs/bpf").join(unique("callgate-e2e")),
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         gw.restart();
@@ -245,6 +255,7 @@ impl Gateway {
         let child = Command::new(callgate_bin())
             .args(self.args())
             .env("CALLGATE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -561,14 +572,27 @@ pub fn upstream_with(dir: &Path, tls: Option<(&Path, &Path)>, flags: &[&str]) ->
 /// A gateway deciding with `policies` and configured by `config` (YAML, written to
 /// `dir/callgate.yaml`).
 pub fn gateway_with_config(policies: &Path, config: &str, dir: &Path) -> Gateway {
+    gateway_with_config_env(policies, config, dir, &[])
+}
+
+/// [`gateway_with_config`] with extra environment for the gateway process.
+pub fn gateway_with_config_env(
+    policies: &Path,
+    config: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Gateway {
     let path = dir.join("callgate.yaml");
     fs::write(&path, config).expect("config");
-    Gateway::start_with(&[
-        "--policies",
-        &policies.display().to_string(),
-        "--config",
-        &path.display().to_string(),
-    ])
+    Gateway::start_with_env(
+        &[
+            "--policies",
+            &policies.display().to_string(),
+            "--config",
+            &path.display().to_string(),
+        ],
+        env,
+    )
 }
 
 /// A policy repository written for one test: `callgate.yaml` plus `services/<name>.yaml`.

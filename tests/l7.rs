@@ -569,4 +569,3 @@ fn ten_thousand_h2_streams_are_bounded() {
     );
     assert_eq!(status, "200", "served after the flood");
 }
-

@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -213,6 +213,17 @@ pub struct Grant {
     pub request: String,
     #[serde(default)]
     pub uses: u64,
+    /// The same end on the monotonic clock: a wall clock set back must not lengthen a grant
+    /// (nor a jump forward be needed to end it). Not saved; rebuilt from what remains.
+    #[serde(skip)]
+    deadline: Option<Instant>,
+}
+
+impl Grant {
+    /// In force at wall time `now_ms`: before its end on both clocks.
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms > now_ms && self.deadline.is_none_or(|d| Instant::now() < d)
+    }
 }
 
 /// Who gives a verdict.
@@ -310,8 +321,11 @@ impl Approvals {
         let grants = saved
             .grants
             .into_iter()
-            .filter(|g| g.expires_at_ms > now)
-            .map(|g| (g.id.clone(), g))
+            .filter(|g| g.live(now))
+            .map(|mut g| {
+                g.deadline = Some(Instant::now() + Duration::from_millis(g.expires_at_ms - now));
+                (g.id.clone(), g)
+            })
             .collect();
         let a = Self {
             path,
@@ -359,7 +373,7 @@ impl Approvals {
         let now = now_ms();
         let mut inner = self.lock();
         let g = inner.grants.values_mut().find(|g| {
-            g.expires_at_ms > now
+            g.live(now)
                 && g.caller == key
                 && g.service == service
                 && g.function == function
@@ -501,6 +515,7 @@ impl Approvals {
             approved_by: approver.name.clone(),
             request: id.into(),
             uses: 0,
+            deadline: Some(Instant::now() + g),
         });
         let verdict = Verdict {
             approved: approve,
@@ -551,7 +566,7 @@ impl Approvals {
         self.lock()
             .grants
             .values()
-            .filter(|g| g.expires_at_ms > now)
+            .filter(|g| g.live(now))
             .cloned()
             .collect()
     }
@@ -576,11 +591,7 @@ impl Approvals {
                 .values()
                 .filter(|r| r.state == State::Pending)
                 .count(),
-            grants: inner
-                .grants
-                .values()
-                .filter(|g| g.expires_at_ms > now)
-                .count(),
+            grants: inner.grants.values().filter(|g| g.live(now)).count(),
             webhook: self.notifier.as_ref().map(|n| n.status()),
         }
     }
@@ -620,7 +631,7 @@ fn trim(inner: &mut Inner) {
         inner.requests.remove(id);
     }
     let now = now_ms();
-    inner.grants.retain(|_, g| g.expires_at_ms > now);
+    inner.grants.retain(|_, g| g.live(now));
 }
 
 impl Request {

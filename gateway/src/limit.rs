@@ -300,13 +300,15 @@ impl Limiter {
         });
         if let Some((q, k, window)) = &quota {
             let shard = self.windows.shard(k);
+            // A window later than now means the wall clock was set back: it still counts,
+            // or setting the clock back would hand out a fresh quota.
             if let Some(w) = shard.get(k) {
-                if w.start == window.start && w.count >= q.calls {
+                if w.start >= window.start && w.count >= q.calls {
                     return Err(Hit {
                         kind: "quota",
                         rule: q.rule.to_string(),
                         limit: q.text.clone(),
-                        retry_after_s: (window.start + window.len).saturating_sub(unix).max(1),
+                        retry_after_s: (w.start + w.len).saturating_sub(unix).max(1),
                     });
                 }
             }
@@ -341,7 +343,7 @@ impl Limiter {
                 evict_windows(&mut shard, unix);
             }
             let w = shard.entry(k).or_insert(window);
-            if w.start != window.start {
+            if window.start > w.start {
                 *w = window;
             }
             w.count += 1;
@@ -512,6 +514,10 @@ mod tests {
             lim.check_at(None, Some(&q), &s, now, day + 86_400).is_ok(),
             "a new day"
         );
+        assert!(lim.check_at(None, Some(&q), &s, now, day + 86_401).is_ok());
+        // The wall clock set back a day: the spent quota of the later day still counts.
+        let hit = lim.check_at(None, Some(&q), &s, now, day + 3).unwrap_err();
+        assert_eq!(hit.kind, "quota");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

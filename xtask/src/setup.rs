@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     // `systemd-analyze verify|security` check the unit `callgate install` writes.
     "systemd",
+    // libfaketime moves the gateway's wall clock in the clock-jump test.
+    "faketime",
     // The approvals page is driven in a real headless browser.
     "chromium",
     // Benchmark baselines and load generators.
