@@ -15,7 +15,8 @@
 //! is one connection, one request at a time.
 use std::{fs, path::Path, process::Command};
 
-use callgate_e2e::{Gateway, Party, TestCgroup, ebpf_available, free_port, policy_repo, unique};
+use callgate_benches::{Wrk, nginx, wrk};
+use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, policy_repo, unique};
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
@@ -342,94 +343,4 @@ fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize)
     let _ = child.wait();
     let _ = fs::remove_file(&flag);
     rss
-}
-
-struct Wrk {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    /// How long it ran.
-    secs: f64,
-}
-
-/// Runs wrk (inside `cg` when given, so that its connections are intercepted).
-fn wrk(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
-    let mut argv = vec!["wrk", "--latency"];
-    argv.extend_from_slice(load);
-    argv.push(url);
-    let out = match cg {
-        Some(cg) => cg.run(&argv),
-        None => Command::new(argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("run wrk"),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk failed: {text}");
-    assert!(
-        !text.contains("Non-2xx"),
-        "wrk saw error answers (is the call allowed?):\n{text}"
-    );
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
-            .unwrap_or_else(|| panic!("no {prefix:?} in wrk's output:\n{text}"))
-            .to_string()
-    };
-    let secs = load
-        .iter()
-        .find_map(|a| {
-            a.strip_prefix("-d")
-                .and_then(|d| d.trim_end_matches('s').parse().ok())
-        })
-        .unwrap_or(0.0);
-    Wrk {
-        secs,
-        rps: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50: micros(&field("50%")),
-        p99: micros(&field("99%")),
-    }
-}
-
-/// wrk's `123.45us` / `1.20ms` / `2.00s` in microseconds.
-fn micros(s: &str) -> f64 {
-    let (n, scale) = if let Some(n) = s.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1e6)
-    } else {
-        (s, 1.0)
-    };
-    n.parse::<f64>().unwrap_or(f64::NAN) * scale
-}
-
-/// An nginx of its own (foreground, files under `dir`), stopped on drop.
-fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> Party {
-    let root = dir.join(name);
-    fs::create_dir_all(&root).expect("nginx dir");
-    let conf = root.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes {workers}; pid {root}/nginx.pid; \
-             error_log {root}/error.log; events {{ worker_connections 4096; }} \
-             http {{ access_log off; client_body_temp_path {root}; proxy_temp_path {root}; \
-             {server} }}",
-            root = root.display()
-        ),
-    )
-    .expect("nginx.conf");
-    Party::start(
-        &[
-            "nginx",
-            "-c",
-            &conf.display().to_string(),
-            "-p",
-            &root.display().to_string(),
-        ],
-        port,
-        root.join("nginx.log"),
-    )
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by callgate's benchmarks: percentiles and ratio reporting. Every benchmark
 //! measures its baseline in the same run, because these machines are noisy.
-use std::time::Duration;
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use callgate_e2e::{Party, TestCgroup};
 
 /// Sorted samples and their percentiles.
 pub struct Samples(Vec<Duration>);
@@ -22,4 +24,131 @@ impl Samples {
 
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// What wrk reported.
+pub struct Wrk {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    /// How long it ran.
+    pub secs: f64,
+    pub requests: u64,
+    /// Answers other than 2xx/3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors.
+    pub errors: u64,
+}
+
+/// Runs wrk (inside `cg` when given, so that its connections are intercepted).
+pub fn wrk(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
+    let w = wrk_any(cg, load, url);
+    assert!(
+        w.non_2xx == 0,
+        "wrk saw {} error answers (is the call allowed?)",
+        w.non_2xx
+    );
+    w
+}
+
+/// Like [`wrk`], error answers allowed (counted in `non_2xx`).
+pub fn wrk_any(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
+    let mut argv = vec!["wrk", "--latency"];
+    argv.extend_from_slice(load);
+    argv.push(url);
+    let out = match cg {
+        Some(cg) => cg.run(&argv),
+        None => Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("run wrk"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+            .unwrap_or_else(|| panic!("no {prefix:?} in wrk's output:\n{text}"))
+            .to_string()
+    };
+    let secs = load
+        .iter()
+        .find_map(|a| {
+            a.strip_prefix("-d")
+                .and_then(|d| d.trim_end_matches('s').parse().ok())
+        })
+        .unwrap_or(0.0);
+    // `Non-2xx or 3xx responses: N`; `Socket errors: connect 0, read 0, write 0, timeout 0`.
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |e| {
+            e.split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        });
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("requests in").then(|| n.parse().ok())?
+        })
+        .unwrap_or(0);
+    Wrk {
+        secs,
+        requests,
+        non_2xx,
+        errors,
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: wrk_micros(&field("50%")),
+        p99: wrk_micros(&field("99%")),
+    }
+}
+
+/// wrk's `123.45us` / `1.20ms` / `2.00s` in microseconds.
+fn wrk_micros(s: &str) -> f64 {
+    let (n, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (s, 1.0)
+    };
+    n.parse::<f64>().unwrap_or(f64::NAN) * scale
+}
+
+/// An nginx of its own (foreground, files under `dir`), stopped on drop.
+pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> Party {
+    let root = dir.join(name);
+    fs::create_dir_all(&root).expect("nginx dir");
+    let conf = root.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes {workers}; pid {root}/nginx.pid; \
+             error_log {root}/error.log; events {{ worker_connections 4096; }} \
+             http {{ access_log off; client_body_temp_path {root}; proxy_temp_path {root}; \
+             {server} }}",
+            root = root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    Party::start(
+        &[
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &root.display().to_string(),
+        ],
+        port,
+        root.join("nginx.log"),
+    )
 }

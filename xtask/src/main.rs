@@ -55,7 +55,9 @@ enum Task {
     },
     /// Run benchmarks and print ratios against a baseline measured in the same run.
     Bench {
-        /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, or `all`.
+        /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, `soak` (10 minutes;
+        /// CALLGATE_SOAK_MINUTES), `micro` (criterion benches of sniff, extract, decide, mask,
+        /// record), or `all` (all but soak).
         #[arg(long, default_value = "connect")]
         suite: String,
     },
@@ -317,12 +319,16 @@ struct Counts {
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
-    const SUITES: [&str; 5] = ["connect", "decide", "mask", "record", "l7"];
+    const SUITES: [&str; 6] = ["connect", "decide", "mask", "record", "l7", "soak"];
+    // The criterion benches of the hot modules, in-process.
+    const MICRO: [&str; 4] = ["micro", "decide", "mask", "record"];
     let suites: Vec<&str> = match suite {
-        "all" => SUITES.to_vec(),
+        // `all` leaves out the 10-minute soak.
+        "all" => SUITES[..5].to_vec(),
+        "micro" => MICRO.to_vec(),
         s if SUITES.contains(&s) => vec![s],
         other => bail!(
-            "unknown bench suite {other:?}; known: {}, all",
+            "unknown bench suite {other:?}; known: {}, micro, all",
             SUITES.join(", ")
         ),
     };

@@ -1,0 +1,213 @@
+//! `cargo xtask bench --suite soak`: a bounded soak. Mixed calls — clean reads, reads whose
+//! answer carries a card number (masked), and calls the policy denies — through callgate from
+//! an enabled cgroup at about half of the capacity measured at the start of the same run, in
+//! one-minute rounds (10 by default; `CALLGATE_SOAK_MINUTES`). After each round it reads the
+//! gateway's resident memory and open file descriptors.
+//!
+//! Goals (issue 10): memory and descriptors flat, p99 stable, no errors other than the
+//! intended denials, every record verifies. Results go to
+//! `benches/results/<date>-<commit>-soak.md`.
+use std::{fs, process::Command};
+
+use callgate_benches::{nginx, wrk, wrk_any};
+use callgate_e2e::{
+    Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
+};
+
+const ITEM: &str =
+    r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"note":"nothing sensitive here"}"#;
+const CARD: &str = r#"{"id":7,"holder":"A. Customer","card":"4111 1111 1111 1111","email":"a.customer@example.com"}"#;
+
+fn main() {
+    if !ebpf_available("bench soak") {
+        return;
+    }
+    let minutes: u32 = std::env::var("CALLGATE_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(10);
+    let dir = std::env::temp_dir().join(unique("callgate-soak"));
+    fs::create_dir_all(&dir).expect("dir");
+    let up_port = free_port();
+    let _upstream = nginx(
+        &dir,
+        "upstream",
+        1,
+        &format!(
+            "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 1000000; \
+             default_type application/json; \
+             location = /v1/items/42 {{ return 200 '{ITEM}'; }} \
+             location = /v1/cards/7 {{ return 200 '{CARD}'; }} \
+             location / {{ return 200 '{{}}'; }} }}"
+        ),
+        up_port,
+    );
+    let service = format!(
+        r#"
+service: shop
+match: {{ hosts: ["127.0.0.1:{up_port}"] }}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /v1/items/{{id}}" }}
+  get_card: {{ route: "GET /v1/cards/{{id}}" }}
+  reset: {{ route: "POST /v1/admin/reset" }}
+rules:
+  - {{ name: reads, function: get_item, action: allow }}
+  - {{ name: cards, function: get_card, action: allow }}
+  - {{ name: no-resets, function: reset, action: deny, reason: not from workloads }}
+response:
+  mask: [card_number, email]
+"#
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("shop", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("bench-soak");
+    gw.enable(&cg);
+    let pid = gw.pid().expect("gateway pid");
+    let base = format!("http://127.0.0.1:{up_port}");
+
+    // Capacity in this run, then half of it: wrk paces each connection with `delay()` (ms).
+    let full = wrk(
+        Some(&cg),
+        &["-t2", "-c32", "-d5s"],
+        &format!("{base}/v1/items/42"),
+    );
+    let target = full.rps / 2.0;
+    let delay_ms = 2.0;
+    let conns = ((target * delay_ms / 1000.0).round() as u32).clamp(2, 256);
+    let script = dir.join("soak.lua");
+    fs::write(
+        &script,
+        format!(
+            "local paths = {{ {{'GET', '/v1/items/42'}}, {{'GET', '/v1/items/42'}}, \
+             {{'GET', '/v1/cards/7'}}, {{'POST', '/v1/admin/reset'}} }}\n\
+             local i = 0\n\
+             request = function()\n  i = i + 1\n  local p = paths[(i % #paths) + 1]\n  \
+             return wrk.format(p[1], p[2])\nend\n\
+             delay = function() return {delay_ms} end\n"
+        ),
+    )
+    .expect("lua");
+    println!(
+        "soak: capacity {:.0} req/s; {minutes} one-minute rounds at ~{target:.0} req/s \
+         ({conns} connections, {delay_ms} ms apart); a quarter of the calls are denied",
+        full.rps
+    );
+    let conns_arg = format!("-c{conns}");
+    let script_arg = script.display().to_string();
+    let mut rows = Vec::new();
+    for round in 1..=minutes {
+        let w = wrk_any(
+            Some(&cg),
+            &["-t2", &conns_arg, "-d60s", "-s", &script_arg],
+            &base,
+        );
+        let rss_kib = proc_value(pid, "VmRSS:");
+        let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        println!(
+            "round {round:>2}: {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  denied {:>5.1}%  \
+             errors {}  RSS {:>5.1} MiB  fds {fds}",
+            w.rps,
+            w.p50,
+            w.p99,
+            100.0 * w.non_2xx as f64 / w.requests.max(1) as f64,
+            w.errors,
+            rss_kib / 1024.0
+        );
+        rows.push((round, w, rss_kib, fds));
+    }
+
+    // A masked answer still arrives masked, and the whole log verifies.
+    let out = cg.run(&["curl", "-sS", &format!("{base}/v1/cards/7")]);
+    let card = String::from_utf8_lossy(&out.stdout).into_owned();
+    let verify = Command::new(callgate_bin())
+        .args(["records", "verify", "--dir"])
+        .arg(gw.dir.join("state/records"))
+        .output()
+        .expect("verify");
+    let verified = verify.status.success();
+
+    let first = &rows[rows.len().min(2) - 1];
+    let last = &rows[rows.len() - 1];
+    let errors: u64 = rows.iter().map(|r| r.1.errors).sum();
+    let requests: u64 = rows.iter().map(|r| r.1.requests).sum();
+    let denied: u64 = rows.iter().map(|r| r.1.non_2xx).sum();
+    let mut md = format!(
+        "callgate soak, 2 CPUs: capacity {:.0} req/s measured first; {minutes} one-minute \
+         rounds at half of it, mixed calls (1/2 clean reads, 1/4 masked card answers, 1/4 \
+         denied)\n\n| round | req/s | p50 µs | p99 µs | denied | errors | RSS MiB | fds |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        full.rps
+    );
+    for (round, w, rss, fds) in &rows {
+        md.push_str(&format!(
+            "| {round} | {:.0} | {:.0} | {:.0} | {:.1}% | {} | {:.1} | {fds} |\n",
+            w.rps,
+            w.p50,
+            w.p99,
+            100.0 * w.non_2xx as f64 / w.requests.max(1) as f64,
+            w.errors,
+            rss / 1024.0
+        ));
+    }
+    md.push_str(&format!(
+        "\n{requests} calls, {denied} denied as intended ({:.1}%), {errors} errors; RSS round \
+         {} → {}: {:.1} → {:.1} MiB; fds {} → {}; p99 {:.0} → {:.0} µs; records verify: {}; \
+         masked answer: {}\n",
+        100.0 * denied as f64 / requests.max(1) as f64,
+        first.0,
+        last.0,
+        first.2 / 1024.0,
+        last.2 / 1024.0,
+        first.3,
+        last.3,
+        first.1.p99,
+        last.1.p99,
+        if verified { "ok" } else { "FAILED" },
+        card.trim()
+    ));
+    println!("\n{md}");
+    save(&md);
+    assert!(errors == 0, "{errors} socket errors in the soak");
+    assert!(
+        verified,
+        "records verify failed: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(
+        card.contains("************1111") && !card.contains("4111 1111"),
+        "{card}"
+    );
+    let quarter = denied as f64 / requests.max(1) as f64;
+    assert!((0.2..0.3).contains(&quarter), "denied share {quarter}");
+}
+
+/// A `Key:  N kB` line of /proc/PID/status, in kB.
+fn proc_value(pid: u32, key: &str) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn save(md: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let path = root.join(format!("results/{date}-{commit}-soak.md"));
+    if let Err(e) = fs::write(&path, md) {
+        eprintln!("could not write {}: {e}", path.display());
+    }
+}
