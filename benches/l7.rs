@@ -5,7 +5,9 @@
 //! pass-through, recorded per connection).
 //!
 //! Cases: ~160 B JSON over keep-alive at full and light load, 16 KiB and 1 MiB answers, a new
-//! connection per request. For callgate it also reads the gateway's CPU time per request
+//! connection per request, HTTP/2 with 4 connections × 100 streams (h2load), and TLS
+//! (callgate intercepting: its own leaf to the client, verified TLS to the upstream; nginx
+//! terminating and re-encrypting to the same upstream). For callgate it also reads the gateway's CPU time per request
 //! (from /proc) and its resident memory holding 1,000 idle intercepted connections. Results go
 //! to `benches/results/<date>-<commit>.json` and `.md` as well as the terminal.
 //!
@@ -15,8 +17,8 @@
 //! is one connection, one request at a time.
 use std::{fs, path::Path, process::Command};
 
-use callgate_benches::{Wrk, nginx, wrk};
-use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, policy_repo, unique};
+use callgate_benches::{Wrk, h2load, nginx, wrk};
+use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, policy_repo, test_pki, unique};
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
@@ -70,29 +72,48 @@ fn main() {
     for (name, size) in [("16k", 16 * 1024), ("1m", 1024 * 1024)] {
         fs::write(www.join(name), json_of_size(size)).expect("answer file");
     }
+    test_pki(&dir);
+    let (cert, key) = (dir.join("leaf.crt"), dir.join("leaf.key"));
     let up_port = free_port();
+    let h2_port = free_port();
+    let tls_port = free_port();
     let _upstream = nginx(
         &dir,
         "upstream",
         1,
         &format!(
-            "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 1000000; \
+            "server {{ listen 127.0.0.1:{up_port}; listen 127.0.0.1:{h2_port} http2; \
+             listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; \
+             keepalive_requests 1000000; http2_max_requests 1000000; \
              location = /v1/items/42 {{ default_type application/json; return 200 '{BODY}'; }} \
              location /v1/items/ {{ default_type application/json; alias {}/; }} }}",
-            www.display()
+            www.display(),
+            cert = cert.display(),
+            key = key.display(),
         ),
         up_port,
     );
     let proxy_port = free_port();
+    let proxy_h2_port = free_port();
+    let proxy_tls_port = free_port();
     let _proxy = nginx(
         &dir,
         "proxy",
         2,
         &format!(
             "upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }} \
-             server {{ listen 127.0.0.1:{proxy_port}; keepalive_requests 1000000; \
+             upstream tls_up {{ server 127.0.0.1:{tls_port}; keepalive 64; }} \
+             server {{ listen 127.0.0.1:{proxy_port}; listen 127.0.0.1:{proxy_h2_port} http2; \
+             keepalive_requests 1000000; http2_max_requests 1000000; \
              location / {{ proxy_pass http://up; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; proxy_buffering off; }} }}"
+             proxy_set_header Connection \"\"; proxy_buffering off; }} }} \
+             server {{ listen 127.0.0.1:{proxy_tls_port} ssl; ssl_certificate {cert}; \
+             ssl_certificate_key {key}; keepalive_requests 1000000; \
+             location / {{ proxy_pass https://tls_up; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; proxy_buffering off; \
+             proxy_ssl_session_reuse on; }} }}",
+            cert = cert.display(),
+            key = key.display(),
         ),
         proxy_port,
     );
@@ -109,7 +130,30 @@ response:
   mask: [card_number, email]
 "#
     );
-    let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
+    // The same API over TLS, intercepted: the gateway terminates with a leaf from its own CA
+    // (wrk does not verify) and re-originates TLS to the upstream, verified against the test CA.
+    let secure = format!(
+        r#"
+service: items-tls
+match:
+  hosts: ["127.0.0.1:{tls_port}"]
+  tls: intercept
+  upstream_ca: {}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /v1/items/{{id}}" }}
+rules:
+  - {{ name: reads, function: get_item, action: allow }}
+response:
+  mask: [card_number, email]
+"#,
+        dir.join("ca.crt").display()
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\n",
+        &[("items", &service), ("items-tls", &secure)],
+    );
     let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
     // The gateway logs each connection, not each call: keep-alive means few lines.
     let cg = TestCgroup::new("bench-l7");
@@ -134,6 +178,59 @@ response:
         rows.push(Row::new(case.name, "nginx", &proxy, &direct, &proxy, None));
         rows.push(Row::new(
             case.name,
+            "callgate",
+            &gate,
+            &direct,
+            &proxy,
+            Some(cpu_us),
+        ));
+    }
+    // HTTP/2 with prior knowledge, 4 connections × 100 concurrent streams. Direct is nginx's
+    // h2c listener; the nginx proxy and callgate both take h2 from the client and go to the
+    // upstream's HTTP/1.1 listener over keep-alive (a plain-text upstream cannot say whether it
+    // speaks h2c, so callgate sends only gRPC up as h2c).
+    {
+        let name = "h2, 4 conns × 100 streams";
+        let load = ["-D6", "-c4", "-m100", "-t2"];
+        let direct = h2load(None, &load, &url(h2_port, "/v1/items/42"));
+        let proxy = h2load(None, &load, &url(proxy_h2_port, "/v1/items/42"));
+        let cpu0 = cpu_seconds(&gw);
+        let gate = h2load(Some(&cg), &load, &url(up_port, "/v1/items/42"));
+        let cpu = cpu_seconds(&gw) - cpu0;
+        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
+        for (w, who) in [(&direct, "direct"), (&proxy, "nginx"), (&gate, "callgate")] {
+            assert!(
+                w.errors == 0 && w.non_2xx == 0,
+                "h2load via {who}: {} errors, {} non-2xx",
+                w.errors,
+                w.non_2xx
+            );
+        }
+        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
+        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
+        rows.push(Row::new(
+            name,
+            "callgate",
+            &gate,
+            &direct,
+            &proxy,
+            Some(cpu_us),
+        ));
+    }
+    // TLS, keep-alive: handshakes once per connection, then record encryption both ways.
+    {
+        let name = "TLS intercept, keep-alive 160 B";
+        let tls_url = |port: u16| format!("https://127.0.0.1:{port}/v1/items/42");
+        let direct = wrk(None, FULL, &tls_url(tls_port));
+        let proxy = wrk(None, FULL, &tls_url(proxy_tls_port));
+        let cpu0 = cpu_seconds(&gw);
+        let gate = wrk(Some(&cg), FULL, &tls_url(tls_port));
+        let cpu = cpu_seconds(&gw) - cpu0;
+        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
+        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
+        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
+        rows.push(Row::new(
+            name,
             "callgate",
             &gate,
             &direct,
@@ -201,6 +298,7 @@ response:
     let ratio = full("callgate", CASES[0].name).map_or(0.0, |r| r.vs_nginx);
     let added = full("callgate", CASES[1].name).map_or(0.0, |r| r.added_p99);
     let pass = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_direct);
+    md.push_str("\n(h2 rows: h2load reports no percentiles; p50 is its mean time per request)\n");
     md.push_str(&format!(
         "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at light load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n",
         rss_idle / 1024.0,

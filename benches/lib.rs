@@ -124,8 +124,70 @@ fn wrk_micros(s: &str) -> f64 {
     n.parse::<f64>().unwrap_or(f64::NAN) * scale
 }
 
+/// Runs h2load (inside `cg` when given): HTTP/2 with prior knowledge, `load` e.g.
+/// `-D6 -c4 -m100`. h2load reports no percentiles: `p50` holds its mean time per request
+/// and `p99` is NaN.
+pub fn h2load(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
+    let mut argv = vec!["h2load"];
+    argv.extend_from_slice(load);
+    argv.push(url);
+    let out = match cg {
+        Some(cg) => cg.run(&argv),
+        None => Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("run h2load"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed: {text}");
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {prefix:?} in h2load's output:\n{text}"))
+    };
+    // `finished in 6.00s, 50012.33 req/s, 9.34MB/s`
+    let finished = line("finished in");
+    let mut parts = finished.split(',').map(str::trim);
+    let secs = parts
+        .next()
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .unwrap_or(0.0);
+    let rps = parts
+        .next()
+        .and_then(|s| s.trim_end_matches(" req/s").parse().ok())
+        .unwrap_or(0.0);
+    // `requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout`
+    let requests = line("requests:");
+    let count = |what: &str| {
+        requests
+            .split(',')
+            .find_map(|p| p.trim().strip_suffix(what)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `time for request:   123us   4.5ms   456us   78us   90.1%`: min, max, mean, sd
+    let mean = line("time for request:")
+        .split_whitespace()
+        .nth(2)
+        .map_or(f64::NAN, wrk_micros);
+    let status = line("status codes:");
+    let non_2xx = status
+        .split(',')
+        .filter(|p| !p.trim().ends_with("2xx"))
+        .filter_map(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Wrk {
+        rps,
+        p50: mean,
+        p99: f64::NAN,
+        secs,
+        requests: count("done"),
+        non_2xx,
+        errors: count("failed") + count("errored") + count("timeout"),
+    }
+}
+
 /// An nginx of its own (foreground, files under `dir`), stopped on drop.
-pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> Party {
+pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> Nginx {
     let root = dir.join(name);
     fs::create_dir_all(&root).expect("nginx dir");
     let conf = root.join("nginx.conf");
@@ -140,15 +202,36 @@ pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> P
         ),
     )
     .expect("nginx.conf");
-    Party::start(
-        &[
-            "nginx",
-            "-c",
-            &conf.display().to_string(),
-            "-p",
-            &root.display().to_string(),
-        ],
+    let argv = [
+        "nginx".to_string(),
+        "-c".into(),
+        conf.display().to_string(),
+        "-p".into(),
+        root.display().to_string(),
+    ];
+    let party = Party::start(
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         port,
         root.join("nginx.log"),
-    )
+    );
+    Nginx {
+        _party: party,
+        argv,
+    }
+}
+
+/// A running nginx. Dropping it stops the workers too: killing only the master (what a
+/// plain child kill does) would leave them serving, and loading the next benchmark.
+pub struct Nginx {
+    _party: Party,
+    argv: [String; 5],
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .args(["-s", "stop"])
+            .output();
+    }
 }

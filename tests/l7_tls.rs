@@ -7,30 +7,6 @@ use callgate_e2e::*;
 
 const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
 
-/// A test CA and a leaf for `api.test` and 127.0.0.1, made with the openssl CLI.
-fn test_pki(dir: &Path) {
-    let sh = format!(
-        "set -e; cd '{}'
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-           -keyout ca.key -out ca.crt -days 2 -subj /CN=callgate-test-ca 2>/dev/null
-         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-           -keyout leaf.key -out leaf.csr -subj /CN=api.test 2>/dev/null
-         printf 'subjectAltName=DNS:api.test,IP:127.0.0.1\\n' > ext.cnf
-         openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-           -out leaf.crt -days 2 -extfile ext.cnf 2>/dev/null",
-        dir.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &sh])
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn tls_is_intercepted_or_passed_through_by_policy() {
     let test = "tls_is_intercepted_or_passed_through_by_policy";

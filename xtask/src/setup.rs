@@ -35,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     // Benchmark baselines and load generators.
     "nginx",
     "wrk",
+    // h2load, for the HTTP/2 bench case.
+    "nghttp2-client",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[
