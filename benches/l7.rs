@@ -166,78 +166,51 @@ response:
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
     let mut rows: Vec<Row> = Vec::new();
     for case in CASES {
-        let direct = wrk(None, case.load, &url(up_port, case.path));
-        let proxy = wrk(None, case.load, &url(proxy_port, case.path));
-        let cpu0 = cpu_seconds(&gw);
-        let gate = wrk(Some(&cg), case.load, &url(up_port, case.path));
-        let cpu = cpu_seconds(&gw) - cpu0;
-        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
-        rows.push(Row::new(
-            case.name, "direct", &direct, &direct, &proxy, None,
-        ));
-        rows.push(Row::new(case.name, "nginx", &proxy, &direct, &proxy, None));
-        rows.push(Row::new(
+        three_ways(
+            &mut rows,
             case.name,
-            "callgate",
-            &gate,
-            &direct,
-            &proxy,
-            Some(cpu_us),
-        ));
+            &gw,
+            || wrk(None, case.load, &url(up_port, case.path)),
+            || wrk(None, case.load, &url(proxy_port, case.path)),
+            || wrk(Some(&cg), case.load, &url(up_port, case.path)),
+        );
     }
     // HTTP/2 with prior knowledge, 4 connections × 100 concurrent streams. Direct is nginx's
     // h2c listener; the nginx proxy and callgate both take h2 from the client and go to the
     // upstream's HTTP/1.1 listener over keep-alive (a plain-text upstream cannot say whether it
     // speaks h2c, so callgate sends only gRPC up as h2c).
-    {
-        let name = "h2, 4 conns × 100 streams";
-        let load = ["-D6", "-c4", "-m100", "-t2"];
-        let direct = h2load(None, &load, &url(h2_port, "/v1/items/42"));
-        let proxy = h2load(None, &load, &url(proxy_h2_port, "/v1/items/42"));
-        let cpu0 = cpu_seconds(&gw);
-        let gate = h2load(Some(&cg), &load, &url(up_port, "/v1/items/42"));
-        let cpu = cpu_seconds(&gw) - cpu0;
-        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
-        for (w, who) in [(&direct, "direct"), (&proxy, "nginx"), (&gate, "callgate")] {
-            assert!(
-                w.errors == 0 && w.non_2xx == 0,
-                "h2load via {who}: {} errors, {} non-2xx",
-                w.errors,
-                w.non_2xx
-            );
-        }
-        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
-        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
-        rows.push(Row::new(
-            name,
-            "callgate",
-            &gate,
-            &direct,
-            &proxy,
-            Some(cpu_us),
-        ));
-    }
+    let h2 = |cg: Option<&TestCgroup>, port: u16| {
+        let w = h2load(
+            cg,
+            &["-D6", "-c4", "-m100", "-t2"],
+            &url(port, "/v1/items/42"),
+        );
+        assert!(
+            w.errors == 0 && w.non_2xx == 0,
+            "h2load to port {port}: {} errors, {} non-2xx",
+            w.errors,
+            w.non_2xx
+        );
+        w
+    };
+    three_ways(
+        &mut rows,
+        "h2, 4 conns × 100 streams",
+        &gw,
+        || h2(None, h2_port),
+        || h2(None, proxy_h2_port),
+        || h2(Some(&cg), up_port),
+    );
     // TLS, keep-alive: handshakes once per connection, then record encryption both ways.
-    {
-        let name = "TLS intercept, keep-alive 160 B";
-        let tls_url = |port: u16| format!("https://127.0.0.1:{port}/v1/items/42");
-        let direct = wrk(None, FULL, &tls_url(tls_port));
-        let proxy = wrk(None, FULL, &tls_url(proxy_tls_port));
-        let cpu0 = cpu_seconds(&gw);
-        let gate = wrk(Some(&cg), FULL, &tls_url(tls_port));
-        let cpu = cpu_seconds(&gw) - cpu0;
-        let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
-        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
-        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
-        rows.push(Row::new(
-            name,
-            "callgate",
-            &gate,
-            &direct,
-            &proxy,
-            Some(cpu_us),
-        ));
-    }
+    let tls_url = |port: u16| format!("https://127.0.0.1:{port}/v1/items/42");
+    three_ways(
+        &mut rows,
+        "TLS intercept, keep-alive 160 B",
+        &gw,
+        || wrk(None, FULL, &tls_url(tls_port)),
+        || wrk(None, FULL, &tls_url(proxy_tls_port)),
+        || wrk(Some(&cg), FULL, &tls_url(tls_port)),
+    );
     let calls = gw.counter("calls");
     assert!(
         calls > 1000,
@@ -307,6 +280,34 @@ response:
     println!("\n{md}");
     save(&rows, rss_idle, &md);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Measures one case three ways in the same minute — direct, through the nginx proxy, through
+/// callgate — and adds their rows, callgate's with the gateway's CPU time per request.
+fn three_ways(
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    gw: &Gateway,
+    direct: impl FnOnce() -> Wrk,
+    proxy: impl FnOnce() -> Wrk,
+    gate: impl FnOnce() -> Wrk,
+) {
+    let direct = direct();
+    let proxy = proxy();
+    let cpu0 = cpu_seconds(gw);
+    let gate = gate();
+    let cpu = cpu_seconds(gw) - cpu0;
+    let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
+    rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
+    rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
+    rows.push(Row::new(
+        name,
+        "callgate",
+        &gate,
+        &direct,
+        &proxy,
+        Some(cpu_us),
+    ));
 }
 
 /// One line of the results table.

@@ -51,20 +51,25 @@ pub fn wrk(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
     w
 }
 
-/// Like [`wrk`], error answers allowed (counted in `non_2xx`).
-pub fn wrk_any(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
-    let mut argv = vec!["wrk", "--latency"];
-    argv.extend_from_slice(load);
-    argv.push(url);
+/// Runs a load generator (`tool` with its fixed flags, then `load`, then `url`), inside `cg`
+/// when given so that its connections are intercepted; its standard output.
+fn load_tool(cg: Option<&TestCgroup>, tool: &[&str], load: &[&str], url: &str) -> String {
+    let argv: Vec<&str> = tool.iter().chain(load).copied().chain([url]).collect();
     let out = match cg {
         Some(cg) => cg.run(&argv),
         None => Command::new(argv[0])
             .args(&argv[1..])
             .output()
-            .expect("run wrk"),
+            .unwrap_or_else(|e| panic!("run {}: {e}", argv[0])),
     };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk failed: {text}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{} failed: {text}", argv[0]);
+    text
+}
+
+/// Like [`wrk`], error answers allowed (counted in `non_2xx`).
+pub fn wrk_any(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
+    let text = load_tool(cg, &["wrk", "--latency"], load, url);
     let field = |prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
@@ -128,18 +133,7 @@ fn wrk_micros(s: &str) -> f64 {
 /// `-D6 -c4 -m100`. h2load reports no percentiles: `p50` holds its mean time per request
 /// and `p99` is NaN.
 pub fn h2load(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
-    let mut argv = vec!["h2load"];
-    argv.extend_from_slice(load);
-    argv.push(url);
-    let out = match cg {
-        Some(cg) => cg.run(&argv),
-        None => Command::new(argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("run h2load"),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "h2load failed: {text}");
+    let text = load_tool(cg, &["h2load"], load, url);
     let line = |prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
@@ -217,6 +211,7 @@ pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> N
     Nginx {
         _party: party,
         argv,
+        pid_file: root.join("nginx.pid"),
     }
 }
 
@@ -225,6 +220,8 @@ pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> N
 pub struct Nginx {
     _party: Party,
     argv: [String; 5],
+    /// Removed by nginx when its master has stopped, after its workers.
+    pid_file: std::path::PathBuf,
 }
 
 impl Drop for Nginx {
@@ -233,5 +230,11 @@ impl Drop for Nginx {
             .args(&self.argv[1..])
             .args(["-s", "stop"])
             .output();
+        for _ in 0..50 {
+            if !self.pid_file.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -23,6 +23,31 @@ fn status(cg: &TestCgroup, method: &str, url: &str) -> String {
     curl_in(cg, &args).1
 }
 
+/// Starts an empty JSON POST from `cg`, its HTTP status written to `out`.
+fn post_in(cg: &TestCgroup, url: &str, max_time: u32, out: &Path) -> std::process::Child {
+    let max_time = max_time.to_string();
+    cg.spawn(
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            &max_time,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+            url,
+        ],
+        out,
+    )
+}
+
 #[test]
 fn wall_clock_jumps_open_nothing() {
     let test = "wall_clock_jumps_open_nothing";
@@ -97,26 +122,7 @@ rules:
     assert_eq!(status(&cg, "POST", &refund), "429");
     // A capture approved with a 3-second grant; a second one passes on the grant.
     let out = dir.join("capture.out");
-    let mut held = cg.spawn(
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "30",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            "{}",
-            &capture,
-        ],
-        &out,
-    );
+    let mut held = post_in(&cg, &capture, 30, &out);
     let id = wait_for(Duration::from_secs(20), || {
         let o = gw.cli(&["approvals", "list", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
@@ -144,26 +150,7 @@ rules:
         "a clock set back reopened the quota"
     );
     std::thread::sleep(Duration::from_secs(4));
-    let mut late = cg.spawn(
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            "{}",
-            &capture,
-        ],
-        &dir.join("late.out"),
-    );
+    let mut late = post_in(&cg, &capture, 3, &dir.join("late.out"));
     let _ = wait_for(Duration::from_secs(10), || late.try_wait().ok()?);
     let _ = late.kill();
     let late_code = fs::read_to_string(dir.join("late.out")).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! TLS end to end: interception (the client trusts the gateway's CA through the system trust
 //! store, set up in a mount namespace of the test's own), passthrough decided on SNI, and a
 //! broken handshake.
-use std::{fs, path::Path, process::Command};
+use std::fs;
 
 use callgate_e2e::*;
 
