@@ -690,17 +690,23 @@ impl Behind {
             self.bytes.clear();
             return;
         }
-        if end >= BEHIND {
-            self.bytes.clear();
-        }
-        self.bytes
-            .extend_from_slice(&t[end.saturating_sub(BEHIND)..end]);
-        let extra = self.bytes.len().saturating_sub(BEHIND);
-        self.bytes.drain(..extra);
+        keep_last(&mut self.bytes, &t[..end], BEHIND);
     }
 
     pub fn clear(&mut self) {
         self.bytes.clear();
+    }
+}
+
+/// Makes `kept` the last `n` bytes of what it held followed by `consumed`.
+pub(super) fn keep_last(kept: &mut Vec<u8>, consumed: &[u8], n: usize) {
+    if consumed.len() >= n {
+        kept.clear();
+        kept.extend_from_slice(&consumed[consumed.len() - n..]);
+    } else {
+        kept.extend_from_slice(consumed);
+        let extra = kept.len().saturating_sub(n);
+        kept.drain(..extra);
     }
 }
 

@@ -160,6 +160,8 @@ struct Lexer {
     skip: Option<Skip>,
     /// The last bytes consumed, for reading back a key that started in an earlier chunk.
     tail: Vec<u8>,
+    /// `tail` joined to a chunk's first bytes, reused for each colon near a chunk's start.
+    scratch: Vec<u8>,
 }
 
 /// Streams a JSON body through field paths and detectors.
@@ -460,9 +462,11 @@ impl JsonMasker {
                 } else if at >= keys.lookback {
                     keys.key_before(&buf[at - keys.lookback..at])
                 } else {
-                    let mut before = self.lex.tail.clone();
+                    let before = &mut self.lex.scratch;
+                    before.clear();
+                    before.extend_from_slice(&self.lex.tail);
                     before.extend_from_slice(&buf[..at]);
-                    keys.key_before(&before)
+                    keys.key_before(before)
                 };
                 match self.lex.stack.last_mut() {
                     Some(f) if !f.array => f.at = u32::from(key),
@@ -490,16 +494,7 @@ impl JsonMasker {
 
     /// Keeps the last bytes consumed so a key split across chunks can still be read back.
     fn keep_tail(&mut self, consumed: &[u8]) {
-        let want = self.rules.field_keys.lookback;
-        let tail = &mut self.lex.tail;
-        if consumed.len() >= want {
-            tail.clear();
-            tail.extend_from_slice(&consumed[consumed.len() - want..]);
-        } else {
-            tail.extend_from_slice(consumed);
-            let extra = tail.len().saturating_sub(want);
-            tail.drain(..extra);
-        }
+        detect::keep_last(&mut self.lex.tail, consumed, self.rules.field_keys.lookback);
     }
 
     /// Writes `buf[emit..to]`, or keeps it for a masked field's replacement.
