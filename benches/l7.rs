@@ -15,9 +15,9 @@
 //! p99 over direct ≤ 150 µs at light load; pass-through ≥ 0.9× direct; RSS ≤ 50 MiB at 1,000
 //! idle connections. wrk has no fixed-rate mode (that is wrk2, not in Debian), so "light load"
 //! is one connection, one request at a time.
-use std::{fs, path::Path, process::Command};
+use std::fs;
 
-use callgate_benches::{Wrk, h2load, nginx, wrk};
+use callgate_benches::{RunId, Wrk, h2load, nginx, with_cpu, wrk};
 use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, policy_repo, test_pki, unique};
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -219,10 +219,9 @@ response:
     // Pass-through, against direct in the same minute.
     for case in &CASES[..2] {
         let direct = wrk(None, case.load, &url(up_port, case.path));
-        let cpu0 = cpu_seconds(&plain);
-        let pass = wrk(Some(&cg_plain), case.load, &url(up_port, case.path));
-        let cpu = cpu_seconds(&plain) - cpu0;
-        let cpu_us = cpu * 1e6 / (pass.rps * pass.secs).max(1.0);
+        let (pass, cpu_us) = with_cpu(&plain, || {
+            wrk(Some(&cg_plain), case.load, &url(up_port, case.path))
+        });
         let name = if case.load == FULL {
             "TCP pass-through, full load"
         } else {
@@ -294,10 +293,7 @@ fn three_ways(
 ) {
     let direct = direct();
     let proxy = proxy();
-    let cpu0 = cpu_seconds(gw);
-    let gate = gate();
-    let cpu = cpu_seconds(gw) - cpu0;
-    let cpu_us = cpu * 1e6 / (gate.rps * gate.secs).max(1.0);
+    let (gate, cpu_us) = with_cpu(gw, gate);
     rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
     rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
     rows.push(Row::new(
@@ -346,26 +342,16 @@ impl Row {
     }
 }
 
-/// `benches/results/<date>-<commit>.json` and `.md`.
+/// `benches/results/<date>-<commit>-l7.json` and `.md`.
 fn save(rows: &[Row], rss_kib: f64, md: &str) {
-    let run = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let date = run("date", &["-u", "+%Y-%m-%d"]);
-    let commit = run("git", &["rev-parse", "--short", "HEAD"]);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    if fs::create_dir_all(&dir).is_err() {
+    let id = RunId::now();
+    let Some(base) = id.results("l7") else {
         return;
-    }
+    };
     let json = serde_json::json!({
         "suite": "l7",
-        "date": date,
-        "commit": commit,
+        "date": id.date,
+        "commit": id.commit,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "rss_kib_1000_idle_connections": rss_kib,
         "rows": rows.iter().map(|r| serde_json::json!({
@@ -374,7 +360,6 @@ fn save(rows: &[Row], rss_kib: f64, md: &str) {
             "gateway_cpu_us_per_request": r.cpu_us,
         })).collect::<Vec<_>>(),
     });
-    let base = dir.join(format!("{date}-{commit}-l7"));
     let _ = fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(&json).unwrap_or_default(),
@@ -398,22 +383,9 @@ fn json_of_size(size: usize) -> String {
     s
 }
 
-/// User + system CPU seconds the gateway process has used so far.
-fn cpu_seconds(gw: &Gateway) -> f64 {
-    let Some(pid) = gw.pid() else { return 0.0 };
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the
 /// gateway's resident memory meanwhile (KiB).
 fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize) -> f64 {
-    let Some(pid) = gw.pid() else { return 0.0 };
     let flag = std::env::temp_dir().join(unique("idle-ready"));
     let script = format!(
         "import socket, time, resource\n\
@@ -428,13 +400,7 @@ fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize)
     for _ in 0..300 {
         if flag.exists() {
             std::thread::sleep(std::time::Duration::from_millis(500));
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
+            rss = gw.rss_kib().unwrap_or(0) as f64;
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -2,7 +2,7 @@
 //! measures its baseline in the same run, because these machines are noisy.
 use std::{fs, path::Path, process::Command, time::Duration};
 
-use callgate_e2e::{Party, TestCgroup};
+use callgate_e2e::{Gateway, Party, TestCgroup};
 
 /// Sorted samples and their percentiles.
 pub struct Samples(Vec<Duration>);
@@ -49,6 +49,59 @@ pub fn wrk(cg: Option<&TestCgroup>, load: &[&str], url: &str) -> Wrk {
         w.non_2xx
     );
     w
+}
+
+/// When and at which commit a benchmark ran: its results are named by these.
+pub struct RunId {
+    pub date: String,
+    pub commit: String,
+}
+
+impl RunId {
+    pub fn now() -> Self {
+        let run = |cmd: &str, args: &[&str]| {
+            Command::new(cmd)
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        Self {
+            date: run("date", &["-u", "+%Y-%m-%d"]),
+            commit: run("git", &["rev-parse", "--short", "HEAD"]),
+        }
+    }
+
+    /// `benches/results/<date>-<commit>-<suite>` (add the extension), the directory created.
+    pub fn results(&self, suite: &str) -> Option<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        fs::create_dir_all(&dir).ok()?;
+        Some(dir.join(format!("{}-{}-{suite}", self.date, self.commit)))
+    }
+}
+
+/// User + system CPU seconds the gateway process has used so far.
+pub fn cpu_seconds(gw: &Gateway) -> f64 {
+    let Some(pid) = gw.pid() else { return 0.0 };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `load` and returns what it measured with the gateway's CPU microseconds per request
+/// meanwhile.
+pub fn with_cpu(gw: &Gateway, load: impl FnOnce() -> Wrk) -> (Wrk, f64) {
+    let cpu0 = cpu_seconds(gw);
+    let w = load();
+    let cpu = cpu_seconds(gw) - cpu0;
+    let per_request = cpu * 1e6 / (w.rps * w.secs).max(1.0);
+    (w, per_request)
 }
 
 /// Runs a load generator (`tool` with its fixed flags, then `load`, then `url`), inside `cg`

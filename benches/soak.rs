@@ -9,7 +9,7 @@
 //! `benches/results/<date>-<commit>-soak.md`.
 use std::{fs, process::Command};
 
-use callgate_benches::{nginx, wrk, wrk_any};
+use callgate_benches::{RunId, nginx, wrk, wrk_any};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
 };
@@ -103,7 +103,7 @@ response:
             &["-t2", &conns_arg, "-d20s", "-s", &script_arg],
             &base,
         );
-        let rss_kib = proc_value(pid, "VmRSS:");
+        let rss_kib = gw.rss_kib().unwrap_or(0) as f64;
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         println!(
             "round {round:>2}: {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  denied {:>5.1}%  \
@@ -184,31 +184,10 @@ response:
     assert!((0.2..0.3).contains(&quarter), "denied share {quarter}");
 }
 
-/// A `Key:  N kB` line of /proc/PID/status, in kB.
-fn proc_value(pid: u32, key: &str) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn save(md: &str) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(root)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let date = Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let path = root.join(format!("results/{date}-{commit}-soak.md"));
+    let Some(path) = RunId::now().results("soak").map(|b| b.with_extension("md")) else {
+        return;
+    };
     if let Err(e) = fs::write(&path, md) {
         eprintln!("could not write {}: {e}", path.display());
     }

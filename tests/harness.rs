@@ -460,6 +460,13 @@ pub fn curl_in(cg: &TestCgroup, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// curl with `args` inside `cg`, the body discarded: the HTTP status it got (`000` for none).
+pub fn status_in(cg: &TestCgroup, args: &[&str]) -> String {
+    let mut argv = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    argv.extend_from_slice(args);
+    curl_in(cg, &argv).1
+}
+
 // === test parties (installed by `cargo xtask test` under target/) ===
 
 /// The venv `cargo xtask test` builds: Python with httpx, the MCP SDK and grpcio, pinned.

@@ -377,31 +377,16 @@ fn hostile_input_is_bounded_and_the_gateway_keeps_serving() {
     });
     // Oversized headers: 431; an oversized inspected body: 413 before the upstream sees it.
     let big = format!("X-Big: {}", "a".repeat(32 * 1024));
-    let (_, status) = curl_in(
-        &s.cg,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &big,
-            &format!("{base}/text"),
-        ],
-    );
+    let status = status_in(&s.cg, &["-H", &big, &format!("{base}/text")]);
     assert_eq!(status, "431");
     let before = s.up.requests().len();
     let body = format!(
         r#"{{"amount": 1, "currency": "EUR", "pad": "{}"}}"#,
         "x".repeat(100_000)
     );
-    let (_, status) = curl_in(
+    let status = status_in(
         &s.cg,
         &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
             "-H",
             "Content-Type: application/json",
             "-d",
@@ -523,18 +508,7 @@ fn ten_thousand_h2_streams_are_bounded() {
         &log,
     );
     // While the flood is in flight, another workload's call is answered.
-    let (_, status) = curl_in(
-        &s.cg,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-            &format!("http://127.0.0.1:{port}/text"),
-        ],
-    );
+    let status = status_in(&s.cg, &[&format!("http://127.0.0.1:{port}/text")]);
     assert_eq!(status, "200", "a second client during the flood");
     let status = child.wait().expect("flood client");
     let text = fs::read_to_string(&log).unwrap_or_default();
@@ -557,15 +531,6 @@ fn ten_thousand_h2_streams_are_bounded() {
     assert!(upstream <= 257, "{upstream} upstream requests: {v}");
     let rss = s.gw.rss_kib().unwrap_or(0);
     assert!(rss < 300 * 1024, "gateway RSS {rss} KiB after the flood");
-    let (_, status) = curl_in(
-        &s.cg,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:{port}/text"),
-        ],
-    );
+    let status = status_in(&s.cg, &[&format!("http://127.0.0.1:{port}/text")]);
     assert_eq!(status, "200", "served after the flood");
 }
