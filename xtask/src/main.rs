@@ -94,7 +94,7 @@ fn main() -> Result<()> {
             };
             let failed: Vec<String> = targets
                 .into_iter()
-                .filter(|t| fuzz(t, seconds).is_err())
+                .filter(|t| fuzz(t, seconds, Output::Shown).is_err())
                 .collect();
             if !failed.is_empty() {
                 bail!("fuzz targets found crashes: {}", failed.join(", "));
@@ -195,15 +195,24 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         "CALLGATE_BIN",
         workspace_root().join("target/debug/callgate"),
     );
+    // Every test binary runs even after one fails, so one red test does not hide the rest.
+    cmd.arg("--no-fail-fast");
     let mut counts = run_counting(&mut cmd)?;
     // A bounded fuzzing run per target, counted as one test each.
     for t in FUZZ_TARGETS {
-        match fuzz(t, FUZZ_TEST_SECONDS) {
+        match fuzz(t, FUZZ_TEST_SECONDS, Output::Summary) {
             Ok(()) => counts.passed += 1,
             Err(e) => {
-                println!("xtask: fuzz {t}: {e:#}");
+                counts.failures.push(format!("fuzz {t}: {e:#}"));
                 counts.failed += 1;
             }
+        }
+    }
+    // Repeated last, where a CI log's tail shows it: which tests failed and why.
+    if !counts.failures.is_empty() {
+        println!("\nxtask: failures");
+        for f in &counts.failures {
+            println!("{f}");
         }
     }
     println!(
@@ -228,9 +237,19 @@ const FUZZ_TARGETS: [&str; 6] = [
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_TEST_SECONDS: u64 = 20;
 
+/// Where a fuzzing run's output goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    /// Straight through, for `cargo xtask fuzz`.
+    Shown,
+    /// To `target/fuzz/logs/TARGET.log`, with one line of figures printed (and the log's tail
+    /// on failure), so that libFuzzer's pages of statistics do not bury the test results.
+    Summary,
+}
+
 /// Runs one fuzz target for `seconds` from its committed seeds plus the corpus grown so far
 /// (under `target/fuzz/corpus`); a crash leaves its input under `target/fuzz/artifacts`.
-fn fuzz(target: &str, seconds: u64) -> Result<()> {
+fn fuzz(target: &str, seconds: u64, output: Output) -> Result<()> {
     let root = workspace_root();
     let corpus = root.join("target/fuzz/corpus").join(target);
     let artifacts = root.join("target/fuzz/artifacts").join(target);
@@ -264,7 +283,39 @@ fn fuzz(target: &str, seconds: u64) -> Result<()> {
             cmd.env_remove(key.as_ref());
         }
     }
-    run_cmd(&mut cmd)
+    if output == Output::Shown {
+        return run_cmd(&mut cmd);
+    }
+    let logs = root.join("target/fuzz/logs");
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join(format!("{target}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    cmd.stdout(log.try_clone()?).stderr(log);
+    let status = cmd.status().context("running cargo fuzz")?;
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if status.success() {
+        let stat = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map_or("?", str::trim)
+                .to_string()
+        };
+        println!(
+            "xtask: fuzz {target}: {} inputs, {} new, no crash (log {})",
+            stat("stat::number_of_executed_units:"),
+            stat("stat::new_units_added:"),
+            log_path.display()
+        );
+        return Ok(());
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    bail!(
+        "{status}; last lines of {}:\n{tail}\ncrash inputs, if any, are in {}",
+        log_path.display(),
+        artifacts.display()
+    )
 }
 
 /// Runs cargo test, passing its output through, and adds up its results, so that the caller's
@@ -277,10 +328,13 @@ fn run_counting(cmd: &mut Command) -> Result<Counts> {
         .spawn()
         .context("running cargo test")?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut failures = Vec::new();
+    let mut excerpt = FailureExcerpt::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
+            excerpt.take(&line, &mut failures);
             let Some(rest) = line.strip_prefix("test result: ") else {
                 continue;
             };
@@ -307,13 +361,97 @@ fn run_counting(cmd: &mut Command) -> Result<Counts> {
         failed,
         ignored,
         cargo_ok: status.success(),
+        failures,
     })
+}
+
+/// Picks out of libtest's report of a failed test the lines that say what failed: the test's
+/// name, its panic message and the lines just after it (the assertion's values), and the test's
+/// last lines (the harness prints the gateway's log tail there). Captured output can run to
+/// thousands of lines; these are what a reader of a CI log's tail needs.
+#[derive(Default)]
+struct FailureExcerpt {
+    /// The test being reported (`---- NAME stdout ----`), with the lines kept so far.
+    current: Option<(String, Vec<String>, std::collections::VecDeque<String>)>,
+    /// Lines still to keep after a panic message.
+    after_panic: usize,
+}
+
+impl FailureExcerpt {
+    const AFTER_PANIC: usize = 8;
+    const LAST: usize = 12;
+
+    fn take(&mut self, line: &str, out: &mut Vec<String>) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            self.finish(out);
+            self.current = Some((name.to_string(), Vec::new(), Default::default()));
+            return;
+        }
+        let Some((_, kept, last)) = &mut self.current else {
+            return;
+        };
+        // libtest's list of failed names, or the next binary's results, ends the report.
+        if line == "failures:" || line.starts_with("test result: ") {
+            self.finish(out);
+            return;
+        }
+        if is_backtrace(line) {
+            return;
+        }
+        if line.contains("panicked at") {
+            // What follows the panic (the gateway's log, printed as the test unwinds) matters
+            // more than what came before it.
+            last.clear();
+            self.after_panic = Self::AFTER_PANIC + 1;
+        }
+        if self.after_panic > 0 {
+            self.after_panic -= 1;
+            kept.push(line.to_string());
+        } else {
+            if last.len() == Self::LAST {
+                last.pop_front();
+            }
+            last.push_back(line.to_string());
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<String>) {
+        if let Some((name, kept, last)) = self.current.take() {
+            let mut text = format!("--- {name}");
+            for l in kept
+                .iter()
+                .chain(std::iter::once(&"  ...".to_string()))
+                .chain(&last)
+            {
+                text.push_str("\n  ");
+                text.push_str(l);
+            }
+            out.push(text);
+        }
+        self.after_panic = 0;
+    }
+}
+
+/// A line of a panic's backtrace (RUST_BACKTRACE is set in CI), which says less than the
+/// message above it and would crowd it out of a short excerpt.
+fn is_backtrace(line: &str) -> bool {
+    let t = line.trim_start();
+    t == "stack backtrace:"
+        || t.starts_with("at ")
+        || t.starts_with("note: Some details are omitted")
+        || t.split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 struct Counts {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// What failed, in brief, to repeat at the end.
+    failures: Vec<String>,
     /// cargo test itself succeeded (it can fail without a failing test: a build error).
     cargo_ok: bool,
 }
@@ -340,4 +478,49 @@ fn bench(root: &Path, suite: &str) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureExcerpt;
+
+    #[test]
+    fn failure_excerpt_keeps_name_panic_and_last_lines_without_backtrace() {
+        let report = "\
+failures:
+
+---- t::bad stdout ----
+before
+
+thread 't::bad' (32646) panicked at src/lib.rs:4:67:
+assertion `left == right` failed: numbers differ
+  left: 1
+ right: 2
+stack backtrace:
+   0: __rustc::rust_begin_unwind
+             at /rustc/library/std/src/panicking.rs:689:5
+note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.
+gateway log: denied
+---- t::worse stdout ----
+thread 't::worse' panicked at src/lib.rs:9:1:
+boom
+
+failures:
+    t::bad
+    t::worse
+
+test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        let mut excerpt = FailureExcerpt::default();
+        let mut out = Vec::new();
+        for line in report.lines() {
+            excerpt.take(line, &mut out);
+        }
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert!(out[0].starts_with("--- t::bad\n"), "{}", out[0]);
+        assert!(out[0].contains("numbers differ") && out[0].contains(" right: 2"));
+        assert!(out[0].contains("gateway log: denied"));
+        assert!(!out[0].contains("before") && !out[0].contains("rust_begin_unwind"));
+        assert!(!out[0].contains("RUST_BACKTRACE"));
+        assert!(out[1].starts_with("--- t::worse\n") && out[1].contains("boom"));
+    }
 }
