@@ -32,7 +32,7 @@ const browser = await chromium.launch({
   args: ['--no-sandbox'],
 });
 const page = await browser.newPage();
-page.setDefaultTimeout(15000);
+page.setDefaultTimeout(30000);
 const seen = { person: a.person };
 try {
   await page.goto(`${a.page}/approvals`);
