@@ -32,14 +32,15 @@ fn record(i: u64) -> Record {
     r.protocol = "rest".into();
     r.args = Some(json!({"payment_id": format!("pay_{i}"), "amount": 42, "currency": "EUR"}));
     r.caller = Some(json!({"subject": "svc-billing", "groups": ["support"]}));
-    r.workload =
-        Some(json!({"pid": 4242, "uid": 1000, "comm": "python3", "unit": "billing.service"}));
+    r.workload = Some(
+        json!({"pid": 4242, "uid": 1000, "comm": "python3", "unit": "billing.service"}).into(),
+    );
     r.decision.action = "allow".into();
     r.decision.enforced = true;
     r.decision.rule = Some("support-small-refunds".into());
     r.decision.policy_commit = Some("b57b6be".into());
     r.status = Some(200);
-    r.response = Some(json!({"id": format!("re_{i}"), "status": "succeeded"}));
+    r.response = Some(json!({"id": format!("re_{i}"), "status": "succeeded"}).into());
     r.latency_ms = 3.2;
     r.bytes_in = 180;
     r.bytes_out = 95;

@@ -319,7 +319,7 @@ async fn route(
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,
-            workload: serde_json::to_value(&conn.workload).unwrap_or_default(),
+            workload: Arc::new(serde_json::to_value(&conn.workload).unwrap_or_default()),
             caller: Arc::new(Caller {
                 workload: Some(policy_workload(
                     &conn.workload,
@@ -509,7 +509,7 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
         rec.protocol = ended.protocol.into();
         rec.service = ended.service;
         rec.function = ended.function;
-        rec.workload = serde_json::to_value(w).ok();
+        rec.workload = serde_json::to_value(w).ok().map(Arc::new);
         rec.decision = ended.decision;
         rec.latency_ms = duration_ms as f64;
         rec.bytes_in = t.up;

@@ -52,7 +52,7 @@ pub struct Conn {
     pub sni: Option<String>,
     /// The client's TLS was terminated here, so the upstream gets TLS too.
     pub tls: bool,
-    pub workload: Json,
+    pub workload: Arc<Json>,
     /// The caller without a token: the workload alone.
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,
@@ -915,12 +915,14 @@ fn is_encoded(headers: &HeaderMap) -> bool {
 }
 
 /// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[header::HeaderName] = &[
+const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
 ];
 
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
@@ -932,22 +934,26 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for n in named {
-        h.remove(n.as_str());
+    // Most messages carry none of these: one pass over the names saves a lookup per name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::TE) {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<String> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for n in named {
+            h.remove(n.as_str());
+        }
     }
     for n in HOP_BY_HOP {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
     if h.get(header::TE)
         .is_some_and(|v| v.as_bytes() != b"trailers")

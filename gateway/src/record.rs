@@ -33,8 +33,9 @@ pub struct Record {
     pub time_ms: u64,
     /// The connection (or workload session) the call came on; `replay` groups by it.
     pub session: String,
+    /// Shared with every other call of its connection: built once, never copied per call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<serde_json::Value>,
+    pub workload: Option<Arc<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<serde_json::Value>,
     /// Original destination `host:port`.
@@ -53,7 +54,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<serde_json::Value>,
+    pub response: Option<RawJson>,
     /// The response was longer than the record's cap and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_truncated: bool,
@@ -83,21 +84,61 @@ pub struct RecordedDecision {
     pub limit: Option<serde_json::Value>,
 }
 
-/// The length of `v` as JSON text, counted without building the text.
-fn json_len(v: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+/// A JSON value kept as its text. A response body goes into its record as the bytes the
+/// client got (masked again with every detector) rather than through a parsed tree and back:
+/// parsing, walking and re-serialising cost more than the rest of the record together.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `text` as a value: itself when it is JSON, else a JSON string of it (invalid UTF-8
+    /// replaced).
+    pub fn new(text: &[u8]) -> Self {
+        match std::str::from_utf8(text) {
+            Ok(s) => match serde_json::from_str::<Box<serde_json::value::RawValue>>(s) {
+                Ok(raw) => Self(raw),
+                Err(_) => Self::string(s),
+            },
+            Err(_) => Self::string(&String::from_utf8_lossy(text)),
         }
     }
-    let mut c = Count(0);
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
+
+    /// `s` as a JSON string.
+    pub fn string(s: &str) -> Self {
+        Self::of(&serde_json::Value::from(s))
+    }
+
+    pub fn of(v: &serde_json::Value) -> Self {
+        Self(serde_json::value::to_raw_value(v).expect("a Value always serialises"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl From<serde_json::Value> for RawJson {
+    fn from(v: serde_json::Value) -> Self {
+        Self::of(&v)
+    }
 }
 
 /// Wall-clock time in Unix milliseconds, as records and the log's files store it.
@@ -357,21 +398,17 @@ impl Recorder {
     /// Raw PII never reaches disk: whatever the policy masked already, every built-in detector
     /// runs again over every string in the record.
     fn mask(&self, rec: &mut Record) {
-        for v in [
-            &mut rec.args,
-            &mut rec.response,
-            &mut rec.caller,
-            &mut rec.approval,
-        ]
-        .into_iter()
-        .flatten()
+        for v in [&mut rec.args, &mut rec.caller, &mut rec.approval]
+            .into_iter()
+            .flatten()
         {
             self.masks.mask_value(&self.key, v);
         }
-        if let Some(r) = &rec.response {
-            let len = json_len(r);
+        if let Some(r) = &mut rec.response {
+            self.mask_raw(r);
+            let len = r.get().len();
             if len > self.cfg.response_cap {
-                rec.response = Some(serde_json::Value::String(format!(
+                rec.response = Some(RawJson::string(&format!(
                     "[{len} bytes, over the record cap of {}]",
                     self.cfg.response_cap
                 )));
@@ -382,6 +419,27 @@ impl Recorder {
             if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, reason) {
                 *reason = m;
             }
+        }
+    }
+
+    /// Masks a value kept as text. Detectors run over the text as it is; a JSON escape
+    /// (`\u0034` for `4`) could hide a match from them, so text with one is masked as a parsed
+    /// value instead, string by decoded string. A hit outside a string (a card number written
+    /// as a number) leaves text that is no longer JSON: it is kept as a string.
+    fn mask_raw(&self, r: &mut RawJson) {
+        let text = r.get();
+        if memchr::memmem::find(text.as_bytes(), b"\\u").is_some() {
+            let mut v = r.to_value();
+            if self.masks.mask_value(&self.key, &mut v) > 0 {
+                *r = RawJson::of(&v);
+            }
+            return;
+        }
+        if let std::borrow::Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
+            *r = match serde_json::from_str::<Box<serde_json::value::RawValue>>(&masked) {
+                Ok(raw) => RawJson(raw),
+                Err(_) => RawJson::string(&masked),
+            };
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
 use callgate::{
     mask::MaskKey,
     record::{
-        Durability, Record, RecordError, Recorder, RecorderConfig,
+        Durability, RawJson, Record, RecordError, Recorder, RecorderConfig,
         query::{self, Filter},
         segment,
     },
@@ -391,11 +391,19 @@ fn planted_pii_never_reaches_disk() {
     r.args = Some(
         json!({"card": "4111 1111 1111 1111", "email": "victim@example.com", "n": 4012888888881881u64}),
     );
-    r.response =
-        Some(json!({"ssn": "123-45-6789", "token": "ghp_abcdefghijklmnopqrstuvwxyz0123456789"}));
+    // Responses are kept as their text: detectors run over it as written, a card written as a
+    // number included, and over decoded strings when an escape could hide one.
+    r.response = Some(RawJson::new(
+        br#"{"ssn": "123-45-6789", "token": "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "n": 5555555555554444}"#,
+    ));
     r.caller = Some(json!({"subject": "alice@example.com"}));
     r.decision.reason = Some("refund to victim@example.com refused".into());
     rec.submit(r).expect("submit");
+    let mut escaped = record(2, "pii");
+    escaped.response = Some(RawJson::new(
+        br#"{"card": "\u0034111 1111 1111 1111", "note": "caf\u00e9"}"#,
+    ));
+    rec.submit(escaped).expect("submit");
     rec.close();
     let mut text = Vec::new();
     for e in fs::read_dir(&dir).expect("dir").flatten() {
@@ -421,6 +429,8 @@ fn planted_pii_never_reaches_disk() {
         "123-45-6789",
         "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
         "alice@example.com",
+        "5555555555554444",
+        "111 1111 1111 1111",
     ] {
         assert!(!text.contains(pii), "{pii} reached disk");
     }
@@ -483,7 +493,7 @@ fn full_disk_refuses_calls_then_recovers() {
     let mut i = 0;
     while refused.is_none() && Instant::now() < deadline && i < 1_000_000 {
         let mut r = record(i, "full");
-        r.response = Some(json!({"filler": "x".repeat(1000)}));
+        r.response = Some(json!({"filler": "x".repeat(1000)}).into());
         let id = r.id.clone();
         match rec.submit(r) {
             Ok(_) => accepted.push(id),

@@ -20,7 +20,7 @@ use crate::{
     forward::pool::BodyError,
     mask::{BodyMasker, MaskKey, scrub::ScrubStream},
     policy::{Obligations, schema::RecordLevel},
-    record::{Durable, Record, RecordError, RecordedDecision, Recorder},
+    record::{Durable, RawJson, Record, RecordError, RecordedDecision, Recorder},
     stats::Stats,
 };
 
@@ -66,7 +66,7 @@ impl Recording {
     pub(super) fn submit(
         mut self,
         status: Option<u16>,
-        response: Option<Json>,
+        response: Option<RawJson>,
         truncated: bool,
         bytes_out: u64,
     ) -> Option<Durable> {
@@ -91,12 +91,11 @@ impl Recording {
 }
 
 /// A captured response body as the record stores it: JSON when it parses, text otherwise.
-pub(super) fn response_value(body: &[u8]) -> Json {
+pub(super) fn response_value(body: &[u8]) -> RawJson {
     if body.is_empty() {
-        return Json::Null;
+        return RawJson::of(&Json::Null);
     }
-    serde_json::from_slice(body)
-        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(body).into_owned()))
+    RawJson::new(body)
 }
 
 /// The record of a streaming response, completed as the body goes by.
@@ -143,7 +142,7 @@ impl Pending {
         }
         let response = (!self.capture.is_empty()).then(|| {
             if self.truncated {
-                Json::String(String::from_utf8_lossy(&self.capture).into_owned())
+                RawJson::string(&String::from_utf8_lossy(&self.capture))
             } else {
                 response_value(&self.capture)
             }

@@ -109,7 +109,12 @@ pub(super) async fn batch(
             })
         };
         if let Some(rec) = d.recording(recording.clone(), None) {
-            let _ = rec.submit(Some(status.as_u16()), answer.clone(), false, 0);
+            let _ = rec.submit(
+                Some(status.as_u16()),
+                answer.as_ref().map(crate::record::RawJson::of),
+                false,
+                0,
+            );
         }
         if let Some(a) = answer {
             out.push(a);
@@ -141,7 +146,7 @@ pub(super) async fn list_tools(
     head.version = parts.version;
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
-    let record = |status: u16, response: Option<Json>| {
+    let record = |status: u16, response: Option<crate::record::RawJson>| {
         if let Some(rec) = one.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status), response, false, 0);
         }

@@ -49,12 +49,12 @@ pub struct Filter {
 /// The names a caller goes by, most specific first: OIDC subject, systemd unit, command.
 pub fn caller_names(r: &Record) -> impl Iterator<Item = &str> {
     [
-        (&r.caller, "subject"),
-        (&r.workload, "unit"),
-        (&r.workload, "comm"),
+        (r.caller.as_ref(), "subject"),
+        (r.workload.as_deref(), "unit"),
+        (r.workload.as_deref(), "comm"),
     ]
     .into_iter()
-    .filter_map(|(v, key)| v.as_ref()?.get(key)?.as_str())
+    .filter_map(|(v, key)| v?.get(key)?.as_str())
 }
 
 impl Filter {
