@@ -8,7 +8,8 @@
 //! connection per request, HTTP/2 with 4 connections × 100 streams (h2load), and TLS
 //! (callgate intercepting: its own leaf to the client, verified TLS to the upstream; nginx
 //! terminating and re-encrypting to the same upstream). For callgate it also reads the gateway's CPU time per request
-//! (from /proc) and its resident memory holding 1,000 idle intercepted connections. Results go
+//! (from /proc) and its resident memory holding 1,000 idle intercepted connections; and what
+//! each stage costs, with small calls through gateways that mask or record or neither. Results go
 //! to `benches/results/<date>-<commit>.json` and `.md` as well as the terminal.
 //!
 //! Goals (issues 6 and 9): callgate ≥ 1.0× nginx's requests per second at full load; added
@@ -18,7 +19,10 @@
 use std::fs;
 
 use callgate_benches::{RunId, Wrk, h2load, nginx, with_cpu, wrk};
-use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, policy_repo, test_pki, unique};
+use callgate_e2e::{
+    Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, policy_repo, test_pki,
+    unique,
+};
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
@@ -211,6 +215,7 @@ response:
         || wrk(None, FULL, &tls_url(proxy_tls_port)),
         || wrk(Some(&cg), FULL, &tls_url(tls_port)),
     );
+    stage_costs(&mut rows, &dir, &gw, &cg, &service, up_port, proxy_port);
     let calls = gw.counter("calls");
     assert!(
         calls > 1000,
@@ -279,6 +284,67 @@ response:
     println!("\n{md}");
     save(&rows, rss_idle, &md);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// What each stage costs: small keep-alive calls at full load through gateways with masking
+/// and recording each on or off (same policy decision), next to direct, nginx and the full
+/// pipeline, all in the same minute.
+fn stage_costs(
+    rows: &mut Vec<Row>,
+    dir: &std::path::Path,
+    full: &Gateway,
+    full_cg: &TestCgroup,
+    service: &str,
+    up_port: u16,
+    proxy_port: u16,
+) {
+    const CASE: &str = "stages, keep-alive 160 B";
+    let unmasked: String = service
+        .lines()
+        .filter(|l| !l.starts_with("response:") && !l.trim_start().starts_with("mask:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let variants: [(&'static str, &str, bool); 3] = [
+        ("callgate, policy only", &unmasked, false),
+        ("callgate, policy + mask", service, false),
+        ("callgate, policy + record", &unmasked, true),
+    ];
+    let gateways: Vec<(&'static str, Gateway, TestCgroup)> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, (name, svc, record))| {
+            let sub = dir.join(format!("stage-{i}"));
+            fs::create_dir_all(&sub).expect("stage dir");
+            let policies = policy_repo(&sub, "default_action: deny\n", &[("items", svc)]);
+            let config = format!("records:\n  enabled: {record}\n");
+            let g = gateway_with_config(&policies, &config, &sub);
+            let cg = TestCgroup::new(&format!("bench-l7-stage-{i}"));
+            g.enable(&cg);
+            (*name, g, cg)
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
+    let direct = wrk(None, FULL, &url);
+    let proxy = wrk(
+        None,
+        FULL,
+        &url.replace(&up_port.to_string(), &proxy_port.to_string()),
+    );
+    rows.push(Row::new(CASE, "direct", &direct, &direct, &proxy, None));
+    rows.push(Row::new(CASE, "nginx", &proxy, &direct, &proxy, None));
+    for (name, g, cg) in &gateways {
+        let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url));
+        rows.push(Row::new(CASE, name, &w, &direct, &proxy, Some(cpu)));
+    }
+    let (w, cpu) = with_cpu(full, || wrk(Some(full_cg), FULL, &url));
+    rows.push(Row::new(
+        CASE,
+        "callgate, policy + mask + record",
+        &w,
+        &direct,
+        &proxy,
+        Some(cpu),
+    ));
 }
 
 /// Measures one case three ways in the same minute — direct, through the nginx proxy, through
