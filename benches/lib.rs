@@ -249,45 +249,25 @@ pub fn nginx(dir: &Path, name: &str, workers: u32, server: &str, port: u16) -> N
         ),
     )
     .expect("nginx.conf");
-    let argv = [
-        "nginx".to_string(),
-        "-c".into(),
-        conf.display().to_string(),
-        "-p".into(),
-        root.display().to_string(),
-    ];
+    let (conf, root_dir) = (conf.display().to_string(), root.display().to_string());
     let party = Party::start(
-        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["nginx", "-c", &conf, "-p", &root_dir],
         port,
         root.join("nginx.log"),
     );
-    Nginx {
-        _party: party,
-        argv,
-        pid_file: root.join("nginx.pid"),
-    }
+    Nginx { party }
 }
 
 /// A running nginx. Dropping it stops the workers too: killing only the master (what a
-/// plain child kill does) would leave them serving, and loading the next benchmark.
+/// plain child kill does) would leave them serving, and loading the next benchmark. SIGTERM
+/// lets the master stop them; it needs neither the config nor the pid file, which a
+/// benchmark may have removed with its directory by then.
 pub struct Nginx {
-    _party: Party,
-    argv: [String; 5],
-    /// Removed by nginx when its master has stopped, after its workers.
-    pid_file: std::path::PathBuf,
+    party: Party,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .args(["-s", "stop"])
-            .output();
-        for _ in 0..50 {
-            if !self.pid_file.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.party.terminate(Duration::from_secs(5));
     }
 }

@@ -531,6 +531,16 @@ impl Party {
     }
 }
 
+impl Party {
+    /// Asks the party to stop (SIGTERM) and waits up to `within` for it to exit; a server that
+    /// manages worker processes (nginx) stops them itself, which a kill would not let it do.
+    pub fn terminate(&mut self, within: Duration) {
+        // SAFETY: kill(2) on our own child's pid, which stays reserved until we wait for it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = wait_for(within, || self.child.try_wait().ok()?);
+    }
+}
+
 impl Drop for Party {
     fn drop(&mut self) {
         let _ = self.child.kill();
