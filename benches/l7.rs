@@ -323,28 +323,16 @@ fn stage_costs(
             (*name, g, cg)
         })
         .collect();
-    let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
-    let direct = wrk(None, FULL, &url);
-    let proxy = wrk(
-        None,
-        FULL,
-        &url.replace(&up_port.to_string(), &proxy_port.to_string()),
-    );
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/items/42");
+    let direct = wrk(None, FULL, &url(up_port));
+    let proxy = wrk(None, FULL, &url(proxy_port));
     rows.push(Row::new(CASE, "direct", &direct, &direct, &proxy, None));
     rows.push(Row::new(CASE, "nginx", &proxy, &direct, &proxy, None));
-    for (name, g, cg) in &gateways {
-        let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url));
+    let all = ("callgate, policy + mask + record", full, full_cg);
+    for (name, g, cg) in gateways.iter().map(|(n, g, c)| (*n, g, c)).chain([all]) {
+        let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url(up_port)));
         rows.push(Row::new(CASE, name, &w, &direct, &proxy, Some(cpu)));
     }
-    let (w, cpu) = with_cpu(full, || wrk(Some(full_cg), FULL, &url));
-    rows.push(Row::new(
-        CASE,
-        "callgate, policy + mask + record",
-        &w,
-        &direct,
-        &proxy,
-        Some(cpu),
-    ));
 }
 
 /// Measures one case three ways in the same minute — direct, through the nginx proxy, through

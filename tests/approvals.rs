@@ -211,23 +211,26 @@ impl Setup {
 
     /// The pending request for `function` (waits up to 20 s for it to appear).
     fn pending(&self, function: &str) -> Value {
-        wait_for(Duration::from_secs(20), || {
-            self.list(false)
-                .into_iter()
-                .find(|r| r["function"] == function)
-        })
-        .unwrap_or_else(|| panic!("no pending request for {function}\n{}", self.gw.log()))
+        self.first_listed(function, false)
     }
 
     /// The request for `function` in whatever state (waits up to 20 s for it to appear): for a
     /// request that may end before a poll could see it pending.
     fn requested(&self, function: &str) -> Value {
+        self.first_listed(function, true)
+    }
+
+    /// The first request for `function` that `approvals list` shows (`--all` when `all`).
+    fn first_listed(&self, function: &str, all: bool) -> Value {
         wait_for(Duration::from_secs(20), || {
-            self.list(true)
+            self.list(all)
                 .into_iter()
                 .find(|r| r["function"] == function)
         })
-        .unwrap_or_else(|| panic!("no request for {function}\n{}", self.gw.log()))
+        .unwrap_or_else(|| {
+            let which = if all { "" } else { "pending " };
+            panic!("no {which}request for {function}\n{}", self.gw.log())
+        })
     }
 
     /// The state of request `id` once it is no longer pending (waits up to 10 s).

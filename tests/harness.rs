@@ -529,9 +529,7 @@ impl Party {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
-}
 
-impl Party {
     /// Asks the party to stop (SIGTERM) and waits up to `within` for it to exit; a server that
     /// manages worker processes (nginx) stops them itself, which a kill would not let it do.
     pub fn terminate(&mut self, within: Duration) {

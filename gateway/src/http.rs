@@ -915,7 +915,7 @@ fn is_encoded(headers: &HeaderMap) -> bool {
 }
 
 /// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [header::HeaderName; 7] = [
+static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -951,7 +951,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n.as_str());
         }
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.

@@ -96,11 +96,16 @@ impl RawJson {
     /// replaced).
     pub fn new(text: &[u8]) -> Self {
         match std::str::from_utf8(text) {
-            Ok(s) => match serde_json::from_str::<Box<serde_json::value::RawValue>>(s) {
-                Ok(raw) => Self(raw),
-                Err(_) => Self::string(s),
-            },
+            Ok(s) => Self::text(s),
             Err(_) => Self::string(&String::from_utf8_lossy(text)),
+        }
+    }
+
+    /// `s` itself when it is JSON, else a JSON string of it.
+    pub fn text(s: &str) -> Self {
+        match serde_json::from_str::<Box<serde_json::value::RawValue>>(s) {
+            Ok(raw) => Self(raw),
+            Err(_) => Self::string(s),
         }
     }
 
@@ -436,10 +441,7 @@ impl Recorder {
             return;
         }
         if let std::borrow::Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
-            *r = match serde_json::from_str::<Box<serde_json::value::RawValue>>(&masked) {
-                Ok(raw) => RawJson(raw),
-                Err(_) => RawJson::string(&masked),
-            };
+            *r = RawJson::text(&masked);
         }
     }
 
