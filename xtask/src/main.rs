@@ -169,7 +169,68 @@ fn run_gateway(root: &Path, args: &[String]) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
+/// Free bytes a clean `cargo xtask test` needs under `target/`: about 5 GB of builds (debug,
+/// eBPF, fuzz) and the test parties, with room for the tests' own state and records.
+const TEST_DISK_BYTES: u64 = 8 << 30;
+
+/// Stops a test run that would die of a full disk halfway through a link step (where the
+/// error reads "Bus error" or a truncated rmeta) with a message that says so up front.
+fn check_disk(dir: &Path, needed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .context("running df")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(free) = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+    else {
+        println!("xtask: could not read free disk space from df ({text:?}); going on");
+        return Ok(());
+    };
+    let used = du_bytes(dir);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "xtask: {:.1} GiB free on the filesystem of {}, {:.1} GiB already used there",
+        gib(free),
+        dir.display(),
+        gib(used)
+    );
+    // What is already built is reused, so only the rest has to fit.
+    if free + used < needed {
+        bail!(
+            "not enough disk space: {:.1} GiB free under {}, and a full test run needs about \
+             {:.1} GiB in all; free some space (e.g. `cargo clean` in other checkouts) and retry",
+            gib(free),
+            dir.display(),
+            gib(needed)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes under `dir`, by `du`; 0 when it cannot tell.
+fn du_bytes(dir: &Path) -> u64 {
+    Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
+    check_disk(&workspace_root().join("target"), TEST_DISK_BYTES)?;
     if !no_lint {
         println!("xtask: cargo fmt --check");
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
