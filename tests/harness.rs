@@ -81,11 +81,30 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 }
 
 /// A port that was free a moment ago.
+/// A port for a server a test starts. Not one the kernel hands out for port 0: between this
+/// check and the server's own bind, that port could go to another test's listener or be the
+/// source port of any outgoing connection (a CI run once lost its upstream that way). Ports
+/// below the ephemeral range, taken in turn from a start that differs per test process,
+/// are free of both.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % COUNT) as u16;
+        // A host without IPv6 loopback has nothing in use there.
+        let free = |ip: &str| match TcpListener::bind((ip, port)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        };
+        if free("127.0.0.1") && free("::1") {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A directory of one test's own under the system temp dir, removed when dropped — unless
