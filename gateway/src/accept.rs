@@ -328,6 +328,7 @@ async fn route(
                 ..Caller::default()
             }),
             last_token: Default::default(),
+            http1: Default::default(),
             session: conn.session.clone(),
         })
     };

@@ -33,6 +33,8 @@ pub enum ForwardError {
     ConnectTimeout { dst: SocketAddr, after: Duration },
     #[error("TLS to {dst}: {reason}")]
     Tls { dst: SocketAddr, reason: String },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
     #[error("{0}")]

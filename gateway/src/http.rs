@@ -30,7 +30,7 @@ use crate::{
     accept::ProxyInputs,
     approve,
     extract::{self, Extracted, Kind, OneCall, Role},
-    forward::pool::{BodyError, ProxyBody, UpstreamKey},
+    forward::pool::{BodyError, Http1Slot, ProxyBody, UpstreamKey},
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -57,6 +57,14 @@ pub struct Conn {
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,
     pub session: String,
+    /// The upstream connection this connection's HTTP/1 calls go over, when plain text.
+    pub http1: Http1Slot,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.inputs.upstreams.release_http1(self.dst, &self.http1);
+    }
 }
 
 /// Serves requests until the client closes or a limit ends the connection.
@@ -542,11 +550,17 @@ impl Conn {
         // A plain-text upstream cannot say whether it speaks h2c: only gRPC (which needs
         // HTTP/2) goes up as h2 with prior knowledge; anything else as HTTP/1.1.
         let h2c = !self.tls && parts.version == Version::HTTP_2 && kind == Kind::Grpc;
-        let uri = format!(
-            "{}://{host}{}",
-            if self.tls { "https" } else { "http" },
-            parts.uri.path_and_query().map_or("/", |p| p.as_str())
-        );
+        // HTTP/1 in plain text goes over this connection's own upstream connection, which
+        // takes the origin form; the pooled clients take the absolute form.
+        let own_http1 = !self.tls && parts.version < Version::HTTP_2;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = if own_http1 {
+            http::Uri::try_from(path)
+        } else {
+            let scheme = if self.tls { "https" } else { "http" };
+            http::Uri::try_from(format!("{scheme}://{host}{path}"))
+        }
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
         let mut req = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
@@ -566,6 +580,11 @@ impl Conn {
         req.headers_mut().remove(header::CONTENT_LENGTH);
         if h2c {
             req.headers_mut().remove(header::HOST);
+        } else if !req.headers().contains_key(header::HOST) {
+            // An HTTP/1.0 request may come without one; HTTP/1.1 needs it.
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                req.headers_mut().insert(header::HOST, v);
+            }
         }
         if !ob.masks.0.is_empty() {
             // The response is masked as it streams: it must come as readable text.
@@ -578,34 +597,25 @@ impl Conn {
             .map_err(|e| {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
             })?;
-        let tls = if self.tls {
-            let ca = service.and_then(|s| s.upstream_ca.clone());
-            let name = self
-                .sni
-                .clone()
-                .unwrap_or_else(|| host_only(&host).to_string());
-            let cfg = inputs
-                .authority
-                .as_ref()
-                .ok_or_else(|| {
-                    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", "TLS is not set up")
-                })?
-                .client_config(ca.as_deref())
-                .map_err(|e| {
-                    Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e.to_string())
-                })?;
-            Some(((name, ca), cfg))
-        } else {
-            None
+        let pooled = match own_http1 {
+            true => None,
+            false => Some(
+                self.pooled_client(service, &host, h2c)
+                    .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e))?,
+            ),
         };
-        let key = UpstreamKey {
-            dst: self.dst,
-            tls: tls.as_ref().map(|(k, _)| k.clone()),
-            h2c,
-        };
-        let client = inputs.upstreams.client(&key, tls.map(|(_, c)| c));
         let sent = Instant::now();
-        match tokio::time::timeout(inputs.cfg.idle_timeout, client.request(req)).await {
+        let upstream_call = async {
+            match pooled {
+                None => inputs
+                    .upstreams
+                    .send_http1(&self.http1, self.dst, req)
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                Some(client) => client.request(req).await.map_err(|e| error_chain(&e)),
+            }
+        };
+        match tokio::time::timeout(inputs.cfg.idle_timeout, upstream_call).await {
             Ok(Ok(mut resp)) => {
                 let took = sent.elapsed();
                 inputs.metrics.upstream_in(took);
@@ -625,7 +635,7 @@ impl Conn {
                 Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
-                    error_chain(&e),
+                    e,
                 ))
             }
             Err(_) => Err(Refusal::new(
@@ -634,6 +644,39 @@ impl Conn {
                 format!("no response within {:?}", inputs.cfg.idle_timeout),
             )),
         }
+    }
+
+    /// The pooled client for this connection's destination, with TLS towards it when the
+    /// client's TLS was terminated here. The error says why that TLS cannot be set up.
+    fn pooled_client(
+        &self,
+        service: Option<&Service>,
+        host: &str,
+        h2c: bool,
+    ) -> Result<crate::forward::pool::HttpClient, String> {
+        let tls = if self.tls {
+            let ca = service.and_then(|s| s.upstream_ca.clone());
+            let name = self
+                .sni
+                .clone()
+                .unwrap_or_else(|| host_only(host).to_string());
+            let cfg = self
+                .inputs
+                .authority
+                .as_ref()
+                .ok_or("TLS is not set up")?
+                .client_config(ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            Some(((name, ca), cfg))
+        } else {
+            None
+        };
+        let key = UpstreamKey {
+            dst: self.dst,
+            tls: tls.as_ref().map(|(k, _)| k.clone()),
+            h2c,
+        };
+        Ok(self.inputs.upstreams.client(&key, tls.map(|(_, c)| c)))
     }
 
     /// Streams the upstream's answer back, masked, and records the call when it ends.

@@ -2,6 +2,12 @@
 //! TLS identity (server name and trusted CA), so that keep-alive and h2 multiplexing carry over
 //! from one call to the next.
 //!
+//! Plain-text HTTP/1 takes a shorter way ([`Upstreams::send_http1`]): an intercepted HTTP/1
+//! connection sends its requests one after another, so it keeps one upstream connection for
+//! its whole life, in its own [`Http1Slot`], and a request costs no pool lookup, lock or
+//! checkout. When the intercepted connection ends, its upstream connection waits in an idle
+//! list for the next one to the same destination, as a pool would keep it.
+//!
 //! The upstream is always the connection's original destination: the request's Host or
 //! `:authority` only names the call; it never picks where the bytes go.
 use std::{
@@ -11,14 +17,15 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::Uri;
+use hyper::{Uri, body::Incoming, client::conn::http1};
 use hyper_util::{
     client::legacy::{
         Client,
@@ -37,7 +44,11 @@ use super::ForwardError;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
-type HttpClient = Client<Connector, ProxyBody>;
+pub type HttpClient = Client<Connector, ProxyBody>;
+type Http1Sender = http1::SendRequest<ProxyBody>;
+
+/// Idle HTTP/1 upstream connections kept per destination, at most.
+const IDLE_PER_DESTINATION: usize = 64;
 
 /// Where and how to reach an upstream; one pool per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,25 +63,122 @@ pub struct UpstreamKey {
 /// The pools, created on first use of a key.
 pub struct Upstreams {
     clients: Mutex<HashMap<UpstreamKey, HttpClient>>,
+    /// Plain-text HTTP/1 connections no intercepted connection holds, newest last.
+    idle_http1: Mutex<HashMap<SocketAddr, Vec<(Instant, Http1Sender)>>>,
     connect_timeout: Duration,
     idle: Duration,
+}
+
+/// The upstream connection an intercepted HTTP/1 connection holds between its requests.
+#[derive(Default)]
+pub struct Http1Slot(Mutex<Option<Http1Sender>>);
+
+impl Http1Slot {
+    fn take(&self) -> Option<Http1Sender> {
+        lock(&self.0).take()
+    }
+
+    fn put(&self, sender: Http1Sender) {
+        *lock(&self.0) = Some(sender);
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; what it guards stays consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Upstreams {
     pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
         Self {
             clients: Mutex::new(HashMap::new()),
+            idle_http1: Mutex::new(HashMap::new()),
             connect_timeout,
             idle,
         }
     }
 
+    /// Sends `req` (origin-form, with its Host) to the plain-text HTTP/1 upstream `dst` over the
+    /// connection `slot` holds, or a kept or new one, and leaves that connection in `slot` for
+    /// the next request. A kept connection the upstream closed meanwhile is replaced, and the
+    /// request, not yet written, goes on the new one.
+    pub async fn send_http1(
+        &self,
+        slot: &Http1Slot,
+        dst: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let (mut sender, mut fresh) = match slot.take().or_else(|| self.kept_http1(dst)) {
+            Some(s) => (s, false),
+            None => (self.connect_http1(dst).await?, true),
+        };
+        loop {
+            match sender.ready().await {
+                Err(e) if fresh => return Err(e.into()),
+                Err(_) => {}
+                Ok(()) => match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        slot.put(sender);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if !fresh => req = r,
+                        _ => return Err(e.into_error().into()),
+                    },
+                },
+            }
+            sender = self.connect_http1(dst).await?;
+            fresh = true;
+        }
+    }
+
+    /// Keeps the connection an intercepted connection held, when it ended, for the next one.
+    pub fn release_http1(&self, dst: SocketAddr, slot: &Http1Slot) {
+        let Some(sender) = slot.take() else { return };
+        // Busy means a response body was cut off: that connection cannot carry another.
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = lock(&self.idle_http1);
+        // Expired ones are closed here, for every destination: nothing else looks at them.
+        idle.retain(|_, kept| {
+            kept.retain(|(at, s)| now.duration_since(*at) < self.idle && !s.is_closed());
+            !kept.is_empty()
+        });
+        let kept = idle.entry(dst).or_default();
+        if kept.len() < IDLE_PER_DESTINATION {
+            kept.push((now, sender));
+        }
+    }
+
+    fn kept_http1(&self, dst: SocketAddr) -> Option<Http1Sender> {
+        let mut idle = lock(&self.idle_http1);
+        let kept = idle.get_mut(&dst)?;
+        while let Some((at, s)) = kept.pop() {
+            if at.elapsed() < self.idle && s.is_ready() && !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn connect_http1(&self, dst: SocketAddr) -> Result<Http1Sender, ForwardError> {
+        let tcp = super::connect(dst, self.connect_timeout).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        // Ends when the upstream closes, or when the sender is dropped and the last response
+        // has been read.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %dst, error = %e, "upstream HTTP/1 connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
     /// The client for `key`; `tls` supplies the client configuration when the key needs one.
     pub fn client(&self, key: &UpstreamKey, tls: Option<Arc<ClientConfig>>) -> HttpClient {
-        let mut clients = match self.clients.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(key) {
             return c.clone();
         }
