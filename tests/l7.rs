@@ -265,6 +265,72 @@ fn rest_calls_are_decided_masked_injected_and_recorded() {
 }
 
 #[test]
+fn upstream_connections_are_kept_replaced_and_escapes_masked() {
+    let Some(s) = setup("upstream_connections_are_kept_replaced_and_escapes_masked") else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", s.up.port);
+    let peer_of = |path: &str| {
+        s.up.requests()
+            .iter()
+            .rev()
+            .find(|r| r["path"] == path)
+            .map(|r| r["peer_port"].clone())
+    };
+
+    // One client connection, three calls; the upstream hangs up after each answer without
+    // saying so. Each call still goes through, over a new upstream connection.
+    let urls: Vec<String> = (1..=3)
+        .map(|i| format!("{base}/v1/payments/p_{i}?close=1"))
+        .collect();
+    let mut args = vec!["-w", "\n%{num_connects}\n"];
+    args.extend(urls.iter().map(String::as_str));
+    let (code, out) = curl_in(&s.cg, &args);
+    assert_eq!(code, 0, "curl failed: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        let v = json(pair[0]);
+        assert_eq!(
+            v["path"],
+            format!("/v1/payments/p_{}?close=1", i + 1),
+            "{out}"
+        );
+        assert_eq!(v["card"], "************1111", "{out}");
+        // The client kept its one connection to the gateway all along.
+        assert_eq!(pair[1], if i == 0 { "1" } else { "0" }, "{out}");
+    }
+    let peers: Vec<Value> = (1..=3)
+        .filter_map(|i| peer_of(&format!("/v1/payments/p_{i}?close=1")))
+        .collect();
+    assert_eq!(peers.len(), 3);
+    assert!(
+        peers[0] != peers[1] && peers[1] != peers[2],
+        "a closed upstream connection was reused: {peers:?}"
+    );
+
+    // An upstream connection outlives the client connection it served: the next client
+    // connection to that destination takes it over (once the gateway has seen the first go).
+    assert_eq!(curl_in(&s.cg, &[&format!("{base}/v1/payments/p_4")]).0, 0);
+    let first = peer_of("/v1/payments/p_4").expect("p_4 reached the upstream");
+    let reused = wait_for(std::time::Duration::from_secs(5), || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(curl_in(&s.cg, &[&format!("{base}/v1/payments/p_5")]).0, 0);
+        (peer_of("/v1/payments/p_5") == Some(first.clone())).then_some(())
+    });
+    assert!(
+        reused.is_some(),
+        "upstream connection not kept: {:?}",
+        s.up.requests()
+    );
+
+    // A card spelled with JSON escapes is still a card.
+    let (code, body) = curl_in(&s.cg, &[&format!("{base}/v1/payments/p_6?escaped=1")]);
+    assert_eq!(code, 0, "{body}");
+    assert_eq!(json(&body)["card"], "************1111", "{body}");
+}
+
+#[test]
 fn jsonrpc_batch_answers_denied_elements_itself() {
     let Some(s) = setup("jsonrpc_batch_answers_denied_elements_itself") else {
         return;

@@ -10,6 +10,7 @@ mod blocks;
 pub mod detect;
 mod json;
 pub mod scrub;
+mod unescape;
 
 use std::{borrow::Cow, fmt::Write as _, path::Path, sync::Arc};
 

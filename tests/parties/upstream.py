@@ -33,6 +33,7 @@ class Handler(BaseHTTPRequestHandler):
             log.write(json.dumps({
                 "method": self.command,
                 "path": self.path,
+                "peer_port": self.client_address[1],
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode(errors="replace"),
             }) + "\n")
@@ -49,6 +50,12 @@ class Handler(BaseHTTPRequestHandler):
                     "result": {"method": m["method"], "card": CARD}}
                    for m in (msgs if batch else [msgs]) if "id" in m]
             return self.reply(200, out if batch else out[0])
+        if self.path.startswith("/v1/payments/") and "escaped=1" in self.path:
+            # The card spelled with JSON escapes: the same string to any JSON reader.
+            return self.reply(200, b'{"card": "\\u0034111 1111 1111 \\u0031111"}')
+        if self.path.startswith("/v1/payments/") and "close=1" in self.path:
+            # Hangs up after answering, without saying so: a kept connection gone stale.
+            self.close_connection = True
         if self.path.startswith("/v1/payments/"):
             return self.reply(200, {
                 "path": self.path,

@@ -14,6 +14,7 @@ use super::{
     MaskKey, MaskRules, MaskStats, Style, TextMasker,
     blocks::{Block, Classifier},
     detect::{self, Detector, Hit, Kind},
+    unescape::Unescaper,
 };
 use crate::jsonpath::{JsonPath, Step};
 
@@ -177,6 +178,9 @@ pub struct JsonMasker {
     quotes: Quotes,
     fallback: Option<TextMasker>,
     masked: u64,
+    /// Decodes escapes that would hide a match (`\u0034` for `4`) before anything else looks.
+    unescape: Unescaper,
+    unescaped: Vec<u8>,
 }
 
 /// Inside a string or not, and whether the last byte seen was an escaping backslash.
@@ -243,6 +247,8 @@ impl JsonMasker {
             quotes: Quotes::default(),
             fallback: None,
             masked: 0,
+            unescape: Unescaper::default(),
+            unescaped: Vec::new(),
         }
     }
 
@@ -254,6 +260,13 @@ impl JsonMasker {
     }
 
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut scratch = std::mem::take(&mut self.unescaped);
+        let chunk = self.unescape.apply(chunk, &mut scratch);
+        self.push_unescaped(chunk, out);
+        self.unescaped = scratch;
+    }
+
+    fn push_unescaped(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         if let Some(text) = &mut self.fallback {
             return text.push(chunk, out);
         }
@@ -263,6 +276,8 @@ impl JsonMasker {
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let held = self.unescape.finish();
+        self.push_unescaped(&held, out);
         if let Some(text) = &mut self.fallback {
             return text.finish(out);
         }

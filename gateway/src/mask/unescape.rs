@@ -1,0 +1,141 @@
+//! JSON escapes a detector would not see through. To any JSON reader `"\u0034\u0031…"` is the
+//! string `"41…"`, so a card number spelled with escapes has to be masked like one spelled
+//! plainly. Before a JSON body reaches the masker, escapes of the characters detectors match
+//! on (letters, digits and `@ . - _ + / = :` and space) are decoded: the document means the
+//! same, and the masker sees what a client's parser will. Every other escape stays as written,
+//! among them `\u003c`-style ones that keep a body safe to embed in HTML.
+use memchr::memchr;
+
+/// The longest escape, `\uXXXX`, less one byte: what a chunk boundary can cut off.
+const MAX_HELD: usize = 5;
+
+#[derive(Debug, Default)]
+pub struct Unescaper {
+    /// The start of an escape cut off by the end of the last chunk.
+    held: Vec<u8>,
+}
+
+impl Unescaper {
+    /// `chunk` with those escapes decoded: the chunk itself when it has nothing to decode and
+    /// nothing was held back, `scratch` otherwise. The end of an escape cut off by the chunk's
+    /// end is held back for the next call; `finish` gives it back.
+    pub fn apply<'a>(&mut self, chunk: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        if self.held.is_empty() && memchr(b'\\', chunk).is_none() {
+            return chunk;
+        }
+        scratch.clear();
+        let mut input = std::mem::take(&mut self.held);
+        let buf: &[u8] = if input.is_empty() {
+            chunk
+        } else {
+            input.extend_from_slice(chunk);
+            &input
+        };
+        let mut copied = 0;
+        let mut at = 0;
+        let mut hold = buf.len();
+        while let Some(p) = memchr(b'\\', &buf[at..]) {
+            let esc = at + p;
+            match buf.get(esc + 1) {
+                None => {
+                    hold = esc;
+                    break;
+                }
+                Some(b'u') => {}
+                // Two-byte escapes (`\\`, `\"`, `\n`, …) pass as they are, and the byte after
+                // the backslash never starts another.
+                Some(_) => {
+                    at = esc + 2;
+                    continue;
+                }
+            }
+            let Some(hex) = buf.get(esc + 2..esc + 6) else {
+                hold = esc;
+                break;
+            };
+            at = esc + 2;
+            if let Some(c) = decoded(hex) {
+                scratch.extend_from_slice(&buf[copied..esc]);
+                scratch.push(c);
+                copied = esc + 6;
+                at = esc + 6;
+            }
+        }
+        debug_assert!(buf.len() - hold <= MAX_HELD);
+        scratch.extend_from_slice(&buf[copied..hold]);
+        // Empty (and so without an allocation) unless a chunk boundary cut an escape.
+        self.held = buf[hold..].to_vec();
+        scratch
+    }
+
+    /// Bytes held back at the end of the body: not an escape after all, so passed as written.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// The character `\uXXXX` stands for, when it is one to decode.
+fn decoded(hex: &[u8]) -> Option<u8> {
+    let mut v: u32 = 0;
+    for &h in hex {
+        v = v * 16 + char::from(h).to_digit(16)?;
+    }
+    let c = u8::try_from(v).ok()?;
+    (c.is_ascii_alphanumeric() || b" @.-_+/=:".contains(&c)).then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut u = Unescaper::default();
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(u.apply(c, &mut scratch));
+        }
+        out.extend_from_slice(&u.finish());
+        out
+    }
+
+    #[test]
+    fn decodes_what_detectors_match_and_keeps_the_rest() {
+        let cases: [(&str, &str); 8] = [
+            (r#"{"a":"\u0034\u0031\u0031\u0031"}"#, r#"{"a":"4111"}"#),
+            (r#""x\u0040y\u002Ecom""#, r#""x@y.com""#),
+            // An escaped backslash followed by the letters u0034 is not an escape.
+            (r#""\\u0034""#, r#""\\u0034""#),
+            (r#""\\\u0034""#, r#""\\4""#),
+            // HTML-safety escapes, quotes, controls and non-ASCII stay as written.
+            (
+                r#""\u003c\u0022\u000a\u00e9\u2028""#,
+                r#""\u003c\u0022\u000a\u00e9\u2028""#,
+            ),
+            (r#""\n\"\/""#, r#""\n\"\/""#),
+            // Not hex: left alone.
+            (r#""\u00zz4""#, r#""\u00zz4""#),
+            ("no escapes at all", "no escapes at all"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                String::from_utf8(run(&[input.as_bytes()])).unwrap(),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_output() {
+        let input = br#"{"card":"\u0034111 1111 1111 1111","p":"a\\\\u0031\u0031\"","t":"x\"#;
+        let whole = run(&[input]);
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let got = run(&[&input[..i], &input[i..j], &input[j..]]);
+                assert_eq!(got, whole, "split at {i} and {j}");
+            }
+        }
+        assert!(whole.starts_with(br#"{"card":"4111 1111"#));
+    }
+}
