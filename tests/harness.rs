@@ -80,7 +80,6 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-/// A port that was free a moment ago.
 /// A port for a server a test starts. Not one the kernel hands out for port 0: between this
 /// check and the server's own bind, that port could go to another test's listener or be the
 /// source port of any outgoing connection (a CI run once lost its upstream that way). Ports

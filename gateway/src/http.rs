@@ -597,12 +597,13 @@ impl Conn {
             .map_err(|e| {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
             })?;
-        let pooled = match own_http1 {
-            true => None,
-            false => Some(
-                self.pooled_client(service, &host, h2c)
-                    .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e))?,
-            ),
+        let pooled = if own_http1 {
+            None
+        } else {
+            let client = self
+                .pooled_client(service, &host, h2c)
+                .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e))?;
+            Some(client)
         };
         let sent = Instant::now();
         let upstream_call = async {

@@ -18,6 +18,7 @@ use crate::{
     forward::pool::ProxyBody,
     mask::{BodyKind, BodyMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
+    record::RawJson,
     reply::{self, Refusal},
 };
 
@@ -111,7 +112,7 @@ pub(super) async fn batch(
         if let Some(rec) = d.recording(recording.clone(), None) {
             let _ = rec.submit(
                 Some(status.as_u16()),
-                answer.as_ref().map(crate::record::RawJson::of),
+                answer.as_ref().map(RawJson::of),
                 false,
                 0,
             );
@@ -146,7 +147,7 @@ pub(super) async fn list_tools(
     head.version = parts.version;
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
-    let record = |status: u16, response: Option<crate::record::RawJson>| {
+    let record = |status: u16, response: Option<RawJson>| {
         if let Some(rec) = one.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status), response, false, 0);
         }
