@@ -52,6 +52,11 @@ pub enum AcceptError {
         "port {port} on {addr} is already in use (is another callgate running? pick another with --listen-port)"
     )]
     PortInUse { addr: std::net::IpAddr, port: u16 },
+    #[error("starting a data-path thread: {source}")]
+    Worker {
+        #[source]
+        source: io::Error,
+    },
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -142,6 +147,84 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
     socket
         .listen(4096)
         .map_err(|source| AcceptError::Bind { addr, source })
+}
+
+/// The data path's threads. Each runs a single-threaded runtime that accepts from every
+/// listener (a shared accept queue: whichever thread is free first takes the connection) and
+/// keeps each connection it accepted, with its upstream connection, for that connection's
+/// whole life, as nginx's workers do. A work-stealing runtime moves a connection's tasks
+/// between threads from one call to the next; measured with keep-alive calls through
+/// policy, that cost a fifth more CPU per call.
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` threads serving `listeners` until `shutdown` flips.
+    pub fn start(
+        listeners: Listeners,
+        count: usize,
+        inputs: Arc<ProxyInputs>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, AcceptError> {
+        let mut owned = Vec::new();
+        for l in listeners.listeners {
+            let addr = l
+                .local_addr()
+                .map_err(|source| AcceptError::Worker { source })?;
+            owned.push((
+                addr,
+                l.into_std()
+                    .map_err(|source| AcceptError::Bind { addr, source })?,
+            ));
+        }
+        let mut threads = Vec::with_capacity(count);
+        for n in 0..count.max(1) {
+            let mut mine = Vec::with_capacity(owned.len());
+            for (addr, l) in &owned {
+                mine.push(l.try_clone().map_err(|source| AcceptError::Bind {
+                    addr: *addr,
+                    source,
+                })?);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| AcceptError::Worker { source })?;
+            let (inputs, shutdown) = (inputs.clone(), shutdown.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("callgate-data-{n}"))
+                .spawn(move || rt.block_on(run_worker(mine, inputs, shutdown)))
+                .map_err(|source| AcceptError::Worker { source })?;
+            threads.push(thread);
+        }
+        Ok(Self { threads })
+    }
+
+    /// Waits until every thread stopped accepting. Connections still open end with their
+    /// thread's runtime.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run_worker(
+    listeners: Vec<std::net::TcpListener>,
+    inputs: Arc<ProxyInputs>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut serving = tokio::task::JoinSet::new();
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                serving.spawn(serve(l, inputs.clone(), shutdown.clone()));
+            }
+            Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
+        }
+    }
+    while serving.join_next().await.is_some() {}
 }
 
 /// Accepts until `shutdown` flips.

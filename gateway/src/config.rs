@@ -78,6 +78,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a pass-through connection that moved no byte in either direction for this long.
     pub idle_timeout: Duration,
+    /// Data-path threads, each running its own connections start to end (default: one per CPU).
+    pub workers: usize,
     /// The call log.
     pub records: RecordsConfig,
     /// Limits of the L7 data path.
@@ -274,6 +276,7 @@ struct File {
     udp: Option<UdpMode>,
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
+    workers: Option<usize>,
     records: Option<FileRecords>,
     http: Option<FileHttp>,
     approvals: Option<FileApprovals>,
@@ -458,6 +461,10 @@ impl Config {
             udp_allow: matches!(file.udp, Some(UdpMode::Allow)),
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(10_000)),
             idle_timeout: Duration::from_secs(file.idle_timeout_s.unwrap_or(600)),
+            workers: match file.workers {
+                Some(n) if n > 0 => n,
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         })
     }
 }
@@ -645,6 +652,9 @@ mod tests {
         assert_eq!(c.listen_port, DEFAULT_PORT);
         assert!(c.intercept.default_intercept);
         assert!(!c.udp_allow);
+        assert!(c.workers >= 1);
+        let c = Config::from_yaml(Path::new("c.yaml"), "workers: 3\n").unwrap();
+        assert_eq!(c.workers, 3);
     }
 
     #[test]

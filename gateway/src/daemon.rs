@@ -176,13 +176,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         mask_key,
     });
     let mut tasks = Vec::new();
-    for listener in listeners.listeners {
-        tasks.push(tokio::spawn(accept::serve(
-            listener,
-            inputs.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
     let admin_inputs = Arc::new(AdminInputs {
         interceptor: interceptor.clone(),
         stats,
@@ -229,6 +223,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     )));
     info!(
         listeners = ?addresses,
+        workers = cfg.workers,
         control_socket = %cfg.control_socket.display(),
         enabled = interceptor.enabled().len(),
         "callgate is running"
@@ -259,6 +254,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     for task in tasks {
         let _ = task.await;
     }
+    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     // Connection handlers may still hold clones: flush what is queued now, so a clean stop
     // loses no record, then let the writer end with the last handle.
     drop(inputs);
