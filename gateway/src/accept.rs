@@ -242,6 +242,9 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let inputs = inputs.clone();
                 tokio::spawn(async move { handle(stream, peer, &inputs).await });
+                // Let the connection start before taking another: a burst of connections is
+                // then shared with the other data-path threads instead of all landing here.
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

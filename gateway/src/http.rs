@@ -978,22 +978,25 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names saves a lookup per name.
+    // Most messages carry none of these, or only `Connection: keep-alive`: one pass over the
+    // names saves a lookup per name, and the tokens are read without copying.
     if !h.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::TE) {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<String> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for n in named {
-            h.remove(n.as_str());
-        }
+    let named: Vec<header::HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"close")
+        })
+        .filter_map(|t| header::HeaderName::from_bytes(t).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
     }
     for n in &HOP_BY_HOP {
         h.remove(n);
@@ -1027,4 +1030,42 @@ fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<P
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "Keep-Alive, X-Private , close,"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("x-other", "2"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("content-type", "application/json"),
+            ("x-kept", "3"),
+        ] {
+            h.append(
+                header::HeaderName::from_static(k),
+                HeaderValue::from_static(v),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(
+            grpc.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+    }
 }
