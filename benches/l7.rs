@@ -221,9 +221,11 @@ response:
         calls > 1000,
         "the callgate runs did not go through the gateway ({calls} calls)"
     );
-    // Pass-through, against direct in the same minute.
+    // Pass-through, against direct and the nginx proxy in the same minute: a splice that does
+    // no HTTP work at all is the floor of the interception path, what any L7 work adds to.
     for case in &CASES[..2] {
         let direct = wrk(None, case.load, &url(up_port, case.path));
+        let proxy = wrk(None, case.load, &url(proxy_port, case.path));
         let (pass, cpu_us) = with_cpu(&plain, || {
             wrk(Some(&cg_plain), case.load, &url(up_port, case.path))
         });
@@ -232,13 +234,14 @@ response:
         } else {
             "TCP pass-through, light load"
         };
-        rows.push(Row::new(name, "direct", &direct, &direct, &direct, None));
+        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
+        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
         rows.push(Row::new(
             name,
             "callgate",
             &pass,
             &direct,
-            &direct,
+            &proxy,
             Some(cpu_us),
         ));
     }
@@ -275,7 +278,11 @@ response:
     let ratio = full("callgate", CASES[0].name).map_or(0.0, |r| r.vs_nginx);
     let added = full("callgate", CASES[1].name).map_or(0.0, |r| r.added_p99);
     let pass = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_direct);
+    let floor = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_nginx);
     md.push_str("\n(h2 rows: h2load reports no percentiles; p50 is its mean time per request)\n");
+    md.push_str(&format!(
+        "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
+    ));
     md.push_str(&format!(
         "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at light load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n",
         rss_idle / 1024.0,

@@ -165,8 +165,8 @@ fn a_gateway_inside_an_enabled_cgroup_does_not_loop() {
     let mut argv: Vec<String> = vec![bin];
     argv.extend(gw.args());
     let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let child = cg.spawn(&argv_ref, &gw.dir.join("gateway.log"));
-    gw.adopt(child);
+    let log = gw.dir.join("gateway.log");
+    gw.adopt(|| cg.spawn(&argv_ref, &log));
     gw.enable(&cg);
 
     let (code, body) = curl_in(&cg, &[&server.url("/hello.txt")]);

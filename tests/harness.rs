@@ -282,10 +282,11 @@ impl Gateway {
         self.wait_ready();
     }
 
-    /// Adopts a gateway started some other way (e.g. inside a cgroup) with this one's args.
-    pub fn adopt(&mut self, child: Child) {
+    /// Replaces this gateway with one `spawn` starts some other way (e.g. inside a cgroup)
+    /// with this one's args. This one stops first: both want the same listener port.
+    pub fn adopt(&mut self, spawn: impl FnOnce() -> Child) {
         self.kill();
-        self.child = Some(child);
+        self.child = Some(spawn());
         self.wait_ready();
     }
 

@@ -172,14 +172,15 @@ fn the_units_capabilities_are_enough_to_intercept() {
     ];
     argv.extend(gw.args());
     let log = fs::File::create(gw.dir.join("gateway.log")).expect("log");
-    let child = Command::new("setpriv")
-        .args(&argv)
-        .env("CALLGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("setpriv");
-    gw.adopt(child);
+    gw.adopt(|| {
+        Command::new("setpriv")
+            .args(&argv)
+            .env("CALLGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("setpriv")
+    });
     let cg = TestCgroup::new("caps");
     gw.enable(&cg);
     let (code, body) = curl_in(&cg, &[&server.url("/hello.txt")]);

@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 
 use tokio::{io::Interest, net::TcpStream, time::timeout};
 
+pub mod h1;
 pub mod pool;
 
 const BUF: usize = 32 * 1024;
@@ -35,6 +36,8 @@ pub enum ForwardError {
     Tls { dst: SocketAddr, reason: String },
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    #[error("{0}")]
+    H1(#[from] h1::H1Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
     #[error("{0}")]

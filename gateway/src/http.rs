@@ -30,7 +30,7 @@ use crate::{
     accept::ProxyInputs,
     approve,
     extract::{self, Extracted, Kind, OneCall, Role},
-    forward::pool::{BodyError, Http1Slot, ProxyBody, UpstreamKey},
+    forward::pool::{BodyError, Http1Slot, ProxyBody, UpstreamBody, UpstreamKey},
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -535,7 +535,7 @@ impl Conn {
         snap: &Snapshot,
         service: Option<&Service>,
         out: Outgoing<'_>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
         let Outgoing {
             kind,
             parts,
@@ -613,7 +613,11 @@ impl Conn {
                     .send_http1(&self.http1, self.dst, req)
                     .await
                     .map_err(|e| error_chain(&e)),
-                Some(client) => client.request(req).await.map_err(|e| error_chain(&e)),
+                Some(client) => client
+                    .request(req)
+                    .await
+                    .map(|r| r.map(UpstreamBody::Pooled))
+                    .map_err(|e| error_chain(&e)),
             }
         };
         match tokio::time::timeout(inputs.cfg.idle_timeout, upstream_call).await {
@@ -685,7 +689,7 @@ impl Conn {
         &self,
         kind: Kind,
         version: Version,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         one: Decided,
         recording: Option<Recording>,
     ) -> Response<ProxyBody> {

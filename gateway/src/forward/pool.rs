@@ -24,8 +24,9 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::{Uri, body::Incoming, client::conn::http1};
+use hyper::{Uri, body::Incoming};
 use hyper_util::{
     client::legacy::{
         Client,
@@ -40,12 +41,14 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use super::ForwardError;
+use super::{
+    ForwardError,
+    h1::{self, H1Body, Sent, Upstream1},
+};
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 pub type HttpClient = Client<Connector, ProxyBody>;
-type Http1Sender = http1::SendRequest<ProxyBody>;
 
 /// Idle HTTP/1 upstream connections kept per destination, at most.
 const IDLE_PER_DESTINATION: usize = 64;
@@ -64,22 +67,57 @@ pub struct UpstreamKey {
 pub struct Upstreams {
     clients: Mutex<HashMap<UpstreamKey, HttpClient>>,
     /// Plain-text HTTP/1 connections no intercepted connection holds, newest last.
-    idle_http1: Mutex<HashMap<SocketAddr, Vec<(Instant, Http1Sender)>>>,
+    idle_http1: Mutex<HashMap<SocketAddr, Vec<(Instant, Upstream1)>>>,
     connect_timeout: Duration,
     idle: Duration,
 }
 
-/// The upstream connection an intercepted HTTP/1 connection holds between its requests.
+/// The upstream connection an intercepted HTTP/1 connection holds between its requests. A
+/// response body puts it back when it ends.
 #[derive(Default)]
-pub struct Http1Slot(Mutex<Option<Http1Sender>>);
+pub struct Http1Slot(h1::Slot);
 
 impl Http1Slot {
-    fn take(&self) -> Option<Http1Sender> {
+    fn take(&self) -> Option<Upstream1> {
         lock(&self.0).take()
     }
+}
 
-    fn put(&self, sender: Http1Sender) {
-        *lock(&self.0) = Some(sender);
+/// A response body from the upstream: from a pooled hyper client, or from this connection's
+/// own HTTP/1 upstream connection.
+pub enum UpstreamBody {
+    Pooled(Incoming),
+    Own(H1Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
     }
 }
 
@@ -99,81 +137,62 @@ impl Upstreams {
     }
 
     /// Sends `req` (origin-form, with its Host) to the plain-text HTTP/1 upstream `dst` over the
-    /// connection `slot` holds, or a kept or new one, and leaves that connection in `slot` for
-    /// the next request. A kept connection the upstream closed meanwhile is replaced, and the
-    /// request, not yet written, goes on the new one.
+    /// connection `slot` holds, or a kept or new one; the answer's body puts that connection
+    /// back in `slot` for the next request when it ends. A kept connection the upstream closed
+    /// meanwhile is replaced, and the request, which it never took, goes on the new one.
     pub async fn send_http1(
         &self,
         slot: &Http1Slot,
         dst: SocketAddr,
-        mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let (mut sender, mut fresh) = match slot.take().or_else(|| self.kept_http1(dst)) {
-            Some(s) => (s, false),
-            None => (self.connect_http1(dst).await?, true),
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let mut req = h1::encode(req).await?;
+        let mut conn = match slot.take().or_else(|| self.kept_http1(dst)) {
+            Some(c) if !c.looks_closed() => c,
+            _ => Upstream1::new(super::connect(dst, self.connect_timeout).await?),
         };
         loop {
-            match sender.ready().await {
-                Err(e) if fresh => return Err(e.into()),
-                Err(_) => {}
-                Ok(()) => match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        slot.put(sender);
-                        return Ok(resp);
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(r) if !fresh => req = r,
-                        _ => return Err(e.into_error().into()),
-                    },
-                },
+            match h1::send(conn, req, &slot.0).await? {
+                Sent::Answered(resp) => return Ok(resp.map(UpstreamBody::Own)),
+                // A new connection is not retried again: its failure is the answer.
+                Sent::Retry(again) => {
+                    req = again;
+                    conn = Upstream1::new(super::connect(dst, self.connect_timeout).await?);
+                }
             }
-            sender = self.connect_http1(dst).await?;
-            fresh = true;
         }
     }
 
     /// Keeps the connection an intercepted connection held, when it ended, for the next one.
     pub fn release_http1(&self, dst: SocketAddr, slot: &Http1Slot) {
-        let Some(sender) = slot.take() else { return };
-        // Busy means a response body was cut off: that connection cannot carry another.
-        if sender.is_closed() || !sender.is_ready() {
+        // Still out with a response body, that body was cut off: the connection is dropped
+        // with it, since it cannot carry another request.
+        let Some(conn) = slot.take() else { return };
+        if conn.looks_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = lock(&self.idle_http1);
         // Expired ones are closed here, for every destination: nothing else looks at them.
         idle.retain(|_, kept| {
-            kept.retain(|(at, s)| now.duration_since(*at) < self.idle && !s.is_closed());
+            kept.retain(|(at, c)| now.duration_since(*at) < self.idle && !c.looks_closed());
             !kept.is_empty()
         });
         let kept = idle.entry(dst).or_default();
         if kept.len() < IDLE_PER_DESTINATION {
-            kept.push((now, sender));
+            kept.push((now, conn));
         }
     }
 
-    fn kept_http1(&self, dst: SocketAddr) -> Option<Http1Sender> {
+    fn kept_http1(&self, dst: SocketAddr) -> Option<Upstream1> {
         let mut idle = lock(&self.idle_http1);
         let kept = idle.get_mut(&dst)?;
-        while let Some((at, s)) = kept.pop() {
-            if at.elapsed() < self.idle && s.is_ready() && !s.is_closed() {
-                return Some(s);
+        while let Some((at, c)) = kept.pop() {
+            if at.elapsed() < self.idle && !c.looks_closed() {
+                return Some(c);
             }
         }
         None
-    }
-
-    async fn connect_http1(&self, dst: SocketAddr) -> Result<Http1Sender, ForwardError> {
-        let tcp = super::connect(dst, self.connect_timeout).await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-        // Ends when the upstream closes, or when the sender is dropped and the last response
-        // has been read.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %dst, error = %e, "upstream HTTP/1 connection failed");
-            }
-        });
-        Ok(sender)
     }
 
     /// The client for `key`; `tls` supplies the client configuration when the key needs one.

@@ -9,9 +9,9 @@ use std::{
     time::Instant,
 };
 
+use crate::forward::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use serde_json::Value as Json;
 use tracing::warn;
 
@@ -155,7 +155,7 @@ impl Pending {
 type Wait = Pin<Box<dyn Future<Output = Result<u64, RecordError>> + Send>>;
 
 pub struct CallBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     masker: Option<BodyMasker>,
     /// The injected credential's scrubber, after the masker.
     scrub: Option<ScrubStream>,
@@ -170,7 +170,7 @@ pub struct CallBody {
 
 impl CallBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         masker: Option<BodyMasker>,
         scrub: Option<ScrubStream>,
         pending: Option<Pending>,
@@ -269,7 +269,7 @@ impl Body for CallBody {
                         p.incomplete = Some(format!("the upstream response failed: {e}"));
                     }
                     this.ended = true;
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => match this.transform(data) {

@@ -4,10 +4,10 @@
 //! `http.max_held_response_kb`.
 use std::{collections::HashMap, sync::Arc};
 
+use crate::forward::pool::UpstreamBody;
 use bytes::Bytes;
 use http::{Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::{
@@ -138,7 +138,7 @@ pub(super) async fn list_tools(
     service: &Service,
     snap: &Snapshot,
     parts: &Parts,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     one: Decided,
     recording: Option<Recording>,
 ) -> Response<ProxyBody> {
@@ -188,7 +188,7 @@ pub(super) async fn list_tools(
 /// A response body read whole (bounded), with any injected credential scrubbed from it.
 async fn read_held(
     conn: &Conn,
-    body: Incoming,
+    body: UpstreamBody,
     scrub: Option<Arc<Secrets>>,
 ) -> Result<Bytes, Refusal> {
     let max = conn.inputs.cfg.http.max_held_response_bytes;

@@ -1,0 +1,220 @@
+//! The forward stage's own HTTP/1.1 client against a real TCP upstream that answers from a
+//! script: framing (length, chunked with trailers, no body, until close), 1xx skipped, the
+//! connection kept across requests, replaced when the upstream closed it, and malformed
+//! answers refused.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use callgate::forward::pool::{Http1Slot, ProxyBody, UpstreamBody, Upstreams};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// What the upstream does with each request, in order, across all connections.
+enum Step {
+    Answer(&'static [u8]),
+    /// Answer, then close the connection.
+    AnswerAndClose(&'static [u8]),
+}
+
+/// A scripted upstream; the count of connections it accepted.
+async fn upstream(script: Vec<Step>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = Vec::new();
+            loop {
+                // One request (heads only, or a short body after the head) at a time.
+                let mut chunk = [0u8; 4096];
+                let Ok(n) = s.read(&mut chunk).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let body_len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() < end + 4 + body_len {
+                    continue;
+                }
+                buf.drain(..end + 4 + body_len);
+                match script.next() {
+                    Some(Step::Answer(a)) => {
+                        let _ = s.write_all(a).await;
+                    }
+                    Some(Step::AnswerAndClose(a)) => {
+                        let _ = s.write_all(a).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+fn get(path: &str) -> Request<ProxyBody> {
+    request("GET", path, Bytes::new())
+}
+
+fn request(method: &str, path: &str, body: Bytes) -> Request<ProxyBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "upstream.test")
+        .body(Full::new(body).map_err(|e| match e {}).boxed_unsync())
+        .expect("request")
+}
+
+/// The body and trailers, read to the end.
+async fn read(resp: Response<UpstreamBody>) -> (u16, String, Option<String>) {
+    let status = resp.status().as_u16();
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected
+        .trailers()
+        .and_then(|t| t.get("x-checksum"))
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let body = String::from_utf8_lossy(&collected.to_bytes()).to_string();
+    (status, body, trailers)
+}
+
+fn upstreams() -> Upstreams {
+    Upstreams::new(Duration::from_secs(2), Duration::from_secs(30))
+}
+
+#[tokio::test]
+async fn answers_are_framed_and_one_connection_carries_them_all() {
+    let (addr, accepted) = upstream(vec![
+        Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"),
+        Step::Answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nchunk\r\n2\r\ned\r\n0\r\nx-checksum: abc\r\n\r\n",
+        ),
+        Step::Answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"),
+        Step::Answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"),
+        Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nsent"),
+    ])
+    .await;
+    let ups = upstreams();
+    let slot = Http1Slot::default();
+    let send = |req| ups.send_http1(&slot, addr, req);
+
+    assert_eq!(
+        read(send(get("/a")).await.expect("a")).await,
+        (200, "hello".into(), None)
+    );
+    assert_eq!(
+        read(send(get("/b")).await.expect("b")).await,
+        (200, "chunked".into(), Some("abc".into()))
+    );
+    assert_eq!(
+        read(send(get("/c")).await.expect("c")).await,
+        (204, String::new(), None)
+    );
+    // A HEAD answer says how long the body would be, and has none.
+    let head = request("HEAD", "/d", Bytes::new());
+    assert_eq!(
+        read(send(head).await.expect("d")).await,
+        (200, String::new(), None)
+    );
+    assert_eq!(
+        read(send(get("/e")).await.expect("e")).await,
+        (201, "ok".into(), None)
+    );
+    let post = request("POST", "/f", Bytes::from_static(b"{\"x\":1}"));
+    assert_eq!(
+        read(send(post).await.expect("f")).await,
+        (200, "sent".into(), None)
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_is_replaced() {
+    let (addr, accepted) = upstream(vec![
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none"),
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo"),
+        Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain"),
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"),
+        Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfour"),
+    ])
+    .await;
+    let ups = upstreams();
+    let slot = Http1Slot::default();
+    let send = |req| ups.send_http1(&slot, addr, req);
+    assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
+    // Whether or not the close was seen before this request went out, the request arrives.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(read(send(get("/2")).await.expect("2")).await.1, "two");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // At once: the close may not be known yet, and the request goes out on the closed
+    // connection; it finds no answer there and goes again on a new one.
+    assert_eq!(read(send(get("/2b")).await.expect("2b")).await.1, "again");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    // Delimited by the close: read to the end, and the connection is not used again.
+    assert_eq!(
+        read(send(get("/3")).await.expect("3")).await.1,
+        "until the end"
+    );
+    assert_eq!(read(send(get("/4")).await.expect("4")).await.1, "four");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_errors_not_guesses() {
+    let (addr, _) = upstream(vec![
+        Step::AnswerAndClose(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        ),
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 3x\r\n\r\nabc"),
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc"),
+        Step::AnswerAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"),
+        Step::AnswerAndClose(b"NOT HTTP AT ALL\r\n\r\n"),
+    ])
+    .await;
+    let ups = upstreams();
+    let slot = Http1Slot::default();
+    let send = |req| ups.send_http1(&slot, addr, req);
+    for (path, why) in [
+        ("/conflict", "Content-Length"),
+        ("/invalid", "Content-Length"),
+    ] {
+        let e = send(get(path)).await.err().expect("an error");
+        assert!(e.to_string().contains(why), "{path}: {e}");
+    }
+    for (path, why) in [("/chunk", "chunk"), ("/short", "closed")] {
+        let resp = send(get(path)).await.expect("a head");
+        let e = resp.into_body().collect().await.expect_err("a body error");
+        assert!(e.to_string().contains(why), "{path}: {e}");
+    }
+    let e = send(get("/garbage")).await.err().expect("an error");
+    assert!(e.to_string().contains("malformed"), "{e}");
+}
