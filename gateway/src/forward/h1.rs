@@ -86,10 +86,12 @@ impl Upstream1 {
         }
     }
 
-    /// Reads more into the buffer; Ok(0) at end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
+    /// Reads more into the buffer, room made for `expect` bytes (up to a bound) so that a
+    /// large body comes in few reads; Ok(0) at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, expect: u64) -> Poll<io::Result<usize>> {
+        let want = expect.clamp(16 * 1024, 256 * 1024) as usize;
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
         }
         loop {
             ready!(self.io.poll_read_ready(cx))?;
@@ -101,7 +103,7 @@ impl Upstream1 {
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
     }
 }
 
@@ -432,8 +434,12 @@ impl H1Body {
         if self.framing != Framing::Done {
             return;
         }
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             if self.keep && conn.buf.is_empty() {
+                // A kept connection does not hold on to a large body's read buffer.
+                if conn.buf.capacity() > 64 * 1024 {
+                    conn.buf = BytesMut::with_capacity(8 * 1024);
+                }
                 if let Ok(mut slot) = self.slot.lock() {
                     *slot = Some(conn);
                 }
@@ -504,7 +510,12 @@ impl Body for H1Body {
                 }
                 _ => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let expect = match this.framing {
+                Framing::Length(left) => left,
+                Framing::Chunked(Chunk::Data(left)) => left,
+                _ => 0,
+            };
+            match ready!(conn.poll_fill(cx, expect)) {
                 Ok(0) if this.framing == Framing::Close => {
                     this.framing = Framing::Done;
                     this.keep = false;
