@@ -35,8 +35,6 @@ pub enum ForwardError {
     #[error("TLS to {dst}: {reason}")]
     Tls { dst: SocketAddr, reason: String },
     #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("{0}")]
     H1(#[from] h1::H1Error),
     #[error("idle for {0:?}")]
     Idle(Duration),

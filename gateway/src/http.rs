@@ -30,7 +30,10 @@ use crate::{
     accept::ProxyInputs,
     approve,
     extract::{self, Extracted, Kind, OneCall, Role},
-    forward::pool::{BodyError, Http1Slot, ProxyBody, UpstreamBody, UpstreamKey},
+    forward::{
+        h1::list_items,
+        pool::{BodyError, Http1Slot, ProxyBody, UpstreamBody, UpstreamKey},
+    },
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -990,8 +993,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<header::HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
+        .flat_map(|v| list_items(v.as_bytes()))
         .filter(|t| {
             !t.is_empty()
                 && !t.eq_ignore_ascii_case(b"keep-alive")

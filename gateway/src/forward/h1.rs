@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::pool::{BodyError, ProxyBody};
+use super::pool::{BodyError, ProxyBody, lock};
 
 /// The longest answer head read; a longer one is an error.
 const MAX_HEAD: usize = 64 * 1024;
@@ -120,9 +120,9 @@ pub enum Sent {
 
 /// The request's head and, when small and complete, its body, encoded for the wire.
 pub struct Encoded {
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
     /// The body still to send, when it did not fit in `bytes`.
-    pub rest: Option<ProxyBody>,
+    rest: Option<ProxyBody>,
     chunked: bool,
     head_only: bool,
 }
@@ -142,28 +142,22 @@ pub async fn encode(req: Request<ProxyBody>) -> Result<Encoded, H1Error> {
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    put_fields(&mut out, &parts.headers);
     let exact = body.size_hint().exact();
-    if body.is_end_stream() || exact == Some(0) {
-        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        return Ok(Encoded {
-            bytes: out,
-            rest: None,
-            chunked: false,
-            head_only,
-        });
-    }
+    let empty = body.is_end_stream() || exact == Some(0);
+    let chunked = !empty && exact.is_none();
     match exact {
+        _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(n) if !empty => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        _ if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    let rest = match exact {
+        _ if empty => None,
         Some(n) if n <= INLINE_BODY => {
-            out.extend_from_slice(format!("content-length: {n}\r\n\r\n").as_bytes());
             let start = out.len();
             while let Some(frame) = body.frame().await {
                 if let Ok(data) = frame.map_err(H1Error::RequestBody)?.into_data() {
@@ -175,63 +169,33 @@ pub async fn encode(req: Request<ProxyBody>) -> Result<Encoded, H1Error> {
                     "the request body's length differs from its Content-Length".into(),
                 ));
             }
-            Ok(Encoded {
-                bytes: out,
-                rest: None,
-                chunked: false,
-                head_only,
-            })
+            None
         }
-        Some(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n\r\n").as_bytes());
-            Ok(Encoded {
-                bytes: out,
-                rest: Some(body),
-                chunked: false,
-                head_only,
-            })
-        }
-        None => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            Ok(Encoded {
-                bytes: out,
-                rest: Some(body),
-                chunked: true,
-                head_only,
-            })
-        }
-    }
+        _ => Some(body),
+    };
+    Ok(Encoded {
+        bytes: out,
+        rest,
+        chunked,
+        head_only,
+    })
 }
 
 /// Writes `req` on `conn` and reads the answer's head. The answer's body reads from the
 /// connection and puts it back in `slot` once it ended cleanly.
-pub async fn send(mut conn: Upstream1, req: Encoded, slot: &Slot) -> Result<Sent, H1Error> {
+pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<Sent, H1Error> {
     let reused = conn.reused;
     conn.reused = true;
-    let Encoded {
-        bytes,
-        rest,
-        chunked,
-        head_only,
-    } = req;
-    let replay = rest.is_none();
-    let retry = |bytes| {
-        Sent::Retry(Encoded {
-            bytes,
-            rest: None,
-            chunked,
-            head_only,
-        })
-    };
-    if let Err(e) = conn.io.write_all(&bytes).await {
+    let replay = req.rest.is_none();
+    if let Err(e) = conn.io.write_all(&req.bytes).await {
         return if reused && replay {
-            Ok(retry(bytes))
+            Ok(Sent::Retry(req))
         } else {
             Err(e.into())
         };
     }
-    if let Some(body) = rest {
-        write_body(&mut conn.io, body, chunked).await?;
+    if let Some(body) = req.rest.take() {
+        write_body(&mut conn.io, body, req.chunked).await?;
     }
     let head = loop {
         match parse_head(&mut conn.buf)? {
@@ -241,7 +205,7 @@ pub async fn send(mut conn: Upstream1, req: Encoded, slot: &Slot) -> Result<Sent
         }
         let empty = conn.buf.is_empty();
         match conn.fill().await {
-            Ok(0) | Err(_) if empty && reused && replay => return Ok(retry(bytes)),
+            Ok(0) | Err(_) if empty && reused && replay => return Ok(Sent::Retry(req)),
             Ok(0) if empty => return Err(H1Error::ClosedBeforeAnswer),
             Ok(0) => return Err(H1Error::ClosedMidAnswer),
             Ok(_) => {}
@@ -251,7 +215,7 @@ pub async fn send(mut conn: Upstream1, req: Encoded, slot: &Slot) -> Result<Sent
             return Err(H1Error::HeadTooLarge);
         }
     };
-    let framing = framing(&head, head_only)?;
+    let framing = framing(&head, req.head_only)?;
     let keep = head.keep_alive && !matches!(framing, Framing::Close);
     let mut resp = Response::new(H1Body {
         conn: Some(conn),
@@ -264,6 +228,21 @@ pub async fn send(mut conn: Upstream1, req: Encoded, slot: &Slot) -> Result<Sent
     *resp.headers_mut() = head.headers;
     resp.body_mut().finish_if_done();
     Ok(Sent::Answered(resp))
+}
+
+/// Header (or trailer) fields as the wire has them, one `name: value` line each.
+fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The items of a comma-separated header value, trimmed (empty ones included).
+pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Sends a body that did not go with the head.
@@ -285,11 +264,8 @@ async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> R
     }
     if chunked {
         let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.iter().flatten() {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
+        if let Some(t) = &trailers {
+            put_fields(&mut end, t);
         }
         end.extend_from_slice(b"\r\n");
         io.write_all(&end).await?;
@@ -333,11 +309,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| H1Error::Malformed(format!("value of header {}", h.name)))?;
         if name == http::header::CONNECTION {
-            for token in value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-            {
+            for token in list_items(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -388,8 +360,7 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
     if te.iter().next().is_some() {
         let last = te
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
+            .flat_map(|v| list_items(v.as_bytes()))
             .rfind(|t| !t.is_empty());
         return Ok(match last {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
@@ -398,7 +369,7 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
     }
     let mut length: Option<u64> = None;
     for v in head.headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        for part in list_items(v.as_bytes()) {
             let n = std::str::from_utf8(part)
                 .ok()
                 .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
@@ -440,9 +411,7 @@ impl H1Body {
                 if conn.buf.capacity() > 64 * 1024 {
                     conn.buf = BytesMut::with_capacity(8 * 1024);
                 }
-                if let Ok(mut slot) = self.slot.lock() {
-                    *slot = Some(conn);
-                }
+                *lock(&self.slot) = Some(conn);
             }
         }
     }
@@ -452,10 +421,10 @@ impl H1Body {
         self.conn = None;
         Poll::Ready(Some(Err(Box::new(e))))
     }
+}
 
-    fn data(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        Poll::Ready(Some(Ok(Frame::data(b))))
-    }
+fn data(b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    Poll::Ready(Some(Ok(Frame::data(b))))
 }
 
 impl Body for H1Body {
@@ -485,11 +454,11 @@ impl Body for H1Body {
                         l => Framing::Length(l),
                     };
                     this.finish_if_done();
-                    return this.data(b);
+                    return data(b);
                 }
                 Framing::Close if !conn.buf.is_empty() => {
                     let b = conn.buf.split().freeze();
-                    return this.data(b);
+                    return data(b);
                 }
                 Framing::Chunked(state) if !conn.buf.is_empty() => {
                     let (next, out) = match step_chunked(state, &mut conn.buf) {
@@ -499,7 +468,7 @@ impl Body for H1Body {
                     let progressed = next != Framing::Chunked(state) || out.is_some();
                     this.framing = next;
                     match out {
-                        Some(ChunkOut::Data(b)) => return this.data(b),
+                        Some(ChunkOut::Data(b)) => return data(b),
                         Some(ChunkOut::Trailers(t)) => {
                             this.finish_if_done();
                             return Poll::Ready(Some(Ok(Frame::trailers(t))));

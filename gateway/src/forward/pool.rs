@@ -122,7 +122,7 @@ impl Body for UpstreamBody {
 }
 
 /// A poisoned lock only means a panic elsewhere; what it guards stays consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -147,9 +147,13 @@ impl Upstreams {
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let mut req = h1::encode(req).await?;
-        let mut conn = match slot.take().or_else(|| self.kept_http1(dst)) {
-            Some(c) if !c.looks_closed() => c,
-            _ => Upstream1::new(super::connect(dst, self.connect_timeout).await?),
+        let kept = slot
+            .take()
+            .filter(|c| !c.looks_closed())
+            .or_else(|| self.kept_http1(dst));
+        let mut conn = match kept {
+            Some(c) => c,
+            None => Upstream1::new(super::connect(dst, self.connect_timeout).await?),
         };
         loop {
             match h1::send(conn, req, &slot.0).await? {
@@ -175,7 +179,7 @@ impl Upstreams {
         let mut idle = lock(&self.idle_http1);
         // Expired ones are closed here, for every destination: nothing else looks at them.
         idle.retain(|_, kept| {
-            kept.retain(|(at, c)| now.duration_since(*at) < self.idle && !c.looks_closed());
+            kept.retain(|(at, c)| self.still_usable(*at, now, c));
             !kept.is_empty()
         });
         let kept = idle.entry(dst).or_default();
@@ -187,12 +191,18 @@ impl Upstreams {
     fn kept_http1(&self, dst: SocketAddr) -> Option<Upstream1> {
         let mut idle = lock(&self.idle_http1);
         let kept = idle.get_mut(&dst)?;
+        let now = Instant::now();
         while let Some((at, c)) = kept.pop() {
-            if at.elapsed() < self.idle && !c.looks_closed() {
+            if self.still_usable(at, now, &c) {
                 return Some(c);
             }
         }
         None
+    }
+
+    /// A connection kept since `at` has not idled out, nor been closed by the upstream.
+    fn still_usable(&self, at: Instant, now: Instant, c: &Upstream1) -> bool {
+        now.duration_since(at) < self.idle && !c.looks_closed()
     }
 
     /// The client for `key`; `tls` supplies the client configuration when the key needs one.

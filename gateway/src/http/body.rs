@@ -9,7 +9,6 @@ use std::{
     time::Instant,
 };
 
-use crate::forward::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde_json::Value as Json;
@@ -17,7 +16,7 @@ use tracing::warn;
 
 use super::OneCall;
 use crate::{
-    forward::pool::BodyError,
+    forward::pool::{BodyError, UpstreamBody},
     mask::{BodyMasker, MaskKey, scrub::ScrubStream},
     policy::{Obligations, schema::RecordLevel},
     record::{Durable, RawJson, Record, RecordError, RecordedDecision, Recorder},

@@ -4,7 +4,6 @@
 //! `http.max_held_response_kb`.
 use std::{collections::HashMap, sync::Arc};
 
-use crate::forward::pool::UpstreamBody;
 use bytes::Bytes;
 use http::{Response, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt, Limited};
@@ -15,7 +14,7 @@ use super::{
 };
 use crate::{
     extract::Kind,
-    forward::pool::ProxyBody,
+    forward::pool::{ProxyBody, UpstreamBody},
     mask::{BodyKind, BodyMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     record::RawJson,
