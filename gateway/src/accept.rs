@@ -402,6 +402,7 @@ async fn route(
             inputs: inputs.clone(),
             policy: policy.clone(),
             dst: conn.dst,
+            dst_text: conn.dst.to_string(),
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,

@@ -50,6 +50,8 @@ pub struct Conn {
     pub inputs: Arc<ProxyInputs>,
     pub policy: Arc<PolicyStore>,
     pub dst: SocketAddr,
+    /// `dst` as text, as records and spans name it: formatted once, not per call.
+    pub dst_text: String,
     /// `dst`'s IP as text, the form service lookup takes.
     pub dst_host: String,
     pub sni: Option<String>,
@@ -140,7 +142,7 @@ impl Conn {
         let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
         let caller = self.identify(&snap, &parts.headers).await;
         let recording = self.inputs.recorder.clone().map(|recorder| {
-            let mut rec = Record::new(self.session.clone(), self.dst.to_string());
+            let mut rec = Record::new(self.session.clone(), self.dst_text.clone());
             rec.workload = Some(self.workload.clone());
             rec.caller = recorded_caller(&caller);
             rec.protocol = kind.as_str().into();
@@ -256,10 +258,8 @@ impl Conn {
                 Some(_) => "limited",
                 None => d.decision.enforced.as_str(),
             };
-            match service {
-                Some(s) => metrics.call(&s.name, function, s.function(function).is_some(), outcome),
-                None => metrics.call("", function, false, outcome),
-            }
+            let declared = service.and_then(|s| s.function(function)).map(|f| &f.name);
+            metrics.call(service.map(|s| &s.name), declared, outcome);
         }
 
         if extracted.batch {
@@ -370,7 +370,7 @@ impl Conn {
             policy_commit: one.decision.policy.commit.clone(),
             spec,
             session: &self.session,
-            destination: self.dst.to_string(),
+            destination: self.dst_text.clone(),
         }) {
             Ok(h) => h,
             Err(why) => {
@@ -466,7 +466,7 @@ impl Conn {
         if let Some(c) = &d.policy.commit {
             span.set("callgate.policy.commit", c.clone());
         }
-        span.set("server.address", self.dst.to_string());
+        span.set("server.address", self.dst_text.clone());
         span.caller(&one.caller);
         Some(span)
     }

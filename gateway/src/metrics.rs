@@ -3,7 +3,7 @@
 //! approval outcomes) lives here; everything else the gateway already keeps — connection
 //! counters, the recorder, the policy, the OIDC keys, the eBPF programs' counters — is read
 //! at scrape time, so there is one source for each number.
-use std::{borrow::Cow, fmt, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -21,10 +21,11 @@ use crate::admin::AdminInputs;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    service: String,
+    /// Shared with the policy (Arc): building the label set allocates nothing per call.
+    service: Arc<str>,
     /// A function the policy declares, else `other`: paths of undeclared calls would make
     /// the label set unbounded.
-    function: String,
+    function: Arc<str>,
     decision: &'static str,
 }
 
@@ -40,6 +41,9 @@ pub struct Metrics {
     decide_seconds: Histogram,
     upstream_seconds: Histogram,
     approvals: Family<OutcomeLabels, Counter>,
+    /// The labels of a call outside any service, and of an undeclared function.
+    no_service: Arc<str>,
+    other: Arc<str>,
 }
 
 impl Default for Metrics {
@@ -51,17 +55,24 @@ impl Default for Metrics {
             // 100 µs … ~26 s.
             upstream_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 10)),
             approvals: Family::default(),
+            no_service: Arc::from(""),
+            other: Arc::from("other"),
         }
     }
 }
 
 impl Metrics {
-    /// One call decided. `declared` says whether `function` is one the policy names.
-    pub fn call(&self, service: &str, function: &str, declared: bool, decision: &'static str) {
+    /// One call decided: its service, and its function if the policy declares it.
+    pub fn call(
+        &self,
+        service: Option<&Arc<str>>,
+        function: Option<&Arc<str>>,
+        decision: &'static str,
+    ) {
         self.calls
             .get_or_create(&CallLabels {
-                service: service.to_string(),
-                function: if declared { function } else { "other" }.to_string(),
+                service: service.unwrap_or(&self.no_service).clone(),
+                function: function.unwrap_or(&self.other).clone(),
                 decision,
             })
             .inc();

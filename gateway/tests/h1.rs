@@ -33,45 +33,50 @@ async fn upstream(script: Vec<Step>) -> (SocketAddr, Arc<AtomicUsize>) {
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
+    let script = Arc::new(std::sync::Mutex::new(script.into_iter()));
     tokio::spawn(async move {
-        let mut script = script.into_iter();
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let mut buf = Vec::new();
-            loop {
-                // One request (heads only, or a short body after the head) at a time.
-                let mut chunk = [0u8; 4096];
-                let Ok(n) = s.read(&mut chunk).await else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let body_len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if buf.len() < end + 4 + body_len {
-                    continue;
-                }
-                buf.drain(..end + 4 + body_len);
-                match script.next() {
-                    Some(Step::Answer(a)) => {
-                        let _ = s.write_all(a).await;
-                    }
-                    Some(Step::AnswerAndClose(a)) => {
-                        let _ = s.write_all(a).await;
+            let script = script.clone();
+            // Each connection served on its own: a client may hold one open while using another.
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request (heads only, or a short body after the head) at a time.
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        break;
+                    };
+                    if n == 0 {
                         break;
                     }
-                    None => break,
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let body_len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + body_len {
+                        continue;
+                    }
+                    buf.drain(..end + 4 + body_len);
+                    let step = script.lock().map(|mut s| s.next()).unwrap_or(None);
+                    match step {
+                        Some(Step::Answer(a)) => {
+                            let _ = s.write_all(a).await;
+                        }
+                        Some(Step::AnswerAndClose(a)) => {
+                            let _ = s.write_all(a).await;
+                            break;
+                        }
+                        None => break,
+                    }
                 }
-            }
+            });
         }
     });
     (addr, accepted)
@@ -217,4 +222,74 @@ async fn malformed_answers_are_errors_not_guesses() {
     }
     let e = send(get("/garbage")).await.err().expect("an error");
     assert!(e.to_string().contains("malformed"), "{e}");
+}
+
+/// A connection released by an intercepted connection goes back to the thread (runtime) it
+/// was opened on: the next connection on that thread reuses it, one on another thread opens
+/// its own. A socket's readiness arrives on the thread that registered it, so a connection
+/// handed across would wait on a thread that may be busy or parked on something else.
+#[test]
+fn kept_connections_stay_on_the_thread_that_opened_them() {
+    let answer: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (addr, accepted) =
+        upstream_rt.block_on(upstream((0..3).map(|_| Step::Answer(answer)).collect()));
+    let ups = Arc::new(upstreams());
+    // One call on a fresh slot, then the slot's connection goes to the idle list.
+    let call = move |ups: Arc<Upstreams>| async move {
+        let slot = Http1Slot::default();
+        let resp = ups.send_http1(&slot, addr, get("/")).await.expect("call");
+        assert_eq!(read(resp).await.1, "ok");
+        ups.release_http1(addr, &slot);
+    };
+
+    // Thread A makes two calls over one connection, then holds its runtime without driving it.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let a = {
+        let ups = ups.clone();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(call(ups.clone()));
+            rt.block_on(call(ups));
+            let _ = ready_tx.send(());
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("thread A made its calls");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "reused on its own thread"
+    );
+
+    // Thread B gets a connection of its own; A's would wait on A's parked reactor.
+    let b = std::thread::spawn(move || {
+        runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), call(ups))
+                .await
+                .expect("thread B's call was answered")
+        })
+    });
+    let b = b.join();
+    let _ = done_tx.send(());
+    a.join().expect("thread A");
+    b.expect("thread B");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "another thread opens its own connection"
+    );
 }

@@ -93,13 +93,10 @@ impl Upstream1 {
         if self.buf.capacity() - self.buf.len() < want / 2 {
             self.buf.reserve(want);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        // Through AsyncRead rather than try_read: a read that leaves room in the buffer tells
+        // tokio the socket is drained, so neither the next read nor `looks_closed` pays a
+        // recv(2) that can only say EAGAIN.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -282,32 +279,53 @@ struct Head {
 
 /// An answer head from the front of `buf` (consumed), or None when more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut slots);
-    let n = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(H1Error::Malformed(e.to_string())),
+    // Where each field lies in the head, so that the values can share the head's memory once
+    // it is split off instead of each being copied into an allocation of its own.
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (n, code, minor, fields) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut slots);
+        let n = match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(H1Error::Malformed(e.to_string())),
+        };
+        let base = buf.as_ptr() as usize;
+        for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
+            *slot = (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            );
+        }
+        (n, r.code, r.version, r.headers.len())
     };
-    let status = StatusCode::from_u16(r.code.unwrap_or(0))
-        .map_err(|_| H1Error::Malformed(format!("status {:?}", r.code)))?;
+    let status = StatusCode::from_u16(code.unwrap_or(0))
+        .map_err(|_| H1Error::Malformed(format!("status {code:?}")))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(H1Error::Malformed(
             "101 Switching Protocols to a request that asked for no upgrade".into(),
         ));
     }
-    let version = if r.version == Some(0) {
+    let version = if minor == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(fields);
     let mut keep_alive = version == Version::HTTP_11;
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::Malformed(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| H1Error::Malformed(format!("value of header {}", h.name)))?;
+    for &(name_at, name_len, value_at, value_len) in &at[..fields] {
+        let name_bytes = &head[name_at..name_at + name_len];
+        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
+            H1Error::Malformed(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(name_bytes)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| H1Error::Malformed(format!("value of header {name}")))?;
         if name == http::header::CONNECTION {
             for token in list_items(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -319,7 +337,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         }
         headers.append(name, value);
     }
-    buf.advance(n);
     Ok(Some(Head {
         status,
         version,

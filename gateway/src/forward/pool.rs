@@ -19,6 +19,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
+    thread::{self, ThreadId},
     time::{Duration, Instant},
 };
 
@@ -50,6 +51,9 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 pub type HttpClient = Client<Connector, ProxyBody>;
 
+/// An idle HTTP/1 upstream connection and since when it idles.
+type Kept = (Instant, Upstream1);
+
 /// Idle HTTP/1 upstream connections kept per destination, at most.
 const IDLE_PER_DESTINATION: usize = 64;
 
@@ -66,8 +70,11 @@ pub struct UpstreamKey {
 /// The pools, created on first use of a key.
 pub struct Upstreams {
     clients: Mutex<HashMap<UpstreamKey, HttpClient>>,
-    /// Plain-text HTTP/1 connections no intercepted connection holds, newest last.
-    idle_http1: Mutex<HashMap<SocketAddr, Vec<(Instant, Upstream1)>>>,
+    /// Plain-text HTTP/1 connections no intercepted connection holds, newest last, per
+    /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
+    /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
+    /// eventfd write and an extra epoll round on both threads) on every call it carries.
+    idle_http1: Mutex<HashMap<(ThreadId, SocketAddr), Vec<Kept>>>,
     connect_timeout: Duration,
     idle: Duration,
 }
@@ -182,7 +189,7 @@ impl Upstreams {
             kept.retain(|(at, c)| self.still_usable(*at, now, c));
             !kept.is_empty()
         });
-        let kept = idle.entry(dst).or_default();
+        let kept = idle.entry((thread::current().id(), dst)).or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((now, conn));
         }
@@ -190,7 +197,7 @@ impl Upstreams {
 
     fn kept_http1(&self, dst: SocketAddr) -> Option<Upstream1> {
         let mut idle = lock(&self.idle_http1);
-        let kept = idle.get_mut(&dst)?;
+        let kept = idle.get_mut(&(thread::current().id(), dst))?;
         let now = Instant::now();
         while let Some((at, c)) = kept.pop() {
             if self.still_usable(at, now, &c) {
