@@ -54,7 +54,7 @@ pub type HttpClient = Client<Connector, ProxyBody>;
 /// An idle HTTP/1 upstream connection and since when it idles.
 type Kept = (Instant, Upstream1);
 
-/// Idle HTTP/1 upstream connections kept per destination, at most.
+/// Idle HTTP/1 upstream connections kept per destination and data-path thread, at most.
 const IDLE_PER_DESTINATION: usize = 64;
 
 /// Where and how to reach an upstream; one pool per key.
