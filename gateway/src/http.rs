@@ -32,7 +32,7 @@ use crate::{
     extract::{self, Extracted, Kind, OneCall, Role},
     forward::{
         h1::list_items,
-        pool::{BodyError, Http1Slot, ProxyBody, UpstreamBody, UpstreamKey},
+        pool::{BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey},
     },
     identity,
     mask::scrub::{ScrubStream, Secrets},
@@ -661,7 +661,7 @@ impl Conn {
         service: Option<&Service>,
         host: &str,
         h2c: bool,
-    ) -> Result<crate::forward::pool::HttpClient, String> {
+    ) -> Result<HttpClient, String> {
         let tls = if self.tls {
             let ca = service.and_then(|s| s.upstream_ca.clone());
             let name = self

@@ -464,9 +464,8 @@ impl Body for H1Body {
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) if !conn.buf.is_empty() => {
-                    let n = (conn.buf.len() as u64).min(left) as usize;
-                    let b = conn.buf.split_to(n).freeze();
-                    this.framing = match left - n as u64 {
+                    let (b, rest) = take_up_to(&mut conn.buf, left);
+                    this.framing = match rest {
                         0 => Framing::Done,
                         l => Framing::Length(l),
                     };
@@ -528,6 +527,12 @@ impl Body for H1Body {
     }
 }
 
+/// Up to `left` bytes from the front of `buf`, and how many are still to come after them.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = (buf.len() as u64).min(left) as usize;
+    (buf.split_to(n).freeze(), left - n as u64)
+}
+
 enum ChunkOut {
     Data(Bytes),
     Trailers(HeaderMap),
@@ -554,9 +559,8 @@ fn step_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Framing, Option<Chu
             Err(_) => Err(bad("invalid chunk size")),
         },
         Chunk::Data(left) => {
-            let n = (buf.len() as u64).min(left) as usize;
-            let b = buf.split_to(n).freeze();
-            let next = match left - n as u64 {
+            let (b, rest) = take_up_to(buf, left);
+            let next = match rest {
                 0 => Chunk::DataEnd,
                 l => Chunk::Data(l),
             };
