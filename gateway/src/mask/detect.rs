@@ -354,6 +354,17 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
+/// No letter or digit right before `s` or right at `e`: a value stands alone in the text.
+/// Lowercase letters break a run without making a group, so the groups alone cannot tell
+/// that `b502-5351742467be` (the tail of a UUID) is one token and not a card number.
+fn stands_alone(t: &[u8], s: usize, e: usize) -> bool {
+    starts_alone(t, s) && t.get(e).is_none_or(|c| !c.is_ascii_alphanumeric())
+}
+
+fn starts_alone(t: &[u8], s: usize) -> bool {
+    s == 0 || !t[s - 1].is_ascii_alphanumeric()
+}
+
 /// Card numbers among digit groups. Where groups joined by single spaces allow several
 /// readings (`2222222220 4111 1111 1111 1111`), every start is tried and overlapping matches
 /// are masked as one: taking only the first reading would leave most of another card in view.
@@ -374,7 +385,11 @@ fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
                 break;
             }
             let glued_after = groups.get(k + 1).is_some_and(|n| n.0 == groups[k].1);
-            if digits >= 13 && !glued_after && luhn_card(t, g.0 as usize, groups[k].1 as usize) {
+            if digits >= 13
+                && !glued_after
+                && stands_alone(t, g.0 as usize, groups[k].1 as usize)
+                && luhn_card(t, g.0 as usize, groups[k].1 as usize)
+            {
                 best = Some(groups[k].1);
             }
             k += 1;
@@ -435,7 +450,7 @@ fn ssn(t: &[u8], groups: &[(u32, u32, bool, bool)], k: usize) -> Option<Hit> {
         return None;
     }
     let (s, e) = (w[0].0 as usize, w[2].1 as usize);
-    if t[s + 3] != b'-' || t[s + 6] != b'-' {
+    if t[s + 3] != b'-' || t[s + 6] != b'-' || !stands_alone(t, s, e) {
         return None;
     }
     // Not part of a longer digit sequence (a card written 3-2-4-…).
@@ -466,6 +481,9 @@ fn iban(
 ) -> Option<Hit> {
     // A two-capital country code at a boundary, glued to at least two check digits.
     if g.2 || g.1 - g.0 != 2 || (k > 0 && groups[k - 1].1 == g.0) {
+        return None;
+    }
+    if !starts_alone(t, g.0 as usize) {
         return None;
     }
     let next = groups.get(k + 1)?;
