@@ -40,7 +40,7 @@ use crate::{
         Action, Caller, PolicyStore, Workload,
         schema::{TcpMode, TlsMode},
     },
-    record::{Record, RecordedDecision, Recorder},
+    record::{Record, RecordedDecision, Recorder, SharedJson},
     sniff::{self, OtherReason, Protocol, Rewind},
     stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
     tls::Authority,
@@ -406,7 +406,7 @@ async fn route(
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,
-            workload: Arc::new(serde_json::to_value(&conn.workload).unwrap_or_default()),
+            workload: SharedJson::of(&conn.workload),
             caller: Arc::new(Caller {
                 workload: Some(policy_workload(
                     &conn.workload,
@@ -597,7 +597,7 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
         rec.protocol = ended.protocol.into();
         rec.service = ended.service;
         rec.function = ended.function;
-        rec.workload = serde_json::to_value(w).ok().map(Arc::new);
+        rec.workload = Some(SharedJson::of(w));
         rec.decision = ended.decision;
         rec.latency_ms = duration_ms as f64;
         rec.bytes_in = t.up;

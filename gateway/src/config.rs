@@ -214,6 +214,7 @@ pub struct RecordsConfig {
     pub retain_bytes: u64,
     pub retain_age: Duration,
     pub response_cap: usize,
+    pub backlog_bytes: usize,
 }
 
 impl RecordsConfig {
@@ -226,6 +227,7 @@ impl RecordsConfig {
         c.retain_bytes = self.retain_bytes;
         c.retain_age = self.retain_age;
         c.response_cap = self.response_cap;
+        c.backlog_bytes = self.backlog_bytes;
         c
     }
 }
@@ -245,6 +247,8 @@ struct FileRecords {
     retain_mb: Option<u64>,
     retain_days: Option<u64>,
     response_cap_kb: Option<usize>,
+    /// Records queued for the writer before calls are refused.
+    backlog_mb: Option<usize>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -380,6 +384,7 @@ impl Config {
             retain_bytes: rec.retain_mb.unwrap_or(0) << 20,
             retain_age: Duration::from_secs(rec.retain_days.unwrap_or(0) * 86_400),
             response_cap: rec.response_cap_kb.unwrap_or(64) * 1024,
+            backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
         };
         let h = file.http.unwrap_or_default();
         let http = HttpConfig {

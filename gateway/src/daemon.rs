@@ -261,7 +261,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     if let Some(r) = recorder {
         match tokio::task::spawn_blocking({
             let r = r.clone();
-            move || r.sync(std::time::Duration::from_secs(5))
+            move || r.sync()
         })
         .await
         {

@@ -37,7 +37,7 @@ use crate::{
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
-    record::{Record, RecordedDecision},
+    record::{Record, RecordedDecision, SharedJson},
     reply::{self, Refusal},
     trace::CallSpan,
 };
@@ -57,7 +57,7 @@ pub struct Conn {
     pub sni: Option<String>,
     /// The client's TLS was terminated here, so the upstream gets TLS too.
     pub tls: bool,
-    pub workload: Arc<Json>,
+    pub workload: SharedJson,
     /// The caller without a token: the workload alone.
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,

@@ -461,12 +461,13 @@ fn print_status(s: &Status) {
         None => println!("records:       off"),
         Some(r) => {
             println!(
-                "records:       {} ({:?}; {} written, durable to seq {}, backlog {}, {} refused{})",
+                "records:       {} ({:?}; {} written, durable to seq {}, backlog {} ({} KiB), {} refused{})",
                 r.dir,
                 r.durability,
                 r.written,
                 r.durable_seq,
                 r.backlog,
+                r.backlog_bytes / 1024,
                 r.refused,
                 if r.truncated_bytes > 0 {
                     format!(", {} torn bytes cut at start", r.truncated_bytes)

@@ -336,6 +336,12 @@ impl Collector for State {
                 "Records queued and not yet written",
                 int(r.backlog as u64),
             )?;
+            gauge(
+                &mut e,
+                "records_backlog_bytes",
+                "Bytes of records queued and not yet written (bounded by records.backlog_mb)",
+                int(r.backlog_bytes as u64),
+            )?;
             counter(&mut e, "records_written", "Records written", r.written)?;
             counter(
                 &mut e,

@@ -13,12 +13,12 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 
 use crate::mask::{MaskKey, MaskRules};
@@ -33,9 +33,9 @@ pub struct Record {
     pub time_ms: u64,
     /// The connection (or workload session) the call came on; `replay` groups by it.
     pub session: String,
-    /// Shared with every other call of its connection: built once, never copied per call.
+    /// Shared with every other call of its connection: serialised once, copied per call as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Arc<serde_json::Value>>,
+    pub workload: Option<SharedJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<serde_json::Value>,
     /// Original destination `host:port`.
@@ -146,6 +146,62 @@ impl From<serde_json::Value> for RawJson {
     }
 }
 
+/// JSON text that many records carry: the workload block is serialised once per connection
+/// and its bytes copied into each record, instead of walking the same tree for every call.
+#[derive(Clone)]
+pub struct SharedJson(Arc<serde_json::value::RawValue>);
+
+impl SharedJson {
+    pub fn of<T: Serialize>(v: &T) -> Self {
+        let raw = serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+        });
+        Self(raw.into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// A string field of an object, read from the text.
+    pub fn str_field(&self, key: &str) -> Option<String> {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(self.get()).ok()?;
+        map.get(key)?.as_str().map(str::to_owned)
+    }
+}
+
+impl Serialize for SharedJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(|raw| Self(raw.into()))
+    }
+}
+
+impl From<serde_json::Value> for SharedJson {
+    fn from(v: serde_json::Value) -> Self {
+        Self::of(&v)
+    }
+}
+
+impl std::fmt::Debug for SharedJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl PartialEq for SharedJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
 /// Wall-clock time in Unix milliseconds, as records and the log's files store it.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -186,8 +242,10 @@ pub struct RecorderConfig {
     pub commit_window: Duration,
     /// fsync sooner once this many records are waiting.
     pub commit_records: usize,
-    /// Records the channel holds before `submit` refuses calls.
-    pub backlog: usize,
+    /// Bytes of records queued for the writer before `submit` refuses calls. In bytes, not
+    /// records, because a record is anything from 300 bytes to the response cap: the bound is
+    /// on memory, and it is what lets intake ride out a disk that stalls an fsync for seconds.
+    pub backlog_bytes: usize,
     pub segment_bytes: u64,
     pub segment_age: Duration,
     /// Delete the oldest sealed segments beyond these (0 = keep).
@@ -204,7 +262,7 @@ impl RecorderConfig {
             durability: Durability::Buffered,
             commit_window: Duration::from_millis(10),
             commit_records: 4096,
-            backlog: 65_536,
+            backlog_bytes: 128 << 20,
             segment_bytes: 64 << 20,
             segment_age: Duration::from_secs(3600),
             retain_bytes: 0,
@@ -228,8 +286,11 @@ pub enum RecordError {
         segment: String,
         reason: String,
     },
-    #[error("call recording is behind by {0} records; refusing new calls until it catches up")]
-    Backlog(usize),
+    #[error(
+        "call recording is behind ({records} records, {} KiB queued); refusing new calls until it catches up",
+        bytes / 1024
+    )]
+    Backlog { records: usize, bytes: usize },
     #[error("call recording is failing ({0}); refusing new calls until it recovers")]
     Failing(String),
     #[error("the recorder has stopped")]
@@ -253,6 +314,8 @@ struct Shared {
     write_errors: AtomicU64,
     segments_sealed: AtomicU64,
     truncated_bytes: AtomicU64,
+    /// Bytes of entries sent to the writer and not yet taken by it (see [`Entry::cost`]).
+    queued_bytes: AtomicUsize,
 }
 
 /// What `callgate status` shows about recording.
@@ -261,6 +324,8 @@ pub struct RecorderStatus {
     pub dir: String,
     pub durability: Durability,
     pub backlog: usize,
+    #[serde(default)]
+    pub backlog_bytes: usize,
     pub submitted: u64,
     pub refused: u64,
     pub written: u64,
@@ -279,6 +344,13 @@ struct Entry {
     done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
     /// Not a record: commit what is pending and answer with the durable sequence number.
     sync: bool,
+}
+
+impl Entry {
+    /// What an entry counts against the backlog: its payload and its own size.
+    fn cost(&self) -> usize {
+        self.payload.len() + std::mem::size_of::<Self>()
+    }
 }
 
 /// The handle the data path records through. Cheap to clone.
@@ -321,7 +393,8 @@ impl Recorder {
     /// Opens (or creates) the log in `cfg.dir`, cuts a torn final frame, and starts the writer.
     pub fn open(cfg: RecorderConfig, key: MaskKey) -> Result<Self, RecordError> {
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = crossbeam_channel::bounded(cfg.backlog);
+        // Unbounded in count: `queued_bytes` bounds it (see `backlog_bytes`).
+        let (tx, rx) = crossbeam_channel::unbounded();
         let cfg = Arc::new(cfg);
         let w = writer::Writer::open(cfg.clone(), shared.clone())?;
         let handle = std::thread::Builder::new()
@@ -362,11 +435,17 @@ impl Recorder {
                 .unwrap_or_default();
             return Err(RecordError::Failing(why));
         }
-        let backlog = self.tx.len();
-        if backlog >= self.cfg.backlog {
-            return Err(RecordError::Backlog(backlog));
+        if self.shared.queued_bytes.load(Ordering::Relaxed) >= self.cfg.backlog_bytes {
+            return Err(self.backlog());
         }
         Ok(())
+    }
+
+    fn backlog(&self) -> RecordError {
+        RecordError::Backlog {
+            records: self.tx.len(),
+            bytes: self.shared.queued_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Masks, serialises and queues `rec`. In strict mode the returned [`Durable`] resolves
@@ -386,17 +465,27 @@ impl Recorder {
             }
             Durability::Buffered => (None, None),
         };
-        match self.tx.try_send(Entry {
+        let entry = Entry {
             payload,
             done,
             sync: false,
-        }) {
+        };
+        // One record bigger than the whole bound still goes when nothing else is queued.
+        let cost = entry.cost();
+        let queued = self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if queued > 0 && queued + cost > self.cfg.backlog_bytes {
+            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(refuse(self.backlog()));
+        }
+        match self.tx.send(entry) {
             Ok(()) => {
                 self.shared.submitted.fetch_add(1, Ordering::Relaxed);
                 Ok(durable)
             }
-            Err(TrySendError::Full(_)) => Err(refuse(RecordError::Backlog(self.tx.len()))),
-            Err(TrySendError::Disconnected(_)) => Err(refuse(RecordError::Stopped)),
+            Err(_) => {
+                self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                Err(refuse(RecordError::Stopped))
+            }
         }
     }
 
@@ -451,6 +540,7 @@ impl Recorder {
             dir: self.cfg.dir.display().to_string(),
             durability: self.cfg.durability,
             backlog: self.tx.len(),
+            backlog_bytes: s.queued_bytes.load(Ordering::Relaxed),
             submitted: s.submitted.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             written: s.written.load(Ordering::Relaxed),
@@ -468,19 +558,21 @@ impl Recorder {
     }
 
     /// Writes and fsyncs everything submitted so far (for a clean shutdown while other handles
-    /// are still alive); the durable sequence number.
-    pub fn sync(&self, timeout: Duration) -> Result<u64, RecordError> {
+    /// are still alive); the durable sequence number. Never refused for the backlog: it is
+    /// how the backlog gets written.
+    pub fn sync(&self) -> Result<u64, RecordError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send_timeout(
-                Entry {
-                    payload: Vec::new(),
-                    done: Some(tx),
-                    sync: true,
-                },
-                timeout,
-            )
-            .map_err(|_| RecordError::Stopped)?;
+        let entry = Entry {
+            payload: Vec::new(),
+            done: Some(tx),
+            sync: true,
+        };
+        let cost = entry.cost();
+        self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if self.tx.send(entry).is_err() {
+            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(RecordError::Stopped);
+        }
         Durable(rx).wait_blocking()
     }
 

@@ -137,8 +137,10 @@ fn check_dir(dir: &DirArg) -> Result<()> {
     Ok(())
 }
 
-fn caller_of(s: &Stored) -> &str {
-    query::caller_names(&s.record).next().unwrap_or("-")
+fn caller_of(s: &Stored) -> String {
+    query::caller_names(&s.record)
+        .next()
+        .unwrap_or_else(|| "-".into())
 }
 
 pub fn run(cmd: RecordsCommand) -> Result<()> {

@@ -47,14 +47,12 @@ pub struct Filter {
 }
 
 /// The names a caller goes by, most specific first: OIDC subject, systemd unit, command.
-pub fn caller_names(r: &Record) -> impl Iterator<Item = &str> {
-    [
-        (r.caller.as_ref(), "subject"),
-        (r.workload.as_deref(), "unit"),
-        (r.workload.as_deref(), "comm"),
-    ]
-    .into_iter()
-    .filter_map(|(v, key)| v?.get(key)?.as_str())
+pub fn caller_names(r: &Record) -> impl Iterator<Item = String> + '_ {
+    let subject = r.caller.as_ref().and_then(|c| c.get("subject")?.as_str());
+    let workload = ["unit", "comm"]
+        .into_iter()
+        .filter_map(|key| r.workload.as_ref()?.str_field(key));
+    subject.map(str::to_owned).into_iter().chain(workload)
 }
 
 impl Filter {

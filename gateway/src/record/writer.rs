@@ -240,6 +240,9 @@ impl Writer {
     }
 
     fn append(&mut self, e: Entry) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(e.cost(), Ordering::Relaxed);
         if e.sync {
             // Answered by the commit that follows (see `run`): it is a waiter.
             if let Some(done) = e.done {
