@@ -141,18 +141,16 @@ impl Conn {
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
         let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
         let caller = self.identify(&snap, &parts.headers).await;
-        let recording = self.inputs.recorder.clone().map(|recorder| {
+        let recording = self.inputs.recorder.is_some().then(|| {
             let mut rec = Record::new(self.session.clone(), self.dst_text.clone());
             rec.workload = Some(self.workload.clone());
             rec.caller = recorded_caller(&caller);
             rec.protocol = kind.as_str().into();
             rec.service = service.map(|s| s.name.to_string());
             Recording {
-                recorder,
+                conn: self.clone(),
                 rec,
                 started,
-                stats: self.inputs.stats.clone(),
-                key: self.inputs.mask_key.clone(),
                 full: true,
             }
         });

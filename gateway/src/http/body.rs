@@ -14,23 +14,22 @@ use http_body::{Body, Frame, SizeHint};
 use serde_json::Value as Json;
 use tracing::warn;
 
-use super::OneCall;
+use super::{Conn, OneCall};
 use crate::{
     forward::pool::{BodyError, UpstreamBody},
-    mask::{BodyMasker, MaskKey, scrub::ScrubStream},
+    mask::{BodyMasker, scrub::ScrubStream},
     policy::{Obligations, schema::RecordLevel},
-    record::{Durable, RawJson, Record, RecordError, RecordedDecision, Recorder},
-    stats::Stats,
+    record::{Durable, RawJson, Record, RecordError, RecordedDecision},
 };
 
 /// What writing one call's record needs, carried from the request to the end of its answer.
+/// The recorder, key and counters are reached through the call's connection: cloning the
+/// shared handles per call would bounce their reference counts between the data-path threads.
 #[derive(Clone)]
 pub struct Recording {
-    pub recorder: Recorder,
+    pub conn: Arc<Conn>,
     pub rec: Record,
     pub started: Instant,
-    pub stats: Arc<Stats>,
-    pub key: MaskKey,
     /// `record: full` (arguments and response) rather than `metadata`.
     pub full: bool,
 }
@@ -53,7 +52,7 @@ impl Recording {
             let mut args = call.args.clone();
             if let Some(ob) = ob {
                 // Field paths the policy masks in responses are masked in arguments too.
-                ob.masks.0.mask_value(&self.key, &mut args);
+                ob.masks.0.mask_value(&self.conn.inputs.mask_key, &mut args);
             }
             self.rec.args = Some(args);
         }
@@ -76,10 +75,12 @@ impl Recording {
         }
         self.rec.bytes_out = bytes_out;
         self.rec.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        match self.recorder.submit(self.rec) {
+        let inputs = &self.conn.inputs;
+        match inputs.recorder.as_ref()?.submit(self.rec) {
             Ok(d) => d,
             Err(e) => {
-                self.stats
+                inputs
+                    .stats
                     .record_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(error = %e, "could not record a call");
