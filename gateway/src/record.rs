@@ -10,6 +10,7 @@ pub mod segment;
 mod writer;
 
 use std::{
+    ops::Deref,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -20,6 +21,7 @@ use std::{
 
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::mask::{MaskKey, MaskRules};
 
@@ -87,9 +89,15 @@ pub struct RecordedDecision {
 /// A JSON value kept as its text. A response body goes into its record as the bytes the
 /// client got (masked again with every detector) rather than through a parsed tree and back:
 /// parsing, walking and re-serialising cost more than the rest of the record together.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<serde_json::value::RawValue>);
+///
+/// `P` holds the text: boxed for a value that belongs to one record, shared ([`SharedJson`])
+/// for one that many records carry.
+#[derive(Clone)]
+pub struct RawJson<P = Box<RawValue>>(P);
+
+/// JSON text that many records carry: the workload block is serialised once per connection
+/// and its bytes copied into each record, instead of walking the same tree for every call.
+pub type SharedJson = RawJson<Arc<RawValue>>;
 
 impl RawJson {
     /// `text` as a value: itself when it is JSON, else a JSON string of it (invalid UTF-8
@@ -103,7 +111,7 @@ impl RawJson {
 
     /// `s` itself when it is JSON, else a JSON string of it.
     pub fn text(s: &str) -> Self {
-        match serde_json::from_str::<Box<serde_json::value::RawValue>>(s) {
+        match serde_json::from_str::<Box<RawValue>>(s) {
             Ok(raw) => Self(raw),
             Err(_) => Self::string(s),
         }
@@ -113,92 +121,55 @@ impl RawJson {
     pub fn string(s: &str) -> Self {
         Self::of(&serde_json::Value::from(s))
     }
+}
 
-    pub fn of(v: &serde_json::Value) -> Self {
-        Self(serde_json::value::to_raw_value(v).expect("a Value always serialises"))
+impl<P: From<Box<RawValue>>> RawJson<P> {
+    /// `v` serialised; `null` if it cannot be (a map with keys that are not strings).
+    pub fn of<T: Serialize + ?Sized>(v: &T) -> Self {
+        let raw = serde_json::value::to_raw_value(v)
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+        Self(raw.into())
     }
+}
 
+impl<P: Deref<Target = RawValue>> RawJson<P> {
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
     }
 
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
+        serde_json::from_str(self.get()).unwrap_or_default()
     }
 }
 
-impl std::fmt::Debug for RawJson {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.get())
-    }
-}
-
-impl PartialEq for RawJson {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl From<serde_json::Value> for RawJson {
-    fn from(v: serde_json::Value) -> Self {
-        Self::of(&v)
-    }
-}
-
-/// JSON text that many records carry: the workload block is serialised once per connection
-/// and its bytes copied into each record, instead of walking the same tree for every call.
-#[derive(Clone)]
-pub struct SharedJson(Arc<serde_json::value::RawValue>);
-
-impl SharedJson {
-    pub fn of<T: Serialize>(v: &T) -> Self {
-        let raw = serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
-        });
-        Self(raw.into())
-    }
-
-    /// The JSON text.
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-
-    /// A string field of an object, read from the text.
-    pub fn str_field(&self, key: &str) -> Option<String> {
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(self.get()).ok()?;
-        map.get(key)?.as_str().map(str::to_owned)
-    }
-}
-
-impl Serialize for SharedJson {
+impl<P: Deref<Target = RawValue>> Serialize for RawJson<P> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for SharedJson {
+impl<'de, P: From<Box<RawValue>>> Deserialize<'de> for RawJson<P> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<serde_json::value::RawValue>::deserialize(d).map(|raw| Self(raw.into()))
+        Box::<RawValue>::deserialize(d).map(|raw| Self(raw.into()))
     }
 }
 
-impl From<serde_json::Value> for SharedJson {
-    fn from(v: serde_json::Value) -> Self {
-        Self::of(&v)
-    }
-}
-
-impl std::fmt::Debug for SharedJson {
+impl<P: Deref<Target = RawValue>> std::fmt::Debug for RawJson<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.get())
     }
 }
 
-impl PartialEq for SharedJson {
+impl<P: Deref<Target = RawValue>> PartialEq for RawJson<P> {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
+    }
+}
+
+impl<P: From<Box<RawValue>>> From<serde_json::Value> for RawJson<P> {
+    fn from(v: serde_json::Value) -> Self {
+        Self::of(&v)
     }
 }
 

@@ -48,11 +48,23 @@ pub struct Filter {
 
 /// The names a caller goes by, most specific first: OIDC subject, systemd unit, command.
 pub fn caller_names(r: &Record) -> impl Iterator<Item = String> + '_ {
+    /// The workload's names, read from its text in one pass.
+    #[derive(Default, serde::Deserialize)]
+    struct Names {
+        unit: Option<serde_json::Value>,
+        comm: Option<serde_json::Value>,
+    }
     let subject = r.caller.as_ref().and_then(|c| c.get("subject")?.as_str());
-    let workload = ["unit", "comm"]
+    let w: Names = r
+        .workload
+        .as_ref()
+        .and_then(|w| serde_json::from_str(w.get()).ok())
+        .unwrap_or_default();
+    let names = [w.unit, w.comm].into_iter().flatten();
+    subject
+        .map(str::to_owned)
         .into_iter()
-        .filter_map(|key| r.workload.as_ref()?.str_field(key));
-    subject.map(str::to_owned).into_iter().chain(workload)
+        .chain(names.filter_map(|v| v.as_str().map(str::to_owned)))
 }
 
 impl Filter {
