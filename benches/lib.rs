@@ -271,3 +271,96 @@ impl Drop for Nginx {
         self.party.terminate(Duration::from_secs(5));
     }
 }
+
+/// Runs `callgate-paced` (the bench's open-loop generator; `exe` is its path) at `rate`
+/// requests per second over 32 keep-alive connections, inside `cg` when given. Latency counts
+/// from when each request was due, so a stall shows in every request it delays.
+pub fn paced(exe: &str, cg: Option<&TestCgroup>, rate: f64, secs: f64, url: &str) -> Wrk {
+    let (rate, secs_arg) = (format!("{rate:.0}"), format!("{secs}"));
+    let argv = [
+        exe,
+        "--rate",
+        &rate,
+        "--connections",
+        "32",
+        "--warmup",
+        "1",
+        "--duration",
+        &secs_arg,
+        url,
+    ];
+    let out = match cg {
+        Some(cg) => cg.run(&argv),
+        None => Command::new(exe)
+            .args(&argv[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("run {exe}: {e}")),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "callgate-paced failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("callgate-paced's output {text:?}: {e}"));
+    let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Wrk {
+        rps: num("rps"),
+        p50: num("p50_us"),
+        p99: num("p99_us"),
+        secs,
+        requests: num("answered") as u64,
+        non_2xx: num("non_2xx") as u64,
+        errors: 0,
+    }
+}
+
+/// The median of each of `runs`' rates and percentiles: one stall in one round of a noisy
+/// machine moves a p99 by milliseconds, the median of three rounds by much less.
+pub fn median_of(runs: &[Wrk]) -> Wrk {
+    let med = |f: fn(&Wrk) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Wrk {
+        rps: med(|w| w.rps),
+        p50: med(|w| w.p50),
+        p99: med(|w| w.p99),
+        secs: runs.iter().map(|w| w.secs).sum(),
+        requests: runs.iter().map(|w| w.requests).sum(),
+        non_2xx: runs.iter().map(|w| w.non_2xx).sum(),
+        errors: runs.iter().map(|w| w.errors).sum(),
+    }
+}
+
+/// While held, a KVM guest's idle vCPUs poll for up to 200 µs before halting (the
+/// `haltpoll` cpuidle driver's `guest_halt_poll_ns`; restored on drop). With polling off, as
+/// this machine kind boots, a request that finds its CPU halted waits for the hypervisor to
+/// run the vCPU again, and latency percentiles measure that: direct loopback calls show p50
+/// ≈ 90–160 µs and p99 in milliseconds. Polling takes that out of every path alike, so that
+/// latency rows compare the software. `None` when the knob is absent or read-only.
+pub struct GuestIdlePoll {
+    path: &'static str,
+    before: String,
+}
+
+impl GuestIdlePoll {
+    const PATH: &'static str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+    pub fn hold() -> Option<Self> {
+        let before = fs::read_to_string(Self::PATH).ok()?.trim().to_string();
+        fs::write(Self::PATH, "200000").ok()?;
+        Some(Self {
+            path: Self::PATH,
+            before,
+        })
+    }
+}
+
+impl Drop for GuestIdlePoll {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path, &self.before);
+    }
+}
