@@ -54,11 +54,13 @@ fn buffered(n: u64) -> f64 {
     let t = Instant::now();
     let mut i = 0;
     while i < n {
-        match rec.submit(record(i)) {
-            Ok(_) => i += 1,
-            // The channel is full: the writer is behind; a real caller would get a 503.
-            Err(_) => std::thread::sleep(Duration::from_micros(50)),
+        // The writer is behind: wait, where a real caller would get a 503.
+        if rec.ready().is_err() {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
         }
+        rec.submit(record(i)).expect("submit");
+        i += 1;
     }
     rec.close();
     let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -125,9 +127,10 @@ fn main() {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            while rec.submit(black_box(record(i))).is_err() {
+            while rec.ready().is_err() {
                 std::thread::sleep(Duration::from_micros(50));
             }
+            rec.submit(black_box(record(i))).expect("submit");
         });
         rec.close();
         let _ = std::fs::remove_dir_all(&d);

@@ -277,6 +277,7 @@ struct Shared {
     failing: AtomicBool,
     failure: std::sync::Mutex<Option<String>>,
     submitted: AtomicU64,
+    /// Records that could not be queued at all: the writer had stopped.
     refused: AtomicU64,
     written: AtomicU64,
     /// Highest sequence number known to be on stable storage.
@@ -419,14 +420,16 @@ impl Recorder {
         }
     }
 
-    /// Masks, serialises and queues `rec`. In strict mode the returned [`Durable`] resolves
-    /// once it is fsync'd; in buffered mode it is `None`.
+    /// Masks, serialises and queues `rec`, the record of a call that [`Recorder::ready`]
+    /// admitted. In strict mode the returned [`Durable`] resolves once it is fsync'd; in
+    /// buffered mode it is `None`.
+    ///
+    /// It is queued even when the backlog has reached its bound or the writer has started
+    /// failing since the call was admitted: the call has been carried out, so its record is
+    /// owed, and dropping it would be a call nobody can account for. The bound applies at
+    /// admission; the backlog can exceed it by the records of the calls in flight when it
+    /// filled, each at most `response_cap` of answer.
     pub fn submit(&self, mut rec: Record) -> Result<Option<Durable>, RecordError> {
-        let refuse = |e: RecordError| {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
-            e
-        };
-        self.ready().map_err(refuse)?;
         self.mask(&mut rec);
         let payload = serde_json::to_vec(&rec)?;
         let (done, durable) = match self.cfg.durability {
@@ -441,13 +444,8 @@ impl Recorder {
             done,
             sync: false,
         };
-        // One record bigger than the whole bound still goes when nothing else is queued.
         let cost = entry.cost();
-        let queued = self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        if queued > 0 && queued + cost > self.cfg.backlog_bytes {
-            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-            return Err(refuse(self.backlog()));
-        }
+        self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
         match self.tx.send(entry) {
             Ok(()) => {
                 self.shared.submitted.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +453,8 @@ impl Recorder {
             }
             Err(_) => {
                 self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-                Err(refuse(RecordError::Stopped))
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                Err(RecordError::Stopped)
             }
         }
     }
