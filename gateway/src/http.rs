@@ -155,7 +155,18 @@ impl Conn {
             }
         });
 
-        // Refusals that need no call: the name the client used, and the call log.
+        // Refusals that need no call: the call log first — every refusal below is recorded
+        // too, and a record is only owed for a call the recorder admitted — then the name the
+        // client used.
+        if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
+            stats.refused_recording.fetch_add(1, Relaxed);
+            let r = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                format!("the call cannot be recorded: {e}"),
+            );
+            return r.respond(kind, None);
+        }
         if let (Some(s), Some(host)) = (service, authority(&parts)) {
             if !s.accepts_host(host, self.dst.ip()) {
                 stats.refused_policy.fetch_add(1, Relaxed);
@@ -174,15 +185,6 @@ impl Conn {
                     .refuse(recording, kind, extract::raw(&parts), None, r)
                     .await;
             }
-        }
-        if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
-            stats.refused_recording.fetch_add(1, Relaxed);
-            let r = Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "recording_unavailable",
-                format!("the call cannot be recorded: {e}"),
-            );
-            return r.respond(kind, None);
         }
 
         // Read what the decision needs, bounded.
