@@ -233,10 +233,10 @@ async fn run_worker(
 /// Every call arms timers (hyper's header read timeout, the upstream answer timeout). tokio
 /// writes the runtime's eventfd whenever a new timer is due before every timer the runtime
 /// knew when it last parked, so that a parked thread wakes in time; when no timer was pending
-/// — an idle thread taking one call, the light-load case — that is every timer, and each call
-/// paid two eventfd writes and an extra epoll round on its own thread. With this timer always
-/// nearer, the calls' timers (seconds to minutes away) never come first. It costs one wake-up
-/// per second.
+/// — an idle thread taking one call, the light-load case — that is every timer: measured with
+/// one keep-alive client, each call paid an eventfd write and an extra `epoll_wait` on its own
+/// thread, 8 syscalls where 6 do. With this timer always nearer, the calls' timers (seconds
+/// to minutes away) never come first. It costs one wake-up per second.
 async fn timer_anchor(mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(900));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

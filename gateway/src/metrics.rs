@@ -346,7 +346,7 @@ impl Collector for State {
             counter(
                 &mut e,
                 "records_refused",
-                "Records refused (calls refused with them)",
+                "Records that could not be queued because the recorder had stopped (calls refused for recording are refused_recording)",
                 r.refused,
             )?;
             counter(&mut e, "records_fsyncs", "fsyncs of the call log", r.fsyncs)?;
