@@ -247,7 +247,7 @@ struct FileRecords {
     retain_mb: Option<u64>,
     retain_days: Option<u64>,
     response_cap_kb: Option<usize>,
-    /// Records queued for the writer before calls are refused.
+    /// Records queued for the writer before new calls are refused.
     backlog_mb: Option<usize>,
 }
 

@@ -140,6 +140,17 @@ impl Conn {
         let (parts, body) = req.into_parts();
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
         let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
+        // The call log first: nothing is done for a call that could not be recorded, and every
+        // refusal below is recorded too, which the recorder owes only to a call it admitted.
+        if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
+            stats.refused_recording.fetch_add(1, Relaxed);
+            let r = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                format!("the call cannot be recorded: {e}"),
+            );
+            return r.respond(kind, None);
+        }
         let caller = self.identify(&snap, &parts.headers).await;
         let recording = self.inputs.recorder.is_some().then(|| {
             let mut rec = Record::new(self.session.clone(), self.dst_text.clone());
@@ -155,18 +166,7 @@ impl Conn {
             }
         });
 
-        // Refusals that need no call: the call log first — every refusal below is recorded
-        // too, and a record is only owed for a call the recorder admitted — then the name the
-        // client used.
-        if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
-            stats.refused_recording.fetch_add(1, Relaxed);
-            let r = Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "recording_unavailable",
-                format!("the call cannot be recorded: {e}"),
-            );
-            return r.respond(kind, None);
-        }
+        // Refusals that need no call: the name the client used.
         if let (Some(s), Some(host)) = (service, authority(&parts)) {
             if !s.accepts_host(host, self.dst.ip()) {
                 stats.refused_policy.fetch_add(1, Relaxed);

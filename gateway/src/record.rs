@@ -213,7 +213,7 @@ pub struct RecorderConfig {
     pub commit_window: Duration,
     /// fsync sooner once this many records are waiting.
     pub commit_records: usize,
-    /// Bytes of records queued for the writer before `submit` refuses calls. In bytes, not
+    /// Bytes of records queued for the writer before `ready` refuses new calls. In bytes, not
     /// records, because a record is anything from 300 bytes to the response cap: the bound is
     /// on memory, and it is what lets intake ride out a disk that stalls an fsync for seconds.
     pub backlog_bytes: usize,
@@ -444,19 +444,22 @@ impl Recorder {
             done,
             sync: false,
         };
+        if let Err(e) = self.enqueue(entry) {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(durable)
+    }
+
+    /// Hands `entry` to the writer, counted in `queued_bytes` until the writer takes it.
+    fn enqueue(&self, entry: Entry) -> Result<(), RecordError> {
         let cost = entry.cost();
         self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        match self.tx.send(entry) {
-            Ok(()) => {
-                self.shared.submitted.fetch_add(1, Ordering::Relaxed);
-                Ok(durable)
-            }
-            Err(_) => {
-                self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-                self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                Err(RecordError::Stopped)
-            }
-        }
+        self.tx.send(entry).map_err(|_| {
+            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            RecordError::Stopped
+        })
     }
 
     /// Raw PII never reaches disk: whatever the policy masked already, every built-in detector
@@ -532,17 +535,11 @@ impl Recorder {
     /// how the backlog gets written.
     pub fn sync(&self) -> Result<u64, RecordError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let entry = Entry {
+        self.enqueue(Entry {
             payload: Vec::new(),
             done: Some(tx),
             sync: true,
-        };
-        let cost = entry.cost();
-        self.shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        if self.tx.send(entry).is_err() {
-            self.shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-            return Err(RecordError::Stopped);
-        }
+        })?;
         Durable(rx).wait_blocking()
     }
 
