@@ -13,7 +13,7 @@
 //! to `benches/results/<date>-<commit>.json` and `.md` as well as the terminal.
 //!
 //! Goals (issues 6 and 9): callgate ≥ 1.0× nginx's requests per second at full load; added
-//! p99 over direct ≤ 150 µs at light load; pass-through ≥ 0.9× direct; RSS ≤ 50 MiB at 1,000
+//! p99 over direct ≤ 150 µs at half load; pass-through ≥ 0.9× direct; RSS ≤ 50 MiB at 1,000
 //! idle connections. "Light load" is wrk with one connection, one request at a time; "half
 //! load" holds a fixed rate with `callgate-paced` (wrk has no fixed-rate mode; wrk2 is not in
 //! Debian).

@@ -116,7 +116,12 @@ fn load_tool(cg: Option<&TestCgroup>, tool: &[&str], load: &[&str], url: &str) -
             .unwrap_or_else(|e| panic!("run {}: {e}", argv[0])),
     };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{} failed: {text}", argv[0]);
+    assert!(
+        out.status.success(),
+        "{} failed: {text}{}",
+        argv[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -277,8 +282,7 @@ impl Drop for Nginx {
 /// from when each request was due, so a stall shows in every request it delays.
 pub fn paced(exe: &str, cg: Option<&TestCgroup>, rate: f64, secs: f64, url: &str) -> Wrk {
     let (rate, secs_arg) = (format!("{rate:.0}"), format!("{secs}"));
-    let argv = [
-        exe,
+    let load = [
         "--rate",
         &rate,
         "--connections",
@@ -287,21 +291,8 @@ pub fn paced(exe: &str, cg: Option<&TestCgroup>, rate: f64, secs: f64, url: &str
         "1",
         "--duration",
         &secs_arg,
-        url,
     ];
-    let out = match cg {
-        Some(cg) => cg.run(&argv),
-        None => Command::new(exe)
-            .args(&argv[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("run {exe}: {e}")),
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "callgate-paced failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = load_tool(cg, &[exe], &load, url);
     let v: serde_json::Value = serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("callgate-paced's output {text:?}: {e}"));
     let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -342,7 +333,7 @@ pub fn median_of(runs: &[Wrk]) -> Wrk {
 /// ≈ 90–160 µs and p99 in milliseconds. Polling takes that out of every path alike, so that
 /// latency rows compare the software. `None` when the knob is absent or read-only.
 pub struct GuestIdlePoll {
-    path: &'static str,
+    /// The value to restore.
     before: String,
 }
 
@@ -352,15 +343,12 @@ impl GuestIdlePoll {
     pub fn hold() -> Option<Self> {
         let before = fs::read_to_string(Self::PATH).ok()?.trim().to_string();
         fs::write(Self::PATH, "200000").ok()?;
-        Some(Self {
-            path: Self::PATH,
-            before,
-        })
+        Some(Self { before })
     }
 }
 
 impl Drop for GuestIdlePoll {
     fn drop(&mut self) {
-        let _ = fs::write(self.path, &self.before);
+        let _ = fs::write(Self::PATH, &self.before);
     }
 }

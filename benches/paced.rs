@@ -146,55 +146,52 @@ struct Conn {
 
 /// How far an answer in `buf` has arrived: its length and status once complete.
 fn complete_answer(buf: &[u8]) -> Result<Option<(usize, u16)>, String> {
-    let Some(head_end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err("answer head too large".into())
-        } else {
-            Ok(None)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "answer head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let mut length = None;
-    let mut chunked = false;
-    for l in lines {
-        let Some((name, value)) = l.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad content-length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut answer = httparse::Response::new(&mut fields);
+    let body = match answer.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err("answer head too large".into());
         }
-    }
-    let body = head_end + 4;
-    if chunked {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad answer head: {e}")),
+    };
+    let status = answer.code.unwrap_or(0);
+    let field = |name: &str| {
+        answer
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if field("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
         let mut at = body;
         loop {
-            let Some(eol) = memchr::memmem::find(&buf[at..], b"\r\n") else {
-                return Ok(None);
+            let (size_end, size) = match httparse::parse_chunk_size(&buf[at..]) {
+                Ok(httparse::Status::Complete(c)) => c,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err("bad chunk size".into()),
             };
-            let size_text = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| "bad chunk")?;
-            let size_text = size_text.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-            at += eol + 2;
+            at += size_end;
             if size == 0 {
                 // No trailers expected: the empty line ends the answer.
                 return Ok((buf.len() >= at + 2).then_some((at + 2, status)));
             }
-            if buf.len() < at + size + 2 {
+            let next = at + size as usize + 2;
+            if buf.len() < next {
                 return Ok(None);
             }
-            at += size + 2;
+            at = next;
         }
     }
-    let end = body + length.unwrap_or(0);
+    let length = match field("content-length") {
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or("bad content-length")?,
+        None => 0,
+    };
+    let end = body + length;
     Ok((buf.len() >= end).then_some((end, status)))
 }
 
