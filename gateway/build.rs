@@ -1,4 +1,4 @@
-//! Builds the eBPF object (`gateway-ebpf`) with nightly and bpf-linker so the gateway can embed
+//! Builds the eBPF object (`gateway-ebpf`) with its pinned nightly and bpf-linker so the gateway can embed
 //! it: one binary to ship. Set `CALLGATE_EBPF_OBJECT` to use a prebuilt object instead.
 use std::{
     env,
@@ -31,16 +31,18 @@ fn main() {
     for dir in [
         "gateway-ebpf/src",
         "gateway-ebpf/Cargo.toml",
+        "gateway-ebpf/rust-toolchain.toml",
         "gateway-common/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     // A target dir of its own: the outer cargo holds the lock on ours.
     let target_dir = root.join("target").join("ebpf");
+    let toolchain = pinned_toolchain(&root.join("gateway-ebpf/rust-toolchain.toml"));
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
-        "nightly",
+        &toolchain,
         "cargo",
         "build",
         "--release",
@@ -64,11 +66,11 @@ fn main() {
         }
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("could not run `rustup run nightly cargo` to build the eBPF object ({e}); run `cargo xtask setup`")
+        panic!("could not run `rustup run {toolchain} cargo` to build the eBPF object ({e}); run `cargo xtask setup`")
     });
     if !status.success() {
         panic!(
-            "building the eBPF object failed ({status}); `cargo xtask setup` installs nightly, rust-src and bpf-linker"
+            "building the eBPF object failed ({status}); `cargo xtask setup` installs {toolchain}, rust-src and bpf-linker"
         );
     }
     let built = target_dir
@@ -77,4 +79,16 @@ fn main() {
         .join("callgate-ebpf");
     std::fs::copy(&built, &dest)
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
+}
+
+/// The channel the eBPF crate pins in its `rust-toolchain.toml` (`channel = "..."`).
+fn pinned_toolchain(file: &Path) -> String {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .unwrap_or_else(|| panic!("{} names no channel", file.display()))
 }

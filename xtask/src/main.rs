@@ -109,7 +109,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask/ is in the workspace")
@@ -319,7 +319,7 @@ fn fuzz(target: &str, seconds: u64, output: Output) -> Result<()> {
     let seeds = root.join("gateway/fuzz/seeds").join(target);
     println!("xtask: fuzz {target} for {seconds} s");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "fuzz", "run"])
+    cmd.args(["run", &setup::nightly()?, "cargo", "fuzz", "run"])
         .args(["--sanitizer", "none", "--debug-assertions"])
         .arg("--fuzz-dir")
         .arg(root.join("gateway/fuzz"))

@@ -2,9 +2,22 @@
 //! saying what it does; when not root it prints the command to run instead.
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
-use crate::run_cmd;
+use crate::{run_cmd, workspace_root};
+
+/// The nightly the eBPF crate pins (its `rust-toolchain.toml`); fuzzing uses it too.
+pub fn nightly() -> Result<String> {
+    let file = workspace_root().join("gateway-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .with_context(|| format!("{} names no channel", file.display()))
+}
 
 /// `cargo xtask fuzz` and the bounded fuzzing in `cargo xtask test`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -103,12 +116,13 @@ pub fn run(needs: &Needs) -> Result<()> {
         node_parties(root)?;
     }
 
-    if !toolchain_has_rust_src() {
-        println!("setup: rustup toolchain install nightly --component rust-src");
+    let nightly = nightly()?;
+    if !toolchain_has_rust_src(&nightly) {
+        println!("setup: rustup toolchain install {nightly} --component rust-src");
         run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
             "--component",
@@ -232,9 +246,9 @@ fn dpkg_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn toolchain_has_rust_src() -> bool {
+fn toolchain_has_rust_src(toolchain: &str) -> bool {
     Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .args(["component", "list", "--toolchain", toolchain, "--installed"])
         .output()
         .map(|o| {
             o.status.success()
