@@ -966,6 +966,7 @@ fn is_encoded(headers: &HeaderMap) -> bool {
 }
 
 /// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
+/// `Connection` comes first: the names it lists are hop-by-hop too.
 static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -985,31 +986,40 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none of these, or only `Connection: keep-alive`: one pass over the
-    // names saves a lookup per name, and the tokens are read without copying.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::TE) {
-        return;
+    // One pass over the names finds which are there: most messages carry none, or only
+    // `Connection: keep-alive`, and removing an absent name still costs a hash and a probe.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for k in h.keys() {
+        match HOP_BY_HOP.iter().position(|n| n == k) {
+            Some(i) => present[i] = true,
+            None => te |= k == header::TE,
+        }
     }
-    let named: Vec<header::HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| list_items(v.as_bytes()))
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-                && !t.eq_ignore_ascii_case(b"close")
-        })
-        .filter_map(|t| header::HeaderName::from_bytes(t).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    let connection = present[0];
+    if connection {
+        let named: Vec<header::HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| list_items(v.as_bytes()))
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"close")
+            })
+            .filter_map(|t| header::HeaderName::from_bytes(t).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in &HOP_BY_HOP {
+    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(n);
     }
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    if h.get(header::TE)
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+    if te
+        && h.get(header::TE)
+            .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(header::TE);
     }
@@ -1073,5 +1083,14 @@ mod tests {
             grpc.get(header::TE).map(|v| v.as_bytes()),
             Some(&b"trailers"[..])
         );
+
+        // Without a Connection header, each hop-by-hop name is still found by itself.
+        let mut bare = HeaderMap::new();
+        bare.insert(header::TE, HeaderValue::from_static("gzip"));
+        bare.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        bare.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut bare);
+        let left: Vec<&str> = bare.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 }
