@@ -1,5 +1,6 @@
-//! Builds the eBPF object (`gateway-ebpf`) with its pinned nightly and bpf-linker so the gateway can embed
-//! it: one binary to ship. Set `CALLGATE_EBPF_OBJECT` to use a prebuilt object instead.
+//! Builds the eBPF object (`gateway-ebpf`) with its pinned nightly and bpf-linker so the
+//! gateway can embed it: one binary to ship. Set `CALLGATE_EBPF_OBJECT` to use a prebuilt
+//! object instead.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -81,14 +82,11 @@ fn main() {
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
 }
 
-/// The channel the eBPF crate pins in its `rust-toolchain.toml` (`channel = "..."`).
+include!("../gateway-ebpf/pinned_toolchain.rs");
+
+/// The channel the eBPF crate pins in its `rust-toolchain.toml`.
 fn pinned_toolchain(file: &Path) -> String {
     let text =
         std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("channel"))
-        .filter_map(|rest| rest.trim_start().strip_prefix('='))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .next()
-        .unwrap_or_else(|| panic!("{} names no channel", file.display()))
+    pinned_channel(&text).unwrap_or_else(|| panic!("{} names no channel", file.display()))
 }

@@ -11,13 +11,10 @@ pub fn nightly() -> Result<String> {
     let file = workspace_root().join("gateway-ebpf/rust-toolchain.toml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("channel"))
-        .filter_map(|rest| rest.trim_start().strip_prefix('='))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .next()
-        .with_context(|| format!("{} names no channel", file.display()))
+    pinned_channel(&text).with_context(|| format!("{} names no channel", file.display()))
 }
+
+include!("../../gateway-ebpf/pinned_toolchain.rs");
 
 /// `cargo xtask fuzz` and the bounded fuzzing in `cargo xtask test`.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
