@@ -333,12 +333,20 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| H1Error::Malformed(format!("value of header {name}")))?;
         if name == http::header::CONNECTION {
+            let mut names_others = false;
             for token in list_items(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = true;
+                } else {
+                    names_others |= !token.is_empty();
                 }
+            }
+            // Hop-by-hop, and all it says is now in `keep_alive`: the answer's way back
+            // need not find and remove it. One naming other fields stays for that stripping.
+            if !names_others {
+                continue;
             }
         }
         headers.append(name, value);

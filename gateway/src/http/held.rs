@@ -36,6 +36,7 @@ pub(super) async fn batch(
         .filter(|d| d.decision.enforced == Action::Allow)
         .filter_map(|d| d.call.message.as_ref())
         .collect();
+    let version = parts.version;
     let mut answers: HashMap<String, Json> = HashMap::new();
     let mut failure: Option<Refusal> = None;
     let mut status = StatusCode::OK;
@@ -51,7 +52,7 @@ pub(super) async fn batch(
                 service,
                 super::Outgoing {
                     kind: Kind::JsonRpc,
-                    parts: &parts,
+                    parts,
                     body: reply::full(Bytes::from(body)),
                     ob: &base,
                     span: None,
@@ -126,7 +127,7 @@ pub(super) async fn batch(
     }
     json_bytes(
         StatusCode::OK,
-        parts.version,
+        version,
         serde_json::to_vec(&out).unwrap_or_default(),
     )
 }
@@ -136,14 +137,14 @@ pub(super) async fn list_tools(
     conn: &Conn,
     service: &Service,
     snap: &Snapshot,
-    parts: &Parts,
+    version: http::Version,
     resp: Response<UpstreamBody>,
     one: Decided,
     recording: Option<Recording>,
 ) -> Response<ProxyBody> {
     let scrub = injected(&resp);
     let (mut head, body) = resp.into_parts();
-    head.version = parts.version;
+    head.version = version;
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
     let record = |status: u16, response: Option<RawJson>| {

@@ -31,7 +31,8 @@ pub struct Snapshot {
     pub unknown_destination: Action,
     pub services: Vec<Service>,
     by_name: HashMap<String, usize>,
-    by_host_port: HashMap<(String, u16), usize>,
+    /// Host, then its ports: looked up with the borrowed host text, no key built per call.
+    by_host_port: HashMap<String, Vec<(u16, usize)>>,
     by_host: HashMap<String, usize>,
     cidrs: Vec<(IpAddr, u8, Option<u16>, usize)>,
     by_sni: HashMap<String, usize>,
@@ -371,7 +372,16 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         for (i, host) in file.matcher.hosts.iter().enumerate() {
             let at = ["match", "hosts", &i.to_string()];
             let claimed = match parse_host(host) {
-                Ok(HostSpec::HostPort(h, p)) => snap.by_host_port.insert((h, p), idx),
+                Ok(HostSpec::HostPort(h, p)) => {
+                    let ports = snap.by_host_port.entry(h).or_default();
+                    match ports.iter().find(|(q, _)| *q == p) {
+                        Some(&(_, other)) => Some(other),
+                        None => {
+                            ports.push((p, idx));
+                            None
+                        }
+                    }
+                }
                 Ok(HostSpec::Host(h)) => snap.by_host.insert(h, idx),
                 Ok(HostSpec::Cidr(ip, prefix, port)) => {
                     snap.cidrs.push((ip, prefix, port, idx));
@@ -1002,7 +1012,9 @@ impl Snapshot {
         };
         let idx = self
             .by_host_port
-            .get(&(host.to_string(), port))
+            .get(host)
+            .and_then(|ports| ports.iter().find(|(p, _)| *p == port))
+            .map(|(_, i)| i)
             .or_else(|| self.by_host.get(host))
             .copied()
             .or_else(|| {
@@ -1082,7 +1094,7 @@ impl Service {
 
     /// The function a REST request calls, with its path parameters.
     pub fn route(&self, method: &str, path: &str) -> Option<(&Function, Vec<(String, String)>)> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
         'routes: for r in &self.routes {
             if !r.method.eq_ignore_ascii_case(method) {
                 continue;
