@@ -20,7 +20,7 @@
 use std::fs;
 
 use callgate_benches::{
-    GuestIdlePoll, RunId, Wrk, cpu_seconds, h2load, median_of, nginx, paced, with_cpu, wrk,
+    CpuTime, GuestIdlePoll, Nginx, RunId, Wrk, h2load, median_of, nginx, paced, with_cpu, wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, policy_repo, test_pki,
@@ -103,7 +103,7 @@ fn main() {
     let proxy_port = free_port();
     let proxy_h2_port = free_port();
     let proxy_tls_port = free_port();
-    let _proxy = nginx(
+    let proxy = nginx(
         &dir,
         "proxy",
         2,
@@ -179,11 +179,15 @@ response:
 
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
     let mut rows: Vec<Row> = Vec::new();
-    for case in CASES {
+    for (i, case) in CASES.iter().enumerate() {
+        // The goal's case in interleaved rounds, its rows the medians: one run of each path
+        // moved by a fifth between runs on this machine kind.
+        let rounds = if i == 0 { HEADLINE_ROUNDS } else { 1 };
         three_ways(
             &mut rows,
             case.name,
-            &gw,
+            rounds,
+            (&gw, &proxy),
             || wrk(None, case.load, &url(up_port, case.path)),
             || wrk(None, case.load, &url(proxy_port, case.path)),
             || wrk(Some(&cg), case.load, &url(up_port, case.path)),
@@ -211,7 +215,8 @@ response:
     three_ways(
         &mut rows,
         "h2, 4 conns × 100 streams",
-        &gw,
+        1,
+        (&gw, &proxy),
         || h2(None, h2_port),
         || h2(None, proxy_h2_port),
         || h2(Some(&cg), up_port),
@@ -221,12 +226,21 @@ response:
     three_ways(
         &mut rows,
         "TLS intercept, keep-alive 160 B",
-        &gw,
+        1,
+        (&gw, &proxy),
         || wrk(None, FULL, &tls_url(tls_port)),
         || wrk(None, FULL, &tls_url(proxy_tls_port)),
         || wrk(Some(&cg), FULL, &tls_url(tls_port)),
     );
-    stage_costs(&mut rows, &dir, &gw, &cg, &service, up_port, proxy_port);
+    stage_costs(
+        &mut rows,
+        &dir,
+        (&gw, &proxy),
+        &cg,
+        &service,
+        up_port,
+        proxy_port,
+    );
     let calls = gw.counter("calls");
     assert!(
         calls > 1000,
@@ -236,7 +250,8 @@ response:
     // no HTTP work at all is the floor of the interception path, what any L7 work adds to.
     for case in &CASES[..2] {
         let direct = wrk(None, case.load, &url(up_port, case.path));
-        let proxy = wrk(None, case.load, &url(proxy_port, case.path));
+        let (by_nginx, nginx_cpu) =
+            with_cpu(&proxy, || wrk(None, case.load, &url(proxy_port, case.path)));
         let (pass, cpu_us) = with_cpu(&plain, || {
             wrk(Some(&cg_plain), case.load, &url(up_port, case.path))
         });
@@ -245,14 +260,21 @@ response:
         } else {
             "TCP pass-through, light load"
         };
-        rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
-        rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
+        rows.push(Row::new(name, "direct", &direct, &direct, &by_nginx, None));
+        rows.push(Row::new(
+            name,
+            "nginx",
+            &by_nginx,
+            &direct,
+            &by_nginx,
+            Some(nginx_cpu),
+        ));
         rows.push(Row::new(
             name,
             "callgate",
             &pass,
             &direct,
-            &proxy,
+            &by_nginx,
             Some(cpu_us),
         ));
     }
@@ -270,7 +292,7 @@ response:
         "callgate l7 bench, {} CPUs; ratios are against runs in the same minute\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | gateway CPU µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | proxy CPU µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         md.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {} |\n",
@@ -287,9 +309,27 @@ response:
     }
     let full = |path: &str, case: &str| rows.iter().find(|r| r.path == path && r.case == case);
     let ratio = full("callgate", CASES[0].name).map_or(0.0, |r| r.vs_nginx);
+    let cpu_ratio = match (
+        full("callgate", CASES[0].name),
+        full("nginx", CASES[0].name),
+    ) {
+        (
+            Some(Row {
+                cpu_us: Some(c), ..
+            }),
+            Some(Row {
+                cpu_us: Some(n), ..
+            }),
+        ) => c / n,
+        _ => f64::NAN,
+    };
     let added = full("callgate", HALF).map_or(0.0, |r| r.added_p99);
     let pass = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_direct);
     let floor = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_nginx);
+    md.push_str(&format!(
+        "\n({} rows: medians of {HEADLINE_ROUNDS} interleaved rounds, CPU per request over all of them)\n",
+        CASES[0].name
+    ));
     md.push_str("\n(h2 rows: h2load reports no percentiles; p50 is its mean time per request)\n");
     md.push_str(
         "\n(half-load rows: callgate-paced at a fixed rate, half of callgate's full-load req/s; \
@@ -300,7 +340,7 @@ response:
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
     md.push_str(&format!(
-        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n",
+        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
         rss_idle / 1024.0,
         rss_idle / 1024.0
     ));
@@ -349,12 +389,12 @@ fn half_load(
     for _ in 0..ROUNDS {
         direct.push(paced(exe, None, rate, SECS, &url(up_port)));
         proxy.push(paced(exe, None, rate, SECS, &url(proxy_port)));
-        let cpu0 = cpu_seconds(gw);
+        let cpu0 = gw.cpu_seconds();
         gate.push(paced(exe, Some(cg), rate, SECS, &url(up_port)));
-        gate_cpu += cpu_seconds(gw) - cpu0;
-        let cpu0 = cpu_seconds(plain);
+        gate_cpu += gw.cpu_seconds() - cpu0;
+        let cpu0 = plain.cpu_seconds();
         pass.push(paced(exe, Some(cg_plain), rate, SECS, &url(up_port)));
-        pass_cpu += cpu_seconds(plain) - cpu0;
+        pass_cpu += plain.cpu_seconds() - cpu0;
     }
     drop(polling);
     for runs in [&direct, &proxy, &gate, &pass] {
@@ -384,7 +424,7 @@ fn half_load(
 fn stage_costs(
     rows: &mut Vec<Row>,
     dir: &std::path::Path,
-    full: &Gateway,
+    (full, nginx): (&Gateway, &Nginx),
     full_cg: &TestCgroup,
     service: &str,
     up_port: u16,
@@ -417,9 +457,16 @@ fn stage_costs(
         .collect();
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/items/42");
     let direct = wrk(None, FULL, &url(up_port));
-    let proxy = wrk(None, FULL, &url(proxy_port));
+    let (proxy, nginx_cpu) = with_cpu(nginx, || wrk(None, FULL, &url(proxy_port)));
     rows.push(Row::new(CASE, "direct", &direct, &direct, &proxy, None));
-    rows.push(Row::new(CASE, "nginx", &proxy, &direct, &proxy, None));
+    rows.push(Row::new(
+        CASE,
+        "nginx",
+        &proxy,
+        &direct,
+        &proxy,
+        Some(nginx_cpu),
+    ));
     let all = ("callgate, policy + mask + record", full, full_cg);
     for (name, g, cg) in gateways.iter().map(|(n, g, c)| (*n, g, c)).chain([all]) {
         let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url(up_port)));
@@ -427,29 +474,66 @@ fn stage_costs(
     }
 }
 
+/// Rounds of the goal's case (keep-alive 160 B, full load).
+const HEADLINE_ROUNDS: usize = 3;
+
 /// Measures one case three ways in the same minute — direct, through the nginx proxy, through
-/// callgate — and adds their rows, callgate's with the gateway's CPU time per request.
+/// callgate — in `rounds` interleaved rounds, and adds rows of their medians, nginx's and
+/// callgate's with the proxy's CPU time per request over all rounds.
 fn three_ways(
     rows: &mut Vec<Row>,
     name: &'static str,
-    gw: &Gateway,
-    direct: impl FnOnce() -> Wrk,
-    proxy: impl FnOnce() -> Wrk,
-    gate: impl FnOnce() -> Wrk,
+    rounds: usize,
+    (gw, nginx): (&Gateway, &Nginx),
+    direct: impl Fn() -> Wrk,
+    proxy: impl Fn() -> Wrk,
+    gate: impl Fn() -> Wrk,
 ) {
-    let direct = direct();
-    let proxy = proxy();
-    let (gate, cpu_us) = with_cpu(gw, gate);
+    let (mut d, mut p, mut g) = (vec![], vec![], vec![]);
+    let (mut p_cpu, mut g_cpu) = (Cpu::default(), Cpu::default());
+    for _ in 0..rounds.max(1) {
+        d.push(direct());
+        p.push(p_cpu.add(with_cpu(nginx, &proxy)));
+        g.push(g_cpu.add(with_cpu(gw, &gate)));
+    }
+    let (direct, proxy, gate) = (median_of(&d), median_of(&p), median_of(&g));
     rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
-    rows.push(Row::new(name, "nginx", &proxy, &direct, &proxy, None));
+    rows.push(Row::new(
+        name,
+        "nginx",
+        &proxy,
+        &direct,
+        &proxy,
+        Some(p_cpu.per_request()),
+    ));
     rows.push(Row::new(
         name,
         "callgate",
         &gate,
         &direct,
         &proxy,
-        Some(cpu_us),
+        Some(g_cpu.per_request()),
     ));
+}
+
+/// CPU time per request over several runs, each weighted by its requests.
+#[derive(Default)]
+struct Cpu {
+    micros: f64,
+    requests: f64,
+}
+
+impl Cpu {
+    fn add(&mut self, (w, per_request): (Wrk, f64)) -> Wrk {
+        let n = w.rps * w.secs;
+        self.micros += per_request * n;
+        self.requests += n;
+        w
+    }
+
+    fn per_request(&self) -> f64 {
+        self.micros / self.requests.max(1.0)
+    }
 }
 
 /// One line of the results table.

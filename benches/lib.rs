@@ -84,7 +84,11 @@ impl RunId {
 
 /// User + system CPU seconds the gateway process has used so far.
 pub fn cpu_seconds(gw: &Gateway) -> f64 {
-    let Some(pid) = gw.pid() else { return 0.0 };
+    gw.pid().map_or(0.0, process_cpu_seconds)
+}
+
+/// User and system CPU seconds of process `pid` so far, all its threads.
+fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -94,12 +98,40 @@ pub fn cpu_seconds(gw: &Gateway) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs `load` and returns what it measured with the gateway's CPU microseconds per request
+/// A proxy whose CPU time the bench reads, to set callgate's cost per request beside
+/// nginx's: that ratio moves less with a noisy neighbour than requests per second do.
+pub trait CpuTime {
+    fn cpu_seconds(&self) -> f64;
+}
+
+impl CpuTime for Gateway {
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self)
+    }
+}
+
+impl CpuTime for Nginx {
+    /// The master's and its workers' (its children's, while they live: a child's time reaches
+    /// its parent's counters only once it was waited for).
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.party.pid();
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        process_cpu_seconds(pid)
+            + children
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .map(process_cpu_seconds)
+                .sum::<f64>()
+    }
+}
+
+/// Runs `load` and returns what it measured with `proxy`'s CPU microseconds per request
 /// meanwhile.
-pub fn with_cpu(gw: &Gateway, load: impl FnOnce() -> Wrk) -> (Wrk, f64) {
-    let cpu0 = cpu_seconds(gw);
+pub fn with_cpu(proxy: &impl CpuTime, load: impl FnOnce() -> Wrk) -> (Wrk, f64) {
+    let cpu0 = proxy.cpu_seconds();
     let w = load();
-    let cpu = cpu_seconds(gw) - cpu0;
+    let cpu = proxy.cpu_seconds() - cpu0;
     let per_request = cpu * 1e6 / (w.rps * w.secs).max(1.0);
     (w, per_request)
 }

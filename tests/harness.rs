@@ -517,6 +517,10 @@ pub struct Party {
 }
 
 impl Party {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `argv` and waits (at most 30 s) for 127.0.0.1:`port` to accept.
     pub fn start(argv: &[&str], port: u16, log: PathBuf) -> Self {
         let out = fs::File::create(log.with_extension("out")).expect("party log");
