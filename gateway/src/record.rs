@@ -5,6 +5,7 @@
 //! appends hash-chained frames ([`segment`]), fsyncs in groups, rotates and compresses
 //! segments. When the writer cannot keep up or the disk is full, `submit` refuses the call
 //! instead of dropping its record: callgate fails closed.
+mod json;
 pub mod query;
 pub mod segment;
 mod writer;
@@ -185,7 +186,12 @@ impl Record {
     /// A new record with a fresh id, stamped now.
     pub fn new(session: impl Into<String>, destination: impl Into<String>) -> Self {
         Self {
-            id: uuid::Uuid::now_v7().to_string(),
+            // Encoded straight into its text: `to_string` goes through the formatter.
+            id: String::from(
+                uuid::Uuid::now_v7()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
             time_ms: now_ms(),
             session: session.into(),
             destination: destination.into(),
@@ -438,7 +444,7 @@ impl Recorder {
             512 + raw_len(rec.response.as_ref().map(RawJson::get))
                 + raw_len(rec.workload.as_ref().map(RawJson::get)),
         );
-        serde_json::to_writer(&mut payload, &rec)?;
+        rec.write_json(&mut payload)?;
         let (done, durable) = match self.cfg.durability {
             Durability::Strict => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
