@@ -241,34 +241,20 @@ response:
     // Pass-through, against direct and the nginx proxy in the same minute: a splice that does
     // no HTTP work at all is the floor of the interception path, what any L7 work adds to.
     for case in &CASES[..2] {
-        let direct = wrk(None, case.load, &url(up_port, case.path));
-        let (by_nginx, nginx_cpu) =
-            with_cpu(&proxy, || wrk(None, case.load, &url(proxy_port, case.path)));
-        let (pass, cpu_us) = with_cpu(&plain, || {
-            wrk(Some(&cg_plain), case.load, &url(up_port, case.path))
-        });
         let name = if case.load == FULL {
             "TCP pass-through, full load"
         } else {
             "TCP pass-through, light load"
         };
-        rows.push(Row::new(name, "direct", &direct, &direct, &by_nginx, None));
-        rows.push(Row::new(
+        three_ways(
+            &mut rows,
             name,
-            "nginx",
-            &by_nginx,
-            &direct,
-            &by_nginx,
-            Some(nginx_cpu),
-        ));
-        rows.push(Row::new(
-            name,
-            "callgate",
-            &pass,
-            &direct,
-            &by_nginx,
-            Some(cpu_us),
-        ));
+            1,
+            (&plain, &proxy),
+            || wrk(None, case.load, &url(up_port, case.path)),
+            || wrk(None, case.load, &url(proxy_port, case.path)),
+            || wrk(Some(&cg_plain), case.load, &url(up_port, case.path)),
+        );
     }
     // Idle HTTP connections are classified as not-HTTP after the sniff timeout and closed by
     // policy; pass-through keeps them, two sockets each, as a long-lived client would. A fresh
@@ -301,18 +287,9 @@ response:
     }
     let full = |path: &str, case: &str| rows.iter().find(|r| r.path == path && r.case == case);
     let ratio = full("callgate", CASES[0].name).map_or(0.0, |r| r.vs_nginx);
-    let cpu_ratio = match (
-        full("callgate", CASES[0].name),
-        full("nginx", CASES[0].name),
-    ) {
-        (
-            Some(Row {
-                cpu_us: Some(c), ..
-            }),
-            Some(Row {
-                cpu_us: Some(n), ..
-            }),
-        ) => c / n,
+    let cpu = |path: &str| full(path, CASES[0].name).and_then(|r| r.cpu_us);
+    let cpu_ratio = match (cpu("callgate"), cpu("nginx")) {
+        (Some(c), Some(n)) => c / n,
         _ => f64::NAN,
     };
     let added = full("callgate", HALF).map_or(0.0, |r| r.added_p99);
@@ -453,15 +430,7 @@ fn stage_costs(
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/items/42");
     let direct = wrk(None, FULL, &url(up_port));
     let (proxy, nginx_cpu) = with_cpu(nginx, || wrk(None, FULL, &url(proxy_port)));
-    rows.push(Row::new(CASE, "direct", &direct, &direct, &proxy, None));
-    rows.push(Row::new(
-        CASE,
-        "nginx",
-        &proxy,
-        &direct,
-        &proxy,
-        Some(nginx_cpu),
-    ));
+    baselines(rows, CASE, &direct, &proxy, nginx_cpu);
     for (name, g, cg) in &gateways {
         let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url(up_port)));
         rows.push(Row::new(CASE, name, &w, &direct, &proxy, Some(cpu)));
@@ -491,15 +460,7 @@ fn three_ways(
         g.push(g_cpu.add(with_cpu(gw, &gate)));
     }
     let (direct, proxy, gate) = (median_of(&d), median_of(&p), median_of(&g));
-    rows.push(Row::new(name, "direct", &direct, &direct, &proxy, None));
-    rows.push(Row::new(
-        name,
-        "nginx",
-        &proxy,
-        &direct,
-        &proxy,
-        Some(p_cpu.per_request()),
-    ));
+    baselines(rows, name, &direct, &proxy, p_cpu.per_request());
     rows.push(Row::new(
         name,
         "callgate",
@@ -508,6 +469,12 @@ fn three_ways(
         &proxy,
         Some(g_cpu.per_request()),
     ));
+}
+
+/// The rows every case is measured against: direct, and nginx with its CPU time per request.
+fn baselines(rows: &mut Vec<Row>, case: &'static str, direct: &Wrk, nginx: &Wrk, cpu_us: f64) {
+    rows.push(Row::new(case, "direct", direct, direct, nginx, None));
+    rows.push(Row::new(case, "nginx", nginx, direct, nginx, Some(cpu_us)));
 }
 
 /// CPU time per request over several runs, each weighted by its requests.

@@ -82,11 +82,6 @@ impl RunId {
     }
 }
 
-/// User + system CPU seconds the gateway process has used so far.
-pub fn cpu_seconds(gw: &Gateway) -> f64 {
-    gw.pid().map_or(0.0, process_cpu_seconds)
-}
-
 /// User and system CPU seconds of process `pid` so far, all its threads.
 fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -105,8 +100,9 @@ pub trait CpuTime {
 }
 
 impl CpuTime for Gateway {
+    /// User + system CPU seconds the gateway process has used so far.
     fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self)
+        self.pid().map_or(0.0, process_cpu_seconds)
     }
 }
 

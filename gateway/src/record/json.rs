@@ -14,7 +14,7 @@ impl Record {
     pub(super) fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         let mut o = Object::open(out);
         o.str("id", &self.id);
-        o.num("time_ms", self.time_ms)?;
+        o.value("time_ms", self.time_ms)?;
         o.str("session", &self.session);
         if let Some(w) = &self.workload {
             o.raw("workload", w.get());
@@ -35,9 +35,9 @@ impl Record {
         if self.response_truncated {
             o.raw("response_truncated", "true");
         }
-        o.num("latency_ms", self.latency_ms)?;
-        o.num("bytes_in", self.bytes_in)?;
-        o.num("bytes_out", self.bytes_out)?;
+        o.value("latency_ms", self.latency_ms)?;
+        o.value("bytes_in", self.bytes_in)?;
+        o.value("bytes_out", self.bytes_out)?;
         o.close();
         Ok(())
     }
@@ -100,14 +100,14 @@ impl<'a> Object<'a> {
         }
     }
 
-    fn num<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), serde_json::Error> {
+    fn value<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), serde_json::Error> {
         self.key(key);
         serde_json::to_writer(&mut *self.out, &value)
     }
 
     fn opt<T: Serialize>(&mut self, key: &str, value: &Option<T>) -> Result<(), serde_json::Error> {
         match value {
-            Some(v) => self.num(key, v),
+            Some(v) => self.value(key, v),
             None => Ok(()),
         }
     }
