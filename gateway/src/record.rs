@@ -2,9 +2,9 @@
 //!
 //! The data path hands records to a [`Recorder`]: they are masked and serialised on the
 //! caller's thread, then sent over a bounded `crossbeam` channel to one writer thread that
-//! appends hash-chained frames ([`segment`]), fsyncs in groups, rotates and compresses
-//! segments. When the writer cannot keep up or the disk is full, `submit` refuses the call
-//! instead of dropping its record: callgate fails closed.
+//! appends hash-chained frames ([`segment`]), compresses and fsyncs them in groups, and
+//! rotates segments. When the writer cannot keep up or the disk is full, `submit` refuses
+//! the call instead of dropping its record: callgate fails closed.
 mod json;
 pub mod query;
 pub mod segment;

@@ -1,10 +1,11 @@
-//! The writer thread: appends frames, commits them in groups with one fsync, rotates and
-//! compresses segments, applies retention, and recovers from a crash or a full disk.
+//! The writer thread: appends frames, commits them in groups with one fsync, rotates
+//! segments, applies retention, and recovers from a crash or a full disk.
 //!
-//! Frames are encoded into `pending` and written with one `write` + `fdatasync` per group.
-//! Until that fsync succeeds the bytes stay in memory: if it fails (ENOSPC, EIO) the file is
-//! cut back to its last durable length and the same bytes are written again once the disk
-//! recovers, so a failure never leaves a hole or a torn frame in the chain.
+//! Frames are encoded into `pending` and each group is written compressed, as one zstd
+//! frame, with one `write` + `fdatasync`. Until that fsync succeeds the frames stay in memory:
+//! if it fails (ENOSPC, EIO) the file is cut back to its last durable length and the group is
+//! written again once the disk recovers, so a failure never leaves a hole or a torn frame in
+//! the chain.
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek, SeekFrom, Write},
@@ -32,8 +33,10 @@ pub(super) struct Writer {
     file: File,
     seg_path: PathBuf,
     seg_opened: Instant,
-    /// Bytes of the active segment known to be on stable storage.
+    /// Bytes of the active segment's file known to be on stable storage.
     durable_len: u64,
+    /// Those bytes decompressed: what a segment's size is measured in.
+    raw_len: u64,
     next_seq: u64,
     last_hash: Hash,
     /// Frames not yet fsync'd, and who waits for them.
@@ -41,8 +44,9 @@ pub(super) struct Writer {
     pending_count: u64,
     pending_since: Option<Instant>,
     waiters: Vec<(u64, tokio::sync::oneshot::Sender<Result<u64, String>>)>,
-    compactor: crossbeam_channel::Sender<PathBuf>,
-    compactor_thread: Option<std::thread::JoinHandle<()>>,
+    zstd: zstd::bulk::Compressor<'static>,
+    /// `pending` compressed, reused from group to group.
+    packed: Vec<u8>,
     checkpointed_seq: u64,
     last_checkpoint: Instant,
 }
@@ -72,43 +76,27 @@ impl Writer {
             }
         }
         let segments = segment::list(&dir).map_err(open_err)?;
-        let (compactor, compact_rx) = crossbeam_channel::unbounded();
-        let compactor_thread = {
-            let cfg = cfg.clone();
-            std::thread::Builder::new()
-                .name("callgate-records-compact".into())
-                .spawn(move || compact_loop(&cfg, compact_rx))
-                .map_err(open_err)?
-        };
-        // Sealed segments a crash left uncompressed.
-        if let Some((_, sealed)) = segments.split_last() {
-            for s in sealed.iter().filter(|s| !s.compressed) {
-                let _ = compactor.send(s.path.clone());
-            }
-        }
+        let mut zstd = segment::compressor().map_err(open_err)?;
         let (next_seq, last_hash, active) = match segments.last() {
             None => (1, [0; 32], None),
             Some(last) => {
-                let (next, hash, len) = recover(&cfg.dir, last, &shared)?;
-                (
-                    next,
-                    hash,
-                    (!last.compressed).then(|| (last.path.clone(), len)),
-                )
+                let r = recover(&cfg.dir, last, &shared)?;
+                (r.next, r.hash, r.active)
             }
         };
-        let (file, seg_path, durable_len) = match active {
-            Some((path, len)) => {
+        let (file, seg_path, durable_len, raw_len) = match active {
+            Some((path, file_len, raw_len)) => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(open_err)?;
-                f.seek(SeekFrom::Start(len)).map_err(open_err)?;
-                (f, path, len)
+                f.seek(SeekFrom::Start(file_len)).map_err(open_err)?;
+                (f, path, file_len, raw_len)
             }
             None => {
-                let (f, path) = new_segment(&cfg.dir, next_seq, &last_hash).map_err(open_err)?;
-                (f, path, HEADER_LEN as u64)
+                let (f, path, len) =
+                    new_segment(&cfg.dir, next_seq, &last_hash, &mut zstd).map_err(open_err)?;
+                (f, path, len, HEADER_LEN as u64)
             }
         };
         shared
@@ -128,30 +116,21 @@ impl Writer {
             seg_path,
             seg_opened: Instant::now(),
             durable_len,
+            raw_len,
             next_seq,
             last_hash,
             pending: Vec::with_capacity(1 << 20),
             pending_count: 0,
             pending_since: None,
             waiters: Vec::new(),
-            compactor,
-            compactor_thread: Some(compactor_thread),
+            zstd,
+            packed: Vec::new(),
             checkpointed_seq: 0,
             last_checkpoint: Instant::now(),
         })
     }
 
     pub(super) fn run(mut self, rx: Receiver<Entry>) {
-        self.write_loop(&rx);
-        // Finish compressing what was sealed, so a stopped recorder leaves no work half done.
-        let (idle, _) = crossbeam_channel::bounded(0);
-        drop(std::mem::replace(&mut self.compactor, idle));
-        if let Some(t) = self.compactor_thread.take() {
-            let _ = t.join();
-        }
-    }
-
-    fn write_loop(&mut self, rx: &Receiver<Entry>) {
         loop {
             if self.shared.failing.load(Ordering::Acquire) {
                 std::thread::sleep(RETRY);
@@ -236,7 +215,7 @@ impl Writer {
 
     /// The group would fill the segment: commit it so the segment rotates at about its size.
     fn segment_full(&self) -> bool {
-        self.durable_len + self.pending.len() as u64 >= self.cfg.segment_bytes
+        self.raw_len + self.pending.len() as u64 >= self.cfg.segment_bytes
     }
 
     fn append(&mut self, e: Entry) {
@@ -272,13 +251,13 @@ impl Writer {
             self.recovered();
             return;
         }
-        let result = self
-            .file
-            .write_all(&self.pending)
+        let result = segment::compress_frame(&mut self.zstd, &self.pending, &mut self.packed)
+            .and_then(|()| self.file.write_all(&self.packed))
             .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.durable_len += self.pending.len() as u64;
+                self.durable_len += self.packed.len() as u64;
+                self.raw_len += self.pending.len() as u64;
                 let last = self.next_seq - 1;
                 self.shared.durable_seq.store(last, Ordering::Release);
                 self.shared
@@ -292,7 +271,7 @@ impl Writer {
                 self.pending_count = 0;
                 self.pending_since = None;
                 self.recovered();
-                if self.durable_len >= self.cfg.segment_bytes
+                if self.raw_len >= self.cfg.segment_bytes
                     || self.seg_opened.elapsed() >= self.cfg.segment_age
                 {
                     self.rotate();
@@ -339,15 +318,23 @@ impl Writer {
     }
 
     fn rotate(&mut self) {
-        match new_segment(&self.cfg.dir, self.next_seq, &self.last_hash) {
-            Ok((file, path)) => {
-                let sealed = std::mem::replace(&mut self.seg_path, path);
+        match new_segment(
+            &self.cfg.dir,
+            self.next_seq,
+            &self.last_hash,
+            &mut self.zstd,
+        ) {
+            Ok((file, path, len)) => {
+                self.seg_path = path;
                 self.file = file;
-                self.durable_len = HEADER_LEN as u64;
+                self.durable_len = len;
+                self.raw_len = HEADER_LEN as u64;
                 self.seg_opened = Instant::now();
                 self.shared.segments_sealed.fetch_add(1, Ordering::Relaxed);
-                let _ = self.compactor.send(sealed);
                 self.checkpoint();
+                if let Err(e) = retain(&self.cfg) {
+                    warn!(error = %e, "records retention failed");
+                }
             }
             // The old segment simply grows until a new one can be made.
             Err(e) => warn!(error = %e, "could not start a new records segment"),
@@ -355,8 +342,7 @@ impl Writer {
     }
 
     fn housekeeping(&mut self) {
-        if self.seg_opened.elapsed() >= self.cfg.segment_age && self.durable_len > HEADER_LEN as u64
-        {
+        if self.seg_opened.elapsed() >= self.cfg.segment_age && self.raw_len > HEADER_LEN as u64 {
             self.rotate();
         }
         if self.checkpointed_seq != self.next_seq - 1 {
@@ -385,8 +371,13 @@ impl Writer {
     }
 }
 
-/// Creates the segment starting at `first_seq`, header written and durable.
-fn new_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, PathBuf)> {
+/// Creates the segment starting at `first_seq`, header written and durable; its length.
+fn new_segment(
+    dir: &Path,
+    first_seq: u64,
+    prev: &Hash,
+    z: &mut zstd::bulk::Compressor<'static>,
+) -> io::Result<(File, PathBuf, u64)> {
     let path = dir.join(segment::segment_name(first_seq));
     let mut f = OpenOptions::new()
         .write(true)
@@ -398,47 +389,61 @@ fn new_segment(dir: &Path, first_seq: u64, prev: &Hash) -> io::Result<(File, Pat
         created_ms: now_ms(),
         prev_hash: *prev,
     };
-    let result = f
-        .write_all(&header.encode())
+    let mut packed = Vec::new();
+    let result = segment::compress_frame(z, &header.encode(), &mut packed)
+        .and_then(|()| f.write_all(&packed))
         .and_then(|()| f.sync_all())
         .and_then(|()| crate::fsutil::sync_dir(dir));
     if let Err(e) = result {
         let _ = fs::remove_file(&path);
         return Err(e);
     }
-    Ok((f, path))
+    Ok((f, path, packed.len() as u64))
 }
 
-/// Reads the last segment through: the next sequence number, the chain's last hash, and the
-/// length up to the last whole, valid frame. A torn final frame (a crash mid-append) is cut
-/// off with a log line; a frame that is whole but does not verify is an error, because cutting
-/// it would destroy evidence.
-fn recover(
-    dir: &Path,
-    last: &SegmentFile,
-    shared: &Shared,
-) -> Result<(u64, Hash, u64), RecordError> {
+/// Where the log left off.
+struct Recovered {
+    next: u64,
+    hash: Hash,
+    /// The segment to go on appending to, with its file's and its content's lengths; `None`
+    /// to start a new one (an empty log, or a plain segment of an older version, left sealed).
+    active: Option<(PathBuf, u64, u64)>,
+}
+
+/// Reads the last segment through: the next sequence number, the chain's last hash, and
+/// where appending goes on. A torn final frame (a crash mid-commit) is cut off with a log
+/// line; a frame that is whole but does not verify is an error, because cutting it would
+/// destroy evidence.
+fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered, RecordError> {
     let corrupt = |reason: String| RecordError::Corrupt {
         dir: dir.to_path_buf(),
         segment: last.name(),
         reason,
     };
+    let io_err = |source| RecordError::Open {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    // A compressed segment can only be torn between zstd frames' worth of whole groups.
+    let mut file_len = 0;
+    if last.compressed {
+        let bytes = fs::read(&last.path).map_err(io_err)?;
+        let keep = segment::whole_frames(&bytes).map_err(&corrupt)?;
+        if keep < bytes.len() {
+            cut(&last.path, keep as u64, bytes.len() as u64, shared).map_err(io_err)?;
+        }
+        if keep == 0 {
+            return recover_before(dir, last, shared);
+        }
+        file_len = keep as u64;
+    }
     let mut r = match Reader::open(last) {
         Ok(r) => r,
         // A crash while creating the segment: nothing but (part of) a header.
         Err(segment::ReadError::BadHeader) if !last.compressed => {
             let len = fs::metadata(&last.path).map(|m| m.len()).unwrap_or(0);
             if len < HEADER_LEN as u64 {
-                warn!(segment = %last.name(), bytes = len, "removing a segment whose header was never completed");
-                let _ = fs::remove_file(&last.path);
-                let rest = segment::list(dir).map_err(|source| RecordError::Open {
-                    dir: dir.to_path_buf(),
-                    source,
-                })?;
-                return match rest.last() {
-                    Some(prev) => recover(dir, prev, shared),
-                    None => Ok((1, [0; 32], 0)),
-                };
+                return recover_before(dir, last, shared);
             }
             return Err(corrupt("bad header".into()));
         }
@@ -463,71 +468,65 @@ fn recover(
             if !last.compressed =>
         {
             let total = fs::metadata(&last.path).map(|m| m.len()).unwrap_or(offset);
-            let cut = total.saturating_sub(offset);
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&last.path)
-                .and_then(|f| f.set_len(offset).and_then(|()| f.sync_all()));
-            f.map_err(|source| RecordError::Open {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-            shared.truncated_bytes.fetch_add(cut, Ordering::Relaxed);
-            warn!(
-                segment = %last.name(),
-                offset,
-                bytes = cut,
-                "cut off a torn final frame (the previous run stopped mid-append); no durable record is lost"
-            );
-            good = offset;
+            cut(&last.path, offset, total, shared).map_err(io_err)?;
         }
         Some(End::Torn { offset, .. }) | Some(End::BadLength { offset, .. }) => {
             return Err(corrupt(format!(
-                "sealed segment ends inside a frame at offset {offset}"
+                "a whole compressed group ends inside a frame at offset {offset}"
             )));
         }
         _ => {}
     }
-    Ok((next, hash, good))
+    // A plain segment holding nothing but its header says no more than the compressed one
+    // that replaces it will, under the same name but for `.zst`.
+    if !last.compressed && good == HEADER_LEN as u64 {
+        fs::remove_file(&last.path).map_err(io_err)?;
+    }
+    Ok(Recovered {
+        next,
+        hash,
+        active: last.compressed.then(|| (last.path.clone(), file_len, good)),
+    })
 }
 
-/// Compresses sealed segments and applies retention, off the write path.
-fn compact_loop(cfg: &RecorderConfig, rx: Receiver<PathBuf>) {
-    // Compression is background work: let the data path and the writer have the CPU first.
-    // SAFETY: setpriority on this thread's own id has no memory effects.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-    }
-    for path in rx {
-        if let Err(e) = compress(&path) {
-            warn!(segment = %path.display(), error = %e, "could not compress a sealed segment; it stays uncompressed");
-        }
-        if let Err(e) = retain(cfg) {
-            warn!(error = %e, "records retention failed");
-        }
-    }
+/// `last` never got a whole header (a crash while creating it): removes it and recovers the
+/// segment before it, to start a new one after that.
+fn recover_before(
+    dir: &Path,
+    last: &SegmentFile,
+    shared: &Shared,
+) -> Result<Recovered, RecordError> {
+    warn!(segment = %last.name(), "removing a segment whose header was never completed");
+    let _ = fs::remove_file(&last.path);
+    let rest = segment::list(dir).map_err(|source| RecordError::Open {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let Some(prev) = rest.last() else {
+        return Ok(Recovered {
+            next: 1,
+            hash: [0; 32],
+            active: None,
+        });
+    };
+    let r = recover(dir, prev, shared)?;
+    Ok(Recovered { active: None, ..r })
 }
 
-fn compress(path: &Path) -> io::Result<()> {
-    let mut zst = path.as_os_str().to_owned();
-    zst.push(".zst");
-    let zst = PathBuf::from(zst);
-    let tmp = zst.with_extension("zst.tmp");
-    {
-        let mut input = File::open(path)?;
-        let out = File::create(&tmp)?;
-        // Level 1: records compress as well as at 3 (repetitive JSON) for three quarters of the CPU.
-        let mut enc = zstd::stream::write::Encoder::new(out, 1)?;
-        io::copy(&mut input, &mut enc)?;
-        let out = enc.finish()?;
-        out.sync_all()?;
-    }
-    fs::rename(&tmp, &zst)?;
-    if let Some(dir) = path.parent() {
-        crate::fsutil::sync_dir(dir)?;
-    }
-    fs::remove_file(path)?;
+/// Cuts `path` (`total` bytes long) back to `keep` bytes: a torn final frame.
+fn cut(path: &Path, keep: u64, total: u64, shared: &Shared) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(keep).and_then(|()| f.sync_all()))?;
+    let bytes = total.saturating_sub(keep);
+    shared.truncated_bytes.fetch_add(bytes, Ordering::Relaxed);
+    warn!(
+        segment = %path.display(),
+        offset = keep,
+        bytes,
+        "cut off a torn final frame (the previous run stopped mid-append); no durable record is lost"
+    );
     Ok(())
 }
 
