@@ -199,7 +199,7 @@ pub fn compress_frame(
 /// a crash mid-commit leaves: the start of a frame (`Ok` with the length to keep); anything
 /// that is not is an error, since cutting it could destroy records.
 pub fn whole_frames(bytes: &[u8]) -> Result<usize, String> {
-    const MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+    const MAGIC: [u8; 4] = zstd::zstd_safe::MAGICNUMBER.to_le_bytes();
     let mut pos = 0;
     while pos < bytes.len() {
         match zstd::zstd_safe::find_frame_compressed_size(&bytes[pos..]) {

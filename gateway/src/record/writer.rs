@@ -65,10 +65,7 @@ pub const ANCHOR_FILE: &str = "anchor.json";
 impl Writer {
     pub(super) fn open(cfg: Arc<RecorderConfig>, shared: Arc<Shared>) -> Result<Self, RecordError> {
         let dir = cfg.dir.clone();
-        let open_err = |source| RecordError::Open {
-            dir: dir.clone(),
-            source,
-        };
+        let open_err = open_error(&dir);
         fs::create_dir_all(&dir).map_err(open_err)?;
         for entry in fs::read_dir(&dir).map_err(open_err)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(".tmp") {
@@ -401,6 +398,14 @@ fn new_segment(
     Ok((f, path, packed.len() as u64))
 }
 
+/// How an I/O error opening the log in `dir` is reported.
+fn open_error(dir: &Path) -> impl Fn(io::Error) -> RecordError + Copy + '_ {
+    move |source| RecordError::Open {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
 /// Where the log left off.
 struct Recovered {
     next: u64,
@@ -420,10 +425,7 @@ fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered,
         segment: last.name(),
         reason,
     };
-    let io_err = |source| RecordError::Open {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let io_err = open_error(dir);
     // A compressed segment can only be torn between zstd frames' worth of whole groups.
     let mut file_len = 0;
     if last.compressed {
@@ -498,10 +500,7 @@ fn recover_before(
 ) -> Result<Recovered, RecordError> {
     warn!(segment = %last.name(), "removing a segment whose header was never completed");
     let _ = fs::remove_file(&last.path);
-    let rest = segment::list(dir).map_err(|source| RecordError::Open {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    let rest = segment::list(dir).map_err(open_error(dir))?;
     let Some(prev) = rest.last() else {
         return Ok(Recovered {
             next: 1,
