@@ -120,14 +120,30 @@ impl Decided {
     /// This call's record, begun from the request's: its decision as decided, or (`refusal`)
     /// as the gateway then answered it. None when recording is off or the policy says not to.
     fn recording(&self, r: Option<Recording>, refusal: Option<&Refusal>) -> Option<Recording> {
-        let decision = match refusal {
+        let r = r?;
+        r.with_call(
+            &self.call,
+            self.recorded(refusal),
+            Some(&self.decision.obligations),
+        )
+    }
+
+    /// [`Self::recording`] for a call that is done with: its name and arguments move into the
+    /// record instead of being copied.
+    fn into_recording(self, r: Option<Recording>, refusal: Option<&Refusal>) -> Option<Recording> {
+        let r = r?;
+        let decision = self.recorded(refusal);
+        r.with_call_taken(self.call, decision, Some(&self.decision.obligations))
+    }
+
+    fn recorded(&self, refusal: Option<&Refusal>) -> RecordedDecision {
+        match refusal {
             Some(refusal) => refused_decision(Some(&self.decision), refusal),
             None if self.limited.is_some() => {
                 refused_decision(Some(&self.decision), &self.refusal())
             }
             None => recorded_decision(&self.decision),
-        };
-        r?.with_call(&self.call, decision, Some(&self.decision.obligations))
+        }
     }
 }
 
@@ -730,11 +746,12 @@ impl Conn {
                 "unmaskable_response",
                 "the upstream compressed a response that policy says to mask",
             );
-            if let Some(rec) = one.recording(recording, Some(&r)) {
+            let resp = r.respond(kind, one.call.rpc_id.as_ref());
+            if let Some(rec) = one.into_recording(recording, Some(&r)) {
                 // Not waited for: the answer is an error either way.
                 let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
             }
-            return r.respond(kind, one.call.rpc_id.as_ref());
+            return resp;
         }
         let masker = (!masks.is_empty()).then(|| {
             let ct = parts
@@ -757,7 +774,7 @@ impl Conn {
             .as_ref()
             .map_or(0, |r| r.response_cap());
         let pending = one
-            .recording(recording, None)
+            .into_recording(recording, None)
             .map(|r| body::Pending::new(r, status, cap));
         let body = body::CallBody::new(incoming, masker, scrub, pending);
         Response::from_parts(parts, body.boxed_unsync())
@@ -768,15 +785,15 @@ impl Conn {
         &self,
         recording: Option<Recording>,
         kind: Kind,
-        call: OneCall,
+        mut call: OneCall,
         decision: Option<&Decision>,
         r: Refusal,
     ) -> Response<ProxyBody> {
-        let id = call.rpc_id.clone();
+        let id = call.rpc_id.take();
         let notification = id.is_none() && matches!(kind, Kind::JsonRpc | Kind::Mcp);
         let recording = recording.and_then(|rec| {
-            rec.with_call(
-                &call,
+            rec.with_call_taken(
+                call,
                 refused_decision(decision, &r),
                 decision.map(|d| &*d.obligations),
             )
@@ -914,13 +931,14 @@ fn refused_decision(d: Option<&Decision>, r: &Refusal) -> RecordedDecision {
 
 pub fn recorded_decision(d: &Decision) -> RecordedDecision {
     RecordedDecision {
-        action: d.action.to_string(),
+        // Not `to_string`: that goes through the formatter, for every call.
+        action: d.action.as_str().into(),
         enforced: d.enforced == d.action,
         rule: d.rule.as_deref().map(str::to_string),
         reason: d.reason.as_deref().map(str::to_string),
         policy_commit: d.policy.commit.clone(),
         policy_dirty: d.policy.dirty,
-        mode: Some(d.mode.to_string()),
+        mode: Some(d.mode.as_str().into()),
         limit: None,
     }
 }

@@ -515,19 +515,27 @@ impl BodyKind {
         let Some(ct) = ct else {
             return BodyKind::Text;
         };
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
+        // Compared in place, case-insensitively: this runs for every response.
+        let mime = memchr::memchr(b';', ct.as_bytes())
+            .map_or(ct, |end| &ct[..end])
             .trim()
-            .to_ascii_lowercase();
-        if mime == "application/json" || mime.ends_with("+json") || mime == "application/x-ndjson" {
+            .as_bytes();
+        let is = |m: &str| mime.eq_ignore_ascii_case(m.as_bytes());
+        let starts = |p: &str| {
+            mime.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        };
+        let ends = |s: &str| {
+            (mime.len().checked_sub(s.len()))
+                .is_some_and(|at| mime[at..].eq_ignore_ascii_case(s.as_bytes()))
+        };
+        if is("application/json") || ends("+json") || is("application/x-ndjson") {
             BodyKind::Json
-        } else if mime.starts_with("text/")
-            || mime.ends_with("+xml")
-            || mime == "application/xml"
-            || mime == "application/x-www-form-urlencoded"
-            || mime == "application/javascript"
+        } else if starts("text/")
+            || ends("+xml")
+            || is("application/xml")
+            || is("application/x-www-form-urlencoded")
+            || is("application/javascript")
         {
             BodyKind::Text
         } else {

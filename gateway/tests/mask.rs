@@ -323,6 +323,17 @@ fn binary_passes_and_content_types() {
         BodyKind::from_content_type(Some("image/png")),
         BodyKind::Binary
     );
+    // Media types are case-insensitive (RFC 9110 §8.3.1), and a parameter may follow spaces.
+    for (ct, kind) in [
+        ("Application/JSON", BodyKind::Json),
+        (" application/vnd.api+JSON ;charset=utf-8", BodyKind::Json),
+        ("TEXT/plain", BodyKind::Text),
+        ("application/atom+XML", BodyKind::Text),
+        ("json", BodyKind::Binary),
+        ("", BodyKind::Binary),
+    ] {
+        assert_eq!(BodyKind::from_content_type(Some(ct)), kind, "{ct:?}");
+    }
     let bytes = b"\x89PNG x@example.com";
     let out = BodyMasker::new(all(), key(), BodyKind::Binary).mask_all(bytes);
     assert_eq!(out, bytes);

@@ -37,8 +37,30 @@ pub struct Recording {
 impl Recording {
     /// Fills in the call and its decision; None when the policy says not to record it.
     pub(super) fn with_call(
-        mut self,
+        self,
         call: &OneCall,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        self.fill(call.function.clone(), || call.args.clone(), decision, ob)
+    }
+
+    /// [`Self::with_call`] for a call that is done with: its name and arguments are moved, not
+    /// copied.
+    pub(super) fn with_call_taken(
+        self,
+        call: OneCall,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        let OneCall { function, args, .. } = call;
+        self.fill(function, move || args, decision, ob)
+    }
+
+    fn fill(
+        mut self,
+        function: String,
+        args: impl FnOnce() -> serde_json::Value,
         decision: RecordedDecision,
         ob: Option<&Obligations>,
     ) -> Option<Self> {
@@ -47,14 +69,16 @@ impl Recording {
             return None;
         }
         self.full = level == RecordLevel::Full;
-        self.rec.function = Some(call.function.clone());
-        if self.full && !call.args.is_null() {
-            let mut args = call.args.clone();
-            if let Some(ob) = ob {
-                // Field paths the policy masks in responses are masked in arguments too.
-                ob.masks.0.mask_value(&self.conn.inputs.mask_key, &mut args);
+        self.rec.function = Some(function);
+        if self.full {
+            let mut args = args();
+            if !args.is_null() {
+                if let Some(ob) = ob {
+                    // Field paths the policy masks in responses are masked in arguments too.
+                    ob.masks.0.mask_value(&self.conn.inputs.mask_key, &mut args);
+                }
+                self.rec.args = Some(args);
             }
-            self.rec.args = Some(args);
         }
         self.rec.decision = decision;
         Some(self)
