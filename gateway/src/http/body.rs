@@ -42,7 +42,7 @@ impl Recording {
         decision: RecordedDecision,
         ob: Option<&Obligations>,
     ) -> Option<Self> {
-        self.fill(call.function.clone(), || call.args.clone(), decision, ob)
+        self.fill(|| call.function.clone(), || call.args.clone(), decision, ob)
     }
 
     /// [`Self::with_call`] for a call that is done with: its name and arguments are moved, not
@@ -54,12 +54,13 @@ impl Recording {
         ob: Option<&Obligations>,
     ) -> Option<Self> {
         let OneCall { function, args, .. } = call;
-        self.fill(function, move || args, decision, ob)
+        self.fill(move || function, move || args, decision, ob)
     }
 
+    /// Takes the function name and arguments only once they are known to be recorded.
     fn fill(
         mut self,
-        function: String,
+        function: impl FnOnce() -> String,
         args: impl FnOnce() -> serde_json::Value,
         decision: RecordedDecision,
         ob: Option<&Obligations>,
@@ -69,7 +70,7 @@ impl Recording {
             return None;
         }
         self.full = level == RecordLevel::Full;
-        self.rec.function = Some(function);
+        self.rec.function = Some(function());
         if self.full {
             let mut args = args();
             if !args.is_null() {
