@@ -9,8 +9,10 @@
 //! (callgate intercepting: its own leaf to the client, verified TLS to the upstream; nginx
 //! terminating and re-encrypting to the same upstream). For callgate it also reads the gateway's CPU time per request
 //! (from /proc) and its resident memory holding 1,000 idle intercepted connections; and what
-//! each stage costs, with small calls through gateways that mask or record or neither. Results go
-//! to `benches/results/<date>-<commit>.json` and `.md` as well as the terminal.
+//! each stage costs, with small calls through gateways that mask or record or neither. Beside
+//! each case it notes the host's steal, the share of the CPUs' time the hypervisor took while
+//! the case ran. Results go to `benches/results/<date>-<commit>-l7.json` and `.md` as well as
+//! the terminal.
 //!
 //! Goals (issues 6 and 9): callgate ≥ 1.0× nginx's requests per second at full load; added
 //! p99 over direct ≤ 150 µs at half load; pass-through ≥ 0.9× direct; RSS ≤ 50 MiB at 1,000
@@ -20,7 +22,8 @@
 use std::fs;
 
 use callgate_benches::{
-    CpuTime, GuestIdlePoll, Nginx, RunId, Wrk, h2load, median_of, nginx, paced, with_cpu, wrk,
+    CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, median_of, nginx, paced, with_cpu,
+    wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, policy_repo, test_pki,
@@ -179,21 +182,26 @@ response:
 
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
     let mut rows: Vec<Row> = Vec::new();
+    let whole_run = Steal::now();
     for (i, case) in CASES.iter().enumerate() {
         // The goal's case in interleaved rounds, its rows the medians: one run of each path
         // moved by a fifth between runs on this machine kind.
         let rounds = if i == 0 { HEADLINE_ROUNDS } else { 1 };
-        three_ways(
-            &mut rows,
-            case.name,
-            rounds,
-            (&gw, &proxy),
-            || wrk(None, case.load, &url(up_port, case.path)),
-            || wrk(None, case.load, &url(proxy_port, case.path)),
-            || wrk(Some(&cg), case.load, &url(up_port, case.path)),
-        );
+        noting_steal(&mut rows, |rows| {
+            three_ways(
+                rows,
+                case.name,
+                rounds,
+                (&gw, &proxy),
+                || wrk(None, case.load, &url(up_port, case.path)),
+                || wrk(None, case.load, &url(proxy_port, case.path)),
+                || wrk(Some(&cg), case.load, &url(up_port, case.path)),
+            )
+        });
     }
-    half_load(&mut rows, &gw, &cg, &plain, &cg_plain, up_port, proxy_port);
+    noting_steal(&mut rows, |rows| {
+        half_load(rows, &gw, &cg, &plain, &cg_plain, up_port, proxy_port)
+    });
     // HTTP/2 with prior knowledge, 4 connections × 100 concurrent streams. Direct is nginx's
     // h2c listener; the nginx proxy and callgate both take h2 from the client and go to the
     // upstream's HTTP/1.1 listener over keep-alive (a plain-text upstream cannot say whether it
@@ -212,27 +220,33 @@ response:
         );
         w
     };
-    three_ways(
-        &mut rows,
-        "h2, 4 conns × 100 streams",
-        1,
-        (&gw, &proxy),
-        || h2(None, h2_port),
-        || h2(None, proxy_h2_port),
-        || h2(Some(&cg), up_port),
-    );
+    noting_steal(&mut rows, |rows| {
+        three_ways(
+            rows,
+            "h2, 4 conns × 100 streams",
+            1,
+            (&gw, &proxy),
+            || h2(None, h2_port),
+            || h2(None, proxy_h2_port),
+            || h2(Some(&cg), up_port),
+        )
+    });
     // TLS, keep-alive: handshakes once per connection, then record encryption both ways.
     let tls_url = |port: u16| format!("https://127.0.0.1:{port}/v1/items/42");
-    three_ways(
-        &mut rows,
-        "TLS intercept, keep-alive 160 B",
-        1,
-        (&gw, &proxy),
-        || wrk(None, FULL, &tls_url(tls_port)),
-        || wrk(None, FULL, &tls_url(proxy_tls_port)),
-        || wrk(Some(&cg), FULL, &tls_url(tls_port)),
-    );
-    stage_costs(&mut rows, &dir, &proxy, &service, up_port, proxy_port);
+    noting_steal(&mut rows, |rows| {
+        three_ways(
+            rows,
+            "TLS intercept, keep-alive 160 B",
+            1,
+            (&gw, &proxy),
+            || wrk(None, FULL, &tls_url(tls_port)),
+            || wrk(None, FULL, &tls_url(proxy_tls_port)),
+            || wrk(Some(&cg), FULL, &tls_url(tls_port)),
+        )
+    });
+    noting_steal(&mut rows, |rows| {
+        stage_costs(rows, &dir, &proxy, &service, up_port, proxy_port)
+    });
     let calls = gw.counter("calls");
     assert!(
         calls > 1000,
@@ -246,15 +260,17 @@ response:
         } else {
             "TCP pass-through, light load"
         };
-        three_ways(
-            &mut rows,
-            name,
-            1,
-            (&plain, &proxy),
-            || wrk(None, case.load, &url(up_port, case.path)),
-            || wrk(None, case.load, &url(proxy_port, case.path)),
-            || wrk(Some(&cg_plain), case.load, &url(up_port, case.path)),
-        );
+        noting_steal(&mut rows, |rows| {
+            three_ways(
+                rows,
+                name,
+                1,
+                (&plain, &proxy),
+                || wrk(None, case.load, &url(up_port, case.path)),
+                || wrk(None, case.load, &url(proxy_port, case.path)),
+                || wrk(Some(&cg_plain), case.load, &url(up_port, case.path)),
+            )
+        });
     }
     // Idle HTTP connections are classified as not-HTTP after the sniff timeout and closed by
     // policy; pass-through keeps them, two sockets each, as a long-lived client would. A fresh
@@ -264,16 +280,17 @@ response:
     let cg_idle = TestCgroup::new("bench-l7-idle");
     idle_gw.enable(&cg_idle);
     let rss_idle = rss_with_idle_connections(&idle_gw, &cg_idle, up_port, 1000);
+    let steal = whole_run.map_or(f64::NAN, |s| s.percent_since());
 
     let mut md = String::new();
     md.push_str(&format!(
         "callgate l7 bench, {} CPUs; ratios are against runs in the same minute\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | proxy CPU µs/req |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | proxy CPU µs/req | host steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {} | {:.1} |\n",
             r.case,
             r.path,
             r.rps,
@@ -282,7 +299,8 @@ response:
             r.vs_direct,
             r.vs_nginx,
             r.added_p99,
-            r.cpu_us.map_or("-".into(), |c| format!("{c:.1}"))
+            r.cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+            r.steal_pct,
         ));
     }
     let full = |path: &str, case: &str| rows.iter().find(|r| r.path == path && r.case == case);
@@ -306,6 +324,11 @@ response:
          polling on for these rounds only)\n",
     );
     md.push_str(&format!(
+        "\n(host steal %: the share of all CPUs' time the hypervisor took while the case ran, \
+         {steal:.1}% over the whole run; a case where it is more than a percent or two is \
+         measuring the host as much as the paths)\n"
+    ));
+    md.push_str(&format!(
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
     md.push_str(&format!(
@@ -314,7 +337,7 @@ response:
         rss_idle / 1024.0
     ));
     println!("\n{md}");
-    save(&rows, rss_idle, &md);
+    save(&rows, rss_idle, steal, &md);
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -471,6 +494,19 @@ fn three_ways(
     ));
 }
 
+/// Runs one case's measurements and notes beside its rows how much of the CPUs' time the
+/// host took meanwhile: on a VM, a neighbour's burst moves every path of a case at once, and
+/// this says when that happened.
+fn noting_steal(rows: &mut Vec<Row>, measure: impl FnOnce(&mut Vec<Row>)) {
+    let from = rows.len();
+    let before = Steal::now();
+    measure(rows);
+    let pct = before.map_or(f64::NAN, |b| b.percent_since());
+    for r in &mut rows[from..] {
+        r.steal_pct = pct;
+    }
+}
+
 /// The rows every case is measured against: direct, and nginx with its CPU time per request.
 fn baselines(rows: &mut Vec<Row>, case: &'static str, direct: &Wrk, nginx: &Wrk, cpu_us: f64) {
     rows.push(Row::new(case, "direct", direct, direct, nginx, None));
@@ -508,6 +544,8 @@ struct Row {
     vs_nginx: f64,
     added_p99: f64,
     cpu_us: Option<f64>,
+    /// The host's share of the CPUs while the case ran (see [`noting_steal`]).
+    steal_pct: f64,
 }
 
 impl Row {
@@ -529,12 +567,13 @@ impl Row {
             vs_nginx: w.rps / nginx.rps,
             added_p99: w.p99 - direct.p99,
             cpu_us,
+            steal_pct: f64::NAN,
         }
     }
 }
 
 /// `benches/results/<date>-<commit>-l7.json` and `.md`.
-fn save(rows: &[Row], rss_kib: f64, md: &str) {
+fn save(rows: &[Row], rss_kib: f64, steal_pct: f64, md: &str) {
     let id = RunId::now();
     let Some(base) = id.results("l7") else {
         return;
@@ -545,10 +584,11 @@ fn save(rows: &[Row], rss_kib: f64, md: &str) {
         "commit": id.commit,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "rss_kib_1000_idle_connections": rss_kib,
+        "host_steal_pct": steal_pct,
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case, "path": r.path, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
             "vs_direct": r.vs_direct, "vs_nginx": r.vs_nginx, "added_p99_us": r.added_p99,
-            "gateway_cpu_us_per_request": r.cpu_us,
+            "gateway_cpu_us_per_request": r.cpu_us, "host_steal_pct": r.steal_pct,
         })).collect::<Vec<_>>(),
     });
     let _ = fs::write(

@@ -380,3 +380,65 @@ impl Drop for GuestIdlePoll {
         let _ = fs::write(Self::PATH, &self.before);
     }
 }
+
+/// A point in the host's share of this machine's CPU time: on a VM, the time the hypervisor
+/// ran something else while a vCPU wanted to run ("steal" in `/proc/stat`). A case measured
+/// while the host took a few percent says more about the host than about the paths it
+/// compares, so the l7 bench prints it beside every row.
+#[derive(Clone, Copy)]
+pub struct Steal {
+    steal: u64,
+    total: u64,
+}
+
+impl Steal {
+    /// None where `/proc/stat` has no steal column (not Linux, or a kernel before 2.6.11).
+    pub fn now() -> Option<Self> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        Self::parse(stat.lines().next()?)
+    }
+
+    /// The all-CPU line: `cpu user nice system idle iowait irq softirq steal ...` (USER_HZ).
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields.map_while(|f| f.parse().ok()).collect();
+        // guest and guest_nice (9th and 10th) are already counted in user and nice.
+        let total = ticks.iter().take(8).sum();
+        Some(Self {
+            steal: *ticks.get(7)?,
+            total,
+        })
+    }
+
+    /// Percent of all CPUs' time since `self` that the host took; NaN if none passed.
+    pub fn percent_since(&self) -> f64 {
+        match Self::now() {
+            Some(now) if now.total > self.total => {
+                100.0 * now.steal.saturating_sub(self.steal) as f64
+                    / (now.total - self.total) as f64
+            }
+            _ => f64::NAN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Steal;
+
+    #[test]
+    fn steal_is_the_eighth_column_of_the_cpu_line() {
+        let s = Steal::parse("cpu  2626935 3323 457013 2342771 43150 0 123322 129248 0 0")
+            .expect("a cpu line");
+        assert_eq!(s.steal, 129248);
+        assert_eq!(
+            s.total,
+            2626935 + 3323 + 457013 + 2342771 + 43150 + 123322 + 129248
+        );
+        assert!(Steal::parse("cpu0 1 2 3 4 5 6 7 8").is_none());
+        assert!(Steal::parse("cpu 1 2 3").is_none());
+    }
+}
