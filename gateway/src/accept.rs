@@ -453,7 +453,16 @@ async fn route(
         (Protocol::Http1 | Protocol::H2, _) => {
             // Each request is decided (an unknown destination by its default) and answered
             // in HTTP, which says more than a closed connection.
-            http::serve(Rewind::new(sniffed.prefix, client), http_conn(false)).await;
+            let speaks = match sniffed.protocol {
+                Protocol::Http1 => http::Speaks::Http1,
+                _ => http::Speaks::H2OrEither,
+            };
+            http::serve(
+                Rewind::new(sniffed.prefix, client),
+                http_conn(false),
+                speaks,
+            )
+            .await;
             served("http")
         }
         (_, None) => {
@@ -506,7 +515,11 @@ async fn route(
                         .await
                     {
                         Ok(Ok(tls)) => {
-                            http::serve(tls, http_conn(true)).await;
+                            let speaks = match tls.get_ref().1.alpn_protocol() {
+                                Some(b"http/1.1") => http::Speaks::Http1,
+                                _ => http::Speaks::H2OrEither,
+                            };
+                            http::serve(tls, http_conn(true), speaks).await;
                             served("https")
                         }
                         Ok(Err(e)) => refuse(format!("TLS handshake: {e}"), Some(&s.name)),

@@ -6,6 +6,10 @@
 //! refusal is answered in the client's own protocol (see [`crate::reply`]).
 mod body;
 mod held;
+mod server1;
+
+#[doc(hidden)]
+pub use server1::read_all as read_http1_requests;
 
 use std::{
     convert::Infallible,
@@ -14,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -30,10 +34,8 @@ use crate::{
     accept::ProxyInputs,
     approve,
     extract::{self, Extracted, Kind, OneCall, Role},
-    forward::{
-        h1::list_items,
-        pool::{BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey},
-    },
+    forward::pool::{BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey},
+    h1::list_items,
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -72,15 +74,31 @@ impl Drop for Conn {
     }
 }
 
-/// Serves requests until the client closes or a limit ends the connection.
-pub async fn serve<I>(io: I, conn: Arc<Conn>)
+/// What a connection is known to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    Http1,
+    /// h2, or either (a TLS client that offered no ALPN): hyper tells them apart.
+    H2OrEither,
+}
+
+/// Serves requests until the client closes or a limit ends the connection. HTTP/1 goes to the
+/// gateway's own server ([`server1`]), the rest to hyper's.
+pub async fn serve<I>(io: I, conn: Arc<Conn>, speaks: Speaks)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = conn.inputs.cfg.http.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    if speaks == Speaks::Http1 {
+        let limits = server1::Limits {
+            max_head: limits.max_header_bytes,
+            header_timeout: limits.header_timeout,
+        };
+        return server1::serve(io, limits, |req| conn.clone().handle(req)).await;
+    }
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        async move { Ok::<_, Infallible>(conn.handle(req.map(boxed)).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -96,6 +114,13 @@ where
     if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
         debug!(error = %e, "HTTP connection ended with an error");
     }
+}
+
+fn boxed(body: Incoming) -> ProxyBody {
+    fn error(e: hyper::Error) -> BodyError {
+        Box::new(e)
+    }
+    body.map_err(error).boxed_unsync()
 }
 
 /// The scrubber for the credential injected into a request, carried on its response.
@@ -148,7 +173,7 @@ impl Decided {
 }
 
 impl Conn {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, req: Request<ProxyBody>) -> Response<ProxyBody> {
         let started = Instant::now();
         let stats = &self.inputs.stats;
         stats.calls.fetch_add(1, Relaxed);
@@ -307,7 +332,7 @@ impl Conn {
         }
         let body = match (held_body, stream_body) {
             (Some(b), _) => reply::full(b),
-            (None, Some(b)) => b.map_err(|e| Box::new(e) as BodyError).boxed_unsync(),
+            (None, Some(b)) => b,
             (None, None) => reply::full(Bytes::new()),
         };
         let version = parts.version;
@@ -945,7 +970,7 @@ pub fn recorded_decision(d: &Decision) -> RecordedDecision {
 
 /// Reads a request body whole, within the size and time limits.
 async fn read_body(
-    body: Incoming,
+    body: ProxyBody,
     headers: &HeaderMap,
     max: usize,
     limit: Duration,
@@ -960,20 +985,51 @@ async fn read_body(
     if content_length(headers).is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
+    match tokio::time::timeout(limit, collect_up_to(body, max)).await {
         Err(_) => Err(Refusal::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             format!("the request body did not arrive within {limit:?}"),
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(Refusal::new(
+        Ok(Err(None)) => Err(too_large()),
+        Ok(Err(Some(e))) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "body_error",
             e.to_string(),
         )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(b)) => Ok(b),
     }
+}
+
+/// `body`'s data, or Err(None) once it is longer than `max`, Err(Some) when it failed. By hand
+/// rather than with `Limited`: over a boxed body that trips a compiler bug about higher-ranked
+/// lifetimes (rust-lang/rust#102211) where the future must be Send.
+async fn collect_up_to(mut body: ProxyBody, max: usize) -> Result<Bytes, Option<BodyError>> {
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Some)?.into_data() else {
+            continue;
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + more.len() + data.len();
+        if len > max {
+            return Err(None);
+        }
+        // A body that comes in one piece (the usual case) is not copied.
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if more.is_empty() {
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(match first {
+        Some(f) if more.is_empty() => f,
+        _ => more.freeze(),
+    })
 }
 
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod extract;
 pub mod forward;
 pub mod fsutil;
+pub mod h1;
 pub mod http;
 pub mod identity;
 pub mod inject;

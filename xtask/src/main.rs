@@ -287,13 +287,14 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in `gateway/fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "sniff",
     "extract",
     "policy_yaml",
     "mask_chunks",
     "record_reader",
     "tools_list",
+    "http1_requests",
 ];
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_TEST_SECONDS: u64 = 20;

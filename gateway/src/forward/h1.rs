@@ -13,29 +13,27 @@
 use std::{
     io,
     mem::MaybeUninit,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use bytes::BytesMut;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::Body;
 use http_body_util::BodyExt;
-use smallvec::SmallVec;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::pool::{BodyError, ProxyBody, lock};
+use crate::h1::{
+    self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, chunked_last, content_length,
+    put_chunk_size, put_fields, put_last_chunk,
+};
 
 /// The longest answer head read; a longer one is an error.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most headers an answer or its trailers may have.
-const MAX_HEADERS: usize = 128;
 /// Request bodies up to this size go out in the same write as the head, and are kept so that
 /// the request can go again on a new connection if the kept one turns out closed.
 const INLINE_BODY: u64 = 64 * 1024;
-/// Longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
@@ -51,6 +49,12 @@ pub enum H1Error {
     RequestBody(BodyError),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl From<Malformed> for H1Error {
+    fn from(Malformed(why): Malformed) -> Self {
+        Self::Malformed(why)
+    }
 }
 
 /// A kept plain-text connection to one upstream, with what was read past the last answer.
@@ -91,14 +95,9 @@ impl Upstream1 {
     /// Reads more into the buffer, room made for `expect` bytes (up to a bound) so that a
     /// large body comes in few reads; Ok(0) at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>, expect: u64) -> Poll<io::Result<usize>> {
-        let want = expect.clamp(16 * 1024, 256 * 1024) as usize;
-        if self.buf.capacity() - self.buf.len() < want / 2 {
-            self.buf.reserve(want);
-        }
-        // Through AsyncRead rather than try_read: a read that leaves room in the buffer tells
-        // tokio the socket is drained, so neither the next read nor `looks_closed` pays a
-        // recv(2) that can only say EAGAIN.
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        // A read that leaves room in the buffer tells tokio the socket is drained, so
+        // `looks_closed` pays no recv(2) either.
+        h1::poll_fill(&mut self.io, &mut self.buf, cx, expect)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -216,32 +215,50 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
     };
     let framing = framing(&head, req.head_only)?;
     let keep = head.keep_alive && !matches!(framing, Framing::Close);
-    let mut resp = Response::new(H1Body {
-        conn: Some(conn),
+    let body = FramedBody::new(
+        Kept {
+            conn,
+            keep,
+            slot: slot.clone(),
+        },
         framing,
-        keep,
-        slot: slot.clone(),
-    });
+    );
+    let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
-    resp.body_mut().finish_if_done();
     Ok(Sent::Answered(resp))
 }
 
-/// Header (or trailer) fields as the wire has them, one `name: value` line each.
-fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+/// An answer's body as it comes off the upstream connection.
+pub type H1Body = FramedBody<Kept>;
+
+/// The connection an answer's body reads from: back to `slot` for the next request once the
+/// body ended cleanly on a connection the upstream keeps open.
+pub struct Kept {
+    conn: Upstream1,
+    keep: bool,
+    slot: Slot,
 }
 
-/// The items of a comma-separated header value, trimmed (empty ones included).
-pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+impl Source for Kept {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.conn.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, expect: u64) -> Poll<io::Result<usize>> {
+        self.conn.poll_fill(cx, expect)
+    }
+
+    fn finish(mut self, reusable: bool) {
+        if reusable && self.keep && self.conn.buf.is_empty() {
+            // A kept connection does not hold on to a large body's read buffer.
+            if self.conn.buf.capacity() > 64 * 1024 {
+                self.conn.buf = BytesMut::with_capacity(8 * 1024);
+            }
+            *lock(&self.slot) = Some(self.conn);
+        }
+    }
 }
 
 /// Sends a body that did not go with the head.
@@ -252,8 +269,9 @@ async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> R
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
             Ok(data) if chunked => {
-                io.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                    .await?;
+                let mut size = Vec::with_capacity(18);
+                put_chunk_size(&mut size, data.len());
+                io.write_all(&size).await?;
                 io.write_all(&data).await?;
                 io.write_all(b"\r\n").await?;
             }
@@ -262,11 +280,8 @@ async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> R
         }
     }
     if chunked {
-        let mut end = b"0\r\n".to_vec();
-        if let Some(t) = &trailers {
-            put_fields(&mut end, t);
-        }
-        end.extend_from_slice(b"\r\n");
+        let mut end = Vec::with_capacity(64);
+        put_last_chunk(&mut end, trailers.as_ref());
         io.write_all(&end).await?;
     }
     Ok(())
@@ -284,7 +299,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     // Where each field lies in the head, so that the values can share the head's memory once
     // it is split off instead of each being copied into an allocation of its own. Neither
     // this nor httparse's slots is zeroed first: 128 of each were 8 KiB of memset per answer.
-    let mut at: SmallVec<[(usize, usize, usize, usize); MAX_HEADERS]> = SmallVec::new();
+    let mut at = h1::Positions::new();
     let (n, code, minor) = {
         let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
@@ -295,18 +310,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(H1Error::Malformed(e.to_string())),
         };
-        let base = buf.as_ptr() as usize;
-        at.extend(r.headers.iter().map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        }));
+        h1::positions(&mut at, buf, r.headers);
         (n, r.code, r.version)
     };
-    let fields = at.len();
     let status = StatusCode::from_u16(code.unwrap_or(0))
         .map_err(|_| H1Error::Malformed(format!("status {code:?}")))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -320,37 +326,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         Version::HTTP_11
     };
     let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(fields);
-    let mut keep_alive = version == Version::HTTP_11;
-    for &(name_at, name_len, value_at, value_len) in &at {
-        let name_bytes = &head[name_at..name_at + name_len];
-        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
-            H1Error::Malformed(format!(
-                "header name {:?}",
-                String::from_utf8_lossy(name_bytes)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| H1Error::Malformed(format!("value of header {name}")))?;
-        if name == http::header::CONNECTION {
-            let mut names_others = false;
-            for token in list_items(value.as_bytes()) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else {
-                    names_others |= !token.is_empty();
-                }
-            }
-            // Hop-by-hop, and all it says is now in `keep_alive`: the answer's way back
-            // need not find and remove it. One naming other fields stays for that stripping.
-            if !names_others {
-                continue;
-            }
-        }
-        headers.append(name, value);
-    }
+    // A Connection field saying only close or keep-alive is folded into `keep_alive`: the
+    // answer's way back need not find and remove it.
+    let (headers, keep_alive) = h1::fields(&head, &at, version == Version::HTTP_11)?;
     Ok(Some(Head {
         status,
         version,
@@ -359,332 +337,28 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     }))
 }
 
-/// How the answer's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are still to come.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes.
-    Close,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of the current chunk are still to come.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// The trailer section after the last chunk.
-    Trailers,
-}
-
 fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
     let s = head.status;
     if head_only || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    let te = head.headers.get_all(http::header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
-        let last = te
-            .iter()
-            .flat_map(|v| list_items(v.as_bytes()))
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
+    if let Some(chunked) = chunked_last(&head.headers) {
+        return Ok(if chunked {
+            Framing::Chunked(h1::Chunk::Size)
+        } else {
+            Framing::Close
         });
     }
-    let mut length: Option<u64> = None;
-    for v in head.headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in list_items(v.as_bytes()) {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u64>().ok())
-                .ok_or_else(|| H1Error::Malformed("an invalid Content-Length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Malformed(
-                    "conflicting Content-Length values".into(),
-                ));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(&head.headers)? {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
 }
 
-/// An answer's body as it comes off the upstream connection.
-pub struct H1Body {
-    conn: Option<Upstream1>,
-    framing: Framing,
-    /// The connection can carry the next request once this body ended.
-    keep: bool,
-    slot: Slot,
-}
-
-impl H1Body {
-    /// At the end: the connection goes back for the next request, or is closed.
-    fn finish_if_done(&mut self) {
-        if self.framing != Framing::Done {
-            return;
-        }
-        if let Some(mut conn) = self.conn.take() {
-            if self.keep && conn.buf.is_empty() {
-                // A kept connection does not hold on to a large body's read buffer.
-                if conn.buf.capacity() > 64 * 1024 {
-                    conn.buf = BytesMut::with_capacity(8 * 1024);
-                }
-                *lock(&self.slot) = Some(conn);
-            }
-        }
-    }
-
-    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.framing = Framing::Done;
-        self.conn = None;
-        Poll::Ready(Some(Err(Box::new(e))))
-    }
-}
-
-fn data(b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    Poll::Ready(Some(Ok(Frame::data(b))))
-}
-
-impl Body for H1Body {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            // What is buffered first; a read only when that is not enough.
-            match this.framing {
-                Framing::Done => {
-                    this.finish_if_done();
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) if !conn.buf.is_empty() => {
-                    let (b, rest) = take_up_to(&mut conn.buf, left);
-                    this.framing = match rest {
-                        0 => Framing::Done,
-                        l => Framing::Length(l),
-                    };
-                    this.finish_if_done();
-                    return data(b);
-                }
-                Framing::Close if !conn.buf.is_empty() => {
-                    let b = conn.buf.split().freeze();
-                    return data(b);
-                }
-                Framing::Chunked(state) if !conn.buf.is_empty() => {
-                    let (next, out) = match step_chunked(state, &mut conn.buf) {
-                        Ok(step) => step,
-                        Err(e) => return this.fail(e),
-                    };
-                    let progressed = next != Framing::Chunked(state) || out.is_some();
-                    this.framing = next;
-                    match out {
-                        Some(ChunkOut::Data(b)) => return data(b),
-                        Some(ChunkOut::Trailers(t)) => {
-                            this.finish_if_done();
-                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                        }
-                        None if progressed => continue,
-                        None => {}
-                    }
-                }
-                _ => {}
-            }
-            let expect = match this.framing {
-                Framing::Length(left) => left,
-                Framing::Chunked(Chunk::Data(left)) => left,
-                _ => 0,
-            };
-            match ready!(conn.poll_fill(cx, expect)) {
-                Ok(0) if this.framing == Framing::Close => {
-                    this.framing = Framing::Done;
-                    this.keep = false;
-                    this.conn = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(H1Error::ClosedMidAnswer),
-                Ok(_) => {}
-                Err(e) => return this.fail(e.into()),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-/// Up to `left` bytes from the front of `buf`, and how many are still to come after them.
-fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
-    let n = (buf.len() as u64).min(left) as usize;
-    (buf.split_to(n).freeze(), left - n as u64)
-}
-
-enum ChunkOut {
-    Data(Bytes),
-    Trailers(HeaderMap),
-}
-
-/// One step of chunked decoding over what `buf` holds: the next state, and what to pass on.
-/// The state unchanged with nothing to pass on means more bytes are needed.
-fn step_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Framing, Option<ChunkOut>), H1Error> {
-    let bad = |what: &str| H1Error::Malformed(format!("chunked body: {what}"));
-    match state {
-        Chunk::Size => match httparse::parse_chunk_size(buf) {
-            Ok(httparse::Status::Complete((n, 0))) => {
-                buf.advance(n);
-                Ok((Framing::Chunked(Chunk::Trailers), None))
-            }
-            Ok(httparse::Status::Complete((n, size))) => {
-                buf.advance(n);
-                Ok((Framing::Chunked(Chunk::Data(size)), None))
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                Err(bad("chunk-size line too long"))
-            }
-            Ok(httparse::Status::Partial) => Ok((Framing::Chunked(state), None)),
-            Err(_) => Err(bad("invalid chunk size")),
-        },
-        Chunk::Data(left) => {
-            let (b, rest) = take_up_to(buf, left);
-            let next = match rest {
-                0 => Chunk::DataEnd,
-                l => Chunk::Data(l),
-            };
-            Ok((Framing::Chunked(next), Some(ChunkOut::Data(b))))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok((Framing::Chunked(state), None));
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err(bad("missing CRLF after chunk data"));
-            }
-            buf.advance(2);
-            Ok((Framing::Chunked(Chunk::Size), None))
-        }
-        Chunk::Trailers => {
-            if buf.starts_with(b"\r\n") {
-                buf.advance(2);
-                return Ok((Framing::Done, None));
-            }
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::parse_headers(buf, &mut slots) {
-                Ok(httparse::Status::Complete((n, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for f in fields {
-                        if let (Ok(name), Ok(value)) = (
-                            HeaderName::from_bytes(f.name.as_bytes()),
-                            HeaderValue::from_bytes(f.value),
-                        ) {
-                            trailers.append(name, value);
-                        }
-                    }
-                    buf.advance(n);
-                    Ok((Framing::Done, Some(ChunkOut::Trailers(trailers))))
-                }
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                    Err(bad("trailer section too large"))
-                }
-                Ok(httparse::Status::Partial) => Ok((Framing::Chunked(state), None)),
-                Err(e) => Err(bad(&format!("trailers: {e}"))),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes `wire` fed `step` bytes at a time: the data and the trailers.
-    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), H1Error> {
-        let (mut buf, mut data, mut trailers) = (BytesMut::new(), Vec::new(), None);
-        let mut framing = Framing::Chunked(Chunk::Size);
-        let mut fed = 0;
-        while framing != Framing::Done {
-            let Framing::Chunked(state) = framing else {
-                unreachable!()
-            };
-            if fed < wire.len() {
-                let end = (fed + step).min(wire.len());
-                buf.extend_from_slice(&wire[fed..end]);
-                fed = end;
-            }
-            let (next, out) = step_chunked(state, &mut buf)?;
-            match out {
-                Some(ChunkOut::Data(b)) => data.extend_from_slice(&b),
-                Some(ChunkOut::Trailers(t)) => trailers = Some(t),
-                None if next == framing && fed == wire.len() => {
-                    return Err(H1Error::ClosedMidAnswer);
-                }
-                None => {}
-            }
-            framing = next;
-        }
-        assert!(buf.is_empty(), "bytes left after the body: {buf:?}");
-        Ok((data, trailers))
-    }
-
-    #[test]
-    fn chunked_bodies_decode_the_same_at_every_read_size() {
-        let wire = b"5;ext=1\r\nchunk\r\n2\r\ned\r\n10\r\n0123456789abcdef\r\n0\r\nx-checksum: abc\r\n\r\n";
-        for step in 1..=wire.len() {
-            let (data, trailers) = decode(wire, step).expect("decodes");
-            assert_eq!(data, b"chunked0123456789abcdef", "step {step}");
-            let t = trailers.expect("trailers");
-            assert_eq!(t.get("x-checksum").map(|v| v.as_bytes()), Some(&b"abc"[..]));
-        }
-        let (data, trailers) = decode(b"3\r\nabc\r\n0\r\n\r\n", 1).expect("no trailers");
-        assert_eq!((data.as_slice(), trailers.is_none()), (&b"abc"[..], true));
-    }
-
-    #[test]
-    fn malformed_chunks_are_errors() {
-        for wire in [
-            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
-            b"3\r\nabcX\r\n0\r\n\r\n",
-            b"ffffffffffffffffffff\r\n",
-        ] {
-            assert!(
-                matches!(decode(wire, 4), Err(H1Error::Malformed(_))),
-                "{}",
-                String::from_utf8_lossy(wire)
-            );
-        }
-        let long_line = [b"1;".as_slice(), &[b'x'; MAX_CHUNK_LINE + 1]].concat();
-        assert!(matches!(
-            decode(&long_line, 512),
-            Err(H1Error::Malformed(_))
-        ));
-    }
 
     #[test]
     fn framing_follows_the_rfc() {
@@ -720,7 +394,7 @@ mod tests {
                 false
             )
             .ok(),
-            Some(Framing::Chunked(Chunk::Size))
+            Some(Framing::Chunked(h1::Chunk::Size))
         );
         assert_eq!(
             f(
