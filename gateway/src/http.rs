@@ -35,7 +35,7 @@ use crate::{
     approve,
     extract::{self, Extracted, Kind, OneCall, Role},
     forward::pool::{BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey},
-    h1::list_items,
+    h1::{self, list_items},
     identity,
     mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -982,7 +982,13 @@ async fn read_body(
             format!("the request body is larger than the inspection limit of {max} bytes"),
         )
     };
-    if content_length(headers).is_some_and(|n| n > max as u64) {
+    // An invalid length is left for the body's own end to bound (the HTTP/1 server has
+    // refused one already; h2 checks it against the DATA frames).
+    if h1::content_length(headers)
+        .ok()
+        .flatten()
+        .is_some_and(|n| n > max as u64)
+    {
         return Err(too_large());
     }
     match tokio::time::timeout(limit, collect_up_to(body, max)).await {
@@ -1007,11 +1013,12 @@ async fn read_body(
 async fn collect_up_to(mut body: ProxyBody, max: usize) -> Result<Bytes, Option<BodyError>> {
     let mut first: Option<Bytes> = None;
     let mut more = BytesMut::new();
+    let mut len = 0;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(Some)?.into_data() else {
             continue;
         };
-        let len = first.as_ref().map_or(0, Bytes::len) + more.len() + data.len();
+        len += data.len();
         if len > max {
             return Err(None);
         }
@@ -1030,13 +1037,6 @@ async fn collect_up_to(mut body: ProxyBody, max: usize) -> Result<Bytes, Option<
         Some(f) if more.is_empty() => f,
         _ => more.freeze(),
     })
-}
-
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The name the client used: `:authority` (h2, absolute-form) or Host.
@@ -1146,7 +1146,48 @@ fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<P
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        collections::VecDeque,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use http_body::{Body, Frame};
+
     use super::*;
+
+    /// A body of these pieces, one per poll.
+    struct Pieces(VecDeque<&'static [u8]>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|p| Ok(Frame::data(Bytes::from_static(p)))),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_in_pieces_is_measured_once_against_the_limit() {
+        let body = || Pieces([&[b'a'; 40][..], &[b'b'; 40], &[b'c'; 15]].into()).boxed_unsync();
+        let whole = collect_up_to(body(), 95).await.expect("95 bytes fit 95");
+        assert_eq!(whole.len(), 95);
+        assert!(whole.starts_with(&[b'a'; 40]) && whole.ends_with(&[b'c'; 15]));
+        assert!(matches!(collect_up_to(body(), 94).await, Err(None)));
+        let one = Pieces([&b"only"[..]].into()).boxed_unsync();
+        assert_eq!(
+            collect_up_to(one, 4).await.ok(),
+            Some(Bytes::from_static(b"only"))
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {

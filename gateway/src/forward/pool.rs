@@ -129,7 +129,7 @@ impl Body for UpstreamBody {
 }
 
 /// A poisoned lock only means a panic elsewhere; what it guards stays consistent.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -36,7 +36,7 @@ use tracing::debug;
 
 use crate::{
     extract::Kind,
-    forward::pool::{BodyError, ProxyBody},
+    forward::pool::{BodyError, ProxyBody, lock},
     h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
     reply::Refusal,
 };
@@ -69,10 +69,6 @@ struct Back<I> {
     reader: Option<(Reader<I>, bool)>,
     /// The server, waiting for the reader to watch the client with.
     waiting: Option<Waker>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The read side, lent to a request's body.
@@ -292,9 +288,6 @@ async fn read_head<I: AsyncRead>(
             if let Some(head) = parse_request(&mut r.buf, limits.max_head)? {
                 return Ok(head);
             }
-            if r.buf.len() >= limits.max_head {
-                return Err(too_large(limits.max_head));
-            }
         }
         let read = std::future::poll_fn(|cx| {
             if let Poll::Ready(n) = h1::poll_fill(&mut r.io, &mut r.buf, cx, 0) {
@@ -315,11 +308,7 @@ async fn read_head<I: AsyncRead>(
             Some(Ok(n)) if n > 0 => {}
             Some(Ok(_)) | Some(Err(_)) if r.buf.is_empty() => return Err(HeadError::Gone),
             Some(Ok(_)) | Some(Err(_)) => {
-                return Err(HeadError::Refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the connection ended in the middle of a request head".into(),
-                ));
+                return Err(bad("the connection ended in the middle of a request head"));
             }
             None if r.buf.is_empty() => return Err(HeadError::Gone),
             None => {
@@ -348,7 +337,8 @@ fn bad(why: impl Into<String>) -> HeadError {
     HeadError::Refuse(StatusCode::BAD_REQUEST, "bad_request", why.into())
 }
 
-/// A request head from the front of `buf` (consumed), or None when more bytes are needed.
+/// A request head from the front of `buf` (consumed), or None when more bytes are needed and
+/// may still come within `max`.
 fn parse_request(
     buf: &mut BytesMut,
     max: usize,
@@ -368,6 +358,7 @@ fn parse_request(
             .parse_request_with_uninit_headers(&mut r, view, &mut slots)
         {
             Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() >= max => return Err(too_large(max)),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(too_large(max)),
             Err(e) => return Err(bad(format!("malformed request head: {e}"))),
@@ -645,7 +636,7 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
         }
         fn finish(self, reusable: bool) {
             let back = self.back.clone();
-            *back.lock().unwrap_or_else(|p| p.into_inner()) = Some((self, reusable));
+            *lock(&back) = Some((self, reusable));
         }
     }
     let back = Arc::new(Mutex::new(None));
@@ -662,10 +653,6 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
             if !mem.buf.is_empty() {
                 match parse_request(&mut mem.buf, max_head) {
                     Ok(Some(head)) => break head,
-                    Ok(None) if mem.buf.len() >= max_head => {
-                        out.push(Err("431".into()));
-                        return out;
-                    }
                     Ok(None) => {}
                     Err(HeadError::Refuse(status, _, why)) => {
                         out.push(Err(format!("{status} {why}")));
@@ -700,7 +687,8 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
         }
         drop(body);
         out.push(Ok(format!("{text}{}", String::from_utf8_lossy(&data))));
-        match back.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let returned = lock(&back).take();
+        match returned {
             Some((m, true)) => mem = m,
             _ => return out,
         }
