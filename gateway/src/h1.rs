@@ -26,7 +26,7 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 64 * 1024;
 
 /// A message that breaks HTTP/1.1's rules; the text says which.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct Malformed(pub String);
 
@@ -60,16 +60,32 @@ pub fn positions(at: &mut Positions, base: &[u8], fields: &[httparse::Header<'_>
     }));
 }
 
-/// A head's fields, from `head` (the bytes split off the read buffer) at `at`; and whether the
-/// connection may carry another message, starting from the version's default `keep_alive`.
-/// A Connection field that says nothing but close or keep-alive is folded into that answer and
-/// left out, since it is hop-by-hop; one naming other fields stays for hop-by-hop stripping.
-pub fn fields(
-    head: &Bytes,
-    at: &Positions,
-    mut keep_alive: bool,
-) -> Result<(HeaderMap, bool), Malformed> {
+/// A head's fields, and what its framing fields say: noted while the fields are read, since
+/// looking each up again by name afterwards costs a hash and a probe per message.
+#[derive(Debug)]
+pub struct Fields {
+    pub headers: HeaderMap,
+    /// Whether the connection may carry another message.
+    pub keep_alive: bool,
+    /// The one length every Content-Length field agrees on, None when there is none.
+    pub length: Result<Option<u64>, Malformed>,
+    /// Whether the head carries Transfer-Encoding (None if not), and if so whether chunked is
+    /// its last coding, the only case in which the body's end can be found.
+    pub chunked_last: Option<bool>,
+    /// A TE field accepts trailers.
+    pub te_trailers: bool,
+}
+
+/// A head's fields, from `head` (the bytes split off the read buffer) at `at`; the connection
+/// may carry another message unless they say otherwise, starting from the version's default
+/// `keep_alive`. A Connection field that says nothing but close or keep-alive is folded into
+/// that answer and left out, since it is hop-by-hop; one naming other fields stays for
+/// hop-by-hop stripping.
+pub fn fields(head: &Bytes, at: &Positions, mut keep_alive: bool) -> Result<Fields, Malformed> {
     let mut headers = HeaderMap::with_capacity(at.len());
+    let mut length = Ok(None);
+    let mut chunked_last = None;
+    let mut te_trailers = false;
     for &(name_at, name_len, value_at, value_len) in at {
         let (name_at, name_len) = (name_at as usize, name_len as usize);
         let (value_at, value_len) = (value_at as usize, value_len as usize);
@@ -82,9 +98,24 @@ pub fn fields(
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| Malformed(format!("value of header {name}")))?;
-        if name == header::CONNECTION {
+        let v = value.as_bytes();
+        if name == header::CONTENT_LENGTH {
+            if let Ok(l) = &mut length {
+                if let Err(e) = add_length(l, v) {
+                    length = Err(e);
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = list_items(v).rfind(|t| !t.is_empty());
+            chunked_last = match last {
+                Some(t) => Some(t.eq_ignore_ascii_case(b"chunked")),
+                None => chunked_last.or(Some(false)),
+            };
+        } else if name == header::TE {
+            te_trailers |= list_items(v).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if name == header::CONNECTION {
             let mut names_others = false;
-            for token in list_items(value.as_bytes()) {
+            for token in list_items(v) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -99,7 +130,13 @@ pub fn fields(
         }
         headers.append(name, value);
     }
-    Ok((headers, keep_alive))
+    Ok(Fields {
+        headers,
+        keep_alive,
+        length,
+        chunked_last,
+        te_trailers,
+    })
 }
 
 /// Header (or trailer) fields as the wire has them, one `name: value` line each.
@@ -117,35 +154,30 @@ pub fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-/// Whether a head carries Transfer-Encoding (None if not), and if so whether chunked is its
-/// last coding, the only case in which the body's end can be found.
-pub fn chunked_last(headers: &HeaderMap) -> Option<bool> {
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    te.iter().next()?;
-    let last = te
-        .iter()
-        .flat_map(|v| list_items(v.as_bytes()))
-        .rfind(|t| !t.is_empty());
-    Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")))
-}
-
-/// The one length every Content-Length field agrees on, None when there is none.
+/// The one length every Content-Length field of `headers` agrees on, None when there is none.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
-    let mut length: Option<u64> = None;
+    let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in list_items(v.as_bytes()) {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u64>().ok())
-                .ok_or_else(|| Malformed("an invalid Content-Length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Malformed("conflicting Content-Length values".into()));
-            }
-            length = Some(n);
-        }
+        add_length(&mut length, v.as_bytes())?;
     }
     Ok(length)
+}
+
+/// Adds one Content-Length field's value (a list, possibly) to the length the earlier ones
+/// gave: each item must be digits, and all must agree.
+pub fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Malformed> {
+    for part in list_items(value) {
+        let n = std::str::from_utf8(part)
+            .ok()
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or_else(|| Malformed("an invalid Content-Length".into()))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Malformed("conflicting Content-Length values".into()));
+        }
+        *length = Some(n);
+    }
+    Ok(())
 }
 
 /// How a body is delimited.

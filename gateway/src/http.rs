@@ -597,16 +597,14 @@ impl Conn {
         let own_http1 = !self.tls && parts.version < Version::HTTP_2;
         // The authority as the client gave it, before a `Connection` header can strip its
         // Host: the pooled clients' key and SNI, or a Host for a request that has none.
-        let host = (!own_http1
-            || !parts.headers.contains_key(header::HOST)
-            || parts.headers.contains_key(header::CONNECTION))
-        .then(|| {
+        let mut seen = Seen::of(&parts.headers);
+        let host = (!own_http1 || !seen.host || seen.connection()).then(|| {
             authority(&parts)
                 .map(str::to_string)
                 .unwrap_or_else(|| self.dst.to_string())
         });
-        strip_hop_by_hop(&mut parts.headers);
-        let needs_host = !h2c && !parts.headers.contains_key(header::HOST);
+        strip_seen(&mut parts.headers, &mut seen);
+        let needs_host = !h2c && !seen.host;
         let path = parts.uri.path_and_query();
         parts.uri = if own_http1 {
             match path {
@@ -643,16 +641,20 @@ impl Conn {
         }
         // The body may have been cut down (a batch's allowed part): hyper frames it from its
         // own length.
-        req.headers_mut().remove(header::CONTENT_LENGTH);
+        if seen.content_length {
+            req.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         if h2c {
-            req.headers_mut().remove(header::HOST);
+            if seen.host {
+                req.headers_mut().remove(header::HOST);
+            }
         } else if needs_host {
             // An HTTP/1.0 request may come without one; HTTP/1.1 needs it.
             if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
-        if !ob.masks.0.is_empty() {
+        if !ob.masks.0.is_empty() && seen.accept_encoding {
             // The response is masked as it streams: it must come as readable text.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
@@ -762,9 +764,9 @@ impl Conn {
         let scrub = injected(&resp).map(ScrubStream::new);
         let (mut parts, incoming) = resp.into_parts();
         parts.version = version;
-        strip_hop_by_hop(&mut parts.headers);
+        let seen = strip_hop_by_hop(&mut parts.headers);
         let masks = one.decision.obligations.masks.0.clone();
-        if !masks.is_empty() && is_encoded(&parts.headers) {
+        if !masks.is_empty() && seen.content_encoding && is_encoded(&parts.headers) {
             // Fail closed: a compressed body cannot be masked as it streams.
             let r = Refusal::new(
                 StatusCode::BAD_GATEWAY,
@@ -789,7 +791,7 @@ impl Conn {
                 crate::mask::BodyKind::from_content_type(ct),
             )
         });
-        if masker.is_some() || scrub.is_some() {
+        if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status.as_u16();
@@ -1075,25 +1077,58 @@ static HOP_BY_HOP: [header::HeaderName; 7] = [
     header::HeaderName::from_static("proxy-connection"),
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names finds which are there: most messages carry none, or only
-    // `Connection: keep-alive`, and removing an absent name still costs a hash and a probe.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut te = false;
-    for k in h.keys() {
-        // The length alone rules out most names, without comparing against each of the seven.
-        match k.as_str().len() {
-            2 => te |= k == header::TE,
-            7 | 10 | 16..=19 => {
-                if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-                    present[i] = true;
+/// Which of the fields the http stage looks at or edits a message carries, found in one pass
+/// over its names: most messages carry few of them, and looking up or removing an absent name
+/// still costs a hash and a probe.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// Which of [`HOP_BY_HOP`] are there.
+    hop: [bool; HOP_BY_HOP.len()],
+    te: bool,
+    host: bool,
+    content_length: bool,
+    accept_encoding: bool,
+    content_encoding: bool,
+}
+
+impl Seen {
+    fn of(h: &HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for k in h.keys() {
+            // The length alone rules out most names, without comparing against each.
+            match k.as_str().len() {
+                2 => seen.te |= k == header::TE,
+                4 => seen.host |= k == header::HOST,
+                14 => seen.content_length |= k == header::CONTENT_LENGTH,
+                15 => seen.accept_encoding |= k == header::ACCEPT_ENCODING,
+                16 if k == header::CONTENT_ENCODING => seen.content_encoding = true,
+                7 | 10 | 16..=19 => {
+                    if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+                        seen.hop[i] = true;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        seen
     }
-    let connection = present[0];
-    if connection {
+
+    fn connection(&self) -> bool {
+        self.hop[0]
+    }
+}
+
+/// Removes the hop-by-hop fields; what is left is then as [`Seen`] says.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> Seen {
+    let mut seen = Seen::of(h);
+    strip_seen(h, &mut seen);
+    seen
+}
+
+/// [`strip_hop_by_hop`] for fields already seen; `seen` is kept true to what is left.
+fn strip_seen(h: &mut HeaderMap, seen: &mut Seen) {
+    let mut named_others = false;
+    if seen.connection() {
         let named: Vec<header::HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -1105,19 +1140,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             })
             .filter_map(|t| header::HeaderName::from_bytes(t).ok())
             .collect();
+        named_others = !named.is_empty();
         for n in named {
             h.remove(n);
         }
     }
-    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        h.remove(n);
+    for (n, p) in HOP_BY_HOP.iter().zip(&mut seen.hop) {
+        if std::mem::take(p) {
+            h.remove(n);
+        }
     }
     // gRPC needs `te: trailers` end to end; any other TE is hop-by-hop.
-    if te
+    if seen.te
         && h.get(header::TE)
             .is_some_and(|v| v.as_bytes() != b"trailers")
     {
         h.remove(header::TE);
+    }
+    if named_others {
+        // Connection may name any field: what is left is looked at again.
+        *seen = Seen::of(h);
     }
 }
 
@@ -1229,5 +1271,24 @@ mod tests {
         strip_hop_by_hop(&mut bare);
         let left: Vec<&str> = bare.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type"]);
+
+        // What is seen is what is left, also when Connection named a field the stage edits.
+        let mut named = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "content-length, x-a"),
+            ("content-length", "3"),
+            ("host", "a"),
+            ("accept-encoding", "gzip"),
+            ("content-encoding", "gzip"),
+        ] {
+            named.append(
+                header::HeaderName::from_static(k),
+                HeaderValue::from_static(v),
+            );
+        }
+        let seen = strip_hop_by_hop(&mut named);
+        assert!(!seen.content_length && !seen.connection());
+        assert!(seen.host && seen.accept_encoding && seen.content_encoding);
+        assert!(!named.contains_key(header::CONTENT_LENGTH));
     }
 }

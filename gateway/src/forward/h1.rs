@@ -18,15 +18,15 @@ use std::{
 };
 
 use bytes::BytesMut;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::pool::{BodyError, ProxyBody, lock};
 use crate::h1::{
-    self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, chunked_last, content_length,
-    put_chunk_size, put_fields, put_last_chunk,
+    self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, put_chunk_size, put_fields,
+    put_last_chunk,
 };
 
 /// The longest answer head read; a longer one is an error.
@@ -214,7 +214,7 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
         }
     };
     let framing = framing(&head, req.head_only)?;
-    let keep = head.keep_alive && !matches!(framing, Framing::Close);
+    let keep = head.fields.keep_alive && !matches!(framing, Framing::Close);
     let body = FramedBody::new(
         Kept {
             conn,
@@ -226,7 +226,7 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
+    *resp.headers_mut() = head.fields.headers;
     Ok(Sent::Answered(resp))
 }
 
@@ -290,8 +290,7 @@ async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> R
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
-    keep_alive: bool,
+    fields: h1::Fields,
 }
 
 /// An answer head from the front of `buf` (consumed), or None when more bytes are needed.
@@ -331,12 +330,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     let head = buf.split_to(n).freeze();
     // A Connection field saying only close or keep-alive is folded into `keep_alive`: the
     // answer's way back need not find and remove it.
-    let (headers, keep_alive) = h1::fields(&head, &at, version == Version::HTTP_11)?;
+    let fields = h1::fields(&head, &at, version == Version::HTTP_11)?;
     Ok(Some(Head {
         status,
         version,
-        headers,
-        keep_alive,
+        fields,
     }))
 }
 
@@ -345,14 +343,14 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
     if head_only || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if let Some(chunked) = chunked_last(&head.headers) {
+    if let Some(chunked) = head.fields.chunked_last {
         return Ok(if chunked {
             Framing::Chunked(h1::Chunk::Size)
         } else {
             Framing::Close
         });
     }
-    Ok(match content_length(&head.headers)? {
+    Ok(match head.fields.length.clone()? {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::Close,
@@ -418,10 +416,19 @@ mod tests {
         ] {
             assert!(f(bad, false).is_err(), "{bad}");
         }
-        assert!(!head("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").keep_alive);
-        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
-        assert!(head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(
+            !head("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+                .fields
+                .keep_alive
+        );
+        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").fields.keep_alive);
+        assert!(
+            head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n")
+                .fields
+                .keep_alive
+        );
     }
+
     /// A kept connection's buffer can have grown large with an earlier answer; one read into
     /// it then brings the next head with much of its body. Seen through the gateway with 1 MiB
     /// answers: a few percent of them failed as "head too large".

@@ -25,7 +25,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::{
@@ -378,32 +378,27 @@ fn parse_request(
     let head = buf.split_to(n).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|e| bad(format!("invalid request target: {e}")))?;
-    let (headers, keep_alive) = h1::fields(&head, &at, version == Version::HTTP_11)
+    let fields = h1::fields(&head, &at, version == Version::HTTP_11)
         .map_err(|e| bad(format!("malformed request head: {e}")))?;
-    let framing = request_framing(&headers, version)?;
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .flat_map(|v| h1::list_items(v.as_bytes()))
-        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+    let framing = request_framing(&fields, version)?;
     let asked = Asked {
         head_only: method == Method::HEAD,
         version,
-        keep_alive,
-        trailers,
+        keep_alive: fields.keep_alive,
+        trailers: fields.te_trailers,
     };
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = headers;
+    *req.headers_mut() = fields.headers;
     Ok(Some((req, asked, framing)))
 }
 
 /// RFC 9112 §6.3 for requests, strictly: anything that could be read two ways is refused.
-fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    let length = h1::content_length(headers).map_err(|e| bad(e.0))?;
-    match h1::chunked_last(headers) {
+fn request_framing(fields: &h1::Fields, version: Version) -> Result<Framing, HeadError> {
+    let length = fields.length.clone().map_err(|e| bad(e.0))?;
+    match fields.chunked_last {
         Some(_) if length.is_some() => Err(bad(
             "both Content-Length and Transfer-Encoding: the request's length is ambiguous",
         )),
@@ -433,31 +428,46 @@ async fn write_answer<W: AsyncWrite>(
     let mut headers = parts.headers;
     let status = parts.status;
     let mut keep = asked.keep_alive;
-    if let Some(v) = headers.get(header::CONNECTION) {
-        keep &= !h1::list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
-        headers.remove(header::CONNECTION);
-    }
-    // The framing is this server's to choose.
-    headers.remove(header::TRANSFER_ENCODING);
     let bodiless = asked.head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = if bodiless {
+    // One pass over the fields finds the few this server has a say in: a lookup by name
+    // costs a hash and a probe each, present or not.
+    let (mut connection, mut coded, mut dated) = (false, false, false);
+    let mut length = Ok(None);
+    for (name, v) in &headers {
+        if name == header::CONNECTION {
+            connection = true;
+            keep &= !h1::list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+        } else if name == header::CONTENT_LENGTH {
+            if let Ok(l) = &mut length {
+                if h1::add_length(l, v.as_bytes()).is_err() {
+                    length = Err(());
+                }
+            }
+        } else if name == header::DATE {
+            dated = true;
+        }
+    }
+    if connection {
+        headers.remove(header::CONNECTION);
+    }
+    // The framing is this server's to choose.
+    if coded {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    // An invalid Content-Length from the handler is not passed on.
+    let declared = length.unwrap_or_else(|()| {
+        headers.remove(header::CONTENT_LENGTH);
         None
-    } else {
-        // An invalid Content-Length from the handler is not passed on.
-        h1::content_length(&headers).unwrap_or_else(|_| {
-            headers.remove(header::CONTENT_LENGTH);
-            None
-        })
-    };
+    });
     let framing = if bodiless {
         // A HEAD answer made here says how long the GET answer's body would be.
         match body.size_hint().exact() {
-            Some(n)
-                if asked.head_only && n > 0 && !headers.contains_key(header::CONTENT_LENGTH) =>
-            {
+            Some(n) if asked.head_only && n > 0 && declared.is_none() => {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
             _ => {}
@@ -482,7 +492,7 @@ async fn write_answer<W: AsyncWrite>(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     h1::put_fields(out, &headers);
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -743,7 +753,7 @@ mod tests {
             String::from_utf8_lossy(&data)
         );
         if parts.uri.path() == "/stream" {
-            let mut t = HeaderMap::new();
+            let mut t = http::HeaderMap::new();
             t.insert("x-sum", HeaderValue::from_static("7"));
             let frames = [
                 Frame::data(Bytes::from(text)),
