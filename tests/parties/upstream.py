@@ -56,6 +56,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/v1/payments/") and "close=1" in self.path:
             # Hangs up after answering, without saying so: a kept connection gone stale.
             self.close_connection = True
+        if self.path.startswith("/v1/payments/") and "size=" in self.path:
+            # A large answer, padding then the card at its very end, sent head and body in
+            # one write: a reader that comes late finds the head with much of the body.
+            size = int(self.path.split("size=")[1].split("&")[0])
+            data = json.dumps({"pad": "x" * size, "card": CARD}).encode()
+            head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n").encode()
+            self.wfile.write(head + data)
+            return
         if self.path.startswith("/v1/payments/"):
             return self.reply(200, {
                 "path": self.path,
