@@ -1188,43 +1188,26 @@ fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<P
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::VecDeque,
-        pin::Pin,
-        task::{Context, Poll},
-    };
-
-    use http_body::{Body, Frame};
+    use http_body::Frame;
+    use http_body_util::StreamBody;
 
     use super::*;
 
     /// A body of these pieces, one per poll.
-    struct Pieces(VecDeque<&'static [u8]>);
-
-    impl Body for Pieces {
-        type Data = Bytes;
-        type Error = BodyError;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|p| Ok(Frame::data(Bytes::from_static(p)))),
-            )
-        }
+    fn pieces(p: &[&'static [u8]]) -> ProxyBody {
+        let frames = p.iter().map(|p| Ok(Frame::data(Bytes::from_static(p))));
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> = frames.collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
     }
 
     #[tokio::test]
     async fn a_body_in_pieces_is_measured_once_against_the_limit() {
-        let body = || Pieces([&[b'a'; 40][..], &[b'b'; 40], &[b'c'; 15]].into()).boxed_unsync();
+        let body = || pieces(&[&[b'a'; 40], &[b'b'; 40], &[b'c'; 15]]);
         let whole = collect_up_to(body(), 95).await.expect("95 bytes fit 95");
         assert_eq!(whole.len(), 95);
         assert!(whole.starts_with(&[b'a'; 40]) && whole.ends_with(&[b'c'; 15]));
         assert!(matches!(collect_up_to(body(), 94).await, Err(None)));
-        let one = Pieces([&b"only"[..]].into()).boxed_unsync();
+        let one = pieces(&[b"only"]);
         assert_eq!(
             collect_up_to(one, 4).await.ok(),
             Some(Bytes::from_static(b"only"))

@@ -707,9 +707,8 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use http_body::Frame;
+    use http_body_util::StreamBody;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
@@ -719,21 +718,6 @@ mod tests {
         max_head: 1024,
         header_timeout: Duration::from_secs(5),
     };
-
-    /// A body of these frames, one per poll, with no length known ahead.
-    struct Frames(VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = BodyError;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
 
     /// Answers `METHOD target body` (the body read whole), or, for `/stream`, the same in
     /// three frames and a trailer; `/refuse` answers without reading the body.
@@ -760,7 +744,9 @@ mod tests {
                 Frame::data(Bytes::from_static(b"!")),
                 Frame::trailers(t),
             ];
-            return Response::new(Frames(frames.into()).boxed_unsync());
+            // One frame per poll, with no length known ahead.
+            let frames = futures_util::stream::iter(frames.map(Ok::<_, BodyError>));
+            return Response::new(StreamBody::new(frames).boxed_unsync());
         }
         Response::new(full(Bytes::from(text)))
     }
