@@ -194,7 +194,7 @@ impl Workers {
             let (inputs, shutdown) = (inputs.clone(), shutdown.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("callgate-data-{n}"))
-                .spawn(move || rt.block_on(run_worker(mine, inputs, shutdown)))
+                .spawn(move || rt.block_on(run_worker(mine, n, inputs, shutdown)))
                 .map_err(|source| AcceptError::Worker { source })?;
             threads.push(thread);
         }
@@ -212,6 +212,7 @@ impl Workers {
 
 async fn run_worker(
     listeners: Vec<std::net::TcpListener>,
+    lane: usize,
     inputs: Arc<ProxyInputs>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -220,7 +221,7 @@ async fn run_worker(
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                serving.spawn(serve(l, inputs.clone(), shutdown.clone()));
+                serving.spawn(serve(l, lane, inputs.clone(), shutdown.clone()));
             }
             Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
         }
@@ -248,9 +249,10 @@ async fn timer_anchor(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts until `shutdown` flips.
+/// Accepts until `shutdown` flips; `lane` is this data-path thread's number.
 pub async fn serve(
     listener: TcpListener,
+    lane: usize,
     inputs: Arc<ProxyInputs>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -262,7 +264,7 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let inputs = inputs.clone();
-                tokio::spawn(async move { handle(stream, peer, &inputs).await });
+                tokio::spawn(async move { handle(stream, peer, lane, &inputs).await });
                 // Let the connection start before taking another: a burst of connections is
                 // then shared with the other data-path threads instead of all landing here.
                 tokio::task::yield_now().await;
@@ -276,11 +278,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, inputs: &Arc<ProxyInputs>) {
+async fn handle(client: TcpStream, peer: SocketAddr, lane: usize, inputs: &Arc<ProxyInputs>) {
     let stats = &inputs.stats;
     // Connection ids are the accept count: unique across listeners and easy to read.
     let id = stats.accepted.fetch_add(1, Relaxed) + 1;
-    let Some(redirect) = inputs.interceptor.take(peer) else {
+    let Some(redirect) = inputs.interceptor.take(peer, lane) else {
         stats.refused_no_entry.fetch_add(1, Relaxed);
         warn!(%peer, "connection to the listener without a redirect entry; closing");
         return;
@@ -656,13 +658,15 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
 fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
     let w = &r.workload;
     let comm_len = w.comm.iter().position(|&b| b == 0).unwrap_or(w.comm.len());
-    let roots: Vec<_> = inputs
-        .interceptor
-        .enabled()
-        .into_iter()
-        .map(|e| e.path)
-        .collect();
-    let cgroup = inputs.names.lookup(w.cgroup_id, w.tgid, &roots);
+    let roots = || {
+        inputs
+            .interceptor
+            .enabled()
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    let cgroup = inputs.names.lookup(w.cgroup_id, w.tgid, roots);
     WorkloadInfo {
         pid: w.tgid,
         tid: w.pid,

@@ -186,11 +186,18 @@ pub struct CgroupNames {
 const MAX_WALK: usize = 4096;
 
 impl CgroupNames {
-    pub fn lookup(&self, id: u64, pid: u32, roots: &[PathBuf]) -> Option<PathBuf> {
+    /// The path of cgroup `id`, which process `pid` was in. `roots` (where to walk from when
+    /// the process is gone) is asked for only on a miss: a hit is nearly every connection.
+    pub fn lookup(
+        &self,
+        id: u64,
+        pid: u32,
+        roots: impl FnOnce() -> Vec<PathBuf>,
+    ) -> Option<PathBuf> {
         if let Some(p) = self.cache.lock().ok()?.get(&id) {
             return Some(p.clone());
         }
-        let found = from_proc(id, pid).or_else(|| walk(id, roots))?;
+        let found = from_proc(id, pid).or_else(|| walk(id, &roots()))?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 10_000 {
                 cache.clear();

@@ -10,13 +10,14 @@ use std::{
     collections::BTreeMap,
     fs, io,
     net::SocketAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -142,7 +143,11 @@ pub struct Interceptor {
     bpffs: PathBuf,
     state_file: PathBuf,
     ebpf: Mutex<Ebpf>,
-    by_addr: Mutex<HashMap<MapData, SockKey, Redirect>>,
+    /// A handle on the redirect map for each data-path thread (each a duplicated descriptor
+    /// of the one map). Taking an entry is two syscalls, a lookup and a delete, which aya's
+    /// map needs `&mut` for; behind one shared lock the threads queued on each other's, and
+    /// with new connections arriving on both threads every accept waited on a futex.
+    by_addr: Vec<Mutex<RedirectMap>>,
     config_map: Mutex<Array<MapData, common::Config>>,
     counters: PerCpuArray<MapData, u64>,
     enabled: Mutex<BTreeMap<u64, Enabled>>,
@@ -216,14 +221,14 @@ impl Interceptor {
                 source,
             })?;
 
-        let by_addr = take_map(&mut ebpf, maps::BY_ADDR)?;
+        let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         Ok(Self {
             mount,
             bpffs: cfg.bpffs_dir.clone(),
             state_file: cfg.state_dir.join("enabled.json"),
             ebpf: Mutex::new(ebpf),
-            by_addr: Mutex::new(by_addr),
+            by_addr,
             config_map: Mutex::new(config_map),
             counters,
             enabled: Mutex::new(BTreeMap::new()),
@@ -332,9 +337,11 @@ impl Interceptor {
     }
 
     /// Takes the entry for a connection accepted from `peer`: each is handed out once.
-    pub fn take(&self, peer: SocketAddr) -> Option<Redirect> {
+    /// `lane` is the data-path thread asking (any number works; each thread its own is fast).
+    pub fn take(&self, peer: SocketAddr, lane: usize) -> Option<Redirect> {
         let key = sock_key(peer);
-        let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.by_addr.get(lane % self.by_addr.len().max(1))?;
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         let redirect = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(redirect)
@@ -491,6 +498,37 @@ fn take_map<V: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 ) -> Result<V, InterceptError> {
     let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
     V::try_from(map).map_err(|source| InterceptError::Map { name, source })
+}
+
+/// Where the kernel notes each redirected connection, by the workload's local address.
+type RedirectMap = HashMap<MapData, SockKey, Redirect>;
+
+/// `count` (at least one) handles on the map `name`: the map itself, then duplicates of its
+/// descriptor.
+fn lanes(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    count: usize,
+) -> Result<Vec<Mutex<RedirectMap>>, InterceptError> {
+    let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
+    let map_err = |source| InterceptError::Map { name, source };
+    let mut extra = Vec::with_capacity(count.saturating_sub(1));
+    if let Map::HashMap(data) | Map::LruHashMap(data) = &map {
+        for _ in 1..count {
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| map_err(MapError::from(e)))?;
+            let dup = MapData::from_fd(fd).map_err(map_err)?;
+            extra.push(HashMap::try_from(Map::LruHashMap(dup)).map_err(map_err)?);
+        }
+    }
+    let first = HashMap::try_from(map).map_err(map_err)?;
+    Ok(std::iter::once(first)
+        .chain(extra)
+        .map(Mutex::new)
+        .collect())
 }
 
 /// The kernel's key for a peer address: IPv6 form, IPv4 as v4-mapped.

@@ -106,10 +106,11 @@ impl Stats {
         self.bytes_up.fetch_add(summary.bytes_up, Relaxed);
         self.bytes_down.fetch_add(summary.bytes_down, Relaxed);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
+        let oldest = (recent.len() == RECENT).then(|| recent.pop_front());
         recent.push_back(summary);
+        // Freed after the lock: every data-path thread comes here once per connection.
+        drop(recent);
+        drop(oldest);
     }
 
     pub fn recent(&self) -> Vec<ConnSummary> {
