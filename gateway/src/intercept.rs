@@ -512,23 +512,21 @@ fn lanes(
 ) -> Result<Vec<Mutex<RedirectMap>>, InterceptError> {
     let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
     let map_err = |source| InterceptError::Map { name, source };
-    let mut extra = Vec::with_capacity(count.saturating_sub(1));
-    if let Map::HashMap(data) | Map::LruHashMap(data) = &map {
-        for _ in 1..count {
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| map_err(MapError::from(e)))?;
-            let dup = MapData::from_fd(fd).map_err(map_err)?;
-            extra.push(HashMap::try_from(Map::LruHashMap(dup)).map_err(map_err)?);
-        }
+    let dup = |data: &MapData| -> Result<MapData, MapError> {
+        MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)
+    };
+    let mut handles = Vec::with_capacity(count.max(1));
+    for _ in 1..count {
+        let another = match &map {
+            Map::HashMap(data) => Map::HashMap(dup(data).map_err(map_err)?),
+            Map::LruHashMap(data) => Map::LruHashMap(dup(data).map_err(map_err)?),
+            // Not a hash map: the conversion below says so.
+            _ => break,
+        };
+        handles.push(HashMap::try_from(another).map_err(map_err)?);
     }
-    let first = HashMap::try_from(map).map_err(map_err)?;
-    Ok(std::iter::once(first)
-        .chain(extra)
-        .map(Mutex::new)
-        .collect())
+    handles.insert(0, HashMap::try_from(map).map_err(map_err)?);
+    Ok(handles.into_iter().map(Mutex::new).collect())
 }
 
 /// The kernel's key for a peer address: IPv6 form, IPv4 as v4-mapped.

@@ -758,8 +758,8 @@ static TOKENISH: [u8; 256] = {
 };
 
 /// Where the run of bytes in `class` that ends `t` starts, looking back at most `max` bytes.
-/// A long run (a 16 KiB string of letters) is checked a block at a time: the per-byte loop
-/// this replaces was a tenth of the CPU time of masking such an answer.
+/// A long run (a 16 KiB string of letters) is checked a block at a time: byte by byte, this
+/// was a tenth of the gateway's CPU time on such an answer.
 fn trailing_run(t: &[u8], max: usize, class: &[u8; 256]) -> usize {
     const BLOCK: usize = 16;
     let floor = t.len().saturating_sub(max);
