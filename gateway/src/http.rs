@@ -1214,10 +1214,22 @@ mod tests {
         );
     }
 
+    /// A header map of these fields, in order, repeated names appended.
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|&(k, v)| {
+                (
+                    header::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = fields(&[
             ("connection", "Keep-Alive, X-Private , close,"),
             ("connection", "x-other"),
             ("keep-alive", "timeout=5"),
@@ -1227,12 +1239,7 @@ mod tests {
             ("te", "gzip"),
             ("content-type", "application/json"),
             ("x-kept", "3"),
-        ] {
-            h.append(
-                header::HeaderName::from_static(k),
-                HeaderValue::from_static(v),
-            );
-        }
+        ]);
         strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
@@ -1256,19 +1263,13 @@ mod tests {
         assert_eq!(left, ["content-type"]);
 
         // What is seen is what is left, also when Connection named a field the stage edits.
-        let mut named = HeaderMap::new();
-        for (k, v) in [
+        let mut named = fields(&[
             ("connection", "content-length, x-a"),
             ("content-length", "3"),
             ("host", "a"),
             ("accept-encoding", "gzip"),
             ("content-encoding", "gzip"),
-        ] {
-            named.append(
-                header::HeaderName::from_static(k),
-                HeaderValue::from_static(v),
-            );
-        }
+        ]);
         let seen = strip_hop_by_hop(&mut named);
         assert!(!seen.content_length && !seen.connection());
         assert!(seen.host && seen.accept_encoding && seen.content_encoding);
