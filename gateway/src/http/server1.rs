@@ -619,7 +619,6 @@ async fn linger<I: AsyncRead + AsyncWrite>(mut reader: Reader<I>, mut wr: WriteH
         // Into the room the buffer has: nearly always the client's FIN is all that comes, and
         // growing the buffer for it (to 64 KiB, as a body read would) was a realloc and an
         // 8 KiB copy per closed connection.
-        reader.buf.clear();
         if reader.buf.capacity() < 1024 {
             reader.buf.reserve(4096);
         }
