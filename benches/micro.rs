@@ -77,13 +77,13 @@ fn main() {
     ];
     for (service, parts, body, name) in &cases {
         let svc = snap.service(service).expect("example service");
-        let kind = extract::kind_of(svc, &parts.headers);
+        let kind = extract::kind_of(svc);
         assert!(
-            extract::extract(kind, svc, parts, Some(body)).is_ok(),
+            extract::extract(kind, svc, parts, Some(body), false).is_ok(),
             "{name}"
         );
         g.bench_function(*name, |b| {
-            b.iter(|| extract::extract(kind, svc, black_box(parts), Some(black_box(body))))
+            b.iter(|| extract::extract(kind, svc, black_box(parts), Some(black_box(body)), false))
         });
     }
     g.finish();

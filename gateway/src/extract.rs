@@ -2,6 +2,12 @@
 //! REST (route templates from the policy), JSON-RPC 2.0 (single and batch), MCP over streamable
 //! HTTP (`tools/call`, `resources/read`, `prompts/get`), gRPC (`/pkg.Service/Method`), and any
 //! other HTTP request as `METHOD /path`.
+//!
+//! A request is read the way its service declares (never reclassified by a header), in its
+//! canonical form ([`path`]), and every argument the upstream could act on is seen once: a name
+//! given twice with different values (query and body, or twice in the query) is refused.
+pub mod path;
+
 use http::{HeaderMap, Method, Uri, request::Parts};
 use serde_json::{Map, Value as Json};
 
@@ -32,22 +38,18 @@ impl Kind {
     pub fn needs_body(self, parts: &Parts) -> bool {
         match self {
             Kind::JsonRpc | Kind::Mcp => parts.method == Method::POST,
-            Kind::Rest => is_json(&parts.headers),
+            // Whatever the server might read arguments from, whatever its label says (Flask's
+            // `get_json(force=True)` reads JSON sent as text/plain).
+            Kind::Rest => body_type(&parts.headers) != BodyType::Opaque,
             Kind::Grpc | Kind::Http => false,
         }
     }
 }
 
-/// The kind of a request to `service`: its declared protocol, except that gRPC is recognised
-/// by content type wherever it appears.
-pub fn kind_of(service: &Service, headers: &HeaderMap) -> Kind {
-    if headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-    {
-        return Kind::Grpc;
-    }
+/// The kind of a request to `service`: the protocol the service declares. A header never
+/// changes how a request is read (`Content-Type: application/grpc` on a REST service is a REST
+/// call to that path).
+pub fn kind_of(service: &Service) -> Kind {
     use crate::policy::schema::Protocol as P;
     match service.protocol {
         P::Rest => Kind::Rest,
@@ -56,6 +58,35 @@ pub fn kind_of(service: &Service, headers: &HeaderMap) -> Kind {
         P::Grpc => Kind::Grpc,
         P::Http => Kind::Http,
     }
+}
+
+/// Puts a request to `service` into the one form that is both decided and forwarded: its
+/// method as sent (upper case, as every registered method is: `post` is refused, since some
+/// servers upper-case it and others do not), its path canonical.
+pub fn canonicalise(service: &Service, parts: &mut Parts) -> Result<(), ExtractError> {
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(ExtractError::Method(parts.method.to_string()));
+    }
+    let Some(canonical) = path::canonical(parts.uri.path(), service.paths)? else {
+        return Ok(());
+    };
+    let target = match parts.uri.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ExtractError::Path(path::PathError::NotOrigin))?,
+    );
+    parts.uri = Uri::from_parts(uri).map_err(|_| ExtractError::Path(path::PathError::NotOrigin))?;
+    Ok(())
 }
 
 /// What one call needs for its decision and its reply.
@@ -69,6 +100,9 @@ pub struct OneCall {
     pub rpc_id: Option<Json>,
     /// The JSON-RPC message as sent, to forward the allowed part of a batch.
     pub message: Option<Json>,
+    /// Part of what the upstream may read arguments from could not be read (a multipart or
+    /// binary body): no condition on the arguments can be trusted to hold or fail.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,13 +132,24 @@ pub enum ExtractError {
     NotJson(String),
     #[error("not a JSON-RPC 2.0 request: {0}")]
     NotRpc(&'static str),
+    #[error("{0}")]
+    Path(#[from] path::PathError),
+    #[error("method {0:?} is not upper case; methods are case-sensitive")]
+    Method(String),
+    #[error("argument {0:?} is given twice with different values; the server may read either")]
+    Ambiguous(String),
+    #[error("an MCP endpoint takes POST, GET and DELETE, not {0}")]
+    McpMethod(String),
 }
 
+/// The calls in a request to `service`. `body` is the body when it was read for the decision;
+/// `unread_body` says a body went by unread (a type no argument is taken from).
 pub fn extract(
     kind: Kind,
     service: &Service,
     parts: &Parts,
     body: Option<&[u8]>,
+    unread_body: bool,
 ) -> Result<Extracted, ExtractError> {
     let one = |call| Extracted {
         kind,
@@ -113,15 +158,27 @@ pub fn extract(
     };
     match kind {
         Kind::Grpc => Ok(one(grpc(service, parts))),
-        Kind::Rest => rest(service, parts, body).map(one),
-        Kind::Http => Ok(one(raw(parts))),
+        Kind::Rest => rest(service, parts, body, unread_body).map(one),
+        Kind::Http => Ok(one(OneCall {
+            partial: unread_body,
+            ..governed(
+                format!("{} {}", parts.method, parts.uri.path()),
+                Json::Object(query(&parts.uri)?),
+            )
+        })),
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
-            // MCP's GET (server-sent events) and DELETE (end of session) carry no call.
-            _ if kind == Kind::Mcp => Ok(one(OneCall {
-                role: Role::Session,
-                ..raw(parts)
-            })),
+            // MCP's GET (server-sent events) and DELETE (end of session) carry no call; any
+            // other method is not MCP.
+            _ if kind == Kind::Mcp => {
+                if parts.method != Method::GET && parts.method != Method::DELETE {
+                    return Err(ExtractError::McpMethod(parts.method.to_string()));
+                }
+                Ok(one(OneCall {
+                    role: Role::Session,
+                    ..raw(parts)
+                }))
+            }
             _ => Ok(one(raw(parts))),
         },
     }
@@ -134,14 +191,23 @@ fn governed(function: String, args: Json) -> OneCall {
         role: Role::Governed,
         rpc_id: None,
         message: None,
+        partial: false,
     }
 }
 
-/// `METHOD /path`, args = the query.
+/// `METHOD /path`, args = the query (a name given twice keeps its first value; [`extract`]
+/// refuses such a request to a service before this is decided).
 pub fn raw(parts: &Parts) -> OneCall {
+    let mut args = Map::new();
+    if let Some(q) = parts.uri.query() {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            args.entry(k.into_owned())
+                .or_insert(Json::String(v.into_owned()));
+        }
+    }
     governed(
         format!("{} {}", parts.method, parts.uri.path()),
-        Json::Object(query(&parts.uri)),
+        Json::Object(args),
     )
 }
 
@@ -166,57 +232,154 @@ fn grpc(service: &Service, parts: &Parts) -> OneCall {
     governed(function, Json::Object(args))
 }
 
-/// Route template match: args = path parameters, then query, then the JSON body's fields.
-fn rest(service: &Service, parts: &Parts, body: Option<&[u8]>) -> Result<OneCall, ExtractError> {
+/// Route template match: args = path parameters, then query, then the body's fields (JSON,
+/// or a form). A name given in two places with different values is refused: which one the
+/// server reads (Flask's `request.values` takes the query's, `get_json()` the body's) is the
+/// server's choice, and the policy must decide on the value that runs.
+fn rest(
+    service: &Service,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    unread_body: bool,
+) -> Result<OneCall, ExtractError> {
     let method = parts.method.as_str();
     let path = parts.uri.path();
-    let Some((f, params)) = service.route(method, path) else {
-        let mut call = raw(parts);
-        if let Some(b) = body.filter(|b| !b.is_empty()) {
-            merge_body(&mut call.args, parse(b)?);
+    let (function, mut args) = match service.route(method, path) {
+        Some((f, params)) => {
+            let mut args = Map::new();
+            for (k, v) in params {
+                let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
+                args.insert(k, Json::String(v.into_owned()));
+            }
+            (f.name.to_string(), args)
         }
-        return Ok(call);
+        None => (format!("{} {}", parts.method, path), Map::new()),
     };
-    let mut args = Map::new();
-    for (k, v) in params {
-        let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
-        args.insert(k, Json::String(v.into_owned()));
+    for (k, v) in query(&parts.uri)? {
+        join(&mut args, k, v)?;
     }
-    for (k, v) in query(&parts.uri) {
-        args.entry(k).or_insert(v);
-    }
-    let mut args = Json::Object(args);
+    let mut partial = unread_body;
     if let Some(b) = body.filter(|b| !b.is_empty()) {
-        merge_body(&mut args, parse(b)?);
+        match body_type(&parts.headers) {
+            BodyType::Json => join_body(&mut args, parse(b)?)?,
+            BodyType::Form => {
+                for (k, v) in form(b)? {
+                    join(&mut args, k, v)?;
+                }
+            }
+            // Unlabelled or text: read as JSON when it is JSON (some servers parse it
+            // whatever its label), else not an argument source the gateway can read.
+            BodyType::Other | BodyType::Opaque => match serde_json::from_slice::<Json>(b) {
+                Ok(v) => join_body(&mut args, v)?,
+                Err(_) => partial = true,
+            },
+        }
     }
-    Ok(governed(f.name.to_string(), args))
+    Ok(OneCall {
+        partial,
+        ..governed(function, Json::Object(args))
+    })
 }
 
-/// Body fields join the arguments without overriding path parameters (which name the
-/// resource); a body that is not an object is `args.body`.
-fn merge_body(args: &mut Json, body: Json) {
-    let Json::Object(args) = args else { return };
+/// Adds one argument, refusing a second, different value for a name already given.
+fn join(args: &mut Map<String, Json>, name: String, value: Json) -> Result<(), ExtractError> {
+    match args.get(&name) {
+        None => {
+            args.insert(name, value);
+            Ok(())
+        }
+        Some(have) if same_value(have, &value) => Ok(()),
+        Some(_) => Err(ExtractError::Ambiguous(name)),
+    }
+}
+
+/// The same value, as a server that reads text would see it (`5` in a query is `5` in JSON).
+fn same_value(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::String(s), Json::Number(n)) | (Json::Number(n), Json::String(s)) => {
+            s.trim().parse::<f64>().ok() == n.as_f64()
+        }
+        (Json::String(s), Json::Bool(v)) | (Json::Bool(v), Json::String(s)) => {
+            s == if *v { "true" } else { "false" }
+        }
+        _ => a == b,
+    }
+}
+
+/// A body's fields join the arguments; a body that is not an object is `args.body`.
+fn join_body(args: &mut Map<String, Json>, body: Json) -> Result<(), ExtractError> {
     match body {
         Json::Object(fields) => {
             for (k, v) in fields {
-                args.entry(k).or_insert(v);
+                join(args, k, v)?;
             }
+            Ok(())
         }
-        other => {
-            args.insert("body".into(), other);
-        }
+        other => join(args, "body".into(), other),
     }
 }
 
-fn query(uri: &Uri) -> Map<String, Json> {
+/// How a request body can be read for arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyType {
+    /// `application/json`, `*+json`: must parse.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// Unlabelled, text, or another type worth trying as JSON.
+    Other,
+    /// Multipart, binary, media, gRPC: not read for the decision.
+    Opaque,
+}
+
+fn body_type(headers: &HeaderMap) -> BodyType {
+    let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return BodyType::Other;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        BodyType::Json
+    } else if mime == "application/x-www-form-urlencoded" {
+        BodyType::Form
+    } else if mime.starts_with("multipart/")
+        || mime.starts_with("image/")
+        || mime.starts_with("audio/")
+        || mime.starts_with("video/")
+        || mime.starts_with("application/grpc")
+        || mime == "application/octet-stream"
+    {
+        BodyType::Opaque
+    } else {
+        BodyType::Other
+    }
+}
+
+/// A query's arguments, each once: a name given twice with different values is refused
+/// (Flask reads the first, Starlette the last, PHP and Express an array).
+fn query(uri: &Uri) -> Result<Map<String, Json>, ExtractError> {
     let mut m = Map::new();
     if let Some(q) = uri.query() {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            m.entry(k.into_owned())
-                .or_insert(Json::String(v.into_owned()));
+            join(&mut m, k.into_owned(), Json::String(v.into_owned()))?;
         }
     }
-    m
+    Ok(m)
+}
+
+fn form(body: &[u8]) -> Result<Map<String, Json>, ExtractError> {
+    let mut m = Map::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        join(&mut m, k.into_owned(), Json::String(v.into_owned()))?;
+    }
+    Ok(m)
 }
 
 fn parse(body: &[u8]) -> Result<Json, ExtractError> {
@@ -237,6 +400,22 @@ fn rpc(kind: Kind, service: &Service, body: &[u8]) -> Result<Extracted, ExtractE
     Ok(Extracted { kind, calls, batch })
 }
 
+/// The MCP messages that pass as protocol housekeeping, allowed and recorded without a rule:
+/// a closed list, compared exactly (JSON-RPC method names are case-sensitive). `tools/list`
+/// passes too, its answer filtered to the tools the caller may call. Everything else is a
+/// call that policy decides.
+pub const SESSION_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+];
+
 fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, ExtractError> {
     let Json::Object(obj) = &message else {
         return Err(ExtractError::NotRpc("a batch element is not an object"));
@@ -251,6 +430,7 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
                 role: Role::Session,
                 rpc_id: id,
                 message: Some(message),
+                partial: false,
             });
         }
         return Err(ExtractError::NotRpc("no method"));
@@ -271,9 +451,12 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
                     .unwrap_or(Json::Object(Map::new()));
                 (lookup(name), args, Role::Governed)
             }
-            "resources/read" | "prompts/get" => (lookup(method), params, Role::Governed),
             "tools/list" => (method.to_string(), params, Role::ListTools),
-            _ => (method.to_string(), Json::Null, Role::Session),
+            m if SESSION_METHODS.contains(&m) => (method.to_string(), Json::Null, Role::Session),
+            // Anything else (`resources/read`, `prompts/get`, `completion/complete`,
+            // `logging/setLevel`, a method of a later spec or of no spec) is a call, decided by
+            // policy under its method name; with no rule for it, the default (deny).
+            _ => (lookup(method), params, Role::Governed),
         }
     } else {
         let args = match params {
@@ -295,6 +478,7 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
         role,
         rpc_id: id,
         message: Some(message),
+        partial: false,
     })
 }
 

@@ -178,9 +178,9 @@ impl Conn {
         let stats = &self.inputs.stats;
         stats.calls.fetch_add(1, Relaxed);
         let snap = self.policy.snapshot();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
-        let kind = service.map_or(Kind::Http, |s| extract::kind_of(s, &parts.headers));
+        let kind = service.map_or(Kind::Http, extract::kind_of);
         // The call log first: nothing is done for a call that could not be recorded, and every
         // refusal below is recorded too, which the recorder owes only to a call it admitted.
         if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
@@ -207,20 +207,20 @@ impl Conn {
             }
         });
 
-        // Refusals that need no call: the name the client used.
-        if let (Some(s), Some(host)) = (service, authority(&parts)) {
-            if !s.accepts_host(host, self.dst.ip()) {
+        // Refusals that need no call: the name the client used, and a request that has no
+        // one form to decide and forward.
+        if let Some(s) = service {
+            if let Some(r) = self.names_refusal(s, &parts) {
+                stats.refused_policy.fetch_add(1, Relaxed);
+                return self
+                    .refuse(recording, kind, extract::raw(&parts), None, r)
+                    .await;
+            }
+            if let Err(e) = extract::canonicalise(s, &mut parts) {
                 stats.refused_policy.fetch_add(1, Relaxed);
                 let r = Refusal {
                     service: Some(s.name.to_string()),
-                    ..Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        "host_mismatch",
-                        format!(
-                            "{host} does not name service {} (reached at {})",
-                            s.name, self.dst
-                        ),
-                    )
+                    ..Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
                 };
                 return self
                     .refuse(recording, kind, extract::raw(&parts), None, r)
@@ -230,6 +230,7 @@ impl Conn {
 
         // Read what the decision needs, bounded.
         let limits = &self.inputs.cfg.http;
+        let unread_body = !http_body::Body::is_end_stream(&body);
         let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
             match read_body(
                 body,
@@ -250,7 +251,13 @@ impl Conn {
             (None, Some(body))
         };
         let extracted = match service {
-            Some(s) => extract::extract(kind, s, &parts, held_body.as_deref()),
+            Some(s) => extract::extract(
+                kind,
+                s,
+                &parts,
+                held_body.as_deref(),
+                held_body.is_none() && unread_body,
+            ),
             None => Ok(Extracted {
                 kind,
                 calls: vec![extract::raw(&parts)],
@@ -369,6 +376,69 @@ impl Conn {
             }
         }
         self.respond(kind, version, resp, one, recording)
+    }
+
+    /// Every name the request gives its destination must agree (the request line's authority,
+    /// `:authority`, the one `Host`) and name `service`: the check reads one, the upstream may
+    /// route on another, so two that disagree are refused. The refusal, if any.
+    fn names_refusal(&self, s: &Service, parts: &http::request::Parts) -> Option<Refusal> {
+        let refusal = |status, error, reason: String| Refusal {
+            service: Some(s.name.to_string()),
+            ..Refusal::new(status, error, reason)
+        };
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let host = match (hosts.next(), hosts.next()) {
+            (_, Some(_)) => {
+                return Some(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request has more than one Host header".into(),
+                ));
+            }
+            (Some(v), None) => match v.to_str() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    return Some(refusal(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the Host header is not text".into(),
+                    ));
+                }
+            },
+            (None, None) => None,
+        };
+        let target = parts.uri.authority().map(|a| a.as_str());
+        for name in [target, host].into_iter().flatten() {
+            if name.contains('@') {
+                return Some(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the authority has user information".into(),
+                ));
+            }
+        }
+        if let (Some(t), Some(h)) = (target, host) {
+            if !same_authority(t, h) {
+                return Some(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "authority_mismatch",
+                    format!("the request names {t} but its Host header names {h}"),
+                ));
+            }
+        }
+        if let Some(name) = target.or(host) {
+            if !s.accepts_host(name, self.dst.ip()) {
+                return Some(refusal(
+                    StatusCode::FORBIDDEN,
+                    "host_mismatch",
+                    format!(
+                        "{name} does not name service {} (reached at {})",
+                        s.name, self.dst
+                    ),
+                ));
+            }
+        }
+        None
     }
 
     /// Holds a call its rule says needs approval, unless a grant covers it. Ok to go ahead;
@@ -567,6 +637,7 @@ impl Conn {
         let c = Call {
             function: std::mem::take(&mut call.function),
             args: std::mem::take(&mut call.args),
+            partial: call.partial,
         };
         let d = snap.decide(service, &c, caller);
         call.function = c.function;
@@ -1049,6 +1120,22 @@ fn authority(parts: &http::request::Parts) -> Option<&str> {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
     })
+}
+
+/// Two spellings of one authority: the same host (case and a final dot aside) and, where
+/// both give one, the same port.
+fn same_authority(a: &str, b: &str) -> bool {
+    let split = |x: &str| -> (String, Option<String>) {
+        let host = host_only(x);
+        let rest = &x[x.find(host).map_or(0, |i| i + host.len())..];
+        let port = rest
+            .trim_start_matches(']')
+            .strip_prefix(':')
+            .map(str::to_string);
+        (host.trim_end_matches('.').to_ascii_lowercase(), port)
+    };
+    let ((ha, pa), (hb, pb)) = (split(a), split(b));
+    ha == hb && (pa.is_none() || pb.is_none() || pa == pb)
 }
 
 fn host_only(authority: &str) -> &str {

@@ -80,6 +80,7 @@ fn decide(snap: &Snapshot, function: &str, args: Value, caller: &Caller) -> (Act
         &Call {
             function: function.into(),
             args,
+            ..Default::default()
         },
         caller,
     );
@@ -115,7 +116,13 @@ fn every_argument_operator() {
         ("args: { a: { max: 100 } }", json!({"a": 100}), true),
         ("args: { a: { max: 100 } }", json!({"a": 100.5}), false),
         ("args: { a: { min: 10 } }", json!({"a": 9}), false),
-        ("args: { a: { gt: 1 } }", json!({"a": "2"}), false),
+        // A number sent as text is the number servers coerce it to.
+        ("args: { a: { gt: 1 } }", json!({"a": "2"}), true),
+        ("args: { a: { gt: 1 } }", json!({"a": " 2e3 "}), true),
+        ("args: { a: { gt: 1 } }", json!({"a": "0.5"}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": "two"}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": "NaN"}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": true}), false),
         (
             "args: { a: { regex: \"[a-z]+\" } }",
             json!({"a": "abc"}),
@@ -176,6 +183,75 @@ fn every_argument_operator() {
         let (action, _) = decide(&repo.snap(), "f", args.clone(), &user(&["x"]));
         assert_eq!(action == Action::Allow, *want, "{cond} with {args}");
     }
+}
+
+/// A condition that cannot be evaluated on the value the server will see (missing, not a
+/// number, unreadable body) matches a deny or approve rule and never an allow rule.
+#[test]
+fn conditions_that_cannot_be_evaluated_fail_closed() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: big, function: f, action: deny, args: {{ amount: {{ gt: 1000 }} }} }}\n  \
+         - {{ name: odd, function: f, action: approve, approval: {{ approvers: {{ groups: [x] }} }}, args: {{ to: {{ prefix: ext_ }} }} }}\n  \
+         - {{ name: small, function: f, action: allow, args: {{ amount: {{ max: 100 }} }} }}\n"
+    ));
+    let snap = repo.snap();
+    let u = user(&["x"]);
+    for (args, want, rule) in [
+        (
+            json!({"amount": 50, "to": "acct_1"}),
+            Action::Allow,
+            "small",
+        ),
+        (
+            json!({"amount": "50", "to": "acct_1"}),
+            Action::Allow,
+            "small",
+        ),
+        (json!({"amount": 5000, "to": "acct_1"}), Action::Deny, "big"),
+        (
+            json!({"amount": "5000", "to": "acct_1"}),
+            Action::Deny,
+            "big",
+        ),
+        (
+            json!({"amount": "5e3", "to": "acct_1"}),
+            Action::Deny,
+            "big",
+        ),
+        (
+            json!({"amount": "lots", "to": "acct_1"}),
+            Action::Deny,
+            "big",
+        ),
+        (
+            json!({"amount": [5000], "to": "acct_1"}),
+            Action::Deny,
+            "big",
+        ),
+        (json!({"to": "acct_1"}), Action::Deny, "big"),
+        (json!({"amount": 50, "to": 7}), Action::Approve, "odd"),
+        (json!({"amount": 50}), Action::Approve, "odd"),
+        (json!({"amount": 50, "to": "x"}), Action::Allow, "small"),
+    ] {
+        assert_eq!(
+            decide(&snap, "f", args.clone(), &u),
+            (want, rule.to_string()),
+            "{args}"
+        );
+    }
+    // Nothing but the default allows a call whose arguments could not all be read.
+    let svc = snap.service("svc").expect("service svc");
+    let d = snap.decide(
+        svc,
+        &Call {
+            function: "f".into(),
+            args: json!({"amount": 50, "to": "x"}),
+            partial: true,
+        },
+        &u,
+    );
+    assert_eq!(d.action, Action::Deny);
+    assert_eq!(d.rule.as_deref(), Some("big"));
 }
 
 #[test]
@@ -310,6 +386,7 @@ fn first_match_wins_and_the_default_decides_the_rest() {
         &Call {
             function: "f".into(),
             args: json!({"n": 11}),
+            ..Default::default()
         },
         &user(&[]),
     );
@@ -333,6 +410,7 @@ fn explain_says_why_each_rule_missed() {
         &Call {
             function: "f".into(),
             args: json!({"amount": 250}),
+            ..Default::default()
         },
         &user(&["eng"]),
     );
@@ -366,6 +444,7 @@ fn dry_run_enforces_allow_but_records_the_real_decision() {
         &Call {
             function: "f".into(),
             args: json!({}),
+            ..Default::default()
         },
         &Caller::default(),
     );
@@ -381,6 +460,7 @@ fn a_failing_cel_condition_denies() {
         &Call {
             function: "f".into(),
             args: json!({}),
+            ..Default::default()
         },
         &Caller::default(),
     );
@@ -749,7 +829,7 @@ mod never_panics {
                     };
                     let (parts, ()) = req.into_parts();
                     for b in [&body[..], json_ish.as_bytes()] {
-                        let _ = callgate::extract::extract(kind, svc, &parts, Some(b));
+                        let _ = callgate::extract::extract(kind, svc, &parts, Some(b), false);
                     }
                     let _ = svc.route(method, &path);
                 }
@@ -771,7 +851,7 @@ mod never_panics {
             let repo = Repo::service(&text);
             if let Ok(snap) = repo.compile() {
                 if let Some(svc) = snap.service("svc") {
-                    let _ = snap.decide(svc, &Call { function: "f".into(), args: json!({"amount": 3, "x": [{"y": "aa"}]}) }, &user(&["a"]));
+                    let _ = snap.decide(svc, &Call { function: "f".into(), args: json!({"amount": 3, "x": [{"y": "aa"}]}), partial: false }, &user(&["a"]));
                 }
             }
         }

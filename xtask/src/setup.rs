@@ -55,6 +55,9 @@ const TEST_PYTHON: &[&str] = &[
     "grpcio==1.85.1",
     // The OTLP receiver decodes what the gateway exports with the official protobufs.
     "opentelemetry-proto==1.38.0",
+    // The REST upstream an attacker's spellings are tried against: Flask routes paths and
+    // reads arguments the way most Python services do.
+    "flask==3.1.3",
 ];
 /// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
 /// endpoints sign with), and Playwright's driver for Debian's Chromium.

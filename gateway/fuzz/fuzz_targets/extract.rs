@@ -40,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
     let (parts, ()) = req.into_parts();
     let snap = snapshot();
     for svc in snap.services_by_name().values() {
-        let kind = extract::kind_of(svc, &parts.headers);
+        let kind = extract::kind_of(svc);
         let _ = svc.route(parts.method.as_str(), parts.uri.path());
-        let _ = extract::extract(kind, svc, &parts, Some(body));
-        let _ = extract::extract(kind, svc, &parts, None);
+        let _ = extract::extract(kind, svc, &parts, Some(body), false);
+        let _ = extract::extract(kind, svc, &parts, None, true);
     }
 });

@@ -13,10 +13,10 @@ use super::{
     Conn, Decided, body::Recording, body::response_value, injected, json_bytes, strip_hop_by_hop,
 };
 use crate::{
-    extract::Kind,
+    extract::{Kind, Role},
     forward::pool::{ProxyBody, UpstreamBody},
     mask::{BodyKind, BodyMasker, scrub::Secrets},
-    policy::{Action, Service, Snapshot},
+    policy::{Action, Caller, Service, Snapshot},
     record::RawJson,
     reply::{self, Refusal},
 };
@@ -40,12 +40,27 @@ pub(super) async fn batch(
     let mut answers: HashMap<String, Json> = HashMap::new();
     let mut failure: Option<Refusal> = None;
     let mut status = StatusCode::OK;
-    if !allowed.is_empty() {
+    // One request goes up with one set of obligations (credential, headers): the allowed
+    // calls must share theirs, or none of them goes.
+    let mut obligations = decided
+        .iter()
+        .filter(|d| d.decision.enforced == Action::Allow)
+        .map(|d| &d.decision.obligations);
+    let first = obligations.next().cloned();
+    if obligations.any(|o| {
+        first
+            .as_ref()
+            .is_some_and(|f| !Arc::ptr_eq(f, o) && **f != **o)
+    }) {
+        failure = Some(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "batch_mixed_obligations",
+            "the calls of this batch are allowed by rules with different obligations \
+             (credentials, headers, masks); send them separately",
+        ));
+    }
+    if let (Some(base), None) = (first.filter(|_| !allowed.is_empty()), &failure) {
         let body = serde_json::to_vec(&allowed).unwrap_or_default();
-        let base = match service {
-            Some(s) => s.base_obligations().clone(),
-            None => snap.decide_unknown_destination().obligations,
-        };
         match conn
             .forward(
                 snap,
@@ -101,6 +116,9 @@ pub(super) async fn batch(
         } else {
             let key = id.map(Json::to_string).unwrap_or_default();
             id.and_then(|_| answers.remove(&key)).map(|mut a| {
+                if let (Role::ListTools, Some(s)) = (d.call.role, service) {
+                    filter_value(&mut a, &|name| may_call(snap, s, &d.caller, name));
+                }
                 d.decision
                     .obligations
                     .masks
@@ -164,12 +182,7 @@ pub(super) async fn list_tools(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let may = |name: &str| {
-        let function = service
-            .function_by_method(name)
-            .map_or_else(|| name.to_string(), |f| f.name.to_string());
-        snap.may_call(service, &function, &one.caller)
-    };
+    let may = |name: &str| may_call(snap, service, &one.caller, name);
     let filtered = filter_tools(&bytes, ct.starts_with("text/event-stream"), &may);
     let mut masker = BodyMasker::new(
         one.decision.obligations.masks.0.clone(),
@@ -223,12 +236,26 @@ pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u
     }
 }
 
+/// Whether `caller` may call the tool `name` of `service` with some arguments.
+fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> bool {
+    let function = service
+        .function_by_method(name)
+        .map_or_else(|| name.to_string(), |f| f.name.to_string());
+    snap.may_call(service, &function, caller)
+}
+
 /// Drops disallowed tools from a JSON-RPC result; None if it is not such a result.
 fn filter_json(body: &[u8], may: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
     let mut v: Json = serde_json::from_slice(body).ok()?;
+    filter_value(&mut v, may)?;
+    serde_json::to_vec(&v).ok()
+}
+
+/// [`filter_json`] on a parsed answer (one element of a batch's answer).
+fn filter_value(v: &mut Json, may: &dyn Fn(&str) -> bool) -> Option<()> {
     let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
     tools.retain(|t| t.get("name").and_then(Json::as_str).is_some_and(may));
-    serde_json::to_vec(&v).ok()
+    Some(())
 }
 
 /// The same for each `data:` line of an event stream.

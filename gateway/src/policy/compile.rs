@@ -20,7 +20,9 @@ use super::{
         RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
     },
 };
-use crate::{identity::IdentityConfig, jsonpath::JsonPath, mask::MaskRules};
+use crate::{
+    extract::path::PathRules, identity::IdentityConfig, jsonpath::JsonPath, mask::MaskRules,
+};
 
 /// The maps the data path looks names up in on every call. Keys come only from the policy
 /// files and a call only reads them, so a fast hash (foldhash, randomly seeded) is safe
@@ -70,6 +72,8 @@ pub struct Service {
     /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
     /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
     pub names: Vec<String>,
+    /// Which path spellings the service lets through (see [`crate::extract::path`]).
+    pub paths: PathRules,
     pub functions: Vec<Function>,
     fn_by_name: Index<usize>,
     fn_by_method: Index<usize>,
@@ -840,6 +844,11 @@ fn compile_service(
                 .as_ref()
                 .map(|p| loaded.root.join(p)),
             names: service_names(&file.matcher),
+            paths: PathRules {
+                encoded_slashes: file.paths.encoded_slashes,
+                semicolons: file.paths.semicolons
+                    || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
+            },
             functions,
             fn_by_name,
             fn_by_method,
@@ -1111,13 +1120,16 @@ impl Service {
                     continue 'routes;
                 };
                 match want {
-                    RouteSeg::Lit(l) if l == got => {}
+                    // Literals match in any case: Express and ASP.NET route that way.
+                    RouteSeg::Lit(l) if l.eq_ignore_ascii_case(got) => {}
                     RouteSeg::Lit(_) => continue 'routes,
                     RouteSeg::Param(_) if got.is_empty() => continue 'routes,
                     RouteSeg::Param(name) => params.push((name.clone(), got.to_string())),
                 }
             }
-            if segs.next().is_none() {
+            // One trailing `/` is the same route: many servers redirect or route it there.
+            let rest = segs.next();
+            if rest.is_none() || (rest == Some("") && segs.next().is_none()) {
                 return Some((&self.functions[r.function], params));
             }
         }

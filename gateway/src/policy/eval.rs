@@ -19,6 +19,10 @@ pub struct Call {
     pub function: String,
     #[serde(default)]
     pub args: Json,
+    /// Some of what the upstream may read arguments from could not be read (a multipart or
+    /// binary body): every condition on the arguments is then unknown.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 /// Who is calling: the token's identity (if any) and the workload.
@@ -95,6 +99,12 @@ enum Miss<'r> {
         path: &'r ArgCond,
         op: &'r Op,
         missing: bool,
+    },
+    /// An allow rule's condition that cannot be evaluated on the value the server will see.
+    Unknown {
+        path: &'r ArgCond,
+        op: &'r Op,
+        why: Unknown,
     },
     WhenFalse,
 }
@@ -281,8 +291,22 @@ fn rule_matches<'r>(
     if let Some(c) = &rule.caller {
         caller_matches(c, caller)?;
     }
+    // Conditions on arguments fail closed: one that cannot be evaluated (absent, not a
+    // number, unreadable) matches a deny or approve rule and never an allow rule.
+    let mut unknown = None;
     for arg in &rule.args {
-        arg_matches(arg, &call.args)?;
+        match arg_matches(arg, call) {
+            Ok(Tri::Holds) => {}
+            Ok(Tri::Unknown(why, op)) => {
+                unknown.get_or_insert((arg, op, why));
+            }
+            Err(miss) => return Err(miss.into()),
+        }
+    }
+    if let Some((path, op, why)) = unknown {
+        if rule.action == Action::Allow {
+            return Err(Miss::Unknown { path, op, why }.into());
+        }
     }
     if let Some(when) = &rule.when {
         match eval_when(&when.program, service, call, caller) {
@@ -323,9 +347,9 @@ fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>
     for (path, want) in &c.claims {
         let mut found = false;
         path.visit(&caller.claims, &mut |v| {
-            found = json_eq(v, want)
+            found = json_eq(v, want) == Some(true)
                 || v.as_array()
-                    .is_some_and(|a| a.iter().any(|x| json_eq(x, want)));
+                    .is_some_and(|a| a.iter().any(|x| json_eq(x, want) == Some(true)));
             !found
         });
         if !(caller.authenticated && found) {
@@ -374,59 +398,143 @@ fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r
     Ok(())
 }
 
-fn arg_matches<'r>(cond: &'r ArgCond, args: &Json) -> Result<(), Miss<'r>> {
-    for op in &cond.ops {
-        let mut seen = false;
-        let mut ok = true;
-        cond.path.visit(args, &mut |v| {
-            seen = true;
-            ok = op_holds(op, v);
-            ok
-        });
-        let holds = match op {
-            Op::Present(want) => seen == *want,
-            // A condition on an argument that is not there does not hold.
-            _ => seen && ok,
-        };
-        if !holds {
-            return Err(Miss::Arg {
-                path: cond,
-                op,
-                missing: !seen,
-            });
-        }
-    }
-    Ok(())
+/// A condition on the arguments: it holds, or it cannot be evaluated (and why), or it fails.
+#[derive(Debug, Clone, Copy)]
+enum Tri<'r> {
+    Holds,
+    Unknown(Unknown, &'r Op),
 }
 
-fn op_holds(op: &Op, v: &Json) -> bool {
-    let num = || v.as_f64();
-    match op {
-        Op::Eq(want) => json_eq(v, want),
-        Op::Ne(want) => !json_eq(v, want),
-        Op::In(list) => list.iter().any(|w| json_eq(v, w)),
-        Op::NotIn(list) => !list.iter().any(|w| json_eq(v, w)),
-        Op::Gt(n) => num().is_some_and(|x| x > *n),
-        Op::Ge(n) => num().is_some_and(|x| x >= *n),
-        Op::Lt(n) => num().is_some_and(|x| x < *n),
-        Op::Le(n) => num().is_some_and(|x| x <= *n),
-        Op::Regex(re) => v.as_str().is_some_and(|s| re.is_match(s)),
-        Op::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+/// Why a condition on an argument cannot be evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unknown {
+    /// The argument is not in the call; the server may default it.
+    Missing,
+    /// The value is not of the type the operator tests (a number for `gt`, text for `regex`)
+    /// and does not read as one.
+    Type,
+    /// Part of the request could not be read for arguments.
+    Partial,
+}
+
+fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> {
+    let mut unknown = None;
+    for op in &cond.ops {
+        if call.partial {
+            unknown.get_or_insert((Unknown::Partial, op));
+            continue;
+        }
+        let mut seen = false;
+        // Every value the path reaches must hold; the first that fails decides.
+        let mut failed = false;
+        let mut untyped = false;
+        cond.path.visit(&call.args, &mut |v| {
+            seen = true;
+            match op_holds(op, v) {
+                Some(true) => true,
+                Some(false) => {
+                    failed = true;
+                    false
+                }
+                None => {
+                    untyped = true;
+                    true
+                }
+            }
+        });
+        match op {
+            Op::Present(want) if seen != *want => {
+                return Err(Miss::Arg {
+                    path: cond,
+                    op,
+                    missing: !seen,
+                });
+            }
+            Op::Present(_) => {}
+            _ if failed => {
+                return Err(Miss::Arg {
+                    path: cond,
+                    op,
+                    missing: false,
+                });
+            }
+            _ if !seen => {
+                unknown.get_or_insert((Unknown::Missing, op));
+            }
+            _ if untyped => {
+                unknown.get_or_insert((Unknown::Type, op));
+            }
+            _ => {}
+        }
+    }
+    Ok(match unknown {
+        Some((why, op)) => Tri::Unknown(why, op),
+        None => Tri::Holds,
+    })
+}
+
+/// Whether `op` holds for `v`; None when `v` is not of a type the operator can test. A
+/// number sent as text is a number (`"5000"`, `" 5e3 "`): pydantic, Flask's `type=float` and
+/// most servers read it so.
+fn op_holds(op: &Op, v: &Json) -> Option<bool> {
+    let num = || number(v);
+    Some(match op {
+        Op::Eq(want) => json_eq(v, want)?,
+        Op::Ne(want) => !json_eq(v, want)?,
+        Op::In(list) => one_of(v, list)?,
+        Op::NotIn(list) => !one_of(v, list)?,
+        Op::Gt(n) => num()? > *n,
+        Op::Ge(n) => num()? >= *n,
+        Op::Lt(n) => num()? < *n,
+        Op::Le(n) => num()? <= *n,
+        Op::Regex(re) => re.is_match(v.as_str()?),
+        Op::Prefix(p) => v.as_str()?.starts_with(p.as_str()),
         Op::MaxLen(n) => match v {
             Json::String(s) => s.chars().count() <= *n,
             Json::Array(a) => a.len() <= *n,
-            _ => false,
+            _ => return None,
         },
         Op::Present(_) => true,
+    })
+}
+
+/// A JSON number, or text that servers read as one; never NaN.
+fn number(v: &Json) -> Option<f64> {
+    let x = match v {
+        Json::Number(n) => n.as_f64()?,
+        Json::String(s) => s.trim().replace('_', "").parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (!x.is_nan()).then_some(x)
+}
+
+/// JSON equality with numbers compared by value (1 == 1.0). A number and text that reads as
+/// the same number are neither equal nor different (None): a server that coerces sees the
+/// number, one that does not sees text.
+fn json_eq(a: &Json, b: &Json) -> Option<bool> {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => Some(x.as_f64() == y.as_f64()),
+        (Json::Number(_), Json::String(_)) | (Json::String(_), Json::Number(_)) => {
+            match (number(a), number(b)) {
+                (Some(x), Some(y)) if x == y => None,
+                _ => Some(false),
+            }
+        }
+        _ => Some(a == b),
     }
 }
 
-/// JSON equality with numbers compared by value (1 == 1.0).
-fn json_eq(a: &Json, b: &Json) -> bool {
-    match (a, b) {
-        (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
-        _ => a == b,
+/// Whether `v` is one of `list`, or None when that depends on a coercion.
+fn one_of(v: &Json, list: &[Json]) -> Option<bool> {
+    let mut unsure = false;
+    for w in list {
+        match json_eq(v, w) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => unsure = true,
+        }
     }
+    (!unsure).then_some(false)
 }
 
 fn eval_when(
@@ -561,6 +669,16 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
                 describe_op(op)
             )
         }
+        Miss::Unknown { path, op, why } => format!(
+            "argument {} cannot be evaluated ({}): {} fails closed and does not allow",
+            path.path.as_str(),
+            match why {
+                Unknown::Missing => "it is missing",
+                Unknown::Type => "its value is not of the type the operator tests",
+                Unknown::Partial => "part of the request could not be read for arguments",
+            },
+            op.name()
+        ),
         Miss::WhenFalse => "`when` evaluated to false".into(),
     }
 }

@@ -196,6 +196,23 @@ pub struct ServiceFile {
     pub credentials: Option<Credentials>,
     #[serde(default)]
     pub record: Option<RecordLevel>,
+    /// Path spellings the gateway refuses unless the service's server needs them.
+    #[serde(default)]
+    pub paths: PathOptions,
+}
+
+/// `paths:` in a service file: what its server needs that is refused by default, because
+/// servers disagree about how to route it (see `extract::path`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathOptions {
+    /// Keep `%2F` / `%5C` (encoded, as sent) instead of refusing the request.
+    #[serde(default)]
+    pub encoded_slashes: bool,
+    /// Keep `;` (path parameters) instead of refusing the request. Always kept for JSON-RPC,
+    /// MCP and gRPC services, whose paths name no function.
+    #[serde(default)]
+    pub semicolons: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -85,6 +85,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let c = Call {
                 function: call.function.clone(),
                 args,
+                partial: false,
             };
             match service {
                 Some(s) => {
@@ -121,7 +122,11 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     Json::Object(Map::new()),
                 ),
             };
-            let c = Call { function, args };
+            let c = Call {
+                function,
+                args,
+                partial: false,
+            };
             let d = snap.decide(service, &c, &caller);
             (d, c.function, c.args, service.name.to_string())
         }
