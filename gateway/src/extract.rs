@@ -144,6 +144,18 @@ pub enum ExtractError {
 
 /// The calls in a request to `service`. `body` is the body when it was read for the decision;
 /// `unread_body` says a body went by unread (a type no argument is taken from).
+impl ExtractError {
+    /// The `error` a refusal for it names.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExtractError::Path(_) => "bad_path",
+            ExtractError::Method(_) | ExtractError::McpMethod(_) => "bad_method",
+            ExtractError::Ambiguous(_) => "ambiguous_argument",
+            ExtractError::NotJson(_) | ExtractError::NotRpc(_) => "bad_request",
+        }
+    }
+}
+
 pub fn extract(
     kind: Kind,
     service: &Service,

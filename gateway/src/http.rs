@@ -220,7 +220,7 @@ impl Conn {
                 stats.refused_policy.fetch_add(1, Relaxed);
                 let r = Refusal {
                     service: Some(s.name.to_string()),
-                    ..Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                    ..Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
                 };
                 return self
                     .refuse(recording, kind, extract::raw(&parts), None, r)
@@ -267,7 +267,7 @@ impl Conn {
         let extracted = match extracted {
             Ok(e) => e,
             Err(e) => {
-                let r = Refusal::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+                let r = Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string());
                 return self
                     .refuse(recording, kind, extract::raw(&parts), None, r)
                     .await;

@@ -45,7 +45,8 @@ enum Task {
     },
     /// Fuzz the parsers of untrusted input with cargo-fuzz (libFuzzer, nightly): the TLS and
     /// HTTP sniffer, call extraction, policy YAML, masking over chunkings, record segments,
-    /// MCP tools/list filtering. `cargo xtask test` runs each briefly; this runs them longer.
+    /// MCP tools/list filtering, path canonicalisation. `cargo xtask test` runs each briefly;
+    /// this runs them longer.
     Fuzz {
         /// Only this target (default: every target in turn).
         target: Option<String>,
@@ -287,7 +288,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in `gateway/fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 7] = [
+const FUZZ_TARGETS: [&str; 8] = [
     "sniff",
     "extract",
     "policy_yaml",
@@ -295,6 +296,7 @@ const FUZZ_TARGETS: [&str; 7] = [
     "record_reader",
     "tools_list",
     "http1_requests",
+    "canonical_path",
 ];
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_TEST_SECONDS: u64 = 20;

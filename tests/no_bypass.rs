@@ -1,0 +1,653 @@
+//! No bypass: what the policy decides is exactly what the upstream runs. Each attack is an
+//! unmodified client in an enabled cgroup spelling a denied call some other way, against a
+//! real upstream that would run it if the gateway had decided on one reading and forwarded
+//! another: Flask (werkzeug decodes `%72efund` and routes it to `refund`, reads JSON sent as
+//! text, coerces `"5000"`), nginx (removes `/./` and `/x/../`, merges slashes), and an
+//! upstream that logs every JSON-RPC message it gets. Every test ends by asserting what the
+//! upstream ran, not only what the client was told.
+use std::{fs, path::Path, time::Duration};
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
+
+/// Refunds over 100 are denied, refunds to the customer allowed, other refunds denied, and
+/// anything the service does not declare allowed: a spelling the gateway fails to recognise as
+/// `refund` would be let through by the last rule.
+fn payments(port: u16) -> String {
+    format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{port}", "payments.test:{port}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+rules:
+  - name: big-refunds
+    function: refund
+    args: {{ amount: {{ gt: 100 }} }}
+    action: deny
+  - name: customer-refunds
+    function: refund
+    args: {{ to: {{ eq: customer }} }}
+    action: allow
+  - {{ name: other-refunds, function: refund, action: deny }}
+  - {{ name: everything-else, function: "*", action: allow }}
+"#
+    )
+}
+
+fn flask(dir: &Path) -> Party {
+    let port = free_port();
+    let log = dir.join(format!("flask-{port}.jsonl"));
+    let (py, script) = (party_python(), party_script("flask_app.py"));
+    Party::start(
+        &[
+            &py.display().to_string(),
+            &script.display().to_string(),
+            "--port",
+            &port.to_string(),
+            "--log",
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    )
+}
+
+/// What the Flask upstream ran: (view, logged fields).
+fn ran(up: &Party, view: &str) -> Vec<Value> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r["ran"] == view)
+        .collect()
+}
+
+/// Sends `raw` (one or more HTTP/1.1 requests) from inside `cg` and returns all it got back.
+fn raw_in(cg: &TestCgroup, port: u16, raw: &str) -> String {
+    let code = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), 5)\n\
+         s.settimeout(5)\ns.sendall({raw:?}.encode())\nout = b''\n\
+         try:\n    while len(out) < 1 << 20:\n        c = s.recv(65536)\n        if not c: break\n        out += c\n\
+         except socket.timeout:\n    pass\nprint(out.decode(errors='replace'))"
+    );
+    python_in(cg, &code)
+}
+
+struct Setup {
+    _gw: Gateway,
+    cg: TestCgroup,
+    _dir: TestDir,
+}
+
+/// A gateway deciding with `services`, and an enabled cgroup to call from.
+fn setup(test: &str, services: &[(&str, &str)]) -> Setup {
+    let dir = TestDir::new(test);
+    let policies = policy_repo(&dir, REPO, services);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    Setup {
+        _gw: gw,
+        cg,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn path_spellings_of_a_denied_call_never_run() {
+    let test = "path_spellings_of_a_denied_call_never_run";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-paths");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let base = format!("http://127.0.0.1:{}", up.port);
+    let big = r#"{"amount": 5000, "to": "customer"}"#;
+    let post = |path: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "--path-as-is",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                big,
+                &format!("{base}{path}"),
+            ],
+        )
+    };
+    // The control: the canonical spelling is denied, and an allowed refund runs.
+    assert_eq!(post("/v1/payments/p1/refund"), "403");
+    let ok = status_in(
+        &s.cg,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"amount": 5, "to": "customer"}"#,
+            &format!("{base}/v1/payments/p1/refund"),
+        ],
+    );
+    assert_eq!(ok, "200");
+    assert_eq!(
+        ran(&up, "refund").len(),
+        1,
+        "the allowed refund did not run"
+    );
+    // Spellings werkzeug routes to `refund`: each is decided as `refund` (403) or refused as
+    // ambiguous (400); none is an undeclared function that `everything-else` allows.
+    for (path, want) in [
+        ("/v1/payments/p2/%72efund", "403"),
+        ("/v1/payments/p2/refun%64", "403"),
+        ("/v1/%70ayments/p2/refund", "403"),
+        ("/v1/payments/p2/%72%65%66%75%6E%64", "403"),
+        ("//v1/payments/p2/refund", "403"),
+        ("/v1//payments/p2//refund", "403"),
+        ("/v1/./payments/p2/refund", "403"),
+        ("/v1/x/../payments/p2/refund", "403"),
+        ("/v1/x/%2e%2e/payments/p2/refund", "403"),
+        ("/V1/Payments/p2/REFUND", "403"),
+        ("/v1/payments/p2/refund/", "403"),
+        ("/v1/payments/p8%2Frefund", "400"),
+        ("/v1/payments/p8%2frefund", "400"),
+        ("/v1/payments/p8%5Crefund", "400"),
+        ("/v1/payments/p2/refund;x=1", "400"),
+        ("/v1/payments/p2;x/refund", "400"),
+        ("/v1/payments/p2/refund%00", "400"),
+        ("/v1/payments/p2/%ff", "400"),
+        ("/../v1/payments/p2/refund", "400"),
+    ] {
+        assert_eq!(post(path), want, "{path}");
+    }
+    // A backslash (curl would not send one as is).
+    let got = raw_in(
+        &s.cg,
+        up.port,
+        "POST /v1/payments\\p2\\refund HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert_eq!(
+        ran(&up, "refund").len(),
+        1,
+        "a spelling of a denied refund ran: {:?}",
+        ran(&up, "refund")
+    );
+    // What was forwarded is the canonical form: an allowed spelling arrives as decided.
+    let ok = status_in(
+        &s.cg,
+        &["--path-as-is", &format!("{base}/v1/./%70ayments//p3")],
+    );
+    assert_eq!(ok, "200");
+    let got = ran(&up, "get_payment");
+    assert_eq!(
+        got.last().map(|r| r["path"].clone()),
+        Some("/v1/payments/p3".into())
+    );
+}
+
+#[test]
+fn arguments_are_read_as_the_server_reads_them() {
+    let test = "arguments_are_read_as_the_server_reads_them";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-args");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |ctype: &str, body: &str, query: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                &format!("Content-Type: {ctype}"),
+                "--data-binary",
+                body,
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    let json = "application/json";
+    for (what, ctype, body, query, want) in [
+        // Numbers as text are numbers to Flask's views and to pydantic.
+        (
+            "amount as text",
+            json,
+            r#"{"amount": "5000", "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        (
+            "amount as an exponent",
+            json,
+            r#"{"amount": "5e3", "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        // A deny condition on a value that is not there fails closed.
+        ("no amount", json, r#"{"to": "customer"}"#, "", "403"),
+        (
+            "amount not a number",
+            json,
+            r#"{"amount": [5000], "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        // The query names what the body also names, differently: the server picks one.
+        (
+            "query shadows body",
+            json,
+            r#"{"amount": 5000, "to": "customer"}"#,
+            "?amount=5",
+            "400",
+        ),
+        (
+            "body shadows query",
+            json,
+            r#"{"amount": 5}"#,
+            "?to=customer&amount=5000",
+            "400",
+        ),
+        (
+            "query twice",
+            json,
+            r#"{"to": "customer"}"#,
+            "?amount=5&amount=5000",
+            "400",
+        ),
+        // The label does not decide whether the body is read: Flask's get_json(force=True).
+        (
+            "JSON labelled text",
+            "text/plain",
+            r#"{"amount": 5000, "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        (
+            "JSON labelled gRPC",
+            "application/grpc+json",
+            r#"{"amount": 5000, "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        (
+            "JSON unlabelled",
+            "",
+            r#"{"amount": 5000, "to": "customer"}"#,
+            "",
+            "403",
+        ),
+        (
+            "a form",
+            "application/x-www-form-urlencoded",
+            "amount=5000&to=customer",
+            "",
+            "403",
+        ),
+        (
+            "a form twice",
+            "application/x-www-form-urlencoded",
+            "amount=5&to=customer&amount=5000",
+            "",
+            "400",
+        ),
+        // A body the gateway cannot read for arguments: no condition on them can be trusted.
+        (
+            "multipart",
+            "multipart/form-data; boundary=XX",
+            "--XX\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n5000\r\n--XX\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\ncustomer\r\n--XX--\r\n",
+            "",
+            "403",
+        ),
+    ] {
+        assert_eq!(send(ctype, body, query), want, "{what}");
+    }
+    assert!(
+        ran(&up, "refund").is_empty(),
+        "a denied refund ran: {:?}",
+        ran(&up, "refund")
+    );
+    let (_, body) = curl_in(
+        &s.cg,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"amount": 5}"#,
+            &format!("{url}?amount=5000"),
+        ],
+    );
+    assert!(body.contains("\"ambiguous_argument\""), "{body}");
+    // The control: the same request within the rules runs, the amount coerced as Flask does.
+    assert_eq!(
+        send(json, r#"{"amount": "50", "to": "customer"}"#, ""),
+        "200"
+    );
+    assert_eq!(ran(&up, "refund").len(), 1);
+}
+
+#[test]
+fn every_name_for_the_destination_must_agree() {
+    let test = "every_name_for_the_destination_must_agree";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-hosts");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let p = up.port;
+    for (what, head, want) in [
+        (
+            "absolute form naming the service, Host another",
+            format!(
+                "GET http://payments.test:{p}/v1/payments/p1 HTTP/1.1\r\nHost: admin.test:{p}\r\n"
+            ),
+            "400",
+        ),
+        (
+            "two Host headers",
+            format!(
+                "GET /v1/payments/p1 HTTP/1.1\r\nHost: payments.test:{p}\r\nHost: admin.test:{p}\r\n"
+            ),
+            "400",
+        ),
+        (
+            "user information",
+            format!(
+                "GET http://payments.test@admin.test:{p}/v1/payments/p1 HTTP/1.1\r\nHost: payments.test@admin.test:{p}\r\n"
+            ),
+            "400",
+        ),
+        (
+            "a method in lower case",
+            format!(
+                "post /v1/payments/p1/refund HTTP/1.1\r\nHost: payments.test:{p}\r\nContent-Type: application/json\r\nContent-Length: 35\r\n\r\n{{\"amount\": 5000, \"to\": \"customer\"}}"
+            ),
+            "400",
+        ),
+        (
+            "absolute form and Host agreeing",
+            format!(
+                "GET http://payments.test:{p}/v1/payments/p1 HTTP/1.1\r\nHost: PAYMENTS.test:{p}\r\n"
+            ),
+            "200",
+        ),
+    ] {
+        let head = if head.ends_with("\r\n") {
+            format!("{head}Connection: close\r\n\r\n")
+        } else {
+            head.replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1)
+        };
+        let got = raw_in(&s.cg, p, &head);
+        // A connection that opens with a lower-case method is not taken for HTTP at all, and
+        // is closed unanswered (non-HTTP TCP to a service is denied).
+        let closed = what.contains("lower case") && got.is_empty();
+        assert!(
+            closed || got.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: {got}"
+        );
+    }
+    let hosts: Vec<Value> = up.requests().iter().map(|r| r["host"].clone()).collect();
+    assert_eq!(
+        hosts,
+        vec![Value::from(format!("PAYMENTS.test:{p}"))],
+        "{hosts:?}"
+    );
+    assert!(ran(&up, "refund").is_empty());
+}
+
+/// nginx removes dot segments and merges slashes before it picks a location: a spelling the
+/// gateway did not canonicalise would be decided as one path and served as another.
+#[test]
+fn nginx_serves_only_what_was_decided() {
+    let test = "nginx_serves_only_what_was_decided";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("nginx-paths");
+    let port = free_port();
+    let root = &*work.join("nginx");
+    fs::create_dir_all(root).expect("nginx dir");
+    let conf = root.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {r}/nginx.pid; error_log {r}/error.log; \
+             events {{}} http {{ log_format uri '$request_method $uri'; \
+             access_log {r}/access.log uri; client_body_temp_path {r}; \
+             server {{ listen 127.0.0.1:{port}; \
+               location = /admin/secret {{ return 200 'SECRET'; }} \
+               location / {{ return 200 'public'; }} }} }}",
+            r = root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let mut nginx = Party::start(
+        &[
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &root.display().to_string(),
+        ],
+        port,
+        root.join("nginx.log"),
+    );
+    let policy = format!(
+        r#"
+service: site
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  secret: {{ route: "GET /admin/secret" }}
+rules:
+  - {{ name: no-secret, function: secret, action: deny }}
+  - {{ name: rest, function: "*", action: allow }}
+"#
+    );
+    let s = setup(test, &[("site", &policy)]);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl_in(&s.cg, &[&format!("{base}/public")]).1, "public");
+    assert_ne!(
+        status_in(&s.cg, &[&format!("{base}/admin/secret")]),
+        "200",
+        "the plain spelling must be denied"
+    );
+    for path in [
+        "/admin/./secret",
+        "/public/../admin/secret",
+        "/admin//secret",
+        "//admin/secret",
+        "/admin/secre%74",
+        "/admin/%73ecret",
+        "/admin/x/%2e%2e/secret",
+    ] {
+        let (_, body) = curl_in(&s.cg, &["--path-as-is", &format!("{base}{path}")]);
+        assert!(!body.contains("SECRET"), "{path}: {body}");
+    }
+    nginx.terminate(Duration::from_secs(5));
+    let log = fs::read_to_string(root.join("access.log")).unwrap_or_default();
+    assert!(
+        !log.lines().any(|l| l.ends_with(" /admin/secret")),
+        "nginx served the secret:\n{log}"
+    );
+    assert!(log.contains("GET /public"), "nginx saw nothing:\n{log}");
+}
+
+fn mcp_service(port: u16) -> String {
+    format!(
+        r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search: {{ method: search }}
+rules:
+  - {{ name: search, function: search, action: allow }}
+"#
+    )
+}
+
+/// Only a closed list of MCP messages passes as session traffic; every other method is a
+/// call that the policy decides, and an allow-list policy denies.
+#[test]
+fn mcp_methods_no_rule_names_are_denied() {
+    let test = "mcp_methods_no_rule_names_are_denied";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("mcp-methods");
+    let up = upstream(&work, None);
+    let s = setup(test, &[("tools", &mcp_service(up.port))]);
+    let url = format!("http://127.0.0.1:{}/rpc", up.port);
+    let rpc = |body: &str| {
+        curl_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Accept: application/json, text/event-stream",
+                "-d",
+                body,
+                &url,
+            ],
+        )
+        .1
+    };
+    // Allowed: a session message and the allowed tool.
+    let out = rpc(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#);
+    assert!(out.contains("\"result\""), "{out}");
+    let out = rpc(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search","arguments":{}}}"#,
+    );
+    assert!(out.contains("\"result\""), "{out}");
+    for method in [
+        "admin/exec",
+        "tools/execute",
+        "completion/complete",
+        "resources/read",
+        "logging/setLevel",
+        "Tools/call",
+        "initialize ",
+    ] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":3,"method":"{method}","params":{{"name":"search"}}}}"#
+        );
+        let out = rpc(&body);
+        assert!(out.contains("\"error\""), "{method}: {out}");
+    }
+    // A tool no rule names, alone and inside a batch.
+    let out =
+        rpc(r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_all"}}"#);
+    assert!(out.contains("\"error\""), "{out}");
+    let out = rpc(
+        r#"[{"jsonrpc":"2.0","id":5,"method":"admin/exec"},{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"delete_all"}}]"#,
+    );
+    assert!(!out.contains("\"result\""), "{out}");
+    // Methods MCP does not have, and a method in lower case on a kept connection.
+    assert_eq!(status_in(&s.cg, &["-X", "PUT", "-d", "{}", &url]), "400");
+    let good = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search"}}"#;
+    let evil = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_all"}}"#;
+    let got = raw_in(
+        &s.cg,
+        up.port,
+        &format!(
+            "POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{good}\
+             post /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{evil}",
+            good.len(),
+            evil.len()
+        ),
+    );
+    assert!(got.contains("HTTP/1.1 400"), "{got}");
+    let seen: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for body in &seen {
+        assert!(
+            ![
+                "admin/exec",
+                "tools/execute",
+                "completion",
+                "resources/read",
+                "logging",
+                "Tools/call",
+                "delete_all",
+                "initialize \""
+            ]
+            .iter()
+            .any(|m| body.contains(m)),
+            "the upstream got a denied message: {body}"
+        );
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+fn ledger(port: u16, secret: &Path) -> String {
+    format!(
+        r#"
+service: ledger
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: jsonrpc
+functions:
+  balance: {{ method: ledger.balance }}
+  transfer: {{ method: ledger.transfer }}
+rules:
+  - {{ name: balances, function: balance, action: allow, inject: false }}
+  - {{ name: transfers, function: transfer, action: allow }}
+credentials:
+  inject: {{ header: X-Api-Key, from: {{ file: "{}" }} }}
+"#,
+        secret.display()
+    )
+}
+
+/// A batch goes up with its calls' own obligations: a rule that withholds the credential is
+/// not overridden by the service's, and calls with different obligations do not share one
+/// request.
+#[test]
+fn batches_keep_their_calls_obligations() {
+    let test = "batches_keep_their_calls_obligations";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("batch-obligations");
+    let secret = &*work.join("secret");
+    fs::write(secret, "s3cr3t-k3y").expect("secret");
+    let up = upstream(&work, None);
+    let s = setup(test, &[("ledger", &ledger(up.port, secret))]);
+    let url = format!("http://127.0.0.1:{}/rpc", up.port);
+    let rpc = |body: &str| {
+        curl_in(
+            &s.cg,
+            &["-H", "Content-Type: application/json", "-d", body, &url],
+        )
+        .1
+    };
+    let out = rpc(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ledger.balance"},{"jsonrpc":"2.0","id":2,"method":"ledger.balance"}]"#,
+    );
+    assert_eq!(out.matches("\"result\"").count(), 2, "{out}");
+    let out = rpc(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ledger.balance"},{"jsonrpc":"2.0","id":2,"method":"ledger.transfer"}]"#,
+    );
+    assert!(out.contains("batch_mixed_obligations"), "{out}");
+    assert!(!out.contains("\"result\""), "{out}");
+    let out = rpc(r#"{"jsonrpc":"2.0","id":3,"method":"ledger.transfer"}"#);
+    assert!(out.contains("\"result\""), "{out}");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(
+        reqs[0]["headers"].get("x-api-key").is_none(),
+        "the credential went out with calls whose rule withholds it: {}",
+        reqs[0]
+    );
+    assert_eq!(reqs[1]["headers"]["x-api-key"], "s3cr3t-k3y");
+}
