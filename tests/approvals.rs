@@ -55,6 +55,11 @@ functions:
   refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
   close_account: {{ route: "POST /v1/accounts/{{account}}/close" }}
 rules:
+  - name: huge-refunds-need-the-cfo
+    function: refund
+    args: {{ amount: {{ gt: 10000 }} }}
+    action: approve
+    approval: {{ approvers: {{ subjects: [cfo] }}, timeout: 2s }}
   - name: refunds-need-a-lead
     function: refund
     action: approve
@@ -443,6 +448,27 @@ fn a_held_call_waits_for_an_approver() {
     record_where(&s.gw, "the granted refund", |r| {
         r["approval"]["grant"] == grant_id
     });
+    // The grant is the rule's that gave it: a refund another rule holds (the CFO's) is held,
+    // and, nobody answering within that rule's 2 s, refused — never let through on it.
+    let huge = s.start(
+        refund_path,
+        r#"{"amount": 2000000}"#,
+        Some("billing-agent"),
+        30,
+    );
+    let (code, body) = huge.finish();
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("approval_timeout") && body.contains("huge-refunds-need-the-cfo"),
+        "{body}"
+    );
+    let rec = record_where(&s.gw, "the huge refund", |r| r["args"]["amount"] == 2000000);
+    assert!(rec["approval"]["grant"].is_null(), "{rec}");
+    assert_eq!(
+        s.upstream_saw(refund_path),
+        2,
+        "only the approved and the granted refund ran"
+    );
 
     // Revoked: the next refund is held again; denied, curl gets 403 saying by whom and why.
     s.cli_ok(&["approvals", "grants", "revoke", grant_id]);
@@ -467,7 +493,7 @@ fn a_held_call_waits_for_an_approver() {
     assert_eq!(s.upstream_saw(refund_path), 2, "the denied call never left");
     assert_eq!(s.ended(&id2)["state"], "denied");
 
-    // Both requests were announced; the receiver's first failure was retried. Announcements
+    // The three requests were announced; the receiver's first failure was retried. Announcements
     // link to the page and never carry the arguments.
     let hooks = wait_for(Duration::from_secs(15), || {
         let hooks: Vec<Value> =
@@ -475,7 +501,7 @@ fn a_held_call_waits_for_an_approver() {
                 .into_iter()
                 .filter(|r| r["path"] == "/hook")
                 .collect();
-        (hooks.len() >= 3).then_some(hooks)
+        (hooks.len() >= 4).then_some(hooks)
     })
     .unwrap_or_else(|| panic!("announcements: {:?}\n{}", s.up.requests(), s.gw.log()));
     for h in &hooks {
@@ -497,18 +523,19 @@ fn a_held_call_waits_for_an_approver() {
         "{links:?}"
     );
     let webhook = &s.gw.status()["approvals"]["webhook"];
-    assert_eq!(webhook["delivered"], 2, "{webhook}");
+    assert_eq!(webhook["delivered"], 3, "{webhook}");
     assert!(webhook["retries"].as_u64().unwrap_or(0) >= 1, "{webhook}");
 
     // The same story in Prometheus terms, on the admin listener.
     let metrics = s.admin_get("/metrics");
     for line in [
-        "callgate_calls_total{service=\"payments\",function=\"refund\",decision=\"approve\"} 3",
+        "callgate_calls_total{service=\"payments\",function=\"refund\",decision=\"approve\"} 4",
         "callgate_approvals_ended_total{outcome=\"approved\"} 1",
+        "callgate_approvals_ended_total{outcome=\"timed_out\"} 1",
         "callgate_approvals_ended_total{outcome=\"granted\"} 1",
         "callgate_approvals_ended_total{outcome=\"denied\"} 1",
         "callgate_approvals_pending 0",
-        "callgate_approval_webhook_delivered_total 2",
+        "callgate_approval_webhook_delivered_total 3",
         "callgate_identity_keys_usable{name=\"test-idp\"} 1",
         "callgate_cgroups_enabled 1",
     ] {
@@ -561,6 +588,71 @@ fn timeouts_and_clients_that_give_up_end_the_request() {
     let (code, _) = call.finish();
     assert_eq!(code, 0, "curl timed out without an answer");
     assert_eq!(s.ended(&id)["state"], "cancelled");
+    // Every held call ends in the log, whatever ends it.
+    let rec = record_where(&s.gw, "the cancelled call", |r| {
+        r["approval"]["request"] == id.as_str()
+    });
+    assert_eq!(rec["approval"]["state"], "cancelled", "{rec}");
+    assert!(
+        rec["decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("approval_cancelled")),
+        "{rec}"
+    );
+    // A body the gateway does not read for arguments is read before the call is held, so a
+    // client that leaves is noticed then too.
+    let out = s.dir.join(unique("curl"));
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_3/refund", s.up.port);
+    let call = Call {
+        child: s.cg.spawn(
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                "opaque",
+                &url,
+            ],
+            &out,
+        ),
+        out,
+    };
+    let id = wait_for(Duration::from_secs(20), || {
+        s.list(true)
+            .into_iter()
+            .find(|r| r["function"] == "refund" && r["id"] != id.as_str())
+    })
+    .map(|r| id_of(&r))
+    .expect("the opaque refund was held");
+    let (code, _) = call.finish();
+    assert_eq!(code, 0);
+    assert_eq!(s.ended(&id)["state"], "cancelled");
+    record_where(&s.gw, "the cancelled opaque call", |r| {
+        r["approval"]["request"] == id.as_str() && r["approval"]["state"] == "cancelled"
+    });
+    assert_eq!(s.upstream_saw("/v1/payments/p_3/refund"), 0);
+    // What an approver is shown is what would run: a query naming an argument the body names
+    // differently (Flask would refund the body's 50,000, the page would have shown 5) is
+    // refused before anything is held.
+    let held = s.list(true).len();
+    let (code, body) = s
+        .start(
+            "/v1/payments/p_4/refund?amount=5&to=customer",
+            r#"{"amount": 50000, "to": "attacker"}"#,
+            None,
+            10,
+        )
+        .finish();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("ambiguous_argument"), "{body}");
+    assert_eq!(s.list(true).len(), held, "nothing was held");
     let out = s.cli(&["approvals", "approve", &id]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

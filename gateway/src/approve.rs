@@ -20,7 +20,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     fsutil,
@@ -162,6 +162,16 @@ impl CallerSummary {
         }
     }
 
+    /// Whose share of the pending approvals a held call takes: its uid, which a process
+    /// cannot multiply the way it can make sub-cgroups or choose a comm. Root's calls (on
+    /// most hosts every service runs as root) are told apart by unit or cgroup as well.
+    fn slot(&self) -> String {
+        match self.uid {
+            Some(uid) if uid != 0 => format!("uid={uid}"),
+            _ => self.key(),
+        }
+    }
+
     /// How a person would name this caller.
     pub fn describe(&self) -> String {
         let who = self.subject.clone().unwrap_or_else(|| "(no token)".into());
@@ -177,7 +187,9 @@ impl CallerSummary {
     }
 }
 
-/// What a grant covers.
+/// What a grant covers: the caller's calls to one function that the same rule of the same
+/// policy would hold. A grant from one rule never lets through a call another rule holds
+/// (a grant for small refunds is no grant for large ones), nor survives a policy change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Scope {
     caller: String,
@@ -185,6 +197,10 @@ struct Scope {
     function: String,
     /// A keyed digest of the arguments, when the rule scopes grants to them.
     args: Option<String>,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +224,13 @@ pub struct Grant {
     pub service: String,
     pub function: String,
     pub args_digest: Option<String>,
+    /// The rule that held the call the grant answers; only that rule's calls are covered.
+    /// (A grant saved before grants named their rule names none, and covers nothing.)
+    #[serde(default)]
+    pub rule: String,
+    /// The policy commit that rule belongs to.
+    #[serde(default)]
+    pub policy_commit: Option<String>,
     pub expires_at_ms: u64,
     pub approved_by: String,
     pub request: String,
@@ -236,6 +259,16 @@ pub struct Approver {
     pub operator: bool,
 }
 
+/// A call a grant may cover: who, what, and the rule (of which policy) that would hold it.
+pub struct GrantedCall<'a> {
+    pub caller: &'a Caller,
+    pub service: &'a str,
+    pub function: &'a str,
+    pub rule: &'a str,
+    pub policy_commit: Option<&'a str>,
+    pub args_digest: &'a str,
+}
+
 /// A call about to be held.
 pub struct NewRequest<'a> {
     pub service: &'a str,
@@ -256,6 +289,9 @@ pub struct ApprovalsStatus {
     pub pending: usize,
     pub grants: usize,
     pub webhook: Option<notify::WebhookStatus>,
+    /// Announcements not sent because more than 30 a minute came.
+    #[serde(default)]
+    pub announcements_suppressed: u64,
 }
 
 /// How a held call ended.
@@ -276,7 +312,15 @@ struct Inner {
     requests: BTreeMap<String, Request>,
     waiters: HashMap<String, oneshot::Sender<()>>,
     grants: BTreeMap<String, Grant>,
+    /// Announcements in the current minute, and since when.
+    announced: (Option<Instant>, u32),
+    /// Announcements not sent because too many came at once.
+    suppressed: u64,
 }
+
+/// Announcements sent per minute at most: a workload that fills its approval slots over and
+/// over must not flood the approvers' channel (the requests still show in `approvals list`).
+const ANNOUNCE_PER_MINUTE: u32 = 30;
 
 pub struct Approvals {
     path: PathBuf,
@@ -334,6 +378,8 @@ impl Approvals {
                 requests,
                 waiters: HashMap::new(),
                 grants,
+                announced: (None, 0),
+                suppressed: 0,
             }),
             changes: watch::channel(0).0,
             notifier,
@@ -361,23 +407,23 @@ impl Approvals {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// A live grant covering this call, if any (its use is counted).
-    pub fn granted(
-        &self,
-        caller: &Caller,
-        service: &str,
-        function: &str,
-        args_digest: &str,
-    ) -> Option<Grant> {
-        let key = CallerSummary::of(caller).key();
+    /// A live grant covering this call, held by `rule` of the policy at `policy_commit`, if
+    /// any (its use is counted).
+    pub fn granted(&self, call: GrantedCall<'_>) -> Option<Grant> {
+        let key = CallerSummary::of(call.caller).key();
         let now = now_ms();
         let mut inner = self.lock();
         let g = inner.grants.values_mut().find(|g| {
             g.live(now)
                 && g.caller == key
-                && g.service == service
-                && g.function == function
-                && g.args_digest.as_deref().is_none_or(|d| d == args_digest)
+                && g.service == call.service
+                && g.function == call.function
+                && !g.rule.is_empty()
+                && g.rule == call.rule
+                && g.policy_commit.as_deref() == call.policy_commit
+                && g.args_digest
+                    .as_deref()
+                    .is_none_or(|d| d == call.args_digest)
         })?;
         g.uses += 1;
         Some(g.clone())
@@ -403,7 +449,8 @@ impl Approvals {
                     pending.len()
                 ));
             }
-            let mine = pending.iter().filter(|r| r.scope.caller == key).count();
+            let slot = caller.slot();
+            let mine = pending.iter().filter(|r| r.caller.slot() == slot).count();
             if mine >= self.limits.max_pending_per_caller {
                 return Err(format!(
                     "this caller already has {mine} calls waiting for approval"
@@ -417,7 +464,7 @@ impl Approvals {
                 args: new.args,
                 caller,
                 rule: new.rule.into(),
-                policy_commit: new.policy_commit,
+                policy_commit: new.policy_commit.clone(),
                 approvers: Approvers {
                     groups: new.spec.groups.clone(),
                     subjects: new.spec.subjects.clone(),
@@ -433,21 +480,28 @@ impl Approvals {
                     service: new.service.into(),
                     function: new.function.into(),
                     args: new.spec.grant_same_args.then_some(new.args_digest),
+                    rule: new.rule.into(),
+                    policy: new.policy_commit.clone(),
                 },
             };
             inner.requests.insert(r.id.clone(), r.clone());
             inner.waiters.insert(r.id.clone(), tx);
             trim(&mut inner);
             self.save(&inner);
-            r
+            (r, announce_now(&mut inner))
         };
+        let (request, announce) = request;
         info!(
             id = %request.id, service = %request.service, function = %request.function,
             caller = %request.caller.describe(), rule = %request.rule,
             "call held for approval"
         );
-        if let Some(n) = &self.notifier {
-            n.announce(&request);
+        match (&self.notifier, announce) {
+            (Some(n), true) => n.announce(&request),
+            (Some(_), false) => {
+                debug!(id = %request.id, "announcement suppressed: {ANNOUNCE_PER_MINUTE} a minute at most");
+            }
+            (None, _) => {}
         }
         Ok(Hold {
             approvals: self.clone(),
@@ -511,6 +565,8 @@ impl Approvals {
             service: r.scope.service.clone(),
             function: r.scope.function.clone(),
             args_digest: r.scope.args.clone(),
+            rule: r.scope.rule.clone(),
+            policy_commit: r.scope.policy.clone(),
             expires_at_ms: now + g.as_millis() as u64,
             approved_by: approver.name.clone(),
             request: id.into(),
@@ -593,6 +649,7 @@ impl Approvals {
                 .count(),
             grants: inner.grants.values().filter(|g| g.live(now)).count(),
             webhook: self.notifier.as_ref().map(|n| n.status()),
+            announcements_suppressed: inner.suppressed,
         }
     }
 
@@ -614,6 +671,27 @@ impl Approvals {
         self.save(&inner);
         Some(r)
     }
+}
+
+/// Whether a new request may be announced now, counting it if so.
+fn announce_now(inner: &mut Inner) -> bool {
+    let now = Instant::now();
+    let (since, count) = &mut inner.announced;
+    if since.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+        *since = Some(now);
+        *count = 0;
+    }
+    if *count >= ANNOUNCE_PER_MINUTE {
+        if inner.suppressed.is_multiple_of(100) {
+            warn!(
+                "more than {ANNOUNCE_PER_MINUTE} approval requests a minute: announcements suppressed (see `callgate approvals list`)"
+            );
+        }
+        inner.suppressed += 1;
+        return false;
+    }
+    *count += 1;
+    true
 }
 
 /// Drops the oldest finished requests beyond [`KEEP_FINISHED`], and expired grants.
@@ -722,6 +800,8 @@ impl Hold {
                 service: String::new(),
                 function: String::new(),
                 args: None,
+                rule: String::new(),
+                policy: None,
             },
         }
     }
@@ -761,16 +841,39 @@ mod tests {
     }
 
     fn caller(sub: &str) -> Caller {
+        caller_as(sub, 1000, "app")
+    }
+
+    fn caller_as(sub: &str, uid: u32, cgroup: &str) -> Caller {
         Caller {
             subject: Some(sub.into()),
             authenticated: true,
             provider: Some("idp".into()),
             workload: Some(Workload {
-                uid: Some(1000),
+                uid: Some(uid),
+                cgroup: Some(cgroup.into()),
                 ..Workload::default()
             }),
             ..Caller::default()
         }
+    }
+
+    /// A grant for `c`'s refund held by `rule` of the policy at `commit`.
+    fn granted(
+        a: &Approvals,
+        c: &Caller,
+        rule: &str,
+        commit: Option<&str>,
+        digest: &str,
+    ) -> Option<Grant> {
+        a.granted(GrantedCall {
+            caller: c,
+            service: "payments",
+            function: "refund",
+            rule,
+            policy_commit: commit,
+            args_digest: digest,
+        })
     }
 
     fn new<'a>(c: &'a Caller, s: &'a ApprovalSpec) -> NewRequest<'a> {
@@ -827,12 +930,12 @@ mod tests {
         a.answer(&id, true, &person("lee", &["leads"]), g, Some("ok".into()))
             .unwrap();
         assert!(matches!(hold.outcome().await, Outcome::Approved(_)));
-        let grant = a.granted(&c, "payments", "refund", "other-args").unwrap();
+        let grant = granted(&a, &c, "big", None, "other-args").unwrap();
         assert_eq!(grant.approved_by, "lee");
-        assert!(
-            a.granted(&caller("else"), "payments", "refund", "d1")
-                .is_none()
-        );
+        assert!(granted(&a, &caller("else"), "big", None, "d1").is_none());
+        // Only the rule that held the call, of the policy it was held under.
+        assert!(granted(&a, &c, "huge", None, "d1").is_none());
+        assert!(granted(&a, &c, "big", Some("0badc0de"), "d1").is_none());
 
         let hold = a.hold(new(&c, &s)).unwrap();
         // Denying is answering too: only approvers the rule names may.
@@ -853,7 +956,7 @@ mod tests {
         assert_eq!(a.get(&id).unwrap().state, State::Cancelled);
 
         a.revoke(&grant.id).unwrap();
-        assert!(a.granted(&c, "payments", "refund", "d1").is_none());
+        assert!(granted(&a, &c, "big", None, "d1").is_none());
     }
 
     #[tokio::test]
@@ -865,10 +968,18 @@ mod tests {
         };
         let (a, _) = open(&dir, limits);
         let s = spec(Some(60));
-        let (one, two) = (caller("one"), caller("two"));
+        let (one, two) = (caller_as("one", 1000, "a"), caller_as("two", 1001, "b"));
         let h1 = a.hold(new(&one, &s)).unwrap();
         let h2 = a.hold(new(&one, &s)).unwrap();
         assert!(a.hold(new(&one, &s)).unwrap_err().contains("already has 2"));
+        // Another cgroup (or token) of the same uid is the same share: a process can make
+        // sub-cgroups, not uids.
+        let again = caller_as("one-more", 1000, "a/sub-33");
+        assert!(
+            a.hold(new(&again, &s))
+                .unwrap_err()
+                .contains("already has 2")
+        );
         let h3 = a.hold(new(&two, &s)).unwrap();
         assert!(
             a.hold(new(&two, &s))
@@ -892,7 +1003,7 @@ mod tests {
         assert!(interrupted.iter().all(|r| r.state == State::Interrupted));
         assert!(a.list(false).is_empty());
         assert_eq!(a.list(true).len(), 3);
-        assert!(a.granted(&two, "payments", "refund", "x").is_some());
+        assert!(granted(&a, &two, "big", None, "x").is_some());
         assert_eq!(a.get(&approved.id).unwrap().state, State::Approved);
     }
 

@@ -132,6 +132,18 @@ fn injected<B>(resp: &Response<B>) -> Option<Arc<Secrets>> {
     resp.extensions().get::<Injected>().map(|i| i.0.clone())
 }
 
+/// The record of a call held for approval, written as cancelled if the call's future is
+/// dropped (its client went away) before the hold ends; emptied once it has.
+struct OnCancel(Option<Recording>);
+
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            let _ = r.submit(None, None, false, 0);
+        }
+    }
+}
+
 /// What the decide step concluded for each call of a request.
 struct Decided {
     call: OneCall,
@@ -318,9 +330,32 @@ impl Conn {
         };
         let mut recording = recording;
         let mut span = self.span(service, &parts.headers, &one);
+        // A call to be held has its body read first (bounded): the connection is then the
+        // server's again, which notices a client that goes away while the call waits.
+        let (held_body, stream_body) = match (held_body, stream_body) {
+            (None, Some(b)) if one.decision.enforced == Action::Approve => {
+                match read_body(
+                    b,
+                    &parts.headers,
+                    limits.max_body_bytes,
+                    limits.body_timeout,
+                )
+                .await
+                {
+                    Ok(b) => (Some(b), None),
+                    Err(r) => {
+                        end_span(span.take(), &r);
+                        return self
+                            .refuse(recording, kind, one.call, Some(&one.decision), r)
+                            .await;
+                    }
+                }
+            }
+            other => other,
+        };
         if one.decision.enforced == Action::Approve {
             // Held here, the upstream untouched, until a verdict or the rule's timeout.
-            let (approved, info) = self.approve(service, &one).await;
+            let (approved, info) = self.approve(service, &one, recording.as_ref()).await;
             if let (Some(r), Some(info)) = (recording.as_mut(), info) {
                 r.rec.approval = Some(info);
             }
@@ -447,6 +482,7 @@ impl Conn {
         &self,
         service: Option<&Service>,
         one: &Decided,
+        recording: Option<&Recording>,
     ) -> (Result<(), Refusal>, Option<Json>) {
         let ob = &one.decision.obligations;
         let (Some(approvals), Some(spec), Some(service)) =
@@ -458,7 +494,16 @@ impl Conn {
         let digest = key.fingerprint("args", one.call.args.to_string().as_bytes());
         let function = &one.call.function;
         let metrics = &self.inputs.metrics;
-        if let Some(g) = approvals.granted(&one.caller, &service.name, function, &digest) {
+        let rule = one.decision.rule.as_deref().unwrap_or("");
+        let granted = approvals.granted(approve::GrantedCall {
+            caller: &one.caller,
+            service: &service.name,
+            function,
+            rule,
+            policy_commit: one.decision.policy.commit.as_deref(),
+            args_digest: &digest,
+        });
+        if let Some(g) = granted {
             metrics.approval("granted");
             let info = serde_json::json!({
                 "grant": g.id, "approved_by": g.approved_by, "request": g.request,
@@ -478,7 +523,7 @@ impl Conn {
             args,
             args_digest: digest,
             caller: &one.caller,
-            rule: one.decision.rule.as_deref().unwrap_or(""),
+            rule,
             policy_commit: one.decision.policy.commit.clone(),
             spec,
             session: &self.session,
@@ -491,8 +536,22 @@ impl Conn {
             }
         };
         let id = hold.id.clone();
+        // Should the client go away meanwhile, this future is dropped where it waits: the
+        // call's record is then written by the guard, as cancelled.
+        let mut on_cancel = OnCancel(recording.and_then(|r| {
+            let cancelled = Refusal {
+                error: "approval_cancelled",
+                reason: "the client went away while the call was held for approval".into(),
+                ..one.refusal()
+            };
+            let mut r = one.recording(Some(r.clone()), Some(&cancelled))?;
+            r.rec.approval = Some(serde_json::json!({ "request": id, "state": "cancelled" }));
+            Some(r)
+        }));
+        let outcome = hold.outcome().await;
+        on_cancel.0 = None;
         let info = |r: &approve::Request| serde_json::json!({ "request": id, "state": r.state, "verdict": r.verdict });
-        match hold.outcome().await {
+        match outcome {
             approve::Outcome::Approved(r) => {
                 metrics.approval("approved");
                 (Ok(()), Some(info(&r)))
