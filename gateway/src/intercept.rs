@@ -38,6 +38,8 @@ use crate::{
     config::{self, Config},
 };
 
+mod sockdiag;
+
 /// The eBPF object, built by `gateway/build.rs`.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/callgate-ebpf.o"));
@@ -152,6 +154,10 @@ pub struct Change {
     pub cgroup: Enabled,
     /// False when the cgroup already was in the requested state.
     pub changed: bool,
+    /// Connections the cgroup had opened before `enable` that did not go through the gateway
+    /// and were ended so that the workload reconnects through it (`local -> remote`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<String>,
 }
 
 pub struct Interceptor {
@@ -167,6 +173,13 @@ pub struct Interceptor {
     config_map: Mutex<Array<MapData, common::Config>>,
     counters: PerCpuArray<MapData, u64>,
     enabled: Mutex<BTreeMap<u64, Enabled>>,
+    /// What the kernel intercepts, to pick which older connections `enable` ends.
+    rules: Vec<common::Rule>,
+    default_intercept: bool,
+    listen_port: u16,
+    /// What the kernel lets through on UDP, to pick which connected UDP sockets `enable` ends.
+    udp_allow: bool,
+    resolvers: Vec<IpAddr>,
 }
 
 impl Interceptor {
@@ -256,6 +269,11 @@ impl Interceptor {
             config_map: Mutex::new(config_map),
             counters,
             enabled: Mutex::new(BTreeMap::new()),
+            rules: cfg.intercept.rules.iter().map(|r| r.to_kernel()).collect(),
+            default_intercept: cfg.intercept.default_intercept,
+            listen_port: cfg.listen_port,
+            udp_allow: cfg.udp_allow,
+            resolvers: allowed,
         })
     }
 
@@ -327,6 +345,7 @@ impl Interceptor {
             return Ok(Change {
                 cgroup: entry,
                 changed: false,
+                ended: Vec::new(),
             });
         }
         self.attach_all(&cg)?;
@@ -334,9 +353,12 @@ impl Interceptor {
         drop(enabled);
         self.save()?;
         info!(cgroup = %cg.path.display(), id = cg.id, "enabled interception");
+        // New connections are redirected from here on; the ones already open are not.
+        let ended = self.end_older_connections(&cg);
         Ok(Change {
             cgroup: entry,
             changed: true,
+            ended,
         })
     }
 
@@ -353,7 +375,95 @@ impl Interceptor {
         Ok(Change {
             cgroup: entry,
             changed: true,
+            ended: Vec::new(),
         })
+    }
+
+    /// Ends the TCP connections of `cg`'s subtree that the gateway does not carry and would
+    /// intercept now, so that the workload reconnects through it (a keep-alive connection
+    /// opened before `enable` would otherwise stay ungoverned for as long as it lives), and its
+    /// connected UDP sockets the UDP hooks would now refuse (a `send()` on a connected socket
+    /// runs no hook). Left alone: connections to the gateway's listener, connections a
+    /// workload server accepted (their local port is a listener's), destinations the rules
+    /// bypass. Failures are logged, never undo the enable: the redirect is in place either way.
+    fn end_older_connections(&self, cg: &Cgroup) -> Vec<String> {
+        let ids = cgroup::subtree_ids(&cg.path);
+        let mut diag = match sockdiag::SockDiag::open() {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
+                return Vec::new();
+            }
+        };
+        let sockets = match diag.sockets() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
+                return Vec::new();
+            }
+        };
+        let listening: std::collections::HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.is_listening())
+            .map(|s| s.local.port())
+            .collect();
+        // The gateway may run inside the cgroup it intercepts: its own sockets stay.
+        let own = sockdiag::own_socket_inodes();
+        let mut ended = Vec::new();
+        for s in sockets.iter().filter(|s| {
+            let ungoverned = if s.is_tcp() {
+                !s.is_listening()
+                    && !listening.contains(&s.local.port())
+                    && !self.is_listener(s.remote)
+                    && self.intercepts(s.remote)
+            } else {
+                !self.udp_passes(s.remote)
+            };
+            ids.contains(&s.cgroup_id) && !own.contains(&s.inode) && ungoverned
+        }) {
+            let proto = if s.is_tcp() { "tcp" } else { "udp" };
+            let what = format!("{proto} {} -> {}", s.local, s.remote);
+            match diag.destroy(s) {
+                Ok(()) => {
+                    info!(cgroup = %cg.path.display(), connection = %what, "ended a connection opened before enable");
+                    ended.push(what);
+                }
+                Err(e) => {
+                    warn!(cgroup = %cg.path.display(), connection = %what, error = %e, "could not end a connection opened before enable (kernel without CONFIG_INET_DIAG_DESTROY?); it stays ungoverned until it closes");
+                }
+            }
+        }
+        ended
+    }
+
+    fn is_listener(&self, addr: SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        addr.port() == self.listen_port
+            && (ip == IpAddr::V4(config::LISTEN_V4) || ip == IpAddr::V6(config::LISTEN_V6))
+    }
+
+    /// The UDP hooks' decision for a destination (see `udp_verdict` in the eBPF programs).
+    fn udp_passes(&self, addr: SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.udp_allow || (addr.port() == 53 && self.resolvers.contains(&ip))
+    }
+
+    /// The kernel's decision for a TCP destination: first matching rule, else the default.
+    fn intercepts(&self, addr: SocketAddr) -> bool {
+        let key = ip_key(addr.ip());
+        let port = u32::from(addr.port());
+        self.rules
+            .iter()
+            .find(|r| r.matches(&key, port))
+            .map_or(self.default_intercept, |r| {
+                r.action == common::RULE_INTERCEPT
+            })
     }
 
     pub fn enabled(&self) -> Vec<Enabled> {
