@@ -150,35 +150,62 @@ fn a_connect_through_io_uring_goes_through_the_gateway() {
     );
 }
 
+/// Not a bypass callgate stops: raw sockets are refused by the kernel's own `CAP_NET_RAW`
+/// rule, and callgate's hooks do not cover what they send (cgroup socket hooks run for TCP
+/// and UDP `connect`/`sendmsg` and inet `bind`, not for raw IP or `AF_PACKET` frames). A workload
+/// with `CAP_NET_RAW` could carry TCP around the gateway, which is why the threat model
+/// requires that it lacks it. This checks that precondition, and that the outcome is the same
+/// in an enabled cgroup and in one callgate does not touch, so nobody counts it as
+/// callgate's doing.
 #[test]
-fn an_unprivileged_workload_cannot_open_raw_sockets() {
-    if !ebpf_available("an_unprivileged_workload_cannot_open_raw_sockets") {
+fn raw_sockets_are_the_kernels_cap_net_raw_rule_not_callgates() {
+    if !ebpf_available("raw_sockets_are_the_kernels_cap_net_raw_rule_not_callgates") {
         return;
     }
-    // Raw IP would carry TCP around every socket hook; it takes CAP_NET_RAW, which a
-    // workload the threat model covers does not have.
     let gw = Gateway::start();
-    let cg = TestCgroup::new("bypass-raw");
-    gw.enable(&cg);
-    let out = cg.run(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        "import socket\n\
-         for kind in (socket.SOCK_RAW, socket.SOCK_PACKET if hasattr(socket, 'SOCK_PACKET') else socket.SOCK_RAW):\n\
-         \x20   try:\n\
-         \x20       socket.socket(socket.AF_INET, kind, socket.IPPROTO_TCP); print('opened')\n\
-         \x20   except PermissionError:\n\
-         \x20       print('refused')",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let enabled = TestCgroup::new("bypass-raw");
+    let untouched = TestCgroup::new("bypass-raw-untouched");
+    gw.enable(&enabled);
+    let try_raw = |cg: &TestCgroup, as_nobody: bool| {
+        let mut argv: Vec<&str> = Vec::new();
+        if as_nobody {
+            argv.extend([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        argv.extend([
+            "/usr/bin/python3",
+            "-c",
+            "import socket\n\
+             for name, args in (('inet raw', (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)),\n\
+             \x20                  ('inet6 raw', (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)),\n\
+             \x20                  ('packet raw', (socket.AF_PACKET, socket.SOCK_RAW, 0)),\n\
+             \x20                  ('packet dgram', (socket.AF_PACKET, socket.SOCK_DGRAM, 0))):\n\
+             \x20   try:\n\
+             \x20       socket.socket(*args).close(); print(name, 'opened')\n\
+             \x20   except PermissionError:\n\
+             \x20       print(name, 'refused')",
+        ]);
+        let out = cg.run(&argv);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = "inet raw refused\ninet6 raw refused\npacket raw refused\npacket dgram refused\n";
+    assert_eq!(try_raw(&enabled, true), refused, "without CAP_NET_RAW");
     assert_eq!(
-        stdout,
-        "refused\nrefused\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        try_raw(&untouched, true),
+        refused,
+        "the same without callgate: the kernel's rule, not ours"
     );
+    // With CAP_NET_RAW (root here) the kernel lets them open, enabled cgroup or not: callgate
+    // does not stop raw sockets, so such a workload is outside the threat model.
+    let opened = "inet raw opened\ninet6 raw opened\npacket raw opened\npacket dgram opened\n";
+    assert_eq!(try_raw(&enabled, false), opened);
 }
