@@ -100,6 +100,11 @@ fn nobody_but_the_gateway_can_take_the_listener_port() {
         1,
         "the restarted gateway carried it"
     );
+    // The restart replaced the guard's links with its own: two, not four.
+    let guard_links = std::fs::read_dir(gw.bpffs.join("links/root"))
+        .expect("guard links")
+        .count();
+    assert_eq!(guard_links, 2);
 
     // A clean stop (SIGTERM) withdraws the gateway's tgid: the port stays guarded.
     let pid = gw.pid().expect("running") as i32;
