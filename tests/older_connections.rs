@@ -142,7 +142,8 @@ fn enable_ends_connections_opened_before_it() {
     assert_eq!(got, b"still here");
     let _ = inbound.write_all(b"");
     assert!(
-        gw.log().contains("ended a connection opened before enable"),
+        gw.log()
+            .contains("ended the connections opened before enable"),
         "{}",
         gw.log()
     );
@@ -210,5 +211,8 @@ except OSError as e:
         "the server received {:?}",
         got.map(|(n, _)| buf[..n].to_vec())
     );
-    assert!(gw.log().contains("ended a connection opened before enable"));
+    assert!(
+        gw.log()
+            .contains("ended the connections opened before enable")
+    );
 }

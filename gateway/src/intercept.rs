@@ -31,7 +31,7 @@ use aya::{
 };
 use gateway_common::{self as common, Redirect, SockKey, maps, programs};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError},
@@ -154,10 +154,10 @@ pub struct Change {
     pub cgroup: Enabled,
     /// False when the cgroup already was in the requested state.
     pub changed: bool,
-    /// Connections the cgroup had opened before `enable` that did not go through the gateway
-    /// and were ended so that the workload reconnects through it (`local -> remote`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ended: Vec<String>,
+    /// How many connections the cgroup had opened before `enable` that did not go through
+    /// the gateway were ended, so that the workload reconnects through it.
+    #[serde(default)]
+    pub ended: usize,
 }
 
 pub struct Interceptor {
@@ -345,7 +345,7 @@ impl Interceptor {
             return Ok(Change {
                 cgroup: entry,
                 changed: false,
-                ended: Vec::new(),
+                ended: 0,
             });
         }
         self.attach_all(&cg)?;
@@ -375,7 +375,7 @@ impl Interceptor {
         Ok(Change {
             cgroup: entry,
             changed: true,
-            ended: Vec::new(),
+            ended: 0,
         })
     }
 
@@ -386,20 +386,20 @@ impl Interceptor {
     /// runs no hook). Left alone: connections to the gateway's listener, connections a
     /// workload server accepted (their local port is a listener's), destinations the rules
     /// bypass. Failures are logged, never undo the enable: the redirect is in place either way.
-    fn end_older_connections(&self, cg: &Cgroup) -> Vec<String> {
+    fn end_older_connections(&self, cg: &Cgroup) -> usize {
         let ids = cgroup::subtree_ids(&cg.path);
         let mut diag = match sockdiag::SockDiag::open() {
             Ok(d) => d,
             Err(e) => {
                 warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
-                return Vec::new();
+                return 0;
             }
         };
         let sockets = match diag.sockets() {
             Ok(s) => s,
             Err(e) => {
                 warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
-                return Vec::new();
+                return 0;
             }
         };
         let listening: std::collections::HashSet<u16> = sockets
@@ -409,7 +409,8 @@ impl Interceptor {
             .collect();
         // The gateway may run inside the cgroup it intercepts: its own sockets stay.
         let own = sockdiag::own_socket_inodes();
-        let mut ended = Vec::new();
+        let mut ended = 0;
+        let mut sample = Vec::new();
         for s in sockets.iter().filter(|s| {
             let ungoverned = if s.is_tcp() {
                 !s.is_listening()
@@ -425,13 +426,19 @@ impl Interceptor {
             let what = format!("{proto} {} -> {}", s.local, s.remote);
             match diag.destroy(s) {
                 Ok(()) => {
-                    info!(cgroup = %cg.path.display(), connection = %what, "ended a connection opened before enable");
-                    ended.push(what);
+                    debug!(cgroup = %cg.path.display(), connection = %what, "ended a connection opened before enable");
+                    ended += 1;
+                    if sample.len() < 5 {
+                        sample.push(what);
+                    }
                 }
                 Err(e) => {
                     warn!(cgroup = %cg.path.display(), connection = %what, error = %e, "could not end a connection opened before enable (kernel without CONFIG_INET_DIAG_DESTROY?); it stays ungoverned until it closes");
                 }
             }
+        }
+        if ended > 0 {
+            info!(cgroup = %cg.path.display(), ended, ?sample, "ended the connections opened before enable; they reconnect through the gateway");
         }
         ended
     }
