@@ -45,6 +45,8 @@ pub mod programs {
     /// `post_bind4/6`, attached at the cgroup root: the listener port is the gateway's alone.
     pub const BIND4: &str = "callgate_bind4";
     pub const BIND6: &str = "callgate_bind6";
+    /// `sock_create`: the socket kinds an enabled cgroup may create at all.
+    pub const SOCK_CREATE: &str = "callgate_sock_create";
 }
 
 /// `Config::flags`: the gateway has written this config (programs do nothing until then).
@@ -151,11 +153,13 @@ pub mod counter {
     pub const DNS_REFUSED: u32 = 9;
     /// A bind of the listener port by anyone but the gateway.
     pub const BIND_REFUSED: u32 = 10;
+    /// A socket an enabled cgroup may not create (raw, ICMP, UDP-Lite, SCTP, ...).
+    pub const SOCKET_REFUSED: u32 = 11;
     /// Slots in the counters map: more than are named, so that a new counter does not change
     /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
     pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 12] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -167,6 +171,7 @@ pub mod counter {
         "refused_other",
         "dns_refused",
         "bind_refused",
+        "socket_refused",
     ];
 }
 

@@ -7,6 +7,8 @@
 //! - `getpeername4/6` hand the workload its original destination back;
 //! - `connect4/6` and `sendmsg4/6` let DNS to the configured resolvers through and refuse other
 //!   UDP (QUIC would bypass L7; port 53 elsewhere is a tunnel);
+//! - `sock_create` lets an enabled cgroup create only the sockets the hooks above govern: TCP
+//!   and MPTCP streams and UDP (ICMP echo, UDP-Lite and raw IP would carry data past them);
 //! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
 //!   also while it is down, so that no process can receive the connections redirected to it.
 //!
@@ -48,6 +50,7 @@ const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const IPPROTO_ICMPV6: u32 = 58;
+const IPPROTO_MPTCP: u32 = 262;
 const DNS_PORT: u32 = 53;
 
 #[map]
@@ -219,6 +222,50 @@ fn udp_verdict(cfg: &Config, addr: &[u32; 4], port: u32) -> i32 {
         ALLOW
     } else {
         count(counter::DNS_REFUSED);
+        REFUSE
+    }
+}
+
+// === socket creation ===
+
+#[cgroup_sock(sock_create)]
+pub fn callgate_sock_create(ctx: SockContext) -> i32 {
+    sock_create(&ctx)
+}
+
+/// The connect and sendmsg hooks run for TCP, MPTCP (its subflows are TCP) and UDP only: a
+/// ping socket's echo payload, a UDP-Lite datagram, an SCTP association or a raw IP packet
+/// would leave without either. ICMP and UDP-Lite follow `udp: allow`; raw sockets never pass
+/// (they take `CAP_NET_RAW`, which a workload should not have; this holds if it does).
+#[inline(always)]
+fn sock_create(ctx: &SockContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    if is_gateway(cfg) {
+        return ALLOW;
+    }
+    let sk = ctx.sock;
+    let (family, ty, proto) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).family)),
+            read_volatile(addr_of!((*sk).type_)),
+            read_volatile(addr_of!((*sk).protocol)),
+        )
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return ALLOW;
+    }
+    let allowed = match (ty, proto) {
+        (SOCK_STREAM, IPPROTO_TCP | IPPROTO_MPTCP) => true,
+        (SOCK_DGRAM, IPPROTO_UDP) => true,
+        (SOCK_DGRAM, _) => cfg.flags & FLAG_UDP_ALLOW != 0,
+        _ => false,
+    };
+    if allowed {
+        ALLOW
+    } else {
+        count(counter::SOCKET_REFUSED);
         REFUSE
     }
 }

@@ -48,15 +48,19 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Attach order: the bookkeeping programs first and the redirecting ones last, so that no
 /// connection is redirected before its entry can be keyed; detach runs in reverse.
-const ATTACH_ORDER: [&str; 7] = [
+const ATTACH_ORDER: [&str; 8] = [
     programs::SOCK_OPS,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
+    programs::SOCK_CREATE,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT4,
     programs::CONNECT6,
 ];
+
+/// The programs of type `cgroup/sock` (the rest are `sock_ops` and `cgroup/sock_addr`).
+const CGROUP_SOCK: [&str; 3] = [programs::SOCK_CREATE, programs::BIND4, programs::BIND6];
 
 /// Attached at the cgroup root, not per enabled cgroup (see the module doc).
 const GUARD: [&str; 2] = [programs::BIND4, programs::BIND6];
@@ -212,7 +216,7 @@ impl Interceptor {
                 .ok_or(InterceptError::Missing(name))?;
             let res = if name == programs::SOCK_OPS {
                 <&mut SockOps>::try_from(prog).and_then(|p| p.load())
-            } else if GUARD.contains(&name) {
+            } else if CGROUP_SOCK.contains(&name) {
                 <&mut CgroupSock>::try_from(prog).and_then(|p| p.load())
             } else {
                 <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load())
@@ -631,7 +635,7 @@ fn attach_one(
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(program_err)?;
         FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
-    } else if GUARD.contains(&name) {
+    } else if CGROUP_SOCK.contains(&name) {
         let p: &mut CgroupSock = prog.try_into().map_err(program_err)?;
         let id = p
             .attach(cgroup, CgroupAttachMode::Single)
