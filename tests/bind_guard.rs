@@ -122,8 +122,9 @@ fn nobody_but_the_gateway_can_take_the_listener_port() {
     );
     assert_eq!(gw.counter("forwarded"), 1);
     // Each refused bind is counted (the crash and the clean stop: 20 tries in all; counters
-    // live in the pinned map, so they survive the restarts).
-    assert_eq!(gw.kernel_counter("bind_refused"), 20);
+    // live in the pinned map, so they survive the restarts). At least: the guard covers the
+    // whole host, and another test's port probe may have tried this port too.
+    assert!(gw.kernel_counter("bind_refused") >= 20);
 }
 
 #[test]
