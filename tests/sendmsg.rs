@@ -19,10 +19,11 @@ fn resolver(addr: &str) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
     })
 }
 
-/// A gateway whose configuration names 127.0.0.153 as a resolver.
+/// A gateway whose configuration names 127.0.0.153 and 127.0.0.155 as resolvers (one for each
+/// test: they run in parallel).
 fn gateway(dir: &TestDir) -> Gateway {
     let config = dir.join("callgate.yaml");
-    std::fs::write(&config, "dns_resolvers: [127.0.0.153]\n").expect("config");
+    std::fs::write(&config, "dns_resolvers: [127.0.0.153, 127.0.0.155]\n").expect("config");
     Gateway::start_with(&["--config", &config.display().to_string()])
 }
 
@@ -130,12 +131,12 @@ fn port_53_of_anything_but_a_resolver_is_refused() {
 
     // The configured resolver is still reachable from the same cgroup, over a v4-mapped v6
     // socket too.
-    let answer = resolver("127.0.0.153:53");
+    let answer = resolver("127.0.0.155:53");
     let out = python_in(
         &cg,
         "import socket\n\
          u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.settimeout(5)\n\
-         u.sendto(b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x01a\\x00\\x00\\x01\\x00\\x01', ('::ffff:127.0.0.153', 53))\n\
+         u.sendto(b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x01a\\x00\\x00\\x01\\x00\\x01', ('::ffff:127.0.0.155', 53))\n\
          print(u.recvfrom(512)[0][:2].hex())",
     );
     assert_eq!(out, "1234");
