@@ -150,35 +150,134 @@ fn a_connect_through_io_uring_goes_through_the_gateway() {
     );
 }
 
+/// Without `CAP_NET_RAW`, raw sockets are refused by the kernel's own rule, the same in an
+/// enabled cgroup and in one callgate does not touch: that is a precondition of the threat
+/// model, not a bypass callgate stops. With it (root here), callgate's `sock_create` refuses
+/// raw IP in an enabled cgroup (raw IP would carry TCP past the connect hooks) while the same
+/// process opens them in an untouched cgroup; `AF_PACKET` has no cgroup hook at all and stays
+/// the kernel's rule alone.
 #[test]
-fn an_unprivileged_workload_cannot_open_raw_sockets() {
-    if !ebpf_available("an_unprivileged_workload_cannot_open_raw_sockets") {
+fn raw_sockets_are_the_kernels_cap_net_raw_rule_not_callgates() {
+    if !ebpf_available("raw_sockets_are_the_kernels_cap_net_raw_rule_not_callgates") {
         return;
     }
-    // Raw IP would carry TCP around every socket hook; it takes CAP_NET_RAW, which a
-    // workload the threat model covers does not have.
     let gw = Gateway::start();
-    let cg = TestCgroup::new("bypass-raw");
-    gw.enable(&cg);
-    let out = cg.run(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        "import socket\n\
-         for kind in (socket.SOCK_RAW, socket.SOCK_PACKET if hasattr(socket, 'SOCK_PACKET') else socket.SOCK_RAW):\n\
-         \x20   try:\n\
-         \x20       socket.socket(socket.AF_INET, kind, socket.IPPROTO_TCP); print('opened')\n\
-         \x20   except PermissionError:\n\
-         \x20       print('refused')",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let enabled = TestCgroup::new("bypass-raw");
+    let untouched = TestCgroup::new("bypass-raw-untouched");
+    gw.enable(&enabled);
+    let try_raw = |cg: &TestCgroup, as_nobody: bool| {
+        let mut argv: Vec<&str> = Vec::new();
+        if as_nobody {
+            argv.extend([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        argv.extend([
+            "/usr/bin/python3",
+            "-c",
+            "import socket\n\
+             for name, args in (('inet raw', (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)),\n\
+             \x20                  ('inet6 raw', (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)),\n\
+             \x20                  ('packet raw', (socket.AF_PACKET, socket.SOCK_RAW, 0)),\n\
+             \x20                  ('packet dgram', (socket.AF_PACKET, socket.SOCK_DGRAM, 0))):\n\
+             \x20   try:\n\
+             \x20       socket.socket(*args).close(); print(name, 'opened')\n\
+             \x20   except PermissionError:\n\
+             \x20       print(name, 'refused')",
+        ]);
+        let out = cg.run(&argv);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = "inet raw refused\ninet6 raw refused\npacket raw refused\npacket dgram refused\n";
+    assert_eq!(try_raw(&enabled, true), refused, "without CAP_NET_RAW");
     assert_eq!(
-        stdout,
-        "refused\nrefused\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        try_raw(&untouched, true),
+        refused,
+        "the same without callgate: the kernel's rule, not ours"
     );
+    assert_eq!(
+        gw.kernel_counter("socket_refused"),
+        0,
+        "the kernel refused first"
+    );
+    // With CAP_NET_RAW: callgate's own refusal, for what it has a hook for.
+    assert_eq!(
+        try_raw(&untouched, false),
+        "inet raw opened\ninet6 raw opened\npacket raw opened\npacket dgram opened\n"
+    );
+    assert_eq!(
+        try_raw(&enabled, false),
+        "inet raw refused\ninet6 raw refused\npacket raw opened\npacket dgram opened\n"
+    );
+    assert_eq!(gw.kernel_counter("socket_refused"), 2);
+}
+
+/// Datagram sockets the connect/sendmsg hooks do not govern: an ICMP echo carries any payload
+/// to any host (ping sockets are unprivileged wherever `net.ipv4.ping_group_range` allows, as
+/// systemd sets it by default), and UDP-Lite sends like UDP without the UDP hooks. Each is
+/// tried by an unprivileged process in its own network namespace (where the test may widen
+/// `ping_group_range`; cgroup hooks do not depend on the namespace), in an enabled cgroup and
+/// in an untouched one: without callgate the payload reaches its receiver.
+#[test]
+fn icmp_echo_and_udplite_do_not_leave_an_enabled_cgroup() {
+    if !ebpf_available("icmp_echo_and_udplite_do_not_leave_an_enabled_cgroup") {
+        return;
+    }
+    let gw = Gateway::start();
+    let enabled = TestCgroup::new("bypass-dgram");
+    let untouched = TestCgroup::new("bypass-dgram-untouched");
+    gw.enable(&enabled);
+    const PROBE: &str = "import socket
+def t(name, f):
+    try:
+        print(name, f())
+    except PermissionError:
+        print(name, 'refused')
+def ping(family, proto, dst, echo):
+    s = socket.socket(family, socket.SOCK_DGRAM, proto); s.settimeout(2)
+    s.sendto(echo + b'\\0\\0\\0\\0\\0\\1' + b'exfil', (dst, 0))
+    return s.recvfrom(100)[0][8:].decode()
+def lite(family, dst):
+    r = socket.socket(family, socket.SOCK_DGRAM, 136); r.bind((dst, 9999)); r.settimeout(2)
+    s = socket.socket(family, socket.SOCK_DGRAM, 136); s.sendto(b'exfil', (dst, 9999))
+    return r.recvfrom(100)[0].decode()
+t('icmp', lambda: ping(socket.AF_INET, socket.IPPROTO_ICMP, '127.0.0.1', b'\\x08\\0'))
+t('icmp6', lambda: ping(socket.AF_INET6, socket.IPPROTO_ICMPV6, '::1', b'\\x80\\0'))
+t('udplite', lambda: lite(socket.AF_INET, '127.0.0.1'))
+t('udplite6', lambda: lite(socket.AF_INET6, '::1'))";
+    let probe = |cg: &TestCgroup| {
+        let out = cg.run(&[
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && sysctl -qw net.ipv4.ping_group_range='0 2147483647' \
+             && exec setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"$0\"",
+            PROBE,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        probe(&untouched),
+        "icmp exfil\nicmp6 exfil\nudplite exfil\nudplite6 exfil\n",
+        "without callgate each carries its payload (else this test shows nothing)"
+    );
+    assert_eq!(
+        probe(&enabled),
+        "icmp refused\nicmp6 refused\nudplite refused\nudplite6 refused\n"
+    );
+    assert_eq!(gw.kernel_counter("socket_refused"), 4);
 }

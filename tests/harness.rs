@@ -97,7 +97,11 @@ pub fn free_port() -> u16 {
         // A host without IPv6 loopback has nothing in use there.
         let free = |ip: &str| match TcpListener::bind((ip, port)) {
             Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+            // EPERM: a gateway's bind guard keeps the port while that gateway is down.
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+            ),
         };
         if free("127.0.0.1") && free("::1") {
             return port;

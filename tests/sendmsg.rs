@@ -1,30 +1,44 @@
-//! connect/sendmsg for UDP: DNS passes, anything else (QUIC, say) is refused so that it cannot
-//! carry calls around the gateway.
+//! connect/sendmsg for UDP: DNS passes to the configured resolvers only, anything else (QUIC,
+//! port 53 of any other address) is refused so that it cannot carry data around the gateway.
 use std::{net::UdpSocket, time::Duration};
 
 use callgate_e2e::*;
+
+/// A resolver that answers one query, on `addr`; its thread returns what it received.
+fn resolver(addr: &str) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let (n, peer) = sock.recv_from(&mut buf)?;
+        let got = buf[..n].to_vec();
+        buf[2..4].copy_from_slice(&[0x81, 0x80]);
+        sock.send_to(&buf[..n], peer)?;
+        Ok(got)
+    })
+}
+
+/// A gateway whose configuration names 127.0.0.153 and 127.0.0.155 as resolvers (one for each
+/// test: they run in parallel).
+fn gateway(dir: &TestDir) -> Gateway {
+    let config = dir.join("callgate.yaml");
+    std::fs::write(&config, "dns_resolvers: [127.0.0.153, 127.0.0.155]\n").expect("config");
+    Gateway::start_with(&["--config", &config.display().to_string()])
+}
 
 #[test]
 fn dns_passes_and_other_udp_is_refused() {
     if !ebpf_available("udp") {
         return;
     }
-    let gw = Gateway::start();
+    let dir = TestDir::new("udp");
+    let gw = gateway(&dir);
     let cg = TestCgroup::new("cg-udp");
     gw.enable(&cg);
 
     // The resolver lives outside the cgroup, as a host's resolver does; it answers one query.
-    let resolver = UdpSocket::bind("127.0.0.153:53").expect("bind 127.0.0.153:53");
-    resolver
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let answer = std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        let (n, peer) = resolver.recv_from(&mut buf)?;
-        buf[2..4].copy_from_slice(&[0x81, 0x80]);
-        resolver.send_to(&buf[..n], peer)
-    });
-
+    let answer = resolver("127.0.0.153:53");
     let out = python_in(
         &cg,
         "import socket, struct\n\
@@ -60,6 +74,72 @@ fn dns_passes_and_other_udp_is_refused() {
         .join()
         .expect("resolver thread")
         .expect("resolver answered");
-    assert!(gw.kernel_counter("udp_dns") >= 1);
+    assert_eq!(gw.kernel_counter("udp_dns"), 1);
     assert_eq!(gw.kernel_counter("udp_refused"), 3);
+}
+
+#[test]
+fn port_53_of_anything_but_a_resolver_is_refused() {
+    if !ebpf_available("port_53_of_anything_but_a_resolver_is_refused") {
+        return;
+    }
+    let dir = TestDir::new("dns-tunnel");
+    let gw = gateway(&dir);
+    let cg = TestCgroup::new("cg-dns");
+    gw.enable(&cg);
+
+    // Listeners on port 53 of addresses that are no resolver of this host: each would log a
+    // datagram it got. The tunnel's payload is not even DNS.
+    let tunnels: Vec<_> = ["127.0.0.154:53", "[::1]:53"]
+        .into_iter()
+        .map(|addr| (addr, resolver(addr)))
+        .collect();
+    let out = python_in(
+        &cg,
+        "import socket\n\
+         for family, host, how in ((socket.AF_INET, '127.0.0.154', 'sendto'), (socket.AF_INET, '127.0.0.154', 'connect'),\n\
+         \x20                         (socket.AF_INET6, '::1', 'sendto'), (socket.AF_INET6, '::ffff:127.0.0.154', 'sendto')):\n\
+         \x20   u = socket.socket(family, socket.SOCK_DGRAM)\n\
+         \x20   try:\n\
+         \x20       if how == 'sendto':\n\
+         \x20           u.sendto(b'secret=4111111111111111', (host, 53))\n\
+         \x20       else:\n\
+         \x20           u.connect((host, 53)); u.send(b'secret=4111111111111111')\n\
+         \x20       print(host, how, 'sent')\n\
+         \x20   except PermissionError:\n\
+         \x20       print(host, how, 'refused')",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "127.0.0.154 sendto refused",
+            "127.0.0.154 connect refused",
+            "::1 sendto refused",
+            "::ffff:127.0.0.154 sendto refused"
+        ]
+    );
+    for (addr, listener) in tunnels {
+        let got = listener.join().expect("listener thread");
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "{addr} received {got:?}"
+        );
+    }
+    assert_eq!(gw.kernel_counter("dns_refused"), 4);
+    assert_eq!(gw.kernel_counter("udp_dns"), 0);
+
+    // The configured resolver is still reachable from the same cgroup, over a v4-mapped v6
+    // socket too.
+    let answer = resolver("127.0.0.155:53");
+    let out = python_in(
+        &cg,
+        "import socket\n\
+         u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.settimeout(5)\n\
+         u.sendto(b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x01a\\x00\\x00\\x01\\x00\\x01', ('::ffff:127.0.0.155', 53))\n\
+         print(u.recvfrom(512)[0][:2].hex())",
+    );
+    assert_eq!(out, "1234");
+    assert!(answer.join().expect("resolver thread").is_ok());
+    assert_eq!(gw.kernel_counter("udp_dns"), 1);
 }

@@ -13,6 +13,9 @@ pub const REDIRECT_MAP_ENTRIES: u32 = 65_536;
 /// How many intercept rules the kernel evaluates (first match wins).
 pub const MAX_RULES: u32 = 32;
 
+/// How many DNS resolvers the kernel lets enabled cgroups reach on UDP port 53.
+pub const MAX_RESOLVERS: u32 = 16;
+
 /// Length of a task's `comm`, as the kernel defines it.
 pub const COMM_LEN: usize = 16;
 
@@ -23,9 +26,11 @@ pub mod maps {
     pub const BY_COOKIE: &str = "CALLGATE_BY_COOKIE";
     pub const BY_ADDR: &str = "CALLGATE_BY_ADDR";
     pub const COUNTERS: &str = "CALLGATE_COUNTERS";
+    /// The DNS resolvers (IPv6-form address → 1) reachable on UDP port 53.
+    pub const RESOLVERS: &str = "CALLGATE_RESOLVERS";
     /// Every map the object defines; all are pinned by name so that a restarted gateway (and
     /// the programs still attached from the previous run) share one set.
-    pub const ALL: [&str; 5] = [CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS];
+    pub const ALL: [&str; 6] = [CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS];
 }
 
 /// Names of the programs in the eBPF object, with the hook each attaches to.
@@ -37,6 +42,11 @@ pub mod programs {
     pub const SENDMSG4: &str = "callgate_sendmsg4";
     pub const SENDMSG6: &str = "callgate_sendmsg6";
     pub const SOCK_OPS: &str = "callgate_sock_ops";
+    /// `post_bind4/6`, attached at the cgroup root: the listener port is the gateway's alone.
+    pub const BIND4: &str = "callgate_bind4";
+    pub const BIND6: &str = "callgate_bind6";
+    /// `sock_create`: the socket kinds an enabled cgroup may create at all.
+    pub const SOCK_CREATE: &str = "callgate_sock_create";
 }
 
 /// `Config::flags`: the gateway has written this config (programs do nothing until then).
@@ -139,9 +149,17 @@ pub mod counter {
     pub const KEYED: u32 = 6;
     pub const PEERNAME_REWRITTEN: u32 = 7;
     pub const REFUSED_OTHER: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// UDP to port 53 of an address that is not a configured resolver.
+    pub const DNS_REFUSED: u32 = 9;
+    /// A bind of the listener port by anyone but the gateway.
+    pub const BIND_REFUSED: u32 = 10;
+    /// A socket an enabled cgroup may not create (raw, ICMP, UDP-Lite, SCTP, ...).
+    pub const SOCKET_REFUSED: u32 = 11;
+    /// Slots in the counters map: more than are named, so that a new counter does not change
+    /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
+    pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; COUNT as usize] = [
+    pub const NAMES: [&str; 12] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -151,6 +169,9 @@ pub mod counter {
         "keyed",
         "peername_rewritten",
         "refused_other",
+        "dns_refused",
+        "bind_refused",
+        "socket_refused",
     ];
 }
 

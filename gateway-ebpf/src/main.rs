@@ -5,7 +5,12 @@
 //! - `sock_ops` re-keys that entry by the client's local address and port as soon as the port is
 //!   bound (before the SYN leaves), which is what the gateway sees as the peer of `accept()`;
 //! - `getpeername4/6` hand the workload its original destination back;
-//! - `connect4/6` and `sendmsg4/6` let DNS through and refuse other UDP (QUIC would bypass L7).
+//! - `connect4/6` and `sendmsg4/6` let DNS to the configured resolvers through and refuse other
+//!   UDP (QUIC would bypass L7; port 53 elsewhere is a tunnel);
+//! - `sock_create` lets an enabled cgroup create only the sockets the hooks above govern: TCP
+//!   and MPTCP streams and UDP (ICMP echo, UDP-Lite and raw IP would carry data past them);
+//! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
+//!   also while it is down, so that no process can receive the connections redirected to it.
 //!
 //! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
 //! record where a connection was going refuses it: nothing reaches the network ungoverned.
@@ -22,15 +27,15 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
-    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_RULES,
-    REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SockKey, Workload, counter, is_v4_mapped,
-    v4_mapped,
+    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_RESOLVERS,
+    MAX_RULES, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SockKey, Workload, counter,
+    is_v4_mapped, v4_mapped,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -45,6 +50,7 @@ const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const IPPROTO_ICMPV6: u32 = 58;
+const IPPROTO_MPTCP: u32 = 262;
 const DNS_PORT: u32 = 53;
 
 #[map]
@@ -58,6 +64,8 @@ static CALLGATE_BY_ADDR: LruHashMap<SockKey, Redirect> =
     LruHashMap::pinned(REDIRECT_MAP_ENTRIES, 0);
 #[map]
 static CALLGATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+#[map]
+static CALLGATE_RESOLVERS: HashMap<[u32; 4], u32> = HashMap::pinned(MAX_RESOLVERS, 0);
 
 // === connect ===
 
@@ -90,7 +98,7 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     };
     match (ty, proto) {
         (SOCK_STREAM, IPPROTO_TCP) => redirect_tcp(ctx, cfg, addr, port, v6),
-        (SOCK_DGRAM, IPPROTO_UDP) => udp_verdict(cfg, port),
+        (SOCK_DGRAM, IPPROTO_UDP) => udp_verdict(cfg, &addr, port),
         (SOCK_DGRAM, IPPROTO_ICMP | IPPROTO_ICMPV6) => ALLOW,
         // MPTCP, SCTP and friends would carry calls around the gateway.
         _ => {
@@ -195,21 +203,111 @@ fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     if proto != IPPROTO_UDP {
         return ALLOW;
     }
-    let (_, port) = destination(sa, v6);
-    udp_verdict(cfg, port)
+    let (addr, port) = destination(sa, v6);
+    udp_verdict(cfg, &addr, port)
 }
 
+/// `udp: allow` lets every datagram out; otherwise only DNS, and only to a configured resolver
+/// (port 53 anywhere else would carry whatever a workload wants to send). The payload is not
+/// visible to these hooks: what reaches a resolver is whatever the resolver accepts.
 #[inline(always)]
-fn udp_verdict(cfg: &Config, port: u32) -> i32 {
-    if port == DNS_PORT {
-        count(counter::UDP_DNS);
+fn udp_verdict(cfg: &Config, addr: &[u32; 4], port: u32) -> i32 {
+    if cfg.flags & FLAG_UDP_ALLOW != 0 {
         ALLOW
-    } else if cfg.flags & FLAG_UDP_ALLOW != 0 {
-        ALLOW
-    } else {
+    } else if port != DNS_PORT {
         count(counter::UDP_REFUSED);
         REFUSE
+    } else if unsafe { CALLGATE_RESOLVERS.get(addr) }.is_some() {
+        count(counter::UDP_DNS);
+        ALLOW
+    } else {
+        count(counter::DNS_REFUSED);
+        REFUSE
     }
+}
+
+// === socket creation ===
+
+#[cgroup_sock(sock_create)]
+pub fn callgate_sock_create(ctx: SockContext) -> i32 {
+    sock_create(&ctx)
+}
+
+/// The connect and sendmsg hooks run for TCP, MPTCP (its subflows are TCP) and UDP only: a
+/// ping socket's echo payload, a UDP-Lite datagram, an SCTP association or a raw IP packet
+/// would leave without either. ICMP and UDP-Lite follow `udp: allow`; raw sockets never pass
+/// (they take `CAP_NET_RAW`, which a workload should not have; this holds if it does).
+#[inline(always)]
+fn sock_create(ctx: &SockContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    if is_gateway(cfg) {
+        return ALLOW;
+    }
+    let sk = ctx.sock;
+    let (family, ty, proto) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).family)),
+            read_volatile(addr_of!((*sk).type_)),
+            read_volatile(addr_of!((*sk).protocol)),
+        )
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return ALLOW;
+    }
+    let allowed = match (ty, proto) {
+        (SOCK_STREAM, IPPROTO_TCP | IPPROTO_MPTCP) => true,
+        (SOCK_DGRAM, IPPROTO_UDP) => true,
+        (SOCK_DGRAM, _) => cfg.flags & FLAG_UDP_ALLOW != 0,
+        _ => false,
+    };
+    if allowed {
+        ALLOW
+    } else {
+        count(counter::SOCKET_REFUSED);
+        REFUSE
+    }
+}
+
+// === bind guard ===
+
+#[cgroup_sock(post_bind4)]
+pub fn callgate_bind4(ctx: SockContext) -> i32 {
+    bind_guard(&ctx)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn callgate_bind6(ctx: SockContext) -> i32 {
+    bind_guard(&ctx)
+}
+
+/// After the kernel chose the port (so `bind(0)` landing on it is caught too): a stream socket
+/// on the listener port, on any address, belongs to the gateway or to nobody. Whoever held it
+/// would receive every redirected connection. The gateway is its tgid as written in the config
+/// and real uid 0: after a crash the tgid left in the map may be reused by some other process,
+/// which an unprivileged one still cannot pass for.
+#[inline(always)]
+fn bind_guard(ctx: &SockContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    let sk = ctx.sock;
+    let (ty, port) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).type_)),
+            read_volatile(addr_of!((*sk).src_port)),
+        )
+    };
+    if ty != SOCK_STREAM || port != cfg.listen_port {
+        return ALLOW;
+    }
+    let root = bpf_get_current_uid_gid() as u32 == 0;
+    if cfg.gateway_tgid != 0 && is_gateway(cfg) && root {
+        return ALLOW;
+    }
+    count(counter::BIND_REFUSED);
+    REFUSE
 }
 
 // === getpeername ===

@@ -240,6 +240,31 @@ fn walk(id: u64, roots: &[PathBuf]) -> Option<PathBuf> {
     None
 }
 
+/// The ids of the cgroup at `root` and of every cgroup below it (at most `MAX_WALK`; enabling
+/// a cgroup covers its whole subtree).
+pub fn subtree_ids(root: &Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if ids.len() >= MAX_WALK {
+            break;
+        }
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        ids.push(meta.ino());
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,9 @@ pub struct Config {
     pub intercept: Intercept,
     /// Let UDP other than DNS leave enabled cgroups (default: refuse, so QUIC cannot bypass L7).
     pub udp_allow: bool,
+    /// Resolvers UDP port 53 may reach from enabled cgroups, besides the host's
+    /// (`/etc/resolv.conf` at start); any other address on port 53 is refused.
+    pub dns_resolvers: Vec<IpAddr>,
     /// Give up connecting upstream after this long.
     pub connect_timeout: Duration,
     /// Close a pass-through connection that moved no byte in either direction for this long.
@@ -278,6 +281,7 @@ struct File {
     policies: Option<PathBuf>,
     intercept: Option<FileIntercept>,
     udp: Option<UdpMode>,
+    dns_resolvers: Option<Vec<IpAddr>>,
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     workers: Option<usize>,
@@ -464,6 +468,7 @@ impl Config {
                 default_intercept: !matches!(intercept.default, Some(DefaultMode::None)),
             },
             udp_allow: matches!(file.udp, Some(UdpMode::Allow)),
+            dns_resolvers: file.dns_resolvers.unwrap_or_default(),
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(10_000)),
             idle_timeout: Duration::from_secs(file.idle_timeout_s.unwrap_or(600)),
             workers: match file.workers {
@@ -657,6 +662,7 @@ mod tests {
         assert_eq!(c.listen_port, DEFAULT_PORT);
         assert!(c.intercept.default_intercept);
         assert!(!c.udp_allow);
+        assert!(c.dns_resolvers.is_empty());
         assert!(c.workers >= 1);
         let c = Config::from_yaml(Path::new("c.yaml"), "workers: 3\n").unwrap();
         assert_eq!(c.workers, 3);

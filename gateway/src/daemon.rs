@@ -65,7 +65,9 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let started = Instant::now();
     raise_fd_limit();
     // Bind before loading: a port conflict should not leave programs redirecting to a
-    // listener that is someone else's.
+    // listener that is someone else's. The bind guard a previous run left lets only the
+    // claimant bind the port: claim it first (a running gateway keeps its claim).
+    crate::intercept::claim_listener(&cfg)?;
     let listeners = Listeners::bind(cfg.listen_port)?;
     // A policy that does not load stops the start: there is no last good one to fall back on.
     let policy = match &cfg.policies {

@@ -6,10 +6,16 @@
 //! `<bpffs>/links/<cgroup id>/`, so the kernel keeps redirecting while the gateway is down:
 //! connections then fail (nothing listens) instead of bypassing it. A restarted gateway attaches
 //! its freshly loaded programs before it unpins the old links, so there is no window either way.
+//!
+//! The bind guard (`post_bind4/6`) is attached once at the cgroup root, pinned under
+//! `<bpffs>/links/root/`: the redirect target is a loopback port that any process in the
+//! network namespace could otherwise listen on, not only one in an enabled cgroup, so the
+//! whole host is kept off it. Before binding, a starting gateway claims the port by writing its
+//! tgid into the pinned config ([`claim_listener`]), which is how a restart always wins.
 use std::{
     collections::BTreeMap,
     fs, io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -19,18 +25,20 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
 use gateway_common::{self as common, Redirect, SockKey, maps, programs};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError},
     config::{self, Config},
 };
+
+mod sockdiag;
 
 /// The eBPF object, built by `gateway/build.rs`.
 static EBPF_OBJECT: &[u8] =
@@ -40,15 +48,25 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Attach order: the bookkeeping programs first and the redirecting ones last, so that no
 /// connection is redirected before its entry can be keyed; detach runs in reverse.
-const ATTACH_ORDER: [&str; 7] = [
+const ATTACH_ORDER: [&str; 8] = [
     programs::SOCK_OPS,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
+    programs::SOCK_CREATE,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT4,
     programs::CONNECT6,
 ];
+
+/// The programs of type `cgroup/sock` (the rest are `sock_ops` and `cgroup/sock_addr`).
+const CGROUP_SOCK: [&str; 3] = [programs::SOCK_CREATE, programs::BIND4, programs::BIND6];
+
+/// Attached at the cgroup root, not per enabled cgroup (see the module doc).
+const GUARD: [&str; 2] = [programs::BIND4, programs::BIND6];
+
+/// Where the root-attached links are pinned, beside the per-cgroup-id directories.
+const ROOT_LINKS: &str = "root";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
@@ -88,6 +106,10 @@ pub enum InterceptError {
     },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(
+        "port {port} on 127.0.0.1 is already in use (callgate pid {pid} holds it; pick another with --listen-port)"
+    )]
+    PortHeld { port: u16, pid: u32 },
     #[error("cgroup {path} is not enabled")]
     NotEnabled { path: PathBuf },
     #[error("{path}: {source}")]
@@ -136,6 +158,10 @@ pub struct Change {
     pub cgroup: Enabled,
     /// False when the cgroup already was in the requested state.
     pub changed: bool,
+    /// How many connections the cgroup had opened before `enable` that did not go through
+    /// the gateway were ended, so that the workload reconnects through it.
+    #[serde(default)]
+    pub ended: usize,
 }
 
 pub struct Interceptor {
@@ -151,6 +177,13 @@ pub struct Interceptor {
     config_map: Mutex<Array<MapData, common::Config>>,
     counters: PerCpuArray<MapData, u64>,
     enabled: Mutex<BTreeMap<u64, Enabled>>,
+    /// What the kernel intercepts, to pick which older connections `enable` ends.
+    rules: Vec<common::Rule>,
+    default_intercept: bool,
+    listen_port: u16,
+    /// What the kernel lets through on UDP, to pick which connected UDP sockets `enable` ends.
+    udp_allow: bool,
+    resolvers: Vec<IpAddr>,
 }
 
 impl Interceptor {
@@ -177,12 +210,14 @@ impl Interceptor {
                 )),
                 _ => InterceptError::Load(e),
             })?;
-        for name in ATTACH_ORDER {
+        for name in ATTACH_ORDER.into_iter().chain(GUARD) {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(InterceptError::Missing(name))?;
             let res = if name == programs::SOCK_OPS {
                 <&mut SockOps>::try_from(prog).and_then(|p| p.load())
+            } else if CGROUP_SOCK.contains(&name) {
+                <&mut CgroupSock>::try_from(prog).and_then(|p| p.load())
             } else {
                 <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.load())
             };
@@ -221,6 +256,12 @@ impl Interceptor {
                 source,
             })?;
 
+        let mut resolvers: HashMap<MapData, [u32; 4], u32> = take_map(&mut ebpf, maps::RESOLVERS)?;
+        let allowed = dns_resolvers(cfg);
+        set_resolvers(&mut resolvers, &allowed)?;
+        info!(resolvers = ?allowed, "UDP port 53 is reachable at these resolvers only");
+        warn_if_ephemeral(cfg.listen_port);
+
         let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         Ok(Self {
@@ -232,6 +273,11 @@ impl Interceptor {
             config_map: Mutex::new(config_map),
             counters,
             enabled: Mutex::new(BTreeMap::new()),
+            rules: cfg.intercept.rules.iter().map(|r| r.to_kernel()).collect(),
+            default_intercept: cfg.intercept.default_intercept,
+            listen_port: cfg.listen_port,
+            udp_allow: cfg.udp_allow,
+            resolvers: allowed,
         })
     }
 
@@ -252,6 +298,11 @@ impl Interceptor {
             Err(e) => return Err(io_err(&self.state_file)(e)),
         };
         let mut report = Vec::new();
+        self.attach_guard()?;
+        report.push(format!(
+            "guarding port {} at the cgroup root",
+            self.listen_port()
+        ));
         let mut keep = BTreeMap::new();
         for entry in saved {
             match Cgroup::open(&entry.path) {
@@ -298,6 +349,7 @@ impl Interceptor {
             return Ok(Change {
                 cgroup: entry,
                 changed: false,
+                ended: 0,
             });
         }
         self.attach_all(&cg)?;
@@ -305,9 +357,12 @@ impl Interceptor {
         drop(enabled);
         self.save()?;
         info!(cgroup = %cg.path.display(), id = cg.id, "enabled interception");
+        // New connections are redirected from here on; the ones already open are not.
+        let ended = self.end_older_connections(&cg);
         Ok(Change {
             cgroup: entry,
             changed: true,
+            ended,
         })
     }
 
@@ -324,7 +379,102 @@ impl Interceptor {
         Ok(Change {
             cgroup: entry,
             changed: true,
+            ended: 0,
         })
+    }
+
+    /// Ends the TCP connections of `cg`'s subtree that the gateway does not carry and would
+    /// intercept now, so that the workload reconnects through it (a keep-alive connection
+    /// opened before `enable` would otherwise stay ungoverned for as long as it lives), and its
+    /// connected UDP sockets the UDP hooks would now refuse (a `send()` on a connected socket
+    /// runs no hook). Left alone: connections to the gateway's listener, connections a
+    /// workload server accepted (their local port is a listener's), destinations the rules
+    /// bypass. Failures are logged, never undo the enable: the redirect is in place either way.
+    fn end_older_connections(&self, cg: &Cgroup) -> usize {
+        let ids = cgroup::subtree_ids(&cg.path);
+        let mut diag = match sockdiag::SockDiag::open() {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
+                return 0;
+            }
+        };
+        let sockets = match diag.sockets() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
+                return 0;
+            }
+        };
+        let listening: std::collections::HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.is_listening())
+            .map(|s| s.local.port())
+            .collect();
+        // The gateway may run inside the cgroup it intercepts: its own sockets stay.
+        let own = sockdiag::own_socket_inodes();
+        let mut ended = 0;
+        let mut sample = Vec::new();
+        for s in sockets.iter().filter(|s| {
+            let ungoverned = if s.is_tcp() {
+                !s.is_listening()
+                    && !listening.contains(&s.local.port())
+                    && !self.is_listener(s.remote)
+                    && self.intercepts(s.remote)
+            } else {
+                !self.udp_passes(s.remote)
+            };
+            ids.contains(&s.cgroup_id) && !own.contains(&s.inode) && ungoverned
+        }) {
+            let proto = if s.is_tcp() { "tcp" } else { "udp" };
+            let what = format!("{proto} {} -> {}", s.local, s.remote);
+            match diag.destroy(s) {
+                Ok(()) => {
+                    debug!(cgroup = %cg.path.display(), connection = %what, "ended a connection opened before enable");
+                    ended += 1;
+                    if sample.len() < 5 {
+                        sample.push(what);
+                    }
+                }
+                Err(e) => {
+                    warn!(cgroup = %cg.path.display(), connection = %what, error = %e, "could not end a connection opened before enable (kernel without CONFIG_INET_DIAG_DESTROY?); it stays ungoverned until it closes");
+                }
+            }
+        }
+        if ended > 0 {
+            info!(cgroup = %cg.path.display(), ended, ?sample, "ended the connections opened before enable; they reconnect through the gateway");
+        }
+        ended
+    }
+
+    fn is_listener(&self, addr: SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        addr.port() == self.listen_port
+            && (ip == IpAddr::V4(config::LISTEN_V4) || ip == IpAddr::V6(config::LISTEN_V6))
+    }
+
+    /// The UDP hooks' decision for a destination (see `udp_verdict` in the eBPF programs).
+    fn udp_passes(&self, addr: SocketAddr) -> bool {
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.udp_allow || (addr.port() == 53 && self.resolvers.contains(&ip))
+    }
+
+    /// The kernel's decision for a TCP destination: first matching rule, else the default.
+    fn intercepts(&self, addr: SocketAddr) -> bool {
+        let key = ip_key(addr.ip());
+        let port = u32::from(addr.port());
+        self.rules
+            .iter()
+            .find(|r| r.matches(&key, port))
+            .map_or(self.default_intercept, |r| {
+                r.action == common::RULE_INTERCEPT
+            })
     }
 
     pub fn enabled(&self) -> Vec<Enabled> {
@@ -377,14 +527,37 @@ impl Interceptor {
         self.bpffs.join("links").join(id.to_string())
     }
 
+    fn listen_port(&self) -> u32 {
+        let map = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&0, 0).map(|c| c.listen_port).unwrap_or(0)
+    }
+
+    /// Attaches the bind guard at the cgroup root (this run's links first, then the previous
+    /// run's go, as for enabled cgroups): it stays pinned while the gateway is down.
+    fn attach_guard(&self) -> Result<(), InterceptError> {
+        let dir = self.bpffs.join("links").join(ROOT_LINKS);
+        let root = Cgroup::open(&self.mount)?;
+        self.attach_programs(&root, &dir, &GUARD)
+    }
+
     fn attach_all(&self, cg: &Cgroup) -> Result<(), InterceptError> {
-        let dir = self.link_dir(cg.id);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        self.attach_programs(cg, &self.link_dir(cg.id), &ATTACH_ORDER)
+    }
+
+    /// Attaches `names` to `cg`, pinned in `dir` with this process's id as suffix, and then
+    /// unpins every other link in `dir` (the previous run's).
+    fn attach_programs(
+        &self,
+        cg: &Cgroup,
+        dir: &Path,
+        names: &[&'static str],
+    ) -> Result<(), InterceptError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cgroup_file = fs::File::open(&cg.path).map_err(io_err(&cg.path))?;
         let suffix = format!("@{}", std::process::id());
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let mut pinned = Vec::new();
-        for name in ATTACH_ORDER {
+        for &name in names {
             let path = dir.join(format!("{name}{suffix}"));
             let _ = fs::remove_file(&path);
             match attach_one(&mut ebpf, name, &cgroup_file).and_then(|link| {
@@ -403,7 +576,7 @@ impl Interceptor {
             }
         }
         // This run's links are in place: the previous run's can go without a gap.
-        for old in list_links(&dir) {
+        for old in list_links(dir) {
             if !old.to_string_lossy().ends_with(&suffix) {
                 unpin(&old);
             }
@@ -458,6 +631,12 @@ fn attach_one(
     let link_err = |source: LinkError| InterceptError::Link { name, source };
     if name == programs::SOCK_OPS {
         let p: &mut SockOps = prog.try_into().map_err(program_err)?;
+        let id = p
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_err)?;
+        FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
+    } else if CGROUP_SOCK.contains(&name) {
+        let p: &mut CgroupSock = prog.try_into().map_err(program_err)?;
         let id = p
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(program_err)?;
@@ -527,6 +706,146 @@ fn lanes(
     }
     handles.insert(0, HashMap::try_from(map).map_err(map_err)?);
     Ok(handles.into_iter().map(Mutex::new).collect())
+}
+
+/// Claims the listener port for this process before it binds: the bind guard a previous run
+/// left attached lets only the tgid in the pinned config bind it. A gateway that is still
+/// running keeps its claim (and this start fails as a port conflict would); a dead one's is
+/// taken over. Nothing pinned yet (first start): nothing to claim.
+pub fn claim_listener(cfg: &Config) -> Result<(), InterceptError> {
+    let path = cfg.bpffs_dir.join("maps").join(maps::CONFIG);
+    // SAFETY: geteuid has no preconditions. Without root, loading reports it.
+    if unsafe { libc::geteuid() } != 0 || !path.exists() {
+        return Ok(());
+    }
+    let map_err = |source| InterceptError::Map {
+        name: maps::CONFIG,
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    // Maps of another version: loading says so with advice; there is nothing to claim here.
+    let Ok(mut map) = Array::<MapData, common::Config>::try_from(Map::Array(data)) else {
+        return Ok(());
+    };
+    let mut kernel_cfg = map.get(&0, 0).map_err(map_err)?;
+    let me = std::process::id();
+    let holder = kernel_cfg.gateway_tgid;
+    if holder != 0 && holder != me && is_live_gateway(holder) {
+        return Err(InterceptError::PortHeld {
+            port: cfg.listen_port,
+            pid: holder,
+        });
+    }
+    kernel_cfg.gateway_tgid = me;
+    map.set(0, kernel_cfg, 0).map_err(map_err)
+}
+
+/// Whether `pid` is a running callgate: alive, named so, and root's (an unprivileged process
+/// that happens to get a dead gateway's pid must not keep the port from its restart).
+fn is_live_gateway(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let root_owned = fs::metadata(&proc).is_ok_and(|m| m.uid() == 0);
+    let comm = fs::read_to_string(proc.join("comm")).unwrap_or_default();
+    root_owned && comm.trim_end() == "callgate"
+}
+
+/// The resolvers UDP port 53 may reach: the configured ones and the host's (`/etc/resolv.conf`).
+fn dns_resolvers(cfg: &Config) -> Vec<IpAddr> {
+    let mut list = cfg.dns_resolvers.clone();
+    match fs::read_to_string(RESOLV_CONF) {
+        Ok(text) => list.extend(parse_resolv_conf(&text)),
+        Err(e) => warn!(path = RESOLV_CONF, error = %e, "cannot read the host's resolvers"),
+    }
+    list.sort();
+    list.dedup();
+    if list.len() > common::MAX_RESOLVERS as usize {
+        warn!(
+            kept = common::MAX_RESOLVERS,
+            found = list.len(),
+            "too many DNS resolvers; the rest are unreachable"
+        );
+        list.truncate(common::MAX_RESOLVERS as usize);
+    }
+    list
+}
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The `nameserver` addresses of resolv.conf text (an IPv6 zone suffix is dropped).
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            let addr = words.next()?;
+            addr.split('%').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Makes the pinned resolver set exactly `allowed`: new entries first, stale ones after, so a
+/// restart does not refuse DNS to a resolver that stays.
+fn set_resolvers(
+    map: &mut HashMap<MapData, [u32; 4], u32>,
+    allowed: &[IpAddr],
+) -> Result<(), InterceptError> {
+    let map_err = |source| InterceptError::Map {
+        name: maps::RESOLVERS,
+        source,
+    };
+    let keys: Vec<[u32; 4]> = allowed.iter().map(|ip| ip_key(*ip)).collect();
+    for key in &keys {
+        map.insert(key, 1, 0).map_err(map_err)?;
+    }
+    let stale: Vec<[u32; 4]> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    for key in stale {
+        let _ = map.remove(&key);
+    }
+    Ok(())
+}
+
+/// An address in the kernel's form: IPv6, IPv4 as v4-mapped, network byte order.
+fn ip_key(ip: IpAddr) -> [u32; 4] {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    config::words(u128::from(v6))
+}
+
+/// A listener port inside the ephemeral range can be handed to a `listen()` on an unbound
+/// socket, which no bind hook sees: say so unless the port is reserved.
+fn warn_if_ephemeral(port: u16) {
+    let read = |name: &str| fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"));
+    let Ok(range) = read("ip_local_port_range") else {
+        return;
+    };
+    let mut bounds = range
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u16>().ok());
+    let (Some(lo), Some(hi)) = (bounds.next(), bounds.next()) else {
+        return;
+    };
+    let reserved = read("ip_local_reserved_ports").unwrap_or_default();
+    let is_reserved = reserved.trim().split(',').any(|part| {
+        let mut ends = part.split('-').filter_map(|w| w.trim().parse::<u16>().ok());
+        match (ends.next(), ends.next()) {
+            (Some(a), Some(b)) => (a..=b).contains(&port),
+            (Some(a), None) => a == port,
+            _ => false,
+        }
+    });
+    if (lo..=hi).contains(&port) && !is_reserved {
+        warn!(
+            port,
+            "the listener port is in net.ipv4.ip_local_port_range: an unbound listen() could be given it while the gateway is down; add it to net.ipv4.ip_local_reserved_ports"
+        );
+    }
 }
 
 /// The kernel's key for a peer address: IPv6 form, IPv4 as v4-mapped.
@@ -606,6 +925,23 @@ mod tests {
         assert_eq!(k.port, 40000);
         let k6 = sock_key(SocketAddr::from((Ipv6Addr::LOCALHOST, 1)));
         assert_eq!(k6.addr, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# generated\nsearch example\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver\noptions edns0\n nameserver 1.1.1.1\n";
+        assert_eq!(
+            parse_resolv_conf(text),
+            [
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap(),
+                "1.1.1.1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            ip_key("127.0.0.153".parse().unwrap()),
+            common::v4_mapped(u32::from_ne_bytes([127, 0, 0, 153]))
+        );
     }
 
     #[test]
