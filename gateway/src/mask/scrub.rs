@@ -1,17 +1,26 @@
 //! Literal secrets — the credentials the gateway injects — removed from whatever comes back:
 //! an upstream that echoes its request (a debug endpoint, an error page quoting headers) must
 //! not hand the caller, a record or a log the secret the caller was never to see.
-use std::{borrow::Cow, sync::Arc};
+//!
+//! An echo need not be literal: JSON escapes `/` as `\/` and may write any character as
+//! `\u00XX`, a URL or form percent-encodes it (`%2F`), HTML writes `&#47;` or `&#x2F;`. Each
+//! byte of a secret is matched in any of those spellings, mixed freely, so no re-encoding of
+//! the echo lets the value through.
+use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
-use aho_corasick::AhoCorasick;
 use http::{HeaderMap, HeaderValue};
+use regex::bytes::Regex;
 
 const REPLACEMENT: &[u8] = b"[MASKED:credential]";
+
+/// The longest spelling of one byte that [`Secrets`] recognises (`&#x0hh;`).
+const LONGEST_SPELLING: usize = 7;
 
 /// The secrets to look for, compiled once per secret value.
 #[derive(Debug)]
 pub struct Secrets {
-    ac: AhoCorasick,
+    re: Regex,
+    /// The longest a match can be: what a stream must hold back.
     longest: usize,
 }
 
@@ -19,14 +28,15 @@ impl Secrets {
     /// None when there is nothing to look for.
     pub fn new(values: &[&str]) -> Option<Arc<Self>> {
         let values: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
-        let longest = values.iter().map(|v| v.len()).max()?;
-        let ac = AhoCorasick::new(&values).ok()?;
-        Some(Arc::new(Self { ac, longest }))
+        let longest = values.iter().map(|v| v.len()).max()? * LONGEST_SPELLING;
+        let alternatives: Vec<String> = values.iter().map(|v| spellings(v.as_bytes())).collect();
+        let re = Regex::new(&format!("(?s-u){}", alternatives.join("|"))).ok()?;
+        Some(Arc::new(Self { re, longest }))
     }
 
     /// `data` without the secrets; borrowed when there were none in it.
     pub fn scrub<'a>(&self, data: &'a [u8]) -> Cow<'a, [u8]> {
-        if self.ac.find(data).is_none() {
+        if !self.re.is_match(data) {
             return Cow::Borrowed(data);
         }
         let mut out = Vec::with_capacity(data.len());
@@ -50,13 +60,38 @@ impl Secrets {
     /// (the end of the last match, the rest is the caller's to copy or hold).
     fn replace(&self, data: &[u8], out: &mut Vec<u8>) -> usize {
         let mut at = 0;
-        for m in self.ac.find_iter(data) {
+        for m in self.re.find_iter(data) {
             out.extend_from_slice(&data[at..m.start()]);
             out.extend_from_slice(REPLACEMENT);
             at = m.end();
         }
         at
     }
+}
+
+/// A pattern matching `secret` with each byte in any spelling an echo may give it: as is,
+/// `\u00hh`, `%hh`, `&#ddd;`, `&#xhh;` (hex in either case), and `/` as JSON's `\/`.
+fn spellings(secret: &[u8]) -> String {
+    let mut p = String::with_capacity(secret.len() * 48);
+    for &b in secret {
+        p.push_str("(?:");
+        if b.is_ascii_graphic() || b == b' ' {
+            p.push_str(&regex::escape(&(b as char).to_string()));
+        } else {
+            let _ = write!(p, "\\x{b:02x}");
+        }
+        if b == b'/' {
+            p.push_str("|\\\\/");
+        }
+        if b == b' ' {
+            p.push_str("|\\+");
+        }
+        let _ = write!(
+            p,
+            "|(?i:\\\\u00{b:02x})|(?i:%{b:02x})|&\\#0*{b};|(?i:&\\#x0?{b:02x};))"
+        );
+    }
+    p
 }
 
 /// [`Secrets`] over a body that arrives in chunks: a secret split across two chunks is held
@@ -127,10 +162,41 @@ mod tests {
         let mut out = Vec::new();
         for b in text {
             st.push(std::slice::from_ref(b), &mut out);
-            assert!(st.carry.len() < "s3cr3t-value".len());
+            assert!(st.carry.len() < "s3cr3t-value".len() * LONGEST_SPELLING);
         }
         st.finish(&mut out);
         assert_eq!(out, b"a [MASKED:credential] b [MASKED:credential] c");
+    }
+
+    #[test]
+    fn escaped_echoes_are_scrubbed_too() {
+        let s = Secrets::new(&["s3cr3t/K3y+1"]).unwrap();
+        for echo in [
+            "s3cr3t/K3y+1",
+            "s3cr3t\\/K3y+1",
+            "s3cr3t\\u002fK3y+1",
+            "s3cr3t\\u002FK3y\\u002b1",
+            "\\u0073\\u0033cr3t/K3y+1",
+            "s3cr3t%2FK3y%2B1",
+            "s3cr3t%2fK3y%2b1",
+            "%73%33%63%72%33%74%2F%4B%33%79%2B%31",
+            "s3cr3t&#47;K3y&#43;1",
+            "s3cr3t&#x2F;K3y&#x2b;1",
+        ] {
+            let scrubbed = s.scrub(echo.as_bytes());
+            assert_eq!(&*scrubbed, REPLACEMENT, "{echo}");
+        }
+        assert!(matches!(s.scrub(b"s3cr3t/K3y-1"), Cow::Borrowed(_)));
+        // Streamed, cut anywhere inside the longest spelling.
+        let text = b"a %73%33%63%72%33%74%2F%4B%33%79%2B%31 b".as_slice();
+        for cut in 0..text.len() {
+            let mut st = ScrubStream::new(s.clone());
+            let mut out = Vec::new();
+            st.push(&text[..cut], &mut out);
+            st.push(&text[cut..], &mut out);
+            st.finish(&mut out);
+            assert_eq!(out, b"a [MASKED:credential] b", "cut at {cut}");
+        }
     }
 
     #[test]
