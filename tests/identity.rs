@@ -452,3 +452,115 @@ credentials:
     let (_, second) = echo();
     assert_eq!(second, first, "the token was reused");
 }
+
+/// GET `url` with curl from `cg` (as `prefix`, e.g. setpriv): the HTTP status.
+fn get_status(cg: &TestCgroup, prefix: &[&str], url: &str) -> u16 {
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    let out = cg.run(&argv);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn workload_names_below_a_delegation_boundary_do_not_identify() {
+    let test = "workload_names_below_a_delegation_boundary_do_not_identify";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-identity");
+    let up = upstream(&dir, None);
+    // A slice of the test's own, laid out as systemd lays out units: a system service, and a
+    // user manager (user@4242.service, which systemd delegates to uid 4242) in which the user
+    // made a cgroup with the service's name.
+    let mount = cgroup_mount().expect("cgroup v2 mount");
+    let slice = format!("{}.slice", unique("id-deleg"));
+    fs::create_dir_all(mount.join(&slice)).expect("mkdir slice");
+    let top = TestCgroup {
+        path: mount.join(&slice),
+    };
+    let agent = top.child("billing-agent.service");
+    let users = top.child("x.slice");
+    let manager = users.child("user@4242.service");
+    let apps = manager.child("app.slice");
+    let fake = apps.child("billing-agent.service");
+    let trusted = top.child("trusted");
+    let trusted_x = top.child("trustedX");
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  echo: {{ route: "GET /echo" }}
+rules:
+  - name: billing-agent-reads
+    function: get_payment
+    caller: {{ workload: {{ unit: billing-agent.service }} }}
+    action: allow
+  - name: trusted-echo
+    function: echo
+    caller: {{ workload: {{ cgroup: "{slice}/trusted" }} }}
+    action: allow
+"#,
+        port = up.port
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    gw.enable(&top);
+    let payment = format!("http://127.0.0.1:{}/v1/payments/p_1", up.port);
+    let echo = format!("http://127.0.0.1:{}/echo", up.port);
+    let as_user = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"];
+
+    // The real unit: allowed.
+    assert_eq!(get_status(&agent, &[], &payment), 200, "{}", gw.log());
+    let r = record_where(&gw, "the allowed read", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["workload"]["unit"], "billing-agent.service", "{r}");
+
+    // The user's look-alike below its own manager: denied, the upstream never sees it, and
+    // the record names the unit systemd would (with the user unit apart).
+    let before = up.requests().len();
+    assert_eq!(get_status(&fake, &as_user, &payment), 403);
+    assert_eq!(up.requests().len(), before, "upstream untouched");
+    let r = record_where(&gw, "the denied look-alike", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "deny"
+    });
+    assert_eq!(r["workload"]["unit"], "user@4242.service", "{r}");
+    assert_eq!(r["workload"]["user_unit"], "billing-agent.service", "{r}");
+    assert_eq!(r["workload"]["user_unit_uid"], 4242, "{r}");
+    assert_eq!(r["workload"]["uid"], 4242, "{r}");
+
+    // A cgroup prefix is whole components: `trusted` matches, `trustedX` does not.
+    assert_eq!(get_status(&trusted, &[], &echo), 200, "{}", gw.log());
+    let before = up.requests().len();
+    assert_eq!(get_status(&trusted_x, &[], &echo), 403);
+    assert_eq!(up.requests().len(), before, "upstream untouched");
+    let r = record_where(&gw, "the denied sibling", |r| {
+        r["function"] == "echo" && r["decision"]["action"] == "deny"
+    });
+    assert!(
+        r["workload"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/trustedX")),
+        "{r}"
+    );
+}

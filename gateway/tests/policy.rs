@@ -857,3 +857,114 @@ mod never_panics {
         }
     }
 }
+
+/// A workload in a cgroup: its unit fields derived from the path as the gateway derives them.
+fn in_cgroup(cgroup: &str, uid: u32) -> Caller {
+    let units = callgate::identity::workload::SystemdUnits::of(cgroup);
+    Caller {
+        workload: Some(Workload {
+            uid: Some(uid),
+            cgroup: Some(cgroup.into()),
+            unit: units.unit,
+            user_unit: units.user_unit,
+            user_unit_uid: units.user_unit_uid,
+            comm: Some("curl".into()),
+            ..Workload::default()
+        }),
+        ..Caller::default()
+    }
+}
+
+#[test]
+fn workload_names_below_a_delegation_boundary_do_not_rename_the_unit() {
+    let fake = "/user.slice/user-1000.slice/user@1000.service/app.slice/billing-agent.service";
+    let real = "/system.slice/billing-agent.service";
+    let cases: &[(&str, &str, bool)] = &[
+        ("unit: billing-agent.service", real, true),
+        // The user made a cgroup called billing-agent.service below its own manager: it is
+        // in unit user@1000.service, and only a user unit of that name.
+        ("unit: billing-agent.service", fake, false),
+        ("unit: user@1000.service", fake, true),
+        ("user_unit: billing-agent.service", fake, true),
+        ("user_unit: billing-agent.service", real, false),
+        (
+            "{ unit: user@1000.service, user_unit: billing-agent.service }",
+            fake,
+            true,
+        ),
+        (
+            "{ unit: user@1001.service, user_unit: billing-agent.service }",
+            fake,
+            false,
+        ),
+        // Below a system service's (possibly delegated) subtree, likewise.
+        (
+            "unit: billing-agent.service",
+            "/system.slice/ci-runner.service/billing-agent.service",
+            false,
+        ),
+        // cgroup prefixes are whole components.
+        ("cgroup: rt2/trusted", "/rt2/trusted", true),
+        ("cgroup: rt2/trusted", "/rt2/trusted/job-1", true),
+        ("cgroup: /rt2/trusted/", "/rt2/trusted", true),
+        ("cgroup: rt2/trusted", "/rt2/trustedX", false),
+        ("cgroup: rt2/trusted", "/rt2/trustedX/job-1", false),
+        ("cgroup: rt2/trusted", "/rt2", false),
+        ("cgroup: system.slice/", real, true),
+    ];
+    for (cond, cgroup, want) in cases {
+        let cond = if cond.starts_with('{') {
+            cond.to_string()
+        } else {
+            format!("{{ {cond} }}")
+        };
+        let repo = one_rule(&format!("caller: {{ workload: {cond} }}"));
+        let (action, _) = decide(&repo.snap(), "f", json!({}), &in_cgroup(cgroup, 1000));
+        assert_eq!(action == Action::Allow, *want, "{cond} for {cgroup}");
+    }
+    let errors = one_rule("caller: { workload: { cgroup: rt2/../x } }").errors();
+    assert!(
+        errors.iter().any(|e| e.contains("no `.` or `..`")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn lint_warns_on_workload_names_the_workload_chooses() {
+    let rules = [
+        ("by-comm", "{ comm: billing-agent }"),
+        ("by-user-unit", "{ user_unit: billing-agent.service }"),
+        ("below-unit", "{ cgroup: system.slice/runner.service/jobs }"),
+        ("comm-and-uid", "{ comm: billing-agent, uid: 1000 }"),
+        ("by-unit", "{ unit: billing-agent.service }"),
+        ("at-unit", "{ cgroup: system.slice/runner.service }"),
+        ("plain-cgroup", "{ cgroup: rt2/trusted }"),
+    ];
+    let mut text = HEAD.to_string();
+    for (name, w) in rules {
+        text.push_str(&format!(
+            "  - {{ name: {name}, function: f, caller: {{ workload: {w} }}, action: allow }}\n"
+        ));
+    }
+    let repo = Repo::service(&text);
+    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
+    let findings: Vec<String> = lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let chosen: Vec<&String> = findings
+        .iter()
+        .filter(|f| f.contains("only by names it chooses itself"))
+        .collect();
+    for (line, name) in [(6, "by-comm"), (7, "by-user-unit"), (8, "below-unit")] {
+        assert!(
+            chosen
+                .iter()
+                .any(|f| f.contains(&format!("rule \"{name}\""))
+                    && f.contains(&format!("svc.yaml:{line}:"))
+                    && f.contains("warning")),
+            "{name}: {findings:#?}"
+        );
+    }
+    assert_eq!(chosen.len(), 3, "{chosen:#?}");
+}

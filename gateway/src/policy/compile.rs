@@ -154,8 +154,39 @@ pub(super) struct WorkloadCond {
     pub uids: Vec<u32>,
     pub users: Vec<String>,
     pub units: Vec<String>,
-    pub cgroup_prefix: Option<String>,
+    pub user_units: Vec<String>,
+    /// The `cgroup:` prefix as path components (no empty ones): compared component by
+    /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
+    pub cgroup_prefix: Option<Vec<String>>,
     pub comms: Vec<String>,
+}
+
+impl WorkloadCond {
+    /// When every condition given names something the process (or whoever a cgroup subtree
+    /// is delegated to) chooses itself, what they are; `None` when at least one condition is
+    /// a fact the workload cannot choose (uid, user, the owning unit, a cgroup at or above
+    /// a unit).
+    pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
+        use crate::identity::workload::systemd_owned_depth;
+        if !self.uids.is_empty() || !self.users.is_empty() || !self.units.is_empty() {
+            return None;
+        }
+        let mut chosen = Vec::new();
+        if !self.comms.is_empty() {
+            chosen.push("comm (any process sets its own)");
+        }
+        if !self.user_units.is_empty() {
+            chosen.push("user_unit (the user names units of its own manager)");
+        }
+        if let Some(prefix) = &self.cgroup_prefix {
+            let below = systemd_owned_depth(&prefix.join("/")).is_some_and(|d| prefix.len() > d);
+            if !below {
+                return None;
+            }
+            chosen.push("a cgroup below a unit (the unit may delegate its subtree)");
+        }
+        (!chosen.is_empty()).then_some(chosen)
+    }
 }
 
 #[derive(Debug)]
@@ -912,11 +943,11 @@ fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> Call
         groups_all: c.groups_all.clone(),
         claims,
         authenticated: c.authenticated,
-        workload: c.workload.as_ref().map(compile_workload),
+        workload: c.workload.as_ref().map(|w| compile_workload(w, err)),
     }
 }
 
-fn compile_workload(w: &WorkloadMatch) -> WorkloadCond {
+fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> WorkloadCond {
     let list =
         |o: &Option<schema::OneOrMany>| o.as_ref().map(|v| v.items().to_vec()).unwrap_or_default();
     WorkloadCond {
@@ -927,10 +958,21 @@ fn compile_workload(w: &WorkloadMatch) -> WorkloadCond {
         },
         users: list(&w.user),
         units: list(&w.unit),
-        cgroup_prefix: w
-            .cgroup
-            .as_ref()
-            .map(|c| c.trim_start_matches('/').to_string()),
+        user_units: list(&w.user_unit),
+        cgroup_prefix: w.cgroup.as_ref().map(|c| {
+            let parts: Vec<String> = c
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            if parts.iter().any(|p| p == "." || p == "..") {
+                err(
+                    &["caller", "workload", "cgroup"],
+                    format!("{c:?}: a cgroup path has no `.` or `..` components"),
+                );
+            }
+            parts
+        }),
         comms: list(&w.comm),
     }
 }

@@ -422,10 +422,17 @@ pub struct WorkloadMatch {
     pub uid: Option<UidList>,
     #[serde(default)]
     pub user: Option<OneOrMany>,
-    /// systemd unit(s).
+    /// systemd unit(s): the unit that owns the cgroup, as systemd derives it (a process in
+    /// `user.slice/user-1000.slice/user@1000.service/app.slice/x.service` is in unit
+    /// `user@1000.service`).
     #[serde(default)]
     pub unit: Option<OneOrMany>,
-    /// cgroup path prefix (relative to the cgroup mount, e.g. `system.slice/`).
+    /// A user manager's unit(s) (`x.service` above). The user names these: match them
+    /// together with `unit: user@UID.service` or `uid`.
+    #[serde(default)]
+    pub user_unit: Option<OneOrMany>,
+    /// cgroup path prefix, compared by whole path components (relative to the cgroup mount,
+    /// e.g. `system.slice/`: `rt2/trusted` matches `rt2/trusted/x`, never `rt2/trustedX`).
     #[serde(default)]
     pub cgroup: Option<String>,
     #[serde(default)]
@@ -633,6 +640,7 @@ pub struct TestWorkload {
     pub uid: Option<u32>,
     pub user: Option<String>,
     pub unit: Option<String>,
+    pub user_unit: Option<String>,
     pub cgroup: Option<String>,
     pub comm: Option<String>,
     pub pid: Option<u32>,

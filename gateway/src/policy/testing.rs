@@ -58,6 +58,12 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             uid: w.uid,
             user: w.user.clone(),
             unit: w.unit.clone(),
+            user_unit: w.user_unit.clone(),
+            user_unit_uid: w
+                .unit
+                .as_deref()
+                .and_then(crate::identity::workload::user_manager_uid)
+                .filter(|_| w.user_unit.is_some()),
             cgroup: w.cgroup.clone(),
             comm: w.comm.clone(),
             ..Workload::default()
