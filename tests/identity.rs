@@ -564,3 +564,97 @@ rules:
         "{r}"
     );
 }
+
+#[test]
+fn a_partner_providers_groups_are_not_corps() {
+    let test = "a_partner_providers_groups_are_not_corps";
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return;
+    }
+    // Two real providers, each with its own keys and audience; both put `groups: [finance]`
+    // in billing-agent's token.
+    let dir = TestDir::new("callgate-identity");
+    let partner_dir = TestDir::new("callgate-identity-partner");
+    let corp = Oidc::start(&dir);
+    let partner = Oidc::start(&partner_dir);
+    let up = upstream(&dir, None);
+    let cg = TestCgroup::new("id-providers");
+    let repo = format!(
+        r#"default_action: deny
+unknown_destination: deny
+identity:
+  default_provider: corp
+  providers:
+    - {{ name: corp, issuer: "{}", audiences: [payments], clock_skew_s: 0 }}
+    - {{ name: partner, issuer: "{}", audiences: [other-api], clock_skew_s: 0 }}
+"#,
+        corp.issuer(),
+        partner.issuer()
+    );
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  echo: {{ route: "GET /echo" }}
+rules:
+  - name: corp-finance-reads
+    function: get_payment
+    caller: {{ provider: corp, groups: [finance] }}
+    action: allow
+  - name: finance-echo
+    function: echo
+    caller: {{ groups: [finance] }}   # the default provider's: corp
+    action: allow
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    gw.enable(&cg);
+    let corp_token = corp.token("billing-agent", None);
+    let partner_token = partner.token("billing-agent", Some("urn:callgate:other"));
+    let call = |path: &str, token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("http://127.0.0.1:{}{path}", up.port);
+        let out = cg.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &auth,
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .unwrap_or(0)
+    };
+
+    for path in ["/v1/payments/p_1", "/echo"] {
+        assert_eq!(call(path, &corp_token), 200, "corp: {path}\n{}", gw.log());
+        let before = up.requests().len();
+        assert_eq!(call(path, &partner_token), 403, "partner: {path}");
+        assert_eq!(up.requests().len(), before, "{path}: upstream untouched");
+    }
+    // The partner's token did verify (it is a caller of the partner), and was refused only
+    // because its groups are not corp's.
+    let r = record_where(&gw, "the partner's refused read", |r| {
+        r["function"] == "get_payment"
+            && r["decision"]["action"] == "deny"
+            && r["caller"]["provider"] == "partner"
+    });
+    assert_eq!(r["caller"]["authenticated"], true, "{r}");
+    assert_eq!(r["caller"]["groups"], serde_json::json!(["finance"]), "{r}");
+    let r = record_where(&gw, "corp's read", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["caller"]["provider"], "corp", "{r}");
+}

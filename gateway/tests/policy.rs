@@ -968,3 +968,135 @@ fn lint_warns_on_workload_names_the_workload_chooses() {
     }
     assert_eq!(chosen.len(), 3, "{chosen:#?}");
 }
+
+/// `callgate.yaml` trusting two providers, corp and a partner, each with its own audience.
+fn two_providers(extra: &str) -> String {
+    format!(
+        r#"default_action: deny
+identity:
+{extra}  providers:
+    - {{ name: corp, issuer: "https://idp.corp.example", audiences: [payments] }}
+    - {{ name: partner, issuer: "https://sso.partner.example", audiences: [partner-api] }}
+"#
+    )
+}
+
+fn token_of(provider: &str, groups: &[&str]) -> Caller {
+    Caller {
+        provider: Some(provider.into()),
+        ..user(groups)
+    }
+}
+
+#[test]
+fn groups_subjects_and_claims_belong_to_one_provider() {
+    let rule =
+        |cond: &str| format!("{HEAD}  - {{ name: r, function: f, action: allow, {cond} }}\n");
+    let allowed = |repo: &Repo, caller: &Caller| {
+        decide(&repo.snap(), "f", json!({}), caller).0 == Action::Allow
+    };
+
+    // The rule names its provider: the partner's "finance" is not corp's.
+    let named = Repo::new(
+        &two_providers(""),
+        &[(
+            "svc.yaml",
+            &rule("caller: { provider: corp, groups: [finance] }"),
+        )],
+    );
+    assert!(allowed(&named, &token_of("corp", &["finance"])));
+    assert!(!allowed(&named, &token_of("partner", &["finance"])));
+    assert!(!allowed(&named, &user(&["finance"])), "no provider at all");
+    let (_, trace) = named.snap().explain(
+        named.snap().service("svc").unwrap(),
+        &Call {
+            function: "f".into(),
+            ..Default::default()
+        },
+        &token_of("partner", &["finance"]),
+    );
+    assert!(
+        trace.iter().any(|t| t.why.contains("provider \"corp\"")),
+        "{trace:?}"
+    );
+
+    // The repository names a default: rules without `provider:` mean corp's.
+    let by_default = Repo::new(
+        &two_providers("  default_provider: corp\n"),
+        &[("svc.yaml", &rule("caller: { groups: [finance] }"))],
+    );
+    assert!(allowed(&by_default, &token_of("corp", &["finance"])));
+    assert!(!allowed(&by_default, &token_of("partner", &["finance"])));
+    for cond in [
+        "caller: { subject: u }",
+        "caller: { groups_all: [finance] }",
+        "caller: { claims: { tenant: acme } }",
+    ] {
+        let repo = Repo::new(
+            &two_providers("  default_provider: corp\n"),
+            &[("svc.yaml", &rule(cond))],
+        );
+        let partner = Caller {
+            claims: json!({"tenant": "acme"}),
+            ..token_of("partner", &["finance"])
+        };
+        assert!(!allowed(&repo, &partner), "{cond}");
+        let corp = Caller {
+            provider: Some("corp".into()),
+            ..partner
+        };
+        assert!(allowed(&repo, &corp), "{cond}");
+    }
+
+    // Two providers, no default, a rule that does not say whose groups: it does not compile.
+    for cond in [
+        "caller: { groups: [finance] }",
+        "caller: { subject: u }",
+        "caller: { claims: { tenant: acme } }",
+    ] {
+        let errors = Repo::new(&two_providers(""), &[("svc.yaml", &rule(cond))]).errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("svc.yaml:6") && e.contains("add `provider:`")),
+            "{cond}: {errors:?}"
+        );
+    }
+    // A provider that is not configured, as a rule's or as the default.
+    let errors = Repo::new(
+        &two_providers(""),
+        &[(
+            "svc.yaml",
+            &rule("caller: { provider: crop, groups: [finance] }"),
+        )],
+    )
+    .errors();
+    assert!(
+        errors.iter().any(|e| e.contains("\"crop\" is not one of")),
+        "{errors:?}"
+    );
+    let errors = Repo::new(
+        &two_providers("  default_provider: crop\n"),
+        &[("svc.yaml", &rule("caller: { authenticated: true }"))],
+    )
+    .errors();
+    assert!(
+        errors.iter().any(|e| e.contains("\"crop\" is not one of")),
+        "{errors:?}"
+    );
+
+    // `authenticated: true` alone asks for a verified token from any provider.
+    let any = Repo::new(
+        &two_providers(""),
+        &[("svc.yaml", &rule("caller: { authenticated: true }"))],
+    );
+    assert!(allowed(&any, &token_of("partner", &[])));
+
+    // With one provider, it is the default.
+    let one = Repo::new(
+        "identity:\n  providers:\n    - { name: corp, issuer: \"https://idp.corp.example\", audiences: [payments] }\n",
+        &[("svc.yaml", &rule("caller: { groups: [finance] }"))],
+    );
+    assert!(allowed(&one, &token_of("corp", &["finance"])));
+    assert!(!allowed(&one, &token_of("partner", &["finance"])));
+}

@@ -141,6 +141,9 @@ impl std::fmt::Debug for When {
 
 #[derive(Debug, Default)]
 pub(super) struct CallerCond {
+    /// The provider whose token the caller must hold: the rule's `provider:`, or (when the
+    /// rule asks for subjects, groups or claims) the repository's default provider.
+    pub provider: Option<String>,
     pub subjects: Vec<String>,
     pub groups_any: Vec<String>,
     pub groups_all: Vec<String>,
@@ -373,7 +376,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
             defined_in.insert(&file.service, first);
             continue;
         }
-        match compile_service(src, file, loaded) {
+        match compile_service(src, file, loaded, &identity) {
             Ok(s) => {
                 rule_count += s.rules.len();
                 compiled.push((src, file, s));
@@ -528,6 +531,7 @@ fn compile_service(
     src: &Source,
     file: &schema::ServiceFile,
     loaded: &Loaded,
+    identity: &IdentityConfig,
 ) -> Result<Service, Vec<Finding>> {
     let mut errors = Vec::new();
     if file.service.trim().is_empty() {
@@ -706,7 +710,7 @@ fn compile_service(
         let caller = def
             .caller
             .as_ref()
-            .map(|c| compile_caller(c, &mut |path, msg| errors.push(err(path, msg))));
+            .map(|c| compile_caller(c, identity, &mut |path, msg| errors.push(err(path, msg))));
         let mut args = Vec::new();
         for (name, cond) in &def.args {
             match compile_arg(name, cond) {
@@ -925,7 +929,36 @@ fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<F
     }
 }
 
-fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> CallerCond {
+fn compile_caller(
+    c: &CallerMatch,
+    identity: &IdentityConfig,
+    err: &mut dyn FnMut(&[&str], String),
+) -> CallerCond {
+    // Groups, subjects and claims mean something only within one provider: `finance` in a
+    // partner's token is not corp's finance group.
+    let names_token_values = c.subject.is_some()
+        || !c.groups.is_empty()
+        || !c.groups_all.is_empty()
+        || !c.claims.is_empty();
+    let provider = match &c.provider {
+        Some(p) if identity.has_provider(p) => Some(p.clone()),
+        Some(p) => {
+            err(
+                &["caller", "provider"],
+                format!("{p:?} is not one of identity.providers in callgate.yaml"),
+            );
+            None
+        }
+        None if !names_token_values => None,
+        None if identity.providers.len() > 1 && identity.default_provider.is_none() => {
+            err(
+                &["caller"],
+                "with more than one identity provider, say whose subjects, groups or claims these are: add `provider:` to the rule or `identity.default_provider` to callgate.yaml".into(),
+            );
+            None
+        }
+        None => identity.default_provider.clone(),
+    };
     let mut claims = Vec::new();
     for (path, value) in &c.claims {
         match JsonPath::parse(path) {
@@ -934,6 +967,7 @@ fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> Call
         }
     }
     CallerCond {
+        provider,
         subjects: c
             .subject
             .as_ref()

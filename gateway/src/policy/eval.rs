@@ -96,6 +96,7 @@ pub struct Decision {
 /// Why a rule did not match, without allocating.
 #[derive(Debug, Clone, Copy)]
 enum Miss<'r> {
+    Provider(&'r str),
     Subject,
     Groups,
     GroupsAll(&'r str),
@@ -330,6 +331,11 @@ fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>
     if let Some(want) = c.authenticated {
         if caller.authenticated != want {
             return Err(Miss::Authenticated(want));
+        }
+    }
+    if let Some(want) = &c.provider {
+        if !(caller.authenticated && caller.provider.as_deref() == Some(want.as_str())) {
+            return Err(Miss::Provider(want));
         }
     }
     if !c.subjects.is_empty() {
@@ -620,6 +626,11 @@ fn to_cel(v: &Json, depth: usize) -> cel::Value {
 
 fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
     match miss {
+        Miss::Provider(p) => format!(
+            "the rule is for tokens of provider {p:?}; the caller's is {:?}{}",
+            caller.provider,
+            unauth(caller)
+        ),
         Miss::Subject => format!(
             "caller subject {:?} is not one the rule names{}",
             caller.subject,

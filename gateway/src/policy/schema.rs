@@ -64,6 +64,10 @@ pub enum Mode {
 pub struct Identity {
     #[serde(default)]
     pub providers: Vec<Provider>,
+    /// The provider whose groups, subjects and claims a rule means when it names none.
+    /// Needed when there is more than one provider (with one, it is that one).
+    #[serde(default)]
+    pub default_provider: Option<String>,
     /// Request headers a bearer token is read from, first present wins. A value may be
     /// `Bearer <token>` or the bare token.
     #[serde(default = "token_headers")]
@@ -74,6 +78,7 @@ impl Default for Identity {
     fn default() -> Self {
         Self {
             providers: Vec::new(),
+            default_provider: None,
             token_headers: token_headers(),
         }
     }
@@ -396,6 +401,11 @@ impl std::fmt::Display for Action {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerMatch {
+    /// The provider (its `name` in `identity.providers`) whose token the subjects, groups and
+    /// claims below come from; default `identity.default_provider`. Groups of another
+    /// provider never match, whatever they are called.
+    #[serde(default)]
+    pub provider: Option<String>,
     /// OIDC subject(s).
     #[serde(default)]
     pub subject: Option<OneOrMany>,
@@ -627,6 +637,8 @@ pub struct TestRequest {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestCaller {
+    /// The provider that issued the token; default the repository's default provider.
+    pub provider: Option<String>,
     pub subject: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,

@@ -50,6 +50,10 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                 c.claims.clone()
             },
             authenticated: c.subject.is_some(),
+            provider: c
+                .provider
+                .clone()
+                .or_else(|| snap.identity.default_provider.clone()),
             ..Caller::default()
         });
     let caller = Caller {
