@@ -452,3 +452,209 @@ credentials:
     let (_, second) = echo();
     assert_eq!(second, first, "the token was reused");
 }
+
+/// GET `url` with curl from `cg` (as `prefix`, e.g. setpriv): the HTTP status.
+fn get_status(cg: &TestCgroup, prefix: &[&str], url: &str) -> u16 {
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    let out = cg.run(&argv);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn workload_names_below_a_delegation_boundary_do_not_identify() {
+    let test = "workload_names_below_a_delegation_boundary_do_not_identify";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-identity");
+    let up = upstream(&dir, None);
+    // A slice of the test's own, laid out as systemd lays out units: a system service, and a
+    // user manager (user@4242.service, which systemd delegates to uid 4242) in which the user
+    // made a cgroup with the service's name.
+    let mount = cgroup_mount().expect("cgroup v2 mount");
+    let slice = format!("{}.slice", unique("id-deleg"));
+    fs::create_dir_all(mount.join(&slice)).expect("mkdir slice");
+    let top = TestCgroup {
+        path: mount.join(&slice),
+    };
+    let agent = top.child("billing-agent.service");
+    let users = top.child("x.slice");
+    let manager = users.child("user@4242.service");
+    let apps = manager.child("app.slice");
+    let fake = apps.child("billing-agent.service");
+    let trusted = top.child("trusted");
+    let trusted_x = top.child("trustedX");
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  echo: {{ route: "GET /echo" }}
+rules:
+  - name: billing-agent-reads
+    function: get_payment
+    caller: {{ workload: {{ unit: billing-agent.service }} }}
+    action: allow
+  - name: trusted-echo
+    function: echo
+    caller: {{ workload: {{ cgroup: "{slice}/trusted" }} }}
+    action: allow
+"#,
+        port = up.port
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    gw.enable(&top);
+    let payment = format!("http://127.0.0.1:{}/v1/payments/p_1", up.port);
+    let echo = format!("http://127.0.0.1:{}/echo", up.port);
+    let as_user = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"];
+
+    // The real unit: allowed.
+    assert_eq!(get_status(&agent, &[], &payment), 200, "{}", gw.log());
+    let r = record_where(&gw, "the allowed read", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["workload"]["unit"], "billing-agent.service", "{r}");
+
+    // The user's look-alike below its own manager: denied, the upstream never sees it, and
+    // the record names the unit systemd would (with the user unit apart).
+    let before = up.requests().len();
+    assert_eq!(get_status(&fake, &as_user, &payment), 403);
+    assert_eq!(up.requests().len(), before, "upstream untouched");
+    let r = record_where(&gw, "the denied look-alike", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "deny"
+    });
+    assert_eq!(r["workload"]["unit"], "user@4242.service", "{r}");
+    assert_eq!(r["workload"]["user_unit"], "billing-agent.service", "{r}");
+    assert_eq!(r["workload"]["user_unit_uid"], 4242, "{r}");
+    assert_eq!(r["workload"]["uid"], 4242, "{r}");
+
+    // A cgroup prefix is whole components: `trusted` matches, `trustedX` does not.
+    assert_eq!(get_status(&trusted, &[], &echo), 200, "{}", gw.log());
+    let before = up.requests().len();
+    assert_eq!(get_status(&trusted_x, &[], &echo), 403);
+    assert_eq!(up.requests().len(), before, "upstream untouched");
+    let r = record_where(&gw, "the denied sibling", |r| {
+        r["function"] == "echo" && r["decision"]["action"] == "deny"
+    });
+    assert!(
+        r["workload"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/trustedX")),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_partner_providers_groups_are_not_corps() {
+    let test = "a_partner_providers_groups_are_not_corps";
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return;
+    }
+    // Two real providers, each with its own keys and audience; both put `groups: [finance]`
+    // in billing-agent's token.
+    let dir = TestDir::new("callgate-identity");
+    let partner_dir = TestDir::new("callgate-identity-partner");
+    let corp = Oidc::start(&dir);
+    let partner = Oidc::start(&partner_dir);
+    let up = upstream(&dir, None);
+    let cg = TestCgroup::new("id-providers");
+    let repo = format!(
+        r#"default_action: deny
+unknown_destination: deny
+identity:
+  default_provider: corp
+  providers:
+    - {{ name: corp, issuer: "{}", audiences: [payments], clock_skew_s: 0 }}
+    - {{ name: partner, issuer: "{}", audiences: [other-api], clock_skew_s: 0 }}
+"#,
+        corp.issuer(),
+        partner.issuer()
+    );
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  echo: {{ route: "GET /echo" }}
+rules:
+  - name: corp-finance-reads
+    function: get_payment
+    caller: {{ provider: corp, groups: [finance] }}
+    action: allow
+  - name: finance-echo
+    function: echo
+    caller: {{ groups: [finance] }}   # the default provider's: corp
+    action: allow
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    gw.enable(&cg);
+    let corp_token = corp.token("billing-agent", None);
+    let partner_token = partner.token("billing-agent", Some("urn:callgate:other"));
+    let call = |path: &str, token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("http://127.0.0.1:{}{path}", up.port);
+        let out = cg.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &auth,
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .unwrap_or(0)
+    };
+
+    for path in ["/v1/payments/p_1", "/echo"] {
+        assert_eq!(call(path, &corp_token), 200, "corp: {path}\n{}", gw.log());
+        let before = up.requests().len();
+        assert_eq!(call(path, &partner_token), 403, "partner: {path}");
+        assert_eq!(up.requests().len(), before, "{path}: upstream untouched");
+    }
+    // The partner's token did verify (it is a caller of the partner), and was refused only
+    // because its groups are not corp's.
+    let r = record_where(&gw, "the partner's refused read", |r| {
+        r["function"] == "get_payment"
+            && r["decision"]["action"] == "deny"
+            && r["caller"]["provider"] == "partner"
+    });
+    assert_eq!(r["caller"]["authenticated"], true, "{r}");
+    assert_eq!(r["caller"]["groups"], serde_json::json!(["finance"]), "{r}");
+    let r = record_where(&gw, "corp's read", |r| {
+        r["function"] == "get_payment" && r["decision"]["action"] == "allow"
+    });
+    assert_eq!(r["caller"]["provider"], "corp", "{r}");
+}

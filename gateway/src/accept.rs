@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use crate::{
     approve::Approvals,
-    cgroup::{self, CgroupNames},
+    cgroup::CgroupNames,
     config::{self, Config},
     forward::{self, pool::Upstreams},
     http,
@@ -576,6 +576,8 @@ fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
         gid: Some(w.gid),
         user: w.user.clone(),
         unit: w.unit.clone(),
+        user_unit: w.user_unit.clone(),
+        user_unit_uid: w.user_unit_uid,
         cgroup,
         comm: Some(w.comm.clone()),
         exe: w.exe.clone(),
@@ -667,6 +669,9 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
             .collect()
     };
     let cgroup = inputs.names.lookup(w.cgroup_id, w.tgid, roots);
+    let units = cgroup.as_deref().map_or_else(Default::default, |p| {
+        workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
+    });
     WorkloadInfo {
         pid: w.tgid,
         tid: w.pid,
@@ -674,7 +679,9 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
         gid: w.gid,
         comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
         cgroup_id: w.cgroup_id,
-        unit: cgroup.as_deref().and_then(cgroup::unit_of),
+        unit: units.unit,
+        user_unit: units.user_unit,
+        user_unit_uid: units.user_unit_uid,
         cgroup: cgroup.map(|p| p.display().to_string()),
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),

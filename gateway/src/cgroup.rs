@@ -165,15 +165,11 @@ pub fn resolve_unit(mount: &Path, unit: &str) -> Result<Cgroup, CgroupError> {
     })
 }
 
-/// The systemd unit a cgroup path belongs to: its last `*.service` / `*.scope` component.
-pub fn unit_of(path: &Path) -> Option<String> {
-    path.components().rev().find_map(|c| match c {
-        Component::Normal(s) => {
-            let s = s.to_str()?;
-            (s.ends_with(".service") || s.ends_with(".scope")).then(|| s.to_string())
-        }
-        _ => None,
-    })
+/// The systemd unit that owns the cgroup at `path` under `mount`, derived as systemd does
+/// ([`SystemdUnits`](crate::identity::workload::SystemdUnits)): never a name below a
+/// delegation boundary.
+pub fn unit_of(mount: &Path, path: &Path) -> Option<String> {
+    crate::identity::workload::SystemdUnits::of_path(mount, path).unit
 }
 
 /// Maps cgroup ids back to paths, caching what it finds. Ids are looked up below the given
@@ -302,14 +298,19 @@ mod tests {
 
     #[test]
     fn unit_from_path() {
+        let m = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            unit_of(Path::new("/sys/fs/cgroup/system.slice/nginx.service")).as_deref(),
+            unit_of(m, Path::new("/sys/fs/cgroup/system.slice/nginx.service")).as_deref(),
             Some("nginx.service")
         );
         assert_eq!(
-            unit_of(Path::new("/sys/fs/cgroup/system.slice/x.service/sub")).as_deref(),
+            unit_of(
+                m,
+                Path::new("/sys/fs/cgroup/system.slice/x.service/y.service")
+            )
+            .as_deref(),
             Some("x.service")
         );
-        assert_eq!(unit_of(Path::new("/sys/fs/cgroup/test")), None);
+        assert_eq!(unit_of(m, Path::new("/sys/fs/cgroup/test")), None);
     }
 }

@@ -93,6 +93,7 @@ mod tests {
     fn cfg(headers: &[&str]) -> IdentityConfig {
         IdentityConfig {
             providers: Vec::new(),
+            default_provider: None,
             token_headers: headers.iter().map(|h| h.parse().unwrap()).collect(),
         }
     }

@@ -340,7 +340,7 @@ impl Interceptor {
     pub fn enable(&self, target: &Target) -> Result<Change, InterceptError> {
         let cg = target.resolve(&self.mount)?;
         let entry = Enabled {
-            unit: cgroup::unit_of(&cg.path),
+            unit: cgroup::unit_of(&self.mount, &cg.path),
             path: cg.path.clone(),
             id: cg.id,
         };

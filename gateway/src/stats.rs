@@ -51,7 +51,13 @@ pub struct WorkloadInfo {
     pub comm: String,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// The systemd unit that owns the cgroup (never a name below a delegation boundary).
     pub unit: Option<String>,
+    /// Under `user@UID.service`: the user manager's unit, named by that user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unit_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The executable, when the process was still alive at accept time.

@@ -857,3 +857,246 @@ mod never_panics {
         }
     }
 }
+
+/// A workload in a cgroup: its unit fields derived from the path as the gateway derives them.
+fn in_cgroup(cgroup: &str, uid: u32) -> Caller {
+    let units = callgate::identity::workload::SystemdUnits::of(cgroup);
+    Caller {
+        workload: Some(Workload {
+            uid: Some(uid),
+            cgroup: Some(cgroup.into()),
+            unit: units.unit,
+            user_unit: units.user_unit,
+            user_unit_uid: units.user_unit_uid,
+            comm: Some("curl".into()),
+            ..Workload::default()
+        }),
+        ..Caller::default()
+    }
+}
+
+#[test]
+fn workload_names_below_a_delegation_boundary_do_not_rename_the_unit() {
+    let fake = "/user.slice/user-1000.slice/user@1000.service/app.slice/billing-agent.service";
+    let real = "/system.slice/billing-agent.service";
+    let cases: &[(&str, &str, bool)] = &[
+        ("unit: billing-agent.service", real, true),
+        // The user made a cgroup called billing-agent.service below its own manager: it is
+        // in unit user@1000.service, and only a user unit of that name.
+        ("unit: billing-agent.service", fake, false),
+        ("unit: user@1000.service", fake, true),
+        ("user_unit: billing-agent.service", fake, true),
+        ("user_unit: billing-agent.service", real, false),
+        (
+            "{ unit: user@1000.service, user_unit: billing-agent.service }",
+            fake,
+            true,
+        ),
+        (
+            "{ unit: user@1001.service, user_unit: billing-agent.service }",
+            fake,
+            false,
+        ),
+        // Below a system service's (possibly delegated) subtree, likewise.
+        (
+            "unit: billing-agent.service",
+            "/system.slice/ci-runner.service/billing-agent.service",
+            false,
+        ),
+        // cgroup prefixes are whole components.
+        ("cgroup: rt2/trusted", "/rt2/trusted", true),
+        ("cgroup: rt2/trusted", "/rt2/trusted/job-1", true),
+        ("cgroup: /rt2/trusted/", "/rt2/trusted", true),
+        ("cgroup: rt2/trusted", "/rt2/trustedX", false),
+        ("cgroup: rt2/trusted", "/rt2/trustedX/job-1", false),
+        ("cgroup: rt2/trusted", "/rt2", false),
+        ("cgroup: system.slice/", real, true),
+    ];
+    for (cond, cgroup, want) in cases {
+        let cond = if cond.starts_with('{') {
+            cond.to_string()
+        } else {
+            format!("{{ {cond} }}")
+        };
+        let repo = one_rule(&format!("caller: {{ workload: {cond} }}"));
+        let (action, _) = decide(&repo.snap(), "f", json!({}), &in_cgroup(cgroup, 1000));
+        assert_eq!(action == Action::Allow, *want, "{cond} for {cgroup}");
+    }
+    let errors = one_rule("caller: { workload: { cgroup: rt2/../x } }").errors();
+    assert!(
+        errors.iter().any(|e| e.contains("no `.` or `..`")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn lint_warns_on_workload_names_the_workload_chooses() {
+    let rules = [
+        ("by-comm", "{ comm: billing-agent }"),
+        ("by-user-unit", "{ user_unit: billing-agent.service }"),
+        ("below-unit", "{ cgroup: system.slice/runner.service/jobs }"),
+        ("comm-and-uid", "{ comm: billing-agent, uid: 1000 }"),
+        ("by-unit", "{ unit: billing-agent.service }"),
+        ("at-unit", "{ cgroup: system.slice/runner.service }"),
+        ("plain-cgroup", "{ cgroup: rt2/trusted }"),
+    ];
+    let mut text = HEAD.to_string();
+    for (name, w) in rules {
+        text.push_str(&format!(
+            "  - {{ name: {name}, function: f, caller: {{ workload: {w} }}, action: allow }}\n"
+        ));
+    }
+    let repo = Repo::service(&text);
+    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
+    let findings: Vec<String> = lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let chosen: Vec<&String> = findings
+        .iter()
+        .filter(|f| f.contains("only by names it chooses itself"))
+        .collect();
+    for (line, name) in [(6, "by-comm"), (7, "by-user-unit"), (8, "below-unit")] {
+        assert!(
+            chosen
+                .iter()
+                .any(|f| f.contains(&format!("rule \"{name}\""))
+                    && f.contains(&format!("svc.yaml:{line}:"))
+                    && f.contains("warning")),
+            "{name}: {findings:#?}"
+        );
+    }
+    assert_eq!(chosen.len(), 3, "{chosen:#?}");
+}
+
+/// `callgate.yaml` trusting two providers, corp and a partner, each with its own audience.
+fn two_providers(extra: &str) -> String {
+    format!(
+        r#"default_action: deny
+identity:
+{extra}  providers:
+    - {{ name: corp, issuer: "https://idp.corp.example", audiences: [payments] }}
+    - {{ name: partner, issuer: "https://sso.partner.example", audiences: [partner-api] }}
+"#
+    )
+}
+
+fn token_of(provider: &str, groups: &[&str]) -> Caller {
+    Caller {
+        provider: Some(provider.into()),
+        ..user(groups)
+    }
+}
+
+#[test]
+fn groups_subjects_and_claims_belong_to_one_provider() {
+    let rule =
+        |cond: &str| format!("{HEAD}  - {{ name: r, function: f, action: allow, {cond} }}\n");
+    let allowed = |repo: &Repo, caller: &Caller| {
+        decide(&repo.snap(), "f", json!({}), caller).0 == Action::Allow
+    };
+
+    // The rule names its provider: the partner's "finance" is not corp's.
+    let named = Repo::new(
+        &two_providers(""),
+        &[(
+            "svc.yaml",
+            &rule("caller: { provider: corp, groups: [finance] }"),
+        )],
+    );
+    assert!(allowed(&named, &token_of("corp", &["finance"])));
+    assert!(!allowed(&named, &token_of("partner", &["finance"])));
+    assert!(!allowed(&named, &user(&["finance"])), "no provider at all");
+    let (_, trace) = named.snap().explain(
+        named.snap().service("svc").unwrap(),
+        &Call {
+            function: "f".into(),
+            ..Default::default()
+        },
+        &token_of("partner", &["finance"]),
+    );
+    assert!(
+        trace.iter().any(|t| t.why.contains("provider \"corp\"")),
+        "{trace:?}"
+    );
+
+    // The repository names a default: rules without `provider:` mean corp's.
+    let by_default = Repo::new(
+        &two_providers("  default_provider: corp\n"),
+        &[("svc.yaml", &rule("caller: { groups: [finance] }"))],
+    );
+    assert!(allowed(&by_default, &token_of("corp", &["finance"])));
+    assert!(!allowed(&by_default, &token_of("partner", &["finance"])));
+    for cond in [
+        "caller: { subject: u }",
+        "caller: { groups_all: [finance] }",
+        "caller: { claims: { tenant: acme } }",
+    ] {
+        let repo = Repo::new(
+            &two_providers("  default_provider: corp\n"),
+            &[("svc.yaml", &rule(cond))],
+        );
+        let partner = Caller {
+            claims: json!({"tenant": "acme"}),
+            ..token_of("partner", &["finance"])
+        };
+        assert!(!allowed(&repo, &partner), "{cond}");
+        let corp = Caller {
+            provider: Some("corp".into()),
+            ..partner
+        };
+        assert!(allowed(&repo, &corp), "{cond}");
+    }
+
+    // Two providers, no default, a rule that does not say whose groups: it does not compile.
+    for cond in [
+        "caller: { groups: [finance] }",
+        "caller: { subject: u }",
+        "caller: { claims: { tenant: acme } }",
+    ] {
+        let errors = Repo::new(&two_providers(""), &[("svc.yaml", &rule(cond))]).errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("svc.yaml:6") && e.contains("add `provider:`")),
+            "{cond}: {errors:?}"
+        );
+    }
+    // A provider that is not configured, as a rule's or as the default.
+    let errors = Repo::new(
+        &two_providers(""),
+        &[(
+            "svc.yaml",
+            &rule("caller: { provider: crop, groups: [finance] }"),
+        )],
+    )
+    .errors();
+    assert!(
+        errors.iter().any(|e| e.contains("\"crop\" is not one of")),
+        "{errors:?}"
+    );
+    let errors = Repo::new(
+        &two_providers("  default_provider: crop\n"),
+        &[("svc.yaml", &rule("caller: { authenticated: true }"))],
+    )
+    .errors();
+    assert!(
+        errors.iter().any(|e| e.contains("\"crop\" is not one of")),
+        "{errors:?}"
+    );
+
+    // `authenticated: true` alone asks for a verified token from any provider.
+    let any = Repo::new(
+        &two_providers(""),
+        &[("svc.yaml", &rule("caller: { authenticated: true }"))],
+    );
+    assert!(allowed(&any, &token_of("partner", &[])));
+
+    // With one provider, it is the default.
+    let one = Repo::new(
+        "identity:\n  providers:\n    - { name: corp, issuer: \"https://idp.corp.example\", audiences: [payments] }\n",
+        &[("svc.yaml", &rule("caller: { groups: [finance] }"))],
+    );
+    assert!(allowed(&one, &token_of("corp", &["finance"])));
+    assert!(!allowed(&one, &token_of("partner", &["finance"])));
+}

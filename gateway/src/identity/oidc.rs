@@ -44,6 +44,10 @@ const ASYMMETRIC: [&str; 9] = [
 #[derive(Debug)]
 pub struct IdentityConfig {
     pub providers: Vec<Arc<ProviderConfig>>,
+    /// The provider a rule's groups, subjects and claims belong to when it names none:
+    /// `default_provider`, or the only provider. `None` with several providers and no
+    /// default: such rules do not compile.
+    pub default_provider: Option<String>,
     pub token_headers: Vec<HeaderName>,
 }
 
@@ -51,6 +55,7 @@ impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             providers: Vec::new(),
+            default_provider: None,
             token_headers: vec![http::header::AUTHORIZATION],
         }
     }
@@ -106,10 +111,30 @@ impl IdentityConfig {
                 providers.push(Arc::new(c));
             }
         }
+        let default_provider = match &id.default_provider {
+            Some(name) if id.providers.iter().any(|p| p.name == *name) => Some(name.clone()),
+            Some(name) => {
+                err(
+                    &["identity", "default_provider"],
+                    format!("{name:?} is not one of identity.providers"),
+                );
+                None
+            }
+            None => match providers.as_slice() {
+                [only] => Some(only.name.clone()),
+                _ => None,
+            },
+        };
         Self {
             providers,
+            default_provider,
             token_headers,
         }
+    }
+
+    /// Whether `name` is a configured provider.
+    pub fn has_provider(&self, name: &str) -> bool {
+        self.providers.iter().any(|p| p.name == name)
     }
 }
 

@@ -141,6 +141,9 @@ impl std::fmt::Debug for When {
 
 #[derive(Debug, Default)]
 pub(super) struct CallerCond {
+    /// The provider whose token the caller must hold: the rule's `provider:`, or (when the
+    /// rule asks for subjects, groups or claims) the repository's default provider.
+    pub provider: Option<String>,
     pub subjects: Vec<String>,
     pub groups_any: Vec<String>,
     pub groups_all: Vec<String>,
@@ -154,8 +157,39 @@ pub(super) struct WorkloadCond {
     pub uids: Vec<u32>,
     pub users: Vec<String>,
     pub units: Vec<String>,
-    pub cgroup_prefix: Option<String>,
+    pub user_units: Vec<String>,
+    /// The `cgroup:` prefix as path components (no empty ones): compared component by
+    /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
+    pub cgroup_prefix: Option<Vec<String>>,
     pub comms: Vec<String>,
+}
+
+impl WorkloadCond {
+    /// When every condition given names something the process (or whoever a cgroup subtree
+    /// is delegated to) chooses itself, what they are; `None` when at least one condition is
+    /// a fact the workload cannot choose (uid, user, the owning unit, a cgroup at or above
+    /// a unit).
+    pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
+        use crate::identity::workload::systemd_owned_depth;
+        if !self.uids.is_empty() || !self.users.is_empty() || !self.units.is_empty() {
+            return None;
+        }
+        let mut chosen = Vec::new();
+        if !self.comms.is_empty() {
+            chosen.push("comm (any process sets its own)");
+        }
+        if !self.user_units.is_empty() {
+            chosen.push("user_unit (the user names units of its own manager)");
+        }
+        if let Some(prefix) = &self.cgroup_prefix {
+            let below = systemd_owned_depth(&prefix.join("/")).is_some_and(|d| prefix.len() > d);
+            if !below {
+                return None;
+            }
+            chosen.push("a cgroup below a unit (the unit may delegate its subtree)");
+        }
+        (!chosen.is_empty()).then_some(chosen)
+    }
 }
 
 #[derive(Debug)]
@@ -342,7 +376,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
             defined_in.insert(&file.service, first);
             continue;
         }
-        match compile_service(src, file, loaded) {
+        match compile_service(src, file, loaded, &identity) {
             Ok(s) => {
                 rule_count += s.rules.len();
                 compiled.push((src, file, s));
@@ -497,6 +531,7 @@ fn compile_service(
     src: &Source,
     file: &schema::ServiceFile,
     loaded: &Loaded,
+    identity: &IdentityConfig,
 ) -> Result<Service, Vec<Finding>> {
     let mut errors = Vec::new();
     if file.service.trim().is_empty() {
@@ -675,7 +710,7 @@ fn compile_service(
         let caller = def
             .caller
             .as_ref()
-            .map(|c| compile_caller(c, &mut |path, msg| errors.push(err(path, msg))));
+            .map(|c| compile_caller(c, identity, &mut |path, msg| errors.push(err(path, msg))));
         let mut args = Vec::new();
         for (name, cond) in &def.args {
             match compile_arg(name, cond) {
@@ -894,7 +929,36 @@ fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<F
     }
 }
 
-fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> CallerCond {
+fn compile_caller(
+    c: &CallerMatch,
+    identity: &IdentityConfig,
+    err: &mut dyn FnMut(&[&str], String),
+) -> CallerCond {
+    // Groups, subjects and claims mean something only within one provider: `finance` in a
+    // partner's token is not corp's finance group.
+    let names_token_values = c.subject.is_some()
+        || !c.groups.is_empty()
+        || !c.groups_all.is_empty()
+        || !c.claims.is_empty();
+    let provider = match &c.provider {
+        Some(p) if identity.has_provider(p) => Some(p.clone()),
+        Some(p) => {
+            err(
+                &["caller", "provider"],
+                format!("{p:?} is not one of identity.providers in callgate.yaml"),
+            );
+            None
+        }
+        None if !names_token_values => None,
+        None if identity.providers.len() > 1 && identity.default_provider.is_none() => {
+            err(
+                &["caller"],
+                "with more than one identity provider, say whose subjects, groups or claims these are: add `provider:` to the rule or `identity.default_provider` to callgate.yaml".into(),
+            );
+            None
+        }
+        None => identity.default_provider.clone(),
+    };
     let mut claims = Vec::new();
     for (path, value) in &c.claims {
         match JsonPath::parse(path) {
@@ -903,6 +967,7 @@ fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> Call
         }
     }
     CallerCond {
+        provider,
         subjects: c
             .subject
             .as_ref()
@@ -912,11 +977,11 @@ fn compile_caller(c: &CallerMatch, err: &mut dyn FnMut(&[&str], String)) -> Call
         groups_all: c.groups_all.clone(),
         claims,
         authenticated: c.authenticated,
-        workload: c.workload.as_ref().map(compile_workload),
+        workload: c.workload.as_ref().map(|w| compile_workload(w, err)),
     }
 }
 
-fn compile_workload(w: &WorkloadMatch) -> WorkloadCond {
+fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> WorkloadCond {
     let list =
         |o: &Option<schema::OneOrMany>| o.as_ref().map(|v| v.items().to_vec()).unwrap_or_default();
     WorkloadCond {
@@ -927,10 +992,21 @@ fn compile_workload(w: &WorkloadMatch) -> WorkloadCond {
         },
         users: list(&w.user),
         units: list(&w.unit),
-        cgroup_prefix: w
-            .cgroup
-            .as_ref()
-            .map(|c| c.trim_start_matches('/').to_string()),
+        user_units: list(&w.user_unit),
+        cgroup_prefix: w.cgroup.as_ref().map(|c| {
+            let parts: Vec<String> = c
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            if parts.iter().any(|p| p == "." || p == "..") {
+                err(
+                    &["caller", "workload", "cgroup"],
+                    format!("{c:?}: a cgroup path has no `.` or `..` components"),
+                );
+            }
+            parts
+        }),
         comms: list(&w.comm),
     }
 }

@@ -57,8 +57,16 @@ pub struct Workload {
     pub gid: Option<u32>,
     #[serde(default)]
     pub user: Option<String>,
+    /// The systemd unit that owns the cgroup, derived as systemd does: never a name below a
+    /// delegation boundary.
     #[serde(default)]
     pub unit: Option<String>,
+    /// Under `user@UID.service`: the user manager's unit. The user names it.
+    #[serde(default)]
+    pub user_unit: Option<String>,
+    /// The UID of the user manager that runs `user_unit`.
+    #[serde(default)]
+    pub user_unit_uid: Option<u32>,
     /// cgroup path relative to the cgroup mount.
     #[serde(default)]
     pub cgroup: Option<String>,
@@ -88,6 +96,7 @@ pub struct Decision {
 /// Why a rule did not match, without allocating.
 #[derive(Debug, Clone, Copy)]
 enum Miss<'r> {
+    Provider(&'r str),
     Subject,
     Groups,
     GroupsAll(&'r str),
@@ -324,6 +333,11 @@ fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>
             return Err(Miss::Authenticated(want));
         }
     }
+    if let Some(want) = &c.provider {
+        if !(caller.authenticated && caller.provider.as_deref() == Some(want.as_str())) {
+            return Err(Miss::Provider(want));
+        }
+    }
     if !c.subjects.is_empty() {
         // Only a verified token has a subject worth trusting.
         let ok = caller.authenticated
@@ -386,16 +400,23 @@ fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r
     if !one_of(&w.comms, &a.comm) {
         return Err(Miss::Workload("comm"));
     }
+    if !one_of(&w.user_units, &a.user_unit) {
+        return Err(Miss::Workload("user_unit"));
+    }
     if let Some(prefix) = &w.cgroup_prefix {
-        if !a
-            .cgroup
-            .as_deref()
-            .is_some_and(|c| c.trim_start_matches('/').starts_with(prefix.as_str()))
-        {
+        if !a.cgroup.as_deref().is_some_and(|c| under(c, prefix)) {
             return Err(Miss::Workload("cgroup"));
         }
     }
     Ok(())
+}
+
+/// Whether cgroup path `path` is `prefix` or below it, by whole components.
+fn under(path: &str, prefix: &[String]) -> bool {
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    prefix
+        .iter()
+        .all(|want| parts.next() == Some(want.as_str()))
 }
 
 /// A condition on the arguments: it holds, or it cannot be evaluated (and why), or it fails.
@@ -605,6 +626,11 @@ fn to_cel(v: &Json, depth: usize) -> cel::Value {
 
 fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
     match miss {
+        Miss::Provider(p) => format!(
+            "the rule is for tokens of provider {p:?}; the caller's is {:?}{}",
+            caller.provider,
+            unauth(caller)
+        ),
         Miss::Subject => format!(
             "caller subject {:?} is not one the rule names{}",
             caller.subject,
@@ -638,6 +664,7 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
                 "uid" => format!("{:?}", w.uid),
                 "user" => format!("{:?}", w.user),
                 "unit" => format!("{:?}", w.unit),
+                "user_unit" => format!("{:?}", w.user_unit),
                 "comm" => format!("{:?}", w.comm),
                 _ => format!("{:?}", w.cgroup),
             };

@@ -1,6 +1,7 @@
 //! `callgate policy lint`: schema and compile errors, plus findings about rules that cannot
 //! do what their author meant: shadowed rules, functions no rule mentions, overlapping
-//! services, allow rules open to any caller.
+//! services, allow rules open to any caller, rules that know the workload only by names the
+//! workload chooses itself.
 use super::{
     compile::{HostSpec, Snapshot, in_cidr, parse_host},
     load::{Finding, Loaded, Severity},
@@ -36,6 +37,17 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
                 out.push(warn(
                     &["rules", &j.to_string(), "name"],
                     format!("rule {:?} allows any caller: add a `caller:` constraint (or a `when:`) if that is not intended", later.name),
+                ));
+            }
+            if let Some(chosen) = later
+                .caller
+                .as_ref()
+                .and_then(|c| c.workload.as_ref())
+                .and_then(|w| w.only_chosen_by_process())
+            {
+                out.push(warn(
+                    &["rules", &j.to_string(), "caller", "workload"],
+                    format!("rule {:?} knows the workload only by names it chooses itself: {}; add uid, user, unit or a cgroup at or above a systemd unit", later.name, chosen.join(", ")),
                 ));
             }
         }

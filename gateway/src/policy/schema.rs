@@ -64,6 +64,10 @@ pub enum Mode {
 pub struct Identity {
     #[serde(default)]
     pub providers: Vec<Provider>,
+    /// The provider whose groups, subjects and claims a rule means when it names none.
+    /// Needed when there is more than one provider (with one, it is that one).
+    #[serde(default)]
+    pub default_provider: Option<String>,
     /// Request headers a bearer token is read from, first present wins. A value may be
     /// `Bearer <token>` or the bare token.
     #[serde(default = "token_headers")]
@@ -74,6 +78,7 @@ impl Default for Identity {
     fn default() -> Self {
         Self {
             providers: Vec::new(),
+            default_provider: None,
             token_headers: token_headers(),
         }
     }
@@ -396,6 +401,11 @@ impl std::fmt::Display for Action {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerMatch {
+    /// The provider (its `name` in `identity.providers`) whose token the subjects, groups and
+    /// claims below come from; default `identity.default_provider`. Groups of another
+    /// provider never match, whatever they are called.
+    #[serde(default)]
+    pub provider: Option<String>,
     /// OIDC subject(s).
     #[serde(default)]
     pub subject: Option<OneOrMany>,
@@ -422,10 +432,17 @@ pub struct WorkloadMatch {
     pub uid: Option<UidList>,
     #[serde(default)]
     pub user: Option<OneOrMany>,
-    /// systemd unit(s).
+    /// systemd unit(s): the unit that owns the cgroup, as systemd derives it (a process in
+    /// `user.slice/user-1000.slice/user@1000.service/app.slice/x.service` is in unit
+    /// `user@1000.service`).
     #[serde(default)]
     pub unit: Option<OneOrMany>,
-    /// cgroup path prefix (relative to the cgroup mount, e.g. `system.slice/`).
+    /// A user manager's unit(s) (`x.service` above). The user names these: match them
+    /// together with `unit: user@UID.service` or `uid`.
+    #[serde(default)]
+    pub user_unit: Option<OneOrMany>,
+    /// cgroup path prefix, compared by whole path components (relative to the cgroup mount,
+    /// e.g. `system.slice/`: `rt2/trusted` matches `rt2/trusted/x`, never `rt2/trustedX`).
     #[serde(default)]
     pub cgroup: Option<String>,
     #[serde(default)]
@@ -620,6 +637,8 @@ pub struct TestRequest {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestCaller {
+    /// The provider that issued the token; default the repository's default provider.
+    pub provider: Option<String>,
     pub subject: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
@@ -633,6 +652,7 @@ pub struct TestWorkload {
     pub uid: Option<u32>,
     pub user: Option<String>,
     pub unit: Option<String>,
+    pub user_unit: Option<String>,
     pub cgroup: Option<String>,
     pub comm: Option<String>,
     pub pid: Option<u32>,

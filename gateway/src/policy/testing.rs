@@ -50,6 +50,10 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                 c.claims.clone()
             },
             authenticated: c.subject.is_some(),
+            provider: c
+                .provider
+                .clone()
+                .or_else(|| snap.identity.default_provider.clone()),
             ..Caller::default()
         });
     let caller = Caller {
@@ -58,6 +62,12 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             uid: w.uid,
             user: w.user.clone(),
             unit: w.unit.clone(),
+            user_unit: w.user_unit.clone(),
+            user_unit_uid: w
+                .unit
+                .as_deref()
+                .and_then(crate::identity::workload::user_manager_uid)
+                .filter(|_| w.user_unit.is_some()),
             cgroup: w.cgroup.clone(),
             comm: w.comm.clone(),
             ..Workload::default()
