@@ -45,7 +45,14 @@ pub fn skip(test: &str, why: &str) -> bool {
     if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
         panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1");
     }
-    eprintln!("SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)");
+    // Straight to the process's stderr rather than through `eprintln!`, which libtest
+    // captures and shows only for a failing test: a skipped test passes, and its skip must
+    // still be seen (and counted by `cargo xtask test`).
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)"
+    );
     false
 }
 
