@@ -177,3 +177,98 @@ fn python_file_in(cg: &TestCgroup, script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The streams of one h2 connection share `max_inspected_per_connection_mb` between them,
+/// however much room the shared budget has: one connection cannot take it all.
+#[test]
+fn one_h2_connections_streams_share_a_bounded_part_of_the_budget() {
+    const TEST: &str = "one_h2_connections_streams_share_a_bounded_part_of_the_budget";
+    if !ebpf_available(TEST) || !parties_available(TEST) {
+        return;
+    }
+    let dir = TestDir::new("callgate-inspection-h2");
+    // The client speaks h2; the gateway reaches this plain-text upstream with HTTP/1.1.
+    let up = upstream(&dir, None);
+    let ledger = format!(
+        r#"
+service: ledger
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: jsonrpc
+functions:
+  balance: {{ method: ledger.balance }}
+rules:
+  - {{ name: balances, function: balance, action: allow }}
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("ledger", &ledger)]);
+    // 24 bodies of 1.5 MiB (36 MiB) fit the shared 64 MiB; one connection's 4 MiB holds two.
+    let gw = gateway_with_config(
+        &policies,
+        "http:\n  max_body_kb: 2048\n  max_inspected_mb: 64\n  max_inspected_per_connection_mb: 4\n",
+        &dir,
+    );
+    let cg = TestCgroup::new("inspection-h2");
+    gw.enable(&cg);
+    const STREAMS: usize = 24;
+    let py = party_python().display().to_string();
+    let script = party_script("h2_uploads.py").display().to_string();
+    let port = up.port.to_string();
+    let out = cg.run(&[
+        &py,
+        &script,
+        &port,
+        &STREAMS.to_string(),
+        &(1536 * 1024).to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    println!("{STREAMS} h2 uploads on one connection: {v}");
+    let statuses: Vec<u64> = v["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|s| s.as_u64().unwrap_or(0))
+        .collect();
+    let busy: Vec<bool> = v["busy"]
+        .as_array()
+        .expect("busy")
+        .iter()
+        .map(|b| b.as_bool() == Some(true))
+        .collect();
+    let result: Vec<bool> = v["result"]
+        .as_array()
+        .expect("result")
+        .iter()
+        .map(|b| b.as_bool() == Some(true))
+        .collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    assert_eq!(ok + refused, STREAMS, "{v}\n{}", gw.log());
+    assert!(
+        statuses.iter().zip(&result).all(|(&s, &r)| (s == 200) == r),
+        "each 200 is the upstream's result: {v}\n{}",
+        gw.log()
+    );
+    assert!(
+        statuses.iter().zip(&busy).all(|(&s, &b)| (s == 503) == b),
+        "each 503 says inspection_busy, and only those: {v}"
+    );
+    assert!(ok >= 1, "the connection's share is used: {v}");
+    assert!(
+        refused >= 1,
+        "the shared budget alone would have taken all: {v}"
+    );
+    // The upstream ran exactly the admitted calls, whole.
+    let ran = up.requests();
+    assert_eq!(ran.len(), ok, "{v}");
+    assert!(
+        ran.iter()
+            .all(|r| r["body"].as_str().map(str::len) == Some(1536 * 1024))
+    );
+}

@@ -2,9 +2,13 @@
 //! bodies read whole for a decision and answers held whole (MCP `tools/list`, JSON-RPC
 //! batches) draw KiB permits from one shared semaphore (`http.max_inspected_mb`), and the
 //! streams of one h2 connection also from that connection's own (`http.max_inspected_per_connection_mb`).
-//! A buffer keeps its permits for as long as it lives (they travel inside its [`Bytes`]), and
-//! one that cannot get them is refused at once with 503 `inspection_busy`, rather than queued:
-//! a queue would hold the waiting clients' connections and bytes as well.
+//! A body with a Content-Length reserves it whole before a byte is read, so that bodies are
+//! admitted whole or not at all (taken a piece at a time, many bodies could each hold a part
+//! and none finish); one without reserves as its bytes arrive. A client that announces a
+//! length and sends nothing holds its reservation until `http.body_timeout_s`, as one sending
+//! slowly would. A buffer keeps its permits for as long as it lives (they travel inside its
+//! [`Bytes`]), and one that cannot get them is refused at once with 503 `inspection_busy`,
+//! rather than queued: a queue would hold the waiting clients' connections and bytes as well.
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
