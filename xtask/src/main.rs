@@ -404,11 +404,18 @@ fn run_counting(cmd: &mut Command) -> Result<Counts> {
     let stderr = child.stderr.take().map(|err| {
         std::thread::spawn(move || {
             let mut skips = std::collections::BTreeMap::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut err = BufReader::new(err);
+            let mut raw = Vec::new();
+            // Bytes, not `lines()`: a line that is not UTF-8 must not stop the draining, or
+            // the pipe fills and the tests stall.
+            while err.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&raw);
+                let line = line.trim_end_matches(['\n', '\r']);
                 eprintln!("{line}");
-                if let Some((test, why)) = runtime_skip(&line) {
+                if let Some((test, why)) = runtime_skip(line) {
                     skips.insert(test.to_string(), why.to_string());
                 }
+                raw.clear();
             }
             skips
         })
@@ -598,7 +605,24 @@ fn bench(root: &Path, suite: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Counts, FailureExcerpt, runtime_skip};
+    use super::{Counts, FailureExcerpt, run_counting, runtime_skip};
+
+    #[test]
+    fn run_counting_reads_skips_from_stderr_past_a_line_that_is_not_utf8() {
+        let script = r#"
+            echo "test a ... ok"
+            printf 'SKIP first_test: not running as root (set ...)\n' >&2
+            printf 'bad \377 bytes\n' >&2
+            printf 'SKIP second_test: no cgroup v2 mount\n' >&2
+            echo "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out""#;
+        let counts =
+            run_counting(std::process::Command::new("sh").args(["-c", script])).expect("run");
+        assert_eq!(counts.skips.len(), 2, "{:?}", counts.skips);
+        assert_eq!(
+            counts.summary(),
+            "1 passed, 0 failed, 3 skipped (1 ignored, 2 at run time)"
+        );
+    }
 
     #[test]
     fn runtime_skips_are_counted_as_skipped_not_passed() {
