@@ -150,15 +150,42 @@ rules:
         "a clock set back reopened the quota"
     );
     std::thread::sleep(Duration::from_secs(4));
-    let mut late = post_in(&cg, &capture, 3, &dir.join("late.out"));
-    let _ = wait_for(Duration::from_secs(10), || late.try_wait().ok()?);
+    // Past the grant's three seconds, a capture is held for a verdict again (not passed on
+    // the grant), and does not reach the upstream until one comes; denied, it never does.
+    let captures = || {
+        up.requests()
+            .iter()
+            .filter(|r| r["path"] == "/v1/payments/p_1/capture")
+            .count()
+    };
+    assert_eq!(captures(), 2);
+    let late_out = dir.join("late.out");
+    let mut late = post_in(&cg, &capture, 20, &late_out);
+    let again = wait_for(Duration::from_secs(10), || {
+        let o = gw.cli(&["approvals", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .find(|i| *i != id)
+            .map(str::to_string)
+    });
+    let Some(again) = again else {
+        let _ = late.kill();
+        panic!(
+            "a clock set back lengthened the grant: the late capture was not held ({})\n{}",
+            fs::read_to_string(&late_out).unwrap_or_default(),
+            gw.log()
+        );
+    };
+    assert_eq!(captures(), 2, "a held capture reached the upstream");
+    let o = gw.cli(&["approvals", "deny", &again]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done = wait_for(Duration::from_secs(10), || late.try_wait().ok()?);
     let _ = late.kill();
-    let late_code = fs::read_to_string(dir.join("late.out")).unwrap_or_default();
-    assert_ne!(
-        late_code.trim_end_matches(|c: char| !c.is_ascii_digit()),
-        "200",
-        "a clock set back lengthened the grant"
-    );
+    assert!(done.is_some(), "the denied capture did not finish");
+    assert_eq!(fs::read_to_string(&late_out).unwrap_or_default(), "403");
+    assert_eq!(captures(), 2, "a denied capture reached the upstream");
 
     // Forward two days: a new day's quota.
     set_clock(&clock, "2026-11-25 12:00:00");

@@ -45,7 +45,14 @@ pub fn skip(test: &str, why: &str) -> bool {
     if std::env::var("CALLGATE_REQUIRE_EBPF").as_deref() == Ok("1") {
         panic!("{test}: {why}, and CALLGATE_REQUIRE_EBPF=1");
     }
-    eprintln!("SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)");
+    // Straight to the process's stderr rather than through `eprintln!`, which libtest
+    // captures and shows only for a failing test: a skipped test passes, and its skip must
+    // still be seen (and counted by `cargo xtask test`).
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP {test}: {why} (set CALLGATE_REQUIRE_EBPF=1 to fail instead)"
+    );
     false
 }
 
@@ -457,6 +464,60 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether nginx is installed (`cargo xtask setup` installs it); panics in CI when it is not.
+pub fn nginx_available(test: &str) -> bool {
+    Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || skip(test, "nginx is not installed (run `cargo xtask setup`)")
+}
+
+/// nginx on 127.0.0.1, one process in the foreground, its files under `dir/nginx-PORT`. `server`
+/// is the inside of its one `server {}` block besides `listen`, with `{www}` standing for a
+/// directory it serves from (`Nginx::www`). Every request it parses is logged as a JSON line
+/// (`method`, `path`, `status`), which [`Party::requests`] reads: a request it never logged
+/// is one it never ran.
+pub struct Nginx {
+    pub party: Party,
+    pub www: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, server: &str) -> Self {
+        let port = free_port();
+        let root = dir.join(format!("nginx-{port}"));
+        let www = root.join("www");
+        for d in ["www", "tmp"] {
+            fs::create_dir_all(root.join(d)).expect("nginx dirs");
+        }
+        let r = root.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {r}/nginx.pid;\n\
+             error_log {r}/error.log info;\nevents {{ worker_connections 256; }}\n\
+             http {{\n\
+             log_format lines escape=json '{{\"method\":\"$request_method\",\"path\":\"$request_uri\",\"status\":$status}}';\n\
+             access_log {r}/access.log lines;\n\
+             client_body_temp_path {r}/tmp/body; proxy_temp_path {r}/tmp/proxy;\n\
+             fastcgi_temp_path {r}/tmp/fcgi; uwsgi_temp_path {r}/tmp/uwsgi; scgi_temp_path {r}/tmp/scgi;\n\
+             server {{\nlisten 127.0.0.1:{port};\n{}\n}}\n}}\n",
+            server.replace("{www}", &www.display().to_string())
+        );
+        let conf_path = root.join("nginx.conf");
+        fs::write(&conf_path, conf).expect("nginx.conf");
+        let conf_arg = conf_path.display().to_string();
+        let prefix = format!("{r}/");
+        let error = format!("{r}/error.log");
+        let argv = ["nginx", "-p", &prefix, "-e", &error, "-c", &conf_arg];
+        let party = Party::start(&argv, port, root.join("access.log"));
+        Self { party, www }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.party.port
     }
 }
 

@@ -191,6 +191,10 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// Answers that must be held in full (MCP `tools/list`, JSON-RPC batches) up to this.
     pub max_held_response_bytes: usize,
+    /// What inspected bodies and held answers may take in all (`max_inspected_mb`), and one
+    /// h2 connection's streams together (`max_inspected_per_connection_mb`); beyond it a
+    /// call gets 503 `inspection_busy`. One budget, shared by every clone of this config.
+    pub inspection: crate::http::InspectionBudget,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +206,8 @@ struct FileHttp {
     header_timeout_s: Option<u64>,
     body_timeout_s: Option<u64>,
     max_held_response_kb: Option<usize>,
+    max_inspected_mb: Option<usize>,
+    max_inspected_per_connection_mb: Option<usize>,
 }
 
 /// `records:` in the config file.
@@ -391,13 +397,29 @@ impl Config {
             backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
         };
         let h = file.http.unwrap_or_default();
+        let max_body_bytes = h.max_body_kb.unwrap_or(1024) * 1024;
+        let max_held_response_bytes = h.max_held_response_kb.unwrap_or(4096) * 1024;
+        // Never less than one body or answer, which would refuse every call that needs one.
+        let inspected = h
+            .max_inspected_mb
+            .unwrap_or(128)
+            .saturating_mul(1 << 20)
+            .max(max_body_bytes)
+            .max(max_held_response_bytes);
+        let per_connection = h
+            .max_inspected_per_connection_mb
+            .unwrap_or(16)
+            .saturating_mul(1 << 20)
+            .max(max_body_bytes)
+            .max(max_held_response_bytes);
         let http = HttpConfig {
             sniff_timeout: Duration::from_millis(h.sniff_timeout_ms.unwrap_or(1000)),
             max_header_bytes: h.max_header_kb.unwrap_or(64).max(8) * 1024,
-            max_body_bytes: h.max_body_kb.unwrap_or(1024) * 1024,
+            max_body_bytes,
             header_timeout: Duration::from_secs(h.header_timeout_s.unwrap_or(10)),
             body_timeout: Duration::from_secs(h.body_timeout_s.unwrap_or(30)),
-            max_held_response_bytes: h.max_held_response_kb.unwrap_or(4096) * 1024,
+            max_held_response_bytes,
+            inspection: crate::http::InspectionBudget::new(inspected, per_connection),
         };
         let a = file.approvals.unwrap_or_default();
         for (key, url) in [("webhook_url", &a.webhook_url), ("page_url", &a.page_url)] {

@@ -5,6 +5,7 @@
 //! Nothing reaches the upstream that policy did not allow and that cannot be recorded; every
 //! refusal is answered in the client's own protocol (see [`crate::reply`]).
 mod body;
+mod budget;
 mod held;
 mod server1;
 
@@ -15,10 +16,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -45,6 +46,7 @@ use crate::{
 };
 
 pub use body::Recording;
+pub use budget::{ConnectionBudget, InspectionBudget};
 pub use held::filter_tools;
 
 /// One intercepted connection that speaks HTTP, and what every call on it shares.
@@ -96,8 +98,12 @@ where
         };
         return server1::serve(io, limits, |req| conn.clone().handle(req)).await;
     }
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    // The streams of one h2 connection share a part of the inspection budget, so that one
+    // connection cannot take all of it.
+    let share = limits.inspection.connection();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let conn = conn.clone();
+        req.extensions_mut().insert(share.clone());
         async move { Ok::<_, Infallible>(conn.handle(req.map(boxed)).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -244,14 +250,7 @@ impl Conn {
         let limits = &self.inputs.cfg.http;
         let unread_body = !http_body::Body::is_end_stream(&body);
         let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
-            match read_body(
-                body,
-                &parts.headers,
-                limits.max_body_bytes,
-                limits.body_timeout,
-            )
-            .await
-            {
+            match read_body(body, &parts, limits).await {
                 Ok(b) => (Some(b), None),
                 Err(r) => {
                     return self
@@ -1100,13 +1099,14 @@ pub fn recorded_decision(d: &Decision) -> RecordedDecision {
     }
 }
 
-/// Reads a request body whole, within the size and time limits.
+/// Reads a request body whole, within the size and time limits and the inspection budget
+/// (the shared one, and an h2 connection's share, which its requests carry).
 async fn read_body(
     body: ProxyBody,
-    headers: &HeaderMap,
-    max: usize,
-    limit: Duration,
+    parts: &http::request::Parts,
+    limits: &crate::config::HttpConfig,
 ) -> Result<Bytes, Refusal> {
+    let (max, limit) = (limits.max_body_bytes, limits.body_timeout);
     let too_large = || {
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1114,61 +1114,34 @@ async fn read_body(
             format!("the request body is larger than the inspection limit of {max} bytes"),
         )
     };
+    let mut held = limits
+        .inspection
+        .hold(parts.extensions.get::<budget::ConnectionBudget>());
     // An invalid length is left for the body's own end to bound (the HTTP/1 server has
-    // refused one already; h2 checks it against the DATA frames).
-    if h1::content_length(headers)
-        .ok()
-        .flatten()
-        .is_some_and(|n| n > max as u64)
-    {
-        return Err(too_large());
+    // refused one already; h2 checks it against the DATA frames). A valid one is reserved
+    // before a byte is read.
+    if let Some(n) = h1::content_length(&parts.headers).ok().flatten() {
+        if n > max as u64 {
+            return Err(too_large());
+        }
+        held.cover(n as usize)
+            .map_err(|budget::Busy| budget::Collect::busy())?;
     }
-    match tokio::time::timeout(limit, collect_up_to(body, max)).await {
+    match tokio::time::timeout(limit, budget::collect(body, max, held)).await {
         Err(_) => Err(Refusal::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             format!("the request body did not arrive within {limit:?}"),
         )),
-        Ok(Err(None)) => Err(too_large()),
-        Ok(Err(Some(e))) => Err(Refusal::new(
+        Ok(Err(budget::Collect::TooLarge)) => Err(too_large()),
+        Ok(Err(budget::Collect::Busy)) => Err(budget::Collect::busy()),
+        Ok(Err(budget::Collect::Failed(e))) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "body_error",
             e.to_string(),
         )),
         Ok(Ok(b)) => Ok(b),
     }
-}
-
-/// `body`'s data, or Err(None) once it is longer than `max`, Err(Some) when it failed. By hand
-/// rather than with `Limited`: over a boxed body that trips a compiler bug about higher-ranked
-/// lifetimes (rust-lang/rust#102211) where the future must be Send.
-async fn collect_up_to(mut body: ProxyBody, max: usize) -> Result<Bytes, Option<BodyError>> {
-    let mut first: Option<Bytes> = None;
-    let mut more = BytesMut::new();
-    let mut len = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(Some)?.into_data() else {
-            continue;
-        };
-        len += data.len();
-        if len > max {
-            return Err(None);
-        }
-        // A body that comes in one piece (the usual case) is not copied.
-        match &first {
-            None => first = Some(data),
-            Some(f) => {
-                if more.is_empty() {
-                    more.extend_from_slice(f);
-                }
-                more.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(match first {
-        Some(f) if more.is_empty() => f,
-        _ => more.freeze(),
-    })
 }
 
 /// The name the client used: `:authority` (h2, absolute-form) or Host.
@@ -1334,31 +1307,7 @@ fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<P
 
 #[cfg(test)]
 mod tests {
-    use http_body::Frame;
-    use http_body_util::StreamBody;
-
     use super::*;
-
-    /// A body of these pieces, one per poll.
-    fn pieces(p: &[&'static [u8]]) -> ProxyBody {
-        let frames = p.iter().map(|p| Ok(Frame::data(Bytes::from_static(p))));
-        let frames: Vec<Result<Frame<Bytes>, BodyError>> = frames.collect();
-        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
-    }
-
-    #[tokio::test]
-    async fn a_body_in_pieces_is_measured_once_against_the_limit() {
-        let body = || pieces(&[&[b'a'; 40], &[b'b'; 40], &[b'c'; 15]]);
-        let whole = collect_up_to(body(), 95).await.expect("95 bytes fit 95");
-        assert_eq!(whole.len(), 95);
-        assert!(whole.starts_with(&[b'a'; 40]) && whole.ends_with(&[b'c'; 15]));
-        assert!(matches!(collect_up_to(body(), 94).await, Err(None)));
-        let one = pieces(&[b"only"]);
-        assert_eq!(
-            collect_up_to(one, 4).await.ok(),
-            Some(Bytes::from_static(b"only"))
-        );
-    }
 
     /// A header map of these fields, in order, repeated names appended.
     fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

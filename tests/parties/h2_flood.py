@@ -1,6 +1,7 @@
 """An HTTP/2 client that opens N streams at once on one connection, ignoring the server's
 stream limit, then reads for a bounded time. Prints one JSON line: answered (by status),
-reset streams, whether the server sent GOAWAY, and how long it took."""
+reset streams, whether the server sent GOAWAY (and the last stream it took), and how long it
+took."""
 import json
 import socket
 import sys
@@ -26,6 +27,7 @@ flood = c.data_to_send()
 s = socket.create_connection(("127.0.0.1", port), timeout=20)
 start = time.time()
 statuses, resets, goaway, done, error = {}, 0, False, set(), None
+last_stream = None
 try:
     s.sendall(flood)
 except (BrokenPipeError, ConnectionResetError) as e:
@@ -53,6 +55,7 @@ while time.time() < deadline and len(done) < n:
             done.add(e.stream_id)
         elif isinstance(e, h2.events.ConnectionTerminated):
             goaway = True
+            last_stream = e.last_stream_id
             error = f"GOAWAY {e.error_code!r} after stream {e.last_stream_id}"
     out = c.data_to_send()
     if out:
@@ -61,5 +64,5 @@ while time.time() < deadline and len(done) < n:
         except (BrokenPipeError, ConnectionResetError) as e:
             # Cut off by the server (as a flood should be): what it sent first is still read.
             error = error or repr(e)
-print(json.dumps({"statuses": statuses, "resets": resets, "goaway": goaway,
+print(json.dumps({"statuses": statuses, "resets": resets, "goaway": goaway, "last_stream": last_stream,
                   "finished": len(done), "error": error, "seconds": round(time.time() - start, 1)}))

@@ -270,17 +270,24 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
             }
         }
     }
-    // Repeated last, where a CI log's tail shows it: which tests failed and why.
+    // Repeated last, where a CI log's tail shows it: which tests were skipped at run time
+    // (they return early, and libtest counts them as passed), which failed and why.
+    if !counts.skips.is_empty() {
+        println!(
+            "\nxtask: skipped at run time ({}), counted as skipped, not passed",
+            counts.skips.len()
+        );
+        for (test, why) in &counts.skips {
+            println!("{test}: {why}");
+        }
+    }
     if !counts.failures.is_empty() {
         println!("\nxtask: failures");
         for f in &counts.failures {
             println!("{f}");
         }
     }
-    println!(
-        "\nxtask: {} passed, {} failed, {} skipped",
-        counts.passed, counts.failed, counts.ignored
-    );
+    println!("\nxtask: {}", counts.summary());
     if counts.failed > 0 || !counts.cargo_ok {
         bail!("tests failed");
     }
@@ -384,13 +391,37 @@ fn fuzz(target: &str, seconds: u64, output: Output) -> Result<()> {
 
 /// Runs cargo test, passing its output through, and adds up its results, so that the caller's
 /// last line (`N passed, M failed, K skipped`) speaks for the whole run rather than for the
-/// last test binary (usually the doc tests, with nothing to run).
+/// last test binary (usually the doc tests, with nothing to run). A test that skips at run
+/// time (`SKIP <test>: <why>` on stderr, from the e2e harness's `skip`) passes as far as
+/// libtest knows; it is counted as skipped instead.
 fn run_counting(cmd: &mut Command) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
+    // stderr passes through on a thread of its own, so that neither pipe fills and stalls
+    // the tests; it is where the skips are said.
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            let mut skips = std::collections::BTreeMap::new();
+            let mut err = BufReader::new(err);
+            let mut raw = Vec::new();
+            // Bytes, not `lines()`: a line that is not UTF-8 must not stop the draining, or
+            // the pipe fills and the tests stall.
+            while err.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&raw);
+                let line = line.trim_end_matches(['\n', '\r']);
+                eprintln!("{line}");
+                if let Some((test, why)) = runtime_skip(line) {
+                    skips.insert(test.to_string(), why.to_string());
+                }
+                raw.clear();
+            }
+            skips
+        })
+    });
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     let mut excerpt = FailureExcerpt::default();
@@ -420,13 +451,26 @@ fn run_counting(cmd: &mut Command) -> Result<Counts> {
         }
     }
     let status = child.wait()?;
+    let skips = match stderr {
+        Some(t) => t
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the tests' stderr panicked"))?,
+        None => Default::default(),
+    };
     Ok(Counts {
         passed,
         failed,
         ignored,
+        skips,
         cargo_ok: status.success(),
         failures,
     })
+}
+
+/// A `SKIP <test>: <why>` line: the test and why it did not run.
+fn runtime_skip(line: &str) -> Option<(&str, &str)> {
+    let (test, why) = line.trim_start().strip_prefix("SKIP ")?.split_once(": ")?;
+    (!test.is_empty() && !test.contains(char::is_whitespace)).then_some((test, why))
 }
 
 /// Picks out of libtest's report of a failed test the lines that say what failed: the test's
@@ -511,13 +555,30 @@ fn is_backtrace(line: &str) -> bool {
 }
 
 struct Counts {
+    /// Passed as libtest counts them: the run-time skips among them.
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// Tests that skipped at run time (a missing prerequisite), by name: why.
+    skips: std::collections::BTreeMap<String, String>,
     /// What failed, in brief, to repeat at the end.
     failures: Vec<String>,
     /// cargo test itself succeeded (it can fail without a failing test: a build error).
     cargo_ok: bool,
+}
+
+impl Counts {
+    /// `N passed, M failed, K skipped`, a run-time skip counted as skipped, not passed.
+    fn summary(&self) -> String {
+        let skipped = self.skips.len() as u64;
+        format!(
+            "{} passed, {} failed, {} skipped ({} ignored, {skipped} at run time)",
+            self.passed.saturating_sub(skipped),
+            self.failed,
+            self.ignored + skipped,
+            self.ignored,
+        )
+    }
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
@@ -546,7 +607,54 @@ fn bench(root: &Path, suite: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::FailureExcerpt;
+    use super::{Counts, FailureExcerpt, run_counting, runtime_skip};
+
+    #[test]
+    fn run_counting_reads_skips_from_stderr_past_a_line_that_is_not_utf8() {
+        let script = r#"
+            echo "test a ... ok"
+            printf 'SKIP first_test: not running as root (set ...)\n' >&2
+            printf 'bad \377 bytes\n' >&2
+            printf 'SKIP second_test: no cgroup v2 mount\n' >&2
+            echo "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out""#;
+        let counts =
+            run_counting(std::process::Command::new("sh").args(["-c", script])).expect("run");
+        assert_eq!(counts.skips.len(), 2, "{:?}", counts.skips);
+        assert_eq!(
+            counts.summary(),
+            "1 passed, 0 failed, 3 skipped (1 ignored, 2 at run time)"
+        );
+    }
+
+    #[test]
+    fn runtime_skips_are_counted_as_skipped_not_passed() {
+        let stderr = "\
+    Finished `test` profile [unoptimized + debuginfo] target(s) in 0.2s
+     Running tests/l7.rs (target/debug/deps/l7-1)
+SKIP rest_calls_are_decided: not running as root (set CALLGATE_REQUIRE_EBPF=1 to fail instead)
+SKIP records_full_disk: no cgroup v2 mount (set CALLGATE_REQUIRE_EBPF=1 to fail instead)
+SKIPPED nothing: this is not the harness's line
+SKIP rest_calls_are_decided: not running as root (set CALLGATE_REQUIRE_EBPF=1 to fail instead)";
+        let skips: std::collections::BTreeMap<String, String> = stderr
+            .lines()
+            .filter_map(runtime_skip)
+            .map(|(t, w)| (t.to_string(), w.to_string()))
+            .collect();
+        assert_eq!(skips.len(), 2, "{skips:?}");
+        assert!(skips["records_full_disk"].starts_with("no cgroup v2 mount"));
+        let counts = Counts {
+            passed: 10,
+            failed: 1,
+            ignored: 3,
+            skips,
+            failures: Vec::new(),
+            cargo_ok: false,
+        };
+        assert_eq!(
+            counts.summary(),
+            "8 passed, 1 failed, 5 skipped (3 ignored, 2 at run time)"
+        );
+    }
 
     #[test]
     fn failure_excerpt_keeps_name_panic_and_last_lines_without_backtrace() {

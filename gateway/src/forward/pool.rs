@@ -8,6 +8,9 @@
 //! checkout. When the intercepted connection ends, its upstream connection waits in an idle
 //! list for the next one to the same destination, as a pool would keep it.
 //!
+//! The clients are pruned (see [`Clients`]): idle ones when a new destination comes, the
+//! least recently used past a bound.
+//!
 //! The upstream is always the connection's original destination: the request's Host or
 //! `:authority` only names the call; it never picks where the bytes go.
 use std::{
@@ -57,6 +60,10 @@ type Kept = (Instant, Upstream1);
 /// Idle HTTP/1 upstream connections kept per destination and data-path thread, at most.
 const IDLE_PER_DESTINATION: usize = 64;
 
+/// Pooled clients kept at most (one per destination and TLS identity, about 2 KiB each with
+/// no connection); past it the least recently used go first.
+const MAX_CLIENTS: usize = 2048;
+
 /// Where and how to reach an upstream; one pool per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamKey {
@@ -69,7 +76,7 @@ pub struct UpstreamKey {
 
 /// The pools, created on first use of a key.
 pub struct Upstreams {
-    clients: Mutex<HashMap<UpstreamKey, HttpClient>>,
+    clients: Mutex<Clients>,
     /// Plain-text HTTP/1 connections no intercepted connection holds, newest last, per
     /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
     /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
@@ -77,6 +84,77 @@ pub struct Upstreams {
     idle_http1: Mutex<HashMap<(ThreadId, SocketAddr), Vec<Kept>>>,
     connect_timeout: Duration,
     idle: Duration,
+}
+
+/// The pooled clients by key, pruned so that a workload reaching ever new destinations does
+/// not grow them without end. A lookup only stamps its entry with a count, under the lock it
+/// takes anyway (no clock read, no other lock); the pruning runs when a client is added (a
+/// new destination, the cold path): a sweep, at most once per idle timeout, drops the clients
+/// not used since the sweep before — unused for at least the idle timeout, so hyper has
+/// closed their connections already. Past `max`, a sweep runs at once and, if that is not
+/// enough, clients are dropped least recently used first. A dropped client's calls under way
+/// keep their clone of it.
+struct Clients {
+    map: HashMap<UpstreamKey, Pooled>,
+    /// When the last sweep ran, and the count of uses then.
+    swept: (Instant, u64),
+    /// Uses so far (lookups and additions): an entry's stamp orders it by recency.
+    uses: u64,
+    max: usize,
+}
+
+struct Pooled {
+    client: HttpClient,
+    /// [`Clients::uses`] at its last use.
+    last: u64,
+}
+
+impl Clients {
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            swept: (Instant::now(), 0),
+            uses: 0,
+            max,
+        }
+    }
+
+    fn get(&mut self, key: &UpstreamKey) -> Option<HttpClient> {
+        let p = self.map.get_mut(key)?;
+        self.uses += 1;
+        p.last = self.uses;
+        Some(p.client.clone())
+    }
+
+    /// Adds `client` for `key`, pruning first as the type's doc says.
+    fn insert(&mut self, key: UpstreamKey, client: HttpClient, idle: Duration) {
+        let now = Instant::now();
+        let full = self.map.len() >= self.max;
+        let (at, then) = self.swept;
+        if full || now.duration_since(at) >= idle {
+            self.map.retain(|_, p| p.last > then);
+            self.swept = (now, self.uses);
+        }
+        if self.map.len() >= self.max {
+            // Least recently used first: O(n log n) on a rare path, once per overflow, and it
+            // makes room for a tenth of the bound so that the next few do not sort again.
+            let mut ages: Vec<(u64, UpstreamKey)> =
+                self.map.iter().map(|(k, p)| (p.last, k.clone())).collect();
+            ages.sort_unstable_by_key(|(last, _)| *last);
+            let excess = self.map.len() + 1 - self.max + self.max / 10;
+            for (_, k) in ages.into_iter().take(excess) {
+                self.map.remove(&k);
+            }
+        }
+        self.uses += 1;
+        self.map.insert(
+            key,
+            Pooled {
+                client,
+                last: self.uses,
+            },
+        );
+    }
 }
 
 /// The upstream connection an intercepted HTTP/1 connection holds between its requests. A
@@ -136,7 +214,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Upstreams {
     pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
         Self {
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::new(MAX_CLIENTS)),
             idle_http1: Mutex::new(HashMap::new()),
             connect_timeout,
             idle,
@@ -216,7 +294,7 @@ impl Upstreams {
     pub fn client(&self, key: &UpstreamKey, tls: Option<Arc<ClientConfig>>) -> HttpClient {
         let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(key) {
-            return c.clone();
+            return c;
         }
         let connector = Connector {
             dst: key.dst,
@@ -233,7 +311,7 @@ impl Upstreams {
             .timer(TokioTimer::new())
             .http2_only(key.h2c)
             .build(connector);
-        clients.insert(key.clone(), client.clone());
+        clients.insert(key.clone(), client.clone(), self.idle);
         client
     }
 }
@@ -338,5 +416,77 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> UpstreamKey {
+        UpstreamKey {
+            dst: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: None,
+            h2c: false,
+        }
+    }
+
+    fn has(up: &Upstreams, port: u16) -> bool {
+        lock(&up.clients).map.contains_key(&key(port))
+    }
+
+    fn count(up: &Upstreams) -> usize {
+        lock(&up.clients).map.len()
+    }
+
+    #[tokio::test]
+    async fn clients_unused_for_an_idle_timeout_are_dropped_when_another_is_added() {
+        let idle = Duration::from_millis(300);
+        let up = Upstreams::new(Duration::from_secs(1), idle);
+        for port in 1..=1000 {
+            up.client(&key(port), None);
+        }
+        assert_eq!(count(&up), 1000);
+        // Lookups alone never prune (and take no other lock than the map's).
+        for port in 1..=1000 {
+            up.client(&key(port), None);
+        }
+        assert_eq!(count(&up), 1000);
+        tokio::time::sleep(idle).await;
+        // The first sweep finds every one used since the start.
+        up.client(&key(5000), None);
+        assert_eq!(count(&up), 1001);
+        up.client(&key(1), None);
+        tokio::time::sleep(idle).await;
+        // The next drops those unused since the sweep before: all but 1 and 5000.
+        up.client(&key(5001), None);
+        assert_eq!(count(&up), 3);
+        assert!(has(&up, 1) && has(&up, 5000) && has(&up, 5001));
+        // Within the idle timeout of a sweep, nothing is swept again.
+        up.client(&key(5002), None);
+        assert_eq!(count(&up), 4);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_least_recently_used_go_first() {
+        let mut up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        up.clients = Mutex::new(Clients::new(100));
+        for port in 1..=100 {
+            up.client(&key(port), None);
+        }
+        up.client(&key(1), None);
+        up.client(&key(101), None);
+        // A tenth of the bound and one more make room: 2..=12 were the oldest.
+        assert_eq!(count(&up), 90);
+        assert!(has(&up, 1) && has(&up, 101) && has(&up, 13));
+        assert!((2..=12).all(|p| !has(&up, p)));
+
+        // The measured leak: 15,000 destinations (ports) within the idle timeout.
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        for port in 1..=15_000 {
+            up.client(&key(port), None);
+            assert!(count(&up) <= MAX_CLIENTS);
+        }
+        assert!(has(&up, 15_000) && !has(&up, 1));
     }
 }

@@ -1,16 +1,16 @@
 //! Answers that must be held whole before they go back: a JSON-RPC batch (denied elements are
 //! answered by the gateway and merged with the upstream's answers to the allowed ones) and an
 //! MCP `tools/list` (filtered to the tools the caller may call). Both are bounded by
-//! `http.max_held_response_kb`.
+//! `http.max_held_response_kb`, and hold the inspection budget while they are read.
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header, request::Parts};
-use http_body_util::{BodyExt, Limited};
 use serde_json::Value as Json;
 
 use super::{
-    Conn, Decided, body::Recording, body::response_value, injected, json_bytes, strip_hop_by_hop,
+    Conn, Decided, body::Recording, body::response_value, budget, injected, json_bytes,
+    strip_hop_by_hop,
 };
 use crate::{
     extract::{Kind, Role},
@@ -198,27 +198,27 @@ pub(super) async fn list_tools(
     Response::from_parts(head, reply::full(Bytes::from(masked)))
 }
 
-/// A response body read whole (bounded), with any injected credential scrubbed from it.
+/// A response body read whole (bounded in size and by the inspection budget), with any
+/// injected credential scrubbed from it.
 async fn read_held(
     conn: &Conn,
     body: UpstreamBody,
     scrub: Option<Arc<Secrets>>,
 ) -> Result<Bytes, Refusal> {
-    let max = conn.inputs.cfg.http.max_held_response_bytes;
-    match Limited::new(body, max).collect().await {
-        Ok(c) => {
-            let b = c.to_bytes();
-            Ok(match scrub.as_ref().map(|s| s.scrub(&b)) {
-                Some(std::borrow::Cow::Owned(clean)) => Bytes::from(clean),
-                _ => b,
-            })
-        }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+    let limits = &conn.inputs.cfg.http;
+    let max = limits.max_held_response_bytes;
+    match budget::collect(body, max, limits.inspection.hold(None)).await {
+        Ok(b) => Ok(match scrub.as_ref().map(|s| s.scrub(&b)) {
+            Some(std::borrow::Cow::Owned(clean)) => Bytes::from(clean),
+            _ => b,
+        }),
+        Err(budget::Collect::TooLarge) => Err(Refusal::new(
             StatusCode::BAD_GATEWAY,
             "response_too_large",
             format!("an answer that must be inspected whole is larger than {max} bytes"),
         )),
-        Err(e) => Err(Refusal::new(
+        Err(budget::Collect::Busy) => Err(budget::Collect::busy()),
+        Err(budget::Collect::Failed(e)) => Err(Refusal::new(
             StatusCode::BAD_GATEWAY,
             "upstream_failed",
             e.to_string(),
