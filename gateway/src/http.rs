@@ -333,14 +333,7 @@ impl Conn {
         // server's again, which notices a client that goes away while the call waits.
         let (held_body, stream_body) = match (held_body, stream_body) {
             (None, Some(b)) if one.decision.enforced == Action::Approve => {
-                match read_body(
-                    b,
-                    &parts.headers,
-                    limits.max_body_bytes,
-                    limits.body_timeout,
-                )
-                .await
-                {
+                match read_body(b, &parts, limits).await {
                     Ok(b) => (Some(b), None),
                     Err(r) => {
                         end_span(span.take(), &r);
