@@ -271,12 +271,14 @@ struct Browser {
 impl Setup {
     /// Starts the browser as `person`: looking at request `id` (`Some`), or waiting on the
     /// list for one to appear (`None`, after writing `ready`); and approving it, with
-    /// `comment`, when given one.
+    /// `comment`, when given one. With `next`, it starts at `/login?next=<next>` (put in the
+    /// URL as given) instead of at the list.
     fn browser(
         &self,
         person: &str,
         id: Option<&str>,
         approve: Option<&str>,
+        next: Option<&str>,
         shot: &Path,
         ready: &Path,
     ) -> Browser {
@@ -294,6 +296,9 @@ impl Setup {
         };
         if let Some(c) = approve {
             cmd.args(["--approve", "--comment", c]);
+        }
+        if let Some(n) = next {
+            cmd.arg(format!("--next={n}"));
         }
         let log = fs::File::create(&out).expect("browser output");
         let child = cmd
@@ -632,6 +637,7 @@ fn approvers_answer_on_the_web_page() {
         "alice",
         None,
         Some("looked at it in the browser"),
+        None,
         &shot,
         &ready,
     );
@@ -674,11 +680,18 @@ fn approvers_answer_on_the_web_page() {
     assert_eq!(verdict["comment"], "looked at it in the browser", "{rec}");
 
     // Bob logs in too, but the rule names finance-leads: he neither sees nor can open the
-    // next held call.
+    // next held call. He arrives through a log-in link whose `next` a browser would read as
+    // `//evil.example/` (it drops the tab): after the real log-in he is still on the gateway.
     let call = s.refund(Some("support-bot"));
     let id = id_of(&s.pending("refund"));
     let shot = shots.join("approvals-bob.png");
-    let bob = s.seen(s.browser("bob", Some(&id), None, &shot, &ready));
+    let hostile = "/%09/evil.example/approvals";
+    let bob = s.seen(s.browser("bob", Some(&id), None, Some(hostile), &shot, &ready));
+    assert_eq!(bob["landed_origin"], s.web.as_str(), "{bob}");
+    assert!(
+        !bob["landed"].as_str().unwrap_or("").contains("evil"),
+        "{bob}"
+    );
     assert_eq!(bob["listed"], false, "{bob}");
     assert_eq!(bob["detail_status"], 404, "{bob}");
     s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
