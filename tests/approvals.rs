@@ -697,3 +697,134 @@ fn approvers_answer_on_the_web_page() {
     s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
     assert_eq!(call.finish().0, 403);
 }
+
+/// A character that must never reach a person's terminal raw: controls (other than the line
+/// breaks the output is made of), C1 and the bidi embeddings, overrides and isolates.
+fn raw_control(c: char) -> bool {
+    (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[test]
+fn workload_names_are_shown_not_obeyed() {
+    let Some(s) = setup("workload_names_are_shown_not_obeyed") else {
+        return;
+    };
+    // A cgroup below the enabled one whose name moves the cursor up, clears the line, returns
+    // the carriage and overrides the text direction; a process in it names itself (comm) with
+    // a clear-screen, a BEL and a bidi override, then makes a call that is held.
+    let name = "cg\x1b[1A\x1b[2K\rrefunds-ok pid 1\x08\x07\t\u{9b}2J\u{202e}evil\u{2066}";
+    let hostile = s.cg.child(name);
+    let comm = r#"b"\x1b[2J\x1b[H\r\x07\xe2\x80\xaeok""#;
+    let token = s.idp.token("billing-agent", None);
+    let code = format!(
+        r#"
+import ctypes, http.client, json
+ctypes.CDLL(None).prctl(15, {comm}, 0, 0, 0)
+c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=60)
+c.request("POST", "/v1/payments/p_9/refund", body=json.dumps({{"amount": 250}}),
+          headers={{"Content-Type": "application/json", "Authorization": "Bearer {token}"}})
+r = c.getresponse()
+print(r.status)
+"#,
+        port = s.up.port
+    );
+    let out = s.dir.join("hostile-call");
+    let mut child = hostile.spawn(&["python3", "-c", &code], &out);
+    let pid = child.id();
+    let r = s.pending("refund");
+    let id = id_of(&r);
+    assert!(
+        r["caller"]["comm"].as_str().unwrap_or("").contains('\x1b'),
+        "the comm was set: {r}"
+    );
+    assert!(
+        r["caller"]["cgroup"].as_str().unwrap_or("").contains(name),
+        "{r}"
+    );
+
+    for args in [
+        &["approvals", "list"][..],
+        &["approvals", "list", "--all"],
+        &["approvals", "show", &id],
+        &["approvals", "grants", "list"],
+        &["status"],
+    ] {
+        let out = s.cli(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+        assert!(
+            !text.chars().any(raw_control),
+            "callgate {args:?} prints raw control characters:\n{text:?}"
+        );
+        if args.get(1) == Some(&"list") {
+            // The real call, on one line: its id, call and rule.
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&id))
+                .unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+            assert!(
+                line.contains("payments.refund") && line.ends_with("refunds-need-a-lead"),
+                "{line}"
+            );
+        }
+    }
+    let shown = String::from_utf8(s.cli(&["approvals", "show", &id]).stdout).unwrap();
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} line:\n{shown}"))
+            .to_string()
+    };
+    assert_eq!(line("id:"), format!("id:           {id}"));
+    assert_eq!(line("call:"), "call:         payments.refund");
+    assert!(line("rule:").starts_with("rule:         refunds-need-a-lead "));
+    let workload = line("workload:");
+    assert!(
+        workload.starts_with(&format!(
+            "workload:     pid {pid} \\x1b[2J\\x1b[H\\x0d\\x07\\u{{202e}}ok cgroup "
+        )),
+        "{workload}"
+    );
+    assert!(
+        workload.contains(
+            "cg\\x1b[1A\\x1b[2K\\x0drefunds-ok pid 1\\x08\\x07\\x09\\u{9b}2J\\u{202e}evil\\u{2066}"
+        ),
+        "{workload}"
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("workload:")).count(),
+        1
+    );
+
+    s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
+    let done = wait_for(Duration::from_secs(30), || child.try_wait().ok()?);
+    assert!(done.is_some(), "the held call did not end");
+    assert_eq!(fs::read_to_string(&out).unwrap_or_default().trim(), "403");
+
+    // The daemon's log names the process too (`call held for approval`, `connection
+    // closed`): escaped, one line per event.
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = String::from_utf8(fs::read(s.gw.dir.join("gateway.log")).ok()?).ok()?;
+        log.contains(&format!("pid={pid}")).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("the connection was not logged\n{}", s.gw.log()));
+    assert!(
+        !log.chars().any(raw_control),
+        "the log carries raw control characters:\n{log:?}"
+    );
+    assert!(log.contains("\\x1b[2J"), "{log}");
+
+    // And so does the record, and `records list` shows it escaped.
+    let out = Command::new(callgate_bin())
+        .args(["records", "list", "--dir"])
+        .arg(s.gw.dir.join("state/records"))
+        .output()
+        .expect("records list");
+    let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+    assert!(
+        out.status.success() && text.contains("payments/refund"),
+        "{text}"
+    );
+    assert!(!text.chars().any(raw_control), "{text:?}");
+}

@@ -3,6 +3,7 @@
 //! optional HTTP admin listener ([`web`]) serves the approvals page.
 pub mod login;
 pub mod pages;
+pub mod visible;
 pub mod web;
 
 use std::{

@@ -3,7 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use callgate::{
-    admin::{self, Request, Status},
+    admin::{
+        self, Request, Status,
+        visible::{LogWriter, visible as v},
+    },
     config::{self, Config, Overrides},
     intercept::{Change, Target},
 };
@@ -443,16 +446,16 @@ fn print_status(s: &Status) {
         Some(p) => {
             println!(
                 "policy:        {} ({} services, {} rules, commit {}{})",
-                p.dir,
+                v(&p.dir),
                 p.services,
                 p.rules,
-                p.commit.as_deref().unwrap_or(&p.source),
+                v(p.commit.as_deref().unwrap_or(&p.source)),
                 if p.dirty { ", dirty" } else { "" }
             );
             if let Some(errors) = &p.last_error {
                 println!("  last reload FAILED (the previous policy stays in force):");
                 for e in errors {
-                    println!("    {e}");
+                    println!("    {}", v(e));
                 }
             }
         }
@@ -462,7 +465,7 @@ fn print_status(s: &Status) {
         Some(r) => {
             println!(
                 "records:       {} ({:?}; {} written, durable to seq {}, backlog {} ({} KiB), {} refused{})",
-                r.dir,
+                v(&r.dir),
                 r.durability,
                 r.written,
                 r.durable_seq,
@@ -476,7 +479,7 @@ fn print_status(s: &Status) {
                 }
             );
             if let Some(why) = &r.failing {
-                println!("  FAILING, new calls are refused: {why}");
+                println!("  FAILING, new calls are refused: {}", v(why));
             }
         }
     }
@@ -486,9 +489,9 @@ fn print_status(s: &Status) {
             (false, Some(age)) => format!("KEYS EXPIRED ({age}s old): its tokens are refused"),
             (_, None) => "NO KEYS: its tokens are refused".into(),
         };
-        println!("identity:      {} {} ({keys})", p.name, p.issuer);
+        println!("identity:      {} {} ({keys})", v(&p.name), v(&p.issuer));
         if let Some(e) = &p.last_error {
-            println!("  last fetch failed: {e}");
+            println!("  last fetch failed: {}", v(e));
         }
     }
     if let Some(a) = &s.approvals {
@@ -505,7 +508,10 @@ fn print_status(s: &Status) {
         if let Some(w) = &a.webhook {
             println!(
                 "  webhook {}: {} delivered, {} retries, {} lost",
-                w.url, w.delivered, w.retries, w.lost
+                v(&w.url),
+                w.delivered,
+                w.retries,
+                w.lost
             );
         }
     }
@@ -517,9 +523,9 @@ fn print_status(s: &Status) {
             let unit = e
                 .unit
                 .as_deref()
-                .map(|u| format!(" [{u}]"))
+                .map(|u| format!(" [{}]", v(u)))
                 .unwrap_or_default();
-            println!("  {}{unit} (id {})", e.path.display(), e.id);
+            println!("  {}{unit} (id {})", v(&e.path.display().to_string()), e.id);
         }
     }
     let c = &s.counters;
@@ -537,14 +543,14 @@ fn print_status(s: &Status) {
                 "  #{} pid {} ({}) uid {} {} -> {}  {}B up {}B down {}ms  {}",
                 r.id,
                 r.workload.pid,
-                r.workload.comm,
+                v(&r.workload.comm),
                 r.workload.uid,
-                r.workload.cgroup.as_deref().unwrap_or("?"),
+                v(r.workload.cgroup.as_deref().unwrap_or("?")),
                 r.original_dst,
                 r.bytes_up,
                 r.bytes_down,
                 r.duration_ms,
-                r.outcome
+                v(&r.outcome)
             );
         }
     }
@@ -553,9 +559,13 @@ fn print_status(s: &Status) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Log fields carry workload-chosen names (comm, cgroup): the writer escapes what would
+    // not show as itself, and the log has no colours of its own for it to break.
+    let json = matches!(format, LogFormat::Json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(false)
+        .with_writer(move || LogWriter::new(std::io::stderr(), json));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
