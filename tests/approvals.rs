@@ -26,6 +26,11 @@ struct Setup {
 }
 
 fn setup(test: &str) -> Option<Setup> {
+    setup_with(test, "")
+}
+
+/// [`setup`] with more `approvals:` settings (indented lines).
+fn setup_with(test: &str, approvals: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return None;
     }
@@ -76,7 +81,7 @@ response:
   webhook_url: http://127.0.0.1:{}/hook
   page_url: https://callgate.example/
   webhook_attempts: 4
-admin_http:
+{approvals}admin_http:
   listen: 127.0.0.1:{web_port}
   login:
     issuer: "{}"
@@ -250,6 +255,29 @@ impl Setup {
             .iter()
             .filter(|r| r["path"] == path)
             .count()
+    }
+}
+
+impl Setup {
+    /// A refund made by a Python process in `cg` that first names itself `comm` (a Python
+    /// bytes literal, at most 15 bytes) with `prctl(PR_SET_NAME)`: the process and the file
+    /// it prints its answer's status to.
+    fn refund_as(&self, cg: &TestCgroup, comm: &str) -> (Child, PathBuf) {
+        let token = self.idp.token("billing-agent", None);
+        let code = format!(
+            r#"
+import ctypes, http.client, json
+ctypes.CDLL(None).prctl(15, {comm}, 0, 0, 0)
+c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=60)
+c.request("POST", "/v1/payments/p_9/refund", body=json.dumps({{"amount": 250}}),
+          headers={{"Content-Type": "application/json", "Authorization": "Bearer {token}"}})
+r = c.getresponse()
+print(r.status)
+"#,
+            port = self.up.port
+        );
+        let out = self.dir.join(unique("refund-as"));
+        (cg.spawn(&["python3", "-c", &code], &out), out)
     }
 }
 
@@ -715,21 +743,7 @@ fn workload_names_are_shown_not_obeyed() {
     let name = "cg\x1b[1A\x1b[2K\rrefunds-ok pid 1\x08\x07\t\u{9b}2J\u{202e}evil\u{2066}";
     let hostile = s.cg.child(name);
     let comm = r#"b"\x1b[2J\x1b[H\r\x07\xe2\x80\xaeok""#;
-    let token = s.idp.token("billing-agent", None);
-    let code = format!(
-        r#"
-import ctypes, http.client, json
-ctypes.CDLL(None).prctl(15, {comm}, 0, 0, 0)
-c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=60)
-c.request("POST", "/v1/payments/p_9/refund", body=json.dumps({{"amount": 250}}),
-          headers={{"Content-Type": "application/json", "Authorization": "Bearer {token}"}})
-r = c.getresponse()
-print(r.status)
-"#,
-        port = s.up.port
-    );
-    let out = s.dir.join("hostile-call");
-    let mut child = hostile.spawn(&["python3", "-c", &code], &out);
+    let (mut child, out) = s.refund_as(&hostile, comm);
     let pid = child.id();
     let r = s.pending("refund");
     let id = id_of(&r);
@@ -827,4 +841,79 @@ print(r.status)
         "{text}"
     );
     assert!(!text.chars().any(raw_control), "{text:?}");
+}
+
+#[test]
+fn slack_announcements_carry_workload_names_as_text() {
+    let Some(s) = setup_with(
+        "slack_announcements_carry_workload_names_as_text",
+        "  webhook_format: slack\n",
+    ) else {
+        return;
+    };
+    // Processes whose names would ping the channel, make a link, and format the message.
+    let comms = [
+        (
+            r#"b"<!channel>""#,
+            "`billing-agent via &lt;!channel&gt; (uid 0)`",
+        ),
+        (
+            r#"b"<http://e.vl|R>""#,
+            "`billing-agent via &lt;http://e.vl|R&gt; (uid 0)`",
+        ),
+        (
+            r#"b"*b*_i_~s~`x`&""#,
+            "`billing-agent via *b*_i_~s~\u{02cb}x\u{02cb}&amp; (uid 0)`",
+        ),
+    ];
+    let mut calls = Vec::new();
+    for (comm, _) in &comms {
+        calls.push(s.refund_as(&s.cg, comm));
+        // One at a time, so that each is held before the next starts.
+        let n = calls.len();
+        wait_for(Duration::from_secs(20), || {
+            (s.list(false).len() == n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("call {n} was not held\n{}", s.gw.log()));
+    }
+    let texts = wait_for(Duration::from_secs(20), || {
+        let texts: Vec<String> =
+            s.up.requests()
+                .into_iter()
+                .filter(|r| r["path"] == "/hook")
+                .filter_map(|h| serde_json::from_str::<Value>(h["body"].as_str()?).ok())
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect();
+        // The receiver refuses the first delivery: that text comes twice.
+        let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
+        (distinct.len() == comms.len()).then_some(texts)
+    })
+    .unwrap_or_else(|| panic!("announcements: {:?}\n{}", s.up.requests(), s.gw.log()));
+    for (_, shown) in &comms {
+        let text = texts
+            .iter()
+            .find(|t| t.contains(shown))
+            .unwrap_or_else(|| panic!("no announcement shows {shown}: {texts:#?}"));
+        // The one link is ours; nothing else is in angle brackets.
+        let (before, after) = text
+            .split_once(" <https://callgate.example/approvals/")
+            .unwrap_or_else(|| panic!("no review link: {text}"));
+        assert!(after.ends_with("|Review it>."), "{text}");
+        assert!(!before.contains(['<', '>']), "{text}");
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<http://e.vl"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("callgate: approval needed for `payments.refund` by "),
+            "{text}"
+        );
+    }
+    for r in s.list(false) {
+        s.cli_ok(&["approvals", "deny", &id_of(&r), "--as", "alice"]);
+    }
+    for (mut child, _) in calls {
+        let done = wait_for(Duration::from_secs(30), || child.try_wait().ok()?);
+        assert!(done.is_some(), "a held call did not end");
+    }
 }
