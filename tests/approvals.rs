@@ -682,6 +682,9 @@ fn approvers_answer_on_the_web_page() {
         "{alice}"
     );
     assert_eq!(alice["forged_status"], 403, "{alice}");
+    // A log-out without the page's token is refused, and she stays logged in (she goes on to
+    // approve through the page below).
+    assert_eq!(alice["forged_logout_status"], 403, "{alice}");
     let args = alice["args"].as_str().unwrap_or("");
     assert!(
         args.contains("************1111") && !args.contains(CARD),

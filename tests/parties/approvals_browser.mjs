@@ -70,6 +70,10 @@ try {
     seen.detail_status = detail.status();
     await page.screenshot({ path: a.screenshot, fullPage: true });
   } else {
+    // A log-out another page could send: the browser's cookie, but not the page's token. It
+    // is refused and the session stays (the steps below need it).
+    const logout = await page.request.post(`${a.page}/logout`, { form: {}, maxRedirects: 0 });
+    seen.forged_logout_status = logout.status();
     // A form another page could send: the browser's cookie, but not the page's token.
     const forged = await page.request.post(`${a.page}/approvals/${a.id}`, {
       form: { verdict: 'approve' },

@@ -341,20 +341,31 @@ impl Web {
         }
     }
 
+    /// Ends the session: only with the session's CSRF token, from a page of this origin, as
+    /// every other POST (another site must not be able to log an approver out). Without a live
+    /// session there is nothing to protect: the browser's cookie is dropped.
     async fn logout(&self, req: Request<Incoming>) -> Response<Body_> {
         let id = cookie(&req, SESSION_COOKIE);
+        let foreign = req
+            .headers()
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes() != self.origin.as_bytes());
         let form = match form(req).await {
             Ok(f) => f,
             Err(r) => return self.reject(r),
         };
         if let Some(id) = id {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if sessions
-                .get(&id)
-                .is_some_and(|s| same(&s.csrf, form_value(&form, "csrf")))
-            {
-                sessions.remove(&id);
+            if let Some(s) = sessions.get(&id).filter(|s| s.expires > Instant::now()) {
+                if foreign || !same(&s.csrf, form_value(&form, "csrf")) {
+                    drop(sessions);
+                    return self.error(
+                        StatusCode::FORBIDDEN,
+                        "the form's security token is missing or stale; reload the page and try again",
+                    );
+                }
             }
+            sessions.remove(&id);
         }
         let mut r = html(
             StatusCode::OK,
