@@ -78,8 +78,10 @@ struct RunArgs {
     /// bpffs directory for pinned maps and links. Default /sys/fs/bpf/callgate.
     #[arg(long, env = "CALLGATE_BPFFS_DIR")]
     bpffs_dir: Option<PathBuf>,
-    #[command(flatten)]
-    socket: SocketArg,
+    /// The control socket the CLI talks to. Default: the config file's `control_socket`, else
+    /// /run/callgate/admin.sock.
+    #[arg(long, env = "CALLGATE_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CALLGATE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -217,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
                 Overrides {
                     listen_port: args.listen_port,
                     state_dir: args.state_dir,
-                    control_socket: Some(args.socket.control_socket),
+                    control_socket: args.control_socket,
                     bpffs_dir: args.bpffs_dir,
                     policies: args.policies,
                 },
