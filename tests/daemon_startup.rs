@@ -66,8 +66,19 @@ fn a_second_daemon_never_takes_the_control_socket() {
             && err.contains("another callgate daemon is answering on it"),
         "{err}"
     );
-    // The first one still answers on it.
+    // The first one still answers on it, and the CLI finds it through the same key.
     assert!(first.try_status().is_ok(), "{}", first.log());
+    let out = Command::new(callgate_bin())
+        .args(["status", "--json"])
+        .env("CALLGATE_CONFIG", &config)
+        .env_remove("CALLGATE_CONTROL_SOCKET")
+        .output()
+        .expect("callgate status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

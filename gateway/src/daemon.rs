@@ -73,7 +73,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let listeners = Listeners::bind(cfg.listen_port)?;
     // Before anything else is opened: a control socket a live daemon answers on means that
     // daemon is running, and this one stops here (naming the socket) rather than take it.
-    let control = admin::bind(&cfg.control_socket)?;
+    // The lock is held until this function returns.
+    let (control, _control_lock) = admin::bind(&cfg.control_socket)?;
     // A policy that does not load stops the start: there is no last good one to fall back on.
     let policy = match &cfg.policies {
         Some(dir) => Some(Arc::new(PolicyStore::open(dir).map_err(|findings| {

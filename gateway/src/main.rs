@@ -89,9 +89,32 @@ struct RunArgs {
 
 #[derive(Args)]
 struct SocketArg {
-    /// The daemon's control socket.
-    #[arg(long, env = "CALLGATE_CONTROL_SOCKET", default_value = config::DEFAULT_CONTROL_SOCKET)]
-    control_socket: PathBuf,
+    /// The daemon's control socket. Default: `control_socket` in the daemon's configuration
+    /// file ($CALLGATE_CONFIG, else /etc/callgate/callgate.yaml), else /run/callgate/admin.sock.
+    #[arg(long, env = "CALLGATE_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// The socket the daemon listens on, as `callgate run` would choose it.
+    fn path(&self) -> PathBuf {
+        if let Some(p) = &self.control_socket {
+            return p.clone();
+        }
+        /// Only the one key: the rest of the file is the daemon's business.
+        #[derive(serde::Deserialize)]
+        struct SocketOnly {
+            control_socket: Option<PathBuf>,
+        }
+        let file = std::env::var_os("CALLGATE_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config::DEFAULT_CONFIG.into());
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| yaml_serde::from_str::<SocketOnly>(&text).ok())
+            .and_then(|f| f.control_socket)
+            .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into())
+    }
 }
 
 #[derive(Args)]
@@ -435,7 +458,7 @@ fn target(t: &TargetArgs) -> Result<Target> {
 }
 
 async fn request<T: serde::de::DeserializeOwned>(socket: &SocketArg, req: &Request) -> Result<T> {
-    let data = admin::call(&socket.control_socket, req).await?;
+    let data = admin::call(&socket.path(), req).await?;
     serde_json::from_value(data).context("unexpected response from the daemon (version mismatch?)")
 }
 
