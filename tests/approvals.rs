@@ -26,6 +26,11 @@ struct Setup {
 }
 
 fn setup(test: &str) -> Option<Setup> {
+    setup_with(test, "")
+}
+
+/// [`setup`] with more `approvals:` settings (indented lines).
+fn setup_with(test: &str, approvals: &str) -> Option<Setup> {
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return None;
     }
@@ -81,7 +86,7 @@ response:
   webhook_url: http://127.0.0.1:{}/hook
   page_url: https://callgate.example/
   webhook_attempts: 4
-admin_http:
+{approvals}admin_http:
   listen: 127.0.0.1:{web_port}
   login:
     issuer: "{}"
@@ -258,6 +263,29 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// A refund made by a Python process in `cg` that first names itself `comm` (a Python
+    /// bytes literal, at most 15 bytes) with `prctl(PR_SET_NAME)`: the process and the file
+    /// it prints its answer's status to.
+    fn refund_as(&self, cg: &TestCgroup, comm: &str) -> (Child, PathBuf) {
+        let token = self.idp.token("billing-agent", None);
+        let code = format!(
+            r#"
+import ctypes, http.client, json
+ctypes.CDLL(None).prctl(15, {comm}, 0, 0, 0)
+c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=60)
+c.request("POST", "/v1/payments/p_9/refund", body=json.dumps({{"amount": 250}}),
+          headers={{"Content-Type": "application/json", "Authorization": "Bearer {token}"}})
+r = c.getresponse()
+print(r.status)
+"#,
+            port = self.up.port
+        );
+        let out = self.dir.join(unique("refund-as"));
+        (cg.spawn(&["python3", "-c", &code], &out), out)
+    }
+}
+
 /// Where the browser test leaves its screenshots.
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
@@ -276,12 +304,14 @@ struct Browser {
 impl Setup {
     /// Starts the browser as `person`: looking at request `id` (`Some`), or waiting on the
     /// list for one to appear (`None`, after writing `ready`); and approving it, with
-    /// `comment`, when given one.
+    /// `comment`, when given one. With `next`, it starts at `/login?next=<next>` (put in the
+    /// URL as given) instead of at the list.
     fn browser(
         &self,
         person: &str,
         id: Option<&str>,
         approve: Option<&str>,
+        next: Option<&str>,
         shot: &Path,
         ready: &Path,
     ) -> Browser {
@@ -299,6 +329,9 @@ impl Setup {
         };
         if let Some(c) = approve {
             cmd.args(["--approve", "--comment", c]);
+        }
+        if let Some(n) = next {
+            cmd.arg(format!("--next={n}"));
         }
         let log = fs::File::create(&out).expect("browser output");
         let child = cmd
@@ -724,6 +757,7 @@ fn approvers_answer_on_the_web_page() {
         "alice",
         None,
         Some("looked at it in the browser"),
+        None,
         &shot,
         &ready,
     );
@@ -740,6 +774,9 @@ fn approvers_answer_on_the_web_page() {
         "{alice}"
     );
     assert_eq!(alice["forged_status"], 403, "{alice}");
+    // A log-out without the page's token is refused, and she stays logged in (she goes on to
+    // approve through the page below).
+    assert_eq!(alice["forged_logout_status"], 403, "{alice}");
     let args = alice["args"].as_str().unwrap_or("");
     assert!(
         args.contains("************1111") && !args.contains(CARD),
@@ -766,13 +803,212 @@ fn approvers_answer_on_the_web_page() {
     assert_eq!(verdict["comment"], "looked at it in the browser", "{rec}");
 
     // Bob logs in too, but the rule names finance-leads: he neither sees nor can open the
-    // next held call.
+    // next held call. He arrives through a log-in link whose `next` a browser would read as
+    // `//evil.example/` (it drops the tab): after the real log-in he is still on the gateway.
     let call = s.refund(Some("support-bot"));
     let id = id_of(&s.pending("refund"));
     let shot = shots.join("approvals-bob.png");
-    let bob = s.seen(s.browser("bob", Some(&id), None, &shot, &ready));
+    let hostile = "/%09/evil.example/approvals";
+    let bob = s.seen(s.browser("bob", Some(&id), None, Some(hostile), &shot, &ready));
+    assert_eq!(bob["landed_origin"], s.web.as_str(), "{bob}");
+    assert!(
+        !bob["landed"].as_str().unwrap_or("").contains("evil"),
+        "{bob}"
+    );
     assert_eq!(bob["listed"], false, "{bob}");
     assert_eq!(bob["detail_status"], 404, "{bob}");
     s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
     assert_eq!(call.finish().0, 403);
+}
+
+/// A character that must never reach a person's terminal raw: controls (other than the line
+/// breaks the output is made of), C1 and the bidi embeddings, overrides and isolates.
+fn raw_control(c: char) -> bool {
+    (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[test]
+fn workload_names_are_shown_not_obeyed() {
+    let Some(s) = setup("workload_names_are_shown_not_obeyed") else {
+        return;
+    };
+    // A cgroup below the enabled one whose name moves the cursor up, clears the line, returns
+    // the carriage and overrides the text direction; a process in it names itself (comm) with
+    // a clear-screen, a BEL and a bidi override, then makes a call that is held.
+    let name = "cg\x1b[1A\x1b[2K\rrefunds-ok pid 1\x08\x07\t\u{9b}2J\u{202e}evil\u{2066}";
+    let hostile = s.cg.child(name);
+    let comm = r#"b"\x1b[2J\x1b[H\r\x07\xe2\x80\xaeok""#;
+    let (mut child, out) = s.refund_as(&hostile, comm);
+    let pid = child.id();
+    let r = s.pending("refund");
+    let id = id_of(&r);
+    assert!(
+        r["caller"]["comm"].as_str().unwrap_or("").contains('\x1b'),
+        "the comm was set: {r}"
+    );
+    assert!(
+        r["caller"]["cgroup"].as_str().unwrap_or("").contains(name),
+        "{r}"
+    );
+
+    for args in [
+        &["approvals", "list"][..],
+        &["approvals", "list", "--all"],
+        &["approvals", "show", &id],
+        &["approvals", "grants", "list"],
+        &["status"],
+    ] {
+        let out = s.cli(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+        assert!(
+            !text.chars().any(raw_control),
+            "callgate {args:?} prints raw control characters:\n{text:?}"
+        );
+        if args.get(1) == Some(&"list") {
+            // The real call, on one line: its id, call and rule.
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&id))
+                .unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+            assert!(
+                line.contains("payments.refund") && line.ends_with("refunds-need-a-lead"),
+                "{line}"
+            );
+        }
+    }
+    let shown = String::from_utf8(s.cli(&["approvals", "show", &id]).stdout).unwrap();
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} line:\n{shown}"))
+            .to_string()
+    };
+    assert_eq!(line("id:"), format!("id:           {id}"));
+    assert_eq!(line("call:"), "call:         payments.refund");
+    assert!(line("rule:").starts_with("rule:         refunds-need-a-lead "));
+    let workload = line("workload:");
+    assert!(
+        workload.starts_with(&format!(
+            "workload:     pid {pid} \\x1b[2J\\x1b[H\\x0d\\x07\\u{{202e}}ok cgroup "
+        )),
+        "{workload}"
+    );
+    assert!(
+        workload.contains(
+            "cg\\x1b[1A\\x1b[2K\\x0drefunds-ok pid 1\\x08\\x07\\x09\\u{9b}2J\\u{202e}evil\\u{2066}"
+        ),
+        "{workload}"
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("workload:")).count(),
+        1
+    );
+
+    s.cli_ok(&["approvals", "deny", &id, "--as", "alice"]);
+    let done = wait_for(Duration::from_secs(30), || child.try_wait().ok()?);
+    assert!(done.is_some(), "the held call did not end");
+    assert_eq!(fs::read_to_string(&out).unwrap_or_default().trim(), "403");
+
+    // The daemon's log names the process too (`call held for approval`, `connection
+    // closed`): escaped, one line per event.
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = String::from_utf8(fs::read(s.gw.dir.join("gateway.log")).ok()?).ok()?;
+        log.contains(&format!("pid={pid}")).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("the connection was not logged\n{}", s.gw.log()));
+    assert!(
+        !log.chars().any(raw_control),
+        "the log carries raw control characters:\n{log:?}"
+    );
+    assert!(log.contains("\\x1b[2J"), "{log}");
+
+    // And so does the record, and `records list` shows it escaped.
+    let out = Command::new(callgate_bin())
+        .args(["records", "list", "--dir"])
+        .arg(s.gw.dir.join("state/records"))
+        .output()
+        .expect("records list");
+    let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+    assert!(
+        out.status.success() && text.contains("payments/refund"),
+        "{text}"
+    );
+    assert!(!text.chars().any(raw_control), "{text:?}");
+}
+
+#[test]
+fn slack_announcements_carry_workload_names_as_text() {
+    let Some(s) = setup_with(
+        "slack_announcements_carry_workload_names_as_text",
+        "  webhook_format: slack\n",
+    ) else {
+        return;
+    };
+    // Processes whose names would ping the channel, make a link, and format the message.
+    let comms = [
+        (
+            r#"b"<!channel>""#,
+            "`billing-agent via &lt;!channel&gt; (uid 0)`",
+        ),
+        (
+            r#"b"<http://e.vl|R>""#,
+            "`billing-agent via &lt;http://e.vl|R&gt; (uid 0)`",
+        ),
+        (
+            r#"b"*b*_i_~s~`x`&""#,
+            "`billing-agent via *b*_i_~s~\u{02cb}x\u{02cb}&amp; (uid 0)`",
+        ),
+    ];
+    let mut calls = Vec::new();
+    for (comm, _) in &comms {
+        calls.push(s.refund_as(&s.cg, comm));
+        // One at a time, so that each is held before the next starts.
+        let n = calls.len();
+        wait_for(Duration::from_secs(20), || {
+            (s.list(false).len() == n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("call {n} was not held\n{}", s.gw.log()));
+    }
+    let texts = wait_for(Duration::from_secs(20), || {
+        let texts: Vec<String> =
+            s.up.requests()
+                .into_iter()
+                .filter(|r| r["path"] == "/hook")
+                .filter_map(|h| serde_json::from_str::<Value>(h["body"].as_str()?).ok())
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect();
+        // The receiver refuses the first delivery: that text comes twice.
+        let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
+        (distinct.len() == comms.len()).then_some(texts)
+    })
+    .unwrap_or_else(|| panic!("announcements: {:?}\n{}", s.up.requests(), s.gw.log()));
+    for (_, shown) in &comms {
+        let text = texts
+            .iter()
+            .find(|t| t.contains(shown))
+            .unwrap_or_else(|| panic!("no announcement shows {shown}: {texts:#?}"));
+        // The one link is ours; nothing else is in angle brackets.
+        let (before, after) = text
+            .split_once(" <https://callgate.example/approvals/")
+            .unwrap_or_else(|| panic!("no review link: {text}"));
+        assert!(after.ends_with("|Review it>."), "{text}");
+        assert!(!before.contains(['<', '>']), "{text}");
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<http://e.vl"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("callgate: approval needed for `payments.refund` by "),
+            "{text}"
+        );
+    }
+    for r in s.list(false) {
+        s.cli_ok(&["approvals", "deny", &id_of(&r), "--as", "alice"]);
+    }
+    for (mut child, _) in calls {
+        let done = wait_for(Duration::from_secs(30), || child.try_wait().ok()?);
+        assert!(done.is_some(), "a held call did not end");
+    }
 }

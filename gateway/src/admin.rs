@@ -3,6 +3,7 @@
 //! optional HTTP admin listener ([`web`]) serves the approvals page.
 pub mod login;
 pub mod pages;
+pub mod visible;
 pub mod web;
 
 use std::{
@@ -136,28 +137,43 @@ pub struct AdminInputs {
     pub started: Instant,
 }
 
-pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+/// Binds the control socket; the returned file holds `<path>.lock` (an exclusive `flock`)
+/// for as long as it is open, so that two daemons starting at once cannot both take the
+/// socket (the check for a live one and the bind are otherwise two steps).
+pub fn bind(path: &Path) -> Result<(UnixListener, std::fs::File), AdminError> {
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
     let io_err = |source| AdminError::Io {
         path: path.into(),
         source,
+    };
+    let in_use = |why: &str| AdminError::Io {
+        path: path.into(),
+        source: io::Error::new(io::ErrorKind::AddrInUse, why.to_string()),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
     // A stale socket from a killed daemon would make bind fail; a live one answers connect.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(AdminError::Io {
-            path: path.into(),
-            source: io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another callgate daemon is answering on it",
-            ),
-        });
+        return Err(in_use("another callgate daemon is answering on it"));
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io_err)?;
+    // SAFETY: flock on a descriptor this function owns; released when the file closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(in_use("another callgate daemon is starting on it"));
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    Ok(listener)
+    Ok((listener, lock))
 }
 
 pub async fn serve(
@@ -378,5 +394,36 @@ pub async fn call(path: &Path, req: &Request) -> Result<serde_json::Value, Admin
         Err(AdminError::Daemon(
             response.error.unwrap_or_else(|| "unknown error".into()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_daemon_per_control_socket() {
+        let dir = std::env::temp_dir().join(format!("callgate-admin-{}", std::process::id()));
+        let path = dir.join("admin.sock");
+        let first = bind(&path).expect("the first daemon binds");
+        // A live daemon answers on it.
+        let err = bind(&path)
+            .expect_err("a second daemon binds too")
+            .to_string();
+        assert!(err.contains("answering on it"), "{err}");
+        // Two starting at once: the second gets past the connect check (as if the first had
+        // not bound yet) but not past the lock.
+        std::fs::remove_file(&path).expect("unlink");
+        let err = bind(&path)
+            .expect_err("a second daemon binds too")
+            .to_string();
+        assert!(
+            err.contains("starting on it") && err.contains("admin.sock"),
+            "{err}"
+        );
+        // Once the first is gone, a stale socket is no obstacle.
+        drop(first);
+        assert!(bind(&path).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

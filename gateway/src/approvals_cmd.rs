@@ -8,6 +8,7 @@ use callgate::{
     admin::{
         Request,
         pages::{short, time},
+        visible::{visible as v, visible_json},
     },
     approve::{self, Grant, State},
     record::now_ms,
@@ -156,7 +157,13 @@ pub fn run(cmd: ApprovalsCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
                     comment,
                 },
             ))?;
-            write!(out, "approved {} ({}.{})", r.id, r.service, r.function)?;
+            write!(
+                out,
+                "approved {} ({}.{})",
+                v(&r.id),
+                v(&r.service),
+                v(&r.function)
+            )?;
             match grant {
                 Some(g) => writeln!(out, "; calls like it from this caller pass for {g}")?,
                 None => writeln!(out)?,
@@ -173,7 +180,13 @@ pub fn run(cmd: ApprovalsCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
                     comment,
                 },
             ))?;
-            writeln!(out, "denied {} ({}.{})", r.id, r.service, r.function)?;
+            writeln!(
+                out,
+                "denied {} ({}.{})",
+                v(&r.id),
+                v(&r.service),
+                v(&r.function)
+            )?;
         }
         ApprovalsCommand::Grants(GrantsCommand::List { json, socket }) => {
             let grants: Vec<Grant> = rt.block_on(request(&socket, &Request::Grants))?;
@@ -191,12 +204,12 @@ pub fn run(cmd: ApprovalsCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
                     writeln!(
                         out,
                         "{:<36} {:<32} {:<28} {:<10} {:>5} {}{}",
-                        g.id,
-                        g.caller,
-                        format!("{}.{}", g.service, g.function),
+                        v(&g.id),
+                        v(&g.caller),
+                        v(&format!("{}.{}", g.service, g.function)),
                         left(g.expires_at_ms),
                         g.uses,
-                        g.approved_by,
+                        v(&g.approved_by),
                         if g.args_digest.is_some() {
                             " (same arguments only)"
                         } else {
@@ -211,7 +224,10 @@ pub fn run(cmd: ApprovalsCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
             writeln!(
                 out,
                 "revoked grant {} ({} for {}.{})",
-                g.id, g.caller, g.service, g.function
+                v(&g.id),
+                v(&g.caller),
+                v(&g.service),
+                v(&g.function)
             )?;
         }
     }
@@ -233,13 +249,13 @@ fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
         writeln!(
             out,
             "{:<36} {:<11} {:<28} {:<34} {:<18} {:<9} {}",
-            r.id,
+            v(&r.id),
             r.state.as_str(),
-            format!("{}.{}", r.service, r.function),
-            r.caller.describe(),
+            v(&format!("{}.{}", r.service, r.function)),
+            v(&r.caller.describe()),
             ago(r.requested_at_ms),
             expires,
-            r.rule
+            v(&r.rule)
         )?;
     }
     Ok(())
@@ -247,65 +263,75 @@ fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
 
 fn show(out: &mut impl Write, r: &approve::Request) -> Result<()> {
     let c = &r.caller;
-    writeln!(out, "id:           {}", r.id)?;
+    writeln!(out, "id:           {}", v(&r.id))?;
     writeln!(out, "state:        {}", r.state.as_str())?;
-    writeln!(out, "call:         {}.{}", r.service, r.function)?;
-    writeln!(out, "destination:  {}", r.destination)?;
+    writeln!(out, "call:         {}.{}", v(&r.service), v(&r.function))?;
+    writeln!(out, "destination:  {}", v(&r.destination))?;
     writeln!(
         out,
         "caller:       {}{}",
-        c.describe(),
+        v(&c.describe()),
         c.provider
             .as_deref()
-            .map(|p| format!(" [token from {p}; groups {}]", c.groups.join(", ")))
+            .map(|p| format!(" [token from {}; groups {}]", v(p), v(&c.groups.join(", "))))
             .unwrap_or_default()
     )?;
     writeln!(
         out,
-        "workload:     pid {} {} cgroup {}",
+        "workload:     pid {} {} cgroup {}{}",
         c.pid.map_or("?".into(), |p| p.to_string()),
-        c.comm.as_deref().unwrap_or("?"),
-        c.cgroup.as_deref().unwrap_or("?")
+        v(c.comm.as_deref().unwrap_or("?")),
+        v(c.cgroup.as_deref().unwrap_or("?")),
+        c.unit
+            .as_deref()
+            .map(|u| format!(" unit {}", v(u)))
+            .unwrap_or_default()
     )?;
     writeln!(
         out,
         "rule:         {} (policy commit {})",
-        r.rule,
-        r.policy_commit.as_deref().unwrap_or("-")
+        v(&r.rule),
+        v(r.policy_commit.as_deref().unwrap_or("-"))
     )?;
     writeln!(
         out,
         "approvers:    groups [{}] subjects [{}]; grants up to {}",
-        r.approvers.groups.join(", "),
-        r.approvers.subjects.join(", "),
+        v(&r.approvers.groups.join(", ")),
+        v(&r.approvers.subjects.join(", ")),
         r.max_grant_s.map_or("none (once only)".into(), |s| {
             humantime::format_duration(Duration::from_secs(s)).to_string()
         })
     )?;
     writeln!(out, "requested:    {}", time(r.requested_at_ms))?;
     writeln!(out, "expires:      {}", time(r.expires_at_ms))?;
-    if let Some(v) = &r.verdict {
+    if let Some(verdict) = &r.verdict {
         writeln!(
             out,
             "verdict:      {} by {} via {} at {}{}{}",
-            if v.approved { "approved" } else { "denied" },
-            v.by,
-            v.via,
-            time(v.at_ms),
-            v.grant
+            if verdict.approved {
+                "approved"
+            } else {
+                "denied"
+            },
+            v(&verdict.by),
+            v(&verdict.via),
+            time(verdict.at_ms),
+            verdict
+                .grant
                 .as_deref()
-                .map(|g| format!(" with grant {g}"))
+                .map(|g| format!(" with grant {}", v(g)))
                 .unwrap_or_default(),
-            v.comment
+            verdict
+                .comment
                 .as_deref()
-                .map(|c| format!(": {c}"))
+                .map(|c| format!(": {}", v(c)))
                 .unwrap_or_default()
         )?;
     }
     writeln!(
         out,
         "arguments (masked):\n{}",
-        serde_json::to_string_pretty(&r.args)?
+        visible_json(&serde_json::to_string_pretty(&r.args)?)
     )?;
     Ok(())
 }

@@ -50,6 +50,8 @@ pub enum DaemonError {
     Telemetry(String),
     #[error("admin_http: {0}")]
     AdminHttp(String),
+    #[error("state directory {path}: {reason}")]
+    StateDir { path: String, reason: String },
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -64,11 +66,17 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let cfg = Arc::new(cfg);
     let started = Instant::now();
     raise_fd_limit();
+    // The records, the mask key and the CA key live here: nobody else may read them.
+    private_state_dir(&cfg.state_dir)?;
     // Bind before loading: a port conflict should not leave programs redirecting to a
     // listener that is someone else's. The bind guard a previous run left lets only the
     // claimant bind the port: claim it first (a running gateway keeps its claim).
     crate::intercept::claim_listener(&cfg)?;
     let listeners = Listeners::bind(cfg.listen_port)?;
+    // Before anything else is opened: a control socket a live daemon answers on means that
+    // daemon is running, and this one stops here (naming the socket) rather than take it.
+    // The lock is held until this function returns.
+    let (control, _control_lock) = admin::bind(&cfg.control_socket)?;
     // A policy that does not load stops the start: there is no last good one to fall back on.
     let policy = match &cfg.policies {
         Some(dir) => Some(Arc::new(PolicyStore::open(dir).map_err(|findings| {
@@ -139,7 +147,6 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let limiter = Arc::new(crate::limit::Limiter::open(Some(
         cfg.state_dir.join("quotas.json"),
     )));
-    let control = admin::bind(&cfg.control_socket)?;
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
     for line in interceptor.restore()? {
         info!("{line}");
@@ -278,6 +285,40 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+/// Creates the state directory 0700, or makes an existing one of ours 0700 again (as
+/// `callgate install` does); one that belongs to another user is refused.
+fn private_state_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let fail = |reason: String| DaemonError::StateDir {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(fail("not a directory".into()));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(fail(format!(
+            "owned by uid {}, not by this daemon's uid {me}: fix its owner (and mode 0700)",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("mode {mode:o} and cannot make it 0700: {e}")))?;
+        warn!(path = %dir.display(), "the state directory was mode {mode:o}; made it 0700");
+    }
     Ok(())
 }
 

@@ -3,7 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use callgate::{
-    admin::{self, Request, Status},
+    admin::{
+        self, Request, Status,
+        visible::{LogWriter, visible as v},
+    },
     config::{self, Config, Overrides},
     intercept::{Change, Target},
 };
@@ -75,8 +78,10 @@ struct RunArgs {
     /// bpffs directory for pinned maps and links. Default /sys/fs/bpf/callgate.
     #[arg(long, env = "CALLGATE_BPFFS_DIR")]
     bpffs_dir: Option<PathBuf>,
-    #[command(flatten)]
-    socket: SocketArg,
+    /// The control socket the CLI talks to. Default: the config file's `control_socket`, else
+    /// /run/callgate/admin.sock.
+    #[arg(long, env = "CALLGATE_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "CALLGATE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -84,9 +89,32 @@ struct RunArgs {
 
 #[derive(Args)]
 struct SocketArg {
-    /// The daemon's control socket.
-    #[arg(long, env = "CALLGATE_CONTROL_SOCKET", default_value = config::DEFAULT_CONTROL_SOCKET)]
-    control_socket: PathBuf,
+    /// The daemon's control socket. Default: `control_socket` in the daemon's configuration
+    /// file ($CALLGATE_CONFIG, else /etc/callgate/callgate.yaml), else /run/callgate/admin.sock.
+    #[arg(long, env = "CALLGATE_CONTROL_SOCKET")]
+    control_socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// The socket the daemon listens on, as `callgate run` would choose it.
+    fn path(&self) -> PathBuf {
+        if let Some(p) = &self.control_socket {
+            return p.clone();
+        }
+        /// Only the one key: the rest of the file is the daemon's business.
+        #[derive(serde::Deserialize)]
+        struct SocketOnly {
+            control_socket: Option<PathBuf>,
+        }
+        let file = std::env::var_os("CALLGATE_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config::DEFAULT_CONFIG.into());
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| yaml_serde::from_str::<SocketOnly>(&text).ok())
+            .and_then(|f| f.control_socket)
+            .unwrap_or_else(|| config::DEFAULT_CONTROL_SOCKET.into())
+    }
 }
 
 #[derive(Args)]
@@ -214,7 +242,7 @@ fn run(cli: Cli) -> Result<()> {
                 Overrides {
                     listen_port: args.listen_port,
                     state_dir: args.state_dir,
-                    control_socket: Some(args.socket.control_socket),
+                    control_socket: args.control_socket,
                     bpffs_dir: args.bpffs_dir,
                     policies: args.policies,
                 },
@@ -430,7 +458,7 @@ fn target(t: &TargetArgs) -> Result<Target> {
 }
 
 async fn request<T: serde::de::DeserializeOwned>(socket: &SocketArg, req: &Request) -> Result<T> {
-    let data = admin::call(&socket.control_socket, req).await?;
+    let data = admin::call(&socket.path(), req).await?;
     serde_json::from_value(data).context("unexpected response from the daemon (version mismatch?)")
 }
 
@@ -443,16 +471,16 @@ fn print_status(s: &Status) {
         Some(p) => {
             println!(
                 "policy:        {} ({} services, {} rules, commit {}{})",
-                p.dir,
+                v(&p.dir),
                 p.services,
                 p.rules,
-                p.commit.as_deref().unwrap_or(&p.source),
+                v(p.commit.as_deref().unwrap_or(&p.source)),
                 if p.dirty { ", dirty" } else { "" }
             );
             if let Some(errors) = &p.last_error {
                 println!("  last reload FAILED (the previous policy stays in force):");
                 for e in errors {
-                    println!("    {e}");
+                    println!("    {}", v(e));
                 }
             }
         }
@@ -462,7 +490,7 @@ fn print_status(s: &Status) {
         Some(r) => {
             println!(
                 "records:       {} ({:?}; {} written, durable to seq {}, backlog {} ({} KiB), {} refused{})",
-                r.dir,
+                v(&r.dir),
                 r.durability,
                 r.written,
                 r.durable_seq,
@@ -476,7 +504,7 @@ fn print_status(s: &Status) {
                 }
             );
             if let Some(why) = &r.failing {
-                println!("  FAILING, new calls are refused: {why}");
+                println!("  FAILING, new calls are refused: {}", v(why));
             }
         }
     }
@@ -486,9 +514,9 @@ fn print_status(s: &Status) {
             (false, Some(age)) => format!("KEYS EXPIRED ({age}s old): its tokens are refused"),
             (_, None) => "NO KEYS: its tokens are refused".into(),
         };
-        println!("identity:      {} {} ({keys})", p.name, p.issuer);
+        println!("identity:      {} {} ({keys})", v(&p.name), v(&p.issuer));
         if let Some(e) = &p.last_error {
-            println!("  last fetch failed: {e}");
+            println!("  last fetch failed: {}", v(e));
         }
     }
     if let Some(a) = &s.approvals {
@@ -505,7 +533,10 @@ fn print_status(s: &Status) {
         if let Some(w) = &a.webhook {
             println!(
                 "  webhook {}: {} delivered, {} retries, {} lost",
-                w.url, w.delivered, w.retries, w.lost
+                v(&w.url),
+                w.delivered,
+                w.retries,
+                w.lost
             );
         }
     }
@@ -517,9 +548,9 @@ fn print_status(s: &Status) {
             let unit = e
                 .unit
                 .as_deref()
-                .map(|u| format!(" [{u}]"))
+                .map(|u| format!(" [{}]", v(u)))
                 .unwrap_or_default();
-            println!("  {}{unit} (id {})", e.path.display(), e.id);
+            println!("  {}{unit} (id {})", v(&e.path.display().to_string()), e.id);
         }
     }
     let c = &s.counters;
@@ -537,14 +568,14 @@ fn print_status(s: &Status) {
                 "  #{} pid {} ({}) uid {} {} -> {}  {}B up {}B down {}ms  {}",
                 r.id,
                 r.workload.pid,
-                r.workload.comm,
+                v(&r.workload.comm),
                 r.workload.uid,
-                r.workload.cgroup.as_deref().unwrap_or("?"),
+                v(r.workload.cgroup.as_deref().unwrap_or("?")),
                 r.original_dst,
                 r.bytes_up,
                 r.bytes_down,
                 r.duration_ms,
-                r.outcome
+                v(&r.outcome)
             );
         }
     }
@@ -553,9 +584,13 @@ fn print_status(s: &Status) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CALLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Log fields carry workload-chosen names (comm, cgroup): the writer escapes what would
+    // not show as itself, and the log has no colours of its own for it to break.
+    let json = matches!(format, LogFormat::Json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(false)
+        .with_writer(move || LogWriter::new(std::io::stderr(), json));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use callgate::admin::visible::{visible, visible as v, visible_json};
 use callgate::record::{
     now_ms,
     query::{self, Filter, Stored},
@@ -198,11 +199,11 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                     "{:<8} {:<24} {:<36} {:<22} {:<28} {:<8} {:<18} {:>6} {:>9.1}",
                     s.seq,
                     format_time(r.time_ms),
-                    r.id,
-                    r.session,
-                    call,
-                    r.decision.action,
-                    caller_of(s),
+                    v(&r.id),
+                    v(&r.session),
+                    v(&call),
+                    v(&r.decision.action),
+                    v(&caller_of(s)),
                     r.status.map_or("-".into(), |c| c.to_string()),
                     r.latency_ms
                 )?;
@@ -227,7 +228,7 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 false
             })?;
             let s = found.with_context(|| format!("no record with id {id}"))?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+            writeln!(out, "{}", visible_json(&serde_json::to_string_pretty(&s)?))?;
         }
         RecordsCommand::Replay { session, dir } => {
             check_dir(&dir)?;
@@ -259,9 +260,9 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             if n == 0 {
                 bail!("no calls recorded for session {session}");
             }
-            writeln!(out, "session {session}: {n} call(s)")?;
+            writeln!(out, "session {}: {n} call(s)", v(&session))?;
             for l in lines {
-                writeln!(out, "{l}")?;
+                writeln!(out, "{}", v(&l))?;
             }
         }
         RecordsCommand::Verify { from, dir, json } => {
@@ -271,10 +272,10 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 for note in &v.notes {
-                    writeln!(out, "note: {note}")?;
+                    writeln!(out, "note: {}", visible(note))?;
                 }
                 for p in &v.problems {
-                    writeln!(out, "BROKEN: {p}")?;
+                    writeln!(out, "BROKEN: {}", visible(p))?;
                 }
                 let range = match (v.first_seq, v.last_seq) {
                     (Some(a), Some(b)) => format!(", seq {a}–{b}"),

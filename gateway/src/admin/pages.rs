@@ -8,7 +8,7 @@ use std::{
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
-use super::login::Person;
+use super::{login::Person, visible::visible as v};
 use crate::{
     approve::{Approver, Request, State},
     record::now_ms,
@@ -115,7 +115,7 @@ fn table(out: &mut String, rows: &[&&Request], pending: bool) {
              <td><a href=\"/approvals/{}\">{}</a></td></tr>",
             text(&r.service),
             text(&r.function),
-            text(&r.caller.describe()),
+            text(&v(&r.caller.describe())),
             text(&r.rule),
             text(&short(now_ms().saturating_sub(r.requested_at_ms))),
             attr(&r.id),
@@ -137,14 +137,14 @@ pub fn detail(me: &Approver, r: &Request, csrf: &str, flash: Option<&str>) -> St
         out,
         "<dl><dt>State</dt><dd>{}</dd><dt>Caller</dt><dd>{}</dd>",
         state(r.state),
-        text(&c.describe())
+        text(&v(&c.describe()))
     );
     if let Some(p) = &c.provider {
         let _ = write!(
             out,
             "<dt>Token</dt><dd>from {}; groups {}</dd>",
-            text(p),
-            text(&c.groups.join(", "))
+            text(&v(p)),
+            text(&v(&c.groups.join(", ")))
         );
     }
     let _ = write!(
@@ -152,13 +152,13 @@ pub fn detail(me: &Approver, r: &Request, csrf: &str, flash: Option<&str>) -> St
         "<dt>Workload</dt><dd>pid {} {} in {}{}</dd><dt>Destination</dt><dd>{}</dd>\
          <dt>Rule</dt><dd>{} (policy {})</dd><dt>Requested</dt><dd>{}</dd><dt>Expires</dt><dd>{}</dd>",
         c.pid.map_or("?".into(), |p| p.to_string()),
-        text(c.comm.as_deref().unwrap_or("?")),
-        text(c.cgroup.as_deref().unwrap_or("?")),
+        text(&v(c.comm.as_deref().unwrap_or("?"))),
+        text(&v(c.cgroup.as_deref().unwrap_or("?"))),
         c.unit
             .as_deref()
-            .map(|u| format!(" ({})", text(u)))
+            .map(|u| format!(" ({})", text(&v(u))))
             .unwrap_or_default(),
-        text(&r.destination),
+        text(&v(&r.destination)),
         text(&r.rule),
         text(r.policy_commit.as_deref().unwrap_or("uncommitted")),
         time(r.requested_at_ms),
@@ -178,6 +178,7 @@ pub fn detail(me: &Approver, r: &Request, csrf: &str, flash: Option<&str>) -> St
         );
     }
     let args = serde_json::to_string_pretty(&r.args).unwrap_or_default();
+    let args = super::visible::visible_json(&args);
     let _ = write!(
         out,
         "</dl><h2>Arguments (masked)</h2><pre id=args>{}</pre>",

@@ -254,9 +254,11 @@ impl Web {
         let Some(login) = &self.inputs.login else {
             return plain(StatusCode::NOT_FOUND, "log-in is not configured\n");
         };
-        let next = query(req, "next")
-            .filter(|n| local_path(n))
-            .unwrap_or_else(|| "/approvals".into());
+        let next = match query(req, "next") {
+            None => "/approvals".to_string(),
+            // Anything that is not plainly a path on this site goes to the start page.
+            Some(n) => local_path(&n).unwrap_or_else(|| "/".into()),
+        };
         match login.begin(&next).await {
             Ok((url, state)) => {
                 let mut r = redirect(&url);
@@ -339,20 +341,31 @@ impl Web {
         }
     }
 
+    /// Ends the session: only with the session's CSRF token, from a page of this origin, as
+    /// every other POST (another site must not be able to log an approver out). Without a live
+    /// session there is nothing to protect: the browser's cookie is dropped.
     async fn logout(&self, req: Request<Incoming>) -> Response<Body_> {
         let id = cookie(&req, SESSION_COOKIE);
+        let foreign = req
+            .headers()
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes() != self.origin.as_bytes());
         let form = match form(req).await {
             Ok(f) => f,
             Err(r) => return self.reject(r),
         };
         if let Some(id) = id {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if sessions
-                .get(&id)
-                .is_some_and(|s| same(&s.csrf, form_value(&form, "csrf")))
-            {
-                sessions.remove(&id);
+            if let Some(s) = sessions.get(&id).filter(|s| s.expires > Instant::now()) {
+                if foreign || !same(&s.csrf, form_value(&form, "csrf")) {
+                    drop(sessions);
+                    return self.error(
+                        StatusCode::FORBIDDEN,
+                        "the form's security token is missing or stale; reload the page and try again",
+                    );
+                }
             }
+            sessions.remove(&id);
         }
         let mut r = html(
             StatusCode::OK,
@@ -629,9 +642,35 @@ fn form_value<'f>(form: &'f [(String, String)], key: &str) -> Option<&'f str> {
     form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-/// A path on this site: never `//host` or a full URL (no open redirect after login).
-fn local_path(p: &str) -> bool {
-    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')
+/// `p` as a path on this site, or `None`: no open redirect after login.
+///
+/// Browsers read a `Location` more loosely than a URL parser does: they drop ASCII tab and
+/// newline anywhere, and treat `\` as `/`, so `/\t/evil.example` and `/\\evil.example` are both
+/// `//evil.example`, another site. The check is made on what a browser would see, after
+/// dropping those characters, and again after one more percent-decoding (so an encoded
+/// spelling is not waved through to a hop that decodes). Only printable ASCII is kept, so the
+/// value is a valid header as it stands and nothing in it is invisible.
+fn local_path(p: &str) -> Option<String> {
+    fn strip(b: &[u8]) -> Vec<u8> {
+        b.iter()
+            .copied()
+            .filter(|c| !matches!(c, b'\t' | b'\n' | b'\r'))
+            .collect()
+    }
+    fn plain_path(b: &[u8]) -> bool {
+        b.first() == Some(&b'/')
+            && !matches!(b.get(1), Some(b'/' | b'\\'))
+            // Printable ASCII only: no controls, DEL, spaces or non-ASCII look-alikes.
+            && b.iter().all(|c| (0x21..0x7f).contains(c))
+            && !b.contains(&b'\\')
+    }
+    let seen = strip(p.as_bytes());
+    let decoded = strip(&percent_encoding::percent_decode(&seen).collect::<Vec<u8>>());
+    if plain_path(&seen) && plain_path(&decoded) {
+        String::from_utf8(seen).ok()
+    } else {
+        None
+    }
 }
 
 /// Constant-time comparison of a token with what a form sent.
@@ -671,10 +710,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert!(local_path("/approvals/x?y=1"));
-        assert!(!local_path("//evil.example/"));
-        assert!(!local_path("https://evil.example/"));
-        assert!(!local_path("/\\evil.example"));
         assert!(same("abc", Some("abc")));
         assert!(!same("abc", Some("abd")));
         assert!(!same("abc", Some("ab")));
@@ -684,5 +719,58 @@ mod tests {
             "https://gw.example:8443"
         );
         assert_eq!(origin_of("http://127.0.0.1:9"), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn login_goes_back_only_to_a_path_on_this_site() {
+        for ok in [
+            "/approvals",
+            "/approvals/x?y=1",
+            "/approvals/0190?done=approved&a=%41",
+            "/",
+        ] {
+            assert_eq!(local_path(ok).as_deref(), Some(ok), "{ok:?}");
+        }
+        // Browsers drop tab and newlines: the value is kept as a browser would see it.
+        assert_eq!(local_path("/appro\tvals").as_deref(), Some("/approvals"));
+        // `next` as the query gave it, i.e. after the one decoding of the query string.
+        for hostile in [
+            "",
+            "approvals",
+            "//evil.example/",
+            "///evil.example/",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\r/evil.example/",
+            "\t//evil.example/",
+            "/\r\n/evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "\\/evil.example",
+            "/x\\y",
+            "https://evil.example/",
+            "http:evil.example",
+            "javascript:alert(1)",
+            " /evil",
+            "/ evil",
+            "/\u{0}x",
+            "/\u{1b}[2J",
+            "/\u{7f}",
+            "/\u{85}x",
+            "/\u{202e}x",
+            "/\u{3000}/evil.example",
+            // Encoded once more: what a second decoding hop would see.
+            "/%2F/evil.example",
+            "/%2f/evil.example",
+            "/%5Cevil.example",
+            "/%5c/evil.example",
+            "/%09/evil.example",
+            "/%0a/evil.example",
+            "/%0D/evil.example",
+            "/%00",
+            "/%1b[2J",
+        ] {
+            assert_eq!(local_path(hostile), None, "{hostile:?} is let through");
+        }
     }
 }

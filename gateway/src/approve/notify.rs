@@ -1,5 +1,7 @@
 //! New approval requests announced to a webhook: a JSON POST (or a Slack-compatible `text`)
-//! per request, with a link to where it can be answered and never its arguments. Retried
+//! per request, with a link to where it can be answered and never its arguments. In Slack
+//! text, every name is escaped and put in a code span, so a workload cannot mention, link or
+//! format through its `comm` or cgroup. Retried
 //! with backoff; a receiver that stays down loses announcements, never calls (the request
 //! still waits for its verdict and shows in `callgate approvals list`).
 use std::{
@@ -16,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Request;
-use crate::outbound::Outbound;
+use crate::{admin::visible::visible, outbound::Outbound};
 
 /// Announcements queued at most; beyond that new ones are dropped with a warning.
 const QUEUE: usize = 256;
@@ -123,20 +125,46 @@ pub fn payload(r: &Request, format: Format, page_url: Option<&str>) -> Json {
         }),
         Format::Slack => {
             let link = url.map_or_else(
-                || format!(" Answer with `callgate approvals approve {}`.", r.id),
-                |u| format!(" <{u}|Review it>."),
+                || {
+                    format!(
+                        " Answer with {}.",
+                        slack_code(&format!("callgate approvals approve {}", r.id))
+                    )
+                },
+                |u| format!(" <{}|Review it>.", slack_escape(&u)),
             );
             json!({
                 "text": format!(
-                    "callgate: approval needed for {}.{} by {} (rule {}), expires in {}.{link}",
-                    r.service,
-                    r.function,
-                    r.caller.describe(),
-                    r.rule,
+                    "callgate: approval needed for {} by {} (rule {}), expires in {}.{link}",
+                    slack_code(&format!("{}.{}", r.service, r.function)),
+                    slack_code(&r.caller.describe()),
+                    slack_code(&r.rule),
                     humantime::format_duration(expires_in),
                 )
             })
         }
+    }
+}
+
+/// `s` escaped as Slack asks of message text: `&`, `<` and `>` as entities, so that nothing
+/// in it is read as a mention (`<!channel>`, `<@U1>`) or a link (`<http://…|text>`).
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Text that someone other than the operator chose (a workload's `comm` or cgroup, a token's
+/// subject, names from the policy), as an inline code span: inside one Slack formats nothing
+/// (`*`, `_`, `~`), and mentions and links are escaped as well. Slack has no escape for a
+/// backtick, which would close the span: it is shown as `ˋ` (U+02CB). Controls and bidi
+/// overrides are written out visibly ([`visible`]), so the text stays on its line.
+fn slack_code(s: &str) -> String {
+    let text = slack_escape(&visible(s)).replace('`', "\u{02cb}");
+    if text.is_empty() {
+        "(empty)".into()
+    } else {
+        format!("`{text}`")
     }
 }
 
@@ -170,4 +198,25 @@ async fn deliver(cfg: WebhookConfig, http: Outbound, payload: Json, counts: Arc<
     }
     counts.lost.fetch_add(1, Relaxed);
     warn!(url = %cfg.url, "approval announcement given up after {} attempts", cfg.attempts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_from_a_workload_neither_mentions_links_nor_formats() {
+        assert_eq!(slack_code("<!channel>"), "`&lt;!channel&gt;`");
+        assert_eq!(slack_code("<http://e.vl|R>"), "`&lt;http://e.vl|R&gt;`");
+        assert_eq!(
+            slack_code("*b*_i_~s~`x`&"),
+            "`*b*_i_~s~\u{02cb}x\u{02cb}&amp;`"
+        );
+        assert_eq!(slack_code("a\nb\u{202e}"), "`a\\x0ab\\u{202e}`");
+        assert_eq!(slack_code(""), "(empty)");
+        assert_eq!(
+            slack_escape("https://x/approvals/1?a&b"),
+            "https://x/approvals/1?a&amp;b"
+        );
+    }
 }

@@ -376,10 +376,13 @@ fn new_segment(
     z: &mut zstd::bulk::Compressor<'static>,
 ) -> io::Result<(File, PathBuf, u64)> {
     let path = dir.join(segment::segment_name(first_seq));
+    use std::os::unix::fs::OpenOptionsExt;
+    // Calls are private whatever the directory's mode: owner-only from the start.
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(&path)?;
     let header = Header {
         first_seq,
