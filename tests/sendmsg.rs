@@ -260,3 +260,60 @@ fn only_dns_queries_reach_a_resolver() {
     assert_eq!(gw.kernel_counter("dns_malformed"), 12);
     assert_eq!(gw.kernel_counter("dns_refused"), 0);
 }
+
+/// An unprivileged socket may carry an SRv6 routing header (`IPV6_RTHDR`, type 4): the kernel
+/// then sends the datagram to the header's next segment, an address the sendmsg hook never
+/// saw (it checked the final one). No routing header leaves an enabled cgroup.
+#[test]
+fn an_ipv6_routing_header_does_not_leave() {
+    if !ebpf_available("an_ipv6_routing_header_does_not_leave") {
+        return;
+    }
+    let dir = TestDir::new("dns-routed");
+    let config = dir.join("callgate.yaml");
+    std::fs::write(&config, "dns_resolvers: ['::1']\n").expect("config");
+    let gw = Gateway::start_with(&["--config", &config.display().to_string()]);
+    let cg = TestCgroup::new("cg-dns-routed");
+    gw.enable(&cg);
+
+    // Segments: [final, next hop]; both loopback here, so nothing leaves the host either way.
+    let code = "import socket, struct\n\
+        q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b'\\x07example\\x04test\\x00' + struct.pack('>HH', 1, 1)\n\
+        lo = socket.inet_pton(socket.AF_INET6, '::1')\n\
+        srh = struct.pack('>BBBBBBH', 0, 4, 4, 1, 1, 0, 0) + lo + lo\n\
+        for routed in (False, True):\n\
+        \x20   u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+        \x20   if routed:\n\
+        \x20       u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)\n\
+        \x20   try:\n\
+        \x20       u.sendto(q, ('::1', 53)); print('routed' if routed else 'plain', 'sent')\n\
+        \x20   except PermissionError:\n\
+        \x20       print('routed' if routed else 'plain', 'refused')";
+    // As nobody (the system Python: a user's pyenv may not be readable by nobody); outside
+    // any enabled cgroup the kernel sends the routed datagram.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        code,
+    ];
+    let run = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let outside = std::process::Command::new(nobody[0])
+        .args(&nobody[1..])
+        .output()
+        .expect("setpriv");
+    assert_eq!(run(outside), "plain sent\nrouted sent");
+    assert_eq!(run(cg.run(&nobody)), "plain sent\nrouted refused");
+    assert_eq!(gw.kernel_counter("routed_refused"), 1);
+    assert_eq!(gw.kernel_counter("dns_malformed"), 0);
+}

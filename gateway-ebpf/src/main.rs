@@ -8,7 +8,8 @@
 //! - `connect4/6` and `sendmsg4/6` let DNS to the configured resolvers through and refuse other
 //!   UDP (QUIC would bypass L7; port 53 elsewhere is a tunnel);
 //! - `cgroup_skb/egress` reads every UDP datagram to port 53 and drops what is not one
-//!   plausible DNS query (the sock_addr hooks see the address, never the payload);
+//!   plausible DNS query (the sock_addr hooks see the address, never the payload), and drops
+//!   IPv6 packets with a routing header (they go to an address no hook saw);
 //! - `sock_create` lets an enabled cgroup create only the sockets the hooks above govern: TCP
 //!   and MPTCP streams and UDP (ICMP echo, UDP-Lite and raw IP would carry data past them);
 //! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
@@ -258,37 +259,51 @@ const MAX_OPT_DATA: usize = 512;
 const MAX_OPTIONS: usize = 8;
 
 #[cgroup_skb(egress)]
-pub fn callgate_dns_egress(ctx: SkBuffContext) -> i32 {
-    dns_egress(&ctx)
+pub fn callgate_egress(ctx: SkBuffContext) -> i32 {
+    egress(&ctx)
 }
 
-/// What a packet leaving an enabled cgroup is, as far as DNS goes.
+/// What a packet leaving an enabled cgroup is, as far as this program goes.
 enum Egress {
     /// Not UDP to port 53: the sock_addr hooks already decided it.
     Other,
     /// UDP to port 53; its payload starts at this offset.
     Dns(usize),
+    /// IPv6 with a routing header: it goes first to an address of the header, which no
+    /// connect or sendmsg hook saw.
+    Routed,
     /// Headers a socket of the workload does not produce (an IPv6 header chain longer than
     /// the walk, a fragment before fragmentation): the port cannot be known, so not passed.
     Unreadable,
 }
 
-/// `sendmsg4/6` let port 53 reach the resolvers only; this is what reaches them: exactly one
-/// question (a name of labels, type, class) and at most an EDNS OPT record, nothing after.
-/// Anything else on port 53 (a tunnel's bytes, a response, two questions, trailing data) is
-/// dropped, which `sendmsg()` reports as `EPERM`, and counted as `dns_malformed`.
+/// Every packet an enabled cgroup sends.
+///
+/// - An IPv6 routing header (an unprivileged socket may set a type 4, SRv6, one with
+///   `IPV6_RTHDR`) makes the kernel send the packet to the header's next segment, not to
+///   the address `connect`/`sendmsg` were given and checked: dropped, counted as
+///   `routed_refused`, whatever `udp:` says.
+/// - `sendmsg4/6` let port 53 reach the resolvers only; this is what reaches them: exactly
+///   one question (a name of labels, type, class) and at most an EDNS OPT record, nothing
+///   after. Anything else on port 53 (a tunnel's bytes, a response, two questions, trailing
+///   data) is dropped, which `sendmsg()` reports as `EPERM`, and counted as `dns_malformed`.
 #[inline(always)]
-fn dns_egress(ctx: &SkBuffContext) -> i32 {
+fn egress(ctx: &SkBuffContext) -> i32 {
     let Some(cfg) = config() else {
         return PASS;
     };
+    let class = classify(ctx);
+    if let Egress::Routed = class {
+        count(counter::ROUTED_REFUSED);
+        return DROP;
+    }
     if cfg.flags & FLAG_UDP_ALLOW != 0 {
         return PASS;
     }
-    let ok = match classify(ctx) {
+    let ok = match class {
         Egress::Other => return PASS,
         Egress::Dns(start) => is_dns_query(ctx, start),
-        Egress::Unreadable => false,
+        Egress::Routed | Egress::Unreadable => false,
     };
     if ok {
         PASS
@@ -323,7 +338,8 @@ fn classify(ctx: &SkBuffContext) -> Egress {
             let mut off = 40usize;
             for _ in 0..MAX_EXT_HEADERS {
                 match next {
-                    IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    IPPROTO_ROUTING => return Egress::Routed,
+                    IPPROTO_HOPOPTS | IPPROTO_DSTOPTS => {
                         let (Ok(n), Ok(len)) = (ctx.load::<u8>(off), ctx.load::<u8>(off + 1))
                         else {
                             return Egress::Unreadable;

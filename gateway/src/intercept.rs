@@ -53,14 +53,14 @@ const ATTACH_ORDER: [&str; 9] = [
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
     programs::SOCK_CREATE,
-    programs::DNS_EGRESS,
+    programs::EGRESS,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT4,
     programs::CONNECT6,
 ];
 
-/// The programs of type `cgroup/sock` (the rest are `sock_ops`, `cgroup_skb` ([`programs::DNS_EGRESS`])
+/// The programs of type `cgroup/sock` (the rest are `sock_ops`, `cgroup_skb` ([`programs::EGRESS`])
 /// and `cgroup/sock_addr`).
 const CGROUP_SOCK: [&str; 3] = [programs::SOCK_CREATE, programs::BIND4, programs::BIND6];
 
@@ -218,7 +218,7 @@ impl Interceptor {
                 .ok_or(InterceptError::Missing(name))?;
             let res = if name == programs::SOCK_OPS {
                 <&mut SockOps>::try_from(prog).and_then(|p| p.load())
-            } else if name == programs::DNS_EGRESS {
+            } else if name == programs::EGRESS {
                 <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load())
             } else if CGROUP_SOCK.contains(&name) {
                 <&mut CgroupSock>::try_from(prog).and_then(|p| p.load())
@@ -639,7 +639,7 @@ fn attach_one(
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(program_err)?;
         FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
-    } else if name == programs::DNS_EGRESS {
+    } else if name == programs::EGRESS {
         let p: &mut CgroupSkb = prog.try_into().map_err(program_err)?;
         let id = p
             .attach(
