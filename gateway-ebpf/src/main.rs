@@ -212,7 +212,7 @@ fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
 
 /// `udp: allow` lets every datagram out; otherwise only DNS, and only to a configured resolver
 /// (port 53 anywhere else would carry whatever a workload wants to send). The payload is not
-/// visible to these hooks: what reaches a resolver is whatever the resolver accepts.
+/// visible to these hooks: `callgate_egress` checks that it is a DNS query.
 #[inline(always)]
 fn udp_verdict(cfg: &Config, addr: &[u32; 4], port: u32) -> i32 {
     if cfg.flags & FLAG_UDP_ALLOW != 0 {
