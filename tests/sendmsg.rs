@@ -176,7 +176,8 @@ fn port_53_of_anything_but_a_resolver_is_refused() {
 
 /// Python that sends each case to `host`:53 over `family` and prints `<case> sent` or
 /// `<case> refused`; each case's bytes are printed by `--show`. `gso` is one send with
-/// `UDP_SEGMENT` (103) that leaves as two datagrams, a valid query and then the card number.
+/// `UDP_SEGMENT` (103) that leaves as two datagrams, a valid query and then the card number;
+/// `connected` sends on a connected socket, which runs no sendmsg hook.
 const DNS_CASES: &str = "import socket, struct, sys\n\
 hdr = lambda flags, qd, ar: struct.pack('>HHHHHH', 0x1234, flags, qd, 0, 0, ar)\n\
 q = b'\\x07example\\x04test\\x00' + struct.pack('>HH', 1, 1)\n\
@@ -191,6 +192,7 @@ cases = [\n\
 \x20   ('pointer', hdr(0x0100, 1, 0) + b'\\xc0\\x0c' + struct.pack('>HH', 1, 1)),\n\
 \x20   ('edns-trailing', hdr(0x0100, 1, 1) + q + opt + b'4111111111111111'),\n\
 \x20   ('gso', hdr(0x0100, 1, 0) + q + b'card 4111111111111111'.ljust(len(q) + 12)),\n\
+\x20   ('connected', b'exfil: card 4111 1111 1111 1111'),\n\
 ]\n\
 family, host = (socket.AF_INET6, sys.argv[1]) if ':' in sys.argv[1] else (socket.AF_INET, sys.argv[1])\n\
 for name, payload in cases:\n\
@@ -200,7 +202,11 @@ for name, payload in cases:\n\
 \x20   if name == 'gso':\n\
 \x20       u.setsockopt(socket.SOL_UDP, 103, len(q) + 12)\n\
 \x20   try:\n\
-\x20       u.sendto(payload, (host, 53)); print(name, 'sent')\n\
+\x20       if name == 'connected':\n\
+\x20           u.connect((host, 53)); u.send(payload)\n\
+\x20       else:\n\
+\x20           u.sendto(payload, (host, 53))\n\
+\x20       print(name, 'sent')\n\
 \x20   except PermissionError:\n\
 \x20       print(name, 'refused')";
 
@@ -255,14 +261,15 @@ fn only_dns_queries_reach_a_resolver() {
                 "trailing refused",
                 "pointer refused",
                 "edns-trailing refused",
-                "gso refused"
+                "gso refused",
+                "connected refused"
             ],
             "{host}"
         );
         let got = listener.join().expect("listener thread");
         assert_eq!(got, [bytes("query"), bytes("edns")], "{host} received");
     }
-    assert_eq!(gw.kernel_counter("dns_malformed"), 14);
+    assert_eq!(gw.kernel_counter("dns_malformed"), 16);
     assert_eq!(gw.kernel_counter("dns_refused"), 0);
 }
 
