@@ -283,7 +283,7 @@ fn an_ipv6_routing_header_does_not_leave() {
     }
     let dir = TestDir::new("dns-routed");
     let config = dir.join("callgate.yaml");
-    std::fs::write(&config, "dns_resolvers: ['::1']\n").expect("config");
+    std::fs::write(&config, "dns_resolvers: ['::1', 127.0.0.157]\n").expect("config");
     let gw = Gateway::start_with(&["--config", &config.display().to_string()]);
     let cg = TestCgroup::new("cg-dns-routed");
     gw.enable(&cg);
@@ -327,5 +327,19 @@ fn an_ipv6_routing_header_does_not_leave() {
     assert_eq!(run(outside), "plain sent\nrouted sent");
     assert_eq!(run(cg.run(&nobody)), "plain sent\nrouted refused");
     assert_eq!(gw.kernel_counter("routed_refused"), 1);
+
+    // IPv4 source routing takes CAP_NET_RAW (out of scope), but root shows the egress program
+    // judging where a datagram really goes: the sendmsg hook sees the resolver 127.0.0.157,
+    // the IP header names the first hop 127.0.0.154.
+    let lsrr = "import socket, struct\n\
+        q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b'\\x07example\\x04test\\x00' + struct.pack('>HH', 1, 1)\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        u.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([0x83, 7, 4]) + socket.inet_aton('127.0.0.154') + b'\\x01')\n\
+        try:\n\
+        \x20   u.sendto(q, ('127.0.0.157', 53)); print('lsrr sent')\n\
+        except PermissionError:\n\
+        \x20   print('lsrr refused')";
+    assert_eq!(python_in(&cg, lsrr), "lsrr refused");
+    assert_eq!(gw.kernel_counter("dns_refused"), 1);
     assert_eq!(gw.kernel_counter("dns_malformed"), 0);
 }

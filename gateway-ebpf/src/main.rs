@@ -267,8 +267,9 @@ pub fn callgate_egress(ctx: SkBuffContext) -> i32 {
 enum Egress {
     /// Not UDP to port 53: the sock_addr hooks already decided it.
     Other,
-    /// UDP to port 53; its payload starts at this offset.
-    Dns(usize),
+    /// UDP to port 53: where its payload starts, and the destination in its IP header
+    /// (IPv6 form, network order).
+    Dns { start: usize, dst: [u32; 4] },
     /// IPv6 with a routing header: it goes first to an address of the header, which no
     /// connect or sendmsg hook saw.
     Routed,
@@ -283,6 +284,8 @@ enum Egress {
 ///   `IPV6_RTHDR`) makes the kernel send the packet to the header's next segment, not to
 ///   the address `connect`/`sendmsg` were given and checked: dropped, counted as
 ///   `routed_refused`, whatever `udp:` says.
+/// - The IP header's destination of a UDP datagram to port 53 must be a resolver (counted as
+///   `dns_refused` otherwise), whatever the socket call named.
 /// - `sendmsg4/6` let port 53 reach the resolvers only; this is what reaches them: exactly
 ///   one question (a name of labels, type, class) and at most an EDNS OPT record, nothing
 ///   after. Anything else on port 53 (a tunnel's bytes, a response, two questions, trailing
@@ -302,7 +305,15 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     }
     let ok = match class {
         Egress::Other => return PASS,
-        Egress::Dns(start) => is_dns_query(ctx, start),
+        Egress::Dns { start, dst } => {
+            // Where the packet really goes: the sendmsg hooks judged the address the socket
+            // call named; anything that makes the two differ must still end at a resolver.
+            if unsafe { CALLGATE_RESOLVERS.get(dst) }.is_none() {
+                count(counter::DNS_REFUSED);
+                return DROP;
+            }
+            is_dns_query(ctx, start)
+        }
         Egress::Routed | Egress::Unreadable => false,
     };
     if ok {
@@ -320,6 +331,7 @@ fn classify(ctx: &SkBuffContext) -> Egress {
     let Ok(first) = ctx.load::<u8>(0) else {
         return Egress::Other;
     };
+    let v6 = first >> 4 == 6;
     let (proto, l4) = match first >> 4 {
         4 => {
             let ihl = (first & 0x0f) as usize * 4;
@@ -365,8 +377,17 @@ fn classify(ctx: &SkBuffContext) -> Egress {
         return Egress::Other;
     }
     match ctx.load::<u16>(l4 + 2) {
-        Ok(port) if u16::from_be(port) as u32 == DNS_PORT => Egress::Dns(l4 + 8),
-        Ok(_) => Egress::Other,
+        Ok(port) if u16::from_be(port) as u32 == DNS_PORT => {}
+        Ok(_) => return Egress::Other,
+        Err(_) => return Egress::Unreadable,
+    }
+    let dst = if v6 {
+        ctx.load::<[u32; 4]>(24)
+    } else {
+        ctx.load::<u32>(16).map(v4_mapped)
+    };
+    match dst {
+        Ok(dst) => Egress::Dns { start: l4 + 8, dst },
         Err(_) => Egress::Unreadable,
     }
 }
