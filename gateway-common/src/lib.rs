@@ -47,6 +47,9 @@ pub mod programs {
     pub const BIND6: &str = "callgate_bind6";
     /// `sock_create`: the socket kinds an enabled cgroup may create at all.
     pub const SOCK_CREATE: &str = "callgate_sock_create";
+    /// `cgroup_skb/egress`: what is sent to UDP port 53 must be a DNS query; no IPv6 routing
+    /// header leaves.
+    pub const EGRESS: &str = "callgate_egress";
 }
 
 /// `Config::flags`: the gateway has written this config (programs do nothing until then).
@@ -155,11 +158,15 @@ pub mod counter {
     pub const BIND_REFUSED: u32 = 10;
     /// A socket an enabled cgroup may not create (raw, ICMP, UDP-Lite, SCTP, ...).
     pub const SOCKET_REFUSED: u32 = 11;
+    /// A UDP datagram to port 53 that is not one DNS query (dropped by `cgroup_skb/egress`).
+    pub const DNS_MALFORMED: u32 = 12;
+    /// An IPv6 packet with a routing header (it would go to an address no hook checked).
+    pub const ROUTED_REFUSED: u32 = 13;
     /// Slots in the counters map: more than are named, so that a new counter does not change
     /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
     pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; 12] = [
+    pub const NAMES: [&str; 14] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -172,6 +179,8 @@ pub mod counter {
         "dns_refused",
         "bind_refused",
         "socket_refused",
+        "dns_malformed",
+        "routed_refused",
     ];
 }
 

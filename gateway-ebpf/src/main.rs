@@ -7,6 +7,9 @@
 //! - `getpeername4/6` hand the workload its original destination back;
 //! - `connect4/6` and `sendmsg4/6` let DNS to the configured resolvers through and refuse other
 //!   UDP (QUIC would bypass L7; port 53 elsewhere is a tunnel);
+//! - `cgroup_skb/egress` reads every UDP datagram to port 53 and drops what is not one
+//!   plausible DNS query (the sock_addr hooks see the address, never the payload), and drops
+//!   IPv6 packets with a routing header (they go to an address no hook saw);
 //! - `sock_create` lets an enabled cgroup create only the sockets the hooks above govern: TCP
 //!   and MPTCP streams and UDP (ICMP echo, UDP-Lite and raw IP would carry data past them);
 //! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
@@ -27,9 +30,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
@@ -209,7 +212,7 @@ fn sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
 
 /// `udp: allow` lets every datagram out; otherwise only DNS, and only to a configured resolver
 /// (port 53 anywhere else would carry whatever a workload wants to send). The payload is not
-/// visible to these hooks: what reaches a resolver is whatever the resolver accepts.
+/// visible to these hooks: `callgate_egress` checks that it is a DNS query.
 #[inline(always)]
 fn udp_verdict(cfg: &Config, addr: &[u32; 4], port: u32) -> i32 {
     if cfg.flags & FLAG_UDP_ALLOW != 0 {
@@ -224,6 +227,246 @@ fn udp_verdict(cfg: &Config, addr: &[u32; 4], port: u32) -> i32 {
         count(counter::DNS_REFUSED);
         REFUSE
     }
+}
+
+// === DNS payload ===
+
+/// Return values of cgroup_skb programs.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers walked before the transport header: more than any real packet has.
+const MAX_EXT_HEADERS: usize = 8;
+
+const DNS_HEADER: usize = 12;
+/// A name on the wire, length octets and the final zero included (RFC 1035 2.3.4).
+const MAX_NAME: usize = 255;
+/// A 255-octet name has at most 127 labels of one octet.
+const MAX_LABELS: usize = 128;
+const MAX_LABEL: u8 = 63;
+/// Header flags a query may carry: RD, AD and CD. QR (a response), any opcode but QUERY, AA,
+/// TC, RA, Z and a non-zero RCODE are not a stub resolver's query.
+const QUERY_FLAGS: u16 = 0x0100 | 0x0020 | 0x0010;
+const TYPE_OPT: u16 = 41;
+/// The fixed part of the OPT record: root name, type, class, TTL, RDLENGTH.
+const OPT_FIXED: usize = 11;
+/// EDNS options (cookie, client subnet, padding, ...) fit in this; nothing real sends more.
+const MAX_OPT_DATA: usize = 512;
+const MAX_OPTIONS: usize = 8;
+
+#[cgroup_skb(egress)]
+pub fn callgate_egress(ctx: SkBuffContext) -> i32 {
+    egress(&ctx)
+}
+
+/// What a packet leaving an enabled cgroup is, as far as this program goes.
+enum Egress {
+    /// Not UDP to port 53: the sock_addr hooks already decided it.
+    Other,
+    /// UDP to port 53: where its payload starts, and the destination in its IP header
+    /// (IPv6 form, network order).
+    Dns { start: usize, dst: [u32; 4] },
+    /// IPv6 with a routing header: it goes first to an address of the header, which no
+    /// connect or sendmsg hook saw.
+    Routed,
+    /// Headers a socket of the workload does not produce (an IPv6 header chain longer than
+    /// the walk, a fragment before fragmentation): the port cannot be known, so not passed.
+    Unreadable,
+}
+
+/// Every packet an enabled cgroup sends.
+///
+/// - An IPv6 routing header (an unprivileged socket may set a type 4, SRv6, one with
+///   `IPV6_RTHDR`) makes the kernel send the packet to the header's next segment, not to
+///   the address `connect`/`sendmsg` were given and checked: dropped, counted as
+///   `routed_refused`, whatever `udp:` says.
+/// - The IP header's destination of a UDP datagram to port 53 must be a resolver (counted as
+///   `dns_refused` otherwise), whatever the socket call named.
+/// - `sendmsg4/6` let port 53 reach the resolvers only; this is what reaches them: exactly
+///   one question (a name of labels, type, class) and at most an EDNS OPT record, nothing
+///   after. Anything else on port 53 (a tunnel's bytes, a response, two questions, trailing
+///   data) is dropped, which `sendmsg()` reports as `EPERM`, and counted as `dns_malformed`.
+#[inline(always)]
+fn egress(ctx: &SkBuffContext) -> i32 {
+    let Some(cfg) = config() else {
+        return PASS;
+    };
+    let class = classify(ctx);
+    if let Egress::Routed = class {
+        count(counter::ROUTED_REFUSED);
+        return DROP;
+    }
+    if cfg.flags & FLAG_UDP_ALLOW != 0 {
+        return PASS;
+    }
+    let ok = match class {
+        Egress::Other => return PASS,
+        Egress::Dns { start, dst } => {
+            // Where the packet really goes: the sendmsg hooks judged the address the socket
+            // call named; anything that makes the two differ must still end at a resolver.
+            if unsafe { CALLGATE_RESOLVERS.get(dst) }.is_none() {
+                count(counter::DNS_REFUSED);
+                return DROP;
+            }
+            is_dns_query(ctx, start)
+        }
+        Egress::Routed | Egress::Unreadable => false,
+    };
+    if ok {
+        PASS
+    } else {
+        count(counter::DNS_MALFORMED);
+        DROP
+    }
+}
+
+/// The packet starts at its IP header. Locally sent packets are not fragmented yet here (that
+/// happens after the cgroup egress programs), so a UDP datagram is whole.
+#[inline(always)]
+fn classify(ctx: &SkBuffContext) -> Egress {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return Egress::Other;
+    };
+    let v6 = first >> 4 == 6;
+    let (proto, l4) = match first >> 4 {
+        4 => {
+            let ihl = (first & 0x0f) as usize * 4;
+            let (Ok(proto), Ok(frag)) = (ctx.load::<u8>(9), ctx.load::<u16>(6)) else {
+                return Egress::Unreadable;
+            };
+            if proto == IPPROTO_UDP as u8 && u16::from_be(frag) & 0x3fff != 0 {
+                return Egress::Unreadable;
+            }
+            (proto, ihl)
+        }
+        6 => {
+            let Ok(mut next) = ctx.load::<u8>(6) else {
+                return Egress::Unreadable;
+            };
+            let mut off = 40usize;
+            for _ in 0..MAX_EXT_HEADERS {
+                match next {
+                    IPPROTO_ROUTING => return Egress::Routed,
+                    IPPROTO_HOPOPTS | IPPROTO_DSTOPTS => {
+                        let (Ok(n), Ok(len)) = (ctx.load::<u8>(off), ctx.load::<u8>(off + 1))
+                        else {
+                            return Egress::Unreadable;
+                        };
+                        next = n;
+                        off += (len as usize + 1) * 8;
+                    }
+                    IPPROTO_FRAGMENT => return Egress::Unreadable,
+                    _ => break,
+                }
+            }
+            if matches!(
+                next,
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+            ) {
+                return Egress::Unreadable;
+            }
+            (next, off)
+        }
+        _ => return Egress::Other,
+    };
+    if proto != IPPROTO_UDP as u8 {
+        return Egress::Other;
+    }
+    match ctx.load::<u16>(l4 + 2) {
+        Ok(port) if u16::from_be(port) as u32 == DNS_PORT => {}
+        Ok(_) => return Egress::Other,
+        Err(_) => return Egress::Unreadable,
+    }
+    let dst = if v6 {
+        ctx.load::<[u32; 4]>(24)
+    } else {
+        ctx.load::<u32>(16).map(v4_mapped)
+    };
+    match dst {
+        Ok(dst) => Egress::Dns { start: l4 + 8, dst },
+        Err(_) => Egress::Unreadable,
+    }
+}
+
+/// Whether the UDP payload at `start` is one DNS query and nothing else. Every read is
+/// bounds-checked by the helper (a read past the end fails, and so does the query).
+#[inline(always)]
+fn is_dns_query(ctx: &SkBuffContext, start: usize) -> bool {
+    let end = ctx.len() as usize;
+    let Ok(header) = ctx.load::<[u16; 6]>(start) else {
+        return false;
+    };
+    let [_id, flags, qd, an, ns, ar] = header.map(u16::from_be);
+    if flags & !QUERY_FLAGS != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1 {
+        return false;
+    }
+    // The question name: labels of 1..=63 octets up to the root label; a compression pointer
+    // (or any length with a high bit) has no place in a query.
+    let name = start + DNS_HEADER;
+    let mut off = name;
+    let mut ended = false;
+    for _ in 0..MAX_LABELS {
+        let Ok(len) = ctx.load::<u8>(off) else {
+            return false;
+        };
+        off += 1;
+        if len == 0 {
+            ended = true;
+            break;
+        }
+        if len > MAX_LABEL {
+            return false;
+        }
+        off += len as usize;
+        // Room must be left for the root label.
+        if off - name >= MAX_NAME {
+            return false;
+        }
+    }
+    if !ended {
+        return false;
+    }
+    // QTYPE and QCLASS.
+    off += 4;
+    if ar == 0 {
+        return off == end;
+    }
+    is_opt_record(ctx, off, end)
+}
+
+/// The EDNS OPT pseudo-record (RFC 6891) at `off`, ending exactly at `end`, its options
+/// tiling its data.
+#[inline(always)]
+fn is_opt_record(ctx: &SkBuffContext, off: usize, end: usize) -> bool {
+    let (Ok(root), Ok(ty), Ok(rdlen)) = (
+        ctx.load::<u8>(off),
+        ctx.load::<u16>(off + 1),
+        ctx.load::<u16>(off + 9),
+    ) else {
+        return false;
+    };
+    let rdlen = u16::from_be(rdlen) as usize;
+    if root != 0 || u16::from_be(ty) != TYPE_OPT || rdlen > MAX_OPT_DATA {
+        return false;
+    }
+    let mut off = off + OPT_FIXED;
+    if off + rdlen != end {
+        return false;
+    }
+    for _ in 0..MAX_OPTIONS {
+        if off >= end {
+            break;
+        }
+        let Ok(len) = ctx.load::<u16>(off + 2) else {
+            return false;
+        };
+        off += 4 + u16::from_be(len) as usize;
+    }
+    off == end
 }
 
 // === socket creation ===

@@ -25,7 +25,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -48,18 +48,20 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Attach order: the bookkeeping programs first and the redirecting ones last, so that no
 /// connection is redirected before its entry can be keyed; detach runs in reverse.
-const ATTACH_ORDER: [&str; 8] = [
+const ATTACH_ORDER: [&str; 9] = [
     programs::SOCK_OPS,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
     programs::SOCK_CREATE,
+    programs::EGRESS,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT4,
     programs::CONNECT6,
 ];
 
-/// The programs of type `cgroup/sock` (the rest are `sock_ops` and `cgroup/sock_addr`).
+/// The programs of type `cgroup/sock` (the rest are `sock_ops`, `cgroup_skb` ([`programs::EGRESS`])
+/// and `cgroup/sock_addr`).
 const CGROUP_SOCK: [&str; 3] = [programs::SOCK_CREATE, programs::BIND4, programs::BIND6];
 
 /// Attached at the cgroup root, not per enabled cgroup (see the module doc).
@@ -216,6 +218,8 @@ impl Interceptor {
                 .ok_or(InterceptError::Missing(name))?;
             let res = if name == programs::SOCK_OPS {
                 <&mut SockOps>::try_from(prog).and_then(|p| p.load())
+            } else if name == programs::EGRESS {
+                <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load())
             } else if CGROUP_SOCK.contains(&name) {
                 <&mut CgroupSock>::try_from(prog).and_then(|p| p.load())
             } else {
@@ -633,6 +637,16 @@ fn attach_one(
         let p: &mut SockOps = prog.try_into().map_err(program_err)?;
         let id = p
             .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_err)?;
+        FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
+    } else if name == programs::EGRESS {
+        let p: &mut CgroupSkb = prog.try_into().map_err(program_err)?;
+        let id = p
+            .attach(
+                cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
             .map_err(program_err)?;
         FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
     } else if CGROUP_SOCK.contains(&name) {
