@@ -308,6 +308,18 @@ impl MaskRules {
         }
     }
 
+    /// Renders a hit's value; a piece of a longer value ([`Hit::cut`]) shows none of it.
+    fn render_hit(&self, key: &MaskKey, h: &Hit, value: &[u8], out: &mut Vec<u8>) {
+        if !h.cut {
+            return self.render(key, h.kind, value, out);
+        }
+        let (label, style) = self.label_style(h.kind);
+        match style {
+            Style::Partial => out.extend(std::iter::repeat_n(b'*', value.len().max(4))),
+            _ => render_value(key, label, Style::Redact, value, out),
+        }
+    }
+
     fn render(&self, key: &MaskKey, kind: Kind, value: &[u8], out: &mut Vec<u8>) {
         let (label, style) = self.label_style(kind);
         match kind {
@@ -381,18 +393,52 @@ pub struct MaskStats {
     pub json_fallback: bool,
 }
 
-/// Runs `process` over what was held back followed by `chunk` and returns what it did not
-/// consume, to be held back in turn. The common case (nothing held) copies nothing first.
-fn feed(mut carry: Vec<u8>, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) -> Vec<u8> {
-    if carry.is_empty() {
-        let used = process(chunk);
-        carry.extend_from_slice(&chunk[used..]);
-    } else {
-        carry.extend_from_slice(chunk);
-        let used = process(&carry);
-        carry.drain(..used);
+/// Below this many held bytes, every chunk is masked as soon as it arrives.
+const DEFER_FROM: usize = 4096;
+
+/// What a streaming masker has not consumed yet: held back (a value may still be arriving)
+/// and, past [`DEFER_FROM`] held bytes, chunks that only make the value longer. Each chunk
+/// scans what is held again; deferring such chunks until they add up to as much as is held
+/// keeps a long value arriving in small chunks (a 16 KiB run of token bytes, 100 bytes at a
+/// time) from being scanned once per chunk.
+#[derive(Debug, Default)]
+struct Carry {
+    buf: Vec<u8>,
+    /// Bytes at the end of `buf` not yet offered to `process`.
+    fresh: usize,
+}
+
+impl Carry {
+    /// Runs `process` over what was held back followed by `chunk` and keeps what it did not
+    /// consume. The common case (nothing held) copies nothing first.
+    fn feed(&mut self, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) {
+        if self.buf.is_empty() {
+            let used = process(chunk);
+            self.buf.extend_from_slice(&chunk[used..]);
+            return;
+        }
+        let held = self.buf.len() - self.fresh;
+        self.buf.extend_from_slice(chunk);
+        if held >= DEFER_FROM
+            && self.fresh + chunk.len() < held
+            && chunk.iter().all(|&c| detect::value_byte(c))
+        {
+            self.fresh += chunk.len();
+            return;
+        }
+        let used = process(&self.buf);
+        self.buf.drain(..used);
+        self.fresh = 0;
     }
-    carry
+
+    fn take(&mut self) -> Vec<u8> {
+        self.fresh = 0;
+        std::mem::take(&mut self.buf)
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Streams text through the detectors; holds back only what may be the start of a value.
@@ -400,7 +446,7 @@ fn feed(mut carry: Vec<u8>, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) 
 pub struct TextMasker {
     rules: Arc<MaskRules>,
     key: MaskKey,
-    carry: Vec<u8>,
+    carry: Carry,
     hits: Vec<Hit>,
     /// Inside a private key whose END line has not come: swallow until it does.
     in_pem: bool,
@@ -413,7 +459,7 @@ impl TextMasker {
         Self {
             rules,
             key,
-            carry: Vec::new(),
+            carry: Carry::default(),
             hits: Vec::new(),
             in_pem: false,
             behind: detect::Behind::default(),
@@ -423,13 +469,14 @@ impl TextMasker {
 
     /// Masks `chunk`, appending what can be released to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let carry = std::mem::take(&mut self.carry);
-        self.carry = feed(carry, chunk, |buf| self.process(buf, false, out));
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.feed(chunk, |buf| self.process(buf, false, out));
+        self.carry = carry;
     }
 
     /// The body ended: release everything held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let buf = std::mem::take(&mut self.carry);
+        let buf = self.carry.take();
         self.process(&buf, true, out);
         self.in_pem = false;
     }
@@ -437,6 +484,11 @@ impl TextMasker {
     /// Bytes held back right now.
     pub fn pending(&self) -> usize {
         self.carry.len()
+    }
+
+    /// Bytes the detectors have been run over so far (see [`detect::Behind::scanned`]).
+    pub fn scanned(&self) -> u64 {
+        self.behind.scanned()
     }
 
     /// Masks `buf` and returns how many bytes of it were consumed.
@@ -471,6 +523,7 @@ impl TextMasker {
             self.behind.clear();
         }
         self.behind.scan(&self.rules.scanner, rest, &mut self.hits);
+        let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut pos = 0;
         let mut end = safe;
         for h in &self.hits {
@@ -491,13 +544,13 @@ impl TextMasker {
             }
             out.extend_from_slice(&rest[pos..h.start]);
             self.rules
-                .render(&self.key, h.kind, &rest[h.start..h.end], out);
+                .render_hit(&self.key, h, &rest[h.start..h.end], out);
             self.stats.masked += 1;
             pos = h.end;
         }
         let end = end.max(pos);
         out.extend_from_slice(&rest[pos..end]);
-        self.behind.keep(rest, end);
+        self.behind.keep(rest, end, cut);
         start + end
     }
 }
@@ -585,6 +638,15 @@ impl BodyMasker {
             BodyMasker::Json(m) => m.stats(),
             BodyMasker::Text(m) => m.stats,
             BodyMasker::Binary => MaskStats::default(),
+        }
+    }
+
+    /// Bytes the detectors have been run over so far: linear in what was pushed.
+    pub fn scanned(&self) -> u64 {
+        match self {
+            BodyMasker::Json(m) => m.scanned(),
+            BodyMasker::Text(m) => m.scanned(),
+            BodyMasker::Binary => 0,
         }
     }
 

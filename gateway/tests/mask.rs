@@ -512,3 +512,68 @@ fn json_escapes_do_not_hide_a_value() {
     assert!(out.contains(r#""\u003cb\u003e""#), "{out}");
     assert_eq!(v["lit"], "\\u0034111111111111111");
 }
+
+/// Inputs built to make the detectors work hardest: overlapping card readings (`4 4 4 …`,
+/// every start a Luhn-valid card), runs of token anchors that never complete, IBAN-shaped
+/// groups, `@`s. Issue 30 #15: `4 4 4 …` cost 23 s of CPU at 256 KiB.
+fn worst_cases() -> Vec<(&'static str, Vec<u8>)> {
+    const N: usize = 256 * 1024;
+    let fill = |unit: &[u8]| unit.iter().copied().cycle().take(N).collect::<Vec<u8>>();
+    let mut json = b"[\"".to_vec();
+    json.extend(fill(b"4 "));
+    json.extend_from_slice(b"\"]");
+    vec![
+        ("cards 4 4 4", fill(b"4 ")),
+        ("cards 4-4-4", fill(b"4-")),
+        ("cards 42 42", fill(b"42 ")),
+        ("json cards", json),
+        ("sk- anchors", fill(b"sk-")),
+        ("jwt anchors", fill(b"eyJ")),
+        ("slack anchors", fill(b"xoxb-")),
+        ("iban groups", fill(b"GB82 ")),
+        ("at signs", fill(b"a@b.")),
+        ("pem begins", fill(b"-----BEGIN ")),
+    ]
+}
+
+/// Masking is linear in the body: on each worst case, streamed in 4 KiB or 100-byte chunks,
+/// the detectors run over at most a few times the body's bytes, and it finishes within a
+/// generous bound (23 s of CPU before the fix, for the first case).
+#[test]
+fn worst_case_inputs_cost_linear_work() {
+    let r = all();
+    for (name, body) in worst_cases() {
+        for (kind, chunk) in [
+            (BodyKind::Text, 4096),
+            (BodyKind::Json, 4096),
+            (BodyKind::Text, 100),
+        ] {
+            let t = std::time::Instant::now();
+            let mut m = BodyMasker::new(r.clone(), key(), kind);
+            let mut out = Vec::new();
+            for c in body.chunks(chunk) {
+                m.push(c, &mut out);
+            }
+            m.finish(&mut out);
+            let took = t.elapsed();
+            let ratio = m.scanned() as f64 / body.len() as f64;
+            eprintln!("{name:>14} {kind:?}/{chunk}: scanned {ratio:.2}x the body in {took:?}");
+            // What is held back (at most a few hundred bytes, or a 16 KiB token deferred
+            // until as much again arrived) is scanned again with the next chunk.
+            let bound = 3.0 + 400.0 / chunk as f64;
+            assert!(
+                ratio < bound,
+                "{name} {kind:?}/{chunk}: scanned {ratio:.1}x the body"
+            );
+            assert!(
+                took < std::time::Duration::from_secs(5),
+                "{name} {kind:?}: {took:?}"
+            );
+            if name.starts_with("cards") || name == "json cards" {
+                // Nothing of the run is shown: every reading is a card.
+                let digits = out.iter().filter(|c| c.is_ascii_digit()).count();
+                assert!(digits < 64, "{name} {kind:?}: {digits} digits left in view");
+            }
+        }
+    }
+}

@@ -79,6 +79,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/echo.txt":
             text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
             return self.reply(200, text.encode(), "text/plain")
+        if self.path.startswith("/worst"):
+            # Overlapping Luhn-valid card readings, as an echoing tool would send back:
+            # `4 4 4 …` (issue 30 #15: quadratic masking).
+            size = int(self.path.split("size=")[1].split("&")[0])
+            return self.reply(200, b"4 " * (size // 2), "text/plain")
         if self.path == "/text":
             return self.reply(200, f"card {CARD} end\n".encode(), "text/plain")
         return self.reply(404, {"error": "no such route"})
