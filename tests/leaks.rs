@@ -88,3 +88,146 @@ fn overlapping_card_readings_are_masked_in_linear_time() {
     assert_eq!(code, 0);
     assert!(s.gw.pid().is_some());
 }
+
+/// Every record a gateway wrote, as the raw lines `records export --format jsonl` prints.
+fn export_lines(gw: &Gateway) -> Vec<String> {
+    let out = std::process::Command::new(callgate_bin())
+        .args(["records", "export", "--format", "jsonl", "--dir"])
+        .arg(gw.dir.join("state/records"))
+        .output()
+        .expect("records export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// What reaches the call log goes through the detectors, whichever field it is in: a REST
+/// path with an e-mail address and a card number in it becomes the `function` of an
+/// undeclared route, and was written as it came (#13). A credential in a query parameter never
+/// reaches a record. And an upstream answer whose JSON whitespace holds line breaks, with a
+/// whole record on its middle line, must not add a line to a JSONL export (#14).
+#[test]
+fn records_hold_no_raw_values_credentials_or_forged_lines() {
+    let Some(s) = setup("records_hold_no_raw_values_credentials_or_forged_lines") else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", s.up.port);
+    let (code, _) = curl_in(
+        &s.cg,
+        &[&format!(
+            "{base}/users/alice@example.com/cards/4111111111111111?api_key=k3y-0f-the-caller"
+        )],
+    );
+    assert_eq!(code, 0);
+    let (code, body) = curl_in(&s.cg, &[&format!("{base}/forge")]);
+    assert_eq!(code, 0);
+    assert!(
+        body.contains("forged"),
+        "the upstream sent its answer: {body}"
+    );
+    let lines = wait_for(Duration::from_secs(10), || {
+        let l = export_lines(&s.gw);
+        (l.len() >= 2).then_some(l)
+    })
+    .expect("two records");
+    assert_eq!(lines.len(), 2, "one line per record:\n{}", lines.join("\n"));
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a record ({e}): {line}"));
+        assert_ne!(v["id"], "forged", "{line}");
+        assert!(v["seq"].is_u64(), "{line}");
+    }
+    let all = lines.join("\n");
+    for raw in ["alice@example.com", "4111111111111111", "k3y-0f-the-caller"] {
+        assert!(!all.contains(raw), "{raw} reached a record:\n{all}");
+    }
+    let r = record_where(&s.gw, "the call to a path with an e-mail in it", |r| {
+        r["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("GET /users/"))
+    });
+    assert!(
+        r["function"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("[MASKED:email]"),
+        "{r}"
+    );
+}
+
+/// A gRPC call's metadata is its arguments, and was recorded header for header: cookies, API
+/// keys, the credential header the gateway injects (here sent by the caller too). None of
+/// them reaches a record; the rest is masked like any argument (#13).
+#[test]
+fn grpc_metadata_records_no_credentials() {
+    let test = "grpc_metadata_records_no_credentials";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-leaks-grpc");
+    let port = free_port();
+    let py = party_python().display().to_string();
+    let server = party_script("grpc_server.py").display().to_string();
+    let _server = Party::start(&[&py, &server, &port.to_string()], port, dir.join("server"));
+    let secret = dir.join("greeter.secret");
+    std::fs::write(&secret, "upstream-secret-value\n").expect("secret");
+    let service = format!(
+        r#"
+service: greeter
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: grpc
+functions:
+  hello: {{ method: /demo.Greeter/SayHello }}
+rules:
+  - {{ name: hello, function: hello, action: allow }}
+credentials:
+  inject: {{ header: x-upstream-key, from: {{ file: "{}" }} }}
+"#,
+        secret.display()
+    );
+    let policies = policy_repo(&dir, REPO, &[("greeter", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("leaks-grpc");
+    gw.enable(&cg);
+    let client = format!(
+        r#"
+import grpc
+with grpc.insecure_channel("127.0.0.1:{port}") as ch:
+    call = ch.unary_unary("/demo.Greeter/SayHello")
+    print(call(b"world", timeout=10, metadata=(
+        ("cookie", "sid=c00kie-of-the-caller"),
+        ("x-api-key", "api-k3y-of-the-caller"),
+        ("x-upstream-key", "caller-sets-the-injected-header"),
+        ("x-auth-token", "t0ken-of-the-caller"),
+        ("x-team", "alice@example.com"),
+    )).decode())
+"#
+    );
+    let out = cg.run(&[&py, "-c", &client]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello world");
+    let r = record_where(&gw, "the SayHello call", |r| r["function"] == "hello");
+    let text = r.to_string();
+    for raw in [
+        "c00kie-of-the-caller",
+        "api-k3y-of-the-caller",
+        "caller-sets-the-injected-header",
+        "t0ken-of-the-caller",
+        "upstream-secret-value",
+        "alice@example.com",
+    ] {
+        assert!(!text.contains(raw), "{raw} reached the record: {r}");
+    }
+    assert!(r["args"]["metadata"].get("cookie").is_none(), "{r}");
+    assert!(r["args"]["metadata"].get("x-upstream-key").is_none(), "{r}");
+}

@@ -46,6 +46,37 @@ pub enum MaskError {
     },
 }
 
+/// A header, parameter or field name whose value is a credential or a session (`Cookie`,
+/// `X-Api-Key`, `password`, `access_token`): such values are never recorded.
+pub fn is_credential_name(name: &str) -> bool {
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    const PARTS: [&str; 10] = [
+        "api-key",
+        "apikey",
+        "api_key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "session",
+        "credential",
+        "private-key",
+    ];
+    let lower;
+    let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        &lower
+    } else {
+        name
+    };
+    EXACT.contains(&name) || name.ends_with("-auth") || PARTS.iter().any(|p| name.contains(p))
+}
+
 /// How a masked value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -79,6 +79,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/echo.txt":
             text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
             return self.reply(200, text.encode(), "text/plain")
+        if self.path == "/forge":
+            # One JSON value whose whitespace holds line breaks, the middle line a record of
+            # its own: an export that embeds the answer verbatim would gain a forged line.
+            forged = json.dumps({"seq": 0, "hash": "0" * 64, "id": "forged", "time_ms": 0,
+                                 "session": "x", "destination": "x", "protocol": "rest",
+                                 "decision": {"action": "allow", "enforced": True},
+                                 "latency_ms": 0, "bytes_in": 0, "bytes_out": 0})
+            return self.reply(200, ('{"a":\n' + forged + '\n}').encode())
         if self.path.startswith("/worst"):
             # Overlapping Luhn-valid card readings, as an echoing tool would send back:
             # `4 4 4 …` (issue 30 #15: quadratic masking).

@@ -1088,6 +1088,11 @@ pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 }
 
 impl Service {
+    /// The header the service's credential injection sets, if it injects one.
+    pub fn credential_header(&self) -> Option<&str> {
+        self.base.inject.as_ref().map(|i| i.header.as_str())
+    }
+
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.fn_by_name.get(name).map(|&i| &self.functions[i])
     }
