@@ -161,14 +161,20 @@ fn records_hold_no_raw_values_credentials_or_forged_lines() {
     );
 }
 
-/// A gRPC call's metadata is its arguments, and was recorded header for header: cookies, API
-/// keys, the credential header the gateway injects (here sent by the caller too). None of
-/// them reaches a record; the rest is masked like any argument (#13).
-#[test]
-fn grpc_metadata_records_no_credentials() {
-    let test = "grpc_metadata_records_no_credentials";
+/// A gRPC service (grpcio's server, `tests/parties/grpc_server.py`) that masks cards and
+/// e-mail addresses and injects a credential header, behind a gateway.
+struct Grpc {
+    gw: Gateway,
+    cg: TestCgroup,
+    port: u16,
+    py: String,
+    _server: Party,
+    _dir: TestDir,
+}
+
+fn grpc_setup(test: &str) -> Option<Grpc> {
     if !ebpf_available(test) || !parties_available(test) {
-        return;
+        return None;
     }
     let dir = TestDir::new("callgate-leaks-grpc");
     let port = free_port();
@@ -184,8 +190,11 @@ match: {{ hosts: ["127.0.0.1:{port}"] }}
 protocol: grpc
 functions:
   hello: {{ method: /demo.Greeter/SayHello }}
+  leak: {{ method: /demo.Greeter/Leak }}
 rules:
-  - {{ name: hello, function: hello, action: allow }}
+  - {{ name: calls, function: [hello, leak], action: allow }}
+response:
+  mask: [card_number, email]
 credentials:
   inject: {{ header: x-upstream-key, from: {{ file: "{}" }} }}
 "#,
@@ -195,7 +204,39 @@ credentials:
     let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
     let cg = TestCgroup::new("leaks-grpc");
     gw.enable(&cg);
-    let client = format!(
+    Some(Grpc {
+        gw,
+        cg,
+        port,
+        py,
+        _server,
+        _dir: dir,
+    })
+}
+
+impl Grpc {
+    /// Runs `code` (Python with grpcio) in the cgroup; its stdout.
+    fn client(&self, code: &str) -> String {
+        let out = self.cg.run(&[&self.py, "-c", code]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// A gRPC call's metadata is its arguments, and was recorded header for header: cookies, API
+/// keys, the credential header the gateway injects (here sent by the caller too). None of
+/// them reaches a record; the rest is masked like any argument (#13).
+#[test]
+fn grpc_metadata_records_no_credentials() {
+    let Some(g) = grpc_setup("grpc_metadata_records_no_credentials") else {
+        return;
+    };
+    let port = g.port;
+    let out = g.client(&format!(
         r#"
 import grpc
 with grpc.insecure_channel("127.0.0.1:{port}") as ch:
@@ -208,15 +249,9 @@ with grpc.insecure_channel("127.0.0.1:{port}") as ch:
         ("x-team", "alice@example.com"),
     )).decode())
 "#
-    );
-    let out = cg.run(&[&py, "-c", &client]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello world");
-    let r = record_where(&gw, "the SayHello call", |r| r["function"] == "hello");
+    ));
+    assert_eq!(out, "hello world");
+    let r = record_where(&g.gw, "the SayHello call", |r| r["function"] == "hello");
     let text = r.to_string();
     for raw in [
         "c00kie-of-the-caller",
@@ -230,4 +265,75 @@ with grpc.insecure_channel("127.0.0.1:{port}") as ch:
     }
     assert!(r["args"]["metadata"].get("cookie").is_none(), "{r}");
     assert!(r["args"]["metadata"].get("x-upstream-key").is_none(), "{r}");
+}
+
+/// Response headers and trailers were never masked (#10): `X-Card`, a `Location` with an
+/// e-mail address, chunked trailers. Curl over HTTP/1.1 (asking for trailers) and h2 must
+/// see them masked, never raw.
+#[test]
+fn response_headers_and_trailers_are_masked() {
+    let Some(s) = setup("response_headers_and_trailers_are_masked") else {
+        return;
+    };
+    let base = format!("http://127.0.0.1:{}", s.up.port);
+    let (code, head) = curl_in(
+        &s.cg,
+        &["-D", "-", "-o", "/dev/null", &format!("{base}/hdr")],
+    );
+    assert_eq!(code, 0, "{head}");
+    assert!(head.contains(" 200"), "{head}");
+    for raw in ["4111 1111 1111 1111", "alice@example.com"] {
+        assert!(!head.contains(raw), "{raw} in the head:\n{head}");
+    }
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-card: ************1111"), "{head}");
+    assert!(lower.contains("location: /users/[masked:email]"), "{head}");
+    let mut seen_trailer = false;
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (code, out) = curl_in(
+            &s.cg,
+            &[
+                proto,
+                "--raw",
+                "-H",
+                "TE: trailers",
+                "-D",
+                "-",
+                &format!("{base}/trailers"),
+            ],
+        );
+        assert_eq!(code, 0, "{proto}: {out}");
+        for raw in ["4111 1111 1111 1111", "alice@example.com"] {
+            assert!(!out.contains(raw), "{proto}: {raw} got out:\n{out}");
+        }
+        seen_trailer |= out
+            .to_ascii_lowercase()
+            .contains("x-card: ************1111");
+    }
+    assert!(seen_trailer, "the trailers never reached the client masked");
+}
+
+/// gRPC trailing metadata is where a server puts what it sends after the message: it must be
+/// masked like headers (#10).
+#[test]
+fn grpc_trailing_metadata_is_masked() {
+    let Some(g) = grpc_setup("grpc_trailing_metadata_is_masked") else {
+        return;
+    };
+    let port = g.port;
+    let out = g.client(&format!(
+        r#"
+import grpc, json
+with grpc.insecure_channel("127.0.0.1:{port}") as ch:
+    resp, call = ch.unary_unary("/demo.Greeter/Leak").with_call(b"x", timeout=10)
+    print(json.dumps({{"resp": resp.decode(), "trailers": dict(call.trailing_metadata())}}))
+"#
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("client output");
+    assert_eq!(v["resp"], "ok", "{v}");
+    assert_eq!(v["trailers"]["x-card"], "************1111", "{v}");
+    assert!(
+        !out.contains("alice@example.com") && !out.contains("4111 1111"),
+        "{v}"
+    );
 }

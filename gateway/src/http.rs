@@ -761,11 +761,18 @@ impl Conn {
         one: Decided,
         recording: Option<Recording>,
     ) -> Response<ProxyBody> {
-        let scrub = injected(&resp).map(ScrubStream::new);
+        let secrets = injected(&resp);
+        let scrub = secrets.clone().map(ScrubStream::new);
         let (mut parts, incoming) = resp.into_parts();
         parts.version = version;
         let seen = strip_hop_by_hop(&mut parts.headers);
         let masks = one.decision.obligations.masks.0.clone();
+        // Header values leave as the body does: `X-Card`, `Location: /users/<e-mail>`.
+        let header_masks =
+            crate::mask::HeaderMasker::new(masks.clone(), self.inputs.mask_key.clone());
+        if let Some(m) = &header_masks {
+            m.mask(&mut parts.headers);
+        }
         if !masks.is_empty() && seen.content_encoding && is_encoded(&parts.headers) {
             // Fail closed: a compressed body cannot be masked as it streams.
             let r = Refusal::new(
@@ -803,7 +810,8 @@ impl Conn {
         let pending = one
             .into_recording(recording, None)
             .map(|r| body::Pending::new(r, status, cap));
-        let body = body::CallBody::new(incoming, masker, scrub, pending);
+        let body = body::CallBody::new(incoming, masker, scrub, pending)
+            .mask_trailers(header_masks, secrets);
         Response::from_parts(parts, body.boxed_unsync())
     }
 

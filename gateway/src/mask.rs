@@ -416,6 +416,58 @@ fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mu
     }
 }
 
+/// Masks header values — a response's head and trailers — with a mask list. Detectors run
+/// over each value (field paths name JSON, not headers); the fields that frame the message
+/// are left alone. A value whose masked form is not a valid header value is replaced whole.
+#[derive(Debug, Clone)]
+pub struct HeaderMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+}
+
+/// Fields that say how the message is framed or encoded: never a place for a value, and
+/// what the client needs intact to read the rest.
+const FRAMING: [&str; 9] = [
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "trailer",
+    "date",
+    "grpc-status",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+impl HeaderMasker {
+    /// None when the list has no detector to run.
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey) -> Option<Self> {
+        (!rules.scanner.is_empty()).then_some(Self { rules, key })
+    }
+
+    /// Masks every value in `h` but the framing fields; returns how many were masked.
+    pub fn mask(&self, h: &mut http::HeaderMap) -> usize {
+        let mut n = 0;
+        for (name, value) in h.iter_mut() {
+            if FRAMING.contains(&name.as_str()) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if let Cow::Owned(m) = self.rules.mask_str(&self.key, &text) {
+                *value = http::HeaderValue::from_str(&m)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("[MASKED]"));
+                n += 1;
+            } else if matches!(text, Cow::Owned(_)) {
+                // Not UTF-8: the detectors saw replacement characters where bytes were, so a
+                // value spelled around them cannot be judged. Replaced whole.
+                *value = http::HeaderValue::from_static("[MASKED]");
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 /// Counts of what a masker did, for records and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct MaskStats {

@@ -79,6 +79,20 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/echo.txt":
             text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
             return self.reply(200, text.encode(), "text/plain")
+        if self.path == "/hdr":
+            # Values in response headers: a card, an e-mail address in a redirect target.
+            return self.reply(200, {"ok": True}, extra=[
+                ("X-Card", CARD), ("Location", "/users/alice@example.com"),
+                ("Link", "<mailto:alice@example.com>; rel=author")])
+        if self.path == "/trailers":
+            # Chunked, with the values in trailers (sent whether or not the client asked).
+            body = b'{"ok": true}'
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nTrailer: X-Card, X-Contact\r\n\r\n"
+                + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+                + f"X-Card: {CARD}\r\nX-Contact: alice@example.com\r\n\r\n".encode())
+            return
         if self.path == "/forge":
             # One JSON value whose whitespace holds line breaks, the middle line a record of
             # its own: an export that embeds the answer verbatim would gain a forged line.

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     extract::Kind,
     forward::pool::{ProxyBody, UpstreamBody},
-    mask::{BodyKind, BodyMasker, scrub::Secrets},
+    mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     record::RawJson,
     reply::{self, Refusal},
@@ -147,6 +147,10 @@ pub(super) async fn list_tools(
     head.version = version;
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
+    let masks = one.decision.obligations.masks.0.clone();
+    if let Some(m) = HeaderMasker::new(masks, conn.inputs.mask_key.clone()) {
+        m.mask(&mut head.headers);
+    }
     let record = |status: u16, response: Option<RawJson>| {
         if let Some(rec) = one.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status), response, false, 0);
