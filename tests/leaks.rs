@@ -337,3 +337,37 @@ with grpc.insecure_channel("127.0.0.1:{port}") as ch:
         "{v}"
     );
 }
+
+/// A misbehaving upstream defeated the compressed-answer check (#12): `Transfer-Encoding:
+/// gzip, chunked` (gzip bytes once the chunking is undone), `Connection: Content-Encoding`
+/// (hop-by-hop stripping removed the encoding before the check) and two `Content-Type`s
+/// (the masker read the first, binary). Each, and a plainly gzipped answer, is refused with
+/// 502, and the card, plain or gzipped, never reaches the client.
+#[test]
+fn misframed_answers_are_refused() {
+    let Some(s) = setup("misframed_answers_are_refused") else {
+        return;
+    };
+    let dir = TestDir::new("callgate-leaks-out");
+    for how in ["ce-gzip", "te-gzip", "conn-ce", "two-ct"] {
+        let out = dir.join(format!("{how}.body"));
+        let url = format!("http://127.0.0.1:{}/misframed/{how}", s.up.port);
+        let status = status_in(&s.cg, &[&url]);
+        assert_eq!(status, "502", "{how}");
+        let (_, _) = curl_in(&s.cg, &["-o", &out.display().to_string(), &url]);
+        let body = std::fs::read(&out).unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("unmaskable_response"), "{how}: {text}");
+        assert!(!text.contains("4111"), "{how}: {text}");
+        // Not gzip that would hold the card either.
+        assert!(!body.starts_with(&[0x1f, 0x8b]), "{how}: gzip got out");
+    }
+    let seen = s.up.requests();
+    assert!(
+        seen.iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").starts_with("/misframed/"))
+            .count()
+            >= 4,
+        "the upstream answered each"
+    );
+}

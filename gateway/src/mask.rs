@@ -680,6 +680,75 @@ impl BodyKind {
     }
 }
 
+/// Why a response body cannot be masked as it streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmaskable {
+    /// A content or transfer coding other than `identity`/`chunked`: the bytes are not the
+    /// text (gzip, br, …).
+    Encoded,
+    /// The head says two things about the body (two `Content-Type` fields, a list of types):
+    /// the masker would read it one way and the client perhaps the other.
+    Ambiguous,
+}
+
+impl Unmaskable {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unmaskable::Encoded => {
+                "the upstream encoded (compressed) a response that policy says to mask"
+            }
+            Unmaskable::Ambiguous => {
+                "the upstream's response head is ambiguous about its body's type or encoding"
+            }
+        }
+    }
+}
+
+/// What a response's head says its body is, read from every field — before hop-by-hop
+/// stripping, which would remove a `Content-Encoding` that `Connection` names, and with every
+/// `Transfer-Encoding` coding (`gzip, chunked` leaves gzip bytes once chunking is undone).
+pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE, TRANSFER_ENCODING};
+    let codings = |name| {
+        h.get_all(name).iter().map(|v| {
+            let Ok(v) = v.to_str() else {
+                return Err(Unmaskable::Ambiguous);
+            };
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>())
+        })
+    };
+    for items in codings(CONTENT_ENCODING) {
+        if items?.iter().any(|c| !c.eq_ignore_ascii_case("identity")) {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    for items in codings(TRANSFER_ENCODING) {
+        if items?
+            .iter()
+            .any(|c| !c.eq_ignore_ascii_case("chunked") && !c.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    let mut types = h.get_all(CONTENT_TYPE).iter();
+    let ct = match (types.next(), types.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(v.to_str().map_err(|_| Unmaskable::Ambiguous)?),
+        (Some(_), Some(_)) => return Err(Unmaskable::Ambiguous),
+    };
+    if let Some(ct) = ct {
+        // One media type: a list (`text/plain, application/octet-stream`) is two claims.
+        let mime = ct.split(';').next().unwrap_or("");
+        if mime.contains(',') {
+            return Err(Unmaskable::Ambiguous);
+        }
+    }
+    Ok(BodyKind::from_content_type(ct))
+}
+
 /// A body on its way out: JSON, text, or passed through.
 #[derive(Debug)]
 pub enum BodyMasker {

@@ -577,3 +577,49 @@ fn worst_case_inputs_cost_linear_work() {
         }
     }
 }
+
+/// The body's kind is read from every field of the head as the upstream sent it: any coding
+/// but identity/chunked is encoded, two types or a list of types is ambiguous.
+#[test]
+fn response_heads_that_hide_the_body_are_unmaskable() {
+    use callgate::mask::{Unmaskable, response_body};
+    let head = |fields: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        response_body(&h)
+    };
+    let json = ("content-type", "application/json");
+    assert_eq!(head(&[json]), Ok(BodyKind::Json));
+    assert_eq!(
+        head(&[json, ("transfer-encoding", "chunked")]),
+        Ok(BodyKind::Json)
+    );
+    assert_eq!(
+        head(&[json, ("content-encoding", "identity")]),
+        Ok(BodyKind::Json)
+    );
+    for bad in [
+        [json, ("transfer-encoding", "gzip, chunked")],
+        [json, ("transfer-encoding", "Deflate")],
+        [json, ("content-encoding", "gzip")],
+        [json, ("content-encoding", "identity, br")],
+        [
+            ("connection", "content-encoding"),
+            ("content-encoding", "gzip"),
+        ],
+    ] {
+        assert_eq!(head(&bad), Err(Unmaskable::Encoded), "{bad:?}");
+    }
+    let two = [("content-type", "application/octet-stream"), json];
+    assert_eq!(head(&two), Err(Unmaskable::Ambiguous));
+    let list = [("content-type", "text/plain, application/octet-stream")];
+    assert_eq!(head(&list), Err(Unmaskable::Ambiguous));
+    // A comma in a quoted parameter is not a second type.
+    let param = [("content-type", "text/plain; charset=\"a,b\"")];
+    assert_eq!(head(&param), Ok(BodyKind::Text));
+}

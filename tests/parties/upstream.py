@@ -93,6 +93,38 @@ class Handler(BaseHTTPRequestHandler):
                 + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
                 + f"X-Card: {CARD}\r\nX-Contact: alice@example.com\r\n\r\n".encode())
             return
+        if self.path.startswith("/misframed/"):
+            # A misbehaving upstream: the card in a body the head disguises (issue 30 #12).
+            import gzip
+            plain = json.dumps({"card": CARD}).encode()
+            packed = gzip.compress(plain)
+            how = self.path.rsplit("/", 1)[1]
+            if how == "te-gzip":
+                # Transfer-coded gzip under chunked: undoing the chunking leaves gzip bytes.
+                head = ("Content-Type: application/json\r\n"
+                        "Transfer-Encoding: gzip, chunked\r\n")
+                body = f"{len(packed):x}\r\n".encode() + packed + b"\r\n0\r\n\r\n"
+            elif how == "ce-gzip":
+                # Plainly compressed: cannot be masked as it streams.
+                head = ("Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                        f"Content-Length: {len(packed)}\r\n")
+                body = packed
+            elif how == "conn-ce":
+                # Content-Encoding named hop-by-hop: stripping it hides the compression.
+                head = ("Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                        "Connection: Content-Encoding\r\n"
+                        f"Content-Length: {len(packed)}\r\n")
+                body = packed
+            elif how == "two-ct":
+                # Two types: the first says binary (not masked), the client reads the second.
+                head = ("Content-Type: application/octet-stream\r\n"
+                        "Content-Type: application/json\r\n"
+                        f"Content-Length: {len(plain)}\r\n")
+                body = plain
+            else:
+                return self.reply(404, {"error": "no such misframing"})
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + head.encode() + b"\r\n" + body)
+            return
         if self.path == "/forge":
             # One JSON value whose whitespace holds line breaks, the middle line a record of
             # its own: an export that embeds the answer verbatim would gain a forged line.

@@ -145,6 +145,15 @@ pub(super) async fn list_tools(
     let scrub = injected(&resp);
     let (mut head, body) = resp.into_parts();
     head.version = version;
+    // The list is filtered (and masked) as text: one that is compressed or whose head says two
+    // things cannot be, and would reach the caller whole.
+    if let Err(why) = crate::mask::response_body(&head.headers) {
+        let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
+        if let Some(rec) = one.recording(recording.clone(), Some(&r)) {
+            let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
+        }
+        return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+    }
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
     let masks = one.decision.obligations.masks.0.clone();
