@@ -8,11 +8,12 @@ use callgate_e2e::*;
 
 const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
 
-/// A REST service that allows every call and masks cards and e-mail addresses.
-fn leaky(port: u16) -> String {
+/// A REST service that allows every call and masks cards and e-mail addresses; `response`
+/// adds to its `response:` block.
+fn leaky(name: &str, port: u16, response: &str) -> String {
     format!(
         r#"
-service: leaky
+service: {name}
 match:
   hosts: ["127.0.0.1:{port}"]
 protocol: rest
@@ -21,6 +22,7 @@ rules:
     action: allow
 response:
   mask: [card_number, email]
+  {response}
 "#
     )
 }
@@ -29,6 +31,8 @@ struct Setup {
     gw: Gateway,
     cg: TestCgroup,
     up: Party,
+    /// The same upstream behind a service that lets unmaskable answers pass.
+    passing: Party,
     _dir: TestDir,
 }
 
@@ -38,7 +42,18 @@ fn setup(test: &str) -> Option<Setup> {
     }
     let dir = TestDir::new("callgate-leaks");
     let up = upstream(&dir, None);
-    let policies = policy_repo(&dir, REPO, &[("leaky", &leaky(up.port))]);
+    let passing = upstream(&dir, None);
+    let policies = policy_repo(
+        &dir,
+        REPO,
+        &[
+            ("leaky", &leaky("leaky", up.port, "")),
+            (
+                "passing",
+                &leaky("passing", passing.port, "unmaskable: pass"),
+            ),
+        ],
+    );
     let gw = gateway_with_config(&policies, "http:\n  header_timeout_s: 5\n", &dir);
     let cg = TestCgroup::new("leaks");
     gw.enable(&cg);
@@ -46,6 +61,7 @@ fn setup(test: &str) -> Option<Setup> {
         gw,
         cg,
         up,
+        passing,
         _dir: dir,
     })
 }
@@ -162,7 +178,8 @@ fn records_hold_no_raw_values_credentials_or_forged_lines() {
 }
 
 /// A gRPC service (grpcio's server, `tests/parties/grpc_server.py`) that masks cards and
-/// e-mail addresses and injects a credential header, behind a gateway.
+/// e-mail addresses and injects a credential header, behind a gateway. Its messages are
+/// protobuf, which cannot be masked: `unmaskable` says whether they pass.
 struct Grpc {
     gw: Gateway,
     cg: TestCgroup,
@@ -172,7 +189,7 @@ struct Grpc {
     _dir: TestDir,
 }
 
-fn grpc_setup(test: &str) -> Option<Grpc> {
+fn grpc_setup(test: &str, unmaskable: &str) -> Option<Grpc> {
     if !ebpf_available(test) || !parties_available(test) {
         return None;
     }
@@ -195,10 +212,11 @@ rules:
   - {{ name: calls, function: [hello, leak], action: allow }}
 response:
   mask: [card_number, email]
+  unmaskable: {unmaskable}
 credentials:
   inject: {{ header: x-upstream-key, from: {{ file: "{}" }} }}
 "#,
-        secret.display()
+        secret.display(),
     );
     let policies = policy_repo(&dir, REPO, &[("greeter", &service)]);
     let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
@@ -232,7 +250,7 @@ impl Grpc {
 /// them reaches a record; the rest is masked like any argument (#13).
 #[test]
 fn grpc_metadata_records_no_credentials() {
-    let Some(g) = grpc_setup("grpc_metadata_records_no_credentials") else {
+    let Some(g) = grpc_setup("grpc_metadata_records_no_credentials", "pass") else {
         return;
     };
     let port = g.port;
@@ -317,7 +335,7 @@ fn response_headers_and_trailers_are_masked() {
 /// masked like headers (#10).
 #[test]
 fn grpc_trailing_metadata_is_masked() {
-    let Some(g) = grpc_setup("grpc_trailing_metadata_is_masked") else {
+    let Some(g) = grpc_setup("grpc_trailing_metadata_is_masked", "pass") else {
         return;
     };
     let port = g.port;
@@ -370,4 +388,180 @@ fn misframed_answers_are_refused() {
             >= 4,
         "the upstream answered each"
     );
+}
+
+/// Bodies that are not JSON or plain text passed unmasked (#11). What can be read as text
+/// (CSV, YAML, JSON Lines, `+xml`, `+json`) is masked; what cannot (octet-stream, multipart,
+/// gRPC, an unknown type) is refused with 502 by default, and passes only on a service that
+/// says `unmaskable: pass`.
+#[test]
+fn bodies_of_every_type_are_masked_or_refused() {
+    let Some(s) = setup("bodies_of_every_type_are_masked_or_refused") else {
+        return;
+    };
+    let card = "4111 1111 1111 1111";
+    for t in ["csv", "yaml", "jsonl", "ndjson", "soap", "problem"] {
+        let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);
+        let (code, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", &url]);
+        assert_eq!(code, 0, "{t}: {body}");
+        let (body, status) = body.rsplit_once('\n').expect("status");
+        assert_eq!(status, "200", "{t}: {body}");
+        assert!(!body.contains(card), "{t}: the card got out: {body}");
+        assert!(body.contains("************1111"), "{t}: not masked: {body}");
+    }
+    for t in ["octet", "multipart", "unknown", "grpc"] {
+        let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);
+        let (code, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", &url]);
+        assert_eq!(code, 0, "{t}: {body}");
+        let (body, status) = body.rsplit_once('\n').expect("status");
+        assert_eq!(status, "502", "{t}: {body}");
+        assert!(body.contains("unmaskable_response"), "{t}: {body}");
+        assert!(!body.contains(card), "{t}: the card got out: {body}");
+        // The service that chose to let them pass: they do, as the upstream sent them.
+        let url = format!("http://127.0.0.1:{}/typed/{t}", s.passing.port);
+        let (code, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", &url]);
+        assert_eq!(code, 0, "{t}: {body}");
+        assert!(
+            body.ends_with("\n200") && body.contains(card),
+            "{t} passes: {body}"
+        );
+    }
+}
+
+/// gRPC messages are protobuf, which the masker cannot read: a service that masks and does
+/// not say `unmaskable: pass` refuses them (#11), and the client gets an error, not the
+/// message.
+#[test]
+fn grpc_messages_on_a_masked_service_are_refused_by_default() {
+    let Some(g) = grpc_setup(
+        "grpc_messages_on_a_masked_service_are_refused_by_default",
+        "refuse",
+    ) else {
+        return;
+    };
+    let port = g.port;
+    let out = g.client(&format!(
+        r#"
+import grpc, json
+with grpc.insecure_channel("127.0.0.1:{port}") as ch:
+    try:
+        print(json.dumps({{"ok": ch.unary_unary("/demo.Greeter/SayHello")(b"x", timeout=10).decode()}}))
+    except grpc.RpcError as e:
+        print(json.dumps({{"code": e.code().name, "details": e.details()}}))
+"#
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("client output");
+    assert!(v.get("ok").is_none(), "the message got out: {v}");
+    assert!(
+        v["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unmaskable_response"),
+        "{v}"
+    );
+}
+
+/// A running nginx serving `root`, stopped (workers too) when dropped.
+struct Nginx(Party);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.terminate(Duration::from_secs(5));
+    }
+}
+
+fn nginx(dir: &std::path::Path, root: &std::path::Path, port: u16) -> Nginx {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; \
+             error_log {d}/error.log; events {{ worker_connections 64; }} \
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+             types {{ application/json json; }} default_type application/octet-stream; \
+             server {{ listen 127.0.0.1:{port}; root {r}; }} }}",
+            d = dir.display(),
+            r = root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    Nginx(Party::start(
+        &[
+            "nginx",
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &dir.display().to_string(),
+        ],
+        port,
+        dir.join("nginx.log"),
+    ))
+}
+
+/// nginx answers a `Range:` request for a JSON file with the ranges asked for: several as
+/// `multipart/byteranges`, which was passed unmasked, one as a fragment cut where the card
+/// may be. On a service that masks, ranges are taken off the request so nginx answers whole,
+/// and the card is masked; it never reaches the client, in pieces or whole (#11).
+#[test]
+fn ranges_of_a_json_file_from_nginx_never_carry_the_card() {
+    let test = "ranges_of_a_json_file_from_nginx_never_carry_the_card";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    if std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        skip(test, "nginx is not installed");
+        return;
+    }
+    let dir = TestDir::new("callgate-leaks-nginx");
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).expect("www");
+    let doc = r#"{"id": 7, "holder": "Jane", "card": "4111 1111 1111 1111", "note": "ok"}"#;
+    std::fs::write(root.join("account.json"), doc).expect("json file");
+    let at = doc.find("4111").expect("card");
+    let port = free_port();
+    let _nginx = nginx(&dir, &root, port);
+    let policies = policy_repo(&dir, REPO, &[("files", &leaky("files", port, ""))]);
+    let gw = gateway_with_config(&policies, "http:\n  header_timeout_s: 5\n", &dir);
+    let cg = TestCgroup::new("leaks-nginx");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{port}/account.json");
+    // Straight to nginx (no cgroup): it does answer ranges, as multipart and as a fragment.
+    let direct = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            &format!("Range: bytes=0-{},{}-", at + 6, at + 7),
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    let direct = String::from_utf8_lossy(&direct.stdout);
+    assert!(
+        direct.contains("multipart/byteranges") || direct.contains("--"),
+        "{direct}"
+    );
+    for range in [
+        format!("bytes=0-{},{}-", at + 6, at + 7),
+        format!("bytes={}-{}", at + 5, at + 14),
+        format!("bytes={at}-"),
+    ] {
+        for extra in [&[][..], &["-H", "If-Range: \"x\""][..]] {
+            let mut args = vec!["-D", "-", "-H"];
+            let h = format!("Range: {range}");
+            args.push(&h);
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let (code, out) = curl_in(&cg, &args);
+            assert_eq!(code, 0, "{range}: {out}");
+            let digits: String = out.chars().filter(char::is_ascii_digit).collect();
+            assert!(!out.contains("4111"), "{range}: {out}");
+            assert!(!digits.contains("41111111"), "{range}: {out}");
+            assert!(out.contains(" 200"), "answered whole: {range}: {out}");
+            assert!(out.contains("************1111"), "{range}: {out}");
+        }
+    }
 }

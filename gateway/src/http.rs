@@ -658,6 +658,12 @@ impl Conn {
             // The response is masked as it streams: it must come as readable text.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
+        if !ob.masks.0.is_empty() {
+            // And whole: a range cuts a document where a value may be (and nginx answers
+            // several as multipart/byteranges).
+            req.headers_mut().remove(header::RANGE);
+            req.headers_mut().remove(header::IF_RANGE);
+        }
         let injected = inputs
             .credentials
             .apply(req.headers_mut(), ob, &snap.credentials)
@@ -770,7 +776,11 @@ impl Conn {
         let body_kind = if masks.is_empty() {
             Ok(crate::mask::BodyKind::Binary)
         } else {
-            crate::mask::response_body(&parts.headers)
+            crate::mask::answer_kind(
+                parts.status.as_u16(),
+                &parts.headers,
+                one.decision.obligations.unmaskable,
+            )
         };
         let seen = strip_hop_by_hop(&mut parts.headers);
         // Header values leave as the body does: `X-Card`, `Location: /users/<e-mail>`.
@@ -780,8 +790,9 @@ impl Conn {
             m.mask(&mut parts.headers);
         }
         if let Err(why) = body_kind {
-            // Fail closed: a compressed body cannot be masked as it streams, nor one whose
-            // head says two things.
+            // Fail closed: a compressed body cannot be masked as it streams, nor binary, nor
+            // a piece of a document, nor one whose head says two things (unless the service
+            // lets what cannot be masked pass).
             let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
             let resp = r.respond(kind, one.call.rpc_id.as_ref());
             if let Some(rec) = one.into_recording(recording, Some(&r)) {

@@ -643,6 +643,9 @@ impl TextMasker {
 pub enum BodyKind {
     Json,
     Text,
+    /// Not text the masker can read: `application/octet-stream`, `multipart/*` (its parts
+    /// may be anything, and `multipart/byteranges` cuts a document anywhere), gRPC messages,
+    /// images, and any type not known to be text.
     Binary,
 }
 
@@ -665,13 +668,36 @@ impl BodyKind {
             (mime.len().checked_sub(s.len()))
                 .is_some_and(|at| mime[at..].eq_ignore_ascii_case(s.as_bytes()))
         };
-        if is("application/json") || ends("+json") || is("application/x-ndjson") {
+        // JSON, JSON Lines and JSON text sequences: the JSON masker takes one value after
+        // another.
+        let json_lines = [
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/jsonlines",
+            "application/x-jsonlines",
+            "application/json-seq",
+        ];
+        // Text under an `application/` name: read as text, whatever its syntax.
+        let text = [
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "application/javascript",
+            "application/ecmascript",
+            "application/csv",
+            "application/yaml",
+            "application/x-yaml",
+            "application/toml",
+            "application/sql",
+            "application/graphql",
+            "application/x-sh",
+        ];
+        if is("application/json") || ends("+json") || json_lines.iter().any(|m| is(m)) {
             BodyKind::Json
         } else if starts("text/")
             || ends("+xml")
-            || is("application/xml")
-            || is("application/x-www-form-urlencoded")
-            || is("application/javascript")
+            || ends("+yaml")
+            || ends("+csv")
+            || text.iter().any(|m| is(m))
         {
             BodyKind::Text
         } else {
@@ -689,6 +715,10 @@ pub enum Unmaskable {
     /// The head says two things about the body (two `Content-Type` fields, a list of types):
     /// the masker would read it one way and the client perhaps the other.
     Ambiguous,
+    /// A type that is not text ([`BodyKind::Binary`]).
+    Binary,
+    /// `206 Partial Content`: a piece of a document, cut where a value may be.
+    Partial,
 }
 
 impl Unmaskable {
@@ -700,7 +730,40 @@ impl Unmaskable {
             Unmaskable::Ambiguous => {
                 "the upstream's response head is ambiguous about its body's type or encoding"
             }
+            Unmaskable::Binary => {
+                "the upstream answered with a body that is not text (binary, multipart, gRPC or \
+                 an unknown type), which policy says to mask"
+            }
+            Unmaskable::Partial => {
+                "the upstream answered with part of a document (206), which policy says to mask"
+            }
         }
+    }
+}
+
+/// How a masked service's answer is masked, or why it is not let out: [`response_body`], then
+/// the service's choice (`unmaskable: refuse | pass`) for what cannot be masked. An ambiguous
+/// head is refused whatever the choice; an answer without a body (204, 304, `Content-Length:
+/// 0`) has nothing to mask.
+pub fn answer_kind(
+    status: u16,
+    h: &http::HeaderMap,
+    choice: crate::policy::schema::UnmaskableAnswer,
+) -> Result<BodyKind, Unmaskable> {
+    let empty = status == 204
+        || status == 304
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    let verdict = match response_body(h) {
+        Err(Unmaskable::Ambiguous) => return Err(Unmaskable::Ambiguous),
+        _ if empty => return Ok(BodyKind::Binary),
+        Ok(_) if status == 206 => Err(Unmaskable::Partial),
+        Ok(BodyKind::Binary) => Err(Unmaskable::Binary),
+        other => other,
+    };
+    match verdict {
+        Err(_) if choice == crate::policy::schema::UnmaskableAnswer::Pass => Ok(BodyKind::Binary),
+        v => v,
     }
 }
 

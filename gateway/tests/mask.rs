@@ -623,3 +623,60 @@ fn response_heads_that_hide_the_body_are_unmaskable() {
     let param = [("content-type", "text/plain; charset=\"a,b\"")];
     assert_eq!(head(&param), Ok(BodyKind::Text));
 }
+
+/// What a masked service does with an answer: text is masked, the rest refused unless the
+/// service lets it pass; an ambiguous head always refused; an empty body has nothing to mask.
+#[test]
+fn answers_that_cannot_be_masked_follow_the_services_choice() {
+    use callgate::{
+        mask::{Unmaskable, answer_kind},
+        policy::schema::UnmaskableAnswer::{Pass, Refuse},
+    };
+    let head = |fields: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    };
+    let ct = |t| head(&[("content-type", t)]);
+    for t in [
+        "text/csv",
+        "application/yaml",
+        "application/jsonl",
+        "application/soap+xml",
+    ] {
+        assert!(answer_kind(200, &ct(t), Refuse).is_ok(), "{t}");
+    }
+    for t in [
+        "application/octet-stream",
+        "multipart/byteranges; boundary=x",
+        "application/grpc",
+        "image/png",
+        "application/x-custom",
+    ] {
+        assert_eq!(
+            answer_kind(200, &ct(t), Refuse),
+            Err(Unmaskable::Binary),
+            "{t}"
+        );
+        assert_eq!(answer_kind(200, &ct(t), Pass), Ok(BodyKind::Binary), "{t}");
+    }
+    let json = ct("application/json");
+    assert_eq!(answer_kind(206, &json, Refuse), Err(Unmaskable::Partial));
+    let gz = head(&[("content-type", "text/plain"), ("content-encoding", "gzip")]);
+    assert_eq!(answer_kind(200, &gz, Refuse), Err(Unmaskable::Encoded));
+    assert_eq!(answer_kind(200, &gz, Pass), Ok(BodyKind::Binary));
+    let two = head(&[
+        ("content-type", "text/plain"),
+        ("content-type", "image/png"),
+    ]);
+    assert_eq!(answer_kind(200, &two, Pass), Err(Unmaskable::Ambiguous));
+    let octet = ct("application/octet-stream");
+    assert!(answer_kind(204, &octet, Refuse).is_ok());
+    let empty = head(&[("content-type", "image/png"), ("content-length", "0")]);
+    assert!(answer_kind(200, &empty, Refuse).is_ok());
+}

@@ -93,6 +93,27 @@ class Handler(BaseHTTPRequestHandler):
                 + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
                 + f"X-Card: {CARD}\r\nX-Contact: alice@example.com\r\n\r\n".encode())
             return
+        if self.path.startswith("/typed/"):
+            # The card in bodies of many types (issue 30 #11): text ones must be masked,
+            # the rest refused unless the service lets them pass.
+            types = {
+                "csv": ("text/csv", f"id,card\n1,{CARD}\n"),
+                "yaml": ("application/yaml", f"id: 1\ncard: {CARD}\n"),
+                "jsonl": ("application/jsonl", json.dumps({"card": CARD}) + "\n"),
+                "ndjson": ("application/x-ndjson", json.dumps({"card": CARD}) + "\n"),
+                "soap": ("application/soap+xml", f"<card>{CARD}</card>"),
+                "problem": ("application/problem+json", json.dumps({"detail": CARD})),
+                "octet": ("application/octet-stream", f"card {CARD}"),
+                "multipart": ("multipart/mixed; boundary=b",
+                              f"--b\r\nContent-Type: text/plain\r\n\r\n{CARD}\r\n--b--\r\n"),
+                "unknown": ("application/x-custom", f"card {CARD}"),
+                "grpc": ("application/grpc", f"card {CARD}"),
+            }
+            name = self.path.rsplit("/", 1)[1]
+            if name not in types:
+                return self.reply(404, {"error": "no such type"})
+            ctype, body = types[name]
+            return self.reply(200, body.encode(), ctype)
         if self.path.startswith("/misframed/"):
             # A misbehaving upstream: the card in a body the head disguises (issue 30 #12).
             import gzip

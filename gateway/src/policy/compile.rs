@@ -227,6 +227,8 @@ pub struct Obligations {
     pub approval: Option<ApprovalSpec>,
     pub limit: Option<Arc<crate::limit::LimitSpec>>,
     pub quota: Option<Arc<crate::limit::QuotaSpec>>,
+    /// What to do with an answer `masks` cannot be applied to.
+    pub unmaskable: super::schema::UnmaskableAnswer,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -368,6 +370,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         default_obligations: Arc::new(Obligations {
             mask: repo.masking.default.clone(),
             masks: CompiledMasks::of(&repo.masking.default),
+            unmaskable: repo.masking.unmaskable,
             ..Default::default()
         }),
         services: Vec::new(),
@@ -617,6 +620,10 @@ fn compile_service(
         approval: None,
         limit: None,
         quota: None,
+        unmaskable: file
+            .response
+            .unmaskable
+            .unwrap_or(loaded.repo.masking.unmaskable),
     });
 
     let mut rules = Vec::new();
@@ -787,6 +794,7 @@ fn compile_service(
             approval,
             limit,
             quota,
+            unmaskable: base.unmaskable,
         });
         if def.inject == Some(true) && inject.is_none() {
             errors.push(err(
