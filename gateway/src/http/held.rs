@@ -146,8 +146,17 @@ pub(super) async fn list_tools(
     let (mut head, body) = resp.into_parts();
     head.version = version;
     // The list is filtered (and masked) as text: one that is compressed or whose head says two
-    // things cannot be, and would reach the caller whole.
-    if let Err(why) = crate::mask::response_body(&head.headers) {
+    // things cannot be, and would reach the caller whole; nor, on a service that masks, one
+    // of a type that is not text, unless the service lets such answers pass.
+    let ob = &one.decision.obligations;
+    let verdict = crate::mask::response_body(&head.headers).and_then(|kind| {
+        if ob.masks.0.is_empty() {
+            Ok(kind)
+        } else {
+            crate::mask::answer_kind(head.status.as_u16(), &head.headers, ob.unmaskable)
+        }
+    });
+    if let Err(why) = verdict {
         let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
         if let Some(rec) = one.recording(recording.clone(), Some(&r)) {
             let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
