@@ -517,14 +517,16 @@ fn iban(
     // Alphanumerics from the country code on, allowing single spaces between groups; try
     // the longest first, shortening at group ends (the text may go on with capitals).
     let s = g.0 as usize;
-    let mut alnum = Vec::with_capacity(34);
-    let mut ends = Vec::with_capacity(34);
+    // On the stack: a run of `GB82 GB82 …` is a candidate every five bytes.
+    let (mut alnum_buf, mut ends_buf) = ([0u8; 34], [0usize; 34]);
+    let mut n = 0;
     let mut i = s;
-    while i < t.len() && alnum.len() < 34 {
+    while i < t.len() && n < 34 {
         let c = t[i];
         if c.is_ascii_digit() || c.is_ascii_uppercase() {
-            alnum.push(c);
-            ends.push(i + 1);
+            alnum_buf[n] = c;
+            ends_buf[n] = i + 1;
+            n += 1;
             i += 1;
         } else if c == b' ' && i + 1 < t.len() && t[i + 1].is_ascii_alphanumeric() {
             i += 1;
@@ -532,11 +534,29 @@ fn iban(
             break;
         }
     }
+    let (alnum, ends) = (&alnum_buf[..n], &ends_buf[..n]);
     let spaced = ends.windows(2).any(|w| w[1] - w[0] > 1);
+    if alnum.len() < 15 || matches!(&alnum[2..4], b"00" | b"01" | b"99") {
+        return None;
+    }
+    // mod-97 of the BBAN's prefixes, each from the one before: every candidate length then
+    // costs its four moved characters, not a pass over all of it.
+    let mut prefix = [0u32; 35];
+    let mut r = 0;
+    for (i, &c) in alnum.iter().enumerate().skip(4) {
+        r = mod97_step(r, c);
+        prefix[i + 1] = r;
+    }
     for len in (15..=alnum.len()).rev() {
         let end = ends[len - 1];
         let boundary = t.get(end).is_none_or(|&c| !c.is_ascii_alphanumeric());
-        if (boundary || (spaced && t[end] == b' ')) && mod97(&alnum[..len]) {
+        let valid = || {
+            alnum[..4]
+                .iter()
+                .fold(prefix[len], |r, &c| mod97_step(r, c))
+                == 1
+        };
+        if (boundary || (spaced && t[end] == b' ')) && valid() {
             return Some(hit(s, end, Kind::Detector(Detector::Iban)));
         }
         if !spaced && len < alnum.len() {
@@ -547,20 +567,14 @@ fn iban(
     None
 }
 
-fn mod97(iban: &[u8]) -> bool {
-    let check = &iban[2..4];
-    if check == b"00" || check == b"01" || check == b"99" {
-        return false;
+/// One character more of a number being reduced mod 97: a digit, or a letter as two digits
+/// (`A` = 10 … `Z` = 35).
+fn mod97_step(r: u32, c: u8) -> u32 {
+    if c.is_ascii_digit() {
+        (r * 10 + u32::from(c - b'0')) % 97
+    } else {
+        (r * 100 + u32::from(c - b'A') + 10) % 97
     }
-    let mut r = 0u32;
-    for &c in iban[4..].iter().chain(&iban[..4]) {
-        r = match c {
-            b'0'..=b'9' => (r * 10 + (c - b'0') as u32) % 97,
-            b'A'..=b'Z' => (r * 100 + (c - b'A' + 10) as u32) % 97,
-            _ => return false,
-        };
-    }
-    r == 1
 }
 
 fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
