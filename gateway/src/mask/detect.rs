@@ -329,7 +329,7 @@ impl Scanner {
 
 /// Groups analysed at once, and how many the next window repeats: more than the groups of
 /// the longest value (an IBAN: 34 characters, a card: 19 digits).
-const RUN_GROUPS: usize = 64;
+const RUN_GROUPS: usize = 256;
 const RUN_OVERLAP: usize = 40;
 /// (start, end, digits, joined): `joined` says a single space or dash separates the group
 /// from the previous one.
