@@ -229,10 +229,16 @@ fn grpc(service: &Service, parts: &Parts) -> OneCall {
         .function_by_method(path)
         .map_or_else(|| path.to_string(), |f| f.name.to_string());
     // Caller metadata is what policy can see of a gRPC call: the message is protobuf.
+    // Credentials are not arguments: they would be recorded with the call.
+    let injected = service.credential_header();
     let mut metadata = Map::new();
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if n == "authorization" || n.ends_with("-bin") || n.starts_with("grpc-") {
+        if n.ends_with("-bin")
+            || n.starts_with("grpc-")
+            || crate::mask::is_credential_name(n)
+            || injected.is_some_and(|h| h.eq_ignore_ascii_case(n))
+        {
             continue;
         }
         if let Ok(v) = value.to_str() {

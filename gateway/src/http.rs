@@ -780,6 +780,12 @@ impl Conn {
             // The response is masked as it streams: it must come as readable text.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
+        if !ob.masks.0.is_empty() {
+            // And whole: a range cuts a document where a value may be (and nginx answers
+            // several as multipart/byteranges).
+            req.headers_mut().remove(header::RANGE);
+            req.headers_mut().remove(header::IF_RANGE);
+        }
         let injected = inputs
             .credentials
             .apply(req.headers_mut(), ob, &snap.credentials)
@@ -883,18 +889,33 @@ impl Conn {
         one: Decided,
         recording: Option<Recording>,
     ) -> Response<ProxyBody> {
-        let scrub = injected(&resp).map(ScrubStream::new);
+        let secrets = injected(&resp);
+        let scrub = secrets.clone().map(ScrubStream::new);
         let (mut parts, incoming) = resp.into_parts();
         parts.version = version;
-        let seen = strip_hop_by_hop(&mut parts.headers);
         let masks = one.decision.obligations.masks.0.clone();
-        if !masks.is_empty() && seen.content_encoding && is_encoded(&parts.headers) {
-            // Fail closed: a compressed body cannot be masked as it streams.
-            let r = Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "unmaskable_response",
-                "the upstream compressed a response that policy says to mask",
-            );
+        // What the body is, from the head as the upstream sent it (before any stripping).
+        let body_kind = if masks.is_empty() {
+            Ok(crate::mask::BodyKind::Binary)
+        } else {
+            crate::mask::answer_kind(
+                parts.status.as_u16(),
+                &parts.headers,
+                one.decision.obligations.unmaskable,
+            )
+        };
+        let seen = strip_hop_by_hop(&mut parts.headers);
+        // Header values leave as the body does: `X-Card`, `Location: /users/<e-mail>`.
+        let header_masks =
+            crate::mask::HeaderMasker::new(masks.clone(), self.inputs.mask_key.clone());
+        if let Some(m) = &header_masks {
+            m.mask(&mut parts.headers);
+        }
+        if let Err(why) = body_kind {
+            // Fail closed: a compressed body cannot be masked as it streams, nor binary, nor
+            // a piece of a document, nor one whose head says two things (unless the service
+            // lets what cannot be masked pass).
+            let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
             let resp = r.respond(kind, one.call.rpc_id.as_ref());
             if let Some(rec) = one.into_recording(recording, Some(&r)) {
                 // Not waited for: the answer is an error either way.
@@ -902,17 +923,14 @@ impl Conn {
             }
             return resp;
         }
-        let masker = (!masks.is_empty()).then(|| {
-            let ct = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            crate::mask::BodyMasker::new(
+        let masker = match body_kind {
+            Ok(kind) if !masks.is_empty() => Some(crate::mask::BodyMasker::new(
                 masks,
                 self.inputs.mask_key.clone(),
-                crate::mask::BodyKind::from_content_type(ct),
-            )
-        });
+                kind,
+            )),
+            _ => None,
+        };
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -925,7 +943,8 @@ impl Conn {
         let pending = one
             .into_recording(recording, None)
             .map(|r| body::Pending::new(r, status, cap));
-        let body = body::CallBody::new(incoming, masker, scrub, pending);
+        let body = body::CallBody::new(incoming, masker, scrub, pending)
+            .mask_trailers(header_masks, secrets);
         Response::from_parts(parts, body.boxed_unsync())
     }
 
@@ -1170,13 +1189,6 @@ fn host_only(authority: &str) -> &str {
     authority.split(':').next().unwrap_or(authority)
 }
 
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
-}
-
 /// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
 /// `Connection` comes first: the names it lists are hop-by-hop too.
 static HOP_BY_HOP: [header::HeaderName; 7] = [
@@ -1200,7 +1212,6 @@ struct Seen {
     host: bool,
     content_length: bool,
     accept_encoding: bool,
-    content_encoding: bool,
 }
 
 impl Seen {
@@ -1213,7 +1224,6 @@ impl Seen {
                 4 => seen.host |= k == header::HOST,
                 14 => seen.content_length |= k == header::CONTENT_LENGTH,
                 15 => seen.accept_encoding |= k == header::ACCEPT_ENCODING,
-                16 if k == header::CONTENT_ENCODING => seen.content_encoding = true,
                 7 | 10 | 16..=19 => {
                     if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
                         seen.hop[i] = true;
@@ -1360,7 +1370,7 @@ mod tests {
         ]);
         let seen = strip_hop_by_hop(&mut named);
         assert!(!seen.content_length && !seen.connection());
-        assert!(seen.host && seen.accept_encoding && seen.content_encoding);
+        assert!(seen.host && seen.accept_encoding);
         assert!(!named.contains_key(header::CONTENT_LENGTH));
     }
 }

@@ -46,6 +46,37 @@ pub enum MaskError {
     },
 }
 
+/// A header, parameter or field name whose value is a credential or a session (`Cookie`,
+/// `X-Api-Key`, `password`, `access_token`): such values are never recorded.
+pub fn is_credential_name(name: &str) -> bool {
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    const PARTS: [&str; 10] = [
+        "api-key",
+        "apikey",
+        "api_key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "session",
+        "credential",
+        "private-key",
+    ];
+    let lower;
+    let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        &lower
+    } else {
+        name
+    };
+    EXACT.contains(&name) || name.ends_with("-auth") || PARTS.iter().any(|p| name.contains(p))
+}
+
 /// How a masked value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -308,6 +339,18 @@ impl MaskRules {
         }
     }
 
+    /// Renders a hit's value; a piece of a longer value ([`Hit::cut`]) shows none of it.
+    fn render_hit(&self, key: &MaskKey, h: &Hit, value: &[u8], out: &mut Vec<u8>) {
+        if !h.cut {
+            return self.render(key, h.kind, value, out);
+        }
+        let (label, style) = self.label_style(h.kind);
+        match style {
+            Style::Partial => out.extend(std::iter::repeat_n(b'*', value.len().max(4))),
+            _ => render_value(key, label, Style::Redact, value, out),
+        }
+    }
+
     fn render(&self, key: &MaskKey, kind: Kind, value: &[u8], out: &mut Vec<u8>) {
         let (label, style) = self.label_style(kind);
         match kind {
@@ -373,6 +416,58 @@ fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mu
     }
 }
 
+/// Masks header values — a response's head and trailers — with a mask list. Detectors run
+/// over each value (field paths name JSON, not headers); the fields that frame the message
+/// are left alone. A value whose masked form is not a valid header value is replaced whole.
+#[derive(Debug, Clone)]
+pub struct HeaderMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+}
+
+/// Fields that say how the message is framed or encoded: never a place for a value, and
+/// what the client needs intact to read the rest.
+const FRAMING: [&str; 9] = [
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "trailer",
+    "date",
+    "grpc-status",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+impl HeaderMasker {
+    /// None when the list has no detector to run.
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey) -> Option<Self> {
+        (!rules.scanner.is_empty()).then_some(Self { rules, key })
+    }
+
+    /// Masks every value in `h` but the framing fields; returns how many were masked.
+    pub fn mask(&self, h: &mut http::HeaderMap) -> usize {
+        let mut n = 0;
+        for (name, value) in h.iter_mut() {
+            if FRAMING.contains(&name.as_str()) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if let Cow::Owned(m) = self.rules.mask_str(&self.key, &text) {
+                *value = http::HeaderValue::from_str(&m)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("[MASKED]"));
+                n += 1;
+            } else if matches!(text, Cow::Owned(_)) {
+                // Not UTF-8: the detectors saw replacement characters where bytes were, so a
+                // value spelled around them cannot be judged. Replaced whole.
+                *value = http::HeaderValue::from_static("[MASKED]");
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 /// Counts of what a masker did, for records and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct MaskStats {
@@ -381,18 +476,52 @@ pub struct MaskStats {
     pub json_fallback: bool,
 }
 
-/// Runs `process` over what was held back followed by `chunk` and returns what it did not
-/// consume, to be held back in turn. The common case (nothing held) copies nothing first.
-fn feed(mut carry: Vec<u8>, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) -> Vec<u8> {
-    if carry.is_empty() {
-        let used = process(chunk);
-        carry.extend_from_slice(&chunk[used..]);
-    } else {
-        carry.extend_from_slice(chunk);
-        let used = process(&carry);
-        carry.drain(..used);
+/// Below this many held bytes, every chunk is masked as soon as it arrives.
+const DEFER_FROM: usize = 4096;
+
+/// What a streaming masker has not consumed yet: held back (a value may still be arriving)
+/// and, past [`DEFER_FROM`] held bytes, chunks that only make the value longer. Each chunk
+/// scans what is held again; deferring such chunks until they add up to as much as is held
+/// keeps a long value arriving in small chunks (a 16 KiB run of token bytes, 100 bytes at a
+/// time) from being scanned once per chunk.
+#[derive(Debug, Default)]
+struct Carry {
+    buf: Vec<u8>,
+    /// Bytes at the end of `buf` not yet offered to `process`.
+    fresh: usize,
+}
+
+impl Carry {
+    /// Runs `process` over what was held back followed by `chunk` and keeps what it did not
+    /// consume. The common case (nothing held) copies nothing first.
+    fn feed(&mut self, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) {
+        if self.buf.is_empty() {
+            let used = process(chunk);
+            self.buf.extend_from_slice(&chunk[used..]);
+            return;
+        }
+        let held = self.buf.len() - self.fresh;
+        self.buf.extend_from_slice(chunk);
+        if held >= DEFER_FROM
+            && self.fresh + chunk.len() < held
+            && chunk.iter().all(|&c| detect::value_byte(c))
+        {
+            self.fresh += chunk.len();
+            return;
+        }
+        let used = process(&self.buf);
+        self.buf.drain(..used);
+        self.fresh = 0;
     }
-    carry
+
+    fn take(&mut self) -> Vec<u8> {
+        self.fresh = 0;
+        std::mem::take(&mut self.buf)
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Streams text through the detectors; holds back only what may be the start of a value.
@@ -400,7 +529,7 @@ fn feed(mut carry: Vec<u8>, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) 
 pub struct TextMasker {
     rules: Arc<MaskRules>,
     key: MaskKey,
-    carry: Vec<u8>,
+    carry: Carry,
     hits: Vec<Hit>,
     /// Inside a private key whose END line has not come: swallow until it does.
     in_pem: bool,
@@ -413,7 +542,7 @@ impl TextMasker {
         Self {
             rules,
             key,
-            carry: Vec::new(),
+            carry: Carry::default(),
             hits: Vec::new(),
             in_pem: false,
             behind: detect::Behind::default(),
@@ -423,13 +552,14 @@ impl TextMasker {
 
     /// Masks `chunk`, appending what can be released to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let carry = std::mem::take(&mut self.carry);
-        self.carry = feed(carry, chunk, |buf| self.process(buf, false, out));
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.feed(chunk, |buf| self.process(buf, false, out));
+        self.carry = carry;
     }
 
     /// The body ended: release everything held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let buf = std::mem::take(&mut self.carry);
+        let buf = self.carry.take();
         self.process(&buf, true, out);
         self.in_pem = false;
     }
@@ -437,6 +567,11 @@ impl TextMasker {
     /// Bytes held back right now.
     pub fn pending(&self) -> usize {
         self.carry.len()
+    }
+
+    /// Bytes the detectors have been run over so far (see [`detect::Behind::scanned`]).
+    pub fn scanned(&self) -> u64 {
+        self.behind.scanned()
     }
 
     /// Masks `buf` and returns how many bytes of it were consumed.
@@ -471,6 +606,7 @@ impl TextMasker {
             self.behind.clear();
         }
         self.behind.scan(&self.rules.scanner, rest, &mut self.hits);
+        let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut pos = 0;
         let mut end = safe;
         for h in &self.hits {
@@ -491,13 +627,13 @@ impl TextMasker {
             }
             out.extend_from_slice(&rest[pos..h.start]);
             self.rules
-                .render(&self.key, h.kind, &rest[h.start..h.end], out);
+                .render_hit(&self.key, h, &rest[h.start..h.end], out);
             self.stats.masked += 1;
             pos = h.end;
         }
         let end = end.max(pos);
         out.extend_from_slice(&rest[pos..end]);
-        self.behind.keep(rest, end);
+        self.behind.keep(rest, end, cut);
         start + end
     }
 }
@@ -507,6 +643,9 @@ impl TextMasker {
 pub enum BodyKind {
     Json,
     Text,
+    /// Not text the masker can read: `application/octet-stream`, `multipart/*` (its parts
+    /// may be anything, and `multipart/byteranges` cuts a document anywhere), gRPC messages,
+    /// images, and any type not known to be text.
     Binary,
 }
 
@@ -529,19 +668,148 @@ impl BodyKind {
             (mime.len().checked_sub(s.len()))
                 .is_some_and(|at| mime[at..].eq_ignore_ascii_case(s.as_bytes()))
         };
-        if is("application/json") || ends("+json") || is("application/x-ndjson") {
+        // JSON, JSON Lines and JSON text sequences: the JSON masker takes one value after
+        // another.
+        let json_lines = [
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/jsonlines",
+            "application/x-jsonlines",
+            "application/json-seq",
+        ];
+        // Text under an `application/` name: read as text, whatever its syntax.
+        let text = [
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "application/javascript",
+            "application/ecmascript",
+            "application/csv",
+            "application/yaml",
+            "application/x-yaml",
+            "application/toml",
+            "application/sql",
+            "application/graphql",
+            "application/x-sh",
+        ];
+        if is("application/json") || ends("+json") || json_lines.iter().any(|m| is(m)) {
             BodyKind::Json
         } else if starts("text/")
             || ends("+xml")
-            || is("application/xml")
-            || is("application/x-www-form-urlencoded")
-            || is("application/javascript")
+            || ends("+yaml")
+            || ends("+csv")
+            || text.iter().any(|m| is(m))
         {
             BodyKind::Text
         } else {
             BodyKind::Binary
         }
     }
+}
+
+/// Why a response body cannot be masked as it streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmaskable {
+    /// A content or transfer coding other than `identity`/`chunked`: the bytes are not the
+    /// text (gzip, br, …).
+    Encoded,
+    /// The head says two things about the body (two `Content-Type` fields, a list of types):
+    /// the masker would read it one way and the client perhaps the other.
+    Ambiguous,
+    /// A type that is not text ([`BodyKind::Binary`]).
+    Binary,
+    /// `206 Partial Content`: a piece of a document, cut where a value may be.
+    Partial,
+}
+
+impl Unmaskable {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unmaskable::Encoded => {
+                "the upstream encoded (compressed) a response that policy says to mask"
+            }
+            Unmaskable::Ambiguous => {
+                "the upstream's response head is ambiguous about its body's type or encoding"
+            }
+            Unmaskable::Binary => {
+                "the upstream answered with a body that is not text (binary, multipart, gRPC or \
+                 an unknown type), which policy says to mask"
+            }
+            Unmaskable::Partial => {
+                "the upstream answered with part of a document (206), which policy says to mask"
+            }
+        }
+    }
+}
+
+/// How a masked service's answer is masked, or why it is not let out: [`response_body`], then
+/// the service's choice (`unmaskable: refuse | pass`) for what cannot be masked. An ambiguous
+/// head is refused whatever the choice; an answer without a body (204, 304, `Content-Length:
+/// 0`) has nothing to mask.
+pub fn answer_kind(
+    status: u16,
+    h: &http::HeaderMap,
+    choice: crate::policy::schema::UnmaskableAnswer,
+) -> Result<BodyKind, Unmaskable> {
+    let empty = status == 204
+        || status == 304
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    let verdict = match response_body(h) {
+        Err(Unmaskable::Ambiguous) => return Err(Unmaskable::Ambiguous),
+        _ if empty => return Ok(BodyKind::Binary),
+        Ok(_) if status == 206 => Err(Unmaskable::Partial),
+        Ok(BodyKind::Binary) => Err(Unmaskable::Binary),
+        other => other,
+    };
+    match verdict {
+        Err(_) if choice == crate::policy::schema::UnmaskableAnswer::Pass => Ok(BodyKind::Binary),
+        v => v,
+    }
+}
+
+/// What a response's head says its body is, read from every field — before hop-by-hop
+/// stripping, which would remove a `Content-Encoding` that `Connection` names, and with every
+/// `Transfer-Encoding` coding (`gzip, chunked` leaves gzip bytes once chunking is undone).
+pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE, TRANSFER_ENCODING};
+    let codings = |name| {
+        h.get_all(name).iter().map(|v| {
+            let Ok(v) = v.to_str() else {
+                return Err(Unmaskable::Ambiguous);
+            };
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>())
+        })
+    };
+    for items in codings(CONTENT_ENCODING) {
+        if items?.iter().any(|c| !c.eq_ignore_ascii_case("identity")) {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    for items in codings(TRANSFER_ENCODING) {
+        if items?
+            .iter()
+            .any(|c| !c.eq_ignore_ascii_case("chunked") && !c.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    let mut types = h.get_all(CONTENT_TYPE).iter();
+    let ct = match (types.next(), types.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(v.to_str().map_err(|_| Unmaskable::Ambiguous)?),
+        (Some(_), Some(_)) => return Err(Unmaskable::Ambiguous),
+    };
+    if let Some(ct) = ct {
+        // One media type: a list (`text/plain, application/octet-stream`) is two claims.
+        let mime = ct.split(';').next().unwrap_or("");
+        if mime.contains(',') {
+            return Err(Unmaskable::Ambiguous);
+        }
+    }
+    Ok(BodyKind::from_content_type(ct))
 }
 
 /// A body on its way out: JSON, text, or passed through.
@@ -585,6 +853,15 @@ impl BodyMasker {
             BodyMasker::Json(m) => m.stats(),
             BodyMasker::Text(m) => m.stats,
             BodyMasker::Binary => MaskStats::default(),
+        }
+    }
+
+    /// Bytes the detectors have been run over so far: linear in what was pushed.
+    pub fn scanned(&self) -> u64 {
+        match self {
+            BodyMasker::Json(m) => m.scanned(),
+            BodyMasker::Text(m) => m.scanned(),
+            BodyMasker::Binary => 0,
         }
     }
 

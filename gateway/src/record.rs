@@ -174,6 +174,29 @@ impl<P: From<Box<RawValue>>> From<serde_json::Value> for RawJson<P> {
     }
 }
 
+/// Values under a credential's name (a `cookie` header in gRPC metadata, an `api_key` query
+/// parameter, a `password` field) are replaced: detectors cannot tell an opaque token from
+/// any other string, and a record must never hold one.
+fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
+    use serde_json::Value;
+    if depth > 64 {
+        return;
+    }
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if crate::mask::is_credential_name(k) && !x.is_null() {
+                    *x = Value::String("[MASKED:credential]".into());
+                } else {
+                    drop_credentials(x, depth + 1);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| drop_credentials(x, depth + 1)),
+        _ => {}
+    }
+}
+
 /// Wall-clock time in Unix milliseconds, as records and the log's files store it.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -478,11 +501,54 @@ impl Recorder {
     /// Raw PII never reaches disk: whatever the policy masked already, every built-in detector
     /// runs again over every string in the record.
     fn mask(&self, rec: &mut Record) {
-        for v in [&mut rec.args, &mut rec.caller, &mut rec.approval]
-            .into_iter()
-            .flatten()
+        for v in [
+            &mut rec.args,
+            &mut rec.caller,
+            &mut rec.approval,
+            &mut rec.decision.limit,
+        ]
+        .into_iter()
+        .flatten()
         {
             self.masks.mask_value(&self.key, v);
+        }
+        if let Some(args) = &mut rec.args {
+            drop_credentials(args, 0);
+        }
+        // Names are text from the call too: a REST path with an e-mail address in it is the
+        // function of an undeclared route; a tool name is the caller's to choose.
+        let text = |s: &mut String| {
+            if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, s) {
+                *s = m;
+            }
+        };
+        text(&mut rec.session);
+        text(&mut rec.destination);
+        text(&mut rec.protocol);
+        for s in [
+            &mut rec.service,
+            &mut rec.function,
+            &mut rec.decision.rule,
+            &mut rec.decision.mode,
+            &mut rec.decision.policy_commit,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            text(s);
+        }
+        if let Some(w) = &mut rec.workload {
+            // Shared by a connection's records and almost always clean: parsed only on a hit.
+            if matches!(
+                self.masks.mask_str(&self.key, w.get()),
+                std::borrow::Cow::Owned(_)
+            ) || memchr::memmem::find(w.get().as_bytes(), b"\\u").is_some()
+            {
+                let mut v = w.to_value();
+                if self.masks.mask_value(&self.key, &mut v) > 0 {
+                    *w = SharedJson::of(&v);
+                }
+            }
         }
         if let Some(r) = &mut rec.response {
             self.mask_raw(r);

@@ -144,6 +144,31 @@ fn caller_of(s: &Stored) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A record's JSON on exactly one line. A response is kept as the JSON text the upstream
+/// sent, whose whitespace may hold line breaks: left in, an answer such as
+/// `{"a":\n{"seq":1,…}\n}` would put a line that parses as a record of its own into an
+/// export. Outside strings (inside them JSON escapes every control character) a line break is
+/// whitespace, and a space means the same. U+0085, U+2028 and U+2029, which some readers
+/// (Python's `splitlines`) also break lines at, can only be inside strings: they are written
+/// as escapes, which mean the same character.
+fn one_line(json: String) -> String {
+    let breaks = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    if !json.contains(breaks) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '\u{85}' => out.push_str("\\u0085"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn run(cmd: RecordsCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -170,7 +195,7 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             })?;
             if json {
                 for s in &ring {
-                    writeln!(out, "{}", serde_json::to_string(s)?)?;
+                    writeln!(out, "{}", one_line(serde_json::to_string(s)?))?;
                 }
                 return Ok(());
             }
@@ -306,7 +331,7 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             let mut err = None;
             query::scan(&dir.dir, &filter, &mut |s| match serde_json::to_string(&s)
                 .map_err(anyhow::Error::from)
-                .and_then(|line| writeln!(out, "{line}").map_err(anyhow::Error::from))
+                .and_then(|line| writeln!(out, "{}", one_line(line)).map_err(anyhow::Error::from))
             {
                 Ok(()) => true,
                 Err(e) => {
@@ -320,4 +345,20 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_exported_record_is_one_line_that_means_the_same() {
+        let forged = "{\"seq\":1,\"response\":{\"a\":\n{\"seq\":99,\"id\":\"forged\"}\r\n,\"b\":\"x\u{2028}y\u{85}\"}}";
+        let line = one_line(forged.to_string());
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.contains(['\u{85}', '\u{2028}', '\u{2029}']));
+        let a: serde_json::Value = serde_json::from_str(forged).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(a, b);
+    }
 }

@@ -512,3 +512,174 @@ fn json_escapes_do_not_hide_a_value() {
     assert!(out.contains(r#""\u003cb\u003e""#), "{out}");
     assert_eq!(v["lit"], "\\u0034111111111111111");
 }
+
+/// Inputs built to make the detectors work hardest: overlapping card readings (`4 4 4 …`,
+/// every start a Luhn-valid card), runs of token anchors that never complete, IBAN-shaped
+/// groups, `@`s. Issue 30 #15: `4 4 4 …` cost 23 s of CPU at 256 KiB.
+fn worst_cases() -> Vec<(&'static str, Vec<u8>)> {
+    const N: usize = 256 * 1024;
+    let fill = |unit: &[u8]| unit.iter().copied().cycle().take(N).collect::<Vec<u8>>();
+    let mut json = b"[\"".to_vec();
+    json.extend(fill(b"4 "));
+    json.extend_from_slice(b"\"]");
+    vec![
+        ("cards 4 4 4", fill(b"4 ")),
+        ("cards 4-4-4", fill(b"4-")),
+        ("cards 42 42", fill(b"42 ")),
+        ("json cards", json),
+        ("sk- anchors", fill(b"sk-")),
+        ("jwt anchors", fill(b"eyJ")),
+        ("slack anchors", fill(b"xoxb-")),
+        ("iban groups", fill(b"GB82 ")),
+        ("at signs", fill(b"a@b.")),
+        ("pem begins", fill(b"-----BEGIN ")),
+    ]
+}
+
+/// Masking is linear in the body: on each worst case, streamed in 4 KiB or 100-byte chunks,
+/// the detectors run over at most a few times the body's bytes, and it finishes within a
+/// generous bound (23 s of CPU before the fix, for the first case).
+#[test]
+fn worst_case_inputs_cost_linear_work() {
+    let r = all();
+    // Field paths take the JSON masker's structural path.
+    let with_fields = rules(json!(["card_number", "email", {"field": "$..password"}]));
+    for (name, body) in worst_cases() {
+        for (kind, chunk, r) in [
+            (BodyKind::Text, 4096, &r),
+            (BodyKind::Json, 4096, &r),
+            (BodyKind::Json, 4096, &with_fields),
+            (BodyKind::Text, 100, &r),
+        ] {
+            let t = std::time::Instant::now();
+            let mut m = BodyMasker::new(r.clone(), key(), kind);
+            let mut out = Vec::new();
+            for c in body.chunks(chunk) {
+                m.push(c, &mut out);
+            }
+            m.finish(&mut out);
+            let took = t.elapsed();
+            let ratio = m.scanned() as f64 / body.len() as f64;
+            eprintln!("{name:>14} {kind:?}/{chunk}: scanned {ratio:.2}x the body in {took:?}");
+            // What is held back (at most a few hundred bytes, or a 16 KiB token deferred
+            // until as much again arrived) is scanned again with the next chunk.
+            let bound = 3.0 + 400.0 / chunk as f64;
+            assert!(
+                ratio < bound,
+                "{name} {kind:?}/{chunk}: scanned {ratio:.1}x the body"
+            );
+            assert!(
+                took < std::time::Duration::from_secs(10),
+                "{name} {kind:?}: {took:?}"
+            );
+            if name.starts_with("cards") || name == "json cards" {
+                // Nothing of the run is shown: every reading is a card.
+                let digits = out.iter().filter(|c| c.is_ascii_digit()).count();
+                assert!(digits < 64, "{name} {kind:?}: {digits} digits left in view");
+            }
+        }
+    }
+}
+
+/// The body's kind is read from every field of the head as the upstream sent it: any coding
+/// but identity/chunked is encoded, two types or a list of types is ambiguous.
+#[test]
+fn response_heads_that_hide_the_body_are_unmaskable() {
+    use callgate::mask::{Unmaskable, response_body};
+    let head = |fields: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        response_body(&h)
+    };
+    let json = ("content-type", "application/json");
+    assert_eq!(head(&[json]), Ok(BodyKind::Json));
+    assert_eq!(
+        head(&[json, ("transfer-encoding", "chunked")]),
+        Ok(BodyKind::Json)
+    );
+    assert_eq!(
+        head(&[json, ("content-encoding", "identity")]),
+        Ok(BodyKind::Json)
+    );
+    for bad in [
+        [json, ("transfer-encoding", "gzip, chunked")],
+        [json, ("transfer-encoding", "Deflate")],
+        [json, ("content-encoding", "gzip")],
+        [json, ("content-encoding", "identity, br")],
+        [
+            ("connection", "content-encoding"),
+            ("content-encoding", "gzip"),
+        ],
+    ] {
+        assert_eq!(head(&bad), Err(Unmaskable::Encoded), "{bad:?}");
+    }
+    let two = [("content-type", "application/octet-stream"), json];
+    assert_eq!(head(&two), Err(Unmaskable::Ambiguous));
+    let list = [("content-type", "text/plain, application/octet-stream")];
+    assert_eq!(head(&list), Err(Unmaskable::Ambiguous));
+    // A comma in a quoted parameter is not a second type.
+    let param = [("content-type", "text/plain; charset=\"a,b\"")];
+    assert_eq!(head(&param), Ok(BodyKind::Text));
+}
+
+/// What a masked service does with an answer: text is masked, the rest refused unless the
+/// service lets it pass; an ambiguous head always refused; an empty body has nothing to mask.
+#[test]
+fn answers_that_cannot_be_masked_follow_the_services_choice() {
+    use callgate::{
+        mask::{Unmaskable, answer_kind},
+        policy::schema::UnmaskableAnswer::{Pass, Refuse},
+    };
+    let head = |fields: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    };
+    let ct = |t| head(&[("content-type", t)]);
+    for t in [
+        "text/csv",
+        "application/yaml",
+        "application/jsonl",
+        "application/soap+xml",
+    ] {
+        assert!(answer_kind(200, &ct(t), Refuse).is_ok(), "{t}");
+    }
+    for t in [
+        "application/octet-stream",
+        "multipart/byteranges; boundary=x",
+        "application/grpc",
+        "image/png",
+        "application/x-custom",
+    ] {
+        assert_eq!(
+            answer_kind(200, &ct(t), Refuse),
+            Err(Unmaskable::Binary),
+            "{t}"
+        );
+        assert_eq!(answer_kind(200, &ct(t), Pass), Ok(BodyKind::Binary), "{t}");
+    }
+    let json = ct("application/json");
+    assert_eq!(answer_kind(206, &json, Refuse), Err(Unmaskable::Partial));
+    let gz = head(&[("content-type", "text/plain"), ("content-encoding", "gzip")]);
+    assert_eq!(answer_kind(200, &gz, Refuse), Err(Unmaskable::Encoded));
+    assert_eq!(answer_kind(200, &gz, Pass), Ok(BodyKind::Binary));
+    let two = head(&[
+        ("content-type", "text/plain"),
+        ("content-type", "image/png"),
+    ]);
+    assert_eq!(answer_kind(200, &two, Pass), Err(Unmaskable::Ambiguous));
+    let octet = ct("application/octet-stream");
+    assert!(answer_kind(204, &octet, Refuse).is_ok());
+    let empty = head(&[("content-type", "image/png"), ("content-length", "0")]);
+    assert!(answer_kind(200, &empty, Refuse).is_ok());
+}

@@ -79,6 +79,86 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/echo.txt":
             text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
             return self.reply(200, text.encode(), "text/plain")
+        if self.path == "/hdr":
+            # Values in response headers: a card, an e-mail address in a redirect target.
+            return self.reply(200, {"ok": True}, extra=[
+                ("X-Card", CARD), ("Location", "/users/alice@example.com"),
+                ("Link", "<mailto:alice@example.com>; rel=author")])
+        if self.path == "/trailers":
+            # Chunked, with the values in trailers (sent whether or not the client asked).
+            body = b'{"ok": true}'
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nTrailer: X-Card, X-Contact\r\n\r\n"
+                + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+                + f"X-Card: {CARD}\r\nX-Contact: alice@example.com\r\n\r\n".encode())
+            return
+        if self.path.startswith("/typed/"):
+            # The card in bodies of many types (issue 30 #11): text ones must be masked,
+            # the rest refused unless the service lets them pass.
+            types = {
+                "csv": ("text/csv", f"id,card\n1,{CARD}\n"),
+                "yaml": ("application/yaml", f"id: 1\ncard: {CARD}\n"),
+                "jsonl": ("application/jsonl", json.dumps({"card": CARD}) + "\n"),
+                "ndjson": ("application/x-ndjson", json.dumps({"card": CARD}) + "\n"),
+                "soap": ("application/soap+xml", f"<card>{CARD}</card>"),
+                "problem": ("application/problem+json", json.dumps({"detail": CARD})),
+                "octet": ("application/octet-stream", f"card {CARD}"),
+                "multipart": ("multipart/mixed; boundary=b",
+                              f"--b\r\nContent-Type: text/plain\r\n\r\n{CARD}\r\n--b--\r\n"),
+                "unknown": ("application/x-custom", f"card {CARD}"),
+                "grpc": ("application/grpc", f"card {CARD}"),
+            }
+            name = self.path.rsplit("/", 1)[1]
+            if name not in types:
+                return self.reply(404, {"error": "no such type"})
+            ctype, body = types[name]
+            return self.reply(200, body.encode(), ctype)
+        if self.path.startswith("/misframed/"):
+            # A misbehaving upstream: the card in a body the head disguises (issue 30 #12).
+            import gzip
+            plain = json.dumps({"card": CARD}).encode()
+            packed = gzip.compress(plain)
+            how = self.path.rsplit("/", 1)[1]
+            if how == "te-gzip":
+                # Transfer-coded gzip under chunked: undoing the chunking leaves gzip bytes.
+                head = ("Content-Type: application/json\r\n"
+                        "Transfer-Encoding: gzip, chunked\r\n")
+                body = f"{len(packed):x}\r\n".encode() + packed + b"\r\n0\r\n\r\n"
+            elif how == "ce-gzip":
+                # Plainly compressed: cannot be masked as it streams.
+                head = ("Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                        f"Content-Length: {len(packed)}\r\n")
+                body = packed
+            elif how == "conn-ce":
+                # Content-Encoding named hop-by-hop: stripping it hides the compression.
+                head = ("Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                        "Connection: Content-Encoding\r\n"
+                        f"Content-Length: {len(packed)}\r\n")
+                body = packed
+            elif how == "two-ct":
+                # Two types: the first says binary (not masked), the client reads the second.
+                head = ("Content-Type: application/octet-stream\r\n"
+                        "Content-Type: application/json\r\n"
+                        f"Content-Length: {len(plain)}\r\n")
+                body = plain
+            else:
+                return self.reply(404, {"error": "no such misframing"})
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + head.encode() + b"\r\n" + body)
+            return
+        if self.path == "/forge":
+            # One JSON value whose whitespace holds line breaks, the middle line a record of
+            # its own: an export that embeds the answer verbatim would gain a forged line.
+            forged = json.dumps({"seq": 0, "hash": "0" * 64, "id": "forged", "time_ms": 0,
+                                 "session": "x", "destination": "x", "protocol": "rest",
+                                 "decision": {"action": "allow", "enforced": True},
+                                 "latency_ms": 0, "bytes_in": 0, "bytes_out": 0})
+            return self.reply(200, ('{"a":\n' + forged + '\n}').encode())
+        if self.path.startswith("/worst"):
+            # Overlapping Luhn-valid card readings, as an echoing tool would send back:
+            # `4 4 4 …` (issue 30 #15: quadratic masking).
+            size = int(self.path.split("size=")[1].split("&")[0])
+            return self.reply(200, b"4 " * (size // 2), "text/plain")
         if self.path == "/text":
             return self.reply(200, f"card {CARD} end\n".encode(), "text/plain")
         return self.reply(404, {"error": "no such route"})

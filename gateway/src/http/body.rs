@@ -17,7 +17,10 @@ use tracing::warn;
 use super::{Conn, OneCall};
 use crate::{
     forward::pool::{BodyError, UpstreamBody},
-    mask::{BodyMasker, scrub::ScrubStream},
+    mask::{
+        BodyMasker, HeaderMasker,
+        scrub::{ScrubStream, Secrets},
+    },
     policy::{Obligations, schema::RecordLevel},
     record::{Durable, RawJson, Record, RecordError, RecordedDecision},
 };
@@ -191,6 +194,9 @@ pub struct CallBody {
     ended: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
+    /// Masks and scrubs trailers as the head was (see [`CallBody::mask_trailers`]).
+    trailer_masks: Option<HeaderMasker>,
+    trailer_secrets: Option<Arc<Secrets>>,
 }
 
 impl CallBody {
@@ -210,7 +216,33 @@ impl CallBody {
             ended: false,
             pending,
             durable: None,
+            trailer_masks: None,
+            trailer_secrets: None,
         }
+    }
+
+    /// Trailers (chunked trailers, gRPC trailing metadata) get the masks and the injected
+    /// credential's scrubbing the head got.
+    pub fn mask_trailers(
+        mut self,
+        masks: Option<HeaderMasker>,
+        secrets: Option<Arc<Secrets>>,
+    ) -> Self {
+        self.trailer_masks = masks;
+        self.trailer_secrets = secrets;
+        self
+    }
+
+    fn masked(&self, mut trailers: Frame<Bytes>) -> Frame<Bytes> {
+        if let Some(h) = trailers.trailers_mut() {
+            if let Some(m) = &self.trailer_masks {
+                m.mask(h);
+            }
+            if let Some(s) = &self.trailer_secrets {
+                s.scrub_headers(h);
+            }
+        }
+        trailers
     }
 
     fn out(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -302,6 +334,7 @@ impl Body for CallBody {
                         None => continue,
                     },
                     Err(trailers) => {
+                        let trailers = this.masked(trailers);
                         if let Some(tail) = this.flush() {
                             this.stash = Some(trailers);
                             return this.out(tail);

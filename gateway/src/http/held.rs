@@ -15,7 +15,7 @@ use super::{
 use crate::{
     extract::{Kind, Role},
     forward::pool::{ProxyBody, UpstreamBody},
-    mask::{BodyKind, BodyMasker, scrub::Secrets},
+    mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Caller, Service, Snapshot},
     record::RawJson,
     reply::{self, Refusal},
@@ -163,8 +163,30 @@ pub(super) async fn list_tools(
     let scrub = injected(&resp);
     let (mut head, body) = resp.into_parts();
     head.version = version;
+    // The list is filtered (and masked) as text: one that is compressed or whose head says two
+    // things cannot be, and would reach the caller whole; nor, on a service that masks, one
+    // of a type that is not text, unless the service lets such answers pass.
+    let ob = &one.decision.obligations;
+    let verdict = crate::mask::response_body(&head.headers).and_then(|kind| {
+        if ob.masks.0.is_empty() {
+            Ok(kind)
+        } else {
+            crate::mask::answer_kind(head.status.as_u16(), &head.headers, ob.unmaskable)
+        }
+    });
+    if let Err(why) = verdict {
+        let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
+        if let Some(rec) = one.recording(recording.clone(), Some(&r)) {
+            let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
+        }
+        return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+    }
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
+    let masks = one.decision.obligations.masks.0.clone();
+    if let Some(m) = HeaderMasker::new(masks, conn.inputs.mask_key.clone()) {
+        m.mask(&mut head.headers);
+    }
     let record = |status: u16, response: Option<RawJson>| {
         if let Some(rec) = one.recording(recording.clone(), None) {
             let _ = rec.submit(Some(status), response, false, 0);

@@ -76,6 +76,9 @@ pub struct Hit {
     pub kind: Kind,
     /// A private key whose END line is not in the text yet: everything after `start` is secret.
     pub open: bool,
+    /// The value goes on past `end` (a streaming masker released it in pieces): render it
+    /// without showing any of it, since its tail is not the value's tail.
+    pub cut: bool,
 }
 
 /// Shortest digit-shaped match (an SSN, `ddd-dd-dddd`); the stride of the run scan.
@@ -192,12 +195,21 @@ impl Scanner {
         }
         if let Some((ac, kinds)) = &self.anchors {
             let mut pos = 0;
+            // Per pattern: anchors before this are known to fail (see `token`).
+            let mut dead = [0usize; ANCHORS.len()];
             while let Some(m) = ac.find(Input::new(t).span(pos..t.len())) {
-                let (len, d) = kinds[m.pattern().as_usize()];
+                let pattern = m.pattern().as_usize();
+                let (len, d) = kinds[pattern];
                 pos = m.start() + 1;
-                if let Some(h) = token(t, m.start(), len, d) {
-                    pos = h.end.max(pos);
-                    out.push(h);
+                if m.start() < dead[pattern] {
+                    continue;
+                }
+                match token(t, m.start(), len, d) {
+                    Ok(h) => {
+                        pos = h.end.max(pos);
+                        out.push(h);
+                    }
+                    Err(skip) => dead[pattern] = skip,
                 }
             }
         }
@@ -317,7 +329,7 @@ impl Scanner {
 
 /// Groups analysed at once, and how many the next window repeats: more than the groups of
 /// the longest value (an IBAN: 34 characters, a card: 19 digits).
-const RUN_GROUPS: usize = 64;
+const RUN_GROUPS: usize = 256;
 const RUN_OVERLAP: usize = 40;
 /// (start, end, digits, joined): `joined` says a single space or dash separates the group
 /// from the previous one.
@@ -329,6 +341,7 @@ fn hit(start: usize, end: usize, kind: Kind) -> Hit {
         end,
         kind,
         open: false,
+        cut: false,
     }
 }
 
@@ -376,19 +389,30 @@ fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
         if !g.2 || (j > 0 && groups[j - 1].1 == g.0) {
             continue;
         }
+        // A card network issues numbers starting 2–6.
+        if !(b'2'..=b'6').contains(&t[g.0 as usize]) {
+            continue;
+        }
         let mut digits = 0;
         let mut best = None;
         let mut k = j;
+        // Luhn sums of the digits so far, kept for both parities of the last digit, so each
+        // longer reading costs its new digits only: overlapping readings (`4 4 4 …`) would
+        // otherwise sum each digit once per reading it is part of.
+        let mut luhn = Luhn::default();
         while k < groups.len() && groups[k].2 && (k == j || groups[k].3) {
             digits += (groups[k].1 - groups[k].0) as usize;
             if digits > 19 {
                 break;
             }
+            for &c in &t[groups[k].0 as usize..groups[k].1 as usize] {
+                luhn.push(c);
+            }
             let glued_after = groups.get(k + 1).is_some_and(|n| n.0 == groups[k].1);
             if digits >= 13
                 && !glued_after
+                && luhn.valid()
                 && stands_alone(t, g.0 as usize, groups[k].1 as usize)
-                && luhn_card(t, g.0 as usize, groups[k].1 as usize)
             {
                 best = Some(groups[k].1);
             }
@@ -417,28 +441,28 @@ fn cards(t: &[u8], groups: &[(u32, u32, bool, bool)], out: &mut Vec<Hit>) {
     }
 }
 
-/// Luhn over the digits of `t[s..e]`, and a leading digit a card network issues (2–6).
-fn luhn_card(t: &[u8], s: usize, e: usize) -> bool {
-    if !(b'2'..=b'6').contains(&t[s]) {
-        return false;
+/// The Luhn check over digits added from the left. The rightmost digit is never doubled, so
+/// which ones are depends on how many follow: `sums[p]` is the sum with the digits at
+/// positions of parity `p` doubled, and a number of `n` digits doubles parity `n % 2`.
+#[derive(Default)]
+struct Luhn {
+    sums: [u32; 2],
+    n: usize,
+}
+
+impl Luhn {
+    fn push(&mut self, c: u8) {
+        let d = u32::from(c - b'0');
+        let doubled = if d > 4 { 2 * d - 9 } else { 2 * d };
+        let p = self.n % 2;
+        self.sums[p] += doubled;
+        self.sums[1 - p] += d;
+        self.n += 1;
     }
-    let mut sum = 0u32;
-    let mut double = false;
-    for &c in t[s..e].iter().rev() {
-        if !c.is_ascii_digit() {
-            continue;
-        }
-        let mut d = (c - b'0') as u32;
-        if double {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-        double = !double;
+
+    fn valid(&self) -> bool {
+        self.sums[self.n % 2].is_multiple_of(10)
     }
-    sum.is_multiple_of(10)
 }
 
 /// `ddd-dd-dddd` at groups `k..k+3`, standing alone, with the ranges the SSA never issues
@@ -493,14 +517,16 @@ fn iban(
     // Alphanumerics from the country code on, allowing single spaces between groups; try
     // the longest first, shortening at group ends (the text may go on with capitals).
     let s = g.0 as usize;
-    let mut alnum = Vec::with_capacity(34);
-    let mut ends = Vec::with_capacity(34);
+    // On the stack: a run of `GB82 GB82 …` is a candidate every five bytes.
+    let (mut alnum_buf, mut ends_buf) = ([0u8; 34], [0usize; 34]);
+    let mut n = 0;
     let mut i = s;
-    while i < t.len() && alnum.len() < 34 {
+    while i < t.len() && n < 34 {
         let c = t[i];
         if c.is_ascii_digit() || c.is_ascii_uppercase() {
-            alnum.push(c);
-            ends.push(i + 1);
+            alnum_buf[n] = c;
+            ends_buf[n] = i + 1;
+            n += 1;
             i += 1;
         } else if c == b' ' && i + 1 < t.len() && t[i + 1].is_ascii_alphanumeric() {
             i += 1;
@@ -508,11 +534,29 @@ fn iban(
             break;
         }
     }
+    let (alnum, ends) = (&alnum_buf[..n], &ends_buf[..n]);
     let spaced = ends.windows(2).any(|w| w[1] - w[0] > 1);
+    if alnum.len() < 15 || matches!(&alnum[2..4], b"00" | b"01" | b"99") {
+        return None;
+    }
+    // mod-97 of the BBAN's prefixes, each from the one before: every candidate length then
+    // costs its four moved characters, not a pass over all of it.
+    let mut prefix = [0u32; 35];
+    let mut r = 0;
+    for (i, &c) in alnum.iter().enumerate().skip(4) {
+        r = mod97_step(r, c);
+        prefix[i + 1] = r;
+    }
     for len in (15..=alnum.len()).rev() {
         let end = ends[len - 1];
         let boundary = t.get(end).is_none_or(|&c| !c.is_ascii_alphanumeric());
-        if (boundary || (spaced && t[end] == b' ')) && mod97(&alnum[..len]) {
+        let valid = || {
+            alnum[..4]
+                .iter()
+                .fold(prefix[len], |r, &c| mod97_step(r, c))
+                == 1
+        };
+        if (boundary || (spaced && t[end] == b' ')) && valid() {
             return Some(hit(s, end, Kind::Detector(Detector::Iban)));
         }
         if !spaced && len < alnum.len() {
@@ -523,20 +567,14 @@ fn iban(
     None
 }
 
-fn mod97(iban: &[u8]) -> bool {
-    let check = &iban[2..4];
-    if check == b"00" || check == b"01" || check == b"99" {
-        return false;
+/// One character more of a number being reduced mod 97: a digit, or a letter as two digits
+/// (`A` = 10 … `Z` = 35).
+fn mod97_step(r: u32, c: u8) -> u32 {
+    if c.is_ascii_digit() {
+        (r * 10 + u32::from(c - b'0')) % 97
+    } else {
+        (r * 100 + u32::from(c - b'A') + 10) % 97
     }
-    let mut r = 0u32;
-    for &c in iban[4..].iter().chain(&iban[..4]) {
-        r = match c {
-            b'0'..=b'9' => (r * 10 + (c - b'0') as u32) % 97,
-            b'A'..=b'Z' => (r * 100 + (c - b'A' + 10) as u32) % 97,
-            _ => return false,
-        };
-    }
-    r == 1
 }
 
 fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
@@ -561,10 +599,14 @@ fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
         .then_some((s, e))
 }
 
-/// Validates a token detector's anchor at `s` and returns its extent.
-fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Option<Hit> {
+/// Validates a token detector's anchor at `s` and returns its extent, or where the next
+/// anchor of the same pattern is worth trying: one inside the same run of token bytes ends
+/// where this one did and fails the same way, so `sk-sk-sk-…` costs one pass, not one pass
+/// per anchor.
+fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Result<Hit, usize> {
+    let next = s + 1;
     if d != Detector::PrivateKey && s > 0 && is_word(t[s - 1]) {
-        return None;
+        return Err(next);
     }
     let run = |from: usize, ok: fn(u8) -> bool| {
         let mut e = from;
@@ -573,18 +615,38 @@ fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Option<Hit> {
         }
         e
     };
+    // Where anchors inside the run `..e` of `ok` bytes stop failing like this one: at its
+    // end, or, if the run outgrew MAX_TOKEN, where an anchor's run no longer would.
+    let skip = |e: usize, ok: fn(u8) -> bool| {
+        if e - s < MAX_TOKEN {
+            return e.max(next);
+        }
+        let mut r = e;
+        while r < t.len() && ok(t[r]) {
+            r += 1;
+        }
+        (r + 1).saturating_sub(MAX_TOKEN).max(next)
+    };
     let alnum = |c: u8| c.is_ascii_alphanumeric();
     let b64url = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
     let body = s + anchor;
-    let found = |e: usize, min: usize| {
+    let found = |ok: fn(u8) -> bool, min: usize| {
+        let e = run(body, ok);
         (e - body >= min && t.get(e).is_none_or(|&c| !is_word(c)))
             .then(|| hit(s, e, Kind::Detector(d)))
+            .ok_or_else(|| skip(e, ok))
     };
     match d {
         Detector::AwsAccessKey => {
-            let e = run(body, |c| c.is_ascii_uppercase() || c.is_ascii_digit());
-            (e - body == 16).then_some(())?;
-            found(e, 16)
+            // Exactly 16 characters: looking at a 17th is enough to refuse.
+            let upper = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit();
+            let mut e = body;
+            while e < t.len() && upper(t[e]) && e - body <= 16 {
+                e += 1;
+            }
+            (e - body == 16 && t.get(e).is_none_or(|&c| !is_word(c)))
+                .then(|| hit(s, e, Kind::Detector(d)))
+                .ok_or(next)
         }
         Detector::SecretKey
             if t[s..body].ends_with(b"_key")
@@ -597,32 +659,37 @@ fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Option<Hit> {
                 v += 1;
             }
             let e = run(v, |c| c.is_ascii_alphanumeric() || c == b'/' || c == b'+');
-            (e - v == 40).then(|| hit(v, e, Kind::Detector(d)))
+            (e - v == 40)
+                .then(|| hit(v, e, Kind::Detector(d)))
+                .ok_or(next)
         }
-        Detector::SecretKey if &t[s..body] == b"AIza" => found(run(body, b64url), 35),
-        Detector::SecretKey if &t[s..body] == b"sk-" => found(run(body, b64url), 20),
-        Detector::SecretKey => found(run(body, alnum), 16),
+        Detector::SecretKey if &t[s..body] == b"AIza" => found(b64url, 35),
+        Detector::SecretKey if &t[s..body] == b"sk-" => found(b64url, 20),
+        Detector::SecretKey => found(alnum, 16),
         Detector::GithubToken if anchor == "github_pat_".len() => {
-            found(run(body, |c| c.is_ascii_alphanumeric() || c == b'_'), 22)
+            found(|c| c.is_ascii_alphanumeric() || c == b'_', 22)
         }
-        Detector::GithubToken => found(run(body, alnum), 36),
-        Detector::SlackToken => found(run(body, |c| c.is_ascii_alphanumeric() || c == b'-'), 10),
+        Detector::GithubToken => found(alnum, 36),
+        Detector::SlackToken => found(|c| c.is_ascii_alphanumeric() || c == b'-', 10),
         Detector::Jwt => {
+            // Anchors inside the header run share its end and everything after it.
             let h = run(body, b64url);
+            let fail = skip(h, b64url);
             if h - s < 10 || t.get(h) != Some(&b'.') {
-                return None;
+                return Err(fail);
             }
             let p = run(h + 1, b64url);
             if p - h - 1 < 10 || t.get(p) != Some(&b'.') {
-                return None;
+                return Err(fail);
             }
             let e = run(p + 1, b64url);
             t.get(e)
                 .is_none_or(|&c| !is_word(c) && c != b'.')
                 .then(|| hit(s, e, Kind::Detector(d)))
+                .ok_or(fail)
         }
-        Detector::PrivateKey => pem(t, s),
-        _ => None,
+        Detector::PrivateKey => pem(t, s).ok_or(next),
+        _ => Err(next),
     }
 }
 
@@ -656,6 +723,32 @@ fn pem(t: &[u8], s: usize) -> Option<Hit> {
     }
 }
 
+/// A hit that started more than this many bytes before a streaming masker's safe point and
+/// runs past it is released in pieces instead of held back whole. Overlapping readings (card
+/// numbers in `4 4 4 …`) merge into one hit as long as the body; held until it ended, it was
+/// scanned again with every chunk, and masking cost grew with the square of the body.
+pub const MAX_HELD_HIT: usize = 256;
+
+/// Cuts, at `safe`, the first hit that runs past it if it started more than [`MAX_HELD_HIT`]
+/// bytes before; `true` if it did. The caller releases the hit's first piece (masked, see
+/// [`Hit::cut`]) and keeps [`Behind`] with `cut`, so the next piece's scan masks the rest.
+pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> bool {
+    for h in hits.iter_mut() {
+        if h.start >= safe {
+            break;
+        }
+        if h.end > safe {
+            if h.open || safe - h.start <= MAX_HELD_HIT {
+                return false;
+            }
+            h.end = safe;
+            h.cut = true;
+            return true;
+        }
+    }
+    false
+}
+
 /// How much of what came before a cut is scanned again with the next piece: more than the
 /// longest value plus the group before it.
 const BEHIND: usize = 96;
@@ -667,27 +760,33 @@ const BEHIND: usize = 96;
 pub struct Behind {
     bytes: Vec<u8>,
     scratch: Vec<u8>,
+    /// The last piece ended inside a value it released in pieces ([`cut_long_hit`]).
+    after_cut: bool,
+    scanned: u64,
 }
 
 impl Behind {
     /// Appends the hits in `t` as if the remembered bytes came right before it; hits that
-    /// start in them were settled with the previous piece.
+    /// start in them were settled with the previous piece, except after a cut inside a value:
+    /// then what runs on past the cut is masked from the start of `t`.
     pub fn scan(&mut self, scanner: &Scanner, t: &[u8], out: &mut Vec<Hit>) {
         if self.bytes.is_empty() {
+            self.scanned += t.len() as u64;
             return scanner.scan(t, out);
         }
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.bytes);
         self.scratch.extend_from_slice(t);
+        self.scanned += self.scratch.len() as u64;
         let first = out.len();
         scanner.scan(&self.scratch, out);
         let k = self.bytes.len();
         let mut keep = first;
         for i in first..out.len() {
             let h = out[i];
-            if h.start >= k {
+            if h.start >= k || (self.after_cut && h.end > k) {
                 out[keep] = Hit {
-                    start: h.start - k,
+                    start: h.start.saturating_sub(k),
                     end: h.end - k,
                     ..h
                 };
@@ -697,22 +796,31 @@ impl Behind {
         out.truncate(keep);
     }
 
-    /// Remembers what precedes `t[end..]`, if the cut at `end` falls inside a run.
-    pub fn keep(&mut self, t: &[u8], end: usize) {
+    /// Remembers what precedes `t[end..]`, if the cut at `end` falls inside a run or (`cut`)
+    /// inside a value released in pieces.
+    pub fn keep(&mut self, t: &[u8], end: usize, cut: bool) {
         if end == 0 {
             // Nothing consumed: what came before is still what comes before.
             return;
         }
+        self.after_cut = cut;
         let inside = end < t.len() && value_byte(t[end - 1]) && value_byte(t[end]);
-        if !inside {
+        if !inside && !cut {
             self.bytes.clear();
             return;
         }
         keep_last(&mut self.bytes, &t[..end], BEHIND);
     }
 
+    /// Bytes the detectors have been run over, the remembered ones included: the measure of
+    /// a masker's work, which must stay linear in the body's size.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.after_cut = false;
     }
 }
 
@@ -729,7 +837,7 @@ pub(super) fn keep_last(kept: &mut Vec<u8>, consumed: &[u8], n: usize) {
 }
 
 /// A byte that may belong to a value: digit-shaped runs and tokens.
-fn value_byte(c: u8) -> bool {
+pub fn value_byte(c: u8) -> bool {
     RUN[c as usize] != 0 || tokenish(c)
 }
 
@@ -819,6 +927,49 @@ mod tests {
             s -= 1;
         }
         s
+    }
+
+    /// The incremental check agrees with Luhn computed over each whole number.
+    #[test]
+    fn incremental_luhn_matches_the_whole_number_check() {
+        fn whole(d: &[u8]) -> bool {
+            let sum: u32 = d
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let v = u32::from(c - b'0');
+                    if i % 2 == 1 {
+                        (2 * v) % 9 + u32::from(v == 9) * 9
+                    } else {
+                        v
+                    }
+                })
+                .sum();
+            sum.is_multiple_of(10)
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut l = Luhn::default();
+            let mut digits = Vec::new();
+            for _ in 0..19 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let c = b'0' + (x % 10) as u8;
+                digits.push(c);
+                l.push(c);
+                assert_eq!(
+                    l.valid(),
+                    whole(&digits),
+                    "{}",
+                    String::from_utf8_lossy(&digits)
+                );
+            }
+        }
+        let mut l = Luhn::default();
+        b"4111111111111111".iter().for_each(|&c| l.push(c));
+        assert!(l.valid());
     }
 
     #[test]

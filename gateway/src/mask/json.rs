@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::{
-    MaskKey, MaskRules, MaskStats, Style, TextMasker,
+    Carry, MaskKey, MaskRules, MaskStats, Style, TextMasker,
     blocks::{Block, Classifier},
     detect::{self, Detector, Hit, Kind},
     unescape::Unescaper,
@@ -170,7 +170,7 @@ struct Lexer {
 pub struct JsonMasker {
     rules: Arc<MaskRules>,
     key: MaskKey,
-    carry: Vec<u8>,
+    carry: Carry,
     hits: Vec<Hit>,
     behind: detect::Behind,
     lex: Lexer,
@@ -240,7 +240,7 @@ impl JsonMasker {
         Self {
             rules,
             key,
-            carry: Vec::new(),
+            carry: Carry::default(),
             hits: Vec::new(),
             behind: detect::Behind::default(),
             lex: Lexer::default(),
@@ -259,6 +259,11 @@ impl JsonMasker {
         }
     }
 
+    /// Bytes the detectors have been run over so far.
+    pub fn scanned(&self) -> u64 {
+        self.behind.scanned() + self.fallback.as_ref().map_or(0, TextMasker::scanned)
+    }
+
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut scratch = std::mem::take(&mut self.unescaped);
         let chunk = self.unescape.apply(chunk, &mut scratch);
@@ -271,8 +276,9 @@ impl JsonMasker {
             return text.push(chunk, out);
         }
         // A switch to the text masker consumes everything, so nothing is held back then.
-        let carry = std::mem::take(&mut self.carry);
-        self.carry = super::feed(carry, chunk, |buf| self.process(buf, false, out));
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.feed(chunk, |buf| self.process(buf, false, out));
+        self.carry = carry;
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
@@ -281,7 +287,7 @@ impl JsonMasker {
         if let Some(text) = &mut self.fallback {
             return text.finish(out);
         }
-        let buf = std::mem::take(&mut self.carry);
+        let buf = self.carry.take();
         self.process(&buf, true, out);
         if let Some(text) = &mut self.fallback {
             return text.finish(out);
@@ -303,6 +309,7 @@ impl JsonMasker {
         };
         self.hits.clear();
         self.behind.scan(scanner, buf, &mut self.hits);
+        let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut end = safe;
         // A private key too long to hold: the text masker swallows it up to its END line.
         let mut text_from = None;
@@ -326,7 +333,7 @@ impl JsonMasker {
         self.hits = hits;
         match result.err().or(text_from) {
             None => {
-                self.behind.keep(buf, end);
+                self.behind.keep(buf, end, cut);
                 end
             }
             Some(at) => {
@@ -357,7 +364,7 @@ impl JsonMasker {
                     .string_end(&buf[h.start..hit_end])
                     .map_or(hit_end, |q| h.start + q);
                 self.rules
-                    .render(&self.key, h.kind, &buf[h.start..stop], out);
+                    .render_hit(&self.key, h, &buf[h.start..stop], out);
                 self.quotes.advance(&buf[h.start..stop]);
                 pos = stop;
             } else {
@@ -366,7 +373,7 @@ impl JsonMasker {
                     out.push(b'"');
                 }
                 self.rules
-                    .render(&self.key, h.kind, &buf[h.start..hit_end], out);
+                    .render_hit(&self.key, h, &buf[h.start..hit_end], out);
                 if number {
                     out.push(b'"');
                 }
@@ -616,7 +623,7 @@ impl JsonMasker {
         if in_string {
             let stop = string_end(&buf[h.start..end]).map_or(end, |q| h.start + q);
             self.rules
-                .render(&self.key, h.kind, &buf[h.start..stop], out);
+                .render_hit(&self.key, &h, &buf[h.start..stop], out);
             *emit = stop;
         } else {
             let number = matches!(buf[h.start], b'0'..=b'9' | b'-');
@@ -624,7 +631,7 @@ impl JsonMasker {
                 out.push(b'"');
             }
             self.rules
-                .render(&self.key, h.kind, &buf[h.start..end], out);
+                .render_hit(&self.key, &h, &buf[h.start..end], out);
             if number {
                 out.push(b'"');
             }

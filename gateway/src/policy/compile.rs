@@ -265,6 +265,8 @@ pub struct Obligations {
     pub approval: Option<ApprovalSpec>,
     pub limit: Option<Arc<crate::limit::LimitSpec>>,
     pub quota: Option<Arc<crate::limit::QuotaSpec>>,
+    /// What to do with an answer `masks` cannot be applied to.
+    pub unmaskable: super::schema::UnmaskableAnswer,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -406,6 +408,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         default_obligations: Arc::new(Obligations {
             mask: repo.masking.default.clone(),
             masks: CompiledMasks::of(&repo.masking.default),
+            unmaskable: repo.masking.unmaskable,
             ..Default::default()
         }),
         services: Vec::new(),
@@ -656,6 +659,10 @@ fn compile_service(
         approval: None,
         limit: None,
         quota: None,
+        unmaskable: file
+            .response
+            .unmaskable
+            .unwrap_or(loaded.repo.masking.unmaskable),
     });
 
     let mut rules = Vec::new();
@@ -826,6 +833,7 @@ fn compile_service(
             approval,
             limit,
             quota,
+            unmaskable: base.unmaskable,
         });
         if def.inject == Some(true) && inject.is_none() {
             errors.push(err(
@@ -1173,6 +1181,11 @@ pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 }
 
 impl Service {
+    /// The header the service's credential injection sets, if it injects one.
+    pub fn credential_header(&self) -> Option<&str> {
+        self.base.inject.as_ref().map(|i| i.header.as_str())
+    }
+
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.fn_by_name.get(name).map(|&i| &self.functions[i])
     }

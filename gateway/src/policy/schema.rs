@@ -177,6 +177,21 @@ pub struct OAuth2Source {
 pub struct Masking {
     #[serde(default)]
     pub default: Vec<MaskSpec>,
+    /// What a service that masks does with an answer it cannot mask, unless it says.
+    #[serde(default)]
+    pub unmaskable: UnmaskableAnswer,
+}
+
+/// An answer a service's masks cannot be applied to: a body that is not text (binary,
+/// `multipart/*`, gRPC messages, a type the gateway does not know) or one that is compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmaskableAnswer {
+    /// 502 `unmaskable_response`: nothing unmasked gets out (the default).
+    #[default]
+    Refuse,
+    /// Passed as it is, unmasked (headers and trailers are still masked).
+    Pass,
 }
 
 /// `services/<name>.yaml`: one service.
@@ -551,6 +566,9 @@ pub enum RecordLevel {
 pub struct Response {
     #[serde(default)]
     pub mask: Vec<MaskSpec>,
+    /// Overrides `masking.unmaskable` for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmaskable: Option<UnmaskableAnswer>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
