@@ -180,6 +180,11 @@ pub fn extract(
         })),
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
+            // A message in the body of another method: a server that reads bodies whatever
+            // the method would run it, and the gateway does not read it. Refused.
+            _ if unread_body || body.is_some_and(|b| !b.is_empty()) => Err(ExtractError::NotRpc(
+                "a JSON-RPC message is sent with POST; this request carries a body with another method",
+            )),
             // MCP's GET (server-sent events) and DELETE (end of session) carry no call; any
             // other method is not MCP.
             _ if kind == Kind::Mcp => {
@@ -274,7 +279,13 @@ fn rest(
     if let Some(b) = body.filter(|b| !b.is_empty()) {
         match body_type(&parts.headers) {
             BodyType::Json => join_body(&mut args, parse(b)?)?,
+            // A form that is also JSON is read both ways: a server that reads JSON whatever
+            // the label (Flask's `get_json(force=True)`) sees the JSON, a form reader the
+            // form, and a form spelled inside a JSON string must not say something else.
             BodyType::Form => {
+                if let Ok(v) = serde_json::from_slice::<Json>(b) {
+                    join_body(&mut args, v)?;
+                }
                 for (k, v) in form(b)? {
                     join(&mut args, k, v)?;
                 }
