@@ -849,3 +849,82 @@ fn rpc_messages_on_other_methods_are_decided() {
         );
     }
 }
+
+/// Refunds only to one account, whose id is above 2^53: the `f64` of the id is shared by its
+/// neighbours, which Python reads as other accounts.
+fn one_account(port: u16) -> String {
+    format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{port}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - name: the-account
+    function: refund
+    args: {{ to: {{ in: ["1234567890123456789", 1234567890123456789] }} }}
+    action: allow
+  - {{ name: other-refunds, function: refund, action: deny }}
+"#
+    )
+}
+
+/// Numbers are compared as the server reads them: an integer is exact, and a value given in
+/// two places is one value only when both spell it the same.
+#[test]
+fn numbers_are_compared_as_the_server_reads_them() {
+    let test = "numbers_are_compared_as_the_server_reads_them";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-numbers");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &one_account(up.port))]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str, query: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    for (what, body, query) in [
+        (
+            "the neighbour of the account",
+            r#"{"amount": 5, "to": 1234567890123456790}"#,
+            "",
+        ),
+        (
+            "the account in the query, its neighbour in the body",
+            r#"{"amount": 5, "to": 1234567890123456790}"#,
+            "?to=1234567890123456789",
+        ),
+        (
+            "the account as a fraction",
+            r#"{"amount": 5, "to": 1234567890123456789.0}"#,
+            "",
+        ),
+    ] {
+        assert_ne!(send(body, query), "200", "{what}");
+    }
+    assert!(
+        ran(&up, "refund").is_empty(),
+        "a refund to another account ran: {:?}",
+        ran(&up, "refund")
+    );
+    // The control: the account itself.
+    assert_eq!(
+        send(r#"{"amount": 5, "to": 1234567890123456789}"#, ""),
+        "200"
+    );
+    let refunds = ran(&up, "refund");
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["to"], 1234567890123456789u64);
+}

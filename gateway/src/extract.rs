@@ -316,11 +316,14 @@ fn join(args: &mut Map<String, Json>, name: String, value: Json) -> Result<(), E
     }
 }
 
-/// The same value, as a server that reads text would see it (`5` in a query is `5` in JSON).
+/// The same value, as a server that reads text would see it (`5` in a query is `5` in JSON):
+/// text equal to the number's own spelling, not merely to its `f64` (`5.0`, ` 5`, or
+/// `1234567890123456790` for `1234567890123456789` are other values to a server that reads
+/// the one the gateway did not keep).
 fn same_value(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::String(s), Json::Number(n)) | (Json::Number(n), Json::String(s)) => {
-            s.trim().parse::<f64>().ok() == n.as_f64()
+            *s == n.to_string()
         }
         (Json::String(s), Json::Bool(v)) | (Json::Bool(v), Json::String(s)) => {
             s == if *v { "true" } else { "false" }

@@ -170,6 +170,24 @@ fn every_argument_operator() {
         ),
         // A condition on a missing argument does not hold.
         ("args: { a: { lt: 10 } }", json!({}), false),
+        // Integers are exact: one f64 is several accounts to Python, Go or Java.
+        (
+            "args: { a: { eq: 1234567890123456789 } }",
+            json!({"a": 1234567890123456789u64}),
+            true,
+        ),
+        (
+            "args: { a: { eq: 1234567890123456789 } }",
+            json!({"a": 1234567890123456790u64}),
+            false,
+        ),
+        (
+            "args: { a: { in: [1234567890123456789] } }",
+            json!({"a": 1.2345678901234568e18}),
+            false,
+        ),
+        ("args: { a: { eq: 5 } }", json!({"a": 5.0}), true),
+        ("args: { a: { eq: -5 } }", json!({"a": -5}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 2}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 5}), false),
         (

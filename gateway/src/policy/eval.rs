@@ -513,7 +513,7 @@ fn number(v: &Json) -> Option<f64> {
 /// number, one that does not sees text.
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => Some(x.as_f64() == y.as_f64()),
+        (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
         (Json::Number(_), Json::String(_)) | (Json::String(_), Json::Number(_)) => {
             match (number(a), number(b)) {
                 (Some(x), Some(y)) if x == y => None,
@@ -521,6 +521,29 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
             }
         }
         _ => Some(a == b),
+    }
+}
+
+/// Two JSON numbers as a server reading them exactly sees them: integers compared as
+/// integers (`1234567890123456789` and `1234567890123456790` are one `f64` but two accounts
+/// to Python, Go or Java), an integer and a fraction equal only when the fraction is that
+/// integer exactly, fractions as `f64`.
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    fn int(n: &serde_json::Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
+    match (int(x), int(y)) {
+        (Some(a), Some(b)) => a == b,
+        (Some(i), None) | (None, Some(i)) => {
+            let f = if int(x).is_some() { y } else { x }.as_f64();
+            // Exact: i128 → f64 → i128 round trip only for an integer f64 represents.
+            f.is_some_and(|f| {
+                f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i && i as f64 == f
+            })
+        }
+        (None, None) => x.as_f64() == y.as_f64(),
     }
 }
 
