@@ -703,6 +703,21 @@ fn bodies_are_read_as_every_reader_reads_them() {
         }
         v
     };
+    // UTF-16 JSON whose string holds code units that are, byte by byte, a form: Python's
+    // json reads the JSON (it detects UTF-16 by its NULs), a form reader the form.
+    let utf16_form: Vec<u8> = {
+        let le = |t: &str| {
+            t.encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>()
+        };
+        [
+            le(r#"{"amount": 5000, "to": "customer", "x": ""#),
+            b"&amount=5&to=customer&".to_vec(),
+            le(r#""}"#),
+        ]
+        .concat()
+    };
     let bom = [
         &[0xef, 0xbb, 0xbf][..],
         br#"{"amount": 5000, "to": "customer"}"#,
@@ -721,6 +736,24 @@ fn bodies_are_read_as_every_reader_reads_them() {
             "JSON labelled a form, the form naming what JSON does not",
             form,
             br#"{"to": "customer", "x": "&amount=5000&"}"#,
+            true,
+        ),
+        (
+            "JSON only Python reads (NaN), labelled a form, a form inside it",
+            form,
+            br#"{"amount": 5000, "to": "customer", "x": "&amount=5&to=customer&", "y": NaN}"#,
+            true,
+        ),
+        (
+            "JSON only Python reads (1e400), labelled a form, a form inside it",
+            form,
+            br#"{"amount": 5000, "to": "customer", "x": "&amount=5&to=customer&", "y": 1e400}"#,
+            true,
+        ),
+        (
+            "UTF-16 JSON labelled a form, a form in its code units",
+            form,
+            &utf16_form,
             true,
         ),
         ("UTF-16 JSON", "application/json; charset=utf-16", &utf16, true),

@@ -282,9 +282,14 @@ fn rest(
             // A form that is also JSON is read both ways: a server that reads JSON whatever
             // the label (Flask's `get_json(force=True)`) sees the JSON, a form reader the
             // form, and a form spelled inside a JSON string must not say something else.
+            // A form that starts like JSON but that serde cannot read (UTF-16 or 32, `NaN`,
+            // `1e400`, a lone surrogate: Python's json reads them all) has no reading the
+            // gateway can vouch for: no condition on its arguments holds or fails.
             BodyType::Form => {
-                if let Ok(v) = serde_json::from_slice::<Json>(b) {
-                    join_body(&mut args, v)?;
+                match serde_json::from_slice::<Json>(b) {
+                    Ok(v) => join_body(&mut args, v)?,
+                    Err(_) if may_be_json(b) => partial = true,
+                    Err(_) => {}
                 }
                 for (k, v) in form(b)? {
                     join(&mut args, k, v)?;
@@ -343,6 +348,24 @@ fn join_body(args: &mut Map<String, Json>, body: Json) -> Result<(), ExtractErro
         }
         other => join(args, "body".into(), other),
     }
+}
+
+/// Whether a lenient JSON reader (Python's `json.loads` on bytes) may read `body` as JSON:
+/// a NUL in its first four bytes or a UTF-16/32 byte order mark (Python detects those
+/// encodings so), or, after a UTF-8 BOM and whitespace, an object or an array.
+fn may_be_json(body: &[u8]) -> bool {
+    if body.iter().take(4).any(|&b| b == 0)
+        || body.starts_with(&[0xff, 0xfe])
+        || body.starts_with(&[0xfe, 0xff])
+    {
+        return true;
+    }
+    let body = body.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(body);
+    matches!(
+        body.iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
+        Some(b'{' | b'[')
+    )
 }
 
 /// How a request body can be read for arguments.
