@@ -961,3 +961,49 @@ fn numbers_are_compared_as_the_server_reads_them() {
     assert_eq!(refunds.len(), 1, "{refunds:?}");
     assert_eq!(refunds[0]["to"], 1234567890123456789u64);
 }
+
+/// A deny rule on a JSON `false`: the same name given as text in the query and as JSON in the
+/// body is one value to the join, and the decision must not read the text where the server
+/// reads the JSON.
+#[test]
+fn text_and_json_spellings_of_one_value_fail_closed() {
+    let test = "text_and_json_spellings_of_one_value_fail_closed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-spellings");
+    let up = flask(&work);
+    let policy = format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - {{ name: not-to-false, function: refund, args: {{ to: {{ eq: false }} }}, action: deny }}
+  - {{ name: rest, function: "*", action: allow }}
+"#,
+        up.port
+    );
+    let s = setup(test, &[("payments", &policy)]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str, query: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    assert_eq!(send(r#"{"amount": 5, "to": false}"#, ""), "403");
+    assert_eq!(send(r#"{"amount": 5, "to": false}"#, "?to=false"), "403");
+    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
+    assert_eq!(send(r#"{"amount": 5, "to": true}"#, "?to=true"), "200");
+    assert_eq!(ran(&up, "refund").len(), 1);
+}

@@ -509,8 +509,8 @@ fn number(v: &Json) -> Option<f64> {
 }
 
 /// JSON equality with numbers compared by value (1 == 1.0). A number and text that reads as
-/// the same number are neither equal nor different (None): a server that coerces sees the
-/// number, one that does not sees text.
+/// the same number, or a boolean and its spelling as text, are neither equal nor different
+/// (None): a server that coerces sees the number, one that does not sees text.
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
@@ -519,6 +519,11 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
                 (Some(x), Some(y)) if x == y => None,
                 _ => Some(false),
             }
+        }
+        // `"false"` and `false` likewise: a server reading text sees one, a JSON reader the
+        // other (a query's `?flag=false` joined with a body's `"flag": false`).
+        (Json::Bool(v), Json::String(s)) | (Json::String(s), Json::Bool(v)) => {
+            (s != if *v { "true" } else { "false" }).then_some(false)
         }
         _ => Some(a == b),
     }
