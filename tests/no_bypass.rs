@@ -1007,3 +1007,47 @@ rules:
     assert_eq!(send(r#"{"amount": 5, "to": true}"#, "?to=true"), "200");
     assert_eq!(ran(&up, "refund").len(), 1);
 }
+
+/// A deny on the items of a list: a first item within it does not carry a second that is not.
+#[test]
+fn a_deny_on_a_list_matches_any_item() {
+    let test = "a_deny_on_a_list_matches_any_item";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-lists");
+    let up = flask(&work);
+    let policy = format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - {{ name: big-items, function: refund, args: {{ "$.amount[*]": {{ gt: 100 }} }}, action: deny }}
+  - {{ name: rest, function: "*", action: allow }}
+"#,
+        up.port
+    );
+    let s = setup(test, &[("payments", &policy)]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ],
+        )
+    };
+    assert_eq!(send(r#"{"amount": [5000, 5]}"#), "403");
+    assert_eq!(send(r#"{"amount": [5, 5000]}"#), "403");
+    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
+    assert_eq!(send(r#"{"amount": [5, 6]}"#), "200");
+    assert_eq!(ran(&up, "refund").len(), 1);
+}

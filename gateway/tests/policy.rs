@@ -275,6 +275,31 @@ fn conditions_that_cannot_be_evaluated_fail_closed() {
     assert_eq!(d.rule.as_deref(), Some("big"));
 }
 
+/// A deny on the items of a list matches when one item meets it, whatever the others (an
+/// allow, only when every item does): a small first item does not carry a large second one.
+#[test]
+fn a_deny_on_a_list_matches_any_item() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: big, function: f, action: deny, args: {{ \"$.items[*].n\": {{ gt: 1000 }} }} }}\n  \
+         - {{ name: small, function: f, action: allow, args: {{ \"$.items[*].n\": {{ max: 100 }} }} }}\n"
+    ));
+    let snap = repo.snap();
+    let u = user(&["x"]);
+    for (items, want, rule) in [
+        (json!([{"n": 5}, {"n": 5000}]), Action::Deny, "big"),
+        (json!([{"n": 5000}, {"n": 5}]), Action::Deny, "big"),
+        (json!([{"n": 5}, {"n": "lots"}]), Action::Deny, "big"),
+        (json!([{"n": 5}, {"n": 6}]), Action::Allow, "small"),
+    ] {
+        let args = json!({ "items": items });
+        assert_eq!(
+            decide(&snap, "f", args.clone(), &u),
+            (want, rule.to_string()),
+            "{args}"
+        );
+    }
+}
+
 #[test]
 fn caller_matchers() {
     let w = |unit: &str, uid: u32| Caller {

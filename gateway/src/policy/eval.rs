@@ -295,7 +295,7 @@ fn rule_matches<'r>(
     // number, unreadable) matches a deny or approve rule and never an allow rule.
     let mut unknown = None;
     for arg in &rule.args {
-        match arg_matches(arg, call) {
+        match arg_matches(arg, call, rule.action != Action::Allow) {
             Ok(Tri::Holds) => {}
             Ok(Tri::Unknown(why, op)) => {
                 unknown.get_or_insert((arg, op, why));
@@ -417,7 +417,10 @@ pub(super) enum Unknown {
     Partial,
 }
 
-fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> {
+/// `any`: the condition of a deny or approve rule holds when any value the path reaches
+/// holds (`$.items[*].amount: {gt: 100}` denies a list with one such item, whatever the
+/// others); an allow rule's, when every value holds.
+fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>, Miss<'r>> {
     let mut unknown = None;
     for op in &cond.ops {
         if call.partial {
@@ -425,13 +428,22 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> 
             continue;
         }
         let mut seen = false;
-        // Every value the path reaches must hold; the first that fails decides.
         let mut failed = false;
+        let mut held = false;
         let mut untyped = false;
         cond.path.visit(&call.args, &mut |v| {
             seen = true;
             match op_holds(op, v) {
+                Some(true) if any => {
+                    held = true;
+                    false
+                }
                 Some(true) => true,
+                Some(false) if any => {
+                    failed = true;
+                    true
+                }
+                // Every value must hold; the first that fails decides.
                 Some(false) => {
                     failed = true;
                     false
@@ -442,6 +454,11 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> 
                 }
             }
         });
+        if held && !matches!(op, Op::Present(_)) {
+            continue;
+        }
+        // For `any`, a value that failed decides only when none was of another type.
+        let failed = failed && !(any && untyped);
         match op {
             Op::Present(want) if seen != *want => {
                 return Err(Miss::Arg {
