@@ -1051,3 +1051,57 @@ rules:
     assert_eq!(send(r#"{"amount": [5, 6]}"#), "200");
     assert_eq!(ran(&up, "refund").len(), 1);
 }
+
+/// An MCP tool served by the official SDK: pydantic reads `"yes"`, `"on"`, `"1"` and `1` as
+/// `True` for a `bool` argument, so a deny on `live: true` must match them too.
+#[test]
+fn values_a_coercing_server_reads_as_the_denied_one_are_denied() {
+    let test = "values_a_coercing_server_reads_as_the_denied_one_are_denied";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("mcp-typed");
+    let port = free_port();
+    let log = work.join(format!("typed-{port}.jsonl"));
+    let py = party_python().display().to_string();
+    let up = Party::start(
+        &[
+            &py,
+            &party_script("mcp_typed_server.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policy = format!(
+        r#"
+service: typed
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  transfer: {{}}
+rules:
+  - {{ name: no-live, function: transfer, args: {{ live: {{ eq: true }} }}, action: deny }}
+  - {{ name: dry-runs, function: transfer, action: allow }}
+"#
+    );
+    let s = setup(test, &[("typed", &policy)]);
+    let client = party_script("mcp_call.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let call = |args: &str| {
+        let out = s.cg.run(&[&py, &client, &url, "transfer", args]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for live in [r#""yes""#, r#""on""#, r#""1""#, "1", r#""True""#, "true"] {
+        let out = call(&format!(r#"{{"amount": 5, "live": {live}}}"#));
+        assert!(!out.contains("transferred"), "live {live}: {out}");
+    }
+    let out = call(r#"{"amount": 5, "live": "no"}"#);
+    assert!(out.contains("transferred 5 live=False"), "{out}");
+    let ran = up.requests();
+    assert!(
+        ran.iter().all(|r| r["live"] == false) && ran.len() == 1,
+        "a live transfer ran: {ran:?}"
+    );
+}

@@ -190,7 +190,10 @@ fn every_argument_operator() {
         ("args: { a: { eq: -5 } }", json!({"a": -5}), true),
         // Text that spells a boolean is neither it nor another value.
         ("args: { a: { ne: false } }", json!({"a": "false"}), false),
-        ("args: { a: { ne: false } }", json!({"a": "no"}), true),
+        ("args: { a: { ne: false } }", json!({"a": "no"}), false),
+        ("args: { a: { ne: true } }", json!({"a": 1}), false),
+        ("args: { a: { ne: true } }", json!({"a": "On"}), false),
+        ("args: { a: { ne: true } }", json!({"a": "maybe"}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 2}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 5}), false),
         (

@@ -537,12 +537,30 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
                 _ => Some(false),
             }
         }
-        // `"false"` and `false` likewise: a server reading text sees one, a JSON reader the
-        // other (a query's `?flag=false` joined with a body's `"flag": false`).
-        (Json::Bool(v), Json::String(s)) | (Json::String(s), Json::Bool(v)) => {
-            (s != if *v { "true" } else { "false" }).then_some(false)
+        // A boolean and text or a number a coercing server reads as it (`"false"`, and to
+        // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
+        (Json::Bool(v), other @ (Json::String(_) | Json::Number(_)))
+        | (other @ (Json::String(_) | Json::Number(_)), Json::Bool(v)) => {
+            (as_bool(other) != Some(*v)).then_some(false)
         }
         _ => Some(a == b),
+    }
+}
+
+/// The boolean a lenient server (pydantic's lax mode, most form binders) reads `v` as.
+fn as_bool(v: &Json) -> Option<bool> {
+    match v {
+        Json::Number(n) => match n.as_f64()? {
+            0.0 => Some(false),
+            1.0 => Some(true),
+            _ => None,
+        },
+        Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+            "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
