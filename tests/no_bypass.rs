@@ -651,3 +651,457 @@ fn batches_keep_their_calls_obligations() {
     );
     assert_eq!(reqs[1]["headers"]["x-api-key"], "s3cr3t-k3y");
 }
+
+/// Sends `raw` bytes (one or more HTTP/1.1 requests) from inside `cg`; what came back.
+fn raw_bytes_in(cg: &TestCgroup, port: u16, raw: &[u8]) -> String {
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let code = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), 5)\n\
+         s.settimeout(5)\ns.sendall(bytes.fromhex('{hex}'))\nout = b''\n\
+         try:\n    while len(out) < 1 << 20:\n        c = s.recv(65536)\n        if not c: break\n        out += c\n\
+         except socket.timeout:\n    pass\nprint(out.decode(errors='replace'))"
+    );
+    python_in(cg, &code)
+}
+
+/// One request with `head` (request line and headers, without the blank line) and `body`,
+/// its length given, the connection closed after it.
+fn request(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Bodies a Python server reads its own way: JSON it accepts and serde does not (UTF-16, a
+/// BOM, NaN), numbers as text it coerces, duplicate keys, and a body labelled a form that is
+/// also JSON — Flask's `get_json(force=True)` reads the JSON, a form reader the form, and the
+/// form spelled inside a JSON string says something else.
+#[test]
+fn bodies_are_read_as_every_reader_reads_them() {
+    let test = "bodies_are_read_as_every_reader_reads_them";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-bodies");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let p = up.port;
+    let post = |ctype: &str, body: &[u8]| {
+        let head = format!(
+            "POST /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nContent-Type: {ctype}"
+        );
+        raw_bytes_in(&s.cg, p, &request(&head, body))
+    };
+    let utf16: Vec<u8> = {
+        let mut v = vec![0xff, 0xfe];
+        for u in r#"{"amount": 5000, "to": "customer"}"#.encode_utf16() {
+            v.extend_from_slice(&u.to_le_bytes());
+        }
+        v
+    };
+    // UTF-16 JSON whose string holds code units that are, byte by byte, a form: Python's
+    // json reads the JSON (it detects UTF-16 by its NULs), a form reader the form.
+    let utf16_form: Vec<u8> = {
+        let le = |t: &str| {
+            t.encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<u8>>()
+        };
+        [
+            le(r#"{"amount": 5000, "to": "customer", "x": ""#),
+            b"&amount=5&to=customer&".to_vec(),
+            le(r#""}"#),
+        ]
+        .concat()
+    };
+    let bom = [
+        &[0xef, 0xbb, 0xbf][..],
+        br#"{"amount": 5000, "to": "customer"}"#,
+    ]
+    .concat();
+    let form = "application/x-www-form-urlencoded";
+    let json = "application/json";
+    for (what, ctype, body, refused) in [
+        (
+            "JSON labelled a form, a form inside it",
+            form,
+            &br#"{"amount": 5000, "to": "customer", "x": "&amount=5&to=customer&"}"#[..],
+            true,
+        ),
+        (
+            "JSON labelled a form, the form naming what JSON does not",
+            form,
+            br#"{"to": "customer", "x": "&amount=5000&"}"#,
+            true,
+        ),
+        (
+            "JSON only Python reads (NaN), labelled a form, a form inside it",
+            form,
+            br#"{"amount": 5000, "to": "customer", "x": "&amount=5&to=customer&", "y": NaN}"#,
+            true,
+        ),
+        (
+            "JSON only Python reads (1e400), labelled a form, a form inside it",
+            form,
+            br#"{"amount": 5000, "to": "customer", "x": "&amount=5&to=customer&", "y": 1e400}"#,
+            true,
+        ),
+        (
+            "UTF-16 JSON labelled a form, a form in its code units",
+            form,
+            &utf16_form,
+            true,
+        ),
+        ("UTF-16 JSON", "application/json; charset=utf-16", &utf16, true),
+        ("UTF-16 JSON as text", "text/plain", &utf16, true),
+        ("JSON with a BOM", json, &bom, true),
+        ("JSON with a BOM as text", "text/plain", &bom, true),
+        (
+            "NaN",
+            "text/plain",
+            br#"{"amount": NaN, "to": "customer"}"#,
+            true,
+        ),
+        (
+            "NaN as text",
+            json,
+            br#"{"amount": "NaN", "to": "customer"}"#,
+            true,
+        ),
+        (
+            "an infinite number",
+            json,
+            br#"{"amount": 1e400, "to": "customer"}"#,
+            true,
+        ),
+        (
+            "full-width digits",
+            json,
+            "{\"amount\": \"\u{ff15}\u{ff10}\u{ff10}\u{ff10}\", \"to\": \"customer\"}".as_bytes(),
+            true,
+        ),
+        (
+            "digits with an underscore",
+            json,
+            br#"{"amount": "5_000", "to": "customer"}"#,
+            true,
+        ),
+        (
+            "true as the amount",
+            json,
+            br#"{"amount": true, "to": "customer"}"#,
+            true,
+        ),
+        (
+            "a key twice, the big one last",
+            json,
+            br#"{"amount": 5, "to": "customer", "amount": 5000}"#,
+            true,
+        ),
+        (
+            "gzip",
+            "application/json\r\nContent-Encoding: gzip",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\x56\x4a\xcc\xcd\x2f\xcd\x2b\x51\xb2\x52\x30\x35\x30\x30\xa8\x05\x00",
+            true,
+        ),
+        (
+            "two Content-Types, text first",
+            "text/plain\r\nContent-Type: application/x-www-form-urlencoded",
+            b"amount=5000&to=customer",
+            true,
+        ),
+    ] {
+        let got = post(ctype, body);
+        assert!(
+            got.starts_with("HTTP/1.1 200") != refused,
+            "{what}: {got}"
+        );
+    }
+    assert!(
+        ran(&up, "refund").is_empty(),
+        "a denied refund ran: {:?}",
+        ran(&up, "refund")
+    );
+    // The control: a key given twice reads as its last, here and in Flask.
+    let got = post(json, br#"{"amount": 5000, "to": "customer", "amount": 5}"#);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let refunds = ran(&up, "refund");
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["amount"], 5);
+}
+
+/// A JSON-RPC or MCP message is a call whatever the HTTP method carrying it: a server that
+/// reads the body of a GET or DELETE (as the logging upstream does) would run it.
+#[test]
+fn rpc_messages_on_other_methods_are_decided() {
+    let test = "rpc_messages_on_other_methods_are_decided";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("rpc-methods");
+    let up = upstream(&work, None);
+    let s = setup(test, &[("tools", &mcp_service(up.port))]);
+    let p = up.port;
+    let evil = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_all"}}"#;
+    for method in ["GET", "DELETE"] {
+        let head = format!(
+            "{method} /rpc HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream"
+        );
+        let got = raw_bytes_in(&s.cg, p, &request(&head, evil));
+        assert!(!got.contains("\"result\""), "{method}: {got}");
+        // Chunked, so no length says a body comes.
+        let chunked = format!(
+            "{head}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            evil.len(),
+            String::from_utf8_lossy(evil)
+        );
+        let got = raw_bytes_in(&s.cg, p, chunked.as_bytes());
+        assert!(!got.contains("\"result\""), "{method} chunked: {got}");
+    }
+    // Duplicate names and odd shapes: each read as the upstream's JSON reads them.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name":"delete_all"}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","method":"admin/exec","params":{"name":"search"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":["delete_all"]}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call\u0000","params":{"name":"delete_all"}}"#,
+        r#"[{"jsonrpc":"2.0","id":5,"method":"initialize","params":{}},{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"delete_all"}}]"#,
+    ] {
+        let head =
+            format!("POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nContent-Type: application/json");
+        raw_bytes_in(&s.cg, p, &request(&head, body.as_bytes()));
+    }
+    for r in up.requests() {
+        let body = r["body"].as_str().unwrap_or_default();
+        assert!(
+            !body.contains("delete_all") && !body.contains("admin/exec"),
+            "the upstream got a denied message: {r}"
+        );
+    }
+}
+
+/// Refunds only to one account, whose id is above 2^53: the `f64` of the id is shared by its
+/// neighbours, which Python reads as other accounts.
+fn one_account(port: u16) -> String {
+    format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{port}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - name: the-account
+    function: refund
+    args: {{ to: {{ in: ["1234567890123456789", 1234567890123456789] }} }}
+    action: allow
+  - {{ name: other-refunds, function: refund, action: deny }}
+"#
+    )
+}
+
+/// Numbers are compared as the server reads them: an integer is exact, and a value given in
+/// two places is one value only when both spell it the same.
+#[test]
+fn numbers_are_compared_as_the_server_reads_them() {
+    let test = "numbers_are_compared_as_the_server_reads_them";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-numbers");
+    let up = flask(&work);
+    let s = setup(test, &[("payments", &one_account(up.port))]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str, query: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    for (what, body, query) in [
+        (
+            "the neighbour of the account",
+            r#"{"amount": 5, "to": 1234567890123456790}"#,
+            "",
+        ),
+        (
+            "the account in the query, its neighbour in the body",
+            r#"{"amount": 5, "to": 1234567890123456790}"#,
+            "?to=1234567890123456789",
+        ),
+        (
+            "the account as a fraction",
+            r#"{"amount": 5, "to": 1234567890123456789.0}"#,
+            "",
+        ),
+    ] {
+        assert_ne!(send(body, query), "200", "{what}");
+    }
+    assert!(
+        ran(&up, "refund").is_empty(),
+        "a refund to another account ran: {:?}",
+        ran(&up, "refund")
+    );
+    // The control: the account itself.
+    assert_eq!(
+        send(r#"{"amount": 5, "to": 1234567890123456789}"#, ""),
+        "200"
+    );
+    let refunds = ran(&up, "refund");
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["to"], 1234567890123456789u64);
+}
+
+/// A deny rule on a JSON `false`: the same name given as text in the query and as JSON in the
+/// body is one value to the join, and the decision must not read the text where the server
+/// reads the JSON.
+#[test]
+fn text_and_json_spellings_of_one_value_fail_closed() {
+    let test = "text_and_json_spellings_of_one_value_fail_closed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-spellings");
+    let up = flask(&work);
+    let policy = format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - {{ name: not-to-false, function: refund, args: {{ to: {{ eq: false }} }}, action: deny }}
+  - {{ name: rest, function: "*", action: allow }}
+"#,
+        up.port
+    );
+    let s = setup(test, &[("payments", &policy)]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str, query: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    assert_eq!(send(r#"{"amount": 5, "to": false}"#, ""), "403");
+    assert_eq!(send(r#"{"amount": 5, "to": false}"#, "?to=false"), "403");
+    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
+    assert_eq!(send(r#"{"amount": 5, "to": true}"#, "?to=true"), "200");
+    assert_eq!(ran(&up, "refund").len(), 1);
+}
+
+/// A deny on the items of a list: a first item within it does not carry a second that is not.
+#[test]
+fn a_deny_on_a_list_matches_any_item() {
+    let test = "a_deny_on_a_list_matches_any_item";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-lists");
+    let up = flask(&work);
+    let policy = format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - {{ name: big-items, function: refund, args: {{ "$.amount[*]": {{ gt: 100 }} }}, action: deny }}
+  - {{ name: rest, function: "*", action: allow }}
+"#,
+        up.port
+    );
+    let s = setup(test, &[("payments", &policy)]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let send = |body: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ],
+        )
+    };
+    assert_eq!(send(r#"{"amount": [5000, 5]}"#), "403");
+    assert_eq!(send(r#"{"amount": [5, 5000]}"#), "403");
+    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
+    assert_eq!(send(r#"{"amount": [5, 6]}"#), "200");
+    assert_eq!(ran(&up, "refund").len(), 1);
+}
+
+/// An MCP tool served by the official SDK: pydantic reads `"yes"`, `"on"`, `"1"` and `1` as
+/// `True` for a `bool` argument, so a deny on `live: true` must match them too.
+#[test]
+fn values_a_coercing_server_reads_as_the_denied_one_are_denied() {
+    let test = "values_a_coercing_server_reads_as_the_denied_one_are_denied";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("mcp-typed");
+    let port = free_port();
+    let log = work.join(format!("typed-{port}.jsonl"));
+    let py = party_python().display().to_string();
+    let up = Party::start(
+        &[
+            &py,
+            &party_script("mcp_typed_server.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policy = format!(
+        r#"
+service: typed
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  transfer: {{}}
+rules:
+  - {{ name: no-live, function: transfer, args: {{ live: {{ eq: true }} }}, action: deny }}
+  - {{ name: dry-runs, function: transfer, action: allow }}
+"#
+    );
+    let s = setup(test, &[("typed", &policy)]);
+    let client = party_script("mcp_call.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let call = |args: &str| {
+        let out = s.cg.run(&[&py, &client, &url, "transfer", args]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for live in [r#""yes""#, r#""on""#, r#""1""#, "1", r#""True""#, "true"] {
+        let out = call(&format!(r#"{{"amount": 5, "live": {live}}}"#));
+        assert!(!out.contains("transferred"), "live {live}: {out}");
+    }
+    let out = call(r#"{"amount": 5, "live": "no"}"#);
+    assert!(out.contains("transferred 5 live=False"), "{out}");
+    let ran = up.requests();
+    assert!(
+        ran.iter().all(|r| r["live"] == false) && ran.len() == 1,
+        "a live transfer ran: {ran:?}"
+    );
+}

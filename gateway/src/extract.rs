@@ -180,6 +180,11 @@ pub fn extract(
         })),
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
+            // A message in the body of another method: a server that reads bodies whatever
+            // the method would run it, and the gateway does not read it. Refused.
+            _ if unread_body || body.is_some_and(|b| !b.is_empty()) => Err(ExtractError::NotRpc(
+                "a JSON-RPC message is sent with POST; this request carries a body with another method",
+            )),
             // MCP's GET (server-sent events) and DELETE (end of session) carry no call; any
             // other method is not MCP.
             _ if kind == Kind::Mcp => {
@@ -280,7 +285,18 @@ fn rest(
     if let Some(b) = body.filter(|b| !b.is_empty()) {
         match body_type(&parts.headers) {
             BodyType::Json => join_body(&mut args, parse(b)?)?,
+            // A form that is also JSON is read both ways: a server that reads JSON whatever
+            // the label (Flask's `get_json(force=True)`) sees the JSON, a form reader the
+            // form, and a form spelled inside a JSON string must not say something else.
+            // A form that starts like JSON but that serde cannot read (UTF-16 or 32, `NaN`,
+            // `1e400`, a lone surrogate: Python's json reads them all) has no reading the
+            // gateway can vouch for: no condition on its arguments holds or fails.
             BodyType::Form => {
+                match serde_json::from_slice::<Json>(b) {
+                    Ok(v) => join_body(&mut args, v)?,
+                    Err(_) if may_be_json(b) => partial = true,
+                    Err(_) => {}
+                }
                 for (k, v) in form(b)? {
                     join(&mut args, k, v)?;
                 }
@@ -311,11 +327,14 @@ fn join(args: &mut Map<String, Json>, name: String, value: Json) -> Result<(), E
     }
 }
 
-/// The same value, as a server that reads text would see it (`5` in a query is `5` in JSON).
+/// The same value, as a server that reads text would see it (`5` in a query is `5` in JSON):
+/// text equal to the number's own spelling, not merely to its `f64` (`5.0`, ` 5`, or
+/// `1234567890123456790` for `1234567890123456789` are other values to a server that reads
+/// the one the gateway did not keep).
 fn same_value(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::String(s), Json::Number(n)) | (Json::Number(n), Json::String(s)) => {
-            s.trim().parse::<f64>().ok() == n.as_f64()
+            *s == n.to_string()
         }
         (Json::String(s), Json::Bool(v)) | (Json::Bool(v), Json::String(s)) => {
             s == if *v { "true" } else { "false" }
@@ -335,6 +354,24 @@ fn join_body(args: &mut Map<String, Json>, body: Json) -> Result<(), ExtractErro
         }
         other => join(args, "body".into(), other),
     }
+}
+
+/// Whether a lenient JSON reader (Python's `json.loads` on bytes) may read `body` as JSON:
+/// a NUL in its first four bytes or a UTF-16/32 byte order mark (Python detects those
+/// encodings so), or, after a UTF-8 BOM and whitespace, an object or an array.
+fn may_be_json(body: &[u8]) -> bool {
+    if body.iter().take(4).any(|&b| b == 0)
+        || body.starts_with(&[0xff, 0xfe])
+        || body.starts_with(&[0xfe, 0xff])
+    {
+        return true;
+    }
+    let body = body.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(body);
+    matches!(
+        body.iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
+        Some(b'{' | b'[')
+    )
 }
 
 /// How a request body can be read for arguments.

@@ -170,6 +170,30 @@ fn every_argument_operator() {
         ),
         // A condition on a missing argument does not hold.
         ("args: { a: { lt: 10 } }", json!({}), false),
+        // Integers are exact: one f64 is several accounts to Python, Go or Java.
+        (
+            "args: { a: { eq: 1234567890123456789 } }",
+            json!({"a": 1234567890123456789u64}),
+            true,
+        ),
+        (
+            "args: { a: { eq: 1234567890123456789 } }",
+            json!({"a": 1234567890123456790u64}),
+            false,
+        ),
+        (
+            "args: { a: { in: [1234567890123456789] } }",
+            json!({"a": 1.2345678901234568e18}),
+            false,
+        ),
+        ("args: { a: { eq: 5 } }", json!({"a": 5.0}), true),
+        ("args: { a: { eq: -5 } }", json!({"a": -5}), true),
+        // Text that spells a boolean is neither it nor another value.
+        ("args: { a: { ne: false } }", json!({"a": "false"}), false),
+        ("args: { a: { ne: false } }", json!({"a": "no"}), false),
+        ("args: { a: { ne: true } }", json!({"a": 1}), false),
+        ("args: { a: { ne: true } }", json!({"a": "On"}), false),
+        ("args: { a: { ne: true } }", json!({"a": "maybe"}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 2}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 5}), false),
         (
@@ -252,6 +276,31 @@ fn conditions_that_cannot_be_evaluated_fail_closed() {
     );
     assert_eq!(d.action, Action::Deny);
     assert_eq!(d.rule.as_deref(), Some("big"));
+}
+
+/// A deny on the items of a list matches when one item meets it, whatever the others (an
+/// allow, only when every item does): a small first item does not carry a large second one.
+#[test]
+fn a_deny_on_a_list_matches_any_item() {
+    let repo = Repo::service(&format!(
+        "{HEAD}  - {{ name: big, function: f, action: deny, args: {{ \"$.items[*].n\": {{ gt: 1000 }} }} }}\n  \
+         - {{ name: small, function: f, action: allow, args: {{ \"$.items[*].n\": {{ max: 100 }} }} }}\n"
+    ));
+    let snap = repo.snap();
+    let u = user(&["x"]);
+    for (items, want, rule) in [
+        (json!([{"n": 5}, {"n": 5000}]), Action::Deny, "big"),
+        (json!([{"n": 5000}, {"n": 5}]), Action::Deny, "big"),
+        (json!([{"n": 5}, {"n": "lots"}]), Action::Deny, "big"),
+        (json!([{"n": 5}, {"n": 6}]), Action::Allow, "small"),
+    ] {
+        let args = json!({ "items": items });
+        assert_eq!(
+            decide(&snap, "f", args.clone(), &u),
+            (want, rule.to_string()),
+            "{args}"
+        );
+    }
 }
 
 #[test]

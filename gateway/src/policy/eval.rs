@@ -304,7 +304,7 @@ fn rule_matches<'r>(
     // number, unreadable) matches a deny or approve rule and never an allow rule.
     let mut unknown = None;
     for arg in &rule.args {
-        match arg_matches(arg, call) {
+        match arg_matches(arg, call, rule.action != Action::Allow) {
             Ok(Tri::Holds) => {}
             Ok(Tri::Unknown(why, op)) => {
                 unknown.get_or_insert((arg, op, why));
@@ -438,7 +438,10 @@ pub(super) enum Unknown {
     Partial,
 }
 
-fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> {
+/// `any`: the condition of a deny or approve rule holds when any value the path reaches
+/// holds (`$.items[*].amount: {gt: 100}` denies a list with one such item, whatever the
+/// others); an allow rule's, when every value holds.
+fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>, Miss<'r>> {
     let mut unknown = None;
     for op in &cond.ops {
         if call.partial {
@@ -446,13 +449,22 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> 
             continue;
         }
         let mut seen = false;
-        // Every value the path reaches must hold; the first that fails decides.
         let mut failed = false;
+        let mut held = false;
         let mut untyped = false;
         cond.path.visit(&call.args, &mut |v| {
             seen = true;
             match op_holds(op, v) {
+                Some(true) if any => {
+                    held = true;
+                    false
+                }
                 Some(true) => true,
+                Some(false) if any => {
+                    failed = true;
+                    true
+                }
+                // Every value must hold; the first that fails decides.
                 Some(false) => {
                     failed = true;
                     false
@@ -463,6 +475,11 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call) -> Result<Tri<'r>, Miss<'r>> 
                 }
             }
         });
+        if held && !matches!(op, Op::Present(_)) {
+            continue;
+        }
+        // For `any`, a value that failed decides only when none was of another type.
+        let failed = failed && !(any && untyped);
         match op {
             Op::Present(want) if seen != *want => {
                 return Err(Miss::Arg {
@@ -530,18 +547,64 @@ fn number(v: &Json) -> Option<f64> {
 }
 
 /// JSON equality with numbers compared by value (1 == 1.0). A number and text that reads as
-/// the same number are neither equal nor different (None): a server that coerces sees the
-/// number, one that does not sees text.
+/// the same number, or a boolean and its spelling as text, are neither equal nor different
+/// (None): a server that coerces sees the number, one that does not sees text.
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => Some(x.as_f64() == y.as_f64()),
+        (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
         (Json::Number(_), Json::String(_)) | (Json::String(_), Json::Number(_)) => {
             match (number(a), number(b)) {
                 (Some(x), Some(y)) if x == y => None,
                 _ => Some(false),
             }
         }
+        // A boolean and text or a number a coercing server reads as it (`"false"`, and to
+        // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
+        (Json::Bool(v), other @ (Json::String(_) | Json::Number(_)))
+        | (other @ (Json::String(_) | Json::Number(_)), Json::Bool(v)) => {
+            (as_bool(other) != Some(*v)).then_some(false)
+        }
         _ => Some(a == b),
+    }
+}
+
+/// The boolean a lenient server (pydantic's lax mode, most form binders) reads `v` as.
+fn as_bool(v: &Json) -> Option<bool> {
+    match v {
+        Json::Number(n) => match n.as_f64()? {
+            0.0 => Some(false),
+            1.0 => Some(true),
+            _ => None,
+        },
+        Json::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+            "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Two JSON numbers as a server reading them exactly sees them: integers compared as
+/// integers (`1234567890123456789` and `1234567890123456790` are one `f64` but two accounts
+/// to Python, Go or Java), an integer and a fraction equal only when the fraction is that
+/// integer exactly, fractions as `f64`.
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    fn int(n: &serde_json::Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
+    match (int(x), int(y)) {
+        (Some(a), Some(b)) => a == b,
+        (Some(i), None) | (None, Some(i)) => {
+            let f = if int(x).is_some() { y } else { x }.as_f64();
+            // Exact: i128 → f64 → i128 round trip only for an integer f64 represents.
+            f.is_some_and(|f| {
+                f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i && i as f64 == f
+            })
+        }
+        (None, None) => x.as_f64() == y.as_f64(),
     }
 }
 
