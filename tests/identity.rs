@@ -50,6 +50,7 @@ functions:
   get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
   echo: {{ route: "GET /echo" }}
   echo_text: {{ route: "GET /echo.txt" }}
+  echo_enc: {{ route: "GET /echo-enc/{{how}}" }}
 rules:
   - name: finance-refunds-from-home-as-root
     function: refund
@@ -61,6 +62,7 @@ rules:
     action: allow
   - {{ name: echo, function: echo, caller: {{ authenticated: true }}, action: allow }}
   - {{ name: echo-text, function: echo_text, caller: {{ authenticated: true }}, action: allow }}
+  - {{ name: echo-enc, function: echo_enc, caller: {{ authenticated: true }}, action: allow }}
 credentials:
   inject: {{ header: X-Api-Key, from: {{ file: "{}" }} }}
 "#,
@@ -342,6 +344,57 @@ fn the_injected_credential_never_comes_back() {
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains(SECRET), "leaked to the caller: {body}");
     assert!(body.contains("[MASKED:credential]"), "{body}");
+
+    // Re-spelled (JSON \u escapes, percent-encoding, HTML entities): still scrubbed. Compressed
+    // (the service masks nothing, so nothing else would look): refused, never passed on. In
+    // a trailer: scrubbed like a header.
+    let spellings = [
+        (
+            "unicode",
+            SECRET
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect::<String>(),
+        ),
+        ("pct", SECRET.bytes().map(|b| format!("%{b:02X}")).collect()),
+        ("html", SECRET.bytes().map(|b| format!("&#{b};")).collect()),
+    ];
+    for (how, spelled) in &spellings {
+        let (code, body) = s.get(&s.home, &format!("/echo-enc/{how}"), Some(&finance));
+        assert_eq!(code, 200, "{how}: {body}");
+        assert!(!body.contains(spelled.as_str()), "{how}: leaked: {body}");
+        assert!(body.contains("[MASKED:credential]"), "{how}: {body}");
+    }
+    let (code, body) = s.call(
+        &s.home,
+        &[],
+        "/echo-enc/gzip",
+        Some(&finance),
+        &["-H", "Accept-Encoding: gzip"],
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("unmaskable_response"), "{body}");
+    let seen = s.up.requests();
+    assert!(
+        seen.last().unwrap()["headers"]
+            .get("accept-encoding")
+            .is_none(),
+        "a call that carries a credential asks for a readable answer: {}",
+        seen.last().unwrap()
+    );
+    let raw = python_in(
+        &s.home,
+        &format!(
+            "import socket\ns = socket.create_connection(('127.0.0.1', {}), 5)\n\
+             s.sendall(b'GET /echo-enc/trailer HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nTE: trailers\\r\\n\
+             Authorization: Bearer {finance}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             out = b''\nwhile len(out) < 65536:\n    c = s.recv(4096)\n    if not c: break\n    out += c\n\
+             print(out.decode(errors='replace'))",
+            s.up.port
+        ),
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(!raw.contains(SECRET), "leaked in a trailer: {raw}");
 
     // Nothing the gateway wrote holds it: records (exported, and the files themselves),
     // its log, its state.

@@ -793,6 +793,10 @@ impl Conn {
             .map_err(|e| {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
             })?;
+        if injected.is_some() && seen.accept_encoding {
+            // The answer is scrubbed of the credential as it streams: readable, as for masks.
+            req.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
         let pooled = if own_http1 {
             None
         } else {
@@ -896,7 +900,13 @@ impl Conn {
         let masks = one.decision.obligations.masks.0.clone();
         // What the body is, from the head as the upstream sent it (before any stripping).
         let body_kind = if masks.is_empty() {
-            Ok(crate::mask::BodyKind::Binary)
+            // An injected credential is scrubbed from the bytes as they pass: they must be
+            // the bytes, not a compressed form of them.
+            match &secrets {
+                Some(_) => crate::mask::response_body(&parts.headers)
+                    .map(|_| crate::mask::BodyKind::Binary),
+                None => Ok(crate::mask::BodyKind::Binary),
+            }
         } else {
             crate::mask::answer_kind(
                 parts.status.as_u16(),

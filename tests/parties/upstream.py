@@ -76,6 +76,32 @@ class Handler(BaseHTTPRequestHandler):
             headers = {k.lower(): v for k, v in self.headers.items()}
             return self.reply(200, {"you_sent": headers},
                               extra=[("X-Echo-Key", headers.get("x-api-key", ""))])
+        if self.path.startswith("/echo-enc/"):
+            # The credential quoted back in another spelling, or where a scrubber of bodies
+            # would not look (issue 31 #8).
+            key = self.headers.get("X-Api-Key", "")
+            how = self.path.rsplit("/", 1)[1]
+            if how == "unicode":
+                return self.reply(200, ('{"key": "%s"}' % "".join(
+                    "\\u%04x" % ord(c) for c in key)).encode())
+            if how == "pct":
+                return self.reply(200, "".join("%%%02X" % b for b in key.encode()).encode(),
+                                  "text/plain")
+            if how == "html":
+                return self.reply(200, "".join("&#%d;" % b for b in key.encode()).encode(),
+                                  "text/html")
+            if how == "gzip":
+                import gzip
+                packed = gzip.compress(json.dumps({"key": key}).encode())
+                return self.reply(200, packed, extra=[("Content-Encoding", "gzip")])
+            if how == "trailer":
+                body = b'{"ok": true}'
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\nTrailer: X-Key\r\n\r\n"
+                    + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+                    + f"X-Key: {key}\r\n\r\n".encode())
+                return
         if self.path == "/echo.txt":
             text = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
             return self.reply(200, text.encode(), "text/plain")
