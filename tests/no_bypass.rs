@@ -97,6 +97,58 @@ fn setup(test: &str, services: &[(&str, &str)]) -> Setup {
     }
 }
 
+/// A Flask payments upstream behind a gateway whose `payments` service declares `refund` and
+/// decides it with `rules` (YAML list items), and a way to post JSON refunds to it.
+struct Refunds {
+    up: Party,
+    s: Setup,
+    url: String,
+    _work: TestDir,
+}
+
+impl Refunds {
+    fn start(test: &str, rules: &str) -> Option<Self> {
+        if !ebpf_available(test) || !parties_available(test) {
+            return None;
+        }
+        let work = TestDir::new(test);
+        let up = flask(&work);
+        let policy = format!(
+            "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+             functions:\n  refund: {{ route: \"POST /v1/payments/{{payment_id}}/refund\" }}\n\
+             rules:\n{rules}",
+            up.port
+        );
+        let s = setup(test, &[("payments", &policy)]);
+        let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+        Some(Self {
+            up,
+            s,
+            url,
+            _work: work,
+        })
+    }
+
+    /// POSTs `body` as JSON with `query` after the path: the status.
+    fn post(&self, body: &str, query: &str) -> String {
+        let url = format!("{}{query}", self.url);
+        status_in(
+            &self.s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ],
+        )
+    }
+
+    fn refunds(&self) -> Vec<Value> {
+        ran(&self.up, "refund")
+    }
+}
+
 #[test]
 fn path_spellings_of_a_denied_call_never_run() {
     let test = "path_spellings_of_a_denied_call_never_run";
@@ -883,50 +935,19 @@ fn rpc_messages_on_other_methods_are_decided() {
     }
 }
 
-/// Refunds only to one account, whose id is above 2^53: the `f64` of the id is shared by its
-/// neighbours, which Python reads as other accounts.
-fn one_account(port: u16) -> String {
-    format!(
-        r#"
-service: payments
-match:
-  hosts: ["127.0.0.1:{port}"]
-protocol: rest
-functions:
-  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
-rules:
-  - name: the-account
-    function: refund
-    args: {{ to: {{ in: ["1234567890123456789", 1234567890123456789] }} }}
-    action: allow
-  - {{ name: other-refunds, function: refund, action: deny }}
-"#
-    )
-}
-
 /// Numbers are compared as the server reads them: an integer is exact, and a value given in
-/// two places is one value only when both spell it the same.
+/// two places is one value only when both spell it the same. Refunds go only to one account,
+/// whose id is above 2^53: the `f64` of the id is shared by its neighbours, which Python reads
+/// as other accounts.
 #[test]
 fn numbers_are_compared_as_the_server_reads_them() {
-    let test = "numbers_are_compared_as_the_server_reads_them";
-    if !ebpf_available(test) || !parties_available(test) {
+    let Some(r) = Refunds::start(
+        "numbers_are_compared_as_the_server_reads_them",
+        "  - name: the-account\n    function: refund\n    \
+         args: { to: { in: [\"1234567890123456789\", 1234567890123456789] } }\n    action: allow\n  \
+         - { name: other-refunds, function: refund, action: deny }\n",
+    ) else {
         return;
-    }
-    let work = TestDir::new("flask-numbers");
-    let up = flask(&work);
-    let s = setup(test, &[("payments", &one_account(up.port))]);
-    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
-    let send = |body: &str, query: &str| {
-        status_in(
-            &s.cg,
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-                &format!("{url}{query}"),
-            ],
-        )
     };
     for (what, body, query) in [
         (
@@ -945,19 +966,19 @@ fn numbers_are_compared_as_the_server_reads_them() {
             "",
         ),
     ] {
-        assert_ne!(send(body, query), "200", "{what}");
+        assert_ne!(r.post(body, query), "200", "{what}");
     }
     assert!(
-        ran(&up, "refund").is_empty(),
+        r.refunds().is_empty(),
         "a refund to another account ran: {:?}",
-        ran(&up, "refund")
+        r.refunds()
     );
     // The control: the account itself.
     assert_eq!(
-        send(r#"{"amount": 5, "to": 1234567890123456789}"#, ""),
+        r.post(r#"{"amount": 5, "to": 1234567890123456789}"#, ""),
         "200"
     );
-    let refunds = ran(&up, "refund");
+    let refunds = r.refunds();
     assert_eq!(refunds.len(), 1, "{refunds:?}");
     assert_eq!(refunds[0]["to"], 1234567890123456789u64);
 }
@@ -967,89 +988,35 @@ fn numbers_are_compared_as_the_server_reads_them() {
 /// reads the JSON.
 #[test]
 fn text_and_json_spellings_of_one_value_fail_closed() {
-    let test = "text_and_json_spellings_of_one_value_fail_closed";
-    if !ebpf_available(test) || !parties_available(test) {
+    let Some(r) = Refunds::start(
+        "text_and_json_spellings_of_one_value_fail_closed",
+        "  - { name: not-to-false, function: refund, args: { to: { eq: false } }, action: deny }\n  \
+         - { name: rest, function: \"*\", action: allow }\n",
+    ) else {
         return;
-    }
-    let work = TestDir::new("flask-spellings");
-    let up = flask(&work);
-    let policy = format!(
-        r#"
-service: payments
-match:
-  hosts: ["127.0.0.1:{}"]
-protocol: rest
-functions:
-  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
-rules:
-  - {{ name: not-to-false, function: refund, args: {{ to: {{ eq: false }} }}, action: deny }}
-  - {{ name: rest, function: "*", action: allow }}
-"#,
-        up.port
-    );
-    let s = setup(test, &[("payments", &policy)]);
-    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
-    let send = |body: &str, query: &str| {
-        status_in(
-            &s.cg,
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-                &format!("{url}{query}"),
-            ],
-        )
     };
-    assert_eq!(send(r#"{"amount": 5, "to": false}"#, ""), "403");
-    assert_eq!(send(r#"{"amount": 5, "to": false}"#, "?to=false"), "403");
-    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
-    assert_eq!(send(r#"{"amount": 5, "to": true}"#, "?to=true"), "200");
-    assert_eq!(ran(&up, "refund").len(), 1);
+    assert_eq!(r.post(r#"{"amount": 5, "to": false}"#, ""), "403");
+    assert_eq!(r.post(r#"{"amount": 5, "to": false}"#, "?to=false"), "403");
+    assert!(r.refunds().is_empty(), "{:?}", r.refunds());
+    assert_eq!(r.post(r#"{"amount": 5, "to": true}"#, "?to=true"), "200");
+    assert_eq!(r.refunds().len(), 1);
 }
 
 /// A deny on the items of a list: a first item within it does not carry a second that is not.
 #[test]
 fn a_deny_on_a_list_matches_any_item() {
-    let test = "a_deny_on_a_list_matches_any_item";
-    if !ebpf_available(test) || !parties_available(test) {
+    let Some(r) = Refunds::start(
+        "a_deny_on_a_list_matches_any_item",
+        "  - { name: big-items, function: refund, args: { \"$.amount[*]\": { gt: 100 } }, action: deny }\n  \
+         - { name: rest, function: \"*\", action: allow }\n",
+    ) else {
         return;
-    }
-    let work = TestDir::new("flask-lists");
-    let up = flask(&work);
-    let policy = format!(
-        r#"
-service: payments
-match:
-  hosts: ["127.0.0.1:{}"]
-protocol: rest
-functions:
-  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
-rules:
-  - {{ name: big-items, function: refund, args: {{ "$.amount[*]": {{ gt: 100 }} }}, action: deny }}
-  - {{ name: rest, function: "*", action: allow }}
-"#,
-        up.port
-    );
-    let s = setup(test, &[("payments", &policy)]);
-    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
-    let send = |body: &str| {
-        status_in(
-            &s.cg,
-            &[
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                body,
-                &url,
-            ],
-        )
     };
-    assert_eq!(send(r#"{"amount": [5000, 5]}"#), "403");
-    assert_eq!(send(r#"{"amount": [5, 5000]}"#), "403");
-    assert!(ran(&up, "refund").is_empty(), "{:?}", ran(&up, "refund"));
-    assert_eq!(send(r#"{"amount": [5, 6]}"#), "200");
-    assert_eq!(ran(&up, "refund").len(), 1);
+    assert_eq!(r.post(r#"{"amount": [5000, 5]}"#, ""), "403");
+    assert_eq!(r.post(r#"{"amount": [5, 5000]}"#, ""), "403");
+    assert!(r.refunds().is_empty(), "{:?}", r.refunds());
+    assert_eq!(r.post(r#"{"amount": [5, 6]}"#, ""), "200");
+    assert_eq!(r.refunds().len(), 1);
 }
 
 /// An MCP tool served by the official SDK: pydantic reads `"yes"`, `"on"`, `"1"` and `1` as
