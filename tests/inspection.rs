@@ -23,6 +23,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// A JSON-RPC service whose `ledger.balance` calls are allowed (and so read for a decision).
+fn ledger(port: u16) -> String {
+    format!(
+        r#"
+service: ledger
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: jsonrpc
+functions:
+  balance: {{ method: ledger.balance }}
+rules:
+  - {{ name: balances, function: balance, action: allow }}
+"#
+    )
+}
+
 #[test]
 fn many_slow_uploads_share_a_bounded_inspection_budget() {
     const TEST: &str = "many_slow_uploads_share_a_bounded_inspection_budget";
@@ -31,21 +46,11 @@ fn many_slow_uploads_share_a_bounded_inspection_budget() {
     }
     let dir = TestDir::new("callgate-inspection");
     let rpc = upstream(&dir, None);
-    let ledger = format!(
-        r#"
-service: ledger
-match: {{ hosts: ["127.0.0.1:{}"] }}
-protocol: jsonrpc
-functions:
-  balance: {{ method: ledger.balance }}
-rules:
-  - name: balances
-    function: balance
-    action: allow
-"#,
-        rpc.port
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\n",
+        &[("ledger", &ledger(rpc.port))],
     );
-    let policies = policy_repo(&dir, "default_action: deny\n", &[("ledger", &ledger)]);
     // Room for four 1.5 MiB bodies at once; 48 arrive together.
     let gw = gateway_with_config(
         &policies,
@@ -189,19 +194,11 @@ fn one_h2_connections_streams_share_a_bounded_part_of_the_budget() {
     let dir = TestDir::new("callgate-inspection-h2");
     // The client speaks h2; the gateway reaches this plain-text upstream with HTTP/1.1.
     let up = upstream(&dir, None);
-    let ledger = format!(
-        r#"
-service: ledger
-match: {{ hosts: ["127.0.0.1:{}"] }}
-protocol: jsonrpc
-functions:
-  balance: {{ method: ledger.balance }}
-rules:
-  - {{ name: balances, function: balance, action: allow }}
-"#,
-        up.port
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\n",
+        &[("ledger", &ledger(up.port))],
     );
-    let policies = policy_repo(&dir, "default_action: deny\n", &[("ledger", &ledger)]);
     // 24 bodies of 1.5 MiB (36 MiB) fit the shared 64 MiB; one connection's 4 MiB holds two.
     let gw = gateway_with_config(
         &policies,
