@@ -72,6 +72,14 @@ pub fn canonicalise(service: &Service, parts: &mut Parts) -> Result<(), ExtractE
     {
         return Err(ExtractError::Method(parts.method.to_string()));
     }
+    // A method the request asks the server to take instead of its own (Rails, Laravel,
+    // Symfony and Express middleware honour these): the request would be decided as one
+    // method and run as another.
+    for name in METHOD_OVERRIDES {
+        if parts.headers.contains_key(*name) {
+            return Err(ExtractError::MethodOverride(format!("a {name} header")));
+        }
+    }
     let Some(canonical) = path::canonical(parts.uri.path(), service.paths)? else {
         return Ok(());
     };
@@ -140,7 +148,16 @@ pub enum ExtractError {
     Ambiguous(String),
     #[error("an MCP endpoint takes POST, GET and DELETE, not {0}")]
     McpMethod(String),
+    #[error("{0} asks the server for another method than the request's")]
+    MethodOverride(String),
 }
+
+/// Headers that frameworks read as the request's real method.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The calls in a request to `service`. `body` is the body when it was read for the decision;
 /// `unread_body` says a body went by unread (a type no argument is taken from).
@@ -149,7 +166,9 @@ impl ExtractError {
     pub fn code(&self) -> &'static str {
         match self {
             ExtractError::Path(_) => "bad_path",
-            ExtractError::Method(_) | ExtractError::McpMethod(_) => "bad_method",
+            ExtractError::Method(_)
+            | ExtractError::McpMethod(_)
+            | ExtractError::MethodOverride(_) => "bad_method",
             ExtractError::Ambiguous(_) => "ambiguous_argument",
             ExtractError::NotJson(_) | ExtractError::NotRpc(_) => "bad_request",
         }
@@ -282,32 +301,47 @@ fn rest(
         join(&mut args, k, v)?;
     }
     let mut partial = unread_body;
-    if let Some(b) = body.filter(|b| !b.is_empty()) {
-        match body_type(&parts.headers) {
-            BodyType::Json => join_body(&mut args, parse(b)?)?,
-            // A form that is also JSON is read both ways: a server that reads JSON whatever
-            // the label (Flask's `get_json(force=True)`) sees the JSON, a form reader the
-            // form, and a form spelled inside a JSON string must not say something else.
-            // A form that starts like JSON but that serde cannot read (UTF-16 or 32, `NaN`,
-            // `1e400`, a lone surrogate: Python's json reads them all) has no reading the
-            // gateway can vouch for: no condition on its arguments holds or fails.
-            BodyType::Form => {
-                match serde_json::from_slice::<Json>(b) {
+    // A body with a content coding is read as sent; a server that inflates request bodies
+    // (Jetty, ASP.NET) acts on something else: no condition on it holds or fails.
+    let encoded = parts
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    match body.filter(|b| !b.is_empty()) {
+        Some(_) if encoded => partial = true,
+        Some(b) => {
+            match body_type(&parts.headers) {
+                BodyType::Json => join_body(&mut args, parse(b)?)?,
+                // A form that is also JSON is read both ways: a server that reads JSON whatever
+                // the label (Flask's `get_json(force=True)`) sees the JSON, a form reader the
+                // form, and a form spelled inside a JSON string must not say something else.
+                // A form that starts like JSON but that serde cannot read (UTF-16 or 32, `NaN`,
+                // `1e400`, a lone surrogate: Python's json reads them all) has no reading the
+                // gateway can vouch for: no condition on its arguments holds or fails.
+                BodyType::Form => {
+                    match serde_json::from_slice::<Json>(b) {
+                        Ok(v) => join_body(&mut args, v)?,
+                        Err(_) if may_be_json(b) => partial = true,
+                        Err(_) => {}
+                    }
+                    for (k, v) in form(b)? {
+                        join(&mut args, k, v)?;
+                    }
+                }
+                // Unlabelled or text: read as JSON when it is JSON (some servers parse it
+                // whatever its label), else not an argument source the gateway can read.
+                BodyType::Other | BodyType::Opaque => match serde_json::from_slice::<Json>(b) {
                     Ok(v) => join_body(&mut args, v)?,
-                    Err(_) if may_be_json(b) => partial = true,
-                    Err(_) => {}
-                }
-                for (k, v) in form(b)? {
-                    join(&mut args, k, v)?;
-                }
+                    Err(_) => partial = true,
+                },
             }
-            // Unlabelled or text: read as JSON when it is JSON (some servers parse it
-            // whatever its label), else not an argument source the gateway can read.
-            BodyType::Other | BodyType::Opaque => match serde_json::from_slice::<Json>(b) {
-                Ok(v) => join_body(&mut args, v)?,
-                Err(_) => partial = true,
-            },
         }
+        None => {}
+    }
+    if args.contains_key("_method") {
+        // Rails and Laravel route a form's `_method` as the request's method.
+        return Err(ExtractError::MethodOverride("a `_method` argument".into()));
     }
     Ok(OneCall {
         partial,
