@@ -545,7 +545,11 @@ impl Recorder {
             ) || memchr::memmem::find(w.get().as_bytes(), b"\\u").is_some()
             {
                 let mut v = w.to_value();
+                let owned = root_owned(&v);
                 if self.masks.mask_value(&self.key, &mut v) > 0 {
+                    owned.restore(&mut v, |rest| {
+                        self.masks.mask_str(&self.key, rest).into_owned()
+                    });
                     *w = SharedJson::of(&v);
                 }
             }
@@ -631,6 +635,49 @@ impl Recorder {
             if let Ok(Some(handle)) = inner.into_inner() {
                 let _ = handle.join();
             }
+        }
+    }
+}
+
+/// What a workload block holds that the workload did not choose: its systemd unit (the unit
+/// that owns its cgroup, made by root: `user@1000.service` reads as an e-mail address to the
+/// detectors) and the cgroup path down to that unit. Kept as they are when the rest is masked.
+struct RootOwned {
+    unit: Option<String>,
+    /// The cgroup path through the unit's component, and the path.
+    cgroup: Option<(usize, String)>,
+}
+
+fn root_owned(w: &serde_json::Value) -> RootOwned {
+    let unit = w
+        .get("unit")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let cgroup = w
+        .get("cgroup")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|c| {
+            let u = unit.as_deref()?;
+            let at = c.find(&format!("/{u}"))?;
+            let end = at + 1 + u.len();
+            (c.len() == end || c.as_bytes()[end] == b'/').then(|| (end, c.to_string()))
+        });
+    RootOwned { unit, cgroup }
+}
+
+impl RootOwned {
+    /// Puts back what [`root_owned`] found into a masked workload block; below the unit the
+    /// cgroup path is masked on its own (`mask` masks text).
+    fn restore(self, w: &mut serde_json::Value, mask: impl Fn(&str) -> String) {
+        let Some(obj) = w.as_object_mut() else { return };
+        if let Some(u) = self.unit {
+            obj.insert("unit".into(), serde_json::Value::String(u));
+        }
+        if let Some((end, c)) = self.cgroup {
+            obj.insert(
+                "cgroup".into(),
+                serde_json::Value::String(format!("{}{}", &c[..end], mask(&c[end..]))),
+            );
         }
     }
 }
