@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::{
     intercept::{Change, Enabled, Interceptor, Target},
     policy::{PolicyStore, store::ReloadStatus},
-    stats::{ConnSummary, Counters, Stats},
+    telemetry::stats::{ConnSummary, Counters, Stats},
 };
 
 /// Longest request line accepted; a status request is a few dozen bytes.

@@ -23,9 +23,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    fsutil,
     policy::{Caller, compile::ApprovalSpec},
     record::now_ms,
+    util::fs::write_atomic_mode,
 };
 
 /// Finished requests kept for `approvals list --all` and the record of restarts.
@@ -401,7 +401,7 @@ impl Approvals {
             grants: inner.grants.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&saved).unwrap_or_default();
-        if let Err(e) = fsutil::write_atomic_mode(&self.path, &bytes, 0o600) {
+        if let Err(e) = write_atomic_mode(&self.path, &bytes, 0o600) {
             warn!(path = %self.path.display(), error = %e, "could not save approval state");
         }
         self.changes.send_modify(|n| *n += 1);

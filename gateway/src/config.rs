@@ -92,7 +92,7 @@ pub struct Config {
     /// The optional HTTP admin listener (approvals page, health).
     pub admin_http: Option<AdminHttpConfig>,
     /// OpenTelemetry trace export (off unless an endpoint is set).
-    pub telemetry: Option<crate::trace::TelemetryConfig>,
+    pub telemetry: Option<crate::telemetry::trace::TelemetryConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,7 +194,7 @@ pub struct HttpConfig {
     /// What inspected bodies and held answers may take in all (`max_inspected_mb`), and one
     /// h2 connection's streams together (`max_inspected_per_connection_mb`); beyond it a
     /// call gets 503 `inspection_busy`. One budget, shared by every clone of this config.
-    pub inspection: crate::http::InspectionBudget,
+    pub inspection: crate::proxy::http::InspectionBudget,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,7 +419,7 @@ impl Config {
             header_timeout: Duration::from_secs(h.header_timeout_s.unwrap_or(10)),
             body_timeout: Duration::from_secs(h.body_timeout_s.unwrap_or(30)),
             max_held_response_bytes,
-            inspection: crate::http::InspectionBudget::new(inspected, per_connection),
+            inspection: crate::proxy::http::InspectionBudget::new(inspected, per_connection),
         };
         let a = file.approvals.unwrap_or_default();
         for (key, url) in [("webhook_url", &a.webhook_url), ("page_url", &a.page_url)] {
@@ -439,7 +439,7 @@ impl Config {
                     path: path.into(),
                     reason,
                 })?;
-                Some(crate::trace::TelemetryConfig {
+                Some(crate::telemetry::trace::TelemetryConfig {
                     endpoint: t.otlp_endpoint,
                     service_name: t.service_name.unwrap_or_else(|| "callgate".into()),
                 })

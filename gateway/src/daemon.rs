@@ -6,21 +6,21 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    accept::{self, Listeners, ProxyInputs},
     admin::{self, AdminInputs},
     approve::{Approvals, notify::Notifier},
-    cgroup::CgroupNames,
     config::Config,
-    forward::pool::Upstreams,
     identity::{Verifier, workload::Users},
-    inject::Credentials,
     intercept::Interceptor,
-    mask::MaskKey,
-    outbound::Outbound,
+    intercept::cgroup::CgroupNames,
+    obligations::inject::Credentials,
+    obligations::mask::MaskKey,
     policy::PolicyStore,
+    proxy::accept::{self, Listeners, ProxyInputs},
+    proxy::forward::pool::Upstreams,
+    proxy::tls::Authority,
     record::{Record, RecordedDecision, Recorder},
-    stats::Stats,
-    tls::Authority,
+    telemetry::stats::Stats,
+    util::outbound::Outbound,
 };
 
 /// Idle pooled upstream connections are closed after this.
@@ -41,9 +41,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
-    MaskKey(#[from] crate::mask::MaskError),
+    MaskKey(#[from] crate::obligations::mask::MaskError),
     #[error("local CA: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::proxy::tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] crate::approve::ApprovalError),
     #[error("telemetry: {0}")]
@@ -133,7 +133,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     };
     let tracer = match (&cfg.telemetry, &outbound) {
         (Some(t), Some(http)) => {
-            let tracer = crate::trace::CallTracer::start(t, http.clone())
+            let tracer = crate::telemetry::trace::CallTracer::start(t, http.clone())
                 .map_err(|e| DaemonError::Telemetry(e.to_string()))?;
             info!(endpoint = %t.endpoint, "exporting a trace span per call (OTLP/HTTP)");
             Some(Arc::new(tracer))
@@ -144,7 +144,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         }
         (None, _) => None,
     };
-    let limiter = Arc::new(crate::limit::Limiter::open(Some(
+    let limiter = Arc::new(crate::obligations::limit::Limiter::open(Some(
         cfg.state_dir.join("quotas.json"),
     )));
     let interceptor = Arc::new(Interceptor::load(&cfg)?);

@@ -34,10 +34,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{self, Cgroup, CgroupError},
     config::{self, Config},
+    intercept::cgroup::{Cgroup, CgroupError},
 };
 
+pub mod cgroup;
 mod sockdiag;
 
 /// The eBPF object, built by `gateway/build.rs`.
@@ -619,7 +620,7 @@ impl Interceptor {
             path: self.state_file.clone(),
             source: io::Error::other(e),
         })?;
-        crate::fsutil::write_atomic(&self.state_file, &bytes).map_err(io_err(&self.state_file))
+        crate::util::fs::write_atomic(&self.state_file, &bytes).map_err(io_err(&self.state_file))
     }
 }
 
@@ -887,11 +888,11 @@ pub fn original_destination(r: &Redirect) -> SocketAddr {
 /// Makes sure `dir`'s parent is on a bpffs, mounting `/sys/fs/bpf` if that is what is missing.
 fn ensure_bpffs(dir: &Path) -> Result<(), InterceptError> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    if crate::fsutil::statfs_type(parent) == Some(BPF_FS_MAGIC) {
+    if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
     let default = Path::new("/sys/fs/bpf");
-    if parent.starts_with(default) && crate::fsutil::statfs_type(default) != Some(BPF_FS_MAGIC) {
+    if parent.starts_with(default) && crate::util::fs::statfs_type(default) != Some(BPF_FS_MAGIC) {
         fs::create_dir_all(default).map_err(io_err(default))?;
         let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
         let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
@@ -913,7 +914,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), InterceptError> {
         }
         info!("mounted bpffs at /sys/fs/bpf");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        if crate::fsutil::statfs_type(parent) == Some(BPF_FS_MAGIC) {
+        if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
             return Ok(());
         }
     }

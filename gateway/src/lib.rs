@@ -10,29 +10,16 @@
 //! [`metrics`] for Prometheus and [`daemon`] wiring them together.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod accept;
 pub mod admin;
 pub mod approve;
-pub mod cgroup;
+pub mod call;
 pub mod config;
 pub mod daemon;
-pub mod extract;
-pub mod forward;
-pub mod fsutil;
-pub mod h1;
-pub mod http;
 pub mod identity;
-pub mod inject;
 pub mod intercept;
-pub mod jsonpath;
-pub mod limit;
-pub mod mask;
-pub mod metrics;
-pub mod outbound;
+pub mod obligations;
 pub mod policy;
+pub mod proxy;
 pub mod record;
-pub mod reply;
-pub mod sniff;
-pub mod stats;
-pub mod tls;
-pub mod trace;
+pub mod telemetry;
+pub mod util;

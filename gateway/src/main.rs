@@ -12,9 +12,7 @@ use callgate::{
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-mod approvals_cmd;
-mod install_cmd;
-mod records_cmd;
+mod cli;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
 ///
@@ -41,16 +39,16 @@ enum Command {
     Policy(PolicyCommand),
     /// Read the tamper-evident call log: list, show, replay, verify, export.
     #[command(subcommand)]
-    Records(records_cmd::RecordsCommand),
+    Records(cli::records::RecordsCommand),
     /// Calls held for human approval: list them, approve or deny, manage grants.
     #[command(subcommand)]
-    Approvals(approvals_cmd::ApprovalsCommand),
+    Approvals(cli::approvals::ApprovalsCommand),
     /// Install callgate as a hardened systemd service (binary, unit, config, starter policy,
     /// local CA); idempotent, never overwrites configuration.
-    Install(install_cmd::InstallArgs),
+    Install(cli::install::InstallArgs),
     /// Stop and remove the service and detach every cgroup; --purge also removes config
     /// and state.
-    Uninstall(install_cmd::UninstallArgs),
+    Uninstall(cli::install::UninstallArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -286,10 +284,10 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Policy(cmd) => return policy_command(cmd, &rt),
-        Command::Records(cmd) => return records_cmd::run(cmd),
-        Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
-        Command::Install(a) => return install_cmd::install(a),
-        Command::Uninstall(a) => return install_cmd::uninstall(a),
+        Command::Records(cmd) => return cli::records::run(cmd),
+        Command::Approvals(cmd) => return cli::approvals::run(cmd, &rt),
+        Command::Install(a) => return cli::install::install(a),
+        Command::Uninstall(a) => return cli::install::uninstall(a),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {

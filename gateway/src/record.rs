@@ -24,7 +24,7 @@ use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::mask::{MaskKey, MaskRules};
+use crate::obligations::mask::{MaskKey, MaskRules};
 
 /// One call, as recorded. Argument and response values are masked before they get here and
 /// masked again with every built-in detector before they are written.
@@ -185,7 +185,7 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
     match v {
         Value::Object(o) => {
             for (k, x) in o.iter_mut() {
-                if crate::mask::is_credential_name(k) && !x.is_null() {
+                if crate::obligations::mask::is_credential_name(k) && !x.is_null() {
                     *x = Value::String("[MASKED:credential]".into());
                 } else {
                     drop_credentials(x, depth + 1);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use callgate::forward::pool::{Http1Slot, ProxyBody, UpstreamBody, Upstreams};
+use callgate::proxy::forward::pool::{Http1Slot, ProxyBody, UpstreamBody, Upstreams};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::{

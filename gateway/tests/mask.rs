@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use callgate::{
-    mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
+    obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
     policy::schema::MaskSpec,
 };
 use serde_json::{Value, json};
@@ -585,7 +585,7 @@ fn worst_case_inputs_cost_linear_work() {
 /// but identity/chunked is encoded, two types or a list of types is ambiguous.
 #[test]
 fn response_heads_that_hide_the_body_are_unmaskable() {
-    use callgate::mask::{Unmaskable, response_body};
+    use callgate::obligations::mask::{Unmaskable, response_body};
     let head = |fields: &[(&str, &str)]| {
         let mut h = http::HeaderMap::new();
         for (k, v) in fields {
@@ -632,7 +632,7 @@ fn response_heads_that_hide_the_body_are_unmaskable() {
 #[test]
 fn answers_that_cannot_be_masked_follow_the_services_choice() {
     use callgate::{
-        mask::{Unmaskable, answer_kind},
+        obligations::mask::{Unmaskable, answer_kind},
         policy::schema::UnmaskableAnswer::{Pass, Refuse},
     };
     let head = |fields: &[(&str, &str)]| {

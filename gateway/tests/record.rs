@@ -9,7 +9,7 @@ use std::{
 };
 
 use callgate::{
-    mask::MaskKey,
+    obligations::mask::MaskKey,
     record::{
         Durability, RawJson, Record, RecordError, Recorder, RecorderConfig,
         query::{self, Filter},

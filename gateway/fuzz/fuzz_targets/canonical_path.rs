@@ -10,7 +10,7 @@
 use std::{path::Path, sync::OnceLock};
 
 use callgate::{
-    extract::path::{PathRules, canonical},
+    call::extract::path::{PathRules, canonical},
     policy,
 };
 use libfuzzer_sys::fuzz_target;

@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use callgate::{
-    mask::{BodyKind, BodyMasker, Detector, MaskKey, MaskRules},
+    obligations::mask::{BodyKind, BodyMasker, Detector, MaskKey, MaskRules},
     policy::schema::MaskSpec,
 };
 use libfuzzer_sys::fuzz_target;

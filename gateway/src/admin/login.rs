@@ -20,8 +20,8 @@ use serde_json::Value as Json;
 use crate::{
     config::LoginConfig,
     identity::oidc::{claim_path, groups_at},
-    jsonpath::JsonPath,
-    outbound::{Outbound, chain},
+    util::jsonpath::JsonPath,
+    util::outbound::{Outbound, chain},
 };
 
 /// How long a browser has between leaving for the provider and coming back.

@@ -61,7 +61,7 @@ struct Session {
 
 pub struct WebInputs {
     pub admin: Arc<super::AdminInputs>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub login: Option<Login>,
     /// Where browsers reach this listener, without a trailing slash.
     pub public_url: String,

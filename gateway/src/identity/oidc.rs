@@ -26,9 +26,9 @@ use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
 use crate::{
-    jsonpath::JsonPath,
-    outbound::{Outbound, OutboundError, chain},
     policy::schema,
+    util::jsonpath::JsonPath,
+    util::outbound::{Outbound, OutboundError, chain},
 };
 
 /// Longest token looked at; real ones are a few KiB.
@@ -148,7 +148,7 @@ impl ProviderConfig {
         if p.name.is_empty() {
             fail("name", "a provider needs a name".into());
         }
-        if let Err(e) = crate::outbound::check_url(&p.issuer) {
+        if let Err(e) = crate::util::outbound::check_url(&p.issuer) {
             fail("issuer", format!("the issuer {e}"));
         }
         if p.audiences.is_empty() {
@@ -705,7 +705,7 @@ fn check_claims(c: &Json, cfg: &ProviderConfig, now: f64) -> Result<Duration, To
 }
 
 /// A claim name (`groups`) or path (`realm_access.roles`, `$.a.b`) as a JSON path.
-pub fn claim_path(claim: &str) -> Result<JsonPath, crate::jsonpath::PathError> {
+pub fn claim_path(claim: &str) -> Result<JsonPath, crate::util::jsonpath::PathError> {
     if claim.starts_with('$') || !claim.contains('.') {
         JsonPath::parse(claim)
     } else {

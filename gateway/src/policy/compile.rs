@@ -21,7 +21,8 @@ use super::{
     },
 };
 use crate::{
-    extract::path::PathRules, identity::IdentityConfig, jsonpath::JsonPath, mask::MaskRules,
+    call::extract::path::PathRules, identity::IdentityConfig, obligations::mask::MaskRules,
+    util::jsonpath::JsonPath,
 };
 
 /// The maps the data path looks names up in on every call. Keys come only from the policy
@@ -72,7 +73,7 @@ pub struct Service {
     /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
     /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
     pub names: Vec<String>,
-    /// Which path spellings the service lets through (see [`crate::extract::path`]).
+    /// Which path spellings the service lets through (see [`crate::call::extract::path`]).
     pub paths: PathRules,
     pub functions: Vec<Function>,
     fn_by_name: Index<usize>,
@@ -263,8 +264,8 @@ pub struct Obligations {
     pub inject: Option<Inject>,
     pub headers: HeaderEdits,
     pub approval: Option<ApprovalSpec>,
-    pub limit: Option<Arc<crate::limit::LimitSpec>>,
-    pub quota: Option<Arc<crate::limit::QuotaSpec>>,
+    pub limit: Option<Arc<crate::obligations::limit::LimitSpec>>,
+    pub quota: Option<Arc<crate::obligations::limit::QuotaSpec>>,
     /// What to do with an answer `masks` cannot be applied to.
     pub unmaskable: super::schema::UnmaskableAnswer,
 }
@@ -319,7 +320,7 @@ fn check_secret(
     let Some(o) = &r.oauth2 else { return };
     let mut at = path.to_vec();
     at.push("oauth2");
-    if let Err(e) = crate::outbound::check_url(&o.token_url) {
+    if let Err(e) = crate::util::outbound::check_url(&o.token_url) {
         errors.push(src.error(&at, format!("token_url {e}")));
     }
     if o.client_id.is_empty() {
@@ -792,13 +793,13 @@ fn compile_service(
             ));
         }
         let limit = def.limit.as_ref().and_then(|l| {
-            crate::limit::LimitSpec::compile(&def.name, l)
+            crate::obligations::limit::LimitSpec::compile(&def.name, l)
                 .map_err(|e| errors.push(err(&["limit"], e)))
                 .ok()
                 .map(Arc::new)
         });
         let quota = def.quota.as_ref().and_then(|q| {
-            crate::limit::QuotaSpec::compile(&def.name, q)
+            crate::obligations::limit::QuotaSpec::compile(&def.name, q)
                 .map_err(|e| errors.push(err(&["quota"], e)))
                 .ok()
                 .map(Arc::new)

@@ -379,7 +379,7 @@ fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>
     Ok(())
 }
 
-fn path_text(p: &crate::jsonpath::JsonPath) -> &str {
+fn path_text(p: &crate::util::jsonpath::JsonPath) -> &str {
     // JsonPath keeps its source text; Display would allocate.
     p.as_str()
 }

@@ -534,19 +534,19 @@ pub enum MaskSpec {
     /// A detector with a replacement style other than its default.
     Styled {
         detector: String,
-        style: crate::mask::Style,
+        style: crate::obligations::mask::Style,
     },
     Field {
         field: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        style: Option<crate::mask::Style>,
+        style: Option<crate::obligations::mask::Style>,
     },
     Regex {
         regex: String,
         #[serde(default)]
         name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        style: Option<crate::mask::Style>,
+        style: Option<crate::obligations::mask::Style>,
     },
 }
 

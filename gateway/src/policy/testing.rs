@@ -162,8 +162,8 @@ fn check_limit(
     if ob.limit.is_none() && ob.quota.is_none() {
         return Err("expected a limit, but the deciding rule has no `limit:` or `quota:`".into());
     }
-    let limiter = crate::limit::Limiter::open(None);
-    let subject = crate::limit::Subject {
+    let limiter = crate::obligations::limit::Limiter::open(None);
+    let subject = crate::obligations::limit::Subject {
         caller,
         service,
         function,

@@ -358,7 +358,7 @@ impl Writer {
             time_ms: now_ms(),
         };
         let text = serde_json::to_vec(&cp).unwrap_or_default();
-        match crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
+        match crate::util::fs::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
             Ok(()) => {
                 self.checkpointed_seq = seq;
                 self.last_checkpoint = Instant::now();
@@ -393,7 +393,7 @@ fn new_segment(
     let result = segment::compress_frame(z, &header.encode(), &mut packed)
         .and_then(|()| f.write_all(&packed))
         .and_then(|()| f.sync_all())
-        .and_then(|()| crate::fsutil::sync_dir(dir));
+        .and_then(|()| crate::util::fs::sync_dir(dir));
     if let Err(e) = result {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -566,7 +566,7 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             hash: segment::hex(&header.prev_hash),
             time_ms: now_ms(),
         };
-        crate::fsutil::write_atomic(
+        crate::util::fs::write_atomic(
             &cfg.dir.join(ANCHOR_FILE),
             &serde_json::to_vec(&anchor).unwrap_or_default(),
         )?;

@@ -1,6 +1,6 @@
 //! The accept stage: listeners on 127.0.0.1 and [::1] that receive redirected connections, look
 //! up each one's original destination and workload, sniff what they speak, and route them:
-//! HTTP (after TLS interception where the service asks for it) to the [`crate::http`] stage,
+//! HTTP (after TLS interception where the service asks for it) to the [`crate::proxy::http`] stage,
 //! TLS passthrough and allowed raw TCP to a splice, everything else refused and recorded.
 //! Without a policy the gateway is a recorded TCP pass-through.
 //!
@@ -25,25 +25,25 @@ use bytes::Bytes;
 
 use crate::{
     approve::Approvals,
-    cgroup::CgroupNames,
     config::{self, Config},
-    forward::{self, pool::Upstreams},
-    http,
     identity::{
         Verifier,
         workload::{self, Users},
     },
-    inject::Credentials,
+    intercept::cgroup::CgroupNames,
     intercept::{self, Interceptor},
-    mask::MaskKey,
+    obligations::inject::Credentials,
+    obligations::mask::MaskKey,
     policy::{
         Action, Caller, PolicyStore, Workload,
         schema::{TcpMode, TlsMode},
     },
+    proxy::forward::{self, pool::Upstreams},
+    proxy::http,
+    proxy::sniff::{self, OtherReason, Protocol, Rewind},
+    proxy::tls::Authority,
     record::{Record, RecordedDecision, Recorder, SharedJson},
-    sniff::{self, OtherReason, Protocol, Rewind},
-    stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
-    tls::Authority,
+    telemetry::stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +73,11 @@ pub struct ProxyInputs {
     pub names: CgroupNames,
     pub users: Users,
     /// Exports a span per call, when configured.
-    pub tracer: Option<Arc<crate::trace::CallTracer>>,
+    pub tracer: Option<Arc<crate::telemetry::trace::CallTracer>>,
     /// Rate-limit buckets and quota windows.
-    pub limiter: Arc<crate::limit::Limiter>,
+    pub limiter: Arc<crate::obligations::limit::Limiter>,
     /// What the data path counts for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// The credentials services inject, as last read.
     pub credentials: Credentials,
     /// Calls held for a human's verdict (with a policy).

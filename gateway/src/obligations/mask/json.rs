@@ -16,7 +16,7 @@ use super::{
     detect::{self, Detector, Hit, Kind},
     unescape::Unescaper,
 };
-use crate::jsonpath::{JsonPath, Step};
+use crate::util::jsonpath::{JsonPath, Step};
 
 /// Nesting beyond this is treated as not-JSON (and masked as text).
 const MAX_DEPTH: usize = 128;

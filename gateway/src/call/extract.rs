@@ -260,7 +260,7 @@ fn grpc(service: &Service, parts: &Parts) -> OneCall {
         let n = name.as_str();
         if n.ends_with("-bin")
             || n.starts_with("grpc-")
-            || crate::mask::is_credential_name(n)
+            || crate::obligations::mask::is_credential_name(n)
             || injected.is_some_and(|h| h.eq_ignore_ascii_case(n))
         {
             continue;
@@ -572,9 +572,9 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
 }
 
 pub fn is_json(headers: &HeaderMap) -> bool {
-    crate::mask::BodyKind::from_content_type(
+    crate::obligations::mask::BodyKind::from_content_type(
         headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
-    ) == crate::mask::BodyKind::Json
+    ) == crate::obligations::mask::BodyKind::Json
 }

@@ -3,7 +3,7 @@
 //! extract → decide → forward → mask → record.
 //!
 //! Nothing reaches the upstream that policy did not allow and that cannot be recorded; every
-//! refusal is answered in the client's own protocol (see [`crate::reply`]).
+//! refusal is answered in the client's own protocol (see [`crate::proxy::reply`]).
 mod body;
 mod budget;
 mod held;
@@ -32,17 +32,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use crate::{
-    accept::ProxyInputs,
     approve,
-    extract::{self, Extracted, Kind, OneCall, Role},
-    forward::pool::{BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey},
-    h1::{self, list_items},
+    call::extract::{self, Extracted, Kind, OneCall, Role},
     identity,
-    mask::scrub::{ScrubStream, Secrets},
+    obligations::mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
+    proxy::accept::ProxyInputs,
+    proxy::forward::pool::{
+        BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey,
+    },
+    proxy::h1::{self, list_items},
+    proxy::reply::{self, Refusal},
     record::{Record, RecordedDecision, SharedJson},
-    reply::{self, Refusal},
-    trace::CallSpan,
+    telemetry::trace::CallSpan,
 };
 
 pub use body::Recording;
@@ -156,7 +158,7 @@ struct Decided {
     decision: Decision,
     caller: Arc<Caller>,
     /// The rate limit or quota the call is over; its decision is then enforced as a deny.
-    limited: Option<crate::limit::Hit>,
+    limited: Option<crate::obligations::limit::Hit>,
 }
 
 impl Decided {
@@ -642,7 +644,7 @@ impl Conn {
         caller: &Caller,
         call: &OneCall,
         d: &Decision,
-    ) -> Option<crate::limit::Hit> {
+    ) -> Option<crate::obligations::limit::Hit> {
         let ob = &d.obligations;
         if (ob.limit.is_none() && ob.quota.is_none())
             || d.enforced == Action::Deny
@@ -650,7 +652,7 @@ impl Conn {
         {
             return None;
         }
-        let subject = crate::limit::Subject {
+        let subject = crate::obligations::limit::Subject {
             caller,
             service: service.map_or("", |s| &s.name),
             function: &call.function,
@@ -903,12 +905,12 @@ impl Conn {
             // An injected credential is scrubbed from the bytes as they pass: they must be
             // the bytes, not a compressed form of them.
             match &secrets {
-                Some(_) => crate::mask::response_body(&parts.headers)
-                    .map(|_| crate::mask::BodyKind::Binary),
-                None => Ok(crate::mask::BodyKind::Binary),
+                Some(_) => crate::obligations::mask::response_body(&parts.headers)
+                    .map(|_| crate::obligations::mask::BodyKind::Binary),
+                None => Ok(crate::obligations::mask::BodyKind::Binary),
             }
         } else {
-            crate::mask::answer_kind(
+            crate::obligations::mask::answer_kind(
                 parts.status.as_u16(),
                 &parts.headers,
                 one.decision.obligations.unmaskable,
@@ -916,8 +918,10 @@ impl Conn {
         };
         let seen = strip_hop_by_hop(&mut parts.headers);
         // Header values leave as the body does: `X-Card`, `Location: /users/<e-mail>`.
-        let header_masks =
-            crate::mask::HeaderMasker::new(masks.clone(), self.inputs.mask_key.clone());
+        let header_masks = crate::obligations::mask::HeaderMasker::new(
+            masks.clone(),
+            self.inputs.mask_key.clone(),
+        );
         if let Some(m) = &header_masks {
             m.mask(&mut parts.headers);
         }
@@ -934,7 +938,7 @@ impl Conn {
             return resp;
         }
         let masker = match body_kind {
-            Ok(kind) if !masks.is_empty() => Some(crate::mask::BodyMasker::new(
+            Ok(kind) if !masks.is_empty() => Some(crate::obligations::mask::BodyMasker::new(
                 masks,
                 self.inputs.mask_key.clone(),
                 kind,

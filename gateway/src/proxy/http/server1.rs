@@ -4,7 +4,7 @@
 //! One request at a time per connection, as HTTP/1.1 has it: its head is read and parsed in
 //! place (field values share the head's memory), the handler answers it, and the answer is
 //! written with as few writes as its body allows, usually one. The request body, when there
-//! is one, reads straight off the connection through the shared [`crate::h1`] framing; no
+//! is one, reads straight off the connection through the shared [`crate::proxy::h1`] framing; no
 //! connection task and no channels. hyper's server did the same work with a more general
 //! dispatcher and a fresh timer per request: about 12k of the 32k instructions a small call
 //! cost (callgrind), where this server's part is about 6k.
@@ -35,10 +35,10 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    extract::Kind,
-    forward::pool::{BodyError, ProxyBody, lock},
-    h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
-    reply::Refusal,
+    call::extract::Kind,
+    proxy::forward::pool::{BodyError, ProxyBody, lock},
+    proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
+    proxy::reply::Refusal,
 };
 
 /// Bodies up to this size are copied in with the head and the chunk framing, so the whole
@@ -722,7 +722,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
-    use crate::reply::full;
+    use crate::proxy::reply::full;
 
     const LIMITS: Limits = Limits {
         max_head: 1024,

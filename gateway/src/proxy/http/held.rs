@@ -13,12 +13,12 @@ use super::{
     strip_hop_by_hop,
 };
 use crate::{
-    extract::{Kind, Role},
-    forward::pool::{ProxyBody, UpstreamBody},
-    mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
+    call::extract::{Kind, Role},
+    obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Caller, Service, Snapshot},
+    proxy::forward::pool::{ProxyBody, UpstreamBody},
+    proxy::reply::{self, Refusal},
     record::RawJson,
-    reply::{self, Refusal},
 };
 
 /// A JSON-RPC batch: the allowed elements go upstream as one batch; the answer is the
@@ -167,11 +167,15 @@ pub(super) async fn list_tools(
     // things cannot be, and would reach the caller whole; nor, on a service that masks, one
     // of a type that is not text, unless the service lets such answers pass.
     let ob = &one.decision.obligations;
-    let verdict = crate::mask::response_body(&head.headers).and_then(|kind| {
+    let verdict = crate::obligations::mask::response_body(&head.headers).and_then(|kind| {
         if ob.masks.0.is_empty() {
             Ok(kind)
         } else {
-            crate::mask::answer_kind(head.status.as_u16(), &head.headers, ob.unmaskable)
+            crate::obligations::mask::answer_kind(
+                head.status.as_u16(),
+                &head.headers,
+                ob.unmaskable,
+            )
         }
     });
     if let Err(why) = verdict {

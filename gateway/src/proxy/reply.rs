@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value as Json, json};
 
 use crate::{
-    extract::Kind,
-    forward::pool::{BodyError, ProxyBody},
+    call::extract::Kind,
+    proxy::forward::pool::{BodyError, ProxyBody},
 };
 
 /// JSON-RPC error code for a call refused by policy (server-defined range).
@@ -37,7 +37,7 @@ pub struct Refusal {
     pub function: Option<String>,
     pub policy_commit: Option<String>,
     /// The rate limit or quota the call is over: when to try again (`Retry-After`).
-    pub limit: Option<crate::limit::Hit>,
+    pub limit: Option<crate::obligations::limit::Hit>,
 }
 
 impl Refusal {

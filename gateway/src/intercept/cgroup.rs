@@ -66,7 +66,7 @@ impl Cgroup {
 }
 
 fn is_cgroup2(path: &Path) -> bool {
-    crate::fsutil::statfs_type(path) == Some(CGROUP2_SUPER_MAGIC)
+    crate::util::fs::statfs_type(path) == Some(CGROUP2_SUPER_MAGIC)
 }
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tracing::warn;
 
-use crate::{fsutil, policy::Caller, policy::compile::parse_duration};
+use crate::{policy::Caller, policy::compile::parse_duration, util::fs::write_atomic_mode};
 
 const SHARDS: usize = 64;
 /// Keys kept per shard, for buckets and for quota windows each.
@@ -369,7 +369,7 @@ impl Limiter {
             }
         }
         let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-        if let Err(e) = fsutil::write_atomic_mode(p, &bytes, 0o600) {
+        if let Err(e) = write_atomic_mode(p, &bytes, 0o600) {
             self.dirty.store(true, Relaxed);
             warn!(path = %p.display(), error = %e, "could not save quota state; retrying");
         }

@@ -22,14 +22,14 @@ use sha2::Sha256;
 pub use detect::{Detector, Hit, Kind};
 pub use json::JsonMasker;
 
-use crate::{jsonpath::JsonPath, policy::schema::MaskSpec};
+use crate::{policy::schema::MaskSpec, util::jsonpath::JsonPath};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaskError {
     #[error("unknown detector {0:?} (known: {known})", known = Detector::ALL.map(Detector::name).join(", "))]
     UnknownDetector(String),
     #[error(transparent)]
-    Path(#[from] crate::jsonpath::PathError),
+    Path(#[from] crate::util::jsonpath::PathError),
     #[error("invalid regex {regex:?}: {source}")]
     Regex {
         regex: String,
@@ -138,7 +138,7 @@ impl MaskKey {
         }
         let mut k = [0u8; 32];
         getrandom::fill(&mut k).map_err(|e| err(std::io::Error::other(e.to_string())))?;
-        crate::fsutil::write_atomic_mode(path, &k, 0o600).map_err(err)?;
+        crate::util::fs::write_atomic_mode(path, &k, 0o600).map_err(err)?;
         Ok(Self::from_bytes(k))
     }
 
@@ -259,7 +259,7 @@ impl MaskRules {
     fn field_style<'s>(
         &self,
         len: usize,
-        step: &dyn Fn(usize) -> crate::jsonpath::Step<'s>,
+        step: &dyn Fn(usize) -> crate::util::jsonpath::Step<'s>,
     ) -> Option<Style> {
         self.fields
             .iter()

@@ -16,12 +16,12 @@ use tracing::warn;
 
 use super::{Conn, OneCall};
 use crate::{
-    forward::pool::{BodyError, UpstreamBody},
-    mask::{
+    obligations::mask::{
         BodyMasker, HeaderMasker,
         scrub::{ScrubStream, Secrets},
     },
     policy::{Obligations, schema::RecordLevel},
+    proxy::forward::pool::{BodyError, UpstreamBody},
     record::{Durable, RawJson, Record, RecordError, RecordedDecision},
 };
 

@@ -132,7 +132,7 @@ impl Metrics {
 /// The gateway's state at scrape time.
 #[derive(Debug)]
 struct State {
-    counters: crate::stats::Counters,
+    counters: crate::telemetry::stats::Counters,
     kernel: Vec<(String, u64)>,
     enabled: usize,
     policy: Option<crate::policy::store::ReloadStatus>,

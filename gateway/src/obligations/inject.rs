@@ -17,10 +17,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl, basic::BasicClient};
 
 use crate::{
-    mask::scrub::Secrets,
-    outbound::{Outbound, chain},
+    obligations::mask::scrub::Secrets,
     policy::Obligations,
     policy::schema::{OAuth2Source, SecretRef},
+    util::outbound::{Outbound, chain},
 };
 
 /// How long a secret read from its source is used before it is read again.

@@ -182,7 +182,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<bool> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    callgate::fsutil::write_atomic_mode(path, text.as_bytes(), mode)
+    callgate::util::fs::write_atomic_mode(path, text.as_bytes(), mode)
         .with_context(|| format!("writing {}", path.display()))?;
     step(format_args!("wrote {}", path.display()));
     Ok(true)
@@ -223,7 +223,7 @@ pub fn install(a: InstallArgs) -> Result<()> {
     let state = under(root, config::DEFAULT_STATE_DIR);
     fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     fs::set_permissions(&state, fs::Permissions::from_mode(0o700))?;
-    callgate::tls::Authority::load_or_create(&state)?;
+    callgate::proxy::tls::Authority::load_or_create(&state)?;
     step(format_args!(
         "local CA in {}",
         state.join("ca.crt").display()
@@ -240,8 +240,12 @@ pub fn install(a: InstallArgs) -> Result<()> {
     }
 
     let unit_path = under(root, Path::new("/etc/systemd/system").join(UNIT_NAME));
-    callgate::fsutil::write_atomic_mode(&unit_path, unit(&bin_rel, &config_rel).as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", unit_path.display()))?;
+    callgate::util::fs::write_atomic_mode(
+        &unit_path,
+        unit(&bin_rel, &config_rel).as_bytes(),
+        0o644,
+    )
+    .with_context(|| format!("writing {}", unit_path.display()))?;
     step(format_args!("wrote {}", unit_path.display()));
 
     if live(root) && systemd_running() {

@@ -22,7 +22,7 @@ use rustls::{
 };
 use tracing::{info, warn};
 
-use crate::fsutil;
+use crate::util::fs::write_atomic_mode;
 
 /// Leaves kept; past this the cache starts over (a gateway talks to few distinct names).
 const LEAF_CACHE: usize = 1024;
@@ -93,17 +93,16 @@ impl Authority {
             // one in ca.crt, with the same name and key.
             let cert = ca_params.clone().self_signed(&key)?;
             if !crt_path.exists() {
-                fsutil::write_atomic_mode(&crt_path, cert.pem().as_bytes(), 0o644)
+                write_atomic_mode(&crt_path, cert.pem().as_bytes(), 0o644)
                     .map_err(io(&crt_path))?;
             }
             (key, cert)
         } else {
             let key = KeyPair::generate()?;
             let cert = ca_params.clone().self_signed(&key)?;
-            fsutil::write_atomic_mode(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            write_atomic_mode(&key_path, key.serialize_pem().as_bytes(), 0o600)
                 .map_err(io(&key_path))?;
-            fsutil::write_atomic_mode(&crt_path, cert.pem().as_bytes(), 0o644)
-                .map_err(io(&crt_path))?;
+            write_atomic_mode(&crt_path, cert.pem().as_bytes(), 0o644).map_err(io(&crt_path))?;
             info!(ca = %crt_path.display(), "created the local CA for TLS interception");
             (key, cert)
         };
