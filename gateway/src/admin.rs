@@ -3,7 +3,6 @@
 //! optional HTTP admin listener ([`web`]) serves the approvals page.
 pub mod login;
 pub mod pages;
-pub mod visible;
 pub mod web;
 
 use std::{
@@ -243,7 +242,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
             let grant = match grant.as_deref() {
                 None => None,
                 Some(g) => Some(
-                    crate::policy::compile::parse_duration(g)
+                    crate::util::time::parse_duration(g)
                         .ok_or_else(|| format!("--grant {g:?} is not a duration like 30m"))?,
                 ),
             };

@@ -17,15 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    policy::{Caller, compile::ApprovalSpec},
-    record::now_ms,
-    util::fs::write_atomic_mode,
+    call::Caller, policy::compile::ApprovalSpec, util::fs::write_atomic_mode, util::time::now_ms,
 };
 
 /// Finished requests kept for `approvals list --all` and the record of restarts.
@@ -391,7 +390,7 @@ impl Approvals {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// Writes the state; a failure is logged, the state in memory stays authoritative.
@@ -828,7 +827,7 @@ impl Drop for Hold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Workload;
+    use crate::call::Workload;
 
     fn spec(grant: Option<u64>) -> ApprovalSpec {
         ApprovalSpec {

@@ -14,7 +14,7 @@ use http::HeaderMap;
 
 pub use oidc::{Identity, IdentityConfig, ProviderConfig, TokenError, Verifier};
 
-use crate::policy::Caller;
+use crate::call::Caller;
 
 /// The bearer token a request carries, from the first configured header present. A value
 /// may be `Bearer <token>` or, in a header of its own, the bare token.

@@ -21,6 +21,7 @@ use std::{
     sync::Mutex,
 };
 
+use crate::util::sync::LockExt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
@@ -337,7 +338,7 @@ impl Interceptor {
                 }
             }
         }
-        *self.enabled.lock().unwrap_or_else(|p| p.into_inner()) = keep;
+        *self.enabled.locked() = keep;
         self.save()?;
         Ok(report)
     }
@@ -349,7 +350,7 @@ impl Interceptor {
             path: cg.path.clone(),
             id: cg.id,
         };
-        let mut enabled = self.enabled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut enabled = self.enabled.locked();
         if enabled.contains_key(&cg.id) {
             return Ok(Change {
                 cgroup: entry,
@@ -373,7 +374,7 @@ impl Interceptor {
 
     pub fn disable(&self, target: &Target) -> Result<Change, InterceptError> {
         let cg = target.resolve(&self.mount)?;
-        let mut enabled = self.enabled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut enabled = self.enabled.locked();
         let Some(entry) = enabled.remove(&cg.id) else {
             return Err(InterceptError::NotEnabled { path: cg.path });
         };
@@ -483,12 +484,7 @@ impl Interceptor {
     }
 
     pub fn enabled(&self) -> Vec<Enabled> {
-        self.enabled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.enabled.locked().values().cloned().collect()
     }
 
     /// Takes the entry for a connection accepted from `peer`: each is handed out once.
@@ -496,7 +492,7 @@ impl Interceptor {
     pub fn take(&self, peer: SocketAddr, lane: usize) -> Option<Redirect> {
         let key = sock_key(peer);
         let map = self.by_addr.get(lane % self.by_addr.len().max(1))?;
-        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = map.locked();
         let redirect = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(redirect)
@@ -521,7 +517,7 @@ impl Interceptor {
     /// On a clean stop the programs stay attached (connections fail closed until the next
     /// start); only our tgid is withdrawn so that a process reusing it is not exempt.
     pub fn shutdown(&self) {
-        let mut map = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.config_map.locked();
         if let Ok(mut cfg) = map.get(&0, 0) {
             cfg.gateway_tgid = 0;
             let _ = map.set(0, cfg, 0);
@@ -533,7 +529,7 @@ impl Interceptor {
     }
 
     fn listen_port(&self) -> u32 {
-        let map = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.config_map.locked();
         map.get(&0, 0).map(|c| c.listen_port).unwrap_or(0)
     }
 
@@ -560,7 +556,7 @@ impl Interceptor {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cgroup_file = fs::File::open(&cg.path).map_err(io_err(&cg.path))?;
         let suffix = format!("@{}", std::process::id());
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self.ebpf.locked();
         let mut pinned = Vec::new();
         for &name in names {
             let path = dir.join(format!("{name}{suffix}"));

@@ -3,12 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use callgate::{
-    admin::{
-        self, Request, Status,
-        visible::{LogWriter, visible as v},
-    },
+    admin::{self, Request, Status},
     config::{self, Config, Overrides},
     intercept::{Change, Target},
+    util::visible::{LogWriter, visible as v},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -370,12 +368,12 @@ fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()
                     .with_context(|| format!("{}: not valid JSON", p.display()))
             };
             let call_json = read(&call)?;
-            let caller: policy::Caller = match &caller {
+            let caller: callgate::call::Caller = match &caller {
                 Some(p) => serde_json::from_value(read(p)?)
                     .with_context(|| format!("{}: not a caller", p.display()))?,
-                None => policy::Caller::default(),
+                None => callgate::call::Caller::default(),
             };
-            let the_call: policy::Call = serde_json::from_value(call_json.clone())
+            let the_call: callgate::call::Call = serde_json::from_value(call_json.clone())
                 .with_context(|| format!("{}: needs \"function\"", call.display()))?;
             let service = match (
                 call_json.get("service").and_then(|v| v.as_str()),

@@ -17,7 +17,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use crossbeam_channel::Sender;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::obligations::mask::{MaskKey, MaskRules};
+use crate::util::time::now_ms;
 
 /// One call, as recorded. Argument and response values are masked before they get here and
 /// masked again with every built-in detector before they are written.
@@ -195,14 +196,6 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
         Value::Array(a) => a.iter_mut().for_each(|x| drop_credentials(x, depth + 1)),
         _ => {}
     }
-}
-
-/// Wall-clock time in Unix milliseconds, as records and the log's files store it.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 impl Record {

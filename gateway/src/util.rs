@@ -4,3 +4,6 @@
 pub mod fs;
 pub mod jsonpath;
 pub mod outbound;
+pub mod sync;
+pub mod time;
+pub mod visible;

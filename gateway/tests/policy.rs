@@ -5,9 +5,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use callgate::policy::{
-    self, Action, Call, Caller, Finding, PolicyStore, Snapshot, Workload, lint,
-};
+use callgate::call::{Call, Caller, Workload};
+use callgate::policy::{self, Action, Finding, PolicyStore, Snapshot, lint};
 use serde_json::{Value, json};
 
 static N: AtomicU32 = AtomicU32::new(0);

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Request;
-use crate::{admin::visible::visible, util::outbound::Outbound};
+use crate::{util::outbound::Outbound, util::visible::visible};
 
 /// Announcements queued at most; beyond that new ones are dropped with a warning.
 const QUEUE: usize = 256;

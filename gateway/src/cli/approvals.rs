@@ -8,10 +8,10 @@ use callgate::{
     admin::{
         Request,
         pages::{short, time},
-        visible::{visible as v, visible_json},
     },
     approve::{self, Grant, State},
-    record::now_ms,
+    util::time::now_ms,
+    util::visible::{visible as v, visible_json},
 };
 use clap::Subcommand;
 

@@ -7,11 +7,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use callgate::admin::visible::{visible, visible as v, visible_json};
-use callgate::record::{
-    now_ms,
-    query::{self, Filter, Stored},
-};
+use callgate::record::query::{self, Filter, Stored};
+use callgate::util::time::now_ms;
+use callgate::util::visible::{visible, visible as v, visible_json};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::util::sync::LockExt;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderName;
@@ -333,7 +334,7 @@ impl Verifier {
         if Arc::ptr_eq(&self.active.load().config, cfg) {
             return;
         }
-        let _one = self.configuring.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.configuring.locked();
         let old = self.active.load_full();
         if Arc::ptr_eq(&old.config, cfg) {
             return;
@@ -485,7 +486,7 @@ impl Keys {
 
 impl Issuer {
     fn health(&self) -> Health {
-        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.health.locked();
         Health {
             fetches: h.fetches,
             failures: h.failures,
@@ -521,7 +522,7 @@ impl Issuer {
 
     async fn fetch_locked(&self, st: &mut FetchState, http: &Outbound) -> Result<usize, String> {
         let result = self.fetch_keys(st, http).await;
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.health.locked();
         h.fetches += 1;
         match result {
             Ok(set) => {

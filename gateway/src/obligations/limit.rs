@@ -16,11 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tracing::warn;
 
-use crate::{policy::Caller, policy::compile::parse_duration, util::fs::write_atomic_mode};
+use crate::{call::Caller, util::fs::write_atomic_mode, util::time::parse_duration};
 
 const SHARDS: usize = 64;
 /// Keys kept per shard, for buckets and for quota windows each.
@@ -223,7 +224,7 @@ impl<T> Shards<T> {
 
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, T>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[i].locked()
     }
 }
 
@@ -361,7 +362,7 @@ impl Limiter {
         let unix = unix_now();
         let mut saved = Saved::default();
         for s in &self.windows.shards {
-            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            let s = s.locked();
             for (k, w) in s.iter() {
                 if w.start + w.len > unix {
                     saved.windows.insert(k.clone(), *w);
@@ -409,16 +410,14 @@ fn evict_windows(shard: &mut HashMap<String, Window>, unix: u64) {
 }
 
 fn unix_now() -> u64 {
-    crate::record::now_ms() / 1000
+    crate::util::time::now_ms() / 1000
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{
-        Workload,
-        schema::{LimitDef, QuotaDef},
-    };
+    use crate::call::Workload;
+    use crate::policy::schema::{LimitDef, QuotaDef};
 
     fn caller(sub: &str, unit: &str) -> Caller {
         Caller {

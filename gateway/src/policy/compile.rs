@@ -20,6 +20,7 @@ use super::{
         RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
     },
 };
+use crate::util::time::parse_duration;
 use crate::{
     call::extract::path::PathRules, identity::IdentityConfig, obligations::mask::MaskRules,
     util::jsonpath::JsonPath,
@@ -279,28 +280,6 @@ pub struct ApprovalSpec {
     pub grant: Option<Duration>,
     /// Grants cover only calls with the same arguments.
     pub grant_same_args: bool,
-}
-
-/// `10m`, `30s`, `2h`, `1d`, or a combination like `1h30m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-        } else {
-            let n: u64 = num.parse().ok()?;
-            num.clear();
-            total += n * match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => return None,
-            };
-        }
-    }
-    (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
 }
 
 /// A secret source: exactly one place; an `oauth2` one with a usable token endpoint and a

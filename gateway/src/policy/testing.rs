@@ -4,9 +4,11 @@ use std::{path::PathBuf, time::Instant};
 
 use serde_json::{Map, Value as Json};
 
+use crate::call::{Call, Caller, Workload};
+
 use super::{
     compile::Snapshot,
-    eval::{Call, Caller, Decision, Workload},
+    eval::Decision,
     load::Loaded,
     schema::{Action, Expect, TestCase},
 };
@@ -169,7 +171,7 @@ fn check_limit(
         function,
         args,
     };
-    let (now, unix) = (Instant::now(), crate::record::now_ms() / 1000);
+    let (now, unix) = (Instant::now(), crate::util::time::now_ms() / 1000);
     for i in 0..=n {
         let r = limiter.check_at(
             ob.limit.as_deref(),

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::{
     approve::Approvals,
+    call::{Caller, Workload},
     config::{self, Config},
     identity::{
         Verifier,
@@ -35,7 +36,7 @@ use crate::{
     obligations::inject::Credentials,
     obligations::mask::MaskKey,
     policy::{
-        Action, Caller, PolicyStore, Workload,
+        Action, PolicyStore,
         schema::{TcpMode, TlsMode},
     },
     proxy::forward::{self, pool::Upstreams},
@@ -292,7 +293,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, lane: usize, inputs: &Arc<P
         id,
         session: format!("{}-{id}", inputs.session_prefix),
         started: Instant::now(),
-        started_unix_ms: crate::record::now_ms(),
+        started_unix_ms: crate::util::time::now_ms(),
         dst: intercept::original_destination(&redirect),
         workload: workload_info(&redirect, inputs),
     };

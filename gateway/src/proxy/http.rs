@@ -34,9 +34,10 @@ use tracing::{debug, warn};
 use crate::{
     approve,
     call::extract::{self, Extracted, Kind, OneCall, Role},
+    call::{Call, Caller},
     identity,
     obligations::mask::scrub::{ScrubStream, Secrets},
-    policy::{Action, Call, Caller, Decision, Obligations, PolicyStore, Service, Snapshot},
+    policy::{Action, Decision, Obligations, PolicyStore, Service, Snapshot},
     proxy::accept::ProxyInputs,
     proxy::forward::pool::{
         BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey,

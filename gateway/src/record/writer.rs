@@ -6,6 +6,7 @@
 //! if it fails (ENOSPC, EIO) the file is cut back to its last durable length and the group is
 //! written again once the disk recovers, so a failure never leaves a hole or a torn frame in
 //! the chain.
+use crate::util::time::now_ms;
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek, SeekFrom, Write},
@@ -18,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tracing::{error, info, warn};
 
 use super::{
-    Entry, RecordError, RecorderConfig, Shared, now_ms,
+    Entry, RecordError, RecorderConfig, Shared,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
 };
 

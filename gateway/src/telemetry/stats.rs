@@ -7,6 +7,7 @@ use std::{
     },
 };
 
+use crate::util::sync::LockExt;
 use serde::{Deserialize, Serialize};
 
 /// How many finished connections `status` remembers.
@@ -111,7 +112,7 @@ impl Stats {
     pub fn finished(&self, summary: ConnSummary) {
         self.bytes_up.fetch_add(summary.bytes_up, Relaxed);
         self.bytes_down.fetch_add(summary.bytes_down, Relaxed);
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.locked();
         let oldest = (recent.len() == RECENT).then(|| recent.pop_front());
         recent.push_back(summary);
         // Freed after the lock: every data-path thread comes here once per connection.
@@ -120,12 +121,7 @@ impl Stats {
     }
 
     pub fn recent(&self) -> Vec<ConnSummary> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.recent.locked().iter().cloned().collect()
     }
 
     pub fn snapshot(&self) -> Counters {

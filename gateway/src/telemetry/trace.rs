@@ -20,7 +20,7 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider},
 };
 
-use crate::{policy::Caller, util::outbound::Outbound};
+use crate::{call::Caller, util::outbound::Outbound};
 
 /// Spans waiting for export at most; beyond it new ones are dropped.
 const QUEUE: usize = 8192;

@@ -23,11 +23,12 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::pool::{BodyError, ProxyBody, lock};
+use super::pool::{BodyError, ProxyBody};
 use crate::proxy::h1::{
     self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, put_chunk_size, put_fields,
     put_last_chunk,
 };
+use crate::util::sync::LockExt;
 
 /// The longest answer head read; a longer one is an error.
 const MAX_HEAD: usize = 64 * 1024;
@@ -256,7 +257,7 @@ impl Source for Kept {
             if self.conn.buf.capacity() > 64 * 1024 {
                 self.conn.buf = BytesMut::with_capacity(8 * 1024);
             }
-            *lock(&self.slot) = Some(self.conn);
+            *self.slot.locked() = Some(self.conn);
         }
     }
 }
@@ -465,7 +466,7 @@ mod tests {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body.len(), BODY);
         assert!(
-            lock(&slot).is_some(),
+            slot.locked().is_some(),
             "the connection is kept for the next call"
         );
         upstream.abort();

@@ -20,12 +20,13 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     thread::{self, ThreadId},
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -164,7 +165,7 @@ pub struct Http1Slot(h1::Slot);
 
 impl Http1Slot {
     fn take(&self) -> Option<Upstream1> {
-        lock(&self.0).take()
+        self.0.locked().take()
     }
 }
 
@@ -204,11 +205,6 @@ impl Body for UpstreamBody {
             UpstreamBody::Own(b) => b.size_hint(),
         }
     }
-}
-
-/// A poisoned lock only means a panic elsewhere; what it guards stays consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Upstreams {
@@ -261,7 +257,7 @@ impl Upstreams {
             return;
         }
         let now = Instant::now();
-        let mut idle = lock(&self.idle_http1);
+        let mut idle = self.idle_http1.locked();
         // Expired ones are closed here, for every destination: nothing else looks at them.
         idle.retain(|_, kept| {
             kept.retain(|(at, c)| self.still_usable(*at, now, c));
@@ -274,7 +270,7 @@ impl Upstreams {
     }
 
     fn kept_http1(&self, dst: SocketAddr) -> Option<Upstream1> {
-        let mut idle = lock(&self.idle_http1);
+        let mut idle = self.idle_http1.locked();
         let kept = idle.get_mut(&(thread::current().id(), dst))?;
         let now = Instant::now();
         while let Some((at, c)) = kept.pop() {
@@ -292,7 +288,7 @@ impl Upstreams {
 
     /// The client for `key`; `tls` supplies the client configuration when the key needs one.
     pub fn client(&self, key: &UpstreamKey, tls: Option<Arc<ClientConfig>>) -> HttpClient {
-        let mut clients = lock(&self.clients);
+        let mut clients = self.clients.locked();
         if let Some(c) = clients.get(key) {
             return c;
         }
@@ -432,11 +428,11 @@ mod tests {
     }
 
     fn has(up: &Upstreams, port: u16) -> bool {
-        lock(&up.clients).map.contains_key(&key(port))
+        up.clients.locked().map.contains_key(&key(port))
     }
 
     fn count(up: &Upstreams) -> usize {
-        lock(&up.clients).map.len()
+        up.clients.locked().map.len()
     }
 
     #[tokio::test]

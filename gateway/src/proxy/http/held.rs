@@ -13,9 +13,10 @@ use super::{
     strip_hop_by_hop,
 };
 use crate::{
+    call::Caller,
     call::extract::{Kind, Role},
     obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
-    policy::{Action, Caller, Service, Snapshot},
+    policy::{Action, Service, Snapshot},
     proxy::forward::pool::{ProxyBody, UpstreamBody},
     proxy::reply::{self, Refusal},
     record::RawJson,

@@ -36,9 +36,10 @@ use tracing::debug;
 
 use crate::{
     call::extract::Kind,
-    proxy::forward::pool::{BodyError, ProxyBody, lock},
+    proxy::forward::pool::{BodyError, ProxyBody},
     proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
     proxy::reply::Refusal,
+    util::sync::LockExt,
 };
 
 /// Bodies up to this size are copied in with the head and the chunk framing, so the whole
@@ -87,7 +88,7 @@ impl<I: AsyncRead + Send + 'static> Source for Lent<I> {
     }
 
     fn finish(self, reusable: bool) {
-        let mut back = lock(&self.back);
+        let mut back = self.back.locked();
         back.reader = Some((self.reader, reusable));
         if let Some(w) = back.waiting.take() {
             w.wake();
@@ -200,7 +201,7 @@ where
         // streams to an upstream that answered early).
         let returned = match kept {
             Some(r) => Some((r, true)),
-            None => lock(&back).reader.take(),
+            None => back.locked().reader.take(),
         };
         reader = match returned {
             Some((r, true)) => r,
@@ -256,7 +257,7 @@ where
             return Poll::Ready(Some(resp));
         }
         if kept.is_none() {
-            let mut back = lock(back);
+            let mut back = back.locked();
             match back.reader.take() {
                 Some((r, true)) => *kept = Some(r),
                 // The body did not end cleanly: the connection closes after the answer.
@@ -656,7 +657,7 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
         }
         fn finish(self, reusable: bool) {
             let back = self.back.clone();
-            *lock(&back) = Some((self, reusable));
+            *back.locked() = Some((self, reusable));
         }
     }
     let back = Arc::new(Mutex::new(None));
@@ -707,7 +708,7 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
         }
         drop(body);
         out.push(Ok(format!("{text}{}", String::from_utf8_lossy(&data))));
-        let returned = lock(&back).take();
+        let returned = back.locked().take();
         match returned {
             Some((m, true)) => mem = m,
             _ => return out,
