@@ -23,6 +23,7 @@ use serde_json::Value as Json;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::config::ApprovalLimits;
 use crate::{
     call::Caller, policy::compile::ApprovalSpec, util::fs::write_atomic_mode, util::time::now_ms,
 };
@@ -34,22 +35,6 @@ const KEEP_FINISHED: usize = 500;
 pub enum ApprovalError {
     #[error("approval state {path}: {reason}")]
     State { path: String, reason: String },
-}
-
-/// Bounds on what is waiting at once; beyond them new requests are refused at once.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_pending: usize,
-    pub max_pending_per_caller: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_pending: 256,
-            max_pending_per_caller: 8,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,7 +308,7 @@ const ANNOUNCE_PER_MINUTE: u32 = 30;
 
 pub struct Approvals {
     path: PathBuf,
-    limits: Limits,
+    limits: ApprovalLimits,
     inner: Mutex<Inner>,
     /// Bumped on every change, for live views.
     changes: watch::Sender<u64>,
@@ -335,7 +320,7 @@ impl Approvals {
     /// returned (now `interrupted`) so that their calls can be recorded.
     pub fn open(
         path: PathBuf,
-        limits: Limits,
+        limits: ApprovalLimits,
         notifier: Option<notify::Notifier>,
     ) -> Result<(Self, Vec<Request>), ApprovalError> {
         let saved: Saved = match std::fs::read(&path) {
@@ -890,7 +875,7 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Approvals>, Vec<Request>) {
+    fn open(dir: &std::path::Path, limits: ApprovalLimits) -> (Arc<Approvals>, Vec<Request>) {
         let (a, i) = Approvals::open(dir.join("approvals.json"), limits, None).unwrap();
         (Arc::new(a), i)
     }
@@ -906,7 +891,7 @@ mod tests {
     #[tokio::test]
     async fn approve_deny_timeout_and_grants() {
         let dir = tempdir();
-        let (a, _) = open(&dir, Limits::default());
+        let (a, _) = open(&dir, ApprovalLimits::default());
         let c = caller("agent");
         let s = spec(Some(3600));
 
@@ -961,7 +946,7 @@ mod tests {
     #[tokio::test]
     async fn limits_and_restart() {
         let dir = tempdir();
-        let limits = Limits {
+        let limits = ApprovalLimits {
             max_pending: 3,
             max_pending_per_caller: 2,
         };

@@ -1,7 +1,5 @@
-//! The one vocabulary of a call, from extraction to the record: what was called, by whom, and
-//! how a request becomes calls.
-
-pub mod extract;
+//! The one vocabulary of a call, from extraction to the record: what was called and by whom.
+//! Every stage imports it; it imports none of them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;

@@ -17,8 +17,9 @@ use crate::{
     policy::PolicyStore,
     proxy::accept::{self, Listeners, ProxyInputs},
     proxy::forward::pool::Upstreams,
+    proxy::http::InspectionBudget,
     proxy::tls::Authority,
-    record::{Record, RecordedDecision, Recorder},
+    record::{Record, RecordedDecision, Recorder, RecorderConfig},
     telemetry::stats::Stats,
     util::outbound::Outbound,
 };
@@ -94,7 +95,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // Recording opens before anything is accepted: a call that cannot be recorded is refused.
     let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
-        Some(Recorder::open(cfg.records.recorder(), mask_key.clone())?)
+        Some(Recorder::open(
+            RecorderConfig::from(&cfg.records),
+            mask_key.clone(),
+        )?)
     } else {
         warn!("call recording is off (records.enabled: false)");
         None
@@ -183,6 +187,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         authority,
         upstreams: Arc::new(Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)),
         mask_key,
+        inspection: InspectionBudget::new(
+            cfg.http.max_inspected_bytes,
+            cfg.http.max_inspected_per_connection_bytes,
+        ),
     });
     let mut tasks = Vec::new();
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;

@@ -249,7 +249,7 @@ impl Interceptor {
         }
         let kernel_cfg = common::Config {
             listen_v4: u32::from_ne_bytes(config::LISTEN_V4.octets()),
-            listen_v6: config::words(u128::from(config::LISTEN_V6)),
+            listen_v6: crate::util::net::words(u128::from(config::LISTEN_V6)),
             listen_port: u32::from(cfg.listen_port),
             gateway_tgid: std::process::id(),
             flags,
@@ -826,7 +826,7 @@ fn ip_key(ip: IpAddr) -> [u32; 4] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
-    config::words(u128::from(v6))
+    crate::util::net::words(u128::from(v6))
 }
 
 /// A listener port inside the ephemeral range can be handed to a `listen()` on an unbound
@@ -866,14 +866,14 @@ pub fn sock_key(peer: SocketAddr) -> SockKey {
         SocketAddr::V6(v6) => *v6.ip(),
     };
     SockKey {
-        addr: config::words(u128::from(addr)),
+        addr: crate::util::net::words(u128::from(addr)),
         port: u32::from(peer.port()),
     }
 }
 
 /// The original destination of a redirect, as a socket address in the workload's family.
 pub fn original_destination(r: &Redirect) -> SocketAddr {
-    let ip = config::from_words(&r.dst_addr);
+    let ip = crate::util::net::from_words(&r.dst_addr);
     let port = r.dst_port as u16;
     match ip.to_ipv4_mapped() {
         Some(v4) => SocketAddr::from((v4, port)),
@@ -963,7 +963,7 @@ mod tests {
         };
         r.dst_addr = common::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]));
         assert_eq!(original_destination(&r), "10.1.2.3:443".parse().unwrap());
-        r.dst_addr = config::words(u128::from(Ipv6Addr::LOCALHOST));
+        r.dst_addr = crate::util::net::words(u128::from(Ipv6Addr::LOCALHOST));
         assert_eq!(original_destination(&r), "[::1]:443".parse().unwrap());
     }
 }

@@ -15,6 +15,7 @@ pub mod approve;
 pub mod call;
 pub mod config;
 pub mod daemon;
+pub mod extract;
 pub mod identity;
 pub mod intercept;
 pub mod obligations;

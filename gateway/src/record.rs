@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::{Durability, RecordsConfig};
 use crate::obligations::mask::{MaskKey, MaskRules};
 use crate::util::time::now_ms;
 
@@ -217,16 +218,6 @@ impl Record {
 }
 
 /// When a record counts as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// fsync'd within `commit_window` of being submitted (group commit).
-    #[default]
-    Buffered,
-    /// The submitter waits until its record is fsync'd.
-    Strict,
-}
-
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
     pub dir: PathBuf,
@@ -246,6 +237,21 @@ pub struct RecorderConfig {
     pub retain_age: Duration,
     /// Responses longer than this (serialised) are cut in records.
     pub response_cap: usize,
+}
+
+impl From<&RecordsConfig> for RecorderConfig {
+    fn from(cfg: &RecordsConfig) -> Self {
+        let mut c = RecorderConfig::new(&cfg.dir);
+        c.durability = cfg.durability;
+        c.commit_window = cfg.commit_window;
+        c.segment_bytes = cfg.segment_bytes;
+        c.segment_age = cfg.segment_age;
+        c.retain_bytes = cfg.retain_bytes;
+        c.retain_age = cfg.retain_age;
+        c.response_cap = cfg.response_cap;
+        c.backlog_bytes = cfg.backlog_bytes;
+        c
+    }
 }
 
 impl RecorderConfig {

@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod jsonpath;
+pub mod net;
 pub mod outbound;
 pub mod sync;
 pub mod time;

@@ -865,10 +865,10 @@ mod never_panics {
         ) {
             let snap = hostile_services();
             for (name, kind) in [
-                ("rpc", callgate::call::extract::Kind::JsonRpc),
-                ("mcp", callgate::call::extract::Kind::Mcp),
-                ("rest", callgate::call::extract::Kind::Rest),
-                ("grpc", callgate::call::extract::Kind::Grpc),
+                ("rpc", callgate::extract::Kind::JsonRpc),
+                ("mcp", callgate::extract::Kind::Mcp),
+                ("rest", callgate::extract::Kind::Rest),
+                ("grpc", callgate::extract::Kind::Grpc),
             ] {
                 let svc = snap.service(name).expect("service");
                 for method in ["POST", "GET"] {
@@ -877,7 +877,7 @@ mod never_panics {
                     };
                     let (parts, ()) = req.into_parts();
                     for b in [&body[..], json_ish.as_bytes()] {
-                        let _ = callgate::call::extract::extract(kind, svc, &parts, Some(b), false);
+                        let _ = callgate::extract::extract(kind, svc, &parts, Some(b), false);
                     }
                     let _ = svc.route(method, &path);
                 }

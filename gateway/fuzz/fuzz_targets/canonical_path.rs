@@ -10,7 +10,7 @@
 use std::{path::Path, sync::OnceLock};
 
 use callgate::{
-    call::extract::path::{PathRules, canonical},
+    extract::path::{PathRules, canonical},
     policy,
 };
 use libfuzzer_sys::fuzz_target;

@@ -6,7 +6,7 @@
 #![no_main]
 use std::{path::Path, sync::OnceLock};
 
-use callgate::{call::extract, policy};
+use callgate::{extract, policy};
 use libfuzzer_sys::fuzz_target;
 
 fn snapshot() -> &'static policy::Snapshot {

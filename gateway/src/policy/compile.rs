@@ -20,9 +20,10 @@ use super::{
         RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
     },
 };
+use crate::util::net::{in_cidr, strip_port};
 use crate::util::time::parse_duration;
 use crate::{
-    call::extract::path::PathRules, identity::IdentityConfig, obligations::mask::MaskRules,
+    extract::path::PathRules, identity::IdentityConfig, obligations::mask::MaskRules,
     util::jsonpath::JsonPath,
 };
 
@@ -74,7 +75,7 @@ pub struct Service {
     /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
     /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
     pub names: Vec<String>,
-    /// Which path spellings the service lets through (see [`crate::call::extract::path`]).
+    /// Which path spellings the service lets through (see [`crate::extract::path`]).
     pub paths: PathRules,
     pub functions: Vec<Function>,
     fn_by_name: Index<usize>,
@@ -467,7 +468,7 @@ pub(crate) enum HostSpec {
 pub(crate) fn parse_host(s: &str) -> Result<HostSpec, String> {
     let s = s.trim().to_ascii_lowercase();
     if s.contains('/') {
-        let rule = crate::config::parse_rule(&s)?;
+        let rule = crate::util::net::parse_net_ports(&s)?;
         let port = (rule.ports.0 == rule.ports.1).then_some(rule.ports.0);
         if rule.ports != (0, u16::MAX) && port.is_none() {
             return Err("port ranges are not supported here; list the ports".into());
@@ -1121,45 +1122,6 @@ impl Snapshot {
     }
 }
 
-/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 address is left alone.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    let (ip, net, prefix) = match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (
-            u128::from(a.to_ipv6_mapped()),
-            u128::from(n.to_ipv6_mapped()),
-            prefix as u32 + 96,
-        ),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), prefix as u32),
-        (IpAddr::V6(a), IpAddr::V4(n)) => match a.to_ipv4_mapped() {
-            Some(a) => (
-                u128::from(a.to_ipv6_mapped()),
-                u128::from(n.to_ipv6_mapped()),
-                prefix as u32 + 96,
-            ),
-            None => return false,
-        },
-        (IpAddr::V4(_), IpAddr::V6(_)) => return false,
-    };
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix)
-    };
-    ip & mask == net & mask
-}
-
 impl Service {
     /// The header the service's credential injection sets, if it injects one.
     pub fn credential_header(&self) -> Option<&str> {
@@ -1284,30 +1246,6 @@ mod tests {
         assert!(parse_route("POST /a/{x}{y}").is_err());
         assert!(parse_route("POST /a/{x}/{x}").is_err());
         assert!(parse_route("/a").is_err());
-    }
-
-    #[test]
-    fn cidrs() {
-        assert!(in_cidr(
-            "10.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(!in_cidr(
-            "11.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(in_cidr(
-            "::ffff:10.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(in_cidr(
-            "2001:db8::1".parse().unwrap(),
-            "2001:db8::".parse().unwrap(),
-            32
-        ));
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct ProxyInputs {
     pub upstreams: Arc<Upstreams>,
     /// Keys the `hash` mask style.
     pub mask_key: MaskKey,
+    /// What inspected bodies and held answers may take in all; one for every connection.
+    pub inspection: crate::proxy::http::InspectionBudget,
 }
 
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported

@@ -33,8 +33,8 @@ use tracing::{debug, warn};
 
 use crate::{
     approve,
-    call::extract::{self, Extracted, Kind, OneCall, Role},
     call::{Call, Caller},
+    extract::{self, Extracted, Kind, OneCall, Role},
     identity,
     obligations::mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Decision, Obligations, PolicyStore, Service, Snapshot},
@@ -103,7 +103,7 @@ where
     }
     // The streams of one h2 connection share a part of the inspection budget, so that one
     // connection cannot take all of it.
-    let share = limits.inspection.connection();
+    let share = conn.inputs.inspection.connection();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let conn = conn.clone();
         req.extensions_mut().insert(share.clone());
@@ -253,7 +253,7 @@ impl Conn {
         let limits = &self.inputs.cfg.http;
         let unread_body = !http_body::Body::is_end_stream(&body);
         let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
-            match read_body(body, &parts, limits).await {
+            match read_body(body, &parts, limits, &self.inputs.inspection).await {
                 Ok(b) => (Some(b), None),
                 Err(r) => {
                     return self
@@ -336,7 +336,7 @@ impl Conn {
         // server's again, which notices a client that goes away while the call waits.
         let (held_body, stream_body) = match (held_body, stream_body) {
             (None, Some(b)) if one.decision.enforced == Action::Approve => {
-                match read_body(b, &parts, limits).await {
+                match read_body(b, &parts, limits, &self.inputs.inspection).await {
                     Ok(b) => (Some(b), None),
                     Err(r) => {
                         end_span(span.take(), &r);
@@ -1132,6 +1132,7 @@ async fn read_body(
     body: ProxyBody,
     parts: &http::request::Parts,
     limits: &crate::config::HttpConfig,
+    budget: &InspectionBudget,
 ) -> Result<Bytes, Refusal> {
     let (max, limit) = (limits.max_body_bytes, limits.body_timeout);
     let too_large = || {
@@ -1141,9 +1142,7 @@ async fn read_body(
             format!("the request body is larger than the inspection limit of {max} bytes"),
         )
     };
-    let mut held = limits
-        .inspection
-        .hold(parts.extensions.get::<budget::ConnectionBudget>());
+    let mut held = budget.hold(parts.extensions.get::<budget::ConnectionBudget>());
     // An invalid length is left for the body's own end to bound (the HTTP/1 server has
     // refused one already; h2 checks it against the DATA frames). A valid one is reserved
     // before a byte is read.

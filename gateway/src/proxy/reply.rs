@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value as Json, json};
 
 use crate::{
-    call::extract::Kind,
+    extract::Kind,
     proxy::forward::pool::{BodyError, ProxyBody},
 };
 

@@ -20,17 +20,11 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider},
 };
 
+use crate::config::TelemetryConfig;
 use crate::{call::Caller, util::outbound::Outbound};
 
 /// Spans waiting for export at most; beyond it new ones are dropped.
 const QUEUE: usize = 8192;
-
-#[derive(Debug, Clone)]
-pub struct TelemetryConfig {
-    /// The collector's OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
-    pub endpoint: String,
-    pub service_name: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("OpenTelemetry export to {endpoint}: {reason}")]

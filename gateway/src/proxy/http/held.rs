@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     call::Caller,
-    call::extract::{Kind, Role},
+    extract::{Kind, Role},
     obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     proxy::forward::pool::{ProxyBody, UpstreamBody},
@@ -234,7 +234,7 @@ async fn read_held(
 ) -> Result<Bytes, Refusal> {
     let limits = &conn.inputs.cfg.http;
     let max = limits.max_held_response_bytes;
-    match budget::collect(body, max, limits.inspection.hold(None)).await {
+    match budget::collect(body, max, conn.inputs.inspection.hold(None)).await {
         Ok(b) => Ok(match scrub.as_ref().map(|s| s.scrub(&b)) {
             Some(std::borrow::Cow::Owned(clean)) => Bytes::from(clean),
             _ => b,

@@ -35,7 +35,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    call::extract::Kind,
+    extract::Kind,
     proxy::forward::pool::{BodyError, ProxyBody},
     proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
     proxy::reply::Refusal,
