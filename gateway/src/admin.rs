@@ -2,6 +2,7 @@
 //! per line. The CLI's `enable`, `disable`, `status` and `approvals` go through it. The
 //! optional HTTP admin listener ([`web`]) serves the approvals page.
 pub mod login;
+pub mod metrics;
 pub mod pages;
 pub mod web;
 

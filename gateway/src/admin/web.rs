@@ -126,7 +126,7 @@ impl Web {
             (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.ready(),
             (&Method::GET, "/metrics") => {
-                let text = self.inputs.metrics.render(&self.inputs.admin);
+                let text = super::metrics::render(&self.inputs.metrics, &self.inputs.admin);
                 let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
