@@ -67,3 +67,14 @@ pub struct Workload {
     #[serde(default)]
     pub exe: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rest,
+    Jsonrpc,
+    Mcp,
+    Grpc,
+    #[default]
+    Http,
+}

@@ -50,7 +50,7 @@ impl Kind {
 /// changes how a request is read (`Content-Type: application/grpc` on a REST service is a REST
 /// call to that path).
 pub fn kind_of(service: &Service) -> Kind {
-    use crate::policy::schema::Protocol as P;
+    use crate::call::Protocol as P;
     match service.protocol {
         P::Rest => Kind::Rest,
         P::Jsonrpc => Kind::JsonRpc,

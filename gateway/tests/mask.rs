@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use callgate::{
+    obligations::mask::MaskSpec,
     obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
-    policy::schema::MaskSpec,
 };
 use serde_json::{Value, json};
 
@@ -298,7 +298,7 @@ fn json_field_keys_are_read_exactly() {
         same_at_every_split(&empty, BodyKind::Json, "{\"e\": [1, \"x\"]}"),
         "{\"e\": [\"[MASKED:field]\", \"[MASKED:field]\"]}"
     );
-    let whole = MaskRules::compile(&[callgate::policy::schema::MaskSpec::Field {
+    let whole = MaskRules::compile(&[callgate::obligations::mask::MaskSpec::Field {
         field: "$".into(),
         style: None,
     }]);
@@ -632,8 +632,8 @@ fn response_heads_that_hide_the_body_are_unmaskable() {
 #[test]
 fn answers_that_cannot_be_masked_follow_the_services_choice() {
     use callgate::{
+        obligations::mask::UnmaskableAnswer::{Pass, Refuse},
         obligations::mask::{Unmaskable, answer_kind},
-        policy::schema::UnmaskableAnswer::{Pass, Refuse},
     };
     let head = |fields: &[(&str, &str)]| {
         let mut h = http::HeaderMap::new();

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use callgate::{
     obligations::mask::{BodyKind, BodyMasker, Detector, MaskKey, MaskRules},
-    policy::schema::MaskSpec,
+    obligations::mask::MaskSpec,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -27,7 +27,7 @@ use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
 use crate::{
-    policy::schema,
+    identity::spec,
     util::jsonpath::JsonPath,
     util::outbound::{Outbound, OutboundError, chain},
 };
@@ -66,7 +66,7 @@ impl Default for IdentityConfig {
 #[derive(Debug)]
 pub struct ProviderConfig {
     /// As written, to tell on reload whether the provider changed (and its keys must go).
-    pub source: schema::Provider,
+    pub source: spec::Provider,
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
@@ -80,7 +80,7 @@ pub struct ProviderConfig {
 
 impl IdentityConfig {
     /// Checks `identity:`; problems go to `err` with the path of the key at fault.
-    pub fn compile(id: &schema::Identity, err: &mut dyn FnMut(&[&str], String)) -> Self {
+    pub fn compile(id: &spec::Identity, err: &mut dyn FnMut(&[&str], String)) -> Self {
         let mut token_headers = Vec::new();
         for h in &id.token_headers {
             match HeaderName::try_from(h.as_str()) {
@@ -140,7 +140,7 @@ impl IdentityConfig {
 }
 
 impl ProviderConfig {
-    fn compile(p: &schema::Provider, err: &mut dyn FnMut(&str, String)) -> Option<Self> {
+    fn compile(p: &spec::Provider, err: &mut dyn FnMut(&str, String)) -> Option<Self> {
         let mut ok = true;
         let mut fail = |key: &str, msg: String| {
             ok = false;
@@ -758,7 +758,7 @@ mod tests {
     use super::*;
 
     fn provider(yaml: &str) -> (Option<ProviderConfig>, Vec<String>) {
-        let p: schema::Provider = yaml_serde::from_str(yaml).unwrap();
+        let p: spec::Provider = yaml_serde::from_str(yaml).unwrap();
         let mut errors = Vec::new();
         let c = ProviderConfig::compile(&p, &mut |k, m| errors.push(format!("{k}: {m}")));
         (c, errors)

@@ -14,12 +14,12 @@ use std::{
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use serde::{Deserialize, Serialize};
+
 use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl, basic::BasicClient};
 
 use crate::{
     obligations::mask::scrub::Secrets,
-    policy::Obligations,
-    policy::schema::{OAuth2Source, SecretRef},
     util::outbound::{Outbound, chain},
 };
 
@@ -54,23 +54,25 @@ impl Credentials {
         }
     }
 
-    /// Applies `ob` to outgoing request headers; returns the scrubber for the injected secret,
-    /// which the answer must pass through. An error means the call must not go out (a
-    /// credential that cannot be read is not silently left off).
+    /// Applies a decision's header edits and credential to outgoing request headers; returns
+    /// the scrubber for the injected secret, which the answer must pass through. An error
+    /// means the call must not go out (a credential that cannot be read is not silently left
+    /// off).
     pub async fn apply(
         &self,
         headers: &mut HeaderMap,
-        ob: &Obligations,
+        edits: &HeaderEdits,
+        inject: Option<&Inject>,
         named: &BTreeMap<String, SecretRef>,
     ) -> Result<Option<Arc<Secrets>>, String> {
-        for name in &ob.headers.remove {
+        for name in &edits.remove {
             headers.remove(name.as_str());
         }
-        for (name, value) in &ob.headers.set {
+        for (name, value) in &edits.set {
             let (n, v) = header(name, value)?;
             headers.insert(n, v);
         }
-        let Some(inject) = &ob.inject else {
+        let Some(inject) = inject else {
             return Ok(None);
         };
         let (secret, scrub) = self.get(&inject.from, named).await?;
@@ -215,4 +217,84 @@ pub fn secret(r: &SecretRef, named: &BTreeMap<String, SecretRef>) -> Result<Stri
     std::fs::read_to_string(&file)
         .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
         .map_err(|e| format!("reading {}: {e}", file.display()))
+}
+
+/// Where a secret is read from: exactly one of the keys. The secret itself never appears in
+/// the policy repository.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A systemd credential (`$CREDENTIALS_DIRECTORY/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<String>,
+    /// A name from `callgate.yaml`'s `credentials` (services only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// An access token the gateway gets for itself from an OAuth2 token endpoint (client
+    /// credentials grant), kept until shortly before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<Box<OAuth2Source>>,
+}
+
+impl SecretRef {
+    pub fn count(&self) -> usize {
+        [&self.env, &self.file, &self.systemd, &self.credential]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            + usize::from(self.oauth2.is_some())
+    }
+}
+
+/// `oauth2:` — where and as whom the gateway gets an upstream's access token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Source {
+    /// The token endpoint (https; http only on loopback).
+    pub token_url: String,
+    pub client_id: String,
+    /// Where the client secret lives: env, file or systemd.
+    pub client_secret: SecretRef,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// RFC 8707 resource indicator, for providers that pick the audience from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// `audience` parameter, as some providers (Auth0, Okta) want it instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    pub header: String,
+    pub from: SecretRef,
+    /// `{}` is replaced by the secret.
+    #[serde(default = "plain_format")]
+    pub format: String,
+    /// Remove a caller-supplied value of the header first (default true).
+    #[serde(default = "yes")]
+    pub strip_caller_value: bool,
+}
+
+fn plain_format() -> String {
+    "{}".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }

@@ -108,7 +108,7 @@ pub struct LimitSpec {
 }
 
 impl LimitSpec {
-    pub fn compile(rule: &str, def: &crate::policy::schema::LimitDef) -> Result<Self, String> {
+    pub fn compile(rule: &str, def: &crate::obligations::limit::LimitDef) -> Result<Self, String> {
         let per = parse_per(&def.per)?;
         let (n, period) = parse_rate(&def.rate)?;
         let burst = def.burst.map_or(n as f64, f64::from);
@@ -136,7 +136,7 @@ pub struct QuotaSpec {
 }
 
 impl QuotaSpec {
-    pub fn compile(rule: &str, def: &crate::policy::schema::QuotaDef) -> Result<Self, String> {
+    pub fn compile(rule: &str, def: &crate::obligations::limit::QuotaDef) -> Result<Self, String> {
         let per = parse_per(&def.per)?;
         let (calls, window) = parse_rate(&def.calls)?;
         Ok(Self {
@@ -413,11 +413,34 @@ fn unix_now() -> u64 {
     crate::util::time::now_ms() / 1000
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDef {
+    /// What a bucket is kept per: `caller.subject`, `caller.groups`, `workload.unit`,
+    /// `workload.uid`, `workload.user`, `workload.cgroup`, `service`, `function`, `args.NAME`.
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// `10/m`, `5/s`, `100/h`, `1000/d`, or `3/10s`.
+    pub rate: String,
+    /// Calls allowed at once after a quiet spell (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaDef {
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// `1000/d`, `50/h`: calls per window.
+    pub calls: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::{LimitDef, QuotaDef};
     use crate::call::Workload;
-    use crate::policy::schema::{LimitDef, QuotaDef};
 
     fn caller(sub: &str, unit: &str) -> Caller {
         Caller {

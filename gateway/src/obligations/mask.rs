@@ -22,7 +22,7 @@ use sha2::Sha256;
 pub use detect::{Detector, Hit, Kind};
 pub use json::JsonMasker;
 
-use crate::{policy::schema::MaskSpec, util::jsonpath::JsonPath};
+use crate::util::jsonpath::JsonPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaskError {
@@ -748,7 +748,7 @@ impl Unmaskable {
 pub fn answer_kind(
     status: u16,
     h: &http::HeaderMap,
-    choice: crate::policy::schema::UnmaskableAnswer,
+    choice: crate::obligations::mask::UnmaskableAnswer,
 ) -> Result<BodyKind, Unmaskable> {
     let empty = status == 204
         || status == 304
@@ -762,7 +762,9 @@ pub fn answer_kind(
         other => other,
     };
     match verdict {
-        Err(_) if choice == crate::policy::schema::UnmaskableAnswer::Pass => Ok(BodyKind::Binary),
+        Err(_) if choice == crate::obligations::mask::UnmaskableAnswer::Pass => {
+            Ok(BodyKind::Binary)
+        }
         v => v,
     }
 }
@@ -872,4 +874,40 @@ impl BodyMasker {
         self.finish(&mut out);
         out
     }
+}
+
+/// A masking obligation: a built-in detector by name, a JSON field path, or a custom regex.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MaskSpec {
+    Detector(String),
+    /// A detector with a replacement style other than its default.
+    Styled {
+        detector: String,
+        style: crate::obligations::mask::Style,
+    },
+    Field {
+        field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::obligations::mask::Style>,
+    },
+    Regex {
+        regex: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::obligations::mask::Style>,
+    },
+}
+
+/// An answer a service's masks cannot be applied to: a body that is not text (binary,
+/// `multipart/*`, gRPC messages, a type the gateway does not know) or one that is compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmaskableAnswer {
+    /// 502 `unmaskable_response`: nothing unmasked gets out (the default).
+    #[default]
+    Refuse,
+    /// Passed as it is, unmasked (headers and trailers are still masked).
+    Pass,
 }

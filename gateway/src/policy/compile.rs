@@ -16,10 +16,13 @@ use super::{
     git::GitState,
     load::{Finding, Loaded, Source},
     schema::{
-        self, Action, ArgCondition, CallerMatch, HeaderEdits, Inject, MaskSpec, Mode, Protocol,
-        RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
+        self, Action, ArgCondition, CallerMatch, Mode, RecordLevel, TcpMode, TlsMode, UidList,
+        WorkloadMatch,
     },
 };
+use crate::call::Protocol;
+use crate::obligations::inject::{HeaderEdits, Inject};
+use crate::obligations::mask::MaskSpec;
 use crate::util::net::{in_cidr, strip_port};
 use crate::util::time::parse_duration;
 use crate::{
@@ -49,7 +52,7 @@ pub struct Snapshot {
     sni_suffixes: Vec<(String, usize)>,
     pub rule_count: usize,
     /// Named secrets from `callgate.yaml` that `credential:` references resolve through.
-    pub credentials: BTreeMap<String, schema::SecretRef>,
+    pub credentials: BTreeMap<String, crate::obligations::inject::SecretRef>,
     /// The OIDC providers callers' tokens are verified against.
     pub identity: Arc<IdentityConfig>,
     pub(super) default_obligations: Arc<Obligations>,
@@ -269,7 +272,7 @@ pub struct Obligations {
     pub limit: Option<Arc<crate::obligations::limit::LimitSpec>>,
     pub quota: Option<Arc<crate::obligations::limit::QuotaSpec>>,
     /// What to do with an answer `masks` cannot be applied to.
-    pub unmaskable: super::schema::UnmaskableAnswer,
+    pub unmaskable: crate::obligations::mask::UnmaskableAnswer,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -288,7 +291,7 @@ pub struct ApprovalSpec {
 fn check_secret(
     src: &super::load::Source,
     path: &[&str],
-    r: &schema::SecretRef,
+    r: &crate::obligations::inject::SecretRef,
     errors: &mut Vec<Finding>,
 ) {
     if r.count() != 1 {

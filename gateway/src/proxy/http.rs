@@ -791,7 +791,12 @@ impl Conn {
         }
         let injected = inputs
             .credentials
-            .apply(req.headers_mut(), ob, &snap.credentials)
+            .apply(
+                req.headers_mut(),
+                &ob.headers,
+                ob.inject.as_ref(),
+                &snap.credentials,
+            )
             .await
             .map_err(|e| {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
