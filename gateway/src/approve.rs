@@ -24,9 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::ApprovalLimits;
-use crate::{
-    call::Caller, policy::compile::ApprovalSpec, util::fs::write_atomic_mode, util::time::now_ms,
-};
+use crate::{call::Caller, util::fs::write_atomic_mode, util::time::now_ms};
 
 /// Finished requests kept for `approvals list --all` and the record of restarts.
 const KEEP_FINISHED: usize = 500;
@@ -807,6 +805,17 @@ impl Drop for Hold {
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApprovalSpec {
+    pub groups: Vec<String>,
+    pub subjects: Vec<String>,
+    pub timeout: Duration,
+    /// The longest window an approver may grant (none: approve once only).
+    pub grant: Option<Duration>,
+    /// Grants cover only calls with the same arguments.
+    pub grant_same_args: bool,
 }
 
 #[cfg(test)]

@@ -400,10 +400,6 @@ pub struct Credentials {
     pub inject: Inject,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// `tests/<name>.yaml`: test cases for `callgate policy test`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -117,7 +117,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let Some(service) = snap.service_for(&host, port, None) else {
                 return check(&case.expect, &snap.decide_unknown_destination(), "");
             };
-            let (function, args) = match service.route(&req.method, &req.path) {
+            let (function, args) = match service.surface.route(&req.method, &req.path) {
                 Some((f, params)) => {
                     let mut args = match &req.body {
                         Json::Object(m) => m.clone(),
@@ -126,7 +126,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     for (k, v) in params {
                         args.insert(k, Json::String(v));
                     }
-                    (f.name.to_string(), Json::Object(args))
+                    (f.to_string(), Json::Object(args))
                 }
                 // No route: the call is the raw HTTP request, decided by `*` rules or the default.
                 None => (

@@ -23,28 +23,21 @@ use tracing::{info, warn};
 
 use bytes::Bytes;
 
+use crate::proxy::ProxyInputs;
 use crate::{
-    approve::Approvals,
     call::{Caller, Workload},
-    config::{self, Config},
-    identity::{
-        Verifier,
-        workload::{self, Users},
-    },
-    intercept::cgroup::CgroupNames,
-    intercept::{self, Interceptor},
-    obligations::inject::Credentials,
-    obligations::mask::MaskKey,
+    config::{self},
+    identity::workload::{self},
+    intercept::{self},
     policy::{
         Action, PolicyStore,
         schema::{TcpMode, TlsMode},
     },
-    proxy::forward::{self, pool::Upstreams},
+    proxy::forward::{self},
     proxy::http,
     proxy::sniff::{self, OtherReason, Protocol, Rewind},
-    proxy::tls::Authority,
-    record::{Record, RecordedDecision, Recorder, SharedJson},
-    telemetry::stats::{ActiveGuard, ConnSummary, Stats, WorkloadInfo},
+    record::{Record, RecordedDecision, SharedJson},
+    telemetry::stats::{ActiveGuard, ConnSummary, WorkloadInfo},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,40 +57,6 @@ pub enum AcceptError {
         #[source]
         source: io::Error,
     },
-}
-
-/// What every connection handler needs, shared by all listeners.
-pub struct ProxyInputs {
-    pub cfg: Arc<Config>,
-    pub interceptor: Arc<Interceptor>,
-    pub stats: Arc<Stats>,
-    pub names: CgroupNames,
-    pub users: Users,
-    /// Exports a span per call, when configured.
-    pub tracer: Option<Arc<crate::telemetry::trace::CallTracer>>,
-    /// Rate-limit buckets and quota windows.
-    pub limiter: Arc<crate::obligations::limit::Limiter>,
-    /// What the data path counts for `/metrics`.
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// The credentials services inject, as last read.
-    pub credentials: Credentials,
-    /// Calls held for a human's verdict (with a policy).
-    pub approvals: Option<Arc<Approvals>>,
-    /// Verifies callers' OIDC tokens (with a policy).
-    pub verifier: Option<Arc<Verifier>>,
-    /// The call log; `None` when recording is off.
-    pub recorder: Option<Recorder>,
-    /// Makes session ids unique across restarts (connection ids start at 1 each run).
-    pub session_prefix: String,
-    /// The policy; `None` runs the gateway as a recorded TCP pass-through.
-    pub policy: Option<Arc<PolicyStore>>,
-    /// The local CA for intercepted TLS.
-    pub authority: Option<Arc<Authority>>,
-    pub upstreams: Arc<Upstreams>,
-    /// Keys the `hash` mask style.
-    pub mask_key: MaskKey,
-    /// What inspected bodies and held answers may take in all; one for every connection.
-    pub inspection: crate::proxy::http::InspectionBudget,
 }
 
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported

@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::AsyncRead;
 
-use crate::proxy::forward::pool::BodyError;
+use crate::proxy::body::BodyError;
 
 /// Most fields a head or a trailer section may have.
 pub const MAX_HEADERS: usize = 128;

@@ -31,6 +31,7 @@ use serde_json::Value as Json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
+use crate::proxy::body::{BodyError, ProxyBody};
 use crate::{
     approve,
     call::{Call, Caller},
@@ -38,10 +39,8 @@ use crate::{
     identity,
     obligations::mask::scrub::{ScrubStream, Secrets},
     policy::{Action, Decision, Obligations, PolicyStore, Service, Snapshot},
-    proxy::accept::ProxyInputs,
-    proxy::forward::pool::{
-        BodyError, Http1Slot, HttpClient, ProxyBody, UpstreamBody, UpstreamKey,
-    },
+    proxy::ProxyInputs,
+    proxy::forward::pool::{Http1Slot, HttpClient, UpstreamBody, UpstreamKey},
     proxy::h1::{self, list_items},
     proxy::reply::{self, Refusal},
     record::{Record, RecordedDecision, SharedJson},
@@ -201,7 +200,7 @@ impl Conn {
         let snap = self.policy.snapshot();
         let (mut parts, body) = req.into_parts();
         let service = snap.service_for(&self.dst_host, self.dst.port(), self.sni.as_deref());
-        let kind = service.map_or(Kind::Http, extract::kind_of);
+        let kind = service.map_or(Kind::Http, |s| extract::kind_of(&s.surface));
         // The call log first: nothing is done for a call that could not be recorded, and every
         // refusal below is recorded too, which the recorder owes only to a call it admitted.
         if let Some(e) = self.inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
@@ -237,7 +236,7 @@ impl Conn {
                     .refuse(recording, kind, extract::raw(&parts), None, r)
                     .await;
             }
-            if let Err(e) = extract::canonicalise(s, &mut parts) {
+            if let Err(e) = extract::canonicalise(&s.surface, &mut parts) {
                 stats.refused_policy.fetch_add(1, Relaxed);
                 let r = Refusal {
                     service: Some(s.name.to_string()),
@@ -267,7 +266,7 @@ impl Conn {
         let extracted = match service {
             Some(s) => extract::extract(
                 kind,
-                s,
+                &s.surface,
                 &parts,
                 held_body.as_deref(),
                 held_body.is_none() && unread_body,
@@ -368,9 +367,9 @@ impl Conn {
                 .await;
         }
         let body = match (held_body, stream_body) {
-            (Some(b), _) => reply::full(b),
+            (Some(b), _) => crate::proxy::body::full(b),
             (None, Some(b)) => b,
-            (None, None) => reply::full(Bytes::new()),
+            (None, None) => crate::proxy::body::full(Bytes::new()),
         };
         let version = parts.version;
         let resp = match self
@@ -1317,7 +1316,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A JSON response built by the gateway, for held answers.
 fn json_bytes(status: StatusCode, version: Version, body: Vec<u8>) -> Response<ProxyBody> {
-    let mut resp = Response::new(reply::full(Bytes::from(body)));
+    let mut resp = Response::new(crate::proxy::body::full(Bytes::from(body)));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     resp.headers_mut().insert(

@@ -10,12 +10,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::{Value as Json, json};
 
 use crate::{
     extract::Kind,
-    proxy::forward::pool::{BodyError, ProxyBody},
+    proxy::body::{BodyError, ProxyBody},
 };
 
 /// JSON-RPC error code for a call refused by policy (server-defined range).
@@ -140,7 +140,7 @@ impl Refusal {
 }
 
 pub fn json_response(status: StatusCode, body: &Json) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    let mut resp = Response::new(crate::proxy::body::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -149,12 +149,8 @@ pub fn json_response(status: StatusCode, body: &Json) -> Response<ProxyBody> {
     resp
 }
 
-pub fn full(b: Bytes) -> ProxyBody {
-    Full::new(b).map_err(|never| match never {}).boxed_unsync()
-}
-
 pub fn empty(status: StatusCode) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(Bytes::new()));
+    let mut resp = Response::new(crate::proxy::body::full(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }

@@ -30,3 +30,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
     (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), None);
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+}

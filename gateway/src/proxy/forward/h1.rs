@@ -23,7 +23,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::pool::{BodyError, ProxyBody};
+use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::h1::{
     self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, put_chunk_size, put_fields,
     put_last_chunk,
@@ -456,7 +456,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let req = Request::get("/")
             .header("host", "upstream")
-            .body(crate::proxy::reply::full(bytes::Bytes::new()))
+            .body(crate::proxy::body::full(bytes::Bytes::new()))
             .expect("request");
         let req = encode(req).await.expect("encodes");
         let slot = Slot::default();

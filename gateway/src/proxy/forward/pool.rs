@@ -30,7 +30,6 @@ use crate::util::sync::LockExt;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::{Uri, body::Incoming};
 use hyper_util::{
     client::legacy::{
@@ -46,13 +45,13 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
+use crate::proxy::body::{BodyError, ProxyBody};
+
 use super::{
     ForwardError,
     h1::{self, H1Body, Sent, Upstream1},
 };
 
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 pub type HttpClient = Client<Connector, ProxyBody>;
 
 /// An idle HTTP/1 upstream connection and since when it idles.

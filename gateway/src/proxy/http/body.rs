@@ -21,7 +21,8 @@ use crate::{
         scrub::{ScrubStream, Secrets},
     },
     policy::{Obligations, schema::RecordLevel},
-    proxy::forward::pool::{BodyError, UpstreamBody},
+    proxy::body::BodyError,
+    proxy::forward::pool::UpstreamBody,
     record::{Durable, RawJson, Record, RecordError, RecordedDecision},
 };
 

@@ -17,7 +17,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{proxy::forward::pool::BodyError, proxy::reply::Refusal};
+use crate::{proxy::body::BodyError, proxy::reply::Refusal};
 
 const KIB: usize = 1024;
 
@@ -200,7 +200,7 @@ mod tests {
     use http_body_util::StreamBody;
 
     use super::*;
-    use crate::proxy::forward::pool::ProxyBody;
+    use crate::proxy::body::ProxyBody;
 
     /// A body of these pieces, one per poll.
     fn pieces(p: &[&'static [u8]]) -> ProxyBody {

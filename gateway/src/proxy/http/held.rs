@@ -17,7 +17,8 @@ use crate::{
     extract::{Kind, Role},
     obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
-    proxy::forward::pool::{ProxyBody, UpstreamBody},
+    proxy::body::ProxyBody,
+    proxy::forward::pool::UpstreamBody,
     proxy::reply::{self, Refusal},
     record::RawJson,
 };
@@ -69,7 +70,7 @@ pub(super) async fn batch(
                 super::Outgoing {
                     kind: Kind::JsonRpc,
                     parts,
-                    body: reply::full(Bytes::from(body)),
+                    body: crate::proxy::body::full(Bytes::from(body)),
                     ob: &base,
                     span: None,
                 },
@@ -222,7 +223,7 @@ pub(super) async fn list_tools(
     );
     let masked = masker.mask_all(&filtered);
     record(head.status.as_u16(), Some(response_value(&masked)));
-    Response::from_parts(head, reply::full(Bytes::from(masked)))
+    Response::from_parts(head, crate::proxy::body::full(Bytes::from(masked)))
 }
 
 /// A response body read whole (bounded in size and by the inspection budget), with any
@@ -266,8 +267,9 @@ pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u
 /// Whether `caller` may call the tool `name` of `service` with some arguments.
 fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> bool {
     let function = service
+        .surface
         .function_by_method(name)
-        .map_or_else(|| name.to_string(), |f| f.name.to_string());
+        .map_or_else(|| name.to_string(), |f| f.to_string());
     snap.may_call(service, &function, caller)
 }
 

@@ -36,7 +36,7 @@ use tracing::debug;
 
 use crate::{
     extract::Kind,
-    proxy::forward::pool::{BodyError, ProxyBody},
+    proxy::body::{BodyError, ProxyBody},
     proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
     proxy::reply::Refusal,
     util::sync::LockExt,
@@ -723,7 +723,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
-    use crate::proxy::reply::full;
+    use crate::proxy::body::full;
 
     const LIMITS: Limits = Limits {
         max_head: 1024,
