@@ -15,7 +15,7 @@ use callgate::{
 };
 use clap::Subcommand;
 
-use crate::{SocketArg, request};
+use super::{SocketArg, request};
 
 #[derive(Subcommand)]
 pub enum ApprovalsCommand {
