@@ -2,12 +2,20 @@
 //!
 //! An eBPF program attached to enabled cgroups redirects their outbound TCP connections into
 //! this gateway, which recovers each connection's original destination and workload, turns its
-//! traffic into calls and decides, forwards, masks and records each one. Modules follow the
-//! pipeline of `DESIGN.md`, one stage each: [`intercept`] (userspace half) → [`accept`] →
-//! [`sniff`] → [`tls`] → [`http`] → [`identity`] → [`extract`] → [`policy`] (decide) →
-//! [`approve`] → [`inject`] → [`forward`] → [`mask`] → [`record`], with [`reply`] for the
-//! gateway's own answers, [`admin`] for the control socket and the HTTP admin listener,
-//! [`metrics`] for Prometheus and [`daemon`] wiring them together.
+//! traffic into calls and decides, forwards, masks and records each one.
+//!
+//! One folder per stage, in the order a call meets them: [`intercept`] (eBPF, cgroups) →
+//! [`proxy`] (accept, sniff, TLS, HTTP, forward; it drives the stages below for each call) →
+//! [`identity`] → [`extract`] → [`policy`] (decide) → [`approve`] → [`obligations`] (inject,
+//! limit, mask) → [`record`], with [`telemetry`] (counters, traces) beside them, [`admin`] (the
+//! control socket, the web page, `/metrics`) above them and [`daemon`] wiring it all together.
+//! [`call`] is the vocabulary every stage shares, [`config`] the daemon's settings and [`util`]
+//! the small helpers none owns.
+//!
+//! Imports go one way, downwards in this list: `daemon`, `admin`, `proxy`, `intercept`,
+//! `record`, `telemetry`, `policy`, `extract`, `approve`, `identity`, `obligations`, `config`,
+//! `call`, `util`. A stage whose spec the policy file carries (masks, limits, credentials,
+//! approvals, identity providers, routes) owns that spec, and policy imports it.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
