@@ -432,7 +432,7 @@ fn compile_base(
         }
     }
     let base_masks = CompiledMasks::of(&base_mask);
-    let base = Arc::new(Obligations {
+    Arc::new(Obligations {
         masks: base_masks,
         mask: base_mask,
         record: file.record.unwrap_or_default(),
@@ -445,8 +445,7 @@ fn compile_base(
             .response
             .unmaskable
             .unwrap_or(loaded.repo.masking.unmaskable),
-    });
-    base
+    })
 }
 
 /// What one rule needs of its service.
