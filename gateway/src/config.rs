@@ -224,6 +224,10 @@ pub struct RecordsConfig {
     pub retain_age: Duration,
     pub response_cap: usize,
     pub backlog_bytes: usize,
+    /// Signed checkpoints at most this often (`checkpoint_interval_s`, default 10).
+    pub checkpoint_interval: Duration,
+    /// The log's name in its checkpoints (`origin`; default `<hostname>/callgate/records`).
+    pub origin: Option<String>,
 }
 
 impl RecordsConfig {
@@ -237,8 +241,34 @@ impl RecordsConfig {
         c.retain_age = self.retain_age;
         c.response_cap = self.response_cap;
         c.backlog_bytes = self.backlog_bytes;
+        c.checkpoint_interval = self.checkpoint_interval;
+        c.origin = self.origin.clone().unwrap_or_else(default_origin);
         c
     }
+
+    /// [`Self::recorder`] with the checkpoint signer key of `state_dir` (created on first
+    /// start, or from the systemd credential).
+    pub fn recorder_signed(
+        &self,
+        state_dir: &Path,
+    ) -> Result<crate::record::RecorderConfig, crate::record::note::NoteError> {
+        let mut c = self.recorder();
+        let signer = crate::record::note::Signer::load_or_create(state_dir, &c.origin)?;
+        c.signer = Some(std::sync::Arc::new(signer));
+        Ok(c)
+    }
+}
+
+/// `<hostname>/callgate/records`: the name of this host's log in its checkpoints.
+fn default_origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control() && *c != '+')
+        .collect();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    format!("{host}/callgate/records")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,6 +288,8 @@ struct FileRecords {
     response_cap_kb: Option<usize>,
     /// Records queued for the writer before new calls are refused.
     backlog_mb: Option<usize>,
+    checkpoint_interval_s: Option<u64>,
+    origin: Option<String>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -395,6 +427,8 @@ impl Config {
             retain_age: Duration::from_secs(rec.retain_days.unwrap_or(0) * 86_400),
             response_cap: rec.response_cap_kb.unwrap_or(64) * 1024,
             backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
+            checkpoint_interval: Duration::from_secs(rec.checkpoint_interval_s.unwrap_or(10)),
+            origin: rec.origin,
         };
         let h = file.http.unwrap_or_default();
         let max_body_bytes = h.max_body_kb.unwrap_or(1024) * 1024;

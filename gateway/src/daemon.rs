@@ -42,6 +42,8 @@ pub enum DaemonError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     MaskKey(#[from] crate::mask::MaskError),
+    #[error("records checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::record::note::NoteError),
     #[error("local CA: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
@@ -94,7 +96,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // Recording opens before anything is accepted: a call that cannot be recorded is refused.
     let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
-        Some(Recorder::open(cfg.records.recorder(), mask_key.clone())?)
+        Some(Recorder::open(
+            cfg.records.recorder_signed(&cfg.state_dir)?,
+            mask_key.clone(),
+        )?)
     } else {
         warn!("call recording is off (records.enabled: false)");
         None

@@ -6,8 +6,11 @@
 //! rotates segments. When the writer cannot keep up or the disk is full, `submit` refuses
 //! the call instead of dropping its record: callgate fails closed.
 mod json;
+pub mod merkle;
+pub mod note;
 pub mod query;
 pub mod segment;
+pub mod tree;
 mod writer;
 
 use std::{
@@ -253,6 +256,12 @@ pub struct RecorderConfig {
     pub retain_age: Duration,
     /// Responses longer than this (serialised) are cut in records.
     pub response_cap: usize,
+    /// Signs checkpoints of the records' Merkle tree (none: no signed checkpoints).
+    pub signer: Option<Arc<note::Signer>>,
+    /// The log's name in its checkpoints (tlog-checkpoint origin line).
+    pub origin: String,
+    /// A signed checkpoint is written at the end of a group commit at most this often.
+    pub checkpoint_interval: Duration,
 }
 
 impl RecorderConfig {
@@ -268,6 +277,9 @@ impl RecorderConfig {
             retain_bytes: 0,
             retain_age: Duration::ZERO,
             response_cap: 64 * 1024,
+            signer: None,
+            origin: "callgate/records".into(),
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }

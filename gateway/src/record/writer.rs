@@ -18,8 +18,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tracing::{error, info, warn};
 
 use super::{
-    Entry, RecordError, RecorderConfig, Shared, now_ms,
+    Entry, RecordError, RecorderConfig, Shared,
+    merkle::{self, Frontier},
+    note, now_ms,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
+    tree,
 };
 
 /// How often a failing writer retries.
@@ -49,6 +52,12 @@ pub(super) struct Writer {
     packed: Vec<u8>,
     checkpointed_seq: u64,
     last_checkpoint: Instant,
+    /// The Merkle tree over every record appended (`None`: it could not be restored, see
+    /// [`tree::restore`]).
+    tree: Option<Frontier>,
+    /// The tree size of the last signed checkpoint, and when it was written.
+    signed_size: u64,
+    last_signed: Option<Instant>,
 }
 
 /// `head.json`: the last durable record, so that `verify` can tell a cut-off log.
@@ -57,6 +66,10 @@ pub struct Checkpoint {
     pub seq: u64,
     pub hash: String,
     pub time_ms: u64,
+    /// The Merkle tree's frontier over records 1..=seq (`head.json`: to go on appending after
+    /// a restart; `anchor.json`: for the records retention removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Frontier>,
 }
 
 pub const CHECKPOINT_FILE: &str = "head.json";
@@ -99,6 +112,17 @@ impl Writer {
         shared
             .durable_seq
             .store(next_seq.saturating_sub(1), Ordering::Relaxed);
+        let tree = tree::restore(&cfg.dir, next_seq - 1);
+        if tree.is_none() {
+            warn!(
+                "the records' Merkle tree cannot be rebuilt (the oldest records were removed by a version that kept none); no signed checkpoints for this log"
+            );
+        }
+        if let Some(signer) = &cfg.signer {
+            let vkey = format!("{}\n", signer.verifier().encode());
+            crate::fsutil::write_atomic(&cfg.dir.join(note::VERIFIER_FILE), vkey.as_bytes())
+                .map_err(open_err)?;
+        }
         info!(
             dir = %cfg.dir.display(),
             next_seq,
@@ -124,6 +148,9 @@ impl Writer {
             packed: Vec::new(),
             checkpointed_seq: 0,
             last_checkpoint: Instant::now(),
+            tree,
+            signed_size: 0,
+            last_signed: None,
         })
     }
 
@@ -208,6 +235,7 @@ impl Writer {
             );
         }
         self.checkpoint();
+        self.sign(true);
     }
 
     /// The group would fill the segment: commit it so the segment rotates at about its size.
@@ -229,6 +257,9 @@ impl Writer {
         }
         let seq = self.next_seq;
         self.last_hash = segment::encode_frame(&mut self.pending, &self.last_hash, seq, &e.payload);
+        if let Some(t) = &mut self.tree {
+            t.push(merkle::leaf_hash(&e.payload));
+        }
         self.next_seq += 1;
         self.pending_count += 1;
         self.pending_since.get_or_insert_with(Instant::now);
@@ -276,6 +307,7 @@ impl Writer {
                 if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     self.checkpoint();
                 }
+                self.sign(false);
             }
             Err(e) => self.fail(&format!("writing {}: {e}", self.seg_path.display())),
         }
@@ -345,6 +377,39 @@ impl Writer {
         if self.checkpointed_seq != self.next_seq - 1 {
             self.checkpoint();
         }
+        self.sign(false);
+    }
+
+    /// Writes a signed checkpoint of the tree if it grew, at most every
+    /// `checkpoint_interval` unless `now`. Only between groups: every leaf is durable.
+    fn sign(&mut self, now: bool) {
+        let (Some(signer), Some(tree)) = (&self.cfg.signer, &self.tree) else {
+            return;
+        };
+        let due = now
+            || self
+                .last_signed
+                .is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+        if !due
+            || !self.pending.is_empty()
+            || tree.size() == self.signed_size
+            || tree.size() != self.next_seq - 1
+        {
+            return;
+        }
+        let cp = note::Checkpoint {
+            origin: self.cfg.origin.clone(),
+            size: tree.size(),
+            root: tree.root(),
+        };
+        let signed = signer.sign(&cp.text());
+        match crate::fsutil::write_atomic(&self.cfg.dir.join(note::CHECKPOINT_FILE), signed.as_bytes()) {
+            Ok(()) => {
+                self.signed_size = cp.size;
+                self.last_signed = Some(Instant::now());
+            }
+            Err(e) => warn!(error = %e, "could not write the signed records checkpoint"),
+        }
     }
 
     fn checkpoint(&mut self) {
@@ -356,6 +421,7 @@ impl Writer {
             seq,
             hash: segment::hex(&self.last_hash),
             time_ms: now_ms(),
+            tree: self.tree.clone().filter(|t| t.size() == seq),
         };
         let text = serde_json::to_vec(&cp).unwrap_or_default();
         match crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
@@ -565,6 +631,7 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             seq: header.first_seq,
             hash: segment::hex(&header.prev_hash),
             time_ms: now_ms(),
+            tree: tree::frontier_before(&cfg.dir, header.first_seq),
         };
         crate::fsutil::write_atomic(
             &cfg.dir.join(ANCHOR_FILE),
