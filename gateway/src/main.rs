@@ -13,6 +13,8 @@ use callgate::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
+#[path = "cli/checkpoint.rs"]
+mod checkpoint_cmd;
 mod install_cmd;
 mod records_cmd;
 

@@ -31,7 +31,14 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 fn signer() -> Arc<Signer> {
-    Arc::new(Signer::parse(&Signer::generate("test.example/callgate/records").unwrap().encode()).unwrap())
+    Arc::new(
+        Signer::parse(
+            &Signer::generate("test.example/callgate/records")
+                .unwrap()
+                .encode(),
+        )
+        .unwrap(),
+    )
 }
 
 fn write(dir: &Path, s: &Arc<Signer>, n: u64, cfg: impl Fn(&mut RecorderConfig)) {
@@ -69,8 +76,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn payloads(dir: &Path) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    tree::for_each_record(dir, 1, &mut |_, p| {
-        out.push(p.to_vec());
+    tree::for_each_record(dir, 1, &mut |f| {
+        out.push(f.payload.clone());
         true
     })
     .unwrap();
@@ -97,7 +104,8 @@ fn forge(dir: &Path, payloads: &[Vec<u8>]) {
         prev = segment::encode_frame(&mut bytes, &prev, i as u64 + 1, p);
     }
     fs::write(dir.join(segment::plain_segment_name(1)), bytes).unwrap();
-    let head = serde_json::json!({"seq": payloads.len(), "hash": segment::hex(&prev), "time_ms": 1});
+    let head =
+        serde_json::json!({"seq": payloads.len(), "hash": segment::hex(&prev), "time_ms": 1});
     fs::write(dir.join("head.json"), head.to_string()).unwrap();
     let v = query::verify(dir, None).unwrap();
     assert!(v.ok(), "the forgery passes the chain check: {v:?}");
@@ -151,7 +159,10 @@ fn a_rollback_a_rewritten_tail_and_a_fork_fail_the_checkpoint() {
     copy_dir(&dir, &rewritten);
     let mut forged = good.clone();
     for p in &mut forged[55..] {
-        *p = String::from_utf8(p.clone()).unwrap().replace("allow", "deny!").into_bytes();
+        *p = String::from_utf8(p.clone())
+            .unwrap()
+            .replace("allow", "deny!")
+            .into_bytes();
     }
     forge(&rewritten, &forged);
     let p = problems(&rewritten, &cp).join("\n");

@@ -385,7 +385,7 @@ pub mod hex_hashes {
     use super::Hash;
 
     pub fn serialize<S: Serializer>(v: &[Hash], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|h| crate::record::segment::hex(h)))
+        s.collect_seq(v.iter().map(crate::record::segment::hex))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hash>, D::Error> {
@@ -519,10 +519,16 @@ mod tests {
         }
         for n in 37..=100 {
             assert_eq!(t.root(n).unwrap(), full.root(n).unwrap());
-            assert_eq!(t.consistency(37, n).unwrap(), full.consistency(37, n).unwrap());
+            assert_eq!(
+                t.consistency(37, n).unwrap(),
+                full.consistency(37, n).unwrap()
+            );
         }
         for i in 37..100 {
-            assert_eq!(t.inclusion(i, 100).unwrap(), full.inclusion(i, 100).unwrap());
+            assert_eq!(
+                t.inclusion(i, 100).unwrap(),
+                full.inclusion(i, 100).unwrap()
+            );
         }
         assert_eq!(t.inclusion(3, 100), Err(ProofError::Pruned(38)));
     }

@@ -291,7 +291,12 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     /// Parses a note's text (extension lines after the root are allowed and ignored).
@@ -303,14 +308,16 @@ impl Checkpoint {
             .ok_or(NoteError::Checkpoint("no origin line"))?;
         let size = lines
             .next()
-            .filter(|s| !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')))
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (*s == "0" || !s.starts_with('0')))
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or(NoteError::Checkpoint("the second line is not a tree size"))?;
         let root: Hash = lines
             .next()
             .and_then(|r| B64.decode(r).ok())
             .and_then(|r| r.try_into().ok())
-            .ok_or(NoteError::Checkpoint("the third line is not a base64 SHA-256 root"))?;
+            .ok_or(NoteError::Checkpoint(
+                "the third line is not a base64 SHA-256 root",
+            ))?;
         Ok(Self {
             origin: origin.to_string(),
             size,

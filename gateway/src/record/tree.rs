@@ -22,13 +22,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// Calls `f(seq, payload)` for every record with `seq >= from` in log order, until it returns
+/// Calls `f` with every frame (record) with `seq >= from` in log order, until it returns
 /// false. Fails at the first frame that does not follow the one before (`verify` names such
 /// places).
 pub fn for_each_record(
     dir: &Path,
     from: u64,
-    f: &mut dyn FnMut(u64, &[u8]) -> bool,
+    f: &mut dyn FnMut(&segment::Frame) -> bool,
 ) -> Result<(), String> {
     let segs = segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let start = segs.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
@@ -44,10 +44,7 @@ pub fn for_each_record(
             ));
         }
         let mut seq = r.header.first_seq;
-        while let Some(fr) = r
-            .next_frame()
-            .map_err(|e| format!("{}: {e}", seg.name()))?
-        {
+        while let Some(fr) = r.next_frame().map_err(|e| format!("{}: {e}", seg.name()))? {
             if fr.seq != seq {
                 return Err(format!(
                     "{}: frame at offset {} has seq {} where seq {seq} was expected",
@@ -56,7 +53,7 @@ pub fn for_each_record(
                     fr.seq
                 ));
             }
-            if seq >= from && !f(seq, &fr.payload) {
+            if seq >= from && !f(&fr) {
                 return Ok(());
             }
             seq += 1;
@@ -91,8 +88,8 @@ pub(super) fn restore(dir: &Path, last_seq: u64) -> Option<Frontier> {
     };
     if f.size() < last_seq {
         let from = f.size() + 1;
-        for_each_record(dir, from, &mut |_, payload| {
-            f.push(merkle::leaf_hash(payload));
+        for_each_record(dir, from, &mut |fr| {
+            f.push(merkle::leaf_hash(&fr.payload));
             true
         })
         .ok()?;
@@ -104,11 +101,11 @@ pub(super) fn restore(dir: &Path, last_seq: u64) -> Option<Frontier> {
 /// just before `next_first`: the previous anchor's (or the empty one) with their leaves added.
 pub(super) fn frontier_before(dir: &Path, next_first: u64) -> Option<Frontier> {
     let mut f = base(dir)?;
-    for_each_record(dir, f.size() + 1, &mut |seq, payload| {
-        if seq >= next_first {
+    for_each_record(dir, f.size() + 1, &mut |fr| {
+        if fr.seq >= next_first {
             return false;
         }
-        f.push(merkle::leaf_hash(payload));
+        f.push(merkle::leaf_hash(&fr.payload));
         true
     })
     .ok()?;
@@ -121,8 +118,8 @@ pub fn load(dir: &Path) -> Result<Tree, String> {
         "the log's oldest records were removed by a version that kept no Merkle tree".to_string()
     })?;
     let mut t = Tree::from_frontier(&base);
-    for_each_record(dir, base.size() + 1, &mut |_, payload| {
-        t.push(merkle::leaf_hash(payload));
+    for_each_record(dir, base.size() + 1, &mut |fr| {
+        t.push(merkle::leaf_hash(&fr.payload));
         true
     })?;
     Ok(t)

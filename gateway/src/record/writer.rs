@@ -403,7 +403,10 @@ impl Writer {
             root: tree.root(),
         };
         let signed = signer.sign(&cp.text());
-        match crate::fsutil::write_atomic(&self.cfg.dir.join(note::CHECKPOINT_FILE), signed.as_bytes()) {
+        match crate::fsutil::write_atomic(
+            &self.cfg.dir.join(note::CHECKPOINT_FILE),
+            signed.as_bytes(),
+        ) {
             Ok(()) => {
                 self.signed_size = cp.size;
                 self.last_signed = Some(Instant::now());
