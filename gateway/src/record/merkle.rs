@@ -70,6 +70,11 @@ impl Frontier {
         self.size
     }
 
+    /// Has it one hash per set bit of its size (a stored one may not)?
+    pub fn is_valid(&self) -> bool {
+        self.nodes.len() == self.size.count_ones() as usize
+    }
+
     pub fn nodes(&self) -> &[Hash] {
         &self.nodes
     }

@@ -73,7 +73,7 @@ fn base(dir: &Path) -> Option<Frontier> {
     let anchor: Checkpoint = read_json(&dir.join(ANCHOR_FILE))?;
     anchor
         .tree
-        .filter(|t| anchor.seq == first && t.size() + 1 == first)
+        .filter(|t| t.is_valid() && anchor.seq == first && t.size() + 1 == first)
 }
 
 /// The writer's frontier for a log whose last record is `last_seq`: from `head.json`, with
@@ -81,7 +81,10 @@ fn base(dir: &Path) -> Option<Frontier> {
 /// when `head.json` has none that fits. `None` if the tree cannot be had.
 pub(super) fn restore(dir: &Path, last_seq: u64) -> Option<Frontier> {
     let saved: Option<Frontier> = read_json::<Checkpoint>(&dir.join(CHECKPOINT_FILE))
-        .and_then(|c| c.tree.filter(|t| t.size() == c.seq && c.seq <= last_seq));
+        .and_then(|c| {
+            c.tree
+                .filter(|t| t.is_valid() && t.size() == c.seq && c.seq <= last_seq)
+        });
     let mut f = match saved {
         Some(f) => f,
         None => base(dir)?,
