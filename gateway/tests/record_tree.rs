@@ -10,7 +10,7 @@ use std::{
 };
 
 use callgate::{
-    mask::MaskKey,
+    obligations::mask::MaskKey,
     record::{
         Record, Recorder, RecorderConfig, merkle,
         note::{self, Checkpoint, Signer},

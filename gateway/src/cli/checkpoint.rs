@@ -190,7 +190,7 @@ pub fn export(
                 record: serde_json::to_value(&record)?,
                 proof,
             };
-            Ok(Some(crate::records_cmd::one_line(serde_json::to_string(
+            Ok(Some(crate::cli::records::one_line(serde_json::to_string(
                 &line,
             )?)))
         })();

@@ -195,7 +195,7 @@ impl Signer {
             Err(e) => return Err(io(e)),
         }
         let s = Self::generate(name)?;
-        crate::fsutil::write_atomic_mode(&path, format!("{}\n", s.encode()).as_bytes(), 0o600)
+        crate::util::fs::write_atomic_mode(&path, format!("{}\n", s.encode()).as_bytes(), 0o600)
             .map_err(io)?;
         Ok(s)
     }

@@ -80,8 +80,8 @@ fn base(dir: &Path) -> Option<Frontier> {
 /// the records written after it replayed; rebuilt from the start (or the retention anchor)
 /// when `head.json` has none that fits. `None` if the tree cannot be had.
 pub(super) fn restore(dir: &Path, last_seq: u64) -> Option<Frontier> {
-    let saved: Option<Frontier> = read_json::<Checkpoint>(&dir.join(CHECKPOINT_FILE))
-        .and_then(|c| {
+    let saved: Option<Frontier> =
+        read_json::<Checkpoint>(&dir.join(CHECKPOINT_FILE)).and_then(|c| {
             c.tree
                 .filter(|t| t.is_valid() && t.size() == c.seq && c.seq <= last_seq)
         });

@@ -6,6 +6,7 @@
 //! if it fails (ENOSPC, EIO) the file is cut back to its last durable length and the group is
 //! written again once the disk recovers, so a failure never leaves a hole or a torn frame in
 //! the chain.
+use crate::util::time::now_ms;
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek, SeekFrom, Write},
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 use super::{
     Entry, RecordError, RecorderConfig, Shared,
     merkle::{self, Frontier},
-    note, now_ms,
+    note,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
     tree,
 };
@@ -120,7 +121,7 @@ impl Writer {
         }
         if let Some(signer) = &cfg.signer {
             let vkey = format!("{}\n", signer.verifier().encode());
-            crate::fsutil::write_atomic(&cfg.dir.join(note::VERIFIER_FILE), vkey.as_bytes())
+            crate::util::fs::write_atomic(&cfg.dir.join(note::VERIFIER_FILE), vkey.as_bytes())
                 .map_err(open_err)?;
         }
         info!(
@@ -403,7 +404,7 @@ impl Writer {
             root: tree.root(),
         };
         let signed = signer.sign(&cp.text());
-        match crate::fsutil::write_atomic(
+        match crate::util::fs::write_atomic(
             &self.cfg.dir.join(note::CHECKPOINT_FILE),
             signed.as_bytes(),
         ) {
@@ -427,7 +428,7 @@ impl Writer {
             tree: self.tree.clone().filter(|t| t.size() == seq),
         };
         let text = serde_json::to_vec(&cp).unwrap_or_default();
-        match crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
+        match crate::util::fs::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
             Ok(()) => {
                 self.checkpointed_seq = seq;
                 self.last_checkpoint = Instant::now();
@@ -462,7 +463,7 @@ fn new_segment(
     let result = segment::compress_frame(z, &header.encode(), &mut packed)
         .and_then(|()| f.write_all(&packed))
         .and_then(|()| f.sync_all())
-        .and_then(|()| crate::fsutil::sync_dir(dir));
+        .and_then(|()| crate::util::fs::sync_dir(dir));
     if let Err(e) = result {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -636,7 +637,7 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             time_ms: now_ms(),
             tree: tree::frontier_before(&cfg.dir, header.first_seq),
         };
-        crate::fsutil::write_atomic(
+        crate::util::fs::write_atomic(
             &cfg.dir.join(ANCHOR_FILE),
             &serde_json::to_vec(&anchor).unwrap_or_default(),
         )?;
