@@ -121,8 +121,13 @@ impl Writer {
         }
         if let Some(signer) = &cfg.signer {
             let vkey = format!("{}\n", signer.verifier().encode());
-            crate::util::fs::write_atomic(&cfg.dir.join(note::VERIFIER_FILE), vkey.as_bytes())
-                .map_err(open_err)?;
+            // Not secret, but everything in the records directory is owner-only.
+            crate::util::fs::write_atomic_mode(
+                &cfg.dir.join(note::VERIFIER_FILE),
+                vkey.as_bytes(),
+                0o600,
+            )
+            .map_err(open_err)?;
         }
         info!(
             dir = %cfg.dir.display(),
@@ -404,9 +409,10 @@ impl Writer {
             root: tree.root(),
         };
         let signed = signer.sign(&cp.text());
-        match crate::util::fs::write_atomic(
+        match crate::util::fs::write_atomic_mode(
             &self.cfg.dir.join(note::CHECKPOINT_FILE),
             signed.as_bytes(),
+            0o600,
         ) {
             Ok(()) => {
                 self.signed_size = cp.size;
