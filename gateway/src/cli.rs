@@ -2,6 +2,7 @@
 //! share: the control socket and the request they send the daemon over it.
 
 pub mod approvals;
+pub mod checkpoint;
 pub mod enable;
 pub mod install;
 pub mod policy;

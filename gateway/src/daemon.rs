@@ -44,6 +44,8 @@ pub enum DaemonError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     MaskKey(#[from] crate::obligations::mask::MaskError),
+    #[error("records checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::record::note::NoteError),
     #[error("local CA: {0}")]
     Tls(#[from] crate::proxy::tls::TlsError),
     #[error(transparent)]
@@ -97,7 +99,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
         Some(Recorder::open(
-            RecorderConfig::from(&cfg.records),
+            RecorderConfig::from(&cfg.records).with_signer(&cfg.state_dir)?,
             mask_key.clone(),
         )?)
     } else {
