@@ -95,6 +95,8 @@ pub struct ProxyInputs {
     pub upstreams: Arc<Upstreams>,
     /// Keys the `hash` mask style.
     pub mask_key: MaskKey,
+    /// MCP tool pins and what was seen of each pinned service's tools.
+    pub pins: Arc<crate::mcp::pins::PinStore>,
 }
 
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported

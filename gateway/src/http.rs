@@ -7,6 +7,7 @@
 mod body;
 mod budget;
 mod held;
+mod mcp_check;
 mod server1;
 
 #[doc(hidden)]
@@ -286,7 +287,7 @@ impl Conn {
         };
 
         let deciding = Instant::now();
-        let decided: Vec<Decided> = extracted
+        let mut decided: Vec<Decided> = extracted
             .calls
             .into_iter()
             .map(|mut call| {
@@ -303,6 +304,9 @@ impl Conn {
                 }
             })
             .collect();
+        if extracted.batch {
+            mcp_check::guard_batch(service, &mut decided);
+        }
         let metrics = &self.inputs.metrics;
         metrics.decided_in(deciding.elapsed());
         for d in &decided {
@@ -363,6 +367,17 @@ impl Conn {
             return self
                 .refuse(recording, kind, one.call, Some(&one.decision), r)
                 .await;
+        }
+        if let Some(s) = service.filter(|s| s.mcp.checks_tools()) {
+            if let Err((r, note)) = mcp_check::before_call(&self, &snap, s, &parts, &one).await {
+                if let Some(rec) = recording.as_mut() {
+                    rec.rec.mcp = Some(note);
+                }
+                end_span(span.take(), &r);
+                return self
+                    .refuse(recording, kind, one.call, Some(&one.decision), r)
+                    .await;
+            }
         }
         let body = match (held_body, stream_body) {
             (Some(b), _) => reply::full(b),

@@ -27,6 +27,7 @@ pub mod intercept;
 pub mod jsonpath;
 pub mod limit;
 pub mod mask;
+pub mod mcp;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
 mod install_cmd;
+mod mcp_cmd;
 mod records_cmd;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
@@ -45,6 +46,9 @@ enum Command {
     /// Calls held for human approval: list them, approve or deny, manage grants.
     #[command(subcommand)]
     Approvals(approvals_cmd::ApprovalsCommand),
+    /// MCP tool pins: write a service's pins for review, accept a changed tool.
+    #[command(subcommand)]
+    Mcp(mcp_cmd::McpCommand),
     /// Install callgate as a hardened systemd service (binary, unit, config, starter policy,
     /// local CA); idempotent, never overwrites configuration.
     Install(install_cmd::InstallArgs),
@@ -288,6 +292,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => return policy_command(cmd, &rt),
         Command::Records(cmd) => return records_cmd::run(cmd),
         Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
+        Command::Mcp(cmd) => return mcp_cmd::run(cmd, &rt),
         Command::Install(a) => return install_cmd::install(a),
         Command::Uninstall(a) => return install_cmd::uninstall(a),
         Command::Status { json, socket } => {

@@ -84,6 +84,10 @@ pub struct Service {
     /// Rules for a function the service does not define (`*` rules only).
     rules_wildcard: Box<[u32]>,
     pub(super) base: Arc<Obligations>,
+    /// MCP safeguards (`mcp:`).
+    pub mcp: crate::mcp::McpOptions,
+    /// The tool pins committed in the repository (`pins/<service>.yaml`), if any.
+    pub pins: Option<Arc<crate::mcp::pins::PinFile>>,
 }
 
 #[derive(Debug)]
@@ -875,6 +879,16 @@ fn compile_service(
         .filter(|(_, r)| r.functions.is_none())
         .map(|(i, _)| i as u32)
         .collect();
+    let pins = match crate::mcp::pins::load_committed(&loaded.root, &file.service) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(src.error(&["mcp"], e));
+            None
+        }
+    };
+    if file.mcp != Default::default() && file.protocol != Protocol::Mcp {
+        errors.push(src.error(&["mcp"], "`mcp:` options need `protocol: mcp`"));
+    }
     if errors.is_empty() {
         Ok(Service {
             name: file.service.as_str().into(),
@@ -900,6 +914,8 @@ fn compile_service(
             rules_for,
             rules_wildcard,
             base,
+            mcp: file.mcp,
+            pins,
         })
     } else {
         Err(errors)

@@ -219,6 +219,9 @@ pub struct ServiceFile {
     /// Path spellings the gateway refuses unless the service's server needs them.
     #[serde(default)]
     pub paths: PathOptions,
+    /// MCP safeguards: tool pinning.
+    #[serde(default)]
+    pub mcp: crate::mcp::McpOptions,
 }
 
 /// `paths:` in a service file: what its server needs that is refused by default, because

@@ -1,0 +1,183 @@
+//! MCP tool pinning end to end, against a server of the official MCP Python SDK that changes a
+//! tool's description while it runs (a rug pull) and adds a tool, with the SDK's own client in
+//! an enabled cgroup: the changed and the new tool are hidden from `tools/list` and refused
+//! from the first call after the change, the server never runs them, and the change is in the
+//! records and `status`; `callgate mcp accept` and `callgate mcp pin` bring a tool back.
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
+
+fn service(port: u16) -> String {
+    format!(
+        r#"
+service: docs
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+rules:
+  - {{ name: agents, function: "*", action: allow }}
+"#
+    )
+}
+
+fn run_json(cg: &TestCgroup, argv: &[&str]) -> Value {
+    let out = cg.run(argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
+    let test = "a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-pins");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_rugpull_server.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-pins");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+
+    // One session: list (pinned on first sight), search (the server turns), search again,
+    // the new tool, the untouched tool.
+    let out = run_json(
+        &cg,
+        &[
+            &py,
+            &client,
+            &url,
+            "search_docs",
+            "search_docs",
+            "export_all",
+            "word_count",
+        ],
+    );
+    let lists = out["lists"].as_array().expect("lists");
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(names(&lists[0]), ["search_docs", "word_count"], "{out}");
+    assert_eq!(calls[0]["text"][0], "results for refunds", "{out}");
+    // The first listing after the change: the changed tool and the new one are hidden.
+    assert_eq!(names(&lists[1]), ["word_count"], "{out}");
+    assert!(
+        !out.to_string().contains("id_rsa"),
+        "the poisoned description reached the client: {out}"
+    );
+    // The changed tool's next call is refused, saying why; so is the new, unpinned one.
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("changed since it was pinned") && err.contains("callgate mcp accept"),
+        "{out}"
+    );
+    assert_eq!(calls[1]["code"], -32001, "{out}");
+    let err = calls[2]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("has no pin"), "{out}");
+    // The untouched tool still works.
+    assert_eq!(calls[3]["text"][0], "3", "{out}");
+    // The server ran search_docs once (before the change) and never export_all.
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["search_docs", "word_count"],
+        "what the server ran"
+    );
+
+    // The records: the refused call with both digests and both definitions.
+    let r = record_where(&gw, "the refused search_docs", |r| {
+        r["function"] == "search_docs" && r["mcp"]["pin"] == "changed"
+    });
+    assert_eq!(r["decision"]["enforced"], true, "{r}");
+    let pinned = r["mcp"]["pinned_sha256"].as_str().unwrap_or_default();
+    let now = r["mcp"]["sha256"].as_str().unwrap_or_default();
+    assert!(
+        pinned.len() == 64 && now.len() == 64 && pinned != now,
+        "{r}"
+    );
+    assert_eq!(
+        r["mcp"]["pinned_definition"]["description"], "Searches the documentation.",
+        "{r}"
+    );
+    assert!(
+        r["mcp"]["definition"]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("<IMPORTANT>")),
+        "{r}"
+    );
+    record_where(&gw, "a list that hid the changed tool", |r| {
+        r["function"] == "tools/list"
+            && r["mcp"]["hidden"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|t| t["tool"] == "search_docs"))
+    });
+    // status: what is refused now and the change.
+    let status = gw.status();
+    let docs = &status["mcp_pins"][0];
+    assert_eq!(docs["service"], "docs", "{status}");
+    assert_eq!(docs["refused"]["search_docs"], "changed", "{status}");
+    assert_eq!(docs["refused"]["export_all"], "unpinned", "{status}");
+    assert_eq!(docs["changes_total"], 1, "{status}");
+    assert_eq!(docs["recent_changes"][0]["sha256"], now, "{status}");
+
+    // The operator accepts the new description: the tool is back, the new tool still hidden.
+    let out = gw.cli(&["mcp", "accept", "docs", "search_docs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_json(&cg, &[&py, &client, &url, "search_docs"]);
+    assert_eq!(
+        names(&out["lists"][0]),
+        ["search_docs", "word_count"],
+        "{out}"
+    );
+    assert_eq!(out["calls"][0]["text"][0], "results for refunds", "{out}");
+
+    // `mcp pin` writes what was seen, for review in git.
+    let out = gw.cli(&[
+        "mcp",
+        "pin",
+        "docs",
+        "--policies",
+        &policies.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pins = std::fs::read_to_string(policies.join("pins/docs.yaml")).expect("pins written");
+    assert!(pins.contains("export_all") && pins.contains(now), "{pins}");
+    // Committed pins now decide: every tool they name is shown again.
+    let out = wait_for(std::time::Duration::from_secs(10), || {
+        let out = run_json(&cg, &[&py, &client, &url]);
+        (names(&out["lists"][0]).len() == 3).then_some(out)
+    });
+    assert!(out.is_some(), "the committed pins did not take effect");
+}
