@@ -95,6 +95,10 @@ pub enum Request {
     McpSeen {
         service: String,
     },
+    /// The poisoning checks' findings on a service's tools as last seen.
+    McpAudit {
+        service: String,
+    },
     /// Pin a tool to its definition as last seen.
     McpAccept {
         service: String,
@@ -271,6 +275,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Grants => approvals(inputs).and_then(|a| to_json(a.grants())),
         Request::Revoke { id } => approvals(inputs).and_then(|a| to_json(a.revoke(&id)?)),
         Request::McpSeen { service } => to_json(inputs.pins.pin_file(&service)),
+        Request::McpAudit { service } => to_json(inputs.pins.audit_report(&service)),
         Request::McpAccept { service, tool } => {
             inputs.pins.accept(&service, &tool).and_then(to_json)
         }

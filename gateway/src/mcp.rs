@@ -1,6 +1,7 @@
 //! MCP safeguards beyond deciding calls: tool pinning against rug pulls ([`pins`]) — a tool
 //! whose definition changed since it was reviewed is hidden from `tools/list` and its calls
-//! are refused.
+//! are refused — and poisoning checks on every tool definition seen ([`audit`]).
+pub mod audit;
 pub mod pins;
 
 use serde::{Deserialize, Serialize};
@@ -20,11 +21,15 @@ pub struct McpOptions {
     /// none, is hidden from `tools/list` and its calls are refused.
     #[serde(default)]
     pub pin_tools: bool,
+    /// Hide and refuse tools the poisoning checks flag ([`audit`]): invisible characters,
+    /// instructions aimed at the model, URLs or e-mail addresses, overlong descriptions.
+    #[serde(default)]
+    pub refuse_flagged: bool,
 }
 
 impl McpOptions {
     /// Whether calls to the service need the tool's live definition checked first.
     pub fn checks_tools(&self) -> bool {
-        self.pin_tools
+        self.pin_tools || self.refuse_flagged
     }
 }

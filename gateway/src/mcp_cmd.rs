@@ -1,9 +1,13 @@
-//! `callgate mcp …`: MCP tool pins over the control socket — write a service's pins into the
-//! policy repository for review, or accept one tool's changed definition on this gateway.
+//! `callgate mcp …`: MCP tools over the control socket — write a service's pins into the
+//! policy repository for review, accept one tool's changed definition on this gateway, or
+//! report what the poisoning checks found in the tools the gateway has seen.
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use callgate::{admin::Request, mcp::pins::PinFile};
+use callgate::{
+    admin::{Request, visible::visible as v},
+    mcp::pins::{AuditReport, PinFile},
+};
 use clap::Subcommand;
 
 use crate::{SocketArg, request};
@@ -20,6 +24,17 @@ pub enum McpCommand {
         /// Print the pin file instead of writing it.
         #[arg(long)]
         stdout: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Report the poisoning checks' findings (invisible characters, instructions aimed at the
+    /// model, URLs and e-mail addresses, overlong descriptions) on the service's tools as the
+    /// gateway last saw them; exit 1 if any tool is flagged.
+    Audit {
+        service: String,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -72,6 +87,47 @@ pub fn run(cmd: McpCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
                 path.display(),
                 file.tools.len()
             );
+        }
+        McpCommand::Audit {
+            service,
+            json,
+            socket,
+        } => {
+            let report: AuditReport = rt.block_on(request(
+                &socket,
+                &Request::McpAudit {
+                    service: service.clone(),
+                },
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.tools_seen.is_empty() {
+                println!(
+                    "the gateway has seen no tools of service {}: list them through the gateway first",
+                    v(&service)
+                );
+            } else {
+                println!(
+                    "{}: {} tools seen, {} flagged",
+                    v(&service),
+                    report.tools_seen.len(),
+                    report.flagged.len()
+                );
+                for (tool, findings) in &report.flagged {
+                    for f in findings {
+                        println!(
+                            "  {}  {}  at {}: {}",
+                            v(tool),
+                            f.check,
+                            v(&f.at),
+                            v(&f.found)
+                        );
+                    }
+                }
+            }
+            if !report.flagged.is_empty() {
+                std::process::exit(1);
+            }
         }
         McpCommand::Accept {
             service,

@@ -25,18 +25,30 @@ const MAX_PAGES: usize = 32;
 const MCP_METHOD: &str = "mcp-method";
 const MCP_NAME: &str = "mcp-name";
 
-/// Whether one tool of a `tools/list` answer to `service` may be shown; a tool hidden for
-/// its pin is noted in `hidden` for the record.
+/// Whether one tool of a `tools/list` answer to `service` may be shown: every tool seen is
+/// checked for poisoning (and refused when the service says so), and checked against its pin
+/// on a service that pins. A hidden tool is noted in `hidden` for the record.
 pub(super) fn shown(
     conn: &Conn,
     service: &Service,
     tool: &Json,
     hidden: &RefCell<Vec<Json>>,
 ) -> bool {
+    let pins = &conn.inputs.pins;
+    let Some((name, findings)) = pins.observe(service, tool) else {
+        // Not a tool: nothing a client could call by it.
+        return !service.mcp.checks_tools();
+    };
+    if service.mcp.refuse_flagged && !findings.is_empty() {
+        hidden
+            .borrow_mut()
+            .push(json!({ "tool": name, "flagged": findings }));
+        return false;
+    }
     if !service.mcp.pin_tools {
         return true;
     }
-    let Some((name, verdict)) = conn.inputs.pins.check(service, tool) else {
+    let Some((name, verdict)) = pins.check(service, tool) else {
         return false;
     };
     if verdict.admits() {
@@ -144,13 +156,34 @@ pub(super) async fn before_call(
     let tools = live_tools(conn, snap, service, parts, one)
         .await
         .map_err(|r| (r, json!({ "tool": name, "pin": "unchecked" })))?;
+    let pins = &conn.inputs.pins;
     let mut verdict = None;
     for t in &tools {
-        let Some((n, v)) = conn.inputs.pins.check(service, t) else {
+        let Some((n, findings)) = pins.observe(service, t) else {
             continue;
         };
+        let v = if service.mcp.pin_tools {
+            pins.check(service, t).map(|(_, v)| v)
+        } else {
+            Some(Verdict::Pinned)
+        };
         if n == name {
-            verdict = Some(v);
+            if service.mcp.refuse_flagged && !findings.is_empty() {
+                let checks: Vec<&str> = findings.iter().map(|f| f.check.as_str()).collect();
+                return Err((
+                    refusal(
+                        "tool_flagged",
+                        format!(
+                            "tool {name:?} is refused: its definition fails the poisoning checks \
+                             ({}); see `callgate mcp audit {}`",
+                            checks.join(", "),
+                            service.name
+                        ),
+                    ),
+                    json!({ "tool": name, "flagged": findings }),
+                ));
+            }
+            verdict = v;
         }
     }
     let svc = &service.name;

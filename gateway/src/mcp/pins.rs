@@ -20,6 +20,7 @@ use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+use super::audit::{self, Finding};
 use crate::policy::Service;
 
 /// The parts of a tool that are its meaning to a model.
@@ -30,6 +31,10 @@ pub const DEFINITION_FIELDS: &[&str] = &[
     "outputSchema",
     "annotations",
 ];
+
+/// Most tools of one service the gateway keeps anything of (seen definitions, local pins): a
+/// server cannot grow the gateway's memory by inventing names; tools past it are unpinned.
+const MAX_TOOLS: usize = 4096;
 
 /// Most changes a service's status keeps.
 const KEPT_CHANGES: usize = 32;
@@ -167,11 +172,20 @@ struct ServicePins {
     first_listing_done: bool,
     local: BTreeMap<String, LocalPin>,
     seen: BTreeMap<String, Seen>,
+    /// The poisoning checks' findings on each tool as last seen (flagged tools only).
+    flags: BTreeMap<String, Vec<Finding>>,
     changes: Vec<Change>,
     changes_total: u64,
 }
 
 impl ServicePins {
+    /// Keeps `name`'s definition as seen, if there is room.
+    fn see(&mut self, name: &str, seen: Seen) {
+        if self.seen.len() < MAX_TOOLS || self.seen.contains_key(name) {
+            self.seen.insert(name.to_string(), seen);
+        }
+    }
+
     /// The pin of `name` in force: an accepted local pin, else the committed one, else (with
     /// nothing committed) the one taken on first sight. Its digest and definition.
     fn pinned(&self, committed: Option<&PinFile>, name: &str) -> Option<(String, Option<Json>)> {
@@ -210,6 +224,15 @@ impl ServicePins {
                 .min()
                 .is_none_or(|first| now < first.saturating_add(FIRST_SIGHT_WINDOW_MS))
     }
+}
+
+/// What `callgate mcp audit` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub service: String,
+    pub tools_seen: Vec<String>,
+    /// Tool → what the checks found.
+    pub flagged: BTreeMap<String, Vec<Finding>>,
 }
 
 /// What `status` shows of one pinned service.
@@ -307,15 +330,18 @@ impl PinStore {
         let committed = service.pins.as_deref();
         let now = crate::record::now_ms();
         let verdict = self.with(&service.name, |s| {
-            s.seen.insert(
-                name.clone(),
+            s.see(
+                &name,
                 Seen {
                     sha256: sha.clone(),
                     definition: def.clone(),
                     at_ms: now,
                 },
             );
-            let verdict = s.verdict(committed, &name, &sha, now);
+            let mut verdict = s.verdict(committed, &name, &sha, now);
+            if verdict == Verdict::FirstSight && s.local.len() >= MAX_TOOLS {
+                verdict = Verdict::Unpinned;
+            }
             match &verdict {
                 Verdict::FirstSight => {
                     s.local.insert(
@@ -358,6 +384,38 @@ impl PinStore {
         Some((name, verdict))
     }
 
+    /// Takes one tool of `service` as seen and runs the poisoning checks on it: its name and
+    /// findings (None for something that is not a tool).
+    pub fn observe(&self, service: &Service, tool: &Json) -> Option<(String, Vec<Finding>)> {
+        let (name, def, sha) = definition(tool)?;
+        let findings = audit::audit(&def);
+        self.with(&service.name, |s| {
+            s.see(
+                &name,
+                Seen {
+                    sha256: sha,
+                    definition: def,
+                    at_ms: crate::record::now_ms(),
+                },
+            );
+            if findings.is_empty() {
+                s.flags.remove(&name);
+            } else if s.seen.contains_key(&name) {
+                s.flags.insert(name.clone(), findings.clone());
+            }
+        });
+        Some((name, findings))
+    }
+
+    /// `callgate mcp audit`: every tool of `service` as last seen, with its findings.
+    pub fn audit_report(&self, service: &str) -> AuditReport {
+        self.with(service, |s| AuditReport {
+            service: service.to_string(),
+            tools_seen: s.seen.keys().cloned().collect(),
+            flagged: s.flags.clone(),
+        })
+    }
+
     /// A listing of `service`'s tools ended (a page without `nextCursor`): tools that
     /// appear from now on are new.
     pub fn listing_ended(&self, service: &str) {
@@ -396,6 +454,11 @@ impl PinStore {
     /// Pins `tool` of `service` to its definition as last seen (kept in the state directory).
     pub fn accept(&self, service: &str, tool: &str) -> Result<LocalPin, String> {
         self.with(service, |s| {
+            if s.local.len() >= MAX_TOOLS && !s.local.contains_key(tool) {
+                return Err(format!(
+                    "service {service:?} has {MAX_TOOLS} local pins already"
+                ));
+            }
             let seen = s.seen.get(tool).ok_or_else(|| {
                 format!(
                     "the gateway has not seen a tool {tool:?} of service {service:?} \
