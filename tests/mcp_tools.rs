@@ -269,3 +269,118 @@ rules:
         "{text}"
     );
 }
+
+/// The 2026 transport's routing headers against a server that routes by them: a request whose
+/// `Mcp-Method` or `Mcp-Name` says something else than its body (plainly, base64-encoded, or
+/// twice) is refused with HTTP 400 and JSON-RPC -32020 and never reaches the server; one whose
+/// headers agree goes through.
+#[test]
+fn routing_headers_must_agree_with_the_body() {
+    let test = "routing_headers_must_agree_with_the_body";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-headers");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_header_router.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let svc = format!(
+        r#"
+service: routed
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("routed", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-headers");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}"#;
+    let list = r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#;
+    let post = |body: &str, headers: &[&str]| -> (String, Value) {
+        let mut argv = vec![
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+        ];
+        for h in headers {
+            argv.extend_from_slice(&["-H", h]);
+        }
+        argv.extend_from_slice(&["--data-binary", body, &url]);
+        let (code, out) = curl_in(&cg, &argv);
+        assert_eq!(code, 0, "{out}");
+        let (json, status) = out.rsplit_once('\n').unwrap_or((&out, ""));
+        (
+            status.to_string(),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        )
+    };
+    for (body, headers) in [
+        // Allowed by the body, another tool by the header.
+        (
+            call,
+            vec!["Mcp-Method: tools/call", "Mcp-Name: delete_table"],
+        ),
+        // The same in the base64 form.
+        (call, vec!["Mcp-Name: =?base64?ZGVsZXRlX3RhYmxl?="]),
+        // A list (which passes as housekeeping) that the header makes a call.
+        (
+            list,
+            vec!["Mcp-Method: tools/call", "Mcp-Name: delete_table"],
+        ),
+        // Given twice.
+        (
+            call,
+            vec!["Mcp-Name: search_docs", "Mcp-Name: delete_table"],
+        ),
+    ] {
+        let (status, answer) = post(body, &headers);
+        assert_eq!(status, "400", "{headers:?}: {answer}");
+        assert_eq!(answer["error"]["code"], -32020, "{headers:?}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("header_mismatch")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap_or_default(),
+        "",
+        "the server ran a tool for a refused request"
+    );
+    // Agreeing headers pass, in both spellings.
+    let (status, answer) = post(call, &["Mcp-Method: tools/call", "Mcp-Name: search_docs"]);
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "ran search_docs",
+        "{answer}"
+    );
+    let (status, _) = post(call, &["mcp-name: =?base64?c2VhcmNoX2RvY3M=?="]);
+    assert_eq!(status, "200");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap_or_default(),
+        "search_docs\nsearch_docs\n"
+    );
+    let r = record_where(&gw, "a refused mismatch", |r| {
+        r["decision"]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("header_mismatch"))
+    });
+    assert_eq!(r["status"], 400, "{r}");
+}

@@ -286,6 +286,19 @@ impl Conn {
             }
         };
 
+        if kind == Kind::Mcp {
+            if let Err(e) = crate::mcp::headers::agree(&parts.headers, &extracted.calls) {
+                stats.refused_policy.fetch_add(1, Relaxed);
+                let r = Refusal {
+                    service: service.map(|s| s.name.to_string()),
+                    rpc_code: Some(crate::mcp::headers::HEADER_MISMATCH),
+                    ..Refusal::new(StatusCode::BAD_REQUEST, "header_mismatch", e.to_string())
+                };
+                let call = extracted.calls.into_iter().next();
+                let call = call.unwrap_or_else(|| extract::raw(&parts));
+                return self.refuse(recording, kind, call, None, r).await;
+            }
+        }
         let deciding = Instant::now();
         let mut decided: Vec<Decided> = extracted
             .calls

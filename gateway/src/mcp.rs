@@ -1,7 +1,9 @@
 //! MCP safeguards beyond deciding calls: tool pinning against rug pulls ([`pins`]) — a tool
 //! whose definition changed since it was reviewed is hidden from `tools/list` and its calls
-//! are refused — and poisoning checks on every tool definition seen ([`audit`]).
+//! are refused — poisoning checks on every tool definition seen ([`audit`]), and agreement
+//! of the 2026 transport's routing headers with the body ([`headers`]).
 pub mod audit;
+pub mod headers;
 pub mod pins;
 
 use serde::{Deserialize, Serialize};

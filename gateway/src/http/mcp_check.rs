@@ -280,6 +280,14 @@ async fn live_tools(
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         h.remove(MCP_NAME);
+        let mirrored: Vec<_> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("mcp-param-"))
+            .cloned()
+            .collect();
+        for k in mirrored {
+            h.remove(k);
+        }
         if h.contains_key(MCP_METHOD) {
             h.insert(MCP_METHOD, HeaderValue::from_static("tools/list"));
         }
