@@ -384,3 +384,53 @@ rules:
     });
     assert_eq!(r["status"], 400, "{r}");
 }
+
+/// A tool's structured result (`structuredContent`) is masked as its text is: detectors on
+/// every value (a card written as a number included) and field paths, which address the
+/// tool's result (`$.ssn`) in `structuredContent` and in JSON text alike; the SDK client
+/// still reads a valid result.
+#[test]
+fn structured_tool_results_are_masked_like_their_text() {
+    let test = "structured_tool_results_are_masked_like_their_text";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-structured");
+    let port = free_port();
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_structured_server.py")
+        .display()
+        .to_string();
+    let _party = Party::start(&[&py, &server, &port.to_string()], port, dir.join("server"));
+    let svc = format!(
+        r#"
+service: crm
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  customer: {{}}
+rules:
+  - {{ name: agents, function: customer, action: allow }}
+response:
+  mask: [card_number, email, {{ field: "$.ssn" }}]
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("crm", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-structured");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(&cg, &[&py, &client, &url, "customer"]);
+    let call = &out["calls"][0];
+    assert_eq!(call["isError"], false, "{out}");
+    let s = &call["structured"];
+    assert_eq!(s["tier"], "gold", "{out}");
+    assert_eq!(s["name"], "Jane Doe", "{out}");
+    for leaked in ["4111 1111 1111 1111", "jane.doe@example.com", "078-05-1120"] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let text: Value =
+        serde_json::from_str(call["text"][0].as_str().unwrap_or_default()).expect("JSON text");
+    assert_eq!(text["tier"], "gold", "{out}");
+}

@@ -817,6 +817,8 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
 pub enum BodyMasker {
     Json(Box<JsonMasker>),
     Text(TextMasker),
+    /// An MCP answer, message by message ([`crate::mcp::results`]).
+    Mcp(Box<crate::mcp::results::McpMasker>),
     Binary,
 }
 
@@ -836,6 +838,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.push(chunk, out),
             BodyMasker::Text(m) => m.push(chunk, out),
+            BodyMasker::Mcp(m) => m.push(chunk, out),
             BodyMasker::Binary => out.extend_from_slice(chunk),
         }
     }
@@ -844,6 +847,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.finish(out),
             BodyMasker::Text(m) => m.finish(out),
+            BodyMasker::Mcp(m) => m.finish(out),
             BodyMasker::Binary => {}
         }
     }
@@ -852,6 +856,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.stats(),
             BodyMasker::Text(m) => m.stats,
+            BodyMasker::Mcp(m) => m.stats,
             BodyMasker::Binary => MaskStats::default(),
         }
     }
@@ -861,6 +866,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.scanned(),
             BodyMasker::Text(m) => m.scanned(),
+            BodyMasker::Mcp(m) => m.scanned(),
             BodyMasker::Binary => 0,
         }
     }

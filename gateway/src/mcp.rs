@@ -1,10 +1,12 @@
 //! MCP safeguards beyond deciding calls: tool pinning against rug pulls ([`pins`]) — a tool
 //! whose definition changed since it was reviewed is hidden from `tools/list` and its calls
 //! are refused — poisoning checks on every tool definition seen ([`audit`]), and agreement
-//! of the 2026 transport's routing headers with the body ([`headers`]).
+//! of the 2026 transport's routing headers with the body ([`headers`]); tool results masked
+//! message by message, `structuredContent` like `content[].text` ([`results`]).
 pub mod audit;
 pub mod headers;
 pub mod pins;
+pub mod results;
 
 use serde::{Deserialize, Serialize};
 

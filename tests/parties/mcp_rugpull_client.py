@@ -26,7 +26,12 @@ async def main(url, calls):
                 try:
                     res = await session.call_tool(name, args)
                     out["calls"].append(
-                        {"tool": name, "text": [c.text for c in res.content], "isError": res.isError}
+                        {
+                            "tool": name,
+                            "text": [c.text for c in res.content],
+                            "structured": res.structuredContent,
+                            "isError": res.isError,
+                        }
                     )
                 except McpError as e:
                     out["calls"].append(
