@@ -434,3 +434,44 @@ response:
         serde_json::from_str(call["text"][0].as_str().unwrap_or_default()).expect("JSON text");
     assert_eq!(text["tier"], "gold", "{out}");
 }
+
+/// The same rug pull from a server in the SDK's stateless JSON mode: the gateway's own check
+/// before the call reads a JSON answer without a session.
+#[test]
+fn a_rug_pull_is_caught_from_a_stateless_json_server() {
+    let test = "a_rug_pull_is_caught_from_a_stateless_json_server";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-pins-json");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_rugpull_server.py").display().to_string();
+    let _party = Party::start(
+        &[
+            &py,
+            &server,
+            &port.to_string(),
+            &runs.display().to_string(),
+            "json",
+        ],
+        port,
+        dir.join("server"),
+    );
+    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-pins-json");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(&cg, &[&py, &client, &url, "search_docs", "search_docs"]);
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(calls[0]["text"][0], "results for refunds", "{out}");
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("changed since it was pinned"), "{out}");
+    assert_eq!(names(&out["lists"][2]), ["word_count"], "{out}");
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
+}

@@ -962,23 +962,14 @@ impl Conn {
             return resp;
         }
         let masker = match body_kind {
-            // An MCP answer in JSON (an event stream or a document): message by message.
-            Ok(k)
-                if !masks.is_empty() && kind == Kind::Mcp && k != crate::mask::BodyKind::Binary =>
-            {
-                let events = crate::mcp::results::is_event_stream(&parts.headers);
-                let json = events || k == crate::mask::BodyKind::Json;
-                Some(if json {
-                    crate::mask::BodyMasker::Mcp(Box::new(crate::mcp::results::McpMasker::new(
-                        masks,
-                        self.inputs.mask_key.clone(),
-                        events,
-                        self.inputs.cfg.http.max_held_response_bytes,
-                    )))
-                } else {
-                    crate::mask::BodyMasker::new(masks, self.inputs.mask_key.clone(), k)
-                })
-            }
+            // An MCP answer: message by message.
+            Ok(k) if !masks.is_empty() && kind == Kind::Mcp => Some(crate::mcp::results::masker(
+                masks,
+                self.inputs.mask_key.clone(),
+                k,
+                &parts.headers,
+                self.inputs.cfg.http.max_held_response_bytes,
+            )),
             Ok(kind) if !masks.is_empty() => Some(crate::mask::BodyMasker::new(
                 masks,
                 self.inputs.mask_key.clone(),

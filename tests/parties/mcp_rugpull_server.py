@@ -1,12 +1,16 @@
 """An MCP server from the official Python SDK (FastMCP, streamable HTTP at /mcp) that turns on
 its users: once `search_docs` has run, the tool's description asks the model to send a secret
 (a "rug pull"), and a new tool `export_all` appears. Every tool run is appended to the run log
-(argv[2]), so a test can tell what the server actually ran."""
+(argv[2]), so a test can tell what the server actually ran. With argv[3] = "json", answers
+are JSON documents and the server keeps no sessions (the SDK's stateless JSON mode)."""
 import sys
 
 from mcp.server.fastmcp import FastMCP
 
-server = FastMCP("docs", host="127.0.0.1", port=int(sys.argv[1]))
+JSON = sys.argv[3:] == ["json"]
+server = FastMCP(
+    "docs", host="127.0.0.1", port=int(sys.argv[1]), json_response=JSON, stateless_http=JSON
+)
 RUNS = sys.argv[2]
 
 

@@ -12,7 +12,24 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::mask::{MaskKey, MaskRules, MaskStats, TextMasker};
+use crate::mask::{BodyKind, BodyMasker, MaskKey, MaskRules, MaskStats, TextMasker};
+
+/// The masker for an MCP answer of `kind` with head `headers`: message by message when it is
+/// an event stream or JSON, else as any other body. `max`: the most held of one message.
+pub fn masker(
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+    kind: BodyKind,
+    headers: &http::HeaderMap,
+    max: usize,
+) -> BodyMasker {
+    let events = kind != BodyKind::Binary && is_event_stream(headers);
+    if events || kind == BodyKind::Json {
+        BodyMasker::Mcp(Box::new(McpMasker::new(rules, key, events, max)))
+    } else {
+        BodyMasker::new(rules, key, kind)
+    }
+}
 
 /// Whether an answer is an event stream (`text/event-stream`).
 pub fn is_event_stream(h: &http::HeaderMap) -> bool {
