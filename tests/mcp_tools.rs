@@ -475,3 +475,89 @@ fn a_rug_pull_is_caught_from_a_stateless_json_server() {
     assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
     assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
 }
+
+/// The venv of the newer SDK generation (`cargo xtask setup` builds it), or None to skip.
+fn mcp2_python(test: &str) -> Option<String> {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/testenv2/bin/python");
+    if py.exists() {
+        Some(py.display().to_string())
+    } else {
+        skip(test, "no target/testenv2 (run cargo xtask setup)");
+        None
+    }
+}
+
+/// The 2026-07-28 generation end to end: the official Python SDK 2.x client (discovery instead
+/// of `initialize`, per-request `_meta`, `Mcp-Method`/`Mcp-Name` headers) and server, through
+/// the gateway, with its tools pinned (so the gateway's own pre-call check speaks that transport
+/// too): allowed tool masked, denied tool refused with the policy's reason and never run,
+/// records kept.
+#[test]
+fn the_2026_sdk_generation_is_governed() {
+    let test = "the_2026_sdk_generation_is_governed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let Some(py) = mcp2_python(test) else {
+        return;
+    };
+    let dir = TestDir::new("callgate-mcp2");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let server = party_script("mcp2_server.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let svc = format!(
+        r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("tools", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp2");
+    gw.enable(&cg);
+    let client = party_script("mcp2_client.py").display().to_string();
+    let out = run_json(
+        &cg,
+        &[&py, &client, &format!("http://127.0.0.1:{port}/mcp")],
+    );
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["tools"], serde_json::json!(["search_docs"]), "{out}");
+    let text = out["search"][0].as_str().unwrap_or_default();
+    assert!(text.starts_with("results for"), "{out}");
+    assert!(
+        !text.contains("4111 1111 1111 1111") && !text.contains("jane.doe@example.com"),
+        "{out}"
+    );
+    let err = out["delete"]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("destructive tools are disabled"), "{out}");
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(&gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    // The call was checked against a pin taken on first sight.
+    let status = gw.status();
+    assert_eq!(
+        status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",
+        "{status}"
+    );
+}

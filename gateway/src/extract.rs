@@ -495,6 +495,8 @@ fn rpc(kind: Kind, service: &Service, body: &[u8]) -> Result<Extracted, ExtractE
 /// call that policy decides.
 pub const SESSION_METHODS: &[&str] = &[
     "initialize",
+    // The 2026-07-28 transport's `initialize`: the server's versions and capabilities.
+    "server/discover",
     "ping",
     "notifications/initialized",
     "notifications/cancelled",

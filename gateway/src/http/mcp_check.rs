@@ -253,6 +253,16 @@ async fn live_tools(
         if let Some(c) = cursor.take() {
             params.insert("cursor".into(), c);
         }
+        // The 2026-07-28 transport carries the protocol version and capabilities in every
+        // request's `_meta`: the check's request says what the call says.
+        let meta = one
+            .call
+            .message
+            .as_ref()
+            .and_then(|m| m.get("params")?.get("_meta"));
+        if let Some(meta) = meta {
+            params.insert("_meta".into(), meta.clone());
+        }
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
         let mut head = http::Request::builder()
             .method(Method::POST)
