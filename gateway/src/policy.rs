@@ -8,6 +8,7 @@ pub mod eval;
 pub mod git;
 pub mod lint;
 pub mod load;
+pub mod mcp;
 pub mod schema;
 pub mod store;
 pub mod testing;
@@ -15,7 +16,7 @@ pub mod testing;
 use std::path::Path;
 
 pub use compile::{Obligations, PolicyVersion, Service, Snapshot, split_destination};
-pub use eval::{Call, Caller, Decision, TraceLine, Workload};
+pub use eval::{Decision, TraceLine};
 pub use load::{Finding, Loaded, Severity};
 pub use schema::{Action, Mode};
 pub use store::PolicyStore;

@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
@@ -21,7 +21,11 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::audit::{self, Finding};
-use crate::policy::Service;
+use crate::policy::{
+    Service,
+    mcp::{Pin, PinFile},
+};
+use crate::util::sync::LockExt;
 
 /// The parts of a tool that are its meaning to a model.
 pub const DEFINITION_FIELDS: &[&str] = &[
@@ -63,46 +67,6 @@ pub fn definition(tool: &Json) -> Option<(String, Json, String)> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `pins/<service>.yaml` in the policy repository.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PinFile {
-    pub service: String,
-    #[serde(default)]
-    pub tools: BTreeMap<String, Pin>,
-}
-
-/// One tool's pin: its digest, and the definition it was taken from (for review; only the
-/// digest is compared).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Pin {
-    pub sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub definition: Option<Json>,
-}
-
-/// The committed pins of `service` in the repository at `root`: None when it has no
-/// `pins/<service>.yaml`.
-pub fn load_committed(root: &Path, service: &str) -> Result<Option<Arc<PinFile>>, String> {
-    let path = root.join("pins").join(format!("{service}.yaml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let file: PinFile =
-        yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if file.service != service {
-        return Err(format!(
-            "{}: pins for service {:?}, not {service:?}",
-            path.display(),
-            file.service
-        ));
-    }
-    Ok(Some(Arc::new(file)))
 }
 
 /// How a tool's definition compares with its pin.
@@ -267,7 +231,7 @@ impl PinStore {
     }
 
     fn with<T>(&self, service: &str, f: impl FnOnce(&mut ServicePins) -> T) -> T {
-        let mut all = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.services.locked();
         let s = all.entry(service.to_string()).or_default();
         if !s.loaded {
             s.loaded = true;
@@ -328,7 +292,7 @@ impl PinStore {
     pub fn check(&self, service: &Service, tool: &Json) -> Option<(String, Verdict)> {
         let (name, def, sha) = definition(tool)?;
         let committed = service.pins.as_deref();
-        let now = crate::record::now_ms();
+        let now = crate::util::time::now_ms();
         let verdict = self.with(&service.name, |s| {
             s.see(
                 &name,
@@ -395,7 +359,7 @@ impl PinStore {
                 Seen {
                     sha256: sha,
                     definition: def,
-                    at_ms: crate::record::now_ms(),
+                    at_ms: crate::util::time::now_ms(),
                 },
             );
             if findings.is_empty() {
@@ -469,7 +433,7 @@ impl PinStore {
                 sha256: seen.sha256.clone(),
                 definition: seen.definition.clone(),
                 source: "accepted".into(),
-                at_ms: crate::record::now_ms(),
+                at_ms: crate::util::time::now_ms(),
             };
             s.local.insert(tool.to_string(), pin.clone());
             s.changes.retain(|c| c.tool != tool);
@@ -485,7 +449,7 @@ impl PinStore {
             .filter(|svc| svc.mcp.pin_tools)
             .map(|svc| {
                 let committed = svc.pins.as_deref();
-                let now = crate::record::now_ms();
+                let now = crate::util::time::now_ms();
                 self.with(&svc.name, |s| ServiceStatus {
                     service: svc.name.to_string(),
                     // The verdicts the data path would give the definitions last seen.
