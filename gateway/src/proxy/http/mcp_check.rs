@@ -10,7 +10,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use serde_json::{Map, Value as Json, json};
 
-use super::{Conn, Decided, Outgoing, held::read_held, injected};
+use super::{
+    Conn, Decided,
+    forward::{Outgoing, injected},
+    held::read_held,
+};
 use crate::{
     extract::Kind,
     mcp::pins::Verdict,
