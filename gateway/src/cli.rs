@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod checkpoint;
 pub mod enable;
 pub mod install;
+pub mod mcp;
 pub mod policy;
 pub mod records;
 pub mod run;

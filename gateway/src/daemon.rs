@@ -166,6 +166,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let pins = Arc::new(crate::mcp::pins::PinStore::new(Some(&cfg.state_dir)));
     let inputs = Arc::new(ProxyInputs {
         cfg: cfg.clone(),
         interceptor: interceptor.clone(),
@@ -194,6 +195,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             cfg.http.max_inspected_bytes,
             cfg.http.max_inspected_per_connection_bytes,
         ),
+        pins: pins.clone(),
     });
     let mut tasks = Vec::new();
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
@@ -205,6 +207,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         recorder: recorder.clone(),
         verifier,
         approvals: approvals.clone(),
+        pins,
         started,
     });
     let metrics = inputs.metrics.clone();

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod git;
 pub mod lint;
 pub mod load;
+pub mod mcp;
 pub mod schema;
 pub mod snapshot;
 pub mod store;

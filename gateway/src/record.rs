@@ -60,6 +60,9 @@ pub struct Record {
     pub decision: RecordedDecision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<serde_json::Value>,
+    /// MCP tool pinning: a tool found changed or unpinned, and what was hidden or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -302,6 +302,16 @@ fn compile_service(
         })
         .collect();
     let (rules_for, rules_wildcard) = rules_by_function(&functions, &rules);
+    let pins = match super::mcp::load_committed(&loaded.root, &file.service) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(src.error(&["mcp"], e));
+            None
+        }
+    };
+    if file.mcp != Default::default() && file.protocol != Protocol::Mcp {
+        errors.push(src.error(&["mcp"], "`mcp:` options need `protocol: mcp`"));
+    }
     if errors.is_empty() {
         Ok(Service {
             name: file.service.as_str().into(),
@@ -320,6 +330,8 @@ fn compile_service(
             rules_for,
             rules_wildcard,
             base,
+            mcp: file.mcp,
+            pins,
         })
     } else {
         Err(errors)

@@ -75,6 +75,10 @@ pub struct Service {
     /// Rules for a function the service does not define (`*` rules only).
     pub(super) rules_wildcard: Box<[u32]>,
     pub(super) base: Arc<Obligations>,
+    /// MCP safeguards (`mcp:`).
+    pub mcp: super::mcp::McpOptions,
+    /// The tool pins committed in the repository (`pins/<service>.yaml`), if any.
+    pub pins: Option<Arc<super::mcp::PinFile>>,
 }
 
 #[derive(Debug)]
