@@ -148,6 +148,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         cfg.state_dir.join("quotas.json"),
     )));
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
+    // The trust bundle for runtimes that do not read the system store (see `trust`).
+    let trust_ca = authority.as_ref().map(|a| a.ca_pem());
     for line in interceptor.restore()? {
         info!("{line}");
     }
@@ -237,6 +239,14 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         enabled = interceptor.enabled().len(),
         "callgate is running"
     );
+    if let Some(ca) = trust_ca {
+        let paths = crate::trust::Paths::for_state_dir(&cfg.state_dir);
+        tasks.push(tokio::spawn(crate::trust::keep_current(
+            paths,
+            ca,
+            stop_rx.clone(),
+        )));
+    }
     started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)

@@ -36,3 +36,4 @@ pub mod sniff;
 pub mod stats;
 pub mod tls;
 pub mod trace;
+pub mod trust;

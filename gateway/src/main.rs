@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod approvals_cmd;
 mod install_cmd;
 mod records_cmd;
+mod trust_cmd;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
 ///
@@ -51,6 +52,9 @@ enum Command {
     /// Stop and remove the service and detach every cgroup; --purge also removes config
     /// and state.
     Uninstall(install_cmd::UninstallArgs),
+    /// Make workloads' runtimes trust the gateway's CA (TLS interception).
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCommand),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -126,6 +130,15 @@ struct TargetArgs {
     /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
     #[arg(long)]
     unit: Option<String>,
+    /// With --unit: also write a systemd drop-in that points the unit's TLS clients at the
+    /// gateway's trust bundle (`callgate trust env`); `disable --unit` removes it.
+    #[arg(long, requires = "unit")]
+    trust: bool,
+    /// Where the drop-in goes: `<root>/etc/systemd/system/UNIT.d/`.
+    #[arg(long, default_value = "/", hide = true)]
+    root: PathBuf,
+    #[command(flatten)]
+    state: trust_cmd::StateDirArg,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -271,6 +284,9 @@ fn run(cli: Cli) -> Result<()> {
                 change.cgroup.path.display(),
                 change.cgroup.id
             );
+            if let (true, Some(unit)) = (t.trust, &t.unit) {
+                trust_cmd::write_dropin(&t.root, unit, &t.state.paths()?)?;
+            }
         }
         Command::Disable(t) => {
             let change: Change = rt.block_on(request(
@@ -284,11 +300,15 @@ fn run(cli: Cli) -> Result<()> {
                 change.cgroup.path.display(),
                 change.cgroup.id
             );
+            if let Some(unit) = &t.unit {
+                trust_cmd::remove_dropin(&t.root, unit)?;
+            }
         }
         Command::Policy(cmd) => return policy_command(cmd, &rt),
         Command::Records(cmd) => return records_cmd::run(cmd),
         Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
         Command::Install(a) => return install_cmd::install(a),
+        Command::Trust(cmd) => return trust_cmd::run(cmd),
         Command::Uninstall(a) => return install_cmd::uninstall(a),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
@@ -561,6 +581,20 @@ fn print_status(s: &Status) {
     println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
     let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("kernel:        {}", kernel.join(" "));
+    if !s.untrusting.is_empty() {
+        println!("NOT TRUSTING THE GATEWAY'S CA (their HTTPS calls fail):");
+        for u in &s.untrusting {
+            println!(
+                "  {} (exe {}, uid {}): {} connections refused, last: {}",
+                v(&u.workload),
+                v(u.exe.as_deref().unwrap_or(&u.comm)),
+                u.uid,
+                u.refused,
+                v(&u.last)
+            );
+            println!("    fix: {}", v(&u.fix));
+        }
+    }
     if !s.recent.is_empty() {
         println!("recent connections:");
         for r in s.recent.iter().rev().take(20) {

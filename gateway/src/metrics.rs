@@ -139,6 +139,8 @@ struct State {
     records: Option<crate::record::RecorderStatus>,
     identity: Vec<crate::identity::oidc::ProviderStatus>,
     approvals: Option<crate::approve::ApprovalsStatus>,
+    /// TLS connections refused by clients that do not trust the CA, by workload.
+    untrusting: Vec<(String, u64)>,
 }
 
 impl State {
@@ -156,6 +158,13 @@ impl State {
             records: a.recorder.as_ref().map(|r| r.status()),
             identity: a.verifier.as_ref().map(|v| v.status()).unwrap_or_default(),
             approvals: a.approvals.as_ref().map(|a| a.status()),
+            untrusting: a
+                .stats
+                .untrusting
+                .snapshot()
+                .into_iter()
+                .map(|u| (u.workload, u.refused))
+                .collect(),
         }
     }
 }
@@ -302,6 +311,18 @@ impl Collector for State {
             "Counters kept by the eBPF programs",
             true,
             &kernel,
+        )?;
+        let untrusting: Vec<(Cow<'_, str>, i64)> = self
+            .untrusting
+            .iter()
+            .map(|(w, n)| (Cow::Borrowed(w.as_str()), int(*n)))
+            .collect();
+        by_name(
+            &mut e,
+            "tls_untrusted",
+            "Intercepted TLS connections whose client refused the gateway's certificate (it does not trust the CA), by workload",
+            true,
+            &untrusting,
         )?;
         if let Some(p) = &self.policy {
             counter(

@@ -36,6 +36,8 @@ pub struct Stats {
     pub tokens_rejected: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Intercepted TLS clients that refused the gateway's certificate, by workload.
+    pub untrusting: crate::trust::refusals::Refusals,
     recent: Mutex<VecDeque<ConnSummary>>,
 }
 
@@ -105,6 +107,9 @@ pub struct Counters {
     pub tokens_rejected: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Intercepted TLS connections whose client refused the gateway's certificate.
+    #[serde(default)]
+    pub tls_untrusted: u64,
 }
 
 impl Stats {
@@ -146,6 +151,7 @@ impl Stats {
             tokens_rejected: self.tokens_rejected.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
+            tls_untrusted: self.untrusting.total(),
         }
     }
 }

@@ -1,0 +1,329 @@
+//! Intercepted clients that refuse the gateway's certificate.
+//!
+//! A client that does not trust the gateway's CA aborts the handshake after seeing the
+//! minted leaf: OpenSSL (Python, curl) sends `unknown_ca`, Go `bad_certificate`, Java
+//! `certificate_unknown`; others just close before their Finished. Node checks the
+//! certificate only once the handshake is done and then closes without a request, so a
+//! TLS 1.3 connection that ends that way right after its handshake counts too.
+//!
+//! Each such connection is counted per workload (its unit, else its executable) for
+//! `status` and `/metrics`, recorded, and logged at most once a minute per workload, with
+//! the command that fixes it.
+use std::{
+    collections::HashMap,
+    io,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use rustls::AlertDescription;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::stats::WorkloadInfo;
+
+/// Workloads remembered; past this, new ones are counted in the total only.
+const MAX_WORKLOADS: usize = 256;
+/// One log line per workload per this long.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// A TLS 1.3 connection closed without a byte this soon after its handshake is taken for a
+/// client that checked the certificate after the handshake and refused it (Node).
+pub const QUIET_CLOSE: Duration = Duration::from_secs(2);
+/// The reason records and `status` give start with this.
+pub const REASON: &str = "the client does not trust the gateway's CA";
+
+/// Why a handshake error means the client refused the certificate, if it does.
+pub fn classify(e: &io::Error) -> Option<&'static str> {
+    if let Some(rustls::Error::AlertReceived(alert)) =
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+    {
+        return match alert {
+            AlertDescription::UnknownCA => Some("alert unknown_ca"),
+            AlertDescription::BadCertificate => Some("alert bad_certificate"),
+            AlertDescription::CertificateUnknown => Some("alert certificate_unknown"),
+            AlertDescription::UnsupportedCertificate => Some("alert unsupported_certificate"),
+            AlertDescription::CertificateExpired => Some("alert certificate_expired"),
+            _ => None,
+        };
+    }
+    match e.kind() {
+        // The ClientHello was whole (sniffing read it) and the gateway answered it: the
+        // client left on reading that answer.
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => Some("closed before Finished"),
+        _ => None,
+    }
+}
+
+/// An intercepted TLS stream whose client is watched for leaving without a request.
+pub struct Watch<S> {
+    inner: S,
+    read: Arc<AtomicBool>,
+}
+
+/// Whether the client of a [`Watch`]ed stream left as one that refused the certificate.
+pub struct QuietClose {
+    read: Arc<AtomicBool>,
+    since: Instant,
+}
+
+impl<S> Watch<S> {
+    /// Wraps a stream whose handshake just completed.
+    pub fn new(inner: S) -> (Self, QuietClose) {
+        let read = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                read: read.clone(),
+            },
+            QuietClose {
+                read,
+                since: Instant::now(),
+            },
+        )
+    }
+}
+
+impl QuietClose {
+    /// Once the connection is over: the client sent no byte and left within
+    /// [`QUIET_CLOSE`] of the handshake, as Node does when it refuses the certificate.
+    pub fn refused(&self) -> Option<&'static str> {
+        (!self.read.load(Relaxed) && self.since.elapsed() < QUIET_CLOSE)
+            .then_some("closed after the handshake without a request")
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.read.load(Relaxed) {
+            self.read.store(true, Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One workload that refused the CA, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Untrusting {
+    /// Its systemd unit, else its executable, else its command name.
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup: Option<String>,
+    /// Connections it refused the gateway's certificate on.
+    pub refused: u64,
+    pub last_unix_ms: u64,
+    /// How the last one ended (`alert unknown_ca`, `closed before Finished`, …).
+    pub last: String,
+    /// What makes it trust the gateway.
+    pub fix: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    shown: Untrusting,
+    logged: Option<Instant>,
+}
+
+/// The per-workload count of trust refusals.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    by_workload: Mutex<HashMap<String, Entry>>,
+    total: std::sync::atomic::AtomicU64,
+}
+
+/// The command that makes `w` trust the gateway.
+pub fn fix_for(w: &WorkloadInfo) -> String {
+    match &w.unit {
+        Some(u) => format!("callgate enable --unit {u} --trust && systemctl restart {u}"),
+        None => format!(
+            "start {} with the environment of `callgate trust env` (e.g. eval \"$(callgate trust env)\")",
+            w.exe.as_deref().unwrap_or(&w.comm)
+        ),
+    }
+}
+
+impl Refusals {
+    /// Counts one refusal by `w`; logs it unless this workload was logged within a minute.
+    pub fn note(&self, w: &WorkloadInfo, dst: &str, how: &str, now_unix_ms: u64) {
+        self.total.fetch_add(1, Relaxed);
+        let key = w
+            .unit
+            .clone()
+            .or_else(|| w.exe.clone())
+            .unwrap_or_else(|| w.comm.clone());
+        let mut map = self.by_workload.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&key) && map.len() >= MAX_WORKLOADS {
+            debug!(workload = %key, %dst, how, "{REASON} (not listed: too many workloads)");
+            return;
+        }
+        let e = map.entry(key.clone()).or_insert_with(|| Entry {
+            shown: Untrusting {
+                workload: key.clone(),
+                unit: w.unit.clone(),
+                exe: w.exe.clone(),
+                comm: w.comm.clone(),
+                uid: w.uid,
+                cgroup: w.cgroup.clone(),
+                refused: 0,
+                last_unix_ms: 0,
+                last: String::new(),
+                fix: fix_for(w),
+            },
+            logged: None,
+        });
+        e.shown.refused += 1;
+        e.shown.last_unix_ms = now_unix_ms;
+        how.clone_into(&mut e.shown.last);
+        let due = e.logged.is_none_or(|t| t.elapsed() >= LOG_EVERY);
+        if due {
+            e.logged = Some(Instant::now());
+            warn!(
+                workload = %key, pid = w.pid, exe = w.exe.as_deref().unwrap_or("?"), %dst, how,
+                refused = e.shown.refused, fix = %e.shown.fix,
+                "{REASON}: its TLS calls fail (logged once a minute per workload)"
+            );
+        } else {
+            debug!(workload = %key, %dst, how, "{REASON}");
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+
+    /// Every workload counted, most refusals first.
+    pub fn snapshot(&self) -> Vec<Untrusting> {
+        let map = self.by_workload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Untrusting> = map.values().map(|e| e.shown.clone()).collect();
+        v.sort_by(|a, b| {
+            b.refused
+                .cmp(&a.refused)
+                .then_with(|| a.workload.cmp(&b.workload))
+        });
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(unit: Option<&str>) -> WorkloadInfo {
+        WorkloadInfo {
+            pid: 7,
+            tid: 7,
+            uid: 1000,
+            gid: 1000,
+            comm: "python3".into(),
+            cgroup_id: 1,
+            cgroup: Some("/sys/fs/cgroup/system.slice/agent.service".into()),
+            unit: unit.map(str::to_string),
+            user_unit: None,
+            user_unit_uid: None,
+            user: None,
+            exe: Some("/usr/bin/python3.11".into()),
+        }
+    }
+
+    #[test]
+    fn alerts_and_early_closes_are_trust_refusals_and_other_errors_are_not() {
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        assert_eq!(
+            classify(&alert(AlertDescription::UnknownCA)),
+            Some("alert unknown_ca")
+        );
+        assert_eq!(
+            classify(&alert(AlertDescription::BadCertificate)),
+            Some("alert bad_certificate")
+        );
+        assert_eq!(
+            classify(&alert(AlertDescription::CertificateUnknown)),
+            Some("alert certificate_unknown")
+        );
+        assert_eq!(classify(&alert(AlertDescription::ProtocolVersion)), None);
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Some("closed before Finished")
+        );
+        let garbage = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert_eq!(classify(&garbage), None);
+    }
+
+    #[test]
+    fn refusals_are_counted_per_workload_with_the_fix() {
+        let r = Refusals::default();
+        for _ in 0..3 {
+            r.note(
+                &workload(Some("agent.service")),
+                "10.0.0.1:443",
+                "alert unknown_ca",
+                5,
+            );
+        }
+        r.note(&workload(None), "10.0.0.1:443", "closed before Finished", 6);
+        assert_eq!(r.total(), 4);
+        let s = r.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].workload, "agent.service");
+        assert_eq!(s[0].refused, 3);
+        assert_eq!(
+            s[0].fix,
+            "callgate enable --unit agent.service --trust && systemctl restart agent.service"
+        );
+        assert_eq!(s[1].workload, "/usr/bin/python3.11");
+        assert!(s[1].fix.contains("/usr/bin/python3.11"), "{}", s[1].fix);
+        assert_eq!(s[1].last, "closed before Finished");
+    }
+}
