@@ -546,12 +546,8 @@ async fn route(
                                 Some(b"http/1.1") => http::Speaks::Http1,
                                 _ => http::Speaks::H2OrEither,
                             };
-                            let (tls, quiet_close) = crate::trust::refusals::Watch::new(tls);
                             http::serve(tls, http_conn(true), speaks).await;
-                            match quiet_close.refused() {
-                                Some(how) => untrusted(how, &s.name),
-                                None => served("https"),
-                            }
+                            served("https")
                         }
                         Ok(Err(e)) => match crate::trust::refusals::classify(&e) {
                             Some(how) => untrusted(how, &s.name),

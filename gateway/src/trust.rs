@@ -43,6 +43,10 @@ pub enum TrustError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: {reason}: every workload told to trust this directory would trust what is put in it"
+    )]
+    NotOurs { path: PathBuf, reason: String },
     #[error("the CA certificate is not PEM")]
     BadCa,
     #[error("writing the PKCS#12 trust store: {0}")]
@@ -133,9 +137,23 @@ pub fn refresh(
         move |source| TrustError::Io { path, source }
     };
     std::fs::create_dir_all(&paths.dir).map_err(io(&paths.dir))?;
-    // Workloads of every user read these.
+    // Workloads of every user read these, and trust what they say: the directory must be
+    // this process's own, not a link, and writable by nobody else.
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(&paths.dir).map_err(io(&paths.dir))?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let not_ours = |reason: String| TrustError::NotOurs {
+            path: paths.dir.clone(),
+            reason,
+        };
+        if !meta.is_dir() {
+            return Err(not_ours("not a directory".into()));
+        }
+        if meta.uid() != me {
+            return Err(not_ours(format!("owned by uid {}, not {me}", meta.uid())));
+        }
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io(&paths.dir))?;
     }
@@ -315,6 +333,23 @@ mod tests {
         assert!(refresh(&paths, &a.ca_pem(), &[]).expect("fewer roots"));
         let text = std::fs::read_to_string(paths.bundle()).expect("bundle");
         assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 1);
+        // A directory someone else owns, or a link, is not written to.
+        let link = Paths {
+            dir: base.join("link-trust"),
+        };
+        std::os::unix::fs::symlink(&paths.dir, &link.dir).expect("symlink");
+        assert!(matches!(
+            refresh(&link, &a.ca_pem(), &[]),
+            Err(TrustError::NotOurs { .. })
+        ));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&paths.dir, Some(65534), None).expect("chown");
+            assert!(matches!(
+                refresh(&paths, &a.ca_pem(), &roots),
+                Err(TrustError::NotOurs { .. })
+            ));
+        }
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -2,9 +2,9 @@
 //!
 //! A client that does not trust the gateway's CA aborts the handshake after seeing the
 //! minted leaf: OpenSSL (Python, curl) sends `unknown_ca`, Go `bad_certificate`, Java
-//! `certificate_unknown`; others just close before their Finished. Node checks the
-//! certificate only once the handshake is done and then closes without a request, so a
-//! TLS 1.3 connection that ends that way right after its handshake counts too.
+//! `certificate_unknown`; others (Node 20, Java 17 as tested) just close before their
+//! Finished. A client that completes the handshake and only then gives up is not told apart
+//! from one that opened a connection it did not need, and is not counted.
 //!
 //! Each such connection is counted per workload (its unit, else its executable) for
 //! `status` and `/metrics`, recorded, and logged at most once a minute per workload, with
@@ -12,16 +12,9 @@
 use std::{
     collections::HashMap,
     io,
-    pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
-    task::{Context, Poll},
+    sync::{Mutex, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use rustls::AlertDescription;
 use serde::{Deserialize, Serialize};
@@ -33,9 +26,6 @@ use crate::stats::WorkloadInfo;
 const MAX_WORKLOADS: usize = 256;
 /// One log line per workload per this long.
 const LOG_EVERY: Duration = Duration::from_secs(60);
-/// A TLS 1.3 connection closed without a byte this soon after its handshake is taken for a
-/// client that checked the certificate after the handshake and refused it (Node).
-pub const QUIET_CLOSE: Duration = Duration::from_secs(2);
 /// The reason records and `status` give start with this.
 pub const REASON: &str = "the client does not trust the gateway's CA";
 
@@ -60,89 +50,6 @@ pub fn classify(e: &io::Error) -> Option<&'static str> {
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted => Some("closed before Finished"),
         _ => None,
-    }
-}
-
-/// An intercepted TLS stream whose client is watched for leaving without a request.
-pub struct Watch<S> {
-    inner: S,
-    read: Arc<AtomicBool>,
-}
-
-/// Whether the client of a [`Watch`]ed stream left as one that refused the certificate.
-pub struct QuietClose {
-    read: Arc<AtomicBool>,
-    since: Instant,
-}
-
-impl<S> Watch<S> {
-    /// Wraps a stream whose handshake just completed.
-    pub fn new(inner: S) -> (Self, QuietClose) {
-        let read = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                inner,
-                read: read.clone(),
-            },
-            QuietClose {
-                read,
-                since: Instant::now(),
-            },
-        )
-    }
-}
-
-impl QuietClose {
-    /// Once the connection is over: the client sent no byte and left within
-    /// [`QUIET_CLOSE`] of the handshake, as Node does when it refuses the certificate.
-    pub fn refused(&self) -> Option<&'static str> {
-        (!self.read.load(Relaxed) && self.since.elapsed() < QUIET_CLOSE)
-            .then_some("closed after the handshake without a request")
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watch<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && !self.read.load(Relaxed) {
-            self.read.store(true, Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watch<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
