@@ -15,8 +15,8 @@ use std::{
 use callgate_e2e::*;
 
 const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
-/// The variables `callgate trust env` sets; removed for the runs without trust, so that
-/// nothing of the test's own environment helps.
+/// The variables `callgate trust env` sets; removed (with `SSL_CERT_DIR`) for every run, so
+/// that nothing of the test's own environment helps.
 const TRUST_VARS: &[&str] = &[
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
@@ -159,7 +159,7 @@ fn environment_of(unit: &str) -> Vec<(String, String)> {
 
 /// Runs `argv` + `url` in `cg` with `env` set and every trust variable not in it unset.
 fn run(cg: &TestCgroup, env: &[(String, String)], argv: &[String], url: &str) -> Output {
-    let mut a: Vec<String> = vec!["env".into()];
+    let mut a: Vec<String> = vec!["env".into(), "-u".into(), "SSL_CERT_DIR".into()];
     for v in TRUST_VARS {
         a.push("-u".into());
         a.push(v.to_string());
@@ -413,4 +413,87 @@ fn curl_outside(url: &str) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// The first line of base64 of the (first) certificate in a PEM file: enough to find it.
+fn first_line(pem_path: &Path) -> String {
+    fs::read_to_string(pem_path)
+        .expect("pem")
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .nth(1)
+        .expect("a certificate")
+        .to_string()
+}
+
+#[test]
+fn the_bundle_follows_the_system_roots_and_the_ca() {
+    let test = "the_bundle_follows_the_system_roots_and_the_ca";
+    if !ebpf_available(test) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-trust-roots"));
+    let second = dir.join("second");
+    fs::create_dir_all(&second).expect("dir");
+    test_pki(&dir);
+    test_pki(&second);
+    // The gateway reads the system roots where rustls-native-certs does: SSL_CERT_FILE first.
+    let roots = dir.join("roots.pem");
+    fs::copy(dir.join("ca.crt"), &roots).expect("roots");
+    let policies = policy_repo(&dir, REPO, &[]);
+    let roots_env = roots.display().to_string();
+    // An empty SSL_CERT_DIR: one inherited from the test's environment would add its roots.
+    let no_dir = dir.join("no-certs");
+    fs::create_dir_all(&no_dir).expect("dir");
+    let no_dir = no_dir.display().to_string();
+    let mut gw = Gateway::start_with_env(
+        &["--policies", &policies.display().to_string()],
+        &[("SSL_CERT_FILE", &roots_env), ("SSL_CERT_DIR", &no_dir)],
+    );
+    let trust = gw.dir.join("state-trust");
+    let bundle = trust.join("bundle.pem");
+    let holds = |n: usize, wanted: &[String]| {
+        wait_for(Duration::from_secs(10), || {
+            let text = fs::read_to_string(&bundle).ok()?;
+            (text.matches("BEGIN CERTIFICATE").count() == n
+                && wanted.iter().all(|w| text.contains(w.as_str())))
+            .then_some(())
+        })
+        .is_some()
+    };
+    let first_root = first_line(&dir.join("ca.crt"));
+    let ca = first_line(&gw.dir.join("state/ca.crt"));
+    assert!(
+        holds(2, &[ca.clone(), first_root.clone()]),
+        "the bundle is the gateway's CA and the one system root:\n{}",
+        fs::read_to_string(&bundle).unwrap_or_default()
+    );
+
+    // update-ca-certificates added a root; `systemctl reload` (SIGHUP) rewrites the bundle.
+    let mut text = fs::read_to_string(&roots).expect("roots");
+    text.push_str(&fs::read_to_string(second.join("ca.crt")).expect("second"));
+    fs::write(&roots, text).expect("roots");
+    let pid = gw.pid().expect("running") as i32;
+    // SAFETY: kill(2) on the gateway this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let second_root = first_line(&second.join("ca.crt"));
+    assert!(
+        holds(3, &[ca.clone(), first_root.clone(), second_root.clone()]),
+        "the new system root is in the bundle:\n{}",
+        fs::read_to_string(&bundle).unwrap_or_default()
+    );
+
+    // A new CA (the old one removed, the gateway restarted): the bundle carries it instead.
+    fs::remove_file(gw.dir.join("state/ca.key")).expect("ca.key");
+    fs::remove_file(gw.dir.join("state/ca.crt")).expect("ca.crt");
+    gw.restart();
+    let new_ca = first_line(&gw.dir.join("state/ca.crt"));
+    assert_ne!(new_ca, ca);
+    assert!(
+        holds(3, &[new_ca.clone(), first_root, second_root]),
+        "the new CA is in the bundle"
+    );
+    assert_eq!(first_line(&trust.join("ca.pem")), new_ca);
+    assert!(!fs::read_to_string(&bundle).expect("bundle").contains(&ca));
+    let _ = fs::remove_dir_all(&dir);
 }

@@ -15,8 +15,8 @@
 //!
 //! [`env`] is the environment that points each runtime at them; `callgate trust env` prints
 //! it and `callgate enable --unit NAME --trust` writes it into a systemd drop-in. The files
-//! are rewritten when the CA or the system roots change ([`keep_current`]); a client that
-//! still refuses the CA is noticed by [`refusals`].
+//! are rewritten when the CA or the system roots change ([`keep_current`]: at start, each
+//! minute, and on SIGHUP); a client that still refuses the CA is noticed by [`refusals`].
 pub mod refusals;
 
 use std::{
@@ -196,10 +196,12 @@ fn p12_store(ca: &CertificateDer<'_>, roots: &[CertificateDer<'_>]) -> Result<Ve
         .map_err(|e| TrustError::P12(e.to_string()))
 }
 
-/// Writes the trust files now, then again whenever the system roots change, until `stop`.
+/// Writes the trust files now, then again whenever the system roots change (read each
+/// [`REFRESH`], and at once when `now` is notified), until `stop`.
 pub async fn keep_current(
     paths: Paths,
     ca_pem: String,
+    now: std::sync::Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -214,6 +216,7 @@ pub async fn keep_current(
         }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
+            _ = now.notified() => {}
             _ = stop.changed() => return,
         }
     }
