@@ -210,6 +210,14 @@ fn check(s: &Setup, name: &str, exe_hint: &str, argv: &[String]) {
             text(&out)
         )
     });
+    // The text status says it too, with the fix.
+    let shown = s.cli(&["status"]);
+    assert!(
+        shown.contains("NOT TRUSTING THE GATEWAY'S CA")
+            && shown.contains(&format!("{unit} (exe "))
+            && shown.contains(&format!("fix: callgate enable --unit {unit} --trust")),
+        "{shown}"
+    );
     let logged =
         s.gw.log()
             .lines()
