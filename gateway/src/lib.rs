@@ -7,7 +7,8 @@
 //! [`sniff`] → [`tls`] → [`http`] → [`identity`] → [`extract`] → [`policy`] (decide) →
 //! [`approve`] → [`inject`] → [`forward`] → [`mask`] → [`record`], with [`reply`] for the
 //! gateway's own answers, [`admin`] for the control socket and the HTTP admin listener,
-//! [`metrics`] for Prometheus and [`daemon`] wiring them together.
+//! [`metrics`] for Prometheus, [`trust`] for the CA's trust bundle and the clients that refuse
+//! it, and [`daemon`] wiring them together.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod accept;

@@ -13,7 +13,7 @@
 //! - `bundle.p12`: the same roots as a PKCS#12 trust store for Java's
 //!   `javax.net.ssl.trustStore`.
 //!
-//! [`env`] is the environment that points each runtime at them; `callgate trust env` prints
+//! [`env()`] is the environment that points each runtime at them; `callgate trust env` prints
 //! it and `callgate enable --unit NAME --trust` writes it into a systemd drop-in. The files
 //! are rewritten when the CA or the system roots change ([`keep_current`]: at start, each
 //! minute, and on SIGHUP); a client that still refuses the CA is noticed by [`refusals`].
@@ -197,7 +197,7 @@ fn p12_store(ca: &CertificateDer<'_>, roots: &[CertificateDer<'_>]) -> Result<Ve
 }
 
 /// Writes the trust files now, then again whenever the system roots change (read each
-/// [`REFRESH`], and at once when `now` is notified), until `stop`.
+/// minute, and at once when `now` is notified), until `stop`.
 pub async fn keep_current(
     paths: Paths,
     ca_pem: String,
@@ -245,7 +245,7 @@ pub fn env(paths: &Paths) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// How [`env`] is printed.
+/// How [`env()`] is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `export NAME='value'` lines for a POSIX shell.
@@ -256,7 +256,7 @@ pub enum Format {
     Docker,
 }
 
-/// [`env`] in `format`, one variable a line.
+/// [`env()`] in `format`, one variable a line.
 pub fn render(vars: &[(&str, String)], format: Format) -> String {
     let mut out = String::new();
     for (name, value) in vars {
