@@ -158,6 +158,21 @@ impl TestCgroup {
         Self::at(mount.join(unique(name)))
     }
 
+    /// A cgroup named like a systemd unit (`<name>-<pid>-<n>.service`) under the mount's root,
+    /// which `callgate enable --unit` finds and names the workloads in it by.
+    pub fn unit(name: &str) -> Self {
+        let mount = cgroup_mount().expect("cgroup v2 mount");
+        Self::at(mount.join(format!("{}.service", unique(name))))
+    }
+
+    /// The unit name of a cgroup made by [`TestCgroup::unit`].
+    pub fn unit_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn child(&self, name: &str) -> Self {
         Self::at(self.path.join(name))
     }

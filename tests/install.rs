@@ -70,7 +70,29 @@ fn install_writes_a_hardened_service_and_uninstall_takes_it_away() {
         fs::read(root.join("usr/local/share/ca-certificates/callgate-local-ca.crt")).unwrap(),
         "--trust-ca put the CA in the trust store's directory"
     );
+    // The trust bundle for runtimes with roots of their own, readable by every workload.
+    let trust = root.join("var/lib/callgate-trust");
+    assert_eq!(mode(&trust), 0o755);
+    for f in ["bundle.pem", "ca.pem", "bundle.p12"] {
+        assert_eq!(mode(&trust.join(f)), 0o644, "{f}");
+    }
+    assert!(
+        fs::read_to_string(trust.join("ca.pem"))
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    // --trust-ca says what the system store covers and what it does not.
+    let said = callgate(&["install", "--root", &r, "--trust-ca"]);
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.contains("It does NOT cover") && said.contains("--trust"),
+        "{said}"
+    );
     let unit = fs::read_to_string(&unit_path).expect("unit");
+    assert!(
+        unit.contains("ReadWritePaths=/sys/fs/bpf -/var/lib/callgate-trust"),
+        "{unit}"
+    );
     assert!(
         unit.contains("ExecStart=/usr/local/bin/callgate run --config /etc/callgate/callgate.yaml"),
         "{unit}"
@@ -146,7 +168,7 @@ fn install_writes_a_hardened_service_and_uninstall_takes_it_away() {
     assert!(config.exists() && state.join("ca.crt").exists());
     // …unless told to purge.
     callgate(&["uninstall", "--root", &r, "--purge"]);
-    assert!(!root.join("etc/callgate").exists() && !state.exists());
+    assert!(!root.join("etc/callgate").exists() && !state.exists() && !trust.exists());
     let _ = fs::remove_dir_all(&root);
 }
 

@@ -79,17 +79,20 @@ match:
     assert_eq!(r["args"]["id"], "p_7");
 
     // httpx negotiates h2 with the gateway (ALPN), which speaks HTTP/1.1 to this upstream.
+    // Its code names no CA: it trusts the gateway through the environment of `trust env`.
     let py = party_python().display().to_string();
     let code = format!(
-        "import httpx, ssl\n\
-         ctx = ssl.create_default_context(cafile='{}')\n\
-         with httpx.Client(http2=True, verify=ctx) as c:\n\
+        "import httpx\n\
+         with httpx.Client(http2=True) as c:\n\
          \x20   r = c.get('https://127.0.0.1:{}/v1/payments/p_8')\n\
          \x20   print(r.http_version, r.status_code, r.json()['card'])\n",
-        gateway_ca.display(),
         inspected.port
     );
-    let out = cg.run(&[&py, "-c", &code]);
+    let bundle = format!(
+        "SSL_CERT_FILE={}",
+        gw.dir.join("state-trust/bundle.pem").display()
+    );
+    let out = cg.run(&["env", &bundle, &py, "-c", &code]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

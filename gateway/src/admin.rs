@@ -139,6 +139,10 @@ pub struct Status {
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
     pub recent: Vec<ConnSummary>,
+    /// Workloads whose TLS clients refused the gateway's certificate (they do not trust its
+    /// CA), with the command that fixes each.
+    #[serde(default)]
+    pub untrusting: Vec<crate::telemetry::untrusting::Untrusting>,
 }
 
 /// Everything the control socket serves from.
@@ -374,6 +378,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         recent: inputs.stats.recent(),
+        untrusting: inputs.stats.untrusting.snapshot(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod records;
 pub mod run;
 pub mod status;
+pub mod trust;
 
 use std::path::PathBuf;
 

@@ -155,6 +155,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         cfg.state_dir.join("quotas.json"),
     )));
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
+    // The trust bundle for runtimes that do not read the system store (see `trust`).
+    let trust_ca = authority.as_ref().map(|a| a.ca_pem());
     for line in interceptor.restore()? {
         info!("{line}");
     }
@@ -251,6 +253,18 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         enabled = interceptor.enabled().len(),
         "callgate is running"
     );
+    // SIGHUP (`systemctl reload`) also re-reads the system roots, e.g. after
+    // update-ca-certificates.
+    let trust_refresh = Arc::new(tokio::sync::Notify::new());
+    if let Some(ca) = trust_ca {
+        let paths = crate::proxy::trust::Paths::for_state_dir(&cfg.state_dir);
+        tasks.push(tokio::spawn(crate::proxy::trust::keep_current(
+            paths,
+            ca,
+            trust_refresh.clone(),
+            stop_rx.clone(),
+        )));
+    }
     started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)
@@ -270,7 +284,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
         }
     }));
-    wait_for_signal(policy.as_ref()).await?;
+    wait_for_signal(policy.as_ref(), &trust_refresh).await?;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);
     interceptor.shutdown();
@@ -364,8 +378,11 @@ fn open_approvals(
     Ok(Arc::new(approvals))
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy.
-async fn wait_for_signal(policy: Option<&Arc<PolicyStore>>) -> Result<(), DaemonError> {
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy and rewrites the trust bundle.
+async fn wait_for_signal(
+    policy: Option<&Arc<PolicyStore>>,
+    trust_refresh: &tokio::sync::Notify,
+) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -375,6 +392,7 @@ async fn wait_for_signal(policy: Option<&Arc<PolicyStore>>) -> Result<(), Daemon
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
+                trust_refresh.notify_one();
                 if let Some(store) = policy {
                     let store = store.clone();
                     let _ = tokio::task::spawn_blocking(move || store.reload()).await;

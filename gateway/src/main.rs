@@ -44,6 +44,9 @@ enum Command {
     /// Stop and remove the service and detach every cgroup; --purge also removes config
     /// and state.
     Uninstall(cli::install::UninstallArgs),
+    /// Make workloads' runtimes trust the gateway's CA (TLS interception).
+    #[command(subcommand)]
+    Trust(cli::trust::TrustCommand),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status(cli::status::StatusArgs),
 }
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mcp(cmd) => return cli::mcp::run(cmd, &rt),
         Command::Install(a) => return cli::install::install(a),
         Command::Uninstall(a) => return cli::install::uninstall(a),
+        Command::Trust(cmd) => return cli::trust::run(cmd),
         Command::Status(a) => cli::status::run(&a, &rt)?,
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod http;
 pub mod reply;
 pub mod sniff;
 pub mod tls;
+pub mod trust;
 
 use std::sync::Arc;
 

@@ -4,3 +4,4 @@
 pub mod metrics;
 pub mod stats;
 pub mod trace;
+pub mod untrusting;

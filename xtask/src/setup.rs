@@ -47,6 +47,8 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     // h2load, for the HTTP/2 bench case.
     "nghttp2-client",
+    // A Go client built in a test: it must trust the gateway's CA through SSL_CERT_FILE.
+    "golang-go",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[
@@ -58,6 +60,9 @@ const TEST_PYTHON: &[&str] = &[
     // The REST upstream an attacker's spellings are tried against: Flask routes paths and
     // reads arguments the way most Python services do.
     "flask==3.1.3",
+    // An unmodified `requests` client must trust the gateway's CA through the environment
+    // `callgate trust env` prints (it reads certifi's bundle otherwise).
+    "requests==2.32.5",
 ];
 /// The newer MCP generation (the 2026-07-28 transport: discovery, per-request `_meta`, routing
 /// headers), in a venv of its own beside [`TEST_PYTHON`]'s.

@@ -38,6 +38,8 @@ struct State {
     approvals: Option<crate::approve::ApprovalsStatus>,
     /// MCP tool definitions found changed since they were pinned.
     mcp_tool_changes: u64,
+    /// TLS connections refused by clients that do not trust the CA, by workload.
+    untrusting: Vec<(String, u64)>,
 }
 
 impl State {
@@ -59,6 +61,13 @@ impl State {
                 .pins
                 .changes_total
                 .load(std::sync::atomic::Ordering::Relaxed),
+            untrusting: a
+                .stats
+                .untrusting
+                .snapshot()
+                .into_iter()
+                .map(|u| (u.workload, u.refused))
+                .collect(),
         }
     }
 }
@@ -211,6 +220,18 @@ impl Collector for State {
             "Counters kept by the eBPF programs",
             true,
             &kernel,
+        )?;
+        let untrusting: Vec<(Cow<'_, str>, i64)> = self
+            .untrusting
+            .iter()
+            .map(|(w, n)| (Cow::Borrowed(w.as_str()), int(*n)))
+            .collect();
+        by_name(
+            &mut e,
+            "tls_untrusted",
+            "Intercepted TLS connections whose client refused the gateway's certificate (it does not trust the CA), by workload",
+            true,
+            &untrusting,
         )?;
         if let Some(p) = &self.policy {
             counter(

@@ -19,6 +19,15 @@ pub struct TargetArgs {
     /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
     #[arg(long)]
     pub unit: Option<String>,
+    /// With --unit: also write a systemd drop-in that points the unit's TLS clients at the
+    /// gateway's trust bundle (`callgate trust env`); `disable --unit` removes it.
+    #[arg(long, requires = "unit")]
+    pub trust: bool,
+    /// Where the drop-in goes: `<root>/etc/systemd/system/UNIT.d/`.
+    #[arg(long, default_value = "/", hide = true)]
+    pub root: PathBuf,
+    #[command(flatten)]
+    pub state: super::trust::StateDirArg,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -36,6 +45,9 @@ pub fn enable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         change.cgroup.path.display(),
         change.cgroup.id
     );
+    if let (true, Some(unit)) = (t.trust, &t.unit) {
+        super::trust::write_dropin(&t.root, unit, &t.state.paths()?)?;
+    }
     Ok(())
 }
 
@@ -47,6 +59,9 @@ pub fn disable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         change.cgroup.path.display(),
         change.cgroup.id
     );
+    if let Some(unit) = &t.unit {
+        super::trust::remove_dropin(&t.root, unit)?;
+    }
     Ok(())
 }
 

@@ -119,7 +119,9 @@ CapabilityBoundingSet={caps}
 AmbientCapabilities=
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths=/sys/fs/bpf
+# The trust bundle (`callgate trust env`): outside the private state directory, for every
+# workload to read.
+ReadWritePaths=/sys/fs/bpf -{trust}
 ProtectHome=read-only
 PrivateTmp=yes
 PrivateDevices=yes
@@ -145,8 +147,19 @@ WantedBy=multi-user.target
         bin = bin.display(),
         config = config.display(),
         caps = CAPABILITIES.join(" "),
+        trust = callgate::proxy::trust::dir_for(Path::new(config::DEFAULT_STATE_DIR)).display(),
     )
 }
+
+/// What `--trust-ca` does and does not reach (the README's "TLS interception and your
+/// runtimes" has the whole table).
+const TRUST_CA_COVERS: &str = "\
+install: the system store now trusts the CA: that covers curl, Go, Python's ssl module (urllib)
+  and other users of OpenSSL's default paths. It does NOT cover runtimes with roots of their
+  own: Python requests and httpx (certifi), Node.js (its compiled-in list), Java (cacerts).
+  For those: `callgate enable --unit NAME.service --trust` (a drop-in with the environment of
+  `callgate trust env`), then restart the unit. `callgate status` names any workload that
+  still refuses the CA.";
 
 const STARTER_POLICY: &str = "\
 # A callgate policy repository (see the README's \"Policies\"). Keep it in git.
@@ -223,10 +236,21 @@ pub fn install(a: InstallArgs) -> Result<()> {
     let state = under(root, config::DEFAULT_STATE_DIR);
     fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     fs::set_permissions(&state, fs::Permissions::from_mode(0o700))?;
-    callgate::proxy::tls::Authority::load_or_create(&state)?;
+    let authority = callgate::proxy::tls::Authority::load_or_create(&state)?;
     step(format_args!(
         "local CA in {}",
         state.join("ca.crt").display()
+    ));
+    // The trust bundle for runtimes with roots of their own, readable before the first start.
+    let trust = callgate::proxy::trust::Paths::for_state_dir(&state);
+    callgate::proxy::trust::refresh(
+        &trust,
+        &authority.ca_pem(),
+        &callgate::proxy::trust::system_roots(),
+    )?;
+    step(format_args!(
+        "trust bundle in {} (see `callgate trust env`)",
+        trust.dir.display()
     ));
     if a.trust_ca {
         let dst = under(root, TRUSTED_CA);
@@ -237,6 +261,7 @@ pub fn install(a: InstallArgs) -> Result<()> {
         if live(root) {
             run(&mut Command::new("update-ca-certificates"))?;
         }
+        println!("{TRUST_CA_COVERS}");
     }
 
     let unit_path = under(root, Path::new("/etc/systemd/system").join(UNIT_NAME));
@@ -312,8 +337,9 @@ pub fn uninstall(a: UninstallArgs) -> Result<()> {
     }
     let state = under(root, &cfg.state_dir);
     let etc = under(root, "/etc/callgate");
+    let trust = callgate::proxy::trust::dir_for(&state);
     if a.purge {
-        for dir in [&etc, &state] {
+        for dir in [&etc, &state, &trust] {
             if dir.exists() {
                 fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
                 step(format_args!("removed {}", dir.display()));

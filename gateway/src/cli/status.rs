@@ -126,6 +126,20 @@ fn print_status(s: &Status) {
     println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
     let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("kernel:        {}", kernel.join(" "));
+    if !s.untrusting.is_empty() {
+        println!("NOT TRUSTING THE GATEWAY'S CA (their HTTPS calls fail):");
+        for u in &s.untrusting {
+            println!(
+                "  {} (exe {}, uid {}): {} connections refused, last: {}",
+                v(&u.workload),
+                v(u.exe.as_deref().unwrap_or(&u.comm)),
+                u.uid,
+                u.refused,
+                v(&u.last)
+            );
+            println!("    fix: {}", v(&u.fix));
+        }
+    }
     if !s.recent.is_empty() {
         println!("recent connections:");
         for r in s.recent.iter().rev().take(20) {

@@ -304,6 +304,8 @@ struct Ended {
     service: Option<String>,
     function: Option<String>,
     decision: RecordedDecision,
+    /// Logged at debug only: the stage that ended it logs its own, rate-limited, line.
+    quiet: bool,
 }
 
 impl Ended {
@@ -316,6 +318,7 @@ impl Ended {
             protocol: "tcp",
             service: None,
             function: None,
+            quiet: false,
             decision: RecordedDecision {
                 action: "deny".into(),
                 enforced: true,
@@ -349,6 +352,7 @@ impl Ended {
             protocol: "tcp",
             service: None,
             function: None,
+            quiet: false,
         }
     }
 }
@@ -412,6 +416,27 @@ async fn route(
         service: service.map(|s| s.name.to_string()),
         function: None,
         decision: RecordedDecision::default(),
+        quiet: false,
+    };
+    // A client that refused the gateway's certificate: counted for `status`, recorded.
+    let untrusted = |how: &str, service: &str| {
+        inputs.stats.untrusting.note(
+            &conn.workload,
+            &conn.dst.to_string(),
+            how,
+            crate::util::time::now_ms(),
+        );
+        Ended {
+            service: Some(service.to_string()),
+            function: sni.clone(),
+            protocol: "tls",
+            quiet: true,
+            ..Ended::refused(format!(
+                "{} ({how}); fix: {}",
+                crate::telemetry::untrusting::REASON,
+                crate::telemetry::untrusting::fix_for(&conn.workload)
+            ))
+        }
     };
     match (&sniffed.protocol, service) {
         (Protocol::Http1 | Protocol::H2, _) => {
@@ -486,7 +511,10 @@ async fn route(
                             http::serve(tls, http_conn(true), speaks).await;
                             served("https")
                         }
-                        Ok(Err(e)) => refuse(format!("TLS handshake: {e}"), Some(&s.name)),
+                        Ok(Err(e)) => match crate::proxy::trust::refusal(&e) {
+                            Some(how) => untrusted(how, &s.name),
+                            None => refuse(format!("TLS handshake: {e}"), Some(&s.name)),
+                        },
                         Err(_) => refuse("TLS handshake timed out".into(), Some(&s.name)),
                     }
                 }
@@ -577,7 +605,12 @@ async fn pass_through(
 fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
     let duration_ms = conn.started.elapsed().as_millis() as u64;
     let (w, dst, t) = (&conn.workload, conn.dst, ended.transfer);
-    if ended.outcome == "ok" {
+    if ended.quiet {
+        tracing::debug!(
+            conn = conn.id, pid = w.pid, comm = %w.comm, dst = %dst, outcome = %ended.outcome,
+            "connection ended"
+        );
+    } else if ended.outcome == "ok" {
         info!(
             conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
             cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,

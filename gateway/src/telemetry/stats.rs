@@ -37,6 +37,8 @@ pub struct Stats {
     pub tokens_rejected: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Intercepted TLS clients that refused the gateway's certificate, by workload.
+    pub untrusting: crate::telemetry::untrusting::Refusals,
     recent: Mutex<VecDeque<ConnSummary>>,
 }
 
@@ -106,6 +108,9 @@ pub struct Counters {
     pub tokens_rejected: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Intercepted TLS connections whose client refused the gateway's certificate.
+    #[serde(default)]
+    pub tls_untrusted: u64,
 }
 
 impl Stats {
@@ -142,6 +147,7 @@ impl Stats {
             tokens_rejected: self.tokens_rejected.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
+            tls_untrusted: self.untrusting.total(),
         }
     }
 }
