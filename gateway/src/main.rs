@@ -13,6 +13,8 @@ use callgate::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
+#[path = "cli/demo.rs"]
+mod demo;
 mod install_cmd;
 mod records_cmd;
 
@@ -51,6 +53,9 @@ enum Command {
     /// Stop and remove the service and detach every cgroup; --purge also removes config
     /// and state.
     Uninstall(install_cmd::UninstallArgs),
+    /// The product in a minute: a gateway, a payments API and an MCP tool server on loopback,
+    /// and an unmodified agent whose five calls are shown as they are decided (needs root).
+    Demo(demo::DemoArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status {
         /// Print JSON instead of text.
@@ -290,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Approvals(cmd) => return approvals_cmd::run(cmd, &rt),
         Command::Install(a) => return install_cmd::install(a),
         Command::Uninstall(a) => return install_cmd::uninstall(a),
+        Command::Demo(a) => return rt.block_on(demo::run(a)),
         Command::Status { json, socket } => {
             let status: Status = rt.block_on(request(&socket, &Request::Status))?;
             if json {
