@@ -70,7 +70,7 @@ pub struct DemoArgs {
     policies: Option<PathBuf>,
     /// The demo's own state: gateway state, records, logs, the servers' scripts. Cleared at
     /// each start (only if it is the demo's, or empty).
-    #[arg(long, default_value = "/var/tmp/callgate-demo")]
+    #[arg(long, default_value = "/var/lib/callgate-demo")]
     state_dir: PathBuf,
     /// Python with the MCP SDK (`cargo xtask setup` makes one in target/testenv). Default:
     /// target/testenv/bin/python under the current directory if there, else python3.
@@ -165,19 +165,46 @@ fn free_port(ip: Ipv4Addr) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Clears the state directory if it is the demo's (or new, or empty) and marks it.
+/// Clears the state directory if it is the demo's (or new, or empty), then makes it anew,
+/// 0700 and this user's. Its scripts run as root: a directory someone else could write (made
+/// by them first under a shared parent, or swapped in between the removal and the making)
+/// would let them choose what root runs, so one that is not freshly made here is refused.
 fn fresh_state(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        let empty = std::fs::read_dir(dir)?.next().is_none();
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        let empty = meta.is_dir() && std::fs::read_dir(dir)?.next().is_none();
         if !empty && !dir.join(MARKER).exists() {
             bail!(
                 "{} is not empty and not a demo state directory; give another --state-dir",
                 dir.display()
             );
         }
-        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(dir)
+        } else {
+            // A symlink goes, not what it points at.
+            std::fs::remove_file(dir)
+        }
+        .with_context(|| format!("clearing {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir.join("demo"))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "making {} (did something else make it meanwhile?)",
+                dir.display()
+            )
+        })?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    if !meta.is_dir() || meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o077 != 0 {
+        bail!("{} is not a private directory of ours", dir.display());
+    }
+    std::fs::create_dir(dir.join("demo"))?;
     std::fs::write(
         dir.join(MARKER),
         "state of `callgate demo`, cleared at its next start\n",
@@ -728,7 +755,41 @@ fn answer_excerpt(json: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{answer_excerpt, caller_label};
+    use super::{MARKER, answer_excerpt, caller_label, fresh_state};
+
+    #[test]
+    fn the_state_directory_is_made_private_and_only_a_demos_is_cleared() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("callgate-demo-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        // Someone else's files: refused, left alone.
+        let other = base.join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("keep"), "x").unwrap();
+        assert!(fresh_state(&other).is_err());
+        assert!(other.join("keep").exists());
+        // A demo's, world-writable as someone left it: made anew, 0700.
+        let demo = base.join("demo");
+        std::fs::create_dir(&demo).unwrap();
+        std::fs::write(demo.join(MARKER), "").unwrap();
+        std::fs::write(demo.join("agent.py"), "planted").unwrap();
+        std::fs::set_permissions(&demo, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fresh_state(&demo).unwrap();
+        assert!(!demo.join("agent.py").exists());
+        let mode = std::fs::metadata(&demo).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A symlink to a demo-looking directory elsewhere: the link goes, the target stays.
+        let target = base.join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join(MARKER), "").unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        fresh_state(&link).unwrap();
+        assert!(target.join(MARKER).exists());
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn callers_and_answers_read_short() {
