@@ -746,8 +746,20 @@ fn answer_excerpt(json: &str) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| json.to_string());
-    let mut short: String = text.chars().take(90).collect();
-    if short.len() < text.len() {
+    // Around the first masked value, where the point is.
+    let at = ["****", "[MASKED"]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .unwrap_or(0);
+    let skip = text[..at].chars().count().saturating_sub(40);
+    let mut short: String = if skip > 0 {
+        "…".into()
+    } else {
+        String::new()
+    };
+    short.extend(text.chars().skip(skip).take(90));
+    if text.chars().count() > skip + 90 {
         short.push('…');
     }
     short
@@ -803,5 +815,14 @@ mod tests {
         let sse = serde_json::to_string(&format!("event: message\r\ndata: {mcp}\r\n\r\n")).unwrap();
         assert_eq!(answer_excerpt(&sse), "card [card_number]");
         assert!(answer_excerpt(&format!("\"{}\"", "x".repeat(200))).ends_with('…'));
+        let rest = format!(
+            r#"{{"pad": "{}", "card": "************1111"}}"#,
+            "é".repeat(100)
+        );
+        let short = answer_excerpt(&rest);
+        assert!(
+            short.starts_with('…') && short.contains("************1111"),
+            "{short}"
+        );
     }
 }
