@@ -261,6 +261,11 @@ fn wait_listening(child: &mut Child, ip: Ipv4Addr, port: u16, log: &Path) -> Res
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    // From the start: a Ctrl-C while the world is being set up is taken when the live loop
+    // begins, and cleans up like any other (by default it would end this process and leave
+    // the children, in process groups of their own, running).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo loads eBPF programs and makes a cgroup: run it as root");
@@ -438,15 +443,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut table = Table::default();
     table.header();
 
-    // The agent, unmodified: it only knows where its services are.
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-        cgroup.display()
-    );
+    // The agent, unmodified: it only knows where its services are. The shell moves itself
+    // into the cgroup (its path an argument, not part of the script), then becomes the agent.
     let agent_log = state.join("agent.log");
     world.agent = Some(spawn(
         Command::new("sh")
-            .args(["-c", &script, "sh"])
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(&cgroup)
             .arg(&python)
             .arg(scripts.join("agent.py"))
             .env(
@@ -460,8 +463,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         &agent_log,
     )?);
 
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut next_seq = None;
     let mut held: HashSet<String> = HashSet::new();
     let mut finished_at: Option<Instant> = None;
