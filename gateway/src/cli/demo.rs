@@ -21,9 +21,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use callgate::{
-    admin::{self, Request, visible::visible as v},
+    admin::{self, Request},
     approve,
     record::query::{self, Filter, Stored},
+    util::visible::visible as v,
 };
 use clap::Args;
 use serde_json::Value;
@@ -504,7 +505,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                         r.id
                     );
                 }
-                let age = callgate::record::now_ms().saturating_sub(r.requested_at_ms) / 1000;
+                let age = callgate::util::time::now_ms().saturating_sub(r.requested_at_ms) / 1000;
                 if args.auto_approve_after.is_some_and(|after| age >= after) {
                     let _ = admin::call(
                         &socket,
