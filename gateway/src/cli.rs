@@ -3,6 +3,7 @@
 
 pub mod approvals;
 pub mod checkpoint;
+pub mod demo;
 pub mod enable;
 pub mod install;
 pub mod mcp;

@@ -3,6 +3,7 @@
 //! verified against the OIDC providers the policy repository trusts ([`oidc`]). A token that
 //! does not verify leaves the caller unauthenticated with the reason, never half-identified.
 pub mod oidc;
+pub mod outage;
 pub mod spec;
 pub mod workload;
 

@@ -47,6 +47,9 @@ enum Command {
     /// Make workloads' runtimes trust the gateway's CA (TLS interception).
     #[command(subcommand)]
     Trust(cli::trust::TrustCommand),
+    /// The product in a minute: a gateway, a payments API and an MCP tool server on loopback,
+    /// and an unmodified agent whose five calls are shown as they are decided (needs root).
+    Demo(cli::demo::DemoArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status(cli::status::StatusArgs),
 }
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Install(a) => return cli::install::install(a),
         Command::Uninstall(a) => return cli::install::uninstall(a),
         Command::Trust(cmd) => return cli::trust::run(cmd),
+        Command::Demo(a) => return rt.block_on(cli::demo::run(a)),
         Command::Status(a) => cli::status::run(&a, &rt)?,
     }
     Ok(())

@@ -812,6 +812,20 @@ fn the_example_repository_passes_its_own_tests_and_lint() {
     assert!(xml.contains("<testsuite") && xml.contains("support can refund a small amount"));
 }
 
+#[test]
+fn the_demo_repository_passes_its_own_tests_and_lint() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo");
+    let (loaded, snap) = policy::load_snapshot(&dir).expect("policies/demo loads");
+    let outcomes = policy::testing::run(&loaded, &snap);
+    assert!(outcomes.len() >= 7);
+    let failures: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(lint::lint(&loaded, &snap).is_empty());
+}
+
 mod never_panics {
     use super::*;
     use proptest::prelude::*;

@@ -1,9 +1,10 @@
-"""An MCP server from the official Python SDK (FastMCP, streamable HTTP transport at /mcp)."""
+"""An MCP server from the official Python SDK (FastMCP, streamable HTTP transport at /mcp):
+`mcp_server.py PORT [HOST]` (HOST 127.0.0.1 unless given; `callgate demo` runs it too)."""
 import sys
 
 from mcp.server.fastmcp import FastMCP
 
-server = FastMCP("tools", host="127.0.0.1", port=int(sys.argv[1]))
+server = FastMCP("tools", host=(sys.argv[2:] or ["127.0.0.1"])[0], port=int(sys.argv[1]))
 
 
 @server.tool()

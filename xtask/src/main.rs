@@ -2,6 +2,7 @@
 //!
 //! `setup` is idempotent and quiet when everything is present; every other task runs it first,
 //! so a fresh machine needs nothing but `cargo xtask run` or `cargo xtask test`.
+mod run;
 mod setup;
 
 use std::{
@@ -29,9 +30,10 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run `callgate run` in the foreground with the repo's policies.
+    /// Build, then run `callgate demo`: a gateway, a payments API, an MCP tool server and an
+    /// agent whose calls are shown as they are decided, until Ctrl-C.
     Run {
-        /// Extra arguments for `callgate run`.
+        /// Extra arguments for `callgate demo` (e.g. `--auto-approve-after 5`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -75,9 +77,9 @@ fn main() -> Result<()> {
             build(release)
         }
         Task::Run { args } => {
-            setup::run(&setup::Needs::build())?;
+            setup::run(&setup::Needs::demo())?;
             build(true)?;
-            run_gateway(&root, &args)
+            run::demo(&root, &args)
         }
         Task::Test { no_lint, filter } => {
             setup::run(&setup::Needs::all())?;
@@ -136,37 +138,6 @@ fn build(release: bool) -> Result<()> {
     if release {
         cmd.arg("--release");
     }
-    run_cmd(&mut cmd)
-}
-
-fn run_gateway(root: &Path, args: &[String]) -> Result<()> {
-    let state = root.join("target/callgate/state");
-    let mount = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| pre.split_whitespace().nth(4).map(str::to_string))?
-            })
-        })
-        .unwrap_or_else(|| "/sys/fs/cgroup".into());
-    println!(
-        "callgate: starting the gateway (policies: {}, state: {})",
-        root.join("policies").display(),
-        state.display()
-    );
-    println!("To see interception, in another shell as root:");
-    println!("  mkdir -p {mount}/demo && target/release/callgate enable demo");
-    println!("  sh -c 'echo $$ > {mount}/demo/cgroup.procs; exec curl -sI http://127.0.0.1:8000/'");
-    println!("  target/release/callgate status");
-    let mut cmd = Command::new(root.join("target/release/callgate"));
-    cmd.arg("run")
-        .arg("--policies")
-        .arg(root.join("policies"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(args);
     run_cmd(&mut cmd)
 }
 

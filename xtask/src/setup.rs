@@ -79,17 +79,30 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub struct Needs {
     test_parties: bool,
+    /// The Python venv alone (for `cargo xtask run`'s demo world).
+    python: bool,
 }
 
 impl Needs {
     pub fn build() -> Self {
         Self {
             test_parties: false,
+            python: false,
+        }
+    }
+
+    pub fn demo() -> Self {
+        Self {
+            test_parties: false,
+            python: true,
         }
     }
 
     pub fn all() -> Self {
-        Self { test_parties: true }
+        Self {
+            test_parties: true,
+            python: true,
+        }
     }
 }
 
@@ -98,6 +111,8 @@ pub fn run(needs: &Needs) -> Result<()> {
     let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
     if needs.test_parties {
         packages.extend_from_slice(TEST_PACKAGES);
+    } else if needs.python {
+        packages.extend_from_slice(&["python3", "python3-venv"]);
     }
     let missing: Vec<&str> = packages
         .into_iter()
@@ -119,8 +134,10 @@ pub fn run(needs: &Needs) -> Result<()> {
         )?;
     }
 
-    if needs.test_parties {
+    if needs.python {
         python_parties()?;
+    }
+    if needs.test_parties {
         node_parties(root)?;
     }
 

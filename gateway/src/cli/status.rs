@@ -83,6 +83,17 @@ fn print_status(s: &Status) {
         if let Some(e) = &p.last_error {
             println!("  last fetch failed: {}", v(e));
         }
+        if let Some(since) = p.failing_since_ms {
+            println!(
+                "  unreachable since {} ({} fetches in a row failed, {} of {} in all)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)
+                ),
+                p.failing_fetches,
+                p.failures,
+                p.fetches
+            );
+        }
     }
     if let Some(a) = &s.approvals {
         println!(

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
+use super::outage::Outage;
 use crate::{
     identity::spec,
     util::jsonpath::JsonPath,
@@ -273,6 +274,12 @@ pub struct ProviderStatus {
     pub fetches: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Unix milliseconds since which no fetch has succeeded (None: the last one did).
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+    /// Fetches in a row that failed.
+    #[serde(default)]
+    pub failing_fetches: u64,
 }
 
 /// Verifies tokens against the providers of the policy in force.
@@ -312,6 +319,7 @@ struct Health {
     fetches: u64,
     failures: u64,
     last_error: Option<String>,
+    outage: Option<Outage>,
 }
 
 impl Verifier {
@@ -401,6 +409,8 @@ impl Verifier {
                     fetches: h.fetches,
                     failures: h.failures,
                     last_error: h.last_error,
+                    failing_since_ms: h.outage.map(|o| o.since_ms),
+                    failing_fetches: h.outage.map_or(0, |o| o.failures),
                 }
             })
             .collect()
@@ -491,6 +501,7 @@ impl Issuer {
             fetches: h.fetches,
             failures: h.failures,
             last_error: h.last_error.clone(),
+            outage: h.outage,
         }
     }
 
@@ -532,11 +543,13 @@ impl Issuer {
                     fetched_at: Instant::now(),
                 })));
                 h.last_error = None;
+                h.outage = None;
                 Ok(n)
             }
             Err(e) => {
                 h.failures += 1;
                 h.last_error = Some(e.clone());
+                h.outage = Some(Outage::failed(h.outage, crate::util::time::now_ms()));
                 Err(e)
             }
         }
@@ -574,21 +587,32 @@ async fn refresh_loop(issuer: Weak<Issuer>, http: Outbound) {
     let mut failures: u32 = 0;
     loop {
         let Some(i) = issuer.upgrade() else { return };
+        let before = i.health().outage;
         let wait = match i.fetch(&http).await {
             Ok(n) => {
-                if failures > 0 || i.health().fetches == 1 {
+                if let Some(o) = before {
+                    info!(provider = %i.cfg.name, issuer = %i.cfg.issuer, keys = n, failed_fetches = o.failures, "OIDC signing keys fetched again after an outage");
+                } else if i.health().fetches == 1 {
                     info!(provider = %i.cfg.name, issuer = %i.cfg.issuer, keys = n, "OIDC signing keys fetched");
                 }
                 failures = 0;
                 i.cfg.refresh
             }
             Err(e) => {
-                failures += 1;
-                warn!(
-                    provider = %i.cfg.name, error = %e,
-                    "cannot fetch OIDC signing keys; the last ones stay in use until {} s old",
-                    i.cfg.max_age.as_secs()
-                );
+                failures = failures.saturating_add(1);
+                // Retried every few seconds, warned about at a falling rate (see `outage`).
+                match i.health().outage {
+                    Some(o) if o.warn_now() => warn!(
+                        provider = %i.cfg.name, error = %e, failed_fetches = o.failures,
+                        "cannot fetch OIDC signing keys; the last ones stay in use until {} s old; \
+                         retrying quietly, next warning at {} failures (see `callgate status`)",
+                        i.cfg.max_age.as_secs(),
+                        o.next_warning()
+                    ),
+                    _ => {
+                        debug!(provider = %i.cfg.name, error = %e, "cannot fetch OIDC signing keys")
+                    }
+                }
                 Duration::from_secs(1 << failures.min(6)).min(i.cfg.refresh)
             }
         };
