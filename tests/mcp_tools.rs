@@ -42,33 +42,74 @@ fn names(list: &Value) -> Vec<String> {
     v
 }
 
+/// A real MCP server behind the gateway: the party `script` (run with its port, the log of the
+/// tools it ran and `extra`) on a free port, a policy repository with the one service
+/// `svc(port)` describes, the gateway, and an enabled cgroup for the client.
+struct World {
+    // Dropped in this order: the cgroup before the gateway, the server, then the files.
+    cg: TestCgroup,
+    gw: Gateway,
+    _party: Party,
+    policies: std::path::PathBuf,
+    runs: std::path::PathBuf,
+    port: u16,
+    _dir: TestDir,
+}
+
+impl World {
+    fn start(
+        name: &str,
+        py: &str,
+        script: &str,
+        extra: &[&str],
+        (service, svc): (&str, &dyn Fn(u16) -> String),
+    ) -> Self {
+        let dir = TestDir::new(&format!("callgate-{name}"));
+        let port = free_port();
+        let runs = dir.join("runs.log");
+        let server = party_script(script).display().to_string();
+        let (port_arg, runs_arg) = (port.to_string(), runs.display().to_string());
+        let mut argv = vec![py, server.as_str(), port_arg.as_str(), runs_arg.as_str()];
+        argv.extend_from_slice(extra);
+        let party = Party::start(&argv, port, dir.join("server"));
+        let policies = policy_repo(&dir, REPO, &[(service, &svc(port))]);
+        let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+        let cg = TestCgroup::new(name);
+        gw.enable(&cg);
+        Self {
+            cg,
+            gw,
+            _party: party,
+            policies,
+            runs,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
     let test = "a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs";
     if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = TestDir::new("callgate-mcp-pins");
-    let port = free_port();
-    let runs = dir.join("runs.log");
     let py = party_python().display().to_string();
-    let server = party_script("mcp_rugpull_server.py").display().to_string();
-    let _party = Party::start(
-        &[&py, &server, &port.to_string(), &runs.display().to_string()],
-        port,
-        dir.join("server"),
+    let w = World::start(
+        "mcp-pins",
+        &py,
+        "mcp_rugpull_server.py",
+        &[],
+        ("docs", &service),
     );
-    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new("mcp-pins");
-    gw.enable(&cg);
+    let (port, runs, policies, gw, cg) = (w.port, &w.runs, &w.policies, &w.gw, &w.cg);
     let client = party_script("mcp_rugpull_client.py").display().to_string();
     let url = format!("http://127.0.0.1:{port}/mcp");
 
     // One session: list (pinned on first sight), search (the server turns), search again,
     // the new tool, the untouched tool.
     let out = run_json(
-        &cg,
+        cg,
         &[
             &py,
             &client,
@@ -101,7 +142,7 @@ fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
     // The untouched tool still works.
     assert_eq!(calls[3]["text"][0], "3", "{out}");
     // The server ran search_docs once (before the change) and never export_all.
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
     assert_eq!(
         ran.lines().collect::<Vec<_>>(),
         ["search_docs", "word_count"],
@@ -109,7 +150,7 @@ fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
     );
 
     // The records: the refused call with both digests and both definitions.
-    let r = record_where(&gw, "the refused search_docs", |r| {
+    let r = record_where(gw, "the refused search_docs", |r| {
         r["function"] == "search_docs" && r["mcp"]["pin"] == "changed"
     });
     assert_eq!(r["decision"]["enforced"], true, "{r}");
@@ -129,7 +170,7 @@ fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
             .is_some_and(|d| d.starts_with("<IMPORTANT>")),
         "{r}"
     );
-    record_where(&gw, "a list that hid the changed tool", |r| {
+    record_where(gw, "a list that hid the changed tool", |r| {
         r["function"] == "tools/list"
             && r["mcp"]["hidden"]
                 .as_array()
@@ -151,7 +192,7 @@ fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run_json(&cg, &[&py, &client, &url, "search_docs"]);
+    let out = run_json(cg, &[&py, &client, &url, "search_docs"]);
     assert_eq!(
         names(&out["lists"][0]),
         ["search_docs", "word_count"],
@@ -176,7 +217,7 @@ fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
     assert!(pins.contains("export_all") && pins.contains(now), "{pins}");
     // Committed pins now decide: every tool they name is shown again.
     let out = wait_for(std::time::Duration::from_secs(10), || {
-        let out = run_json(&cg, &[&py, &client, &url]);
+        let out = run_json(cg, &[&py, &client, &url]);
         (names(&out["lists"][0]).len() == 3).then_some(out)
     });
     assert!(out.is_some(), "the committed pins did not take effect");
@@ -190,18 +231,10 @@ fn poisoned_tools_are_reported_and_refused() {
     if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = TestDir::new("callgate-mcp-audit");
-    let port = free_port();
-    let runs = dir.join("runs.log");
     let py = party_python().display().to_string();
-    let server = party_script("mcp_poisoned_server.py").display().to_string();
-    let _party = Party::start(
-        &[&py, &server, &port.to_string(), &runs.display().to_string()],
-        port,
-        dir.join("server"),
-    );
-    let svc = format!(
-        r#"
+    let svc = |port: u16| {
+        format!(
+            r#"
 service: poisoned
 match: {{ hosts: ["127.0.0.1:{port}"] }}
 protocol: mcp
@@ -209,21 +242,26 @@ mcp: {{ refuse_flagged: true }}
 rules:
   - {{ name: agents, function: "*", action: allow }}
 "#
+        )
+    };
+    let w = World::start(
+        "mcp-audit",
+        &py,
+        "mcp_poisoned_server.py",
+        &[],
+        ("poisoned", &svc),
     );
-    let policies = policy_repo(&dir, REPO, &[("poisoned", &svc)]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new("mcp-audit");
-    gw.enable(&cg);
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let client = party_script("mcp_rugpull_client.py").display().to_string();
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let out = run_json(&cg, &[&py, &client, &url, "lookup", "read_file", "add"]);
+    let out = run_json(cg, &[&py, &client, &url, "lookup", "read_file", "add"]);
     assert_eq!(names(&out["lists"][0]), ["lookup"], "{out}");
     assert_eq!(out["calls"][0]["text"][0], "value of refunds", "{out}");
     for call in [&out["calls"][1], &out["calls"][2]] {
         let err = call["error"].as_str().unwrap_or_default();
         assert!(err.contains("fails the poisoning checks"), "{out}");
     }
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
     assert_eq!(
         ran.lines().collect::<Vec<_>>(),
         ["lookup"],
@@ -280,18 +318,10 @@ fn routing_headers_must_agree_with_the_body() {
     if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = TestDir::new("callgate-mcp-headers");
-    let port = free_port();
-    let runs = dir.join("runs.log");
     let py = party_python().display().to_string();
-    let server = party_script("mcp_header_router.py").display().to_string();
-    let _party = Party::start(
-        &[&py, &server, &port.to_string(), &runs.display().to_string()],
-        port,
-        dir.join("server"),
-    );
-    let svc = format!(
-        r#"
+    let svc = |port: u16| {
+        format!(
+            r#"
 service: routed
 match: {{ hosts: ["127.0.0.1:{port}"] }}
 protocol: mcp
@@ -301,11 +331,16 @@ functions:
 rules:
   - {{ name: agents-search, function: search_docs, action: allow }}
 "#
+        )
+    };
+    let w = World::start(
+        "mcp-headers",
+        &py,
+        "mcp_header_router.py",
+        &[],
+        ("routed", &svc),
     );
-    let policies = policy_repo(&dir, REPO, &[("routed", &svc)]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new("mcp-headers");
-    gw.enable(&cg);
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let url = format!("http://127.0.0.1:{port}/mcp");
     let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}"#;
     let list = r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#;
@@ -322,7 +357,7 @@ rules:
             argv.extend_from_slice(&["-H", h]);
         }
         argv.extend_from_slice(&["--data-binary", body, &url]);
-        let (code, out) = curl_in(&cg, &argv);
+        let (code, out) = curl_in(cg, &argv);
         assert_eq!(code, 0, "{out}");
         let (json, status) = out.rsplit_once('\n').unwrap_or((&out, ""));
         (
@@ -360,7 +395,7 @@ rules:
         );
     }
     assert_eq!(
-        std::fs::read_to_string(&runs).unwrap_or_default(),
+        std::fs::read_to_string(runs).unwrap_or_default(),
         "",
         "the server ran a tool for a refused request"
     );
@@ -374,10 +409,10 @@ rules:
     let (status, _) = post(call, &["mcp-name: =?base64?c2VhcmNoX2RvY3M=?="]);
     assert_eq!(status, "200");
     assert_eq!(
-        std::fs::read_to_string(&runs).unwrap_or_default(),
+        std::fs::read_to_string(runs).unwrap_or_default(),
         "search_docs\nsearch_docs\n"
     );
-    let r = record_where(&gw, "a refused mismatch", |r| {
+    let r = record_where(gw, "a refused mismatch", |r| {
         r["decision"]["reason"]
             .as_str()
             .is_some_and(|s| s.contains("header_mismatch"))
@@ -443,35 +478,24 @@ fn a_rug_pull_is_caught_from_a_stateless_json_server() {
     if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = TestDir::new("callgate-mcp-pins-json");
-    let port = free_port();
-    let runs = dir.join("runs.log");
     let py = party_python().display().to_string();
-    let server = party_script("mcp_rugpull_server.py").display().to_string();
-    let _party = Party::start(
-        &[
-            &py,
-            &server,
-            &port.to_string(),
-            &runs.display().to_string(),
-            "json",
-        ],
-        port,
-        dir.join("server"),
+    let w = World::start(
+        "mcp-pins-json",
+        &py,
+        "mcp_rugpull_server.py",
+        &["json"],
+        ("docs", &service),
     );
-    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new("mcp-pins-json");
-    gw.enable(&cg);
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let client = party_script("mcp_rugpull_client.py").display().to_string();
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let out = run_json(&cg, &[&py, &client, &url, "search_docs", "search_docs"]);
+    let out = run_json(cg, &[&py, &client, &url, "search_docs", "search_docs"]);
     let calls = out["calls"].as_array().expect("calls");
     assert_eq!(calls[0]["text"][0], "results for refunds", "{out}");
     let err = calls[1]["error"].as_str().unwrap_or_default();
     assert!(err.contains("changed since it was pinned"), "{out}");
     assert_eq!(names(&out["lists"][2]), ["word_count"], "{out}");
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
     assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
     assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
 }
@@ -501,17 +525,9 @@ fn the_2026_sdk_generation_is_governed() {
     let Some(py) = mcp2_python(test) else {
         return;
     };
-    let dir = TestDir::new("callgate-mcp2");
-    let port = free_port();
-    let runs = dir.join("runs.log");
-    let server = party_script("mcp2_server.py").display().to_string();
-    let _party = Party::start(
-        &[&py, &server, &port.to_string(), &runs.display().to_string()],
-        port,
-        dir.join("server"),
-    );
-    let svc = format!(
-        r#"
+    let svc = |port: u16| {
+        format!(
+            r#"
 service: tools
 match: {{ hosts: ["127.0.0.1:{port}"] }}
 protocol: mcp
@@ -528,16 +544,12 @@ rules:
 response:
   mask: [card_number, email]
 "#
-    );
-    let policies = policy_repo(&dir, REPO, &[("tools", &svc)]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new("mcp2");
-    gw.enable(&cg);
+        )
+    };
+    let w = World::start("mcp2", &py, "mcp2_server.py", &[], ("tools", &svc));
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let client = party_script("mcp2_client.py").display().to_string();
-    let out = run_json(
-        &cg,
-        &[&py, &client, &format!("http://127.0.0.1:{port}/mcp")],
-    );
+    let out = run_json(cg, &[&py, &client, &format!("http://127.0.0.1:{port}/mcp")]);
     assert_eq!(out["protocol"], "2026-07-28", "{out}");
     assert_eq!(out["tools"], serde_json::json!(["search_docs"]), "{out}");
     let text = out["search"][0].as_str().unwrap_or_default();
@@ -548,9 +560,9 @@ response:
     );
     let err = out["delete"]["error"].as_str().unwrap_or_default();
     assert!(err.contains("destructive tools are disabled"), "{out}");
-    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
     assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
-    let r = record_where(&gw, "the search_docs call", |r| {
+    let r = record_where(gw, "the search_docs call", |r| {
         r["function"] == "search_docs"
     });
     assert_eq!(r["decision"]["action"], "allow", "{r}");
