@@ -796,34 +796,33 @@ fn git_commit_and_dirty_state_are_stamped() {
     );
 }
 
-#[test]
-fn the_example_repository_passes_its_own_tests_and_lint() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let (loaded, snap) = policy::load_snapshot(&dir).expect("policies/ loads");
+/// A repository shipped in `policies/` loads, passes its own test cases (at least `min`) and
+/// lints clean; its outcomes, for more checks.
+fn passes_its_own_tests_and_lint(rel: &str, min: usize) -> Vec<policy::testing::Outcome> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let (loaded, snap) =
+        policy::load_snapshot(&dir).unwrap_or_else(|f| panic!("{rel} does not load: {f:#?}"));
     let outcomes = policy::testing::run(&loaded, &snap);
-    assert!(outcomes.len() >= 20);
+    assert!(outcomes.len() >= min, "{rel}: {} cases", outcomes.len());
     let failures: Vec<_> = outcomes
         .iter()
         .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
         .collect();
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert!(lint::lint(&loaded, &snap).is_empty());
+    assert!(failures.is_empty(), "{rel}: {failures:#?}");
+    assert!(lint::lint(&loaded, &snap).is_empty(), "{rel} lints clean");
+    outcomes
+}
+
+#[test]
+fn the_example_repository_passes_its_own_tests_and_lint() {
+    let outcomes = passes_its_own_tests_and_lint("../policies", 20);
     let xml = policy::testing::junit(&outcomes).unwrap();
     assert!(xml.contains("<testsuite") && xml.contains("support can refund a small amount"));
 }
 
 #[test]
 fn the_demo_repository_passes_its_own_tests_and_lint() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo");
-    let (loaded, snap) = policy::load_snapshot(&dir).expect("policies/demo loads");
-    let outcomes = policy::testing::run(&loaded, &snap);
-    assert!(outcomes.len() >= 7);
-    let failures: Vec<_> = outcomes
-        .iter()
-        .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
-        .collect();
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert!(lint::lint(&loaded, &snap).is_empty());
+    passes_its_own_tests_and_lint("../policies/demo", 7);
 }
 
 mod never_panics {
