@@ -119,6 +119,9 @@ pub struct Status {
     #[serde(default)]
     pub approvals: Option<crate::approve::ApprovalsStatus>,
     pub enabled: Vec<Enabled>,
+    /// The network namespaces the gateway listens in (the host's first).
+    #[serde(default)]
+    pub namespaces: Vec<crate::intercept::netns::NetnsStatus>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
@@ -338,6 +341,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .unwrap_or_default(),
         approvals: inputs.approvals.as_ref().map(|a| a.status()),
         enabled: inputs.interceptor.enabled(),
+        namespaces: inputs.interceptor.namespaces().status(),
         counters: inputs.stats.snapshot(),
         kernel: inputs
             .interceptor

@@ -181,11 +181,20 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         ),
         policy: policy.clone(),
         authority,
-        upstreams: Arc::new(Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)),
+        upstreams: Arc::new(
+            Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)
+                .with_namespaces(interceptor.namespaces().clone()),
+        ),
         mask_key,
     });
     let mut tasks = Vec::new();
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
+    // Workloads in their own network namespaces: listeners there from now on.
+    tasks.push(crate::intercept::netns_watch::start(
+        &interceptor,
+        workers.namespace_server(inputs.clone(), stop_rx.clone()),
+        stop_rx.clone(),
+    ));
     let admin_inputs = Arc::new(AdminInputs {
         interceptor: interceptor.clone(),
         stats,
@@ -260,6 +269,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);
     interceptor.shutdown();
+    interceptor.namespaces().close_all();
     for task in tasks {
         let _ = task.await;
     }

@@ -54,6 +54,8 @@ pub struct Conn {
     pub inputs: Arc<ProxyInputs>,
     pub policy: Arc<PolicyStore>,
     pub dst: SocketAddr,
+    /// The workload's network namespace (cookie): upstreams are dialled from it.
+    pub netns: u64,
     /// `dst` as text, as records and spans name it: formatted once, not per call.
     pub dst_text: String,
     /// `dst`'s IP as text, the form service lookup takes.
@@ -72,7 +74,9 @@ pub struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.inputs.upstreams.release_http1(self.dst, &self.http1);
+        self.inputs
+            .upstreams
+            .release_http1(self.dst, self.netns, &self.http1);
     }
 }
 
@@ -810,7 +814,7 @@ impl Conn {
             match pooled {
                 None => inputs
                     .upstreams
-                    .send_http1(&self.http1, self.dst, req)
+                    .send_http1(&self.http1, self.dst, self.netns, req)
                     .await
                     .map_err(|e| error_chain(&e)),
                 Some(client) => client
@@ -878,6 +882,7 @@ impl Conn {
         };
         let key = UpstreamKey {
             dst: self.dst,
+            netns: self.netns,
             tls: tls.as_ref().map(|(k, _)| k.clone()),
             h2c,
         };

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
 mod install_cmd;
+mod netns_cmd;
 mod records_cmd;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
@@ -121,11 +122,15 @@ impl SocketArg {
 struct TargetArgs {
     /// A cgroup v2 directory: absolute, or relative to the cgroup v2 mount
     /// (e.g. `system.slice/app.service`, as /proc/PID/cgroup prints it).
-    #[arg(required_unless_present = "unit", conflicts_with = "unit")]
+    #[arg(required_unless_present_any = ["unit", "pid"], conflicts_with_all = ["unit", "pid"])]
     cgroup: Option<String>,
     /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pid")]
     unit: Option<String>,
+    /// The cgroup process PID is in (a container's, a pod's: its network namespace is
+    /// governed too).
+    #[arg(long)]
+    pid: Option<u32>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -441,6 +446,9 @@ fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()
 }
 
 fn target(t: &TargetArgs) -> Result<Target> {
+    if let Some(pid) = t.pid {
+        return Ok(Target::Cgroup(netns_cmd::cgroup_of_pid(pid)?));
+    }
     Ok(match (&t.cgroup, &t.unit) {
         (_, Some(unit)) => Target::Unit(unit.clone()),
         (Some(path), None) => {
@@ -553,6 +561,7 @@ fn print_status(s: &Status) {
             println!("  {}{unit} (id {})", v(&e.path.display().to_string()), e.id);
         }
     }
+    netns_cmd::print_namespaces(&s.namespaces);
     let c = &s.counters;
     println!(
         "connections:   {} accepted, {} forwarded, {} active, {} upstream errors, {} without entry, {} loops refused",
