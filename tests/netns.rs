@@ -31,7 +31,17 @@ fn upstream_ip() -> String {
     format!("10.213.{}.2", subnet())
 }
 
-fn service() -> String {
+/// `hello` is allowed from every namespace, or from the `only` ones (by inode) when given.
+fn service(only: &[u64]) -> String {
+    let caller = if only.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = only.iter().map(u64::to_string).collect();
+        format!(
+            ", caller: {{ workload: {{ netns: [{}] }} }}",
+            list.join(", ")
+        )
+    };
     format!(
         r#"
 service: ns-upstream
@@ -42,7 +52,7 @@ functions:
   hello: {{ route: "GET /allowed" }}
   secret: {{ route: "GET /denied" }}
 rules:
-  - {{ name: hello-ok, function: hello, action: allow }}
+  - {{ name: hello-ok, function: hello, action: allow{caller} }}
   - {{ name: secret-no, function: secret, action: deny }}
 "#,
         upstream_ip()
@@ -223,8 +233,8 @@ fn curl_status(cg: &TestCgroup, ns: &Netns, url: &str) -> (String, String) {
     )
 }
 
-fn setup(dir: &TestDir) -> (Gateway, TestCgroup) {
-    let repo = policy_repo(dir, REPO, &[("ns-upstream", &service())]);
+fn setup(dir: &TestDir, only: &[u64]) -> (Gateway, TestCgroup) {
+    let repo = policy_repo(dir, REPO, &[("ns-upstream", &service(only))]);
     let gw = Gateway::start_with(&["--policies", &repo.display().to_string()]);
     let cg = TestCgroup::new("netns");
     gw.enable(&cg);
@@ -237,7 +247,7 @@ fn a_workload_in_its_own_namespace_is_governed_from_its_first_connection() {
         return;
     }
     let dir = TestDir::new("netns");
-    let (gw, cg) = setup(&dir);
+    let (gw, cg) = setup(&dir, &[]);
     // The namespaces exist only after `enable`, and no process of the cgroup was in them.
     let pair = Pair::new();
     let up = Upstream::start(&pair.upstream, "upstream", &dir);
@@ -336,8 +346,9 @@ fn two_namespaces_using_the_same_addresses_and_ports_do_not_collide() {
         return;
     }
     let dir = TestDir::new("netns2");
-    let (mut gw, cg) = setup(&dir);
     let (one, two) = (Pair::new(), Pair::new());
+    // `hello` is allowed from these two namespaces only.
+    let (mut gw, cg) = setup(&dir, &[one.workload.inode(), two.workload.inode()]);
     let _up1 = Upstream::start(&one.upstream, "one", &dir);
     let _up2 = Upstream::start(&two.upstream, "two", &dir);
     // A long-lived process of the workload in each namespace, as a container has.
@@ -409,6 +420,13 @@ fn two_namespaces_using_the_same_addresses_and_ports_do_not_collide() {
         );
     }
     assert_eq!(answers, ["one", "two"], "{}", gw.log());
+
+    // A third namespace with the same addresses, not named by the rule: denied.
+    let three = Pair::new();
+    let up3 = Upstream::start(&three.upstream, "three", &dir);
+    let (code, body) = curl_status(&cg, &three.workload, &url);
+    assert_eq!(code, "403", "{body}");
+    assert!(up3.requests().is_empty());
     drop(keep);
     gw.kill();
 }

@@ -627,6 +627,8 @@ fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
         cgroup,
         comm: Some(w.comm.clone()),
         exe: w.exe.clone(),
+        container: w.container.clone(),
+        netns: w.netns,
     }
 }
 

@@ -162,6 +162,11 @@ pub(super) struct WorkloadCond {
     /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
     pub cgroup_prefix: Option<Vec<String>>,
     pub comms: Vec<String>,
+    /// Container ids or prefixes (12+ lowercase hex digits).
+    pub containers: Vec<String>,
+    pub pods: Vec<String>,
+    /// Network namespace inodes.
+    pub netns: Vec<u64>,
 }
 
 impl WorkloadCond {
@@ -171,7 +176,15 @@ impl WorkloadCond {
     /// a unit).
     pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
         use crate::identity::workload::systemd_owned_depth;
-        if !self.uids.is_empty() || !self.users.is_empty() || !self.units.is_empty() {
+        // Container, pod and namespace are the runtime's (see identity::container), not
+        // the process's.
+        if !self.uids.is_empty()
+            || !self.users.is_empty()
+            || !self.units.is_empty()
+            || !self.containers.is_empty()
+            || !self.pods.is_empty()
+            || !self.netns.is_empty()
+        {
             return None;
         }
         let mut chosen = Vec::new();
@@ -1016,6 +1029,26 @@ fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> 
             parts
         }),
         comms: list(&w.comm),
+        containers: list(&w.container)
+            .into_iter()
+            .inspect(|c| {
+                let hex = c
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !hex || c.len() < 12 || c.len() > 64 {
+                    err(
+                        &["caller", "workload", "container"],
+                        format!("{c:?}: a container id is 12 to 64 lowercase hex digits"),
+                    );
+                }
+            })
+            .collect(),
+        pods: list(&w.pod),
+        netns: match &w.netns {
+            Some(schema::NetnsList::One(n)) => vec![*n],
+            Some(schema::NetnsList::Many(v)) => v.clone(),
+            None => Vec::new(),
+        },
     }
 }
 
