@@ -431,6 +431,52 @@ fn two_namespaces_using_the_same_addresses_and_ports_do_not_collide() {
     gw.kill();
 }
 
+/// A container as a runtime lays it out (a scope named after its id, under a slice, its
+/// processes in a network namespace of their own), enabled by its short id as `docker ps`
+/// shows it: its calls are governed and recorded with the container.
+#[test]
+fn a_container_enabled_by_its_id_is_governed_and_named_in_records() {
+    if !ebpf_available("a_container_enabled_by_its_id_is_governed_and_named_in_records") {
+        return;
+    }
+    let dir = TestDir::new("netns-ctr");
+    let repo = policy_repo(&dir, REPO, &[("ns-upstream", &service(&[]))]);
+    let gw = Gateway::start_with(&["--policies", &repo.display().to_string()]);
+    let id = format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        std::process::id(),
+        0xc0ffee_u64,
+        Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed,
+        0xdecafbad_u64
+    );
+    let slice = cgroup_mount()
+        .expect("cgroup v2 mount")
+        .join(format!("{}.slice", unique("cgtest")));
+    let _slice = RemoveOnDrop(slice.clone());
+    let scope = slice.join(format!("docker-{id}.scope"));
+    fs::create_dir_all(&scope).expect("container scope");
+    let cg = TestCgroup { path: scope };
+    let out = gw.cli(&["enable", "--container", &id[..12]]);
+    assert!(
+        out.status.success(),
+        "enable --container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pair = Pair::new();
+    let _up = Upstream::start(&pair.upstream, "upstream", &dir);
+    let url = |path: &str| format!("http://{}:{UPSTREAM_PORT}{path}", upstream_ip());
+    assert_eq!(curl_status(&cg, &pair.workload, &url("/allowed")).0, "200");
+    assert_eq!(curl_status(&cg, &pair.workload, &url("/denied")).0, "403");
+    let rec = record_where(&gw, "the container's call", |r| r["function"] == "hello");
+    assert_eq!(rec["workload"]["container"]["id"], id.as_str(), "{rec}");
+    assert_eq!(rec["workload"]["container"]["runtime"], "docker", "{rec}");
+    assert_eq!(rec["workload"]["netns"], pair.workload.inode(), "{rec}");
+    // An id that names no container is an error, not a guess.
+    let out = gw.cli(&["enable", "--container", "0123456789ab"]);
+    assert!(!out.status.success());
+    drop(cg);
+}
+
 /// Short-lived namespaces (`unshare -n`, gone when their process exits), each used by one
 /// connection: every first connection reaches the gateway, and once they are gone the
 /// gateway's descriptors and threads are back where they were.
@@ -524,6 +570,15 @@ fn namespaces_that_come_and_go_leave_nothing_behind() {
         rss1 < rss0 + 16 * 1024,
         "rss grew from {rss0} KiB to {rss1} KiB"
     );
+}
+
+/// A cgroup directory made by hand (a slice above a test's scope), removed on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = wait_for(Duration::from_secs(5), || fs::remove_dir(&self.0).ok());
+    }
 }
 
 struct KillOnDrop(Child);

@@ -122,15 +122,22 @@ impl SocketArg {
 struct TargetArgs {
     /// A cgroup v2 directory: absolute, or relative to the cgroup v2 mount
     /// (e.g. `system.slice/app.service`, as /proc/PID/cgroup prints it).
-    #[arg(required_unless_present_any = ["unit", "pid"], conflicts_with_all = ["unit", "pid"])]
+    #[arg(
+        required_unless_present_any = ["unit", "pid", "container"],
+        conflicts_with_all = ["unit", "pid", "container"]
+    )]
     cgroup: Option<String>,
     /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
-    #[arg(long, conflicts_with = "pid")]
+    #[arg(long, conflicts_with_all = ["pid", "container"])]
     unit: Option<String>,
     /// The cgroup process PID is in (a container's, a pod's: its network namespace is
     /// governed too).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "container")]
     pid: Option<u32>,
+    /// A Docker, Podman, containerd or CRI-O container: its id (12+ hex digits) or a name
+    /// `podman`/`docker inspect` knows; its scope is found in the cgroup tree.
+    #[arg(long)]
+    container: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -448,6 +455,9 @@ fn policy_command(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()
 fn target(t: &TargetArgs) -> Result<Target> {
     if let Some(pid) = t.pid {
         return Ok(Target::Cgroup(netns_cmd::cgroup_of_pid(pid)?));
+    }
+    if let Some(c) = &t.container {
+        return Ok(Target::Cgroup(netns_cmd::cgroup_of_container(c)?));
     }
     Ok(match (&t.cgroup, &t.unit) {
         (_, Some(unit)) => Target::Unit(unit.clone()),
