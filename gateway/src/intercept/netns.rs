@@ -326,6 +326,10 @@ impl Namespaces {
     /// Closes the namespaces no process of `cgroups` (enabled cgroups, with descendants) is
     /// in any more. Returns how many were closed.
     pub fn sweep(&self, cgroups: &[PathBuf]) -> usize {
+        // Nothing open but the host's: no process list to read.
+        if lock(&self.entries).is_empty() {
+            return 0;
+        }
         let in_use: std::collections::HashSet<u64> = cgroups
             .iter()
             .flat_map(|cg| procs_under(cg))
