@@ -254,7 +254,7 @@ fn a_workload_in_its_own_namespace_is_governed_from_its_first_connection() {
     // A process of the workload that stays in the namespace (it makes no socket, so the
     // gateway still learns of the namespace from curl's first one), as a container's would:
     // the namespace's listeners are kept while it is there.
-    let _keep = KillOnDrop(cg.spawn(
+    let keep = KillOnDrop(cg.spawn(
         &["ip", "netns", "exec", &pair.workload.name, "sleep", "60"],
         &dir.join("sleep.log"),
     ));
@@ -333,6 +333,41 @@ fn a_workload_in_its_own_namespace_is_governed_from_its_first_connection() {
     eprintln!(
         "first connection from a new namespace took {first:?}; SYNs held: {}",
         gw.kernel_counter("syn_held")
+    );
+
+    // The workload leaves: the namespace is closed, and the upstream connection the gateway
+    // kept from it for the next call goes too.
+    let established = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pair.upstream.name,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        established() >= 1,
+        "the gateway keeps its upstream connection"
+    );
+    drop(keep);
+    let gone = wait_for(Duration::from_secs(10), || {
+        let open = gw.status()["namespaces"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|n| n["inode"] == inode));
+        (!open && established() == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{} upstream connections left: {:#}",
+        established(),
+        gw.status()["namespaces"]
     );
 }
 

@@ -188,6 +188,13 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         mask_key,
     });
     let mut tasks = Vec::new();
+    // A closed namespace's kept upstream connections go with it (they would hold it alive).
+    let upstreams = Arc::downgrade(&inputs.upstreams);
+    interceptor.namespaces().on_close(Box::new(move |netns| {
+        if let Some(u) = upstreams.upgrade() {
+            u.forget_netns(netns);
+        }
+    }));
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
     // Workloads in their own network namespaces: listeners there from now on.
     tasks.push(crate::intercept::netns_watch::start(

@@ -272,6 +272,13 @@ impl Upstreams {
         }
     }
 
+    /// Drops every connection kept from network namespace `netns` (it was closed): idle
+    /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
+    pub fn forget_netns(&self, netns: u64) {
+        lock(&self.idle_http1).retain(|(_, _, n), _| *n != netns);
+        lock(&self.clients).map.retain(|k, _| k.netns != netns);
+    }
+
     /// Keeps the connection an intercepted connection held, when it ended, for the next one.
     pub fn release_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
         // Still out with a response body, that body was cut off: the connection is dropped

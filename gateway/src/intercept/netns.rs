@@ -54,6 +54,9 @@ const THREAD_STACK: usize = 64 * 1024;
 /// receiver flips. Set once by the daemon.
 pub type Serve = Box<dyn Fn(u64, Vec<std::net::TcpListener>, watch::Receiver<bool>) + Send + Sync>;
 
+/// Told the cookie of each namespace that is closed (to drop what else was kept for it).
+pub type OnClose = Box<dyn Fn(u64) + Send + Sync>;
+
 /// What `status` shows of a namespace.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct NetnsStatus {
@@ -99,6 +102,7 @@ pub struct Namespaces {
     ready: Mutex<BpfHashMap<MapData, u64, u32>>,
     entries: Mutex<HashMap<u64, Entry>>,
     serve: Mutex<Option<Arc<Serve>>>,
+    on_close: Mutex<Vec<OnClose>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +138,7 @@ impl Namespaces {
             ready: Mutex::new(ready),
             entries: Mutex::new(HashMap::new()),
             serve: Mutex::new(None),
+            on_close: Mutex::new(Vec::new()),
         }))
     }
 
@@ -145,6 +150,12 @@ impl Namespaces {
     /// Set by the daemon once the data path runs; namespaces are opened only after.
     pub fn set_serve(&self, serve: Serve) {
         *lock(&self.serve) = Some(Arc::new(serve));
+    }
+
+    /// Calls `f` with the cookie of every namespace closed from now on (the upstream pools
+    /// drop the connections they keep from it).
+    pub fn on_close(&self, f: OnClose) {
+        lock(&self.on_close).push(f);
     }
 
     /// The inode of a namespace the gateway knows, for records.
@@ -349,16 +360,24 @@ impl Namespaces {
                 false
             });
         }
-        let mut ready = lock(&self.ready);
-        for (cookie, stop) in &closed {
-            let _ = ready.remove(cookie);
-            if let Some(stop) = stop {
-                let _ = stop.send(true);
+        {
+            let mut ready = lock(&self.ready);
+            for (cookie, stop) in &closed {
+                let _ = ready.remove(cookie);
+                if let Some(stop) = stop {
+                    let _ = stop.send(true);
+                }
+                debug!(
+                    cookie,
+                    "closed the listeners of a network namespace no workload uses"
+                );
             }
-            debug!(
-                cookie,
-                "closed the listeners of a network namespace no workload uses"
-            );
+        }
+        let on_close = lock(&self.on_close);
+        for (cookie, _) in &closed {
+            for f in on_close.iter() {
+                f(*cookie);
+            }
         }
         closed.len()
     }
