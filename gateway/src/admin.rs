@@ -2,8 +2,8 @@
 //! per line. The CLI's `enable`, `disable`, `status` and `approvals` go through it. The
 //! optional HTTP admin listener ([`web`]) serves the approvals page.
 pub mod login;
+pub mod metrics;
 pub mod pages;
-pub mod visible;
 pub mod web;
 
 use std::{
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::{
     intercept::{Change, Enabled, Interceptor, Target},
     policy::{PolicyStore, store::ReloadStatus},
-    stats::{ConnSummary, Counters, Stats},
+    telemetry::stats::{ConnSummary, Counters, Stats},
 };
 
 /// Longest request line accepted; a status request is a few dozen bytes.
@@ -246,7 +246,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
             let grant = match grant.as_deref() {
                 None => None,
                 Some(g) => Some(
-                    crate::policy::compile::parse_duration(g)
+                    crate::util::time::parse_duration(g)
                         .ok_or_else(|| format!("--grant {g:?} is not a duration like 30m"))?,
                 ),
             };

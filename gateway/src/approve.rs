@@ -17,16 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::{
-    fsutil,
-    policy::{Caller, compile::ApprovalSpec},
-    record::now_ms,
-};
+use crate::config::ApprovalLimits;
+use crate::{call::Caller, util::fs::write_atomic_mode, util::time::now_ms};
 
 /// Finished requests kept for `approvals list --all` and the record of restarts.
 const KEEP_FINISHED: usize = 500;
@@ -35,22 +33,6 @@ const KEEP_FINISHED: usize = 500;
 pub enum ApprovalError {
     #[error("approval state {path}: {reason}")]
     State { path: String, reason: String },
-}
-
-/// Bounds on what is waiting at once; beyond them new requests are refused at once.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_pending: usize,
-    pub max_pending_per_caller: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_pending: 256,
-            max_pending_per_caller: 8,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,7 +306,7 @@ const ANNOUNCE_PER_MINUTE: u32 = 30;
 
 pub struct Approvals {
     path: PathBuf,
-    limits: Limits,
+    limits: ApprovalLimits,
     inner: Mutex<Inner>,
     /// Bumped on every change, for live views.
     changes: watch::Sender<u64>,
@@ -336,7 +318,7 @@ impl Approvals {
     /// returned (now `interrupted`) so that their calls can be recorded.
     pub fn open(
         path: PathBuf,
-        limits: Limits,
+        limits: ApprovalLimits,
         notifier: Option<notify::Notifier>,
     ) -> Result<(Self, Vec<Request>), ApprovalError> {
         let saved: Saved = match std::fs::read(&path) {
@@ -391,7 +373,7 @@ impl Approvals {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// Writes the state; a failure is logged, the state in memory stays authoritative.
@@ -401,7 +383,7 @@ impl Approvals {
             grants: inner.grants.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&saved).unwrap_or_default();
-        if let Err(e) = fsutil::write_atomic_mode(&self.path, &bytes, 0o600) {
+        if let Err(e) = write_atomic_mode(&self.path, &bytes, 0o600) {
             warn!(path = %self.path.display(), error = %e, "could not save approval state");
         }
         self.changes.send_modify(|n| *n += 1);
@@ -825,10 +807,21 @@ impl Drop for Hold {
     }
 }
 
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApprovalSpec {
+    pub groups: Vec<String>,
+    pub subjects: Vec<String>,
+    pub timeout: Duration,
+    /// The longest window an approver may grant (none: approve once only).
+    pub grant: Option<Duration>,
+    /// Grants cover only calls with the same arguments.
+    pub grant_same_args: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Workload;
+    use crate::call::Workload;
 
     fn spec(grant: Option<u64>) -> ApprovalSpec {
         ApprovalSpec {
@@ -891,7 +884,7 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path, limits: Limits) -> (Arc<Approvals>, Vec<Request>) {
+    fn open(dir: &std::path::Path, limits: ApprovalLimits) -> (Arc<Approvals>, Vec<Request>) {
         let (a, i) = Approvals::open(dir.join("approvals.json"), limits, None).unwrap();
         (Arc::new(a), i)
     }
@@ -907,7 +900,7 @@ mod tests {
     #[tokio::test]
     async fn approve_deny_timeout_and_grants() {
         let dir = tempdir();
-        let (a, _) = open(&dir, Limits::default());
+        let (a, _) = open(&dir, ApprovalLimits::default());
         let c = caller("agent");
         let s = spec(Some(3600));
 
@@ -962,7 +955,7 @@ mod tests {
     #[tokio::test]
     async fn limits_and_restart() {
         let dir = tempdir();
-        let limits = Limits {
+        let limits = ApprovalLimits {
             max_pending: 3,
             max_pending_per_caller: 2,
         };

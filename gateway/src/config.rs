@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::util::net::{NetPorts, parse_net_ports, words};
 
 /// Where things live unless told otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/callgate/callgate.yaml";
@@ -92,7 +94,7 @@ pub struct Config {
     /// The optional HTTP admin listener (approvals page, health).
     pub admin_http: Option<AdminHttpConfig>,
     /// OpenTelemetry trace export (off unless an endpoint is set).
-    pub telemetry: Option<crate::trace::TelemetryConfig>,
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,8 +159,8 @@ struct FileLogin {
 /// `approvals:` in the config file.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalsConfig {
-    pub limits: crate::approve::Limits,
-    pub webhook: Option<crate::approve::notify::WebhookConfig>,
+    pub limits: ApprovalLimits,
+    pub webhook: Option<WebhookConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +171,7 @@ struct FileApprovals {
     /// POSTed a JSON announcement of each new request.
     webhook_url: Option<String>,
     /// `json` (default) or `slack`.
-    webhook_format: Option<crate::approve::notify::Format>,
+    webhook_format: Option<WebhookFormat>,
     webhook_attempts: Option<u32>,
     /// Base URL of the approvals page, for the links in announcements.
     page_url: Option<String>,
@@ -193,8 +195,9 @@ pub struct HttpConfig {
     pub max_held_response_bytes: usize,
     /// What inspected bodies and held answers may take in all (`max_inspected_mb`), and one
     /// h2 connection's streams together (`max_inspected_per_connection_mb`); beyond it a
-    /// call gets 503 `inspection_busy`. One budget, shared by every clone of this config.
-    pub inspection: crate::http::InspectionBudget,
+    /// call gets 503 `inspection_busy`. The proxy makes one budget of these for all calls.
+    pub max_inspected_bytes: usize,
+    pub max_inspected_per_connection_bytes: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,13 +213,65 @@ struct FileHttp {
     max_inspected_per_connection_mb: Option<usize>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync'd within `commit_window` of being submitted (group commit).
+    #[default]
+    Buffered,
+    /// The submitter waits until its record is fsync'd.
+    Strict,
+}
+
+/// Bounds on what is waiting at once; beyond them new requests are refused at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ApprovalLimits {
+    pub max_pending: usize,
+    pub max_pending_per_caller: usize,
+}
+
+impl Default for ApprovalLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 256,
+            max_pending_per_caller: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    /// `{"text": ...}`, what Slack (and Mattermost, Rocket.Chat…) incoming webhooks take.
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub format: WebhookFormat,
+    /// Base URL of the approvals page, for links (`<page_url>/approvals/<id>`).
+    pub page_url: Option<String>,
+    /// Deliveries tried per announcement.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+}
+
 /// `records:` in the config file.
 #[derive(Debug, Clone)]
 pub struct RecordsConfig {
     /// Record calls at all (default true). Off, nothing is written and nothing is refused.
     pub enabled: bool,
     pub dir: PathBuf,
-    pub durability: crate::record::Durability,
+    pub durability: Durability,
     pub commit_window: Duration,
     pub segment_bytes: u64,
     pub segment_age: Duration,
@@ -226,21 +281,6 @@ pub struct RecordsConfig {
     pub backlog_bytes: usize,
 }
 
-impl RecordsConfig {
-    pub fn recorder(&self) -> crate::record::RecorderConfig {
-        let mut c = crate::record::RecorderConfig::new(&self.dir);
-        c.durability = self.durability;
-        c.commit_window = self.commit_window;
-        c.segment_bytes = self.segment_bytes;
-        c.segment_age = self.segment_age;
-        c.retain_bytes = self.retain_bytes;
-        c.retain_age = self.retain_age;
-        c.response_cap = self.response_cap;
-        c.backlog_bytes = self.backlog_bytes;
-        c
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileRecords {
@@ -248,7 +288,7 @@ struct FileRecords {
     /// Default: `<state_dir>/records`.
     dir: Option<PathBuf>,
     /// `buffered` (default) or `strict`.
-    durability: Option<crate::record::Durability>,
+    durability: Option<Durability>,
     commit_window_ms: Option<u64>,
     segment_mb: Option<u64>,
     segment_age_s: Option<u64>,
@@ -419,7 +459,8 @@ impl Config {
             header_timeout: Duration::from_secs(h.header_timeout_s.unwrap_or(10)),
             body_timeout: Duration::from_secs(h.body_timeout_s.unwrap_or(30)),
             max_held_response_bytes,
-            inspection: crate::http::InspectionBudget::new(inspected, per_connection),
+            max_inspected_bytes: inspected,
+            max_inspected_per_connection_bytes: per_connection,
         };
         let a = file.approvals.unwrap_or_default();
         for (key, url) in [("webhook_url", &a.webhook_url), ("page_url", &a.page_url)] {
@@ -439,31 +480,29 @@ impl Config {
                     path: path.into(),
                     reason,
                 })?;
-                Some(crate::trace::TelemetryConfig {
+                Some(TelemetryConfig {
                     endpoint: t.otlp_endpoint,
                     service_name: t.service_name.unwrap_or_else(|| "callgate".into()),
                 })
             }
         };
-        let defaults = crate::approve::Limits::default();
+        let defaults = ApprovalLimits::default();
         let approvals = ApprovalsConfig {
-            limits: crate::approve::Limits {
+            limits: ApprovalLimits {
                 max_pending: a.max_pending.unwrap_or(defaults.max_pending),
                 max_pending_per_caller: a
                     .max_pending_per_caller
                     .unwrap_or(defaults.max_pending_per_caller),
             },
-            webhook: a
-                .webhook_url
-                .map(|url| crate::approve::notify::WebhookConfig {
-                    url,
-                    format: a.webhook_format.unwrap_or_default(),
-                    // Links point at the approvals page when there is one.
-                    page_url: a
-                        .page_url
-                        .or_else(|| admin_http.as_ref().map(|h| h.public_url.clone())),
-                    attempts: a.webhook_attempts.unwrap_or(6),
-                }),
+            webhook: a.webhook_url.map(|url| WebhookConfig {
+                url,
+                format: a.webhook_format.unwrap_or_default(),
+                // Links point at the approvals page when there is one.
+                page_url: a
+                    .page_url
+                    .or_else(|| admin_http.as_ref().map(|h| h.public_url.clone())),
+                attempts: a.webhook_attempts.unwrap_or(6),
+            }),
         };
         Ok(Self {
             records,
@@ -511,54 +550,9 @@ fn parse(path: &Path, text: &str) -> Result<File, ConfigError> {
     })
 }
 
-/// `CIDR[:PORT[-PORT]]`; IPv6 CIDRs with a port are bracketed: `[2001:db8::]/32:443`.
+/// `CIDR[:PORT[-PORT]]` as an intercept rule (see [`parse_net_ports`]).
 pub fn parse_rule(spec: &str) -> Result<InterceptRule, String> {
-    let (cidr, ports) = if let Some(rest) = spec.strip_prefix('[') {
-        let (addr, after) = rest.split_once(']').ok_or("missing ']'")?;
-        let (prefix, ports) = match after.strip_prefix('/') {
-            Some(p) => match p.split_once(':') {
-                Some((pre, ports)) => (Some(pre), Some(ports)),
-                None => (Some(p), None),
-            },
-            None => (None, after.strip_prefix(':')),
-        };
-        (format!("{addr}/{}", prefix.unwrap_or("128")), ports)
-    } else if spec.matches(':').count() > 1 {
-        (spec.to_string(), None) // bare IPv6 CIDR, no port
-    } else {
-        match spec.split_once(':') {
-            Some((c, p)) => (c.to_string(), Some(p)),
-            None => (spec.to_string(), None),
-        }
-    };
-    let (addr, prefix) = match cidr.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (cidr.as_str(), None),
-    };
-    let net: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IP address"))?;
-    let max = if net.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = match prefix {
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or(format!("prefix must be 0..={max}"))?,
-        None => max,
-    };
-    let ports = match ports {
-        None | Some("") | Some("*") => (0, u16::MAX),
-        Some(p) => {
-            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-            let lo: u16 = lo.parse().map_err(|_| format!("bad port {lo:?}"))?;
-            let hi: u16 = hi.parse().map_err(|_| format!("bad port {hi:?}"))?;
-            if lo > hi {
-                return Err(format!("port range {lo}-{hi} is empty"));
-            }
-            (lo, hi)
-        }
-    };
+    let NetPorts { net, prefix, ports } = parse_net_ports(spec)?;
     Ok(InterceptRule {
         net,
         prefix,
@@ -593,23 +587,6 @@ impl InterceptRule {
             _pad: 0,
         }
     }
-}
-
-/// A 128-bit address as four network-order words, the layout of `struct in6_addr`.
-pub fn words(v: u128) -> [u32; 4] {
-    let b = v.to_be_bytes();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-    })
-}
-
-/// The inverse of [`words`].
-pub fn from_words(w: &[u32; 4]) -> Ipv6Addr {
-    let mut b = [0u8; 16];
-    for (i, word) in w.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    Ipv6Addr::from(b)
 }
 
 /// The listener addresses.
@@ -711,7 +688,7 @@ mod tests {
         assert_eq!(c.approvals.limits.max_pending, 3);
         assert_eq!(c.approvals.limits.max_pending_per_caller, 8);
         let w = c.approvals.webhook.unwrap();
-        assert_eq!(w.format, crate::approve::notify::Format::Slack);
+        assert_eq!(w.format, WebhookFormat::Slack);
         assert_eq!(w.attempts, 6);
         let err = Config::from_yaml(Path::new("c.yaml"), "approvals:\n  webhook_url: hooks\n")
             .unwrap_err()
@@ -749,7 +726,7 @@ mod tests {
         let all = parse_rule("::/0").unwrap().to_kernel();
         assert!(all.matches(&inside, 1));
         assert_eq!(
-            from_words(&inside),
+            crate::util::net::from_words(&inside),
             Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()
         );
     }

@@ -6,21 +6,23 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    accept::{self, Listeners, ProxyInputs},
     admin::{self, AdminInputs},
     approve::{Approvals, notify::Notifier},
-    cgroup::CgroupNames,
     config::Config,
-    forward::pool::Upstreams,
     identity::{Verifier, workload::Users},
-    inject::Credentials,
     intercept::Interceptor,
-    mask::MaskKey,
-    outbound::Outbound,
+    intercept::cgroup::CgroupNames,
+    obligations::inject::Credentials,
+    obligations::mask::MaskKey,
     policy::PolicyStore,
-    record::{Record, RecordedDecision, Recorder},
-    stats::Stats,
-    tls::Authority,
+    proxy::ProxyInputs,
+    proxy::accept::{self, Listeners},
+    proxy::forward::pool::Upstreams,
+    proxy::http::InspectionBudget,
+    proxy::tls::Authority,
+    record::{Record, RecordedDecision, Recorder, RecorderConfig},
+    telemetry::stats::Stats,
+    util::outbound::Outbound,
 };
 
 /// Idle pooled upstream connections are closed after this.
@@ -41,9 +43,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
-    MaskKey(#[from] crate::mask::MaskError),
+    MaskKey(#[from] crate::obligations::mask::MaskError),
     #[error("local CA: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::proxy::tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] crate::approve::ApprovalError),
     #[error("telemetry: {0}")]
@@ -94,7 +96,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // Recording opens before anything is accepted: a call that cannot be recorded is refused.
     let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
-        Some(Recorder::open(cfg.records.recorder(), mask_key.clone())?)
+        Some(Recorder::open(
+            RecorderConfig::from(&cfg.records),
+            mask_key.clone(),
+        )?)
     } else {
         warn!("call recording is off (records.enabled: false)");
         None
@@ -133,7 +138,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     };
     let tracer = match (&cfg.telemetry, &outbound) {
         (Some(t), Some(http)) => {
-            let tracer = crate::trace::CallTracer::start(t, http.clone())
+            let tracer = crate::telemetry::trace::CallTracer::start(t, http.clone())
                 .map_err(|e| DaemonError::Telemetry(e.to_string()))?;
             info!(endpoint = %t.endpoint, "exporting a trace span per call (OTLP/HTTP)");
             Some(Arc::new(tracer))
@@ -144,7 +149,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         }
         (None, _) => None,
     };
-    let limiter = Arc::new(crate::limit::Limiter::open(Some(
+    let limiter = Arc::new(crate::obligations::limit::Limiter::open(Some(
         cfg.state_dir.join("quotas.json"),
     )));
     let interceptor = Arc::new(Interceptor::load(&cfg)?);
@@ -186,6 +191,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
                 .with_namespaces(interceptor.namespaces().clone()),
         ),
         mask_key,
+        inspection: InspectionBudget::new(
+            cfg.http.max_inspected_bytes,
+            cfg.http.max_inspected_per_connection_bytes,
+        ),
     });
     let mut tasks = Vec::new();
     // A closed namespace's kept upstream connections go with it (they would hold it alive).

@@ -7,11 +7,12 @@
 //! canonical form ([`path`]), and every argument the upstream could act on is seen once: a name
 //! given twice with different values (query and body, or twice in the query) is refused.
 pub mod path;
+pub mod surface;
 
 use http::{HeaderMap, Method, Uri, request::Parts};
 use serde_json::{Map, Value as Json};
 
-use crate::policy::Service;
+pub use surface::Surface;
 
 /// How a call is recognised, and how a denial must be worded to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +50,8 @@ impl Kind {
 /// The kind of a request to `service`: the protocol the service declares. A header never
 /// changes how a request is read (`Content-Type: application/grpc` on a REST service is a REST
 /// call to that path).
-pub fn kind_of(service: &Service) -> Kind {
-    use crate::policy::schema::Protocol as P;
+pub fn kind_of(service: &Surface) -> Kind {
+    use crate::call::Protocol as P;
     match service.protocol {
         P::Rest => Kind::Rest,
         P::Jsonrpc => Kind::JsonRpc,
@@ -63,7 +64,7 @@ pub fn kind_of(service: &Service) -> Kind {
 /// Puts a request to `service` into the one form that is both decided and forwarded: its
 /// method as sent (upper case, as every registered method is: `post` is refused, since some
 /// servers upper-case it and others do not), its path canonical.
-pub fn canonicalise(service: &Service, parts: &mut Parts) -> Result<(), ExtractError> {
+pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractError> {
     if parts
         .method
         .as_str()
@@ -177,7 +178,7 @@ impl ExtractError {
 
 pub fn extract(
     kind: Kind,
-    service: &Service,
+    service: &Surface,
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
@@ -247,20 +248,20 @@ pub fn raw(parts: &Parts) -> OneCall {
     )
 }
 
-fn grpc(service: &Service, parts: &Parts) -> OneCall {
+fn grpc(service: &Surface, parts: &Parts) -> OneCall {
     let path = parts.uri.path();
     let function = service
         .function_by_method(path)
-        .map_or_else(|| path.to_string(), |f| f.name.to_string());
+        .map_or_else(|| path.to_string(), |f| f.to_string());
     // Caller metadata is what policy can see of a gRPC call: the message is protobuf.
     // Credentials are not arguments: they would be recorded with the call.
-    let injected = service.credential_header();
+    let injected = service.credential_header.as_deref();
     let mut metadata = Map::new();
     for (name, value) in &parts.headers {
         let n = name.as_str();
         if n.ends_with("-bin")
             || n.starts_with("grpc-")
-            || crate::mask::is_credential_name(n)
+            || crate::obligations::mask::is_credential_name(n)
             || injected.is_some_and(|h| h.eq_ignore_ascii_case(n))
         {
             continue;
@@ -279,7 +280,7 @@ fn grpc(service: &Service, parts: &Parts) -> OneCall {
 /// server reads (Flask's `request.values` takes the query's, `get_json()` the body's) is the
 /// server's choice, and the policy must decide on the value that runs.
 fn rest(
-    service: &Service,
+    service: &Surface,
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
@@ -293,7 +294,7 @@ fn rest(
                 let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
                 args.insert(k, Json::String(v.into_owned()));
             }
-            (f.name.to_string(), args)
+            (f.to_string(), args)
         }
         None => (format!("{} {}", parts.method, path), Map::new()),
     };
@@ -475,7 +476,7 @@ fn parse(body: &[u8]) -> Result<Json, ExtractError> {
     serde_json::from_slice(body).map_err(|e| ExtractError::NotJson(e.to_string()))
 }
 
-fn rpc(kind: Kind, service: &Service, body: &[u8]) -> Result<Extracted, ExtractError> {
+fn rpc(kind: Kind, service: &Surface, body: &[u8]) -> Result<Extracted, ExtractError> {
     let (messages, batch) = match parse(body)? {
         Json::Array(a) if a.is_empty() => return Err(ExtractError::NotRpc("empty batch")),
         Json::Array(a) => (a, true),
@@ -505,7 +506,7 @@ pub const SESSION_METHODS: &[&str] = &[
     "prompts/list",
 ];
 
-fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, ExtractError> {
+fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<OneCall, ExtractError> {
     let Json::Object(obj) = &message else {
         return Err(ExtractError::NotRpc("a batch element is not an object"));
     };
@@ -528,7 +529,7 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
     let lookup = |name: &str| {
         service
             .function_by_method(name)
-            .map_or_else(|| name.to_string(), |f| f.name.to_string())
+            .map_or_else(|| name.to_string(), |f| f.to_string())
     };
     let (function, args, role) = if kind == Kind::Mcp {
         match method {
@@ -572,9 +573,9 @@ fn rpc_call(kind: Kind, service: &Service, message: Json) -> Result<OneCall, Ext
 }
 
 pub fn is_json(headers: &HeaderMap) -> bool {
-    crate::mask::BodyKind::from_content_type(
+    crate::obligations::mask::BodyKind::from_content_type(
         headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
-    ) == crate::mask::BodyKind::Json
+    ) == crate::obligations::mask::BodyKind::Json
 }

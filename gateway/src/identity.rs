@@ -2,8 +2,8 @@
 //! and is resolved once per connection ([`workload`]); a bearer token on a request is
 //! verified against the OIDC providers the policy repository trusts ([`oidc`]). A token that
 //! does not verify leaves the caller unauthenticated with the reason, never half-identified.
-pub mod container;
 pub mod oidc;
+pub mod spec;
 pub mod workload;
 
 use std::{
@@ -15,7 +15,7 @@ use http::HeaderMap;
 
 pub use oidc::{Identity, IdentityConfig, ProviderConfig, TokenError, Verifier};
 
-use crate::policy::Caller;
+use crate::call::Caller;
 
 /// The bearer token a request carries, from the first configured header present. A value
 /// may be `Bearer <token>` or, in a header of its own, the bare token.

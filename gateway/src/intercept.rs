@@ -21,6 +21,7 @@ use std::{
     sync::Mutex,
 };
 
+use crate::util::sync::LockExt;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
@@ -34,10 +35,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{self, Cgroup, CgroupError},
     config::{self, Config},
+    intercept::cgroup::{Cgroup, CgroupError},
 };
 
+pub mod cgroup;
 pub mod netns;
 pub mod netns_watch;
 mod sockdiag;
@@ -255,7 +257,7 @@ impl Interceptor {
         }
         let kernel_cfg = common::Config {
             listen_v4: u32::from_ne_bytes(config::LISTEN_V4.octets()),
-            listen_v6: config::words(u128::from(config::LISTEN_V6)),
+            listen_v6: crate::util::net::words(u128::from(config::LISTEN_V6)),
             listen_port: u32::from(cfg.listen_port),
             gateway_tgid: std::process::id(),
             flags,
@@ -369,7 +371,7 @@ impl Interceptor {
                 }
             }
         }
-        *self.enabled.lock().unwrap_or_else(|p| p.into_inner()) = keep;
+        *self.enabled.locked() = keep;
         self.save()?;
         Ok(report)
     }
@@ -381,7 +383,7 @@ impl Interceptor {
             path: cg.path.clone(),
             id: cg.id,
         };
-        let mut enabled = self.enabled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut enabled = self.enabled.locked();
         if enabled.contains_key(&cg.id) {
             return Ok(Change {
                 cgroup: entry,
@@ -406,7 +408,7 @@ impl Interceptor {
 
     pub fn disable(&self, target: &Target) -> Result<Change, InterceptError> {
         let cg = target.resolve(&self.mount)?;
-        let mut enabled = self.enabled.lock().unwrap_or_else(|p| p.into_inner());
+        let mut enabled = self.enabled.locked();
         let Some(entry) = enabled.remove(&cg.id) else {
             return Err(InterceptError::NotEnabled { path: cg.path });
         };
@@ -516,12 +518,7 @@ impl Interceptor {
     }
 
     pub fn enabled(&self) -> Vec<Enabled> {
-        self.enabled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.enabled.locked().values().cloned().collect()
     }
 
     /// Takes the entry for a connection accepted from `peer`: each is handed out once.
@@ -530,7 +527,7 @@ impl Interceptor {
     pub fn take(&self, peer: SocketAddr, netns: u64, lane: usize) -> Option<Redirect> {
         let key = sock_key(peer, netns);
         let map = self.by_addr.get(lane % self.by_addr.len().max(1))?;
-        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = map.locked();
         let redirect = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(redirect)
@@ -555,7 +552,7 @@ impl Interceptor {
     /// On a clean stop the programs stay attached (connections fail closed until the next
     /// start); only our tgid is withdrawn so that a process reusing it is not exempt.
     pub fn shutdown(&self) {
-        let mut map = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.config_map.locked();
         if let Ok(mut cfg) = map.get(&0, 0) {
             cfg.gateway_tgid = 0;
             let _ = map.set(0, cfg, 0);
@@ -567,7 +564,7 @@ impl Interceptor {
     }
 
     fn listen_port(&self) -> u32 {
-        let map = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.config_map.locked();
         map.get(&0, 0).map(|c| c.listen_port).unwrap_or(0)
     }
 
@@ -594,7 +591,7 @@ impl Interceptor {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cgroup_file = fs::File::open(&cg.path).map_err(io_err(&cg.path))?;
         let suffix = format!("@{}", std::process::id());
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self.ebpf.locked();
         let mut pinned = Vec::new();
         for &name in names {
             let path = dir.join(format!("{name}{suffix}"));
@@ -654,7 +651,7 @@ impl Interceptor {
             path: self.state_file.clone(),
             source: io::Error::other(e),
         })?;
-        crate::fsutil::write_atomic(&self.state_file, &bytes).map_err(io_err(&self.state_file))
+        crate::util::fs::write_atomic(&self.state_file, &bytes).map_err(io_err(&self.state_file))
     }
 }
 
@@ -864,7 +861,7 @@ fn ip_key(ip: IpAddr) -> [u32; 4] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
-    config::words(u128::from(v6))
+    crate::util::net::words(u128::from(v6))
 }
 
 /// A listener port inside the ephemeral range can be handed to a `listen()` on an unbound
@@ -905,7 +902,7 @@ pub fn sock_key(peer: SocketAddr, netns: u64) -> SockKey {
     };
     SockKey {
         netns,
-        addr: config::words(u128::from(addr)),
+        addr: crate::util::net::words(u128::from(addr)),
         port: u32::from(peer.port()),
         _pad: 0,
     }
@@ -913,7 +910,7 @@ pub fn sock_key(peer: SocketAddr, netns: u64) -> SockKey {
 
 /// The original destination of a redirect, as a socket address in the workload's family.
 pub fn original_destination(r: &Redirect) -> SocketAddr {
-    let ip = config::from_words(&r.dst_addr);
+    let ip = crate::util::net::from_words(&r.dst_addr);
     let port = r.dst_port as u16;
     match ip.to_ipv4_mapped() {
         Some(v4) => SocketAddr::from((v4, port)),
@@ -924,11 +921,11 @@ pub fn original_destination(r: &Redirect) -> SocketAddr {
 /// Makes sure `dir`'s parent is on a bpffs, mounting `/sys/fs/bpf` if that is what is missing.
 fn ensure_bpffs(dir: &Path) -> Result<(), InterceptError> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    if crate::fsutil::statfs_type(parent) == Some(BPF_FS_MAGIC) {
+    if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
     let default = Path::new("/sys/fs/bpf");
-    if parent.starts_with(default) && crate::fsutil::statfs_type(default) != Some(BPF_FS_MAGIC) {
+    if parent.starts_with(default) && crate::util::fs::statfs_type(default) != Some(BPF_FS_MAGIC) {
         fs::create_dir_all(default).map_err(io_err(default))?;
         let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
         let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
@@ -950,7 +947,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), InterceptError> {
         }
         info!("mounted bpffs at /sys/fs/bpf");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        if crate::fsutil::statfs_type(parent) == Some(BPF_FS_MAGIC) {
+        if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
             return Ok(());
         }
     }
@@ -1004,7 +1001,7 @@ mod tests {
         };
         r.dst_addr = common::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]));
         assert_eq!(original_destination(&r), "10.1.2.3:443".parse().unwrap());
-        r.dst_addr = config::words(u128::from(Ipv6Addr::LOCALHOST));
+        r.dst_addr = crate::util::net::words(u128::from(Ipv6Addr::LOCALHOST));
         assert_eq!(original_destination(&r), "[::1]:443".parse().unwrap());
     }
 }

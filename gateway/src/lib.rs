@@ -2,37 +2,33 @@
 //!
 //! An eBPF program attached to enabled cgroups redirects their outbound TCP connections into
 //! this gateway, which recovers each connection's original destination and workload, turns its
-//! traffic into calls and decides, forwards, masks and records each one. Modules follow the
-//! pipeline of `DESIGN.md`, one stage each: [`intercept`] (userspace half) → [`accept`] →
-//! [`sniff`] → [`tls`] → [`http`] → [`identity`] → [`extract`] → [`policy`] (decide) →
-//! [`approve`] → [`inject`] → [`forward`] → [`mask`] → [`record`], with [`reply`] for the
-//! gateway's own answers, [`admin`] for the control socket and the HTTP admin listener,
-//! [`metrics`] for Prometheus and [`daemon`] wiring them together.
+//! traffic into calls and decides, forwards, masks and records each one.
+//!
+//! One folder per stage, in the order a call meets them: [`intercept`] (eBPF, cgroups) →
+//! [`proxy`] (accept, sniff, TLS, HTTP, forward; it drives the stages below for each call) →
+//! [`identity`] → [`extract`] → [`policy`] (decide) → [`approve`] → [`obligations`] (inject,
+//! limit, mask) → [`record`], with [`telemetry`] (counters, traces) beside them, [`admin`] (the
+//! control socket, the web page, `/metrics`) above them and [`daemon`] wiring it all together.
+//! [`call`] is the vocabulary every stage shares, [`config`] the daemon's settings and [`util`]
+//! the small helpers none owns.
+//!
+//! Imports go one way, downwards in this list: `daemon`, `admin`, `proxy`, `intercept`,
+//! `record`, `telemetry`, `policy`, `extract`, `approve`, `identity`, `obligations`, `config`,
+//! `call`, `util`. A stage whose spec the policy file carries (masks, limits, credentials,
+//! approvals, identity providers, routes) owns that spec, and policy imports it.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod accept;
 pub mod admin;
 pub mod approve;
-pub mod cgroup;
+pub mod call;
 pub mod config;
 pub mod daemon;
 pub mod extract;
-pub mod forward;
-pub mod fsutil;
-pub mod h1;
-pub mod http;
 pub mod identity;
-pub mod inject;
 pub mod intercept;
-pub mod jsonpath;
-pub mod limit;
-pub mod mask;
-pub mod metrics;
-pub mod outbound;
+pub mod obligations;
 pub mod policy;
+pub mod proxy;
 pub mod record;
-pub mod reply;
-pub mod sniff;
-pub mod stats;
-pub mod tls;
-pub mod trace;
+pub mod telemetry;
+pub mod util;

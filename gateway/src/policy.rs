@@ -15,7 +15,7 @@ pub mod testing;
 use std::path::Path;
 
 pub use compile::{Obligations, PolicyVersion, Service, Snapshot, split_destination};
-pub use eval::{Call, Caller, Decision, TraceLine, Workload};
+pub use eval::{Decision, TraceLine};
 pub use load::{Finding, Loaded, Severity};
 pub use schema::{Action, Mode};
 pub use store::PolicyStore;

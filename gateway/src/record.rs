@@ -17,14 +17,16 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::mask::{MaskKey, MaskRules};
+use crate::config::{Durability, RecordsConfig};
+use crate::obligations::mask::{MaskKey, MaskRules};
+use crate::util::time::now_ms;
 
 /// One call, as recorded. Argument and response values are masked before they get here and
 /// masked again with every built-in detector before they are written.
@@ -185,7 +187,7 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
     match v {
         Value::Object(o) => {
             for (k, x) in o.iter_mut() {
-                if crate::mask::is_credential_name(k) && !x.is_null() {
+                if crate::obligations::mask::is_credential_name(k) && !x.is_null() {
                     *x = Value::String("[MASKED:credential]".into());
                 } else {
                     drop_credentials(x, depth + 1);
@@ -195,14 +197,6 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
         Value::Array(a) => a.iter_mut().for_each(|x| drop_credentials(x, depth + 1)),
         _ => {}
     }
-}
-
-/// Wall-clock time in Unix milliseconds, as records and the log's files store it.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 impl Record {
@@ -224,16 +218,6 @@ impl Record {
 }
 
 /// When a record counts as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// fsync'd within `commit_window` of being submitted (group commit).
-    #[default]
-    Buffered,
-    /// The submitter waits until its record is fsync'd.
-    Strict,
-}
-
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
     pub dir: PathBuf,
@@ -253,6 +237,21 @@ pub struct RecorderConfig {
     pub retain_age: Duration,
     /// Responses longer than this (serialised) are cut in records.
     pub response_cap: usize,
+}
+
+impl From<&RecordsConfig> for RecorderConfig {
+    fn from(cfg: &RecordsConfig) -> Self {
+        let mut c = RecorderConfig::new(&cfg.dir);
+        c.durability = cfg.durability;
+        c.commit_window = cfg.commit_window;
+        c.segment_bytes = cfg.segment_bytes;
+        c.segment_age = cfg.segment_age;
+        c.retain_bytes = cfg.retain_bytes;
+        c.retain_age = cfg.retain_age;
+        c.response_cap = cfg.response_cap;
+        c.backlog_bytes = cfg.backlog_bytes;
+        c
+    }
 }
 
 impl RecorderConfig {

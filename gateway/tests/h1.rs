@@ -12,7 +12,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use callgate::forward::pool::{Http1Slot, ProxyBody, UpstreamBody, Upstreams};
+use callgate::proxy::body::ProxyBody;
+use callgate::proxy::forward::pool::{Http1Slot, UpstreamBody, Upstreams};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::{

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use callgate::{
-    mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
-    policy::schema::MaskSpec,
+    obligations::mask::MaskSpec,
+    obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
 };
 use serde_json::{Value, json};
 
@@ -298,7 +298,7 @@ fn json_field_keys_are_read_exactly() {
         same_at_every_split(&empty, BodyKind::Json, "{\"e\": [1, \"x\"]}"),
         "{\"e\": [\"[MASKED:field]\", \"[MASKED:field]\"]}"
     );
-    let whole = MaskRules::compile(&[callgate::policy::schema::MaskSpec::Field {
+    let whole = MaskRules::compile(&[callgate::obligations::mask::MaskSpec::Field {
         field: "$".into(),
         style: None,
     }]);
@@ -585,7 +585,7 @@ fn worst_case_inputs_cost_linear_work() {
 /// but identity/chunked is encoded, two types or a list of types is ambiguous.
 #[test]
 fn response_heads_that_hide_the_body_are_unmaskable() {
-    use callgate::mask::{Unmaskable, response_body};
+    use callgate::obligations::mask::{Unmaskable, response_body};
     let head = |fields: &[(&str, &str)]| {
         let mut h = http::HeaderMap::new();
         for (k, v) in fields {
@@ -632,8 +632,8 @@ fn response_heads_that_hide_the_body_are_unmaskable() {
 #[test]
 fn answers_that_cannot_be_masked_follow_the_services_choice() {
     use callgate::{
-        mask::{Unmaskable, answer_kind},
-        policy::schema::UnmaskableAnswer::{Pass, Refuse},
+        obligations::mask::UnmaskableAnswer::{Pass, Refuse},
+        obligations::mask::{Unmaskable, answer_kind},
     };
     let head = |fields: &[(&str, &str)]| {
         let mut h = http::HeaderMap::new();

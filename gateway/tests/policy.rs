@@ -5,9 +5,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use callgate::policy::{
-    self, Action, Call, Caller, Finding, PolicyStore, Snapshot, Workload, lint,
-};
+use callgate::call::{Call, Caller, Workload};
+use callgate::policy::{self, Action, Finding, PolicyStore, Snapshot, lint};
 use serde_json::{Value, json};
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -414,7 +413,7 @@ fn container_pod_and_namespace_matchers() {
     );
     let in_pod = Caller {
         workload: Some(Workload {
-            container: callgate::identity::container::Container::of_cgroup(Some(&cgroup)),
+            container: callgate::call::container::Container::of_cgroup(Some(&cgroup)),
             netns: Some(4026532247),
             cgroup: Some(cgroup.clone()),
             ..Workload::default()
@@ -605,8 +604,9 @@ fn rest_routes_prefer_literals_and_extract_parameters() {
     let snap = repo.snap();
     let svc = snap.service("svc").unwrap();
     let route = |m: &str, p: &str| {
-        svc.route(m, p)
-            .map(|(f, params)| (f.name.to_string(), params))
+        svc.surface
+            .route(m, p)
+            .map(|(f, params)| (f.to_string(), params))
     };
     assert_eq!(
         route("GET", "/v1/items/mine"),
@@ -921,9 +921,9 @@ mod never_panics {
                     };
                     let (parts, ()) = req.into_parts();
                     for b in [&body[..], json_ish.as_bytes()] {
-                        let _ = callgate::extract::extract(kind, svc, &parts, Some(b), false);
+                        let _ = callgate::extract::extract(kind, &svc.surface, &parts, Some(b), false);
                     }
-                    let _ = svc.route(method, &path);
+                    let _ = svc.surface.route(method, &path);
                 }
             }
         }

@@ -9,9 +9,10 @@ use std::{
 };
 
 use callgate::{
-    mask::MaskKey,
+    config::Durability,
+    obligations::mask::MaskKey,
     record::{
-        Durability, RawJson, Record, RecordError, Recorder, RecorderConfig,
+        RawJson, Record, RecordError, Recorder, RecorderConfig,
         query::{self, Filter},
         segment,
     },

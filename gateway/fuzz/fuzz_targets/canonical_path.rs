@@ -116,7 +116,7 @@ fuzz_target!(|data: (&str, bool, bool)| {
             let Some(method) = f.route.as_deref().and_then(|r| routes(r, &segments)) else {
                 continue;
             };
-            let decided = svc.route(&method, &c).map(|(g, _)| g.name.to_string());
+            let decided = svc.surface.route(&method, &c).map(|(g, _)| g.to_string());
             let Some(decided) = decided else {
                 panic!(
                     "{path:?} -> {c:?}: a router sends it to {}, the gateway to no function",

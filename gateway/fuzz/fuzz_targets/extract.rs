@@ -40,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
     let (parts, ()) = req.into_parts();
     let snap = snapshot();
     for svc in snap.services_by_name().values() {
-        let kind = extract::kind_of(svc);
-        let _ = svc.route(parts.method.as_str(), parts.uri.path());
-        let _ = extract::extract(kind, svc, &parts, Some(body), false);
-        let _ = extract::extract(kind, svc, &parts, None, true);
+        let kind = extract::kind_of(&svc.surface);
+        let _ = svc.surface.route(parts.method.as_str(), parts.uri.path());
+        let _ = extract::extract(kind, &svc.surface, &parts, Some(body), false);
+        let _ = extract::extract(kind, &svc.surface, &parts, None, true);
     }
 });

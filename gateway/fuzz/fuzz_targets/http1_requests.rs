@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&step, wire)) = data.split_first() else {
         return;
     };
-    let whole = callgate::http::read_http1_requests(wire, wire.len(), 4096);
-    let paced = callgate::http::read_http1_requests(wire, usize::from(step % 16) + 1, 4096);
+    let whole = callgate::proxy::http::read_http1_requests(wire, wire.len(), 4096);
+    let paced = callgate::proxy::http::read_http1_requests(wire, usize::from(step % 16) + 1, 4096);
     assert_eq!(whole, paced, "read whole vs {} bytes at a time", step % 16 + 1);
 });

@@ -7,8 +7,8 @@
 use std::sync::{Arc, OnceLock};
 
 use callgate::{
-    mask::{BodyKind, BodyMasker, Detector, MaskKey, MaskRules},
-    policy::schema::MaskSpec,
+    obligations::mask::{BodyKind, BodyMasker, Detector, MaskKey, MaskRules},
+    obligations::mask::MaskSpec,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let whole = callgate::sniff::classify(data);
+    let whole = callgate::proxy::sniff::classify(data);
     if let Some(cut) = data.len().checked_sub(1)
-        && let Some(early) = callgate::sniff::classify(&data[..cut])
+        && let Some(early) = callgate::proxy::sniff::classify(&data[..cut])
     {
         let whole = whole.expect("a verdict cannot turn back into 'need more'");
         assert_eq!(

@@ -44,7 +44,7 @@ fn check_json(input: &[u8], output: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
     let sse = mode & 1 == 1;
-    let out = callgate::http::filter_tools(body, sse, &may);
+    let out = callgate::proxy::http::filter_tools(body, sse, &may);
     if !sse {
         check_json(body, &out);
         return;

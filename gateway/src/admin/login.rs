@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
@@ -20,8 +21,8 @@ use serde_json::Value as Json;
 use crate::{
     config::LoginConfig,
     identity::oidc::{claim_path, groups_at},
-    jsonpath::JsonPath,
-    outbound::{Outbound, chain},
+    util::jsonpath::JsonPath,
+    util::outbound::{Outbound, chain},
 };
 
 /// How long a browser has between leaving for the provider and coming back.
@@ -152,7 +153,7 @@ impl Login {
             req = req.add_scope(Scope::new(s.clone()));
         }
         let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.locked();
         pending.retain(|_, p| p.started.elapsed() < LOGIN_TTL);
         if pending.len() >= MAX_LOGINS {
             let oldest = pending
@@ -189,8 +190,7 @@ impl Login {
         }
         let p = self
             .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .remove(state)
             .filter(|p| p.started.elapsed() < LOGIN_TTL)
             .ok_or(LoginError::UnknownState)?;

@@ -8,10 +8,11 @@ use std::{
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
-use super::{login::Person, visible::visible as v};
+use super::login::Person;
+use crate::util::visible::visible as v;
 use crate::{
     approve::{Approver, Request, State},
-    record::now_ms,
+    util::time::now_ms,
 };
 
 /// Grant windows offered, up to the rule's maximum.
@@ -178,7 +179,7 @@ pub fn detail(me: &Approver, r: &Request, csrf: &str, flash: Option<&str>) -> St
         );
     }
     let args = serde_json::to_string_pretty(&r.args).unwrap_or_default();
-    let args = super::visible::visible_json(&args);
+    let args = crate::util::visible::visible_json(&args);
     let _ = write!(
         out,
         "</dl><h2>Arguments (masked)</h2><pre id=args>{}</pre>",

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::util::sync::LockExt;
 use bytes::Bytes;
 use cookie::{Cookie, SameSite};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -61,7 +62,7 @@ struct Session {
 
 pub struct WebInputs {
     pub admin: Arc<super::AdminInputs>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     pub login: Option<Login>,
     /// Where browsers reach this listener, without a trailing slash.
     pub public_url: String,
@@ -125,7 +126,7 @@ impl Web {
             (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.ready(),
             (&Method::GET, "/metrics") => {
-                let text = self.inputs.metrics.render(&self.inputs.admin);
+                let text = super::metrics::render(&self.inputs.metrics, &self.inputs.admin);
                 let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -218,7 +219,7 @@ impl Web {
             return Err(Reject::NoLogin);
         }
         let id = cookie(req, SESSION_COOKIE);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = self.sessions.locked();
         if let Some(s) = id.as_deref().and_then(|id| sessions.get(id)) {
             if s.expires > Instant::now() {
                 return Ok((s.person.clone(), s.csrf.clone()));
@@ -300,7 +301,7 @@ impl Web {
                 let id = random_token();
                 let csrf = random_token();
                 {
-                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut sessions = self.sessions.locked();
                     let now = Instant::now();
                     sessions.retain(|_, s| s.expires > now);
                     if sessions.len() >= MAX_SESSIONS {
@@ -355,7 +356,7 @@ impl Web {
             Err(r) => return self.reject(r),
         };
         if let Some(id) = id {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sessions = self.sessions.locked();
             if let Some(s) = sessions.get(&id).filter(|s| s.expires > Instant::now()) {
                 if foreign || !same(&s.csrf, form_value(&form, "csrf")) {
                     drop(sessions);
@@ -437,7 +438,7 @@ impl Web {
         };
         let grant = match form_value(&form, "grant").filter(|g| !g.is_empty()) {
             None => None,
-            Some(g) => match crate::policy::compile::parse_duration(g) {
+            Some(g) => match crate::util::time::parse_duration(g) {
                 Some(d) if approve => Some(d),
                 Some(_) => None,
                 None => return self.error(StatusCode::BAD_REQUEST, "not a grant window"),

@@ -18,29 +18,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::Request;
-use crate::{admin::visible::visible, outbound::Outbound};
+use crate::config::{WebhookConfig, WebhookFormat as Format};
+use crate::{util::outbound::Outbound, util::visible::visible};
 
 /// Announcements queued at most; beyond that new ones are dropped with a warning.
 const QUEUE: usize = 256;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Json,
-    /// `{"text": ...}`, what Slack (and Mattermost, Rocket.Chat…) incoming webhooks take.
-    Slack,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub url: String,
-    pub format: Format,
-    /// Base URL of the approvals page, for links (`<page_url>/approvals/<id>`).
-    pub page_url: Option<String>,
-    /// Deliveries tried per announcement.
-    pub attempts: u32,
-}
 
 pub struct Notifier {
     tx: mpsc::Sender<Json>,

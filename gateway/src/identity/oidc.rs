@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::util::sync::LockExt;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderName;
@@ -26,9 +27,9 @@ use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
 use crate::{
-    jsonpath::JsonPath,
-    outbound::{Outbound, OutboundError, chain},
-    policy::schema,
+    identity::spec,
+    util::jsonpath::JsonPath,
+    util::outbound::{Outbound, OutboundError, chain},
 };
 
 /// Longest token looked at; real ones are a few KiB.
@@ -65,7 +66,7 @@ impl Default for IdentityConfig {
 #[derive(Debug)]
 pub struct ProviderConfig {
     /// As written, to tell on reload whether the provider changed (and its keys must go).
-    pub source: schema::Provider,
+    pub source: spec::Provider,
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
@@ -79,7 +80,7 @@ pub struct ProviderConfig {
 
 impl IdentityConfig {
     /// Checks `identity:`; problems go to `err` with the path of the key at fault.
-    pub fn compile(id: &schema::Identity, err: &mut dyn FnMut(&[&str], String)) -> Self {
+    pub fn compile(id: &spec::Identity, err: &mut dyn FnMut(&[&str], String)) -> Self {
         let mut token_headers = Vec::new();
         for h in &id.token_headers {
             match HeaderName::try_from(h.as_str()) {
@@ -139,7 +140,7 @@ impl IdentityConfig {
 }
 
 impl ProviderConfig {
-    fn compile(p: &schema::Provider, err: &mut dyn FnMut(&str, String)) -> Option<Self> {
+    fn compile(p: &spec::Provider, err: &mut dyn FnMut(&str, String)) -> Option<Self> {
         let mut ok = true;
         let mut fail = |key: &str, msg: String| {
             ok = false;
@@ -148,7 +149,7 @@ impl ProviderConfig {
         if p.name.is_empty() {
             fail("name", "a provider needs a name".into());
         }
-        if let Err(e) = crate::outbound::check_url(&p.issuer) {
+        if let Err(e) = crate::util::outbound::check_url(&p.issuer) {
             fail("issuer", format!("the issuer {e}"));
         }
         if p.audiences.is_empty() {
@@ -333,7 +334,7 @@ impl Verifier {
         if Arc::ptr_eq(&self.active.load().config, cfg) {
             return;
         }
-        let _one = self.configuring.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.configuring.locked();
         let old = self.active.load_full();
         if Arc::ptr_eq(&old.config, cfg) {
             return;
@@ -485,7 +486,7 @@ impl Keys {
 
 impl Issuer {
     fn health(&self) -> Health {
-        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.health.locked();
         Health {
             fetches: h.fetches,
             failures: h.failures,
@@ -521,7 +522,7 @@ impl Issuer {
 
     async fn fetch_locked(&self, st: &mut FetchState, http: &Outbound) -> Result<usize, String> {
         let result = self.fetch_keys(st, http).await;
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.health.locked();
         h.fetches += 1;
         match result {
             Ok(set) => {
@@ -705,7 +706,7 @@ fn check_claims(c: &Json, cfg: &ProviderConfig, now: f64) -> Result<Duration, To
 }
 
 /// A claim name (`groups`) or path (`realm_access.roles`, `$.a.b`) as a JSON path.
-pub fn claim_path(claim: &str) -> Result<JsonPath, crate::jsonpath::PathError> {
+pub fn claim_path(claim: &str) -> Result<JsonPath, crate::util::jsonpath::PathError> {
     if claim.starts_with('$') || !claim.contains('.') {
         JsonPath::parse(claim)
     } else {
@@ -757,7 +758,7 @@ mod tests {
     use super::*;
 
     fn provider(yaml: &str) -> (Option<ProviderConfig>, Vec<String>) {
-        let p: schema::Provider = yaml_serde::from_str(yaml).unwrap();
+        let p: spec::Provider = yaml_serde::from_str(yaml).unwrap();
         let mut errors = Vec::new();
         let c = ProviderConfig::compile(&p, &mut |k, m| errors.push(format!("{k}: {m}")));
         (c, errors)

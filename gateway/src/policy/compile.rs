@@ -16,18 +16,24 @@ use super::{
     git::GitState,
     load::{Finding, Loaded, Source},
     schema::{
-        self, Action, ArgCondition, CallerMatch, HeaderEdits, Inject, MaskSpec, Mode, Protocol,
-        RecordLevel, TcpMode, TlsMode, UidList, WorkloadMatch,
+        self, Action, ArgCondition, CallerMatch, Mode, RecordLevel, TcpMode, TlsMode, UidList,
+        WorkloadMatch,
     },
 };
+use crate::approve::ApprovalSpec;
+use crate::call::Protocol;
+use crate::obligations::inject::{HeaderEdits, Inject};
+use crate::obligations::mask::MaskSpec;
+use crate::util::net::{in_cidr, strip_port};
+use crate::util::time::parse_duration;
 use crate::{
-    extract::path::PathRules, identity::IdentityConfig, jsonpath::JsonPath, mask::MaskRules,
+    extract::{path::PathRules, surface::Surface},
+    identity::IdentityConfig,
+    obligations::mask::MaskRules,
+    util::jsonpath::JsonPath,
 };
 
-/// The maps the data path looks names up in on every call. Keys come only from the policy
-/// files and a call only reads them, so a fast hash (foldhash, randomly seeded) is safe
-/// here; SipHash was a few percent of a small call's CPU.
-type Index<V> = HashMap<String, V, foldhash::fast::RandomState>;
+use crate::util::NameIndex as Index;
 
 /// The policy as the data path uses it. Immutable; a reload builds a new one.
 #[derive(Debug)]
@@ -46,7 +52,7 @@ pub struct Snapshot {
     sni_suffixes: Vec<(String, usize)>,
     pub rule_count: usize,
     /// Named secrets from `callgate.yaml` that `credential:` references resolve through.
-    pub credentials: BTreeMap<String, schema::SecretRef>,
+    pub credentials: BTreeMap<String, crate::obligations::inject::SecretRef>,
     /// The OIDC providers callers' tokens are verified against.
     pub identity: Arc<IdentityConfig>,
     pub(super) default_obligations: Arc<Obligations>,
@@ -64,7 +70,8 @@ pub struct PolicyVersion {
 #[derive(Debug)]
 pub struct Service {
     pub name: Arc<str>,
-    pub protocol: Protocol,
+    /// What the extract stage reads: protocol, path options, functions by method, routes.
+    pub surface: Surface,
     pub tls: TlsMode,
     pub tcp: TcpMode,
     /// Extra CA bundle for the upstream (absolute path), when TLS is intercepted.
@@ -72,12 +79,8 @@ pub struct Service {
     /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
     /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
     pub names: Vec<String>,
-    /// Which path spellings the service lets through (see [`crate::extract::path`]).
-    pub paths: PathRules,
     pub functions: Vec<Function>,
     fn_by_name: Index<usize>,
-    fn_by_method: Index<usize>,
-    routes: Vec<Route>,
     pub rules: Vec<Rule>,
     /// For function i, the indices of the rules that apply to it, in order.
     rules_for: Vec<Box<[u32]>>,
@@ -91,19 +94,6 @@ pub struct Function {
     pub name: Arc<str>,
     pub method: Option<String>,
     pub route: Option<String>,
-}
-
-#[derive(Debug)]
-struct Route {
-    method: String,
-    segs: Vec<RouteSeg>,
-    function: usize,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RouteSeg {
-    Lit(String),
-    Param(String),
 }
 
 #[derive(Debug)]
@@ -176,7 +166,7 @@ impl WorkloadCond {
     /// a unit).
     pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
         use crate::identity::workload::systemd_owned_depth;
-        // Container, pod and namespace are the runtime's (see identity::container), not
+        // Container, pod and namespace are the runtime's (see call::container), not
         // the process's.
         if !self.uids.is_empty()
             || !self.users.is_empty()
@@ -276,43 +266,10 @@ pub struct Obligations {
     pub inject: Option<Inject>,
     pub headers: HeaderEdits,
     pub approval: Option<ApprovalSpec>,
-    pub limit: Option<Arc<crate::limit::LimitSpec>>,
-    pub quota: Option<Arc<crate::limit::QuotaSpec>>,
+    pub limit: Option<Arc<crate::obligations::limit::LimitSpec>>,
+    pub quota: Option<Arc<crate::obligations::limit::QuotaSpec>>,
     /// What to do with an answer `masks` cannot be applied to.
-    pub unmaskable: super::schema::UnmaskableAnswer,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ApprovalSpec {
-    pub groups: Vec<String>,
-    pub subjects: Vec<String>,
-    pub timeout: Duration,
-    /// The longest window an approver may grant (none: approve once only).
-    pub grant: Option<Duration>,
-    /// Grants cover only calls with the same arguments.
-    pub grant_same_args: bool,
-}
-
-/// `10m`, `30s`, `2h`, `1d`, or a combination like `1h30m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-        } else {
-            let n: u64 = num.parse().ok()?;
-            num.clear();
-            total += n * match c {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => return None,
-            };
-        }
-    }
-    (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
+    pub unmaskable: crate::obligations::mask::UnmaskableAnswer,
 }
 
 /// A secret source: exactly one place; an `oauth2` one with a usable token endpoint and a
@@ -320,7 +277,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 fn check_secret(
     src: &super::load::Source,
     path: &[&str],
-    r: &schema::SecretRef,
+    r: &crate::obligations::inject::SecretRef,
     errors: &mut Vec<Finding>,
 ) {
     if r.count() != 1 {
@@ -332,7 +289,7 @@ fn check_secret(
     let Some(o) = &r.oauth2 else { return };
     let mut at = path.to_vec();
     at.push("oauth2");
-    if let Err(e) = crate::outbound::check_url(&o.token_url) {
+    if let Err(e) = crate::util::outbound::check_url(&o.token_url) {
         errors.push(src.error(&at, format!("token_url {e}")));
     }
     if o.client_id.is_empty() {
@@ -500,7 +457,7 @@ pub(crate) enum HostSpec {
 pub(crate) fn parse_host(s: &str) -> Result<HostSpec, String> {
     let s = s.trim().to_ascii_lowercase();
     if s.contains('/') {
-        let rule = crate::config::parse_rule(&s)?;
+        let rule = crate::util::net::parse_net_ports(&s)?;
         let port = (rule.ports.0 == rule.ports.1).then_some(rule.ports.0);
         if rule.ports != (0, u16::MAX) && port.is_none() {
             return Err("port ranges are not supported here; list the ports".into());
@@ -558,51 +515,37 @@ fn compile_service(
     }
     let mut functions = Vec::new();
     let mut fn_by_name = Index::default();
-    let mut fn_by_method = Index::default();
-    let mut routes = Vec::new();
+    let mut surface = Surface::new(
+        file.protocol,
+        PathRules {
+            encoded_slashes: file.paths.encoded_slashes,
+            semicolons: file.paths.semicolons
+                || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
+        },
+        file.credentials.as_ref().map(|c| c.inject.header.clone()),
+    );
     for (name, def) in &file.functions {
         let idx = functions.len();
         let at = ["functions", name.as_str()];
         fn_by_name.insert(name.clone(), idx);
-        match (file.protocol, &def.route) {
-            (Protocol::Rest | Protocol::Http, Some(route)) => match parse_route(route) {
-                Ok((method, segs)) => {
-                    if let Some(other) = routes
-                        .iter()
-                        .find(|r: &&Route| r.method == method && r.segs == segs)
-                    {
-                        let other_name = &functions
-                            .get(other.function)
-                            .map(|f: &Function| f.name.to_string())
-                            .unwrap_or_default();
-                        errors.push(src.error(
-                            &[&at[..], &["route"]].concat(),
-                            format!("route {route:?} is also function {other_name}'s"),
-                        ));
-                    }
-                    routes.push(Route {
-                        method,
-                        segs,
-                        function: idx,
-                    });
-                }
-                Err(reason) => errors.push(src.error(
-                    &[&at[..], &["route"]].concat(),
-                    format!("route {route:?}: {reason}"),
-                )),
-            },
-            (Protocol::Rest, None) => errors.push(src.error(
-                &at,
-                "a REST function needs a route, e.g. `route: \"POST /v1/items/{id}\"`",
-            )),
+        let route = match (file.protocol, &def.route) {
+            (Protocol::Rest | Protocol::Http, Some(route)) => Some(route.as_str()),
+            (Protocol::Rest, None) => {
+                errors.push(src.error(
+                    &at,
+                    "a REST function needs a route, e.g. `route: \"POST /v1/items/{id}\"`",
+                ));
+                None
+            }
             (Protocol::Jsonrpc | Protocol::Mcp | Protocol::Grpc, Some(_)) => {
                 errors.push(src.error(
                     &[&at[..], &["route"]].concat(),
                     "routes are for REST; use `method:` (or nothing: the function's name)",
-                ))
+                ));
+                None
             }
-            _ => {}
-        }
+            _ => None,
+        };
         let method = def.method.clone().unwrap_or_else(|| name.clone());
         if file.protocol == Protocol::Grpc
             && !(method.starts_with('/') && method[1..].contains('/'))
@@ -612,22 +555,18 @@ fn compile_service(
                 format!("gRPC method {method:?} must look like /package.Service/Method"),
             ));
         }
-        fn_by_method.insert(method.clone(), idx);
+        if let Err(e) = surface.add(name, &method, route) {
+            errors.push(src.error(
+                &[&at[..], &["route"]].concat(),
+                format!("route {:?}: {e}", route.unwrap_or_default()),
+            ));
+        }
         functions.push(Function {
             name: name.as_str().into(),
             method: Some(method),
             route: def.route.clone(),
         });
     }
-    // More specific routes first: literal segments beat parameters.
-    routes.sort_by_key(|r| {
-        std::cmp::Reverse(
-            r.segs
-                .iter()
-                .filter(|s| matches!(s, RouteSeg::Lit(_)))
-                .count(),
-        )
-    });
 
     check_masks(src, &["response", "mask"], &file.response.mask, &mut errors);
     let inject = match &file.credentials {
@@ -805,13 +744,13 @@ fn compile_service(
             ));
         }
         let limit = def.limit.as_ref().and_then(|l| {
-            crate::limit::LimitSpec::compile(&def.name, l)
+            crate::obligations::limit::LimitSpec::compile(&def.name, l)
                 .map_err(|e| errors.push(err(&["limit"], e)))
                 .ok()
                 .map(Arc::new)
         });
         let quota = def.quota.as_ref().and_then(|q| {
-            crate::limit::QuotaSpec::compile(&def.name, q)
+            crate::obligations::limit::QuotaSpec::compile(&def.name, q)
                 .map_err(|e| errors.push(err(&["quota"], e)))
                 .ok()
                 .map(Arc::new)
@@ -891,7 +830,7 @@ fn compile_service(
     if errors.is_empty() {
         Ok(Service {
             name: file.service.as_str().into(),
-            protocol: file.protocol,
+            surface,
             tls: file.matcher.tls,
             tcp: file.tcp,
             upstream_ca: file
@@ -900,15 +839,8 @@ fn compile_service(
                 .as_ref()
                 .map(|p| loaded.root.join(p)),
             names: service_names(&file.matcher),
-            paths: PathRules {
-                encoded_slashes: file.paths.encoded_slashes,
-                semicolons: file.paths.semicolons
-                    || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
-            },
             functions,
             fn_by_name,
-            fn_by_method,
-            routes,
             rules,
             rules_for,
             rules_wildcard,
@@ -1087,43 +1019,6 @@ fn compile_arg(name: &str, c: &ArgCondition) -> Result<ArgCond, String> {
     Ok(ArgCond { path, ops })
 }
 
-/// `METHOD /a/{b}/c` → method and segments.
-fn parse_route(route: &str) -> Result<(String, Vec<RouteSeg>), String> {
-    let (method, path) = route
-        .trim()
-        .split_once(' ')
-        .ok_or("expected `METHOD /path`")?;
-    let method = method.trim().to_ascii_uppercase();
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!("{method:?} is not an HTTP method"));
-    }
-    let path = path.trim();
-    if !path.starts_with('/') {
-        return Err("the path must start with /".into());
-    }
-    let mut seen = HashSet::new();
-    let mut segs = Vec::new();
-    for seg in path.split('/').skip(1) {
-        if let Some(inner) = seg
-            .strip_prefix('{')
-            .and_then(|s| s.strip_suffix('}'))
-            .filter(|s| !s.contains(['{', '}']))
-        {
-            if inner.is_empty() || !seen.insert(inner.to_string()) {
-                return Err(format!("parameter {{{inner}}} is empty or repeated"));
-            }
-            segs.push(RouteSeg::Param(inner.to_string()));
-        } else if seg.contains(['{', '}']) {
-            return Err(format!(
-                "segment {seg:?}: a parameter must be a whole segment"
-            ));
-        } else {
-            segs.push(RouteSeg::Lit(seg.to_string()));
-        }
-    }
-    Ok((method, segs))
-}
-
 // === lookups used by the data path ===
 
 impl Snapshot {
@@ -1174,88 +1069,9 @@ impl Snapshot {
     }
 }
 
-/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 address is left alone.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    let (ip, net, prefix) = match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (
-            u128::from(a.to_ipv6_mapped()),
-            u128::from(n.to_ipv6_mapped()),
-            prefix as u32 + 96,
-        ),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), prefix as u32),
-        (IpAddr::V6(a), IpAddr::V4(n)) => match a.to_ipv4_mapped() {
-            Some(a) => (
-                u128::from(a.to_ipv6_mapped()),
-                u128::from(n.to_ipv6_mapped()),
-                prefix as u32 + 96,
-            ),
-            None => return false,
-        },
-        (IpAddr::V4(_), IpAddr::V6(_)) => return false,
-    };
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix)
-    };
-    ip & mask == net & mask
-}
-
 impl Service {
-    /// The header the service's credential injection sets, if it injects one.
-    pub fn credential_header(&self) -> Option<&str> {
-        self.base.inject.as_ref().map(|i| i.header.as_str())
-    }
-
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.fn_by_name.get(name).map(|&i| &self.functions[i])
-    }
-
-    /// The function a JSON-RPC method, MCP tool or gRPC path names.
-    pub fn function_by_method(&self, method: &str) -> Option<&Function> {
-        self.fn_by_method.get(method).map(|&i| &self.functions[i])
-    }
-
-    /// The function a REST request calls, with its path parameters.
-    pub fn route(&self, method: &str, path: &str) -> Option<(&Function, Vec<(String, String)>)> {
-        let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
-        'routes: for r in &self.routes {
-            if !r.method.eq_ignore_ascii_case(method) {
-                continue;
-            }
-            let mut params = Vec::new();
-            let mut segs = segments(path).skip(1);
-            for want in &r.segs {
-                let Some(got) = segs.next() else {
-                    continue 'routes;
-                };
-                match want {
-                    // Literals match in any case: Express and ASP.NET route that way.
-                    RouteSeg::Lit(l) if l.eq_ignore_ascii_case(got) => {}
-                    RouteSeg::Lit(_) => continue 'routes,
-                    RouteSeg::Param(_) if got.is_empty() => continue 'routes,
-                    RouteSeg::Param(name) => params.push((name.clone(), got.to_string())),
-                }
-            }
-            // One trailing `/` is the same route: many servers redirect or route it there.
-            let rest = segs.next();
-            if rest.is_none() || (rest == Some("") && segs.next().is_none()) {
-                return Some((&self.functions[r.function], params));
-            }
-        }
-        None
     }
 
     /// Whether `host` (a Host header, `:authority` or SNI, port allowed) may name this service
@@ -1294,90 +1110,6 @@ impl Service {
         match self.fn_by_name.get(function) {
             Some(&i) => &self.rules_for[i],
             None => &self.rules_wildcard,
-        }
-    }
-}
-
-/// `path.split('/')`, by `memchr`: a route is matched for every call, and the generic char
-/// searcher was most of that.
-fn segments(path: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(path);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match memchr::memchr(b'/', r.as_bytes()) {
-            Some(at) => {
-                rest = Some(&r[at + 1..]);
-                Some(&r[..at])
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("45"), None);
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("5x"), None);
-    }
-
-    #[test]
-    fn routes() {
-        assert!(parse_route("POST /v1/p/{id}/refund").is_ok());
-        assert!(parse_route("POST v1").is_err());
-        assert!(parse_route("POST /a/{x}{y}").is_err());
-        assert!(parse_route("POST /a/{x}/{x}").is_err());
-        assert!(parse_route("/a").is_err());
-    }
-
-    #[test]
-    fn cidrs() {
-        assert!(in_cidr(
-            "10.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(!in_cidr(
-            "11.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(in_cidr(
-            "::ffff:10.1.2.3".parse().unwrap(),
-            "10.0.0.0".parse().unwrap(),
-            8
-        ));
-        assert!(in_cidr(
-            "2001:db8::1".parse().unwrap(),
-            "2001:db8::".parse().unwrap(),
-            32
-        ));
-    }
-
-    #[test]
-    fn segments_split_as_str_split_does() {
-        for path in [
-            "",
-            "/",
-            "//",
-            "/v1/items/42",
-            "v1/x/",
-            "/a//b/",
-            "/é/ü",
-            "*",
-        ] {
-            let ours: Vec<&str> = segments(path).collect();
-            let std: Vec<&str> = path.split('/').collect();
-            assert_eq!(ours, std, "{path:?}");
         }
     }
 }

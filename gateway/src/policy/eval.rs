@@ -3,8 +3,10 @@
 //! unless a rule has a CEL `when:`) and `explain`, which also says why each rule did not match.
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value as Json;
+
+use crate::call::{Call, Caller, Workload};
 
 use super::{
     compile::{
@@ -12,76 +14,6 @@ use super::{
     },
     schema::{Action, Mode},
 };
-
-/// A call as the extract stage produces it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Call {
-    pub function: String,
-    #[serde(default)]
-    pub args: Json,
-    /// Some of what the upstream may read arguments from could not be read (a multipart or
-    /// binary body): every condition on the arguments is then unknown.
-    #[serde(default)]
-    pub partial: bool,
-}
-
-/// Who is calling: the token's identity (if any) and the workload.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Caller {
-    #[serde(default)]
-    pub subject: Option<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub claims: Json,
-    /// A token was presented and verified.
-    #[serde(default)]
-    pub authenticated: bool,
-    /// Why a presented token was not accepted (`invalid_token: expired`).
-    #[serde(default)]
-    pub token_error: Option<String>,
-    /// The provider (its name in `callgate.yaml`) that vouched for the token.
-    #[serde(default)]
-    pub provider: Option<String>,
-    #[serde(default)]
-    pub workload: Option<Workload>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Workload {
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub uid: Option<u32>,
-    #[serde(default)]
-    pub gid: Option<u32>,
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The systemd unit that owns the cgroup, derived as systemd does: never a name below a
-    /// delegation boundary.
-    #[serde(default)]
-    pub unit: Option<String>,
-    /// Under `user@UID.service`: the user manager's unit. The user names it.
-    #[serde(default)]
-    pub user_unit: Option<String>,
-    /// The UID of the user manager that runs `user_unit`.
-    #[serde(default)]
-    pub user_unit_uid: Option<u32>,
-    /// cgroup path relative to the cgroup mount.
-    #[serde(default)]
-    pub cgroup: Option<String>,
-    #[serde(default)]
-    pub comm: Option<String>,
-    /// The executable, when the process was still alive at connect time.
-    #[serde(default)]
-    pub exe: Option<String>,
-    /// The container (and pod) its cgroup belongs to.
-    #[serde(default)]
-    pub container: Option<crate::identity::container::Container>,
-    /// The inode of its network namespace.
-    #[serde(default)]
-    pub netns: Option<u64>,
-}
 
 /// The outcome, with everything later stages and the record need.
 #[derive(Debug, Clone, Serialize)]
@@ -385,7 +317,7 @@ fn caller_matches<'r>(c: &'r CallerCond, caller: &Caller) -> Result<(), Miss<'r>
     Ok(())
 }
 
-fn path_text(p: &crate::jsonpath::JsonPath) -> &str {
+fn path_text(p: &crate::util::jsonpath::JsonPath) -> &str {
     // JsonPath keeps its source text; Display would allocate.
     p.as_str()
 }

@@ -3,10 +3,11 @@
 //! services, allow rules open to any caller, rules that know the workload only by names the
 //! workload chooses itself.
 use super::{
-    compile::{HostSpec, Snapshot, in_cidr, parse_host},
+    compile::{HostSpec, Snapshot, parse_host},
     load::{Finding, Loaded, Severity},
     schema::Action,
 };
+use crate::util::net::in_cidr;
 
 /// Findings for a repository that compiled; sorted by file and line.
 pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {

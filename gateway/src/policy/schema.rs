@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::call::Protocol;
+use crate::identity::spec::Identity;
+use crate::obligations::inject::{HeaderEdits, Inject, SecretRef};
+use crate::obligations::limit::{LimitDef, QuotaDef};
+use crate::obligations::mask::{MaskSpec, UnmaskableAnswer};
+
 /// `callgate.yaml`: repository-wide defaults.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -59,119 +65,6 @@ pub enum Mode {
     DryRun,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Identity {
-    #[serde(default)]
-    pub providers: Vec<Provider>,
-    /// The provider whose groups, subjects and claims a rule means when it names none.
-    /// Needed when there is more than one provider (with one, it is that one).
-    #[serde(default)]
-    pub default_provider: Option<String>,
-    /// Request headers a bearer token is read from, first present wins. A value may be
-    /// `Bearer <token>` or the bare token.
-    #[serde(default = "token_headers")]
-    pub token_headers: Vec<String>,
-}
-
-impl Default for Identity {
-    fn default() -> Self {
-        Self {
-            providers: Vec::new(),
-            default_provider: None,
-            token_headers: token_headers(),
-        }
-    }
-}
-
-fn token_headers() -> Vec<String> {
-    vec!["authorization".into()]
-}
-
-/// An OIDC issuer whose bearer tokens identify callers.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Provider {
-    pub name: String,
-    pub issuer: String,
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// JSON path of the groups claim, e.g. `groups` or `realm_access.roles`.
-    #[serde(default = "groups_claim")]
-    pub groups_claim: String,
-    /// Accepted signature algorithms (asymmetric only); default RS256, ES256 and EdDSA.
-    #[serde(default)]
-    pub algorithms: Vec<String>,
-    /// Leeway for `exp`, `nbf` and `iat` (default 60).
-    #[serde(default)]
-    pub clock_skew_s: Option<u64>,
-    /// How often the signing keys are fetched again (default 300).
-    #[serde(default)]
-    pub jwks_refresh_s: Option<u64>,
-    /// How long fetched keys stay usable while the provider cannot be reached (default
-    /// 86400); after that, tokens from it are not accepted.
-    #[serde(default)]
-    pub jwks_max_age_s: Option<u64>,
-    /// Least time between two fetches caused by a token naming an unknown key (default 30),
-    /// so that a flood of bad tokens cannot hammer the provider.
-    #[serde(default)]
-    pub unknown_key_refresh_s: Option<u64>,
-}
-
-fn groups_claim() -> String {
-    "groups".into()
-}
-
-/// Where a secret is read from: exactly one of the keys. The secret itself never appears in
-/// the policy repository.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// A systemd credential (`$CREDENTIALS_DIRECTORY/<name>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub systemd: Option<String>,
-    /// A name from `callgate.yaml`'s `credentials` (services only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-    /// An access token the gateway gets for itself from an OAuth2 token endpoint (client
-    /// credentials grant), kept until shortly before it expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth2: Option<Box<OAuth2Source>>,
-}
-
-impl SecretRef {
-    pub fn count(&self) -> usize {
-        [&self.env, &self.file, &self.systemd, &self.credential]
-            .iter()
-            .filter(|v| v.is_some())
-            .count()
-            + usize::from(self.oauth2.is_some())
-    }
-}
-
-/// `oauth2:` — where and as whom the gateway gets an upstream's access token.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(deny_unknown_fields)]
-pub struct OAuth2Source {
-    /// The token endpoint (https; http only on loopback).
-    pub token_url: String,
-    pub client_id: String,
-    /// Where the client secret lives: env, file or systemd.
-    pub client_secret: SecretRef,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scopes: Vec<String>,
-    /// RFC 8707 resource indicator, for providers that pick the audience from it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
-    /// `audience` parameter, as some providers (Auth0, Okta) want it instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-}
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Masking {
@@ -180,18 +73,6 @@ pub struct Masking {
     /// What a service that masks does with an answer it cannot mask, unless it says.
     #[serde(default)]
     pub unmaskable: UnmaskableAnswer,
-}
-
-/// An answer a service's masks cannot be applied to: a body that is not text (binary,
-/// `multipart/*`, gRPC messages, a type the gateway does not know) or one that is compressed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnmaskableAnswer {
-    /// 502 `unmaskable_response`: nothing unmasked gets out (the default).
-    #[default]
-    Refuse,
-    /// Passed as it is, unmasked (headers and trailers are still masked).
-    Pass,
 }
 
 /// `services/<name>.yaml`: one service.
@@ -264,17 +145,6 @@ pub enum TlsMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Rest,
-    Jsonrpc,
-    Mcp,
-    Grpc,
-    #[default]
-    Http,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
 pub enum TcpMode {
     #[default]
     Deny,
@@ -329,29 +199,6 @@ pub struct RuleDef {
     pub inject: Option<bool>,
     #[serde(default)]
     pub headers: Option<HeaderEdits>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitDef {
-    /// What a bucket is kept per: `caller.subject`, `caller.groups`, `workload.unit`,
-    /// `workload.uid`, `workload.user`, `workload.cgroup`, `service`, `function`, `args.NAME`.
-    #[serde(default)]
-    pub per: Vec<String>,
-    /// `10/m`, `5/s`, `100/h`, `1000/d`, or `3/10s`.
-    pub rate: String,
-    /// Calls allowed at once after a quiet spell (default: the rate's count).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaDef {
-    #[serde(default)]
-    pub per: Vec<String>,
-    /// `1000/d`, `50/h`: calls per window.
-    pub calls: String,
 }
 
 fn any_function() -> OneOrMany {
@@ -543,30 +390,6 @@ pub struct Approvers {
     pub subjects: Vec<String>,
 }
 
-/// A masking obligation: a built-in detector by name, a JSON field path, or a custom regex.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum MaskSpec {
-    Detector(String),
-    /// A detector with a replacement style other than its default.
-    Styled {
-        detector: String,
-        style: crate::mask::Style,
-    },
-    Field {
-        field: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        style: Option<crate::mask::Style>,
-    },
-    Regex {
-        regex: String,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        style: Option<crate::mask::Style>,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordLevel {
@@ -592,36 +415,6 @@ pub struct Response {
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub inject: Inject,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Inject {
-    pub header: String,
-    pub from: SecretRef,
-    /// `{}` is replaced by the secret.
-    #[serde(default = "plain_format")]
-    pub format: String,
-    /// Remove a caller-supplied value of the header first (default true).
-    #[serde(default = "yes")]
-    pub strip_caller_value: bool,
-}
-
-fn plain_format() -> String {
-    "{}".into()
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderEdits {
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
 }
 
 /// `tests/<name>.yaml`: test cases for `callgate policy test`.

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::util::sync::LockExt;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -55,10 +56,7 @@ impl PolicyStore {
     /// for state that lives beside the policy (e.g. identity providers' keys).
     pub fn on_change(&self, f: impl Fn(&Arc<Snapshot>) + Send + Sync + 'static) {
         f(&self.snapshot());
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(f));
+        self.listeners.locked().push(Box::new(f));
     }
 
     /// The snapshot to decide with; cheap, lock-free.
@@ -71,12 +69,7 @@ impl PolicyStore {
             Ok((_, snap)) => {
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
-                for f in self
-                    .listeners
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                {
+                for f in self.listeners.locked().iter() {
                     f(&snap);
                 }
                 self.record_success();
@@ -90,7 +83,7 @@ impl PolicyStore {
                 Ok(())
             }
             Err(findings) => {
-                let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = self.status.locked();
                 st.failed_reloads += 1;
                 st.last_error = Some(findings.iter().map(ToString::to_string).collect());
                 for f in &findings {
@@ -103,7 +96,7 @@ impl PolicyStore {
 
     fn record_success(&self) {
         let snap = self.snapshot();
-        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.status.locked();
         *st = ReloadStatus {
             dir: self.dir.display().to_string(),
             commit: snap.version.commit.clone(),
@@ -122,10 +115,7 @@ impl PolicyStore {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.status.locked().clone()
     }
 
     /// Reloads when files under the directory change (debounced), until the store is dropped.

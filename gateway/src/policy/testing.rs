@@ -4,9 +4,11 @@ use std::{path::PathBuf, time::Instant};
 
 use serde_json::{Map, Value as Json};
 
+use crate::call::{Call, Caller, Workload};
+
 use super::{
     compile::Snapshot,
-    eval::{Call, Caller, Decision, Workload},
+    eval::Decision,
     load::Loaded,
     schema::{Action, Expect, TestCase},
 };
@@ -71,7 +73,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             cgroup: w.cgroup.clone(),
             comm: w.comm.clone(),
             container: (w.container.is_some() || w.pod.is_some()).then(|| {
-                crate::identity::container::Container {
+                crate::call::container::Container {
                     runtime: None,
                     id: w.container.clone(),
                     pod: w.pod.clone(),
@@ -123,7 +125,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let Some(service) = snap.service_for(&host, port, None) else {
                 return check(&case.expect, &snap.decide_unknown_destination(), "");
             };
-            let (function, args) = match service.route(&req.method, &req.path) {
+            let (function, args) = match service.surface.route(&req.method, &req.path) {
                 Some((f, params)) => {
                     let mut args = match &req.body {
                         Json::Object(m) => m.clone(),
@@ -132,7 +134,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     for (k, v) in params {
                         args.insert(k, Json::String(v));
                     }
-                    (f.name.to_string(), Json::Object(args))
+                    (f.to_string(), Json::Object(args))
                 }
                 // No route: the call is the raw HTTP request, decided by `*` rules or the default.
                 None => (
@@ -170,14 +172,14 @@ fn check_limit(
     if ob.limit.is_none() && ob.quota.is_none() {
         return Err("expected a limit, but the deciding rule has no `limit:` or `quota:`".into());
     }
-    let limiter = crate::limit::Limiter::open(None);
-    let subject = crate::limit::Subject {
+    let limiter = crate::obligations::limit::Limiter::open(None);
+    let subject = crate::obligations::limit::Subject {
         caller,
         service,
         function,
         args,
     };
-    let (now, unix) = (Instant::now(), crate::record::now_ms() / 1000);
+    let (now, unix) = (Instant::now(), crate::util::time::now_ms() / 1000);
     for i in 0..=n {
         let r = limiter.check_at(
             ob.limit.as_deref(),

@@ -6,6 +6,7 @@
 //! if it fails (ENOSPC, EIO) the file is cut back to its last durable length and the group is
 //! written again once the disk recovers, so a failure never leaves a hole or a torn frame in
 //! the chain.
+use crate::util::time::now_ms;
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek, SeekFrom, Write},
@@ -18,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tracing::{error, info, warn};
 
 use super::{
-    Entry, RecordError, RecorderConfig, Shared, now_ms,
+    Entry, RecordError, RecorderConfig, Shared,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
 };
 
@@ -358,7 +359,7 @@ impl Writer {
             time_ms: now_ms(),
         };
         let text = serde_json::to_vec(&cp).unwrap_or_default();
-        match crate::fsutil::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
+        match crate::util::fs::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
             Ok(()) => {
                 self.checkpointed_seq = seq;
                 self.last_checkpoint = Instant::now();
@@ -393,7 +394,7 @@ fn new_segment(
     let result = segment::compress_frame(z, &header.encode(), &mut packed)
         .and_then(|()| f.write_all(&packed))
         .and_then(|()| f.sync_all())
-        .and_then(|()| crate::fsutil::sync_dir(dir));
+        .and_then(|()| crate::util::fs::sync_dir(dir));
     if let Err(e) = result {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -566,7 +567,7 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             hash: segment::hex(&header.prev_hash),
             time_ms: now_ms(),
         };
-        crate::fsutil::write_atomic(
+        crate::util::fs::write_atomic(
             &cfg.dir.join(ANCHOR_FILE),
             &serde_json::to_vec(&anchor).unwrap_or_default(),
         )?;

@@ -1,0 +1,305 @@
+//! `/metrics` on the admin listener: the data path's own counters
+//! ([`crate::telemetry::metrics`]) and everything else the gateway already keeps (connection
+//! counters, the recorder, the policy, the OIDC keys, the eBPF programs' counters), read at
+//! scrape time so that there is one source for each number.
+use std::{borrow::Cow, fmt};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::AdminInputs;
+use crate::telemetry::metrics::Metrics;
+
+/// The text exposition of everything: the data path's metrics and the gateway's state now.
+pub fn render(metrics: &Metrics, admin: &AdminInputs) -> String {
+    let mut reg = Registry::with_prefix("callgate");
+    metrics.register(&mut reg);
+    reg.register_collector(Box::new(State::of(admin)));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+        tracing::warn!(error = %e, "could not encode metrics");
+    }
+    out
+}
+
+/// The gateway's state at scrape time.
+#[derive(Debug)]
+struct State {
+    counters: crate::telemetry::stats::Counters,
+    kernel: Vec<(String, u64)>,
+    enabled: usize,
+    policy: Option<crate::policy::store::ReloadStatus>,
+    records: Option<crate::record::RecorderStatus>,
+    identity: Vec<crate::identity::oidc::ProviderStatus>,
+    approvals: Option<crate::approve::ApprovalsStatus>,
+}
+
+impl State {
+    fn of(a: &AdminInputs) -> Self {
+        Self {
+            counters: a.stats.snapshot(),
+            kernel: a
+                .interceptor
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            enabled: a.interceptor.enabled().len(),
+            policy: a.policy.as_ref().map(|p| p.status()),
+            records: a.recorder.as_ref().map(|r| r.status()),
+            identity: a.verifier.as_ref().map(|v| v.status()).unwrap_or_default(),
+            approvals: a.approvals.as_ref().map(|a| a.status()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One metric with a `name` label per entry.
+fn by_name(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counter: bool,
+    values: &[(Cow<'_, str>, i64)],
+) -> fmt::Result {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let kind = if counter {
+        ConstCounter::new(0u64).metric_type()
+    } else {
+        ConstGauge::new(0i64).metric_type()
+    };
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (label, v) in values {
+        let labels = NameLabel {
+            name: label.to_string(),
+        };
+        let f = m.encode_family(&labels)?;
+        if counter {
+            ConstCounter::new(u64::try_from(*v).unwrap_or(0)).encode(f)?;
+        } else {
+            ConstGauge::new(*v).encode(f)?;
+        }
+    }
+    Ok(())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for State {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let c = &self.counters;
+        counter(
+            &mut e,
+            "connections_accepted",
+            "Intercepted connections accepted",
+            c.accepted,
+        )?;
+        counter(
+            &mut e,
+            "connections_forwarded",
+            "Connections forwarded upstream",
+            c.forwarded,
+        )?;
+        gauge(
+            &mut e,
+            "connections_active",
+            "Connections open now",
+            int(c.active),
+        )?;
+        counter(
+            &mut e,
+            "upstream_errors",
+            "Upstream connections that failed",
+            c.upstream_errors,
+        )?;
+        counter(
+            &mut e,
+            "connections_refused_no_entry",
+            "Redirected connections with no original destination on record",
+            c.refused_no_entry,
+        )?;
+        counter(
+            &mut e,
+            "connections_refused_loop",
+            "Connections refused because they would loop back into the gateway",
+            c.refused_loop,
+        )?;
+        counter(
+            &mut e,
+            "refused_recording",
+            "Calls refused because they could not be recorded",
+            c.refused_recording,
+        )?;
+        counter(
+            &mut e,
+            "record_errors",
+            "Records that could not be queued",
+            c.record_errors,
+        )?;
+        counter(
+            &mut e,
+            "tokens_verified",
+            "Bearer tokens verified",
+            c.tokens_verified,
+        )?;
+        counter(
+            &mut e,
+            "tokens_rejected",
+            "Bearer tokens rejected",
+            c.tokens_rejected,
+        )?;
+        counter(
+            &mut e,
+            "bytes_up",
+            "Bytes from workloads to upstreams",
+            c.bytes_up,
+        )?;
+        counter(
+            &mut e,
+            "bytes_down",
+            "Bytes from upstreams to workloads",
+            c.bytes_down,
+        )?;
+        gauge(
+            &mut e,
+            "cgroups_enabled",
+            "Cgroups whose connections are intercepted",
+            int(self.enabled as u64),
+        )?;
+        let kernel: Vec<(Cow<'_, str>, i64)> = self
+            .kernel
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), int(*v)))
+            .collect();
+        by_name(
+            &mut e,
+            "kernel_events",
+            "Counters kept by the eBPF programs",
+            true,
+            &kernel,
+        )?;
+        if let Some(p) = &self.policy {
+            counter(
+                &mut e,
+                "policy_reloads",
+                "Policy reloads that took effect",
+                p.reloads,
+            )?;
+            counter(
+                &mut e,
+                "policy_reload_failures",
+                "Policy reloads refused (the previous policy stayed)",
+                p.failed_reloads,
+            )?;
+            gauge(
+                &mut e,
+                "policy_rules",
+                "Rules in the policy in force",
+                int(p.rules as u64),
+            )?;
+            gauge(
+                &mut e,
+                "policy_last_reload_failed",
+                "1 when the last reload was refused",
+                i64::from(p.last_error.is_some()),
+            )?;
+        }
+        if let Some(r) = &self.records {
+            gauge(
+                &mut e,
+                "records_backlog",
+                "Records queued and not yet written",
+                int(r.backlog as u64),
+            )?;
+            gauge(
+                &mut e,
+                "records_backlog_bytes",
+                "Bytes of records queued and not yet written (bounded by records.backlog_mb)",
+                int(r.backlog_bytes as u64),
+            )?;
+            counter(&mut e, "records_written", "Records written", r.written)?;
+            counter(
+                &mut e,
+                "records_refused",
+                "Records that could not be queued because the recorder had stopped (calls refused for recording are refused_recording)",
+                r.refused,
+            )?;
+            counter(&mut e, "records_fsyncs", "fsyncs of the call log", r.fsyncs)?;
+            counter(
+                &mut e,
+                "records_write_errors",
+                "Write errors of the call log",
+                r.write_errors,
+            )?;
+            gauge(
+                &mut e,
+                "records_failing",
+                "1 while the call log cannot be written",
+                i64::from(r.failing.is_some()),
+            )?;
+        }
+        let usable: Vec<(Cow<'_, str>, i64)> = self
+            .identity
+            .iter()
+            .map(|p| (Cow::Borrowed(p.name.as_str()), i64::from(p.usable)))
+            .collect();
+        by_name(
+            &mut e,
+            "identity_keys_usable",
+            "1 while an OIDC provider's signing keys are fresh enough to verify with",
+            false,
+            &usable,
+        )?;
+        if let Some(a) = &self.approvals {
+            gauge(
+                &mut e,
+                "approvals_pending",
+                "Calls held for approval now",
+                int(a.pending as u64),
+            )?;
+            gauge(
+                &mut e,
+                "approval_grants",
+                "Approval grants in force",
+                int(a.grants as u64),
+            )?;
+            if let Some(w) = &a.webhook {
+                counter(
+                    &mut e,
+                    "approval_webhook_delivered",
+                    "Approval announcements delivered",
+                    w.delivered,
+                )?;
+                counter(
+                    &mut e,
+                    "approval_webhook_lost",
+                    "Approval announcements given up",
+                    w.lost,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! `callgate records …`: list, show, replay, verify and export the call log. Reads the records
+//! directory directly, so it works with the daemon running or not.
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use callgate::record::query::{self, Filter, Stored};
+use callgate::util::time::now_ms;
+use callgate::util::visible::{visible, visible as v, visible_json};
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Args)]
+pub struct DirArg {
+    /// The records directory (the daemon's state dir + `/records`).
+    #[arg(
+        long,
+        env = "CALLGATE_RECORDS_DIR",
+        default_value = "/var/lib/callgate/records"
+    )]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Default)]
+pub struct FilterArgs {
+    /// Only calls at or after this time: RFC 3339 (`2026-11-23T10:00:00Z`) or an age (`15m`, `2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only calls at or before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long)]
+    function: Option<String>,
+    /// allow | deny | approve
+    #[arg(long)]
+    decision: Option<String>,
+    /// OIDC subject, systemd unit or command name of the caller.
+    #[arg(long)]
+    caller: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum RecordsCommand {
+    /// List recorded calls, oldest first.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show at most this many (the newest ones).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one recorded call in full (masked, as stored).
+    Show {
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// The calls of one session (connection) in order, with their timing.
+    Replay {
+        session: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Walk the hash chain; exit 1 naming the first broken place of each segment.
+    Verify {
+        /// Start at this sequence number (its segment's header is trusted).
+        #[arg(long)]
+        from: Option<u64>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write records for shipping elsewhere (Vector, Kafka, S3): one JSON object per line.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only records with a sequence number at or above this (resume an export).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+}
+
+fn parse_time(s: &str) -> Result<u64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+    }
+    let age = humantime::parse_duration(s)
+        .with_context(|| format!("{s:?} is neither an RFC 3339 time nor an age like 15m"))?;
+    Ok(now_ms().saturating_sub(age.as_millis() as u64))
+}
+
+fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl FilterArgs {
+    fn build(&self) -> Result<Filter> {
+        Ok(Filter {
+            since_ms: self.since.as_deref().map(parse_time).transpose()?,
+            until_ms: self.until.as_deref().map(parse_time).transpose()?,
+            service: self.service.clone(),
+            function: self.function.clone(),
+            decision: self.decision.clone(),
+            caller: self.caller.clone(),
+            ..Filter::default()
+        })
+    }
+}
+
+fn check_dir(dir: &DirArg) -> Result<()> {
+    if !dir.dir.is_dir() {
+        bail!(
+            "no records directory at {} (is recording on? use --dir or CALLGATE_RECORDS_DIR)",
+            dir.dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn caller_of(s: &Stored) -> String {
+    query::caller_names(&s.record)
+        .next()
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A record's JSON on exactly one line. A response is kept as the JSON text the upstream
+/// sent, whose whitespace may hold line breaks: left in, an answer such as
+/// `{"a":\n{"seq":1,…}\n}` would put a line that parses as a record of its own into an
+/// export. Outside strings (inside them JSON escapes every control character) a line break is
+/// whitespace, and a space means the same. U+0085, U+2028 and U+2029, which some readers
+/// (Python's `splitlines`) also break lines at, can only be inside strings: they are written
+/// as escapes, which mean the same character.
+fn one_line(json: String) -> String {
+    let breaks = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    if !json.contains(breaks) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '\u{85}' => out.push_str("\\u0085"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn run(cmd: RecordsCommand) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        RecordsCommand::List {
+            dir,
+            filter,
+            limit,
+            json,
+        } => {
+            check_dir(&dir)?;
+            let filter = filter.build()?;
+            // Keep the newest `limit`: a ring over the scan.
+            let mut ring = std::collections::VecDeque::with_capacity(limit.min(10_000));
+            let mut total = 0u64;
+            query::scan(&dir.dir, &filter, &mut |s| {
+                total += 1;
+                if ring.len() == limit {
+                    ring.pop_front();
+                }
+                if limit > 0 {
+                    ring.push_back(s);
+                }
+                true
+            })?;
+            if json {
+                for s in &ring {
+                    writeln!(out, "{}", one_line(serde_json::to_string(s)?))?;
+                }
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<8} {:<24} {:<36} {:<22} {:<28} {:<8} {:<18} {:>6} {:>9}",
+                "SEQ",
+                "TIME",
+                "ID",
+                "SESSION",
+                "SERVICE/FUNCTION",
+                "DECISION",
+                "CALLER",
+                "STATUS",
+                "MS"
+            )?;
+            for s in &ring {
+                let r = &s.record;
+                let call = format!(
+                    "{}/{}",
+                    r.service.as_deref().unwrap_or(&r.destination),
+                    r.function.as_deref().unwrap_or("-")
+                );
+                writeln!(
+                    out,
+                    "{:<8} {:<24} {:<36} {:<22} {:<28} {:<8} {:<18} {:>6} {:>9.1}",
+                    s.seq,
+                    format_time(r.time_ms),
+                    v(&r.id),
+                    v(&r.session),
+                    v(&call),
+                    v(&r.decision.action),
+                    v(&caller_of(s)),
+                    r.status.map_or("-".into(), |c| c.to_string()),
+                    r.latency_ms
+                )?;
+            }
+            if total as usize > ring.len() {
+                writeln!(
+                    out,
+                    "({} more; use --limit or filters)",
+                    total as usize - ring.len()
+                )?;
+            }
+        }
+        RecordsCommand::Show { id, dir } => {
+            check_dir(&dir)?;
+            let filter = Filter {
+                id: Some(id.clone()),
+                ..Filter::default()
+            };
+            let mut found = None;
+            query::scan(&dir.dir, &filter, &mut |s| {
+                found = Some(s);
+                false
+            })?;
+            let s = found.with_context(|| format!("no record with id {id}"))?;
+            writeln!(out, "{}", visible_json(&serde_json::to_string_pretty(&s)?))?;
+        }
+        RecordsCommand::Replay { session, dir } => {
+            check_dir(&dir)?;
+            let filter = Filter {
+                session: Some(session.clone()),
+                ..Filter::default()
+            };
+            let mut start = None;
+            let mut n = 0;
+            let mut lines = Vec::new();
+            query::scan(&dir.dir, &filter, &mut |s| {
+                let t0 = *start.get_or_insert(s.record.time_ms);
+                let r = &s.record;
+                lines.push(format!(
+                    "+{:>8.3}s  {} {}/{} → {}{}{}",
+                    (r.time_ms.saturating_sub(t0)) as f64 / 1e3,
+                    r.id,
+                    r.service.as_deref().unwrap_or(&r.destination),
+                    r.function.as_deref().unwrap_or("-"),
+                    r.decision.action,
+                    r.status.map_or(String::new(), |c| format!(" ({c})")),
+                    r.args
+                        .as_ref()
+                        .map_or(String::new(), |a| format!("  args {a}")),
+                ));
+                n += 1;
+                true
+            })?;
+            if n == 0 {
+                bail!("no calls recorded for session {session}");
+            }
+            writeln!(out, "session {}: {n} call(s)", v(&session))?;
+            for l in lines {
+                writeln!(out, "{}", v(&l))?;
+            }
+        }
+        RecordsCommand::Verify { from, dir, json } => {
+            check_dir(&dir)?;
+            let v = query::verify(&dir.dir, from)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                for note in &v.notes {
+                    writeln!(out, "note: {}", visible(note))?;
+                }
+                for p in &v.problems {
+                    writeln!(out, "BROKEN: {}", visible(p))?;
+                }
+                let range = match (v.first_seq, v.last_seq) {
+                    (Some(a), Some(b)) => format!(", seq {a}–{b}"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "{}: {} records in {} segment(s){range}",
+                    if v.ok() { "verified" } else { "FAILED" },
+                    v.records,
+                    v.segments
+                )?;
+            }
+            if !v.ok() {
+                out.flush()?;
+                std::process::exit(1);
+            }
+        }
+        RecordsCommand::Export {
+            format: ExportFormat::Jsonl,
+            dir,
+            filter,
+            from,
+        } => {
+            check_dir(&dir)?;
+            let mut filter = filter.build()?;
+            filter.from_seq = from;
+            let mut err = None;
+            query::scan(&dir.dir, &filter, &mut |s| match serde_json::to_string(&s)
+                .map_err(anyhow::Error::from)
+                .and_then(|line| writeln!(out, "{}", one_line(line)).map_err(anyhow::Error::from))
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_exported_record_is_one_line_that_means_the_same() {
+        let forged = "{\"seq\":1,\"response\":{\"a\":\n{\"seq\":99,\"id\":\"forged\"}\r\n,\"b\":\"x\u{2028}y\u{85}\"}}";
+        let line = one_line(forged.to_string());
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.contains(['\u{85}', '\u{2028}', '\u{2029}']));
+        let a: serde_json::Value = serde_json::from_str(forged).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,148 @@
+//! `callgate status`: what the daemon is doing, as text for people or JSON for tools.
+use anyhow::Result;
+use callgate::{
+    admin::{Request, Status},
+    util::visible::visible as v,
+};
+use clap::Args;
+
+use super::{SocketArg, request};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn run(a: &StatusArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let status: Status = rt.block_on(request(&a.socket, &Request::Status))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+fn print_status(s: &Status) {
+    println!("callgate {} (pid {}, up {}s)", s.version, s.pid, s.uptime_s);
+    println!("listeners:     {}", s.listeners.join(", "));
+    println!("cgroup mount:  {}", s.cgroup_mount);
+    match &s.policy {
+        None => println!("policy:        (none; run with --policies DIR)"),
+        Some(p) => {
+            println!(
+                "policy:        {} ({} services, {} rules, commit {}{})",
+                v(&p.dir),
+                p.services,
+                p.rules,
+                v(p.commit.as_deref().unwrap_or(&p.source)),
+                if p.dirty { ", dirty" } else { "" }
+            );
+            if let Some(errors) = &p.last_error {
+                println!("  last reload FAILED (the previous policy stays in force):");
+                for e in errors {
+                    println!("    {}", v(e));
+                }
+            }
+        }
+    }
+    match &s.records {
+        None => println!("records:       off"),
+        Some(r) => {
+            println!(
+                "records:       {} ({:?}; {} written, durable to seq {}, backlog {} ({} KiB), {} refused{})",
+                v(&r.dir),
+                r.durability,
+                r.written,
+                r.durable_seq,
+                r.backlog,
+                r.backlog_bytes / 1024,
+                r.refused,
+                if r.truncated_bytes > 0 {
+                    format!(", {} torn bytes cut at start", r.truncated_bytes)
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(why) = &r.failing {
+                println!("  FAILING, new calls are refused: {}", v(why));
+            }
+        }
+    }
+    for p in &s.identity {
+        let keys = match (p.usable, p.keys_age_s) {
+            (true, Some(age)) => format!("{} keys, fetched {age}s ago", p.keys),
+            (false, Some(age)) => format!("KEYS EXPIRED ({age}s old): its tokens are refused"),
+            (_, None) => "NO KEYS: its tokens are refused".into(),
+        };
+        println!("identity:      {} {} ({keys})", v(&p.name), v(&p.issuer));
+        if let Some(e) = &p.last_error {
+            println!("  last fetch failed: {}", v(e));
+        }
+    }
+    if let Some(a) = &s.approvals {
+        println!(
+            "approvals:     {} pending, {} grants in force{}",
+            a.pending,
+            a.grants,
+            if a.pending > 0 {
+                " (see `callgate approvals list`)"
+            } else {
+                ""
+            }
+        );
+        if let Some(w) = &a.webhook {
+            println!(
+                "  webhook {}: {} delivered, {} retries, {} lost",
+                v(&w.url),
+                w.delivered,
+                w.retries,
+                w.lost
+            );
+        }
+    }
+    if s.enabled.is_empty() {
+        println!("enabled:       (none; try `callgate enable <cgroup>`)");
+    } else {
+        println!("enabled:");
+        for e in &s.enabled {
+            let unit = e
+                .unit
+                .as_deref()
+                .map(|u| format!(" [{}]", v(u)))
+                .unwrap_or_default();
+            println!("  {}{unit} (id {})", v(&e.path.display().to_string()), e.id);
+        }
+    }
+    super::netns::print_namespaces(&s.namespaces);
+    let c = &s.counters;
+    println!(
+        "connections:   {} accepted, {} forwarded, {} active, {} upstream errors, {} without entry, {} loops refused",
+        c.accepted, c.forwarded, c.active, c.upstream_errors, c.refused_no_entry, c.refused_loop
+    );
+    println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
+    let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("kernel:        {}", kernel.join(" "));
+    if !s.recent.is_empty() {
+        println!("recent connections:");
+        for r in s.recent.iter().rev().take(20) {
+            println!(
+                "  #{} pid {} ({}) uid {} {} -> {}  {}B up {}B down {}ms  {}",
+                r.id,
+                r.workload.pid,
+                v(&r.workload.comm),
+                r.workload.uid,
+                v(r.workload.cgroup.as_deref().unwrap_or("?")),
+                r.original_dst,
+                r.bytes_up,
+                r.bytes_down,
+                r.duration_ms,
+                v(&r.outcome)
+            );
+        }
+    }
+}

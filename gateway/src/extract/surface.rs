@@ -1,0 +1,223 @@
+//! What extraction knows of a service: the surface its calls arrive on. The policy compiler
+//! builds one per service (protocol, path options, functions by method, REST routes); the
+//! extract stage reads it and never the rest of the policy.
+use std::{collections::HashSet, sync::Arc};
+
+use super::path::PathRules;
+use crate::{call::Protocol, util::NameIndex};
+
+/// A service's functions as requests name them.
+#[derive(Debug)]
+pub struct Surface {
+    pub protocol: Protocol,
+    /// Which path spellings the service lets through (see [`super::path`]).
+    pub paths: PathRules,
+    /// The header the service's credential injection sets, if it injects one: never an
+    /// argument.
+    pub credential_header: Option<String>,
+    functions: Vec<Arc<str>>,
+    by_method: NameIndex<usize>,
+    routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+struct Route {
+    method: String,
+    segs: Vec<RouteSeg>,
+    function: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RouteSeg {
+    Lit(String),
+    Param(String),
+}
+
+/// Why a function's route was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("{0}")]
+    Invalid(String),
+    /// Another function already has this route.
+    #[error("route is also function {0}'s")]
+    Taken(Arc<str>),
+}
+
+impl Surface {
+    pub fn new(protocol: Protocol, paths: PathRules, credential_header: Option<String>) -> Self {
+        Self {
+            protocol,
+            paths,
+            credential_header,
+            functions: Vec::new(),
+            by_method: NameIndex::default(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds a function named by `method` (a JSON-RPC method, MCP tool or gRPC path) and,
+    /// for REST, by `route` (`METHOD /a/{b}/c`).
+    pub fn add(&mut self, name: &str, method: &str, route: Option<&str>) -> Result<(), RouteError> {
+        let function = self.functions.len();
+        self.functions.push(name.into());
+        self.by_method.insert(method.to_string(), function);
+        let Some(route) = route else { return Ok(()) };
+        let (method, segs) = parse_route(route).map_err(RouteError::Invalid)?;
+        if let Some(other) = self
+            .routes
+            .iter()
+            .find(|r| r.method == method && r.segs == segs)
+        {
+            return Err(RouteError::Taken(self.functions[other.function].clone()));
+        }
+        self.routes.push(Route {
+            method,
+            segs,
+            function,
+        });
+        // More specific routes first: literal segments beat parameters.
+        self.routes.sort_by_key(|r| {
+            std::cmp::Reverse(
+                r.segs
+                    .iter()
+                    .filter(|s| matches!(s, RouteSeg::Lit(_)))
+                    .count(),
+            )
+        });
+        Ok(())
+    }
+
+    /// The function a JSON-RPC method, MCP tool or gRPC path names.
+    pub fn function_by_method(&self, method: &str) -> Option<&Arc<str>> {
+        self.by_method.get(method).map(|&i| &self.functions[i])
+    }
+
+    /// The function a REST request calls, with its path parameters.
+    pub fn route(&self, method: &str, path: &str) -> Option<(&Arc<str>, Vec<(String, String)>)> {
+        let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
+        'routes: for r in &self.routes {
+            if !r.method.eq_ignore_ascii_case(method) {
+                continue;
+            }
+            let mut params = Vec::new();
+            let mut segs = segments(path).skip(1);
+            for want in &r.segs {
+                let Some(got) = segs.next() else {
+                    continue 'routes;
+                };
+                match want {
+                    // Literals match in any case: Express and ASP.NET route that way.
+                    RouteSeg::Lit(l) if l.eq_ignore_ascii_case(got) => {}
+                    RouteSeg::Lit(_) => continue 'routes,
+                    RouteSeg::Param(_) if got.is_empty() => continue 'routes,
+                    RouteSeg::Param(name) => params.push((name.clone(), got.to_string())),
+                }
+            }
+            // One trailing `/` is the same route: many servers redirect or route it there.
+            let rest = segs.next();
+            if rest.is_none() || (rest == Some("") && segs.next().is_none()) {
+                return Some((&self.functions[r.function], params));
+            }
+        }
+        None
+    }
+}
+
+/// `METHOD /a/{b}/c` → method and segments.
+fn parse_route(route: &str) -> Result<(String, Vec<RouteSeg>), String> {
+    let (method, path) = route
+        .trim()
+        .split_once(' ')
+        .ok_or("expected `METHOD /path`")?;
+    let method = method.trim().to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{method:?} is not an HTTP method"));
+    }
+    let path = path.trim();
+    if !path.starts_with('/') {
+        return Err("the path must start with /".into());
+    }
+    let mut seen = HashSet::new();
+    let mut segs = Vec::new();
+    for seg in path.split('/').skip(1) {
+        if let Some(inner) = seg
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .filter(|s| !s.contains(['{', '}']))
+        {
+            if inner.is_empty() || !seen.insert(inner.to_string()) {
+                return Err(format!("parameter {{{inner}}} is empty or repeated"));
+            }
+            segs.push(RouteSeg::Param(inner.to_string()));
+        } else if seg.contains(['{', '}']) {
+            return Err(format!(
+                "segment {seg:?}: a parameter must be a whole segment"
+            ));
+        } else {
+            segs.push(RouteSeg::Lit(seg.to_string()));
+        }
+    }
+    Ok((method, segs))
+}
+
+/// `path.split('/')`, by `memchr`: a route is matched for every call, and the generic char
+/// searcher was most of that.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'/', r.as_bytes()) {
+            Some(at) => {
+                rest = Some(&r[at + 1..]);
+                Some(&r[..at])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(parse_route("POST /v1/p/{id}/refund").is_ok());
+        assert!(parse_route("POST v1").is_err());
+        assert!(parse_route("POST /a/{x}{y}").is_err());
+        assert!(parse_route("POST /a/{x}/{x}").is_err());
+        assert!(parse_route("/a").is_err());
+    }
+
+    #[test]
+    fn a_route_belongs_to_one_function() {
+        let mut s = Surface::new(Protocol::Rest, PathRules::default(), None);
+        assert_eq!(s.add("a", "a", Some("GET /x/{id}")), Ok(()));
+        assert_eq!(
+            s.add("b", "b", Some("get /x/{id}")),
+            Err(RouteError::Taken("a".into()))
+        );
+        assert_eq!(s.route("GET", "/X/7/").map(|(f, _)| &**f), Some("a"));
+    }
+
+    #[test]
+    fn segments_split_as_str_split_does() {
+        for path in [
+            "",
+            "/",
+            "//",
+            "/v1/items/42",
+            "v1/x/",
+            "/a//b/",
+            "/é/ü",
+            "*",
+        ] {
+            let ours: Vec<&str> = segments(path).collect();
+            let std: Vec<&str> = path.split('/').collect();
+            assert_eq!(ours, std, "{path:?}");
+        }
+    }
+}

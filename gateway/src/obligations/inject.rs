@@ -1,0 +1,300 @@
+//! Request obligations of an allowed call, applied just before it is forwarded: header edits
+//! and the credential the gateway holds for a service, which the caller never sees.
+//!
+//! Secrets are read where the policy says they live and kept for a short while, so that a
+//! rotated file or systemd credential takes effect without a restart but a call does not
+//! cost a file read. An `oauth2` secret is an access token the gateway gets for itself with
+//! the client credentials grant, kept until shortly before it expires. Each comes with the
+//! [`Secrets`] scrubber for the answer to its call.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use serde::{Deserialize, Serialize};
+
+use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl, basic::BasicClient};
+
+use crate::{
+    obligations::mask::scrub::Secrets,
+    util::outbound::{Outbound, chain},
+};
+
+/// How long a secret read from its source is used before it is read again.
+const REREAD: Duration = Duration::from_secs(30);
+/// An access token is replaced this long before its expiry, so none goes out about to lapse.
+const TOKEN_MARGIN: Duration = Duration::from_secs(30);
+/// Lifetime assumed for a token whose endpoint does not say.
+const TOKEN_DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The credentials the gateway holds, as last read.
+#[derive(Default)]
+pub struct Credentials {
+    cache: Mutex<HashMap<SecretRef, Read>>,
+    /// For `oauth2` secrets; without it they cannot be had.
+    http: Option<Outbound>,
+    /// One token request at a time: callers arriving meanwhile wait and share its answer.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+struct Read {
+    value: Arc<str>,
+    scrub: Arc<Secrets>,
+    until: Instant,
+}
+
+impl Credentials {
+    pub fn new(http: Option<Outbound>) -> Self {
+        Self {
+            http,
+            ..Self::default()
+        }
+    }
+
+    /// Applies a decision's header edits and credential to outgoing request headers; returns
+    /// the scrubber for the injected secret, which the answer must pass through. An error
+    /// means the call must not go out (a credential that cannot be read is not silently left
+    /// off).
+    pub async fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        edits: &HeaderEdits,
+        inject: Option<&Inject>,
+        named: &BTreeMap<String, SecretRef>,
+    ) -> Result<Option<Arc<Secrets>>, String> {
+        for name in &edits.remove {
+            headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.set {
+            let (n, v) = header(name, value)?;
+            headers.insert(n, v);
+        }
+        let Some(inject) = inject else {
+            return Ok(None);
+        };
+        let (secret, scrub) = self.get(&inject.from, named).await?;
+        let (n, mut v) =
+            header(&inject.header, &inject.format.replace("{}", &secret)).map_err(|_| {
+                format!(
+                    "credential for {} is not a valid header value",
+                    inject.header
+                )
+            })?;
+        v.set_sensitive(true);
+        if inject.strip_caller_value {
+            headers.remove(&n);
+        }
+        headers.append(n, v);
+        Ok(Some(scrub))
+    }
+
+    async fn get(
+        &self,
+        r: &SecretRef,
+        named: &BTreeMap<String, SecretRef>,
+    ) -> Result<(Arc<str>, Arc<Secrets>), String> {
+        if let Some(hit) = self.cached(r) {
+            return Ok(hit);
+        }
+        let source = resolve(r, named)?;
+        let (value, lifetime) = match &source.oauth2 {
+            None => (secret(source, named)?, REREAD),
+            Some(o) => {
+                let _one = self.fetching.lock().await;
+                if let Some(hit) = self.cached(r) {
+                    return Ok(hit);
+                }
+                let http = self
+                    .http
+                    .as_ref()
+                    .ok_or("this gateway has no outbound HTTP client for OAuth2 tokens")?;
+                let (token, expires_in) = token(o, named, http).await?;
+                let lifetime = expires_in
+                    .unwrap_or(TOKEN_DEFAULT_LIFETIME)
+                    .saturating_sub(TOKEN_MARGIN)
+                    .max(Duration::from_secs(1));
+                (token, lifetime)
+            }
+        };
+        let value: Arc<str> = value.into();
+        let scrub = Secrets::new(&[&value]).ok_or("the credential is empty")?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(
+                r.clone(),
+                Read {
+                    value: value.clone(),
+                    scrub: scrub.clone(),
+                    until: Instant::now() + lifetime,
+                },
+            );
+        }
+        Ok((value, scrub))
+    }
+
+    fn cached(&self, r: &SecretRef) -> Option<(Arc<str>, Arc<Secrets>)> {
+        let now = Instant::now();
+        self.cache.lock().ok().and_then(|c| {
+            c.get(r)
+                .filter(|e| e.until > now)
+                .map(|e| (e.value.clone(), e.scrub.clone()))
+        })
+    }
+}
+
+/// A named credential's definition, or `r` itself.
+fn resolve<'r>(
+    r: &'r SecretRef,
+    named: &'r BTreeMap<String, SecretRef>,
+) -> Result<&'r SecretRef, String> {
+    let Some(name) = &r.credential else {
+        return Ok(r);
+    };
+    let inner = named
+        .get(name)
+        .ok_or_else(|| format!("credential {name:?} is not defined"))?;
+    if inner.credential.is_some() {
+        return Err(format!("credential {name:?} refers to another credential"));
+    }
+    Ok(inner)
+}
+
+/// An access token from `o`'s token endpoint (client credentials grant), and how long it
+/// lives if the endpoint says.
+async fn token(
+    o: &OAuth2Source,
+    named: &BTreeMap<String, SecretRef>,
+    http: &Outbound,
+) -> Result<(String, Option<Duration>), String> {
+    let fail = |e: String| format!("OAuth2 token from {}: {e}", o.token_url);
+    let secret =
+        secret(&o.client_secret, named).map_err(|e| fail(format!("client secret: {e}")))?;
+    let url = TokenUrl::new(o.token_url.clone()).map_err(|e| fail(e.to_string()))?;
+    let client = BasicClient::new(ClientId::new(o.client_id.clone()))
+        .set_client_secret(ClientSecret::new(secret))
+        .set_token_uri(url);
+    let mut req = client.exchange_client_credentials();
+    for s in &o.scopes {
+        req = req.add_scope(Scope::new(s.clone()));
+    }
+    if let Some(r) = &o.resource {
+        req = req.add_extra_param("resource", r.clone());
+    }
+    if let Some(a) = &o.audience {
+        req = req.add_extra_param("audience", a.clone());
+    }
+    let resp = req.request_async(http).await.map_err(|e| fail(chain(&e)))?;
+    Ok((resp.access_token().secret().clone(), resp.expires_in()))
+}
+
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let n = HeaderName::try_from(name).map_err(|_| format!("bad header name {name:?}"))?;
+    let v = HeaderValue::try_from(value).map_err(|_| format!("bad value for header {name}"))?;
+    Ok((n, v))
+}
+
+/// Reads a secret from where the policy says it is; trailing newlines of files are dropped.
+/// (`oauth2` secrets are tokens to be fetched, see [`Credentials`].)
+pub fn secret(r: &SecretRef, named: &BTreeMap<String, SecretRef>) -> Result<String, String> {
+    let r = resolve(r, named)?;
+    if r.oauth2.is_some() {
+        return Err("an OAuth2 token is fetched, not read".into());
+    }
+    if let Some(var) = &r.env {
+        return std::env::var(var).map_err(|_| format!("environment variable {var} is not set"));
+    }
+    let file = match (&r.file, &r.systemd) {
+        (Some(f), _) => std::path::PathBuf::from(f),
+        (None, Some(name)) => {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .ok_or("no systemd credentials (CREDENTIALS_DIRECTORY is not set)")?;
+            std::path::Path::new(&dir).join(name)
+        }
+        (None, None) => return Err("no secret source".into()),
+    };
+    std::fs::read_to_string(&file)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+        .map_err(|e| format!("reading {}: {e}", file.display()))
+}
+
+/// Where a secret is read from: exactly one of the keys. The secret itself never appears in
+/// the policy repository.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A systemd credential (`$CREDENTIALS_DIRECTORY/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<String>,
+    /// A name from `callgate.yaml`'s `credentials` (services only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// An access token the gateway gets for itself from an OAuth2 token endpoint (client
+    /// credentials grant), kept until shortly before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<Box<OAuth2Source>>,
+}
+
+impl SecretRef {
+    pub fn count(&self) -> usize {
+        [&self.env, &self.file, &self.systemd, &self.credential]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            + usize::from(self.oauth2.is_some())
+    }
+}
+
+/// `oauth2:` — where and as whom the gateway gets an upstream's access token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Source {
+    /// The token endpoint (https; http only on loopback).
+    pub token_url: String,
+    pub client_id: String,
+    /// Where the client secret lives: env, file or systemd.
+    pub client_secret: SecretRef,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// RFC 8707 resource indicator, for providers that pick the audience from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// `audience` parameter, as some providers (Auth0, Okta) want it instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    pub header: String,
+    pub from: SecretRef,
+    /// `{}` is replaced by the secret.
+    #[serde(default = "plain_format")]
+    pub format: String,
+    /// Remove a caller-supplied value of the header first (default true).
+    #[serde(default = "yes")]
+    pub strip_caller_value: bool,
+}
+
+fn plain_format() -> String {
+    "{}".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

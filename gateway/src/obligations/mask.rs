@@ -1,0 +1,913 @@
+//! The mask stage: sensitive values in bodies, records and log lines are replaced before they
+//! leave the gateway or reach a disk.
+//!
+//! A [`MaskRules`] is compiled once per mask list (built-in detectors, JSON field paths, custom
+//! regexes). Bodies are masked as they stream through a [`BodyMasker`], chunk by chunk with
+//! bounded memory: a value split across two chunks is held back until it can be judged.
+//! JSON is masked structurally (field paths) and textually (detectors inside strings and
+//! numbers), keeping the document valid; other text textually; binary passes unchanged.
+mod blocks;
+pub mod detect;
+mod json;
+pub mod scrub;
+mod unescape;
+
+use std::{borrow::Cow, fmt::Write as _, path::Path, sync::Arc};
+
+use hmac::{Hmac, Mac};
+use regex::bytes::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+pub use detect::{Detector, Hit, Kind};
+pub use json::JsonMasker;
+
+use crate::util::jsonpath::JsonPath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    #[error("unknown detector {0:?} (known: {known})", known = Detector::ALL.map(Detector::name).join(", "))]
+    UnknownDetector(String),
+    #[error(transparent)]
+    Path(#[from] crate::util::jsonpath::PathError),
+    #[error("invalid regex {regex:?}: {source}")]
+    Regex {
+        regex: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("field path `$` would mask the whole body; deny the call instead")]
+    WholeBody,
+    #[error("mask key {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A header, parameter or field name whose value is a credential or a session (`Cookie`,
+/// `X-Api-Key`, `password`, `access_token`): such values are never recorded.
+pub fn is_credential_name(name: &str) -> bool {
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    const PARTS: [&str; 10] = [
+        "api-key",
+        "apikey",
+        "api_key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "session",
+        "credential",
+        "private-key",
+    ];
+    let lower;
+    let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        &lower
+    } else {
+        name
+    };
+    EXACT.contains(&name) || name.ends_with("-auth") || PARTS.iter().any(|p| name.contains(p))
+}
+
+/// How a masked value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// `[MASKED:card_number]`
+    #[default]
+    Redact,
+    /// `************1111`: the last four characters stay (e-mail keeps its domain).
+    Partial,
+    /// `[MASKED:email:3f9a…]`: an HMAC under the gateway's key, so equal values stay
+    /// correlatable without being revealed.
+    Hash,
+}
+
+impl Style {
+    fn default_for(d: Detector) -> Style {
+        match d {
+            Detector::CardNumber => Style::Partial,
+            _ => Style::Redact,
+        }
+    }
+}
+
+/// The gateway's secret for [`Style::Hash`]. Kept in the state directory, never in policy.
+#[derive(Clone)]
+pub struct MaskKey(Arc<[u8; 32]>);
+
+impl std::fmt::Debug for MaskKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskKey(..)")
+    }
+}
+
+impl MaskKey {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(Arc::new(b))
+    }
+
+    /// Reads the key at `path`, creating it (0600, random) on first use.
+    pub fn load_or_create(path: &Path) -> Result<Self, MaskError> {
+        let err = |source| MaskError::Key {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(b) if b.len() == 32 => {
+                let mut k = [0; 32];
+                k.copy_from_slice(&b);
+                return Ok(Self::from_bytes(k));
+            }
+            Ok(_) => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "expected 32 bytes",
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        crate::util::fs::write_atomic_mode(path, &k, 0o600).map_err(err)?;
+        Ok(Self::from_bytes(k))
+    }
+
+    /// A keyed digest of `value` (hex), for telling equal values apart without keeping them.
+    pub fn fingerprint(&self, label: &str, value: &[u8]) -> String {
+        self.tag(label, value)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn tag(&self, label: &str, value: &[u8]) -> [u8; 8] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC takes any key");
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
+}
+
+/// One compiled mask list.
+#[derive(Debug, Default)]
+pub struct MaskRules {
+    scanner: detect::Scanner,
+    styles: Vec<(Detector, Style)>,
+    custom: Vec<(String, Style)>,
+    fields: Vec<(JsonPath, Style)>,
+    /// The key names field paths compare, for the streaming JSON masker.
+    field_keys: json::FieldKeys,
+}
+
+impl MaskRules {
+    pub fn compile(specs: &[MaskSpec]) -> Result<Self, MaskError> {
+        let mut styles: Vec<(Detector, Style)> = Vec::new();
+        let mut regexes = Vec::new();
+        let mut custom = Vec::new();
+        let mut fields = Vec::new();
+        for spec in specs {
+            match spec {
+                MaskSpec::Detector(name) => {
+                    let d = Detector::parse(name)
+                        .ok_or_else(|| MaskError::UnknownDetector(name.clone()))?;
+                    styles.push((d, Style::default_for(d)));
+                }
+                MaskSpec::Styled { detector, style } => {
+                    let d = Detector::parse(detector)
+                        .ok_or_else(|| MaskError::UnknownDetector(detector.clone()))?;
+                    styles.push((d, *style));
+                }
+                MaskSpec::Field { field, style } => {
+                    let path = JsonPath::parse(field)?;
+                    if path.is_root() {
+                        return Err(MaskError::WholeBody);
+                    }
+                    fields.push((path, style.unwrap_or_default()));
+                }
+                MaskSpec::Regex { regex, name, style } => {
+                    let re = Regex::new(regex).map_err(|source| MaskError::Regex {
+                        regex: regex.clone(),
+                        source,
+                    })?;
+                    regexes.push(re);
+                    custom.push((
+                        name.clone().unwrap_or_else(|| "custom".into()),
+                        style.unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        // A later entry for the same detector restyles it.
+        styles.reverse();
+        styles.dedup_by_key(|s| s.0);
+        let detectors: Vec<Detector> = styles.iter().map(|s| s.0).collect();
+        let field_keys = json::FieldKeys::new(fields.iter().map(|f| &f.0));
+        Ok(Self {
+            field_keys,
+            scanner: detect::Scanner::new(&detectors, regexes),
+            styles,
+            custom,
+            fields,
+        })
+    }
+
+    /// Every built-in detector, default styles: what log lines and records get when the
+    /// policy says nothing.
+    pub fn all_detectors() -> Self {
+        let specs: Vec<MaskSpec> = Detector::ALL
+            .iter()
+            .map(|d| MaskSpec::Detector(d.name().into()))
+            .collect();
+        Self::compile(&specs).expect("built-in detectors compile")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scanner.is_empty() && self.fields.is_empty()
+    }
+
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    fn label_style(&self, kind: Kind) -> (&str, Style) {
+        match kind {
+            Kind::Detector(d) => (
+                d.name(),
+                self.styles
+                    .iter()
+                    .find(|s| s.0 == d)
+                    .map_or(Style::Redact, |s| s.1),
+            ),
+            Kind::Custom(i) => (&self.custom[i].0, self.custom[i].1),
+        }
+    }
+
+    fn field_style<'s>(
+        &self,
+        len: usize,
+        step: &dyn Fn(usize) -> crate::util::jsonpath::Step<'s>,
+    ) -> Option<Style> {
+        self.fields
+            .iter()
+            .find(|(p, _)| p.matches_with(len, step))
+            .map(|(_, s)| *s)
+    }
+
+    /// Masks a whole text at once (log lines, record fields).
+    pub fn mask_str<'a>(&self, key: &MaskKey, s: &'a str) -> Cow<'a, str> {
+        let mut hits = Vec::new();
+        self.scanner.scan(s.as_bytes(), &mut hits);
+        if hits.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        let mut out = Vec::with_capacity(s.len());
+        let mut pos = 0;
+        for h in &hits {
+            out.extend_from_slice(&s.as_bytes()[pos..h.start]);
+            self.render(key, h.kind, &s.as_bytes()[h.start..h.end], &mut out);
+            pos = h.end;
+        }
+        out.extend_from_slice(&s.as_bytes()[pos..]);
+        // Replacements are ASCII and cut only at detector boundaries, which are ASCII.
+        Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Masks a JSON value in place: field paths first, then detectors in every string (and
+    /// card numbers written as numbers). Returns how many values were masked.
+    pub fn mask_value(&self, key: &MaskKey, v: &mut serde_json::Value) -> usize {
+        let mut n = 0;
+        for (path, style) in &self.fields {
+            path.visit_mut(v, &mut |x| {
+                let raw = match &*x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let mut out = Vec::new();
+                render_value(key, "field", *style, raw.as_bytes(), &mut out);
+                *x = serde_json::Value::String(String::from_utf8_lossy(&out).into_owned());
+                n += 1;
+            });
+        }
+        if !self.scanner.is_empty() {
+            self.mask_strings(key, v, &mut n, 0);
+        }
+        n
+    }
+
+    fn mask_strings(&self, key: &MaskKey, v: &mut serde_json::Value, n: &mut usize, depth: usize) {
+        use serde_json::Value;
+        if depth > 128 {
+            return;
+        }
+        match v {
+            // Nothing a detector finds is shorter than `a@b.cd`.
+            Value::String(s) if s.len() >= 6 => {
+                if let Cow::Owned(m) = self.mask_str(key, s) {
+                    *s = m;
+                    *n += 1;
+                }
+            }
+            // Only an integer of 13 digits or more can be a card number.
+            Value::Number(num) if num.as_u64().is_some_and(|u| u >= 1_000_000_000_000) => {
+                let text = num.to_string();
+                if let Cow::Owned(m) = self.mask_str(key, &text) {
+                    *v = Value::String(m);
+                    *n += 1;
+                }
+            }
+            Value::Array(a) => a
+                .iter_mut()
+                .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
+            Value::Object(o) => o
+                .values_mut()
+                .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
+            _ => {}
+        }
+    }
+
+    /// Renders a hit's value; a piece of a longer value ([`Hit::cut`]) shows none of it.
+    fn render_hit(&self, key: &MaskKey, h: &Hit, value: &[u8], out: &mut Vec<u8>) {
+        if !h.cut {
+            return self.render(key, h.kind, value, out);
+        }
+        let (label, style) = self.label_style(h.kind);
+        match style {
+            Style::Partial => out.extend(std::iter::repeat_n(b'*', value.len().max(4))),
+            _ => render_value(key, label, Style::Redact, value, out),
+        }
+    }
+
+    fn render(&self, key: &MaskKey, kind: Kind, value: &[u8], out: &mut Vec<u8>) {
+        let (label, style) = self.label_style(kind);
+        match kind {
+            Kind::Detector(Detector::CardNumber) if style != Style::Redact => {
+                // Separators do not make a different card. Overlapping readings masked as one
+                // may hold more than 19 digits: the last ones are what `partial` shows.
+                let all = value.iter().filter(|c| c.is_ascii_digit()).count();
+                let mut digits = [0u8; 19];
+                let mut n = 0;
+                for &c in value
+                    .iter()
+                    .filter(|c| c.is_ascii_digit())
+                    .skip(all.saturating_sub(19))
+                {
+                    digits[n] = c;
+                    n += 1;
+                }
+                render_value(key, label, style, &digits[..n], out)
+            }
+            Kind::Detector(Detector::Email) if style == Style::Partial => {
+                let at = memchr::memchr(b'@', value).unwrap_or(0);
+                out.extend_from_slice(b"***");
+                out.extend_from_slice(&value[at..]);
+            }
+            _ => render_value(key, label, style, value, out),
+        }
+    }
+}
+
+/// Writes the replacement for `value`. Replacements never contain `"` or `\`, so they are
+/// valid inside a JSON string.
+fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mut Vec<u8>) {
+    match style {
+        Style::Redact => {
+            out.extend_from_slice(b"[MASKED:");
+            out.extend_from_slice(label.as_bytes());
+            out.push(b']');
+        }
+        Style::Partial => {
+            let keep = if value.len() >= 8 { 4 } else { 0 };
+            let tail = &value[value.len() - keep..];
+            let stars = value.len() - keep;
+            out.extend(std::iter::repeat_n(b'*', stars.max(4)));
+            for &c in tail {
+                out.push(if c == b'"' || c == b'\\' || c < 0x20 {
+                    b'*'
+                } else {
+                    c
+                });
+            }
+        }
+        Style::Hash => {
+            let mut s = String::with_capacity(40);
+            s.push_str("[MASKED:");
+            s.push_str(label);
+            s.push(':');
+            for b in key.tag(label, value) {
+                let _ = write!(s, "{b:02x}");
+            }
+            s.push(']');
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// Masks header values — a response's head and trailers — with a mask list. Detectors run
+/// over each value (field paths name JSON, not headers); the fields that frame the message
+/// are left alone. A value whose masked form is not a valid header value is replaced whole.
+#[derive(Debug, Clone)]
+pub struct HeaderMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+}
+
+/// Fields that say how the message is framed or encoded: never a place for a value, and
+/// what the client needs intact to read the rest.
+const FRAMING: [&str; 9] = [
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "trailer",
+    "date",
+    "grpc-status",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+impl HeaderMasker {
+    /// None when the list has no detector to run.
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey) -> Option<Self> {
+        (!rules.scanner.is_empty()).then_some(Self { rules, key })
+    }
+
+    /// Masks every value in `h` but the framing fields; returns how many were masked.
+    pub fn mask(&self, h: &mut http::HeaderMap) -> usize {
+        let mut n = 0;
+        for (name, value) in h.iter_mut() {
+            if FRAMING.contains(&name.as_str()) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if let Cow::Owned(m) = self.rules.mask_str(&self.key, &text) {
+                *value = http::HeaderValue::from_str(&m)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("[MASKED]"));
+                n += 1;
+            } else if matches!(text, Cow::Owned(_)) {
+                // Not UTF-8: the detectors saw replacement characters where bytes were, so a
+                // value spelled around them cannot be judged. Replaced whole.
+                *value = http::HeaderValue::from_static("[MASKED]");
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Counts of what a masker did, for records and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MaskStats {
+    pub masked: u64,
+    /// The body claimed to be JSON but was not; it was masked as text from that point on.
+    pub json_fallback: bool,
+}
+
+/// Below this many held bytes, every chunk is masked as soon as it arrives.
+const DEFER_FROM: usize = 4096;
+
+/// What a streaming masker has not consumed yet: held back (a value may still be arriving)
+/// and, past [`DEFER_FROM`] held bytes, chunks that only make the value longer. Each chunk
+/// scans what is held again; deferring such chunks until they add up to as much as is held
+/// keeps a long value arriving in small chunks (a 16 KiB run of token bytes, 100 bytes at a
+/// time) from being scanned once per chunk.
+#[derive(Debug, Default)]
+struct Carry {
+    buf: Vec<u8>,
+    /// Bytes at the end of `buf` not yet offered to `process`.
+    fresh: usize,
+}
+
+impl Carry {
+    /// Runs `process` over what was held back followed by `chunk` and keeps what it did not
+    /// consume. The common case (nothing held) copies nothing first.
+    fn feed(&mut self, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) {
+        if self.buf.is_empty() {
+            let used = process(chunk);
+            self.buf.extend_from_slice(&chunk[used..]);
+            return;
+        }
+        let held = self.buf.len() - self.fresh;
+        self.buf.extend_from_slice(chunk);
+        if held >= DEFER_FROM
+            && self.fresh + chunk.len() < held
+            && chunk.iter().all(|&c| detect::value_byte(c))
+        {
+            self.fresh += chunk.len();
+            return;
+        }
+        let used = process(&self.buf);
+        self.buf.drain(..used);
+        self.fresh = 0;
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        self.fresh = 0;
+        std::mem::take(&mut self.buf)
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Streams text through the detectors; holds back only what may be the start of a value.
+#[derive(Debug)]
+pub struct TextMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+    carry: Carry,
+    hits: Vec<Hit>,
+    /// Inside a private key whose END line has not come: swallow until it does.
+    in_pem: bool,
+    behind: detect::Behind,
+    pub stats: MaskStats,
+}
+
+impl TextMasker {
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey) -> Self {
+        Self {
+            rules,
+            key,
+            carry: Carry::default(),
+            hits: Vec::new(),
+            in_pem: false,
+            behind: detect::Behind::default(),
+            stats: MaskStats::default(),
+        }
+    }
+
+    /// Masks `chunk`, appending what can be released to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.feed(chunk, |buf| self.process(buf, false, out));
+        self.carry = carry;
+    }
+
+    /// The body ended: release everything held back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let buf = self.carry.take();
+        self.process(&buf, true, out);
+        self.in_pem = false;
+    }
+
+    /// Bytes held back right now.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Bytes the detectors have been run over so far (see [`detect::Behind::scanned`]).
+    pub fn scanned(&self) -> u64 {
+        self.behind.scanned()
+    }
+
+    /// Masks `buf` and returns how many bytes of it were consumed.
+    fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
+        let mut start = 0;
+        if self.in_pem {
+            match memchr::memmem::find(buf, b"-----END ") {
+                Some(e) => {
+                    let after = e + 9;
+                    match memchr::memmem::find(&buf[after..], b"-----") {
+                        Some(x) => {
+                            start = after + x + 5;
+                            self.in_pem = false;
+                        }
+                        None if eof => return buf.len(),
+                        None => return e,
+                    }
+                }
+                // Keep a few bytes in case the END marker is split.
+                None if eof => return buf.len(),
+                None => return buf.len().saturating_sub(8),
+            }
+        }
+        let rest = &buf[start..];
+        let safe = if eof {
+            rest.len()
+        } else {
+            detect::pending_from(&self.rules.scanner, rest)
+        };
+        self.hits.clear();
+        if start > 0 {
+            self.behind.clear();
+        }
+        self.behind.scan(&self.rules.scanner, rest, &mut self.hits);
+        let cut = detect::cut_long_hit(&mut self.hits, safe);
+        let mut pos = 0;
+        let mut end = safe;
+        for h in &self.hits {
+            if h.open {
+                if eof || rest.len() - h.start >= detect::MAX_PEM {
+                    out.extend_from_slice(&rest[pos..h.start]);
+                    self.rules.render(&self.key, h.kind, b"", out);
+                    self.stats.masked += 1;
+                    self.in_pem = !eof;
+                    return buf.len();
+                }
+                end = end.min(h.start);
+                break;
+            }
+            if h.end > end {
+                end = end.min(h.start);
+                break;
+            }
+            out.extend_from_slice(&rest[pos..h.start]);
+            self.rules
+                .render_hit(&self.key, h, &rest[h.start..h.end], out);
+            self.stats.masked += 1;
+            pos = h.end;
+        }
+        let end = end.max(pos);
+        out.extend_from_slice(&rest[pos..end]);
+        self.behind.keep(rest, end, cut);
+        start + end
+    }
+}
+
+/// What kind of body a masker is looking at, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Text,
+    /// Not text the masker can read: `application/octet-stream`, `multipart/*` (its parts
+    /// may be anything, and `multipart/byteranges` cuts a document anywhere), gRPC messages,
+    /// images, and any type not known to be text.
+    Binary,
+}
+
+impl BodyKind {
+    pub fn from_content_type(ct: Option<&str>) -> Self {
+        let Some(ct) = ct else {
+            return BodyKind::Text;
+        };
+        // Compared in place, case-insensitively: this runs for every response.
+        let mime = memchr::memchr(b';', ct.as_bytes())
+            .map_or(ct, |end| &ct[..end])
+            .trim()
+            .as_bytes();
+        let is = |m: &str| mime.eq_ignore_ascii_case(m.as_bytes());
+        let starts = |p: &str| {
+            mime.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        };
+        let ends = |s: &str| {
+            (mime.len().checked_sub(s.len()))
+                .is_some_and(|at| mime[at..].eq_ignore_ascii_case(s.as_bytes()))
+        };
+        // JSON, JSON Lines and JSON text sequences: the JSON masker takes one value after
+        // another.
+        let json_lines = [
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/jsonlines",
+            "application/x-jsonlines",
+            "application/json-seq",
+        ];
+        // Text under an `application/` name: read as text, whatever its syntax.
+        let text = [
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "application/javascript",
+            "application/ecmascript",
+            "application/csv",
+            "application/yaml",
+            "application/x-yaml",
+            "application/toml",
+            "application/sql",
+            "application/graphql",
+            "application/x-sh",
+        ];
+        if is("application/json") || ends("+json") || json_lines.iter().any(|m| is(m)) {
+            BodyKind::Json
+        } else if starts("text/")
+            || ends("+xml")
+            || ends("+yaml")
+            || ends("+csv")
+            || text.iter().any(|m| is(m))
+        {
+            BodyKind::Text
+        } else {
+            BodyKind::Binary
+        }
+    }
+}
+
+/// Why a response body cannot be masked as it streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmaskable {
+    /// A content or transfer coding other than `identity`/`chunked`: the bytes are not the
+    /// text (gzip, br, …).
+    Encoded,
+    /// The head says two things about the body (two `Content-Type` fields, a list of types):
+    /// the masker would read it one way and the client perhaps the other.
+    Ambiguous,
+    /// A type that is not text ([`BodyKind::Binary`]).
+    Binary,
+    /// `206 Partial Content`: a piece of a document, cut where a value may be.
+    Partial,
+}
+
+impl Unmaskable {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unmaskable::Encoded => {
+                "the upstream encoded (compressed) a response that policy says to mask"
+            }
+            Unmaskable::Ambiguous => {
+                "the upstream's response head is ambiguous about its body's type or encoding"
+            }
+            Unmaskable::Binary => {
+                "the upstream answered with a body that is not text (binary, multipart, gRPC or \
+                 an unknown type), which policy says to mask"
+            }
+            Unmaskable::Partial => {
+                "the upstream answered with part of a document (206), which policy says to mask"
+            }
+        }
+    }
+}
+
+/// How a masked service's answer is masked, or why it is not let out: [`response_body`], then
+/// the service's choice (`unmaskable: refuse | pass`) for what cannot be masked. An ambiguous
+/// head is refused whatever the choice; an answer without a body (204, 304, `Content-Length:
+/// 0`) has nothing to mask.
+pub fn answer_kind(
+    status: u16,
+    h: &http::HeaderMap,
+    choice: crate::obligations::mask::UnmaskableAnswer,
+) -> Result<BodyKind, Unmaskable> {
+    let empty = status == 204
+        || status == 304
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    let verdict = match response_body(h) {
+        Err(Unmaskable::Ambiguous) => return Err(Unmaskable::Ambiguous),
+        _ if empty => return Ok(BodyKind::Binary),
+        Ok(_) if status == 206 => Err(Unmaskable::Partial),
+        Ok(BodyKind::Binary) => Err(Unmaskable::Binary),
+        other => other,
+    };
+    match verdict {
+        Err(_) if choice == crate::obligations::mask::UnmaskableAnswer::Pass => {
+            Ok(BodyKind::Binary)
+        }
+        v => v,
+    }
+}
+
+/// What a response's head says its body is, read from every field — before hop-by-hop
+/// stripping, which would remove a `Content-Encoding` that `Connection` names, and with every
+/// `Transfer-Encoding` coding (`gzip, chunked` leaves gzip bytes once chunking is undone).
+pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE, TRANSFER_ENCODING};
+    let codings = |name| {
+        h.get_all(name).iter().map(|v| {
+            let Ok(v) = v.to_str() else {
+                return Err(Unmaskable::Ambiguous);
+            };
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>())
+        })
+    };
+    for items in codings(CONTENT_ENCODING) {
+        if items?.iter().any(|c| !c.eq_ignore_ascii_case("identity")) {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    for items in codings(TRANSFER_ENCODING) {
+        if items?
+            .iter()
+            .any(|c| !c.eq_ignore_ascii_case("chunked") && !c.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Unmaskable::Encoded);
+        }
+    }
+    let mut types = h.get_all(CONTENT_TYPE).iter();
+    let ct = match (types.next(), types.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(v.to_str().map_err(|_| Unmaskable::Ambiguous)?),
+        (Some(_), Some(_)) => return Err(Unmaskable::Ambiguous),
+    };
+    if let Some(ct) = ct {
+        // One media type: a list (`text/plain, application/octet-stream`) is two claims.
+        let mime = ct.split(';').next().unwrap_or("");
+        if mime.contains(',') {
+            return Err(Unmaskable::Ambiguous);
+        }
+    }
+    Ok(BodyKind::from_content_type(ct))
+}
+
+/// A body on its way out: JSON, text, or passed through.
+#[derive(Debug)]
+pub enum BodyMasker {
+    Json(Box<JsonMasker>),
+    Text(TextMasker),
+    Binary,
+}
+
+impl BodyMasker {
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey, kind: BodyKind) -> Self {
+        if rules.is_empty() {
+            return BodyMasker::Binary;
+        }
+        match kind {
+            BodyKind::Json => BodyMasker::Json(Box::new(JsonMasker::new(rules, key))),
+            BodyKind::Text => BodyMasker::Text(TextMasker::new(rules, key)),
+            BodyKind::Binary => BodyMasker::Binary,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        match self {
+            BodyMasker::Json(m) => m.push(chunk, out),
+            BodyMasker::Text(m) => m.push(chunk, out),
+            BodyMasker::Binary => out.extend_from_slice(chunk),
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            BodyMasker::Json(m) => m.finish(out),
+            BodyMasker::Text(m) => m.finish(out),
+            BodyMasker::Binary => {}
+        }
+    }
+
+    pub fn stats(&self) -> MaskStats {
+        match self {
+            BodyMasker::Json(m) => m.stats(),
+            BodyMasker::Text(m) => m.stats,
+            BodyMasker::Binary => MaskStats::default(),
+        }
+    }
+
+    /// Bytes the detectors have been run over so far: linear in what was pushed.
+    pub fn scanned(&self) -> u64 {
+        match self {
+            BodyMasker::Json(m) => m.scanned(),
+            BodyMasker::Text(m) => m.scanned(),
+            BodyMasker::Binary => 0,
+        }
+    }
+
+    /// Masks a whole body at once.
+    pub fn mask_all(&mut self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len());
+        self.push(body, &mut out);
+        self.finish(&mut out);
+        out
+    }
+}
+
+/// A masking obligation: a built-in detector by name, a JSON field path, or a custom regex.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MaskSpec {
+    Detector(String),
+    /// A detector with a replacement style other than its default.
+    Styled {
+        detector: String,
+        style: crate::obligations::mask::Style,
+    },
+    Field {
+        field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::obligations::mask::Style>,
+    },
+    Regex {
+        regex: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        style: Option<crate::obligations::mask::Style>,
+    },
+}
+
+/// An answer a service's masks cannot be applied to: a body that is not text (binary,
+/// `multipart/*`, gRPC messages, a type the gateway does not know) or one that is compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmaskableAnswer {
+    /// 502 `unmaskable_response`: nothing unmasked gets out (the default).
+    #[default]
+    Refuse,
+    /// Passed as it is, unmasked (headers and trailers are still masked).
+    Pass,
+}

@@ -1,0 +1,712 @@
+//! The accept stage: listeners on 127.0.0.1 and [::1] that receive redirected connections, look
+//! up each one's original destination and workload, sniff what they speak, and route them:
+//! HTTP (after TLS interception where the service asks for it) to the [`crate::proxy::http`] stage,
+//! TLS passthrough and allowed raw TCP to a splice, everything else refused and recorded.
+//! Without a policy the gateway is a recorded TCP pass-through.
+//!
+//! A connection with no redirect entry (someone dialled the listener directly) or whose
+//! original destination is the listener itself is closed: the gateway never forwards to a
+//! destination it cannot vouch for.
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
+};
+
+use gateway_common::Redirect;
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::watch,
+};
+use tracing::{info, warn};
+
+use bytes::Bytes;
+
+use crate::proxy::ProxyInputs;
+use crate::{
+    call::{Caller, Workload},
+    config::{self},
+    identity::workload::{self},
+    intercept::{self},
+    policy::{
+        Action, PolicyStore,
+        schema::{TcpMode, TlsMode},
+    },
+    proxy::forward::{self},
+    proxy::http,
+    proxy::sniff::{self, OtherReason, Protocol, Rewind},
+    record::{Record, RecordedDecision, SharedJson},
+    telemetry::stats::{ActiveGuard, ConnSummary, WorkloadInfo},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(
+        "port {port} on {addr} is already in use (is another callgate running? pick another with --listen-port)"
+    )]
+    PortInUse { addr: std::net::IpAddr, port: u16 },
+    #[error("starting a data-path thread: {source}")]
+    Worker {
+        #[source]
+        source: io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The bound listeners; bound before anything is spawned so that a port conflict is reported
+/// before the gateway claims to be up.
+pub struct Listeners {
+    pub listeners: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(port: u16) -> Result<Self, AcceptError> {
+        let mut listeners = vec![bind_one(SocketAddr::from((config::LISTEN_V4, port)))?];
+        match bind_one(SocketAddr::from((config::LISTEN_V6, port))) {
+            Ok(l) => listeners.push(l),
+            // A host without IPv6 still gets IPv4 interception.
+            Err(AcceptError::Bind { source, .. })
+                if source.kind() == io::ErrorKind::AddrNotAvailable =>
+            {
+                warn!("IPv6 loopback is not available; IPv6 connections cannot be intercepted")
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Self { listeners })
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| AcceptError::Bind { addr, source })?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|source| AcceptError::Bind { addr, source })?;
+    socket.bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => AcceptError::PortInUse {
+            addr: addr.ip(),
+            port: addr.port(),
+        },
+        _ => AcceptError::Bind { addr, source },
+    })?;
+    socket
+        .listen(4096)
+        .map_err(|source| AcceptError::Bind { addr, source })
+}
+
+/// The data path's threads. Each runs a single-threaded runtime that accepts from every
+/// listener (a shared accept queue: whichever thread is free first takes the connection) and
+/// keeps each connection it accepted, with its upstream connection, for that connection's
+/// whole life, as nginx's workers do. A work-stealing runtime moves a connection's tasks
+/// between threads from one call to the next; measured with keep-alive calls through
+/// policy, that cost a fifth more CPU per call.
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread's runtime, to serve the listeners of network namespaces opened later.
+    handles: Vec<tokio::runtime::Handle>,
+}
+
+impl Workers {
+    /// Starts `count` threads serving `listeners` until `shutdown` flips.
+    pub fn start(
+        listeners: Listeners,
+        count: usize,
+        inputs: Arc<ProxyInputs>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, AcceptError> {
+        let mut owned = Vec::new();
+        for l in listeners.listeners {
+            let addr = l
+                .local_addr()
+                .map_err(|source| AcceptError::Worker { source })?;
+            owned.push((
+                addr,
+                l.into_std()
+                    .map_err(|source| AcceptError::Bind { addr, source })?,
+            ));
+        }
+        let mut threads = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        let host = inputs.interceptor.namespaces().host();
+        for n in 0..count.max(1) {
+            let mut mine = Vec::with_capacity(owned.len());
+            for (addr, l) in &owned {
+                mine.push(l.try_clone().map_err(|source| AcceptError::Bind {
+                    addr: *addr,
+                    source,
+                })?);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| AcceptError::Worker { source })?;
+            handles.push(rt.handle().clone());
+            let (inputs, shutdown) = (inputs.clone(), shutdown.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("callgate-data-{n}"))
+                .spawn(move || rt.block_on(run_worker(mine, n, host, inputs, shutdown)))
+                .map_err(|source| AcceptError::Worker { source })?;
+            threads.push(thread);
+        }
+        Ok(Self { threads, handles })
+    }
+
+    /// What serves the listeners of a network namespace: every data-path thread accepts from
+    /// them (as from the host's) until the namespace is closed or the gateway stops.
+    pub fn namespace_server(
+        &self,
+        inputs: Arc<ProxyInputs>,
+        shutdown: watch::Receiver<bool>,
+    ) -> crate::intercept::netns::Serve {
+        let handles = self.handles.clone();
+        Box::new(move |netns, listeners, closed| {
+            for (lane, rt) in handles.iter().enumerate() {
+                for l in &listeners {
+                    let Ok(mine) = l.try_clone() else { continue };
+                    let (inputs, shutdown, closed) =
+                        (inputs.clone(), shutdown.clone(), closed.clone());
+                    rt.spawn(async move {
+                        let Ok(l) = TcpListener::from_std(mine) else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = serve(l, lane, netns, inputs, shutdown) => {}
+                            _ = crate::intercept::netns::closed(closed) => {}
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    /// Waits until every thread stopped accepting. Connections still open end with their
+    /// thread's runtime.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run_worker(
+    listeners: Vec<std::net::TcpListener>,
+    lane: usize,
+    netns: u64,
+    inputs: Arc<ProxyInputs>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut serving = tokio::task::JoinSet::new();
+    serving.spawn(timer_anchor(shutdown.clone()));
+    for l in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                serving.spawn(serve(l, lane, netns, inputs.clone(), shutdown.clone()));
+            }
+            Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
+        }
+    }
+    while serving.join_next().await.is_some() {}
+}
+
+/// Keeps a timer due within a second on this thread's runtime, always.
+///
+/// Every call arms timers (hyper's header read timeout, the upstream answer timeout). tokio
+/// writes the runtime's eventfd whenever a new timer is due before every timer the runtime
+/// knew when it last parked, so that a parked thread wakes in time; when no timer was pending
+/// — an idle thread taking one call, the light-load case — that is every timer: measured with
+/// one keep-alive client, each call paid an eventfd write and an extra `epoll_wait` on its own
+/// thread, 8 syscalls where 6 do. With this timer always nearer, the calls' timers (seconds
+/// to minutes away) never come first. It costs one wake-up per second.
+async fn timer_anchor(mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(900));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Accepts until `shutdown` flips; `lane` is this data-path thread's number, `netns` the
+/// cookie of the network namespace the listener is in.
+pub async fn serve(
+    listener: TcpListener,
+    lane: usize,
+    netns: u64,
+    inputs: Arc<ProxyInputs>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let inputs = inputs.clone();
+                tokio::spawn(async move { handle(stream, peer, lane, netns, &inputs).await });
+                // Let the connection start before taking another: a burst of connections is
+                // then shared with the other data-path threads instead of all landing here.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    lane: usize,
+    netns: u64,
+    inputs: &Arc<ProxyInputs>,
+) {
+    let stats = &inputs.stats;
+    // Connection ids are the accept count: unique across listeners and easy to read.
+    let id = stats.accepted.fetch_add(1, Relaxed) + 1;
+    let Some(redirect) = inputs.interceptor.take(peer, netns, lane) else {
+        stats.refused_no_entry.fetch_add(1, Relaxed);
+        warn!(%peer, "connection to the listener without a redirect entry; closing");
+        return;
+    };
+    let _active = ActiveGuard::new(stats);
+    let conn = Connection {
+        id,
+        session: format!("{}-{id}", inputs.session_prefix),
+        started: Instant::now(),
+        started_unix_ms: crate::util::time::now_ms(),
+        dst: intercept::original_destination(&redirect),
+        netns,
+        workload: workload_info(&redirect, inputs),
+    };
+    let _ = client.set_nodelay(true);
+    let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
+        stats.refused_loop.fetch_add(1, Relaxed);
+        Ended::refused("the original destination is the gateway itself")
+    } else if let Some(e) = inputs.recorder.as_ref().and_then(|r| r.ready().err()) {
+        // Fail closed: nothing goes through that cannot be recorded.
+        stats.refused_recording.fetch_add(1, Relaxed);
+        Ended {
+            record: false,
+            ..Ended::refused(e.to_string())
+        }
+    } else {
+        match &inputs.policy {
+            // Boxed: the L7 state machine (hyper, TLS, the call pipeline) is tens of KiB, and
+            // inline it would make every connection's task that large, pass-through included.
+            Some(policy) => Box::pin(route(client, &conn, inputs, policy.clone())).await,
+            None => {
+                let (transfer, r) = pass_through(client, Bytes::new(), &conn, inputs).await;
+                Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
+            }
+        }
+    };
+    finish(&conn, inputs, ended);
+}
+
+/// One accepted, redirected connection.
+struct Connection {
+    id: u64,
+    session: String,
+    started: Instant,
+    started_unix_ms: u64,
+    dst: SocketAddr,
+    /// The network namespace (cookie) the workload connected from; upstreams leave from it.
+    netns: u64,
+    workload: WorkloadInfo,
+}
+
+/// How a connection ended, for the log, `status` and its connection record.
+struct Ended {
+    transfer: forward::Transfer,
+    /// `ok`, or why it ended early.
+    outcome: String,
+    /// A connection record is written (calls on an HTTP connection have their own).
+    record: bool,
+    protocol: &'static str,
+    service: Option<String>,
+    function: Option<String>,
+    decision: RecordedDecision,
+}
+
+impl Ended {
+    fn refused(why: impl Into<String>) -> Self {
+        let why = why.into();
+        Ended {
+            transfer: forward::Transfer::default(),
+            outcome: format!("refused: {why}"),
+            record: true,
+            protocol: "tcp",
+            service: None,
+            function: None,
+            decision: RecordedDecision {
+                action: "deny".into(),
+                enforced: true,
+                reason: Some(why),
+                ..RecordedDecision::default()
+            },
+        }
+    }
+
+    fn spliced(
+        why: &str,
+        transfer: forward::Transfer,
+        r: Result<(), forward::ForwardError>,
+    ) -> Self {
+        let outcome = r.err().map_or_else(|| "ok".to_string(), |e| e.to_string());
+        Ended {
+            transfer,
+            // The decision was to pass it through; an upstream failure is said in the reason.
+            decision: RecordedDecision {
+                action: "allow".into(),
+                enforced: true,
+                reason: Some(if outcome == "ok" {
+                    why.to_string()
+                } else {
+                    format!("{why}; {outcome}")
+                }),
+                ..RecordedDecision::default()
+            },
+            outcome,
+            record: true,
+            protocol: "tcp",
+            service: None,
+            function: None,
+        }
+    }
+}
+
+/// sniff → the service → tcp/tls policy → splice, refuse, or serve HTTP (TLS terminated first
+/// when the service intercepts it).
+async fn route(
+    mut client: TcpStream,
+    conn: &Connection,
+    inputs: &Arc<ProxyInputs>,
+    policy: Arc<PolicyStore>,
+) -> Ended {
+    let stats = &inputs.stats;
+    let sniffed = match sniff::sniff(&mut client, inputs.cfg.http.sniff_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Ended::refused(format!("reading the first bytes: {e}")),
+    };
+    let snap = policy.snapshot();
+    let sni = match &sniffed.protocol {
+        Protocol::Tls(h) => h.sni.clone(),
+        _ => None,
+    };
+    let dst_host = conn.dst.ip().to_string();
+    let service = snap.service_for(&dst_host, conn.dst.port(), sni.as_deref());
+    let refuse = |why: String, service: Option<&str>| {
+        stats.refused_policy.fetch_add(1, Relaxed);
+        Ended {
+            service: service.map(str::to_string),
+            function: sni.clone(),
+            protocol: if sni.is_some() { "tls" } else { "tcp" },
+            ..Ended::refused(why)
+        }
+    };
+    let http_conn = |tls: bool| {
+        Arc::new(http::Conn {
+            inputs: inputs.clone(),
+            policy: policy.clone(),
+            dst: conn.dst,
+            netns: conn.netns,
+            dst_text: conn.dst.to_string(),
+            dst_host: dst_host.clone(),
+            sni: sni.clone(),
+            tls,
+            workload: SharedJson::of(&conn.workload),
+            caller: Arc::new(Caller {
+                workload: Some(policy_workload(
+                    &conn.workload,
+                    inputs.interceptor.cgroup_mount(),
+                )),
+                ..Caller::default()
+            }),
+            last_token: Default::default(),
+            http1: Default::default(),
+            session: conn.session.clone(),
+        })
+    };
+    let served = |protocol: &'static str| Ended {
+        transfer: forward::Transfer::default(),
+        outcome: "ok".into(),
+        record: false,
+        protocol,
+        service: service.map(|s| s.name.to_string()),
+        function: None,
+        decision: RecordedDecision::default(),
+    };
+    match (&sniffed.protocol, service) {
+        (Protocol::Http1 | Protocol::H2, _) => {
+            // Each request is decided (an unknown destination by its default) and answered
+            // in HTTP, which says more than a closed connection.
+            let speaks = match sniffed.protocol {
+                Protocol::Http1 => http::Speaks::Http1,
+                _ => http::Speaks::H2OrEither,
+            };
+            http::serve(
+                Rewind::new(sniffed.prefix, client),
+                http_conn(false),
+                speaks,
+            )
+            .await;
+            served("http")
+        }
+        (_, None) => {
+            let d = snap.decide_unknown_destination();
+            if d.enforced != Action::Allow {
+                return refuse(
+                    format!("{}: {} ({})", conn.dst, reason(&d), sniffed.protocol),
+                    None,
+                );
+            }
+            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            let mut e = Ended::spliced(
+                "unknown destination, allowed by `unknown_destination: allow`",
+                transfer,
+                r,
+            );
+            e.protocol = if sni.is_some() { "tls" } else { "tcp" };
+            e.function = sni.clone();
+            e.decision.policy_commit = d.policy.commit.clone();
+            e
+        }
+        (Protocol::Tls(hello), Some(s)) => {
+            if let Some(name) = &hello.sni {
+                if !s.accepts_host(name, conn.dst.ip()) {
+                    return refuse(
+                        format!(
+                            "SNI {name} does not name service {} (at {})",
+                            s.name, conn.dst
+                        ),
+                        Some(&s.name),
+                    );
+                }
+            }
+            match (s.tls, &inputs.authority) {
+                (TlsMode::Passthrough, _) => {
+                    let name = s.name.to_string();
+                    let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+                    Ended {
+                        protocol: "tls",
+                        service: Some(name),
+                        function: sni.clone(),
+                        ..Ended::spliced("tls passthrough", transfer, r)
+                    }
+                }
+                (TlsMode::Intercept, Some(authority)) => {
+                    let cfg = authority.server_config(dst_host.clone());
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    let io = Rewind::new(sniffed.prefix, client);
+                    match tokio::time::timeout(inputs.cfg.http.header_timeout, acceptor.accept(io))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let speaks = match tls.get_ref().1.alpn_protocol() {
+                                Some(b"http/1.1") => http::Speaks::Http1,
+                                _ => http::Speaks::H2OrEither,
+                            };
+                            http::serve(tls, http_conn(true), speaks).await;
+                            served("https")
+                        }
+                        Ok(Err(e)) => refuse(format!("TLS handshake: {e}"), Some(&s.name)),
+                        Err(_) => refuse("TLS handshake timed out".into(), Some(&s.name)),
+                    }
+                }
+                (TlsMode::Intercept, None) => refuse(
+                    "TLS interception is not set up on this gateway".into(),
+                    Some(&s.name),
+                ),
+            }
+        }
+        (Protocol::Other(OtherReason::BadTls(e)), Some(s)) => {
+            refuse(format!("malformed TLS: {e}"), Some(&s.name))
+        }
+        (Protocol::Other(_), Some(s)) if s.tcp == TcpMode::Allow => {
+            let name = s.name.to_string();
+            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            Ended {
+                service: Some(name),
+                ..Ended::spliced("tcp: allow", transfer, r)
+            }
+        }
+        (Protocol::Other(_), Some(s)) => refuse(
+            format!(
+                "service {} does not allow non-HTTP TCP (tcp: deny; {})",
+                s.name, sniffed.protocol
+            ),
+            Some(&s.name),
+        ),
+    }
+}
+
+fn reason(d: &crate::policy::Decision) -> String {
+    d.reason
+        .as_deref()
+        .unwrap_or("denied by the policy default")
+        .to_string()
+}
+
+/// The workload as policy sees it: cgroup paths relative to the cgroup mount, as
+/// `/proc/PID/cgroup` prints them.
+fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
+    let cgroup = w.cgroup.as_deref().map(|c| {
+        std::path::Path::new(c)
+            .strip_prefix(mount)
+            .map_or_else(|_| c.to_string(), |rel| format!("/{}", rel.display()))
+    });
+    Workload {
+        pid: Some(w.pid),
+        uid: Some(w.uid),
+        gid: Some(w.gid),
+        user: w.user.clone(),
+        unit: w.unit.clone(),
+        user_unit: w.user_unit.clone(),
+        user_unit_uid: w.user_unit_uid,
+        cgroup,
+        comm: Some(w.comm.clone()),
+        exe: w.exe.clone(),
+        container: w.container.clone(),
+        netns: w.netns,
+    }
+}
+
+/// Connects to the original destination, replays what sniffing read, and copies both ways.
+async fn pass_through(
+    client: TcpStream,
+    prefix: Bytes,
+    conn: &Connection,
+    inputs: &ProxyInputs,
+) -> (forward::Transfer, Result<(), forward::ForwardError>) {
+    let stats = &inputs.stats;
+    let dial = forward::connect_from(
+        Some(inputs.interceptor.namespaces()),
+        conn.netns,
+        conn.dst,
+        inputs.cfg.connect_timeout,
+    );
+    let mut upstream = match dial.await {
+        Ok(u) => u,
+        Err(e) => {
+            stats.upstream_errors.fetch_add(1, Relaxed);
+            return (forward::Transfer::default(), Err(e));
+        }
+    };
+    stats.forwarded.fetch_add(1, Relaxed);
+    if !prefix.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = upstream.write_all(&prefix).await {
+            return (forward::Transfer::default(), Err(e.into()));
+        }
+    }
+    let (mut t, r) = forward::splice(client, upstream, inputs.cfg.idle_timeout).await;
+    t.up += prefix.len() as u64;
+    (t, r)
+}
+
+/// Logs the connection, writes its record, and adds it to `status`.
+fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
+    let duration_ms = conn.started.elapsed().as_millis() as u64;
+    let (w, dst, t) = (&conn.workload, conn.dst, ended.transfer);
+    if ended.outcome == "ok" {
+        info!(
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
+            bytes_up = t.up, bytes_down = t.down, duration_ms, "connection closed"
+        );
+    } else {
+        warn!(
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
+            bytes_up = t.up, bytes_down = t.down, duration_ms, outcome = %ended.outcome,
+            "connection ended"
+        );
+    }
+    if let (Some(recorder), true) = (&inputs.recorder, ended.record) {
+        let mut rec = Record::new(conn.session.clone(), dst.to_string());
+        rec.time_ms = conn.started_unix_ms;
+        rec.protocol = ended.protocol.into();
+        rec.service = ended.service;
+        rec.function = ended.function;
+        rec.workload = Some(SharedJson::of(w));
+        rec.decision = ended.decision;
+        rec.latency_ms = duration_ms as f64;
+        rec.bytes_in = t.up;
+        rec.bytes_out = t.down;
+        if let Err(e) = recorder.submit(rec) {
+            inputs.stats.record_errors.fetch_add(1, Relaxed);
+            warn!(conn = conn.id, error = %e, "could not record a finished connection");
+        }
+    }
+    inputs.stats.finished(ConnSummary {
+        id: conn.id,
+        started_unix_ms: conn.started_unix_ms,
+        workload: conn.workload.clone(),
+        original_dst: dst.to_string(),
+        bytes_up: t.up,
+        bytes_down: t.down,
+        duration_ms,
+        outcome: ended.outcome,
+    });
+}
+
+fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
+    let w = &r.workload;
+    let comm_len = w.comm.iter().position(|&b| b == 0).unwrap_or(w.comm.len());
+    let roots = || {
+        inputs
+            .interceptor
+            .enabled()
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    let cgroup = inputs.names.lookup(w.cgroup_id, w.tgid, roots);
+    let units = cgroup.as_deref().map_or_else(Default::default, |p| {
+        workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
+    });
+    // Relative to the mount: container names are read from the runtime's part of the path.
+    let cgroup_text = cgroup
+        .as_deref()
+        .and_then(|p| p.strip_prefix(inputs.interceptor.cgroup_mount()).ok())
+        .and_then(|p| p.to_str());
+    WorkloadInfo {
+        pid: w.tgid,
+        tid: w.pid,
+        uid: w.uid,
+        gid: w.gid,
+        comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
+        cgroup_id: w.cgroup_id,
+        unit: units.unit,
+        user_unit: units.user_unit,
+        user_unit_uid: units.user_unit_uid,
+        cgroup: cgroup.as_deref().map(|p| p.display().to_string()),
+        user: inputs.users.name(w.uid).map(|u| u.to_string()),
+        exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
+        netns: inputs.interceptor.namespaces().inode(w.netns),
+        container: crate::call::container::Container::of_cgroup(cgroup_text),
+    }
+}

@@ -1,0 +1,526 @@
+//! The forward stage for calls: HTTP clients to original destinations, pooled by destination and
+//! TLS identity (server name and trusted CA), so that keep-alive and h2 multiplexing carry over
+//! from one call to the next.
+//!
+//! Plain-text HTTP/1 takes a shorter way ([`Upstreams::send_http1`]): an intercepted HTTP/1
+//! connection sends its requests one after another, so it keeps one upstream connection for
+//! its whole life, in its own [`Http1Slot`], and a request costs no pool lookup, lock or
+//! checkout. When the intercepted connection ends, its upstream connection waits in an idle
+//! list for the next one to the same destination, as a pool would keep it.
+//!
+//! The clients are pruned (see [`Clients`]): idle ones when a new destination comes, the
+//! least recently used past a bound.
+//!
+//! The upstream is always the connection's original destination: the request's Host or
+//! `:authority` only names the call; it never picks where the bytes go.
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    thread::{self, ThreadId},
+    time::{Duration, Instant},
+};
+
+use crate::util::sync::LockExt;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{Uri, body::Incoming};
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use crate::intercept::netns::Namespaces;
+use crate::proxy::body::{BodyError, ProxyBody};
+
+use super::{
+    ForwardError,
+    h1::{self, H1Body, Sent, Upstream1},
+};
+
+pub type HttpClient = Client<Connector, ProxyBody>;
+
+/// An idle HTTP/1 upstream connection and since when it idles.
+type Kept = (Instant, Upstream1);
+
+/// Idle HTTP/1 upstream connections kept per destination and data-path thread, at most.
+const IDLE_PER_DESTINATION: usize = 64;
+
+/// Pooled clients kept at most (one per destination and TLS identity, about 2 KiB each with
+/// no connection); past it the least recently used go first.
+const MAX_CLIENTS: usize = 2048;
+
+/// Where and how to reach an upstream; one pool per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    pub dst: SocketAddr,
+    /// The network namespace the upstream is dialled from (the workload's): the same address
+    /// is another host in another namespace.
+    pub netns: u64,
+    /// TLS towards the upstream: the server name to verify, and the extra CA bundle.
+    pub tls: Option<(String, Option<PathBuf>)>,
+    /// Plain-text HTTP/2 with prior knowledge (the client spoke h2c).
+    pub h2c: bool,
+}
+
+/// The pools, created on first use of a key.
+pub struct Upstreams {
+    clients: Mutex<Clients>,
+    /// Plain-text HTTP/1 connections no intercepted connection holds, newest last, per
+    /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
+    /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
+    /// eventfd write and an extra epoll round on both threads) on every call it carries.
+    idle_http1: Mutex<HashMap<(ThreadId, SocketAddr, u64), Vec<Kept>>>,
+    connect_timeout: Duration,
+    idle: Duration,
+    /// Makes the sockets of upstream connections in the workloads' network namespaces.
+    namespaces: Option<Arc<Namespaces>>,
+}
+
+/// The pooled clients by key, pruned so that a workload reaching ever new destinations does
+/// not grow them without end. A lookup only stamps its entry with a count, under the lock it
+/// takes anyway (no clock read, no other lock); the pruning runs when a client is added (a
+/// new destination, the cold path): a sweep, at most once per idle timeout, drops the clients
+/// not used since the sweep before — unused for at least the idle timeout, so hyper has
+/// closed their connections already. Past `max`, a sweep runs at once and, if that is not
+/// enough, clients are dropped least recently used first. A dropped client's calls under way
+/// keep their clone of it.
+struct Clients {
+    map: HashMap<UpstreamKey, Pooled>,
+    /// When the last sweep ran, and the count of uses then.
+    swept: (Instant, u64),
+    /// Uses so far (lookups and additions): an entry's stamp orders it by recency.
+    uses: u64,
+    max: usize,
+}
+
+struct Pooled {
+    client: HttpClient,
+    /// [`Clients::uses`] at its last use.
+    last: u64,
+}
+
+impl Clients {
+    fn new(max: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            swept: (Instant::now(), 0),
+            uses: 0,
+            max,
+        }
+    }
+
+    fn get(&mut self, key: &UpstreamKey) -> Option<HttpClient> {
+        let p = self.map.get_mut(key)?;
+        self.uses += 1;
+        p.last = self.uses;
+        Some(p.client.clone())
+    }
+
+    /// Adds `client` for `key`, pruning first as the type's doc says.
+    fn insert(&mut self, key: UpstreamKey, client: HttpClient, idle: Duration) {
+        let now = Instant::now();
+        let full = self.map.len() >= self.max;
+        let (at, then) = self.swept;
+        if full || now.duration_since(at) >= idle {
+            self.map.retain(|_, p| p.last > then);
+            self.swept = (now, self.uses);
+        }
+        if self.map.len() >= self.max {
+            // Least recently used first: O(n log n) on a rare path, once per overflow, and it
+            // makes room for a tenth of the bound so that the next few do not sort again.
+            let mut ages: Vec<(u64, UpstreamKey)> =
+                self.map.iter().map(|(k, p)| (p.last, k.clone())).collect();
+            ages.sort_unstable_by_key(|(last, _)| *last);
+            let excess = self.map.len() + 1 - self.max + self.max / 10;
+            for (_, k) in ages.into_iter().take(excess) {
+                self.map.remove(&k);
+            }
+        }
+        self.uses += 1;
+        self.map.insert(
+            key,
+            Pooled {
+                client,
+                last: self.uses,
+            },
+        );
+    }
+}
+
+/// The upstream connection an intercepted HTTP/1 connection holds between its requests. A
+/// response body puts it back when it ends.
+#[derive(Default)]
+pub struct Http1Slot(h1::Slot);
+
+impl Http1Slot {
+    fn take(&self) -> Option<Upstream1> {
+        self.0.locked().take()
+    }
+}
+
+/// A response body from the upstream: from a pooled hyper client, or from this connection's
+/// own HTTP/1 upstream connection.
+pub enum UpstreamBody {
+    Pooled(Incoming),
+    Own(H1Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BodyError))),
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Upstreams {
+    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+        Self {
+            clients: Mutex::new(Clients::new(MAX_CLIENTS)),
+            idle_http1: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle,
+            namespaces: None,
+        }
+    }
+
+    /// Dials upstreams from the workloads' own network namespaces.
+    pub fn with_namespaces(mut self, namespaces: Arc<Namespaces>) -> Self {
+        self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// Connects to `dst` from the namespace `netns`.
+    async fn connect(&self, dst: SocketAddr, netns: u64) -> Result<TcpStream, ForwardError> {
+        super::connect_from(self.namespaces.as_deref(), netns, dst, self.connect_timeout).await
+    }
+
+    /// Sends `req` (origin-form, with its Host) to the plain-text HTTP/1 upstream `dst` over the
+    /// connection `slot` holds, or a kept or new one; the answer's body puts that connection
+    /// back in `slot` for the next request when it ends. A kept connection the upstream closed
+    /// meanwhile is replaced, and the request, which it never took, goes on the new one.
+    pub async fn send_http1(
+        &self,
+        slot: &Http1Slot,
+        dst: SocketAddr,
+        netns: u64,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let mut req = h1::encode(req).await?;
+        let kept = slot
+            .take()
+            .filter(|c| !c.looks_closed())
+            .or_else(|| self.kept_http1(dst, netns));
+        let mut conn = match kept {
+            Some(c) => c,
+            None => Upstream1::new(self.connect(dst, netns).await?),
+        };
+        loop {
+            match h1::send(conn, req, &slot.0).await? {
+                Sent::Answered(resp) => return Ok(resp.map(UpstreamBody::Own)),
+                // A new connection is not retried again: its failure is the answer.
+                Sent::Retry(again) => {
+                    req = again;
+                    conn = Upstream1::new(self.connect(dst, netns).await?);
+                }
+            }
+        }
+    }
+
+    /// Drops every connection kept from network namespace `netns` (it was closed): idle
+    /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
+    pub fn forget_netns(&self, netns: u64) {
+        self.idle_http1.locked().retain(|(_, _, n), _| *n != netns);
+        self.clients.locked().map.retain(|k, _| k.netns != netns);
+    }
+
+    /// Keeps the connection an intercepted connection held, when it ended, for the next one.
+    pub fn release_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
+        // Still out with a response body, that body was cut off: the connection is dropped
+        // with it, since it cannot carry another request.
+        let Some(conn) = slot.take() else { return };
+        if conn.looks_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle_http1.locked();
+        // Expired ones are closed here, for every destination: nothing else looks at them.
+        idle.retain(|_, kept| {
+            kept.retain(|(at, c)| self.still_usable(*at, now, c));
+            !kept.is_empty()
+        });
+        let kept = idle
+            .entry((thread::current().id(), dst, netns))
+            .or_default();
+        if kept.len() < IDLE_PER_DESTINATION {
+            kept.push((now, conn));
+        }
+    }
+
+    fn kept_http1(&self, dst: SocketAddr, netns: u64) -> Option<Upstream1> {
+        let mut idle = self.idle_http1.locked();
+        let kept = idle.get_mut(&(thread::current().id(), dst, netns))?;
+        let now = Instant::now();
+        while let Some((at, c)) = kept.pop() {
+            if self.still_usable(at, now, &c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// A connection kept since `at` has not idled out, nor been closed by the upstream.
+    fn still_usable(&self, at: Instant, now: Instant, c: &Upstream1) -> bool {
+        now.duration_since(at) < self.idle && !c.looks_closed()
+    }
+
+    /// The client for `key`; `tls` supplies the client configuration when the key needs one.
+    pub fn client(&self, key: &UpstreamKey, tls: Option<Arc<ClientConfig>>) -> HttpClient {
+        let mut clients = self.clients.locked();
+        if let Some(c) = clients.get(key) {
+            return c;
+        }
+        let connector = Connector {
+            dst: key.dst,
+            netns: key.netns,
+            namespaces: self.namespaces.clone(),
+            tls: key
+                .tls
+                .as_ref()
+                .zip(tls)
+                .map(|((name, _), cfg)| (name.clone(), TlsConnector::from(cfg))),
+            timeout: self.connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(key.h2c)
+            .build(connector);
+        clients.insert(key.clone(), client.clone(), self.idle);
+        client
+    }
+}
+
+/// Connects to one destination, whatever the URI says.
+#[derive(Clone)]
+pub struct Connector {
+    dst: SocketAddr,
+    netns: u64,
+    namespaces: Option<Arc<Namespaces>>,
+    tls: Option<(String, TlsConnector)>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = super::connect_from(
+                this.namespaces.as_deref(),
+                this.netns,
+                this.dst,
+                this.timeout,
+            )
+            .await?;
+            let Some((name, connector)) = this.tls else {
+                return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+            };
+            let server = ServerName::try_from(name.clone()).map_err(|_| ForwardError::Tls {
+                dst: this.dst,
+                reason: format!("{name:?} is not a valid server name"),
+            })?;
+            let tls = tokio::time::timeout(this.timeout, connector.connect(server, tcp))
+                .await
+                .map_err(|_| ForwardError::ConnectTimeout {
+                    dst: this.dst,
+                    after: this.timeout,
+                })?
+                .map_err(|e| ForwardError::Tls {
+                    dst: this.dst,
+                    reason: format!("{name}: {e}"),
+                })?;
+            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
+        })
+    }
+}
+
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamStream::Plain(_) => Connected::new(),
+            UpstreamStream::Tls(t) => {
+                if t.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> UpstreamKey {
+        UpstreamKey {
+            dst: SocketAddr::from(([127, 0, 0, 1], port)),
+            netns: 0,
+            tls: None,
+            h2c: false,
+        }
+    }
+
+    fn has(up: &Upstreams, port: u16) -> bool {
+        up.clients.locked().map.contains_key(&key(port))
+    }
+
+    fn count(up: &Upstreams) -> usize {
+        up.clients.locked().map.len()
+    }
+
+    #[tokio::test]
+    async fn clients_unused_for_an_idle_timeout_are_dropped_when_another_is_added() {
+        let idle = Duration::from_millis(300);
+        let up = Upstreams::new(Duration::from_secs(1), idle);
+        for port in 1..=1000 {
+            up.client(&key(port), None);
+        }
+        assert_eq!(count(&up), 1000);
+        // Lookups alone never prune (and take no other lock than the map's).
+        for port in 1..=1000 {
+            up.client(&key(port), None);
+        }
+        assert_eq!(count(&up), 1000);
+        tokio::time::sleep(idle).await;
+        // The first sweep finds every one used since the start.
+        up.client(&key(5000), None);
+        assert_eq!(count(&up), 1001);
+        up.client(&key(1), None);
+        tokio::time::sleep(idle).await;
+        // The next drops those unused since the sweep before: all but 1 and 5000.
+        up.client(&key(5001), None);
+        assert_eq!(count(&up), 3);
+        assert!(has(&up, 1) && has(&up, 5000) && has(&up, 5001));
+        // Within the idle timeout of a sweep, nothing is swept again.
+        up.client(&key(5002), None);
+        assert_eq!(count(&up), 4);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_least_recently_used_go_first() {
+        let mut up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        up.clients = Mutex::new(Clients::new(100));
+        for port in 1..=100 {
+            up.client(&key(port), None);
+        }
+        up.client(&key(1), None);
+        up.client(&key(101), None);
+        // A tenth of the bound and one more make room: 2..=12 were the oldest.
+        assert_eq!(count(&up), 90);
+        assert!(has(&up, 1) && has(&up, 101) && has(&up, 13));
+        assert!((2..=12).all(|p| !has(&up, p)));
+
+        // The measured leak: 15,000 destinations (ports) within the idle timeout.
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        for port in 1..=15_000 {
+            up.client(&key(port), None);
+            assert!(count(&up) <= MAX_CLIENTS);
+        }
+        assert!(has(&up, 15_000) && !has(&up, 1));
+    }
+}

@@ -1,0 +1,375 @@
+//! A forwarded response on its way back: masked chunk by chunk as it streams, captured (up to
+//! the record's cap) for the call's record, which is written when the body ends — or when it is
+//! dropped half-way, so a client that goes away still leaves its call on record.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value as Json;
+use tracing::warn;
+
+use super::{Conn, OneCall};
+use crate::{
+    obligations::mask::{
+        BodyMasker, HeaderMasker,
+        scrub::{ScrubStream, Secrets},
+    },
+    policy::{Obligations, schema::RecordLevel},
+    proxy::body::BodyError,
+    proxy::forward::pool::UpstreamBody,
+    record::{Durable, RawJson, Record, RecordError, RecordedDecision},
+};
+
+/// What writing one call's record needs, carried from the request to the end of its answer.
+/// The recorder, key and counters are reached through the call's connection: cloning the
+/// shared handles per call would bounce their reference counts between the data-path threads.
+#[derive(Clone)]
+pub struct Recording {
+    pub conn: Arc<Conn>,
+    pub rec: Record,
+    pub started: Instant,
+    /// `record: full` (arguments and response) rather than `metadata`.
+    pub full: bool,
+}
+
+impl Recording {
+    /// Fills in the call and its decision; None when the policy says not to record it.
+    pub(super) fn with_call(
+        self,
+        call: &OneCall,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        self.fill(|| call.function.clone(), || call.args.clone(), decision, ob)
+    }
+
+    /// [`Self::with_call`] for a call that is done with: its name and arguments are moved, not
+    /// copied.
+    pub(super) fn with_call_taken(
+        self,
+        call: OneCall,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        let OneCall { function, args, .. } = call;
+        self.fill(move || function, move || args, decision, ob)
+    }
+
+    /// Takes the function name and arguments only once they are known to be recorded.
+    fn fill(
+        mut self,
+        function: impl FnOnce() -> String,
+        args: impl FnOnce() -> serde_json::Value,
+        decision: RecordedDecision,
+        ob: Option<&Obligations>,
+    ) -> Option<Self> {
+        let level = ob.map_or(RecordLevel::Full, |o| o.record);
+        if level == RecordLevel::None {
+            return None;
+        }
+        self.full = level == RecordLevel::Full;
+        self.rec.function = Some(function());
+        if self.full {
+            let mut args = args();
+            if !args.is_null() {
+                if let Some(ob) = ob {
+                    // Field paths the policy masks in responses are masked in arguments too.
+                    ob.masks.0.mask_value(&self.conn.inputs.mask_key, &mut args);
+                }
+                self.rec.args = Some(args);
+            }
+        }
+        self.rec.decision = decision;
+        Some(self)
+    }
+
+    /// Queues the record; in strict durability the returned handle resolves once it is on disk.
+    pub(super) fn submit(
+        mut self,
+        status: Option<u16>,
+        response: Option<RawJson>,
+        truncated: bool,
+        bytes_out: u64,
+    ) -> Option<Durable> {
+        self.rec.status = status;
+        if self.full {
+            self.rec.response = response;
+            self.rec.response_truncated = truncated;
+        }
+        self.rec.bytes_out = bytes_out;
+        self.rec.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let inputs = &self.conn.inputs;
+        match inputs.recorder.as_ref()?.submit(self.rec) {
+            Ok(d) => d,
+            Err(e) => {
+                inputs
+                    .stats
+                    .record_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(error = %e, "could not record a call");
+                None
+            }
+        }
+    }
+}
+
+/// A captured response body as the record stores it: JSON when it parses, text otherwise.
+pub(super) fn response_value(body: &[u8]) -> RawJson {
+    if body.is_empty() {
+        return RawJson::of(&Json::Null);
+    }
+    RawJson::new(body)
+}
+
+/// The record of a streaming response, completed as the body goes by.
+pub struct Pending {
+    recording: Recording,
+    status: u16,
+    capture: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+    bytes_out: u64,
+    incomplete: Option<String>,
+}
+
+impl Pending {
+    pub(super) fn new(recording: Recording, status: u16, cap: usize) -> Self {
+        Self {
+            capture: Vec::new(),
+            cap: if recording.full { cap } else { 0 },
+            recording,
+            status,
+            truncated: false,
+            bytes_out: 0,
+            incomplete: None,
+        }
+    }
+
+    fn saw(&mut self, chunk: &[u8]) {
+        self.bytes_out += chunk.len() as u64;
+        let room = self.cap.saturating_sub(self.capture.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.capture
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn submit(mut self) -> Option<Durable> {
+        if let Some(why) = self.incomplete.take() {
+            let reason = self.recording.rec.decision.reason.take();
+            self.recording.rec.decision.reason = Some(match reason {
+                Some(r) => format!("{r}; {why}"),
+                None => why,
+            });
+        }
+        let response = (!self.capture.is_empty()).then(|| {
+            if self.truncated {
+                RawJson::string(&String::from_utf8_lossy(&self.capture))
+            } else {
+                response_value(&self.capture)
+            }
+        });
+        self.recording
+            .submit(Some(self.status), response, self.truncated, self.bytes_out)
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = Result<u64, RecordError>> + Send>>;
+
+pub struct CallBody {
+    inner: UpstreamBody,
+    masker: Option<BodyMasker>,
+    /// The injected credential's scrubber, after the masker.
+    scrub: Option<ScrubStream>,
+    scratch: Vec<u8>,
+    scratch2: Vec<u8>,
+    /// Trailers held back behind the masker's last bytes.
+    stash: Option<Frame<Bytes>>,
+    ended: bool,
+    pending: Option<Pending>,
+    durable: Option<Wait>,
+    /// Masks and scrubs trailers as the head was (see [`CallBody::mask_trailers`]).
+    trailer_masks: Option<HeaderMasker>,
+    trailer_secrets: Option<Arc<Secrets>>,
+}
+
+impl CallBody {
+    pub fn new(
+        inner: UpstreamBody,
+        masker: Option<BodyMasker>,
+        scrub: Option<ScrubStream>,
+        pending: Option<Pending>,
+    ) -> Self {
+        Self {
+            inner,
+            masker,
+            scrub,
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+            stash: None,
+            ended: false,
+            pending,
+            durable: None,
+            trailer_masks: None,
+            trailer_secrets: None,
+        }
+    }
+
+    /// Trailers (chunked trailers, gRPC trailing metadata) get the masks and the injected
+    /// credential's scrubbing the head got.
+    pub fn mask_trailers(
+        mut self,
+        masks: Option<HeaderMasker>,
+        secrets: Option<Arc<Secrets>>,
+    ) -> Self {
+        self.trailer_masks = masks;
+        self.trailer_secrets = secrets;
+        self
+    }
+
+    fn masked(&self, mut trailers: Frame<Bytes>) -> Frame<Bytes> {
+        if let Some(h) = trailers.trailers_mut() {
+            if let Some(m) = &self.trailer_masks {
+                m.mask(h);
+            }
+            if let Some(s) = &self.trailer_secrets {
+                s.scrub_headers(h);
+            }
+        }
+        trailers
+    }
+
+    fn out(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(p) = &mut self.pending {
+            p.saw(&b);
+        }
+        Poll::Ready(Some(Ok(Frame::data(b))))
+    }
+
+    /// A chunk from the upstream through the masker and the scrubber; None while they hold
+    /// it back.
+    fn transform(&mut self, data: Bytes) -> Option<Bytes> {
+        if self.masker.is_none() && self.scrub.is_none() {
+            return Some(data);
+        }
+        let mut masked: &[u8] = &data;
+        if let Some(m) = &mut self.masker {
+            self.scratch.clear();
+            m.push(&data, &mut self.scratch);
+            masked = &self.scratch;
+        }
+        if let Some(s) = &mut self.scrub {
+            self.scratch2.clear();
+            s.push(masked, &mut self.scratch2);
+            masked = &self.scratch2;
+        }
+        (!masked.is_empty()).then(|| Bytes::copy_from_slice(masked))
+    }
+
+    /// What the masker and the scrubber held back, once the upstream is done.
+    fn flush(&mut self) -> Option<Bytes> {
+        let mut tail = Vec::new();
+        if let Some(mut m) = self.masker.take() {
+            m.finish(&mut tail);
+        }
+        if let Some(mut s) = self.scrub.take() {
+            let mut out = Vec::with_capacity(tail.len());
+            s.push(&tail, &mut out);
+            s.finish(&mut out);
+            tail = out;
+        }
+        (!tail.is_empty()).then(|| Bytes::from(tail))
+    }
+}
+
+impl Body for CallBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(wait) = &mut this.durable {
+                let r = ready!(wait.as_mut().poll(cx));
+                this.durable = None;
+                // In strict durability a call whose record is not on disk does not complete.
+                return Poll::Ready(r.err().map(|e| Err(Box::new(e) as BodyError)));
+            }
+            if let Some(frame) = this.stash.take() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.ended {
+                if let Some(d) = this.pending.take().and_then(Pending::submit) {
+                    this.durable = Some(Box::pin(d.wait()));
+                    continue;
+                }
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => {
+                    this.ended = true;
+                    if let Some(tail) = this.flush() {
+                        return this.out(tail);
+                    }
+                }
+                Some(Err(e)) => {
+                    if let Some(p) = &mut this.pending {
+                        p.incomplete = Some(format!("the upstream response failed: {e}"));
+                    }
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match this.transform(data) {
+                        Some(b) => return this.out(b),
+                        None => continue,
+                    },
+                    Err(trailers) => {
+                        let trailers = this.masked(trailers);
+                        if let Some(tail) = this.flush() {
+                            this.stash = Some(trailers);
+                            return this.out(tail);
+                        }
+                        return Poll::Ready(Some(Ok(trailers)));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.stash.is_none() && self.pending.is_none() && self.durable.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.masker.is_some() || self.scrub.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for CallBody {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            // hyper may stop polling once a body of known length is written: that is an end,
+            // not a client that went away.
+            if !self.inner.is_end_stream() {
+                p.incomplete
+                    .get_or_insert_with(|| "the client went away before the response ended".into());
+            }
+            let _ = p.submit();
+        }
+    }
+}

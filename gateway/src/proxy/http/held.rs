@@ -1,0 +1,336 @@
+//! Answers that must be held whole before they go back: a JSON-RPC batch (denied elements are
+//! answered by the gateway and merged with the upstream's answers to the allowed ones) and an
+//! MCP `tools/list` (filtered to the tools the caller may call). Both are bounded by
+//! `http.max_held_response_kb`, and hold the inspection budget while they are read.
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header, request::Parts};
+use serde_json::Value as Json;
+
+use super::{
+    Conn, Decided, body::Recording, body::response_value, budget, injected, json_bytes,
+    strip_hop_by_hop,
+};
+use crate::{
+    call::Caller,
+    extract::{Kind, Role},
+    obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
+    policy::{Action, Service, Snapshot},
+    proxy::body::ProxyBody,
+    proxy::forward::pool::UpstreamBody,
+    proxy::reply::{self, Refusal},
+    record::RawJson,
+};
+
+/// A JSON-RPC batch: the allowed elements go upstream as one batch; the answer is the
+/// upstream's responses and the gateway's errors, in the order of the request.
+pub(super) async fn batch(
+    conn: &Conn,
+    service: Option<&Service>,
+    snap: &Snapshot,
+    parts: Parts,
+    decided: Vec<Decided>,
+    recording: Option<Recording>,
+) -> Response<ProxyBody> {
+    let allowed: Vec<&Json> = decided
+        .iter()
+        .filter(|d| d.decision.enforced == Action::Allow)
+        .filter_map(|d| d.call.message.as_ref())
+        .collect();
+    let version = parts.version;
+    let mut answers: HashMap<String, Json> = HashMap::new();
+    let mut failure: Option<Refusal> = None;
+    let mut status = StatusCode::OK;
+    // One request goes up with one set of obligations (credential, headers): the allowed
+    // calls must share theirs, or none of them goes.
+    let mut obligations = decided
+        .iter()
+        .filter(|d| d.decision.enforced == Action::Allow)
+        .map(|d| &d.decision.obligations);
+    let first = obligations.next().cloned();
+    if obligations.any(|o| {
+        first
+            .as_ref()
+            .is_some_and(|f| !Arc::ptr_eq(f, o) && **f != **o)
+    }) {
+        failure = Some(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "batch_mixed_obligations",
+            "the calls of this batch are allowed by rules with different obligations \
+             (credentials, headers, masks); send them separately",
+        ));
+    }
+    if let (Some(base), None) = (first.filter(|_| !allowed.is_empty()), &failure) {
+        let body = serde_json::to_vec(&allowed).unwrap_or_default();
+        match conn
+            .forward(
+                snap,
+                service,
+                super::Outgoing {
+                    kind: Kind::JsonRpc,
+                    parts,
+                    body: crate::proxy::body::full(Bytes::from(body)),
+                    ob: &base,
+                    span: None,
+                },
+            )
+            .await
+        {
+            Ok(resp) => {
+                status = resp.status();
+                let scrub = injected(&resp);
+                match read_held(conn, resp.into_body(), scrub).await {
+                    Ok(b) => match serde_json::from_slice::<Json>(&b) {
+                        Ok(Json::Array(items)) => {
+                            for item in items {
+                                let id = item.get("id").map(Json::to_string).unwrap_or_default();
+                                answers.insert(id, item);
+                            }
+                        }
+                        Ok(other) => {
+                            // One object for a batch: an error about the whole batch.
+                            let id = other.get("id").map(Json::to_string).unwrap_or_default();
+                            answers.insert(id, other);
+                        }
+                        Err(e) => {
+                            failure = Some(Refusal::new(
+                                StatusCode::BAD_GATEWAY,
+                                "upstream_invalid",
+                                format!("the upstream's batch answer is not JSON: {e}"),
+                            ))
+                        }
+                    },
+                    Err(r) => failure = Some(r),
+                }
+            }
+            Err(r) => failure = Some(r),
+        }
+    }
+    let mut out = Vec::new();
+    for d in &decided {
+        let id = d.call.rpc_id.as_ref();
+        let answer = if d.decision.enforced != Action::Allow {
+            let r = d.refusal();
+            id.map(|id| r.rpc_error(Some(id)))
+        } else if let Some(r) = &failure {
+            id.map(|id| r.rpc_error(Some(id)))
+        } else {
+            let key = id.map(Json::to_string).unwrap_or_default();
+            id.and_then(|_| answers.remove(&key)).map(|mut a| {
+                if let (Role::ListTools, Some(s)) = (d.call.role, service) {
+                    filter_value(&mut a, &|name| may_call(snap, s, &d.caller, name));
+                }
+                d.decision
+                    .obligations
+                    .masks
+                    .0
+                    .mask_value(&conn.inputs.mask_key, &mut a);
+                a
+            })
+        };
+        if let Some(rec) = d.recording(recording.clone(), None) {
+            let _ = rec.submit(
+                Some(status.as_u16()),
+                answer.as_ref().map(RawJson::of),
+                false,
+                0,
+            );
+        }
+        if let Some(a) = answer {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        // Only notifications: nothing to answer.
+        return reply::empty(StatusCode::ACCEPTED);
+    }
+    json_bytes(
+        StatusCode::OK,
+        version,
+        serde_json::to_vec(&out).unwrap_or_default(),
+    )
+}
+
+/// MCP `tools/list`: the server's list without the tools this caller may not call, masked.
+pub(super) async fn list_tools(
+    conn: &Conn,
+    service: &Service,
+    snap: &Snapshot,
+    version: http::Version,
+    resp: Response<UpstreamBody>,
+    one: Decided,
+    recording: Option<Recording>,
+) -> Response<ProxyBody> {
+    let scrub = injected(&resp);
+    let (mut head, body) = resp.into_parts();
+    head.version = version;
+    // The list is filtered (and masked) as text: one that is compressed or whose head says two
+    // things cannot be, and would reach the caller whole; nor, on a service that masks, one
+    // of a type that is not text, unless the service lets such answers pass.
+    let ob = &one.decision.obligations;
+    let verdict = crate::obligations::mask::response_body(&head.headers).and_then(|kind| {
+        if ob.masks.0.is_empty() {
+            Ok(kind)
+        } else {
+            crate::obligations::mask::answer_kind(
+                head.status.as_u16(),
+                &head.headers,
+                ob.unmaskable,
+            )
+        }
+    });
+    if let Err(why) = verdict {
+        let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
+        if let Some(rec) = one.recording(recording.clone(), Some(&r)) {
+            let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
+        }
+        return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+    }
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::CONTENT_LENGTH);
+    let masks = one.decision.obligations.masks.0.clone();
+    if let Some(m) = HeaderMasker::new(masks, conn.inputs.mask_key.clone()) {
+        m.mask(&mut head.headers);
+    }
+    let record = |status: u16, response: Option<RawJson>| {
+        if let Some(rec) = one.recording(recording.clone(), None) {
+            let _ = rec.submit(Some(status), response, false, 0);
+        }
+    };
+    let bytes = match read_held(conn, body, scrub).await {
+        Ok(b) => b,
+        Err(r) => {
+            record(r.status.as_u16(), None);
+            return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+        }
+    };
+    let ct = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let may = |name: &str| may_call(snap, service, &one.caller, name);
+    let filtered = filter_tools(&bytes, ct.starts_with("text/event-stream"), &may);
+    let mut masker = BodyMasker::new(
+        one.decision.obligations.masks.0.clone(),
+        conn.inputs.mask_key.clone(),
+        if ct.starts_with("text/event-stream") {
+            BodyKind::Text
+        } else {
+            BodyKind::from_content_type(Some(ct))
+        },
+    );
+    let masked = masker.mask_all(&filtered);
+    record(head.status.as_u16(), Some(response_value(&masked)));
+    Response::from_parts(head, crate::proxy::body::full(Bytes::from(masked)))
+}
+
+/// A response body read whole (bounded in size and by the inspection budget), with any
+/// injected credential scrubbed from it.
+async fn read_held(
+    conn: &Conn,
+    body: UpstreamBody,
+    scrub: Option<Arc<Secrets>>,
+) -> Result<Bytes, Refusal> {
+    let limits = &conn.inputs.cfg.http;
+    let max = limits.max_held_response_bytes;
+    match budget::collect(body, max, conn.inputs.inspection.hold(None)).await {
+        Ok(b) => Ok(match scrub.as_ref().map(|s| s.scrub(&b)) {
+            Some(std::borrow::Cow::Owned(clean)) => Bytes::from(clean),
+            _ => b,
+        }),
+        Err(budget::Collect::TooLarge) => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "response_too_large",
+            format!("an answer that must be inspected whole is larger than {max} bytes"),
+        )),
+        Err(budget::Collect::Busy) => Err(budget::Collect::busy()),
+        Err(budget::Collect::Failed(e)) => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+/// A `tools/list` answer (JSON, or an event stream when `sse`) keeping only the tools `may`
+/// allows; anything that is not such an answer comes back unchanged.
+pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    if sse {
+        filter_sse(body, may)
+    } else {
+        filter_json(body, may).unwrap_or_else(|| body.to_vec())
+    }
+}
+
+/// Whether `caller` may call the tool `name` of `service` with some arguments.
+fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> bool {
+    let function = service
+        .surface
+        .function_by_method(name)
+        .map_or_else(|| name.to_string(), |f| f.to_string());
+    snap.may_call(service, &function, caller)
+}
+
+/// Drops disallowed tools from a JSON-RPC result; None if it is not such a result.
+fn filter_json(body: &[u8], may: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+    let mut v: Json = serde_json::from_slice(body).ok()?;
+    filter_value(&mut v, may)?;
+    serde_json::to_vec(&v).ok()
+}
+
+/// [`filter_json`] on a parsed answer (one element of a batch's answer).
+fn filter_value(v: &mut Json, may: &dyn Fn(&str) -> bool) -> Option<()> {
+    let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
+    tools.retain(|t| t.get("name").and_then(Json::as_str).is_some_and(may));
+    Some(())
+}
+
+/// The same for each `data:` line of an event stream.
+fn filter_sse(body: &[u8], may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            out.extend_from_slice(line);
+            continue;
+        };
+        let end = data.len()
+            - data
+                .iter()
+                .rev()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+        match filter_json(data[..end].trim_ascii_start(), may) {
+            Some(json) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(&data[end..]);
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_are_filtered_in_json_and_sse() {
+        let may = |n: &str| n != "delete_table";
+        let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search_docs"},{"name":"delete_table"}]}}"#;
+        let out = String::from_utf8(filter_json(json, &may).expect("filtered")).expect("utf8");
+        assert!(out.contains("search_docs") && !out.contains("delete_table"));
+        let sse = format!(
+            "event: message\r\ndata: {}\r\n\r\n",
+            String::from_utf8_lossy(json)
+        );
+        let out = String::from_utf8(filter_sse(sse.as_bytes(), &may)).expect("utf8");
+        assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
+        assert!(out.ends_with("}\r\n\r\n"), "{out:?}");
+        assert!(out.contains("search_docs") && !out.contains("delete_table"));
+        assert_eq!(filter_json(b"{\"result\":{}}", &may), None);
+    }
+}

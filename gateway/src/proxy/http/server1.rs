@@ -1,0 +1,996 @@
+//! The http stage's own HTTP/1.1 server, for the plain-text HTTP/1 connections workloads
+//! make (h2 and TLS-terminated connections go to hyper's).
+//!
+//! One request at a time per connection, as HTTP/1.1 has it: its head is read and parsed in
+//! place (field values share the head's memory), the handler answers it, and the answer is
+//! written with as few writes as its body allows, usually one. The request body, when there
+//! is one, reads straight off the connection through the shared [`crate::proxy::h1`] framing; no
+//! connection task and no channels. hyper's server did the same work with a more general
+//! dispatcher and a fresh timer per request: about 12k of the 32k instructions a small call
+//! cost (callgrind), where this server's part is about 6k.
+//!
+//! Limits: the head must arrive whole within `header_timeout` of the server starting to wait
+//! for it (slowloris, and idle keep-alive) and fit `max_head` bytes (431 otherwise). A
+//! request whose length cannot be known for sure (Content-Length with Transfer-Encoding, a
+//! coding other than chunked last, conflicting lengths) is refused with 400 and the
+//! connection closed, so no bytes of it can be read as another request.
+use std::{
+    future::Future,
+    io,
+    mem::MaybeUninit,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    time::{Instant, Sleep},
+};
+use tracing::debug;
+
+use crate::{
+    extract::Kind,
+    proxy::body::{BodyError, ProxyBody},
+    proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
+    proxy::reply::Refusal,
+    util::sync::LockExt,
+};
+
+/// Bodies up to this size are copied in with the head and the chunk framing, so the whole
+/// answer goes in one write; larger data is written from its own buffer.
+const COALESCE: usize = 16 * 1024;
+/// After an answer that ends the connection, what the client still sends is read and dropped
+/// for at most this long and this much, so closing does not reset the connection (which can
+/// destroy the answer before the client reads it).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub header_timeout: Duration,
+}
+
+/// The read side of the connection, with what was read past the last message.
+struct Reader<I> {
+    io: ReadHalf<I>,
+    buf: BytesMut,
+}
+
+/// Where a request body hands the read side back, with whether the body ended at its end.
+type Returned<I> = Arc<Mutex<Back<I>>>;
+
+struct Back<I> {
+    reader: Option<(Reader<I>, bool)>,
+    /// The server, waiting for the reader to watch the client with.
+    waiting: Option<Waker>,
+}
+
+/// The read side, lent to a request's body.
+struct Lent<I> {
+    reader: Reader<I>,
+    back: Returned<I>,
+}
+
+impl<I: AsyncRead + Send + 'static> Source for Lent<I> {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.reader.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, expect: u64) -> Poll<io::Result<usize>> {
+        h1::poll_fill(&mut self.reader.io, &mut self.reader.buf, cx, expect)
+    }
+
+    fn finish(self, reusable: bool) {
+        let mut back = self.back.locked();
+        back.reader = Some((self.reader, reusable));
+        if let Some(w) = back.waiting.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What of a request its answer depends on.
+struct Asked {
+    head_only: bool,
+    version: Version,
+    keep_alive: bool,
+    /// `TE: trailers`: the client takes trailers in a chunked answer.
+    trailers: bool,
+}
+
+/// Why no request could be read.
+enum HeadError {
+    /// The client closed, or went quiet, between requests: nothing to answer.
+    Gone,
+    /// Partway through a head: answered with this status, then the connection closes.
+    Refuse(StatusCode, &'static str, String),
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes, a limit ends the connection or an answer
+/// cannot be completed. `handle` answers each request.
+pub async fn serve<I, H, F>(io: I, limits: Limits, mut handle: H)
+where
+    I: AsyncRead + AsyncWrite + Send + 'static,
+    H: FnMut(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let (rd, mut wr) = tokio::io::split(io);
+    let mut reader = Reader {
+        io: rd,
+        buf: BytesMut::with_capacity(8 * 1024),
+    };
+    let back: Returned<I> = Arc::new(Mutex::new(Back {
+        reader: None,
+        waiting: None,
+    }));
+    // One timer for the connection's life, moved forward per request: cheaper than one armed
+    // and dropped per request.
+    let mut timer = Box::pin(tokio::time::sleep(limits.header_timeout));
+    let mut out = Vec::with_capacity(8 * 1024);
+    // The handler's future (the whole call pipeline, several KiB) lives here, in place, for
+    // the connection's life, rather than being moved into and out of the futures that wait
+    // on it for every request.
+    let mut handling: Pin<Box<Option<F>>> = Box::pin(None);
+    loop {
+        let (req, asked, framing) = match read_head(&mut reader, &limits, timer.as_mut()).await {
+            Ok(r) => r,
+            Err(HeadError::Gone) => return,
+            Err(HeadError::Refuse(status, code, why)) => {
+                debug!(%status, reason = %why, "refused an HTTP/1 request head");
+                let asked = Asked {
+                    head_only: false,
+                    version: Version::HTTP_11,
+                    keep_alive: false,
+                    trailers: false,
+                };
+                let resp = Refusal::new(status, code, why).respond(Kind::Http, None);
+                if write_answer(&mut wr, &mut out, resp, &asked).await.is_ok() {
+                    linger(reader, wr).await;
+                }
+                return;
+            }
+        };
+        if framing != Framing::Done
+            && asked.version == Version::HTTP_11
+            && req
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            // Sent at once rather than when the handler first reads the body: an answer
+            // that refuses the request unread closes the connection (after lingering) anyway.
+            if wr
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let (req, kept) = if framing == Framing::Done {
+            let body = Empty::new().map_err(|e| match e {}).boxed_unsync();
+            (req.map(|()| body), Some(reader))
+        } else {
+            let lent = Lent {
+                reader,
+                back: back.clone(),
+            };
+            let body = FramedBody::new(lent, framing).boxed_unsync();
+            (req.map(|()| body), None)
+        };
+        let mut kept = kept;
+        handling.set(Some(handle(req)));
+        let answered = match handling.as_mut().as_pin_mut() {
+            Some(f) => answer_unless_gone(f, &mut kept, &back, limits.max_head).await,
+            None => None,
+        };
+        handling.set(None);
+        let Some(resp) = answered else {
+            debug!("the client closed its connection before its answer; request cancelled");
+            return;
+        };
+        let written = write_answer(&mut wr, &mut out, resp, &asked).await;
+        // A lent reader is back by now unless the handler kept the body (rarely: it still
+        // streams to an upstream that answered early).
+        let returned = match kept {
+            Some(r) => Some((r, true)),
+            None => back.locked().reader.take(),
+        };
+        reader = match returned {
+            Some((r, true)) => r,
+            Some((r, false)) => {
+                if matches!(written, Ok(true)) {
+                    linger(r, wr).await;
+                }
+                return;
+            }
+            None => return,
+        };
+        match written {
+            Ok(true) => {}
+            // The request was read to its end: with nothing of another one read meanwhile, the
+            // client has nothing more to say (nginx's heuristic too), and waiting for its FIN
+            // would cost every `Connection: close` call one more wake-up and read. Shut down
+            // rather than only dropped: over TLS that sends the close_notify.
+            Ok(false) if reader.buf.is_empty() => {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Ok(false) => return linger(reader, wr).await,
+            Err(e) => {
+                debug!(error = %e, "HTTP/1 answer not completed; closing the connection");
+                return;
+            }
+        }
+        if out.capacity() > 256 * 1024 {
+            out = Vec::with_capacity(8 * 1024);
+        }
+        if reader.buf.capacity() > 256 * 1024 && reader.buf.is_empty() {
+            reader.buf = BytesMut::with_capacity(8 * 1024);
+        }
+    }
+}
+
+/// The handler's answer; None when the client closes its connection first (as a client that
+/// gives up does), and then the handler is dropped, which cancels the call wherever it is
+/// (waiting for an approval, for the upstream). The read side is watched for that once the
+/// request body (if any) has handed it back; bytes of a next request are kept meanwhile.
+async fn answer_unless_gone<I, F>(
+    mut handling: Pin<&mut F>,
+    kept: &mut Option<Reader<I>>,
+    back: &Returned<I>,
+    max_head: usize,
+) -> Option<Response<ProxyBody>>
+where
+    I: AsyncRead,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if kept.is_none() {
+            let mut back = back.locked();
+            match back.reader.take() {
+                Some((r, true)) => *kept = Some(r),
+                // The body did not end cleanly: the connection closes after the answer.
+                Some(unclean) => {
+                    back.reader = Some(unclean);
+                    return Poll::Pending;
+                }
+                None => {
+                    back.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+        if let Some(r) = kept.as_mut() {
+            while r.buf.len() < max_head {
+                match h1::poll_fill(&mut r.io, &mut r.buf, cx, 0) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Reads and parses the next request head, within the header timeout.
+async fn read_head<I: AsyncRead>(
+    r: &mut Reader<I>,
+    limits: &Limits,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<(Request<()>, Asked, Framing), HeadError> {
+    let mut armed = false;
+    loop {
+        if !r.buf.is_empty() {
+            if let Some(head) = parse_request(&mut r.buf, limits.max_head)? {
+                return Ok(head);
+            }
+        }
+        let read = std::future::poll_fn(|cx| {
+            if let Poll::Ready(n) = h1::poll_fill(&mut r.io, &mut r.buf, cx, 0) {
+                return Poll::Ready(Some(n));
+            }
+            if !armed {
+                // Only now that the head has to be waited for.
+                timer.as_mut().reset(Instant::now() + limits.header_timeout);
+                armed = true;
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            Some(Ok(_)) | Some(Err(_)) if r.buf.is_empty() => return Err(HeadError::Gone),
+            Some(Ok(_)) | Some(Err(_)) => {
+                return Err(bad("the connection ended in the middle of a request head"));
+            }
+            None if r.buf.is_empty() => return Err(HeadError::Gone),
+            None => {
+                return Err(HeadError::Refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "header_timeout",
+                    format!(
+                        "the request head did not arrive within {:?}",
+                        limits.header_timeout
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn too_large(max: usize) -> HeadError {
+    HeadError::Refuse(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        format!("the request head is larger than {max} bytes"),
+    )
+}
+
+fn bad(why: impl Into<String>) -> HeadError {
+    HeadError::Refuse(StatusCode::BAD_REQUEST, "bad_request", why.into())
+}
+
+/// A request head from the front of `buf` (consumed), or None when more bytes are needed and
+/// may still come within `max`.
+fn parse_request(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<(Request<()>, Asked, Framing)>, HeadError> {
+    // Empty lines before a request line are to be ignored (RFC 9112 §2.2).
+    while buf.starts_with(b"\r\n") {
+        let _ = buf.split_to(2);
+    }
+    let mut at = h1::Positions::new();
+    let (n, method, path, minor) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Request::new(&mut []);
+        // No further than the limit: the verdict on a head is then the same however its
+        // bytes were split across reads.
+        let view = &buf[..buf.len().min(max)];
+        let n = match httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut r, view, &mut slots)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() >= max => return Err(too_large(max)),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(too_large(max)),
+            Err(e) => return Err(bad(format!("malformed request head: {e}"))),
+        };
+        let method = Method::from_bytes(r.method.unwrap_or_default().as_bytes())
+            .map_err(|_| bad("invalid method"))?;
+        let path = r.path.unwrap_or_default();
+        let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
+        h1::positions(&mut at, buf, r.headers);
+        (n, method, (path_at, path.len()), r.version)
+    };
+    let version = if minor == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head = buf.split_to(n).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
+        .map_err(|e| bad(format!("invalid request target: {e}")))?;
+    let fields = h1::fields(&head, &at, version == Version::HTTP_11)
+        .map_err(|e| bad(format!("malformed request head: {e}")))?;
+    let framing = request_framing(&fields, version)?;
+    let asked = Asked {
+        head_only: method == Method::HEAD,
+        version,
+        keep_alive: fields.keep_alive,
+        trailers: fields.te_trailers,
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = fields.headers;
+    Ok(Some((req, asked, framing)))
+}
+
+/// RFC 9112 §6.3 for requests, strictly: anything that could be read two ways is refused.
+fn request_framing(fields: &h1::Fields, version: Version) -> Result<Framing, HeadError> {
+    let length = fields.length.clone().map_err(|e| bad(e.0))?;
+    match fields.chunked_last {
+        Some(_) if length.is_some() => Err(bad(
+            "both Content-Length and Transfer-Encoding: the request's length is ambiguous",
+        )),
+        Some(_) if version == Version::HTTP_10 => {
+            Err(bad("Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        Some(true) => Ok(Framing::Chunked(h1::Chunk::Size)),
+        Some(false) => Err(bad(
+            "a Transfer-Encoding whose last coding is not chunked: the request's length is unknown",
+        )),
+        None => Ok(match length {
+            None | Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+        }),
+    }
+}
+
+/// Writes `resp` as the answer to `asked`. Ok(true) when the connection can carry the next
+/// request, Ok(false) when it must close after this answer.
+async fn write_answer<W: AsyncWrite>(
+    wr: &mut WriteHalf<W>,
+    out: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+    asked: &Asked,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let mut headers = parts.headers;
+    let status = parts.status;
+    let mut keep = asked.keep_alive;
+    let bodiless = asked.head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // One pass over the fields finds the few this server has a say in: a lookup by name
+    // costs a hash and a probe each, present or not.
+    let (mut connection, mut coded, mut dated) = (false, false, false);
+    let mut length = Ok(None);
+    for (name, v) in &headers {
+        if name == header::CONNECTION {
+            connection = true;
+            keep &= !h1::list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close"));
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+        } else if name == header::CONTENT_LENGTH {
+            if let Ok(l) = &mut length {
+                if h1::add_length(l, v.as_bytes()).is_err() {
+                    length = Err(());
+                }
+            }
+        } else if name == header::DATE {
+            dated = true;
+        }
+    }
+    if connection {
+        headers.remove(header::CONNECTION);
+    }
+    // The framing is this server's to choose.
+    if coded {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    // An invalid Content-Length from the handler is not passed on.
+    let declared = length.unwrap_or_else(|()| {
+        headers.remove(header::CONTENT_LENGTH);
+        None
+    });
+    let framing = if bodiless {
+        // A HEAD answer made here says how long the GET answer's body would be.
+        match body.size_hint().exact() {
+            Some(n) if asked.head_only && n > 0 && declared.is_none() => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            _ => {}
+        }
+        Framing::Done
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Framing::Length(n)
+    } else if asked.version == Version::HTTP_11 {
+        Framing::Chunked(h1::Chunk::Size)
+    } else {
+        keep = false;
+        Framing::Close
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    h1::put_fields(out, &headers);
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if matches!(framing, Framing::Chunked(_)) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if asked.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if framing == Framing::Done {
+        wr.write_all(out).await?;
+        return Ok(keep);
+    }
+    let chunked = matches!(framing, Framing::Chunked(_));
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut body = Pin::new(&mut body);
+    loop {
+        // What is ready now joins `out`; the bytes go when the body has to be waited for.
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+        {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    wr.write_all(out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(body_failed)?;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (true, Ok(t)) = (chunked, frame.into_trailers()) {
+                    h1::put_last_chunk(out, asked.trailers.then_some(&t));
+                    wr.write_all(out).await?;
+                    return Ok(keep);
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(l) = left.as_mut() {
+            if data.len() as u64 > *l {
+                return Err(io::Error::other(
+                    "the answer's body is longer than its Content-Length",
+                ));
+            }
+            *l -= data.len() as u64;
+        }
+        put_data(wr, out, data, chunked).await?;
+    }
+    if chunked {
+        h1::put_last_chunk(out, None);
+    }
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+    }
+    if left.is_some_and(|l| l > 0) {
+        return Err(io::Error::other(
+            "the answer's body ended before its Content-Length",
+        ));
+    }
+    Ok(keep)
+}
+
+/// Adds `data` to the answer: copied into `out` when small, written from its own buffer when
+/// not.
+async fn put_data<W: AsyncWrite>(
+    wr: &mut WriteHalf<W>,
+    out: &mut Vec<u8>,
+    data: Bytes,
+    chunked: bool,
+) -> io::Result<()> {
+    if data.len() <= COALESCE {
+        if chunked {
+            h1::put_chunk(out, &data);
+        } else {
+            out.extend_from_slice(&data);
+        }
+        return Ok(());
+    }
+    if chunked {
+        h1::put_chunk_size(out, data.len());
+    }
+    wr.write_all(out).await?;
+    out.clear();
+    wr.write_all(&data).await?;
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
+}
+
+fn body_failed(e: BodyError) -> io::Error {
+    io::Error::other(format!("the answer's body failed: {e}"))
+}
+
+/// Closes the connection after an answer without resetting it: the write side first, then
+/// what the client still sends is read and dropped, bounded in time and size.
+async fn linger<I: AsyncRead + AsyncWrite>(mut reader: Reader<I>, mut wr: WriteHalf<I>) {
+    let _ = wr.shutdown().await;
+    let drain = async {
+        let mut dropped = 0;
+        // Into the room the buffer has: nearly always the client's FIN is all that comes, and
+        // growing the buffer for it (to 64 KiB, as a body read would) was a realloc and an
+        // 8 KiB copy per closed connection.
+        if reader.buf.capacity() < 1024 {
+            reader.buf.reserve(4096);
+        }
+        while dropped < LINGER_BYTES {
+            reader.buf.clear();
+            match reader.io.read_buf(&mut reader.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The requests in `wire` as this server reads them, fed at most `step` bytes per read: each
+/// one's method, target and body, up to the first that cannot be read (then why). For the
+/// fuzzer, which checks that the answer does not depend on `step`.
+#[doc(hidden)]
+pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String, String>> {
+    /// The wire in memory, handed out `step` bytes per read.
+    struct Mem {
+        buf: BytesMut,
+        rest: Bytes,
+        step: usize,
+        back: Arc<Mutex<Option<(Mem, bool)>>>,
+    }
+    impl Source for Mem {
+        fn buf(&mut self) -> &mut BytesMut {
+            &mut self.buf
+        }
+        fn poll_fill(&mut self, _: &mut Context<'_>, _: u64) -> Poll<io::Result<usize>> {
+            let n = self.step.min(self.rest.len());
+            self.buf.extend_from_slice(&self.rest.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+        fn finish(self, reusable: bool) {
+            let back = self.back.clone();
+            *back.locked() = Some((self, reusable));
+        }
+    }
+    let back = Arc::new(Mutex::new(None));
+    let mut mem = Mem {
+        buf: BytesMut::new(),
+        rest: Bytes::copy_from_slice(wire),
+        step: step.max(1),
+        back: back.clone(),
+    };
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = Vec::new();
+    loop {
+        let (req, _, framing) = loop {
+            if !mem.buf.is_empty() {
+                match parse_request(&mut mem.buf, max_head) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(HeadError::Refuse(status, _, why)) => {
+                        out.push(Err(format!("{status} {why}")));
+                        return out;
+                    }
+                    Err(HeadError::Gone) => return out,
+                }
+            }
+            if let Poll::Ready(Ok(0)) = mem.poll_fill(&mut cx, 0) {
+                if !mem.buf.is_empty() {
+                    out.push(Err("ended in a head".into()));
+                }
+                return out;
+            }
+        };
+        let text = format!("{} {} ", req.method(), req.uri());
+        let mut data = Vec::new();
+        let mut body = FramedBody::new(mem, framing);
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        data.extend_from_slice(&d);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    out.push(Err(format!("{text}: {e}")));
+                    return out;
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        drop(body);
+        out.push(Ok(format!("{text}{}", String::from_utf8_lossy(&data))));
+        let returned = back.locked().take();
+        match returned {
+            Some((m, true)) => mem = m,
+            _ => return out,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::proxy::body::full;
+
+    const LIMITS: Limits = Limits {
+        max_head: 1024,
+        header_timeout: Duration::from_secs(5),
+    };
+
+    /// Answers `METHOD target body` (the body read whole), or, for `/stream`, the same in
+    /// three frames and a trailer; `/refuse` answers without reading the body.
+    async fn echo(req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        if parts.uri.path() == "/refuse" {
+            return Response::new(full(Bytes::from_static(b"no")));
+        }
+        let data = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => Bytes::from(format!("error: {e}")),
+        };
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&data)
+        );
+        if parts.uri.path() == "/stream" {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-sum", HeaderValue::from_static("7"));
+            let frames = [
+                Frame::data(Bytes::from(text)),
+                Frame::data(Bytes::from_static(b"!")),
+                Frame::trailers(t),
+            ];
+            // One frame per poll, with no length known ahead.
+            let frames = futures_util::stream::iter(frames.map(Ok::<_, BodyError>));
+            return Response::new(StreamBody::new(frames).boxed_unsync());
+        }
+        Response::new(full(Bytes::from(text)))
+    }
+
+    /// Serves `wire` (then the client's end of stream) and returns all the server wrote,
+    /// Date lines left out.
+    async fn exchange(wire: &[u8], limits: Limits) -> String {
+        let (mut client, server): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 20);
+        let served = tokio::spawn(serve(server, limits, echo));
+        client.write_all(wire).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        served.await.expect("server task");
+        String::from_utf8_lossy(&out)
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let out = exchange(
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n\
+              POST /b?q=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+              POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            LIMITS,
+        )
+        .await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nGET /a \
+             HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\nPOST /b?q=1 hello\
+             HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nPOST /c abcde"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_lengths_are_chunked_for_http11_and_close_delimited_for_http10() {
+        let out = exchange(
+            b"GET /stream HTTP/1.1\r\nte: trailers\r\n\r\nGET /stream HTTP/1.1\r\n\r\n",
+            LIMITS,
+        )
+        .await;
+        let one = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nc\r\nGET /stream \r\n1\r\n!\r\n0\r\n";
+        assert_eq!(out, format!("{one}x-sum: 7\r\n\r\n{one}\r\n"));
+        let out = exchange(b"GET /stream HTTP/1.0\r\n\r\n", LIMITS).await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nGET /stream !"
+        );
+        let out = exchange(
+            b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\nHEAD /a HTTP/1.1\r\nconnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n",
+            LIMITS,
+        )
+        .await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: keep-alive\r\n\r\nGET /a \
+             HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_oversized_heads_are_refused_and_the_connection_closed() {
+        for (wire, status) in [
+            (
+                &b"POST /c HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+                "400",
+            ),
+            (b"POST /c HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", "400"),
+            (b"POST /c HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc", "400"),
+            (b"POST /c HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            (b"GET /c HTTP/1.1\r\nbad header\r\n\r\n", "400"),
+            (b"GET /c HTTP/1.1\r\nhost: x\r\n", "400"),
+        ] {
+            let out = exchange(wire, LIMITS).await;
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {status} ")) && out.contains("connection: close"),
+                "{}: {out}",
+                String::from_utf8_lossy(wire)
+            );
+            assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+        }
+        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(2000));
+        let out = exchange(big.as_bytes(), LIMITS).await;
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        let many: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let wire = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let limits = Limits {
+            max_head: 1 << 20,
+            ..LIMITS
+        };
+        assert!(
+            exchange(wire.as_bytes(), limits)
+                .await
+                .starts_with("HTTP/1.1 431 ")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_left_unread_keeps_the_connection_only_when_it_was_all_there() {
+        let out = exchange(
+            b"POST /refuse HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET /after HTTP/1.1\r\n\r\n",
+            LIMITS,
+        )
+        .await;
+        assert!(
+            out.ends_with("\r\n\r\nnoHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nGET /after "),
+            "{out}"
+        );
+        // The rest of this one has not arrived: the connection cannot be reused.
+        let out = exchange(
+            b"POST /refuse HTTP/1.1\r\ncontent-length: 300\r\n\r\nabc",
+            LIMITS,
+        )
+        .await;
+        assert!(
+            out.contains("connection: close") || out.ends_with("no"),
+            "{out}"
+        );
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_close_answer_lingers_only_when_the_client_sent_more() {
+        // Nothing more sent: the connection ends without waiting for the client's FIN.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, LIMITS, echo));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), client.read_to_end(&mut out));
+        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
+        assert!(
+            out.ends_with(b"GET /a "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let done = tokio::time::timeout(Duration::from_secs(1), served).await;
+        assert!(done.is_ok(), "the server waited for the client");
+
+        // A pipelined request already read: what the client sends is drained before closing,
+        // so that the close does not reset the answer.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, LIMITS, echo));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 17];
+        client.read_exact(&mut head).await.expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200 OK\r\n");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !served.is_finished(),
+            "closed with the client's bytes unread"
+        );
+        client.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(
+            String::from_utf8_lossy(&rest).matches("HTTP/1.1 ").count(),
+            0
+        );
+        served.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_is_answered_before_the_body_is_read() {
+        let out = exchange(
+            b"PUT /e HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\nok",
+            LIMITS,
+        )
+        .await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nPUT /e ok"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_cancels_its_request() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        // A handler that never answers, and says when it is dropped.
+        let handler = move |_req: Request<ProxyBody>| {
+            let guard = dropped_tx.take();
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<ProxyBody>>().await
+            }
+        };
+        let served = tokio::spawn(serve(server, LIMITS, handler));
+        client
+            .write_all(b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+        let gone = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(gone.is_ok(), "the server kept waiting for the handler");
+        assert!(dropped_rx.await.is_err(), "the handler was dropped");
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_arrive_in_time_ends_the_connection() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, limits, echo));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\nx-slow: ")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        // The server closes on its own: the client never finishes or shuts down.
+        client.read_to_end(&mut out).await.expect("read");
+        served.await.expect("server task");
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("GET /a "), "{out}");
+        assert!(out.contains("HTTP/1.1 408 "), "{out}");
+        // Idle between requests: closed without an answer.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, limits, echo));
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        served.await.expect("server task");
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,169 @@
+//! Counters and the recent-connection ring shown by `callgate status`.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use crate::util::sync::LockExt;
+use serde::{Deserialize, Serialize};
+
+/// How many finished connections `status` remembers.
+const RECENT: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub refused_no_entry: AtomicU64,
+    pub refused_loop: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    /// Refused because the call could not be recorded (disk full, writer behind).
+    pub refused_recording: AtomicU64,
+    /// Records that could not be queued after their connection ended.
+    pub record_errors: AtomicU64,
+    pub active: AtomicU64,
+    /// Calls (HTTP requests) decided, and how.
+    pub calls: AtomicU64,
+    pub calls_allowed: AtomicU64,
+    pub calls_denied: AtomicU64,
+    /// Connections or calls the policy refused before any call could be read (unknown
+    /// destination, `tcp: deny`, SNI or Host naming another service, malformed TLS).
+    pub refused_policy: AtomicU64,
+    /// Bearer tokens checked (a connection reuses its last outcome; that is not counted).
+    pub tokens_verified: AtomicU64,
+    pub tokens_rejected: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    recent: Mutex<VecDeque<ConnSummary>>,
+}
+
+/// Who connected (from the kernel at connect time).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread that called connect().
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    /// The systemd unit that owns the cgroup (never a name below a delegation boundary).
+    pub unit: Option<String>,
+    /// Under `user@UID.service`: the user manager's unit, named by that user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unit_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The executable, when the process was still alive at accept time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The inode of the network namespace it connected from (`readlink /proc/PID/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The container (or pod) its cgroup belongs to, named by the cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::call::container::Container>,
+}
+
+/// One finished connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnSummary {
+    pub id: u64,
+    pub started_unix_ms: u64,
+    pub workload: WorkloadInfo,
+    pub original_dst: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// `ok`, or why the connection ended early.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Counters {
+    pub accepted: u64,
+    pub forwarded: u64,
+    pub refused_no_entry: u64,
+    pub refused_loop: u64,
+    pub upstream_errors: u64,
+    #[serde(default)]
+    pub refused_recording: u64,
+    #[serde(default)]
+    pub record_errors: u64,
+    pub active: u64,
+    #[serde(default)]
+    pub calls: u64,
+    #[serde(default)]
+    pub calls_allowed: u64,
+    #[serde(default)]
+    pub calls_denied: u64,
+    #[serde(default)]
+    pub refused_policy: u64,
+    #[serde(default)]
+    pub tokens_verified: u64,
+    #[serde(default)]
+    pub tokens_rejected: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl Stats {
+    pub fn finished(&self, summary: ConnSummary) {
+        self.bytes_up.fetch_add(summary.bytes_up, Relaxed);
+        self.bytes_down.fetch_add(summary.bytes_down, Relaxed);
+        let mut recent = self.recent.locked();
+        let oldest = (recent.len() == RECENT).then(|| recent.pop_front());
+        recent.push_back(summary);
+        // Freed after the lock: every data-path thread comes here once per connection.
+        drop(recent);
+        drop(oldest);
+    }
+
+    pub fn recent(&self) -> Vec<ConnSummary> {
+        self.recent.locked().iter().cloned().collect()
+    }
+
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            accepted: self.accepted.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            refused_no_entry: self.refused_no_entry.load(Relaxed),
+            refused_loop: self.refused_loop.load(Relaxed),
+            upstream_errors: self.upstream_errors.load(Relaxed),
+            refused_recording: self.refused_recording.load(Relaxed),
+            record_errors: self.record_errors.load(Relaxed),
+            active: self.active.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+            calls_allowed: self.calls_allowed.load(Relaxed),
+            calls_denied: self.calls_denied.load(Relaxed),
+            refused_policy: self.refused_policy.load(Relaxed),
+            tokens_verified: self.tokens_verified.load(Relaxed),
+            tokens_rejected: self.tokens_rejected.load(Relaxed),
+            bytes_up: self.bytes_up.load(Relaxed),
+            bytes_down: self.bytes_down.load(Relaxed),
+        }
+    }
+}
+
+/// Decrements `active` when a connection ends, however it ends.
+pub struct ActiveGuard<'a>(&'a Stats);
+
+impl<'a> ActiveGuard<'a> {
+    pub fn new(stats: &'a Stats) -> Self {
+        stats.active.fetch_add(1, Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}

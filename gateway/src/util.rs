@@ -1,0 +1,15 @@
+//! Small helpers every stage shares and none owns: files written atomically, JSON paths, the
+//! guard on URLs the gateway itself calls out to, time, and locks that survive a panicked holder.
+
+/// The maps the data path looks names up in on every call. Keys come only from the policy
+/// files and a call only reads them, so a fast hash (foldhash, randomly seeded) is safe
+/// here; SipHash was a few percent of a small call's CPU.
+pub type NameIndex<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
+
+pub mod fs;
+pub mod jsonpath;
+pub mod net;
+pub mod outbound;
+pub mod sync;
+pub mod time;
+pub mod visible;
