@@ -20,7 +20,7 @@ use crate::{
     proxy::forward::pool::Upstreams,
     proxy::http::InspectionBudget,
     proxy::tls::Authority,
-    record::{Record, RecordedDecision, Recorder, RecorderConfig},
+    record::{Record, Recorder, RecorderConfig},
     telemetry::stats::Stats,
     util::outbound::Outbound,
 };
@@ -368,22 +368,7 @@ fn open_approvals(
     for r in interrupted {
         warn!(id = %r.id, service = %r.service, function = %r.function, "a call held for approval was interrupted by the restart");
         let Some(recorder) = recorder else { continue };
-        let mut rec = Record::new(r.session.clone(), r.destination.clone());
-        rec.time_ms = r.requested_at_ms;
-        rec.protocol = "http".into();
-        rec.service = Some(r.service.clone());
-        rec.function = Some(r.function.clone());
-        rec.args = Some(r.args.clone());
-        rec.caller = serde_json::to_value(&r.caller).ok();
-        rec.decision = RecordedDecision {
-            action: "approve".into(),
-            enforced: true,
-            rule: Some(r.rule.clone()),
-            reason: Some("interrupted by restart while awaiting approval".into()),
-            policy_commit: r.policy_commit.clone(),
-            ..RecordedDecision::default()
-        };
-        rec.approval = Some(serde_json::json!({ "request": r.id, "state": r.state }));
+        let rec = Record::interrupted(&r);
         if let Err(e) = recorder.submit(rec) {
             warn!(error = %e, "could not record an interrupted call");
         }

@@ -5,6 +5,7 @@
 //! appends hash-chained frames ([`segment`]), compresses and fsyncs them in groups, and
 //! rotates segments. When the writer cannot keep up or the disk is full, `submit` refuses
 //! the call instead of dropping its record: callgate fails closed.
+pub mod build;
 mod json;
 pub mod query;
 pub mod segment;

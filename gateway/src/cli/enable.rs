@@ -38,7 +38,7 @@ pub fn enable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let change: Change = rt.block_on(request(
         &t.socket,
         &Request::Enable {
-            target: target(&t)?,
+            target: target(t)?,
         },
     ))?;
     let verb = if change.changed {
@@ -58,7 +58,7 @@ pub fn disable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let change: Change = rt.block_on(request(
         &t.socket,
         &Request::Disable {
-            target: target(&t)?,
+            target: target(t)?,
         },
     ))?;
     println!(

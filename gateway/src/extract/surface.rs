@@ -6,6 +6,9 @@ use std::{collections::HashSet, sync::Arc};
 use super::path::PathRules;
 use crate::{call::Protocol, util::NameIndex};
 
+/// A REST route's parameters as the path gave them: `{id}` → `("id", "42")`.
+pub type PathParams = Vec<(String, String)>;
+
 /// A service's functions as requests name them.
 #[derive(Debug)]
 pub struct Surface {
@@ -93,7 +96,7 @@ impl Surface {
     }
 
     /// The function a REST request calls, with its path parameters.
-    pub fn route(&self, method: &str, path: &str) -> Option<(&Arc<str>, Vec<(String, String)>)> {
+    pub fn route(&self, method: &str, path: &str) -> Option<(&Arc<str>, PathParams)> {
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
         'routes: for r in &self.routes {
             if !r.method.eq_ignore_ascii_case(method) {

@@ -14,7 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use serde_json::Value as Json;
 use tracing::warn;
 
-use super::{Conn, OneCall};
+use super::Conn;
+use crate::extract::OneCall;
 use crate::{
     obligations::mask::{
         BodyMasker, HeaderMasker,

@@ -9,8 +9,12 @@ use http::{Response, StatusCode, header, request::Parts};
 use serde_json::Value as Json;
 
 use super::{
-    Conn, Decided, body::Recording, body::response_value, budget, injected, json_bytes,
-    strip_hop_by_hop,
+    Conn,
+    body::{Recording, response_value},
+    budget,
+    decide::Decided,
+    forward::{Outgoing, injected, strip_hop_by_hop},
+    respond::json_bytes,
 };
 use crate::{
     call::Caller,
@@ -67,7 +71,7 @@ pub(super) async fn batch(
             .forward(
                 snap,
                 service,
-                super::Outgoing {
+                Outgoing {
                     kind: Kind::JsonRpc,
                     parts,
                     body: crate::proxy::body::full(Bytes::from(body)),

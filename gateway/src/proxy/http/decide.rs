@@ -1,0 +1,164 @@
+//! Decide: each call of a request against the policy snapshot, then against its rate limits
+//! and quotas; a call over one is enforced as a deny. The trace span is named here, once the
+//! function is known.
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::{Conn, body::Recording};
+use crate::{
+    call::{Call, Caller},
+    extract::{OneCall, Role},
+    policy::{Action, Decision, Service, Snapshot},
+    proxy::reply::Refusal,
+    record::RecordedDecision,
+    telemetry::trace::CallSpan,
+};
+
+/// What the decide step concluded for each call of a request.
+pub(super) struct Decided {
+    pub(super) call: OneCall,
+    pub(super) decision: Decision,
+    pub(super) caller: Arc<Caller>,
+    /// The rate limit or quota the call is over; its decision is then enforced as a deny.
+    pub(super) limited: Option<crate::obligations::limit::Hit>,
+}
+
+impl Decided {
+    /// This call's record, begun from the request's: its decision as decided, or (`refusal`)
+    /// as the gateway then answered it. None when recording is off or the policy says not to.
+    pub(super) fn recording(
+        &self,
+        r: Option<Recording>,
+        refusal: Option<&Refusal>,
+    ) -> Option<Recording> {
+        let r = r?;
+        r.with_call(
+            &self.call,
+            self.recorded(refusal),
+            Some(&self.decision.obligations),
+        )
+    }
+
+    /// [`Self::recording`] for a call that is done with: its name and arguments move into the
+    /// record instead of being copied.
+    pub(super) fn into_recording(
+        self,
+        r: Option<Recording>,
+        refusal: Option<&Refusal>,
+    ) -> Option<Recording> {
+        let r = r?;
+        let decision = self.recorded(refusal);
+        r.with_call_taken(self.call, decision, Some(&self.decision.obligations))
+    }
+
+    fn recorded(&self, refusal: Option<&Refusal>) -> RecordedDecision {
+        match refusal {
+            Some(refusal) => super::refuse::refused_decision(Some(&self.decision), refusal),
+            None if self.limited.is_some() => {
+                super::refuse::refused_decision(Some(&self.decision), &self.refusal())
+            }
+            None => RecordedDecision::of(&self.decision),
+        }
+    }
+}
+
+impl Conn {
+    /// The call's trace span, when traces are exported: named for the function the policy
+    /// declares (a bounded set of names), with the decision and who called.
+    pub(super) fn span(
+        &self,
+        service: Option<&Service>,
+        headers: &HeaderMap,
+        one: &Decided,
+    ) -> Option<CallSpan> {
+        let tracer = self.inputs.tracer.as_ref()?;
+        let d = &one.decision;
+        let function = &one.call.function;
+        let name = match service {
+            Some(s) if s.function(function).is_some() => {
+                format!("{}.{}", s.name, function)
+            }
+            Some(s) => format!("{}.other", s.name),
+            None => "callgate.call".to_string(),
+        };
+        let span = tracer.start_call(headers, &name);
+        if let Some(s) = service {
+            span.set("callgate.service", s.name.to_string());
+        }
+        span.set("callgate.function", function.clone());
+        span.set("callgate.decision", d.enforced.as_str());
+        span.set("callgate.mode", d.mode.to_string());
+        if let Some(r) = &d.rule {
+            span.set("callgate.rule", r.to_string());
+        }
+        if let Some(c) = &d.policy.commit {
+            span.set("callgate.policy.commit", c.clone());
+        }
+        span.set("server.address", self.dst_text.clone());
+        span.caller(&one.caller);
+        Some(span)
+    }
+
+    /// The rate limit or quota an allowed (or held) call is over, if any. Dry-run policies
+    /// refuse nothing, limits included.
+    pub(super) fn limit(
+        &self,
+        service: Option<&Service>,
+        caller: &Caller,
+        call: &OneCall,
+        d: &Decision,
+    ) -> Option<crate::obligations::limit::Hit> {
+        let ob = &d.obligations;
+        if (ob.limit.is_none() && ob.quota.is_none())
+            || d.enforced == Action::Deny
+            || d.enforced != d.action
+        {
+            return None;
+        }
+        let subject = crate::obligations::limit::Subject {
+            caller,
+            service: service.map_or("", |s| &s.name),
+            function: &call.function,
+            args: &call.args,
+        };
+        self.inputs
+            .limiter
+            .check(ob.limit.as_deref(), ob.quota.as_deref(), &subject)
+            .err()
+    }
+
+    pub(super) fn decide(
+        &self,
+        snap: &Snapshot,
+        service: Option<&Service>,
+        caller: &Caller,
+        call: &mut OneCall,
+    ) -> Decision {
+        let Some(service) = service else {
+            return snap.decide_unknown_destination();
+        };
+        if call.role != Role::Governed {
+            return Decision {
+                action: Action::Allow,
+                enforced: Action::Allow,
+                rule: None,
+                service: Some(service.name.clone()),
+                mode: snap.mode,
+                reason: Some("protocol session message".into()),
+                obligations: service.base_obligations().clone(),
+                policy: snap.version.clone(),
+            };
+        }
+        // Lent to the policy's shape for the decision, then given back: no copy per call.
+        let c = Call {
+            function: std::mem::take(&mut call.function),
+            args: std::mem::take(&mut call.args),
+            partial: call.partial,
+        };
+        let d = snap.decide(service, &c, caller);
+        call.function = c.function;
+        call.args = c.args;
+        d
+    }
+}

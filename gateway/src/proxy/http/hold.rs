@@ -1,0 +1,123 @@
+//! Hold: a call its rule says needs approval waits here, the upstream untouched, until an
+//! approver's verdict, a grant that covers it, or the rule's timeout. A client that goes away
+//! meanwhile has its call recorded as cancelled.
+use serde_json::Value as Json;
+
+use super::{Conn, body::Recording, decide::Decided};
+use crate::{approve, policy::Service, proxy::reply::Refusal};
+
+/// The record of a call held for approval, written as cancelled if the call's future is
+/// dropped (its client went away) before the hold ends; emptied once it has.
+struct OnCancel(Option<Recording>);
+
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            let _ = r.submit(None, None, false, 0);
+        }
+    }
+}
+
+impl Conn {
+    /// Holds a call its rule says needs approval, unless a grant covers it. Ok to go ahead;
+    /// either way, what the record says about the approval.
+    pub(super) async fn hold(
+        &self,
+        service: Option<&Service>,
+        one: &Decided,
+        recording: Option<&Recording>,
+    ) -> (Result<(), Refusal>, Option<Json>) {
+        let ob = &one.decision.obligations;
+        let (Some(approvals), Some(spec), Some(service)) =
+            (&self.inputs.approvals, &ob.approval, service)
+        else {
+            return (Err(one.refusal()), None);
+        };
+        let key = &self.inputs.mask_key;
+        let digest = key.fingerprint("args", one.call.args.to_string().as_bytes());
+        let function = &one.call.function;
+        let metrics = &self.inputs.metrics;
+        let rule = one.decision.rule.as_deref().unwrap_or("");
+        let granted = approvals.granted(approve::GrantedCall {
+            caller: &one.caller,
+            service: &service.name,
+            function,
+            rule,
+            policy_commit: one.decision.policy.commit.as_deref(),
+            args_digest: &digest,
+        });
+        if let Some(g) = granted {
+            metrics.approval("granted");
+            let info = serde_json::json!({
+                "grant": g.id, "approved_by": g.approved_by, "request": g.request,
+            });
+            return (Ok(()), Some(info));
+        }
+        let mut args = one.call.args.clone();
+        ob.masks.0.mask_value(key, &mut args);
+        let refusal = |error: &'static str, reason: String| Refusal {
+            error,
+            reason,
+            ..one.refusal()
+        };
+        let hold = match approvals.hold(approve::NewRequest {
+            service: &service.name,
+            function,
+            args,
+            args_digest: digest,
+            caller: &one.caller,
+            rule,
+            policy_commit: one.decision.policy.commit.clone(),
+            spec,
+            session: &self.session,
+            destination: self.dst_text.clone(),
+        }) {
+            Ok(h) => h,
+            Err(why) => {
+                metrics.approval("unavailable");
+                return (Err(refusal("approval_unavailable", why)), None);
+            }
+        };
+        let id = hold.id.clone();
+        // Should the client go away meanwhile, this future is dropped where it waits: the
+        // call's record is then written by the guard, as cancelled.
+        let mut on_cancel = OnCancel(recording.and_then(|r| {
+            let cancelled = Refusal {
+                error: "approval_cancelled",
+                reason: "the client went away while the call was held for approval".into(),
+                ..one.refusal()
+            };
+            let mut r = one.recording(Some(r.clone()), Some(&cancelled))?;
+            r.rec.approval = Some(serde_json::json!({ "request": id, "state": "cancelled" }));
+            Some(r)
+        }));
+        let outcome = hold.outcome().await;
+        on_cancel.0 = None;
+        let info = |r: &approve::Request| serde_json::json!({ "request": id, "state": r.state, "verdict": r.verdict });
+        match outcome {
+            approve::Outcome::Approved(r) => {
+                metrics.approval("approved");
+                (Ok(()), Some(info(&r)))
+            }
+            approve::Outcome::Denied(r) => {
+                metrics.approval("denied");
+                let why = r.verdict.as_ref().map_or_else(
+                    || "denied by an approver".to_string(),
+                    |v| match &v.comment {
+                        Some(c) => format!("denied by {}: {c}", v.by),
+                        None => format!("denied by {}", v.by),
+                    },
+                );
+                (Err(refusal("approval_denied", why)), Some(info(&r)))
+            }
+            approve::Outcome::TimedOut(r) => {
+                metrics.approval("timed_out");
+                let why = format!(
+                    "approval timed out after {}",
+                    humantime::format_duration(spec.timeout)
+                );
+                (Err(refusal("approval_timeout", why)), Some(info(&r)))
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Respond: the upstream's answer streams back masked (headers, body and trailers), scrubbed of
+//! any credential the gateway injected, and the call is recorded when the body ends. An answer
+//! the masks cannot read is refused, unless the service lets it pass.
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+
+use super::{
+    Conn,
+    body::{self, Recording},
+    decide::Decided,
+    forward::{injected, strip_hop_by_hop},
+};
+use crate::{
+    extract::Kind,
+    obligations::mask::scrub::ScrubStream,
+    proxy::{body::ProxyBody, forward::pool::UpstreamBody, reply::Refusal},
+};
+
+impl Conn {
+    /// Streams the upstream's answer back, masked, and records the call when it ends.
+    pub(super) fn respond(
+        &self,
+        kind: Kind,
+        version: Version,
+        resp: Response<UpstreamBody>,
+        one: Decided,
+        recording: Option<Recording>,
+    ) -> Response<ProxyBody> {
+        let secrets = injected(&resp);
+        let scrub = secrets.clone().map(ScrubStream::new);
+        let (mut parts, incoming) = resp.into_parts();
+        parts.version = version;
+        let masks = one.decision.obligations.masks.0.clone();
+        // What the body is, from the head as the upstream sent it (before any stripping).
+        let body_kind = if masks.is_empty() {
+            // An injected credential is scrubbed from the bytes as they pass: they must be
+            // the bytes, not a compressed form of them.
+            match &secrets {
+                Some(_) => crate::obligations::mask::response_body(&parts.headers)
+                    .map(|_| crate::obligations::mask::BodyKind::Binary),
+                None => Ok(crate::obligations::mask::BodyKind::Binary),
+            }
+        } else {
+            crate::obligations::mask::answer_kind(
+                parts.status.as_u16(),
+                &parts.headers,
+                one.decision.obligations.unmaskable,
+            )
+        };
+        let seen = strip_hop_by_hop(&mut parts.headers);
+        // Header values leave as the body does: `X-Card`, `Location: /users/<e-mail>`.
+        let header_masks = crate::obligations::mask::HeaderMasker::new(
+            masks.clone(),
+            self.inputs.mask_key.clone(),
+        );
+        if let Some(m) = &header_masks {
+            m.mask(&mut parts.headers);
+        }
+        if let Err(why) = body_kind {
+            // Fail closed: a compressed body cannot be masked as it streams, nor binary, nor
+            // a piece of a document, nor one whose head says two things (unless the service
+            // lets what cannot be masked pass).
+            let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why.reason());
+            let resp = r.respond(kind, one.call.rpc_id.as_ref());
+            if let Some(rec) = one.into_recording(recording, Some(&r)) {
+                // Not waited for: the answer is an error either way.
+                let _ = rec.submit(Some(r.status.as_u16()), None, false, 0);
+            }
+            return resp;
+        }
+        let masker = match body_kind {
+            Ok(kind) if !masks.is_empty() => Some(crate::obligations::mask::BodyMasker::new(
+                masks,
+                self.inputs.mask_key.clone(),
+                kind,
+            )),
+            _ => None,
+        };
+        if (masker.is_some() || scrub.is_some()) && seen.content_length {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let status = parts.status.as_u16();
+        let cap = self
+            .inputs
+            .recorder
+            .as_ref()
+            .map_or(0, |r| r.response_cap());
+        let pending = one
+            .into_recording(recording, None)
+            .map(|r| body::Pending::new(r, status, cap));
+        let body = body::CallBody::new(incoming, masker, scrub, pending)
+            .mask_trailers(header_masks, secrets);
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+/// A JSON response built by the gateway, for held answers.
+pub(super) fn json_bytes(
+    status: StatusCode,
+    version: Version,
+    body: Vec<u8>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(crate::proxy::body::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
