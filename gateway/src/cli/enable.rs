@@ -35,12 +35,8 @@ pub struct TargetArgs {
 }
 
 pub fn enable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let change: Change = rt.block_on(request(
-        &t.socket,
-        &Request::Enable {
-            target: target(t)?,
-        },
-    ))?;
+    let change: Change =
+        rt.block_on(request(&t.socket, &Request::Enable { target: target(t)? }))?;
     let verb = if change.changed {
         "enabled"
     } else {
@@ -55,12 +51,8 @@ pub fn enable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
 }
 
 pub fn disable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let change: Change = rt.block_on(request(
-        &t.socket,
-        &Request::Disable {
-            target: target(t)?,
-        },
-    ))?;
+    let change: Change =
+        rt.block_on(request(&t.socket, &Request::Disable { target: target(t)? }))?;
     println!(
         "disabled {} (cgroup id {})",
         change.cgroup.path.display(),
