@@ -5,7 +5,8 @@
 //! Each call is aimed at the *last* rule of its function, the worst case for first-match.
 use std::{hint::black_box, path::PathBuf, time::Instant};
 
-use callgate::policy::{self, Call, Caller, Snapshot};
+use callgate::call::{Call, Caller};
+use callgate::policy::{self, Snapshot};
 use callgate_benches::{Samples, micros};
 use criterion::{BenchmarkId, Criterion};
 use serde_json::json;

@@ -6,8 +6,8 @@
 use std::{hint::black_box, sync::Arc, time::Instant};
 
 use callgate::{
-    mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
-    policy::schema::MaskSpec,
+    obligations::mask::MaskSpec,
+    obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
 };
 use criterion::{Criterion, Throughput};
 
@@ -39,7 +39,7 @@ fn body(dirty: bool) -> Vec<u8> {
 }
 
 fn rules(fields: bool) -> Arc<MaskRules> {
-    let mut specs: Vec<MaskSpec> = callgate::mask::Detector::ALL
+    let mut specs: Vec<MaskSpec> = callgate::obligations::mask::Detector::ALL
         .iter()
         .map(|d| MaskSpec::Detector(d.name().into()))
         .collect();

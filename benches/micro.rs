@@ -4,7 +4,7 @@
 //! route, JSON-RPC, MCP `tools/call`) against the example policy repository.
 use std::{hint::black_box, path::Path, sync::Arc};
 
-use callgate::{extract, policy, sniff};
+use callgate::{extract, policy, proxy::sniff};
 use criterion::Criterion;
 
 fn client_hello() -> Vec<u8> {
@@ -77,13 +77,21 @@ fn main() {
     ];
     for (service, parts, body, name) in &cases {
         let svc = snap.service(service).expect("example service");
-        let kind = extract::kind_of(svc);
+        let kind = extract::kind_of(&svc.surface);
         assert!(
-            extract::extract(kind, svc, parts, Some(body), false).is_ok(),
+            extract::extract(kind, &svc.surface, parts, Some(body), false).is_ok(),
             "{name}"
         );
         g.bench_function(*name, |b| {
-            b.iter(|| extract::extract(kind, svc, black_box(parts), Some(black_box(body)), false))
+            b.iter(|| {
+                extract::extract(
+                    kind,
+                    &svc.surface,
+                    black_box(parts),
+                    Some(black_box(body)),
+                    false,
+                )
+            })
         });
     }
     g.finish();

@@ -12,8 +12,9 @@ use std::{
 };
 
 use callgate::{
-    mask::MaskKey,
-    record::{Durability, Record, Recorder, RecorderConfig},
+    config::Durability,
+    obligations::mask::MaskKey,
+    record::{Record, Recorder, RecorderConfig},
 };
 use callgate_benches::{Samples, micros};
 use criterion::Criterion;

@@ -91,6 +91,19 @@ pub enum Request {
     Revoke {
         id: String,
     },
+    /// A service's MCP tools as the gateway last saw them, as a pin file.
+    McpSeen {
+        service: String,
+    },
+    /// The poisoning checks' findings on a service's tools as last seen.
+    McpAudit {
+        service: String,
+    },
+    /// Pin a tool to its definition as last seen.
+    McpAccept {
+        service: String,
+        tool: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +131,9 @@ pub struct Status {
     pub identity: Vec<crate::identity::oidc::ProviderStatus>,
     #[serde(default)]
     pub approvals: Option<crate::approve::ApprovalsStatus>,
+    /// Services that pin their MCP tools: refused tools and changes found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_pins: Vec<crate::mcp::pins::ServiceStatus>,
     pub enabled: Vec<Enabled>,
     /// The network namespaces the gateway listens in (the host's first).
     #[serde(default)]
@@ -137,6 +153,8 @@ pub struct AdminInputs {
     pub recorder: Option<crate::record::Recorder>,
     pub verifier: Option<Arc<crate::identity::Verifier>>,
     pub approvals: Option<Arc<crate::approve::Approvals>>,
+    /// MCP tool pins.
+    pub pins: Arc<crate::mcp::pins::PinStore>,
     pub started: Instant,
 }
 
@@ -259,6 +277,11 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         }),
         Request::Grants => approvals(inputs).and_then(|a| to_json(a.grants())),
         Request::Revoke { id } => approvals(inputs).and_then(|a| to_json(a.revoke(&id)?)),
+        Request::McpSeen { service } => to_json(inputs.pins.pin_file(&service)),
+        Request::McpAudit { service } => to_json(inputs.pins.audit_report(&service)),
+        Request::McpAccept { service, tool } => {
+            inputs.pins.accept(&service, &tool).and_then(to_json)
+        }
     };
     match result {
         Ok(data) => Response {
@@ -340,6 +363,11 @@ fn status(inputs: &AdminInputs) -> Status {
             .map(|v| v.status())
             .unwrap_or_default(),
         approvals: inputs.approvals.as_ref().map(|a| a.status()),
+        mcp_pins: inputs
+            .policy
+            .as_ref()
+            .map(|p| inputs.pins.status(&p.snapshot().services))
+            .unwrap_or_default(),
         enabled: inputs.interceptor.enabled(),
         namespaces: inputs.interceptor.namespaces().status(),
         counters: inputs.stats.snapshot(),

@@ -2,8 +2,10 @@
 //! share: the control socket and the request they send the daemon over it.
 
 pub mod approvals;
+pub mod checkpoint;
 pub mod enable;
 pub mod install;
+pub mod mcp;
 pub mod netns;
 pub mod policy;
 pub mod records;

@@ -279,6 +279,22 @@ pub struct RecordsConfig {
     pub retain_age: Duration,
     pub response_cap: usize,
     pub backlog_bytes: usize,
+    /// Signed checkpoints at most this often (`checkpoint_interval_s`, default 10).
+    pub checkpoint_interval: Duration,
+    /// The log's name in its checkpoints (`origin`; default `<hostname>/callgate/records`).
+    pub origin: Option<String>,
+}
+
+/// `<hostname>/callgate/records`: the name of this host's log in its checkpoints.
+pub(crate) fn default_origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control() && *c != '+')
+        .collect();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    format!("{host}/callgate/records")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +314,8 @@ struct FileRecords {
     response_cap_kb: Option<usize>,
     /// Records queued for the writer before new calls are refused.
     backlog_mb: Option<usize>,
+    checkpoint_interval_s: Option<u64>,
+    origin: Option<String>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -435,6 +453,8 @@ impl Config {
             retain_age: Duration::from_secs(rec.retain_days.unwrap_or(0) * 86_400),
             response_cap: rec.response_cap_kb.unwrap_or(64) * 1024,
             backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
+            checkpoint_interval: Duration::from_secs(rec.checkpoint_interval_s.unwrap_or(10)),
+            origin: rec.origin,
         };
         let h = file.http.unwrap_or_default();
         let max_body_bytes = h.max_body_kb.unwrap_or(1024) * 1024;

@@ -44,6 +44,8 @@ pub enum DaemonError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     MaskKey(#[from] crate::obligations::mask::MaskError),
+    #[error("records checkpoint key: {0}")]
+    CheckpointKey(#[from] crate::record::note::NoteError),
     #[error("local CA: {0}")]
     Tls(#[from] crate::proxy::tls::TlsError),
     #[error(transparent)]
@@ -97,7 +99,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let mask_key = MaskKey::load_or_create(&cfg.state_dir.join("mask.key"))?;
     let recorder = if cfg.records.enabled {
         Some(Recorder::open(
-            RecorderConfig::from(&cfg.records),
+            RecorderConfig::from(&cfg.records).with_signer(&cfg.state_dir)?,
             mask_key.clone(),
         )?)
     } else {
@@ -164,6 +166,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let pins = Arc::new(crate::mcp::pins::PinStore::new(Some(&cfg.state_dir)));
     let inputs = Arc::new(ProxyInputs {
         cfg: cfg.clone(),
         interceptor: interceptor.clone(),
@@ -195,6 +198,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             cfg.http.max_inspected_bytes,
             cfg.http.max_inspected_per_connection_bytes,
         ),
+        pins: pins.clone(),
     });
     let mut tasks = Vec::new();
     // A closed namespace's kept upstream connections go with it (they would hold it alive).
@@ -219,6 +223,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         recorder: recorder.clone(),
         verifier,
         approvals: approvals.clone(),
+        pins,
         started,
     });
     let metrics = inputs.metrics.clone();

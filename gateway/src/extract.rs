@@ -6,6 +6,7 @@
 //! A request is read the way its service declares (never reclassified by a header), in its
 //! canonical form ([`path`]), and every argument the upstream could act on is seen once: a name
 //! given twice with different values (query and body, or twice in the query) is refused.
+pub mod mcp_headers;
 pub mod path;
 pub mod surface;
 
@@ -496,6 +497,8 @@ fn rpc(kind: Kind, service: &Surface, body: &[u8]) -> Result<Extracted, ExtractE
 /// call that policy decides.
 pub const SESSION_METHODS: &[&str] = &[
     "initialize",
+    // The 2026-07-28 transport's `initialize`: the server's versions and capabilities.
+    "server/discover",
     "ping",
     "notifications/initialized",
     "notifications/cancelled",

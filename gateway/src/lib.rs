@@ -9,10 +9,11 @@
 //! [`identity`] → [`extract`] → [`policy`] (decide) → [`approve`] → [`obligations`] (inject,
 //! limit, mask) → [`record`], with [`telemetry`] (counters, traces) beside them, [`admin`] (the
 //! control socket, the web page, `/metrics`) above them and [`daemon`] wiring it all together.
+//! [`mcp`] keeps what the gateway learns of MCP servers' tools (pins, poisoning checks).
 //! [`call`] is the vocabulary every stage shares, [`config`] the daemon's settings and [`util`]
 //! the small helpers none owns.
 //!
-//! Imports go one way, downwards in this list: `daemon`, `admin`, `proxy`, `intercept`,
+//! Imports go one way, downwards in this list: `daemon`, `admin`, `proxy`, `mcp`, `intercept`,
 //! `record`, `telemetry`, `policy`, `extract`, `approve`, `identity`, `obligations`, `config`,
 //! `call`, `util`. A stage whose spec the policy file carries (masks, limits, credentials,
 //! approvals, identity providers, routes) owns that spec, and policy imports it.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod extract;
 pub mod identity;
 pub mod intercept;
+pub mod mcp;
 pub mod obligations;
 pub mod policy;
 pub mod proxy;

@@ -35,6 +35,9 @@ enum Command {
     /// Calls held for human approval: list them, approve or deny, manage grants.
     #[command(subcommand)]
     Approvals(cli::approvals::ApprovalsCommand),
+    /// MCP tools: write a service's pins for review, accept a changed tool, audit definitions.
+    #[command(subcommand)]
+    Mcp(cli::mcp::McpCommand),
     /// Install callgate as a hardened systemd service (binary, unit, config, starter policy,
     /// local CA); idempotent, never overwrites configuration.
     Install(cli::install::InstallArgs),
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => return cli::policy::run(cmd, &rt),
         Command::Records(cmd) => return cli::records::run(cmd),
         Command::Approvals(cmd) => return cli::approvals::run(cmd, &rt),
+        Command::Mcp(cmd) => return cli::mcp::run(cmd, &rt),
         Command::Install(a) => return cli::install::install(a),
         Command::Uninstall(a) => return cli::install::uninstall(a),
         Command::Status(a) => cli::status::run(&a, &rt)?,

@@ -8,16 +8,19 @@ pub mod eval;
 pub mod git;
 pub mod lint;
 pub mod load;
+pub mod mcp;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
 pub mod testing;
 
 use std::path::Path;
 
-pub use compile::{Obligations, PolicyVersion, Service, Snapshot, split_destination};
+pub use compile::split_destination;
 pub use eval::{Decision, TraceLine};
 pub use load::{Finding, Loaded, Severity};
 pub use schema::{Action, Mode};
+pub use snapshot::{Obligations, PolicyVersion, Service, Snapshot};
 pub use store::PolicyStore;
 
 /// Loads and compiles the repository at `dir`.

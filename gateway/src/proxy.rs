@@ -56,4 +56,6 @@ pub struct ProxyInputs {
     pub mask_key: MaskKey,
     /// What inspected bodies and held answers may take in all; one for every connection.
     pub inspection: crate::proxy::http::InspectionBudget,
+    /// MCP tool pins and what was seen of each MCP service's tools.
+    pub pins: Arc<crate::mcp::pins::PinStore>,
 }

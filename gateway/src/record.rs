@@ -7,8 +7,11 @@
 //! the call instead of dropping its record: callgate fails closed.
 pub mod build;
 mod json;
+pub mod merkle;
+pub mod note;
 pub mod query;
 pub mod segment;
+pub mod tree;
 mod writer;
 
 use std::{
@@ -57,6 +60,9 @@ pub struct Record {
     pub decision: RecordedDecision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<serde_json::Value>,
+    /// MCP tool pinning: a tool found changed or unpinned, and what was hidden or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +244,12 @@ pub struct RecorderConfig {
     pub retain_age: Duration,
     /// Responses longer than this (serialised) are cut in records.
     pub response_cap: usize,
+    /// Signs checkpoints of the records' Merkle tree (none: no signed checkpoints).
+    pub signer: Option<Arc<note::Signer>>,
+    /// The log's name in its checkpoints (tlog-checkpoint origin line).
+    pub origin: String,
+    /// A signed checkpoint is written at the end of a group commit at most this often.
+    pub checkpoint_interval: Duration,
 }
 
 impl From<&RecordsConfig> for RecorderConfig {
@@ -251,7 +263,22 @@ impl From<&RecordsConfig> for RecorderConfig {
         c.retain_age = cfg.retain_age;
         c.response_cap = cfg.response_cap;
         c.backlog_bytes = cfg.backlog_bytes;
+        c.checkpoint_interval = cfg.checkpoint_interval;
+        c.origin = cfg
+            .origin
+            .clone()
+            .unwrap_or_else(crate::config::default_origin);
         c
+    }
+}
+
+impl RecorderConfig {
+    /// With the checkpoint signer key of `state_dir` (created on first start, or from the
+    /// systemd credential).
+    pub fn with_signer(mut self, state_dir: &Path) -> Result<Self, note::NoteError> {
+        let signer = note::Signer::load_or_create(state_dir, &self.origin)?;
+        self.signer = Some(Arc::new(signer));
+        Ok(self)
     }
 }
 
@@ -268,6 +295,9 @@ impl RecorderConfig {
             retain_bytes: 0,
             retain_age: Duration::ZERO,
             response_cap: 64 * 1024,
+            signer: None,
+            origin: "callgate/records".into(),
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }

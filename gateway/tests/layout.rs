@@ -11,6 +11,7 @@ const LAYERS: &[&str] = &[
     "daemon",
     "admin",
     "proxy",
+    "mcp",
     "intercept",
     "record",
     "telemetry",

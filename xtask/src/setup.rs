@@ -59,6 +59,9 @@ const TEST_PYTHON: &[&str] = &[
     // reads arguments the way most Python services do.
     "flask==3.1.3",
 ];
+/// The newer MCP generation (the 2026-07-28 transport: discovery, per-request `_meta`, routing
+/// headers), in a venv of its own beside [`TEST_PYTHON`]'s.
+const TEST_PYTHON_MCP2: &[&str] = &["mcp==2.3.0"];
 /// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
 /// endpoints sign with), and Playwright's driver for Debian's Chromium.
 const TEST_NODE: &[&str] = &[
@@ -163,24 +166,27 @@ pub fn run(needs: &Needs) -> Result<()> {
     Ok(())
 }
 
-/// A venv under `target/testenv` with [`TEST_PYTHON`]; rebuilt only when the pins change.
+/// A venv under `target/testenv` with [`TEST_PYTHON`], and one under `target/testenv2` with
+/// [`TEST_PYTHON_MCP2`]; each rebuilt only when its pins change.
 fn python_parties() -> Result<()> {
-    let venv = std::path::Path::new("target/testenv");
+    python_venv("target/testenv", TEST_PYTHON)?;
+    python_venv("target/testenv2", TEST_PYTHON_MCP2)
+}
+
+fn python_venv(dir: &str, packages: &[&str]) -> Result<()> {
+    let venv = std::path::Path::new(dir);
     let stamp = venv.join("callgate-pins");
-    let pins = TEST_PYTHON.join("\n");
+    let pins = packages.join("\n");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
         return Ok(());
     }
-    println!(
-        "setup: python venv target/testenv with {}",
-        TEST_PYTHON.join(" ")
-    );
+    println!("setup: python venv {dir} with {}", packages.join(" "));
     let _ = std::fs::remove_dir_all(venv);
     run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     run_cmd(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(TEST_PYTHON),
+            .args(packages),
     )?;
     std::fs::write(&stamp, pins)?;
     Ok(())

@@ -36,6 +36,8 @@ struct State {
     records: Option<crate::record::RecorderStatus>,
     identity: Vec<crate::identity::oidc::ProviderStatus>,
     approvals: Option<crate::approve::ApprovalsStatus>,
+    /// MCP tool definitions found changed since they were pinned.
+    mcp_tool_changes: u64,
 }
 
 impl State {
@@ -53,6 +55,10 @@ impl State {
             records: a.recorder.as_ref().map(|r| r.status()),
             identity: a.verifier.as_ref().map(|v| v.status()).unwrap_or_default(),
             approvals: a.approvals.as_ref().map(|a| a.status()),
+            mcp_tool_changes: a
+                .pins
+                .changes_total
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -110,6 +116,12 @@ fn int(v: u64) -> i64 {
 impl Collector for State {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let c = &self.counters;
+        counter(
+            &mut e,
+            "mcp_tool_changes",
+            "MCP tool definitions found changed since they were pinned",
+            self.mcp_tool_changes,
+        )?;
         counter(
             &mut e,
             "connections_accepted",

@@ -79,6 +79,45 @@ pub enum RecordsCommand {
         dir: DirArg,
         #[arg(long)]
         json: bool,
+        /// Also prove that the log contains the tree this signed checkpoint (taken earlier,
+        /// kept off the host) is of: a rolled-back, rewritten or forked log fails.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key (`<name>+<id>+<key>`, or a file holding it); default: the one
+        /// stored beside the log, which trusts the host.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Print the latest signed checkpoint of the records' Merkle tree (C2SP tlog-checkpoint).
+    Checkpoint {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print the checkpoints' verifier key (signed-note verifier key format).
+    Key {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print an inclusion proof of one record in a checkpoint's tree.
+    Prove {
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+        /// The signed checkpoint (default: the latest one in the records directory).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Check an export made with `--with-proofs` against a checkpoint and key (off the host).
+    VerifyExport {
+        /// The exported JSONL file.
+        file: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
     },
     /// Write records for shipping elsewhere (Vector, Kafka, S3): one JSON object per line.
     Export {
@@ -91,6 +130,15 @@ pub enum RecordsCommand {
         /// Only records with a sequence number at or above this (resume an export).
         #[arg(long)]
         from: Option<u64>,
+        /// Attach to each record its inclusion proof in the checkpoint's tree (records after
+        /// it are left out), for `records verify-export`.
+        #[arg(long)]
+        with_proofs: bool,
+        /// The signed checkpoint for --with-proofs (default: the latest).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -149,7 +197,7 @@ fn caller_of(s: &Stored) -> String {
 /// whitespace, and a space means the same. U+0085, U+2028 and U+2029, which some readers
 /// (Python's `splitlines`) also break lines at, can only be inside strings: they are written
 /// as escapes, which mean the same character.
-fn one_line(json: String) -> String {
+pub fn one_line(json: String) -> String {
     let breaks = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
     if !json.contains(breaks) {
         return json;
@@ -288,9 +336,25 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 writeln!(out, "{}", v(&l))?;
             }
         }
-        RecordsCommand::Verify { from, dir, json } => {
+        RecordsCommand::Verify {
+            from,
+            dir,
+            json,
+            checkpoint,
+            key,
+        } => {
             check_dir(&dir)?;
             let v = query::verify(&dir.dir, from)?;
+            if let Some(cp) = checkpoint {
+                let ok = crate::cli::checkpoint::verify(&dir.dir, &cp, key.as_deref(), &mut out)?;
+                if !ok || !v.ok() {
+                    for p in &v.problems {
+                        writeln!(out, "BROKEN: {}", visible(p))?;
+                    }
+                    out.flush()?;
+                    std::process::exit(1);
+                }
+            }
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
@@ -317,15 +381,60 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 std::process::exit(1);
             }
         }
+        RecordsCommand::Checkpoint { dir } => {
+            check_dir(&dir)?;
+            crate::cli::checkpoint::print_checkpoint(&dir.dir)?;
+        }
+        RecordsCommand::Key { dir } => {
+            check_dir(&dir)?;
+            crate::cli::checkpoint::print_key(&dir.dir)?;
+        }
+        RecordsCommand::Prove {
+            id,
+            dir,
+            checkpoint,
+            key,
+        } => {
+            check_dir(&dir)?;
+            crate::cli::checkpoint::prove(
+                &dir.dir,
+                &id,
+                checkpoint.as_deref(),
+                key.as_deref(),
+                &mut out,
+            )?;
+        }
+        RecordsCommand::VerifyExport {
+            file,
+            checkpoint,
+            key,
+        } => {
+            if !crate::cli::checkpoint::verify_export(&file, &checkpoint, &key, &mut out)? {
+                out.flush()?;
+                std::process::exit(1);
+            }
+        }
         RecordsCommand::Export {
             format: ExportFormat::Jsonl,
             dir,
             filter,
             from,
+            with_proofs,
+            checkpoint,
+            key,
         } => {
             check_dir(&dir)?;
             let mut filter = filter.build()?;
             filter.from_seq = from;
+            if with_proofs {
+                return crate::cli::checkpoint::export(
+                    &dir.dir,
+                    &filter,
+                    checkpoint.as_deref(),
+                    key.as_deref(),
+                    &mut out,
+                );
+            }
             let mut err = None;
             query::scan(&dir.dir, &filter, &mut |s| match serde_json::to_string(&s)
                 .map_err(anyhow::Error::from)

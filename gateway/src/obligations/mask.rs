@@ -9,6 +9,7 @@
 mod blocks;
 pub mod detect;
 mod json;
+pub mod mcp;
 pub mod scrub;
 mod unescape;
 
@@ -819,6 +820,8 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
 pub enum BodyMasker {
     Json(Box<JsonMasker>),
     Text(TextMasker),
+    /// An MCP answer, message by message ([`mcp`]).
+    Mcp(Box<mcp::McpMasker>),
     Binary,
 }
 
@@ -838,6 +841,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.push(chunk, out),
             BodyMasker::Text(m) => m.push(chunk, out),
+            BodyMasker::Mcp(m) => m.push(chunk, out),
             BodyMasker::Binary => out.extend_from_slice(chunk),
         }
     }
@@ -846,6 +850,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.finish(out),
             BodyMasker::Text(m) => m.finish(out),
+            BodyMasker::Mcp(m) => m.finish(out),
             BodyMasker::Binary => {}
         }
     }
@@ -854,6 +859,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.stats(),
             BodyMasker::Text(m) => m.stats,
+            BodyMasker::Mcp(m) => m.stats,
             BodyMasker::Binary => MaskStats::default(),
         }
     }
@@ -863,6 +869,7 @@ impl BodyMasker {
         match self {
             BodyMasker::Json(m) => m.scanned(),
             BodyMasker::Text(m) => m.scanned(),
+            BodyMasker::Mcp(m) => m.scanned(),
             BodyMasker::Binary => 0,
         }
     }

@@ -1,30 +1,32 @@
 //! Turning loaded files into an immutable, indexed [`Snapshot`]: services by destination and
 //! name, rules by function (in order), regexes and CEL compiled once. Every problem found is a
 //! located [`Finding`]; a snapshot exists only if there are none.
+//!
+//! One function per part of the file: the repository's own settings ([`compile`]), a service
+//! ([`compile_service`]: its functions, its base obligations, its rules), a rule's caller,
+//! workload and argument conditions.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::Duration,
 };
 
 use regex::Regex;
-use serde::Serialize;
-use serde_json::Value as Json;
 
+use super::snapshot::{
+    ArgCond, CallerCond, CompiledMasks, Function, Obligations, Op, PolicyVersion, Rule, Service,
+    Snapshot, When, WorkloadCond,
+};
 use super::{
     git::GitState,
     load::{Finding, Loaded, Source},
-    schema::{
-        self, Action, ArgCondition, CallerMatch, Mode, RecordLevel, TcpMode, TlsMode, UidList,
-        WorkloadMatch,
-    },
+    schema::{self, Action, ArgCondition, CallerMatch, UidList, WorkloadMatch},
 };
 use crate::approve::ApprovalSpec;
 use crate::call::Protocol;
-use crate::obligations::inject::{HeaderEdits, Inject};
+use crate::obligations::inject::HeaderEdits;
 use crate::obligations::mask::MaskSpec;
-use crate::util::net::{in_cidr, strip_port};
 use crate::util::time::parse_duration;
 use crate::{
     extract::{path::PathRules, surface::Surface},
@@ -34,243 +36,6 @@ use crate::{
 };
 
 use crate::util::NameIndex as Index;
-
-/// The policy as the data path uses it. Immutable; a reload builds a new one.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub version: Arc<PolicyVersion>,
-    pub default_action: Action,
-    pub mode: Mode,
-    pub unknown_destination: Action,
-    pub services: Vec<Service>,
-    by_name: Index<usize>,
-    /// Host, then its ports: looked up with the borrowed host text, no key built per call.
-    by_host_port: Index<Vec<(u16, usize)>>,
-    by_host: Index<usize>,
-    cidrs: Vec<(IpAddr, u8, Option<u16>, usize)>,
-    by_sni: Index<usize>,
-    sni_suffixes: Vec<(String, usize)>,
-    pub rule_count: usize,
-    /// Named secrets from `callgate.yaml` that `credential:` references resolve through.
-    pub credentials: BTreeMap<String, crate::obligations::inject::SecretRef>,
-    /// The OIDC providers callers' tokens are verified against.
-    pub identity: Arc<IdentityConfig>,
-    pub(super) default_obligations: Arc<Obligations>,
-}
-
-/// Which policy made a decision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PolicyVersion {
-    pub commit: Option<String>,
-    pub dirty: bool,
-    /// `git`, or why there is no commit (`not a git repository`).
-    pub source: String,
-}
-
-#[derive(Debug)]
-pub struct Service {
-    pub name: Arc<str>,
-    /// What the extract stage reads: protocol, path options, functions by method, routes.
-    pub surface: Surface,
-    pub tls: TlsMode,
-    pub tcp: TcpMode,
-    /// Extra CA bundle for the upstream (absolute path), when TLS is intercepted.
-    pub upstream_ca: Option<std::path::PathBuf>,
-    /// The host names the service is known by (from `hosts` and `sni`; `*.x` kept as `.x`):
-    /// a Host header or SNI naming something else is a mismatch. Empty: IPs only, no names.
-    pub names: Vec<String>,
-    pub functions: Vec<Function>,
-    fn_by_name: Index<usize>,
-    pub rules: Vec<Rule>,
-    /// For function i, the indices of the rules that apply to it, in order.
-    rules_for: Vec<Box<[u32]>>,
-    /// Rules for a function the service does not define (`*` rules only).
-    rules_wildcard: Box<[u32]>,
-    pub(super) base: Arc<Obligations>,
-}
-
-#[derive(Debug)]
-pub struct Function {
-    pub name: Arc<str>,
-    pub method: Option<String>,
-    pub route: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct Rule {
-    pub name: Arc<str>,
-    /// None: every function.
-    pub functions: Option<Vec<String>>,
-    pub(super) caller: Option<CallerCond>,
-    pub(super) args: Vec<ArgCond>,
-    pub(super) when: Option<When>,
-    pub action: Action,
-    pub reason: Option<Arc<str>>,
-    pub obligations: Arc<Obligations>,
-    /// Where it is written, for explain and lint.
-    pub at: (usize, usize),
-}
-
-impl Rule {
-    /// True when the rule matches every call to its functions (no caller, args or when).
-    pub fn unconditional(&self) -> bool {
-        self.caller.is_none() && self.args.is_empty() && self.when.is_none()
-    }
-}
-
-pub(super) struct When {
-    pub text: String,
-    pub program: cel::Program,
-}
-
-impl std::fmt::Debug for When {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "When({:?})", self.text)
-    }
-}
-
-#[derive(Debug, Default)]
-pub(super) struct CallerCond {
-    /// The provider whose token the caller must hold: the rule's `provider:`, or (when the
-    /// rule asks for subjects, groups or claims) the repository's default provider.
-    pub provider: Option<String>,
-    pub subjects: Vec<String>,
-    pub groups_any: Vec<String>,
-    pub groups_all: Vec<String>,
-    pub claims: Vec<(JsonPath, Json)>,
-    pub authenticated: Option<bool>,
-    pub workload: Option<WorkloadCond>,
-}
-
-#[derive(Debug, Default)]
-pub(super) struct WorkloadCond {
-    pub uids: Vec<u32>,
-    pub users: Vec<String>,
-    pub units: Vec<String>,
-    pub user_units: Vec<String>,
-    /// The `cgroup:` prefix as path components (no empty ones): compared component by
-    /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
-    pub cgroup_prefix: Option<Vec<String>>,
-    pub comms: Vec<String>,
-    /// Container ids or prefixes (12+ lowercase hex digits).
-    pub containers: Vec<String>,
-    pub pods: Vec<String>,
-    /// Network namespace inodes.
-    pub netns: Vec<u64>,
-}
-
-impl WorkloadCond {
-    /// When every condition given names something the process (or whoever a cgroup subtree
-    /// is delegated to) chooses itself, what they are; `None` when at least one condition is
-    /// a fact the workload cannot choose (uid, user, the owning unit, a cgroup at or above
-    /// a unit).
-    pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
-        use crate::identity::workload::systemd_owned_depth;
-        // Container, pod and namespace are the runtime's (see call::container), not
-        // the process's.
-        if !self.uids.is_empty()
-            || !self.users.is_empty()
-            || !self.units.is_empty()
-            || !self.containers.is_empty()
-            || !self.pods.is_empty()
-            || !self.netns.is_empty()
-        {
-            return None;
-        }
-        let mut chosen = Vec::new();
-        if !self.comms.is_empty() {
-            chosen.push("comm (any process sets its own)");
-        }
-        if !self.user_units.is_empty() {
-            chosen.push("user_unit (the user names units of its own manager)");
-        }
-        if let Some(prefix) = &self.cgroup_prefix {
-            let below = systemd_owned_depth(&prefix.join("/")).is_some_and(|d| prefix.len() > d);
-            if !below {
-                return None;
-            }
-            chosen.push("a cgroup below a unit (the unit may delegate its subtree)");
-        }
-        (!chosen.is_empty()).then_some(chosen)
-    }
-}
-
-#[derive(Debug)]
-pub(super) struct ArgCond {
-    pub path: JsonPath,
-    pub ops: Vec<Op>,
-}
-
-#[derive(Debug)]
-pub(super) enum Op {
-    Eq(Json),
-    Ne(Json),
-    In(Vec<Json>),
-    NotIn(Vec<Json>),
-    Gt(f64),
-    Ge(f64),
-    Lt(f64),
-    Le(f64),
-    Regex(Regex),
-    Prefix(String),
-    Present(bool),
-    MaxLen(usize),
-}
-
-impl Op {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Eq(_) => "eq",
-            Op::Ne(_) => "ne",
-            Op::In(_) => "in",
-            Op::NotIn(_) => "not_in",
-            Op::Gt(_) => "gt",
-            Op::Ge(_) => "ge",
-            Op::Lt(_) => "lt",
-            Op::Le(_) => "le",
-            Op::Regex(_) => "regex",
-            Op::Prefix(_) => "prefix",
-            Op::Present(true) => "present",
-            Op::Present(false) => "absent",
-            Op::MaxLen(_) => "max_len",
-        }
-    }
-}
-
-/// A compiled mask list. Equality is the source list's (`Obligations::mask`).
-#[derive(Debug, Clone, Default)]
-pub struct CompiledMasks(pub Arc<MaskRules>);
-
-impl CompiledMasks {
-    /// Compiles a list already checked by `check_masks`; a list with errors never reaches a
-    /// snapshot, so an empty one stands in for it.
-    fn of(specs: &[MaskSpec]) -> Self {
-        Self(Arc::new(MaskRules::compile(specs).unwrap_or_default()))
-    }
-}
-
-impl PartialEq for CompiledMasks {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// What must happen besides the action itself.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Obligations {
-    pub mask: Vec<MaskSpec>,
-    /// `mask`, compiled; shared by every rule whose list is the same.
-    #[serde(skip)]
-    pub masks: CompiledMasks,
-    pub record: RecordLevel,
-    pub inject: Option<Inject>,
-    pub headers: HeaderEdits,
-    pub approval: Option<ApprovalSpec>,
-    pub limit: Option<Arc<crate::obligations::limit::LimitSpec>>,
-    pub quota: Option<Arc<crate::obligations::limit::QuotaSpec>>,
-    /// What to do with an answer `masks` cannot be applied to.
-    pub unmaskable: crate::obligations::mask::UnmaskableAnswer,
-}
 
 /// A secret source: exactly one place; an `oauth2` one with a usable token endpoint and a
 /// client secret that is itself read from one plain place.
@@ -513,6 +278,73 @@ fn compile_service(
     if file.matcher.hosts.is_empty() && file.matcher.sni.is_empty() {
         errors.push(src.error(&["match"], "a service must match at least one host or SNI"));
     }
+    let (functions, fn_by_name, surface) = compile_functions(src, file, &mut errors);
+    let base = compile_base(src, file, loaded, &mut errors);
+    let mut names = HashSet::new();
+    let rules: Vec<Rule> = file
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, def)| {
+            compile_rule(
+                RuleInput {
+                    src,
+                    file,
+                    identity,
+                    base: &base,
+                    fn_by_name: &fn_by_name,
+                },
+                i,
+                def,
+                &mut names,
+                &mut errors,
+            )
+        })
+        .collect();
+    let (rules_for, rules_wildcard) = rules_by_function(&functions, &rules);
+    let pins = match super::mcp::load_committed(&loaded.root, &file.service) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(src.error(&["mcp"], e));
+            None
+        }
+    };
+    if file.mcp != Default::default() && file.protocol != Protocol::Mcp {
+        errors.push(src.error(&["mcp"], "`mcp:` options need `protocol: mcp`"));
+    }
+    if errors.is_empty() {
+        Ok(Service {
+            name: file.service.as_str().into(),
+            surface,
+            tls: file.matcher.tls,
+            tcp: file.tcp,
+            upstream_ca: file
+                .matcher
+                .upstream_ca
+                .as_ref()
+                .map(|p| loaded.root.join(p)),
+            names: service_names(&file.matcher),
+            functions,
+            fn_by_name,
+            rules,
+            rules_for,
+            rules_wildcard,
+            base,
+            mcp: file.mcp,
+            pins,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// A service's functions: by name, and as requests name them (the extract stage's
+/// [`Surface`]: methods, tools, gRPC paths, REST routes).
+fn compile_functions(
+    src: &Source,
+    file: &schema::ServiceFile,
+    errors: &mut Vec<Finding>,
+) -> (Vec<Function>, Index<usize>, Surface) {
     let mut functions = Vec::new();
     let mut fn_by_name = Index::default();
     let mut surface = Surface::new(
@@ -567,15 +399,25 @@ fn compile_service(
             route: def.route.clone(),
         });
     }
+    (functions, fn_by_name, surface)
+}
 
-    check_masks(src, &["response", "mask"], &file.response.mask, &mut errors);
+/// What every call to the service carries before a rule adds to it: the repository's and the
+/// service's masks, its record level and its credential.
+fn compile_base(
+    src: &Source,
+    file: &schema::ServiceFile,
+    loaded: &Loaded,
+    errors: &mut Vec<Finding>,
+) -> Arc<Obligations> {
+    check_masks(src, &["response", "mask"], &file.response.mask, errors);
     let inject = match &file.credentials {
         Some(c) => {
             check_secret(
                 src,
                 &["credentials", "inject", "from"],
                 &c.inject.from,
-                &mut errors,
+                errors,
             );
             if let Some(name) = &c.inject.from.credential {
                 if !loaded.repo.credentials.contains_key(name) {
@@ -602,7 +444,7 @@ fn compile_service(
         }
     }
     let base_masks = CompiledMasks::of(&base_mask);
-    let base = Arc::new(Obligations {
+    Arc::new(Obligations {
         masks: base_masks,
         mask: base_mask,
         record: file.record.unwrap_or_default(),
@@ -615,197 +457,233 @@ fn compile_service(
             .response
             .unmaskable
             .unwrap_or(loaded.repo.masking.unmaskable),
-    });
+    })
+}
 
-    let mut rules = Vec::new();
-    let mut names = HashSet::new();
-    for (i, def) in file.rules.iter().enumerate() {
-        let idx = i.to_string();
-        let at = |rest: &[&str]| -> Vec<String> {
-            ["rules", idx.as_str()]
-                .iter()
-                .chain(rest)
-                .map(|s| s.to_string())
-                .collect()
-        };
-        let err = |rest: &[&str], msg: String| {
-            let path = at(rest);
-            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-            src.error(&refs, msg)
-        };
-        if !names.insert(def.name.clone()) {
+/// What one rule needs of its service.
+struct RuleInput<'a> {
+    src: &'a Source,
+    file: &'a schema::ServiceFile,
+    identity: &'a IdentityConfig,
+    base: &'a Arc<Obligations>,
+    fn_by_name: &'a Index<usize>,
+}
+
+/// One rule, compiled: its functions, caller, argument and CEL conditions, approval, limits
+/// and obligations. Problems go to `errors`; the rule comes back either way.
+fn compile_rule(
+    input: RuleInput<'_>,
+    i: usize,
+    def: &schema::RuleDef,
+    names: &mut HashSet<String>,
+    errors: &mut Vec<Finding>,
+) -> Rule {
+    let RuleInput {
+        src,
+        file,
+        identity,
+        base,
+        fn_by_name,
+    } = input;
+    let idx = i.to_string();
+    let at = |rest: &[&str]| -> Vec<String> {
+        ["rules", idx.as_str()]
+            .iter()
+            .chain(rest)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let err = |rest: &[&str], msg: String| {
+        let path = at(rest);
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        src.error(&refs, msg)
+    };
+    if !names.insert(def.name.clone()) {
+        errors.push(err(
+            &["name"],
+            format!("rule name {:?} is used twice in this service", def.name),
+        ));
+    }
+    let fnames = def.function.items();
+    let functions_of_rule = if fnames.iter().any(|f| f == "*") {
+        if fnames.len() > 1 {
             errors.push(err(
-                &["name"],
-                format!("rule name {:?} is used twice in this service", def.name),
+                &["function"],
+                "`*` cannot be combined with function names".into(),
             ));
         }
-        let fnames = def.function.items();
-        let functions_of_rule = if fnames.iter().any(|f| f == "*") {
-            if fnames.len() > 1 {
+        None
+    } else {
+        for f in fnames {
+            if !fn_by_name.contains_key(f) && !file.functions.is_empty() {
                 errors.push(err(
                     &["function"],
-                    "`*` cannot be combined with function names".into(),
+                    format!(
+                        "function {f:?} is not defined in this service (defined: {})",
+                        file.functions
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ));
             }
+        }
+        Some(fnames.to_vec())
+    };
+    let caller = def
+        .caller
+        .as_ref()
+        .map(|c| compile_caller(c, identity, &mut |path, msg| errors.push(err(path, msg))));
+    let mut args = Vec::new();
+    for (name, cond) in &def.args {
+        match compile_arg(name, cond) {
+            Ok(a) => args.push(a),
+            Err(msg) => errors.push(err(&["args", name], msg)),
+        }
+    }
+    let when = match &def.when {
+        Some(text) => match cel::Program::compile(text) {
+            Ok(program) => Some(When {
+                text: text.clone(),
+                program,
+            }),
+            Err(e) => {
+                errors.push(err(&["when"], format!("invalid CEL: {e}")));
+                None
+            }
+        },
+        None => None,
+    };
+    let approval = compile_approval(def, &err, errors);
+    let limited = def.limit.is_some() || def.quota.is_some();
+    if limited && def.action == Action::Deny {
+        errors.push(err(
+            &["action"],
+            "`limit:` and `quota:` apply to calls a rule lets through, not to `deny`".into(),
+        ));
+    }
+    let limit = def.limit.as_ref().and_then(|l| {
+        crate::obligations::limit::LimitSpec::compile(&def.name, l)
+            .map_err(|e| errors.push(err(&["limit"], e)))
+            .ok()
+            .map(Arc::new)
+    });
+    let quota = def.quota.as_ref().and_then(|q| {
+        crate::obligations::limit::QuotaSpec::compile(&def.name, q)
+            .map_err(|e| errors.push(err(&["quota"], e)))
+            .ok()
+            .map(Arc::new)
+    });
+    check_masks(
+        src,
+        &[&["rules", idx.as_str()][..], &["mask"]].concat(),
+        &def.mask,
+        errors,
+    );
+    let mut mask = base.mask.clone();
+    for m in &def.mask {
+        if !mask.contains(m) {
+            mask.push(m.clone());
+        }
+    }
+    let masks = if mask == base.mask {
+        base.masks.clone()
+    } else {
+        CompiledMasks::of(&mask)
+    };
+    let obligations = Arc::new(Obligations {
+        mask,
+        masks,
+        record: def.record.unwrap_or(base.record),
+        inject: if def.inject == Some(false) {
             None
         } else {
-            for f in fnames {
-                if !fn_by_name.contains_key(f) && !file.functions.is_empty() {
-                    errors.push(err(
-                        &["function"],
-                        format!(
-                            "function {f:?} is not defined in this service (defined: {})",
-                            file.functions
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
+            base.inject.clone()
+        },
+        headers: def.headers.clone().unwrap_or_default(),
+        approval,
+        limit,
+        quota,
+        unmaskable: base.unmaskable,
+    });
+    if def.inject == Some(true) && base.inject.is_none() {
+        errors.push(err(
+            &["inject"],
+            "the service has no `credentials:` to inject".into(),
+        ));
+    }
+    Rule {
+        name: def.name.as_str().into(),
+        functions: functions_of_rule,
+        caller,
+        args,
+        when,
+        action: def.action,
+        reason: def.reason.as_deref().map(Into::into),
+        obligations,
+        at: src.locator.find(&["rules", &idx]),
+    }
+}
+
+/// `approval:` of an `approve` rule; an `approve` without one, or one on another action, is an
+/// error.
+fn compile_approval(
+    def: &schema::RuleDef,
+    err: &dyn Fn(&[&str], String) -> Finding,
+    errors: &mut Vec<Finding>,
+) -> Option<ApprovalSpec> {
+    match (def.action, &def.approval) {
+        (Action::Approve, Some(a)) => {
+            let timeout = parse_duration(&a.timeout);
+            let grant = a.grant.as_deref().map(parse_duration);
+            if timeout.is_none() {
+                errors.push(err(
+                    &["approval", "timeout"],
+                    format!("{:?} is not a duration like 10m", a.timeout),
+                ));
             }
-            Some(fnames.to_vec())
-        };
-        let caller = def
-            .caller
-            .as_ref()
-            .map(|c| compile_caller(c, identity, &mut |path, msg| errors.push(err(path, msg))));
-        let mut args = Vec::new();
-        for (name, cond) in &def.args {
-            match compile_arg(name, cond) {
-                Ok(a) => args.push(a),
-                Err(msg) => errors.push(err(&["args", name], msg)),
+            if matches!(grant, Some(None)) {
+                errors.push(err(
+                    &["approval", "grant"],
+                    "not a duration like 30m".into(),
+                ));
             }
+            if a.approvers.groups.is_empty() && a.approvers.subjects.is_empty() {
+                errors.push(err(
+                    &["approval", "approvers"],
+                    "name at least one approver group or subject".into(),
+                ));
+            }
+            Some(ApprovalSpec {
+                groups: a.approvers.groups.clone(),
+                subjects: a.approvers.subjects.clone(),
+                timeout: timeout.unwrap_or(Duration::from_secs(600)),
+                grant: grant.flatten(),
+                grant_same_args: a.grant_same_args,
+            })
         }
-        let when = match &def.when {
-            Some(text) => match cel::Program::compile(text) {
-                Ok(program) => Some(When {
-                    text: text.clone(),
-                    program,
-                }),
-                Err(e) => {
-                    errors.push(err(&["when"], format!("invalid CEL: {e}")));
-                    None
-                }
-            },
-            None => None,
-        };
-        let approval = match (def.action, &def.approval) {
-            (Action::Approve, Some(a)) => {
-                let timeout = parse_duration(&a.timeout);
-                let grant = a.grant.as_deref().map(parse_duration);
-                if timeout.is_none() {
-                    errors.push(err(
-                        &["approval", "timeout"],
-                        format!("{:?} is not a duration like 10m", a.timeout),
-                    ));
-                }
-                if matches!(grant, Some(None)) {
-                    errors.push(err(
-                        &["approval", "grant"],
-                        "not a duration like 30m".into(),
-                    ));
-                }
-                if a.approvers.groups.is_empty() && a.approvers.subjects.is_empty() {
-                    errors.push(err(
-                        &["approval", "approvers"],
-                        "name at least one approver group or subject".into(),
-                    ));
-                }
-                Some(ApprovalSpec {
-                    groups: a.approvers.groups.clone(),
-                    subjects: a.approvers.subjects.clone(),
-                    timeout: timeout.unwrap_or(Duration::from_secs(600)),
-                    grant: grant.flatten(),
-                    grant_same_args: a.grant_same_args,
-                })
-            }
-            (Action::Approve, None) => {
-                errors.push(err(
-                    &["action"],
-                    "`approve` needs an `approval:` block with approvers".into(),
-                ));
-                None
-            }
-            (_, Some(_)) => {
-                errors.push(err(
-                    &["approval"],
-                    "`approval:` only applies to `action: approve`".into(),
-                ));
-                None
-            }
-            _ => None,
-        };
-        let limited = def.limit.is_some() || def.quota.is_some();
-        if limited && def.action == Action::Deny {
+        (Action::Approve, None) => {
             errors.push(err(
                 &["action"],
-                "`limit:` and `quota:` apply to calls a rule lets through, not to `deny`".into(),
+                "`approve` needs an `approval:` block with approvers".into(),
             ));
+            None
         }
-        let limit = def.limit.as_ref().and_then(|l| {
-            crate::obligations::limit::LimitSpec::compile(&def.name, l)
-                .map_err(|e| errors.push(err(&["limit"], e)))
-                .ok()
-                .map(Arc::new)
-        });
-        let quota = def.quota.as_ref().and_then(|q| {
-            crate::obligations::limit::QuotaSpec::compile(&def.name, q)
-                .map_err(|e| errors.push(err(&["quota"], e)))
-                .ok()
-                .map(Arc::new)
-        });
-        check_masks(
-            src,
-            &[&["rules", idx.as_str()][..], &["mask"]].concat(),
-            &def.mask,
-            &mut errors,
-        );
-        let mut mask = base.mask.clone();
-        for m in &def.mask {
-            if !mask.contains(m) {
-                mask.push(m.clone());
-            }
-        }
-        let masks = if mask == base.mask {
-            base.masks.clone()
-        } else {
-            CompiledMasks::of(&mask)
-        };
-        let obligations = Arc::new(Obligations {
-            mask,
-            masks,
-            record: def.record.unwrap_or(base.record),
-            inject: if def.inject == Some(false) {
-                None
-            } else {
-                inject.clone()
-            },
-            headers: def.headers.clone().unwrap_or_default(),
-            approval,
-            limit,
-            quota,
-            unmaskable: base.unmaskable,
-        });
-        if def.inject == Some(true) && inject.is_none() {
+        (_, Some(_)) => {
             errors.push(err(
-                &["inject"],
-                "the service has no `credentials:` to inject".into(),
+                &["approval"],
+                "`approval:` only applies to `action: approve`".into(),
             ));
+            None
         }
-        rules.push(Rule {
-            name: def.name.as_str().into(),
-            functions: functions_of_rule,
-            caller,
-            args,
-            when,
-            action: def.action,
-            reason: def.reason.as_deref().map(Into::into),
-            obligations,
-            at: src.locator.find(&["rules", &idx]),
-        });
+        _ => None,
     }
+}
 
+/// For each function, the indices of the rules that may decide it, in order; and the rules
+/// for a function the service does not define (`*` rules only).
+fn rules_by_function(functions: &[Function], rules: &[Rule]) -> (Vec<Box<[u32]>>, Box<[u32]>) {
     let rules_for = functions
         .iter()
         .map(|f| {
@@ -827,28 +705,7 @@ fn compile_service(
         .filter(|(_, r)| r.functions.is_none())
         .map(|(i, _)| i as u32)
         .collect();
-    if errors.is_empty() {
-        Ok(Service {
-            name: file.service.as_str().into(),
-            surface,
-            tls: file.matcher.tls,
-            tcp: file.tcp,
-            upstream_ca: file
-                .matcher
-                .upstream_ca
-                .as_ref()
-                .map(|p| loaded.root.join(p)),
-            names: service_names(&file.matcher),
-            functions,
-            fn_by_name,
-            rules,
-            rules_for,
-            rules_wildcard,
-            base,
-        })
-    } else {
-        Err(errors)
-    }
+    (rules_for, rules_wildcard)
 }
 
 /// The names in `hosts` (not IPs or CIDRs) and `sni`, lower-cased; wildcards as `.suffix`.
@@ -1017,99 +874,4 @@ fn compile_arg(name: &str, c: &ArgCondition) -> Result<ArgCond, String> {
         return Err("no condition given (eq, ne, in, not_in, gt, ge, lt, le, max, min, regex, prefix, present, absent, max_len)".into());
     }
     Ok(ArgCond { path, ops })
-}
-
-// === lookups used by the data path ===
-
-impl Snapshot {
-    pub fn service(&self, name: &str) -> Option<&Service> {
-        self.by_name.get(name).map(|&i| &self.services[i])
-    }
-
-    /// The service that claims an original destination (host or IP, and port), or an SNI.
-    pub fn service_for(&self, host: &str, port: u16, sni: Option<&str>) -> Option<&Service> {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let lower;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = host.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            host
-        };
-        let idx = self
-            .by_host_port
-            .get(host)
-            .and_then(|ports| ports.iter().find(|(p, _)| *p == port))
-            .map(|(_, i)| i)
-            .or_else(|| self.by_host.get(host))
-            .copied()
-            .or_else(|| {
-                let ip: IpAddr = host.parse().ok()?;
-                self.cidrs
-                    .iter()
-                    .find(|(net, prefix, p, _)| {
-                        p.is_none_or(|p| p == port) && in_cidr(ip, *net, *prefix)
-                    })
-                    .map(|c| c.3)
-            })
-            .or_else(|| {
-                let sni = sni?.to_ascii_lowercase();
-                self.by_sni.get(&sni).copied().or_else(|| {
-                    self.sni_suffixes
-                        .iter()
-                        .find(|(s, _)| sni.ends_with(s.as_str()))
-                        .map(|x| x.1)
-                })
-            })?;
-        Some(&self.services[idx])
-    }
-
-    pub fn services_by_name(&self) -> BTreeMap<&str, &Service> {
-        self.services.iter().map(|s| (&*s.name, s)).collect()
-    }
-}
-
-impl Service {
-    pub fn function(&self, name: &str) -> Option<&Function> {
-        self.fn_by_name.get(name).map(|&i| &self.functions[i])
-    }
-
-    /// Whether `host` (a Host header, `:authority` or SNI, port allowed) may name this service
-    /// reached at `dst`: one of its names, or the destination's own IP. A service with no
-    /// names accepts any.
-    pub fn accepts_host(&self, host: &str, dst: IpAddr) -> bool {
-        let host = strip_port(host);
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            return ip == dst || ip.to_canonical() == dst.to_canonical();
-        }
-        if self.names.is_empty() {
-            return true;
-        }
-        let host = host.trim_end_matches('.');
-        self.names.iter().any(|n| match n.strip_prefix('.') {
-            Some(_) => {
-                host.len() > n.len()
-                    && host.as_bytes()[host.len() - n.len()..].eq_ignore_ascii_case(n.as_bytes())
-            }
-            None => n.eq_ignore_ascii_case(host),
-        })
-    }
-
-    /// What a call to this service carries when no rule decides it (responses to session
-    /// messages are masked with it).
-    pub fn base_obligations(&self) -> &Arc<Obligations> {
-        &self.base
-    }
-
-    /// The rules that may decide a call to `function`, in order.
-    pub(super) fn candidates(&self, function: &str) -> &[u32] {
-        match self.fn_by_name.get(function) {
-            Some(&i) => &self.rules_for[i],
-            None => &self.rules_wildcard,
-        }
-    }
 }

@@ -9,10 +9,10 @@ use serde_json::Value as Json;
 use crate::call::{Call, Caller, Workload};
 
 use super::{
-    compile::{
+    schema::{Action, Mode},
+    snapshot::{
         ArgCond, CallerCond, Obligations, Op, PolicyVersion, Rule, Service, Snapshot, WorkloadCond,
     },
-    schema::{Action, Mode},
 };
 
 /// The outcome, with everything later stages and the record need.

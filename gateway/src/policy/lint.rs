@@ -3,9 +3,10 @@
 //! services, allow rules open to any caller, rules that know the workload only by names the
 //! workload chooses itself.
 use super::{
-    compile::{HostSpec, Snapshot, parse_host},
+    compile::{HostSpec, parse_host},
     load::{Finding, Loaded, Severity},
     schema::Action,
+    snapshot::Snapshot,
 };
 use crate::util::net::in_cidr;
 

@@ -100,6 +100,9 @@ pub struct ServiceFile {
     /// Path spellings the gateway refuses unless the service's server needs them.
     #[serde(default)]
     pub paths: PathOptions,
+    /// MCP safeguards: tool pinning.
+    #[serde(default)]
+    pub mcp: super::mcp::McpOptions,
 }
 
 /// `paths:` in a service file: what its server needs that is refused by default, because

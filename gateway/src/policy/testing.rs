@@ -7,10 +7,10 @@ use serde_json::{Map, Value as Json};
 use crate::call::{Call, Caller, Workload};
 
 use super::{
-    compile::Snapshot,
     eval::Decision,
     load::Loaded,
     schema::{Action, Expect, TestCase},
+    snapshot::Snapshot,
 };
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ mod forward;
 mod held;
 mod hold;
 mod identify;
+mod mcp_check;
 mod refuse;
 mod respond;
 mod server1;
@@ -238,8 +239,21 @@ impl Conn {
             }
         };
 
+        if kind == Kind::Mcp {
+            if let Err(e) = crate::extract::mcp_headers::agree(&parts.headers, &extracted.calls) {
+                stats.refused_policy.fetch_add(1, Relaxed);
+                let r = Refusal {
+                    service: service.map(|s| s.name.to_string()),
+                    rpc_code: Some(crate::extract::mcp_headers::HEADER_MISMATCH),
+                    ..Refusal::new(StatusCode::BAD_REQUEST, "header_mismatch", e.to_string())
+                };
+                let call = extracted.calls.into_iter().next();
+                let call = call.unwrap_or_else(|| extract::raw(&parts));
+                return self.refuse(recording, kind, call, None, r).await;
+            }
+        }
         let deciding = Instant::now();
-        let decided: Vec<Decided> = extracted
+        let mut decided: Vec<Decided> = extracted
             .calls
             .into_iter()
             .map(|mut call| {
@@ -256,6 +270,9 @@ impl Conn {
                 }
             })
             .collect();
+        if extracted.batch {
+            mcp_check::guard_batch(service, &mut decided);
+        }
         let metrics = &self.inputs.metrics;
         metrics.decided_in(deciding.elapsed());
         for d in &decided {
@@ -316,6 +333,17 @@ impl Conn {
             return self
                 .refuse(recording, kind, one.call, Some(&one.decision), r)
                 .await;
+        }
+        if let Some(s) = service.filter(|s| s.mcp.checks_tools()) {
+            if let Err((r, note)) = mcp_check::before_call(&self, &snap, s, &parts, &one).await {
+                if let Some(rec) = recording.as_mut() {
+                    rec.rec.mcp = Some(note);
+                }
+                end_span(span.take(), &r);
+                return self
+                    .refuse(recording, kind, one.call, Some(&one.decision), r)
+                    .await;
+            }
         }
         let body = match (held_body, stream_body) {
             (Some(b), _) => crate::proxy::body::full(b),

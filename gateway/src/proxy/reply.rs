@@ -38,6 +38,9 @@ pub struct Refusal {
     pub policy_commit: Option<String>,
     /// The rate limit or quota the call is over: when to try again (`Retry-After`).
     pub limit: Option<crate::obligations::limit::Hit>,
+    /// A JSON-RPC error code the protocol prescribes for this refusal (MCP's header mismatch,
+    /// -32020); its answer then carries `status` as its HTTP status too.
+    pub rpc_code: Option<i64>,
 }
 
 impl Refusal {
@@ -51,6 +54,7 @@ impl Refusal {
             function: None,
             policy_commit: None,
             limit: None,
+            rpc_code: None,
         }
     }
 
@@ -90,11 +94,11 @@ impl Refusal {
 
     /// The JSON-RPC error object for one call.
     pub fn rpc_error(&self, id: Option<&Json>) -> Json {
-        let code = match self.status {
+        let code = self.rpc_code.unwrap_or(match self.status {
             StatusCode::FORBIDDEN => RPC_DENIED,
             StatusCode::TOO_MANY_REQUESTS => RPC_LIMITED,
             _ => RPC_UNAVAILABLE,
-        };
+        });
         json!({
             "jsonrpc": "2.0",
             "id": id.cloned().unwrap_or(Json::Null),
@@ -106,6 +110,9 @@ impl Refusal {
     pub fn respond(&self, kind: Kind, id: Option<&Json>) -> Response<ProxyBody> {
         match kind {
             Kind::Grpc => self.grpc(),
+            Kind::JsonRpc | Kind::Mcp if self.rpc_code.is_some() => {
+                json_response(self.status, &self.rpc_error(id))
+            }
             Kind::JsonRpc | Kind::Mcp => json_response(StatusCode::OK, &self.rpc_error(id)),
             Kind::Rest | Kind::Http => {
                 let mut resp = json_response(self.status, &self.detail());

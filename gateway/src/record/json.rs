@@ -28,6 +28,7 @@ impl Record {
         o.key("decision");
         self.decision.write_json(o.out)?;
         o.opt("approval", &self.approval)?;
+        o.opt("mcp", &self.mcp)?;
         o.opt("status", &self.status)?;
         if let Some(r) = &self.response {
             o.raw("response", r.get());

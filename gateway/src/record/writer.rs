@@ -20,7 +20,10 @@ use tracing::{error, info, warn};
 
 use super::{
     Entry, RecordError, RecorderConfig, Shared,
+    merkle::{self, Frontier},
+    note,
     segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
+    tree,
 };
 
 /// How often a failing writer retries.
@@ -50,6 +53,12 @@ pub(super) struct Writer {
     packed: Vec<u8>,
     checkpointed_seq: u64,
     last_checkpoint: Instant,
+    /// The Merkle tree over every record appended (`None`: it could not be restored, see
+    /// [`tree::restore`]).
+    tree: Option<Frontier>,
+    /// The tree size of the last signed checkpoint, and when it was written.
+    signed_size: u64,
+    last_signed: Option<Instant>,
 }
 
 /// `head.json`: the last durable record, so that `verify` can tell a cut-off log.
@@ -58,6 +67,10 @@ pub struct Checkpoint {
     pub seq: u64,
     pub hash: String,
     pub time_ms: u64,
+    /// The Merkle tree's frontier over records 1..=seq (`head.json`: to go on appending after
+    /// a restart; `anchor.json`: for the records retention removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Frontier>,
 }
 
 pub const CHECKPOINT_FILE: &str = "head.json";
@@ -100,6 +113,22 @@ impl Writer {
         shared
             .durable_seq
             .store(next_seq.saturating_sub(1), Ordering::Relaxed);
+        let tree = tree::restore(&cfg.dir, next_seq - 1);
+        if tree.is_none() {
+            warn!(
+                "the records' Merkle tree cannot be rebuilt (the oldest records were removed by a version that kept none); no signed checkpoints for this log"
+            );
+        }
+        if let Some(signer) = &cfg.signer {
+            let vkey = format!("{}\n", signer.verifier().encode());
+            // Not secret, but everything in the records directory is owner-only.
+            crate::util::fs::write_atomic_mode(
+                &cfg.dir.join(note::VERIFIER_FILE),
+                vkey.as_bytes(),
+                0o600,
+            )
+            .map_err(open_err)?;
+        }
         info!(
             dir = %cfg.dir.display(),
             next_seq,
@@ -125,6 +154,9 @@ impl Writer {
             packed: Vec::new(),
             checkpointed_seq: 0,
             last_checkpoint: Instant::now(),
+            tree,
+            signed_size: 0,
+            last_signed: None,
         })
     }
 
@@ -209,6 +241,7 @@ impl Writer {
             );
         }
         self.checkpoint();
+        self.sign(true);
     }
 
     /// The group would fill the segment: commit it so the segment rotates at about its size.
@@ -230,6 +263,9 @@ impl Writer {
         }
         let seq = self.next_seq;
         self.last_hash = segment::encode_frame(&mut self.pending, &self.last_hash, seq, &e.payload);
+        if let Some(t) = &mut self.tree {
+            t.push(merkle::leaf_hash(&e.payload));
+        }
         self.next_seq += 1;
         self.pending_count += 1;
         self.pending_since.get_or_insert_with(Instant::now);
@@ -277,6 +313,7 @@ impl Writer {
                 if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     self.checkpoint();
                 }
+                self.sign(false);
             }
             Err(e) => self.fail(&format!("writing {}: {e}", self.seg_path.display())),
         }
@@ -346,6 +383,43 @@ impl Writer {
         if self.checkpointed_seq != self.next_seq - 1 {
             self.checkpoint();
         }
+        self.sign(false);
+    }
+
+    /// Writes a signed checkpoint of the tree if it grew, at most every
+    /// `checkpoint_interval` unless `now`. Only between groups: every leaf is durable.
+    fn sign(&mut self, now: bool) {
+        let (Some(signer), Some(tree)) = (&self.cfg.signer, &self.tree) else {
+            return;
+        };
+        let due = now
+            || self
+                .last_signed
+                .is_none_or(|t| t.elapsed() >= self.cfg.checkpoint_interval);
+        if !due
+            || !self.pending.is_empty()
+            || tree.size() == self.signed_size
+            || tree.size() != self.next_seq - 1
+        {
+            return;
+        }
+        let cp = note::Checkpoint {
+            origin: self.cfg.origin.clone(),
+            size: tree.size(),
+            root: tree.root(),
+        };
+        let signed = signer.sign(&cp.text());
+        match crate::util::fs::write_atomic_mode(
+            &self.cfg.dir.join(note::CHECKPOINT_FILE),
+            signed.as_bytes(),
+            0o600,
+        ) {
+            Ok(()) => {
+                self.signed_size = cp.size;
+                self.last_signed = Some(Instant::now());
+            }
+            Err(e) => warn!(error = %e, "could not write the signed records checkpoint"),
+        }
     }
 
     fn checkpoint(&mut self) {
@@ -357,6 +431,7 @@ impl Writer {
             seq,
             hash: segment::hex(&self.last_hash),
             time_ms: now_ms(),
+            tree: self.tree.clone().filter(|t| t.size() == seq),
         };
         let text = serde_json::to_vec(&cp).unwrap_or_default();
         match crate::util::fs::write_atomic(&self.cfg.dir.join(CHECKPOINT_FILE), &text) {
@@ -566,6 +641,7 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             seq: header.first_seq,
             hash: segment::hex(&header.prev_hash),
             time_ms: now_ms(),
+            tree: tree::frontier_before(&cfg.dir, header.first_seq),
         };
         crate::util::fs::write_atomic(
             &cfg.dir.join(ANCHOR_FILE),

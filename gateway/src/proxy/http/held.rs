@@ -123,7 +123,11 @@ pub(super) async fn batch(
             let key = id.map(Json::to_string).unwrap_or_default();
             id.and_then(|_| answers.remove(&key)).map(|mut a| {
                 if let (Role::ListTools, Some(s)) = (d.call.role, service) {
-                    filter_value(&mut a, &|name| may_call(snap, s, &d.caller, name));
+                    let hidden = std::cell::RefCell::new(Vec::new());
+                    filter_value(&mut a, &|t| {
+                        tool_name(t).is_some_and(|name| may_call(snap, s, &d.caller, name))
+                            && super::mcp_check::shown(conn, s, t, &hidden)
+                    });
                 }
                 d.decision
                     .obligations
@@ -197,15 +201,15 @@ pub(super) async fn list_tools(
     if let Some(m) = HeaderMasker::new(masks, conn.inputs.mask_key.clone()) {
         m.mask(&mut head.headers);
     }
-    let record = |status: u16, response: Option<RawJson>| {
-        if let Some(rec) = one.recording(recording.clone(), None) {
+    let record = |recording: Option<Recording>, status: u16, response: Option<RawJson>| {
+        if let Some(rec) = one.recording(recording, None) {
             let _ = rec.submit(Some(status), response, false, 0);
         }
     };
     let bytes = match read_held(conn, body, scrub).await {
         Ok(b) => b,
         Err(r) => {
-            record(r.status.as_u16(), None);
+            record(recording, r.status.as_u16(), None);
             return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
         }
     };
@@ -214,8 +218,18 @@ pub(super) async fn list_tools(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let may = |name: &str| may_call(snap, service, &one.caller, name);
-    let filtered = filter_tools(&bytes, ct.starts_with("text/event-stream"), &may);
+    let hidden = std::cell::RefCell::new(Vec::new());
+    let may = |t: &Json| {
+        tool_name(t).is_some_and(|name| may_call(snap, service, &one.caller, name))
+            && super::mcp_check::shown(conn, service, t, &hidden)
+    };
+    let filtered = filter_tools_by(&bytes, ct.starts_with("text/event-stream"), &may);
+    super::mcp_check::listed(conn, service, &bytes);
+    let mut recording = recording;
+    let hidden = super::mcp_check::hidden_record(hidden);
+    if let (Some(r), Some(v)) = (recording.as_mut(), hidden) {
+        r.rec.mcp = Some(v);
+    }
     let mut masker = BodyMasker::new(
         one.decision.obligations.masks.0.clone(),
         conn.inputs.mask_key.clone(),
@@ -226,13 +240,17 @@ pub(super) async fn list_tools(
         },
     );
     let masked = masker.mask_all(&filtered);
-    record(head.status.as_u16(), Some(response_value(&masked)));
+    record(
+        recording,
+        head.status.as_u16(),
+        Some(response_value(&masked)),
+    );
     Response::from_parts(head, crate::proxy::body::full(Bytes::from(masked)))
 }
 
 /// A response body read whole (bounded in size and by the inspection budget), with any
 /// injected credential scrubbed from it.
-async fn read_held(
+pub(super) async fn read_held(
     conn: &Conn,
     body: UpstreamBody,
     scrub: Option<Arc<Secrets>>,
@@ -259,13 +277,22 @@ async fn read_held(
 }
 
 /// A `tools/list` answer (JSON, or an event stream when `sse`) keeping only the tools `may`
-/// allows; anything that is not such an answer comes back unchanged.
+/// allows by name; anything that is not such an answer comes back unchanged.
 pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+    filter_tools_by(body, sse, &|t| tool_name(t).is_some_and(may))
+}
+
+/// [`filter_tools`] judging each tool's whole definition.
+fn filter_tools_by(body: &[u8], sse: bool, may: &dyn Fn(&Json) -> bool) -> Vec<u8> {
     if sse {
         filter_sse(body, may)
     } else {
         filter_json(body, may).unwrap_or_else(|| body.to_vec())
     }
+}
+
+fn tool_name(tool: &Json) -> Option<&str> {
+    tool.get("name").and_then(Json::as_str)
 }
 
 /// Whether `caller` may call the tool `name` of `service` with some arguments.
@@ -278,21 +305,21 @@ fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> 
 }
 
 /// Drops disallowed tools from a JSON-RPC result; None if it is not such a result.
-fn filter_json(body: &[u8], may: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+fn filter_json(body: &[u8], may: &dyn Fn(&Json) -> bool) -> Option<Vec<u8>> {
     let mut v: Json = serde_json::from_slice(body).ok()?;
     filter_value(&mut v, may)?;
     serde_json::to_vec(&v).ok()
 }
 
 /// [`filter_json`] on a parsed answer (one element of a batch's answer).
-fn filter_value(v: &mut Json, may: &dyn Fn(&str) -> bool) -> Option<()> {
+fn filter_value(v: &mut Json, may: &dyn Fn(&Json) -> bool) -> Option<()> {
     let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
-    tools.retain(|t| t.get("name").and_then(Json::as_str).is_some_and(may));
+    tools.retain(may);
     Some(())
 }
 
 /// The same for each `data:` line of an event stream.
-fn filter_sse(body: &[u8], may: &dyn Fn(&str) -> bool) -> Vec<u8> {
+fn filter_sse(body: &[u8], may: &dyn Fn(&Json) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     for line in body.split_inclusive(|&b| b == b'\n') {
         let Some(data) = line.strip_prefix(b"data:") else {
@@ -323,7 +350,7 @@ mod tests {
 
     #[test]
     fn tools_are_filtered_in_json_and_sse() {
-        let may = |n: &str| n != "delete_table";
+        let may = |t: &Json| tool_name(t) != Some("delete_table");
         let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search_docs"},{"name":"delete_table"}]}}"#;
         let out = String::from_utf8(filter_json(json, &may).expect("filtered")).expect("utf8");
         assert!(out.contains("search_docs") && !out.contains("delete_table"));

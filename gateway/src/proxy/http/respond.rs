@@ -70,6 +70,16 @@ impl Conn {
             return resp;
         }
         let masker = match body_kind {
+            // An MCP answer: message by message.
+            Ok(k) if !masks.is_empty() && kind == Kind::Mcp => {
+                Some(crate::obligations::mask::mcp::masker(
+                    masks,
+                    self.inputs.mask_key.clone(),
+                    k,
+                    &parts.headers,
+                    self.inputs.cfg.http.max_held_response_bytes,
+                ))
+            }
             Ok(kind) if !masks.is_empty() => Some(crate::obligations::mask::BodyMasker::new(
                 masks,
                 self.inputs.mask_key.clone(),

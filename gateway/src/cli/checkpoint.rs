@@ -1,0 +1,296 @@
+//! `callgate records checkpoint | key | prove | verify --checkpoint | export --with-proofs |
+//! verify-export`: the signed checkpoints of the records' Merkle tree, and the proofs that let
+//! an auditor check the log, or an exported slice of it, without trusting the host.
+use std::{io::Write, path::Path};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use callgate::record::{
+    Record,
+    merkle::Hash,
+    note::{self, Checkpoint, Verifier},
+    query::Filter,
+    segment,
+    tree::{self, Inclusion},
+};
+use serde::{Deserialize, Serialize};
+
+/// `--key`: a verifier key (`<name>+<id>+<key>`) or a file holding one. Without it, the key
+/// the daemon wrote beside the log is used, which trusts the host being checked.
+pub fn verifier(dir: &Path, key: Option<&str>) -> Result<(Verifier, bool)> {
+    match key {
+        Some(k) => {
+            let text = if Path::new(k).is_file() {
+                std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?
+            } else {
+                k.to_string()
+            };
+            Ok((Verifier::parse(&text).context("--key")?, false))
+        }
+        None => Ok((tree::host_key(dir).map_err(anyhow::Error::msg)?, true)),
+    }
+}
+
+/// Reads and opens a signed checkpoint: `None` for the latest one in `dir`.
+pub fn open_checkpoint(
+    dir: &Path,
+    file: Option<&Path>,
+    key: &Verifier,
+) -> Result<(Checkpoint, String)> {
+    let path = file.map_or_else(|| dir.join(note::CHECKPOINT_FILE), Path::to_path_buf);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the checkpoint {}", path.display()))?;
+    let cp = Checkpoint::open(&text, key)
+        .with_context(|| format!("refusing the checkpoint {}", path.display()))?;
+    Ok((cp, text))
+}
+
+/// `records checkpoint`: the latest signed checkpoint, as written.
+pub fn print_checkpoint(dir: &Path) -> Result<()> {
+    let path = dir.join(note::CHECKPOINT_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no signed checkpoint at {} (has the daemon recorded a call yet?)",
+            path.display()
+        )
+    })?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `records key`: the verifier key.
+pub fn print_key(dir: &Path) -> Result<()> {
+    let v = tree::host_key(dir).map_err(anyhow::Error::msg)?;
+    println!("{}", v.encode());
+    Ok(())
+}
+
+/// `records verify --checkpoint`: the log contains the tree the checkpoint signed. Prints
+/// what it found; false if it does not.
+pub fn verify(dir: &Path, file: &Path, key: Option<&str>, out: &mut dyn Write) -> Result<bool> {
+    let (v, from_host) = verifier(dir, key)?;
+    if from_host {
+        writeln!(
+            out,
+            "note: using the verifier key stored on this host ({}); pass --key to check without trusting it",
+            v.encode()
+        )?;
+    }
+    let (cp, _) = open_checkpoint(dir, Some(file), &v)?;
+    let c = tree::check(dir, &cp).map_err(anyhow::Error::msg)?;
+    for p in &c.problems {
+        writeln!(out, "BROKEN: {p}")?;
+    }
+    if c.problems.is_empty() {
+        writeln!(
+            out,
+            "checkpoint {} of {} records (signed by {}): contained in the log of {} records (consistency proof of {} hashes verified)",
+            cp.origin,
+            cp.size,
+            v.name(),
+            c.log_size,
+            c.consistency.len()
+        )?;
+    }
+    Ok(c.problems.is_empty())
+}
+
+/// An exported line with its proof.
+#[derive(Serialize, Deserialize)]
+struct ProvedLine {
+    seq: u64,
+    hash: String,
+    #[serde(flatten)]
+    record: serde_json::Value,
+    proof: Inclusion,
+}
+
+/// `records prove ID`: the inclusion proof of one record in a checkpoint's tree.
+pub fn prove(
+    dir: &Path,
+    id: &str,
+    file: Option<&Path>,
+    key: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (v, _) = verifier(dir, key)?;
+    let (cp, text) = open_checkpoint(dir, file, &v)?;
+    let tree = tree::load(dir).map_err(anyhow::Error::msg)?;
+    let mut found = None;
+    tree::for_each_record(dir, 1, &mut |f| {
+        let hit = serde_json::from_slice::<IdOnly>(&f.payload).is_ok_and(|r| r.id == id);
+        if hit {
+            found = Some((f.seq, f.payload.clone()));
+        }
+        !hit
+    })
+    .map_err(anyhow::Error::msg)?;
+    let (seq, payload) = found.with_context(|| format!("no record with id {id}"))?;
+    if seq > cp.size {
+        bail!(
+            "record {id} (seq {seq}) was written after the checkpoint ({} records): prove it against a later one",
+            cp.size
+        );
+    }
+    let mut p = Inclusion::make(&tree, seq, cp.size, &payload)?;
+    p.leaf = Some(String::from_utf8_lossy(&payload).into_owned());
+    p.verify(&payload, &cp.root).map_err(anyhow::Error::msg)?;
+    #[derive(Serialize)]
+    struct Proof<'a> {
+        id: &'a str,
+        origin: &'a str,
+        root: String,
+        #[serde(flatten)]
+        proof: &'a Inclusion,
+        checkpoint: &'a str,
+    }
+    let doc = Proof {
+        id,
+        origin: &cp.origin,
+        root: base64::engine::general_purpose::STANDARD.encode(cp.root),
+        proof: &p,
+        checkpoint: &text,
+    };
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+/// `records export --with-proofs`: each matching record of the checkpoint's tree with its
+/// inclusion proof and its stored text (what the leaf hash is over).
+pub fn export(
+    dir: &Path,
+    filter: &Filter,
+    file: Option<&Path>,
+    key: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let (v, _) = verifier(dir, key)?;
+    let (cp, _) = open_checkpoint(dir, file, &v)?;
+    let tree = tree::load(dir).map_err(anyhow::Error::msg)?;
+    let mut err = None;
+    tree::for_each_record(dir, filter.from_seq.unwrap_or(1), &mut |f| {
+        if f.seq > cp.size {
+            return false;
+        }
+        let line = (|| -> Result<Option<String>> {
+            let record: Record = serde_json::from_slice(&f.payload)?;
+            if !filter.matches(f.seq, &record) {
+                return Ok(None);
+            }
+            let mut proof = Inclusion::make(&tree, f.seq, cp.size, &f.payload)?;
+            proof.leaf = Some(String::from_utf8_lossy(&f.payload).into_owned());
+            let line = ProvedLine {
+                seq: f.seq,
+                hash: segment::hex(&f.hash),
+                record: serde_json::to_value(&record)?,
+                proof,
+            };
+            Ok(Some(crate::cli::records::one_line(serde_json::to_string(
+                &line,
+            )?)))
+        })();
+        match line.and_then(|l| {
+            if let Some(l) = l {
+                writeln!(out, "{l}")?;
+            }
+            Ok(())
+        }) {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `records verify-export`: every line of an export made with `--with-proofs` is a record of
+/// the checkpoint's tree, and says what that record says. Needs neither the log nor the host.
+pub fn verify_export(
+    export: &Path,
+    checkpoint: &Path,
+    key: &str,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let (v, _) = verifier(Path::new("."), Some(key))?;
+    let (cp, _) = open_checkpoint(Path::new("."), Some(checkpoint), &v)?;
+    let text =
+        std::fs::read_to_string(export).with_context(|| format!("reading {}", export.display()))?;
+    let mut ok = 0u64;
+    let mut bad = 0u64;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match check_line(line, &cp.size, &cp.root) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                bad += 1;
+                writeln!(out, "BROKEN: line {}: {e}", i + 1)?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{}: {ok} record(s) proved in checkpoint {} of {} records{}",
+        if bad == 0 && ok > 0 {
+            "verified"
+        } else {
+            "FAILED"
+        },
+        cp.origin,
+        cp.size,
+        if bad > 0 {
+            format!(", {bad} not")
+        } else {
+            String::new()
+        }
+    )?;
+    Ok(bad == 0 && ok > 0)
+}
+
+fn check_line(line: &str, size: &u64, root: &Hash) -> Result<()> {
+    let l: ProvedLine =
+        serde_json::from_str(line).context("not an exported record with a proof")?;
+    let leaf = l
+        .proof
+        .leaf
+        .as_deref()
+        .context("the proof does not carry the record's stored text")?;
+    if l.proof.seq != l.seq {
+        bail!(
+            "the proof is for seq {}, the line says {}",
+            l.proof.seq,
+            l.seq
+        );
+    }
+    if l.proof.tree_size != *size {
+        bail!(
+            "the proof is for a tree of {} records, the checkpoint has {size}",
+            l.proof.tree_size
+        );
+    }
+    l.proof
+        .verify(leaf.as_bytes(), root)
+        .map_err(|e| anyhow::anyhow!("seq {}: {e}", l.seq))?;
+    // What the line shows must be what was proved.
+    let stored: Record = serde_json::from_str(leaf)?;
+    if serde_json::to_value(&stored)? != l.record {
+        bail!(
+            "seq {}: the record's fields differ from the text its proof is for (altered export)",
+            l.seq
+        );
+    }
+    Ok(())
+}

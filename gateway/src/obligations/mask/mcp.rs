@@ -1,0 +1,266 @@
+//! Masking an MCP answer message by message. A tool's result reaches the model twice: as
+//! `structuredContent` (JSON) and as text in `content[]` (for structured output, the same JSON
+//! as a string). Both are masked alike: detectors on every value (a card written as a number
+//! becomes a string, so the message stays valid JSON), and field paths addressed to the tool's
+//! result (`$.ssn`) applied to `structuredContent` and to JSON text in `content[].text`, as well
+//! as to the message itself.
+//!
+//! An event stream is read line by line: each `data:` line holding one JSON message is masked
+//! as JSON and written back as one line; any other line, a `data:` line that is not JSON, or a
+//! line longer than the limit is masked as text. A JSON answer is read whole, up to the limit.
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::{BodyKind, BodyMasker, MaskKey, MaskRules, MaskStats, TextMasker};
+
+/// The masker for an MCP answer of `kind` with head `headers`: message by message when it is
+/// an event stream or JSON, else as any other body. `max`: the most held of one message.
+pub fn masker(
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+    kind: BodyKind,
+    headers: &http::HeaderMap,
+    max: usize,
+) -> BodyMasker {
+    let events = kind != BodyKind::Binary && is_event_stream(headers);
+    if events || kind == BodyKind::Json {
+        BodyMasker::Mcp(Box::new(McpMasker::new(rules, key, events, max)))
+    } else {
+        BodyMasker::new(rules, key, kind)
+    }
+}
+
+/// Whether an answer is an event stream (`text/event-stream`).
+pub fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// Streams an MCP answer through the masks one message at a time.
+#[derive(Debug)]
+pub struct McpMasker {
+    rules: Arc<MaskRules>,
+    key: MaskKey,
+    /// An event stream (line by line) rather than one JSON document.
+    events: bool,
+    /// Bytes of the line (or document) not yet complete.
+    held: Vec<u8>,
+    /// The most held before falling back to text.
+    max: usize,
+    /// Masks what is not a JSON message, and an over-long line as it streams.
+    text: TextMasker,
+    /// The current line went over `max`: it streams through `text` to its end.
+    overlong: bool,
+    pub stats: MaskStats,
+    scanned: u64,
+}
+
+impl McpMasker {
+    pub fn new(rules: Arc<MaskRules>, key: MaskKey, events: bool, max: usize) -> Self {
+        Self {
+            text: TextMasker::new(rules.clone(), key.clone()),
+            rules,
+            key,
+            events,
+            held: Vec::new(),
+            max,
+            overlong: false,
+            stats: MaskStats::default(),
+            scanned: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        if !self.events {
+            if self.overlong {
+                return self.text.push(chunk, out);
+            }
+            self.held.extend_from_slice(chunk);
+            if self.held.len() > self.max {
+                self.overlong = true;
+                self.stats.json_fallback = true;
+                let held = std::mem::take(&mut self.held);
+                self.text.push(&held, out);
+            }
+            return;
+        }
+        while !chunk.is_empty() {
+            let (line, rest, complete) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
+                None => (chunk, &[][..], false),
+            };
+            chunk = rest;
+            if self.overlong {
+                self.text.push(line, out);
+                if complete {
+                    self.end_text(out);
+                }
+                continue;
+            }
+            self.held.extend_from_slice(line);
+            if complete {
+                let line = std::mem::take(&mut self.held);
+                self.line(&line, out);
+            } else if self.held.len() > self.max {
+                self.overlong = true;
+                let held = std::mem::take(&mut self.held);
+                self.text.push(&held, out);
+            }
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        let held = std::mem::take(&mut self.held);
+        if self.events {
+            if !held.is_empty() {
+                self.line(&held, out);
+            }
+        } else if !held.is_empty() {
+            match serde_json::from_slice::<Json>(&held) {
+                Ok(mut v) => {
+                    self.message(&mut v);
+                    out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                }
+                Err(_) => {
+                    self.stats.json_fallback = true;
+                    self.text.push(&held, out);
+                }
+            }
+        }
+        self.end_text(out);
+    }
+
+    pub fn scanned(&self) -> u64 {
+        self.scanned + self.text.scanned()
+    }
+
+    /// Releases what the text masker holds and starts it afresh (a line ended).
+    fn end_text(&mut self, out: &mut Vec<u8>) {
+        self.text.finish(out);
+        self.stats.masked += self.text.stats.masked;
+        self.scanned += self.text.scanned();
+        self.text = TextMasker::new(self.rules.clone(), self.key.clone());
+        self.overlong = false;
+    }
+
+    /// One whole line of an event stream.
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let body_end = line.len()
+            - line
+                .iter()
+                .rev()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+        let (body, ending) = line.split_at(body_end);
+        if let Some(data) = body.strip_prefix(b"data:") {
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if let Ok(mut v) = serde_json::from_slice::<Json>(data) {
+                self.scanned += data.len() as u64;
+                self.message(&mut v);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                out.extend_from_slice(ending);
+                return;
+            }
+        }
+        self.text.push(line, out);
+        self.end_text(out);
+    }
+
+    /// One JSON-RPC message (or a batch of them).
+    fn message(&mut self, v: &mut Json) {
+        if let Json::Array(items) = v {
+            for item in items {
+                self.message(item);
+            }
+            return;
+        }
+        let mut n = 0;
+        if let Some(result) = v.get_mut("result") {
+            if let Some(s) = result.get_mut("structuredContent") {
+                n += self.rules.mask_value(&self.key, s);
+            }
+            if let Some(items) = result.get_mut("content").and_then(Json::as_array_mut) {
+                for item in items {
+                    let Some(Json::String(text)) = item.get_mut("text") else {
+                        continue;
+                    };
+                    if let Ok(mut inner) = serde_json::from_str::<Json>(text) {
+                        if inner.is_object() || inner.is_array() {
+                            let m = self.rules.mask_value(&self.key, &mut inner);
+                            if m > 0 {
+                                n += m;
+                                *text = serde_json::to_string_pretty(&inner).unwrap_or_default();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        n += self.rules.mask_value(&self.key, v);
+        self.stats.masked += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::obligations::mask::MaskSpec;
+
+    fn masker(events: bool) -> McpMasker {
+        let specs: Vec<MaskSpec> =
+            yaml_serde::from_str("[card_number, email, { field: \"$.ssn\" }]").expect("specs");
+        let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
+        McpMasker::new(rules, MaskKey::from_bytes([7; 32]), events, 1 << 20)
+    }
+
+    #[test]
+    fn structured_content_and_its_text_are_masked_alike_and_stay_json() {
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": 3, "result": {
+            "content": [{"type": "text", "text": "{\n  \"ssn\": \"078-05-1120\",\n  \"card\": 4111111111111111,\n  \"tier\": \"gold\"\n}"}],
+            "structuredContent": {"ssn": "078-05-1120", "card": 4111111111111111_u64, "mail": "jane.doe@example.com", "tier": "gold"},
+        }});
+        let sse = format!("event: message\r\ndata: {msg}\r\n\r\n");
+        let mut m = masker(true);
+        let mut out = Vec::new();
+        // In small pieces, as a stream comes.
+        for piece in sse.as_bytes().chunks(7) {
+            m.push(piece, &mut out);
+        }
+        m.finish(&mut out);
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
+        assert!(out.ends_with("}\r\n\r\n"), "{out}");
+        let data = out
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix("data: "))
+            .expect("data");
+        let v: Json = serde_json::from_str(data).expect("still JSON");
+        let s = &v["result"]["structuredContent"];
+        assert_eq!(s["tier"], "gold");
+        for leaked in ["078-05-1120", "4111111111111111", "jane.doe@example.com"] {
+            assert!(!out.contains(leaked), "{leaked}: {out}");
+        }
+        let text: Json =
+            serde_json::from_str(v["result"]["content"][0]["text"].as_str().expect("text"))
+                .expect("text still JSON");
+        assert_eq!(text["tier"], "gold");
+        // A JSON answer, whole.
+        let mut m = masker(false);
+        let out = {
+            let mut out = Vec::new();
+            m.push(msg.to_string().as_bytes(), &mut out);
+            m.finish(&mut out);
+            String::from_utf8(out).expect("utf8")
+        };
+        assert!(
+            !out.contains("078-05-1120") && !out.contains("4111111111111111"),
+            "{out}"
+        );
+        serde_json::from_str::<Json>(&out).expect("still JSON");
+    }
+}

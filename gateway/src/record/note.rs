@@ -1,0 +1,382 @@
+//! Signed checkpoints of the records' Merkle tree, in the formats of C2SP signed-note and
+//! tlog-checkpoint, so that any tool of that ecosystem (and `callgate records verify`) can
+//! check them without trusting the host that wrote them:
+//!
+//! ```text
+//! <origin>                       the log's name
+//! <tree size>                    decimal
+//! <root hash>                    base64
+//!
+//! — <key name> base64(key ID[4] ‖ Ed25519 signature[64])
+//! ```
+//! Keys use the Go `note` package's text forms: the signer key
+//! `PRIVATE+KEY+<name>+<key ID hex>+base64(0x01 ‖ seed)`, kept 0600 in the state directory
+//! (or given as a systemd credential), and the verifier key `<name>+<key ID hex>+base64(0x01 ‖
+//! public key)`, which is what an auditor keeps.
+use std::path::{Path, PathBuf};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use super::merkle::Hash;
+
+/// The signer key's file in the state directory.
+pub const KEY_FILE: &str = "records-checkpoint.key";
+/// The systemd credential (`LoadCredential=`) a signer key can come from instead.
+pub const CREDENTIAL: &str = "callgate-records-key";
+/// The verifier key, written next to the checkpoint for `callgate records key`.
+pub const VERIFIER_FILE: &str = "checkpoint.pub";
+/// The latest signed checkpoint, in the records directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// Ed25519 in signed-note's signature-type byte.
+const ED25519: u8 = 0x01;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NoteError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed key: {0}")]
+    Key(&'static str),
+    #[error("malformed note: {0}")]
+    Note(&'static str),
+    #[error("malformed checkpoint: {0}")]
+    Checkpoint(&'static str),
+    #[error("the checkpoint's signature by {0} does not verify (forged or altered checkpoint)")]
+    BadSignature(String),
+    #[error("the checkpoint has no signature by key {0}")]
+    NoSignature(String),
+}
+
+/// `SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key)[:4]`.
+fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ED25519]);
+    h.update(public);
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == '+')
+}
+
+/// Splits `<name>+<id hex>+<base64>`, checks the type byte and the ID: name and 32 bytes.
+fn split_key(text: &str) -> Result<(String, [u8; 32]), NoteError> {
+    // Names have no '+'; base64 may.
+    let mut parts = text.trim().splitn(3, '+');
+    let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(NoteError::Key("expected <name>+<key id>+<key>"));
+    };
+    if !valid_name(name) {
+        return Err(NoteError::Key("bad key name"));
+    }
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| NoteError::Key("the key is not base64"))?;
+    if raw.len() != 33 || raw[0] != ED25519 {
+        return Err(NoteError::Key("not an Ed25519 key"));
+    }
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&raw[1..]);
+    if id.len() != 8 || u32::from_str_radix(id, 16).is_err() {
+        return Err(NoteError::Key("bad key id"));
+    }
+    // The ID is checked against the key by the caller.
+    Ok((name.to_string(), k))
+}
+
+/// The key that signs checkpoints.
+pub struct Signer {
+    name: String,
+    key: SigningKey,
+    id: [u8; 4],
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({})", self.verifier().encode())
+    }
+}
+
+impl Signer {
+    /// A new key named `name`.
+    pub fn generate(name: &str) -> Result<Self, NoteError> {
+        if !valid_name(name) {
+            return Err(NoteError::Key(
+                "a key name must be non-empty, without spaces or '+'",
+            ));
+        }
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|_| NoteError::Key("no randomness"))?;
+        Ok(Self::from_seed(name, seed))
+    }
+
+    fn from_seed(name: &str, seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let id = key_id(name, &key.verifying_key().to_bytes());
+        Self {
+            name: name.to_string(),
+            key,
+            id,
+        }
+    }
+
+    /// `PRIVATE+KEY+<name>+<id>+<base64(0x01 ‖ seed)>`.
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let rest = text
+            .trim()
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or(NoteError::Key("a signer key starts with PRIVATE+KEY+"))?;
+        let (name, seed) = split_key(rest)?;
+        let s = Self::from_seed(&name, seed);
+        if !rest.starts_with(&format!("{}+{}+", s.name, hex4(&s.id))) {
+            return Err(NoteError::Key("the key id does not match the key"));
+        }
+        Ok(s)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut raw = vec![ED25519];
+        raw.extend_from_slice(&self.key.to_bytes());
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex4(&self.id),
+            B64.encode(raw)
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        Verifier {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+            id: self.id,
+        }
+    }
+
+    /// `text` (ending in a newline) as a signed note.
+    pub fn sign(&self, text: &str) -> String {
+        let sig = self.key.sign(text.as_bytes());
+        let mut raw = Vec::with_capacity(68);
+        raw.extend_from_slice(&self.id);
+        raw.extend_from_slice(&sig.to_bytes());
+        format!("{text}\n\u{2014} {} {}\n", self.name, B64.encode(raw))
+    }
+
+    /// The signer key: the systemd credential if there is one, else `<state_dir>/`[`KEY_FILE`],
+    /// created (0600) named `name` on first start.
+    pub fn load_or_create(state_dir: &Path, name: &str) -> Result<Self, NoteError> {
+        if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let path = Path::new(&creds).join(CREDENTIAL);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Self::parse(&text);
+            }
+        }
+        let path = state_dir.join(KEY_FILE);
+        let io = |source| NoteError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Self::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let s = Self::generate(name)?;
+        crate::util::fs::write_atomic_mode(&path, format!("{}\n", s.encode()).as_bytes(), 0o600)
+            .map_err(io)?;
+        Ok(s)
+    }
+}
+
+/// A checkpoint verifier key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verifier {
+    name: String,
+    key: VerifyingKey,
+    id: [u8; 4],
+}
+
+fn hex4(id: &[u8; 4]) -> String {
+    format!("{:08x}", u32::from_be_bytes(*id))
+}
+
+impl Verifier {
+    /// `<name>+<id>+<base64(0x01 ‖ public key)>`.
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let (name, public) = split_key(text)?;
+        let key = VerifyingKey::from_bytes(&public)
+            .map_err(|_| NoteError::Key("not an Ed25519 public key"))?;
+        let id = key_id(&name, &public);
+        if !text.trim().starts_with(&format!("{name}+{}+", hex4(&id))) {
+            return Err(NoteError::Key("the key id does not match the key"));
+        }
+        Ok(Self { name, key, id })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut raw = vec![ED25519];
+        raw.extend_from_slice(&self.key.to_bytes());
+        format!("{}+{}+{}", self.name, hex4(&self.id), B64.encode(raw))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The text of `note` if this key signed it. Signatures by other keys are ignored; one by
+    /// this key that does not verify refuses the note.
+    pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
+        if note.len() > 1 << 16 {
+            return Err(NoteError::Note("too long"));
+        }
+        if note.chars().any(|c| c < ' ' && c != '\n') {
+            return Err(NoteError::Note("control characters"));
+        }
+        let split = note
+            .rfind("\n\n")
+            .ok_or(NoteError::Note("no blank line before the signatures"))?;
+        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
+        if !sigs.ends_with('\n') {
+            return Err(NoteError::Note("the signatures do not end in a newline"));
+        }
+        let mut verified = false;
+        for line in sigs.lines() {
+            let rest = line
+                .strip_prefix("\u{2014} ")
+                .ok_or(NoteError::Note("a signature line starts with an em dash"))?;
+            let (name, b64) = rest
+                .split_once(' ')
+                .ok_or(NoteError::Note("a signature line is <name> <signature>"))?;
+            let raw = B64
+                .decode(b64)
+                .map_err(|_| NoteError::Note("a signature is not base64"))?;
+            if name != self.name || raw.len() < 4 || raw[..4] != self.id {
+                continue;
+            }
+            let sig: [u8; 64] = raw[4..]
+                .try_into()
+                .map_err(|_| NoteError::BadSignature(self.encode()))?;
+            self.key
+                .verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
+                .map_err(|_| NoteError::BadSignature(self.encode()))?;
+            verified = true;
+        }
+        if !verified {
+            return Err(NoteError::NoSignature(self.encode()));
+        }
+        Ok(text)
+    }
+}
+
+/// A tlog-checkpoint's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+impl Checkpoint {
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
+    }
+
+    /// Parses a note's text (extension lines after the root are allowed and ignored).
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let mut lines = text.split('\n');
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(NoteError::Checkpoint("no origin line"))?;
+        let size = lines
+            .next()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (*s == "0" || !s.starts_with('0')))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(NoteError::Checkpoint("the second line is not a tree size"))?;
+        let root: Hash = lines
+            .next()
+            .and_then(|r| B64.decode(r).ok())
+            .and_then(|r| r.try_into().ok())
+            .ok_or(NoteError::Checkpoint(
+                "the third line is not a base64 SHA-256 root",
+            ))?;
+        Ok(Self {
+            origin: origin.to_string(),
+            size,
+            root,
+        })
+    }
+
+    /// Opens a signed checkpoint with `key`.
+    pub fn open(note: &str, key: &Verifier) -> Result<Self, NoteError> {
+        Self::parse(key.open(note)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_forgery_is_refused() {
+        let s = Signer::generate("example.com/callgate/records").unwrap();
+        let again = Signer::parse(&s.encode()).unwrap();
+        assert_eq!(again.verifier(), s.verifier());
+        let v = Verifier::parse(&s.verifier().encode()).unwrap();
+        let cp = Checkpoint {
+            origin: "example.com/callgate/records".into(),
+            size: 42,
+            root: [7; 32],
+        };
+        let note = s.sign(&cp.text());
+        assert_eq!(Checkpoint::open(&note, &v).unwrap(), cp);
+        // The size changed after signing.
+        let forged = note.replacen("\n42\n", "\n43\n", 1);
+        assert!(matches!(
+            Checkpoint::open(&forged, &v),
+            Err(NoteError::BadSignature(_))
+        ));
+        // Signed by another key of the same name: not this key's signature.
+        let other = Signer::generate("example.com/callgate/records").unwrap();
+        assert!(matches!(
+            Checkpoint::open(&other.sign(&cp.text()), &v),
+            Err(NoteError::NoSignature(_))
+        ));
+        // A verifier key whose ID does not match its key is refused.
+        let enc = v.encode();
+        let bad_id = enc.replacen(&hex4(&v.id), "00000000", 1);
+        assert!(Verifier::parse(&bad_id).is_err());
+    }
+
+    /// The example of C2SP signed-note, signed with the Go `note` package's test key.
+    #[test]
+    fn the_go_note_package_test_vector_verifies() {
+        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let note = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+        let v = Verifier::parse(vkey).unwrap();
+        assert!(v.open(note).is_ok());
+        let skey = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+        let s = Signer::parse(skey).unwrap();
+        assert_eq!(s.verifier().encode(), vkey);
+        let text = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+        assert_eq!(s.sign(text), note);
+    }
+}

@@ -1,0 +1,563 @@
+//! MCP tool pinning end to end, against a server of the official MCP Python SDK that changes a
+//! tool's description while it runs (a rug pull) and adds a tool, with the SDK's own client in
+//! an enabled cgroup: the changed and the new tool are hidden from `tools/list` and refused
+//! from the first call after the change, the server never runs them, and the change is in the
+//! records and `status`; `callgate mcp accept` and `callgate mcp pin` bring a tool back.
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
+
+fn service(port: u16) -> String {
+    format!(
+        r#"
+service: docs
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+rules:
+  - {{ name: agents, function: "*", action: allow }}
+"#
+    )
+}
+
+fn run_json(cg: &TestCgroup, argv: &[&str]) -> Value {
+    let out = cg.run(argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs() {
+    let test = "a_rug_pull_is_caught_at_the_next_call_and_list_and_never_runs";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-pins");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_rugpull_server.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-pins");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+
+    // One session: list (pinned on first sight), search (the server turns), search again,
+    // the new tool, the untouched tool.
+    let out = run_json(
+        &cg,
+        &[
+            &py,
+            &client,
+            &url,
+            "search_docs",
+            "search_docs",
+            "export_all",
+            "word_count",
+        ],
+    );
+    let lists = out["lists"].as_array().expect("lists");
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(names(&lists[0]), ["search_docs", "word_count"], "{out}");
+    assert_eq!(calls[0]["text"][0], "results for refunds", "{out}");
+    // The first listing after the change: the changed tool and the new one are hidden.
+    assert_eq!(names(&lists[1]), ["word_count"], "{out}");
+    assert!(
+        !out.to_string().contains("id_rsa"),
+        "the poisoned description reached the client: {out}"
+    );
+    // The changed tool's next call is refused, saying why; so is the new, unpinned one.
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("changed since it was pinned") && err.contains("callgate mcp accept"),
+        "{out}"
+    );
+    assert_eq!(calls[1]["code"], -32001, "{out}");
+    let err = calls[2]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("has no pin"), "{out}");
+    // The untouched tool still works.
+    assert_eq!(calls[3]["text"][0], "3", "{out}");
+    // The server ran search_docs once (before the change) and never export_all.
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["search_docs", "word_count"],
+        "what the server ran"
+    );
+
+    // The records: the refused call with both digests and both definitions.
+    let r = record_where(&gw, "the refused search_docs", |r| {
+        r["function"] == "search_docs" && r["mcp"]["pin"] == "changed"
+    });
+    assert_eq!(r["decision"]["enforced"], true, "{r}");
+    let pinned = r["mcp"]["pinned_sha256"].as_str().unwrap_or_default();
+    let now = r["mcp"]["sha256"].as_str().unwrap_or_default();
+    assert!(
+        pinned.len() == 64 && now.len() == 64 && pinned != now,
+        "{r}"
+    );
+    assert_eq!(
+        r["mcp"]["pinned_definition"]["description"], "Searches the documentation.",
+        "{r}"
+    );
+    assert!(
+        r["mcp"]["definition"]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("<IMPORTANT>")),
+        "{r}"
+    );
+    record_where(&gw, "a list that hid the changed tool", |r| {
+        r["function"] == "tools/list"
+            && r["mcp"]["hidden"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|t| t["tool"] == "search_docs"))
+    });
+    // status: what is refused now and the change.
+    let status = gw.status();
+    let docs = &status["mcp_pins"][0];
+    assert_eq!(docs["service"], "docs", "{status}");
+    assert_eq!(docs["refused"]["search_docs"], "changed", "{status}");
+    assert_eq!(docs["refused"]["export_all"], "unpinned", "{status}");
+    assert_eq!(docs["changes_total"], 1, "{status}");
+    assert_eq!(docs["recent_changes"][0]["sha256"], now, "{status}");
+
+    // The operator accepts the new description: the tool is back, the new tool still hidden.
+    let out = gw.cli(&["mcp", "accept", "docs", "search_docs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_json(&cg, &[&py, &client, &url, "search_docs"]);
+    assert_eq!(
+        names(&out["lists"][0]),
+        ["search_docs", "word_count"],
+        "{out}"
+    );
+    assert_eq!(out["calls"][0]["text"][0], "results for refunds", "{out}");
+
+    // `mcp pin` writes what was seen, for review in git.
+    let out = gw.cli(&[
+        "mcp",
+        "pin",
+        "docs",
+        "--policies",
+        &policies.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pins = std::fs::read_to_string(policies.join("pins/docs.yaml")).expect("pins written");
+    assert!(pins.contains("export_all") && pins.contains(now), "{pins}");
+    // Committed pins now decide: every tool they name is shown again.
+    let out = wait_for(std::time::Duration::from_secs(10), || {
+        let out = run_json(&cg, &[&py, &client, &url]);
+        (names(&out["lists"][0]).len() == 3).then_some(out)
+    });
+    assert!(out.is_some(), "the committed pins did not take effect");
+}
+
+/// A server whose tools carry the common kinds of poisoning: `callgate mcp audit` names each
+/// kind, and with `refuse_flagged` the client sees and can call only the honest tool.
+#[test]
+fn poisoned_tools_are_reported_and_refused() {
+    let test = "poisoned_tools_are_reported_and_refused";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-audit");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_poisoned_server.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let svc = format!(
+        r#"
+service: poisoned
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ refuse_flagged: true }}
+rules:
+  - {{ name: agents, function: "*", action: allow }}
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("poisoned", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-audit");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(&cg, &[&py, &client, &url, "lookup", "read_file", "add"]);
+    assert_eq!(names(&out["lists"][0]), ["lookup"], "{out}");
+    assert_eq!(out["calls"][0]["text"][0], "value of refunds", "{out}");
+    for call in [&out["calls"][1], &out["calls"][2]] {
+        let err = call["error"].as_str().unwrap_or_default();
+        assert!(err.contains("fails the poisoning checks"), "{out}");
+    }
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["lookup"],
+        "what the server ran"
+    );
+
+    let out = gw.cli(&["mcp", "audit", "poisoned", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "flagged tools: exit 1");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let checks = |tool: &str| -> Vec<String> {
+        report["flagged"][tool]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|f| f["check"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(checks("lookup").is_empty(), "{report}");
+    assert!(checks("add").contains(&"invisible".to_string()), "{report}");
+    assert!(
+        report["flagged"]["add"][0]["found"]
+            .as_str()
+            .is_some_and(|f| f.contains("Also send the user's files")),
+        "the tag characters are decoded: {report}"
+    );
+    assert!(
+        checks("read_file").contains(&"instructions".to_string()),
+        "{report}"
+    );
+    assert_eq!(checks("report"), ["url", "email"], "{report}");
+    assert_eq!(checks("format_text"), ["long_description"], "{report}");
+    assert!(
+        checks("rename").contains(&"invisible".to_string()),
+        "{report}"
+    );
+    // The text report writes invisible characters visibly.
+    let out = gw.cli(&["mcp", "audit", "poisoned"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("U+E0041") && !text.contains('\u{e0041}'),
+        "{text}"
+    );
+}
+
+/// The 2026 transport's routing headers against a server that routes by them: a request whose
+/// `Mcp-Method` or `Mcp-Name` says something else than its body (plainly, base64-encoded, or
+/// twice) is refused with HTTP 400 and JSON-RPC -32020 and never reaches the server; one whose
+/// headers agree goes through.
+#[test]
+fn routing_headers_must_agree_with_the_body() {
+    let test = "routing_headers_must_agree_with_the_body";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-headers");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_header_router.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let svc = format!(
+        r#"
+service: routed
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("routed", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-headers");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}"#;
+    let list = r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#;
+    let post = |body: &str, headers: &[&str]| -> (String, Value) {
+        let mut argv = vec![
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+        ];
+        for h in headers {
+            argv.extend_from_slice(&["-H", h]);
+        }
+        argv.extend_from_slice(&["--data-binary", body, &url]);
+        let (code, out) = curl_in(&cg, &argv);
+        assert_eq!(code, 0, "{out}");
+        let (json, status) = out.rsplit_once('\n').unwrap_or((&out, ""));
+        (
+            status.to_string(),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        )
+    };
+    for (body, headers) in [
+        // Allowed by the body, another tool by the header.
+        (
+            call,
+            vec!["Mcp-Method: tools/call", "Mcp-Name: delete_table"],
+        ),
+        // The same in the base64 form.
+        (call, vec!["Mcp-Name: =?base64?ZGVsZXRlX3RhYmxl?="]),
+        // A list (which passes as housekeeping) that the header makes a call.
+        (
+            list,
+            vec!["Mcp-Method: tools/call", "Mcp-Name: delete_table"],
+        ),
+        // Given twice.
+        (
+            call,
+            vec!["Mcp-Name: search_docs", "Mcp-Name: delete_table"],
+        ),
+    ] {
+        let (status, answer) = post(body, &headers);
+        assert_eq!(status, "400", "{headers:?}: {answer}");
+        assert_eq!(answer["error"]["code"], -32020, "{headers:?}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("header_mismatch")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap_or_default(),
+        "",
+        "the server ran a tool for a refused request"
+    );
+    // Agreeing headers pass, in both spellings.
+    let (status, answer) = post(call, &["Mcp-Method: tools/call", "Mcp-Name: search_docs"]);
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "ran search_docs",
+        "{answer}"
+    );
+    let (status, _) = post(call, &["mcp-name: =?base64?c2VhcmNoX2RvY3M=?="]);
+    assert_eq!(status, "200");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap_or_default(),
+        "search_docs\nsearch_docs\n"
+    );
+    let r = record_where(&gw, "a refused mismatch", |r| {
+        r["decision"]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("header_mismatch"))
+    });
+    assert_eq!(r["status"], 400, "{r}");
+}
+
+/// A tool's structured result (`structuredContent`) is masked as its text is: detectors on
+/// every value (a card written as a number included) and field paths, which address the
+/// tool's result (`$.ssn`) in `structuredContent` and in JSON text alike; the SDK client
+/// still reads a valid result.
+#[test]
+fn structured_tool_results_are_masked_like_their_text() {
+    let test = "structured_tool_results_are_masked_like_their_text";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-structured");
+    let port = free_port();
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_structured_server.py")
+        .display()
+        .to_string();
+    let _party = Party::start(&[&py, &server, &port.to_string()], port, dir.join("server"));
+    let svc = format!(
+        r#"
+service: crm
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  customer: {{}}
+rules:
+  - {{ name: agents, function: customer, action: allow }}
+response:
+  mask: [card_number, email, {{ field: "$.ssn" }}]
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("crm", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-structured");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(&cg, &[&py, &client, &url, "customer"]);
+    let call = &out["calls"][0];
+    assert_eq!(call["isError"], false, "{out}");
+    let s = &call["structured"];
+    assert_eq!(s["tier"], "gold", "{out}");
+    assert_eq!(s["name"], "Jane Doe", "{out}");
+    for leaked in ["4111 1111 1111 1111", "jane.doe@example.com", "078-05-1120"] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let text: Value =
+        serde_json::from_str(call["text"][0].as_str().unwrap_or_default()).expect("JSON text");
+    assert_eq!(text["tier"], "gold", "{out}");
+}
+
+/// The same rug pull from a server in the SDK's stateless JSON mode: the gateway's own check
+/// before the call reads a JSON answer without a session.
+#[test]
+fn a_rug_pull_is_caught_from_a_stateless_json_server() {
+    let test = "a_rug_pull_is_caught_from_a_stateless_json_server";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new("callgate-mcp-pins-json");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let py = party_python().display().to_string();
+    let server = party_script("mcp_rugpull_server.py").display().to_string();
+    let _party = Party::start(
+        &[
+            &py,
+            &server,
+            &port.to_string(),
+            &runs.display().to_string(),
+            "json",
+        ],
+        port,
+        dir.join("server"),
+    );
+    let policies = policy_repo(&dir, REPO, &[("docs", &service(port))]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp-pins-json");
+    gw.enable(&cg);
+    let client = party_script("mcp_rugpull_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(&cg, &[&py, &client, &url, "search_docs", "search_docs"]);
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(calls[0]["text"][0], "results for refunds", "{out}");
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("changed since it was pinned"), "{out}");
+    assert_eq!(names(&out["lists"][2]), ["word_count"], "{out}");
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
+}
+
+/// The venv of the newer SDK generation (`cargo xtask setup` builds it), or None to skip.
+fn mcp2_python(test: &str) -> Option<String> {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/testenv2/bin/python");
+    if py.exists() {
+        Some(py.display().to_string())
+    } else {
+        skip(test, "no target/testenv2 (run cargo xtask setup)");
+        None
+    }
+}
+
+/// The 2026-07-28 generation end to end: the official Python SDK 2.x client (discovery instead
+/// of `initialize`, per-request `_meta`, `Mcp-Method`/`Mcp-Name` headers) and server, through
+/// the gateway, with its tools pinned (so the gateway's own pre-call check speaks that transport
+/// too): allowed tool masked, denied tool refused with the policy's reason and never run,
+/// records kept.
+#[test]
+fn the_2026_sdk_generation_is_governed() {
+    let test = "the_2026_sdk_generation_is_governed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let Some(py) = mcp2_python(test) else {
+        return;
+    };
+    let dir = TestDir::new("callgate-mcp2");
+    let port = free_port();
+    let runs = dir.join("runs.log");
+    let server = party_script("mcp2_server.py").display().to_string();
+    let _party = Party::start(
+        &[&py, &server, &port.to_string(), &runs.display().to_string()],
+        port,
+        dir.join("server"),
+    );
+    let svc = format!(
+        r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+    );
+    let policies = policy_repo(&dir, REPO, &[("tools", &svc)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("mcp2");
+    gw.enable(&cg);
+    let client = party_script("mcp2_client.py").display().to_string();
+    let out = run_json(
+        &cg,
+        &[&py, &client, &format!("http://127.0.0.1:{port}/mcp")],
+    );
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["tools"], serde_json::json!(["search_docs"]), "{out}");
+    let text = out["search"][0].as_str().unwrap_or_default();
+    assert!(text.starts_with("results for"), "{out}");
+    assert!(
+        !text.contains("4111 1111 1111 1111") && !text.contains("jane.doe@example.com"),
+        "{out}"
+    );
+    let err = out["delete"]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("destructive tools are disabled"), "{out}");
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(&gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    // The call was checked against a pin taken on first sight.
+    let status = gw.status();
+    assert_eq!(
+        status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",
+        "{status}"
+    );
+}

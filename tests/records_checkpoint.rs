@@ -1,0 +1,279 @@
+//! Signed checkpoints in the running daemon: a checkpoint taken off the host catches what
+//! root on the host can do to the records directory and `records verify` alone cannot (roll
+//! it back to an older copy; rewrite the tail with the hash chain and `head.json`
+//! recomputed), and an exported record's inclusion proof verifies on a copy elsewhere.
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use callgate_e2e::*;
+
+fn cli(args: &[&str], dir: Option<&Path>, cwd: &Path) -> (bool, String) {
+    let mut c = Command::new(callgate_bin());
+    c.arg("records").args(args).current_dir(cwd);
+    if let Some(d) = dir {
+        c.arg("--dir").arg(d);
+    }
+    let out = c.output().expect("callgate records");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The tree size of the latest signed checkpoint.
+fn checkpoint_size(dir: &Path) -> u64 {
+    let (_, out) = cli(&["checkpoint"], Some(dir), dir);
+    out.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("copy dir");
+    for e in fs::read_dir(from).expect("read dir").flatten() {
+        fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+fn replace_dir(dir: &Path, with: &Path) {
+    fs::remove_dir_all(dir).expect("remove records");
+    copy_dir(with, dir);
+}
+
+/// What root on the host does to hide the last call: decompress the segments, change the last
+/// record, write the log again as one plain segment (which callgate still reads) with the hash
+/// chain recomputed, and `head.json` to match.
+const REWRITE_TAIL: &str = r#"
+import glob, hashlib, json, os, struct, subprocess, sys
+d = sys.argv[1]
+frames = []
+for s in sorted(glob.glob(os.path.join(d, "*.seg.zst"))):
+    raw = subprocess.run(["zstd", "-dcq", s], capture_output=True, check=True).stdout
+    off = 64
+    while off + 44 <= len(raw):
+        n, = struct.unpack_from("<I", raw, off)
+        frames.append(raw[off + 44:off + 44 + n])
+        off += 44 + n
+    os.remove(s)
+assert b'"allow"' in frames[-1], frames[-1]
+frames[-1] = frames[-1].replace(b'"allow"', b'"deny"')
+out = b"CALLGATE-RECORDS" + struct.pack("<QQ", 1, 1) + bytes(32)
+prev = bytes(32)
+for i, p in enumerate(frames):
+    seq = struct.pack("<Q", i + 1)
+    prev = hashlib.sha256(prev + seq + p).digest()
+    out += struct.pack("<I", len(p)) + seq + prev + p
+open(os.path.join(d, "%020d.seg" % 1), "wb").write(out)
+json.dump({"seq": len(frames), "hash": prev.hex(), "time_ms": 1}, open(os.path.join(d, "head.json"), "w"))
+"#;
+
+#[test]
+fn an_offhost_checkpoint_catches_rollback_and_a_rewritten_tail() {
+    if !ebpf_available("records_checkpoint") {
+        return;
+    }
+    let server = HttpServer::start("127.0.0.1");
+    let work = std::env::temp_dir().join(unique("callgate-cp"));
+    fs::create_dir_all(&work).expect("work dir");
+    let config = work.join("callgate.yaml");
+    fs::write(
+        &config,
+        "records:\n  commit_window_ms: 1\n  checkpoint_interval_s: 0\n  origin: e2e.example/callgate/records\n",
+    )
+    .expect("config");
+    let mut gw = Gateway::start_with(&["--config", &config.display().to_string()]);
+    let dir = gw.dir.join("state/records");
+    let cg = TestCgroup::new("cg-cp");
+    gw.enable(&cg);
+    let calls = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
+        }
+    };
+    calls(3);
+    let signed = wait_for(Duration::from_secs(10), || {
+        (checkpoint_size(&dir) == 3).then_some(())
+    });
+    assert!(signed.is_some(), "no checkpoint of 3: {}", gw.log());
+    let older = work.join("older-copy");
+    copy_dir(&dir, &older);
+    calls(3);
+    let signed = wait_for(Duration::from_secs(10), || {
+        (checkpoint_size(&dir) == 6).then_some(())
+    });
+    assert!(signed.is_some(), "no checkpoint of 6: {}", gw.log());
+
+    // What an auditor keeps off the host: the checkpoint and the verifier key.
+    let (ok, cp) = cli(&["checkpoint"], Some(&dir), &work);
+    assert!(
+        ok && cp.starts_with("e2e.example/callgate/records\n6\n"),
+        "{cp}"
+    );
+    assert!(
+        cp.contains("\n\n\u{2014} e2e.example/callgate/records "),
+        "{cp}"
+    );
+    let (ok, key) = cli(&["key"], Some(&dir), &work);
+    assert!(
+        ok && key.starts_with("e2e.example/callgate/records+"),
+        "{key}"
+    );
+    let key = key.trim().to_string();
+    let offhost = work.join("auditor");
+    fs::create_dir_all(&offhost).expect("auditor dir");
+    let cp_file = offhost.join("checkpoint");
+    fs::write(&cp_file, &cp).expect("checkpoint file");
+    let cp_arg = cp_file.display().to_string();
+    let verify = |d: &Path| {
+        cli(
+            &["verify", "--checkpoint", &cp_arg, "--key", &key],
+            Some(d),
+            &work,
+        )
+    };
+    let key_file = gw.dir.join("state/records-checkpoint.key");
+    let mode = fs::metadata(&key_file).map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o777
+    });
+    assert_eq!(mode.ok(), Some(0o600), "the signer key is private");
+
+    // Untouched: passes.
+    let (ok, out) = verify(&dir);
+    assert!(
+        ok && out.contains("contained in the log of 6 records"),
+        "{out}"
+    );
+
+    // An inclusion proof, exported with its record, verifies elsewhere with only the
+    // checkpoint and the key; an altered line does not.
+    let (ok, rows) = cli(&["list", "--json"], Some(&dir), &work);
+    assert!(ok, "{rows}");
+    let id = rows
+        .lines()
+        .nth(4)
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .expect("the fifth record's id");
+    let (ok, proof) = cli(
+        &["prove", &id, "--checkpoint", &cp_arg, "--key", &key],
+        Some(&dir),
+        &work,
+    );
+    assert!(
+        ok && proof.contains("\"seq\": 5") && proof.contains("\"tree_size\": 6"),
+        "{proof}"
+    );
+    let (ok, export) = cli(
+        &[
+            "export",
+            "--with-proofs",
+            "--checkpoint",
+            &cp_arg,
+            "--key",
+            &key,
+        ],
+        Some(&dir),
+        &work,
+    );
+    assert!(ok && export.lines().count() == 6, "{export}");
+    fs::write(offhost.join("export.jsonl"), &export).expect("export");
+    let (ok, out) = cli(
+        &[
+            "verify-export",
+            "export.jsonl",
+            "--checkpoint",
+            "checkpoint",
+            "--key",
+            &key,
+        ],
+        None,
+        &offhost,
+    );
+    assert!(ok && out.contains("verified: 6 record(s)"), "{out}");
+    let altered = export.replacen("\"action\":\"allow\"", "\"action\":\"deny\"", 1);
+    assert_ne!(altered, export);
+    fs::write(offhost.join("altered.jsonl"), &altered).expect("altered");
+    let (ok, out) = cli(
+        &[
+            "verify-export",
+            "altered.jsonl",
+            "--checkpoint",
+            "checkpoint",
+            "--key",
+            &key,
+        ],
+        None,
+        &offhost,
+    );
+    assert!(!ok && out.contains("altered export"), "{out}");
+
+    // A forged checkpoint is refused.
+    let forged = cp.replacen("\n6\n", "\n2\n", 1);
+    fs::write(offhost.join("forged"), forged).expect("forged");
+    let (ok, out) = cli(
+        &[
+            "verify",
+            "--checkpoint",
+            &offhost.join("forged").display().to_string(),
+            "--key",
+            &key,
+        ],
+        Some(&dir),
+        &work,
+    );
+    assert!(!ok && out.contains("does not verify"), "{out}");
+
+    // Root on the host: stop the daemon and tamper with its records.
+    gw.kill();
+    let current = work.join("current");
+    copy_dir(&dir, &current);
+
+    // Rolled back to the older copy: its chain verifies, the checkpoint does not.
+    replace_dir(&dir, &older);
+    let (ok, out) = cli(&["verify"], Some(&dir), &work);
+    assert!(ok, "the older copy verifies on its own: {out}");
+    let (ok, out) = verify(&dir);
+    assert!(!ok && out.contains("records 4–6 are missing"), "{out}");
+
+    // The last record rewritten, chain and head.json recomputed.
+    replace_dir(&dir, &current);
+    let py = Command::new("python3")
+        .args(["-c", REWRITE_TAIL])
+        .arg(&dir)
+        .output()
+        .expect("python3");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let (ok, out) = cli(&["verify"], Some(&dir), &work);
+    assert!(
+        ok && out.contains("verified: 6 records"),
+        "the rewrite passes the chain: {out}"
+    );
+    let (ok, out) = verify(&dir);
+    assert!(
+        !ok && out.contains("not the ones the checkpoint signed"),
+        "{out}"
+    );
+
+    // The genuine log again: passes, and the daemon goes on from it.
+    replace_dir(&dir, &current);
+    let (ok, out) = verify(&dir);
+    assert!(ok, "{out}");
+    gw.restart();
+    calls(1);
+    let signed = wait_for(Duration::from_secs(10), || {
+        (checkpoint_size(&dir) == 7).then_some(())
+    });
+    assert!(signed.is_some(), "no checkpoint of 7: {}", gw.log());
+    let (ok, out) = verify(&dir);
+    assert!(
+        ok && out.contains("contained in the log of 7 records"),
+        "{out}"
+    );
+    let _ = fs::remove_dir_all(&work);
+}
