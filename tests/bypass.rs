@@ -124,6 +124,96 @@ fn every_way_to_connect_goes_through_the_gateway() {
     }
 }
 
+/// The same matrix from a workload in a network namespace of its own (a container's), made
+/// after `enable`: each way to connect reaches the gateway's listener inside that namespace,
+/// and the gateway reaches the server on the namespace's own loopback (the host has none
+/// there), so nothing is carried past the gateway nor dialled from the host's view.
+#[test]
+fn every_way_to_connect_from_a_namespace_of_its_own_goes_through_the_gateway() {
+    use std::process::{Command, Stdio};
+    if !ebpf_available("every_way_to_connect_from_a_namespace_of_its_own_goes_through_the_gateway")
+    {
+        return;
+    }
+    let gw = Gateway::start();
+    let cg = TestCgroup::new("bypass-ns");
+    gw.enable(&cg);
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ns = Ns(unique("cgbyp"));
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    // The server runs in the namespace but outside the enabled cgroup.
+    let www = TestDir::new("bypass-ns-www");
+    std::fs::write(www.join("hello.txt"), HELLO).expect("hello.txt");
+    let port = "8081";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-m", "http.server", port])
+        .args(["--bind", "127.0.0.1", "--directory"])
+        .arg(&*www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("http.server");
+    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {port}), 1)");
+    let up = wait_for(std::time::Duration::from_secs(10), || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, "python3", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(())
+    });
+    assert!(up.is_some(), "the server in the namespace did not start");
+    // `ip netns exec` mounts a sysfs of its own, without the cgroup2 mount that case looks
+    // for to try to leave (a container's cgroup namespace shows it only its own subtree).
+    let cases = cases()
+        .into_iter()
+        .filter(|(name, _, _)| !name.contains("leave its cgroup"));
+    for (name, code, as_nobody) in cases {
+        let script = format!("{FETCH}{code}");
+        let mut argv: Vec<&str> = vec!["ip", "netns", "exec", &ns.0];
+        if as_nobody {
+            argv.extend([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]);
+        }
+        argv.extend(["/usr/bin/python3", "-c", &script, "127.0.0.1", port]);
+        let before = gw.counter("accepted");
+        let out = cg.run(&argv);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout == HELLO,
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let went = wait_for(std::time::Duration::from_secs(5), || {
+            (gw.counter("accepted") == before + 1).then_some(())
+        });
+        assert!(
+            went.is_some(),
+            "{name}: not through the gateway ({} accepted)",
+            gw.counter("accepted")
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 #[test]
 fn a_connect_through_io_uring_goes_through_the_gateway() {
     if !ebpf_available("a_connect_through_io_uring_goes_through_the_gateway") {

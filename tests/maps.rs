@@ -31,6 +31,7 @@ fn full_redirect_maps_evict_and_fail_closed() {
             // ::ffff:10.255.x.y, ports that no test uses.
             addr: [0, 0, 0xffff_u32.to_be(), (0x0aff_0000 | i).to_be()],
             port: 1,
+            ..SockKey::default()
         };
         map.insert(key, Redirect::default(), 0).expect("insert");
     }

@@ -16,6 +16,12 @@ pub const MAX_RULES: u32 = 32;
 /// How many DNS resolvers the kernel lets enabled cgroups reach on UDP port 53.
 pub const MAX_RESOLVERS: u32 = 16;
 
+/// How many network namespaces the gateway can have listeners in at once.
+pub const MAX_NETNS: u32 = 4096;
+
+/// Size of the ring buffer through which the kernel reports namespaces without listeners.
+pub const NETNS_EVENTS_BYTES: u32 = 64 * 1024;
+
 /// Length of a task's `comm`, as the kernel defines it.
 pub const COMM_LEN: usize = 16;
 
@@ -28,9 +34,15 @@ pub mod maps {
     pub const COUNTERS: &str = "CALLGATE_COUNTERS";
     /// The DNS resolvers (IPv6-form address → 1) reachable on UDP port 53.
     pub const RESOLVERS: &str = "CALLGATE_RESOLVERS";
-    /// Every map the object defines; all are pinned by name so that a restarted gateway (and
-    /// the programs still attached from the previous run) share one set.
-    pub const ALL: [&str; 6] = [CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS];
+    /// The network namespaces (by cookie) in which the gateway's listeners are open.
+    pub const NETNS: &str = "CALLGATE_NETNS";
+    /// Ring buffer (not pinned): a namespace without listeners was seen ([`super::NetnsEvent`]).
+    pub const NETNS_EVENTS: &str = "CALLGATE_NETNS_EVENTS";
+    /// Every pinned map the object defines; all are pinned by name so that a restarted gateway
+    /// (and the programs still attached from the previous run) share one set.
+    pub const ALL: [&str; 7] = [
+        CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS, NETNS,
+    ];
 }
 
 /// Names of the programs in the eBPF object, with the hook each attaches to.
@@ -108,12 +120,29 @@ impl Rule {
 }
 
 /// A socket's endpoint: the key by which the gateway finds a redirected connection from the
-/// peer address `accept()` returns.
+/// peer address `accept()` returns, in the network namespace of the listener that accepted
+/// it (every namespace has its own 127.0.0.1, so the address alone is ambiguous).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockKey {
+    /// Network namespace cookie (`bpf_get_netns_cookie`, `SO_NETNS_COOKIE`).
+    pub netns: u64,
     pub addr: [u32; 4],
     pub port: u32,
+    /// Always zero: the kernel hashes every byte of a key.
+    pub _pad: u32,
+}
+
+/// Reported by the kernel when a socket of an enabled cgroup is created, or connects, in a
+/// network namespace where the gateway has no listener: userspace opens listeners there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsEvent {
+    pub netns: u64,
+    /// The thread that saw it (host pid namespace): `/proc/<pid>/ns/net` is that namespace
+    /// while the thread lives and stays in it.
+    pub pid: u32,
+    pub tgid: u32,
 }
 
 /// Who made the connection, read from the current task at connect time.
@@ -125,6 +154,8 @@ pub struct Workload {
     pub uid: u32,
     pub gid: u32,
     pub cgroup_id: u64,
+    /// Network namespace cookie of the socket.
+    pub netns: u64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -162,11 +193,16 @@ pub mod counter {
     pub const DNS_MALFORMED: u32 = 12;
     /// An IPv6 packet with a routing header (it would go to an address no hook checked).
     pub const ROUTED_REFUSED: u32 = 13;
+    /// A socket created or connected in a network namespace without listeners (reported).
+    pub const NETNS_PENDING: u32 = 14;
+    /// A SYN to the listener held back (dropped; TCP sends it again) because the listeners
+    /// of its namespace were not open yet.
+    pub const SYN_HELD: u32 = 15;
     /// Slots in the counters map: more than are named, so that a new counter does not change
     /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
     pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 16] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -181,6 +217,8 @@ pub mod counter {
         "socket_refused",
         "dns_malformed",
         "routed_refused",
+        "netns_pending",
+        "syn_held",
     ];
 }
 
@@ -203,4 +241,5 @@ mod pod {
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::Redirect {}
+    unsafe impl aya::Pod for super::NetnsEvent {}
 }

@@ -15,6 +15,14 @@
 //! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
 //!   also while it is down, so that no process can receive the connections redirected to it.
 //!
+//! - every redirect is keyed by the socket's network namespace as well (each namespace has its
+//!   own 127.0.0.1): the gateway opens its listeners inside every namespace an enabled
+//!   workload uses. A socket created or connected in a namespace without listeners is
+//!   reported on a ring buffer, and its SYN to the listener is held back (dropped; `sock_ops`
+//!   gave it a short first retransmission timeout, so TCP sends it again within tens of
+//!   milliseconds) until they are open: never let through, never refused for want of a
+//!   listener that is on its way.
+//!
 //! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
 //! record where a connection was going refuses it: nothing reaches the network ungoverned.
 #![no_std]
@@ -24,21 +32,21 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, bpf_sock_addr,
+        BPF_SOCK_OPS_TIMEOUT_INIT, BPF_TCP_CLOSE, bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
-    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_RESOLVERS,
-    MAX_RULES, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SockKey, Workload, counter,
-    is_v4_mapped, v4_mapped,
+    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_NETNS,
+    MAX_RESOLVERS, MAX_RULES, NETNS_EVENTS_BYTES, NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT,
+    Redirect, Rule, SockKey, Workload, counter, is_v4_mapped, v4_mapped,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -69,6 +77,10 @@ static CALLGATE_BY_ADDR: LruHashMap<SockKey, Redirect> =
 static CALLGATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map]
 static CALLGATE_RESOLVERS: HashMap<[u32; 4], u32> = HashMap::pinned(MAX_RESOLVERS, 0);
+#[map]
+static CALLGATE_NETNS: HashMap<u64, u32> = HashMap::pinned(MAX_NETNS, 0);
+#[map]
+static CALLGATE_NETNS_EVENTS: RingBuf = RingBuf::with_byte_size(NETNS_EVENTS_BYTES, 0);
 
 // === connect ===
 
@@ -100,7 +112,10 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         )
     };
     match (ty, proto) {
-        (SOCK_STREAM, IPPROTO_TCP) => redirect_tcp(ctx, cfg, addr, port, v6),
+        (SOCK_STREAM, IPPROTO_TCP) => {
+            let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+            redirect_tcp(ctx, cfg, addr, port, v6, netns)
+        }
         (SOCK_DGRAM, IPPROTO_UDP) => udp_verdict(cfg, &addr, port),
         (SOCK_DGRAM, IPPROTO_ICMP | IPPROTO_ICMPV6) => ALLOW,
         // MPTCP, SCTP and friends would carry calls around the gateway.
@@ -112,7 +127,14 @@ fn connect(ctx: &SockAddrContext, v6: bool) -> i32 {
 }
 
 #[inline(always)]
-fn redirect_tcp(ctx: &SockAddrContext, cfg: &Config, addr: [u32; 4], port: u32, v6: bool) -> i32 {
+fn redirect_tcp(
+    ctx: &SockAddrContext,
+    cfg: &Config,
+    addr: [u32; 4],
+    port: u32,
+    v6: bool,
+    netns: u64,
+) -> i32 {
     // A v4-mapped destination on a v6 socket still travels over IPv4: send it to the v4 listener.
     let target = if v6 && !is_v4_mapped(&addr) {
         cfg.listen_v6
@@ -131,8 +153,12 @@ fn redirect_tcp(ctx: &SockAddrContext, cfg: &Config, addr: [u32; 4], port: u32, 
         dst_addr: addr,
         dst_port: port,
         family: if v6 { AF_INET6 } else { AF_INET },
-        workload: workload(),
+        workload: workload(netns),
     };
+    // Redirected all the same: the SYN waits in `egress` until the listeners are open.
+    if !netns_ready(netns) {
+        report_netns(netns, redirect.workload.pid, redirect.workload.tgid);
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if CALLGATE_BY_COOKIE.insert(cookie, redirect, 0).is_err() {
         count(counter::MAP_ERRORS);
@@ -168,7 +194,7 @@ fn intercepted(cfg: &Config, addr: &[u32; 4], port: u32) -> bool {
 }
 
 #[inline(always)]
-fn workload() -> Workload {
+fn workload(netns: u64) -> Workload {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     Workload {
@@ -177,6 +203,7 @@ fn workload() -> Workload {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
 }
@@ -295,6 +322,10 @@ fn egress(ctx: &SkBuffContext) -> i32 {
     let Some(cfg) = config() else {
         return PASS;
     };
+    if is_held_syn(ctx) {
+        count(counter::SYN_HELD);
+        return DROP;
+    }
     let class = classify(ctx);
     if let Egress::Routed = class {
         count(counter::ROUTED_REFUSED);
@@ -323,6 +354,43 @@ fn egress(ctx: &SkBuffContext) -> i32 {
         DROP
     }
 }
+
+/// A SYN of a redirected connection whose namespace has no listeners yet. Dropping it fails
+/// nothing: `connect()` ignores the error and TCP sends the SYN again after its retransmission
+/// timeout (see `HELD_SYN_RTO`, doubling each time), by when the gateway has opened them. Before the connection is
+/// established its socket sends nothing but SYNs, so the flag is all there is to check.
+#[inline(always)]
+fn is_held_syn(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let (proto, l4) = match first >> 4 {
+        4 => (ctx.load::<u8>(9), (first & 0x0f) as usize * 4),
+        6 => (ctx.load::<u8>(6), 40),
+        _ => return false,
+    };
+    if proto != Ok(IPPROTO_TCP as u8) {
+        return false;
+    }
+    match ctx.load::<u8>(l4 + 13) {
+        Ok(flags) if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => {}
+        _ => return false,
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
+        return false;
+    };
+    let w = unsafe { (*redirect).workload };
+    if netns_ready(w.netns) {
+        return false;
+    }
+    // Reported again: the first report may have been lost (a full ring) or failed.
+    report_netns(w.netns, w.pid, w.tgid);
+    true
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The packet starts at its IP header. Locally sent packets are not fragmented yet here (that
 /// happens after the cgroup egress programs), so a UDP datagram is whole.
@@ -506,6 +574,11 @@ fn sock_create(ctx: &SockContext) -> i32 {
         _ => false,
     };
     if allowed {
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        if !netns_ready(netns) {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            report_netns(netns, pid_tgid as u32, (pid_tgid >> 32) as u32);
+        }
         ALLOW
     } else {
         count(counter::SOCKET_REFUSED);
@@ -591,11 +664,35 @@ fn peername(ctx: &SockAddrContext, v6: bool) {
 #[sock_ops]
 pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
+        BPF_SOCK_OPS_TIMEOUT_INIT => return held_syn_timeout(&ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB => key_by_local_address(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => forget(&ctx),
         _ => {}
     }
     0
+}
+
+/// The first retransmission timeout of a SYN that `egress` will hold back, in jiffies (40 ms at
+/// HZ=250, 10 ms at HZ=1000): the gateway opens a namespace's listeners within a few
+/// milliseconds of its report, and TCP's default of 1 s would be the first connection's
+/// delay. Doubling from there over the default 6 retries, a namespace that cannot be opened
+/// fails its connections after 1.3 s (HZ=1000) to 5 s (HZ=250).
+const HELD_SYN_RTO: u32 = 10;
+
+/// `BPF_SOCK_OPS_TIMEOUT_INIT`, asked for right before the SYN of a connection leaves (after
+/// `connect4/6` stored its entry): a short timeout when its namespace has no listeners yet.
+/// The reply counts only when the program returns 1.
+#[inline(always)]
+fn held_syn_timeout(ctx: &SockOpsContext) -> u32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
+        return 0;
+    };
+    if netns_ready(unsafe { (*redirect).workload.netns }) {
+        return 0;
+    }
+    ctx.set_reply(HELD_SYN_RTO);
+    1
 }
 
 /// The local port is bound by now and the SYN has not left, so the entry exists before the
@@ -606,11 +703,9 @@ fn key_by_local_address(ctx: &SockOpsContext) {
     let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
         return;
     };
-    let key = local_key(ctx);
-    if CALLGATE_BY_ADDR
-        .insert(key, unsafe { *redirect }, 0)
-        .is_err()
-    {
+    let redirect = unsafe { *redirect };
+    let key = local_key(ctx, redirect.workload.netns);
+    if CALLGATE_BY_ADDR.insert(key, redirect, 0).is_err() {
         count(counter::MAP_ERRORS);
         return;
     }
@@ -622,14 +717,15 @@ fn key_by_local_address(ctx: &SockOpsContext) {
 #[inline(always)]
 fn forget(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if CALLGATE_BY_COOKIE.get_ptr(cookie).is_some() {
+    if let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) {
+        let netns = unsafe { (*redirect).workload.netns };
         let _ = CALLGATE_BY_COOKIE.remove(cookie);
-        let _ = CALLGATE_BY_ADDR.remove(local_key(ctx));
+        let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
     }
 }
 
 #[inline(always)]
-fn local_key(ctx: &SockOpsContext) -> SockKey {
+fn local_key(ctx: &SockOpsContext, netns: u64) -> SockKey {
     let ops = ctx.ops;
     // Every field is read unconditionally: choosing which one to read lets LLVM compute a ctx
     // pointer with a variable offset, which the verifier refuses.
@@ -659,7 +755,12 @@ fn local_key(ctx: &SockOpsContext) -> SockKey {
     } else {
         local6
     };
-    SockKey { addr, port }
+    SockKey {
+        netns,
+        addr,
+        port,
+        _pad: 0,
+    }
 }
 
 // === helpers ===
@@ -669,6 +770,20 @@ fn config() -> Option<&'static Config> {
     CALLGATE_CONFIG
         .get(0)
         .filter(|cfg| cfg.flags & FLAG_CONFIGURED != 0)
+}
+
+/// Whether the gateway's listeners are open in the namespace `netns`.
+#[inline(always)]
+fn netns_ready(netns: u64) -> bool {
+    unsafe { CALLGATE_NETNS.get(netns) }.is_some()
+}
+
+/// Tells the gateway to open listeners in `netns` (a full ring drops the report: the next
+/// socket, or the held SYN's next try, reports again).
+#[inline(always)]
+fn report_netns(netns: u64, pid: u32, tgid: u32) {
+    count(counter::NETNS_PENDING);
+    let _ = CALLGATE_NETNS_EVENTS.output::<NetnsEvent>(NetnsEvent { netns, pid, tgid }, 0);
 }
 
 #[inline(always)]

@@ -135,6 +135,9 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_pins: Vec<crate::mcp::pins::ServiceStatus>,
     pub enabled: Vec<Enabled>,
+    /// The network namespaces the gateway listens in (the host's first).
+    #[serde(default)]
+    pub namespaces: Vec<crate::intercept::netns::NetnsStatus>,
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
@@ -370,6 +373,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .map(|p| inputs.pins.status(&p.snapshot().services))
             .unwrap_or_default(),
         enabled: inputs.interceptor.enabled(),
+        namespaces: inputs.interceptor.namespaces().status(),
         counters: inputs.stats.snapshot(),
         kernel: inputs
             .interceptor

@@ -1,6 +1,8 @@
 //! The one vocabulary of a call, from extraction to the record: what was called and by whom.
 //! Every stage imports it; it imports none of them.
 
+pub mod container;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -66,6 +68,12 @@ pub struct Workload {
     /// The executable, when the process was still alive at connect time.
     #[serde(default)]
     pub exe: Option<String>,
+    /// The container (and pod) its cgroup belongs to.
+    #[serde(default)]
+    pub container: Option<container::Container>,
+    /// The inode of its network namespace.
+    #[serde(default)]
+    pub netns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod enable;
 pub mod install;
 pub mod mcp;
+pub mod netns;
 pub mod policy;
 pub mod records;
 pub mod run;

@@ -191,7 +191,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         ),
         policy: policy.clone(),
         authority,
-        upstreams: Arc::new(Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)),
+        upstreams: Arc::new(
+            Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)
+                .with_namespaces(interceptor.namespaces().clone()),
+        ),
         mask_key,
         inspection: InspectionBudget::new(
             cfg.http.max_inspected_bytes,
@@ -200,7 +203,20 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         pins: pins.clone(),
     });
     let mut tasks = Vec::new();
+    // A closed namespace's kept upstream connections go with it (they would hold it alive).
+    let upstreams = Arc::downgrade(&inputs.upstreams);
+    interceptor.namespaces().on_close(Box::new(move |netns| {
+        if let Some(u) = upstreams.upgrade() {
+            u.forget_netns(netns);
+        }
+    }));
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
+    // Workloads in their own network namespaces: listeners there from now on.
+    tasks.push(crate::intercept::netns_watch::start(
+        &interceptor,
+        workers.namespace_server(inputs.clone(), stop_rx.clone()),
+        stop_rx.clone(),
+    ));
     let admin_inputs = Arc::new(AdminInputs {
         interceptor: interceptor.clone(),
         stats,
@@ -288,6 +304,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);
     interceptor.shutdown();
+    interceptor.namespaces().close_all();
     for task in tasks {
         let _ = task.await;
     }

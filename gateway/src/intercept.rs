@@ -24,7 +24,7 @@ use std::{
 use crate::util::sync::LockExt;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -40,6 +40,8 @@ use crate::{
 };
 
 pub mod cgroup;
+pub mod netns;
+pub mod netns_watch;
 mod sockdiag;
 
 /// The eBPF object, built by `gateway/build.rs`.
@@ -110,6 +112,8 @@ pub enum InterceptError {
     },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     #[error(
         "port {port} on 127.0.0.1 is already in use (callgate pid {pid} holds it; pick another with --listen-port)"
     )]
@@ -188,6 +192,10 @@ pub struct Interceptor {
     /// What the kernel lets through on UDP, to pick which connected UDP sockets `enable` ends.
     udp_allow: bool,
     resolvers: Vec<IpAddr>,
+    /// The network namespaces the gateway listens in.
+    namespaces: std::sync::Arc<netns::Namespaces>,
+    /// The kernel's reports of namespaces without listeners, until the daemon takes them.
+    netns_events: Mutex<Option<RingBuf<MapData>>>,
 }
 
 impl Interceptor {
@@ -268,6 +276,9 @@ impl Interceptor {
         info!(resolvers = ?allowed, "UDP port 53 is reachable at these resolvers only");
         warn_if_ephemeral(cfg.listen_port);
 
+        let namespaces =
+            netns::Namespaces::new(take_map(&mut ebpf, maps::NETNS)?, cfg.listen_port)?;
+        let netns_events = take_map(&mut ebpf, maps::NETNS_EVENTS)?;
         let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         Ok(Self {
@@ -284,11 +295,33 @@ impl Interceptor {
             listen_port: cfg.listen_port,
             udp_allow: cfg.udp_allow,
             resolvers: allowed,
+            namespaces,
+            netns_events: Mutex::new(Some(netns_events)),
         })
     }
 
     pub fn cgroup_mount(&self) -> &Path {
         &self.mount
+    }
+
+    /// The network namespaces the gateway listens in.
+    pub fn namespaces(&self) -> &std::sync::Arc<netns::Namespaces> {
+        &self.namespaces
+    }
+
+    /// The kernel's reports of namespaces without listeners (once: the daemon reads them).
+    pub fn take_netns_events(&self) -> Option<RingBuf<MapData>> {
+        self.netns_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Opens the namespaces the processes of every enabled cgroup are in now.
+    pub fn discover_namespaces(&self) {
+        for e in self.enabled() {
+            self.namespaces.discover(&e.path);
+        }
     }
 
     /// Re-attaches what the state dir says is enabled, replacing the previous run's links with
@@ -363,6 +396,7 @@ impl Interceptor {
         drop(enabled);
         self.save()?;
         info!(cgroup = %cg.path.display(), id = cg.id, "enabled interception");
+        self.namespaces.discover(&cg.path);
         // New connections are redirected from here on; the ones already open are not.
         let ended = self.end_older_connections(&cg);
         Ok(Change {
@@ -489,8 +523,9 @@ impl Interceptor {
 
     /// Takes the entry for a connection accepted from `peer`: each is handed out once.
     /// `lane` is the data-path thread asking (any number works; each thread its own is fast).
-    pub fn take(&self, peer: SocketAddr, lane: usize) -> Option<Redirect> {
-        let key = sock_key(peer);
+    /// `netns` is the cookie of the namespace whose listener accepted it.
+    pub fn take(&self, peer: SocketAddr, netns: u64, lane: usize) -> Option<Redirect> {
+        let key = sock_key(peer, netns);
         let map = self.by_addr.get(lane % self.by_addr.len().max(1))?;
         let mut map = map.locked();
         let redirect = map.get(&key, 0).ok()?;
@@ -859,15 +894,17 @@ fn warn_if_ephemeral(port: u16) {
     }
 }
 
-/// The kernel's key for a peer address: IPv6 form, IPv4 as v4-mapped.
-pub fn sock_key(peer: SocketAddr) -> SockKey {
+/// The kernel's key for a peer address in namespace `netns`: IPv6 form, IPv4 as v4-mapped.
+pub fn sock_key(peer: SocketAddr, netns: u64) -> SockKey {
     let addr = match peer {
         SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
         SocketAddr::V6(v6) => *v6.ip(),
     };
     SockKey {
+        netns,
         addr: crate::util::net::words(u128::from(addr)),
         port: u32::from(peer.port()),
+        _pad: 0,
     }
 }
 
@@ -928,13 +965,14 @@ mod tests {
 
     #[test]
     fn keys_match_the_kernel_layout() {
-        let k = sock_key(SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 40000)));
+        let k = sock_key(SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 40000)), 7);
+        assert_eq!(k.netns, 7);
         assert_eq!(
             k.addr,
             common::v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))
         );
         assert_eq!(k.port, 40000);
-        let k6 = sock_key(SocketAddr::from((Ipv6Addr::LOCALHOST, 1)));
+        let k6 = sock_key(SocketAddr::from((Ipv6Addr::LOCALHOST, 1)), 7);
         assert_eq!(k6.addr, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
     }
 

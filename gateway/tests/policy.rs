@@ -401,6 +401,49 @@ fn caller_matchers() {
     }
 }
 
+/// Containers, pods and network namespaces, as the gateway reads them from a workload's
+/// cgroup path and its connection.
+#[test]
+fn container_pod_and_namespace_matchers() {
+    const ID: &str = "4f1c3a0b2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+    const POD: &str = "0f9e8d7c-6b5a-4321-8fed-cba987654321";
+    let cgroup = format!(
+        "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope",
+        POD.replace('-', "_")
+    );
+    let in_pod = Caller {
+        workload: Some(Workload {
+            container: callgate::call::container::Container::of_cgroup(Some(&cgroup)),
+            netns: Some(4026532247),
+            cgroup: Some(cgroup.clone()),
+            ..Workload::default()
+        }),
+        ..Caller::default()
+    };
+    let on_host = in_cgroup("system.slice/a.service", 0);
+    let cases: &[(String, &Caller, bool)] = &[
+        (format!("container: {ID}"), &in_pod, true),
+        (format!("container: [{}]", &ID[..12]), &in_pod, true),
+        ("container: 000000000000".into(), &in_pod, false),
+        (format!("container: {ID}"), &on_host, false),
+        (format!("pod: {POD}"), &in_pod, true),
+        (
+            "pod: 00000000-0000-0000-0000-000000000000".into(),
+            &in_pod,
+            false,
+        ),
+        (format!("pod: {POD}"), &on_host, false),
+        ("netns: 4026532247".into(), &in_pod, true),
+        ("netns: [1, 2]".into(), &in_pod, false),
+        ("netns: 4026532247".into(), &on_host, false),
+    ];
+    for (cond, caller, want) in cases {
+        let repo = one_rule(&format!("caller: {{ workload: {{ {cond} }} }}"));
+        let (action, _) = decide(&repo.snap(), "f", json!({}), caller);
+        assert_eq!(action == Action::Allow, *want, "{cond}");
+    }
+}
+
 #[test]
 fn first_match_wins_and_the_default_decides_the_rest() {
     let repo = Repo::service(&format!(

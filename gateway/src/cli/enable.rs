@@ -14,10 +14,13 @@ use super::{SocketArg, request};
 pub struct TargetArgs {
     /// A cgroup v2 directory: absolute, or relative to the cgroup v2 mount
     /// (e.g. `system.slice/app.service`, as /proc/PID/cgroup prints it).
-    #[arg(required_unless_present = "unit", conflicts_with = "unit")]
+    #[arg(
+        required_unless_present_any = ["unit", "pid", "container"],
+        conflicts_with_all = ["unit", "pid", "container"]
+    )]
     pub cgroup: Option<String>,
     /// A systemd unit instead of a path, e.g. `nightly-batch.service`.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pid", "container"])]
     pub unit: Option<String>,
     /// With --unit: also write a systemd drop-in that points the unit's TLS clients at the
     /// gateway's trust bundle (`callgate trust env`); `disable --unit` removes it.
@@ -28,6 +31,14 @@ pub struct TargetArgs {
     pub root: PathBuf,
     #[command(flatten)]
     pub state: super::trust::StateDirArg,
+    /// The cgroup process PID is in (a container's, a pod's: its network namespace is
+    /// governed too).
+    #[arg(long, conflicts_with = "container")]
+    pub pid: Option<u32>,
+    /// A Docker, Podman, containerd or CRI-O container: its id (12+ hex digits) or a name
+    /// `podman`/`docker inspect` knows; its scope is found in the cgroup tree.
+    #[arg(long)]
+    pub container: Option<String>,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -66,6 +77,12 @@ pub fn disable(t: &TargetArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
 }
 
 fn target(t: &TargetArgs) -> Result<Target> {
+    if let Some(pid) = t.pid {
+        return Ok(Target::Cgroup(super::netns::cgroup_of_pid(pid)?));
+    }
+    if let Some(c) = &t.container {
+        return Ok(Target::Cgroup(super::netns::cgroup_of_container(c)?));
+    }
     Ok(match (&t.cgroup, &t.unit) {
         (_, Some(unit)) => Target::Unit(unit.clone()),
         (Some(path), None) => {

@@ -129,6 +129,7 @@ fn print_status(s: &Status) {
             println!("  {}{unit} (id {})", v(&e.path.display().to_string()), e.id);
         }
     }
+    super::netns::print_namespaces(&s.namespaces);
     let c = &s.counters;
     println!(
         "connections:   {} accepted, {} forwarded, {} active, {} upstream errors, {} without entry, {} loops refused",

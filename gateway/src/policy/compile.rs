@@ -818,6 +818,26 @@ fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> 
             parts
         }),
         comms: list(&w.comm),
+        containers: list(&w.container)
+            .into_iter()
+            .inspect(|c| {
+                let hex = c
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !hex || c.len() < 12 || c.len() > 64 {
+                    err(
+                        &["caller", "workload", "container"],
+                        format!("{c:?}: a container id is 12 to 64 lowercase hex digits"),
+                    );
+                }
+            })
+            .collect(),
+        pods: list(&w.pod),
+        netns: match &w.netns {
+            Some(schema::NetnsList::One(n)) => vec![*n],
+            Some(schema::NetnsList::Many(v)) => v.clone(),
+            None => Vec::new(),
+        },
     }
 }
 

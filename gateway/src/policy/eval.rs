@@ -346,6 +346,22 @@ fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r
             return Err(Miss::Workload("cgroup"));
         }
     }
+    let container = a.container.as_ref();
+    if !w.containers.is_empty()
+        && !container.is_some_and(|c| w.containers.iter().any(|want| c.id_matches(want)))
+    {
+        return Err(Miss::Workload("container"));
+    }
+    if !w.pods.is_empty()
+        && !container
+            .and_then(|c| c.pod.as_ref())
+            .is_some_and(|p| w.pods.contains(p))
+    {
+        return Err(Miss::Workload("pod"));
+    }
+    if !w.netns.is_empty() && !a.netns.is_some_and(|n| w.netns.contains(&n)) {
+        return Err(Miss::Workload("netns"));
+    }
     Ok(())
 }
 
@@ -667,6 +683,9 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
                 "unit" => format!("{:?}", w.unit),
                 "user_unit" => format!("{:?}", w.user_unit),
                 "comm" => format!("{:?}", w.comm),
+                "container" => format!("{:?}", w.container.as_ref().and_then(|c| c.id.as_ref())),
+                "pod" => format!("{:?}", w.container.as_ref().and_then(|c| c.pod.as_ref())),
+                "netns" => format!("{:?}", w.netns),
                 _ => format!("{:?}", w.cgroup),
             };
             format!("workload {field} {actual} does not match")

@@ -312,6 +312,23 @@ pub struct WorkloadMatch {
     pub cgroup: Option<String>,
     #[serde(default)]
     pub comm: Option<OneOrMany>,
+    /// Container id(s): the full id or a prefix of at least 12 hex digits, as `docker ps`
+    /// and `podman ps` show them (read from the runtime's scope in the cgroup path).
+    #[serde(default)]
+    pub container: Option<OneOrMany>,
+    /// Kubernetes pod UID(s) (`kubectl get pod -o jsonpath='{.metadata.uid}'`).
+    #[serde(default)]
+    pub pod: Option<OneOrMany>,
+    /// Network namespace inode(s) (`readlink /proc/PID/ns/net` → `net:[INODE]`).
+    #[serde(default)]
+    pub netns: Option<NetnsList>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum NetnsList {
+    One(u64),
+    Many(Vec<u64>),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -470,6 +487,10 @@ pub struct TestWorkload {
     pub cgroup: Option<String>,
     pub comm: Option<String>,
     pub pid: Option<u32>,
+    /// The container id (and `pod`) the test's workload runs in.
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub netns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

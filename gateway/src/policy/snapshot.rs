@@ -144,6 +144,11 @@ pub(super) struct WorkloadCond {
     /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
     pub cgroup_prefix: Option<Vec<String>>,
     pub comms: Vec<String>,
+    /// Container ids or prefixes (12+ lowercase hex digits).
+    pub containers: Vec<String>,
+    pub pods: Vec<String>,
+    /// Network namespace inodes.
+    pub netns: Vec<u64>,
 }
 
 impl WorkloadCond {
@@ -153,7 +158,15 @@ impl WorkloadCond {
     /// a unit).
     pub(super) fn only_chosen_by_process(&self) -> Option<Vec<&'static str>> {
         use crate::identity::workload::systemd_owned_depth;
-        if !self.uids.is_empty() || !self.users.is_empty() || !self.units.is_empty() {
+        // Container, pod and namespace are the runtime's (see call::container), not the
+        // process's.
+        if !self.uids.is_empty()
+            || !self.users.is_empty()
+            || !self.units.is_empty()
+            || !self.containers.is_empty()
+            || !self.pods.is_empty()
+            || !self.netns.is_empty()
+        {
             return None;
         }
         let mut chosen = Vec::new();

@@ -72,6 +72,14 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                 .filter(|_| w.user_unit.is_some()),
             cgroup: w.cgroup.clone(),
             comm: w.comm.clone(),
+            container: (w.container.is_some() || w.pod.is_some()).then(|| {
+                crate::call::container::Container {
+                    runtime: None,
+                    id: w.container.clone(),
+                    pod: w.pod.clone(),
+                }
+            }),
+            netns: w.netns,
             ..Workload::default()
         }),
         ..caller

@@ -119,6 +119,8 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
 /// policy, that cost a fifth more CPU per call.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread's runtime, to serve the listeners of network namespaces opened later.
+    handles: Vec<tokio::runtime::Handle>,
 }
 
 impl Workers {
@@ -141,6 +143,8 @@ impl Workers {
             ));
         }
         let mut threads = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        let host = inputs.interceptor.namespaces().host();
         for n in 0..count.max(1) {
             let mut mine = Vec::with_capacity(owned.len());
             for (addr, l) in &owned {
@@ -153,14 +157,43 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|source| AcceptError::Worker { source })?;
+            handles.push(rt.handle().clone());
             let (inputs, shutdown) = (inputs.clone(), shutdown.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("callgate-data-{n}"))
-                .spawn(move || rt.block_on(run_worker(mine, n, inputs, shutdown)))
+                .spawn(move || rt.block_on(run_worker(mine, n, host, inputs, shutdown)))
                 .map_err(|source| AcceptError::Worker { source })?;
             threads.push(thread);
         }
-        Ok(Self { threads })
+        Ok(Self { threads, handles })
+    }
+
+    /// What serves the listeners of a network namespace: every data-path thread accepts from
+    /// them (as from the host's) until the namespace is closed or the gateway stops.
+    pub fn namespace_server(
+        &self,
+        inputs: Arc<ProxyInputs>,
+        shutdown: watch::Receiver<bool>,
+    ) -> crate::intercept::netns::Serve {
+        let handles = self.handles.clone();
+        Box::new(move |netns, listeners, closed| {
+            for (lane, rt) in handles.iter().enumerate() {
+                for l in &listeners {
+                    let Ok(mine) = l.try_clone() else { continue };
+                    let (inputs, shutdown, closed) =
+                        (inputs.clone(), shutdown.clone(), closed.clone());
+                    rt.spawn(async move {
+                        let Ok(l) = TcpListener::from_std(mine) else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = serve(l, lane, netns, inputs, shutdown) => {}
+                            _ = crate::intercept::netns::closed(closed) => {}
+                        }
+                    });
+                }
+            }
+        })
     }
 
     /// Waits until every thread stopped accepting. Connections still open end with their
@@ -175,6 +208,7 @@ impl Workers {
 async fn run_worker(
     listeners: Vec<std::net::TcpListener>,
     lane: usize,
+    netns: u64,
     inputs: Arc<ProxyInputs>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -183,7 +217,7 @@ async fn run_worker(
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                serving.spawn(serve(l, lane, inputs.clone(), shutdown.clone()));
+                serving.spawn(serve(l, lane, netns, inputs.clone(), shutdown.clone()));
             }
             Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
         }
@@ -211,10 +245,12 @@ async fn timer_anchor(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts until `shutdown` flips; `lane` is this data-path thread's number.
+/// Accepts until `shutdown` flips; `lane` is this data-path thread's number, `netns` the
+/// cookie of the network namespace the listener is in.
 pub async fn serve(
     listener: TcpListener,
     lane: usize,
+    netns: u64,
     inputs: Arc<ProxyInputs>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -226,7 +262,7 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let inputs = inputs.clone();
-                tokio::spawn(async move { handle(stream, peer, lane, &inputs).await });
+                tokio::spawn(async move { handle(stream, peer, lane, netns, &inputs).await });
                 // Let the connection start before taking another: a burst of connections is
                 // then shared with the other data-path threads instead of all landing here.
                 tokio::task::yield_now().await;
@@ -240,11 +276,17 @@ pub async fn serve(
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, lane: usize, inputs: &Arc<ProxyInputs>) {
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    lane: usize,
+    netns: u64,
+    inputs: &Arc<ProxyInputs>,
+) {
     let stats = &inputs.stats;
     // Connection ids are the accept count: unique across listeners and easy to read.
     let id = stats.accepted.fetch_add(1, Relaxed) + 1;
-    let Some(redirect) = inputs.interceptor.take(peer, lane) else {
+    let Some(redirect) = inputs.interceptor.take(peer, netns, lane) else {
         stats.refused_no_entry.fetch_add(1, Relaxed);
         warn!(%peer, "connection to the listener without a redirect entry; closing");
         return;
@@ -256,6 +298,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, lane: usize, inputs: &Arc<P
         started: Instant::now(),
         started_unix_ms: crate::util::time::now_ms(),
         dst: intercept::original_destination(&redirect),
+        netns,
         workload: workload_info(&redirect, inputs),
     };
     let _ = client.set_nodelay(true);
@@ -290,6 +333,8 @@ struct Connection {
     started: Instant,
     started_unix_ms: u64,
     dst: SocketAddr,
+    /// The network namespace (cookie) the workload connected from; upstreams leave from it.
+    netns: u64,
     workload: WorkloadInfo,
 }
 
@@ -391,6 +436,7 @@ async fn route(
             inputs: inputs.clone(),
             policy: policy.clone(),
             dst: conn.dst,
+            netns: conn.netns,
             dst_text: conn.dst.to_string(),
             dst_host: dst_host.clone(),
             sni: sni.clone(),
@@ -571,6 +617,8 @@ fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
         cgroup,
         comm: Some(w.comm.clone()),
         exe: w.exe.clone(),
+        container: w.container.clone(),
+        netns: w.netns,
     }
 }
 
@@ -582,7 +630,13 @@ async fn pass_through(
     inputs: &ProxyInputs,
 ) -> (forward::Transfer, Result<(), forward::ForwardError>) {
     let stats = &inputs.stats;
-    let mut upstream = match forward::connect(conn.dst, inputs.cfg.connect_timeout).await {
+    let dial = forward::connect_from(
+        Some(inputs.interceptor.namespaces()),
+        conn.netns,
+        conn.dst,
+        inputs.cfg.connect_timeout,
+    );
+    let mut upstream = match dial.await {
         Ok(u) => u,
         Err(e) => {
             stats.upstream_errors.fetch_add(1, Relaxed);
@@ -667,6 +721,11 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
     let units = cgroup.as_deref().map_or_else(Default::default, |p| {
         workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
     });
+    // Relative to the mount: container names are read from the runtime's part of the path.
+    let cgroup_text = cgroup
+        .as_deref()
+        .and_then(|p| p.strip_prefix(inputs.interceptor.cgroup_mount()).ok())
+        .and_then(|p| p.to_str());
     WorkloadInfo {
         pid: w.tgid,
         tid: w.pid,
@@ -677,8 +736,10 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
         unit: units.unit,
         user_unit: units.user_unit,
         user_unit_uid: units.user_unit_uid,
-        cgroup: cgroup.map(|p| p.display().to_string()),
+        cgroup: cgroup.as_deref().map(|p| p.display().to_string()),
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
+        netns: inputs.interceptor.namespaces().inode(w.netns),
+        container: crate::call::container::Container::of_cgroup(cgroup_text),
     }
 }

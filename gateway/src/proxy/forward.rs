@@ -53,7 +53,24 @@ pub async fn connect(
     dst: SocketAddr,
     connect_timeout: Duration,
 ) -> Result<TcpStream, ForwardError> {
-    let stream = timeout(connect_timeout, TcpStream::connect(dst))
+    connect_from(None, 0, dst, connect_timeout).await
+}
+
+/// Connects from inside the network namespace `netns` (the workload's), with a socket that
+/// `namespaces` makes there; without them (or from the gateway's own namespace), from here.
+pub async fn connect_from(
+    namespaces: Option<&crate::intercept::netns::Namespaces>,
+    netns: u64,
+    dst: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TcpStream, ForwardError> {
+    let dial = async {
+        match namespaces {
+            Some(ns) => ns.socket(netns, dst.is_ipv6()).await?.connect(dst).await,
+            None => TcpStream::connect(dst).await,
+        }
+    };
+    let stream = timeout(connect_timeout, dial)
         .await
         .map_err(|_| ForwardError::ConnectTimeout {
             dst,

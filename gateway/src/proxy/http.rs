@@ -62,6 +62,8 @@ pub struct Conn {
     pub inputs: Arc<ProxyInputs>,
     pub policy: Arc<PolicyStore>,
     pub dst: SocketAddr,
+    /// The workload's network namespace (cookie): upstreams are dialled from it.
+    pub netns: u64,
     /// `dst` as text, as records and spans name it: formatted once, not per call.
     pub dst_text: String,
     /// `dst`'s IP as text, the form service lookup takes.
@@ -80,7 +82,9 @@ pub struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.inputs.upstreams.release_http1(self.dst, &self.http1);
+        self.inputs
+            .upstreams
+            .release_http1(self.dst, self.netns, &self.http1);
     }
 }
 

@@ -66,6 +66,12 @@ pub struct WorkloadInfo {
     /// The executable, when the process was still alive at accept time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// The inode of the network namespace it connected from (`readlink /proc/PID/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The container (or pod) its cgroup belongs to, named by the cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::call::container::Container>,
 }
 
 /// One finished connection.

@@ -147,6 +147,8 @@ mod tests {
             user_unit_uid: None,
             user: None,
             exe: Some("/usr/bin/python3.11".into()),
+            netns: None,
+            container: None,
         }
     }
 

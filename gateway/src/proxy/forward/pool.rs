@@ -45,6 +45,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
+use crate::intercept::netns::Namespaces;
 use crate::proxy::body::{BodyError, ProxyBody};
 
 use super::{
@@ -68,6 +69,9 @@ const MAX_CLIENTS: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamKey {
     pub dst: SocketAddr,
+    /// The network namespace the upstream is dialled from (the workload's): the same address
+    /// is another host in another namespace.
+    pub netns: u64,
     /// TLS towards the upstream: the server name to verify, and the extra CA bundle.
     pub tls: Option<(String, Option<PathBuf>)>,
     /// Plain-text HTTP/2 with prior knowledge (the client spoke h2c).
@@ -81,9 +85,11 @@ pub struct Upstreams {
     /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
     /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
     /// eventfd write and an extra epoll round on both threads) on every call it carries.
-    idle_http1: Mutex<HashMap<(ThreadId, SocketAddr), Vec<Kept>>>,
+    idle_http1: Mutex<HashMap<(ThreadId, SocketAddr, u64), Vec<Kept>>>,
     connect_timeout: Duration,
     idle: Duration,
+    /// Makes the sockets of upstream connections in the workloads' network namespaces.
+    namespaces: Option<Arc<Namespaces>>,
 }
 
 /// The pooled clients by key, pruned so that a workload reaching ever new destinations does
@@ -213,7 +219,19 @@ impl Upstreams {
             idle_http1: Mutex::new(HashMap::new()),
             connect_timeout,
             idle,
+            namespaces: None,
         }
+    }
+
+    /// Dials upstreams from the workloads' own network namespaces.
+    pub fn with_namespaces(mut self, namespaces: Arc<Namespaces>) -> Self {
+        self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// Connects to `dst` from the namespace `netns`.
+    async fn connect(&self, dst: SocketAddr, netns: u64) -> Result<TcpStream, ForwardError> {
+        super::connect_from(self.namespaces.as_deref(), netns, dst, self.connect_timeout).await
     }
 
     /// Sends `req` (origin-form, with its Host) to the plain-text HTTP/1 upstream `dst` over the
@@ -224,16 +242,17 @@ impl Upstreams {
         &self,
         slot: &Http1Slot,
         dst: SocketAddr,
+        netns: u64,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let mut req = h1::encode(req).await?;
         let kept = slot
             .take()
             .filter(|c| !c.looks_closed())
-            .or_else(|| self.kept_http1(dst));
+            .or_else(|| self.kept_http1(dst, netns));
         let mut conn = match kept {
             Some(c) => c,
-            None => Upstream1::new(super::connect(dst, self.connect_timeout).await?),
+            None => Upstream1::new(self.connect(dst, netns).await?),
         };
         loop {
             match h1::send(conn, req, &slot.0).await? {
@@ -241,14 +260,21 @@ impl Upstreams {
                 // A new connection is not retried again: its failure is the answer.
                 Sent::Retry(again) => {
                     req = again;
-                    conn = Upstream1::new(super::connect(dst, self.connect_timeout).await?);
+                    conn = Upstream1::new(self.connect(dst, netns).await?);
                 }
             }
         }
     }
 
+    /// Drops every connection kept from network namespace `netns` (it was closed): idle
+    /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
+    pub fn forget_netns(&self, netns: u64) {
+        self.idle_http1.locked().retain(|(_, _, n), _| *n != netns);
+        self.clients.locked().map.retain(|k, _| k.netns != netns);
+    }
+
     /// Keeps the connection an intercepted connection held, when it ended, for the next one.
-    pub fn release_http1(&self, dst: SocketAddr, slot: &Http1Slot) {
+    pub fn release_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
         let Some(conn) = slot.take() else { return };
@@ -262,15 +288,17 @@ impl Upstreams {
             kept.retain(|(at, c)| self.still_usable(*at, now, c));
             !kept.is_empty()
         });
-        let kept = idle.entry((thread::current().id(), dst)).or_default();
+        let kept = idle
+            .entry((thread::current().id(), dst, netns))
+            .or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((now, conn));
         }
     }
 
-    fn kept_http1(&self, dst: SocketAddr) -> Option<Upstream1> {
+    fn kept_http1(&self, dst: SocketAddr, netns: u64) -> Option<Upstream1> {
         let mut idle = self.idle_http1.locked();
-        let kept = idle.get_mut(&(thread::current().id(), dst))?;
+        let kept = idle.get_mut(&(thread::current().id(), dst, netns))?;
         let now = Instant::now();
         while let Some((at, c)) = kept.pop() {
             if self.still_usable(at, now, &c) {
@@ -293,6 +321,8 @@ impl Upstreams {
         }
         let connector = Connector {
             dst: key.dst,
+            netns: key.netns,
+            namespaces: self.namespaces.clone(),
             tls: key
                 .tls
                 .as_ref()
@@ -315,6 +345,8 @@ impl Upstreams {
 #[derive(Clone)]
 pub struct Connector {
     dst: SocketAddr,
+    netns: u64,
+    namespaces: Option<Arc<Namespaces>>,
     tls: Option<(String, TlsConnector)>,
     timeout: Duration,
 }
@@ -331,7 +363,13 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = super::connect(this.dst, this.timeout).await?;
+            let tcp = super::connect_from(
+                this.namespaces.as_deref(),
+                this.netns,
+                this.dst,
+                this.timeout,
+            )
+            .await?;
             let Some((name, connector)) = this.tls else {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             };
@@ -421,6 +459,7 @@ mod tests {
     fn key(port: u16) -> UpstreamKey {
         UpstreamKey {
             dst: SocketAddr::from(([127, 0, 0, 1], port)),
+            netns: 0,
             tls: None,
             h2c: false,
         }

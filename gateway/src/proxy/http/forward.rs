@@ -166,7 +166,7 @@ impl Conn {
             match pooled {
                 None => inputs
                     .upstreams
-                    .send_http1(&self.http1, self.dst, req)
+                    .send_http1(&self.http1, self.dst, self.netns, req)
                     .await
                     .map_err(|e| error_chain(&e)),
                 Some(client) => client
@@ -234,6 +234,7 @@ impl Conn {
         };
         let key = UpstreamKey {
             dst: self.dst,
+            netns: self.netns,
             tls: tls.as_ref().map(|(k, _)| k.clone()),
             h2c,
         };
