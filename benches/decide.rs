@@ -48,7 +48,7 @@ fn worst_case(snap: &Snapshot, rules: usize) -> (usize, Call, Caller) {
     let call = Call {
         function: format!("f{}", last % FUNCTIONS),
         args: json!({"amount": 5, "currency": "EUR"}),
-        partial: false,
+        ..Call::default()
     };
     let caller = Caller {
         subject: Some("u".into()),

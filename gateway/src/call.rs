@@ -6,7 +6,7 @@ pub mod container;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-/// A call as the extract stage produces it.
+/// A call as the extract stage produces it, as policy decides it and as the record keeps it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Call {
     pub function: String,
@@ -16,6 +16,28 @@ pub struct Call {
     /// binary body): every condition on the arguments is then unknown.
     #[serde(default)]
     pub partial: bool,
+    /// How policy treats it. A call given to `explain` or a test case is governed.
+    #[serde(skip)]
+    pub role: Role,
+    /// The JSON-RPC id (None for a notification, or for non-RPC calls).
+    #[serde(skip)]
+    pub rpc_id: Option<Json>,
+    /// The JSON-RPC message as sent, to forward the allowed part of a batch.
+    #[serde(skip)]
+    pub message: Option<Json>,
+}
+
+/// What a call is to policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Decided by policy.
+    #[default]
+    Governed,
+    /// Protocol housekeeping (MCP `initialize`, `ping`, notifications, responses, lists):
+    /// allowed, recorded.
+    Session,
+    /// MCP `tools/list`: allowed, and the answer is filtered to the tools the caller may call.
+    ListTools,
 }
 
 /// Who is calling: the token's identity (if any) and the workload.

@@ -15,6 +15,8 @@ use serde_json::{Map, Value as Json};
 
 pub use surface::Surface;
 
+use crate::call::{Call, Role};
+
 /// How a call is recognised, and how a denial must be worded to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -99,38 +101,11 @@ pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractE
     Ok(())
 }
 
-/// What one call needs for its decision and its reply.
-#[derive(Debug, Clone)]
-pub struct OneCall {
-    pub function: String,
-    pub args: Json,
-    /// How policy treats it.
-    pub role: Role,
-    /// The JSON-RPC id (None for a notification, or for non-RPC calls).
-    pub rpc_id: Option<Json>,
-    /// The JSON-RPC message as sent, to forward the allowed part of a batch.
-    pub message: Option<Json>,
-    /// Part of what the upstream may read arguments from could not be read (a multipart or
-    /// binary body): no condition on the arguments can be trusted to hold or fail.
-    pub partial: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Decided by policy.
-    Governed,
-    /// Protocol housekeeping (MCP `initialize`, `ping`, notifications, responses, lists):
-    /// allowed, recorded.
-    Session,
-    /// MCP `tools/list`: allowed, and the answer is filtered to the tools the caller may call.
-    ListTools,
-}
-
 /// The calls in one request.
 #[derive(Debug)]
 pub struct Extracted {
     pub kind: Kind,
-    pub calls: Vec<OneCall>,
+    pub calls: Vec<Call>,
     /// A JSON-RPC batch (the reply must be an array).
     pub batch: bool,
 }
@@ -192,7 +167,7 @@ pub fn extract(
     match kind {
         Kind::Grpc => Ok(one(grpc(service, parts))),
         Kind::Rest => rest(service, parts, body, unread_body).map(one),
-        Kind::Http => Ok(one(OneCall {
+        Kind::Http => Ok(one(Call {
             partial: unread_body,
             ..governed(
                 format!("{} {}", parts.method, parts.uri.path()),
@@ -212,7 +187,7 @@ pub fn extract(
                 if parts.method != Method::GET && parts.method != Method::DELETE {
                     return Err(ExtractError::McpMethod(parts.method.to_string()));
                 }
-                Ok(one(OneCall {
+                Ok(one(Call {
                     role: Role::Session,
                     ..raw(parts)
                 }))
@@ -222,8 +197,8 @@ pub fn extract(
     }
 }
 
-fn governed(function: String, args: Json) -> OneCall {
-    OneCall {
+fn governed(function: String, args: Json) -> Call {
+    Call {
         function,
         args,
         role: Role::Governed,
@@ -235,7 +210,7 @@ fn governed(function: String, args: Json) -> OneCall {
 
 /// `METHOD /path`, args = the query (a name given twice keeps its first value; [`extract`]
 /// refuses such a request to a service before this is decided).
-pub fn raw(parts: &Parts) -> OneCall {
+pub fn raw(parts: &Parts) -> Call {
     let mut args = Map::new();
     if let Some(q) = parts.uri.query() {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
@@ -249,7 +224,7 @@ pub fn raw(parts: &Parts) -> OneCall {
     )
 }
 
-fn grpc(service: &Surface, parts: &Parts) -> OneCall {
+fn grpc(service: &Surface, parts: &Parts) -> Call {
     let path = parts.uri.path();
     let function = service
         .function_by_method(path)
@@ -285,7 +260,7 @@ fn rest(
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
-) -> Result<OneCall, ExtractError> {
+) -> Result<Call, ExtractError> {
     let method = parts.method.as_str();
     let path = parts.uri.path();
     let (function, mut args) = match service.route(method, path) {
@@ -345,7 +320,7 @@ fn rest(
         // Rails and Laravel route a form's `_method` as the request's method.
         return Err(ExtractError::MethodOverride("a `_method` argument".into()));
     }
-    Ok(OneCall {
+    Ok(Call {
         partial,
         ..governed(function, Json::Object(args))
     })
@@ -509,7 +484,7 @@ pub const SESSION_METHODS: &[&str] = &[
     "prompts/list",
 ];
 
-fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<OneCall, ExtractError> {
+fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<Call, ExtractError> {
     let Json::Object(obj) = &message else {
         return Err(ExtractError::NotRpc("a batch element is not an object"));
     };
@@ -517,7 +492,7 @@ fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<OneCall, Ext
     let Some(method) = obj.get("method").and_then(Json::as_str) else {
         // A response the client sends back (MCP sampling, elicitation): not a call.
         if obj.contains_key("result") || obj.contains_key("error") {
-            return Ok(OneCall {
+            return Ok(Call {
                 function: "response".into(),
                 args: Json::Null,
                 role: Role::Session,
@@ -565,7 +540,7 @@ fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<OneCall, Ext
         };
         (lookup(method), args, Role::Governed)
     };
-    Ok(OneCall {
+    Ok(Call {
         function,
         args,
         role,

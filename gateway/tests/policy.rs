@@ -270,6 +270,7 @@ fn conditions_that_cannot_be_evaluated_fail_closed() {
             function: "f".into(),
             args: json!({"amount": 50, "to": "x"}),
             partial: true,
+            ..Call::default()
         },
         &u,
     );
@@ -956,7 +957,7 @@ mod never_panics {
             let repo = Repo::service(&text);
             if let Ok(snap) = repo.compile() {
                 if let Some(svc) = snap.service("svc") {
-                    let _ = snap.decide(svc, &Call { function: "f".into(), args: json!({"amount": 3, "x": [{"y": "aa"}]}), partial: false }, &user(&["a"]));
+                    let _ = snap.decide(svc, &Call { function: "f".into(), args: json!({"amount": 3, "x": [{"y": "aa"}]}), ..Call::default() }, &user(&["a"]));
                 }
             }
         }

@@ -13,7 +13,7 @@ use base64::Engine;
 use http::HeaderMap;
 use serde_json::Value as Json;
 
-use super::OneCall;
+use super::Call;
 
 /// The spec's JSON-RPC error code for headers that disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
@@ -31,7 +31,7 @@ pub struct Mismatch(String);
 
 /// Checks the standard headers of an MCP request against the messages of its body (each
 /// message of a batch must agree with them).
-pub fn agree(headers: &HeaderMap, calls: &[OneCall]) -> Result<(), Mismatch> {
+pub fn agree(headers: &HeaderMap, calls: &[Call]) -> Result<(), Mismatch> {
     let method = one(headers, MCP_METHOD)?;
     let name = one(headers, MCP_NAME)?;
     let version = one(headers, PROTOCOL_VERSION)?;
@@ -152,8 +152,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn call(message: Json) -> OneCall {
-        OneCall {
+    fn call(message: Json) -> Call {
+        Call {
             function: String::new(),
             args: Json::Null,
             role: super::super::Role::Governed,

@@ -105,7 +105,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let c = Call {
                 function: call.function.clone(),
                 args,
-                partial: false,
+                ..Call::default()
             };
             match service {
                 Some(s) => {
@@ -145,7 +145,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let c = Call {
                 function,
                 args,
-                partial: false,
+                ..Call::default()
             };
             let d = snap.decide(service, &c, &caller);
             (d, c.function, c.args, service.name.to_string())

@@ -40,8 +40,8 @@ use tracing::debug;
 
 use self::{admit::read_body, decide::Decided, forward::Outgoing, refuse::end_span};
 use crate::{
-    call::Caller,
-    extract::{self, Extracted, Kind, Role},
+    call::{Caller, Role},
+    extract::{self, Extracted, Kind},
     identity,
     policy::{Action, PolicyStore},
     proxy::{

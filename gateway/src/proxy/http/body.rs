@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use tracing::warn;
 
 use super::Conn;
-use crate::extract::OneCall;
+use crate::call::Call;
 use crate::{
     obligations::mask::{
         BodyMasker, HeaderMasker,
@@ -43,7 +43,7 @@ impl Recording {
     /// Fills in the call and its decision; None when the policy says not to record it.
     pub(super) fn with_call(
         self,
-        call: &OneCall,
+        call: &Call,
         decision: RecordedDecision,
         ob: Option<&Obligations>,
     ) -> Option<Self> {
@@ -54,11 +54,11 @@ impl Recording {
     /// copied.
     pub(super) fn with_call_taken(
         self,
-        call: OneCall,
+        call: Call,
         decision: RecordedDecision,
         ob: Option<&Obligations>,
     ) -> Option<Self> {
-        let OneCall { function, args, .. } = call;
+        let Call { function, args, .. } = call;
         self.fill(move || function, move || args, decision, ob)
     }
 

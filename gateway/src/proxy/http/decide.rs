@@ -7,8 +7,7 @@ use http::HeaderMap;
 
 use super::{Conn, body::Recording};
 use crate::{
-    call::{Call, Caller},
-    extract::{OneCall, Role},
+    call::{Call, Caller, Role},
     policy::{Action, Decision, Service, Snapshot},
     proxy::reply::Refusal,
     record::RecordedDecision,
@@ -17,7 +16,7 @@ use crate::{
 
 /// What the decide step concluded for each call of a request.
 pub(super) struct Decided {
-    pub(super) call: OneCall,
+    pub(super) call: Call,
     pub(super) decision: Decision,
     pub(super) caller: Arc<Caller>,
     /// The rate limit or quota the call is over; its decision is then enforced as a deny.
@@ -106,7 +105,7 @@ impl Conn {
         &self,
         service: Option<&Service>,
         caller: &Caller,
-        call: &OneCall,
+        call: &Call,
         d: &Decision,
     ) -> Option<crate::obligations::limit::Hit> {
         let ob = &d.obligations;
@@ -133,7 +132,7 @@ impl Conn {
         snap: &Snapshot,
         service: Option<&Service>,
         caller: &Caller,
-        call: &mut OneCall,
+        call: &mut Call,
     ) -> Decision {
         let Some(service) = service else {
             return snap.decide_unknown_destination();
@@ -150,15 +149,6 @@ impl Conn {
                 policy: snap.version.clone(),
             };
         }
-        // Lent to the policy's shape for the decision, then given back: no copy per call.
-        let c = Call {
-            function: std::mem::take(&mut call.function),
-            args: std::mem::take(&mut call.args),
-            partial: call.partial,
-        };
-        let d = snap.decide(service, &c, caller);
-        call.function = c.function;
-        call.args = c.args;
-        d
+        snap.decide(service, call, caller)
     }
 }

@@ -18,7 +18,8 @@ use super::{
 };
 use crate::{
     call::Caller,
-    extract::{Kind, Role},
+    call::Role,
+    extract::Kind,
     obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     proxy::body::ProxyBody,

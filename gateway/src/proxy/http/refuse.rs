@@ -6,7 +6,8 @@ use tracing::warn;
 
 use super::{Conn, body::Recording, decide::Decided};
 use crate::{
-    extract::{Kind, OneCall},
+    call::Call,
+    extract::Kind,
     policy::{Action, Decision},
     proxy::{body::ProxyBody, reply::Refusal},
     record::RecordedDecision,
@@ -19,7 +20,7 @@ impl Conn {
         &self,
         recording: Option<Recording>,
         kind: Kind,
-        mut call: OneCall,
+        mut call: Call,
         decision: Option<&Decision>,
         r: Refusal,
     ) -> Response<ProxyBody> {
