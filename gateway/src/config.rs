@@ -197,6 +197,7 @@ pub struct HttpConfig {
     /// h2 connection's streams together (`max_inspected_per_connection_mb`); beyond it a
     /// call gets 503 `inspection_busy`. The proxy makes one budget of these for all calls.
     pub max_inspected_bytes: usize,
+    /// One h2 connection's streams together, within `max_inspected_bytes`.
     pub max_inspected_per_connection_bytes: usize,
 }
 
@@ -213,6 +214,7 @@ struct FileHttp {
     max_inspected_per_connection_mb: Option<usize>,
 }
 
+/// When a record counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {

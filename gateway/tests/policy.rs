@@ -652,6 +652,22 @@ fn semantic_errors_name_file_line_and_column() {
 }
 
 #[test]
+fn a_route_two_functions_claim_names_the_first() {
+    let repo = Repo::service(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  a: { route: \"GET /x/{id}\" }\n  b: { route: \"get /x/{id}\" }\n  c: { route: \"GET x\" }\n",
+    );
+    let errors = repo.errors().join("\n");
+    assert!(
+        errors.contains("route \"get /x/{id}\" is also function a's"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("route \"GET x\": the path must start with /"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn malformed_yaml_gets_clear_errors() {
     let cases: &[(&str, &str)] = &[
         (

@@ -40,11 +40,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// glibc malloc's arena locks showed up in profiles of the L7 path (allocations made on one
-/// worker thread and freed on another); mimalloc's thread-local free lists avoid them.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub fn run(args: RunArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     init_logging(args.log_format);
     let explicit = args.config.is_some();

@@ -29,7 +29,10 @@ use crate::obligations::inject::HeaderEdits;
 use crate::obligations::mask::MaskSpec;
 use crate::util::time::parse_duration;
 use crate::{
-    extract::{path::PathRules, surface::Surface},
+    extract::{
+        path::PathRules,
+        surface::{RouteError, Surface},
+    },
     identity::IdentityConfig,
     obligations::mask::MaskRules,
     util::jsonpath::JsonPath,
@@ -388,10 +391,12 @@ fn compile_functions(
             ));
         }
         if let Err(e) = surface.add(name, &method, route) {
-            errors.push(src.error(
-                &[&at[..], &["route"]].concat(),
-                format!("route {:?}: {e}", route.unwrap_or_default()),
-            ));
+            let route = route.unwrap_or_default();
+            let msg = match e {
+                RouteError::Taken(other) => format!("route {route:?} is also function {other}'s"),
+                RouteError::Invalid(reason) => format!("route {route:?}: {reason}"),
+            };
+            errors.push(src.error(&[&at[..], &["route"]].concat(), msg));
         }
         functions.push(Function {
             name: name.as_str().into(),
