@@ -4,7 +4,8 @@
 //! fails, and `status` names its unit, its executable and the fix; with the environment of the
 //! drop-in `callgate enable --unit NAME --trust` writes (checked by `systemd-analyze verify`),
 //! a denied call gets the gateway's 403 and an allowed one the upstream's answer, masked, and
-//! both are recorded.
+//! both are recorded. curl and Go are served the same way with no variable set and the
+//! gateway's CA in the system store, changed for them alone in a mount namespace.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -182,7 +183,9 @@ fn text(o: &Output) -> String {
 
 /// One client, start to end: refused without trust (and reported), served with it.
 /// Every client prints `STATUS BODY` and exits 0 on an HTTP answer.
-fn check(s: &Setup, name: &str, exe_hint: &str, argv: &[String]) {
+/// With `system_store`, the client is also served when it trusts the CA through the system
+/// store alone (see [`trusted_through_the_system_store`]).
+fn check(s: &Setup, name: &str, exe_hint: &str, argv: &[String], system_store: bool) {
     let cg = TestCgroup::unit(name);
     let unit = cg.unit_name();
     let env = s.enable_with_trust(&cg);
@@ -266,6 +269,10 @@ fn check(s: &Setup, name: &str, exe_hint: &str, argv: &[String]) {
         r["workload"]["unit"] == unit.as_str() && r["status"] == 403
     });
 
+    if system_store {
+        trusted_through_the_system_store(s, name, &cg, &env, argv);
+    }
+
     // Calls that trusted the gateway were not taken for refusals.
     let refused = s.gw.status()["untrusting"]
         .as_array()
@@ -283,6 +290,101 @@ fn check(s: &Setup, name: &str, exe_hint: &str, argv: &[String]) {
             ))
             .exists()
     );
+}
+
+/// The system store the client reads when no variable names another (Debian's, for OpenSSL,
+/// curl and Go alike).
+const SYSTEM_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What `callgate install --trust-ca` gives a client: the gateway's CA in the system store.
+/// Here the store is changed for the client alone: it joins its cgroup, then runs in a mount
+/// namespace of its own with [`SYSTEM_STORE`] bind-mounted from a copy of the gateway's
+/// bundle (the system roots and its CA), no trust variable set. The namespace ends with the
+/// client; the host's store is left as it was.
+fn trusted_through_the_system_store(
+    s: &Setup,
+    name: &str,
+    cg: &TestCgroup,
+    env: &[(String, String)],
+    argv: &[String],
+) {
+    let unit = cg.unit_name();
+    let bundle = env
+        .iter()
+        .find(|(k, _)| k == "SSL_CERT_FILE")
+        .map(|(_, v)| PathBuf::from(v))
+        .expect("SSL_CERT_FILE in the drop-in");
+    let store = s.dir.join(format!("{name}-ca-certificates.crt"));
+    fs::copy(&bundle, &store).expect("a copy of the gateway's bundle");
+    let ca = first_line(&s.gw.dir.join("state/ca.crt"));
+    assert!(
+        fs::read_to_string(&store).expect("store").contains(&ca),
+        "the bundle {} holds the gateway's CA",
+        bundle.display()
+    );
+    let mut wrapped = strings(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
+    ]);
+    wrapped.push(store.display().to_string());
+    wrapped.push(SYSTEM_STORE.to_string());
+    wrapped.extend(argv.iter().cloned());
+
+    let allowed = |r: &serde_json::Value| {
+        r["workload"]["unit"] == unit.as_str() && r["function"] == "get_payment"
+    };
+    let denied =
+        |r: &serde_json::Value| r["workload"]["unit"] == unit.as_str() && r["status"] == 403;
+    let seen = records(&s.gw);
+    let (allowed_before, denied_before) = (
+        seen.iter().filter(|r| allowed(r)).count(),
+        seen.iter().filter(|r| denied(r)).count(),
+    );
+
+    let out = run(cg, &[], &wrapped, &s.url("/v1/payments/p_1"));
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name} with the CA in the system store: {}",
+        text(&out)
+    );
+    assert!(body.starts_with("200 "), "{name}: {body}");
+    assert!(body.contains("************1111"), "{name}: {body}");
+    assert!(
+        !body.contains("4111 1111 1111 1111"),
+        "{name}: card leaked: {body}"
+    );
+    let out = run(cg, &[], &wrapped, &s.url("/v1/admin/users"));
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.starts_with("403 "),
+        "{name} with the CA in the system store: {}",
+        text(&out)
+    );
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let now = records(&s.gw);
+        (now.iter().filter(|r| allowed(r)).count() > allowed_before
+            && now.iter().filter(|r| denied(r)).count() > denied_before)
+            .then_some(())
+    });
+    assert!(
+        recorded.is_some(),
+        "{name}: the calls through the system store are not both recorded:\n{:#?}",
+        records(&s.gw)
+    );
+    assert!(
+        !fs::read_to_string(SYSTEM_STORE)
+            .expect("the host's store")
+            .contains(&ca),
+        "the gateway's CA leaked into the host's {SYSTEM_STORE}"
+    );
+    println!("{name}: served with the gateway's CA in its namespace's {SYSTEM_STORE}");
+    let _ = fs::remove_file(&store);
 }
 
 fn script(s: &Setup, name: &str, code: &str) -> String {
@@ -311,7 +413,13 @@ fn unmodified_clients_trust_the_gateway_through_the_units_drop_in() {
          r = requests.get(sys.argv[1], timeout=10)\n\
          print(r.status_code, r.text)\n",
     );
-    check(&s, "py-requests", "python", &strings(&[&py, &requests]));
+    check(
+        &s,
+        "py-requests",
+        "python",
+        &strings(&[&py, &requests]),
+        false,
+    );
 
     let httpx = script(
         &s,
@@ -320,7 +428,7 @@ fn unmodified_clients_trust_the_gateway_through_the_units_drop_in() {
          r = httpx.get(sys.argv[1], timeout=10)\n\
          print(r.status_code, r.text)\n",
     );
-    check(&s, "py-httpx", "python", &strings(&[&py, &httpx]));
+    check(&s, "py-httpx", "python", &strings(&[&py, &httpx]), false);
 
     let node = script(
         &s,
@@ -328,12 +436,12 @@ fn unmodified_clients_trust_the_gateway_through_the_units_drop_in() {
         "const r = await fetch(process.argv[2]);\n\
          console.log(r.status, await r.text());\n",
     );
-    check(&s, "node-fetch", "node", &strings(&["node", &node]));
+    check(&s, "node-fetch", "node", &strings(&["node", &node]), false);
 
     // `STATUS BODY` from curl: the status is written after the body, then moved first.
     let curl = "out=$(curl -sS --max-time 10 -w ' %{http_code}' \"$0\") || exit 1; \
                 echo \"${out##* } ${out% *}\"";
-    check(&s, "curl", "curl", &strings(&["sh", "-c", curl]));
+    check(&s, "curl", "curl", &strings(&["sh", "-c", curl]), true);
 
     if Command::new("java").arg("-version").output().is_ok() {
         let java = script(
@@ -350,13 +458,13 @@ fn unmodified_clients_trust_the_gateway_through_the_units_drop_in() {
              \x20 }\n\
              }\n",
         );
-        check(&s, "java", "java", &strings(&["java", &java]));
+        check(&s, "java", "java", &strings(&["java", &java]), false);
     } else {
         skip(test, "java is not installed: the Java client is not tried");
     }
 
     match go_client(&s.dir) {
-        Some(bin) => check(&s, "go", "go-client", &[bin.display().to_string()]),
+        Some(bin) => check(&s, "go", "go-client", &[bin.display().to_string()], true),
         None => {
             skip(
                 test,
