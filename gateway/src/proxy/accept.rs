@@ -36,7 +36,7 @@ use crate::{
     proxy::forward::{self},
     proxy::http,
     proxy::sniff::{self, OtherReason, Protocol, Rewind},
-    record::{Record, RecordedDecision, SharedJson},
+    record::{Record, RecordedDecision, SharedJson, build::ConnectionEnd},
     telemetry::stats::{ActiveGuard, ConnSummary, WorkloadInfo},
 };
 
@@ -364,12 +364,7 @@ impl Ended {
             service: None,
             function: None,
             quiet: false,
-            decision: RecordedDecision {
-                action: "deny".into(),
-                enforced: true,
-                reason: Some(why),
-                ..RecordedDecision::default()
-            },
+            decision: RecordedDecision::denied(why),
         }
     }
 
@@ -382,16 +377,11 @@ impl Ended {
         Ended {
             transfer,
             // The decision was to pass it through; an upstream failure is said in the reason.
-            decision: RecordedDecision {
-                action: "allow".into(),
-                enforced: true,
-                reason: Some(if outcome == "ok" {
-                    why.to_string()
-                } else {
-                    format!("{why}; {outcome}")
-                }),
-                ..RecordedDecision::default()
-            },
+            decision: RecordedDecision::passed(if outcome == "ok" {
+                why.to_string()
+            } else {
+                format!("{why}; {outcome}")
+            }),
             outcome,
             record: true,
             protocol: "tcp",
@@ -679,16 +669,19 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
         );
     }
     if let (Some(recorder), true) = (&inputs.recorder, ended.record) {
-        let mut rec = Record::new(conn.session.clone(), dst.to_string());
-        rec.time_ms = conn.started_unix_ms;
-        rec.protocol = ended.protocol.into();
-        rec.service = ended.service;
-        rec.function = ended.function;
-        rec.workload = Some(SharedJson::of(w));
-        rec.decision = ended.decision;
-        rec.latency_ms = duration_ms as f64;
-        rec.bytes_in = t.up;
-        rec.bytes_out = t.down;
+        let rec = Record::of_connection(ConnectionEnd {
+            session: &conn.session,
+            destination: dst.to_string(),
+            started_ms: conn.started_unix_ms,
+            workload: SharedJson::of(w),
+            protocol: ended.protocol,
+            service: ended.service,
+            function: ended.function,
+            decision: ended.decision,
+            latency_ms: duration_ms as f64,
+            bytes_in: t.up,
+            bytes_out: t.down,
+        });
         if let Err(e) = recorder.submit(rec) {
             inputs.stats.record_errors.fetch_add(1, Relaxed);
             warn!(conn = conn.id, error = %e, "could not record a finished connection");

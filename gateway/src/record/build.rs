@@ -3,9 +3,59 @@
 use serde_json::Value as Json;
 
 use super::{Record, RecordedDecision, SharedJson};
-use crate::{approve, call::Caller, policy::Decision};
+use crate::{
+    approve,
+    call::Caller,
+    obligations::limit::Hit,
+    policy::{Action, Decision},
+};
 
 impl RecordedDecision {
+    /// The record's decision for a call the gateway answered itself (`error`: `reason`): the
+    /// policy's, or (for a refusal no rule made: a limit, a mismatch, a failed upstream) a deny
+    /// saying why.
+    pub fn answered(d: Option<&Decision>, error: &str, reason: &str, limit: Option<&Hit>) -> Self {
+        match d {
+            Some(d) if limit.is_some() => Self {
+                enforced: true,
+                reason: Some(format!("{error}: {reason}")),
+                limit: serde_json::to_value(limit).ok(),
+                ..Self::of(d)
+            },
+            // The approval's outcome is the reason: denied by whom, timed out, ….
+            Some(d) if d.enforced == Action::Approve => Self {
+                reason: Some(format!("{error}: {reason}")),
+                ..Self::of(d)
+            },
+            Some(d) if d.enforced != Action::Allow => Self::of(d),
+            Some(d) => Self {
+                reason: Some(format!("allowed, then {error}: {reason}")),
+                ..Self::of(d)
+            },
+            None => Self::denied(format!("{error}: {reason}")),
+        }
+    }
+
+    /// A deny no rule made: the gateway refused a connection or a call, saying why.
+    pub fn denied(reason: String) -> Self {
+        Self {
+            action: "deny".into(),
+            enforced: true,
+            reason: Some(reason),
+            ..Self::default()
+        }
+    }
+
+    /// A connection carried as bytes (TCP allowed, or no policy loaded), saying why.
+    pub fn passed(reason: String) -> Self {
+        Self {
+            action: "allow".into(),
+            enforced: true,
+            reason: Some(reason),
+            ..Self::default()
+        }
+    }
+
     /// The policy's decision, as decided.
     pub fn of(d: &Decision) -> Self {
         RecordedDecision {
@@ -37,7 +87,37 @@ pub fn caller_summary(c: &Caller) -> Option<Json> {
     }))
 }
 
+/// How a connection the gateway carried as bytes, not calls, ended: its connection record.
+pub struct ConnectionEnd<'a> {
+    pub session: &'a str,
+    pub destination: String,
+    pub started_ms: u64,
+    pub workload: SharedJson,
+    pub protocol: &'static str,
+    pub service: Option<String>,
+    pub function: Option<String>,
+    pub decision: RecordedDecision,
+    pub latency_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 impl Record {
+    /// A connection's record, written when it ends.
+    pub fn of_connection(end: ConnectionEnd<'_>) -> Self {
+        let mut rec = Record::new(end.session.to_string(), end.destination);
+        rec.time_ms = end.started_ms;
+        rec.protocol = end.protocol.into();
+        rec.service = end.service;
+        rec.function = end.function;
+        rec.workload = Some(end.workload);
+        rec.decision = end.decision;
+        rec.latency_ms = end.latency_ms;
+        rec.bytes_in = end.bytes_in;
+        rec.bytes_out = end.bytes_out;
+        rec
+    }
+
     /// A call's record as the data path begins it: who called what; the call, its decision
     /// and its outcome are filled in as the call goes.
     pub fn of_call(

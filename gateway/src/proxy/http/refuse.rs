@@ -109,31 +109,7 @@ pub(super) fn end_span(span: Option<CallSpan>, r: &Refusal) {
     }
 }
 
-/// The record's decision for a call the gateway answered itself: the policy's, or (for a
-/// refusal no rule made: a limit, a mismatch, a failed upstream) a deny saying why.
+/// The record's decision for a call the gateway answered itself with `r`.
 pub(super) fn refused_decision(d: Option<&Decision>, r: &Refusal) -> RecordedDecision {
-    match d {
-        Some(d) if r.limit.is_some() => RecordedDecision {
-            enforced: true,
-            reason: Some(format!("{}: {}", r.error, r.reason)),
-            limit: serde_json::to_value(&r.limit).ok(),
-            ..RecordedDecision::of(d)
-        },
-        // The approval's outcome is the reason: denied by whom, timed out, ….
-        Some(d) if d.enforced == Action::Approve => RecordedDecision {
-            reason: Some(format!("{}: {}", r.error, r.reason)),
-            ..RecordedDecision::of(d)
-        },
-        Some(d) if d.enforced != Action::Allow => RecordedDecision::of(d),
-        Some(d) => RecordedDecision {
-            reason: Some(format!("allowed, then {}: {}", r.error, r.reason)),
-            ..RecordedDecision::of(d)
-        },
-        None => RecordedDecision {
-            action: "deny".into(),
-            enforced: true,
-            reason: Some(format!("{}: {}", r.error, r.reason)),
-            ..RecordedDecision::default()
-        },
-    }
+    RecordedDecision::answered(d, r.error, &r.reason, r.limit.as_ref())
 }
