@@ -25,7 +25,7 @@ fn curl_and_python_in_an_enabled_cgroup_go_through_the_gateway() {
 
     let recent = gw.recent();
     assert_eq!(recent.len(), 2, "{recent:#?}");
-    let cgroup = cg.path.display().to_string();
+    let cgroup = cg.rel();
     for (conn, comm) in recent.iter().zip(["curl", "python3"]) {
         assert_eq!(conn["original_dst"], server.addr.to_string());
         assert_eq!(conn["workload"]["comm"], comm);
@@ -127,10 +127,7 @@ fn nested_cgroups_and_two_enabled_cgroups() {
         .collect();
     assert_eq!(
         cgroups,
-        [
-            a_child.path.display().to_string(),
-            b.path.display().to_string()
-        ]
+        [a_child.rel(), b.rel()]
     );
 
     // Disabling one leaves the other intercepted.

@@ -153,6 +153,14 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
+    /// Its path as `/proc/PID/cgroup`, policy, records and `status` name it: relative to the
+    /// cgroup v2 mount, with a leading slash.
+    pub fn rel(&self) -> String {
+        let mount = cgroup_mount().expect("cgroup v2 mount");
+        let rel = self.path.strip_prefix(&mount).expect("under the mount");
+        format!("/{}", rel.display())
+    }
+
     pub fn new(name: &str) -> Self {
         let mount = cgroup_mount().expect("cgroup v2 mount");
         Self::at(mount.join(unique(name)))
@@ -234,6 +242,8 @@ pub struct Gateway {
     pub extra_args: Vec<String>,
     /// Extra environment for the gateway process (e.g. a preloaded fake clock).
     pub env: Vec<(String, String)>,
+    /// The `callgate` binary it runs: [`callgate_bin`] unless an A/B benchmark chose one.
+    pub bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -258,6 +268,24 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bin: callgate_bin(),
+            child: None,
+        };
+        gw.restart();
+        gw
+    }
+
+    /// A gateway that runs `bin` (another build, for an A/B comparison) with `extra_args`.
+    pub fn start_bin(bin: &Path, extra_args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("callgate-e2e"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let mut gw = Self {
+            port: free_port(),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(unique("callgate-e2e")),
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            bin: bin.to_path_buf(),
             child: None,
         };
         gw.restart();
@@ -296,7 +324,7 @@ impl Gateway {
             .append(true)
             .open(self.dir.join("gateway.log"))
             .expect("log");
-        let child = Command::new(callgate_bin())
+        let child = Command::new(&self.bin)
             .args(self.args())
             .env("CALLGATE_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -357,7 +385,7 @@ impl Gateway {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(callgate_bin())
+        Command::new(&self.bin)
             .args(args)
             .arg("--control-socket")
             .arg(self.socket())

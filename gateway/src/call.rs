@@ -62,40 +62,62 @@ pub struct Caller {
     pub workload: Option<Workload>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The process that made a call, as the kernel saw it at connect time and as policy, records
+/// and `status` all see it: one type from the connection to the record. Every field is
+/// optional because a policy test case names only what it matches on; the gateway fills what
+/// the kernel told it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
-    #[serde(default)]
+    /// Process id (the kernel's tgid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    #[serde(default)]
+    /// The thread that called connect().
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The systemd unit that owns the cgroup, derived as systemd does: never a name below a
     /// delegation boundary.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     /// Under `user@UID.service`: the user manager's unit. The user names it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_unit: Option<String>,
     /// The UID of the user manager that runs `user_unit`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_unit_uid: Option<u32>,
-    /// cgroup path relative to the cgroup mount.
-    #[serde(default)]
+    /// cgroup path relative to the cgroup v2 mount, as `/proc/PID/cgroup` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
-    #[serde(default)]
+    /// The cgroup's id (its inode), as the kernel reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     /// The executable, when the process was still alive at connect time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
     /// The container (and pod) its cgroup belongs to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<container::Container>,
-    /// The inode of its network namespace.
-    #[serde(default)]
+    /// The inode of its network namespace (`readlink /proc/PID/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+}
+
+impl Workload {
+    /// What logs and messages call it: its command name, else its pid.
+    pub fn comm_or_pid(&self) -> String {
+        match (&self.comm, self.pid) {
+            (Some(c), _) => c.clone(),
+            (None, Some(p)) => format!("pid {p}"),
+            (None, None) => "?".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -3,13 +3,13 @@
 
 pub mod accept;
 pub mod body;
-pub mod forward;
 pub mod h1;
 pub mod http;
 pub mod reply;
 pub mod sniff;
 pub mod tls;
 pub mod trust;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::{
     intercept::{Interceptor, cgroup::CgroupNames},
     obligations::{inject::Credentials, mask::MaskKey},
     policy::PolicyStore,
-    proxy::{forward::pool::Upstreams, tls::Authority},
+    proxy::{tls::Authority, upstream::pool::Upstreams},
     record::Recorder,
     telemetry::stats::Stats,
 };

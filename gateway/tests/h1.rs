@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use callgate::proxy::body::ProxyBody;
-use callgate::proxy::forward::pool::{Http1Slot, UpstreamBody, Upstreams};
+use callgate::proxy::upstream::pool::{Http1Slot, UpstreamBody, Upstreams};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::{

@@ -144,8 +144,8 @@ fn print_status(s: &Status) {
             println!(
                 "  {} (exe {}, uid {}): {} connections refused, last: {}",
                 v(&u.workload),
-                v(u.exe.as_deref().unwrap_or(&u.comm)),
-                u.uid,
+                v(u.exe.as_deref().or(u.comm.as_deref()).unwrap_or("?")),
+                opt(u.uid),
                 u.refused,
                 v(&u.last)
             );
@@ -158,9 +158,9 @@ fn print_status(s: &Status) {
             println!(
                 "  #{} pid {} ({}) uid {} {} -> {}  {}B up {}B down {}ms  {}",
                 r.id,
-                r.workload.pid,
-                v(&r.workload.comm),
-                r.workload.uid,
+                opt(r.workload.pid),
+                v(r.workload.comm.as_deref().unwrap_or("?")),
+                opt(r.workload.uid),
                 v(r.workload.cgroup.as_deref().unwrap_or("?")),
                 r.original_dst,
                 r.bytes_up,
@@ -170,4 +170,9 @@ fn print_status(s: &Status) {
             );
         }
     }
+}
+
+/// A number the kernel may not have told, as `?` when absent.
+fn opt(n: Option<u32>) -> String {
+    n.map_or_else(|| "?".into(), |n| n.to_string())
 }

@@ -47,7 +47,11 @@ pub enum RouteError {
 }
 
 impl Surface {
-    pub fn new(protocol: Protocol, paths: PathRules, credential_header: Option<String>) -> Self {
+    pub(crate) fn new(
+        protocol: Protocol,
+        paths: PathRules,
+        credential_header: Option<String>,
+    ) -> Self {
         Self {
             protocol,
             paths,
@@ -60,7 +64,12 @@ impl Surface {
 
     /// Adds a function named by `method` (a JSON-RPC method, MCP tool or gRPC path) and,
     /// for REST, by `route` (`METHOD /a/{b}/c`).
-    pub fn add(&mut self, name: &str, method: &str, route: Option<&str>) -> Result<(), RouteError> {
+    pub(crate) fn add(
+        &mut self,
+        name: &str,
+        method: &str,
+        route: Option<&str>,
+    ) -> Result<(), RouteError> {
         let function = self.functions.len();
         self.functions.push(name.into());
         self.by_method.insert(method.to_string(), function);
@@ -73,20 +82,23 @@ impl Surface {
         {
             return Err(RouteError::Taken(self.functions[other.function].clone()));
         }
-        self.routes.push(Route {
-            method,
-            segs,
-            function,
-        });
-        // More specific routes first: literal segments beat parameters.
-        self.routes.sort_by_key(|r| {
-            std::cmp::Reverse(
-                r.segs
-                    .iter()
-                    .filter(|s| matches!(s, RouteSeg::Lit(_)))
-                    .count(),
-            )
-        });
+        // More specific routes first: literal segments beat parameters; among equals, the
+        // order they were written in. Inserted in place, so the list is never re-sorted.
+        let literals = |segs: &[RouteSeg]| {
+            segs.iter()
+                .filter(|s| matches!(s, RouteSeg::Lit(_)))
+                .count()
+        };
+        let own = literals(&segs);
+        let at = self.routes.partition_point(|r| literals(&r.segs) >= own);
+        self.routes.insert(
+            at,
+            Route {
+                method,
+                segs,
+                function,
+            },
+        );
         Ok(())
     }
 

@@ -33,11 +33,11 @@ use crate::{
         Action, PolicyStore,
         schema::{TcpMode, TlsMode},
     },
-    proxy::forward::{self},
     proxy::http,
     proxy::sniff::{self, OtherReason, Protocol, Rewind},
+    proxy::upstream,
     record::{Record, RecordedDecision, SharedJson, build::ConnectionEnd},
-    telemetry::stats::{ActiveGuard, ConnSummary, WorkloadInfo},
+    telemetry::stats::{ActiveGuard, ConnSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +299,7 @@ async fn handle(
         started_unix_ms: crate::util::time::now_ms(),
         dst: intercept::original_destination(&redirect),
         netns,
-        workload: workload_info(&redirect, inputs),
+        workload: workload_of(&redirect, inputs),
     };
     let _ = client.set_nodelay(true);
     let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
@@ -335,12 +335,12 @@ struct Connection {
     dst: SocketAddr,
     /// The network namespace (cookie) the workload connected from; upstreams leave from it.
     netns: u64,
-    workload: WorkloadInfo,
+    workload: Workload,
 }
 
 /// How a connection ended, for the log, `status` and its connection record.
 struct Ended {
-    transfer: forward::Transfer,
+    transfer: upstream::Transfer,
     /// `ok`, or why it ended early.
     outcome: String,
     /// A connection record is written (calls on an HTTP connection have their own).
@@ -357,7 +357,7 @@ impl Ended {
     fn refused(why: impl Into<String>) -> Self {
         let why = why.into();
         Ended {
-            transfer: forward::Transfer::default(),
+            transfer: upstream::Transfer::default(),
             outcome: format!("refused: {why}"),
             record: true,
             protocol: "tcp",
@@ -370,8 +370,8 @@ impl Ended {
 
     fn spliced(
         why: &str,
-        transfer: forward::Transfer,
-        r: Result<(), forward::ForwardError>,
+        transfer: upstream::Transfer,
+        r: Result<(), upstream::ForwardError>,
     ) -> Self {
         let outcome = r.err().map_or_else(|| "ok".to_string(), |e| e.to_string());
         Ended {
@@ -433,10 +433,7 @@ async fn route(
             tls,
             workload: SharedJson::of(&conn.workload),
             caller: Arc::new(Caller {
-                workload: Some(policy_workload(
-                    &conn.workload,
-                    inputs.interceptor.cgroup_mount(),
-                )),
+                workload: Some(conn.workload.clone()),
                 ..Caller::default()
             }),
             last_token: Default::default(),
@@ -445,7 +442,7 @@ async fn route(
         })
     };
     let served = |protocol: &'static str| Ended {
-        transfer: forward::Transfer::default(),
+        transfer: upstream::Transfer::default(),
         outcome: "ok".into(),
         record: false,
         protocol,
@@ -588,39 +585,15 @@ fn reason(d: &crate::policy::Decision) -> String {
         .to_string()
 }
 
-/// The workload as policy sees it: cgroup paths relative to the cgroup mount, as
-/// `/proc/PID/cgroup` prints them.
-fn policy_workload(w: &WorkloadInfo, mount: &std::path::Path) -> Workload {
-    let cgroup = w.cgroup.as_deref().map(|c| {
-        std::path::Path::new(c)
-            .strip_prefix(mount)
-            .map_or_else(|_| c.to_string(), |rel| format!("/{}", rel.display()))
-    });
-    Workload {
-        pid: Some(w.pid),
-        uid: Some(w.uid),
-        gid: Some(w.gid),
-        user: w.user.clone(),
-        unit: w.unit.clone(),
-        user_unit: w.user_unit.clone(),
-        user_unit_uid: w.user_unit_uid,
-        cgroup,
-        comm: Some(w.comm.clone()),
-        exe: w.exe.clone(),
-        container: w.container.clone(),
-        netns: w.netns,
-    }
-}
-
 /// Connects to the original destination, replays what sniffing read, and copies both ways.
 async fn pass_through(
     client: TcpStream,
     prefix: Bytes,
     conn: &Connection,
     inputs: &ProxyInputs,
-) -> (forward::Transfer, Result<(), forward::ForwardError>) {
+) -> (upstream::Transfer, Result<(), upstream::ForwardError>) {
     let stats = &inputs.stats;
-    let dial = forward::connect_from(
+    let dial = upstream::connect_from(
         Some(inputs.interceptor.namespaces()),
         conn.netns,
         conn.dst,
@@ -630,17 +603,17 @@ async fn pass_through(
         Ok(u) => u,
         Err(e) => {
             stats.upstream_errors.fetch_add(1, Relaxed);
-            return (forward::Transfer::default(), Err(e));
+            return (upstream::Transfer::default(), Err(e));
         }
     };
     stats.forwarded.fetch_add(1, Relaxed);
     if !prefix.is_empty() {
         use tokio::io::AsyncWriteExt;
         if let Err(e) = upstream.write_all(&prefix).await {
-            return (forward::Transfer::default(), Err(e.into()));
+            return (upstream::Transfer::default(), Err(e.into()));
         }
     }
-    let (mut t, r) = forward::splice(client, upstream, inputs.cfg.idle_timeout).await;
+    let (mut t, r) = upstream::splice(client, upstream, inputs.cfg.idle_timeout).await;
     t.up += prefix.len() as u64;
     (t, r)
 }
@@ -651,18 +624,18 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
     let (w, dst, t) = (&conn.workload, conn.dst, ended.transfer);
     if ended.quiet {
         tracing::debug!(
-            conn = conn.id, pid = w.pid, comm = %w.comm, dst = %dst, outcome = %ended.outcome,
+            conn = conn.id, pid = w.pid, comm = w.comm.as_deref().unwrap_or("?"), dst = %dst, outcome = %ended.outcome,
             "connection ended"
         );
     } else if ended.outcome == "ok" {
         info!(
-            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = w.comm.as_deref().unwrap_or("?"),
             cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
             bytes_up = t.up, bytes_down = t.down, duration_ms, "connection closed"
         );
     } else {
         warn!(
-            conn = conn.id, pid = w.pid, uid = w.uid, comm = %w.comm,
+            conn = conn.id, pid = w.pid, uid = w.uid, comm = w.comm.as_deref().unwrap_or("?"),
             cgroup = w.cgroup.as_deref().unwrap_or("?"), dst = %dst, protocol = ended.protocol,
             bytes_up = t.up, bytes_down = t.down, duration_ms, outcome = %ended.outcome,
             "connection ended"
@@ -699,7 +672,8 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
     });
 }
 
-fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
+/// The workload the kernel reported for this connection, with what the host knows of it.
+fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
     let w = &r.workload;
     let comm_len = w.comm.iter().position(|&b| b == 0).unwrap_or(w.comm.len());
     let roots = || {
@@ -715,24 +689,30 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
         workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
     });
     // Relative to the mount: container names are read from the runtime's part of the path.
-    let cgroup_text = cgroup
-        .as_deref()
-        .and_then(|p| p.strip_prefix(inputs.interceptor.cgroup_mount()).ok())
-        .and_then(|p| p.to_str());
-    WorkloadInfo {
-        pid: w.tgid,
-        tid: w.pid,
-        uid: w.uid,
-        gid: w.gid,
-        comm: String::from_utf8_lossy(&w.comm[..comm_len]).into_owned(),
-        cgroup_id: w.cgroup_id,
+    // As `/proc/PID/cgroup` prints it: relative to the mount, with a leading slash.
+    let cgroup = cgroup.as_deref().map(|p| {
+        p.strip_prefix(inputs.interceptor.cgroup_mount())
+            .map_or_else(
+                |_| p.display().to_string(),
+                |rel| format!("/{}", rel.display()),
+            )
+    });
+    Workload {
+        pid: Some(w.tgid),
+        tid: Some(w.pid),
+        uid: Some(w.uid),
+        gid: Some(w.gid),
+        comm: Some(String::from_utf8_lossy(&w.comm[..comm_len]).into_owned()),
+        cgroup_id: Some(w.cgroup_id),
         unit: units.unit,
         user_unit: units.user_unit,
         user_unit_uid: units.user_unit_uid,
-        cgroup: cgroup.as_deref().map(|p| p.display().to_string()),
+        container: crate::call::container::Container::of_cgroup(
+            cgroup.as_deref().map(|c| c.trim_start_matches('/')),
+        ),
+        cgroup,
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
         netns: inputs.interceptor.namespaces().inode(w.netns),
-        container: crate::call::container::Container::of_cgroup(cgroup_text),
     }
 }

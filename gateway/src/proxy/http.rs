@@ -5,17 +5,17 @@
 //! Nothing reaches the upstream that policy did not allow and that cannot be recorded; every
 //! refusal is answered in the client's own protocol (see [`crate::proxy::reply`]).
 mod admit;
-mod body;
 mod budget;
 mod decide;
 mod forward;
-mod held;
 mod hold;
 mod identify;
 mod mcp_check;
 mod refuse;
 mod respond;
 mod server1;
+mod streaming;
+mod whole;
 
 #[doc(hidden)]
 pub use server1::read_all as read_http1_requests;
@@ -47,15 +47,15 @@ use crate::{
     proxy::{
         ProxyInputs,
         body::{BodyError, ProxyBody},
-        forward::pool::Http1Slot,
         reply::{self, Refusal},
+        upstream::pool::Http1Slot,
     },
     record::{Record, SharedJson},
 };
 
-pub use body::Recording;
 pub use budget::{ConnectionBudget, InspectionBudget};
-pub use held::filter_tools;
+pub use streaming::Recording;
+pub use whole::filter_tools;
 
 /// One intercepted connection that speaks HTTP, and what every call on it shares.
 pub struct Conn {
@@ -292,7 +292,7 @@ impl Conn {
         }
 
         if extracted.batch {
-            return held::batch(&self, service, &snap, parts, decided, recording).await;
+            return whole::batch(&self, service, &snap, parts, decided, recording).await;
         }
         let Some(one) = decided.into_iter().next() else {
             return reply::empty(StatusCode::BAD_REQUEST);
@@ -380,7 +380,7 @@ impl Conn {
         };
         if one.call.role == Role::ListTools {
             if let Some(s) = service {
-                return held::list_tools(&self, s, &snap, version, resp, one, recording).await;
+                return whole::list_tools(&self, s, &snap, version, resp, one, recording).await;
             }
         }
         self.respond(kind, version, resp, one, recording)

@@ -74,7 +74,7 @@ impl RecordedDecision {
 
 /// What a record says about the caller beyond its workload: the verified identity, or why a
 /// presented token was not accepted. Claims stay out: they are the provider's, often personal.
-pub fn caller_summary(c: &Caller) -> Option<Json> {
+fn caller_summary(c: &Caller) -> Option<Json> {
     if !c.authenticated && c.token_error.is_none() {
         return None;
     }

@@ -42,44 +42,12 @@ pub struct Stats {
     recent: Mutex<VecDeque<ConnSummary>>,
 }
 
-/// Who connected (from the kernel at connect time).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WorkloadInfo {
-    /// Process id (the kernel's tgid).
-    pub pid: u32,
-    /// Thread that called connect().
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    /// The systemd unit that owns the cgroup (never a name below a delegation boundary).
-    pub unit: Option<String>,
-    /// Under `user@UID.service`: the user manager's unit, named by that user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_unit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_unit_uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The executable, when the process was still alive at accept time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    /// The inode of the network namespace it connected from (`readlink /proc/PID/ns/net`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<u64>,
-    /// The container (or pod) its cgroup belongs to, named by the cgroup path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::call::container::Container>,
-}
-
 /// One finished connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnSummary {
     pub id: u64,
     pub started_unix_ms: u64,
-    pub workload: WorkloadInfo,
+    pub workload: crate::call::Workload,
     pub original_dst: String,
     pub bytes_up: u64,
     pub bytes_down: u64,

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::telemetry::stats::WorkloadInfo;
+use crate::call::Workload;
 
 /// Workloads remembered; past this, new ones are counted in the total only.
 const MAX_WORKLOADS: usize = 256;
@@ -31,8 +31,10 @@ pub struct Untrusting {
     pub unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    pub comm: String,
-    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub cgroup: Option<String>,
     /// Connections it refused the gateway's certificate on.
     pub refused: u64,
@@ -57,25 +59,29 @@ pub struct Refusals {
 }
 
 /// The command that makes `w` trust the gateway.
-pub fn fix_for(w: &WorkloadInfo) -> String {
+pub fn fix_for(w: &Workload) -> String {
     match &w.unit {
         Some(u) => format!("callgate enable --unit {u} --trust && systemctl restart {u}"),
         None => format!(
             "start {} with the environment of `callgate trust env` (e.g. eval \"$(callgate trust env)\")",
-            w.exe.as_deref().unwrap_or(&w.comm)
+            w.exe
+                .as_deref()
+                .or(w.comm.as_deref())
+                .unwrap_or("the client")
         ),
     }
 }
 
 impl Refusals {
     /// Counts one refusal by `w`; logs it unless this workload was logged within a minute.
-    pub fn note(&self, w: &WorkloadInfo, dst: &str, how: &str, now_unix_ms: u64) {
+    pub fn note(&self, w: &Workload, dst: &str, how: &str, now_unix_ms: u64) {
         self.total.fetch_add(1, Relaxed);
         let key = w
             .unit
             .clone()
             .or_else(|| w.exe.clone())
-            .unwrap_or_else(|| w.comm.clone());
+            .or_else(|| w.comm.clone())
+            .unwrap_or_else(|| "?".into());
         let mut map = self.by_workload.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(&key) && map.len() >= MAX_WORKLOADS {
             debug!(workload = %key, %dst, how, "{REASON} (not listed: too many workloads)");
@@ -133,22 +139,18 @@ impl Refusals {
 mod tests {
     use super::*;
 
-    fn workload(unit: Option<&str>) -> WorkloadInfo {
-        WorkloadInfo {
-            pid: 7,
-            tid: 7,
-            uid: 1000,
-            gid: 1000,
-            comm: "python3".into(),
-            cgroup_id: 1,
-            cgroup: Some("/sys/fs/cgroup/system.slice/agent.service".into()),
+    fn workload(unit: Option<&str>) -> Workload {
+        Workload {
+            pid: Some(7),
+            tid: Some(7),
+            uid: Some(1000),
+            gid: Some(1000),
+            comm: Some("python3".into()),
+            cgroup_id: Some(1),
+            cgroup: Some("/system.slice/agent.service".into()),
             unit: unit.map(str::to_string),
-            user_unit: None,
-            user_unit_uid: None,
-            user: None,
             exe: Some("/usr/bin/python3.11".into()),
-            netns: None,
-            container: None,
+            ..Workload::default()
         }
     }
 

@@ -12,7 +12,7 @@ pub struct NetPorts {
 }
 
 /// `CIDR[:PORT[-PORT]]`; IPv6 CIDRs with a port are bracketed: `[2001:db8::]/32:443`.
-pub fn parse_net_ports(spec: &str) -> Result<NetPorts, String> {
+pub(crate) fn parse_net_ports(spec: &str) -> Result<NetPorts, String> {
     let (cidr, ports) = if let Some(rest) = spec.strip_prefix('[') {
         let (addr, after) = rest.split_once(']').ok_or("missing ']'")?;
         let (prefix, ports) = match after.strip_prefix('/') {
@@ -63,7 +63,7 @@ pub fn parse_net_ports(spec: &str) -> Result<NetPorts, String> {
 }
 
 /// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 address is left alone.
-pub fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host
             .split_once(']')
@@ -76,7 +76,7 @@ pub fn strip_port(host: &str) -> &str {
 }
 
 /// Whether `ip` is in `net/prefix`; an IPv4-mapped IPv6 address counts as its IPv4 one.
-pub fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+pub(crate) fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     let (ip, net, prefix) = match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => (
             u128::from(a.to_ipv6_mapped()),
@@ -103,7 +103,7 @@ pub fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 }
 
 /// A 128-bit address as four network-order words, the layout of `struct in6_addr`.
-pub fn words(v: u128) -> [u32; 4] {
+pub(crate) fn words(v: u128) -> [u32; 4] {
     let b = v.to_be_bytes();
     std::array::from_fn(|i| {
         u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
@@ -111,7 +111,7 @@ pub fn words(v: u128) -> [u32; 4] {
 }
 
 /// The inverse of [`words`].
-pub fn from_words(w: &[u32; 4]) -> Ipv6Addr {
+pub(crate) fn from_words(w: &[u32; 4]) -> Ipv6Addr {
     let mut b = [0u8; 16];
     for (i, word) in w.iter().enumerate() {
         b[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());

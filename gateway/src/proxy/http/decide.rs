@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::{Conn, body::Recording};
+use super::{Conn, streaming::Recording};
 use crate::{
     call::{Call, Caller, Role},
     policy::{Action, Decision, Service, Snapshot},

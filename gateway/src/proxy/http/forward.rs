@@ -19,9 +19,9 @@ use crate::{
     policy::{Obligations, Service, Snapshot},
     proxy::{
         body::ProxyBody,
-        forward::pool::{HttpClient, UpstreamBody, UpstreamKey},
         h1::list_items,
         reply::Refusal,
+        upstream::pool::{HttpClient, UpstreamBody, UpstreamKey},
     },
     telemetry::trace::CallSpan,
 };

@@ -3,7 +3,7 @@
 //! meanwhile has its call recorded as cancelled.
 use serde_json::Value as Json;
 
-use super::{Conn, body::Recording, decide::Decided};
+use super::{Conn, decide::Decided, streaming::Recording};
 use crate::{approve, policy::Service, proxy::reply::Refusal};
 
 /// The record of a call held for approval, written as cancelled if the call's future is

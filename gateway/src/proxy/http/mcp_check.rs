@@ -13,7 +13,7 @@ use serde_json::{Map, Value as Json, json};
 use super::{
     Conn, Decided,
     forward::{Outgoing, injected},
-    held::read_held,
+    whole::read_held,
 };
 use crate::{
     extract::Kind,

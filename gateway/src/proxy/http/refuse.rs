@@ -4,7 +4,7 @@
 use http::{Response, StatusCode};
 use tracing::warn;
 
-use super::{Conn, body::Recording, decide::Decided};
+use super::{Conn, decide::Decided, streaming::Recording};
 use crate::{
     call::Call,
     extract::Kind,

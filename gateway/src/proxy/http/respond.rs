@@ -7,14 +7,14 @@ use http_body_util::BodyExt;
 
 use super::{
     Conn,
-    body::{self, Recording},
     decide::Decided,
     forward::{injected, strip_hop_by_hop},
+    streaming::{self, Recording},
 };
 use crate::{
     extract::Kind,
     obligations::mask::scrub::ScrubStream,
-    proxy::{body::ProxyBody, forward::pool::UpstreamBody, reply::Refusal},
+    proxy::{body::ProxyBody, reply::Refusal, upstream::pool::UpstreamBody},
 };
 
 impl Conn {
@@ -98,8 +98,8 @@ impl Conn {
             .map_or(0, |r| r.response_cap());
         let pending = one
             .into_recording(recording, None)
-            .map(|r| body::Pending::new(r, status, cap));
-        let body = body::CallBody::new(incoming, masker, scrub, pending)
+            .map(|r| streaming::Pending::new(r, status, cap));
+        let body = streaming::CallBody::new(incoming, masker, scrub, pending)
             .mask_trailers(header_masks, secrets);
         Response::from_parts(parts, body.boxed_unsync())
     }

@@ -23,7 +23,7 @@ use crate::{
     },
     policy::{Obligations, schema::RecordLevel},
     proxy::body::BodyError,
-    proxy::forward::pool::UpstreamBody,
+    proxy::upstream::pool::UpstreamBody,
     record::{Durable, RawJson, Record, RecordError, RecordedDecision},
 };
 

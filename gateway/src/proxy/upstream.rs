@@ -1,4 +1,4 @@
-//! The forward stage. For plain TCP: connect to the original destination and copy bytes both
+//! The upstream side. For plain TCP: connect to the original destination and copy bytes both
 //! ways until both sides are done, with half-close carried across and an idle timeout. For
 //! calls: [`pool`], the pooled HTTP clients.
 //!

@@ -9,12 +9,11 @@ use http::{Response, StatusCode, header, request::Parts};
 use serde_json::Value as Json;
 
 use super::{
-    Conn,
-    body::{Recording, response_value},
-    budget,
+    Conn, budget,
     decide::Decided,
     forward::{Outgoing, injected, strip_hop_by_hop},
     respond::json_bytes,
+    streaming::{Recording, response_value},
 };
 use crate::{
     call::Caller,
@@ -23,8 +22,8 @@ use crate::{
     obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     proxy::body::ProxyBody,
-    proxy::forward::pool::UpstreamBody,
     proxy::reply::{self, Refusal},
+    proxy::upstream::pool::UpstreamBody,
     record::RawJson,
 };
 
