@@ -60,7 +60,8 @@ enum Task {
     Bench {
         /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, `soak` (10 minutes;
         /// CALLGATE_SOAK_MINUTES), `micro` (criterion benches of sniff, extract, decide, mask,
-        /// record), or `all` (all but soak).
+        /// record), `all` (all but soak and ab), or `ab`: this build against another
+        /// (`CALLGATE_BIN_A=path/to/callgate`) on the l7 headline case, interleaved rounds.
         #[arg(long, default_value = "connect")]
         suite: String,
     },
@@ -553,7 +554,7 @@ impl Counts {
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
-    const SUITES: [&str; 6] = ["connect", "decide", "mask", "record", "l7", "soak"];
+    const SUITES: [&str; 7] = ["connect", "decide", "mask", "record", "l7", "soak", "ab"];
     // The criterion benches of the hot modules, in-process.
     const MICRO: [&str; 4] = ["micro", "decide", "mask", "record"];
     let suites: Vec<&str> = match suite {

@@ -1,0 +1,161 @@
+//! `cargo xtask bench --suite ab`: two builds of the gateway compared on the l7 bench's
+//! headline case, in interleaved rounds so that both see the same machine. A is
+//! `CALLGATE_BIN_A` (e.g. a build of an earlier commit), B is `CALLGATE_BIN_B` (default: the
+//! binary xtask built). Each round runs wrk against one nginx upstream through A, then B (the
+//! order alternates per round), with the policy, masking and recording the l7 bench uses, at
+//! full load (keep-alive, 160 B answers) and at light load (one connection, one call at a
+//! time). It prints each round and the medians: requests per second, the gateway's CPU time
+//! per call (from /proc, the figure least moved by a busy neighbour), and the added p50/p99 at
+//! light load. `CALLGATE_AB_ROUNDS` sets the rounds (default 5).
+use std::{fs, path::PathBuf};
+
+use callgate_benches::{Wrk, nginx, with_cpu, wrk};
+use callgate_e2e::{
+    Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
+};
+
+const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
+const FULL: &[&str] = &["-t2", "-c32", "-d6s"];
+const LIGHT: &[&str] = &["-t1", "-c1", "-d4s"];
+
+/// One build under test: its gateway and the cgroup it governs.
+struct Side {
+    name: &'static str,
+    bin: PathBuf,
+    gw: Gateway,
+    cg: TestCgroup,
+    full: Vec<(Wrk, f64)>,
+    light: Vec<Wrk>,
+}
+
+fn main() {
+    if !ebpf_available("bench ab") {
+        return;
+    }
+    let bin_b = std::env::var_os("CALLGATE_BIN_B").map_or_else(callgate_bin, PathBuf::from);
+    let Some(bin_a) = std::env::var_os("CALLGATE_BIN_A").map(PathBuf::from) else {
+        eprintln!(
+            "bench ab: set CALLGATE_BIN_A to the build to compare with (B: {})",
+            bin_b.display()
+        );
+        std::process::exit(2);
+    };
+    let rounds: usize = std::env::var("CALLGATE_AB_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let dir = std::env::temp_dir().join(unique("callgate-bench-ab"));
+    fs::create_dir_all(&dir).expect("dir");
+    let up_port = free_port();
+    let _upstream = nginx(
+        &dir,
+        "upstream",
+        1,
+        &format!(
+            "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 1000000; \
+             location = /v1/items/42 {{ default_type application/json; return 200 '{BODY}'; }} }}"
+        ),
+        up_port,
+    );
+    let service = format!(
+        r#"
+service: items
+match: {{ hosts: ["127.0.0.1:{up_port}"] }}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /v1/items/{{id}}" }}
+rules:
+  - {{ name: reads, function: get_item, action: allow }}
+response:
+  mask: [card_number, email]
+"#
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
+    let config = dir.join("callgate.yaml");
+    fs::write(&config, "records:\n  backlog_mb: 1024\n").expect("config");
+    let side = |name: &'static str, bin: PathBuf| {
+        let gw = Gateway::start_bin(
+            &bin,
+            &[
+                "--policies",
+                &policies.display().to_string(),
+                "--config",
+                &config.display().to_string(),
+            ],
+        );
+        let cg = TestCgroup::new(&format!("bench-ab-{}", name.to_lowercase()));
+        gw.enable(&cg);
+        Side {
+            name,
+            bin,
+            gw,
+            cg,
+            full: vec![],
+            light: vec![],
+        }
+    };
+    let mut sides = [side("A", bin_a), side("B", bin_b)];
+    for s in &sides {
+        println!("{}: {}", s.name, s.bin.display());
+    }
+    let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
+    let mut direct_light = vec![];
+    println!(
+        "\n{:>5} {:>4} {:>12} {:>10} {:>10} {:>10}",
+        "round", "side", "full req/s", "CPU µs/call", "light p50", "light p99"
+    );
+    for round in 0..rounds {
+        direct_light.push(wrk(None, LIGHT, &url));
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let s = &mut sides[i];
+            let (w, cpu) = with_cpu(&s.gw, || wrk(Some(&s.cg), FULL, &url));
+            let l = wrk(Some(&s.cg), LIGHT, &url);
+            println!(
+                "{:>5} {:>4} {:>12.0} {:>10.1} {:>8.0}µs {:>8.0}µs",
+                round + 1,
+                s.name,
+                w.rps,
+                cpu,
+                l.p50,
+                l.p99
+            );
+            s.full.push((w, cpu));
+            s.light.push(l);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let direct_p50 = median(direct_light.iter().map(|w| w.p50).collect());
+    let direct_p99 = median(direct_light.iter().map(|w| w.p99).collect());
+    println!(
+        "\nmedians over {rounds} rounds (direct light-load p50 {direct_p50:.0} µs, p99 {direct_p99:.0} µs):"
+    );
+    let mut med = vec![];
+    for s in &sides {
+        let rps = median(s.full.iter().map(|(w, _)| w.rps).collect());
+        let cpu = median(s.full.iter().map(|(_, c)| *c).collect());
+        let p50 = median(s.light.iter().map(|w| w.p50).collect()) - direct_p50;
+        let p99 = median(s.light.iter().map(|w| w.p99).collect()) - direct_p99;
+        println!(
+            "  {}: {rps:.0} req/s, {cpu:.1} µs CPU per call, light load adds p50 {p50:.0} µs, p99 {p99:.0} µs",
+            s.name
+        );
+        med.push((rps, cpu));
+    }
+    let spread = |i: usize| {
+        let v: Vec<f64> = sides[i].full.iter().map(|(_, c)| *c).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &c| (l.min(c), h.max(c)));
+        (lo, hi)
+    };
+    let ((alo, ahi), (blo, bhi)) = (spread(0), spread(1));
+    println!(
+        "  B/A: {:.3}x req/s, {:.3}x CPU per call (A's rounds {alo:.1}–{ahi:.1} µs, B's {blo:.1}–{bhi:.1} µs)",
+        med[1].0 / med[0].0,
+        med[1].1 / med[0].1,
+    );
+}
