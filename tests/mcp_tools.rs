@@ -3,6 +3,8 @@
 //! an enabled cgroup: the changed and the new tool are hidden from `tools/list` and refused
 //! from the first call after the change, the server never runs them, and the change is in the
 //! records and `status`; `callgate mcp accept` and `callgate mcp pin` bring a tool back.
+//! The same suite runs the official TypeScript SDK's client and server, and the Python SDK 2.x
+//! (the 2026-07-28 transport).
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -50,6 +52,8 @@ struct World {
     cg: TestCgroup,
     gw: Gateway,
     _party: Party,
+    /// The approvals webhook's receiver (`/hook` of upstream.py), when asked for.
+    hook: Option<Party>,
     policies: std::path::PathBuf,
     runs: std::path::PathBuf,
     port: u16,
@@ -62,24 +66,66 @@ impl World {
         py: &str,
         script: &str,
         extra: &[&str],
+        service: (&str, &dyn Fn(u16) -> String),
+    ) -> Self {
+        Self::launch(name, py, script, extra, service, false)
+    }
+
+    /// [`World::start`] with an approvals webhook whose receiver logs what it gets.
+    fn start_with_hook(
+        name: &str,
+        py: &str,
+        script: &str,
+        extra: &[&str],
+        service: (&str, &dyn Fn(u16) -> String),
+    ) -> Self {
+        Self::launch(name, py, script, extra, service, true)
+    }
+
+    fn launch(
+        name: &str,
+        py: &str,
+        script: &str,
+        extra: &[&str],
         (service, svc): (&str, &dyn Fn(u16) -> String),
+        hook: bool,
     ) -> Self {
         let dir = TestDir::new(&format!("callgate-{name}"));
         let port = free_port();
         let runs = dir.join("runs.log");
-        let server = party_script(script).display().to_string();
+        // An ES module resolves its packages from its own directory: a copy beside
+        // `node_modules`.
+        let server = if script.ends_with(".mjs") {
+            node_script(script)
+        } else {
+            party_script(script)
+        }
+        .display()
+        .to_string();
         let (port_arg, runs_arg) = (port.to_string(), runs.display().to_string());
         let mut argv = vec![py, server.as_str(), port_arg.as_str(), runs_arg.as_str()];
         argv.extend_from_slice(extra);
         let party = Party::start(&argv, port, dir.join("server"));
         let policies = policy_repo(&dir, REPO, &[(service, &svc(port))]);
-        let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+        let hook = hook.then(|| upstream(&dir, None));
+        let gw = match &hook {
+            Some(h) => gateway_with_config(
+                &policies,
+                &format!(
+                    "approvals:\n  webhook_url: http://127.0.0.1:{}/hook\n",
+                    h.port
+                ),
+                &dir,
+            ),
+            None => Gateway::start_with(&["--policies", &policies.display().to_string()]),
+        };
         let cg = TestCgroup::new(name);
         gw.enable(&cg);
         Self {
             cg,
             gw,
             _party: party,
+            hook,
             policies,
             runs,
             port,
@@ -572,4 +618,195 @@ response:
         status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",
         "{status}"
     );
+}
+
+/// Whether the official MCP TypeScript SDK is installed beside the Node parties.
+fn ts_sdk_available(test: &str) -> bool {
+    node_parties_available(test)
+        && (node_dir()
+            .join("node_modules/@modelcontextprotocol/sdk")
+            .exists()
+            || skip(test, "no @modelcontextprotocol/sdk (run cargo xtask setup)"))
+}
+
+/// The official TypeScript SDK (`@modelcontextprotocol/sdk`), client and server, through the
+/// gateway: the denied tool is not listed and its call is refused with the policy's reason
+/// (which the SDK's client shows its user) and never runs; the allowed tool's answer is masked
+/// in its text and its `structuredContent` (which the client still validates against the
+/// tool's output schema); both calls are recorded.
+#[test]
+fn the_typescript_sdk_is_governed() {
+    let test = "the_typescript_sdk_is_governed";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    let svc = |port: u16| {
+        format!(
+            r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+        )
+    };
+    let w = World::start("mcp-ts", "node", "mcp_ts_server.mjs", &[], ("tools", &svc));
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &["node", &client, &url, "search_docs", "delete_table"]);
+    let _ = std::fs::remove_file(&client);
+    // The SDK's newest revision; it has no 2026-07-28 transport.
+    assert_eq!(out["protocol"], "2025-11-25", "{out}");
+    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
+    let search = &out["calls"][0];
+    assert_eq!(search["isError"], false, "{out}");
+    assert!(
+        search["text"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    assert!(
+        search["structured"]["result"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    for leaked in [
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "jane.doe@example.com",
+    ] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let delete = &out["calls"][1];
+    assert_eq!(delete["code"], -32001, "{out}");
+    assert!(
+        delete["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let r = record_where(gw, "the refused delete_table", |r| {
+        r["function"] == "delete_table"
+    });
+    assert_eq!(r["decision"]["action"], "deny", "{r}");
+    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+}
+
+/// A rug pull from a TypeScript SDK server: once `search_docs` has run, the server changes its
+/// description and adds `export_all` in the live session. The next listing hides both, the
+/// next calls of both are refused, and the server never runs them.
+#[test]
+fn a_rug_pull_from_a_typescript_server_is_caught() {
+    let test = "a_rug_pull_from_a_typescript_server_is_caught";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    let w = World::start_with_hook(
+        "mcp-ts-pins",
+        "node",
+        "mcp_ts_server.mjs",
+        &["rugpull"],
+        ("docs", &service),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(
+        cg,
+        &[
+            "node",
+            &client,
+            &url,
+            "search_docs",
+            "search_docs",
+            "export_all",
+            "delete_table",
+        ],
+    );
+    let _ = std::fs::remove_file(&client);
+    let lists = out["lists"].as_array().expect("lists");
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(names(&lists[0]), ["delete_table", "search_docs"], "{out}");
+    assert_eq!(calls[0]["isError"], false, "{out}");
+    // The first listing after the change: the changed tool and the new one are hidden.
+    assert_eq!(names(&lists[1]), ["delete_table"], "{out}");
+    assert!(!out.to_string().contains("id_rsa"), "{out}");
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("changed since it was pinned"), "{out}");
+    assert_eq!(calls[1]["code"], -32001, "{out}");
+    let err = calls[2]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("has no pin"), "{out}");
+    assert_eq!(calls[3]["text"][0], "dropped users", "{out}");
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["search_docs", "delete_table"],
+        "what the server ran"
+    );
+    let r = record_where(gw, "the refused search_docs", |r| {
+        r["function"] == "search_docs" && r["mcp"]["pin"] == "changed"
+    });
+    assert_eq!(r["decision"]["enforced"], true, "{r}");
+    assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
+
+    // The approvals webhook heard of both, once each: the changed tool with both digests and
+    // the diff of its definition, the new one as unpinned.
+    let hook = w.hook.as_ref().expect("receiver");
+    let events = wait_for(std::time::Duration::from_secs(10), || {
+        let events: Vec<Value> = hook
+            .requests()
+            .into_iter()
+            .filter(|r| r["path"] == "/hook")
+            .filter_map(|h| serde_json::from_str::<Value>(h["body"].as_str()?).ok())
+            .collect();
+        (events.len() >= 2).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("webhook: {:?}\n{}", hook.requests(), gw.log()));
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let changed = events
+        .iter()
+        .find(|e| e["event"] == "mcp_tool_changed")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(changed["service"], "docs", "{changed}");
+    assert_eq!(changed["tool"], "search_docs", "{changed}");
+    assert_eq!(
+        changed["pinned_sha256"], r["mcp"]["pinned_sha256"],
+        "{changed}"
+    );
+    assert_eq!(changed["sha256"], r["mcp"]["sha256"], "{changed}");
+    assert_eq!(
+        changed["diff"],
+        serde_json::json!([{
+            "path": "description",
+            "old": "Searches the documentation.",
+            "new": r["mcp"]["definition"]["description"],
+        }]),
+        "{changed}"
+    );
+    let new = events
+        .iter()
+        .find(|e| e["event"] == "mcp_tool_unpinned")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(new["tool"], "export_all", "{new}");
+    assert_eq!(new["pinned_sha256"], Value::Null, "{new}");
+    assert_eq!(new["sha256"].as_str().map(str::len), Some(64), "{new}");
 }

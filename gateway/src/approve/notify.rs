@@ -1,5 +1,6 @@
 //! New approval requests announced to a webhook: a JSON POST (or a Slack-compatible `text`)
-//! per request, with a link to where it can be answered and never its arguments. In Slack
+//! per request, with a link to where it can be answered and never its arguments. Other events
+//! for the same people (an MCP tool that changed since it was pinned) go the same way. In Slack
 //! text, every name is escaped and put in a code span, so a workload cannot mention, link or
 //! format through its `comm` or cgroup. Retried
 //! with backoff; a receiver that stays down loses announcements, never calls (the request
@@ -85,6 +86,41 @@ impl Notifier {
             self.counts.lost.fetch_add(1, Relaxed);
             warn!(id = %r.id, "approval webhook queue is full; this request is not announced");
         }
+    }
+
+    /// Announces an event that is not a held call (its JSON as it is, or as Slack text).
+    pub(super) fn event(&self, event: Json) {
+        let payload = match self.format {
+            Format::Json => event,
+            Format::Slack => json!({ "text": event_text(&event) }),
+        };
+        if self.tx.try_send(payload).is_err() {
+            self.counts.lost.fetch_add(1, Relaxed);
+            warn!("approval webhook queue is full; an event is not announced");
+        }
+    }
+}
+
+/// The Slack text of an event (see [`Notifier::event`]).
+fn event_text(e: &Json) -> String {
+    let s = |k: &str| e.get(k).and_then(Json::as_str).unwrap_or_default();
+    let short = |k: &str| s(k).chars().take(12).collect::<String>();
+    let (service, tool) = (s("service"), s("tool"));
+    let accept = slack_code(&format!("callgate mcp accept {service} {tool}"));
+    let name = slack_code(&format!("{service}.{tool}"));
+    match s("event") {
+        "mcp_tool_changed" => format!(
+            "callgate: MCP tool {name} changed since it was pinned (sha256 {} → {}); it is hidden \
+             and its calls refused until accepted: {accept}, or commit its new pin.",
+            slack_code(&short("pinned_sha256")),
+            slack_code(&short("sha256")),
+        ),
+        "mcp_tool_unpinned" => format!(
+            "callgate: MCP tool {name} appeared without a pin (sha256 {}); it is hidden until \
+             pinned: {accept}, or commit its pin.",
+            slack_code(&short("sha256")),
+        ),
+        other => format!("callgate: {}", slack_code(other)),
     }
 }
 
