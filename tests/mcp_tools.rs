@@ -810,3 +810,124 @@ fn a_rug_pull_from_a_typescript_server_is_caught() {
     assert_eq!(new["pinned_sha256"], Value::Null, "{new}");
     assert_eq!(new["sha256"].as_str().map(str::len), Some(64), "{new}");
 }
+
+/// The policy of the paged 2026-07-28 server (`mcp2_paged_server.py`): two tools of its five
+/// are denied, transfers are allowed up to 100, and its tools are pinned.
+fn paged_service(port: u16) -> String {
+    format!(
+        r#"
+service: paged
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+  word_count: {{}}
+  drop_users: {{}}
+  transfer: {{}}
+rules:
+  - {{ name: agents-read, function: [search_docs, word_count], action: allow }}
+  - name: small-transfers
+    function: transfer
+    args: {{ amount: {{ max: 100 }} }}
+    action: allow
+  - name: big-transfers
+    function: transfer
+    action: deny
+    reason: transfers over 100 need a person
+"#
+    )
+}
+
+/// `tools/list` in the 2026-07-28 revision, paged and with caching hints, from the Python SDK
+/// 2.x: a denied tool is on no page, every page keeps its `nextCursor` (the client walks all
+/// three), and a server's `cacheScope: "public"` becomes `private` (the list is this
+/// caller's) while `ttlMs` is kept.
+///
+/// Then a multi-round-trip `tools/call`: the server answers `transfer` with an
+/// `InputRequiredResult` and the SDK retries it with the user's confirmation; the retry is a
+/// call decided again, so a retry whose arguments changed (driven by hand through the SDK's
+/// session, with the server's own `requestState`) is refused by the policy on its own
+/// arguments and never reaches the server. Every round is recorded, the retries saying so.
+#[test]
+fn paged_lists_and_input_rounds_of_the_2026_revision_are_governed() {
+    let test = "paged_lists_and_input_rounds_of_the_2026_revision_are_governed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let Some(py) = mcp2_python(test) else {
+        return;
+    };
+    let w = World::start(
+        "mcp2-paged",
+        &py,
+        "mcp2_paged_server.py",
+        &[],
+        ("paged", &paged_service),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = party_script("mcp2_paged_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &[&py, &client, &url, "50", "5000"]);
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(
+        out["pages"],
+        serde_json::json!([
+            {"tools": ["search_docs"], "nextCursor": "2", "ttlMs": 3600000, "cacheScope": "private"},
+            {"tools": ["word_count"], "nextCursor": "4", "ttlMs": 3600000, "cacheScope": "private"},
+            {"tools": ["transfer"], "nextCursor": null, "ttlMs": 3600000, "cacheScope": "private"},
+        ]),
+        "{out}"
+    );
+    // The SDK's own round trip: asked, confirmed, retried, run.
+    assert_eq!(
+        out["transfer"],
+        serde_json::json!({"text": ["transferred 50"], "isError": false}),
+        "{out}"
+    );
+    // The retry with other arguments: refused by the policy, not by the server.
+    assert_eq!(out["input_required"], "input_required", "{out}");
+    assert_eq!(out["retry"]["code"], -32001, "{out}");
+    assert!(
+        out["retry"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("transfers over 100 need a person")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["transfer 50 True"]);
+
+    // Four rounds of `transfer`, each recorded: two asked for input, one retry ran, one retry
+    // was refused.
+    let transfers = wait_for(std::time::Duration::from_secs(10), || {
+        let t: Vec<Value> = records(gw)
+            .into_iter()
+            .filter(|r| r["function"] == "transfer")
+            .collect();
+        (t.len() == 4).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("{:#?}", records(gw)));
+    let asked = transfers
+        .iter()
+        .filter(|r| r["response"].to_string().contains("input_required"))
+        .count();
+    assert_eq!(asked, 2, "{transfers:#?}");
+    let retries: Vec<&Value> = transfers
+        .iter()
+        .filter(|r| r["mcp"]["input_round"]["request_state"] == true)
+        .collect();
+    assert_eq!(retries.len(), 2, "{transfers:#?}");
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["decision"]["action"] == "allow" && r["args"]["amount"] == 50),
+        "{transfers:#?}"
+    );
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["decision"]["rule"] == "big-transfers" && r["args"]["amount"] == 5000),
+        "{transfers:#?}"
+    );
+}
