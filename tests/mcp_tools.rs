@@ -931,3 +931,98 @@ fn paged_lists_and_input_rounds_of_the_2026_revision_are_governed() {
         "{transfers:#?}"
     );
 }
+
+/// The TypeScript SDK's 2.x packages, whose client discovers the server and speaks the
+/// 2026-07-28 revision (routing headers included) with a server served by `createMcpHandler`,
+/// through the gateway with the tools pinned (so the gateway's own pre-call check speaks that
+/// revision to a TypeScript server): the denied tool is not listed and its call is refused with
+/// the policy's reason and never runs, the allowed tool's answer is masked, both are recorded.
+#[test]
+fn the_2026_typescript_sdk_generation_is_governed() {
+    let test = "the_2026_typescript_sdk_generation_is_governed";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    if !node_dir()
+        .join("node_modules/@modelcontextprotocol/client")
+        .exists()
+    {
+        skip(
+            test,
+            "no @modelcontextprotocol/client (run cargo xtask setup)",
+        );
+        return;
+    }
+    let svc = |port: u16| {
+        format!(
+            r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+        )
+    };
+    let w = World::start(
+        "mcp-ts2",
+        "node",
+        "mcp_ts2_server.mjs",
+        &[],
+        ("tools", &svc),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts2_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &["node", &client, &url, "search_docs", "delete_table"]);
+    let _ = std::fs::remove_file(&client);
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
+    let search = &out["calls"][0];
+    assert_eq!(search["isError"], false, "{out}");
+    assert!(
+        search["text"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    for leaked in [
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "jane.doe@example.com",
+    ] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let delete = &out["calls"][1];
+    assert!(
+        delete["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let r = record_where(gw, "the refused delete_table", |r| {
+        r["function"] == "delete_table"
+    });
+    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+    let status = gw.status();
+    assert_eq!(
+        status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",
+        "{status}"
+    );
+}
