@@ -54,6 +54,8 @@ struct World {
     _party: Party,
     /// The approvals webhook's receiver (`/hook` of upstream.py), when asked for.
     hook: Option<Party>,
+    /// The copy of a Node server's script beside `node_modules`, removed at the end.
+    copy: Option<std::path::PathBuf>,
     policies: std::path::PathBuf,
     runs: std::path::PathBuf,
     port: u16,
@@ -95,13 +97,12 @@ impl World {
         let runs = dir.join("runs.log");
         // An ES module resolves its packages from its own directory: a copy beside
         // `node_modules`.
-        let server = if script.ends_with(".mjs") {
-            node_script(script)
-        } else {
-            party_script(script)
-        }
-        .display()
-        .to_string();
+        let copy = script.ends_with(".mjs").then(|| node_script(script));
+        let server = copy
+            .clone()
+            .unwrap_or_else(|| party_script(script))
+            .display()
+            .to_string();
         let (port_arg, runs_arg) = (port.to_string(), runs.display().to_string());
         let mut argv = vec![py, server.as_str(), port_arg.as_str(), runs_arg.as_str()];
         argv.extend_from_slice(extra);
@@ -126,10 +127,19 @@ impl World {
             gw,
             _party: party,
             hook,
+            copy,
             policies,
             runs,
             port,
             _dir: dir,
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(copy) = &self.copy {
+            let _ = std::fs::remove_file(copy);
         }
     }
 }

@@ -232,6 +232,17 @@ mod tests {
         );
         assert_eq!(slack_code("a\nb\u{202e}"), "`a\\x0ab\\u{202e}`");
         assert_eq!(slack_code(""), "(empty)");
+        // A tool event names what the server chose only inside code spans.
+        let text = event_text(&json!({
+            "event": "mcp_tool_changed", "service": "docs", "tool": "<!channel>",
+            "pinned_sha256": "d239e81740a6e244", "sha256": "5a0c91fe00112233",
+        }));
+        assert_eq!(
+            text,
+            "callgate: MCP tool `docs.&lt;!channel&gt;` changed since it was pinned (sha256 \
+             `d239e81740a6` → `5a0c91fe0011`); it is hidden and its calls refused until \
+             accepted: `callgate mcp accept docs &lt;!channel&gt;`, or commit its new pin."
+        );
         assert_eq!(
             slack_escape("https://x/approvals/1?a&b"),
             "https://x/approvals/1?a&amp;b"
