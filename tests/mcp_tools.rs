@@ -3,6 +3,8 @@
 //! an enabled cgroup: the changed and the new tool are hidden from `tools/list` and refused
 //! from the first call after the change, the server never runs them, and the change is in the
 //! records and `status`; `callgate mcp accept` and `callgate mcp pin` bring a tool back.
+//! The same suite runs the official TypeScript SDK's client and server, and the Python SDK 2.x
+//! (the 2026-07-28 transport).
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -50,6 +52,10 @@ struct World {
     cg: TestCgroup,
     gw: Gateway,
     _party: Party,
+    /// The approvals webhook's receiver (`/hook` of upstream.py), when asked for.
+    hook: Option<Party>,
+    /// The copy of a Node server's script beside `node_modules`, removed at the end.
+    copy: Option<std::path::PathBuf>,
     policies: std::path::PathBuf,
     runs: std::path::PathBuf,
     port: u16,
@@ -62,28 +68,78 @@ impl World {
         py: &str,
         script: &str,
         extra: &[&str],
+        service: (&str, &dyn Fn(u16) -> String),
+    ) -> Self {
+        Self::launch(name, py, script, extra, service, false)
+    }
+
+    /// [`World::start`] with an approvals webhook whose receiver logs what it gets.
+    fn start_with_hook(
+        name: &str,
+        py: &str,
+        script: &str,
+        extra: &[&str],
+        service: (&str, &dyn Fn(u16) -> String),
+    ) -> Self {
+        Self::launch(name, py, script, extra, service, true)
+    }
+
+    fn launch(
+        name: &str,
+        py: &str,
+        script: &str,
+        extra: &[&str],
         (service, svc): (&str, &dyn Fn(u16) -> String),
+        hook: bool,
     ) -> Self {
         let dir = TestDir::new(&format!("callgate-{name}"));
         let port = free_port();
         let runs = dir.join("runs.log");
-        let server = party_script(script).display().to_string();
+        // An ES module resolves its packages from its own directory: a copy beside
+        // `node_modules`.
+        let copy = script.ends_with(".mjs").then(|| node_script(script));
+        let server = copy
+            .clone()
+            .unwrap_or_else(|| party_script(script))
+            .display()
+            .to_string();
         let (port_arg, runs_arg) = (port.to_string(), runs.display().to_string());
         let mut argv = vec![py, server.as_str(), port_arg.as_str(), runs_arg.as_str()];
         argv.extend_from_slice(extra);
         let party = Party::start(&argv, port, dir.join("server"));
         let policies = policy_repo(&dir, REPO, &[(service, &svc(port))]);
-        let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+        let hook = hook.then(|| upstream(&dir, None));
+        let gw = match &hook {
+            Some(h) => gateway_with_config(
+                &policies,
+                &format!(
+                    "approvals:\n  webhook_url: http://127.0.0.1:{}/hook\n",
+                    h.port
+                ),
+                &dir,
+            ),
+            None => Gateway::start_with(&["--policies", &policies.display().to_string()]),
+        };
         let cg = TestCgroup::new(name);
         gw.enable(&cg);
         Self {
             cg,
             gw,
             _party: party,
+            hook,
+            copy,
             policies,
             runs,
             port,
             _dir: dir,
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(copy) = &self.copy {
+            let _ = std::fs::remove_file(copy);
         }
     }
 }
@@ -567,6 +623,413 @@ response:
     });
     assert_eq!(r["decision"]["action"], "allow", "{r}");
     // The call was checked against a pin taken on first sight.
+    let status = gw.status();
+    assert_eq!(
+        status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",
+        "{status}"
+    );
+}
+
+/// Whether the official MCP TypeScript SDK is installed beside the Node parties.
+fn ts_sdk_available(test: &str) -> bool {
+    node_parties_available(test)
+        && (node_dir()
+            .join("node_modules/@modelcontextprotocol/sdk")
+            .exists()
+            || skip(test, "no @modelcontextprotocol/sdk (run cargo xtask setup)"))
+}
+
+/// The official TypeScript SDK (`@modelcontextprotocol/sdk`), client and server, through the
+/// gateway: the denied tool is not listed and its call is refused with the policy's reason
+/// (which the SDK's client shows its user) and never runs; the allowed tool's answer is masked
+/// in its text and its `structuredContent` (which the client still validates against the
+/// tool's output schema); both calls are recorded.
+#[test]
+fn the_typescript_sdk_is_governed() {
+    let test = "the_typescript_sdk_is_governed";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    let svc = |port: u16| {
+        format!(
+            r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+        )
+    };
+    let w = World::start("mcp-ts", "node", "mcp_ts_server.mjs", &[], ("tools", &svc));
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &["node", &client, &url, "search_docs", "delete_table"]);
+    let _ = std::fs::remove_file(&client);
+    // The SDK's newest revision; it has no 2026-07-28 transport.
+    assert_eq!(out["protocol"], "2025-11-25", "{out}");
+    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
+    let search = &out["calls"][0];
+    assert_eq!(search["isError"], false, "{out}");
+    assert!(
+        search["text"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    assert!(
+        search["structured"]["result"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    for leaked in [
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "jane.doe@example.com",
+    ] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let delete = &out["calls"][1];
+    assert_eq!(delete["code"], -32001, "{out}");
+    assert!(
+        delete["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let r = record_where(gw, "the refused delete_table", |r| {
+        r["function"] == "delete_table"
+    });
+    assert_eq!(r["decision"]["action"], "deny", "{r}");
+    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+}
+
+/// A rug pull from a TypeScript SDK server: once `search_docs` has run, the server changes its
+/// description and adds `export_all` in the live session. The next listing hides both, the
+/// next calls of both are refused, and the server never runs them.
+#[test]
+fn a_rug_pull_from_a_typescript_server_is_caught() {
+    let test = "a_rug_pull_from_a_typescript_server_is_caught";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    let w = World::start_with_hook(
+        "mcp-ts-pins",
+        "node",
+        "mcp_ts_server.mjs",
+        &["rugpull"],
+        ("docs", &service),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(
+        cg,
+        &[
+            "node",
+            &client,
+            &url,
+            "search_docs",
+            "search_docs",
+            "export_all",
+            "delete_table",
+        ],
+    );
+    let _ = std::fs::remove_file(&client);
+    let lists = out["lists"].as_array().expect("lists");
+    let calls = out["calls"].as_array().expect("calls");
+    assert_eq!(names(&lists[0]), ["delete_table", "search_docs"], "{out}");
+    assert_eq!(calls[0]["isError"], false, "{out}");
+    // The first listing after the change: the changed tool and the new one are hidden.
+    assert_eq!(names(&lists[1]), ["delete_table"], "{out}");
+    assert!(!out.to_string().contains("id_rsa"), "{out}");
+    let err = calls[1]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("changed since it was pinned"), "{out}");
+    assert_eq!(calls[1]["code"], -32001, "{out}");
+    let err = calls[2]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("has no pin"), "{out}");
+    assert_eq!(calls[3]["text"][0], "dropped users", "{out}");
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["search_docs", "delete_table"],
+        "what the server ran"
+    );
+    let r = record_where(gw, "the refused search_docs", |r| {
+        r["function"] == "search_docs" && r["mcp"]["pin"] == "changed"
+    });
+    assert_eq!(r["decision"]["enforced"], true, "{r}");
+    assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
+
+    // The approvals webhook heard of both, once each: the changed tool with both digests and
+    // the diff of its definition, the new one as unpinned.
+    let hook = w.hook.as_ref().expect("receiver");
+    let events = wait_for(std::time::Duration::from_secs(10), || {
+        let events: Vec<Value> = hook
+            .requests()
+            .into_iter()
+            .filter(|r| r["path"] == "/hook")
+            .filter_map(|h| serde_json::from_str::<Value>(h["body"].as_str()?).ok())
+            .collect();
+        (events.len() >= 2).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("webhook: {:?}\n{}", hook.requests(), gw.log()));
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let changed = events
+        .iter()
+        .find(|e| e["event"] == "mcp_tool_changed")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(changed["service"], "docs", "{changed}");
+    assert_eq!(changed["tool"], "search_docs", "{changed}");
+    assert_eq!(
+        changed["pinned_sha256"], r["mcp"]["pinned_sha256"],
+        "{changed}"
+    );
+    assert_eq!(changed["sha256"], r["mcp"]["sha256"], "{changed}");
+    assert_eq!(
+        changed["diff"],
+        serde_json::json!([{
+            "path": "description",
+            "old": "Searches the documentation.",
+            "new": r["mcp"]["definition"]["description"],
+        }]),
+        "{changed}"
+    );
+    let new = events
+        .iter()
+        .find(|e| e["event"] == "mcp_tool_unpinned")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(new["tool"], "export_all", "{new}");
+    assert_eq!(new["pinned_sha256"], Value::Null, "{new}");
+    assert_eq!(new["sha256"].as_str().map(str::len), Some(64), "{new}");
+}
+
+/// The policy of the paged 2026-07-28 server (`mcp2_paged_server.py`): two tools of its five
+/// are denied, transfers are allowed up to 100, and its tools are pinned.
+fn paged_service(port: u16) -> String {
+    format!(
+        r#"
+service: paged
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+  word_count: {{}}
+  drop_users: {{}}
+  transfer: {{}}
+rules:
+  - {{ name: agents-read, function: [search_docs, word_count], action: allow }}
+  - name: small-transfers
+    function: transfer
+    args: {{ amount: {{ max: 100 }} }}
+    action: allow
+  - name: big-transfers
+    function: transfer
+    action: deny
+    reason: transfers over 100 need a person
+"#
+    )
+}
+
+/// `tools/list` in the 2026-07-28 revision, paged and with caching hints, from the Python SDK
+/// 2.x: a denied tool is on no page, every page keeps its `nextCursor` (the client walks all
+/// three), and a server's `cacheScope: "public"` becomes `private` (the list is this
+/// caller's) while `ttlMs` is kept.
+///
+/// Then a multi-round-trip `tools/call`: the server answers `transfer` with an
+/// `InputRequiredResult` and the SDK retries it with the user's confirmation; the retry is a
+/// call decided again, so a retry whose arguments changed (driven by hand through the SDK's
+/// session, with the server's own `requestState`) is refused by the policy on its own
+/// arguments and never reaches the server. Every round is recorded, the retries saying so.
+#[test]
+fn paged_lists_and_input_rounds_of_the_2026_revision_are_governed() {
+    let test = "paged_lists_and_input_rounds_of_the_2026_revision_are_governed";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let Some(py) = mcp2_python(test) else {
+        return;
+    };
+    let w = World::start(
+        "mcp2-paged",
+        &py,
+        "mcp2_paged_server.py",
+        &[],
+        ("paged", &paged_service),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = party_script("mcp2_paged_client.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &[&py, &client, &url, "50", "5000"]);
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(
+        out["pages"],
+        serde_json::json!([
+            {"tools": ["search_docs"], "nextCursor": "2", "ttlMs": 3600000, "cacheScope": "private"},
+            {"tools": ["word_count"], "nextCursor": "4", "ttlMs": 3600000, "cacheScope": "private"},
+            {"tools": ["transfer"], "nextCursor": null, "ttlMs": 3600000, "cacheScope": "private"},
+        ]),
+        "{out}"
+    );
+    // The SDK's own round trip: asked, confirmed, retried, run.
+    assert_eq!(
+        out["transfer"],
+        serde_json::json!({"text": ["transferred 50"], "isError": false}),
+        "{out}"
+    );
+    // The retry with other arguments: refused by the policy, not by the server.
+    assert_eq!(out["input_required"], "input_required", "{out}");
+    assert_eq!(out["retry"]["code"], -32001, "{out}");
+    assert!(
+        out["retry"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("transfers over 100 need a person")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["transfer 50 True"]);
+
+    // Four rounds of `transfer`, each recorded: two asked for input, one retry ran, one retry
+    // was refused.
+    let transfers = wait_for(std::time::Duration::from_secs(10), || {
+        let t: Vec<Value> = records(gw)
+            .into_iter()
+            .filter(|r| r["function"] == "transfer")
+            .collect();
+        (t.len() == 4).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("{:#?}", records(gw)));
+    let asked = transfers
+        .iter()
+        .filter(|r| r["response"].to_string().contains("input_required"))
+        .count();
+    assert_eq!(asked, 2, "{transfers:#?}");
+    let retries: Vec<&Value> = transfers
+        .iter()
+        .filter(|r| r["mcp"]["input_round"]["request_state"] == true)
+        .collect();
+    assert_eq!(retries.len(), 2, "{transfers:#?}");
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["decision"]["action"] == "allow" && r["args"]["amount"] == 50),
+        "{transfers:#?}"
+    );
+    assert!(
+        retries
+            .iter()
+            .any(|r| r["decision"]["rule"] == "big-transfers" && r["args"]["amount"] == 5000),
+        "{transfers:#?}"
+    );
+}
+
+/// The TypeScript SDK's 2.x packages, whose client discovers the server and speaks the
+/// 2026-07-28 revision (routing headers included) with a server served by `createMcpHandler`,
+/// through the gateway with the tools pinned (so the gateway's own pre-call check speaks that
+/// revision to a TypeScript server): the denied tool is not listed and its call is refused with
+/// the policy's reason and never runs, the allowed tool's answer is masked, both are recorded.
+#[test]
+fn the_2026_typescript_sdk_generation_is_governed() {
+    let test = "the_2026_typescript_sdk_generation_is_governed";
+    if !ebpf_available(test) || !ts_sdk_available(test) {
+        return;
+    }
+    if !node_dir()
+        .join("node_modules/@modelcontextprotocol/client")
+        .exists()
+    {
+        skip(
+            test,
+            "no @modelcontextprotocol/client (run cargo xtask setup)",
+        );
+        return;
+    }
+    let svc = |port: u16| {
+        format!(
+            r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+mcp: {{ pin_tools: true }}
+functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+        )
+    };
+    let w = World::start(
+        "mcp-ts2",
+        "node",
+        "mcp_ts2_server.mjs",
+        &[],
+        ("tools", &svc),
+    );
+    let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
+    let client = node_script("mcp_ts2_client.mjs").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_json(cg, &["node", &client, &url, "search_docs", "delete_table"]);
+    let _ = std::fs::remove_file(&client);
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
+    let search = &out["calls"][0];
+    assert_eq!(search["isError"], false, "{out}");
+    assert!(
+        search["text"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    for leaked in [
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "jane.doe@example.com",
+    ] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let delete = &out["calls"][1];
+    assert!(
+        delete["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
+        "{out}"
+    );
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let r = record_where(gw, "the refused delete_table", |r| {
+        r["function"] == "delete_table"
+    });
+    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
     let status = gw.status();
     assert_eq!(
         status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",

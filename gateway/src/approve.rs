@@ -494,6 +494,18 @@ impl Approvals {
         })
     }
 
+    /// Announces something other than a held call to the webhook (an MCP tool that changed
+    /// since it was pinned, or a new unpinned one: see `crate::mcp::pins`), within the same
+    /// per-minute budget as approval requests. Without a webhook, nothing is sent.
+    pub fn announce_event(&self, event: Json) {
+        let Some(n) = &self.notifier else { return };
+        if announce_now(&mut self.lock()) {
+            n.event(event);
+        } else {
+            debug!("event announcement suppressed: {ANNOUNCE_PER_MINUTE} a minute at most");
+        }
+    }
+
     /// An approver's answer to request `id`.
     pub fn answer(
         &self,

@@ -168,7 +168,15 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let pins = Arc::new(crate::mcp::pins::PinStore::new(Some(&cfg.state_dir)));
+    let mut pins = crate::mcp::pins::PinStore::new(Some(&cfg.state_dir));
+    if let Some(a) = &approvals {
+        // Tool changes go to the approvals webhook, to the people who review tools.
+        let a = a.clone();
+        pins = pins.with_events(crate::mcp::pins::EventSink(Arc::new(move |e| {
+            a.announce_event(e);
+        })));
+    }
+    let pins = Arc::new(pins);
     let inputs = Arc::new(ProxyInputs {
         cfg: cfg.clone(),
         interceptor: interceptor.clone(),

@@ -68,11 +68,18 @@ const TEST_PYTHON: &[&str] = &[
 /// headers), in a venv of its own beside [`TEST_PYTHON`]'s.
 const TEST_PYTHON_MCP2: &[&str] = &["mcp==2.3.0"];
 /// The Node test parties, pinned: a real OpenID provider (and the JOSE library its test
-/// endpoints sign with), and Playwright's driver for Debian's Chromium.
+/// endpoints sign with), Playwright's driver for Debian's Chromium, and the official MCP
+/// TypeScript SDK (client and server) of both generations: `@modelcontextprotocol/sdk` (1.x,
+/// protocol revisions up to 2025-11-25) and its 2.x packages `@modelcontextprotocol/client`
+/// and `/server` (the 2026-07-28 revision), with the schema library tools are declared in.
 const TEST_NODE: &[&str] = &[
     "oidc-provider@9.13.3",
     "jose@6.2.17",
     "playwright-core@1.65.1",
+    "@modelcontextprotocol/sdk@1.32.2",
+    "@modelcontextprotocol/client@2.4.0",
+    "@modelcontextprotocol/server@2.4.0",
+    "zod@4.6.7",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

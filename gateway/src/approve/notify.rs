@@ -1,5 +1,6 @@
 //! New approval requests announced to a webhook: a JSON POST (or a Slack-compatible `text`)
-//! per request, with a link to where it can be answered and never its arguments. In Slack
+//! per request, with a link to where it can be answered and never its arguments. Other events
+//! for the same people (an MCP tool that changed since it was pinned) go the same way. In Slack
 //! text, every name is escaped and put in a code span, so a workload cannot mention, link or
 //! format through its `comm` or cgroup. Retried
 //! with backoff; a receiver that stays down loses announcements, never calls (the request
@@ -85,6 +86,41 @@ impl Notifier {
             self.counts.lost.fetch_add(1, Relaxed);
             warn!(id = %r.id, "approval webhook queue is full; this request is not announced");
         }
+    }
+
+    /// Announces an event that is not a held call (its JSON as it is, or as Slack text).
+    pub(super) fn event(&self, event: Json) {
+        let payload = match self.format {
+            Format::Json => event,
+            Format::Slack => json!({ "text": event_text(&event) }),
+        };
+        if self.tx.try_send(payload).is_err() {
+            self.counts.lost.fetch_add(1, Relaxed);
+            warn!("approval webhook queue is full; an event is not announced");
+        }
+    }
+}
+
+/// The Slack text of an event (see [`Notifier::event`]).
+fn event_text(e: &Json) -> String {
+    let s = |k: &str| e.get(k).and_then(Json::as_str).unwrap_or_default();
+    let short = |k: &str| s(k).chars().take(12).collect::<String>();
+    let (service, tool) = (s("service"), s("tool"));
+    let accept = slack_code(&format!("callgate mcp accept {service} {tool}"));
+    let name = slack_code(&format!("{service}.{tool}"));
+    match s("event") {
+        "mcp_tool_changed" => format!(
+            "callgate: MCP tool {name} changed since it was pinned (sha256 {} → {}); it is hidden \
+             and its calls refused until accepted: {accept}, or commit its new pin.",
+            slack_code(&short("pinned_sha256")),
+            slack_code(&short("sha256")),
+        ),
+        "mcp_tool_unpinned" => format!(
+            "callgate: MCP tool {name} appeared without a pin (sha256 {}); it is hidden until \
+             pinned: {accept}, or commit its pin.",
+            slack_code(&short("sha256")),
+        ),
+        other => format!("callgate: {}", slack_code(other)),
     }
 }
 
@@ -196,6 +232,17 @@ mod tests {
         );
         assert_eq!(slack_code("a\nb\u{202e}"), "`a\\x0ab\\u{202e}`");
         assert_eq!(slack_code(""), "(empty)");
+        // A tool event names what the server chose only inside code spans.
+        let text = event_text(&json!({
+            "event": "mcp_tool_changed", "service": "docs", "tool": "<!channel>",
+            "pinned_sha256": "d239e81740a6e244", "sha256": "5a0c91fe00112233",
+        }));
+        assert_eq!(
+            text,
+            "callgate: MCP tool `docs.&lt;!channel&gt;` changed since it was pinned (sha256 \
+             `d239e81740a6` → `5a0c91fe0011`); it is hidden and its calls refused until \
+             accepted: `callgate mcp accept docs &lt;!channel&gt;`, or commit its new pin."
+        );
         assert_eq!(
             slack_escape("https://x/approvals/1?a&b"),
             "https://x/approvals/1?a&amp;b"

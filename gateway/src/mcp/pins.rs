@@ -5,12 +5,13 @@
 //! `annotations`; its digest is the SHA-256 of their canonical JSON (keys sorted, no spaces).
 //! Pins come from the policy repository (`pins/<service>.yaml`, written by `callgate mcp pin`
 //! and reviewed in git), else are taken on first sight and kept in the state directory.
-//! `callgate mcp accept` pins a tool's definition as last seen, locally.
+//! `callgate mcp accept` pins a tool's definition as last seen, locally. A change, or a new
+//! unpinned tool, is announced once (per definition) to an event sink: the approvals webhook.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
@@ -42,6 +43,9 @@ const MAX_TOOLS: usize = 4096;
 
 /// Most changes a service's status keeps.
 const KEPT_CHANGES: usize = 32;
+
+/// Most entries in the diff of an announced change.
+const MAX_DIFF: usize = 64;
 
 /// A service without committed pins has its tools pinned on sight during its first listing
 /// (every page of it), which ends with its last page or this long after its first tool was
@@ -140,6 +144,8 @@ struct ServicePins {
     flags: BTreeMap<String, Vec<Finding>>,
     changes: Vec<Change>,
     changes_total: u64,
+    /// The definitions (tool, digest) already announced as changed or unpinned.
+    announced: BTreeSet<(String, String)>,
 }
 
 impl ServicePins {
@@ -219,6 +225,94 @@ pub struct PinStore {
     services: Mutex<HashMap<String, ServicePins>>,
     /// Definitions found changed, all services.
     pub changes_total: AtomicU64,
+    /// Where changes and new unpinned tools are announced.
+    events: Option<EventSink>,
+}
+
+/// Receives each tool event (see [`tool_event`]) once; the daemon hands them to the approvals
+/// webhook.
+#[derive(Clone)]
+pub struct EventSink(pub Arc<dyn Fn(Json) + Send + Sync>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
+/// The event announcing that `tool` of `service` no longer matches its pin (`pinned` is
+/// Some) or appeared without one: both digests, both definitions and their differences.
+pub fn tool_event(
+    service: &str,
+    tool: &str,
+    pinned: Option<(&str, Option<&Json>)>,
+    sha256: &str,
+    definition: &Json,
+) -> Json {
+    let (event, pinned_sha, pinned_def) = match pinned {
+        Some((sha, def)) => ("mcp_tool_changed", Some(sha), def),
+        None => ("mcp_tool_unpinned", None, None),
+    };
+    serde_json::json!({
+        "event": event,
+        "service": service,
+        "tool": tool,
+        "pinned_sha256": pinned_sha,
+        "sha256": sha256,
+        "diff": diff(pinned_def, definition),
+        "pinned_definition": pinned_def,
+        "definition": definition,
+        "at_ms": crate::util::time::now_ms(),
+        "accept": format!("callgate mcp accept {service} {tool}"),
+    })
+}
+
+/// Where `new` differs from `old` (None: nothing was known of it), as `{path, old, new}`
+/// entries, `path` in dots (`inputSchema.properties.query`, array elements by index); at most
+/// [`MAX_DIFF`] entries, the last one saying how many more there were.
+pub fn diff(old: Option<&Json>, new: &Json) -> Json {
+    fn walk(
+        path: &str,
+        old: Option<&Json>,
+        new: Option<&Json>,
+        out: &mut Vec<Json>,
+        more: &mut usize,
+    ) {
+        let child = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (old, new) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(Json::Object(a)), Some(Json::Object(b))) => {
+                let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    walk(&child(k), a.get(k), b.get(k), out, more);
+                }
+            }
+            (Some(Json::Array(a)), Some(Json::Array(b))) => {
+                for i in 0..a.len().max(b.len()) {
+                    walk(&child(&i.to_string()), a.get(i), b.get(i), out, more);
+                }
+            }
+            (a, b) => {
+                if out.len() < MAX_DIFF {
+                    out.push(serde_json::json!({ "path": path, "old": a, "new": b }));
+                } else {
+                    *more += 1;
+                }
+            }
+        }
+    }
+    let (mut out, mut more) = (Vec::new(), 0);
+    walk("", old, Some(new), &mut out, &mut more);
+    if more > 0 {
+        out.push(serde_json::json!({ "more": more }));
+    }
+    Json::Array(out)
 }
 
 impl PinStore {
@@ -227,7 +321,14 @@ impl PinStore {
             dir: state_dir.map(|d| d.join("mcp-pins")),
             services: Mutex::default(),
             changes_total: AtomicU64::new(0),
+            events: None,
         }
+    }
+
+    /// Announces each change, and each new unpinned tool, to `sink`, once per definition.
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
     }
 
     fn with<T>(&self, service: &str, f: impl FnOnce(&mut ServicePins) -> T) -> T {
@@ -293,6 +394,7 @@ impl PinStore {
         let (name, def, sha) = definition(tool)?;
         let committed = service.pins.as_deref();
         let now = crate::util::time::now_ms();
+        let mut event = None;
         let verdict = self.with(&service.name, |s| {
             s.see(
                 &name,
@@ -343,8 +445,30 @@ impl PinStore {
                 }
                 _ => {}
             }
+            let fresh = !verdict.admits() && self.events.is_some() && {
+                if s.announced.len() >= MAX_TOOLS {
+                    s.announced.clear();
+                }
+                s.announced.insert((name.clone(), sha.clone()))
+            };
+            if fresh {
+                let pinned = s.pinned(committed, &name);
+                event = Some(tool_event(
+                    &service.name,
+                    &name,
+                    pinned
+                        .as_ref()
+                        .map(|(sha, def)| (sha.as_str(), def.as_ref())),
+                    &sha,
+                    &def,
+                ));
+            }
             verdict
         });
+        // Announced outside the lock: the sink may take locks of its own.
+        if let (Some(sink), Some(event)) = (&self.events, event) {
+            (sink.0)(event);
+        }
         Some((name, verdict))
     }
 
@@ -496,6 +620,23 @@ impl PinStore {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_diff_names_each_changed_path() {
+        let old = json!({"name": "t", "description": "Searches.", "inputSchema": {"properties": {"q": {"type": "string"}}}});
+        let new = json!({"name": "t", "description": "<IMPORTANT>", "inputSchema": {"properties": {"q": {"type": "string"}, "k": {"type": "int"}}}});
+        assert_eq!(
+            diff(Some(&old), &new),
+            json!([
+                {"path": "description", "old": "Searches.", "new": "<IMPORTANT>"},
+                {"path": "inputSchema.properties.k", "old": null, "new": {"type": "int"}},
+            ])
+        );
+        assert_eq!(
+            diff(None, &new),
+            json!([{"path": "", "old": null, "new": new}])
+        );
+    }
 
     #[test]
     fn the_digest_covers_the_definition_and_ignores_key_order_and_other_fields() {

@@ -298,6 +298,9 @@ impl Conn {
             return reply::empty(StatusCode::BAD_REQUEST);
         };
         let mut recording = recording;
+        if let (Some(r), Some(round)) = (recording.as_mut(), mcp_check::input_round(&one)) {
+            r.rec.mcp = Some(round);
+        }
         let mut span = self.span(service, &parts.headers, &one);
         // A call to be held has its body read first (bounded): the connection is then the
         // server's again, which notices a client that goes away while the call waits.
@@ -337,7 +340,7 @@ impl Conn {
         if let Some(s) = service.filter(|s| s.mcp.checks_tools()) {
             if let Err((r, note)) = mcp_check::before_call(&self, &snap, s, &parts, &one).await {
                 if let Some(rec) = recording.as_mut() {
-                    rec.rec.mcp = Some(note);
+                    mcp_check::merge_note(&mut rec.rec.mcp, note);
                 }
                 end_span(span.take(), &r);
                 return self

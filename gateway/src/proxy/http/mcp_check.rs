@@ -105,6 +105,30 @@ pub(super) fn listed(conn: &Conn, service: &Service, body: &[u8]) {
     }
 }
 
+/// What a record says of a retried multi-round-trip request (the 2026-07-28 revision: a
+/// `tools/call`, `prompts/get` or `resources/read` sent again with `params.inputResponses`
+/// and/or `params.requestState` after an `InputRequiredResult`): the keys of the answers it
+/// carries and whether it echoes the server's state. Such a retry is a call like any other,
+/// decided again (policy, pins, limits) on its own arguments; None for any other request.
+pub(super) fn input_round(one: &Decided) -> Option<Json> {
+    let params = one.call.message.as_ref()?.get("params")?;
+    let responses = params.get("inputResponses").and_then(Json::as_object);
+    let state = params.get("requestState").is_some_and(|s| !s.is_null());
+    if responses.is_none() && !state {
+        return None;
+    }
+    let keys: Vec<&String> = responses.map(|r| r.keys().collect()).unwrap_or_default();
+    Some(json!({ "input_round": { "input_responses": keys, "request_state": state } }))
+}
+
+/// `note` added to what a record's `mcp` says already (an [`input_round`]).
+pub(super) fn merge_note(mcp: &mut Option<Json>, note: Json) {
+    match (mcp.as_mut().and_then(Json::as_object_mut), note) {
+        (Some(have), Json::Object(add)) => have.extend(add),
+        (_, note) => *mcp = Some(note),
+    }
+}
+
 /// The tool a request's single call calls, if it is a `tools/call`.
 fn called_tool(one: &Decided) -> Option<&str> {
     let m = one.call.message.as_ref()?;

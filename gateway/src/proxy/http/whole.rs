@@ -311,10 +311,18 @@ fn filter_json(body: &[u8], may: &dyn Fn(&Json) -> bool) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
-/// [`filter_json`] on a parsed answer (one element of a batch's answer).
+/// [`filter_json`] on a parsed answer (one element of a batch's answer). The list that comes
+/// out is this caller's, so a `cacheScope` other than `private` (the 2026-07-28 revision's
+/// caching hint: `public` lets a client share the answer across authorization contexts)
+/// becomes `private`; `ttlMs` and `nextCursor` are kept, each page being filtered on its own.
 fn filter_value(v: &mut Json, may: &dyn Fn(&Json) -> bool) -> Option<()> {
-    let tools = v.get_mut("result")?.get_mut("tools")?.as_array_mut()?;
-    tools.retain(may);
+    let result = v.get_mut("result")?;
+    result.get_mut("tools")?.as_array_mut()?.retain(may);
+    if let Some(scope) = result.get_mut("cacheScope")
+        && scope.as_str() != Some("private")
+    {
+        *scope = Json::from("private");
+    }
     Some(())
 }
 
@@ -363,5 +371,18 @@ mod tests {
         assert!(out.ends_with("}\r\n\r\n"), "{out:?}");
         assert!(out.contains("search_docs") && !out.contains("delete_table"));
         assert_eq!(filter_json(b"{\"result\":{}}", &may), None);
+    }
+
+    #[test]
+    fn a_filtered_list_is_private_to_its_caller_and_keeps_its_cursor() {
+        let may = |t: &Json| tool_name(t) != Some("delete_table");
+        let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"delete_table"}],"nextCursor":"2","ttlMs":3600000,"cacheScope":"public","resultType":"complete"}}"#;
+        let out: Json =
+            serde_json::from_slice(&filter_json(json, &may).expect("filtered")).expect("JSON");
+        assert_eq!(
+            out["result"],
+            serde_json::json!({"tools": [], "nextCursor": "2", "ttlMs": 3600000,
+                "cacheScope": "private", "resultType": "complete"})
+        );
     }
 }
