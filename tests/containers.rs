@@ -326,7 +326,7 @@ fn a_podman_container_started_under_an_enabled_parent_is_governed() {
     eprintln!("namespace closed {:?} after podman rm", stopped.elapsed());
 }
 
-/// A container running before its parent is enabled: the connection it kept open from
+/// A container running before it is enabled (by name): the connection it kept open from
 /// before is ended by `enable` (its next request fails, its reconnect is governed); a
 /// gateway restart with the container still running opens its namespace's listeners again,
 /// and its calls are governed as before.
@@ -345,13 +345,26 @@ fn a_running_container_is_taken_over_by_enable_and_by_a_restart() {
     assert_eq!(ctr.round(1), "200 200 200");
     let inode = netns_inode(ctr.pid());
 
-    gw.enable(&parent);
+    // By name: read from Podman's state, then found as `<parent>/libpod-<id>`.
+    let out = gw.cli(&["enable", "--container", &ctr.name]);
+    assert!(
+        out.status.success(),
+        "enable --container {}: {}",
+        ctr.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enabled = gw.status()["enabled"].to_string();
+    assert!(
+        enabled.contains(&format!("libpod-{}", ctr.id)),
+        "the container's own cgroup: {enabled}"
+    );
     let opened = wait_for(Duration::from_secs(10), || {
         listed(&gw, inode).filter(|n| n["state"] == "ready")
     });
     assert!(opened.is_some(), "{:#}", gw.status());
     // The kept connection was ended by enable; the new ones are governed.
     let second = ctr.round(2);
+    eprintln!("round 2 (after enable): {second}");
     let (kept, fresh) = second.split_once(' ').expect("three results");
     assert_ne!(
         kept, "200",
