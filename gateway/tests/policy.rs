@@ -458,6 +458,14 @@ fn container_pod_and_namespace_matchers() {
         let (action, _) = decide(&repo.snap(), "f", json!({}), caller);
         assert_eq!(action == Action::Allow, *want, "{cond}");
     }
+    // Neither an id nor a name a runtime would give.
+    for bad in ["\"a b\"", "\"../x\"", "\"-x\""] {
+        let errors = one_rule(&format!("caller: {{ workload: {{ container: {bad} }} }}")).errors();
+        assert!(
+            errors.iter().any(|e| e.contains("a container is named by")),
+            "{bad}: {errors:?}"
+        );
+    }
 }
 
 #[test]
