@@ -317,13 +317,18 @@ fn a_podman_container_started_under_an_enabled_parent_is_governed() {
     );
 
     // The container stops: its namespace's listeners close.
-    let stopped = Instant::now();
+    let removing = Instant::now();
     ctr.remove();
+    let stopped = Instant::now();
+    eprintln!("podman rm took {:?}", removing.elapsed());
     let gone = wait_for(Duration::from_secs(10), || {
         listed(&gw, inode).is_none().then_some(())
     });
     assert!(gone.is_some(), "{:#}", gw.status()["namespaces"]);
-    eprintln!("namespace closed {:?} after podman rm", stopped.elapsed());
+    eprintln!(
+        "namespace closed {:?} after podman rm returned",
+        stopped.elapsed()
+    );
 }
 
 /// A container running before it is enabled (by name): the connection it kept open from
@@ -377,6 +382,29 @@ fn a_running_container_is_taken_over_by_enable_and_by_a_restart() {
         "{}",
         gw.log()
     );
+    // An unmodified curl run in the container (`podman exec`: its cgroup, its namespace).
+    for (path, want) in [("/allowed", "200"), ("/denied", "403")] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let out = podman(&[
+            "exec",
+            &ctr.name,
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            want,
+            "curl {path} in the container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // A restart: the namespace is opened again from the enabled cgroup's processes, before
     // the container makes any new connection.
