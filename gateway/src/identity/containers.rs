@@ -200,6 +200,25 @@ impl ContainerNames {
     }
 }
 
+/// Whether the runtime made the cgroup `container` was read from (`cgroup`: its absolute
+/// path). Podman's cgroupfs form, `<parent>/libpod-<id>`, may sit under any directory, so
+/// it counts only when root made it: a subtree delegated by `chown` makes its cgroups as
+/// its owner. Every other form sits where only systemd or the runtime create cgroups.
+pub fn made_by_runtime(cgroup: &Path, container: &Container) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(id) = &container.id else {
+        return true;
+    };
+    let name = format!("libpod-{id}");
+    match cgroup
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|n| *n == *name))
+    {
+        Some(dir) => fs::metadata(dir).is_ok_and(|m| m.uid() == 0),
+        None => true,
+    }
+}
+
 /// Reads what the runtime(s) record of `id`. `others` collects the names of other
 /// containers found on the way (Podman's one file names them all).
 fn read(
@@ -482,6 +501,27 @@ mod tests {
         assert_eq!(c.pod_name.as_deref(), Some("web-7d9f"));
         assert_eq!(c.pod_namespace.as_deref(), Some("shop"));
         assert!(c.pod_matches("shop/web-7d9f"));
+    }
+
+    #[test]
+    fn podman_cgroupfs_form_only_when_root_made_it() {
+        use std::os::unix::fs::chown;
+        let f = Fixture::new("owner");
+        let rel = format!("parent/libpod-{A}");
+        let dir = f.0.join(&rel);
+        fs::create_dir_all(dir.join("child")).unwrap();
+        let c = Container::of_cgroup(Some(&rel)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(made_by_runtime(&dir, &c), root);
+        assert_eq!(made_by_runtime(&dir.join("child"), &c), root);
+        if root {
+            chown(&dir, Some(1000), None).unwrap();
+            assert!(!made_by_runtime(&dir.join("child"), &c));
+        }
+        // A scope of a runtime: systemd made it, whoever owns it.
+        let scope = Container::of_cgroup(Some(&format!("machine.slice/libpod-{A}.scope")));
+        assert!(made_by_runtime(&f.0.join("x.scope"), &scope.unwrap()));
     }
 
     #[test]

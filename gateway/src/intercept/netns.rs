@@ -572,7 +572,10 @@ fn own_cookie() -> io::Result<u64> {
 fn container_of(pid: u32) -> Option<Container> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Container::of_cgroup(Some(rel))
+    let container = Container::of_cgroup(Some(rel))?;
+    let mount = super::cgroup::cgroup2_mount().ok()?;
+    let path = mount.join(rel.trim_start_matches('/'));
+    crate::identity::containers::made_by_runtime(&path, &container).then_some(container)
 }
 
 fn ns_path(pid: u32) -> PathBuf {

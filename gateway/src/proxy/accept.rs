@@ -733,11 +733,17 @@ fn workload_info(r: &Redirect, inputs: &ProxyInputs) -> WorkloadInfo {
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
         netns: inputs.interceptor.namespaces().inode(w.netns),
-        container: crate::call::container::Container::of_cgroup(cgroup_text).map(|mut c| {
-            // Cached by id: read from the runtime's files once per container, usually
-            // already when its namespace was opened.
-            inputs.interceptor.namespaces().containers().fill(&mut c);
-            c
-        }),
+        container: crate::call::container::Container::of_cgroup(cgroup_text)
+            .filter(|c| {
+                cgroup
+                    .as_deref()
+                    .is_none_or(|p| crate::identity::containers::made_by_runtime(p, c))
+            })
+            .map(|mut c| {
+                // Cached by id: read from the runtime's files once per container, usually
+                // already when its namespace was opened.
+                inputs.interceptor.namespaces().containers().fill(&mut c);
+                c
+            }),
     }
 }
