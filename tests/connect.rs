@@ -125,10 +125,7 @@ fn nested_cgroups_and_two_enabled_cgroups() {
         .iter()
         .filter_map(|c| c["workload"]["cgroup"].as_str().map(String::from))
         .collect();
-    assert_eq!(
-        cgroups,
-        [a_child.rel(), b.rel()]
-    );
+    assert_eq!(cgroups, [a_child.rel(), b.rel()]);
 
     // Disabling one leaves the other intercepted.
     gw.disable(&a);

@@ -513,7 +513,7 @@ fn a_container_enabled_by_its_id_is_governed_and_named_in_records() {
 }
 
 /// Short-lived namespaces (`unshare -n`, gone when their process exits), each used by one
-/// connection, twice 200 of them: every first connection reaches the gateway, and once they
+/// connection, three times 200 of them: every first connection reaches the gateway, and once they
 /// are gone the gateway's descriptors and namespace threads are back where they were and its
 /// memory does not grow from one round to the next.
 #[test]
@@ -581,10 +581,10 @@ fn namespaces_that_come_and_go_leave_nothing_behind() {
     settled("after the warm-up");
     let (fd0, th0, rss0) = (fds(), threads(), gw.rss_kib().unwrap_or(0));
     let accepted0 = gw.counter("accepted");
-    // Two rounds: the first may leave memory the allocator keeps for reuse; a leak grows
-    // again in the second, reuse does not.
+    // Three rounds: the first may leave memory the allocator keeps for reuse; a leak grows
+    // again in each of the others, reuse does not.
     let mut rss = Vec::new();
-    for round in 1..=2 {
+    for round in 1..=3 {
         let started = Instant::now();
         churn(ROUNDS);
         let took = started.elapsed();
@@ -612,11 +612,17 @@ fn namespaces_that_come_and_go_leave_nothing_behind() {
         );
     }
     // Descriptors and threads must come back exactly (above). Resident memory is the
-    // allocator's to keep: one CI run saw 42.6 -> 50.3 -> 55.6 MiB over two rounds, another
-    // 40.8 -> 47.0 -> 44.8; what is bounded here is that 200 namespaces do not cost more than
-    // 40 KiB each the second time round.
+    // allocator's to keep, and it keeps some in steps: one CI run saw 42.6 -> 50.3 -> 55.6 MiB
+    // over two rounds, another 40.8 -> 47.0 -> 44.8. Nothing grows with the namespaces,
+    // though: six rounds (1,200 namespaces) measured 43.9 -> 47.4, 48.3, 47.7, 47.5, 47.9,
+    // 47.4 MiB (and at 32 at a time 46.0 -> 48.0, 47.4, 48.1, 47.7), never more than 0.9 MiB
+    // from one round to the next and no trend. A leak grows every round; an allocator step
+    // does not repeat: of the two rounds after the first, at least one adds less than 3 MiB
+    // (15 KiB per namespace; the loosened bound let 40 through) — a leak of that size fails
+    // both. One run next to the other tests of this file added 1.07 and 1.04 MiB.
+    let growth = [rss[1] as i64 - rss[0] as i64, rss[2] as i64 - rss[1] as i64];
     assert!(
-        rss[0] < rss0 + 16 * 1024 && rss[1] < rss[0] + 8 * 1024,
+        rss[0] < rss0 + 16 * 1024 && growth.iter().min().is_some_and(|g| *g < 3 * 1024),
         "rss {rss0} KiB, then {rss:?} KiB"
     );
 }

@@ -2,6 +2,7 @@
 //! and is resolved once per connection ([`workload`]); a bearer token on a request is
 //! verified against the OIDC providers the policy repository trusts ([`oidc`]). A token that
 //! does not verify leaves the caller unauthenticated with the reason, never half-identified.
+pub mod containers;
 pub mod oidc;
 pub mod outage;
 pub mod spec;

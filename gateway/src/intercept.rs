@@ -430,15 +430,39 @@ impl Interceptor {
     /// runs no hook). Left alone: connections to the gateway's listener, connections a
     /// workload server accepted (their local port is a listener's), destinations the rules
     /// bypass. Failures are logged, never undo the enable: the redirect is in place either way.
+    ///
+    /// `sock_diag` lists the sockets of the namespace its netlink socket was made in: the
+    /// gateway's own, and for every other namespace the subtree's processes are in (their
+    /// containers), a netlink socket made inside that namespace.
     fn end_older_connections(&self, cg: &Cgroup) -> usize {
         let ids = cgroup::subtree_ids(&cg.path);
-        let mut diag = match sockdiag::SockDiag::open() {
-            Ok(d) => d,
+        let mut ended = match sockdiag::SockDiag::open() {
+            Ok(diag) => self.end_older_in(cg, &ids, diag, None),
             Err(e) => {
                 warn!(cgroup = %cg.path.display(), error = %e, "cannot list the connections opened before enable; they stay open, ungoverned");
-                return 0;
+                0
             }
         };
+        for (inode, pid) in netns::other_namespaces_under(&cg.path) {
+            match netns::in_namespace_of(pid, sockdiag::SockDiag::open) {
+                Ok(diag) => ended += self.end_older_in(cg, &ids, diag, Some(inode)),
+                Err(e) => {
+                    warn!(cgroup = %cg.path.display(), netns = inode, pid, error = %e, "cannot list the connections opened before enable in a workload's network namespace; they stay open, ungoverned");
+                }
+            }
+        }
+        ended
+    }
+
+    /// [`Interceptor::end_older_connections`] in the namespace `diag` was made in (`netns`:
+    /// its inode, `None` for the gateway's own).
+    fn end_older_in(
+        &self,
+        cg: &Cgroup,
+        ids: &[u64],
+        mut diag: sockdiag::SockDiag,
+        netns: Option<u64>,
+    ) -> usize {
         let sockets = match diag.sockets() {
             Ok(s) => s,
             Err(e) => {
@@ -470,7 +494,7 @@ impl Interceptor {
             let what = format!("{proto} {} -> {}", s.local, s.remote);
             match diag.destroy(s) {
                 Ok(()) => {
-                    debug!(cgroup = %cg.path.display(), connection = %what, "ended a connection opened before enable");
+                    debug!(cgroup = %cg.path.display(), ?netns, connection = %what, "ended a connection opened before enable");
                     ended += 1;
                     if sample.len() < 5 {
                         sample.push(what);
@@ -482,7 +506,7 @@ impl Interceptor {
             }
         }
         if ended > 0 {
-            info!(cgroup = %cg.path.display(), ended, ?sample, "ended the connections opened before enable; they reconnect through the gateway");
+            info!(cgroup = %cg.path.display(), ?netns, ended, ?sample, "ended the connections opened before enable; they reconnect through the gateway");
         }
         ended
     }

@@ -414,7 +414,15 @@ fn container_pod_and_namespace_matchers() {
     );
     let in_pod = Caller {
         workload: Some(Workload {
-            container: callgate::call::container::Container::of_cgroup(Some(&cgroup)),
+            // Names as the runtime's state gives them (identity::containers).
+            container: callgate::call::container::Container::of_cgroup(Some(&cgroup)).map(|c| {
+                callgate::call::container::Container {
+                    name: Some("app".into()),
+                    pod_name: Some("web-7d9f".into()),
+                    pod_namespace: Some("shop".into()),
+                    ..c
+                }
+            }),
             netns: Some(4026532247),
             cgroup: Some(cgroup.clone()),
             ..Workload::default()
@@ -426,6 +434,13 @@ fn container_pod_and_namespace_matchers() {
         (format!("container: {ID}"), &in_pod, true),
         (format!("container: [{}]", &ID[..12]), &in_pod, true),
         ("container: 000000000000".into(), &in_pod, false),
+        ("container: app".into(), &in_pod, true),
+        ("container: [db, app]".into(), &in_pod, true),
+        ("container: ap".into(), &in_pod, false),
+        ("container: app".into(), &on_host, false),
+        ("pod: web-7d9f".into(), &in_pod, true),
+        ("pod: shop/web-7d9f".into(), &in_pod, true),
+        ("pod: other/web-7d9f".into(), &in_pod, false),
         (format!("container: {ID}"), &on_host, false),
         (format!("pod: {POD}"), &in_pod, true),
         (
@@ -442,6 +457,14 @@ fn container_pod_and_namespace_matchers() {
         let repo = one_rule(&format!("caller: {{ workload: {{ {cond} }} }}"));
         let (action, _) = decide(&repo.snap(), "f", json!({}), caller);
         assert_eq!(action == Action::Allow, *want, "{cond}");
+    }
+    // Neither an id nor a name a runtime would give.
+    for bad in ["\"a b\"", "\"../x\"", "\"-x\""] {
+        let errors = one_rule(&format!("caller: {{ workload: {{ container: {bad} }} }}")).errors();
+        assert!(
+            errors.iter().any(|e| e.contains("a container is named by")),
+            "{bad}: {errors:?}"
+        );
     }
 }
 

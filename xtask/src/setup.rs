@@ -49,6 +49,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nghttp2-client",
     // A Go client built in a test: it must trust the gateway's CA through SSL_CERT_FILE.
     "golang-go",
+    // A real container runtime (tests/containers.rs): podman with runc, which, unlike
+    // Debian's default crun, runs on hybrid cgroup hosts (v1 controllers, v2 unified).
+    "podman",
+    "runc",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[

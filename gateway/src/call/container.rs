@@ -2,10 +2,15 @@
 //! common runtime names the container's scope after its id, so no runtime needs to be asked.
 //!
 //! - Docker (systemd driver): `.../docker-<64 hex>.scope`; cgroupfs driver: `/docker/<id>`
-//! - Podman: `.../libpod-<id>.scope` (`libpod-conmon-<id>.scope` is its monitor, not it)
+//! - Podman: `.../libpod-<id>.scope` (`libpod-conmon-<id>.scope` is its monitor, not it);
+//!   with the cgroupfs manager (no systemd), `<cgroup parent>/libpod-<id>` (default parent
+//!   `libpod_parent`)
 //! - containerd/CRI: `.../cri-containerd-<id>.scope`; CRI-O: `.../crio-<id>.scope`
 //! - Kubernetes: `kubepods[-burstable|-besteffort].slice/...-pod<uid>.slice` (systemd driver,
 //!   `_` for `-` in the uid) or `kubepods/[burstable/]pod<uid>/` (cgroupfs driver).
+//!
+//! The names (container, pod, Kubernetes namespace) are not in the path: where the runtime
+//! records them, `identity::containers` reads them from its state on disk.
 use serde::{Deserialize, Serialize};
 
 /// A container as its cgroup path names it.
@@ -21,6 +26,16 @@ pub struct Container {
     /// The Kubernetes pod UID, with dashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The container's name, where its runtime records one (`podman ps`, `docker ps`, the
+    /// container's name in its pod spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The pod's name, where the runtime records it (Kubernetes: `metadata.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace, where the runtime records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
 }
 
 /// Scope prefixes of container runtimes, and the runtime each names.
@@ -75,6 +90,22 @@ impl Container {
                 break;
             }
         }
+        // Podman's cgroupfs manager (no systemd): `<parent>/libpod-<id>`, the parent being
+        // any plain directory (`--cgroup-parent`). Never below a unit (a `.service` or
+        // `.scope`, which may be delegated to its workload) and never below another
+        // container: the outermost such name is the runtime's.
+        if found.id.is_none() {
+            for part in &parts {
+                if let Some(id) = part.strip_prefix("libpod-").filter(|id| is_id(id)) {
+                    found.runtime = Some("podman".into());
+                    found.id = Some(id.into());
+                    break;
+                }
+                if part.ends_with(".service") || part.ends_with(".scope") || is_id(part) {
+                    break;
+                }
+            }
+        }
         (found != Self::default()).then_some(found)
     }
 
@@ -84,6 +115,24 @@ impl Container {
         self.id
             .as_deref()
             .is_some_and(|id| id == want || (want.len() >= 12 && id.starts_with(want)))
+    }
+
+    /// Whether `want` names this container: by id (as [`Container::id_matches`]) or by the
+    /// name its runtime gave it.
+    pub fn matches(&self, want: &str) -> bool {
+        self.id_matches(want) || self.name.as_deref() == Some(want)
+    }
+
+    /// Whether `want` names this container's pod: its UID, its name, or
+    /// `namespace/name`.
+    pub fn pod_matches(&self, want: &str) -> bool {
+        if self.pod.as_deref() == Some(want) || self.pod_name.as_deref() == Some(want) {
+            return true;
+        }
+        match (want.split_once('/'), &self.pod_namespace, &self.pod_name) {
+            (Some((ns, name)), Some(pns), Some(pname)) => ns == pns && name == pname,
+            _ => false,
+        }
     }
 }
 
@@ -97,7 +146,7 @@ fn scope_id(part: &str) -> Option<(&'static str, &str)> {
 }
 
 /// A container id: 64 lowercase hex digits (what every runtime above generates).
-fn is_id(s: &str) -> bool {
+pub fn is_id(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -196,6 +245,51 @@ mod tests {
         );
         assert_eq!(of(&fake_pod), None);
         assert_eq!(of(&format!("x.service/docker/{ID}")), None);
+    }
+
+    #[test]
+    fn podman_without_systemd() {
+        // What podman 4.3 with `--cgroup-manager cgroupfs` makes on cgroup v2 (or in the
+        // unified hierarchy of a hybrid host): its default parent, or `--cgroup-parent`.
+        for path in [
+            format!("/libpod_parent/libpod-{ID}"),
+            format!("/callgate-test.slice/libpod-{ID}"),
+            format!("enabled/parent/libpod-{ID}"),
+        ] {
+            let c = of(&path).expect(&path);
+            assert_eq!(c.runtime.as_deref(), Some("podman"), "{path}");
+            assert_eq!(c.id.as_deref(), Some(ID), "{path}");
+        }
+        assert_eq!(of("libpod_parent/conmon"), None);
+        assert_eq!(of("libpod_parent/libpod-short"), None);
+        // Made by a workload below its own unit or container: not a container of its own.
+        assert_eq!(of(&format!("system.slice/app.service/libpod-{ID}")), None);
+        const OTHER: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+        let nested = of(&format!("p/libpod-{ID}/libpod-{OTHER}")).unwrap();
+        assert_eq!(nested.id.as_deref(), Some(ID));
+        assert_eq!(
+            of(&format!("docker/{ID}/libpod-{OTHER}"))
+                .unwrap()
+                .id
+                .as_deref(),
+            Some(ID)
+        );
+    }
+
+    #[test]
+    fn matching_names() {
+        let c = Container {
+            id: Some(ID.into()),
+            name: Some("web".into()),
+            pod: Some(POD.into()),
+            pod_name: Some("web-7d9f".into()),
+            pod_namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        assert!(c.matches("web") && c.matches(&ID[..12]) && !c.matches("we"));
+        assert!(c.pod_matches(POD) && c.pod_matches("web-7d9f") && c.pod_matches("shop/web-7d9f"));
+        assert!(!c.pod_matches("other/web-7d9f") && !c.pod_matches("shop"));
+        assert!(!Container::default().pod_matches("x"));
     }
 
     #[test]

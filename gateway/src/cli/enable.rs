@@ -35,8 +35,9 @@ pub struct TargetArgs {
     /// governed too).
     #[arg(long, conflicts_with = "container")]
     pub pid: Option<u32>,
-    /// A Docker, Podman, containerd or CRI-O container: its id (12+ hex digits) or a name
-    /// `podman`/`docker inspect` knows; its scope is found in the cgroup tree.
+    /// A Docker, Podman, containerd or CRI-O container: its id (12+ hex digits) or its
+    /// name (read from Podman's and Docker's state, else `podman`/`docker inspect`); its
+    /// cgroup is found in the cgroup tree.
     #[arg(long)]
     pub container: Option<String>,
     #[command(flatten)]

@@ -30,7 +30,8 @@ const MAX_DEPTH: usize = 6;
 /// The cgroup of container `want`: its id (full, or 12+ hex digits as `docker ps` shows it),
 /// or a name that `docker`/`podman inspect` turns into one. Found by the runtime's scope
 /// (`docker-<id>.scope`, `libpod-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`)
-/// or the cgroupfs driver's `docker/<id>`; exactly one must match.
+/// or the cgroupfs drivers' `docker/<id>` and `<parent>/libpod-<id>` (Podman without
+/// systemd); exactly one must match.
 pub fn cgroup_of_container(want: &str) -> Result<String> {
     let id = if is_id_prefix(want) {
         want.to_string()
@@ -54,7 +55,11 @@ pub fn cgroup_of_container(want: &str) -> Result<String> {
                     .iter()
                     .find_map(|p| n.strip_prefix(p).filter(|i| i.starts_with(&id)))
             });
-            let cgroupfs = dir.file_name().is_some_and(|d| d == "docker") && name.starts_with(&id);
+            let cgroupfs = (dir.file_name().is_some_and(|d| d == "docker")
+                && name.starts_with(&id))
+                || name
+                    .strip_prefix("libpod-")
+                    .is_some_and(|n| n.starts_with(&id) && !n.ends_with(".scope"));
             if scope.is_some() || cgroupfs {
                 found.push(e.path());
             } else if depth < MAX_DEPTH {
@@ -90,8 +95,13 @@ fn is_id_prefix(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A container name, turned into its id by whichever runtime CLI knows it.
+/// A container name, turned into its id: from the runtimes' state on disk (Podman's
+/// containers.json, Docker's config.v2.json), else by whichever runtime CLI knows it.
 fn id_from_runtime(name: &str) -> Result<String> {
+    let names = callgate::identity::containers::ContainerNames::default();
+    if let Some(id) = names.id_of(name) {
+        return Ok(id);
+    }
     for cli in ["podman", "docker"] {
         let out = std::process::Command::new(cli)
             .args([
@@ -129,8 +139,15 @@ pub fn print_namespaces(list: &[NetnsStatus]) {
         } else {
             format!(" on {}", ns.listeners.join(", "))
         };
+        let container = ns.container.as_ref().map_or_else(String::new, |c| {
+            let id = c.id.as_deref().map_or("?", |id| &id[..id.len().min(12)]);
+            match &c.name {
+                Some(name) => format!(" container {name} ({id})"),
+                None => format!(" container {id}"),
+            }
+        });
         println!(
-            "  {inode} cookie {} pid {}: {}{listeners}",
+            "  {inode} cookie {} pid {}{container}: {}{listeners}",
             ns.cookie, ns.pid, ns.state
         );
     }

@@ -37,6 +37,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::{call::container::Container, identity::containers::ContainerNames};
+
 /// `SO_NETNS_COOKIE` (Linux 5.14), not in every libc crate.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -69,6 +71,10 @@ pub struct NetnsStatus {
     /// `host` (the gateway's own), `ready`, `opening` or `failed: reason`.
     pub state: String,
     pub listeners: Vec<String>,
+    /// The container whose process it was entered through (id from its cgroup, names from
+    /// its runtime's state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 enum State {
@@ -83,6 +89,7 @@ struct Entry {
     since: Instant,
     state: State,
     listeners: Vec<SocketAddr>,
+    container: Option<Container>,
     /// Requests for sockets to the namespace's thread; dropped to end it.
     sockets: Option<mpsc::Sender<SocketRequest>>,
     /// Flipped to make the data path close the namespace's listeners.
@@ -103,6 +110,7 @@ pub struct Namespaces {
     entries: Mutex<HashMap<u64, Entry>>,
     serve: Mutex<Option<Arc<Serve>>>,
     on_close: Mutex<Vec<OnClose>>,
+    containers: Arc<ContainerNames>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +147,15 @@ impl Namespaces {
             entries: Mutex::new(HashMap::new()),
             serve: Mutex::new(None),
             on_close: Mutex::new(Vec::new()),
+            containers: Arc::new(ContainerNames::default()),
         }))
+    }
+
+    /// Container names read from the runtimes' state, shared with the data path: a
+    /// namespace's container is looked up when the namespace is opened, so its first call
+    /// finds the names cached.
+    pub fn containers(&self) -> &Arc<ContainerNames> {
+        &self.containers
     }
 
     /// The gateway's own namespace.
@@ -216,10 +232,15 @@ impl Namespaces {
             .name(format!("callgate-ns-{pid}"))
             .stack_size(THREAD_STACK)
             .spawn(move || {
+                // Off the data path: the container's names, for its first call and `status`.
+                let container = container_of(pid).map(|mut c| {
+                    this.containers.fill(&mut c);
+                    c
+                });
                 let opened = enter_and_listen(pid, port);
                 let serving = match opened {
                     Ok((cookie, inode, listeners)) => {
-                        this.opened(pid, expect, cookie, inode, listeners, tx)
+                        this.opened(pid, expect, (cookie, inode, container), listeners, tx)
                     }
                     Err(e) => {
                         this.failed(expect, pid, e);
@@ -241,8 +262,7 @@ impl Namespaces {
         &self,
         pid: u32,
         expect: Option<u64>,
-        cookie: u64,
-        inode: Option<u64>,
+        (cookie, inode, container): (u64, Option<u64>, Option<Container>),
         listeners: Vec<std::net::TcpListener>,
         sockets: mpsc::Sender<SocketRequest>,
     ) -> bool {
@@ -288,6 +308,7 @@ impl Namespaces {
                 since: Instant::now(),
                 state: State::Ready,
                 listeners: addrs,
+                container,
                 sockets: Some(sockets),
                 stop: Some(stop_tx),
             },
@@ -402,6 +423,7 @@ impl Namespaces {
             pid: std::process::id(),
             state: "host".into(),
             listeners: Vec::new(),
+            container: None,
         }];
         let entries = lock(&self.entries);
         let mut rest: Vec<NetnsStatus> = entries
@@ -416,6 +438,7 @@ impl Namespaces {
                     State::Failed(r) => format!("failed: {r}"),
                 },
                 listeners: e.listeners.iter().map(ToString::to_string).collect(),
+                container: e.container.clone(),
             })
             .collect();
         rest.sort_by_key(|s| s.cookie);
@@ -432,6 +455,7 @@ impl Entry {
             since: Instant::now(),
             state: State::Opening,
             listeners: Vec::new(),
+            container: None,
             sockets: None,
             stop: None,
         }
@@ -544,6 +568,16 @@ fn own_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// The container process `pid` runs in, from its cgroup path.
+fn container_of(pid: u32) -> Option<Container> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let container = Container::of_cgroup(Some(rel))?;
+    let mount = super::cgroup::cgroup2_mount().ok()?;
+    let path = mount.join(rel.trim_start_matches('/'));
+    crate::identity::containers::made_by_runtime(&path, &container).then_some(container)
+}
+
 fn ns_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
@@ -552,6 +586,42 @@ fn ns_path(pid: u32) -> PathBuf {
 pub fn inode_of(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// One process (the first found) of `cgroup`'s subtree in each network namespace other than
+/// the gateway's own, with that namespace's inode.
+pub fn other_namespaces_under(cgroup: &Path) -> Vec<(u64, u32)> {
+    let host = inode_of(Path::new("/proc/self/ns/net"));
+    let mut seen = std::collections::HashSet::new();
+    procs_under(cgroup)
+        .into_iter()
+        .filter_map(|pid| Some((inode_of(&ns_path(pid))?, pid)))
+        .filter(|(inode, _)| Some(*inode) != host && seen.insert(*inode))
+        .collect()
+}
+
+/// Runs `f` on a short-lived thread inside the network namespace of `pid`: what it creates
+/// (a socket) belongs to that namespace, wherever it is used afterwards.
+pub fn in_namespace_of<T: Send>(
+    pid: u32,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(format!("callgate-in-{pid}"))
+            .stack_size(THREAD_STACK)
+            .spawn_scoped(s, move || {
+                let ns = fs::File::open(ns_path(pid))?;
+                // SAFETY: a valid namespace descriptor; CLONE_NEWNET moves this thread only,
+                // and the thread ends right after `f`.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f()
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace's thread panicked")))
+    })
 }
 
 /// Every process of `cgroup` and of the cgroups below it.

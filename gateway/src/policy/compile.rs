@@ -826,13 +826,20 @@ fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> 
         containers: list(&w.container)
             .into_iter()
             .inspect(|c| {
-                let hex = c
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-                if !hex || c.len() < 12 || c.len() > 64 {
+                // A name as Docker and Podman allow them (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`,
+                // which Kubernetes' container names are a subset of), or an id: any name of
+                // 12 to 64 lowercase hex digits also matches as an id prefix.
+                let name = c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                    && c.len() <= 253
+                    && c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                if !name {
                     err(
                         &["caller", "workload", "container"],
-                        format!("{c:?}: a container id is 12 to 64 lowercase hex digits"),
+                        format!(
+                            "{c:?}: a container is named by its id (12 to 64 lowercase hex digits) or its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+                        ),
                     );
                 }
             })

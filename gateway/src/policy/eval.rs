@@ -348,14 +348,12 @@ fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r
     }
     let container = a.container.as_ref();
     if !w.containers.is_empty()
-        && !container.is_some_and(|c| w.containers.iter().any(|want| c.id_matches(want)))
+        && !container.is_some_and(|c| w.containers.iter().any(|want| c.matches(want)))
     {
         return Err(Miss::Workload("container"));
     }
     if !w.pods.is_empty()
-        && !container
-            .and_then(|c| c.pod.as_ref())
-            .is_some_and(|p| w.pods.contains(p))
+        && !container.is_some_and(|c| w.pods.iter().any(|want| c.pod_matches(want)))
     {
         return Err(Miss::Workload("pod"));
     }

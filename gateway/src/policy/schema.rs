@@ -312,11 +312,13 @@ pub struct WorkloadMatch {
     pub cgroup: Option<String>,
     #[serde(default)]
     pub comm: Option<OneOrMany>,
-    /// Container id(s): the full id or a prefix of at least 12 hex digits, as `docker ps`
-    /// and `podman ps` show them (read from the runtime's scope in the cgroup path).
+    /// Container(s): the full id or a prefix of at least 12 hex digits, as `docker ps`
+    /// and `podman ps` show them (read from the runtime's scope in the cgroup path), or the
+    /// container's name where its runtime records one (read from the runtime's state).
     #[serde(default)]
     pub container: Option<OneOrMany>,
-    /// Kubernetes pod UID(s) (`kubectl get pod -o jsonpath='{.metadata.uid}'`).
+    /// Kubernetes pod(s): the UID (`kubectl get pod -o jsonpath='{.metadata.uid}'`), or,
+    /// where the runtime records them, the pod's name or `namespace/name`.
     #[serde(default)]
     pub pod: Option<OneOrMany>,
     /// Network namespace inode(s) (`readlink /proc/PID/ns/net` → `net:[INODE]`).

@@ -144,8 +144,9 @@ pub(super) struct WorkloadCond {
     /// component, so that `rt2/trusted` never matches `rt2/trustedX`.
     pub cgroup_prefix: Option<Vec<String>>,
     pub comms: Vec<String>,
-    /// Container ids or prefixes (12+ lowercase hex digits).
+    /// Container ids, id prefixes (12+ lowercase hex digits) or names.
     pub containers: Vec<String>,
+    /// Pod UIDs, names or `namespace/name`.
     pub pods: Vec<String>,
     /// Network namespace inodes.
     pub netns: Vec<u64>,

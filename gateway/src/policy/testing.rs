@@ -77,6 +77,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     runtime: None,
                     id: w.container.clone(),
                     pod: w.pod.clone(),
+                    ..Default::default()
                 }
             }),
             netns: w.netns,

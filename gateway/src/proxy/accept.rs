@@ -688,14 +688,28 @@ fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
     let units = cgroup.as_deref().map_or_else(Default::default, |p| {
         workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
     });
-    // Relative to the mount: container names are read from the runtime's part of the path.
-    // As `/proc/PID/cgroup` prints it: relative to the mount, with a leading slash.
-    let cgroup = cgroup.as_deref().map(|p| {
+    // As `/proc/PID/cgroup` prints it: relative to the mount, with a leading slash. The
+    // container is read from the runtime's part of that path.
+    let path = cgroup;
+    let cgroup = path.as_deref().map(|p| {
         p.strip_prefix(inputs.interceptor.cgroup_mount())
             .map_or_else(
                 |_| p.display().to_string(),
                 |rel| format!("/{}", rel.display()),
             )
+    });
+    let container = crate::call::container::Container::of_cgroup(
+        cgroup.as_deref().map(|c| c.trim_start_matches('/')),
+    )
+    .filter(|c| {
+        path.as_deref()
+            .is_none_or(|p| crate::identity::containers::made_by_runtime(p, c))
+    })
+    .map(|mut c| {
+        // Cached by id: read from the runtime's files once per container, usually
+        // already when its namespace was opened.
+        inputs.interceptor.namespaces().containers().fill(&mut c);
+        c
     });
     Workload {
         pid: Some(w.tgid),
@@ -707,9 +721,7 @@ fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         unit: units.unit,
         user_unit: units.user_unit,
         user_unit_uid: units.user_unit_uid,
-        container: crate::call::container::Container::of_cgroup(
-            cgroup.as_deref().map(|c| c.trim_start_matches('/')),
-        ),
+        container,
         cgroup,
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
