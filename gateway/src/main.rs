@@ -57,6 +57,10 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status(cli::status::StatusArgs),
+    /// Run a witness for callgate logs (on another host): cosigns each log's signed
+    /// checkpoints after checking them consistent with the last it cosigned (C2SP
+    /// tlog-witness), and refuses a rolled-back, rewritten or forked log.
+    Witness(cli::witness::WitnessArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Trust(cmd) => return cli::trust::run(cmd),
         Command::Demo(a) => return rt.block_on(cli::demo::run(a)),
         Command::Status(a) => cli::status::run(&a, &rt)?,
+        Command::Witness(a) => return cli::witness::run(a, &rt),
     }
     Ok(())
 }
