@@ -354,9 +354,12 @@ fn a_witness_refuses_a_forked_log_and_a_forged_signature() {
     let mut fork = gateway(&work, "b", &url, None);
     let fork_dir = fork.dir.join("state/records");
     fork.kill();
-    for f in ["records-checkpoint.key"] {
-        fs::copy(gw.dir.join("state").join(f), fork.dir.join("state").join(f)).expect("key");
-    }
+    let key_file = "records-checkpoint.key";
+    fs::copy(
+        gw.dir.join("state").join(key_file),
+        fork.dir.join("state").join(key_file),
+    )
+    .expect("key");
     let _ = fs::remove_dir_all(&fork_dir);
     fork.restart();
     assert_eq!(records_cli(&fork_dir, &["key"]).trim(), key);

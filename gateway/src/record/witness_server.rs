@@ -144,19 +144,18 @@ impl Witness {
             };
         }
         match &held {
-            Some((old, _)) if req.old == cp.size => {
-                if old.root != cp.root {
-                    warn!(
-                        origin,
-                        size = cp.size,
-                        "refused a checkpoint of the size held with another root: the log forked"
-                    );
-                    return Answer::text(
-                        StatusCode::CONFLICT,
-                        "a different tree of the size this witness holds: the log forked",
-                    );
-                }
+            Some((old, _)) if req.old == cp.size && old.root != cp.root => {
+                warn!(
+                    origin,
+                    size = cp.size,
+                    "refused a checkpoint of the size held with another root: the log forked"
+                );
+                return Answer::text(
+                    StatusCode::CONFLICT,
+                    "a different tree of the size this witness holds: the log forked",
+                );
             }
+            Some((_, _)) if req.old == cp.size => {}
             Some((old, _)) => {
                 if let Err(e) =
                     merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &req.proof)
