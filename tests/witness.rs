@@ -1,8 +1,9 @@
 //! Witnesses off the host: the gateway sends each signed records checkpoint to the witnesses
 //! of `records.witnesses` (C2SP tlog-witness) and `callgate witness` cosigns it after checking
 //! it consistent with the last it cosigned. A witness that hangs or is down costs the calls
-//! nothing and is caught up with later; a forked log (same key, other records) and a forged
-//! signature are refused, and the witness keeps what it had, across its own restart.
+//! nothing and is caught up with later; a log rolled back to an older copy, a forked log (same
+//! key, other records) and a forged signature are refused, and the witness keeps what it had,
+//! across its own restart.
 use std::{
     fs,
     net::TcpListener,
@@ -113,6 +114,18 @@ fn curl(args: &[&str]) -> (String, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
     (code.to_string(), body.to_string())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("copy dir");
+    for e in fs::read_dir(from).expect("read dir").flatten() {
+        fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+fn replace_dir(dir: &Path, with: &Path) {
+    fs::remove_dir_all(dir).expect("remove records");
+    copy_dir(with, dir);
 }
 
 fn records_cli(dir: &Path, args: &[&str]) -> String {
@@ -299,7 +312,7 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
 }
 
 #[test]
-fn a_witness_refuses_a_forked_log_and_a_forged_signature() {
+fn a_witness_refuses_a_rolled_back_or_forked_log_and_a_forged_signature() {
     if !ebpf_available("witness") {
         return;
     }
@@ -318,14 +331,57 @@ fn a_witness_refuses_a_forked_log_and_a_forged_signature() {
         assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
     }
     wait_witnessed(&gw, 3, Duration::from_secs(15));
+    let older = work.join("older-copy");
+    copy_dir(&dir, &older);
+    for _ in 0..2 {
+        assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
+    }
+    wait_witnessed(&gw, 5, Duration::from_secs(15));
     let genuine = w.held();
-    assert!(genuine.starts_with(&format!("{ORIGIN}\n3\n")), "{genuine}");
+    assert!(genuine.starts_with(&format!("{ORIGIN}\n5\n")), "{genuine}");
+    let current = work.join("current");
+    gw.kill();
+    copy_dir(&dir, &current);
+
+    // Root on the host rolls the records back to the older copy (whose chain verifies) and
+    // goes on: the witness holds more than the log has, and then refuses the proof from it.
+    replace_dir(&dir, &older);
+    gw.restart();
+    assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
+    let refused = wait_for(Duration::from_secs(20), || {
+        witness_status(&gw)["last_error"]
+            .as_str()
+            .filter(|e| e.contains("rolled back"))
+            .map(str::to_owned)
+    });
+    assert!(refused.is_some(), "{}\n{}", witness_status(&gw), gw.log());
+    for _ in 0..3 {
+        assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
+    }
+    let refused = wait_for(Duration::from_secs(40), || {
+        witness_status(&gw)["last_error"]
+            .as_str()
+            .filter(|e| e.contains("422"))
+            .map(str::to_owned)
+    });
+    assert!(refused.is_some(), "{}\n{}", witness_status(&gw), gw.log());
+    assert_eq!(w.held(), genuine, "the witness kept the genuine checkpoint");
+
+    // The genuine log again.
+    gw.kill();
+    replace_dir(&dir, &current);
+    gw.restart();
+    let dir_note = fs::read_to_string(dir.join("checkpoint")).expect("checkpoint");
+    assert!(
+        dir_note.starts_with(&format!("{ORIGIN}\n5\n")),
+        "{dir_note}"
+    );
 
     // A forged signature: the genuine checkpoint with another size is refused (403).
-    let note = fs::read_to_string(dir.join("checkpoint")).expect("checkpoint");
-    let forged = note.replacen("\n3\n", "\n4\n", 1);
+    let note = dir_note;
+    let forged = note.replacen("\n5\n", "\n4\n", 1);
     let body = work.join("forged.req");
-    fs::write(&body, format!("old 3\n\n{forged}")).expect("forged");
+    fs::write(&body, format!("old 5\n\n{forged}")).expect("forged");
     let post = |file: &Path| {
         curl(&[
             "--data-binary",
@@ -345,7 +401,7 @@ fn a_witness_refuses_a_forked_log_and_a_forged_signature() {
     // A stale old size: 409 with the size it holds.
     fs::write(&body, format!("old 0\n\n{note}")).expect("stale");
     let (code, held) = post(&body);
-    assert_eq!((code.as_str(), held.as_str()), ("409", "3\n"));
+    assert_eq!((code.as_str(), held.as_str()), ("409", "5\n"));
 
     // A second host with the same key and origin but records of its own: a fork. The
     // witness, restarted meanwhile, still holds the genuine tree and refuses it.
@@ -365,13 +421,14 @@ fn a_witness_refuses_a_forked_log_and_a_forged_signature() {
     assert_eq!(records_cli(&fork_dir, &["key"]).trim(), key);
     let cg2 = TestCgroup::new("cg-witfork2");
     fork.enable(&cg2);
-    for i in 0..5 {
+    // One more record than the genuine log's 5: a proof from 5 is asked for, and fails.
+    for i in 0..6 {
         let u = server.url(&format!("/other-{i}"));
         let _ = curl_in(&cg2, &[&u]);
     }
     assert!(
         wait_for(Duration::from_secs(10), || (checkpoint_size(&fork_dir)
-            == 5)
+            == 6)
             .then_some(()))
         .is_some(),
         "{}",

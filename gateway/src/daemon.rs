@@ -282,6 +282,9 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         )));
     }
     // Each new records checkpoint goes to the witnesses, off the data path.
+    if recorder.is_none() && !cfg.records.witnesses.is_empty() {
+        warn!("records.witnesses is ignored: call recording is off");
+    }
     if let Some(r) = &recorder
         && !cfg.records.witnesses.is_empty()
     {

@@ -213,8 +213,15 @@ impl Client {
         else {
             return Outcome::Failed(format!("{} is not a checkpoint", note_path.display()));
         };
-        if self.state.as_ref().is_some_and(|s| s.size >= cp.size) {
-            return Outcome::Idle;
+        match &self.state {
+            Some(s) if s.size > cp.size && !s.cosigned.is_empty() => {
+                return Outcome::Failed(format!(
+                    "the witness cosigned {} records but the log's checkpoint has {}: the log was rolled back",
+                    s.size, cp.size
+                ));
+            }
+            Some(s) if s.size >= cp.size => return Outcome::Idle,
+            _ => {}
         }
         let mut conflicts = 0;
         loop {
