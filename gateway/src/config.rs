@@ -765,4 +765,27 @@ mod tests {
             Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()
         );
     }
+
+    #[test]
+    fn records_witnesses_are_urls() {
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "records:\n  witnesses: [\"http://127.0.0.1:7380\", \"https://w.example/prefix\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.records.witnesses,
+            ["http://127.0.0.1:7380", "https://w.example/prefix"]
+        );
+        assert!(
+            Config::from_yaml(Path::new("c.yaml"), "")
+                .unwrap()
+                .records
+                .witnesses
+                .is_empty()
+        );
+        let e = Config::from_yaml(Path::new("c.yaml"), "records:\n  witnesses: [w.example]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("records.witnesses"), "{e}");
+    }
 }
