@@ -449,4 +449,15 @@ fn a_witness_refuses_a_rolled_back_or_forked_log_and_a_forged_signature() {
     assert_eq!(witness_status(&fork)["size"], 0);
     assert_eq!(w.held(), genuine, "the witness kept the genuine checkpoint");
     assert!(w.log().contains("inconsistent"), "{}", w.log());
+    // The refused request is kept as evidence: two checkpoints the log's key signed that
+    // cannot both be true.
+    let kept: Vec<_> = fs::read_dir(state.join("refused"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let evidence = fs::read_to_string(&kept[0]).expect("evidence");
+    assert!(
+        evidence.starts_with("old 5\n") && evidence.contains(&format!("{ORIGIN}\n6\n")),
+        "{evidence}"
+    );
 }

@@ -5,7 +5,8 @@
 //! atomically (temp file, fsync, rename, directory fsync) before it answers. A checkpoint is
 //! cosigned only when its signature verifies and a consistency proof from the checkpoint it
 //! holds verifies too, so a log rolled back, rewritten or forked is refused (409 or 422) and
-//! the witness keeps what it had: the evidence.
+//! the witness keeps what it had, and the last refused request in `<state>/refused/`: the
+//! evidence, two checkpoints signed by the log that cannot both be true.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -99,6 +100,23 @@ impl Witness {
         Some((cp, text))
     }
 
+    /// Where the last refused request of a log is kept.
+    fn refused_path(&self, origin: &str) -> PathBuf {
+        let held = self.path(origin);
+        let name = held.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        self.dir.with_file_name("refused").join(name)
+    }
+
+    /// Keeps the last refused request of a log whose signature verified, in
+    /// `<state>/refused/`: with the checkpoint held, two checkpoints the log signed that
+    /// cannot both be true.
+    fn keep_refused(&self, origin: &str, body: &str) {
+        let path = self.refused_path(origin);
+        if let Err(e) = crate::util::fs::write_atomic_mode(&path, body.as_bytes(), 0o600) {
+            warn!(origin, error = %e, "could not keep a refused checkpoint");
+        }
+    }
+
     /// Handles one `add-checkpoint` body; `now` is the cosignature's timestamp (Unix s).
     pub fn add_checkpoint(&self, body: &str, now: u64) -> Answer {
         let req = match AddCheckpoint::parse(body) {
@@ -150,6 +168,7 @@ impl Witness {
                     size = cp.size,
                     "refused a checkpoint of the size held with another root: the log forked"
                 );
+                self.keep_refused(origin, body);
                 return Answer::text(
                     StatusCode::CONFLICT,
                     "a different tree of the size this witness holds: the log forked",
@@ -167,6 +186,7 @@ impl Witness {
                         error = %e,
                         "refused a checkpoint inconsistent with the one held (rewritten, rolled back or forked log); kept the one held"
                     );
+                    self.keep_refused(origin, body);
                     return Answer::text(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         format!(
@@ -334,6 +354,8 @@ mod tests {
         let a = w.add_checkpoint(&req(3, vec![[0; 32]; 3], signed(&log, &t, 5)), 101);
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{a:?}");
         assert_eq!(w.latest(log.name()).unwrap().0.size, 3);
+        let refused = std::fs::read_to_string(w.refused_path(log.name()));
+        assert!(refused.unwrap().starts_with("old 3\n"));
         // A fork: another tree whose first 3 leaves differ, signed by the same key.
         let fork = tree(&["a", "b", "X", "d", "e"]);
         let proof = fork.consistency(3, 5).unwrap();
