@@ -10,18 +10,7 @@ use anyhow::{Context, Result, bail};
 use callgate::record::{note, witness::Cosigner, witness_server::Witness};
 use clap::{Args, Subcommand};
 
-/// Cosigns the signed checkpoints of callgate logs after checking each is consistent with the
-/// last one it cosigned for that log, so that a log rolled back, rewritten or forked on its
-/// host is refused by a party the host does not control.
-///
-/// Protocol: C2SP tlog-witness (`POST /add-checkpoint`: `old <size>`, the consistency proof,
-/// a blank line, the signed checkpoint). It answers 200 with a tlog-cosignature (Ed25519)
-/// line, 409 with the size it holds when the old size is not it (or a different tree of that
-/// size: a fork), 422 when the proof does not verify, 403 for a bad signature, 404 for a log
-/// it does not know. Per log it keeps the latest cosigned checkpoint in `<state>/logs/`.
-///
-/// Gateways send it their checkpoints with `records.witnesses: [http://HOST:PORT]`; give it
-/// each log's key with `--log-key` (what `callgate records key` prints on the gateway host).
+/// `callgate witness` (its help is the `Witness` command's, in `main.rs`).
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct WitnessArgs {
