@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::{
     Recorder,
-    merkle::{self, Frontier, Tree},
+    merkle::{self, Frontier},
     note::{self, Checkpoint},
     tree,
     witness::{self, AddCheckpoint},
@@ -330,7 +330,8 @@ impl Client {
     }
 
     /// The consistency proof from the tree `from` holds to `cp`'s, and the frontier at
-    /// `cp.size`, from the records written after `from` (read off the data path).
+    /// `cp.size`, from the records written after `from` (read off the data path, in one pass
+    /// and O(log n) memory: a witness down for days is caught up without holding the tree).
     async fn prove(
         &self,
         from: &Frontier,
@@ -340,27 +341,18 @@ impl Client {
         let from = from.clone();
         let (old, new, root) = (from.size(), cp.size, cp.root);
         tokio::task::spawn_blocking(move || {
-            let mut t = Tree::from_frontier(&from);
-            let mut f = from;
+            let mut p = Prover::new(&from, new)?;
             tree::for_each_record(&dir, old + 1, &mut |fr| {
                 if fr.seq > new {
                     return false;
                 }
-                let h = merkle::leaf_hash(&fr.payload);
-                t.push(h);
-                f.push(h);
+                p.push(merkle::leaf_hash(&fr.payload));
                 true
             })?;
-            if t.size() != new {
-                return Err(format!(
-                    "the log holds {} records, its checkpoint says {new}",
-                    t.size()
-                ));
-            }
-            if t.root(new).map_err(|e| e.to_string())? != root {
+            let (proof, f) = p.finish()?;
+            if f.root() != root {
                 return Err("the log on disk does not match its own checkpoint".into());
             }
-            let proof = t.consistency(old, new).map_err(|e| e.to_string())?;
             Ok((proof, f))
         })
         .await
@@ -380,5 +372,157 @@ impl Client {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+}
+
+/// A consistency proof (RFC 6962 §2.1.2) from a tree known by its [`Frontier`] to a larger
+/// one, made from the new leaves as they stream by. Every hash of such a proof is the root of
+/// a subtree that lies either wholly in the old tree, where it is one of the frontier's
+/// nodes, or wholly among the new leaves, where a frontier of its own makes it.
+struct Prover {
+    /// Per proof hash: the old frontier's node, or the new leaves' range and its frontier.
+    parts: Vec<Part>,
+    /// The new tree's frontier.
+    tree: Frontier,
+    new: u64,
+}
+
+enum Part {
+    Old(merkle::Hash),
+    New { start: u64, end: u64, f: Frontier },
+}
+
+/// The ranges `[a, b)` of leaves whose subtree hashes, in order, are the consistency proof
+/// from size `m` to size `n` (RFC 6962 §2.1.2's SUBPROOF).
+fn proof_ranges(m: u64, n: u64) -> Vec<(u64, u64)> {
+    fn sub(m: u64, a: u64, b: u64, complete: bool, out: &mut Vec<(u64, u64)>) {
+        let n = b - a;
+        if m == n {
+            if !complete {
+                out.push((a, b));
+            }
+            return;
+        }
+        // The largest power of two smaller than n.
+        let k = 1u64 << (63 - (n - 1).leading_zeros());
+        if m <= k {
+            sub(m, a, a + k, complete, out);
+            out.push((a + k, b));
+        } else {
+            sub(m - k, a + k, b, false, out);
+            out.push((a, a + k));
+        }
+    }
+    let mut out = Vec::new();
+    if m > 0 && m < n {
+        sub(m, 0, n, true, &mut out);
+    }
+    out
+}
+
+impl Prover {
+    fn new(from: &Frontier, new: u64) -> Result<Self, String> {
+        let m = from.size();
+        if new < m {
+            return Err(format!("tree size {m} is larger than tree size {new}"));
+        }
+        let mut parts = Vec::new();
+        for (a, b) in proof_ranges(m, new) {
+            if a >= m {
+                parts.push(Part::New {
+                    start: a,
+                    end: b,
+                    f: Frontier::new(),
+                });
+                continue;
+            }
+            // A perfect subtree ending at or before m: the frontier's node of its height.
+            let len = b - a;
+            let h = len.trailing_zeros();
+            let is_node = len.is_power_of_two()
+                && b <= m
+                && (m >> h) & 1 == 1
+                && a == (m >> h >> 1) << h << 1;
+            let node = (m >> h >> 1).count_ones() as usize;
+            match from.nodes().get(node) {
+                Some(hash) if is_node => parts.push(Part::Old(*hash)),
+                _ => return Err(format!("no subtree [{a}, {b}) in a tree of {m}")),
+            }
+        }
+        Ok(Self {
+            parts,
+            tree: from.clone(),
+            new,
+        })
+    }
+
+    /// The next leaf's hash.
+    fn push(&mut self, leaf: merkle::Hash) {
+        let i = self.tree.size();
+        for p in &mut self.parts {
+            if let Part::New { start, end, f } = p
+                && (*start..*end).contains(&i)
+            {
+                f.push(leaf);
+            }
+        }
+        self.tree.push(leaf);
+    }
+
+    /// The proof and the new tree's frontier, once all the new leaves are in.
+    fn finish(self) -> Result<(Vec<merkle::Hash>, Frontier), String> {
+        if self.tree.size() != self.new {
+            return Err(format!(
+                "the log holds {} records, its checkpoint says {}",
+                self.tree.size(),
+                self.new
+            ));
+        }
+        let proof = self
+            .parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Old(h) => h,
+                Part::New { f, .. } => f.root(),
+            })
+            .collect();
+        Ok((proof, self.tree))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::merkle::{Tree, leaf_hash, verify_consistency};
+
+    /// The streamed proof is the one the whole tree gives, for every pair of sizes up to 70.
+    #[test]
+    fn a_streamed_proof_is_the_whole_trees() {
+        let leaves: Vec<merkle::Hash> = (0..70u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut t = Tree::new();
+        for l in &leaves {
+            t.push(*l);
+        }
+        for m in 0..=70u64 {
+            let mut from = Frontier::new();
+            for l in &leaves[..m as usize] {
+                from.push(*l);
+            }
+            for n in m..=70u64 {
+                let mut p = Prover::new(&from, n).unwrap();
+                for l in &leaves[m as usize..n as usize] {
+                    p.push(*l);
+                }
+                let (proof, f) = p.finish().unwrap();
+                assert_eq!(proof, t.consistency(m, n).unwrap(), "{m} -> {n}");
+                assert_eq!(f.root(), t.root(n).unwrap(), "{m} -> {n}");
+                if m > 0 {
+                    verify_consistency(m, n, &t.root(m).unwrap(), &f.root(), &proof).unwrap();
+                }
+            }
+        }
+        // Too few leaves.
+        let p = Prover::new(&Frontier::new(), 3).unwrap();
+        assert!(p.finish().is_err());
     }
 }
