@@ -211,6 +211,7 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
         slowest
     };
     let slowest = calls(3);
+    eprintln!("slowest call while the witness hung: {slowest:?}");
     assert!(
         slowest < Duration::from_secs(2),
         "a call took {slowest:?} while the witness hung"
@@ -231,6 +232,7 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
     assert!(failing.is_some(), "{}", gw.status());
     assert_eq!(witness_status(&gw)["size"], 0);
     let slowest = calls(2);
+    eprintln!("slowest call while the witness was down: {slowest:?}");
     assert!(
         slowest < Duration::from_secs(2),
         "a call took {slowest:?} while the witness was down"
@@ -243,7 +245,9 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
     fs::write(&key_file, format!("{key}\n")).expect("key file");
     let state = work.join("witness");
     let mut w = WitnessProc::start(port, &state, &[&key_file.display().to_string()]);
+    let up = Instant::now();
     let st = wait_witnessed(&gw, 5, Duration::from_secs(45));
+    eprintln!("caught up {:?} after the witness came up", up.elapsed());
     assert!(st["last_error"].is_null(), "{st}");
     assert!(st["last_success_ms"].as_u64().unwrap_or(0) > 0, "{st}");
     assert!(
