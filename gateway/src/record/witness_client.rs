@@ -274,11 +274,15 @@ impl Client {
                         cosigned: witness::add_signatures(&note, &lines),
                         time_ms: now_ms(),
                     };
-                    if let Err(e) = crate::util::fs::write_atomic_mode(
-                        &state_path(&self.dir, &self.url),
-                        &serde_json::to_vec(&stored).unwrap_or_default(),
-                        0o600,
-                    ) {
+                    // fsync'd: off the runtime's threads.
+                    let path = state_path(&self.dir, &self.url);
+                    let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+                    let written = tokio::task::spawn_blocking(move || {
+                        crate::util::fs::write_atomic_mode(&path, &bytes, 0o600)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    if let Err(e) = written {
                         warn!(witness = %self.url, error = %e, "could not keep a cosigned checkpoint");
                     }
                     self.report(|w| {
