@@ -13,6 +13,7 @@ pub mod records;
 pub mod run;
 pub mod status;
 pub mod trust;
+pub mod witness;
 
 use std::path::PathBuf;
 

@@ -45,6 +45,8 @@ pub enum ConfigError {
     },
     #[error("{path}: telemetry.otlp_endpoint: {reason}")]
     Telemetry { path: PathBuf, reason: String },
+    #[error("{path}: records.witnesses: {reason}")]
+    Witness { path: PathBuf, reason: String },
     #[error("{path}: admin_http.{key}: {reason}")]
     AdminHttp {
         path: PathBuf,
@@ -285,6 +287,9 @@ pub struct RecordsConfig {
     pub checkpoint_interval: Duration,
     /// The log's name in its checkpoints (`origin`; default `<hostname>/callgate/records`).
     pub origin: Option<String>,
+    /// C2SP tlog-witnesses (`callgate witness`) each new checkpoint is sent to: their URL
+    /// prefixes, `POST <url>/add-checkpoint`.
+    pub witnesses: Vec<String>,
 }
 
 /// `<hostname>/callgate/records`: the name of this host's log in its checkpoints.
@@ -318,6 +323,7 @@ struct FileRecords {
     backlog_mb: Option<usize>,
     checkpoint_interval_s: Option<u64>,
     origin: Option<String>,
+    witnesses: Option<Vec<String>>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -444,6 +450,12 @@ impl Config {
             .or(file.state_dir)
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         let rec = file.records.unwrap_or_default();
+        for url in rec.witnesses.iter().flatten() {
+            check_http_url(url).map_err(|reason| ConfigError::Witness {
+                path: path.into(),
+                reason,
+            })?;
+        }
         let records = RecordsConfig {
             enabled: rec.enabled.unwrap_or(true),
             dir: rec.dir.unwrap_or_else(|| state_dir.join("records")),
@@ -457,6 +469,7 @@ impl Config {
             backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
             checkpoint_interval: Duration::from_secs(rec.checkpoint_interval_s.unwrap_or(10)),
             origin: rec.origin,
+            witnesses: rec.witnesses.unwrap_or_default(),
         };
         let h = file.http.unwrap_or_default();
         let max_body_bytes = h.max_body_kb.unwrap_or(1024) * 1024;
@@ -751,5 +764,28 @@ mod tests {
             crate::util::net::from_words(&inside),
             Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()
         );
+    }
+
+    #[test]
+    fn records_witnesses_are_urls() {
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "records:\n  witnesses: [\"http://127.0.0.1:7380\", \"https://w.example/prefix\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.records.witnesses,
+            ["http://127.0.0.1:7380", "https://w.example/prefix"]
+        );
+        assert!(
+            Config::from_yaml(Path::new("c.yaml"), "")
+                .unwrap()
+                .records
+                .witnesses
+                .is_empty()
+        );
+        let e = Config::from_yaml(Path::new("c.yaml"), "records:\n  witnesses: [w.example]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("records.witnesses"), "{e}");
     }
 }

@@ -289,6 +289,22 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             stop_rx.clone(),
         )));
     }
+    // Each new records checkpoint goes to the witnesses, off the data path.
+    if recorder.is_none() && !cfg.records.witnesses.is_empty() {
+        warn!("records.witnesses is ignored: call recording is off");
+    }
+    if let Some(r) = &recorder
+        && !cfg.records.witnesses.is_empty()
+    {
+        let http = outbound.clone().unwrap_or_else(Outbound::with_system_roots);
+        info!(witnesses = ?cfg.records.witnesses, "sending records checkpoints to witnesses");
+        tasks.extend(crate::record::witness_client::start(
+            r,
+            &cfg.records.witnesses,
+            http,
+            stop_rx.clone(),
+        ));
+    }
     started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)

@@ -57,6 +57,24 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Show listeners, enabled cgroups, counters and recent connections.
     Status(cli::status::StatusArgs),
+    /// Run a witness for callgate logs (on another host): cosigns each log's signed
+    /// checkpoints after checking them consistent with the last it cosigned (C2SP
+    /// tlog-witness), and refuses a rolled-back, rewritten or forked log.
+    ///
+    /// A party the gateway's host does not control then holds each log's latest good
+    /// checkpoint: root on that host can no longer roll the records back, rewrite their tail
+    /// or fork them without the witness refusing the next checkpoint.
+    ///
+    /// Gateways send their checkpoints with `records.witnesses: [http://HOST:PORT]`; give the
+    /// witness each log's key with `--log-key` (what `callgate records key` prints on the
+    /// gateway host). Protocol: C2SP tlog-witness, `POST /add-checkpoint` with `old <size>`,
+    /// the consistency proof, a blank line and the signed checkpoint. Answers: 200 with a
+    /// tlog-cosignature (Ed25519) line; 409 with the size it holds (`text/x.tlog.size`) when
+    /// the old size is not that, or for another tree of the size it holds (a fork); 422 when
+    /// the consistency proof does not verify; 403 for a bad signature; 404 for a log it has no
+    /// key for. Per log it keeps the latest cosigned checkpoint in `<state>/logs/` (written
+    /// atomically before it answers) and the last refused request in `<state>/refused/`.
+    Witness(cli::witness::WitnessArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Trust(cmd) => return cli::trust::run(cmd),
         Command::Demo(a) => return rt.block_on(cli::demo::run(a)),
         Command::Status(a) => cli::status::run(&a, &rt)?,
+        Command::Witness(a) => return cli::witness::run(a, &rt),
     }
     Ok(())
 }

@@ -12,6 +12,9 @@ pub mod note;
 pub mod query;
 pub mod segment;
 pub mod tree;
+pub mod witness;
+pub mod witness_client;
+pub mod witness_server;
 mod writer;
 
 use std::{
@@ -347,6 +350,10 @@ struct Shared {
     truncated_bytes: AtomicU64,
     /// Bytes of entries sent to the writer and not yet taken by it (see [`Entry::cost`]).
     queued_bytes: AtomicUsize,
+    /// The tree size of the latest signed checkpoint the writer wrote (for the witnesses).
+    signed: tokio::sync::watch::Sender<u64>,
+    /// Each witness's state, for `status` and `/metrics`.
+    witnesses: std::sync::Mutex<Vec<witness_client::WitnessStatus>>,
 }
 
 /// What `callgate status` shows about recording.
@@ -368,6 +375,9 @@ pub struct RecorderStatus {
     pub truncated_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing: Option<String>,
+    /// The witnesses of `records.witnesses` (`callgate witness`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<witness_client::WitnessStatus>,
 }
 
 struct Entry {
@@ -640,6 +650,7 @@ impl Recorder {
                 .load(Ordering::Acquire)
                 .then(|| s.failure.lock().ok().and_then(|f| f.clone()))
                 .flatten(),
+            witnesses: s.witnesses.lock().map(|w| w.clone()).unwrap_or_default(),
         }
     }
 

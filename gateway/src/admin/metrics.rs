@@ -77,6 +77,31 @@ struct NameLabel {
     name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabel {
+    witness: String,
+}
+
+/// One gauge with a `witness` label (its URL) per witness of `records.witnesses`.
+fn by_witness(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&str, i64)],
+) -> fmt::Result {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let mut m = e.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (url, v) in values {
+        let labels = WitnessLabel {
+            witness: url.to_string(),
+        };
+        ConstGauge::new(*v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
@@ -291,6 +316,31 @@ impl Collector for State {
                 "records_failing",
                 "1 while the call log cannot be written",
                 i64::from(r.failing.is_some()),
+            )?;
+            let w = &r.witnesses;
+            by_witness(
+                &mut e,
+                "witness_size",
+                "The tree size of the last records checkpoint the witness cosigned",
+                &w.iter()
+                    .map(|w| (w.url.as_str(), int(w.size)))
+                    .collect::<Vec<_>>(),
+            )?;
+            by_witness(
+                &mut e,
+                "witness_last_success_timestamp_seconds",
+                "When the witness last cosigned a records checkpoint (Unix seconds; 0: never)",
+                &w.iter()
+                    .map(|w| (w.url.as_str(), int(w.last_success_ms.unwrap_or(0) / 1000)))
+                    .collect::<Vec<_>>(),
+            )?;
+            by_witness(
+                &mut e,
+                "witness_failing",
+                "1 while the last attempt to reach the witness failed",
+                &w.iter()
+                    .map(|w| (w.url.as_str(), i64::from(w.last_error.is_some())))
+                    .collect::<Vec<_>>(),
             )?;
         }
         let usable: Vec<(Cow<'_, str>, i64)> = self

@@ -12,6 +12,7 @@ use callgate::record::{
     query::Filter,
     segment,
     tree::{self, Inclusion},
+    witness, witness_client,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +46,9 @@ pub fn open_checkpoint(
     Ok((cp, text))
 }
 
-/// `records checkpoint`: the latest signed checkpoint, as written.
-pub fn print_checkpoint(dir: &Path) -> Result<()> {
+/// `records checkpoint`: the latest signed checkpoint, as written, with the cosignatures of
+/// the witnesses that cosigned it; `cosigned`: the latest one a witness cosigned instead.
+pub fn print_checkpoint(dir: &Path, cosigned: bool) -> Result<()> {
     let path = dir.join(note::CHECKPOINT_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -54,7 +56,30 @@ pub fn print_checkpoint(dir: &Path) -> Result<()> {
             path.display()
         )
     })?;
-    print!("{text}");
+    let witnessed = witness_client::stored(dir);
+    let body = |note: &str| note.split("\n\n").next().unwrap_or_default().to_string();
+    let text = if cosigned {
+        let Some(newest) = witnessed
+            .iter()
+            .filter(|w| !w.cosigned.is_empty())
+            .max_by_key(|w| w.size)
+        else {
+            bail!("no witness has cosigned a checkpoint of this log yet");
+        };
+        newest.cosigned.clone()
+    } else {
+        text
+    };
+    // Every witness's cosignature of this same checkpoint.
+    let mut lines = Vec::new();
+    for w in witnessed
+        .iter()
+        .filter(|w| body(&w.cosigned) == body(&text))
+    {
+        let (_, sigs) = w.cosigned.split_once("\n\n").unwrap_or_default();
+        lines.extend(sigs.lines().map(str::to_string));
+    }
+    print!("{}", witness::add_signatures(&text, &lines));
     Ok(())
 }
 

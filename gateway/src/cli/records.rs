@@ -88,10 +88,15 @@ pub enum RecordsCommand {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Print the latest signed checkpoint of the records' Merkle tree (C2SP tlog-checkpoint).
+    /// Print the latest signed checkpoint of the records' Merkle tree (C2SP tlog-checkpoint),
+    /// with the cosignatures of the witnesses (`records.witnesses`) that cosigned it.
     Checkpoint {
         #[command(flatten)]
         dir: DirArg,
+        /// The latest checkpoint a witness cosigned instead (it may be older than the latest),
+        /// with every witness's cosignature of it.
+        #[arg(long)]
+        cosigned: bool,
     },
     /// Print the checkpoints' verifier key (signed-note verifier key format).
     Key {
@@ -381,9 +386,9 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 std::process::exit(1);
             }
         }
-        RecordsCommand::Checkpoint { dir } => {
+        RecordsCommand::Checkpoint { dir, cosigned } => {
             check_dir(&dir)?;
-            crate::cli::checkpoint::print_checkpoint(&dir.dir)?;
+            crate::cli::checkpoint::print_checkpoint(&dir.dir, cosigned)?;
         }
         RecordsCommand::Key { dir } => {
             check_dir(&dir)?;

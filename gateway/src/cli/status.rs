@@ -71,6 +71,24 @@ fn print_status(s: &Status) {
             if let Some(why) = &r.failing {
                 println!("  FAILING, new calls are refused: {}", v(why));
             }
+            for w in &r.witnesses {
+                let when = match w.last_success_ms {
+                    Some(ms) => format!(
+                        ", last cosigned {}s ago",
+                        callgate::util::time::now_ms().saturating_sub(ms) / 1000
+                    ),
+                    None => String::new(),
+                };
+                println!(
+                    "  witness {}: cosigned size {}{when}{}",
+                    v(&w.url),
+                    w.size,
+                    match &w.last_error {
+                        Some(e) => format!("; LAST ATTEMPT FAILED: {}", v(e)),
+                        None => String::new(),
+                    }
+                );
+            }
         }
     }
     for p in &s.identity {

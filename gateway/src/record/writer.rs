@@ -417,6 +417,8 @@ impl Writer {
             Ok(()) => {
                 self.signed_size = cp.size;
                 self.last_signed = Some(Instant::now());
+                // The witness client's cue (see `witness_client`); nobody may be listening.
+                self.shared.signed.send_replace(cp.size);
             }
             Err(e) => warn!(error = %e, "could not write the signed records checkpoint"),
         }

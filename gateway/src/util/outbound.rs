@@ -43,6 +43,28 @@ impl Outbound {
         }
     }
 
+    /// A client trusting the system's root certificates (when there is no local CA to
+    /// build one from: a gateway without a policy still sends checkpoints to witnesses).
+    pub fn with_system_roots() -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) =
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if added == 0 {
+            tracing::warn!("no system root certificates found: https:// witnesses will fail");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = match rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+            // The ring provider supports the default versions; this is not reached.
+            Err(_) => rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        Self::new(tls)
+    }
+
     /// Sends `req` and reads the whole answer.
     pub async fn send(
         &self,
