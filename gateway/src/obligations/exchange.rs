@@ -401,6 +401,178 @@ mod tests {
         assert!(x.cached(&first).is_none());
     }
 
+    fn outbound() -> Outbound {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Outbound::new(cfg)
+    }
+
+    /// A token endpoint on loopback that answers every request after `delay` with `status`
+    /// and `body` (`{n}`: the request's number), or never when `delay` is None; it counts the
+    /// requests and keeps the last one.
+    async fn endpoint(
+        delay: Option<Duration>,
+        status: u16,
+        body: &'static str,
+    ) -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<String>>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(Mutex::new(String::new()));
+        let (c, l) = (count.clone(), last.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let n = c.fetch_add(1, SeqCst) + 1;
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut got = 0;
+                    // Head and a small form body arrive together from hyper's client.
+                    while got < buf.len() {
+                        match tokio::time::timeout(
+                            Duration::from_millis(100),
+                            sock.read(&mut buf[got..]),
+                        )
+                        .await
+                        {
+                            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                            Ok(Ok(k)) => got += k,
+                        }
+                    }
+                    *l.lock().unwrap() = String::from_utf8_lossy(&buf[..got]).into_owned();
+                    let Some(delay) = delay else {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                    let body = body.replace("{n}", &n.to_string());
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (url, count, last)
+    }
+
+    fn source(url: &str) -> TokenExchangeSource {
+        yaml_serde::from_str(&format!(
+            "{{token_url: '{url}', client_id: 'gw id', client_secret: {{env: TX_TEST_UNSET_SECRET}}, \
+             audience: ledger, scopes: [a, b]}}"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_of_one_caller_share_one_exchange() {
+        let (url, count, last) = endpoint(
+            Some(Duration::from_millis(300)),
+            200,
+            r#"{"access_token":"issued-{n}","token_type":"Bearer","expires_in":600}"#,
+        )
+        .await;
+        let mut src = source(&url);
+        src.client_secret = None;
+        let x = Arc::new(Exchanges::default());
+        let http = outbound();
+        let named = BTreeMap::new();
+        let calls = (0..8).map(|_| {
+            let (x, src, http, named) = (x.clone(), src.clone(), http.clone(), named.clone());
+            tokio::spawn(async move { x.token(&src, "caller-a", &named, &http).await })
+        });
+        for c in calls.collect::<Vec<_>>() {
+            let (token, _) = c.await.unwrap().unwrap();
+            assert_eq!(&*token, "issued-1");
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let req = last.lock().unwrap().clone();
+        assert!(req.starts_with("POST /token"), "{req}");
+        for part in [
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
+            "subject_token=caller-a",
+            "subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token",
+            "audience=ledger",
+            "scope=a+b",
+            "client_id=gw+id",
+        ] {
+            assert!(req.contains(part), "{part} in {req}");
+        }
+        // Another caller: its own exchange; the first is still cached.
+        let (b, _) = x.token(&src, "caller-b", &named, &http).await.unwrap();
+        assert_eq!(&*b, "issued-2");
+        let (a, _) = x.token(&src, "caller-a", &named, &http).await.unwrap();
+        assert_eq!(&*a, "issued-1");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn refusals_and_silence_fail_closed() {
+        let named = BTreeMap::new();
+        let http = outbound();
+        let x = Exchanges::default();
+
+        // Refused: the provider's words; remembered briefly.
+        let (url, count, last) = endpoint(
+            Some(Duration::ZERO),
+            400,
+            r#"{"error":"invalid_grant","error_description":"not for you"}"#,
+        )
+        .await;
+        let mut src = source(&url);
+        src.client_secret = Some(SecretRef {
+            env: Some("PATH".into()),
+            ..SecretRef::default()
+        });
+        let e = x.token(&src, "s", &named, &http).await.unwrap_err();
+        assert!(
+            matches!(&e, ExchangeError::Refused { reason, .. } if reason == "invalid_grant: not for you"),
+            "{e}"
+        );
+        assert!(
+            last.lock()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("authorization: basic "),
+            "client_secret_basic"
+        );
+        assert_eq!(x.token(&src, "s", &named, &http).await.unwrap_err(), e);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Silent: fails within timeout_s.
+        let (url, _, _) = endpoint(None, 200, "").await;
+        let mut src = source(&url);
+        src.client_secret = None;
+        src.timeout_s = Some(1);
+        let started = Instant::now();
+        let e = x.token(&src, "s", &named, &http).await.unwrap_err();
+        assert!(matches!(e, ExchangeError::Unavailable { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        // Down, and a client secret that cannot be read: unavailable, never a token.
+        let src = source("http://127.0.0.1:9/token");
+        let e = x.token(&src, "s", &named, &http).await.unwrap_err();
+        assert!(
+            matches!(&e, ExchangeError::Unavailable { reason, .. } if reason.contains("client secret")),
+            "{e}"
+        );
+        let mut src = source("http://127.0.0.1:9/token");
+        src.client_secret = None;
+        let e = x.token(&src, "s", &named, &http).await.unwrap_err();
+        assert!(matches!(e, ExchangeError::Unavailable { .. }), "{e}");
+        assert_eq!(x.cached_len(), 1, "only the refusal is remembered");
+    }
+
     #[test]
     fn the_spelling_parses() {
         let s: TokenExchangeSource = yaml_serde::from_str(
