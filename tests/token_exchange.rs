@@ -241,6 +241,7 @@ fn no_token_or_no_exchange_fails_closed() {
     let (code, _) = s.echo(Some(&a));
     assert_eq!(code, 200, "A's cached token");
 
-    // Only A's two calls reached the upstream.
+    // Only A's two calls reached the upstream; the four refused are counted.
     assert_eq!(s.up.requests().len(), calls_before + 2);
+    assert_eq!(s.gw.counter("token_exchange_failures"), 4);
 }

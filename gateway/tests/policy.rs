@@ -1227,7 +1227,12 @@ fn groups_subjects_and_claims_belong_to_one_provider() {
 fn token_exchange_credentials_are_checked() {
     let svc = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"GET /x\" }\nrules:\n  - { name: a, function: f, action: allow }\ncredentials:\n  inject: { header: Authorization, from: { credential: per-caller }, format: \"Bearer {}\" }\n";
     let good = "default_action: deny\ncredentials:\n  per-caller:\n    token_exchange:\n      token_url: https://sso.example/token\n      client_id: gw\n      client_secret: { env: GW_SECRET }\n      audience: ledger\n      scopes: [read]\n      client_auth: client_secret_post\n";
-    let snap = Repo::new(good, &[("svc.yaml", svc)]).snap();
+    let errors = Repo::new(good, &[("svc.yaml", svc)]).errors().join("\n");
+    assert!(errors.contains("configure identity.providers"), "{errors}");
+    let good = format!(
+        "{good}identity:\n  providers:\n    - {{ name: idp, issuer: https://sso.example, audiences: [api] }}\n"
+    );
+    let snap = Repo::new(&good, &[("svc.yaml", svc)]).snap();
     let x = snap.credentials["per-caller"]
         .token_exchange
         .as_ref()

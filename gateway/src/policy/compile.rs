@@ -475,6 +475,20 @@ fn compile_base(
                     ));
                 }
             }
+            let exchanged = c.inject.from.token_exchange.is_some()
+                || c.inject
+                    .from
+                    .credential
+                    .as_ref()
+                    .and_then(|n| loaded.repo.credentials.get(n))
+                    .is_some_and(|r| r.token_exchange.is_some());
+            if exchanged && loaded.repo.identity.providers.is_empty() {
+                errors.push(src.error(
+                    &["credentials", "inject", "from"],
+                    "token_exchange exchanges the caller's verified token: configure \
+                     identity.providers in callgate.yaml",
+                ));
+            }
             if !c.inject.format.contains("{}") {
                 errors.push(src.error(
                     &["credentials", "inject", "format"],

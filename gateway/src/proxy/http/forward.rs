@@ -160,7 +160,12 @@ impl Conn {
                 caller,
             )
             .await
-            .map_err(credential_refusal)?;
+            .map_err(|e| {
+                if matches!(e, CredentialError::Exchange(_)) {
+                    inputs.stats.token_exchange_failures.fetch_add(1, Relaxed);
+                }
+                credential_refusal(e)
+            })?;
         if injected.is_some() && seen.accept_encoding {
             // The answer is scrubbed of the credential as it streams: readable, as for masks.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
