@@ -151,6 +151,10 @@ fn each_caller_reaches_the_upstream_with_its_own_exchanged_token() {
     assert_eq!(c["act"]["sub"], "callgate-gateway", "{c}");
     // The upstream echoes what it got: the issued token never comes back.
     assert!(!body.contains(&token_a), "leaked to the caller: {body}");
+    assert!(
+        !body.contains(&token_a[token_a.len() - 43..]),
+        "the signature's end leaked: {body}"
+    );
     assert!(body.contains("[MASKED:credential]"), "{body}");
 
     // Caller B: a token of its own.

@@ -31,7 +31,13 @@ use crate::{
 /// RFC 8693 §2.1 `grant_type`.
 pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Issued tokens kept at most; past it, expired ones go first, then those expiring soonest.
-const MAX_CACHED: usize = 4096;
+/// Each carries its own scrubber (about 120 KiB), which is what bounds this.
+const MAX_CACHED: usize = 512;
+/// How much of an issued token its scrubber looks for: the end (a JWT's signature), in every
+/// spelling. An answer echoing the token gets this part masked, which leaves what remains
+/// unusable (256 bits of the signature or of an opaque token are gone), at a twentieth of
+/// the cost of a scrubber for a whole JWT.
+const SCRUBBED_TAIL: usize = 43;
 /// An issued token is replaced this long before its expiry (less for very short lifetimes).
 const MARGIN: Duration = Duration::from_secs(30);
 /// Lifetime assumed for an issued token whose provider does not say.
@@ -172,7 +178,18 @@ impl Exchanges {
                     return hit;
                 }
                 let (outcome, lifetime) = match exchange(src, subject, named, http).await {
-                    Ok((token, expires_in)) => (issued(token), lifetime(expires_in)),
+                    // A scrubber is a compiled pattern: built off the data path's threads.
+                    Ok((token, expires_in)) => (
+                        tokio::task::spawn_blocking(move || issued(token))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(ExchangeError::Unavailable {
+                                    url: src.token_url.clone(),
+                                    reason: format!("scrubber: {e}"),
+                                })
+                            }),
+                        lifetime(expires_in),
+                    ),
                     Err(e) => (Err(e), REFUSED_FOR),
                 };
                 // Only refusals are remembered: a provider that was down is asked again.
@@ -232,7 +249,12 @@ impl Exchanges {
 
 fn issued(token: String) -> Outcome {
     let token: Arc<str> = token.into();
-    let scrub = Secrets::new(&[&token]).ok_or_else(|| ExchangeError::Unavailable {
+    let tail = token
+        .char_indices()
+        .rev()
+        .nth(SCRUBBED_TAIL - 1)
+        .map_or(&*token, |(i, _)| &token[i..]);
+    let scrub = Secrets::new(&[tail]).ok_or_else(|| ExchangeError::Unavailable {
         url: String::new(),
         reason: "the issued token is empty".into(),
     })?;
@@ -377,6 +399,28 @@ mod tests {
         );
         assert_eq!(lifetime(Some(Duration::ZERO)), Duration::from_secs(1));
         assert_eq!(lifetime(None), Duration::from_secs(270));
+    }
+
+    #[test]
+    fn the_end_of_an_issued_token_is_scrubbed() {
+        let b64: Vec<char> = ('A'..='Z').chain('a'..='z').chain('0'..='9').collect();
+        let part = |n: usize, seed: usize| -> String {
+            (0..n)
+                .map(|i| b64[(i * 7 + seed * 13 + i * i) % 62])
+                .collect()
+        };
+        let jwt = format!("{}.{}.{}", part(30, 1), part(200, 2), part(300, 3));
+        let (_, scrub) = issued(jwt.clone()).unwrap();
+        let out = scrub.scrub(format!("got {jwt} ok").as_bytes()).into_owned();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains(&jwt[jwt.len() - SCRUBBED_TAIL..]), "{out}");
+        assert!(out.ends_with("[MASKED:credential] ok"), "{out}");
+        let short = "opaque-token";
+        let (_, scrub) = issued(short.into()).unwrap();
+        assert_eq!(
+            &*scrub.scrub(b"x opaque-token y"),
+            b"x [MASKED:credential] y"
+        );
     }
 
     #[test]
