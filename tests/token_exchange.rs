@@ -136,7 +136,9 @@ fn each_caller_reaches_the_upstream_with_its_own_exchanged_token() {
 
     // Caller A: the upstream gets a token the provider issued for the ledger, naming A and
     // the gateway as the actor; not A's own token.
+    let first = std::time::Instant::now();
     let (code, body) = s.echo(Some(&a));
+    let first = first.elapsed();
     assert_eq!(code, 200, "{body}\n{}", s.gw.log());
     let sent_a = s.upstream_saw();
     let token_a = sent_a
@@ -181,6 +183,12 @@ fn each_caller_reaches_the_upstream_with_its_own_exchanged_token() {
         assert_eq!(s.upstream_saw(), sent_b, "B's token was reused");
     }
     assert_eq!(s.exchanges(), 2, "cached: no further exchange");
+    let cached = std::time::Instant::now();
+    s.echo(Some(&a));
+    eprintln!(
+        "first call (with the exchange) {first:?}, a cached one {:?}",
+        cached.elapsed()
+    );
 
     // The records name each caller and never hold either token.
     let r = record_where(&s.gw, "A's call", |r| {
