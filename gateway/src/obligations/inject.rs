@@ -381,3 +381,48 @@ pub struct HeaderEdits {
     #[serde(default)]
     pub remove: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_per_caller_credential_without_a_caller_token_fails_closed() {
+        let inject: Inject = yaml_serde::from_str(
+            "{header: x-upstream-token, from: {token_exchange: \
+             {token_url: 'https://idp/token', client_id: gw, audience: ledger}}}",
+        )
+        .unwrap();
+        let named = BTreeMap::new();
+        assert!(Credentials::per_caller(Some(&inject), &named));
+        let creds = Credentials::default();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer callers-own".parse().unwrap());
+        let carried_in = [http::header::AUTHORIZATION];
+        let caller = CallerToken {
+            token: Err("the request carries no bearer token".into()),
+            carried_in: &carried_in,
+        };
+        let e = creds
+            .apply(
+                &mut headers,
+                &HeaderEdits::default(),
+                Some(&inject),
+                &named,
+                Some(caller),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CredentialError::Exchange(ExchangeError::NoCallerToken(m)) if m.contains("no bearer")),
+            "{e}"
+        );
+        assert!(headers.get("authorization").is_none(), "never forwarded");
+        assert!(headers.get("x-upstream-token").is_none());
+        // A plain secret never asks for the caller.
+        let plain: Inject =
+            yaml_serde::from_str("{header: x-api-key, from: {env: SOME_VAR}}").unwrap();
+        assert!(!Credentials::per_caller(Some(&plain), &named));
+        assert!(secret(&inject.from, &named).is_err());
+    }
+}
