@@ -1245,3 +1245,35 @@ fn groups_subjects_and_claims_belong_to_one_provider() {
     assert!(allowed(&one, &token_of("corp", &["finance"])));
     assert!(!allowed(&one, &token_of("partner", &["finance"])));
 }
+
+#[test]
+fn token_exchange_credentials_are_checked() {
+    let svc = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"GET /x\" }\nrules:\n  - { name: a, function: f, action: allow }\ncredentials:\n  inject: { header: Authorization, from: { credential: per-caller }, format: \"Bearer {}\" }\n";
+    let good = "default_action: deny\ncredentials:\n  per-caller:\n    token_exchange:\n      token_url: https://sso.example/token\n      client_id: gw\n      client_secret: { env: GW_SECRET }\n      audience: ledger\n      scopes: [read]\n      client_auth: client_secret_post\n";
+    let errors = Repo::new(good, &[("svc.yaml", svc)]).errors().join("\n");
+    assert!(errors.contains("configure identity.providers"), "{errors}");
+    let good = format!(
+        "{good}identity:\n  providers:\n    - {{ name: idp, issuer: https://sso.example, audiences: [api] }}\n"
+    );
+    let snap = Repo::new(&good, &[("svc.yaml", svc)]).snap();
+    let x = snap.credentials["per-caller"]
+        .token_exchange
+        .as_ref()
+        .unwrap();
+    assert_eq!(x.audience.as_deref(), Some("ledger"));
+
+    let bad = "default_action: deny\ncredentials:\n  per-caller:\n    token_exchange:\n      token_url: http://sso.example/token\n      client_id: \"\"\n      client_secret: { credential: other }\n      timeout_s: 60\n";
+    let errors = Repo::new(bad, &[("svc.yaml", svc)]).errors().join("\n");
+    for needle in [
+        "token_url must be an https URL",
+        "client_id must not be empty",
+        "client_secret: give exactly one of env, file or systemd",
+        "audience or resource",
+        "timeout_s must be from 1 to 10",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} in:\n{errors}");
+    }
+    let both = "default_action: deny\ncredentials:\n  x:\n    env: A\n    token_exchange: { token_url: https://a/t, client_id: gw, audience: l }\n";
+    let errors = Repo::new(both, &[]).errors().join("\n");
+    assert!(errors.contains("exactly one of"), "{errors}");
+}

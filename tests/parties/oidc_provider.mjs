@@ -10,12 +10,18 @@
 // which then signs, and keeps publishing the old one. `/test/forge?kind=otherkey|none` mints
 // tokens a provider never would (signed by an unpublished key under a published kid, or not
 // signed at all), for the verifier's negative cases.
+//
+// Token exchange (RFC 8693): client `callgate-gateway` (secret `callgate-gateway-secret`) may
+// exchange a caller's access token (the subject token, which must be one this provider
+// issued for `payments`) for one meant for the requested `audience`, carrying the caller's
+// `sub` and the gateway as the actor (`act`). The subject `intern` is refused. The exchanges
+// made are counted at `/test/exchanges`.
 import { createServer } from 'node:http';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import Provider from 'oidc-provider';
-import { SignJWT, exportJWK, generateKeyPair } from 'jose';
+import { SignJWT, createLocalJWKSet, exportJWK, generateKeyPair, importJWK, jwtVerify } from 'jose';
 
 const { values: args } = parseArgs({
   options: {
@@ -42,6 +48,7 @@ const GROUPS = {
   'billing-agent': ['finance'],
   'support-bot': ['support'],
   'short-lived': ['finance'],
+  intern: [],
 };
 const clients = Object.keys(GROUPS).map((id) => ({
   client_id: id,
@@ -50,6 +57,14 @@ const clients = Object.keys(GROUPS).map((id) => ({
   redirect_uris: [],
   response_types: [],
 }));
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+clients.push({
+  client_id: 'callgate-gateway',
+  client_secret: 'callgate-gateway-secret',
+  grant_types: [TOKEN_EXCHANGE],
+  redirect_uris: [],
+  response_types: [],
+});
 // People who log in interactively, and their groups.
 const PEOPLE = { alice: ['finance-leads'], bob: ['support'] };
 if (args['redirect-uri'].length > 0) {
@@ -90,6 +105,71 @@ const provider = new Provider(issuer, {
   },
   extraTokenClaims: (ctx, token) => ({ groups: GROUPS[token.clientId] ?? [] }),
 });
+
+// RFC 8693 §2: the subject token is verified as this provider's own access token; the issued
+// token is a JWT for the requested audience with the subject's `sub`.
+const publicKeys = createLocalJWKSet({
+  keys: keys.map(({ kty, n, e, kid, alg }) => ({ kty, n, e, kid, alg, use: 'sig' })),
+});
+const signingKey = await importJWK(keys[0], 'RS256');
+let exchanges = 0;
+const ACCESS_TOKEN_TYPES = new Set([
+  'urn:ietf:params:oauth:token-type:access_token',
+  'urn:ietf:params:oauth:token-type:jwt',
+]);
+// An error answer with its description (the library's own errors keep theirs generic).
+function refuse(ctx, error, description) {
+  ctx.status = 400;
+  ctx.body = { error, error_description: description };
+}
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  async (ctx) => {
+    const p = ctx.oidc.params;
+    if (!ACCESS_TOKEN_TYPES.has(p.subject_token_type)) {
+      refuse(ctx, 'invalid_request', `unsupported subject_token_type ${p.subject_token_type}`);
+      return;
+    }
+    const audience = p.audience || p.resource;
+    if (!audience) {
+      refuse(ctx, 'invalid_target', 'name an audience or resource');
+      return;
+    }
+    let subject;
+    try {
+      ({ payload: subject } = await jwtVerify(p.subject_token, publicKeys, {
+        issuer, audience: 'payments',
+      }));
+    } catch (e) {
+      refuse(ctx, 'invalid_grant', `subject_token is not valid: ${e.message}`);
+      return;
+    }
+    if (subject.sub === 'intern') {
+      refuse(ctx, 'invalid_grant', `subject ${subject.sub} may not act at ${audience}`);
+      return;
+    }
+    exchanges += 1;
+    const now = Math.floor(Date.now() / 1000);
+    const ttl = 600;
+    const token = await new SignJWT({
+      sub: subject.sub, client_id: ctx.oidc.client.clientId, scope: p.scope || undefined,
+      act: { sub: ctx.oidc.client.clientId }, jti: randomUUID(),
+    })
+      .setProtectedHeader({ alg: 'RS256', kid: keys[0].kid, typ: 'at+jwt' })
+      .setIssuer(issuer).setAudience(audience).setIssuedAt(now).setExpirationTime(now + ttl)
+      .sign(signingKey);
+    ctx.body = {
+      access_token: token,
+      issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      token_type: 'Bearer',
+      expires_in: ttl,
+      scope: p.scope || undefined,
+    };
+  },
+  ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'audience', 'resource',
+    'scope', 'requested_token_type'],
+);
+
 const handle = provider.callback();
 
 async function forge(kind) {
@@ -110,6 +190,11 @@ async function forge(kind) {
 
 createServer((req, res) => {
   const url = new URL(req.url, issuer);
+  if (url.pathname === '/test/exchanges') {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end(String(exchanges));
+    return;
+  }
   if (url.pathname === '/test/forge') {
     forge(url.searchParams.get('kind')).then(
       (t) => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(t); },

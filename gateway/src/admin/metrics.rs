@@ -218,6 +218,12 @@ impl Collector for State {
         )?;
         counter(
             &mut e,
+            "token_exchange_failures",
+            "Calls refused for want of a per-caller upstream token (token exchange)",
+            c.token_exchange_failures,
+        )?;
+        counter(
+            &mut e,
             "bytes_up",
             "Bytes from workloads to upstreams",
             c.bytes_up,

@@ -4,7 +4,8 @@
 //! Secrets are read where the policy says they live and kept for a short while, so that a
 //! rotated file or systemd credential takes effect without a restart but a call does not
 //! cost a file read. An `oauth2` secret is an access token the gateway gets for itself with
-//! the client credentials grant, kept until shortly before it expires. Each comes with the
+//! the client credentials grant, kept until shortly before it expires. A `token_exchange`
+//! secret is one issued for the caller (see [`super::exchange`]). Each comes with the
 //! [`Secrets`] scrubber for the answer to its call.
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,13 +14,17 @@ use std::{
 };
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tracing::debug;
 
 use serde::{Deserialize, Serialize};
 
 use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl, basic::BasicClient};
 
 use crate::{
-    obligations::mask::scrub::Secrets,
+    obligations::{
+        exchange::{ExchangeError, Exchanges, TokenExchangeSource},
+        mask::scrub::Secrets,
+    },
     util::outbound::{Outbound, chain},
 };
 
@@ -38,6 +43,38 @@ pub struct Credentials {
     http: Option<Outbound>,
     /// One token request at a time: callers arriving meanwhile wait and share its answer.
     fetching: tokio::sync::Mutex<()>,
+    /// Tokens exchanged for callers (`token_exchange`).
+    exchanges: Exchanges,
+}
+
+/// Why a call's credential cannot be had: the call must not go out.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CredentialError {
+    /// A secret that cannot be read or fetched, or does not make a header.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A per-caller token that could not be had.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+}
+
+impl From<String> for CredentialError {
+    fn from(e: String) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+impl From<&str> for CredentialError {
+    fn from(e: &str) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+/// The caller's side of a `token_exchange` credential: its verified bearer token (`Err`: why
+/// there is none) and the headers such tokens come in, which do not go upstream with it.
+pub struct CallerToken<'h> {
+    pub token: Result<String, String>,
+    pub carried_in: &'h [HeaderName],
 }
 
 struct Read {
@@ -54,17 +91,26 @@ impl Credentials {
         }
     }
 
+    /// Whether `inject`'s credential is exchanged for the caller (and so needs its token).
+    pub fn per_caller(inject: Option<&Inject>, named: &BTreeMap<String, SecretRef>) -> bool {
+        inject
+            .and_then(|i| resolve(&i.from, named).ok())
+            .is_some_and(|r| r.token_exchange.is_some())
+    }
+
     /// Applies a decision's header edits and credential to outgoing request headers; returns
     /// the scrubber for the injected secret, which the answer must pass through. An error
     /// means the call must not go out (a credential that cannot be read is not silently left
-    /// off).
+    /// off). `caller` is needed for a `token_exchange` credential; the caller's own token
+    /// then does not go upstream.
     pub async fn apply(
         &self,
         headers: &mut HeaderMap,
         edits: &HeaderEdits,
         inject: Option<&Inject>,
         named: &BTreeMap<String, SecretRef>,
-    ) -> Result<Option<Arc<Secrets>>, String> {
+        caller: Option<CallerToken<'_>>,
+    ) -> Result<Option<Arc<Secrets>>, CredentialError> {
         for name in &edits.remove {
             headers.remove(name.as_str());
         }
@@ -75,7 +121,19 @@ impl Credentials {
         let Some(inject) = inject else {
             return Ok(None);
         };
-        let (secret, scrub) = self.get(&inject.from, named).await?;
+        let (secret, scrub) = match resolve(&inject.from, named)?.token_exchange.as_deref() {
+            None => self.get(&inject.from, named).await?,
+            Some(x) => {
+                let caller = caller.ok_or_else(|| {
+                    ExchangeError::NoCallerToken("the call carries no caller".into())
+                })?;
+                for h in caller.carried_in {
+                    headers.remove(h);
+                }
+                let subject = caller.token.map_err(ExchangeError::NoCallerToken)?;
+                self.exchanged(x, &subject, named).await?
+            }
+        };
         let (n, mut v) =
             header(&inject.header, &inject.format.replace("{}", &secret)).map_err(|_| {
                 format!(
@@ -89,6 +147,23 @@ impl Credentials {
         }
         headers.append(n, v);
         Ok(Some(scrub))
+    }
+
+    async fn exchanged(
+        &self,
+        x: &TokenExchangeSource,
+        subject: &str,
+        named: &BTreeMap<String, SecretRef>,
+    ) -> Result<(Arc<str>, Arc<Secrets>), CredentialError> {
+        let http = self
+            .http
+            .as_ref()
+            .ok_or("this gateway has no outbound HTTP client for token exchange")?;
+        let got = self.exchanges.token(x, subject, named, http).await;
+        if let Err(e) = &got {
+            debug!(error = %e, "no exchanged token for the caller");
+        }
+        Ok(got?)
     }
 
     async fn get(
@@ -202,6 +277,9 @@ pub fn secret(r: &SecretRef, named: &BTreeMap<String, SecretRef>) -> Result<Stri
     if r.oauth2.is_some() {
         return Err("an OAuth2 token is fetched, not read".into());
     }
+    if r.token_exchange.is_some() {
+        return Err("a token_exchange token is exchanged per caller, not read".into());
+    }
     if let Some(var) = &r.env {
         return std::env::var(var).map_err(|_| format!("environment variable {var} is not set"));
     }
@@ -238,6 +316,10 @@ pub struct SecretRef {
     /// credentials grant), kept until shortly before it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<Box<OAuth2Source>>,
+    /// A token issued for the caller: its verified bearer token exchanged at an OAuth2
+    /// token endpoint (RFC 8693), kept per caller until shortly before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<Box<TokenExchangeSource>>,
 }
 
 impl SecretRef {
@@ -247,6 +329,7 @@ impl SecretRef {
             .filter(|v| v.is_some())
             .count()
             + usize::from(self.oauth2.is_some())
+            + usize::from(self.token_exchange.is_some())
     }
 }
 
@@ -297,4 +380,49 @@ pub struct HeaderEdits {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_per_caller_credential_without_a_caller_token_fails_closed() {
+        let inject: Inject = yaml_serde::from_str(
+            "{header: x-upstream-token, from: {token_exchange: \
+             {token_url: 'https://idp/token', client_id: gw, audience: ledger}}}",
+        )
+        .unwrap();
+        let named = BTreeMap::new();
+        assert!(Credentials::per_caller(Some(&inject), &named));
+        let creds = Credentials::default();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer callers-own".parse().unwrap());
+        let carried_in = [http::header::AUTHORIZATION];
+        let caller = CallerToken {
+            token: Err("the request carries no bearer token".into()),
+            carried_in: &carried_in,
+        };
+        let e = creds
+            .apply(
+                &mut headers,
+                &HeaderEdits::default(),
+                Some(&inject),
+                &named,
+                Some(caller),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CredentialError::Exchange(ExchangeError::NoCallerToken(m)) if m.contains("no bearer")),
+            "{e}"
+        );
+        assert!(headers.get("authorization").is_none(), "never forwarded");
+        assert!(headers.get("x-upstream-token").is_none());
+        // A plain secret never asks for the caller.
+        let plain: Inject =
+            yaml_serde::from_str("{header: x-api-key, from: {env: SOME_VAR}}").unwrap();
+        assert!(!Credentials::per_caller(Some(&plain), &named));
+        assert!(secret(&inject.from, &named).is_err());
+    }
 }

@@ -40,8 +40,8 @@ use crate::{
 
 use crate::util::NameIndex as Index;
 
-/// A secret source: exactly one place; an `oauth2` one with a usable token endpoint and a
-/// client secret that is itself read from one plain place.
+/// A secret source: exactly one place; an `oauth2` or `token_exchange` one with a usable token
+/// endpoint and a client secret that is itself read from one plain place.
 fn check_secret(
     src: &super::load::Source,
     path: &[&str],
@@ -51,8 +51,11 @@ fn check_secret(
     if r.count() != 1 {
         errors.push(src.error(
             path,
-            "give exactly one of env, file, systemd, credential or oauth2",
+            "give exactly one of env, file, systemd, credential, oauth2 or token_exchange",
         ));
+    }
+    if let Some(x) = &r.token_exchange {
+        check_exchange(src, path, x, errors);
     }
     let Some(o) = &r.oauth2 else { return };
     let mut at = path.to_vec();
@@ -64,11 +67,51 @@ fn check_secret(
         errors.push(src.error(&at, "client_id must not be empty"));
     }
     let s = &o.client_secret;
-    if s.count() != 1 || s.credential.is_some() || s.oauth2.is_some() {
+    if s.count() != 1 || s.credential.is_some() || s.oauth2.is_some() || s.token_exchange.is_some()
+    {
         errors.push(src.error(
             &at,
             "client_secret: give exactly one of env, file or systemd",
         ));
+    }
+}
+
+/// A `token_exchange` source: a usable token endpoint, a client, a plain client secret if
+/// any, and something that says whom the token is for.
+fn check_exchange(
+    src: &super::load::Source,
+    path: &[&str],
+    x: &crate::obligations::exchange::TokenExchangeSource,
+    errors: &mut Vec<Finding>,
+) {
+    let mut at = path.to_vec();
+    at.push("token_exchange");
+    if let Err(e) = crate::util::outbound::check_url(&x.token_url) {
+        errors.push(src.error(&at, format!("token_url {e}")));
+    }
+    if x.client_id.is_empty() {
+        errors.push(src.error(&at, "client_id must not be empty"));
+    }
+    if let Some(s) = &x.client_secret {
+        if s.count() != 1
+            || s.credential.is_some()
+            || s.oauth2.is_some()
+            || s.token_exchange.is_some()
+        {
+            errors.push(src.error(
+                &at,
+                "client_secret: give exactly one of env, file or systemd",
+            ));
+        }
+    }
+    if x.audience.is_none() && x.resource.is_none() {
+        errors.push(src.error(
+            &at,
+            "name the upstream the token is for: audience or resource",
+        ));
+    }
+    if x.timeout_s.is_some_and(|t| !(1..=10).contains(&t)) {
+        errors.push(src.error(&at, "timeout_s must be from 1 to 10"));
     }
 }
 
@@ -431,6 +474,20 @@ fn compile_base(
                         format!("credential {name:?} is not defined in callgate.yaml"),
                     ));
                 }
+            }
+            let exchanged = c.inject.from.token_exchange.is_some()
+                || c.inject
+                    .from
+                    .credential
+                    .as_ref()
+                    .and_then(|n| loaded.repo.credentials.get(n))
+                    .is_some_and(|r| r.token_exchange.is_some());
+            if exchanged && loaded.repo.identity.providers.is_empty() {
+                errors.push(src.error(
+                    &["credentials", "inject", "from"],
+                    "token_exchange exchanges the caller's verified token: configure \
+                     identity.providers in callgate.yaml",
+                ));
             }
             if !c.inject.format.contains("{}") {
                 errors.push(src.error(

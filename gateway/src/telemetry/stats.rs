@@ -35,6 +35,9 @@ pub struct Stats {
     /// Bearer tokens checked (a connection reuses its last outcome; that is not counted).
     pub tokens_verified: AtomicU64,
     pub tokens_rejected: AtomicU64,
+    /// Calls refused because no per-caller upstream token could be had (`token_exchange`:
+    /// no verified caller token, the exchange refused or failed).
+    pub token_exchange_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     /// Intercepted TLS clients that refused the gateway's certificate, by workload.
@@ -80,6 +83,8 @@ pub struct Counters {
     pub tokens_verified: u64,
     #[serde(default)]
     pub tokens_rejected: u64,
+    #[serde(default)]
+    pub token_exchange_failures: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// Intercepted TLS connections whose client refused the gateway's certificate.
@@ -119,6 +124,7 @@ impl Stats {
             refused_policy: self.refused_policy.load(Relaxed),
             tokens_verified: self.tokens_verified.load(Relaxed),
             tokens_rejected: self.tokens_rejected.load(Relaxed),
+            token_exchange_failures: self.token_exchange_failures.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
             tls_untrusted: self.untrusting.total(),

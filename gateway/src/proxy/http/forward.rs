@@ -15,7 +15,12 @@ use super::{
 };
 use crate::{
     extract::Kind,
-    obligations::mask::scrub::Secrets,
+    identity,
+    obligations::{
+        exchange::ExchangeError,
+        inject::{CallerToken, CredentialError, Credentials},
+        mask::scrub::Secrets,
+    },
     policy::{Obligations, Service, Snapshot},
     proxy::{
         body::ProxyBody,
@@ -137,6 +142,14 @@ impl Conn {
             req.headers_mut().remove(header::RANGE);
             req.headers_mut().remove(header::IF_RANGE);
         }
+        let caller = if Credentials::per_caller(ob.inject.as_ref(), &snap.credentials) {
+            Some(CallerToken {
+                token: self.verified_token(snap, req.headers()).await,
+                carried_in: &snap.identity.token_headers,
+            })
+        } else {
+            None
+        };
         let injected = inputs
             .credentials
             .apply(
@@ -144,10 +157,14 @@ impl Conn {
                 &ob.headers,
                 ob.inject.as_ref(),
                 &snap.credentials,
+                caller,
             )
             .await
             .map_err(|e| {
-                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e)
+                if matches!(e, CredentialError::Exchange(_)) {
+                    inputs.stats.token_exchange_failures.fetch_add(1, Relaxed);
+                }
+                credential_refusal(e)
             })?;
         if injected.is_some() && seen.accept_encoding {
             // The answer is scrubbed of the credential as it streams: readable, as for masks.
@@ -207,6 +224,22 @@ impl Conn {
         }
     }
 
+    /// The request's bearer token if it verifies (from the connection's last verified token,
+    /// as a rule saw it), or why there is none: what a `token_exchange` credential exchanges.
+    async fn verified_token(&self, snap: &Snapshot, headers: &HeaderMap) -> Result<String, String> {
+        let token = identity::bearer(headers, &snap.identity)
+            .ok_or("the request carries no bearer token")?
+            .to_string();
+        let caller = self.identify(snap, headers).await;
+        if caller.authenticated {
+            return Ok(token);
+        }
+        Err(caller
+            .token_error
+            .clone()
+            .unwrap_or_else(|| "the bearer token was not verified".into()))
+    }
+
     /// The pooled client for this connection's destination, with TLS towards it when the
     /// client's TLS was terminated here. The error says why that TLS cannot be set up.
     fn pooled_client(
@@ -240,6 +273,26 @@ impl Conn {
         };
         Ok(self.inputs.upstreams.client(&key, tls.map(|(_, c)| c)))
     }
+}
+
+/// The refusal for a call whose credential could not be had; the record keeps which.
+fn credential_refusal(e: CredentialError) -> Refusal {
+    let (status, error) = match &e {
+        CredentialError::Unavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable")
+        }
+        CredentialError::Exchange(ExchangeError::NoCallerToken(_)) => {
+            (StatusCode::UNAUTHORIZED, "caller_token_required")
+        }
+        CredentialError::Exchange(ExchangeError::Refused { .. }) => {
+            (StatusCode::BAD_GATEWAY, "token_exchange_refused")
+        }
+        CredentialError::Exchange(ExchangeError::Unavailable { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_exchange_unavailable",
+        ),
+    };
+    Refusal::new(status, error, e.to_string())
 }
 
 /// Hop-by-hop headers belong to one connection and are not forwarded (RFC 9110 §7.6.1).
