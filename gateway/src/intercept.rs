@@ -16,7 +16,6 @@ use std::{
     collections::BTreeMap,
     fs, io,
     net::{IpAddr, SocketAddr},
-    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -24,10 +23,10 @@ use std::{
 use crate::util::sync::LockExt;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
-        links::{FdLink, LinkError, PinnedLink},
+        links::{FdLink, LinkError},
     },
 };
 use gateway_common::{self as common, Redirect, SockKey, maps, programs};
@@ -42,13 +41,18 @@ use crate::{
 pub mod cgroup;
 pub mod netns;
 pub mod netns_watch;
+mod pins;
+mod resolvers;
 mod sockdiag;
+
+pub use pins::claim_listener;
+use pins::{RedirectMap, ensure_bpffs, io_err, lanes, list_links, take_map, unpin};
+pub use resolvers::parse_resolv_conf;
+use resolvers::{dns_resolvers, ip_key, set_resolvers};
 
 /// The eBPF object, built by `gateway/build.rs`.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/callgate-ebpf.o"));
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Attach order: the bookkeeping programs first and the redirecting ones last, so that no
 /// connection is redirected before its entry can be keyed; detach runs in reverse.
@@ -126,13 +130,6 @@ pub enum InterceptError {
         #[source]
         source: io::Error,
     },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InterceptError + '_ {
-    move |source| InterceptError::Io {
-        path: path.into(),
-        source,
-    }
 }
 
 /// What the user asked to enable or disable.
@@ -720,174 +717,6 @@ fn attach_one(
     }
 }
 
-fn list_links(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
-/// Removing the pin of a link nobody else holds detaches it.
-fn unpin(path: &Path) {
-    match PinnedLink::from_pin(path) {
-        Ok(link) => {
-            if let Err(e) = link.unpin() {
-                warn!(path = %path.display(), error = %e, "could not unpin link");
-            }
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "not a pinned link; removing");
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
-fn take_map<V: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<V, InterceptError> {
-    let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
-    V::try_from(map).map_err(|source| InterceptError::Map { name, source })
-}
-
-/// Where the kernel notes each redirected connection, by the workload's local address.
-type RedirectMap = HashMap<MapData, SockKey, Redirect>;
-
-/// `count` (at least one) handles on the map `name`: the map itself, then duplicates of its
-/// descriptor.
-fn lanes(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    count: usize,
-) -> Result<Vec<Mutex<RedirectMap>>, InterceptError> {
-    let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
-    let map_err = |source| InterceptError::Map { name, source };
-    let dup = |data: &MapData| -> Result<MapData, MapError> {
-        MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)
-    };
-    let mut handles = Vec::with_capacity(count.max(1));
-    for _ in 1..count {
-        let another = match &map {
-            Map::HashMap(data) => Map::HashMap(dup(data).map_err(map_err)?),
-            Map::LruHashMap(data) => Map::LruHashMap(dup(data).map_err(map_err)?),
-            // Not a hash map: the conversion below says so.
-            _ => break,
-        };
-        handles.push(HashMap::try_from(another).map_err(map_err)?);
-    }
-    handles.insert(0, HashMap::try_from(map).map_err(map_err)?);
-    Ok(handles.into_iter().map(Mutex::new).collect())
-}
-
-/// Claims the listener port for this process before it binds: the bind guard a previous run
-/// left attached lets only the tgid in the pinned config bind it. A gateway that is still
-/// running keeps its claim (and this start fails as a port conflict would); a dead one's is
-/// taken over. Nothing pinned yet (first start): nothing to claim.
-pub fn claim_listener(cfg: &Config) -> Result<(), InterceptError> {
-    let path = cfg.bpffs_dir.join("maps").join(maps::CONFIG);
-    // SAFETY: geteuid has no preconditions. Without root, loading reports it.
-    if unsafe { libc::geteuid() } != 0 || !path.exists() {
-        return Ok(());
-    }
-    let map_err = |source| InterceptError::Map {
-        name: maps::CONFIG,
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(map_err)?;
-    // Maps of another version: loading says so with advice; there is nothing to claim here.
-    let Ok(mut map) = Array::<MapData, common::Config>::try_from(Map::Array(data)) else {
-        return Ok(());
-    };
-    let mut kernel_cfg = map.get(&0, 0).map_err(map_err)?;
-    let me = std::process::id();
-    let holder = kernel_cfg.gateway_tgid;
-    if holder != 0 && holder != me && is_live_gateway(holder) {
-        return Err(InterceptError::PortHeld {
-            port: cfg.listen_port,
-            pid: holder,
-        });
-    }
-    kernel_cfg.gateway_tgid = me;
-    map.set(0, kernel_cfg, 0).map_err(map_err)
-}
-
-/// Whether `pid` is a running callgate: alive, named so, and root's (an unprivileged process
-/// that happens to get a dead gateway's pid must not keep the port from its restart).
-fn is_live_gateway(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let root_owned = fs::metadata(&proc).is_ok_and(|m| m.uid() == 0);
-    let comm = fs::read_to_string(proc.join("comm")).unwrap_or_default();
-    root_owned && comm.trim_end() == "callgate"
-}
-
-/// The resolvers UDP port 53 may reach: the configured ones and the host's (`/etc/resolv.conf`).
-fn dns_resolvers(cfg: &Config) -> Vec<IpAddr> {
-    let mut list = cfg.dns_resolvers.clone();
-    match fs::read_to_string(RESOLV_CONF) {
-        Ok(text) => list.extend(parse_resolv_conf(&text)),
-        Err(e) => warn!(path = RESOLV_CONF, error = %e, "cannot read the host's resolvers"),
-    }
-    list.sort();
-    list.dedup();
-    if list.len() > common::MAX_RESOLVERS as usize {
-        warn!(
-            kept = common::MAX_RESOLVERS,
-            found = list.len(),
-            "too many DNS resolvers; the rest are unreachable"
-        );
-        list.truncate(common::MAX_RESOLVERS as usize);
-    }
-    list
-}
-
-const RESOLV_CONF: &str = "/etc/resolv.conf";
-
-/// The `nameserver` addresses of resolv.conf text (an IPv6 zone suffix is dropped).
-pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "nameserver").then_some(())?;
-            let addr = words.next()?;
-            addr.split('%').next()?.parse().ok()
-        })
-        .collect()
-}
-
-/// Makes the pinned resolver set exactly `allowed`: new entries first, stale ones after, so a
-/// restart does not refuse DNS to a resolver that stays.
-fn set_resolvers(
-    map: &mut HashMap<MapData, [u32; 4], u32>,
-    allowed: &[IpAddr],
-) -> Result<(), InterceptError> {
-    let map_err = |source| InterceptError::Map {
-        name: maps::RESOLVERS,
-        source,
-    };
-    let keys: Vec<[u32; 4]> = allowed.iter().map(|ip| ip_key(*ip)).collect();
-    for key in &keys {
-        map.insert(key, 1, 0).map_err(map_err)?;
-    }
-    let stale: Vec<[u32; 4]> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keys.contains(k))
-        .collect();
-    for key in stale {
-        let _ = map.remove(&key);
-    }
-    Ok(())
-}
-
-/// An address in the kernel's form: IPv6, IPv4 as v4-mapped, network byte order.
-fn ip_key(ip: IpAddr) -> [u32; 4] {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    crate::util::net::words(u128::from(v6))
-}
-
 /// A listener port inside the ephemeral range can be handed to a `listen()` on an unbound
 /// socket, which no bind hook sees: say so unless the port is reserved.
 fn warn_if_ephemeral(port: u16) {
@@ -940,46 +769,6 @@ pub fn original_destination(r: &Redirect) -> SocketAddr {
         Some(v4) => SocketAddr::from((v4, port)),
         None => SocketAddr::from((ip, port)),
     }
-}
-
-/// Makes sure `dir`'s parent is on a bpffs, mounting `/sys/fs/bpf` if that is what is missing.
-fn ensure_bpffs(dir: &Path) -> Result<(), InterceptError> {
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
-        return Ok(());
-    }
-    let default = Path::new("/sys/fs/bpf");
-    if parent.starts_with(default) && crate::util::fs::statfs_type(default) != Some(BPF_FS_MAGIC) {
-        fs::create_dir_all(default).map_err(io_err(default))?;
-        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-        let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
-        // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(InterceptError::Bpffs(format!(
-                "/sys/fs/bpf is not mounted and mounting it failed: {}; run `mount -t bpf bpf /sys/fs/bpf`",
-                io::Error::last_os_error()
-            )));
-        }
-        info!("mounted bpffs at /sys/fs/bpf");
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-        if crate::util::fs::statfs_type(parent) == Some(BPF_FS_MAGIC) {
-            return Ok(());
-        }
-    }
-    Err(InterceptError::Bpffs(format!(
-        "{} is not on a bpf filesystem; mount one with `mount -t bpf bpf {}`",
-        parent.display(),
-        parent.display()
-    )))
 }
 
 #[cfg(test)]
