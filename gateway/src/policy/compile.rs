@@ -7,26 +7,21 @@
 //! workload and argument conditions.
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
 
-use regex::Regex;
-
 use super::snapshot::{
-    ArgCond, CallerCond, CompiledMasks, Function, Obligations, Op, PolicyVersion, Rule, Service,
-    Snapshot, When, WorkloadCond,
+    CompiledMasks, Function, Obligations, PolicyVersion, Rule, Service, Snapshot, When,
 };
 use super::{
     git::GitState,
     load::{Finding, Loaded, Source},
-    schema::{self, Action, ArgCondition, CallerMatch, UidList, WorkloadMatch},
+    schema::{self, Action},
 };
 use crate::approve::ApprovalSpec;
 use crate::call::Protocol;
 use crate::obligations::inject::HeaderEdits;
-use crate::obligations::mask::MaskSpec;
 use crate::util::time::parse_duration;
 use crate::{
     extract::{
@@ -34,86 +29,19 @@ use crate::{
         surface::{RouteError, Surface},
     },
     identity::IdentityConfig,
-    obligations::mask::MaskRules,
-    util::jsonpath::JsonPath,
 };
 
 use crate::util::NameIndex as Index;
 
-/// A secret source: exactly one place; an `oauth2` or `token_exchange` one with a usable token
-/// endpoint and a client secret that is itself read from one plain place.
-fn check_secret(
-    src: &super::load::Source,
-    path: &[&str],
-    r: &crate::obligations::inject::SecretRef,
-    errors: &mut Vec<Finding>,
-) {
-    if r.count() != 1 {
-        errors.push(src.error(
-            path,
-            "give exactly one of env, file, systemd, credential, oauth2 or token_exchange",
-        ));
-    }
-    if let Some(x) = &r.token_exchange {
-        check_exchange(src, path, x, errors);
-    }
-    let Some(o) = &r.oauth2 else { return };
-    let mut at = path.to_vec();
-    at.push("oauth2");
-    if let Err(e) = crate::util::outbound::check_url(&o.token_url) {
-        errors.push(src.error(&at, format!("token_url {e}")));
-    }
-    if o.client_id.is_empty() {
-        errors.push(src.error(&at, "client_id must not be empty"));
-    }
-    let s = &o.client_secret;
-    if s.count() != 1 || s.credential.is_some() || s.oauth2.is_some() || s.token_exchange.is_some()
-    {
-        errors.push(src.error(
-            &at,
-            "client_secret: give exactly one of env, file or systemd",
-        ));
-    }
-}
+mod checks;
+mod conditions;
+mod hosts;
 
-/// A `token_exchange` source: a usable token endpoint, a client, a plain client secret if
-/// any, and something that says whom the token is for.
-fn check_exchange(
-    src: &super::load::Source,
-    path: &[&str],
-    x: &crate::obligations::exchange::TokenExchangeSource,
-    errors: &mut Vec<Finding>,
-) {
-    let mut at = path.to_vec();
-    at.push("token_exchange");
-    if let Err(e) = crate::util::outbound::check_url(&x.token_url) {
-        errors.push(src.error(&at, format!("token_url {e}")));
-    }
-    if x.client_id.is_empty() {
-        errors.push(src.error(&at, "client_id must not be empty"));
-    }
-    if let Some(s) = &x.client_secret {
-        if s.count() != 1
-            || s.credential.is_some()
-            || s.oauth2.is_some()
-            || s.token_exchange.is_some()
-        {
-            errors.push(src.error(
-                &at,
-                "client_secret: give exactly one of env, file or systemd",
-            ));
-        }
-    }
-    if x.audience.is_none() && x.resource.is_none() {
-        errors.push(src.error(
-            &at,
-            "name the upstream the token is for: audience or resource",
-        ));
-    }
-    if x.timeout_s.is_some_and(|t| !(1..=10).contains(&t)) {
-        errors.push(src.error(&at, "timeout_s must be from 1 to 10"));
-    }
-}
+use checks::{check_masks, check_secret};
+use conditions::{compile_arg, compile_caller};
+use hosts::service_names;
+pub use hosts::split_destination;
+pub(crate) use hosts::{HostSpec, parse_host};
 
 pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>> {
     let mut errors = Vec::new();
@@ -254,60 +182,6 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
         Ok(snap)
     } else {
         Err(errors)
-    }
-}
-
-/// One `match.hosts` entry, normalised (lower case, canonical IP text).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HostSpec {
-    HostPort(String, u16),
-    Host(String),
-    Cidr(IpAddr, u8, Option<u16>),
-}
-
-pub(crate) fn parse_host(s: &str) -> Result<HostSpec, String> {
-    let s = s.trim().to_ascii_lowercase();
-    if s.contains('/') {
-        let rule = crate::util::net::parse_net_ports(&s)?;
-        let port = (rule.ports.0 == rule.ports.1).then_some(rule.ports.0);
-        if rule.ports != (0, u16::MAX) && port.is_none() {
-            return Err("port ranges are not supported here; list the ports".into());
-        }
-        return Ok(HostSpec::Cidr(rule.net, rule.prefix, port));
-    }
-    // [v6]:port, v4:port, name:port, or a bare name/address (any port).
-    if let Some(rest) = s.strip_prefix('[') {
-        let (addr, port) = rest.split_once("]:").ok_or("expected [ipv6]:port")?;
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
-        return Ok(HostSpec::HostPort(
-            ip.to_string(),
-            port.parse().map_err(|_| "bad port")?,
-        ));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => {
-            if h.is_empty() {
-                return Err("missing host".into());
-            }
-            Ok(HostSpec::HostPort(
-                h.to_string(),
-                p.parse().map_err(|_| format!("bad port {p:?}"))?,
-            ))
-        }
-        _ if s.is_empty() => Err("empty".into()),
-        _ => Ok(HostSpec::Host(
-            s.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(s),
-        )),
-    }
-}
-
-/// `host:port` or `[v6]:port` as written in a test case or an explain request.
-pub fn split_destination(s: &str) -> Result<(String, u16), String> {
-    match parse_host(s)? {
-        HostSpec::HostPort(h, p) => Ok((h, p)),
-        _ => Err(format!("destination {s:?} must be host:port")),
     }
 }
 
@@ -768,179 +642,4 @@ fn rules_by_function(functions: &[Function], rules: &[Rule]) -> (Vec<Box<[u32]>>
         .map(|(i, _)| i as u32)
         .collect();
     (rules_for, rules_wildcard)
-}
-
-/// The names in `hosts` (not IPs or CIDRs) and `sni`, lower-cased; wildcards as `.suffix`.
-fn service_names(m: &schema::ServiceMatch) -> Vec<String> {
-    let mut names: Vec<String> = m
-        .hosts
-        .iter()
-        .filter_map(|h| match parse_host(h) {
-            Ok(HostSpec::HostPort(h, _) | HostSpec::Host(h)) if h.parse::<IpAddr>().is_err() => {
-                Some(h)
-            }
-            _ => None,
-        })
-        .chain(m.sni.iter().map(|s| {
-            let s = s.to_ascii_lowercase();
-            s.strip_prefix('*').map(str::to_string).unwrap_or(s)
-        }))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-fn check_masks(src: &Source, at: &[&str], masks: &[MaskSpec], errors: &mut Vec<Finding>) {
-    for (i, m) in masks.iter().enumerate() {
-        if let Err(e) = MaskRules::compile(std::slice::from_ref(m)) {
-            let idx = i.to_string();
-            let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();
-            errors.push(src.error(&path, e.to_string()));
-        }
-    }
-}
-
-fn compile_caller(
-    c: &CallerMatch,
-    identity: &IdentityConfig,
-    err: &mut dyn FnMut(&[&str], String),
-) -> CallerCond {
-    // Groups, subjects and claims mean something only within one provider: `finance` in a
-    // partner's token is not corp's finance group.
-    let names_token_values = c.subject.is_some()
-        || !c.groups.is_empty()
-        || !c.groups_all.is_empty()
-        || !c.claims.is_empty();
-    let provider = match &c.provider {
-        Some(p) if identity.has_provider(p) => Some(p.clone()),
-        Some(p) => {
-            err(
-                &["caller", "provider"],
-                format!("{p:?} is not one of identity.providers in callgate.yaml"),
-            );
-            None
-        }
-        None if !names_token_values => None,
-        None if identity.providers.len() > 1 && identity.default_provider.is_none() => {
-            err(
-                &["caller"],
-                "with more than one identity provider, say whose subjects, groups or claims these are: add `provider:` to the rule or `identity.default_provider` to callgate.yaml".into(),
-            );
-            None
-        }
-        None => identity.default_provider.clone(),
-    };
-    let mut claims = Vec::new();
-    for (path, value) in &c.claims {
-        match JsonPath::parse(path) {
-            Ok(p) => claims.push((p, value.clone())),
-            Err(e) => err(&["caller", "claims", path], e.to_string()),
-        }
-    }
-    CallerCond {
-        provider,
-        subjects: c
-            .subject
-            .as_ref()
-            .map(|s| s.items().to_vec())
-            .unwrap_or_default(),
-        groups_any: c.groups.clone(),
-        groups_all: c.groups_all.clone(),
-        claims,
-        authenticated: c.authenticated,
-        workload: c.workload.as_ref().map(|w| compile_workload(w, err)),
-    }
-}
-
-fn compile_workload(w: &WorkloadMatch, err: &mut dyn FnMut(&[&str], String)) -> WorkloadCond {
-    let list =
-        |o: &Option<schema::OneOrMany>| o.as_ref().map(|v| v.items().to_vec()).unwrap_or_default();
-    WorkloadCond {
-        uids: match &w.uid {
-            Some(UidList::One(u)) => vec![*u],
-            Some(UidList::Many(v)) => v.clone(),
-            None => Vec::new(),
-        },
-        users: list(&w.user),
-        units: list(&w.unit),
-        user_units: list(&w.user_unit),
-        cgroup_prefix: w.cgroup.as_ref().map(|c| {
-            let parts: Vec<String> = c
-                .split('/')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            if parts.iter().any(|p| p == "." || p == "..") {
-                err(
-                    &["caller", "workload", "cgroup"],
-                    format!("{c:?}: a cgroup path has no `.` or `..` components"),
-                );
-            }
-            parts
-        }),
-        comms: list(&w.comm),
-        containers: list(&w.container)
-            .into_iter()
-            .inspect(|c| {
-                // A name as Docker and Podman allow them (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`,
-                // which Kubernetes' container names are a subset of), or an id: any name of
-                // 12 to 64 lowercase hex digits also matches as an id prefix.
-                let name = c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                    && c.len() <= 253
-                    && c
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-                if !name {
-                    err(
-                        &["caller", "workload", "container"],
-                        format!(
-                            "{c:?}: a container is named by its id (12 to 64 lowercase hex digits) or its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
-                        ),
-                    );
-                }
-            })
-            .collect(),
-        pods: list(&w.pod),
-        netns: match &w.netns {
-            Some(schema::NetnsList::One(n)) => vec![*n],
-            Some(schema::NetnsList::Many(v)) => v.clone(),
-            None => Vec::new(),
-        },
-    }
-}
-
-fn compile_arg(name: &str, c: &ArgCondition) -> Result<ArgCond, String> {
-    let path = JsonPath::parse(name).map_err(|e| e.to_string())?;
-    let mut ops = Vec::new();
-    let push = |ops: &mut Vec<Op>, v: Option<Op>| ops.extend(v);
-    push(&mut ops, c.eq.clone().map(Op::Eq));
-    push(&mut ops, c.ne.clone().map(Op::Ne));
-    push(&mut ops, c.in_.clone().map(Op::In));
-    push(&mut ops, c.not_in.clone().map(Op::NotIn));
-    push(&mut ops, c.gt.map(Op::Gt));
-    push(&mut ops, c.ge.map(Op::Ge));
-    push(&mut ops, c.min.map(Op::Ge));
-    push(&mut ops, c.lt.map(Op::Lt));
-    push(&mut ops, c.le.map(Op::Le));
-    push(&mut ops, c.max.map(Op::Le));
-    if let Some(re) = &c.regex {
-        // Anchored: `regex: "[a-z]+"` means the whole value, as a reader expects.
-        let re = Regex::new(&format!("^(?:{re})$")).map_err(|e| format!("invalid regex: {e}"))?;
-        ops.push(Op::Regex(re));
-    }
-    push(&mut ops, c.prefix.clone().map(Op::Prefix));
-    push(&mut ops, c.max_len.map(Op::MaxLen));
-    match (c.present, c.absent) {
-        (Some(p), Some(a)) if p == a => {
-            return Err("`present` and `absent` contradict each other".into());
-        }
-        (Some(p), _) => ops.push(Op::Present(p)),
-        (None, Some(a)) => ops.push(Op::Present(!a)),
-        (None, None) => {}
-    }
-    if ops.is_empty() {
-        return Err("no condition given (eq, ne, in, not_in, gt, ge, lt, le, max, min, regex, prefix, present, absent, max_len)".into());
-    }
-    Ok(ArgCond { path, ops })
 }
