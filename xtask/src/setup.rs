@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nghttp2-client",
     // A Go client built in a test: it must trust the gateway's CA through SSL_CERT_FILE.
     "golang-go",
+    // Fleet mode's shared database: each fleet test initdb's a private cluster of its own.
+    "postgresql-15",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[
