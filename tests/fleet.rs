@@ -114,6 +114,15 @@ impl Call {
     }
 }
 
+impl Call {
+    /// Blocks until curl ends (bounded by its own `--max-time 60`): for timing, where
+    /// [`Call::finish`]'s 20 ms polling would be the resolution.
+    fn exit_code(mut self) -> u16 {
+        let _ = self.child.wait();
+        self.finish().0
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -229,6 +238,29 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         r["approval"]["request"] == id.as_str()
     });
     assert_eq!(rec["approval"]["state"], "approved", "{rec}");
+
+    // How long a verdict given on B takes to reach A's client: from B's CLI returning (the
+    // verdict is in the database) to curl's exit with the upstream's answer.
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let call = f.refund(&f.cg_a);
+        let id = pending_on(&f.b, "host-a")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        cli_ok(&f.b, &["approvals", "approve", &id, "--as", "lee"]);
+        let t = Instant::now();
+        let code = call.exit_code();
+        took.push(t.elapsed());
+        assert_eq!(code, 200);
+    }
+    took.sort();
+    eprintln!(
+        "fleet: verdict in the database on B to A's client answered, 20 calls: p50 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() - 1] < Duration::from_secs(2), "{took:?}");
 
     // A verdict once given is final everywhere.
     let again = f.a.cli(&["approvals", "deny", &id, "--as", "lee"]);
