@@ -35,7 +35,12 @@ protocol: rest
 functions:
   refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
   show: {{ route: "GET /v1/payments/{{payment_id}}" }}
+  tally: {{ route: "GET /v1/payments/{{payment_id}}/tally" }}
 rules:
+  - name: three-a-day-in-the-fleet
+    function: tally
+    action: allow
+    quota: {{ calls: 3/d, scope: fleet }}
   - name: refunds-need-a-lead
     function: refund
     action: approve
@@ -77,10 +82,13 @@ fn setup(test: &str) -> Option<Fleet> {
     };
     let (ta, tb) = (start(dir_a, "host-a"), start(dir_b, "host-b"));
     let (a, b) = (ta.join().expect("gateway a"), tb.join().expect("gateway b"));
+    let applied = pg.psql(
+        "callgate",
+        "SELECT count(*) = max(version) AND count(DISTINCT applied_by) = 1 FROM callgate_schema",
+    );
     assert_eq!(
-        pg.psql("callgate", "SELECT count(*) FROM callgate_schema"),
-        "1",
-        "one migration, recorded once"
+        applied, "t",
+        "each migration ran once, all by the host that won the lock"
     );
     let cg_a = TestCgroup::new("fleet-a");
     let cg_b = TestCgroup::new("fleet-b");
@@ -162,6 +170,11 @@ impl Fleet {
                 &url,
             ],
         )
+    }
+
+    fn tally(&self, cg: &TestCgroup) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{}/v1/payments/p_1/tally", self.up.port);
+        self.curl(cg, &[&url]).finish()
     }
 
     fn show(&self, cg: &TestCgroup) -> (u16, String) {
@@ -266,6 +279,25 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     let again = f.a.cli(&["approvals", "deny", &id, "--as", "lee"]);
     assert!(!again.status.success());
 
+    // A 3-a-day quota counts across A and B.
+    for (cg, host) in [(&f.cg_a, "A"), (&f.cg_b, "B"), (&f.cg_a, "A")] {
+        let (code, body) = f.tally(cg);
+        assert_eq!(code, 200, "call on {host} within the fleet's quota: {body}");
+    }
+    for cg in [&f.cg_b, &f.cg_a] {
+        let (code, body) = f.tally(cg);
+        assert_eq!(
+            code, 429,
+            "the fourth call of the day, on either host: {body}"
+        );
+        assert!(body.contains("fleet-wide"), "{body}");
+    }
+    assert_eq!(
+        f.pg.psql("callgate", "SELECT sum(count) FROM callgate_quotas"),
+        "3",
+        "refused calls are not counted"
+    );
+
     // The database goes away: held calls are refused with a reason, allowed calls go on.
     f.pg.stop();
     assert!(
@@ -283,6 +315,9 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     assert!(body.contains("fleet database"), "{body}");
     let (code, body) = f.show(&f.cg_a);
     assert_eq!(code, 200, "allowed calls do not need the database: {body}");
+    let (code, body) = f.tally(&f.cg_b);
+    assert_eq!(code, 503, "a fleet-wide quota cannot be counted: {body}");
+    assert!(body.contains("quota_unavailable"), "{body}");
     // Listing falls back to this host's own calls.
     assert!(list(&f.b, false).is_empty());
 
@@ -385,7 +420,7 @@ fn a_newer_schema_refuses_the_start() {
     assert!(status.is_some(), "callgate started on a newer schema");
     assert!(!out.status.success());
     assert!(
-        stderr.contains("schema is version 99, newer than this callgate knows (1)"),
+        stderr.contains("schema is version 99, newer than this callgate knows ("),
         "{stderr}"
     );
     // Nothing was written.

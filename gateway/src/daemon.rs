@@ -148,7 +148,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         (None, _) => None,
     };
     let approvals = match &outbound {
-        Some(http) => Some(open_approvals(&cfg, http, recorder.as_ref(), fleet)?),
+        Some(http) => Some(open_approvals(
+            &cfg,
+            http,
+            recorder.as_ref(),
+            fleet.clone(),
+        )?),
         None => None,
     };
     let tracer = match (&cfg.telemetry, &outbound) {
@@ -190,6 +195,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         approvals: approvals.clone(),
         metrics: Default::default(),
         limiter: limiter.clone(),
+        fleet: fleet.clone(),
         tracer: tracer.clone(),
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),

@@ -107,6 +107,8 @@ struct Link {
     mine: Statement,
     beat: Statement,
     reap: Statement,
+    count: Statement,
+    expire: Statement,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ pub struct Fleet {
     link: ArcSwapOption<Link>,
     health: Mutex<Health>,
     connections: AtomicU64,
+    beats: AtomicU64,
     events: broadcast::Sender<Event>,
     /// The connection was lost: reconnect now rather than at the next heartbeat.
     lost: Notify,
@@ -157,6 +160,7 @@ impl Fleet {
                 ..Health::default()
             }),
             connections: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
             lost: Notify::new(),
         });
@@ -250,6 +254,22 @@ impl Fleet {
         let stmt = if all { &l.list_all } else { &l.list_pending };
         let rows = self.run(&l, l.client.query(stmt, &[&LIST_MAX])).await?;
         Ok(rows.iter().map(shared).collect())
+    }
+
+    /// Counts a call against a fleet-wide quota of `calls` per `window_s` under `key`:
+    /// false when the quota is used up (the call is then not counted).
+    pub async fn count_quota(
+        &self,
+        key: &str,
+        window_s: u64,
+        calls: u64,
+    ) -> Result<bool, FleetError> {
+        let l = self.link()?;
+        let (len, calls) = (window_s.max(1) as i64, calls as i64);
+        let rows = self
+            .run(&l, l.client.query(&l.count, &[&key, &len, &calls]))
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     /// This host's rows that are pending, or whose id is in `ids`: `(id, row)`.
@@ -424,6 +444,26 @@ impl Fleet {
             )
             .await
             .map_err(unavailable)?,
+            // One statement counts a call, atomically per key and window: a window on the
+            // database's clock (the hosts' clocks may differ), a call over the quota not
+            // counted (no row comes back).
+            count: prepare(
+                "INSERT INTO callgate_quotas AS q (key, window_start, window_len, count) \
+                 VALUES ($1, (floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint)::bigint, \
+                 $2::bigint, 1) \
+                 ON CONFLICT (key, window_start) DO UPDATE SET count = q.count + 1 \
+                 WHERE q.count < $3::bigint RETURNING q.count"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            expire: prepare(
+                "DELETE FROM callgate_quotas \
+                 WHERE window_start + window_len < extract(epoch FROM now())::bigint"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
             client,
             generation,
         };
@@ -486,6 +526,10 @@ impl Fleet {
             .is_err()
         {
             return;
+        }
+        // Windows that ended, now and then (every host does it; it is idempotent).
+        if self.beats.fetch_add(1, Relaxed).is_multiple_of(60) {
+            let _ = self.run(&l, l.client.execute(&l.expire, &[])).await;
         }
         let dead = self.cfg.dead_after.as_secs_f64();
         match self

@@ -42,6 +42,17 @@ CREATE TRIGGER callgate_approvals_notify
     AFTER INSERT OR UPDATE OF state ON callgate_approvals
     FOR EACH ROW EXECUTE FUNCTION callgate_approvals_notify();
 "#,
+    // 2: fleet-wide quotas: one row per key and window, counted by one upsert.
+    r#"
+CREATE TABLE callgate_quotas (
+    key text NOT NULL,
+    window_start bigint NOT NULL,
+    window_len bigint NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (key, window_start)
+);
+CREATE INDEX callgate_quotas_end ON callgate_quotas ((window_start + window_len));
+"#,
 ];
 
 /// The schema version this binary knows.
