@@ -44,7 +44,7 @@ rules:
   - name: refunds-need-a-lead
     function: refund
     action: approve
-    approval: {{ approvers: {{ groups: [finance-leads] }}, timeout: 60s }}
+    approval: {{ approvers: {{ groups: [finance-leads] }}, timeout: 60s, grant: 1h }}
   - name: reading-is-fine
     function: show
     action: allow
@@ -274,6 +274,28 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         took[took.len() - 1]
     );
     assert!(took[took.len() - 1] < Duration::from_secs(2), "{took:?}");
+
+    // A grant given on B for A's call: A's next identical call passes without a new hold.
+    let call = f.refund(&f.cg_a);
+    let id = pending_on(&f.b, "host-a")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    cli_ok(
+        &f.b,
+        &["approvals", "approve", &id, "--as", "lee", "--grant", "10m"],
+    );
+    assert_eq!(call.finish().0, 200);
+    let grants: Value =
+        serde_json::from_str(&cli_ok(&f.a, &["approvals", "grants", "list", "--json"]))
+            .expect("grants");
+    assert_eq!(grants[0]["approved_by"], "lee", "{grants}");
+    let held_before = list(&f.a, true).len();
+    let (code, body) = f.refund(&f.cg_a).finish();
+    assert_eq!(code, 200, "granted: {body}");
+    assert_eq!(list(&f.a, true).len(), held_before, "no new request");
+    let grant_id = grants[0]["id"].as_str().expect("grant id").to_string();
+    cli_ok(&f.a, &["approvals", "grants", "revoke", &grant_id]);
 
     // A verdict once given is final everywhere.
     let again = f.a.cli(&["approvals", "deny", &id, "--as", "lee"]);
