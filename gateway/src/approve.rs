@@ -784,6 +784,19 @@ impl Approvals {
                 return;
             }
         };
+        // Held here but unknown there (the database lost its last changes, or the call was
+        // held just as the connection dropped): shared again.
+        for id in pending
+            .iter()
+            .filter(|id| !rows.iter().any(|(r, _)| r == *id))
+        {
+            if let Some(r) = self.get(id).filter(|r| r.state == State::Pending) {
+                let row = serde_json::to_value(&r).unwrap_or_default();
+                if let Err(e) = f.insert_approval(id, &row, r.expires_at_ms).await {
+                    debug!(id, error = %e, "a held call is not shared yet");
+                }
+            }
+        }
         for (id, row) in rows {
             match self.get(&id) {
                 Some(r) if r.state == State::Pending => self.settle_from(&id, &row),
