@@ -214,6 +214,17 @@ fn pending_on(gw: &Gateway, host: &str) -> Value {
     .unwrap_or_else(|| panic!("no pending request of {host}\n{}", gw.log()))
 }
 
+/// Seconds since midnight of a log line's RFC 3339 timestamp (`2026-12-03T07:10:56.943937Z`).
+fn log_seconds(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split_once('T')?.1;
+    let t = t.trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 fn fleet_connected(gw: &Gateway) -> Option<bool> {
     gw.status()["approvals"]["fleet"]["connected"].as_bool()
 }
@@ -255,12 +266,14 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     // How long a verdict given on B takes to reach A's client: from B's CLI returning (the
     // verdict is in the database) to curl's exit with the upstream's answer.
     let mut took = Vec::new();
+    let mut ids = Vec::new();
     for _ in 0..20 {
         let call = f.refund(&f.cg_a);
         let id = pending_on(&f.b, "host-a")["id"]
             .as_str()
             .expect("id")
             .to_string();
+        ids.push(id.clone());
         cli_ok(&f.b, &["approvals", "approve", &id, "--as", "lee"]);
         let t = Instant::now();
         let code = call.exit_code();
@@ -274,6 +287,28 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         took[took.len() - 1]
     );
     assert!(took[took.len() - 1] < Duration::from_secs(2), "{took:?}");
+    // Inside the gateways, from their logs: B's verdict committed → A's client woken.
+    let (log_a, log_b) = (f.a.log(), f.b.log());
+    let mut inside: Vec<f64> = ids
+        .iter()
+        .filter_map(|id| {
+            let at = |log: &str, what: &str| {
+                log.lines()
+                    .find(|l| l.contains(what) && l.contains(id.as_str()))
+                    .and_then(log_seconds)
+            };
+            Some(at(&log_a, "approval answered")? - at(&log_b, "approval answered in the fleet")?)
+        })
+        .collect();
+    inside.sort_by(f64::total_cmp);
+    if !inside.is_empty() {
+        eprintln!(
+            "fleet: verdict committed on B to the call woken on A (gateway logs, {}): p50 {:.2} ms, max {:.2} ms",
+            inside.len(),
+            inside[inside.len() / 2] * 1e3,
+            inside[inside.len() - 1] * 1e3
+        );
+    }
 
     // A grant given on B for A's call: A's next identical call passes without a new hold.
     let call = f.refund(&f.cg_a);
