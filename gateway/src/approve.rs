@@ -720,11 +720,30 @@ impl Approvals {
                 };
                 let Some(a) = me.upgrade() else { return };
                 match event {
-                    Ok(fleet::Event::Approval { host, id, state }) => {
+                    Ok(fleet::Event::Approval {
+                        host,
+                        id,
+                        state,
+                        verdict,
+                    }) => {
                         a.changes.send_modify(|n| *n += 1);
                         let pending_here = a.get(&id).is_some_and(|r| r.state == State::Pending);
-                        if host == f.host() && state != "pending" && pending_here {
-                            a.settle(&id).await;
+                        if host != f.host() || state == "pending" || !pending_here {
+                            continue;
+                        }
+                        match verdict {
+                            // Carried by the notification: no need to read the row.
+                            Some(v) if v.get("verdict").is_some_and(|v| !v.is_null()) => {
+                                let row = SharedApproval {
+                                    host,
+                                    state,
+                                    request: Json::Null,
+                                    verdict: v.get("verdict").cloned(),
+                                    grant_ms: v.get("grant_ms").and_then(Json::as_i64),
+                                };
+                                a.settle_from(&id, &row);
+                            }
+                            _ => a.settle(&id).await,
                         }
                     }
                     Ok(fleet::Event::Connected)

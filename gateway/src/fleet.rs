@@ -62,6 +62,8 @@ pub enum Event {
         host: String,
         id: String,
         state: String,
+        /// `{"verdict": …, "grant_ms": …}` when the notification carried it.
+        verdict: Option<Json>,
     },
     /// The connection is (back) up: whatever was announced meanwhile was missed.
     Connected,
@@ -351,7 +353,7 @@ impl Fleet {
             let why = loop {
                 match poll_fn(|cx| conn.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
-                        let mut parts = n.payload().splitn(3, ' ');
+                        let mut parts = n.payload().splitn(4, ' ');
                         if let (Some(host), Some(id), Some(state)) =
                             (parts.next(), parts.next(), parts.next())
                         {
@@ -359,6 +361,7 @@ impl Fleet {
                                 host: host.into(),
                                 id: id.into(),
                                 state: state.into(),
+                                verdict: parts.next().and_then(|v| serde_json::from_str(v).ok()),
                             });
                         }
                     }

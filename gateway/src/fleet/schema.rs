@@ -33,8 +33,19 @@ CREATE TABLE callgate_approvals (
 CREATE INDEX callgate_approvals_pending ON callgate_approvals (host) WHERE state = 'pending';
 CREATE INDEX callgate_approvals_requested ON callgate_approvals (requested_at DESC);
 CREATE FUNCTION callgate_approvals_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    payload text := NEW.host || ' ' || NEW.id || ' ' || NEW.state;
+    verdict text;
 BEGIN
-    PERFORM pg_notify('callgate_approvals', NEW.host || ' ' || NEW.id || ' ' || NEW.state);
+    -- The verdict rides along when it fits (a payload is at most 8000 bytes): the holding
+    -- host then wakes its client without reading the row.
+    IF NEW.verdict IS NOT NULL THEN
+        verdict := json_build_object('verdict', NEW.verdict, 'grant_ms', NEW.grant_ms)::text;
+        IF octet_length(payload) + octet_length(verdict) < 7900 THEN
+            payload := payload || ' ' || verdict;
+        END IF;
+    END IF;
+    PERFORM pg_notify('callgate_approvals', payload);
     RETURN NULL;
 END
 $$;
