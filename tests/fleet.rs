@@ -22,6 +22,7 @@ struct Fleet {
     b: Gateway,
     cg_a: TestCgroup,
     cg_b: TestCgroup,
+    _slices: (TestCgroup, TestCgroup),
     up: Party,
     dir: TestDir,
 }
@@ -90,8 +91,11 @@ fn setup(test: &str) -> Option<Fleet> {
         applied, "t",
         "each migration ran once, all by the host that won the lock"
     );
-    let cg_a = TestCgroup::new("fleet-a");
-    let cg_b = TestCgroup::new("fleet-b");
+    // One job on two hosts: the same unit (so the same caller) in each host's own slice.
+    let job = format!("{}.service", unique("fleet-job"));
+    let slices = (TestCgroup::slice("fleet-a"), TestCgroup::slice("fleet-b"));
+    let cg_a = slices.0.child(&job);
+    let cg_b = slices.1.child(&job);
     a.enable(&cg_a);
     b.enable(&cg_b);
     Some(Fleet {
@@ -100,6 +104,7 @@ fn setup(test: &str) -> Option<Fleet> {
         b,
         cg_a,
         cg_b,
+        _slices: slices,
         up,
         dir,
     })
@@ -328,9 +333,27 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     let held_before = list(&f.a, true).len();
     let (code, body) = f.refund(&f.cg_a).finish();
     assert_eq!(code, 200, "granted: {body}");
+    // The grant holds fleet-wide: the same job on B is not asked again either.
+    let (code, body) = f.refund(&f.cg_b).finish();
+    assert_eq!(code, 200, "granted on B too: {body}");
     assert_eq!(list(&f.a, true).len(), held_before, "no new request");
     let grant_id = grants[0]["id"].as_str().expect("grant id").to_string();
+    let on_b: Value =
+        serde_json::from_str(&cli_ok(&f.b, &["approvals", "grants", "list", "--json"]))
+            .expect("grants on B");
+    assert_eq!(on_b[0]["id"], grant_id.as_str(), "{on_b}");
+    // Revoked on A: B holds the job's next call again (below).
     cli_ok(&f.a, &["approvals", "grants", "revoke", &grant_id]);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let g: Value =
+                serde_json::from_str(&cli_ok(&f.b, &["approvals", "grants", "list", "--json"]))
+                    .ok()?;
+            g.as_array()?.is_empty().then_some(())
+        })
+        .is_some(),
+        "the revocation reached B"
+    );
 
     // A verdict once given is final everywhere.
     let again = f.a.cli(&["approvals", "deny", &id, "--as", "lee"]);

@@ -165,6 +165,14 @@ impl TestCgroup {
         Self::at(mount.join(format!("{}.service", unique(name))))
     }
 
+    /// A slice (`<name>-<pid>-<n>.slice`) under the mount's root: units made in it with
+    /// [`TestCgroup::child`] are named by their own name, whatever the slice (two hosts'
+    /// cgroups of one job, in a test).
+    pub fn slice(name: &str) -> Self {
+        let mount = cgroup_mount().expect("cgroup v2 mount");
+        Self::at(mount.join(format!("{}.slice", unique(name))))
+    }
+
     /// The unit name of a cgroup made by [`TestCgroup::unit`].
     pub fn unit_name(&self) -> String {
         self.path

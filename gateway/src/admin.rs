@@ -269,7 +269,10 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
             comment,
         } => answer(inputs, &id, approve, approver, grant, comment).await,
         Request::Grants => approvals(inputs).and_then(|a| to_json(a.grants())),
-        Request::Revoke { id } => approvals(inputs).and_then(|a| to_json(a.revoke(&id)?)),
+        Request::Revoke { id } => match approvals(inputs) {
+            Ok(a) => a.revoke_fleet(&id).await.and_then(to_json),
+            Err(e) => Err(e),
+        },
         Request::McpSeen { service } => to_json(inputs.pins.pin_file(&service)),
         Request::McpAudit { service } => to_json(inputs.pins.audit_report(&service)),
         Request::McpAccept { service, tool } => {

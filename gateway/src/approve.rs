@@ -594,6 +594,13 @@ impl Approvals {
             return Err(format!("request {id} is already {now}"));
         }
         info!(id, approved = approve, by = %approver.name, host = ?r.host, "approval answered in the fleet");
+        // The grant holds on every host: a job that moves is not asked again.
+        if let Some(g) = grant_for(&r, &verdict, window) {
+            let shared = serde_json::to_value(&g).unwrap_or_default();
+            if let Err(e) = f.put_grant(&g.id, &shared, g.expires_at_ms).await {
+                warn!(id = %g.id, error = %e, "the grant holds on the holding host only");
+            }
+        }
         if r.host.as_deref() == Some(f.host()) {
             // Held here: the client is woken now; the notification finds it answered.
             if let Ok(r) = self.apply(id, verdict.clone(), window) {
@@ -622,24 +629,7 @@ impl Approvals {
         if r.state != State::Pending {
             return Err(format!("request {id} is already {}", r.state.as_str()));
         }
-        let grant = match (verdict.approved, &verdict.grant, window) {
-            (true, Some(gid), Some(w)) => Some(Grant {
-                id: gid.clone(),
-                caller: r.scope.caller.clone(),
-                service: r.scope.service.clone(),
-                function: r.scope.function.clone(),
-                args_digest: r.scope.args.clone(),
-                rule: r.scope.rule.clone(),
-                policy_commit: r.scope.policy.clone(),
-                expires_at_ms: now_ms() + w.as_millis() as u64,
-                approved_by: verdict.by.clone(),
-                request: id.into(),
-                uses: 0,
-                deadline: Some(Instant::now() + w),
-            }),
-            _ => None,
-        };
-        if let Some(g) = grant {
+        if let Some(g) = grant_for(r, &verdict, window) {
             inner.grants.insert(g.id.clone(), g);
         }
         let (approved, by) = (verdict.approved, verdict.by.clone());
@@ -746,6 +736,18 @@ impl Approvals {
                             _ => a.settle(&id).await,
                         }
                     }
+                    Ok(fleet::Event::Grant { id, revoked }) => {
+                        a.changes.send_modify(|n| *n += 1);
+                        if revoked {
+                            if a.lock().grants.remove(&id).is_some() {
+                                info!(id, "grant revoked in the fleet");
+                            }
+                        } else if !a.lock().grants.contains_key(&id) {
+                            if let Ok(Some(g)) = f.grant(&id).await {
+                                a.adopt_grants(vec![g], false);
+                            }
+                        }
+                    }
                     Ok(fleet::Event::Connected)
                     | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         a.catch_up().await
@@ -754,6 +756,53 @@ impl Approvals {
                 }
             }
         }))
+    }
+
+    /// Grants from the fleet's database, made to hold here; with `all`, they are every grant
+    /// in force (grants not among them were revoked meanwhile).
+    fn adopt_grants(&self, shared: Vec<Json>, all: bool) {
+        let now = now_ms();
+        let grants: Vec<Grant> = shared
+            .into_iter()
+            .filter_map(|j| serde_json::from_value::<Grant>(j).ok())
+            .filter(|g| g.expires_at_ms > now)
+            .map(|mut g| {
+                g.deadline = Some(Instant::now() + Duration::from_millis(g.expires_at_ms - now));
+                g
+            })
+            .collect();
+        let mut inner = self.lock();
+        if all {
+            inner
+                .grants
+                .retain(|id, _| grants.iter().any(|g| &g.id == id));
+        }
+        for g in grants {
+            inner.grants.entry(g.id.clone()).or_insert(g);
+        }
+        self.save(&inner);
+    }
+
+    /// Ends a grant; in fleet mode on every host.
+    pub async fn revoke_fleet(&self, id: &str) -> Result<Grant, String> {
+        let Some(f) = &self.fleet else {
+            return self.revoke(id);
+        };
+        let shared = match f.grant(id).await {
+            Ok(g) => g.and_then(|j| serde_json::from_value::<Grant>(j).ok()),
+            Err(e) => {
+                let _ = self.revoke(id);
+                return Err(format!(
+                    "{e}: revoked on this host only, the other hosts honour it until it is \
+                     revoked again with the database reachable"
+                ));
+            }
+        };
+        let local = self.revoke(id).ok();
+        f.revoke_grant(id).await.map_err(|e| {
+            format!("{e}: revoked on this host only; revoke it again once the database is back")
+        })?;
+        local.or(shared).ok_or_else(|| format!("no grant {id}"))
     }
 
     /// Brings a request held here in line with the database's verdict on it.
@@ -796,6 +845,11 @@ impl Approvals {
     async fn catch_up(&self) {
         let Some(f) = &self.fleet else { return };
         let pending: Vec<String> = self.list(false).into_iter().map(|r| r.id).collect();
+        // Grants: the database's set is the fleet's.
+        match f.grants(now_ms()).await {
+            Ok(shared) => self.adopt_grants(shared, true),
+            Err(e) => debug!(error = %e, "grants not caught up"),
+        }
         let rows = match f.mine(&pending).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -926,6 +980,27 @@ impl Approvals {
         let r = r.clone();
         self.save(&inner);
         Some(r)
+    }
+}
+
+/// The grant an approval of `r` with a window gives.
+fn grant_for(r: &Request, verdict: &Verdict, window: Option<Duration>) -> Option<Grant> {
+    match (verdict.approved, &verdict.grant, window) {
+        (true, Some(gid), Some(w)) => Some(Grant {
+            id: gid.clone(),
+            caller: r.scope.caller.clone(),
+            service: r.scope.service.clone(),
+            function: r.scope.function.clone(),
+            args_digest: r.scope.args.clone(),
+            rule: r.scope.rule.clone(),
+            policy_commit: r.scope.policy.clone(),
+            expires_at_ms: verdict.at_ms + w.as_millis() as u64,
+            approved_by: verdict.by.clone(),
+            request: r.id.clone(),
+            uses: 0,
+            deadline: Some(Instant::now() + w),
+        }),
+        _ => None,
     }
 }
 

@@ -31,6 +31,8 @@ use crate::{config::FleetConfig, util::sync::LockExt, util::time::now_ms};
 
 /// The channel every change of a held call is announced on (`host id state`).
 const CHANNEL: &str = "callgate_approvals";
+/// The channel grants given and revoked are announced on (`granted|revoked id`).
+const GRANTS: &str = "callgate_grants";
 /// A statement that takes longer is treated as a lost database.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,6 +67,8 @@ pub enum Event {
         /// `{"verdict": …, "grant_ms": …}` when the notification carried it.
         verdict: Option<Json>,
     },
+    /// A grant was given (or revoked) somewhere in the fleet.
+    Grant { id: String, revoked: bool },
     /// The connection is (back) up: whatever was announced meanwhile was missed.
     Connected,
 }
@@ -111,6 +115,10 @@ struct Link {
     reap: Statement,
     count: Statement,
     expire: Statement,
+    grant_put: Statement,
+    grant_del: Statement,
+    grant_get: Statement,
+    grants_live: Statement,
 }
 
 #[derive(Default)]
@@ -274,6 +282,43 @@ impl Fleet {
         Ok(!rows.is_empty())
     }
 
+    /// Shares a grant: every host honours it from its notification on.
+    pub async fn put_grant(
+        &self,
+        id: &str,
+        grant: &Json,
+        expires_at_ms: u64,
+    ) -> Result<(), FleetError> {
+        let l = self.link()?;
+        let expires = expires_at_ms as i64;
+        self.run(&l, l.client.execute(&l.grant_put, &[&id, grant, &expires]))
+            .await
+            .map(drop)
+    }
+
+    /// Ends a grant on every host; false if the database had no such grant.
+    pub async fn revoke_grant(&self, id: &str) -> Result<bool, FleetError> {
+        let l = self.link()?;
+        let n = self.run(&l, l.client.execute(&l.grant_del, &[&id])).await?;
+        Ok(n == 1)
+    }
+
+    pub async fn grant(&self, id: &str) -> Result<Option<Json>, FleetError> {
+        let l = self.link()?;
+        let rows = self.run(&l, l.client.query(&l.grant_get, &[&id])).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Every grant in force at wall time `now_ms`.
+    pub async fn grants(&self, now_ms: u64) -> Result<Vec<Json>, FleetError> {
+        let l = self.link()?;
+        let now = now_ms as i64;
+        let rows = self
+            .run(&l, l.client.query(&l.grants_live, &[&now]))
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// This host's rows that are pending, or whose id is in `ids`: `(id, row)`.
     pub async fn mine(&self, ids: &[String]) -> Result<Vec<(String, SharedApproval)>, FleetError> {
         let l = self.link()?;
@@ -365,6 +410,14 @@ impl Fleet {
                             });
                         }
                     }
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == GRANTS => {
+                        if let Some((op, id)) = n.payload().split_once(' ') {
+                            let _ = events.send(Event::Grant {
+                                id: id.into(),
+                                revoked: op == "revoked",
+                            });
+                        }
+                    }
                     Some(Ok(AsyncMessage::Notice(n))) => {
                         debug!(notice = %n.message(), "fleet database")
                     }
@@ -391,7 +444,9 @@ impl Fleet {
         // own state is the authority on its calls and is written back when it reconnects
         // (see `approve`'s catch-up), and a quota may undercount by as much.
         client
-            .batch_execute(&format!("SET synchronous_commit = off; LISTEN {CHANNEL}"))
+            .batch_execute(&format!(
+                "SET synchronous_commit = off; LISTEN {CHANNEL}; LISTEN {GRANTS}"
+            ))
             .await
             .map_err(unavailable)?;
         let row = "host, state, request, verdict, grant_ms";
@@ -469,6 +524,24 @@ impl Fleet {
                 "DELETE FROM callgate_quotas \
                  WHERE window_start + window_len < extract(epoch FROM now())::bigint"
                     .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            grant_put: prepare(
+                "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            grant_del: prepare("DELETE FROM callgate_grants WHERE id = $1".into())
+                .await
+                .map_err(unavailable)?,
+            grant_get: prepare("SELECT grant_json FROM callgate_grants WHERE id = $1".into())
+                .await
+                .map_err(unavailable)?,
+            grants_live: prepare(
+                "SELECT grant_json FROM callgate_grants WHERE expires_at_ms > $1".into(),
             )
             .await
             .map_err(unavailable)?,

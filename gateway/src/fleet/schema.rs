@@ -64,6 +64,28 @@ CREATE TABLE callgate_quotas (
 );
 CREATE INDEX callgate_quotas_end ON callgate_quotas ((window_start + window_len));
 "#,
+    // 3: grants in force on every host, announced on each change.
+    r#"
+CREATE TABLE callgate_grants (
+    id text PRIMARY KEY,
+    grant_json jsonb NOT NULL,
+    expires_at_ms bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE FUNCTION callgate_grants_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('callgate_grants', 'revoked ' || OLD.id);
+    ELSE
+        PERFORM pg_notify('callgate_grants', 'granted ' || NEW.id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER callgate_grants_notify
+    AFTER INSERT OR DELETE ON callgate_grants
+    FOR EACH ROW EXECUTE FUNCTION callgate_grants_notify();
+"#,
 ];
 
 /// The schema version this binary knows.
