@@ -36,6 +36,8 @@ const GRANTS: &str = "callgate_grants";
 /// A statement that takes longer is treated as a lost database.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting, migrating and preparing, together.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Rows `list` returns at most.
@@ -174,7 +176,7 @@ impl Fleet {
             events: broadcast::channel(1024).0,
             lost: Notify::new(),
         });
-        match fleet.connect().await {
+        match fleet.connect_bounded().await {
             Ok(()) => {}
             Err(e @ (FleetError::SchemaTooNew { .. } | FleetError::Config(_))) => return Err(e),
             Err(e) => {
@@ -384,6 +386,19 @@ impl Fleet {
         self.lost.notify_one();
     }
 
+    /// [`Fleet::connect`], bounded as a whole: a migration waiting on another host's lock,
+    /// or a database that accepts and then says nothing, does not stall the start.
+    async fn connect_bounded(self: &Arc<Self>) -> Result<(), FleetError> {
+        tokio::time::timeout(SETUP_TIMEOUT, self.connect())
+            .await
+            .unwrap_or_else(|_| {
+                Err(FleetError::Unavailable(format!(
+                    "connecting and migrating took longer than {}s",
+                    SETUP_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
     async fn connect(self: &Arc<Self>) -> Result<(), FleetError> {
         let unavailable = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
         let (mut client, mut conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
@@ -583,7 +598,7 @@ impl Fleet {
                 self.beat().await;
                 continue;
             }
-            match self.connect().await {
+            match self.connect_bounded().await {
                 Ok(()) => backoff = BACKOFF_FIRST,
                 Err(e) => {
                     debug!(error = %e, retry_in = ?backoff, "fleet database still unreachable");
