@@ -173,6 +173,14 @@ impl TestCgroup {
         Self::at(mount.join(format!("{}.service", unique(name))))
     }
 
+    /// A slice (`<name>-<pid>-<n>.slice`) under the mount's root: units made in it with
+    /// [`TestCgroup::child`] are named by their own name, whatever the slice (two hosts'
+    /// cgroups of one job, in a test).
+    pub fn slice(name: &str) -> Self {
+        let mount = cgroup_mount().expect("cgroup v2 mount");
+        Self::at(mount.join(format!("{}.slice", unique(name))))
+    }
+
     /// The unit name of a cgroup made by [`TestCgroup::unit`].
     pub fn unit_name(&self) -> String {
         self.path
@@ -944,4 +952,189 @@ pub fn test_pki(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// === PostgreSQL ===
+
+/// Debian's PostgreSQL 15 server programs (`cargo xtask setup` installs `postgresql-15`).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Whether a PostgreSQL server can be started here; a failure in CI, a skip otherwise.
+pub fn postgres_available(test: &str) -> bool {
+    if Path::new(PG_BIN).join("postgres").exists() && Path::new("/usr/bin/psql").exists() {
+        return true;
+    }
+    skip(
+        test,
+        "PostgreSQL 15 is not installed (cargo xtask setup installs it)",
+    )
+}
+
+/// A private PostgreSQL cluster of one test: `initdb` into a directory of its own (as the
+/// `postgres` user: initdb refuses root), serving on a loopback port and a socket in that
+/// directory only, trust authentication (nothing but this host's loopback reaches it), one
+/// database `callgate`. Stopped and removed when dropped; every wait is bounded.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    uid: u32,
+    gid: u32,
+    running: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let (uid, gid) = account("postgres").expect("a postgres account (Debian's postgresql)");
+        let dir = std::env::temp_dir().join(unique("callgate-pg"));
+        fs::create_dir_all(dir.join("sock")).expect("pg dir");
+        for d in [dir.clone(), dir.join("sock")] {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).expect("chown pg dir");
+        }
+        let mut pg = Self {
+            port: free_port(),
+            dir,
+            uid,
+            gid,
+            running: false,
+        };
+        let data = pg.data();
+        pg.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        pg.start_again();
+        pg.psql("postgres", "CREATE DATABASE callgate");
+        pg
+    }
+
+    /// `postgresql://` URL of the `callgate` database, on the loopback port.
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/callgate", self.port)
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) and waits until it accepts
+    /// connections (at most 30 s).
+    pub fn start_again(&mut self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let log = self.dir.join("server.log").display().to_string();
+        let data = self.data();
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "30", "start",
+            ],
+        );
+        self.running = true;
+    }
+
+    /// Stops the server (fast: open connections are closed), waiting at most 20 s.
+    pub fn stop(&mut self) {
+        let data = self.data();
+        self.as_postgres(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "-t", "20", "stop"],
+        );
+        self.running = false;
+    }
+
+    /// Runs `sql` in `db` with psql; its output, unaligned, tuples only.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("/usr/bin/psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Runs one of the server's programs as the `postgres` user; panics if it fails.
+    fn as_postgres(&self, program: &str, args: &[&str]) {
+        let out = Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", self.uid),
+                &format!("--regid={}", self.gid),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(Path::new(PG_BIN).join(program))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data();
+            let _ = Command::new("setpriv")
+                .args([
+                    &format!("--reuid={}", self.uid),
+                    &format!("--regid={}", self.gid),
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(Path::new(PG_BIN).join("pg_ctl"))
+                .args(["-D", &data, "-m", "immediate", "-w", "-t", "10", "stop"])
+                .current_dir(&self.dir)
+                .output();
+        }
+        if std::thread::panicking() {
+            eprintln!("postgres log ({}):\n{}", self.dir.display(), self.log());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The uid and gid of account `name`.
+fn account(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
 }

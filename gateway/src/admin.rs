@@ -257,30 +257,22 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Enable { target } => change(inputs, target, true).await,
         Request::Disable { target } => change(inputs, target, false).await,
         Request::Reload => reload(inputs).await,
-        Request::Approvals { all } => approvals(inputs).and_then(|a| to_json(a.list(all))),
+        Request::Approvals { all } => match approvals(inputs) {
+            Ok(a) => to_json(a.list_fleet(all).await),
+            Err(e) => Err(e),
+        },
         Request::Answer {
             id,
             approve,
             approver,
             grant,
             comment,
-        } => approvals(inputs).and_then(|a| {
-            let grant = match grant.as_deref() {
-                None => None,
-                Some(g) => Some(
-                    crate::util::time::parse_duration(g)
-                        .ok_or_else(|| format!("--grant {g:?} is not a duration like 30m"))?,
-                ),
-            };
-            let who = crate::approve::Approver {
-                name: approver,
-                groups: Vec::new(),
-                operator: true,
-            };
-            to_json(a.answer(&id, approve, &who, grant, comment)?)
-        }),
+        } => answer(inputs, &id, approve, approver, grant, comment).await,
         Request::Grants => approvals(inputs).and_then(|a| to_json(a.grants())),
-        Request::Revoke { id } => approvals(inputs).and_then(|a| to_json(a.revoke(&id)?)),
+        Request::Revoke { id } => match approvals(inputs) {
+            Ok(a) => a.revoke_fleet(&id).await.and_then(to_json),
+            Err(e) => Err(e),
+        },
         Request::McpSeen { service } => to_json(inputs.pins.pin_file(&service)),
         Request::McpAudit { service } => to_json(inputs.pins.audit_report(&service)),
         Request::McpAccept { service, tool } => {
@@ -299,6 +291,31 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
             data: serde_json::Value::Null,
         },
     }
+}
+
+/// The operator's verdict, given over the control socket.
+async fn answer(
+    inputs: &AdminInputs,
+    id: &str,
+    approve: bool,
+    approver: String,
+    grant: Option<String>,
+    comment: Option<String>,
+) -> Result<serde_json::Value, String> {
+    let a = approvals(inputs)?;
+    let grant = match grant.as_deref() {
+        None => None,
+        Some(g) => Some(
+            crate::util::time::parse_duration(g)
+                .ok_or_else(|| format!("--grant {g:?} is not a duration like 30m"))?,
+        ),
+    };
+    let who = crate::approve::Approver {
+        name: approver,
+        groups: Vec::new(),
+        operator: true,
+    };
+    to_json(a.answer(id, approve, &who, grant, comment).await?)
 }
 
 fn approvals(inputs: &AdminInputs) -> Result<&crate::approve::Approvals, String> {

@@ -8,6 +8,11 @@
 //! Requests and grants live in the state directory: a restart loses neither. Requests held
 //! when the gateway stopped come back `interrupted` (their clients are gone); grants stay in
 //! force until they expire or are revoked.
+//!
+//! In fleet mode ([`crate::fleet`]) every held call is also in the fleet's database: every
+//! host lists it and any may answer it. Verdicts are decided there (the first one wins, by a
+//! conditional update) and reach the holding host at once through its notification; a call
+//! is not held at all while the database is unreachable.
 pub mod notify;
 
 use std::{
@@ -24,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::ApprovalLimits;
+use crate::fleet::{self, Fleet, SharedApproval};
 use crate::{call::Caller, util::fs::write_atomic_mode, util::time::now_ms};
 
 /// Finished requests kept for `approvals list --all` and the record of restarts.
@@ -86,6 +92,9 @@ pub struct Request {
     pub destination: String,
     /// What grants from this request are scoped to.
     scope: Scope,
+    /// The host holding the call (fleet mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -196,6 +205,9 @@ pub struct Verdict {
     pub comment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// The host it was given on (fleet mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A window in which a caller's repeats of an approved call pass without asking.
@@ -274,6 +286,26 @@ pub struct ApprovalsStatus {
     /// Announcements not sent because more than 30 a minute came.
     #[serde(default)]
     pub announcements_suppressed: u64,
+    /// Fleet mode: the shared database, and whether it is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<fleet::FleetStatus>,
+}
+
+/// Why a call is not held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many calls are held already (on this host, or of this caller).
+    Full(String),
+    /// The fleet's database, where every held call must be, is unreachable.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Full(why) | Refused::Unavailable(why) => f.write_str(why),
+        }
+    }
 }
 
 /// How a held call ended.
@@ -282,6 +314,8 @@ pub enum Outcome {
     Approved(Request),
     Denied(Request),
     TimedOut(Request),
+    /// The fleet ended it without a verdict (it took this host for dead).
+    Interrupted(Request),
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -311,6 +345,7 @@ pub struct Approvals {
     /// Bumped on every change, for live views.
     changes: watch::Sender<u64>,
     notifier: Option<notify::Notifier>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Approvals {
@@ -365,6 +400,7 @@ impl Approvals {
             }),
             changes: watch::channel(0).0,
             notifier,
+            fleet: None,
         };
         if !interrupted.is_empty() {
             a.save(&a.lock());
@@ -412,13 +448,19 @@ impl Approvals {
     }
 
     /// Holds a call: the returned [`Hold`] resolves on a verdict. Refused at once (with why)
-    /// when too many are waiting.
-    pub fn hold(self: &Arc<Self>, new: NewRequest<'_>) -> Result<Hold, String> {
+    /// when too many are waiting, or in fleet mode when the fleet's database is unreachable
+    /// (a call no other host could see or answer is not held).
+    pub async fn hold(self: &Arc<Self>, new: NewRequest<'_>) -> Result<Hold, Refused> {
+        if let Some(f) = &self.fleet {
+            if !f.connected() {
+                return Err(Refused::Unavailable(unavailable(f, None)));
+            }
+        }
         let caller = CallerSummary::of(new.caller);
         let key = caller.key();
         let now = now_ms();
         let (tx, rx) = oneshot::channel();
-        let request = {
+        let (request, announce) = {
             let mut inner = self.lock();
             let pending: Vec<&Request> = inner
                 .requests
@@ -426,17 +468,17 @@ impl Approvals {
                 .filter(|r| r.state == State::Pending)
                 .collect();
             if pending.len() >= self.limits.max_pending {
-                return Err(format!(
+                return Err(Refused::Full(format!(
                     "{} approvals are already pending, the most this gateway holds",
                     pending.len()
-                ));
+                )));
             }
             let slot = caller.slot();
             let mine = pending.iter().filter(|r| r.caller.slot() == slot).count();
             if mine >= self.limits.max_pending_per_caller {
-                return Err(format!(
+                return Err(Refused::Full(format!(
                     "this caller already has {mine} calls waiting for approval"
-                ));
+                )));
             }
             let r = Request {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -457,6 +499,7 @@ impl Approvals {
                 verdict: None,
                 session: new.session.into(),
                 destination: new.destination,
+                host: self.fleet.as_ref().map(|f| f.host().to_string()),
                 scope: Scope {
                     caller: key,
                     service: new.service.into(),
@@ -472,7 +515,25 @@ impl Approvals {
             self.save(&inner);
             (r, announce_now(&mut inner))
         };
-        let (request, announce) = request;
+        let mut hold = Hold {
+            approvals: self.clone(),
+            id: request.id.clone(),
+            timeout: new.spec.timeout,
+            rx: Some(rx),
+            done: false,
+        };
+        if let Some(f) = &self.fleet {
+            // Shared before anyone is told: a verdict may come from any host from now on.
+            let row = serde_json::to_value(&request).unwrap_or_default();
+            if let Err(e) = f
+                .insert_approval(&request.id, &row, request.expires_at_ms)
+                .await
+            {
+                hold.done = true;
+                self.forget(&request.id);
+                return Err(Refused::Unavailable(unavailable(f, Some(e))));
+            }
+        }
         info!(
             id = %request.id, service = %request.service, function = %request.function,
             caller = %request.caller.describe(), rule = %request.rule,
@@ -485,13 +546,7 @@ impl Approvals {
             }
             (None, _) => {}
         }
-        Ok(Hold {
-            approvals: self.clone(),
-            id: request.id,
-            timeout: new.spec.timeout,
-            rx: Some(rx),
-            done: false,
-        })
+        Ok(hold)
     }
 
     /// Announces something other than a held call to the webhook (an MCP tool that changed
@@ -506,14 +561,77 @@ impl Approvals {
         }
     }
 
-    /// An approver's answer to request `id`.
-    pub fn answer(
+    /// An approver's answer to request `id`. In fleet mode the request may be held by any
+    /// host; the verdict is decided in the database (the first one there wins) and reaches
+    /// the holding host through its notification.
+    pub async fn answer(
         &self,
         id: &str,
         approve: bool,
         approver: &Approver,
         grant: Option<Duration>,
         comment: Option<String>,
+    ) -> Result<Request, String> {
+        let Some(f) = &self.fleet else {
+            let r = self
+                .get(id)
+                .ok_or_else(|| format!("no approval request {id}"))?;
+            let (verdict, window) = judge(&r, approve, approver, grant, comment, None)?;
+            return self.apply(id, verdict, window);
+        };
+        let r = match self.get(id) {
+            Some(r) => r,
+            None => match f.approval(id).await.map_err(|e| e.to_string())? {
+                Some(row) => from_shared(row)?,
+                None => return Err(format!("no approval request {id}")),
+            },
+        };
+        let (verdict, window) = judge(&r, approve, approver, grant, comment, Some(f.host()))?;
+        let state = if approve {
+            State::Approved
+        } else {
+            State::Denied
+        };
+        let shared = serde_json::to_value(&verdict).unwrap_or_default();
+        let grant_ms = window.map(|w| w.as_millis() as i64);
+        let won = f
+            .finish_approval(id, state.as_str(), Some(&shared), grant_ms)
+            .await
+            .map_err(|e| format!("{e}: no verdict was given"))?;
+        if !won {
+            let now = match f.approval(id).await {
+                Ok(Some(row)) => row.state,
+                _ => "gone".into(),
+            };
+            return Err(format!("request {id} is already {now}"));
+        }
+        info!(id, approved = approve, by = %approver.name, host = ?r.host, "approval answered in the fleet");
+        // The grant holds on every host: a job that moves is not asked again.
+        if let Some(g) = grant_for(&r, &verdict, window) {
+            let shared = serde_json::to_value(&g).unwrap_or_default();
+            if let Err(e) = f.put_grant(&g.id, &shared, g.expires_at_ms).await {
+                warn!(id = %g.id, error = %e, "the grant holds on the holding host only");
+            }
+        }
+        if r.host.as_deref() == Some(f.host()) {
+            // Held here: the client is woken now; the notification finds it answered.
+            if let Ok(r) = self.apply(id, verdict.clone(), window) {
+                return Ok(r);
+            }
+        }
+        Ok(Request {
+            state,
+            verdict: Some(verdict),
+            ..r
+        })
+    }
+
+    /// Gives a verdict to a request held here that is still pending; wakes its client.
+    fn apply(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        window: Option<Duration>,
     ) -> Result<Request, String> {
         let mut inner = self.lock();
         let r = inner
@@ -523,63 +641,12 @@ impl Approvals {
         if r.state != State::Pending {
             return Err(format!("request {id} is already {}", r.state.as_str()));
         }
-        if approve {
-            may_approve(r, approver)?;
-        } else if !approver.operator && !r.names(approver) {
-            return Err(format!(
-                "{} may not answer calls of rule {}",
-                approver.name, r.rule
-            ));
-        }
-        if let Some(g) = grant {
-            if !approve {
-                return Err("a grant comes with an approval, not a denial".into());
-            }
-            match r.max_grant_s {
-                None => {
-                    return Err(format!(
-                        "rule {} allows no grants: approve once, without --grant",
-                        r.rule
-                    ));
-                }
-                Some(max) if g.as_secs() > max => {
-                    return Err(format!(
-                        "rule {} allows grants of at most {}",
-                        r.rule,
-                        humantime::format_duration(Duration::from_secs(max))
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        let now = now_ms();
-        let grant = grant.map(|g| Grant {
-            id: uuid::Uuid::now_v7().to_string(),
-            caller: r.scope.caller.clone(),
-            service: r.scope.service.clone(),
-            function: r.scope.function.clone(),
-            args_digest: r.scope.args.clone(),
-            rule: r.scope.rule.clone(),
-            policy_commit: r.scope.policy.clone(),
-            expires_at_ms: now + g.as_millis() as u64,
-            approved_by: approver.name.clone(),
-            request: id.into(),
-            uses: 0,
-            deadline: Some(Instant::now() + g),
-        });
-        let verdict = Verdict {
-            approved: approve,
-            by: approver.name.clone(),
-            via: if approver.operator { "cli" } else { "web" }.into(),
-            at_ms: now,
-            comment,
-            grant: grant.as_ref().map(|g| g.id.clone()),
-        };
-        if let Some(g) = grant {
+        if let Some(g) = grant_for(r, &verdict, window) {
             inner.grants.insert(g.id.clone(), g);
         }
+        let (approved, by) = (verdict.approved, verdict.by.clone());
         let r = inner.requests.get_mut(id).expect("checked above");
-        r.state = if approve {
+        r.state = if approved {
             State::Approved
         } else {
             State::Denied
@@ -590,8 +657,252 @@ impl Approvals {
             let _ = w.send(());
         }
         self.save(&inner);
-        info!(id, approved = approve, by = %approver.name, "approval answered");
+        info!(id, approved, by = %by, "approval answered");
         Ok(r)
+    }
+
+    /// Takes back a request that was never held (the fleet's database refused it).
+    fn forget(&self, id: &str) {
+        let mut inner = self.lock();
+        inner.waiters.remove(id);
+        inner.requests.remove(id);
+        self.save(&inner);
+    }
+
+    /// Every host's held calls in fleet mode (this host's alone while the database is
+    /// unreachable); this host's otherwise. Newest first.
+    pub async fn list_fleet(&self, all: bool) -> Vec<Request> {
+        if let Some(f) = &self.fleet {
+            match f.approvals(all).await {
+                Ok(rows) => {
+                    return rows
+                        .into_iter()
+                        .filter_map(|row| from_shared(row).ok())
+                        .collect();
+                }
+                Err(e) => debug!(error = %e, "listing this host's held calls only"),
+            }
+        }
+        self.list(all)
+    }
+
+    /// Request `id`, held here or (fleet mode) on another host.
+    pub async fn get_fleet(&self, id: &str) -> Option<Request> {
+        if let Some(r) = self.get(id) {
+            return Some(r);
+        }
+        let f = self.fleet.as_ref()?;
+        from_shared(f.approval(id).await.ok()??).ok()
+    }
+
+    /// Fleet mode: shares held calls through `fleet` (set before the gateway serves).
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Fleet mode: hears of verdicts given on other hosts (and of every change, for live
+    /// pages) until `stop`; after each (re)connection, catches up on what was missed.
+    pub fn start_fleet(
+        self: &Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let f = self.fleet.clone()?;
+        let mut events = f.subscribe();
+        let me = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            // Whatever was held here when the gateway last stopped, the fleet hears of now.
+            if let Some(a) = me.upgrade() {
+                a.catch_up().await;
+            }
+            loop {
+                let event = tokio::select! {
+                    _ = stop.changed() => return,
+                    e = events.recv() => e,
+                };
+                let Some(a) = me.upgrade() else { return };
+                match event {
+                    Ok(fleet::Event::Approval {
+                        host,
+                        id,
+                        state,
+                        verdict,
+                    }) => {
+                        a.changes.send_modify(|n| *n += 1);
+                        let pending_here = a.get(&id).is_some_and(|r| r.state == State::Pending);
+                        if host != f.host() || state == "pending" || !pending_here {
+                            continue;
+                        }
+                        match verdict {
+                            // Carried by the notification: no need to read the row.
+                            Some(v) if v.get("verdict").is_some_and(|v| !v.is_null()) => {
+                                let row = SharedApproval {
+                                    host,
+                                    state,
+                                    request: Json::Null,
+                                    verdict: v.get("verdict").cloned(),
+                                    grant_ms: v.get("grant_ms").and_then(Json::as_i64),
+                                };
+                                a.settle_from(&id, &row);
+                            }
+                            _ => a.settle(&id).await,
+                        }
+                    }
+                    Ok(fleet::Event::Grant { id, revoked }) => {
+                        a.changes.send_modify(|n| *n += 1);
+                        if revoked {
+                            if a.lock().grants.remove(&id).is_some() {
+                                info!(id, "grant revoked in the fleet");
+                            }
+                        } else if !a.lock().grants.contains_key(&id) {
+                            if let Ok(Some(g)) = f.grant(&id).await {
+                                a.adopt_grants(vec![g], false);
+                            }
+                        }
+                    }
+                    Ok(fleet::Event::Connected)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        a.catch_up().await
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }))
+    }
+
+    /// Grants from the fleet's database, made to hold here; with `all`, they are every grant
+    /// in force (grants not among them were revoked meanwhile).
+    fn adopt_grants(&self, shared: Vec<Json>, all: bool) {
+        let now = now_ms();
+        let grants: Vec<Grant> = shared
+            .into_iter()
+            .filter_map(|j| serde_json::from_value::<Grant>(j).ok())
+            .filter(|g| g.expires_at_ms > now)
+            .map(|mut g| {
+                g.deadline = Some(Instant::now() + Duration::from_millis(g.expires_at_ms - now));
+                g
+            })
+            .collect();
+        let mut inner = self.lock();
+        if all {
+            inner
+                .grants
+                .retain(|id, _| grants.iter().any(|g| &g.id == id));
+        }
+        for g in grants {
+            inner.grants.entry(g.id.clone()).or_insert(g);
+        }
+        self.save(&inner);
+    }
+
+    /// Ends a grant; in fleet mode on every host.
+    pub async fn revoke_fleet(&self, id: &str) -> Result<Grant, String> {
+        let Some(f) = &self.fleet else {
+            return self.revoke(id);
+        };
+        let shared = match f.grant(id).await {
+            Ok(g) => g.and_then(|j| serde_json::from_value::<Grant>(j).ok()),
+            Err(e) => {
+                let _ = self.revoke(id);
+                return Err(format!(
+                    "{e}: revoked on this host only, the other hosts honour it until it is \
+                     revoked again with the database reachable"
+                ));
+            }
+        };
+        let local = self.revoke(id).ok();
+        f.revoke_grant(id).await.map_err(|e| {
+            format!("{e}: revoked on this host only; revoke it again once the database is back")
+        })?;
+        local.or(shared).ok_or_else(|| format!("no grant {id}"))
+    }
+
+    /// Brings a request held here in line with the database's verdict on it.
+    async fn settle(&self, id: &str) {
+        let Some(f) = &self.fleet else { return };
+        if let Ok(Some(row)) = f.approval(id).await {
+            self.settle_from(id, &row);
+        }
+    }
+
+    fn settle_from(&self, id: &str, row: &SharedApproval) {
+        match row.state.as_str() {
+            "pending" => {}
+            "approved" | "denied" => {
+                let verdict = row
+                    .verdict
+                    .clone()
+                    .and_then(|v| serde_json::from_value::<Verdict>(v).ok());
+                let window = row
+                    .grant_ms
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64));
+                match verdict {
+                    Some(v) => {
+                        let _ = self.apply(id, v, window);
+                    }
+                    None => warn!(id, "a verdict in the fleet database is not readable"),
+                }
+            }
+            other => {
+                let state = state_named(other).unwrap_or(State::Interrupted);
+                if self.end_waking(id, state).is_some() {
+                    warn!(id, state = other, "the fleet ended a call held here");
+                }
+            }
+        }
+    }
+
+    /// After a (re)connection: verdicts given while this host was away reach their calls,
+    /// and calls that ended here meanwhile (or before a restart) end in the database too.
+    async fn catch_up(&self) {
+        let Some(f) = &self.fleet else { return };
+        let pending: Vec<String> = self.list(false).into_iter().map(|r| r.id).collect();
+        // Grants: the database's set is the fleet's.
+        match f.grants(now_ms()).await {
+            Ok(shared) => self.adopt_grants(shared, true),
+            Err(e) => debug!(error = %e, "grants not caught up"),
+        }
+        let rows = match f.mine(&pending).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                debug!(error = %e, "catching up with the fleet later");
+                return;
+            }
+        };
+        // Held here but unknown there (the database lost its last changes, or the call was
+        // held just as the connection dropped): shared again.
+        for id in pending
+            .iter()
+            .filter(|id| !rows.iter().any(|(r, _)| r == *id))
+        {
+            if let Some(r) = self.get(id).filter(|r| r.state == State::Pending) {
+                let row = serde_json::to_value(&r).unwrap_or_default();
+                if let Err(e) = f.insert_approval(id, &row, r.expires_at_ms).await {
+                    debug!(id, error = %e, "a held call is not shared yet");
+                }
+            }
+        }
+        for (id, row) in rows {
+            match self.get(&id) {
+                Some(r) if r.state == State::Pending => self.settle_from(&id, &row),
+                Some(r) if row.state == "pending" => {
+                    let verdict = r
+                        .verdict
+                        .as_ref()
+                        .and_then(|v| serde_json::to_value(v).ok());
+                    let _ = f
+                        .finish_approval(&id, r.state.as_str(), verdict.as_ref(), None)
+                        .await;
+                }
+                None if row.state == "pending" => {
+                    let _ = f
+                        .finish_approval(&id, State::Interrupted.as_str(), None, None)
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Requests, newest first: pending ones, or (`all`) every one kept.
@@ -644,6 +955,7 @@ impl Approvals {
             grants: inner.grants.values().filter(|g| g.live(now)).count(),
             webhook: self.notifier.as_ref().map(|n| n.status()),
             announcements_suppressed: inner.suppressed,
+            fleet: self.fleet.as_ref().map(|f| f.status()),
         }
     }
 
@@ -654,8 +966,24 @@ impl Approvals {
 
     /// Ends a request that is still pending (timeout, or the client went away).
     fn end(&self, id: &str, state: State) -> Option<Request> {
+        self.end_with(id, state, false)
+    }
+
+    /// Ends a request that is still pending from elsewhere, waking its hold.
+    fn end_waking(&self, id: &str, state: State) -> Option<Request> {
+        self.end_with(id, state, true)
+    }
+
+    fn end_with(&self, id: &str, state: State, wake: bool) -> Option<Request> {
         let mut inner = self.lock();
-        inner.waiters.remove(id);
+        if wake && inner.requests.get(id)?.state != State::Pending {
+            return None;
+        }
+        if let Some(w) = inner.waiters.remove(id) {
+            if wake {
+                let _ = w.send(());
+            }
+        }
         let r = inner.requests.get_mut(id)?;
         if r.state != State::Pending {
             return Some(r.clone());
@@ -665,6 +993,107 @@ impl Approvals {
         self.save(&inner);
         Some(r)
     }
+}
+
+/// The grant an approval of `r` with a window gives.
+fn grant_for(r: &Request, verdict: &Verdict, window: Option<Duration>) -> Option<Grant> {
+    match (verdict.approved, &verdict.grant, window) {
+        (true, Some(gid), Some(w)) => Some(Grant {
+            id: gid.clone(),
+            caller: r.scope.caller.clone(),
+            service: r.scope.service.clone(),
+            function: r.scope.function.clone(),
+            args_digest: r.scope.args.clone(),
+            rule: r.scope.rule.clone(),
+            policy_commit: r.scope.policy.clone(),
+            expires_at_ms: verdict.at_ms + w.as_millis() as u64,
+            approved_by: verdict.by.clone(),
+            request: r.id.clone(),
+            uses: 0,
+            deadline: Some(Instant::now() + w),
+        }),
+        _ => None,
+    }
+}
+
+/// Checks an approver's verdict on `r` against its rule; the verdict, and the grant's window.
+fn judge(
+    r: &Request,
+    approve: bool,
+    approver: &Approver,
+    grant: Option<Duration>,
+    comment: Option<String>,
+    host: Option<&str>,
+) -> Result<(Verdict, Option<Duration>), String> {
+    let id = &r.id;
+    if r.state != State::Pending {
+        return Err(format!("request {id} is already {}", r.state.as_str()));
+    }
+    if approve {
+        may_approve(r, approver)?;
+    } else if !approver.operator && !r.names(approver) {
+        return Err(format!(
+            "{} may not answer calls of rule {}",
+            approver.name, r.rule
+        ));
+    }
+    if let Some(g) = grant {
+        if !approve {
+            return Err("a grant comes with an approval, not a denial".into());
+        }
+        match r.max_grant_s {
+            None => {
+                return Err(format!(
+                    "rule {} allows no grants: approve once, without --grant",
+                    r.rule
+                ));
+            }
+            Some(max) if g.as_secs() > max => {
+                return Err(format!(
+                    "rule {} allows grants of at most {}",
+                    r.rule,
+                    humantime::format_duration(Duration::from_secs(max))
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let verdict = Verdict {
+        approved: approve,
+        by: approver.name.clone(),
+        via: if approver.operator { "cli" } else { "web" }.into(),
+        at_ms: now_ms(),
+        comment,
+        grant: grant.map(|_| uuid::Uuid::now_v7().to_string()),
+        host: host.map(str::to_string),
+    };
+    Ok((verdict, grant))
+}
+
+/// Why no call can be held in fleet mode now.
+fn unavailable(f: &Fleet, e: Option<fleet::FleetError>) -> String {
+    let why = match e {
+        Some(e) => e.to_string(),
+        None => match f.status().error {
+            Some(e) => format!("the fleet database is unreachable: {e}"),
+            None => "the fleet database is unreachable".into(),
+        },
+    };
+    format!("{why}; calls that need approval are refused until it is back")
+}
+
+/// A request as the fleet's database has it.
+fn from_shared(row: SharedApproval) -> Result<Request, String> {
+    let mut r: Request = serde_json::from_value(row.request)
+        .map_err(|e| format!("a held call in the fleet database is not readable: {e}"))?;
+    r.host = Some(row.host);
+    r.state = state_named(&row.state).unwrap_or(State::Interrupted);
+    r.verdict = row.verdict.and_then(|v| serde_json::from_value(v).ok());
+    Ok(r)
+}
+
+fn state_named(name: &str) -> Option<State> {
+    serde_json::from_value(Json::String(name.into())).ok()
 }
 
 /// Whether a new request may be announced now, counting it if so.
@@ -754,20 +1183,32 @@ impl Hold {
     pub async fn outcome(mut self) -> Outcome {
         let rx = self.rx.take().expect("awaited once");
         let answered = tokio::time::timeout(self.timeout, rx).await;
+        if answered.is_err() {
+            if let Some(f) = self.approvals.fleet.clone() {
+                // The database decides between this timeout and a verdict given meanwhile
+                // on another host; without it, the timeout stands.
+                let ended = f
+                    .finish_approval(&self.id, State::TimedOut.as_str(), None, None)
+                    .await;
+                if let Ok(false) = ended {
+                    self.approvals.settle(&self.id).await;
+                }
+            }
+        }
         self.done = true;
         let a = &self.approvals;
-        match answered {
-            Ok(Ok(())) => match a.get(&self.id) {
-                Some(r) if r.state == State::Approved => Outcome::Approved(r),
-                Some(r) => Outcome::Denied(r),
-                None => Outcome::TimedOut(self.lost()),
+        let ended = match answered {
+            Ok(Ok(())) => a.get(&self.id),
+            _ => a.end(&self.id, State::TimedOut),
+        };
+        match ended {
+            Some(r) => match r.state {
+                State::Approved => Outcome::Approved(r),
+                State::Denied => Outcome::Denied(r),
+                State::Interrupted | State::Cancelled => Outcome::Interrupted(r),
+                State::Pending | State::TimedOut => Outcome::TimedOut(r),
             },
-            _ => match a.end(&self.id, State::TimedOut) {
-                Some(r) if r.state == State::Approved => Outcome::Approved(r),
-                Some(r) if r.state == State::Denied => Outcome::Denied(r),
-                Some(r) => Outcome::TimedOut(r),
-                None => Outcome::TimedOut(self.lost()),
-            },
+            None => Outcome::TimedOut(self.lost()),
         }
     }
 
@@ -789,6 +1230,7 @@ impl Hold {
             verdict: None,
             session: String::new(),
             destination: String::new(),
+            host: None,
             scope: Scope {
                 caller: String::new(),
                 service: String::new(),
@@ -813,6 +1255,16 @@ impl Drop for Hold {
             if let Some(r) = self.approvals.end(&self.id, State::Cancelled) {
                 if r.state == State::Cancelled {
                     info!(id = %self.id, "the client went away; approval request cancelled");
+                    // The fleet hears of it too (or catches up once it is reachable again).
+                    let fleet = self.approvals.fleet.clone();
+                    if let (Some(f), Ok(rt)) = (fleet, tokio::runtime::Handle::try_current()) {
+                        let id = self.id.clone();
+                        rt.spawn(async move {
+                            let _ = f
+                                .finish_approval(&id, State::Cancelled.as_str(), None, None)
+                                .await;
+                        });
+                    }
                 }
             }
         }
@@ -916,23 +1368,27 @@ mod tests {
         let c = caller("agent");
         let s = spec(Some(3600));
 
-        let hold = a.hold(new(&c, &s)).unwrap();
+        let hold = a.hold(new(&c, &s)).await.unwrap();
         let id = hold.id.clone();
         assert!(
             a.answer(&id, true, &person("agent", &["leads"]), None, None)
+                .await
                 .is_err()
         );
         assert!(
             a.answer(&id, true, &person("eve", &["eng"]), None, None)
+                .await
                 .is_err()
         );
         let too_long = Some(Duration::from_secs(7200));
         assert!(
             a.answer(&id, true, &person("lee", &["leads"]), too_long, None)
+                .await
                 .is_err()
         );
         let g = Some(Duration::from_secs(600));
         a.answer(&id, true, &person("lee", &["leads"]), g, Some("ok".into()))
+            .await
             .unwrap();
         assert!(matches!(hold.outcome().await, Outcome::Approved(_)));
         let grant = granted(&a, &c, "big", None, "other-args").unwrap();
@@ -942,20 +1398,22 @@ mod tests {
         assert!(granted(&a, &c, "huge", None, "d1").is_none());
         assert!(granted(&a, &c, "big", Some("0badc0de"), "d1").is_none());
 
-        let hold = a.hold(new(&c, &s)).unwrap();
+        let hold = a.hold(new(&c, &s)).await.unwrap();
         // Denying is answering too: only approvers the rule names may.
         assert!(
             a.answer(&hold.id, false, &person("eve", &["eng"]), None, None)
+                .await
                 .is_err()
         );
         a.answer(&hold.id, false, &person("lee", &["leads"]), None, None)
+            .await
             .unwrap();
         assert!(matches!(hold.outcome().await, Outcome::Denied(_)));
 
-        let hold = a.hold(new(&c, &s)).unwrap();
+        let hold = a.hold(new(&c, &s)).await.unwrap();
         assert!(matches!(hold.outcome().await, Outcome::TimedOut(_)));
 
-        let hold = a.hold(new(&c, &s)).unwrap();
+        let hold = a.hold(new(&c, &s)).await.unwrap();
         let id = hold.id.clone();
         drop(hold);
         assert_eq!(a.get(&id).unwrap().state, State::Cancelled);
@@ -974,21 +1432,31 @@ mod tests {
         let (a, _) = open(&dir, limits);
         let s = spec(Some(60));
         let (one, two) = (caller_as("one", 1000, "a"), caller_as("two", 1001, "b"));
-        let h1 = a.hold(new(&one, &s)).unwrap();
-        let h2 = a.hold(new(&one, &s)).unwrap();
-        assert!(a.hold(new(&one, &s)).unwrap_err().contains("already has 2"));
+        let h1 = a.hold(new(&one, &s)).await.unwrap();
+        let h2 = a.hold(new(&one, &s)).await.unwrap();
+        assert!(
+            a.hold(new(&one, &s))
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("already has 2")
+        );
         // Another cgroup (or token) of the same uid is the same share: a process can make
         // sub-cgroups, not uids.
         let again = caller_as("one-more", 1000, "a/sub-33");
         assert!(
             a.hold(new(&again, &s))
+                .await
                 .unwrap_err()
+                .to_string()
                 .contains("already has 2")
         );
-        let h3 = a.hold(new(&two, &s)).unwrap();
+        let h3 = a.hold(new(&two, &s)).await.unwrap();
         assert!(
             a.hold(new(&two, &s))
+                .await
                 .unwrap_err()
+                .to_string()
                 .contains("already pending")
         );
         let approved = a
@@ -999,6 +1467,7 @@ mod tests {
                 Some(Duration::from_secs(60)),
                 None,
             )
+            .await
             .unwrap();
         // The gateway stops with two calls held: they come back interrupted, the grant stays.
         std::mem::forget((h1, h2));

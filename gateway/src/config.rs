@@ -43,6 +43,12 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error("{path}: fleet.{key}: {reason}")]
+    Fleet {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
     #[error("{path}: telemetry.otlp_endpoint: {reason}")]
     Telemetry { path: PathBuf, reason: String },
     #[error("{path}: records.witnesses: {reason}")]
@@ -97,6 +103,45 @@ pub struct Config {
     pub admin_http: Option<AdminHttpConfig>,
     /// OpenTelemetry trace export (off unless an endpoint is set).
     pub telemetry: Option<TelemetryConfig>,
+    /// Fleet mode: state shared with other hosts in PostgreSQL (off without `fleet:`).
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet:` in the config file: the PostgreSQL database the hosts of a fleet share, and the
+/// name this host has there.
+#[derive(Clone)]
+pub struct FleetConfig {
+    /// A libpq-style URL (`postgresql://user:pass@host:port/db`) or `key=value` string.
+    pub database: String,
+    /// This host's name in the fleet, unique among its hosts (default: the hostname).
+    pub host: String,
+    /// How often this host says it is alive.
+    pub heartbeat: Duration,
+    /// A host not heard from for this long is dead: its held calls are marked interrupted.
+    pub dead_after: Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    /// Without the database URL, which may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("host", &self.host)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_after", &self.dead_after)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFleet {
+    database: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    heartbeat_s: Option<u64>,
+    #[serde(default)]
+    dead_after_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +407,7 @@ struct File {
     approvals: Option<FileApprovals>,
     admin_http: Option<FileAdminHttp>,
     telemetry: Option<FileTelemetry>,
+    fleet: Option<FileFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -521,6 +567,7 @@ impl Config {
                 })
             }
         };
+        let fleet = file.fleet.map(|f| fleet(path, f)).transpose()?;
         let defaults = ApprovalLimits::default();
         let approvals = ApprovalsConfig {
             limits: ApprovalLimits {
@@ -545,6 +592,7 @@ impl Config {
             approvals,
             admin_http,
             telemetry,
+            fleet,
             listen_port: over
                 .listen_port
                 .or(file.listen_port)
@@ -573,6 +621,46 @@ impl Config {
             },
         })
     }
+}
+
+/// `fleet:` checked: a database, a host name that fits a fleet's listings, and a host
+/// declared dead only after several missed heartbeats.
+fn fleet(path: &Path, f: FileFleet) -> Result<FleetConfig, ConfigError> {
+    let fail = |key, reason: &str| ConfigError::Fleet {
+        path: path.into(),
+        key,
+        reason: reason.into(),
+    };
+    if f.database.trim().is_empty() {
+        return Err(fail("database", "a PostgreSQL URL is needed"));
+    }
+    let host = match f.host {
+        Some(h) => h,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+    };
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if host.is_empty() || host.len() > 64 || !host.chars().all(name_ok) {
+        return Err(fail(
+            "host",
+            "1 to 64 letters, digits, '-', '_' or '.' (default: the hostname)",
+        ));
+    }
+    let heartbeat = Duration::from_secs(f.heartbeat_s.unwrap_or(2).max(1));
+    let dead_after = Duration::from_secs(f.dead_after_s.unwrap_or(10));
+    if dead_after < heartbeat * 3 {
+        return Err(fail(
+            "dead_after_s",
+            "at least three heartbeats (heartbeat_s), or a slow host would be declared dead",
+        ));
+    }
+    Ok(FleetConfig {
+        database: f.database,
+        host,
+        heartbeat,
+        dead_after,
+    })
 }
 
 fn parse(path: &Path, text: &str) -> Result<File, ConfigError> {

@@ -50,6 +50,8 @@ pub enum DaemonError {
     Tls(#[from] crate::proxy::tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] crate::approve::ApprovalError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("telemetry: {0}")]
     Telemetry(String),
     #[error("admin_http: {0}")]
@@ -134,8 +136,24 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         }
         _ => None,
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Fleet mode: a database whose schema is newer than this binary stops the start; one
+    // that cannot be reached does not (held calls are refused until it is back).
+    let fleet = match (&cfg.fleet, &outbound) {
+        (Some(f), Some(_)) => Some(crate::fleet::Fleet::start(f.clone(), stop_rx.clone()).await?),
+        (Some(_), None) => {
+            warn!("fleet is ignored: without a policy no call is held for approval");
+            None
+        }
+        (None, _) => None,
+    };
     let approvals = match &outbound {
-        Some(http) => Some(open_approvals(&cfg, http, recorder.as_ref())?),
+        Some(http) => Some(open_approvals(
+            &cfg,
+            http,
+            recorder.as_ref(),
+            fleet.clone(),
+        )?),
         None => None,
     };
     let tracer = match (&cfg.telemetry, &outbound) {
@@ -166,7 +184,6 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         .iter()
         .map(ToString::to_string)
         .collect();
-    let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut pins = crate::mcp::pins::PinStore::new(Some(&cfg.state_dir));
     if let Some(a) = &approvals {
@@ -186,6 +203,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         approvals: approvals.clone(),
         metrics: Default::default(),
         limiter: limiter.clone(),
+        fleet: fleet.clone(),
         tracer: tracer.clone(),
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
@@ -211,6 +229,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         pins: pins.clone(),
     });
     let mut tasks = Vec::new();
+    if let Some(t) = approvals
+        .as_ref()
+        .and_then(|a| a.start_fleet(stop_rx.clone()))
+    {
+        tasks.push(t);
+    }
     // A closed namespace's kept upstream connections go with it (they would hold it alive).
     let upstreams = Arc::downgrade(&inputs.upstreams);
     interceptor.namespaces().on_close(Box::new(move |netns| {
@@ -397,6 +421,7 @@ fn open_approvals(
     cfg: &Config,
     http: &Outbound,
     recorder: Option<&Recorder>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 ) -> Result<Arc<Approvals>, DaemonError> {
     let notifier = cfg
         .approvals
@@ -408,6 +433,10 @@ fn open_approvals(
         cfg.approvals.limits,
         notifier,
     )?;
+    let approvals = match fleet {
+        Some(f) => approvals.with_fleet(f),
+        None => approvals,
+    };
     for r in interrupted {
         warn!(id = %r.id, service = %r.service, function = %r.function, "a call held for approval was interrupted by the restart");
         let Some(recorder) = recorder else { continue };

@@ -10,12 +10,13 @@
 //! limit, mask) → [`record`], with [`telemetry`] (counters, traces) beside them, [`admin`] (the
 //! control socket, the web page, `/metrics`) above them and [`daemon`] wiring it all together.
 //! [`mcp`] keeps what the gateway learns of MCP servers' tools (pins, poisoning checks).
-//! [`call`] is the vocabulary every stage shares, [`config`] the daemon's settings and [`util`]
-//! the small helpers none owns.
+//! [`fleet`] is the state a fleet of hosts shares in PostgreSQL (held calls), under the stages
+//! that share it. [`call`] is the vocabulary every stage shares, [`config`] the daemon's
+//! settings and [`util`] the small helpers none owns.
 //!
 //! Imports go one way, downwards in this list: `daemon`, `admin`, `proxy`, `mcp`, `intercept`,
-//! `record`, `telemetry`, `policy`, `extract`, `approve`, `identity`, `obligations`, `config`,
-//! `call`, `util`. A stage whose spec the policy file carries (masks, limits, credentials,
+//! `record`, `telemetry`, `policy`, `extract`, `approve`, `identity`, `obligations`, `fleet`,
+//! `config`, `call`, `util`. A stage whose spec the policy file carries (masks, limits, credentials,
 //! approvals, identity providers, routes) owns that spec, and policy imports it.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -25,6 +26,7 @@ pub mod call;
 pub mod config;
 pub mod daemon;
 pub mod extract;
+pub mod fleet;
 pub mod identity;
 pub mod intercept;
 pub mod mcp;

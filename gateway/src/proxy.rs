@@ -36,6 +36,8 @@ pub struct ProxyInputs {
     pub tracer: Option<Arc<crate::telemetry::trace::CallTracer>>,
     /// Rate-limit buckets and quota windows.
     pub limiter: Arc<crate::obligations::limit::Limiter>,
+    /// Fleet mode: shared state (fleet-wide quotas).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// What the data path counts for `/metrics`.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// The credentials services inject, as last read.

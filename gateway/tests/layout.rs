@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "approve",
     "identity",
     "obligations",
+    "fleet",
     "config",
     "call",
     "util",

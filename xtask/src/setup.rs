@@ -53,6 +53,8 @@ const TEST_PACKAGES: &[&str] = &[
     // Debian's default crun, runs on hybrid cgroup hosts (v1 controllers, v2 unified).
     "podman",
     "runc",
+    // Fleet mode's shared database: each fleet test initdb's a private cluster of its own.
+    "postgresql-15",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[

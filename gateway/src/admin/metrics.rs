@@ -388,6 +388,20 @@ impl Collector for State {
                     w.lost,
                 )?;
             }
+            if let Some(f) = &a.fleet {
+                gauge(
+                    &mut e,
+                    "fleet_connected",
+                    "1 while the fleet database is reachable (new approvals and fleet quotas need it)",
+                    int(u64::from(f.connected)),
+                )?;
+                counter(
+                    &mut e,
+                    "fleet_connections",
+                    "Connections made to the fleet database (more than one: it was lost)",
+                    f.connections,
+                )?;
+            }
         }
         Ok(())
     }

@@ -112,10 +112,15 @@ fn table(out: &mut String, rows: &[&&Request], pending: bool) {
         };
         let _ = write!(
             out,
-            "<tr><td>{}.{}</td><td>{}</td><td>{}</td><td>{} ago</td><td>{last}</td>\
+            "<tr><td>{}.{}{}</td><td>{}</td><td>{}</td><td>{} ago</td><td>{last}</td>\
              <td><a href=\"/approvals/{}\">{}</a></td></tr>",
             text(&r.service),
             text(&r.function),
+            // Fleet mode: the host holding the call.
+            r.host
+                .as_deref()
+                .map(|h| format!(" <small>on {}</small>", text(h)))
+                .unwrap_or_default(),
             text(&v(&r.caller.describe())),
             text(&r.rule),
             text(&short(now_ms().saturating_sub(r.requested_at_ms))),

@@ -151,7 +151,7 @@ impl Web {
             (&Method::GET, "/approvals") => match self.session(&req) {
                 Ok((me, csrf)) => {
                     let list = match self.approvals() {
-                        Ok(a) => a.list(true),
+                        Ok(a) => a.list_fleet(true).await,
                         Err(r) => return self.reject(r),
                     };
                     let body = pages::list(&approver(&me), &list);
@@ -169,7 +169,7 @@ impl Web {
             (m, p) if p.starts_with("/approvals/") => {
                 let id = p.trim_start_matches("/approvals/").to_string();
                 match *m {
-                    Method::GET => self.detail(&req, &id),
+                    Method::GET => self.detail(&req, &id).await,
                     Method::POST => self.answer(req, &id).await,
                     _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
                 }
@@ -381,7 +381,7 @@ impl Web {
         r
     }
 
-    fn detail(&self, req: &Request<Incoming>, id: &str) -> Response<Body_> {
+    async fn detail(&self, req: &Request<Incoming>, id: &str) -> Response<Body_> {
         let (me, csrf) = match self.session(req) {
             Ok(s) => s,
             Err(r) => return self.reject(r),
@@ -391,7 +391,7 @@ impl Web {
             Ok(a) => a,
             Err(r) => return self.reject(r),
         };
-        match approvals.get(id) {
+        match approvals.get_fleet(id).await {
             Some(r) if r.names(&who) => {
                 let flash = query(req, "done").map(|d| match d.as_str() {
                     "approved" => "Approved: the call went ahead.".to_string(),
@@ -453,13 +453,13 @@ impl Web {
             Ok(a) => a,
             Err(r) => return self.reject(r),
         };
-        match approvals.answer(id, approve, &who, grant, comment) {
+        match approvals.answer(id, approve, &who, grant, comment).await {
             Ok(_) => redirect(&format!(
                 "/approvals/{}?done={}",
                 id,
                 if approve { "approved" } else { "denied" }
             )),
-            Err(why) => match approvals.get(id) {
+            Err(why) => match approvals.get_fleet(id).await {
                 Some(r) if r.names(&who) => {
                     let body = pages::detail(&who, &r, &csrf, Some(&why));
                     html(

@@ -235,10 +235,29 @@ pub fn run(cmd: ApprovalsCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
 }
 
 fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
+    // Fleet mode lists every host's calls: which host holds each.
+    let hosts = list.iter().any(|r| r.host.is_some());
+    let host = |r: &approve::Request| {
+        if hosts {
+            format!("{:<16} ", v(r.host.as_deref().unwrap_or("-")))
+        } else {
+            String::new()
+        }
+    };
     writeln!(
         out,
-        "{:<36} {:<11} {:<28} {:<34} {:<18} {:<9} RULE",
-        "ID", "STATE", "SERVICE.FUNCTION", "CALLER", "REQUESTED", "EXPIRES"
+        "{:<36} {}{:<11} {:<28} {:<34} {:<18} {:<9} RULE",
+        "ID",
+        if hosts {
+            format!("{:<16} ", "HOST")
+        } else {
+            String::new()
+        },
+        "STATE",
+        "SERVICE.FUNCTION",
+        "CALLER",
+        "REQUESTED",
+        "EXPIRES"
     )?;
     for r in list {
         let expires = if r.state == State::Pending {
@@ -248,8 +267,9 @@ fn table(out: &mut impl Write, list: &[approve::Request]) -> Result<()> {
         };
         writeln!(
             out,
-            "{:<36} {:<11} {:<28} {:<34} {:<18} {:<9} {}",
+            "{:<36} {}{:<11} {:<28} {:<34} {:<18} {:<9} {}",
             v(&r.id),
+            host(r),
             r.state.as_str(),
             v(&format!("{}.{}", r.service, r.function)),
             v(&r.caller.describe()),
@@ -265,6 +285,9 @@ fn show(out: &mut impl Write, r: &approve::Request) -> Result<()> {
     let c = &r.caller;
     writeln!(out, "id:           {}", v(&r.id))?;
     writeln!(out, "state:        {}", r.state.as_str())?;
+    if let Some(h) = &r.host {
+        writeln!(out, "held on:      {}", v(h))?;
+    }
     writeln!(out, "call:         {}.{}", v(&r.service), v(&r.function))?;
     writeln!(out, "destination:  {}", v(&r.destination))?;
     writeln!(

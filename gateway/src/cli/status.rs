@@ -2,6 +2,7 @@
 use anyhow::Result;
 use callgate::{
     admin::{Request, Status},
+    util::time::now_ms,
     util::visible::visible as v,
 };
 use clap::Args;
@@ -132,6 +133,27 @@ fn print_status(s: &Status) {
                 w.retries,
                 w.lost
             );
+        }
+        if let Some(f) = &a.fleet {
+            if f.connected {
+                println!(
+                    "  fleet: host {} on {} (schema {}), connected",
+                    v(&f.host),
+                    v(&f.database),
+                    f.schema_version
+                );
+            } else {
+                let since = f
+                    .down_since_ms
+                    .map(|t| format!(" for {}s", now_ms().saturating_sub(t) / 1000))
+                    .unwrap_or_default();
+                println!(
+                    "  fleet: host {} on {}: UNREACHABLE{since} ({}); new approvals are refused",
+                    v(&f.host),
+                    v(&f.database),
+                    v(f.error.as_deref().unwrap_or("?"))
+                );
+            }
         }
     }
     if s.enabled.is_empty() {

@@ -133,19 +133,40 @@ pub struct QuotaSpec {
     pub calls: u64,
     pub window: Duration,
     pub text: String,
+    /// `scope: fleet`: counted in the fleet's database, across its hosts (in fleet mode;
+    /// without it, on this host like any other quota).
+    pub fleet: bool,
 }
 
 impl QuotaSpec {
     pub fn compile(rule: &str, def: &crate::obligations::limit::QuotaDef) -> Result<Self, String> {
         let per = parse_per(&def.per)?;
         let (calls, window) = parse_rate(&def.calls)?;
+        let fleet = def.scope == Some(Scope::Fleet);
         Ok(Self {
             rule: rule.into(),
             per,
             calls,
             window,
-            text: format!("{} per {}", def.calls, per_text(&def.per)),
+            text: format!(
+                "{} per {}{}",
+                def.calls,
+                per_text(&def.per),
+                if fleet { " (fleet-wide)" } else { "" }
+            ),
+            fleet,
         })
+    }
+
+    /// The key a call counts under.
+    pub fn key(&self, s: &Subject<'_>) -> String {
+        key(&self.rule, &self.per, s)
+    }
+
+    /// Seconds until the current window ends, at unix time `unix`.
+    pub fn retry_after_s(&self, unix: u64) -> u64 {
+        let len = self.window.as_secs().max(1);
+        (len - unix % len).max(1)
     }
 }
 
@@ -434,6 +455,17 @@ pub struct QuotaDef {
     pub per: Vec<String>,
     /// `1000/d`, `50/h`: calls per window.
     pub calls: String,
+    /// `host` (default): counted on each host; `fleet`: across the fleet's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// Where a quota is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Host,
+    Fleet,
 }
 
 #[cfg(test)]
@@ -512,6 +544,7 @@ mod tests {
         let def = QuotaDef {
             per: vec!["workload.unit".into()],
             calls: "2/d".into(),
+            scope: None,
         };
         let q = QuotaSpec::compile("r", &def).unwrap();
         let c = caller("a", "batch.service");
@@ -541,5 +574,17 @@ mod tests {
         let hit = lim.check_at(None, Some(&q), &s, now, day + 3).unwrap_err();
         assert_eq!(hit.kind, "quota");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_quota_says_where_it_counts() {
+        let def: QuotaDef = yaml_serde::from_str("{ calls: 3/d, scope: fleet }").unwrap();
+        let q = QuotaSpec::compile("r", &def).unwrap();
+        assert!(q.fleet);
+        assert_eq!(q.text, "3/d per rule (fleet-wide)");
+        let def: QuotaDef = yaml_serde::from_str("{ calls: 3/d }").unwrap();
+        assert!(!QuotaSpec::compile("r", &def).unwrap().fleet);
+        assert!(yaml_serde::from_str::<QuotaDef>("{ calls: 3/d, scope: moon }").is_err());
+        assert_eq!(q.retry_after_s(86_400 * 10 + 3_600), 82_800);
     }
 }

@@ -270,6 +270,9 @@ impl Conn {
                 }
             })
             .collect();
+        for d in decided.iter_mut() {
+            self.fleet_quota(service, d).await;
+        }
         if extracted.batch {
             mcp_check::guard_batch(service, &mut decided);
         }

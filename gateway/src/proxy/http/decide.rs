@@ -121,10 +121,57 @@ impl Conn {
             function: &call.function,
             args: &call.args,
         };
+        // A fleet-wide quota is counted in the database ([`Conn::fleet_quota`]), after.
+        let quota = ob
+            .quota
+            .as_deref()
+            .filter(|q| !(q.fleet && self.inputs.fleet.is_some()));
         self.inputs
             .limiter
-            .check(ob.limit.as_deref(), ob.quota.as_deref(), &subject)
+            .check(ob.limit.as_deref(), quota, &subject)
             .err()
+    }
+
+    /// Fleet mode: counts an allowed (or held) call against its rule's fleet-wide quota, in
+    /// the fleet's database; over it, or without the database, the call is refused.
+    pub(super) async fn fleet_quota(&self, service: Option<&Service>, d: &mut Decided) {
+        let Some(fleet) = &self.inputs.fleet else {
+            return;
+        };
+        let dec = &d.decision;
+        let Some(q) = dec.obligations.quota.as_deref().filter(|q| q.fleet) else {
+            return;
+        };
+        if d.limited.is_some() || dec.enforced == Action::Deny || dec.enforced != dec.action {
+            return;
+        }
+        let subject = crate::obligations::limit::Subject {
+            caller: &d.caller,
+            service: service.map_or("", |s| &s.name),
+            function: &d.call.function,
+            args: &d.call.args,
+        };
+        let key = q.key(&subject);
+        let unix = crate::util::time::now_ms() / 1000;
+        let hit = |kind| crate::obligations::limit::Hit {
+            kind,
+            rule: q.rule.to_string(),
+            limit: q.text.clone(),
+            retry_after_s: q.retry_after_s(unix),
+        };
+        let hit = match fleet.count_quota(&key, q.window.as_secs(), q.calls).await {
+            Ok(true) => return,
+            Ok(false) => hit("quota"),
+            Err(e) => {
+                tracing::warn!(rule = %q.rule, error = %e, "fleet-wide quota not counted: the call is refused");
+                crate::obligations::limit::Hit {
+                    retry_after_s: 5,
+                    ..hit("quota_unavailable")
+                }
+            }
+        };
+        d.decision.enforced = Action::Deny;
+        d.limited = Some(hit);
     }
 
     pub(super) fn decide(

@@ -60,22 +60,34 @@ impl Conn {
             reason,
             ..one.refusal()
         };
-        let hold = match approvals.hold(approve::NewRequest {
-            service: &service.name,
-            function,
-            args,
-            args_digest: digest,
-            caller: &one.caller,
-            rule,
-            policy_commit: one.decision.policy.commit.clone(),
-            spec,
-            session: &self.session,
-            destination: self.dst_text.clone(),
-        }) {
+        let hold = match approvals
+            .hold(approve::NewRequest {
+                service: &service.name,
+                function,
+                args,
+                args_digest: digest,
+                caller: &one.caller,
+                rule,
+                policy_commit: one.decision.policy.commit.clone(),
+                spec,
+                session: &self.session,
+                destination: self.dst_text.clone(),
+            })
+            .await
+        {
             Ok(h) => h,
-            Err(why) => {
+            Err(approve::Refused::Full(why)) => {
                 metrics.approval("unavailable");
                 return (Err(refusal("approval_unavailable", why)), None);
+            }
+            // Fleet mode without its database: nobody could see or answer the call.
+            Err(approve::Refused::Unavailable(why)) => {
+                metrics.approval("unavailable");
+                let r = Refusal {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    ..refusal("approval_unavailable", why)
+                };
+                return (Err(r), None);
             }
         };
         let id = hold.id.clone();
@@ -109,6 +121,17 @@ impl Conn {
                     },
                 );
                 (Err(refusal("approval_denied", why)), Some(info(&r)))
+            }
+            approve::Outcome::Interrupted(r) => {
+                metrics.approval("unavailable");
+                let why = "the fleet ended the held call without a verdict \
+                           (it lost touch with this host)"
+                    .to_string();
+                let refused = Refusal {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    ..refusal("approval_unavailable", why)
+                };
+                (Err(refused), Some(info(&r)))
             }
             approve::Outcome::TimedOut(r) => {
                 metrics.approval("timed_out");

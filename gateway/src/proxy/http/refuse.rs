@@ -54,13 +54,18 @@ impl Decided {
     pub(super) fn refusal(&self) -> Refusal {
         let d = &self.decision;
         if let Some(hit) = &self.limited {
-            return Refusal {
-                rule: Some(hit.rule.clone()),
-                service: d.service.as_deref().map(str::to_string),
-                function: Some(self.call.function.clone()),
-                policy_commit: d.policy.commit.clone(),
-                limit: Some(hit.clone()),
-                ..Refusal::new(
+            // The fleet's database counts this quota, and cannot be reached: fail closed.
+            let (status, error, reason) = if hit.kind == "quota_unavailable" {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "quota_unavailable",
+                    format!(
+                        "the fleet database that counts the quota {} is unreachable; try again in {}s",
+                        hit.limit, hit.retry_after_s
+                    ),
+                )
+            } else {
+                (
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     format!(
@@ -68,6 +73,14 @@ impl Decided {
                         hit.kind, hit.limit, hit.retry_after_s
                     ),
                 )
+            };
+            return Refusal {
+                rule: Some(hit.rule.clone()),
+                service: d.service.as_deref().map(str::to_string),
+                function: Some(self.call.function.clone()),
+                policy_commit: d.policy.commit.clone(),
+                limit: Some(hit.clone()),
+                ..Refusal::new(status, error, reason)
             };
         }
         let approve = d.enforced == Action::Approve;

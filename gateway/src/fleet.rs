@@ -1,0 +1,707 @@
+//! Fleet mode: the state the hosts of a fleet share, in one PostgreSQL database
+//! (`fleet: { database, host }`). This module owns the connection — one per host, statements
+//! prepared once, notifications (`LISTEN`) on the same connection — its health, the
+//! schema's migrations ([`schema`]) and the tables' queries; the stages that share state
+//! (approvals) build on it and speak their own types.
+//!
+//! The database is never on a call's path unless the call needs shared state: when it is
+//! unreachable, what needs it fails closed (a new approval is refused) and everything local
+//! goes on; the connection comes back by itself with backoff, and `status` says meanwhile.
+//! Each host says it is alive every `heartbeat_s`; held calls of a host not heard from for
+//! `dead_after_s` are marked `interrupted` by the others.
+pub mod schema;
+
+use std::{
+    future::poll_fn,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tracing::{debug, info, warn};
+
+use crate::{config::FleetConfig, util::sync::LockExt, util::time::now_ms};
+
+/// The channel every change of a held call is announced on (`host id state`).
+const CHANNEL: &str = "callgate_approvals";
+/// The channel grants given and revoked are announced on (`granted|revoked id`).
+const GRANTS: &str = "callgate_grants";
+/// A statement that takes longer is treated as a lost database.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting, migrating and preparing, together.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Rows `list` returns at most.
+const LIST_MAX: i64 = 500;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FleetError {
+    #[error("fleet.database: {0}")]
+    Config(String),
+    #[error(
+        "the fleet database's schema is version {found}, newer than this callgate knows \
+         ({known}): upgrade callgate on this host (it will not write to tables it does not know)"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+    #[error("the fleet database's schema: {0}")]
+    Migration(String),
+    #[error("the fleet database is unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// What the other stages hear of the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A held call changed state somewhere in the fleet.
+    Approval {
+        host: String,
+        id: String,
+        state: String,
+        /// `{"verdict": …, "grant_ms": …}` when the notification carried it.
+        verdict: Option<Json>,
+    },
+    /// A grant was given (or revoked) somewhere in the fleet.
+    Grant { id: String, revoked: bool },
+    /// The connection is (back) up: whatever was announced meanwhile was missed.
+    Connected,
+}
+
+/// What `callgate status` shows of fleet mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub host: String,
+    /// user@host:port/db, never the password.
+    pub database: String,
+    pub connected: bool,
+    /// Why it is not, and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since_ms: Option<u64>,
+    pub schema_version: i32,
+    /// Connections made since the start (1 when it never dropped).
+    pub connections: u64,
+}
+
+/// A held call as the database has it.
+#[derive(Debug, Clone)]
+pub struct SharedApproval {
+    pub host: String,
+    pub state: String,
+    /// The request as its host holds it (the stage's own JSON).
+    pub request: Json,
+    pub verdict: Option<Json>,
+    pub grant_ms: Option<i64>,
+}
+
+/// The live connection and its prepared statements.
+struct Link {
+    client: Client,
+    generation: u64,
+    insert: Statement,
+    finish: Statement,
+    get: Statement,
+    list_pending: Statement,
+    list_all: Statement,
+    mine: Statement,
+    beat: Statement,
+    reap: Statement,
+    count: Statement,
+    expire: Statement,
+    grant_put: Statement,
+    grant_del: Statement,
+    grant_get: Statement,
+    grants_live: Statement,
+}
+
+#[derive(Default)]
+struct Health {
+    error: Option<String>,
+    down_since_ms: Option<u64>,
+    schema_version: i32,
+}
+
+pub struct Fleet {
+    cfg: FleetConfig,
+    pg: tokio_postgres::Config,
+    database: String,
+    link: ArcSwapOption<Link>,
+    health: Mutex<Health>,
+    connections: AtomicU64,
+    beats: AtomicU64,
+    events: broadcast::Sender<Event>,
+    /// The connection was lost: reconnect now rather than at the next heartbeat.
+    lost: Notify,
+}
+
+impl Fleet {
+    /// Connects and migrates the schema, then keeps the connection (and this host's
+    /// heartbeat) up until `stop`. A database that cannot be reached does not stop the
+    /// start (it is retried); one whose schema is newer than this binary knows does.
+    pub async fn start(
+        cfg: FleetConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, FleetError> {
+        let mut pg: tokio_postgres::Config = cfg
+            .database
+            .parse()
+            .map_err(|e: tokio_postgres::Error| FleetError::Config(e.to_string()))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name(format!("callgate {}", cfg.host));
+        }
+        let fleet = Arc::new(Self {
+            database: redacted(&pg),
+            pg,
+            cfg,
+            link: ArcSwapOption::empty(),
+            health: Mutex::new(Health {
+                down_since_ms: Some(now_ms()),
+                error: Some("not connected yet".into()),
+                ..Health::default()
+            }),
+            connections: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+            events: broadcast::channel(1024).0,
+            lost: Notify::new(),
+        });
+        match fleet.connect_bounded().await {
+            Ok(()) => {}
+            Err(e @ (FleetError::SchemaTooNew { .. } | FleetError::Config(_))) => return Err(e),
+            Err(e) => {
+                warn!(database = %fleet.database, error = %e, "fleet database unreachable at start: new approvals are refused until it is back");
+                fleet.down(None, e.to_string());
+            }
+        }
+        tokio::spawn(fleet.clone().keep(stop));
+        Ok(fleet)
+    }
+
+    /// This host's name in the fleet.
+    pub fn host(&self) -> &str {
+        &self.cfg.host
+    }
+
+    pub fn connected(&self) -> bool {
+        self.link.load().is_some()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn status(&self) -> FleetStatus {
+        let h = self.health.locked();
+        FleetStatus {
+            host: self.cfg.host.clone(),
+            database: self.database.clone(),
+            connected: self.connected(),
+            error: h.error.clone(),
+            down_since_ms: h.down_since_ms,
+            schema_version: h.schema_version,
+            connections: self.connections.load(Relaxed),
+        }
+    }
+
+    /// Shares a call this host now holds.
+    pub async fn insert_approval(
+        &self,
+        id: &str,
+        request: &Json,
+        expires_at_ms: u64,
+    ) -> Result<(), FleetError> {
+        let l = self.link()?;
+        let expires = expires_at_ms as i64;
+        let host = self.host();
+        self.run(
+            &l,
+            l.client
+                .execute(&l.insert, &[&id, &host, request, &expires]),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Ends a held call that is still pending, with `state` (and the verdict): false when
+    /// it was not pending any more (another verdict, or its end, came first). Every host
+    /// hears of it; the holding host wakes its client.
+    pub async fn finish_approval(
+        &self,
+        id: &str,
+        state: &str,
+        verdict: Option<&Json>,
+        grant_ms: Option<i64>,
+    ) -> Result<bool, FleetError> {
+        let l = self.link()?;
+        let n = self
+            .run(
+                &l,
+                l.client
+                    .execute(&l.finish, &[&id, &state, &verdict, &grant_ms]),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<Option<SharedApproval>, FleetError> {
+        let l = self.link()?;
+        let rows = self.run(&l, l.client.query(&l.get, &[&id])).await?;
+        Ok(rows.first().map(shared))
+    }
+
+    /// Held calls of every host, newest first: pending ones, or (`all`) recent ones too.
+    pub async fn approvals(&self, all: bool) -> Result<Vec<SharedApproval>, FleetError> {
+        let l = self.link()?;
+        let stmt = if all { &l.list_all } else { &l.list_pending };
+        let rows = self.run(&l, l.client.query(stmt, &[&LIST_MAX])).await?;
+        Ok(rows.iter().map(shared).collect())
+    }
+
+    /// Counts a call against a fleet-wide quota of `calls` per `window_s` under `key`:
+    /// false when the quota is used up (the call is then not counted).
+    pub async fn count_quota(
+        &self,
+        key: &str,
+        window_s: u64,
+        calls: u64,
+    ) -> Result<bool, FleetError> {
+        let l = self.link()?;
+        let (len, calls) = (window_s.max(1) as i64, calls as i64);
+        let rows = self
+            .run(&l, l.client.query(&l.count, &[&key, &len, &calls]))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Shares a grant: every host honours it from its notification on.
+    pub async fn put_grant(
+        &self,
+        id: &str,
+        grant: &Json,
+        expires_at_ms: u64,
+    ) -> Result<(), FleetError> {
+        let l = self.link()?;
+        let expires = expires_at_ms as i64;
+        self.run(&l, l.client.execute(&l.grant_put, &[&id, grant, &expires]))
+            .await
+            .map(drop)
+    }
+
+    /// Ends a grant on every host; false if the database had no such grant.
+    pub async fn revoke_grant(&self, id: &str) -> Result<bool, FleetError> {
+        let l = self.link()?;
+        let n = self.run(&l, l.client.execute(&l.grant_del, &[&id])).await?;
+        Ok(n == 1)
+    }
+
+    pub async fn grant(&self, id: &str) -> Result<Option<Json>, FleetError> {
+        let l = self.link()?;
+        let rows = self.run(&l, l.client.query(&l.grant_get, &[&id])).await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Every grant in force at wall time `now_ms`.
+    pub async fn grants(&self, now_ms: u64) -> Result<Vec<Json>, FleetError> {
+        let l = self.link()?;
+        let now = now_ms as i64;
+        let rows = self
+            .run(&l, l.client.query(&l.grants_live, &[&now]))
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// This host's rows that are pending, or whose id is in `ids`: `(id, row)`.
+    pub async fn mine(&self, ids: &[String]) -> Result<Vec<(String, SharedApproval)>, FleetError> {
+        let l = self.link()?;
+        let host = self.host();
+        let rows = self
+            .run(&l, l.client.query(&l.mine, &[&host, &ids]))
+            .await?;
+        Ok(rows.iter().map(|r| (r.get("id"), shared(r))).collect())
+    }
+
+    fn link(&self) -> Result<Arc<Link>, FleetError> {
+        self.link.load_full().ok_or_else(|| {
+            FleetError::Unavailable(
+                self.health
+                    .locked()
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "not connected".into()),
+            )
+        })
+    }
+
+    /// One statement, bounded in time; a connection that fails or stalls is dropped (and
+    /// made again by [`Fleet::keep`]).
+    async fn run<T>(
+        &self,
+        link: &Link,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, FleetError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let why = describe(&e);
+                if e.is_closed() || e.as_db_error().is_none() {
+                    self.down(Some(link.generation), why.clone());
+                }
+                Err(FleetError::Unavailable(why))
+            }
+            Err(_) => {
+                let why = format!("no answer within {}s", QUERY_TIMEOUT.as_secs());
+                self.down(Some(link.generation), why.clone());
+                Err(FleetError::Unavailable(why))
+            }
+        }
+    }
+
+    /// Marks the connection (of `generation`, or whichever) lost.
+    fn down(&self, generation: Option<u64>, why: String) {
+        let current = self.link.load();
+        let ours = match (&*current, generation) {
+            (Some(l), Some(g)) => l.generation == g,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if ours {
+            self.link.store(None);
+            warn!(database = %self.database, error = %why, "lost the fleet database: new approvals are refused until it is back");
+        }
+        let mut h = self.health.locked();
+        h.down_since_ms.get_or_insert_with(now_ms);
+        h.error = Some(why);
+        drop(h);
+        self.lost.notify_one();
+    }
+
+    /// [`Fleet::connect`], bounded as a whole: a migration waiting on another host's lock,
+    /// or a database that accepts and then says nothing, does not stall the start.
+    async fn connect_bounded(self: &Arc<Self>) -> Result<(), FleetError> {
+        tokio::time::timeout(SETUP_TIMEOUT, self.connect())
+            .await
+            .unwrap_or_else(|_| {
+                Err(FleetError::Unavailable(format!(
+                    "connecting and migrating took longer than {}s",
+                    SETUP_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<(), FleetError> {
+        let unavailable = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
+        let (mut client, mut conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
+            .await
+            .map_err(|_| FleetError::Unavailable("connecting timed out".into()))?
+            .map_err(unavailable)?;
+        let generation = self.connections.fetch_add(1, Relaxed) + 1;
+        // Drives the connection: answers to statements, and the notifications LISTEN asked for.
+        let events = self.events.clone();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let why = loop {
+                match poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                        let mut parts = n.payload().splitn(4, ' ');
+                        if let (Some(host), Some(id), Some(state)) =
+                            (parts.next(), parts.next(), parts.next())
+                        {
+                            let _ = events.send(Event::Approval {
+                                host: host.into(),
+                                id: id.into(),
+                                state: state.into(),
+                                verdict: parts.next().and_then(|v| serde_json::from_str(v).ok()),
+                            });
+                        }
+                    }
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == GRANTS => {
+                        if let Some((op, id)) = n.payload().split_once(' ') {
+                            let _ = events.send(Event::Grant {
+                                id: id.into(),
+                                revoked: op == "revoked",
+                            });
+                        }
+                    }
+                    Some(Ok(AsyncMessage::Notice(n))) => {
+                        debug!(notice = %n.message(), "fleet database")
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break describe(&e),
+                    None => break "the connection closed".to_string(),
+                }
+            };
+            if let Some(f) = me.upgrade() {
+                f.down(Some(generation), why);
+            }
+        });
+        let before = schema::migrate(&mut client, self.host()).await?;
+        if before < schema::known() {
+            info!(
+                from = before,
+                to = schema::known(),
+                "fleet database schema migrated"
+            );
+        }
+        // Commits are not waited for on the database's disk: a quota count or a held call
+        // then costs a round trip, not an fsync (measured: 0.1 ms against 4 ms here). A
+        // database crash may lose the last fraction of a second of changes; each host's
+        // own state is the authority on its calls and is written back when it reconnects
+        // (see `approve`'s catch-up), and a quota may undercount by as much.
+        client
+            .batch_execute(&format!(
+                "SET synchronous_commit = off; LISTEN {CHANNEL}; LISTEN {GRANTS}"
+            ))
+            .await
+            .map_err(unavailable)?;
+        let row = "host, state, request, verdict, grant_ms";
+        let prepare = |sql: String| {
+            let c = &client;
+            async move { c.prepare(&sql).await }
+        };
+        let link = Link {
+            insert: prepare(
+                "INSERT INTO callgate_approvals (id, host, state, request, expires_at_ms) \
+                 VALUES ($1, $2, 'pending', $3, $4)"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            finish: prepare(
+                "UPDATE callgate_approvals SET state = $2, verdict = $3, grant_ms = $4, \
+                 updated_at = now() WHERE id = $1 AND state = 'pending'"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            get: prepare(format!(
+                "SELECT {row} FROM callgate_approvals WHERE id = $1"
+            ))
+            .await
+            .map_err(unavailable)?,
+            list_pending: prepare(format!(
+                "SELECT {row} FROM callgate_approvals WHERE state = 'pending' \
+                 ORDER BY requested_at DESC LIMIT $1"
+            ))
+            .await
+            .map_err(unavailable)?,
+            list_all: prepare(format!(
+                "SELECT {row} FROM callgate_approvals ORDER BY requested_at DESC LIMIT $1"
+            ))
+            .await
+            .map_err(unavailable)?,
+            mine: prepare(format!(
+                "SELECT id, {row} FROM callgate_approvals \
+                 WHERE host = $1 AND (state = 'pending' OR id = ANY($2))"
+            ))
+            .await
+            .map_err(unavailable)?,
+            beat: prepare(
+                "INSERT INTO callgate_hosts (name, seen_at) VALUES ($1, now()) \
+                 ON CONFLICT (name) DO UPDATE SET seen_at = now()"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            // Held calls of hosts not heard from: their clients are gone with them.
+            reap: prepare(
+                "UPDATE callgate_approvals a SET state = 'interrupted', updated_at = now() \
+                 FROM callgate_hosts h WHERE a.state = 'pending' AND a.host = h.name \
+                 AND h.name <> $1 AND h.seen_at < now() - make_interval(secs => $2)"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            // One statement counts a call, atomically per key and window: a window on the
+            // database's clock (the hosts' clocks may differ), a call over the quota not
+            // counted (no row comes back).
+            count: prepare(
+                "INSERT INTO callgate_quotas AS q (key, window_start, window_len, count) \
+                 VALUES ($1, (floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint)::bigint, \
+                 $2::bigint, 1) \
+                 ON CONFLICT (key, window_start) DO UPDATE SET count = q.count + 1 \
+                 WHERE q.count < $3::bigint RETURNING q.count"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            expire: prepare(
+                "DELETE FROM callgate_quotas \
+                 WHERE window_start + window_len < extract(epoch FROM now())::bigint"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            grant_put: prepare(
+                "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            grant_del: prepare("DELETE FROM callgate_grants WHERE id = $1".into())
+                .await
+                .map_err(unavailable)?,
+            grant_get: prepare("SELECT grant_json FROM callgate_grants WHERE id = $1".into())
+                .await
+                .map_err(unavailable)?,
+            grants_live: prepare(
+                "SELECT grant_json FROM callgate_grants WHERE expires_at_ms > $1".into(),
+            )
+            .await
+            .map_err(unavailable)?,
+            client,
+            generation,
+        };
+        link.client
+            .execute(&link.beat, &[&self.host()])
+            .await
+            .map_err(unavailable)?;
+        self.link.store(Some(Arc::new(link)));
+        {
+            let mut h = self.health.locked();
+            h.error = None;
+            h.down_since_ms = None;
+            h.schema_version = schema::known();
+        }
+        info!(database = %self.database, host = %self.cfg.host, "connected to the fleet database");
+        let _ = self.events.send(Event::Connected);
+        Ok(())
+    }
+
+    /// Heartbeats while connected, reconnects with backoff while not.
+    async fn keep(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let connected = self.connected();
+            let wait = if connected {
+                self.cfg.heartbeat
+            } else {
+                backoff
+            };
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.lost.notified(), if connected => {}
+            }
+            if self.connected() {
+                self.beat().await;
+                continue;
+            }
+            match self.connect_bounded().await {
+                Ok(()) => backoff = BACKOFF_FIRST,
+                Err(e) => {
+                    debug!(error = %e, retry_in = ?backoff, "fleet database still unreachable");
+                    let mut h = self.health.locked();
+                    h.error = Some(e.to_string());
+                    h.down_since_ms.get_or_insert_with(now_ms);
+                    drop(h);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Says this host is alive; marks the held calls of hosts that are not as interrupted.
+    async fn beat(&self) {
+        let Ok(l) = self.link() else { return };
+        let host = self.host();
+        if self
+            .run(&l, l.client.execute(&l.beat, &[&host]))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Windows that ended, now and then (every host does it; it is idempotent).
+        if self.beats.fetch_add(1, Relaxed).is_multiple_of(60) {
+            let _ = self.run(&l, l.client.execute(&l.expire, &[])).await;
+        }
+        let dead = self.cfg.dead_after.as_secs_f64();
+        match self
+            .run(&l, l.client.execute(&l.reap, &[&host, &dead]))
+            .await
+        {
+            Ok(0) | Err(_) => {}
+            Ok(n) => {
+                warn!(
+                    calls = n,
+                    "held calls of hosts not heard from marked interrupted"
+                )
+            }
+        }
+    }
+}
+
+fn shared(r: &tokio_postgres::Row) -> SharedApproval {
+    SharedApproval {
+        host: r.get("host"),
+        state: r.get("state"),
+        request: r.get("request"),
+        verdict: r.get("verdict"),
+        grant_ms: r.get("grant_ms"),
+    }
+}
+
+/// An error in one line: the server's message when it sent one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s = format!("{s}: {inner}");
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// The database as status shows it: user@host:port/db, no password.
+fn redacted(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        pg.get_user().unwrap_or("?"),
+        pg.get_dbname().unwrap_or("?")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_never_shows_the_password() {
+        let pg: tokio_postgres::Config = "postgresql://gate:s3cret@db.example:6432/fleet"
+            .parse()
+            .unwrap();
+        let shown = redacted(&pg);
+        assert_eq!(shown, "gate@db.example:6432/fleet");
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn migrations_are_numbered_from_one() {
+        assert_eq!(schema::known(), schema::MIGRATIONS.len() as i32);
+        assert!(schema::known() >= 1);
+    }
+}
