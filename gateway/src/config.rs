@@ -74,6 +74,8 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     /// The policy repository (used by the decide stage).
     pub policies: Option<PathBuf>,
+    /// Or the policy fetched from a git remote, taken only when signed by an allowed signer.
+    pub policies_git: Option<PolicyGit>,
     /// Which destinations are intercepted.
     pub intercept: Intercept,
     /// Let UDP other than DNS leave enabled cgroups (default: refuse, so QUIC cannot bypass L7).
@@ -350,7 +352,7 @@ struct File {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     bpffs_dir: Option<PathBuf>,
-    policies: Option<PathBuf>,
+    policies: Option<FilePolicies>,
     intercept: Option<FileIntercept>,
     udp: Option<UdpMode>,
     dns_resolvers: Option<Vec<IpAddr>>,
@@ -362,6 +364,37 @@ struct File {
     approvals: Option<FileApprovals>,
     admin_http: Option<FileAdminHttp>,
     telemetry: Option<FileTelemetry>,
+}
+
+/// `policies:` is a directory, or a git remote to fetch signed commits from.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePolicies {
+    Dir(PathBuf),
+    Git(FilePolicyGit),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicyGit {
+    git: String,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    poll_s: Option<u64>,
+    allowed_signers: PathBuf,
+}
+
+/// A policy repository fetched from git (`policies: { git: URL, ref, poll_s, allowed_signers }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyGit {
+    /// A local path or `file://` URL (libgit2 is built without network transports).
+    pub url: String,
+    /// A branch name (`main`), or a full ref (`refs/tags/prod`).
+    pub git_ref: String,
+    /// How often to fetch.
+    pub poll: Duration,
+    /// Keys allowed to sign policy commits, as git's `gpg.ssh.allowedSignersFile`.
+    pub allowed_signers: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -558,7 +591,19 @@ impl Config {
                 .bpffs_dir
                 .or(file.bpffs_dir)
                 .unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
-            policies: over.policies.or(file.policies),
+            policies_git: match (&over.policies, &file.policies) {
+                (None, Some(FilePolicies::Git(g))) => Some(PolicyGit {
+                    url: g.git.clone(),
+                    git_ref: g.git_ref.clone().unwrap_or_else(|| "main".into()),
+                    poll: Duration::from_secs(g.poll_s.unwrap_or(30).max(1)),
+                    allowed_signers: g.allowed_signers.clone(),
+                }),
+                _ => None,
+            },
+            policies: over.policies.clone().or(match &file.policies {
+                Some(FilePolicies::Dir(d)) => Some(d.clone()),
+                _ => None,
+            }),
             intercept: Intercept {
                 rules,
                 default_intercept: !matches!(intercept.default, Some(DefaultMode::None)),
