@@ -5,7 +5,7 @@
 //! hand; the poller picks a change up within `poll_s`.
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -238,6 +238,13 @@ fn signed_commits_are_taken_and_others_refused_with_the_last_good_deciding() {
         "errors name the repository's own paths: {p}"
     );
     assert_eq!(call(&gw, &cg, up.port, "p_3"), ("200".into(), c1.clone()));
+    let text = gw.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("commit {broken} REFUSED (policy_error)"))
+            && text.contains("services/payments.yaml:"),
+        "{text}"
+    );
     let m = metrics(admin);
     assert!(m.contains("reason=\"policy_error\""), "{m}");
 
@@ -267,5 +274,92 @@ fn signed_commits_are_taken_and_others_refused_with_the_last_good_deciding() {
         "policy_git: poll picked up a pushed commit in {} ms (poll_s {POLL_S})",
         pushed.elapsed().as_millis()
     );
-    assert_eq!(call(&gw, &cg, up.port, "p_5"), ("200".into(), reopened));
+    assert_eq!(
+        call(&gw, &cg, up.port, "p_5"),
+        ("200".into(), reopened.clone())
+    );
+
+    // The remote gone: the fetch fails, is said so, and the policy stays.
+    let away = dir.join("remote-away.git");
+    fs::rename(&bare, &away).expect("rename");
+    let (ok, out) = sync(&gw);
+    assert!(!ok && out.starts_with("fetch_failed"), "{out}");
+    let p = policy(&gw);
+    assert_eq!(p["commit"], reopened.as_str(), "{p}");
+    assert!(p["git"]["fetch_error"].is_string(), "{p}");
+    let m = metrics(admin);
+    assert!(m.contains("policy_git_fetch_failing 1"), "{m}");
+
+    // A restart with the remote still gone starts on the last commit taken.
+    let mut gw = gw;
+    gw.restart();
+    let p = policy(&gw);
+    assert_eq!(p["commit"], reopened.as_str(), "{p}\n{}", gw.log());
+    assert!(p["git"]["fetch_error"].is_string(), "{p}");
+    assert_eq!(
+        call(&gw, &cg, up.port, "p_6"),
+        ("200".into(), reopened.clone())
+    );
+
+    // Back: the next poll clears the failure.
+    fs::rename(&away, &bare).expect("rename back");
+    let cleared = wait_for(Duration::from_secs(POLL_S + 5), || {
+        policy(&gw)["git"]["fetch_error"].is_null().then_some(())
+    });
+    assert!(cleared.is_some(), "{}", policy(&gw));
+}
+
+/// With no commit ever taken, a refused one stops the start, naming why.
+#[test]
+fn an_unsigned_first_commit_stops_the_start() {
+    let dir = TestDir::new("callgate-policy-git-start");
+    let ops = keygen(&dir, "ops");
+    let signers = dir.join("allowed_signers");
+    fs::write(&signers, format!("ops@example.com {ops}\n")).expect("allowed_signers");
+    let repo = Repo { dir: &dir };
+    fs::create_dir_all(repo.work().join("services")).expect("mkdir");
+    let bare = dir.join("remote.git");
+    for (args, at) in [
+        (vec!["init", "-q", "--bare", "-b", "main"], bare.clone()),
+        (vec!["init", "-q", "-b", "main"], repo.work()),
+    ] {
+        assert!(
+            Command::new("git")
+                .args(args)
+                .arg(at)
+                .status()
+                .expect("git")
+                .success()
+        );
+    }
+    fs::write(repo.work().join("callgate.yaml"), "default_action: deny\n").expect("write");
+    repo.git(&["remote", "add", "origin", &bare.display().to_string()]);
+    let unsigned = repo.commit(&payments(1, false), None, "unsigned");
+    let config = dir.join("callgate.yaml");
+    fs::write(
+        &config,
+        format!(
+            "policies: {{ git: {}, allowed_signers: {} }}\n",
+            bare.display(),
+            signers.display()
+        ),
+    )
+    .expect("config");
+    let state = dir.join("state");
+    let out = Command::new(callgate_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--control-socket")
+        .arg(dir.join("admin.sock"))
+        .arg("--bpffs-dir")
+        .arg(PathBuf::from("/sys/fs/bpf").join(unique("callgate-pgs")))
+        .arg("--listen-port")
+        .arg(free_port().to_string())
+        .output()
+        .expect("callgate run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&unsigned) && err.contains("unsigned"), "{err}");
 }
