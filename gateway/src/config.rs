@@ -780,6 +780,33 @@ mod tests {
     }
 
     #[test]
+    fn policies_directory_or_git() {
+        let c = Config::from_yaml(Path::new("c.yaml"), "policies: /etc/p\n").unwrap();
+        assert_eq!(c.policies.as_deref(), Some(Path::new("/etc/p")));
+        assert!(c.policies_git.is_none());
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "policies: { git: file:///srv/p.git, poll_s: 5, allowed_signers: /etc/s }\n",
+        )
+        .unwrap();
+        assert!(c.policies.is_none());
+        let g = c.policies_git.unwrap();
+        assert_eq!(g.url, "file:///srv/p.git");
+        assert_eq!(g.git_ref, "main");
+        assert_eq!(g.poll, Duration::from_secs(5));
+        assert_eq!(g.allowed_signers, Path::new("/etc/s"));
+        // allowed_signers is required, and a misspelt key is an error.
+        assert!(Config::from_yaml(Path::new("c.yaml"), "policies: { git: /srv/p.git }\n").is_err());
+        assert!(
+            Config::from_yaml(
+                Path::new("c.yaml"),
+                "policies: { git: /p, allowed_signers: /s, pol_s: 1 }\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn rules_parse() {
         assert_eq!(parse_rule("10.0.0.0/8").unwrap().ports, (0, 65535));
         assert_eq!(parse_rule("0.0.0.0/0:443").unwrap().ports, (443, 443));
