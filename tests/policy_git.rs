@@ -224,12 +224,29 @@ fn signed_commits_are_taken_and_others_refused_with_the_last_good_deciding() {
     assert_eq!(p["git"]["refused"]["commit"], stranger.as_str(), "{p}");
     assert_eq!(p["git"]["refused"]["reason"], "unknown_signer", "{p}");
 
-    // Signed by ops but does not compile: refused with file and line.
+    // Trusting the stranger's key takes that commit on a sync by hand (the refused commit is
+    // checked again); distrusting it again leaves it in force until the next good commit.
+    let stranger_pub = fs::read_to_string(dir.join("stranger.pub")).expect("pub");
+    fs::write(
+        &signers,
+        format!(
+            "ops@example.com {ops}\nops@example.com {}",
+            stranger_pub.trim()
+        ),
+    )
+    .expect("allowed_signers");
+    let (ok, out) = sync(&gw);
+    assert!(ok && out.starts_with("taken"), "{out}");
+    assert_eq!(policy(&gw)["commit"], stranger.as_str());
+    fs::write(&signers, format!("ops@example.com {ops}\n")).expect("allowed_signers");
+
+    // Signed by ops but does not compile: refused with file and line; the stranger's commit
+    // decides on.
     let broken = repo.commit(&closed.replacen("rules:", "rulez:", 1), Some("ops"), "typo");
     let (ok, out) = sync(&gw);
     assert!(!ok && out.contains("policy_error"), "{out}");
     let p = policy(&gw);
-    assert_eq!(p["commit"], c1.as_str(), "{p}");
+    assert_eq!(p["commit"], stranger.as_str(), "{p}");
     assert_eq!(p["git"]["refused"]["commit"], broken.as_str(), "{p}");
     let errors = p["git"]["refused"]["errors"].to_string();
     assert!(errors.contains("services/payments.yaml:"), "{p}");
@@ -237,7 +254,10 @@ fn signed_commits_are_taken_and_others_refused_with_the_last_good_deciding() {
         !errors.contains("trees/"),
         "errors name the repository's own paths: {p}"
     );
-    assert_eq!(call(&gw, &cg, up.port, "p_3"), ("200".into(), c1.clone()));
+    assert_eq!(
+        call(&gw, &cg, up.port, "p_3"),
+        ("403".into(), stranger.clone())
+    );
     let text = gw.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(

@@ -339,7 +339,7 @@ async fn policy_sync(inputs: &Arc<AdminInputs>) -> Result<serde_json::Value, Str
     let Some(store) = inputs.policy.clone() else {
         return Err("the daemon runs without a policy repository (--policies)".into());
     };
-    let report = tokio::task::spawn_blocking(move || store.sync())
+    let report = tokio::task::spawn_blocking(move || store.sync(true))
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the policy is a directory, not a git remote: use `callgate policy reload`")?;

@@ -235,8 +235,10 @@ impl PolicyStore {
     }
 
     /// One round with the git remote: fetch, and take the commit if it is new, signed by an
-    /// allowed signer and compiles. `None` for a directory source.
-    pub fn sync(&self) -> Option<SyncReport> {
+    /// allowed signer and compiles. A commit refused before is checked again only when
+    /// `retry_refused` (by hand: `allowed_signers` may have changed); the poller leaves it be
+    /// until the ref moves. `None` for a directory source.
+    pub fn sync(&self, retry_refused: bool) -> Option<SyncReport> {
         let Source::Git(remote) = &self.source else {
             return None;
         };
@@ -273,7 +275,7 @@ impl PolicyStore {
             .status()
             .git
             .and_then(|g| g.refused)
-            .filter(|r| r.commit == commit);
+            .filter(|r| r.commit == commit && !retry_refused);
         if current.as_deref() == Some(commit.as_str()) {
             return Some(report("unchanged", Some(commit), Vec::new()));
         }
@@ -346,7 +348,7 @@ impl PolicyStore {
     /// Reloads the directory (for a git remote: one [`sync`](Self::sync) round, its outcome
     /// in the status).
     pub fn reload(&self) -> Result<(), Vec<Finding>> {
-        if self.sync().is_some() {
+        if self.sync(true).is_some() {
             return Ok(());
         }
         match load_snapshot(&self.dir) {
@@ -415,7 +417,9 @@ impl PolicyStore {
                 loop {
                     std::thread::sleep(delay);
                     let Some(store) = store.upgrade() else { return };
-                    let failed = store.sync().is_some_and(|r| r.outcome == "fetch_failed");
+                    let failed = store
+                        .sync(false)
+                        .is_some_and(|r| r.outcome == "fetch_failed");
                     failures = if failed {
                         failures.saturating_add(1)
                     } else {
