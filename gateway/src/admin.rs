@@ -71,6 +71,8 @@ pub enum Request {
     },
     Status,
     Reload,
+    /// One round with the policy's git remote (fetch, verify, compile, swap).
+    PolicySync,
     /// Pending approval requests, or (`all`) the recent ones too.
     Approvals {
         #[serde(default)]
@@ -257,6 +259,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Enable { target } => change(inputs, target, true).await,
         Request::Disable { target } => change(inputs, target, false).await,
         Request::Reload => reload(inputs).await,
+        Request::PolicySync => policy_sync(inputs).await,
         Request::Approvals { all } => match approvals(inputs) {
             Ok(a) => to_json(a.list_fleet(all).await),
             Err(e) => Err(e),
@@ -347,6 +350,17 @@ async fn change(
     .await
     .map_err(|e| e.to_string())?;
     serde_json::to_value(res?).map_err(|e| e.to_string())
+}
+
+async fn policy_sync(inputs: &Arc<AdminInputs>) -> Result<serde_json::Value, String> {
+    let Some(store) = inputs.policy.clone() else {
+        return Err("the daemon runs without a policy repository (--policies)".into());
+    };
+    let report = tokio::task::spawn_blocking(move || store.sync(true))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the policy is a directory, not a git remote: use `callgate policy reload`")?;
+    serde_json::to_value(report).map_err(|e| e.to_string())
 }
 
 async fn reload(inputs: &Arc<AdminInputs>) -> Result<serde_json::Value, String> {

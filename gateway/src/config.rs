@@ -80,6 +80,8 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     /// The policy repository (used by the decide stage).
     pub policies: Option<PathBuf>,
+    /// Or the policy fetched from a git remote, taken only when signed by an allowed signer.
+    pub policies_git: Option<PolicyGit>,
     /// Which destinations are intercepted.
     pub intercept: Intercept,
     /// Let UDP other than DNS leave enabled cgroups (default: refuse, so QUIC cannot bypass L7).
@@ -395,7 +397,7 @@ struct File {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     bpffs_dir: Option<PathBuf>,
-    policies: Option<PathBuf>,
+    policies: Option<FilePolicies>,
     intercept: Option<FileIntercept>,
     udp: Option<UdpMode>,
     dns_resolvers: Option<Vec<IpAddr>>,
@@ -408,6 +410,37 @@ struct File {
     admin_http: Option<FileAdminHttp>,
     telemetry: Option<FileTelemetry>,
     fleet: Option<FileFleet>,
+}
+
+/// `policies:` is a directory, or a git remote to fetch signed commits from.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePolicies {
+    Dir(PathBuf),
+    Git(FilePolicyGit),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicyGit {
+    git: String,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    poll_s: Option<u64>,
+    allowed_signers: PathBuf,
+}
+
+/// A policy repository fetched from git (`policies: { git: URL, ref, poll_s, allowed_signers }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyGit {
+    /// A local path or `file://` URL (libgit2 is built without network transports).
+    pub url: String,
+    /// A branch name (`main`), or a full ref (`refs/tags/prod`).
+    pub git_ref: String,
+    /// How often to fetch.
+    pub poll: Duration,
+    /// Keys allowed to sign policy commits, as git's `gpg.ssh.allowedSignersFile`.
+    pub allowed_signers: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -606,7 +639,19 @@ impl Config {
                 .bpffs_dir
                 .or(file.bpffs_dir)
                 .unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
-            policies: over.policies.or(file.policies),
+            policies_git: match (&over.policies, &file.policies) {
+                (None, Some(FilePolicies::Git(g))) => Some(PolicyGit {
+                    url: g.git.clone(),
+                    git_ref: g.git_ref.clone().unwrap_or_else(|| "main".into()),
+                    poll: Duration::from_secs(g.poll_s.unwrap_or(30).max(1)),
+                    allowed_signers: g.allowed_signers.clone(),
+                }),
+                _ => None,
+            },
+            policies: over.policies.clone().or(match &file.policies {
+                Some(FilePolicies::Dir(d)) => Some(d.clone()),
+                _ => None,
+            }),
             intercept: Intercept {
                 rules,
                 default_intercept: !matches!(intercept.default, Some(DefaultMode::None)),
@@ -819,6 +864,33 @@ mod tests {
         assert!(
             err.contains("approvals.webhook_url") && err.contains("http"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn policies_directory_or_git() {
+        let c = Config::from_yaml(Path::new("c.yaml"), "policies: /etc/p\n").unwrap();
+        assert_eq!(c.policies.as_deref(), Some(Path::new("/etc/p")));
+        assert!(c.policies_git.is_none());
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "policies: { git: file:///srv/p.git, poll_s: 5, allowed_signers: /etc/s }\n",
+        )
+        .unwrap();
+        assert!(c.policies.is_none());
+        let g = c.policies_git.unwrap();
+        assert_eq!(g.url, "file:///srv/p.git");
+        assert_eq!(g.git_ref, "main");
+        assert_eq!(g.poll, Duration::from_secs(5));
+        assert_eq!(g.allowed_signers, Path::new("/etc/s"));
+        // allowed_signers is required, and a misspelt key is an error.
+        assert!(Config::from_yaml(Path::new("c.yaml"), "policies: { git: /srv/p.git }\n").is_err());
+        assert!(
+            Config::from_yaml(
+                Path::new("c.yaml"),
+                "policies: { git: /p, allowed_signers: /s, pol_s: 1 }\n"
+            )
+            .is_err()
         );
     }
 

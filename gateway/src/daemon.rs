@@ -84,17 +84,26 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // The lock is held until this function returns.
     let (control, _control_lock) = admin::bind(&cfg.control_socket)?;
     // A policy that does not load stops the start: there is no last good one to fall back on.
-    let policy = match &cfg.policies {
-        Some(dir) => Some(Arc::new(PolicyStore::open(dir).map_err(|findings| {
+    let policy = match (&cfg.policies, &cfg.policies_git) {
+        (Some(dir), _) => Some(Arc::new(PolicyStore::open(dir).map_err(|findings| {
             DaemonError::Policy {
                 dir: dir.display().to_string(),
                 errors: findings.iter().map(ToString::to_string).collect(),
             }
         })?)),
-        None => None,
+        (None, Some(git)) => {
+            let remote = crate::policy::remote::Remote::new(git.clone(), &cfg.state_dir);
+            Some(Arc::new(PolicyStore::open_git(remote).map_err(
+                |errors| DaemonError::Policy {
+                    dir: format!("{} {}", git.url, git.git_ref),
+                    errors,
+                },
+            )?))
+        }
+        (None, None) => None,
     };
     let _watcher = match &policy {
-        Some(store) => Some(store.watch().map_err(DaemonError::Watch)?),
+        Some(store) => store.watch().map_err(DaemonError::Watch)?,
         None => None,
     };
     // Recording opens before anything is accepted: a call that cannot be recorded is refused.

@@ -9,8 +9,10 @@ pub mod git;
 pub mod lint;
 pub mod load;
 pub mod mcp;
+pub mod remote;
 pub mod schema;
 pub mod snapshot;
+pub mod sshsig;
 pub mod store;
 pub mod testing;
 
@@ -28,5 +30,15 @@ pub fn load_snapshot(dir: &Path) -> Result<(Loaded, Snapshot), Vec<Finding>> {
     let loaded = load::load(dir)?;
     let git = git::inspect(dir);
     let snap = compile::compile(&loaded, &git)?;
+    Ok((loaded, snap))
+}
+
+/// Loads and compiles the files at `dir`, a checkout of the commit `git` names.
+pub fn load_snapshot_as(
+    dir: &Path,
+    git: &git::GitState,
+) -> Result<(Loaded, Snapshot), Vec<Finding>> {
+    let loaded = load::load(dir)?;
+    let snap = compile::compile(&loaded, git)?;
     Ok((loaded, snap))
 }

@@ -40,6 +40,10 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     // libfaketime moves the gateway's wall clock in the clock-jump test.
     "faketime",
+    // Policy from git: signed commits (`git commit -S` with `gpg.format=ssh` runs `ssh-keygen -Y
+    // sign`) in a repository the gateway fetches.
+    "git",
+    "openssh-client",
     // The approvals page is driven in a real headless browser.
     "chromium",
     // Benchmark baselines and load generators.

@@ -289,6 +289,47 @@ impl Collector for State {
                 "1 when the last reload was refused",
                 i64::from(p.last_error.is_some()),
             )?;
+            if let Some(g) = &p.git {
+                counter(
+                    &mut e,
+                    "policy_git_fetch_failures",
+                    "Fetches of the policy's git remote that failed (retried with backoff)",
+                    g.fetch_failures,
+                )?;
+                counter(
+                    &mut e,
+                    "policy_git_refusals",
+                    "Commits of the policy's git remote refused (unsigned, unknown signer, bad signature, not compiling)",
+                    g.refusals,
+                )?;
+                gauge(
+                    &mut e,
+                    "policy_git_fetch_failing",
+                    "1 while the last fetch of the policy's git remote failed",
+                    i64::from(g.fetch_error.is_some()),
+                )?;
+                let kind = ConstGauge::new(0i64).metric_type();
+                let mut m = e.encode_descriptor(
+                    "policy_git_refused",
+                    "1 for the newest fetched commit when it was refused, labelled with the commit and why; the commit in force is policy_git_commit",
+                    None,
+                    kind,
+                )?;
+                if let Some(r) = &g.refused {
+                    let labels = vec![("commit", r.commit.clone()), ("reason", r.reason.clone())];
+                    ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+                }
+                let mut m = e.encode_descriptor(
+                    "policy_git_commit",
+                    "1, labelled with the commit in force",
+                    None,
+                    kind,
+                )?;
+                if let Some(c) = &p.commit {
+                    let labels = vec![("commit", c.clone())];
+                    ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+                }
+            }
         }
         if let Some(r) = &self.records {
             gauge(

@@ -45,6 +45,13 @@ pub enum PolicyCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// With `policies: { git: … }`: have the running daemon fetch its remote now, verify the
+    /// commit's signature, compile and take it; prints the outcome (exit 1 if refused or the
+    /// fetch failed).
+    Sync {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -175,6 +182,33 @@ pub fn run(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
                 println!("reason: {r}");
             }
             println!("obligations: {}", serde_json::to_string(&*d.obligations)?);
+        }
+        PolicyCommand::Sync { socket } => {
+            let r: callgate::policy::store::SyncReport =
+                rt.block_on(request(&socket, &Request::PolicySync))?;
+            let commit = r.commit.as_deref().unwrap_or("-");
+            let in_force = r.status.commit.as_deref().unwrap_or("-");
+            match r.outcome.as_str() {
+                "taken" => println!(
+                    "taken: commit {commit} ({} services, {} rules{})",
+                    r.status.services,
+                    r.status.rules,
+                    r.status
+                        .git
+                        .as_ref()
+                        .and_then(|g| g.signer.as_deref())
+                        .map(|s| format!(", signed by {s}"))
+                        .unwrap_or_default()
+                ),
+                "unchanged" => println!("unchanged: commit {commit} is in force"),
+                other => {
+                    println!("{other}: commit {commit}; commit {in_force} stays in force");
+                    for d in &r.detail {
+                        println!("  {d}");
+                    }
+                    std::process::exit(1);
+                }
+            }
         }
         PolicyCommand::Reload { socket } => {
             let status: callgate::policy::store::ReloadStatus =

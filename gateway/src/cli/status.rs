@@ -43,7 +43,32 @@ fn print_status(s: &Status) {
                 v(p.commit.as_deref().unwrap_or(&p.source)),
                 if p.dirty { ", dirty" } else { "" }
             );
-            if let Some(errors) = &p.last_error {
+            if let Some(g) = &p.git {
+                println!(
+                    "  git {} {} every {}s, signed by {}",
+                    v(&g.url),
+                    v(&g.git_ref),
+                    g.poll_s,
+                    v(g.signer.as_deref().unwrap_or("-"))
+                );
+                if let Some(e) = &g.fetch_error {
+                    println!(
+                        "  last fetch FAILED ({} failures so far; retrying): {}",
+                        g.fetch_failures,
+                        v(e)
+                    );
+                }
+                if let Some(r) = &g.refused {
+                    println!(
+                        "  commit {} REFUSED ({}), the commit above stays in force:",
+                        v(&r.commit),
+                        v(&r.reason)
+                    );
+                    for e in &r.errors {
+                        println!("    {}", v(e));
+                    }
+                }
+            } else if let Some(errors) = &p.last_error {
                 println!("  last reload FAILED (the previous policy stays in force):");
                 for e in errors {
                     println!("    {}", v(e));
