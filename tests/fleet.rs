@@ -513,3 +513,118 @@ fn a_newer_schema_refuses_the_start() {
 fn config_text(pg: &Postgres) -> String {
     config(pg, "host-new")
 }
+
+/// `records list --fleet --json` with host `a`'s configuration: every host's records.
+fn fleet_records(f: &Fleet) -> Vec<Value> {
+    let out = Command::new(callgate_bin())
+        .args(["records", "list", "--fleet", "--json", "--limit", "10000"])
+        .arg("--config")
+        .arg(f.dir.join("a").join("callgate.yaml"))
+        .output()
+        .expect("records list --fleet");
+    assert!(
+        out.status.success(),
+        "records list --fleet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The sequence numbers `host` has in the fleet database, sorted, and the local log's.
+fn shipped_and_local(f: &Fleet, gw: &Gateway, host: &str) -> (Vec<u64>, Vec<u64>) {
+    let mut shipped: Vec<u64> = fleet_records(f)
+        .iter()
+        .filter(|r| r["host"] == host)
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    shipped.sort_unstable();
+    let mut local: Vec<u64> = records(gw)
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    local.sort_unstable();
+    (shipped, local)
+}
+
+/// Waits (at most 20 s) until the database has exactly the local log of `host`.
+fn all_shipped(f: &Fleet, gw: &Gateway, host: &str) -> Vec<u64> {
+    let mut last = (vec![], vec![]);
+    let done = wait_for(Duration::from_secs(20), || {
+        last = shipped_and_local(f, gw, host);
+        (!last.1.is_empty() && last.0 == last.1).then(|| last.0.clone())
+    });
+    done.unwrap_or_else(|| {
+        panic!(
+            "{host}'s records in the database {:?} are not its log's {:?}\n{}",
+            last.0,
+            last.1,
+            gw.log()
+        )
+    })
+}
+
+#[test]
+fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
+    let Some(mut f) = setup("records_of_both_hosts_are_shipped_without_loss_or_doubling") else {
+        return;
+    };
+    for _ in 0..2 {
+        assert_eq!(f.show(&f.cg_a).0, 200);
+        assert_eq!(f.show(&f.cg_b).0, 200);
+    }
+    all_shipped(&f, &f.a, "host-a");
+    all_shipped(&f, &f.b, "host-b");
+    let listed = fleet_records(&f);
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["host"] == "host-a" && r["id"].is_string())
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["host"] == "host-b" && r["id"].is_string())
+    );
+
+    // The database goes away: calls do not wait on it; their records follow once it is back.
+    f.pg.stop();
+    assert!(
+        wait_for(Duration::from_secs(15), || (fleet_connected(&f.a)
+            == Some(false))
+        .then_some(()))
+        .is_some()
+    );
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let (code, body) = f.show(&f.cg_a);
+        assert_eq!(code, 200, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    f.pg.start_again();
+    let shipped = all_shipped(&f, &f.a, "host-a");
+    eprintln!(
+        "fleet: host-a's {} records shipped after the outage",
+        shipped.len()
+    );
+
+    // A restart resumes where the database is: nothing sent twice, nothing missing.
+    f.a.restart();
+    assert_eq!(f.show(&f.cg_a).0, 200);
+    let after = all_shipped(&f, &f.a, "host-a");
+    assert!(after.len() > shipped.len());
+    assert_eq!(
+        f.pg.psql(
+            "callgate",
+            "SELECT count(*) = count(DISTINCT (host, seq)) FROM callgate_records"
+        ),
+        "t"
+    );
+    assert!(
+        !f.a.log().contains("already had"),
+        "a restart re-sent records:\n{}",
+        f.a.log()
+    );
+}

@@ -338,6 +338,14 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             stop_rx.clone(),
         ));
     }
+    // This host's records go to the fleet database too, in the background.
+    if let (Some(f), Some(r)) = (&fleet, &recorder) {
+        tasks.push(crate::record::ship::start(
+            f.clone(),
+            r.dir().to_path_buf(),
+            stop_rx.clone(),
+        ));
+    }
     started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)

@@ -121,6 +121,27 @@ struct Link {
     grant_del: Statement,
     grant_get: Statement,
     grants_live: Statement,
+    records_max: Statement,
+    records_put: Statement,
+}
+
+/// One record as shipped: its place in its host's log and its JSON.
+#[derive(Debug, Clone)]
+pub struct ShippedRecord {
+    pub seq: u64,
+    pub hash: String,
+    pub time_ms: u64,
+    pub record: Json,
+}
+
+/// A record as the fleet's table has it (`records list --fleet`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetRecord {
+    pub host: String,
+    pub seq: u64,
+    pub hash: String,
+    #[serde(flatten)]
+    pub record: Json,
 }
 
 #[derive(Default)]
@@ -329,6 +350,34 @@ impl Fleet {
             .run(&l, l.client.query(&l.mine, &[&host, &ids]))
             .await?;
         Ok(rows.iter().map(|r| (r.get("id"), shared(r))).collect())
+    }
+
+    /// The highest sequence number of this host's records the database has (`None`: none):
+    /// shipping resumes after it, across restarts and outages.
+    pub async fn shipped_up_to(&self) -> Result<Option<u64>, FleetError> {
+        let l = self.link()?;
+        let host = self.host();
+        let row = self
+            .run(&l, l.client.query_one(&l.records_max, &[&host]))
+            .await?;
+        Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
+    }
+
+    /// Ships a batch of this host's records in one statement; rows the database already
+    /// has (same host and sequence) are left as they are. Returns how many were new.
+    pub async fn ship_records(&self, batch: &[ShippedRecord]) -> Result<u64, FleetError> {
+        let l = self.link()?;
+        let host = self.host();
+        let seqs: Vec<i64> = batch.iter().map(|r| r.seq as i64).collect();
+        let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
+        let times: Vec<i64> = batch.iter().map(|r| r.time_ms as i64).collect();
+        let records: Vec<&Json> = batch.iter().map(|r| &r.record).collect();
+        self.run(
+            &l,
+            l.client
+                .execute(&l.records_put, &[&host, &seqs, &hashes, &times, &records]),
+        )
+        .await
     }
 
     fn link(&self) -> Result<Arc<Link>, FleetError> {
@@ -560,6 +609,18 @@ impl Fleet {
             )
             .await
             .map_err(unavailable)?,
+            records_max: prepare("SELECT max(seq) FROM callgate_records WHERE host = $1".into())
+                .await
+                .map_err(unavailable)?,
+            // One multi-row insert per batch; (host, seq) makes a batch sent twice land once.
+            records_put: prepare(
+                "INSERT INTO callgate_records (host, seq, hash, at_ms, record) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::jsonb[]) \
+                 ON CONFLICT (host, seq) DO NOTHING"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
             client,
             generation,
         };
@@ -641,6 +702,47 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The fleet's records, newest first (at most `limit`, of `host` only if given), read
+/// straight from the database at `database` (the CLI's `records list --fleet`: it needs no
+/// running daemon, only the configuration's URL).
+pub async fn fleet_records(
+    database: &str,
+    host: Option<&str>,
+    limit: i64,
+) -> Result<Vec<FleetRecord>, FleetError> {
+    let mut pg: tokio_postgres::Config = database
+        .parse()
+        .map_err(|e: tokio_postgres::Error| FleetError::Config(e.to_string()))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let db = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
+    let (client, conn) = pg.connect(NoTls).await.map_err(db)?;
+    let driver = tokio::spawn(conn);
+    let rows = tokio::time::timeout(
+        QUERY_TIMEOUT * 10,
+        client.query(
+            "SELECT host, seq, hash, record FROM callgate_records \
+             WHERE $1::text IS NULL OR host = $1 ORDER BY at_ms DESC, host, seq DESC LIMIT $2",
+            &[&host, &limit],
+        ),
+    )
+    .await
+    .map_err(|_| FleetError::Unavailable("no answer in time".into()))?
+    .map_err(db)?;
+    drop(client);
+    driver.abort();
+    Ok(rows
+        .iter()
+        .map(|r| FleetRecord {
+            host: r.get(0),
+            seq: r.get::<_, i64>(1) as u64,
+            hash: r.get(2),
+            record: r.get(3),
+        })
+        .collect())
 }
 
 fn shared(r: &tokio_postgres::Row) -> SharedApproval {

@@ -11,6 +11,7 @@ pub mod merkle;
 pub mod note;
 pub mod query;
 pub mod segment;
+pub mod ship;
 pub mod tree;
 pub mod witness;
 pub mod witness_client;

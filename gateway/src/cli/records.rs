@@ -2,7 +2,7 @@
 //! directory directly, so it works with the daemon running or not.
 use std::{
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -57,6 +57,17 @@ pub enum RecordsCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// The records of every host of the fleet, read from the fleet database named in the
+        /// daemon's configuration (`fleet.database`), newest first; only `--host`,
+        /// `--limit` and `--json` apply.
+        #[arg(long)]
+        fleet: bool,
+        /// With `--fleet`: only this host's records.
+        #[arg(long, requires = "fleet")]
+        host: Option<String>,
+        /// With `--fleet`: the daemon's configuration file.
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = callgate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Show one recorded call in full (masked, as stored).
     Show {
@@ -220,6 +231,75 @@ pub fn one_line(json: String) -> String {
     out
 }
 
+/// `records list --fleet`: straight from the fleet database (no daemon needed).
+fn list_fleet(config: &Path, host: Option<&str>, limit: usize, json: bool) -> Result<()> {
+    let cfg = callgate::config::Config::load(config, true, callgate::config::Overrides::default())
+        .with_context(|| format!("reading {}", config.display()))?;
+    let Some(f) = cfg.fleet else {
+        bail!(
+            "{} has no fleet: section (fleet.database)",
+            config.display()
+        );
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = rt.block_on(callgate::fleet::fleet_records(&f.database, host, limit))?;
+    // Oldest first, as the local list.
+    rows.reverse();
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &rows {
+            writeln!(out, "{}", one_line(serde_json::to_string(r)?))?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<16} {:<8} {:<24} {:<36} {:<28} {:<8} {:>6}",
+        "HOST", "SEQ", "TIME", "ID", "SERVICE/FUNCTION", "DECISION", "STATUS"
+    )?;
+    for r in &rows {
+        let s = |k: &str| r.record.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+        let call = format!(
+            "{}/{}",
+            r.record
+                .get("service")
+                .and_then(|v| v.as_str())
+                .unwrap_or(s("destination")),
+            s("function")
+        );
+        let time = r
+            .record
+            .get("time_ms")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let decision = r
+            .record
+            .pointer("/decision/action")
+            .and_then(|v| v.as_str())
+            .unwrap_or("-");
+        let status = r
+            .record
+            .get("status")
+            .and_then(|v| v.as_u64())
+            .map_or("-".into(), |c| c.to_string());
+        writeln!(
+            out,
+            "{:<16} {:<8} {:<24} {:<36} {:<28} {:<8} {:>6}",
+            r.host,
+            r.seq,
+            format_time(time),
+            s("id"),
+            call,
+            decision,
+            status
+        )?;
+    }
+    Ok(())
+}
+
 pub fn run(cmd: RecordsCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -228,7 +308,13 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             filter,
             limit,
             json,
+            fleet,
+            host,
+            config,
         } => {
+            if fleet {
+                return list_fleet(&config, host.as_deref(), limit, json);
+            }
             check_dir(&dir)?;
             let filter = filter.build()?;
             // Keep the newest `limit`: a ring over the scan.

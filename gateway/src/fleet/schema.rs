@@ -86,6 +86,20 @@ CREATE TRIGGER callgate_grants_notify
     AFTER INSERT OR DELETE ON callgate_grants
     FOR EACH ROW EXECUTE FUNCTION callgate_grants_notify();
 "#,
+    // 4: every host's records, shipped in the background; (host, seq) makes shipping
+    // idempotent (a batch sent twice lands once).
+    r#"
+CREATE TABLE callgate_records (
+    host text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    at_ms bigint NOT NULL,
+    record jsonb NOT NULL,
+    shipped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (host, seq)
+);
+CREATE INDEX callgate_records_at ON callgate_records (at_ms DESC);
+"#,
 ];
 
 /// The schema version this binary knows.
