@@ -8,6 +8,13 @@
 //! A failure is retried with exponential backoff (capped at [`BACKOFF_MAX`]); a 409 names the
 //! size the witness holds, from which the proof is made again.
 //!
+//! A witness configured with its key (`records.witnesses: [{ url, key }]`) has each cosignature
+//! it returns checked against that key: one that does not verify is reported (`status`'s
+//! `last_error`, `bad_cosignatures`, the `witness_bad_cosignatures` metric) and not kept.
+//!
+//! At shutdown, once the writer has signed its final checkpoint, each task makes one last
+//! attempt bounded by [`FINAL_WAIT`], so the witnesses hold the log's last state.
+//!
 //! Per witness, `witness-<sha256(url)[:8]>.json` in the records directory keeps the URL, the
 //! size it cosigned with the tree's frontier there, and the cosigned checkpoint (the note
 //! with the witness's signature lines added), which `callgate records checkpoint` prints.
@@ -34,6 +41,8 @@ use crate::util::{outbound::Outbound, time::now_ms};
 /// The first retry's delay; doubled per failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The last attempt at shutdown takes at most this long.
+pub const FINAL_WAIT: Duration = Duration::from_secs(3);
 /// 409s followed in a row (each names a new size to prove from) before backing off.
 const MAX_CONFLICTS: usize = 3;
 
@@ -49,6 +58,41 @@ pub struct WitnessStatus {
     /// Why the last attempt failed (none: it did not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Cosignatures that did not verify with the witness's configured key (refused).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_cosignatures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A witness to send checkpoints to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    /// Its cosignature verifier key: cosignatures are checked, not just kept.
+    pub key: Option<witness::CosignatureVerifier>,
+}
+
+impl Target {
+    /// `url` with `key` (`<name>+<id>+<key>`) if given.
+    pub fn parse(url: &str, key: Option<&str>) -> Result<Self, witness::WitnessError> {
+        Ok(Self {
+            url: url.to_string(),
+            key: key.map(witness::CosignatureVerifier::parse).transpose()?,
+        })
+    }
+}
+
+/// The largest tree size at least `quorum` witnesses cosigned (0: none, or no quorum).
+pub fn quorum_size(board: &[WitnessStatus], quorum: usize) -> u64 {
+    if quorum == 0 {
+        return 0;
+    }
+    let mut sizes: Vec<u64> = board.iter().map(|w| w.size).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.get(quorum - 1).copied().unwrap_or(0)
 }
 
 /// A witness's file in the records directory.
@@ -63,6 +107,13 @@ pub struct Stored {
     pub cosigned: String,
     #[serde(default)]
     pub time_ms: u64,
+}
+
+/// The checkpoint text of a signed note (up to and with the newline before the blank line).
+fn body_of(note: &str) -> String {
+    note.split_once("\n\n")
+        .map(|(b, _)| format!("{b}\n"))
+        .unwrap_or_default()
 }
 
 /// The file of the witness at `url`.
@@ -91,29 +142,56 @@ pub fn stored(dir: &Path) -> Vec<Stored> {
     out
 }
 
-/// Starts one task per witness URL; they end when `stop` turns true.
+/// Starts one task per witness URL (no keys); they end when `stop` turns true.
 pub fn start(
     recorder: &Recorder,
     urls: &[String],
     http: Outbound,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let targets: Vec<Target> = urls
+        .iter()
+        .map(|u| Target {
+            url: u.clone(),
+            key: None,
+        })
+        .collect();
+    start_targets(recorder, &targets, 0, http, stop)
+}
+
+/// Starts one task per witness; `quorum` witnesses make a checkpoint witnessed (`status`).
+/// When `stop` turns true each makes a last attempt (at most [`FINAL_WAIT`]) and ends: send
+/// it once the writer has signed its final checkpoint.
+pub fn start_targets(
+    recorder: &Recorder,
+    targets: &[Target],
+    quorum: usize,
+    http: Outbound,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let dir = recorder.dir().to_path_buf();
+    recorder
+        .shared
+        .witness_quorum
+        .store(quorum, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut board) = recorder.shared.witnesses.lock() {
-        *board = urls
+        *board = targets
             .iter()
-            .map(|u| WitnessStatus {
-                url: u.clone(),
+            .map(|t| WitnessStatus {
+                url: t.url.clone(),
                 ..Default::default()
             })
             .collect();
     }
-    urls.iter()
+    targets
+        .iter()
         .enumerate()
-        .map(|(i, url)| {
+        .map(|(i, t)| {
+            let url = &t.url;
             let c = Client {
                 index: i,
                 url: url.clone(),
+                key: t.key.clone(),
                 endpoint: format!("{}/add-checkpoint", url.trim_end_matches('/')),
                 dir: dir.clone(),
                 shared: recorder.shared.clone(),
@@ -128,6 +206,7 @@ pub fn start(
 struct Client {
     index: usize,
     url: String,
+    key: Option<witness::CosignatureVerifier>,
     endpoint: String,
     dir: PathBuf,
     shared: Arc<super::Shared>,
@@ -176,19 +255,33 @@ impl Client {
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = stop.changed() => return,
+                        _ = stop.changed() => return self.last_attempt().await,
                     }
                     signed.mark_unchanged();
                 }
                 None => {
                     tokio::select! {
-                        r = signed.changed() => if r.is_err() { return },
-                        _ = stop.changed() => return,
+                        r = signed.changed() => if r.is_err() { return self.last_attempt().await },
+                        _ = stop.changed() => return self.last_attempt().await,
                     }
                 }
             }
             if *stop.borrow() {
-                return;
+                return self.last_attempt().await;
+            }
+        }
+    }
+
+    /// At shutdown: the final checkpoint to the witness, within [`FINAL_WAIT`].
+    async fn last_attempt(&mut self) {
+        match tokio::time::timeout(FINAL_WAIT, self.attempt()).await {
+            Ok(Outcome::Failed(why)) => {
+                warn!(witness = %self.url, error = %why, "a witness did not cosign the final records checkpoint");
+                self.report(|w| w.last_error = Some(why));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                warn!(witness = %self.url, "a witness did not answer for the final records checkpoint in time");
             }
         }
     }
@@ -263,10 +356,35 @@ impl Client {
             let text = String::from_utf8_lossy(resp.body()).into_owned();
             match resp.status() {
                 http::StatusCode::OK => {
-                    let lines = match witness::parse_cosignatures(&text) {
+                    let mut lines = match witness::parse_cosignatures(&text) {
                         Ok(l) => l,
                         Err(e) => return Outcome::Failed(e.to_string()),
                     };
+                    // With the witness's key: its cosignature must verify, and only it is kept.
+                    if let Some(key) = &self.key {
+                        let body = note.split_once("\n\n").map(|(b, _)| format!("{b}\n"));
+                        let verdict =
+                            body.map_or(witness::Cosigned::Missing, |b| key.check(&b, &lines));
+                        if !matches!(verdict, witness::Cosigned::Valid(_)) {
+                            self.report(|w| w.bad_cosignatures += 1);
+                            return Outcome::Failed(format!(
+                                "the witness answered without a valid cosignature by its key {} ({}): not kept",
+                                key.encode(),
+                                if verdict == witness::Cosigned::Bad {
+                                    "a cosignature by that key does not verify: forged or of another checkpoint"
+                                } else {
+                                    "no cosignature by that key"
+                                }
+                            ));
+                        }
+                        let id = format!("\u{2014} {} ", key.name());
+                        lines.retain(|l| {
+                            l.starts_with(&id)
+                                && key
+                                    .verify(&body_of(&note), std::slice::from_ref(l))
+                                    .is_some()
+                        });
+                    }
                     let stored = Stored {
                         url: self.url.clone(),
                         size: cp.size,
