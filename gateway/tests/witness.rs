@@ -524,3 +524,71 @@ async fn the_final_checkpoint_reaches_the_witness_at_stop() {
     let _ = fs::remove_dir_all(&dir);
     let _ = fs::remove_dir_all(&wdir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_behind_records_retention_removed_is_still_proved_to() {
+    let dir = tempdir("retained");
+    let wdir = tempdir("retained-w");
+    let signer = Arc::new(Signer::generate(ORIGIN).expect("key"));
+    let mut c = RecorderConfig::new(dir.join("records"));
+    c.signer = Some(signer.clone());
+    c.origin = ORIGIN.into();
+    c.checkpoint_interval = Duration::ZERO;
+    c.commit_window = Duration::from_millis(1);
+    c.segment_bytes = 4 * 1024;
+    c.retain_bytes = 12 * 1024;
+    let rec = Recorder::open(c, MaskKey::from_bytes([3; 32])).expect("open");
+    let witness =
+        Arc::new(Witness::open(&wdir, "w.example/w", vec![signer.verifier()]).expect("w"));
+    let (url, _stop_server) = serve(witness.clone()).await;
+    let start = |rec: &Recorder| {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tasks = witness_client::start_targets(
+            rec,
+            &[keyed(&url, &witness)],
+            1,
+            Outbound::with_system_roots(),
+            rx,
+        );
+        (tx, tasks)
+    };
+    // The witness cosigns 13 (an odd size: the proof needs subtrees inside removed segments).
+    let (tx, tasks) = start(&rec);
+    submit(&rec, 13).await;
+    wait_status(&rec, "13", |w| w.size == 13).await;
+    let _ = tx.send(true);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Many records while nobody sends: retention removes the segments after 13.
+    let mut n = 13;
+    for _ in 0..30 {
+        n = submit(&rec, 40).await;
+    }
+    let records = dir.join("records");
+    let first = callgate::record::segment::list(&records)
+        .expect("segments")
+        .first()
+        .map(|s| s.first_seq)
+        .expect("a segment");
+    assert!(first > 100, "retention removed nothing: first seq {first}");
+    assert!(
+        fs::read_dir(&records)
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("bridge-")),
+        "no bridge kept"
+    );
+    // The witness, still at 13, is proved to from there.
+    let (tx, tasks) = start(&rec);
+    let st = wait_status(&rec, "caught up past retention", |w| w.size == n).await;
+    assert!(st.last_error.is_none(), "{st:?}");
+    assert_eq!(witness.latest(ORIGIN).expect("held").0.size, n);
+    let _ = tx.send(true);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    rec.close();
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&wdir);
+}

@@ -18,6 +18,12 @@
 //! Per witness, `witness-<sha256(url)[:8]>.json` in the records directory keeps the URL, the
 //! size it cosigned with the tree's frontier there, and the cosigned checkpoint (the note
 //! with the witness's signature lines added), which `callgate records checkpoint` prints.
+//!
+//! Retention may remove records a witness has not seen yet (one down for long, with a small
+//! `retain_mb`): the proof from its size needs hashes of them. So before a segment goes,
+//! [`bridge_retention`] keeps, per witness whose size predates the cut, the roots of the
+//! perfect subtrees covering the removed leaves after its size (`bridge-<id>.json`: O(log n)
+//! hashes); the proof is then made from those and the records still on disk.
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -114,6 +120,106 @@ fn body_of(note: &str) -> String {
     note.split_once("\n\n")
         .map(|(b, _)| format!("{b}\n"))
         .unwrap_or_default()
+}
+
+/// The removed leaves after a witness's size, as perfect subtrees: `blocks` (height, root hex)
+/// cover the leaves `[size, end)` in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bridge {
+    pub url: String,
+    pub size: u64,
+    pub end: u64,
+    pub blocks: Vec<(u32, String)>,
+}
+
+fn bridge_path(dir: &Path, url: &str) -> PathBuf {
+    let h = Sha256::digest(url.as_bytes());
+    dir.join(format!(
+        "bridge-{:02x}{:02x}{:02x}{:02x}.json",
+        h[0], h[1], h[2], h[3]
+    ))
+}
+
+/// The bridge of the witness at `url` from `size`, if one was kept.
+fn bridge(dir: &Path, url: &str, size: u64) -> Option<(u64, Vec<(u32, merkle::Hash)>)> {
+    let b: Bridge = serde_json::from_slice(&std::fs::read(bridge_path(dir, url)).ok()?).ok()?;
+    if b.url != url || b.size != size {
+        return None;
+    }
+    let blocks = b
+        .blocks
+        .iter()
+        .map(|(h, x)| Some((*h, merkle::parse_hex(x)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((b.end, blocks))
+}
+
+/// The perfect, aligned subtrees that cover the leaves `[from, to)`, largest first where
+/// each starts: `(start, height)`.
+fn cover(from: u64, to: u64) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut p = from;
+    while p < to {
+        let fit = 63 - (to - p).leading_zeros();
+        let h = if p == 0 {
+            fit
+        } else {
+            p.trailing_zeros().min(fit)
+        };
+        out.push((p, h));
+        p += 1 << h;
+    }
+    out
+}
+
+/// Called by retention before it removes the records before seq `next_first`: for every
+/// witness whose cosigned size is smaller, extends its bridge over the leaves about to go.
+pub(super) fn bridge_retention(dir: &Path, next_first: u64) {
+    let cut = next_first.saturating_sub(1);
+    for w in stored(dir) {
+        if w.size >= cut {
+            continue;
+        }
+        let (end, mut blocks) = bridge(dir, &w.url, w.size).unwrap_or((w.size, Vec::new()));
+        if end >= cut {
+            continue;
+        }
+        let plan = cover(end, cut);
+        let mut i = 0;
+        let mut f = Frontier::new();
+        let mut expect = end + 1;
+        let read = tree::for_each_record(dir, end + 1, &mut |fr| {
+            if fr.seq != expect || i >= plan.len() {
+                return false;
+            }
+            expect += 1;
+            f.push(merkle::leaf_hash(&fr.payload));
+            if f.size() == 1 << plan[i].1 {
+                blocks.push((plan[i].1, f.root()));
+                f = Frontier::new();
+                i += 1;
+            }
+            i < plan.len()
+        });
+        if read.is_err() || i < plan.len() {
+            warn!(witness = %w.url, size = w.size, "could not keep the hashes a witness needs of the records retention removes: it will not be proved to from its size");
+            continue;
+        }
+        let b = Bridge {
+            url: w.url.clone(),
+            size: w.size,
+            end: cut,
+            blocks: blocks
+                .iter()
+                .map(|(h, x)| (*h, super::segment::hex(x)))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&b).unwrap_or_default();
+        if let Err(e) = crate::util::fs::write_atomic_mode(&bridge_path(dir, &w.url), &bytes, 0o600)
+        {
+            warn!(witness = %w.url, error = %e, "could not keep a witness's bridge over removed records");
+        }
+    }
 }
 
 /// The file of the witness at `url`.
@@ -403,6 +509,8 @@ impl Client {
                     if let Err(e) = written {
                         warn!(witness = %self.url, error = %e, "could not keep a cosigned checkpoint");
                     }
+                    // The witness is past what a bridge was kept for.
+                    let _ = std::fs::remove_file(bridge_path(&self.dir, &self.url));
                     self.report(|w| {
                         w.size = stored.size;
                         w.last_success_ms = Some(stored.time_ms);
@@ -460,17 +568,39 @@ impl Client {
         cp: &Checkpoint,
     ) -> Result<(Vec<merkle::Hash>, Frontier), String> {
         let dir = self.dir.clone();
+        let url = self.url.clone();
         let from = from.clone();
         let (old, new, root) = (from.size(), cp.size, cp.root);
         tokio::task::spawn_blocking(move || {
             let mut p = Prover::new(&from, new)?;
-            tree::for_each_record(&dir, old + 1, &mut |fr| {
+            // The records retention removed after the witness's size, as kept for it.
+            let mut next = old;
+            if let Some((end, blocks)) = bridge(&dir, &url, old).filter(|(e, _)| *e <= new) {
+                for (h, hash) in blocks {
+                    p.push_node(h, hash)
+                        .ok_or("a kept subtree does not fit the tree")?;
+                }
+                next = end;
+            }
+            let mut gap = None;
+            tree::for_each_record(&dir, next + 1, &mut |fr| {
                 if fr.seq > new {
+                    return false;
+                }
+                if fr.seq != p.tree.size() + 1 {
+                    gap = Some(fr.seq);
                     return false;
                 }
                 p.push(merkle::leaf_hash(&fr.payload));
                 true
             })?;
+            if let Some(seq) = gap {
+                return Err(format!(
+                    "records {}–{} were removed by retention and no hashes of them were kept: the witness (size {old}) cannot be proved to",
+                    p.tree.size() + 1,
+                    seq - 1
+                ));
+            }
             let (proof, f) = p.finish()?;
             if f.root() != root {
                 return Err("the log on disk does not match its own checkpoint".into());
@@ -578,6 +708,19 @@ impl Prover {
         })
     }
 
+    /// The next `2^height` leaves, as their perfect subtree's root.
+    fn push_node(&mut self, height: u32, hash: merkle::Hash) -> Option<()> {
+        let i = self.tree.size();
+        for p in &mut self.parts {
+            if let Part::New { start, end, f } = p
+                && (*start..*end).contains(&i)
+            {
+                f.push_node(height, hash)?;
+            }
+        }
+        self.tree.push_node(height, hash)
+    }
+
     /// The next leaf's hash.
     fn push(&mut self, leaf: merkle::Hash) {
         let i = self.tree.size();
@@ -641,6 +784,30 @@ mod tests {
                 if m > 0 {
                     verify_consistency(m, n, &t.root(m).unwrap(), &f.root(), &proof).unwrap();
                 }
+            }
+        }
+        // With a bridge over leaves [m, t): the subtrees `cover` names, then the leaves.
+        for m in 1..=40u64 {
+            let mut from = Frontier::new();
+            for l in &leaves[..m as usize] {
+                from.push(*l);
+            }
+            for cut in m..=50u64 {
+                let n = 70;
+                let mut p = Prover::new(&from, n).unwrap();
+                for (start, h) in cover(m, cut) {
+                    let mut f = Frontier::new();
+                    for l in &leaves[start as usize..(start + (1 << h)) as usize] {
+                        f.push(*l);
+                    }
+                    p.push_node(h, f.root()).unwrap();
+                }
+                for l in &leaves[cut as usize..n as usize] {
+                    p.push(*l);
+                }
+                let (proof, f) = p.finish().unwrap();
+                assert_eq!(proof, t.consistency(m, n).unwrap(), "{m} -> {n} via {cut}");
+                assert_eq!(f.root(), t.root(n).unwrap());
             }
         }
         // Too few leaves.
