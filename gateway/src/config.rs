@@ -335,8 +335,35 @@ pub struct RecordsConfig {
     /// The log's name in its checkpoints (`origin`; default `<hostname>/callgate/records`).
     pub origin: Option<String>,
     /// C2SP tlog-witnesses (`callgate witness`) each new checkpoint is sent to: their URL
-    /// prefixes, `POST <url>/add-checkpoint`.
-    pub witnesses: Vec<String>,
+    /// prefixes, `POST <url>/add-checkpoint`, each with its cosignature verifier key if given.
+    pub witnesses: Vec<WitnessConfig>,
+    /// `witness_quorum`: how many keyed witnesses must cosign a checkpoint for it to count as
+    /// witnessed (`status` shows the largest such size; 0, the default: no quorum).
+    pub witness_quorum: usize,
+}
+
+/// One entry of `records.witnesses`: a URL, or `{ url: URL, key: VERIFIER_KEY }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessConfig {
+    pub url: String,
+    /// The witness's cosignature verifier key (`<name>+<id hex>+<base64>`, tlog-cosignature
+    /// v1): each cosignature it returns is checked against it, and a bad one is not kept.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileWitness {
+    Url(String),
+    Keyed(FileWitnessKeyed),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWitnessKeyed {
+    url: String,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// `<hostname>/callgate/records`: the name of this host's log in its checkpoints.
@@ -370,7 +397,8 @@ struct FileRecords {
     backlog_mb: Option<usize>,
     checkpoint_interval_s: Option<u64>,
     origin: Option<String>,
-    witnesses: Option<Vec<String>>,
+    witnesses: Option<Vec<FileWitness>>,
+    witness_quorum: Option<usize>,
 }
 
 /// The intercept set: ordered rules, first match wins, then the default.
@@ -529,11 +557,39 @@ impl Config {
             .or(file.state_dir)
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         let rec = file.records.unwrap_or_default();
-        for url in rec.witnesses.iter().flatten() {
-            check_http_url(url).map_err(|reason| ConfigError::Witness {
-                path: path.into(),
-                reason,
-            })?;
+        let witnesses: Vec<WitnessConfig> = rec
+            .witnesses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| match w {
+                FileWitness::Url(url) => WitnessConfig { url, key: None },
+                FileWitness::Keyed(k) => WitnessConfig {
+                    url: k.url,
+                    key: k.key,
+                },
+            })
+            .collect();
+        let witness_err = |reason: String| ConfigError::Witness {
+            path: path.into(),
+            reason,
+        };
+        for w in &witnesses {
+            check_http_url(&w.url).map_err(witness_err)?;
+            if let Some(k) = &w.key
+                && (k.split('+').count() < 3 || k.contains(char::is_whitespace))
+            {
+                return Err(witness_err(format!(
+                    "{:?}: the key {k:?} is not a verifier key (<name>+<key id>+<key>)",
+                    w.url
+                )));
+            }
+        }
+        let witness_quorum = rec.witness_quorum.unwrap_or(0);
+        let keyed = witnesses.iter().filter(|w| w.key.is_some()).count();
+        if witness_quorum > keyed {
+            return Err(witness_err(format!(
+                "witness_quorum is {witness_quorum} but only {keyed} witness(es) have a key"
+            )));
         }
         let records = RecordsConfig {
             enabled: rec.enabled.unwrap_or(true),
@@ -548,7 +604,8 @@ impl Config {
             backlog_bytes: rec.backlog_mb.unwrap_or(128).max(1) << 20,
             checkpoint_interval: Duration::from_secs(rec.checkpoint_interval_s.unwrap_or(10)),
             origin: rec.origin,
-            witnesses: rec.witnesses.unwrap_or_default(),
+            witnesses,
+            witness_quorum,
         };
         let h = file.http.unwrap_or_default();
         let max_body_bytes = h.max_body_kb.unwrap_or(1024) * 1024;
@@ -934,9 +991,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.records.witnesses,
+            c.records
+                .witnesses
+                .iter()
+                .map(|w| w.url.as_str())
+                .collect::<Vec<_>>(),
             ["http://127.0.0.1:7380", "https://w.example/prefix"]
         );
+        // With keys, mixed with plain URLs, and a quorum.
+        let key = "w.example/w+0102abcd+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            &format!("records:\n  witness_quorum: 1\n  witnesses:\n    - http://127.0.0.1:1\n    - {{ url: \"http://127.0.0.1:2\", key: \"{key}\" }}\n"),
+        )
+        .unwrap();
+        assert_eq!(c.records.witness_quorum, 1);
+        assert_eq!(c.records.witnesses[0].key, None);
+        assert_eq!(c.records.witnesses[1].key.as_deref(), Some(key));
+        // A quorum larger than the keyed witnesses.
+        let e = Config::from_yaml(
+            Path::new("c.yaml"),
+            "records:\n  witness_quorum: 2\n  witnesses: [http://127.0.0.1:1]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("witness_quorum"), "{e}");
         assert!(
             Config::from_yaml(Path::new("c.yaml"), "")
                 .unwrap()

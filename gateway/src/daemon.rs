@@ -44,6 +44,8 @@ pub enum DaemonError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     MaskKey(#[from] crate::obligations::mask::MaskError),
+    #[error("records.witnesses: {0}")]
+    WitnessKey(#[from] crate::record::witness::WitnessError),
     #[error("records checkpoint key: {0}")]
     CheckpointKey(#[from] crate::record::note::NoteError),
     #[error("local CA: {0}")]
@@ -326,17 +328,27 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     if recorder.is_none() && !cfg.records.witnesses.is_empty() {
         warn!("records.witnesses is ignored: call recording is off");
     }
+    // They stop after the writer signed its final checkpoint, which they send on the way.
+    let (witness_stop, witness_stop_rx) = watch::channel(false);
+    let mut witness_tasks = Vec::new();
     if let Some(r) = &recorder
         && !cfg.records.witnesses.is_empty()
     {
+        let targets = cfg
+            .records
+            .witnesses
+            .iter()
+            .map(|w| crate::record::witness_client::Target::parse(&w.url, w.key.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
         let http = outbound.clone().unwrap_or_else(Outbound::with_system_roots);
-        info!(witnesses = ?cfg.records.witnesses, "sending records checkpoints to witnesses");
-        tasks.extend(crate::record::witness_client::start(
+        info!(witnesses = ?cfg.records.witnesses, quorum = cfg.records.witness_quorum, "sending records checkpoints to witnesses");
+        witness_tasks = crate::record::witness_client::start_targets(
             r,
-            &cfg.records.witnesses,
+            &targets,
+            cfg.records.witness_quorum,
             http,
-            stop_rx.clone(),
-        ));
+            witness_stop_rx,
+        );
     }
     // This host's records go to the fleet database too, in the background.
     if let (Some(f), Some(r)) = (&fleet, &recorder) {
@@ -389,6 +401,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             Err(e) => warn!(error = %e, "records flush task failed"),
         }
         r.close();
+    }
+    // The final checkpoint to the witnesses, bounded.
+    let _ = witness_stop.send(true);
+    let bound = crate::record::witness_client::FINAL_WAIT + std::time::Duration::from_secs(1);
+    for t in witness_tasks {
+        let _ = tokio::time::timeout(bound, t).await;
     }
     if let Some(t) = tracer {
         // The batch processor's thread flushes; not on a runtime worker.

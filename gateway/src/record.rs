@@ -355,6 +355,8 @@ struct Shared {
     signed: tokio::sync::watch::Sender<u64>,
     /// Each witness's state, for `status` and `/metrics`.
     witnesses: std::sync::Mutex<Vec<witness_client::WitnessStatus>>,
+    /// `records.witness_quorum`.
+    witness_quorum: AtomicUsize,
 }
 
 /// What `callgate status` shows about recording.
@@ -379,6 +381,20 @@ pub struct RecorderStatus {
     /// The witnesses of `records.witnesses` (`callgate witness`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub witnesses: Vec<witness_client::WitnessStatus>,
+    /// `records.witness_quorum` (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub witness_quorum: usize,
+    /// The largest tree size that a quorum of witnesses cosigned.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub quorum_size: u64,
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 struct Entry {
@@ -633,7 +649,7 @@ impl Recorder {
 
     pub fn status(&self) -> RecorderStatus {
         let s = &self.shared;
-        RecorderStatus {
+        let mut st = RecorderStatus {
             dir: self.cfg.dir.display().to_string(),
             durability: self.cfg.durability,
             backlog: self.tx.len(),
@@ -652,7 +668,11 @@ impl Recorder {
                 .then(|| s.failure.lock().ok().and_then(|f| f.clone()))
                 .flatten(),
             witnesses: s.witnesses.lock().map(|w| w.clone()).unwrap_or_default(),
-        }
+            witness_quorum: s.witness_quorum.load(Ordering::Relaxed),
+            quorum_size: 0,
+        };
+        st.quorum_size = witness_client::quorum_size(&st.witnesses, st.witness_quorum);
+        st
     }
 
     /// Writes and fsyncs everything submitted so far (for a clean shutdown while other handles

@@ -375,6 +375,14 @@ impl Collector for State {
             )?;
             by_witness(
                 &mut e,
+                "witness_bad_cosignatures",
+                "Cosignatures from the witness that did not verify with its configured key (refused)",
+                &w.iter()
+                    .map(|w| (w.url.as_str(), int(w.bad_cosignatures)))
+                    .collect::<Vec<_>>(),
+            )?;
+            by_witness(
+                &mut e,
                 "witness_last_success_timestamp_seconds",
                 "When the witness last cosigned a records checkpoint (Unix seconds; 0: never)",
                 &w.iter()

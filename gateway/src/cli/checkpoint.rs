@@ -92,7 +92,13 @@ pub fn print_key(dir: &Path) -> Result<()> {
 
 /// `records verify --checkpoint`: the log contains the tree the checkpoint signed. Prints
 /// what it found; false if it does not.
-pub fn verify(dir: &Path, file: &Path, key: Option<&str>, out: &mut dyn Write) -> Result<bool> {
+pub fn verify(
+    dir: &Path,
+    file: &Path,
+    key: Option<&str>,
+    witnesses: &Witnesses,
+    out: &mut dyn Write,
+) -> Result<bool> {
     let (v, from_host) = verifier(dir, key)?;
     if from_host {
         writeln!(
@@ -101,7 +107,8 @@ pub fn verify(dir: &Path, file: &Path, key: Option<&str>, out: &mut dyn Write) -
             v.encode()
         )?;
     }
-    let (cp, _) = open_checkpoint(dir, Some(file), &v)?;
+    let (cp, text) = open_checkpoint(dir, Some(file), &v)?;
+    let cosigned = verify_cosignatures(&text, witnesses, out)?;
     let c = tree::check(dir, &cp).map_err(anyhow::Error::msg)?;
     for p in &c.problems {
         writeln!(out, "BROKEN: {p}")?;
@@ -117,7 +124,88 @@ pub fn verify(dir: &Path, file: &Path, key: Option<&str>, out: &mut dyn Write) -
             c.consistency.len()
         )?;
     }
-    Ok(c.problems.is_empty())
+    Ok(c.problems.is_empty() && cosigned)
+}
+
+/// `--witness-key KEY... [--quorum N]`: the witnesses whose cosignatures a checkpoint must
+/// carry.
+pub struct Witnesses {
+    pub keys: Vec<String>,
+    /// Default: every key.
+    pub quorum: Option<usize>,
+}
+
+/// The cosignatures (tlog-cosignature v1) of the signed checkpoint `note` by the witnesses'
+/// keys: each is named valid, missing or bad. False if one is bad (forged or altered) or
+/// fewer than the quorum are valid.
+pub fn verify_cosignatures(note: &str, w: &Witnesses, out: &mut dyn Write) -> Result<bool> {
+    if w.keys.is_empty() {
+        if w.quorum.is_some_and(|q| q > 0) {
+            bail!("--quorum needs --witness-key");
+        }
+        return Ok(true);
+    }
+    let mut keys = Vec::new();
+    for k in &w.keys {
+        let text = if Path::new(k).is_file() {
+            std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?
+        } else {
+            k.clone()
+        };
+        keys.push(
+            witness::CosignatureVerifier::parse(&text)
+                .with_context(|| format!("--witness-key {k}"))?,
+        );
+    }
+    let quorum = w.quorum.unwrap_or(keys.len());
+    if quorum > keys.len() {
+        bail!(
+            "--quorum {quorum} is more than the {} witness key(s) given",
+            keys.len()
+        );
+    }
+    let (body, sigs) = note
+        .split_once("\n\n")
+        .context("the checkpoint has no signature lines")?;
+    let text = format!("{body}\n");
+    let lines: Vec<String> = sigs.lines().map(str::to_string).collect();
+    let (mut valid, mut bad, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for k in &keys {
+        match k.check(&text, &lines) {
+            witness::Cosigned::Valid(ts) => {
+                writeln!(
+                    out,
+                    "witness {}: cosigned (at {ts}, Unix seconds)",
+                    k.name()
+                )?;
+                valid.push(k.name().to_string());
+            }
+            witness::Cosigned::Bad => bad.push(k.name().to_string()),
+            witness::Cosigned::Missing => missing.push(k.name().to_string()),
+        }
+    }
+    for name in &bad {
+        writeln!(
+            out,
+            "BROKEN: witness {name}: its cosignature does not verify with its key (forged, altered, or of another checkpoint)"
+        )?;
+    }
+    let met = valid.len() >= quorum;
+    for name in &missing {
+        writeln!(
+            out,
+            "{}witness {name}: no cosignature of this checkpoint",
+            if met { "note: " } else { "BROKEN: " }
+        )?;
+    }
+    writeln!(
+        out,
+        "cosignatures: {} of {} witness(es) valid, quorum {quorum} {}",
+        valid.len(),
+        keys.len(),
+        if met { "met" } else { "NOT met" }
+    )?;
+    Ok(met && bad.is_empty())
 }
 
 /// An exported line with its proof.

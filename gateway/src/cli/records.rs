@@ -98,6 +98,14 @@ pub enum RecordsCommand {
         /// stored beside the log, which trusts the host.
         #[arg(long)]
         key: Option<String>,
+        /// With --checkpoint: a witness's cosignature verifier key (`<name>+<id>+<key>`, or a
+        /// file holding it) whose cosignature (tlog-cosignature v1) the checkpoint must carry.
+        /// Repeat for each witness.
+        #[arg(long = "witness-key", requires = "checkpoint")]
+        witness_key: Vec<String>,
+        /// How many of the --witness-key witnesses must have cosigned (default: all).
+        #[arg(long, requires = "witness_key")]
+        quorum: Option<usize>,
     },
     /// Print the latest signed checkpoint of the records' Merkle tree (C2SP tlog-checkpoint),
     /// with the cosignatures of the witnesses (`records.witnesses`) that cosigned it.
@@ -433,11 +441,23 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             json,
             checkpoint,
             key,
+            witness_key,
+            quorum,
         } => {
             check_dir(&dir)?;
             let v = query::verify(&dir.dir, from)?;
             if let Some(cp) = checkpoint {
-                let ok = crate::cli::checkpoint::verify(&dir.dir, &cp, key.as_deref(), &mut out)?;
+                let witnesses = crate::cli::checkpoint::Witnesses {
+                    keys: witness_key,
+                    quorum,
+                };
+                let ok = crate::cli::checkpoint::verify(
+                    &dir.dir,
+                    &cp,
+                    key.as_deref(),
+                    &witnesses,
+                    &mut out,
+                )?;
                 if !ok || !v.ok() {
                     for p in &v.problems {
                         writeln!(out, "BROKEN: {}", visible(p))?;

@@ -97,6 +97,12 @@ fn print_status(s: &Status) {
             if let Some(why) = &r.failing {
                 println!("  FAILING, new calls are refused: {}", v(why));
             }
+            if r.witness_quorum > 0 {
+                println!(
+                    "  witness quorum {}: size {} cosigned by a quorum",
+                    r.witness_quorum, r.quorum_size
+                );
+            }
             for w in &r.witnesses {
                 let when = match w.last_success_ms {
                     Some(ms) => format!(
@@ -106,9 +112,14 @@ fn print_status(s: &Status) {
                     None => String::new(),
                 };
                 println!(
-                    "  witness {}: cosigned size {}{when}{}",
+                    "  witness {}: cosigned size {}{when}{}{}",
                     v(&w.url),
                     w.size,
+                    if w.bad_cosignatures > 0 {
+                        format!(", {} bad cosignature(s) refused", w.bad_cosignatures)
+                    } else {
+                        String::new()
+                    },
                     match &w.last_error {
                         Some(e) => format!("; LAST ATTEMPT FAILED: {}", v(e)),
                         None => String::new(),

@@ -93,6 +93,24 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// Appends a perfect subtree of `2^height` leaves with root `hash`; `None` (and nothing
+    /// changed) unless the size is a multiple of `2^height`.
+    pub fn push_node(&mut self, height: u32, hash: Hash) -> Option<()> {
+        if height >= 63 || self.size & ((1u64 << height) - 1) != 0 {
+            return None;
+        }
+        let mut h = hash;
+        let mut s = self.size >> height;
+        while s & 1 == 1 {
+            let left = self.nodes.pop().unwrap_or(EMPTY_ROOT);
+            h = node_hash(&left, &h);
+            s >>= 1;
+        }
+        self.nodes.push(h);
+        self.size += 1 << height;
+        Some(())
+    }
+
     /// The tree's root: the subtrees folded from the right.
     pub fn root(&self) -> Hash {
         let mut it = self.nodes.iter().rev();

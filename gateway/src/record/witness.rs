@@ -338,24 +338,73 @@ impl CosignatureVerifier {
         )
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The timestamp of this key's valid cosignature of the checkpoint text `text` among
     /// `lines`, if there is one.
     pub fn verify(&self, text: &str, lines: &[String]) -> Option<u64> {
-        lines.iter().find_map(|line| {
-            let rest = line.strip_prefix("\u{2014} ")?;
-            let (name, b64) = rest.split_once(' ')?;
-            let raw = B64.decode(b64.trim_end()).ok()?;
-            if name != self.name || raw.len() != 76 || raw[..4] != self.id {
-                return None;
-            }
-            let ts = u64::from_be_bytes(raw[4..12].try_into().ok()?);
-            let sig: [u8; 64] = raw[12..].try_into().ok()?;
-            self.key
-                .verify_strict(message(ts, text).as_bytes(), &Signature::from_bytes(&sig))
-                .ok()?;
-            Some(ts)
-        })
+        match self.check(text, lines) {
+            Cosigned::Valid(ts) => Some(ts),
+            _ => None,
+        }
     }
+
+    /// What `lines` hold for this key: a valid cosignature of `text`, only ones that do not
+    /// verify (forged, altered, or of another checkpoint), or none.
+    pub fn check(&self, text: &str, lines: &[String]) -> Cosigned {
+        let mut seen = false;
+        for line in lines {
+            let Some((name, b64)) = line
+                .strip_prefix("\u{2014} ")
+                .and_then(|rest| rest.split_once(' '))
+            else {
+                continue;
+            };
+            if name != self.name {
+                continue;
+            }
+            let Ok(raw) = B64.decode(b64.trim_end()) else {
+                continue;
+            };
+            if raw.len() < 4 || raw[..4] != self.id {
+                continue;
+            }
+            seen = true;
+            if raw.len() != 76 {
+                continue;
+            }
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&raw[4..12]);
+            let ts = u64::from_be_bytes(ts);
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&raw[12..]);
+            if self
+                .key
+                .verify_strict(message(ts, text).as_bytes(), &Signature::from_bytes(&sig))
+                .is_ok()
+            {
+                return Cosigned::Valid(ts);
+            }
+        }
+        if seen {
+            Cosigned::Bad
+        } else {
+            Cosigned::Missing
+        }
+    }
+}
+
+/// What a note holds for one witness key (see [`CosignatureVerifier::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cosigned {
+    /// A cosignature that verifies, made at this time (Unix seconds).
+    Valid(u64),
+    /// Lines with this key's name and ID, none of which verifies.
+    Bad,
+    /// No line by this key.
+    Missing,
 }
 
 #[cfg(test)]

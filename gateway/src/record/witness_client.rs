@@ -8,9 +8,22 @@
 //! A failure is retried with exponential backoff (capped at [`BACKOFF_MAX`]); a 409 names the
 //! size the witness holds, from which the proof is made again.
 //!
+//! A witness configured with its key (`records.witnesses: [{ url, key }]`) has each cosignature
+//! it returns checked against that key: one that does not verify is reported (`status`'s
+//! `last_error`, `bad_cosignatures`, the `witness_bad_cosignatures` metric) and not kept.
+//!
+//! At shutdown, once the writer has signed its final checkpoint, each task makes one last
+//! attempt bounded by [`FINAL_WAIT`], so the witnesses hold the log's last state.
+//!
 //! Per witness, `witness-<sha256(url)[:8]>.json` in the records directory keeps the URL, the
 //! size it cosigned with the tree's frontier there, and the cosigned checkpoint (the note
 //! with the witness's signature lines added), which `callgate records checkpoint` prints.
+//!
+//! Retention may remove records a witness has not seen yet (one down for long, with a small
+//! `retain_mb`): the proof from its size needs hashes of them. So before a segment goes,
+//! [`bridge_retention`] keeps, per witness whose size predates the cut, the roots of the
+//! perfect subtrees covering the removed leaves after its size (`bridge-<id>.json`: O(log n)
+//! hashes); the proof is then made from those and the records still on disk.
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -34,6 +47,8 @@ use crate::util::{outbound::Outbound, time::now_ms};
 /// The first retry's delay; doubled per failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The last attempt at shutdown takes at most this long.
+pub const FINAL_WAIT: Duration = Duration::from_secs(3);
 /// 409s followed in a row (each names a new size to prove from) before backing off.
 const MAX_CONFLICTS: usize = 3;
 
@@ -49,6 +64,41 @@ pub struct WitnessStatus {
     /// Why the last attempt failed (none: it did not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Cosignatures that did not verify with the witness's configured key (refused).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_cosignatures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A witness to send checkpoints to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    /// Its cosignature verifier key: cosignatures are checked, not just kept.
+    pub key: Option<witness::CosignatureVerifier>,
+}
+
+impl Target {
+    /// `url` with `key` (`<name>+<id>+<key>`) if given.
+    pub fn parse(url: &str, key: Option<&str>) -> Result<Self, witness::WitnessError> {
+        Ok(Self {
+            url: url.to_string(),
+            key: key.map(witness::CosignatureVerifier::parse).transpose()?,
+        })
+    }
+}
+
+/// The largest tree size at least `quorum` witnesses cosigned (0: none, or no quorum).
+pub fn quorum_size(board: &[WitnessStatus], quorum: usize) -> u64 {
+    if quorum == 0 {
+        return 0;
+    }
+    let mut sizes: Vec<u64> = board.iter().map(|w| w.size).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.get(quorum - 1).copied().unwrap_or(0)
 }
 
 /// A witness's file in the records directory.
@@ -63,6 +113,113 @@ pub struct Stored {
     pub cosigned: String,
     #[serde(default)]
     pub time_ms: u64,
+}
+
+/// The checkpoint text of a signed note (up to and with the newline before the blank line).
+fn body_of(note: &str) -> String {
+    note.split_once("\n\n")
+        .map(|(b, _)| format!("{b}\n"))
+        .unwrap_or_default()
+}
+
+/// The removed leaves after a witness's size, as perfect subtrees: `blocks` (height, root hex)
+/// cover the leaves `[size, end)` in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bridge {
+    pub url: String,
+    pub size: u64,
+    pub end: u64,
+    pub blocks: Vec<(u32, String)>,
+}
+
+fn bridge_path(dir: &Path, url: &str) -> PathBuf {
+    let h = Sha256::digest(url.as_bytes());
+    dir.join(format!(
+        "bridge-{:02x}{:02x}{:02x}{:02x}.json",
+        h[0], h[1], h[2], h[3]
+    ))
+}
+
+/// The bridge of the witness at `url` from `size`, if one was kept.
+fn bridge(dir: &Path, url: &str, size: u64) -> Option<(u64, Vec<(u32, merkle::Hash)>)> {
+    let b: Bridge = serde_json::from_slice(&std::fs::read(bridge_path(dir, url)).ok()?).ok()?;
+    if b.url != url || b.size != size {
+        return None;
+    }
+    let blocks = b
+        .blocks
+        .iter()
+        .map(|(h, x)| Some((*h, merkle::parse_hex(x)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((b.end, blocks))
+}
+
+/// The perfect, aligned subtrees that cover the leaves `[from, to)`, largest first where
+/// each starts: `(start, height)`.
+fn cover(from: u64, to: u64) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut p = from;
+    while p < to {
+        let fit = 63 - (to - p).leading_zeros();
+        let h = if p == 0 {
+            fit
+        } else {
+            p.trailing_zeros().min(fit)
+        };
+        out.push((p, h));
+        p += 1 << h;
+    }
+    out
+}
+
+/// Called by retention before it removes the records before seq `next_first`: for every
+/// witness whose cosigned size is smaller, extends its bridge over the leaves about to go.
+pub(super) fn bridge_retention(dir: &Path, next_first: u64) {
+    let cut = next_first.saturating_sub(1);
+    for w in stored(dir) {
+        if w.size >= cut {
+            continue;
+        }
+        let (end, mut blocks) = bridge(dir, &w.url, w.size).unwrap_or((w.size, Vec::new()));
+        if end >= cut {
+            continue;
+        }
+        let plan = cover(end, cut);
+        let mut i = 0;
+        let mut f = Frontier::new();
+        let mut expect = end + 1;
+        let read = tree::for_each_record(dir, end + 1, &mut |fr| {
+            if fr.seq != expect || i >= plan.len() {
+                return false;
+            }
+            expect += 1;
+            f.push(merkle::leaf_hash(&fr.payload));
+            if f.size() == 1 << plan[i].1 {
+                blocks.push((plan[i].1, f.root()));
+                f = Frontier::new();
+                i += 1;
+            }
+            i < plan.len()
+        });
+        if read.is_err() || i < plan.len() {
+            warn!(witness = %w.url, size = w.size, "could not keep the hashes a witness needs of the records retention removes: it will not be proved to from its size");
+            continue;
+        }
+        let b = Bridge {
+            url: w.url.clone(),
+            size: w.size,
+            end: cut,
+            blocks: blocks
+                .iter()
+                .map(|(h, x)| (*h, super::segment::hex(x)))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&b).unwrap_or_default();
+        if let Err(e) = crate::util::fs::write_atomic_mode(&bridge_path(dir, &w.url), &bytes, 0o600)
+        {
+            warn!(witness = %w.url, error = %e, "could not keep a witness's bridge over removed records");
+        }
+    }
 }
 
 /// The file of the witness at `url`.
@@ -91,29 +248,56 @@ pub fn stored(dir: &Path) -> Vec<Stored> {
     out
 }
 
-/// Starts one task per witness URL; they end when `stop` turns true.
+/// Starts one task per witness URL (no keys); they end when `stop` turns true.
 pub fn start(
     recorder: &Recorder,
     urls: &[String],
     http: Outbound,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let targets: Vec<Target> = urls
+        .iter()
+        .map(|u| Target {
+            url: u.clone(),
+            key: None,
+        })
+        .collect();
+    start_targets(recorder, &targets, 0, http, stop)
+}
+
+/// Starts one task per witness; `quorum` witnesses make a checkpoint witnessed (`status`).
+/// When `stop` turns true each makes a last attempt (at most [`FINAL_WAIT`]) and ends: send
+/// it once the writer has signed its final checkpoint.
+pub fn start_targets(
+    recorder: &Recorder,
+    targets: &[Target],
+    quorum: usize,
+    http: Outbound,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let dir = recorder.dir().to_path_buf();
+    recorder
+        .shared
+        .witness_quorum
+        .store(quorum, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut board) = recorder.shared.witnesses.lock() {
-        *board = urls
+        *board = targets
             .iter()
-            .map(|u| WitnessStatus {
-                url: u.clone(),
+            .map(|t| WitnessStatus {
+                url: t.url.clone(),
                 ..Default::default()
             })
             .collect();
     }
-    urls.iter()
+    targets
+        .iter()
         .enumerate()
-        .map(|(i, url)| {
+        .map(|(i, t)| {
+            let url = &t.url;
             let c = Client {
                 index: i,
                 url: url.clone(),
+                key: t.key.clone(),
                 endpoint: format!("{}/add-checkpoint", url.trim_end_matches('/')),
                 dir: dir.clone(),
                 shared: recorder.shared.clone(),
@@ -128,6 +312,7 @@ pub fn start(
 struct Client {
     index: usize,
     url: String,
+    key: Option<witness::CosignatureVerifier>,
     endpoint: String,
     dir: PathBuf,
     shared: Arc<super::Shared>,
@@ -176,19 +361,33 @@ impl Client {
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = stop.changed() => return,
+                        _ = stop.changed() => return self.last_attempt().await,
                     }
                     signed.mark_unchanged();
                 }
                 None => {
                     tokio::select! {
-                        r = signed.changed() => if r.is_err() { return },
-                        _ = stop.changed() => return,
+                        r = signed.changed() => if r.is_err() { return self.last_attempt().await },
+                        _ = stop.changed() => return self.last_attempt().await,
                     }
                 }
             }
             if *stop.borrow() {
-                return;
+                return self.last_attempt().await;
+            }
+        }
+    }
+
+    /// At shutdown: the final checkpoint to the witness, within [`FINAL_WAIT`].
+    async fn last_attempt(&mut self) {
+        match tokio::time::timeout(FINAL_WAIT, self.attempt()).await {
+            Ok(Outcome::Failed(why)) => {
+                warn!(witness = %self.url, error = %why, "a witness did not cosign the final records checkpoint");
+                self.report(|w| w.last_error = Some(why));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                warn!(witness = %self.url, "a witness did not answer for the final records checkpoint in time");
             }
         }
     }
@@ -263,10 +462,35 @@ impl Client {
             let text = String::from_utf8_lossy(resp.body()).into_owned();
             match resp.status() {
                 http::StatusCode::OK => {
-                    let lines = match witness::parse_cosignatures(&text) {
+                    let mut lines = match witness::parse_cosignatures(&text) {
                         Ok(l) => l,
                         Err(e) => return Outcome::Failed(e.to_string()),
                     };
+                    // With the witness's key: its cosignature must verify, and only it is kept.
+                    if let Some(key) = &self.key {
+                        let body = note.split_once("\n\n").map(|(b, _)| format!("{b}\n"));
+                        let verdict =
+                            body.map_or(witness::Cosigned::Missing, |b| key.check(&b, &lines));
+                        if !matches!(verdict, witness::Cosigned::Valid(_)) {
+                            self.report(|w| w.bad_cosignatures += 1);
+                            return Outcome::Failed(format!(
+                                "the witness answered without a valid cosignature by its key {} ({}): not kept",
+                                key.encode(),
+                                if verdict == witness::Cosigned::Bad {
+                                    "a cosignature by that key does not verify: forged or of another checkpoint"
+                                } else {
+                                    "no cosignature by that key"
+                                }
+                            ));
+                        }
+                        let id = format!("\u{2014} {} ", key.name());
+                        lines.retain(|l| {
+                            l.starts_with(&id)
+                                && key
+                                    .verify(&body_of(&note), std::slice::from_ref(l))
+                                    .is_some()
+                        });
+                    }
                     let stored = Stored {
                         url: self.url.clone(),
                         size: cp.size,
@@ -285,6 +509,8 @@ impl Client {
                     if let Err(e) = written {
                         warn!(witness = %self.url, error = %e, "could not keep a cosigned checkpoint");
                     }
+                    // The witness is past what a bridge was kept for.
+                    let _ = std::fs::remove_file(bridge_path(&self.dir, &self.url));
                     self.report(|w| {
                         w.size = stored.size;
                         w.last_success_ms = Some(stored.time_ms);
@@ -342,17 +568,39 @@ impl Client {
         cp: &Checkpoint,
     ) -> Result<(Vec<merkle::Hash>, Frontier), String> {
         let dir = self.dir.clone();
+        let url = self.url.clone();
         let from = from.clone();
         let (old, new, root) = (from.size(), cp.size, cp.root);
         tokio::task::spawn_blocking(move || {
             let mut p = Prover::new(&from, new)?;
-            tree::for_each_record(&dir, old + 1, &mut |fr| {
+            // The records retention removed after the witness's size, as kept for it.
+            let mut next = old;
+            if let Some((end, blocks)) = bridge(&dir, &url, old).filter(|(e, _)| *e <= new) {
+                for (h, hash) in blocks {
+                    p.push_node(h, hash)
+                        .ok_or("a kept subtree does not fit the tree")?;
+                }
+                next = end;
+            }
+            let mut gap = None;
+            tree::for_each_record(&dir, next + 1, &mut |fr| {
                 if fr.seq > new {
+                    return false;
+                }
+                if fr.seq != p.tree.size() + 1 {
+                    gap = Some(fr.seq);
                     return false;
                 }
                 p.push(merkle::leaf_hash(&fr.payload));
                 true
             })?;
+            if let Some(seq) = gap {
+                return Err(format!(
+                    "records {}–{} were removed by retention and no hashes of them were kept: the witness (size {old}) cannot be proved to",
+                    p.tree.size() + 1,
+                    seq - 1
+                ));
+            }
             let (proof, f) = p.finish()?;
             if f.root() != root {
                 return Err("the log on disk does not match its own checkpoint".into());
@@ -460,6 +708,19 @@ impl Prover {
         })
     }
 
+    /// The next `2^height` leaves, as their perfect subtree's root.
+    fn push_node(&mut self, height: u32, hash: merkle::Hash) -> Option<()> {
+        let i = self.tree.size();
+        for p in &mut self.parts {
+            if let Part::New { start, end, f } = p
+                && (*start..*end).contains(&i)
+            {
+                f.push_node(height, hash)?;
+            }
+        }
+        self.tree.push_node(height, hash)
+    }
+
     /// The next leaf's hash.
     fn push(&mut self, leaf: merkle::Hash) {
         let i = self.tree.size();
@@ -523,6 +784,30 @@ mod tests {
                 if m > 0 {
                     verify_consistency(m, n, &t.root(m).unwrap(), &f.root(), &proof).unwrap();
                 }
+            }
+        }
+        // With a bridge over leaves [m, t): the subtrees `cover` names, then the leaves.
+        for m in 1..=40u64 {
+            let mut from = Frontier::new();
+            for l in &leaves[..m as usize] {
+                from.push(*l);
+            }
+            for cut in m..=50u64 {
+                let n = 70;
+                let mut p = Prover::new(&from, n).unwrap();
+                for (start, h) in cover(m, cut) {
+                    let mut f = Frontier::new();
+                    for l in &leaves[start as usize..(start + (1 << h)) as usize] {
+                        f.push(*l);
+                    }
+                    p.push_node(h, f.root()).unwrap();
+                }
+                for l in &leaves[cut as usize..n as usize] {
+                    p.push(*l);
+                }
+                let (proof, f) = p.finish().unwrap();
+                assert_eq!(proof, t.consistency(m, n).unwrap(), "{m} -> {n} via {cut}");
+                assert_eq!(f.root(), t.root(n).unwrap());
             }
         }
         // Too few leaves.

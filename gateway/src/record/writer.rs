@@ -649,6 +649,8 @@ fn retain(cfg: &RecorderConfig) -> io::Result<()> {
             &cfg.dir.join(ANCHOR_FILE),
             &serde_json::to_vec(&anchor).unwrap_or_default(),
         )?;
+        // What witnesses behind the cut need of these records, kept before they go.
+        super::witness_client::bridge_retention(&cfg.dir, header.first_seq);
         fs::remove_file(&seg.path)?;
         total -= sizes[i];
         info!(segment = %seg.name(), "records retention removed a segment");
