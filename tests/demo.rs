@@ -102,6 +102,39 @@ impl Drop for Demo {
     }
 }
 
+/// Starts `callgate demo` as `cargo xtask run` does, in `dir`, with `extra` arguments: the
+/// demo, its state directory, its cgroup (relative) and its bpffs directory.
+fn start_demo(
+    dir: &TestDir,
+    extra: &[&str],
+) -> (Demo, std::path::PathBuf, String, std::path::PathBuf) {
+    let state = dir.join("state");
+    let cgroup = format!("callgate-demo/{}", unique("e2e"));
+    let bpffs = Path::new("/sys/fs/bpf").join(unique("callgate-demo-e2e"));
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo");
+    let out = dir.join("demo.out");
+    let log = fs::File::create(&out).expect("demo.out");
+    let child = Command::new(callgate_bin())
+        .arg("demo")
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--python")
+        .arg(party_python())
+        .args(["--cgroup", &cgroup])
+        .args(["--listen-port", &free_port().to_string()])
+        .args(["--admin-port", &free_port().to_string()])
+        .arg("--bpffs-dir")
+        .arg(&bpffs)
+        .args(extra)
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn callgate demo");
+    (Demo { child, out }, state, cgroup, bpffs)
+}
+
 /// The pids of the processes whose command line names `needle`, other than `except`.
 fn processes_naming(needle: &str, except: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -126,31 +159,7 @@ fn the_demo_shows_five_outcomes_and_ctrl_c_cleans_up() {
         return;
     }
     let dir = TestDir::new("callgate-demo-e2e");
-    let state = dir.join("state");
-    let cgroup = format!("callgate-demo/{}", unique("e2e"));
-    let bpffs = Path::new("/sys/fs/bpf").join(unique("callgate-demo-e2e"));
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo");
-    let out = dir.join("demo.out");
-    let log = fs::File::create(&out).expect("demo.out");
-    let child = Command::new(callgate_bin())
-        .arg("demo")
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--python")
-        .arg(party_python())
-        .args(["--cgroup", &cgroup])
-        .args(["--listen-port", &free_port().to_string()])
-        .args(["--admin-port", &free_port().to_string()])
-        .arg("--bpffs-dir")
-        .arg(&bpffs)
-        .args(["--auto-approve-after", "1"])
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn callgate demo");
-    let mut demo = Demo { child, out };
+    let (mut demo, state, cgroup, bpffs) = start_demo(&dir, &["--auto-approve-after", "1"]);
     let ready = wait_for(Duration::from_secs(120), || {
         if let Ok(Some(status)) = demo.child.try_wait() {
             panic!("the demo exited ({status}):\n{}", demo.output());
@@ -255,4 +264,86 @@ fn the_demo_shows_five_outcomes_and_ctrl_c_cleans_up() {
     assert!(!bpffs.exists(), "{} left behind", bpffs.display());
     let left = processes_naming(&needle, demo.child.id());
     assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+/// Logs in to the approvals page as a browser would, with the credentials the demo printed,
+/// and approves `id` with the page's form. A wrong password is refused first.
+const PAGE_APPROVER: &str = r#"
+import html, re, sys, requests
+web, rid, password = sys.argv[1:4]
+s = requests.Session()
+r = s.get(f"{web}/approvals/{rid}", timeout=20)
+assert r.status_code == 200 and "name=password" in r.text, (r.status_code, r.url, r.text[:500])
+login = r.url.split("?")[0]
+fields = {k: html.unescape(v) for k, v in re.findall(r'<input type=hidden name="([^"]+)" value="([^"]*)">', r.text)}
+r = s.post(login, data=dict(fields, username="approver", password="wrong"), timeout=20)
+assert r.status_code == 401 and "wrong user or password" in r.text, (r.status_code, r.text[:500])
+r = s.post(login, data=dict(fields, username="approver", password=password), timeout=20)
+assert r.status_code == 200 and r.url.startswith(f"{web}/approvals/{rid}"), (r.status_code, r.url, r.text[:500])
+csrf = re.search(r'name=csrf value="([^"]+)"', r.text).group(1)
+r = s.post(f"{web}/approvals/{rid}", data={"csrf": csrf, "verdict": "approve", "comment": "on the page"}, timeout=20)
+assert r.status_code == 200 and "done=approved" in r.url, (r.status_code, r.url, r.text[:500])
+print("approved on the page:", r.url)
+"#;
+
+/// The approvals page works in the demo without setup: the demo prints the page's URL with
+/// a login of its own (user and a password made for the run); logging in with them and
+/// approving the held call with the page's form lets the agent's call complete.
+#[test]
+fn the_held_call_is_approved_on_the_page_with_the_printed_login() {
+    if !ebpf_available("the_held_call_is_approved_on_the_page") || !parties_available("the_demo") {
+        return;
+    }
+    let dir = TestDir::new("callgate-demo-page");
+    let (mut demo, _state, cgroup, bpffs) = start_demo(&dir, &[]);
+    let held = wait_for(Duration::from_secs(120), || {
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            panic!("the demo exited ({status}):\n{}", demo.output());
+        }
+        let text = demo.output();
+        let line = text
+            .lines()
+            .find(|l| l.contains("or the approvals page: "))?;
+        let url = line
+            .split("approvals page: ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
+        let password = line.split("password ").nth(1)?.split_whitespace().next()?;
+        let (web, id) = url.split_once("/approvals/")?;
+        Some((web.to_string(), id.to_string(), password.to_string()))
+    });
+    let (web, id, password) = held.unwrap_or_else(|| panic!("no held call:\n{}", demo.output()));
+    let out = Command::new(party_python())
+        .args(["-c", PAGE_APPROVER, &web, &id, &password])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        demo.output()
+    );
+    let done = wait_for(Duration::from_secs(60), || {
+        demo.output().contains("Ctrl-C stops it").then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "the demo did not finish:\n{}",
+        demo.output()
+    );
+    let text = demo.output();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("payments.refund") && l.contains("approved")),
+        "{text}"
+    );
+    assert!(text.contains("approved by approver"), "{text}");
+    assert!(text.contains("agent: done: 5 calls"), "{text}");
+    let status = demo.interrupt().expect("the demo did not stop on SIGINT");
+    assert!(status.success(), "{status}:\n{}", demo.output());
+    let cg = cgroup_mount().expect("cgroup mount").join(&cgroup);
+    assert!(!cg.exists(), "{} left behind", cg.display());
+    assert!(!bpffs.exists(), "{} left behind", bpffs.display());
 }

@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => {
             setup::run(&setup::Needs::demo())?;
-            build(true)?;
+            build_profile(run::PROFILE)?;
             run::demo(&root, &args)
         }
         Task::Test { no_lint, filter } => {
@@ -131,6 +131,11 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// `target/<profile>/callgate` built with a named profile of the workspace's Cargo.toml.
+fn build_profile(profile: &str) -> Result<()> {
+    run_cmd(cargo().args(["build", "--package", "callgate", "--profile", profile]))
 }
 
 fn build(release: bool) -> Result<()> {

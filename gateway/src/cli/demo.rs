@@ -40,6 +40,12 @@ const MARKER: &str = ".callgate-demo";
 const AGENT_PY: &str = include_str!("../../demo/agent.py");
 const PAYMENTS_PY: &str = include_str!("../../demo/payments_api.py");
 const TOOLS_PY: &str = include_str!("../../../tests/parties/mcp_server.py");
+/// The demo's own login provider for the approvals page (one approver, a password per run).
+const LOGIN_PY: &str = include_str!("../../demo/login.py");
+/// The one person the demo's login provider knows, in the demo policy's approver group.
+const APPROVER: &str = "approver";
+/// The demo gateway's client at that provider.
+const LOGIN_CLIENT: &str = "callgate-demo";
 const POLICY: [(&str, &str); 5] = [
     (
         "callgate.yaml",
@@ -213,6 +219,59 @@ fn fresh_state(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Starts the demo's login provider on a free loopback port, with a password and a client
+/// secret made for this run: its issuer URL and the password.
+fn start_login(
+    python: &Path,
+    scripts: &Path,
+    state: &Path,
+    web: &str,
+    world: &mut World,
+) -> Result<(String, String)> {
+    let ip = Ipv4Addr::LOCALHOST;
+    let port = free_port(ip)?;
+    let password = new_password();
+    let secret = new_password() + &new_password();
+    std::fs::write(state.join("login-client-secret"), &secret)?;
+    let cfg = serde_json::json!({
+        "password": password,
+        "client_id": LOGIN_CLIENT,
+        "client_secret": secret,
+        "redirect_uri": format!("{web}/callback"),
+    });
+    let cfg_file = state.join("login.json");
+    std::fs::write(&cfg_file, cfg.to_string())?;
+    let log = state.join("login.log");
+    let mut child = spawn(
+        Command::new(python)
+            .arg(scripts.join("login.py"))
+            .arg(ip.to_string())
+            .arg(port.to_string())
+            .arg(&cfg_file),
+        &log,
+    )?;
+    let up = wait_listening(&mut child, ip, port, &log);
+    world.servers.push(child);
+    up?;
+    Ok((format!("http://{ip}:{port}"), password))
+}
+
+/// A password to type: 16 letters and digits (about 80 bits), in groups of four.
+fn new_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random number generator failed");
+    let chars: Vec<char> = b
+        .iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 fn python(args: &DemoArgs) -> PathBuf {
     if let Some(p) = &args.python {
         return p.clone();
@@ -306,6 +365,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ("agent.py", AGENT_PY),
         ("payments_api.py", PAYMENTS_PY),
         ("mcp_server.py", TOOLS_PY),
+        ("login.py", LOGIN_PY),
     ] {
         std::fs::write(scripts.join(name), text)?;
     }
@@ -350,16 +410,31 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         up?;
     }
 
+    // The approvals page's login: a provider of the demo's own, with a password per run.
+    let web = format!("http://127.0.0.1:{}", args.admin_port);
+    let password = match start_login(&python, &scripts, &state, &web, &mut world) {
+        Ok((issuer, password)) => Some((issuer, password)),
+        Err(e) => {
+            println!("(the approvals page will have no login: {e:#})");
+            None
+        }
+    };
+
     // The gateway.
     let socket = state.join("admin.sock");
     let config = state.join("callgate-run.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "# Written by `callgate demo`.\nadmin_http:\n  listen: 127.0.0.1:{}\n",
-            args.admin_port
-        ),
-    )?;
+    let mut yaml = format!(
+        "# Written by `callgate demo`.\nadmin_http:\n  listen: 127.0.0.1:{}\n",
+        args.admin_port
+    );
+    if let Some((issuer, _)) = &password {
+        yaml.push_str(&format!(
+            "  login:\n    issuer: {issuer}\n    client_id: {LOGIN_CLIENT}\n    \
+             client_secret_file: {}\n",
+            state.join("login-client-secret").display()
+        ));
+    }
+    std::fs::write(&config, yaml)?;
     let gw_log = state.join("gateway.log");
     world.bpffs = Some(args.bpffs_dir.clone());
     let mut gw = spawn(
@@ -427,7 +502,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .context("enabling the demo cgroup")?;
 
     let records = state.join("gateway/records");
-    let web = format!("http://127.0.0.1:{}", args.admin_port);
+    let login_note = match &password {
+        Some((_, p)) => format!("log in as {APPROVER}, password {p} (this run only)"),
+        None => "needs admin_http.login".into(),
+    };
     let cli = |rest: &str| format!("{} {rest}", exe.display());
     println!("callgate demo: a gateway governing one agent, with real upstreams on loopback");
     println!("  policy    {}", policies.display());
@@ -439,6 +517,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         scripts.join("agent.py").display(),
         cgroup.display()
     );
+    println!("  approvals {web}/approvals ({login_note})");
     println!("  logs      {}", state.display());
     println!();
     let mut table = Table::default();
@@ -496,7 +575,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                     table.held(&r);
                     println!(
                         "          ↳ waiting for you. In another root shell:\n            {}\n          \
-                         or the approvals page: {web}/approvals/{} (needs admin_http.login)",
+                         or the approvals page: {web}/approvals/{} ({login_note})",
                         cli(&format!(
                             "approvals approve {} --control-socket {}",
                             r.id,
