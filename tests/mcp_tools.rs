@@ -556,6 +556,80 @@ fn a_rug_pull_is_caught_from_a_stateless_json_server() {
     assert_eq!(gw.status()["mcp_pins"][0]["changes_total"], 1);
 }
 
+/// The service of the SDK tests: `search_docs` allowed, `delete_table` denied with a reason
+/// the client must show, answers masked; `pin` pins the tools (so the gateway's own pre-call
+/// check speaks the SDK's transport too).
+fn sdk_service(port: u16, pin: bool) -> String {
+    let pin = if pin {
+        "mcp: { pin_tools: true }\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+{pin}functions:
+  search_docs: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: agents-search, function: search_docs, action: allow }}
+  - name: nobody-drops-tables
+    function: delete_table
+    action: deny
+    reason: destructive tools are disabled for agents
+response:
+  mask: [card_number, email]
+"#
+    )
+}
+
+/// What a TypeScript SDK client (`mcp_ts_client.mjs`, `mcp_ts2_client.mjs`) saw of
+/// [`sdk_service`]: only `search_docs` listed, its answer masked, `delete_table` refused with
+/// the policy's reason.
+fn assert_ts_client_governed(out: &Value) {
+    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
+    let search = &out["calls"][0];
+    assert_eq!(search["isError"], false, "{out}");
+    assert!(
+        search["text"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("results for")),
+        "{out}"
+    );
+    for leaked in [
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "jane.doe@example.com",
+    ] {
+        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
+    }
+    let delete = &out["calls"][1];
+    assert!(
+        delete["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
+        "{out}"
+    );
+}
+
+/// The server side of [`sdk_service`]: only `search_docs` ran, and both calls are recorded
+/// with their decisions.
+fn assert_only_search_ran(runs: &std::path::Path, gw: &Gateway) {
+    let ran = std::fs::read_to_string(runs).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
+    let r = record_where(gw, "the search_docs call", |r| {
+        r["function"] == "search_docs"
+    });
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let r = record_where(gw, "the refused delete_table", |r| {
+        r["function"] == "delete_table"
+    });
+    assert_eq!(r["decision"]["action"], "deny", "{r}");
+    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+}
+
 /// The venv of the newer SDK generation (`cargo xtask setup` builds it), or None to skip.
 fn mcp2_python(test: &str) -> Option<String> {
     let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/testenv2/bin/python");
@@ -581,27 +655,7 @@ fn the_2026_sdk_generation_is_governed() {
     let Some(py) = mcp2_python(test) else {
         return;
     };
-    let svc = |port: u16| {
-        format!(
-            r#"
-service: tools
-match: {{ hosts: ["127.0.0.1:{port}"] }}
-protocol: mcp
-mcp: {{ pin_tools: true }}
-functions:
-  search_docs: {{}}
-  delete_table: {{}}
-rules:
-  - {{ name: agents-search, function: search_docs, action: allow }}
-  - name: nobody-drops-tables
-    function: delete_table
-    action: deny
-    reason: destructive tools are disabled for agents
-response:
-  mask: [card_number, email]
-"#
-        )
-    };
+    let svc = |port| sdk_service(port, true);
     let w = World::start("mcp2", &py, "mcp2_server.py", &[], ("tools", &svc));
     let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let client = party_script("mcp2_client.py").display().to_string();
@@ -616,12 +670,7 @@ response:
     );
     let err = out["delete"]["error"].as_str().unwrap_or_default();
     assert!(err.contains("destructive tools are disabled"), "{out}");
-    let ran = std::fs::read_to_string(runs).unwrap_or_default();
-    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
-    let r = record_where(gw, "the search_docs call", |r| {
-        r["function"] == "search_docs"
-    });
-    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    assert_only_search_ran(runs, gw);
     // The call was checked against a pin taken on first sight.
     let status = gw.status();
     assert_eq!(
@@ -650,26 +699,7 @@ fn the_typescript_sdk_is_governed() {
     if !ebpf_available(test) || !ts_sdk_available(test) {
         return;
     }
-    let svc = |port: u16| {
-        format!(
-            r#"
-service: tools
-match: {{ hosts: ["127.0.0.1:{port}"] }}
-protocol: mcp
-functions:
-  search_docs: {{}}
-  delete_table: {{}}
-rules:
-  - {{ name: agents-search, function: search_docs, action: allow }}
-  - name: nobody-drops-tables
-    function: delete_table
-    action: deny
-    reason: destructive tools are disabled for agents
-response:
-  mask: [card_number, email]
-"#
-        )
-    };
+    let svc = |port| sdk_service(port, false);
     let w = World::start("mcp-ts", "node", "mcp_ts_server.mjs", &[], ("tools", &svc));
     let (port, runs, gw, cg) = (w.port, &w.runs, &w.gw, &w.cg);
     let client = node_script("mcp_ts_client.mjs").display().to_string();
@@ -678,47 +708,15 @@ response:
     let _ = std::fs::remove_file(&client);
     // The SDK's newest revision; it has no 2026-07-28 transport.
     assert_eq!(out["protocol"], "2025-11-25", "{out}");
-    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
-    let search = &out["calls"][0];
-    assert_eq!(search["isError"], false, "{out}");
+    assert_ts_client_governed(&out);
     assert!(
-        search["text"][0]
+        out["calls"][0]["structured"]["result"]
             .as_str()
             .is_some_and(|t| t.starts_with("results for")),
         "{out}"
     );
-    assert!(
-        search["structured"]["result"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("results for")),
-        "{out}"
-    );
-    for leaked in [
-        "4111 1111 1111 1111",
-        "4111111111111111",
-        "jane.doe@example.com",
-    ] {
-        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
-    }
-    let delete = &out["calls"][1];
-    assert_eq!(delete["code"], -32001, "{out}");
-    assert!(
-        delete["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
-        "{out}"
-    );
-    let ran = std::fs::read_to_string(runs).unwrap_or_default();
-    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
-    let r = record_where(gw, "the search_docs call", |r| {
-        r["function"] == "search_docs"
-    });
-    assert_eq!(r["decision"]["action"], "allow", "{r}");
-    let r = record_where(gw, "the refused delete_table", |r| {
-        r["function"] == "delete_table"
-    });
-    assert_eq!(r["decision"]["action"], "deny", "{r}");
-    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+    assert_eq!(out["calls"][1]["code"], -32001, "{out}");
+    assert_only_search_ran(runs, gw);
 }
 
 /// A rug pull from a TypeScript SDK server: once `search_docs` has run, the server changes its
@@ -963,27 +961,7 @@ fn the_2026_typescript_sdk_generation_is_governed() {
         );
         return;
     }
-    let svc = |port: u16| {
-        format!(
-            r#"
-service: tools
-match: {{ hosts: ["127.0.0.1:{port}"] }}
-protocol: mcp
-mcp: {{ pin_tools: true }}
-functions:
-  search_docs: {{}}
-  delete_table: {{}}
-rules:
-  - {{ name: agents-search, function: search_docs, action: allow }}
-  - name: nobody-drops-tables
-    function: delete_table
-    action: deny
-    reason: destructive tools are disabled for agents
-response:
-  mask: [card_number, email]
-"#
-        )
-    };
+    let svc = |port| sdk_service(port, true);
     let w = World::start(
         "mcp-ts2",
         "node",
@@ -997,39 +975,8 @@ response:
     let out = run_json(cg, &["node", &client, &url, "search_docs", "delete_table"]);
     let _ = std::fs::remove_file(&client);
     assert_eq!(out["protocol"], "2026-07-28", "{out}");
-    assert_eq!(names(&out["lists"][0]), ["search_docs"], "{out}");
-    let search = &out["calls"][0];
-    assert_eq!(search["isError"], false, "{out}");
-    assert!(
-        search["text"][0]
-            .as_str()
-            .is_some_and(|t| t.starts_with("results for")),
-        "{out}"
-    );
-    for leaked in [
-        "4111 1111 1111 1111",
-        "4111111111111111",
-        "jane.doe@example.com",
-    ] {
-        assert!(!out.to_string().contains(leaked), "{leaked} leaked: {out}");
-    }
-    let delete = &out["calls"][1];
-    assert!(
-        delete["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("destructive tools are disabled for agents")),
-        "{out}"
-    );
-    let ran = std::fs::read_to_string(runs).unwrap_or_default();
-    assert_eq!(ran.lines().collect::<Vec<_>>(), ["search_docs"]);
-    let r = record_where(gw, "the search_docs call", |r| {
-        r["function"] == "search_docs"
-    });
-    assert_eq!(r["decision"]["action"], "allow", "{r}");
-    let r = record_where(gw, "the refused delete_table", |r| {
-        r["function"] == "delete_table"
-    });
-    assert_eq!(r["decision"]["rule"], "nobody-drops-tables", "{r}");
+    assert_ts_client_governed(&out);
+    assert_only_search_ran(runs, gw);
     let status = gw.status();
     assert_eq!(
         status["mcp_pins"][0]["local_pins"]["search_docs"], "first_sight",

@@ -53,12 +53,13 @@ pub enum NoteError {
     NoSignature(String),
 }
 
-/// `SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key)[:4]`.
-fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+/// `SHA-256(name ‖ "\n" ‖ type ‖ public key)[:4]`: the key ID of signed-note (type 0x01)
+/// and of tlog-cosignature (type 0x04).
+fn key_id(name: &str, alg: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ED25519]);
+    h.update([alg]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
@@ -68,8 +69,13 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == '+')
 }
 
-/// Splits `<name>+<id hex>+<base64>`, checks the type byte and the ID: name and 32 bytes.
-fn split_key(text: &str) -> Result<(String, [u8; 32]), NoteError> {
+fn hex4(id: &[u8; 4]) -> String {
+    format!("{:08x}", u32::from_be_bytes(*id))
+}
+
+/// Splits `<name>+<id hex>+base64(type ‖ key)`: the name and the 32 key bytes, the type
+/// checked (the ID is checked by the caller, against the key it makes).
+fn split_key(text: &str, alg: u8) -> Result<(String, [u8; 32]), NoteError> {
     // Names have no '+'; base64 may.
     let mut parts = text.trim().splitn(3, '+');
     let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
@@ -78,27 +84,168 @@ fn split_key(text: &str) -> Result<(String, [u8; 32]), NoteError> {
     if !valid_name(name) {
         return Err(NoteError::Key("bad key name"));
     }
-    let raw = B64
-        .decode(b64)
-        .map_err(|_| NoteError::Key("the key is not base64"))?;
-    if raw.len() != 33 || raw[0] != ED25519 {
-        return Err(NoteError::Key("not an Ed25519 key"));
-    }
-    let mut k = [0u8; 32];
-    k.copy_from_slice(&raw[1..]);
     if id.len() != 8 || u32::from_str_radix(id, 16).is_err() {
         return Err(NoteError::Key("bad key id"));
     }
-    // The ID is checked against the key by the caller.
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| NoteError::Key("the key is not base64"))?;
+    if raw.len() != 33 || raw[0] != alg {
+        return Err(NoteError::Key(match alg {
+            ED25519 => "not an Ed25519 signed-note key (type 0x01)",
+            _ => "not an Ed25519 cosignature key (type 0x04)",
+        }));
+    }
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&raw[1..]);
     Ok((name.to_string(), k))
 }
 
-/// The key that signs checkpoints.
-pub struct Signer {
+/// A named Ed25519 key pair in the Go `note` package's text form,
+/// `PRIVATE+KEY+<name>+<key ID hex>+base64(type ‖ seed)`: a checkpoint's [`Signer`]
+/// (type 0x01) and a witness's cosigner (type 0x04) are both one.
+pub(super) struct KeyPair {
     name: String,
     key: SigningKey,
     id: [u8; 4],
+    alg: u8,
 }
+
+impl KeyPair {
+    /// A new key named `name`.
+    pub(super) fn generate(name: &str, alg: u8) -> Result<Self, NoteError> {
+        if !valid_name(name) {
+            return Err(NoteError::Key(
+                "a key name must be non-empty, without spaces or '+'",
+            ));
+        }
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|_| NoteError::Key("no randomness"))?;
+        Ok(Self::from_seed(name, alg, seed))
+    }
+
+    fn from_seed(name: &str, alg: u8, seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let id = key_id(name, alg, &key.verifying_key().to_bytes());
+        Self {
+            name: name.to_string(),
+            key,
+            id,
+            alg,
+        }
+    }
+
+    pub(super) fn parse(text: &str, alg: u8) -> Result<Self, NoteError> {
+        let rest = text
+            .trim()
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or(NoteError::Key("a signer key starts with PRIVATE+KEY+"))?;
+        let (name, seed) = split_key(rest, alg)?;
+        let s = Self::from_seed(&name, alg, seed);
+        if s.encode() != text.trim() {
+            return Err(NoteError::Key("the key id does not match the key"));
+        }
+        Ok(s)
+    }
+
+    pub(super) fn encode(&self) -> String {
+        let mut raw = vec![self.alg];
+        raw.extend_from_slice(&self.key.to_bytes());
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex4(&self.id),
+            B64.encode(raw)
+        )
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn public(&self) -> PublicKey {
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+            id: self.id,
+            alg: self.alg,
+        }
+    }
+
+    /// The key ID followed by the signature of `msg`: what a signature line carries, but for
+    /// a cosignature's timestamp, which the caller puts between them.
+    pub(super) fn sign(&self, msg: &[u8]) -> ([u8; 4], [u8; 64]) {
+        (self.id, self.key.sign(msg).to_bytes())
+    }
+
+    /// `<state_dir>/<file>` (read, or created 0600 holding a new key named `name`).
+    pub(super) fn load_or_create(path: &Path, name: &str, alg: u8) -> Result<Self, NoteError> {
+        let io = |source| NoteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Self::parse(&text, alg),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let s = Self::generate(name, alg)?;
+        crate::util::fs::write_atomic_mode(path, format!("{}\n", s.encode()).as_bytes(), 0o600)
+            .map_err(io)?;
+        Ok(s)
+    }
+}
+
+/// The public half of a [`KeyPair`]: `<name>+<key ID hex>+base64(type ‖ public key)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PublicKey {
+    name: String,
+    key: VerifyingKey,
+    id: [u8; 4],
+    alg: u8,
+}
+
+impl PublicKey {
+    pub(super) fn parse(text: &str, alg: u8) -> Result<Self, NoteError> {
+        let (name, public) = split_key(text, alg)?;
+        let key = VerifyingKey::from_bytes(&public)
+            .map_err(|_| NoteError::Key("not an Ed25519 public key"))?;
+        let v = Self {
+            id: key_id(&name, alg, &public),
+            name,
+            key,
+            alg,
+        };
+        if v.encode() != text.trim() {
+            return Err(NoteError::Key("the key id does not match the key"));
+        }
+        Ok(v)
+    }
+
+    pub(super) fn encode(&self) -> String {
+        let mut raw = vec![self.alg];
+        raw.extend_from_slice(&self.key.to_bytes());
+        format!("{}+{}+{}", self.name, hex4(&self.id), B64.encode(raw))
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Is `raw` (a signature line's decoded bytes) by this key: its name and key ID?
+    pub(super) fn owns(&self, name: &str, raw: &[u8]) -> bool {
+        name == self.name && raw.len() >= 4 && raw[..4] == self.id
+    }
+
+    pub(super) fn verifies(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
+        self.key
+            .verify_strict(msg, &Signature::from_bytes(sig))
+            .is_ok()
+    }
+}
+
+/// The key that signs checkpoints.
+pub struct Signer(KeyPair);
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,70 +256,33 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// A new key named `name`.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
-        if !valid_name(name) {
-            return Err(NoteError::Key(
-                "a key name must be non-empty, without spaces or '+'",
-            ));
-        }
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|_| NoteError::Key("no randomness"))?;
-        Ok(Self::from_seed(name, seed))
-    }
-
-    fn from_seed(name: &str, seed: [u8; 32]) -> Self {
-        let key = SigningKey::from_bytes(&seed);
-        let id = key_id(name, &key.verifying_key().to_bytes());
-        Self {
-            name: name.to_string(),
-            key,
-            id,
-        }
+        KeyPair::generate(name, ED25519).map(Self)
     }
 
     /// `PRIVATE+KEY+<name>+<id>+<base64(0x01 ‖ seed)>`.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let rest = text
-            .trim()
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(NoteError::Key("a signer key starts with PRIVATE+KEY+"))?;
-        let (name, seed) = split_key(rest)?;
-        let s = Self::from_seed(&name, seed);
-        if !rest.starts_with(&format!("{}+{}+", s.name, hex4(&s.id))) {
-            return Err(NoteError::Key("the key id does not match the key"));
-        }
-        Ok(s)
+        KeyPair::parse(text, ED25519).map(Self)
     }
 
     pub fn encode(&self) -> String {
-        let mut raw = vec![ED25519];
-        raw.extend_from_slice(&self.key.to_bytes());
-        format!(
-            "PRIVATE+KEY+{}+{}+{}",
-            self.name,
-            hex4(&self.id),
-            B64.encode(raw)
-        )
+        self.0.encode()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     pub fn verifier(&self) -> Verifier {
-        Verifier {
-            name: self.name.clone(),
-            key: self.key.verifying_key(),
-            id: self.id,
-        }
+        Verifier(self.0.public())
     }
 
     /// `text` (ending in a newline) as a signed note.
     pub fn sign(&self, text: &str) -> String {
-        let sig = self.key.sign(text.as_bytes());
+        let (id, sig) = self.0.sign(text.as_bytes());
         let mut raw = Vec::with_capacity(68);
-        raw.extend_from_slice(&self.id);
-        raw.extend_from_slice(&sig.to_bytes());
-        format!("{text}\n\u{2014} {} {}\n", self.name, B64.encode(raw))
+        raw.extend_from_slice(&id);
+        raw.extend_from_slice(&sig);
+        format!("{text}\n\u{2014} {} {}\n", self.name(), B64.encode(raw))
     }
 
     /// The signer key: the systemd credential if there is one, else `<state_dir>/`[`KEY_FILE`],
@@ -184,56 +294,26 @@ impl Signer {
                 return Self::parse(&text);
             }
         }
-        let path = state_dir.join(KEY_FILE);
-        let io = |source| NoteError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => return Self::parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        let s = Self::generate(name)?;
-        crate::util::fs::write_atomic_mode(&path, format!("{}\n", s.encode()).as_bytes(), 0o600)
-            .map_err(io)?;
-        Ok(s)
+        KeyPair::load_or_create(&state_dir.join(KEY_FILE), name, ED25519).map(Self)
     }
 }
 
 /// A checkpoint verifier key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verifier {
-    name: String,
-    key: VerifyingKey,
-    id: [u8; 4],
-}
-
-fn hex4(id: &[u8; 4]) -> String {
-    format!("{:08x}", u32::from_be_bytes(*id))
-}
+pub struct Verifier(PublicKey);
 
 impl Verifier {
     /// `<name>+<id>+<base64(0x01 ‖ public key)>`.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let (name, public) = split_key(text)?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| NoteError::Key("not an Ed25519 public key"))?;
-        let id = key_id(&name, &public);
-        if !text.trim().starts_with(&format!("{name}+{}+", hex4(&id))) {
-            return Err(NoteError::Key("the key id does not match the key"));
-        }
-        Ok(Self { name, key, id })
+        PublicKey::parse(text, ED25519).map(Self)
     }
 
     pub fn encode(&self) -> String {
-        let mut raw = vec![ED25519];
-        raw.extend_from_slice(&self.key.to_bytes());
-        format!("{}+{}+{}", self.name, hex4(&self.id), B64.encode(raw))
+        self.0.encode()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// The text of `note` if this key signed it. Signatures by other keys are ignored; one by
@@ -263,15 +343,15 @@ impl Verifier {
             let raw = B64
                 .decode(b64)
                 .map_err(|_| NoteError::Note("a signature is not base64"))?;
-            if name != self.name || raw.len() < 4 || raw[..4] != self.id {
+            if !self.0.owns(name, &raw) {
                 continue;
             }
             let sig: [u8; 64] = raw[4..]
                 .try_into()
                 .map_err(|_| NoteError::BadSignature(self.encode()))?;
-            self.key
-                .verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
-                .map_err(|_| NoteError::BadSignature(self.encode()))?;
+            if !self.0.verifies(text.as_bytes(), &sig) {
+                return Err(NoteError::BadSignature(self.encode()));
+            }
             verified = true;
         }
         if !verified {
@@ -362,7 +442,7 @@ mod tests {
         ));
         // A verifier key whose ID does not match its key is refused.
         let enc = v.encode();
-        let bad_id = enc.replacen(&hex4(&v.id), "00000000", 1);
+        let bad_id = enc.replacen(&hex4(&v.0.id), "00000000", 1);
         assert!(Verifier::parse(&bad_id).is_err());
     }
 

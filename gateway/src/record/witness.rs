@@ -21,13 +21,14 @@
 //! is `SHA-256(name ‖ "\n" ‖ 0x04 ‖ public key)[:4]` and whose signature is
 //! `timestamp (u64, big-endian) ‖ Ed25519(message)` over
 //! `"cosignature/v1\ntime <timestamp>\n" ‖ <checkpoint text>`.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 
-use super::merkle::Hash;
+use super::{
+    merkle::Hash,
+    note::{KeyPair, NoteError, PublicKey},
+};
 
 /// The cosignature's signature-type byte (tlog-cosignature, Ed25519).
 const COSIGNATURE: u8 = 0x04;
@@ -40,14 +41,8 @@ pub const KEY_FILE: &str = "witness.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("malformed witness key: {0}")]
-    Key(&'static str),
+    #[error("witness key: {0}")]
+    Key(#[from] NoteError),
     #[error("malformed add-checkpoint request: {0}")]
     Request(&'static str),
     #[error("malformed witness answer: {0}")]
@@ -164,30 +159,12 @@ pub fn add_signatures(note: &str, lines: &[String]) -> String {
     out
 }
 
-fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    h.update(b"\n");
-    h.update([COSIGNATURE]);
-    h.update(public);
-    let d = h.finalize();
-    [d[0], d[1], d[2], d[3]]
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == '+')
-}
-
 fn message(timestamp: u64, text: &str) -> String {
     format!("cosignature/v1\ntime {timestamp}\n{text}")
 }
 
 /// A witness's key: cosigns checkpoints.
-pub struct Cosigner {
-    name: String,
-    key: SigningKey,
-    id: [u8; 4],
-}
+pub struct Cosigner(KeyPair);
 
 impl std::fmt::Debug for Cosigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -197,149 +174,62 @@ impl std::fmt::Debug for Cosigner {
 
 impl Cosigner {
     pub fn generate(name: &str) -> Result<Self, WitnessError> {
-        if !valid_name(name) {
-            return Err(WitnessError::Key(
-                "a witness name must be non-empty, without spaces or '+'",
-            ));
-        }
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|_| WitnessError::Key("no randomness"))?;
-        Ok(Self::from_seed(name, seed))
-    }
-
-    fn from_seed(name: &str, seed: [u8; 32]) -> Self {
-        let key = SigningKey::from_bytes(&seed);
-        let id = key_id(name, &key.verifying_key().to_bytes());
-        Self {
-            name: name.to_string(),
-            key,
-            id,
-        }
+        Ok(Self(KeyPair::generate(name, COSIGNATURE)?))
     }
 
     /// `PRIVATE+KEY+<name>+<id hex>+base64(0x04 ‖ seed)`.
     pub fn encode(&self) -> String {
-        let mut raw = vec![COSIGNATURE];
-        raw.extend_from_slice(&self.key.to_bytes());
-        format!(
-            "PRIVATE+KEY+{}+{:08x}+{}",
-            self.name,
-            u32::from_be_bytes(self.id),
-            B64.encode(raw)
-        )
+        self.0.encode()
     }
 
     pub fn parse(text: &str) -> Result<Self, WitnessError> {
-        let rest = text
-            .trim()
-            .strip_prefix("PRIVATE+KEY+")
-            .ok_or(WitnessError::Key("a signer key starts with PRIVATE+KEY+"))?;
-        let (name, seed) = split_key(rest)?;
-        let s = Self::from_seed(&name, seed);
-        if s.encode() != text.trim() {
-            return Err(WitnessError::Key("the key id does not match the key"));
-        }
-        Ok(s)
+        Ok(Self(KeyPair::parse(text, COSIGNATURE)?))
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     pub fn verifier(&self) -> CosignatureVerifier {
-        CosignatureVerifier {
-            name: self.name.clone(),
-            key: self.key.verifying_key(),
-            id: self.id,
-        }
+        CosignatureVerifier(self.0.public())
     }
 
     /// The cosignature line (newline-terminated) for the checkpoint text `text` at
     /// `timestamp` (Unix seconds).
     pub fn cosign(&self, text: &str, timestamp: u64) -> String {
-        let sig = self.key.sign(message(timestamp, text).as_bytes());
+        let (id, sig) = self.0.sign(message(timestamp, text).as_bytes());
         let mut raw = Vec::with_capacity(76);
-        raw.extend_from_slice(&self.id);
+        raw.extend_from_slice(&id);
         raw.extend_from_slice(&timestamp.to_be_bytes());
-        raw.extend_from_slice(&sig.to_bytes());
-        format!("\u{2014} {} {}\n", self.name, B64.encode(raw))
+        raw.extend_from_slice(&sig);
+        format!("\u{2014} {} {}\n", self.name(), B64.encode(raw))
     }
 
     /// `<state_dir>/`[`KEY_FILE`], created (0600) named `name` on first start.
     pub fn load_or_create(state_dir: &Path, name: &str) -> Result<Self, WitnessError> {
-        let path = state_dir.join(KEY_FILE);
-        let io = |source| WitnessError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => return Self::parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        let s = Self::generate(name)?;
-        crate::util::fs::write_atomic_mode(&path, format!("{}\n", s.encode()).as_bytes(), 0o600)
-            .map_err(io)?;
-        Ok(s)
+        Ok(Self(KeyPair::load_or_create(
+            &state_dir.join(KEY_FILE),
+            name,
+            COSIGNATURE,
+        )?))
     }
-}
-
-fn split_key(text: &str) -> Result<(String, [u8; 32]), WitnessError> {
-    let mut parts = text.trim().splitn(3, '+');
-    let (Some(name), Some(_id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(WitnessError::Key("expected <name>+<key id>+<key>"));
-    };
-    if !valid_name(name) {
-        return Err(WitnessError::Key("bad key name"));
-    }
-    let raw = B64
-        .decode(b64)
-        .map_err(|_| WitnessError::Key("the key is not base64"))?;
-    if raw.len() != 33 || raw[0] != COSIGNATURE {
-        return Err(WitnessError::Key("not an Ed25519 cosignature key (0x04)"));
-    }
-    let mut k = [0u8; 32];
-    k.copy_from_slice(&raw[1..]);
-    Ok((name.to_string(), k))
 }
 
 /// A witness's public key (`<name>+<id hex>+base64(0x04 ‖ public key)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CosignatureVerifier {
-    name: String,
-    key: VerifyingKey,
-    id: [u8; 4],
-}
+pub struct CosignatureVerifier(PublicKey);
 
 impl CosignatureVerifier {
     pub fn parse(text: &str) -> Result<Self, WitnessError> {
-        let (name, public) = split_key(text)?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| WitnessError::Key("not an Ed25519 public key"))?;
-        let v = Self {
-            id: key_id(&name, &public),
-            name,
-            key,
-        };
-        if v.encode() != text.trim() {
-            return Err(WitnessError::Key("the key id does not match the key"));
-        }
-        Ok(v)
+        Ok(Self(PublicKey::parse(text, COSIGNATURE)?))
     }
 
     pub fn encode(&self) -> String {
-        let mut raw = vec![COSIGNATURE];
-        raw.extend_from_slice(&self.key.to_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            u32::from_be_bytes(self.id),
-            B64.encode(raw)
-        )
+        self.0.encode()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// The timestamp of this key's valid cosignature of the checkpoint text `text` among
@@ -362,13 +252,10 @@ impl CosignatureVerifier {
             else {
                 continue;
             };
-            if name != self.name {
-                continue;
-            }
             let Ok(raw) = B64.decode(b64.trim_end()) else {
                 continue;
             };
-            if raw.len() < 4 || raw[..4] != self.id {
+            if !self.0.owns(name, &raw) {
                 continue;
             }
             seen = true;
@@ -380,11 +267,7 @@ impl CosignatureVerifier {
             let ts = u64::from_be_bytes(ts);
             let mut sig = [0u8; 64];
             sig.copy_from_slice(&raw[12..]);
-            if self
-                .key
-                .verify_strict(message(ts, text).as_bytes(), &Signature::from_bytes(&sig))
-                .is_ok()
-            {
+            if self.0.verifies(message(ts, text).as_bytes(), &sig) {
                 return Cosigned::Valid(ts);
             }
         }
