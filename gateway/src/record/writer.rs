@@ -39,6 +39,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// commit window instead of waiting on the channel, so that no data-path thread pays a
 /// wake-up (a futex syscall, and the writer scheduled in the middle of its call) for a
 /// record. Quiet for longer, it waits on the channel, and the next record wakes it.
+///
+/// The trade: while records flow the writer wakes once per commit window (100 times a second
+/// at the default 10 ms) whether or not one came, where it was woken by the first record
+/// after each commit; at a few hundred calls a second that is more writer wake-ups per call
+/// (0.25 against 0.03 measured with debug builds, benches/calls.rs), none of them on a call's
+/// path. Whether that helps light- and half-load tails still wants an optimised A/B run.
 const QUIET: Duration = Duration::from_millis(500);
 
 pub(super) struct Writer {
