@@ -9,7 +9,9 @@
 //! (callgate intercepting: its own leaf to the client, verified TLS to the upstream; nginx
 //! terminating and re-encrypting to the same upstream). For callgate it also reads the gateway's CPU time per request
 //! (from /proc) and its resident memory holding 1,000 idle intercepted connections; and what
-//! each stage costs, with small calls through gateways that mask or record or neither. Beside
+//! each stage costs, with small calls through gateways that mask or record or neither, at full
+//! and at light load; and where one call's time goes at half load (decide, upstream, mask,
+//! record), from a gateway with stage timings on. Beside
 //! each case it notes the host's steal, the share of the CPUs' time the hypervisor took while
 //! the case ran. Results go to `benches/results/<date>-<commit>-l7.json` and `.md` as well as
 //! the terminal.
@@ -21,13 +23,14 @@
 //! Debian).
 use std::fs;
 
+use callgate::telemetry::metrics::STAGE_TIMINGS_ENV;
 use callgate_benches::{
     CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, median_of, nginx, paced, with_cpu,
     wrk,
 };
 use callgate_e2e::{
-    Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, policy_repo, test_pki,
-    unique,
+    Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
+    policy_repo, test_pki, unique,
 };
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -202,6 +205,14 @@ response:
     noting_steal(&mut rows, |rows| {
         half_load(rows, &gw, &cg, &plain, &cg_plain, up_port, proxy_port)
     });
+    let half_rate = rows
+        .iter()
+        .find(|r| r.path == "callgate" && r.case == HALF)
+        .map_or(1000.0, |r| r.rps);
+    let breakdown = {
+        let _polling = GuestIdlePoll::hold();
+        stage_breakdown(&dir, &policies, half_rate, up_port)
+    };
     // HTTP/2 with prior knowledge, 4 connections × 100 concurrent streams. Direct is nginx's
     // h2c listener; the nginx proxy and callgate both take h2 from the client and go to the
     // upstream's HTTP/1.1 listener over keep-alive (a plain-text upstream cannot say whether it
@@ -336,6 +347,7 @@ response:
         rss_idle / 1024.0,
         rss_idle / 1024.0
     ));
+    md.push_str(&breakdown);
     println!("\n{md}");
     save(&rows, rss_idle, steal, &md);
     let _ = fs::remove_dir_all(&dir);
@@ -457,6 +469,133 @@ fn stage_costs(
     for (name, g, cg) in &gateways {
         let (w, cpu) = with_cpu(g, || wrk(Some(cg), FULL, &url(up_port)));
         rows.push(Row::new(CASE, name, &w, &direct, &proxy, Some(cpu)));
+    }
+    // The same gateways at light load (an agent's sequential calls): the CPU each stage adds
+    // to one call when nothing else runs, beside nginx's.
+    let direct = wrk(None, LIGHT, &url(up_port));
+    let (proxy, nginx_cpu) = with_cpu(nginx, || wrk(None, LIGHT, &url(proxy_port)));
+    baselines(rows, CASE_LIGHT, &direct, &proxy, nginx_cpu);
+    for (name, g, cg) in &gateways {
+        let (w, cpu) = with_cpu(g, || wrk(Some(cg), LIGHT, &url(up_port)));
+        rows.push(Row::new(CASE_LIGHT, name, &w, &direct, &proxy, Some(cpu)));
+    }
+}
+
+const CASE_LIGHT: &str = "stages, keep-alive 160 B, light load";
+
+/// Where one call's time goes at half load: a gateway of its own with stage timings on
+/// (`CALLGATE_STAGE_TIMINGS=1`: the gateways measured above keep them off, as a deployment
+/// does), one paced run at the half-load rate, and the change of its stage histograms over
+/// the run: decide, upstream (forwarding to the answer's head), mask (the answer's chunks
+/// through the masker), record (masking the record again, serialising it and queuing it).
+/// Markdown lines for the results.
+fn stage_breakdown(
+    dir: &std::path::Path,
+    policies: &std::path::Path,
+    rate: f64,
+    up_port: u16,
+) -> String {
+    let web = free_port();
+    let sub = dir.join("timed");
+    fs::create_dir_all(&sub).expect("timed gateway dir");
+    let gw = gateway_with_config_env(
+        policies,
+        &format!("records:\n  backlog_mb: 1024\nadmin_http:\n  listen: 127.0.0.1:{web}\n"),
+        &sub,
+        &[(STAGE_TIMINGS_ENV, "1")],
+    );
+    let cg = TestCgroup::new("bench-l7-timed");
+    gw.enable(&cg);
+    let metrics = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{web}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let exe = env!("CARGO_BIN_EXE_callgate-paced");
+    let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
+    const SECS: f64 = 4.0;
+    let before = metrics();
+    let w = paced(exe, Some(&cg), rate, SECS, &url);
+    let after = metrics();
+    let mut md = format!(
+        "\nlatency by stage at half load ({rate:.0} req/s, one paced run through a gateway with \
+         stage timings on: p50 {:.0} µs, p99 {:.0} µs from when each call was due)\n\n\
+         | stage | calls | mean µs | p99 µs (≤, bucket bound) |\n|---|---:|---:|---:|\n",
+        w.p50, w.p99
+    );
+    for (stage, name) in [
+        ("decide", "callgate_decision_duration_seconds"),
+        ("upstream", "callgate_upstream_duration_seconds"),
+        ("mask", "callgate_mask_duration_seconds"),
+        ("record", "callgate_record_duration_seconds"),
+    ] {
+        let (b, a) = (
+            Histogram::parse(&before, name),
+            Histogram::parse(&after, name),
+        );
+        let count = a.count - b.count;
+        let mean = (a.sum - b.sum) * 1e6 / count.max(1.0);
+        let p99 = a.quantile_since(&b, 0.99) * 1e6;
+        md.push_str(&format!(
+            "| {stage} | {count:.0} | {mean:.1} | {p99:.0} |\n"
+        ));
+    }
+    md
+}
+
+/// One histogram of an OpenMetrics text: its sum, count and cumulative buckets.
+#[derive(Default)]
+struct Histogram {
+    sum: f64,
+    count: f64,
+    /// (upper bound, cumulative count), in order.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Histogram {
+    fn parse(text: &str, name: &str) -> Self {
+        let mut h = Self::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let value = |v: &str| v.split_whitespace().next().and_then(|n| n.parse().ok());
+            if let Some(v) = rest.strip_prefix("_sum ") {
+                h.sum = value(v).unwrap_or(0.0);
+            } else if let Some(v) = rest.strip_prefix("_count ") {
+                h.count = value(v).unwrap_or(0.0);
+            } else if let Some(v) = rest.strip_prefix("_bucket{le=\"") {
+                let Some((le, n)) = v.split_once("\"}") else {
+                    continue;
+                };
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                h.buckets.push((le, value(n.trim()).unwrap_or(0.0)));
+            }
+        }
+        h
+    }
+
+    /// The upper bound of the bucket the `q` quantile of the observations since `before` fell
+    /// in; NaN without any.
+    fn quantile_since(&self, before: &Self, q: f64) -> f64 {
+        let total = self.count - before.count;
+        if total <= 0.0 {
+            return f64::NAN;
+        }
+        for (i, (le, n)) in self.buckets.iter().enumerate() {
+            let was = before.buckets.get(i).map_or(0.0, |b| b.1);
+            if n - was >= q * total {
+                return *le;
+            }
+        }
+        f64::NAN
     }
 }
 

@@ -299,6 +299,18 @@ pub struct Nginx {
     party: Party,
 }
 
+impl Nginx {
+    /// The master's pid and its workers'.
+    pub fn pids(&self) -> Vec<u32> {
+        let pid = self.party.pid();
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid)
+            .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+            .collect()
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.party.terminate(Duration::from_secs(5));
@@ -388,6 +400,8 @@ impl Drop for GuestIdlePoll {
 #[derive(Clone, Copy)]
 pub struct Steal {
     steal: u64,
+    /// idle + iowait.
+    idle: u64,
     total: u64,
 }
 
@@ -409,8 +423,22 @@ impl Steal {
         let total = ticks.iter().take(8).sum();
         Some(Self {
             steal: *ticks.get(7)?,
+            idle: ticks[3] + ticks[4],
             total,
         })
+    }
+
+    /// Percent of all CPUs' time since `self` that this machine's own work took (neither idle
+    /// nor stolen): every process, the gateway's and its neighbours'; NaN if none passed.
+    pub fn busy_percent_since(&self) -> f64 {
+        match Self::now() {
+            Some(now) if now.total > self.total => {
+                let spent = |s: &Self| s.total - s.idle - s.steal;
+                100.0 * spent(&now).saturating_sub(spent(self)) as f64
+                    / (now.total - self.total) as f64
+            }
+            _ => f64::NAN,
+        }
     }
 
     /// Percent of all CPUs' time since `self` that the host took; NaN if none passed.
@@ -423,6 +451,200 @@ impl Steal {
             _ => f64::NAN,
         }
     }
+}
+
+/// One thread of a process at a moment: its name and how often it was switched out.
+#[derive(Clone, Debug)]
+struct ThreadStat {
+    tid: u32,
+    name: String,
+    /// Switches the thread asked for (it blocked: a read, a futex, an epoll wait).
+    voluntary: u64,
+    /// Switches the scheduler forced (preempted).
+    involuntary: u64,
+    /// User + system clock ticks.
+    ticks: u64,
+}
+
+/// Every thread of a process at one moment: to count, per call, how often each kind of thread
+/// blocked and woke (a cross-thread hand-off shows as a switch on both sides) and the CPU
+/// each used.
+pub struct Threads(Vec<ThreadStat>);
+
+/// What one kind of thread did between two [`Threads`] snapshots.
+#[derive(Clone, Debug)]
+pub struct ThreadDelta {
+    /// The threads' name with a trailing number dropped (`callgate-data-0` and `-1` are one).
+    pub name: String,
+    pub threads: usize,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub cpu_seconds: f64,
+}
+
+impl Threads {
+    pub fn of(pid: u32) -> Self {
+        let mut v = Vec::new();
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Self(v);
+        };
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let base = e.path();
+            let name = fs::read_to_string(base.join("comm")).unwrap_or_default();
+            let status = fs::read_to_string(base.join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let stat = fs::read_to_string(base.join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            v.push(ThreadStat {
+                tid,
+                name: group_name(name.trim()),
+                voluntary: field("voluntary_ctxt_switches:"),
+                involuntary: field("nonvoluntary_ctxt_switches:"),
+                ticks: tick(11) + tick(12),
+            });
+        }
+        Self(v)
+    }
+
+    /// Per kind of thread, what its threads did since `before` (a thread started meanwhile
+    /// counts from zero; one that ended is left out), busiest first.
+    pub fn since(&self, before: &Threads) -> Vec<ThreadDelta> {
+        let mut out: Vec<ThreadDelta> = Vec::new();
+        for t in &self.0 {
+            let b = before.0.iter().find(|b| b.tid == t.tid);
+            let d = |now: u64, then: fn(&ThreadStat) -> u64| now - b.map_or(0, then).min(now);
+            let (vol, invol) = (
+                d(t.voluntary, |b| b.voluntary),
+                d(t.involuntary, |b| b.involuntary),
+            );
+            let secs = d(t.ticks, |b| b.ticks) as f64 / 100.0;
+            match out.iter_mut().find(|o| o.name == t.name) {
+                Some(o) => {
+                    o.threads += 1;
+                    o.voluntary += vol;
+                    o.involuntary += invol;
+                    o.cpu_seconds += secs;
+                }
+                None => out.push(ThreadDelta {
+                    name: t.name.clone(),
+                    threads: 1,
+                    voluntary: vol,
+                    involuntary: invol,
+                    cpu_seconds: secs,
+                }),
+            }
+        }
+        out.sort_by_key(|d| std::cmp::Reverse(d.voluntary + d.involuntary));
+        out
+    }
+
+    /// The kind of thread `tid` is (see [`ThreadDelta::name`]).
+    pub fn name_of(&self, tid: u32) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|t| t.tid == tid)
+            .map(|t| t.name.as_str())
+    }
+}
+
+/// `callgate-data-1` → `callgate-data`; `tokio-runtime-w` stays.
+fn group_name(comm: &str) -> String {
+    let trimmed = comm.trim_end_matches(|c: char| c.is_ascii_digit());
+    match trimmed.strip_suffix('-') {
+        Some(t) if trimmed.len() < comm.len() => t.to_string(),
+        _ => comm.to_string(),
+    }
+}
+
+/// System calls counted per kind of thread: (thread kind, system call, count).
+pub type SyscallCounts = Vec<(String, String, u64)>;
+
+/// The system calls each kind of thread of processes `pids` made while `load` ran, from a
+/// full `strace -f` of every thread (the trace slows the processes: count calls with it, do
+/// not time them). `None` without strace. Each entry: thread kind, system call, count.
+pub fn syscalls_during<R>(
+    pids: &[u32],
+    dir: &Path,
+    load: impl FnOnce() -> R,
+) -> (R, Option<SyscallCounts>) {
+    let Some(&pid) = pids.first() else {
+        return (load(), None);
+    };
+    let out = dir.join(format!("strace-{pid}.txt"));
+    let threads: Vec<Threads> = pids.iter().map(|&p| Threads::of(p)).collect();
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o"]).arg(&out);
+    for p in pids {
+        cmd.args(["-p", &p.to_string()]);
+    }
+    let child = cmd.stderr(std::process::Stdio::null()).spawn();
+    let Ok(mut child) = child else {
+        return (load(), None);
+    };
+    // Attached once every thread has a tracer.
+    let attached = || {
+        pids.iter().all(|pid| {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.flatten().all(|t| {
+                        fs::read_to_string(t.path().join("status"))
+                            .unwrap_or_default()
+                            .lines()
+                            .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+                    })
+                })
+                .unwrap_or(false)
+        })
+    };
+    for _ in 0..50 {
+        if attached() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = load();
+    // SIGINT: strace detaches and writes out what it has.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    let _ = fs::remove_file(&out);
+    let mut counts: SyscallCounts = Vec::new();
+    for line in text.lines() {
+        let Some((tid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        // `<... epoll_wait resumed>` ends a call already counted; `+++`/`---`: signals, exits.
+        if call.starts_with('<') || call.starts_with('+') || call.starts_with('-') {
+            continue;
+        }
+        let Some(name) = call.split('(').next().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let kind = tid
+            .parse()
+            .ok()
+            .and_then(|t| threads.iter().find_map(|th| th.name_of(t)))
+            .unwrap_or("(new thread)")
+            .to_string();
+        match counts.iter_mut().find(|c| c.0 == kind && c.1 == name) {
+            Some(c) => c.2 += 1,
+            None => counts.push((kind, name.to_string(), 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.2));
+    (r, Some(counts))
 }
 
 #[cfg(test)]

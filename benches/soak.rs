@@ -2,14 +2,18 @@
 //! answer carries a card number (masked), and calls the policy denies — through callgate from
 //! an enabled cgroup at about half of the capacity measured at the start of the same run, in
 //! 20-second rounds for 10 minutes (`CALLGATE_SOAK_MINUTES`). After each round it reads the
-//! gateway's resident memory and open file descriptors.
+//! gateway's resident memory and open file descriptors, and for the round: the host's steal
+//! and the machine's busy share (`/proc/stat`), the gateway's CPU time (`/proc/PID/stat`) as a
+//! share of one CPU and per call, and its recorder thread's share. A round whose rate dips
+//! with steal up and the gateway's CPU per call flat was the host; with the gateway's CPU per
+//! call (or its recorder's) up, the gateway.
 //!
 //! Goals (issue 10): memory and descriptors flat, p99 stable, no errors other than the
 //! intended denials, every record verifies. Results go to
 //! `benches/results/<date>-<commit>-soak.md`.
 use std::{fs, process::Command};
 
-use callgate_benches::{RunId, nginx, wrk, wrk_any};
+use callgate_benches::{CpuTime, RunId, Steal, Threads, nginx, wrk, wrk_any};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
 };
@@ -98,24 +102,47 @@ response:
     let mut rows = Vec::new();
     // Rounds stay well inside the 30 s a command in a test cgroup may run.
     for round in 1..=minutes * 3 {
+        let (host, cpu0, threads0) = (Steal::now(), gw.cpu_seconds(), Threads::of(pid));
+        let started = std::time::Instant::now();
         let w = wrk_any(
             Some(&cg),
             &["-t2", &conns_arg, "-d20s", "-s", &script_arg],
             &base,
         );
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = gw.cpu_seconds() - cpu0;
+        let recorder = Threads::of(pid)
+            .since(&threads0)
+            .iter()
+            .filter(|t| t.name == "callgate-record")
+            .map(|t| t.cpu_seconds)
+            .sum::<f64>();
+        let load = Load {
+            steal: host.map_or(f64::NAN, |h| h.percent_since()),
+            busy: host.map_or(f64::NAN, |h| h.busy_percent_since()),
+            gateway: 100.0 * cpu / wall,
+            per_call: cpu * 1e6 / w.requests.max(1) as f64,
+            recorder: 100.0 * recorder / wall,
+        };
         let rss_kib = gw.rss_kib().unwrap_or(0) as f64;
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         println!(
             "round {round:>2}: {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  denied {:>5.1}%  \
-             errors {}  RSS {:>5.1} MiB  fds {fds}",
+             errors {}  RSS {:>5.1} MiB  fds {fds}  steal {:.1}%  busy {:.0}%  gateway {:.0}% \
+             ({:.1} µs/call, recorder {:.0}%)",
             w.rps,
             w.p50,
             w.p99,
             100.0 * w.non_2xx as f64 / w.requests.max(1) as f64,
             w.errors,
-            rss_kib / 1024.0
+            rss_kib / 1024.0,
+            load.steal,
+            load.busy,
+            load.gateway,
+            load.per_call,
+            load.recorder,
         );
-        rows.push((round, w, rss_kib, fds));
+        rows.push((round, w, rss_kib, fds, load));
     }
 
     // A masked answer still arrives masked, and the whole log verifies.
@@ -137,21 +164,34 @@ response:
     let mut md = format!(
         "callgate soak, 2 CPUs: capacity {:.0} req/s measured first; {minutes} minutes in \
          20-second rounds at half of it, mixed calls (1/2 clean reads, 1/4 masked card answers, 1/4 \
-         denied)\n\n| round | req/s | p50 µs | p99 µs | denied | errors | RSS MiB | fds |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         denied)\n\n| round | req/s | p50 µs | p99 µs | denied | errors | RSS MiB | fds | \
+         host steal % | machine busy % | gateway CPU % | gateway µs/call | recorder CPU % |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         full.rps
     );
-    for (round, w, rss, fds) in &rows {
+    for (round, w, rss, fds, load) in &rows {
         md.push_str(&format!(
-            "| {round} | {:.0} | {:.0} | {:.0} | {:.1}% | {} | {:.1} | {fds} |\n",
+            "| {round} | {:.0} | {:.0} | {:.0} | {:.1}% | {} | {:.1} | {fds} | {:.1} | {:.0} | \
+             {:.0} | {:.1} | {:.1} |\n",
             w.rps,
             w.p50,
             w.p99,
             100.0 * w.non_2xx as f64 / w.requests.max(1) as f64,
             w.errors,
-            rss / 1024.0
+            rss / 1024.0,
+            load.steal,
+            load.busy,
+            load.gateway,
+            load.per_call,
+            load.recorder,
         ));
     }
+    md.push_str(
+        "\n(per round: host steal % and machine busy % are shares of all CPUs' time from \
+         /proc/stat — busy is every process's work, the load generator's and the upstream's \
+         too; gateway CPU % is the gateway's CPU time from /proc/PID/stat as a share of one \
+         CPU, also per call; recorder CPU % its record writer thread's)\n",
+    );
     md.push_str(&format!(
         "\n{requests} calls, {denied} denied as intended ({:.1}%), {errors} errors; RSS round \
          {} → {}: {:.1} → {:.1} MiB; fds {} → {}; p99 {:.0} → {:.0} µs; records verify: {}; \
@@ -191,4 +231,18 @@ fn save(md: &str) {
     if let Err(e) = fs::write(&path, md) {
         eprintln!("could not write {}: {e}", path.display());
     }
+}
+
+/// Where a round's time went, to tell a dip the host caused from one the gateway caused.
+struct Load {
+    /// The host's share of all CPUs' time (steal), percent.
+    steal: f64,
+    /// This machine's own work, all processes, percent of all CPUs.
+    busy: f64,
+    /// The gateway's CPU time, percent of one CPU.
+    gateway: f64,
+    /// The gateway's CPU microseconds per call.
+    per_call: f64,
+    /// Its record writer's CPU time, percent of one CPU.
+    recorder: f64,
 }

@@ -148,3 +148,73 @@ fn each_call_is_a_span_between_the_callers_and_the_upstreams() {
         "{span}"
     );
 }
+
+/// With `CALLGATE_STAGE_TIMINGS=1` the gateway times each call's masking and recording on
+/// `/metrics` (the l7 bench's breakdown by stage reads them), and the answer is still masked.
+#[test]
+fn stage_timings_count_each_masked_and_recorded_call() {
+    const TEST: &str = "stage_timings_count_each_masked_and_recorded_call";
+    if !ebpf_available(TEST) || !parties_available(TEST) {
+        return;
+    }
+    let dir = TestDir::new("callgate-stages");
+    let up = upstream(&dir, None);
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+rules:
+  - {{ name: reads, function: get_payment, action: allow }}
+response:
+  mask: [card_number, email]
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("payments", &service)]);
+    let web = free_port();
+    let gw = gateway_with_config_env(
+        &policies,
+        &format!("admin_http:\n  listen: 127.0.0.1:{web}\n"),
+        &dir,
+        &[("CALLGATE_STAGE_TIMINGS", "1")],
+    );
+    let cg = TestCgroup::new("stages");
+    gw.enable(&cg);
+    for id in ["1", "2"] {
+        let (code, body) = curl_in(
+            &cg,
+            &[&format!("http://127.0.0.1:{}/v1/payments/{id}", up.port)],
+        );
+        assert_eq!(code, 0, "{body}\n{}", gw.log());
+        assert!(
+            !body.contains("jane.doe@example.com") && body.contains("customer"),
+            "{body}"
+        );
+    }
+    let metrics = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{web}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The record is queued as the answer ends, maybe after curl has it all.
+    let text = wait_for(Duration::from_secs(5), || {
+        let m = metrics();
+        m.lines()
+            .any(|l| l == "callgate_record_duration_seconds_count 2")
+            .then_some(m)
+    })
+    .unwrap_or_else(|| panic!("no record timings for 2 calls in\n{}", metrics()));
+    for line in [
+        "callgate_mask_duration_seconds_count 2",
+        "callgate_decision_duration_seconds_count 2",
+        "callgate_upstream_duration_seconds_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+}

@@ -212,7 +212,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         names: CgroupNames::default(),
         users: Users::default(),
         approvals: approvals.clone(),
-        metrics: Default::default(),
+        metrics: Arc::new(metrics()),
         limiter: limiter.clone(),
         fleet: fleet.clone(),
         tracer: tracer.clone(),
@@ -522,5 +522,16 @@ fn raise_fd_limit() {
                 info!(limit = lim.rlim_cur, "raised the open-file limit");
             }
         }
+    }
+}
+
+/// The data path's metrics; with per-stage timings when the environment asks
+/// ([`crate::telemetry::metrics::STAGE_TIMINGS_ENV`]`=1`, as the l7 bench's breakdown does).
+fn metrics() -> crate::telemetry::metrics::Metrics {
+    use crate::telemetry::metrics::{Metrics, STAGE_TIMINGS_ENV};
+    if std::env::var_os(STAGE_TIMINGS_ENV).is_some_and(|v| v == "1") {
+        Metrics::default().with_stage_timings()
+    } else {
+        Metrics::default()
     }
 }

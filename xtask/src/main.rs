@@ -60,8 +60,9 @@ enum Task {
     Bench {
         /// Which suite: `connect`, `decide`, `mask`, `record`, `l7`, `soak` (10 minutes;
         /// CALLGATE_SOAK_MINUTES), `micro` (criterion benches of sniff, extract, decide, mask,
-        /// record), `all` (all but soak and ab), or `ab`: this build against another
-        /// (`CALLGATE_BIN_A=path/to/callgate`) on the l7 headline case, interleaved rounds.
+        /// record), `all` (all but soak and ab), `ab`: this build against another
+        /// (`CALLGATE_BIN_A=path/to/callgate`) on the l7 headline case, interleaved rounds, or
+        /// `calls`: CPU, context switches and system calls per call at light load.
         #[arg(long, default_value = "connect")]
         suite: String,
     },
@@ -559,7 +560,9 @@ impl Counts {
 }
 
 fn bench(root: &Path, suite: &str) -> Result<()> {
-    const SUITES: [&str; 7] = ["connect", "decide", "mask", "record", "l7", "soak", "ab"];
+    const SUITES: [&str; 8] = [
+        "connect", "decide", "mask", "record", "l7", "soak", "ab", "calls",
+    ];
     // The criterion benches of the hot modules, in-process.
     const MICRO: [&str; 4] = ["micro", "decide", "mask", "record"];
     let suites: Vec<&str> = match suite {

@@ -6,7 +6,12 @@
 //! if it fails (ENOSPC, EIO) the file is cut back to its last durable length and the group is
 //! written again once the disk recovers, so a failure never leaves a hole or a torn frame in
 //! the chain.
-use crate::util::time::now_ms;
+//!
+//! In buffered durability nothing on the data path wakes the writer while records flow: it
+//! takes them from the channel once per commit window by itself (a sender only pays for a
+//! wake-up, a futex call and the writer scheduled in the middle of its call, when the writer
+//! waits on the channel, which it does only once the log has been quiet for [`QUIET`]).
+use crate::{config::Durability, util::time::now_ms};
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Seek, SeekFrom, Write},
@@ -30,6 +35,17 @@ use super::{
 const RETRY: Duration = Duration::from_millis(250);
 /// How often the checkpoint (`head.json`) is refreshed while records flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// Buffered mode: while records came within this long, the writer looks for them once per
+/// commit window instead of waiting on the channel, so that no data-path thread pays a
+/// wake-up (a futex syscall, and the writer scheduled in the middle of its call) for a
+/// record. Quiet for longer, it waits on the channel, and the next record wakes it.
+///
+/// The trade: while records flow the writer wakes once per commit window (100 times a second
+/// at the default 10 ms) whether or not one came, where it was woken by the first record
+/// after each commit; at a few hundred calls a second that is more writer wake-ups per call
+/// (0.25 against 0.03 measured with debug builds, benches/calls.rs), none of them on a call's
+/// path. Whether that helps light- and half-load tails still wants an optimised A/B run.
+const QUIET: Duration = Duration::from_millis(500);
 
 pub(super) struct Writer {
     cfg: Arc<RecorderConfig>,
@@ -47,6 +63,9 @@ pub(super) struct Writer {
     pending: Vec<u8>,
     pending_count: u64,
     pending_since: Option<Instant>,
+    /// When the writer last took a record (buffered mode looks for records by itself while
+    /// this is within [`QUIET`]).
+    last_taken: Option<Instant>,
     waiters: Vec<(u64, tokio::sync::oneshot::Sender<Result<u64, String>>)>,
     zstd: zstd::bulk::Compressor<'static>,
     /// `pending` compressed, reused from group to group.
@@ -149,6 +168,7 @@ impl Writer {
             pending: Vec::with_capacity(1 << 20),
             pending_count: 0,
             pending_since: None,
+            last_taken: None,
             waiters: Vec::new(),
             zstd,
             packed: Vec::new(),
@@ -189,6 +209,27 @@ impl Writer {
                     }
                 }
                 self.commit();
+                continue;
+            }
+            // Buffered, records flowing: one look per commit window, never woken by a sender.
+            if self.cfg.durability == Durability::Buffered
+                && self.waiters.is_empty()
+                && self.last_taken.is_some_and(|t| t.elapsed() < QUIET)
+            {
+                std::thread::sleep(self.cfg.commit_window);
+                loop {
+                    if self.segment_full() {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(e) => self.append(e),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return self.last_handle_gone(),
+                    }
+                }
+                if !self.pending.is_empty() || !self.waiters.is_empty() {
+                    self.commit();
+                }
                 continue;
             }
             let timeout = match self.pending_since {
@@ -261,6 +302,7 @@ impl Writer {
             self.pending_since.get_or_insert_with(Instant::now);
             return;
         }
+        self.last_taken = Some(Instant::now());
         let seq = self.next_seq;
         self.last_hash = segment::encode_frame(&mut self.pending, &self.last_hash, seq, &e.payload);
         if let Some(t) = &mut self.tree {

@@ -100,7 +100,8 @@ impl Conn {
             .into_recording(recording, None)
             .map(|r| streaming::Pending::new(r, status, cap));
         let body = streaming::CallBody::new(incoming, masker, scrub, pending)
-            .mask_trailers(header_masks, secrets);
+            .mask_trailers(header_masks, secrets)
+            .timed(&self.inputs.metrics);
         Response::from_parts(parts, body.boxed_unsync())
     }
 }

@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::{
     proxy::body::BodyError,
     proxy::upstream::pool::UpstreamBody,
     record::{Durable, RawJson, Record, RecordError, RecordedDecision},
+    telemetry::metrics::Metrics,
 };
 
 /// What writing one call's record needs, carried from the request to the end of its answer.
@@ -106,7 +107,13 @@ impl Recording {
         self.rec.bytes_out = bytes_out;
         self.rec.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let inputs = &self.conn.inputs;
-        match inputs.recorder.as_ref()?.submit(self.rec) {
+        let recorder = inputs.recorder.as_ref()?;
+        let t0 = inputs.metrics.stage_timings().then(Instant::now);
+        let submitted = recorder.submit(self.rec);
+        if let Some(t0) = t0 {
+            inputs.metrics.recorded_in(t0.elapsed());
+        }
+        match submitted {
             Ok(d) => d,
             Err(e) => {
                 inputs
@@ -199,6 +206,9 @@ pub struct CallBody {
     /// Masks and scrubs trailers as the head was (see [`CallBody::mask_trailers`]).
     trailer_masks: Option<HeaderMasker>,
     trailer_secrets: Option<Arc<Secrets>>,
+    /// With stage timings on ([`CallBody::timed`]): the metrics, and the time masking took so
+    /// far.
+    timing: Option<(Arc<Metrics>, Duration)>,
 }
 
 impl CallBody {
@@ -220,7 +230,30 @@ impl CallBody {
             durable: None,
             trailer_masks: None,
             trailer_secrets: None,
+            timing: None,
         }
+    }
+
+    /// Times the masking of this answer into `metrics` when it keeps stage timings (and there
+    /// is anything to mask).
+    pub fn timed(mut self, metrics: &Arc<Metrics>) -> Self {
+        if metrics.stage_timings() && (self.masker.is_some() || self.scrub.is_some()) {
+            self.timing = Some((metrics.clone(), Duration::ZERO));
+        }
+        self
+    }
+
+    /// `f`, its time added to the masking's when timed.
+    fn masking<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.timing.is_none() {
+            return f(self);
+        }
+        let t0 = Instant::now();
+        let r = f(self);
+        if let Some((_, d)) = &mut self.timing {
+            *d += t0.elapsed();
+        }
+        r
     }
 
     /// Trailers (chunked trailers, gRPC trailing metadata) get the masks and the injected
@@ -260,6 +293,10 @@ impl CallBody {
         if self.masker.is_none() && self.scrub.is_none() {
             return Some(data);
         }
+        self.masking(|this| this.transform_now(data))
+    }
+
+    fn transform_now(&mut self, data: Bytes) -> Option<Bytes> {
         let mut masked: &[u8] = &data;
         if let Some(m) = &mut self.masker {
             self.scratch.clear();
@@ -276,6 +313,14 @@ impl CallBody {
 
     /// What the masker and the scrubber held back, once the upstream is done.
     fn flush(&mut self) -> Option<Bytes> {
+        let tail = self.masking(Self::flush_now);
+        if let Some((metrics, took)) = self.timing.take() {
+            metrics.masked_in(took);
+        }
+        tail
+    }
+
+    fn flush_now(&mut self) -> Option<Bytes> {
         let mut tail = Vec::new();
         if let Some(mut m) = self.masker.take() {
             m.finish(&mut tail);
