@@ -1,8 +1,8 @@
 //! Fleet mode end to end: two gateways on this machine stand for two hosts — each with its
 //! own state directory, control socket, bpffs directory, redirect port and enabled cgroup —
 //! sharing one real PostgreSQL 15 that the test starts (and stops) on a loopback port. A
-//! call held on A is listed on both and approved from B's CLI; A's client gets the
-//! upstream's answer. With the database stopped, new approvals are refused (503
+//! call held on A is listed on both and approved from B's CLI, or by a person on B's web
+//! approvals page in headless Chromium; A's client gets the upstream's answer. With the database stopped, new approvals are refused (503
 //! `approval_unavailable`) while allowed calls go on; once it is back, approvals work again.
 //! A host that dies has its held calls marked interrupted by the other; a database whose
 //! schema is newer than the binary knows refuses the start.
@@ -24,6 +24,8 @@ struct Fleet {
     cg_b: TestCgroup,
     _slices: (TestCgroup, TestCgroup),
     up: Party,
+    /// With a web page on B: its URL and the OpenID provider its people log in with.
+    web_b: Option<(String, Oidc)>,
     dir: TestDir,
 }
 
@@ -66,7 +68,16 @@ fn config(pg: &Postgres, host: &str) -> String {
 }
 
 fn setup(test: &str) -> Option<Fleet> {
+    setup_with(test, false)
+}
+
+/// Two hosts; with `web`, B also serves the approvals page (`admin_http` with an OpenID
+/// login, the provider started here).
+fn setup_with(test: &str, web: bool) -> Option<Fleet> {
     if !ebpf_available(test) || !parties_available(test) || !postgres_available(test) {
+        return None;
+    }
+    if web && !node_parties_available(test) {
         return None;
     }
     let pg = Postgres::start();
@@ -76,9 +87,28 @@ fn setup(test: &str) -> Option<Fleet> {
     let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
     fs::create_dir_all(&dir_a).expect("dir a");
     fs::create_dir_all(&dir_b).expect("dir b");
+    let (web_b, b_extra) = if web {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let idp = Oidc::start_with(&dir, &[format!("{url}/callback")]);
+        let secret = dir.join("approvals-client.secret");
+        fs::write(&secret, "callgate-approvals-secret\n").expect("client secret");
+        let extra = format!(
+            "admin_http:\n  listen: 127.0.0.1:{port}\n  login:\n    issuer: \"{}\"\n    client_id: callgate-approvals\n    client_secret_file: {}\n    scopes: [profile, groups]\n",
+            idp.issuer(),
+            secret.display()
+        );
+        (Some((url, idp)), extra)
+    } else {
+        (None, String::new())
+    };
     // Both start at once against a fresh database: the migration runs once, under its lock.
     let start = |d: PathBuf, host: &'static str| {
-        let (p, c) = (policies.clone(), config(&pg, host));
+        let mut c = config(&pg, host);
+        if host == "host-b" {
+            c.push_str(&b_extra);
+        }
+        let p = policies.clone();
         std::thread::spawn(move || gateway_with_config(&p, &c, &d))
     };
     let (ta, tb) = (start(dir_a, "host-a"), start(dir_b, "host-b"));
@@ -106,6 +136,7 @@ fn setup(test: &str) -> Option<Fleet> {
         cg_b,
         _slices: slices,
         up,
+        web_b,
         dir,
     })
 }
@@ -627,4 +658,84 @@ fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
         "a restart re-sent records:\n{}",
         f.a.log()
     );
+}
+
+/// A call held on A is approved by a person on B's approvals page, in headless Chromium
+/// (tests/parties/approvals_browser.mjs: the OpenID login, the list, the request's page, its
+/// approve button): the request is listed on B with A's host, the verdict reaches A, and
+/// A's client gets the upstream's answer.
+#[test]
+fn held_on_a_approved_on_b_web_page_in_chromium() {
+    let Some(f) = setup_with("held_on_a_approved_on_b_web_page_in_chromium", true) else {
+        return;
+    };
+    let (web, _idp) = f.web_b.as_ref().expect("B's page");
+    let call = f.refund(&f.cg_a);
+    let id = pending_on(&f.b, "host-a")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let script = node_script("approvals_browser.mjs");
+    let out = f.dir.join("browser.out");
+    let shot = f.dir.join("browser.png");
+    let log = fs::File::create(&out).expect("browser output");
+    let mut browser = Command::new("timeout")
+        .args(["90", "node"])
+        .arg(&script)
+        .args(["--page", web.as_str(), "--person", "alice", "--id", &id])
+        .args(["--approve", "--comment", "approved on B's page"])
+        .arg("--screenshot")
+        .arg(&shot)
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("node");
+    let started = Instant::now();
+    let status = wait_for(Duration::from_secs(100), || browser.try_wait().ok()?)
+        .expect("the browser did not finish");
+    let _ = fs::remove_file(&script);
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    let seen: Value = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    assert!(
+        status.success() && seen["error"].is_null(),
+        "the browser failed: {text}\n{}",
+        f.b.log()
+    );
+    assert_eq!(
+        seen["listed"], true,
+        "A's request listed on B's page: {seen}"
+    );
+    assert_eq!(
+        seen["forged_status"], 403,
+        "a form without the page's token: {seen}"
+    );
+    assert!(
+        seen["flash"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Approved")),
+        "{seen}"
+    );
+    let (code, body) = call.finish();
+    assert_eq!(code, 200, "A's client gets the upstream's answer: {body}");
+    assert!(body.contains("/v1/payments/p_1/refund"), "{body}");
+    eprintln!(
+        "fleet: approved on B's page in Chromium (login included) and answered on A in {:?}",
+        started.elapsed()
+    );
+    let done = list(&f.a, true)
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("listed on A");
+    assert_eq!(done["state"], "approved", "{done}");
+    assert_eq!(done["verdict"]["by"], "alice", "{done}");
+    assert_eq!(done["verdict"]["host"], "host-b", "{done}");
+    let rec = record_where(&f.a, "the refund approved on B's page", |r| {
+        r["approval"]["request"] == id.as_str()
+    });
+    assert_eq!(rec["approval"]["state"], "approved", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
 }

@@ -71,8 +71,12 @@ pub enum Request {
     },
     Status,
     Reload,
-    /// One round with the policy's git remote (fetch, verify, compile, swap).
-    PolicySync,
+    /// One round with the policy's git remote (fetch, verify, compile, swap); with
+    /// `allow_rollback`, a commit that does not descend from the last one taken too.
+    PolicySync {
+        #[serde(default)]
+        allow_rollback: bool,
+    },
     /// Pending approval requests, or (`all`) the recent ones too.
     Approvals {
         #[serde(default)]
@@ -259,7 +263,7 @@ async fn handle(req: Request, inputs: &Arc<AdminInputs>) -> Response {
         Request::Enable { target } => change(inputs, target, true).await,
         Request::Disable { target } => change(inputs, target, false).await,
         Request::Reload => reload(inputs).await,
-        Request::PolicySync => policy_sync(inputs).await,
+        Request::PolicySync { allow_rollback } => policy_sync(inputs, allow_rollback).await,
         Request::Approvals { all } => match approvals(inputs) {
             Ok(a) => to_json(a.list_fleet(all).await),
             Err(e) => Err(e),
@@ -352,11 +356,14 @@ async fn change(
     serde_json::to_value(res?).map_err(|e| e.to_string())
 }
 
-async fn policy_sync(inputs: &Arc<AdminInputs>) -> Result<serde_json::Value, String> {
+async fn policy_sync(
+    inputs: &Arc<AdminInputs>,
+    allow_rollback: bool,
+) -> Result<serde_json::Value, String> {
     let Some(store) = inputs.policy.clone() else {
         return Err("the daemon runs without a policy repository (--policies)".into());
     };
-    let report = tokio::task::spawn_blocking(move || store.sync(true))
+    let report = tokio::task::spawn_blocking(move || store.sync(true, allow_rollback))
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the policy is a directory, not a git remote: use `callgate policy reload`")?;

@@ -456,12 +456,18 @@ struct FilePolicyGit {
     git_ref: Option<String>,
     poll_s: Option<u64>,
     allowed_signers: PathBuf,
+    ca_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    timeout_s: Option<u64>,
 }
 
-/// A policy repository fetched from git (`policies: { git: URL, ref, poll_s, allowed_signers }`).
+/// A policy repository fetched from git (`policies: { git: URL, ref, poll_s, allowed_signers,
+/// ca_file, ssh_key, known_hosts, timeout_s }`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyGit {
-    /// A local path or `file://` URL (libgit2 is built without network transports).
+    /// A local path or `file://` URL (read with libgit2), or `https://`, `http://`, `ssh://`,
+    /// `user@host:path` or `git://` (fetched by the system's `git` in a fixed environment).
     pub url: String,
     /// A branch name (`main`), or a full ref (`refs/tags/prod`).
     pub git_ref: String,
@@ -469,6 +475,14 @@ pub struct PolicyGit {
     pub poll: Duration,
     /// Keys allowed to sign policy commits, as git's `gpg.ssh.allowedSignersFile`.
     pub allowed_signers: PathBuf,
+    /// `https://`: the CA certificates (PEM) to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `ssh://`: the private key to authenticate with (default: ssh's own defaults for root).
+    pub ssh_key: Option<PathBuf>,
+    /// `ssh://`: the known_hosts file the server's key must be in (required for ssh).
+    pub known_hosts: Option<PathBuf>,
+    /// A fetch that takes longer is stopped and counts as failed.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -702,6 +716,10 @@ impl Config {
                     git_ref: g.git_ref.clone().unwrap_or_else(|| "main".into()),
                     poll: Duration::from_secs(g.poll_s.unwrap_or(30).max(1)),
                     allowed_signers: g.allowed_signers.clone(),
+                    ca_file: g.ca_file.clone(),
+                    ssh_key: g.ssh_key.clone(),
+                    known_hosts: g.known_hosts.clone(),
+                    timeout: Duration::from_secs(g.timeout_s.unwrap_or(60).max(1)),
                 }),
                 _ => None,
             },

@@ -119,6 +119,16 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         warn!("call recording is off (records.enabled: false)");
         None
     };
+    // Each policy commit the git remote offers and the gateway refuses is a system record.
+    if let (Some(store), Some(rec), Some(git)) = (&policy, &recorder, &cfg.policies_git) {
+        let rec = rec.clone();
+        let url = crate::policy::remote::redact(&git.url);
+        store.on_refusal(move |r, in_force| {
+            if let Err(e) = rec.submit(Record::policy_refused(r, in_force, &url)) {
+                warn!(commit = %r.commit, error = %e, "could not record a refused policy commit");
+            }
+        });
+    }
     let authority = match &policy {
         Some(_) => Some(Arc::new(Authority::load_or_create(&cfg.state_dir)?)),
         None => {

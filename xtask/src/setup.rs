@@ -44,6 +44,10 @@ const TEST_PACKAGES: &[&str] = &[
     // sign`) in a repository the gateway fetches.
     "git",
     "openssh-client",
+    // ... served over ssh:// by a real sshd on loopback, over https:// with a test CA made
+    // by openssl (git http-backend behind a small Python server), and over git://.
+    "openssh-server",
+    "openssl",
     // The approvals page is driven in a real headless browser.
     "chromium",
     // Benchmark baselines and load generators.

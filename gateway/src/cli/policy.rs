@@ -51,6 +51,11 @@ pub enum PolicyCommand {
     Sync {
         #[command(flatten)]
         socket: SocketArg,
+        /// Take the remote's commit even if it does not descend from the last commit taken
+        /// (the ref was moved back or force-pushed): an operator's deliberate rollback. It
+        /// must still be signed and compile.
+        #[arg(long)]
+        allow_rollback: bool,
     },
 }
 
@@ -183,9 +188,12 @@ pub fn run(cmd: PolicyCommand, rt: &tokio::runtime::Runtime) -> Result<()> {
             }
             println!("obligations: {}", serde_json::to_string(&*d.obligations)?);
         }
-        PolicyCommand::Sync { socket } => {
+        PolicyCommand::Sync {
+            socket,
+            allow_rollback,
+        } => {
             let r: callgate::policy::store::SyncReport =
-                rt.block_on(request(&socket, &Request::PolicySync))?;
+                rt.block_on(request(&socket, &Request::PolicySync { allow_rollback }))?;
             let commit = r.commit.as_deref().unwrap_or("-");
             let in_force = r.status.commit.as_deref().unwrap_or("-");
             match r.outcome.as_str() {

@@ -1,7 +1,24 @@
-//! The policy repository as a git remote: fetched with libgit2 into a bare cache under the
-//! state directory, each new commit's signature checked (see [`super::sshsig`]) before its
-//! tree is written out to be compiled. Runs on the policy thread, never on the data path.
-use std::path::{Path, PathBuf};
+//! The policy repository as a git remote, fetched into a bare cache under the state directory,
+//! each new commit's signature checked (see [`super::sshsig`]) before its tree is written out
+//! to be compiled. Runs on the policy thread, never on the data path.
+//!
+//! A local path or `file://` is read with libgit2. A network URL (`https://`, `http://`,
+//! `ssh://`, `user@host:path`, `git://`) is fetched by the system's `git` run as a child in a
+//! fixed environment: libgit2 (as the `git2` crate builds it) can speak HTTPS on Linux only
+//! through OpenSSL and SSH only through libssh2 (OpenSSL again), which would put a second TLS
+//! stack, in C, beside the gateway's rustls; `git` uses the system's libcurl and OpenSSH, the
+//! ones the operator's own `git` uses, updated with the system. Its environment is emptied
+//! and fixed: no user or system git configuration, no prompts or credential helpers, only the
+//! URL's own protocol allowed, `ssh` without user configuration, in batch mode and checking
+//! the host key against a configured known_hosts, objects checked as they arrive, and a
+//! wall-clock limit. All commits (and the last good one) live in the same cache, so
+//! signature and ancestry checks read them with libgit2 whatever fetched them.
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use git2::{Oid, Repository};
 
@@ -47,6 +64,19 @@ impl Remote {
     /// Fetches the configured ref; the commit it points at.
     pub fn fetch(&self) -> Result<Oid, String> {
         let repo = self.repo()?;
+        match Transport::of(&self.cfg.url) {
+            Transport::Local => self.fetch_local(&repo)?,
+            Transport::Child(scheme) => self.fetch_child(scheme)?,
+        }
+        let oid = repo
+            .refname_to_id(FETCHED)
+            .map_err(|e| format!("{}: {}", self.full_ref(), e.message()))?;
+        repo.find_commit(oid)
+            .map(|c| c.id())
+            .map_err(|e| format!("{}: not a commit: {}", self.full_ref(), e.message()))
+    }
+
+    fn fetch_local(&self, repo: &Repository) -> Result<(), String> {
         let mut remote = repo
             .remote_anonymous(&self.cfg.url)
             .map_err(|e| format!("{}: {}", self.cfg.url, e.message()))?;
@@ -58,18 +88,157 @@ impl Remote {
                 self.cfg.git_ref,
                 e.message()
             )
-        })?;
-        let oid = repo
-            .refname_to_id(FETCHED)
-            .map_err(|e| format!("{}: {}", self.full_ref(), e.message()))?;
-        repo.find_commit(oid)
-            .map(|c| c.id())
-            .map_err(|e| format!("{}: not a commit: {}", self.full_ref(), e.message()))
+        })
+    }
+
+    /// `git fetch` as a child, in a fixed environment (see the module's doc), stopped after
+    /// `timeout`.
+    fn fetch_child(&self, scheme: &'static str) -> Result<(), String> {
+        let shown = redact(&self.cfg.url);
+        let home = self.dir.join("home");
+        std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        let spec = format!("+{}:{FETCHED}", self.full_ref());
+        let mut cmd = Command::new("git");
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_PROTOCOL_FROM_USER", "0")
+            .env("LC_ALL", "C");
+        let allow = format!("protocol.{scheme}.allow=always");
+        for c in [
+            "protocol.allow=never",
+            allow.as_str(),
+            "credential.helper=",
+            "core.askPass=",
+            "transfer.fsckObjects=true",
+            "gc.auto=0",
+            "maintenance.auto=false",
+            "http.sslVerify=true",
+            // A server that stalls below 1 kB/s for 20 s is given up on.
+            "http.lowSpeedLimit=1000",
+            "http.lowSpeedTime=20",
+        ] {
+            cmd.arg("-c").arg(c);
+        }
+        if let Some(ca) = &self.cfg.ca_file {
+            cmd.env("GIT_SSL_CAINFO", ca);
+        }
+        if scheme == "ssh" {
+            let Some(kh) = &self.cfg.known_hosts else {
+                return Err(format!(
+                    "{shown}: an ssh remote needs policies.known_hosts (the server's key is checked against it)"
+                ));
+            };
+            let mut ssh = format!(
+                "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout={} -o UserKnownHostsFile={}",
+                self.cfg.timeout.as_secs().clamp(1, 30),
+                shell_quote(kh)?
+            );
+            if let Some(key) = &self.cfg.ssh_key {
+                ssh.push_str(&format!(
+                    " -o IdentitiesOnly=yes -o IdentityFile={}",
+                    shell_quote(key)?
+                ));
+            }
+            cmd.env("GIT_SSH_COMMAND", ssh);
+        }
+        cmd.arg("--git-dir")
+            .arg(self.dir.join("cache.git"))
+            .args([
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+            ])
+            .arg(&self.cfg.url)
+            .arg(&spec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("fetching {shown}: running git: {e}"))?;
+        // Read stderr on the side so a chatty child cannot block on a full pipe.
+        let mut stderr = child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.take(64 * 1024).read_to_string(&mut text);
+            }
+            text
+        });
+        let deadline = Instant::now() + self.cfg.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Ok(st),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!(
+                        "fetching {shown} {}: no answer within {} s (timeout_s)",
+                        self.cfg.git_ref,
+                        self.cfg.timeout.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => break Err(format!("fetching {shown}: {e}")),
+            }
+        };
+        let text = reader.join().unwrap_or_default();
+        let status = status?;
+        if status.success() {
+            return Ok(());
+        }
+        let why: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Err(format!(
+            "fetching {shown} {}: {}",
+            self.cfg.git_ref,
+            redact(&why.join("; "))
+        ))
     }
 
     /// The last commit taken, from an earlier run.
     pub fn last_good(&self) -> Option<Oid> {
         self.repo().ok()?.refname_to_id(GOOD).ok()
+    }
+
+    /// Refuses `oid` unless it descends from the last commit taken (or is it): a force-push
+    /// of the ref to an older or unrelated commit, even one signed by an allowed signer, would
+    /// otherwise roll the policy back to whatever a key ever signed.
+    pub fn check_descends(&self, oid: Oid) -> Result<(), String> {
+        let Some(good) = self.last_good() else {
+            return Ok(());
+        };
+        if good == oid {
+            return Ok(());
+        }
+        let repo = self.repo()?;
+        match repo.graph_descendant_of(oid, good) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let older = repo.graph_descendant_of(good, oid).unwrap_or(false);
+                Err(format!(
+                    "commit {oid} does not descend from {good}, the last commit taken ({}); `callgate policy sync --allow-rollback` takes it",
+                    if older {
+                        "it is an older commit: the ref was moved back"
+                    } else {
+                        "it is on an unrelated history: the ref was force-pushed"
+                    }
+                ))
+            }
+            Err(e) => Err(format!(
+                "commit {oid} against the last taken {good}: {}",
+                e.message()
+            )),
+        }
     }
 
     pub fn mark_good(&self, oid: Oid) -> Result<(), String> {
@@ -143,5 +312,124 @@ impl Remote {
                 }
             }
         }
+    }
+}
+
+/// How a URL is fetched.
+enum Transport {
+    /// A path or `file://`: libgit2.
+    Local,
+    /// The system's `git`, with this protocol (as `protocol.<name>.allow` spells it) allowed.
+    Child(&'static str),
+}
+
+impl Transport {
+    fn of(url: &str) -> Self {
+        let lower = url.to_ascii_lowercase();
+        for (prefix, scheme) in [
+            ("https://", "https"),
+            ("http://", "http"),
+            ("ssh://", "ssh"),
+            ("git+ssh://", "ssh"),
+            ("ssh+git://", "ssh"),
+            ("git://", "git"),
+        ] {
+            if lower.starts_with(prefix) {
+                return Self::Child(scheme);
+            }
+        }
+        // scp-like `user@host:path` (no slash before the colon), as git reads it.
+        if !lower.contains("://")
+            && let Some((host, _)) = url.split_once(':')
+            && !host.is_empty()
+            && !host.contains('/')
+        {
+            return Self::Child("ssh");
+        }
+        Self::Local
+    }
+}
+
+/// `url` with any password (`https://user:secret@host`) replaced, for messages and status.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let user = &authority[..at];
+                match user.split_once(':') {
+                    Some((name, _)) => out.push_str(&format!("{name}:***")),
+                    None => out.push_str(user),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `path` in single quotes for `GIT_SSH_COMMAND` (which a shell reads).
+fn shell_quote(path: &Path) -> Result<String, String> {
+    let s = path
+        .to_str()
+        .ok_or_else(|| format!("{}: not UTF-8", path.display()))?;
+    if s.contains('\'') {
+        return Err(format!("{s}: a path with a quote cannot be given to ssh"));
+    }
+    Ok(format!("'{s}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_by_url() {
+        assert!(matches!(Transport::of("/srv/p.git"), Transport::Local));
+        assert!(matches!(
+            Transport::of("file:///srv/p.git"),
+            Transport::Local
+        ));
+        assert!(matches!(
+            Transport::of("https://h/p.git"),
+            Transport::Child("https")
+        ));
+        assert!(matches!(
+            Transport::of("http://h/p.git"),
+            Transport::Child("http")
+        ));
+        assert!(matches!(
+            Transport::of("ssh://git@h:22/p.git"),
+            Transport::Child("ssh")
+        ));
+        assert!(matches!(
+            Transport::of("git@h:org/p.git"),
+            Transport::Child("ssh")
+        ));
+        assert!(matches!(
+            Transport::of("git://h/p.git"),
+            Transport::Child("git")
+        ));
+        assert!(matches!(Transport::of("./dir:x/p.git"), Transport::Local));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("fatal: https://ops:tok3n@h/p.git failed"),
+            "fatal: https://ops:***@h/p.git failed"
+        );
+        assert_eq!(redact("ssh://git@h/p.git"), "ssh://git@h/p.git");
+        assert_eq!(redact("no url here"), "no url here");
     }
 }

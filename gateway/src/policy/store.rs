@@ -27,6 +27,16 @@ enum Source {
 
 /// Told about each snapshot put in force.
 type Listener = Box<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
+/// Told about each commit refused (and the commit in force, which stays).
+type RefusalListener = Box<dyn Fn(&Refused, Option<&str>) + Send + Sync>;
+
+/// The refusal listeners, and the refusals made before the first one came (with the commit
+/// in force then).
+#[derive(Default)]
+struct Refusals {
+    listeners: Vec<RefusalListener>,
+    early: Vec<(Refused, Option<String>)>,
+}
 
 pub struct PolicyStore {
     dir: PathBuf,
@@ -36,6 +46,8 @@ pub struct PolicyStore {
     current: ArcSwap<Snapshot>,
     status: Mutex<ReloadStatus>,
     listeners: Mutex<Vec<Listener>>,
+    /// Refusals: until a listener comes (the recorder opens after the policy), kept here.
+    refusals: Mutex<Refusals>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -78,7 +90,8 @@ pub struct GitStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Refused {
     pub commit: String,
-    /// `unsigned`, `unknown_signer`, `bad_signature`, `allowed_signers`, `policy_error`, …
+    /// `unsigned`, `unknown_signer`, `bad_signature`, `allowed_signers`, `rollback`,
+    /// `policy_error`, …
     pub reason: String,
     /// Details; for `policy_error` the findings, `file:line:col: …` relative to the repository.
     pub errors: Vec<String>,
@@ -101,8 +114,13 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Verifies, writes out and compiles commit `oid`.
-fn prepare(remote: &Remote, oid: git2::Oid) -> Result<(Snapshot, Signer), Refused> {
+/// Verifies, checks that it descends from the last commit taken (unless `allow_rollback`),
+/// writes out and compiles commit `oid`.
+fn prepare(
+    remote: &Remote,
+    oid: git2::Oid,
+    allow_rollback: bool,
+) -> Result<(Snapshot, Signer), Refused> {
     let refused = |reason: &str, errors: Vec<String>| Refused {
         commit: oid.to_string(),
         reason: reason.into(),
@@ -111,6 +129,11 @@ fn prepare(remote: &Remote, oid: git2::Oid) -> Result<(Snapshot, Signer), Refuse
     let signer = remote
         .verify(oid)
         .map_err(|r| refused(r.kind, vec![r.detail]))?;
+    if !allow_rollback {
+        remote
+            .check_descends(oid)
+            .map_err(|e| refused("rollback", vec![e]))?;
+    }
     let dir = remote
         .checkout(oid)
         .map_err(|e| refused("checkout", vec![e]))?;
@@ -147,6 +170,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(snap),
             status: Mutex::new(ReloadStatus::default()),
             listeners: Mutex::new(Vec::new()),
+            refusals: Mutex::default(),
         };
         store.record_success();
         Ok(store)
@@ -157,7 +181,7 @@ impl PolicyStore {
     /// neither, the start fails with the reasons.
     pub fn open_git(remote: Remote) -> Result<Self, Vec<String>> {
         let mut git = GitStatus {
-            url: remote.cfg.url.clone(),
+            url: super::remote::redact(&remote.cfg.url),
             git_ref: remote.cfg.git_ref.clone(),
             poll_s: remote.cfg.poll.as_secs(),
             last_fetch_unix: now_unix(),
@@ -168,7 +192,7 @@ impl PolicyStore {
         match remote.fetch() {
             Ok(oid) => {
                 git.fetched = Some(oid.to_string());
-                match prepare(&remote, oid) {
+                match prepare(&remote, oid, false) {
                     Ok(t) => taken = Some((oid, t)),
                     Err(r) => {
                         why.push(format!(
@@ -191,7 +215,7 @@ impl PolicyStore {
         if taken.is_none()
             && let Some(oid) = remote.last_good()
         {
-            match prepare(&remote, oid) {
+            match prepare(&remote, oid, false) {
                 Ok(t) => {
                     warn!(commit = %oid, "policy: starting on the last commit taken before: {}", why.join("; "));
                     taken = Some((oid, t));
@@ -215,12 +239,13 @@ impl PolicyStore {
         git.signer = Some(format!("{} {}", signer.principal, signer.fingerprint));
         info!(commit = %oid, signer = %signer.principal, key = %signer.fingerprint, "policy taken from git");
         let store = Self {
-            dir: remote.cfg.url.clone().into(),
+            dir: super::remote::redact(&remote.cfg.url).into(),
             source: Source::Git(Box::new(remote)),
             syncing: Mutex::new(()),
             current: ArcSwap::from_pointee(snap),
             status: Mutex::new(ReloadStatus::default()),
             listeners: Mutex::new(Vec::new()),
+            refusals: Mutex::default(),
         };
         store.record_success();
         {
@@ -228,6 +253,11 @@ impl PolicyStore {
             if let Some(r) = &git.refused {
                 st.last_error = Some(r.errors.clone());
                 st.failed_reloads += 1;
+                store
+                    .refusals
+                    .locked()
+                    .early
+                    .push((r.clone(), Some(oid.to_string())));
             }
             st.git = Some(git);
         }
@@ -237,8 +267,9 @@ impl PolicyStore {
     /// One round with the git remote: fetch, and take the commit if it is new, signed by an
     /// allowed signer and compiles. A commit refused before is checked again only when
     /// `retry_refused` (by hand: `allowed_signers` may have changed); the poller leaves it be
-    /// until the ref moves. `None` for a directory source.
-    pub fn sync(&self, retry_refused: bool) -> Option<SyncReport> {
+    /// until the ref moves. A commit that does not descend from the last one taken is refused
+    /// (`rollback`) unless `allow_rollback` (by hand only). `None` for a directory source.
+    pub fn sync(&self, retry_refused: bool, allow_rollback: bool) -> Option<SyncReport> {
         let Source::Git(remote) = &self.source else {
             return None;
         };
@@ -275,7 +306,7 @@ impl PolicyStore {
             .status()
             .git
             .and_then(|g| g.refused)
-            .filter(|r| r.commit == commit && !retry_refused);
+            .filter(|r| r.commit == commit && !retry_refused && !allow_rollback);
         if current.as_deref() == Some(commit.as_str()) {
             return Some(report("unchanged", Some(commit), Vec::new()));
         }
@@ -284,7 +315,7 @@ impl PolicyStore {
             detail.extend(r.errors);
             return Some(report("refused", Some(commit), detail));
         }
-        match prepare(remote, oid) {
+        match prepare(remote, oid, allow_rollback) {
             Ok((snap, signer)) => {
                 let snap = Arc::new(snap);
                 self.current.store(snap.clone());
@@ -325,12 +356,35 @@ impl PolicyStore {
                     st.last_error = Some(detail.clone());
                     if let Some(g) = st.git.as_mut() {
                         g.refusals += 1;
-                        g.refused = Some(r);
+                        g.refused = Some(r.clone());
                     }
                 }
+                self.refused(r, current);
                 Some(report("refused", Some(commit), detail))
             }
         }
+    }
+
+    /// Tells the refusal listeners, or keeps the refusal for the first one to come.
+    fn refused(&self, r: Refused, in_force: Option<String>) {
+        let mut l = self.refusals.locked();
+        if l.listeners.is_empty() {
+            l.early.push((r, in_force));
+        } else {
+            for f in &l.listeners {
+                f(&r, in_force.as_deref());
+            }
+        }
+    }
+
+    /// Calls `f` with each commit refused so far (since the start) and each one refused
+    /// later, with the commit that stays in force: the call log records them.
+    pub fn on_refusal(&self, f: impl Fn(&Refused, Option<&str>) + Send + Sync + 'static) {
+        let mut l = self.refusals.locked();
+        for (r, in_force) in std::mem::take(&mut l.early) {
+            f(&r, in_force.as_deref());
+        }
+        l.listeners.push(Box::new(f));
     }
 
     /// Calls `f` with the snapshot in force now and with each one a reload puts in force:
@@ -348,7 +402,7 @@ impl PolicyStore {
     /// Reloads the directory (for a git remote: one [`sync`](Self::sync) round, its outcome
     /// in the status).
     pub fn reload(&self) -> Result<(), Vec<Finding>> {
-        if self.sync(true).is_some() {
+        if self.sync(true, false).is_some() {
             return Ok(());
         }
         match load_snapshot(&self.dir) {
@@ -418,7 +472,7 @@ impl PolicyStore {
                     std::thread::sleep(delay);
                     let Some(store) = store.upgrade() else { return };
                     let failed = store
-                        .sync(false)
+                        .sync(false, false)
                         .is_some_and(|r| r.outcome == "fetch_failed");
                     failures = if failed {
                         failures.saturating_add(1)

@@ -158,3 +158,41 @@ impl Record {
         rec
     }
 }
+
+impl Record {
+    /// A system record (no call): the policy's git remote offered commit `r.commit` and it was
+    /// refused (unsigned, unknown signer, rollback, not compiling …); `in_force` stays. The
+    /// refused commit and why are in `args`, the decision is a deny naming them, and
+    /// `policy_commit` is the commit that stays in force.
+    pub fn policy_refused(
+        r: &crate::policy::store::Refused,
+        in_force: Option<&str>,
+        url: &str,
+    ) -> Self {
+        let mut rec = Record::new("system", url);
+        rec.protocol = "system".into();
+        rec.service = Some("callgate.policy".into());
+        rec.function = Some("refuse_commit".into());
+        rec.args = Some(serde_json::json!({
+            "commit": r.commit,
+            "reason": r.reason,
+            "errors": r.errors,
+            "in_force": in_force,
+            "url": url,
+        }));
+        rec.decision = RecordedDecision {
+            action: "deny".into(),
+            enforced: true,
+            rule: None,
+            reason: Some(format!(
+                "policy commit {} refused ({}): {}",
+                r.commit,
+                r.reason,
+                r.errors.first().map(String::as_str).unwrap_or("-")
+            )),
+            policy_commit: in_force.map(str::to_string),
+            ..RecordedDecision::default()
+        };
+        rec
+    }
+}
