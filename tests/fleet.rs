@@ -40,7 +40,12 @@ functions:
   show: {{ route: "GET /v1/payments/{{payment_id}}" }}
   tally: {{ route: "GET /v1/payments/{{payment_id}}/tally" }}
   quote: {{ route: "GET /v1/payments/{{payment_id}}/quote" }}
+  count: {{ route: "GET /v1/payments/{{payment_id}}/count" }}
 rules:
+  - name: a-million-a-day-in-the-fleet
+    function: count
+    action: allow
+    quota: {{ calls: 1000000/d, scope: fleet }}
   - name: ten-a-minute-in-the-fleet
     function: quote
     action: allow
@@ -779,5 +784,110 @@ fn a_fleet_rate_limit_is_split_rebalanced_and_fails_closed() {
         back.is_some(),
         "no lease after the database came back:\n{}",
         f.a.log()
+    );
+}
+
+/// The client of [`fleet_quota_added_latency`]: one kept connection, calls of `count` (a
+/// fleet-wide quota) and `show` (none) alternating, each timed from sending to the whole
+/// answer read; prints `[[count ns…], [show ns…]]`.
+const TIMED_CLIENT: &str = r#"
+import http.client, json, sys, time
+port, n, warm = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", port)
+paths = ["/v1/payments/p_1/count", "/v1/payments/p_1"]
+out = [[], []]
+for i in range(2 * (n + warm)):
+    which = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2
+    t = time.perf_counter_ns()
+    c.request("GET", paths[which])
+    r = c.getresponse()
+    r.read()
+    dt = time.perf_counter_ns() - t
+    if r.status != 200:
+        sys.exit("status %d on %s" % (r.status, paths[which]))
+    if i >= 2 * warm:
+        out[which].append(dt)
+print(json.dumps(out))
+"#;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The fleet quota check's added latency as a client sees it (docs/FLEET.md, "Measured
+/// here"): run by hand, on a release (`--profile demo`) build, with
+/// `CALLGATE_BIN=target/demo/callgate cargo test -p callgate-e2e --test fleet -- --ignored
+/// fleet_quota_added_latency --nocapture`; `CALLGATE_BENCH_CALLS` calls of each (default 2000).
+#[test]
+#[ignore]
+fn fleet_quota_added_latency() {
+    let Some(f) = setup("fleet_quota_added_latency") else {
+        return;
+    };
+    let n: usize = std::env::var("CALLGATE_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let out = f.dir.join("timed.json");
+    let (port, calls) = (f.up.port.to_string(), n.to_string());
+    let python = party_python();
+    let argv = [
+        python.to_str().expect("python path"),
+        "-c",
+        TIMED_CLIENT,
+        &port,
+        &calls,
+        "200",
+    ];
+    let mut child = f.cg_a.spawn(&argv, &out);
+    let done = wait_for(Duration::from_secs(600), || child.try_wait().ok()?);
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "{}",
+        fs::read_to_string(&out).unwrap_or_default()
+    );
+    let text = fs::read_to_string(&out).expect("timings");
+    let timed: Vec<Vec<f64>> = serde_json::from_str(text.trim()).expect("timings as JSON");
+    let ms = |v: &[f64]| {
+        let mut v: Vec<f64> = v.iter().map(|ns| ns / 1e6).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (quota, plain) = (ms(&timed[0]), ms(&timed[1]));
+    // Each call with the quota against the call without it right next to it.
+    let mut paired: Vec<f64> = timed[0]
+        .iter()
+        .zip(&timed[1])
+        .map(|(q, p)| (q - p) / 1e6)
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let row = |name: &str, v: &[f64]| {
+        eprintln!(
+            "{name:>22}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            percentile(v, 0.5),
+            percentile(v, 0.9),
+            percentile(v, 0.99),
+            v[v.len() - 1]
+        )
+    };
+    eprintln!(
+        "fleet quota latency, {n} calls each, load average {}",
+        load.trim()
+    );
+    row("with a fleet quota", &quota);
+    row("without", &plain);
+    row("paired difference", &paired);
+    eprintln!(
+        "{:>22}: p50 {:.3} ms, p99 {:.3} ms",
+        "difference of",
+        percentile(&quota, 0.5) - percentile(&plain, 0.5),
+        percentile(&quota, 0.99) - percentile(&plain, 0.99)
+    );
+    assert_eq!(
+        f.pg.psql("callgate", "SELECT sum(count) FROM callgate_quotas"),
+        (n + 200).to_string(),
+        "every call was counted in the database"
     );
 }

@@ -84,7 +84,8 @@ mod tests {
     #[test]
     fn a_lease_splits_the_rate_and_runs_out() {
         let l = Lease::new();
-        let t0 = Instant::now();
+        // Whole microseconds after the lease's base, as it keeps them.
+        let t0 = l.base + Duration::from_secs(1);
         assert_eq!(
             l.share_at(t0),
             Err(None),
