@@ -5,7 +5,9 @@
 //! approvals page in headless Chromium; A's client gets the upstream's answer. With the database stopped, new approvals are refused (503
 //! `approval_unavailable`) while allowed calls go on; once it is back, approvals work again.
 //! A host that dies has its held calls marked interrupted by the other; a database whose
-//! schema is newer than the binary knows refuses the start.
+//! schema is newer than the binary knows refuses the start. A fleet-wide rate limit is split
+//! between the hosts alive, goes whole to the one left, and fails closed once the database
+//! has been gone longer than the lease.
 use std::{
     fs,
     path::PathBuf,
@@ -39,7 +41,17 @@ functions:
   refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
   show: {{ route: "GET /v1/payments/{{payment_id}}" }}
   tally: {{ route: "GET /v1/payments/{{payment_id}}/tally" }}
+  quote: {{ route: "GET /v1/payments/{{payment_id}}/quote" }}
+  count: {{ route: "GET /v1/payments/{{payment_id}}/count" }}
 rules:
+  - name: a-million-a-day-in-the-fleet
+    function: count
+    action: allow
+    quota: {{ calls: 1000000/d, scope: fleet }}
+  - name: ten-a-minute-in-the-fleet
+    function: quote
+    action: allow
+    limit: {{ per: [args.payment_id], rate: 10/m, scope: fleet }}
   - name: three-a-day-in-the-fleet
     function: tally
     action: allow
@@ -217,6 +229,65 @@ impl Fleet {
         let url = format!("http://127.0.0.1:{}/v1/payments/p_1", self.up.port);
         self.curl(cg, &[&url]).finish()
     }
+}
+
+impl Fleet {
+    /// `n` calls of `quote` for payment `key` in one curl (one connection, one after the
+    /// other), started now: see [`statuses`].
+    fn quotes(&self, cg: &TestCgroup, key: &str, n: usize) -> Call {
+        let url = format!("http://127.0.0.1:{}/v1/payments/{key}/quote", self.up.port);
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "CODE=%{http_code}\n",
+        ];
+        // -o applies to one URL each: every one gets its own.
+        for _ in 0..n {
+            argv.extend(["-o", "/dev/null", url.as_str()]);
+        }
+        let out = self.dir.join(unique("curl"));
+        Call {
+            child: cg.spawn(&argv, &out),
+            out,
+        }
+    }
+}
+
+/// The HTTP statuses of a [`Fleet::quotes`] call, in order (waits at most 60 s).
+fn statuses(mut call: Call) -> Vec<u16> {
+    let done = wait_for(Duration::from_secs(60), || call.child.try_wait().ok()?);
+    assert!(done.is_some(), "curl did not finish");
+    fs::read_to_string(&call.out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("CODE=")?.trim().parse().ok())
+        .collect()
+}
+
+fn passed(codes: &[u16]) -> usize {
+    codes.iter().filter(|&&c| c == 200).count()
+}
+
+/// This host's lease on fleet-wide rates, as its status says: (hosts, ms left).
+fn rate_lease(gw: &Gateway) -> Option<(u64, u64)> {
+    let l = &gw.status()["approvals"]["fleet"]["rate_lease"];
+    Some((l["hosts"].as_u64()?, l["expires_in_ms"].as_u64()?))
+}
+
+/// Waits (at most 20 s) until `gw`'s lease splits the rate among `hosts`.
+fn lease_of(gw: &Gateway, hosts: u64) {
+    let got = wait_for(Duration::from_secs(20), || {
+        rate_lease(gw).filter(|l| l.0 == hosts && l.1 > 0)
+    });
+    assert!(
+        got.is_some(),
+        "no lease for {hosts} hosts: {}\n{}",
+        gw.status(),
+        gw.log()
+    );
 }
 
 fn cli_ok(gw: &Gateway, args: &[&str]) -> String {
@@ -738,4 +809,196 @@ fn held_on_a_approved_on_b_web_page_in_chromium() {
     });
     assert_eq!(rec["approval"]["state"], "approved", "{rec}");
     assert_eq!(rec["status"], 200, "{rec}");
+}
+
+#[test]
+fn a_fleet_rate_limit_is_split_rebalanced_and_fails_closed() {
+    let Some(mut f) = setup("a_fleet_rate_limit_is_split_rebalanced_and_fails_closed") else {
+        return;
+    };
+    // 10/m (burst 10) per payment, fleet-wide: with A and B alive, 5 each.
+    lease_of(&f.a, 2);
+    lease_of(&f.b, 2);
+    let started = Instant::now();
+    let (on_a, on_b) = (
+        f.quotes(&f.cg_a, "p_split", 15),
+        f.quotes(&f.cg_b, "p_split", 15),
+    );
+    let (on_a, on_b) = (statuses(on_a), statuses(on_b));
+    let took = started.elapsed();
+    assert_eq!((on_a.len(), on_b.len()), (15, 15), "{on_a:?} {on_b:?}");
+    assert!(
+        on_a.iter().chain(&on_b).all(|&c| c == 200 || c == 429),
+        "{on_a:?} {on_b:?}"
+    );
+    // Tolerance: what a host's bucket refills meanwhile, 5/m each (one call per 12 s).
+    let refill = (took.as_secs_f64() / 12.0).ceil() as usize;
+    let (a, b) = (passed(&on_a), passed(&on_b));
+    eprintln!("fleet rate 10/m split: A let {a} through, B {b}, in {took:?}");
+    assert!((5..=5 + refill).contains(&a), "A: {on_a:?}");
+    assert!((5..=5 + refill).contains(&b), "B: {on_b:?}");
+    assert!(
+        a + b <= 10 + 2 * refill,
+        "at most the fleet's rate in total"
+    );
+    let (code, body) = f
+        .curl(
+            &f.cg_a,
+            &[&format!(
+                "http://127.0.0.1:{}/v1/payments/p_split/quote",
+                f.up.port
+            )],
+        )
+        .finish();
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("fleet-wide"), "{body}");
+
+    // B dies: once it has been silent for dead_after, A takes the whole rate.
+    f.b.kill();
+    lease_of(&f.a, 1);
+    let alone = statuses(f.quotes(&f.cg_a, "p_alone", 15));
+    assert!(
+        (10..=11).contains(&passed(&alone)),
+        "A alone lets the whole burst through: {alone:?}"
+    );
+
+    // The database goes away: A's lease holds until it runs out, then such calls are
+    // refused with the reason; everything else goes on.
+    f.pg.stop();
+    if rate_lease(&f.a).is_some_and(|l| l.1 > 1000) {
+        let within = statuses(f.quotes(&f.cg_a, "p_within", 1));
+        assert_eq!(within, [200], "the lease still runs");
+    }
+    let url = |key: &str| format!("http://127.0.0.1:{}/v1/payments/{key}/quote", f.up.port);
+    let mut n = 0;
+    let refused = wait_for(Duration::from_secs(20), || {
+        n += 1;
+        let (code, body) = f.curl(&f.cg_a, &[&url(&format!("p_out_{n}"))]).finish();
+        (code == 503).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("never refused without the database:\n{}", f.a.log()));
+    assert!(refused.contains("rate_unavailable"), "{refused}");
+    assert!(
+        refused.contains("lease on the fleet's rate ran out"),
+        "{refused}"
+    );
+    assert_eq!(f.show(&f.cg_a).0, 200, "allowed calls go on");
+
+    // Back: a new lease, calls pass again.
+    f.pg.start_again();
+    let back = wait_for(Duration::from_secs(20), || {
+        n += 1;
+        let (code, _) = f.curl(&f.cg_a, &[&url(&format!("p_back_{n}"))]).finish();
+        (code == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no lease after the database came back:\n{}",
+        f.a.log()
+    );
+}
+
+/// The client of [`fleet_quota_added_latency`]: one kept connection, calls of `count` (a
+/// fleet-wide quota) and `show` (none) alternating, each timed from sending to the whole
+/// answer read; prints `[[count ns…], [show ns…]]`.
+const TIMED_CLIENT: &str = r#"
+import http.client, json, sys, time
+port, n, warm = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", port)
+paths = ["/v1/payments/p_1/count", "/v1/payments/p_1"]
+out = [[], []]
+for i in range(2 * (n + warm)):
+    which = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2
+    t = time.perf_counter_ns()
+    c.request("GET", paths[which])
+    r = c.getresponse()
+    r.read()
+    dt = time.perf_counter_ns() - t
+    if r.status != 200:
+        sys.exit("status %d on %s" % (r.status, paths[which]))
+    if i >= 2 * warm:
+        out[which].append(dt)
+print(json.dumps(out))
+"#;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The fleet quota check's added latency as a client sees it (docs/FLEET.md, "Measured
+/// here"): run by hand, on a release (`--profile demo`) build, with
+/// `CALLGATE_BIN=target/demo/callgate cargo test -p callgate-e2e --test fleet -- --ignored
+/// fleet_quota_added_latency --nocapture`; `CALLGATE_BENCH_CALLS` calls of each (default 2000).
+#[test]
+#[ignore]
+fn fleet_quota_added_latency() {
+    let Some(f) = setup("fleet_quota_added_latency") else {
+        return;
+    };
+    let n: usize = std::env::var("CALLGATE_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let out = f.dir.join("timed.json");
+    let (port, calls) = (f.up.port.to_string(), n.to_string());
+    let python = party_python();
+    let argv = [
+        python.to_str().expect("python path"),
+        "-c",
+        TIMED_CLIENT,
+        &port,
+        &calls,
+        "200",
+    ];
+    let mut child = f.cg_a.spawn(&argv, &out);
+    let done = wait_for(Duration::from_secs(600), || child.try_wait().ok()?);
+    assert!(
+        done.is_some_and(|s| s.success()),
+        "{}",
+        fs::read_to_string(&out).unwrap_or_default()
+    );
+    let text = fs::read_to_string(&out).expect("timings");
+    let timed: Vec<Vec<f64>> = serde_json::from_str(text.trim()).expect("timings as JSON");
+    let ms = |v: &[f64]| {
+        let mut v: Vec<f64> = v.iter().map(|ns| ns / 1e6).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (quota, plain) = (ms(&timed[0]), ms(&timed[1]));
+    // Each call with the quota against the call without it right next to it.
+    let mut paired: Vec<f64> = timed[0]
+        .iter()
+        .zip(&timed[1])
+        .map(|(q, p)| (q - p) / 1e6)
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let row = |name: &str, v: &[f64]| {
+        eprintln!(
+            "{name:>22}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            percentile(v, 0.5),
+            percentile(v, 0.9),
+            percentile(v, 0.99),
+            v[v.len() - 1]
+        )
+    };
+    eprintln!(
+        "fleet quota latency, {n} calls each, load average {}",
+        load.trim()
+    );
+    row("with a fleet quota", &quota);
+    row("without", &plain);
+    row("paired difference", &paired);
+    eprintln!(
+        "{:>22}: p50 {:.3} ms, p99 {:.3} ms",
+        "difference of",
+        percentile(&quota, 0.5) - percentile(&plain, 0.5),
+        percentile(&quota, 0.99) - percentile(&plain, 0.99)
+    );
+    assert_eq!(
+        f.pg.psql("callgate", "SELECT sum(count) FROM callgate_quotas"),
+        (n + 200).to_string(),
+        "every call was counted in the database"
+    );
 }

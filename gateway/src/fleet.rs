@@ -9,6 +9,7 @@
 //! goes on; the connection comes back by itself with backoff, and `status` says meanwhile.
 //! Each host says it is alive every `heartbeat_s`; held calls of a host not heard from for
 //! `dead_after_s` are marked `interrupted` by the others.
+pub mod lease;
 pub mod schema;
 
 use std::{
@@ -17,7 +18,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
@@ -90,6 +91,10 @@ pub struct FleetStatus {
     pub schema_version: i32,
     /// Connections made since the start (1 when it never dropped).
     pub connections: u64,
+    /// This host's lease on its share of fleet-wide rate limits (none before the first
+    /// heartbeat reached the database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_lease: Option<lease::LeaseStatus>,
 }
 
 /// A held call as the database has it.
@@ -114,6 +119,7 @@ struct Link {
     list_all: Statement,
     mine: Statement,
     beat: Statement,
+    alive: Statement,
     reap: Statement,
     count: Statement,
     expire: Statement,
@@ -162,6 +168,8 @@ pub struct Fleet {
     events: broadcast::Sender<Event>,
     /// The connection was lost: reconnect now rather than at the next heartbeat.
     lost: Notify,
+    /// This host's share of fleet-wide rate limits, renewed by each heartbeat.
+    lease: lease::Lease,
 }
 
 impl Fleet {
@@ -196,6 +204,7 @@ impl Fleet {
             beats: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
             lost: Notify::new(),
+            lease: lease::Lease::new(),
         });
         match fleet.connect_bounded().await {
             Ok(()) => {}
@@ -232,7 +241,30 @@ impl Fleet {
             down_since_ms: h.down_since_ms,
             schema_version: h.schema_version,
             connections: self.connections.load(Relaxed),
+            rate_lease: self.lease.status(Instant::now()),
         }
+    }
+
+    /// This host's share (1/hosts alive) of a fleet-wide rate limit, from its lease: no
+    /// database round trip. Without a lease in force, why (fleet-wide limits then refuse).
+    pub fn rate_share(&self) -> Result<f64, String> {
+        self.lease.share_at(Instant::now()).map_err(|ago| {
+            let why = self
+                .health
+                .locked()
+                .error
+                .clone()
+                .unwrap_or_else(|| "not reached".into());
+            match ago {
+                None => format!(
+                    "this host has no lease on the fleet's rate yet (the fleet database: {why})"
+                ),
+                Some(ago) => format!(
+                    "this host's lease on the fleet's rate ran out {}s ago (the fleet database: {why})",
+                    ago.as_secs()
+                ),
+            }
+        })
     }
 
     /// Shares a call this host now holds.
@@ -562,6 +594,15 @@ impl Fleet {
             )
             .await
             .map_err(unavailable)?,
+            // The hosts alive, this one included (its beat just now): fleet-wide rate
+            // limits are split among them.
+            alive: prepare(
+                "SELECT count(*) FROM callgate_hosts \
+                 WHERE seen_at > now() - make_interval(secs => $1)"
+                    .into(),
+            )
+            .await
+            .map_err(unavailable)?,
             // Held calls of hosts not heard from: their clients are gone with them.
             reap: prepare(
                 "UPDATE callgate_approvals a SET state = 'interrupted', updated_at = now() \
@@ -624,10 +665,19 @@ impl Fleet {
             client,
             generation,
         };
+        let sent = Instant::now();
         link.client
             .execute(&link.beat, &[&self.host()])
             .await
             .map_err(unavailable)?;
+        let dead = self.cfg.dead_after.as_secs_f64();
+        let alive: i64 = link
+            .client
+            .query_one(&link.alive, &[&dead])
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        self.lease.renew(alive as u64, sent, self.cfg.dead_after);
         self.link.store(Some(Arc::new(link)));
         {
             let mut h = self.health.locked();
@@ -673,16 +723,33 @@ impl Fleet {
         }
     }
 
-    /// Says this host is alive; marks the held calls of hosts that are not as interrupted.
+    /// Says this host is alive and renews its lease on fleet-wide rates; marks the held
+    /// calls of hosts that are not alive as interrupted.
     async fn beat(&self) {
         let Ok(l) = self.link() else { return };
         let host = self.host();
+        let sent = Instant::now();
         if self
             .run(&l, l.client.execute(&l.beat, &[&host]))
             .await
             .is_err()
         {
             return;
+        }
+        let dead = self.cfg.dead_after.as_secs_f64();
+        match self.run(&l, l.client.query_one(&l.alive, &[&dead])).await {
+            Ok(row) => {
+                let alive: i64 = row.get(0);
+                let before = self.lease.status(sent).map(|s| s.hosts);
+                self.lease.renew(alive as u64, sent, self.cfg.dead_after);
+                if before != Some(alive.max(1) as u64) {
+                    info!(
+                        hosts = alive,
+                        "fleet-wide rate limits re-balanced: this host takes 1/{alive}"
+                    );
+                }
+            }
+            Err(_) => return,
         }
         // Windows that ended, now and then (every host does it; it is idempotent).
         if self.beats.fetch_add(1, Relaxed).is_multiple_of(60) {

@@ -190,6 +190,16 @@ fn print_status(s: &Status) {
                     v(f.error.as_deref().unwrap_or("?"))
                 );
             }
+            match &f.rate_lease {
+                Some(l) if l.expires_in_ms > 0 => println!(
+                    "  fleet-wide rate limits: this host's share 1/{} (lease {:.1}s more)",
+                    l.hosts,
+                    l.expires_in_ms as f64 / 1000.0
+                ),
+                _ => println!(
+                    "  fleet-wide rate limits: no lease on the fleet's rate; their calls are refused"
+                ),
+            }
         }
     }
     if s.enabled.is_empty() {

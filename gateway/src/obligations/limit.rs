@@ -105,6 +105,10 @@ pub struct LimitSpec {
     pub burst: f64,
     /// As written, for refusals and records: `10/m (burst 20) per caller.subject, function`.
     pub text: String,
+    /// `scope: fleet`: the rate is the fleet's, each host keeping a bucket at its share
+    /// (leased from the fleet's database); without fleet mode such calls are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 impl LimitSpec {
@@ -115,12 +119,19 @@ impl LimitSpec {
         if burst < 1.0 {
             return Err("burst must be at least 1".into());
         }
+        let fleet = def.scope == Some(Scope::Fleet);
         Ok(Self {
             rule: rule.into(),
             per,
             rate: n as f64 / period.as_secs_f64(),
             burst,
-            text: format!("{} (burst {burst}) per {}", def.rate, per_text(&def.per)),
+            text: format!(
+                "{} (burst {burst}) per {}{}",
+                def.rate,
+                per_text(&def.per),
+                if fleet { " (fleet-wide)" } else { "" }
+            ),
+            fleet,
         })
     }
 }
@@ -207,12 +218,16 @@ fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> String {
 /// A limit or quota that refused a call.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hit {
-    /// `limit` or `quota`.
+    /// `limit` or `quota`; `quota_unavailable` / `rate_unavailable` when the fleet's
+    /// database that counts it (or leases its share) cannot be reached.
     pub kind: &'static str,
     pub rule: String,
     /// The limit as written.
     pub limit: String,
     pub retry_after_s: u64,
+    /// Why the limit could not be applied (`rate_unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -300,10 +315,35 @@ impl Limiter {
         self.check_at(limit, quota, s, Instant::now(), unix_now())
     }
 
+    /// [`check`](Limiter::check) with the limit's bucket at `share` (0 < share ≤ 1) of its
+    /// rate and burst: a fleet-wide limit's share of the fleet, leased by this host.
+    pub fn check_shared(
+        &self,
+        limit: Option<&LimitSpec>,
+        share: f64,
+        quota: Option<&QuotaSpec>,
+        s: &Subject<'_>,
+    ) -> Result<(), Hit> {
+        self.check_shared_at(limit, share, quota, s, Instant::now(), unix_now())
+    }
+
     /// [`check`](Limiter::check) at a given moment (policy tests use one moment for all).
     pub fn check_at(
         &self,
         limit: Option<&LimitSpec>,
+        quota: Option<&QuotaSpec>,
+        s: &Subject<'_>,
+        now: Instant,
+        unix: u64,
+    ) -> Result<(), Hit> {
+        self.check_shared_at(limit, 1.0, quota, s, now, unix)
+    }
+
+    /// [`check_shared`](Limiter::check_shared) at a given moment.
+    pub fn check_shared_at(
+        &self,
+        limit: Option<&LimitSpec>,
+        share: f64,
         quota: Option<&QuotaSpec>,
         s: &Subject<'_>,
         now: Instant,
@@ -331,30 +371,41 @@ impl Limiter {
                         rule: q.rule.to_string(),
                         limit: q.text.clone(),
                         retry_after_s: (w.start + w.len).saturating_sub(unix).max(1),
+                        why: None,
                     });
                 }
             }
         }
         if let Some(l) = limit {
+            // A share of a fleet's rate: this host's bucket refills at its share, and holds
+            // its share of the burst (at least one call, or a small burst split among many
+            // hosts would let nothing through).
+            let share = if share.is_finite() {
+                share.clamp(f64::MIN_POSITIVE, 1.0)
+            } else {
+                1.0
+            };
+            let (rate, burst) = (l.rate * share, (l.burst * share).max(1.0));
             let k = key(&l.rule, &l.per, s);
             let mut shard = self.buckets.shard(&k);
             if !shard.contains_key(&k) && shard.len() >= PER_SHARD {
-                evict_buckets(&mut shard, l, now);
+                evict_buckets(&mut shard, burst / rate, now);
             }
             let b = shard.entry(k).or_insert(Bucket {
-                tokens: l.burst,
+                tokens: burst,
                 last: now,
             });
-            let refill = now.saturating_duration_since(b.last).as_secs_f64() * l.rate;
-            b.tokens = (b.tokens + refill).min(l.burst);
+            let refill = now.saturating_duration_since(b.last).as_secs_f64() * rate;
+            b.tokens = (b.tokens + refill).min(burst);
             b.last = now;
             if b.tokens < 1.0 {
-                let wait = (1.0 - b.tokens) / l.rate;
+                let wait = (1.0 - b.tokens) / rate;
                 return Err(Hit {
                     kind: "limit",
                     rule: l.rule.to_string(),
                     limit: l.text.clone(),
-                    retry_after_s: wait.ceil().max(1.0) as u64,
+                    retry_after_s: wait.ceil().clamp(1.0, 86_400.0 * 366.0) as u64,
+                    why: None,
                 });
             }
             b.tokens -= 1.0;
@@ -400,8 +451,8 @@ impl Limiter {
 
 /// Makes room in a full shard: buckets that have refilled are as good as new and go first;
 /// failing that, the one idle longest.
-fn evict_buckets(shard: &mut HashMap<String, Bucket>, l: &LimitSpec, now: Instant) {
-    let full_after = Duration::from_secs_f64(l.burst / l.rate);
+fn evict_buckets(shard: &mut HashMap<String, Bucket>, full_s: f64, now: Instant) {
+    let full_after = Duration::try_from_secs_f64(full_s).unwrap_or(Duration::MAX);
     shard.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
     if shard.len() >= PER_SHARD {
         if let Some(k) = shard
@@ -446,6 +497,10 @@ pub struct LimitDef {
     /// Calls allowed at once after a quiet spell (default: the rate's count).
     #[serde(default)]
     pub burst: Option<u32>,
+    /// `host` (default): a bucket on each host; `fleet`: the rate is the fleet's, split
+    /// among its hosts alive (fleet mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -460,7 +515,7 @@ pub struct QuotaDef {
     pub scope: Option<Scope>,
 }
 
-/// Where a quota is counted.
+/// Where a quota is counted, or a rate limit's rate holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -507,6 +562,7 @@ mod tests {
             per: vec!["caller.subject".into()],
             rate: "2/s".into(),
             burst: Some(3),
+            scope: None,
         };
         let l = LimitSpec::compile("r", &def).unwrap();
         let lim = Limiter::open(None);
@@ -586,5 +642,63 @@ mod tests {
         assert!(!QuotaSpec::compile("r", &def).unwrap().fleet);
         assert!(yaml_serde::from_str::<QuotaDef>("{ calls: 3/d, scope: moon }").is_err());
         assert_eq!(q.retry_after_s(86_400 * 10 + 3_600), 82_800);
+    }
+
+    #[test]
+    fn a_fleet_limit_keeps_a_bucket_at_its_share() {
+        let def: LimitDef = yaml_serde::from_str("{ rate: 10/s, scope: fleet }").unwrap();
+        let l = LimitSpec::compile("r", &def).unwrap();
+        assert!(l.fleet);
+        assert_eq!(l.text, "10/s (burst 10) per rule (fleet-wide)");
+        let def: LimitDef = yaml_serde::from_str("{ rate: 10/s, scope: host }").unwrap();
+        assert!(!LimitSpec::compile("r", &def).unwrap().fleet);
+        assert!(yaml_serde::from_str::<LimitDef>("{ rate: 10/s, scope: moon }").is_err());
+
+        let c = caller("a", "u");
+        let args = Json::Null;
+        let s = Subject {
+            caller: &c,
+            service: "s",
+            function: "f",
+            args: &args,
+        };
+        let lim = Limiter::open(None);
+        let t0 = Instant::now();
+        // Half of the fleet's rate: a burst of 5, refilled at 5/s.
+        let passed = (0..20)
+            .filter(|_| lim.check_shared_at(Some(&l), 0.5, None, &s, t0, 0).is_ok())
+            .count();
+        assert_eq!(passed, 5);
+        let hit = lim
+            .check_shared_at(Some(&l), 0.5, None, &s, t0, 0)
+            .unwrap_err();
+        assert_eq!((hit.kind, hit.retry_after_s), ("limit", 1));
+        let later = t0 + Duration::from_millis(400);
+        let passed = (0..20)
+            .filter(|_| {
+                lim.check_shared_at(Some(&l), 0.5, None, &s, later, 0)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(passed, 2, "0.4 s at 5/s");
+        // The whole rate again (the other hosts gone): the bucket grows to the whole burst.
+        let much_later = t0 + Duration::from_secs(5);
+        let passed = (0..20)
+            .filter(|_| {
+                lim.check_shared_at(Some(&l), 1.0, None, &s, much_later, 0)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(passed, 10);
+        // A share smaller than one call of burst still lets one call through at a time.
+        let tiny = lim.check_shared_at(
+            Some(&l),
+            0.01,
+            None,
+            &s,
+            much_later + Duration::from_secs(60),
+            0,
+        );
+        assert!(tiny.is_ok());
     }
 }

@@ -126,9 +126,38 @@ impl Conn {
             .quota
             .as_deref()
             .filter(|q| !(q.fleet && self.inputs.fleet.is_some()));
+        // A fleet-wide rate limit: this host's bucket at its leased share of the rate. No
+        // lease (the database not reached for too long), or no fleet at all: refused.
+        let share = match ob.limit.as_deref().filter(|l| l.fleet) {
+            None => 1.0,
+            Some(l) => {
+                let share = match &self.inputs.fleet {
+                    Some(f) => f.rate_share(),
+                    None => Err(
+                        "the limit is fleet-wide (scope: fleet) but this gateway is not in \
+                         fleet mode: add a `fleet:` database to its configuration, or make the \
+                         limit `scope: host`"
+                            .to_string(),
+                    ),
+                };
+                match share {
+                    Ok(share) => share,
+                    Err(why) => {
+                        tracing::warn!(rule = %l.rule, reason = %why, "fleet-wide rate limit not applied: the call is refused");
+                        return Some(crate::obligations::limit::Hit {
+                            kind: "rate_unavailable",
+                            rule: l.rule.to_string(),
+                            limit: l.text.clone(),
+                            retry_after_s: 5,
+                            why: Some(why),
+                        });
+                    }
+                }
+            }
+        };
         self.inputs
             .limiter
-            .check(ob.limit.as_deref(), quota, &subject)
+            .check_shared(ob.limit.as_deref(), share, quota, &subject)
             .err()
     }
 
@@ -158,6 +187,7 @@ impl Conn {
             rule: q.rule.to_string(),
             limit: q.text.clone(),
             retry_after_s: q.retry_after_s(unix),
+            why: None,
         };
         let hit = match fleet.count_quota(&key, q.window.as_secs(), q.calls).await {
             Ok(true) => return,

@@ -64,6 +64,18 @@ impl Decided {
                         hit.limit, hit.retry_after_s
                     ),
                 )
+            } else if hit.kind == "rate_unavailable" {
+                // A fleet-wide rate limit without this host's lease on its share: fail closed.
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_unavailable",
+                    format!(
+                        "the fleet-wide rate limit {} cannot be applied: {}; try again in {}s",
+                        hit.limit,
+                        hit.why.as_deref().unwrap_or("no lease on the fleet's rate"),
+                        hit.retry_after_s
+                    ),
+                )
             } else {
                 (
                     StatusCode::TOO_MANY_REQUESTS,
