@@ -168,11 +168,6 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         }
         (None, _) => None,
     };
-    // Fleet-wide rate limits without a fleet refuse their calls: said at each load too.
-    if let (None, Some(store)) = (&fleet, &policy) {
-        warn_fleet_limits(&store.snapshot());
-        store.on_change(|snap| warn_fleet_limits(snap));
-    }
     let approvals = match &outbound {
         Some(http) => Some(open_approvals(
             &cfg,
@@ -551,20 +546,3 @@ fn metrics() -> crate::telemetry::metrics::Metrics {
     }
 }
 
-/// Without `fleet:`, each rule whose rate limit is `scope: fleet` is named in the log: its
-/// calls are refused (503 `rate_unavailable`), as no share of a fleet's rate can be leased.
-fn warn_fleet_limits(snap: &crate::policy::Snapshot) {
-    for (service, s) in snap.services_by_name() {
-        for r in &s.rules {
-            if r.obligations.limit.as_ref().is_some_and(|l| l.fleet) {
-                warn!(
-                    service,
-                    rule = %r.name,
-                    "the rule's rate limit is fleet-wide (scope: fleet) but this gateway has no `fleet:` \
-                     database: its calls are refused (503 rate_unavailable) until one is configured \
-                     or the limit is made `scope: host`"
-                );
-            }
-        }
-    }
-}

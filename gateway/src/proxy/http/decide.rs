@@ -126,20 +126,13 @@ impl Conn {
             .quota
             .as_deref()
             .filter(|q| !(q.fleet && self.inputs.fleet.is_some()));
-        // A fleet-wide rate limit: this host's bucket at its leased share of the rate. No
-        // lease (the database not reached for too long), or no fleet at all: refused.
+        // A fleet-wide rate limit: this host's bucket at its leased share of the rate; no
+        // lease (the database not reached for too long): refused. Without a fleet the host is
+        // a fleet of one and has the whole rate, as a fleet-wide quota counts on the host.
         let share = match ob.limit.as_deref().filter(|l| l.fleet) {
             None => 1.0,
             Some(l) => {
-                let share = match &self.inputs.fleet {
-                    Some(f) => f.rate_share(),
-                    None => Err(
-                        "the limit is fleet-wide (scope: fleet) but this gateway is not in \
-                         fleet mode: add a `fleet:` database to its configuration, or make the \
-                         limit `scope: host`"
-                            .to_string(),
-                    ),
-                };
+                let share = self.inputs.fleet.as_ref().map_or(Ok(1.0), |f| f.rate_share());
                 match share {
                     Ok(share) => share,
                     Err(why) => {
