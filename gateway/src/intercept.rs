@@ -175,9 +175,10 @@ pub struct Interceptor {
     state_file: PathBuf,
     ebpf: Mutex<Ebpf>,
     /// A handle on the redirect map for each data-path thread (each a duplicated descriptor
-    /// of the one map). Taking an entry is two syscalls, a lookup and a delete, which aya's
-    /// map needs `&mut` for; behind one shared lock the threads queued on each other's, and
-    /// with new connections arriving on both threads every accept waited on a futex.
+    /// of the one map). Taking an entry is one syscall (two, a lookup and a delete, on a
+    /// kernel before 5.14), and aya's map needs `&mut` for the delete; behind one shared lock
+    /// the threads queued on each other's, and with new connections arriving on both threads
+    /// every accept waited on a futex.
     by_addr: Vec<Mutex<RedirectMap>>,
     config_map: Mutex<Array<MapData, common::Config>>,
     counters: PerCpuArray<MapData, u64>,
@@ -549,9 +550,15 @@ impl Interceptor {
         let key = sock_key(peer, netns);
         let map = self.by_addr.get(lane % self.by_addr.len().max(1))?;
         let mut map = map.locked();
-        let redirect = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(redirect)
+        match pins::lookup_and_delete(&map, &key) {
+            Ok(found) => found,
+            // A kernel that cannot do both at once on a hash map (before 5.14).
+            Err(_) => {
+                let redirect = map.get(&key, 0).ok()?;
+                let _ = map.remove(&key);
+                Some(redirect)
+            }
+        }
     }
 
     /// Kernel-side counters, summed over CPUs.

@@ -127,7 +127,7 @@ async fn answers_are_framed_and_one_connection_carries_them_all() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::default();
-    let send = |req| ups.send_http1(&slot, addr, 0, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
 
     assert_eq!(
         read(send(get("/a")).await.expect("a")).await,
@@ -175,7 +175,7 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::default();
-    let send = |req| ups.send_http1(&slot, addr, 0, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
     // Whether or not the close was seen before this request went out, the request arrives.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -208,7 +208,7 @@ async fn malformed_answers_are_errors_not_guesses() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::default();
-    let send = |req| ups.send_http1(&slot, addr, 0, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     for (path, why) in [
         ("/conflict", "Content-Length"),
         ("/invalid", "Content-Length"),
@@ -250,7 +250,7 @@ fn kept_connections_stay_on_the_thread_that_opened_them() {
     let call = move |ups: Arc<Upstreams>| async move {
         let slot = Http1Slot::default();
         let resp = ups
-            .send_http1(&slot, addr, 0, get("/"))
+            .send_http1(&slot, addr, 0, None, get("/"))
             .await
             .expect("call");
         assert_eq!(read(resp).await.1, "ok");

@@ -60,6 +60,52 @@ pub(super) fn take_map<V: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 /// Where the kernel notes each redirected connection, by the workload's local address.
 pub(super) type RedirectMap = HashMap<MapData, SockKey, Redirect>;
 
+/// Takes `key`'s entry out of `map` in one system call (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, on
+/// hash maps since Linux 5.14), where a lookup and a delete were two per accepted connection.
+/// Ok(None): no entry. An error: the kernel cannot do it (take the entry in two steps).
+pub(super) fn lookup_and_delete(map: &RedirectMap, key: &SockKey) -> io::Result<Option<Redirect>> {
+    use aya::maps::IterableMap;
+    use std::os::fd::AsRawFd;
+    /// The kernel's `union bpf_attr` as the map element commands read it.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<Redirect>::uninit();
+    let attr = ElemAttr {
+        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const SockKey as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` has the kernel's layout for this command and names a live map whose key
+    // and value sizes are those of `SockKey` and `Redirect` (aya checked them when it opened
+    // the map); the key is read and the value written only during the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the kernel wrote a whole value; `Redirect` is plain data.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 /// `count` (at least one) handles on the map `name`: the map itself, then duplicates of its
 /// descriptor.
 pub(super) fn lanes(

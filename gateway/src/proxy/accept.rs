@@ -530,7 +530,7 @@ async fn route(
                     }
                 }
                 (TlsMode::Intercept, Some(authority)) => {
-                    let cfg = authority.server_config(dst_host.clone());
+                    let cfg = authority.server_config(&dst_host);
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     let io = Rewind::new(sniffed.prefix, client);
                     match tokio::time::timeout(inputs.cfg.http.header_timeout, acceptor.accept(io))

@@ -3,7 +3,9 @@
 //!
 //! The CA is created once in the state directory (`ca.key` mode 0600, `ca.crt` for operators
 //! to trust). Every leaf shares one key generated at start, so minting costs a signature, and
-//! leaves are cached per name.
+//! leaves are cached per name. The server configurations are made once per fallback name and
+//! share one session cache and one ticket key, so a client that comes back resumes its session
+//! (no certificate, no signature) as it would with nginx.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -17,7 +19,7 @@ use rcgen::{
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
+    server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions},
     sign::CertifiedKey,
 };
 use tracing::{info, warn};
@@ -26,6 +28,10 @@ use crate::util::fs::write_atomic_mode;
 
 /// Leaves kept; past this the cache starts over (a gateway talks to few distinct names).
 const LEAF_CACHE: usize = 1024;
+/// Server configurations kept (one per destination address that clients reach without SNI).
+const SERVER_CACHE: usize = 1024;
+/// TLS 1.2 sessions the server side remembers for resumption (TLS 1.3 uses tickets).
+const SESSIONS: usize = 4096;
 const CA_NAME: &str = "callgate local CA";
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,9 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// An upstream client configuration's extra CA file and whether it offers HTTP/1.1 only.
+type ClientKey = (Option<PathBuf>, bool);
+
 /// The local CA and everything minted from it.
 pub struct Authority {
     ca_key: KeyPair,
@@ -52,8 +61,15 @@ pub struct Authority {
     leaf_key: KeyPair,
     leaf_signing: Arc<dyn rustls::sign::SigningKey>,
     leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    /// Upstream client configurations by extra CA file (None: system roots only).
-    clients: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    /// Server configurations by fallback name: building one per connection cost allocations
+    /// and, with a session cache of its own, made every returning client do a full handshake.
+    servers: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Shared by every server configuration: sessions and the (in-memory, rotating) ticket key.
+    sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// Upstream client configurations by extra CA file (None: system roots only) and whether
+    /// they offer HTTP/1.1 only.
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
     system_roots: Arc<RootCertStore>,
     pub ca_path: PathBuf,
 }
@@ -124,6 +140,15 @@ impl Authority {
             leaf_key,
             leaf_signing,
             leaves: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSIONS),
+            ticketer: match rustls::crypto::ring::Ticketer::new() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(error = %e, "no TLS session tickets: clients resume from the session cache only");
+                    None
+                }
+            },
             clients: Mutex::new(HashMap::new()),
             system_roots: Arc::new(system_roots()),
             ca_path: crt_path,
@@ -162,20 +187,58 @@ impl Authority {
 
     /// The server side of an interception: leaves by SNI (or by the destination IP for a
     /// client that sent none), ALPN h2 and http/1.1.
-    pub fn server_config(self: &Arc<Self>, fallback_name: String) -> Arc<ServerConfig> {
+    pub fn server_config(self: &Arc<Self>, fallback_name: &str) -> Arc<ServerConfig> {
+        if let Some(c) = self
+            .servers
+            .lock()
+            .ok()
+            .and_then(|s| s.get(fallback_name).cloned())
+        {
+            return c;
+        }
         let mut cfg = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver {
-                authority: self.clone(),
-                fallback_name,
+                // Weak: the authority keeps the configurations, which keep their resolvers.
+                authority: Arc::downgrade(self),
+                fallback_name: fallback_name.to_string(),
             }));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(cfg)
+        cfg.session_storage = self.sessions.clone();
+        if let Some(t) = &self.ticketer {
+            cfg.ticketer = t.clone();
+        }
+        let cfg = Arc::new(cfg);
+        if let Ok(mut servers) = self.servers.lock() {
+            if servers.len() >= SERVER_CACHE {
+                servers.clear();
+            }
+            servers.insert(fallback_name.to_string(), cfg.clone());
+        }
+        cfg
     }
 
-    /// The client side towards the upstream: system roots plus the service's extra CA.
+    /// The client side towards the upstream: system roots plus the service's extra CA; ALPN
+    /// h2 and http/1.1.
     pub fn client_config(&self, extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
-        let key = extra_ca.map(Path::to_path_buf);
+        self.client_config_with(extra_ca, false)
+    }
+
+    /// [`Authority::client_config`] offering http/1.1 only, for a client that speaks HTTP/1:
+    /// its calls go up over one connection of their own, one after another.
+    pub fn client_config_http1(
+        &self,
+        extra_ca: Option<&Path>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client_config_with(extra_ca, true)
+    }
+
+    fn client_config_with(
+        &self,
+        extra_ca: Option<&Path>,
+        http1_only: bool,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let key = (extra_ca.map(Path::to_path_buf), http1_only);
         if let Some(c) = self.clients.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(c);
         }
@@ -207,7 +270,11 @@ impl Authority {
         let mut cfg = ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.alpn_protocols = if http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let cfg = Arc::new(cfg);
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(key, cfg.clone());
@@ -252,17 +319,14 @@ fn system_roots() -> RootCertStore {
 
 #[derive(Debug)]
 struct Resolver {
-    authority: Arc<Authority>,
+    authority: std::sync::Weak<Authority>,
     fallback_name: String,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello
-            .server_name()
-            .map(str::to_string)
-            .unwrap_or_else(|| self.fallback_name.clone());
-        match self.authority.leaf(&name) {
+        let name = hello.server_name().unwrap_or(&self.fallback_name);
+        match self.authority.upgrade()?.leaf(name) {
             Ok(k) => Some(k),
             Err(e) => {
                 warn!(name, error = %e, "could not mint a leaf certificate");
@@ -318,6 +382,66 @@ mod tests {
             &leaf,
             &b.leaf("api.example.test").expect("cached")
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Moves TLS records both ways until neither side has more to send.
+    fn pump(c: &mut rustls::ClientConnection, s: &mut rustls::ServerConnection) {
+        for _ in 0..16 {
+            let mut out = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut out).expect("client writes");
+            }
+            let mut rd = &out[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).expect("server reads");
+                s.process_new_packets().expect("server processes");
+            }
+            let mut back = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut back).expect("server writes");
+            }
+            let mut rd = &back[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).expect("client reads");
+                c.process_new_packets().expect("client processes");
+            }
+            if out.is_empty() && back.is_empty() {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_returning_client_resumes_its_session() {
+        let dir = std::env::temp_dir().join(format!("callgate-tls-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Arc::new(Authority::load_or_create(&dir).expect("create"));
+        assert!(Arc::ptr_eq(
+            &a.server_config("10.0.0.1"),
+            &a.server_config("10.0.0.1")
+        ));
+        let mut roots = RootCertStore::empty();
+        roots.add(a.ca_der.clone()).expect("root");
+        let client = Arc::new(
+            ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let name = rustls::pki_types::ServerName::try_from("api.example.test").expect("name");
+        for want in [
+            rustls::HandshakeKind::Full,
+            rustls::HandshakeKind::Resumed,
+            rustls::HandshakeKind::Resumed,
+        ] {
+            // Each connection asks for the configuration anew, as the accept stage does.
+            let mut s = rustls::ServerConnection::new(a.server_config("10.0.0.1")).expect("server");
+            let mut c =
+                rustls::ClientConnection::new(client.clone(), name.clone()).expect("client");
+            pump(&mut c, &mut s);
+            assert!(!c.is_handshaking() && !s.is_handshaking());
+            assert_eq!(c.handshake_kind(), Some(want));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -99,8 +99,18 @@ impl<W: Write> Write for LogWriter<W> {
         } else {
             visible(line)
         };
-        self.inner.write_all(shown.as_bytes())?;
-        self.inner.write_all(end.as_bytes())?;
+        // One write per event: a line with nothing to escape goes out as it came, newline
+        // included (two writes were two system calls for every logged connection).
+        match shown {
+            Cow::Borrowed(s) if s.len() == line.len() && matches!(text, Cow::Borrowed(_)) => {
+                self.inner.write_all(buf)?
+            }
+            shown => {
+                let mut out = shown.into_owned();
+                out.push_str(end);
+                self.inner.write_all(out.as_bytes())?
+            }
+        }
         Ok(buf.len())
     }
 

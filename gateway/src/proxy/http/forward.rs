@@ -26,7 +26,7 @@ use crate::{
         body::ProxyBody,
         h1::list_items,
         reply::Refusal,
-        upstream::pool::{HttpClient, UpstreamBody, UpstreamKey},
+        upstream::pool::{HttpClient, UpstreamBody, UpstreamKey, UpstreamTls},
     },
     telemetry::trace::CallSpan,
 };
@@ -70,13 +70,16 @@ impl Conn {
         // A plain-text upstream cannot say whether it speaks h2c: only gRPC (which needs
         // HTTP/2) goes up as h2 with prior knowledge; anything else as HTTP/1.1.
         let h2c = !self.tls && parts.version == Version::HTTP_2 && kind == Kind::Grpc;
-        // HTTP/1 in plain text goes over this connection's own upstream connection, which
-        // takes the origin form; the pooled clients take the absolute form.
-        let own_http1 = !self.tls && parts.version < Version::HTTP_2;
+        // HTTP/1 goes over this connection's own upstream connection (in plain text, or TLS
+        // re-originated), which takes the origin form; the pooled clients take the absolute
+        // form.
+        let own_http1 =
+            parts.version < Version::HTTP_2 && (!self.tls || inputs.authority.is_some());
         // The authority as the client gave it, before a `Connection` header can strip its
         // Host: the pooled clients' key and SNI, or a Host for a request that has none.
         let mut seen = Seen::of(&parts.headers);
-        let host = (!own_http1 || !seen.host || seen.connection()).then(|| {
+        let needs_name = self.tls && self.sni.is_none();
+        let host = (!own_http1 || !seen.host || seen.connection() || needs_name).then(|| {
             authority(&parts)
                 .map(str::to_string)
                 .unwrap_or_else(|| self.dst.to_string())
@@ -179,11 +182,26 @@ impl Conn {
             Some(client)
         };
         let sent = Instant::now();
+        // Over TLS, the upstream is verified as the name the client asked for (its SNI, else
+        // its Host) against the system roots and the service's extra CA.
+        let ca = service.and_then(|s| s.upstream_ca.as_deref());
+        let config = || match &inputs.authority {
+            Some(a) => a.client_config_http1(ca).map_err(|e| e.to_string()),
+            None => Err("TLS is not set up".to_string()),
+        };
+        let tls = self.tls.then(|| UpstreamTls {
+            name: self
+                .sni
+                .as_deref()
+                .unwrap_or_else(|| host_only(host.as_deref().unwrap_or_default())),
+            ca,
+            config: &config,
+        });
         let upstream_call = async {
             match pooled {
                 None => inputs
                     .upstreams
-                    .send_http1(&self.http1, self.dst, self.netns, req)
+                    .send_http1(&self.http1, self.dst, self.netns, tls, req)
                     .await
                     .map_err(|e| error_chain(&e)),
                 Some(client) => client

@@ -1,5 +1,6 @@
-//! The forward stage's own HTTP/1.1 client, for the plain-text upstream connection that an
-//! intercepted HTTP/1 connection keeps (see [`super::pool::Http1Slot`]).
+//! The forward stage's own HTTP/1.1 client, for the upstream connection that an intercepted
+//! HTTP/1 connection keeps (see [`super::pool::Http1Slot`]): plain text, or TLS re-originated
+//! for an intercepted TLS connection.
 //!
 //! A request is written and its answer's head read on the calling task, and the body is read
 //! by the response body itself: no connection task, and no channel between it and the caller.
@@ -13,6 +14,8 @@
 use std::{
     io,
     mem::MaybeUninit,
+    path::PathBuf,
+    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
@@ -21,7 +24,11 @@ use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
 
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::h1::{
@@ -58,38 +65,81 @@ impl From<Malformed> for H1Error {
     }
 }
 
-/// A kept plain-text connection to one upstream, with what was read past the last answer.
+/// Who a TLS upstream connection was verified as: the server name and the extra CA bundle.
+/// A connection is reused only for calls that would verify the upstream the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsIdentity {
+    pub name: String,
+    pub ca: Option<PathBuf>,
+}
+
+/// The bytes of an upstream connection: plain text, or TLS this gateway originated.
+pub enum Wire {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A kept connection to one upstream, with what was read past the last answer.
 pub struct Upstream1 {
-    io: TcpStream,
+    io: Wire,
     buf: BytesMut,
     /// Carried a request before: when it turns out closed, the request may go again.
     reused: bool,
+    /// The TLS identity it was verified as (None: plain text).
+    tls: Option<TlsIdentity>,
 }
 
 impl Upstream1 {
     pub fn new(io: TcpStream) -> Self {
+        Self::over(Wire::Plain(io), None)
+    }
+
+    /// A connection over TLS, verified as `identity`.
+    pub fn tls(io: TlsStream<TcpStream>, identity: TlsIdentity) -> Self {
+        Self::over(Wire::Tls(Box::new(io)), Some(identity))
+    }
+
+    fn over(io: Wire, tls: Option<TlsIdentity>) -> Self {
         Self {
             io,
             buf: BytesMut::with_capacity(8 * 1024),
             reused: false,
+            tls,
         }
     }
 
+    pub fn identity(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
+    }
+
     /// Whether the upstream closed (or sent something unasked) while the connection was kept.
-    /// Only the readiness tokio already has is consulted: no system call.
-    pub fn looks_closed(&self) -> bool {
+    /// Only the readiness tokio already has is consulted: no system call while the socket
+    /// stays quiet. Over TLS, records that carry no data (session tickets, a key update) are
+    /// taken in; anything else, close_notify included, means closed.
+    pub fn looks_closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+        match &mut self.io {
+            Wire::Plain(io) => match io.poll_read_ready(&mut cx) {
+                Poll::Pending => false,
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    !matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            Wire::Tls(io) => match io.get_ref().0.poll_read_ready(&mut cx) {
+                Poll::Pending => false,
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    let mut probe = ReadBuf::new(&mut probe);
+                    !matches!(Pin::new(io).poll_read(&mut cx, &mut probe), Poll::Pending)
+                }
+            },
         }
     }
 
@@ -112,6 +162,9 @@ pub type Slot = Arc<Mutex<Option<Upstream1>>>;
 /// What happened to a request written on a connection: answered, or the connection was kept
 /// from an earlier request and closed before any answer byte, so the upstream never took the
 /// request: it may go again, as it was, on a new connection.
+// Returned once per call and matched at once: boxing the answer would be an allocation per
+// call to save a move.
+#[allow(clippy::large_enum_variant)]
 pub enum Sent {
     Answered(Response<H1Body>),
     Retry(Encoded),
@@ -196,6 +249,10 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
     if let Some(body) = req.rest.take() {
         write_body(&mut conn.io, body, req.chunked).await?;
     }
+    // TLS may hold back what did not fit in the socket; plain text has nothing to flush.
+    if matches!(conn.io, Wire::Tls(_)) {
+        conn.io.flush().await?;
+    }
     let head = loop {
         match parse_head(&mut conn.buf)? {
             Some(h) if h.status.is_informational() => continue,
@@ -263,7 +320,7 @@ impl Source for Kept {
 }
 
 /// Sends a body that did not go with the head.
-async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> Result<(), H1Error> {
+async fn write_body(io: &mut Wire, mut body: ProxyBody, chunked: bool) -> Result<(), H1Error> {
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(H1Error::RequestBody)?;
@@ -286,6 +343,46 @@ async fn write_body(io: &mut TcpStream, mut body: ProxyBody, chunked: bool) -> R
         io.write_all(&end).await?;
     }
     Ok(())
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Wire::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Wire::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_flush(cx),
+            Wire::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Wire::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 struct Head {

@@ -2,11 +2,13 @@
 //! TLS identity (server name and trusted CA), so that keep-alive and h2 multiplexing carry over
 //! from one call to the next.
 //!
-//! Plain-text HTTP/1 takes a shorter way ([`Upstreams::send_http1`]): an intercepted HTTP/1
-//! connection sends its requests one after another, so it keeps one upstream connection for
-//! its whole life, in its own [`Http1Slot`], and a request costs no pool lookup, lock or
-//! checkout. When the intercepted connection ends, its upstream connection waits in an idle
-//! list for the next one to the same destination, as a pool would keep it.
+//! HTTP/1 takes a shorter way ([`Upstreams::send_http1`]), in plain text and over TLS: an
+//! intercepted HTTP/1 connection sends its requests one after another, so it keeps one
+//! upstream connection for its whole life, in its own [`Http1Slot`], and a request costs no
+//! pool lookup, lock or checkout. When the intercepted connection ends, its upstream
+//! connection waits in an idle list for the next one to the same destination (and, over TLS,
+//! the same verified identity), as a pool would keep it: a new intercepted connection then
+//! pays neither a connect nor a TLS handshake upstream.
 //!
 //! The clients are pruned (see [`Clients`]): idle ones when a new destination comes, the
 //! least recently used past a bound.
@@ -48,6 +50,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use crate::intercept::netns::Namespaces;
 use crate::proxy::body::{BodyError, ProxyBody};
 
+pub use super::h1::TlsIdentity;
 use super::{
     ForwardError,
     h1::{self, H1Body, Sent, Upstream1},
@@ -64,6 +67,31 @@ const IDLE_PER_DESTINATION: usize = 64;
 /// Pooled clients kept at most (one per destination and TLS identity, about 2 KiB each with
 /// no connection); past it the least recently used go first.
 const MAX_CLIENTS: usize = 2048;
+
+/// Where idle HTTP/1 connections wait: per data-path thread, destination, namespace and TLS
+/// identity (None: plain text).
+type IdleKey = (ThreadId, SocketAddr, u64, Option<TlsIdentity>);
+
+/// TLS towards an upstream for [`Upstreams::send_http1`]: whom to verify, and the client
+/// configuration, asked for only when a new connection is made.
+pub struct UpstreamTls<'a> {
+    pub name: &'a str,
+    pub ca: Option<&'a std::path::Path>,
+    pub config: &'a (dyn Fn() -> Result<Arc<ClientConfig>, String> + Sync),
+}
+
+impl UpstreamTls<'_> {
+    fn matches(&self, id: Option<&TlsIdentity>) -> bool {
+        id.is_some_and(|id| id.name == self.name && id.ca.as_deref() == self.ca)
+    }
+
+    fn identity(&self) -> TlsIdentity {
+        TlsIdentity {
+            name: self.name.to_string(),
+            ca: self.ca.map(std::path::Path::to_path_buf),
+        }
+    }
+}
 
 /// Where and how to reach an upstream; one pool per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -85,7 +113,7 @@ pub struct Upstreams {
     /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
     /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
     /// eventfd write and an extra epoll round on both threads) on every call it carries.
-    idle_http1: Mutex<HashMap<(ThreadId, SocketAddr, u64), Vec<Kept>>>,
+    idle_http1: Mutex<HashMap<IdleKey, Vec<Kept>>>,
     connect_timeout: Duration,
     idle: Duration,
     /// Makes the sockets of upstream connections in the workloads' network namespaces.
@@ -234,25 +262,36 @@ impl Upstreams {
         super::connect_from(self.namespaces.as_deref(), netns, dst, self.connect_timeout).await
     }
 
-    /// Sends `req` (origin-form, with its Host) to the plain-text HTTP/1 upstream `dst` over the
-    /// connection `slot` holds, or a kept or new one; the answer's body puts that connection
-    /// back in `slot` for the next request when it ends. A kept connection the upstream closed
-    /// meanwhile is replaced, and the request, which it never took, goes on the new one.
+    /// Sends `req` (origin-form, with its Host) to the HTTP/1 upstream `dst` (over TLS when
+    /// `tls` says so) over the connection `slot` holds, or a kept or new one; the answer's body
+    /// puts that connection back in `slot` for the next request when it ends. A kept
+    /// connection the upstream closed meanwhile is replaced, and the request, which it never
+    /// took, goes on the new one.
     pub async fn send_http1(
         &self,
         slot: &Http1Slot,
         dst: SocketAddr,
         netns: u64,
+        tls: Option<UpstreamTls<'_>>,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let mut req = h1::encode(req).await?;
-        let kept = slot
+        let held = slot
             .take()
-            .filter(|c| !c.looks_closed())
-            .or_else(|| self.kept_http1(dst, netns));
+            .and_then(|mut c| (!c.looks_closed()).then_some(c));
+        let held = match held {
+            // A request on the same connection naming another server (no SNI, another Host)
+            // needs an upstream verified as that one: the held one waits for its own kind.
+            Some(c) if !same_tls(tls.as_ref(), c.identity()) => {
+                self.keep_http1(dst, netns, c);
+                None
+            }
+            other => other,
+        };
+        let kept = held.or_else(|| self.kept_http1(dst, netns, tls.as_ref().map(|t| t.identity())));
         let mut conn = match kept {
             Some(c) => c,
-            None => Upstream1::new(self.connect(dst, netns).await?),
+            None => self.connect_http1(dst, netns, tls.as_ref()).await?,
         };
         loop {
             match h1::send(conn, req, &slot.0).await? {
@@ -260,16 +299,46 @@ impl Upstreams {
                 // A new connection is not retried again: its failure is the answer.
                 Sent::Retry(again) => {
                     req = again;
-                    conn = Upstream1::new(self.connect(dst, netns).await?);
+                    conn = self.connect_http1(dst, netns, tls.as_ref()).await?;
                 }
             }
         }
     }
 
+    /// A new upstream connection for [`Upstreams::send_http1`], with its TLS handshake done.
+    async fn connect_http1(
+        &self,
+        dst: SocketAddr,
+        netns: u64,
+        tls: Option<&UpstreamTls<'_>>,
+    ) -> Result<Upstream1, ForwardError> {
+        let tcp = self.connect(dst, netns).await?;
+        let Some(tls) = tls else {
+            return Ok(Upstream1::new(tcp));
+        };
+        let tls_error = |reason: String| ForwardError::Tls { dst, reason };
+        let config = (tls.config)().map_err(tls_error)?;
+        let server = ServerName::try_from(tls.name.to_string())
+            .map_err(|_| tls_error(format!("{:?} is not a valid server name", tls.name)))?;
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TlsConnector::from(config).connect(server, tcp),
+        )
+        .await
+        .map_err(|_| ForwardError::ConnectTimeout {
+            dst,
+            after: self.connect_timeout,
+        })?
+        .map_err(|e| tls_error(format!("{}: {e}", tls.name)))?;
+        Ok(Upstream1::tls(stream, tls.identity()))
+    }
+
     /// Drops every connection kept from network namespace `netns` (it was closed): idle
     /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
     pub fn forget_netns(&self, netns: u64) {
-        self.idle_http1.locked().retain(|(_, _, n), _| *n != netns);
+        self.idle_http1
+            .locked()
+            .retain(|(_, _, n, _), _| *n != netns);
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
 
@@ -278,6 +347,10 @@ impl Upstreams {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
         let Some(conn) = slot.take() else { return };
+        self.keep_http1(dst, netns, conn);
+    }
+
+    fn keep_http1(&self, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
         if conn.looks_closed() {
             return;
         }
@@ -285,23 +358,27 @@ impl Upstreams {
         let mut idle = self.idle_http1.locked();
         // Expired ones are closed here, for every destination: nothing else looks at them.
         idle.retain(|_, kept| {
-            kept.retain(|(at, c)| self.still_usable(*at, now, c));
+            kept.retain_mut(|(at, c)| self.still_usable(*at, now, c));
             !kept.is_empty()
         });
-        let kept = idle
-            .entry((thread::current().id(), dst, netns))
-            .or_default();
+        let key = (thread::current().id(), dst, netns, conn.identity().cloned());
+        let kept = idle.entry(key).or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((now, conn));
         }
     }
 
-    fn kept_http1(&self, dst: SocketAddr, netns: u64) -> Option<Upstream1> {
+    fn kept_http1(
+        &self,
+        dst: SocketAddr,
+        netns: u64,
+        tls: Option<TlsIdentity>,
+    ) -> Option<Upstream1> {
         let mut idle = self.idle_http1.locked();
-        let kept = idle.get_mut(&(thread::current().id(), dst, netns))?;
+        let kept = idle.get_mut(&(thread::current().id(), dst, netns, tls))?;
         let now = Instant::now();
-        while let Some((at, c)) = kept.pop() {
-            if self.still_usable(at, now, &c) {
+        while let Some((at, mut c)) = kept.pop() {
+            if self.still_usable(at, now, &mut c) {
                 return Some(c);
             }
         }
@@ -309,7 +386,7 @@ impl Upstreams {
     }
 
     /// A connection kept since `at` has not idled out, nor been closed by the upstream.
-    fn still_usable(&self, at: Instant, now: Instant, c: &Upstream1) -> bool {
+    fn still_usable(&self, at: Instant, now: Instant, c: &mut Upstream1) -> bool {
         now.duration_since(at) < self.idle && !c.looks_closed()
     }
 
@@ -338,6 +415,14 @@ impl Upstreams {
             .build(connector);
         clients.insert(key.clone(), client.clone(), self.idle);
         client
+    }
+}
+
+/// Whether a connection verified as `id` (None: plain text) serves calls that want `tls`.
+fn same_tls(tls: Option<&UpstreamTls<'_>>, id: Option<&TlsIdentity>) -> bool {
+    match tls {
+        Some(t) => t.matches(id),
+        None => id.is_none(),
     }
 }
 
