@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{Durability, RecordsConfig};
-use crate::obligations::mask::{MaskKey, MaskRules};
+use crate::obligations::mask::{AnswerSpans, MaskKey, MaskRules};
 use crate::util::time::now_ms;
 
 /// One call, as recorded. Argument and response values are masked before they get here and
@@ -74,6 +74,11 @@ pub struct Record {
     /// The response was longer than the record's cap and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_truncated: bool,
+    /// `response` has had every built-in detector applied already, by the scan that masked
+    /// the answer for the client ([`Recorder::mask_answer`]): it is not scanned again. Set
+    /// only with a response made that way; not part of the record's text.
+    #[serde(skip)]
+    pub response_masked: bool,
     pub latency_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -612,7 +617,9 @@ impl Recorder {
             }
         }
         if let Some(r) = &mut rec.response {
-            self.mask_raw(r);
+            if !rec.response_masked {
+                self.mask_raw(r);
+            }
             let len = r.get().len();
             if len > self.cfg.response_cap {
                 rec.response = Some(RawJson::string(&format!(
@@ -627,6 +634,18 @@ impl Recorder {
                 *reason = m;
             }
         }
+    }
+
+    /// An answer as the client got it, masked for the record: `spans` are the values of the
+    /// built-in detectors the client's masks let through, found by the scan that masked it
+    /// ([`crate::obligations::mask::BodyMasker::recorded`]). The record's copy is made from
+    /// the client's bytes, not parsed and scanned again; set `response_masked` with it.
+    pub fn mask_answer<'a>(
+        &self,
+        text: &'a [u8],
+        spans: &AnswerSpans,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        self.masks.mask_spans(&self.key, text, spans)
     }
 
     /// Masks a value kept as text. Detectors run over the text as it is; a JSON escape
