@@ -13,6 +13,7 @@ pub mod query;
 pub mod segment;
 pub mod ship;
 pub mod tree;
+mod valid;
 pub mod witness;
 pub mod witness_client;
 pub mod witness_server;
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{Durability, RecordsConfig};
-use crate::obligations::mask::{MaskKey, MaskRules};
+use crate::obligations::mask::{AnswerSpans, MaskKey, MaskRules};
 use crate::util::time::now_ms;
 
 /// One call, as recorded. Argument and response values are masked before they get here and
@@ -74,6 +75,11 @@ pub struct Record {
     /// The response was longer than the record's cap and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_truncated: bool,
+    /// `response` has had every built-in detector applied already, by the scan that masked
+    /// the answer for the client ([`Recorder::mask_answer`]): it is not scanned again. Set
+    /// only with a response made that way; not part of the record's text.
+    #[serde(skip)]
+    pub response_masked: bool,
     pub latency_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -104,14 +110,15 @@ pub struct RecordedDecision {
 /// client got (masked again with every detector) rather than through a parsed tree and back:
 /// parsing, walking and re-serialising cost more than the rest of the record together.
 ///
-/// `P` holds the text: boxed for a value that belongs to one record, shared ([`SharedJson`])
-/// for one that many records carry.
+/// `P` holds the text, always exactly one JSON value: boxed for a value that belongs to one
+/// record, shared ([`SharedJson`]) for one that many records carry. Text from outside is
+/// checked by [`valid::is_json`], not parsed.
 #[derive(Clone)]
-pub struct RawJson<P = Box<RawValue>>(P);
+pub struct RawJson<P = Box<str>>(P);
 
 /// JSON text that many records carry: the workload block is serialised once per connection
 /// and its bytes copied into each record, instead of walking the same tree for every call.
-pub type SharedJson = RawJson<Arc<RawValue>>;
+pub type SharedJson = RawJson<Arc<str>>;
 
 impl RawJson {
     /// `text` as a value: itself when it is JSON, else a JSON string of it (invalid UTF-8
@@ -123,11 +130,12 @@ impl RawJson {
         }
     }
 
-    /// `s` itself when it is JSON, else a JSON string of it.
+    /// `s` itself when it is JSON (without the whitespace around it), else a JSON string of it.
     pub fn text(s: &str) -> Self {
-        match serde_json::from_str::<Box<RawValue>>(s) {
-            Ok(raw) => Self(raw),
-            Err(_) => Self::string(s),
+        if valid::is_json(s.as_bytes()) {
+            Self(s.trim_matches([' ', '\t', '\n', '\r']).into())
+        } else {
+            Self::string(s)
         }
     }
 
@@ -137,19 +145,18 @@ impl RawJson {
     }
 }
 
-impl<P: From<Box<RawValue>>> RawJson<P> {
+impl<P: From<Box<str>>> RawJson<P> {
     /// `v` serialised; `null` if it cannot be (a map with keys that are not strings).
     pub fn of<T: Serialize + ?Sized>(v: &T) -> Self {
-        let raw = serde_json::value::to_raw_value(v)
-            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-        Self(raw.into())
+        let text = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+        Self(text.into_boxed_str().into())
     }
 }
 
-impl<P: Deref<Target = RawValue>> RawJson<P> {
+impl<P: Deref<Target = str>> RawJson<P> {
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     pub fn to_value(&self) -> serde_json::Value {
@@ -157,31 +164,35 @@ impl<P: Deref<Target = RawValue>> RawJson<P> {
     }
 }
 
-impl<P: Deref<Target = RawValue>> Serialize for RawJson<P> {
+/// Through serde (queries, tests; the log's own text is written by `write_json`), as the raw
+/// value it is.
+impl<P: Deref<Target = str>> Serialize for RawJson<P> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        RawValue::from_string(self.get().to_string())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
     }
 }
 
-impl<'de, P: From<Box<RawValue>>> Deserialize<'de> for RawJson<P> {
+impl<'de, P: From<Box<str>>> Deserialize<'de> for RawJson<P> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(d).map(|raw| Self(raw.into()))
+        Box::<RawValue>::deserialize(d).map(|raw| Self(Box::<str>::from(raw.get()).into()))
     }
 }
 
-impl<P: Deref<Target = RawValue>> std::fmt::Debug for RawJson<P> {
+impl<P: Deref<Target = str>> std::fmt::Debug for RawJson<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.get())
     }
 }
 
-impl<P: Deref<Target = RawValue>> PartialEq for RawJson<P> {
+impl<P: Deref<Target = str>> PartialEq for RawJson<P> {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
     }
 }
 
-impl<P: From<Box<RawValue>>> From<serde_json::Value> for RawJson<P> {
+impl<P: From<Box<str>>> From<serde_json::Value> for RawJson<P> {
     fn from(v: serde_json::Value) -> Self {
         Self::of(&v)
     }
@@ -612,7 +623,9 @@ impl Recorder {
             }
         }
         if let Some(r) = &mut rec.response {
-            self.mask_raw(r);
+            if !rec.response_masked {
+                self.mask_raw(r);
+            }
             let len = r.get().len();
             if len > self.cfg.response_cap {
                 rec.response = Some(RawJson::string(&format!(
@@ -627,6 +640,18 @@ impl Recorder {
                 *reason = m;
             }
         }
+    }
+
+    /// An answer as the client got it, masked for the record: `spans` are the values of the
+    /// built-in detectors the client's masks let through, found by the scan that masked it
+    /// ([`crate::obligations::mask::BodyMasker::recorded`]). The record's copy is made from
+    /// the client's bytes, not parsed and scanned again; set `response_masked` with it.
+    pub fn mask_answer<'a>(
+        &self,
+        text: &'a [u8],
+        spans: &AnswerSpans,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        self.masks.mask_spans(&self.key, text, spans)
     }
 
     /// Masks a value kept as text. Detectors run over the text as it is; a JSON escape

@@ -549,6 +549,88 @@ fn planted_pii_never_reaches_disk() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Reads every record file in `dir` as text, compressed segments decompressed.
+fn disk_text(dir: &Path) -> String {
+    let mut text = Vec::new();
+    for e in fs::read_dir(dir).expect("dir").flatten() {
+        let s = segment::SegmentFile {
+            path: e.path(),
+            first_seq: 0,
+            compressed: e.path().extension().is_some_and(|x| x == "zst"),
+        };
+        if e.path().to_string_lossy().contains(".seg") {
+            s.open()
+                .expect("open")
+                .read_to_end(&mut text)
+                .expect("read");
+        } else {
+            text.extend(fs::read(e.path()).expect("read"));
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Masked once: a policy masking only e-mail addresses, an answer with cards in it (in a
+/// string, as a number, spelled with `\u` escapes) and other detectors' values. The client
+/// gets the cards; the record's copy, made from the client's bytes and the spans the same
+/// scan found, is not scanned again, and the disk has neither the cards nor the address.
+#[test]
+fn answers_masked_once_leave_nothing_unmasked_on_disk() {
+    use callgate::obligations::mask::{BodyKind, BodyMasker, MaskRules, MaskSpec};
+    use std::sync::Arc;
+    let dir = tempdir("once");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let policy =
+        Arc::new(MaskRules::compile(&[MaskSpec::Detector("email".into())]).expect("rules"));
+    let answer = br#"{"card": "4111 1111 1111 1111", "n": 5555555555554444, "esc": "\u0034012888888881881",
+        "mail": "victim@example.com", "ssn": "123-45-6789", "gh": "ghp_abcdefghijklmnopqrstuvwxyz0123456789"}"#;
+    for (i, chunk) in [answer.len(), 7, 64].into_iter().enumerate() {
+        let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json);
+        let mut client = Vec::new();
+        for piece in answer.chunks(chunk) {
+            m.push(piece, &mut client);
+        }
+        m.finish(&mut client);
+        let seen = String::from_utf8_lossy(&client);
+        assert!(
+            seen.contains("4111 1111 1111 1111")
+                && seen.contains("5555555555554444")
+                && !seen.contains("victim@"),
+            "the client's copy follows the policy: {seen}"
+        );
+        let spans = m.answer_spans().expect("followed");
+        assert_eq!(spans.len(), 5, "{spans:?}");
+        let mut r = record(i as u64, "once");
+        r.response = Some(RawJson::new(&rec.mask_answer(&client, &spans)));
+        r.response_masked = true;
+        rec.submit(r).expect("submit");
+    }
+    rec.close();
+    let text = disk_text(&dir);
+    for pii in [
+        "4111 1111 1111 1111",
+        "5555555555554444",
+        "4012888888881881",
+        "012888888881881",
+        "victim@example.com",
+        "123-45-6789",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    ] {
+        assert!(!text.contains(pii), "{pii} reached disk: {text}");
+    }
+    // The number-typed card became a string: the record's answer is still JSON.
+    let stored = all(&dir);
+    assert_eq!(stored.len(), 3);
+    for s in &stored {
+        let resp = &s.record.response.as_ref().expect("response").to_value();
+        assert_eq!(resp["n"], "************4444", "{resp}");
+        assert_eq!(resp["card"], "************1111", "{resp}");
+        assert_eq!(resp["esc"], "************1881", "{resp}");
+        assert_eq!(resp["mail"], "[MASKED:email]", "{resp}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -167,6 +167,10 @@ impl MaskKey {
 #[derive(Debug, Default)]
 pub struct MaskRules {
     scanner: detect::Scanner,
+    /// The same detectors and regexes together with every other built-in detector, for an
+    /// answer that is also recorded: one scan finds what the client's copy masks and what the
+    /// record's masks besides ([`AnswerSpans`]).
+    split: detect::Scanner,
     styles: Vec<(Detector, Style)>,
     custom: Vec<(String, Style)>,
     fields: Vec<(JsonPath, Style)>,
@@ -219,6 +223,7 @@ impl MaskRules {
         let field_keys = json::FieldKeys::new(fields.iter().map(|f| &f.0));
         Ok(Self {
             field_keys,
+            split: detect::Scanner::split(&detectors, regexes.clone()),
             scanner: detect::Scanner::new(&detectors, regexes),
             styles,
             custom,
@@ -285,6 +290,45 @@ impl MaskRules {
         out.extend_from_slice(&s.as_bytes()[pos..]);
         // Replacements are ASCII and cut only at detector boundaries, which are ASCII.
         Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `text` (an answer as the client got it) with the values of `spans` masked by these
+    /// rules: what a record keeps of an answer whose masker found them ([`AnswerSpans`]).
+    pub fn mask_spans<'a>(
+        &self,
+        key: &MaskKey,
+        text: &'a [u8],
+        spans: &AnswerSpans,
+    ) -> Cow<'a, [u8]> {
+        if spans.spans.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut pos = 0;
+        for sp in &spans.spans {
+            let (start, end) = (sp.start.max(pos).min(text.len()), sp.end.min(text.len()));
+            if end <= start {
+                continue;
+            }
+            out.extend_from_slice(&text[pos..start]);
+            if sp.number {
+                out.push(b'"');
+            }
+            let h = Hit {
+                start,
+                end,
+                kind: Kind::Detector(sp.kind),
+                open: false,
+                cut: sp.cut,
+            };
+            self.render_hit(key, &h, &text[start..end], &mut out);
+            if sp.number {
+                out.push(b'"');
+            }
+            pos = end;
+        }
+        out.extend_from_slice(&text[pos..]);
+        Cow::Owned(out)
     }
 
     /// Masks a JSON value in place: field paths first, then detectors in every string (and
@@ -467,6 +511,38 @@ impl HeaderMasker {
         }
         n
     }
+}
+
+/// What a record must mask in an answer beyond what the client's copy had masked: the values
+/// of the built-in detectors the policy does not mask, found by the same scan that masked the
+/// policy's (see [`BodyMasker::recorded`]), at their places in the bytes the client got. The
+/// record's copy is those bytes with these masked ([`MaskRules::mask_spans`]): nothing is
+/// parsed or scanned again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnswerSpans {
+    spans: Vec<Span>,
+}
+
+impl AnswerSpans {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// One value at `start..end` of the answer's bytes (from its first byte).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    start: usize,
+    end: usize,
+    kind: Detector,
+    /// A piece of a longer value ([`Hit::cut`]).
+    cut: bool,
+    /// A card number written as a JSON number: it becomes a string.
+    number: bool,
 }
 
 /// Counts of what a masker did, for records and metrics.
@@ -834,6 +910,31 @@ impl BodyMasker {
             BodyKind::Json => BodyMasker::Json(Box::new(JsonMasker::new(rules, key))),
             BodyKind::Text => BodyMasker::Text(TextMasker::new(rules, key)),
             BodyKind::Binary => BodyMasker::Binary,
+        }
+    }
+
+    /// [`BodyMasker::new`] for an answer that is also recorded in full: a JSON masker then
+    /// finds, in the same scan, the values of every built-in detector the rules do not mask,
+    /// for the record ([`BodyMasker::answer_spans`]).
+    pub fn recorded(rules: Arc<MaskRules>, key: MaskKey, kind: BodyKind) -> Self {
+        match Self::new(rules, key, kind) {
+            BodyMasker::Json(mut m) => {
+                m.track_spans();
+                BodyMasker::Json(m)
+            }
+            other => other,
+        }
+    }
+
+    /// After [`BodyMasker::finish`]: where the values the client's copy keeps and a record
+    /// must not are, in the bytes this masker wrote. None when this masker did not keep
+    /// track (not made by [`BodyMasker::recorded`], not JSON, field paths, or something it
+    /// does not follow came up: a private key, a body that was not JSON): the record masks
+    /// the answer again on its own.
+    pub fn answer_spans(&mut self) -> Option<AnswerSpans> {
+        match self {
+            BodyMasker::Json(m) => m.take_spans(),
+            _ => None,
         }
     }
 

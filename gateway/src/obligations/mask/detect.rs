@@ -140,6 +140,9 @@ const ANCHORS: &[(&str, Detector)] = &[
 #[derive(Debug, Default)]
 pub struct Scanner {
     enabled: u16,
+    /// The detectors whose hits [`Scanner::scan_split`] sorts into its first list (all of
+    /// `enabled` for a scanner made by [`Scanner::new`]).
+    primary: u16,
     anchors: Option<(AhoCorasick, Vec<(usize, Detector)>)>,
     custom: Vec<Regex>,
 }
@@ -161,9 +164,19 @@ impl Scanner {
         });
         Self {
             enabled,
+            primary: enabled,
             anchors,
             custom,
         }
+    }
+
+    /// One scanner for two lists: `primary`'s detectors and `custom` (a policy's masks) and
+    /// every other built-in detector (what a record masks beyond them), scanned together by
+    /// [`Scanner::scan_split`].
+    pub fn split(primary: &[Detector], custom: Vec<Regex>) -> Self {
+        let mut s = Self::new(&Detector::ALL, custom);
+        s.primary = primary.iter().fold(0, |m, d| m | d.bit());
+        s
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,6 +199,42 @@ impl Scanner {
     /// Appends the hits in `t`, sorted, overlapping ones merged (the earlier one names it).
     pub fn scan(&self, t: &[u8], out: &mut Vec<Hit>) {
         let first = out.len();
+        self.find(t, out);
+        merge(out, first);
+    }
+
+    /// [`Scanner::scan`] for a scanner made by [`Scanner::split`]: the primary detectors' and
+    /// custom hits to `out`, exactly as a scanner of those alone finds them, and the other
+    /// detectors' to `other`, each list sorted and merged on its own. The text is read once.
+    pub fn scan_split(&self, t: &[u8], out: &mut Vec<Hit>, other: &mut Vec<Hit>) {
+        let first = out.len();
+        let first_other = other.len();
+        self.find(t, out);
+        // Found in order of detector, not position: move the others' out, keeping order.
+        let mut keep = first;
+        for i in first..out.len() {
+            let h = out[i];
+            if self.is_primary(h.kind) {
+                out[keep] = h;
+                keep += 1;
+            } else {
+                other.push(h);
+            }
+        }
+        out.truncate(keep);
+        merge(out, first);
+        merge(other, first_other);
+    }
+
+    fn is_primary(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Detector(d) => self.primary & d.bit() != 0,
+            Kind::Custom(_) => true,
+        }
+    }
+
+    /// Every detector's hits, unsorted.
+    fn find(&self, t: &[u8], out: &mut Vec<Hit>) {
         if self.on(Detector::Email) {
             for at in memchr::memchr_iter(b'@', t) {
                 if let Some((s, e)) = email(t, at) {
@@ -206,7 +255,12 @@ impl Scanner {
                 }
                 match token(t, m.start(), len, d) {
                     Ok(h) => {
-                        pos = h.end.max(pos);
+                        // Past a primary hit, as a scanner of the primary detectors alone
+                        // goes on; inside another one, whose anchors it would not have seen,
+                        // a primary value may still start.
+                        if self.primary & d.bit() != 0 {
+                            pos = h.end.max(pos);
+                        }
                         out.push(h);
                     }
                     Err(skip) => dead[pattern] = skip,
@@ -223,6 +277,12 @@ impl Scanner {
                 }
             }
         }
+    }
+}
+
+/// Sorts `out[first..]` and merges overlapping hits into one.
+fn merge(out: &mut Vec<Hit>, first: usize) {
+    {
         let hits = &mut out[first..];
         if hits.len() > 1 {
             hits.sort_unstable_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
@@ -245,7 +305,9 @@ impl Scanner {
             out.truncate(keep);
         }
     }
+}
 
+impl Scanner {
     /// The stride scan for card numbers, SSNs and IBANs.
     fn runs(&self, t: &[u8], out: &mut Vec<Hit>) {
         let n = t.len();
@@ -780,6 +842,34 @@ impl Behind {
         self.scanned += self.scratch.len() as u64;
         let first = out.len();
         scanner.scan(&self.scratch, out);
+        self.settle(out, first);
+    }
+
+    /// [`Behind::scan`] with [`Scanner::scan_split`].
+    pub fn scan_split(
+        &mut self,
+        scanner: &Scanner,
+        t: &[u8],
+        out: &mut Vec<Hit>,
+        other: &mut Vec<Hit>,
+    ) {
+        if self.bytes.is_empty() {
+            self.scanned += t.len() as u64;
+            return scanner.scan_split(t, out, other);
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.bytes);
+        self.scratch.extend_from_slice(t);
+        self.scanned += self.scratch.len() as u64;
+        let (first, first_other) = (out.len(), other.len());
+        scanner.scan_split(&self.scratch, out, other);
+        self.settle(out, first);
+        self.settle(other, first_other);
+    }
+
+    /// Drops the hits of `out[first..]` settled with the previous piece and makes the rest
+    /// relative to the new text.
+    fn settle(&self, out: &mut Vec<Hit>, first: usize) {
         let k = self.bytes.len();
         let mut keep = first;
         for i in first..out.len() {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::{
-    Carry, MaskKey, MaskRules, MaskStats, Style, TextMasker,
+    AnswerSpans, Carry, MaskKey, MaskRules, MaskStats, Span, Style, TextMasker,
     blocks::{Block, Classifier},
     detect::{self, Detector, Hit, Kind},
     unescape::Unescaper,
@@ -181,6 +181,51 @@ pub struct JsonMasker {
     /// Decodes escapes that would hide a match (`\u0034` for `4`) before anything else looks.
     unescape: Unescaper,
     unescaped: Vec<u8>,
+    /// For a recorded answer: the values the rules leave in, for the record.
+    spans: Spans,
+}
+
+/// Whether a masker follows, for the record, the values of the built-in detectors its rules
+/// do not mask ([`AnswerSpans`]).
+#[derive(Debug, Default)]
+enum Spans {
+    #[default]
+    Off,
+    On(Box<Tracking>),
+    /// Something came up that it does not follow: the record masks the answer on its own.
+    Lost,
+}
+
+#[derive(Debug, Default)]
+struct Tracking {
+    /// The current piece's other hits.
+    other: Vec<Hit>,
+    found: Vec<Span>,
+    /// Bytes written by earlier pushes.
+    written: usize,
+    /// Where this push's output starts in its `out`.
+    base: usize,
+}
+
+/// A replaced piece of input, `in_start..in_end`, and its replacement in the output.
+type Replaced = (usize, usize, usize, usize);
+
+/// Where input position `p` lands in the output, given the pieces replaced before it and
+/// where the input's first byte went: a position inside a replaced piece lands at the
+/// replacement's start (a start) or end (an end), so a value overlapping one covers it.
+fn out_at(reps: &[Replaced], out0: usize, p: usize, end: bool) -> usize {
+    let k = reps.partition_point(|r| if end { r.0 < p } else { r.0 <= p });
+    match k.checked_sub(1).map(|i| reps[i]) {
+        None => out0 + p,
+        Some((_, in_e, out_s, out_e)) if p < in_e => {
+            if end {
+                out_e
+            } else {
+                out_s
+            }
+        }
+        Some((_, in_e, _, out_e)) => out_e + (p - in_e),
+    }
 }
 
 /// Inside a string or not, and whether the last byte seen was an escaping backslash.
@@ -249,6 +294,37 @@ impl JsonMasker {
             masked: 0,
             unescape: Unescaper::default(),
             unescaped: Vec::new(),
+            spans: Spans::Off,
+        }
+    }
+
+    /// Follows, for the record, the values of the built-in detectors the rules do not mask
+    /// (not with field paths: their replacements move the text in ways not followed).
+    pub(super) fn track_spans(&mut self) {
+        if !self.rules.has_fields() {
+            self.spans = Spans::On(Box::default());
+        }
+    }
+
+    /// The values followed, once the body is finished; None if not followed to the end.
+    pub(super) fn take_spans(&mut self) -> Option<AnswerSpans> {
+        match std::mem::replace(&mut self.spans, Spans::Lost) {
+            Spans::On(t) => Some(AnswerSpans { spans: t.found }),
+            _ => None,
+        }
+    }
+
+    /// Marks the start of a push's output in `out`.
+    fn begin(&mut self, out: &[u8]) {
+        if let Spans::On(t) = &mut self.spans {
+            t.base = out.len();
+        }
+    }
+
+    /// Counts a push's output.
+    fn end(&mut self, out: &[u8]) {
+        if let Spans::On(t) = &mut self.spans {
+            t.written += out.len() - t.base;
         }
     }
 
@@ -265,10 +341,12 @@ impl JsonMasker {
     }
 
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        self.begin(out);
         let mut scratch = std::mem::take(&mut self.unescaped);
         let chunk = self.unescape.apply(chunk, &mut scratch);
         self.push_unescaped(chunk, out);
         self.unescaped = scratch;
+        self.end(out);
     }
 
     fn push_unescaped(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
@@ -282,6 +360,12 @@ impl JsonMasker {
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.begin(out);
+        self.finish_unescaped(out);
+        self.end(out);
+    }
+
+    fn finish_unescaped(&mut self, out: &mut Vec<u8>) {
         let held = self.unescape.finish();
         self.push_unescaped(&held, out);
         if let Some(text) = &mut self.fallback {
@@ -301,14 +385,26 @@ impl JsonMasker {
     /// Masks `buf` up to the point where nothing pending can change; returns bytes consumed.
     /// On a syntax error, hands the rest to a text masker and consumes everything.
     fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
-        let scanner = &self.rules.scanner;
+        let tracking = matches!(self.spans, Spans::On(_));
+        let scanner = if tracking {
+            &self.rules.split
+        } else {
+            &self.rules.scanner
+        };
         let safe = if eof {
             buf.len()
         } else {
             detect::pending_from(scanner, buf)
         };
         self.hits.clear();
-        self.behind.scan(scanner, buf, &mut self.hits);
+        match &mut self.spans {
+            Spans::On(t) => {
+                t.other.clear();
+                self.behind
+                    .scan_split(scanner, buf, &mut self.hits, &mut t.other);
+            }
+            _ => self.behind.scan(scanner, buf, &mut self.hits),
+        }
         let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut end = safe;
         // A private key too long to hold: the text masker swallows it up to its END line.
@@ -321,6 +417,28 @@ impl JsonMasker {
             end = h.start;
             if h.open && buf.len() - h.start >= detect::MAX_PEM {
                 text_from = Some(h.start);
+            }
+        }
+        // A value the record needs that runs on past this piece is held back with what
+        // follows, as the rules' own are, if it is short and holding it splits nothing else.
+        // Otherwise (a private key whose end has not come, a long value, one overlapping a
+        // value the rules mask) it is not followed: the record masks the answer on its own.
+        if let Spans::On(t) = &self.spans {
+            let mut lost = t.other.iter().any(|h| h.open);
+            if let Some(h) = t.other.iter().find(|h| h.start < end && h.end > end) {
+                let to = h.start;
+                if cut
+                    || text_from.is_some()
+                    || safe - to > detect::MAX_HELD_HIT
+                    || self.hits.iter().any(|p| p.start < to && p.end > to)
+                {
+                    lost = true;
+                } else {
+                    end = to;
+                }
+            }
+            if lost {
+                self.spans = Spans::Lost;
             }
         }
         let hits = std::mem::take(&mut self.hits);
@@ -337,6 +455,7 @@ impl JsonMasker {
                 end
             }
             Some(at) => {
+                self.spans = Spans::Lost;
                 let mut text = TextMasker::new(self.rules.clone(), self.key.clone());
                 text.push(&buf[at..], out);
                 if eof {
@@ -352,11 +471,16 @@ impl JsonMasker {
     /// number outside one (a JSON number) becomes a string; anything else outside a string (not
     /// JSON after all) is masked in place, so nothing slips through unparsed.
     fn run_quotes(&mut self, buf: &[u8], end: usize, hits: &[Hit], out: &mut Vec<u8>) {
+        let others =
+            matches!(&self.spans, Spans::On(t) if t.other.first().is_some_and(|h| h.start < end));
+        let (quotes0, out0) = (self.quotes, out.len());
+        let mut reps: Vec<Replaced> = Vec::new();
         let mut pos = 0;
         for h in hits.iter().take_while(|h| h.start < end) {
             self.quotes.advance(&buf[pos..h.start]);
             out.extend_from_slice(&buf[pos..h.start]);
             let hit_end = h.end.min(end);
+            let out_start = out.len();
             if self.quotes.in_string {
                 // A custom regex may run past the string's end: output resumes at the quote.
                 let stop = self
@@ -380,10 +504,62 @@ impl JsonMasker {
                 self.quotes.advance(&buf[h.start..hit_end]);
                 pos = hit_end;
             }
+            if others {
+                reps.push((h.start, pos, out_start, out.len()));
+            }
             self.masked += 1;
         }
         self.quotes.advance(&buf[pos..end]);
         out.extend_from_slice(&buf[pos..end]);
+        if others {
+            self.place_others(buf, end, quotes0, out0, &reps);
+        }
+    }
+
+    /// Notes where this piece's other hits (before `end`) landed in the output: `quotes0`
+    /// and `out0` are the quoting state at `buf`'s start and where its first byte went,
+    /// `reps` the pieces the rules replaced.
+    fn place_others(
+        &mut self,
+        buf: &[u8],
+        end: usize,
+        quotes0: Quotes,
+        out0: usize,
+        reps: &[Replaced],
+    ) {
+        let Spans::On(t) = &mut self.spans else {
+            return;
+        };
+        let mut quotes = quotes0;
+        let mut at = 0;
+        // Output index `i` of this push is byte `i - base` of it, after `written` before it.
+        let origin = t.written;
+        let base = t.base;
+        for h in t.other.iter().take_while(|h| h.start < end) {
+            quotes.advance(&buf[at..h.start]);
+            at = h.start;
+            let stop = if quotes.in_string {
+                quotes
+                    .string_end(&buf[h.start..h.end])
+                    .map_or(h.end, |q| h.start + q)
+            } else {
+                h.end
+            };
+            let kind = match h.kind {
+                Kind::Detector(d) => d,
+                // Custom regexes are the rules' own: never among the others.
+                Kind::Custom(_) => continue,
+            };
+            let start = out_at(reps, out0, h.start, false);
+            let stop = out_at(reps, out0, stop, true);
+            t.found.push(Span {
+                start: origin + start - base,
+                end: origin + stop - base,
+                kind,
+                cut: h.cut,
+                number: !quotes.in_string && kind == Detector::CardNumber,
+            });
+        }
     }
 
     /// Follows `buf[..end]`'s structure, writing it (masked) to `out`. `Err(at)`: not JSON

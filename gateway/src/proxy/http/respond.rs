@@ -69,6 +69,18 @@ impl Conn {
             }
             return resp;
         }
+        let status = parts.status.as_u16();
+        let cap = self
+            .inputs
+            .recorder
+            .as_ref()
+            .map_or(0, |r| r.response_cap());
+        let pending = one
+            .into_recording(recording, None)
+            .map(|r| streaming::Pending::new(r, status, cap));
+        // The record keeps the answer as the client got it: masked once, for both. Unless an
+        // injected credential is scrubbed from it after masking (the scrubber moves bytes).
+        let recorded = scrub.is_none() && pending.as_ref().is_some_and(|p| p.keeps_answer());
         let masker = match body_kind {
             // An MCP answer: message by message.
             Ok(k) if !masks.is_empty() && kind == Kind::Mcp => {
@@ -80,25 +92,20 @@ impl Conn {
                     self.inputs.cfg.http.max_held_response_bytes,
                 ))
             }
-            Ok(kind) if !masks.is_empty() => Some(crate::obligations::mask::BodyMasker::new(
-                masks,
-                self.inputs.mask_key.clone(),
-                kind,
-            )),
+            Ok(kind) if !masks.is_empty() => Some(if recorded {
+                crate::obligations::mask::BodyMasker::recorded(
+                    masks,
+                    self.inputs.mask_key.clone(),
+                    kind,
+                )
+            } else {
+                crate::obligations::mask::BodyMasker::new(masks, self.inputs.mask_key.clone(), kind)
+            }),
             _ => None,
         };
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let status = parts.status.as_u16();
-        let cap = self
-            .inputs
-            .recorder
-            .as_ref()
-            .map_or(0, |r| r.response_cap());
-        let pending = one
-            .into_recording(recording, None)
-            .map(|r| streaming::Pending::new(r, status, cap));
         let body = streaming::CallBody::new(incoming, masker, scrub, pending)
             .mask_trailers(header_masks, secrets)
             .timed(&self.inputs.metrics);

@@ -18,7 +18,7 @@ use super::Conn;
 use crate::call::Call;
 use crate::{
     obligations::mask::{
-        BodyMasker, HeaderMasker,
+        AnswerSpans, BodyMasker, HeaderMasker,
         scrub::{ScrubStream, Secrets},
     },
     policy::{Obligations, schema::RecordLevel},
@@ -144,6 +144,10 @@ pub struct Pending {
     truncated: bool,
     bytes_out: u64,
     incomplete: Option<String>,
+    /// What the record masks in the captured answer beyond what the client's copy had
+    /// masked, from the masker that masked it ([`BodyMasker::recorded`]); None: the record
+    /// masks the answer on its own.
+    spans: Option<AnswerSpans>,
 }
 
 impl Pending {
@@ -156,7 +160,13 @@ impl Pending {
             truncated: false,
             bytes_out: 0,
             incomplete: None,
+            spans: None,
         }
+    }
+
+    /// The record keeps the answer's body (`record: full`).
+    pub(super) fn keeps_answer(&self) -> bool {
+        self.cap > 0
     }
 
     fn saw(&mut self, chunk: &[u8]) {
@@ -177,13 +187,22 @@ impl Pending {
                 None => why,
             });
         }
+        let recorder = self.recording.conn.inputs.recorder.as_ref();
+        let mut masked = false;
         let response = (!self.capture.is_empty()).then(|| {
             if self.truncated {
-                RawJson::string(&String::from_utf8_lossy(&self.capture))
-            } else {
-                response_value(&self.capture)
+                return RawJson::string(&String::from_utf8_lossy(&self.capture));
+            }
+            match (self.spans.take(), recorder) {
+                // Masked once: the client's bytes with what the policy let through masked.
+                (Some(spans), Some(r)) => {
+                    masked = true;
+                    response_value(&r.mask_answer(&self.capture, &spans))
+                }
+                _ => response_value(&self.capture),
             }
         });
+        self.recording.rec.response_masked = masked;
         self.recording
             .submit(Some(self.status), response, self.truncated, self.bytes_out)
     }
@@ -324,6 +343,11 @@ impl CallBody {
         let mut tail = Vec::new();
         if let Some(mut m) = self.masker.take() {
             m.finish(&mut tail);
+            if let Some(p) = &mut self.pending
+                && self.scrub.is_none()
+            {
+                p.spans = m.answer_spans();
+            }
         }
         if let Some(mut s) = self.scrub.take() {
             let mut out = Vec::with_capacity(tail.len());
