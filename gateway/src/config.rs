@@ -123,6 +123,9 @@ pub struct FleetConfig {
     pub dead_after: Duration,
     /// Connections the statements share (the session that listens comes on top).
     pub pool_size: usize,
+    /// CA certificates (PEM) the database's certificate is checked against
+    /// (`sslmode=verify-ca|verify-full`, or `require`); the system's roots without it.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -149,6 +152,8 @@ struct FileFleet {
     dead_after_s: Option<u64>,
     #[serde(default)]
     pool_size: Option<usize>,
+    #[serde(default)]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -772,6 +777,7 @@ fn fleet(path: &Path, f: FileFleet) -> Result<FleetConfig, ConfigError> {
         heartbeat,
         dead_after,
         pool_size,
+        ca: f.ca,
     })
 }
 

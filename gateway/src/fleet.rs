@@ -10,6 +10,7 @@
 //! Each host says it is alive every `heartbeat_s`; held calls of a host not heard from for
 //! `dead_after_s` are marked `interrupted` by the others.
 pub mod schema;
+pub mod tls;
 
 use std::{
     future::poll_fn,
@@ -24,7 +25,8 @@ use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::{Notify, broadcast, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, types::ToSql};
+use tokio_postgres::{AsyncMessage, Client, Row, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, info, warn};
 
 use crate::{config::FleetConfig, util::sync::LockExt, util::time::now_ms};
@@ -96,6 +98,9 @@ pub struct FleetStatus {
     pub schema_version: i32,
     /// Connections made since the start (1 when it never dropped).
     pub connections: u64,
+    /// TLS to the database: `off`, `encrypt` (no certificate check), `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub tls: String,
 }
 
 /// A held call as the database has it.
@@ -203,6 +208,8 @@ pub struct Fleet {
     pg: tokio_postgres::Config,
     /// The statements' connections (at most `fleet.pool_size`).
     pool: deadpool_postgres::Pool,
+    tls: MakeRustlsConnect,
+    verify: tls::Verify,
     database: String,
     link: ArcSwapOption<Link>,
     health: Mutex<Health>,
@@ -221,10 +228,7 @@ impl Fleet {
         cfg: FleetConfig,
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, FleetError> {
-        let mut pg: tokio_postgres::Config = cfg
-            .database
-            .parse()
-            .map_err(|e: tokio_postgres::Error| FleetError::Config(e.to_string()))?;
+        let (mut pg, tls, verify) = tls::settings(&cfg.database, cfg.ca.as_deref())?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -243,7 +247,7 @@ impl Fleet {
         pg.options(options);
         let manager = deadpool_postgres::Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -260,6 +264,8 @@ impl Fleet {
             database: redacted(&pg),
             pool,
             pg,
+            tls,
+            verify,
             cfg,
             link: ArcSwapOption::empty(),
             health: Mutex::new(Health {
@@ -307,6 +313,13 @@ impl Fleet {
             down_since_ms: h.down_since_ms,
             schema_version: h.schema_version,
             connections: self.connections.load(Relaxed),
+            tls: match self.verify {
+                tls::Verify::Off => "off",
+                tls::Verify::Encrypt => "encrypt",
+                tls::Verify::Ca => "verify-ca",
+                tls::Verify::Full => "verify-full",
+            }
+            .into(),
         }
     }
 
@@ -534,10 +547,11 @@ impl Fleet {
 
     async fn connect(self: &Arc<Self>) -> Result<(), FleetError> {
         let unavailable = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
-        let (mut client, mut conn) = tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls))
-            .await
-            .map_err(|_| FleetError::Unavailable("connecting timed out".into()))?
-            .map_err(unavailable)?;
+        let (mut client, mut conn) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(self.tls.clone()))
+                .await
+                .map_err(|_| FleetError::Unavailable("connecting timed out".into()))?
+                .map_err(unavailable)?;
         let generation = self.connections.fetch_add(1, Relaxed) + 1;
         // Drives the connection: answers to statements, and the notifications LISTEN asked for.
         let events = self.events.clone();
@@ -675,17 +689,16 @@ impl Fleet {
 /// running daemon, only the configuration's URL).
 pub async fn fleet_records(
     database: &str,
+    ca: Option<&std::path::Path>,
     host: Option<&str>,
     limit: i64,
 ) -> Result<Vec<FleetRecord>, FleetError> {
-    let mut pg: tokio_postgres::Config = database
-        .parse()
-        .map_err(|e: tokio_postgres::Error| FleetError::Config(e.to_string()))?;
+    let (mut pg, tls, _) = tls::settings(database, ca)?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
     let db = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
-    let (client, conn) = pg.connect(NoTls).await.map_err(db)?;
+    let (client, conn) = pg.connect(tls).await.map_err(db)?;
     let driver = tokio::spawn(conn);
     let rows = tokio::time::timeout(
         QUERY_TIMEOUT * 10,

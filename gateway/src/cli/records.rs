@@ -253,7 +253,12 @@ fn list_fleet(config: &Path, host: Option<&str>, limit: usize, json: bool) -> Re
         .enable_all()
         .build()?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = rt.block_on(callgate::fleet::fleet_records(&f.database, host, limit))?;
+    let mut rows = rt.block_on(callgate::fleet::fleet_records(
+        &f.database,
+        f.ca.as_deref(),
+        host,
+        limit,
+    ))?;
     // Oldest first, as the local list.
     rows.reverse();
     let mut out = std::io::stdout().lock();
