@@ -177,13 +177,41 @@ mod sql {
          ON CONFLICT (host, seq) DO NOTHING";
 }
 
-/// One record as shipped: its place in its host's log and its JSON.
+/// One record as shipped: its place in its host's log and its JSON, as the log holds it.
 #[derive(Debug, Clone)]
 pub struct ShippedRecord {
     pub seq: u64,
     pub hash: String,
     pub time_ms: u64,
-    pub record: Json,
+    pub record: RawJson,
+}
+
+/// JSON text sent to the database as it is (`json`/`jsonb`), not parsed and written again.
+#[derive(Debug, Clone)]
+pub struct RawJson(pub Vec<u8>);
+
+impl tokio_postgres::types::ToSql for RawJson {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == tokio_postgres::types::Type::JSONB {
+            // jsonb's binary format: a version byte, then the text.
+            out.extend_from_slice(&[1]);
+        }
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+        )
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A record as the fleet's table has it (`records list --fleet`).
@@ -438,7 +466,7 @@ impl Fleet {
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq as i64).collect();
         let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
         let times: Vec<i64> = batch.iter().map(|r| r.time_ms as i64).collect();
-        let records: Vec<&Json> = batch.iter().map(|r| &r.record).collect();
+        let records: Vec<&RawJson> = batch.iter().map(|r| &r.record).collect();
         self.execute(sql::RECORDS_PUT, &[&host, &seqs, &hashes, &times, &records])
             .await
     }
