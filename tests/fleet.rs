@@ -589,6 +589,39 @@ fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
             .any(|r| r["host"] == "host-b" && r["id"].is_string())
     );
 
+    // Filters apply in the database.
+    let filtered = |args: &[&str]| -> Vec<Value> {
+        let out = Command::new(callgate_bin())
+            .args(["records", "list", "--fleet", "--json"])
+            .args(args)
+            .arg("--config")
+            .arg(f.dir.join("a").join("callgate.yaml"))
+            .output()
+            .expect("records list --fleet");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let allowed = filtered(&[
+        "--service",
+        "payments",
+        "--decision",
+        "allow",
+        "--since",
+        "1h",
+    ]);
+    assert!(allowed.len() >= 4, "{allowed:?}");
+    assert!(allowed.iter().all(|r| r["decision"]["action"] == "allow"));
+    assert!(filtered(&["--decision", "deny"]).is_empty());
+    assert!(filtered(&["--service", "nothing-such"]).is_empty());
+    assert_eq!(filtered(&["--limit", "1"]).len(), 1);
+
     // The database goes away: calls do not wait on it; their records follow once it is back.
     f.pg.stop();
     assert!(

@@ -214,6 +214,17 @@ impl tokio_postgres::types::ToSql for RawJson {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// What `records list --fleet` narrows the fleet's records to (each only when given).
+#[derive(Debug, Clone, Default)]
+pub struct FleetFilter {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub service: Option<String>,
+    pub function: Option<String>,
+    /// The decision's action: allow, deny, approve.
+    pub decision: Option<String>,
+}
+
 /// A record as the fleet's table has it (`records list --fleet`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetRecord {
@@ -719,6 +730,7 @@ pub async fn fleet_records(
     database: &str,
     ca: Option<&std::path::Path>,
     host: Option<&str>,
+    filter: &FleetFilter,
     limit: i64,
 ) -> Result<Vec<FleetRecord>, FleetError> {
     let (mut pg, tls, _) = tls::settings(database, ca)?;
@@ -732,8 +744,21 @@ pub async fn fleet_records(
         QUERY_TIMEOUT * 10,
         client.query(
             "SELECT host, seq, hash, record FROM callgate_records \
-             WHERE $1::text IS NULL OR host = $1 ORDER BY at_ms DESC, host, seq DESC LIMIT $2",
-            &[&host, &limit],
+             WHERE ($1::text IS NULL OR host = $1) \
+             AND ($3::bigint IS NULL OR at_ms >= $3) AND ($4::bigint IS NULL OR at_ms <= $4) \
+             AND ($5::text IS NULL OR record->>'service' = $5) \
+             AND ($6::text IS NULL OR record->>'function' = $6) \
+             AND ($7::text IS NULL OR record->'decision'->>'action' = $7) \
+             ORDER BY at_ms DESC, host, seq DESC LIMIT $2",
+            &[
+                &host,
+                &limit,
+                &filter.since_ms,
+                &filter.until_ms,
+                &filter.service,
+                &filter.function,
+                &filter.decision,
+            ],
         ),
     )
     .await
