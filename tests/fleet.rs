@@ -691,6 +691,39 @@ fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
             .any(|r| r["host"] == "host-b" && r["id"].is_string())
     );
 
+    // Filters apply in the database.
+    let filtered = |args: &[&str]| -> Vec<Value> {
+        let out = Command::new(callgate_bin())
+            .args(["records", "list", "--fleet", "--json"])
+            .args(args)
+            .arg("--config")
+            .arg(f.dir.join("a").join("callgate.yaml"))
+            .output()
+            .expect("records list --fleet");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let allowed = filtered(&[
+        "--service",
+        "payments",
+        "--decision",
+        "allow",
+        "--since",
+        "1h",
+    ]);
+    assert!(allowed.len() >= 4, "{allowed:?}");
+    assert!(allowed.iter().all(|r| r["decision"]["action"] == "allow"));
+    assert!(filtered(&["--decision", "deny"]).is_empty());
+    assert!(filtered(&["--service", "nothing-such"]).is_empty());
+    assert_eq!(filtered(&["--limit", "1"]).len(), 1);
+
     // The database goes away: calls do not wait on it; their records follow once it is back.
     f.pg.stop();
     assert!(
@@ -1001,4 +1034,121 @@ fn fleet_quota_added_latency() {
         (n + 200).to_string(),
         "every call was counted in the database"
     );
+}
+
+/// TLS to the database (rustls): against a server that takes TLS only, `verify-full` with
+/// the CA that signed its certificate connects; an unrelated CA is refused with the reason
+/// in `status` and fleet features fail closed; plaintext is refused by the server.
+#[test]
+fn tls_to_the_database() {
+    let test = "tls_to_the_database";
+    if !ebpf_available(test) || !parties_available(test) || !postgres_available(test) {
+        return;
+    }
+    let (pg, ca) = Postgres::start_tls();
+    let dir = TestDir::new("callgate-fleet-tls");
+    let up = upstream(&dir, None);
+    let policies = policy(&dir, up.port);
+    let gateway = |name: &str, query: &str, ca: Option<&std::path::Path>| {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).expect("gateway dir");
+        let mut c = format!(
+            "fleet:\n  database: \"postgresql://postgres@127.0.0.1:{}/callgate{query}\"\n  \
+             host: {name}\n  heartbeat_s: 1\n  dead_after_s: 3\n  pool_size: 2\n",
+            pg.port
+        );
+        if let Some(ca) = ca {
+            c.push_str(&format!("  ca: \"{}\"\n", ca.display()));
+        }
+        gateway_with_config(&policies, &c, &d)
+    };
+    let fleet_status = |gw: &Gateway| gw.status()["approvals"]["fleet"].clone();
+
+    // verify-full with the right CA: connected, over TLS as the server sees it.
+    let good = gateway("good", "?sslmode=verify-full", Some(&ca));
+    let st = wait_for(Duration::from_secs(20), || {
+        let s = fleet_status(&good);
+        (s["connected"] == true).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "verify-full did not connect: {}\n{}",
+            fleet_status(&good),
+            good.log()
+        )
+    });
+    assert_eq!(st["tls"], "verify-full", "{st}");
+    cli_ok(&good, &["approvals", "list", "--json"]);
+    assert_eq!(
+        pg.psql(
+            "callgate",
+            "SELECT count(*) > 0 AND bool_and(s.ssl) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'callgate good'"
+        ),
+        "t",
+        "every connection of the gateway is TLS"
+    );
+    // The CLI's own connection (records list --fleet) takes the same settings.
+    let out = Command::new(callgate_bin())
+        .args(["records", "list", "--fleet", "--json"])
+        .arg("--config")
+        .arg(dir.join("good").join("callgate.yaml"))
+        .output()
+        .expect("records list --fleet");
+    assert!(
+        out.status.success(),
+        "records list --fleet over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.psql("callgate", "SELECT count(*) FROM callgate_schema"),
+        pg.psql("callgate", "SELECT max(version) FROM callgate_schema"),
+    );
+
+    // An unrelated CA: refused, the reason in status; a call that needs approval is refused.
+    let other = Postgres::unrelated_ca(&dir);
+    let bad = gateway("bad", "?sslmode=verify-full", Some(&other));
+    let st = fleet_status(&bad);
+    assert_eq!(st["connected"], false, "{st}");
+    let why = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("invalid peer certificate"), "{why}");
+    eprintln!("fleet: wrong CA, status says: {why}");
+    let slice = TestCgroup::slice("fleet-tls");
+    let cg = slice.child(&format!("{}.service", unique("tls-job")));
+    bad.enable(&cg);
+    let out = dir.join(unique("curl"));
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_1/refund", up.port);
+    let call = Call {
+        child: cg.spawn(
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{}",
+                &url,
+            ],
+            &out,
+        ),
+        out,
+    };
+    let (code, body) = call.finish();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("approval_unavailable"), "{body}");
+
+    // Plaintext to a server that takes TLS only: refused by the server, said in status.
+    let plain = gateway("plain", "", None);
+    let st = fleet_status(&plain);
+    assert_eq!(st["connected"], false, "{st}");
+    assert_eq!(st["tls"], "off", "{st}");
+    let why = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("no encryption"), "{why}");
+    eprintln!("fleet: plaintext to a TLS-only server, status says: {why}");
 }

@@ -984,6 +984,44 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// A server that takes TLS only (`ssl = on`, `hostssl` lines only in pg_hba.conf),
+    /// its certificate (for 127.0.0.1 and localhost) signed by a CA this makes: returns
+    /// the server and the CA's PEM file.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "callgate test database CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+        let pg = Self::start_inner(Some((cert.pem(), key.serialize_pem())));
+        let ca_path = pg.dir.join("ca.pem");
+        fs::write(&ca_path, ca.pem()).expect("CA PEM");
+        (pg, ca_path)
+    }
+
+    /// A CA of its own, that signed nothing the server has: its PEM file in `dir`.
+    pub fn unrelated_ca(dir: &Path) -> PathBuf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "some other CA");
+        let path = dir.join(unique("other-ca"));
+        fs::write(&path, params.self_signed(&key).expect("CA").pem()).expect("write CA");
+        path
+    }
+
+    fn start_inner(tls: Option<(String, String)>) -> Self {
         let (uid, gid) = account("postgres").expect("a postgres account (Debian's postgresql)");
         let dir = std::env::temp_dir().join(unique("callgate-pg"));
         fs::create_dir_all(dir.join("sock")).expect("pg dir");
@@ -1013,6 +1051,27 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if let Some((cert, key)) = tls {
+            let data = PathBuf::from(pg.data());
+            for (name, text) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                fs::write(&path, text).expect("server TLS file");
+                std::os::unix::fs::chown(&path, Some(pg.uid), Some(pg.gid)).expect("chown");
+                fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .expect("chmod");
+            }
+            let mut conf = fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+            conf.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            fs::write(data.join("postgresql.conf"), conf).expect("conf");
+            // TLS or nothing over TCP; the local socket stays for pg_ctl.
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+        }
         pg.start_again();
         pg.psql("postgres", "CREATE DATABASE callgate");
         pg

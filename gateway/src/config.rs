@@ -121,6 +121,11 @@ pub struct FleetConfig {
     pub heartbeat: Duration,
     /// A host not heard from for this long is dead: its held calls are marked interrupted.
     pub dead_after: Duration,
+    /// Connections the statements share (the session that listens comes on top).
+    pub pool_size: usize,
+    /// CA certificates (PEM) the database's certificate is checked against
+    /// (`sslmode=verify-ca|verify-full`, or `require`); the system's roots without it.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -130,6 +135,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("host", &self.host)
             .field("heartbeat", &self.heartbeat)
             .field("dead_after", &self.dead_after)
+            .field("pool_size", &self.pool_size)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +150,10 @@ struct FileFleet {
     heartbeat_s: Option<u64>,
     #[serde(default)]
     dead_after_s: Option<u64>,
+    #[serde(default)]
+    pool_size: Option<usize>,
+    #[serde(default)]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -775,11 +785,17 @@ fn fleet(path: &Path, f: FileFleet) -> Result<FleetConfig, ConfigError> {
             "at least three heartbeats (heartbeat_s), or a slow host would be declared dead",
         ));
     }
+    let pool_size = f.pool_size.unwrap_or(4);
+    if !(1..=64).contains(&pool_size) {
+        return Err(fail("pool_size", "1 to 64 connections (default 4)"));
+    }
     Ok(FleetConfig {
         database: f.database,
         host,
         heartbeat,
         dead_after,
+        pool_size,
+        ca: f.ca,
     })
 }
 

@@ -58,8 +58,8 @@ pub enum RecordsCommand {
         #[arg(long)]
         json: bool,
         /// The records of every host of the fleet, read from the fleet database named in the
-        /// daemon's configuration (`fleet.database`), newest first; only `--host`,
-        /// `--limit` and `--json` apply.
+        /// daemon's configuration (`fleet.database`), newest first; `--host`, `--since`,
+        /// `--until`, `--service`, `--function`, `--decision`, `--limit` and `--json` apply.
         #[arg(long)]
         fleet: bool,
         /// With `--fleet`: only this host's records.
@@ -240,7 +240,29 @@ pub fn one_line(json: String) -> String {
 }
 
 /// `records list --fleet`: straight from the fleet database (no daemon needed).
-fn list_fleet(config: &Path, host: Option<&str>, limit: usize, json: bool) -> Result<()> {
+fn list_fleet(
+    config: &Path,
+    host: Option<&str>,
+    filter: &FilterArgs,
+    limit: usize,
+    json: bool,
+) -> Result<()> {
+    if filter.caller.is_some() {
+        bail!("--caller does not apply with --fleet (the fleet's table is not indexed by caller)");
+    }
+    let time = |t: &Option<String>| -> Result<Option<i64>> {
+        Ok(t.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
+    };
+    let fleet_filter = callgate::fleet::FleetFilter {
+        since_ms: time(&filter.since)?,
+        until_ms: time(&filter.until)?,
+        service: filter.service.clone(),
+        function: filter.function.clone(),
+        decision: filter.decision.clone(),
+    };
     let cfg = callgate::config::Config::load(config, true, callgate::config::Overrides::default())
         .with_context(|| format!("reading {}", config.display()))?;
     let Some(f) = cfg.fleet else {
@@ -253,7 +275,13 @@ fn list_fleet(config: &Path, host: Option<&str>, limit: usize, json: bool) -> Re
         .enable_all()
         .build()?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = rt.block_on(callgate::fleet::fleet_records(&f.database, host, limit))?;
+    let mut rows = rt.block_on(callgate::fleet::fleet_records(
+        &f.database,
+        f.ca.as_deref(),
+        host,
+        &fleet_filter,
+        limit,
+    ))?;
     // Oldest first, as the local list.
     rows.reverse();
     let mut out = std::io::stdout().lock();
@@ -321,7 +349,7 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             config,
         } => {
             if fleet {
-                return list_fleet(&config, host.as_deref(), limit, json);
+                return list_fleet(&config, host.as_deref(), &filter, limit, json);
             }
             check_dir(&dir)?;
             let filter = filter.build()?;

@@ -2,16 +2,23 @@
 //! local log stays the primary copy and no call waits on the database. Every second, while
 //! the database is reachable, the records written since the last batch are read back from
 //! the log and sent in batches of [`BATCH`] (one multi-row insert each, idempotent by host
-//! and sequence). Where to resume is asked of the database after each (re)connection — the
+//! and sequence). The segment being read stays open from batch to batch (a [`Cursor`]);
+//! it is opened again only once it has been read to its end (the writer's last group) or
+//! after a failed batch, and frames before the wanted sequence are skipped unparsed. Each
+//! record goes as the JSON text its frame holds. Where to resume is asked of the database after each (re)connection — the
 //! highest sequence it has of this host — so a restart or an outage neither loses nor
 //! doubles a record.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::query::{self, Filter};
-use crate::fleet::{Fleet, ShippedRecord};
+use super::segment::{self, Reader, SegmentFile};
+use crate::fleet::{Fleet, RawJson, ShippedRecord};
 
 /// Records per insert.
 pub const BATCH: usize = 2000;
@@ -23,6 +30,8 @@ pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -
     tokio::spawn(async move {
         // The next sequence number to ship; unknown until the database has said.
         let mut next: Option<u64> = None;
+        // The segment being read, positioned at `next` (dropped whenever `next` is unsure).
+        let mut cursor: Option<Cursor> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -51,10 +60,18 @@ pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -
             for _ in 0..100 {
                 let Some(n) = next else { break };
                 let dir = dir.clone();
-                let read = tokio::task::spawn_blocking(move || read_batch(&dir, n)).await;
+                let mut cur = cursor.take();
+                let read = tokio::task::spawn_blocking(move || {
+                    let b = read_batch(&dir, n, &mut cur);
+                    (b, cur)
+                })
+                .await;
                 let batch = match read {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
+                    Ok((Ok(b), cur)) => {
+                        cursor = cur;
+                        b
+                    }
+                    Ok((Err(e), _)) => {
                         warn!(error = %e, "records could not be read for shipping");
                         break;
                     }
@@ -80,6 +97,7 @@ pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -
                     Err(e) => {
                         debug!(error = %e, "records not shipped: will resume from the database's last");
                         next = None;
+                        cursor = None;
                         break;
                     }
                 }
@@ -91,25 +109,96 @@ pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -
     })
 }
 
-/// Up to [`BATCH`] records from sequence `from` on.
-fn read_batch(dir: &std::path::Path, from: u64) -> Result<Vec<ShippedRecord>, query::QueryError> {
-    let filter = Filter {
-        from_seq: Some(from),
-        ..Filter::default()
-    };
+/// An open segment and the sequence its next frame should have.
+pub struct Cursor {
+    seg: SegmentFile,
+    reader: Reader,
+    next: u64,
+}
+
+/// Up to [`BATCH`] records from sequence `from` on, reading on from `cursor` when it is
+/// there already; leaves in `cursor` the segment to read on from (none once it was read to
+/// its end: the next round opens it again, as the writer may have added to it).
+pub fn read_batch(
+    dir: &Path,
+    from: u64,
+    cursor: &mut Option<Cursor>,
+) -> Result<Vec<ShippedRecord>, String> {
+    if cursor.as_ref().is_some_and(|c| c.next != from) {
+        *cursor = None;
+    }
     let mut out = Vec::with_capacity(BATCH);
-    query::scan(dir, &filter, &mut |s| {
-        let time_ms = s.record.time_ms;
-        match serde_json::to_value(&s.record) {
-            Ok(record) => out.push(ShippedRecord {
-                seq: s.seq,
-                hash: s.hash,
-                time_ms,
-                record,
-            }),
-            Err(e) => warn!(seq = s.seq, error = %e, "record not shipped: not JSON"),
+    let mut c = match cursor.take() {
+        Some(c) => c,
+        None => match open_at(dir, from, None)? {
+            Some(c) => c,
+            None => return Ok(out),
+        },
+    };
+    loop {
+        let frame = c
+            .reader
+            .next_frame()
+            .map_err(|e| format!("{}: {e}", c.seg.name()))?;
+        let Some(frame) = frame else {
+            // This segment is read to its end: on to the next one if the writer has
+            // started it, or else wait for the next round (which opens this one again).
+            match open_at(dir, c.next, Some(c.seg.first_seq))? {
+                Some(n) => {
+                    c = n;
+                    continue;
+                }
+                None => return Ok(out),
+            }
+        };
+        if frame.seq < c.next {
+            continue;
         }
-        out.len() < BATCH
-    })?;
-    Ok(out)
+        c.next = frame.seq + 1;
+        match time_of(&frame.payload) {
+            Some(time_ms) => out.push(ShippedRecord {
+                seq: frame.seq,
+                hash: segment::hex(&frame.hash),
+                time_ms,
+                record: RawJson(frame.payload),
+            }),
+            None => warn!(seq = frame.seq, "record not shipped: not a record's JSON"),
+        }
+        if out.len() >= BATCH {
+            *cursor = Some(c);
+            return Ok(out);
+        }
+    }
+}
+
+/// The segment that holds sequence `from` (the last one starting at or before it, or the
+/// first there is), opened; with `after`, only a segment that starts after that one.
+fn open_at(dir: &Path, from: u64, after: Option<u64>) -> Result<Option<Cursor>, String> {
+    let segs = segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let segs: Vec<SegmentFile> = segs
+        .into_iter()
+        .filter(|s| after.is_none_or(|a| s.first_seq > a))
+        .collect();
+    let pick = segs.iter().rposition(|s| s.first_seq <= from).unwrap_or(0);
+    let Some(seg) = segs.into_iter().nth(pick) else {
+        return Ok(None);
+    };
+    let reader = Reader::open(&seg).map_err(|e| format!("{}: {e}", seg.name()))?;
+    Ok(Some(Cursor {
+        seg,
+        reader,
+        next: from,
+    }))
+}
+
+/// A record's `time_ms`, without building the record.
+fn time_of(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Time {
+        #[serde(default)]
+        time_ms: u64,
+    }
+    serde_json::from_slice::<Time>(payload)
+        .ok()
+        .map(|t| t.time_ms)
 }
