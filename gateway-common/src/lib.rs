@@ -43,9 +43,13 @@ pub mod maps {
     pub const ALL: [&str; 7] = [
         CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS, NETNS,
     ];
-    /// Sock hash (not pinned): the pass-through sockets spliced in the kernel, keyed by
-    /// socket cookie.
+    /// Sock hash (not pinned) with the splice verdict attached: the pass-through sockets
+    /// spliced in the kernel, keyed by socket cookie.
     pub const SPLICE: &str = "CALLGATE_SPLICE";
+    /// Sock hash (not pinned, no program): the same sockets as redirect targets. Each socket
+    /// is put here before either goes into [`SPLICE`], so that the first byte either
+    /// receives finds its peer.
+    pub const SPLICE_TO: &str = "CALLGATE_SPLICE_TO";
     /// Hash (not pinned): socket cookie → [`super::SplicePeer`], where a spliced socket's bytes
     /// go and how many went.
     pub const SPLICE_PEERS: &str = "CALLGATE_SPLICE_PEERS";

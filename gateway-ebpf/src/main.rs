@@ -24,8 +24,9 @@
 //!   listener that is on its way.
 //!
 //! - `splice` (`sk_skb/stream_verdict` on a sock hash the gateway fills) sends what one
-//!   socket of a pass-through connection receives out of the other, inside the kernel, and
-//!   counts the bytes.
+//!   socket of a pass-through connection receives out of the other (found in a second sock
+//!   hash, without programs, which both sockets join first), inside the kernel, and counts
+//!   the bytes.
 //!
 //! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
 //! record where a connection was going refuses it: nothing reaches the network ungoverned.
@@ -89,6 +90,8 @@ static CALLGATE_NETNS_EVENTS: RingBuf = RingBuf::with_byte_size(NETNS_EVENTS_BYT
 #[map]
 static CALLGATE_SPLICE: SockHash<u64> = SockHash::with_max_entries(SPLICE_ENTRIES, 0);
 #[map]
+static CALLGATE_SPLICE_TO: SockHash<u64> = SockHash::with_max_entries(SPLICE_ENTRIES, 0);
+#[map]
 static CALLGATE_SPLICE_PEERS: HashMap<u64, SplicePeer> =
     HashMap::with_max_entries(SPLICE_ENTRIES, 0);
 
@@ -122,7 +125,7 @@ fn splice(ctx: &SkBuffContext) -> u32 {
         read_volatile(addr_of!((*entry).peer))
     };
     // SK_PASS when the peer was found and the skb queued to it, SK_DROP otherwise.
-    CALLGATE_SPLICE.redirect_skb(ctx, peer, 0) as u32
+    CALLGATE_SPLICE_TO.redirect_skb(ctx, peer, 0) as u32
 }
 
 // === connect ===

@@ -317,15 +317,20 @@ impl Interceptor {
     /// How pass-through connections are copied, for `status`.
     pub fn splice_status(&self) -> splice::SpliceStatus {
         match &self.splice {
-            Ok(s) => splice::SpliceStatus {
-                mode: splice::SpliceMode::Kernel,
-                sockets: s.entries().0,
-            },
+            Ok(s) => {
+                let (sockets, peers) = s.entries();
+                splice::SpliceStatus {
+                    mode: splice::SpliceMode::Kernel,
+                    sockets,
+                    peers,
+                }
+            }
             Err(reason) => splice::SpliceStatus {
                 mode: splice::SpliceMode::Copy {
                     reason: reason.clone(),
                 },
                 sockets: 0,
+                peers: 0,
             },
         }
     }

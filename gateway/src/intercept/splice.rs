@@ -4,6 +4,10 @@
 //! bytes reaching user space. Each socket's entry in the peers map names its peer and counts
 //! the bytes it handed on; the gateway reads the counts for idleness and for the record.
 //!
+//! Both sockets join a second sock hash, without programs, before either joins the one
+//! with the verdict: the verdict redirects through that second map, so the first byte
+//! either receives always finds its peer (a verdict cannot leave data queued for later).
+//!
 //! The kernel does not carry end of stream across: the gateway still sees EOF and errors on
 //! each socket (the verdict consumes data; a FIN or reset stays visible to `read` and poll)
 //! and passes a half-close on itself, once the bytes before it have left (see
@@ -42,12 +46,18 @@ pub enum SpliceMode {
 pub struct SpliceStatus {
     #[serde(flatten)]
     pub mode: SpliceMode,
-    /// Sockets in the splice map now (two per spliced connection).
+    /// Entries in the two splice maps now (four per spliced connection).
     pub sockets: usize,
+    /// Entries in the peers map now (two per spliced connection).
+    #[serde(default)]
+    pub peers: usize,
 }
 
 struct Maps {
+    /// With the verdict attached.
     socks: SockHash<MapData, u64>,
+    /// Redirect targets, no program.
+    targets: SockHash<MapData, u64>,
     peers: HashMap<MapData, u64, SplicePeer>,
 }
 
@@ -79,6 +89,11 @@ impl Splicer {
             .ok_or("the eBPF object has no splice map")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
+        let targets: SockHash<MapData, u64> = ebpf
+            .take_map(maps::SPLICE_TO)
+            .ok_or("the eBPF object has no splice target map")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
         let peers: HashMap<MapData, u64, SplicePeer> = ebpf
             .take_map(maps::SPLICE_PEERS)
             .ok_or("the eBPF object has no splice peers map")?
@@ -92,7 +107,11 @@ impl Splicer {
         prog.attach(socks.fd())
             .map_err(|e| format!("attaching {} to its map: {e}", programs::SPLICE))?;
         Ok(Self {
-            maps: Mutex::new(Maps { socks, peers }),
+            maps: Mutex::new(Maps {
+                socks,
+                targets,
+                peers,
+            }),
         })
     }
 
@@ -107,7 +126,9 @@ impl Splicer {
         };
         let mut m = self.maps.locked();
         let err = |e: aya::maps::MapError| io::Error::other(e.to_string());
-        // Peers first: a socket's first byte through the verdict must find where it goes.
+        // Peers and targets first: the first byte either socket hands the verdict must find
+        // where it goes. A socket in the targets map only is not spliced (no program there):
+        // what arrives meanwhile waits in its receive queue.
         let entry = |peer| SplicePeer { peer, bytes: 0 };
         let added = (|| {
             m.peers
@@ -115,6 +136,12 @@ impl Splicer {
                 .map_err(err)?;
             m.peers
                 .insert(pair.upstream, entry(pair.client), 0)
+                .map_err(err)?;
+            m.targets
+                .insert(pair.upstream, upstream.as_raw_fd(), 0)
+                .map_err(err)?;
+            m.targets
+                .insert(pair.client, client.as_raw_fd(), 0)
                 .map_err(err)?;
             m.socks
                 .insert(pair.upstream, upstream.as_raw_fd(), 0)
@@ -152,16 +179,22 @@ impl Splicer {
         (up, down)
     }
 
-    /// Sockets in the splice map and entries in the peers map.
+    /// Sockets in the splice maps (both) and entries in the peers map.
     pub fn entries(&self) -> (usize, usize) {
         let m = self.maps.locked();
-        (m.socks.keys().count(), m.peers.keys().count())
+        (
+            m.socks.keys().count() + m.targets.keys().count(),
+            m.peers.keys().count(),
+        )
     }
 }
 
 fn remove_pair(m: &mut Maps, pair: Pair) {
     for c in [pair.client, pair.upstream] {
         let _ = m.socks.remove(&c);
+    }
+    for c in [pair.client, pair.upstream] {
+        let _ = m.targets.remove(&c);
         let _ = m.peers.remove(&c);
     }
 }
