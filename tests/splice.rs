@@ -46,17 +46,17 @@ fn echo(mut s: TcpStream) -> std::io::Result<usize> {
     Ok(total)
 }
 
-fn setup(
-    test: &str,
-    conns: usize,
-    config: &str,
-) -> Option<(
+/// The gateway, the enabled cgroup, the upstream's port, the test's directory and the
+/// upstream's thread (bytes it read per connection).
+type Setup = (
     Gateway,
     TestCgroup,
     u16,
     TestDir,
     thread::JoinHandle<Vec<usize>>,
-)> {
+);
+
+fn setup(test: &str, conns: usize, config: &str) -> Option<Setup> {
     if !ebpf_available(test) {
         return None;
     }

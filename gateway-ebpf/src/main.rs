@@ -111,7 +111,7 @@ pub fn callgate_splice(ctx: SkBuffContext) -> u32 {
 fn splice(ctx: &SkBuffContext) -> u32 {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(entry) = CALLGATE_SPLICE_PEERS.get_ptr_mut(&cookie) else {
+    let Some(entry) = CALLGATE_SPLICE_PEERS.get_ptr_mut(cookie) else {
         return SK_PASS;
     };
     let len = u64::from(ctx.len());
