@@ -118,8 +118,11 @@ fn finished(gw: &Gateway, n: usize) -> Vec<Value> {
 
 #[test]
 fn large_transfers_arrive_whole_both_ways_with_half_close_and_counts() {
-    let Some((gw, cg, port, _dir, server)) = setup("splice_large", 1, "idle_timeout_s: 30\n")
-    else {
+    let Some((gw, cg, port, _dir, server)) = setup(
+        "splice_large",
+        1,
+        "idle_timeout_s: 30\nkernel_splice: true\n",
+    ) else {
         return;
     };
     let size = 8_000_000;
@@ -145,7 +148,9 @@ fn large_transfers_arrive_whole_both_ways_with_half_close_and_counts() {
 
 #[test]
 fn an_idle_spliced_connection_is_ended() {
-    let Some((gw, cg, port, _dir, _server)) = setup("splice_idle", 1, "idle_timeout_s: 2\n") else {
+    let Some((gw, cg, port, _dir, _server)) =
+        setup("splice_idle", 1, "idle_timeout_s: 2\nkernel_splice: true\n")
+    else {
         return;
     };
     let code = format!(
@@ -171,7 +176,11 @@ fn an_idle_spliced_connection_is_ended() {
 #[test]
 fn many_connections_leave_the_splice_maps_empty() {
     let n = 150;
-    let Some((gw, cg, port, _dir, server)) = setup("splice_many", n, "idle_timeout_s: 30\n") else {
+    let Some((gw, cg, port, _dir, server)) = setup(
+        "splice_many",
+        n,
+        "idle_timeout_s: 30\nkernel_splice: true\n",
+    ) else {
         return;
     };
     // Half of them close at once without half-closing first (the kernel sees a FIN with

@@ -281,9 +281,16 @@ impl Interceptor {
         let netns_events = take_map(&mut ebpf, maps::NETNS_EVENTS)?;
         let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
-        let splice = splice::Splicer::load(&mut ebpf);
+        let splice = if cfg.kernel_splice {
+            splice::Splicer::load(&mut ebpf)
+        } else {
+            Err(splice::OFF.to_string())
+        };
         match &splice {
             Ok(_) => info!("pass-through connections are spliced in the kernel (sk_skb)"),
+            Err(e) if e == splice::OFF => {
+                info!("pass-through connections are copied in user space (kernel_splice: false)")
+            }
             Err(e) => warn!(
                 reason = %e,
                 "pass-through connections are copied in user space: the kernel splice could not be set up"

@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::sync::LockExt;
 
+/// The reason `status` gives when the config leaves the kernel splice off.
+pub const OFF: &str = "off in the config (kernel_splice: false)";
+
 /// How pass-through connections are copied, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]

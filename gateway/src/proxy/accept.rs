@@ -615,7 +615,12 @@ async fn pass_through(
     }
     let idle = inputs.cfg.idle_timeout;
     let mut sent = prefix.len() as u64;
-    let (client, upstream) = match inputs.interceptor.splicer() {
+    let splicer = inputs
+        .cfg
+        .kernel_splice
+        .then(|| inputs.interceptor.splicer())
+        .flatten();
+    let (client, upstream) = match splicer {
         Some(splicer) => {
             // What waits on the client beyond the sniffed bytes goes first, from here: the
             // kernel splice starts at a packet boundary.
