@@ -7,6 +7,12 @@
 //! time). It prints each round and the medians: requests per second, the gateway's CPU time
 //! per call (from /proc, the figure least moved by a busy neighbour), and the added p50/p99 at
 //! light load. `CALLGATE_AB_ROUNDS` sets the rounds (default 5).
+//!
+//! `CALLGATE_AB_CASE=pass` runs the l7 bench's TCP pass-through case instead: each build
+//! without a policy (every connection passed through as plain TCP and recorded), wrk at full
+//! load through A, through B and straight to nginx in each round; it prints req/s against
+//! direct. The gateway's CPU per call is shown too, but a kernel splice does its copying in
+//! kernel workers that this figure does not count: the ratio to direct is the measure.
 use std::{fs, path::PathBuf};
 
 use callgate_benches::{Wrk, nginx, with_cpu, wrk};
@@ -44,6 +50,7 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
+    let pass = std::env::var("CALLGATE_AB_CASE").is_ok_and(|c| c == "pass");
     let dir = std::env::temp_dir().join(unique("callgate-bench-ab"));
     fs::create_dir_all(&dir).expect("dir");
     let up_port = free_port();
@@ -74,15 +81,13 @@ response:
     let config = dir.join("callgate.yaml");
     fs::write(&config, "records:\n  backlog_mb: 1024\n").expect("config");
     let side = |name: &'static str, bin: PathBuf| {
-        let gw = Gateway::start_bin(
-            &bin,
-            &[
-                "--policies",
-                &policies.display().to_string(),
-                "--config",
-                &config.display().to_string(),
-            ],
-        );
+        let (policies, config) = (policies.display().to_string(), config.display().to_string());
+        let args: Vec<&str> = if pass {
+            vec!["--config", &config]
+        } else {
+            vec!["--policies", &policies, "--config", &config]
+        };
+        let gw = Gateway::start_bin(&bin, &args);
         let cg = TestCgroup::new(&format!("bench-ab-{}", name.to_lowercase()));
         gw.enable(&cg);
         Side {
@@ -99,6 +104,10 @@ response:
         println!("{}: {}", s.name, s.bin.display());
     }
     let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
+    if pass {
+        pass_through(&mut sides, rounds, &url);
+        return;
+    }
     let mut direct_light = vec![];
     println!(
         "\n{:>5} {:>4} {:>12} {:>10} {:>10} {:>10}",
@@ -158,4 +167,68 @@ response:
         med[1].0 / med[0].0,
         med[1].1 / med[0].1,
     );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The TCP pass-through case: full load through A, B and direct, interleaved per round.
+fn pass_through(sides: &mut [Side; 2], rounds: usize, url: &str) {
+    let load = || {
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!(
+        "\nTCP pass-through, full load\n{:>5} {:>6} {:>12} {:>10} {:>8} {:>6}",
+        "round", "side", "req/s", "CPU µs/call", "x direct", "load"
+    );
+    let mut direct = vec![];
+    for round in 0..rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let d = wrk(None, FULL, url);
+        println!(
+            "{:>5} {:>6} {:>12.0} {:>10} {:>8} {:>6}",
+            round + 1,
+            "direct",
+            d.rps,
+            "",
+            "",
+            load()
+        );
+        for i in order {
+            let s = &mut sides[i];
+            let (w, cpu) = with_cpu(&s.gw, || wrk(Some(&s.cg), FULL, url));
+            println!(
+                "{:>5} {:>6} {:>12.0} {:>10.1} {:>8.2} {:>6}",
+                round + 1,
+                s.name,
+                w.rps,
+                cpu,
+                w.rps / d.rps,
+                load()
+            );
+            s.full.push((w, cpu));
+        }
+        direct.push(d.rps);
+    }
+    let d = median(direct);
+    println!("\nmedians over {rounds} rounds: direct {d:.0} req/s");
+    let mut rps = vec![];
+    for s in sides.iter() {
+        let r = median(s.full.iter().map(|(w, _)| w.rps).collect());
+        let cpu = median(s.full.iter().map(|(_, c)| *c).collect());
+        println!(
+            "  {}: {r:.0} req/s = {:.2}x direct, gateway CPU {cpu:.1} µs per call",
+            s.name,
+            r / d
+        );
+        rps.push(r);
+    }
+    println!("  B/A: {:.3}x req/s", rps[1] / rps[0]);
 }

@@ -43,6 +43,16 @@ pub mod maps {
     pub const ALL: [&str; 7] = [
         CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS, NETNS,
     ];
+    /// Sock hash (not pinned) with the splice verdict attached: the pass-through sockets
+    /// spliced in the kernel, keyed by socket cookie.
+    pub const SPLICE: &str = "CALLGATE_SPLICE";
+    /// Sock hash (not pinned, no program): the same sockets as redirect targets. Each socket
+    /// is put here before either goes into [`SPLICE`], so that the first byte either
+    /// receives finds its peer.
+    pub const SPLICE_TO: &str = "CALLGATE_SPLICE_TO";
+    /// Hash (not pinned): socket cookie → [`super::SplicePeer`], where a spliced socket's bytes
+    /// go and how many went.
+    pub const SPLICE_PEERS: &str = "CALLGATE_SPLICE_PEERS";
 }
 
 /// Names of the programs in the eBPF object, with the hook each attaches to.
@@ -62,6 +72,22 @@ pub mod programs {
     /// `cgroup_skb/egress`: what is sent to UDP port 53 must be a DNS query; no IPv6 routing
     /// header leaves.
     pub const EGRESS: &str = "callgate_egress";
+    /// `sk_skb/stream_verdict` on [`super::maps::SPLICE`]: what a spliced socket receives
+    /// leaves by its peer.
+    pub const SPLICE: &str = "callgate_splice";
+}
+
+/// Capacity of the splice maps: two entries per spliced connection.
+pub const SPLICE_ENTRIES: u32 = 65_536;
+
+/// A spliced socket: the cookie of the socket its bytes are sent out of, and how many bytes
+/// it has received and handed on (written by the verdict only, which the kernel runs under
+/// the socket's lock: one writer per entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplicePeer {
+    pub peer: u64,
+    pub bytes: u64,
 }
 
 /// `Config::flags`: the gateway has written this config (programs do nothing until then).
@@ -242,4 +268,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::Redirect {}
     unsafe impl aya::Pod for super::NetnsEvent {}
+    unsafe impl aya::Pod for super::SplicePeer {}
 }

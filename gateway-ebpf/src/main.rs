@@ -23,6 +23,11 @@
 //!   milliseconds) until they are open: never let through, never refused for want of a
 //!   listener that is on its way.
 //!
+//! - `splice` (`sk_skb/stream_verdict` on a sock hash the gateway fills) sends what one
+//!   socket of a pass-through connection receives out of the other (found in a second sock
+//!   hash, without programs, which both sockets join first), inside the kernel, and counts
+//!   the bytes.
+//!
 //! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
 //! record where a connection was going refuses it: nothing reaches the network ungoverned.
 #![no_std]
@@ -38,15 +43,16 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops, stream_verdict},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
     COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_NETNS,
     MAX_RESOLVERS, MAX_RULES, NETNS_EVENTS_BYTES, NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT,
-    Redirect, Rule, SockKey, Workload, counter, is_v4_mapped, v4_mapped,
+    Redirect, Rule, SPLICE_ENTRIES, SockKey, SplicePeer, Workload, counter, is_v4_mapped,
+    v4_mapped,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -81,6 +87,46 @@ static CALLGATE_RESOLVERS: HashMap<[u32; 4], u32> = HashMap::pinned(MAX_RESOLVER
 static CALLGATE_NETNS: HashMap<u64, u32> = HashMap::pinned(MAX_NETNS, 0);
 #[map]
 static CALLGATE_NETNS_EVENTS: RingBuf = RingBuf::with_byte_size(NETNS_EVENTS_BYTES, 0);
+#[map]
+static CALLGATE_SPLICE: SockHash<u64> = SockHash::with_max_entries(SPLICE_ENTRIES, 0);
+#[map]
+static CALLGATE_SPLICE_TO: SockHash<u64> = SockHash::with_max_entries(SPLICE_ENTRIES, 0);
+#[map]
+static CALLGATE_SPLICE_PEERS: HashMap<u64, SplicePeer> =
+    HashMap::with_max_entries(SPLICE_ENTRIES, 0);
+
+// === splice ===
+
+/// `sk_action` of an `sk_skb` program: leave the data to the socket's reader.
+const SK_PASS: u32 = 1;
+
+#[stream_verdict]
+pub fn callgate_splice(ctx: SkBuffContext) -> u32 {
+    splice(&ctx)
+}
+
+/// Sends what a spliced socket received out of its peer (flags 0: the peer's egress) and
+/// counts it. A socket without an entry keeps its data for the gateway to read.
+#[inline(always)]
+fn splice(ctx: &SkBuffContext) -> u32 {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(entry) = CALLGATE_SPLICE_PEERS.get_ptr_mut(cookie) else {
+        return SK_PASS;
+    };
+    let len = u64::from(ctx.len());
+    // SAFETY: a pointer into the map's value, valid for this run; the kernel runs a socket's
+    // verdicts under its lock, so this socket's entry has one writer.
+    let peer = unsafe {
+        write_volatile(
+            addr_of_mut!((*entry).bytes),
+            read_volatile(addr_of!((*entry).bytes)) + len,
+        );
+        read_volatile(addr_of!((*entry).peer))
+    };
+    // SK_PASS when the peer was found and the skb queued to it, SK_DROP otherwise.
+    CALLGATE_SPLICE_TO.redirect_skb(ctx, peer, 0) as u32
+}
 
 // === connect ===
 

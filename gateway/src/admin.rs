@@ -147,6 +147,9 @@ pub struct Status {
     pub counters: Counters,
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
+    /// How pass-through connections are copied (in the kernel, or by the gateway and why).
+    #[serde(default)]
+    pub splice: Option<crate::intercept::splice::SpliceStatus>,
     pub recent: Vec<ConnSummary>,
     /// Workloads whose TLS clients refused the gateway's certificate (they do not trust its
     /// CA), with the command that fixes each.
@@ -419,6 +422,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+        splice: Some(inputs.interceptor.splice_status()),
         recent: inputs.stats.recent(),
         untrusting: inputs.stats.untrusting.snapshot(),
     }

@@ -93,6 +93,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Close a pass-through connection that moved no byte in either direction for this long.
     pub idle_timeout: Duration,
+    /// Splice pass-through connections in the kernel (`sk_skb` redirect) instead of copying
+    /// them through a buffer (`kernel_splice: true`; default off: on the l7 bench's
+    /// keep-alive pass-through case it measured slower than the copy, see
+    /// `intercept::splice`).
+    pub kernel_splice: bool,
     /// Data-path threads, each running its own connections start to end (default: one per CPU).
     pub workers: usize,
     /// The call log.
@@ -441,6 +446,7 @@ struct File {
     dns_resolvers: Option<Vec<IpAddr>>,
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
+    kernel_splice: Option<bool>,
     workers: Option<usize>,
     records: Option<FileRecords>,
     http: Option<FileHttp>,
@@ -745,6 +751,7 @@ impl Config {
             dns_resolvers: file.dns_resolvers.unwrap_or_default(),
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(10_000)),
             idle_timeout: Duration::from_secs(file.idle_timeout_s.unwrap_or(600)),
+            kernel_splice: file.kernel_splice.unwrap_or(false),
             workers: match file.workers {
                 Some(n) if n > 0 => n,
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),

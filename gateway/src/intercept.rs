@@ -44,6 +44,7 @@ pub mod netns_watch;
 mod pins;
 mod resolvers;
 mod sockdiag;
+pub mod splice;
 
 pub use pins::claim_listener;
 use pins::{RedirectMap, ensure_bpffs, io_err, lanes, list_links, take_map, unpin};
@@ -194,6 +195,8 @@ pub struct Interceptor {
     namespaces: std::sync::Arc<netns::Namespaces>,
     /// The kernel's reports of namespaces without listeners, until the daemon takes them.
     netns_events: Mutex<Option<RingBuf<MapData>>>,
+    /// The kernel splice of pass-through connections, or why there is none.
+    splice: Result<splice::Splicer, String>,
 }
 
 impl Interceptor {
@@ -279,6 +282,21 @@ impl Interceptor {
         let netns_events = take_map(&mut ebpf, maps::NETNS_EVENTS)?;
         let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        let splice = if cfg.kernel_splice {
+            splice::Splicer::load(&mut ebpf)
+        } else {
+            Err(splice::OFF.to_string())
+        };
+        match &splice {
+            Ok(_) => info!("pass-through connections are spliced in the kernel (sk_skb)"),
+            Err(e) if e == splice::OFF => {
+                info!("pass-through connections are copied in user space (kernel_splice: false)")
+            }
+            Err(e) => warn!(
+                reason = %e,
+                "pass-through connections are copied in user space: the kernel splice could not be set up"
+            ),
+        }
         Ok(Self {
             mount,
             bpffs: cfg.bpffs_dir.clone(),
@@ -295,7 +313,34 @@ impl Interceptor {
             resolvers: allowed,
             namespaces,
             netns_events: Mutex::new(Some(netns_events)),
+            splice,
         })
+    }
+
+    /// The kernel splice of pass-through connections, when it could be set up.
+    pub fn splicer(&self) -> Option<&splice::Splicer> {
+        self.splice.as_ref().ok()
+    }
+
+    /// How pass-through connections are copied, for `status`.
+    pub fn splice_status(&self) -> splice::SpliceStatus {
+        match &self.splice {
+            Ok(s) => {
+                let (sockets, peers) = s.entries();
+                splice::SpliceStatus {
+                    mode: splice::SpliceMode::Kernel,
+                    sockets,
+                    peers,
+                }
+            }
+            Err(reason) => splice::SpliceStatus {
+                mode: splice::SpliceMode::Copy {
+                    reason: reason.clone(),
+                },
+                sockets: 0,
+                peers: 0,
+            },
+        }
     }
 
     pub fn cgroup_mount(&self) -> &Path {

@@ -224,6 +224,18 @@ fn print_status(s: &Status) {
     println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
     let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("kernel:        {}", kernel.join(" "));
+    if let Some(sp) = &s.splice {
+        match &sp.mode {
+            callgate::intercept::splice::SpliceMode::Kernel => println!(
+                "pass-through:  spliced in the kernel ({} sockets spliced now)",
+                sp.sockets
+            ),
+            callgate::intercept::splice::SpliceMode::Copy { reason } => println!(
+                "pass-through:  copied by the gateway (the kernel splice could not be set up: {})",
+                v(reason)
+            ),
+        }
+    }
     if !s.untrusting.is_empty() {
         println!("NOT TRUSTING THE GATEWAY'S CA (their HTTPS calls fail):");
         for u in &s.untrusting {

@@ -613,10 +613,42 @@ async fn pass_through(
             return (upstream::Transfer::default(), Err(e.into()));
         }
     }
-    let (mut t, r) = upstream::splice(client, upstream, inputs.cfg.idle_timeout).await;
-    t.up += prefix.len() as u64;
+    let idle = inputs.cfg.idle_timeout;
+    let mut sent = prefix.len() as u64;
+    let splicer = inputs
+        .cfg
+        .kernel_splice
+        .then(|| inputs.interceptor.splicer())
+        .flatten();
+    let (client, upstream) = match splicer {
+        Some(splicer) => {
+            // What waits on the client beyond the sniffed bytes goes first, from here: the
+            // kernel splice starts at a packet boundary.
+            match upstream::drain_waiting(&client, &upstream, DRAIN_ROUNDS).await {
+                Ok((n, true)) => {
+                    sent += n;
+                    match upstream::splice_in_kernel(splicer, client, upstream, sent, idle).await {
+                        Ok(done) => return done,
+                        Err(sockets) => sockets,
+                    }
+                }
+                Ok((n, false)) => {
+                    sent += n;
+                    (client, upstream)
+                }
+                Err(e) => return (upstream::Transfer { up: sent, down: 0 }, Err(e)),
+            }
+        }
+        None => (client, upstream),
+    };
+    let (mut t, r) = upstream::splice(client, upstream, idle).await;
+    t.up += sent;
     (t, r)
 }
+
+/// Reads of what waits on a client before its connection is spliced in the kernel; a client
+/// that keeps sending longer is copied by the gateway instead.
+const DRAIN_ROUNDS: usize = 16;
 
 /// Logs the connection, writes its record, and adds it to `status`.
 fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
