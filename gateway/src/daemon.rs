@@ -545,4 +545,3 @@ fn metrics() -> crate::telemetry::metrics::Metrics {
         Metrics::default()
     }
 }
-

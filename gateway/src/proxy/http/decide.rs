@@ -132,7 +132,11 @@ impl Conn {
         let share = match ob.limit.as_deref().filter(|l| l.fleet) {
             None => 1.0,
             Some(l) => {
-                let share = self.inputs.fleet.as_ref().map_or(Ok(1.0), |f| f.rate_share());
+                let share = self
+                    .inputs
+                    .fleet
+                    .as_ref()
+                    .map_or(Ok(1.0), |f| f.rate_share());
                 match share {
                     Ok(share) => share,
                     Err(why) => {
