@@ -964,7 +964,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `CALLGATE_BIN=target/demo/callgate cargo test -p callgate-e2e --test fleet -- --ignored
 /// fleet_quota_added_latency --nocapture`; `CALLGATE_BENCH_CALLS` calls of each (default 2000).
 #[test]
-#[ignore]
+#[ignore = "a latency probe for docs/FLEET.md (an idle machine, a --profile demo build), not a test"]
 fn fleet_quota_added_latency() {
     let Some(f) = setup("fleet_quota_added_latency") else {
         return;
