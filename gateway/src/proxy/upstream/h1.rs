@@ -25,11 +25,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::client::TlsStream;
 
+use super::pool::UpstreamStream;
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::h1::{
     self, FramedBody, Framing, MAX_HEADERS, Malformed, Source, put_chunk_size, put_fields,
@@ -73,15 +74,9 @@ pub struct TlsIdentity {
     pub ca: Option<PathBuf>,
 }
 
-/// The bytes of an upstream connection: plain text, or TLS this gateway originated.
-pub enum Wire {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
 /// A kept connection to one upstream, with what was read past the last answer.
 pub struct Upstream1 {
-    io: Wire,
+    io: UpstreamStream,
     buf: BytesMut,
     /// Carried a request before: when it turns out closed, the request may go again.
     reused: bool,
@@ -91,15 +86,15 @@ pub struct Upstream1 {
 
 impl Upstream1 {
     pub fn new(io: TcpStream) -> Self {
-        Self::over(Wire::Plain(io), None)
+        Self::over(UpstreamStream::Plain(io), None)
     }
 
     /// A connection over TLS, verified as `identity`.
     pub fn tls(io: TlsStream<TcpStream>, identity: TlsIdentity) -> Self {
-        Self::over(Wire::Tls(Box::new(io)), Some(identity))
+        Self::over(UpstreamStream::Tls(Box::new(io)), Some(identity))
     }
 
-    fn over(io: Wire, tls: Option<TlsIdentity>) -> Self {
+    fn over(io: UpstreamStream, tls: Option<TlsIdentity>) -> Self {
         Self {
             io,
             buf: BytesMut::with_capacity(8 * 1024),
@@ -123,7 +118,7 @@ impl Upstream1 {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         match &mut self.io {
-            Wire::Plain(io) => match io.poll_read_ready(&mut cx) {
+            UpstreamStream::Plain(io) => match io.poll_read_ready(&mut cx) {
                 Poll::Pending => false,
                 Poll::Ready(Err(_)) => true,
                 Poll::Ready(Ok(())) => {
@@ -131,7 +126,7 @@ impl Upstream1 {
                     !matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
-            Wire::Tls(io) => match io.get_ref().0.poll_read_ready(&mut cx) {
+            UpstreamStream::Tls(io) => match io.get_ref().0.poll_read_ready(&mut cx) {
                 Poll::Pending => false,
                 Poll::Ready(Err(_)) => true,
                 Poll::Ready(Ok(())) => {
@@ -250,7 +245,7 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
         write_body(&mut conn.io, body, req.chunked).await?;
     }
     // TLS may hold back what did not fit in the socket; plain text has nothing to flush.
-    if matches!(conn.io, Wire::Tls(_)) {
+    if matches!(conn.io, UpstreamStream::Tls(_)) {
         conn.io.flush().await?;
     }
     let head = loop {
@@ -320,7 +315,11 @@ impl Source for Kept {
 }
 
 /// Sends a body that did not go with the head.
-async fn write_body(io: &mut Wire, mut body: ProxyBody, chunked: bool) -> Result<(), H1Error> {
+async fn write_body(
+    io: &mut UpstreamStream,
+    mut body: ProxyBody,
+    chunked: bool,
+) -> Result<(), H1Error> {
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(H1Error::RequestBody)?;
@@ -343,46 +342,6 @@ async fn write_body(io: &mut Wire, mut body: ProxyBody, chunked: bool) -> Result
         io.write_all(&end).await?;
     }
     Ok(())
-}
-
-impl AsyncRead for Wire {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Wire::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Wire::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Wire {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Wire::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Wire::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Wire::Plain(s) => Pin::new(s).poll_flush(cx),
-            Wire::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Wire::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Wire::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 struct Head {
