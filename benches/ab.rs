@@ -15,7 +15,7 @@
 //! kernel workers that this figure does not count: the ratio to direct is the measure.
 use std::{fs, path::PathBuf};
 
-use callgate_benches::{Wrk, nginx, with_cpu, wrk};
+use callgate_benches::{Wrk, items_service, nginx, with_cpu, wrk};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
 };
@@ -64,19 +64,7 @@ fn main() {
         ),
         up_port,
     );
-    let service = format!(
-        r#"
-service: items
-match: {{ hosts: ["127.0.0.1:{up_port}"] }}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#
-    );
+    let service = items_service(up_port);
     let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
     let config = dir.join("callgate.yaml");
     fs::write(&config, "records:\n  backlog_mb: 1024\n").expect("config");

@@ -11,7 +11,9 @@
 //! Results go to `benches/results/<date>-<commit>-calls.md` as well as the terminal.
 use std::fs;
 
-use callgate_benches::{RunId, ThreadDelta, Threads, nginx, syscalls_during, with_cpu, wrk};
+use callgate_benches::{
+    RunId, ThreadDelta, Threads, items_service, nginx, syscalls_during, with_cpu, wrk,
+};
 use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, unique};
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -49,19 +51,7 @@ fn main() {
         ),
         proxy_port,
     );
-    let service = format!(
-        r#"
-service: items
-match: {{ hosts: ["127.0.0.1:{up_port}"] }}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#
-    );
+    let service = items_service(up_port);
     let unmasked: String = service
         .lines()
         .filter(|l| !l.starts_with("response:") && !l.trim_start().starts_with("mask:"))

@@ -25,8 +25,8 @@ use std::fs;
 
 use callgate::telemetry::metrics::STAGE_TIMINGS_ENV;
 use callgate_benches::{
-    CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, median_of, nginx, paced, with_cpu,
-    wrk,
+    CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service, median_of, nginx,
+    paced, with_cpu, wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
@@ -130,19 +130,7 @@ fn main() {
         ),
         proxy_port,
     );
-    let service = format!(
-        r#"
-service: items
-match: {{ hosts: ["127.0.0.1:{up_port}"] }}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#
-    );
+    let service = items_service(up_port);
     // The same API over TLS, intercepted: the gateway terminates with a leaf from its own CA
     // (wrk does not verify) and re-originates TLS to the upstream, verified against the test CA.
     let secure = format!(

@@ -22,6 +22,24 @@ impl Samples {
     }
 }
 
+/// The benches' service: one REST read of the upstream at `up_port`, allowed, its answer
+/// masked (card numbers, e-mail addresses).
+pub fn items_service(up_port: u16) -> String {
+    format!(
+        r#"
+service: items
+match: {{ hosts: ["127.0.0.1:{up_port}"] }}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /v1/items/{{id}}" }}
+rules:
+  - {{ name: reads, function: get_item, action: allow }}
+response:
+  mask: [card_number, email]
+"#
+    )
+}
+
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
