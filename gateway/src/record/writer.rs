@@ -374,14 +374,15 @@ impl Writer {
         for (_, done) in self.waiters.drain(..) {
             let _ = done.send(Err(why.to_string()));
         }
+        // The reason first: a call refused once `failing` is seen must find it.
+        if let Ok(mut f) = self.shared.failure.lock() {
+            *f = Some(why.to_string());
+        }
         if !self.shared.failing.swap(true, Ordering::AcqRel) {
             error!(
                 reason = why,
                 "call recording is failing; new calls are refused until it recovers"
             );
-        }
-        if let Ok(mut f) = self.shared.failure.lock() {
-            *f = Some(why.to_string());
         }
     }
 
