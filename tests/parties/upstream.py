@@ -12,6 +12,10 @@ CARD = "4111 1111 1111 1111"
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # http.server writes an answer's head and body in two sends: with Nagle on, the body
+    # waits for the ACK of the head, which a kept connection's peer delays by ~40 ms, so every
+    # call on a kept connection took 40 ms more than its work (measured: 45.9 ms p50 direct).
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
