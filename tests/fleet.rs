@@ -899,6 +899,26 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
     let (ok, out) = verify_fleet(&f, &key_a);
     assert!(ok, "restored: {out}");
 
+    // One record replaced, its JSON and text alike (its chain hash not recomputed).
+    f.pg.psql(
+        "callgate",
+        "CREATE TABLE kept3 AS SELECT * FROM callgate_records WHERE host = 'host-a' AND seq = 3; \
+         UPDATE callgate_records SET record = jsonb_set(record, '{status}', '500') \
+         WHERE host = 'host-a' AND seq = 3; \
+         UPDATE callgate_records SET leaf = record::text WHERE host = 'host-a' AND seq = 3",
+    );
+    let (ok, out) = verify_fleet(&f, &key_a);
+    assert!(
+        !ok && out.contains("record seq 3 was altered") && out.contains("chain hash"),
+        "{out}"
+    );
+    f.pg.psql(
+        "callgate",
+        "DELETE FROM callgate_records WHERE host = 'host-a' AND seq = 3; \
+         INSERT INTO callgate_records SELECT * FROM kept3",
+    );
+    assert!(verify_fleet(&f, &key_a).0);
+
     // One record deleted.
     f.pg.psql(
         "callgate",
@@ -912,6 +932,24 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
         "INSERT INTO callgate_records SELECT * FROM kept",
     );
     assert!(verify_fleet(&f, &key_a).0);
+
+    // A record inserted after the checkpoint's records: not covered (said), until the host's
+    // own record of that sequence, skipped as already there, breaks the next checkpoint.
+    f.pg.psql(
+        "callgate",
+        "INSERT INTO callgate_records (host, seq, hash, at_ms, record, leaf) \
+         SELECT host, seq + 1000, hash, at_ms, record, leaf FROM callgate_records \
+         WHERE host = 'host-a' ORDER BY seq DESC LIMIT 1",
+    );
+    let (ok, out) = verify_fleet(&f, &key_a);
+    assert!(
+        ok && out.contains("not covered by a shipped checkpoint"),
+        "{out}"
+    );
+    f.pg.psql(
+        "callgate",
+        "DELETE FROM callgate_records WHERE host = 'host-a' AND seq > 1000",
+    );
 
     // A forged checkpoint row: A's latest note claiming more records (its signature no
     // longer verifies).

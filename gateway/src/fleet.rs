@@ -968,6 +968,22 @@ impl FleetReader {
             .collect())
     }
 
+    /// How many of `host`'s records have a sequence above `seq`.
+    pub async fn records_after(&self, host: &str, seq: u64) -> Result<u64, FleetError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let row = tokio::time::timeout(
+            QUERY_TIMEOUT * 10,
+            self.client.query_one(
+                "SELECT count(*) FROM callgate_records WHERE host = $1 AND seq > $2",
+                &[&host, &seq],
+            ),
+        )
+        .await
+        .map_err(|_| FleetError::Unavailable("no answer in time".into()))?
+        .map_err(|e| FleetError::Unavailable(describe(&e)))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     /// Calls `f` with each of `host`'s records with `seq <= up_to`, in sequence order, read
     /// as a stream (one row in memory at a time), until it returns an error.
     pub async fn for_each_record(

@@ -273,6 +273,53 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_checkpoint_is_read_with_its_witnesses_cosignatures() {
+        let dir = std::env::temp_dir().join(format!("callgate-cps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(latest(&dir).is_none());
+        let signer = note::Signer::generate("test/callgate/records").unwrap();
+        let cp = checkpoint(TEXTS);
+        let signed = signer.sign(&cp.text());
+        std::fs::write(dir.join(note::CHECKPOINT_FILE), &signed).unwrap();
+        let l = latest(&dir).unwrap();
+        assert_eq!(
+            (l.size, l.note.as_str(), l.cosigned),
+            (3, signed.as_str(), None)
+        );
+        assert_eq!(
+            l.root,
+            base64::engine::general_purpose::STANDARD.encode(cp.root)
+        );
+        // A witness cosigned this same checkpoint: its line is added; one of another is not.
+        let w = witness::Cosigner::generate("witness.example").unwrap();
+        let line = |text: &str| {
+            let c = w.cosign(text, 7);
+            c.trim_end().to_string()
+        };
+        let mine = line(&cp.text());
+        let other = line(&checkpoint(&TEXTS[..2]).text());
+        for (name, text, l) in [
+            ("a", &signed, &mine),
+            ("b", &signer.sign(&checkpoint(&TEXTS[..2]).text()), &other),
+        ] {
+            let stored = witness_client::Stored {
+                url: format!("https://{name}.example"),
+                size: 3,
+                cosigned: format!("{text}{l}\n"),
+                ..Default::default()
+            };
+            std::fs::write(
+                dir.join(format!("witness-{name}.json")),
+                serde_json::to_vec(&stored).unwrap(),
+            )
+            .unwrap();
+        }
+        let l = latest(&dir).unwrap();
+        assert_eq!(l.cosigned, Some(format!("{signed}{mine}\n")));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn the_shipped_records_make_the_signed_root() {
         let r = rebuild(&rows(TEXTS)).unwrap();
         r.finish(&checkpoint(TEXTS)).unwrap();
