@@ -360,9 +360,15 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             witness_stop_rx,
         );
     }
-    // This host's records go to the fleet database too, in the background.
+    // This host's records and signed checkpoints go to the fleet database too, in the
+    // background.
     if let (Some(f), Some(r)) = (&fleet, &recorder) {
         tasks.push(crate::record::ship::start(
+            f.clone(),
+            r.dir().to_path_buf(),
+            stop_rx.clone(),
+        ));
+        tasks.push(crate::record::checkpoints::start(
             f.clone(),
             r.dir().to_path_buf(),
             stop_rx.clone(),

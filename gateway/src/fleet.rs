@@ -180,9 +180,18 @@ mod sql {
     pub const GRANTS_LIVE: &str = "SELECT grant_json FROM callgate_grants WHERE expires_at_ms > $1";
     pub const RECORDS_MAX: &str = "SELECT max(seq) FROM callgate_records WHERE host = $1";
     /// One multi-row insert per batch; (host, seq) makes a batch sent twice land once.
-    pub const RECORDS_PUT: &str = "INSERT INTO callgate_records (host, seq, hash, at_ms, record) \
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::jsonb[]) \
+    /// The text goes once and is kept twice: as sent (`leaf`, what the Merkle tree hashed)
+    /// and as jsonb (`record`, what queries read).
+    pub const RECORDS_PUT: &str = "INSERT INTO callgate_records (host, seq, hash, at_ms, record, leaf) \
+         SELECT $1, s, h, t, r::jsonb, r \
+         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[]) AS u(s, h, t, r) \
          ON CONFLICT (host, seq) DO NOTHING";
+    pub const CHECKPOINTS_MAX: &str = "SELECT size, cosigned IS NOT NULL FROM callgate_checkpoints \
+         WHERE host = $1 ORDER BY size DESC LIMIT 1";
+    /// A checkpoint shipped again keeps its note; a cosigned copy that came later is added.
+    pub const CHECKPOINT_PUT: &str = "INSERT INTO callgate_checkpoints (host, size, root, note, cosigned) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (host, size) DO UPDATE \
+         SET cosigned = coalesce(EXCLUDED.cosigned, callgate_checkpoints.cosigned)";
 }
 
 /// One record as shipped: its place in its host's log and its JSON, as the log holds it.
@@ -194,7 +203,8 @@ pub struct ShippedRecord {
     pub record: RawJson,
 }
 
-/// JSON text sent to the database as it is (`json`/`jsonb`), not parsed and written again.
+/// JSON text sent to the database as it is (`json`/`jsonb`/`text`), not parsed and written
+/// again.
 #[derive(Debug, Clone)]
 pub struct RawJson(pub Vec<u8>);
 
@@ -215,7 +225,9 @@ impl tokio_postgres::types::ToSql for RawJson {
     fn accepts(ty: &tokio_postgres::types::Type) -> bool {
         matches!(
             *ty,
-            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+            tokio_postgres::types::Type::JSON
+                | tokio_postgres::types::Type::JSONB
+                | tokio_postgres::types::Type::TEXT
         )
     }
 
@@ -240,6 +252,35 @@ pub struct FleetRecord {
     pub seq: u64,
     pub hash: String,
     #[serde(flatten)]
+    pub record: Json,
+}
+
+/// A signed checkpoint as the fleet's table has it (`records checkpoints --fleet`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetCheckpoint {
+    pub host: String,
+    pub size: u64,
+    /// The tree's root, base64 (as the note's third line).
+    pub root: String,
+    /// The signed note as the host wrote it.
+    pub note: String,
+    /// The same checkpoint with its witnesses' cosignatures, if any cosigned it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosigned: Option<String>,
+    /// When it was shipped, Unix ms.
+    pub shipped_ms: i64,
+}
+
+/// One of a host's records as `records verify --fleet` reads it: what was hashed, and
+/// whether the JSON that queries read (`record`) is that text.
+#[derive(Debug, Clone)]
+pub struct ShippedRow {
+    pub seq: u64,
+    /// The chain hash the host sent (hex).
+    pub hash: String,
+    /// The text the host hashed (`None`: shipped before the text was kept).
+    pub leaf: Option<String>,
+    /// The `record` column, as JSON.
     pub record: Json,
 }
 
@@ -514,6 +555,34 @@ impl Fleet {
         let records: Vec<&RawJson> = batch.iter().map(|r| &r.record).collect();
         self.execute(sql::RECORDS_PUT, &[&host, &seqs, &hashes, &times, &records])
             .await
+    }
+
+    /// The largest signed checkpoint of this host the database has, and whether it has its
+    /// cosigned copy (`None`: none yet).
+    pub async fn shipped_checkpoint(&self) -> Result<Option<(u64, bool)>, FleetError> {
+        let host = self.host();
+        let rows = self.query(sql::CHECKPOINTS_MAX, &[&host]).await?;
+        Ok(rows
+            .first()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, bool>(1))))
+    }
+
+    /// Ships one signed checkpoint of this host (again: its cosigned copy is added).
+    pub async fn ship_checkpoint(
+        &self,
+        size: u64,
+        root: &str,
+        note: &str,
+        cosigned: Option<&str>,
+    ) -> Result<(), FleetError> {
+        let host = self.host();
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        self.execute(
+            sql::CHECKPOINT_PUT,
+            &[&host, &size, &root, &note, &cosigned],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Runs `sql` (prepared once per pooled connection) and returns its rows.
@@ -836,6 +905,127 @@ pub async fn fleet_records(
             record: r.get(3),
         })
         .collect())
+}
+
+/// The CLI's own connection to the fleet database (`records checkpoints --fleet`, `records
+/// verify --fleet`): no pool and no daemon, only the configuration's URL.
+pub struct FleetReader {
+    client: Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FleetReader {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl FleetReader {
+    pub async fn connect(database: &str, ca: Option<&std::path::Path>) -> Result<Self, FleetError> {
+        let (mut pg, tls, _) = tls::settings(database, ca)?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let (client, conn) = pg
+            .connect(tls)
+            .await
+            .map_err(|e| FleetError::Unavailable(describe(&e)))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { client, driver })
+    }
+
+    /// Shipped checkpoints, largest first per host, hosts in name order (at most `limit`,
+    /// of `host` only if given).
+    pub async fn checkpoints(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FleetCheckpoint>, FleetError> {
+        let rows = tokio::time::timeout(
+            QUERY_TIMEOUT * 10,
+            self.client.query(
+                "SELECT host, size, root, note, cosigned, \
+                 (extract(epoch FROM shipped_at) * 1000)::bigint FROM callgate_checkpoints \
+                 WHERE ($1::text IS NULL OR host = $1) ORDER BY host, size DESC LIMIT $2",
+                &[&host, &limit],
+            ),
+        )
+        .await
+        .map_err(|_| FleetError::Unavailable("no answer in time".into()))?
+        .map_err(|e| FleetError::Unavailable(describe(&e)))?;
+        Ok(rows
+            .iter()
+            .map(|r| FleetCheckpoint {
+                host: r.get(0),
+                size: r.get::<_, i64>(1) as u64,
+                root: r.get(2),
+                note: r.get(3),
+                cosigned: r.get(4),
+                shipped_ms: r.get(5),
+            })
+            .collect())
+    }
+
+    /// How many of `host`'s records have a sequence above `seq`.
+    pub async fn records_after(&self, host: &str, seq: u64) -> Result<u64, FleetError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let row = tokio::time::timeout(
+            QUERY_TIMEOUT * 10,
+            self.client.query_one(
+                "SELECT count(*) FROM callgate_records WHERE host = $1 AND seq > $2",
+                &[&host, &seq],
+            ),
+        )
+        .await
+        .map_err(|_| FleetError::Unavailable("no answer in time".into()))?
+        .map_err(|e| FleetError::Unavailable(describe(&e)))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Calls `f` with each of `host`'s records with `seq <= up_to`, in sequence order, read
+    /// as a stream (one row in memory at a time), until it returns an error.
+    pub async fn for_each_record(
+        &self,
+        host: &str,
+        up_to: u64,
+        f: &mut (dyn FnMut(ShippedRow) -> Result<(), String> + Send),
+    ) -> Result<Result<(), String>, FleetError> {
+        use futures_util::TryStreamExt;
+        let db = |e: tokio_postgres::Error| FleetError::Unavailable(describe(&e));
+        let late = |_| FleetError::Unavailable("no answer in time".into());
+        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 2] = [&host, &up_to];
+        let rows = tokio::time::timeout(
+            QUERY_TIMEOUT * 10,
+            self.client.query_raw(
+                "SELECT seq, hash, leaf, record FROM callgate_records \
+                 WHERE host = $1 AND seq <= $2 ORDER BY seq",
+                params,
+            ),
+        )
+        .await
+        .map_err(late)?
+        .map_err(db)?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(r) = tokio::time::timeout(QUERY_TIMEOUT * 10, rows.try_next())
+            .await
+            .map_err(late)?
+            .map_err(db)?
+        {
+            let row = ShippedRow {
+                seq: r.get::<_, i64>(0) as u64,
+                hash: r.get(1),
+                leaf: r.get(2),
+                record: r.get(3),
+            };
+            if let Err(e) = f(row) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
 }
 
 fn shared(r: &tokio_postgres::Row) -> SharedApproval {

@@ -6,6 +6,7 @@
 //! rotates segments. When the writer cannot keep up or the disk is full, `submit` refuses
 //! the call instead of dropping its record: callgate fails closed.
 pub mod build;
+pub mod checkpoints;
 mod json;
 pub mod merkle;
 pub mod note;

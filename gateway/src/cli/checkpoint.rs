@@ -14,6 +14,7 @@ use callgate::record::{
     tree::{self, Inclusion},
     witness, witness_client,
 };
+use callgate::{fleet::FleetReader, util::visible::visible};
 use serde::{Deserialize, Serialize};
 
 /// `--key`: a verifier key (`<name>+<id>+<key>`) or a file holding one. Without it, the key
@@ -406,4 +407,133 @@ fn check_line(line: &str, size: &u64, root: &Hash) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `records checkpoints --fleet`: the signed checkpoints the hosts shipped, largest first
+/// per host.
+pub fn list_fleet(
+    config: &Path,
+    host: Option<&str>,
+    limit: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let f = crate::cli::records::fleet_config(config)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = runtime()?.block_on(async {
+        let db = FleetReader::connect(&f.database, f.ca.as_deref()).await?;
+        db.checkpoints(host, limit).await
+    })?;
+    if json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<16} {:>10} {:<46} {:<24} COSIGNED",
+        "HOST", "SIZE", "ROOT", "SHIPPED"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<16} {:>10} {:<46} {:<24} {}",
+            visible(&r.host),
+            r.size,
+            visible(&r.root),
+            crate::cli::records::format_time(u64::try_from(r.shipped_ms).unwrap_or(0)),
+            if r.cosigned.is_some() { "yes" } else { "-" }
+        )?;
+    }
+    Ok(())
+}
+
+/// How often `records verify --fleet` says how far it got (on stderr).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `records verify --fleet --host H --key KEY`: the latest checkpoint `host` shipped must be
+/// signed by `key`, and the host's shipped records, streamed in sequence order, must make its
+/// root. Prints what it found; false if the check failed.
+pub fn verify_fleet(config: &Path, host: &str, key: &str, out: &mut dyn Write) -> Result<bool> {
+    let f = crate::cli::records::fleet_config(config)?;
+    let (key, _) = verifier(Path::new(""), Some(key))?;
+    let rt = runtime()?;
+    let db = rt.block_on(FleetReader::connect(&f.database, f.ca.as_deref()))?;
+    let Some(row) = rt
+        .block_on(db.checkpoints(Some(host), 1))?
+        .into_iter()
+        .next()
+    else {
+        bail!(
+            "the fleet database has no signed checkpoint of host {host:?} (has it shipped records since checkpoints are shipped?)"
+        );
+    };
+    let fail = |out: &mut dyn Write, why: String| -> Result<bool> {
+        writeln!(out, "FAILED: host {}: {}", visible(host), visible(&why))?;
+        Ok(false)
+    };
+    let cp = match Checkpoint::open(&row.note, &key) {
+        Ok(cp) => cp,
+        Err(e) => {
+            return fail(
+                out,
+                format!(
+                    "the latest checkpoint in the fleet database (size {}) is not signed by the key {}: {e} (a forged or altered checkpoint row, or not this host's key)",
+                    row.size,
+                    key.name()
+                ),
+            );
+        }
+    };
+    let root = base64::engine::general_purpose::STANDARD.encode(cp.root);
+    if cp.size != row.size || root != row.root {
+        return fail(
+            out,
+            format!(
+                "the checkpoint row's size {} and root {} are not the ones its signed note holds ({} records, root {root}): the row was altered",
+                row.size, row.root, cp.size
+            ),
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut said = started;
+    let mut rebuild = callgate::record::checkpoints::Rebuild::new();
+    let size = cp.size;
+    let walked = rt.block_on(db.for_each_record(host, size, &mut |r| {
+        rebuild.push(&r)?;
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = std::time::Instant::now();
+            eprintln!(
+                "records verify --fleet: {} of {size} records checked ({:.0}s)",
+                rebuild.size(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }))?;
+    if let Err(why) = walked.and_then(|()| rebuild.finish(&cp)) {
+        return fail(out, why);
+    }
+    let after = rt.block_on(db.records_after(host, size))?;
+    if after > 0 {
+        writeln!(
+            out,
+            "note: {after} record(s) after seq {size} are not covered by a shipped checkpoint yet"
+        )?;
+    }
+    writeln!(
+        out,
+        "verified: host {}: records 1–{size} in the fleet database make the root {root} of the checkpoint {} signed ({})",
+        visible(host),
+        visible(&cp.origin),
+        key.name()
+    )?;
+    Ok(true)
 }

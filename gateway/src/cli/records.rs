@@ -106,6 +106,38 @@ pub enum RecordsCommand {
         /// How many of the --witness-key witnesses must have cosigned (default: all).
         #[arg(long, requires = "witness_key")]
         quorum: Option<usize>,
+        /// Check one host's records in the fleet database instead (`--host`, and `--key`:
+        /// that host's verifier key, required, as the database is not trusted): the latest
+        /// checkpoint shipped must be signed by the key, and the shipped records must make
+        /// its root; the first altered, deleted or inserted record is named.
+        #[arg(long, requires_all = ["host", "key"], conflicts_with_all = ["checkpoint", "from"])]
+        fleet: bool,
+        /// With `--fleet`: the host whose records are checked.
+        #[arg(long, requires = "fleet")]
+        host: Option<String>,
+        /// With `--fleet`: the daemon's configuration file.
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = callgate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// List the signed checkpoints every host shipped to the fleet database (`--fleet`),
+    /// largest first per host.
+    Checkpoints {
+        /// Read them from the fleet database named in the daemon's configuration (required:
+        /// this host's latest checkpoint is `records checkpoint`).
+        #[arg(long)]
+        fleet: bool,
+        /// Only this host's.
+        #[arg(long)]
+        host: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line (with the signed notes) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's configuration file.
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = callgate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Print the latest signed checkpoint of the records' Merkle tree (C2SP tlog-checkpoint),
     /// with the cosignatures of the witnesses (`records.witnesses`) that cosigned it.
@@ -180,7 +212,7 @@ fn parse_time(s: &str) -> Result<u64> {
     Ok(now_ms().saturating_sub(age.as_millis() as u64))
 }
 
-fn format_time(ms: u64) -> String {
+pub fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -239,6 +271,19 @@ pub fn one_line(json: String) -> String {
     out
 }
 
+/// The fleet section of the daemon's configuration at `config`: the database's URL and CA.
+pub fn fleet_config(config: &Path) -> Result<callgate::config::FleetConfig> {
+    let cfg = callgate::config::Config::load(config, true, callgate::config::Overrides::default())
+        .with_context(|| format!("reading {}", config.display()))?;
+    let Some(f) = cfg.fleet else {
+        bail!(
+            "{} has no fleet: section (fleet.database)",
+            config.display()
+        );
+    };
+    Ok(f)
+}
+
 /// `records list --fleet`: straight from the fleet database (no daemon needed).
 fn list_fleet(
     config: &Path,
@@ -263,14 +308,7 @@ fn list_fleet(
         function: filter.function.clone(),
         decision: filter.decision.clone(),
     };
-    let cfg = callgate::config::Config::load(config, true, callgate::config::Overrides::default())
-        .with_context(|| format!("reading {}", config.display()))?;
-    let Some(f) = cfg.fleet else {
-        bail!(
-            "{} has no fleet: section (fleet.database)",
-            config.display()
-        );
-    };
+    let f = fleet_config(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -471,7 +509,21 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
             key,
             witness_key,
             quorum,
+            fleet,
+            host,
+            config,
         } => {
+            if fleet {
+                let (Some(host), Some(key)) = (host, key) else {
+                    bail!("--fleet needs --host and --key (that host's verifier key)");
+                };
+                let ok = crate::cli::checkpoint::verify_fleet(&config, &host, &key, &mut out)?;
+                if !ok {
+                    out.flush()?;
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             check_dir(&dir)?;
             let v = query::verify(&dir.dir, from)?;
             if let Some(cp) = checkpoint {
@@ -519,6 +571,20 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 out.flush()?;
                 std::process::exit(1);
             }
+        }
+        RecordsCommand::Checkpoints {
+            fleet,
+            host,
+            limit,
+            json,
+            config,
+        } => {
+            if !fleet {
+                bail!(
+                    "records checkpoints lists the fleet database's: give --fleet (this host's latest is `records checkpoint`)"
+                );
+            }
+            crate::cli::checkpoint::list_fleet(&config, host.as_deref(), limit, json, &mut out)?;
         }
         RecordsCommand::Checkpoint { dir, cosigned } => {
             check_dir(&dir)?;

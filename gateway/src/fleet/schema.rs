@@ -100,6 +100,21 @@ CREATE TABLE callgate_records (
 );
 CREATE INDEX callgate_records_at ON callgate_records (at_ms DESC);
 "#,
+    // 5: each record's text exactly as its host hashed it (the Merkle leaf: jsonb keeps
+    // neither its key order nor its spacing), and every host's signed checkpoints, shipped
+    // once the records they cover are in; (host, size) makes shipping idempotent.
+    r#"
+ALTER TABLE callgate_records ADD COLUMN leaf text;
+CREATE TABLE callgate_checkpoints (
+    host text NOT NULL,
+    size bigint NOT NULL,
+    root text NOT NULL,
+    note text NOT NULL,
+    cosigned text,
+    shipped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (host, size)
+);
+"#,
 ];
 
 /// The schema version this binary knows.

@@ -1,0 +1,358 @@
+//! Signed checkpoints in the fleet database: this host's shipped there in the background
+//! (beside its records, [`super::ship`]), and a host's shipped records checked against them
+//! by someone who does not trust the database ([`Rebuild`], `records verify --fleet`).
+//!
+//! The writer keeps only its latest signed checkpoint (`records/checkpoint`). Every
+//! [`EVERY`], a checkpoint larger than the largest the database has is taken and held until
+//! the database has every record it covers (never a checkpoint ahead of its records), then
+//! shipped with its witnesses' cosignatures if they have cosigned it; a cosigned copy that
+//! comes later is added to the shipped row. Where to resume is asked of the database after
+//! each (re)connection, as for the records.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use base64::Engine;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info};
+
+use super::{
+    merkle::{self, Frontier, Hash},
+    note, segment, witness, witness_client,
+};
+use crate::fleet::{Fleet, FleetError, ShippedRow};
+
+/// How often the latest checkpoint is looked at.
+const EVERY: Duration = Duration::from_secs(2);
+
+/// A checkpoint read from the records directory, waiting to be shipped.
+#[derive(Debug, Clone)]
+pub struct Latest {
+    pub size: u64,
+    /// The root, base64.
+    pub root: String,
+    pub note: String,
+    /// The note with every witness cosignature of it, if a witness cosigned it.
+    pub cosigned: Option<String>,
+}
+
+/// Ships this host's signed checkpoints in `dir` until `stop`.
+pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // The largest checkpoint the database has of this host, and whether cosigned; unknown
+        // until it has said.
+        let mut shipped: Option<(u64, bool)> = None;
+        let mut held: Option<Latest> = None;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(EVERY) => {}
+            }
+            if !fleet.connected() {
+                shipped = None;
+                continue;
+            }
+            if let Err(e) = round(&fleet, &dir, &mut shipped, &mut held).await {
+                debug!(error = %e, "checkpoint not shipped: will resume from the database's last");
+                shipped = None;
+            }
+        }
+    })
+}
+
+/// One round: take a newer checkpoint if none is held, ship the held one once its records
+/// are in.
+async fn round(
+    fleet: &Fleet,
+    dir: &Path,
+    shipped: &mut Option<(u64, bool)>,
+    held: &mut Option<Latest>,
+) -> Result<(), FleetError> {
+    let (size, cosigned) = match *shipped {
+        Some(s) => s,
+        None => {
+            let s = fleet.shipped_checkpoint().await?.unwrap_or((0, false));
+            *shipped = Some(s);
+            s
+        }
+    };
+    if held.is_none() {
+        let dir = dir.to_path_buf();
+        let latest = tokio::task::spawn_blocking(move || latest(&dir))
+            .await
+            .ok()
+            .flatten();
+        *held = latest
+            .filter(|l| l.size > size || (l.size == size && !cosigned && l.cosigned.is_some()));
+    }
+    let Some(l) = held.as_ref() else {
+        return Ok(());
+    };
+    let records = fleet.shipped_up_to().await?.unwrap_or(0);
+    if records < l.size {
+        debug!(
+            size = l.size,
+            records, "checkpoint held until the records it covers are shipped"
+        );
+        return Ok(());
+    }
+    fleet
+        .ship_checkpoint(l.size, &l.root, &l.note, l.cosigned.as_deref())
+        .await?;
+    info!(
+        size = l.size,
+        cosigned = l.cosigned.is_some(),
+        "signed checkpoint shipped to the fleet database"
+    );
+    *shipped = Some((l.size, l.cosigned.is_some()));
+    *held = None;
+    Ok(())
+}
+
+/// The latest signed checkpoint in the records directory `dir`, with the cosignatures of
+/// the witnesses that cosigned that same checkpoint (`None`: none written yet).
+pub fn latest(dir: &Path) -> Option<Latest> {
+    let note = std::fs::read_to_string(dir.join(note::CHECKPOINT_FILE)).ok()?;
+    let body = |n: &str| n.split_once("\n\n").map(|(b, _)| b.to_string());
+    let cp = note::Checkpoint::parse(&body(&note)?).ok()?;
+    let mut lines = Vec::new();
+    for w in witness_client::stored(dir) {
+        if body(&w.cosigned) == body(&note)
+            && let Some((_, sigs)) = w.cosigned.split_once("\n\n")
+        {
+            lines.extend(sigs.lines().map(str::to_string));
+        }
+    }
+    let cosigned = (!lines.is_empty()).then(|| witness::add_signatures(&note, &lines));
+    Some(Latest {
+        size: cp.size,
+        root: base64::engine::general_purpose::STANDARD.encode(cp.root),
+        note,
+        cosigned,
+    })
+}
+
+/// A host's Merkle tree rebuilt from its shipped records, one row at a time in sequence
+/// order (a frontier: memory grows with the log's height, not its length). Each row's text
+/// is checked against the JSON queries read and against its chain hash, so that an altered,
+/// deleted or inserted record is named by its sequence; the root is then checked against a
+/// checkpoint the host signed, which no one without its key can make agree with a rewritten
+/// log.
+pub struct Rebuild {
+    tree: Frontier,
+    prev: Hash,
+    next: u64,
+}
+
+impl Default for Rebuild {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rebuild {
+    pub fn new() -> Self {
+        Self {
+            tree: Frontier::new(),
+            prev: [0; 32],
+            next: 1,
+        }
+    }
+
+    /// Records taken so far.
+    pub fn size(&self) -> u64 {
+        self.tree.size()
+    }
+
+    /// Takes the next row; an error names the first bad sequence.
+    pub fn push(&mut self, row: &ShippedRow) -> Result<(), String> {
+        let seq = row.seq;
+        if seq != self.next {
+            return Err(if self.next == 1 {
+                format!(
+                    "the fleet database has this host's records from seq {seq} on: records 1–{} are missing (deleted, or never shipped)",
+                    seq - 1
+                )
+            } else {
+                format!(
+                    "record seq {} is missing from the fleet database (deleted): the next record there is seq {seq}",
+                    self.next
+                )
+            });
+        }
+        let Some(leaf) = &row.leaf else {
+            return Err(format!(
+                "record seq {seq} was shipped without the text its host hashed (by a callgate older than schema 5): it cannot be checked"
+            ));
+        };
+        let same = serde_json::from_str::<serde_json::Value>(leaf).is_ok_and(|v| v == row.record);
+        if !same {
+            return Err(format!(
+                "record seq {seq} was altered in the fleet database: its JSON is not the text its host hashed"
+            ));
+        }
+        let hash = segment::chain(&self.prev, seq, leaf.as_bytes());
+        if segment::hex(&hash) != row.hash {
+            return Err(format!(
+                "record seq {seq} was altered in the fleet database: its text does not make its chain hash"
+            ));
+        }
+        self.prev = hash;
+        self.tree.push(merkle::leaf_hash(leaf.as_bytes()));
+        self.next = seq + 1;
+        Ok(())
+    }
+
+    /// After every row up to the checkpoint's size: does the rebuilt tree have the root the
+    /// checkpoint signed?
+    pub fn finish(&self, cp: &note::Checkpoint) -> Result<(), String> {
+        if self.tree.size() < cp.size {
+            return Err(format!(
+                "records {}–{} are missing from the fleet database (deleted): the checkpoint signed {} records",
+                self.next, cp.size, cp.size
+            ));
+        }
+        if self.tree.root() != cp.root {
+            return Err(format!(
+                "the fleet database's records 1–{} do not make the root the checkpoint signed: records were altered, inserted or replaced there, with their chain hashes rewritten",
+                cp.size
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(texts: &[&str]) -> Vec<ShippedRow> {
+        let mut prev = [0; 32];
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let seq = i as u64 + 1;
+                prev = segment::chain(&prev, seq, t.as_bytes());
+                ShippedRow {
+                    seq,
+                    hash: segment::hex(&prev),
+                    leaf: Some(t.to_string()),
+                    record: serde_json::from_str(t).unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    fn checkpoint(texts: &[&str]) -> note::Checkpoint {
+        let mut f = Frontier::new();
+        for t in texts {
+            f.push(merkle::leaf_hash(t.as_bytes()));
+        }
+        note::Checkpoint {
+            origin: "test/callgate/records".into(),
+            size: f.size(),
+            root: f.root(),
+        }
+    }
+
+    const TEXTS: &[&str] = &[
+        r#"{"id":"a","time_ms":1,"response":{"z":1, "a":[2]}}"#,
+        r#"{"id":"b","time_ms":2}"#,
+        r#"{"id":"c","time_ms":3}"#,
+    ];
+
+    fn rebuild(rows: &[ShippedRow]) -> Result<Rebuild, String> {
+        let mut r = Rebuild::new();
+        for row in rows {
+            r.push(row)?;
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn the_latest_checkpoint_is_read_with_its_witnesses_cosignatures() {
+        let dir = std::env::temp_dir().join(format!("callgate-cps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(latest(&dir).is_none());
+        let signer = note::Signer::generate("test/callgate/records").unwrap();
+        let cp = checkpoint(TEXTS);
+        let signed = signer.sign(&cp.text());
+        std::fs::write(dir.join(note::CHECKPOINT_FILE), &signed).unwrap();
+        let l = latest(&dir).unwrap();
+        assert_eq!(
+            (l.size, l.note.as_str(), l.cosigned),
+            (3, signed.as_str(), None)
+        );
+        assert_eq!(
+            l.root,
+            base64::engine::general_purpose::STANDARD.encode(cp.root)
+        );
+        // A witness cosigned this same checkpoint: its line is added; one of another is not.
+        let w = witness::Cosigner::generate("witness.example").unwrap();
+        let line = |text: &str| {
+            let c = w.cosign(text, 7);
+            c.trim_end().to_string()
+        };
+        let mine = line(&cp.text());
+        let other = line(&checkpoint(&TEXTS[..2]).text());
+        for (name, text, l) in [
+            ("a", &signed, &mine),
+            ("b", &signer.sign(&checkpoint(&TEXTS[..2]).text()), &other),
+        ] {
+            let stored = witness_client::Stored {
+                url: format!("https://{name}.example"),
+                size: 3,
+                cosigned: format!("{text}{l}\n"),
+                ..Default::default()
+            };
+            std::fs::write(
+                dir.join(format!("witness-{name}.json")),
+                serde_json::to_vec(&stored).unwrap(),
+            )
+            .unwrap();
+        }
+        let l = latest(&dir).unwrap();
+        assert_eq!(l.cosigned, Some(format!("{signed}{mine}\n")));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_shipped_records_make_the_signed_root() {
+        let r = rebuild(&rows(TEXTS)).unwrap();
+        r.finish(&checkpoint(TEXTS)).unwrap();
+        // A checkpoint of fewer records than shipped is checked on those only by the caller
+        // (it reads up to its size); a larger one says which are missing.
+        let mut more = TEXTS.to_vec();
+        more.push(r#"{"id":"d"}"#);
+        let e = r.finish(&checkpoint(&more)).unwrap_err();
+        assert!(e.contains("records 4–4 are missing"), "{e}");
+    }
+
+    #[test]
+    fn an_altered_deleted_or_rewritten_record_is_named() {
+        let mut rs = rows(TEXTS);
+        rs[1].record = serde_json::json!({"id": "b", "time_ms": 99});
+        let e = rebuild(&rs).err().unwrap();
+        assert!(e.contains("record seq 2 was altered"), "{e}");
+
+        let mut rs = rows(TEXTS);
+        rs.remove(1);
+        let e = rebuild(&rs).err().unwrap();
+        assert!(e.contains("record seq 2 is missing"), "{e}");
+
+        let mut rs = rows(TEXTS);
+        rs[2].leaf = Some(r#"{"id":"X","time_ms":3}"#.into());
+        rs[2].record = serde_json::json!({"id": "X", "time_ms": 3});
+        let e = rebuild(&rs).err().unwrap();
+        assert!(e.contains("record seq 3 was altered"), "{e}");
+
+        // Text, JSON and chain all rewritten: only the signed root tells.
+        let forged = [TEXTS[0], r#"{"id":"B","time_ms":2}"#, TEXTS[2]];
+        let r = rebuild(&rows(&forged)).unwrap();
+        let e = r.finish(&checkpoint(TEXTS)).unwrap_err();
+        assert!(e.contains("do not make the root"), "{e}");
+    }
+}
