@@ -1314,7 +1314,13 @@ fn the_database_alone_cannot_approve() {
     // (c) A writer inserts a grant for A's caller (built from a held call's own scope): A's
     // next identical call is held all the same.
     let call = f.refund(&f.cg_a);
-    let held = pending_on(&f.b, "host-a")["id"]
+    // (The altered call of (b) may still be listed pending until its end reaches the database.)
+    let held = wait_for(Duration::from_secs(20), || {
+        list(&f.b, false)
+            .into_iter()
+            .find(|r| r["host"] == "host-a" && r["id"] != altered.as_str())
+    })
+    .expect("the call held on A")["id"]
         .as_str()
         .expect("id")
         .to_string();
@@ -1323,9 +1329,9 @@ fn the_database_alone_cannot_approve() {
         &format!(
             "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) \
              SELECT 'forged-grant', jsonb_build_object('id', 'forged-grant', \
-               'caller', request->'scope'->>'caller', 'service', request->>'service', \
-               'function', request->>'function', 'args_digest', request->'scope'->'args', \
-               'rule', request->>'rule', 'policy_commit', request->'policy_commit', \
+               'caller', request->'scope'->>'caller', 'service', request->'scope'->>'service', \
+               'function', request->'scope'->>'function', 'args_digest', request->'scope'->'args', \
+               'rule', request->'scope'->>'rule', 'policy_commit', request->'scope'->'policy', \
                'expires_at_ms', floor(extract(epoch FROM now()) * 1000)::bigint + 3600000, \
                'approved_by', 'mallory', 'request', id, 'uses', 0), \
                floor(extract(epoch FROM now()) * 1000)::bigint + 3600000 \
@@ -1349,11 +1355,16 @@ fn the_database_alone_cannot_approve() {
     // above was well formed, and it is the seal that stopped it.
     trust_each_other(&mut f, false);
     assert_eq!(trust(&f.a)["sealed"], false);
+    let grants = cli_ok(&f.a, &["approvals", "grants", "list", "--json"]);
+    let row = f.pg.psql(
+        "callgate",
+        "SELECT grant_json::text FROM callgate_grants WHERE id = 'forged-grant'",
+    );
     let (code, body) = f.refund(&f.cg_a).finish();
     assert_eq!(
         code,
         200,
-        "the database trusted, its grant holds: {body}\n{}",
+        "the database trusted, its grant holds: {body}\n{grants}\n{row}\n{}",
         f.a.log()
     );
 }
