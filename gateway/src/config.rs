@@ -936,6 +936,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fleet_trusted_keys_are_read_and_a_bad_line_is_named() {
+        let dir = std::env::temp_dir().join(format!("callgate-fleet-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = crate::util::note::Signer::generate("a.example/callgate/records").unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, format!("# host a\n{}\n", key.verifier().encode())).unwrap();
+        let bad = dir.join("bad");
+        std::fs::write(
+            &bad,
+            format!("{}\nsomething else\n", key.verifier().encode()),
+        )
+        .unwrap();
+        let yaml = |file: &Path| {
+            format!(
+                "fleet:\n  database: postgresql://x@127.0.0.1/db\n  host: a\n  trusted_keys: {}\n",
+                file.display()
+            )
+        };
+        let c = Config::from_yaml(Path::new("c.yaml"), &yaml(&good)).unwrap();
+        let keys = c.fleet.unwrap().trusted_keys.unwrap();
+        assert_eq!(keys, vec![key.verifier()]);
+        let e = Config::from_yaml(Path::new("c.yaml"), &yaml(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fleet.trusted_keys") && e.contains("bad:2: malformed key"),
+            "{e}"
+        );
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "fleet:\n  database: postgresql://x@h/d\n  host: a\n",
+        )
+        .unwrap();
+        assert!(c.fleet.unwrap().trusted_keys.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn defaults_from_empty_file() {
         let c = Config::from_yaml(Path::new("c.yaml"), "").unwrap();
         assert_eq!(c.listen_port, DEFAULT_PORT);
