@@ -1156,8 +1156,9 @@ fn tls_to_the_database() {
 }
 
 /// Each host's verifier key (the records key it seals with) in a `trusted_keys` file both
-/// configurations name; both restart with it (same state, keys and enabled cgroups).
-fn trust_each_other(f: &mut Fleet, trusted: bool) {
+/// configurations name; both restart with it (same state, keys and enabled cgroups). A also
+/// serves `/metrics` on `admin` when given.
+fn trust_each_other(f: &mut Fleet, trusted: bool, admin: Option<u16>) {
     let key = |gw: &Gateway| {
         fs::read_to_string(gw.dir.join("state/records/checkpoint.pub"))
             .expect("the host's verifier key")
@@ -1174,14 +1175,31 @@ fn trust_each_other(f: &mut Fleet, trusted: bool) {
         let path = f.dir.join(host).join("callgate.yaml");
         let text = fs::read_to_string(&path).expect("config");
         let line = format!("  trusted_keys: {}\n", file.display());
-        let text = if trusted {
+        let mut text = if trusted {
             text.replace("  dead_after_s: 3\n", &format!("  dead_after_s: 3\n{line}"))
         } else {
             text.replace(&line, "")
         };
+        if let (Some(port), "a") = (admin, host) {
+            text.push_str(&format!("admin_http:\n  listen: 127.0.0.1:{port}\n"));
+        }
         fs::write(&path, text).expect("config");
         gw.restart();
     }
+}
+
+/// A's `/metrics`, the line of `name` (with its value).
+fn metric(admin: u16, name: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{admin}/metrics"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+        .to_string()
 }
 
 fn refunds_upstream(f: &Fleet) -> usize {
@@ -1221,7 +1239,12 @@ fn the_database_alone_cannot_approve() {
     assert_eq!(trust(&f.a)["sealed"], false, "{}", f.a.status());
     let status = cli_ok(&f.a, &["status"]);
     assert!(status.contains("fleet trust: database trusted"), "{status}");
-    trust_each_other(&mut f, true);
+    let admin = free_port();
+    trust_each_other(&mut f, true, Some(admin));
+    assert_eq!(
+        metric(admin, "callgate_fleet_sealed"),
+        "callgate_fleet_sealed 1"
+    );
     assert_eq!(trust(&f.a)["sealed"], true, "{}", f.a.status());
     assert_eq!(trust(&f.a)["trusted_keys"], 2);
     let status = cli_ok(&f.b, &["status"]);
@@ -1273,6 +1296,10 @@ fn the_database_alone_cannot_approve() {
     assert!(why.contains("its seal is for request"), "{rec}");
     assert_eq!(rec["decision"]["action"], "deny");
     assert_eq!(trust(&f.a)["refused_verdicts"], 1, "{}", f.a.status());
+    assert_eq!(
+        metric(admin, "callgate_fleet_verdicts_refused_total"),
+        "callgate_fleet_verdicts_refused_total 1"
+    );
     std::thread::sleep(Duration::from_secs(1));
     held_here(&f.a, 1);
     assert!(
@@ -1344,6 +1371,10 @@ fn the_database_alone_cannot_approve() {
     });
     assert_eq!(rec["args"]["id"], "forged-grant", "{rec}");
     assert_eq!(trust(&f.a)["refused_grants"], 1, "{}", f.a.status());
+    assert_eq!(
+        metric(admin, "callgate_fleet_grants_refused_total"),
+        "callgate_fleet_grants_refused_total 1"
+    );
     held_here(&f.a, 0);
     let sent = refunds_upstream(&f);
     let call = f.refund(&f.cg_a);
@@ -1353,7 +1384,7 @@ fn the_database_alone_cannot_approve() {
 
     // The same grant with the database trusted (no trusted_keys) is honoured: the forgery
     // above was well formed, and it is the seal that stopped it.
-    trust_each_other(&mut f, false);
+    trust_each_other(&mut f, false, None);
     assert_eq!(trust(&f.a)["sealed"], false);
     let grants = cli_ok(&f.a, &["approvals", "grants", "list", "--json"]);
     let row = f.pg.psql(
