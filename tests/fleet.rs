@@ -7,7 +7,9 @@
 //! A host that dies has its held calls marked interrupted by the other; a database whose
 //! schema is newer than the binary knows refuses the start. A fleet-wide rate limit is split
 //! between the hosts alive, goes whole to the one left, and fails closed once the database
-//! has been gone longer than the lease.
+//! has been gone longer than the lease. With `fleet.trusted_keys`, a writer to the database
+//! alone can neither approve a call held on A, nor alter what B's approver judges, nor give a
+//! grant: only what a trusted host sealed counts.
 use std::{
     fs,
     path::PathBuf,
@@ -1350,4 +1352,249 @@ fn tls_to_the_database() {
     let why = st["error"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("no encryption"), "{why}");
     eprintln!("fleet: plaintext to a TLS-only server, status says: {why}");
+}
+
+/// Each host's verifier key (the records key it seals with) in a `trusted_keys` file both
+/// configurations name; both restart with it (same state, keys and enabled cgroups). A also
+/// serves `/metrics` on `admin` when given.
+fn trust_each_other(f: &mut Fleet, trusted: bool, admin: Option<u16>) {
+    let key = |gw: &Gateway| {
+        fs::read_to_string(gw.dir.join("state/records/checkpoint.pub"))
+            .expect("the host's verifier key")
+            .trim()
+            .to_string()
+    };
+    let file = f.dir.join("trusted-keys");
+    fs::write(
+        &file,
+        format!("# the fleet's hosts\n{}\n{}\n", key(&f.a), key(&f.b)),
+    )
+    .expect("trusted keys");
+    for (gw, host) in [(&mut f.a, "a"), (&mut f.b, "b")] {
+        let path = f.dir.join(host).join("callgate.yaml");
+        let text = fs::read_to_string(&path).expect("config");
+        let line = format!("  trusted_keys: {}\n", file.display());
+        let mut text = if trusted {
+            text.replace("  dead_after_s: 3\n", &format!("  dead_after_s: 3\n{line}"))
+        } else {
+            text.replace(&line, "")
+        };
+        if let (Some(port), "a") = (admin, host) {
+            text.push_str(&format!("admin_http:\n  listen: 127.0.0.1:{port}\n"));
+        }
+        fs::write(&path, text).expect("config");
+        gw.restart();
+    }
+}
+
+/// A's `/metrics`, the line of `name` (with its value).
+fn metric(admin: u16, name: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{admin}/metrics"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+        .to_string()
+}
+
+fn refunds_upstream(f: &Fleet) -> usize {
+    f.up.requests()
+        .iter()
+        .filter(|r| r.to_string().contains("/refund"))
+        .count()
+}
+
+/// Waits (at most 10 s) until `gw` holds `n` calls itself.
+fn held_here(gw: &Gateway, n: u64) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        (gw.status()["approvals"]["pending"].as_u64() == Some(n)).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{} calls held, not {n}:\n{}",
+        gw.status(),
+        gw.log()
+    );
+}
+
+fn trust(gw: &Gateway) -> Value {
+    gw.status()["approvals"]["fleet_trust"].clone()
+}
+
+/// Hosts that trust each other's seals: a verdict given on B still reaches A; a writer to the
+/// database who approves a held call with a copied verdict, alters a held call's request, or
+/// inserts a grant gets nothing: the call stays held (and is never sent upstream), B's
+/// approver is refused to judge the altered request, the next call is held despite the grant;
+/// A records and counts each refusal.
+#[test]
+fn the_database_alone_cannot_approve() {
+    let Some(mut f) = setup("the_database_alone_cannot_approve") else {
+        return;
+    };
+    assert_eq!(trust(&f.a)["sealed"], false, "{}", f.a.status());
+    let status = cli_ok(&f.a, &["status"]);
+    assert!(status.contains("fleet trust: database trusted"), "{status}");
+    let admin = free_port();
+    trust_each_other(&mut f, true, Some(admin));
+    assert_eq!(
+        metric(admin, "callgate_fleet_sealed"),
+        "callgate_fleet_sealed 1"
+    );
+    assert_eq!(trust(&f.a)["sealed"], true, "{}", f.a.status());
+    assert_eq!(trust(&f.a)["trusted_keys"], 2);
+    let status = cli_ok(&f.b, &["status"]);
+    assert!(
+        status.contains("fleet trust: sealed (2 trusted keys)"),
+        "{status}"
+    );
+
+    // Sealed end to end: held on A, approved on B, A's client gets the upstream's answer.
+    let call = f.refund(&f.cg_a);
+    let genuine = pending_on(&f.b, "host-a")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    cli_ok(&f.b, &["approvals", "approve", &genuine, "--as", "lee"]);
+    let (code, body) = call.finish();
+    assert_eq!(code, 200, "approved on B: {body}\n{}", f.a.log());
+    let row = f.pg.psql(
+        "callgate",
+        &format!("SELECT request->>'seal', verdict->>'seal' FROM callgate_approvals WHERE id = '{genuine}'"),
+    );
+    assert!(
+        row.contains("callgate fleet request v1") && row.contains("callgate fleet verdict v1"),
+        "{row}"
+    );
+
+    // (a) A writer approves a held call with a verdict copied from another (sealed, by a
+    // trusted host, but for another request).
+    let sent = refunds_upstream(&f);
+    let call = f.refund(&f.cg_a);
+    let forged = pending_on(&f.b, "host-a")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    f.pg.psql(
+        "callgate",
+        &format!(
+            "UPDATE callgate_approvals SET state = 'approved', \
+             verdict = (SELECT verdict FROM callgate_approvals WHERE id = '{genuine}') \
+             WHERE id = '{forged}'"
+        ),
+    );
+    let rec = record_where(&f.a, "the refused verdict", |r| {
+        r["service"] == "callgate.fleet"
+            && r["function"] == "refuse_verdict"
+            && r["args"]["id"] == forged.as_str()
+    });
+    let why = rec["decision"]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("its seal is for request"), "{rec}");
+    assert_eq!(rec["decision"]["action"], "deny");
+    assert_eq!(trust(&f.a)["refused_verdicts"], 1, "{}", f.a.status());
+    assert_eq!(
+        metric(admin, "callgate_fleet_verdicts_refused_total"),
+        "callgate_fleet_verdicts_refused_total 1"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    held_here(&f.a, 1);
+    assert!(
+        f.a.log()
+            .contains("refused a verdict from the fleet database")
+    );
+    assert_eq!(
+        refunds_upstream(&f),
+        sent,
+        "the forged approval sent nothing upstream"
+    );
+    drop(call);
+
+    // (b) A writer alters a held call's request (so that a refund looks like a read): B's
+    // approver is refused to judge it.
+    let call = f.refund(&f.cg_a);
+    let altered = pending_on(&f.b, "host-a")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    f.pg.psql(
+        "callgate",
+        &format!(
+            "UPDATE callgate_approvals SET request = jsonb_set(request, '{{function}}', '\"show\"') \
+             WHERE id = '{altered}'"
+        ),
+    );
+    let out = f.b.cli(&["approvals", "approve", &altered, "--as", "lee"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "B approved an altered request");
+    assert!(
+        err.contains("is not judged") && err.contains("differs from what its host sealed"),
+        "{err}"
+    );
+    assert_eq!(trust(&f.b)["refused_requests"], 1);
+    held_here(&f.a, 1);
+    drop(call);
+
+    // (c) A writer inserts a grant for A's caller (built from a held call's own scope): A's
+    // next identical call is held all the same.
+    let call = f.refund(&f.cg_a);
+    // (The altered call of (b) may still be listed pending until its end reaches the database.)
+    let held = wait_for(Duration::from_secs(20), || {
+        list(&f.b, false)
+            .into_iter()
+            .find(|r| r["host"] == "host-a" && r["id"] != altered.as_str())
+    })
+    .expect("the call held on A")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    f.pg.psql(
+        "callgate",
+        &format!(
+            "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) \
+             SELECT 'forged-grant', jsonb_build_object('id', 'forged-grant', \
+               'caller', request->'scope'->>'caller', 'service', request->'scope'->>'service', \
+               'function', request->'scope'->>'function', 'args_digest', request->'scope'->'args', \
+               'rule', request->'scope'->>'rule', 'policy_commit', request->'scope'->'policy', \
+               'expires_at_ms', floor(extract(epoch FROM now()) * 1000)::bigint + 3600000, \
+               'approved_by', 'mallory', 'request', id, 'uses', 0), \
+               floor(extract(epoch FROM now()) * 1000)::bigint + 3600000 \
+             FROM callgate_approvals WHERE id = '{held}'"
+        ),
+    );
+    drop(call);
+    let rec = record_where(&f.a, "the refused grant", |r| {
+        r["service"] == "callgate.fleet" && r["function"] == "refuse_grant"
+    });
+    assert_eq!(rec["args"]["id"], "forged-grant", "{rec}");
+    assert_eq!(trust(&f.a)["refused_grants"], 1, "{}", f.a.status());
+    assert_eq!(
+        metric(admin, "callgate_fleet_grants_refused_total"),
+        "callgate_fleet_grants_refused_total 1"
+    );
+    held_here(&f.a, 0);
+    let sent = refunds_upstream(&f);
+    let call = f.refund(&f.cg_a);
+    held_here(&f.a, 1);
+    assert_eq!(refunds_upstream(&f), sent, "held, not granted");
+    drop(call);
+
+    // The same grant with the database trusted (no trusted_keys) is honoured: the forgery
+    // above was well formed, and it is the seal that stopped it.
+    trust_each_other(&mut f, false, None);
+    assert_eq!(trust(&f.a)["sealed"], false);
+    let grants = cli_ok(&f.a, &["approvals", "grants", "list", "--json"]);
+    let row = f.pg.psql(
+        "callgate",
+        "SELECT grant_json::text FROM callgate_grants WHERE id = 'forged-grant'",
+    );
+    let (code, body) = f.refund(&f.cg_a).finish();
+    assert_eq!(
+        code,
+        200,
+        "the database trusted, its grant holds: {body}\n{grants}\n{row}\n{}",
+        f.a.log()
+    );
 }

@@ -13,19 +13,28 @@
 //! host lists it and any may answer it. Verdicts are decided there (the first one wins, by a
 //! conditional update) and reach the holding host at once through its notification; a call
 //! is not held at all while the database is unreachable.
+//!
+//! Every held call, verdict and grant a host puts in the database is sealed with its key
+//! ([`seal`]); with `fleet.trusted_keys` a host judges, applies and honours only what a
+//! trusted host sealed, so that writing to the database is not enough to approve a call.
 pub mod notify;
 mod request;
+pub mod seal;
 
 pub use request::{
     ApprovalError, ApprovalSpec, ApprovalsStatus, Approver, Approvers, CallerSummary, Grant,
     GrantedCall, NewRequest, Outcome, Refused, Request, State, Verdict,
 };
 use request::{Scope, grant_for, may_approve};
+pub use seal::{Trust, TrustStatus};
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -56,6 +65,36 @@ struct Inner {
     announced: (Option<Instant>, u32),
     /// Announcements not sent because too many came at once.
     suppressed: u64,
+    /// Fleet mode: the digest of the seal of each call held here, as shared.
+    seals: HashMap<String, String>,
+    /// Verdicts and grants refused already (each is counted and recorded once).
+    refused: HashSet<String>,
+}
+
+/// Refusals remembered at most (a database writer must not grow this host's memory).
+const REFUSED_KEPT: usize = 10_000;
+
+/// A verdict or grant read from the fleet's database and refused: its seal does not open
+/// with a trusted key, or does not state what the row says.
+#[derive(Debug, Clone)]
+pub struct FleetRefusal {
+    /// `verdict` or `grant`.
+    pub kind: &'static str,
+    /// The held call's id, or the grant's.
+    pub id: String,
+    /// The state the database gave the call (verdicts).
+    pub state: Option<String>,
+    pub reason: String,
+}
+
+/// Told of each refusal (the daemon records it).
+pub type RefusalHook = Box<dyn Fn(&FleetRefusal) + Send + Sync>;
+
+#[derive(Default)]
+struct Refusals {
+    verdicts: AtomicU64,
+    grants: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// Announcements sent per minute at most: a workload that fills its approval slots over and
@@ -70,6 +109,10 @@ pub struct Approvals {
     changes: watch::Sender<u64>,
     notifier: Option<notify::Notifier>,
     fleet: Option<Arc<Fleet>>,
+    /// Fleet mode: this host's seal, and the keys whose seals it trusts.
+    trust: Option<Trust>,
+    refusals: Refusals,
+    on_refusal: Option<RefusalHook>,
 }
 
 impl Approvals {
@@ -121,10 +164,15 @@ impl Approvals {
                 grants,
                 announced: (None, 0),
                 suppressed: 0,
+                seals: HashMap::new(),
+                refused: HashSet::new(),
             }),
             changes: watch::channel(0).0,
             notifier,
             fleet: None,
+            trust: None,
+            refusals: Refusals::default(),
+            on_refusal: None,
         };
         if !interrupted.is_empty() {
             a.save(&a.lock());
@@ -248,7 +296,7 @@ impl Approvals {
         };
         if let Some(f) = &self.fleet {
             // Shared before anyone is told: a verdict may come from any host from now on.
-            let row = serde_json::to_value(&request).unwrap_or_default();
+            let row = self.sealed_request(&request);
             if let Err(e) = f
                 .insert_approval(&request.id, &row, request.expires_at_ms)
                 .await
@@ -303,10 +351,13 @@ impl Approvals {
             let (verdict, window) = judge(&r, approve, approver, grant, comment, None)?;
             return self.apply(id, verdict, window);
         };
-        let r = match self.get(id) {
-            Some(r) => r,
+        let (r, request_digest) = match self.get(id) {
+            Some(r) => {
+                let d = self.lock().seals.get(id).cloned().unwrap_or_default();
+                (r, d)
+            }
             None => match f.approval(id).await.map_err(|e| e.to_string())? {
-                Some(row) => from_shared(row)?,
+                Some(row) => self.open_shared(id, row)?,
                 None => return Err(format!("no approval request {id}")),
             },
         };
@@ -316,8 +367,8 @@ impl Approvals {
         } else {
             State::Denied
         };
-        let shared = serde_json::to_value(&verdict).unwrap_or_default();
         let grant_ms = window.map(|w| w.as_millis() as i64);
+        let shared = self.sealed_verdict(id, state, grant_ms, request_digest, &verdict);
         let won = f
             .finish_approval(id, state.as_str(), Some(&shared), grant_ms)
             .await
@@ -332,7 +383,7 @@ impl Approvals {
         info!(id, approved = approve, by = %approver.name, host = ?r.host, "approval answered in the fleet");
         // The grant holds on every host: a job that moves is not asked again.
         if let Some(g) = grant_for(&r, &verdict, window) {
-            let shared = serde_json::to_value(&g).unwrap_or_default();
+            let shared = self.sealed_grant(&g);
             if let Err(e) = f.put_grant(&g.id, &shared, g.expires_at_ms).await {
                 warn!(id = %g.id, error = %e, "the grant holds on the holding host only");
             }
@@ -419,10 +470,114 @@ impl Approvals {
         from_shared(f.approval(id).await.ok()??).ok()
     }
 
-    /// Fleet mode: shares held calls through `fleet` (set before the gateway serves).
-    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+    /// Fleet mode: shares held calls through `fleet`, sealed and checked with `trust` (set
+    /// before the gateway serves).
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>, trust: Trust) -> Self {
         self.fleet = Some(fleet);
+        self.trust = Some(trust);
         self
+    }
+
+    /// Fleet mode: `hook` is told of each verdict or grant refused (to record it).
+    pub fn on_refusal(mut self, hook: RefusalHook) -> Self {
+        self.on_refusal = Some(hook);
+        self
+    }
+
+    /// A held call's row for the database, sealed; the seal's digest is kept to check the
+    /// verdicts on it with.
+    fn sealed_request(&self, r: &Request) -> Json {
+        let row = serde_json::to_value(r).unwrap_or_default();
+        let Some(t) = &self.trust else { return row };
+        let (row, digest) = t.seal_request(&r.id, &row);
+        self.lock().seals.insert(r.id.clone(), digest);
+        row
+    }
+
+    fn sealed_verdict(
+        &self,
+        id: &str,
+        state: State,
+        grant_ms: Option<i64>,
+        request_digest: String,
+        verdict: &Verdict,
+    ) -> Json {
+        let json = serde_json::to_value(verdict).unwrap_or_default();
+        let Some(t) = &self.trust else { return json };
+        t.seal_verdict(&seal::SealedVerdict {
+            id: id.into(),
+            state: state.as_str().into(),
+            grant_ms,
+            request_digest,
+            verdict: json,
+        })
+    }
+
+    fn sealed_grant(&self, g: &Grant) -> Json {
+        let json = serde_json::to_value(g).unwrap_or_default();
+        match &self.trust {
+            Some(t) => t.seal_grant(&g.id, g.expires_at_ms, &json),
+            None => json,
+        }
+    }
+
+    /// A call held on another host, as an approver may judge it: with trusted keys, as its
+    /// host sealed it (the row must say the same); and the digest of its seal.
+    fn open_shared(&self, id: &str, row: SharedApproval) -> Result<(Request, String), String> {
+        let Some(t) = &self.trust else {
+            return Ok((from_shared(row)?, String::new()));
+        };
+        let opened = t
+            .open_request(id, &row.request)
+            .and_then(|(sealed, digest)| {
+                let host = sealed.get("host").and_then(Json::as_str);
+                if t.enforced() && host != Some(row.host.as_str()) {
+                    return Err(format!(
+                        "its seal says it is held on {}, the database on {}",
+                        host.unwrap_or("no host"),
+                        row.host
+                    ));
+                }
+                Ok((sealed, digest))
+            });
+        match opened {
+            Ok((request, digest)) => Ok((from_shared(SharedApproval { request, ..row })?, digest)),
+            Err(why) => {
+                self.refusals.requests.fetch_add(1, Relaxed);
+                warn!(id, reason = %why, "a held call in the fleet database is not judged: its seal does not hold");
+                Err(format!(
+                    "request {id} is not judged: {why} (the fleet database's copy is not what a \
+                     trusted host sealed; it may have been altered there)"
+                ))
+            }
+        }
+    }
+
+    /// Counts, logs and (once per id) tells the hook of a verdict or grant refused.
+    fn refuse(&self, refusal: FleetRefusal) {
+        let first = {
+            let mut inner = self.lock();
+            if inner.refused.len() >= REFUSED_KEPT {
+                inner.refused.clear();
+            }
+            inner
+                .refused
+                .insert(format!("{} {}", refusal.kind, refusal.id))
+        };
+        if !first {
+            return;
+        }
+        match refusal.kind {
+            "grant" => self.refusals.grants.fetch_add(1, Relaxed),
+            _ => self.refusals.verdicts.fetch_add(1, Relaxed),
+        };
+        warn!(
+            kind = refusal.kind, id = %refusal.id, state = ?refusal.state, reason = %refusal.reason,
+            "refused a {} from the fleet database: not sealed by a trusted host", refusal.kind
+        );
+        if let Some(hook) = &self.on_refusal {
+            hook(&refusal);
+        }
     }
 
     /// Fleet mode: hears of verdicts given on other hosts (and of every change, for live
@@ -500,6 +655,22 @@ impl Approvals {
         let now = now_ms();
         let grants: Vec<Grant> = shared
             .into_iter()
+            .filter_map(|j| match &self.trust {
+                None => Some(j),
+                Some(t) => match t.open_grant(&j) {
+                    Ok(g) => Some(g),
+                    Err(reason) => {
+                        let id = j.get("id").and_then(Json::as_str).unwrap_or("?");
+                        self.refuse(FleetRefusal {
+                            kind: "grant",
+                            id: id.into(),
+                            state: None,
+                            reason,
+                        });
+                        None
+                    }
+                },
+            })
             .filter_map(|j| serde_json::from_value::<Grant>(j).ok())
             .filter(|g| g.expires_at_ms > now)
             .map(|mut g| {
@@ -553,18 +724,38 @@ impl Approvals {
         match row.state.as_str() {
             "pending" => {}
             "approved" | "denied" => {
-                let verdict = row
-                    .verdict
-                    .clone()
-                    .and_then(|v| serde_json::from_value::<Verdict>(v).ok());
-                let window = row
-                    .grant_ms
-                    .map(|ms| Duration::from_millis(ms.max(0) as u64));
+                let held = self.lock().seals.get(id).cloned();
+                let opened = match (&self.trust, &row.verdict) {
+                    (_, None) => Err("the database has no verdict".to_string()),
+                    (None, Some(v)) => Ok((seal::unsealed(v), row.grant_ms)),
+                    (Some(t), Some(v)) => {
+                        t.open_verdict(id, &row.state, held.as_deref(), v, row.grant_ms)
+                    }
+                };
+                let verdict = opened.and_then(|(v, grant_ms)| {
+                    let v = serde_json::from_value::<Verdict>(v)
+                        .map_err(|e| format!("the verdict is not readable: {e}"))?;
+                    if v.approved != (row.state == "approved") {
+                        return Err(format!("the verdict does not say {}", row.state));
+                    }
+                    Ok((v, grant_ms))
+                });
                 match verdict {
-                    Some(v) => {
+                    Ok((v, grant_ms)) => {
+                        let window = grant_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
                         let _ = self.apply(id, v, window);
                     }
-                    None => warn!(id, "a verdict in the fleet database is not readable"),
+                    Err(reason) if self.trust.as_ref().is_some_and(Trust::enforced) => {
+                        self.refuse(FleetRefusal {
+                            kind: "verdict",
+                            id: id.into(),
+                            state: Some(row.state.clone()),
+                            reason,
+                        })
+                    }
+                    Err(reason) => {
+                        warn!(id, reason = %reason, "a verdict in the fleet database is not readable")
+                    }
                 }
             }
             other => {
@@ -600,7 +791,7 @@ impl Approvals {
             .filter(|id| !rows.iter().any(|(r, _)| r == *id))
         {
             if let Some(r) = self.get(id).filter(|r| r.state == State::Pending) {
-                let row = serde_json::to_value(&r).unwrap_or_default();
+                let row = self.sealed_request(&r);
                 if let Err(e) = f.insert_approval(id, &row, r.expires_at_ms).await {
                     debug!(id, error = %e, "a held call is not shared yet");
                 }
@@ -610,10 +801,11 @@ impl Approvals {
             match self.get(&id) {
                 Some(r) if r.state == State::Pending => self.settle_from(&id, &row),
                 Some(r) if row.state == "pending" => {
+                    let digest = self.lock().seals.get(&id).cloned().unwrap_or_default();
                     let verdict = r
                         .verdict
                         .as_ref()
-                        .and_then(|v| serde_json::to_value(v).ok());
+                        .map(|v| self.sealed_verdict(&id, r.state, None, digest, v));
                     let _ = f
                         .finish_approval(&id, r.state.as_str(), verdict.as_ref(), None)
                         .await;
@@ -680,6 +872,13 @@ impl Approvals {
             webhook: self.notifier.as_ref().map(|n| n.status()),
             announcements_suppressed: inner.suppressed,
             fleet: self.fleet.as_ref().map(|f| f.status()),
+            fleet_trust: self.trust.as_ref().map(|t| TrustStatus {
+                sealed: t.enforced(),
+                trusted_keys: t.key_count(),
+                refused_verdicts: self.refusals.verdicts.load(Relaxed),
+                refused_grants: self.refusals.grants.load(Relaxed),
+                refused_requests: self.refusals.requests.load(Relaxed),
+            }),
         }
     }
 

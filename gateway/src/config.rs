@@ -131,6 +131,9 @@ pub struct FleetConfig {
     /// CA certificates (PEM) the database's certificate is checked against
     /// (`sslmode=verify-ca|verify-full`, or `require`); the system's roots without it.
     pub ca: Option<std::path::PathBuf>,
+    /// `fleet.trusted_keys`: the verifier keys of the hosts whose seals on held calls,
+    /// verdicts and grants this host trusts. None: the database is trusted as it is.
+    pub trusted_keys: Option<Vec<crate::util::note::Verifier>>,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -141,6 +144,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("heartbeat", &self.heartbeat)
             .field("dead_after", &self.dead_after)
             .field("pool_size", &self.pool_size)
+            .field("trusted_keys", &self.trusted_keys.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +163,9 @@ struct FileFleet {
     pool_size: Option<usize>,
     #[serde(default)]
     ca: Option<std::path::PathBuf>,
+    /// A file of verifier keys (`<name>+<id>+<key>`), one a line, `#` comments.
+    #[serde(default)]
+    trusted_keys: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -796,6 +803,12 @@ fn fleet(path: &Path, f: FileFleet) -> Result<FleetConfig, ConfigError> {
     if !(1..=64).contains(&pool_size) {
         return Err(fail("pool_size", "1 to 64 connections (default 4)"));
     }
+    let trusted_keys = match &f.trusted_keys {
+        Some(file) => {
+            Some(crate::util::note::read_verifiers(file).map_err(|e| fail("trusted_keys", &e))?)
+        }
+        None => None,
+    };
     Ok(FleetConfig {
         database: f.database,
         host,
@@ -803,6 +816,7 @@ fn fleet(path: &Path, f: FileFleet) -> Result<FleetConfig, ConfigError> {
         dead_after,
         pool_size,
         ca: f.ca,
+        trusted_keys,
     })
 }
 
@@ -920,6 +934,44 @@ fn check_http_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_trusted_keys_are_read_and_a_bad_line_is_named() {
+        let dir = std::env::temp_dir().join(format!("callgate-fleet-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = crate::util::note::Signer::generate("a.example/callgate/records").unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, format!("# host a\n{}\n", key.verifier().encode())).unwrap();
+        let bad = dir.join("bad");
+        std::fs::write(
+            &bad,
+            format!("{}\nsomething else\n", key.verifier().encode()),
+        )
+        .unwrap();
+        let yaml = |file: &Path| {
+            format!(
+                "fleet:\n  database: postgresql://x@127.0.0.1/db\n  host: a\n  trusted_keys: {}\n",
+                file.display()
+            )
+        };
+        let c = Config::from_yaml(Path::new("c.yaml"), &yaml(&good)).unwrap();
+        let keys = c.fleet.unwrap().trusted_keys.unwrap();
+        assert_eq!(keys, vec![key.verifier()]);
+        let e = Config::from_yaml(Path::new("c.yaml"), &yaml(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fleet.trusted_keys") && e.contains("bad:2: malformed key"),
+            "{e}"
+        );
+        let c = Config::from_yaml(
+            Path::new("c.yaml"),
+            "fleet:\n  database: postgresql://x@h/d\n  host: a\n",
+        )
+        .unwrap();
+        assert!(c.fleet.unwrap().trusted_keys.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn defaults_from_empty_file() {

@@ -466,6 +466,28 @@ fn private_state_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Fleet mode: this host's seal on what it shares — its records (checkpoint) key, the one
+/// the recorder signs with — and the keys of `fleet.trusted_keys`.
+fn fleet_trust(cfg: &Config) -> Result<crate::approve::Trust, DaemonError> {
+    let origin = RecorderConfig::from(&cfg.records).origin;
+    let signer = crate::util::note::Signer::load_or_create(&cfg.state_dir, &origin)?;
+    let keys = cfg.fleet.as_ref().and_then(|f| f.trusted_keys.clone());
+    match &keys {
+        Some(keys) if !keys.contains(&signer.verifier()) => warn!(
+            key = %signer.verifier().encode(),
+            "fleet.trusted_keys does not list this host's own key: the other hosts that use the same file will not trust what it shares"
+        ),
+        Some(keys) => info!(
+            keys = keys.len(),
+            "fleet: held calls, verdicts and grants are checked against the hosts' seals"
+        ),
+        None => info!(
+            "fleet: no trusted_keys, the fleet database is trusted (seals are written, not checked)"
+        ),
+    }
+    Ok(crate::approve::Trust::new(Arc::new(signer), keys))
+}
+
 /// The held-call registry; calls that were held when the gateway last stopped are recorded
 /// now, as interrupted, so that no call goes unrecorded.
 fn open_approvals(
@@ -485,7 +507,22 @@ fn open_approvals(
         notifier,
     )?;
     let approvals = match fleet {
-        Some(f) => approvals.with_fleet(f),
+        Some(f) => {
+            let trust = fleet_trust(cfg)?;
+            let database = f.status().database;
+            let approvals = approvals.with_fleet(f, trust);
+            match recorder {
+                Some(rec) => {
+                    let rec = rec.clone();
+                    approvals.on_refusal(Box::new(move |r| {
+                        if let Err(e) = rec.submit(Record::fleet_refused(r, &database)) {
+                            warn!(id = %r.id, error = %e, "could not record a refused {}", r.kind);
+                        }
+                    }))
+                }
+                None => approvals,
+            }
+        }
         None => approvals,
     };
     for r in interrupted {

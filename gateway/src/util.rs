@@ -1,5 +1,6 @@
-//! Small helpers every stage shares and none owns: files written atomically, JSON paths, the
-//! guard on URLs the gateway itself calls out to, time, and locks that survive a panicked holder.
+//! Small helpers every stage shares and none owns: files written atomically, JSON paths, signed
+//! notes, the guard on URLs the gateway itself calls out to, time, and locks that survive a
+//! panicked holder.
 
 /// The maps the data path looks names up in on every call. Keys come only from the policy
 /// files and a call only reads them, so a fast hash (foldhash, randomly seeded) is safe
@@ -9,6 +10,7 @@ pub type NameIndex<V> = std::collections::HashMap<String, V, foldhash::fast::Ran
 pub mod fs;
 pub mod jsonpath;
 pub mod net;
+pub mod note;
 pub mod outbound;
 pub mod sync;
 pub mod time;

@@ -79,6 +79,7 @@ fn records_shipped_end_to_end() {
             dead_after: Duration::from_secs(10),
             pool_size: 4,
             ca: None,
+            trusted_keys: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let fleet = Fleet::start(cfg, stop_rx.clone()).await.expect("fleet");

@@ -451,6 +451,32 @@ impl Collector for State {
                     f.connections,
                 )?;
             }
+            if let Some(t) = &a.fleet_trust {
+                gauge(
+                    &mut e,
+                    "fleet_sealed",
+                    "1 while verdicts and grants from the fleet database must carry a trusted host's seal (fleet.trusted_keys); 0: the database is trusted",
+                    int(u64::from(t.sealed)),
+                )?;
+                counter(
+                    &mut e,
+                    "fleet_verdicts_refused",
+                    "Verdicts from the fleet database refused: not sealed by a trusted host as the row says",
+                    t.refused_verdicts,
+                )?;
+                counter(
+                    &mut e,
+                    "fleet_grants_refused",
+                    "Grants from the fleet database refused: not sealed by a trusted host",
+                    t.refused_grants,
+                )?;
+                counter(
+                    &mut e,
+                    "fleet_requests_refused",
+                    "Held calls of other hosts an approver here was refused to judge (their seal does not hold)",
+                    t.refused_requests,
+                )?;
+            }
         }
         Ok(())
     }

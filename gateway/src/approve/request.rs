@@ -263,6 +263,9 @@ pub struct ApprovalsStatus {
     /// Fleet mode: the shared database, and whether it is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::fleet::FleetStatus>,
+    /// Fleet mode: whether what the database says is checked against hosts' seals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_trust: Option<super::seal::TrustStatus>,
 }
 
 /// Why a call is not held.

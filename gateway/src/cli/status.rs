@@ -201,6 +201,16 @@ fn print_status(s: &Status) {
                 ),
             }
         }
+        match &a.fleet_trust {
+            Some(t) if t.sealed => println!(
+                "  fleet trust: sealed ({} trusted keys); refused from the database: {} verdicts, {} grants, {} requests",
+                t.trusted_keys, t.refused_verdicts, t.refused_grants, t.refused_requests
+            ),
+            Some(_) => println!(
+                "  fleet trust: database trusted (no fleet.trusted_keys: whoever can write to the database can approve calls)"
+            ),
+            None => {}
+        }
     }
     if s.enabled.is_empty() {
         println!("enabled:       (none; try `callgate enable <cgroup>`)");

@@ -195,4 +195,33 @@ impl Record {
         };
         rec
     }
+
+    /// A system record: a verdict on a call held here, or a grant, read from the fleet's
+    /// database and refused because no trusted host sealed it as the row says
+    /// (`fleet.trusted_keys`). The call stays held; the decision is a deny saying why.
+    pub fn fleet_refused(r: &crate::approve::FleetRefusal, database: &str) -> Self {
+        let mut rec = Record::new("system", database);
+        rec.protocol = "system".into();
+        rec.service = Some("callgate.fleet".into());
+        rec.function = Some(format!("refuse_{}", r.kind));
+        rec.args = Some(serde_json::json!({
+            "id": r.id,
+            "state": r.state,
+            "reason": r.reason,
+        }));
+        rec.decision = RecordedDecision {
+            action: "deny".into(),
+            enforced: true,
+            rule: None,
+            reason: Some(format!(
+                "{} {} from the fleet database refused: {}",
+                r.kind, r.id, r.reason
+            )),
+            ..RecordedDecision::default()
+        };
+        if r.kind == "verdict" {
+            rec.approval = Some(serde_json::json!({ "request": r.id, "state": "pending" }));
+        }
+        rec
+    }
 }
