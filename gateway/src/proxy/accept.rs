@@ -699,28 +699,15 @@ fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
             .map(|e| e.path)
             .collect()
     };
-    let cgroup = inputs.names.lookup(w.cgroup_id, w.tgid, roots);
-    let units = cgroup.as_deref().map_or_else(Default::default, |p| {
-        workload::SystemdUnits::of_path(inputs.interceptor.cgroup_mount(), p)
-    });
-    // As `/proc/PID/cgroup` prints it: relative to the mount, with a leading slash. The
-    // container is read from the runtime's part of that path.
-    let path = cgroup;
-    let cgroup = path.as_deref().map(|p| {
-        p.strip_prefix(inputs.interceptor.cgroup_mount())
-            .map_or_else(
-                |_| p.display().to_string(),
-                |rel| format!("/{}", rel.display()),
-            )
-    });
-    let container = crate::call::container::Container::of_cgroup(
-        cgroup.as_deref().map(|c| c.trim_start_matches('/')),
-    )
-    .filter(|c| {
-        path.as_deref()
-            .is_none_or(|p| crate::identity::containers::made_by_runtime(p, c))
-    })
-    .map(|mut c| {
+    let facts = inputs.names.facts(
+        w.cgroup_id,
+        w.tgid,
+        inputs.interceptor.cgroup_mount(),
+        roots,
+    );
+    let facts = facts.as_deref();
+    let units = facts.map(|f| f.units.clone()).unwrap_or_default();
+    let container = facts.and_then(|f| f.container.clone()).map(|mut c| {
         // Cached by id: read from the runtime's files once per container, usually
         // already when its namespace was opened.
         inputs.interceptor.namespaces().containers().fill(&mut c);
@@ -737,7 +724,7 @@ fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         user_unit: units.user_unit,
         user_unit_uid: units.user_unit_uid,
         container,
-        cgroup,
+        cgroup: facts.map(|f| f.cgroup.clone()),
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
         netns: inputs.interceptor.namespaces().inode(w.netns),
