@@ -13,6 +13,10 @@
 //! load through A, through B and straight to nginx in each round; it prints req/s against
 //! direct. The gateway's CPU per call is shown too, but a kernel splice does its copying in
 //! kernel workers that this figure does not count: the ratio to direct is the measure.
+//!
+//! `CALLGATE_AB_CASE=close` runs the headline case with a new connection per request (the l7
+//! bench's `new connection per request` load, `Connection: close`) as its full load: what
+//! accepting, identifying and closing a connection costs each build.
 use std::{fs, path::PathBuf};
 
 use callgate_benches::{Wrk, items_service, nginx, with_cpu, wrk};
@@ -23,6 +27,8 @@ use callgate_e2e::{
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d6s"];
 const LIGHT: &[&str] = &["-t1", "-c1", "-d4s"];
+/// `CALLGATE_AB_CASE=close`: as the l7 bench's `new connection per request`.
+const CLOSE: &[&str] = &["-t2", "-c16", "-d6s", "-H", "Connection: close"];
 
 /// One build under test: its gateway and the cgroup it governs.
 struct Side {
@@ -50,7 +56,9 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let pass = std::env::var("CALLGATE_AB_CASE").is_ok_and(|c| c == "pass");
+    let case = std::env::var("CALLGATE_AB_CASE").unwrap_or_default();
+    let pass = case == "pass";
+    let full = if case == "close" { CLOSE } else { FULL };
     let dir = std::env::temp_dir().join(unique("callgate-bench-ab"));
     fs::create_dir_all(&dir).expect("dir");
     let up_port = free_port();
@@ -97,6 +105,9 @@ fn main() {
         return;
     }
     let mut direct_light = vec![];
+    if case == "close" {
+        println!("\nfull load: a new connection per request (Connection: close)");
+    }
     println!(
         "\n{:>5} {:>4} {:>12} {:>10} {:>10} {:>10}",
         "round", "side", "full req/s", "CPU µs/call", "light p50", "light p99"
@@ -106,7 +117,7 @@ fn main() {
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let s = &mut sides[i];
-            let (w, cpu) = with_cpu(&s.gw, || wrk(Some(&s.cg), FULL, &url));
+            let (w, cpu) = with_cpu(&s.gw, || wrk(Some(&s.cg), full, &url));
             let l = wrk(Some(&s.cg), LIGHT, &url);
             println!(
                 "{:>5} {:>4} {:>12.0} {:>10.1} {:>8.0}µs {:>8.0}µs",

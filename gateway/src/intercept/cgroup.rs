@@ -1,14 +1,17 @@
 //! Finding cgroups: the cgroup v2 mount (which may be `/sys/fs/cgroup` or, on hybrid hosts,
 //! `/sys/fs/cgroup/unified`), resolving a user's path or systemd unit to a cgroup directory,
-//! and turning the cgroup id the kernel reports back into a path.
+//! and turning the cgroup id the kernel reports back into a path (and into what that path says
+//! of the workloads in it, once per cgroup).
 use std::{
     collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::{Component, Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
+
+use crate::{call::container::Container, identity::workload::SystemdUnits};
 
 /// statfs magic of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -177,6 +180,39 @@ pub fn unit_of(mount: &Path, path: &Path) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct CgroupNames {
     cache: Mutex<HashMap<u64, PathBuf>>,
+    /// What each cgroup's path says, derived on its first connection: every connection
+    /// needs it, and it depends on the cgroup alone (an id names one cgroup for the life of
+    /// the host; the path of a cgroup cannot change, as cgroupfs cannot rename).
+    facts: Mutex<HashMap<u64, Arc<CgroupFacts>>>,
+}
+
+/// What a cgroup's path says of every workload in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupFacts {
+    /// As `/proc/PID/cgroup` prints it: relative to the mount, with a leading slash.
+    pub cgroup: String,
+    pub units: SystemdUnits,
+    /// The container, from the runtime's part of the path; its names are not filled (they
+    /// may be learnt later: [`ContainerNames`](crate::identity::containers::ContainerNames)).
+    pub container: Option<Container>,
+}
+
+impl CgroupFacts {
+    /// Derived from `path`, a cgroup directory under `mount`.
+    pub fn of(mount: &Path, path: &Path) -> Self {
+        let units = SystemdUnits::of_path(mount, path);
+        let cgroup = path.strip_prefix(mount).map_or_else(
+            |_| path.display().to_string(),
+            |rel| format!("/{}", rel.display()),
+        );
+        let container = Container::of_cgroup(Some(cgroup.trim_start_matches('/')))
+            .filter(|c| crate::identity::containers::made_by_runtime(path, c));
+        Self {
+            cgroup,
+            units,
+            container,
+        }
+    }
 }
 
 const MAX_WALK: usize = 4096;
@@ -199,6 +235,30 @@ impl CgroupNames {
                 cache.clear();
             }
             cache.insert(id, found.clone());
+        }
+        Some(found)
+    }
+
+    /// What cgroup `id` (which process `pid` was in) says of its workloads, derived once per
+    /// cgroup: [`CgroupNames::lookup`], then [`CgroupFacts::of`]. `None` when the cgroup
+    /// cannot be found (asked again on the next connection).
+    pub fn facts(
+        &self,
+        id: u64,
+        pid: u32,
+        mount: &Path,
+        roots: impl FnOnce() -> Vec<PathBuf>,
+    ) -> Option<Arc<CgroupFacts>> {
+        if let Some(f) = self.facts.lock().ok()?.get(&id) {
+            return Some(f.clone());
+        }
+        let path = self.lookup(id, pid, roots)?;
+        let found = Arc::new(CgroupFacts::of(mount, &path));
+        if let Ok(mut facts) = self.facts.lock() {
+            if facts.len() > 10_000 {
+                facts.clear();
+            }
+            facts.insert(id, found.clone());
         }
         Some(found)
     }
@@ -264,6 +324,46 @@ pub fn subtree_ids(root: &Path) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroups_facts_come_from_its_path() {
+        let id = "a".repeat(64);
+        let mount = Path::new("/sys/fs/cgroup");
+        let path = mount.join(format!("system.slice/docker-{id}.scope"));
+        let f = CgroupFacts::of(mount, &path);
+        assert_eq!(f.cgroup, format!("/system.slice/docker-{id}.scope"));
+        assert_eq!(
+            f.units.unit.as_deref(),
+            Some(format!("docker-{id}.scope").as_str())
+        );
+        let c = f.container.expect("a docker container");
+        assert_eq!(c.id.as_deref(), Some(id.as_str()));
+        assert_eq!(c.runtime.as_deref(), Some("docker"));
+        // Not under the mount (cannot happen for a real id): said as it is, no unit.
+        let odd = CgroupFacts::of(mount, Path::new("/elsewhere/x.service"));
+        assert_eq!(odd.cgroup, "/elsewhere/x.service");
+        assert_eq!(odd.units, SystemdUnits::default());
+    }
+
+    #[test]
+    fn facts_are_derived_once_per_cgroup() {
+        let names = CgroupNames::default();
+        let dir = std::env::temp_dir().join(format!("callgate-facts-{}", std::process::id()));
+        fs::create_dir_all(dir.join("app.service")).unwrap();
+        let id = fs::metadata(dir.join("app.service")).unwrap().ino();
+        // The process is unknown (pid 0 has no /proc entry): found by walking the roots.
+        let first = names
+            .facts(id, 0, &dir, || vec![dir.clone()])
+            .expect("found by the walk");
+        assert_eq!(first.cgroup, "/app.service");
+        assert_eq!(first.units.unit.as_deref(), Some("app.service"));
+        let again = names
+            .facts(id, 0, &dir, || panic!("a second connection walks nothing"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(names.facts(id + 1_000_000_007, 0, &dir, Vec::new).is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn finds_hybrid_and_unified_mounts() {
