@@ -131,6 +131,23 @@ impl RawJson {
         }
     }
 
+    /// [`RawJson::new`] for a buffer the caller is done with: a valid answer with nothing to
+    /// trim becomes the value without being copied (a large answer's record otherwise copies
+    /// it once more here).
+    pub fn owned(text: Vec<u8>) -> Self {
+        let trimmed = |b: &[u8]| {
+            !matches!(b.first(), Some(b' ' | b'\t' | b'\n' | b'\r'))
+                && !matches!(b.last(), Some(b' ' | b'\t' | b'\n' | b'\r'))
+        };
+        match String::from_utf8(text) {
+            Ok(s) if trimmed(s.as_bytes()) && valid::is_json(s.as_bytes()) => {
+                Self(s.into_boxed_str())
+            }
+            Ok(s) => Self::text(&s),
+            Err(e) => Self::string(&String::from_utf8_lossy(e.as_bytes())),
+        }
+    }
+
     /// `s` itself when it is JSON (without the whitespace around it), else a JSON string of it.
     pub fn text(s: &str) -> Self {
         if valid::is_json(s.as_bytes()) {

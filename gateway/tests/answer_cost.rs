@@ -73,12 +73,16 @@ fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[
     masker.finish(&mut out);
     let mut rec = record();
     rec.bytes_out = out.len() as u64;
+    // As the data path does: the captured buffer becomes the record's value, not copied.
     match masker.answer_spans() {
         Some(spans) => {
-            rec.response = Some(RawJson::new(&recorder.mask_answer(&out, &spans)));
+            rec.response = Some(match recorder.mask_answer(&out, &spans) {
+                std::borrow::Cow::Owned(m) => RawJson::owned(m),
+                std::borrow::Cow::Borrowed(_) => RawJson::owned(out),
+            });
             rec.response_masked = true;
         }
-        None => rec.response = Some(RawJson::new(&out)),
+        None => rec.response = Some(RawJson::owned(out)),
     }
     black_box(recorder.submit(rec).expect("submit"));
 }

@@ -169,8 +169,14 @@ impl Pending {
         self.cap > 0
     }
 
-    fn saw(&mut self, chunk: &[u8]) {
+    /// A chunk on its way to the client; `more`: how many bytes the upstream says are still
+    /// to come, so the capture is sized once instead of grown (and copied) by doubling.
+    fn saw(&mut self, chunk: &[u8], more: u64) {
         self.bytes_out += chunk.len() as u64;
+        if self.capture.capacity() == 0 && self.cap > 0 {
+            let want = (chunk.len() as u64).saturating_add(more);
+            self.capture.reserve(want.min(self.cap as u64 + 1) as usize);
+        }
         let room = self.cap.saturating_sub(self.capture.len());
         if chunk.len() > room {
             self.truncated = true;
@@ -189,17 +195,22 @@ impl Pending {
         }
         let recorder = self.recording.conn.inputs.recorder.as_ref();
         let mut masked = false;
-        let response = (!self.capture.is_empty()).then(|| {
+        let capture = std::mem::take(&mut self.capture);
+        let response = (!capture.is_empty()).then(|| {
             if self.truncated {
-                return RawJson::string(&String::from_utf8_lossy(&self.capture));
+                return RawJson::string(&String::from_utf8_lossy(&capture));
             }
+            // The captured buffer becomes the record's value as it is, not copied again.
             match (self.spans.take(), recorder) {
                 // Masked once: the client's bytes with what the policy let through masked.
                 (Some(spans), Some(r)) => {
                     masked = true;
-                    response_value(&r.mask_answer(&self.capture, &spans))
+                    match r.mask_answer(&capture, &spans) {
+                        std::borrow::Cow::Owned(m) => RawJson::owned(m),
+                        std::borrow::Cow::Borrowed(_) => RawJson::owned(capture),
+                    }
                 }
-                _ => response_value(&self.capture),
+                _ => RawJson::owned(capture),
             }
         });
         self.recording.rec.response_masked = masked;
@@ -215,8 +226,6 @@ pub struct CallBody {
     masker: Option<BodyMasker>,
     /// The injected credential's scrubber, after the masker.
     scrub: Option<ScrubStream>,
-    scratch: Vec<u8>,
-    scratch2: Vec<u8>,
     /// Trailers held back behind the masker's last bytes.
     stash: Option<Frame<Bytes>>,
     ended: bool,
@@ -241,8 +250,6 @@ impl CallBody {
             inner,
             masker,
             scrub,
-            scratch: Vec::new(),
-            scratch2: Vec::new(),
             stash: None,
             ended: false,
             pending,
@@ -301,7 +308,7 @@ impl CallBody {
 
     fn out(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(p) = &mut self.pending {
-            p.saw(&b);
+            p.saw(&b, self.inner.size_hint().lower());
         }
         Poll::Ready(Some(Ok(Frame::data(b))))
     }
@@ -315,19 +322,22 @@ impl CallBody {
         self.masking(|this| this.transform_now(data))
     }
 
+    /// Each stage writes into a buffer of its own that becomes the chunk sent on: the masked
+    /// bytes are not copied again into the frame (16 KiB answers: one copy fewer per chunk).
     fn transform_now(&mut self, data: Bytes) -> Option<Bytes> {
-        let mut masked: &[u8] = &data;
+        let mut masked: Option<Vec<u8>> = None;
         if let Some(m) = &mut self.masker {
-            self.scratch.clear();
-            m.push(&data, &mut self.scratch);
-            masked = &self.scratch;
+            let mut out = Vec::with_capacity(data.len() + 256);
+            m.push(&data, &mut out);
+            masked = Some(out);
         }
         if let Some(s) = &mut self.scrub {
-            self.scratch2.clear();
-            s.push(masked, &mut self.scratch2);
-            masked = &self.scratch2;
+            let input: &[u8] = masked.as_deref().unwrap_or(&data);
+            let mut out = Vec::with_capacity(input.len() + 256);
+            s.push(input, &mut out);
+            masked = Some(out);
         }
-        (!masked.is_empty()).then(|| Bytes::copy_from_slice(masked))
+        masked.filter(|m| !m.is_empty()).map(Bytes::from)
     }
 
     /// What the masker and the scrubber held back, once the upstream is done.

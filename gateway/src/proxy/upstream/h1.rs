@@ -146,10 +146,15 @@ impl Upstream1 {
         h1::poll_fill(&mut self.io, &mut self.buf, cx, expect)
     }
 
+    /// Reads for an answer's head: room for the head and a body of up to about 16 KiB in one
+    /// read (with the 16 KiB a body of unknown length gets, a 16 KiB answer took two reads).
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await
     }
 }
+
+/// What a read for an answer's head asks room for (see [`Upstream1::fill`]).
+const HEAD_READ: u64 = 32 * 1024;
 
 /// Where a finished connection goes back to for the next request.
 pub type Slot = Arc<Mutex<Option<Upstream1>>>;
