@@ -179,6 +179,9 @@ mod sql {
     pub const GRANT_GET: &str = "SELECT grant_json FROM callgate_grants WHERE id = $1";
     pub const GRANTS_LIVE: &str = "SELECT grant_json FROM callgate_grants WHERE expires_at_ms > $1";
     pub const RECORDS_MAX: &str = "SELECT max(seq) FROM callgate_records WHERE host = $1";
+    /// A host's last rows, highest first (backwards along the primary key).
+    pub const RECORDS_LAST: &str =
+        "SELECT seq FROM callgate_records WHERE host = $1 ORDER BY seq DESC LIMIT $2";
     /// One multi-row insert per batch; (host, seq) makes a batch sent twice land once.
     /// The text goes once and is kept twice: as sent (`leaf`, what the Merkle tree hashed)
     /// and as jsonb (`record`, what queries read).
@@ -534,8 +537,9 @@ impl Fleet {
         Ok(rows.iter().map(|r| (r.get("id"), shared(r))).collect())
     }
 
-    /// The highest sequence number of this host's records the database has (`None`: none):
-    /// shipping resumes after it, across restarts and outages.
+    /// The highest sequence number of this host's records the database has (`None`: none).
+    /// Shipping does not resume after it (a batch below it may be missing while inserts run
+    /// in parallel): see [`Fleet::shipped_last`].
     pub async fn shipped_up_to(&self) -> Result<Option<u64>, FleetError> {
         let host = self.host();
         let rows = self.query(sql::RECORDS_MAX, &[&host]).await?;
@@ -543,6 +547,14 @@ impl Fleet {
             .first()
             .and_then(|r| r.get::<_, Option<i64>>(0))
             .map(|s| s as u64))
+    }
+
+    /// The sequence numbers of this host's last `n` records in the database, highest first:
+    /// where shipping resumes is found among them (`record::ship::resume_after`).
+    pub async fn shipped_last(&self, n: usize) -> Result<Vec<u64>, FleetError> {
+        let host = self.host();
+        let rows = self.query(sql::RECORDS_LAST, &[&host, &(n as i64)]).await?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     /// Ships a batch of this host's records in one statement; rows the database already

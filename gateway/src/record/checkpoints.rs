@@ -90,7 +90,10 @@ async fn round(
     let Some(l) = held.as_ref() else {
         return Ok(());
     };
-    let records = fleet.shipped_up_to().await?.unwrap_or(0);
+    // Every record up to here is in the database: inserts may commit out of order (two in
+    // flight), so the highest sequence alone could stand above a gap still being filled.
+    let last = fleet.shipped_last(super::ship::RESUME_WINDOW).await?;
+    let records = super::ship::resume_after(&last).saturating_sub(1);
     if records < l.size {
         debug!(
             size = l.size,

@@ -41,7 +41,13 @@ pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
 }
 
 pub fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in h {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
