@@ -751,6 +751,12 @@ fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
     // A restart resumes where the database is: nothing sent twice, nothing missing.
     f.a.restart();
     assert_eq!(f.show(&f.cg_a).0, 200);
+    // The call's record reaches the local log with the writer's next group: wait for it, or
+    // the database and a log still without it would look "all shipped".
+    let grown = wait_for(Duration::from_secs(10), || {
+        (shipped_and_local(&f, &f.a, "host-a").1.len() > shipped.len()).then_some(())
+    });
+    assert!(grown.is_some(), "the call after the restart was not recorded");
     let after = all_shipped(&f, &f.a, "host-a");
     assert!(after.len() > shipped.len());
     assert_eq!(
