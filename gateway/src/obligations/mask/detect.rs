@@ -98,6 +98,10 @@ const SECRET_NAMES: [&str; 3] = [
     "AWS_SECRET_ACCESS_KEY",
     "SecretAccessKey",
 ];
+/// [`SECRET_NAMES`]' searchers, built once: `memmem::rfind` builds one per call, which cost a
+/// small answer's streaming scan more than the search itself.
+static SECRET_FINDERS: std::sync::LazyLock<[memchr::memmem::FinderRev<'static>; 3]> =
+    std::sync::LazyLock::new(|| SECRET_NAMES.map(memchr::memmem::FinderRev::new));
 /// A secret's name, separators and 40-byte value fit in this many bytes.
 const SECRET_NAME_WINDOW: usize = 21 + 8 + 40;
 
@@ -989,8 +993,8 @@ pub fn pending_from(scanner: &Scanner, t: &[u8]) -> usize {
     // A secret named just before it: the name must stay with the value.
     if scanner.on(Detector::SecretKey) {
         let window = n.saturating_sub(SECRET_NAME_WINDOW);
-        for name in SECRET_NAMES {
-            if let Some(b) = memchr::memmem::rfind(&t[window..], name.as_bytes()) {
+        for name in &*SECRET_FINDERS {
+            if let Some(b) = name.rfind(&t[window..]) {
                 from = from.min(window + b);
             }
         }
