@@ -246,7 +246,12 @@ impl Scanner {
                 }
             }
         }
-        if let Some((ac, kinds)) = &self.anchors {
+        // No token detector's value is shorter than a private key's `-----BEGIN ` (an open
+        // one, its label still to come): a shorter text (a record's names: a session, a rule,
+        // a function) skips the automaton, whose set-up costs more than such a text's scan.
+        if let Some((ac, kinds)) = &self.anchors
+            && t.len() >= PEM_BEGIN.len()
+        {
             let mut pos = 0;
             // Per pattern: anchors before this are known to fail (see `token`).
             let mut dead = [0usize; ANCHORS.len()];
