@@ -121,6 +121,13 @@ pub struct RawJson<P = Box<str>>(P);
 /// and its bytes copied into each record, instead of walking the same tree for every call.
 pub type SharedJson = RawJson<Arc<str>>;
 
+/// Whether `s` holds `\u` (a JSON escape that could hide a detector's match). A search of
+/// its own, not `memmem::find`, which builds a searcher per call: more than a record's short
+/// texts cost to scan.
+fn has_u_escape(s: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', s).any(|i| s.get(i + 1) == Some(&b'u'))
+}
+
 impl RawJson {
     /// `text` as a value: itself when it is JSON, else a JSON string of it (invalid UTF-8
     /// replaced).
@@ -628,7 +635,7 @@ impl Recorder {
             if matches!(
                 self.masks.mask_str(&self.key, w.get()),
                 std::borrow::Cow::Owned(_)
-            ) || memchr::memmem::find(w.get().as_bytes(), b"\\u").is_some()
+            ) || has_u_escape(w.get().as_bytes())
             {
                 let mut v = w.to_value();
                 let owned = root_owned(&v);
@@ -678,7 +685,7 @@ impl Recorder {
     /// as a number) leaves text that is no longer JSON: it is kept as a string.
     fn mask_raw(&self, r: &mut RawJson) {
         let text = r.get();
-        if memchr::memmem::find(text.as_bytes(), b"\\u").is_some() {
+        if has_u_escape(text.as_bytes()) {
             let mut v = r.to_value();
             if self.masks.mask_value(&self.key, &mut v) > 0 {
                 *r = RawJson::of(&v);

@@ -818,3 +818,25 @@ fn split_scan_finds_what_separate_scans_find() {
         }
     }
 }
+
+/// Texts shorter than a private key's `-----BEGIN ` skip the token detectors' automaton: no
+/// token value is that short, and the shortest that can hit still does.
+#[test]
+fn short_texts_skip_nothing_a_token_detector_finds() {
+    use callgate::obligations::mask::{MaskKey, MaskRules};
+    let rules = MaskRules::all_detectors();
+    let key = MaskKey::from_bytes([1; 32]);
+    let masked = |s: &str| matches!(rules.mask_str(&key, s), std::borrow::Cow::Owned(_));
+    assert!(masked("-----BEGIN "), "an open private key's label");
+    assert!(masked("xoxb-0123456789"), "the shortest slack token");
+    for short in [
+        "-----BEGIN",
+        "xoxb-01234",
+        "sk-0123456",
+        "eyJhbGciOi",
+        "AKIA012345",
+        "conn-7",
+    ] {
+        assert!(!masked(short), "{short}");
+    }
+}

@@ -98,6 +98,10 @@ const SECRET_NAMES: [&str; 3] = [
     "AWS_SECRET_ACCESS_KEY",
     "SecretAccessKey",
 ];
+/// [`SECRET_NAMES`]' searchers, built once: `memmem::rfind` builds one per call, which cost a
+/// small answer's streaming scan more than the search itself.
+static SECRET_FINDERS: std::sync::LazyLock<[memchr::memmem::FinderRev<'static>; 3]> =
+    std::sync::LazyLock::new(|| SECRET_NAMES.map(memchr::memmem::FinderRev::new));
 /// A secret's name, separators and 40-byte value fit in this many bytes.
 const SECRET_NAME_WINDOW: usize = 21 + 8 + 40;
 
@@ -242,7 +246,12 @@ impl Scanner {
                 }
             }
         }
-        if let Some((ac, kinds)) = &self.anchors {
+        // No token detector's value is shorter than a private key's `-----BEGIN ` (an open
+        // one, its label still to come): a shorter text (a record's names: a session, a rule,
+        // a function) skips the automaton, whose set-up costs more than such a text's scan.
+        if let Some((ac, kinds)) = &self.anchors
+            && t.len() >= PEM_BEGIN.len()
+        {
             let mut pos = 0;
             // Per pattern: anchors before this are known to fail (see `token`).
             let mut dead = [0usize; ANCHORS.len()];
@@ -989,8 +998,8 @@ pub fn pending_from(scanner: &Scanner, t: &[u8]) -> usize {
     // A secret named just before it: the name must stay with the value.
     if scanner.on(Detector::SecretKey) {
         let window = n.saturating_sub(SECRET_NAME_WINDOW);
-        for name in SECRET_NAMES {
-            if let Some(b) = memchr::memmem::rfind(&t[window..], name.as_bytes()) {
+        for name in &*SECRET_FINDERS {
+            if let Some(b) = name.rfind(&t[window..]) {
                 from = from.min(window + b);
             }
         }
