@@ -6,10 +6,9 @@
 //! `CALLGATE_COST_SIZE=16384 valgrind --tool=callgrind --toggle-collect='*answer_cost*one_call*'
 //!  target/demo/deps/answer_cost-* --ignored --exact one_answer`
 //!
-//! and divide the total by `CALLGATE_COST_N` (default 200). By default the masker is the data
-//! path's choice for the answer's length ([`BodyMasker::for_answer`]); `CALLGATE_COST_MODE=once`
-//! for the answer always masked once (one split scan), `twice` for it always masked twice (for
-//! the client, then for the record). The answers are the l7 bench's.
+//! and divide the total by `CALLGATE_COST_N` (default 200); `CALLGATE_COST_MODE=twice` for
+//! the answer masked twice (for the client, then for the record). The answers are the l7
+//! bench's.
 use std::{hint::black_box, sync::Arc};
 
 use callgate::{
@@ -56,18 +55,15 @@ fn record() -> Record {
 }
 
 /// One answer: masked for the client, captured, recorded. `once`: masked once, the record's
-/// copy made from the client's bytes and the spans the same scan found (the data path for an
-/// answer of [`callgate::obligations::mask::SPLIT_FROM`] bytes or more, or of unknown
-/// length); `twice`: masked for the client by the policy's masks and again by the recorder
-/// with every detector (the data path for a shorter answer, and wherever the masker cannot
-/// follow).
+/// copy made from the client's bytes and the spans the same scan found (the data path now);
+/// otherwise masked for the client by the policy's masks and again by the recorder with
+/// every detector (what it did before, and still does where the masker cannot follow).
 #[inline(never)]
-fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[u8], mode: &str) {
-    let (rules, key, kind) = (rules.clone(), key.clone(), BodyKind::Json);
-    let mut masker = match mode {
-        "once" => BodyMasker::recorded(rules, key, kind),
-        "twice" => BodyMasker::new(rules, key, kind),
-        _ => BodyMasker::for_answer(rules, key, kind, true, Some(body.len() as u64)),
+fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[u8], once: bool) {
+    let mut masker = if once {
+        BodyMasker::recorded(rules.clone(), key.clone(), BodyKind::Json)
+    } else {
+        BodyMasker::new(rules.clone(), key.clone(), BodyKind::Json)
     };
     let mut out = Vec::with_capacity(body.len());
     // As hyper hands it over: 8 KiB reads.
@@ -119,9 +115,9 @@ fn one_answer() {
     let mut cfg = RecorderConfig::new(&dir);
     cfg.backlog_bytes = 1 << 30;
     let recorder = Recorder::open(cfg, key.clone()).expect("recorder");
-    let mode = std::env::var("CALLGATE_COST_MODE").unwrap_or_default();
+    let once = std::env::var("CALLGATE_COST_MODE").as_deref() != Ok("twice");
     for _ in 0..n {
-        one_call(&rules, &key, &recorder, body.as_bytes(), &mode);
+        one_call(&rules, &key, &recorder, body.as_bytes(), once);
     }
     recorder.close();
     let _ = std::fs::remove_dir_all(&dir);

@@ -891,12 +891,6 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
     Ok(BodyKind::from_content_type(ct))
 }
 
-/// An answer also recorded, shorter than this (by its Content-Length), is masked for the
-/// client by the policy's detectors alone and again for the record by every detector, as
-/// before answers were masked once: on a small answer the two short scans cost fewer
-/// instructions than the one split scan and its span bookkeeping (tests/answer_cost.rs).
-pub const SPLIT_FROM: u64 = 1024;
-
 /// A body on its way out: JSON, text, or passed through.
 #[derive(Debug)]
 pub enum BodyMasker {
@@ -929,23 +923,6 @@ impl BodyMasker {
                 BodyMasker::Json(m)
             }
             other => other,
-        }
-    }
-
-    /// The masker of an answer whose body is `len` bytes long, if its head says: for an
-    /// answer also `recorded` in full, [`BodyMasker::recorded`] unless it is shorter than
-    /// [`SPLIT_FROM`], else [`BodyMasker::new`] (the record then masks its copy on its own).
-    pub fn for_answer(
-        rules: Arc<MaskRules>,
-        key: MaskKey,
-        kind: BodyKind,
-        recorded: bool,
-        len: Option<u64>,
-    ) -> Self {
-        if recorded && len.is_none_or(|n| n >= SPLIT_FROM) {
-            Self::recorded(rules, key, kind)
-        } else {
-            Self::new(rules, key, kind)
         }
     }
 

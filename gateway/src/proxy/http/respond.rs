@@ -92,15 +92,15 @@ impl Conn {
                     self.inputs.cfg.http.max_held_response_bytes,
                 ))
             }
-            Ok(kind) if !masks.is_empty() => {
-                Some(crate::obligations::mask::BodyMasker::for_answer(
+            Ok(kind) if !masks.is_empty() => Some(if recorded {
+                crate::obligations::mask::BodyMasker::recorded(
                     masks,
                     self.inputs.mask_key.clone(),
                     kind,
-                    recorded,
-                    http_body::Body::size_hint(&incoming).exact(),
-                ))
-            }
+                )
+            } else {
+                crate::obligations::mask::BodyMasker::new(masks, self.inputs.mask_key.clone(), kind)
+            }),
             _ => None,
         };
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
