@@ -756,7 +756,10 @@ fn records_of_both_hosts_are_shipped_without_loss_or_doubling() {
     let grown = wait_for(Duration::from_secs(10), || {
         (shipped_and_local(&f, &f.a, "host-a").1.len() > shipped.len()).then_some(())
     });
-    assert!(grown.is_some(), "the call after the restart was not recorded");
+    assert!(
+        grown.is_some(),
+        "the call after the restart was not recorded"
+    );
     let after = all_shipped(&f, &f.a, "host-a");
     assert!(after.len() > shipped.len());
     assert_eq!(
