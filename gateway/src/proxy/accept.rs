@@ -161,11 +161,7 @@ impl Workers {
     ) -> crate::intercept::netns::Serve {
         let handles = self.handles.clone();
         Box::new(move |netns, lanes, closed| {
-            // As many lanes as threads (both are `workers`); were there more, none is left
-            // unserved: a connection the kernel hashed to it would wait forever.
-            for (i, mine) in lanes.into_iter().enumerate() {
-                let lane = i % handles.len().max(1);
-                let Some(rt) = handles.get(lane) else { return };
+            for (lane, (rt, mine)) in handles.iter().zip(lanes).enumerate() {
                 for l in mine {
                     let (inputs, shutdown, closed) =
                         (inputs.clone(), shutdown.clone(), closed.clone());
