@@ -80,7 +80,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // listener that is someone else's. The bind guard a previous run left lets only the
     // claimant bind the port: claim it first (a running gateway keeps its claim).
     crate::intercept::claim_listener(&cfg)?;
-    let listeners = Listeners::bind(cfg.listen_port, cfg.workers)?;
+    let listeners = Listeners::bind(cfg.listen_port)?;
     // Before anything else is opened: a control socket a live daemon answers on means that
     // daemon is running, and this one stops here (naming the socket) rather than take it.
     // The lock is held until this function returns.
@@ -263,7 +263,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             u.forget_netns(netns);
         }
     }));
-    let workers = accept::Workers::start(listeners, inputs.clone(), stop_rx.clone())?;
+    let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
     // Workloads in their own network namespaces: listeners there from now on.
     tasks.push(crate::intercept::netns_watch::start(
         &interceptor,

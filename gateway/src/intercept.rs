@@ -277,11 +277,8 @@ impl Interceptor {
         info!(resolvers = ?allowed, "UDP port 53 is reachable at these resolvers only");
         warn_if_ephemeral(cfg.listen_port);
 
-        let namespaces = netns::Namespaces::new(
-            take_map(&mut ebpf, maps::NETNS)?,
-            cfg.listen_port,
-            cfg.workers,
-        )?;
+        let namespaces =
+            netns::Namespaces::new(take_map(&mut ebpf, maps::NETNS)?, cfg.listen_port)?;
         let netns_events = take_map(&mut ebpf, maps::NETNS_EVENTS)?;
         let by_addr = lanes(&mut ebpf, maps::BY_ADDR, cfg.workers)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;

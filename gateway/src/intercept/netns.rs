@@ -54,11 +54,7 @@ const THREAD_STACK: usize = 64 * 1024;
 
 /// Hands a namespace's bound listeners to the data path, which serves them until the
 /// receiver flips. Set once by the daemon.
-pub type Serve = Box<dyn Fn(u64, Lanes, watch::Receiver<bool>) + Send + Sync>;
-
-/// Listeners by data-path thread: `[lane][address]`, each address's sockets one
-/// `SO_REUSEPORT` group (see [`listen_lanes`]).
-pub type Lanes = Vec<Vec<std::net::TcpListener>>;
+pub type Serve = Box<dyn Fn(u64, Vec<std::net::TcpListener>, watch::Receiver<bool>) + Send + Sync>;
 
 /// Told the cookie of each namespace that is closed (to drop what else was kept for it).
 pub type OnClose = Box<dyn Fn(u64) + Send + Sync>;
@@ -110,8 +106,6 @@ pub struct Namespaces {
     host: u64,
     host_inode: Option<u64>,
     listen_port: u16,
-    /// The data-path threads: each gets its own listener on every address.
-    lanes: usize,
     ready: Mutex<BpfHashMap<MapData, u64, u32>>,
     entries: Mutex<HashMap<u64, Entry>>,
     serve: Mutex<Option<Arc<Serve>>>,
@@ -134,7 +128,6 @@ impl Namespaces {
     pub fn new(
         mut ready: BpfHashMap<MapData, u64, u32>,
         listen_port: u16,
-        lanes: usize,
     ) -> Result<Arc<Self>, NetnsError> {
         let host = own_cookie().map_err(NetnsError::HostCookie)?;
         let stale: Vec<u64> = ready
@@ -150,7 +143,6 @@ impl Namespaces {
             host,
             host_inode: inode_of(Path::new("/proc/self/ns/net")),
             listen_port,
-            lanes,
             ready: Mutex::new(ready),
             entries: Mutex::new(HashMap::new()),
             serve: Mutex::new(None),
@@ -234,7 +226,7 @@ impl Namespaces {
     /// Starts the namespace's thread; it reports back through [`Namespaces::opened`].
     fn open(self: &Arc<Self>, pid: u32, expect: Option<u64>) {
         let this = self.clone();
-        let (port, lanes) = (self.listen_port, self.lanes);
+        let port = self.listen_port;
         let (tx, rx) = mpsc::channel::<SocketRequest>();
         let spawned = std::thread::Builder::new()
             .name(format!("callgate-ns-{pid}"))
@@ -245,7 +237,7 @@ impl Namespaces {
                     this.containers.fill(&mut c);
                     c
                 });
-                let opened = enter_and_listen(pid, port, lanes);
+                let opened = enter_and_listen(pid, port);
                 let serving = match opened {
                     Ok((cookie, inode, listeners)) => {
                         this.opened(pid, expect, (cookie, inode, container), listeners, tx)
@@ -271,7 +263,7 @@ impl Namespaces {
         pid: u32,
         expect: Option<u64>,
         (cookie, inode, container): (u64, Option<u64>, Option<Container>),
-        listeners: Lanes,
+        listeners: Vec<std::net::TcpListener>,
         sockets: mpsc::Sender<SocketRequest>,
     ) -> bool {
         if let Some(want) = expect.filter(|w| *w != cookie) {
@@ -296,9 +288,7 @@ impl Namespaces {
             return false;
         }
         let addrs: Vec<SocketAddr> = listeners
-            .first()
-            .into_iter()
-            .flatten()
+            .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -478,12 +468,11 @@ pub async fn closed(mut rx: watch::Receiver<bool>) {
 }
 
 /// On the namespace's own thread: enters the namespace of `pid` and binds 127.0.0.1 and [::1]
-/// there, for each of `lanes` data-path threads. Returns its cookie, inode and the listeners.
+/// there. Returns its cookie, inode and the listeners.
 fn enter_and_listen(
     pid: u32,
     port: u16,
-    lanes: usize,
-) -> Result<(u64, Option<u64>, Lanes), String> {
+) -> Result<(u64, Option<u64>, Vec<std::net::TcpListener>), String> {
     let path = ns_path(pid);
     let ns = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let inode = inode_of(&path);
@@ -493,17 +482,10 @@ fn enter_and_listen(
     }
     drop(ns);
     let cookie = own_cookie().map_err(|e| format!("its cookie: {e}"))?;
-    let mut listeners: Lanes = listen_lanes((Ipv4Addr::LOCALHOST, port).into(), lanes, true)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|l| vec![l])
-        .collect();
-    match listen_lanes((Ipv6Addr::LOCALHOST, port).into(), lanes, true) {
-        Ok(v6) => {
-            for (mine, l) in listeners.iter_mut().zip(v6) {
-                mine.push(l);
-            }
-        }
+    let mut listeners =
+        vec![listen((Ipv4Addr::LOCALHOST, port).into()).map_err(|e| e.to_string())?];
+    match listen((Ipv6Addr::LOCALHOST, port).into()) {
+        Ok(l) => listeners.push(l),
         // IPv6 disabled in the namespace: nothing can connect over it either.
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
         Err(e) => return Err(e.to_string()),
@@ -511,52 +493,28 @@ fn enter_and_listen(
     Ok((cookie, inode, listeners))
 }
 
-/// The gateway's listeners on `addr`: one for each of `lanes` data-path threads (at least one),
-/// bound together as a `SO_REUSEPORT` group, so that the kernel hands each connection to
-/// exactly one thread's socket and only that thread wakes (one listener shared by every
-/// thread woke them all for each connection, and all but one found nothing to accept).
-///
-/// A socket bound without `SO_REUSEPORT` comes first and is closed again: if anything else
-/// holds the port, that bind fails as it always did, instead of joining its group. Nothing
-/// else can join the group afterwards: the bind guard refuses the listener port to every
-/// process but the gateway.
-///
-/// `freebind` (`IP_FREEBIND`): a namespace's loopback may not be up yet (a container runtime
-/// brings it up after creating the namespace); the sockets listen as soon as it is.
-pub fn listen_lanes(
-    addr: SocketAddr,
-    lanes: usize,
-    freebind: bool,
-) -> io::Result<Vec<std::net::TcpListener>> {
+/// A listener bound with `IP_FREEBIND`: a namespace's loopback may not be up yet (a container
+/// runtime brings it up after creating the namespace); it listens as soon as it is.
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let socket = |reuse_port: bool| -> io::Result<Socket> {
-        let domain = if addr.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
-        if addr.is_ipv4() {
-            socket.set_freebind_v4(freebind)?;
-        } else {
-            socket.set_only_v6(true)?;
-            socket.set_freebind_v6(freebind)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(reuse_port)?;
-        socket
-            .bind(&addr.into())
-            .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
-        Ok(socket)
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
     };
-    drop(socket(false)?);
-    (0..lanes.max(1))
-        .map(|_| {
-            let s = socket(true)?;
-            s.listen(4096)?;
-            Ok(s.into())
-        })
-        .collect()
+    let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
+    if addr.is_ipv4() {
+        socket.set_freebind_v4(true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// A non-blocking, close-on-exec TCP socket in this thread's namespace.

@@ -16,7 +16,7 @@ use std::{
 
 use gateway_common::Redirect;
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
 use tracing::{info, warn};
@@ -62,25 +62,14 @@ pub enum AcceptError {
 /// The bound listeners; bound before anything is spawned so that a port conflict is reported
 /// before the gateway claims to be up.
 pub struct Listeners {
-    /// `[lane][address]`: each data-path thread its own socket on every address, the sockets
-    /// of one address a `SO_REUSEPORT` group (see [`intercept::netns::listen_lanes`]).
-    pub lanes: intercept::netns::Lanes,
+    pub listeners: Vec<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds 127.0.0.1 and [::1] on `port` for each of `lanes` data-path threads.
-    pub fn bind(port: u16, lanes: usize) -> Result<Self, AcceptError> {
-        let mut mine: intercept::netns::Lanes =
-            bind_group(SocketAddr::from((config::LISTEN_V4, port)), lanes)?
-                .into_iter()
-                .map(|l| vec![l])
-                .collect();
-        match bind_group(SocketAddr::from((config::LISTEN_V6, port)), lanes) {
-            Ok(v6) => {
-                for (m, l) in mine.iter_mut().zip(v6) {
-                    m.push(l);
-                }
-            }
+    pub fn bind(port: u16) -> Result<Self, AcceptError> {
+        let mut listeners = vec![bind_one(SocketAddr::from((config::LISTEN_V4, port)))?];
+        match bind_one(SocketAddr::from((config::LISTEN_V6, port))) {
+            Ok(l) => listeners.push(l),
             // A host without IPv6 still gets IPv4 interception.
             Err(AcceptError::Bind { source, .. })
                 if source.kind() == io::ErrorKind::AddrNotAvailable =>
@@ -89,36 +78,45 @@ impl Listeners {
             }
             Err(e) => return Err(e),
         }
-        Ok(Self { lanes: mine })
+        Ok(Self { listeners })
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.lanes
-            .first()
-            .into_iter()
-            .flatten()
+        self.listeners
+            .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
 }
 
-fn bind_group(addr: SocketAddr, lanes: usize) -> Result<Vec<std::net::TcpListener>, AcceptError> {
-    intercept::netns::listen_lanes(addr, lanes, false).map_err(|source| match source.kind() {
+fn bind_one(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| AcceptError::Bind { addr, source })?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|source| AcceptError::Bind { addr, source })?;
+    socket.bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => AcceptError::PortInUse {
             addr: addr.ip(),
             port: addr.port(),
         },
         _ => AcceptError::Bind { addr, source },
-    })
+    })?;
+    socket
+        .listen(4096)
+        .map_err(|source| AcceptError::Bind { addr, source })
 }
 
-/// The data path's threads. Each runs a single-threaded runtime that accepts from its own
-/// listeners (one per address, in a `SO_REUSEPORT` group with the other threads': the kernel
-/// picks the thread by the connection's addresses and wakes only that one) and keeps each
-/// connection it accepted, with its upstream connection, for that connection's whole life, as
-/// nginx's workers do. A work-stealing runtime moves a connection's tasks between threads
-/// from one call to the next; measured with keep-alive calls through policy, that cost a
-/// fifth more CPU per call.
+/// The data path's threads. Each runs a single-threaded runtime that accepts from every
+/// listener (a shared accept queue: whichever thread is free first takes the connection) and
+/// keeps each connection it accepted, with its upstream connection, for that connection's
+/// whole life, as nginx's workers do. A work-stealing runtime moves a connection's tasks
+/// between threads from one call to the next; measured with keep-alive calls through
+/// policy, that cost a fifth more CPU per call.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Each thread's runtime, to serve the listeners of network namespaces opened later.
@@ -126,17 +124,35 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts one thread per lane of `listeners`, serving them until `shutdown` flips.
+    /// Starts `count` threads serving `listeners` until `shutdown` flips.
     pub fn start(
         listeners: Listeners,
+        count: usize,
         inputs: Arc<ProxyInputs>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, AcceptError> {
-        let count = listeners.lanes.len();
+        let mut owned = Vec::new();
+        for l in listeners.listeners {
+            let addr = l
+                .local_addr()
+                .map_err(|source| AcceptError::Worker { source })?;
+            owned.push((
+                addr,
+                l.into_std()
+                    .map_err(|source| AcceptError::Bind { addr, source })?,
+            ));
+        }
         let mut threads = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
         let host = inputs.interceptor.namespaces().host();
-        for (n, mine) in listeners.lanes.into_iter().enumerate() {
+        for n in 0..count.max(1) {
+            let mut mine = Vec::with_capacity(owned.len());
+            for (addr, l) in &owned {
+                mine.push(l.try_clone().map_err(|source| AcceptError::Bind {
+                    addr: *addr,
+                    source,
+                })?);
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -152,21 +168,22 @@ impl Workers {
         Ok(Self { threads, handles })
     }
 
-    /// What serves the listeners of a network namespace: each data-path thread accepts from
-    /// its own (as from the host's) until the namespace is closed or the gateway stops.
+    /// What serves the listeners of a network namespace: every data-path thread accepts from
+    /// them (as from the host's) until the namespace is closed or the gateway stops.
     pub fn namespace_server(
         &self,
         inputs: Arc<ProxyInputs>,
         shutdown: watch::Receiver<bool>,
     ) -> crate::intercept::netns::Serve {
         let handles = self.handles.clone();
-        Box::new(move |netns, lanes, closed| {
-            for (lane, (rt, mine)) in handles.iter().zip(lanes).enumerate() {
-                for l in mine {
+        Box::new(move |netns, listeners, closed| {
+            for (lane, rt) in handles.iter().enumerate() {
+                for l in &listeners {
+                    let Ok(mine) = l.try_clone() else { continue };
                     let (inputs, shutdown, closed) =
                         (inputs.clone(), shutdown.clone(), closed.clone());
                     rt.spawn(async move {
-                        let Ok(l) = TcpListener::from_std(l) else {
+                        let Ok(l) = TcpListener::from_std(mine) else {
                             return;
                         };
                         tokio::select! {
@@ -246,8 +263,8 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let inputs = inputs.clone();
                 tokio::spawn(async move { handle(stream, peer, lane, netns, &inputs).await });
-                // Let the connection start (read its first bytes, dial) before taking
-                // another from this thread's queue.
+                // Let the connection start before taking another: a burst of connections is
+                // then shared with the other data-path threads instead of all landing here.
                 tokio::task::yield_now().await;
             }
             Err(e) => {
