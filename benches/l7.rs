@@ -30,7 +30,7 @@ use callgate_benches::{
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
-    policy_repo, test_pki, unique,
+    json_of_size, policy_repo, test_pki, unique,
 };
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -724,21 +724,6 @@ fn save(rows: &[Row], rss_kib: f64, steal_pct: f64, md: &str) {
     );
     let _ = fs::write(base.with_extension("md"), md);
     println!("results: {}", base.with_extension("json").display());
-}
-
-/// A JSON document of about `size` bytes (an array of small objects), so masking reads it.
-fn json_of_size(size: usize) -> String {
-    let item =
-        r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"}"#;
-    let mut s = String::from("[");
-    while s.len() + item.len() + 2 < size {
-        if s.len() > 1 {
-            s.push(',');
-        }
-        s.push_str(item);
-    }
-    s.push(']');
-    s
 }
 
 /// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the

@@ -15,22 +15,9 @@ use std::{
 };
 
 use callgate_e2e::{
-    Nginx, TestCgroup, TestDir, ebpf_available, gateway_with_config, nginx_available, policy_repo,
+    Nginx, TestCgroup, TestDir, ebpf_available, gateway_with_config, json_of_size, nginx_available,
+    policy_repo,
 };
-
-fn json_of_size(size: usize) -> String {
-    let item =
-        r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"}"#;
-    let mut s = String::from("[");
-    while s.len() + item.len() + 2 < size {
-        if s.len() > 1 {
-            s.push(',');
-        }
-        s.push_str(item);
-    }
-    s.push(']');
-    s
-}
 
 /// (voluntary, involuntary) context switches of every thread of `pid`.
 fn switches(pid: u32) -> (u64, u64) {

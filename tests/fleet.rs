@@ -621,15 +621,16 @@ fn config_text(pg: &Postgres) -> String {
 
 /// `records list --fleet --json` with host `a`'s configuration: every host's records.
 fn fleet_records(f: &Fleet) -> Vec<Value> {
-    let out = Command::new(callgate_bin())
-        .args(["records", "list", "--fleet", "--json", "--limit", "10000"])
-        .arg("--config")
-        .arg(f.dir.join("a").join("callgate.yaml"))
-        .output()
-        .expect("records list --fleet");
+    records_fleet_json(f, &["list", "--fleet", "--json", "--limit", "10000"])
+}
+
+/// `callgate records ARGS` (with `--json`) with host `a`'s configuration, which must succeed:
+/// its output's JSON lines.
+fn records_fleet_json(f: &Fleet, args: &[&str]) -> Vec<Value> {
+    let out = records_fleet_cli(f, args);
     assert!(
         out.status.success(),
-        "records list --fleet: {}",
+        "records {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
@@ -833,16 +834,7 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
 
     // The checkpoint of A's whole log reaches the database (the log may have grown since).
     let listed = |host: &str| -> Vec<Value> {
-        let out = records_fleet_cli(&f, &["checkpoints", "--fleet", "--json", "--host", host]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        records_fleet_json(&f, &["checkpoints", "--fleet", "--json", "--host", host])
     };
     let got = wait_for(Duration::from_secs(30), || {
         listed("host-a")

@@ -1197,3 +1197,19 @@ fn account(name: &str) -> Option<(u32, u32)> {
         (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
     })
 }
+
+/// A JSON document of about `size` bytes (an array of small objects), so masking reads it:
+/// the answers of the l7 bench and the answer probes.
+pub fn json_of_size(size: usize) -> String {
+    let item =
+        r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"}"#;
+    let mut s = String::from("[");
+    while s.len() + item.len() + 2 < size {
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
+    s.push(']');
+    s
+}
