@@ -90,10 +90,15 @@ async fn round(
     let Some(l) = held.as_ref() else {
         return Ok(());
     };
-    // Every record up to here is in the database: inserts may commit out of order (two in
-    // flight), so the highest sequence alone could stand above a gap still being filled.
-    let last = fleet.shipped_last(super::ship::RESUME_WINDOW).await?;
-    let records = super::ship::resume_after(&last).saturating_sub(1);
+    // Every record up to here is in the database. Inserts may commit out of order (two in
+    // flight), so the highest sequence alone could stand above a gap still being filled:
+    // once it has reached the checkpoint (one index lookup a round), the last rows are read
+    // to find the first gap (once per checkpoint, not every round).
+    let mut records = fleet.shipped_up_to().await?.unwrap_or(0);
+    if records >= l.size {
+        let last = fleet.shipped_last(super::ship::RESUME_WINDOW).await?;
+        records = super::ship::resume_after(&last).saturating_sub(1);
+    }
     if records < l.size {
         debug!(
             size = l.size,
