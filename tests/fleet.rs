@@ -89,6 +89,12 @@ fn setup(test: &str) -> Option<Fleet> {
 /// Two hosts; with `web`, B also serves the approvals page (`admin_http` with an OpenID
 /// login, the provider started here).
 fn setup_with(test: &str, web: bool) -> Option<Fleet> {
+    setup_full(test, web, "")
+}
+
+/// [`setup_with`], host A's configuration ending with `a_records`: more lines of its
+/// `records:` section.
+fn setup_full(test: &str, web: bool, a_records: &str) -> Option<Fleet> {
     if !ebpf_available(test) || !parties_available(test) || !postgres_available(test) {
         return None;
     }
@@ -120,7 +126,9 @@ fn setup_with(test: &str, web: bool) -> Option<Fleet> {
     // Both start at once against a fresh database: the migration runs once, under its lock.
     let start = |d: PathBuf, host: &'static str| {
         let mut c = config(&pg, host);
-        if host == "host-b" {
+        if host == "host-a" {
+            c.push_str(a_records);
+        } else {
             c.push_str(&b_extra);
         }
         let p = policies.clone();
@@ -790,7 +798,14 @@ fn records_fleet_cli(f: &Fleet, args: &[&str]) -> std::process::Output {
 
 /// `records verify --fleet --host host-a --key KEY`: (passed, stdout and stderr).
 fn verify_fleet(f: &Fleet, key: &str) -> (bool, String) {
-    let out = records_fleet_cli(f, &["verify", "--fleet", "--host", "host-a", "--key", key]);
+    verify_fleet_with(f, key, &[])
+}
+
+/// [`verify_fleet`] with more arguments.
+fn verify_fleet_with(f: &Fleet, key: &str, more: &[&str]) -> (bool, String) {
+    let mut args = vec!["verify", "--fleet", "--host", "host-a", "--key", key];
+    args.extend_from_slice(more);
+    let out = records_fleet_cli(f, &args);
     (
         out.status.success(),
         format!(
@@ -1159,6 +1174,99 @@ print(json.dumps(out))
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// A witness's cosignatures checked against the database: `records verify --fleet
+/// --witness-key` takes the largest checkpoint of the host that the witnesses cosigned and
+/// checks each cosignature with its key, so neither the database nor the host alone can pass
+/// off a log the witness did not see. A cosignature stripped or altered in the database, or
+/// a cosigned copy of another checkpoint, fails.
+#[test]
+fn fleet_records_verify_checks_witness_cosignatures() {
+    let test = "fleet_records_verify_checks_witness_cosignatures";
+    let port = free_port();
+    let witnessed = format!("  witnesses: [\"http://127.0.0.1:{port}\"]\n");
+    let Some(f) = setup_full(test, false, &witnessed) else {
+        return;
+    };
+    let key_a = verifier_key(&f.a);
+    let w = Witness::start(port, &f.dir.join("witness"), "w.example/fleet", &[&key_a]);
+    for _ in 0..3 {
+        assert_eq!(f.show(&f.cg_a).0, 200);
+    }
+    let last = *all_shipped(&f, &f.a, "host-a").last().expect("records");
+    // Settled: the largest checkpoint shipped covers the whole log and carries the
+    // witness's cosignature.
+    let listed = || {
+        records_fleet_json(
+            &f,
+            &["checkpoints", "--fleet", "--json", "--host", "host-a"],
+        )
+    };
+    let cp = wait_for(Duration::from_secs(40), || {
+        listed()
+            .first()
+            .filter(|c| c["size"].as_u64() >= Some(last) && c["cosigned"].is_string())
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no cosigned checkpoint of host-a shipped\n{}", f.a.log()));
+    let size = cp["size"].as_u64().expect("size");
+    let cosigned = cp["cosigned"].as_str().expect("cosigned").to_string();
+    let wkey = w.key();
+    let (ok, out) = verify_fleet_with(&f, &key_a, &["--witness-key", &wkey]);
+    assert!(
+        ok && out.contains("cosignatures: 1 of 1 witness(es) valid, quorum 1 met")
+            && out.contains("verified: host host-a"),
+        "{out}"
+    );
+
+    let put = |text: &str| {
+        f.pg.psql(
+            "callgate",
+            &format!(
+                "UPDATE callgate_checkpoints SET cosigned = $cg${text}$cg$ \
+                 WHERE host = 'host-a' AND size = {size}"
+            ),
+        )
+    };
+    // The witness's line stripped: its cosignature is missing, the quorum not met.
+    put(cp["note"].as_str().expect("note"));
+    let (ok, out) = verify_fleet_with(&f, &key_a, &["--witness-key", &wkey]);
+    assert!(
+        !ok && out.contains("no cosignature of this checkpoint") && out.contains("NOT met"),
+        "{out}"
+    );
+    // One character of the witness's signature changed (well inside its base64 text).
+    let altered: String = cosigned
+        .lines()
+        .map(|l| {
+            let mut l = l.to_string();
+            if l.starts_with("\u{2014} w.example/fleet ") {
+                let at = l.trim_end_matches('=').len() - 10;
+                let c = if &l[at..at + 1] == "A" { "B" } else { "A" };
+                l.replace_range(at..at + 1, c);
+            }
+            l + "\n"
+        })
+        .collect();
+    assert_ne!(altered, cosigned);
+    put(&altered);
+    let (ok, out) = verify_fleet_with(&f, &key_a, &["--witness-key", &wkey]);
+    assert!(
+        !ok && out.contains("BROKEN: witness w.example/fleet: its cosignature does not verify"),
+        "{out}"
+    );
+    // Another checkpoint's text under this row's size: not this checkpoint.
+    let other = cosigned.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1);
+    put(&other);
+    let (ok, out) = verify_fleet_with(&f, &key_a, &["--witness-key", &wkey]);
+    assert!(!ok && out.contains("is not that checkpoint"), "{out}");
+    // Restored, it verifies again; without --witness-key the latest is checked as before.
+    put(&cosigned);
+    let (ok, out) = verify_fleet_with(&f, &key_a, &["--witness-key", &wkey]);
+    assert!(ok, "{out}");
+    let (ok, out) = verify_fleet(&f, &key_a);
+    assert!(ok, "{out}");
 }
 
 /// The fleet quota check's added latency as a client sees it (docs/FLEET.md, "Measured

@@ -1198,6 +1198,120 @@ fn account(name: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// A `callgate witness` process (C2SP tlog-witness), killed when dropped.
+pub struct Witness {
+    port: u16,
+    state: PathBuf,
+    name: String,
+    keys: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Witness {
+    /// Starts a witness named `name` on `port` with its state in `state`, for the logs whose
+    /// verifier keys (or files holding them) are `keys`; waits (≤ 10 s) for it to answer.
+    pub fn start(port: u16, state: &Path, name: &str, keys: &[&str]) -> Self {
+        let mut w = Self {
+            port,
+            state: state.to_path_buf(),
+            name: name.to_string(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            log: state.with_extension("log"),
+            child: None,
+        };
+        w.restart();
+        w
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("witness log");
+        let mut c = Command::new(callgate_bin());
+        c.args(["witness", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--state")
+            .arg(&self.state)
+            .args(["--name", &self.name]);
+        for k in &self.keys {
+            c.args(["--log-key", k]);
+        }
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn witness");
+        self.child = Some(child);
+        let health = format!("{}/healthz", self.url());
+        let up = wait_for(Duration::from_secs(10), || {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "2",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .arg(&health)
+                .output()
+                .ok()?;
+            (out.stdout == b"200").then_some(())
+        });
+        assert!(up.is_some(), "the witness did not start: {}", self.log());
+    }
+
+    /// Its cosignature verifier key (`callgate witness key`).
+    pub fn key(&self) -> String {
+        let out = Command::new(callgate_bin())
+            .args(["witness", "key", "--state"])
+            .arg(&self.state)
+            .output()
+            .expect("witness key");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The checkpoint the witness holds for the log (its only log here).
+    pub fn held(&self) -> String {
+        let dir = self.state.join("logs");
+        let e = fs::read_dir(&dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok);
+        e.and_then(|e| fs::read_to_string(e.path()).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("witness log:\n{}", self.log());
+        }
+    }
+}
+
 /// A JSON document of about `size` bytes (an array of small objects), so masking reads it:
 /// the answers of the l7 bench and the answer probes.
 pub fn json_of_size(size: usize) -> String {

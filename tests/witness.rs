@@ -7,8 +7,8 @@
 use std::{
     fs,
     net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,92 +17,6 @@ use serde_json::Value;
 
 const ORIGIN: &str = "e2e.example/callgate/records";
 const WITNESS: &str = "w.example/witness";
-
-/// A `callgate witness` process.
-struct WitnessProc {
-    port: u16,
-    state: PathBuf,
-    keys: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl WitnessProc {
-    fn start(port: u16, state: &Path, keys: &[&str]) -> Self {
-        let mut w = Self {
-            port,
-            state: state.to_path_buf(),
-            keys: keys.iter().map(|k| k.to_string()).collect(),
-            log: state.with_extension("log"),
-            child: None,
-        };
-        w.restart();
-        w
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("witness log");
-        let mut c = Command::new(callgate_bin());
-        c.args(["witness", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--state")
-            .arg(&self.state)
-            .args(["--name", WITNESS]);
-        for k in &self.keys {
-            c.args(["--log-key", k]);
-        }
-        let child = c
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn witness");
-        self.child = Some(child);
-        let up = wait_for(Duration::from_secs(10), || {
-            (curl(&[&format!("{}/healthz", self.url())]).0 == "200").then_some(())
-        });
-        assert!(up.is_some(), "the witness did not start: {}", self.log());
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The checkpoint the witness holds for the log (its only log here).
-    fn held(&self) -> String {
-        let dir = self.state.join("logs");
-        let e = fs::read_dir(&dir)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(Result::ok);
-        e.and_then(|e| fs::read_to_string(e.path()).ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for WitnessProc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("witness log:\n{}", self.log());
-        }
-    }
-}
 
 /// curl outside any cgroup: (HTTP status, body).
 fn curl(args: &[&str]) -> (String, String) {
@@ -244,7 +158,7 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
     let key_file = work.join("log.pub");
     fs::write(&key_file, format!("{key}\n")).expect("key file");
     let state = work.join("witness");
-    let mut w = WitnessProc::start(port, &state, &[&key_file.display().to_string()]);
+    let mut w = Witness::start(port, &state, WITNESS, &[&key_file.display().to_string()]);
     let up = Instant::now();
     let st = wait_witnessed(&gw, 5, Duration::from_secs(45));
     eprintln!("caught up {:?} after the witness came up", up.elapsed());
@@ -328,7 +242,7 @@ fn a_witness_refuses_a_rolled_back_or_forked_log_and_a_forged_signature() {
     let dir = gw.dir.join("state/records");
     let key = records_cli(&dir, &["key"]).trim().to_string();
     let state = work.join("witness");
-    let mut w = WitnessProc::start(port, &state, &[&key]);
+    let mut w = Witness::start(port, &state, WITNESS, &[&key]);
     let cg = TestCgroup::new("cg-witfork");
     gw.enable(&cg);
     for _ in 0..3 {

@@ -949,19 +949,21 @@ impl FleetReader {
     }
 
     /// Shipped checkpoints, largest first per host, hosts in name order (at most `limit`,
-    /// of `host` only if given).
+    /// of `host` only if given; only those a witness cosigned if `cosigned_only`).
     pub async fn checkpoints(
         &self,
         host: Option<&str>,
         limit: i64,
+        cosigned_only: bool,
     ) -> Result<Vec<FleetCheckpoint>, FleetError> {
         let rows = tokio::time::timeout(
             QUERY_TIMEOUT * 10,
             self.client.query(
                 "SELECT host, size, root, note, cosigned, \
                  (extract(epoch FROM shipped_at) * 1000)::bigint FROM callgate_checkpoints \
-                 WHERE ($1::text IS NULL OR host = $1) ORDER BY host, size DESC LIMIT $2",
-                &[&host, &limit],
+                 WHERE ($1::text IS NULL OR host = $1) AND (NOT $3 OR cosigned IS NOT NULL) \
+                 ORDER BY host, size DESC LIMIT $2",
+                &[&host, &limit, &cosigned_only],
             ),
         )
         .await

@@ -428,7 +428,7 @@ pub fn list_fleet(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = runtime()?.block_on(async {
         let db = FleetReader::connect(&f.database, f.ca.as_deref()).await?;
-        db.checkpoints(host, limit).await
+        db.checkpoints(host, limit, false).await
     })?;
     if json {
         for r in &rows {
@@ -461,16 +461,33 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// `records verify --fleet --host H --key KEY`: the latest checkpoint `host` shipped must be
 /// signed by `key`, and the host's shipped records, streamed in sequence order, must make its
 /// root. Prints what it found; false if the check failed.
-pub fn verify_fleet(config: &Path, host: &str, key: &str, out: &mut dyn Write) -> Result<bool> {
+pub fn verify_fleet(
+    config: &Path,
+    host: &str,
+    key: &str,
+    witnesses: &Witnesses,
+    out: &mut dyn Write,
+) -> Result<bool> {
     let f = crate::cli::records::fleet_config(config)?;
     let (key, _) = verifier(Path::new(""), Some(key))?;
     let rt = runtime()?;
     let db = rt.block_on(FleetReader::connect(&f.database, f.ca.as_deref()))?;
+    // With witnesses to check, the largest checkpoint they cosigned (a witness cosigns
+    // after the host signs, so the very latest may not carry it yet).
+    let cosigned_only = !witnesses.keys.is_empty();
     let Some(row) = rt
-        .block_on(db.checkpoints(Some(host), 1))?
+        .block_on(db.checkpoints(Some(host), 1, cosigned_only))?
         .into_iter()
         .next()
     else {
+        if cosigned_only {
+            writeln!(
+                out,
+                "FAILED: host {}: no checkpoint in the fleet database carries a witness cosignature",
+                visible(host)
+            )?;
+            return Ok(false);
+        }
         bail!(
             "the fleet database has no signed checkpoint of host {host:?} (has it shipped records since checkpoints are shipped?)"
         );
@@ -501,6 +518,31 @@ pub fn verify_fleet(config: &Path, host: &str, key: &str, out: &mut dyn Write) -
                 row.size, row.root, cp.size
             ),
         );
+    }
+    if let Some(cosigned) = row.cosigned.as_deref().filter(|_| cosigned_only) {
+        // The cosigned copy must be this very checkpoint, signed by the host.
+        match Checkpoint::open(cosigned, &key) {
+            Ok(c) if c.size == cp.size && c.root == cp.root => {}
+            _ => {
+                return fail(
+                    out,
+                    format!(
+                        "the cosigned copy of checkpoint {} is not that checkpoint signed by {} (an altered row)",
+                        cp.size,
+                        key.name()
+                    ),
+                );
+            }
+        }
+        if !verify_cosignatures(cosigned, witnesses, out)? {
+            return fail(
+                out,
+                format!(
+                    "the witness cosignatures of checkpoint {} do not meet the quorum",
+                    cp.size
+                ),
+            );
+        }
     }
     let started = std::time::Instant::now();
     let mut said = started;

@@ -82,6 +82,7 @@ pub enum RecordsCommand {
         dir: DirArg,
     },
     /// Walk the hash chain; exit 1 naming the first broken place of each segment.
+    #[command(group(clap::ArgGroup::new("anchor").args(["checkpoint", "fleet"])))]
     Verify {
         /// Start at this sequence number (its segment's header is trusted).
         #[arg(long)]
@@ -98,10 +99,11 @@ pub enum RecordsCommand {
         /// stored beside the log, which trusts the host.
         #[arg(long)]
         key: Option<String>,
-        /// With --checkpoint: a witness's cosignature verifier key (`<name>+<id>+<key>`, or a
-        /// file holding it) whose cosignature (tlog-cosignature v1) the checkpoint must carry.
-        /// Repeat for each witness.
-        #[arg(long = "witness-key", requires = "checkpoint")]
+        /// With --checkpoint or --fleet: a witness's cosignature verifier key
+        /// (`<name>+<id>+<key>`, or a file holding it) whose cosignature (tlog-cosignature
+        /// v1) the checkpoint must carry; with --fleet, the largest checkpoint the witnesses
+        /// cosigned is the one checked. Repeat for each witness.
+        #[arg(long = "witness-key", requires = "anchor")]
         witness_key: Vec<String>,
         /// How many of the --witness-key witnesses must have cosigned (default: all).
         #[arg(long, requires = "witness_key")]
@@ -517,7 +519,13 @@ pub fn run(cmd: RecordsCommand) -> Result<()> {
                 let (Some(host), Some(key)) = (host, key) else {
                     bail!("--fleet needs --host and --key (that host's verifier key)");
                 };
-                let ok = crate::cli::checkpoint::verify_fleet(&config, &host, &key, &mut out)?;
+                let witnesses = crate::cli::checkpoint::Witnesses {
+                    keys: witness_key,
+                    quorum,
+                };
+                let ok = crate::cli::checkpoint::verify_fleet(
+                    &config, &host, &key, &witnesses, &mut out,
+                )?;
                 if !ok {
                     out.flush()?;
                     std::process::exit(1);
