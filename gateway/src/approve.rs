@@ -1221,7 +1221,7 @@ mod tests {
     #[tokio::test]
     async fn approve_deny_timeout_and_grants() {
         let dir = tempdir();
-        let (a, _) = open(&dir, ApprovalLimits::default());
+        let (a, _) = open(dir.path(), ApprovalLimits::default());
         let c = caller("agent");
         let s = spec(Some(3600));
 
@@ -1286,7 +1286,7 @@ mod tests {
             max_pending: 3,
             max_pending_per_caller: 2,
         };
-        let (a, _) = open(&dir, limits);
+        let (a, _) = open(dir.path(), limits);
         let s = spec(Some(60));
         let (one, two) = (caller_as("one", 1000, "a"), caller_as("two", 1001, "b"));
         let h1 = a.hold(new(&one, &s)).await.unwrap();
@@ -1329,7 +1329,7 @@ mod tests {
         // The gateway stops with two calls held: they come back interrupted, the grant stays.
         std::mem::forget((h1, h2));
         drop(a);
-        let (a, interrupted) = open(&dir, limits);
+        let (a, interrupted) = open(dir.path(), limits);
         assert_eq!(interrupted.len(), 2);
         assert!(interrupted.iter().all(|r| r.state == State::Interrupted));
         assert!(a.list(false).is_empty());
@@ -1338,13 +1338,11 @@ mod tests {
         assert_eq!(a.get(&approved.id).unwrap().state, State::Approved);
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "callgate-approve-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A directory removed when the test ends (the guard dropped).
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("callgate-approve-")
+            .tempdir()
+            .unwrap()
     }
 }
