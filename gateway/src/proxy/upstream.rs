@@ -180,7 +180,7 @@ async fn pump(
             activity.ready(from, Interest::READABLE, idle).await?;
         }
         let buf = buf.get_or_insert_with(|| vec![0; BUF]);
-        let n = match from.try_read(buf) {
+        let n = match read_draining(from, buf) {
             Ok(0) => {
                 // Half-close: the peer finished sending; pass it on, keep the other way open.
                 // SAFETY: shutdown(2) on a descriptor `to` keeps open; an error only means the
@@ -203,6 +203,28 @@ async fn pump(
         }
         moved.fetch_add(n as u64, Relaxed);
         activity.touch();
+    }
+}
+
+/// Reads what `from` holds. A read shorter than `buf` emptied the socket, so it also clears
+/// the socket's readiness, as tokio's own `AsyncRead` does: the next wait sleeps until new
+/// bytes arrive instead of returning at once for a `recvfrom` that fails with `EAGAIN` (one
+/// wasted system call per direction per exchange: a pass-through call at light load made four
+/// `recvfrom`, two of them empty). Bytes that arrive after the read raise readiness again:
+/// the readiness is cleared as of before the read (`try_io`'s tick), never a later event.
+fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let r = from.try_io(Interest::READABLE, || match from.try_read(buf) {
+        Ok(n) if 0 < n && n < buf.len() => {
+            got = n;
+            // Tells `try_io` to clear the readiness it saw before the read.
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
