@@ -425,3 +425,63 @@ fn inq(fd: std::os::fd::RawFd) -> io::Result<usize> {
     }
     Ok(n.max(0) as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncWriteExt, Interest},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::read_draining;
+
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_and_later_bytes_still_wake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut peer = TcpStream::connect(addr).await.expect("connect");
+        let (from, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64];
+
+        peer.write_all(b"first").await.expect("write");
+        from.ready(Interest::READABLE).await.expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 5);
+        // Drained: the next wait sleeps instead of returning for an empty read.
+        let waited =
+            tokio::time::timeout(Duration::from_millis(50), from.ready(Interest::READABLE)).await;
+        assert!(
+            waited.is_err(),
+            "readiness was not cleared by the short read"
+        );
+
+        // Bytes that come later wake the wait again.
+        peer.write_all(b"second").await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), from.ready(Interest::READABLE))
+            .await
+            .expect("later bytes must wake the wait")
+            .expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 6);
+        assert_eq!(&buf[..6], b"second");
+
+        // A read that fills the buffer keeps the readiness: more may be waiting.
+        peer.write_all(&[7u8; 100]).await.expect("write");
+        from.ready(Interest::READABLE).await.expect("ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 64);
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 36);
+
+        // End of stream still reads as 0 after a short read cleared the readiness.
+        peer.write_all(b"last").await.expect("write");
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        from.ready(Interest::READABLE).await.expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 4);
+        tokio::time::timeout(Duration::from_secs(5), from.ready(Interest::READABLE))
+            .await
+            .expect("end of stream must wake the wait")
+            .expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 0);
+    }
+}
