@@ -3,7 +3,8 @@
 //! than timed, so that it holds on a noisy shared machine.
 //!
 //! For nginx as a reverse proxy and for callgate with policy only, + mask, + record and all
-//! three, it reads per call: the proxy's CPU time, and how often each kind of thread was
+//! three, and for TCP pass-through (no policy: bytes relayed, the connection recorded), it
+//! reads per call: the proxy's CPU time, and how often each kind of thread was
 //! switched out (voluntary: it blocked — a wake-up it then waited for; involuntary: it was
 //! preempted). A call that hands work to another thread shows as switches on that thread.
 //! Then, under `strace -f`, the system calls per call of each kind of callgate thread with
@@ -84,6 +85,18 @@ fn main() {
         .collect();
     md.push_str(&row("nginx", &w, cpu, &deltas));
 
+    // TCP pass-through: a gateway without policies relays the bytes and records the
+    // connection, no HTTP work: the floor of the interception path.
+    let plain = Gateway::start();
+    let cg_plain = TestCgroup::new("bench-calls-plain");
+    plain.enable(&cg_plain);
+    wrk(Some(&cg_plain), WARM, &url(up_port));
+    let plain_pid = plain.pid().expect("gateway pid");
+    let before = Threads::of(plain_pid);
+    let (w, cpu) = with_cpu(&plain, || wrk(Some(&cg_plain), LIGHT, &url(up_port)));
+    let deltas = Threads::of(plain_pid).since(&before);
+    md.push_str(&row("callgate, TCP pass-through", &w, cpu, &deltas));
+
     let mut full: Option<(Gateway, TestCgroup)> = None;
     for (i, (name, svc, record)) in variants.iter().enumerate() {
         let sub = dir.join(format!("gw-{i}"));
@@ -108,6 +121,11 @@ fn main() {
     );
     let (w, counts) = syscalls_during(&proxy.pids(), &dir, || wrk(None, TRACED, &url(proxy_port)));
     md.push_str(&syscall_table("nginx", &w, counts));
+    let (w, counts) = syscalls_during(&[plain_pid], &dir, || {
+        wrk(Some(&cg_plain), TRACED, &url(up_port))
+    });
+    md.push_str(&syscall_table("callgate, TCP pass-through", &w, counts));
+    drop(plain);
     if let Some((gw, cg)) = full {
         let pid = gw.pid().expect("gateway pid");
         let (w, counts) = syscalls_during(&[pid], &dir, || wrk(Some(&cg), TRACED, &url(up_port)));

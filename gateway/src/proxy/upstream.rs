@@ -180,7 +180,7 @@ async fn pump(
             activity.ready(from, Interest::READABLE, idle).await?;
         }
         let buf = buf.get_or_insert_with(|| vec![0; BUF]);
-        let n = match from.try_read(buf) {
+        let n = match read_draining(from, buf) {
             Ok(0) => {
                 // Half-close: the peer finished sending; pass it on, keep the other way open.
                 // SAFETY: shutdown(2) on a descriptor `to` keeps open; an error only means the
@@ -203,6 +203,28 @@ async fn pump(
         }
         moved.fetch_add(n as u64, Relaxed);
         activity.touch();
+    }
+}
+
+/// Reads what `from` holds. A read shorter than `buf` emptied the socket, so it also clears
+/// the socket's readiness, as tokio's own `AsyncRead` does: the next wait sleeps until new
+/// bytes arrive instead of returning at once for a `recvfrom` that fails with `EAGAIN` (one
+/// wasted system call per direction per exchange: a pass-through call at light load made four
+/// `recvfrom`, two of them empty). Bytes that arrive after the read raise readiness again:
+/// the readiness is cleared as of before the read (`try_io`'s tick), never a later event.
+fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let r = from.try_io(Interest::READABLE, || match from.try_read(buf) {
+        Ok(n) if 0 < n && n < buf.len() => {
+            got = n;
+            // Tells `try_io` to clear the readiness it saw before the read.
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
@@ -402,4 +424,64 @@ fn inq(fd: std::os::fd::RawFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n.max(0) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncWriteExt, Interest},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::read_draining;
+
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_and_later_bytes_still_wake() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut peer = TcpStream::connect(addr).await.expect("connect");
+        let (from, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64];
+
+        peer.write_all(b"first").await.expect("write");
+        from.ready(Interest::READABLE).await.expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 5);
+        // Drained: the next wait sleeps instead of returning for an empty read.
+        let waited =
+            tokio::time::timeout(Duration::from_millis(50), from.ready(Interest::READABLE)).await;
+        assert!(
+            waited.is_err(),
+            "readiness was not cleared by the short read"
+        );
+
+        // Bytes that come later wake the wait again.
+        peer.write_all(b"second").await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), from.ready(Interest::READABLE))
+            .await
+            .expect("later bytes must wake the wait")
+            .expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 6);
+        assert_eq!(&buf[..6], b"second");
+
+        // A read that fills the buffer keeps the readiness: more may be waiting.
+        peer.write_all(&[7u8; 100]).await.expect("write");
+        from.ready(Interest::READABLE).await.expect("ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 64);
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 36);
+
+        // End of stream still reads as 0 after a short read cleared the readiness.
+        peer.write_all(b"last").await.expect("write");
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        from.ready(Interest::READABLE).await.expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 4);
+        tokio::time::timeout(Duration::from_secs(5), from.ready(Interest::READABLE))
+            .await
+            .expect("end of stream must wake the wait")
+            .expect("ready");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), 0);
+    }
 }
