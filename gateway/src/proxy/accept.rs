@@ -99,6 +99,12 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, AcceptError> {
     socket
         .set_reuseaddr(true)
         .map_err(|source| AcceptError::Bind { addr, source })?;
+    // Linux copies TCP_NODELAY from a listener to each connection it accepts: set once here,
+    // it spares every accepted connection a setsockopt (test
+    // `accepted_connections_inherit_nodelay`; the namespaces' listeners set it too).
+    socket
+        .set_nodelay(true)
+        .map_err(|source| AcceptError::Bind { addr, source })?;
     socket.bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => AcceptError::PortInUse {
             addr: addr.ip(),
@@ -301,7 +307,6 @@ async fn handle(
         netns,
         workload: workload_of(&redirect, inputs),
     };
-    let _ = client.set_nodelay(true);
     let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
         Ended::refused("the original destination is the gateway itself")
@@ -749,5 +754,23 @@ fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
         netns: inputs.interceptor.namespaces().inode(w.netns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data path no longer sets TCP_NODELAY per accepted connection: it relies on Linux
+    /// copying the listener's. If that ever stops holding, answers wait on Nagle.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay() {
+        let listener = bind_one(SocketAddr::from((config::LISTEN_V4, 0))).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
+        // The client's own socket is untouched: only what the listener accepts inherits it.
+        assert!(!client.nodelay().expect("getsockopt"));
     }
 }
