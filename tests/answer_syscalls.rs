@@ -7,7 +7,9 @@
 //!  callgate-e2e --test answer_syscalls -- --ignored --nocapture`
 //!
 //! `CALLGATE_COST_N` calls (default 200), answers of `CALLGATE_COST_SIZE` bytes (default
-//! 16384), the l7 bench's JSON.
+//! 16384), the l7 bench's JSON. `CALLGATE_COST_CLOSE=1` sends each call on a new connection
+//! (`Connection: close`, as the l7 bench's `new connection per request`): the figures are then
+//! per connection.
 use std::{
     fs,
     process::{Command, Stdio},
@@ -99,7 +101,11 @@ response:
     assert!(warm.status.success(), "warm-up curl failed");
     let pid = gw.pid().expect("gateway pid");
     // One curl, one keep-alive connection, n calls one after another.
+    let close = std::env::var("CALLGATE_COST_CLOSE").as_deref() == Ok("1");
     let mut argv = vec!["curl", "-sS", "--max-time", "25"];
+    if close {
+        argv.extend(["-H", "Connection: close"]);
+    }
     for _ in 0..n {
         argv.extend(["-o", "/dev/null"]);
     }
@@ -134,7 +140,14 @@ response:
         control("-i=off");
         control("-d");
     }
-    eprintln!("{n} calls of {size} B through the gateway");
+    eprintln!(
+        "{n} calls of {size} B through the gateway{}",
+        if close {
+            ", each on a new connection"
+        } else {
+            ""
+        }
+    );
     eprintln!(
         "context switches per call: {:.2} voluntary, {:.2} involuntary",
         per(sw0.0, sw1.0),
@@ -150,9 +163,13 @@ response:
     if callgrind {
         return;
     }
-    let trace = dir.join("strace.txt");
+    // `CALLGATE_COST_TRACE=FILE`: every system call into FILE instead of the counts.
+    let full = std::env::var_os("CALLGATE_COST_TRACE");
+    let trace = full
+        .as_ref()
+        .map_or_else(|| dir.join("strace.txt"), std::path::PathBuf::from);
     let mut strace = Command::new("strace")
-        .args(["-f", "-c", "-o"])
+        .args(["-f", if full.is_some() { "-tt" } else { "-c" }, "-o"])
         .arg(&trace)
         .args(["-p", &pid.to_string()])
         .stderr(Stdio::null())

@@ -35,10 +35,24 @@ fn curl_and_python_in_an_enabled_cgroup_go_through_the_gateway() {
         assert_eq!(conn["outcome"], "ok");
         assert!(conn["bytes_down"].as_u64().unwrap_or(0) > HELLO.len() as u64);
     }
+    // A connection that ended well is logged at debug only: its record is the trail.
+    for comm in ["curl", "python3"] {
+        let r = record_where(&gw, comm, |r| r["workload"]["comm"] == comm);
+        assert_eq!(r["destination"], server.addr.to_string(), "{r}");
+        assert_eq!(r["workload"]["pid"], recent_pid(&recent, comm), "{r}");
+    }
     assert!(
-        gw.log().contains("connection closed"),
-        "the log names each connection"
+        !gw.log().contains("connection closed"),
+        "a connection that ended well is not logged at info"
     );
+}
+
+fn recent_pid(recent: &[serde_json::Value], comm: &str) -> serde_json::Value {
+    recent
+        .iter()
+        .find(|c| c["workload"]["comm"] == comm)
+        .map(|c| c["workload"]["pid"].clone())
+        .unwrap_or_default()
 }
 
 #[test]

@@ -510,6 +510,8 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_freebind_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // Inherited by every accepted connection (see `proxy::accept`): no setsockopt per accept.
+    socket.set_tcp_nodelay(true)?;
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;

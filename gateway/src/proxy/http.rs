@@ -107,6 +107,7 @@ where
         let limits = server1::Limits {
             max_head: limits.max_header_bytes,
             header_timeout: limits.header_timeout,
+            shutdown_before_close: conn.tls,
         };
         return server1::serve(io, limits, |req| conn.clone().handle(req)).await;
     }

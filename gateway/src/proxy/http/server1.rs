@@ -55,6 +55,10 @@ const LINGER_BYTES: usize = 1 << 20;
 pub struct Limits {
     pub max_head: usize,
     pub header_timeout: Duration,
+    /// Shut the write side down before closing after a last answer: over TLS that sends the
+    /// close_notify. Over plain TCP the close that follows sends the same FIN, so the
+    /// `shutdown(2)` is skipped (one system call per `Connection: close` call).
+    pub shutdown_before_close: bool,
 }
 
 /// The read side of the connection, with what was read past the last message.
@@ -217,10 +221,12 @@ where
             Ok(true) => {}
             // The request was read to its end: with nothing of another one read meanwhile, the
             // client has nothing more to say (nginx's heuristic too), and waiting for its FIN
-            // would cost every `Connection: close` call one more wake-up and read. Shut down
-            // rather than only dropped: over TLS that sends the close_notify.
+            // would cost every `Connection: close` call one more wake-up and read. Over TLS
+            // shut down rather than only dropped: that sends the close_notify.
             Ok(false) if reader.buf.is_empty() => {
-                let _ = wr.shutdown().await;
+                if limits.shutdown_before_close {
+                    let _ = wr.shutdown().await;
+                }
                 return;
             }
             Ok(false) => return linger(reader, wr).await,
@@ -728,6 +734,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_head: 1024,
         header_timeout: Duration::from_secs(5),
+        shutdown_before_close: true,
     };
 
     /// Answers `METHOD target body` (the body read whole), or, for `/stream`, the same in
