@@ -532,7 +532,10 @@ impl Fleet {
                 reserve::Take::Fetch { k } => break k,
                 reserve::Take::Wait(woken) if waits < 3 => {
                     waits += 1;
-                    let _ = tokio::time::timeout(QUERY_TIMEOUT, woken).await;
+                    if tokio::time::timeout(QUERY_TIMEOUT, woken).await.is_err() {
+                        // The refill stalls: this call counts by itself.
+                        break 1;
+                    }
                 }
                 // Still nothing: this call counts by itself.
                 reserve::Take::Wait(_) => break 1,
