@@ -561,19 +561,25 @@ impl Fleet {
         k: u64,
         for_call: bool,
     ) -> Result<bool, FleetError> {
+        /// A call's future dropped mid-statement (its client went away) must not leave the
+        /// key's block marked in flight: the others would wait for it.
+        struct InFlight<'a>(Option<(&'a reserve::Reserves, &'a str)>);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                if let Some((r, key)) = self.0.take() {
+                    r.not_granted(key);
+                }
+            }
+        }
+        let mut in_flight = InFlight(Some((&self.reserves, key)));
         let (len, limit, n) = (window_s as i64, calls as i64, k as i64);
         let sent = Instant::now();
-        let rows = match self.query(sql::RESERVE, &[&key, &len, &limit, &n]).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.reserves.not_granted(key);
-                return Err(e);
-            }
-        };
+        // On an error or no row, `in_flight` ends the flight as it drops.
+        let rows = self.query(sql::RESERVE, &[&key, &len, &limit, &n]).await?;
         let Some(row) = rows.first() else {
-            self.reserves.not_granted(key);
             return Ok(false);
         };
+        in_flight.0 = None;
         let grant = reserve::Grant {
             count: row.get::<_, i64>(0).max(0) as u64,
             window_start: row.get(1),
