@@ -45,7 +45,12 @@ functions:
   tally: {{ route: "GET /v1/payments/{{payment_id}}/tally" }}
   quote: {{ route: "GET /v1/payments/{{payment_id}}/quote" }}
   count: {{ route: "GET /v1/payments/{{payment_id}}/count" }}
+  batch: {{ route: "GET /v1/payments/{{payment_id}}/batch" }}
 rules:
+  - name: two-hundred-a-day-in-the-fleet
+    function: batch
+    action: allow
+    quota: {{ calls: 200/d, scope: fleet }}
   - name: a-million-a-day-in-the-fleet
     function: count
     action: allow
@@ -1148,6 +1153,157 @@ fn a_fleet_rate_limit_is_split_rebalanced_and_fails_closed() {
     );
 }
 
+impl Fleet {
+    /// `n` calls of `path` under the upstream in one curl (one connection, one after the
+    /// other), started now: see [`statuses`].
+    fn many(&self, cg: &TestCgroup, path: &str, n: usize) -> Call {
+        let url = format!("http://127.0.0.1:{}{path}", self.up.port);
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "CODE=%{http_code}\n",
+        ];
+        for _ in 0..n {
+            argv.extend(["-o", "/dev/null", url.as_str()]);
+        }
+        let out = self.dir.join(unique("curl"));
+        Call {
+            child: cg.spawn(&argv, &out),
+            out,
+        }
+    }
+
+    /// The database's count of a rule's fleet-wide quota (0: no row).
+    fn counted(&self, rule: &str) -> u64 {
+        self.pg
+            .psql(
+                "callgate",
+                &format!(
+                    "SELECT coalesce(sum(count), 0) FROM callgate_quotas WHERE key LIKE '{rule}%'"
+                ),
+            )
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// A host's reservations on fleet-wide quotas, as its status shows them.
+fn quota_blocks(gw: &Gateway) -> Value {
+    gw.status()["approvals"]["fleet"]["quota_blocks"].clone()
+}
+
+/// SIGTERM, and waits (at most 20 s) for the gateway to have ended (a zombie, or gone).
+fn stop_gracefully(gw: &Gateway) {
+    let pid = gw.pid().expect("a running gateway");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let ended = wait_for(Duration::from_secs(20), || {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Some(()),
+            Ok(s) => s
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .then_some(()),
+        }
+    });
+    assert!(ended.is_some(), "the gateway did not stop:\n{}", gw.log());
+}
+
+/// Reservations (`fleet/reserve.rs`): a quota big enough to reserve (200 a day) is spent from
+/// per-host blocks, yet A and B together, calling at once, admit exactly 200 and never more;
+/// idle blocks give their unused counts back (the database's count is then the calls
+/// admitted); a graceful stop gives a host's unused counts back too.
+#[test]
+fn reserved_blocks_admit_exactly_the_quota_and_give_back_what_is_unused() {
+    let Some(mut f) = setup("reserved_blocks_admit_exactly_the_quota_and_give_back_what_is_unused")
+    else {
+        return;
+    };
+    lease_of(&f.a, 2);
+    lease_of(&f.b, 2);
+    let rule = "two-hundred-a-day-in-the-fleet";
+    let path = "/v1/payments/p_1/batch";
+    let mut admitted = 0;
+    let mut refused = 0;
+    // Rounds of 4 × 30 calls at once (two connections on each host), then idle: at most 6.
+    for round in 0..6 {
+        let calls = [
+            f.many(&f.cg_a, path, 30),
+            f.many(&f.cg_b, path, 30),
+            f.many(&f.cg_a, path, 30),
+            f.many(&f.cg_b, path, 30),
+        ];
+        let codes: Vec<u16> = calls.into_iter().flat_map(statuses).collect();
+        assert_eq!(codes.len(), 120, "every call answered: {codes:?}");
+        let ok = passed(&codes);
+        let over = codes.iter().filter(|&&c| c == 429).count();
+        assert_eq!(ok + over, 120, "only 200 or 429: {codes:?}");
+        admitted += ok;
+        refused += over;
+        let (sa, sb) = (quota_blocks(&f.a), quota_blocks(&f.b));
+        eprintln!(
+            "round {round}: {ok} admitted ({admitted} in all), {over} refused; A {sa}, B {sb}"
+        );
+        assert!(admitted <= 200, "never more than the quota: {admitted}");
+        // Idle: the blocks' unused counts go back; the database's count is the calls
+        // admitted.
+        let back = wait_for(Duration::from_secs(10), || {
+            (f.counted(rule) == admitted as u64).then_some(())
+        });
+        assert!(
+            back.is_some(),
+            "after {round} rounds the database counts {}, {admitted} admitted; A {}, B {}",
+            f.counted(rule),
+            quota_blocks(&f.a),
+            quota_blocks(&f.b)
+        );
+        for gw in [&f.a, &f.b] {
+            assert_eq!(quota_blocks(gw)["unused"], 0, "{}", quota_blocks(gw));
+        }
+        if admitted == 200 {
+            break;
+        }
+    }
+    assert_eq!(admitted, 200, "the whole quota was admitted in the end");
+    assert!(refused > 0);
+    assert!(
+        quota_blocks(&f.a)["blocks_taken"].as_u64().unwrap_or(0) < 100,
+        "A took blocks, not one count a call: {}",
+        quota_blocks(&f.a)
+    );
+    // Used up on both hosts: one more of each is refused.
+    for cg in [&f.cg_a, &f.cg_b] {
+        assert_eq!(statuses(f.many(cg, path, 1)), vec![429]);
+    }
+    assert_eq!(f.counted(rule), 200, "refused calls are not counted");
+
+    // A stop gives back what A holds unused: the database counts the calls admitted.
+    let count = "a-million-a-day-in-the-fleet";
+    let codes = statuses(f.many(&f.cg_a, "/v1/payments/p_1/count", 60));
+    assert_eq!(passed(&codes), 60, "{codes:?}");
+    let held = quota_blocks(&f.a);
+    eprintln!(
+        "before the stop, A holds {held}; the database counts {}",
+        f.counted(count)
+    );
+    stop_gracefully(&f.a);
+    assert_eq!(
+        f.counted(count),
+        60,
+        "A's unused counts went back at its stop: {held}"
+    );
+    assert!(
+        f.a.log().contains("unused fleet quota counts given back")
+            || held["unused"].as_u64() == Some(0),
+        "{}",
+        f.a.log()
+    );
+    f.a.kill();
+}
+
 /// The client of [`fleet_quota_added_latency`]: one kept connection, calls of `count` (a
 /// fleet-wide quota) and `show` (none) alternating, each timed from sending to the whole
 /// answer read; prints `[[count ns…], [show ns…]]`.
@@ -1271,8 +1427,8 @@ fn fleet_records_verify_checks_witness_cosignatures() {
 
 /// The fleet quota check's added latency as a client sees it (docs/FLEET.md, "Measured
 /// here"): run by hand, on a release (`--profile demo`) build, with
-/// `CALLGATE_BIN=target/demo/callgate cargo test -p callgate-e2e --test fleet -- --ignored
-/// fleet_quota_added_latency --nocapture`; `CALLGATE_BENCH_CALLS` calls of each (default 2000).
+/// `CALLGATE_BIN=$PWD/target/demo/callgate cargo test -p callgate-e2e --test fleet --
+/// --include-ignored --nocapture --test-threads 1 fleet_quota_added_latency`; `CALLGATE_BENCH_CALLS` calls of each (default 2000).
 #[test]
 #[ignore = "a latency probe for docs/FLEET.md (an idle machine, a --profile demo build), not a test"]
 fn fleet_quota_added_latency() {
@@ -1339,10 +1495,20 @@ fn fleet_quota_added_latency() {
         percentile(&quota, 0.5) - percentile(&plain, 0.5),
         percentile(&quota, 0.99) - percentile(&plain, 0.99)
     );
-    assert_eq!(
+    let held = quota_blocks(&f.a);
+    eprintln!("{:>22}: {held}", "A's blocks at the end");
+    // Blocks left idle give their unused counts back within seconds: then the database
+    // counts every call admitted, and no more.
+    let counted = wait_for(Duration::from_secs(10), || {
+        let c =
+            f.pg.psql("callgate", "SELECT sum(count) FROM callgate_quotas");
+        (c == (n + 200).to_string()).then_some(c)
+    });
+    assert!(
+        counted.is_some(),
+        "every call was counted in the database, and no more: {} (A's blocks {})",
         f.pg.psql("callgate", "SELECT sum(count) FROM callgate_quotas"),
-        (n + 200).to_string(),
-        "every call was counted in the database"
+        quota_blocks(&f.a)
     );
 }
 

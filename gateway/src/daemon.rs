@@ -402,6 +402,10 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         let _ = task.await;
     }
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    // No call runs any more: this host's unused blocks of fleet-wide quotas go back.
+    if let Some(f) = &fleet {
+        f.return_reserved().await;
+    }
     // Connection handlers may still hold clones: flush what is queued now, so a clean stop
     // loses no record, then let the writer end with the last handle.
     drop(inputs);

@@ -10,6 +10,7 @@
 //! Each host says it is alive every `heartbeat_s`; held calls of a host not heard from for
 //! `dead_after_s` are marked `interrupted` by the others.
 pub mod lease;
+pub mod reserve;
 pub mod schema;
 pub mod tls;
 
@@ -106,6 +107,9 @@ pub struct FleetStatus {
     /// TLS to the database: `off`, `encrypt` (no certificate check), `verify-ca`, `verify-full`.
     #[serde(default)]
     pub tls: String,
+    /// This host's reservations on fleet-wide quotas (blocks held, counts reserved and unused).
+    #[serde(default)]
+    pub quota_blocks: reserve::ReserveStatus,
 }
 
 /// A held call as the database has it.
@@ -163,14 +167,19 @@ mod sql {
     pub const REAP: &str = "UPDATE callgate_approvals a SET state = 'interrupted', updated_at = now() \
          FROM callgate_hosts h WHERE a.state = 'pending' AND a.host = h.name \
          AND h.name <> $1 AND h.seen_at < now() - make_interval(secs => $2)";
-    /// One statement counts a call, atomically per key and window: a window on the
-    /// database's clock (the hosts' clocks may differ), a call over the quota not counted
-    /// (no row comes back).
-    pub const COUNT: &str = "INSERT INTO callgate_quotas AS q (key, window_start, window_len, count) \
-         VALUES ($1, (floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint)::bigint, \
-         $2::bigint, 1) \
-         ON CONFLICT (key, window_start) DO UPDATE SET count = q.count + 1 \
-         WHERE q.count < $3::bigint RETURNING q.count";
+    /// A block of `$4` counts for this host (see [`super::reserve`]), atomically per key and
+    /// window: a window on the database's clock (the hosts' clocks may differ), taken only if
+    /// the whole block fits (else no row comes back, nothing counted); the count after it,
+    /// the window's start and the database's clock come back. `$4` = 1 counts one call.
+    pub const RESERVE: &str = "INSERT INTO callgate_quotas AS q (key, window_start, window_len, count) \
+         SELECT $1, (floor(extract(epoch FROM now()) / $2::bigint) * $2::bigint)::bigint, \
+         $2::bigint, $4::bigint WHERE $4::bigint <= $3::bigint \
+         ON CONFLICT (key, window_start) DO UPDATE SET count = q.count + $4::bigint \
+         WHERE q.count + $4::bigint <= $3::bigint \
+         RETURNING q.count, q.window_start, extract(epoch FROM now())::float8";
+    /// Unused counts of a block go back to the same window's row.
+    pub const GIVE_BACK: &str = "UPDATE callgate_quotas SET count = greatest(count - $3::bigint, 0) \
+         WHERE key = $1 AND window_start = $2";
     pub const EXPIRE: &str = "DELETE FROM callgate_quotas \
          WHERE window_start + window_len < extract(epoch FROM now())::bigint";
     pub const GRANT_PUT: &str = "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) \
@@ -311,6 +320,8 @@ pub struct Fleet {
     lost: Notify,
     /// This host's share of fleet-wide rate limits, renewed by each heartbeat.
     lease: lease::Lease,
+    /// This host's blocks of fleet-wide quotas.
+    reserves: reserve::Reserves,
 }
 
 impl Fleet {
@@ -371,6 +382,7 @@ impl Fleet {
             events: broadcast::channel(1024).0,
             lost: Notify::new(),
             lease: lease::Lease::new(),
+            reserves: reserve::Reserves::new(reserve::MAX_KEYS),
         });
         match fleet.connect_bounded().await {
             Ok(()) => {}
@@ -380,6 +392,7 @@ impl Fleet {
                 fleet.down(None, e.to_string());
             }
         }
+        tokio::spawn(fleet.clone().sweep(stop.clone()));
         tokio::spawn(fleet.clone().keep(stop));
         Ok(fleet)
     }
@@ -415,6 +428,7 @@ impl Fleet {
                 tls::Verify::Full => "verify-full",
             }
             .into(),
+            quota_blocks: self.reserves.status(),
         }
     }
 
@@ -487,16 +501,156 @@ impl Fleet {
     }
 
     /// Counts a call against a fleet-wide quota of `calls` per `window_s` under `key`:
-    /// false when the quota is used up (the call is then not counted).
+    /// false when the quota is used up (the call is then not counted). Against this host's
+    /// block of the quota when it holds one ([`reserve`]), else one round trip.
     pub async fn count_quota(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         window_s: u64,
         calls: u64,
     ) -> Result<bool, FleetError> {
-        let (len, calls) = (window_s.max(1) as i64, calls as i64);
-        let rows = self.query(sql::COUNT, &[&key, &len, &calls]).await?;
-        Ok(!rows.is_empty())
+        let window_s = window_s.max(1);
+        let mut back = Vec::new();
+        // Bounded: a refill in flight is waited for at most a few times.
+        let mut waits = 0;
+        let k = loop {
+            let hosts = self.lease.hosts();
+            let take = self
+                .reserves
+                .spend(key, window_s, calls, hosts, Instant::now(), &mut back);
+            self.give_back_later(std::mem::take(&mut back));
+            match take {
+                reserve::Take::Spent { refill } => {
+                    if let Some(k) = refill {
+                        let (me, key) = (self.clone(), key.to_string());
+                        tokio::spawn(async move {
+                            let _ = me.take_block(&key, window_s, calls, k, false).await;
+                        });
+                    }
+                    return Ok(true);
+                }
+                reserve::Take::Fetch { k } => break k,
+                reserve::Take::Wait(woken) if waits < 3 => {
+                    waits += 1;
+                    if tokio::time::timeout(QUERY_TIMEOUT, woken).await.is_err() {
+                        // The refill stalls: this call counts by itself.
+                        break 1;
+                    }
+                }
+                // Still nothing: this call counts by itself.
+                reserve::Take::Wait(_) => break 1,
+            }
+        };
+        if self.take_block(key, window_s, calls, k, true).await? {
+            return Ok(true);
+        }
+        if k > 1 {
+            // The block did not fit: one count may still.
+            return self.take_block(key, window_s, calls, 1, true).await;
+        }
+        Ok(false)
+    }
+
+    /// Takes a block of `k` counts of `key` from the database; `for_call`: one is the asking
+    /// call's. False when it does not fit under `calls`.
+    async fn take_block(
+        self: &Arc<Self>,
+        key: &str,
+        window_s: u64,
+        calls: u64,
+        k: u64,
+        for_call: bool,
+    ) -> Result<bool, FleetError> {
+        /// A call's future dropped mid-statement (its client went away) must not leave the
+        /// key's block marked in flight: the others would wait for it.
+        struct InFlight<'a>(Option<(&'a reserve::Reserves, &'a str)>);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                if let Some((r, key)) = self.0.take() {
+                    r.not_granted(key);
+                }
+            }
+        }
+        let mut in_flight = InFlight(Some((&self.reserves, key)));
+        let (len, limit, n) = (window_s as i64, calls as i64, k as i64);
+        let sent = Instant::now();
+        // On an error or no row, `in_flight` ends the flight as it drops.
+        let rows = self.query(sql::RESERVE, &[&key, &len, &limit, &n]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        in_flight.0 = None;
+        let grant = reserve::Grant {
+            count: row.get::<_, i64>(0).max(0) as u64,
+            window_start: row.get(1),
+            db_now: row.get(2),
+        };
+        let mut back = Vec::new();
+        self.reserves.granted(
+            key,
+            window_s,
+            calls,
+            k,
+            grant,
+            sent,
+            Instant::now(),
+            for_call,
+            &mut back,
+        );
+        self.give_back_later(back);
+        Ok(true)
+    }
+
+    /// Gives unused counts back in the background (lost if the database is: the safe side).
+    fn give_back_later(self: &Arc<Self>, back: Vec<reserve::GiveBack>) {
+        if back.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.give_back(back).await });
+    }
+
+    async fn give_back(&self, back: Vec<reserve::GiveBack>) {
+        for b in back {
+            let n = b.n as i64;
+            if let Err(e) = self
+                .execute(sql::GIVE_BACK, &[&b.key, &b.window_start, &n])
+                .await
+            {
+                debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)");
+            }
+        }
+    }
+
+    /// Every second: the unused counts of blocks left idle go back.
+    async fn sweep(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let back = self.reserves.idle(Instant::now());
+            if !back.is_empty() {
+                self.give_back(back).await;
+            }
+        }
+    }
+
+    /// At a graceful stop, once no call runs any more: every unused count of this host's
+    /// blocks goes back (bounded in time; what does not make it is lost for the window).
+    pub async fn return_reserved(&self) {
+        let back = self.reserves.drain();
+        if back.is_empty() {
+            return;
+        }
+        let n: u64 = back.iter().map(|b| b.n).sum();
+        match tokio::time::timeout(QUERY_TIMEOUT, self.give_back(back)).await {
+            Ok(()) => info!(counts = n, "unused fleet quota counts given back"),
+            Err(_) => warn!(
+                counts = n,
+                "unused fleet quota counts not all given back in time"
+            ),
+        }
     }
 
     /// Shares a grant: every host honours it from its notification on.

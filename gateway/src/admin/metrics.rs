@@ -450,6 +450,25 @@ impl Collector for State {
                     "Connections made to the fleet database (more than one: it was lost)",
                     f.connections,
                 )?;
+                let q = &f.quota_blocks;
+                gauge(
+                    &mut e,
+                    "fleet_quota_reserved",
+                    "Counts of fleet-wide quotas this host holds reserved in the database in the current windows (used or not)",
+                    int(q.reserved),
+                )?;
+                gauge(
+                    &mut e,
+                    "fleet_quota_unused",
+                    "Of the reserved counts, those not used yet (they go back when idle or at a stop)",
+                    int(q.unused),
+                )?;
+                counter(
+                    &mut e,
+                    "fleet_quota_blocks_taken",
+                    "Blocks of fleet-wide quotas taken from the fleet database (each one round trip)",
+                    q.blocks_taken,
+                )?;
             }
             if let Some(t) = &a.fleet_trust {
                 gauge(

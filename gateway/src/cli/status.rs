@@ -200,6 +200,11 @@ fn print_status(s: &Status) {
                     "  fleet-wide rate limits: no lease on the fleet's rate; their calls are refused"
                 ),
             }
+            let q = &f.quota_blocks;
+            println!(
+                "  fleet-wide quotas: blocks of {} keys held, {} counts reserved, {} unused ({} blocks taken, {} counts given back)",
+                q.keys, q.reserved, q.unused, q.blocks_taken, q.counts_returned
+            );
         }
         match &a.fleet_trust {
             Some(t) if t.sealed => println!(

@@ -64,6 +64,11 @@ impl Lease {
         Ok(1.0 / hosts as f64)
     }
 
+    /// The hosts alive at the last renewal (at least 1: this one).
+    pub(super) fn hosts(&self) -> u64 {
+        self.hosts.load(Relaxed).max(1)
+    }
+
     pub(super) fn status(&self, now: Instant) -> Option<LeaseStatus> {
         let hosts = self.hosts.load(Relaxed);
         (hosts > 0).then(|| {

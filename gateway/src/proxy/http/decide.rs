@@ -158,8 +158,10 @@ impl Conn {
             .err()
     }
 
-    /// Fleet mode: counts an allowed (or held) call against its rule's fleet-wide quota, in
-    /// the fleet's database; over it, or without the database, the call is refused.
+    /// Fleet mode: counts an allowed (or held) call against its rule's fleet-wide quota —
+    /// against this host's block of it when it holds one (`fleet::reserve`), else in the
+    /// fleet's database; over it, or without the database and no count reserved, the call is
+    /// refused.
     pub(super) async fn fleet_quota(&self, service: Option<&Service>, d: &mut Decided) {
         let Some(fleet) = &self.inputs.fleet else {
             return;
