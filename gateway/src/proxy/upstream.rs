@@ -293,20 +293,22 @@ async fn run_spliced(
     let (mut client_open, mut upstream_open) = (true, true);
     let moved = || s.splicer.bytes(s.pair.client) + s.splicer.bytes(s.pair.upstream);
     let (mut last, mut since) = (moved(), Instant::now());
+    // Bytes `ended` copied in user space, which `written` counts on the other side too.
+    let (mut copied_up, mut copied_down) = (0u64, 0u64);
     while client_open || upstream_open {
         tokio::select! {
             r = client.readable(), if client_open => {
                 r?;
-                if ended(client, upstream).await? {
-                    let sent = prefix + s.splicer.bytes(s.pair.client);
+                if ended(client, upstream, &mut copied_up).await? {
+                    let sent = || prefix + copied_up + s.splicer.bytes(s.pair.client);
                     half_close(upstream, true, sent, idle).await?;
                     client_open = false;
                 }
             }
             r = upstream.readable(), if upstream_open => {
                 r?;
-                if ended(upstream, client).await? {
-                    let sent = s.splicer.bytes(s.pair.upstream);
+                if ended(upstream, client, &mut copied_down).await? {
+                    let sent = || copied_down + s.splicer.bytes(s.pair.upstream);
                     half_close(client, false, sent, idle).await?;
                     upstream_open = false;
                 }
@@ -327,7 +329,7 @@ async fn run_spliced(
 /// Whether `from` reached end of stream. The verdict consumes the data of a spliced socket,
 /// so a read sees only its end (0), an error, or nothing; bytes the kernel left to the
 /// gateway after all are sent on to `to` here.
-async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
+async fn ended(from: &TcpStream, to: &TcpStream, copied: &mut u64) -> Result<bool, ForwardError> {
     let mut buf = [0u8; 4096];
     match from.try_read(&mut buf) {
         Ok(0) => Ok(true),
@@ -341,6 +343,7 @@ async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
                     Err(e) => return Err(e.into()),
                 }
             }
+            *copied += n as u64;
             Ok(false)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -349,12 +352,14 @@ async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
 }
 
 /// Shuts `to` for writing once `sent` bytes have gone into it: the kernel hands spliced bytes
-/// over from a work queue, and a FIN sent before they are queued would lose them.
+/// over from a work queue, and a FIN sent before they are queued would lose them. `sent` is
+/// read again each round, so bytes counted after the end of stream was seen are waited for
+/// too (bounded by `idle`).
 /// `connected`: `to` is the socket the gateway connected (see [`splice::written`]).
 async fn half_close(
     to: &TcpStream,
     connected: bool,
-    sent: u64,
+    sent: impl Fn() -> u64,
     idle: Duration,
 ) -> Result<(), ForwardError> {
     let fd = to.as_raw_fd();
@@ -362,7 +367,7 @@ async fn half_close(
     let (mut last, mut since) = (0, Instant::now());
     loop {
         let now = splice::written(fd, connected)?;
-        if now >= sent {
+        if now >= sent() {
             break;
         }
         if now != last {
