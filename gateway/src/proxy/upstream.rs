@@ -230,20 +230,37 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Splices `client` and `upstream` in the kernel ([`Splicer`]) until both directions reach
 /// end of stream, one side fails, or nothing moves for `idle`. `prefix` is what the gateway
-/// already wrote to `upstream` (counted in the transfer). Returns the sockets untouched when
-/// they cannot be spliced (the caller copies instead).
+/// already wrote to `upstream` (counted in the transfer). Returns the sockets, and what the
+/// kernel moved before it gave up, when they cannot be spliced (the caller copies instead).
 pub async fn splice_in_kernel(
     splicer: &Splicer,
     client: TcpStream,
     upstream: TcpStream,
     prefix: u64,
     idle: Duration,
-) -> Result<(Transfer, Result<(), ForwardError>), (TcpStream, TcpStream)> {
+) -> Result<(Transfer, Result<(), ForwardError>), (TcpStream, TcpStream, Transfer)> {
     let pair = match splicer.add(&client, &upstream) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "kernel splice refused; copying this connection");
-            return Err((client, upstream));
+            let Some(pair) = e.unsettled else {
+                return Err((client, upstream, Transfer::default()));
+            };
+            // Bytes the verdict already handed over must leave before the pair leaves the
+            // maps; when that cannot be known, the connection ends (fail closed).
+            let spliced = Spliced { splicer, pair };
+            let settled = settle(&spliced, &client, &upstream, prefix, idle).await;
+            let (up, down) = spliced.take();
+            return match settled {
+                Ok(()) => Err((client, upstream, Transfer { up, down })),
+                Err(e) => Ok((
+                    Transfer {
+                        up: prefix + up,
+                        down,
+                    },
+                    Err(e),
+                )),
+            };
         }
     };
     let spliced = Spliced { splicer, pair };
@@ -256,6 +273,33 @@ pub async fn splice_in_kernel(
         },
         result,
     ))
+}
+
+/// Waits until what the verdict counted each way has gone into the other socket (see
+/// [`splice::written`]), for at most `idle`.
+async fn settle(
+    s: &Spliced<'_>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    prefix: u64,
+    idle: Duration,
+) -> Result<(), ForwardError> {
+    let start = Instant::now();
+    let mut wait = Duration::from_micros(200);
+    loop {
+        let up_done =
+            splice::written(upstream.as_raw_fd(), true)? >= prefix + s.splicer.bytes(s.pair.client);
+        let down_done =
+            splice::written(client.as_raw_fd(), false)? >= s.splicer.bytes(s.pair.upstream);
+        if up_done && down_done {
+            return Ok(());
+        }
+        if start.elapsed() >= idle {
+            return Err(ForwardError::Idle(idle));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// A pair in the splice maps, taken out when dropped (also when the connection's task is
