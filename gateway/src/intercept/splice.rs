@@ -11,7 +11,8 @@
 //! The kernel does not carry end of stream across: the gateway still sees EOF and errors on
 //! each socket (the verdict consumes data; a FIN or reset stays visible to `read` and poll)
 //! and passes a half-close on itself, once the bytes before it have left (see
-//! [`written`]).
+//! [`written`]). The verdict drops a bare FIN rather than redirect it: the peer's backlog
+//! takes its empty send for a hard error (EPIPE on the peer, its transmit stopped).
 //!
 //! When the program cannot load or attach (an old kernel, a missing capability), the
 //! gateway copies in user space instead ([`SpliceMode::Copy`]).
