@@ -99,6 +99,8 @@ static CALLGATE_SPLICE_PEERS: HashMap<u64, SplicePeer> =
 
 /// `sk_action` of an `sk_skb` program: leave the data to the socket's reader.
 const SK_PASS: u32 = 1;
+/// `sk_action` of an `sk_skb` program: consume the skb.
+const SK_DROP: u32 = 0;
 
 #[stream_verdict]
 pub fn callgate_splice(ctx: SkBuffContext) -> u32 {
@@ -115,6 +117,14 @@ fn splice(ctx: &SkBuffContext) -> u32 {
         return SK_PASS;
     };
     let len = u64::from(ctx.len());
+    if len == 0 {
+        // A bare FIN (`tcp_read_skb` hands it to the verdict too). Redirected, it reaches the
+        // peer's backlog, which takes a send of 0 bytes for a hard error: it sets EPIPE on
+        // the peer and stops its transmit, dropping whatever is redirected to it later (the
+        // upstream's answer after a half-close). Dropped here, nothing is lost: the socket's
+        // end of stream stays visible to the gateway's read and poll.
+        return SK_DROP;
+    }
     // SAFETY: a pointer into the map's value, valid for this run; the kernel runs a socket's
     // verdicts under its lock, so this socket's entry has one writer.
     let peer = unsafe {

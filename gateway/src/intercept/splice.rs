@@ -11,7 +11,8 @@
 //! The kernel does not carry end of stream across: the gateway still sees EOF and errors on
 //! each socket (the verdict consumes data; a FIN or reset stays visible to `read` and poll)
 //! and passes a half-close on itself, once the bytes before it have left (see
-//! [`written`]).
+//! [`written`]). The verdict drops a bare FIN rather than redirect it: the peer's backlog
+//! takes its empty send for a hard error (EPIPE on the peer, its transmit stopped).
 //!
 //! When the program cannot load or attach (an old kernel, a missing capability), the
 //! gateway copies in user space instead ([`SpliceMode::Copy`]).
@@ -69,6 +70,19 @@ pub struct Splicer {
     maps: Mutex<Maps>,
 }
 
+/// Why [`Splicer::add`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct AddError {
+    pub source: io::Error,
+    /// Set when one socket's verdict was on before the other's insert failed: it may have
+    /// handed bytes to its peer's queue, which taking the pair out of the maps would purge
+    /// (the kernel drops a socket's queued skbs when it leaves its last map). The pair stays
+    /// in the peers and targets maps, without the verdict, until [`Splicer::remove`]: call it
+    /// once [`written`] shows those bytes have left.
+    pub unsettled: Option<Pair>,
+}
+
 /// The two sockets of one spliced connection, by cookie. Taken out of the maps by
 /// [`Splicer::remove`].
 #[derive(Debug, Clone, Copy)]
@@ -120,13 +134,18 @@ impl Splicer {
 
     /// Splices `client` and `upstream`: from here on what either receives is sent out of the
     /// other by the kernel. Data that arrived before is handed on too (the kernel is asked
-    /// to look at each receive queue once both are in place). On error nothing is left in
-    /// the maps and the sockets are as they were.
-    pub fn add(&self, client: &impl AsRawFd, upstream: &impl AsRawFd) -> io::Result<Pair> {
-        let pair = Pair {
-            client: cookie(client.as_raw_fd())?,
-            upstream: cookie(upstream.as_raw_fd())?,
+    /// to look at each receive queue once both are in place). On error the verdict is off
+    /// for both; see [`AddError::unsettled`] for what may still be in the maps.
+    pub fn add(&self, client: &impl AsRawFd, upstream: &impl AsRawFd) -> Result<Pair, AddError> {
+        let refused = |source| AddError {
+            source,
+            unsettled: None,
         };
+        let pair = Pair {
+            client: cookie(client.as_raw_fd()).map_err(refused)?,
+            upstream: cookie(upstream.as_raw_fd()).map_err(refused)?,
+        };
+        let mut verdict_on = false;
         let mut m = self.maps.locked();
         let err = |e: aya::maps::MapError| io::Error::other(e.to_string());
         // Peers and targets first: the first byte either socket hands the verdict must find
@@ -149,13 +168,26 @@ impl Splicer {
             m.socks
                 .insert(pair.upstream, upstream.as_raw_fd(), 0)
                 .map_err(err)?;
+            verdict_on = true;
             m.socks
                 .insert(pair.client, client.as_raw_fd(), 0)
                 .map_err(err)
         })();
-        if let Err(e) = added {
-            remove_pair(&mut m, pair);
-            return Err(e);
+        if let Err(source) = added {
+            if !verdict_on {
+                remove_pair(&mut m, pair);
+                return Err(refused(source));
+            }
+            // The upstream's verdict ran meanwhile (the client's insert fails when its FIN
+            // came first: a socket in CLOSE_WAIT cannot join a sock map): what it handed to
+            // the client waits in the client's queue, which leaving the maps would purge.
+            for c in [pair.client, pair.upstream] {
+                let _ = m.socks.remove(&c);
+            }
+            return Err(AddError {
+                source,
+                unsettled: Some(pair),
+            });
         }
         drop(m);
         kick(upstream.as_raw_fd());

@@ -620,6 +620,8 @@ async fn pass_through(
     }
     let idle = inputs.cfg.idle_timeout;
     let mut sent = prefix.len() as u64;
+    // What the kernel moved down before a splice that could not be completed.
+    let mut down = 0;
     let splicer = inputs
         .cfg
         .kernel_splice
@@ -634,7 +636,11 @@ async fn pass_through(
                     sent += n;
                     match upstream::splice_in_kernel(splicer, client, upstream, sent, idle).await {
                         Ok(done) => return done,
-                        Err(sockets) => sockets,
+                        Err((client, upstream, moved)) => {
+                            sent += moved.up;
+                            down += moved.down;
+                            (client, upstream)
+                        }
                     }
                 }
                 Ok((n, false)) => {
@@ -648,6 +654,7 @@ async fn pass_through(
     };
     let (mut t, r) = upstream::splice(client, upstream, idle).await;
     t.up += sent;
+    t.down += down;
     (t, r)
 }
 

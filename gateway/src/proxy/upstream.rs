@@ -230,20 +230,37 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Splices `client` and `upstream` in the kernel ([`Splicer`]) until both directions reach
 /// end of stream, one side fails, or nothing moves for `idle`. `prefix` is what the gateway
-/// already wrote to `upstream` (counted in the transfer). Returns the sockets untouched when
-/// they cannot be spliced (the caller copies instead).
+/// already wrote to `upstream` (counted in the transfer). Returns the sockets, and what the
+/// kernel moved before it gave up, when they cannot be spliced (the caller copies instead).
 pub async fn splice_in_kernel(
     splicer: &Splicer,
     client: TcpStream,
     upstream: TcpStream,
     prefix: u64,
     idle: Duration,
-) -> Result<(Transfer, Result<(), ForwardError>), (TcpStream, TcpStream)> {
+) -> Result<(Transfer, Result<(), ForwardError>), (TcpStream, TcpStream, Transfer)> {
     let pair = match splicer.add(&client, &upstream) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "kernel splice refused; copying this connection");
-            return Err((client, upstream));
+            let Some(pair) = e.unsettled else {
+                return Err((client, upstream, Transfer::default()));
+            };
+            // Bytes the verdict already handed over must leave before the pair leaves the
+            // maps; when that cannot be known, the connection ends (fail closed).
+            let spliced = Spliced { splicer, pair };
+            let settled = settle(&spliced, &client, &upstream, prefix, idle).await;
+            let (up, down) = spliced.take();
+            return match settled {
+                Ok(()) => Err((client, upstream, Transfer { up, down })),
+                Err(e) => Ok((
+                    Transfer {
+                        up: prefix + up,
+                        down,
+                    },
+                    Err(e),
+                )),
+            };
         }
     };
     let spliced = Spliced { splicer, pair };
@@ -256,6 +273,33 @@ pub async fn splice_in_kernel(
         },
         result,
     ))
+}
+
+/// Waits until what the verdict counted each way has gone into the other socket (see
+/// [`splice::written`]), for at most `idle`.
+async fn settle(
+    s: &Spliced<'_>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    prefix: u64,
+    idle: Duration,
+) -> Result<(), ForwardError> {
+    let start = Instant::now();
+    let mut wait = Duration::from_micros(200);
+    loop {
+        let up_done =
+            splice::written(upstream.as_raw_fd(), true)? >= prefix + s.splicer.bytes(s.pair.client);
+        let down_done =
+            splice::written(client.as_raw_fd(), false)? >= s.splicer.bytes(s.pair.upstream);
+        if up_done && down_done {
+            return Ok(());
+        }
+        if start.elapsed() >= idle {
+            return Err(ForwardError::Idle(idle));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// A pair in the splice maps, taken out when dropped (also when the connection's task is
@@ -293,20 +337,22 @@ async fn run_spliced(
     let (mut client_open, mut upstream_open) = (true, true);
     let moved = || s.splicer.bytes(s.pair.client) + s.splicer.bytes(s.pair.upstream);
     let (mut last, mut since) = (moved(), Instant::now());
+    // Bytes `ended` copied in user space, which `written` counts on the other side too.
+    let (mut copied_up, mut copied_down) = (0u64, 0u64);
     while client_open || upstream_open {
         tokio::select! {
             r = client.readable(), if client_open => {
                 r?;
-                if ended(client, upstream).await? {
-                    let sent = prefix + s.splicer.bytes(s.pair.client);
+                if ended(client, upstream, &mut copied_up).await? {
+                    let sent = || prefix + copied_up + s.splicer.bytes(s.pair.client);
                     half_close(upstream, true, sent, idle).await?;
                     client_open = false;
                 }
             }
             r = upstream.readable(), if upstream_open => {
                 r?;
-                if ended(upstream, client).await? {
-                    let sent = s.splicer.bytes(s.pair.upstream);
+                if ended(upstream, client, &mut copied_down).await? {
+                    let sent = || copied_down + s.splicer.bytes(s.pair.upstream);
                     half_close(client, false, sent, idle).await?;
                     upstream_open = false;
                 }
@@ -327,7 +373,7 @@ async fn run_spliced(
 /// Whether `from` reached end of stream. The verdict consumes the data of a spliced socket,
 /// so a read sees only its end (0), an error, or nothing; bytes the kernel left to the
 /// gateway after all are sent on to `to` here.
-async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
+async fn ended(from: &TcpStream, to: &TcpStream, copied: &mut u64) -> Result<bool, ForwardError> {
     let mut buf = [0u8; 4096];
     match from.try_read(&mut buf) {
         Ok(0) => Ok(true),
@@ -341,6 +387,7 @@ async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
                     Err(e) => return Err(e.into()),
                 }
             }
+            *copied += n as u64;
             Ok(false)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -349,12 +396,14 @@ async fn ended(from: &TcpStream, to: &TcpStream) -> Result<bool, ForwardError> {
 }
 
 /// Shuts `to` for writing once `sent` bytes have gone into it: the kernel hands spliced bytes
-/// over from a work queue, and a FIN sent before they are queued would lose them.
+/// over from a work queue, and a FIN sent before they are queued would lose them. `sent` is
+/// read again each round, so bytes counted after the end of stream was seen are waited for
+/// too (bounded by `idle`).
 /// `connected`: `to` is the socket the gateway connected (see [`splice::written`]).
 async fn half_close(
     to: &TcpStream,
     connected: bool,
-    sent: u64,
+    sent: impl Fn() -> u64,
     idle: Duration,
 ) -> Result<(), ForwardError> {
     let fd = to.as_raw_fd();
@@ -362,7 +411,7 @@ async fn half_close(
     let (mut last, mut since) = (0, Instant::now());
     loop {
         let now = splice::written(fd, connected)?;
-        if now >= sent {
+        if now >= sent() {
             break;
         }
         if now != last {
