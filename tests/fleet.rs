@@ -251,24 +251,7 @@ impl Fleet {
     /// `n` calls of `quote` for payment `key` in one curl (one connection, one after the
     /// other), started now: see [`statuses`].
     fn quotes(&self, cg: &TestCgroup, key: &str, n: usize) -> Call {
-        let url = format!("http://127.0.0.1:{}/v1/payments/{key}/quote", self.up.port);
-        let mut argv = vec![
-            "curl",
-            "-sS",
-            "--max-time",
-            "60",
-            "-w",
-            "CODE=%{http_code}\n",
-        ];
-        // -o applies to one URL each: every one gets its own.
-        for _ in 0..n {
-            argv.extend(["-o", "/dev/null", url.as_str()]);
-        }
-        let out = self.dir.join(unique("curl"));
-        Call {
-            child: cg.spawn(&argv, &out),
-            out,
-        }
+        self.many(cg, &format!("/v1/payments/{key}/quote"), n)
     }
 }
 
