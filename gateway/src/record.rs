@@ -81,6 +81,11 @@ pub struct Record {
     /// only with a response made that way; not part of the record's text.
     #[serde(skip)]
     pub response_masked: bool,
+    /// `workload` is the connection's block as [`Recorder::mask_workload`] returned it: every
+    /// built-in detector applied once per connection, not again per call. Not part of the
+    /// record's text.
+    #[serde(skip)]
+    pub workload_masked: bool,
     pub latency_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -630,21 +635,9 @@ impl Recorder {
         {
             text(s);
         }
-        if let Some(w) = &mut rec.workload {
-            // Shared by a connection's records and almost always clean: parsed only on a hit.
-            if matches!(
-                self.masks.mask_str(&self.key, w.get()),
-                std::borrow::Cow::Owned(_)
-            ) || has_u_escape(w.get().as_bytes())
-            {
-                let mut v = w.to_value();
-                let owned = root_owned(&v);
-                if self.masks.mask_value(&self.key, &mut v) > 0 {
-                    owned.restore(&mut v, |rest| {
-                        self.masks.mask_str(&self.key, rest).into_owned()
-                    });
-                    *w = SharedJson::of(&v);
-                }
+        if !rec.workload_masked {
+            if let Some(w) = rec.workload.take() {
+                rec.workload = Some(self.mask_workload(w));
             }
         }
         if let Some(r) = &mut rec.response {
@@ -665,6 +658,30 @@ impl Recorder {
                 *reason = m;
             }
         }
+    }
+
+    /// A connection's workload block as its records keep it: every built-in detector applied,
+    /// what root chose (its unit and cgroup path down to it) kept. The data path does this once
+    /// per connection and marks its calls' records `workload_masked`; a record without the
+    /// mark has it done by [`Recorder::submit`].
+    pub fn mask_workload(&self, w: SharedJson) -> SharedJson {
+        // Almost always clean: parsed only on a hit.
+        if matches!(
+            self.masks.mask_str(&self.key, w.get()),
+            std::borrow::Cow::Borrowed(_)
+        ) && !has_u_escape(w.get().as_bytes())
+        {
+            return w;
+        }
+        let mut v = w.to_value();
+        let owned = root_owned(&v);
+        if self.masks.mask_value(&self.key, &mut v) == 0 {
+            return w;
+        }
+        owned.restore(&mut v, |rest| {
+            self.masks.mask_str(&self.key, rest).into_owned()
+        });
+        SharedJson::of(&v)
     }
 
     /// An answer as the client got it, masked for the record: `spans` are the values of the

@@ -12,7 +12,7 @@ use callgate::{
     config::Durability,
     obligations::mask::MaskKey,
     record::{
-        RawJson, Record, RecordError, Recorder, RecorderConfig,
+        RawJson, Record, RecordError, Recorder, RecorderConfig, SharedJson,
         query::{self, Filter},
         segment,
     },
@@ -546,6 +546,46 @@ fn planted_pii_never_reaches_disk() {
         text.contains("[MASKED:email]") && text.contains("1111"),
         "{text}"
     );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A connection's workload block is masked once, when the connection begins
+/// (`Recorder::mask_workload`), and its calls' records say so (`workload_masked`) instead of
+/// being scanned again: what reaches disk is masked either way, and what root chose (the
+/// unit, the cgroup path down to it) stays readable.
+#[test]
+fn workloads_masked_once_per_connection_leave_nothing_unmasked_on_disk() {
+    let dir = tempdir("workload-once");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let planted = json!({
+        "pid": 7,
+        "comm": "victim@example.com",
+        "unit": "user@1000.service",
+        "cgroup": "/user.slice/user-1000.slice/user@1000.service/app-4111 1111 1111 1111.scope",
+        "exe": "/home/carol@example.org/bin/agent",
+    });
+    let once = rec.mask_workload(SharedJson::of(&planted));
+    assert!(!once.get().contains("victim@example.com"), "{}", once.get());
+    for i in 1..=3 {
+        let mut r = record(i, "workload-once");
+        r.workload = Some(once.clone());
+        r.workload_masked = true;
+        rec.submit(r).expect("submit");
+    }
+    // A record that does not say so is masked at submit, as before.
+    let mut unmarked = record(4, "workload-once");
+    unmarked.workload = Some(SharedJson::of(&planted));
+    rec.submit(unmarked).expect("submit");
+    rec.close();
+    let text = disk_text(&dir);
+    for pii in [
+        "victim@example.com",
+        "carol@example.org",
+        "4111 1111 1111 1111",
+    ] {
+        assert!(!text.contains(pii), "{pii} reached disk: {text}");
+    }
+    assert_eq!(text.matches("user@1000.service").count(), 8, "{text}");
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -427,6 +427,12 @@ async fn route(
         }
     };
     let http_conn = |tls: bool| {
+        // Masked for the records once here, not in every call's record.
+        let workload = SharedJson::of(&conn.workload);
+        let (workload, workload_masked) = match &inputs.recorder {
+            Some(r) => (r.mask_workload(workload), true),
+            None => (workload, false),
+        };
         Arc::new(http::Conn {
             inputs: inputs.clone(),
             policy: policy.clone(),
@@ -436,7 +442,8 @@ async fn route(
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,
-            workload: SharedJson::of(&conn.workload),
+            workload,
+            workload_masked,
             caller: Arc::new(Caller {
                 workload: Some(conn.workload.clone()),
                 ..Caller::default()

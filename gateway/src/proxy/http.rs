@@ -72,6 +72,9 @@ pub struct Conn {
     /// The client's TLS was terminated here, so the upstream gets TLS too.
     pub tls: bool,
     pub workload: SharedJson,
+    /// `workload` was masked for the records once, when the connection began
+    /// ([`crate::record::Recorder::mask_workload`]).
+    pub workload_masked: bool,
     /// The caller without a token: the workload alone.
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,
@@ -164,7 +167,7 @@ impl Conn {
         }
         let caller = self.identify(&snap, &parts.headers).await;
         let recording = self.inputs.recorder.is_some().then(|| {
-            let rec = Record::of_call(
+            let mut rec = Record::of_call(
                 self.session.clone(),
                 self.dst_text.clone(),
                 self.workload.clone(),
@@ -172,6 +175,7 @@ impl Conn {
                 kind.as_str(),
                 service.map(|s| &*s.name),
             );
+            rec.workload_masked = self.workload_masked;
             Recording {
                 conn: self.clone(),
                 rec,
