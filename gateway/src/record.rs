@@ -614,26 +614,40 @@ impl Recorder {
             drop_credentials(args, 0);
         }
         // Names are text from the call too: a REST path with an e-mail address in it is the
-        // function of an undeclared route; a tool name is the caller's to choose.
-        let text = |s: &mut String| {
-            if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, s) {
-                *s = m;
+        // function of an undeclared route; a tool name is the caller's to choose. Almost
+        // always clean: one scan over them all, and one per name only on a hit.
+        if self.masks.finds_in_any(&[
+            &rec.session,
+            &rec.destination,
+            &rec.protocol,
+            rec.service.as_deref().unwrap_or_default(),
+            rec.function.as_deref().unwrap_or_default(),
+            rec.decision.rule.as_deref().unwrap_or_default(),
+            rec.decision.mode.as_deref().unwrap_or_default(),
+            rec.decision.policy_commit.as_deref().unwrap_or_default(),
+            rec.decision.reason.as_deref().unwrap_or_default(),
+        ]) {
+            let text = |s: &mut String| {
+                if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, s) {
+                    *s = m;
+                }
+            };
+            text(&mut rec.session);
+            text(&mut rec.destination);
+            text(&mut rec.protocol);
+            for s in [
+                &mut rec.service,
+                &mut rec.function,
+                &mut rec.decision.rule,
+                &mut rec.decision.mode,
+                &mut rec.decision.policy_commit,
+                &mut rec.decision.reason,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                text(s);
             }
-        };
-        text(&mut rec.session);
-        text(&mut rec.destination);
-        text(&mut rec.protocol);
-        for s in [
-            &mut rec.service,
-            &mut rec.function,
-            &mut rec.decision.rule,
-            &mut rec.decision.mode,
-            &mut rec.decision.policy_commit,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            text(s);
         }
         if !rec.workload_masked {
             if let Some(w) = rec.workload.take() {
@@ -651,11 +665,6 @@ impl Recorder {
                     self.cfg.response_cap
                 )));
                 rec.response_truncated = true;
-            }
-        }
-        if let Some(reason) = &mut rec.decision.reason {
-            if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, reason) {
-                *reason = m;
             }
         }
     }

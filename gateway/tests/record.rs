@@ -512,6 +512,19 @@ fn planted_pii_never_reaches_disk() {
         br#"{"card": "\u0034111 1111 1111 1111", "note": "caf\u00e9"}"#,
     ));
     rec.submit(escaped).expect("submit");
+    // Every name a record carries is scanned (one scan over them all, one per name on a hit):
+    // a value in any of them, at either end, is masked.
+    let mut names = record(3, "pii");
+    names.session = "conn-carol@example.com".into();
+    names.destination = "AKIAIOSFODNN7EXAMPLE.example:443".into();
+    names.protocol = "rest".into();
+    names.service = Some("svc-dave@example.com".into());
+    names.function =
+        Some("/users/erin@example.com/ghp_abcdefghijklmnopqrstuvwxyz0123456780".into());
+    names.decision.rule = Some("123-45-6780".into());
+    names.decision.mode = Some("frank@example.com".into());
+    names.decision.policy_commit = Some("5105105105105100".into());
+    rec.submit(names).expect("submit");
     rec.close();
     let mut text = Vec::new();
     for e in fs::read_dir(&dir).expect("dir").flatten() {
@@ -539,6 +552,14 @@ fn planted_pii_never_reaches_disk() {
         "alice@example.com",
         "5555555555554444",
         "111 1111 1111 1111",
+        "carol@example.com",
+        "AKIAIOSFODNN7EXAMPLE",
+        "dave@example.com",
+        "erin@example.com",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456780",
+        "123-45-6780",
+        "frank@example.com",
+        "5105105105105100",
     ] {
         assert!(!text.contains(pii), "{pii} reached disk");
     }

@@ -273,6 +273,12 @@ impl MaskRules {
             .map(|(_, s)| *s)
     }
 
+    /// Whether [`MaskRules::mask_str`] could change any of `parts`: `false` only if it would
+    /// change none (one scan over them all; see [`detect::Scanner::finds_in_any`]).
+    pub fn finds_in_any(&self, parts: &[&str]) -> bool {
+        self.scanner.finds_in_any(parts)
+    }
+
     /// Masks a whole text at once (log lines, record fields).
     pub fn mask_str<'a>(&self, key: &MaskKey, s: &'a str) -> Cow<'a, str> {
         let mut hits = Vec::new();

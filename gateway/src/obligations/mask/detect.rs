@@ -91,6 +91,9 @@ pub const MAX_PEM: usize = 64 * 1024;
 pub const MAX_LINE: usize = 4096;
 
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+/// [`PEM_BEGIN`]'s searcher, built once.
+static PEM_BEGIN_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PEM_BEGIN));
 
 /// Names whose value is a secret (`aws_secret_access_key = …`).
 const SECRET_NAMES: [&str; 3] = [
@@ -228,6 +231,36 @@ impl Scanner {
         out.truncate(keep);
         merge(out, first);
         merge(other, first_other);
+    }
+
+    /// Whether any of `parts` could hold a value: `false` only if a scan of each part on its
+    /// own finds nothing. One scan over the parts joined by NUL bytes, instead of one per part
+    /// (a record's short names: each scan's fixed cost is most of its work).
+    ///
+    /// Sound for the built-in detectors because each reads past a value's ends only to test
+    /// a byte against a class NUL is in none of (word, alphanumeric, `[0-9A-Z -]`, an
+    /// e-mail's or a token's bytes, `.` after a JWT, the blanks before a named secret): a NUL
+    /// is read as the end of the text is. The exception is a private key's label, read up to
+    /// 64 bytes ahead, so a join holding `-----BEGIN ` answers `true`; and custom regexes,
+    /// which can anchor (`^`, `$`), are scanned part by part. The join finding more than the
+    /// parts (a value across two parts) only answers `true`, which costs a scan per part.
+    pub fn finds_in_any(&self, parts: &[&str]) -> bool {
+        if self
+            .custom
+            .iter()
+            .any(|re| parts.iter().any(|p| re.is_match(p.as_bytes())))
+        {
+            return true;
+        }
+        let mut joined = smallvec::SmallVec::<[u8; 512]>::new();
+        for p in parts {
+            joined.extend_from_slice(p.as_bytes());
+            joined.push(0);
+        }
+        let mut hits = Vec::new();
+        self.find(&joined, &mut hits);
+        !hits.is_empty()
+            || (self.on(Detector::PrivateKey) && PEM_BEGIN_FINDER.find(&joined).is_some())
     }
 
     fn is_primary(&self, kind: Kind) -> bool {
@@ -1092,5 +1125,90 @@ mod tests {
         }
         let long = vec![b'Z'; 3 * MAX_TOKEN];
         assert_eq!(trailing_run(&long, MAX_TOKEN, &TOKENISH), 2 * MAX_TOKEN);
+    }
+
+    /// Fragments whose joins make values, near-values and the bytes detectors test around
+    /// them: for [`Scanner::finds_in_any`], parts built from them in any order.
+    const FRAGMENTS: &[&str] = &[
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "123-45-6789",
+        "GB82WEST12345698765432",
+        "GB82 WEST 1234 5698 7654 32",
+        "AKIAIOSFODNN7EXAMPLE",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "sk-",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "xoxb-1234567890-abcdef",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlX2hlcmU",
+        "-----BEGIN ",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+        "RSA PRIVATE KEY-----",
+        "ann.lee@example.com",
+        "@example.com",
+        "ann.lee",
+        "aws_secret_access_key = ",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "x",
+        "_",
+        "-",
+        " ",
+        ".",
+        "@",
+        "1",
+        "A",
+        "/",
+        "\0",
+        "0000",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// One scan of the joined parts never misses what a scan of one part finds.
+        #[test]
+        fn a_joined_scan_misses_nothing_a_part_holds(
+            parts in proptest::collection::vec(
+                proptest::collection::vec(0..FRAGMENTS.len(), 0..4), 1..6),
+            cut in 0usize..40,
+        ) {
+            let scanner = Scanner::new(&Detector::ALL, Vec::new());
+            let mut texts: Vec<String> = parts
+                .iter()
+                .map(|p| p.iter().map(|&i| FRAGMENTS[i]).collect())
+                .collect();
+            // A value cut short at a part's end, as a truncated name would be.
+            if let Some(last) = texts.last_mut() {
+                let mut at = cut.min(last.len());
+                while !last.is_char_boundary(at) {
+                    at -= 1;
+                }
+                last.truncate(at);
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let alone = refs.iter().any(|t| {
+                let mut hits = Vec::new();
+                scanner.scan(t.as_bytes(), &mut hits);
+                !hits.is_empty()
+            });
+            proptest::prop_assert!(!alone || scanner.finds_in_any(&refs), "{refs:?}");
+        }
+    }
+
+    #[test]
+    fn a_joined_scan_finds_a_value_at_either_end_of_a_part() {
+        let scanner = Scanner::new(&Detector::ALL, Vec::new());
+        assert!(!scanner.finds_in_any(&["conn-7", "10.0.0.7:8080", "rest", "payments"]));
+        for v in [
+            "ann.lee@example.com",
+            "4111111111111111",
+            "AKIAIOSFODNN7EXAMPLE",
+            "-----BEGIN ",
+        ] {
+            assert!(scanner.finds_in_any(&["rest", v]), "{v} last");
+            assert!(scanner.finds_in_any(&[v, "rest"]), "{v} first");
+        }
+        let custom = Scanner::new(&[], vec![Regex::new("^secret$").expect("regex")]);
+        assert!(custom.finds_in_any(&["a", "secret"]));
+        assert!(!custom.finds_in_any(&["a", "secrets"]));
     }
 }
