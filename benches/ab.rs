@@ -17,9 +17,15 @@
 //! `CALLGATE_AB_CASE=close` runs the headline case with a new connection per request (the l7
 //! bench's `new connection per request` load, `Connection: close`) as its full load: what
 //! accepting, identifying and closing a connection costs each build.
+//!
+//! `CALLGATE_AB_CASE=half` runs the l7 bench's half-load case instead: `callgate-paced` at a
+//! fixed rate (`CALLGATE_AB_RATE`, default 17,000 req/s: about half of what the headline case
+//! serves on these machines) straight to nginx, through A and through B in each round, and
+//! prints each one's p50 and p99 from when each call was due, and the medians of what each
+//! build adds over direct: the tails of two builds at the same load.
 use std::{fs, path::PathBuf};
 
-use callgate_benches::{Wrk, items_service, nginx, with_cpu, wrk};
+use callgate_benches::{Wrk, items_service, nginx, paced, with_cpu, wrk};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
 };
@@ -102,6 +108,14 @@ fn main() {
     let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
     if pass {
         pass_through(&mut sides, rounds, &url);
+        return;
+    }
+    if case == "half" {
+        let rate = std::env::var("CALLGATE_AB_RATE")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(17_000.0);
+        half_load(&sides, rounds, rate, &url);
         return;
     }
     let mut direct_light = vec![];
@@ -230,4 +244,53 @@ fn pass_through(sides: &mut [Side; 2], rounds: usize, url: &str) {
         rps.push(r);
     }
     println!("  B/A: {:.3}x req/s", rps[1] / rps[0]);
+}
+
+/// The half-load case: direct, A and B paced at `rate`, interleaved per round; what each
+/// build adds to direct's p50 and p99, as medians over the rounds.
+fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, url: &str) {
+    const SECS: f64 = 5.0;
+    let exe = env!("CARGO_BIN_EXE_callgate-paced");
+    println!(
+        "\nhalf load: {rate:.0} req/s paced, {SECS} s per run\n{:>5} {:>6} {:>10} {:>9} {:>9}",
+        "round", "side", "req/s", "p50 µs", "p99 µs"
+    );
+    let mut direct = vec![];
+    let mut added: [Vec<(f64, f64)>; 2] = [vec![], vec![]];
+    let row = |round: usize, name: &str, w: &Wrk| {
+        println!(
+            "{:>5} {:>6} {:>10.0} {:>9.0} {:>9.0}",
+            round + 1,
+            name,
+            w.rps,
+            w.p50,
+            w.p99
+        );
+    };
+    for round in 0..rounds {
+        let d = paced(exe, None, rate, SECS, url);
+        row(round, "direct", &d);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let s = &sides[i];
+            let w = paced(exe, Some(&s.cg), rate, SECS, url);
+            row(round, s.name, &w);
+            assert!(w.non_2xx == 0, "{} error answers at half load", w.non_2xx);
+            added[i].push((w.p50 - d.p50, w.p99 - d.p99));
+        }
+        direct.push((d.p50, d.p99));
+    }
+    println!(
+        "\nmedians over {rounds} rounds: direct p50 {:.0} µs, p99 {:.0} µs",
+        median(direct.iter().map(|d| d.0).collect()),
+        median(direct.iter().map(|d| d.1).collect())
+    );
+    for (s, a) in sides.iter().zip(&added) {
+        println!(
+            "  {} adds p50 {:.0} µs, p99 {:.0} µs",
+            s.name,
+            median(a.iter().map(|x| x.0).collect()),
+            median(a.iter().map(|x| x.1).collect())
+        );
+    }
 }
