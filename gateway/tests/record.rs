@@ -526,23 +526,7 @@ fn planted_pii_never_reaches_disk() {
     names.decision.policy_commit = Some("5105105105105100".into());
     rec.submit(names).expect("submit");
     rec.close();
-    let mut text = Vec::new();
-    for e in fs::read_dir(&dir).expect("dir").flatten() {
-        let s = segment::SegmentFile {
-            path: e.path(),
-            first_seq: 0,
-            compressed: e.path().extension().is_some_and(|x| x == "zst"),
-        };
-        if e.path().to_string_lossy().contains(".seg") {
-            s.open()
-                .expect("open")
-                .read_to_end(&mut text)
-                .expect("read");
-        } else {
-            text.extend(fs::read(e.path()).expect("read"));
-        }
-    }
-    let text = String::from_utf8_lossy(&text);
+    let text = disk_text(&dir);
     for pii in [
         "4111 1111 1111 1111",
         "victim@example.com",
