@@ -14,7 +14,7 @@ pub mod query;
 pub mod segment;
 pub mod ship;
 pub mod tree;
-mod valid;
+pub mod valid;
 pub mod witness;
 pub mod witness_client;
 pub mod witness_server;

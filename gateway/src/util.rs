@@ -1,4 +1,5 @@
-//! Small helpers every stage shares and none owns: files written atomically, JSON paths, signed
+//! Small helpers every stage shares and none owns: files written atomically, JSON paths and
+//! JSON structure 64 bytes at a time, signed
 //! notes, the guard on URLs the gateway itself calls out to, time, and locks that survive a
 //! panicked holder.
 
@@ -8,6 +9,7 @@
 pub type NameIndex<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
 pub mod fs;
+pub mod json_blocks;
 pub mod jsonpath;
 pub mod net;
 pub mod note;

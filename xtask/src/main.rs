@@ -47,7 +47,8 @@ enum Task {
     },
     /// Fuzz the parsers of untrusted input with cargo-fuzz (libFuzzer, nightly): the TLS and
     /// HTTP sniffer, call extraction, policy YAML, masking over chunkings, record segments,
-    /// MCP tools/list filtering, path canonicalisation. `cargo xtask test` runs each briefly;
+    /// MCP tools/list filtering, path canonicalisation, the record's JSON check. `cargo xtask
+    /// test` runs each briefly;
     /// this runs them longer.
     Fuzz {
         /// Only this target (default: every target in turn).
@@ -273,7 +274,7 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in `gateway/fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 8] = [
+const FUZZ_TARGETS: [&str; 9] = [
     "sniff",
     "extract",
     "policy_yaml",
@@ -282,6 +283,7 @@ const FUZZ_TARGETS: [&str; 8] = [
     "tools_list",
     "http1_requests",
     "canonical_path",
+    "json_valid",
 ];
 /// Seconds per fuzz target in `cargo xtask test`.
 const FUZZ_TEST_SECONDS: u64 = 20;

@@ -6,7 +6,6 @@
 //! bounded memory: a value split across two chunks is held back until it can be judged.
 //! JSON is masked structurally (field paths) and textually (detectors inside strings and
 //! numbers), keeping the document valid; other text textually; binary passes unchanged.
-mod blocks;
 pub mod detect;
 mod json;
 pub mod mcp;

@@ -1,169 +1,284 @@
 //! Is a text one JSON value? The record keeps an answer as its text, written into the record
 //! as it is, so the text must be exactly one JSON value (anything else could end the record's
 //! `response` and write fields of its own). `serde_json` answers this too, by parsing it, at
-//! about 19 instructions a byte: two thirds of a 16 KiB answer's cost on the data path. This
-//! checks the same grammar (RFC 8259) in one pass, strings in 16-byte blocks.
+//! about 19 instructions a byte: two thirds of a 16 KiB answer's cost on the data path.
+//!
+//! This checks the same grammar (RFC 8259) in two passes over each 64-byte block, as simdjson
+//! does: the block's bytes are classified with vector compares ([`Lexed`]), which finds the
+//! strings, checks every byte inside them at once (no control byte; an escape is one of
+//! `"\/bfnrtu`), and leaves one bit per token: a structural character, a string's opening
+//! quote, the first byte of a number or literal. Then only the tokens are walked through the
+//! grammar, and a number or literal is read where it starts. A string's bytes are never looked
+//! at one by one.
+
+use crate::util::json_blocks::{Escapes, Lexed, prefix_xor};
 
 /// Nesting deeper than this is refused: `serde_json` refuses 128 levels, and a record reader
 /// parses the answer a level or two inside the record.
 const MAX_DEPTH: usize = 100;
+const _: () = assert!(MAX_DEPTH <= 128, "the open containers are bits of a u128");
 
 /// `s` is one JSON value, with whitespace around it or not. Escapes are checked for their
-/// form, not for what they encode (`\ud800` passes, as it does `serde_json`'s raw values).
+/// form, not for what they encode (`\\ud800` passes, as it does `serde_json`'s raw values).
+/// UTF-8 is the caller's to check: any byte from 0x80 up may stand in a string.
 pub fn is_json(s: &[u8]) -> bool {
-    // Containers open around the current position: `true` for an object.
-    let mut stack = [false; MAX_DEPTH];
-    let mut depth = 0;
-    let mut i = ws(s, 0);
-    loop {
-        // A value at `i`.
-        let Some(&c) = s.get(i) else { return false };
-        i = match c {
-            b'{' | b'[' => {
-                if depth == MAX_DEPTH {
-                    return false;
-                }
-                let object = c == b'{';
-                stack[depth] = object;
-                depth += 1;
-                i = ws(s, i + 1);
-                if s.get(i) == Some(if object { &b'}' } else { &b']' }) {
-                    depth -= 1;
-                    i + 1
-                } else if object {
-                    match key(s, i) {
-                        Some(next) => {
-                            i = next;
-                            continue;
-                        }
-                        None => return false,
-                    }
-                } else {
-                    continue;
-                }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, as just checked.
+        return unsafe { is_json_avx2(s) };
+    }
+    validate(s, Lexed::of)
+}
+
+/// [`is_json`] with every block classified by AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn is_json_avx2(s: &[u8]) -> bool {
+    // SAFETY: the CPU has AVX2 (this function's contract).
+    validate(s, |b| unsafe { Lexed::of_avx2(b) })
+}
+
+/// [`is_json`], with `lex` classifying each block.
+#[inline(always)]
+fn validate(s: &[u8], lex: impl Fn(&[u8; 64]) -> Lexed) -> bool {
+    let mut walk = Walk::new();
+    let mut escapes = Escapes::default();
+    // The previous block ended inside a string / inside a number or literal.
+    let (mut in_string, mut in_scalar) = (false, false);
+    // Control bytes found inside strings.
+    let mut bad = 0;
+    let mut padded = [b' '; 64];
+    for (n, block) in s.chunks(64).enumerate() {
+        let at = 64 * n;
+        let bytes: &[u8; 64] = match block.try_into() {
+            Ok(full) => full,
+            Err(_) => {
+                // The last block, padded with whitespace (which changes nothing); its carries
+                // are not read again.
+                padded[..block.len()].copy_from_slice(block);
+                &padded
             }
-            b'"' => match string(s, i) {
-                Some(e) => e,
-                None => return false,
-            },
-            b't' if s[i..].starts_with(b"true") => i + 4,
-            b'f' if s[i..].starts_with(b"false") => i + 5,
-            b'n' if s[i..].starts_with(b"null") => i + 4,
-            b'-' | b'0'..=b'9' => match number(s, i) {
-                Some(e) => e,
-                None => return false,
-            },
-            _ => return false,
         };
-        // After a value: a comma and the next, or the end of containers.
-        loop {
-            i = ws(s, i);
-            if depth == 0 {
-                return i == s.len();
+        let lexed = lex(bytes);
+        let escaped = escapes.next(lexed.backslash, block.len());
+        let quote = lexed.quote & !escaped;
+        // Inside a string: its opening quote included, its closing quote not.
+        let inside = prefix_xor(quote) ^ if in_string { !0 } else { 0 };
+        in_string = inside >> 63 == 1;
+        bad |= lexed.control & inside;
+        let escapes_inside = escaped & inside;
+        if escapes_inside != 0 && !escapes_valid(s, at, escapes_inside) {
+            return false;
+        }
+        // Every other byte outside strings belongs to a number or literal, or is not JSON at
+        // all (a backslash, a control byte, a letter): either way it ends in a token whose
+        // reading refuses it.
+        let scalar = !(inside | quote | lexed.separator);
+        let starts = scalar & !((scalar << 1) | u64::from(in_scalar));
+        in_scalar = scalar >> 63 == 1;
+        let real = if block.len() == 64 {
+            !0
+        } else {
+            (1 << block.len()) - 1
+        };
+        let tokens = ((lexed.structural & !inside) | (quote & inside) | starts) & real;
+        if !walk.block(s, at, bytes, tokens) {
+            return false;
+        }
+    }
+    bad == 0 && !in_string && walk.done()
+}
+
+/// Each escaped byte inside a string (bits of the block at `at`) is one of `"\\/bfnrt`, or `u`
+/// and four hex digits.
+#[cold]
+fn escapes_valid(s: &[u8], at: usize, mut bits: u64) -> bool {
+    while bits != 0 {
+        let j = at + bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        match s.get(j) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+            Some(b'u') => match s.get(j + 1..j + 5) {
+                Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => {}
+                _ => return false,
+            },
+            // A backslash that ends the text: its string is not closed either.
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The grammar's states: what the next token may be. A value's container (none at the top, an
+/// object, an array) is part of the state, so the state after it needs no look at the stack.
+type State = u8;
+/// After a value: at the top nothing, in an object `,` or `}`, in an array `,` or `]`.
+const NEXT: State = 0;
+/// A value: the document's, a member's after `:`, an array's after `,`.
+const VALUE: State = 3;
+/// A value or `]`: just after `[`.
+const VALUE_OR_CLOSE: State = 6;
+/// A key or `}`: just after `{`.
+const KEY_OR_CLOSE: State = 7;
+/// A key: after `,` in an object.
+const KEY: State = 8;
+/// The colon after a key.
+const COLON: State = 9;
+/// States fit in four bits: the table has 16 rows, and a state indexes it without a check.
+const STATES: usize = 16;
+/// Containers, added to [`NEXT`] and [`VALUE`].
+const TOP: u8 = 0;
+const OBJECT: u8 = 1;
+const ARRAY: u8 = 2;
+
+/// Table entries from here on are actions, not states.
+const ACTIONS: u8 = 16;
+/// A number or literal starts, in container `a - SCALAR`.
+const SCALAR: u8 = 16;
+/// An object opens, in container `a - OPEN_OBJECT`.
+const OPEN_OBJECT: u8 = 19;
+/// An array opens, in container `a - OPEN_ARRAY`.
+const OPEN_ARRAY: u8 = 22;
+/// The innermost container closes (the table only has it for the right bracket).
+const CLOSE: u8 = 25;
+const REFUSED: u8 = 255;
+
+/// By state, then by the token's byte: the next state, or an action.
+static GRAMMAR: [[u8; 256]; STATES] = grammar();
+
+const fn grammar() -> [[u8; 256]; STATES] {
+    let mut t = [[REFUSED; 256]; STATES];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut k = 0;
+        while k < 3 {
+            let value = &mut t[(VALUE + k) as usize];
+            value[b] = match c {
+                // A string's bytes hold no token: the next one is past its closing quote.
+                b'"' => NEXT + k,
+                b'{' => OPEN_OBJECT + k,
+                b'[' => OPEN_ARRAY + k,
+                b'}' | b']' | b',' | b':' => REFUSED,
+                _ => SCALAR + k,
+            };
+            k += 1;
+        }
+        t[VALUE_OR_CLOSE as usize][b] = match c {
+            b']' => CLOSE,
+            _ => t[(VALUE + ARRAY) as usize][b],
+        };
+        b += 1;
+    }
+    t[KEY_OR_CLOSE as usize][b'"' as usize] = COLON;
+    t[KEY_OR_CLOSE as usize][b'}' as usize] = CLOSE;
+    t[KEY as usize][b'"' as usize] = COLON;
+    t[COLON as usize][b':' as usize] = VALUE + OBJECT;
+    t[(NEXT + OBJECT) as usize][b',' as usize] = KEY;
+    t[(NEXT + OBJECT) as usize][b'}' as usize] = CLOSE;
+    t[(NEXT + ARRAY) as usize][b',' as usize] = VALUE + ARRAY;
+    t[(NEXT + ARRAY) as usize][b']' as usize] = CLOSE;
+    t
+}
+
+/// The token walk: the grammar's state and the open containers.
+#[derive(Debug)]
+struct Walk {
+    state: State,
+    depth: usize,
+    /// For each open container, the state its closing returns to (after a value in the
+    /// container around it).
+    after: [State; MAX_DEPTH],
+}
+
+impl Walk {
+    fn new() -> Self {
+        Self {
+            state: VALUE + TOP,
+            depth: 0,
+            after: [NEXT + TOP; MAX_DEPTH],
+        }
+    }
+
+    /// Takes a block's tokens (bits of `bytes`, the block at `at` of `s`); false if the
+    /// grammar refuses one.
+    #[inline(always)]
+    fn block(&mut self, s: &[u8], at: usize, bytes: &[u8; 64], mut tokens: u64) -> bool {
+        let mut state = self.state;
+        while tokens != 0 {
+            let k = tokens.trailing_zeros() as usize;
+            tokens &= tokens - 1;
+            let next = GRAMMAR[usize::from(state) & (STATES - 1)][usize::from(bytes[k & 63])];
+            if next < ACTIONS {
+                state = next;
+                continue;
             }
-            let object = stack[depth - 1];
-            match s.get(i) {
-                Some(b',') => {
-                    i = ws(s, i + 1);
-                    if object {
-                        match key(s, i) {
-                            Some(next) => i = next,
-                            None => return false,
-                        }
+            state = match next {
+                SCALAR..OPEN_OBJECT => match scalar(s, at + k) {
+                    // The whole run of bytes up to the next token or whitespace, not just a
+                    // valid beginning of it.
+                    Some(end) if s.get(end).is_none_or(|&b| ends_scalar(b)) => {
+                        NEXT + (next - SCALAR)
                     }
-                    break;
+                    _ => return false,
+                },
+                OPEN_OBJECT..CLOSE => {
+                    if self.depth == MAX_DEPTH {
+                        return false;
+                    }
+                    let (around, opened) = if next < OPEN_ARRAY {
+                        (next - OPEN_OBJECT, KEY_OR_CLOSE)
+                    } else {
+                        (next - OPEN_ARRAY, VALUE_OR_CLOSE)
+                    };
+                    self.after[self.depth] = NEXT + around;
+                    self.depth += 1;
+                    opened
                 }
-                Some(b'}') if object => {
-                    depth -= 1;
-                    i += 1;
-                }
-                Some(b']') if !object => {
-                    depth -= 1;
-                    i += 1;
+                CLOSE => {
+                    self.depth -= 1;
+                    self.after[self.depth]
                 }
                 _ => return false,
-            }
+            };
         }
+        self.state = state;
+        true
+    }
+
+    /// One whole value has been read.
+    fn done(&self) -> bool {
+        self.state == NEXT + TOP
     }
 }
 
-/// Past the whitespace at `i`.
-fn ws(s: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = s.get(i) {
-        i += 1;
-    }
-    i
+/// Whether `b` ends a number or literal: whitespace, a structural character or a quote (what
+/// the next token, if any, then judges).
+fn ends_scalar(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b':' | b',' | b'"'
+    )
 }
 
-/// An object's key and its colon at `i`; where its value starts.
-fn key(s: &[u8], i: usize) -> Option<usize> {
-    if s.get(i) != Some(&b'"') {
-        return None;
-    }
-    let e = ws(s, string(s, i)?);
-    (s.get(e) == Some(&b':')).then(|| ws(s, e + 1))
-}
-
-/// A string opening at `i` (its quote); just past its closing quote.
+/// A number or literal at `i`; just past it.
 #[inline(always)]
-fn string(s: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        j = plain_run(s, j);
-        match *s.get(j)? {
-            b'"' => return Some(j + 1),
-            b'\\' => match *s.get(j + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j += 2,
-                b'u' => {
-                    let hex = s.get(j + 2..j + 6)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    j += 6;
-                }
-                _ => return None,
-            },
-            c if c < 0x20 => return None,
-            _ => j += 1,
-        }
+fn scalar(s: &[u8], i: usize) -> Option<usize> {
+    let literal = |word: &[u8]| s[i..].starts_with(word).then_some(i + word.len());
+    match s[i] {
+        b't' => literal(b"true"),
+        b'f' => literal(b"false"),
+        b'n' => literal(b"null"),
+        b'-' | b'0'..=b'9' => number(s, i),
+        _ => None,
     }
-}
-
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-
-/// Where the first byte at or after `j` that a string cannot simply contain is (a quote, a
-/// backslash, a control byte), or `s.len()`. Eight bytes at a time as one word: most strings
-/// of an answer are short, and a byte-at-a-time or 16-byte-block check paid more per string
-/// than the string had bytes (callgrind, the l7 bench's 16 KiB answer: 160 instructions a
-/// string, over half of the data path's work).
-#[inline]
-fn plain_run(s: &[u8], mut j: usize) -> usize {
-    while let Some(word) = s.get(j..j + 8) {
-        let w = u64::from_le_bytes(word.try_into().unwrap_or([b'"'; 8]));
-        // A byte is flagged where it is zero in `w ^ c` (the byte equals c) or below 0x20.
-        // Borrows can flag bytes above a true hit, never below one: the lowest flag is exact.
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let slash = w ^ (ONES * u64::from(b'\\'));
-        let found = (quote.wrapping_sub(ONES) & !quote)
-            | (slash.wrapping_sub(ONES) & !slash)
-            | (w.wrapping_sub(ONES * 0x20) & !w);
-        let found = found & HIGHS;
-        if found != 0 {
-            return j + (found.trailing_zeros() / 8) as usize;
-        }
-        j += 8;
-    }
-    while let Some(&c) = s.get(j) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
-            break;
-        }
-        j += 1;
-    }
-    j
 }
 
 /// A number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; just past it.
+#[inline(always)]
 fn number(s: &[u8], mut i: usize) -> Option<usize> {
     let digits = |mut i: usize| {
         let from = i;
@@ -196,6 +311,14 @@ fn number(s: &[u8], mut i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`is_json`], checked against the portable classification too (the machine's own may
+    /// be AVX2's).
+    fn judged(s: &[u8]) -> bool {
+        let portable = validate(s, Lexed::of);
+        assert_eq!(is_json(s), portable, "{:?}", String::from_utf8_lossy(s));
+        portable
+    }
 
     /// Agrees with `serde_json` on what is one JSON value.
     #[test]
@@ -247,12 +370,12 @@ mod tests {
         ];
         for c in cases {
             let theirs = serde_json::from_str::<serde::de::IgnoredAny>(c).is_ok();
-            assert_eq!(is_json(c.as_bytes()), theirs, "{c:?}");
+            assert_eq!(judged(c.as_bytes()), theirs, "{c:?}");
         }
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(is_json(deep(MAX_DEPTH).as_bytes()));
-        assert!(!is_json(deep(MAX_DEPTH + 1).as_bytes()));
-        assert!(!is_json(deep(100_000).as_bytes()));
+        assert!(judged(deep(MAX_DEPTH).as_bytes()));
+        assert!(!judged(deep(MAX_DEPTH + 1).as_bytes()));
+        assert!(!judged(deep(100_000).as_bytes()));
     }
 
     /// Strings with a quote, a backslash, a control byte or a multi-byte character at every
@@ -282,7 +405,7 @@ mod tests {
                         format!("{{\"{body}\":\"{body}\"}}"),
                     ] {
                         let theirs = serde_json::from_str::<serde::de::IgnoredAny>(&doc).is_ok();
-                        assert_eq!(is_json(doc.as_bytes()), theirs, "{doc:?}");
+                        assert_eq!(judged(doc.as_bytes()), theirs, "{doc:?}");
                     }
                 }
             }
@@ -295,7 +418,7 @@ mod tests {
                 d.push(b);
                 d.extend_from_slice(b"zzzzzzzzz\"");
                 let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok();
-                assert_eq!(is_json(&d), theirs, "{:?}", String::from_utf8_lossy(&d));
+                assert_eq!(judged(&d), theirs, "{:?}", String::from_utf8_lossy(&d));
             }
         }
     }
@@ -308,7 +431,7 @@ mod tests {
         for k in 0..=doc.len() {
             let p = &doc.as_bytes()[..k];
             let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok();
-            assert_eq!(is_json(p), theirs, "{:?}", String::from_utf8_lossy(p));
+            assert_eq!(judged(p), theirs, "{:?}", String::from_utf8_lossy(p));
         }
         for at in 0..doc.len() {
             for b in [
@@ -317,8 +440,107 @@ mod tests {
                 let mut d = doc.as_bytes().to_vec();
                 d[at] = b;
                 let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok();
-                assert_eq!(is_json(&d), theirs, "{:?}", String::from_utf8_lossy(&d));
+                assert_eq!(judged(&d), theirs, "{:?}", String::from_utf8_lossy(&d));
             }
+        }
+    }
+
+    /// Pieces of JSON and of things that are not, to be strung together at random.
+    const PIECES: [&str; 30] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        "\"",
+        "\"k\"",
+        "\"a\\\"b\"",
+        "\\",
+        "\\\\",
+        "\\u00e9",
+        "\\u12",
+        "1",
+        "-0.5e3",
+        "01",
+        "1.",
+        "true",
+        "nul",
+        "false",
+        " ",
+        "\n\t\r",
+        "\u{1}",
+        "\u{c}",
+        "\u{e9}",
+        "x",
+        "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789\"",
+        "                                                                ",
+        "[1,2]",
+        "{\"a\":[]}",
+    ];
+
+    /// Whether `serde_json` takes `d` as one value.
+    fn theirs(d: &[u8]) -> bool {
+        serde_json::from_slice::<serde::de::IgnoredAny>(d).is_ok()
+    }
+
+    /// A JSON value of some depth, with strings that need escapes.
+    fn value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-z\"\\\u{1}-\u{1f}é€😀 ]{0,80}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z\"]{0,12}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Pieces strung together at any offset from a block's start (the leading spaces):
+        /// judged as `serde_json` judges them, valid or not.
+        #[test]
+        fn pieces_at_any_block_offset(
+            pieces in proptest::collection::vec(0..PIECES.len(), 0..40),
+            lead in 0usize..70,
+        ) {
+            let d = " ".repeat(lead) + &pieces.iter().map(|&i| PIECES[i]).collect::<String>();
+            proptest::prop_assert_eq!(judged(d.as_bytes()), theirs(d.as_bytes()), "{:?}", d);
+        }
+
+        /// A real document, compact or pretty, and the same with one byte replaced, one
+        /// removed or the text cut short: judged as `serde_json` judges them.
+        #[test]
+        fn documents_and_their_mutations(
+            v in value(),
+            pretty: bool,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::sample::select(b"{}[]:,\"\\ \x01\x1fx0-.eu\n".to_vec()),
+            edit in 0u8..4,
+        ) {
+            let text = if pretty {
+                serde_json::to_vec_pretty(&v)
+            } else {
+                serde_json::to_vec(&v)
+            };
+            let mut d = text.unwrap_or_default();
+            proptest::prop_assert!(judged(&d), "{:?}", String::from_utf8_lossy(&d));
+            let k = at.index(d.len());
+            match edit {
+                0 => d[k] = byte,
+                1 => { d.remove(k); }
+                2 => d.truncate(k),
+                _ => d.insert(k, byte),
+            }
+            proptest::prop_assert_eq!(judged(&d), theirs(&d), "{:?}", String::from_utf8_lossy(&d));
         }
     }
 }

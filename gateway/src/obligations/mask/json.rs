@@ -12,11 +12,13 @@ use std::sync::Arc;
 
 use super::{
     AnswerSpans, Carry, MaskKey, MaskRules, MaskStats, Span, Style, TextMasker,
-    blocks::{Block, Classifier},
     detect::{self, Detector, Hit, Kind},
     unescape::Unescaper,
 };
-use crate::util::jsonpath::{JsonPath, Step};
+use crate::util::{
+    json_blocks::{Block, Classifier},
+    jsonpath::{JsonPath, Step},
+};
 
 /// Nesting beyond this is treated as not-JSON (and masked as text).
 const MAX_DEPTH: usize = 128;
