@@ -1,7 +1,6 @@
-//! Small helpers every stage shares and none owns: files written atomically, JSON paths and
-//! JSON structure 64 bytes at a time, signed
-//! notes, the guard on URLs the gateway itself calls out to, time, and locks that survive a
-//! panicked holder.
+//! Small helpers every stage shares and none owns: files written atomically, JSON paths, JSON
+//! structure 64 bytes at a time, signed notes, the guard on URLs the gateway itself calls out
+//! to, time, and locks that survive a panicked holder.
 
 /// The maps the data path looks names up in on every call. Keys come only from the policy
 /// files and a call only reads them, so a fast hash (foldhash, randomly seeded) is safe

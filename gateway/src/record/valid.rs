@@ -3,23 +3,22 @@
 //! `response` and write fields of its own). `serde_json` answers this too, by parsing it, at
 //! about 19 instructions a byte: two thirds of a 16 KiB answer's cost on the data path.
 //!
-//! This checks the same grammar (RFC 8259) in two passes over each 64-byte block, as simdjson
-//! does: the block's bytes are classified with vector compares ([`Lexed`]), which finds the
-//! strings, checks every byte inside them at once (no control byte; an escape is one of
-//! `"\/bfnrtu`), and leaves one bit per token: a structural character, a string's opening
-//! quote, the first byte of a number or literal. Then only the tokens are walked through the
-//! grammar, and a number or literal is read where it starts. A string's bytes are never looked
-//! at one by one.
+//! This checks the same grammar (RFC 8259) in two passes over each 64-byte block, as simdjson does:
+//! the block's bytes are classified with vector compares ([`Lexed`]), which finds the strings,
+//! checks every byte inside them for control bytes at once and each escape for its form (one of
+//! `"\/bfnrt`, or `u` and four hex digits), and leaves one bit per token: a structural character, a
+//! string's opening quote, the first byte of a number or literal. Then only the tokens are walked
+//! through the grammar, one table lookup each, and a number or literal is read where it starts. A
+//! string's bytes are never looked at one by one.
 
 use crate::util::json_blocks::{Escapes, Lexed, prefix_xor};
 
 /// Nesting deeper than this is refused: `serde_json` refuses 128 levels, and a record reader
 /// parses the answer a level or two inside the record.
 const MAX_DEPTH: usize = 100;
-const _: () = assert!(MAX_DEPTH <= 128, "the open containers are bits of a u128");
 
 /// `s` is one JSON value, with whitespace around it or not. Escapes are checked for their
-/// form, not for what they encode (`\\ud800` passes, as it does `serde_json`'s raw values).
+/// form, not for what they encode (`\ud800` passes, as it does `serde_json`'s raw values).
 /// UTF-8 is the caller's to check: any byte from 0x80 up may stand in a string.
 pub fn is_json(s: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
