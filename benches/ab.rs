@@ -23,11 +23,15 @@
 //! serves on these machines) straight to nginx, through A and through B in each round, and
 //! prints each one's p50 and p99 from when each call was due, and the medians of what each
 //! build adds over direct: the tails of two builds at the same load.
+//!
+//! `CALLGATE_AB_CASE=16k` runs the headline case with the l7 bench's 16 KiB answers (an array
+//! of small objects) and its load for them: what masking, checking and recording a larger
+//! answer costs each build.
 use std::{fs, path::PathBuf};
 
 use callgate_benches::{Wrk, items_service, nginx, paced, with_cpu, wrk};
 use callgate_e2e::{
-    Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, policy_repo, unique,
+    Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, json_of_size, policy_repo, unique,
 };
 
 const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -35,6 +39,8 @@ const FULL: &[&str] = &["-t2", "-c32", "-d6s"];
 const LIGHT: &[&str] = &["-t1", "-c1", "-d4s"];
 /// `CALLGATE_AB_CASE=close`: as the l7 bench's `new connection per request`.
 const CLOSE: &[&str] = &["-t2", "-c16", "-d6s", "-H", "Connection: close"];
+/// `CALLGATE_AB_CASE=16k`: as the l7 bench's `keep-alive 16 KiB`.
+const LARGE: &[&str] = &["-t2", "-c8", "-d6s"];
 
 /// One build under test: its gateway and the cgroup it governs.
 struct Side {
@@ -64,9 +70,16 @@ fn main() {
         .unwrap_or(5);
     let case = std::env::var("CALLGATE_AB_CASE").unwrap_or_default();
     let pass = case == "pass";
-    let full = if case == "close" { CLOSE } else { FULL };
+    let full = match case.as_str() {
+        "close" => CLOSE,
+        "16k" => LARGE,
+        _ => FULL,
+    };
     let dir = std::env::temp_dir().join(unique("callgate-bench-ab"));
     fs::create_dir_all(&dir).expect("dir");
+    let www = dir.join("www");
+    fs::create_dir_all(&www).expect("www");
+    fs::write(www.join("16k"), json_of_size(16 * 1024)).expect("answer file");
     let up_port = free_port();
     let _upstream = nginx(
         &dir,
@@ -74,7 +87,9 @@ fn main() {
         1,
         &format!(
             "server {{ listen 127.0.0.1:{up_port}; keepalive_requests 1000000; \
-             location = /v1/items/42 {{ default_type application/json; return 200 '{BODY}'; }} }}"
+             location = /v1/items/42 {{ default_type application/json; return 200 '{BODY}'; }} \
+             location /v1/items/ {{ default_type application/json; alias {}/; }} }}",
+            www.display()
         ),
         up_port,
     );
@@ -105,7 +120,8 @@ fn main() {
     for s in &sides {
         println!("{}: {}", s.name, s.bin.display());
     }
-    let url = format!("http://127.0.0.1:{up_port}/v1/items/42");
+    let path = if case == "16k" { "16k" } else { "42" };
+    let url = format!("http://127.0.0.1:{up_port}/v1/items/{path}");
     if pass {
         pass_through(&mut sides, rounds, &url);
         return;
@@ -119,8 +135,10 @@ fn main() {
         return;
     }
     let mut direct_light = vec![];
-    if case == "close" {
-        println!("\nfull load: a new connection per request (Connection: close)");
+    match case.as_str() {
+        "close" => println!("\nfull load: a new connection per request (Connection: close)"),
+        "16k" => println!("\n16 KiB answers: full load wrk -t2 -c8, light load one at a time"),
+        _ => {}
     }
     println!(
         "\n{:>5} {:>4} {:>12} {:>10} {:>10} {:>10}",
