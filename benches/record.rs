@@ -3,7 +3,9 @@
 //! concurrent callers sharing fsyncs.
 //!
 //! Goals (issue 5): ≥ 200k records/s buffered; strict-mode latency reported. Baseline in the
-//! same run: one `fdatasync` of a small append on the same filesystem.
+//! same run: one `fdatasync` of a small append on the same filesystem. And the check that an
+//! answer is one JSON value before the record keeps it as its text (`record/json check`),
+//! next to `serde_json`'s raw-value parse of the same answers, the l7 bench's 160 B and 16 KiB.
 use std::{
     hint::black_box,
     io::Write,
@@ -14,9 +16,10 @@ use std::{
 use callgate::{
     config::Durability,
     obligations::mask::MaskKey,
-    record::{Record, Recorder, RecorderConfig},
+    record::{Record, Recorder, RecorderConfig, valid::is_json},
 };
 use callgate_benches::{Samples, micros};
+use callgate_e2e::json_of_size;
 use criterion::Criterion;
 use serde_json::json;
 
@@ -136,6 +139,19 @@ fn main() {
         rec.close();
         let _ = std::fs::remove_dir_all(&d);
     });
+    let small = br#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
+    let large = json_of_size(16 * 1024);
+    for (size, answer) in [("160 B", &small[..]), ("16 KiB", large.as_bytes())] {
+        c.bench_function(&format!("record/json check/{size}"), |b| {
+            b.iter(|| assert!(is_json(black_box(answer))))
+        });
+        c.bench_function(&format!("record/serde_json raw value/{size}"), |b| {
+            b.iter(|| {
+                serde_json::from_slice::<Box<serde_json::value::RawValue>>(black_box(answer))
+                    .expect("json")
+            })
+        });
+    }
     c.final_summary();
     let rates: Vec<f64> = (0..3).map(|_| buffered(300_000)).collect();
     let best = rates.iter().cloned().fold(0.0, f64::max);
