@@ -1,8 +1,8 @@
-//! JSON structure 64 bytes at a time: which bytes are quotes that open or close strings, which
-//! are inside strings, and which are the structural characters `{}[]:,` outside them (the first
-//! stage of simdjson: SSE2 compares on x86_64, a byte loop elsewhere). The JSON masker then
-//! visits only the structural characters instead of every byte ([`Classifier`]), and the
-//! record's validator only the tokens ([`Lexed`]).
+//! JSON structure 64 bytes at a time: which bytes are quotes that open or close strings, which are
+//! inside strings, and which are the structural characters `{}[]:,` outside them (the first stage
+//! of simdjson: AVX2 or SSE2 compares on x86_64, a byte loop elsewhere). The JSON masker then
+//! visits only the structural characters instead of every byte ([`Classifier`]), and the record's
+//! validator only the tokens ([`Lexed`]).
 
 const EVEN_BITS: u64 = 0x5555_5555_5555_5555;
 
@@ -29,11 +29,11 @@ impl Classifier {
     /// nothing, and the carry is taken at its true end).
     pub fn next(&mut self, b: &[u8]) -> Block {
         let raw = match b.try_into() {
-            Ok(full) => Raw::of(full),
+            Ok(full) => Lexed::structure(full),
             Err(_) => {
                 let mut padded = [b' '; 64];
                 padded[..b.len()].copy_from_slice(b);
-                Raw::of(&padded)
+                Lexed::structure(&padded)
             }
         };
         let escaped = self.escapes.next(raw.backslash, b.len());
@@ -43,7 +43,7 @@ impl Classifier {
         self.in_string = in_string >> 63 == 1;
         Block {
             in_string,
-            structural: raw.structural & !in_string,
+            structural: raw.structural & !raw.comma & !in_string,
             comma: raw.comma & !in_string,
         }
     }
@@ -80,71 +80,15 @@ impl Escapes {
     }
 }
 
-/// Character classes before strings are known.
-#[derive(Default)]
-struct Raw {
-    quote: u64,
-    backslash: u64,
-    structural: u64,
-    comma: u64,
-}
-
-impl Raw {
-    #[cfg(target_arch = "x86_64")]
-    fn of(b: &[u8; 64]) -> Self {
-        // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has it.
-        unsafe { Self::of_sse2(b) }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse2")]
-    fn of_sse2(b: &[u8; 64]) -> Self {
-        use std::arch::x86_64::{
-            _mm_cmpeq_epi8 as eq, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128 as or,
-            _mm_set1_epi8 as splat,
-        };
-        let mut r = Self::default();
-        for (k, lane) in b.chunks_exact(16).enumerate() {
-            // SAFETY: `lane` is 16 readable bytes and `loadu` has no alignment requirement.
-            let v = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
-            // `{` 7B `}` 7D and `[` 5B `]` 5D differ only in bit 0x20.
-            let folded = or(v, splat(0x20));
-            let structural = or(
-                or(eq(folded, splat(b'{' as i8)), eq(folded, splat(b'}' as i8))),
-                eq(v, splat(b':' as i8)),
-            );
-            let shift = 16 * k;
-            let bits = |m| u64::from(_mm_movemask_epi8(m) as u16) << shift;
-            r.quote |= bits(eq(v, splat(b'"' as i8)));
-            r.backslash |= bits(eq(v, splat(b'\\' as i8)));
-            r.structural |= bits(structural);
-            r.comma |= bits(eq(v, splat(b',' as i8)));
-        }
-        r
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn of(b: &[u8; 64]) -> Self {
-        let mut r = Self::default();
-        for (i, &c) in b.iter().enumerate() {
-            let bit = 1u64 << i;
-            let bracket = matches!(c | 0x20, b'{' | b'}');
-            r.quote |= bit * u64::from(c == b'"');
-            r.backslash |= bit * u64::from(c == b'\\');
-            r.structural |= bit * u64::from(bracket | (c == b':'));
-            r.comma |= bit * u64::from(c == b',');
-        }
-        r
-    }
-}
-
-/// The classes a validator needs, before strings are known: bit `i` is byte `i`.
+/// Character classes before strings are known: bit `i` is byte `i`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Lexed {
     pub quote: u64,
     pub backslash: u64,
     /// `{` `}` `[` `]` `:` `,`.
     pub structural: u64,
+    /// `,` alone.
+    pub comma: u64,
     /// The structural characters and JSON's whitespace (space, tab, line feed, carriage
     /// return): what ends a number or literal.
     pub separator: u64,
@@ -156,12 +100,21 @@ impl Lexed {
     #[cfg(target_arch = "x86_64")]
     pub fn of(b: &[u8; 64]) -> Self {
         // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has it.
-        unsafe { Self::of_sse2(b) }
+        unsafe { Self::of_sse2::<true>(b) }
     }
 
+    /// Only the quotes, backslashes, structural characters and commas (what the masker's
+    /// [`Classifier`] reads), with fewer compares; `separator` and `control` are left empty.
+    #[cfg(target_arch = "x86_64")]
+    pub fn structure(b: &[u8; 64]) -> Self {
+        // SAFETY: as in `of`.
+        unsafe { Self::of_sse2::<false>(b) }
+    }
+
+    /// With `ALL`, every class; without, `separator` and `control` stay empty.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "sse2")]
-    fn of_sse2(b: &[u8; 64]) -> Self {
+    fn of_sse2<const ALL: bool>(b: &[u8; 64]) -> Self {
         use std::arch::x86_64::{
             _mm_cmpeq_epi8 as eq, _mm_loadu_si128, _mm_min_epu8 as min, _mm_movemask_epi8,
             _mm_or_si128 as or, _mm_set1_epi8 as splat,
@@ -172,23 +125,27 @@ impl Lexed {
             let v = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
             // `{` 7B `}` 7D and `[` 5B `]` 5D differ only in bit 0x20.
             let folded = or(v, splat(0x20));
+            let comma = eq(v, splat(b',' as i8));
             let structural = or(
                 or(eq(folded, splat(b'{' as i8)), eq(folded, splat(b'}' as i8))),
-                or(eq(v, splat(b':' as i8)), eq(v, splat(b',' as i8))),
+                or(eq(v, splat(b':' as i8)), comma),
             );
-            let whitespace = or(
-                or(eq(v, splat(b' ' as i8)), eq(v, splat(b'\n' as i8))),
-                or(eq(v, splat(b'\t' as i8)), eq(v, splat(b'\r' as i8))),
-            );
-            // Unsigned `v <= 0x1f`: the minimum of the two is `v` itself.
-            let control = eq(min(v, splat(0x1f)), v);
             let shift = 16 * k;
             let bits = |m| u64::from(_mm_movemask_epi8(m) as u16) << shift;
             r.quote |= bits(eq(v, splat(b'"' as i8)));
             r.backslash |= bits(eq(v, splat(b'\\' as i8)));
             r.structural |= bits(structural);
-            r.separator |= bits(or(structural, whitespace));
-            r.control |= bits(control);
+            r.comma |= bits(comma);
+            if ALL {
+                let whitespace = or(
+                    or(eq(v, splat(b' ' as i8)), eq(v, splat(b'\n' as i8))),
+                    or(eq(v, splat(b'\t' as i8)), eq(v, splat(b'\r' as i8))),
+                );
+                // Unsigned `v <= 0x1f`: the minimum of the two is `v` itself.
+                let control = eq(min(v, splat(0x1f)), v);
+                r.separator |= bits(or(structural, whitespace));
+                r.control |= bits(control);
+            }
         }
         r
     }
@@ -232,11 +189,13 @@ impl Lexed {
             // `[` 5B `]` 5D become `{` 7B `}` 7D; `:` 3A and `,` 2C have 0x20 already, and so
             // would the control bytes 1A and 0C, which are not structural.
             let structural = andnot(control, eq(or(v, splat(0x20)), lookup(structural_table, v)));
+            let comma = eq(v, splat(b',' as i8));
             let shift = 32 * k;
             let bits = |m| u64::from(_mm256_movemask_epi8(m) as u32) << shift;
             r.quote |= bits(eq(v, splat(b'"' as i8)));
             r.backslash |= bits(eq(v, splat(b'\\' as i8)));
             r.structural |= bits(structural);
+            r.comma |= bits(comma);
             r.separator |= bits(or(structural, whitespace));
             r.control |= bits(control);
         }
@@ -245,6 +204,11 @@ impl Lexed {
 
     #[cfg(not(target_arch = "x86_64"))]
     pub fn of(b: &[u8; 64]) -> Self {
+        Self::of_bytes(b)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn structure(b: &[u8; 64]) -> Self {
         Self::of_bytes(b)
     }
 
@@ -259,6 +223,7 @@ impl Lexed {
             let structural = matches!(c, b'{' | b'}' | b'[' | b']' | b':' | b',');
             let whitespace = matches!(c, b' ' | b'\t' | b'\n' | b'\r');
             r.structural |= bit * u64::from(structural);
+            r.comma |= bit * u64::from(c == b',');
             r.separator |= bit * u64::from(structural | whitespace);
             r.control |= bit * u64::from(c < 0x20);
         }
@@ -369,7 +334,17 @@ mod tests {
     /// each way of classifying finds the same classes as a byte at a time.
     #[test]
     fn every_lexer_classifies_every_byte_alike() {
-        let fields = |l: Lexed| (l.quote, l.backslash, l.structural, l.separator, l.control);
+        let fields = |l: Lexed| {
+            let Lexed {
+                quote,
+                backslash,
+                structural,
+                comma,
+                separator,
+                control,
+            } = l;
+            (quote, backslash, structural, comma, separator, control)
+        };
         for filler in [b'a', b' ', b'"', b'{', 0x01, 0xff] {
             for b in 0..=255u8 {
                 for at in 0..64 {
@@ -377,6 +352,13 @@ mod tests {
                     block[at] = b;
                     let want = fields(Lexed::of_bytes(&block));
                     assert_eq!(fields(Lexed::of(&block)), want, "{b:#x} at {at}");
+                    let s = Lexed::structure(&block);
+                    let (quote, backslash, structural, comma, ..) = want;
+                    assert_eq!(
+                        (s.quote, s.backslash, s.structural, s.comma),
+                        (quote, backslash, structural, comma),
+                        "{b:#x} at {at}"
+                    );
                     #[cfg(target_arch = "x86_64")]
                     if std::arch::is_x86_feature_detected!("avx2") {
                         // SAFETY: the CPU has AVX2, as just checked.
