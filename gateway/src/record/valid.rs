@@ -11,7 +11,7 @@
 //! through the grammar, and a number or literal is read where it starts. A string's bytes are never
 //! looked at one by one.
 
-use crate::util::json_blocks::{Escapes, Lexed, prefix_xor};
+use crate::util::json_blocks::{Lexed, StringBits, Strings};
 
 /// Nesting deeper than this is refused: `serde_json` refuses 128 levels, and a record reader
 /// parses the answer a level or two inside the record.
@@ -44,9 +44,9 @@ unsafe fn is_json_avx2(s: &[u8]) -> bool {
 #[inline(always)]
 fn validate(s: &[u8], lex: impl Fn(&[u8; 64]) -> Lexed) -> bool {
     let mut walk = Walk::new();
-    let mut escapes = Escapes::default();
-    // The previous block ended inside a string / inside a number or literal.
-    let (mut in_string, mut in_scalar) = (false, false);
+    let mut strings = Strings::default();
+    // The previous block ended inside a number or literal.
+    let mut in_scalar = false;
     // Control bytes found inside strings.
     let mut bad = 0;
     let mut padded = [b' '; 64];
@@ -62,11 +62,11 @@ fn validate(s: &[u8], lex: impl Fn(&[u8; 64]) -> Lexed) -> bool {
             }
         };
         let lexed = lex(bytes);
-        let escaped = escapes.next(lexed.backslash, block.len());
-        let quote = lexed.quote & !escaped;
-        // Inside a string: its opening quote included, its closing quote not.
-        let inside = prefix_xor(quote) ^ if in_string { !0 } else { 0 };
-        in_string = inside >> 63 == 1;
+        let StringBits {
+            escaped,
+            quote,
+            inside,
+        } = strings.next(&lexed, block.len());
         bad |= lexed.control & inside;
         let escapes_inside = escaped & inside;
         if escapes_inside != 0 && !escapes_valid(s, at, escapes_inside) {
@@ -88,7 +88,7 @@ fn validate(s: &[u8], lex: impl Fn(&[u8; 64]) -> Lexed) -> bool {
             return false;
         }
     }
-    bad == 0 && !in_string && walk.done()
+    bad == 0 && !strings.open() && walk.done()
 }
 
 /// Each escaped byte inside a string (bits of the block at `at`) is one of `"\\/bfnrt`, or `u`

@@ -20,8 +20,7 @@ pub struct Block {
 /// What carries from one block to the next.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Classifier {
-    in_string: bool,
-    escapes: Escapes,
+    strings: Strings,
 }
 
 impl Classifier {
@@ -36,11 +35,7 @@ impl Classifier {
                 Lexed::structure(&padded)
             }
         };
-        let escaped = self.escapes.next(raw.backslash, b.len());
-        let quote = raw.quote & !escaped;
-        let carry = if self.in_string { !0 } else { 0 };
-        let in_string = prefix_xor(quote) ^ carry;
-        self.in_string = in_string >> 63 == 1;
+        let in_string = self.strings.next(&raw, b.len()).inside;
         Block {
             in_string,
             structural: raw.structural & !raw.comma & !in_string,
@@ -49,9 +44,49 @@ impl Classifier {
     }
 }
 
+/// Where the strings are, carried from block to block: the one place both the masker's
+/// [`Classifier`] and the record's JSON check follow quotes and escapes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Strings {
+    in_string: bool,
+    escapes: Escapes,
+}
+
+/// One block's strings; bit `i` is byte `i`.
+#[derive(Debug, Clone, Copy)]
+pub struct StringBits {
+    /// Bytes right after a backslash that escapes them.
+    pub escaped: u64,
+    /// Quotes that open or close a string (not escaped).
+    pub quote: u64,
+    /// Bytes inside a string, opening quote included, closing quote excluded.
+    pub inside: u64,
+}
+
+impl Strings {
+    /// The strings of a block classified as `lexed`, `len` bytes of it real (the rest padding
+    /// that changes nothing); the carry is taken at its true end.
+    pub fn next(&mut self, lexed: &Lexed, len: usize) -> StringBits {
+        let escaped = self.escapes.next(lexed.backslash, len);
+        let quote = lexed.quote & !escaped;
+        let inside = prefix_xor(quote) ^ if self.in_string { !0 } else { 0 };
+        self.in_string = inside >> 63 == 1;
+        StringBits {
+            escaped,
+            quote,
+            inside,
+        }
+    }
+
+    /// The last block ended inside a string.
+    pub fn open(&self) -> bool {
+        self.in_string
+    }
+}
+
 /// Which bytes a backslash escapes, carried from block to block.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Escapes {
+struct Escapes {
     /// The next block's first byte is escaped by a backslash run ending this block.
     escaped: bool,
 }
@@ -60,7 +95,7 @@ impl Escapes {
     /// Bytes escaped by a preceding backslash (simdjson's odd-length-run trick), given a
     /// block's backslashes; updates the carry into the next block, read at byte `len` for a
     /// short block.
-    pub fn next(&mut self, backslash: u64, len: usize) -> u64 {
+    fn next(&mut self, backslash: u64, len: usize) -> u64 {
         let carried = u64::from(self.escaped);
         if backslash == 0 {
             self.escaped = false;
@@ -233,7 +268,7 @@ impl Lexed {
 
 /// Bit `i` of the result is the XOR of bits `0..=i`: 1 from an opening quote up to (not
 /// including) its closing one.
-pub fn prefix_xor(mut x: u64) -> u64 {
+fn prefix_xor(mut x: u64) -> u64 {
     x ^= x << 1;
     x ^= x << 2;
     x ^= x << 4;
