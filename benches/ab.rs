@@ -29,12 +29,11 @@
 //! answer costs each build.
 use std::{fs, path::PathBuf};
 
-use callgate_benches::{Wrk, items_service, nginx, paced, with_cpu, wrk};
+use callgate_benches::{BODY, Wrk, items_service, nginx, paced, with_cpu, wrk};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, json_of_size, policy_repo, unique,
 };
 
-const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d6s"];
 const LIGHT: &[&str] = &["-t1", "-c1", "-d4s"];
 /// `CALLGATE_AB_CASE=close`: as the l7 bench's `new connection per request`.

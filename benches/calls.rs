@@ -13,11 +13,10 @@
 use std::fs;
 
 use callgate_benches::{
-    RunId, ThreadDelta, Threads, items_service, nginx, syscalls_during, with_cpu, wrk,
+    BODY, RunId, ThreadDelta, Threads, items_service, nginx, syscalls_during, with_cpu, wrk,
 };
 use callgate_e2e::{Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, unique};
 
-const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const LIGHT: &[&str] = &["-t1", "-c1", "-d4s"];
 const WARM: &[&str] = &["-t1", "-c1", "-d1s"];
 const TRACED: &[&str] = &["-t1", "-c1", "-d3s"];

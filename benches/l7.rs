@@ -25,15 +25,14 @@ use std::fs;
 
 use callgate::telemetry::metrics::STAGE_TIMINGS_ENV;
 use callgate_benches::{
-    CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service, median_of, nginx,
-    paced, with_cpu, wrk,
+    BODY, CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service, median_of,
+    nginx, paced, with_cpu, wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
     json_of_size, policy_repo, test_pki, unique,
 };
 
-const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
 const LIGHT: &[&str] = &["-t1", "-c1", "-d5s"];
 const LARGE: &[&str] = &["-t2", "-c8", "-d6s"];

@@ -22,6 +22,10 @@ impl Samples {
     }
 }
 
+/// The benches' small answer (~160 B of JSON), served by the upstream nginx at
+/// `/v1/items/42`.
+pub const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
+
 /// The benches' service: one REST read of the upstream at `up_port`, allowed, its answer
 /// masked (card numbers, e-mail addresses).
 pub fn items_service(up_port: u16) -> String {

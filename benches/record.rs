@@ -18,7 +18,7 @@ use callgate::{
     obligations::mask::MaskKey,
     record::{Record, Recorder, RecorderConfig, valid::is_json},
 };
-use callgate_benches::{Samples, micros};
+use callgate_benches::{BODY, Samples, micros};
 use callgate_e2e::json_of_size;
 use criterion::Criterion;
 use serde_json::json;
@@ -139,9 +139,8 @@ fn main() {
         rec.close();
         let _ = std::fs::remove_dir_all(&d);
     });
-    let small = br#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
     let large = json_of_size(16 * 1024);
-    for (size, answer) in [("160 B", &small[..]), ("16 KiB", large.as_bytes())] {
+    for (size, answer) in [("160 B", BODY.as_bytes()), ("16 KiB", large.as_bytes())] {
         c.bench_function(&format!("record/json check/{size}"), |b| {
             b.iter(|| assert!(is_json(black_box(answer))))
         });
