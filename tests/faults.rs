@@ -2,7 +2,7 @@
 //! unmodified client in an enabled cgroup: an upstream that is down (502), a call log whose
 //! disk is full (503, and the call never reaches the upstream), and a compressed answer on a
 //! service whose answers are masked (refused, the value never reaches the client).
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{fs, process::Command, time::Duration};
 
 use callgate_e2e::*;
 use serde_json::Value;
@@ -115,30 +115,6 @@ rules:
     }
 }
 
-/// A tmpfs mounted for one test, unmounted and removed on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(size: &str) -> Self {
-        let mnt = std::env::temp_dir().join(unique("callgate-faults-full"));
-        fs::create_dir_all(&mnt).expect("mount point");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "callgate-e2e"])
-            .arg(&mnt)
-            .status()
-            .expect("mount");
-        assert!(ok.success(), "mount tmpfs on {}", mnt.display());
-        Self(mnt)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Calls `/v1/payments/p_1` on 127.0.0.1:PORT over one kept-alive connection until one is not
 /// answered 200 (at most 400); prints how many were, and the last status and body.
 const KEPT: &str = r#"
@@ -168,7 +144,7 @@ fn a_full_call_log_refuses_http_calls_with_503_before_the_upstream() {
         REPO,
         &[("payments", &rest("payments", up.port, true))],
     );
-    let mnt = Mount::tmpfs("64k");
+    let mnt = Tmpfs::mount("64k");
     let ballast = mnt.0.join("ballast");
     fs::write(&ballast, vec![0u8; 48 * 1024]).expect("ballast");
     let records = mnt.0.join("records");

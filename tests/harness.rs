@@ -239,6 +239,30 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A tmpfs mounted for one test (a disk that fills up), unmounted and removed on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Self {
+        let mnt = std::env::temp_dir().join(unique("callgate-tmpfs"));
+        fs::create_dir_all(&mnt).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "callgate-e2e"])
+            .arg(&mnt)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs on {}", mnt.display());
+        Self(mnt)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 // === the gateway ===
 
 /// A `callgate run` of its own: own port, state dir, control socket and bpffs directory.
@@ -762,9 +786,14 @@ pub fn policy_repo(dir: &Path, repo: &str, services: &[(&str, &str)]) -> PathBuf
 
 /// Every record a gateway wrote so far (`callgate records export`).
 pub fn records(gw: &Gateway) -> Vec<Value> {
+    records_in(&gw.dir.join("state/records"))
+}
+
+/// Every record in the records directory `dir` (`callgate records export`).
+pub fn records_in(dir: &Path) -> Vec<Value> {
     let out = Command::new(callgate_bin())
         .args(["records", "export", "--format", "jsonl", "--dir"])
-        .arg(gw.dir.join("state/records"))
+        .arg(dir)
         .output()
         .expect("records list");
     assert!(
