@@ -40,9 +40,32 @@ pub mod maps {
     pub const NETNS_EVENTS: &str = "CALLGATE_NETNS_EVENTS";
     /// Every pinned map the object defines; all are pinned by name so that a restarted gateway
     /// (and the programs still attached from the previous run) share one set.
-    pub const ALL: [&str; 7] = [
-        CONFIG, RULES, BY_COOKIE, BY_ADDR, COUNTERS, RESOLVERS, NETNS,
+    pub const ALL: [&str; 11] = [
+        CONFIG,
+        RULES,
+        BY_COOKIE,
+        BY_ADDR,
+        COUNTERS,
+        RESOLVERS,
+        NETNS,
+        DIRECT_PENDING,
+        DIRECT_OPEN,
+        DIRECT_EVENTS,
+        DIRECT_STATE,
     ];
+    /// Hash: socket cookie → [`super::DirectConn`], a direct pass-through between
+    /// `connect4/6` and the SYN (`sock_ops` moves it to [`DIRECT_OPEN`]). Not LRU: an entry
+    /// evicted in that window would let a connection go unreported. A connect that fails
+    /// before its SYN leaves its entry, which the gateway removes after a few seconds.
+    pub const DIRECT_PENDING: &str = "CALLGATE_DIRECT_PENDING";
+    /// Hash: socket cookie → [`super::DirectConn`], the direct pass-throughs open now.
+    pub const DIRECT_OPEN: &str = "CALLGATE_DIRECT_OPEN";
+    /// Ring buffer: each direct pass-through's opening and end ([`super::DirectEvent`]).
+    /// Pinned, so what a gateway did not read before it stopped is read by the next.
+    pub const DIRECT_EVENTS: &str = "CALLGATE_DIRECT_EVENTS";
+    /// Array of u64, indexed by [`super::direct`]: the counts that bound the open direct
+    /// pass-throughs, and until when the gateway vouches to record them.
+    pub const DIRECT_STATE: &str = "CALLGATE_DIRECT_STATE";
     /// Sock hash (not pinned) with the splice verdict attached: the pass-through sockets
     /// spliced in the kernel, keyed by socket cookie.
     pub const SPLICE: &str = "CALLGATE_SPLICE";
@@ -96,6 +119,86 @@ pub const FLAG_CONFIGURED: u32 = 1 << 0;
 pub const FLAG_UDP_ALLOW: u32 = 1 << 1;
 /// `Config::flags`: intercept TCP that matches no rule (default on; off = allow-list mode).
 pub const FLAG_DEFAULT_INTERCEPT: u32 = 1 << 2;
+/// `Config::flags`: let intercepted TCP go straight to its destination and report its
+/// opening, end and byte counts for the record (a gateway without a policy, which decides
+/// nothing from a connection's bytes), while the gateway vouches that it records them.
+pub const FLAG_DIRECT: u32 = 1 << 3;
+
+/// Direct pass-through: what bounds it, so that every opening and end the kernel will report
+/// has room in the ring buffer, also while the gateway does not read it.
+pub mod direct {
+    /// Index into [`crate::maps::DIRECT_STATE`]: direct pass-throughs opened (kernel, atomic).
+    pub const OPENED: u32 = 0;
+    /// Index: direct pass-throughs whose end was reported (kernel, atomic).
+    pub const CLOSED: u32 = 1;
+    /// Index: open entries the gateway took out because their end can no longer be seen
+    /// (their cgroup was disabled); written by the gateway alone.
+    pub const SWEPT: u32 = 2;
+    /// Index: `CLOCK_MONOTONIC` ns until which the gateway vouches that it records what the
+    /// kernel reports; after it (a gateway stopped, hung, or unable to record), connections
+    /// are redirected to the gateway again, which refuses what it cannot record.
+    pub const VOUCHED_UNTIL: u32 = 3;
+    /// Slots in the state array (more than are named, so a new one keeps the pinned size).
+    pub const STATE_SLOTS: u32 = 8;
+    /// At most this many direct pass-throughs are open at once; more go through the gateway.
+    pub const OPEN_MAX: u64 = 4096;
+    /// Capacity of the open map: the bound plus room for connects admitted at the same time.
+    pub const OPEN_ENTRIES: u32 = OPEN_MAX as u32 + 1024;
+    /// Size of the events ring.
+    pub const EVENTS_BYTES: u32 = 2 << 20;
+    /// Room one event takes in the ring: the event and the ring's 8-byte header.
+    pub const EVENT_ROOM: u64 = 136;
+    /// A connection is admitted only while the ring holds less than this: the rest is room
+    /// for the two events of every connection that can be open.
+    pub const ADMIT_BELOW_BYTES: u64 =
+        (EVENTS_BYTES as u64) - 2 * EVENT_ROOM * (OPEN_ENTRIES as u64);
+    const _: () = assert!(size_of::<crate::DirectEvent>() as u64 + 8 <= EVENT_ROOM);
+    const _: () = assert!(ADMIT_BELOW_BYTES >= EVENTS_BYTES as u64 / 4);
+    /// [`crate::DirectEvent::kind`]: the SYN left.
+    pub const OPENED_EVENT: u32 = 1;
+    /// [`crate::DirectEvent::kind`]: the socket closed.
+    pub const CLOSED_EVENT: u32 = 2;
+    /// [`crate::DirectEvent::kind`], made by the gateway, never the kernel: its cgroup was
+    /// disabled while it was open, so its end will not be reported.
+    pub const SWEPT_EVENT: u32 = 3;
+    /// `DirectEvent::old_state` of a connection that never got an answer to its SYN.
+    pub const TCP_SYN_SENT: u32 = 2;
+    /// [`crate::DirectConn::fins`]: the socket sent its FIN (it went to FIN_WAIT1 or LAST_ACK).
+    pub const FIN_SENT: u32 = 1;
+    /// [`crate::DirectConn::fins`]: the socket received the peer's FIN (CLOSE_WAIT, CLOSING).
+    pub const FIN_RECEIVED: u32 = 2;
+}
+
+/// A direct pass-through: where it went, who made it, and when (`CLOCK_MONOTONIC` ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectConn {
+    pub redirect: Redirect,
+    pub started_ns: u64,
+    /// [`direct::FIN_SENT`], [`direct::FIN_RECEIVED`]: which FINs its state changes showed,
+    /// to take them out of the kernel's byte counts (which count a FIN as a byte).
+    pub fins: u32,
+    pub _pad: u32,
+}
+
+/// Reported on [`maps::DIRECT_EVENTS`] when a direct pass-through's SYN leaves and when its
+/// socket closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectEvent {
+    pub cookie: u64,
+    /// When it happened (`CLOCK_MONOTONIC` ns).
+    pub at_ns: u64,
+    /// At close: payload bytes the destination acknowledged (sent up) and payload bytes
+    /// received from it (the kernel's counts without the SYN and the FINs).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// [`direct::OPENED_EVENT`] or [`direct::CLOSED_EVENT`].
+    pub kind: u32,
+    /// At close: the TCP state the socket left for `TCP_CLOSE`.
+    pub old_state: u32,
+    pub conn: DirectConn,
+}
 
 /// Index 0 of the config array: where the gateway listens and who it is.
 #[repr(C)]
@@ -224,11 +327,16 @@ pub mod counter {
     /// A SYN to the listener held back (dropped; TCP sends it again) because the listeners
     /// of its namespace were not open yet.
     pub const SYN_HELD: u32 = 15;
+    /// A connection let go straight to its destination, its end reported for the record.
+    pub const DIRECT: u32 = 16;
+    /// A direct pass-through whose opening or end could not be reported (should not happen:
+    /// admission keeps room for both); its record is missing.
+    pub const DIRECT_UNREPORTED: u32 = 17;
     /// Slots in the counters map: more than are named, so that a new counter does not change
     /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
     pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; 16] = [
+    pub const NAMES: [&str; 18] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -245,6 +353,8 @@ pub mod counter {
         "routed_refused",
         "netns_pending",
         "syn_held",
+        "direct",
+        "direct_unreported",
     ];
 }
 
@@ -269,4 +379,6 @@ mod pod {
     unsafe impl aya::Pod for super::Redirect {}
     unsafe impl aya::Pod for super::NetnsEvent {}
     unsafe impl aya::Pod for super::SplicePeer {}
+    unsafe impl aya::Pod for super::DirectConn {}
+    unsafe impl aya::Pod for super::DirectEvent {}
 }

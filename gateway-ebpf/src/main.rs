@@ -28,20 +28,35 @@
 //!   hash, without programs, which both sockets join first), inside the kernel, and counts
 //!   the bytes.
 //!
+//! - direct pass-through (a gateway without a policy, which decides nothing from bytes):
+//!   `connect4/6` let an intercepted connection go straight to its destination while the
+//!   gateway vouches that it records, and `sock_ops` reports its opening and its end, with the
+//!   bytes each way, on a ring buffer for the gateway's connection record. Admission keeps
+//!   room in the ring for both reports of every open one; without room, or without the
+//!   gateway's word, the connection is redirected to the gateway as above.
+//!
 //! Every entry point is a thin wrapper; the logic returns plain verdicts. A program that cannot
 //! record where a connection was going refuses it: nothing reaches the network ungoverned.
 #![no_std]
 #![no_main]
+// The BPF target has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_TIMEOUT_INIT, BPF_TCP_CLOSE, bpf_sock_addr,
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT,
+        BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_SYN_SENT,
+        bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_ns,
+        },
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops, stream_verdict},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
@@ -49,10 +64,10 @@ use aya_ebpf::{
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
-    COMM_LEN, Config, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT, FLAG_UDP_ALLOW, MAX_NETNS,
-    MAX_RESOLVERS, MAX_RULES, NETNS_EVENTS_BYTES, NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT,
-    Redirect, Rule, SPLICE_ENTRIES, SockKey, SplicePeer, Workload, counter, is_v4_mapped,
-    v4_mapped,
+    COMM_LEN, Config, DirectConn, DirectEvent, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT,
+    FLAG_DIRECT, FLAG_UDP_ALLOW, MAX_NETNS, MAX_RESOLVERS, MAX_RULES, NETNS_EVENTS_BYTES,
+    NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SPLICE_ENTRIES, SockKey,
+    SplicePeer, Workload, counter, direct, is_v4_mapped, v4_mapped,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -87,6 +102,14 @@ static CALLGATE_RESOLVERS: HashMap<[u32; 4], u32> = HashMap::pinned(MAX_RESOLVER
 static CALLGATE_NETNS: HashMap<u64, u32> = HashMap::pinned(MAX_NETNS, 0);
 #[map]
 static CALLGATE_NETNS_EVENTS: RingBuf = RingBuf::with_byte_size(NETNS_EVENTS_BYTES, 0);
+#[map]
+static CALLGATE_DIRECT_PENDING: HashMap<u64, DirectConn> = HashMap::pinned(direct::OPEN_ENTRIES, 0);
+#[map]
+static CALLGATE_DIRECT_OPEN: HashMap<u64, DirectConn> = HashMap::pinned(direct::OPEN_ENTRIES, 0);
+#[map]
+static CALLGATE_DIRECT_EVENTS: RingBuf = RingBuf::pinned(direct::EVENTS_BYTES, 0);
+#[map]
+static CALLGATE_DIRECT_STATE: Array<u64> = Array::pinned(direct::STATE_SLOTS, 0);
 #[map]
 static CALLGATE_SPLICE: SockHash<u64> = SockHash::with_max_entries(SPLICE_ENTRIES, 0);
 #[map]
@@ -211,11 +234,26 @@ fn redirect_tcp(
         family: if v6 { AF_INET6 } else { AF_INET },
         workload: workload(netns),
     };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if cfg.flags & FLAG_DIRECT != 0 && admit_direct() {
+        let conn = DirectConn {
+            redirect,
+            started_ns: unsafe { bpf_ktime_get_ns() },
+            fins: 0,
+            _pad: 0,
+        };
+        // Without an entry it cannot be reported: redirected instead (also when the pending
+        // map is full of connects that failed before their SYN, until the gateway clears them).
+        if CALLGATE_DIRECT_PENDING.insert(cookie, conn, 0).is_ok() {
+            count(counter::DIRECT);
+            return ALLOW;
+        }
+        count(counter::MAP_ERRORS);
+    }
     // Redirected all the same: the SYN waits in `egress` until the listeners are open.
     if !netns_ready(netns) {
         report_netns(netns, redirect.workload.pid, redirect.workload.tgid);
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if CALLGATE_BY_COOKIE.insert(cookie, redirect, 0).is_err() {
         count(counter::MAP_ERRORS);
         return REFUSE;
@@ -721,8 +759,15 @@ fn peername(ctx: &SockAddrContext, v6: bool) {
 pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TIMEOUT_INIT => return held_syn_timeout(&ctx),
-        BPF_SOCK_OPS_TCP_CONNECT_CB => key_by_local_address(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => forget(&ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            key_by_local_address(&ctx);
+            direct_opened(&ctx);
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            forget(&ctx);
+            direct_closed(&ctx);
+        }
+        BPF_SOCK_OPS_STATE_CB => direct_state(&ctx, ctx.arg(1)),
         _ => {}
     }
     0
@@ -777,6 +822,137 @@ fn forget(ctx: &SockOpsContext) {
         let netns = unsafe { (*redirect).workload.netns };
         let _ = CALLGATE_BY_COOKIE.remove(cookie);
         let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
+    }
+}
+
+// === direct pass-through ===
+
+/// Whether a connection may go straight to its destination: the gateway vouches that it
+/// records, fewer than [`direct::OPEN_MAX`] are open, and the ring has room for the reports
+/// of every one that can be open.
+#[inline(always)]
+fn admit_direct() -> bool {
+    let state = |i| CALLGATE_DIRECT_STATE.get(i).copied().unwrap_or(0);
+    if unsafe { bpf_ktime_get_ns() } >= state(direct::VOUCHED_UNTIL) {
+        return false;
+    }
+    let open = state(direct::OPENED)
+        .wrapping_sub(state(direct::CLOSED))
+        .wrapping_sub(state(direct::SWEPT));
+    open < direct::OPEN_MAX
+        && CALLGATE_DIRECT_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) < direct::ADMIT_BELOW_BYTES
+}
+
+/// The SYN of a direct pass-through is about to leave: it is open, its end will be seen.
+#[inline(always)]
+fn direct_opened(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(conn) = CALLGATE_DIRECT_PENDING.get_ptr(cookie) else {
+        return;
+    };
+    let conn = unsafe { *conn };
+    let _ = CALLGATE_DIRECT_PENDING.remove(cookie);
+    if CALLGATE_DIRECT_OPEN
+        .insert(cookie, conn, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        count(counter::MAP_ERRORS);
+        count(counter::DIRECT_UNREPORTED);
+        return;
+    }
+    add_state(direct::OPENED);
+    report_direct(cookie, direct::OPENED_EVENT, 0, (0, 0), &conn);
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+}
+
+/// Notes the FINs a direct pass-through's state changes show.
+#[inline(always)]
+fn direct_state(ctx: &SockOpsContext, new_state: u32) {
+    let fin = match new_state {
+        BPF_TCP_FIN_WAIT1 | BPF_TCP_LAST_ACK => direct::FIN_SENT,
+        BPF_TCP_CLOSE_WAIT | BPF_TCP_CLOSING => direct::FIN_RECEIVED,
+        _ => return,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr_mut(cookie) {
+        // SAFETY: a pointer into the map's value, valid for this run; the kernel runs a
+        // socket's state changes under its lock, so this entry has one writer.
+        unsafe {
+            let fins = addr_of_mut!((*conn).fins);
+            write_volatile(fins, read_volatile(fins) | fin);
+        }
+    }
+}
+
+/// A direct pass-through's socket closed: its end and byte counts go to the gateway.
+#[inline(always)]
+fn direct_closed(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr(cookie) else {
+        return;
+    };
+    let conn = unsafe { *conn };
+    let old_state = ctx.arg(0);
+    let ops = ctx.ops;
+    let (acked, received, snd_una, snd_nxt) = unsafe {
+        (
+            read_volatile(addr_of!((*ops).bytes_acked)),
+            read_volatile(addr_of!((*ops).bytes_received)),
+            read_volatile(addr_of!((*ops).snd_una)),
+            read_volatile(addr_of!((*ops).snd_nxt)),
+        )
+    };
+    // The kernel counts sequence numbers, and the SYN and each FIN take one. Up: what the
+    // destination acknowledged, less the SYN (once it answered) and the FIN (when sent and
+    // everything up to it acknowledged). Down: what arrived in order, less the peer's FIN.
+    // A FIN_WAIT2 socket closes because the peer's FIN came (TIME_WAIT), or, rarely, by a
+    // reset or the FIN_WAIT2 timeout, where this counts one byte too many.
+    let syn = u64::from(old_state != BPF_TCP_SYN_SENT);
+    let fin_acked = u64::from(conn.fins & direct::FIN_SENT != 0 && snd_una == snd_nxt);
+    let fin_received =
+        u64::from(conn.fins & direct::FIN_RECEIVED != 0 || old_state == BPF_TCP_FIN_WAIT2);
+    let bytes = (
+        acked.saturating_sub(syn + fin_acked),
+        received.saturating_sub(fin_received),
+    );
+    report_direct(cookie, direct::CLOSED_EVENT, old_state, bytes, &conn);
+    let _ = CALLGATE_DIRECT_OPEN.remove(cookie);
+    add_state(direct::CLOSED);
+}
+
+#[inline(always)]
+fn report_direct(cookie: u64, kind: u32, old_state: u32, bytes: (u64, u64), conn: &DirectConn) {
+    let event = DirectEvent {
+        cookie,
+        at_ns: unsafe { bpf_ktime_get_ns() },
+        bytes_up: bytes.0,
+        bytes_down: bytes.1,
+        kind,
+        old_state,
+        conn: *conn,
+    };
+    if CALLGATE_DIRECT_EVENTS
+        .output::<DirectEvent>(&event, 0)
+        .is_err()
+    {
+        count(counter::DIRECT_UNREPORTED);
+    }
+}
+
+/// Adds one to a count of the direct state array (atomically: any CPU may close one).
+#[inline(always)]
+fn add_state(index: u32) {
+    if let Some(slot) = CALLGATE_DIRECT_STATE.get_ptr_mut(index) {
+        // SAFETY: a pointer into the map's value, valid for this run and aligned for u64.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            use core::intrinsics::{AtomicOrdering, atomic_xadd};
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1);
+        }
+        // Host builds (clippy) only.
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(slot) }
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
 }
 

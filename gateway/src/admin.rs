@@ -150,6 +150,9 @@ pub struct Status {
     /// How pass-through connections are copied (in the kernel, or by the gateway and why).
     #[serde(default)]
     pub splice: Option<crate::intercept::splice::SpliceStatus>,
+    /// Direct pass-through (`direct_pass_through: true`), when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<crate::intercept::direct::DirectStatus>,
     pub recent: Vec<ConnSummary>,
     /// Workloads whose TLS clients refused the gateway's certificate (they do not trust its
     /// CA), with the command that fixes each.
@@ -423,6 +426,7 @@ fn status(inputs: &AdminInputs) -> Status {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         splice: Some(inputs.interceptor.splice_status()),
+        direct: inputs.interceptor.direct().map(|d| d.status()),
         recent: inputs.stats.recent(),
         untrusting: inputs.stats.untrusting.snapshot(),
     }

@@ -59,6 +59,10 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error(
+        "{path}: direct_pass_through: true needs a gateway without a policy (a policy decides calls from their bytes, which a connection that goes straight to its destination never shows the gateway); remove `policies` or direct_pass_through"
+    )]
+    DirectWithPolicy { path: PathBuf },
     #[error("{path}: at most {max} intercept rules are supported, found {found}")]
     TooManyRules {
         path: PathBuf,
@@ -98,6 +102,10 @@ pub struct Config {
     /// keep-alive pass-through case it measured slower than the copy, see
     /// `intercept::splice`).
     pub kernel_splice: bool,
+    /// Without a policy, let intercepted connections go straight to their destination and
+    /// record them from the kernel's report of their opening, end and bytes
+    /// (`direct_pass_through: true`; default off). See `intercept::direct`.
+    pub direct_pass_through: bool,
     /// Data-path threads, each running its own connections start to end (default: one per CPU).
     pub workers: usize,
     /// The call log.
@@ -454,6 +462,7 @@ struct File {
     connect_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     kernel_splice: Option<bool>,
+    direct_pass_through: Option<bool>,
     workers: Option<usize>,
     records: Option<FileRecords>,
     http: Option<FileHttp>,
@@ -556,12 +565,20 @@ impl Config {
                 });
             }
         };
-        Self::build(path, file, over)
+        Self::build(path, file, over)?.checked(path)
     }
 
     /// Parses YAML text as a config file (for tests and `callgate run --config`).
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::build(path, parse(path, text)?, Overrides::default())
+        Self::build(path, parse(path, text)?, Overrides::default())?.checked(path)
+    }
+
+    /// Settings that contradict each other.
+    fn checked(self, path: &Path) -> Result<Self, ConfigError> {
+        if self.direct_pass_through && (self.policies.is_some() || self.policies_git.is_some()) {
+            return Err(ConfigError::DirectWithPolicy { path: path.into() });
+        }
+        Ok(self)
     }
 
     fn build(path: &Path, file: File, over: Overrides) -> Result<Self, ConfigError> {
@@ -759,6 +776,7 @@ impl Config {
             connect_timeout: Duration::from_millis(file.connect_timeout_ms.unwrap_or(10_000)),
             idle_timeout: Duration::from_secs(file.idle_timeout_s.unwrap_or(600)),
             kernel_splice: file.kernel_splice.unwrap_or(false),
+            direct_pass_through: file.direct_pass_through.unwrap_or(false),
             workers: match file.workers {
                 Some(n) if n > 0 => n,
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -983,6 +1001,30 @@ mod tests {
         assert!(c.workers >= 1);
         let c = Config::from_yaml(Path::new("c.yaml"), "workers: 3\n").unwrap();
         assert_eq!(c.workers, 3);
+    }
+
+    #[test]
+    fn direct_pass_through_refuses_a_policy_from_the_file_or_the_command_line() {
+        let c = Config::from_yaml(Path::new("c.yaml"), "direct_pass_through: true\n").unwrap();
+        assert!(c.direct_pass_through);
+        let e = Config::from_yaml(
+            Path::new("c.yaml"),
+            "direct_pass_through: true\npolicies: /etc/callgate/policies\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.yaml: direct_pass_through"), "{e}");
+        let dir = std::env::temp_dir().join(format!("callgate-direct-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("callgate.yaml");
+        std::fs::write(&path, "direct_pass_through: true\n").unwrap();
+        let over = Overrides {
+            policies: Some(dir.join("policies")),
+            ..Overrides::default()
+        };
+        let e = Config::load(&path, true, over).unwrap_err().to_string();
+        assert!(e.contains("needs a gateway without a policy"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

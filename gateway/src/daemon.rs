@@ -270,6 +270,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         workers.namespace_server(inputs.clone(), stop_rx.clone()),
         stop_rx.clone(),
     ));
+    // Without a policy, with `direct_pass_through`: connections the kernel lets go direct.
+    tasks.extend(crate::proxy::direct::start(inputs.clone(), stop_rx.clone()));
     let admin_inputs = Arc::new(AdminInputs {
         interceptor: interceptor.clone(),
         stats,

@@ -39,6 +39,7 @@ use crate::{
 };
 
 pub mod cgroup;
+pub mod direct;
 pub mod netns;
 pub mod netns_watch;
 mod pins;
@@ -197,6 +198,8 @@ pub struct Interceptor {
     netns_events: Mutex<Option<RingBuf<MapData>>>,
     /// The kernel splice of pass-through connections, or why there is none.
     splice: Result<splice::Splicer, String>,
+    /// Direct pass-through (`direct_pass_through: true`, without a policy).
+    direct: Option<direct::Direct>,
 }
 
 impl Interceptor {
@@ -256,6 +259,12 @@ impl Interceptor {
         if cfg.intercept.default_intercept {
             flags |= common::FLAG_DEFAULT_INTERCEPT;
         }
+        let direct = if cfg.direct_pass_through {
+            flags |= common::FLAG_DIRECT;
+            Some(direct::Direct::load(&mut ebpf)?)
+        } else {
+            None
+        };
         let kernel_cfg = common::Config {
             listen_v4: u32::from_ne_bytes(config::LISTEN_V4.octets()),
             listen_v6: crate::util::net::words(u128::from(config::LISTEN_V6)),
@@ -314,7 +323,13 @@ impl Interceptor {
             namespaces,
             netns_events: Mutex::new(Some(netns_events)),
             splice,
+            direct,
         })
+    }
+
+    /// Direct pass-through, when the config asks for it.
+    pub fn direct(&self) -> Option<&direct::Direct> {
+        self.direct.as_ref()
     }
 
     /// The kernel splice of pass-through connections, when it could be set up.
@@ -459,6 +474,20 @@ impl Interceptor {
         self.detach_all(cg.id)?;
         self.save()?;
         info!(cgroup = %cg.path.display(), id = cg.id, "disabled interception");
+        if let Some(direct) = &self.direct {
+            // Sockets of the subtree that no other enabled cgroup still covers.
+            let mut ids: std::collections::HashSet<u64> =
+                cgroup::subtree_ids(&cg.path).into_iter().collect();
+            for e in self.enabled() {
+                for id in cgroup::subtree_ids(&e.path) {
+                    ids.remove(&id);
+                }
+            }
+            let swept = direct.sweep(&ids);
+            if swept > 0 {
+                info!(cgroup = %cg.path.display(), swept, "direct pass-throughs open at disable are recorded as ended unseen");
+            }
+        }
         Ok(Change {
             cgroup: entry,
             changed: true,

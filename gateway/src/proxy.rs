@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod body;
+pub mod direct;
 pub mod h1;
 pub mod http;
 pub mod reply;

@@ -239,7 +239,17 @@ fn print_status(s: &Status) {
     println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
     let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("kernel:        {}", kernel.join(" "));
-    if let Some(sp) = &s.splice {
+    if let Some(d) = &s.direct {
+        println!(
+            "pass-through:  direct, recorded from the kernel ({} open{})",
+            d.open,
+            if d.vouched {
+                ""
+            } else {
+                "; not vouched for now: new connections go through the gateway"
+            }
+        );
+    } else if let Some(sp) = &s.splice {
         match &sp.mode {
             callgate::intercept::splice::SpliceMode::Kernel => println!(
                 "pass-through:  spliced in the kernel ({} sockets spliced now)",

@@ -331,20 +331,21 @@ async fn handle(
     finish(&conn, inputs, ended);
 }
 
-/// One accepted, redirected connection.
-struct Connection {
-    id: u64,
-    session: String,
-    started: Instant,
-    started_unix_ms: u64,
-    dst: SocketAddr,
+/// One accepted, redirected connection (or one the kernel let go direct, see
+/// [`super::direct`]).
+pub(super) struct Connection {
+    pub(super) id: u64,
+    pub(super) session: String,
+    pub(super) started: Instant,
+    pub(super) started_unix_ms: u64,
+    pub(super) dst: SocketAddr,
     /// The network namespace (cookie) the workload connected from; upstreams leave from it.
-    netns: u64,
-    workload: Workload,
+    pub(super) netns: u64,
+    pub(super) workload: Workload,
 }
 
 /// How a connection ended, for the log, `status` and its connection record.
-struct Ended {
+pub(super) struct Ended {
     transfer: upstream::Transfer,
     /// `ok`, or why it ended early.
     outcome: String,
@@ -373,7 +374,7 @@ impl Ended {
         }
     }
 
-    fn spliced(
+    pub(super) fn spliced(
         why: &str,
         transfer: upstream::Transfer,
         r: Result<(), upstream::ForwardError>,
@@ -675,7 +676,17 @@ const DRAIN_ROUNDS: usize = 16;
 /// is the audit trail, and the line cost each new connection a quarter of what the data path
 /// spends on it (formatting, escaping, a write). One that ended early is a warning.
 fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
-    let duration_ms = conn.started.elapsed().as_millis() as u64;
+    finish_after(conn, inputs, ended, conn.started.elapsed());
+}
+
+/// [`finish`] for a connection that ended `took` after it started (not necessarily now).
+pub(super) fn finish_after(
+    conn: &Connection,
+    inputs: &ProxyInputs,
+    ended: Ended,
+    took: std::time::Duration,
+) {
+    let duration_ms = took.as_millis() as u64;
     let (w, dst, t) = (&conn.workload, conn.dst, ended.transfer);
     if ended.quiet {
         debug!(
@@ -728,7 +739,7 @@ fn finish(conn: &Connection, inputs: &ProxyInputs, ended: Ended) {
 }
 
 /// The workload the kernel reported for this connection, with what the host knows of it.
-fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
+pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
     let w = &r.workload;
     let comm_len = w.comm.iter().position(|&b| b == 0).unwrap_or(w.comm.len());
     let roots = || {

@@ -1,0 +1,462 @@
+//! Direct pass-through: a gateway without a policy, with `direct_pass_through: true`, lets
+//! an enabled cgroup's connections go straight to their destination and records each one
+//! from the kernel's report of its opening, end and bytes. The bytes arrive whole, the record
+//! has the workload and exact counts, a refused connect is recorded as one, and when the
+//! gateway stops or its disk fills, direct pass-through stops within a second, with nothing
+//! it let through left unrecorded.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use callgate_e2e::*;
+use serde_json::Value;
+
+/// An upstream that echoes what it reads and, after the client's FIN, sends a trailer naming
+/// how many bytes it got. Serves up to 500 connections (the thread is detached) and counts
+/// them.
+fn echo_upstream() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().take(500) {
+            let Ok(s) = s else { break };
+            count.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || echo(s));
+        }
+    });
+    (port, served)
+}
+
+fn echo(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        s.write_all(&buf[..n])?;
+    }
+    s.write_all(format!("after-eof:{total}").as_bytes())
+}
+
+/// Sends `size` pseudo-random bytes while reading the echo, half-closes, and prints `ok` and
+/// the bytes it got back when they are the same bytes followed by the trailer.
+fn client(port: u16, size: usize) -> String {
+    format!(
+        "import socket, random, threading\n\
+         data = random.Random(7).randbytes({size})\n\
+         s = socket.create_connection(('127.0.0.1', {port}), timeout=30)\n\
+         got = []\n\
+         def rd():\n\
+         \x20   while True:\n\
+         \x20       c = s.recv(1 << 16)\n\
+         \x20       if not c: break\n\
+         \x20       got.append(c)\n\
+         t = threading.Thread(target=rd); t.start()\n\
+         s.sendall(data)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         t.join(30)\n\
+         back = b''.join(got)\n\
+         trailer = ('after-eof:%d' % len(data)).encode()\n\
+         print('ok' if back == data + trailer else 'MISMATCH', len(back))"
+    )
+}
+
+/// A gateway without a policy, direct pass-through on, vouching; and an enabled cgroup.
+fn setup(test: &str) -> Option<(Gateway, TestCgroup, TestDir)> {
+    setup_with(test, "")
+}
+
+fn setup_with(test: &str, config: &str) -> Option<(Gateway, TestCgroup, TestDir)> {
+    if !ebpf_available(test) {
+        return None;
+    }
+    let dir = TestDir::new("callgate-direct");
+    let path = dir.join("callgate.yaml");
+    std::fs::write(&path, format!("direct_pass_through: true\n{config}")).expect("config");
+    let config = path;
+    let gw = Gateway::start_with(&["--config", &config.display().to_string()]);
+    vouched(&gw);
+    let cg = TestCgroup::new("direct");
+    gw.enable(&cg);
+    Some((gw, cg, dir))
+}
+
+fn vouched(gw: &Gateway) {
+    wait_for(Duration::from_secs(10), || {
+        (gw.status()["direct"]["vouched"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("direct pass-through is on: {}\n{}", gw.status(), gw.log()));
+}
+
+fn direct_records(gw: &Gateway, port: u16) -> Vec<Value> {
+    direct_records_in(&gw.dir.join("state/records"), port)
+}
+
+fn direct_records_in(dir: &std::path::Path, port: u16) -> Vec<Value> {
+    records_in(dir)
+        .into_iter()
+        .filter(|r| {
+            r["destination"] == format!("127.0.0.1:{port}")
+                && r["decision"]["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("direct"))
+        })
+        .collect()
+}
+
+#[test]
+fn connections_go_straight_to_their_destination_and_are_recorded_with_exact_counts() {
+    let Some((gw, cg, _dir)) = setup("direct_recorded") else {
+        return;
+    };
+    let (port, _) = echo_upstream();
+    let size = 1_000_000;
+    let out = python_in(&cg, &client(port, size));
+    let trailer = format!("after-eof:{size}").len();
+    assert_eq!(out, format!("ok {}", size + trailer), "{}", gw.log());
+    // Not through the gateway: the kernel let it go, nothing was redirected or accepted.
+    assert_eq!(gw.kernel_counter("direct"), 1, "{}", gw.status());
+    assert_eq!(gw.kernel_counter("redirected"), 0, "{}", gw.status());
+    let r = wait_for(Duration::from_secs(10), || {
+        direct_records(&gw, port).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no record of the direct connection:\n{:#?}", records(&gw)));
+    assert_eq!(r["bytes_in"], size as u64, "{r}");
+    assert_eq!(r["bytes_out"], (size + trailer) as u64, "{r}");
+    assert_eq!(r["decision"]["action"], "allow", "{r}");
+    let w = &r["workload"];
+    assert_eq!(w["comm"], "python3", "{r}");
+    assert!(
+        w["exe"].as_str().is_some_and(|e| e.contains("python")),
+        "the executable is read while the process runs: {r}"
+    );
+    assert!(
+        w["cgroup"].as_str().is_some_and(|c| c.contains("direct")),
+        "{r}"
+    );
+    assert!(
+        r["latency_ms"].as_f64().is_some_and(|l| l < 30_000.0),
+        "{r}"
+    );
+    // Closed: nothing is left open in the kernel's account.
+    let open = wait_for(Duration::from_secs(5), || {
+        (gw.status()["direct"]["open"] == 0).then_some(())
+    });
+    assert!(open.is_some(), "{}", gw.status());
+}
+
+#[test]
+fn a_refused_connect_is_recorded_as_one() {
+    let Some((gw, cg, _dir)) = setup("direct_refused") else {
+        return;
+    };
+    let port = free_port();
+    let out = python_in(
+        &cg,
+        &format!(
+            "import socket\n\
+             try:\n\
+             \x20   socket.create_connection(('127.0.0.1', {port}), timeout=10)\n\
+             \x20   print('connected')\n\
+             except ConnectionRefusedError:\n\
+             \x20   print('refused')"
+        ),
+    );
+    assert_eq!(
+        out,
+        "refused",
+        "what connecting directly gives: {}",
+        gw.log()
+    );
+    let r = wait_for(Duration::from_secs(10), || {
+        direct_records(&gw, port).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no record of the refused connect:\n{:#?}", records(&gw)));
+    assert!(
+        r["decision"]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("connecting to")),
+        "{r}"
+    );
+    assert_eq!(r["bytes_in"], 0, "{r}");
+}
+
+#[test]
+fn a_stopped_gateway_ends_direct_pass_through_and_records_what_went_when_back() {
+    let Some((mut gw, cg, dir)) = setup("direct_stopped") else {
+        return;
+    };
+    let (port, _) = echo_upstream();
+    // A connection open when the gateway is killed (no clean-up of any kind) ends while it is
+    // down: the kernel's report of its end waits in the pinned ring.
+    let go = dir.join("go");
+    let log = dir.join("client.log");
+    let mut child = cg.spawn(
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket, time, os\n\
+                 s = socket.create_connection(('127.0.0.1', {port}), timeout=30)\n\
+                 s.sendall(b'x' * 1000)\n\
+                 for i in range(300):\n\
+                 \x20   if os.path.exists('{}'): break\n\
+                 \x20   time.sleep(0.1)\n\
+                 s.shutdown(socket.SHUT_WR)\n\
+                 back = b''\n\
+                 while True:\n\
+                 \x20   c = s.recv(4096)\n\
+                 \x20   if not c: break\n\
+                 \x20   back += c\n\
+                 print(len(back), flush=True)",
+                go.display()
+            ),
+        ],
+        &log,
+    );
+    let open = wait_for(Duration::from_secs(10), || {
+        (gw.status()["direct"]["open"] == 1).then_some(())
+    });
+    assert!(open.is_some(), "{}", gw.status());
+    gw.kill();
+    std::fs::write(&go, "").expect("go");
+    let status = child.wait().expect("client");
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), (1000 + "after-eof:1000".len()).to_string());
+    // Once the word has run out, connections are redirected to where nothing listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let out = python_in(
+            &cg,
+            &format!(
+                "import socket\n\
+                 try:\n\
+                 \x20   s = socket.create_connection(('127.0.0.1', {port}), timeout=5)\n\
+                 \x20   s.sendall(b'x'); s.shutdown(socket.SHUT_WR)\n\
+                 \x20   print('through' if s.recv(100) else 'closed')\n\
+                 except OSError as e:\n\
+                 \x20   print('refused')"
+            ),
+        );
+        if out == "refused" || Instant::now() > deadline {
+            break out;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(refused, "refused", "a stopped gateway's word ran out");
+    // Back: it reads what the kernel reported while it was down.
+    gw.restart();
+    let r = wait_for(Duration::from_secs(15), || {
+        direct_records(&gw, port)
+            .into_iter()
+            .find(|r| r["bytes_in"] == 1000)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the connection made while down is recorded:\n{:#?}\n{}",
+            records(&gw),
+            gw.log()
+        )
+    });
+    assert_eq!(r["workload"]["comm"], "python3", "{r}");
+}
+
+#[test]
+fn a_connection_open_when_its_cgroup_is_disabled_is_recorded_as_ended_unseen() {
+    let Some((gw, cg, dir)) = setup("direct_disabled") else {
+        return;
+    };
+    let (port, _) = echo_upstream();
+    let log = dir.join("client.log");
+    let mut child = cg.spawn(
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket, time\n\
+                 s = socket.create_connection(('127.0.0.1', {port}), timeout=30)\n\
+                 s.sendall(b'hello'); s.recv(5)\n\
+                 print('open', flush=True)\n\
+                 time.sleep(30)"
+            ),
+        ],
+        &log,
+    );
+    let open = wait_for(Duration::from_secs(10), || {
+        (gw.status()["direct"]["open"] == 1).then_some(())
+    });
+    assert!(
+        open.is_some(),
+        "{}\n{}",
+        gw.status(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Disabled with it open: the kernel will not report its end; the gateway says so.
+    gw.disable(&cg);
+    let r = wait_for(Duration::from_secs(10), || {
+        direct_records(&gw, port).into_iter().next()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no record of the connection open at disable:\n{:#?}\n{}",
+            records(&gw),
+            gw.log()
+        )
+    });
+    assert!(
+        r["decision"]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("cgroup was disabled")),
+        "{r}"
+    );
+    assert_eq!(r["workload"]["comm"], "python3", "{r}");
+    assert_eq!(gw.status()["direct"]["open"], 0, "{}", gw.status());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_connect_that_fails_before_its_syn_leaves_nothing_behind() {
+    let Some((gw, cg, _dir)) = setup("direct_unrouted") else {
+        return;
+    };
+    // A namespace of the test's own with only `lo`: 10.0.0.1 has no route, so `connect()`
+    // fails after `connect4` admitted it and before any SYN (the kernel never reports it).
+    let ns = unique("cgdirect");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    let out = cg.run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "python3",
+        "-c",
+        "import socket\n\
+         try:\n\
+         \x20   socket.create_connection(('10.0.0.1', 80), timeout=5)\n\
+         \x20   print('connected')\n\
+         except OSError as e:\n\
+         \x20   print(e.errno)",
+    ]);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "101",
+        "ENETUNREACH: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gw.kernel_counter("direct"), 1, "{}", gw.status());
+    assert_eq!(gw.status()["direct"]["pending"], 1, "{}", gw.status());
+    // The gateway clears it (after 10 s, once a second): the pending map cannot fill up.
+    let cleared = wait_for(Duration::from_secs(20), || {
+        (gw.status()["direct"]["pending"] == 0).then_some(())
+    });
+    assert!(cleared.is_some(), "{}", gw.status());
+    assert_eq!(gw.status()["direct"]["open"], 0, "{}", gw.status());
+}
+
+/// Makes up to 400 connections one after the other (each: 4 bytes up, half-close, the echo
+/// and trailer back) until one fails; prints how many went through and how the first
+/// failure looked.
+const UNTIL_REFUSED: &str = r#"
+import socket, time
+ok, how = 0, 'never refused'
+for i in range(400):
+    try:
+        s = socket.create_connection(('127.0.0.1', PORT), timeout=5)
+        s.sendall(b'ping'); s.shutdown(socket.SHUT_WR)
+        back = b''
+        while True:
+            c = s.recv(100)
+            if not c: break
+            back += c
+        s.close()
+        if back != b'pingafter-eof:4':
+            how = 'answer %r' % back
+            break
+        ok += 1
+    except OSError as e:
+        how = 'error %s' % e.errno
+        break
+    time.sleep(0.02)
+print(ok, how)
+"#;
+
+#[test]
+fn a_full_disk_ends_direct_pass_through_and_loses_no_record() {
+    let mnt = Tmpfs::mount("64k");
+    let ballast = mnt.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 48 * 1024]).expect("ballast");
+    let records_dir = mnt.0.join("records");
+    let Some((gw, cg, _dir)) = setup_with(
+        "direct_full_disk",
+        &format!(
+            "records:\n  dir: {}\n  commit_window_ms: 1\n",
+            records_dir.display()
+        ),
+    ) else {
+        return;
+    };
+    let (port, served) = echo_upstream();
+    // Direct until the recorder cannot write: then the gateway withdraws its word and the
+    // connections come to it, which refuses what it cannot record.
+    let out = python_in(&cg, &UNTIL_REFUSED.replace("PORT", &port.to_string()));
+    let (ok, how) = out.split_once(' ').expect("count and how");
+    let ok: usize = ok.parse().expect("count");
+    assert!(ok >= 1 && how != "never refused", "{out}\n{}", gw.log());
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        ok,
+        "only the connections that went through reached the upstream ({out})"
+    );
+    assert!(gw.kernel_counter("redirected") >= 1, "{}", gw.status());
+    assert!(gw.counter("refused_recording") >= 1, "{}", gw.status());
+    // Space back: direct again, and every connection that went through has its record.
+    std::fs::remove_file(&ballast).expect("free space");
+    vouched(&gw);
+    let all = wait_for(Duration::from_secs(15), || {
+        let n = direct_records_in(&records_dir, port).len();
+        (n == ok).then_some(n)
+    });
+    assert!(
+        all.is_some(),
+        "{ok} went through, {} recorded\n{}",
+        direct_records_in(&records_dir, port).len(),
+        gw.log()
+    );
+    let out = Command::new(callgate_bin())
+        .args(["records", "verify", "--dir"])
+        .arg(&records_dir)
+        .output()
+        .expect("records verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
