@@ -30,7 +30,7 @@ use callgate_benches::{
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
-    json_of_size, policy_repo, test_pki, unique,
+    json_of_size, policy_repo, test_pki, unique, wait_for,
 };
 
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
@@ -270,6 +270,43 @@ response:
             )
         });
     }
+    // Direct pass-through (`direct_pass_through: true`, no policy): the kernel lets the
+    // connections go straight to nginx and reports each one for its record, so no byte goes
+    // through the gateway. Its CPU column is the gateway's alone: what the kernel does for
+    // these connections is counted to wrk's and nginx's time.
+    let direct_config = dir.join("direct.yaml");
+    fs::write(&direct_config, "direct_pass_through: true\n").expect("direct config");
+    let direct = Gateway::start_with(&["--config", &direct_config.display().to_string()]);
+    let cg_direct = TestCgroup::new("bench-l7-direct");
+    direct.enable(&cg_direct);
+    wait_for(std::time::Duration::from_secs(10), || {
+        (direct.status()["direct"]["vouched"] == true).then_some(())
+    })
+    .expect("direct pass-through is on");
+    for case in &CASES[..2] {
+        let name = if case.load == FULL {
+            DIRECT_FULL
+        } else {
+            "TCP pass-through, direct, light load"
+        };
+        noting_steal(&mut rows, |rows| {
+            three_ways(
+                rows,
+                name,
+                1,
+                (&direct, &proxy),
+                || wrk(None, case.load, &url(up_port, case.path)),
+                || wrk(None, case.load, &url(proxy_port, case.path)),
+                || wrk(Some(&cg_direct), case.load, &url(up_port, case.path)),
+            )
+        });
+    }
+    assert!(
+        direct.kernel_counter("direct") > 0 && direct.kernel_counter("redirected") == 0,
+        "the direct runs went straight to the upstream: {}",
+        direct.status()
+    );
+    drop(direct);
     // Idle HTTP connections are classified as not-HTTP after the sniff timeout and closed by
     // policy; pass-through keeps them, two sockets each, as a long-lived client would. A fresh
     // gateway, so that memory the load runs above left in the allocator does not count.
@@ -311,6 +348,7 @@ response:
     let added = full("callgate", HALF).map_or(0.0, |r| r.added_p99);
     let pass = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_direct);
     let floor = full("callgate", "TCP pass-through, full load").map_or(0.0, |r| r.vs_nginx);
+    let pass_direct = full("callgate", DIRECT_FULL).map_or(0.0, |r| r.vs_direct);
     md.push_str(&format!(
         "\n({} rows: medians of {HEADLINE_ROUNDS} interleaved rounds, CPU per request over all of them)\n",
         CASES[0].name
@@ -330,7 +368,7 @@ response:
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
     md.push_str(&format!(
-        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
+        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x copied by the gateway, {pass_direct:.2}x with direct pass-through); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
         rss_idle / 1024.0,
         rss_idle / 1024.0
     ));
@@ -341,6 +379,7 @@ response:
 }
 
 const HALF: &str = "keep-alive 160 B, half load (paced)";
+const DIRECT_FULL: &str = "TCP pass-through, direct, full load";
 const HALF_PASS: &str = "TCP pass-through, half load (paced)";
 
 /// The latency goal's case: the same fixed request rate — half of what callgate served at full
