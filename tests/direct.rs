@@ -460,3 +460,64 @@ fn a_full_disk_ends_direct_pass_through_and_loses_no_record() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn past_the_open_bound_connections_go_through_the_gateway_and_all_are_recorded() {
+    let Some((gw, cg, _dir)) = setup("direct_bound") else {
+        return;
+    };
+    // One more than the bound and a few: 4,096 go direct, the rest are redirected to the
+    // gateway, which copies them (no policy) — every one reaches the listener and back.
+    const N: usize = 4100;
+    let out = python_in(
+        &cg,
+        &format!(
+            "import socket, resource\n\
+             resource.setrlimit(resource.RLIMIT_NOFILE, (3 * {N}, 3 * {N}))\n\
+             l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen({N}); l.settimeout(10)\n\
+             port = l.getsockname()[1]\n\
+             pairs = []\n\
+             for i in range({N}):\n\
+             \x20   c = socket.create_connection(('127.0.0.1', port), timeout=10)\n\
+             \x20   a, _ = l.accept(); a.settimeout(10)\n\
+             \x20   c.sendall(b'ping'); assert a.recv(4) == b'ping'\n\
+             \x20   pairs.append((c, a))\n\
+             for c, a in pairs:\n\
+             \x20   c.close(); a.close()\n\
+             print(port)"
+        ),
+    );
+    let port: u16 = out.trim().parse().expect("the listener's port");
+    let bound = 4096;
+    assert_eq!(gw.kernel_counter("direct"), bound, "{}", gw.status());
+    assert_eq!(
+        gw.kernel_counter("redirected"),
+        (N - bound as usize) as u64,
+        "{}",
+        gw.status()
+    );
+    let recorded = wait_for(Duration::from_secs(60), || {
+        let n = records(&gw)
+            .iter()
+            .filter(|r| r["destination"] == format!("127.0.0.1:{port}") && r["bytes_in"] == 4)
+            .count();
+        (n == N).then_some(n)
+    });
+    assert!(
+        recorded.is_some(),
+        "all {N} connections recorded with their 4 bytes: {} found\n{}",
+        records(&gw)
+            .iter()
+            .filter(|r| r["destination"] == format!("127.0.0.1:{port}"))
+            .count(),
+        gw.status()
+    );
+    // Closed, so the bound has room again: the next connection goes direct.
+    wait_for(Duration::from_secs(10), || {
+        (gw.status()["direct"]["open"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("all closed: {}", gw.status()));
+    let (echo_port, _) = echo_upstream();
+    assert_eq!(python_in(&cg, &client(echo_port, 10)), "ok 22");
+    assert_eq!(gw.kernel_counter("direct"), bound + 1, "{}", gw.status());
+}
