@@ -131,6 +131,7 @@ fn connections_go_straight_to_their_destination_and_are_recorded_with_exact_coun
     // Not through the gateway: the kernel let it go, nothing was redirected or accepted.
     assert_eq!(gw.kernel_counter("direct"), 1, "{}", gw.status());
     assert_eq!(gw.kernel_counter("redirected"), 0, "{}", gw.status());
+    assert_eq!(gw.counter("accepted"), 0, "{}", gw.status());
     let r = wait_for(Duration::from_secs(10), || {
         direct_records(&gw, port).into_iter().next()
     })
@@ -492,6 +493,12 @@ fn past_the_open_bound_connections_go_through_the_gateway_and_all_are_recorded()
     assert_eq!(gw.kernel_counter("direct"), bound, "{}", gw.status());
     assert_eq!(
         gw.kernel_counter("redirected"),
+        (N - bound as usize) as u64,
+        "{}",
+        gw.status()
+    );
+    assert_eq!(
+        gw.counter("accepted"),
         (N - bound as usize) as u64,
         "{}",
         gw.status()

@@ -290,8 +290,8 @@ async fn handle(
     inputs: &Arc<ProxyInputs>,
 ) {
     let stats = &inputs.stats;
-    // Connection ids are the accept count: unique across listeners and easy to read.
-    let id = stats.accepted.fetch_add(1, Relaxed) + 1;
+    stats.accepted.fetch_add(1, Relaxed);
+    let id = stats.next_id();
     let Some(redirect) = inputs.interceptor.take(peer, netns, lane) else {
         stats.refused_no_entry.fetch_add(1, Relaxed);
         warn!(%peer, "connection to the listener without a redirect entry; closing");

@@ -196,7 +196,7 @@ impl Reader {
     /// The connection a report is about, described now.
     fn connection(&self, e: &DirectEvent) -> Connection {
         let inputs = &self.inputs;
-        let id = inputs.stats.accepted.fetch_add(1, Relaxed) + 1;
+        let id = inputs.stats.next_id();
         let ago = Duration::from_nanos(monotonic_ns().saturating_sub(e.conn.started_ns));
         let redirect = &e.conn.redirect;
         Connection {

@@ -15,7 +15,11 @@ const RECENT: usize = 128;
 
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Connections the listeners accepted (direct pass-throughs are not: see the kernel's
+    /// `direct` counter).
     pub accepted: AtomicU64,
+    /// The last connection id handed out: accepted and direct connections share one sequence.
+    last_id: AtomicU64,
     pub forwarded: AtomicU64,
     pub refused_no_entry: AtomicU64,
     pub refused_loop: AtomicU64,
@@ -93,6 +97,11 @@ pub struct Counters {
 }
 
 impl Stats {
+    /// A new connection's id: unique across listeners and direct pass-through, easy to read.
+    pub fn next_id(&self) -> u64 {
+        self.last_id.fetch_add(1, Relaxed) + 1
+    }
+
     pub fn finished(&self, summary: ConnSummary) {
         self.bytes_up.fetch_add(summary.bytes_up, Relaxed);
         self.bytes_down.fetch_add(summary.bytes_down, Relaxed);
