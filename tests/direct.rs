@@ -5,8 +5,7 @@
 //! gateway stops or its disk fills, direct pass-through stops within a second, with nothing
 //! it let through left unrecorded.
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     process::Command,
     sync::{
         Arc,
@@ -31,48 +30,10 @@ fn echo_upstream() -> (u16, Arc<AtomicUsize>) {
         for s in listener.incoming().take(500) {
             let Ok(s) = s else { break };
             count.fetch_add(1, Ordering::SeqCst);
-            thread::spawn(move || echo(s));
+            thread::spawn(move || echo_with_trailer(s));
         }
     });
     (port, served)
-}
-
-fn echo(mut s: TcpStream) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0;
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-        s.write_all(&buf[..n])?;
-    }
-    s.write_all(format!("after-eof:{total}").as_bytes())
-}
-
-/// Sends `size` pseudo-random bytes while reading the echo, half-closes, and prints `ok` and
-/// the bytes it got back when they are the same bytes followed by the trailer.
-fn client(port: u16, size: usize) -> String {
-    format!(
-        "import socket, random, threading\n\
-         data = random.Random(7).randbytes({size})\n\
-         s = socket.create_connection(('127.0.0.1', {port}), timeout=30)\n\
-         got = []\n\
-         def rd():\n\
-         \x20   while True:\n\
-         \x20       c = s.recv(1 << 16)\n\
-         \x20       if not c: break\n\
-         \x20       got.append(c)\n\
-         t = threading.Thread(target=rd); t.start()\n\
-         s.sendall(data)\n\
-         s.shutdown(socket.SHUT_WR)\n\
-         t.join(30)\n\
-         back = b''.join(got)\n\
-         trailer = ('after-eof:%d' % len(data)).encode()\n\
-         print('ok' if back == data + trailer else 'MISMATCH', len(back))"
-    )
 }
 
 /// A gateway without a policy, direct pass-through on, vouching; and an enabled cgroup.
@@ -125,7 +86,7 @@ fn connections_go_straight_to_their_destination_and_are_recorded_with_exact_coun
     };
     let (port, _) = echo_upstream();
     let size = 1_000_000;
-    let out = python_in(&cg, &client(port, size));
+    let out = python_in(&cg, &echo_client(port, size));
     let trailer = format!("after-eof:{size}").len();
     assert_eq!(out, format!("ok {}", size + trailer), "{}", gw.log());
     // Not through the gateway: the kernel let it go, nothing was redirected or accepted.
@@ -525,6 +486,6 @@ fn past_the_open_bound_connections_go_through_the_gateway_and_all_are_recorded()
     })
     .unwrap_or_else(|| panic!("all closed: {}", gw.status()));
     let (echo_port, _) = echo_upstream();
-    assert_eq!(python_in(&cg, &client(echo_port, 10)), "ok 22");
+    assert_eq!(python_in(&cg, &echo_client(echo_port, 10)), "ok 22");
     assert_eq!(gw.kernel_counter("direct"), bound + 1, "{}", gw.status());
 }

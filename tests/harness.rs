@@ -596,6 +596,50 @@ impl Nginx {
     }
 }
 
+/// An echo upstream's side of one connection (splice and direct pass-through tests): echoes
+/// what it reads and, after the client's FIN, sends `after-eof:N` naming how many bytes it got,
+/// then closes. Returns N.
+pub fn echo_with_trailer(mut s: TcpStream) -> std::io::Result<usize> {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        s.write_all(&buf[..n])?;
+    }
+    s.write_all(format!("after-eof:{total}").as_bytes())?;
+    Ok(total)
+}
+
+/// The client of [`echo_with_trailer`], in Python: sends `size` pseudo-random bytes (binary,
+/// so not HTTP) while reading the echo on a thread, half-closes, and prints `ok` and the
+/// bytes it got back when they are the same bytes followed by the trailer (else `MISMATCH`).
+pub fn echo_client(port: u16, size: usize) -> String {
+    format!(
+        "import socket, random, threading\n\
+         data = random.Random(7).randbytes({size})\n\
+         s = socket.create_connection(('127.0.0.1', {port}), timeout=30)\n\
+         got = []\n\
+         def rd():\n\
+         \x20   while True:\n\
+         \x20       c = s.recv(1 << 16)\n\
+         \x20       if not c: break\n\
+         \x20       got.append(c)\n\
+         t = threading.Thread(target=rd); t.start()\n\
+         s.sendall(data)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         t.join(30)\n\
+         back = b''.join(got)\n\
+         trailer = ('after-eof:%d' % len(data)).encode()\n\
+         print('ok' if back == data + trailer else 'MISMATCH', len(back))"
+    )
+}
+
 /// Runs a Python snippet inside `cg` and returns its stdout; panics with stderr on failure.
 pub fn python_in(cg: &TestCgroup, code: &str) -> String {
     let out = cg.run(&["python3", "-c", code]);
