@@ -252,24 +252,31 @@ response:
     );
     // Pass-through, against direct and the nginx proxy in the same minute: a splice that does
     // no HTTP work at all is the floor of the interception path, what any L7 work adds to.
-    for case in &CASES[..2] {
-        let name = if case.load == FULL {
-            "TCP pass-through, full load"
-        } else {
-            "TCP pass-through, light load"
+    let pass_through =
+        |rows: &mut Vec<Row>, names: [&'static str; 2], gw: &Gateway, cg: &TestCgroup| {
+            for (case, name) in CASES[..2].iter().zip(names) {
+                noting_steal(rows, |rows| {
+                    three_ways(
+                        rows,
+                        name,
+                        1,
+                        (gw, &proxy),
+                        || wrk(None, case.load, &url(up_port, case.path)),
+                        || wrk(None, case.load, &url(proxy_port, case.path)),
+                        || wrk(Some(cg), case.load, &url(up_port, case.path)),
+                    )
+                });
+            }
         };
-        noting_steal(&mut rows, |rows| {
-            three_ways(
-                rows,
-                name,
-                1,
-                (&plain, &proxy),
-                || wrk(None, case.load, &url(up_port, case.path)),
-                || wrk(None, case.load, &url(proxy_port, case.path)),
-                || wrk(Some(&cg_plain), case.load, &url(up_port, case.path)),
-            )
-        });
-    }
+    pass_through(
+        &mut rows,
+        [
+            "TCP pass-through, full load",
+            "TCP pass-through, light load",
+        ],
+        &plain,
+        &cg_plain,
+    );
     // Direct pass-through (`direct_pass_through: true`, no policy): the kernel lets the
     // connections go straight to nginx and reports each one for its record, so no byte goes
     // through the gateway. Its CPU column is the gateway's alone: what the kernel does for
@@ -283,24 +290,12 @@ response:
         (direct.status()["direct"]["vouched"] == true).then_some(())
     })
     .expect("direct pass-through is on");
-    for case in &CASES[..2] {
-        let name = if case.load == FULL {
-            DIRECT_FULL
-        } else {
-            "TCP pass-through, direct, light load"
-        };
-        noting_steal(&mut rows, |rows| {
-            three_ways(
-                rows,
-                name,
-                1,
-                (&direct, &proxy),
-                || wrk(None, case.load, &url(up_port, case.path)),
-                || wrk(None, case.load, &url(proxy_port, case.path)),
-                || wrk(Some(&cg_direct), case.load, &url(up_port, case.path)),
-            )
-        });
-    }
+    pass_through(
+        &mut rows,
+        [DIRECT_FULL, "TCP pass-through, direct, light load"],
+        &direct,
+        &cg_direct,
+    );
     assert!(
         direct.kernel_counter("direct") > 0 && direct.kernel_counter("redirected") == 0,
         "the direct runs went straight to the upstream: {}",
