@@ -489,3 +489,89 @@ fn past_the_open_bound_connections_go_through_the_gateway_and_all_are_recorded()
     assert_eq!(python_in(&cg, &echo_client(echo_port, 10)), "ok 22");
     assert_eq!(gw.kernel_counter("direct"), bound + 1, "{}", gw.status());
 }
+
+#[test]
+fn a_client_that_closes_before_the_peers_fin_is_counted_exactly() {
+    // FIN_WAIT2 closes the same way whether the peer's FIN came or the client closed first:
+    // the byte the kernel counts for a FIN that came must not be taken off one that did not.
+    let Some((gw, cg, _dir)) = setup("direct_early_close") else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = thread::spawn(move || -> std::io::Result<usize> {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(b"answer!")?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        // The client closes while this side is still open: its FIN comes too late.
+        thread::sleep(Duration::from_millis(500));
+        Ok(got.len())
+    });
+    let out = python_in(
+        &cg,
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('127.0.0.1', {port}), timeout=20)\n\
+             s.sendall(b'f' * 4441)\n\
+             s.shutdown(socket.SHUT_WR)\n\
+             got = b''\n\
+             while len(got) < 7:\n\
+             \x20   c = s.recv(100)\n\
+             \x20   if not c: break\n\
+             \x20   got += c\n\
+             s.close()\n\
+             print(got.decode())"
+        ),
+    );
+    assert_eq!(out, "answer!");
+    assert_eq!(server.join().expect("server").expect("served"), 4441);
+    let r = wait_for(Duration::from_secs(10), || {
+        direct_records(&gw, port).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no record:\n{:#?}", records(&gw)));
+    assert_eq!(r["bytes_in"], 4441, "{r}");
+    assert_eq!(r["bytes_out"], 7, "{r}");
+}
+
+#[test]
+fn a_process_that_execs_before_its_opening_is_read_names_no_executable() {
+    // The executable is read from /proc when the gateway reads the opening; by then the
+    // process that connected may be another program. Held: the gateway is stopped (its
+    // vouch lasts a second) while the client connects and execs, and continued after.
+    let Some((gw, cg, _dir)) = setup("direct_exec") else {
+        return;
+    };
+    let (port, served) = echo_upstream();
+    let pid = gw.pid().expect("gateway pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let script = format!(
+        "import socket, os\n\
+         s = socket.create_connection(('127.0.0.1', {port}), timeout=10)\n\
+         s.sendall(b'12345')\n\
+         os.set_inheritable(s.fileno(), True)\n\
+         os.execv('/bin/sleep', ['sleep', '5'])"
+    );
+    let mut client = cg.spawn(&["python3", "-c", &script], &gw.dir.join("client.log"));
+    // Connected and exec'd (sleep runs), all while the gateway could not read the opening.
+    let execd = wait_for(Duration::from_secs(5), || {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", client.id())).ok()?;
+        (served.load(Ordering::SeqCst) == 1 && comm.trim() == "sleep").then_some(())
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(execd.is_some(), "the client connected and exec'd");
+    let r = wait_for(Duration::from_secs(10), || {
+        direct_records(&gw, port).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no record:\n{:#?}\n{}", records(&gw), gw.status()));
+    assert_eq!(r["workload"]["comm"], "python3", "{r}");
+    assert!(
+        r["workload"].get("exe").is_none_or(|e| e.is_null()),
+        "the executable now is sleep, not what connected: {r}"
+    );
+    assert_eq!(r["bytes_in"], 5, "{r}");
+    let _ = client.kill();
+    let _ = client.wait();
+}

@@ -167,6 +167,9 @@ pub mod direct {
     pub const FIN_SENT: u32 = 1;
     /// [`crate::DirectConn::fins`]: the socket received the peer's FIN (CLOSE_WAIT, CLOSING).
     pub const FIN_RECEIVED: u32 = 2;
+    /// [`crate::DirectConn::fins`]: after the socket sent its FIN, a segment carrying the
+    /// peer's FIN arrived; [`crate::DirectConn::fin_end`] is the sequence number past it.
+    pub const FIN_SEEN: u32 = 4;
 }
 
 /// A direct pass-through: where it went, who made it, and when (`CLOCK_MONOTONIC` ns).
@@ -178,7 +181,10 @@ pub struct DirectConn {
     /// [`direct::FIN_SENT`], [`direct::FIN_RECEIVED`]: which FINs its state changes showed,
     /// to take them out of the kernel's byte counts (which count a FIN as a byte).
     pub fins: u32,
-    pub _pad: u32,
+    /// With [`direct::FIN_SEEN`]: the sequence number right after the peer's FIN. The FIN
+    /// was taken in (and counted by the kernel as a byte received) when the socket's
+    /// `rcv_nxt` reached it; a socket closed in FIN_WAIT2 before it came never did.
+    pub fin_end: u32,
 }
 
 /// Reported on [`maps::DIRECT_EVENTS`] when a direct pass-through's SYN leaves and when its

@@ -46,10 +46,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT,
-        BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_SYN_SENT,
-        bpf_sock_addr,
+        BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_LAST_ACK, BPF_TCP_SYN_SENT, bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -240,7 +240,7 @@ fn redirect_tcp(
             redirect,
             started_ns: unsafe { bpf_ktime_get_ns() },
             fins: 0,
-            _pad: 0,
+            fin_end: 0,
         };
         // Without an entry it cannot be reported: redirected instead (also when the pending
         // map is full of connects that failed before their SYN, until the gateway clears them).
@@ -768,6 +768,7 @@ pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
             direct_closed(&ctx);
         }
         BPF_SOCK_OPS_STATE_CB => direct_state(&ctx, ctx.arg(1)),
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => direct_segment(&ctx),
         _ => {}
     }
     0
@@ -865,7 +866,9 @@ fn direct_opened(ctx: &SockOpsContext) {
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
-/// Notes the FINs a direct pass-through's state changes show.
+/// Notes the FINs a direct pass-through's state changes show. Once it sent its FIN, it asks
+/// to see each segment that arrives (the peer's FIN is then told by no state change of its
+/// own: FIN_WAIT2 goes to CLOSE whether it came or the socket was closed first).
 #[inline(always)]
 fn direct_state(ctx: &SockOpsContext, new_state: u32) {
     let fin = match new_state {
@@ -881,6 +884,51 @@ fn direct_state(ctx: &SockOpsContext, new_state: u32) {
             let fins = addr_of_mut!((*conn).fins);
             write_volatile(fins, read_volatile(fins) | fin);
         }
+        if new_state == BPF_TCP_FIN_WAIT1 {
+            let _ = ctx.set_cb_flags(
+                (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32,
+            );
+        }
+    }
+}
+
+/// A segment arrived on a direct pass-through that sent its FIN (asked for in
+/// [`direct_state`], so never on the established path): when it carries the peer's FIN,
+/// note the sequence number past it, read from the TCP header (`skb_data` points at it,
+/// `skb_len` spans it and the payload).
+#[inline(always)]
+fn direct_segment(ctx: &SockOpsContext) {
+    const TCP_FIN: u32 = 0x01;
+    let ops = ctx.ops;
+    // SAFETY: fields of the context the kernel passed; the header is read only within the
+    // bounds the kernel gave (`skb_data_end`), as the verifier checks.
+    let (flags, len, data, end) = unsafe {
+        (
+            read_volatile(addr_of!((*ops).skb_tcp_flags)),
+            read_volatile(addr_of!((*ops).skb_len)),
+            (*ops).__bindgen_anon_3.skb_data as usize,
+            (*ops).__bindgen_anon_4.skb_data_end as usize,
+        )
+    };
+    if flags & TCP_FIN == 0 || data + 13 > end {
+        return;
+    }
+    let th = data as *const u8;
+    let (seq, doff) = unsafe {
+        (
+            u32::from_be_bytes([*th.add(4), *th.add(5), *th.add(6), *th.add(7)]),
+            u32::from(*th.add(12) >> 4) * 4,
+        )
+    };
+    let fin_end = seq.wrapping_add(len.saturating_sub(doff)).wrapping_add(1);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr_mut(cookie) {
+        // SAFETY: as in `direct_state`: one writer, under the socket's lock.
+        unsafe {
+            write_volatile(addr_of_mut!((*conn).fin_end), fin_end);
+            let fins = addr_of_mut!((*conn).fins);
+            write_volatile(fins, read_volatile(fins) | direct::FIN_SEEN);
+        }
     }
 }
 
@@ -894,23 +942,27 @@ fn direct_closed(ctx: &SockOpsContext) {
     let conn = unsafe { *conn };
     let old_state = ctx.arg(0);
     let ops = ctx.ops;
-    let (acked, received, snd_una, snd_nxt) = unsafe {
+    let (acked, received, snd_una, snd_nxt, rcv_nxt) = unsafe {
         (
             read_volatile(addr_of!((*ops).bytes_acked)),
             read_volatile(addr_of!((*ops).bytes_received)),
             read_volatile(addr_of!((*ops).snd_una)),
             read_volatile(addr_of!((*ops).snd_nxt)),
+            read_volatile(addr_of!((*ops).rcv_nxt)),
         )
     };
     // The kernel counts sequence numbers, and the SYN and each FIN take one. Up: what the
     // destination acknowledged, less the SYN (once it answered) and the FIN (when sent and
-    // everything up to it acknowledged). Down: what arrived in order, less the peer's FIN.
-    // A FIN_WAIT2 socket closes because the peer's FIN came (TIME_WAIT), or, rarely, by a
-    // reset or the FIN_WAIT2 timeout, where this counts one byte too many.
+    // everything up to it acknowledged). Down: what arrived in order, less the peer's FIN
+    // when it was taken in: a state that follows it (CLOSE_WAIT, CLOSING), or, after ours,
+    // `rcv_nxt` past the FIN a segment carried (FIN_WAIT2 closes the same way whether the
+    // peer's FIN came or the socket was closed before it).
     let syn = u64::from(old_state != BPF_TCP_SYN_SENT);
     let fin_acked = u64::from(conn.fins & direct::FIN_SENT != 0 && snd_una == snd_nxt);
-    let fin_received =
-        u64::from(conn.fins & direct::FIN_RECEIVED != 0 || old_state == BPF_TCP_FIN_WAIT2);
+    let fin_received = u64::from(
+        conn.fins & direct::FIN_RECEIVED != 0
+            || (conn.fins & direct::FIN_SEEN != 0 && rcv_nxt == conn.fin_end),
+    );
     let bytes = (
         acked.saturating_sub(syn + fin_acked),
         received.saturating_sub(fin_received),

@@ -23,7 +23,10 @@ use super::{
     accept::{self, Connection, Ended},
     upstream::{ForwardError, Transfer},
 };
-use crate::intercept::{self, direct::monotonic_ns};
+use crate::{
+    identity::workload,
+    intercept::{self, direct::monotonic_ns},
+};
 
 /// How often the gateway renews its word, and how far ahead it gives it: a gateway that stops
 /// or cannot record lets direct pass-through end within `VOUCH_AHEAD`. What goes direct in
@@ -199,6 +202,14 @@ impl Reader {
         let id = inputs.stats.next_id();
         let ago = Duration::from_nanos(monotonic_ns().saturating_sub(e.conn.started_ns));
         let redirect = &e.conn.redirect;
+        let mut workload = accept::workload_of(redirect, inputs);
+        // Its executable is read now, not at `connect()`: a thread that exec'd since has
+        // another command name (or is gone), and the executable it has now is not the one
+        // that connected, so the record names none rather than a wrong one.
+        let w = &redirect.workload;
+        if workload.comm != workload::thread_comm(w.tgid, w.pid) {
+            workload.exe = None;
+        }
         Connection {
             id,
             session: format!("{}-{id}", inputs.session_prefix),
@@ -206,7 +217,7 @@ impl Reader {
             started_unix_ms: crate::util::time::now_ms().saturating_sub(ago.as_millis() as u64),
             dst: intercept::original_destination(redirect),
             netns: redirect.workload.netns,
-            workload: accept::workload_of(redirect, inputs),
+            workload,
         }
     }
 }
