@@ -1,11 +1,13 @@
 //! Direct pass-through, the daemon's side (see [`crate::intercept::direct`]): reads the
 //! kernel's reports of connections it let go straight to their destination, writes each
 //! one's connection record (the same record a pass-through copied by the gateway gets), and
-//! vouches every second that it records, as long as its recorder is ready.
+//! renews its word that it records four times a second, a second ahead, as long as its
+//! recorder is ready.
 //!
 //! Who made a connection is read when its opening is reported, while the process is most
-//! likely still there (its executable, its unit); a connection whose opening this gateway
-//! did not see (it started before a restart) is described at its end instead.
+//! likely still there (its executable, its unit), and no executable is named for a thread
+//! that exec'd since; a connection whose opening this gateway did not see (it started before
+//! a restart) is described at its end instead.
 use std::{
     collections::HashMap,
     io,
