@@ -760,12 +760,14 @@ pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TIMEOUT_INIT => return held_syn_timeout(&ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            key_by_local_address(&ctx);
-            direct_opened(&ctx);
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            key_by_local_address(&ctx, cookie);
+            direct_opened(&ctx, cookie);
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            forget(&ctx);
-            direct_closed(&ctx);
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            forget(&ctx, cookie);
+            direct_closed(&ctx, cookie);
         }
         BPF_SOCK_OPS_STATE_CB => direct_state(&ctx, ctx.arg(1)),
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB => direct_segment(&ctx),
@@ -800,8 +802,7 @@ fn held_syn_timeout(ctx: &SockOpsContext) -> u32 {
 /// The local port is bound by now and the SYN has not left, so the entry exists before the
 /// gateway can possibly `accept()` this connection.
 #[inline(always)]
-fn key_by_local_address(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn key_by_local_address(ctx: &SockOpsContext, cookie: u64) {
     let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
         return;
     };
@@ -817,8 +818,7 @@ fn key_by_local_address(ctx: &SockOpsContext) {
 }
 
 #[inline(always)]
-fn forget(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn forget(ctx: &SockOpsContext, cookie: u64) {
     if let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) {
         let netns = unsafe { (*redirect).workload.netns };
         let _ = CALLGATE_BY_COOKIE.remove(cookie);
@@ -846,8 +846,7 @@ fn admit_direct() -> bool {
 
 /// The SYN of a direct pass-through is about to leave: it is open, its end will be seen.
 #[inline(always)]
-fn direct_opened(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn direct_opened(ctx: &SockOpsContext, cookie: u64) {
     let Some(conn) = CALLGATE_DIRECT_PENDING.get_ptr(cookie) else {
         return;
     };
@@ -934,8 +933,7 @@ fn direct_segment(ctx: &SockOpsContext) {
 
 /// A direct pass-through's socket closed: its end and byte counts go to the gateway.
 #[inline(always)]
-fn direct_closed(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn direct_closed(ctx: &SockOpsContext, cookie: u64) {
     let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr(cookie) else {
         return;
     };
