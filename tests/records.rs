@@ -154,3 +154,116 @@ fn full_disk_refuses_connections_until_space_returns() {
     assert!(ok, "{verify}");
     let _ = fs::remove_file(&config);
 }
+
+/// Stops one thread of another process (ptrace-stop: the rest of the process runs on) until a
+/// line arrives on stdin.
+const STOP_THREAD: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+tid = int(sys.argv[1])
+if libc.ptrace(SEIZE, tid, None, None) != 0:
+    sys.exit("PTRACE_SEIZE: errno %d" % ctypes.get_errno())
+libc.ptrace(INTERRUPT, tid, None, None)
+os.waitpid(tid, 0x40000000)
+print("stopped", flush=True)
+sys.stdin.readline()
+libc.ptrace(DETACH, tid, None, None)
+print("resumed", flush=True)
+"#;
+
+/// In strict durability a call's answer ends only once its record is on disk. With the record
+/// writer stopped, a client waits with the answer's head and none of its Content-Length body;
+/// the answer completes once the writer has made the record durable. Before, the body went
+/// out while the record waited, and the client held a whole answer whose record a crash could
+/// still lose.
+#[test]
+fn strict_durability_holds_the_answers_end_until_its_record_is_on_disk() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    if !ebpf_available("records_strict") || !nginx_available("records_strict") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-strict"));
+    fs::create_dir_all(&dir).expect("dir");
+    let body = r#"{"id":7,"name":"widget"}"#;
+    let up = Nginx::start(
+        &dir,
+        &format!(
+            "location = /v1/items/7 {{ default_type application/json; return 200 '{body}'; }}"
+        ),
+    );
+    let service = format!(
+        "service: items\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  get_item: {{ route: \"GET /v1/items/{{id}}\" }}\n\
+         rules:\n  - {{ name: reads, function: get_item, action: allow }}\n",
+        up.port()
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
+    let gw = gateway_with_config(&policies, "records:\n  durability: strict\n", &dir);
+    let cg = TestCgroup::new("cg-strict");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{}/v1/items/7", up.port());
+    let whole = format!("200 {}", body.len());
+    let curl = ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w"];
+    let fetch = || {
+        let mut argv = curl.to_vec();
+        argv.extend(["%{http_code} %{size_download}", &url]);
+        let out = cg.run(&argv);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(fetch(), whole, "{}", gw.log());
+
+    let pid = gw.pid().expect("gateway pid");
+    let writer = fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .find(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "callgate-record")
+        })
+        .expect("the record writer thread")
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let mut stopper = Command::new("python3")
+        .args(["-c", STOP_THREAD, &writer])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut said = BufReader::new(stopper.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    said.read_line(&mut line).expect("stopper");
+    assert_eq!(line.trim(), "stopped", "could not stop the writer thread");
+
+    let log = dir.join("held-curl.log");
+    let mut argv = curl.to_vec();
+    argv.extend(["%{http_code} %{size_download} %{time_total}", &url]);
+    let mut held = cg.spawn(&argv, &log);
+    std::thread::sleep(Duration::from_millis(1500));
+    let early = held.try_wait().expect("curl");
+    let resumed_at = std::time::Instant::now();
+    let _ = writeln!(stopper.stdin.take().expect("stdin"));
+    let _ = stopper.wait();
+    assert!(
+        early.is_none(),
+        "the client had its whole answer while the record writer was stopped: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let status = held.wait().expect("curl");
+    let got = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success() && got.starts_with(&whole),
+        "the answer completes once its record is durable: {got}"
+    );
+    assert!(resumed_at.elapsed() < Duration::from_secs(10), "{got}");
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let n = records(&gw)
+            .iter()
+            .filter(|r| r["function"] == "get_item")
+            .count();
+        (n == 2).then_some(n)
+    });
+    assert!(recorded.is_some(), "{}", gw.status()["records"]);
+}

@@ -522,6 +522,11 @@ impl Recorder {
         &self.cfg.dir
     }
 
+    /// Strict durability: a call's answer ends only once its record is on disk.
+    pub fn strict(&self) -> bool {
+        self.cfg.durability == Durability::Strict
+    }
+
     /// Can a call be taken now? The data path asks before forwarding, so that a call whose
     /// record could not be written is refused rather than carried out unrecorded.
     pub fn ready(&self) -> Result<(), RecordError> {

@@ -1,7 +1,16 @@
 //! A forwarded response on its way back: masked chunk by chunk as it streams, captured (up to
-//! the record's cap) for the call's record, which is written when the body ends — or when it is
-//! dropped half-way, so a client that goes away still leaves its call on record.
+//! the record's cap) for the call's record.
+//!
+//! When the record is written depends on the durability the records are kept with:
+//! - *buffered*: once the server has written the answer's last bytes and lets go of the body,
+//!   so the client does not wait while its call's record is built and queued;
+//! - *strict*: before the answer's last frame goes, which waits until the record is on disk:
+//!   a client never holds a whole answer whose record could still be lost.
+//!
+//! A body dropped half-way is recorded too, so a client that goes away still leaves its call
+//! on record.
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -226,8 +235,12 @@ pub struct CallBody {
     masker: Option<BodyMasker>,
     /// The injected credential's scrubber, after the masker.
     scrub: Option<ScrubStream>,
-    /// Trailers held back behind the masker's last bytes.
-    stash: Option<Frame<Bytes>>,
+    /// Frames ready for the client, in order: the masker's last bytes before the trailers
+    /// that ended them; in strict durability, the answer's last frame until the record is on
+    /// disk.
+    ready: VecDeque<Frame<Bytes>>,
+    /// The records are kept in strict durability (see the module's doc).
+    strict: bool,
     ended: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
@@ -246,11 +259,16 @@ impl CallBody {
         scrub: Option<ScrubStream>,
         pending: Option<Pending>,
     ) -> Self {
+        let strict = pending
+            .as_ref()
+            .and_then(|p| p.recording.conn.inputs.recorder.as_ref())
+            .is_some_and(|r| r.strict());
         Self {
             inner,
             masker,
             scrub,
-            stash: None,
+            ready: VecDeque::new(),
+            strict,
             ended: false,
             pending,
             durable: None,
@@ -306,11 +324,24 @@ impl CallBody {
         trailers
     }
 
-    fn out(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    /// Bytes for the client, captured for the record as they go.
+    fn out(&mut self, b: Bytes) {
         if let Some(p) = &mut self.pending {
             p.saw(&b, self.inner.size_hint().lower());
         }
-        Poll::Ready(Some(Ok(Frame::data(b))))
+        self.ready.push_back(Frame::data(b));
+    }
+
+    /// How many ready frames stay back: in strict durability, once the upstream is at its
+    /// end, the last one (the bytes that complete a Content-Length answer, or the trailers)
+    /// until the record is on disk. Before that frames go as they come: a stream's events
+    /// are not held back one behind.
+    fn held(&self) -> usize {
+        usize::from(
+            self.strict
+                && (self.pending.is_some() || self.durable.is_some())
+                && (self.ended || self.inner.is_end_stream()),
+        )
     }
 
     /// A chunk from the upstream through the masker and the scrubber; None while they hold
@@ -382,24 +413,36 @@ impl Body for CallBody {
             if let Some(wait) = &mut this.durable {
                 let r = ready!(wait.as_mut().poll(cx));
                 this.durable = None;
-                // In strict durability a call whose record is not on disk does not complete.
-                return Poll::Ready(r.err().map(|e| Err(Box::new(e) as BodyError)));
+                if let Err(e) = r {
+                    // In strict durability a call whose record is not on disk does not
+                    // complete: its last frame is not sent.
+                    this.ready.clear();
+                    return Poll::Ready(Some(Err(Box::new(e) as BodyError)));
+                }
+                continue;
             }
-            if let Some(frame) = this.stash.take() {
-                return Poll::Ready(Some(Ok(frame)));
+            if this.ready.len() > this.held() {
+                return Poll::Ready(this.ready.pop_front().map(Ok));
             }
             if this.ended {
-                if let Some(d) = this.pending.take().and_then(Pending::submit) {
+                // Buffered: the record is written when the server lets go of the body, after
+                // the answer's last bytes (see `Drop`).
+                if this.strict
+                    && let Some(d) = this.pending.take().and_then(Pending::submit)
+                {
                     this.durable = Some(Box::pin(d.wait()));
                     continue;
                 }
-                return Poll::Ready(None);
+                if this.ready.is_empty() {
+                    return Poll::Ready(None);
+                }
+                continue;
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 None => {
                     this.ended = true;
                     if let Some(tail) = this.flush() {
-                        return this.out(tail);
+                        this.out(tail);
                     }
                 }
                 Some(Err(e)) => {
@@ -407,20 +450,21 @@ impl Body for CallBody {
                         p.incomplete = Some(format!("the upstream response failed: {e}"));
                     }
                     this.ended = true;
+                    this.ready.clear();
                     return Poll::Ready(Some(Err(e)));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match this.transform(data) {
-                        Some(b) => return this.out(b),
-                        None => continue,
-                    },
+                    Ok(data) => {
+                        if let Some(b) = this.transform(data) {
+                            this.out(b);
+                        }
+                    }
                     Err(trailers) => {
                         let trailers = this.masked(trailers);
                         if let Some(tail) = this.flush() {
-                            this.stash = Some(trailers);
-                            return this.out(tail);
+                            this.out(tail);
                         }
-                        return Poll::Ready(Some(Ok(trailers)));
+                        this.ready.push_back(trailers);
                     }
                 },
             }
@@ -428,7 +472,7 @@ impl Body for CallBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.stash.is_none() && self.pending.is_none() && self.durable.is_none()
+        self.ended && self.ready.is_empty() && self.held() == 0 && self.durable.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -443,9 +487,10 @@ impl Body for CallBody {
 impl Drop for CallBody {
     fn drop(&mut self) {
         if let Some(mut p) = self.pending.take() {
-            // hyper may stop polling once a body of known length is written: that is an end,
-            // not a client that went away.
-            if !self.inner.is_end_stream() {
+            // The end of a buffered answer is recorded here, once the server is done with it;
+            // hyper may stop polling once a body of known length is written: that is an end
+            // too, not a client that went away.
+            if !self.ended && !self.inner.is_end_stream() {
                 p.incomplete
                     .get_or_insert_with(|| "the client went away before the response ended".into());
             }
