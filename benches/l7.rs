@@ -4,7 +4,9 @@
 //! (card numbers, e-mail) and recording on — plus callgate without a policy (TCP
 //! pass-through, recorded per connection).
 //!
-//! Cases: ~160 B JSON over keep-alive at full and light load, 16 KiB and 1 MiB answers, a new
+//! Cases: ~160 B JSON over keep-alive at full and light load and at an agent's pace (one
+//! connection, a call due every millisecond: the time a caller spends between calls), 16 KiB
+//! and 1 MiB answers, a new
 //! connection per request, HTTP/2 with 4 connections × 100 streams (h2load), and TLS
 //! (callgate intercepting: its own leaf to the client, verified TLS to the upstream; nginx
 //! terminating and re-encrypting to the same upstream). For callgate it also reads the gateway's CPU time per request
@@ -26,7 +28,7 @@ use std::fs;
 use callgate::telemetry::metrics::STAGE_TIMINGS_ENV;
 use callgate_benches::{
     BODY, CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service, median_of,
-    nginx, paced, with_cpu, wrk,
+    nginx, paced, paced_on, with_cpu, wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
@@ -191,6 +193,9 @@ response:
     }
     noting_steal(&mut rows, |rows| {
         half_load(rows, &gw, &cg, &plain, &cg_plain, up_port, proxy_port)
+    });
+    noting_steal(&mut rows, |rows| {
+        agent_pace(rows, &gw, &cg, up_port, proxy_port)
     });
     let half_rate = rows
         .iter()
@@ -359,6 +364,17 @@ response:
          {steal:.1}% over the whole run; a case where it is more than a percent or two is \
          measuring the host as much as the paths)\n"
     ));
+    let added_at_pace = |path: &str| {
+        let (Some(p), Some(d)) = (full(path, AGENT), full("direct", AGENT)) else {
+            return String::from("-");
+        };
+        format!("{:.0} / {:.0} µs", p.p50 - d.p50, p.p99 - d.p99)
+    };
+    md.push_str(&format!(
+        "\nat an agent's pace, added p50 / p99 over direct: callgate {}, nginx {}\n",
+        added_at_pace("callgate"),
+        added_at_pace("nginx")
+    ));
     md.push_str(&format!(
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
@@ -441,6 +457,46 @@ fn half_load(
             Some(per_request(cpu)),
         ));
     }
+}
+
+const AGENT: &str = "keep-alive 160 B, an agent's pace (1 connection, 1,000 calls/s)";
+
+/// An agent's sequential calls with time between them: one connection, a call due every
+/// millisecond, direct, through nginx and through callgate in three interleaved rounds (the
+/// medians in each row). Unlike wrk with one connection, which sends the next call the
+/// moment an answer is in, this leaves the proxies the gap a caller that does something with
+/// each answer leaves, which is where work after the answer (the record) belongs.
+fn agent_pace(rows: &mut Vec<Row>, gw: &Gateway, cg: &TestCgroup, up_port: u16, proxy_port: u16) {
+    const ROUNDS: usize = 3;
+    const SECS: f64 = 4.0;
+    const RATE: f64 = 1000.0;
+    let exe = env!("CARGO_BIN_EXE_callgate-paced");
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/items/42");
+    let (mut direct, mut proxy, mut gate) = (vec![], vec![], vec![]);
+    let mut gate_cpu = 0.0;
+    for _ in 0..ROUNDS {
+        direct.push(paced_on(exe, None, RATE, 1, SECS, &url(up_port)));
+        proxy.push(paced_on(exe, None, RATE, 1, SECS, &url(proxy_port)));
+        let cpu0 = gw.cpu_seconds();
+        gate.push(paced_on(exe, Some(cg), RATE, 1, SECS, &url(up_port)));
+        gate_cpu += gw.cpu_seconds() - cpu0;
+    }
+    for runs in [&direct, &proxy, &gate] {
+        let bad: u64 = runs.iter().map(|w| w.non_2xx).sum();
+        assert!(bad == 0, "{bad} error answers at an agent's pace");
+    }
+    let per_request = gate_cpu * 1e6 / (RATE * (SECS + 1.0) * ROUNDS as f64);
+    let (direct, proxy) = (median_of(&direct), median_of(&proxy));
+    rows.push(Row::new(AGENT, "direct", &direct, &direct, &proxy, None));
+    rows.push(Row::new(AGENT, "nginx", &proxy, &direct, &proxy, None));
+    rows.push(Row::new(
+        AGENT,
+        "callgate",
+        &median_of(&gate),
+        &direct,
+        &proxy,
+        Some(per_request),
+    ));
 }
 
 /// What each stage costs: small keep-alive calls at full load through fresh gateways with

@@ -343,12 +343,25 @@ impl Drop for Nginx {
 /// requests per second over 32 keep-alive connections, inside `cg` when given. Latency counts
 /// from when each request was due, so a stall shows in every request it delays.
 pub fn paced(exe: &str, cg: Option<&TestCgroup>, rate: f64, secs: f64, url: &str) -> Wrk {
+    paced_on(exe, cg, rate, 32, secs, url)
+}
+
+/// [`paced`] over `connections` keep-alive connections.
+pub fn paced_on(
+    exe: &str,
+    cg: Option<&TestCgroup>,
+    rate: f64,
+    connections: usize,
+    secs: f64,
+    url: &str,
+) -> Wrk {
     let (rate, secs_arg) = (format!("{rate:.0}"), format!("{secs}"));
+    let connections = connections.to_string();
     let load = [
         "--rate",
         &rate,
         "--connections",
-        "32",
+        &connections,
         "--warmup",
         "1",
         "--duration",
