@@ -575,3 +575,95 @@ fn a_process_that_execs_before_its_opening_is_read_names_no_executable() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+/// An MPTCP client in a network namespace of its own whose path manager opens a second
+/// subflow from another local address once the connection is up. Prints the subflows the
+/// client's socket reports (or `fallback` when MPTCP fell back to TCP), the bytes the server
+/// got and its answer.
+const MPTCP_CLIENT: &str = r#"
+import socket, subprocess, threading, time
+def ip(*a):
+    subprocess.run(["ip", *a], check=True)
+ip("link", "set", "lo", "up")
+ip("addr", "add", "10.9.0.1/32", "dev", "lo")
+ip("addr", "add", "10.9.0.2/32", "dev", "lo")
+ip("mptcp", "limits", "set", "subflow", "4", "add_addr_accepted", "4")
+ip("mptcp", "endpoint", "add", "10.9.0.2", "dev", "lo", "subflow")
+MPTCP, SOL_MPTCP, MPTCP_INFO = 262, 284, 1
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, MPTCP)
+srv.bind(("10.9.0.1", 0))
+srv.listen(8)
+srv.settimeout(10)
+got = []
+def serve():
+    c, _ = srv.accept()
+    c.settimeout(10)
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    got.append(n)
+    c.sendall(b"done")
+    c.close()
+t = threading.Thread(target=serve, daemon=True)
+t.start()
+cl = socket.socket(socket.AF_INET, socket.SOCK_STREAM, MPTCP)
+cl.settimeout(10)
+cl.connect(("10.9.0.1", srv.getsockname()[1]))
+cl.sendall(b"x" * 1000)
+time.sleep(1.0)
+cl.sendall(b"y" * 1000)
+try:
+    subflows = str(cl.getsockopt(SOL_MPTCP, MPTCP_INFO, 256)[0])
+except OSError:
+    subflows = "fallback"
+cl.shutdown(socket.SHUT_WR)
+answer = cl.recv(100).decode()
+t.join(10)
+print(subflows, got[0] if got else -1, answer)
+"#;
+
+/// MPTCP never goes direct: its path manager would open further subflows from a kernel
+/// worker, recorded under the worker and the root cgroup instead of the workload (found by
+/// an attacker's pass: 3 subflows, one of them a kworker's). Its first subflow is redirected,
+/// MPTCP falls back to plain TCP at the gateway, and every byte is recorded under the
+/// workload.
+#[test]
+fn mptcp_goes_through_the_gateway_and_opens_no_subflow_of_a_kernel_worker() {
+    let Some((gw, cg, _dir)) = setup("direct_mptcp") else {
+        return;
+    };
+    let out = cg.run(&["unshare", "-n", "python3", "-c", MPTCP_CLIENT]);
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{said}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert!(
+        said == "fallback 2000 done" || said == "0 2000 done",
+        "one plain TCP connection through the gateway: {said}\n{}",
+        gw.status()
+    );
+    assert_eq!(gw.kernel_counter("direct"), 0, "{}", gw.status());
+    let ours = wait_for(Duration::from_secs(10), || {
+        let ours: Vec<Value> = records(&gw)
+            .into_iter()
+            .filter(|r| {
+                r["destination"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("10.9.0."))
+            })
+            .collect();
+        (!ours.is_empty()).then_some(ours)
+    })
+    .unwrap_or_else(|| panic!("no record of the MPTCP connection:\n{:#?}", records(&gw)));
+    for r in &ours {
+        assert_eq!(r["workload"]["comm"], "python3", "{r}");
+    }
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    assert_eq!(ours[0]["bytes_in"], 2000, "{ours:#?}");
+}

@@ -55,7 +55,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_ns,
+            bpf_ktime_get_ns, bpf_skc_to_mptcp_sock,
         },
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops, stream_verdict},
@@ -235,7 +235,7 @@ fn redirect_tcp(
         workload: workload(netns),
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if cfg.flags & FLAG_DIRECT != 0 && admit_direct() {
+    if cfg.flags & FLAG_DIRECT != 0 && !mptcp_subflow(ctx) && admit_direct() {
         let conn = DirectConn {
             redirect,
             started_ns: unsafe { bpf_ktime_get_ns() },
@@ -269,6 +269,17 @@ fn redirect_tcp(
     }
     count(counter::REDIRECTED);
     ALLOW
+}
+
+/// A subflow of an MPTCP socket (the first one too: the kernel opens it for the socket). It
+/// never goes direct: the path manager would open more subflows from a kernel worker, whose
+/// reports would name the worker and the root cgroup rather than the workload. Redirected, the
+/// gateway's listener answers as plain TCP, MPTCP falls back to it, and no other subflow is
+/// opened.
+#[inline(always)]
+fn mptcp_subflow(ctx: &SockAddrContext) -> bool {
+    let sk = unsafe { read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk)) };
+    !sk.is_null() && !unsafe { bpf_skc_to_mptcp_sock(sk.cast()) }.is_null()
 }
 
 /// First matching rule wins; no match falls back to the configured default.
