@@ -174,8 +174,9 @@ print("resumed", flush=True)
 "#;
 
 /// In strict durability a call's answer ends only once its record is on disk. With the record
-/// writer stopped, a client waits with the answer's head and none of its Content-Length body;
-/// the answer completes once the writer has made the record durable. Before, the body went
+/// writer stopped, a client waits without the end of its answer: a Content-Length body, a head
+/// that is the whole answer (204, HEAD), a JSON-RPC batch's answer held whole; the answers
+/// complete once the writer has made the records durable. Before, the body went
 /// out while the record waited, and the client held a whole answer whose record a crash could
 /// still lose.
 #[test]
@@ -191,16 +192,34 @@ fn strict_durability_holds_the_answers_end_until_its_record_is_on_disk() {
     let up = Nginx::start(
         &dir,
         &format!(
-            "location = /v1/items/7 {{ default_type application/json; return 200 '{body}'; }}"
+            "location = /v1/items/7 {{ default_type application/json; return 200 '{body}'; }} \
+             location = /v1/items/gone {{ return 204; }}"
         ),
     );
     let service = format!(
         "service: items\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
          functions:\n  get_item: {{ route: \"GET /v1/items/{{id}}\" }}\n\
-         rules:\n  - {{ name: reads, function: get_item, action: allow }}\n",
+         \x20 head_item: {{ route: \"HEAD /v1/items/{{id}}\" }}\n\
+         rules:\n  - {{ name: reads, function: get_item, action: allow }}\n\
+         \x20 - {{ name: heads, function: head_item, action: allow }}\n",
         up.port()
     );
-    let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
+    // A JSON-RPC batch: its answer is put together by the gateway and held whole.
+    let rpc = Nginx::start(
+        &dir,
+        r#"location = /rpc { default_type application/json; return 200 '[{"jsonrpc":"2.0","id":1,"result":7}]'; }"#,
+    );
+    let ledger = format!(
+        "service: ledger\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: jsonrpc\n\
+         functions:\n  balance: {{ method: ledger.balance }}\n\
+         rules:\n  - {{ name: balances, function: balance, action: allow }}\n",
+        rpc.port()
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\n",
+        &[("items", &service), ("ledger", &ledger)],
+    );
     let gw = gateway_with_config(&policies, "records:\n  durability: strict\n", &dir);
     let cg = TestCgroup::new("cg-strict");
     gw.enable(&cg);
@@ -237,33 +256,60 @@ fn strict_durability_holds_the_answers_end_until_its_record_is_on_disk() {
     said.read_line(&mut line).expect("stopper");
     assert_eq!(line.trim(), "stopped", "could not stop the writer thread");
 
-    let log = dir.join("held-curl.log");
-    let mut argv = curl.to_vec();
-    argv.extend(["%{http_code} %{size_download} %{time_total}", &url]);
-    let mut held = cg.spawn(&argv, &log);
+    // A Content-Length answer, and answers that are their head alone (204, HEAD).
+    let gone = format!("http://127.0.0.1:{}/v1/items/gone", up.port());
+    let rpc_url = format!("http://127.0.0.1:{}/rpc", rpc.port());
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ledger.balance","params":{}}]"#;
+    let answers = [
+        (vec![url.as_str()], whole.clone()),
+        (vec![gone.as_str()], "204 0".to_string()),
+        (vec!["-I", url.as_str()], "200 0".to_string()),
+        (
+            vec![
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                batch,
+                &rpc_url,
+            ],
+            "200 ".to_string(),
+        ),
+    ];
+    let mut held = Vec::new();
+    for (i, (args, want)) in answers.iter().enumerate() {
+        let log = dir.join(format!("held-curl-{i}.log"));
+        let mut argv = curl.to_vec();
+        argv.push("%{http_code} %{size_download}");
+        argv.extend(args);
+        held.push((cg.spawn(&argv, &log), log, want));
+    }
     std::thread::sleep(Duration::from_millis(1500));
-    let early = held.try_wait().expect("curl");
-    let resumed_at = std::time::Instant::now();
+    let early: Vec<bool> = held
+        .iter_mut()
+        .map(|(c, _, _)| c.try_wait().expect("curl").is_some())
+        .collect();
     let _ = writeln!(stopper.stdin.take().expect("stdin"));
     let _ = stopper.wait();
-    assert!(
-        early.is_none(),
-        "the client had its whole answer while the record writer was stopped: {}",
-        fs::read_to_string(&log).unwrap_or_default()
-    );
-    let status = held.wait().expect("curl");
-    let got = fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        status.success() && got.starts_with(&whole),
-        "the answer completes once its record is durable: {got}"
-    );
-    assert!(resumed_at.elapsed() < Duration::from_secs(10), "{got}");
+    for ((mut child, log, want), early) in held.into_iter().zip(early) {
+        let status = child.wait().expect("curl");
+        let got = fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !early,
+            "the client had its whole answer while the record writer was stopped: {got}"
+        );
+        assert!(
+            status.success() && got.starts_with(want.as_str()),
+            "the answer completes once its record is durable: {got} (want {want})"
+        );
+    }
     let recorded = wait_for(Duration::from_secs(10), || {
         let n = records(&gw)
             .iter()
-            .filter(|r| r["function"] == "get_item")
+            .filter(|r| {
+                ["get_item", "head_item", "balance"].contains(&r["function"].as_str().unwrap_or(""))
+            })
             .count();
-        (n == 2).then_some(n)
+        (n == 5).then_some(n)
     });
     assert!(recorded.is_some(), "{}", gw.status()["records"]);
 }

@@ -145,3 +145,55 @@ rules:
         assert_eq!(denied["status"], 403, "{denied}");
     }
 }
+
+/// An answer that says both `Content-Length` and `Transfer-Encoding: chunked` is framed by
+/// the chunks (RFC 9112 §6.3), and its `Content-Length` is not passed on: the client would
+/// frame the answer by it, take the first bytes as the whole answer, and read the rest as the
+/// start of the next one. Before, the gateway kept the length and cut the answer there.
+#[test]
+fn an_answer_framed_two_ways_reaches_the_client_framed_one_way() {
+    const TEST: &str = "an_answer_framed_two_ways_reaches_the_client_framed_one_way";
+    if !ebpf_available(TEST) {
+        return;
+    }
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(8) {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+                  Transfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+            );
+        }
+    });
+    let dir = TestDir::new("callgate-smuggling-answer");
+    let service = format!(
+        "service: notes\nmatch: {{ hosts: [\"127.0.0.1:{port}\"] }}\nprotocol: rest\n\
+         functions:\n  read: {{ route: \"GET /notes\" }}\n\
+         rules:\n  - {{ name: reads, function: read, action: allow }}\n"
+    );
+    let policies = policy_repo(&dir, "default_action: deny\n", &[("notes", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new("smuggling-answer");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{port}/notes");
+    let (code, out) = curl_in(&cg, &["-i", &url]);
+    assert_eq!(code, 0, "{out}\n{}", gw.log());
+    let (head, body) = out.split_once("\r\n\r\n").expect("head and body");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length: 5"),
+        "the upstream's length was passed on: {head}"
+    );
+    assert_eq!(body, "hello world", "{out}");
+}

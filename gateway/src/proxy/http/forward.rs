@@ -391,6 +391,11 @@ fn strip_seen(h: &mut HeaderMap, seen: &mut Seen) {
             h.remove(n);
         }
     }
+    // A message with a Transfer-Encoding is framed by it; its Content-Length is removed
+    // before it is forwarded (RFC 9112 §6.3), or the next hop would frame it by that.
+    if seen.hop[3] && std::mem::take(&mut seen.content_length) {
+        h.remove(header::CONTENT_LENGTH);
+    }
     for (n, p) in HOP_BY_HOP.iter().zip(&mut seen.hop) {
         if std::mem::take(p) {
             h.remove(n);

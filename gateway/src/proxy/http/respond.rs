@@ -1,6 +1,7 @@
 //! Respond: the upstream's answer streams back masked (headers, body and trailers), scrubbed of
-//! any credential the gateway injected, and the call is recorded when the body ends. An answer
-//! the masks cannot read is refused, unless the service lets it pass.
+//! any credential the gateway injected, and the call is recorded as it ends (see
+//! [`streaming`] for when, by durability). An answer the masks cannot read is refused, unless
+//! the service lets it pass.
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;

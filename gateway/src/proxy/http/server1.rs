@@ -523,6 +523,22 @@ async fn write_answer<W: AsyncWrite>(
     out.extend_from_slice(b"\r\n");
 
     if framing == Framing::Done {
+        // The head is the whole answer: it goes once the body has ended (in strict
+        // durability, once the call's record is on disk). A bodiless answer has no data; what
+        // a body might still carry is dropped, up to a bound.
+        let mut dropped = 0;
+        while !body.is_end_stream() {
+            match body.frame().await {
+                None => break,
+                Some(Err(e)) => return Err(body_failed(e)),
+                Some(Ok(f)) => {
+                    dropped += f.data_ref().map_or(0, Bytes::len);
+                    if dropped > COALESCE {
+                        return Err(io::Error::other("a bodiless answer's body carries data"));
+                    }
+                }
+            }
+        }
         wr.write_all(out).await?;
         return Ok(keep);
     }
@@ -534,11 +550,13 @@ async fn write_answer<W: AsyncWrite>(
     let mut body = Pin::new(&mut body);
     loop {
         // What is ready now joins `out`; the bytes go when the body has to be waited for.
+        // The bytes that complete a Content-Length answer wait in `out` for the body's end:
+        // in strict durability that is when the call's record is on disk.
         let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
         {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                if !out.is_empty() {
+                if !out.is_empty() && left != Some(0) {
                     wr.write_all(out).await?;
                     out.clear();
                 }
@@ -569,7 +587,11 @@ async fn write_answer<W: AsyncWrite>(
             }
             *l -= data.len() as u64;
         }
-        put_data(wr, out, data, chunked).await?;
+        if left == Some(0) {
+            out.extend_from_slice(&data);
+        } else {
+            put_data(wr, out, data, chunked).await?;
+        }
     }
     if chunked {
         h1::put_last_chunk(out, None);

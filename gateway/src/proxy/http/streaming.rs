@@ -4,8 +4,11 @@
 //! When the record is written depends on the durability the records are kept with:
 //! - *buffered*: once the server has written the answer's last bytes and lets go of the body,
 //!   so the client does not wait while its call's record is built and queued;
-//! - *strict*: before the answer's last frame goes, which waits until the record is on disk:
-//!   a client never holds a whole answer whose record could still be lost.
+//! - *strict*: before the answer's last frame goes, which waits until the record is on disk,
+//!   so that a client does not hold a whole answer whose record could still be lost. The
+//!   gateway's HTTP/1 server does its part: the bytes that complete a Content-Length answer,
+//!   or a head that is the whole answer, go only once the body has ended. A record that cannot
+//!   be queued or written ends the answer with an error.
 //!
 //! A body dropped half-way is recorded too, so a client that goes away still leaves its call
 //! on record.
@@ -241,6 +244,8 @@ pub struct CallBody {
     ready: VecDeque<Frame<Bytes>>,
     /// The records are kept in strict durability (see the module's doc).
     strict: bool,
+    /// The upstream's trailers came: nothing follows them.
+    trailers: bool,
     ended: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
@@ -269,6 +274,7 @@ impl CallBody {
             scrub,
             ready: VecDeque::new(),
             strict,
+            trailers: false,
             ended: false,
             pending,
             durable: None,
@@ -338,10 +344,13 @@ impl CallBody {
     /// are not held back one behind.
     fn held(&self) -> usize {
         usize::from(
-            self.strict
-                && (self.pending.is_some() || self.durable.is_some())
-                && (self.ended || self.inner.is_end_stream()),
+            self.strict && (self.pending.is_some() || self.durable.is_some()) && self.at_end(),
         )
+    }
+
+    /// The upstream has nothing more to send: it ended, sent its trailers, or says so.
+    fn at_end(&self) -> bool {
+        self.ended || self.trailers || self.inner.is_end_stream()
     }
 
     /// A chunk from the upstream through the masker and the scrubber; None while they hold
@@ -428,8 +437,15 @@ impl Body for CallBody {
                 // Buffered: the record is written when the server lets go of the body, after
                 // the answer's last bytes (see `Drop`).
                 if this.strict
-                    && let Some(d) = this.pending.take().and_then(Pending::submit)
+                    && let Some(p) = this.pending.take()
                 {
+                    let Some(d) = p.submit() else {
+                        // Not queued: in strict durability the answer does not complete.
+                        this.ready.clear();
+                        return Poll::Ready(Some(Err(BodyError::from(
+                            "the call's record could not be queued",
+                        ))));
+                    };
                     this.durable = Some(Box::pin(d.wait()));
                     continue;
                 }
@@ -465,6 +481,7 @@ impl Body for CallBody {
                             this.out(tail);
                         }
                         this.ready.push_back(trailers);
+                        this.trailers = true;
                     }
                 },
             }
@@ -490,7 +507,7 @@ impl Drop for CallBody {
             // The end of a buffered answer is recorded here, once the server is done with it;
             // hyper may stop polling once a body of known length is written: that is an end
             // too, not a client that went away.
-            if !self.ended && !self.inner.is_end_stream() {
+            if !self.at_end() {
                 p.incomplete
                     .get_or_insert_with(|| "the client went away before the response ended".into());
             }

@@ -24,7 +24,7 @@ use crate::{
     proxy::body::ProxyBody,
     proxy::reply::{self, Refusal},
     proxy::upstream::pool::UpstreamBody,
-    record::RawJson,
+    record::{Durable, RawJson},
 };
 
 /// A JSON-RPC batch: the allowed elements go upstream as one batch; the answer is the
@@ -112,6 +112,7 @@ pub(super) async fn batch(
         }
     }
     let mut out = Vec::new();
+    let mut waits = Vec::new();
     for d in &decided {
         let id = d.call.rpc_id.as_ref();
         let answer = if d.decision.enforced != Action::Allow {
@@ -138,16 +139,19 @@ pub(super) async fn batch(
             })
         };
         if let Some(rec) = d.recording(recording.clone(), None) {
-            let _ = rec.submit(
+            waits.extend(rec.submit(
                 Some(status.as_u16()),
                 answer.as_ref().map(RawJson::of),
                 false,
                 0,
-            );
+            ));
         }
         if let Some(a) = answer {
             out.push(a);
         }
+    }
+    if let Err(r) = on_disk(waits).await {
+        return r.respond(Kind::JsonRpc, None);
     }
     if out.is_empty() {
         // Only notifications: nothing to answer.
@@ -202,9 +206,8 @@ pub(super) async fn list_tools(
         m.mask(&mut head.headers);
     }
     let record = |recording: Option<Recording>, status: u16, response: Option<RawJson>| {
-        if let Some(rec) = one.recording(recording, None) {
-            let _ = rec.submit(Some(status), response, false, 0);
-        }
+        one.recording(recording, None)
+            .and_then(|rec| rec.submit(Some(status), response, false, 0))
     };
     let bytes = match read_held(conn, body, scrub).await {
         Ok(b) => b,
@@ -218,15 +221,17 @@ pub(super) async fn list_tools(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let hidden = std::cell::RefCell::new(Vec::new());
-    let may = |t: &Json| {
-        tool_name(t).is_some_and(|name| may_call(snap, service, &one.caller, name))
-            && super::mcp_check::shown(conn, service, t, &hidden)
+    let (filtered, hidden) = {
+        let hidden = std::cell::RefCell::new(Vec::new());
+        let may = |t: &Json| {
+            tool_name(t).is_some_and(|name| may_call(snap, service, &one.caller, name))
+                && super::mcp_check::shown(conn, service, t, &hidden)
+        };
+        let filtered = filter_tools_by(&bytes, ct.starts_with("text/event-stream"), &may);
+        (filtered, super::mcp_check::hidden_record(hidden))
     };
-    let filtered = filter_tools_by(&bytes, ct.starts_with("text/event-stream"), &may);
     super::mcp_check::listed(conn, service, &bytes);
     let mut recording = recording;
-    let hidden = super::mcp_check::hidden_record(hidden);
     if let (Some(r), Some(v)) = (recording.as_mut(), hidden) {
         r.rec.mcp = Some(v);
     }
@@ -240,12 +245,31 @@ pub(super) async fn list_tools(
         },
     );
     let masked = masker.mask_all(&filtered);
-    record(
+    let wait = record(
         recording,
         head.status.as_u16(),
         Some(response_value(&masked)),
     );
+    if let Err(r) = on_disk(wait).await {
+        return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+    }
     Response::from_parts(head, crate::proxy::body::full(Bytes::from(masked)))
+}
+
+/// In strict durability an answer held whole goes once its calls' records are on disk; if
+/// one cannot be written the caller gets a 503 instead (buffered: there is nothing to wait
+/// for).
+async fn on_disk(waits: impl IntoIterator<Item = Durable>) -> Result<(), Refusal> {
+    for d in waits {
+        if let Err(e) = d.wait().await {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                format!("the call's record did not reach the disk: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A response body read whole (bounded in size and by the inspection budget), with any
