@@ -587,7 +587,7 @@ async fn write_answer<W: AsyncWrite>(
             }
             *l -= data.len() as u64;
         }
-        if left == Some(0) {
+        if left == Some(0) && !body.is_end_stream() {
             out.extend_from_slice(&data);
         } else {
             put_data(wr, out, data, chunked).await?;

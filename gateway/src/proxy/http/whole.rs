@@ -112,7 +112,7 @@ pub(super) async fn batch(
         }
     }
     let mut out = Vec::new();
-    let mut waits = Vec::new();
+    let mut owed = Owed::new(conn);
     for d in &decided {
         let id = d.call.rpc_id.as_ref();
         let answer = if d.decision.enforced != Action::Allow {
@@ -139,7 +139,7 @@ pub(super) async fn batch(
             })
         };
         if let Some(rec) = d.recording(recording.clone(), None) {
-            waits.extend(rec.submit(
+            owed.add(rec.submit(
                 Some(status.as_u16()),
                 answer.as_ref().map(RawJson::of),
                 false,
@@ -150,8 +150,13 @@ pub(super) async fn batch(
             out.push(a);
         }
     }
-    if let Err(r) = on_disk(waits).await {
-        return r.respond(Kind::JsonRpc, None);
+    if let Err(r) = owed.on_disk().await {
+        // Each call with an id gets the error, as the batch's answer.
+        out = decided
+            .iter()
+            .filter_map(|d| d.call.rpc_id.as_ref())
+            .map(|id| r.rpc_error(Some(id)))
+            .collect();
     }
     if out.is_empty() {
         // Only notifications: nothing to answer.
@@ -205,9 +210,11 @@ pub(super) async fn list_tools(
     if let Some(m) = HeaderMasker::new(masks, conn.inputs.mask_key.clone()) {
         m.mask(&mut head.headers);
     }
-    let record = |recording: Option<Recording>, status: u16, response: Option<RawJson>| {
-        one.recording(recording, None)
-            .and_then(|rec| rec.submit(Some(status), response, false, 0))
+    let mut owed = Owed::new(conn);
+    let mut record = |recording: Option<Recording>, status: u16, response: Option<RawJson>| {
+        if let Some(rec) = one.recording(recording, None) {
+            owed.add(rec.submit(Some(status), response, false, 0));
+        }
     };
     let bytes = match read_held(conn, body, scrub).await {
         Ok(b) => b,
@@ -231,6 +238,9 @@ pub(super) async fn list_tools(
         (filtered, super::mcp_check::hidden_record(hidden))
     };
     super::mcp_check::listed(conn, service, &bytes);
+    // The answer as read holds its share of the inspection budget: not while the record is
+    // written.
+    drop(bytes);
     let mut recording = recording;
     if let (Some(r), Some(v)) = (recording.as_mut(), hidden) {
         r.rec.mcp = Some(v);
@@ -245,31 +255,63 @@ pub(super) async fn list_tools(
         },
     );
     let masked = masker.mask_all(&filtered);
-    let wait = record(
+    record(
         recording,
         head.status.as_u16(),
         Some(response_value(&masked)),
     );
-    if let Err(r) = on_disk(wait).await {
+    if let Err(r) = owed.on_disk().await {
         return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
     }
     Response::from_parts(head, crate::proxy::body::full(Bytes::from(masked)))
 }
 
-/// In strict durability an answer held whole goes once its calls' records are on disk; if
-/// one cannot be written the caller gets a 503 instead (buffered: there is nothing to wait
-/// for).
-async fn on_disk(waits: impl IntoIterator<Item = Durable>) -> Result<(), Refusal> {
-    for d in waits {
-        if let Err(e) = d.wait().await {
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "recording_unavailable",
-                format!("the call's record did not reach the disk: {e}"),
-            ));
+/// The records an answer held whole owes before it goes. In strict durability it goes once
+/// they are on disk, and not at all when one could not be queued or written: the caller gets
+/// `recording_unavailable` instead. Buffered, there is nothing to wait for.
+struct Owed {
+    strict: bool,
+    waits: Vec<Durable>,
+    unqueued: bool,
+}
+
+impl Owed {
+    fn new(conn: &Conn) -> Self {
+        Self {
+            strict: conn.inputs.recorder.as_ref().is_some_and(|r| r.strict()),
+            waits: Vec::new(),
+            unqueued: false,
         }
     }
-    Ok(())
+
+    /// What submitting a record returned.
+    fn add(&mut self, submitted: Option<Durable>) {
+        match submitted {
+            Some(d) => self.waits.push(d),
+            None => self.unqueued |= self.strict,
+        }
+    }
+
+    async fn on_disk(self) -> Result<(), Refusal> {
+        let refusal = |why: String| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                why,
+            )
+        };
+        if self.unqueued {
+            return Err(refusal("the call's record could not be queued".into()));
+        }
+        for d in self.waits {
+            if let Err(e) = d.wait().await {
+                return Err(refusal(format!(
+                    "the call's record did not reach the disk: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A response body read whole (bounded in size and by the inspection budget), with any
