@@ -248,6 +248,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             cfg.http.max_inspected_per_connection_bytes,
         ),
         pins: pins.clone(),
+        workload_blocks: Default::default(),
     });
     let mut tasks = Vec::new();
     if let Some(t) = approvals

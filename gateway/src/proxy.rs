@@ -62,4 +62,6 @@ pub struct ProxyInputs {
     pub inspection: crate::proxy::http::InspectionBudget,
     /// MCP tool pins and what was seen of each MCP service's tools.
     pub pins: Arc<crate::mcp::pins::PinStore>,
+    /// The last workload blocks made for records (see [`accept::WorkloadBlocks`]).
+    pub workload_blocks: accept::WorkloadBlocks,
 }

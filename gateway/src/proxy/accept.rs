@@ -10,7 +10,7 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
     time::Instant,
 };
 
@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use bytes::Bytes;
 
 use crate::proxy::ProxyInputs;
+use crate::util::sync::LockExt;
 use crate::{
     call::{Caller, Workload},
     config::{self},
@@ -322,13 +323,51 @@ async fn handle(
             // Boxed: the L7 state machine (hyper, TLS, the call pipeline) is tens of KiB, and
             // inline it would make every connection's task that large, pass-through included.
             Some(policy) => Box::pin(route(client, &conn, inputs, policy.clone())).await,
+            // Boxed too: the task's own future stays small, and tokio moves it several
+            // times when it spawns and finishes it.
             None => {
-                let (transfer, r) = pass_through(client, Bytes::new(), &conn, inputs).await;
+                let (transfer, r) =
+                    Box::pin(pass_through(client, Bytes::new(), &conn, inputs)).await;
                 Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
             }
         }
     };
     finish(&conn, inputs, ended);
+}
+
+/// The workload blocks of the last connections' records, serialised and masked
+/// ([`crate::record::Recorder::mask_workload`]), by the thread that connected: a process's
+/// connections share one. Serialising and masking it was a quarter of the instructions a new
+/// connection cost the data path beyond its call. A slot holds one workload; another thread
+/// that lands on it replaces it.
+pub struct WorkloadBlocks {
+    slots: [Mutex<Option<(Workload, SharedJson)>>; BLOCK_SLOTS],
+}
+
+const BLOCK_SLOTS: usize = 16;
+
+impl Default for WorkloadBlocks {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| Mutex::new(None)),
+        }
+    }
+}
+
+impl WorkloadBlocks {
+    /// `w`'s block: the one kept when it is for the same workload (every field equal), else
+    /// `make`'s, then kept.
+    fn block(&self, w: &Workload, make: impl FnOnce() -> SharedJson) -> SharedJson {
+        let slot = &self.slots[w.tid.unwrap_or_default() as usize % BLOCK_SLOTS];
+        if let Some((kept, block)) = &*slot.locked() {
+            if kept == w {
+                return block.clone();
+            }
+        }
+        let block = make();
+        *slot.locked() = Some((w.clone(), block.clone()));
+        block
+    }
 }
 
 /// One accepted, redirected connection (or one the kernel let go direct, see
@@ -416,7 +455,7 @@ async fn route(
         Protocol::Tls(h) => h.sni.clone(),
         _ => None,
     };
-    let dst_host = conn.dst.ip().to_string();
+    let dst_host = crate::util::net::ip_text(conn.dst.ip());
     let service = snap.service_for(&dst_host, conn.dst.port(), sni.as_deref());
     let refuse = |why: String, service: Option<&str>| {
         stats.refused_policy.fetch_add(1, Relaxed);
@@ -429,17 +468,20 @@ async fn route(
     };
     let http_conn = |tls: bool| {
         // Masked for the records once here, not in every call's record.
-        let workload = SharedJson::of(&conn.workload);
-        let (workload, workload_masked) = match &inputs.recorder {
-            Some(r) => (r.mask_workload(workload), true),
-            None => (workload, false),
-        };
+        let workload = inputs.workload_blocks.block(&conn.workload, || {
+            let workload = SharedJson::of(&conn.workload);
+            match &inputs.recorder {
+                Some(r) => r.mask_workload(workload),
+                None => workload,
+            }
+        });
+        let workload_masked = inputs.recorder.is_some();
         Arc::new(http::Conn {
             inputs: inputs.clone(),
             policy: policy.clone(),
             dst: conn.dst,
             netns: conn.netns,
-            dst_text: conn.dst.to_string(),
+            dst_text: crate::util::net::socket_text(conn.dst),
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,
@@ -710,7 +752,7 @@ pub(super) fn finish_after(
     if let (Some(recorder), true) = (&inputs.recorder, ended.record) {
         let rec = Record::of_connection(ConnectionEnd {
             session: &conn.session,
-            destination: dst.to_string(),
+            destination: crate::util::net::socket_text(dst),
             started_ms: conn.started_unix_ms,
             workload: SharedJson::of(w),
             protocol: ended.protocol,
@@ -730,7 +772,7 @@ pub(super) fn finish_after(
         id: conn.id,
         started_unix_ms: conn.started_unix_ms,
         workload: conn.workload.clone(),
-        original_dst: dst.to_string(),
+        original_dst: crate::util::net::socket_text(dst),
         bytes_up: t.up,
         bytes_down: t.down,
         duration_ms,
@@ -797,5 +839,34 @@ mod tests {
         assert!(accepted.nodelay().expect("getsockopt"));
         // The client's own socket is untouched: only what the listener accepts inherits it.
         assert!(!client.nodelay().expect("getsockopt"));
+    }
+
+    #[test]
+    fn a_workload_block_is_reused_only_for_the_same_workload() {
+        let blocks = WorkloadBlocks::default();
+        let ada = Workload {
+            pid: Some(10),
+            tid: Some(11),
+            comm: Some("ada".into()),
+            ..Workload::default()
+        };
+        // Same thread id, another process (the id was reused): same slot, other block.
+        let bob = Workload {
+            comm: Some("bob".into()),
+            ..ada.clone()
+        };
+        let made = std::cell::Cell::new(0);
+        let make = |w: &Workload| {
+            made.set(made.get() + 1);
+            SharedJson::of(w)
+        };
+        let a = blocks.block(&ada, || make(&ada));
+        assert_eq!(blocks.block(&ada, || make(&ada)).get(), a.get());
+        assert_eq!(made.get(), 1);
+        let b = blocks.block(&bob, || make(&bob));
+        assert!(b.get().contains("bob"), "{}", b.get());
+        assert_eq!(made.get(), 2);
+        assert!(blocks.block(&ada, || make(&ada)).get().contains("ada"));
+        assert_eq!(made.get(), 3);
     }
 }

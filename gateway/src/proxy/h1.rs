@@ -203,6 +203,10 @@ pub enum Chunk {
     Trailers,
 }
 
+/// The least room [`poll_fill`] makes for a read. A connection's read buffer starts this
+/// large, so that its first read does not grow it (copying what it had).
+pub const READ_BUF: usize = 16 * 1024;
+
 /// Reads more of `io` into `buf`, room made for `expect` bytes (up to a bound) so that a large
 /// body comes in few reads; Ok(0) at end of stream.
 pub fn poll_fill<R: AsyncRead + Unpin>(
@@ -211,7 +215,7 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     expect: u64,
 ) -> Poll<io::Result<usize>> {
-    let want = expect.clamp(16 * 1024, 256 * 1024) as usize;
+    let want = expect.clamp(READ_BUF as u64, 256 * 1024) as usize;
     if buf.capacity() - buf.len() < want / 2 {
         buf.reserve(want);
     }

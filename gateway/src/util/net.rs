@@ -1,6 +1,6 @@
 //! Addresses as people write them (`10.0.0.0/8:443`, `host:port`) and as the kernel keeps
 //! them (four network-order words).
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A network and a port range: `CIDR[:PORT[-PORT]]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +119,84 @@ pub(crate) fn from_words(w: &[u32; 4]) -> Ipv6Addr {
     Ipv6Addr::from(b)
 }
 
+/// `ip` as `Display` writes it. An IPv4 address is written by hand: `Display` pads and
+/// measures through the formatter, several hundred instructions an address, and a new
+/// connection writes its destination twice.
+pub(crate) fn ip_text(ip: IpAddr) -> String {
+    let mut s = String::with_capacity(45);
+    push_ip(&mut s, ip);
+    s
+}
+
+/// `addr` as `Display` writes it: `a.b.c.d:port`, `[v6]:port`.
+pub(crate) fn socket_text(addr: SocketAddr) -> String {
+    let mut s = String::with_capacity(53);
+    match addr {
+        SocketAddr::V4(a) => push_ipv4(&mut s, *a.ip()),
+        SocketAddr::V6(_) => return addr.to_string(),
+    }
+    s.push(':');
+    push_decimal(&mut s, addr.port());
+    s
+}
+
+fn push_ip(s: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(s, v4),
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
+    }
+}
+
+fn push_ipv4(s: &mut String, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        push_decimal(s, u16::from(octet));
+    }
+}
+
+fn push_decimal(s: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_text_is_what_display_writes() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:18080",
+            "10.9.0.2:443",
+            "255.255.255.255:65535",
+            "192.168.100.20:8",
+            "[::1]:15001",
+            "[2001:db8::7]:80",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(socket_text(addr), addr.to_string());
+            assert_eq!(ip_text(addr.ip()), addr.ip().to_string());
+        }
+    }
 
     #[test]
     fn cidrs() {

@@ -197,7 +197,9 @@ impl Conn {
             ca,
             config: &config,
         });
-        let upstream_call = async {
+        // Pinned in place: a timeout that took the call by value would move its future (a few
+        // KiB) into itself and again into this one's state, on every call.
+        let upstream_call = std::pin::pin!(async {
             match pooled {
                 None => inputs
                     .upstreams
@@ -210,7 +212,7 @@ impl Conn {
                     .map(|r| r.map(UpstreamBody::Pooled))
                     .map_err(|e| error_chain(&e)),
             }
-        };
+        });
         match tokio::time::timeout(inputs.cfg.idle_timeout, upstream_call).await {
             Ok(Ok(mut resp)) => {
                 let took = sent.elapsed();

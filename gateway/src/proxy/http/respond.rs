@@ -107,9 +107,11 @@ impl Conn {
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        let body = streaming::CallBody::new(incoming, masker, scrub, pending)
-            .mask_trailers(header_masks, secrets)
-            .timed(&self.inputs.metrics);
+        // Set up in place: the body is about a KiB, and each builder step that took it by
+        // value would copy it.
+        let mut body = streaming::CallBody::new(incoming, masker, scrub, pending);
+        body.mask_trailers(header_masks, secrets);
+        body.timed(&self.inputs.metrics);
         Response::from_parts(parts, body.boxed_unsync())
     }
 }

@@ -128,7 +128,7 @@ where
     let (rd, mut wr) = tokio::io::split(io);
     let mut reader = Reader {
         io: rd,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf: BytesMut::with_capacity(h1::READ_BUF),
     };
     let back: Returned<I> = Arc::new(Mutex::new(Back {
         reader: None,
@@ -239,7 +239,7 @@ where
             out = Vec::with_capacity(8 * 1024);
         }
         if reader.buf.capacity() > 256 * 1024 && reader.buf.is_empty() {
-            reader.buf = BytesMut::with_capacity(8 * 1024);
+            reader.buf = BytesMut::with_capacity(h1::READ_BUF);
         }
     }
 }

@@ -286,11 +286,10 @@ impl CallBody {
 
     /// Times the masking of this answer into `metrics` when it keeps stage timings (and there
     /// is anything to mask).
-    pub fn timed(mut self, metrics: &Arc<Metrics>) -> Self {
+    pub fn timed(&mut self, metrics: &Arc<Metrics>) {
         if metrics.stage_timings() && (self.masker.is_some() || self.scrub.is_some()) {
             self.timing = Some((metrics.clone(), Duration::ZERO));
         }
-        self
     }
 
     /// `f`, its time added to the masking's when timed.
@@ -308,14 +307,9 @@ impl CallBody {
 
     /// Trailers (chunked trailers, gRPC trailing metadata) get the masks and the injected
     /// credential's scrubbing the head got.
-    pub fn mask_trailers(
-        mut self,
-        masks: Option<HeaderMasker>,
-        secrets: Option<Arc<Secrets>>,
-    ) -> Self {
+    pub fn mask_trailers(&mut self, masks: Option<HeaderMasker>, secrets: Option<Arc<Secrets>>) {
         self.trailer_masks = masks;
         self.trailer_secrets = secrets;
-        self
     }
 
     fn masked(&self, mut trailers: Frame<Bytes>) -> Frame<Bytes> {
