@@ -34,7 +34,7 @@ impl Conn {
             )
         });
         if let Some(rec) = recording {
-            if let Some(d) = rec.submit(Some(r.status.as_u16()), None, false, 0) {
+            if let Ok(Some(d)) = rec.submit(Some(r.status.as_u16()), None, false, 0) {
                 if let Err(e) = d.wait().await {
                     warn!(error = %e, "a refused call's record did not reach the disk");
                 }

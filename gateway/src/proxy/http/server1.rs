@@ -45,6 +45,9 @@ use crate::{
 /// Bodies up to this size are copied in with the head and the chunk framing, so the whole
 /// answer goes in one write; larger data is written from its own buffer.
 const COALESCE: usize = 16 * 1024;
+/// The most data a bodiless answer's body (HEAD, 204, 304) may still carry, dropped unsent,
+/// before the answer is failed as one that does not say what it is.
+const BODILESS_DROP: usize = 16 * 1024;
 /// After an answer that ends the connection, what the client still sends is read and dropped
 /// for at most this long and this much, so closing does not reset the connection (which can
 /// destroy the answer before the client reads it).
@@ -533,7 +536,7 @@ async fn write_answer<W: AsyncWrite>(
                 Some(Err(e)) => return Err(body_failed(e)),
                 Some(Ok(f)) => {
                     dropped += f.data_ref().map_or(0, Bytes::len);
-                    if dropped > COALESCE {
+                    if dropped > BODILESS_DROP {
                         return Err(io::Error::other("a bodiless answer's body carries data"));
                     }
                 }

@@ -103,14 +103,16 @@ impl Recording {
         Some(self)
     }
 
-    /// Queues the record; in strict durability the returned handle resolves once it is on disk.
+    /// Queues the record. In strict durability the handle returned resolves once it is on
+    /// disk; buffered, there is none to wait for. An error: the recorder refused the record
+    /// (counted and logged here); what that means for the answer is the caller's to say.
     pub(super) fn submit(
         mut self,
         status: Option<u16>,
         response: Option<RawJson>,
         truncated: bool,
         bytes_out: u64,
-    ) -> Option<Durable> {
+    ) -> Result<Option<Durable>, RecordError> {
         self.rec.status = status;
         if self.full {
             self.rec.response = response;
@@ -119,23 +121,22 @@ impl Recording {
         self.rec.bytes_out = bytes_out;
         self.rec.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let inputs = &self.conn.inputs;
-        let recorder = inputs.recorder.as_ref()?;
+        let Some(recorder) = inputs.recorder.as_ref() else {
+            return Ok(None);
+        };
         let t0 = inputs.metrics.stage_timings().then(Instant::now);
         let submitted = recorder.submit(self.rec);
         if let Some(t0) = t0 {
             inputs.metrics.recorded_in(t0.elapsed());
         }
-        match submitted {
-            Ok(d) => d,
-            Err(e) => {
-                inputs
-                    .stats
-                    .record_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(error = %e, "could not record a call");
-                None
-            }
+        if let Err(e) = &submitted {
+            inputs
+                .stats
+                .record_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(error = %e, "could not record a call");
         }
+        submitted
     }
 }
 
@@ -197,7 +198,7 @@ impl Pending {
             .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
-    fn submit(mut self) -> Option<Durable> {
+    fn submit(mut self) -> Result<Option<Durable>, RecordError> {
         if let Some(why) = self.incomplete.take() {
             let reason = self.recording.rec.decision.reason.take();
             self.recording.rec.decision.reason = Some(match reason {
@@ -433,15 +434,18 @@ impl Body for CallBody {
                 if this.strict
                     && let Some(p) = this.pending.take()
                 {
-                    let Some(d) = p.submit() else {
-                        // Not queued: in strict durability the answer does not complete.
-                        this.ready.clear();
-                        return Poll::Ready(Some(Err(BodyError::from(
-                            "the call's record could not be queued",
-                        ))));
-                    };
-                    this.durable = Some(Box::pin(d.wait()));
-                    continue;
+                    match p.submit() {
+                        Ok(Some(d)) => {
+                            this.durable = Some(Box::pin(d.wait()));
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Not queued: in strict durability the answer does not complete.
+                            this.ready.clear();
+                            return Poll::Ready(Some(Err(Box::new(e) as BodyError)));
+                        }
+                    }
                 }
                 if this.ready.is_empty() {
                     return Poll::Ready(None);

@@ -24,7 +24,7 @@ use crate::{
     proxy::body::ProxyBody,
     proxy::reply::{self, Refusal},
     proxy::upstream::pool::UpstreamBody,
-    record::{Durable, RawJson},
+    record::{Durable, RawJson, RecordError},
 };
 
 /// A JSON-RPC batch: the allowed elements go upstream as one batch; the answer is the
@@ -272,7 +272,8 @@ pub(super) async fn list_tools(
 struct Owed {
     strict: bool,
     waits: Vec<Durable>,
-    unqueued: bool,
+    /// Why a record was not queued, in strict durability.
+    unqueued: Option<RecordError>,
 }
 
 impl Owed {
@@ -280,15 +281,18 @@ impl Owed {
         Self {
             strict: conn.inputs.recorder.as_ref().is_some_and(|r| r.strict()),
             waits: Vec::new(),
-            unqueued: false,
+            unqueued: None,
         }
     }
 
     /// What submitting a record returned.
-    fn add(&mut self, submitted: Option<Durable>) {
+    fn add(&mut self, submitted: Result<Option<Durable>, RecordError>) {
         match submitted {
-            Some(d) => self.waits.push(d),
-            None => self.unqueued |= self.strict,
+            Ok(Some(d)) => self.waits.push(d),
+            Ok(None) => {}
+            Err(e) if self.strict => self.unqueued = Some(e),
+            // Buffered: the answer goes; the failure is counted and logged.
+            Err(_) => {}
         }
     }
 
@@ -300,8 +304,10 @@ impl Owed {
                 why,
             )
         };
-        if self.unqueued {
-            return Err(refusal("the call's record could not be queued".into()));
+        if let Some(e) = self.unqueued {
+            return Err(refusal(format!(
+                "the call's record could not be queued: {e}"
+            )));
         }
         for d in self.waits {
             if let Err(e) = d.wait().await {
