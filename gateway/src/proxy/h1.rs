@@ -203,8 +203,11 @@ pub enum Chunk {
     Trailers,
 }
 
-/// The least room [`poll_fill`] makes for a read. A connection's read buffer starts this
-/// large, so that its first read does not grow it (copying what it had).
+/// The least room [`poll_fill`] makes for a read. A client connection's read buffer starts
+/// this large, so that its first read ahead does not grow it (copying what it had). Not an
+/// upstream connection's: there a buffer that grows on its first answer is sized for the
+/// answer's length (answers a little over 16 KiB cost 8 % more CPU with a 16 KiB start, in
+/// an A/B of the l7 bench's 16 KiB case).
 pub const READ_BUF: usize = 16 * 1024;
 
 /// Reads more of `io` into `buf`, room made for `expect` bytes (up to a bound) so that a large

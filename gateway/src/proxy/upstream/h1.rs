@@ -97,7 +97,7 @@ impl Upstream1 {
     fn over(io: UpstreamStream, tls: Option<TlsIdentity>) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(h1::READ_BUF),
+            buf: BytesMut::with_capacity(8 * 1024),
             reused: false,
             tls,
         }
@@ -312,7 +312,7 @@ impl Source for Kept {
         if reusable && self.keep && self.conn.buf.is_empty() {
             // A kept connection does not hold on to a large body's read buffer.
             if self.conn.buf.capacity() > 64 * 1024 {
-                self.conn.buf = BytesMut::with_capacity(h1::READ_BUF);
+                self.conn.buf = BytesMut::with_capacity(8 * 1024);
             }
             *self.slot.locked() = Some(self.conn);
         }
