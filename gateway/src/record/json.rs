@@ -62,7 +62,9 @@ impl RecordedDecision {
     }
 }
 
-/// A JSON object being written: `{`, then `"key":value` pairs with commas between.
+/// A JSON object being written: `{`, then `"key":value` pairs with commas between. Its
+/// methods are inlined into each call site, where the key is a literal: its bytes are then
+/// stored in place, not copied by a call to `memcpy` per key (about 19 a record).
 struct Object<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
@@ -75,6 +77,7 @@ impl<'a> Object<'a> {
     }
 
     /// `key` is one of this module's literals: plain ASCII, nothing to escape.
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         if !self.first {
             self.out.push(b',');
@@ -85,27 +88,32 @@ impl<'a> Object<'a> {
         self.out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     fn raw(&mut self, key: &str, json: &str) {
         self.key(key);
         self.out.extend_from_slice(json.as_bytes());
     }
 
+    #[inline(always)]
     fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         string(self.out, value);
     }
 
+    #[inline(always)]
     fn opt_str(&mut self, key: &str, value: &Option<String>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
 
+    #[inline(always)]
     fn value<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), serde_json::Error> {
         self.key(key);
         serde_json::to_writer(&mut *self.out, &value)
     }
 
+    #[inline(always)]
     fn opt<T: Serialize>(&mut self, key: &str, value: &Option<T>) -> Result<(), serde_json::Error> {
         match value {
             Some(v) => self.value(key, v),

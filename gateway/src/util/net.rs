@@ -119,9 +119,9 @@ pub(crate) fn from_words(w: &[u32; 4]) -> Ipv6Addr {
     Ipv6Addr::from(b)
 }
 
-/// `ip` as `Display` writes it. An IPv4 address is written by hand: `Display` pads and
-/// measures through the formatter, several hundred instructions an address, and a new
-/// connection writes its destination twice.
+/// `ip` as `Display` writes it. An IPv4 address is written without the formatter (`itoa`
+/// for its numbers): `Display` pads and measures through `fmt`, about 2k instructions an
+/// address, and a new connection writes its destination three times.
 pub(crate) fn ip_text(ip: IpAddr) -> String {
     let mut s = String::with_capacity(45);
     push_ip(&mut s, ip);
@@ -160,20 +160,7 @@ fn push_ipv4(s: &mut String, ip: Ipv4Addr) {
 }
 
 fn push_decimal(s: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        s.push(char::from(d));
-    }
+    s.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]
