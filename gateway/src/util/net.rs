@@ -123,30 +123,27 @@ pub(crate) fn from_words(w: &[u32; 4]) -> Ipv6Addr {
 /// for its numbers): `Display` pads and measures through `fmt`, about 2k instructions an
 /// address, and a new connection writes its destination three times.
 pub(crate) fn ip_text(ip: IpAddr) -> String {
-    let mut s = String::with_capacity(45);
-    push_ip(&mut s, ip);
-    s
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            push_ipv4(&mut s, v4);
+            s
+        }
+        IpAddr::V6(_) => ip.to_string(),
+    }
 }
 
 /// `addr` as `Display` writes it: `a.b.c.d:port`, `[v6]:port`.
 pub(crate) fn socket_text(addr: SocketAddr) -> String {
-    let mut s = String::with_capacity(53);
     match addr {
-        SocketAddr::V4(a) => push_ipv4(&mut s, *a.ip()),
-        SocketAddr::V6(_) => return addr.to_string(),
-    }
-    s.push(':');
-    push_decimal(&mut s, addr.port());
-    s
-}
-
-fn push_ip(s: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => push_ipv4(s, v4),
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(s, "{v6}");
+        SocketAddr::V4(a) => {
+            let mut s = String::with_capacity(21);
+            push_ipv4(&mut s, *a.ip());
+            s.push(':');
+            push_decimal(&mut s, a.port());
+            s
         }
+        SocketAddr::V6(_) => addr.to_string(),
     }
 }
 
