@@ -353,8 +353,9 @@ impl Scanner {
     /// The stride scan for card numbers, SSNs and IBANs.
     fn runs(&self, t: &[u8], out: &mut Vec<Hit>) {
         let n = t.len();
-        // Set up once per scan, not per run: timestamps and ids make runs common.
-        let mut groups: Groups = [(0, 0, false, false); RUN_GROUPS];
+        // Set up once per scan, not per run: timestamps and ids make runs common. And only at
+        // the first run: the table is 3 KiB, and most texts (names, words) hold no run.
+        let mut groups: Option<Groups> = None;
         let mut i = 0;
         while i + MIN_RUN <= n {
             let probe = i + MIN_RUN - 1;
@@ -371,7 +372,10 @@ impl Scanner {
                 e += 1;
             }
             if e - s >= MIN_RUN {
-                self.analyze_run(t, s, e, &mut groups, out);
+                // A closure: `get_or_insert` would build (zero) the table at every run.
+                #[allow(clippy::unnecessary_lazy_evaluations)]
+                let groups = groups.get_or_insert_with(|| [(0, 0, false, false); RUN_GROUPS]);
+                self.analyze_run(t, s, e, groups, out);
             }
             i = e + 1;
         }
