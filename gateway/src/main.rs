@@ -4,12 +4,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod alloc;
 mod cli;
 
 /// glibc malloc's arena locks showed up in profiles of the L7 path (allocations made on one
 /// worker thread and freed on another); mimalloc's thread-local free lists avoid them.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Allocator = alloc::Allocator;
 
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
 ///

@@ -26,8 +26,8 @@ const LAYERS: &[&str] = &[
     "util",
 ];
 
-/// The binary's own modules (`main.rs`, `cli/`) may use anything of the library.
-const BINARY: &[&str] = &["main.rs", "cli.rs", "cli"];
+/// The binary's own modules (`main.rs`, `cli/`, its allocator) may use anything of the library.
+const BINARY: &[&str] = &["main.rs", "cli.rs", "cli", "alloc.rs"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
