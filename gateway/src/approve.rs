@@ -1163,11 +1163,11 @@ mod tests {
             subject: Some(sub.into()),
             authenticated: true,
             provider: Some("idp".into()),
-            workload: Some(Workload {
+            workload: Some(Arc::new(Workload {
                 uid: Some(uid),
                 cgroup: Some(cgroup.into()),
                 ..Workload::default()
-            }),
+            })),
             ..Caller::default()
         }
     }

@@ -3,6 +3,8 @@
 
 pub mod container;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -58,8 +60,9 @@ pub struct Caller {
     /// The provider (its name in `callgate.yaml`) that vouched for the token.
     #[serde(default)]
     pub provider: Option<String>,
+    /// Shared with the connection that made the call: one per connection, not per call.
     #[serde(default)]
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
 }
 
 /// The process that made a call, as the kernel saw it at connect time and as policy, records

@@ -306,7 +306,7 @@ fn a_deny_on_a_list_matches_any_item() {
 #[test]
 fn caller_matchers() {
     let w = |unit: &str, uid: u32| Caller {
-        workload: Some(Workload {
+        workload: Some(std::sync::Arc::new(Workload {
             unit: Some(unit.into()),
             uid: Some(uid),
             user: Some("svc".into()),
@@ -314,7 +314,7 @@ fn caller_matchers() {
             comm: Some("python3".into()),
             pid: Some(1),
             ..Workload::default()
-        }),
+        })),
         ..user(&["eng", "ops"])
     };
     let cases: &[(&str, Caller, bool)] = &[
@@ -413,7 +413,7 @@ fn container_pod_and_namespace_matchers() {
         POD.replace('-', "_")
     );
     let in_pod = Caller {
-        workload: Some(Workload {
+        workload: Some(std::sync::Arc::new(Workload {
             // Names as the runtime's state gives them (identity::containers).
             container: callgate::call::container::Container::of_cgroup(Some(&cgroup)).map(|c| {
                 callgate::call::container::Container {
@@ -426,7 +426,7 @@ fn container_pod_and_namespace_matchers() {
             netns: Some(4026532247),
             cgroup: Some(cgroup.clone()),
             ..Workload::default()
-        }),
+        })),
         ..Caller::default()
     };
     let on_host = in_cgroup("system.slice/a.service", 0);
@@ -1007,7 +1007,7 @@ mod never_panics {
 fn in_cgroup(cgroup: &str, uid: u32) -> Caller {
     let units = callgate::identity::workload::SystemdUnits::of(cgroup);
     Caller {
-        workload: Some(Workload {
+        workload: Some(std::sync::Arc::new(Workload {
             uid: Some(uid),
             cgroup: Some(cgroup.into()),
             unit: units.unit,
@@ -1015,7 +1015,7 @@ fn in_cgroup(cgroup: &str, uid: u32) -> Caller {
             user_unit_uid: units.user_unit_uid,
             comm: Some("curl".into()),
             ..Workload::default()
-        }),
+        })),
         ..Caller::default()
     }
 }

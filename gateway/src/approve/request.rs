@@ -93,7 +93,7 @@ pub struct CallerSummary {
 
 impl CallerSummary {
     pub fn of(c: &Caller) -> Self {
-        let w = c.workload.clone().unwrap_or_default();
+        let w = c.workload.as_deref().cloned().unwrap_or_default();
         Self {
             subject: c.authenticated.then(|| c.subject.clone()).flatten(),
             groups: if c.authenticated {

@@ -533,10 +533,10 @@ mod tests {
         Caller {
             subject: Some(sub.into()),
             authenticated: true,
-            workload: Some(Workload {
+            workload: Some(Arc::new(Workload {
                 unit: Some(unit.into()),
                 ..Workload::default()
-            }),
+            })),
             ..Caller::default()
         }
     }

@@ -59,29 +59,31 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             ..Caller::default()
         });
     let caller = Caller {
-        workload: case.workload.as_ref().map(|w| Workload {
-            pid: w.pid,
-            uid: w.uid,
-            user: w.user.clone(),
-            unit: w.unit.clone(),
-            user_unit: w.user_unit.clone(),
-            user_unit_uid: w
-                .unit
-                .as_deref()
-                .and_then(crate::identity::workload::user_manager_uid)
-                .filter(|_| w.user_unit.is_some()),
-            cgroup: w.cgroup.clone(),
-            comm: w.comm.clone(),
-            container: (w.container.is_some() || w.pod.is_some()).then(|| {
-                crate::call::container::Container {
-                    runtime: None,
-                    id: w.container.clone(),
-                    pod: w.pod.clone(),
-                    ..Default::default()
-                }
-            }),
-            netns: w.netns,
-            ..Workload::default()
+        workload: case.workload.as_ref().map(|w| {
+            std::sync::Arc::new(Workload {
+                pid: w.pid,
+                uid: w.uid,
+                user: w.user.clone(),
+                unit: w.unit.clone(),
+                user_unit: w.user_unit.clone(),
+                user_unit_uid: w
+                    .unit
+                    .as_deref()
+                    .and_then(crate::identity::workload::user_manager_uid)
+                    .filter(|_| w.user_unit.is_some()),
+                cgroup: w.cgroup.clone(),
+                comm: w.comm.clone(),
+                container: (w.container.is_some() || w.pod.is_some()).then(|| {
+                    crate::call::container::Container {
+                        runtime: None,
+                        id: w.container.clone(),
+                        pod: w.pod.clone(),
+                        ..Default::default()
+                    }
+                }),
+                netns: w.netns,
+                ..Workload::default()
+            })
         }),
         ..caller
     };

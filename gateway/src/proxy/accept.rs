@@ -306,7 +306,7 @@ async fn handle(
         started_unix_ms: crate::util::time::now_ms(),
         dst: intercept::original_destination(&redirect),
         netns,
-        workload: workload_of(&redirect, inputs),
+        workload: Arc::new(workload_of(&redirect, inputs)),
     };
     let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
@@ -391,7 +391,8 @@ pub(super) struct Connection {
     pub(super) dst: SocketAddr,
     /// The network namespace (cookie) the workload connected from; upstreams leave from it.
     pub(super) netns: u64,
-    pub(super) workload: Workload,
+    /// Shared with the connection's calls (their [`Caller`]) and its `status` summary.
+    pub(super) workload: Arc<Workload>,
 }
 
 /// How a connection ended, for the log, `status` and its connection record.
@@ -783,7 +784,7 @@ pub(super) fn finish_after(
         id: conn.id,
         started_unix_ms: conn.started_unix_ms,
         workload: conn.workload.clone(),
-        original_dst: crate::util::net::socket_text(dst),
+        original_dst: dst,
         bytes_up: t.up,
         bytes_down: t.down,
         duration_ms,

@@ -219,7 +219,7 @@ impl Reader {
             started_unix_ms: crate::util::time::now_ms().saturating_sub(ago.as_millis() as u64),
             dst: intercept::original_destination(redirect),
             netns: redirect.workload.netns,
-            workload,
+            workload: Arc::new(workload),
         }
     }
 }

@@ -54,8 +54,9 @@ pub struct Stats {
 pub struct ConnSummary {
     pub id: u64,
     pub started_unix_ms: u64,
-    pub workload: crate::call::Workload,
-    pub original_dst: String,
+    pub workload: std::sync::Arc<crate::call::Workload>,
+    /// Serialised as its text (`127.0.0.1:443`), as `status` shows it.
+    pub original_dst: std::net::SocketAddr,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
