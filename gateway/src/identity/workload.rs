@@ -4,7 +4,7 @@
 //! is still alive. Names are cached; the password database is not read per connection.
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -36,9 +36,19 @@ impl Users {
     }
 }
 
-/// The executable of a process that is still running (it may have exited by now).
-pub fn exe(pid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+/// The executable of a process that is still running (it may have exited by now), as text
+/// (a name that is not UTF-8 has its invalid bytes replaced, as `Path::display` does). Read
+/// for every intercepted connection: the path is put together without the formatter.
+pub fn exe(pid: u32) -> Option<String> {
+    let mut path = String::with_capacity(24);
+    path.push_str("/proc/");
+    path.push_str(itoa::Buffer::new().format(pid));
+    path.push_str("/exe");
+    let exe = std::fs::read_link(path).ok()?.into_os_string();
+    Some(
+        exe.into_string()
+            .unwrap_or_else(|exe| exe.to_string_lossy().into_owned()),
+    )
 }
 
 /// The command name of thread `tid` of process `tgid`, now (`None` once either is gone).
@@ -150,6 +160,15 @@ fn valid_unit_chars(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The executable's text is what `Path::display` gave for it, and a process that is gone
+    /// has none.
+    #[test]
+    fn exe_is_the_running_binary_as_text() {
+        let me = std::env::current_exe().expect("the test binary's path");
+        assert_eq!(exe(std::process::id()), Some(me.display().to_string()));
+        assert_eq!(exe(u32::MAX), None);
+    }
 
     #[test]
     fn units_as_systemd_derives_them() {

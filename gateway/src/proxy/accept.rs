@@ -792,6 +792,15 @@ pub(super) fn finish_after(
     });
 }
 
+/// `bytes` as text, invalid UTF-8 replaced (a command name is almost always ASCII: checked
+/// first, without the lossy conversion's chunking).
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// The workload the kernel reported for this connection, with what the host knows of it.
 pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
     let w = &r.workload;
@@ -823,7 +832,7 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         tid: Some(w.pid),
         uid: Some(w.uid),
         gid: Some(w.gid),
-        comm: Some(String::from_utf8_lossy(&w.comm[..comm_len]).into_owned()),
+        comm: Some(text(&w.comm[..comm_len])),
         cgroup_id: Some(w.cgroup_id),
         unit: units.unit,
         user_unit: units.user_unit,
@@ -831,7 +840,7 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         container,
         cgroup: facts.map(|f| f.cgroup.clone()),
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
-        exe: workload::exe(w.tgid).map(|p| p.display().to_string()),
+        exe: workload::exe(w.tgid),
         netns: inputs.interceptor.namespaces().inode(w.netns),
     }
 }
@@ -839,6 +848,14 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command name is kept as text; bytes that are not UTF-8 are replaced, not dropped.
+    #[test]
+    fn comm_text_replaces_invalid_bytes() {
+        assert_eq!(text(b"python3"), "python3");
+        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(text(b""), "");
+    }
 
     /// The data path no longer sets TCP_NODELAY per accepted connection: it relies on Linux
     /// copying the listener's. If that ever stops holding, answers wait on Nagle.
