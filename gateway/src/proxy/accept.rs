@@ -336,7 +336,7 @@ async fn handle(
 }
 
 /// `PREFIX-ID`: without `format!`, whose machinery was about 1.3k instructions a connection.
-fn session_id(prefix: &str, id: u64) -> String {
+pub(super) fn session_id(prefix: &str, id: u64) -> String {
     let mut id_text = itoa::Buffer::new();
     let id_text = id_text.format(id);
     let mut s = String::with_capacity(prefix.len() + 1 + id_text.len());

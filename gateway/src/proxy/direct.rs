@@ -214,7 +214,7 @@ impl Reader {
         }
         Connection {
             id,
-            session: format!("{}-{id}", inputs.session_prefix),
+            session: accept::session_id(&inputs.session_prefix, id),
             started: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
             started_unix_ms: crate::util::time::now_ms().saturating_sub(ago.as_millis() as u64),
             dst: intercept::original_destination(redirect),
