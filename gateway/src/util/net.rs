@@ -121,7 +121,8 @@ pub(crate) fn from_words(w: &[u32; 4]) -> Ipv6Addr {
 
 /// `ip` as `Display` writes it. An IPv4 address is written without the formatter (`itoa`
 /// for its numbers): `Display` pads and measures through `fmt`, about 2k instructions an
-/// address, and a new connection writes its destination three times.
+/// address, and a new connection writes its destination twice (its host, to find the
+/// service; host and port, for its records).
 pub(crate) fn ip_text(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
