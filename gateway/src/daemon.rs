@@ -239,7 +239,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         policy: policy.clone(),
         authority,
         upstreams: Arc::new(
-            Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE)
+            Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE, cfg.workers)
                 .with_namespaces(interceptor.namespaces().clone()),
         ),
         mask_key,

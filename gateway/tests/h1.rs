@@ -109,7 +109,7 @@ async fn read(resp: Response<UpstreamBody>) -> (u16, String, Option<String>) {
 }
 
 fn upstreams() -> Upstreams {
-    Upstreams::new(Duration::from_secs(2), Duration::from_secs(30))
+    Upstreams::new(Duration::from_secs(2), Duration::from_secs(30), 1)
 }
 
 #[tokio::test]
@@ -225,12 +225,13 @@ async fn malformed_answers_are_errors_not_guesses() {
     assert!(e.to_string().contains("malformed"), "{e}");
 }
 
-/// A connection released by an intercepted connection goes back to the thread (runtime) it
-/// was opened on: the next connection on that thread reuses it, one on another thread opens
-/// its own. A socket's readiness arrives on the thread that registered it, so a connection
-/// handed across would wait on a thread that may be busy or parked on something else.
+/// A connection released by an intercepted connection goes back to the idle lists of the
+/// data-path thread (lane) it was opened on: the next connection on that lane reuses it, one
+/// on another lane opens its own. A socket's readiness arrives on the thread that registered
+/// it, so a connection handed across would wait on a thread that may be busy or parked on
+/// something else.
 #[test]
-fn kept_connections_stay_on_the_thread_that_opened_them() {
+fn kept_connections_stay_on_the_lane_that_opened_them() {
     let answer: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -245,10 +246,15 @@ fn kept_connections_stay_on_the_thread_that_opened_them() {
         .expect("runtime");
     let (addr, accepted) =
         upstream_rt.block_on(upstream((0..3).map(|_| Step::Answer(answer)).collect()));
-    let ups = Arc::new(upstreams());
-    // One call on a fresh slot, then the slot's connection goes to the idle list.
-    let call = move |ups: Arc<Upstreams>| async move {
-        let slot = Http1Slot::default();
+    // Two data-path threads (lanes): A serves on lane 0, B on lane 1.
+    let ups = Arc::new(Upstreams::new(
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+        2,
+    ));
+    // One call on a fresh slot of `lane`, then the slot's connection goes to the idle list.
+    let call = move |ups: Arc<Upstreams>, lane: usize| async move {
+        let slot = Http1Slot::on_lane(lane);
         let resp = ups
             .send_http1(&slot, addr, 0, None, get("/"))
             .await
@@ -264,8 +270,8 @@ fn kept_connections_stay_on_the_thread_that_opened_them() {
         let ups = ups.clone();
         std::thread::spawn(move || {
             let rt = runtime();
-            rt.block_on(call(ups.clone()));
-            rt.block_on(call(ups));
+            rt.block_on(call(ups.clone(), 0));
+            rt.block_on(call(ups, 0));
             let _ = ready_tx.send(());
             let _ = done_rx.recv_timeout(Duration::from_secs(30));
         })
@@ -282,7 +288,7 @@ fn kept_connections_stay_on_the_thread_that_opened_them() {
     // Thread B gets a connection of its own; A's would wait on A's parked reactor.
     let b = std::thread::spawn(move || {
         runtime().block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), call(ups))
+            tokio::time::timeout(Duration::from_secs(5), call(ups, 1))
                 .await
                 .expect("thread B's call was answered")
         })
@@ -296,4 +302,67 @@ fn kept_connections_stay_on_the_thread_that_opened_them() {
         2,
         "another thread opens its own connection"
     );
+}
+
+/// Idle connections past the idle timeout are closed, not only skipped: their lane's sweep
+/// (which its thread runs about once a second, calls or not) closes them, and the upstream
+/// sees the end of its connection; it leaves the others.
+#[tokio::test]
+async fn idle_connections_past_the_timeout_are_closed_by_their_lanes_sweep() {
+    // Upstreams that answer one request, then count the connections that ended.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.push(listener.local_addr().expect("addr"));
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await
+            {
+                closed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let idle = Duration::from_millis(300);
+    let ups = Upstreams::new(Duration::from_secs(2), idle, 1);
+    let call = |addr| {
+        let ups = &ups;
+        async move {
+            let slot = Http1Slot::on_lane(0);
+            let resp = ups
+                .send_http1(&slot, addr, 0, None, get("/"))
+                .await
+                .expect("call");
+            assert_eq!(read(resp).await.1, "ok");
+            ups.release_http1(addr, 0, &slot);
+        }
+    };
+    call(addrs[0]).await;
+    tokio::time::sleep(idle + Duration::from_millis(100)).await;
+    call(addrs[1]).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 0, "released, not swept");
+    // The first connection idled out: the sweep closes it.
+    ups.sweep_idle(0);
+    let waited = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) < 1 && waited.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "the idled-out one closed");
+    call(addrs[2]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "the others kept");
 }

@@ -220,7 +220,7 @@ async fn run_worker(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut serving = tokio::task::JoinSet::new();
-    serving.spawn(timer_anchor(shutdown.clone()));
+    serving.spawn(timer_anchor(lane, inputs.clone(), shutdown.clone()));
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -240,13 +240,14 @@ async fn run_worker(
 /// — an idle thread taking one call, the light-load case — that is every timer: measured with
 /// one keep-alive client, each call paid an eventfd write and an extra `epoll_wait` on its own
 /// thread, 8 syscalls where 6 do. With this timer always nearer, the calls' timers (seconds
-/// to minutes away) never come first. It costs one wake-up per second.
-async fn timer_anchor(mut shutdown: watch::Receiver<bool>) {
+/// to minutes away) never come first. It costs one wake-up per second, which also sweeps the
+/// thread's idle upstream connections ([`crate::proxy::upstream::pool::Upstreams::sweep_idle`]).
+async fn timer_anchor(lane: usize, inputs: Arc<ProxyInputs>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(900));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => inputs.upstreams.sweep_idle(lane),
             _ = shutdown.changed() => return,
         }
     }
@@ -322,7 +323,7 @@ async fn handle(
         match &inputs.policy {
             // Boxed: the L7 state machine (hyper, TLS, the call pipeline) is tens of KiB, and
             // inline it would make every connection's task that large, pass-through included.
-            Some(policy) => Box::pin(route(client, &conn, inputs, policy.clone())).await,
+            Some(policy) => Box::pin(route(client, &conn, lane, inputs, policy.clone())).await,
             // Boxed too: the task's own future stays small, and tokio moves it several
             // times when it spawns and finishes it.
             None => {
@@ -454,6 +455,7 @@ impl Ended {
 async fn route(
     mut client: TcpStream,
     conn: &Connection,
+    lane: usize,
     inputs: &Arc<ProxyInputs>,
     policy: Arc<PolicyStore>,
 ) -> Ended {
@@ -504,7 +506,7 @@ async fn route(
                 ..Caller::default()
             }),
             last_token: Default::default(),
-            http1: Default::default(),
+            http1: upstream::pool::Http1Slot::on_lane(lane),
             session: conn.session.clone(),
         })
     };

@@ -8,7 +8,9 @@
 //! pool lookup, lock or checkout. When the intercepted connection ends, its upstream
 //! connection waits in an idle list for the next one to the same destination (and, over TLS,
 //! the same verified identity), as a pool would keep it: a new intercepted connection then
-//! pays neither a connect nor a TLS handshake upstream.
+//! pays neither a connect nor a TLS handshake upstream. Each data-path thread (lane) has its
+//! own idle lists, behind a lock no other thread takes on the data path, and sweeps them
+//! about once a second ([`Upstreams::sweep_idle`]).
 //!
 //! The clients are pruned (see [`Clients`]): idle ones when a new destination comes, the
 //! least recently used past a bound.
@@ -24,7 +26,6 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    thread::{self, ThreadId},
     time::{Duration, Instant},
 };
 
@@ -68,9 +69,24 @@ const IDLE_PER_DESTINATION: usize = 64;
 /// no connection); past it the least recently used go first.
 const MAX_CLIENTS: usize = 2048;
 
-/// Where idle HTTP/1 connections wait: per data-path thread, destination, namespace and TLS
-/// identity (None: plain text).
-type IdleKey = (ThreadId, SocketAddr, u64, Option<TlsIdentity>);
+/// Where a lane's idle HTTP/1 connections wait: per destination, namespace and TLS identity
+/// (None: plain text).
+type IdleKey = (SocketAddr, u64, Option<TlsIdentity>);
+
+/// One data-path thread's idle HTTP/1 connections by destination, newest last in each list.
+///
+/// A socket's readiness arrives on the thread whose runtime it was opened on, so a connection
+/// used from another thread costs a cross-thread wake-up (an eventfd write and an extra epoll
+/// round on both threads) on every call it carries: each lane keeps its own. Its lock is only
+/// ever taken by its thread (and by [`Upstreams::forget_netns`]), so it stays uncontended and
+/// in that thread's cache; aligned to its own cache lines for the same reason.
+#[repr(align(128))]
+struct IdleLane {
+    lists: Mutex<HashMap<IdleKey, Vec<Kept>, foldhash::fast::RandomState>>,
+    /// The thread that uses the lane, once it did: debug builds check that no other does.
+    #[cfg(debug_assertions)]
+    owner: std::sync::OnceLock<std::thread::ThreadId>,
+}
 
 /// TLS towards an upstream for [`Upstreams::send_http1`]: whom to verify, and the client
 /// configuration, asked for only when a new connection is made.
@@ -109,11 +125,9 @@ pub struct UpstreamKey {
 /// The pools, created on first use of a key.
 pub struct Upstreams {
     clients: Mutex<Clients>,
-    /// Plain-text HTTP/1 connections no intercepted connection holds, newest last, per
-    /// data-path thread: a socket's readiness arrives on the thread whose runtime it was
-    /// opened on, so a connection used from another thread costs a cross-thread wake-up (an
-    /// eventfd write and an extra epoll round on both threads) on every call it carries.
-    idle_http1: Mutex<HashMap<IdleKey, Vec<Kept>>>,
+    /// HTTP/1 connections no intercepted connection holds, one set per data-path thread
+    /// ([`Http1Slot::on_lane`]).
+    idle_http1: Box<[IdleLane]>,
     connect_timeout: Duration,
     idle: Duration,
     /// Makes the sockets of upstream connections in the workloads' network namespaces.
@@ -191,14 +205,26 @@ impl Clients {
     }
 }
 
-/// The upstream connection an intercepted HTTP/1 connection holds between its requests. A
-/// response body puts it back when it ends.
+/// The upstream connection an intercepted HTTP/1 connection holds between its requests, and
+/// the data-path thread (lane) the connection is served on. A response body puts the upstream
+/// connection back when it ends.
 #[derive(Default)]
-pub struct Http1Slot(h1::Slot);
+pub struct Http1Slot {
+    conn: h1::Slot,
+    lane: usize,
+}
 
 impl Http1Slot {
+    /// The slot of a connection served on data-path thread `lane`.
+    pub fn on_lane(lane: usize) -> Self {
+        Self {
+            conn: h1::Slot::default(),
+            lane,
+        }
+    }
+
     fn take(&self) -> Option<Upstream1> {
-        self.0.locked().take()
+        self.conn.locked().take()
     }
 }
 
@@ -241,10 +267,18 @@ impl Body for UpstreamBody {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+    /// Pools for `lanes` data-path threads (at least one; a slot of a lane past them shares
+    /// another's idle lists).
+    pub fn new(connect_timeout: Duration, idle: Duration, lanes: usize) -> Self {
         Self {
             clients: Mutex::new(Clients::new(MAX_CLIENTS)),
-            idle_http1: Mutex::new(HashMap::new()),
+            idle_http1: (0..lanes.max(1))
+                .map(|_| IdleLane {
+                    lists: Mutex::default(),
+                    #[cfg(debug_assertions)]
+                    owner: std::sync::OnceLock::new(),
+                })
+                .collect(),
             connect_timeout,
             idle,
             namespaces: None,
@@ -283,18 +317,19 @@ impl Upstreams {
             // A request on the same connection naming another server (no SNI, another Host)
             // needs an upstream verified as that one: the held one waits for its own kind.
             Some(c) if !same_tls(tls.as_ref(), c.identity()) => {
-                self.keep_http1(dst, netns, c);
+                self.keep_http1(slot.lane, dst, netns, c);
                 None
             }
             other => other,
         };
-        let kept = held.or_else(|| self.kept_http1(dst, netns, tls.as_ref().map(|t| t.identity())));
+        let kept = held
+            .or_else(|| self.kept_http1(slot.lane, dst, netns, tls.as_ref().map(|t| t.identity())));
         let mut conn = match kept {
             Some(c) => c,
             None => self.connect_http1(dst, netns, tls.as_ref()).await?,
         };
         loop {
-            match h1::send(conn, req, &slot.0).await? {
+            match h1::send(conn, req, &slot.conn).await? {
                 Sent::Answered(resp) => return Ok(resp.map(UpstreamBody::Own)),
                 // A new connection is not retried again: its failure is the answer.
                 Sent::Retry(again) => {
@@ -336,9 +371,9 @@ impl Upstreams {
     /// Drops every connection kept from network namespace `netns` (it was closed): idle
     /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
     pub fn forget_netns(&self, netns: u64) {
-        self.idle_http1
-            .locked()
-            .retain(|(_, _, n, _), _| *n != netns);
+        for lane in &self.idle_http1 {
+            lane.lists.locked().retain(|(_, n, _), _| *n != netns);
+        }
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
 
@@ -347,35 +382,60 @@ impl Upstreams {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
         let Some(conn) = slot.take() else { return };
-        self.keep_http1(dst, netns, conn);
+        self.keep_http1(slot.lane, dst, netns, conn);
     }
 
-    fn keep_http1(&self, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
-        if conn.looks_closed() {
-            return;
+    /// The idle lists of `lane`, locked, from the lane's own thread.
+    fn idle_lane(
+        &self,
+        lane: usize,
+    ) -> std::sync::MutexGuard<'_, HashMap<IdleKey, Vec<Kept>, foldhash::fast::RandomState>> {
+        let l = &self.idle_http1[lane % self.idle_http1.len()];
+        #[cfg(debug_assertions)]
+        {
+            let me = std::thread::current().id();
+            debug_assert_eq!(
+                *l.owner.get_or_init(|| me),
+                me,
+                "idle lane {lane} used from a thread other than its own"
+            );
         }
+        l.lists.locked()
+    }
+
+    /// Closes the idle connections of `lane` that idled out or that their upstream closed (a
+    /// taker skips them; this frees their sockets). The lane's thread calls it about once a
+    /// second.
+    pub fn sweep_idle(&self, lane: usize) {
         let now = Instant::now();
-        let mut idle = self.idle_http1.locked();
-        // Expired ones are closed here, for every destination: nothing else looks at them.
-        idle.retain(|_, kept| {
+        self.idle_lane(lane).retain(|_, kept| {
             kept.retain_mut(|(at, c)| self.still_usable(*at, now, c));
             !kept.is_empty()
         });
-        let key = (thread::current().id(), dst, netns, conn.identity().cloned());
-        let kept = idle.entry(key).or_default();
+    }
+
+    fn keep_http1(&self, lane: usize, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
+        if conn.looks_closed() {
+            return;
+        }
+        let mut idle = self.idle_lane(lane);
+        let kept = idle
+            .entry((dst, netns, conn.identity().cloned()))
+            .or_default();
         if kept.len() < IDLE_PER_DESTINATION {
-            kept.push((now, conn));
+            kept.push((Instant::now(), conn));
         }
     }
 
     fn kept_http1(
         &self,
+        lane: usize,
         dst: SocketAddr,
         netns: u64,
         tls: Option<TlsIdentity>,
     ) -> Option<Upstream1> {
-        let mut idle = self.idle_http1.locked();
-        let kept = idle.get_mut(&(thread::current().id(), dst, netns, tls))?;
+        let mut idle = self.idle_lane(lane);
+        let kept = idle.get_mut(&(dst, netns, tls))?;
         let now = Instant::now();
         while let Some((at, mut c)) = kept.pop() {
             if self.still_usable(at, now, &mut c) {
@@ -561,7 +621,7 @@ mod tests {
     #[tokio::test]
     async fn clients_unused_for_an_idle_timeout_are_dropped_when_another_is_added() {
         let idle = Duration::from_millis(300);
-        let up = Upstreams::new(Duration::from_secs(1), idle);
+        let up = Upstreams::new(Duration::from_secs(1), idle, 1);
         for port in 1..=1000 {
             up.client(&key(port), None);
         }
@@ -588,7 +648,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_bound_the_least_recently_used_go_first() {
-        let mut up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        let mut up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600), 1);
         up.clients = Mutex::new(Clients::new(100));
         for port in 1..=100 {
             up.client(&key(port), None);
@@ -601,7 +661,7 @@ mod tests {
         assert!((2..=12).all(|p| !has(&up, p)));
 
         // The measured leak: 15,000 destinations (ports) within the idle timeout.
-        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600));
+        let up = Upstreams::new(Duration::from_secs(1), Duration::from_secs(3600), 1);
         for port in 1..=15_000 {
             up.client(&key(port), None);
             assert!(count(&up) <= MAX_CLIENTS);
