@@ -42,8 +42,9 @@ fn replace_dir(dir: &Path, with: &Path) {
 }
 
 /// What root on the host does to hide the last call: decompress the segments, change the last
-/// record, write the log again as one plain segment (which callgate still reads) with the hash
-/// chain recomputed, and `head.json` to match.
+/// record, write the log again as one plain segment chained over the payloads, as older
+/// versions wrote (callgate still reads both), with the hash chain recomputed, and `head.json`
+/// to match.
 const REWRITE_TAIL: &str = r#"
 import glob, hashlib, json, os, struct, subprocess, sys
 d = sys.argv[1]

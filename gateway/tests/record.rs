@@ -294,6 +294,68 @@ fn tampering_is_found_and_named() {
     );
     let _ = fs::remove_dir_all(&dir);
 
+    // A segment's records replaced by their leaf hashes and its magic changed to the older
+    // chain's: were the newer chain not tagged, SHA-256(prev ‖ seq ‖ leaf) would be the older
+    // hash of that frame, and every hash after it would still hold.
+    let dir = fresh_log("magic");
+    let segs = segment::list(&dir).expect("list");
+    let victim = &segs[1];
+    let mut r = segment::Reader::open(victim).expect("reader");
+    assert_eq!(r.header.chain, segment::Chain::Leaf);
+    let mut forged = segment::Header {
+        chain: segment::Chain::Payload,
+        ..r.header
+    }
+    .encode()
+    .to_vec();
+    while let Some(f) = r.next_frame().expect("frame") {
+        let leaf = callgate::record::merkle::leaf_hash(&f.payload);
+        forged.extend_from_slice(&32u32.to_le_bytes());
+        forged.extend_from_slice(&f.seq.to_le_bytes());
+        forged.extend_from_slice(&f.hash);
+        forged.extend_from_slice(&leaf);
+    }
+    fs::write(&victim.path, forged).expect("write");
+    let p = problems(&dir);
+    assert!(
+        p.contains(&victim.name()) && p.contains("altered record"),
+        "{p}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+
+    // A segment rewritten in the older chain, its hashes (and the next segment's header)
+    // recomputed: a log never goes back to it, so verify says so.
+    let dir = fresh_log("older-after-newer");
+    let segs = segment::list(&dir).expect("list");
+    let victim = segs.last().expect("segment");
+    let mut r = segment::Reader::open(victim).expect("reader");
+    let header = segment::Header {
+        chain: segment::Chain::Payload,
+        ..r.header
+    };
+    let mut rewritten = header.encode().to_vec();
+    let mut prev = header.prev_hash;
+    while let Some(f) = r.next_frame().expect("frame") {
+        let leaf = callgate::record::merkle::leaf_hash(&f.payload);
+        prev = segment::encode_frame(
+            &mut rewritten,
+            segment::Chain::Payload,
+            &prev,
+            f.seq,
+            &f.payload,
+            &leaf,
+        );
+    }
+    fs::write(&victim.path, rewritten).expect("write");
+    let head = json!({"seq": all(&dir).last().expect("records").seq, "hash": segment::hex(&prev), "time_ms": 1});
+    fs::write(dir.join("head.json"), head.to_string()).expect("head");
+    let p = problems(&dir);
+    assert!(
+        p.contains(&victim.name()) && p.contains("chained over its payloads"),
+        "{p}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+
     // The first segment removed without retention.
     let dir = fresh_log("head");
     let segs = segment::list(&dir).expect("list");
@@ -395,6 +457,92 @@ fn torn_zstd_header_is_cut_and_garbage_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("not a zstd frame"), "{err}");
     assert_eq!(fs::metadata(&active).expect("len").len(), len);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The active segment an older version began, its frames chained over their payloads
+/// (`CALLGATE-RECORDS`): verified and appended to as it is, then the next segments are
+/// chained over the records' leaf hashes (`CALLGATE-RECORD2`), and `verify` walks both, naming
+/// an altered record in either.
+#[test]
+fn segments_chained_over_payloads_are_verified_and_continued() {
+    use callgate::record::{merkle, segment::Chain};
+    let dir = tempdir("chain-payload");
+    let header = segment::Header {
+        first_seq: 1,
+        created_ms: 1,
+        prev_hash: [0; 32],
+        chain: Chain::Payload,
+    };
+    let mut z = segment::compressor().expect("zstd");
+    let mut packed = Vec::new();
+    segment::compress_frame(&mut z, &header.encode(), &mut packed).expect("compress");
+    let mut file = packed.clone();
+    let (mut raw, mut prev) = (Vec::new(), [0u8; 32]);
+    for i in 1..=5 {
+        let payload = serde_json::to_vec(&record(i, "older")).expect("json");
+        let leaf = merkle::leaf_hash(&payload);
+        let before = prev;
+        prev = segment::encode_frame(&mut raw, Chain::Payload, &prev, i, &payload, &leaf);
+        // Chained over the payload itself, not its leaf hash.
+        assert_eq!(prev, segment::chain(&before, i, &payload));
+        assert_ne!(prev, segment::chain_leaf(&before, i, &leaf));
+    }
+    segment::compress_frame(&mut z, &raw, &mut packed).expect("compress");
+    file.extend_from_slice(&packed);
+    fs::write(dir.join(segment::segment_name(1)), &file).expect("write");
+    assert!(query::verify(&dir, None).expect("verify").ok());
+
+    write(&dir, |c| c.segment_bytes = 4 * 1024, 40);
+    let segs = segment::list(&dir).expect("list");
+    assert!(segs.len() > 2, "{segs:?}");
+    let chains: Vec<Chain> = segs
+        .iter()
+        .map(|s| segment::Reader::open(s).expect("open").header.chain)
+        .collect();
+    assert_eq!(
+        chains[0],
+        Chain::Payload,
+        "the older segment keeps its chain"
+    );
+    assert!(chains[1..].iter().all(|c| *c == Chain::Leaf), "{chains:?}");
+    let v = query::verify(&dir, None).expect("verify");
+    assert!(v.ok() && v.notes.is_empty(), "{v:?}");
+    assert_eq!(all(&dir).len(), 45);
+    // The older segment got records of this version too: they are in its chain.
+    let first = segment::Reader::open(&segs[0]).expect("open");
+    let mut r = first;
+    let mut n = 0;
+    while r.next_frame().expect("frame").is_some() {
+        n += 1;
+    }
+    assert!(n > 5, "appended to the older segment: {n} frames");
+
+    // An altered record is named in a segment of either chain.
+    for seg in [&segs[0], &segs[1]] {
+        let copy = tempdir("chain-payload-flip");
+        for s in &segs {
+            let mut text = Vec::new();
+            s.open()
+                .expect("open")
+                .read_to_end(&mut text)
+                .expect("read");
+            if s.path == seg.path {
+                let at = text
+                    .windows(6)
+                    .position(|w| w == b"refund")
+                    .expect("a record to alter");
+                text[at] = b'R';
+            }
+            fs::write(copy.join(segment::plain_segment_name(s.first_seq)), text).expect("write");
+        }
+        let p = problems(&copy);
+        assert!(
+            p.contains(&seg.name().replace(".zst", "")) && p.contains("altered record"),
+            "{p}"
+        );
+        let _ = fs::remove_dir_all(&copy);
+    }
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -93,15 +93,18 @@ fn forge(dir: &Path, payloads: &[Vec<u8>]) {
             fs::remove_file(e.path()).unwrap();
         }
     }
+    let chain = segment::Chain::Leaf;
     let header = segment::Header {
         first_seq: 1,
         created_ms: 1,
         prev_hash: [0; 32],
+        chain,
     };
     let mut bytes = header.encode().to_vec();
     let mut prev = [0u8; 32];
     for (i, p) in payloads.iter().enumerate() {
-        prev = segment::encode_frame(&mut bytes, &prev, i as u64 + 1, p);
+        let leaf = callgate::record::merkle::leaf_hash(p);
+        prev = segment::encode_frame(&mut bytes, chain, &prev, i as u64 + 1, p, &leaf);
     }
     fs::write(dir.join(segment::plain_segment_name(1)), bytes).unwrap();
     let head =

@@ -1,13 +1,14 @@
 //! A records directory holding a damaged or forged segment: verify and list report it, never
 //! panic. Input: the first byte chooses raw bytes as the segment file, or a valid chained
-//! segment built from the rest (payloads split at NUL) with one frame byte flipped, which
-//! verify must notice.
+//! segment built from the rest (payloads split at NUL), chained over leaf hashes or (bit 1)
+//! over payloads as older versions wrote, with one frame byte flipped, which verify must
+//! notice.
 #![no_main]
 use std::{path::PathBuf, sync::OnceLock};
 
 use callgate::record::{
-    query,
-    segment::{self, Header},
+    merkle, query,
+    segment::{self, Chain, Header},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -27,10 +28,13 @@ fuzz_target!(|data: &[u8]| {
         (rest.to_vec(), false)
     } else {
         let Some((&at, payloads)) = rest.split_first() else { return };
-        let mut seg = Header { first_seq: 1, created_ms: 0, prev_hash: [0; 32] }.encode().to_vec();
+        let chain = if mode & 2 == 2 { Chain::Payload } else { Chain::Leaf };
+        let mut seg =
+            Header { first_seq: 1, created_ms: 0, prev_hash: [0; 32], chain }.encode().to_vec();
         let mut prev = [0; 32];
         for (i, p) in payloads.split(|&b| b == 0).enumerate() {
-            prev = segment::encode_frame(&mut seg, &prev, 1 + i as u64, p);
+            let leaf = merkle::leaf_hash(p);
+            prev = segment::encode_frame(&mut seg, chain, &prev, 1 + i as u64, p, &leaf);
         }
         let frames = seg.len() - segment::HEADER_LEN;
         let flip = segment::HEADER_LEN + (at as usize * 7919) % frames;

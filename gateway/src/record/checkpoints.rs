@@ -20,7 +20,9 @@ use tracing::{debug, info};
 
 use super::{
     merkle::{self, Frontier, Hash},
-    note, segment, witness, witness_client,
+    note,
+    segment::{self, Chain},
+    witness, witness_client,
 };
 use crate::fleet::{Fleet, FleetError, ShippedRow};
 
@@ -152,6 +154,9 @@ pub struct Rebuild {
     tree: Frontier,
     prev: Hash,
     next: u64,
+    /// How the rows so far were chained: over their leaf hashes from the first such row on,
+    /// since a host's log goes from the older chain to that one once.
+    chain: Chain,
 }
 
 impl Default for Rebuild {
@@ -166,6 +171,7 @@ impl Rebuild {
             tree: Frontier::new(),
             prev: [0; 32],
             next: 1,
+            chain: Chain::Payload,
         }
     }
 
@@ -201,14 +207,26 @@ impl Rebuild {
                 "record seq {seq} was altered in the fleet database: its JSON is not the text its host hashed"
             ));
         }
-        let hash = segment::chain(&self.prev, seq, leaf.as_bytes());
-        if segment::hex(&hash) != row.hash {
-            return Err(format!(
-                "record seq {seq} was altered in the fleet database: its text does not make its chain hash"
-            ));
-        }
+        // Chained over its leaf hash, or (written into a segment an older version began)
+        // over its text: the row does not say which, so either makes its hash, but never the
+        // older after the newer.
+        let leaf_hash = merkle::leaf_hash(leaf.as_bytes());
+        let chains: &[Chain] = match self.chain {
+            Chain::Leaf => &[Chain::Leaf],
+            Chain::Payload => &[Chain::Leaf, Chain::Payload],
+        };
+        let (chain, hash) = chains
+            .iter()
+            .map(|&c| (c, c.hash_with_leaf(&self.prev, seq, leaf.as_bytes(), &leaf_hash)))
+            .find(|(_, h)| segment::hex(h) == row.hash)
+            .ok_or_else(|| {
+                format!(
+                    "record seq {seq} was altered in the fleet database: its text does not make its chain hash"
+                )
+            })?;
+        self.chain = chain;
         self.prev = hash;
-        self.tree.push(merkle::leaf_hash(leaf.as_bytes()));
+        self.tree.push(leaf_hash);
         self.next = seq + 1;
         Ok(())
     }
@@ -236,14 +254,20 @@ impl Rebuild {
 mod tests {
     use super::*;
 
+    /// `texts` as shipped rows, chained as this version writes them.
     fn rows(texts: &[&str]) -> Vec<ShippedRow> {
+        rows_chained(texts, |_| Chain::Leaf)
+    }
+
+    /// `texts` as shipped rows, the one at index `i` chained as `chain(i)` says.
+    fn rows_chained(texts: &[&str], chain: impl Fn(usize) -> Chain) -> Vec<ShippedRow> {
         let mut prev = [0; 32];
         texts
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let seq = i as u64 + 1;
-                prev = segment::chain(&prev, seq, t.as_bytes());
+                prev = chain(i).hash(&prev, seq, t.as_bytes());
                 ShippedRow {
                     seq,
                     hash: segment::hex(&prev),
@@ -337,6 +361,30 @@ mod tests {
         more.push(r#"{"id":"d"}"#);
         let e = r.finish(&checkpoint(&more)).unwrap_err();
         assert!(e.contains("records 4–4 are missing"), "{e}");
+    }
+
+    /// Records an older version chained over their text, in the segment it began, and the
+    /// ones after them chained over their leaf hash: the rows do not say which, both verify.
+    #[test]
+    fn records_chained_by_an_older_version_verify_too() {
+        let older = |i: usize| if i < 2 { Chain::Payload } else { Chain::Leaf };
+        for rs in [
+            rows_chained(TEXTS, |_| Chain::Payload),
+            rows_chained(TEXTS, older),
+        ] {
+            let r = rebuild(&rs).unwrap();
+            r.finish(&checkpoint(TEXTS)).unwrap();
+        }
+        // Never the older chain after the newer one.
+        let rs = rows_chained(TEXTS, |i| if i == 1 { Chain::Leaf } else { Chain::Payload });
+        let e = rebuild(&rs).err().unwrap();
+        assert!(e.contains("record seq 3 was altered"), "{e}");
+        // Either way, a changed text is still named.
+        let mut rs = rows_chained(TEXTS, older);
+        rs[0].leaf = Some(r#"{"id":"A","time_ms":1}"#.into());
+        rs[0].record = serde_json::json!({"id": "A", "time_ms": 1});
+        let e = rebuild(&rs).err().unwrap();
+        assert!(e.contains("record seq 1 was altered"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     Record,
-    segment::{self, End, Hash, Reader, SegmentFile},
+    segment::{self, Chain, End, Hash, Reader, SegmentFile},
     writer::{ANCHOR_FILE, CHECKPOINT_FILE, Checkpoint},
 };
 
@@ -190,6 +190,8 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
     // The last sequence number the chain accounts for, records or segment headers.
     let mut chain_end: Option<u64> = None;
     let last_index = segs.len().saturating_sub(1);
+    // A log goes from segments chained over payloads to ones chained over leaves, once.
+    let mut leaf_chained_before = false;
     for (i, seg) in segs.iter().enumerate().skip(start) {
         v.segments += 1;
         let name = seg.name();
@@ -202,6 +204,13 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
             }
         };
         let h = r.header;
+        match h.chain {
+            Chain::Leaf => leaf_chained_before = true,
+            Chain::Payload if leaf_chained_before => v.problems.push(format!(
+                "{name}: chained over its payloads, as only versions older than the segments before it wrote (its header was changed?)"
+            )),
+            Chain::Payload => {}
+        }
         if h.first_seq != seg.first_seq {
             v.problems.push(format!(
                 "{name}: the file name says it starts at seq {} but its header says {} (renamed or reordered segment)",
@@ -273,7 +282,7 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
                 broken = true;
                 break;
             }
-            if segment::chain(&hash, frame.seq, &frame.payload) != frame.hash {
+            if h.chain.hash(&hash, frame.seq, &frame.payload) != frame.hash {
                 v.problems.push(format!(
                     "{name}: frame at offset {} (seq {}) does not match its hash (altered record)",
                     frame.offset, frame.seq

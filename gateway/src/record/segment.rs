@@ -2,13 +2,30 @@
 //!
 //! ```text
 //! segment  = header frame*
-//! header   = "CALLGATE-RECORDS" first_seq:u64le created_ms:u64le prev_hash:[32]   (64 bytes)
+//! header   = magic first_seq:u64le created_ms:u64le prev_hash:[32]             (64 bytes)
+//! magic    = "CALLGATE-RECORD2" | "CALLGATE-RECORDS"                           (16 bytes)
 //! frame    = len:u32le seq:u64le hash:[32] payload:[len]                           (44 + len)
-//! hash     = SHA-256(prev_hash ‖ seq:u64le ‖ payload)
+//! hash     = SHA-256(tag ‖ prev_hash ‖ seq:u64le ‖ leaf)                 ("CALLGATE-RECORD2")
+//! tag      = "callgate chain 2" 0x00                                             (17 bytes)
+//! leaf     = SHA-256(0x00 ‖ payload)                  (the record's Merkle leaf, RFC 6962)
+//! hash     = SHA-256(prev_hash ‖ seq:u64le ‖ payload)                    ("CALLGATE-RECORDS")
 //! ```
 //! `prev_hash` of a frame is the hash of the frame before it, across segment boundaries (a
 //! segment's header carries the last hash of the previous segment), so removing, reordering or
 //! altering anything breaks the chain at a point `verify` can name.
+//!
+//! The magic says how a segment's frames are chained ([`Chain`]). Segments are written as
+//! `CALLGATE-RECORD2`, whose frame hash covers the payload through its Merkle leaf hash: the
+//! writer hashes each record once, for the tree and the chain together, where it hashed it
+//! twice. Segments of older versions (`CALLGATE-RECORDS`, the payload hashed in the chain
+//! itself) are still read, verified and appended to; a log only ever goes from those to the
+//! newer kind, so `verify` reports an older-kind segment after a newer one.
+//!
+//! The magic is not hashed, so the two chains must never hash the same bytes: without the
+//! tag, a `CALLGATE-RECORD2` frame's hash is also the `CALLGATE-RECORDS` hash of a frame whose
+//! payload is the record's 32-byte leaf hash, and a segment could have every record replaced
+//! by its leaf hash, the magic changed, and still verify. With it, an older-kind input would
+//! have to begin with the tag where it begins with the previous frame's hash.
 //!
 //! A segment file, `<first_seq>.seg.zst`, holds that byte stream as a run of independent zstd
 //! frames: the header is the first, and each group commit appends one more. Compressing as it
@@ -24,7 +41,12 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+use super::merkle;
+
+/// The magic of segments chained over the payload itself ([`Chain::Payload`]).
 pub const MAGIC: &[u8; 16] = b"CALLGATE-RECORDS";
+/// The magic of segments chained over the payload's Merkle leaf hash ([`Chain::Leaf`]).
+pub const MAGIC_LEAF: &[u8; 16] = b"CALLGATE-RECORD2";
 pub const HEADER_LEN: usize = 64;
 pub const FRAME_HEADER_LEN: usize = 44;
 /// Refuse to believe a length above this: it is a torn or corrupted frame, not a record.
@@ -32,11 +54,62 @@ pub const MAX_PAYLOAD: usize = 16 << 20;
 
 pub type Hash = [u8; 32];
 
+/// How a segment's frames are chained, as its header's magic says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// `SHA-256(tag ‖ prev ‖ seq ‖ leaf)`, `leaf` the payload's Merkle leaf hash: what this
+    /// version writes.
+    Leaf,
+    /// `SHA-256(prev ‖ seq ‖ payload)`: segments written by older versions.
+    Payload,
+}
+
+impl Chain {
+    /// The hash of the frame `seq` carrying `payload`, after `prev`.
+    pub fn hash(self, prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
+        match self {
+            Chain::Leaf => chain_leaf(prev, seq, &merkle::leaf_hash(payload)),
+            Chain::Payload => chain(prev, seq, payload),
+        }
+    }
+
+    /// [`Chain::hash`] when the payload's Merkle leaf hash is known already: the payload is
+    /// not hashed again in a [`Chain::Leaf`] segment.
+    pub fn hash_with_leaf(self, prev: &Hash, seq: u64, payload: &[u8], leaf: &Hash) -> Hash {
+        match self {
+            Chain::Leaf => chain_leaf(prev, seq, leaf),
+            Chain::Payload => chain(prev, seq, payload),
+        }
+    }
+
+    fn magic(self) -> &'static [u8; 16] {
+        match self {
+            Chain::Leaf => MAGIC_LEAF,
+            Chain::Payload => MAGIC,
+        }
+    }
+}
+
+/// `SHA-256(prev ‖ seq ‖ payload)`: the frame hash of [`Chain::Payload`] segments.
 pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_le_bytes());
     h.update(payload);
+    h.finalize().into()
+}
+
+/// What a [`Chain::Leaf`] frame hash begins with, so that no [`Chain::Payload`] frame hashes
+/// the same bytes (see the module's doc). 72 + 17 bytes still fit SHA-256's two blocks.
+pub const LEAF_CHAIN_TAG: &[u8; 17] = b"callgate chain 2\0";
+
+/// `SHA-256(tag ‖ prev ‖ seq ‖ leaf)`: the frame hash of [`Chain::Leaf`] segments.
+pub fn chain_leaf(prev: &Hash, seq: u64, leaf: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update(LEAF_CHAIN_TAG);
+    h.update(prev);
+    h.update(seq.to_le_bytes());
+    h.update(leaf);
     h.finalize().into()
 }
 
@@ -55,12 +128,13 @@ pub struct Header {
     pub first_seq: u64,
     pub created_ms: u64,
     pub prev_hash: Hash,
+    pub chain: Chain,
 }
 
 impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[..16].copy_from_slice(MAGIC);
+        b[..16].copy_from_slice(self.chain.magic());
         b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
         b[32..].copy_from_slice(&self.prev_hash);
@@ -68,22 +142,33 @@ impl Header {
     }
 
     pub fn decode(b: &[u8; HEADER_LEN]) -> Option<Self> {
-        if &b[..16] != MAGIC {
-            return None;
-        }
+        let chain = match &b[..16] {
+            m if m == MAGIC_LEAF => Chain::Leaf,
+            m if m == MAGIC => Chain::Payload,
+            _ => return None,
+        };
         let mut prev_hash = [0; 32];
         prev_hash.copy_from_slice(&b[32..]);
         Some(Self {
             first_seq: u64::from_le_bytes(b[16..24].try_into().ok()?),
             created_ms: u64::from_le_bytes(b[24..32].try_into().ok()?),
             prev_hash,
+            chain,
         })
     }
 }
 
-/// Appends one frame to `out`; returns its hash.
-pub fn encode_frame(out: &mut Vec<u8>, prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
-    let hash = chain(prev, seq, payload);
+/// Appends one frame, chained as `chain` says, to `out`; returns its hash. `leaf` is the
+/// payload's Merkle leaf hash.
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    chain: Chain,
+    prev: &Hash,
+    seq: u64,
+    payload: &[u8],
+    leaf: &Hash,
+) -> Hash {
+    let hash = chain.hash_with_leaf(prev, seq, payload, leaf);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&hash);

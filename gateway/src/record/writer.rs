@@ -27,7 +27,7 @@ use super::{
     Entry, RecordError, RecorderConfig, Shared,
     merkle::{self, Frontier},
     note,
-    segment::{self, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
+    segment::{self, Chain, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
     tree,
 };
 
@@ -76,6 +76,9 @@ pub(super) struct Writer {
     raw_len: u64,
     next_seq: u64,
     last_hash: Hash,
+    /// How the active segment's frames are chained: [`Chain::Leaf`], unless it is a segment
+    /// an older version began.
+    chain: Chain,
     /// Frames not yet fsync'd, and who waits for them.
     pending: Vec<u8>,
     pending_count: u64,
@@ -131,19 +134,24 @@ impl Writer {
                 (r.next, r.hash, r.active)
             }
         };
-        let (file, seg_path, durable_len, raw_len) = match active {
-            Some((path, file_len, raw_len)) => {
+        let (file, seg_path, durable_len, raw_len, chain) = match active {
+            Some(Active {
+                path,
+                file_len,
+                raw_len,
+                chain,
+            }) => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(open_err)?;
                 f.seek(SeekFrom::Start(file_len)).map_err(open_err)?;
-                (f, path, file_len, raw_len)
+                (f, path, file_len, raw_len, chain)
             }
             None => {
                 let (f, path, len) =
                     new_segment(&cfg.dir, next_seq, &last_hash, &mut zstd).map_err(open_err)?;
-                (f, path, len, HEADER_LEN as u64)
+                (f, path, len, HEADER_LEN as u64, Chain::Leaf)
             }
         };
         shared
@@ -182,6 +190,7 @@ impl Writer {
             raw_len,
             next_seq,
             last_hash,
+            chain,
             pending: Vec::with_capacity(1 << 20),
             pending_count: 0,
             pending_since: None,
@@ -324,9 +333,18 @@ impl Writer {
         }
         self.last_taken = Some(Instant::now());
         let seq = self.next_seq;
-        self.last_hash = segment::encode_frame(&mut self.pending, &self.last_hash, seq, &e.payload);
+        // Hashed once, for the tree and the chain.
+        let leaf = merkle::leaf_hash(&e.payload);
+        self.last_hash = segment::encode_frame(
+            &mut self.pending,
+            self.chain,
+            &self.last_hash,
+            seq,
+            &e.payload,
+            &leaf,
+        );
         if let Some(t) = &mut self.tree {
-            t.push(merkle::leaf_hash(&e.payload));
+            t.push(leaf);
         }
         self.next_seq += 1;
         self.pending_count += 1;
@@ -425,6 +443,7 @@ impl Writer {
             Ok((file, path, len)) => {
                 self.seg_path = path;
                 self.file = file;
+                self.chain = Chain::Leaf;
                 self.durable_len = len;
                 self.raw_len = HEADER_LEN as u64;
                 self.seg_opened = Instant::now();
@@ -529,6 +548,7 @@ fn new_segment(
         first_seq,
         created_ms: now_ms(),
         prev_hash: *prev,
+        chain: Chain::Leaf,
     };
     let mut packed = Vec::new();
     let result = segment::compress_frame(z, &header.encode(), &mut packed)
@@ -554,9 +574,19 @@ fn open_error(dir: &Path) -> impl Fn(io::Error) -> RecordError + Copy + '_ {
 struct Recovered {
     next: u64,
     hash: Hash,
-    /// The segment to go on appending to, with its file's and its content's lengths; `None`
-    /// to start a new one (an empty log, or a plain segment of an older version, left sealed).
-    active: Option<(PathBuf, u64, u64)>,
+    /// The segment to go on appending to; `None` to start a new one (an empty log, or a plain
+    /// segment of an older version, left sealed).
+    active: Option<Active>,
+}
+
+/// The segment a restarted writer goes on appending to.
+struct Active {
+    path: PathBuf,
+    /// Its file's length, and its content's (decompressed).
+    file_len: u64,
+    raw_len: u64,
+    /// How its frames are chained: a segment keeps the chain it began with.
+    chain: Chain,
 }
 
 /// Reads the last segment through: the next sequence number, the chain's last hash, and
@@ -599,7 +629,7 @@ fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered,
     let mut hash = r.header.prev_hash;
     let mut good = HEADER_LEN as u64;
     while let Some(f) = r.next_frame().map_err(|e| corrupt(e.to_string()))? {
-        if f.seq != next || segment::chain(&hash, f.seq, &f.payload) != f.hash {
+        if f.seq != next || r.header.chain.hash(&hash, f.seq, &f.payload) != f.hash {
             return Err(corrupt(format!(
                 "frame at offset {} (seq {}) does not verify; run `callgate records verify` (refusing to append to a log that does not verify)",
                 f.offset, f.seq
@@ -631,7 +661,12 @@ fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered,
     Ok(Recovered {
         next,
         hash,
-        active: last.compressed.then(|| (last.path.clone(), file_len, good)),
+        active: last.compressed.then(|| Active {
+            path: last.path.clone(),
+            file_len,
+            raw_len: good,
+            chain: r.header.chain,
+        }),
     })
 }
 
