@@ -229,12 +229,11 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         credentials: Credentials::new(outbound.clone()),
         verifier: verifier.clone(),
         recorder: recorder.clone(),
-        session_prefix: format!(
-            "{:x}",
+        session_prefix: crate::proxy::accept::session_prefix(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
-                .unwrap_or(0)
+                .unwrap_or(0),
         ),
         policy: policy.clone(),
         authority,
