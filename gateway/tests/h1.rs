@@ -126,7 +126,7 @@ async fn answers_are_framed_and_one_connection_carries_them_all() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::default();
+    let slot = Http1Slot::on_lane(0);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
 
     assert_eq!(
@@ -174,7 +174,7 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::default();
+    let slot = Http1Slot::on_lane(0);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
     // Whether or not the close was seen before this request went out, the request arrives.
@@ -207,7 +207,7 @@ async fn malformed_answers_are_errors_not_guesses() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::default();
+    let slot = Http1Slot::on_lane(0);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     for (path, why) in [
         ("/conflict", "Content-Length"),
@@ -312,7 +312,7 @@ async fn idle_connections_past_the_timeout_are_closed_by_their_lanes_sweep() {
     // Upstreams that answer one request, then count the connections that ended.
     let closed = Arc::new(AtomicUsize::new(0));
     let mut addrs = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         addrs.push(listener.local_addr().expect("addr"));
         let closed = closed.clone();
@@ -354,15 +354,13 @@ async fn idle_connections_past_the_timeout_are_closed_by_their_lanes_sweep() {
     call(addrs[0]).await;
     tokio::time::sleep(idle + Duration::from_millis(100)).await;
     call(addrs[1]).await;
-    assert_eq!(closed.load(Ordering::SeqCst), 0, "released, not swept");
-    // The first connection idled out: the sweep closes it.
+    // The first connection idled out, the second did not: the sweep closes the first.
     ups.sweep_idle(0);
     let waited = std::time::Instant::now();
     while closed.load(Ordering::SeqCst) < 1 && waited.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(closed.load(Ordering::SeqCst), 1, "the idled-out one closed");
-    call(addrs[2]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(closed.load(Ordering::SeqCst), 1, "the others kept");
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "the fresh one kept");
 }

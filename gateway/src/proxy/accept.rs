@@ -220,7 +220,11 @@ async fn run_worker(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut serving = tokio::task::JoinSet::new();
-    serving.spawn(timer_anchor(lane, inputs.clone(), shutdown.clone()));
+    serving.spawn(timer_anchor(
+        lane,
+        inputs.upstreams.clone(),
+        shutdown.clone(),
+    ));
     for l in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
@@ -242,12 +246,16 @@ async fn run_worker(
 /// thread, 8 syscalls where 6 do. With this timer always nearer, the calls' timers (seconds
 /// to minutes away) never come first. It costs one wake-up per second, which also sweeps the
 /// thread's idle upstream connections ([`crate::proxy::upstream::pool::Upstreams::sweep_idle`]).
-async fn timer_anchor(lane: usize, inputs: Arc<ProxyInputs>, mut shutdown: watch::Receiver<bool>) {
+async fn timer_anchor(
+    lane: usize,
+    upstreams: Arc<upstream::pool::Upstreams>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(900));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => inputs.upstreams.sweep_idle(lane),
+            _ = tick.tick() => upstreams.sweep_idle(lane),
             _ = shutdown.changed() => return,
         }
     }
@@ -872,6 +880,7 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A command name is kept as text; bytes that are not UTF-8 are replaced, not dropped.
     #[test]
@@ -930,11 +939,69 @@ mod tests {
 
     #[test]
     fn session_ids_are_prefix_dash_id() {
-        assert_eq!(session_id("6751f3a2", 1), "6751f3a2-1");
+        assert_eq!(session_id("bxkqfza", 1), "bxkqfza-1");
         assert_eq!(
-            session_id("6751f3a2", u64::MAX),
-            format!("6751f3a2-{}", u64::MAX)
+            session_id("bxkqfza", u64::MAX),
+            format!("bxkqfza-{}", u64::MAX)
         );
+    }
+
+    /// A lane's timer closes its idled-out upstream connections by itself: no other call
+    /// comes on the lane, and the upstream still sees its connection end.
+    #[tokio::test]
+    async fn each_lanes_timer_closes_its_idled_out_upstream_connections() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (mut buf, mut seen) = ([0u8; 4096], Vec::new());
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            if let Ok(0) = s.read(&mut buf).await {
+                let _ = ended_tx.send(());
+            }
+        });
+        let ups = Arc::new(upstream::pool::Upstreams::new(
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+            1,
+        ));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(timer_anchor(0, ups.clone(), stop_rx));
+        let slot = upstream::pool::Http1Slot::on_lane(0);
+        let req = ::http::Request::get("/")
+            .header("host", "upstream.test")
+            .body(
+                http_body_util::Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .expect("request");
+        let resp = ups
+            .send_http1(&slot, addr, 0, None, req)
+            .await
+            .expect("call");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        ups.release_http1(addr, 0, &slot);
+        tokio::time::timeout(Duration::from_secs(5), ended_rx)
+            .await
+            .expect("the idled-out connection was closed by the lane's timer")
+            .expect("the upstream saw it end");
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub struct Conn {
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,
     pub session: String,
-    /// The upstream connection this connection's HTTP/1 calls go over, when plain text.
+    /// The upstream connection this connection's HTTP/1 calls go over (plain text, or TLS
+    /// re-originated towards the upstream), and the data-path thread it is served on.
     pub http1: Http1Slot,
 }
 

@@ -207,8 +207,7 @@ impl Clients {
 
 /// The upstream connection an intercepted HTTP/1 connection holds between its requests, and
 /// the data-path thread (lane) the connection is served on. A response body puts the upstream
-/// connection back when it ends.
-#[derive(Default)]
+/// connection back when it ends. No default: a slot is always made for its lane.
 pub struct Http1Slot {
     conn: h1::Slot,
     lane: usize,
