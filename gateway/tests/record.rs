@@ -354,6 +354,21 @@ fn tampering_is_found_and_named() {
         p.contains(&victim.name()) && p.contains("chained over its payloads"),
         "{p}"
     );
+    // Also when verifying from inside it, and the writer does not append to it.
+    let from = query::verify(&dir, Some(victim.first_seq)).expect("verify --from");
+    assert!(
+        from.problems
+            .iter()
+            .any(|p| p.contains("chained over its payloads")),
+        "{from:?}"
+    );
+    let err = Recorder::open(RecorderConfig::new(&dir), key())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("chained over its payloads"),
+        "{err}"
+    );
     let _ = fs::remove_dir_all(&dir);
 
     // The first segment removed without retention.

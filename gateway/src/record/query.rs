@@ -190,8 +190,11 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
     // The last sequence number the chain accounts for, records or segment headers.
     let mut chain_end: Option<u64> = None;
     let last_index = segs.len().saturating_sub(1);
-    // A log goes from segments chained over payloads to ones chained over leaves, once.
-    let mut leaf_chained_before = false;
+    // A log goes from segments chained over payloads to ones chained over leaves, once; from
+    // the segments before `from_seq`'s too, whose headers are read for that alone.
+    let mut leaf_chained_before = segs[..start]
+        .iter()
+        .any(|s| Reader::open(s).is_ok_and(|r| r.header.chain == Chain::Leaf));
     for (i, seg) in segs.iter().enumerate().skip(start) {
         v.segments += 1;
         let name = seg.name();

@@ -625,6 +625,17 @@ fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered,
         }
         Err(e) => return Err(corrupt(e.to_string())),
     };
+    // Only a log an older version began ends in a segment chained over payloads: not one
+    // whose segments before are chained over leaves.
+    if r.header.chain == Chain::Payload {
+        let segs = segment::list(dir).map_err(io_err)?;
+        let before = segs.iter().rev().find(|s| s.first_seq < last.first_seq);
+        if before.is_some_and(|b| Reader::open(b).is_ok_and(|b| b.header.chain == Chain::Leaf)) {
+            return Err(corrupt(
+                "chained over its payloads after segments chained over leaves, which no callgate writes; run `callgate records verify` (refusing to append to a log that does not verify)".into(),
+            ));
+        }
+    }
     let mut next = r.header.first_seq;
     let mut hash = r.header.prev_hash;
     let mut good = HEADER_LEN as u64;
