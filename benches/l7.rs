@@ -314,7 +314,7 @@ response:
     let idle_gw = Gateway::start();
     let cg_idle = TestCgroup::new("bench-l7-idle");
     idle_gw.enable(&cg_idle);
-    let rss_idle = rss_with_idle_connections(&idle_gw, &cg_idle, up_port, 1000);
+    let (rss_idle, rss_anon) = rss_with_idle_connections(&idle_gw, &cg_idle, up_port, 1000);
     let steal = whole_run.map_or(f64::NAN, |s| s.percent_since());
 
     let mut md = String::new();
@@ -379,13 +379,14 @@ response:
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
     md.push_str(&format!(
-        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x copied by the gateway, {pass_direct:.2}x with direct pass-through); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
+        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB, of which {:.1} MiB anonymous (the rest is the executable's and libraries' pages, more of them mapped when the executable is in the page cache)\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x copied by the gateway, {pass_direct:.2}x with direct pass-through); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
         rss_idle / 1024.0,
+        rss_anon / 1024.0,
         rss_idle / 1024.0
     ));
     md.push_str(&breakdown);
     println!("\n{md}");
-    save(&rows, rss_idle, steal, &md);
+    save(&rows, (rss_idle, rss_anon), steal, &md);
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -789,7 +790,8 @@ impl Row {
 }
 
 /// `benches/results/<date>-<commit>-l7.json` and `.md`.
-fn save(rows: &[Row], rss_kib: f64, steal_pct: f64, md: &str) {
+/// `rss_kib`: the gateway's RSS with the idle connections, all of it and its anonymous part.
+fn save(rows: &[Row], rss_kib: (f64, f64), steal_pct: f64, md: &str) {
     let id = RunId::now();
     let Some(base) = id.results("l7") else {
         return;
@@ -799,7 +801,8 @@ fn save(rows: &[Row], rss_kib: f64, steal_pct: f64, md: &str) {
         "date": id.date,
         "commit": id.commit,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "rss_kib_1000_idle_connections": rss_kib,
+        "rss_kib_1000_idle_connections": rss_kib.0,
+        "rss_anon_kib_1000_idle_connections": rss_kib.1,
         "host_steal_pct": steal_pct,
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case, "path": r.path, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
@@ -816,8 +819,8 @@ fn save(rows: &[Row], rss_kib: f64, steal_pct: f64, md: &str) {
 }
 
 /// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the
-/// gateway's resident memory meanwhile (KiB).
-fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize) -> f64 {
+/// gateway's resident memory meanwhile (KiB): all of it, and its anonymous part.
+fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize) -> (f64, f64) {
     let flag = std::env::temp_dir().join(unique("idle-ready"));
     let script = format!(
         "import socket, time, resource\n\
@@ -828,11 +831,12 @@ fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize)
         flag.display()
     );
     let mut child = cg.spawn(&["python3", "-c", &script], &flag.with_extension("log"));
-    let mut rss = 0.0;
+    let mut rss = (0.0, 0.0);
     for _ in 0..300 {
         if flag.exists() {
             std::thread::sleep(std::time::Duration::from_millis(500));
-            rss = gw.rss_kib().unwrap_or(0) as f64;
+            let kib = |field| gw.status_kib(field).unwrap_or(0) as f64;
+            rss = (kib("VmRSS"), kib("RssAnon"));
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -398,10 +398,15 @@ impl Gateway {
 
     /// The gateway's resident memory, from /proc.
     pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// A `kB` line of the gateway's `/proc/PID/status` (`VmRSS`, `RssAnon`, `RssFile`).
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
             .split_whitespace()
             .next()?
             .parse()
