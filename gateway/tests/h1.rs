@@ -108,6 +108,18 @@ async fn read(resp: Response<UpstreamBody>) -> (u16, String, Option<String>) {
     (status, body, trailers)
 }
 
+/// One call to `addr` (answered `ok`) on a fresh slot of `lane`; then the slot's connection
+/// goes to the lane's idle list.
+async fn call_and_release(ups: &Upstreams, lane: usize, addr: SocketAddr) {
+    let slot = Http1Slot::on_lane(lane);
+    let resp = ups
+        .send_http1(&slot, addr, 0, None, get("/"))
+        .await
+        .expect("call");
+    assert_eq!(read(resp).await.1, "ok");
+    ups.release_http1(addr, 0, &slot);
+}
+
 fn upstreams() -> Upstreams {
     Upstreams::new(Duration::from_secs(2), Duration::from_secs(30), 1)
 }
@@ -252,16 +264,6 @@ fn kept_connections_stay_on_the_lane_that_opened_them() {
         Duration::from_secs(30),
         2,
     ));
-    // One call on a fresh slot of `lane`, then the slot's connection goes to the idle list.
-    let call = move |ups: Arc<Upstreams>, lane: usize| async move {
-        let slot = Http1Slot::on_lane(lane);
-        let resp = ups
-            .send_http1(&slot, addr, 0, None, get("/"))
-            .await
-            .expect("call");
-        assert_eq!(read(resp).await.1, "ok");
-        ups.release_http1(addr, 0, &slot);
-    };
 
     // Thread A makes two calls over one connection, then holds its runtime without driving it.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -270,8 +272,8 @@ fn kept_connections_stay_on_the_lane_that_opened_them() {
         let ups = ups.clone();
         std::thread::spawn(move || {
             let rt = runtime();
-            rt.block_on(call(ups.clone(), 0));
-            rt.block_on(call(ups, 0));
+            rt.block_on(call_and_release(&ups, 0, addr));
+            rt.block_on(call_and_release(&ups, 0, addr));
             let _ = ready_tx.send(());
             let _ = done_rx.recv_timeout(Duration::from_secs(30));
         })
@@ -288,7 +290,7 @@ fn kept_connections_stay_on_the_lane_that_opened_them() {
     // Thread B gets a connection of its own; A's would wait on A's parked reactor.
     let b = std::thread::spawn(move || {
         runtime().block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), call(ups, 1))
+            tokio::time::timeout(Duration::from_secs(5), call_and_release(&ups, 1, addr))
                 .await
                 .expect("thread B's call was answered")
         })
@@ -339,21 +341,9 @@ async fn idle_connections_past_the_timeout_are_closed_by_their_lanes_sweep() {
     }
     let idle = Duration::from_millis(300);
     let ups = Upstreams::new(Duration::from_secs(2), idle, 1);
-    let call = |addr| {
-        let ups = &ups;
-        async move {
-            let slot = Http1Slot::on_lane(0);
-            let resp = ups
-                .send_http1(&slot, addr, 0, None, get("/"))
-                .await
-                .expect("call");
-            assert_eq!(read(resp).await.1, "ok");
-            ups.release_http1(addr, 0, &slot);
-        }
-    };
-    call(addrs[0]).await;
+    call_and_release(&ups, 0, addrs[0]).await;
     tokio::time::sleep(idle + Duration::from_millis(100)).await;
-    call(addrs[1]).await;
+    call_and_release(&ups, 0, addrs[1]).await;
     // The first connection idled out, the second did not: the sweep closes the first.
     ups.sweep_idle(0);
     let waited = std::time::Instant::now();
