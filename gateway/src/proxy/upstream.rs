@@ -8,6 +8,7 @@
 //! transfers against 0.83x for this (loopback skbs do not splice cheaply).
 use std::{
     io,
+    mem::MaybeUninit,
     net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::{Duration, Instant},
@@ -22,9 +23,8 @@ use crate::intercept::splice::{self, Pair, Splicer};
 pub mod h1;
 pub mod pool;
 
+/// The most one read of a copied pass-through connection takes.
 const BUF: usize = 32 * 1024;
-/// A direction quiet for this long gives its buffer back.
-const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -159,43 +159,24 @@ async fn pump(
     activity: &Activity,
     idle: Duration,
 ) -> Result<(), ForwardError> {
-    // Taken when data arrives, given back after a quiet second: idle connections cost no
-    // buffer, busy ones do not allocate per read.
-    let mut buf: Option<Vec<u8>> = None;
     loop {
-        if buf.is_some() {
-            match timeout(
-                RELEASE_AFTER,
-                activity.ready(from, Interest::READABLE, idle),
-            )
-            .await
-            {
-                Ok(ready) => ready?,
-                Err(_) => {
-                    buf = None;
-                    continue;
-                }
-            }
-        } else {
-            activity.ready(from, Interest::READABLE, idle).await?;
-        }
-        let buf = buf.get_or_insert_with(|| vec![0; BUF]);
-        let n = match read_draining(from, buf) {
-            Ok(0) => {
+        activity.ready(from, Interest::READABLE, idle).await?;
+        let (n, rest) = match forward(from, to) {
+            Ok(Forwarded::End) => {
                 // Half-close: the peer finished sending; pass it on, keep the other way open.
                 // SAFETY: shutdown(2) on a descriptor `to` keeps open; an error only means the
                 // peer is gone, which the other pump will see.
                 unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
                 return Ok(());
             }
-            Ok(n) => n,
+            Ok(Forwarded::Moved { read, rest }) => (read, rest),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         };
         let mut written = 0;
-        while written < n {
+        while written < rest.len() {
             activity.ready(to, Interest::WRITABLE, idle).await?;
-            match to.try_write(&buf[written..n]) {
+            match to.try_write(&rest[written..]) {
                 Ok(w) => written += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
@@ -206,26 +187,70 @@ async fn pump(
     }
 }
 
-/// Reads what `from` holds. A read shorter than `buf` emptied the socket, so it also clears
-/// the socket's readiness, as tokio's own `AsyncRead` does: the next wait sleeps until new
-/// bytes arrive instead of returning at once for a `recvfrom` that fails with `EAGAIN` (one
-/// wasted system call per direction per exchange: a pass-through call at light load made four
-/// `recvfrom`, two of them empty). Bytes that arrive after the read raise readiness again:
-/// the readiness is cleared as of before the read (`try_io`'s tick), never a later event.
-fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    let r = from.try_io(Interest::READABLE, || match from.try_read(buf) {
-        Ok(n) if 0 < n && n < buf.len() => {
-            got = n;
-            // Tells `try_io` to clear the readiness it saw before the read.
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-        other => other,
-    });
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
+/// What one [`forward`] did.
+#[derive(Debug)]
+enum Forwarded {
+    /// `from` reached end of stream.
+    End,
+    /// `read` bytes came in; `to` took all but `rest`, which waits for it to be writable.
+    Moved { read: usize, rest: Vec<u8> },
+}
+
+/// Reads what `from` holds into a buffer on the thread's stack and writes it to `to` at once.
+/// Only what `to` will not take now is copied to the heap, to wait for it: a copied
+/// connection holds no buffer of its own, idle or busy, and allocates only while its receiver
+/// falls behind. (A buffer per direction, taken when a direction first woke, cost 32 KiB a
+/// connection for the second it was kept, and a new stream wakes once before any byte
+/// arrives.)
+fn forward(from: &TcpStream, to: &TcpStream) -> io::Result<Forwarded> {
+    let mut buf = [MaybeUninit::<u8>::uninit(); BUF];
+    let data = read_draining(from, &mut buf)?;
+    if data.is_empty() {
+        return Ok(Forwarded::End);
     }
+    let mut written = 0;
+    while written < data.len() {
+        match to.try_write(&data[written..]) {
+            Ok(w) => written += w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Forwarded::Moved {
+        read: data.len(),
+        rest: data[written..].to_vec(),
+    })
+}
+
+/// Reads what `from` holds into `buf` and returns it (empty at end of stream). A read shorter
+/// than `buf` emptied the socket, so it also clears the socket's readiness, as tokio's own
+/// `AsyncRead` does: the next wait sleeps until new bytes arrive instead of returning at once
+/// for a `recvfrom` that fails with `EAGAIN` (one wasted system call per direction per
+/// exchange: a pass-through call at light load made four `recvfrom`, two of them empty).
+/// Bytes that arrive after the read raise readiness again: the readiness is cleared as of
+/// before the read (`try_io`'s tick), never a later event.
+fn read_draining<'b>(from: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b [u8]> {
+    let mut got = 0;
+    let r = from.try_io(Interest::READABLE, || {
+        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`, which stays borrowed
+        // for the call; the descriptor is `from`'s, open for the call.
+        let n = unsafe { libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match usize::try_from(n) {
+            Err(_) => Err(io::Error::last_os_error()),
+            Ok(n) if 0 < n && n < buf.len() => {
+                got = n;
+                // Tells `try_io` to clear the readiness it saw before the read.
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Ok(n) => Ok(n),
+        }
+    });
+    let n = match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
+        other => other?,
+    };
+    // SAFETY: recv(2) initialised the first `n` bytes of `buf`.
+    Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) })
 }
 
 /// Splices `client` and `upstream` in the kernel ([`Splicer`]) until both directions reach
@@ -480,11 +505,79 @@ mod tests {
     use std::time::Duration;
 
     use tokio::{
-        io::{AsyncWriteExt, Interest},
-        net::{TcpListener, TcpStream},
+        io::{AsyncReadExt, AsyncWriteExt, Interest},
+        net::{TcpListener, TcpSocket, TcpStream},
     };
 
-    use super::read_draining;
+    use super::{read_draining, splice};
+
+    /// A connected pair: (the end the test holds, the end given to the gateway's copy). The
+    /// test's end has a small receive buffer, so a slow reader there backs the copy up.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let outer = socket
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (inner, _) = listener.accept().await.expect("accept");
+        (outer, inner)
+    }
+
+    fn pattern(i: usize) -> u8 {
+        (i * 7 % 251) as u8
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_falls_behind_gets_every_byte_in_order() {
+        const N: usize = 8 << 20;
+        let (mut client, client_in) = pair().await;
+        let (mut upstream, upstream_in) = pair().await;
+        let copy = tokio::spawn(splice(client_in, upstream_in, Duration::from_secs(20)));
+        let writer = tokio::spawn(async move {
+            let data: Vec<u8> = (0..N).map(pattern).collect();
+            client.write_all(&data).await.expect("write");
+            client.shutdown().await.expect("half-close");
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.expect("answer");
+            answer
+        });
+        // Nothing read for a while: the copy's writes to the upstream fall short and it has
+        // to hold the rest until the upstream's socket drains.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::with_capacity(N);
+        let mut chunk = [0u8; 1500];
+        let read_all = async {
+            loop {
+                let n = upstream.read(&mut chunk).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read_all)
+            .await
+            .expect("the copy stalled");
+        assert_eq!(got.len(), N);
+        if let Some(i) = (0..N).find(|&i| got[i] != pattern(i)) {
+            panic!("byte {i} differs: the copy lost or reordered data");
+        }
+        upstream.write_all(b"done").await.expect("answer");
+        upstream.shutdown().await.expect("half-close");
+        let answer = tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the client never saw the end")
+            .expect("writer");
+        assert_eq!(answer, b"done");
+        let (transfer, result) = tokio::time::timeout(Duration::from_secs(20), copy)
+            .await
+            .expect("the copy did not end")
+            .expect("copy task");
+        result.expect("the copy ended with an error");
+        assert_eq!((transfer.up, transfer.down), (N as u64, 4));
+    }
 
     #[tokio::test]
     async fn a_short_read_clears_readiness_and_later_bytes_still_wake() {
@@ -492,11 +585,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let mut peer = TcpStream::connect(addr).await.expect("connect");
         let (from, _) = listener.accept().await.expect("accept");
-        let mut buf = vec![0u8; 64];
+        let mut buf = [std::mem::MaybeUninit::uninit(); 64];
 
         peer.write_all(b"first").await.expect("write");
         from.ready(Interest::READABLE).await.expect("ready");
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 5);
+        assert_eq!(read_draining(&from, &mut buf).expect("read").len(), 5);
         // Drained: the next wait sleeps instead of returning for an empty read.
         let waited =
             tokio::time::timeout(Duration::from_millis(50), from.ready(Interest::READABLE)).await;
@@ -511,26 +604,25 @@ mod tests {
             .await
             .expect("later bytes must wake the wait")
             .expect("ready");
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 6);
-        assert_eq!(&buf[..6], b"second");
+        assert_eq!(read_draining(&from, &mut buf).expect("read"), b"second");
 
         // A read that fills the buffer keeps the readiness: more may be waiting.
         peer.write_all(&[7u8; 100]).await.expect("write");
         from.ready(Interest::READABLE).await.expect("ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 64);
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 36);
+        assert_eq!(read_draining(&from, &mut buf).expect("read").len(), 64);
+        assert_eq!(read_draining(&from, &mut buf).expect("read").len(), 36);
 
         // End of stream still reads as 0 after a short read cleared the readiness.
         peer.write_all(b"last").await.expect("write");
         drop(peer);
         tokio::time::sleep(Duration::from_millis(20)).await;
         from.ready(Interest::READABLE).await.expect("ready");
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 4);
+        assert_eq!(read_draining(&from, &mut buf).expect("read").len(), 4);
         tokio::time::timeout(Duration::from_secs(5), from.ready(Interest::READABLE))
             .await
             .expect("end of stream must wake the wait")
             .expect("ready");
-        assert_eq!(read_draining(&from, &mut buf).expect("read"), 0);
+        assert_eq!(read_draining(&from, &mut buf).expect("read").len(), 0);
     }
 }
