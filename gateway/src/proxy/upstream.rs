@@ -23,7 +23,7 @@ use crate::intercept::splice::{self, Pair, Splicer};
 pub mod h1;
 pub mod pool;
 
-/// The most one read of a copied pass-through connection takes.
+/// The most one read takes when the gateway copies a pass-through connection's bytes.
 const BUF: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +160,9 @@ async fn pump(
     idle: Duration,
 ) -> Result<(), ForwardError> {
     loop {
+        // `ready` takes nothing from tokio's cooperative budget: without this, a connection
+        // whose two ends both keep up would hold its data-path thread from every other.
+        tokio::task::consume_budget().await;
         activity.ready(from, Interest::READABLE, idle).await?;
         let (n, rest) = match forward(from, to) {
             Ok(Forwarded::End) => {
@@ -177,6 +180,7 @@ async fn pump(
         while written < rest.len() {
             activity.ready(to, Interest::WRITABLE, idle).await?;
             match to.try_write(&rest[written..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(w) => written += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
@@ -199,9 +203,7 @@ enum Forwarded {
 /// Reads what `from` holds into a buffer on the thread's stack and writes it to `to` at once.
 /// Only what `to` will not take now is copied to the heap, to wait for it: a copied
 /// connection holds no buffer of its own, idle or busy, and allocates only while its receiver
-/// falls behind. (A buffer per direction, taken when a direction first woke, cost 32 KiB a
-/// connection for the second it was kept, and a new stream wakes once before any byte
-/// arrives.)
+/// falls behind.
 fn forward(from: &TcpStream, to: &TcpStream) -> io::Result<Forwarded> {
     let mut buf = [MaybeUninit::<u8>::uninit(); BUF];
     let data = read_draining(from, &mut buf)?;
@@ -211,6 +213,7 @@ fn forward(from: &TcpStream, to: &TcpStream) -> io::Result<Forwarded> {
     let mut written = 0;
     while written < data.len() {
         match to.try_write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(w) => written += w,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
@@ -249,8 +252,10 @@ fn read_draining<'b>(from: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Re
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
         other => other?,
     };
-    // SAFETY: recv(2) initialised the first `n` bytes of `buf`.
-    Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) })
+    let filled: &'b [MaybeUninit<u8>] = &buf[..n];
+    // SAFETY: recv(2) initialised the first `n` bytes of `buf` (`n` is what it returned, at
+    // most `buf.len()`, as the slicing above checks); `MaybeUninit<u8>` has `u8`'s layout.
+    Ok(unsafe { &*(filled as *const [MaybeUninit<u8>] as *const [u8]) })
 }
 
 /// Splices `client` and `upstream` in the kernel ([`Splicer`]) until both directions reach
@@ -511,10 +516,16 @@ mod tests {
 
     use super::{read_draining, splice};
 
-    /// A connected pair: (the end the test holds, the end given to the gateway's copy). The
-    /// test's end has a small receive buffer, so a slow reader there backs the copy up.
+    /// A connected pair: (the end the test holds, the end given to the gateway's copy). Small
+    /// buffers on both (the copy's end inherits its listener's), so that a slow reader at the
+    /// test's end makes the copy's writes fall short, whatever the host's TCP autotuning.
     async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listening = TcpSocket::new_v4().expect("socket");
+        listening.set_send_buffer_size(4096).expect("sndbuf");
+        listening
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = listening.listen(16).expect("listen");
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
         let outer = socket
@@ -525,19 +536,30 @@ mod tests {
         (outer, inner)
     }
 
-    fn pattern(i: usize) -> u8 {
-        (i * 7 % 251) as u8
+    /// Bytes that do not repeat with any short period (xorshift), so that a chunk delivered
+    /// twice or out of order shows.
+    fn pattern(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
     }
 
     #[tokio::test]
     async fn a_receiver_that_falls_behind_gets_every_byte_in_order() {
-        const N: usize = 8 << 20;
+        const N: usize = 2 << 20;
+        let sent = pattern(N);
+        let expected = sent.clone();
         let (mut client, client_in) = pair().await;
         let (mut upstream, upstream_in) = pair().await;
         let copy = tokio::spawn(splice(client_in, upstream_in, Duration::from_secs(20)));
         let writer = tokio::spawn(async move {
-            let data: Vec<u8> = (0..N).map(pattern).collect();
-            client.write_all(&data).await.expect("write");
+            client.write_all(&sent).await.expect("write");
             client.shutdown().await.expect("half-close");
             let mut answer = Vec::new();
             client.read_to_end(&mut answer).await.expect("answer");
@@ -561,7 +583,7 @@ mod tests {
             .await
             .expect("the copy stalled");
         assert_eq!(got.len(), N);
-        if let Some(i) = (0..N).find(|&i| got[i] != pattern(i)) {
+        if let Some(i) = (0..N).find(|&i| got[i] != expected[i]) {
             panic!("byte {i} differs: the copy lost or reordered data");
         }
         upstream.write_all(b"done").await.expect("answer");
