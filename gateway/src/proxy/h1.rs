@@ -219,6 +219,16 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     expect: u64,
 ) -> Poll<io::Result<usize>> {
     let want = expect.clamp(READ_BUF as u64, 256 * 1024) as usize;
+    poll_fill_room(io, buf, cx, want)
+}
+
+/// [`poll_fill`] with room made for `want` bytes, whatever their size.
+pub fn poll_fill_room<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < want / 2 {
         buf.reserve(want);
     }

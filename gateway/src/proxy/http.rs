@@ -113,7 +113,14 @@ where
             header_timeout: limits.header_timeout,
             shutdown_before_close: conn.tls,
         };
-        return server1::serve(io, limits, |req| conn.clone().handle(req)).await;
+        // A quiet connection's upstream connection waits with the thread's idle ones: a
+        // thousand idle clients do not hold a thousand upstream connections.
+        let quiet = || {
+            conn.inputs
+                .upstreams
+                .release_http1(conn.dst, conn.netns, &conn.http1)
+        };
+        return server1::serve(io, limits, |req| conn.clone().handle(req), quiet).await;
     }
     // The streams of one h2 connection share a part of the inspection budget, so that one
     // connection cannot take all of it.

@@ -53,6 +53,15 @@ const BODILESS_DROP: usize = 16 * 1024;
 /// destroy the answer before the client reads it).
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
+/// A connection with no request for this long, and no part of one, gives back what it holds
+/// for the next: its read and answer buffers, the pipeline's future, and (through `serve`'s
+/// `quiet`) its upstream connection. The next request allocates them again.
+const QUIET: Duration = Duration::from_secs(1);
+/// The read buffer of a quiet connection: room for a request line and a few fields. A head
+/// that needs more grows it to [`h1::READ_BUF`].
+const QUIET_READ: usize = 1024;
+/// The answer buffer's size to start with.
+const OUT_BUF: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -121,12 +130,14 @@ enum HeadError {
 }
 
 /// Serves HTTP/1.1 on `io` until the client closes, a limit ends the connection or an answer
-/// cannot be completed. `handle` answers each request.
-pub async fn serve<I, H, F>(io: I, limits: Limits, mut handle: H)
+/// cannot be completed. `handle` answers each request; `quiet` is called when the connection
+/// has waited [`QUIET`] for a next request, to give back what the caller keeps for it.
+pub async fn serve<I, H, F, Q>(io: I, limits: Limits, mut handle: H, mut quiet: Q)
 where
     I: AsyncRead + AsyncWrite + Send + 'static,
     H: FnMut(Request<ProxyBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
+    Q: FnMut(),
 {
     let (rd, mut wr) = tokio::io::split(io);
     let mut reader = Reader {
@@ -140,13 +151,22 @@ where
     // One timer for the connection's life, moved forward per request: cheaper than one armed
     // and dropped per request.
     let mut timer = Box::pin(tokio::time::sleep(limits.header_timeout));
-    let mut out = Vec::with_capacity(8 * 1024);
-    // The handler's future (the whole call pipeline, several KiB) lives here, in place, for
-    // the connection's life, rather than being moved into and out of the futures that wait
-    // on it for every request.
-    let mut handling: Pin<Box<Option<F>>> = Box::pin(None);
+    let mut out = Vec::with_capacity(OUT_BUF);
+    // The handler's future (the whole call pipeline, several KiB) lives here, in place, from
+    // one request to the next, rather than being moved into and out of the futures that wait
+    // on it for every request; a quiet connection gives it back.
+    let mut handling: Option<Pin<Box<Option<F>>>> = None;
     loop {
-        let (req, asked, framing) = match read_head(&mut reader, &limits, timer.as_mut()).await {
+        let head = read_head(&mut reader, &limits, timer.as_mut(), &mut || {
+            out = Vec::new();
+            handling = None;
+            quiet();
+        })
+        .await;
+        if out.capacity() == 0 {
+            out.reserve(OUT_BUF);
+        }
+        let (req, asked, framing) = match head {
             Ok(r) => r,
             Err(HeadError::Gone) => return,
             Err(HeadError::Refuse(status, code, why)) => {
@@ -193,6 +213,7 @@ where
             (req.map(|()| body), None)
         };
         let mut kept = kept;
+        let handling = handling.get_or_insert_with(|| Box::pin(None));
         handling.set(Some(handle(req)));
         let answered = match handling.as_mut().as_pin_mut() {
             Some(f) => answer_unless_gone(f, &mut kept, &back, limits.max_head).await,
@@ -239,7 +260,7 @@ where
             }
         }
         if out.capacity() > 256 * 1024 {
-            out = Vec::with_capacity(8 * 1024);
+            out = Vec::with_capacity(OUT_BUF);
         }
         if reader.buf.capacity() > 256 * 1024 && reader.buf.is_empty() {
             reader.buf = BytesMut::with_capacity(h1::READ_BUF);
@@ -294,42 +315,91 @@ where
     .await
 }
 
-/// Reads and parses the next request head, within the header timeout.
+/// What a wait for more of a request head ended with.
+enum Waited {
+    Read(io::Result<usize>),
+    /// Nothing of a head came for [`QUIET`].
+    Quiet,
+    TimedOut,
+}
+
+/// Reads and parses the next request head, within the header timeout. A wait that sees
+/// nothing of a head for [`QUIET`] gives the read buffer back, calls `quiet` once, and goes
+/// on waiting, as long as the header timeout allows, with room for a small head.
 async fn read_head<I: AsyncRead>(
     r: &mut Reader<I>,
     limits: &Limits,
     mut timer: Pin<&mut Sleep>,
+    quiet: &mut impl FnMut(),
 ) -> Result<(Request<()>, Asked, Framing), HeadError> {
-    let mut armed = false;
+    // When the head began to be waited for: the header timeout counts from there.
+    let mut since: Option<Instant> = None;
+    let mut quieted = false;
     loop {
         if !r.buf.is_empty() {
             if let Some(head) = parse_request(&mut r.buf, limits.max_head)? {
                 return Ok(head);
             }
         }
-        let read = std::future::poll_fn(|cx| {
-            if let Poll::Ready(n) = h1::poll_fill(&mut r.io, &mut r.buf, cx, 0) {
-                return Poll::Ready(Some(n));
+        let waited = std::future::poll_fn(|cx| {
+            let room = if quieted && r.buf.is_empty() {
+                QUIET_READ
+            } else {
+                h1::READ_BUF
+            };
+            if let Poll::Ready(n) = h1::poll_fill_room(&mut r.io, &mut r.buf, cx, room) {
+                return Poll::Ready(Waited::Read(n));
             }
-            if !armed {
-                // Only now that the head has to be waited for.
-                timer.as_mut().reset(Instant::now() + limits.header_timeout);
-                armed = true;
+            let start = match since {
+                Some(t) => t,
+                None => {
+                    // Only now that the head has to be waited for; between requests, the
+                    // quiet mark comes first.
+                    let now = Instant::now();
+                    let first = if r.buf.is_empty() {
+                        QUIET.min(limits.header_timeout)
+                    } else {
+                        limits.header_timeout
+                    };
+                    timer.as_mut().reset(now + first);
+                    since = Some(now);
+                    now
+                }
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            let deadline = start + limits.header_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Waited::TimedOut);
+            }
+            if !quieted && r.buf.is_empty() {
+                return Poll::Ready(Waited::Quiet);
+            }
+            // A head began before the quiet mark: it has until the timeout.
+            timer.as_mut().reset(deadline);
             match timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Ready(()) => Poll::Ready(Waited::TimedOut),
                 Poll::Pending => Poll::Pending,
             }
         })
         .await;
-        match read {
-            Some(Ok(n)) if n > 0 => {}
-            Some(Ok(_)) | Some(Err(_)) if r.buf.is_empty() => return Err(HeadError::Gone),
-            Some(Ok(_)) | Some(Err(_)) => {
+        match waited {
+            Waited::Read(Ok(n)) if n > 0 => {}
+            Waited::Read(_) if r.buf.is_empty() => return Err(HeadError::Gone),
+            Waited::Read(_) => {
                 return Err(bad("the connection ended in the middle of a request head"));
             }
-            None if r.buf.is_empty() => return Err(HeadError::Gone),
-            None => {
+            Waited::Quiet => {
+                quieted = true;
+                r.buf = BytesMut::new();
+                quiet();
+                if let Some(start) = since {
+                    timer.as_mut().reset(start + limits.header_timeout);
+                }
+            }
+            Waited::TimedOut if r.buf.is_empty() => return Err(HeadError::Gone),
+            Waited::TimedOut => {
                 return Err(HeadError::Refuse(
                     StatusCode::REQUEST_TIMEOUT,
                     "header_timeout",
@@ -751,6 +821,7 @@ pub fn read_all(wire: &[u8], step: usize, max_head: usize) -> Vec<Result<String,
 mod tests {
     use http_body::Frame;
     use http_body_util::StreamBody;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     use super::*;
@@ -798,7 +869,7 @@ mod tests {
     /// Date lines left out.
     async fn exchange(wire: &[u8], limits: Limits) -> String {
         let (mut client, server): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 20);
-        let served = tokio::spawn(serve(server, limits, echo));
+        let served = tokio::spawn(serve(server, limits, echo, || {}));
         client.write_all(wire).await.expect("write");
         client.shutdown().await.expect("shutdown");
         let mut out = Vec::new();
@@ -918,7 +989,7 @@ mod tests {
     async fn a_close_answer_lingers_only_when_the_client_sent_more() {
         // Nothing more sent: the connection ends without waiting for the client's FIN.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, LIMITS, echo));
+        let served = tokio::spawn(serve(server, LIMITS, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
@@ -937,7 +1008,7 @@ mod tests {
         // A pipelined request already read: what the client sends is drained before closing,
         // so that the close does not reset the answer.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, LIMITS, echo));
+        let served = tokio::spawn(serve(server, LIMITS, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
             .await
@@ -986,7 +1057,7 @@ mod tests {
                 std::future::pending::<Response<ProxyBody>>().await
             }
         };
-        let served = tokio::spawn(serve(server, LIMITS, handler));
+        let served = tokio::spawn(serve(server, LIMITS, handler, || {}));
         client
             .write_all(b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
             .await
@@ -1005,7 +1076,7 @@ mod tests {
             ..LIMITS
         };
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo));
+        let served = tokio::spawn(serve(server, limits, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\nx-slow: ")
             .await
@@ -1019,10 +1090,152 @@ mod tests {
         assert!(out.contains("HTTP/1.1 408 "), "{out}");
         // Idle between requests: closed without an answer.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo));
+        let served = tokio::spawn(serve(server, limits, echo, || {}));
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.expect("read");
         served.await.expect("server task");
         assert!(out.is_empty());
+    }
+
+    /// Reads from `client` until `tail` has come (the end of an echo answer), for at most
+    /// `within`.
+    async fn answer_ending(client: &mut DuplexStream, tail: &str, within: Duration) -> String {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let read = async {
+            while !String::from_utf8_lossy(&got).ends_with(tail) {
+                let n = client.read(&mut chunk).await.expect("read");
+                assert!(
+                    n > 0,
+                    "closed before {tail:?}: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(within, read)
+            .await
+            .expect("no answer in time");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_gives_back_what_it_holds_and_serves_the_next_request() {
+        let limits = Limits {
+            max_head: 16 * 1024,
+            ..LIMITS
+        };
+        let quiets = Arc::new(AtomicUsize::new(0));
+        let counted = quiets.clone();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, limits, echo, move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        answer_ending(&mut client, "GET /a ", Duration::from_secs(1)).await;
+        assert_eq!(quiets.load(Ordering::Relaxed), 0, "quiet while answering");
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
+        assert_eq!(
+            quiets.load(Ordering::Relaxed),
+            1,
+            "a quiet second gives back once"
+        );
+        tokio::time::sleep(QUIET * 2).await;
+        assert_eq!(
+            quiets.load(Ordering::Relaxed),
+            1,
+            "once per wait, not per second"
+        );
+        // A head larger than the quiet buffer: it grows again, and the answer is whole.
+        let big = "v".repeat(3 * QUIET_READ);
+        client
+            .write_all(format!("GET /b HTTP/1.1\r\nx-big: {big}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let out = answer_ending(&mut client, "GET /b ", Duration::from_secs(1)).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
+        assert_eq!(
+            quiets.load(Ordering::Relaxed),
+            2,
+            "each wait for a request quiets"
+        );
+        drop(client);
+        served.await.expect("server task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_before_the_quiet_mark_keeps_its_buffer_and_its_timeout() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(3),
+            ..LIMITS
+        };
+        let quiets = Arc::new(AtomicUsize::new(0));
+        let counted = quiets.clone();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, limits, echo, move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        let start = tokio::time::Instant::now();
+        // The server waits from an empty buffer (its quiet mark set) before the head begins.
+        tokio::time::sleep(QUIET / 10).await;
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nx-")
+            .await
+            .expect("write");
+        tokio::time::sleep(QUIET * 2).await;
+        assert_eq!(
+            quiets.load(Ordering::Relaxed),
+            0,
+            "a begun head is not given back"
+        );
+        client.write_all(b"slow: 1\r\n\r\n").await.expect("write");
+        answer_ending(&mut client, "GET /a ", Duration::from_secs(1)).await;
+        // A head that never ends is refused at the header timeout from the start of its
+        // wait, quiet mark or not.
+        let start2 = tokio::time::Instant::now();
+        tokio::time::sleep(QUIET * 2).await;
+        assert_eq!(quiets.load(Ordering::Relaxed), 1);
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nx-")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        let took = start2.elapsed();
+        assert!(
+            String::from_utf8_lossy(&out).contains("HTTP/1.1 408 "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(
+            took >= limits.header_timeout && took < limits.header_timeout + QUIET,
+            "refused after {took:?}"
+        );
+        served.await.expect("server task");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_still_closes_at_the_header_timeout() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(3),
+            ..LIMITS
+        };
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let start = tokio::time::Instant::now();
+        let served = tokio::spawn(serve(server, limits, echo, || {}));
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        served.await.expect("server task");
+        let took = start.elapsed();
+        assert!(out.is_empty());
+        assert!(
+            took >= limits.header_timeout && took < limits.header_timeout + QUIET,
+            "closed after {took:?}"
+        );
     }
 }
