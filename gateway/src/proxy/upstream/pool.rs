@@ -4,9 +4,10 @@
 //!
 //! HTTP/1 takes a shorter way ([`Upstreams::send_http1`]), in plain text and over TLS: an
 //! intercepted HTTP/1 connection sends its requests one after another, so it keeps one
-//! upstream connection for its whole life, in its own [`Http1Slot`], and a request costs no
-//! pool lookup, lock or checkout. When the intercepted connection ends, its upstream
-//! connection waits in an idle list for the next one to the same destination (and, over TLS,
+//! upstream connection while it is busy, in its own [`Http1Slot`], and a request costs no
+//! pool lookup, lock or checkout. When the intercepted connection ends, or has waited a
+//! second for its next request (`server1`'s quiet mark), its upstream connection waits in an
+//! idle list for the next one to the same destination (and, over TLS,
 //! the same verified identity), as a pool would keep it: a new intercepted connection then
 //! pays neither a connect nor a TLS handshake upstream. Each data-path thread (lane) has its
 //! own idle lists, behind a lock no other thread takes on the data path, and sweeps them
@@ -376,7 +377,8 @@ impl Upstreams {
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
 
-    /// Keeps the connection an intercepted connection held, when it ended, for the next one.
+    /// Keeps the connection an intercepted connection held, when it ended or went quiet, for the
+    /// next one.
     pub fn release_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
