@@ -1119,18 +1119,26 @@ mod tests {
         String::from_utf8_lossy(&got).into_owned()
     }
 
+    /// Serves echo on an in-memory connection, counting the calls of its `quiet` hook.
+    fn serve_counting_quiets(
+        limits: Limits,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+        let quiets = Arc::new(AtomicUsize::new(0));
+        let counted = quiets.clone();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve(server, limits, echo, move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        (client, served, quiets)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_gives_back_what_it_holds_and_serves_the_next_request() {
         let limits = Limits {
             max_head: 16 * 1024,
             ..LIMITS
         };
-        let quiets = Arc::new(AtomicUsize::new(0));
-        let counted = quiets.clone();
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo, move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }));
+        let (mut client, served, quiets) = serve_counting_quiets(limits);
         client
             .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -1173,12 +1181,7 @@ mod tests {
             header_timeout: Duration::from_secs(3),
             ..LIMITS
         };
-        let quiets = Arc::new(AtomicUsize::new(0));
-        let counted = quiets.clone();
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo, move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }));
+        let (mut client, served, quiets) = serve_counting_quiets(limits);
         let start = tokio::time::Instant::now();
         // The server waits from an empty buffer (its quiet mark set) before the head begins.
         tokio::time::sleep(QUIET / 10).await;
