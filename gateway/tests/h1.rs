@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use callgate::proxy::body::ProxyBody;
-use callgate::proxy::upstream::pool::{Http1Slot, UpstreamBody, Upstreams};
+use callgate::proxy::upstream::pool::{Http1Slot, Owner, UpstreamBody, Upstreams};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::{
@@ -111,7 +111,12 @@ async fn read(resp: Response<UpstreamBody>) -> (u16, String, Option<String>) {
 /// One call to `addr` (answered `ok`) on a fresh slot of `lane`; then the slot's connection
 /// goes to the lane's idle list.
 async fn call_and_release(ups: &Upstreams, lane: usize, addr: SocketAddr) {
-    let slot = Http1Slot::on_lane(lane);
+    call_and_release_as(ups, lane, Owner::default(), addr).await;
+}
+
+/// [`call_and_release`] from a connection of the workload `owner`.
+async fn call_and_release_as(ups: &Upstreams, lane: usize, owner: Owner, addr: SocketAddr) {
+    let slot = Http1Slot::new(lane, owner);
     let resp = ups
         .send_http1(&slot, addr, 0, None, get("/"))
         .await
@@ -138,7 +143,7 @@ async fn answers_are_framed_and_one_connection_carries_them_all() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::on_lane(0);
+    let slot = Http1Slot::new(0, Owner::default());
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
 
     assert_eq!(
@@ -186,7 +191,7 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::on_lane(0);
+    let slot = Http1Slot::new(0, Owner::default());
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
     // Whether or not the close was seen before this request went out, the request arrives.
@@ -219,7 +224,7 @@ async fn malformed_answers_are_errors_not_guesses() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::on_lane(0);
+    let slot = Http1Slot::new(0, Owner::default());
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     for (path, why) in [
         ("/conflict", "Content-Length"),
@@ -353,4 +358,95 @@ async fn idle_connections_past_the_timeout_are_closed_by_their_lanes_sweep() {
     assert_eq!(closed.load(Ordering::SeqCst), 1, "the idled-out one closed");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(closed.load(Ordering::SeqCst), 1, "the fresh one kept");
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// A kept connection is taken again only by a connection of the workload (cgroup and user)
+/// it was opened for: a server may have authenticated the TCP connection itself (NTLM,
+/// Negotiate with persistent auth), and another workload would then call as that one's user.
+#[tokio::test]
+async fn kept_connections_serve_only_the_workload_that_opened_them() {
+    let (addr, accepted) = upstream((0..4).map(|_| Step::Answer(OK)).collect()).await;
+    let ups = upstreams();
+    let alice = Owner {
+        cgroup_id: 7,
+        uid: 1000,
+    };
+    let other_cgroup = Owner {
+        cgroup_id: 8,
+        uid: 1000,
+    };
+    let other_user = Owner {
+        cgroup_id: 7,
+        uid: 1001,
+    };
+    call_and_release_as(&ups, 0, alice, addr).await;
+    call_and_release_as(&ups, 0, other_cgroup, addr).await;
+    call_and_release_as(&ups, 0, other_user, addr).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "another workload took a kept connection"
+    );
+    call_and_release_as(&ups, 0, alice, addr).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "the same workload opened a new connection instead of taking its kept one"
+    );
+}
+
+/// A quiet connection's upstream connection goes to the idle list only while that has room:
+/// with the list full it stays with its connection, which then needs no new one.
+#[tokio::test]
+async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_full() {
+    const FULL: usize = 64;
+    let (addr, accepted) = upstream((0..2 * FULL + 4).map(|_| Step::Answer(OK)).collect()).await;
+    let ups = upstreams();
+    let busy: Vec<Http1Slot> = (0..=FULL)
+        .map(|_| Http1Slot::new(0, Owner::default()))
+        .collect();
+    for slot in &busy {
+        let resp = ups
+            .send_http1(slot, addr, 0, None, get("/"))
+            .await
+            .expect("call");
+        assert_eq!(read(resp).await.1, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), FULL + 1);
+    // The first goes quiet while the list has room; the others close, filling it.
+    ups.quiet_http1(addr, 0, &busy[0]);
+    for slot in &busy[1..FULL] {
+        ups.release_http1(addr, 0, slot);
+    }
+    // The last goes quiet with the list full: it keeps its connection.
+    let last = &busy[FULL];
+    ups.quiet_http1(addr, 0, last);
+    let resp = ups
+        .send_http1(last, addr, 0, None, get("/"))
+        .await
+        .expect("call");
+    assert_eq!(read(resp).await.1, "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        FULL + 1,
+        "the quiet connection lost its upstream connection"
+    );
+    // The idle list still holds all it had: as many new connections' calls take them all.
+    let fresh: Vec<Http1Slot> = (0..FULL)
+        .map(|_| Http1Slot::new(0, Owner::default()))
+        .collect();
+    for slot in &fresh {
+        let resp = ups
+            .send_http1(slot, addr, 0, None, get("/"))
+            .await
+            .expect("call");
+        assert_eq!(read(resp).await.1, "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        FULL + 1,
+        "a kept connection went missing from the full idle list"
+    );
 }

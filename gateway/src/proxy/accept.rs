@@ -542,7 +542,13 @@ async fn route(
                 ..Caller::default()
             }),
             last_token: Default::default(),
-            http1: upstream::pool::Http1Slot::on_lane(lane),
+            http1: upstream::pool::Http1Slot::new(
+                lane,
+                upstream::pool::Owner {
+                    cgroup_id: conn.workload.cgroup_id.unwrap_or_default(),
+                    uid: conn.workload.uid.unwrap_or_default(),
+                },
+            ),
             session: conn.session.clone(),
         })
     };
@@ -988,7 +994,7 @@ mod tests {
         ));
         let (_stop, stop_rx) = watch::channel(false);
         tokio::spawn(timer_anchor(0, ups.clone(), stop_rx));
-        let slot = upstream::pool::Http1Slot::on_lane(0);
+        let slot = upstream::pool::Http1Slot::new(0, upstream::pool::Owner::default());
         let req = ::http::Request::get("/")
             .header("host", "upstream.test")
             .body(

@@ -113,12 +113,12 @@ where
             header_timeout: limits.header_timeout,
             shutdown_before_close: conn.tls,
         };
-        // A quiet connection's upstream connection waits with the thread's idle ones: a
-        // thousand idle clients do not hold a thousand upstream connections.
+        // A quiet connection's upstream connection waits with the thread's idle ones, while
+        // they have room: a thousand idle clients do not hold a thousand upstream connections.
         let quiet = || {
             conn.inputs
                 .upstreams
-                .release_http1(conn.dst, conn.netns, &conn.http1)
+                .quiet_http1(conn.dst, conn.netns, &conn.http1)
         };
         return server1::serve(io, limits, |req| conn.clone().handle(req), quiet).await;
     }

@@ -1207,7 +1207,10 @@ mod tests {
             .await
             .expect("write");
         let mut out = Vec::new();
-        client.read_to_end(&mut out).await.expect("read");
+        tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
+            .await
+            .expect("the connection never ended")
+            .expect("read");
         let took = start2.elapsed();
         assert!(
             String::from_utf8_lossy(&out).contains("HTTP/1.1 408 "),
@@ -1232,7 +1235,10 @@ mod tests {
         let start = tokio::time::Instant::now();
         let served = tokio::spawn(serve(server, limits, echo, || {}));
         let mut out = Vec::new();
-        client.read_to_end(&mut out).await.expect("read");
+        tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
+            .await
+            .expect("the connection never ended")
+            .expect("read");
         served.await.expect("server task");
         let took = start.elapsed();
         assert!(out.is_empty());

@@ -70,9 +70,19 @@ const IDLE_PER_DESTINATION: usize = 64;
 /// no connection); past it the least recently used go first.
 const MAX_CLIENTS: usize = 2048;
 
-/// Where a lane's idle HTTP/1 connections wait: per destination, namespace and TLS identity
-/// (None: plain text).
-type IdleKey = (SocketAddr, u64, Option<TlsIdentity>);
+/// Where a lane's idle HTTP/1 connections wait: per destination, namespace, TLS identity
+/// (None: plain text) and owner.
+type IdleKey = (SocketAddr, u64, Option<TlsIdentity>, Owner);
+
+/// The workload an idle HTTP/1 upstream connection was opened for, by its cgroup and user.
+/// Only connections of the same workload take it again: a server may have authenticated the
+/// TCP connection itself (NTLM, Negotiate with persistent auth), and then every request on it
+/// passes as that workload's user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub cgroup_id: u64,
+    pub uid: u32,
+}
 
 /// One data-path thread's idle HTTP/1 connections by destination, newest last in each list.
 ///
@@ -127,7 +137,7 @@ pub struct UpstreamKey {
 pub struct Upstreams {
     clients: Mutex<Clients>,
     /// HTTP/1 connections no intercepted connection holds, one set per data-path thread
-    /// ([`Http1Slot::on_lane`]).
+    /// ([`Http1Slot::new`]).
     idle_http1: Box<[IdleLane]>,
     connect_timeout: Duration,
     idle: Duration,
@@ -206,20 +216,23 @@ impl Clients {
     }
 }
 
-/// The upstream connection an intercepted HTTP/1 connection holds between its requests, and
-/// the data-path thread (lane) the connection is served on. A response body puts the upstream
-/// connection back when it ends. No default: a slot is always made for its lane.
+/// The upstream connection an intercepted HTTP/1 connection holds between its requests, the
+/// data-path thread (lane) the connection is served on, and the workload it serves. A
+/// response body puts the upstream connection back when it ends. No default: a slot is always
+/// made for its lane and its workload.
 pub struct Http1Slot {
     conn: h1::Slot,
     lane: usize,
+    owner: Owner,
 }
 
 impl Http1Slot {
-    /// The slot of a connection served on data-path thread `lane`.
-    pub fn on_lane(lane: usize) -> Self {
+    /// The slot of a connection of `owner` served on data-path thread `lane`.
+    pub fn new(lane: usize, owner: Owner) -> Self {
         Self {
             conn: h1::Slot::default(),
             lane,
+            owner,
         }
     }
 
@@ -317,13 +330,13 @@ impl Upstreams {
             // A request on the same connection naming another server (no SNI, another Host)
             // needs an upstream verified as that one: the held one waits for its own kind.
             Some(c) if !same_tls(tls.as_ref(), c.identity()) => {
-                self.keep_http1(slot.lane, dst, netns, c);
+                self.keep_http1(slot, dst, netns, c);
                 None
             }
             other => other,
         };
-        let kept = held
-            .or_else(|| self.kept_http1(slot.lane, dst, netns, tls.as_ref().map(|t| t.identity())));
+        let kept =
+            held.or_else(|| self.kept_http1(slot, dst, netns, tls.as_ref().map(|t| t.identity())));
         let mut conn = match kept {
             Some(c) => c,
             None => self.connect_http1(dst, netns, tls.as_ref()).await?,
@@ -372,7 +385,7 @@ impl Upstreams {
     /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
     pub fn forget_netns(&self, netns: u64) {
         for lane in &self.idle_http1 {
-            lane.lists.locked().retain(|(_, n, _), _| *n != netns);
+            lane.lists.locked().retain(|(_, n, _, _), _| *n != netns);
         }
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
@@ -383,7 +396,24 @@ impl Upstreams {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
         let Some(conn) = slot.take() else { return };
-        self.keep_http1(slot.lane, dst, netns, conn);
+        self.keep_http1(slot, dst, netns, conn);
+    }
+
+    /// [`Self::release_http1`] for a connection that went quiet but stays open: its upstream
+    /// connection goes to the idle list only while that has room. A full list would close it,
+    /// and the client's next request would pay a new connection (and TLS handshake) for it.
+    pub fn quiet_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
+        let Some(conn) = slot.take() else { return };
+        let key = (dst, netns, conn.identity().cloned(), slot.owner);
+        let room = self
+            .idle_lane(slot.lane)
+            .get(&key)
+            .is_none_or(|kept| kept.len() < IDLE_PER_DESTINATION);
+        if room {
+            self.keep_http1(slot, dst, netns, conn);
+        } else {
+            *slot.conn.locked() = Some(conn);
+        }
     }
 
     /// The idle lists of `lane`, locked, from the lane's own thread.
@@ -415,13 +445,13 @@ impl Upstreams {
         });
     }
 
-    fn keep_http1(&self, lane: usize, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
+    fn keep_http1(&self, slot: &Http1Slot, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
         if conn.looks_closed() {
             return;
         }
-        let mut idle = self.idle_lane(lane);
+        let mut idle = self.idle_lane(slot.lane);
         let kept = idle
-            .entry((dst, netns, conn.identity().cloned()))
+            .entry((dst, netns, conn.identity().cloned(), slot.owner))
             .or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((Instant::now(), conn));
@@ -430,13 +460,13 @@ impl Upstreams {
 
     fn kept_http1(
         &self,
-        lane: usize,
+        slot: &Http1Slot,
         dst: SocketAddr,
         netns: u64,
         tls: Option<TlsIdentity>,
     ) -> Option<Upstream1> {
-        let mut idle = self.idle_lane(lane);
-        let kept = idle.get_mut(&(dst, netns, tls))?;
+        let mut idle = self.idle_lane(slot.lane);
+        let kept = idle.get_mut(&(dst, netns, tls, slot.owner))?;
         let now = Instant::now();
         while let Some((at, mut c)) = kept.pop() {
             if self.still_usable(at, now, &mut c) {
