@@ -423,16 +423,6 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
     // The last goes quiet with the list full: it keeps its connection.
     let last = &busy[FULL];
     ups.quiet_http1(addr, 0, last);
-    let resp = ups
-        .send_http1(last, addr, 0, None, get("/"))
-        .await
-        .expect("call");
-    assert_eq!(read(resp).await.1, "ok");
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        FULL + 1,
-        "the quiet connection lost its upstream connection"
-    );
     // The idle list still holds all it had: as many new connections' calls take them all.
     let fresh: Vec<Http1Slot> = (0..FULL)
         .map(|_| Http1Slot::new(0, Owner::default()))
@@ -449,4 +439,77 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
         FULL + 1,
         "a kept connection went missing from the full idle list"
     );
+    // With the list emptied, the quiet one's next call can only go on its own connection.
+    let resp = ups
+        .send_http1(last, addr, 0, None, get("/"))
+        .await
+        .expect("call");
+    assert_eq!(read(resp).await.1, "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        FULL + 1,
+        "the quiet connection lost its upstream connection"
+    );
+}
+
+/// One call on `slot`, answered `ok`.
+async fn call(ups: &Upstreams, slot: &Http1Slot, addr: SocketAddr, req: Request<ProxyBody>) {
+    let resp = ups
+        .send_http1(slot, addr, 0, None, req)
+        .await
+        .expect("call");
+    assert_eq!(read(resp).await.1, "ok");
+}
+
+/// An upstream connection that NTLM or Negotiate authenticated (the request's Authorization,
+/// or the answer's WWW-Authenticate or Persistent-Auth) is its client connection's alone: kept
+/// with it when it goes quiet, closed when it ends, never taken by another connection, even
+/// of the same workload (a process may act for several users, one connection each).
+#[tokio::test]
+async fn a_connection_authenticated_as_a_connection_is_never_kept_for_another() {
+    const NEGOTIATE: &[u8] = b"HTTP/1.1 200 OK\r\nwww-authenticate: Negotiate oRQwEqADCgEA\r\ncontent-length: 2\r\n\r\nok";
+    const PERSISTENT: &[u8] =
+        b"HTTP/1.1 200 OK\r\npersistent-auth: true\r\ncontent-length: 2\r\n\r\nok";
+    let owner = Owner {
+        cgroup_id: 7,
+        uid: 1000,
+    };
+
+    // The request's credentials bind it.
+    let (addr, accepted) = upstream((0..3).map(|_| Step::Answer(OK)).collect()).await;
+    let ups = upstreams();
+    let alice = Http1Slot::new(0, owner);
+    let mut authorized = get("/");
+    authorized.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("NTLM TlRMTVNTUAADAAAA"),
+    );
+    call(&ups, &alice, addr, authorized).await;
+    // Quiet: it stays with its client, whose next call needs no new connection.
+    ups.quiet_http1(addr, 0, &alice);
+    call(&ups, &alice, addr, get("/")).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Closed: another connection of the same workload opens its own.
+    ups.release_http1(addr, 0, &alice);
+    call(&ups, &Http1Slot::new(0, owner), addr, get("/")).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "an NTLM-authenticated connection was handed to another client connection"
+    );
+
+    // The answer's challenge binds it too, and so does Persistent-Auth.
+    for (name, answer) in [("Negotiate", NEGOTIATE), ("Persistent-Auth", PERSISTENT)] {
+        let (addr, accepted) = upstream(vec![Step::Answer(answer), Step::Answer(OK)]).await;
+        let ups = upstreams();
+        let carol = Http1Slot::new(0, owner);
+        call(&ups, &carol, addr, get("/")).await;
+        ups.release_http1(addr, 0, &carol);
+        call(&ups, &Http1Slot::new(0, owner), addr, get("/")).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a connection bound by {name} was handed to another client connection"
+        );
+    }
 }

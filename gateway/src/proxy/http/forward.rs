@@ -290,6 +290,7 @@ impl Conn {
             netns: self.netns,
             tls: tls.as_ref().map(|(k, _)| k.clone()),
             h2c,
+            owner: self.http1.owner(),
         };
         Ok(self.inputs.upstreams.client(&key, tls.map(|(_, c)| c)))
     }

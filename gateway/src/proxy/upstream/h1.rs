@@ -82,11 +82,19 @@ pub struct Upstream1 {
     reused: bool,
     /// The TLS identity it was verified as (None: plain text).
     tls: Option<TlsIdentity>,
+    /// Authenticated as a connection (NTLM, Negotiate): it serves only the client connection
+    /// that opened it, and is closed with it, never kept for another.
+    private: bool,
 }
 
 impl Upstream1 {
     pub fn new(io: TcpStream) -> Self {
         Self::over(UpstreamStream::Plain(io), None)
+    }
+
+    /// A request or an answer on it authenticated the connection itself (see [`binds`]).
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     /// A connection over TLS, verified as `identity`.
@@ -96,6 +104,7 @@ impl Upstream1 {
 
     fn over(io: UpstreamStream, tls: Option<TlsIdentity>) -> Self {
         Self {
+            private: false,
             io,
             buf: BytesMut::with_capacity(8 * 1024),
             reused: false,
@@ -173,6 +182,8 @@ pub enum Sent {
 /// The request's head and, when small and complete, its body, encoded for the wire.
 pub struct Encoded {
     bytes: Vec<u8>,
+    /// Its credentials authenticate the connection that carries it (see [`binds`]).
+    binds: bool,
     /// The body still to send, when it did not fit in `bytes`.
     rest: Option<ProxyBody>,
     chunked: bool,
@@ -183,6 +194,11 @@ pub struct Encoded {
 pub async fn encode(req: Request<ProxyBody>) -> Result<Encoded, H1Error> {
     let (parts, mut body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
+    let binds = parts
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| binds(v.as_bytes()));
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -227,10 +243,25 @@ pub async fn encode(req: Request<ProxyBody>) -> Result<Encoded, H1Error> {
     };
     Ok(Encoded {
         bytes: out,
+        binds,
         rest,
         chunked,
         head_only,
     })
+}
+
+/// Whether an `Authorization` or `WWW-Authenticate` value names a scheme that authenticates
+/// the TCP connection rather than the request: NTLM, and Negotiate (Kerberos or NTLM under
+/// SPNEGO; servers such as IIS keep it for the connection). A connection that carried one is
+/// then as good as that user's to every request it carries.
+///
+/// Any word of the value counts, not only the first: a server may offer several challenges in
+/// one field (`Basic realm="x", NTLM`). A word that only looks like one (inside a realm) makes a
+/// connection private for nothing, which costs reuse, never safety.
+pub fn binds(value: &[u8]) -> bool {
+    value
+        .split(|&b| matches!(b, b' ' | b',' | b'\t' | b'"'))
+        .any(|w| w.eq_ignore_ascii_case(b"NTLM") || w.eq_ignore_ascii_case(b"Negotiate"))
 }
 
 /// Writes `req` on `conn` and reads the answer's head. The answer's body reads from the
@@ -238,6 +269,7 @@ pub async fn encode(req: Request<ProxyBody>) -> Result<Encoded, H1Error> {
 pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<Sent, H1Error> {
     let reused = conn.reused;
     conn.reused = true;
+    conn.private |= req.binds;
     let replay = req.rest.is_none();
     if let Err(e) = conn.io.write_all(&req.bytes).await {
         return if reused && replay {
@@ -273,6 +305,18 @@ pub async fn send(mut conn: Upstream1, mut req: Encoded, slot: &Slot) -> Result<
     };
     let framing = framing(&head, req.head_only)?;
     let keep = head.fields.keep_alive && !matches!(framing, Framing::Close);
+    conn.private |= head
+        .fields
+        .headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|v| binds(v.as_bytes()))
+        || head
+            .fields
+            .headers
+            .get_all("persistent-auth")
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     let body = FramedBody::new(
         Kept {
             conn,
@@ -422,6 +466,32 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_authentication_schemes_are_known_in_any_case() {
+        for v in [
+            "NTLM",
+            "NTLM TlRMTVNTUAABAAAA",
+            "ntlm abc",
+            "Negotiate",
+            "negotiate oRQwEqADCgEA",
+            "NEGOTIATE, Basic realm=\"x\"",
+            "Basic realm=\"x\", NTLM",
+            " NTLM",
+        ] {
+            assert!(binds(v.as_bytes()), "{v}");
+        }
+        for v in [
+            "Basic dXNlcjpwdw==",
+            "Bearer eyJ",
+            "Digest realm=\"x\"",
+            "NTLMv2 x",
+            "Negotiated",
+            "",
+        ] {
+            assert!(!binds(v.as_bytes()), "{v}");
+        }
+    }
 
     #[test]
     fn framing_follows_the_rfc() {

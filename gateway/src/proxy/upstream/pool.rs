@@ -1,17 +1,18 @@
-//! The forward stage for calls: HTTP clients to original destinations, pooled by destination and
-//! TLS identity (server name and trusted CA), so that keep-alive and h2 multiplexing carry over
-//! from one call to the next.
+//! The forward stage for calls: HTTP clients to original destinations, pooled by destination,
+//! TLS identity (server name and trusted CA) and workload, so that keep-alive and h2
+//! multiplexing carry over from one call to the next of the same workload.
 //!
 //! HTTP/1 takes a shorter way ([`Upstreams::send_http1`]), in plain text and over TLS: an
 //! intercepted HTTP/1 connection sends its requests one after another, so it keeps one
 //! upstream connection while it is busy, in its own [`Http1Slot`], and a request costs no
 //! pool lookup, lock or checkout. When the intercepted connection ends, or has waited a
 //! second for its next request (`server1`'s quiet mark), its upstream connection waits in an
-//! idle list for the next one to the same destination (and, over TLS,
+//! idle list for the next one of the same workload to the same destination (and, over TLS,
 //! the same verified identity), as a pool would keep it: a new intercepted connection then
 //! pays neither a connect nor a TLS handshake upstream. Each data-path thread (lane) has its
 //! own idle lists, behind a lock no other thread takes on the data path, and sweeps them
-//! about once a second ([`Upstreams::sweep_idle`]).
+//! about once a second ([`Upstreams::sweep_idle`]). A connection NTLM or Negotiate
+//! authenticated is never kept for another ([`h1::binds`]).
 //!
 //! The clients are pruned (see [`Clients`]): idle ones when a new destination comes, the
 //! least recently used past a bound.
@@ -63,7 +64,8 @@ pub type HttpClient = Client<Connector, ProxyBody>;
 /// An idle HTTP/1 upstream connection and since when it idles.
 type Kept = (Instant, Upstream1);
 
-/// Idle HTTP/1 upstream connections kept per destination and data-path thread, at most.
+/// Idle HTTP/1 upstream connections kept per destination, workload and data-path thread, at
+/// most.
 const IDLE_PER_DESTINATION: usize = 64;
 
 /// Pooled clients kept at most (one per destination and TLS identity, about 2 KiB each with
@@ -131,6 +133,9 @@ pub struct UpstreamKey {
     pub tls: Option<(String, Option<PathBuf>)>,
     /// Plain-text HTTP/2 with prior knowledge (the client spoke h2c).
     pub h2c: bool,
+    /// The workload whose calls the client carries: its connections are not another's (see
+    /// [`Owner`]).
+    pub owner: Owner,
 }
 
 /// The pools, created on first use of a key.
@@ -238,6 +243,11 @@ impl Http1Slot {
 
     fn take(&self) -> Option<Upstream1> {
         self.conn.locked().take()
+    }
+
+    /// The workload the slot's connection serves.
+    pub fn owner(&self) -> Owner {
+        self.owner
     }
 }
 
@@ -403,7 +413,14 @@ impl Upstreams {
     /// connection goes to the idle list only while that has room. A full list would close it,
     /// and the client's next request would pay a new connection (and TLS handshake) for it.
     pub fn quiet_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
-        let Some(conn) = slot.take() else { return };
+        let Some(mut conn) = slot.take() else { return };
+        if conn.looks_closed() {
+            return;
+        }
+        if conn.is_private() {
+            *slot.conn.locked() = Some(conn);
+            return;
+        }
         let key = (dst, netns, conn.identity().cloned(), slot.owner);
         let room = self
             .idle_lane(slot.lane)
@@ -445,8 +462,11 @@ impl Upstreams {
         });
     }
 
+    /// Puts `conn` in the idle list of `slot`'s lane and workload, or closes it: when the
+    /// upstream closed it, when it is private to the connection that opened it, or when the
+    /// list is full.
     fn keep_http1(&self, slot: &Http1Slot, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
-        if conn.looks_closed() {
+        if conn.looks_closed() || conn.is_private() {
             return;
         }
         let mut idle = self.idle_lane(slot.lane);
@@ -638,6 +658,7 @@ mod tests {
             netns: 0,
             tls: None,
             h2c: false,
+            owner: Owner::default(),
         }
     }
 
