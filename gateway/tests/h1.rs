@@ -408,11 +408,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
         .map(|_| Http1Slot::new(0, Owner::default()))
         .collect();
     for slot in &busy {
-        let resp = ups
-            .send_http1(slot, addr, 0, None, get("/"))
-            .await
-            .expect("call");
-        assert_eq!(read(resp).await.1, "ok");
+        call(&ups, slot, addr, get("/")).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), FULL + 1);
     // The first goes quiet while the list has room; the others close, filling it.
@@ -428,11 +424,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
         .map(|_| Http1Slot::new(0, Owner::default()))
         .collect();
     for slot in &fresh {
-        let resp = ups
-            .send_http1(slot, addr, 0, None, get("/"))
-            .await
-            .expect("call");
-        assert_eq!(read(resp).await.1, "ok");
+        call(&ups, slot, addr, get("/")).await;
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -440,11 +432,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
         "a kept connection went missing from the full idle list"
     );
     // With the list emptied, the quiet one's next call can only go on its own connection.
-    let resp = ups
-        .send_http1(last, addr, 0, None, get("/"))
-        .await
-        .expect("call");
-    assert_eq!(read(resp).await.1, "ok");
+    call(&ups, last, addr, get("/")).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         FULL + 1,
