@@ -340,7 +340,8 @@ impl Upstreams {
             // A request on the same connection naming another server (no SNI, another Host)
             // needs an upstream verified as that one: the held one waits for its own kind.
             Some(c) if !same_tls(tls.as_ref(), c.identity()) => {
-                self.keep_http1(slot, dst, netns, c);
+                // A full list closes it: the request needs another kind anyway.
+                drop(self.keep_http1(slot, dst, netns, c));
                 None
             }
             other => other,
@@ -406,29 +407,21 @@ impl Upstreams {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
         let Some(conn) = slot.take() else { return };
-        self.keep_http1(slot, dst, netns, conn);
+        // A full list closes it.
+        drop(self.keep_http1(slot, dst, netns, conn));
     }
 
     /// [`Self::release_http1`] for a connection that went quiet but stays open: its upstream
     /// connection goes to the idle list only while that has room. A full list would close it,
     /// and the client's next request would pay a new connection (and TLS handshake) for it.
     pub fn quiet_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
-        let Some(mut conn) = slot.take() else { return };
-        if conn.looks_closed() {
-            return;
-        }
-        if conn.is_private() {
-            *slot.conn.locked() = Some(conn);
-            return;
-        }
-        let key = (dst, netns, conn.identity().cloned(), slot.owner);
-        let room = self
-            .idle_lane(slot.lane)
-            .get(&key)
-            .is_none_or(|kept| kept.len() < IDLE_PER_DESTINATION);
-        if room {
-            self.keep_http1(slot, dst, netns, conn);
+        let Some(conn) = slot.take() else { return };
+        let stays = if conn.is_private() {
+            Some(conn)
         } else {
+            self.keep_http1(slot, dst, netns, conn)
+        };
+        if let Some(conn) = stays {
             *slot.conn.locked() = Some(conn);
         }
     }
@@ -462,12 +455,19 @@ impl Upstreams {
         });
     }
 
-    /// Puts `conn` in the idle list of `slot`'s lane and workload, or closes it: when the
-    /// upstream closed it, when it is private to the connection that opened it, or when the
-    /// list is full.
-    fn keep_http1(&self, slot: &Http1Slot, dst: SocketAddr, netns: u64, mut conn: Upstream1) {
+    /// Puts `conn` in the idle list of `slot`'s lane and workload, or closes it when the
+    /// upstream closed it or it is private to the connection that opened it. When the list is
+    /// full it is handed back, still open, for the caller to keep or drop.
+    #[must_use = "a connection the idle list has no room for is handed back"]
+    fn keep_http1(
+        &self,
+        slot: &Http1Slot,
+        dst: SocketAddr,
+        netns: u64,
+        mut conn: Upstream1,
+    ) -> Option<Upstream1> {
         if conn.looks_closed() || conn.is_private() {
-            return;
+            return None;
         }
         let mut idle = self.idle_lane(slot.lane);
         let kept = idle
@@ -475,6 +475,9 @@ impl Upstreams {
             .or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((Instant::now(), conn));
+            None
+        } else {
+            Some(conn)
         }
     }
 
