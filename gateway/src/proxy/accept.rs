@@ -322,6 +322,7 @@ async fn handle(
         dst: intercept::original_destination(&redirect),
         netns,
         workload: Arc::new(workload_of(&redirect, inputs)),
+        owner: owner_of(&redirect),
     };
     let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
@@ -430,6 +431,8 @@ pub(super) struct Connection {
     pub(super) netns: u64,
     /// Shared with the connection's calls (their [`Caller`]) and its `status` summary.
     pub(super) workload: Arc<Workload>,
+    /// Whose upstream connections it may take from the idle lists, as the kernel reported it.
+    pub(super) owner: upstream::pool::Owner,
 }
 
 /// How a connection ended, for the log, `status` and its connection record.
@@ -542,13 +545,7 @@ async fn route(
                 ..Caller::default()
             }),
             last_token: Default::default(),
-            http1: upstream::pool::Http1Slot::new(
-                lane,
-                upstream::pool::Owner {
-                    cgroup_id: conn.workload.cgroup_id.unwrap_or_default(),
-                    uid: conn.workload.uid.unwrap_or_default(),
-                },
-            ),
+            http1: upstream::pool::Http1Slot::new(lane, conn.owner),
             session: conn.session.clone(),
         })
     };
@@ -842,6 +839,15 @@ fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The workload whose kept upstream connections this one may take: the cgroup and user the
+/// kernel reported, never a default.
+pub(super) fn owner_of(r: &Redirect) -> upstream::pool::Owner {
+    upstream::pool::Owner {
+        cgroup_id: r.workload.cgroup_id,
+        uid: r.workload.uid,
     }
 }
 

@@ -220,6 +220,7 @@ impl Reader {
             dst: intercept::original_destination(redirect),
             netns: redirect.workload.netns,
             workload: Arc::new(workload),
+            owner: accept::owner_of(redirect),
         }
     }
 }
