@@ -116,6 +116,21 @@ impl Upstream1 {
         self.tls.as_ref()
     }
 
+    /// Gives back the read buffer while nothing is in it: an idle connection then holds no
+    /// buffer (one grown for a 16 KiB answer is 32 KiB), and the next answer's read makes
+    /// room again.
+    pub fn shed_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The capacity of the read buffer, for tests of what an idle connection holds.
+    #[cfg(test)]
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Whether the upstream closed (or sent something unasked) while the connection was kept.
     /// Only the readiness tokio already has is consulted: no system call while the socket
     /// stays quiet. Over TLS, records that carry no data (session tickets, a key update) are

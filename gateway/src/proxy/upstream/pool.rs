@@ -72,6 +72,10 @@ const IDLE_PER_DESTINATION: usize = 64;
 /// no connection); past it the least recently used go first.
 const MAX_CLIENTS: usize = 2048;
 
+/// How long a connection waits in an idle list before its read buffer is freed: one taken
+/// sooner, as when clients open a connection a call, keeps its buffer for its next answer.
+const SHED_AFTER: Duration = Duration::from_secs(1);
+
 /// Where a lane's idle HTTP/1 connections wait: per destination, namespace, TLS identity
 /// (None: plain text) and owner.
 type IdleKey = (SocketAddr, u64, Option<TlsIdentity>, Owner);
@@ -414,8 +418,10 @@ impl Upstreams {
     /// [`Self::release_http1`] for a connection that went quiet but stays open: its upstream
     /// connection goes to the idle list only while that has room. A full list would close it,
     /// and the client's next request would pay a new connection (and TLS handshake) for it.
+    /// Kept either way, it gives back its read buffer.
     pub fn quiet_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
-        let Some(conn) = slot.take() else { return };
+        let Some(mut conn) = slot.take() else { return };
+        conn.shed_buffer();
         let stays = if conn.is_private() {
             Some(conn)
         } else {
@@ -445,12 +451,18 @@ impl Upstreams {
     }
 
     /// Closes the idle connections of `lane` that idled out or that their upstream closed (a
-    /// taker skips them; this frees their sockets). The lane's thread calls it about once a
-    /// second.
+    /// taker skips them; this frees their sockets), and frees the read buffers of those kept
+    /// for [`SHED_AFTER`] or longer. The lane's thread calls it about once a second.
     pub fn sweep_idle(&self, lane: usize) {
         let now = Instant::now();
         self.idle_lane(lane).retain(|_, kept| {
-            kept.retain_mut(|(at, c)| self.still_usable(*at, now, c));
+            kept.retain_mut(|(at, c)| {
+                let usable = self.still_usable(*at, now, c);
+                if usable && now.duration_since(*at) >= SHED_AFTER {
+                    c.shed_buffer();
+                }
+                usable
+            });
             !kept.is_empty()
         });
     }
@@ -722,5 +734,77 @@ mod tests {
             assert!(count(&up) <= MAX_CLIENTS);
         }
         assert!(has(&up, 15_000) && !has(&up, 1));
+    }
+
+    /// An upstream connection gives back its read buffer (one grown for a 16 KiB answer
+    /// held 32 KiB) when its client connection goes quiet, or once it has been kept idle for
+    /// [`SHED_AFTER`], at the lane's sweep; and still carries the next call.
+    #[tokio::test]
+    async fn an_idle_kept_connection_frees_its_read_buffer_and_still_carries_a_call() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const ANSWER: usize = 16 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + ANSWER, b'x');
+            let (mut buf, mut seen) = ([0u8; 4096], Vec::new());
+            for _ in 0..3 {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.clear();
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let up = Upstreams::new(Duration::from_secs(2), Duration::from_secs(30), 1);
+        let slot = Http1Slot::new(0, Owner::default());
+        let call = || async {
+            let req = Request::get("/")
+                .header("host", "upstream.test")
+                .body(
+                    http_body_util::Full::new(Bytes::new())
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+                .expect("request");
+            let resp = up
+                .send_http1(&slot, addr, 0, None, req)
+                .await
+                .expect("call");
+            resp.into_body().collect().await.expect("body").to_bytes()
+        };
+        let held = |up: &Upstreams| {
+            let idle = up.idle_lane(0);
+            let kept: Vec<_> = idle.values().flatten().collect();
+            assert_eq!(kept.len(), 1, "the connection is kept");
+            kept[0].1.buffer_capacity()
+        };
+        assert_eq!(call().await.len(), ANSWER);
+        up.quiet_http1(addr, 0, &slot);
+        assert_eq!(held(&up), 0);
+        // Taken again by the client's next call, and released when the client closes.
+        assert_eq!(call().await.len(), ANSWER);
+        up.release_http1(addr, 0, &slot);
+        // Swept before SHED_AFTER: the buffer stays for a taker that comes soon.
+        up.sweep_idle(0);
+        assert!(held(&up) > 8 * 1024, "held {}", held(&up));
+        tokio::time::sleep(SHED_AFTER + Duration::from_millis(50)).await;
+        up.sweep_idle(0);
+        assert_eq!(held(&up), 0);
+        // Taken again, it reads the next answer whole.
+        assert_eq!(call().await.len(), ANSWER);
     }
 }
