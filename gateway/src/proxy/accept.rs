@@ -649,7 +649,10 @@ async fn route(
                                 Some(b"http/1.1") => http::Speaks::Http1,
                                 _ => http::Speaks::H2OrEither,
                             };
-                            http::serve(tls, http_conn(true), speaks).await;
+                            // Boxed: serving over TLS (the TLS session inline) is the largest
+                            // state of this future, and every plain HTTP and pass-through
+                            // connection would hold its size while it lives.
+                            Box::pin(http::serve(tls, http_conn(true), speaks)).await;
                             served("https")
                         }
                         Ok(Err(e)) => match crate::proxy::trust::refusal(&e) {
@@ -737,7 +740,12 @@ async fn pass_through(
             match upstream::drain_waiting(&client, &upstream, DRAIN_ROUNDS).await {
                 Ok((n, true)) => {
                     sent += n;
-                    match upstream::splice_in_kernel(splicer, client, upstream, sent, idle).await {
+                    // Boxed: its state (4.7 KB) would make every copied connection's
+                    // future that large too.
+                    let spliced = Box::pin(upstream::splice_in_kernel(
+                        splicer, client, upstream, sent, idle,
+                    ));
+                    match spliced.await {
                         Ok(done) => return done,
                         Err((client, upstream, moved)) => {
                             sent += moved.up;
