@@ -314,7 +314,23 @@ response:
     let idle_gw = Gateway::start();
     let cg_idle = TestCgroup::new("bench-l7-idle");
     idle_gw.enable(&cg_idle);
-    let (rss_idle, rss_anon) = rss_with_idle_connections(&idle_gw, &cg_idle, up_port, 1000);
+    let (rss_idle, rss_anon) = rss_with_idle_connections(&idle_gw, &cg_idle, up_port, 1000, None);
+    drop(idle_gw);
+    // The same with the policy: HTTP keep-alive connections quiet after a call each, which
+    // hold what a connection keeps between calls (buffers, its kept upstream connection).
+    let idle_http_dir = dir.join("gateway-idle-http");
+    fs::create_dir_all(&idle_http_dir).expect("gateway dir");
+    let idle_http = gateway_with_config(&policies, "", &idle_http_dir);
+    let cg_idle_http = TestCgroup::new("bench-l7-idle-http");
+    idle_http.enable(&cg_idle_http);
+    let (rss_http, rss_http_anon) = rss_with_idle_connections(
+        &idle_http,
+        &cg_idle_http,
+        up_port,
+        1000,
+        Some(CASES[0].path),
+    );
+    drop(idle_http);
     let steal = whole_run.map_or(f64::NAN, |s| s.percent_since());
 
     let mut md = String::new();
@@ -379,14 +395,21 @@ response:
         "\nfloor of the interception path: TCP pass-through, which does no HTTP work, reaches {floor:.2}x the nginx HTTP proxy's req/s\n"
     ));
     md.push_str(&format!(
-        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB, of which {:.1} MiB anonymous (the rest is the executable's and libraries' pages, more of them mapped when the executable is in the page cache)\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x copied by the gateway, {pass_direct:.2}x with direct pass-through); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
+        "\ngateway RSS with 1,000 idle intercepted connections (pass-through): {:.1} MiB, of which {:.1} MiB anonymous (the rest is the executable's and libraries' pages, more of them mapped when the executable is in the page cache)\n\ngateway RSS with 1,000 HTTP keep-alive connections quiet after one call each (policy, mask, record): {:.1} MiB, of which {:.1} MiB anonymous\n\ngoals: callgate/nginx req/s ≥ 1.00x (got {ratio:.2}x); added p99 ≤ 150 µs at half load (got {added:.0} µs); pass-through ≥ 0.90x direct (got {pass:.2}x copied by the gateway, {pass_direct:.2}x with direct pass-through); RSS ≤ 50 MiB (got {:.1} MiB)\n\nCPU per call at full load (the headline case's {HEADLINE_ROUNDS} rounds): callgate {cpu_ratio:.2}x nginx's\n",
         rss_idle / 1024.0,
         rss_anon / 1024.0,
+        rss_http / 1024.0,
+        rss_http_anon / 1024.0,
         rss_idle / 1024.0
     ));
     md.push_str(&breakdown);
     println!("\n{md}");
-    save(&rows, (rss_idle, rss_anon), steal, &md);
+    save(
+        &rows,
+        [(rss_idle, rss_anon), (rss_http, rss_http_anon)],
+        steal,
+        &md,
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -790,8 +813,9 @@ impl Row {
 }
 
 /// `benches/results/<date>-<commit>-l7.json` and `.md`.
-/// `rss_kib`: the gateway's RSS with the idle connections, all of it and its anonymous part.
-fn save(rows: &[Row], rss_kib: (f64, f64), steal_pct: f64, md: &str) {
+/// `rss_kib`: the gateway's RSS with the idle connections, all of it and its anonymous part,
+/// passed through and then HTTP quiet after a call.
+fn save(rows: &[Row], rss_kib: [(f64, f64); 2], steal_pct: f64, md: &str) {
     let id = RunId::now();
     let Some(base) = id.results("l7") else {
         return;
@@ -801,8 +825,10 @@ fn save(rows: &[Row], rss_kib: (f64, f64), steal_pct: f64, md: &str) {
         "date": id.date,
         "commit": id.commit,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "rss_kib_1000_idle_connections": rss_kib.0,
-        "rss_anon_kib_1000_idle_connections": rss_kib.1,
+        "rss_kib_1000_idle_connections": rss_kib[0].0,
+        "rss_anon_kib_1000_idle_connections": rss_kib[0].1,
+        "rss_kib_1000_quiet_http_connections": rss_kib[1].0,
+        "rss_anon_kib_1000_quiet_http_connections": rss_kib[1].1,
         "host_steal_pct": steal_pct,
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case, "path": r.path, "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
@@ -820,21 +846,53 @@ fn save(rows: &[Row], rss_kib: (f64, f64), steal_pct: f64, md: &str) {
 
 /// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the
 /// gateway's resident memory meanwhile (KiB): all of it, and its anonymous part.
-fn rss_with_idle_connections(gw: &Gateway, cg: &TestCgroup, port: u16, n: usize) -> (f64, f64) {
+/// With `call`, each connection first makes one call for that path and reads its answer
+/// (its JSON ends the answer), and the memory is read once the connections have been quiet
+/// long enough to give back what they held for the next request (a second each, then the
+/// data threads' next sweep).
+fn rss_with_idle_connections(
+    gw: &Gateway,
+    cg: &TestCgroup,
+    port: u16,
+    n: usize,
+    call: Option<&str>,
+) -> (f64, f64) {
     let flag = std::env::temp_dir().join(unique("idle-ready"));
+    // A connection calls as soon as it is open (one that sends nothing within the sniff
+    // timeout is not HTTP, and the policy closes it), through http.client, which reads the
+    // answer by its framing and keeps the connection open.
+    let (open_one, settle_ms) = match call {
+        Some(path) => (
+            format!(
+                "    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=10)\n\
+                 \x20   c.request('GET', '{path}')\n\
+                 \x20   r = c.getresponse(); r.read()\n\
+                 \x20   assert r.status == 200, r.status\n"
+            ),
+            3500,
+        ),
+        None => (
+            format!("    c = socket.create_connection(('127.0.0.1', {port}), 10)\n"),
+            500,
+        ),
+    };
     let script = format!(
-        "import socket, time, resource\n\
+        "import http.client, socket, time, resource\n\
          resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n\
-         socks = [socket.create_connection(('127.0.0.1', {port}), 10) for _ in range({n})]\n\
+         conns = []\n\
+         for _ in range({n}):\n\
+         {open_one}\
+         \x20   conns.append(c)\n\
          open('{}', 'w').write('ok')\n\
-         time.sleep(4)\n",
-        flag.display()
+         time.sleep({})\n",
+        flag.display(),
+        settle_ms / 1000 + 3,
     );
     let mut child = cg.spawn(&["python3", "-c", &script], &flag.with_extension("log"));
     let mut rss = (0.0, 0.0);
-    for _ in 0..300 {
+    for _ in 0..600 {
         if flag.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::thread::sleep(std::time::Duration::from_millis(settle_ms));
             let kib = |field| gw.status_kib(field).unwrap_or(0) as f64;
             rss = (kib("VmRSS"), kib("RssAnon"));
             break;
