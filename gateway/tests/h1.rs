@@ -21,6 +21,13 @@ use tokio::{
     net::TcpListener,
 };
 
+/// The workload of the tests where only one calls (a cgroup id and a uid, as the kernel
+/// reports them; an owner is never a default).
+const ONE_WORKLOAD: Owner = Owner {
+    cgroup_id: 1,
+    uid: 0,
+};
+
 /// What the upstream does with each request, in order, across all connections.
 enum Step {
     Answer(&'static [u8]),
@@ -111,7 +118,7 @@ async fn read(resp: Response<UpstreamBody>) -> (u16, String, Option<String>) {
 /// One call to `addr` (answered `ok`) on a fresh slot of `lane`; then the slot's connection
 /// goes to the lane's idle list.
 async fn call_and_release(ups: &Upstreams, lane: usize, addr: SocketAddr) {
-    call_and_release_as(ups, lane, Owner::default(), addr).await;
+    call_and_release_as(ups, lane, ONE_WORKLOAD, addr).await;
 }
 
 /// [`call_and_release`] from a connection of the workload `owner`.
@@ -143,7 +150,7 @@ async fn answers_are_framed_and_one_connection_carries_them_all() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::new(0, Owner::default());
+    let slot = Http1Slot::new(0, ONE_WORKLOAD);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
 
     assert_eq!(
@@ -191,7 +198,7 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::new(0, Owner::default());
+    let slot = Http1Slot::new(0, ONE_WORKLOAD);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
     // Whether or not the close was seen before this request went out, the request arrives.
@@ -224,7 +231,7 @@ async fn malformed_answers_are_errors_not_guesses() {
     ])
     .await;
     let ups = upstreams();
-    let slot = Http1Slot::new(0, Owner::default());
+    let slot = Http1Slot::new(0, ONE_WORKLOAD);
     let send = |req| ups.send_http1(&slot, addr, 0, None, req);
     for (path, why) in [
         ("/conflict", "Content-Length"),
@@ -405,7 +412,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
     let (addr, accepted) = upstream((0..2 * FULL + 4).map(|_| Step::Answer(OK)).collect()).await;
     let ups = upstreams();
     let busy: Vec<Http1Slot> = (0..=FULL)
-        .map(|_| Http1Slot::new(0, Owner::default()))
+        .map(|_| Http1Slot::new(0, ONE_WORKLOAD))
         .collect();
     for slot in &busy {
         call(&ups, slot, addr, get("/")).await;
@@ -420,9 +427,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
     let last = &busy[FULL];
     ups.quiet_http1(addr, 0, last);
     // The idle list still holds all it had: as many new connections' calls take them all.
-    let fresh: Vec<Http1Slot> = (0..FULL)
-        .map(|_| Http1Slot::new(0, Owner::default()))
-        .collect();
+    let fresh: Vec<Http1Slot> = (0..FULL).map(|_| Http1Slot::new(0, ONE_WORKLOAD)).collect();
     for slot in &fresh {
         call(&ups, slot, addr, get("/")).await;
     }

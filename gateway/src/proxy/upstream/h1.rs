@@ -106,7 +106,9 @@ impl Upstream1 {
         Self {
             private: false,
             io,
-            buf: BytesMut::with_capacity(8 * 1024),
+            // No room yet: the first answer's read makes room for `HEAD_READ` (an 8 KiB
+            // buffer made here was replaced by that read at once).
+            buf: BytesMut::new(),
             reused: false,
             tls,
         }
@@ -117,8 +119,8 @@ impl Upstream1 {
     }
 
     /// Gives back the read buffer while nothing is in it: an idle connection then holds no
-    /// buffer (one grown for a 16 KiB answer is 32 KiB), and the next answer's read makes
-    /// room again.
+    /// buffer (after any answer it has room for at least [`HEAD_READ`], 32 KiB, of which the
+    /// pages its reads touched are resident), and the next answer's read makes room again.
     pub fn shed_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
@@ -371,7 +373,7 @@ impl Source for Kept {
         if reusable && self.keep && self.conn.buf.is_empty() {
             // A kept connection does not hold on to a large body's read buffer.
             if self.conn.buf.capacity() > 64 * 1024 {
-                self.conn.buf = BytesMut::with_capacity(8 * 1024);
+                self.conn.buf = BytesMut::new();
             }
             *self.slot.locked() = Some(self.conn);
         }

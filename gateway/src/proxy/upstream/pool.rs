@@ -72,8 +72,10 @@ const IDLE_PER_DESTINATION: usize = 64;
 /// no connection); past it the least recently used go first.
 const MAX_CLIENTS: usize = 2048;
 
-/// How long a connection waits in an idle list before its read buffer is freed: one taken
+/// How long a connection waits in an idle list before the lane's sweep frees its read buffer
+/// (the sweep runs about once a second, so it is freed 1 to 2 s after it was kept): one taken
 /// sooner, as when clients open a connection a call, keeps its buffer for its next answer.
+/// A connection parked when its client went quiet was freed of it then.
 const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a lane's idle HTTP/1 connections wait: per destination, namespace, TLS identity
@@ -84,7 +86,7 @@ type IdleKey = (SocketAddr, u64, Option<TlsIdentity>, Owner);
 /// Only connections of the same workload take it again: a server may have authenticated the
 /// TCP connection itself (NTLM, Negotiate with persistent auth), and then every request on it
 /// passes as that workload's user.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub cgroup_id: u64,
     pub uid: u32,
@@ -673,7 +675,10 @@ mod tests {
             netns: 0,
             tls: None,
             h2c: false,
-            owner: Owner::default(),
+            owner: Owner {
+                cgroup_id: 1,
+                uid: 0,
+            },
         }
     }
 
@@ -736,9 +741,10 @@ mod tests {
         assert!(has(&up, 15_000) && !has(&up, 1));
     }
 
-    /// An upstream connection gives back its read buffer (one grown for a 16 KiB answer
-    /// held 32 KiB) when its client connection goes quiet, or once it has been kept idle for
-    /// [`SHED_AFTER`], at the lane's sweep; and still carries the next call.
+    /// An upstream connection gives back its read buffer (room for at least 32 KiB after any
+    /// answer) when its client connection goes quiet, or once it has been kept idle for
+    /// [`SHED_AFTER`], at the lane's sweep; and still carries the next call (16 KiB answers,
+    /// so that a read after the shed must make room for more than one read's worth).
     #[tokio::test]
     async fn an_idle_kept_connection_frees_its_read_buffer_and_still_carries_a_call() {
         use http_body_util::BodyExt;
@@ -770,7 +776,13 @@ mod tests {
             }
         });
         let up = Upstreams::new(Duration::from_secs(2), Duration::from_secs(30), 1);
-        let slot = Http1Slot::new(0, Owner::default());
+        let slot = Http1Slot::new(
+            0,
+            Owner {
+                cgroup_id: 1,
+                uid: 0,
+            },
+        );
         let call = || async {
             let req = Request::get("/")
                 .header("host", "upstream.test")
