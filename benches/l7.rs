@@ -846,10 +846,11 @@ fn save(rows: &[Row], rss_kib: [(f64, f64); 2], steal_pct: f64, md: &str) {
 
 /// Opens `n` connections from the cgroup through the gateway, keeps them idle, and reads the
 /// gateway's resident memory meanwhile (KiB): all of it, and its anonymous part.
-/// With `call`, each connection first makes one call for that path and reads its answer
-/// (its JSON ends the answer), and the memory is read once the connections have been quiet
-/// long enough to give back what they held for the next request (a second each, then the
-/// data threads' next sweep).
+/// With `call`, each connection first makes one call for that path and reads its answer, and
+/// the memory is read once the connections have been quiet long enough to give back what
+/// they held for the next request (a second each; the data threads return freed pages to the
+/// system about once a second). Each thread's idle list keeps 64 upstream connections per
+/// destination: the others stay with their quiet client connections, read buffers freed.
 fn rss_with_idle_connections(
     gw: &Gateway,
     cg: &TestCgroup,
@@ -888,18 +889,30 @@ fn rss_with_idle_connections(
         flag.display(),
         settle_ms / 1000 + 3,
     );
-    let mut child = cg.spawn(&["python3", "-c", &script], &flag.with_extension("log"));
-    let mut rss = (0.0, 0.0);
+    let log = flag.with_extension("log");
+    let mut child = cg.spawn(&["python3", "-c", &script], &log);
+    // NaN (null in the json) when the connections could not be made: never a number that
+    // reads as a result.
+    let mut rss = (f64::NAN, f64::NAN);
     for _ in 0..600 {
         if flag.exists() {
             std::thread::sleep(std::time::Duration::from_millis(settle_ms));
-            let kib = |field| gw.status_kib(field).unwrap_or(0) as f64;
+            let kib = |field| gw.status_kib(field).map_or(f64::NAN, |k| k as f64);
             rss = (kib("VmRSS"), kib("RssAnon"));
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!(
+                "the idle connections' client ended ({status}) before they were all made: {}",
+                fs::read_to_string(&log).unwrap_or_default().trim()
+            );
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = child.kill();
     let _ = child.wait();
     let _ = fs::remove_file(&flag);
+    let _ = fs::remove_file(&log);
     rss
 }
