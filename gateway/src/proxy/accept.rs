@@ -976,7 +976,6 @@ mod tests {
     /// comes on the lane, and the upstream still sees its connection end.
     #[tokio::test]
     async fn each_lanes_timer_closes_its_idled_out_upstream_connections() {
-        use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1015,19 +1014,7 @@ mod tests {
                 uid: 0,
             },
         );
-        let req = ::http::Request::get("/")
-            .header("host", "upstream.test")
-            .body(
-                http_body_util::Full::new(Bytes::new())
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            )
-            .expect("request");
-        let resp = ups
-            .send_http1(&slot, addr, 0, None, req)
-            .await
-            .expect("call");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = upstream::pool::tests::get(&ups, &slot, addr).await;
         assert_eq!(&body[..], b"ok");
         ups.release_http1(addr, 0, &slot);
         tokio::time::timeout(Duration::from_secs(5), ended_rx)

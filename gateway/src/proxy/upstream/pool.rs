@@ -666,7 +666,7 @@ impl AsyncWrite for UpstreamStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn key(port: u16) -> UpstreamKey {
@@ -680,6 +680,22 @@ mod tests {
                 uid: 0,
             },
         }
+    }
+
+    /// A GET of `/` on `slot`'s HTTP/1 connection to `addr` (taken from the idle list or
+    /// opened), its answer's body whole.
+    pub(crate) async fn get(up: &Upstreams, slot: &Http1Slot, addr: SocketAddr) -> Bytes {
+        use http_body_util::BodyExt;
+        let req = Request::get("/")
+            .header("host", "upstream.test")
+            .body(
+                http_body_util::Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .expect("request");
+        let resp = up.send_http1(slot, addr, 0, None, req).await.expect("call");
+        resp.into_body().collect().await.expect("body").to_bytes()
     }
 
     fn has(up: &Upstreams, port: u16) -> bool {
@@ -747,7 +763,6 @@ mod tests {
     /// so that a read after the shed must make room for more than one read's worth).
     #[tokio::test]
     async fn an_idle_kept_connection_frees_its_read_buffer_and_still_carries_a_call() {
-        use http_body_util::BodyExt;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const ANSWER: usize = 16 * 1024;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -783,21 +798,7 @@ mod tests {
                 uid: 0,
             },
         );
-        let call = || async {
-            let req = Request::get("/")
-                .header("host", "upstream.test")
-                .body(
-                    http_body_util::Full::new(Bytes::new())
-                        .map_err(|e| match e {})
-                        .boxed_unsync(),
-                )
-                .expect("request");
-            let resp = up
-                .send_http1(&slot, addr, 0, None, req)
-                .await
-                .expect("call");
-            resp.into_body().collect().await.expect("body").to_bytes()
-        };
+        let call = || get(&up, &slot, addr);
         let held = |up: &Upstreams| {
             let idle = up.idle_lane(0);
             let kept: Vec<_> = idle.values().flatten().collect();
