@@ -1007,13 +1007,7 @@ mod tests {
         ));
         let (_stop, stop_rx) = watch::channel(false);
         tokio::spawn(timer_anchor(0, ups.clone(), stop_rx));
-        let slot = upstream::pool::Http1Slot::new(
-            0,
-            upstream::pool::Owner {
-                cgroup_id: 1,
-                uid: 0,
-            },
-        );
+        let slot = upstream::pool::Http1Slot::new(0, upstream::pool::tests::ONE_WORKLOAD);
         let body = upstream::pool::tests::get(&ups, &slot, addr).await;
         assert_eq!(&body[..], b"ok");
         ups.release_http1(addr, 0, &slot);

@@ -675,12 +675,15 @@ pub(crate) mod tests {
             netns: 0,
             tls: None,
             h2c: false,
-            owner: Owner {
-                cgroup_id: 1,
-                uid: 0,
-            },
+            owner: ONE_WORKLOAD,
         }
     }
+
+    /// The workload of the tests where only one calls.
+    pub(crate) const ONE_WORKLOAD: Owner = Owner {
+        cgroup_id: 1,
+        uid: 0,
+    };
 
     /// A GET of `/` on `slot`'s HTTP/1 connection to `addr` (taken from the idle list or
     /// opened), its answer's body whole.
@@ -791,13 +794,7 @@ pub(crate) mod tests {
             }
         });
         let up = Upstreams::new(Duration::from_secs(2), Duration::from_secs(30), 1);
-        let slot = Http1Slot::new(
-            0,
-            Owner {
-                cgroup_id: 1,
-                uid: 0,
-            },
-        );
+        let slot = Http1Slot::new(0, ONE_WORKLOAD);
         let call = || get(&up, &slot, addr);
         let held = |up: &Upstreams| {
             let idle = up.idle_lane(0);
