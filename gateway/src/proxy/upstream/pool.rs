@@ -407,8 +407,8 @@ impl Upstreams {
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
 
-    /// Keeps the connection an intercepted connection held, when it ended or went quiet, for the
-    /// next one.
+    /// Keeps the connection an intercepted connection held, when it ended, for the next one
+    /// (one that went quiet goes through [`Self::quiet_http1`]).
     pub fn release_http1(&self, dst: SocketAddr, netns: u64, slot: &Http1Slot) {
         // Still out with a response body, that body was cut off: the connection is dropped
         // with it, since it cannot carry another request.
