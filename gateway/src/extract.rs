@@ -267,8 +267,8 @@ fn rest(
         Some((f, params)) => {
             let mut args = Map::new();
             for (k, v) in params {
-                let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
-                args.insert(k, Json::String(v.into_owned()));
+                let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                args.insert(k.to_string(), Json::String(v.into_owned()));
             }
             (f.to_string(), args)
         }

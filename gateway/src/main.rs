@@ -12,13 +12,21 @@ mod cli;
 #[global_allocator]
 static ALLOC: alloc::Allocator = alloc::Allocator;
 
+/// `callgate --version`: the release, and the cargo profile that built it.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CALLGATE_BUILD_PROFILE"),
+    " build)"
+);
+
 /// callgate puts policy in front of every call a workload makes, without changing the workload.
 ///
 /// The daemon (`callgate run`) loads eBPF programs that redirect the outbound TCP connections of
 /// enabled cgroups into its listener; `enable`/`disable` choose the cgroups; `status` shows what
 /// is happening.
 #[derive(Parser)]
-#[command(name = "callgate", version, propagate_version = true)]
+#[command(name = "callgate", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,6 +21,7 @@ pub mod witness_server;
 mod writer;
 
 use std::{
+    borrow::Cow,
     ops::Deref,
     path::{Path, PathBuf},
     sync::{
@@ -46,21 +47,23 @@ pub struct Record {
     pub id: String,
     /// Start of the call, Unix milliseconds.
     pub time_ms: u64,
-    /// The connection (or workload session) the call came on; `replay` groups by it.
-    pub session: String,
+    /// The connection (or workload session) the call came on; `replay` groups by it. Shared
+    /// with every other call of its connection, as are `destination` and `service`: a call's
+    /// record copies none of them.
+    pub session: Arc<str>,
     /// Shared with every other call of its connection: serialised once, copied per call as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<SharedJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<serde_json::Value>,
     /// Original destination `host:port`.
-    pub destination: String,
+    pub destination: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
     /// rest | jsonrpc | mcp | grpc | http | tcp
-    pub protocol: String,
+    pub protocol: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<serde_json::Value>,
     pub decision: RecordedDecision,
@@ -94,19 +97,20 @@ pub struct Record {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RecordedDecision {
     /// allow | deny | approve
-    pub action: String,
+    pub action: Cow<'static, str>,
     /// The action was carried out (false in dry-run for deny/approve).
     pub enforced: bool,
+    /// The policy's rule name, shared with the policy snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_commit: Option<String>,
+    pub policy_commit: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub policy_dirty: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<Cow<'static, str>>,
     /// The rate limit or quota that refused the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<serde_json::Value>,
@@ -253,7 +257,7 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
 
 impl Record {
     /// A new record with a fresh id, stamped now.
-    pub fn new(session: impl Into<String>, destination: impl Into<String>) -> Self {
+    pub fn new(session: impl Into<Arc<str>>, destination: impl Into<Arc<str>>) -> Self {
         Self {
             // Encoded straight into its text: `to_string` goes through the formatter.
             id: String::from(
@@ -632,26 +636,36 @@ impl Recorder {
             rec.decision.policy_commit.as_deref().unwrap_or_default(),
             rec.decision.reason.as_deref().unwrap_or_default(),
         ]) {
-            let text = |s: &mut String| {
-                if let std::borrow::Cow::Owned(m) = self.masks.mask_str(&self.key, s) {
+            // Each kind of text a record holds, replaced only where a detector found something.
+            let masked = |s: &str| match self.masks.mask_str(&self.key, s) {
+                Cow::Owned(m) => Some(m),
+                Cow::Borrowed(_) => None,
+            };
+            for s in [&mut rec.session, &mut rec.destination]
+                .into_iter()
+                .chain(rec.service.as_mut())
+                .chain(rec.decision.rule.as_mut())
+                .chain(rec.decision.policy_commit.as_mut())
+            {
+                if let Some(m) = masked(s) {
+                    *s = m.into();
+                }
+            }
+            for s in [&mut rec.protocol]
+                .into_iter()
+                .chain(rec.decision.mode.as_mut())
+            {
+                if let Some(m) = masked(s) {
+                    *s = m.into();
+                }
+            }
+            for s in [&mut rec.function, &mut rec.decision.reason]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(m) = masked(s) {
                     *s = m;
                 }
-            };
-            text(&mut rec.session);
-            text(&mut rec.destination);
-            text(&mut rec.protocol);
-            for s in [
-                &mut rec.service,
-                &mut rec.function,
-                &mut rec.decision.rule,
-                &mut rec.decision.mode,
-                &mut rec.decision.policy_commit,
-                &mut rec.decision.reason,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                text(s);
             }
         }
         if !rec.workload_masked {
@@ -680,10 +694,8 @@ impl Recorder {
     /// mark has it done by [`Recorder::submit`].
     pub fn mask_workload(&self, w: SharedJson) -> SharedJson {
         // Almost always clean: parsed only on a hit.
-        if matches!(
-            self.masks.mask_str(&self.key, w.get()),
-            std::borrow::Cow::Borrowed(_)
-        ) && !has_u_escape(w.get().as_bytes())
+        if matches!(self.masks.mask_str(&self.key, w.get()), Cow::Borrowed(_))
+            && !has_u_escape(w.get().as_bytes())
         {
             return w;
         }
@@ -702,11 +714,7 @@ impl Recorder {
     /// built-in detectors the client's masks let through, found by the scan that masked it
     /// ([`crate::obligations::mask::BodyMasker::recorded`]). The record's copy is made from
     /// the client's bytes, not parsed and scanned again; set `response_masked` with it.
-    pub fn mask_answer<'a>(
-        &self,
-        text: &'a [u8],
-        spans: &AnswerSpans,
-    ) -> std::borrow::Cow<'a, [u8]> {
+    pub fn mask_answer<'a>(&self, text: &'a [u8], spans: &AnswerSpans) -> Cow<'a, [u8]> {
         self.masks.mask_spans(&self.key, text, spans)
     }
 
@@ -723,7 +731,7 @@ impl Recorder {
             }
             return;
         }
-        if let std::borrow::Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
+        if let Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
             *r = RawJson::text(&masked);
         }
     }

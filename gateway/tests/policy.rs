@@ -628,9 +628,13 @@ fn rest_routes_prefer_literals_and_extract_parameters() {
     let snap = repo.snap();
     let svc = snap.service("svc").unwrap();
     let route = |m: &str, p: &str| {
-        svc.surface
-            .route(m, p)
-            .map(|(f, params)| (f.to_string(), params))
+        svc.surface.route(m, p).map(|(f, params)| {
+            let params: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (f.to_string(), params)
+        })
     };
     assert_eq!(
         route("GET", "/v1/items/mine"),

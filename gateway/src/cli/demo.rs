@@ -753,7 +753,7 @@ impl Table {
             r.caller.as_ref().and_then(|c| c["subject"].as_str()),
         );
         let approval = r.approval.as_ref();
-        let decision = match r.decision.action.as_str() {
+        let decision = match &*r.decision.action {
             _ if r.decision.limit.is_some() => "limited".to_string(),
             "approve" => approval
                 .and_then(|a| a["state"].as_str())

@@ -6,8 +6,9 @@ use std::{collections::HashSet, sync::Arc};
 use super::path::PathRules;
 use crate::{call::Protocol, util::NameIndex};
 
-/// A REST route's parameters as the path gave them: `{id}` → `("id", "42")`.
-pub type PathParams = Vec<(String, String)>;
+/// A REST route's parameters as the path gave them: `{id}` → `("id", "42")`, borrowed from
+/// the route and the path (most routes have a parameter or two: no allocation).
+pub type PathParams<'a> = smallvec::SmallVec<[(&'a str, &'a str); 4]>;
 
 /// A service's functions as requests name them.
 #[derive(Debug)]
@@ -108,13 +109,17 @@ impl Surface {
     }
 
     /// The function a REST request calls, with its path parameters.
-    pub fn route(&self, method: &str, path: &str) -> Option<(&Arc<str>, PathParams)> {
+    pub fn route<'a>(
+        &'a self,
+        method: &str,
+        path: &'a str,
+    ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
         'routes: for r in &self.routes {
             if !r.method.eq_ignore_ascii_case(method) {
                 continue;
             }
-            let mut params = Vec::new();
+            let mut params = PathParams::new();
             let mut segs = segments(path).skip(1);
             for want in &r.segs {
                 let Some(got) = segs.next() else {
@@ -125,7 +130,7 @@ impl Surface {
                     RouteSeg::Lit(l) if l.eq_ignore_ascii_case(got) => {}
                     RouteSeg::Lit(_) => continue 'routes,
                     RouteSeg::Param(_) if got.is_empty() => continue 'routes,
-                    RouteSeg::Param(name) => params.push((name.clone(), got.to_string())),
+                    RouteSeg::Param(name) => params.push((name.as_str(), got)),
                 }
             }
             // One trailing `/` is the same route: many servers redirect or route it there.

@@ -98,7 +98,7 @@ pub fn compile(loaded: &Loaded, git: &GitState) -> Result<Snapshot, Vec<Finding>
 
     let mut snap = Snapshot {
         version: Arc::new(PolicyVersion {
-            commit: git.commit.clone(),
+            commit: git.commit.as_deref().map(Arc::from),
             dirty: git.dirty,
             source: git.source.clone(),
         }),

@@ -49,7 +49,8 @@ pub struct Snapshot {
 /// Which policy made a decision.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PolicyVersion {
-    pub commit: Option<String>,
+    /// Shared with every record of a call it decided.
+    pub commit: Option<Arc<str>>,
     pub dirty: bool,
     /// `git`, or why there is no commit (`not a git repository`).
     pub source: String,

@@ -301,7 +301,12 @@ impl PolicyStore {
             }
         };
         let commit = oid.to_string();
-        let current = self.snapshot().version.commit.clone();
+        let current = self
+            .snapshot()
+            .version
+            .commit
+            .as_deref()
+            .map(str::to_string);
         let already_refused = self
             .status()
             .git
@@ -439,7 +444,7 @@ impl PolicyStore {
         let mut st = self.status.locked();
         *st = ReloadStatus {
             dir: self.dir.display().to_string(),
-            commit: snap.version.commit.clone(),
+            commit: snap.version.commit.as_deref().map(str::to_string),
             dirty: snap.version.dirty,
             source: snap.version.source.clone(),
             services: snap.services.len(),

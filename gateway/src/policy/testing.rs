@@ -135,7 +135,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                         _ => Map::new(),
                     };
                     for (k, v) in params {
-                        args.insert(k, Json::String(v));
+                        args.insert(k.to_string(), Json::String(v.to_string()));
                     }
                     (f.to_string(), Json::Object(args))
                 }

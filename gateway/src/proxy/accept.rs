@@ -534,7 +534,7 @@ async fn route(
             policy: policy.clone(),
             dst: conn.dst,
             netns: conn.netns,
-            dst_text: crate::util::net::socket_text(conn.dst),
+            dst_text: crate::util::net::socket_text(conn.dst).into(),
             dst_host: dst_host.clone(),
             sni: sni.clone(),
             tls,
@@ -546,7 +546,7 @@ async fn route(
             }),
             last_token: Default::default(),
             http1: upstream::pool::Http1Slot::new(lane, conn.owner),
-            session: conn.session.clone(),
+            session: conn.session.as_str().into(),
         })
     };
     let served = |protocol: &'static str| Ended {

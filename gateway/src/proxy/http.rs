@@ -65,7 +65,7 @@ pub struct Conn {
     /// The workload's network namespace (cookie): upstreams are dialled from it.
     pub netns: u64,
     /// `dst` as text, as records and spans name it: formatted once, not per call.
-    pub dst_text: String,
+    pub dst_text: Arc<str>,
     /// `dst`'s IP as text, the form service lookup takes.
     pub dst_host: String,
     pub sni: Option<String>,
@@ -78,7 +78,7 @@ pub struct Conn {
     /// The caller without a token: the workload alone.
     pub caller: Arc<Caller>,
     pub last_token: identity::LastToken,
-    pub session: String,
+    pub session: Arc<str>,
     /// The upstream connection this connection's HTTP/1 calls go over (plain text, or TLS
     /// re-originated towards the upstream), and the data-path thread it is served on.
     pub http1: Http1Slot,
@@ -181,7 +181,7 @@ impl Conn {
                 self.workload.clone(),
                 &caller,
                 kind.as_str(),
-                service.map(|s| &*s.name),
+                service.map(|s| &s.name),
             );
             rec.workload_masked = self.workload_masked;
             Recording {

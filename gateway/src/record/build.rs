@@ -1,5 +1,7 @@
 //! A record made from what the gateway decided, in one place: the decision as the log keeps it,
 //! and what it says of the caller beyond its workload.
+use std::{borrow::Cow, sync::Arc};
+
 use serde_json::Value as Json;
 
 use super::{Record, RecordedDecision, SharedJson};
@@ -59,14 +61,14 @@ impl RecordedDecision {
     /// The policy's decision, as decided.
     pub fn of(d: &Decision) -> Self {
         RecordedDecision {
-            // Not `to_string`: that goes through the formatter, for every call.
-            action: d.action.as_str().into(),
+            // Borrowed: the same few words for every call.
+            action: Cow::Borrowed(d.action.as_str()),
             enforced: d.enforced == d.action,
-            rule: d.rule.as_deref().map(str::to_string),
+            rule: d.rule.clone(),
             reason: d.reason.as_deref().map(str::to_string),
             policy_commit: d.policy.commit.clone(),
             policy_dirty: d.policy.dirty,
-            mode: Some(d.mode.as_str().into()),
+            mode: Some(Cow::Borrowed(d.mode.as_str())),
             limit: None,
         }
     }
@@ -105,10 +107,10 @@ pub struct ConnectionEnd<'a> {
 impl Record {
     /// A connection's record, written when it ends.
     pub fn of_connection(end: ConnectionEnd<'_>) -> Self {
-        let mut rec = Record::new(end.session.to_string(), end.destination);
+        let mut rec = Record::new(end.session, end.destination);
         rec.time_ms = end.started_ms;
         rec.protocol = end.protocol.into();
-        rec.service = end.service;
+        rec.service = end.service.map(Arc::from);
         rec.function = end.function;
         rec.workload = Some(end.workload);
         rec.decision = end.decision;
@@ -121,18 +123,18 @@ impl Record {
     /// A call's record as the data path begins it: who called what; the call, its decision
     /// and its outcome are filled in as the call goes.
     pub fn of_call(
-        session: String,
-        destination: String,
+        session: Arc<str>,
+        destination: Arc<str>,
         workload: SharedJson,
         caller: &Caller,
-        protocol: &str,
-        service: Option<&str>,
+        protocol: &'static str,
+        service: Option<&Arc<str>>,
     ) -> Self {
         let mut rec = Record::new(session, destination);
         rec.workload = Some(workload);
         rec.caller = caller_summary(caller);
-        rec.protocol = protocol.into();
-        rec.service = service.map(str::to_string);
+        rec.protocol = Cow::Borrowed(protocol);
+        rec.service = service.cloned();
         rec
     }
 
@@ -142,16 +144,16 @@ impl Record {
         let mut rec = Record::new(r.session.clone(), r.destination.clone());
         rec.time_ms = r.requested_at_ms;
         rec.protocol = "http".into();
-        rec.service = Some(r.service.clone());
+        rec.service = Some(r.service.as_str().into());
         rec.function = Some(r.function.clone());
         rec.args = Some(r.args.clone());
         rec.caller = serde_json::to_value(&r.caller).ok();
         rec.decision = RecordedDecision {
             action: "approve".into(),
             enforced: true,
-            rule: Some(r.rule.clone()),
+            rule: Some(r.rule.as_str().into()),
             reason: Some("interrupted by restart while awaiting approval".into()),
-            policy_commit: r.policy_commit.clone(),
+            policy_commit: r.policy_commit.as_deref().map(Arc::from),
             ..RecordedDecision::default()
         };
         rec.approval = Some(serde_json::json!({ "request": r.id, "state": r.state }));
@@ -190,7 +192,7 @@ impl Record {
                 r.reason,
                 r.errors.first().map(String::as_str).unwrap_or("-")
             )),
-            policy_commit: in_force.map(str::to_string),
+            policy_commit: in_force.map(Arc::from),
             ..RecordedDecision::default()
         };
         rec

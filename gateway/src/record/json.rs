@@ -101,9 +101,9 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    fn opt_str(&mut self, key: &str, value: &Option<String>) {
+    fn opt_str<S: AsRef<str>>(&mut self, key: &str, value: &Option<S>) {
         if let Some(v) = value {
-            self.str(key, v);
+            self.str(key, v.as_ref());
         }
     }
 

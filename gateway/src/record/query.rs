@@ -85,7 +85,7 @@ impl Filter {
                 .decision
                 .as_deref()
                 .is_none_or(|d| r.decision.action == d)
-            && self.session.as_deref().is_none_or(|s| r.session == s)
+            && self.session.as_deref().is_none_or(|s| &*r.session == s)
             && self.id.as_deref().is_none_or(|i| r.id == i)
             && self.caller.as_deref().is_none_or(caller_matches)
     }

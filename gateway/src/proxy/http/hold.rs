@@ -68,10 +68,10 @@ impl Conn {
                 args_digest: digest,
                 caller: &one.caller,
                 rule,
-                policy_commit: one.decision.policy.commit.clone(),
+                policy_commit: one.decision.policy.commit.as_deref().map(str::to_string),
                 spec,
                 session: &self.session,
-                destination: self.dst_text.clone(),
+                destination: self.dst_text.to_string(),
             })
             .await
         {

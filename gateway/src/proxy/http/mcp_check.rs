@@ -178,7 +178,7 @@ pub(super) async fn before_call(
     let refusal = |error: &'static str, reason: String| Refusal {
         service: Some(service.name.to_string()),
         function: Some(one.call.function.clone()),
-        policy_commit: snap.version.commit.clone(),
+        policy_commit: snap.version.commit.as_deref().map(str::to_string),
         ..Refusal::new(StatusCode::FORBIDDEN, error, reason)
     };
     let tools = live_tools(conn, snap, service, parts, one)

@@ -90,7 +90,7 @@ impl Decided {
                 rule: Some(hit.rule.clone()),
                 service: d.service.as_deref().map(str::to_string),
                 function: Some(self.call.function.clone()),
-                policy_commit: d.policy.commit.clone(),
+                policy_commit: d.policy.commit.as_deref().map(str::to_string),
                 limit: Some(hit.clone()),
                 ..Refusal::new(status, error, reason)
             };
@@ -114,7 +114,7 @@ impl Decided {
             rule: d.rule.as_deref().map(str::to_string),
             service: d.service.as_deref().map(str::to_string),
             function: Some(self.call.function.clone()),
-            policy_commit: d.policy.commit.clone(),
+            policy_commit: d.policy.commit.as_deref().map(str::to_string),
             ..Refusal::new(
                 StatusCode::FORBIDDEN,
                 if approve {
