@@ -31,8 +31,8 @@ use callgate_benches::{
     nginx, paced, paced_on, with_cpu, wrk,
 };
 use callgate_e2e::{
-    Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config, gateway_with_config_env,
-    json_of_size, policy_repo, test_pki, unique, wait_for,
+    Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, gateway_with_config,
+    gateway_with_config_env, json_of_size, policy_repo, test_pki, unique, wait_for,
 };
 
 const FULL: &[&str] = &["-t2", "-c32", "-d8s"];
@@ -74,6 +74,20 @@ const CASES: &[Case] = &[
         path: "/v1/items/42",
     },
 ];
+
+/// `callgate --version` of the binary measured: the release and the cargo profile that built
+/// it (`cargo xtask bench` measures the fat-LTO `release` one).
+fn gateway_version() -> String {
+    std::process::Command::new(callgate_bin())
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "version unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
 
 fn main() {
     if !ebpf_available("bench l7") {
@@ -335,8 +349,11 @@ response:
 
     let mut md = String::new();
     md.push_str(&format!(
-        "callgate l7 bench, {} CPUs; ratios are against runs in the same minute\n\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "callgate l7 bench, {} CPUs; ratios are against runs in the same minute\n\n\
+         gateway measured: {} ({})\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        gateway_version(),
+        callgate_bin().display(),
     ));
     md.push_str("| case | path | req/s | p50 µs | p99 µs | vs direct | vs nginx | added p99 µs | proxy CPU µs/req | host steal % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
@@ -824,6 +841,7 @@ fn save(rows: &[Row], rss_kib: [(f64, f64); 2], steal_pct: f64, md: &str) {
         "suite": "l7",
         "date": id.date,
         "commit": id.commit,
+        "gateway": gateway_version(),
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "rss_kib_1000_idle_connections": rss_kib[0].0,
         "rss_anon_kib_1000_idle_connections": rss_kib[0].1,
