@@ -14,8 +14,9 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // Which cargo profile built the binary (`release`, `demo`, `dev`'s `debug`): `--version`
     // says it, so a benchmark's results name the build they measured (the fat-LTO release and
-    // the thin-LTO demo differ by about a tenth in CPU per call). A build script is told only
-    // release or debug; OUT_DIR is `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`.
+    // the thin-LTO demo have measured from the same to a tenth apart in CPU per call). A
+    // build script is told only release or debug; OUT_DIR is
+    // `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`.
     let profile = out
         .ancestors()
         .nth(3)
