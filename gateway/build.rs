@@ -17,11 +17,15 @@ fn main() {
     // the thin-LTO demo have measured from the same to a tenth apart in CPU per call). A
     // build script is told only release or debug; OUT_DIR is
     // `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`.
-    let profile = out
-        .ancestors()
-        .nth(3)
-        .and_then(Path::file_name)
-        .map_or_else(|| "unknown".into(), |p| p.to_string_lossy());
+    // Any other layout (cargo's build-dir layout may change) says `unknown`, not some other
+    // directory's name.
+    let mut up = out.ancestors().skip(2);
+    let profile = match (up.next().and_then(Path::file_name), up.next()) {
+        (Some(build), Some(dir)) if build == "build" => dir
+            .file_name()
+            .map_or_else(|| "unknown".into(), |p| p.to_string_lossy()),
+        _ => "unknown".into(),
+    };
     println!("cargo:rustc-env=CALLGATE_BUILD_PROFILE={profile}");
     let dest = out.join("callgate-ebpf.o");
     if let Some(prebuilt) = env::var_os("CALLGATE_EBPF_OBJECT") {

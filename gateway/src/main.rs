@@ -12,7 +12,7 @@ mod cli;
 #[global_allocator]
 static ALLOC: alloc::Allocator = alloc::Allocator;
 
-/// `callgate --version`: the release, and the cargo profile that built it.
+/// `callgate --version`: the package version, and the cargo profile that built the binary.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",

@@ -47,9 +47,10 @@ pub struct Record {
     pub id: String,
     /// Start of the call, Unix milliseconds.
     pub time_ms: u64,
-    /// The connection (or workload session) the call came on; `replay` groups by it. Shared
-    /// with every other call of its connection, as are `destination` and `service`: a call's
-    /// record copies none of them.
+    /// The connection (or workload session) the call came on; `replay` groups by it. A call's
+    /// record shares it and `destination` with the other calls of its connection, and
+    /// `service` (and the decision's `rule` and `policy_commit`) with the policy snapshot:
+    /// it copies none of them.
     pub session: Arc<str>,
     /// Shared with every other call of its connection: serialised once, copied per call as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +101,7 @@ pub struct RecordedDecision {
     pub action: Cow<'static, str>,
     /// The action was carried out (false in dry-run for deny/approve).
     pub enforced: bool,
-    /// The policy's rule name, shared with the policy snapshot.
+    /// The rule that decided (for a call the policy decided, the snapshot's own text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +253,23 @@ fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
         }
         Value::Array(a) => a.iter_mut().for_each(|x| drop_credentials(x, depth + 1)),
         _ => {}
+    }
+}
+
+/// A name a record holds, however it holds it (its own, shared with its connection or its
+/// policy, or a word the code chose), for [`Recorder::mask`] to read and, on a hit, replace.
+trait Name {
+    fn text(&self) -> &str;
+    fn replace(&mut self, masked: String);
+}
+
+impl<T: std::ops::Deref<Target = str> + From<String>> Name for T {
+    fn text(&self) -> &str {
+        self
+    }
+
+    fn replace(&mut self, masked: String) {
+        *self = masked.into();
     }
 }
 
@@ -613,6 +631,8 @@ impl Recorder {
             &mut rec.caller,
             &mut rec.approval,
             &mut rec.decision.limit,
+            // Tool definitions from the upstream, answer keys the caller chose.
+            &mut rec.mcp,
         ]
         .into_iter()
         .flatten()
@@ -624,47 +644,28 @@ impl Recorder {
         }
         // Names are text from the call too: a REST path with an e-mail address in it is the
         // function of an undeclared route; a tool name is the caller's to choose. Almost
-        // always clean: one scan over them all, and one per name only on a hit.
-        if self.masks.finds_in_any(&[
-            &rec.session,
-            &rec.destination,
-            &rec.protocol,
-            rec.service.as_deref().unwrap_or_default(),
-            rec.function.as_deref().unwrap_or_default(),
-            rec.decision.rule.as_deref().unwrap_or_default(),
-            rec.decision.mode.as_deref().unwrap_or_default(),
-            rec.decision.policy_commit.as_deref().unwrap_or_default(),
-            rec.decision.reason.as_deref().unwrap_or_default(),
-        ]) {
-            // Each kind of text a record holds, replaced only where a detector found something.
-            let masked = |s: &str| match self.masks.mask_str(&self.key, s) {
-                Cow::Owned(m) => Some(m),
-                Cow::Borrowed(_) => None,
-            };
-            for s in [&mut rec.session, &mut rec.destination]
-                .into_iter()
-                .chain(rec.service.as_mut())
-                .chain(rec.decision.rule.as_mut())
-                .chain(rec.decision.policy_commit.as_mut())
-            {
-                if let Some(m) = masked(s) {
-                    *s = m.into();
-                }
-            }
-            for s in [&mut rec.protocol]
-                .into_iter()
-                .chain(rec.decision.mode.as_mut())
-            {
-                if let Some(m) = masked(s) {
-                    *s = m.into();
-                }
-            }
-            for s in [&mut rec.function, &mut rec.decision.reason]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(m) = masked(s) {
-                    *s = m;
+        // always clean: one scan over them all, and one per name only on a hit. Each name is
+        // listed once, here, whichever way the record holds it.
+        let d = &mut rec.decision;
+        let mut names: [Option<&mut dyn Name>; 9] = [
+            Some(&mut rec.session),
+            Some(&mut rec.destination),
+            Some(&mut rec.protocol),
+            rec.service.as_mut().map(|n| n as &mut dyn Name),
+            rec.function.as_mut().map(|n| n as &mut dyn Name),
+            d.rule.as_mut().map(|n| n as &mut dyn Name),
+            d.mode.as_mut().map(|n| n as &mut dyn Name),
+            d.policy_commit.as_mut().map(|n| n as &mut dyn Name),
+            d.reason.as_mut().map(|n| n as &mut dyn Name),
+        ];
+        let texts: smallvec::SmallVec<[&str; 9]> =
+            names.iter().flatten().map(|n| n.text()).collect();
+        let hit = self.masks.finds_in_any(&texts);
+        drop(texts);
+        if hit {
+            for n in names.iter_mut().flatten() {
+                if let Cow::Owned(m) = self.masks.mask_str(&self.key, n.text()) {
+                    n.replace(m);
                 }
             }
         }

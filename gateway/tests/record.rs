@@ -680,13 +680,19 @@ fn planted_pii_never_reaches_disk() {
     let mut names = record(3, "pii");
     names.session = "conn-carol@example.com".into();
     names.destination = "AKIAIOSFODNN7EXAMPLE.example:443".into();
-    names.protocol = "rest".into();
+    names.protocol = "rest-grace@example.com".into();
     names.service = Some("svc-dave@example.com".into());
     names.function =
         Some("/users/erin@example.com/ghp_abcdefghijklmnopqrstuvwxyz0123456780".into());
     names.decision.rule = Some("123-45-6780".into());
     names.decision.mode = Some("frank@example.com".into());
     names.decision.policy_commit = Some("5105105105105100".into());
+    // What MCP tool pinning notes: an upstream's tool definition, answer keys the caller chose.
+    names.mcp = Some(json!({
+        "tool": "t",
+        "definition": {"description": "Mail heidi@example.com the results."},
+        "input_round": {"input_responses": ["ivan@example.com"]},
+    }));
     rec.submit(names).expect("submit");
     rec.close();
     let text = disk_text(&dir);
@@ -707,6 +713,9 @@ fn planted_pii_never_reaches_disk() {
         "123-45-6780",
         "frank@example.com",
         "5105105105105100",
+        "grace@example.com",
+        "heidi@example.com",
+        "ivan@example.com",
     ] {
         assert!(!text.contains(pii), "{pii} reached disk");
     }
