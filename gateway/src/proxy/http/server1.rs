@@ -431,9 +431,17 @@ fn parse_request(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<(Request<()>, Asked, Framing)>, HeadError> {
-    // Empty lines before a request line are to be ignored (RFC 9112 §2.2).
-    while buf.starts_with(b"\r\n") {
-        let _ = buf.split_to(2);
+    // Empty lines before a request line are to be ignored (RFC 9112 §2.2): CRLF, or a bare LF
+    // as httparse skips it. Dropped here, they leave a connection that sent one between
+    // requests waiting with an empty buffer: it goes quiet, and at the header timeout it is
+    // closed as idle rather than answered 408. A lone CR stays: what follows decides it.
+    loop {
+        let blank = match &buf[..] {
+            [b'\r', b'\n', ..] => 2,
+            [b'\n', ..] => 1,
+            _ => break,
+        };
+        let _ = buf.split_to(blank);
     }
     let mut at = h1::Positions::new();
     let (n, method, path, minor) = {
@@ -1172,6 +1180,43 @@ mod tests {
             "each wait for a request quiets"
         );
         drop(client);
+        served.await.expect("server task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_lines_between_requests_do_not_keep_a_connection_from_quieting() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            ..LIMITS
+        };
+        let (mut client, served, quiets) = serve_counting_quiets(limits);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        answer_ending(&mut client, "GET /a ", Duration::from_secs(1)).await;
+        // A bare LF, then a CRLF and another bare LF: empty lines, not the start of a head.
+        client.write_all(b"\n").await.expect("write");
+        tokio::time::sleep(QUIET / 4).await;
+        client.write_all(b"\r\n\n").await.expect("write");
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(quiets.load(Ordering::Relaxed), 1, "quiet after empty lines");
+        // The next request is served, its empty lines before it ignored.
+        client
+            .write_all(b"\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let out = answer_ending(&mut client, "GET /b ", Duration::from_secs(1)).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        // Idle past the header timeout: closed as idle, not answered 408.
+        client.write_all(b"\n").await.expect("write");
+        tokio::time::sleep(limits.header_timeout + QUIET).await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), client.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         served.await.expect("server task");
     }
 
