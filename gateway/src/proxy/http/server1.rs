@@ -1140,18 +1140,26 @@ mod tests {
         (client, served, quiets)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_connection_gives_back_what_it_holds_and_serves_the_next_request() {
-        let limits = Limits {
-            max_head: 16 * 1024,
-            ..LIMITS
-        };
+    /// [`serve_counting_quiets`] after one call answered (`GET /a`), the connection kept.
+    async fn after_one_call(
+        limits: Limits,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
         let (mut client, served, quiets) = serve_counting_quiets(limits);
         client
             .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .expect("write");
         answer_ending(&mut client, "GET /a ", Duration::from_secs(1)).await;
+        (client, served, quiets)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_gives_back_what_it_holds_and_serves_the_next_request() {
+        let limits = Limits {
+            max_head: 16 * 1024,
+            ..LIMITS
+        };
+        let (mut client, served, quiets) = after_one_call(limits).await;
         assert_eq!(quiets.load(Ordering::Relaxed), 0, "quiet while answering");
         tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
         assert_eq!(
@@ -1189,12 +1197,7 @@ mod tests {
             header_timeout: Duration::from_secs(5),
             ..LIMITS
         };
-        let (mut client, served, quiets) = serve_counting_quiets(limits);
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("write");
-        answer_ending(&mut client, "GET /a ", Duration::from_secs(1)).await;
+        let (mut client, served, quiets) = after_one_call(limits).await;
         // A bare LF, then a CRLF and another bare LF: empty lines, not the start of a head.
         client.write_all(b"\n").await.expect("write");
         tokio::time::sleep(QUIET / 4).await;
