@@ -1093,3 +1093,87 @@ rules:
         "a live transfer ran: {ran:?}"
     );
 }
+
+/// Sends `pieces` from inside `cg`, sleeping after each the seconds given, and returns all it got
+/// back.
+fn paced_in(cg: &TestCgroup, port: u16, pieces: &[(&str, f64)]) -> String {
+    let pieces: Vec<String> = pieces
+        .iter()
+        .map(|(p, s)| format!("({p:?}, {s})"))
+        .collect();
+    let code = format!(
+        "import socket, time\ns = socket.create_connection(('127.0.0.1', {port}), 5)\n\
+         s.settimeout(5)\nfor p, pause in [{}]:\n    s.sendall(p.encode())\n    time.sleep(pause)\n\
+         out = b''\ntry:\n    while len(out) < 1 << 20:\n        c = s.recv(65536)\n        if not c: break\n        out += c\n\
+         except socket.timeout:\n    pass\nprint(out.decode(errors='replace'))",
+        pieces.join(", ")
+    );
+    python_in(cg, &code)
+}
+
+/// On a service that also lets other TCP through (`tcp: allow`), an HTTP request must still be
+/// read as one however it opens: with a method the sniffer's list does not name (werkzeug
+/// upper-cases `post` and routes it; the gateway refuses it), after blank lines, or a byte at
+/// a time past the sniff's second. Taken for another protocol, each would be spliced to Flask unread and the denied
+/// refund would run.
+#[test]
+fn an_http_call_dressed_as_other_tcp_is_still_decided() {
+    let test = "an_http_call_dressed_as_other_tcp_is_still_decided";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("flask-tcp-allow");
+    let up = flask(&work);
+    let service = format!("{}tcp: allow\n", payments(up.port));
+    let s = setup(test, &[("payments", &service)]);
+    let big = r#"{"amount": 5000, "to": "customer"}"#;
+    let request = |method: &str| {
+        format!(
+            "{method} /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+            up.port,
+            big.len()
+        )
+    };
+    for (what, got) in [
+        (
+            "a lowercase method",
+            raw_in(&s.cg, up.port, &request("post")),
+        ),
+        (
+            "blank lines first",
+            raw_in(&s.cg, up.port, &format!("\r\n\n{}", request("POST"))),
+        ),
+        (
+            "the method's first byte, then a pause past the sniff",
+            paced_in(&s.cg, up.port, &[("P", 1.4), (&request("POST")[1..], 0.0)]),
+        ),
+        (
+            "half a request line, then a pause",
+            paced_in(
+                &s.cg,
+                up.port,
+                &[
+                    ("post /v1/payments/p1/ref", 1.4),
+                    (&request("post")[24..], 0.0),
+                ],
+            ),
+        ),
+    ] {
+        // Decided (403: big refunds are denied) or refused as a spelling the gateway does not
+        // take (400: methods are case-sensitive); never spliced.
+        assert!(
+            got.starts_with("HTTP/1.1 403") || got.starts_with("HTTP/1.1 400"),
+            "{what}: {got}"
+        );
+    }
+    assert_eq!(
+        ran(&up, "refund").len(),
+        0,
+        "a denied refund ran: {:?}",
+        ran(&up, "refund")
+    );
+    // Other TCP still goes through: the service's `tcp: allow` is unchanged.
+    let got = raw_in(&s.cg, up.port, "hello\n");
+    assert!(!got.starts_with("HTTP/1.1 403"), "{got}");
+}

@@ -104,17 +104,7 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, limit: Duration) -> io::Res
             });
         }
         if buf.len() >= MAX_SNIFF {
-            let protocol = if buf.first() == Some(&0x16) {
-                Protocol::Other(OtherReason::BadTls(format!(
-                    "no complete ClientHello in {MAX_SNIFF} bytes"
-                )))
-            } else {
-                Protocol::Other(OtherReason::Unknown)
-            };
-            return Ok(Sniffed {
-                protocol,
-                prefix: buf.freeze(),
-            });
+            return Ok(undecided(buf, format!("in {MAX_SNIFF} bytes")));
         }
         buf.reserve(1024);
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
@@ -122,12 +112,34 @@ pub async fn sniff<S: AsyncRead + Unpin>(io: &mut S, limit: Duration) -> io::Res
             Ok(Ok(0)) => OtherReason::Closed,
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => return Err(e),
+            Err(_) if !buf.is_empty() => {
+                return Ok(undecided(buf, format!("within {limit:?}")));
+            }
             Err(_) => OtherReason::Silent,
         };
         return Ok(Sniffed {
             protocol: Protocol::Other(reason),
             prefix: buf.freeze(),
         });
+    }
+}
+
+/// The verdict on an opening still undecided when the sniff must end (its size or its time
+/// is up): what could still be a ClientHello is a malformed one, and what could still be an
+/// HTTP request (blank lines, a long request line, a method sent a byte at a time) is HTTP,
+/// for the HTTP server to read with its own limits. Taking either for another protocol would
+/// let a slow client splice a call past its policy on a service with `tcp: allow`.
+fn undecided(buf: BytesMut, when: String) -> Sniffed {
+    let protocol = if buf.first() == Some(&0x16) {
+        Protocol::Other(OtherReason::BadTls(format!(
+            "no complete ClientHello {when}"
+        )))
+    } else {
+        Protocol::Http1
+    };
+    Sniffed {
+        protocol,
+        prefix: buf.freeze(),
     }
 }
 
@@ -141,16 +153,67 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         return Some(Protocol::H2);
     }
     let mut maybe = H2_PREFACE.starts_with(buf);
+    // HTTP/1 servers read past blank lines before a request line (RFC 9112 §2.2; nginx, Node,
+    // Go and others do): they are no reason to take the opening for another protocol, which a
+    // service with `tcp: allow` would splice past its per-call policy.
+    let line = skip_blank_lines(buf);
+    if line.is_empty() {
+        return None;
+    }
     for m in METHODS {
-        if buf.starts_with(m) {
+        if line.starts_with(m) {
             return Some(Protocol::Http1);
         }
-        maybe |= m.starts_with(buf);
+        maybe |= m.starts_with(line);
     }
-    if maybe {
-        None
-    } else {
-        Some(Protocol::Other(OtherReason::Unknown))
+    // Any other method (lowercase, WebDAV, a server's own): a request line in HTTP/1's shape.
+    match request_line(line) {
+        Some(true) => Some(Protocol::Http1),
+        None => None,
+        Some(false) if maybe => None,
+        Some(false) => Some(Protocol::Other(OtherReason::Unknown)),
+    }
+}
+
+/// `buf` past its leading empty lines (CRLF or a bare LF, as HTTP/1 parsers skip them).
+pub fn skip_blank_lines(mut buf: &[u8]) -> &[u8] {
+    loop {
+        buf = match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => return buf,
+        }
+    }
+}
+
+/// Whether `line` opens with an HTTP/1 request line, `method SP target SP HTTP/1.x` then a line
+/// end, whatever the method's token (Some(true)); Some(false) at the first byte that cannot be
+/// one; None while it still could.
+fn request_line(line: &[u8]) -> Option<bool> {
+    const VERSION: &[u8] = b"HTTP/1.";
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
+    match line.get(method) {
+        None => return None,
+        Some(b' ') if method > 0 => {}
+        Some(_) => return Some(false),
+    }
+    let rest = &line[method + 1..];
+    let target = rest.iter().take_while(|&&b| b > b' ' && b != 0x7f).count();
+    match rest.get(target) {
+        None => return None,
+        Some(b' ') if target > 0 => {}
+        Some(_) => return Some(false),
+    }
+    let version = &rest[target + 1..];
+    let n = version.len().min(VERSION.len());
+    if version[..n] != VERSION[..n] {
+        return Some(false);
+    }
+    match version.get(VERSION.len()..) {
+        None | Some([]) => None,
+        Some([b'0' | b'1']) | Some([b'0' | b'1', b'\r']) => None,
+        Some([b'0' | b'1', b'\n', ..]) | Some([b'0' | b'1', b'\r', b'\n', ..]) => Some(true),
+        Some(_) => Some(false),
     }
 }
 
@@ -402,6 +465,39 @@ mod tests {
     #[test]
     fn http_and_other() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        // Blank lines before the request line, and methods the list does not name: HTTP, as
+        // the servers that read past them and take any token for a method see it.
+        assert_eq!(
+            classify(b"\r\n\nPOST /x HTTP/1.1\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b"\r\n"), None);
+        assert_eq!(classify(b"\n\nPO"), None);
+        assert_eq!(classify(b"post /x HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"PURGE /x HTTP/1.0\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"\r\nPROPFIND * HTTP/1.1\r\nHost: x"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b"post /x HTT"), None);
+        assert_eq!(classify(b"post /x HTTP/1.1"), None);
+        // What other protocols open with stays theirs, decided at the first byte that shows it.
+        for other in [
+            &b"get key\r\n"[..],
+            b"SET k v\r\n",
+            b"*1\r\n$4\r\nPING\r\n",
+            b"AMQP\x00\x00\x09\x01",
+            b"post /x HTTP/2.0\r\n",
+            b"post  /x HTTP/1.1\r\n",
+            b"\r\rGET / HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                classify(other),
+                Some(Protocol::Other(OtherReason::Unknown)),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
         assert_eq!(classify(b"POS"), None);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(H2_PREFACE), Some(Protocol::H2));
@@ -413,6 +509,36 @@ mod tests {
             classify(&[0x16, 0x03, 0x01, 0x00, 0x05, 2, 0, 0, 1, 0]),
             Some(Protocol::Other(OtherReason::BadTls(_)))
         ));
+    }
+
+    /// An opening that could still be HTTP or TLS when the sniff's time is up is not taken for
+    /// another protocol (which `tcp: allow` would splice raw): a method sent a byte at a time
+    /// is HTTP, half a ClientHello a malformed one.
+    #[tokio::test]
+    async fn a_slow_opening_is_not_another_protocol() {
+        use tokio::io::AsyncWriteExt;
+        for (sent, http) in [
+            (&b"GE"[..], true),
+            (b"\r\n\r\n", true),
+            (b"post /v1/x HTT", true),
+            (&[0x16, 0x03, 0x01], false),
+        ] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            b.write_all(sent).await.expect("write");
+            let s = sniff(&mut a, Duration::from_millis(50))
+                .await
+                .expect("sniff");
+            if http {
+                assert_eq!(s.protocol, Protocol::Http1, "{sent:?}");
+            } else {
+                assert!(
+                    matches!(s.protocol, Protocol::Other(OtherReason::BadTls(_))),
+                    "{sent:?}: {:?}",
+                    s.protocol
+                );
+            }
+            assert_eq!(&s.prefix[..], sent);
+        }
     }
 
     #[tokio::test]
