@@ -719,19 +719,34 @@ impl Recorder {
         self.masks.mask_spans(&self.key, text, spans)
     }
 
-    /// Masks a value kept as text. Detectors run over the text as it is; a JSON escape
-    /// (`\u0034` for `4`) could hide a match from them, so text with one is masked as a parsed
-    /// value instead, string by decoded string. A hit outside a string (a card number written
-    /// as a number) leaves text that is no longer JSON: it is kept as a string.
+    /// Masks a value kept as text. Detectors run over the text as it is, keys and values; a
+    /// JSON escape (`\u0034` for `4`) could hide a match from them, so text with one is decoded
+    /// first (parsed and written again: `serde_json` escapes only what JSON requires) and the
+    /// detectors run over that. Text with escapes that do not decode (a lone surrogate, a
+    /// number out of range) cannot be shown to them: it is not kept. A hit outside a string (a
+    /// card number written as a number) leaves text that is no longer JSON: it is kept as a
+    /// string.
     fn mask_raw(&self, r: &mut RawJson) {
         let text = r.get();
-        if has_u_escape(text.as_bytes()) {
-            let mut v = r.to_value();
-            if self.masks.mask_value(&self.key, &mut v) > 0 {
-                *r = RawJson::of(&v);
+        let decoded;
+        let text = if has_u_escape(text.as_bytes()) {
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v) => {
+                    decoded = v.to_string();
+                    decoded.as_str()
+                }
+                Err(e) => {
+                    *r = RawJson::string(&format!(
+                        "[{} bytes not recorded: escapes that do not decode ({e}) could hide \
+                         what the detectors look for]",
+                        text.len()
+                    ));
+                    return;
+                }
             }
-            return;
-        }
+        } else {
+            text
+        };
         if let Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
             *r = RawJson::text(&masked);
         }

@@ -694,6 +694,26 @@ fn planted_pii_never_reaches_disk() {
         "input_round": {"input_responses": ["ivan@example.com"]},
     }));
     rec.submit(names).expect("submit");
+    // Keys are text too: a query's or a body's names, a tool schema's properties, an answer's.
+    let mut keys = record(4, "pii");
+    keys.args = Some(json!({"judy@example.com": 1, "nested": {"4111 1111 1111 1111": "x"}}));
+    keys.mcp =
+        Some(json!({"definition": {"inputSchema": {"properties": {"karl@example.com": {}}}}}));
+    keys.response = Some(RawJson::new(br#"{"leo@example.com": "Jos\u00e9"}"#));
+    rec.submit(keys).expect("submit");
+    // Escapes that do not decode (a lone surrogate, a number out of range) could hide a value
+    // from the detectors: such an answer is not kept.
+    for (i, text) in [
+        &br#"{"ssn": "123-45-6781", "cut": "\ud800", "mail": "mallory@example.com"}"#[..],
+        br#"{"big": 1e400, "card": "\u0034111 1111 1111 1111"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = record(5 + i as u64, "pii");
+        r.response = Some(RawJson::new(text));
+        rec.submit(r).expect("submit");
+    }
     rec.close();
     let text = disk_text(&dir);
     for pii in [
@@ -716,6 +736,11 @@ fn planted_pii_never_reaches_disk() {
         "grace@example.com",
         "heidi@example.com",
         "ivan@example.com",
+        "judy@example.com",
+        "karl@example.com",
+        "leo@example.com",
+        "123-45-6781",
+        "mallory@example.com",
     ] {
         assert!(!text.contains(pii), "{pii} reached disk");
     }

@@ -382,10 +382,46 @@ impl MaskRules {
             Value::Array(a) => a
                 .iter_mut()
                 .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
-            Value::Object(o) => o
-                .values_mut()
-                .for_each(|x| self.mask_strings(key, x, n, depth + 1)),
+            Value::Object(o) => {
+                self.mask_keys(key, o, n);
+                o.values_mut()
+                    .for_each(|x| self.mask_strings(key, x, n, depth + 1));
+            }
             _ => {}
+        }
+    }
+
+    /// Keys are text too, chosen by whoever wrote the object (a query's names, a body's
+    /// fields, a tool's schema): a key a detector finds something in is replaced by its
+    /// masked text, numbered (`#2`, …) if an entry has that name already, so that no value is
+    /// lost. Almost always clean: one scan over all the keys.
+    fn mask_keys(
+        &self,
+        key: &MaskKey,
+        o: &mut serde_json::Map<String, serde_json::Value>,
+        n: &mut usize,
+    ) {
+        let keys: smallvec::SmallVec<[&str; 16]> = o.keys().map(String::as_str).collect();
+        let hit = self.scanner.finds_in_any(&keys);
+        drop(keys);
+        if !hit {
+            return;
+        }
+        for (k, v) in std::mem::take(o) {
+            let k = match self.mask_str(key, &k) {
+                Cow::Owned(m) => {
+                    *n += 1;
+                    m
+                }
+                Cow::Borrowed(_) => k,
+            };
+            let mut name = k.clone();
+            let mut i = 2;
+            while o.contains_key(&name) {
+                name = format!("{k}#{i}");
+                i += 1;
+            }
+            o.insert(name, v);
         }
     }
 
