@@ -18,6 +18,17 @@ use tokio::io::AsyncRead;
 
 use crate::proxy::body::BodyError;
 
+/// `buf` past its leading empty lines: CRLF, or a bare LF, as httparse and the servers that
+/// read past them before a request line (RFC 9112 §2.2) skip them. A lone CR is not one.
+pub fn skip_blank_lines(mut buf: &[u8]) -> &[u8] {
+    loop {
+        buf = match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => return buf,
+        }
+    }
+}
+
 /// Most fields a head or a trailer section may have.
 pub const MAX_HEADERS: usize = 128;
 /// Longest chunk-size line (with extensions) accepted.

@@ -156,7 +156,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     // HTTP/1 servers read past blank lines before a request line (RFC 9112 §2.2; nginx, Node,
     // Go and others do): they are no reason to take the opening for another protocol, which a
     // service with `tcp: allow` would splice past its per-call policy.
-    let line = skip_blank_lines(buf);
+    let line = super::h1::skip_blank_lines(buf);
     if line.is_empty() {
         return None;
     }
@@ -172,16 +172,6 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         None => None,
         Some(false) if maybe => None,
         Some(false) => Some(Protocol::Other(OtherReason::Unknown)),
-    }
-}
-
-/// `buf` past its leading empty lines (CRLF or a bare LF, as HTTP/1 parsers skip them).
-pub fn skip_blank_lines(mut buf: &[u8]) -> &[u8] {
-    loop {
-        buf = match buf {
-            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
-            _ => return buf,
-        }
     }
 }
 

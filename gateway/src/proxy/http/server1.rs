@@ -431,18 +431,12 @@ fn parse_request(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<(Request<()>, Asked, Framing)>, HeadError> {
-    // Empty lines before a request line are to be ignored (RFC 9112 §2.2): CRLF, or a bare LF
-    // as httparse skips it. Dropped here, they leave a connection that sent one between
-    // requests waiting with an empty buffer: it goes quiet, and at the header timeout it is
-    // closed as idle rather than answered 408. A lone CR stays: what follows decides it.
-    loop {
-        let blank = match &buf[..] {
-            [b'\r', b'\n', ..] => 2,
-            [b'\n', ..] => 1,
-            _ => break,
-        };
-        let _ = buf.split_to(blank);
-    }
+    // Empty lines before a request line are to be ignored (RFC 9112 §2.2). Dropped here, they
+    // leave a connection that sent one between requests waiting with an empty buffer: it goes
+    // quiet, and at the header timeout it is closed as idle rather than answered 408. A lone CR
+    // stays: what follows decides it.
+    let blank = buf.len() - h1::skip_blank_lines(buf).len();
+    bytes::Buf::advance(buf, blank);
     let mut at = h1::Positions::new();
     let (n, method, path, minor) = {
         let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
