@@ -131,11 +131,12 @@ pub struct RawJson<P = Box<str>>(P);
 /// and its bytes copied into each record, instead of walking the same tree for every call.
 pub type SharedJson = RawJson<Arc<str>>;
 
-/// Whether `s` holds `\u` (a JSON escape that could hide a detector's match). A search of
-/// its own, not `memmem::find`, which builds a searcher per call: more than a record's short
-/// texts cost to scan.
-fn has_u_escape(s: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', s).any(|i| s.get(i + 1) == Some(&b'u'))
+/// Whether `s` holds a JSON escape that could hide a detector's match: `\u` (any character),
+/// or `\/` (a `/`, as PHP writes every one: half of AWS secret keys have one). A search of its
+/// own, not `memmem::find`, which builds a searcher per call: more than a record's short texts
+/// cost to scan.
+fn has_hiding_escape(s: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', s).any(|i| matches!(s.get(i + 1), Some(b'u' | b'/')))
 }
 
 impl RawJson {
@@ -696,7 +697,7 @@ impl Recorder {
     pub fn mask_workload(&self, w: SharedJson) -> SharedJson {
         // Almost always clean: parsed only on a hit.
         if matches!(self.masks.mask_str(&self.key, w.get()), Cow::Borrowed(_))
-            && !has_u_escape(w.get().as_bytes())
+            && !has_hiding_escape(w.get().as_bytes())
         {
             return w;
         }
@@ -720,36 +721,35 @@ impl Recorder {
     }
 
     /// Masks a value kept as text. Detectors run over the text as it is, keys and values; a
-    /// JSON escape (`\u0034` for `4`) could hide a match from them, so text with one is decoded
-    /// first (parsed and written again: `serde_json` escapes only what JSON requires) and the
-    /// detectors run over that. Text with escapes that do not decode (a lone surrogate, a
-    /// number out of range) cannot be shown to them: it is not kept. A hit outside a string (a
-    /// card number written as a number) leaves text that is no longer JSON: it is kept as a
-    /// string.
+    /// JSON escape (`\u0034` for `4`, `\/`) could hide a match from them, so text with one is
+    /// decoded first (parsed and written again: `serde_json` escapes only what JSON requires),
+    /// the detectors run over that, and that is what is kept: the text as sent could say more
+    /// than its reading (a key given twice, digits beyond a float's). Text with escapes that do
+    /// not decode (a lone surrogate, a number out of range) cannot be shown to them: it is not
+    /// kept. A hit outside a string (a card number written as a number) leaves text that is no
+    /// longer JSON: it is kept as a string.
     fn mask_raw(&self, r: &mut RawJson) {
         let text = r.get();
-        let decoded;
-        let text = if has_u_escape(text.as_bytes()) {
-            match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(v) => {
-                    decoded = v.to_string();
-                    decoded.as_str()
-                }
-                Err(e) => {
-                    *r = RawJson::string(&format!(
-                        "[{} bytes not recorded: escapes that do not decode ({e}) could hide \
-                         what the detectors look for]",
-                        text.len()
-                    ));
-                    return;
+        if !has_hiding_escape(text.as_bytes()) {
+            if let Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
+                *r = RawJson::text(&masked);
+            }
+            return;
+        }
+        *r = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => {
+                let decoded = v.to_string();
+                match self.masks.mask_str(&self.key, &decoded) {
+                    Cow::Owned(masked) => RawJson::text(&masked),
+                    Cow::Borrowed(_) => RawJson::text(&decoded),
                 }
             }
-        } else {
-            text
+            Err(e) => RawJson::string(&format!(
+                "[{} bytes not recorded: escapes that do not decode ({e}) could hide what the \
+                 detectors look for]",
+                text.len()
+            )),
         };
-        if let Cow::Owned(masked) = self.masks.mask_str(&self.key, text) {
-            *r = RawJson::text(&masked);
-        }
     }
 
     pub fn status(&self) -> RecorderStatus {

@@ -706,6 +706,10 @@ fn planted_pii_never_reaches_disk() {
     for (i, text) in [
         &br#"{"ssn": "123-45-6781", "cut": "\ud800", "mail": "mallory@example.com"}"#[..],
         br#"{"big": 1e400, "card": "\u0034111 1111 1111 1111"}"#,
+        // A key given twice: its reading keeps the last; the first must not reach disk either.
+        br#"{"card": "4111 1111 1111 1111", "card": "", "n": "Jos\u00e9"}"#,
+        // `\/` (PHP writes every `/` so) inside an AWS secret key.
+        br#"{"aws_secret_access_key": "wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY"}"#,
     ]
     .into_iter()
     .enumerate()
@@ -741,6 +745,7 @@ fn planted_pii_never_reaches_disk() {
         "leo@example.com",
         "123-45-6781",
         "mallory@example.com",
+        "bPxRfiCYEXAMPLEKEY",
     ] {
         assert!(!text.contains(pii), "{pii} reached disk");
     }

@@ -371,8 +371,13 @@ impl MaskRules {
                     *n += 1;
                 }
             }
-            // Only an integer of 13 digits or more can be a card number.
-            Value::Number(num) if num.as_u64().is_some_and(|u| u >= 1_000_000_000_000) => {
+            // Only a number of 13 digits or more can be a card number: written as an integer,
+            // negative, or with a fraction or an exponent (`4111111111111111.0`).
+            Value::Number(num)
+                if num.as_u64().is_some_and(|u| u >= 1_000_000_000_000)
+                    || num.as_i64().is_some_and(|i| i <= -1_000_000_000_000)
+                    || (num.is_f64() && num.as_f64().is_some_and(|f| f.abs() >= 1e12)) =>
+            {
                 let text = num.to_string();
                 if let Cow::Owned(m) = self.mask_str(key, &text) {
                     *v = Value::String(m);
@@ -407,6 +412,9 @@ impl MaskRules {
         if !hit {
             return;
         }
+        // The next number to try for each name masked keys took: many keys masking to one text
+        // (`[MASKED:email]`) are numbered in one pass, not each from `#2` again.
+        let mut next: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (k, v) in std::mem::take(o) {
             let k = match self.mask_str(key, &k) {
                 Cow::Owned(m) => {
@@ -415,12 +423,18 @@ impl MaskRules {
                 }
                 Cow::Borrowed(_) => k,
             };
-            let mut name = k.clone();
-            let mut i = 2;
-            while o.contains_key(&name) {
-                name = format!("{k}#{i}");
-                i += 1;
-            }
+            let name = if o.contains_key(&k) {
+                let i = next.entry(k.clone()).or_insert(2);
+                loop {
+                    let name = format!("{k}#{i}");
+                    *i += 1;
+                    if !o.contains_key(&name) {
+                        break name;
+                    }
+                }
+            } else {
+                k
+            };
             o.insert(name, v);
         }
     }

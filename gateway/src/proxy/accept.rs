@@ -343,7 +343,7 @@ async fn handle(
             // times when it spawns and finishes it.
             None => {
                 let (transfer, r) =
-                    Box::pin(pass_through(client, Bytes::new(), &conn, inputs)).await;
+                    Box::pin(pass_through(client, Bytes::new(), false, &conn, inputs)).await;
                 Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
             }
         }
@@ -603,7 +603,7 @@ async fn route(
                     None,
                 );
             }
-            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            let (transfer, r) = pass_through(client, sniffed.prefix, false, conn, inputs).await;
             let mut e = Ended::spliced(
                 "unknown destination, allowed by `unknown_destination: allow`",
                 transfer,
@@ -629,7 +629,8 @@ async fn route(
             match (s.tls, &inputs.authority) {
                 (TlsMode::Passthrough, _) => {
                     let name = s.name.to_string();
-                    let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+                    let (transfer, r) =
+                        pass_through(client, sniffed.prefix, false, conn, inputs).await;
                     Ended {
                         protocol: "tls",
                         service: Some(name),
@@ -671,9 +672,10 @@ async fn route(
         (Protocol::Other(OtherReason::BadTls(e)), Some(s)) => {
             refuse(format!("malformed TLS: {e}"), Some(&s.name))
         }
-        (Protocol::Other(_), Some(s)) if s.tcp == TcpMode::Allow => {
+        (Protocol::Other(reason), Some(s)) if s.tcp == TcpMode::Allow => {
             let name = s.name.to_string();
-            let (transfer, r) = pass_through(client, sniffed.prefix, conn, inputs).await;
+            let silent = *reason == OtherReason::Silent;
+            let (transfer, r) = pass_through(client, sniffed.prefix, silent, conn, inputs).await;
             Ended {
                 service: Some(name),
                 ..Ended::spliced("tcp: allow", transfer, r)
@@ -698,8 +700,9 @@ fn reason(d: &crate::policy::Decision) -> String {
 
 /// Connects to the original destination, replays what sniffing read, and copies both ways.
 async fn pass_through(
-    client: TcpStream,
+    mut client: TcpStream,
     prefix: Bytes,
+    silent: bool,
     conn: &Connection,
     inputs: &ProxyInputs,
 ) -> (upstream::Transfer, Result<(), upstream::ForwardError>) {
@@ -718,6 +721,17 @@ async fn pass_through(
         }
     };
     stats.forwarded.fetch_add(1, Relaxed);
+    // A client that said nothing within the sniff: a protocol whose server speaks first. Until
+    // the upstream has, what the client sends is still sniffed, and HTTP or TLS is refused: a
+    // client that waits out the sniff must not have its call spliced past the policy.
+    let prefix = if silent {
+        match first_word(&mut client, &upstream, inputs.cfg.http.sniff_timeout).await {
+            Ok(late) => late,
+            Err(e) => return (upstream::Transfer::default(), Err(e)),
+        }
+    } else {
+        prefix
+    };
     if !prefix.is_empty() {
         use tokio::io::AsyncWriteExt;
         if let Err(e) = upstream.write_all(&prefix).await {
@@ -767,6 +781,40 @@ async fn pass_through(
     t.up += sent;
     t.down += down;
     (t, r)
+}
+
+/// After a silent opening: whichever side speaks first. The upstream: nothing to read yet (its
+/// greeting is copied with the rest). The client: its opening, sniffed as any is, and refused
+/// if it is HTTP or TLS (the service decides those per call, and they were not sent in time
+/// to be); another protocol's bytes are returned to go first.
+async fn first_word(
+    client: &mut TcpStream,
+    upstream: &TcpStream,
+    limit: std::time::Duration,
+) -> Result<Bytes, upstream::ForwardError> {
+    tokio::select! {
+        r = upstream.readable() => {
+            r?;
+            Ok(Bytes::new())
+        }
+        r = client.readable() => {
+            r?;
+            let late = sniff::sniff(client, limit).await?;
+            match late.protocol {
+                Protocol::Other(OtherReason::Unknown | OtherReason::Closed | OtherReason::Silent) => {
+                    Ok(late.prefix)
+                }
+                other => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "refused: the client sent {other} only after the sniff's time, \
+                         on a service that splices other TCP (tcp: allow)"
+                    ),
+                )
+                .into()),
+            }
+        }
+    }
 }
 
 /// Reads of what waits on a client before its connection is spliced in the kernel; a client

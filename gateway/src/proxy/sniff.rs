@@ -152,21 +152,24 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
         return Some(Protocol::H2);
     }
-    let mut maybe = H2_PREFACE.starts_with(buf);
-    // HTTP/1 servers read past blank lines before a request line (RFC 9112 §2.2; nginx, Node,
-    // Go and others do): they are no reason to take the opening for another protocol, which a
-    // service with `tcp: allow` would splice past its per-call policy.
-    let line = super::h1::skip_blank_lines(buf);
-    if line.is_empty() {
+    if H2_PREFACE.starts_with(buf) {
         return None;
     }
+    // What HTTP/1 servers read past before a method (RFC 9112 §2.2's blank lines; nginx and
+    // Node skip any CR or LF, Python's server any whitespace) is no reason to take the
+    // opening for another protocol, which a service with `tcp: allow` would splice past its
+    // per-call policy.
+    let line = match buf.iter().position(|b| !is_space(*b)) {
+        Some(start) => &buf[start..],
+        None => return None,
+    };
+    let mut maybe = false;
     for m in METHODS {
         if line.starts_with(m) {
             return Some(Protocol::Http1);
         }
         maybe |= m.starts_with(line);
     }
-    // Any other method (lowercase, WebDAV, a server's own): a request line in HTTP/1's shape.
     match request_line(line) {
         Some(true) => Some(Protocol::Http1),
         None => None,
@@ -175,35 +178,33 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     }
 }
 
-/// Whether `line` opens with an HTTP/1 request line, `method SP target SP HTTP/1.x` then a line
-/// end, whatever the method's token (Some(true)); Some(false) at the first byte that cannot be
-/// one; None while it still could.
+/// Whitespace as some HTTP/1 server reads it between or before the words of a request line:
+/// Python's `str.split` takes all of these (its server reads the line as Latin-1).
+fn is_space(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0
+    )
+}
+
+/// Whether `line` opens like an HTTP/1 request, with any method and any spacing a server might
+/// accept: Some(true) once its first line names a version (`HTTP/`), Some(false) once it ends
+/// without one or holds a byte no request line has before it (binary protocols), None while it
+/// could still be one. A verdict never changes as more bytes come. A whole first line without
+/// `HTTP/` is one no server takes for a request (bar HTTP/0.9's `GET /x`, which the method
+/// list catches): memcached's `get key`, Redis's `*1` and SSH's banner stay theirs.
 fn request_line(line: &[u8]) -> Option<bool> {
-    const VERSION: &[u8] = b"HTTP/1.";
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    let method = line.iter().take_while(|&&b| is_tchar(b)).count();
-    match line.get(method) {
-        None => return None,
-        Some(b' ') if method > 0 => {}
-        Some(_) => return Some(false),
-    }
-    let rest = &line[method + 1..];
-    let target = rest.iter().take_while(|&&b| b > b' ' && b != 0x7f).count();
-    match rest.get(target) {
-        None => return None,
-        Some(b' ') if target > 0 => {}
-        Some(_) => return Some(false),
-    }
-    let version = &rest[target + 1..];
-    let n = version.len().min(VERSION.len());
-    if version[..n] != VERSION[..n] {
-        return Some(false);
-    }
-    match version.get(VERSION.len()..) {
-        None | Some([]) => None,
-        Some([b'0' | b'1']) | Some([b'0' | b'1', b'\r']) => None,
-        Some([b'0' | b'1', b'\n', ..]) | Some([b'0' | b'1', b'\r', b'\n', ..]) => Some(true),
-        Some(_) => Some(false),
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let first = &line[..end];
+    let version = memchr::memmem::find(first, b"HTTP/");
+    let binary = first
+        .iter()
+        .position(|&b| (b < 0x20 && !is_space(b)) || b == 0x7f);
+    match (version, binary) {
+        (Some(v), b) if b.is_none_or(|b| b > v) => Some(true),
+        (_, Some(_)) => Some(false),
+        (None, None) if end < line.len() => Some(false),
+        _ => None,
     }
 }
 
@@ -455,31 +456,39 @@ mod tests {
     #[test]
     fn http_and_other() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        // Blank lines before the request line, and methods the list does not name: HTTP, as
-        // the servers that read past them and take any token for a method see it.
-        assert_eq!(
-            classify(b"\r\n\nPOST /x HTTP/1.1\r\n"),
-            Some(Protocol::Http1)
-        );
+        // Blank lines or other space before the request line, methods the list does not name,
+        // any spacing and version: HTTP, as some server that reads past or accepts them sees it.
+        for http in [
+            &b"\r\n\nPOST /x HTTP/1.1\r\n"[..],
+            b"post /x HTTP/1.1\r\n",
+            b"PURGE /x HTTP/1.0\n",
+            b"\r\nPROPFIND * HTTP/1.1\r\nHost: x",
+            b"post /x HTTP/1.1",
+            b"\rPOST /x HTTP/1.1\r\n",
+            b"\r\rGET / HTTP/1.1\r\n",
+            b" \tpost\t/x\tHTTP/1.1\r\n",
+            b"post  /x  HTTP/1.2 \r\n",
+            b"post /x HTTP/2.0\r\n",
+        ] {
+            assert_eq!(
+                classify(http),
+                Some(Protocol::Http1),
+                "{:?}",
+                String::from_utf8_lossy(http)
+            );
+        }
         assert_eq!(classify(b"\r\n"), None);
         assert_eq!(classify(b"\n\nPO"), None);
-        assert_eq!(classify(b"post /x HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"PURGE /x HTTP/1.0\n"), Some(Protocol::Http1));
-        assert_eq!(
-            classify(b"\r\nPROPFIND * HTTP/1.1\r\nHost: x"),
-            Some(Protocol::Http1)
-        );
         assert_eq!(classify(b"post /x HTT"), None);
-        assert_eq!(classify(b"post /x HTTP/1.1"), None);
-        // What other protocols open with stays theirs, decided at the first byte that shows it.
+        // What other protocols open with stays theirs, decided at the first byte or line end
+        // that shows it.
         for other in [
             &b"get key\r\n"[..],
             b"SET k v\r\n",
             b"*1\r\n$4\r\nPING\r\n",
             b"AMQP\x00\x00\x09\x01",
-            b"post /x HTTP/2.0\r\n",
-            b"post  /x HTTP/1.1\r\n",
-            b"\r\rGET / HTTP/1.1\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n",
         ] {
             assert_eq!(
                 classify(other),
