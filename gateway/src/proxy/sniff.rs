@@ -456,45 +456,39 @@ mod tests {
     #[test]
     fn http_and_other() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        // Blank lines or other space before the request line, methods the list does not name,
-        // any spacing and version: HTTP, as some server that reads past or accepts them sees it.
-        for http in [
-            &b"\r\n\nPOST /x HTTP/1.1\r\n"[..],
-            b"post /x HTTP/1.1\r\n",
-            b"PURGE /x HTTP/1.0\n",
-            b"\r\nPROPFIND * HTTP/1.1\r\nHost: x",
-            b"post /x HTTP/1.1",
-            b"\rPOST /x HTTP/1.1\r\n",
-            b"\r\rGET / HTTP/1.1\r\n",
-            b" \tpost\t/x\tHTTP/1.1\r\n",
-            b"post  /x  HTTP/1.2 \r\n",
-            b"post /x HTTP/2.0\r\n",
+        let http = Some(Protocol::Http1);
+        let other = Some(Protocol::Other(OtherReason::Unknown));
+        for (opening, want) in [
+            // Blank lines or other space before the request line, methods the list does not
+            // name, any spacing and version: HTTP, as a server that reads past or accepts them
+            // sees it.
+            (&b"\r\n\nPOST /x HTTP/1.1\r\n"[..], &http),
+            (b"post /x HTTP/1.1\r\n", &http),
+            (b"PURGE /x HTTP/1.0\n", &http),
+            (b"\r\nPROPFIND * HTTP/1.1\r\nHost: x", &http),
+            (b"post /x HTTP/1.1", &http),
+            (b"\rPOST /x HTTP/1.1\r\n", &http),
+            (b"\r\rGET / HTTP/1.1\r\n", &http),
+            (b" \tpost\t/x\tHTTP/1.1\r\n", &http),
+            (b"post  /x  HTTP/1.2 \r\n", &http),
+            (b"post /x HTTP/2.0\r\n", &http),
+            (b"\r\n", &None),
+            (b"\n\nPO", &None),
+            (b"post /x HTT", &None),
+            // What other protocols open with stays theirs, decided at the first byte or line
+            // end that shows it.
+            (b"get key\r\n", &other),
+            (b"SET k v\r\n", &other),
+            (b"*1\r\n$4\r\nPING\r\n", &other),
+            (b"AMQP\x00\x00\x09\x01", &other),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", &other),
+            (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n", &other),
         ] {
             assert_eq!(
-                classify(http),
-                Some(Protocol::Http1),
+                &classify(opening),
+                want,
                 "{:?}",
-                String::from_utf8_lossy(http)
-            );
-        }
-        assert_eq!(classify(b"\r\n"), None);
-        assert_eq!(classify(b"\n\nPO"), None);
-        assert_eq!(classify(b"post /x HTT"), None);
-        // What other protocols open with stays theirs, decided at the first byte or line end
-        // that shows it.
-        for other in [
-            &b"get key\r\n"[..],
-            b"SET k v\r\n",
-            b"*1\r\n$4\r\nPING\r\n",
-            b"AMQP\x00\x00\x09\x01",
-            b"SSH-2.0-OpenSSH_9.6\r\n",
-            b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n",
-        ] {
-            assert_eq!(
-                classify(other),
-                Some(Protocol::Other(OtherReason::Unknown)),
-                "{:?}",
-                String::from_utf8_lossy(other)
+                String::from_utf8_lossy(opening)
             );
         }
         assert_eq!(classify(b"POS"), None);
