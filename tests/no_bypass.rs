@@ -1190,3 +1190,35 @@ fn an_http_call_dressed_as_other_tcp_is_still_decided() {
     let got = raw_in(&s.cg, up.port, "hello\n");
     assert!(!got.starts_with("HTTP/1.1 403"), "{got}");
 }
+
+/// The other side of the rule above: on a `tcp: allow` service, a protocol whose server speaks
+/// first (SMTP, MySQL, FTP) still works. Its client says nothing until the banner comes, so the
+/// sniff ends silent; the gateway connects, the upstream speaks first, and the connection is
+/// spliced both ways.
+#[test]
+fn a_server_that_speaks_first_is_spliced_on_tcp_allow() {
+    let test = "a_server_that_speaks_first_is_spliced_on_tcp_allow";
+    if !ebpf_available(test) {
+        return;
+    }
+    let work = TestDir::new("banner");
+    let port = free_port();
+    let server = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port}))\ns.listen(16)\nwhile True:\n    c, _ = s.accept()\n\
+         \x20   try:\n        c.settimeout(10)\n        c.sendall(b'220 banner\\r\\n')\n\
+         \x20       d = c.recv(100)\n        c.sendall(b'echo ' + d)\n    except Exception:\n        pass\n\
+         \x20   c.close()\n"
+    );
+    let _up = Party::start(&["python3", "-c", &server], port, work.join("banner.log"));
+    let service = format!("service: banner\nmatch:\n  hosts: [\"127.0.0.1:{port}\"]\ntcp: allow\n");
+    let s = setup(test, &[("banner", &service)]);
+    let got = python_in(
+        &s.cg,
+        &format!(
+            "import socket\nc = socket.create_connection(('127.0.0.1', {port}), 5)\nc.settimeout(10)\n\
+             banner = c.recv(100)\nc.sendall(b'QUIT\\r\\n')\nprint(repr(banner + c.recv(100)))"
+        ),
+    );
+    assert_eq!(got, r"b'220 banner\r\necho QUIT\r\n'");
+}

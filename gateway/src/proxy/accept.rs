@@ -725,9 +725,18 @@ async fn pass_through(
     // the upstream has, what the client sends is still sniffed, and HTTP or TLS is refused: a
     // client that waits out the sniff must not have its call spliced past the policy.
     let prefix = if silent {
-        match first_word(&mut client, &upstream, inputs.cfg.http.sniff_timeout).await {
-            Ok(late) => late,
-            Err(e) => return (upstream::Transfer::default(), Err(e)),
+        let idle = inputs.cfg.idle_timeout;
+        let first = first_word(&mut client, &upstream, inputs.cfg.http.sniff_timeout);
+        match tokio::time::timeout(idle, first).await {
+            Ok(Ok(late)) => late,
+            Ok(Err(e)) => return (upstream::Transfer::default(), Err(e)),
+            // Neither side spoke: idle, as a spliced connection would be.
+            Err(_) => {
+                return (
+                    upstream::Transfer::default(),
+                    Err(upstream::ForwardError::Idle(idle)),
+                );
+            }
         }
     } else {
         prefix
