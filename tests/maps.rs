@@ -36,8 +36,12 @@ fn full_redirect_maps_evict_and_fail_closed() {
         map.insert(key, Redirect::default(), 0).expect("insert");
     }
     let planted = map.keys().filter_map(Result::ok).count();
+    // An LRU hash keeps free nodes in per-CPU lists, moved in batches of 128
+    // (LOCAL_FREE_TARGET): a thread that moves to another CPU while it fills the map leaves a
+    // batch behind on the one it left, and its inserts evict rather than take those.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     assert!(
-        planted as u32 >= REDIRECT_MAP_ENTRIES - 64,
+        planted as u32 >= REDIRECT_MAP_ENTRIES - 128 * cpus,
         "{planted} entries planted"
     );
 
