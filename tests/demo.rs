@@ -214,10 +214,15 @@ fn the_demo_shows_five_outcomes_and_ctrl_c_cleans_up() {
             .expect("callgate records")
     };
     let listed = cli(&["records", "list", "--json"]);
-    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+    let mut listed: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // A record is written when its call ends, so the list is in the order the
+    // calls finished: the agent may already have its answer (and send the next
+    // call) before the last bytes' record lands. The order they were made in is
+    // the order of their ids (UUIDv7, monotonic within the gateway).
+    listed.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let decided: Vec<(String, String)> = listed
         .iter()
         .filter(|r| r["decision"]["rule"].is_string())
