@@ -498,12 +498,18 @@ fn card_after_a_token() {
 fn json_escapes_do_not_hide_a_value() {
     // What a JSON reader sees: a card, an e-mail address and a field the policy masks, each
     // spelled with `\u` escapes that a byte scanner would read past.
-    let r = rules(json!(["card_number", "email", {"field": "$..ssn"}]));
+    let r = rules(json!(["card_number", "email", "secret_key", {"field": "$..ssn"}]));
     let input = r#"{"card": "\u0034111 1111 1111 1111", "n": "4\u00311\u0031111111111111",
         "mail": "al\u0040example\u002ecom", "\u0073sn": "078-05-1120",
-        "html": "\u003cb\u003e", "lit": "\\u0034111111111111111"}"#;
+        "html": "\u003cb\u003e", "lit": "\\u0034111111111111111",
+        "env": "aws_secret_access_key=wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY",
+        "page": "<\/script>"}"#;
     let out = same_at_every_split(&r, BodyKind::Json, input);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // `\/` is a slash to every JSON reader: the secret key is one, written with escapes.
+    assert!(!out.contains("bPxRfiCYEXAMPLEKEY"), "{out}");
+    assert_eq!(v["page"], "</script>", "{out}");
+    assert!(out.contains(r#""<\/script>""#), "HTML-safe escape kept: {out}");
     assert_eq!(v["card"], "************1111", "{out}");
     assert_eq!(v["n"], "************1111", "{out}");
     assert_eq!(v["mail"], "[MASKED:email]", "{out}");

@@ -2,8 +2,10 @@
 //! string `"41…"`, so a card number spelled with escapes has to be masked like one spelled
 //! plainly. Before a JSON body reaches the masker, escapes of the characters detectors match
 //! on (letters, digits and `@ . - _ + / = :` and space) are decoded: the document means the
-//! same, and the masker sees what a client's parser will. Every other escape stays as written,
-//! among them `\u003c`-style ones that keep a body safe to embed in HTML.
+//! same, and the masker sees what a client's parser will. `\/` is decoded too (an AWS secret
+//! key holds slashes), except after `<`: `<\/script>` keeps a body safe to embed in HTML, and
+//! no detector's match has a `<` before a `/`. Every other escape stays as written, among them
+//! `\u003c`-style ones that keep a body safe to embed in HTML.
 use memchr::memchr;
 
 /// The longest escape, `\uXXXX`, less one byte: what a chunk boundary can cut off.
@@ -13,6 +15,8 @@ const MAX_HELD: usize = 5;
 pub struct Unescaper {
     /// The start of an escape cut off by the end of the last chunk.
     held: Vec<u8>,
+    /// The last byte passed before `held`: whether a `\/` at a chunk's start follows a `<`.
+    last: u8,
 }
 
 impl Unescaper {
@@ -21,6 +25,9 @@ impl Unescaper {
     /// end is held back for the next call; `finish` gives it back.
     pub fn apply<'a>(&mut self, chunk: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
         if self.held.is_empty() && memchr(b'\\', chunk).is_none() {
+            if let Some(&b) = chunk.last() {
+                self.last = b;
+            }
             return chunk;
         }
         scratch.clear();
@@ -42,6 +49,13 @@ impl Unescaper {
                     break;
                 }
                 Some(b'u') => {}
+                Some(b'/') if esc.checked_sub(1).map_or(self.last, |p| buf[p]) != b'<' => {
+                    scratch.extend_from_slice(&buf[copied..esc]);
+                    scratch.push(b'/');
+                    copied = esc + 2;
+                    at = esc + 2;
+                    continue;
+                }
                 // Two-byte escapes (`\\`, `\"`, `\n`, …) pass as they are, and the byte after
                 // the backslash never starts another.
                 Some(_) => {
@@ -63,6 +77,9 @@ impl Unescaper {
         }
         debug_assert!(buf.len() - hold <= MAX_HELD);
         scratch.extend_from_slice(&buf[copied..hold]);
+        if let Some(p) = hold.checked_sub(1) {
+            self.last = buf[p];
+        }
         // Empty (and so without an allocation) unless a chunk boundary cut an escape.
         self.held = buf[hold..].to_vec();
         scratch
@@ -101,7 +118,7 @@ mod tests {
 
     #[test]
     fn decodes_what_detectors_match_and_keeps_the_rest() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 11] = [
             (r#"{"a":"\u0034\u0031\u0031\u0031"}"#, r#"{"a":"4111"}"#),
             (r#""x\u0040y\u002Ecom""#, r#""x@y.com""#),
             // An escaped backslash followed by the letters u0034 is not an escape.
@@ -112,7 +129,14 @@ mod tests {
                 r#""\u003c\u0022\u000a\u00e9\u2028""#,
                 r#""\u003c\u0022\u000a\u00e9\u2028""#,
             ),
-            (r#""\n\"\/""#, r#""\n\"\/""#),
+            (r#""\n\"\/""#, r#""\n\"/""#),
+            // `\/` is a slash (an AWS secret key holds them), but `<\/` stays: HTML-safe.
+            (
+                r#""wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY""#,
+                r#""wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY""#,
+            ),
+            (r#""<\/script>\\\/""#, r#""<\/script>\\/""#),
+            ("\"\\/\\/\"", "\"//\""),
             // Not hex: left alone.
             (r#""\u00zz4""#, r#""\u00zz4""#),
             ("no escapes at all", "no escapes at all"),
@@ -128,7 +152,7 @@ mod tests {
 
     #[test]
     fn every_split_point_gives_the_same_output() {
-        let input = br#"{"card":"\u0034111 1111 1111 1111","p":"a\\\\u0031\u0031\"","t":"x\"#;
+        let input = br#"{"card":"\u0034111 1111 1111 1111","p":"a\\\\u0031\u0031\"","s":"a\/b<\/c","t":"x\"#;
         let whole = run(&[input]);
         for i in 0..=input.len() {
             for j in i..=input.len() {
