@@ -14,6 +14,10 @@ use callgate_e2e::*;
 use serde_json::Value;
 
 const CARD: &str = "4111 1111 1111 1111";
+/// In a held call's arguments beside the card: the service masks neither, yet neither may be
+/// shown to approvers or kept in the approvals state.
+const EMAIL: &str = "jane.doe@example.com";
+const API_KEY: &str = "opaque-0b1c2d3e4f";
 
 struct Setup {
     gw: Gateway,
@@ -169,7 +173,9 @@ impl Setup {
     }
 
     fn refund(&self, client: Option<&str>) -> Call {
-        let body = format!(r#"{{"amount": 250, "card": "{CARD}"}}"#);
+        let body = format!(
+            r#"{{"amount": 250, "card": "{CARD}", "contact": "{EMAIL}", "api_key": "{API_KEY}"}}"#
+        );
         self.start("/v1/payments/p_1/refund", &body, client, 60)
     }
 
@@ -408,6 +414,13 @@ fn a_held_call_waits_for_an_approver() {
     assert_eq!(r["args"]["amount"], 250, "{r}");
     assert!(!r.to_string().contains(CARD), "arguments are masked: {r}");
     assert_eq!(r["args"]["card"], "************1111", "{r}");
+    assert_eq!(r["args"]["contact"], "[MASKED:email]", "{r}");
+    assert_eq!(r["args"]["api_key"], "[MASKED:credential]", "{r}");
+    let state = fs::read_to_string(s.gw.dir.join("state/approvals.json")).unwrap_or_default();
+    assert!(
+        state.contains("[MASKED:email]") && !state.contains(EMAIL) && !state.contains(API_KEY),
+        "approvals.json keeps the arguments masked: {state}"
+    );
     let held_for = r["expires_at_ms"].as_u64().unwrap() - r["requested_at_ms"].as_u64().unwrap();
     assert_eq!(held_for, 60_000, "{r}");
     assert_eq!(

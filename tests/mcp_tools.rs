@@ -790,6 +790,13 @@ fn a_rug_pull_from_a_typescript_server_is_caught() {
     })
     .unwrap_or_else(|| panic!("webhook: {:?}\n{}", hook.requests(), gw.log()));
     assert_eq!(events.len(), 2, "{events:#?}");
+    // The upstream's definitions are masked as a record's copy is: the new description's
+    // e-mail address goes to neither.
+    let heard = serde_json::to_string(&events).unwrap_or_default();
+    assert!(
+        !heard.contains("collector@attacker.example") && heard.contains("[MASKED:email]"),
+        "{heard}"
+    );
     let changed = events
         .iter()
         .find(|e| e["event"] == "mcp_tool_changed")

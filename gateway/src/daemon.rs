@@ -206,11 +206,14 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         .map(ToString::to_string)
         .collect();
 
+    let at_rest = Arc::new(crate::obligations::mask::MaskRules::all_detectors());
     let mut pins = crate::mcp::pins::PinStore::new(Some(&cfg.state_dir));
     if let Some(a) = &approvals {
-        // Tool changes go to the approvals webhook, to the people who review tools.
-        let a = a.clone();
-        pins = pins.with_events(crate::mcp::pins::EventSink(Arc::new(move |e| {
+        // Tool changes go to the approvals webhook, to the people who review tools: the
+        // upstream's definitions, masked as a record's copy of them is.
+        let (a, at_rest, key) = (a.clone(), at_rest.clone(), mask_key.clone());
+        pins = pins.with_events(crate::mcp::pins::EventSink(Arc::new(move |mut e| {
+            at_rest.mask_value(&key, &mut e);
             a.announce_event(e);
         })));
     }
@@ -242,6 +245,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
                 .with_namespaces(interceptor.namespaces().clone()),
         ),
         mask_key,
+        at_rest,
         inspection: InspectionBudget::new(
             cfg.http.max_inspected_bytes,
             cfg.http.max_inspected_per_connection_bytes,

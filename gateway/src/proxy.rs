@@ -58,6 +58,10 @@ pub struct ProxyInputs {
     pub upstreams: Arc<Upstreams>,
     /// Keys the `hash` mask style.
     pub mask_key: MaskKey,
+    /// Every built-in detector: what arguments kept at rest outside the records (a held
+    /// call's, in `approvals.json`, on the approvals page and in its webhook) get on top of
+    /// the policy's masks, as a record's do.
+    pub at_rest: Arc<crate::obligations::mask::MaskRules>,
     /// What inspected bodies and held answers may take in all; one for every connection.
     pub inspection: crate::proxy::http::InspectionBudget,
     /// MCP tool pins and what was seen of each MCP service's tools.

@@ -234,29 +234,6 @@ impl<P: From<Box<str>>> From<serde_json::Value> for RawJson<P> {
     }
 }
 
-/// Values under a credential's name (a `cookie` header in gRPC metadata, an `api_key` query
-/// parameter, a `password` field) are replaced: detectors cannot tell an opaque token from
-/// any other string, and a record must never hold one.
-fn drop_credentials(v: &mut serde_json::Value, depth: usize) {
-    use serde_json::Value;
-    if depth > 64 {
-        return;
-    }
-    match v {
-        Value::Object(o) => {
-            for (k, x) in o.iter_mut() {
-                if crate::obligations::mask::is_credential_name(k) && !x.is_null() {
-                    *x = Value::String("[MASKED:credential]".into());
-                } else {
-                    drop_credentials(x, depth + 1);
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| drop_credentials(x, depth + 1)),
-        _ => {}
-    }
-}
-
 /// A name a record holds, however it holds it (its own, shared with its connection or its
 /// policy, or a word the code chose), for [`Recorder::mask`] to read and, on a hit, replace.
 trait Name {
@@ -641,7 +618,7 @@ impl Recorder {
             self.masks.mask_value(&self.key, v);
         }
         if let Some(args) = &mut rec.args {
-            drop_credentials(args, 0);
+            crate::obligations::mask::drop_credentials(args);
         }
         // Names are text from the call too: a REST path with an e-mail address in it is the
         // function of an undeclared route; a tool name is the caller's to choose. Almost

@@ -509,7 +509,10 @@ fn json_escapes_do_not_hide_a_value() {
     // `\/` is a slash to every JSON reader: the secret key is one, written with escapes.
     assert!(!out.contains("bPxRfiCYEXAMPLEKEY"), "{out}");
     assert_eq!(v["page"], "</script>", "{out}");
-    assert!(out.contains(r#""<\/script>""#), "HTML-safe escape kept: {out}");
+    assert!(
+        out.contains(r#""<\/script>""#),
+        "HTML-safe escape kept: {out}"
+    );
     assert_eq!(v["card"], "************1111", "{out}");
     assert_eq!(v["n"], "************1111", "{out}");
     assert_eq!(v["mail"], "[MASKED:email]", "{out}");

@@ -77,6 +77,35 @@ pub fn is_credential_name(name: &str) -> bool {
     EXACT.contains(&name) || name.ends_with("-auth") || PARTS.iter().any(|p| name.contains(p))
 }
 
+/// Values under a credential's name (a `cookie` header in gRPC metadata, an `api_key` query
+/// parameter, a `password` field) are replaced: detectors cannot tell an opaque token from
+/// any other string, and nothing kept at rest (a record, a held call) may hold one.
+pub fn drop_credentials(v: &mut serde_json::Value) {
+    drop_credentials_below(v, 0);
+}
+
+fn drop_credentials_below(v: &mut serde_json::Value, depth: usize) {
+    use serde_json::Value;
+    if depth > 64 {
+        return;
+    }
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if is_credential_name(k) && !x.is_null() {
+                    *x = Value::String("[MASKED:credential]".into());
+                } else {
+                    drop_credentials_below(x, depth + 1);
+                }
+            }
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| drop_credentials_below(x, depth + 1)),
+        _ => {}
+    }
+}
+
 /// How a masked value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
