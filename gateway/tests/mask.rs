@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use callgate::{
     obligations::mask::MaskSpec,
-    obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules},
+    obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules, drop_credentials},
 };
 use serde_json::{Value, json};
 
@@ -893,6 +893,26 @@ fn card_numbers_written_as_any_number_are_masked() {
         assert!(
             !v["n"].as_str().unwrap_or_default().contains("411111111111"),
             "{v}"
+        );
+    }
+}
+
+/// A credential's value goes by its name at any depth a JSON body can be parsed to (serde_json
+/// stops at 128 levels); it was kept below 64.
+#[test]
+fn credentials_are_dropped_at_any_parsed_depth() {
+    for depth in [0, 1, 63, 64, 65, 100, 126] {
+        let text = format!(
+            "{}{{\"api_key\":\"opaque-token\",\"n\":1}}{}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let mut v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{depth}: {e}"));
+        drop_credentials(&mut v);
+        let out = v.to_string();
+        assert!(
+            !out.contains("opaque-token") && out.contains("[MASKED:credential]"),
+            "depth {depth}: {out}"
         );
     }
 }

@@ -84,9 +84,13 @@ pub fn drop_credentials(v: &mut serde_json::Value) {
     drop_credentials_below(v, 0);
 }
 
+/// As deep as serde_json parses (its recursion limit), so no parsed value has a level below
+/// this bound; it only stops a hand-built value from recursing without end.
+const CREDENTIAL_DEPTH: usize = 128;
+
 fn drop_credentials_below(v: &mut serde_json::Value, depth: usize) {
     use serde_json::Value;
-    if depth > 64 {
+    if depth > CREDENTIAL_DEPTH {
         return;
     }
     match v {
