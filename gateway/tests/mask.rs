@@ -916,3 +916,75 @@ fn credentials_are_dropped_at_any_parsed_depth() {
         );
     }
 }
+
+/// An escape left as written (`\n`, `\t`, `\u0022`) right before a value: its last letter or
+/// digit read as part of the value, and the value was not masked, though a JSON reader sees a
+/// newline or a quote there. Nor may a replacement start inside an escape (invalid JSON).
+#[test]
+fn an_escape_next_to_a_value_does_not_hide_it() {
+    let r = all();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let cases: &[(&str, &str)] = &[
+        (r#"{"t":"a\n4111111111111111"}"#, "4111111111111111"),
+        (r#"{"t":"a\t4111 1111 1111 1111"}"#, "4111 1111 1111 1111"),
+        (r#"{"t":"a\b4111111111111111\f"}"#, "4111111111111111"),
+        (
+            r#"{"t":"card \u00224111111111111111\u0022"}"#,
+            "4111111111111111",
+        ),
+        (r#"{"t":"x\u000a4111111111111111"}"#, "4111111111111111"),
+        (
+            r#"{"t":"line\nsk_live_4eC39HqLyjWDarjtT1zdp7dc"}"#,
+            "4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        (r#"{"t":"a\n123-45-6789"}"#, "123-45-6789"),
+        (
+            r#"{"t":"a\nGB82WEST12345698765432"}"#,
+            "GB82WEST12345698765432",
+        ),
+        (r#"{"t":"a\nAKIAIOSFODNN7EXAMPLE"}"#, "AKIAIOSFODNN7EXAMPLE"),
+        (
+            r#"{"t":"a\rghp_abcdefghijklmnopqrstuvwxyz0123456789"}"#,
+            "ghp_abcdefghij",
+        ),
+        (r#"{"m":"a\njohn@example.com"}"#, "john@example.com"),
+        (r#"{"m":"john\u0025x@example.com"}"#, "x@example.com"),
+        (
+            r#"{"f":"[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"}"#,
+            secret,
+        ),
+        // A secret quoted inside a string, or a JSON document inside a string.
+        (
+            r#"{"env":"aws_secret_access_key = \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\""}"#,
+            secret,
+        ),
+        (
+            r#"{"env":"aws_secret_access_key=\u0027wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\u0027"}"#,
+            secret,
+        ),
+        (
+            r#"{"body":"{\"SecretAccessKey\":\"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"}"}"#,
+            secret,
+        ),
+        // JSON's own whitespace between a secret's name and its value.
+        (
+            "{\"aws_secret_access_key\":\n  \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"}",
+            secret,
+        ),
+        (
+            r#"{"SecretAccessKey":          "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}"#,
+            secret,
+        ),
+    ];
+    for (input, value) in cases {
+        let out = same_at_every_split(&r, BodyKind::Json, input);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert!(
+            !v.to_string().contains(value),
+            "{input} gave {out}: {value} in view"
+        );
+    }
+    // What is not a value stays as written.
+    let calm = r#"{"t":"a\n\u0022quoted\u0022\tb\\c\u00e9"}"#;
+    assert_eq!(same_at_every_split(&r, BodyKind::Json, calm), calm);
+}

@@ -105,8 +105,12 @@ const SECRET_NAMES: [&str; 3] = [
 /// small answer's streaming scan more than the search itself.
 static SECRET_FINDERS: std::sync::LazyLock<[memchr::memmem::FinderRev<'static>; 3]> =
     std::sync::LazyLock::new(|| SECRET_NAMES.map(memchr::memmem::FinderRev::new));
+/// The most bytes between a secret's name and its value: quotes, `=` or `:`, and the
+/// whitespace JSON, YAML or an env file allows (a JSON key, a newline and an indent; an
+/// escaped quote reads as spaces and a quote, see `unescape::View`).
+const SECRET_SEPARATORS: usize = 32;
 /// A secret's name, separators and 40-byte value fit in this many bytes.
-const SECRET_NAME_WINDOW: usize = 21 + 8 + 40;
+const SECRET_NAME_WINDOW: usize = 21 + SECRET_SEPARATORS + 40;
 
 /// Anchors of the token detectors. Order matters only for leftmost-longest ties.
 const ANCHORS: &[(&str, Detector)] = &[
@@ -763,7 +767,7 @@ fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Result<Hit, usize> {
         {
             // `aws_secret_access_key = "…"`: the value after the name is the secret.
             let mut v = body;
-            while v < t.len() && v - body < 8 && b" \t:=\"'".contains(&t[v]) {
+            while v < t.len() && v - body < SECRET_SEPARATORS && b" \t\r\n:=\"'".contains(&t[v]) {
                 v += 1;
             }
             let e = run(v, |c| c.is_ascii_alphanumeric() || c == b'/' || c == b'+');

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{
     AnswerSpans, Carry, MaskKey, MaskRules, MaskStats, Span, Style, TextMasker,
     detect::{self, Detector, Hit, Kind},
-    unescape::Unescaper,
+    unescape::{Unescaper, View},
 };
 use crate::util::{
     json_blocks::{Block, Classifier},
@@ -183,6 +183,8 @@ pub struct JsonMasker {
     /// Decodes escapes that would hide a match (`\u0034` for `4`) before anything else looks.
     unescape: Unescaper,
     unescaped: Vec<u8>,
+    /// What detectors read in place of the escapes left as written.
+    view: View,
     /// For a recorded answer: the values the rules leave in, for the record.
     spans: Spans,
 }
@@ -207,6 +209,13 @@ struct Tracking {
     written: usize,
     /// Where this push's output starts in its `out`.
     base: usize,
+}
+
+/// Hits widened to whole escapes ([`View::widen`]).
+fn widen(view: &View, hits: &mut [Hit]) {
+    for h in hits {
+        (h.start, h.end) = view.widen(h.start, h.end);
+    }
 }
 
 /// A replaced piece of input, `in_start..in_end`, and its replacement in the output.
@@ -296,6 +305,7 @@ impl JsonMasker {
             masked: 0,
             unescape: Unescaper::default(),
             unescaped: Vec::new(),
+            view: View::default(),
             spans: Spans::Off,
         }
     }
@@ -393,20 +403,27 @@ impl JsonMasker {
         } else {
             &self.rules.scanner
         };
+        // Detectors read the escapes left as written as what they stand for; a piece never
+        // ends inside one, so the next piece's view starts where an escape can.
+        let mut view = std::mem::take(&mut self.view);
+        view.build(buf);
+        let seen = view.read(buf);
         let safe = if eof {
             buf.len()
         } else {
-            detect::pending_from(scanner, buf)
+            view.start_of(detect::pending_from(scanner, seen))
         };
         self.hits.clear();
         match &mut self.spans {
             Spans::On(t) => {
                 t.other.clear();
                 self.behind
-                    .scan_split(scanner, buf, &mut self.hits, &mut t.other);
+                    .scan_split(scanner, seen, &mut self.hits, &mut t.other);
+                widen(&view, &mut t.other);
             }
-            _ => self.behind.scan(scanner, buf, &mut self.hits),
+            _ => self.behind.scan(scanner, seen, &mut self.hits),
         }
+        widen(&view, &mut self.hits);
         let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut end = safe;
         // A private key too long to hold: the text masker swallows it up to its END line.
@@ -451,9 +468,9 @@ impl JsonMasker {
             Ok(())
         };
         self.hits = hits;
-        match result.err().or(text_from) {
+        let consumed = match result.err().or(text_from) {
             None => {
-                self.behind.keep(buf, end, cut);
+                self.behind.keep(view.read(buf), end, cut);
                 end
             }
             Some(at) => {
@@ -466,7 +483,9 @@ impl JsonMasker {
                 self.fallback = Some(text);
                 buf.len()
             }
-        }
+        };
+        self.view = view;
+        consumed
     }
 
     /// Writes `buf[..end]` masked, knowing only whether each hit is inside a string. A card
@@ -479,6 +498,15 @@ impl JsonMasker {
         let mut reps: Vec<Replaced> = Vec::new();
         let mut pos = 0;
         for h in hits.iter().take_while(|h| h.start < end) {
+            // Widened to whole escapes, two hits may share one: the second starts where the
+            // first stopped.
+            if h.end.min(end) <= pos {
+                continue;
+            }
+            let h = &Hit {
+                start: h.start.max(pos),
+                ..*h
+            };
             self.quotes.advance(&buf[pos..h.start]);
             out.extend_from_slice(&buf[pos..h.start]);
             let hit_end = h.end.min(end);
@@ -538,8 +566,8 @@ impl JsonMasker {
         let origin = t.written;
         let base = t.base;
         for h in t.other.iter().take_while(|h| h.start < end) {
-            quotes.advance(&buf[at..h.start]);
-            at = h.start;
+            quotes.advance(&buf[at..h.start.max(at)]);
+            at = h.start.max(at);
             let stop = if quotes.in_string {
                 quotes
                     .string_end(&buf[h.start..h.end])

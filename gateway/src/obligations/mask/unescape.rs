@@ -1,11 +1,13 @@
 //! JSON escapes a detector would not see through. To any JSON reader `"\u0034\u0031…"` is the
 //! string `"41…"`, so a card number spelled with escapes has to be masked like one spelled
 //! plainly. Before a JSON body reaches the masker, escapes of the characters detectors match
-//! on (letters, digits and `@ . - _ + / = :` and space) are decoded: the document means the
-//! same, and the masker sees what a client's parser will. `\/` is decoded too (an AWS secret
-//! key holds slashes), except after `<`: `<\/script>` keeps a body safe to embed in HTML, and
-//! no detector's match has a `<` before a `/`. Every other escape stays as written, among them
-//! `\u003c`-style ones that keep a body safe to embed in HTML.
+//! on (letters, digits, `@ . - _ + / = :` and space, and the rest of what an e-mail address's
+//! local part may hold but HTML does not mind, `% ! # $ * ? ^ ` { | } ~`) are decoded: the
+//! document means the same, and the masker sees what a client's parser will. `\/` is decoded
+//! too (an AWS secret key holds slashes), except after `<`: `<\/script>` keeps a body safe to
+//! embed in HTML, and no detector's match has a `<` before a `/`. Every other escape stays as
+//! written, among them `\u003c`-style ones that keep a body safe to embed in HTML, and
+//! detectors read it through a [`View`]: as the character it stands for.
 use memchr::memchr;
 
 /// The longest escape, `\uXXXX`, less one byte: what a chunk boundary can cut off.
@@ -91,14 +93,113 @@ impl Unescaper {
     }
 }
 
-/// The character `\uXXXX` stands for, when it is one to decode.
-fn decoded(hex: &[u8]) -> Option<u8> {
+/// The value of `\uXXXX`'s four hex digits.
+fn code_unit(hex: &[u8]) -> Option<u32> {
     let mut v: u32 = 0;
     for &h in hex {
         v = v * 16 + char::from(h).to_digit(16)?;
     }
-    let c = u8::try_from(v).ok()?;
-    (c.is_ascii_alphanumeric() || b" @.-_+/=:".contains(&c)).then_some(c)
+    Some(v)
+}
+
+/// The character `\uXXXX` stands for, when it is one to decode: what detectors match on, and
+/// the punctuation an e-mail address's local part may hold that no HTML parser minds.
+fn decoded(hex: &[u8]) -> Option<u8> {
+    let c = u8::try_from(code_unit(hex)?).ok()?;
+    (c.is_ascii_alphanumeric() || b" @.-_+/=:%!#$*?^`{|}~".contains(&c)).then_some(c)
+}
+
+/// What detectors read in place of the JSON escapes [`Unescaper`] leaves as written (`\n`,
+/// `\"`, `\u0022`, `\u00e9`, …): a copy of the text of the same length, each escape turned
+/// into spaces ending in the character it stands for (`\n` reads ` \n`, `\u0022` reads
+/// `     "`), or a space where that is no ASCII character a detector could mistake for part of
+/// a value. Read as written, the escape's last letter or digit (`n`, `2`) joined the value
+/// after it: `"a\n4111…"` or `"\u00224111…\u0022"` hid a card number that a JSON reader sees
+/// standing alone. Offsets are unchanged, so hits map back to the text; a hit that starts or
+/// ends inside an escape is widened to the whole escape ([`View::widen`]), so no escape is
+/// ever cut in two by a replacement.
+///
+/// A piece of text must not start inside an escape: the streaming masker stops a piece only
+/// where [`View::start_of`] says an escape does not continue.
+#[derive(Debug, Default)]
+pub struct View {
+    bytes: Vec<u8>,
+    /// Each escape's `start..end` in the text, in order.
+    escapes: Vec<(usize, usize)>,
+}
+
+impl View {
+    /// The text detectors should read for `t` ([`View::build`] first): `t` itself when it has
+    /// no escape left.
+    pub fn read<'a>(&'a self, t: &'a [u8]) -> &'a [u8] {
+        if self.escapes.is_empty() {
+            t
+        } else {
+            &self.bytes
+        }
+    }
+
+    /// Builds the view of `t`.
+    pub fn build(&mut self, t: &[u8]) {
+        self.escapes.clear();
+        let Some(first) = memchr(b'\\', t) else {
+            return;
+        };
+        self.bytes.clear();
+        self.bytes.extend_from_slice(t);
+        let mut at = first;
+        loop {
+            let len = if t.get(at + 1) == Some(&b'u') { 6 } else { 2 };
+            let end = (at + len).min(t.len());
+            let stands_for = match t.get(at + 1) {
+                Some(b'u') => t
+                    .get(at + 2..at + 6)
+                    .and_then(code_unit)
+                    .and_then(|v| u8::try_from(v).ok()),
+                Some(b'n') => Some(b'\n'),
+                Some(b'r') => Some(b'\r'),
+                Some(b't') => Some(b'\t'),
+                other => other.copied(),
+            };
+            let shown = match stands_for {
+                Some(c @ (b'\n' | b'\r' | b'\t')) => c,
+                Some(c) if c.is_ascii_punctuation() && c != b'\\' => c,
+                _ => b' ',
+            };
+            self.bytes[at..end].fill(b' ');
+            self.bytes[end - 1] = shown;
+            self.escapes.push((at, end));
+            match memchr(b'\\', &t[end..]) {
+                Some(k) => at = end + k,
+                None => break,
+            }
+        }
+    }
+
+    /// `p`, or the start of the escape `p` falls inside: a piece may end there.
+    pub fn start_of(&self, p: usize) -> usize {
+        match self.around(p) {
+            Some((s, _)) => s,
+            None => p,
+        }
+    }
+
+    /// `start..end` widened to whole escapes at both ends.
+    pub fn widen(&self, start: usize, end: usize) -> (usize, usize) {
+        let s = self.around(start).map_or(start, |e| e.0);
+        let e = match self.around(end) {
+            Some((_, e)) => e,
+            None => end,
+        };
+        (s, e)
+    }
+
+    /// The escape strictly containing `p` (past its first byte).
+    fn around(&self, p: usize) -> Option<(usize, usize)> {
+        let k = self.escapes.partition_point(|e| e.0 < p);
+        let e = *self.escapes.get(k.checked_sub(1)?)?;
+        (p > e.0 && p < e.1).then_some(e)
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +249,24 @@ mod tests {
                 "{input}"
             );
         }
+    }
+
+    #[test]
+    fn the_view_reads_escapes_as_what_they_stand_for() {
+        let mut v = View::default();
+        let t = br#""a\n4111\u0022x\\y\u00e9z\"""#;
+        v.build(t);
+        let seen = v.read(t).to_vec();
+        assert_eq!(seen.len(), t.len());
+        assert_eq!(&seen[..], b"\"a \n4111     \"x  y      z \"\"".as_slice());
+        // Inside `\u0022` (bytes 8..14): back to its start; widened to the whole of it.
+        assert_eq!(v.start_of(10), 8);
+        assert_eq!(v.start_of(8), 8);
+        assert_eq!(v.start_of(14), 14);
+        assert_eq!(v.widen(10, 12), (8, 14));
+        assert_eq!(v.widen(4, 8), (4, 8));
+        v.build(b"plain");
+        assert_eq!(v.read(b"plain"), b"plain");
     }
 
     #[test]
