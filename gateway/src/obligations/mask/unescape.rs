@@ -176,6 +176,11 @@ impl View {
         }
     }
 
+    /// Whether the text had no escape left: the view is the text.
+    pub fn is_plain(&self) -> bool {
+        self.escapes.is_empty()
+    }
+
     /// `p`, or the start of the escape `p` falls inside: a piece may end there.
     pub fn start_of(&self, p: usize) -> usize {
         match self.around(p) {
