@@ -413,6 +413,22 @@ impl Gateway {
             .ok()
     }
 
+    /// SIGTERM, as an operator stops it: waits up to `within` for it to exit, and says whether
+    /// it did (a gateway still running then is killed).
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on our own child's pid, which stays reserved until we wait for it.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited = wait_for(within, || child.try_wait().ok()?).is_some();
+        if !exited {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        exited
+    }
+
     /// SIGKILL: no clean-up of any kind, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | fuzz | bench`.
 //!
 //! `setup` is idempotent and quiet when everything is present; every other task runs it first,
 //! so a fresh machine needs nothing but `cargo xtask run` or `cargo xtask test`.
+mod pgo;
 mod run;
 mod setup;
 
@@ -29,6 +30,11 @@ enum Task {
         /// Build with the release profile.
         #[arg(long)]
         release: bool,
+        /// Profile-guided: build instrumented, train it on the `train` bench (root, eBPF,
+        /// about a minute), build again with its profile, into `target/pgo/callgate`. About
+        /// 10% less CPU per call than the plain release build; three builds' time.
+        #[arg(long, requires = "release")]
+        pgo: bool,
     },
     /// Build, then run `callgate demo`: a gateway, a payments API, an MCP tool server and an
     /// agent whose calls are shown as they are decided, until Ctrl-C.
@@ -66,6 +72,10 @@ enum Task {
         /// `calls`: CPU, context switches and system calls per call at light load.
         #[arg(long, default_value = "connect")]
         suite: String,
+        /// Measure the plain release build, not the profile-guided one (`build --pgo`) that
+        /// suites running the gateway binary measure by default.
+        #[arg(long)]
+        no_pgo: bool,
     },
 }
 
@@ -75,9 +85,18 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.task {
         Task::Setup => setup::run(&setup::Needs::all()),
-        Task::Build { release } => {
-            setup::run(&setup::Needs::build())?;
-            build(release)
+        Task::Build { release, pgo } => {
+            // Training runs the bench world: nginx, wrk, h2load, openssl.
+            setup::run(&if pgo {
+                setup::Needs::all()
+            } else {
+                setup::Needs::build()
+            })?;
+            if pgo {
+                pgo::build(&root).map(drop)
+            } else {
+                build(release)
+            }
         }
         Task::Run { args } => {
             setup::run(&setup::Needs::demo())?;
@@ -107,10 +126,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { suite } => {
+        Task::Bench { suite, no_pgo } => {
+            // A misspelt suite is said before any build.
+            bench_suites(&suite)?;
             setup::run(&setup::Needs::all())?;
-            build(true)?;
-            bench(&root, &suite)
+            let bin = if no_pgo || !runs_the_binary(&suite) {
+                build(true)?;
+                root.join("target/release/callgate")
+            } else {
+                pgo::build(&root)?
+            };
+            bench(&suite, &bin)
         }
     }
 }
@@ -155,7 +181,7 @@ const TEST_DISK_BYTES: u64 = 8 << 30;
 
 /// Stops a test run that would die of a full disk halfway through a link step (where the
 /// error reads "Bus error" or a truncated rmeta) with a message that says so up front.
-fn check_disk(dir: &Path, needed: u64) -> Result<()> {
+pub(crate) fn check_disk(dir: &Path, needed: u64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let out = Command::new("df")
         .args(["--output=avail", "-B1"])
@@ -561,27 +587,39 @@ impl Counts {
     }
 }
 
-fn bench(root: &Path, suite: &str) -> Result<()> {
+/// Whether a bench suite runs the `callgate` binary (the others are criterion benches of its
+/// modules, in-process, which a profile of the binary does not change).
+fn runs_the_binary(suite: &str) -> bool {
+    !matches!(suite, "micro" | "decide" | "mask" | "record")
+}
+
+/// The bench targets a suite runs.
+fn bench_suites(suite: &str) -> Result<Vec<&'static str>> {
     const SUITES: [&str; 8] = [
         "connect", "decide", "mask", "record", "l7", "soak", "ab", "calls",
     ];
     // The criterion benches of the hot modules, in-process.
     const MICRO: [&str; 4] = ["micro", "decide", "mask", "record"];
-    let suites: Vec<&str> = match suite {
+    Ok(match suite {
         // `all` leaves out the 10-minute soak.
         "all" => SUITES[..5].to_vec(),
         "micro" => MICRO.to_vec(),
-        s if SUITES.contains(&s) => vec![s],
-        other => bail!(
-            "unknown bench suite {other:?}; known: {}, micro, all",
-            SUITES.join(", ")
-        ),
-    };
-    for s in suites {
+        s => match SUITES.iter().find(|&&k| k == s) {
+            Some(&k) => vec![k],
+            None => bail!(
+                "unknown bench suite {s:?}; known: {}, micro, all",
+                SUITES.join(", ")
+            ),
+        },
+    })
+}
+
+fn bench(suite: &str, bin: &Path) -> Result<()> {
+    for s in bench_suites(suite)? {
         run_cmd(
             cargo()
                 .args(["bench", "--package", "callgate-benches", "--bench", s])
-                .env("CALLGATE_BIN", root.join("target/release/callgate")),
+                .env("CALLGATE_BIN", bin),
         )?;
     }
     Ok(())

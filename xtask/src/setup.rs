@@ -22,6 +22,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// bpf-linker is built against the LLVM these packages provide.
 const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
+    // llvm-profdata-22 merges the profiles of a profile-guided build (`build --pgo`): rustc's
+    // LLVM is 22 too, and a profile's format follows the LLVM major version.
+    "llvm-22",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
@@ -279,7 +282,7 @@ fn node_parties(root: bool) -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
