@@ -1035,3 +1035,16 @@ fn values_sharing_an_escape_are_both_masked() {
         assert!(!t.contains("123456") && !t.contains("654321"), "{out}");
     }
 }
+
+/// A body whose nesting breaks is masked as text from there on: escapes hide nothing there
+/// either, and no replacement starts inside one.
+#[test]
+fn escapes_hide_nothing_after_json_breaks() {
+    let r = all();
+    let input = r#"{"ok":"x"}]],"t":"a\n4111111111111111 \u00224012888888881881\u0022 a\njohn@example.com"}"#;
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    for value in ["4111111111111111", "4012888888881881", "john@"] {
+        assert!(!out.contains(value), "{value} in {out}");
+    }
+    assert!(!out.contains(r"\["), "a replacement cut an escape: {out}");
+}

@@ -700,6 +700,12 @@ pub struct TextMasker {
     in_pem: bool,
     behind: detect::Behind,
     pub stats: MaskStats,
+    /// JSON read as text ([`TextMasker::json`]): its escapes decoded and read as the JSON
+    /// masker reads them.
+    json: bool,
+    unescape: unescape::Unescaper,
+    unescaped: Vec<u8>,
+    view: unescape::View,
 }
 
 impl TextMasker {
@@ -712,11 +718,35 @@ impl TextMasker {
             in_pem: false,
             behind: detect::Behind::default(),
             stats: MaskStats::default(),
+            json: false,
+            unescape: unescape::Unescaper::default(),
+            unescaped: Vec::new(),
+            view: unescape::View::default(),
+        }
+    }
+
+    /// A text masker for JSON it cannot follow (a body whose nesting broke, an MCP message
+    /// too long to hold): escapes cannot hide a value from it either.
+    pub fn json(rules: Arc<MaskRules>, key: MaskKey) -> Self {
+        Self {
+            json: true,
+            ..Self::new(rules, key)
         }
     }
 
     /// Masks `chunk`, appending what can be released to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if !self.json {
+            return self.feed(chunk, out);
+        }
+        let mut unescape = std::mem::take(&mut self.unescape);
+        let mut scratch = std::mem::take(&mut self.unescaped);
+        self.feed(unescape.apply(chunk, &mut scratch), out);
+        self.unescape = unescape;
+        self.unescaped = scratch;
+    }
+
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut carry = std::mem::take(&mut self.carry);
         carry.feed(chunk, |buf| self.process(buf, false, out));
         self.carry = carry;
@@ -724,6 +754,10 @@ impl TextMasker {
 
     /// The body ended: release everything held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.json {
+            let held = self.unescape.finish();
+            self.feed(&held, out);
+        }
         let buf = self.carry.take();
         self.process(&buf, true, out);
         self.in_pem = false;
@@ -761,16 +795,23 @@ impl TextMasker {
             }
         }
         let rest = &buf[start..];
+        // JSON read as text: escapes read as what they stand for (see `unescape::View`).
+        let mut view = std::mem::take(&mut self.view);
+        if self.json {
+            view.build(rest);
+        }
+        let seen = view.read(rest);
         let safe = if eof {
             rest.len()
         } else {
-            detect::pending_from(&self.rules.scanner, rest)
+            view.start_of(detect::pending_from(&self.rules.scanner, seen))
         };
         self.hits.clear();
         if start > 0 {
             self.behind.clear();
         }
-        self.behind.scan(&self.rules.scanner, rest, &mut self.hits);
+        self.behind.scan(&self.rules.scanner, seen, &mut self.hits);
+        view.widen_hits(&mut self.hits);
         let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut pos = 0;
         let mut end = safe;
@@ -781,6 +822,7 @@ impl TextMasker {
                     self.rules.render(&self.key, h.kind, b"", out);
                     self.stats.masked += 1;
                     self.in_pem = !eof;
+                    self.view = view;
                     return buf.len();
                 }
                 end = end.min(h.start);
@@ -798,7 +840,8 @@ impl TextMasker {
         }
         let end = end.max(pos);
         out.extend_from_slice(&rest[pos..end]);
-        self.behind.keep(rest, end, cut);
+        self.behind.keep(seen, end, cut);
+        self.view = view;
         start + end
     }
 }

@@ -255,31 +255,6 @@ fn whole_number(buf: &[u8], p: usize) -> usize {
     if run == 64 { p } else { p - run }
 }
 
-/// Hits widened to whole escapes ([`View::widen`]); two that then share an escape become one,
-/// so that no writer drops the second as already written.
-fn widen(view: &View, hits: &mut Vec<Hit>) {
-    if view.is_plain() {
-        return;
-    }
-    let mut kept: usize = 0;
-    for i in 0..hits.len() {
-        let mut h = hits[i];
-        (h.start, h.end) = view.widen(h.start, h.end);
-        match kept.checked_sub(1).map(|k| &mut hits[k]) {
-            Some(last) if h.start < last.end => {
-                last.end = last.end.max(h.end);
-                last.open |= h.open;
-                last.cut |= h.cut;
-            }
-            _ => {
-                hits[kept] = h;
-                kept += 1;
-            }
-        }
-    }
-    hits.truncate(kept);
-}
-
 /// A replaced piece of input, `in_start..in_end`, and its replacement in the output.
 type Replaced = (usize, usize, usize, usize);
 
@@ -481,11 +456,11 @@ impl JsonMasker {
                 t.other.clear();
                 self.behind
                     .scan_split(scanner, seen, &mut self.hits, &mut t.other);
-                widen(&view, &mut t.other);
+                view.widen_hits(&mut t.other);
             }
             _ => self.behind.scan(scanner, seen, &mut self.hits),
         }
-        widen(&view, &mut self.hits);
+        view.widen_hits(&mut self.hits);
         let cut = detect::cut_long_hit(&mut self.hits, safe);
         let mut end = safe;
         // A private key too long to hold: the text masker swallows it up to its END line.
@@ -537,7 +512,7 @@ impl JsonMasker {
             }
             Some(at) => {
                 self.spans = Spans::Lost;
-                let mut text = TextMasker::new(self.rules.clone(), self.key.clone());
+                let mut text = TextMasker::json(self.rules.clone(), self.key.clone());
                 text.push(&buf[at..], out);
                 if eof {
                     text.finish(out);

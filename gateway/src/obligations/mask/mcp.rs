@@ -61,7 +61,7 @@ pub struct McpMasker {
 impl McpMasker {
     pub fn new(rules: Arc<MaskRules>, key: MaskKey, events: bool, max: usize) -> Self {
         Self {
-            text: TextMasker::new(rules.clone(), key.clone()),
+            text: TextMasker::json(rules.clone(), key.clone()),
             rules,
             key,
             events,
@@ -142,7 +142,7 @@ impl McpMasker {
         self.text.finish(out);
         self.stats.masked += self.text.stats.masked;
         self.scanned += self.text.scanned();
-        self.text = TextMasker::new(self.rules.clone(), self.key.clone());
+        self.text = TextMasker::json(self.rules.clone(), self.key.clone());
         self.overlong = false;
     }
 
@@ -215,6 +215,41 @@ mod tests {
             yaml_serde::from_str("[card_number, email, { field: \"$.ssn\" }]").expect("specs");
         let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
         McpMasker::new(rules, MaskKey::from_bytes([7; 32]), events, 1 << 20)
+    }
+
+    /// A message too long to hold, or not JSON, is masked as text: escapes still hide nothing
+    /// (`\n` before a card, a card written with `\u` escapes), and no replacement cuts one.
+    #[test]
+    fn text_fallbacks_read_escapes_as_what_they_stand_for() {
+        let specs: Vec<MaskSpec> = yaml_serde::from_str("[card_number, email]").expect("specs");
+        let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a\n4111111111111111 b\u00224012888888881881\u0022 \u0035555555555554444 x\njane@example.com"}]}}"#;
+        for (events, max) in [(false, 16), (true, 16), (false, 1 << 20)] {
+            let body = if events {
+                format!("event: message\r\ndata: {text}\r\n\r\n")
+            } else if max == 16 {
+                text.to_string()
+            } else {
+                // Not JSON at all: masked as text at the end.
+                format!("{text}]]")
+            };
+            let mut m = McpMasker::new(rules.clone(), MaskKey::from_bytes([7; 32]), events, max);
+            let mut out = Vec::new();
+            for piece in body.as_bytes().chunks(5) {
+                m.push(piece, &mut out);
+            }
+            m.finish(&mut out);
+            let out = String::from_utf8(out).expect("utf8");
+            for value in [
+                "4111111111111111",
+                "4012888888881881",
+                "5555555555554444",
+                "jane@",
+            ] {
+                assert!(!out.contains(value), "{events} {max}: {value} in {out}");
+            }
+            assert!(!out.contains("\\["), "a replacement cut an escape: {out}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! detectors read it through a [`View`]: as the character it stands for.
 use memchr::memchr;
 
+use super::detect::Hit;
+
 /// The longest escape, `\uXXXX`, less one byte: what a chunk boundary can cut off.
 const MAX_HELD: usize = 5;
 
@@ -197,6 +199,31 @@ impl View {
             None => end,
         };
         (s, e)
+    }
+
+    /// Hits widened to whole escapes ([`View::widen`]); two that then share an escape become
+    /// one, so that no writer drops the second as already written.
+    pub fn widen_hits(&self, hits: &mut Vec<Hit>) {
+        if self.is_plain() {
+            return;
+        }
+        let mut kept: usize = 0;
+        for i in 0..hits.len() {
+            let mut h = hits[i];
+            (h.start, h.end) = self.widen(h.start, h.end);
+            match kept.checked_sub(1).map(|k| &mut hits[k]) {
+                Some(last) if h.start < last.end => {
+                    last.end = last.end.max(h.end);
+                    last.open |= h.open;
+                    last.cut |= h.cut;
+                }
+                _ => {
+                    hits[kept] = h;
+                    kept += 1;
+                }
+            }
+        }
+        hits.truncate(kept);
     }
 
     /// The escape strictly containing `p` (past its first byte).
