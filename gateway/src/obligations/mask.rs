@@ -702,7 +702,11 @@ pub struct TextMasker {
     pub stats: MaskStats,
     /// JSON read as text ([`TextMasker::json`]): its escapes decoded and read as the JSON
     /// masker reads them.
-    json: bool,
+    json: Option<Box<JsonText>>,
+}
+
+#[derive(Debug, Default)]
+struct JsonText {
     unescape: unescape::Unescaper,
     unescaped: Vec<u8>,
     view: unescape::View,
@@ -718,10 +722,7 @@ impl TextMasker {
             in_pem: false,
             behind: detect::Behind::default(),
             stats: MaskStats::default(),
-            json: false,
-            unescape: unescape::Unescaper::default(),
-            unescaped: Vec::new(),
-            view: unescape::View::default(),
+            json: None,
         }
     }
 
@@ -729,21 +730,23 @@ impl TextMasker {
     /// too long to hold): escapes cannot hide a value from it either.
     pub fn json(rules: Arc<MaskRules>, key: MaskKey) -> Self {
         Self {
-            json: true,
+            json: Some(Box::default()),
             ..Self::new(rules, key)
         }
     }
 
     /// Masks `chunk`, appending what can be released to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        if !self.json {
+        let Some(j) = &mut self.json else {
             return self.feed(chunk, out);
-        }
-        let mut unescape = std::mem::take(&mut self.unescape);
-        let mut scratch = std::mem::take(&mut self.unescaped);
+        };
+        let mut unescape = std::mem::take(&mut j.unescape);
+        let mut scratch = std::mem::take(&mut j.unescaped);
         self.feed(unescape.apply(chunk, &mut scratch), out);
-        self.unescape = unescape;
-        self.unescaped = scratch;
+        if let Some(j) = &mut self.json {
+            j.unescape = unescape;
+            j.unescaped = scratch;
+        }
     }
 
     fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
@@ -754,8 +757,8 @@ impl TextMasker {
 
     /// The body ended: release everything held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.json {
-            let held = self.unescape.finish();
+        if let Some(j) = &mut self.json {
+            let held = j.unescape.finish();
             self.feed(&held, out);
         }
         let buf = self.carry.take();
@@ -796,10 +799,14 @@ impl TextMasker {
         }
         let rest = &buf[start..];
         // JSON read as text: escapes read as what they stand for (see `unescape::View`).
-        let mut view = std::mem::take(&mut self.view);
-        if self.json {
-            view.build(rest);
-        }
+        let view = match &mut self.json {
+            Some(j) => {
+                let mut view = std::mem::take(&mut j.view);
+                view.build(rest);
+                view
+            }
+            None => unescape::View::default(),
+        };
         let seen = view.read(rest);
         let safe = if eof {
             rest.len()
@@ -822,7 +829,9 @@ impl TextMasker {
                     self.rules.render(&self.key, h.kind, b"", out);
                     self.stats.masked += 1;
                     self.in_pem = !eof;
-                    self.view = view;
+                    if let Some(j) = &mut self.json {
+                        j.view = view;
+                    }
                     return buf.len();
                 }
                 end = end.min(h.start);
@@ -841,7 +850,9 @@ impl TextMasker {
         let end = end.max(pos);
         out.extend_from_slice(&rest[pos..end]);
         self.behind.keep(seen, end, cut);
-        self.view = view;
+        if let Some(j) = &mut self.json {
+            j.view = view;
+        }
         start + end
     }
 }
