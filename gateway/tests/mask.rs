@@ -1048,3 +1048,34 @@ fn escapes_hide_nothing_after_json_breaks() {
     }
     assert!(!out.contains(r"\["), "a replacement cut an escape: {out}");
 }
+
+/// Field paths cannot be walked around with spellings every JSON parser reads: more
+/// whitespace before a colon than is looked back at masks the value whole (its key may be
+/// any), and nesting deeper than paths are followed withholds the rest of the body.
+#[test]
+fn field_paths_fail_closed_where_keys_or_nesting_cannot_be_followed() {
+    let r = rules(json!([{"field": "$.password"}]));
+    let gap = " ".repeat(100);
+    let input = format!(r#"{{"user":"ann","password"{gap}:"hunter2","n":1}}"#);
+    let out = same_at_every_split(&r, BodyKind::Json, &input);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["user"], "ann", "{out}");
+    assert_eq!(v["n"], 1, "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    // Within the gap, the key is read and only its value masked.
+    let input = r#"{"password"   :"hunter2","other":   "kept"}"#;
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    assert!(!out.contains("hunter2") && out.contains("kept"), "{out}");
+
+    let deep = format!(
+        r#"{{"x":{}{},"password":"hunter2"}}"#,
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    let out = String::from_utf8(
+        BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(deep.as_bytes()),
+    )
+    .expect("utf8");
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(out.contains("[MASKED:too_deep]"), "{out}");
+}

@@ -29,6 +29,9 @@ const MAX_KEY_GAP: usize = 64;
 /// The key of a frame whose key no path names: a byte no (UTF-8) path name equals.
 const OTHER_KEY: &[u8] = b"\xff";
 const OTHER: u16 = u16::MAX;
+/// A key that could not be read back (more whitespace before its colon than is looked at):
+/// it may be any name, so its value is masked whole (fail closed).
+const UNREADABLE: u16 = u16::MAX - 1;
 
 /// The key names field paths compare, compiled once per rule set.
 #[derive(Debug, Default)]
@@ -105,6 +108,9 @@ impl FieldKeys {
         let mut end = n;
         while end > 0 && n - end <= MAX_KEY_GAP && is_ws(before[end - 1]) {
             end -= 1;
+        }
+        if n - end > MAX_KEY_GAP {
+            return UNREADABLE;
         }
         match end.checked_sub(1) {
             Some(close) if close >= 2 && before[close] == b'"' => self.compare(before, close),
@@ -185,6 +191,9 @@ pub struct JsonMasker {
     unescaped: Vec<u8>,
     /// What detectors read in place of the escapes left as written.
     view: View,
+    /// Nested deeper than field paths are followed ([`MAX_DEPTH`]) with field paths to mask:
+    /// the rest of the body is withheld.
+    too_deep: bool,
     /// For a recorded answer: the values the rules leave in, for the record.
     spans: Spans,
 }
@@ -343,6 +352,7 @@ impl JsonMasker {
             unescape: Unescaper::default(),
             unescaped: Vec::new(),
             view: View::default(),
+            too_deep: false,
             spans: Spans::Off,
         }
     }
@@ -399,6 +409,9 @@ impl JsonMasker {
     }
 
     fn push_unescaped(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.too_deep {
+            return;
+        }
         if let Some(text) = &mut self.fallback {
             return text.push(chunk, out);
         }
@@ -417,6 +430,9 @@ impl JsonMasker {
     fn finish_unescaped(&mut self, out: &mut Vec<u8>) {
         let held = self.unescape.finish();
         self.push_unescaped(&held, out);
+        if self.too_deep {
+            return;
+        }
         if let Some(text) = &mut self.fallback {
             return text.finish(out);
         }
@@ -509,6 +525,13 @@ impl JsonMasker {
             None => {
                 self.behind.keep(view.read(buf), end, cut);
                 end
+            }
+            Some(_) if self.too_deep => {
+                self.spans = Spans::Lost;
+                out.extend_from_slice(b"\"[MASKED:too_deep]\"");
+                self.masked += 1;
+                tracing::debug!("JSON nested deeper than field paths are followed: rest withheld");
+                buf.len()
             }
             Some(at) => {
                 self.spans = Spans::Lost;
@@ -708,6 +731,9 @@ impl JsonMasker {
         match c {
             b'{' | b'[' => {
                 if self.lex.stack.len() >= MAX_DEPTH {
+                    // Valid JSON to Python and JavaScript, but deeper than paths are followed:
+                    // with field paths to mask, the rest is withheld, not masked as text.
+                    self.too_deep = self.rules.has_fields();
                     return Err(at);
                 }
                 let array = c == b'[';
@@ -740,10 +766,20 @@ impl JsonMasker {
                     keys.key_before(before)
                 };
                 match self.lex.stack.last_mut() {
-                    Some(f) if !f.array => f.at = u32::from(key),
+                    Some(f) if !f.array => {
+                        f.at = u32::from(if key == UNREADABLE { OTHER } else { key })
+                    }
                     _ => return Err(at),
                 }
-                if self.rules.field_keys.candidate(key) {
+                if key == UNREADABLE && self.lex.skip.is_none() {
+                    self.flush(buf, emit, at + 1, out);
+                    self.lex.skip = Some(Skip {
+                        depth: self.lex.stack.len(),
+                        style: Style::Redact,
+                        capture: Vec::new(),
+                        capped: false,
+                    });
+                } else if self.rules.field_keys.candidate(key) {
                     self.value_start(buf, at + 1, emit, out);
                 }
             }
