@@ -604,6 +604,11 @@ impl Recorder {
     /// Raw PII never reaches disk: whatever the policy masked already, every built-in detector
     /// runs again over every string in the record.
     fn mask(&self, rec: &mut Record) {
+        // Credentials by name first: a detector could rename a key (`"pw@example.com"` as
+        // `[MASKED:email]`) that names a credential.
+        if let Some(args) = &mut rec.args {
+            crate::obligations::mask::drop_credentials(args);
+        }
         for v in [
             &mut rec.args,
             &mut rec.caller,
@@ -616,9 +621,6 @@ impl Recorder {
         .flatten()
         {
             self.masks.mask_value(&self.key, v);
-        }
-        if let Some(args) = &mut rec.args {
-            crate::obligations::mask::drop_credentials(args);
         }
         // Names are text from the call too: a REST path with an e-mail address in it is the
         // function of an undeclared route; a tool name is the caller's to choose. Almost

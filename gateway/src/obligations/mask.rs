@@ -55,7 +55,7 @@ pub fn is_credential_name(name: &str) -> bool {
         "cookie",
         "set-cookie",
     ];
-    const PARTS: [&str; 10] = [
+    const PARTS: [&str; 12] = [
         "api-key",
         "apikey",
         "api_key",
@@ -66,6 +66,8 @@ pub fn is_credential_name(name: &str) -> bool {
         "session",
         "credential",
         "private-key",
+        "private_key",
+        "privatekey",
     ];
     let lower;
     let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {

@@ -56,9 +56,9 @@ impl Conn {
         // Shown to approvers, sent to the webhook and kept in the approvals state: masked as
         // the service masks its answers and as a record is, credentials dropped by name.
         let mut args = one.call.args.clone();
+        crate::obligations::mask::drop_credentials(&mut args);
         ob.masks.0.mask_value(key, &mut args);
         self.inputs.at_rest.mask_value(key, &mut args);
-        crate::obligations::mask::drop_credentials(&mut args);
         let refusal = |error: &'static str, reason: String| Refusal {
             error,
             reason,
