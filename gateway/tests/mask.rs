@@ -991,6 +991,10 @@ fn an_escape_next_to_a_value_does_not_hide_it() {
             "{input} gave {out}: {value} in view"
         );
     }
+    // An invalid escape before a valid one: decoding the second makes `\u0034…` of the
+    // first, which a client reads as `4`.
+    let out = same_at_every_split(&r, BodyKind::Json, r#"{"t":"\u003\u0034111111111111111"}"#);
+    assert!(!out.contains("111111111111111"), "{out}");
     // What is not a value stays as written.
     let calm = r#"{"t":"a\n\u0022quoted\u0022\tb\\c\u00e9"}"#;
     assert_eq!(same_at_every_split(&r, BodyKind::Json, calm), calm);
@@ -1007,6 +1011,8 @@ fn a_card_number_written_as_any_json_number_becomes_one_string() {
             "4111111111111111.0",
             "4111111111111111.0e0",
             "-4111111111111111.25E+0",
+            "0.4111111111111111",
+            "1E+4111111111111111",
         ] {
             for input in [
                 format!(r#"{{"n":{number}}}"#),
@@ -1085,4 +1091,48 @@ fn field_paths_fail_closed_where_keys_or_nesting_cannot_be_followed() {
     .expect("utf8");
     assert!(!out.contains("hunter2"), "{out}");
     assert!(out.contains("[MASKED:too_deep]"), "{out}");
+
+    // Wherever the structure stops being followed, the rest is withheld: a private key too
+    // long to hold, an XSSI prefix that Angular strips before parsing, a broken record.
+    let r = rules(json!(["private_key", {"field": "$.password"}]));
+    let long_key = format!(
+        r#"{{"bio":"-----BEGIN RSA PRIVATE KEY-----{}-----END RSA PRIVATE KEY-----","password":"hunter2"}}"#,
+        "A".repeat(70_000)
+    );
+    for input in [
+        long_key.as_str(),
+        ")]}',\n{\"password\":\"hunter2\"}",
+        "{\"a\":[1,2}\n{\"password\":\"hunter2\"}\n",
+    ] {
+        let out = String::from_utf8(
+            BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(input.as_bytes()),
+        )
+        .expect("utf8");
+        assert!(!out.contains("hunter2") && !out.contains("AAAA"), "{out}");
+        assert!(out.contains("[MASKED:"), "{out}");
+    }
+}
+
+/// Swallowing a private key whose END line never closes holds a bounded tail, not the rest of
+/// the body (which it scanned again with every chunk).
+#[test]
+fn an_unclosed_private_key_end_line_holds_a_bounded_tail() {
+    use callgate::obligations::mask::TextMasker;
+    let mut m = TextMasker::new(all(), key());
+    let mut out = Vec::new();
+    m.push(b"-----BEGIN RSA PRIVATE KEY-----\n", &mut out);
+    m.push(&vec![b'A'; 70 * 1024], &mut out);
+    m.push(b"\n-----END ", &mut out);
+    let mut most = 0;
+    for _ in 0..2_000 {
+        m.push(
+            b"x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x,",
+            &mut out,
+        );
+        most = most.max(m.pending());
+    }
+    m.finish(&mut out);
+    assert!(most < 4096, "held {most} bytes");
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains("AAAA"), "{out}");
 }

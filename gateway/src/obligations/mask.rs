@@ -55,7 +55,7 @@ pub fn is_credential_name(name: &str) -> bool {
         "cookie",
         "set-cookie",
     ];
-    const PARTS: [&str; 12] = [
+    const PARTS: [&str; 17] = [
         "api-key",
         "apikey",
         "api_key",
@@ -68,6 +68,11 @@ pub fn is_credential_name(name: &str) -> bool {
         "private-key",
         "private_key",
         "privatekey",
+        "priv_key",
+        "privkey",
+        "passphrase",
+        "cvv",
+        "cvc",
     ];
     let lower;
     let name = if name.bytes().any(|c| c.is_ascii_uppercase()) {
@@ -691,6 +696,9 @@ impl Carry {
     }
 }
 
+/// The longest label of a PEM END line (`-----END ENCRYPTED PRIVATE KEY-----` and the like).
+const MAX_PEM_LABEL: usize = 64;
+
 /// Streams text through the detectors; holds back only what may be the start of a value.
 #[derive(Debug)]
 pub struct TextMasker {
@@ -791,6 +799,12 @@ impl TextMasker {
                             self.in_pem = false;
                         }
                         None if eof => return buf.len(),
+                        // An END line's label is short: with no `-----` after it in that
+                        // long, the key goes on; so does the swallowing, instead of holding
+                        // the whole rest and scanning it again with each chunk.
+                        None if buf.len() - after > MAX_PEM_LABEL => {
+                            return buf.len().saturating_sub(8);
+                        }
                         None => return e,
                     }
                 }

@@ -191,8 +191,11 @@ pub struct JsonMasker {
     unescaped: Vec<u8>,
     /// What detectors read in place of the escapes left as written.
     view: View,
-    /// Nested deeper than field paths are followed ([`MAX_DEPTH`]) with field paths to mask:
-    /// the rest of the body is withheld.
+    /// The structure could not be followed any further (broken nesting, nesting deeper than
+    /// [`MAX_DEPTH`], a private key too long to hold) with field paths to mask: the rest of
+    /// the body is withheld, since text masking runs detectors but not field paths.
+    withheld: bool,
+    /// Nested deeper than [`MAX_DEPTH`]: said in the placeholder.
     too_deep: bool,
     /// For a recorded answer: the values the rules leave in, for the record.
     spans: Spans,
@@ -220,9 +223,9 @@ struct Tracking {
     base: usize,
 }
 
-/// The JSON number a card number's digits `start..end` are part of: its sign before them (not
-/// before `from`, where the text not yet written starts) and its fraction and exponent after
-/// them (not past `limit`). Replacing only the digits left `-"…"` or `"…".0`: invalid JSON,
+/// The JSON number a card number's digits `start..end` are part of: what of it comes before
+/// them (not before `from`, where the text not yet written starts) and after them (not past
+/// `limit`). Replacing only the digits left `-"…"` or `"…".0`: invalid JSON,
 /// which Python's `json` writes for a card number kept as a float (`4111111111111111.0`).
 fn number_around(
     buf: &[u8],
@@ -231,11 +234,14 @@ fn number_around(
     end: usize,
     limit: usize,
 ) -> (usize, usize) {
-    let s = if start > from && buf[start - 1] == b'-' {
-        start - 1
-    } else {
-        start
-    };
+    // Back over the sign, or an integer part and point or an exponent's mark the digits
+    // follow (`0.4111…`, `1e+4111…`).
+    let s = start
+        - buf[from..start]
+            .iter()
+            .rev()
+            .take_while(|&&c| number_byte(c))
+            .count();
     let e = end
         + buf[end..limit]
             .iter()
@@ -352,6 +358,7 @@ impl JsonMasker {
             unescape: Unescaper::default(),
             unescaped: Vec::new(),
             view: View::default(),
+            withheld: false,
             too_deep: false,
             spans: Spans::Off,
         }
@@ -390,7 +397,7 @@ impl JsonMasker {
     pub fn stats(&self) -> MaskStats {
         MaskStats {
             masked: self.masked + self.fallback.as_ref().map_or(0, |f| f.stats.masked),
-            json_fallback: self.fallback.is_some(),
+            json_fallback: self.fallback.is_some() || self.withheld,
         }
     }
 
@@ -409,7 +416,7 @@ impl JsonMasker {
     }
 
     fn push_unescaped(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        if self.too_deep {
+        if self.withheld {
             return;
         }
         if let Some(text) = &mut self.fallback {
@@ -430,7 +437,7 @@ impl JsonMasker {
     fn finish_unescaped(&mut self, out: &mut Vec<u8>) {
         let held = self.unescape.finish();
         self.push_unescaped(&held, out);
-        if self.too_deep {
+        if self.withheld {
             return;
         }
         if let Some(text) = &mut self.fallback {
@@ -526,11 +533,19 @@ impl JsonMasker {
                 self.behind.keep(view.read(buf), end, cut);
                 end
             }
-            Some(_) if self.too_deep => {
+            Some(_) if self.rules.has_fields() => {
                 self.spans = Spans::Lost;
-                out.extend_from_slice(b"\"[MASKED:too_deep]\"");
+                self.withheld = true;
+                out.extend_from_slice(if self.too_deep {
+                    b"\"[MASKED:too_deep]\"".as_slice()
+                } else {
+                    b"\"[MASKED:unparsed]\""
+                });
                 self.masked += 1;
-                tracing::debug!("JSON nested deeper than field paths are followed: rest withheld");
+                tracing::debug!(
+                    too_deep = self.too_deep,
+                    "JSON not followed further with field paths to mask: the rest is withheld"
+                );
                 buf.len()
             }
             Some(at) => {
@@ -733,7 +748,7 @@ impl JsonMasker {
                 if self.lex.stack.len() >= MAX_DEPTH {
                     // Valid JSON to Python and JavaScript, but deeper than paths are followed:
                     // with field paths to mask, the rest is withheld, not masked as text.
-                    self.too_deep = self.rules.has_fields();
+                    self.too_deep = true;
                     return Err(at);
                 }
                 let array = c == b'[';

@@ -161,11 +161,15 @@ impl View {
                 Some(b'n') => Some(b'\n'),
                 Some(b'r') => Some(b'\r'),
                 Some(b't') => Some(b'\t'),
+                Some(b'b') => Some(0x08),
+                Some(b'f') => Some(0x0c),
                 other => other.copied(),
             };
+            // Letters and digits too: an escape the Unescaper left because an invalid one
+            // came first (`\u003\u0034…` decodes to `\u0034…`, which a client reads as `4`).
             let shown = match stands_for {
                 Some(c @ (b'\n' | b'\r' | b'\t')) => c,
-                Some(c) if c.is_ascii_punctuation() && c != b'\\' => c,
+                Some(c) if c.is_ascii_graphic() && c != b'\\' => c,
                 _ => b' ',
             };
             self.bytes[at..end].fill(b' ');
