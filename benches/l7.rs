@@ -27,8 +27,8 @@ use std::fs;
 
 use callgate::telemetry::metrics::STAGE_TIMINGS_ENV;
 use callgate_benches::{
-    BODY, CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service, median_of,
-    nginx, paced, paced_on, with_cpu, wrk,
+    BODY, CpuTime, GuestIdlePoll, Nginx, RunId, Steal, Wrk, h2load, items_service,
+    items_tls_service, median_of, nginx, paced, paced_on, with_cpu, wrk,
 };
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, gateway_with_config,
@@ -146,25 +146,8 @@ fn main() {
         proxy_port,
     );
     let service = items_service(up_port);
-    // The same API over TLS, intercepted: the gateway terminates with a leaf from its own CA
-    // (wrk does not verify) and re-originates TLS to the upstream, verified against the test CA.
-    let secure = format!(
-        r#"
-service: items-tls
-match:
-  hosts: ["127.0.0.1:{tls_port}"]
-  tls: intercept
-  upstream_ca: {}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#,
-        dir.join("ca.crt").display()
-    );
+    // The same API over TLS, intercepted.
+    let secure = items_tls_service(tls_port, &dir.join("ca.crt"));
     let policies = policy_repo(
         &dir,
         "default_action: deny\n",

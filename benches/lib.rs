@@ -44,6 +44,29 @@ response:
     )
 }
 
+/// [`items_service`]'s read over TLS at `tls_port`, intercepted: the gateway terminates with
+/// a leaf from its own CA (wrk does not verify) and re-originates TLS to the upstream,
+/// verified against the test CA at `ca`.
+pub fn items_tls_service(tls_port: u16, ca: &Path) -> String {
+    format!(
+        r#"
+service: items-tls
+match:
+  hosts: ["127.0.0.1:{tls_port}"]
+  tls: intercept
+  upstream_ca: {}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /v1/items/{{id}}" }}
+rules:
+  - {{ name: reads, function: get_item, action: allow }}
+response:
+  mask: [card_number, email]
+"#,
+        ca.display()
+    )
+}
+
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

@@ -12,7 +12,7 @@
 //! errors would teach the compiler the wrong paths.
 use std::{fs, time::Duration};
 
-use callgate_benches::{Wrk, h2load, items_service, nginx, wrk, wrk_any};
+use callgate_benches::{Wrk, h2load, items_service, items_tls_service, nginx, wrk, wrk_any};
 use callgate_e2e::{
     Gateway, TestCgroup, ebpf_available, free_port, gateway_with_config_env, json_of_size,
     policy_repo, test_pki, unique,
@@ -54,23 +54,7 @@ fn main() {
         ),
         up_port,
     );
-    let secure = format!(
-        r#"
-service: items-tls
-match:
-  hosts: ["127.0.0.1:{tls_port}"]
-  tls: intercept
-  upstream_ca: {}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#,
-        dir.join("ca.crt").display()
-    );
+    let secure = items_tls_service(tls_port, &dir.join("ca.crt"));
     let policies = policy_repo(
         &dir,
         "default_action: deny\n",
