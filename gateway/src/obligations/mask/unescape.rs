@@ -114,8 +114,7 @@ fn decoded(hex: &[u8]) -> Option<u8> {
 /// What detectors read in place of the JSON escapes [`Unescaper`] leaves as written (`\n`,
 /// `\"`, `\u0022`, `\u00e9`, …): a copy of the text of the same length, each escape turned
 /// into spaces ending in the character it stands for (`\n` reads ` \n`, `\u0022` reads
-/// `     "`), or a space where that is no ASCII character a detector could mistake for part of
-/// a value. Read as written, the escape's last letter or digit (`n`, `2`) joined the value
+/// `     "`) when that is printable ASCII or a line break or tab, else in a space. Read as written, the escape's last letter or digit (`n`, `2`) joined the value
 /// after it: `"a\n4111…"` or `"\u00224111…\u0022"` hid a card number that a JSON reader sees
 /// standing alone. Offsets are unchanged, so hits map back to the text; a hit that starts or
 /// ends inside an escape is widened to the whole escape ([`View::widen`]), so no escape is
@@ -151,13 +150,14 @@ impl View {
         self.bytes.extend_from_slice(t);
         let mut at = first;
         loop {
-            let len = if t.get(at + 1) == Some(&b'u') { 6 } else { 2 };
-            let end = (at + len).min(t.len());
+            // `\u` and four hex digits, else (as the Unescaper and any parser read it) a
+            // two-byte escape: `\u0 4111…` must not hide the digits after it.
+            let unit = (t.get(at + 1) == Some(&b'u'))
+                .then(|| t.get(at + 2..at + 6).and_then(code_unit))
+                .flatten();
+            let end = (at + if unit.is_some() { 6 } else { 2 }).min(t.len());
             let stands_for = match t.get(at + 1) {
-                Some(b'u') => t
-                    .get(at + 2..at + 6)
-                    .and_then(code_unit)
-                    .and_then(|v| u8::try_from(v).ok()),
+                Some(b'u') => unit.and_then(|v| u8::try_from(v).ok()),
                 Some(b'n') => Some(b'\n'),
                 Some(b'r') => Some(b'\r'),
                 Some(b't') => Some(b'\t'),
@@ -189,20 +189,15 @@ impl View {
 
     /// `p`, or the start of the escape `p` falls inside: a piece may end there.
     pub fn start_of(&self, p: usize) -> usize {
-        match self.around(p) {
-            Some((s, _)) => s,
-            None => p,
-        }
+        self.around(p).map_or(p, |e| e.0)
     }
 
     /// `start..end` widened to whole escapes at both ends.
     pub fn widen(&self, start: usize, end: usize) -> (usize, usize) {
-        let s = self.around(start).map_or(start, |e| e.0);
-        let e = match self.around(end) {
-            Some((_, e)) => e,
-            None => end,
-        };
-        (s, e)
+        (
+            self.around(start).map_or(start, |e| e.0),
+            self.around(end).map_or(end, |e| e.1),
+        )
     }
 
     /// Hits widened to whole escapes ([`View::widen`]); two that then share an escape become
