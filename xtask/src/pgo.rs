@@ -55,16 +55,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         "pgo: 1/4 building an instrumented gateway in {}",
         gen_dir.display()
     );
-    run_cmd(
-        cargo()
-            .args(["build", "--release", "--package", "callgate"])
-            .env("CARGO_TARGET_DIR", &gen_dir)
-            .env_remove("RUSTFLAGS")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                with_flag(&format!("-Cprofile-generate={}", raw.display())),
-            ),
-    )?;
+    release_build(&gen_dir, &format!("-Cprofile-generate={}", raw.display()))?;
     // Build scripts are instrumented too and wrote their profiles while building: only the
     // training run's gateways count. The CLI runs of the training (`enable`, `status`) write
     // theirs elsewhere: start-up code, not the data path.
@@ -129,16 +120,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         "pgo: 4/4 building with the profile in {}",
         use_dir.display()
     );
-    run_cmd(
-        cargo()
-            .args(["build", "--release", "--package", "callgate"])
-            .env("CARGO_TARGET_DIR", &use_dir)
-            .env_remove("RUSTFLAGS")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                with_flag(&format!("-Cprofile-use={}", named.display())),
-            ),
-    )?;
+    release_build(&use_dir, &format!("-Cprofile-use={}", named.display()))?;
     // Copied beside it and renamed over it: a running `target/pgo/callgate` keeps its file.
     let part = pgo.join("callgate.part");
     fs::copy(use_dir.join("release/callgate"), &part)
@@ -154,6 +136,17 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     }
     eprintln!("pgo: built {} (profile {})", out.display(), named.display());
     Ok(out)
+}
+
+/// The release build of the gateway into `target_dir`, with `flag` added to the caller's.
+fn release_build(target_dir: &Path, flag: &str) -> Result<()> {
+    run_cmd(
+        cargo()
+            .args(["build", "--release", "--package", "callgate"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .env_remove("RUSTFLAGS")
+            .env("CARGO_ENCODED_RUSTFLAGS", with_flag(flag)),
+    )
 }
 
 /// What the binary is built from, as git sees it: the trees of the crates it holds and the
