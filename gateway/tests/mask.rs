@@ -1004,34 +1004,6 @@ fn an_escape_next_to_a_value_does_not_hide_it() {
     assert_eq!(same_at_every_split(&r, BodyKind::Json, calm), calm);
 }
 
-/// A card number kept as a number outside a string, with a sign, a fraction or an exponent:
-/// the whole number becomes the masked string. Only the digits were replaced, which left
-/// `-"…"` or `"…".0`: invalid JSON, and Python's `json` writes a float card number that way.
-#[test]
-fn a_card_number_written_as_any_json_number_becomes_one_string() {
-    for r in [all(), rules(json!(["card_number", {"field": "$.other"}]))] {
-        for number in [
-            "-4111111111111111",
-            "4111111111111111.0",
-            "4111111111111111.0e0",
-            "-4111111111111111.25E+0",
-            "0.4111111111111111",
-            "1E+4111111111111111",
-        ] {
-            for input in [
-                format!(r#"{{"n":{number}}}"#),
-                format!(r#"{{"a":[1,{number},2],"n":{number} }}"#),
-            ] {
-                let out = same_at_every_split(&r, BodyKind::Json, &input);
-                let v: Value =
-                    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{input}: {e}: {out}"));
-                assert_eq!(v["n"], "************1111", "{input}: {out}");
-                assert!(!out.contains("41111"), "{input}: {out}");
-            }
-        }
-    }
-}
-
 /// Two values with one escape between them (`123456\n654321`): widened to the whole escape,
 /// both hits covered it, and the field-path writer dropped the second as already written.
 #[test]

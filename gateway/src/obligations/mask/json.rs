@@ -223,53 +223,6 @@ struct Tracking {
     base: usize,
 }
 
-/// The JSON number a card number's digits `start..end` are part of: what of it comes before
-/// them (not before `from`, where the text not yet written starts) and after them (not past
-/// `limit`). Replacing only the digits left `-"…"` or `"…".0`: invalid JSON,
-/// which Python's `json` writes for a card number kept as a float (`4111111111111111.0`).
-fn number_around(
-    buf: &[u8],
-    from: usize,
-    start: usize,
-    end: usize,
-    limit: usize,
-) -> (usize, usize) {
-    // Back over the sign, or an integer part and point or an exponent's mark the digits
-    // follow (`0.4111…`, `1e+4111…`).
-    let s = start
-        - buf[from..start]
-            .iter()
-            .rev()
-            .take_while(|&&c| number_byte(c))
-            .count();
-    let e = end
-        + buf[end..limit]
-            .iter()
-            .take_while(|&&c| number_byte(c))
-            .count();
-    (s, e)
-}
-
-fn number_byte(c: u8) -> bool {
-    matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-}
-
-/// `p`, or the start of the run of number bytes it would cut (at most 64 back): a card
-/// number's JSON number is replaced whole ([`number_around`]), so a piece must not end
-/// inside one (`4111111111111111.` | `0`).
-fn whole_number(buf: &[u8], p: usize) -> usize {
-    if p == 0 || p >= buf.len() || !number_byte(buf[p - 1]) || !number_byte(buf[p]) {
-        return p;
-    }
-    let run = buf[..p]
-        .iter()
-        .rev()
-        .take(64)
-        .take_while(|&&c| number_byte(c))
-        .count();
-    if run == 64 { p } else { p - run }
-}
-
 /// A replaced piece of input, `in_start..in_end`, and its replacement in the output.
 type Replaced = (usize, usize, usize, usize);
 
@@ -471,7 +424,7 @@ impl JsonMasker {
         let safe = if eof {
             buf.len()
         } else {
-            view.start_of(whole_number(seen, detect::pending_from(scanner, seen)))
+            view.start_of(detect::pending_from(scanner, seen))
         };
         self.hits.clear();
         match &mut self.spans {
@@ -583,15 +536,8 @@ impl JsonMasker {
                 ..*h
             };
             self.quotes.advance(&buf[pos..h.start]);
+            out.extend_from_slice(&buf[pos..h.start]);
             let hit_end = h.end.min(end);
-            // A JSON number: the whole of it (sign, fraction, exponent) becomes the string.
-            let number = !self.quotes.in_string && h.kind == Kind::Detector(Detector::CardNumber);
-            let (from, to) = if number {
-                number_around(buf, pos, h.start, hit_end, end)
-            } else {
-                (h.start, hit_end)
-            };
-            out.extend_from_slice(&buf[pos..from]);
             let out_start = out.len();
             if self.quotes.in_string {
                 // A custom regex may run past the string's end: output resumes at the quote.
@@ -604,6 +550,7 @@ impl JsonMasker {
                 self.quotes.advance(&buf[h.start..stop]);
                 pos = stop;
             } else {
+                let number = h.kind == Kind::Detector(Detector::CardNumber);
                 if number {
                     out.push(b'"');
                 }
@@ -612,11 +559,11 @@ impl JsonMasker {
                 if number {
                     out.push(b'"');
                 }
-                self.quotes.advance(&buf[h.start..to]);
-                pos = to;
+                self.quotes.advance(&buf[h.start..hit_end]);
+                pos = hit_end;
             }
             if others {
-                reps.push((from, pos, out_start, out.len()));
+                reps.push((h.start, pos, out_start, out.len()));
             }
             self.masked += 1;
         }
@@ -699,7 +646,7 @@ impl JsonMasker {
                 if let Some(h) = hit.filter(|h| h.start < base + len && h.start <= ev) {
                     if self.lex.skip.is_none() {
                         let in_string = block.in_string >> (h.start - base) & 1 == 1;
-                        self.on_hit(buf, *h, in_string, end, &mut emit, out);
+                        self.on_hit(buf, *h, in_string, &mut emit, out);
                     }
                     hit = hits.next();
                     continue;
@@ -914,33 +861,19 @@ impl JsonMasker {
     /// A detector hit outside any masked field. In a string it is replaced up to the string's
     /// end; outside one, a number becomes a string and anything else (not JSON after all) is
     /// replaced in place.
-    fn on_hit(
-        &mut self,
-        buf: &[u8],
-        h: Hit,
-        in_string: bool,
-        limit: usize,
-        emit: &mut usize,
-        out: &mut Vec<u8>,
-    ) {
+    fn on_hit(&mut self, buf: &[u8], h: Hit, in_string: bool, emit: &mut usize, out: &mut Vec<u8>) {
         if h.start < *emit {
             return;
         }
+        self.flush(buf, emit, h.start, out);
         let end = h.end.min(buf.len());
-        // A JSON number: the whole of it (sign, fraction, exponent) becomes the string.
-        let number = !in_string && matches!(buf[h.start], b'0'..=b'9' | b'-');
-        let (from, to) = if number {
-            number_around(buf, *emit, h.start, end, limit.max(end))
-        } else {
-            (h.start, end)
-        };
-        self.flush(buf, emit, from, out);
         if in_string {
             let stop = string_end(&buf[h.start..end]).map_or(end, |q| h.start + q);
             self.rules
                 .render_hit(&self.key, &h, &buf[h.start..stop], out);
             *emit = stop;
         } else {
+            let number = matches!(buf[h.start], b'0'..=b'9' | b'-');
             if number {
                 out.push(b'"');
             }
@@ -949,7 +882,7 @@ impl JsonMasker {
             if number {
                 out.push(b'"');
             }
-            *emit = to;
+            *emit = end;
         }
         self.masked += 1;
     }
