@@ -400,7 +400,9 @@ fn bodies_of_every_type_are_masked_or_refused() {
         return;
     };
     let card = "4111 1111 1111 1111";
-    for t in ["csv", "yaml", "jsonl", "ndjson", "soap", "problem"] {
+    for t in [
+        "csv", "yaml", "jsonl", "ndjson", "soap", "problem", "escaped",
+    ] {
         let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);
         let (code, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", &url]);
         assert_eq!(code, 0, "{t}: {body}");
@@ -408,6 +410,16 @@ fn bodies_of_every_type_are_masked_or_refused() {
         assert_eq!(status, "200", "{t}: {body}");
         assert!(!body.contains(card), "{t}: the card got out: {body}");
         assert!(body.contains("************1111"), "{t}: not masked: {body}");
+        if t == "escaped" {
+            // Still JSON, and what a client decodes holds neither value.
+            let v: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let text = v.to_string();
+            assert!(
+                !text.contains(card) && !text.contains("jane.doe@"),
+                "{text}"
+            );
+        }
     }
     for t in ["octet", "multipart", "unknown", "grpc"] {
         let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);

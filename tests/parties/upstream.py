@@ -133,6 +133,12 @@ class Handler(BaseHTTPRequestHandler):
                 "ndjson": ("application/x-ndjson", json.dumps({"card": CARD}) + "\n"),
                 "soap": ("application/soap+xml", f"<card>{CARD}</card>"),
                 "problem": ("application/problem+json", json.dumps({"detail": CARD})),
+                # As json.dumps writes them: a newline before the card is `\n`, and an
+                # accented letter before it `\u00e9` (ensure_ascii), whose last character
+                # once read as part of the number.
+                "escaped": ("application/json", json.dumps(
+                    {"note": f"line\n{CARD}", "accent": f"\u00e9{CARD}",
+                     "to": "ann\njane.doe@example.com"})),
                 "octet": ("application/octet-stream", f"card {CARD}"),
                 "multipart": ("multipart/mixed; boundary=b",
                               f"--b\r\nContent-Type: text/plain\r\n\r\n{CARD}\r\n--b--\r\n"),
