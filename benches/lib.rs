@@ -29,10 +29,28 @@ pub const BODY: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299
 /// The benches' service: one REST read of the upstream at `up_port`, allowed, its answer
 /// masked (card numbers, e-mail addresses).
 pub fn items_service(up_port: u16) -> String {
+    items("items", &format!(r#"{{ hosts: ["127.0.0.1:{up_port}"] }}"#))
+}
+
+/// [`items_service`]'s read over TLS at `tls_port`, intercepted: the gateway terminates with
+/// a leaf from its own CA (wrk does not verify) and re-originates TLS to the upstream,
+/// verified against the test CA at `ca`.
+pub fn items_tls_service(tls_port: u16, ca: &Path) -> String {
+    items(
+        "items-tls",
+        &format!(
+            r#"{{ hosts: ["127.0.0.1:{tls_port}"], tls: intercept, upstream_ca: "{}" }}"#,
+            ca.display()
+        ),
+    )
+}
+
+/// The items read, allowed and masked, as service `name` matching `select`.
+fn items(name: &str, select: &str) -> String {
     format!(
         r#"
-service: items
-match: {{ hosts: ["127.0.0.1:{up_port}"] }}
+service: {name}
+match: {select}
 protocol: rest
 functions:
   get_item: {{ route: "GET /v1/items/{{id}}" }}
@@ -41,29 +59,6 @@ rules:
 response:
   mask: [card_number, email]
 "#
-    )
-}
-
-/// [`items_service`]'s read over TLS at `tls_port`, intercepted: the gateway terminates with
-/// a leaf from its own CA (wrk does not verify) and re-originates TLS to the upstream,
-/// verified against the test CA at `ca`.
-pub fn items_tls_service(tls_port: u16, ca: &Path) -> String {
-    format!(
-        r#"
-service: items-tls
-match:
-  hosts: ["127.0.0.1:{tls_port}"]
-  tls: intercept
-  upstream_ca: {}
-protocol: rest
-functions:
-  get_item: {{ route: "GET /v1/items/{{id}}" }}
-rules:
-  - {{ name: reads, function: get_item, action: allow }}
-response:
-  mask: [card_number, email]
-"#,
-        ca.display()
     )
 }
 
