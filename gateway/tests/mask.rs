@@ -1112,3 +1112,123 @@ fn an_unclosed_private_key_end_line_holds_a_bounded_tail() {
     let out = String::from_utf8_lossy(&out);
     assert!(!out.contains("AAAA"), "{out}");
 }
+
+/// A value longer than a streaming masker holds back (`detect::MAX_HELD_HIT`, 256 bytes) is released in pieces
+/// where chunks happen to end; what the client gets must not depend on where that was: one
+/// placeholder for the value, not one per piece, and a partial style shows no tail of a
+/// piece as if it were the value's.
+#[test]
+fn a_value_released_in_pieces_masks_as_the_whole_does() {
+    let r = all();
+    for (kind, input) in [
+        (BodyKind::Text, format!("a {} b", "4 ".repeat(200))),
+        (BodyKind::Json, format!("[\"{}\"]", "4 ".repeat(200))),
+        (
+            BodyKind::Text,
+            format!(
+                "x eyJhbGciOiJIUzI1NiJ9.{}.c2ln y",
+                "eyJzdWIiOiIxIn0".repeat(30)
+            ),
+        ),
+        (
+            BodyKind::Json,
+            format!(
+                "{{\"t\": \"eyJhbGciOiJIUzI1NiJ9.{}.c2ln\"}}",
+                "eyJzdWIiOiIxIn0".repeat(30)
+            ),
+        ),
+    ] {
+        let out = same_at_every_split(&r, kind, &input);
+        assert!(
+            !out.contains("4 4 4 4") && !out.contains("eyJzdWIiOiIxIn0"),
+            "{kind:?}: {out}"
+        );
+    }
+}
+
+/// The `mask_chunks` fuzz target's property, for its seeds (every input it ever failed on):
+/// the same output however the body is cut, and the planted card never survives.
+#[test]
+fn fuzz_seeds_mask_the_same_however_cut() {
+    const CARD: &[u8] = b" 4111 1111 1111 1111 ";
+    let mut specs: Vec<MaskSpec> = callgate::obligations::mask::Detector::ALL
+        .iter()
+        .map(|d| MaskSpec::Detector(d.name().into()))
+        .collect();
+    for field in ["$.customer.ssn", "$..password", "$.items[*].token"] {
+        specs.push(MaskSpec::Field {
+            field: field.into(),
+            style: None,
+        });
+    }
+    let r = Arc::new(MaskRules::compile(&specs).expect("rules compile"));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/mask_chunks");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("seeds") {
+        let path = entry.expect("seed").path();
+        let data = std::fs::read(&path).expect("seed");
+        let Some((&mode, rest)) = data.split_first() else {
+            continue;
+        };
+        let (cuts, body) = rest.split_at(rest.len().min(8));
+        let mid = body.len() / 2;
+        let input = [&body[..mid], CARD, &body[mid..]].concat();
+        let kind = if mode & 1 == 0 {
+            BodyKind::Json
+        } else {
+            BodyKind::Text
+        };
+        let whole = BodyMasker::new(r.clone(), key(), kind).mask_all(&input);
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|&c| c as usize * input.len() / 256)
+            .collect();
+        points.sort_unstable();
+        let mut m = BodyMasker::new(r.clone(), key(), kind);
+        let mut out = Vec::new();
+        let mut last = 0;
+        for p in points {
+            m.push(&input[last..p], &mut out);
+            last = p;
+        }
+        m.push(&input[last..], &mut out);
+        m.finish(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&whole),
+            "{}: chunking changed the result",
+            path.display()
+        );
+        assert!(
+            !out.windows(CARD.len() - 2)
+                .any(|w| w == &CARD[1..CARD.len() - 1]),
+            "{}: the card survived",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 6, "{seen} seeds in {}", dir.display());
+}
+
+/// A realistic JWT longer than a masker releases in pieces (a 600-byte payload) shows none of
+/// its payload or signature at any split, in JSON and as text.
+#[test]
+fn a_long_jwt_never_shows_at_any_split() {
+    use base64::Engine;
+    let r = all();
+    let claims = format!(
+        "{{\"sub\":\"1234567890\",\"name\":\"{}\",\"iat\":1516239022}}",
+        "John Doe ".repeat(50)
+    );
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+    let signature = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    let jwt = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.{signature}");
+    let input = format!("{{\"token\": \"{jwt}\", \"n\": 1}}");
+    for kind in [BodyKind::Text, BodyKind::Json] {
+        let out = same_at_every_split(&r, kind, &input);
+        assert!(
+            !out.contains(signature) && !out.contains(&payload[payload.len() - 40..]),
+            "{kind:?}: {out}"
+        );
+    }
+}

@@ -356,18 +356,21 @@ impl MaskRules {
                 continue;
             }
             out.extend_from_slice(&text[pos..start]);
-            if sp.number {
-                out.push(b'"');
-            }
             let h = Hit {
                 start,
                 end,
                 kind: Kind::Detector(sp.kind),
                 open: false,
                 cut: sp.cut,
+                rest: sp.rest,
             };
+            // As the JSON masker wrote it: a long value is not made a string (see there).
+            let number = sp.number && !h.long();
+            if number {
+                out.push(b'"');
+            }
             self.render_hit(key, &h, &text[start..end], &mut out);
-            if sp.number {
+            if number {
                 out.push(b'"');
             }
             pos = end;
@@ -479,14 +482,22 @@ impl MaskRules {
         }
     }
 
-    /// Renders a hit's value; a piece of a longer value ([`Hit::cut`]) shows none of it.
+    /// Renders a hit's value.
+    ///
+    /// A value longer than a streaming masker holds back ([`detect::MAX_HELD_HIT`]) may go
+    /// out in pieces ([`Hit::cut`], [`Hit::rest`]) cut wherever the chunks happened to end.
+    /// So that the client gets the same bytes however the answer was cut, such a value is
+    /// rendered the same way whole or in pieces, showing none of itself: `partial` writes a
+    /// star per byte (the pieces' stars add up to the whole's), every other style one
+    /// `[MASKED:…]`, with the value's first piece.
     fn render_hit(&self, key: &MaskKey, h: &Hit, value: &[u8], out: &mut Vec<u8>) {
-        if !h.cut {
+        if !h.long() {
             return self.render(key, h.kind, value, out);
         }
         let (label, style) = self.label_style(h.kind);
         match style {
-            Style::Partial => out.extend(std::iter::repeat_n(b'*', value.len().max(4))),
+            Style::Partial => out.extend(std::iter::repeat_n(b'*', value.len())),
+            _ if h.rest => {}
             _ => render_value(key, label, Style::Redact, value, out),
         }
     }
@@ -636,6 +647,8 @@ struct Span {
     kind: Detector,
     /// A piece of a longer value ([`Hit::cut`]).
     cut: bool,
+    /// The rest of a value whose first piece came before ([`Hit::rest`]).
+    rest: bool,
     /// A card number written as a JSON number: it becomes a string.
     number: bool,
 }

@@ -79,6 +79,18 @@ pub struct Hit {
     /// The value goes on past `end` (a streaming masker released it in pieces): render it
     /// without showing any of it, since its tail is not the value's tail.
     pub cut: bool,
+    /// The value began before `start`, in a piece a streaming masker released already
+    /// ([`Behind`] after a cut): its placeholder went out with that piece.
+    pub rest: bool,
+}
+
+impl Hit {
+    /// A value too long to hold ([`MAX_HELD_HIT`]): it may go out in pieces, cut wherever a
+    /// streaming masker's chunks happened to end, so it is written the same way whole or in
+    /// pieces (see `MaskRules::render_hit`).
+    pub fn long(&self) -> bool {
+        self.cut || self.rest || self.end - self.start > MAX_HELD_HIT
+    }
 }
 
 /// Shortest digit-shaped match (an SSN, `ddd-dd-dddd`); the stride of the run scan.
@@ -454,6 +466,7 @@ fn hit(start: usize, end: usize, kind: Kind) -> Hit {
         kind,
         open: false,
         cut: false,
+        rest: false,
     }
 }
 
@@ -842,23 +855,82 @@ fn pem(t: &[u8], s: usize) -> Option<Hit> {
 pub const MAX_HELD_HIT: usize = 256;
 
 /// Cuts, at `safe`, the first hit that runs past it if it started more than [`MAX_HELD_HIT`]
-/// bytes before; `true` if it did. The caller releases the hit's first piece (masked, see
-/// [`Hit::cut`]) and keeps [`Behind`] with `cut`, so the next piece's scan masks the rest.
-pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> bool {
+/// bytes before; its kind if it did. The caller releases the hit's first piece (masked, see
+/// [`Hit::cut`]) and keeps [`Behind`] with the kind, so the next piece's scan masks the rest.
+pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> Option<Kind> {
     for h in hits.iter_mut() {
         if h.start >= safe {
             break;
         }
         if h.end > safe {
             if h.open || safe - h.start <= MAX_HELD_HIT {
-                return false;
+                return None;
             }
             h.end = safe;
             h.cut = true;
-            return true;
+            return Some(h.kind);
         }
     }
-    false
+    None
+}
+
+/// Where the run of bytes a detector's value is made of ends, from `from` on: digit-shaped
+/// values (`[0-9A-Z -]`) or tokens and addresses ([`TOKENISH`]). `None` for custom regexes,
+/// whose matches end where the regex says.
+fn value_run_end(t: &[u8], from: usize, kind: Kind) -> Option<usize> {
+    let class = match kind {
+        Kind::Detector(Detector::CardNumber | Detector::Ssn | Detector::Iban) => &RUN,
+        Kind::Detector(_) => &TOKENISH,
+        Kind::Custom(_) => return None,
+    };
+    let run = t[from.min(t.len())..]
+        .iter()
+        .take_while(|&&c| class[c as usize] != 0)
+        .count();
+    Some(from + run)
+}
+
+/// A value too long to hold ([`MAX_HELD_HIT`]) ends where the run of bytes it is made of
+/// ends, whether it is seen whole or in pieces: the scan of a piece after a cut may no longer
+/// see the value's start (an address's `@` more than [`BEHIND`] bytes back), and without this
+/// its rest went out as written. Hits from `first` on are `t`'s; `cut` is the kind of the
+/// value a cut left unfinished before `t`. A lengthened hit takes in the hits it reaches,
+/// but never an unfinished private key, which must stay `open`.
+fn lengthen_long_hits(t: &[u8], out: &mut Vec<Hit>, first: usize, cut: Option<Kind>) {
+    if let Some(kind) = cut {
+        let continued = out.get(first).is_some_and(|h| h.rest);
+        if let (false, Some(end @ 1..)) = (continued, value_run_end(t, 0, kind)) {
+            out.insert(
+                first,
+                Hit {
+                    rest: true,
+                    ..hit(0, end, kind)
+                },
+            );
+        }
+    }
+    let mut i = first;
+    while i < out.len() {
+        let h = out[i];
+        i += 1;
+        if h.open || !(h.rest || h.end - h.start > MAX_HELD_HIT) {
+            continue;
+        }
+        let Some(mut end) = value_run_end(t, h.end, h.kind) else {
+            continue;
+        };
+        let mut taken = i;
+        while let Some(next) = out.get(taken).filter(|n| n.start < end) {
+            if next.open {
+                end = next.start.max(h.end);
+                break;
+            }
+            end = end.max(next.end);
+            taken += 1;
+        }
+        out[i - 1].end = end;
+        out.drain(i..taken);
+    }
 }
 
 /// How much of what came before a cut is scanned again with the next piece: more than the
@@ -872,8 +944,8 @@ const BEHIND: usize = 96;
 pub struct Behind {
     bytes: Vec<u8>,
     scratch: Vec<u8>,
-    /// The last piece ended inside a value it released in pieces ([`cut_long_hit`]).
-    after_cut: bool,
+    /// The last piece ended inside a value it released in pieces ([`cut_long_hit`]): its kind.
+    after_cut: Option<Kind>,
     scanned: u64,
 }
 
@@ -882,17 +954,19 @@ impl Behind {
     /// start in them were settled with the previous piece, except after a cut inside a value:
     /// then what runs on past the cut is masked from the start of `t`.
     pub fn scan(&mut self, scanner: &Scanner, t: &[u8], out: &mut Vec<Hit>) {
+        let first = out.len();
         if self.bytes.is_empty() {
             self.scanned += t.len() as u64;
-            return scanner.scan(t, out);
+            scanner.scan(t, out);
+        } else {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.bytes);
+            self.scratch.extend_from_slice(t);
+            self.scanned += self.scratch.len() as u64;
+            scanner.scan(&self.scratch, out);
+            self.settle(out, first);
         }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.bytes);
-        self.scratch.extend_from_slice(t);
-        self.scanned += self.scratch.len() as u64;
-        let first = out.len();
-        scanner.scan(&self.scratch, out);
-        self.settle(out, first);
+        lengthen_long_hits(t, out, first, self.after_cut);
     }
 
     /// [`Behind::scan`] with [`Scanner::scan_split`].
@@ -903,18 +977,21 @@ impl Behind {
         out: &mut Vec<Hit>,
         other: &mut Vec<Hit>,
     ) {
+        let (first, first_other) = (out.len(), other.len());
         if self.bytes.is_empty() {
             self.scanned += t.len() as u64;
-            return scanner.scan_split(t, out, other);
+            scanner.scan_split(t, out, other);
+        } else {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.bytes);
+            self.scratch.extend_from_slice(t);
+            self.scanned += self.scratch.len() as u64;
+            scanner.scan_split(&self.scratch, out, other);
+            self.settle(out, first);
+            self.settle(other, first_other);
         }
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.bytes);
-        self.scratch.extend_from_slice(t);
-        self.scanned += self.scratch.len() as u64;
-        let (first, first_other) = (out.len(), other.len());
-        scanner.scan_split(&self.scratch, out, other);
-        self.settle(out, first);
-        self.settle(other, first_other);
+        lengthen_long_hits(t, out, first, self.after_cut);
+        lengthen_long_hits(t, other, first_other, None);
     }
 
     /// Drops the hits of `out[first..]` settled with the previous piece and makes the rest
@@ -924,10 +1001,11 @@ impl Behind {
         let mut keep = first;
         for i in first..out.len() {
             let h = out[i];
-            if h.start >= k || (self.after_cut && h.end > k) {
+            if h.start >= k || (self.after_cut.is_some() && h.end > k) {
                 out[keep] = Hit {
                     start: h.start.saturating_sub(k),
                     end: h.end - k,
+                    rest: h.start < k,
                     ..h
                 };
                 keep += 1;
@@ -938,14 +1016,14 @@ impl Behind {
 
     /// Remembers what precedes `t[end..]`, if the cut at `end` falls inside a run or (`cut`)
     /// inside a value released in pieces.
-    pub fn keep(&mut self, t: &[u8], end: usize, cut: bool) {
+    pub fn keep(&mut self, t: &[u8], end: usize, cut: Option<Kind>) {
         if end == 0 {
             // Nothing consumed: what came before is still what comes before.
             return;
         }
         self.after_cut = cut;
         let inside = end < t.len() && value_byte(t[end - 1]) && value_byte(t[end]);
-        if !inside && !cut {
+        if !inside && cut.is_none() {
             self.bytes.clear();
             return;
         }
@@ -960,7 +1038,7 @@ impl Behind {
 
     pub fn clear(&mut self) {
         self.bytes.clear();
-        self.after_cut = false;
+        self.after_cut = None;
     }
 }
 

@@ -459,7 +459,7 @@ impl JsonMasker {
             let mut lost = t.other.iter().any(|h| h.open);
             if let Some(h) = t.other.iter().find(|h| h.start < end && h.end > end) {
                 let to = h.start;
-                if cut
+                if cut.is_some()
                     || text_from.is_some()
                     || safe - to > detect::MAX_HELD_HIT
                     || self.hits.iter().any(|p| p.start < to && p.end > to)
@@ -550,7 +550,10 @@ impl JsonMasker {
                 self.quotes.advance(&buf[h.start..stop]);
                 pos = stop;
             } else {
-                let number = h.kind == Kind::Detector(Detector::CardNumber);
+                // No JSON number is a value too long to hold (a card stands alone): a long
+                // hit outside a string is not JSON after all, and is masked in place, the
+                // same whether it went out whole or in pieces.
+                let number = h.kind == Kind::Detector(Detector::CardNumber) && !h.long();
                 if number {
                     out.push(b'"');
                 }
@@ -615,6 +618,7 @@ impl JsonMasker {
                 end: origin + stop - base,
                 kind,
                 cut: h.cut,
+                rest: h.rest,
                 number: !quotes.in_string && kind == Detector::CardNumber,
             });
         }
@@ -873,7 +877,8 @@ impl JsonMasker {
                 .render_hit(&self.key, &h, &buf[h.start..stop], out);
             *emit = stop;
         } else {
-            let number = matches!(buf[h.start], b'0'..=b'9' | b'-');
+            // A long hit is masked in place, as in `run_quotes`.
+            let number = matches!(buf[h.start], b'0'..=b'9' | b'-') && !h.long();
             if number {
                 out.push(b'"');
             }
