@@ -901,13 +901,20 @@ fn card_numbers_written_as_any_number_are_masked() {
 /// stops at 128 levels); it was kept below 64.
 #[test]
 fn credentials_are_dropped_at_any_parsed_depth() {
-    let mut keys = json!({"privateKey": "a", "private_key": "b", "password@example.com": "c"});
+    let mut keys = json!({"privateKey": "a", "private_key": "b", "password@example.com": "c",
+        "pwd": "d", "PIN": "1234", "auth": "e", "basic_auth": "f", "otp": "123456",
+        "passcode": "g", "MFA": "654321"});
     drop_credentials(&mut keys);
     assert!(
         keys.as_object()
             .is_some_and(|o| o.values().all(|v| v == "[MASKED:credential]")),
         "{keys}"
     );
+    // Short names are credentials whole, not inside other words.
+    let mut words = json!({"author": "a", "spinner": "b", "mfa_enabled": true, "options": "c"});
+    let before = words.clone();
+    drop_credentials(&mut words);
+    assert_eq!(words, before);
     for depth in [0, 1, 63, 64, 65, 100, 126] {
         let text = format!(
             "{}{{\"api_key\":\"opaque-token\",\"n\":1}}{}",

@@ -49,13 +49,21 @@ pub enum MaskError {
 /// A header, parameter or field name whose value is a credential or a session (`Cookie`,
 /// `X-Api-Key`, `password`, `access_token`): such values are never recorded.
 pub fn is_credential_name(name: &str) -> bool {
-    const EXACT: [&str; 4] = [
+    // Short names that are words inside other names (`spinner`, `author`, `upwd`): whole only.
+    const EXACT: [&str; 10] = [
         "authorization",
         "proxy-authorization",
         "cookie",
         "set-cookie",
+        "auth",
+        "pwd",
+        "pin",
+        "otp",
+        "totp",
+        "mfa",
     ];
-    const PARTS: [&str; 17] = [
+    const PARTS: [&str; 18] = [
+        "passcode",
         "api-key",
         "apikey",
         "api_key",
@@ -81,7 +89,10 @@ pub fn is_credential_name(name: &str) -> bool {
     } else {
         name
     };
-    EXACT.contains(&name) || name.ends_with("-auth") || PARTS.iter().any(|p| name.contains(p))
+    EXACT.contains(&name)
+        || name.ends_with("-auth")
+        || name.ends_with("_auth")
+        || PARTS.iter().any(|p| name.contains(p))
 }
 
 /// Values under a credential's name (a `cookie` header in gRPC metadata, an `api_key` query
