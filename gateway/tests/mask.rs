@@ -73,6 +73,15 @@ fn detectors_find_what_they_should() {
             "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             "aws_secret_access_key = [MASKED:secret_key]",
         ),
+        // Columns aligned with spaces, and a YAML key with a blank line and an indent.
+        (
+            "AWS_SECRET_ACCESS_KEY                                                                                    wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "AWS_SECRET_ACCESS_KEY                                                                                    [MASKED:secret_key]",
+        ),
+        (
+            "aws_secret_access_key:\r\n\r\n                                        \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
+            "aws_secret_access_key:\r\n\r\n                                        \"[MASKED:secret_key]\"",
+        ),
         (
             "stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc",
             "stripe [MASKED:secret_key]",

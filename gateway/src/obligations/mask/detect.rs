@@ -119,8 +119,9 @@ static SECRET_FINDERS: std::sync::LazyLock<[memchr::memmem::FinderRev<'static>; 
     std::sync::LazyLock::new(|| SECRET_NAMES.map(memchr::memmem::FinderRev::new));
 /// The most bytes between a secret's name and its value: quotes, `=` or `:`, and the
 /// whitespace JSON, YAML or an env file allows (a JSON key, a newline and an indent; an
-/// escaped quote reads as spaces and a quote, see `unescape::View`).
-const SECRET_SEPARATORS: usize = 32;
+/// escaped quote reads as spaces and a quote, see `unescape::View`; a table whose columns
+/// are aligned with spaces).
+const SECRET_SEPARATORS: usize = 128;
 /// A secret's name, separators and 40-byte value fit in this many bytes.
 const SECRET_NAME_WINDOW: usize = 21 + SECRET_SEPARATORS + 40;
 
