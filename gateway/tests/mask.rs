@@ -1248,3 +1248,47 @@ fn a_long_jwt_never_shows_at_any_split() {
         );
     }
 }
+
+/// Found by review of the lengthening of long values: an unfinished private key right after a
+/// long run of card readings and capitals (all bytes a card run is made of, `-----BEGIN`
+/// included) was taken into the run's rest after a cut and its body went out; at the body's
+/// end the overlapping hits panicked. A closed key there is masked as a key, and an IBAN or
+/// SSN inside the run is the run's, cut or whole.
+#[test]
+fn a_long_run_next_to_a_private_key_or_other_values_masks_as_the_whole_does() {
+    let r = all();
+    let run = format!("a {}", "4 ".repeat(200));
+    let open_key = format!(
+        "{run}{} -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretsecretsecret\nMIIEsecond\n",
+        "A".repeat(60)
+    );
+    for input in [
+        open_key.clone(),
+        format!("{run}{} -----BEGIN RSA PRIV", "A".repeat(60)),
+        format!("{run}{} -----BEGIN RSA PRIVATE KEY-----", "A".repeat(60)),
+        format!(
+            "{run}{} -----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY----- b",
+            "A".repeat(66)
+        ),
+        format!("{run}GB82 WEST 1234 5698 7654 32 {} b", "A".repeat(60)),
+        format!("{run}GB82WEST12345698765432 {} b", "A".repeat(60)),
+        format!("{run}{} 123-45-6789 {} b", "A".repeat(24), "A".repeat(60)),
+    ] {
+        let out = same_at_every_split(&r, BodyKind::Text, &input);
+        assert!(!out.contains("secret"), "{out}");
+        assert!(!out.contains("4 4 4 4"), "{out}");
+    }
+    let json = format!(
+        "{{\"a\": \"{run}{} -----BEGIN RSA PRIVATE KEY-----\\nMIIEsecret\\n-----END RSA PRIVATE KEY-----\", \"password\": 1}}",
+        "A".repeat(66)
+    );
+    for r in [
+        r.clone(),
+        rules(json!(["card_number", "private_key", {"field": "$..password"}])),
+    ] {
+        let out = same_at_every_split(&r, BodyKind::Json, &json);
+        assert!(!out.contains("secret"), "{out}");
+    }
+    let out = text(&r, &open_key);
+    assert!(out.ends_with("[MASKED:private_key]"), "{out}");
+}

@@ -876,13 +876,13 @@ pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> Option<Kind> {
 }
 
 /// Where the run of bytes a detector's value is made of ends, from `from` on: digit-shaped
-/// values (`[0-9A-Z -]`) or tokens and addresses ([`TOKENISH`]). `None` for custom regexes,
-/// whose matches end where the regex says.
+/// values (`[0-9A-Z -]`) or tokens and addresses ([`TOKENISH`]). `None` for private keys,
+/// which end at their END line, and custom regexes, whose matches end where the regex says.
 fn value_run_end(t: &[u8], from: usize, kind: Kind) -> Option<usize> {
     let class = match kind {
         Kind::Detector(Detector::CardNumber | Detector::Ssn | Detector::Iban) => &RUN,
+        Kind::Detector(Detector::PrivateKey) | Kind::Custom(_) => return None,
         Kind::Detector(_) => &TOKENISH,
-        Kind::Custom(_) => return None,
     };
     let run = t[from.min(t.len())..]
         .iter()
@@ -891,30 +891,43 @@ fn value_run_end(t: &[u8], from: usize, kind: Kind) -> Option<usize> {
     Some(from + run)
 }
 
+/// A private key, whole or still arriving: never taken into another value, so that it is
+/// masked as a key and swallowed while its END line has not come (`open`).
+fn private_key(h: &Hit) -> bool {
+    h.open || h.kind == Kind::Detector(Detector::PrivateKey)
+}
+
 /// A value too long to hold ([`MAX_HELD_HIT`]) ends where the run of bytes it is made of
 /// ends, whether it is seen whole or in pieces: the scan of a piece after a cut may no longer
 /// see the value's start (an address's `@` more than [`BEHIND`] bytes back), and without this
 /// its rest went out as written. Hits from `first` on are `t`'s; `cut` is the kind of the
-/// value a cut left unfinished before `t`. A lengthened hit takes in the hits it reaches,
-/// but never an unfinished private key, which must stay `open`.
+/// value a cut left unfinished before `t`: the piece's first hit, if its scan found the rest
+/// ([`Behind::settle`]), takes that kind, so that it is written as the value's rest; else the
+/// run the value goes on in becomes that hit (not for private keys and custom regexes, see
+/// [`value_run_end`]). A lengthened hit takes in the hits it reaches, but stops before a
+/// private key. The hits stay sorted and apart.
 fn lengthen_long_hits(t: &[u8], out: &mut Vec<Hit>, first: usize, cut: Option<Kind>) {
     if let Some(kind) = cut {
-        let continued = out.get(first).is_some_and(|h| h.rest);
-        if let (false, Some(end @ 1..)) = (continued, value_run_end(t, 0, kind)) {
-            out.insert(
-                first,
-                Hit {
-                    rest: true,
-                    ..hit(0, end, kind)
-                },
-            );
+        match out.get_mut(first) {
+            Some(h) if h.rest => h.kind = kind,
+            _ => {
+                let key = out[first..].iter().find(|h| private_key(h));
+                let stop = key.map_or(t.len(), |h| h.start);
+                if let Some(end @ 1..) = value_run_end(t, 0, kind).map(|e| e.min(stop)) {
+                    let rest = Hit {
+                        rest: true,
+                        ..hit(0, end, kind)
+                    };
+                    out.insert(first, rest);
+                }
+            }
         }
     }
     let mut i = first;
     while i < out.len() {
         let h = out[i];
         i += 1;
-        if h.open || !(h.rest || h.end - h.start > MAX_HELD_HIT) {
+        if private_key(&h) || !h.long() {
             continue;
         }
         let Some(mut end) = value_run_end(t, h.end, h.kind) else {
@@ -922,16 +935,24 @@ fn lengthen_long_hits(t: &[u8], out: &mut Vec<Hit>, first: usize, cut: Option<Ki
         };
         let mut taken = i;
         while let Some(next) = out.get(taken).filter(|n| n.start < end) {
-            if next.open {
+            if private_key(next) {
                 end = next.start.max(h.end);
                 break;
             }
-            end = end.max(next.end);
+            if next.end > end {
+                // The run goes on past what it took in, as far as its own bytes do.
+                end = value_run_end(t, next.end, h.kind).unwrap_or(next.end);
+            }
             taken += 1;
         }
         out[i - 1].end = end;
         out.drain(i..taken);
     }
+    debug_assert!(
+        out[first..].windows(2).all(|w| w[0].end <= w[1].start),
+        "hits overlap after lengthening: {:?}",
+        &out[first..]
+    );
 }
 
 /// How much of what came before a cut is scanned again with the next piece: more than the
@@ -996,7 +1017,8 @@ impl Behind {
     }
 
     /// Drops the hits of `out[first..]` settled with the previous piece and makes the rest
-    /// relative to the new text.
+    /// relative to the new text. After a cut, a hit that began before it is the cut value's
+    /// rest ([`Hit::rest`]; [`lengthen_long_hits`] gives it the value's kind).
     fn settle(&self, out: &mut Vec<Hit>, first: usize) {
         let k = self.bytes.len();
         let mut keep = first;
