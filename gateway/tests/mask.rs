@@ -1292,3 +1292,64 @@ fn a_long_run_next_to_a_private_key_or_other_values_masks_as_the_whole_does() {
     let out = text(&r, &open_key);
     assert!(out.ends_with("[MASKED:private_key]"), "{out}");
 }
+
+/// Found by a second review: a closed private key longer than a masker holds was cut like
+/// any long value when a chunk (or, for a whole body, the held-back tail) ended inside its
+/// END line, and its rest went out without its BEGIN line, as nothing: the key's last bytes
+/// and END line in clear. A string holding a BEGIN line alone made the rest of the document
+/// an unfinished key, so nothing after it was looked for. A card run that took in a token
+/// continued after a cut as far as card bytes go, and the token's tail went out.
+#[test]
+fn private_keys_and_taken_in_tokens_are_masked_whole_at_any_split() {
+    let r = all();
+    let body = "MIIEowIBAAKCAQEAsecretsecretsecretABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghij\n"
+        .repeat(5);
+    let key =
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{body}ZQ1XK9AB-----END RSA PRIVATE KEY-----");
+    let out = text(&r, &key);
+    assert_eq!(out, "[MASKED:private_key]", "whole body");
+    for input in [format!("x {key} b\n"), format!("x {key}")] {
+        let out = same_at_every_split(&r, BodyKind::Text, &input);
+        assert!(
+            !out.contains("ZQ1XK9AB") && !out.contains("END RSA"),
+            "{out}"
+        );
+    }
+    let json = format!(
+        "{{\"PEM\": \"-----BEGIN PRIVATE KEY-----{}ZQ1XK9AB-----END PRIVATE KEY-----\"}}",
+        "MIIEowIBAAKCAQEA".repeat(25)
+    );
+    let out = same_at_every_split(&r, BodyKind::Json, &json);
+    assert!(!out.contains("ZQ1XK9AB") && !out.contains("MIIE"), "{out}");
+
+    for input in [
+        r#"{"note": "-----BEGIN RSA PRIVATE KEY-----", "b": "4111 1111 1111 1111", "c": "x@example.com"}"#,
+        r#"{"password": "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret1", "b": "4111 1111 1111 1111", "c": "x@example.com"}"#,
+        r#"{"k": "-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret1\n-----END RSA PRIV", "b": "4111 1111 1111 1111", "c": "x@example.com"}"#,
+    ] {
+        for r in [
+            r.clone(),
+            rules(json!(["card_number", "email", "private_key", {"field": "$..password"}])),
+        ] {
+            let out = same_at_every_split(&r, BodyKind::Json, input);
+            assert!(
+                !out.contains("4111 1111") && !out.contains("x@example.com"),
+                "{input}: {out}"
+            );
+            assert!(!out.contains("MIIEsecret"), "{input}: {out}");
+            serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        }
+    }
+
+    let input = format!(
+        "a {}AIzaSy{}AWS_SECRET_ACCESS_KEYtokentail{} end{}",
+        "4 ".repeat(200),
+        "b".repeat(120),
+        "c".repeat(10),
+        " x".repeat(150)
+    );
+    for input in [input.clone(), input[..input.len() - 300].to_string()] {
+        let out = same_at_every_split(&r, BodyKind::Text, &input);
+        assert!(!out.contains("tokentail"), "{out}");
+    }
+}

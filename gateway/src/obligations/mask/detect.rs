@@ -835,13 +835,27 @@ fn pem(t: &[u8], s: usize) -> Option<Hit> {
     }
     let body = label_start + close + 5;
     let limit = t.len().min(s + MAX_PEM);
+    // A key's text never holds a quote: where one comes, the string that held the key (JSON,
+    // YAML, an attribute) ended, and so did the key; what follows is read as anything else.
+    // Without this a string holding a BEGIN line alone made the rest of a document one
+    // unfinished key, and no other value in it was looked for.
+    let quote = memchr::memchr(b'"', &t[body..limit]).map(|q| body + q);
+    let limit = quote.unwrap_or(limit);
+    let key = |e| Some(hit(s, e, Kind::Detector(Detector::PrivateKey)));
     match memchr::memmem::find(&t[body..limit], b"-----END ") {
         Some(end) => {
             let after = body + end + 9;
-            let e =
-                memchr::memmem::find(&t[after..limit], b"-----").map_or(limit, |x| after + x + 5);
-            Some(hit(s, e, Kind::Detector(Detector::PrivateKey)))
+            match memchr::memmem::find(&t[after..limit], b"-----") {
+                Some(x) => key(after + x + 5),
+                None if quote.is_some() => key(limit),
+                // The END line is still arriving: not over until its `-----` came.
+                None => Some(Hit {
+                    open: true,
+                    ..hit(s, limit, Kind::Detector(Detector::PrivateKey))
+                }),
+            }
         }
+        None if quote.is_some() => key(limit),
         None => Some(Hit {
             open: true,
             ..hit(s, limit, Kind::Detector(Detector::PrivateKey))
@@ -864,7 +878,9 @@ pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> Option<Kind> {
             break;
         }
         if h.end > safe {
-            if h.open || safe - h.start <= MAX_HELD_HIT {
+            // A private key is held whole (up to `MAX_PEM`): cut, its rest would be read
+            // again without its BEGIN line, as nothing.
+            if private_key(h) || safe - h.start <= MAX_HELD_HIT {
                 return None;
             }
             h.end = safe;
@@ -875,18 +891,18 @@ pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> Option<Kind> {
     None
 }
 
-/// Where the run of bytes a detector's value is made of ends, from `from` on: digit-shaped
-/// values (`[0-9A-Z -]`) or tokens and addresses ([`TOKENISH`]). `None` for private keys,
-/// which end at their END line, and custom regexes, whose matches end where the regex says.
+/// Where the run of bytes values are made of ([`value_byte`]: digit-shaped values, tokens,
+/// addresses) ends, from `from` on. One class for every detector: a long value takes in
+/// values of other kinds (a card run an `AIza…` key), and its rest after a cut must reach as
+/// far as the whole did whichever it was cut in. `None` for private keys, which end at their
+/// END line, and custom regexes, whose matches end where the regex says.
 fn value_run_end(t: &[u8], from: usize, kind: Kind) -> Option<usize> {
-    let class = match kind {
-        Kind::Detector(Detector::CardNumber | Detector::Ssn | Detector::Iban) => &RUN,
-        Kind::Detector(Detector::PrivateKey) | Kind::Custom(_) => return None,
-        Kind::Detector(_) => &TOKENISH,
-    };
+    if matches!(kind, Kind::Detector(Detector::PrivateKey) | Kind::Custom(_)) {
+        return None;
+    }
     let run = t[from.min(t.len())..]
         .iter()
-        .take_while(|&&c| class[c as usize] != 0)
+        .take_while(|&&c| value_byte(c))
         .count();
     Some(from + run)
 }
