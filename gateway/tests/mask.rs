@@ -1341,6 +1341,16 @@ fn private_keys_and_taken_in_tokens_are_masked_whole_at_any_split() {
         }
     }
 
+    // A token right before a key: its run of `-`-bearing bytes took in `-----BEGIN`.
+    let input = format!(
+        "eyJ{}.eyJ{}.{}-----BEGIN RSA PRIVATE KEY-----\nMIIEsecret\n-----END RSA PRIVATE KEY-----",
+        "a".repeat(60),
+        "b".repeat(150),
+        "c".repeat(60)
+    );
+    let out = same_at_every_split(&r, BodyKind::Text, &input);
+    assert_eq!(out, "[MASKED:jwt][MASKED:private_key]");
+
     let input = format!(
         "a {}AIzaSy{}AWS_SECRET_ACCESS_KEYtokentail{} end{}",
         "4 ".repeat(200),

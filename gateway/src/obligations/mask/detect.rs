@@ -734,9 +734,15 @@ fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Result<Hit, usize> {
     if d != Detector::PrivateKey && s > 0 && is_word(t[s - 1]) {
         return Err(next);
     }
+    // A token's run stops before five dashes (a PEM line's `-----BEGIN`): taken into a run
+    // of `-`-bearing token bytes (a JWT, `sk-…`), a private key right after one was not seen.
     let run = |from: usize, ok: fn(u8) -> bool| {
         let mut e = from;
-        while e < t.len() && ok(t[e]) && e - s < MAX_TOKEN {
+        while e < t.len()
+            && ok(t[e])
+            && e - s < MAX_TOKEN
+            && (t[e] != b'-' || !t[e..].starts_with(b"-----"))
+        {
             e += 1;
         }
         e
