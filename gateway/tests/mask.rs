@@ -826,7 +826,7 @@ fn split_scan_finds_what_separate_scans_find() {
         let split = Scanner::split(primary, Vec::new());
         for t in texts {
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            split.scan_split(t.as_bytes(), &mut a, &mut b);
+            split.scan_split(t.as_bytes(), Default::default(), &mut a, &mut b);
             let mut alone = Vec::new();
             Scanner::new(primary, Vec::new()).scan(t.as_bytes(), &mut alone);
             assert_eq!(a, alone, "{primary:?} in {t:?}");
@@ -1329,4 +1329,63 @@ fn private_keys_and_taken_in_tokens_are_masked_whole_at_any_split() {
         let out = same_at_every_split(&r, BodyKind::Text, &input);
         assert!(!out.contains("tokentail"), "{out}");
     }
+}
+
+/// Found by a third review of the quote rule: outside JSON the text a key is written in has
+/// quotes between its lines (a page of code, string concatenation, a C header), and the key
+/// must still end at its END line, not at the first quote. A malformed END line must not reach
+/// into the next key's BEGIN line. The words after a long JWT are not part of it. A key in a
+/// JSON string held past 64 KiB ends with its string, and what follows is masked as usual.
+#[test]
+fn private_keys_end_where_their_text_says_and_long_tokens_keep_their_words() {
+    let r = all();
+    let lines = ["MIIEowIBAAKCAQEAsecretline1", "secretline2secretline2"];
+    for input in [
+        format!(
+            "<td class=\"blob-code\">-----BEGIN RSA PRIVATE KEY-----</td></tr><tr><td class=\"blob-code\">{}</td></tr><tr><td class=\"blob-code\">{}</td></tr><tr><td class=\"blob-code\">-----END RSA PRIVATE KEY-----</td>",
+            lines[0], lines[1]
+        ),
+        format!(
+            "k = \"-----BEGIN RSA PRIVATE KEY-----\\n\" +\n \"{}\\n\" +\n \"{}\\n\" +\n \"-----END RSA PRIVATE KEY-----\";",
+            lines[0], lines[1]
+        ),
+        format!(
+            "#define KEY \"-----BEGIN RSA PRIVATE KEY-----\\n\"\\\n\"{}\\n\"\\\n\"{}\\n\"\\\n\"-----END RSA PRIVATE KEY-----\"",
+            lines[0], lines[1]
+        ),
+        format!(
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEone\n-----END RSA PRIVATE KEY----\n-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----",
+            lines[0]
+        ),
+    ] {
+        let out = same_at_every_split(&r, BodyKind::Text, &input);
+        assert!(!out.contains("secretline"), "{out}");
+    }
+
+    let jwt = format!(
+        "eyJhbGciOiJSUzI1NiJ9.eyJ{}.{}",
+        "c3ViIjoiYWxpY2UifQ".repeat(10),
+        "sig_".repeat(40)
+    );
+    let input = format!("token {jwt} was rejected for bob@example.org today, ok");
+    assert_eq!(
+        same_at_every_split(&r, BodyKind::Text, &input),
+        "token [MASKED:jwt] was rejected for [MASKED:email] today, ok"
+    );
+
+    let json = format!(
+        "{{\"log\": \"-----BEGIN RSA PRIVATE KEY-----\\n{}\", \"card\": \"4111 1111 1111 1111\", \"mail\": \"x@example.com\"}}",
+        "a".repeat(70_000)
+    );
+    let mut m = BodyMasker::new(r.clone(), key(), BodyKind::Json);
+    let mut out = Vec::new();
+    for c in json.as_bytes().chunks(4096) {
+        m.push(c, &mut out);
+    }
+    m.finish(&mut out);
+    let out = String::from_utf8(out).expect("utf8");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["card"], "************1111", "{out}");
+    assert_eq!(v["mail"], "[MASKED:email]", "{out}");
+    assert!(!out.contains("aaaa"), "{out}");
 }

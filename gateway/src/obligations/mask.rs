@@ -765,6 +765,7 @@ impl TextMasker {
     pub fn json(rules: Arc<MaskRules>, key: MaskKey) -> Self {
         Self {
             json: Some(Box::default()),
+            behind: detect::Behind::json(),
             ..Self::new(rules, key)
         }
     }
@@ -813,6 +814,19 @@ impl TextMasker {
     /// Masks `buf` and returns how many bytes of it were consumed.
     fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
         let mut start = 0;
+        if self.in_pem {
+            // JSON read as text: the key ends with its string, at the first quote (as
+            // `detect::pem` reads it), if that comes before an END line.
+            let quote = self
+                .json
+                .as_ref()
+                .and_then(|_| memchr::memchr(b'"', buf))
+                .filter(|&q| memchr::memmem::find(&buf[..q], b"-----END ").is_none());
+            if let Some(q) = quote {
+                start = q;
+                self.in_pem = false;
+            }
+        }
         if self.in_pem {
             match memchr::memmem::find(buf, b"-----END ") {
                 Some(e) => {
@@ -868,11 +882,14 @@ impl TextMasker {
                     out.extend_from_slice(&rest[pos..h.start]);
                     self.rules.render(&self.key, h.kind, b"", out);
                     self.stats.masked += 1;
-                    self.in_pem = !eof;
+                    self.in_pem = true;
                     if let Some(j) = &mut self.json {
                         j.view = view;
                     }
-                    return buf.len();
+                    // Swallowed from its BEGIN line on; what follows its END line (in JSON,
+                    // its string's end) in this same piece is read as anything else.
+                    let from = start + h.start + 1;
+                    return from + self.process(&buf[from..], eof, out);
                 }
                 end = end.min(h.start);
                 break;

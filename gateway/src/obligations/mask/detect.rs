@@ -222,18 +222,23 @@ impl Scanner {
 
     /// Appends the hits in `t`, sorted, overlapping ones merged (the earlier one names it).
     pub fn scan(&self, t: &[u8], out: &mut Vec<Hit>) {
+        self.scan_in(t, Within::Text, out);
+    }
+
+    /// [`Scanner::scan`] of text `within` a kind of document.
+    pub fn scan_in(&self, t: &[u8], within: Within, out: &mut Vec<Hit>) {
         let first = out.len();
-        self.find(t, out);
+        self.find(t, within, out);
         merge(out, first);
     }
 
     /// [`Scanner::scan`] for a scanner made by [`Scanner::split`]: the primary detectors' and
     /// custom hits to `out`, exactly as a scanner of those alone finds them, and the other
     /// detectors' to `other`, each list sorted and merged on its own. The text is read once.
-    pub fn scan_split(&self, t: &[u8], out: &mut Vec<Hit>, other: &mut Vec<Hit>) {
+    pub fn scan_split(&self, t: &[u8], within: Within, out: &mut Vec<Hit>, other: &mut Vec<Hit>) {
         let first = out.len();
         let first_other = other.len();
-        self.find(t, out);
+        self.find(t, within, out);
         // Found in order of detector, not position: move the others' out, keeping order.
         let mut keep = first;
         for i in first..out.len() {
@@ -275,7 +280,7 @@ impl Scanner {
             joined.push(0);
         }
         let mut hits = Vec::new();
-        self.find(&joined, &mut hits);
+        self.find(&joined, Within::Text, &mut hits);
         !hits.is_empty()
             || (self.on(Detector::PrivateKey) && PEM_BEGIN_FINDER.find(&joined).is_some())
     }
@@ -288,7 +293,7 @@ impl Scanner {
     }
 
     /// Every detector's hits, unsorted.
-    fn find(&self, t: &[u8], out: &mut Vec<Hit>) {
+    fn find(&self, t: &[u8], within: Within, out: &mut Vec<Hit>) {
         if self.on(Detector::Email) {
             for at in memchr::memchr_iter(b'@', t) {
                 if let Some((s, e)) = email(t, at) {
@@ -312,7 +317,7 @@ impl Scanner {
                 if m.start() < dead[pattern] {
                     continue;
                 }
-                match token(t, m.start(), len, d) {
+                match token(t, m.start(), len, d, within) {
                     Ok(h) => {
                         // Past a primary hit, as a scanner of the primary detectors alone
                         // goes on; inside another one, whose anchors it would not have seen,
@@ -729,19 +734,20 @@ fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
 /// anchor of the same pattern is worth trying: one inside the same run of token bytes ends
 /// where this one did and fails the same way, so `sk-sk-sk-…` costs one pass, not one pass
 /// per anchor.
-fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Result<Hit, usize> {
+fn token(t: &[u8], s: usize, anchor: usize, d: Detector, within: Within) -> Result<Hit, usize> {
     let next = s + 1;
     if d != Detector::PrivateKey && s > 0 && is_word(t[s - 1]) {
         return Err(next);
     }
-    // A token's run stops before five dashes (a PEM line's `-----BEGIN`): taken into a run
-    // of `-`-bearing token bytes (a JWT, `sk-…`), a private key right after one was not seen.
+    // A token's run stops before a PEM line's `-----BEGIN ` (no token holds its space):
+    // taken into a run of `-`-bearing token bytes (a JWT, `sk-…`), a private key right after
+    // one was not seen.
     let run = |from: usize, ok: fn(u8) -> bool| {
         let mut e = from;
         while e < t.len()
             && ok(t[e])
             && e - s < MAX_TOKEN
-            && (t[e] != b'-' || !t[e..].starts_with(b"-----"))
+            && (t[e] != b'-' || !t[e..].starts_with(PEM_BEGIN))
         {
             e += 1;
         }
@@ -820,13 +826,31 @@ fn token(t: &[u8], s: usize, anchor: usize, d: Detector) -> Result<Hit, usize> {
                 .then(|| hit(s, e, Kind::Detector(d)))
                 .ok_or(fail)
         }
-        Detector::PrivateKey => pem(t, s).ok_or(next),
+        Detector::PrivateKey => pem(t, s, within).ok_or(next),
         _ => Err(next),
     }
 }
 
-/// `-----BEGIN … PRIVATE KEY-----` through its END line; `open` if the END is not there yet.
-fn pem(t: &[u8], s: usize) -> Option<Hit> {
+/// Where a scanned text sits, which decides where a private key can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Within {
+    #[default]
+    /// Any text (`text/*`, XML, HTML, source code): a key ends at its END line, whatever
+    /// quotes the text it is written in puts between its lines (`"MIIE…\n" +`, `<td class="…">`).
+    Text,
+    /// A JSON document, read through its escapes: a key is inside one string and ends with
+    /// it, at its closing quote (a key's own text never holds one). Without this a string
+    /// holding a BEGIN line alone made the rest of the document one unfinished key, and no
+    /// other value in it was looked for.
+    Json,
+}
+
+/// The longest END line label (`ENCRYPTED PRIVATE KEY` and the like) before its `-----`.
+const PEM_END_LABEL: usize = 64;
+
+/// `-----BEGIN … PRIVATE KEY-----` through its END line (and in JSON no further than its
+/// string's end); `open` if the END line has not come or is still arriving.
+fn pem(t: &[u8], s: usize, within: Within) -> Option<Hit> {
     let label_start = s + PEM_BEGIN.len();
     let rest = &t[label_start..t.len().min(label_start + 64)];
     let Some(close) = memchr::memmem::find(rest, b"-----") else {
@@ -841,31 +865,37 @@ fn pem(t: &[u8], s: usize) -> Option<Hit> {
     }
     let body = label_start + close + 5;
     let limit = t.len().min(s + MAX_PEM);
-    // A key's text never holds a quote: where one comes, the string that held the key (JSON,
-    // YAML, an attribute) ended, and so did the key; what follows is read as anything else.
-    // Without this a string holding a BEGIN line alone made the rest of a document one
-    // unfinished key, and no other value in it was looked for.
-    let quote = memchr::memchr(b'"', &t[body..limit]).map(|q| body + q);
+    let quote = match within {
+        Within::Json => memchr::memchr(b'"', &t[body..limit]).map(|q| body + q),
+        Within::Text => None,
+    };
     let limit = quote.unwrap_or(limit);
     let key = |e| Some(hit(s, e, Kind::Detector(Detector::PrivateKey)));
-    match memchr::memmem::find(&t[body..limit], b"-----END ") {
-        Some(end) => {
-            let after = body + end + 9;
-            match memchr::memmem::find(&t[after..limit], b"-----") {
-                Some(x) => key(after + x + 5),
-                None if quote.is_some() => key(limit),
-                // The END line is still arriving: not over until its `-----` came.
-                None => Some(Hit {
-                    open: true,
-                    ..hit(s, limit, Kind::Detector(Detector::PrivateKey))
-                }),
-            }
-        }
-        None if quote.is_some() => key(limit),
-        None => Some(Hit {
+    let open = |e| {
+        Some(Hit {
             open: true,
-            ..hit(s, limit, Kind::Detector(Detector::PrivateKey))
-        }),
+            ..hit(s, e, Kind::Detector(Detector::PrivateKey))
+        })
+    };
+    let Some(end) = memchr::memmem::find(&t[body..limit], b"-----END ") else {
+        return if quote.is_some() {
+            key(limit)
+        } else {
+            open(limit)
+        };
+    };
+    // The END line's own `-----`: within its label's length and before the line ends, so
+    // that a malformed END line never reaches into the next key's `-----BEGIN`.
+    let after = body + end + 9;
+    let line = &t[after..limit.min(after + PEM_END_LABEL)];
+    let stop = memchr::memchr2(b'\n', b'\r', line).unwrap_or(line.len());
+    match memchr::memmem::find(&line[..stop], b"-----") {
+        Some(x) => key(after + x + 5),
+        // The line ended (or its label ran out) without one: the key ends with the line.
+        None if stop < line.len() || line.len() == PEM_END_LABEL => key(after + stop),
+        None if quote.is_some() => key(limit),
+        // The END line is still arriving.
+        None => open(limit),
     }
 }
 
@@ -897,18 +927,27 @@ pub fn cut_long_hit(hits: &mut [Hit], safe: usize) -> Option<Kind> {
     None
 }
 
-/// Where the run of bytes values are made of ([`value_byte`]: digit-shaped values, tokens,
-/// addresses) ends, from `from` on. One class for every detector: a long value takes in
-/// values of other kinds (a card run an `AIza…` key), and its rest after a cut must reach as
-/// far as the whole did whichever it was cut in. `None` for private keys, which end at their
-/// END line, and custom regexes, whose matches end where the regex says.
+/// Where the run of bytes a long value of `kind` is made of ends, from `from` on: tokens and
+/// addresses run over [`TOKENISH`] bytes (no space: the words after a long JWT are not its);
+/// digit-shaped values (card runs, `4 4 4 …`) over any value byte ([`value_byte`]), spaces
+/// included, since such a run takes in tokens (`AIza…`) whose rest after a cut must reach as
+/// far as the whole did. `None` for private keys, which end at their END line, and custom
+/// regexes, whose matches end where the regex says.
 fn value_run_end(t: &[u8], from: usize, kind: Kind) -> Option<usize> {
-    if matches!(kind, Kind::Detector(Detector::PrivateKey) | Kind::Custom(_)) {
-        return None;
-    }
+    let digit_shaped = match kind {
+        Kind::Detector(Detector::PrivateKey) | Kind::Custom(_) => return None,
+        Kind::Detector(Detector::CardNumber | Detector::Ssn | Detector::Iban) => true,
+        Kind::Detector(_) => false,
+    };
     let run = t[from.min(t.len())..]
         .iter()
-        .take_while(|&&c| value_byte(c))
+        .take_while(|&&c| {
+            if digit_shaped {
+                value_byte(c)
+            } else {
+                tokenish(c)
+            }
+        })
         .count();
     Some(from + run)
 }
@@ -986,6 +1025,8 @@ const BEHIND: usize = 96;
 /// the whole text would: without them, the tail of a 20-digit number looks like a card.
 #[derive(Debug, Default)]
 pub struct Behind {
+    /// What the scanned text is ([`Within`]).
+    within: Within,
     bytes: Vec<u8>,
     scratch: Vec<u8>,
     /// The last piece ended inside a value it released in pieces ([`cut_long_hit`]): its kind.
@@ -994,6 +1035,14 @@ pub struct Behind {
 }
 
 impl Behind {
+    /// For text that is JSON, read through its escapes ([`Within::Json`]).
+    pub fn json() -> Self {
+        Self {
+            within: Within::Json,
+            ..Self::default()
+        }
+    }
+
     /// Appends the hits in `t` as if the remembered bytes came right before it; hits that
     /// start in them were settled with the previous piece, except after a cut inside a value:
     /// then what runs on past the cut is masked from the start of `t`.
@@ -1001,13 +1050,13 @@ impl Behind {
         let first = out.len();
         if self.bytes.is_empty() {
             self.scanned += t.len() as u64;
-            scanner.scan(t, out);
+            scanner.scan_in(t, self.within, out);
         } else {
             self.scratch.clear();
             self.scratch.extend_from_slice(&self.bytes);
             self.scratch.extend_from_slice(t);
             self.scanned += self.scratch.len() as u64;
-            scanner.scan(&self.scratch, out);
+            scanner.scan_in(&self.scratch, self.within, out);
             self.settle(out, first);
         }
         lengthen_long_hits(t, out, first, self.after_cut);
@@ -1024,13 +1073,13 @@ impl Behind {
         let (first, first_other) = (out.len(), other.len());
         if self.bytes.is_empty() {
             self.scanned += t.len() as u64;
-            scanner.scan_split(t, out, other);
+            scanner.scan_split(t, self.within, out, other);
         } else {
             self.scratch.clear();
             self.scratch.extend_from_slice(&self.bytes);
             self.scratch.extend_from_slice(t);
             self.scanned += self.scratch.len() as u64;
-            scanner.scan_split(&self.scratch, out, other);
+            scanner.scan_split(&self.scratch, self.within, out, other);
             self.settle(out, first);
             self.settle(other, first_other);
         }

@@ -303,7 +303,7 @@ impl JsonMasker {
             key,
             carry: Carry::default(),
             hits: Vec::new(),
-            behind: detect::Behind::default(),
+            behind: detect::Behind::json(),
             lex: Lexer::default(),
             quotes: Quotes::default(),
             fallback: None,
