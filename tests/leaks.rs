@@ -21,7 +21,7 @@ rules:
   - name: everything
     action: allow
 response:
-  mask: [card_number, email]
+  mask: [card_number, email, private_key]
   {response}
 "#
     )
@@ -401,7 +401,7 @@ fn bodies_of_every_type_are_masked_or_refused() {
     };
     let card = "4111 1111 1111 1111";
     for t in [
-        "csv", "yaml", "jsonl", "ndjson", "soap", "problem", "escaped",
+        "csv", "yaml", "jsonl", "ndjson", "soap", "problem", "escaped", "begin", "keyhtml",
     ] {
         let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);
         let (code, body) = curl_in(&s.cg, &["-w", "\n%{http_code}", &url]);
@@ -410,7 +410,11 @@ fn bodies_of_every_type_are_masked_or_refused() {
         assert_eq!(status, "200", "{t}: {body}");
         assert!(!body.contains(card), "{t}: the card got out: {body}");
         assert!(body.contains("************1111"), "{t}: not masked: {body}");
-        if t == "escaped" {
+        assert!(
+            !body.contains("keybodyline"),
+            "{t}: the key got out: {body}"
+        );
+        if t == "escaped" || t == "begin" {
             // Still JSON, and what a client decodes holds neither value.
             let v: serde_json::Value =
                 serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));

@@ -139,6 +139,17 @@ class Handler(BaseHTTPRequestHandler):
                 "escaped": ("application/json", json.dumps(
                     {"note": f"line\n{CARD}", "accent": f"\u00e9{CARD}",
                      "to": "ann\njane.doe@example.com"})),
+                # A caller's query echoed before the values (issue 39 review): a string
+                # holding a BEGIN line alone once made the rest of the answer one
+                # unfinished private key, and nothing after it was masked.
+                "begin": ("application/json", json.dumps(
+                    {"query": "-----BEGIN RSA PRIVATE KEY-----", "card": CARD,
+                     "to": "jane.doe@example.com"})),
+                # A key shown as a page of code, a line per cell: quotes between its lines.
+                "keyhtml": ("text/html", "".join(
+                    f'<tr><td class="blob-code">{line}</td></tr>' for line in
+                    ["-----BEGIN RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEAkeybodyline",
+                     "-----END RSA PRIVATE KEY-----", CARD])),
                 "octet": ("application/octet-stream", f"card {CARD}"),
                 "multipart": ("multipart/mixed; boundary=b",
                               f"--b\r\nContent-Type: text/plain\r\n\r\n{CARD}\r\n--b--\r\n"),
