@@ -1389,3 +1389,29 @@ fn private_keys_end_where_their_text_says_and_long_tokens_keep_their_words() {
     assert_eq!(v["mail"], "[MASKED:email]", "{out}");
     assert!(!out.contains("aaaa"), "{out}");
 }
+
+/// A key too long to hold is swallowed as it streams: its END line is read as a key held
+/// whole reads it (`detect::pem_end_line`), so a malformed END line does not take the next
+/// key's `-----BEGIN` dashes for its own and let that key's body out.
+#[test]
+fn a_swallowed_key_ends_where_a_held_key_would() {
+    let r = all();
+    let long = "MIIEowIBAAKCAQEAfirstkeyfirstkey\n".repeat(2200);
+    let input = format!(
+        "-----BEGIN RSA PRIVATE KEY-----\n{long}-----END RSA PRIVATE KEY----\n-----BEGIN RSA PRIVATE KEY-----\nSECRETsecondkey\n-----END RSA PRIVATE KEY----- done"
+    );
+    for chunk in [4096, 100] {
+        let mut m = BodyMasker::new(r.clone(), key(), BodyKind::Text);
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(chunk) {
+            m.push(c, &mut out);
+        }
+        m.finish(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains("secondkey") && !out.contains("firstkey"),
+            "{chunk}: {out}"
+        );
+        assert!(out.ends_with(" done"), "{chunk}: {out}");
+    }
+}

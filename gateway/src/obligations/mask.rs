@@ -720,9 +720,6 @@ impl Carry {
     }
 }
 
-/// The longest label of a PEM END line (`-----END ENCRYPTED PRIVATE KEY-----` and the like).
-const MAX_PEM_LABEL: usize = 64;
-
 /// Streams text through the detectors; holds back only what may be the start of a value.
 #[derive(Debug)]
 pub struct TextMasker {
@@ -829,23 +826,16 @@ impl TextMasker {
         }
         if self.in_pem {
             match memchr::memmem::find(buf, b"-----END ") {
-                Some(e) => {
-                    let after = e + 9;
-                    match memchr::memmem::find(&buf[after..], b"-----") {
-                        Some(x) => {
-                            start = after + x + 5;
-                            self.in_pem = false;
-                        }
-                        None if eof => return buf.len(),
-                        // An END line's label is short: with no `-----` after it in that
-                        // long, the key goes on; so does the swallowing, instead of holding
-                        // the whole rest and scanning it again with each chunk.
-                        None if buf.len() - after > MAX_PEM_LABEL => {
-                            return buf.len().saturating_sub(8);
-                        }
-                        None => return e,
+                // Where the END line says, as for a key held whole (an END line is short:
+                // what is held for it is bounded).
+                Some(e) => match detect::pem_end_line(buf, e + 9) {
+                    Some(end) => {
+                        start = end;
+                        self.in_pem = false;
                     }
-                }
+                    None if eof => return buf.len(),
+                    None => return e,
+                },
                 // Keep a few bytes in case the END marker is split.
                 None if eof => return buf.len(),
                 None => return buf.len().saturating_sub(8),

@@ -851,14 +851,22 @@ const PEM_END_LABEL: usize = 64;
 /// `-----BEGIN … PRIVATE KEY-----` through its END line (and in JSON no further than its
 /// string's end); `open` if the END line has not come or is still arriving.
 fn pem(t: &[u8], s: usize, within: Within) -> Option<Hit> {
+    let key = |e| Some(hit(s, e, Kind::Detector(Detector::PrivateKey)));
+    let open = |e| {
+        Some(Hit {
+            open: true,
+            ..hit(s, e, Kind::Detector(Detector::PrivateKey))
+        })
+    };
     let label_start = s + PEM_BEGIN.len();
     let rest = &t[label_start..t.len().min(label_start + 64)];
     let Some(close) = memchr::memmem::find(rest, b"-----") else {
         // The label is still arriving: it may yet say PRIVATE KEY.
-        return (label_start + 64 > t.len()).then(|| Hit {
-            open: true,
-            ..hit(s, t.len(), Kind::Detector(Detector::PrivateKey))
-        });
+        return if label_start + 64 > t.len() {
+            open(t.len())
+        } else {
+            None
+        };
     };
     if !rest[..close].ends_with(b"PRIVATE KEY") {
         return None;
@@ -870,13 +878,6 @@ fn pem(t: &[u8], s: usize, within: Within) -> Option<Hit> {
         Within::Text => None,
     };
     let limit = quote.unwrap_or(limit);
-    let key = |e| Some(hit(s, e, Kind::Detector(Detector::PrivateKey)));
-    let open = |e| {
-        Some(Hit {
-            open: true,
-            ..hit(s, e, Kind::Detector(Detector::PrivateKey))
-        })
-    };
     let Some(end) = memchr::memmem::find(&t[body..limit], b"-----END ") else {
         return if quote.is_some() {
             key(limit)
@@ -884,18 +885,25 @@ fn pem(t: &[u8], s: usize, within: Within) -> Option<Hit> {
             open(limit)
         };
     };
-    // The END line's own `-----`: within its label's length and before the line ends, so
-    // that a malformed END line never reaches into the next key's `-----BEGIN`.
-    let after = body + end + 9;
-    let line = &t[after..limit.min(after + PEM_END_LABEL)];
+    match pem_end_line(&t[..limit], body + end + 9) {
+        Some(e) => key(e),
+        None if quote.is_some() => key(limit),
+        None => open(limit),
+    }
+}
+
+/// Where a private key ends whose `-----END ` line's label starts at `after`: past the line's
+/// own `-----`, looked for within a label's length and before the line ends, so that a
+/// malformed END line never reaches into the next key's `-----BEGIN`; where the line ended
+/// (or its label ran out) without one; `None` while the line is still arriving. Both readers
+/// of a key use it: [`pem`], and a streaming masker swallowing a key too long to hold.
+pub fn pem_end_line(t: &[u8], after: usize) -> Option<usize> {
+    let line = &t[after..t.len().min(after + PEM_END_LABEL)];
     let stop = memchr::memchr2(b'\n', b'\r', line).unwrap_or(line.len());
     match memchr::memmem::find(&line[..stop], b"-----") {
-        Some(x) => key(after + x + 5),
-        // The line ended (or its label ran out) without one: the key ends with the line.
-        None if stop < line.len() || line.len() == PEM_END_LABEL => key(after + stop),
-        None if quote.is_some() => key(limit),
-        // The END line is still arriving.
-        None => open(limit),
+        Some(x) => Some(after + x + 5),
+        None if stop < line.len() || line.len() == PEM_END_LABEL => Some(after + stop),
+        None => None,
     }
 }
 
