@@ -84,6 +84,7 @@ pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractE
             return Err(ExtractError::MethodOverride(format!("a {name} header")));
         }
     }
+    content_type(&parts.headers)?;
     let Some(canonical) = path::canonical(parts.uri.path(), service.paths)? else {
         return Ok(());
     };
@@ -99,6 +100,25 @@ pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractE
     );
     parts.uri = Uri::from_parts(uri).map_err(|_| ExtractError::Path(path::PathError::NotOrigin))?;
     Ok(())
+}
+
+/// The body's type must have one reading: how a body is read for arguments (JSON, a form, not
+/// at all) follows it, and so does the server's. Two `Content-Type` fields are refused, since
+/// servers differ on which one they take (werkzeug the last, most readers the first), and so
+/// is one that is not text: werkzeug decodes bytes above 0x7f as Latin-1 and takes a form's
+/// type from `application/x-www-form-urlencoded; charset=\xe9`, which the gateway could not
+/// read, so the body was decided as JSON and run as a form.
+fn content_type(headers: &HeaderMap) -> Result<(), ExtractError> {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (_, Some(_)) => Err(ExtractError::ContentType(
+            "the request gives its body's type (Content-Type) more than once; servers differ on which one they read",
+        )),
+        (Some(v), None) if v.to_str().is_err() => Err(ExtractError::ContentType(
+            "the request's Content-Type is not plain text (visible ASCII); servers differ on how they read it",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The calls in one request.
@@ -127,6 +147,8 @@ pub enum ExtractError {
     McpMethod(String),
     #[error("{0} asks the server for another method than the request's")]
     MethodOverride(String),
+    #[error("{0}")]
+    ContentType(&'static str),
 }
 
 /// Headers that frameworks read as the request's real method.
@@ -148,6 +170,7 @@ impl ExtractError {
             | ExtractError::MethodOverride(_) => "bad_method",
             ExtractError::Ambiguous(_) => "ambiguous_argument",
             ExtractError::NotJson(_) | ExtractError::NotRpc(_) => "bad_request",
+            ExtractError::ContentType(_) => "bad_content_type",
         }
     }
 }
@@ -165,7 +188,7 @@ pub fn extract(
         batch: false,
     };
     match kind {
-        Kind::Grpc => Ok(one(grpc(service, parts))),
+        Kind::Grpc => grpc(service, parts).map(one),
         Kind::Rest => rest(service, parts, body, unread_body).map(one),
         Kind::Http => Ok(one(Call {
             partial: unread_body,
@@ -224,7 +247,7 @@ pub fn raw(parts: &Parts) -> Call {
     )
 }
 
-fn grpc(service: &Surface, parts: &Parts) -> Call {
+fn grpc(service: &Surface, parts: &Parts) -> Result<Call, ExtractError> {
     let path = parts.uri.path();
     let function = service
         .function_by_method(path)
@@ -233,7 +256,8 @@ fn grpc(service: &Surface, parts: &Parts) -> Call {
     // Credentials are not arguments: they would be recorded with the call.
     let injected = service.credential_header.as_deref();
     let mut metadata = Map::new();
-    for (name, value) in &parts.headers {
+    let mut partial = false;
+    for name in parts.headers.keys() {
         let n = name.as_str();
         if n.ends_with("-bin")
             || n.starts_with("grpc-")
@@ -242,13 +266,28 @@ fn grpc(service: &Surface, parts: &Parts) -> Call {
         {
             continue;
         }
-        if let Ok(v) = value.to_str() {
-            metadata.insert(n.to_string(), Json::String(v.to_string()));
+        // A key given twice with different values is refused, as a REST argument is: servers
+        // read the first (grpc-go's `md.Get(k)[0]`) or all of them, and the policy must decide
+        // on the value that runs. A value that is not text cannot be compared: no condition
+        // on the metadata holds or fails.
+        let mut values = parts.headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        if values.any(|v| v != first) {
+            return Err(ExtractError::Ambiguous(format!("metadata {n}")));
+        }
+        match first.to_str() {
+            Ok(v) => {
+                metadata.insert(n.to_string(), Json::String(v.to_string()));
+            }
+            Err(_) => partial = true,
         }
     }
     let mut args = Map::new();
     args.insert("metadata".into(), Json::Object(metadata));
-    governed(function, Json::Object(args))
+    Ok(Call {
+        partial,
+        ..governed(function, Json::Object(args))
+    })
 }
 
 /// Route template match: args = path parameters, then query, then the body's fields (JSON,

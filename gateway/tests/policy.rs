@@ -951,6 +951,58 @@ mod never_panics {
         .snap()
     }
 
+    /// A request's body type and gRPC metadata have one reading: two `Content-Type`s, one
+    /// that is not text, or a metadata key given twice with different values are refused; a
+    /// metadata value that is not text leaves the arguments partial (no condition holds).
+    #[test]
+    fn fields_read_two_ways_are_refused() {
+        let snap = hostile_services();
+        let request = |headers: &[(&str, &[u8])]| {
+            let mut b = http::Request::builder().method("POST").uri("/p.S/M");
+            for (k, v) in headers {
+                b = b.header(*k, http::HeaderValue::from_bytes(v).expect("value"));
+            }
+            b.body(()).expect("request").into_parts().0
+        };
+        let rest = &snap.service("rest").expect("rest").surface;
+        for (headers, refused) in [
+            (&[("content-type", &b"application/json"[..])][..], false),
+            (
+                &[
+                    ("content-type", &b"application/json"[..]),
+                    ("content-type", b"application/x-www-form-urlencoded"),
+                ],
+                true,
+            ),
+            (
+                &[(
+                    "content-type",
+                    &b"application/x-www-form-urlencoded; charset=\xe9"[..],
+                )],
+                true,
+            ),
+        ] {
+            let got = callgate::extract::canonicalise(rest, &mut request(headers));
+            assert_eq!(
+                got.as_ref().err().map(|e| e.code()),
+                refused.then_some("bad_content_type"),
+                "{headers:?}: {got:?}"
+            );
+        }
+        let grpc = &snap.service("grpc").expect("grpc").surface;
+        let kind = callgate::extract::Kind::Grpc;
+        let twice = request(&[("x-team", b"prod"), ("x-team", b"sandbox")]);
+        let got = callgate::extract::extract(kind, grpc, &twice, None, false);
+        assert_eq!(got.err().map(|e| e.code()), Some("ambiguous_argument"));
+        let same = request(&[("x-team", b"prod"), ("x-team", b"prod")]);
+        let got = callgate::extract::extract(kind, grpc, &same, None, false).expect("one value");
+        assert_eq!(got.calls[0].args["metadata"]["x-team"], "prod");
+        assert!(!got.calls[0].partial);
+        let bytes = request(&[("x-team", b"pr\xf6d")]);
+        let got = callgate::extract::extract(kind, grpc, &bytes, None, false).expect("partial");
+        assert!(got.calls[0].partial, "{:?}", got.calls[0]);
+    }
+
     const VALID: &str = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"POST /v1/{id}\" }\nrules:\n  - name: r\n    function: f\n    caller: { groups: [a] }\n    args: { amount: { max: 5 }, \"$.x[*].y\": { regex: \"a+\" } }\n    when: \"args.amount > 1\"\n    action: allow\n";
 
     proptest! {

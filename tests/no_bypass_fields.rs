@@ -1,0 +1,524 @@
+//! No bypass through the fields that say how a request is read: its body's type (given twice,
+//! or in bytes that are not text), gRPC metadata given twice, content codings, upgrades and
+//! CONNECT, over HTTP/1.1 and h2c to an HTTP/1.1 upstream. Found by an attacker's pass: before
+//! the fix, Flask ran a refund of 5000 that the gateway had decided as a JSON refund of 5 (the
+//! body `{"amount":5,…,"x":"&amount=5000&y="}` read as a form by werkzeug), and grpcio ran a
+//! delete for the team the policy denies. Each test asserts what the real upstream ran.
+use std::{fs, path::Path};
+
+use callgate_e2e::*;
+use serde_json::{Value, json};
+
+const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
+
+fn payments(port: u16) -> String {
+    format!(
+        r#"
+service: payments
+match:
+  hosts: ["127.0.0.1:{port}"]
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - name: big-refunds
+    function: refund
+    args: {{ amount: {{ gt: 100 }} }}
+    action: deny
+  - name: customer-refunds
+    function: refund
+    args: {{ to: {{ eq: customer }} }}
+    action: allow
+  - {{ name: other-refunds, function: refund, action: deny }}
+  - {{ name: everything-else, function: "*", action: allow }}
+"#
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    cg: TestCgroup,
+    _dir: TestDir,
+}
+
+fn setup(test: &str, services: &[(&str, &str)]) -> Setup {
+    let dir = TestDir::new(test);
+    let policies = policy_repo(&dir, REPO, services);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    Setup { gw, cg, _dir: dir }
+}
+
+fn refunds_upstream(dir: &Path) -> Party {
+    let port = free_port();
+    let log = dir.join(format!("refunds-{port}.jsonl"));
+    let (py, script) = (party_python(), party_script("refunds_forms.py"));
+    Party::start(
+        &[
+            &py.display().to_string(),
+            &script.display().to_string(),
+            "--port",
+            &port.to_string(),
+            "--log",
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs the test venv's Python (it has `h2`, `grpc`) inside `cg`: stdout and stderr.
+fn venv_in(cg: &TestCgroup, code: &str) -> String {
+    let py = party_python().display().to_string();
+    let out = cg.run(&[&py, "-c", code]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Sends `raw` bytes over one TCP connection from `cg`; what came back.
+fn raw_in(cg: &TestCgroup, port: u16, raw: &[u8]) -> String {
+    let code = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), 5)\n\
+         s.settimeout(3)\ns.sendall(bytes.fromhex('{}'))\nout = b''\n\
+         try:\n    while len(out) < 1 << 20:\n        c = s.recv(65536)\n        if not c: break\n        out += c\n\
+         except Exception:\n    pass\nprint(out.decode('latin-1'))",
+        hex(raw)
+    );
+    venv_in(cg, &code)
+}
+
+/// One h2c (prior knowledge) request from `cg`, headers sent as given (no client-side
+/// validation or normalisation): the `:status` and body, as JSON text.
+fn h2_in(cg: &TestCgroup, port: u16, headers: &[(&[u8], &[u8])], body: &[u8]) -> String {
+    let hdrs: Vec<Value> = headers
+        .iter()
+        .map(|(k, v)| json!([hex(k), hex(v)]))
+        .collect();
+    let code = format!(
+        r#"
+import socket, json, h2.connection, h2.config, h2.events
+hdrs = [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in json.loads('{hdrs}')]
+body = bytes.fromhex('{body}')
+cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+    normalize_outbound_headers=False, validate_inbound_headers=False)
+c = h2.connection.H2Connection(config=cfg)
+s = socket.create_connection(('127.0.0.1', {port}), 5); s.settimeout(5)
+c.initiate_connection(); s.sendall(c.data_to_send())
+sid = c.get_next_available_stream_id()
+c.send_headers(sid, hdrs, end_stream=not body)
+if body: c.send_data(sid, body, end_stream=True)
+s.sendall(c.data_to_send())
+status = None; data = b''; done = False; why = None
+while not done:
+    try: d = s.recv(65536)
+    except socket.timeout: why = 'timeout'; break
+    if not d: why = 'closed'; break
+    for e in c.receive_data(d):
+        if isinstance(e, h2.events.ResponseReceived): status = dict(e.headers).get(b':status')
+        elif isinstance(e, h2.events.DataReceived):
+            data += e.data; c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
+            done = True; why = type(e).__name__
+    s.sendall(c.data_to_send())
+print(json.dumps({{"status": status.decode() if status else None, "why": why, "body": data[:300].decode(errors='replace')}}))
+"#,
+        hdrs = serde_json::to_string(&hdrs).unwrap(),
+        body = hex(body),
+    );
+    venv_in(cg, &code)
+}
+
+fn h1_request(head: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut r = head.to_vec();
+    r.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    r.extend_from_slice(body);
+    r
+}
+
+/// The refunds the upstream ran for more than 100.
+fn big_refunds(up: &Party) -> Vec<Value> {
+    up.requests()
+        .into_iter()
+        .filter(|r| {
+            r["ran"] == "refund"
+                && r["amount"]
+                    .as_str()
+                    .map(|s| s.trim().parse::<f64>().unwrap_or(0.0))
+                    .or_else(|| r["amount"].as_f64())
+                    .is_some_and(|a| a > 100.0)
+        })
+        .collect()
+}
+
+/// JSON to the gateway, a form to the server: the body is JSON whose string value carries
+/// `&amount=5000`, the Content-Type the gateway reads is not the form type werkzeug reads.
+const SPLIT_BODY: &[u8] = br#"{"amount":5,"to":"customer","x":"&amount=5000&y="}"#;
+
+#[test]
+fn content_type_read_two_ways_over_http1() {
+    let test = "content_type_read_two_ways_over_http1";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let up = refunds_upstream(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let port = up.port;
+    let line = b"POST /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+
+    // Controls: a big refund as JSON and as a form is denied.
+    let mut h = line.to_vec();
+    h.extend_from_slice(b"Content-Type: application/json\r\n");
+    let out = raw_in(
+        &s.cg,
+        port,
+        &h1_request(&h, br#"{"amount":5000,"to":"customer"}"#),
+    );
+    println!("control json: {}", out.lines().next().unwrap_or(""));
+    let mut h = line.to_vec();
+    h.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\n");
+    let out = raw_in(&s.cg, port, &h1_request(&h, b"amount=5000&to=customer"));
+    println!("control form: {}", out.lines().next().unwrap_or(""));
+    assert!(
+        big_refunds(&up).is_empty(),
+        "controls ran: {:?}",
+        up.requests()
+    );
+
+    // A: a Content-Type with a byte that is not visible ASCII (obs-text, which httparse and
+    // werkzeug accept): the gateway cannot read it as text and reads the body as JSON;
+    // werkzeug reads the form type before the `;`.
+    let mut h = line.to_vec();
+    h.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded; charset=\xe9\r\n");
+    let out = raw_in(&s.cg, port, &h1_request(&h, SPLIT_BODY));
+    println!(
+        "A obs-text content-type: {}",
+        out.lines().next().unwrap_or("")
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("bad_content_type"),
+        "{out}"
+    );
+
+    // B: two Content-Types: the gateway reads the first (JSON), werkzeug's environ keeps the
+    // last (the form).
+    let mut h = line.to_vec();
+    h.extend_from_slice(
+        b"Content-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+    );
+    let out = raw_in(&s.cg, port, &h1_request(&h, SPLIT_BODY));
+    println!("B two content-types: {}", out.lines().next().unwrap_or(""));
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("bad_content_type"),
+        "{out}"
+    );
+
+    let ran = big_refunds(&up);
+    println!("upstream ran: {:#?}", up.requests());
+    for r in records(&s.gw) {
+        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
+    }
+    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+}
+
+#[test]
+fn h2c_requests_read_as_the_http1_upstream_reads_them() {
+    let test = "h2c_requests_read_as_the_http1_upstream_reads_them";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let up = refunds_upstream(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let port = up.port;
+    let auth = format!("127.0.0.1:{port}");
+    let base = |extra: &[(&'static [u8], &'static [u8])]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b":method".to_vec(), b"POST".to_vec()),
+            (b":scheme".to_vec(), b"http".to_vec()),
+            (b":authority".to_vec(), auth.as_bytes().to_vec()),
+            (b":path".to_vec(), b"/v1/payments/p1/refund".to_vec()),
+        ];
+        v.extend(extra.iter().map(|(k, v)| (k.to_vec(), v.to_vec())));
+        v
+    };
+    let send = |name: &str, hs: Vec<(Vec<u8>, Vec<u8>)>, body: &[u8]| {
+        let hs: Vec<(&[u8], &[u8])> = hs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let out = h2_in(&s.cg, port, &hs, body);
+        println!("{name}: {out}");
+        out
+    };
+
+    send(
+        "control json",
+        base(&[(b"content-type", b"application/json")]),
+        br#"{"amount":5000,"to":"customer"}"#,
+    );
+    send(
+        "control allowed",
+        base(&[(b"content-type", b"application/json")]),
+        br#"{"amount":5,"to":"customer"}"#,
+    );
+    // The same two content-type readings, over h2 to the HTTP/1.1 upstream.
+    for (name, fields) in [
+        (
+            "h2 obs-text content-type",
+            &[(
+                &b"content-type"[..],
+                &b"application/x-www-form-urlencoded; charset=\xe9"[..],
+            )][..],
+        ),
+        (
+            "h2 two content-types",
+            &[
+                (&b"content-type"[..], &b"application/json"[..]),
+                (b"content-type", b"application/x-www-form-urlencoded"),
+            ],
+        ),
+    ] {
+        let out = send(name, base(fields), SPLIT_BODY);
+        assert!(
+            out.contains(r#""status": "400""#) && out.contains("bad_content_type"),
+            "{name}: {out}"
+        );
+    }
+    // Downgrade: connection-specific fields and CR/LF in values smuggled through h2.
+    let smuggled = b"0\r\n\r\nPOST /v1/payments/p2/refund HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n{\"amount\":9000,\"to\":\"customer\"}";
+    send(
+        "h2 transfer-encoding",
+        base(&[
+            (b"content-type", b"text/plain"),
+            (b"transfer-encoding", b"chunked"),
+        ]),
+        smuggled,
+    );
+    send(
+        "h2 CRLF in a value",
+        base(&[
+            (b"content-type", b"application/json"),
+            (
+                b"x-a",
+                b"1\r\nContent-Type: application/x-www-form-urlencoded",
+            ),
+        ]),
+        SPLIT_BODY,
+    );
+    send(
+        "h2 colon in a name",
+        base(&[
+            (b"content-type", b"application/json"),
+            (b"x:content-type", b"application/x-www-form-urlencoded"),
+        ]),
+        SPLIT_BODY,
+    );
+    send(
+        "h2 upper-case content-type name",
+        base(&[
+            (b"content-type", b"application/json"),
+            (b"Content-Type", b"application/x-www-form-urlencoded"),
+        ]),
+        SPLIT_BODY,
+    );
+    send(
+        "h2 authority/host disagree",
+        base(&[
+            (b"content-type", b"application/json"),
+            (b"host", b"payments.other:80"),
+        ]),
+        br#"{"amount":5000,"to":"customer"}"#,
+    );
+    send(
+        "h2 CONNECT",
+        vec![
+            (b":method".to_vec(), b"CONNECT".to_vec()),
+            (b":authority".to_vec(), auth.as_bytes().to_vec()),
+        ],
+        b"",
+    );
+    send(
+        "h2 extended CONNECT",
+        base(&[(b":protocol", b"websocket")])
+            .into_iter()
+            .map(|(k, v)| {
+                if k == b":method" {
+                    (k, b"CONNECT".to_vec())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect(),
+        b"",
+    );
+    let ran = big_refunds(&up);
+    println!("upstream ran: {:#?}", up.requests());
+    for r in records(&s.gw) {
+        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
+    }
+    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+}
+
+#[test]
+fn grpc_metadata_given_twice() {
+    let test = "grpc_metadata_given_twice";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let port = free_port();
+    let log = work.join("grpc.jsonl");
+    let up = Party::start(
+        &[
+            &party_python().display().to_string(),
+            &party_script("grpc_first_value.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policy = format!(
+        r#"
+service: admin
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: grpc
+functions:
+  delete: {{ method: /demo.Admin/Delete }}
+rules:
+  - name: sandbox-deletes-only
+    function: delete
+    args: {{ "$.metadata['x-team']": {{ eq: sandbox }} }}
+    action: allow
+"#
+    );
+    let s = setup(test, &[("admin", &policy)]);
+    let code = format!(
+        r#"
+import grpc
+ch = grpc.insecure_channel('127.0.0.1:{port}')
+call = ch.unary_unary('/demo.Admin/Delete')
+for md in ([('x-team', 'prod')], [('x-team', 'sandbox')], [('x-team', 'prod'), ('x-team', 'sandbox')]):
+    try:
+        print(md, 'OK', call(b'x', metadata=md, timeout=5))
+    except grpc.RpcError as e:
+        print(md, e.code(), e.details())
+"#
+    );
+    let out = venv_in(&s.cg, &code);
+    println!("{out}");
+    assert!(
+        out.contains("('x-team', 'sandbox')] StatusCode.INVALID_ARGUMENT"),
+        "metadata given twice with different values is refused: {out}"
+    );
+    let reqs = up.requests();
+    println!("upstream ran: {reqs:#?}");
+    for r in records(&s.gw) {
+        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
+    }
+    let prod: Vec<_> = reqs.iter().filter(|r| r["team"] != "sandbox").collect();
+    assert!(
+        prod.is_empty(),
+        "a delete for a team other than sandbox ran: {prod:#?}"
+    );
+}
+
+#[test]
+fn encodings_and_upgrades() {
+    let test = "encodings_and_upgrades";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let up = refunds_upstream(&work);
+    let s = setup(test, &[("payments", &payments(up.port))]);
+    let port = up.port;
+    let gz = |b: &[u8]| -> Vec<u8> {
+        let code = format!(
+            "import gzip,sys; sys.stdout.write(gzip.compress(bytes.fromhex('{}')).hex())",
+            hex(b)
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &code])
+            .output()
+            .unwrap();
+        let h = String::from_utf8(out.stdout).unwrap();
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let big = br#"{"amount":5000,"to":"customer"}"#;
+    let line = b"POST /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    for (name, enc) in [
+        ("gzip", &b"Content-Encoding: gzip\r\n"[..]),
+        (
+            "gzip named by Connection",
+            b"Content-Encoding: gzip\r\nConnection: content-encoding\r\n",
+        ),
+        (
+            "identity then gzip",
+            b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\n",
+        ),
+        ("Gzip capital", b"Content-Encoding: Gzip\r\n"),
+    ] {
+        let mut h = line.to_vec();
+        h.extend_from_slice(enc);
+        let out = raw_in(&s.cg, port, &h1_request(&h, &gz(big)));
+        println!("{name}: {}", out.lines().next().unwrap_or(""));
+    }
+    // gzip over h2.
+    let auth = format!("127.0.0.1:{port}");
+    let body = gz(big);
+    let out = h2_in(
+        &s.cg,
+        port,
+        &[
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", auth.as_bytes()),
+            (b":path", b"/v1/payments/p1/refund"),
+            (b"content-type", b"application/json"),
+            (b"content-encoding", b"gzip"),
+        ],
+        &body,
+    );
+    println!("h2 gzip: {out}");
+    // Upgrades: websocket and h2c on the request line, then a denied call on the connection.
+    let mut ws = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    ws.extend_from_slice(&h1_request(
+        b"POST /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n",
+        big,
+    ));
+    let out = raw_in(&s.cg, port, &ws);
+    println!("websocket then refund: {}", out.replace("\r\n", " | "));
+    let mut h2up = b"POST /v1/payments/p1/refund HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Type: application/json\r\n".to_vec();
+    h2up = h1_request(&h2up, big);
+    let out = raw_in(&s.cg, port, &h2up);
+    println!("upgrade h2c: {}", out.lines().next().unwrap_or(""));
+    let out = raw_in(
+        &s.cg,
+        port,
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+    );
+    println!("CONNECT: {}", out.lines().next().unwrap_or(""));
+    let ran = big_refunds(&up);
+    println!("upstream ran: {:#?}", up.requests());
+    for r in records(&s.gw) {
+        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
+    }
+    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+    let _ = fs::metadata(&up.log);
+}
