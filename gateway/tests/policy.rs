@@ -981,6 +981,17 @@ mod never_panics {
                 )],
                 true,
             ),
+            (
+                &[(
+                    "content-type",
+                    &b"application/json, application/x-www-form-urlencoded"[..],
+                )],
+                true,
+            ),
+            (
+                &[("content-type", &b"application/json; charset=\"a,b\""[..])],
+                false,
+            ),
         ] {
             let got = callgate::extract::canonicalise(rest, &mut request(headers));
             assert_eq!(
