@@ -578,28 +578,29 @@ fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mu
     }
 }
 
-/// Masks header values — a response's head and trailers — with a mask list. Detectors run
-/// over each value (field paths name JSON, not headers); the fields that frame the message
-/// are left alone. A value whose masked form is not a valid header value is replaced whole.
+/// Masks header fields — a response's head and trailers — with a mask list. Detectors run
+/// over each value (field paths name JSON, not headers) but a head's length and transfer
+/// coding, which frame the message and which the gateway's readers have checked are a number
+/// and a list of codings; a value whose masked form is not a valid header value is replaced
+/// whole. A field whose *name* holds a value (`X-4111111111111111: 1`) is removed: a masked
+/// name would not be a name.
 #[derive(Debug, Clone)]
 pub struct HeaderMasker {
     rules: Arc<MaskRules>,
     key: MaskKey,
 }
 
-/// Fields that say how the message is framed or encoded: never a place for a value, and
-/// what the client needs intact to read the rest.
-const FRAMING: [&str; 9] = [
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "transfer-encoding",
-    "trailer",
-    "date",
-    "grpc-status",
-    "grpc-encoding",
-    "grpc-accept-encoding",
-];
+/// The fields of a head that frame the message: a number and a list of codings, read and
+/// checked before the head is passed on (a value there would have failed that reading).
+/// Every other field is masked, `Content-Type`'s parameters, `Date` and gRPC's status fields
+/// included: an upstream put a card number and an address in those, and they went out.
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// No name shorter than this holds a detector's value (the shortest, an SSN, is 11 bytes;
+/// an e-mail address's `@` cannot stand in a name) unless it has a digit: names are checked
+/// only then, which keeps the usual heads (`content-type`, `date`, `server`) from being
+/// scanned twice.
+const NAME_SCAN_FROM: usize = 20;
 
 impl HeaderMasker {
     /// None when the list has no detector to run.
@@ -607,11 +608,30 @@ impl HeaderMasker {
         (!rules.scanner.is_empty()).then_some(Self { rules, key })
     }
 
-    /// Masks every value in `h` but the framing fields; returns how many were masked.
+    /// Masks every field of a head but the framing ones; returns how many were masked or
+    /// removed.
     pub fn mask(&self, h: &mut http::HeaderMap) -> usize {
+        self.mask_fields(h, &FRAMING)
+    }
+
+    /// Masks every field of trailers, which frame nothing.
+    pub fn mask_trailers(&self, h: &mut http::HeaderMap) -> usize {
+        self.mask_fields(h, &[])
+    }
+
+    fn mask_fields(&self, h: &mut http::HeaderMap, framing: &[&str]) -> usize {
         let mut n = 0;
+        let mut named: Vec<http::HeaderName> = Vec::new();
         for (name, value) in h.iter_mut() {
-            if FRAMING.contains(&name.as_str()) {
+            let name_text = name.as_str();
+            if (name_text.len() >= NAME_SCAN_FROM || name_text.bytes().any(|b| b.is_ascii_digit()))
+                && matches!(self.rules.mask_str(&self.key, name_text), Cow::Owned(_))
+                && !named.contains(name)
+            {
+                named.push(name.clone());
+                continue;
+            }
+            if framing.contains(&name_text) {
                 continue;
             }
             let text = String::from_utf8_lossy(value.as_bytes());
@@ -625,6 +645,10 @@ impl HeaderMasker {
                 *value = http::HeaderValue::from_static("[MASKED]");
                 n += 1;
             }
+        }
+        for name in named {
+            h.remove(name);
+            n += 1;
         }
         n
     }
@@ -994,7 +1018,7 @@ impl Unmaskable {
                 "the upstream encoded (compressed) a response that policy says to mask"
             }
             Unmaskable::Ambiguous => {
-                "the upstream's response head is ambiguous about its body's type or encoding"
+                "the upstream's response head is ambiguous about its body's type, encoding or length"
             }
             Unmaskable::Binary => {
                 "the upstream answered with a body that is not text (binary, multipart, gRPC or \
@@ -1039,7 +1063,12 @@ pub fn answer_kind(
 /// stripping, which would remove a `Content-Encoding` that `Connection` names, and with every
 /// `Transfer-Encoding` coding (`gzip, chunked` leaves gzip bytes once chunking is undone).
 pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
-    use http::header::{CONTENT_ENCODING, CONTENT_TYPE, TRANSFER_ENCODING};
+    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+    // A length and a transfer coding: readers differ on which one frames the body (a
+    // `Content-Length: 0` read as no body at all let a chunked one through unmasked).
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Err(Unmaskable::Ambiguous);
+    }
     let codings = |name| {
         h.get_all(name).iter().map(|v| {
             let Ok(v) = v.to_str() else {

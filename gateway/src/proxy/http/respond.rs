@@ -110,6 +110,9 @@ impl Conn {
         // Set up in place: the body is about a KiB, and each builder step that took it by
         // value would copy it.
         let mut body = streaming::CallBody::new(incoming, masker, scrub, pending);
+        if matches!(status, 204 | 304) {
+            body.bodiless();
+        }
         body.mask_trailers(header_masks, secrets);
         body.timed(&self.inputs.metrics);
         Response::from_parts(parts, body.boxed_unsync())

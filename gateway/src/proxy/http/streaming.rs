@@ -247,6 +247,8 @@ pub struct CallBody {
     strict: bool,
     /// The upstream's trailers came: nothing follows them.
     trailers: bool,
+    /// The answer has no body by its status (see [`CallBody::bodiless`]): data is dropped.
+    bodiless: bool,
     ended: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
@@ -276,6 +278,7 @@ impl CallBody {
             ready: VecDeque::new(),
             strict,
             trailers: false,
+            bodiless: false,
             ended: false,
             pending,
             durable: None,
@@ -283,6 +286,13 @@ impl CallBody {
             trailer_secrets: None,
             timing: None,
         }
+    }
+
+    /// An answer without a body (204, 304): whatever data the upstream sends anyway is
+    /// dropped, not passed on. The masker takes such an answer for empty and reads none of it;
+    /// an h2 upstream's DATA after a 204 reached an h2 client in clear.
+    pub fn bodiless(&mut self) {
+        self.bodiless = true;
     }
 
     /// Times the masking of this answer into `metrics` when it keeps stage timings (and there
@@ -316,7 +326,7 @@ impl CallBody {
     fn masked(&self, mut trailers: Frame<Bytes>) -> Frame<Bytes> {
         if let Some(h) = trailers.trailers_mut() {
             if let Some(m) = &self.trailer_masks {
-                m.mask(h);
+                m.mask_trailers(h);
             }
             if let Some(s) = &self.trailer_secrets {
                 s.scrub_headers(h);
@@ -468,6 +478,7 @@ impl Body for CallBody {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Some(Ok(frame)) => match frame.into_data() {
+                    Ok(_) if this.bodiless => {}
                     Ok(data) => {
                         if let Some(b) = this.transform(data) {
                             this.out(b);
@@ -491,7 +502,9 @@ impl Body for CallBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.masker.is_some() || self.scrub.is_some() {
+        if self.bodiless {
+            SizeHint::with_exact(0)
+        } else if self.masker.is_some() || self.scrub.is_some() {
             SizeHint::default()
         } else {
             self.inner.size_hint()
