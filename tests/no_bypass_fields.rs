@@ -522,3 +522,110 @@ fn encodings_and_upgrades() {
     assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
     let _ = fs::metadata(&up.log);
 }
+
+/// A Go net/http upstream (encoding/json into a struct, as most Go services read a body):
+/// Go matches object keys to struct fields without case and the last match wins, so
+/// `{"amount":5,…,"Amount":5000}` was a refund of 5000 to Go and `{"AMOUNT":5000,…}` one the
+/// gateway decided without seeing an amount. Names equal under case folding are now one
+/// argument: refused with two values, and read by every condition on the name.
+#[test]
+fn go_reads_json_keys_case_insensitively() {
+    let test = "go_reads_json_keys_case_insensitively";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let Some(bin) = go_upstream(&dir) else {
+        skip(test, "go (Debian's golang-go) is not installed");
+        return;
+    };
+    let port = free_port();
+    let log = dir.join("go.jsonl");
+    let up = Party::start(
+        &[
+            &bin.display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policies = policy_repo(&dir, REPO, &[("payments", &payments(port))]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{port}/v1/payments/p1/refund");
+    let post = |body: &str| {
+        curl_in(
+            &cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        )
+        .1
+    };
+    let mut ran_denied = Vec::new();
+    for body in [
+        r#"{"amount": 5000, "to": "customer"}"#,
+        r#"{"amount": 5, "to": "customer"}"#,
+        r#"{"amount": 5, "to": "customer", "Amount": 5000}"#,
+        r#"{"amount": 5, "to": "customer", "AMOUNT": 5000}"#,
+        r#"{"amount": 5, "to": "customer", "\u0041mount": 5000}"#,
+        r#"{"amount": 5, "to": "customer", "TO": "attacker"}"#,
+        r#"{"Amount": 5000, "amount": 5, "to": "customer"}"#,
+        // Alone, in another case: Go reads it as the amount; so does every condition on it.
+        r#"{"AMOUNT": 5000, "to": "customer"}"#,
+        r#"{"amount": 5, "To": "attacker"}"#,
+    ] {
+        let before = up.requests().len();
+        let out = post(body);
+        let after = up.requests();
+        let ran: Vec<&Value> = after[before..].iter().collect();
+        println!(
+            "=== {body}\n  client: {}\n  go ran: {ran:?}",
+            out.replace('\n', " | ")
+        );
+        for r in ran {
+            if r["view"] == "refund"
+                && (r["amount"].as_f64().unwrap_or(0.0) > 100.0 || r["to"] != "customer")
+            {
+                ran_denied.push(format!("{body} -> go ran {r}"));
+            }
+        }
+    }
+    println!("DENIED CALLS THAT RAN:\n{}", ran_denied.join("\n"));
+    assert!(ran_denied.is_empty(), "{}", ran_denied.join("\n"));
+}
+
+/// The Go refunds upstream (`tests/parties/gorefunds`), built with Debian's golang-go (its
+/// build cache kept under `target/testenv`), or None without Go.
+fn go_upstream(dir: &Path) -> Option<std::path::PathBuf> {
+    std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = dir.join("gorefunds");
+    let out = std::process::Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&bin)
+        .arg(root.join("parties/gorefunds/main.go"))
+        .env("GOCACHE", root.join("../target/testenv/gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(bin)
+}

@@ -370,6 +370,7 @@ fn rest(
         // Rails and Laravel route a form's `_method` as the request's method.
         return Err(ExtractError::MethodOverride("a `_method` argument".into()));
     }
+    one_spelling(&args)?;
     Ok(Call {
         partial,
         ..governed(function, Json::Object(args))
@@ -385,6 +386,50 @@ fn join(args: &mut Map<String, Json>, name: String, value: Json) -> Result<(), E
         }
         Some(have) if same_value(have, &value) => Ok(()),
         Some(_) => Err(ExtractError::Ambiguous(name)),
+    }
+}
+
+/// Names equal under case folding are one argument to a server that matches them without
+/// case (Go's `encoding/json` puts `"Amount"` in the field tagged `amount`, the last of them
+/// winning): given with different values, which one runs is the server's choice, so the
+/// request is refused as a name given twice is. (Conditions on arguments read every spelling
+/// too: [`crate::util::jsonpath::JsonPath::visit_folded`].)
+fn one_spelling(args: &Map<String, Json>) -> Result<(), ExtractError> {
+    use crate::util::jsonpath::fold_eq;
+    let clash =
+        |(a, va): (&String, &Json), (b, vb): (&String, &Json)| fold_eq(a, b) && !same_value(va, vb);
+    // Pairs while there are few (no allocation on the data path); a map of folded names past
+    // that, so that a body with many fields costs no more than its length.
+    const PAIRWISE: usize = 16;
+    let found = if args.len() <= PAIRWISE {
+        args.iter().enumerate().find_map(|(i, a)| {
+            args.iter()
+                .skip(i + 1)
+                .any(|b| clash(a, b))
+                .then(|| a.0.clone())
+        })
+    } else {
+        let mut seen: std::collections::HashMap<String, (&String, &Json)> =
+            std::collections::HashMap::with_capacity(args.len());
+        args.iter().find_map(|a| {
+            let folded: String =
+                a.0.chars()
+                    .flat_map(char::to_uppercase)
+                    .flat_map(char::to_lowercase)
+                    .collect();
+            match seen.get(&folded) {
+                Some(&b) if !same_value(a.1, b.1) => Some(a.0.clone()),
+                Some(_) => None,
+                None => {
+                    seen.insert(folded, a);
+                    None
+                }
+            }
+        })
+    };
+    match found {
+        Some(name) => Err(ExtractError::Ambiguous(name)),
+        None => Ok(()),
     }
 }
 

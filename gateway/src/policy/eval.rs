@@ -404,7 +404,7 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
         let mut failed = false;
         let mut held = false;
         let mut untyped = false;
-        cond.path.visit(&call.args, &mut |v| {
+        cond.path.visit_folded(&call.args, &mut |v| {
             seen = true;
             match op_holds(op, v) {
                 Some(true) if any => {
@@ -703,7 +703,7 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
             missing: false,
         } => {
             let mut actual = Vec::new();
-            path.path.visit(&call.args, &mut |v| {
+            path.path.visit_folded(&call.args, &mut |v| {
                 actual.push(v.to_string());
                 true
             });

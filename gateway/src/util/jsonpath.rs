@@ -106,7 +106,15 @@ impl JsonPath {
     /// Calls `f` on every value the path selects, until `f` returns false.
     /// Returns false if it was stopped.
     pub fn visit<'v>(&self, root: &'v Value, f: &mut dyn FnMut(&'v Value) -> bool) -> bool {
-        walk(&self.segs, root, f, 0)
+        walk(&self.segs, root, f, 0, false)
+    }
+
+    /// Like `visit`, where a key also selects every key of the object equal to it under case
+    /// folding (`Amount`, `AMOUNT`, `amount` with a Kelvin sign for `k`): what a server that
+    /// matches keys without case reads as the same field (Go's `encoding/json` takes the last
+    /// of them into a struct field). Arguments are read so, claims in a signed token are not.
+    pub fn visit_folded<'v>(&self, root: &'v Value, f: &mut dyn FnMut(&'v Value) -> bool) -> bool {
+        walk(&self.segs, root, f, 0, true)
     }
 
     /// Like `visit`, with mutable access (for masking in place).
@@ -213,6 +221,7 @@ fn walk<'v>(
     v: &'v Value,
     f: &mut dyn FnMut(&'v Value) -> bool,
     depth: usize,
+    fold: bool,
 ) -> bool {
     if depth > MAX_DEPTH {
         return true;
@@ -220,29 +229,56 @@ fn walk<'v>(
     let Some((seg, rest)) = segs.split_first() else {
         return f(v);
     };
+    // The members `k` selects: the one of that name and, folded, every other equal to it
+    // under case folding.
+    let members = |k: &str, f: &mut dyn FnMut(&'v Value) -> bool| {
+        if let Some(c) = v.get(k) {
+            if !walk(rest, c, f, depth + 1, fold) {
+                return false;
+            }
+        }
+        match v {
+            Value::Object(o) if fold => o
+                .iter()
+                .filter(|(name, _)| name.as_str() != k && fold_eq(name, k))
+                .all(|(_, c)| walk(rest, c, f, depth + 1, fold)),
+            _ => true,
+        }
+    };
     match seg {
-        Seg::Key(k) => v
-            .get(k.as_str())
-            .is_none_or(|c| walk(rest, c, f, depth + 1)),
-        Seg::Index(i) => v.get(*i).is_none_or(|c| walk(rest, c, f, depth + 1)),
+        Seg::Key(k) => members(k, f),
+        Seg::Index(i) => v.get(*i).is_none_or(|c| walk(rest, c, f, depth + 1, fold)),
         Seg::Wildcard => match v {
-            Value::Array(a) => a.iter().all(|c| walk(rest, c, f, depth + 1)),
-            Value::Object(o) => o.values().all(|c| walk(rest, c, f, depth + 1)),
+            Value::Array(a) => a.iter().all(|c| walk(rest, c, f, depth + 1, fold)),
+            Value::Object(o) => o.values().all(|c| walk(rest, c, f, depth + 1, fold)),
             _ => true,
         },
         Seg::Descend(k) => {
-            if let Some(c) = v.get(k.as_str()) {
-                if !walk(rest, c, f, depth + 1) {
-                    return false;
-                }
+            if !members(k, f) {
+                return false;
             }
             match v {
-                Value::Array(a) => a.iter().all(|c| walk(segs, c, f, depth + 1)),
-                Value::Object(o) => o.values().all(|c| walk(segs, c, f, depth + 1)),
+                Value::Array(a) => a.iter().all(|c| walk(segs, c, f, depth + 1, fold)),
+                Value::Object(o) => o.values().all(|c| walk(segs, c, f, depth + 1, fold)),
                 _ => true,
             }
         }
     }
+}
+
+/// `a` and `b` are equal under simple case folding, as Go's `strings.EqualFold` has it (the
+/// Kelvin sign is a `k`, the long `ſ` an `s`): each character's upper case's lower case.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    let folded = |s: &str| {
+        s.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    folded(a) == folded(b)
 }
 
 fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: usize) {
@@ -290,6 +326,36 @@ fn ident(s: &str, start: usize) -> Option<(String, usize)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn folded_visits_read_every_spelling_of_a_key() {
+        let v: Value = json!({
+            "amount": 5, "Amount": 5000, "o": {"\u{212A}ind": "x"}, "\u{17F}tatus": "s"
+        });
+        let seen = |p: &str, folded: bool| {
+            let mut out = Vec::new();
+            let path = JsonPath::parse(p).unwrap();
+            let mut f = |x: &Value| {
+                out.push(x.to_string());
+                true
+            };
+            if folded {
+                path.visit_folded(&v, &mut f);
+            } else {
+                path.visit(&v, &mut f);
+            }
+            out
+        };
+        assert_eq!(seen("amount", false), ["5"]);
+        assert_eq!(seen("amount", true), ["5", "5000"]);
+        let mut upper = seen("AMOUNT", true);
+        upper.sort();
+        assert_eq!(upper, ["5", "5000"]);
+        assert_eq!(seen("$.o.kind", true), ["\"x\""]);
+        assert_eq!(seen("$..KIND", true), ["\"x\""]);
+        assert_eq!(seen("status", true), ["\"s\""]);
+        assert!(fold_eq("Stra\u{df}e", "STRA\u{df}E") && !fold_eq("a", "b"));
+    }
 
     fn all(path: &str, v: &Value) -> Vec<Value> {
         let mut out = Vec::new();
