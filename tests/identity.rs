@@ -711,3 +711,120 @@ rules:
     });
     assert_eq!(r["caller"]["provider"], "corp", "{r}");
 }
+
+/// A request carries one bearer token, or none: the call is decided on the token the gateway
+/// verifies and forwarded as sent. Found by an attacker's pass: with `token_headers:
+/// [authorization, x-mcp-token]`, an intern's token in `Authorization` and a support bot's in
+/// `X-Mcp-Token` (or `Authorization` twice) was decided as the intern and reached the upstream
+/// carrying the bot's token, which the policy denies refunds. Now refused with 400
+/// `ambiguous_token`; so is an `access_token` in the query (RFC 6750 servers read it).
+/// Basic credentials for the upstream beside a token in a header of its own stay allowed.
+#[test]
+fn a_request_carries_one_bearer_token() {
+    let test = "a_request_carries_one_bearer_token";
+    if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let idp = Oidc::start(&dir);
+    let up = upstream(&dir, None);
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - name: support-may-not-refund
+    function: refund
+    caller: {{ groups: [support] }}
+    action: deny
+  - name: authenticated-may-refund
+    function: refund
+    caller: {{ authenticated: true }}
+    action: allow
+"#,
+        port = up.port
+    );
+    let repo = format!(
+        "default_action: deny\nunknown_destination: deny\nidentity:\n  token_headers: [authorization, x-mcp-token]\n  providers:\n    - name: test-idp\n      issuer: \"{}\"\n      audiences: [payments]\n      groups_claim: groups\n",
+        idp.issuer()
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_1/refund", up.port);
+    let (support, intern) = (idp.token("support-bot", None), idp.token("intern", None));
+    let post = |headers: &[String], url: &str| {
+        let mut argv = vec![
+            "curl".to_string(),
+            "-sS".into(),
+            "--max-time".into(),
+            "10".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-d".into(),
+            r#"{"amount": 5}"#.into(),
+        ];
+        for h in headers {
+            argv.push("-H".into());
+            argv.push(h.clone());
+        }
+        argv.push(url.to_string());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = cg.run(&argv);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().to_string(), body.to_string())
+    };
+    let auth = |t: &str| format!("Authorization: Bearer {t}");
+    let mcp = |t: &str| format!("X-Mcp-Token: {t}");
+    // Each token alone is decided on its own.
+    assert_eq!(post(&[auth(&support)], &url).0, "403");
+    assert_eq!(post(&[mcp(&support)], &url).0, "403");
+    assert_eq!(post(&[auth(&intern)], &url).0, "200");
+    let ran = up.requests().len();
+    for (what, headers, target) in [
+        (
+            "two headers",
+            vec![auth(&intern), mcp(&support)],
+            url.clone(),
+        ),
+        (
+            "Authorization twice",
+            vec![auth(&intern), auth(&support)],
+            url.clone(),
+        ),
+        (
+            "a query token",
+            vec![auth(&intern)],
+            format!("{url}?access_token={support}"),
+        ),
+    ] {
+        let (code, body) = post(&headers, &target);
+        assert!(
+            code == "400" && body.contains("ambiguous_token"),
+            "{what}: {code} {body}"
+        );
+    }
+    assert_eq!(
+        up.requests().len(),
+        ran,
+        "nothing more reached the upstream"
+    );
+    // The same token twice over is one token; Basic credentials beside a token are the
+    // upstream's.
+    assert_eq!(post(&[auth(&intern), mcp(&intern)], &url).0, "200");
+    assert_eq!(
+        post(
+            &["Authorization: Basic dXNlcjpwdw==".into(), mcp(&intern)],
+            &url
+        )
+        .0,
+        "200"
+    );
+}

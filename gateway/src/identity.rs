@@ -19,20 +19,60 @@ pub use oidc::{Identity, IdentityConfig, ProviderConfig, TokenError, Verifier};
 
 use crate::call::Caller;
 
-/// The bearer token a request carries, from the first configured header present. A value
-/// may be `Bearer <token>` or, in a header of its own, the bare token.
-pub fn bearer<'h>(headers: &'h HeaderMap, cfg: &IdentityConfig) -> Option<&'h str> {
-    cfg.token_headers.iter().find_map(|name| {
-        let v = headers.get(name)?.to_str().ok()?.trim();
+/// The bearer token a request carries, from the configured headers. A value may be
+/// `Bearer <token>` or, in a header of its own, the bare token. A header that carries
+/// something else (`Authorization: Basic …` for the upstream) is passed over.
+///
+/// A request must carry one token: the gateway decides on the one it verifies and forwards
+/// the request as sent, so a second one (another header, the same header twice, a value that
+/// is not text, an `access_token` in the query, which RFC 6750 servers read) would let the
+/// call be decided as one identity and run as another. That is [`TwoTokens`].
+pub fn bearer<'h>(
+    headers: &'h HeaderMap,
+    uri: &http::Uri,
+    cfg: &IdentityConfig,
+) -> Result<Option<&'h str>, TwoTokens> {
+    let mut found = None;
+    for name in &cfg.token_headers {
+        let mut values = headers.get_all(name).iter();
+        let Some(v) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(TwoTokens(format!("{name} is given more than once")));
+        }
+        let v = v
+            .to_str()
+            .map_err(|_| TwoTokens(format!("{name} is not text")))?
+            .trim();
         let token = match v.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            Some(_) => return None,
-            None if name == http::header::AUTHORIZATION => return None,
+            Some(_) => continue,
+            None if name == http::header::AUTHORIZATION => continue,
             None => v,
         };
-        (!token.is_empty()).then_some(token)
-    })
+        match found {
+            _ if token.is_empty() => {}
+            Some(other) if other != token => {
+                return Err(TwoTokens(
+                    "two headers carry different bearer tokens".into(),
+                ));
+            }
+            _ => found = Some(token),
+        }
+    }
+    if let Some(q) = uri.query()
+        && form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+    {
+        return Err(TwoTokens(
+            "the query carries an access_token, which the gateway does not verify".into(),
+        ));
+    }
+    Ok(found)
 }
+
+/// Why a request's bearer token is not one token (see [`bearer`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TwoTokens(pub String);
 
 /// How long a verified (or rejected) token's outcome is reused on one connection. Bounded so
 /// that a key withdrawn by the provider stops being honoured soon.
@@ -103,20 +143,39 @@ mod tests {
 
     #[test]
     fn bearer_from_headers() {
+        let uri: http::Uri = "/x".parse().unwrap();
+        let both = cfg(&["authorization", "x-mcp-token"]);
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer abc.def.ghi".parse().unwrap());
-        assert_eq!(bearer(&h, &cfg(&["authorization"])), Some("abc.def.ghi"));
-        h.insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
-        assert_eq!(bearer(&h, &cfg(&["authorization"])), None);
-        h.insert("x-mcp-token", "tok".parse().unwrap());
         assert_eq!(
-            bearer(&h, &cfg(&["authorization", "x-mcp-token"])),
-            Some("tok")
+            bearer(&h, &uri, &cfg(&["authorization"])).ok(),
+            Some(Some("abc.def.ghi"))
         );
+        h.insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
+        assert_eq!(bearer(&h, &uri, &cfg(&["authorization"])).ok(), Some(None));
+        // Basic credentials for the upstream beside the token of a header of its own.
+        h.insert("x-mcp-token", "tok".parse().unwrap());
+        assert_eq!(bearer(&h, &uri, &both).ok(), Some(Some("tok")));
         h.insert("authorization", "bearer  spaced ".parse().unwrap());
+        assert!(bearer(&h, &uri, &both).is_err(), "two different tokens");
+        h.insert("authorization", "Bearer tok".parse().unwrap());
         assert_eq!(
-            bearer(&h, &cfg(&["authorization", "x-mcp-token"])),
-            Some("spaced")
+            bearer(&h, &uri, &both).ok(),
+            Some(Some("tok")),
+            "the same token"
+        );
+        h.append("authorization", "Bearer tok".parse().unwrap());
+        assert!(bearer(&h, &uri, &both).is_err(), "a token header twice");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-mcp-token",
+            http::HeaderValue::from_bytes(b"tok\xff").unwrap(),
+        );
+        assert!(bearer(&h, &uri, &both).is_err(), "not text");
+        let query: http::Uri = "/x?a=1&%61ccess_token=t".parse().unwrap();
+        assert!(
+            bearer(&HeaderMap::new(), &query, &both).is_err(),
+            "a query token"
         );
     }
 

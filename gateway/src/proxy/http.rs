@@ -173,7 +173,7 @@ impl Conn {
             );
             return r.respond(kind, None);
         }
-        let caller = self.identify(&snap, &parts.headers).await;
+        let caller = self.identify(&snap, &parts.headers, &parts.uri).await;
         let recording = self.inputs.recorder.is_some().then(|| {
             let mut rec = Record::of_call(
                 self.session.clone(),
@@ -195,6 +195,20 @@ impl Conn {
         // Refusals that need no call: the name the client used, and a request that has no
         // one form to decide and forward.
         if let Some(s) = service {
+            // One bearer token, where tokens are verified: the call is decided on it and
+            // forwarded as sent.
+            if self.inputs.verifier.is_some()
+                && let Err(e) = identity::bearer(&parts.headers, &parts.uri, &snap.identity)
+            {
+                stats.refused_policy.fetch_add(1, Relaxed);
+                let r = Refusal {
+                    service: Some(s.name.to_string()),
+                    ..Refusal::new(StatusCode::BAD_REQUEST, "ambiguous_token", e.to_string())
+                };
+                return self
+                    .refuse(recording, kind, extract::raw(&parts), None, r)
+                    .await;
+            }
             if let Some(r) = self.names_refusal(s, &parts) {
                 stats.refused_policy.fetch_add(1, Relaxed);
                 return self

@@ -147,7 +147,7 @@ impl Conn {
         }
         let caller = if Credentials::per_caller(ob.inject.as_ref(), &snap.credentials) {
             Some(CallerToken {
-                token: self.verified_token(snap, req.headers()).await,
+                token: self.verified_token(snap, req.headers(), req.uri()).await,
                 carried_in: &snap.identity.token_headers,
             })
         } else {
@@ -246,11 +246,17 @@ impl Conn {
 
     /// The request's bearer token if it verifies (from the connection's last verified token,
     /// as a rule saw it), or why there is none: what a `token_exchange` credential exchanges.
-    async fn verified_token(&self, snap: &Snapshot, headers: &HeaderMap) -> Result<String, String> {
-        let token = identity::bearer(headers, &snap.identity)
+    async fn verified_token(
+        &self,
+        snap: &Snapshot,
+        headers: &HeaderMap,
+        uri: &http::Uri,
+    ) -> Result<String, String> {
+        let token = identity::bearer(headers, uri, &snap.identity)
+            .map_err(|e| e.to_string())?
             .ok_or("the request carries no bearer token")?
             .to_string();
-        let caller = self.identify(snap, headers).await;
+        let caller = self.identify(snap, headers, uri).await;
         if caller.authenticated {
             return Ok(token);
         }

@@ -11,11 +11,18 @@ use crate::{call::Caller, identity, policy::Snapshot};
 impl Conn {
     /// The caller of one request: the connection's workload, and the identity its token
     /// verifies to (or why it does not).
-    pub(super) async fn identify(&self, snap: &Snapshot, headers: &HeaderMap) -> Arc<Caller> {
-        let (Some(verifier), Some(token)) = (
+    pub(super) async fn identify(
+        &self,
+        snap: &Snapshot,
+        headers: &HeaderMap,
+        uri: &http::Uri,
+    ) -> Arc<Caller> {
+        let (Some(verifier), Ok(Some(token))) = (
             &self.inputs.verifier,
-            identity::bearer(headers, &snap.identity),
+            identity::bearer(headers, uri, &snap.identity),
         ) else {
+            // No token, or more than one: the request is refused before any rule sees it
+            // (see `Conn::handle`).
             return self.caller.clone();
         };
         if let Some(known) = self.last_token.get(token) {
