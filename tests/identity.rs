@@ -828,3 +828,72 @@ rules:
         "200"
     );
 }
+
+/// A credential with a quote, a backslash or HTML's specials in it never comes back either:
+/// an upstream that echoes its request as JSON writes it `gw-key\"7f3a\\9c…`, which the
+/// scrubber did not know (found by an attacker's pass: the caller decoded the exact secret
+/// from the echo, and the record held it).
+#[test]
+fn a_credential_with_a_quote_never_comes_back() {
+    let test = "a_credential_with_a_quote_never_comes_back";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    const SECRET: &str = r#"gw-key"7f3a\9c&x<y"#;
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let up = upstream(&dir, None);
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  echo: {{ route: "GET /echo" }}
+rules:
+  - {{ name: echo, function: echo, action: allow }}
+credentials:
+  inject: {{ header: X-Api-Key, from: {{ file: "{file}" }} }}
+"#,
+        port = up.port,
+        file = secret.display()
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let out = cg.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        &format!("http://127.0.0.1:{}/echo", up.port),
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        up.requests()
+            .last()
+            .map(|r| r["headers"]["x-api-key"].clone()),
+        Some(Value::String(SECRET.into())),
+        "the upstream got the credential"
+    );
+    assert!(
+        !body.contains("7f3a") && body.contains("[MASKED:credential]"),
+        "the echo came back scrubbed: {body}"
+    );
+    let recs = wait_for(Duration::from_secs(10), || {
+        let r = records(&gw);
+        r.iter().any(|r| r["function"] == "echo").then_some(r)
+    })
+    .expect("the call's record");
+    let all = serde_json::to_string(&recs).expect("records");
+    assert!(
+        !all.contains("7f3a"),
+        "a record holds the credential: {all}"
+    );
+}

@@ -86,6 +86,23 @@ fn spellings(secret: &[u8]) -> String {
         if b == b' ' {
             p.push_str("|\\+");
         }
+        // JSON's and JavaScript's short escapes, HTML's named entities: an upstream that echoes
+        // a request as JSON writes a quote in the secret as `\"`, a page as `&quot;`.
+        let short = match b {
+            b'"' => "|\\\\\"|(?i:&quot;)",
+            b'\\' => "|\\\\\\\\",
+            b'\n' => "|\\\\n",
+            b'\r' => "|\\\\r",
+            b'\t' => "|\\\\t",
+            0x08 => "|\\\\b",
+            0x0c => "|\\\\f",
+            b'&' => "|(?i:&amp;)",
+            b'<' => "|(?i:&lt;)",
+            b'>' => "|(?i:&gt;)",
+            b'\'' => "|(?i:&apos;)",
+            _ => "",
+        };
+        p.push_str(short);
         let _ = write!(
             p,
             "|(?i:\\\\u00{b:02x})|(?i:%{b:02x})|&\\#0*{b};|(?i:&\\#x0?{b:02x};))"
@@ -187,6 +204,15 @@ mod tests {
             assert_eq!(&*scrubbed, REPLACEMENT, "{echo}");
         }
         assert!(matches!(s.scrub(b"s3cr3t/K3y-1"), Cow::Borrowed(_)));
+        // A quote, a backslash and HTML's specials, as JSON and a page write them.
+        let s2 = Secrets::new(&["gw-key\"7f3a\\9c&x<y'\n"]).unwrap();
+        for echo in [
+            "gw-key\\\"7f3a\\\\9c&x<y'\\n",
+            "gw-key&quot;7f3a\\9c&amp;x&lt;y&apos;\n",
+            "gw-key\\u00227f3a\\u005c9c\\u0026x\\u003cy\\u0027\\u000a",
+        ] {
+            assert_eq!(&*s2.scrub(echo.as_bytes()), REPLACEMENT, "{echo}");
+        }
         // Streamed, cut anywhere inside the longest spelling.
         let text = b"a %73%33%63%72%33%74%2F%4B%33%79%2B%31 b".as_slice();
         for cut in 0..text.len() {
