@@ -1031,3 +1031,110 @@ fn slack_announcements_carry_workload_names_as_text() {
         assert!(done.is_some(), "a held call did not end");
     }
 }
+
+/// A grant for the same arguments covers only calls whose arguments were all read: a body of
+/// a type the gateway does not parse (the call is partial) says nothing the grant could be
+/// the same as. Found by an attacker's pass: after an approved refund with an
+/// `application/octet-stream` body `{"amount": 1}`, one with `{"amount": 999999}` went
+/// through on the grant unasked (a server that parses JSON whatever its label ran it).
+#[test]
+fn a_same_arguments_grant_does_not_cover_an_unread_body() {
+    let test = "a_same_arguments_grant_does_not_cover_an_unread_body";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let up = upstream(&dir, None);
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+rules:
+  - name: refunds-need-approval
+    function: refund
+    action: approve
+    approval: {{ approvers: {{ subjects: [alice] }}, timeout: 60s, grant: 1h, grant_same_args: true }}
+"#,
+        port = up.port
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_1/refund", up.port);
+    let spawn = |body: &str| -> (Child, PathBuf) {
+        let out = dir.join(unique("curl"));
+        let child = cg.spawn(
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                body,
+                &url,
+            ],
+            &out,
+        );
+        (child, out)
+    };
+    let held = |n: usize| {
+        wait_for(Duration::from_secs(20), || {
+            let out = gw.cli(&["approvals", "list", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let pending: Vec<Value> = v
+                .as_array()?
+                .iter()
+                .filter(|r| r["function"] == "refund" && r["state"] == "pending")
+                .cloned()
+                .collect();
+            (pending.len() >= n).then(|| pending[n - 1].clone())
+        })
+    };
+    let (mut first, first_out) = spawn(r#"{"amount": 1}"#);
+    let r = held(1).unwrap_or_else(|| panic!("not held\n{}", gw.log()));
+    let out = gw.cli(&[
+        "approvals",
+        "approve",
+        &id_of(&r),
+        "--grant",
+        "30m",
+        "--as",
+        "alice",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = wait_for(Duration::from_secs(35), || first.try_wait().ok()?);
+    let text = fs::read_to_string(first_out).unwrap_or_default();
+    assert!(text.ends_with("\n200"), "the approved call: {text}");
+    // Another unread body: held again, not let through on the grant.
+    let (mut second, _) = spawn(r#"{"amount": 999999}"#);
+    let again = held(1);
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        again.is_some(),
+        "the second refund was held for approval again"
+    );
+    assert!(
+        !up.requests()
+            .iter()
+            .any(|r| r["body"].as_str().is_some_and(|b| b.contains("999999"))),
+        "the unread body ran on the grant: {:?}",
+        up.requests()
+    );
+}

@@ -213,7 +213,7 @@ impl Approvals {
                 && g.policy_commit.as_deref() == call.policy_commit
                 && g.args_digest
                     .as_deref()
-                    .is_none_or(|d| d == call.args_digest)
+                    .is_none_or(|d| Some(d) == call.args_digest)
         })?;
         g.uses += 1;
         Some(g.clone())
@@ -1186,7 +1186,7 @@ mod tests {
             function: "refund",
             rule,
             policy_commit: commit,
-            args_digest: digest,
+            args_digest: Some(digest),
         })
     }
 

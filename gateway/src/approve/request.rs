@@ -234,7 +234,9 @@ pub struct GrantedCall<'a> {
     pub function: &'a str,
     pub rule: &'a str,
     pub policy_commit: Option<&'a str>,
-    pub args_digest: &'a str,
+    /// The digest of its arguments; None when they were not all read (a body the gateway
+    /// does not parse): only a grant for any arguments covers such a call.
+    pub args_digest: Option<&'a str>,
 }
 
 /// A call about to be held.
