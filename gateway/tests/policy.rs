@@ -1344,3 +1344,31 @@ fn token_exchange_credentials_are_checked() {
     let errors = Repo::new(both, &[]).errors().join("\n");
     assert!(errors.contains("exactly one of"), "{errors}");
 }
+
+/// A credential-injecting service matched on every port of a loopback address is warned
+/// about: a governed workload can open a listener there and receive the credential (found by
+/// an attacker's pass, which read the injected key on a socket of its own).
+#[test]
+fn lint_warns_on_credentials_sent_to_any_local_port() {
+    for (hosts, warned) in [
+        (r#"["127.0.0.41"]"#, true),
+        (r#"["127.0.0.0/8"]"#, true),
+        (r#"["localhost"]"#, true),
+        (r#"["127.0.0.41:8080"]"#, false),
+        (r#"["payments.internal"]"#, false),
+    ] {
+        let text = format!(
+            "service: svc\nmatch: {{ hosts: {hosts} }}\nprotocol: rest\nfunctions:\n  f: {{ route: \"GET /x\" }}\nrules:\n  - {{ name: r, function: f, caller: {{ workload: {{ uid: 1000 }} }}, action: allow }}\ncredentials:\n  inject: {{ header: X-Api-Key, from: {{ env: KEY }} }}\n"
+        );
+        let repo = Repo::service(&text);
+        let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
+        let findings: Vec<String> = lint::lint(&loaded, &snap)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let got = findings
+            .iter()
+            .any(|f| f.contains("receives the credential") && f.contains("svc.yaml:2:"));
+        assert_eq!(got, warned, "{hosts}: {findings:#?}");
+    }
+}

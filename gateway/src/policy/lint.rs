@@ -66,8 +66,15 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
                 ));
             }
         }
+        let injects = service.rules.iter().any(|r| r.obligations.inject.is_some());
         for (i, host) in file.matcher.hosts.iter().enumerate() {
             let Ok(spec) = parse_host(host) else { continue };
+            if injects && let Some(why) = any_local_port(&spec) {
+                out.push(warn(
+                    &["match", "hosts", &i.to_string()],
+                    format!("{host} {why}, and a rule injects a credential: a workload that opens a listener of its own there (any local process can bind a free port) is taken for this service and receives the credential; name the upstream's port ({host}:PORT)"),
+                ));
+            }
             for (other_spec, other) in &claims {
                 if *other != &*service.name
                     && let Some(why) = overlap(&spec, other_spec)
@@ -83,6 +90,21 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
     }
     out.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     out
+}
+
+/// Whether `spec` matches any port of a loopback address (where any local process, a
+/// governed workload included, may listen): why, or None.
+fn any_local_port(spec: &HostSpec) -> Option<&'static str> {
+    use HostSpec::*;
+    let loopback = |ip: std::net::IpAddr| ip.is_loopback();
+    match spec {
+        Host(h) if h.parse().is_ok_and(loopback) => {
+            Some("matches every port of a loopback address")
+        }
+        Host(h) if h == "localhost" => Some("matches every port of a loopback address"),
+        Cidr(net, _, None) if loopback(*net) => Some("matches every port of loopback addresses"),
+        _ => None,
+    }
 }
 
 /// Why two `match.hosts` entries of different services can claim the same destination, and
