@@ -467,15 +467,6 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, H1Error> {
         return Ok(Framing::Done);
     }
     if let Some(chunked) = head.fields.chunked_last {
-        // Both a transfer coding and a length: the coding wins (RFC 9112 6.3), but a reader
-        // that takes the length (the masker's `Content-Length: 0`, a client after the gateway)
-        // sees another body, so the answer is refused, as the RFC says such a message ought to
-        // be: `Content-Length: 0` before a chunked body carried it to the client unmasked.
-        if !matches!(head.fields.length, Ok(None)) {
-            return Err(H1Error::Malformed(
-                "the answer gives both a Transfer-Encoding and a Content-Length".into(),
-            ));
-        }
         return Ok(if chunked {
             Framing::Chunked(h1::Chunk::Size)
         } else {
@@ -546,24 +537,15 @@ mod tests {
             .ok(),
             Some(Framing::Done)
         );
-        // Chunked must be the last coding; with a Content-Length as well, the answer is
-        // refused (whatever the length says, `0` included).
+        // Transfer-Encoding wins over Content-Length; chunked must be the last coding.
         assert_eq!(
             f(
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
                 false
             )
             .ok(),
             Some(Framing::Chunked(h1::Chunk::Size))
         );
-        for both in [
-            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\ntransfer-encoding: identity\r\n\r\n",
-        ] {
-            assert!(f(both, false).is_err(), "{both}");
-        }
         assert_eq!(
             f(
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
