@@ -412,11 +412,7 @@ fn one_spelling(args: &Map<String, Json>) -> Result<(), ExtractError> {
         let mut seen: std::collections::HashMap<String, (&String, &Json)> =
             std::collections::HashMap::with_capacity(args.len());
         args.iter().find_map(|a| {
-            let folded: String =
-                a.0.chars()
-                    .flat_map(char::to_uppercase)
-                    .flat_map(char::to_lowercase)
-                    .collect();
+            let folded: String = a.0.chars().map(crate::util::jsonpath::fold_char).collect();
             match seen.get(&folded) {
                 Some(&b) if !same_value(a.1, b.1) => Some(a.0.clone()),
                 Some(_) => None,
@@ -635,6 +631,11 @@ fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<Call, Extrac
         };
         (lookup(method), args, Role::Governed)
     };
+    if role == Role::Governed
+        && let Json::Object(a) = &args
+    {
+        one_spelling(a)?;
+    }
     Ok(Call {
         function,
         args,

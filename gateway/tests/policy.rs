@@ -169,6 +169,22 @@ fn every_argument_operator() {
         ),
         // A condition on a missing argument does not hold.
         ("args: { a: { lt: 10 } }", json!({}), false),
+        // Another case of the name is a value a case-blind server (Go) may run: it must hold
+        // too; but only the exact name makes the argument present (Flask does not read
+        // `AMOUNT` as `amount`, and would use its default).
+        ("args: { amount: { le: 100 } }", json!({"AMOUNT": 5}), false),
+        (
+            "args: { amount: { le: 100 } }",
+            json!({"amount": 5, "Amount": 5000}),
+            false,
+        ),
+        (
+            "args: { amount: { le: 100 } }",
+            json!({"amount": 5, "AMOUNT": 7}),
+            true,
+        ),
+        ("args: { a: { present: true } }", json!({"A": 1}), false),
+        ("args: { a: { absent: true } }", json!({"A": 1}), false),
         // Integers are exact: one f64 is several accounts to Python, Go or Java.
         (
             "args: { a: { eq: 1234567890123456789 } }",
@@ -1354,6 +1370,8 @@ fn lint_warns_on_credentials_sent_to_any_local_port() {
         (r#"["127.0.0.41"]"#, true),
         (r#"["127.0.0.0/8"]"#, true),
         (r#"["localhost"]"#, true),
+        (r#"["0.0.0.0/0"]"#, true),
+        (r#"["::ffff:127.0.0.1"]"#, true),
         (r#"["127.0.0.41:8080"]"#, false),
         (r#"["payments.internal"]"#, false),
     ] {

@@ -400,12 +400,22 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
             unknown.get_or_insert((Unknown::Partial, op));
             continue;
         }
+        // Every spelling of the name is read for its values (a server that ignores case, as
+        // Go's encoding/json does, may run any of them), but whether the argument is there
+        // at all is the exact name's: a case-sensitive server does not see `AMOUNT` as
+        // `amount`, and an allow rule must not take it for one (`{"AMOUNT": 5}` passed
+        // `amount: {le: 100}` while Flask refunded its default).
+        let mut seen_any = false;
         let mut seen = false;
+        cond.path.visit(&call.args, &mut |_| {
+            seen = true;
+            false
+        });
         let mut failed = false;
         let mut held = false;
         let mut untyped = false;
         cond.path.visit_folded(&call.args, &mut |v| {
-            seen = true;
+            seen_any = true;
             match op_holds(op, v) {
                 Some(true) if any => {
                     held = true;
@@ -427,13 +437,16 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
                 }
             }
         });
-        if held && !matches!(op, Op::Present(_)) {
+        if held && seen && !matches!(op, Op::Present(_)) {
             continue;
         }
         // For `any`, a value that failed decides only when none was of another type.
         let failed = failed && !(any && untyped);
         match op {
-            Op::Present(want) if seen != *want => {
+            // Present or absent as the reading the rule can least rely on has it: a deny
+            // rule's condition holds if it holds for either server, an allow rule's only if
+            // it holds for both.
+            Op::Present(want) if (if *want == any { seen_any } else { seen }) != *want => {
                 return Err(Miss::Arg {
                     path: cond,
                     op,
@@ -441,15 +454,16 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
                 });
             }
             Op::Present(_) => {}
+            // Missing under its exact name: unknown, whatever other spellings say.
+            _ if !seen => {
+                unknown.get_or_insert((Unknown::Missing, op));
+            }
             _ if failed => {
                 return Err(Miss::Arg {
                     path: cond,
                     op,
                     missing: false,
                 });
-            }
-            _ if !seen => {
-                unknown.get_or_insert((Unknown::Missing, op));
             }
             _ if untyped => {
                 unknown.get_or_insert((Unknown::Type, op));

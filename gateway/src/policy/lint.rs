@@ -96,13 +96,23 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
 /// governed workload included, may listen): why, or None.
 fn any_local_port(spec: &HostSpec) -> Option<&'static str> {
     use HostSpec::*;
-    let loopback = |ip: std::net::IpAddr| ip.is_loopback();
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let loopback = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        v4 => v4.is_loopback(),
+    };
     match spec {
-        Host(h) if h.parse().is_ok_and(loopback) => {
+        Host(h) if h.trim_end_matches('.') == "localhost" || h.parse().is_ok_and(loopback) => {
             Some("matches every port of a loopback address")
         }
-        Host(h) if h == "localhost" => Some("matches every port of a loopback address"),
-        Cidr(net, _, None) if loopback(*net) => Some("matches every port of loopback addresses"),
+        Cidr(net, prefix, None)
+            if in_cidr(IpAddr::V4(Ipv4Addr::LOCALHOST), *net, *prefix)
+                || in_cidr(IpAddr::V6(Ipv6Addr::LOCALHOST), *net, *prefix) =>
+        {
+            Some("matches every port of loopback addresses")
+        }
         _ => None,
     }
 }

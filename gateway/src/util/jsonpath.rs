@@ -267,18 +267,29 @@ fn walk<'v>(
 }
 
 /// `a` and `b` are equal under simple case folding, as Go's `strings.EqualFold` has it (the
-/// Kelvin sign is a `k`, the long `ſ` an `s`): each character's upper case's lower case.
+/// Kelvin sign is a `k`, the long `ſ` an `s`, `ẞ` a `ß`): each character's upper case's
+/// lower case, where each is one character. Compared a character at a time, without
+/// allocating.
 pub fn fold_eq(a: &str, b: &str) -> bool {
     if a.is_ascii() && b.is_ascii() {
         return a.eq_ignore_ascii_case(b);
     }
-    let folded = |s: &str| {
-        s.chars()
-            .flat_map(char::to_uppercase)
-            .flat_map(char::to_lowercase)
-            .collect::<String>()
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+/// One character folded: its upper case's lower case, each only where it is one character
+/// (`ß` upper-cases to `SS` and stays `ß`, as `ẞ` lower-cases to it).
+pub fn fold_char(c: char) -> char {
+    let mut up = c.to_uppercase();
+    let up = match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
     };
-    folded(a) == folded(b)
+    let mut low = up.to_lowercase();
+    match (low.next(), low.next()) {
+        (Some(l), None) => l,
+        _ => up,
+    }
 }
 
 fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: usize) {
@@ -354,7 +365,8 @@ mod tests {
         assert_eq!(seen("$.o.kind", true), ["\"x\""]);
         assert_eq!(seen("$..KIND", true), ["\"x\""]);
         assert_eq!(seen("status", true), ["\"s\""]);
-        assert!(fold_eq("Stra\u{df}e", "STRA\u{df}E") && !fold_eq("a", "b"));
+        assert!(fold_eq("Stra\u{df}e", "STRA\u{1e9e}E") && !fold_eq("a", "b"));
+        assert!(fold_eq("\u{212A}ind", "KIND") && fold_eq("\u{17F}tatus", "STATUS"));
     }
 
     fn all(path: &str, v: &Value) -> Vec<Value> {
