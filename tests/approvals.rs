@@ -1138,3 +1138,105 @@ rules:
         up.requests()
     );
 }
+
+/// Nor does it cover another gRPC message: a gRPC call's arguments are its metadata, its
+/// message is never read, so the same metadata says nothing about what runs (an attacker's
+/// pass deleted EVERY-ROW on the grant of an approved delete of row-1).
+#[test]
+fn a_same_arguments_grant_does_not_cover_another_grpc_message() {
+    let test = "a_same_arguments_grant_does_not_cover_another_grpc_message";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let port = free_port();
+    let log = dir.join("grpc.jsonl");
+    let _up = Party::start(
+        &[
+            &party_python().display().to_string(),
+            &party_script("grpc_first_value.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let service = format!(
+        r#"
+service: admin
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: grpc
+functions:
+  delete: {{ method: /demo.Admin/Delete }}
+rules:
+  - name: deletes-need-approval
+    function: delete
+    action: approve
+    approval: {{ approvers: {{ subjects: [alice] }}, timeout: 60s, grant: 1h, grant_same_args: true }}
+"#
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("admin", &service)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let spawn = |payload: &str| -> (Child, std::path::PathBuf) {
+        let out = dir.join(unique("py"));
+        let code = format!(
+            "import grpc\nch = grpc.insecure_channel('127.0.0.1:{port}')\ncall = ch.unary_unary('/demo.Admin/Delete')\ntry:\n    print('OK', call(b'{payload}', metadata=[('x-team','sandbox')], timeout=30))\nexcept grpc.RpcError as e:\n    print('ERR', e.code(), e.details())\n"
+        );
+        let py = party_python().display().to_string();
+        (cg.spawn(&[&py, "-c", &code], &out), out)
+    };
+    let held = |n: usize| {
+        wait_for(Duration::from_secs(20), || {
+            let out = gw.cli(&["approvals", "list", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let pending: Vec<Value> = v
+                .as_array()?
+                .iter()
+                .filter(|r| r["function"] == "delete" && r["state"] == "pending")
+                .cloned()
+                .collect();
+            (pending.len() >= n).then(|| pending[n - 1].clone())
+        })
+    };
+    let (mut first, first_out) = spawn("row-1");
+    let r = held(1).unwrap_or_else(|| panic!("not held\n{}", gw.log()));
+    let id = r["id"].as_str().unwrap().to_string();
+    let out = gw.cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--grant",
+        "30m",
+        "--as",
+        "alice",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = wait_for(Duration::from_secs(35), || first.try_wait().ok()?);
+    eprintln!(
+        "first: {}",
+        fs::read_to_string(&first_out).unwrap_or_default()
+    );
+    let (mut second, second_out) = spawn("EVERY-ROW");
+    let again = held(1);
+    let _ = second.kill();
+    let _ = second.wait();
+    let text = fs::read_to_string(&second_out).unwrap_or_default();
+    assert!(
+        again.is_some(),
+        "the second delete was held for approval again"
+    );
+    assert!(
+        !text.contains("deleted EVERY-ROW"),
+        "a different gRPC message ran on a same-arguments grant: {text}"
+    );
+}

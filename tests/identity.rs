@@ -757,7 +757,7 @@ rules:
     gw.enable(&cg);
     let url = format!("http://127.0.0.1:{}/v1/payments/p_1/refund", up.port);
     let (support, intern) = (idp.token("support-bot", None), idp.token("intern", None));
-    let post = |headers: &[String], url: &str| {
+    let send = |headers: &[String], url: &str, body: &str| {
         let mut argv = vec![
             "curl".to_string(),
             "-sS".into(),
@@ -765,10 +765,8 @@ rules:
             "10".into(),
             "-w".into(),
             "\n%{http_code}".into(),
-            "-H".into(),
-            "Content-Type: application/json".into(),
             "-d".into(),
-            r#"{"amount": 5}"#.into(),
+            body.to_string(),
         ];
         for h in headers {
             argv.push("-H".into());
@@ -780,6 +778,12 @@ rules:
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().to_string(), body.to_string())
+    };
+    let json = "Content-Type: application/json".to_string();
+    let post = |headers: &[String], url: &str| {
+        let mut all = vec![json.clone()];
+        all.extend_from_slice(headers);
+        send(&all, url, r#"{"amount": 5}"#)
     };
     let auth = |t: &str| format!("Authorization: Bearer {t}");
     let mcp = |t: &str| format!("X-Mcp-Token: {t}");
@@ -809,6 +813,38 @@ rules:
         assert!(
             code == "400" && body.contains("ambiguous_token"),
             "{what}: {code} {body}"
+        );
+    }
+    // A token in the body (RFC 6750's form parameter, read from JSON too) and a header of
+    // the gateway's own with another scheme.
+    for (what, headers, body) in [
+        (
+            "a form's access_token",
+            vec![
+                auth(&intern),
+                "Content-Type: application/x-www-form-urlencoded".to_string(),
+            ],
+            format!("amount=5&access_token={support}"),
+        ),
+        (
+            "a JSON body's access_token",
+            vec![auth(&intern), json.clone()],
+            format!(r#"{{"amount": 5, "Access_Token": "{support}"}}"#),
+        ),
+        (
+            "another scheme in X-Mcp-Token",
+            vec![
+                auth(&intern),
+                json.clone(),
+                format!("X-Mcp-Token: Token {support}"),
+            ],
+            r#"{"amount": 5}"#.to_string(),
+        ),
+    ] {
+        let (code, out) = send(&headers, &url, &body);
+        assert!(
+            code == "400" && out.contains("ambiguous_token"),
+            "{what}: {code} {out}"
         );
     }
     assert_eq!(

@@ -26,7 +26,7 @@ rules:
   - name: everything
     action: allow
 response:
-  mask: [card_number, email, jwt, aws_access_key]
+  mask: [card_number, email, jwt, aws_access_key, iban]
   {extra}
 "#
     )
@@ -47,6 +47,11 @@ fn answers() -> Vec<(&'static str, String)> {
     let j = JSON_BODY;
     let n = j.len();
     vec![
+        // Values upper case where they are themselves, in names (which arrive lower case).
+        (
+            "hdr-name-upper",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-AKIAIOSFODNN7EXAMPLE: 1\r\nX-GB82WEST12345698765432: 1\r\nContent-Length: 2\r\n\r\nok".to_string(),
+        ),
         // Content-Length: 0 read as "no body" by the masker, while the framing follows the
         // Transfer-Encoding.
         (
@@ -233,10 +238,17 @@ fn raw_upstream(dir: &std::path::Path) -> Up {
 }
 
 fn leaked(out: &str) -> Vec<&'static str> {
-    [CARD, CARD_C, MAIL, "4111-1111"]
-        .into_iter()
-        .filter(|v| out.contains(v))
-        .collect()
+    [
+        CARD,
+        CARD_C,
+        MAIL,
+        "4111-1111",
+        "akiaiosfodnn7example",
+        "gb82west12345698765432",
+    ]
+    .into_iter()
+    .filter(|v| out.contains(v))
+    .collect()
 }
 
 #[test]

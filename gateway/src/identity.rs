@@ -45,8 +45,15 @@ pub fn bearer<'h>(
             .trim();
         let token = match v.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            Some(_) => continue,
-            None if name == http::header::AUTHORIZATION => continue,
+            // Basic (or another scheme) in Authorization is the upstream's.
+            _ if name == http::header::AUTHORIZATION => continue,
+            // A header of the gateway's own carries a bearer token or nothing: `Token <t>`
+            // would be one an upstream that strips any scheme reads, and the gateway not.
+            Some(_) => {
+                return Err(TwoTokens(format!(
+                    "{name} carries something other than a bearer token"
+                )));
+            }
             None => v,
         };
         match found {
@@ -67,6 +74,20 @@ pub fn bearer<'h>(
         ));
     }
     Ok(found)
+}
+
+/// The name of a REST call's argument that carries a bearer token a server may take (RFC
+/// 6750's form parameter `access_token`, which servers read from JSON bodies too, and
+/// Doorkeeper's `bearer_token`), in any case; None when there is none.
+pub fn token_argument(args: &serde_json::Value) -> Option<&str> {
+    let serde_json::Value::Object(args) = args else {
+        return None;
+    };
+    args.keys().map(String::as_str).find(|k| {
+        ["access_token", "bearer_token"]
+            .iter()
+            .any(|t| crate::util::jsonpath::fold_eq(k, t))
+    })
 }
 
 /// Why a request's bearer token is not one token (see [`bearer`]).

@@ -596,10 +596,10 @@ pub struct HeaderMasker {
 /// included: an upstream put a card number and an address in those, and they went out.
 const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
 
-/// No name shorter than this holds a detector's value (the shortest, an SSN, is 11 bytes;
-/// an e-mail address's `@` cannot stand in a name) unless it has a digit: names are checked
-/// only then, which keeps the usual heads (`content-type`, `date`, `server`) from being
-/// scanned twice.
+/// No name shorter than this holds a built-in detector's value (the shortest, an SSN, is 11
+/// bytes; an e-mail address's `@` cannot stand in a name) unless it has a digit: names are
+/// checked only then (every name when the list has a regex of its own), which keeps the
+/// usual heads (`content-type`, `date`, `server`) from being scanned twice.
 const NAME_SCAN_FROM: usize = 20;
 
 impl HeaderMasker {
@@ -624,8 +624,13 @@ impl HeaderMasker {
         let mut named: Vec<http::HeaderName> = Vec::new();
         for (name, value) in h.iter_mut() {
             let name_text = name.as_str();
-            if (name_text.len() >= NAME_SCAN_FROM || name_text.bytes().any(|b| b.is_ascii_digit()))
-                && matches!(self.rules.mask_str(&self.key, name_text), Cow::Owned(_))
+            // Names arrive in lower case; a value that is upper case where it is itself (an
+            // AWS key's `AKIA`, an IBAN's country) is looked for in the upper-cased name too.
+            let holds_value = |n: &str| matches!(self.rules.mask_str(&self.key, n), Cow::Owned(_));
+            if (!self.rules.custom.is_empty()
+                || name_text.len() >= NAME_SCAN_FROM
+                || name_text.bytes().any(|b| b.is_ascii_digit()))
+                && (holds_value(name_text) || holds_value(&name_text.to_ascii_uppercase()))
                 && !named.contains(name)
             {
                 named.push(name.clone());

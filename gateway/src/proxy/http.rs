@@ -265,6 +265,28 @@ impl Conn {
                     .await;
             }
         };
+        // A token in a REST body (a form's or a JSON object's `access_token`, RFC 6750 2.2;
+        // Doorkeeper's `bearer_token`) is one the gateway does not verify, beside the one it
+        // decided on: refused as a second token in a header is.
+        if kind == Kind::Rest
+            && self.inputs.verifier.is_some()
+            && let Some(name) = extracted
+                .calls
+                .iter()
+                .find_map(|c| identity::token_argument(&c.args))
+        {
+            stats.refused_policy.fetch_add(1, Relaxed);
+            let r = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "ambiguous_token",
+                format!(
+                    "the request carries a token in its argument {name:?}, which the gateway does not verify"
+                ),
+            );
+            return self
+                .refuse(recording, kind, extract::raw(&parts), None, r)
+                .await;
+        }
 
         if kind == Kind::Mcp {
             if let Err(e) = crate::extract::mcp_headers::agree(&parts.headers, &extracted.calls) {
@@ -350,7 +372,7 @@ impl Conn {
         };
         if one.decision.enforced == Action::Approve {
             // Held here, the upstream untouched, until a verdict or the rule's timeout.
-            let (approved, info) = self.hold(service, &one, recording.as_ref()).await;
+            let (approved, info) = self.hold(service, kind, &one, recording.as_ref()).await;
             if let (Some(r), Some(info)) = (recording.as_mut(), info) {
                 r.rec.approval = Some(info);
             }

@@ -4,8 +4,9 @@
 //!
 //! An echo need not be literal: JSON escapes `/` as `\/` and may write any character as
 //! `\u00XX`, a URL or form percent-encodes it (`%2F`), HTML writes `&#47;` or `&#x2F;`. Each
-//! byte of a secret is matched in any of those spellings, mixed freely, so no re-encoding of
-//! the echo lets the value through.
+//! byte of a secret is matched in any of those spellings, mixed freely (JSON's and HTML's named
+//! escapes too, and JSON escaped again inside JSON strings), so no re-encoding of the echo
+//! lets the value through. A header whose name holds a secret is removed.
 use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
 use http::{HeaderMap, HeaderValue};
@@ -13,8 +14,9 @@ use regex::bytes::Regex;
 
 const REPLACEMENT: &[u8] = b"[MASKED:credential]";
 
-/// The longest spelling of one byte that [`Secrets`] recognises (`&#x0hh;`).
-const LONGEST_SPELLING: usize = 7;
+/// The longest spelling of one byte that [`Secrets`] recognises: `\u00hh` with its backslash a
+/// run of eight (three more levels of JSON string).
+const LONGEST_SPELLING: usize = 13;
 
 /// The secrets to look for, compiled once per secret value.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Secrets {
     re: Regex,
     /// The longest a match can be: what a stream must hold back.
     longest: usize,
+    /// The values in lower case, for header names (which arrive in lower case).
+    lower: Vec<Vec<u8>>,
 }
 
 impl Secrets {
@@ -31,7 +35,11 @@ impl Secrets {
         let longest = values.iter().map(|v| v.len()).max()? * LONGEST_SPELLING;
         let alternatives: Vec<String> = values.iter().map(|v| spellings(v.as_bytes())).collect();
         let re = Regex::new(&format!("(?s-u){}", alternatives.join("|"))).ok()?;
-        Some(Arc::new(Self { re, longest }))
+        let lower = values
+            .iter()
+            .map(|v| v.as_bytes().to_ascii_lowercase())
+            .collect();
+        Some(Arc::new(Self { re, longest, lower }))
     }
 
     /// `data` without the secrets; borrowed when there were none in it.
@@ -54,6 +62,20 @@ impl Secrets {
                     .unwrap_or_else(|_| HeaderValue::from_static("[MASKED:credential]"));
             }
         }
+        // A field whose name holds a secret (an upstream that echoes values as names) is
+        // removed: a scrubbed name would not be a name.
+        let named: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|n| {
+                self.lower
+                    .iter()
+                    .any(|v| memchr::memmem::find(n.as_str().as_bytes(), v).is_some())
+            })
+            .cloned()
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
 
     /// Copies `data` to `out` with each secret replaced; returns where the copy stopped
@@ -70,9 +92,12 @@ impl Secrets {
 }
 
 /// A pattern matching `secret` with each byte in any spelling an echo may give it: as is,
-/// `\u00hh`, `%hh`, `&#ddd;`, `&#xhh;` (hex in either case), and `/` as JSON's `\/`.
+/// `\u00hh`, `%hh`, `&#ddd;`, `&#xhh;` (hex in either case), HTML's named entities, JSON's
+/// short escapes (`\/`, `\"`, `\\`, `\n`…), and each escape inside more levels of JSON
+/// string (an echo of JSON as a string in JSON writes `\"` as `\\\"`, `\n` as `\\n`): an
+/// escape's backslash may be a run of up to eight.
 fn spellings(secret: &[u8]) -> String {
-    let mut p = String::with_capacity(secret.len() * 48);
+    let mut p = String::with_capacity(secret.len() * 96);
     for &b in secret {
         p.push_str("(?:");
         if b.is_ascii_graphic() || b == b' ' {
@@ -80,33 +105,38 @@ fn spellings(secret: &[u8]) -> String {
         } else {
             let _ = write!(p, "\\x{b:02x}");
         }
-        if b == b'/' {
-            p.push_str("|\\\\/");
-        }
         if b == b' ' {
-            p.push_str("|\\+");
+            p.push_str(r"|\+");
         }
-        // JSON's and JavaScript's short escapes, HTML's named entities: an upstream that echoes
-        // a request as JSON writes a quote in the secret as `\"`, a page as `&quot;`.
+        // Escapes: a run of backslashes and what follows them. A backslash is itself the run
+        // (two or more: one alone is the byte as is).
         let short = match b {
-            b'"' => "|\\\\\"|(?i:&quot;)",
-            b'\\' => "|\\\\\\\\",
-            b'\n' => "|\\\\n",
-            b'\r' => "|\\\\r",
-            b'\t' => "|\\\\t",
-            0x08 => "|\\\\b",
-            0x0c => "|\\\\f",
+            b'/' => "/",
+            b'"' => "\"",
+            b'\n' => "n",
+            b'\r' => "r",
+            b'\t' => "t",
+            0x08 => "b",
+            0x0c => "f",
+            _ => "",
+        };
+        if b == b'\\' {
+            p.push_str(r"|\\{2,8}");
+        } else if !short.is_empty() {
+            let _ = write!(p, r"|\\{{1,8}}{short}");
+        }
+        let _ = write!(p, r"|\\{{1,8}}(?i:u00{b:02x})");
+        // HTML's named entities for its specials.
+        let named = match b {
+            b'"' => "|(?i:&quot;)",
             b'&' => "|(?i:&amp;)",
             b'<' => "|(?i:&lt;)",
             b'>' => "|(?i:&gt;)",
             b'\'' => "|(?i:&apos;)",
             _ => "",
         };
-        p.push_str(short);
-        let _ = write!(
-            p,
-            "|(?i:\\\\u00{b:02x})|(?i:%{b:02x})|&\\#0*{b};|(?i:&\\#x0?{b:02x};))"
-        );
+        p.push_str(named);
+        let _ = write!(p, r"|(?i:%{b:02x})|&\#0*{b};|(?i:&\#x0?{b:02x};))");
     }
     p
 }
@@ -210,6 +240,8 @@ mod tests {
             "gw-key\\\"7f3a\\\\9c&x<y'\\n",
             "gw-key&quot;7f3a\\9c&amp;x&lt;y&apos;\n",
             "gw-key\\u00227f3a\\u005c9c\\u0026x\\u003cy\\u0027\\u000a",
+            // JSON holding JSON as a string: each escape escaped again.
+            "gw-key\\\\\\\"7f3a\\\\\\\\9c&x<y'\\\\n",
         ] {
             assert_eq!(&*s2.scrub(echo.as_bytes()), REPLACEMENT, "{echo}");
         }
@@ -234,5 +266,10 @@ mod tests {
         s.scrub_headers(&mut h);
         assert_eq!(h["x-echo"], "Bearer [MASKED:credential]");
         assert_eq!(h["x-other"], "fine");
+        // A name that holds the secret, in any case, goes.
+        let s = Secrets::new(&["Tok3n"]).unwrap();
+        h.insert("x-tok3n-echo", "1".parse().unwrap());
+        s.scrub_headers(&mut h);
+        assert!(!h.contains_key("x-tok3n-echo") && h.contains_key("x-other"));
     }
 }

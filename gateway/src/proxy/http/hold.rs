@@ -4,7 +4,7 @@
 use serde_json::Value as Json;
 
 use super::{Conn, decide::Decided, streaming::Recording};
-use crate::{approve, policy::Service, proxy::reply::Refusal};
+use crate::{approve, extract::Kind, policy::Service, proxy::reply::Refusal};
 
 /// The record of a call held for approval, written as cancelled if the call's future is
 /// dropped (its client went away) before the hold ends; emptied once it has.
@@ -24,6 +24,7 @@ impl Conn {
     pub(super) async fn hold(
         &self,
         service: Option<&Service>,
+        kind: Kind,
         one: &Decided,
         recording: Option<&Recording>,
     ) -> (Result<(), Refusal>, Option<Json>) {
@@ -44,10 +45,12 @@ impl Conn {
             function,
             rule,
             policy_commit: one.decision.policy.commit.as_deref(),
-            // A call whose arguments were not all read (a body of a type the gateway does
-            // not parse) is not "the same arguments" as any other: a same-arguments grant
-            // let a second refund through whose body (unread) said 999999.
-            args_digest: (!one.call.partial).then_some(digest.as_str()),
+            // A call whose arguments do not say all it sends (a body of a type the gateway
+            // does not parse; a gRPC message, of which only the metadata is read) is not
+            // "the same arguments" as any other: a same-arguments grant let a second refund
+            // through whose body (unread) said 999999, and a gRPC delete of every row after
+            // one of a single row.
+            args_digest: (!one.call.partial && kind != Kind::Grpc).then_some(digest.as_str()),
         });
         if let Some(g) = granted {
             metrics.approval("granted");
