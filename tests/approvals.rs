@@ -386,6 +386,20 @@ fn carries_arguments(v: &Value) -> bool {
     }
 }
 
+/// The `n`th request for `function` waiting for an answer, once there is one (20 s at most).
+fn pending(gw: &Gateway, function: &str, n: usize) -> Option<Value> {
+    wait_for(Duration::from_secs(20), || {
+        let out = gw.cli(&["approvals", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let waiting: Vec<&Value> = v
+            .as_array()?
+            .iter()
+            .filter(|r| r["function"] == function && r["state"] == "pending")
+            .collect();
+        waiting.get(n.checked_sub(1)?).map(|r| (*r).clone())
+    })
+}
+
 fn id_of(r: &Value) -> String {
     r["id"].as_str().expect("request id").to_string()
 }
@@ -1089,19 +1103,7 @@ rules:
         );
         (child, out)
     };
-    let held = |n: usize| {
-        wait_for(Duration::from_secs(20), || {
-            let out = gw.cli(&["approvals", "list", "--json"]);
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let pending: Vec<Value> = v
-                .as_array()?
-                .iter()
-                .filter(|r| r["function"] == "refund" && r["state"] == "pending")
-                .cloned()
-                .collect();
-            (pending.len() >= n).then(|| pending[n - 1].clone())
-        })
-    };
+    let held = |n: usize| pending(&gw, "refund", n);
     let (mut first, first_out) = spawn(r#"{"amount": 1}"#);
     let r = held(1).unwrap_or_else(|| panic!("not held\n{}", gw.log()));
     let out = gw.cli(&[
@@ -1149,18 +1151,8 @@ fn a_same_arguments_grant_does_not_cover_another_grpc_message() {
         return;
     }
     let dir = TestDir::new(test);
-    let port = free_port();
-    let log = dir.join("grpc.jsonl");
-    let _up = Party::start(
-        &[
-            &party_python().display().to_string(),
-            &party_script("grpc_first_value.py").display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let _up = grpc_admin_party(&dir);
+    let port = _up.port;
     let service = format!(
         r#"
 service: admin
@@ -1191,19 +1183,7 @@ rules:
         let py = party_python().display().to_string();
         (cg.spawn(&[&py, "-c", &code], &out), out)
     };
-    let held = |n: usize| {
-        wait_for(Duration::from_secs(20), || {
-            let out = gw.cli(&["approvals", "list", "--json"]);
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let pending: Vec<Value> = v
-                .as_array()?
-                .iter()
-                .filter(|r| r["function"] == "delete" && r["state"] == "pending")
-                .cloned()
-                .collect();
-            (pending.len() >= n).then(|| pending[n - 1].clone())
-        })
-    };
+    let held = |n: usize| pending(&gw, "delete", n);
     let (mut first, first_out) = spawn("row-1");
     let r = held(1).unwrap_or_else(|| panic!("not held\n{}", gw.log()));
     let id = r["id"].as_str().unwrap().to_string();

@@ -705,6 +705,24 @@ pub fn party_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A grpcio server (`parties/grpc_first_value.py`) whose `demo.Admin/Delete` answers `deleted
+/// <message>` and logs the call with the first `x-team` metadata value, as grpc-go's
+/// `md.Get(k)[0]` reads it.
+pub fn grpc_admin_party(dir: &Path) -> Party {
+    let port = free_port();
+    let log = dir.join(format!("grpc-{port}.jsonl"));
+    Party::start(
+        &[
+            &party_python().display().to_string(),
+            &party_script("grpc_first_value.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    )
+}
+
 /// Whether the pinned Python test parties are installed; panics in CI when they are not.
 pub fn parties_available(test: &str) -> bool {
     party_python().exists()

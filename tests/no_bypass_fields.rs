@@ -149,6 +149,17 @@ fn h1_request(head: &[u8], body: &[u8]) -> Vec<u8> {
     r
 }
 
+/// Fails the test if the upstream ran a refund the policy denies; shows what it ran and what
+/// the gateway recorded.
+fn no_denied_refund_ran(up: &Party, gw: &Gateway) {
+    let ran = big_refunds(up);
+    println!("upstream ran: {:#?}", up.requests());
+    for r in records(gw) {
+        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
+    }
+    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+}
+
 /// The refunds the upstream ran for more than 100.
 fn big_refunds(up: &Party) -> Vec<Value> {
     up.requests()
@@ -227,12 +238,7 @@ fn content_type_read_two_ways_over_http1() {
         "{out}"
     );
 
-    let ran = big_refunds(&up);
-    println!("upstream ran: {:#?}", up.requests());
-    for r in records(&s.gw) {
-        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
-    }
-    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+    no_denied_refund_ran(&up, &s.gw);
 }
 
 #[test]
@@ -363,12 +369,7 @@ fn h2c_requests_read_as_the_http1_upstream_reads_them() {
             .collect(),
         b"",
     );
-    let ran = big_refunds(&up);
-    println!("upstream ran: {:#?}", up.requests());
-    for r in records(&s.gw) {
-        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
-    }
-    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+    no_denied_refund_ran(&up, &s.gw);
 }
 
 #[test]
@@ -378,18 +379,8 @@ fn grpc_metadata_given_twice() {
         return;
     }
     let work = TestDir::new(test);
-    let port = free_port();
-    let log = work.join("grpc.jsonl");
-    let up = Party::start(
-        &[
-            &party_python().display().to_string(),
-            &party_script("grpc_first_value.py").display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let up = grpc_admin_party(&work);
+    let port = up.port;
     let policy = format!(
         r#"
 service: admin
@@ -514,12 +505,7 @@ fn encodings_and_upgrades() {
         format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
     );
     println!("CONNECT: {}", out.lines().next().unwrap_or(""));
-    let ran = big_refunds(&up);
-    println!("upstream ran: {:#?}", up.requests());
-    for r in records(&s.gw) {
-        println!("record: {} {} {}", r["function"], r["decision"], r["args"]);
-    }
-    assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
+    no_denied_refund_ran(&up, &s.gw);
     let _ = fs::metadata(&up.log);
 }
 
