@@ -359,35 +359,26 @@ fn grpc_answers_never_carry_a_masked_value() {
         return;
     }
     let dir = TestDir::new("callgate-atk-grpc");
-    let port = free_port();
-    let log = dir.join(format!("h2-{port}.jsonl"));
-    let (py, script) = (party_python(), party_script("raw_h2_answers.py"));
-    let _up = Party::start(
-        &[
-            &py.display().to_string(),
-            &script.display().to_string(),
-            "--port",
-            &port.to_string(),
-            "--log",
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
-    let port2 = free_port();
-    let log2 = dir.join(format!("h2-{port2}.jsonl"));
-    let _up2 = Party::start(
-        &[
-            &py.display().to_string(),
-            &script.display().to_string(),
-            "--port",
-            &port2.to_string(),
-            "--log",
-            &log2.display().to_string(),
-        ],
-        port2,
-        log2,
-    );
+    // Two raw h2c upstreams: one behind a service that refuses what it cannot mask, one
+    // behind a service that lets it pass.
+    let raw_h2 = || {
+        let port = free_port();
+        let log = dir.join(format!("h2-{port}.jsonl"));
+        Party::start(
+            &[
+                &party_python().display().to_string(),
+                &party_script("raw_h2_answers.py").display().to_string(),
+                "--port",
+                &port.to_string(),
+                "--log",
+                &log.display().to_string(),
+            ],
+            port,
+            log,
+        )
+    };
+    let (up, up2) = (raw_h2(), raw_h2());
+    let (port, port2) = (up.port, up2.port);
     let svc = |name: &str, port: u16, unmaskable: &str| {
         format!(
             r#"

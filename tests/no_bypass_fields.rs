@@ -160,6 +160,9 @@ fn no_denied_refund_ran(up: &Party, gw: &Gateway) {
     assert!(ran.is_empty(), "denied refunds ran: {ran:#?}");
 }
 
+/// A header field as sent, name and value.
+type Field = (&'static [u8], &'static [u8]);
+
 /// The refunds the upstream ran for more than 100.
 fn big_refunds(up: &Party) -> Vec<Value> {
     up.requests()
@@ -304,49 +307,47 @@ fn h2c_requests_read_as_the_http1_upstream_reads_them() {
     }
     // Downgrade: connection-specific fields and CR/LF in values smuggled through h2.
     let smuggled = b"0\r\n\r\nPOST /v1/payments/p2/refund HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n{\"amount\":9000,\"to\":\"customer\"}";
-    send(
-        "h2 transfer-encoding",
-        base(&[
-            (b"content-type", b"text/plain"),
-            (b"transfer-encoding", b"chunked"),
-        ]),
-        smuggled,
-    );
-    send(
-        "h2 CRLF in a value",
-        base(&[
-            (b"content-type", b"application/json"),
-            (
-                b"x-a",
-                b"1\r\nContent-Type: application/x-www-form-urlencoded",
-            ),
-        ]),
-        SPLIT_BODY,
-    );
-    send(
-        "h2 colon in a name",
-        base(&[
-            (b"content-type", b"application/json"),
-            (b"x:content-type", b"application/x-www-form-urlencoded"),
-        ]),
-        SPLIT_BODY,
-    );
-    send(
-        "h2 upper-case content-type name",
-        base(&[
-            (b"content-type", b"application/json"),
-            (b"Content-Type", b"application/x-www-form-urlencoded"),
-        ]),
-        SPLIT_BODY,
-    );
-    send(
-        "h2 authority/host disagree",
-        base(&[
-            (b"content-type", b"application/json"),
-            (b"host", b"payments.other:80"),
-        ]),
-        br#"{"amount":5000,"to":"customer"}"#,
-    );
+    let json = (&b"content-type"[..], &b"application/json"[..]);
+    let form = &b"application/x-www-form-urlencoded"[..];
+    let cases: [(&str, Vec<Field>, &[u8]); 5] = [
+        (
+            "h2 transfer-encoding",
+            vec![
+                (b"content-type", b"text/plain"),
+                (b"transfer-encoding", b"chunked"),
+            ],
+            smuggled,
+        ),
+        (
+            "h2 CRLF in a value",
+            vec![
+                json,
+                (
+                    b"x-a",
+                    b"1\r\nContent-Type: application/x-www-form-urlencoded",
+                ),
+            ],
+            SPLIT_BODY,
+        ),
+        (
+            "h2 colon in a name",
+            vec![json, (b"x:content-type", form)],
+            SPLIT_BODY,
+        ),
+        (
+            "h2 upper-case content-type name",
+            vec![json, (b"Content-Type", form)],
+            SPLIT_BODY,
+        ),
+        (
+            "h2 authority/host disagree",
+            vec![json, (b"host", b"payments.other:80")],
+            br#"{"amount":5000,"to":"customer"}"#,
+        ),
+    ];
+    for (name, fields, body) in cases {
+        send(name, base(&fields), body);
+    }
     send(
         "h2 CONNECT",
         vec![
