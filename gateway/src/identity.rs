@@ -43,8 +43,22 @@ pub fn bearer<'h>(
             .to_str()
             .map_err(|_| TwoTokens(format!("{name} is not text")))?
             .trim();
-        let token = match v.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        // The scheme ends at the first space or tab: servers split on any whitespace (Django
+        // REST framework, Go's strings.Fields), and `Bearer<TAB><t>` read as no token here
+        // was a token there.
+        let token = match v.split_once([' ', '\t']) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+                let rest = rest.trim_matches([' ', '\t']);
+                if rest.is_empty() || rest.contains([' ', '\t', ',']) {
+                    return Err(TwoTokens(format!("{name} is not one bearer token")));
+                }
+                rest
+            }
+            // `Bearer` run into something else (`Bearer,<t>`, `Bearer:<t>`): not a scheme
+            // the gateway reads, and one a lenient server may.
+            _ if v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("bearer")) => {
+                return Err(TwoTokens(format!("{name} is not one bearer token")));
+            }
             // Basic (or another scheme) in Authorization is the upstream's.
             _ if name == http::header::AUTHORIZATION => continue,
             // A header of the gateway's own carries a bearer token or nothing: `Token <t>`
@@ -67,13 +81,39 @@ pub fn bearer<'h>(
         }
     }
     if let Some(q) = uri.query()
-        && form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+        && let Some((k, _)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| is_token_name(k))
     {
-        return Err(TwoTokens(
-            "the query carries an access_token, which the gateway does not verify".into(),
-        ));
+        return Err(TwoTokens(format!(
+            "the query carries a token ({k}), which the gateway does not verify"
+        )));
+    }
+    // A cookie of a token's name: servers that take tokens from cookies read it.
+    for cookie in headers.get_all(http::header::COOKIE) {
+        let cookie = String::from_utf8_lossy(cookie.as_bytes());
+        if let Some(name) = cookie
+            .split(';')
+            .filter_map(|c| c.split_once('=').map(|(n, _)| n.trim()))
+            .find(|n| is_token_name(n))
+        {
+            return Err(TwoTokens(format!(
+                "a cookie carries a token ({name}), which the gateway does not verify"
+            )));
+        }
     }
     Ok(found)
+}
+
+/// A parameter, field or cookie name that servers read a bearer token from (RFC 6750's
+/// `access_token`, Doorkeeper's `bearer_token`), in any case and with a `[]` or `[key]` after
+/// it (PHP, Rails and Express's `qs` read `access_token[]` as `access_token`).
+pub fn is_token_name(name: &str) -> bool {
+    let name = match name.find('[') {
+        Some(at) if name.ends_with(']') => &name[..at],
+        _ => name,
+    };
+    ["access_token", "bearer_token"]
+        .iter()
+        .any(|t| crate::util::jsonpath::fold_eq(name, t))
 }
 
 /// The name of a REST call's argument that carries a bearer token a server may take (RFC
@@ -83,11 +123,7 @@ pub fn token_argument(args: &serde_json::Value) -> Option<&str> {
     let serde_json::Value::Object(args) = args else {
         return None;
     };
-    args.keys().map(String::as_str).find(|k| {
-        ["access_token", "bearer_token"]
-            .iter()
-            .any(|t| crate::util::jsonpath::fold_eq(k, t))
-    })
+    args.keys().map(String::as_str).find(|k| is_token_name(k))
 }
 
 /// Why a request's bearer token is not one token (see [`bearer`]).
@@ -198,6 +234,29 @@ mod tests {
             bearer(&HeaderMap::new(), &query, &both).is_err(),
             "a query token"
         );
+        let query: http::Uri = "/x?Access_Token%5B%5D=t".parse().unwrap();
+        assert!(
+            bearer(&HeaderMap::new(), &query, &both).is_err(),
+            "access_token[]"
+        );
+        // A tab after the scheme is read as servers read it; anything else run into it, or
+        // more than one word after it, is refused.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer\ttok"),
+        );
+        assert_eq!(bearer(&h, &uri, &both).ok(), Some(Some("tok")));
+        for v in ["Bearer,tok", "Bearer", "Bearer a b", "bearer:tok"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", http::HeaderValue::from_str(v).unwrap());
+            assert!(bearer(&h, &uri, &both).is_err(), "{v:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "theme=dark; ACCESS_TOKEN=t".parse().unwrap());
+        assert!(bearer(&h, &uri, &both).is_err(), "a token cookie");
+        h.insert("cookie", "theme=dark; session=s".parse().unwrap());
+        assert_eq!(bearer(&h, &uri, &both).ok(), Some(None), "other cookies");
     }
 
     #[test]

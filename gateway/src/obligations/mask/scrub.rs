@@ -118,6 +118,7 @@ fn spellings(secret: &[u8]) -> String {
             b'\t' => "t",
             0x08 => "b",
             0x0c => "f",
+            b'\'' => "'",
             _ => "",
         };
         if b == b'\\' {
@@ -125,7 +126,8 @@ fn spellings(secret: &[u8]) -> String {
         } else if !short.is_empty() {
             let _ = write!(p, r"|\\{{1,8}}{short}");
         }
-        let _ = write!(p, r"|\\{{1,8}}(?i:u00{b:02x})");
+        // `\u00hh`, and JavaScript's and Python's `\xhh`.
+        let _ = write!(p, r"|\\{{1,8}}(?i:u00{b:02x}|x{b:02x})");
         // HTML's named entities for its specials.
         let named = match b {
             b'"' => "|(?i:&quot;)",
@@ -136,7 +138,12 @@ fn spellings(secret: &[u8]) -> String {
             _ => "",
         };
         p.push_str(named);
-        let _ = write!(p, r"|(?i:%{b:02x})|&\#0*{b};|(?i:&\#x0?{b:02x};))");
+        // Percent-encoded once or twice (`%2F`, `%252F`); character references with a few
+        // leading zeros (bounded: what a stream holds back must be bounded too).
+        let _ = write!(
+            p,
+            r"|(?i:%(?:25)?{b:02x})|&\#0{{0,4}}{b};|(?i:&\#x0{{0,4}}{b:02x};))"
+        );
     }
     p
 }
@@ -240,6 +247,10 @@ mod tests {
             "gw-key\\\"7f3a\\\\9c&x<y'\\n",
             "gw-key&quot;7f3a\\9c&amp;x&lt;y&apos;\n",
             "gw-key\\u00227f3a\\u005c9c\\u0026x\\u003cy\\u0027\\u000a",
+            // JavaScript's and Python's hex escapes, references with leading zeros, percent
+            // twice.
+            "gw-key\\x227f3a\\x5c9c&x<y\\'\\n",
+            "gw-key&#x00022;7f3a&#0092;9c&#0038;x%253cy%2527%250a",
             // JSON holding JSON as a string: each escape escaped again.
             "gw-key\\\\\\\"7f3a\\\\\\\\9c&x<y'\\\\n",
         ] {
