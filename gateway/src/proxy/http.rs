@@ -173,7 +173,15 @@ impl Conn {
             );
             return r.respond(kind, None);
         }
-        let caller = self.identify(&snap, &parts.headers, &parts.uri).await;
+        // The request's one bearer token, where tokens are verified; more than one is refused
+        // below, before any rule sees the call.
+        let token = match &self.inputs.verifier {
+            Some(_) => identity::bearer(&parts.headers, &parts.uri, &snap.identity),
+            None => Ok(None),
+        };
+        let caller = self
+            .identify(&snap, token.as_ref().ok().copied().flatten())
+            .await;
         let recording = self.inputs.recorder.is_some().then(|| {
             let mut rec = Record::of_call(
                 self.session.clone(),
@@ -195,11 +203,8 @@ impl Conn {
         // Refusals that need no call: the name the client used, and a request that has no
         // one form to decide and forward.
         if let Some(s) = service {
-            // One bearer token, where tokens are verified: the call is decided on it and
-            // forwarded as sent.
-            if self.inputs.verifier.is_some()
-                && let Err(e) = identity::bearer(&parts.headers, &parts.uri, &snap.identity)
-            {
+            // One bearer token: the call is decided on it and forwarded as sent.
+            if let Err(e) = &token {
                 stats.refused_policy.fetch_add(1, Relaxed);
                 let r = Refusal {
                     service: Some(s.name.to_string()),

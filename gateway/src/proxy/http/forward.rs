@@ -256,7 +256,7 @@ impl Conn {
             .map_err(|e| e.to_string())?
             .ok_or("the request carries no bearer token")?
             .to_string();
-        let caller = self.identify(snap, headers, uri).await;
+        let caller = self.identify(snap, Some(&token)).await;
         if caller.authenticated {
             return Ok(token);
         }

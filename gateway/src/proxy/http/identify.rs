@@ -2,7 +2,6 @@
 //! identity a bearer token on the request verifies to, or why it does not.
 use std::sync::{Arc, atomic::Ordering::Relaxed};
 
-use http::HeaderMap;
 use tracing::debug;
 
 use super::Conn;
@@ -11,18 +10,9 @@ use crate::{call::Caller, identity, policy::Snapshot};
 impl Conn {
     /// The caller of one request: the connection's workload, and the identity its token
     /// verifies to (or why it does not).
-    pub(super) async fn identify(
-        &self,
-        snap: &Snapshot,
-        headers: &HeaderMap,
-        uri: &http::Uri,
-    ) -> Arc<Caller> {
-        let (Some(verifier), Ok(Some(token))) = (
-            &self.inputs.verifier,
-            identity::bearer(headers, uri, &snap.identity),
-        ) else {
-            // No token, or more than one: the request is refused before any rule sees it
-            // (see `Conn::handle`).
+    /// `token` is the request's, as [`identity::bearer`] read it.
+    pub(super) async fn identify(&self, snap: &Snapshot, token: Option<&str>) -> Arc<Caller> {
+        let (Some(verifier), Some(token)) = (&self.inputs.verifier, token) else {
             return self.caller.clone();
         };
         if let Some(known) = self.last_token.get(token) {
