@@ -787,8 +787,13 @@ rules:
     };
     let auth = |t: &str| format!("Authorization: Bearer {t}");
     let mcp = |t: &str| format!("X-Mcp-Token: {t}");
-    // Each token alone is decided on its own.
+    // Each token alone is decided on its own, in any spelling a server reads as a bearer
+    // token (a tab after the scheme: Django REST framework and Go split on any whitespace).
     assert_eq!(post(&[auth(&support)], &url).0, "403");
+    assert_eq!(
+        post(&[format!("Authorization: Bearer\t{support}")], &url).0,
+        "403"
+    );
     assert_eq!(post(&[mcp(&support)], &url).0, "403");
     assert_eq!(post(&[auth(&intern)], &url).0, "200");
     let ran = up.requests().len();
@@ -801,6 +806,18 @@ rules:
         (
             "Authorization twice",
             vec![auth(&intern), auth(&support)],
+            url.clone(),
+        ),
+        (
+            "a bearer token after another scheme",
+            vec![format!(
+                "Authorization: Basic Zm9vOmJhcg==, Bearer {support}"
+            )],
+            url.clone(),
+        ),
+        (
+            "a token without a scheme",
+            vec![format!("Authorization: {support}")],
             url.clone(),
         ),
         (

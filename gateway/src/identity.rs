@@ -43,24 +43,36 @@ pub fn bearer<'h>(
             .to_str()
             .map_err(|_| TwoTokens(format!("{name} is not text")))?
             .trim();
+        let authorization = name == http::header::AUTHORIZATION;
         // The scheme ends at the first space or tab: servers split on any whitespace (Django
         // REST framework, Go's strings.Fields), and `Bearer<TAB><t>` read as no token here
         // was a token there.
         let token = match v.split_once([' ', '\t']) {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
                 let rest = rest.trim_matches([' ', '\t']);
-                if rest.is_empty() || rest.contains([' ', '\t', ',']) {
+                if !is_b64token(rest) {
                     return Err(TwoTokens(format!("{name} is not one bearer token")));
                 }
                 rest
             }
-            // `Bearer` run into something else (`Bearer,<t>`, `Bearer:<t>`): not a scheme
-            // the gateway reads, and one a lenient server may.
-            _ if v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("bearer")) => {
-                return Err(TwoTokens(format!("{name} is not one bearer token")));
+            // In Authorization, another scheme is the upstream's (Basic, Digest, NTLM…),
+            // unless a server could still find a bearer token in it: `Bearer` anywhere
+            // (Laravel looks for it anywhere, Flask-JWT-Extended in a comma-separated list),
+            // no scheme at all (golang-jwt's extractors take the whole value), or a JWT after
+            // a scheme of its own (`JWT <t>` in SimpleJWT, `DPoP <t>` in Spring).
+            Some((_, rest)) if authorization => {
+                if contains_ignore_case(v, "bearer") || looks_like_jwt(rest.trim()) {
+                    return Err(TwoTokens(format!(
+                        "{name} carries a token the gateway does not read as a bearer token"
+                    )));
+                }
+                continue;
             }
-            // Basic (or another scheme) in Authorization is the upstream's.
-            _ if name == http::header::AUTHORIZATION => continue,
+            None if authorization => {
+                return Err(TwoTokens(format!(
+                    "{name} has no scheme (`Bearer <token>`)"
+                )));
+            }
             // A header of the gateway's own carries a bearer token or nothing: `Token <t>`
             // would be one an upstream that strips any scheme reads, and the gateway not.
             Some(_) => {
@@ -68,10 +80,12 @@ pub fn bearer<'h>(
                     "{name} carries something other than a bearer token"
                 )));
             }
+            None if !is_b64token(v) => {
+                return Err(TwoTokens(format!("{name} is not one bearer token")));
+            }
             None => v,
         };
         match found {
-            _ if token.is_empty() => {}
             Some(other) if other != token => {
                 return Err(TwoTokens(
                     "two headers carry different bearer tokens".into(),
@@ -80,40 +94,74 @@ pub fn bearer<'h>(
             _ => found = Some(token),
         }
     }
-    if let Some(q) = uri.query()
-        && let Some((k, _)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| is_token_name(k))
-    {
-        return Err(TwoTokens(format!(
-            "the query carries a token ({k}), which the gateway does not verify"
-        )));
+    // The query, split as Rack splits it (on `;` too).
+    if let Some(q) = uri.query() {
+        for part in q.split(';') {
+            if let Some((k, _)) =
+                form_urlencoded::parse(part.as_bytes()).find(|(k, _)| is_token_name(k))
+            {
+                return Err(TwoTokens(format!(
+                    "the query carries a token ({k}), which the gateway does not verify"
+                )));
+            }
+        }
     }
-    // A cookie of a token's name: servers that take tokens from cookies read it.
+    // A cookie of a token's name (split on `,` too, its name percent-decoded, as Rack reads
+    // it), unless it is the token the gateway verifies.
     for cookie in headers.get_all(http::header::COOKIE) {
         let cookie = String::from_utf8_lossy(cookie.as_bytes());
-        if let Some(name) = cookie
-            .split(';')
-            .filter_map(|c| c.split_once('=').map(|(n, _)| n.trim()))
-            .find(|n| is_token_name(n))
-        {
-            return Err(TwoTokens(format!(
-                "a cookie carries a token ({name}), which the gateway does not verify"
-            )));
+        let tokens = cookie.split([';', ',']).filter_map(|c| {
+            let (n, value) = c.split_once('=')?;
+            let n = percent_encoding::percent_decode_str(n.trim()).decode_utf8_lossy();
+            is_token_name(&n).then(|| (n.into_owned(), value.trim()))
+        });
+        for (n, value) in tokens {
+            if found != Some(value) {
+                return Err(TwoTokens(format!(
+                    "a cookie carries a token ({n}), which the gateway does not verify"
+                )));
+            }
         }
     }
     Ok(found)
 }
 
+/// RFC 6750's `b64token`: what a bearer token is made of (Spring's own check).
+fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// A JSON Web Token's shape: `eyJ…` with two dots.
+fn looks_like_jwt(t: &str) -> bool {
+    t.starts_with("eyJ") && t.bytes().filter(|&b| b == b'.').count() == 2
+}
+
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// A parameter, field or cookie name that servers read a bearer token from (RFC 6750's
-/// `access_token`, Doorkeeper's `bearer_token`), in any case and with a `[]` or `[key]` after
-/// it (PHP, Rails and Express's `qs` read `access_token[]` as `access_token`).
+/// `access_token`, Doorkeeper's `bearer_token`, Flask-JWT-Extended's `access_token_cookie`),
+/// in any case, as servers normalise names: brackets around or after it (Rack reads
+/// `[access_token]` and `access_token]`, PHP and `qs` `access_token[]x`), `.` and spaces for
+/// `_` (PHP).
 pub fn is_token_name(name: &str) -> bool {
-    let name = match name.find('[') {
-        Some(at) if name.ends_with(']') => &name[..at],
-        _ => name,
-    };
-    ["access_token", "bearer_token"]
-        .iter()
-        .any(|t| crate::util::jsonpath::fold_eq(name, t))
+    let name = name.trim_start_matches(['[', ']']);
+    let name = &name[..name.find(['[', ']']).unwrap_or(name.len())];
+    let names = ["access_token", "bearer_token", "access_token_cookie"];
+    let fold_eq = crate::util::jsonpath::fold_eq;
+    if name.contains(['.', ' ']) {
+        let name = name.replace(['.', ' '], "_");
+        names.iter().any(|t| fold_eq(&name, t))
+    } else {
+        names.iter().any(|t| fold_eq(name, t))
+    }
 }
 
 /// The name of a REST call's argument that carries a bearer token a server may take (RFC
@@ -252,6 +300,42 @@ mod tests {
             h.insert("authorization", http::HeaderValue::from_str(v).unwrap());
             assert!(bearer(&h, &uri, &both).is_err(), "{v:?}");
         }
+        // Forms of a token some server reads and the gateway would not have.
+        for v in [
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "Basic Zm9vOmJhcg==, Bearer tok",
+            "Token abc Bearer tok",
+            "JWT eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "Bearer tok;",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", http::HeaderValue::from_str(v).unwrap());
+            assert!(bearer(&h, &uri, &both).is_err(), "{v:?}");
+        }
+        for q in [
+            "/x?a=1;access_token=t",
+            "/x?%5Baccess_token%5D=t",
+            "/x?access_token%5D=t",
+            "/x?access_token%5B%5Dx=t",
+            "/x?access.token=t",
+            "/x?access+token=t",
+        ] {
+            let query: http::Uri = q.parse().unwrap();
+            assert!(bearer(&HeaderMap::new(), &query, &both).is_err(), "{q}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer tok".parse().unwrap());
+        h.insert("cookie", "access_token=tok".parse().unwrap());
+        assert_eq!(
+            bearer(&h, &uri, &both).ok(),
+            Some(Some("tok")),
+            "a cookie holding the verified token"
+        );
+        h.insert(
+            "cookie",
+            "theme=dark, access%5Ftoken=other".parse().unwrap(),
+        );
+        assert!(bearer(&h, &uri, &both).is_err(), "a cookie after a comma");
         let mut h = HeaderMap::new();
         h.insert("cookie", "theme=dark; ACCESS_TOKEN=t".parse().unwrap());
         assert!(bearer(&h, &uri, &both).is_err(), "a token cookie");

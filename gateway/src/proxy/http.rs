@@ -271,14 +271,16 @@ impl Conn {
             }
         };
         // A token in a REST body (a form's or a JSON object's `access_token`, RFC 6750 2.2;
-        // Doorkeeper's `bearer_token`) is one the gateway does not verify, beside the one it
-        // decided on: refused as a second token in a header is.
-        if kind == Kind::Rest
-            && self.inputs.verifier.is_some()
-            && let Some(name) = extracted
-                .calls
-                .iter()
-                .find_map(|c| identity::token_argument(&c.args))
+        // Doorkeeper's `bearer_token`) or beside a JSON-RPC message's own fields is one the
+        // gateway does not verify, beside the one it decided on: refused as a second token in
+        // a header is. (A multipart body, and an `http` service's, are not read.)
+        if self.inputs.verifier.is_some()
+            && let Some(name) = extracted.calls.iter().find_map(|c| match kind {
+                Kind::Rest => identity::token_argument(&c.args),
+                // Beside `jsonrpc` and `method` (Rails' params would read it there).
+                Kind::JsonRpc | Kind::Mcp => c.message.as_ref().and_then(identity::token_argument),
+                Kind::Grpc | Kind::Http => None,
+            })
         {
             stats.refused_policy.fetch_add(1, Relaxed);
             let r = Refusal::new(
