@@ -15,7 +15,8 @@ use regex::bytes::Regex;
 const REPLACEMENT: &[u8] = b"[MASKED:credential]";
 
 /// The longest spelling of one byte that [`Secrets`] recognises: `\u00hh` with its backslash a
-/// run of eight (three more levels of JSON string).
+/// run of eight (three more levels of JSON string; a quote's or a backslash's escape doubles
+/// and adds one each level, so eight covers two more for those).
 const LONGEST_SPELLING: usize = 13;
 
 /// The secrets to look for, compiled once per secret value.
