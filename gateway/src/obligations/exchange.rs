@@ -33,11 +33,6 @@ pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Issued tokens kept at most; past it, expired ones go first, then those expiring soonest.
 /// Each carries its own scrubber (about 120 KiB), which is what bounds this.
 const MAX_CACHED: usize = 512;
-/// How much of an issued token its scrubber looks for: the end (a JWT's signature), in every
-/// spelling. An answer echoing the token gets this part masked, which leaves what remains
-/// unusable (256 bits of the signature or of an opaque token are gone), at a twentieth of
-/// the cost of a scrubber for a whole JWT.
-const SCRUBBED_TAIL: usize = 43;
 /// An issued token is replaced this long before its expiry (less for very short lifetimes).
 const MARGIN: Duration = Duration::from_secs(30);
 /// Lifetime assumed for an issued token whose provider does not say.
@@ -249,15 +244,13 @@ impl Exchanges {
 
 fn issued(token: String) -> Outcome {
     let token: Arc<str> = token.into();
-    let tail = token
-        .char_indices()
-        .rev()
-        .nth(SCRUBBED_TAIL - 1)
-        .map_or(&*token, |(i, _)| &token[i..]);
-    let scrub = Secrets::new(&[tail]).ok_or_else(|| ExchangeError::Unavailable {
-        url: String::new(),
-        reason: "the issued token is empty".into(),
-    })?;
+    let scrub =
+        Secrets::new(&[crate::obligations::mask::scrub::token_tail(&token)]).map_err(|e| {
+            ExchangeError::Unavailable {
+                url: String::new(),
+                reason: format!("the issued token: {e}"),
+            }
+        })?;
     Ok((token, scrub))
 }
 
@@ -413,7 +406,10 @@ mod tests {
         let (_, scrub) = issued(jwt.clone()).unwrap();
         let out = scrub.scrub(format!("got {jwt} ok").as_bytes()).into_owned();
         let out = String::from_utf8(out).unwrap();
-        assert!(!out.contains(&jwt[jwt.len() - SCRUBBED_TAIL..]), "{out}");
+        assert!(
+            !out.contains(crate::obligations::mask::scrub::token_tail(&jwt)),
+            "{out}"
+        );
         assert!(out.ends_with("[MASKED:credential] ok"), "{out}");
         let short = "opaque-token";
         let (_, scrub) = issued(short.into()).unwrap();

@@ -195,7 +195,13 @@ impl Credentials {
             }
         };
         let value: Arc<str> = value.into();
-        let scrub = Secrets::new(&[&value]).ok_or("the credential is empty")?;
+        // An OAuth2 access token is scrubbed by its tail, as an exchanged one is; a secret of
+        // the operator's whole.
+        let scrubbed = match source.oauth2 {
+            Some(_) => crate::obligations::mask::scrub::token_tail(&value),
+            None => &value,
+        };
+        let scrub = Secrets::new(&[scrubbed]).map_err(|e| e.to_string())?;
         if let Ok(mut c) = self.cache.lock() {
             c.insert(
                 r.clone(),
