@@ -395,22 +395,24 @@ pub(super) enum Unknown {
 /// others); an allow rule's, when every value holds.
 fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>, Miss<'r>> {
     let mut unknown = None;
+    // Every spelling of the name is read for its values (a server that ignores case, as Go's
+    // encoding/json does, may run any of them), but whether the argument is there at all is
+    // the exact name's: a case-sensitive server does not see `AMOUNT` as `amount`, and an
+    // allow rule must not take it for one (`{"AMOUNT": 5}` passed `amount: {le: 100}` while
+    // Flask refunded its default). That does not depend on the operator: read once.
+    let mut seen = false;
+    if !call.partial {
+        cond.path.visit(&call.args, &mut |_| {
+            seen = true;
+            false
+        });
+    }
     for op in &cond.ops {
         if call.partial {
             unknown.get_or_insert((Unknown::Partial, op));
             continue;
         }
-        // Every spelling of the name is read for its values (a server that ignores case, as
-        // Go's encoding/json does, may run any of them), but whether the argument is there
-        // at all is the exact name's: a case-sensitive server does not see `AMOUNT` as
-        // `amount`, and an allow rule must not take it for one (`{"AMOUNT": 5}` passed
-        // `amount: {le: 100}` while Flask refunded its default).
         let mut seen_any = false;
-        let mut seen = false;
-        cond.path.visit(&call.args, &mut |_| {
-            seen = true;
-            false
-        });
         let mut failed = false;
         let mut held = false;
         let mut untyped = false;
