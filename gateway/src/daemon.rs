@@ -242,7 +242,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         authority,
         upstreams: Arc::new(
             Upstreams::new(cfg.connect_timeout, UPSTREAM_IDLE, cfg.workers)
-                .with_namespaces(interceptor.namespaces().clone()),
+                .with_namespaces(interceptor.namespaces().clone())
+                .with_peers(interceptor.peers()),
         ),
         mask_key,
         at_rest,

@@ -42,6 +42,7 @@ pub mod cgroup;
 pub mod direct;
 pub mod netns;
 pub mod netns_watch;
+pub mod peers;
 mod pins;
 mod resolvers;
 mod sockdiag;
@@ -184,7 +185,7 @@ pub struct Interceptor {
     by_addr: Vec<Mutex<RedirectMap>>,
     config_map: Mutex<Array<MapData, common::Config>>,
     counters: PerCpuArray<MapData, u64>,
-    enabled: Mutex<BTreeMap<u64, Enabled>>,
+    enabled: std::sync::Arc<Mutex<BTreeMap<u64, Enabled>>>,
     /// What the kernel intercepts, to pick which older connections `enable` ends.
     rules: Vec<common::Rule>,
     default_intercept: bool,
@@ -314,7 +315,7 @@ impl Interceptor {
             by_addr,
             config_map: Mutex::new(config_map),
             counters,
-            enabled: Mutex::new(BTreeMap::new()),
+            enabled: Default::default(),
             rules: cfg.intercept.rules.iter().map(|r| r.to_kernel()).collect(),
             default_intercept: cfg.intercept.default_intercept,
             listen_port: cfg.listen_port,
@@ -615,6 +616,15 @@ impl Interceptor {
 
     pub fn enabled(&self) -> Vec<Enabled> {
         self.enabled.locked().values().cloned().collect()
+    }
+
+    /// Tells who answers the gateway's upstream connections: a workload it governs or not.
+    pub fn peers(&self) -> peers::Peers {
+        peers::Peers::new(
+            self.namespaces.clone(),
+            self.mount.clone(),
+            self.enabled.clone(),
+        )
     }
 
     /// Takes the entry for a connection accepted from `peer`: each is handed out once.

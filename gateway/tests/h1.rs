@@ -125,7 +125,7 @@ async fn call_and_release(ups: &Upstreams, lane: usize, addr: SocketAddr) {
 async fn call_and_release_as(ups: &Upstreams, lane: usize, owner: Owner, addr: SocketAddr) {
     let slot = Http1Slot::new(lane, owner);
     let resp = ups
-        .send_http1(&slot, addr, 0, None, get("/"))
+        .send_http1(&slot, addr, 0, None, false, get("/"))
         .await
         .expect("call");
     assert_eq!(read(resp).await.1, "ok");
@@ -151,7 +151,7 @@ async fn answers_are_framed_and_one_connection_carries_them_all() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::new(0, ONE_WORKLOAD);
-    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, false, req);
 
     assert_eq!(
         read(send(get("/a")).await.expect("a")).await,
@@ -199,7 +199,7 @@ async fn a_kept_connection_the_upstream_closed_is_replaced() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::new(0, ONE_WORKLOAD);
-    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, false, req);
     assert_eq!(read(send(get("/1")).await.expect("1")).await.1, "one");
     // Whether or not the close was seen before this request went out, the request arrives.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -232,7 +232,7 @@ async fn malformed_answers_are_errors_not_guesses() {
     .await;
     let ups = upstreams();
     let slot = Http1Slot::new(0, ONE_WORKLOAD);
-    let send = |req| ups.send_http1(&slot, addr, 0, None, req);
+    let send = |req| ups.send_http1(&slot, addr, 0, None, false, req);
     for (path, why) in [
         ("/conflict", "Content-Length"),
         ("/invalid", "Content-Length"),
@@ -448,7 +448,7 @@ async fn a_quiet_connection_keeps_its_upstream_connection_when_the_idle_list_is_
 /// One call on `slot`, answered `ok`.
 async fn call(ups: &Upstreams, slot: &Http1Slot, addr: SocketAddr, req: Request<ProxyBody>) {
     let resp = ups
-        .send_http1(slot, addr, 0, None, req)
+        .send_http1(slot, addr, 0, None, false, req)
         .await
         .expect("call");
     assert_eq!(read(resp).await.1, "ok");

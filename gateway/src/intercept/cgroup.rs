@@ -296,6 +296,51 @@ fn walk(id: u64, roots: &[PathBuf]) -> Option<PathBuf> {
     None
 }
 
+/// The path of cgroup `id` from the kernel itself: cgroup v2 ids are kernfs file handles, so
+/// `open_by_handle_at` on the mount opens the cgroup's directory whatever its place in the tree
+/// (needs `CAP_DAC_READ_SEARCH`), and its descriptor's link names it. Constant cost, unlike a
+/// walk of the tree; an error (`ESTALE`: the cgroup is gone) says the id names no cgroup now.
+pub fn path_of_id(mount: &Path, id: u64) -> std::io::Result<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// `struct file_handle` with room for the 8-byte kernfs id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: [u8; 8],
+    }
+    /// `FILEID_KERNFS` (include/linux/exportfs.h).
+    const FILEID_KERNFS: i32 = 0xfe;
+    let root = fs::File::open(mount)?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id: id.to_ne_bytes(),
+    };
+    // SAFETY: `handle` is a valid file_handle followed by `handle_bytes` bytes of handle; the
+    // result is checked before use.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            root.as_raw_fd(),
+            (&mut handle as *mut KernfsHandle).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor this function owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    // The link is relative to this process's cgroup namespace root, which for the gateway (in
+    // the host's) is the mount; a path outside it says the gateway runs in another one.
+    Ok(if path.starts_with(mount) {
+        path
+    } else {
+        mount.join(path.strip_prefix("/").unwrap_or(&path))
+    })
+}
+
 /// The ids of the cgroup at `root` and of every cgroup below it (at most `MAX_WALK`; enabling
 /// a cgroup covers its whole subtree).
 pub fn subtree_ids(root: &Path) -> Vec<u64> {

@@ -97,8 +97,17 @@ struct Entry {
 }
 
 struct SocketRequest {
-    v6: bool,
+    want: Want,
     reply: oneshot::Sender<io::Result<OwnedFd>>,
+}
+
+/// What a namespace's thread makes.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A TCP socket for an upstream connection, IPv6 or IPv4.
+    Tcp { v6: bool },
+    /// A `sock_diag` socket, to ask who owns a socket of the namespace.
+    SockDiag,
 }
 
 /// The namespaces the gateway listens in.
@@ -336,23 +345,38 @@ impl Namespaces {
                 tokio::net::TcpSocket::new_v4()
             };
         }
+        let fd = self.made_in(cookie, Want::Tcp { v6 }).await?;
+        Ok(tokio::net::TcpSocket::from_std_stream(
+            std::net::TcpStream::from(fd),
+        ))
+    }
+
+    /// A `sock_diag` socket of namespace `cookie` (the gateway's own for 0): what it lists are
+    /// that namespace's sockets.
+    pub(super) async fn sock_diag(&self, cookie: u64) -> io::Result<super::sockdiag::SockDiag> {
+        if cookie == self.host || cookie == 0 {
+            return super::sockdiag::SockDiag::open();
+        }
+        let fd = self.made_in(cookie, Want::SockDiag).await?;
+        Ok(super::sockdiag::SockDiag::from_fd(fd))
+    }
+
+    /// What namespace `cookie`'s thread makes. Unknown namespaces (closed meanwhile) get
+    /// nothing.
+    async fn made_in(&self, cookie: u64, want: Want) -> io::Result<OwnedFd> {
         let (reply, rx) = oneshot::channel();
         let sent = lock(&self.entries)
             .get(&cookie)
             .and_then(|e| e.sockets.as_ref())
-            .map(|s| s.send(SocketRequest { v6, reply }).is_ok());
+            .map(|s| s.send(SocketRequest { want, reply }).is_ok());
         if sent != Some(true) {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!("network namespace {cookie} is not open"),
             ));
         }
-        let fd = rx
-            .await
-            .map_err(|_| io::Error::other("the namespace's thread ended"))??;
-        Ok(tokio::net::TcpSocket::from_std_stream(
-            std::net::TcpStream::from(fd),
-        ))
+        rx.await
+            .map_err(|_| io::Error::other("the namespace's thread ended"))?
     }
 
     /// Closes the namespaces no process of `cgroups` (enabled cgroups, with descendants) is
@@ -540,12 +564,12 @@ fn new_socket(family: libc::c_int) -> io::Result<OwnedFd> {
 /// closed (its sender dropped).
 fn serve_sockets(rx: mpsc::Receiver<SocketRequest>) {
     while let Ok(req) = rx.recv() {
-        let family = if req.v6 {
-            libc::AF_INET6
-        } else {
-            libc::AF_INET
+        let made = match req.want {
+            Want::Tcp { v6: true } => new_socket(libc::AF_INET6),
+            Want::Tcp { v6: false } => new_socket(libc::AF_INET),
+            Want::SockDiag => super::sockdiag::new_fd(),
         };
-        let _ = req.reply.send(new_socket(family));
+        let _ = req.reply.send(made);
     }
 }
 

@@ -54,20 +54,13 @@ pub struct SockDiag {
 }
 
 impl SockDiag {
+    /// A `NETLINK_SOCK_DIAG` socket in this thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self::from_fd(new_fd()?))
+    }
+
+    /// Wraps a socket [`new_fd`] made (in whichever namespace it was made: what it lists).
+    pub fn from_fd(fd: OwnedFd) -> Self {
         let timeout = libc::timeval {
             tv_sec: 5,
             tv_usec: 0,
@@ -82,7 +75,7 @@ impl SockDiag {
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
-        Ok(Self { fd, seq: 0 })
+        Self { fd, seq: 0 }
     }
 
     /// TCP sockets in the states that matter here (established, connecting, closing, listening)
@@ -116,6 +109,63 @@ impl SockDiag {
             })?;
         }
         Ok(out)
+    }
+
+    /// The socket at the other end of this host's TCP connection from `local` to `remote`
+    /// (the same four addresses seen from the peer), as the kernel's own lookup finds it: the
+    /// accepted socket, with the cgroup its listener was made in; before the handshake's last
+    /// step is processed, the pending request (no cgroup) or the listener. `None`: no socket of
+    /// this namespace is the peer (the peer is on another host).
+    pub fn peer_of(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> io::Result<Option<DiagSocket>> {
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        let mut id = [0u8; SOCKID_LEN];
+        id[0..2].copy_from_slice(&remote.port().to_be_bytes());
+        id[2..4].copy_from_slice(&local.port().to_be_bytes());
+        // Both ends in IPv4 (a mapped address included) are looked up as IPv4: the kernel
+        // hashes a dual-stack socket's IPv4 connections under their IPv4 addresses.
+        let family = match (v4(remote.ip()), v4(local.ip())) {
+            (Some(src), Some(dst)) => {
+                id[4..8].copy_from_slice(&src.octets());
+                id[20..24].copy_from_slice(&dst.octets());
+                libc::AF_INET as u8
+            }
+            _ => {
+                let v6 = |ip: IpAddr| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                id[4..20].copy_from_slice(&v6(remote.ip()).octets());
+                id[20..36].copy_from_slice(&v6(local.ip()).octets());
+                libc::AF_INET6 as u8
+            }
+        };
+        // No cookie: INET_DIAG_NOCOOKIE.
+        id[40..48].copy_from_slice(&[0xff; 8]);
+        let protocol = libc::IPPROTO_TCP as u8;
+        let req = request(family, protocol, u32::MAX, &id);
+        let seq = self.send(
+            SOCK_DIAG_BY_FAMILY,
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK,
+            &req,
+        )?;
+        let mut found = None;
+        let answer = self.receive(seq, |ty, payload| {
+            if ty == SOCK_DIAG_BY_FAMILY && found.is_none() {
+                found = parse_msg(payload, protocol);
+            }
+        });
+        match answer {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Ok(found),
+        }
     }
 
     /// Aborts `sock`. A socket that is gone already is not an error.
@@ -203,6 +253,23 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// A bare `NETLINK_SOCK_DIAG` socket of this thread's network namespace.
+pub fn new_fd() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn align4(n: usize) -> usize {
@@ -298,6 +365,61 @@ impl DiagSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cgroup v2 directory this process is in, and its id.
+    fn own_cgroup() -> Option<(std::path::PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let mount = crate::intercept::cgroup::cgroup2_mount().ok()?;
+        let path = mount.join(rel.trim_start_matches('/'));
+        let id = std::fs::metadata(&path).ok()?.ino();
+        Some((path, id))
+    }
+
+    #[test]
+    fn finds_the_peer_of_a_connection_on_this_host() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let there = listener.local_addr().expect("address");
+        let client = std::net::TcpStream::connect(there).expect("connect");
+        let here = client.local_addr().expect("address");
+        let _accepted = listener.accept().expect("accept");
+        let mut diag = SockDiag::open().expect("sock_diag");
+        let peer = diag.peer_of(here, there).expect("lookup").expect("a peer");
+        assert_eq!((peer.local, peer.remote), (there, here));
+        if let Some((_, id)) = own_cgroup() {
+            assert_eq!(
+                peer.cgroup_id, id,
+                "the accepted socket's cgroup is its listener's"
+            );
+        }
+        // The same from an IPv4-mapped destination.
+        let mapped = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+            there.port(),
+        );
+        assert!(diag.peer_of(here, mapped).expect("lookup").is_some());
+        // A peer on another host has no socket here.
+        let away: SocketAddr = "192.0.2.1:80".parse().expect("address");
+        assert!(diag.peer_of(here, away).expect("lookup").is_none());
+    }
+
+    #[test]
+    fn a_cgroup_id_names_its_directory() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let Some((path, id)) = own_cgroup() else {
+            return;
+        };
+        let mount = crate::intercept::cgroup::cgroup2_mount().expect("mount");
+        assert_eq!(
+            crate::intercept::cgroup::path_of_id(&mount, id).expect("path"),
+            path
+        );
+        assert!(crate::intercept::cgroup::path_of_id(&mount, u64::MAX).is_err());
+    }
 
     #[test]
     fn parses_a_message_with_its_cgroup() {

@@ -201,7 +201,17 @@ impl Credentials {
             Some(_) => crate::obligations::mask::scrub::token_tail(&value),
             None => &value,
         };
-        let scrub = Secrets::new(&[scrubbed]).map_err(|e| e.to_string())?;
+        // The scrubber's pattern takes milliseconds to build, on this data-path thread: a
+        // value re-read unchanged (every 30 s for a file) keeps the one it had.
+        let unchanged = self.cache.lock().ok().and_then(|c| {
+            c.get(r)
+                .filter(|e| e.value == value)
+                .map(|e| e.scrub.clone())
+        });
+        let scrub = match unchanged {
+            Some(s) => s,
+            None => Secrets::new(&[scrubbed]).map_err(|e| e.to_string())?,
+        };
         if let Ok(mut c) = self.cache.lock() {
             c.insert(
                 r.clone(),
@@ -430,5 +440,38 @@ mod tests {
             yaml_serde::from_str("{header: x-api-key, from: {env: SOME_VAR}}").unwrap();
         assert!(!Credentials::per_caller(Some(&plain), &named));
         assert!(secret(&inject.from, &named).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_secret_reread_unchanged_keeps_its_scrubber() {
+        let dir = std::env::temp_dir().join(format!("callgate-inject-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("k.secret");
+        std::fs::write(&file, "first-secret-value\n").unwrap();
+        let r: SecretRef = yaml_serde::from_str(&format!("{{file: {:?}}}", file)).unwrap();
+        let named = BTreeMap::new();
+        let creds = Credentials::default();
+        let expire = |creds: &Credentials| {
+            for e in creds.cache.lock().unwrap().values_mut() {
+                e.until = Instant::now();
+            }
+        };
+        let (v1, s1) = creds.get(&r, &named).await.unwrap();
+        expire(&creds);
+        let (v2, s2) = creds.get(&r, &named).await.unwrap();
+        assert_eq!(v1, v2);
+        assert!(
+            Arc::ptr_eq(&s1, &s2),
+            "re-read unchanged: the same scrubber"
+        );
+        std::fs::write(&file, "second-secret-value\n").unwrap();
+        expire(&creds);
+        let (v3, s3) = creds.get(&r, &named).await.unwrap();
+        assert_eq!(&*v3, "second-secret-value");
+        assert!(
+            !Arc::ptr_eq(&s2, &s3),
+            "rotated: a scrubber for the new value"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

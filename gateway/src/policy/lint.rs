@@ -72,7 +72,7 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
             if injects && let Some(why) = any_local_port(&spec) {
                 out.push(warn(
                     &["match", "hosts", &i.to_string()],
-                    format!("{host} {why}, and a rule injects a credential: a workload that opens a listener of its own there (any local process can bind a free port) is taken for this service and receives the credential; name the upstream's port ({host}:PORT)"),
+                    format!("{host} {why}, and a rule injects a credential: any local process that opens a listener there (a free port needs no privilege) is taken for this service; the gateway withholds the credential from workloads it governs, not from the host's other processes; name the upstream's port ({host}:PORT)"),
                 ));
             }
             for (other_spec, other) in &claims {

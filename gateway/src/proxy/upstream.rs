@@ -42,6 +42,9 @@ pub enum ForwardError {
     H1(#[from] h1::H1Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// The call carries a credential, and its connection's peer may not have it.
+    #[error("{0}")]
+    Withheld(#[from] crate::intercept::peers::PeerError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }

@@ -26,7 +26,10 @@ use crate::{
         body::ProxyBody,
         h1::list_items,
         reply::Refusal,
-        upstream::pool::{HttpClient, UpstreamBody, UpstreamKey, UpstreamTls},
+        upstream::{
+            ForwardError,
+            pool::{HttpClient, UpstreamBody, UpstreamKey, UpstreamTls},
+        },
     },
     telemetry::trace::CallSpan,
 };
@@ -177,7 +180,12 @@ impl Conn {
             None
         } else {
             let client = self
-                .pooled_client(service, host.as_deref().unwrap_or_default(), h2c)
+                .pooled_client(
+                    service,
+                    host.as_deref().unwrap_or_default(),
+                    h2c,
+                    injected.is_some(),
+                )
                 .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, "upstream_tls", e))?;
             Some(client)
         };
@@ -199,18 +207,19 @@ impl Conn {
         });
         // Pinned in place: a timeout that took the call by value would move its future (a few
         // KiB) into itself and again into this one's state, on every call.
+        let guarded = injected.is_some();
         let upstream_call = std::pin::pin!(async {
             match pooled {
                 None => inputs
                     .upstreams
-                    .send_http1(&self.http1, self.dst, self.netns, tls, req)
+                    .send_http1(&self.http1, self.dst, self.netns, tls, guarded, req)
                     .await
-                    .map_err(|e| error_chain(&e)),
+                    .map_err(|e| failure(&e)),
                 Some(client) => client
                     .request(req)
                     .await
                     .map(|r| r.map(UpstreamBody::Pooled))
-                    .map_err(|e| error_chain(&e)),
+                    .map_err(|e| failure(&e)),
             }
         });
         match tokio::time::timeout(inputs.cfg.idle_timeout, upstream_call).await {
@@ -228,7 +237,12 @@ impl Conn {
                 }
                 Ok(resp)
             }
-            Ok(Err(e)) => {
+            Ok(Err(Failure::Withheld(e))) => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "credential_withheld",
+                e,
+            )),
+            Ok(Err(Failure::Upstream(e))) => {
                 inputs.stats.upstream_errors.fetch_add(1, Relaxed);
                 Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
@@ -273,6 +287,7 @@ impl Conn {
         service: Option<&Service>,
         host: &str,
         h2c: bool,
+        guarded: bool,
     ) -> Result<HttpClient, String> {
         let tls = if self.tls {
             let ca = service.and_then(|s| s.upstream_ca.clone());
@@ -297,6 +312,7 @@ impl Conn {
             tls: tls.as_ref().map(|(k, _)| k.clone()),
             h2c,
             owner: self.http1.owner(),
+            guarded,
         };
         Ok(self.inputs.upstreams.client(&key, tls.map(|(_, c)| c)))
     }
@@ -421,6 +437,27 @@ fn strip_seen(h: &mut HeaderMap, seen: &mut Seen) {
         // Connection may name any field: what is left is looked at again.
         *seen = Seen::of(h);
     }
+}
+
+/// Why a call's upstream gave no answer.
+enum Failure {
+    /// The gateway kept the call's credential from the peer (see `intercept::peers`).
+    Withheld(String),
+    Upstream(String),
+}
+
+fn failure(e: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut src = Some(e);
+    while let Some(inner) = src {
+        if matches!(
+            inner.downcast_ref::<ForwardError>(),
+            Some(ForwardError::Withheld(_))
+        ) {
+            return Failure::Withheld(inner.to_string());
+        }
+        src = inner.source();
+    }
+    Failure::Upstream(error_chain(e))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

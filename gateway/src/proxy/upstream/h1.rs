@@ -85,6 +85,8 @@ pub struct Upstream1 {
     /// Authenticated as a connection (NTLM, Negotiate): it serves only the client connection
     /// that opened it, and is closed with it, never kept for another.
     private: bool,
+    /// Its peer was found outside every governed workload: it may carry a credential.
+    vetted: bool,
 }
 
 impl Upstream1 {
@@ -105,6 +107,7 @@ impl Upstream1 {
     fn over(io: UpstreamStream, tls: Option<TlsIdentity>) -> Self {
         Self {
             private: false,
+            vetted: false,
             io,
             // No room yet: the first answer's read makes room for `HEAD_READ` (an 8 KiB
             // buffer made here was replaced by that read at once).
@@ -112,6 +115,20 @@ impl Upstream1 {
             reused: false,
             tls,
         }
+    }
+
+    /// Its local address, which with the destination names it to the kernel.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.io.tcp().local_addr()
+    }
+
+    /// Its peer was found outside every governed workload (see `intercept::peers`).
+    pub fn is_vetted(&self) -> bool {
+        self.vetted
+    }
+
+    pub fn set_vetted(&mut self) {
+        self.vetted = true;
     }
 
     pub fn identity(&self) -> Option<&TlsIdentity> {

@@ -50,7 +50,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use crate::intercept::netns::Namespaces;
+use crate::intercept::{netns::Namespaces, peers::Peers};
 use crate::proxy::body::{BodyError, ProxyBody};
 
 pub use super::h1::TlsIdentity;
@@ -142,6 +142,9 @@ pub struct UpstreamKey {
     /// The workload whose calls the client carries: its connections are not another's (see
     /// [`Owner`]).
     pub owner: Owner,
+    /// Its calls carry a credential the gateway injects: each connection's peer is vetted
+    /// before it carries one (see [`Upstreams::with_peers`]).
+    pub guarded: bool,
 }
 
 /// The pools, created on first use of a key.
@@ -154,6 +157,9 @@ pub struct Upstreams {
     idle: Duration,
     /// Makes the sockets of upstream connections in the workloads' network namespaces.
     namespaces: Option<Arc<Namespaces>>,
+    /// Who answers an upstream connection: none carries an injected credential to a governed
+    /// workload. Without it (no interception), peers are not vetted.
+    peers: Option<Peers>,
 }
 
 /// The pooled clients by key, pruned so that a workload reaching ever new destinations does
@@ -311,7 +317,31 @@ impl Upstreams {
             connect_timeout,
             idle,
             namespaces: None,
+            peers: None,
         }
+    }
+
+    /// Vets the peer of every connection before it carries an injected credential.
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// Vets `conn`'s peer (once per connection) when `guarded` says the call carries a
+    /// credential.
+    async fn vet(
+        &self,
+        conn: &mut Upstream1,
+        dst: SocketAddr,
+        netns: u64,
+        guarded: bool,
+    ) -> Result<(), ForwardError> {
+        let Some(peers) = self.peers.as_ref().filter(|_| guarded && !conn.is_vetted()) else {
+            return Ok(());
+        };
+        peers.check(conn.local_addr()?, dst, netns).await?;
+        conn.set_vetted();
+        Ok(())
     }
 
     /// Dials upstreams from the workloads' own network namespaces.
@@ -329,13 +359,15 @@ impl Upstreams {
     /// `tls` says so) over the connection `slot` holds, or a kept or new one; the answer's body
     /// puts that connection back in `slot` for the next request when it ends. A kept
     /// connection the upstream closed meanwhile is replaced, and the request, which it never
-    /// took, goes on the new one.
+    /// took, goes on the new one. `guarded`: the request carries an injected credential, and
+    /// goes only on a connection whose peer is vetted.
     pub async fn send_http1(
         &self,
         slot: &Http1Slot,
         dst: SocketAddr,
         netns: u64,
         tls: Option<UpstreamTls<'_>>,
+        guarded: bool,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let mut req = h1::encode(req).await?;
@@ -359,6 +391,7 @@ impl Upstreams {
             None => self.connect_http1(dst, netns, tls.as_ref()).await?,
         };
         loop {
+            self.vet(&mut conn, dst, netns, guarded).await?;
             match h1::send(conn, req, &slot.conn).await? {
                 Sent::Answered(resp) => return Ok(resp.map(UpstreamBody::Own)),
                 // A new connection is not retried again: its failure is the answer.
@@ -528,6 +561,7 @@ impl Upstreams {
             dst: key.dst,
             netns: key.netns,
             namespaces: self.namespaces.clone(),
+            peers: self.peers.clone().filter(|_| key.guarded),
             tls: key
                 .tls
                 .as_ref()
@@ -560,6 +594,8 @@ pub struct Connector {
     dst: SocketAddr,
     netns: u64,
     namespaces: Option<Arc<Namespaces>>,
+    /// Set for a guarded key's client: each connection's peer is vetted before its first call.
+    peers: Option<Peers>,
     tls: Option<(String, TlsConnector)>,
     timeout: Duration,
 }
@@ -583,6 +619,9 @@ impl tower_service::Service<Uri> for Connector {
                 this.timeout,
             )
             .await?;
+            if let Some(peers) = &this.peers {
+                peers.check(tcp.local_addr()?, this.dst, this.netns).await?;
+            }
             let Some((name, connector)) = this.tls else {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             };
@@ -608,6 +647,16 @@ impl tower_service::Service<Uri> for Connector {
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    /// The TCP connection under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(t) => t.get_ref().0,
+        }
+    }
 }
 
 impl Connection for UpstreamStream {
@@ -676,6 +725,7 @@ pub(crate) mod tests {
             tls: None,
             h2c: false,
             owner: ONE_WORKLOAD,
+            guarded: false,
         }
     }
 
@@ -697,7 +747,10 @@ pub(crate) mod tests {
                     .boxed_unsync(),
             )
             .expect("request");
-        let resp = up.send_http1(slot, addr, 0, None, req).await.expect("call");
+        let resp = up
+            .send_http1(slot, addr, 0, None, false, req)
+            .await
+            .expect("call");
         resp.into_body().collect().await.expect("body").to_bytes()
     }
 
