@@ -4,8 +4,10 @@
 //! then calls itself through the gateway would be handed the secret: the gateway finds who
 //! answers each upstream connection before it carries a credential, and withholds it from a
 //! listener in an enabled cgroup, over HTTP/1.1 (its own upstream connections) and h2 (the
-//! pooled clients) alike.
-use std::{fs, time::Duration};
+//! pooled clients) alike; in the namespace the call was dialled from, in another namespace the
+//! connection is routed to (a veth pair, as container networks are), and never from a
+//! namespace the workload's own user namespace owns (where it routes and NATs as it likes).
+use std::{fs, process::Command, time::Duration};
 
 use callgate_e2e::*;
 
@@ -163,4 +165,349 @@ credentials:
     .unwrap_or_else(|| panic!("four withheld calls recorded: {:?}", records(&gw)));
     let all = serde_json::to_string(&recs).expect("records");
     assert!(!all.contains(SECRET), "a record holds the credential");
+}
+
+/// A network namespace made with `ip netns add`, deleted (with its veth ends) on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A /24 of 10.x for this test process.
+fn subnet(second: u8) -> String {
+    format!("10.{second}.{}", 20 + std::process::id() % 200)
+}
+
+fn injecting(name: &str, hosts: &str, secret: &std::path::Path) -> String {
+    format!(
+        r#"
+service: {name}
+match: {{ hosts: [{hosts}] }}
+protocol: rest
+functions:
+  echo: {{ route: "GET /echo" }}
+rules:
+  - {{ name: echo, function: echo, action: allow }}
+credentials:
+  inject: {{ header: X-Api-Key, from: {{ file: "{file}" }} }}
+"#,
+        file = secret.display()
+    )
+}
+
+/// A process killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// [`LISTENER`] on `host:port`, in namespace `ns` when given, in `cg` when given (else
+/// outside every enabled cgroup); the file its requests' headers go to.
+fn listen(
+    dir: &std::path::Path,
+    cg: Option<&TestCgroup>,
+    ns: Option<&Netns>,
+    host: &str,
+    port: u16,
+) -> (Running, std::path::PathBuf) {
+    let script = dir.join("listener.py");
+    fs::write(&script, LISTENER).expect("script");
+    let tag = format!("{host}-{port}");
+    let seen = dir.join(format!("seen-{tag}.jsonl"));
+    let log = dir.join(format!("listener-{tag}.log"));
+    let python = party_python();
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = ns {
+        argv.extend(["ip", "netns", "exec", &ns.0].map(String::from));
+    }
+    argv.extend([
+        python.display().to_string(),
+        script.display().to_string(),
+        seen.display().to_string(),
+        host.to_string(),
+        port.to_string(),
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let child = match cg {
+        // `ip netns exec` after joining the cgroup (it remounts /sys).
+        Some(cg) => cg.spawn(&argv, &log),
+        None => Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(fs::File::create(&log).expect("log"))
+            .stderr(fs::File::create(dir.join(format!("{tag}.err"))).expect("log"))
+            .spawn()
+            .expect("listener"),
+    };
+    let running = Running(child);
+    wait_for(Duration::from_secs(10), || {
+        fs::read_to_string(&log).ok()?.trim().parse::<u16>().ok()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "listener {tag}: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    (running, seen)
+}
+
+/// curl in `cg`, in namespace `ns` when given: the body and the status.
+fn call(cg: &TestCgroup, ns: Option<&Netns>, url: &str) -> String {
+    let mut argv: Vec<&str> = Vec::new();
+    if let Some(ns) = ns {
+        argv.extend(["ip", "netns", "exec", &ns.0]);
+    }
+    argv.extend([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        url,
+    ]);
+    let out = cg.run(&argv);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn heard(seen: &std::path::Path) -> String {
+    fs::read_to_string(seen).unwrap_or_default()
+}
+
+/// Containers on one bridge, or a workload and a sidecar of its own: the caller in namespace
+/// W, a governed listener in namespace L on the service's `host:port`, joined by a veth pair.
+/// No socket in W answers; the gateway finds the peer in L. A server in L outside the
+/// enabled cgroups still gets the credential.
+#[test]
+fn a_governed_listener_in_another_namespace_gets_no_credential() {
+    let test = "a_governed_listener_in_another_namespace_gets_no_credential";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let net = subnet(216);
+    let (w_ip, l_ip) = (format!("{net}.1"), format!("{net}.2"));
+    let (w, l) = (Netns::new("cgw"), Netns::new("cgl"));
+    ip(&[
+        "-n", &w.0, "link", "add", "cg-w", "type", "veth", "peer", "name", "cg-l", "netns", &l.0,
+    ]);
+    for (ns, ifname, addr) in [(&w, "cg-w", &w_ip), (&l, "cg-l", &l_ip)] {
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            ifname,
+        ]);
+        ip(&["-n", &ns.0, "link", "set", ifname, "up"]);
+    }
+    let (port, real_port) = (8080, 8081);
+    let svc = injecting(
+        "internal",
+        &format!(r#""{l_ip}:{port}", "{l_ip}:{real_port}""#),
+        &secret,
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("internal", &svc)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let (_governed, seen) = listen(&dir, Some(&cg), Some(&l), &l_ip, port);
+    let (_real, real_seen) = listen(&dir, None, Some(&l), &l_ip, real_port);
+    let out = call(&cg, Some(&w), &format!("http://{l_ip}:{port}/echo"));
+    assert!(
+        out.ends_with("\n403") && out.contains("credential_withheld"),
+        "the governed listener in another namespace is refused: {out}\n{}",
+        gw.log()
+    );
+    assert!(!heard(&seen).contains(SECRET), "it got the credential");
+    let out = call(&cg, Some(&w), &format!("http://{l_ip}:{real_port}/echo"));
+    assert!(out.ends_with("\n200"), "the real server answers: {out}");
+    assert!(
+        heard(&real_seen).contains(SECRET),
+        "the server outside the enabled cgroups gets the credential"
+    );
+}
+
+/// A workload in the host's namespace calls an address routed over a veth pair into a
+/// namespace where a governed process listens (a container's address, for a service matched
+/// by a CIDR).
+#[test]
+fn a_governed_listener_behind_a_veth_from_the_host_gets_no_credential() {
+    let test = "a_governed_listener_behind_a_veth_from_the_host_gets_no_credential";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let net = subnet(217);
+    let (h_ip, l_ip) = (format!("{net}.1"), format!("{net}.2"));
+    let l = Netns::new("cgh");
+    let host_if = format!("cgh{}", std::process::id() % 100_000);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "cg-l", "netns", &l.0,
+    ]);
+    ip(&["addr", "add", &format!("{h_ip}/24"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &l.0,
+        "addr",
+        "add",
+        &format!("{l_ip}/24"),
+        "dev",
+        "cg-l",
+    ]);
+    ip(&["-n", &l.0, "link", "set", "cg-l", "up"]);
+    let svc = injecting("internal", &format!(r#""{net}.0/24""#), &secret);
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("internal", &svc)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let (_governed, seen) = listen(&dir, Some(&cg), Some(&l), &l_ip, 8080);
+    let out = call(&cg, None, &format!("http://{l_ip}:8080/echo"));
+    assert!(
+        out.ends_with("\n403") && out.contains("credential_withheld"),
+        "the governed listener behind the veth is refused: {out}\n{}",
+        gw.log()
+    );
+    assert!(!heard(&seen).contains(SECRET), "it got the credential");
+}
+
+/// What an unprivileged workload runs in a user and network namespace of its own (N1): with
+/// `mode` `veth`, a second network namespace (N2) joined to N1 by a veth pair, with the
+/// listener on the service's address in it; with `nat`, a DNAT rule sending the service's
+/// address to its own listener on 127.0.0.1. Then it calls the service.
+/// argv: mode, work dir, listener script, N1's address, the service's address, its port.
+const UNPRIVILEGED: &str = r#"#!/bin/sh
+set -e
+M=$1; D=$2; L=$3; A=$4; B=$5; P=$6
+ip link set lo up
+if [ "$M" = veth ]; then
+  unshare -n sh -c "echo \$\$ > $D/n2pid; exec sleep 30" &
+  for i in $(seq 20); do [ -s $D/n2pid ] && break; sleep 0.1; done
+  N2=$(cat $D/n2pid)
+  ip link add name cg-a type veth peer name cg-b netns $N2
+  ip addr add $A/24 dev cg-a; ip link set cg-a up
+  nsenter -t $N2 -n --preserve-credentials sh -c "ip link set lo up; ip addr add $B/24 dev cg-b; ip link set cg-b up"
+  nsenter -t $N2 -n --preserve-credentials /usr/bin/python3 $L $D/seen.jsonl $B $P > $D/listener.log 2>&1 &
+else
+  ip link add name cg-v0 type veth peer name cg-v1
+  ip addr add $A/24 dev cg-v0; ip link set cg-v0 up; ip link set cg-v1 up
+  nft add table ip cg
+  nft add chain ip cg out '{ type nat hook output priority -100; }'
+  nft add rule ip cg out ip daddr $B tcp dport $P dnat to 127.0.0.1:19999
+  /usr/bin/python3 $L $D/seen.jsonl 127.0.0.1 19999 > $D/listener.log 2>&1 &
+fi
+LP=$!
+for i in $(seq 40); do [ -s $D/listener.log ] && break; sleep 0.1; done
+curl -sS --max-time 10 -w '\n%{http_code}' http://$B:$P/echo || true
+kill $LP ${N2:-} 2>/dev/null || true
+"#;
+
+/// With no privilege at all, a workload makes a user and network namespace of its own
+/// (`unshare -Urn`) and routes or NATs a service's `ip:port` to a listener of its own; the
+/// gateway, which dials a call from the caller's namespace, would follow. No credential is
+/// sent from a namespace a workload's user namespace owns.
+#[test]
+fn no_credential_leaves_a_namespace_the_workload_owns() {
+    let test = "no_credential_leaves_a_namespace_the_workload_owns";
+    if !ebpf_available(test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new(test);
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    fs::set_permissions(&*dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let net = subnet(218);
+    let (a_ip, b_ip) = (format!("{net}.1"), format!("{net}.2"));
+    let svc = injecting("internal", &format!(r#""{b_ip}:8080""#), &secret);
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("internal", &svc)],
+    );
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    for mode in ["veth", "nat"] {
+        let work = dir.join(mode);
+        fs::create_dir_all(&work).expect("work dir");
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let (script, listener) = (work.join("attack.sh"), work.join("listener.py"));
+        fs::write(&script, UNPRIVILEGED).expect("script");
+        fs::write(&listener, LISTENER).expect("listener");
+        let out = cg.run(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+            "-Urn",
+            "/bin/sh",
+            script.to_str().expect("path"),
+            mode,
+            work.to_str().expect("path"),
+            listener.to_str().expect("path"),
+            &a_ip,
+            &b_ip,
+            "8080",
+        ]);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.ends_with("\n403") && out.contains("credential_withheld"),
+            "{mode}: the call from the workload's own namespace is refused: {out}\n{}",
+            gw.log()
+        );
+        assert!(
+            !heard(&work.join("seen.jsonl")).contains(SECRET),
+            "{mode}: the workload's listener got the credential"
+        );
+    }
 }

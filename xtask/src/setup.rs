@@ -39,6 +39,8 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "ca-certificates",
     "util-linux",
+    // nft: a workload NATs inside a network namespace of its own (credential tests).
+    "nftables",
     // `systemd-analyze verify|security` check the unit `callgate install` writes.
     "systemd",
     // libfaketime moves the gateway's wall clock in the clock-jump test.

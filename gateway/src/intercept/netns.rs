@@ -94,11 +94,21 @@ struct Entry {
     sockets: Option<mpsc::Sender<SocketRequest>>,
     /// Flipped to make the data path close the namespace's listeners.
     stop: Option<watch::Sender<bool>>,
+    /// Owned by a user namespace other than the gateway's (`unshare -Urn`, a rootless
+    /// container): a process of that user namespace may route and NAT in it as it likes.
+    user_owned: bool,
 }
 
 struct SocketRequest {
     want: Want,
     reply: oneshot::Sender<io::Result<OwnedFd>>,
+}
+
+/// A namespace to look for sockets in: one the gateway listens in, or one a process is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Searchable {
+    Cookie(u64),
+    Pid(u32),
 }
 
 /// What a namespace's thread makes.
@@ -183,6 +193,63 @@ impl Namespaces {
         lock(&self.on_close).push(f);
     }
 
+    /// Whether namespace `cookie` (a workload's, or the host's) is owned by a user namespace
+    /// other than the gateway's, so that a workload may route and NAT in it. Unknown
+    /// namespaces count as owned.
+    pub fn user_owned(&self, cookie: u64) -> bool {
+        if cookie == self.host || cookie == 0 {
+            return false;
+        }
+        lock(&self.entries)
+            .get(&cookie)
+            .is_none_or(|e| e.user_owned)
+    }
+
+    /// Where sockets of `cgroups`' processes may be, besides namespace `except`: the
+    /// namespaces the gateway listens in (its own first) by cookie, and those of the
+    /// cgroups' processes it has not opened yet (just made: the kernel's report may still be
+    /// on its way) by a process in them.
+    pub fn searchable(&self, except: u64, cgroups: &[PathBuf]) -> Vec<Searchable> {
+        let except = if except == 0 { self.host } else { except };
+        let mut known = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        if except != self.host {
+            all.push(Searchable::Cookie(self.host));
+        }
+        known.extend(self.host_inode);
+        for (cookie, e) in lock(&self.entries).iter() {
+            if matches!(e.state, State::Ready) {
+                known.extend(e.inode);
+                if *cookie != except {
+                    all.push(Searchable::Cookie(*cookie));
+                }
+            }
+        }
+        for cgroup in cgroups {
+            for (inode, pid) in other_namespaces_under(cgroup) {
+                if known.insert(inode) {
+                    all.push(Searchable::Pid(pid));
+                }
+            }
+        }
+        all
+    }
+
+    /// A `sock_diag` socket of a namespace [`Namespaces::searchable`] named. A process
+    /// gone meanwhile gives `NotFound`.
+    pub(super) async fn sock_diag_of(
+        &self,
+        at: Searchable,
+    ) -> io::Result<super::sockdiag::SockDiag> {
+        match at {
+            Searchable::Cookie(cookie) => self.sock_diag(cookie).await,
+            Searchable::Pid(pid) => {
+                let fd = in_namespace_of(pid, super::sockdiag::new_fd)?;
+                Ok(super::sockdiag::SockDiag::from_fd(fd))
+            }
+        }
+    }
+
     /// The inode of a namespace the gateway knows, for records.
     pub fn inode(&self, cookie: u64) -> Option<u64> {
         if cookie == self.host {
@@ -248,9 +315,13 @@ impl Namespaces {
                 });
                 let opened = enter_and_listen(pid, port);
                 let serving = match opened {
-                    Ok((cookie, inode, listeners)) => {
-                        this.opened(pid, expect, (cookie, inode, container), listeners, tx)
-                    }
+                    Ok((cookie, inode, user_owned, listeners)) => this.opened(
+                        pid,
+                        expect,
+                        (cookie, inode, container, user_owned),
+                        listeners,
+                        tx,
+                    ),
                     Err(e) => {
                         this.failed(expect, pid, e);
                         false
@@ -271,7 +342,7 @@ impl Namespaces {
         &self,
         pid: u32,
         expect: Option<u64>,
-        (cookie, inode, container): (u64, Option<u64>, Option<Container>),
+        (cookie, inode, container, user_owned): (u64, Option<u64>, Option<Container>, bool),
         listeners: Vec<std::net::TcpListener>,
         sockets: mpsc::Sender<SocketRequest>,
     ) -> bool {
@@ -320,6 +391,7 @@ impl Namespaces {
                 container,
                 sockets: Some(sockets),
                 stop: Some(stop_tx),
+                user_owned,
             },
         );
         true
@@ -482,6 +554,7 @@ impl Entry {
             container: None,
             sockets: None,
             stop: None,
+            user_owned: true,
         }
     }
 }
@@ -496,10 +569,12 @@ pub async fn closed(mut rx: watch::Receiver<bool>) {
 fn enter_and_listen(
     pid: u32,
     port: u16,
-) -> Result<(u64, Option<u64>, Vec<std::net::TcpListener>), String> {
+) -> Result<(u64, Option<u64>, bool, Vec<std::net::TcpListener>), String> {
     let path = ns_path(pid);
     let ns = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let inode = inode_of(&path);
+    // Unknown counts as owned by a workload: it only ever withholds a credential.
+    let user_owned = owning_user_ns(&ns).ok() != own_user_ns();
     // SAFETY: a valid namespace descriptor; CLONE_NEWNET moves this thread only.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(format!("setns: {}", io::Error::last_os_error()));
@@ -514,7 +589,29 @@ fn enter_and_listen(
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
         Err(e) => return Err(e.to_string()),
     }
-    Ok((cookie, inode, listeners))
+    Ok((cookie, inode, user_owned, listeners))
+}
+
+/// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The inode of the user namespace owning the namespace `ns` is a descriptor of.
+fn owning_user_ns(ns: &fs::File) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: a valid namespace descriptor; the ioctl takes no argument and returns a new one.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor this function owns.
+    let user = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(user.metadata()?.ino())
+}
+
+/// The inode of the gateway's own user namespace.
+fn own_user_ns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/user").ok().map(|m| m.ino())
 }
 
 /// A listener bound with `IP_FREEBIND`: a namespace's loopback may not be up yet (a container

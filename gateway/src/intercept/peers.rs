@@ -8,6 +8,12 @@
 //! that socket was made in (an accepted socket keeps its listener's) is then looked up among
 //! the enabled cgroups and their subtrees. A peer on another host has no socket here.
 //!
+//! A connection routed out of the namespace it was dialled from may end in another namespace
+//! of this host (a container on a bridge, the host from a container): every namespace the
+//! gateway listens in is searched for a socket connected from this connection's address.
+//! A namespace a workload's own user namespace owns (`unshare -Urn`, a rootless container) is
+//! the workload's to route and NAT in as it likes, so no credential is sent from it at all.
+//!
 //! It fails closed: a peer on this host the kernel does not name, or a cgroup that cannot be
 //! resolved, withholds the credential too.
 use std::{
@@ -20,7 +26,7 @@ use std::{
 
 use crate::util::sync::LockExt;
 
-use super::{Enabled, cgroup, netns::Namespaces, sockdiag::SockDiag};
+use super::{Enabled, cgroup, netns::Namespaces};
 
 /// How many times the peer is looked up while the kernel has not made its socket yet (the
 /// handshake's last step is still in its backlog), a millisecond apart.
@@ -35,6 +41,20 @@ pub enum PeerError {
     Governed { dst: SocketAddr, cgroup: String },
     #[error("cannot tell who answers {dst} ({reason}): the credential is not sent")]
     Unknown { dst: SocketAddr, reason: String },
+    #[error(
+        "the call to {dst} leaves from a network namespace a workload's user namespace owns, where it may route and NAT as it likes: the credential is not sent from it"
+    )]
+    UserNamespace { dst: SocketAddr },
+}
+
+/// Where the peer was found.
+enum Found {
+    /// On no socket of this host's namespaces the gateway knows: another host.
+    Elsewhere,
+    /// A socket made in this cgroup.
+    Socket(u64),
+    /// A socket that names no cgroup yet, or none where one must be.
+    Pending,
 }
 
 /// The lookup, shared by every data-path thread (cheap to clone).
@@ -66,35 +86,81 @@ impl Peers {
         dst: SocketAddr,
         netns: u64,
     ) -> Result<(), PeerError> {
-        let unknown = |reason: String| PeerError::Unknown { dst, reason };
+        if self.namespaces.user_owned(netns) {
+            return Err(PeerError::UserNamespace { dst });
+        }
         let here = on_this_host(dst.ip(), local.ip());
-        let mut diag: SockDiag = self
-            .namespaces
-            .sock_diag(netns)
-            .await
-            .map_err(|e| unknown(format!("sock_diag: {e}")))?;
         for _ in 0..LOOKUPS {
-            match diag
-                .peer_of(local, dst)
-                .map_err(|e| unknown(format!("sock_diag: {e}")))?
-            {
-                None if !here => return Ok(()),
-                Some(peer) if peer.cgroup_id != 0 => return self.outside(peer.cgroup_id, dst),
+            match self.find(local, dst, netns, here).await? {
+                Found::Elsewhere => return Ok(()),
+                Found::Socket(cgroup) => return self.outside(cgroup, dst),
                 // Not made yet (a pending request names no cgroup), or just gone.
-                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                Found::Pending => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
-        Err(unknown("the kernel names no socket for it".into()))
+        Err(PeerError::Unknown {
+            dst,
+            reason: "the kernel names no socket for it".into(),
+        })
+    }
+
+    /// Looks for the peer: in the namespace the connection was dialled from by the kernel's
+    /// own lookup; routed out of it, in every other namespace the gateway listens in (a
+    /// container on a bridge, the host from a container), as a socket whose remote address
+    /// is this connection's local one.
+    async fn find(
+        &self,
+        local: SocketAddr,
+        dst: SocketAddr,
+        netns: u64,
+        here: bool,
+    ) -> Result<Found, PeerError> {
+        let failed = |e: std::io::Error| PeerError::Unknown {
+            dst,
+            reason: format!("sock_diag: {e}"),
+        };
+        let mut diag = self.namespaces.sock_diag(netns).await.map_err(failed)?;
+        match diag.peer_of(local, dst).map_err(failed)? {
+            Some(peer) if peer.cgroup_id != 0 => return Ok(Found::Socket(peer.cgroup_id)),
+            Some(_) => return Ok(Found::Pending),
+            None if here => return Ok(Found::Pending),
+            None => {}
+        }
+        let cgroups = self.enabled_paths();
+        let mut pending = false;
+        for at in self.namespaces.searchable(netns, &cgroups) {
+            let mut diag = match self.namespaces.sock_diag_of(at).await {
+                Ok(d) => d,
+                // The only process in it ended: so did its sockets, or another process
+                // there made one and is found on the next look.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(failed(e)),
+            };
+            for peer in diag.connected_to(local).map_err(failed)? {
+                if peer.cgroup_id != 0 {
+                    return Ok(Found::Socket(peer.cgroup_id));
+                }
+                pending = true;
+            }
+        }
+        Ok(if pending {
+            Found::Pending
+        } else {
+            Found::Elsewhere
+        })
+    }
+
+    fn enabled_paths(&self) -> Vec<PathBuf> {
+        self.enabled
+            .locked()
+            .values()
+            .map(|e| e.path.clone())
+            .collect()
     }
 
     /// Cgroup `id` is none of the enabled ones nor below one.
     fn outside(&self, id: u64, dst: SocketAddr) -> Result<(), PeerError> {
-        let enabled: Vec<PathBuf> = self
-            .enabled
-            .locked()
-            .values()
-            .map(|e| e.path.clone())
-            .collect();
+        let enabled = self.enabled_paths();
         if enabled.is_empty() {
             return Ok(());
         }

@@ -19,8 +19,11 @@ const INET_DIAG_CGROUP_ID: u16 = 21;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
+/// A request socket (the handshake's SYN answered, its last ACK not yet processed).
+const TCP_NEW_SYN_RECV: u32 = 12;
 
 const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_sockid`: ports, two 16-byte addresses, interface, cookie.
@@ -166,6 +169,40 @@ impl SockDiag {
             Err(e) => Err(e),
             Ok(()) => Ok(found),
         }
+    }
+
+    /// The TCP sockets of this namespace connected to `remote` (established, or still a
+    /// pending request, which names no cgroup), of both families.
+    pub fn connected_to(&mut self, remote: SocketAddr) -> io::Result<Vec<DiagSocket>> {
+        let states = [
+            TCP_ESTABLISHED,
+            TCP_SYN_RECV,
+            TCP_NEW_SYN_RECV,
+            TCP_CLOSE_WAIT,
+        ]
+        .iter()
+        .fold(0u32, |acc, s| acc | (1 << s));
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let want = canonical(remote);
+        let mut out = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let protocol = libc::IPPROTO_TCP as u8;
+            let req = request(family, protocol, states, &[0; SOCKID_LEN]);
+            let seq = self.send(
+                SOCK_DIAG_BY_FAMILY,
+                libc::NLM_F_REQUEST | libc::NLM_F_DUMP,
+                &req,
+            )?;
+            self.receive(seq, |ty, payload| {
+                if ty == SOCK_DIAG_BY_FAMILY
+                    && let Some(s) = parse_msg(payload, protocol)
+                    && canonical(s.remote) == want
+                {
+                    out.push(s);
+                }
+            })?;
+        }
+        Ok(out)
     }
 
     /// Aborts `sock`. A socket that is gone already is not an error.
