@@ -222,6 +222,7 @@ fn compile_service(
         })
         .collect();
     let (rules_for, rules_wildcard) = rules_by_function(&functions, &rules);
+    let session = session_obligations(&base, &rules);
     let pins = match super::mcp::load_committed(&loaded.root, &file.service) {
         Ok(p) => p,
         Err(e) => {
@@ -250,6 +251,7 @@ fn compile_service(
             rules_for,
             rules_wildcard,
             base,
+            session,
             mcp: file.mcp,
             pins,
         })
@@ -393,6 +395,24 @@ fn compile_base(
             .response
             .unmaskable
             .unwrap_or(loaded.repo.masking.unmaskable),
+    })
+}
+
+/// A session message's obligations: `base` with every rule's masks added.
+fn session_obligations(base: &Arc<Obligations>, rules: &[Rule]) -> Arc<Obligations> {
+    let mut mask = base.mask.clone();
+    for m in rules.iter().flat_map(|r| &r.obligations.mask) {
+        if !mask.contains(m) {
+            mask.push(m.clone());
+        }
+    }
+    if mask == base.mask {
+        return base.clone();
+    }
+    Arc::new(Obligations {
+        masks: CompiledMasks::of(&mask),
+        mask,
+        ..(**base).clone()
     })
 }
 

@@ -76,6 +76,9 @@ pub struct Service {
     /// Rules for a function the service does not define (`*` rules only).
     pub(super) rules_wildcard: Box<[u32]>,
     pub(super) base: Arc<Obligations>,
+    /// What a session message carries: the base, masked with every rule's masks too (see
+    /// [`Service::session_obligations`]).
+    pub(super) session: Arc<Obligations>,
     /// MCP safeguards (`mcp:`).
     pub mcp: super::mcp::McpOptions,
     /// The tool pins committed in the repository (`pins/<service>.yaml`), if any.
@@ -344,10 +347,18 @@ impl Service {
         })
     }
 
-    /// What a call to this service carries when no rule decides it (responses to session
-    /// messages are masked with it).
+    /// What a call to this service carries when no rule decides it.
     pub fn base_obligations(&self) -> &Arc<Obligations> {
         &self.base
+    }
+
+    /// What a session message to this service (an MCP `GET` stream, `initialize`, a
+    /// notification) carries: the base obligations with the masks of every rule as well.
+    /// Such a stream may carry any call's answer (a stream resumed with `Last-Event-ID`
+    /// replays it; a server may send a response on it), and which call's it is cannot be
+    /// told from where it arrives.
+    pub fn session_obligations(&self) -> &Arc<Obligations> {
+        &self.session
     }
 
     /// The rules that may decide a call to `function`, in order.

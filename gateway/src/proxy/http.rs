@@ -445,6 +445,18 @@ impl Conn {
                 return whole::list_tools(&self, s, &snap, version, resp, one, recording).await;
             }
         }
-        self.respond(kind, version, resp, one, recording)
+        // An MCP stream may carry any call's answer, a listing's too: a session stream
+        // resumed with `Last-Event-ID` replays them, and a server may answer a listing on a
+        // stream other than the listing's own.
+        let tools = match service {
+            Some(s) if kind == Kind::Mcp => Some(whole::session_tools(
+                &self,
+                snap.clone(),
+                s,
+                one.caller.clone(),
+            )),
+            _ => None,
+        };
+        self.respond(kind, version, resp, one, recording, tools)
     }
 }

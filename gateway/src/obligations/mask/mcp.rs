@@ -5,9 +5,18 @@
 //! result (`$.ssn`) applied to `structuredContent` and to JSON text in `content[].text`, as well
 //! as to the message itself.
 //!
+//! A tool's result that is a list has the paths applied to each of its elements, and one the
+//! SDKs wrap (FastMCP puts a result that is not an object in `structuredContent` as
+//! `{"result": …}`, its text holding the bare value) to what is wrapped too.
+//!
 //! An event stream is read line by line: each `data:` line holding one JSON message is masked
 //! as JSON and written back as one line; any other line, a `data:` line that is not JSON, or a
 //! line longer than the limit is masked as text. A JSON answer is read whole, up to the limit.
+//! With field paths to apply, a message longer than the limit is withheld instead
+//! (`[MASKED:unparsed]`): detectors alone would let the fields through.
+//!
+//! A session stream (an MCP `GET`) may carry any call's answer, a `tools/list` one included:
+//! its masker is given the filter a listing passes through ([`ToolFilter`]).
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -16,18 +25,32 @@ use super::{BodyKind, BodyMasker, MaskKey, MaskRules, MaskStats, TextMasker};
 
 /// The masker for an MCP answer of `kind` with head `headers`: message by message when it is
 /// an event stream or JSON, else as any other body. `max`: the most held of one message.
+/// `tools`: what every `tools/list` result passes through.
 pub fn masker(
     rules: Arc<MaskRules>,
     key: MaskKey,
     kind: BodyKind,
     headers: &http::HeaderMap,
     max: usize,
+    tools: Option<ToolFilter>,
 ) -> BodyMasker {
     let events = kind != BodyKind::Binary && is_event_stream(headers);
     if events || kind == BodyKind::Json {
-        BodyMasker::Mcp(Box::new(McpMasker::new(rules, key, events, max)))
+        let mut m = McpMasker::new(rules, key, events, max);
+        m.tools = tools;
+        BodyMasker::Mcp(Box::new(m))
     } else {
         BodyMasker::new(rules, key, kind)
+    }
+}
+
+/// Keeps, of a `tools/list` result's `tools`, those the caller may see (the proxy's own
+/// listing filter, pins and poisoning checks included).
+pub struct ToolFilter(pub Box<dyn FnMut(&mut Json) + Send>);
+
+impl std::fmt::Debug for ToolFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ToolFilter")
     }
 }
 
@@ -54,6 +77,13 @@ pub struct McpMasker {
     text: TextMasker,
     /// The current line went over `max`: it streams through `text` to its end.
     overlong: bool,
+    /// What went over `max` is withheld, not masked as text (there are field paths).
+    withholding: bool,
+    /// What every message with a `tools/list` result passes through first.
+    tools: Option<ToolFilter>,
+    /// The id of the request this answers, if one: what is withheld is then answered as an
+    /// error to it, which a client reports at once instead of waiting for its answer.
+    pub rpc_id: Option<Json>,
     pub stats: MaskStats,
     scanned: u64,
 }
@@ -68,20 +98,60 @@ impl McpMasker {
             held: Vec::new(),
             max,
             overlong: false,
+            withholding: false,
+            tools: None,
+            rpc_id: None,
             stats: MaskStats::default(),
             scanned: 0,
         }
     }
 
+    /// Past `max` with field paths to apply: the rest of the message is withheld, said once
+    /// (as a JSON string, `data:` line of one in an event stream).
+    fn withhold(&mut self, data_line: bool, out: &mut Vec<u8>) {
+        self.overlong = true;
+        self.withholding = true;
+        self.held.clear();
+        self.stats.masked += 1;
+        if data_line || !self.events {
+            if self.events {
+                out.extend_from_slice(b"data: ");
+            }
+            match &self.rpc_id {
+                Some(id) => {
+                    let error = serde_json::json!({
+                        "jsonrpc": "2.0",
+                        "id": id,
+                        "error": {
+                            "code": -32603,
+                            "message": "callgate: the answer is longer than the gateway holds to apply the service's field masks, and is withheld ([MASKED:unparsed])",
+                        },
+                    });
+                    out.extend_from_slice(&serde_json::to_vec(&error).unwrap_or_default());
+                }
+                None => out.extend_from_slice(b"\"[MASKED:unparsed]\""),
+            }
+        }
+        tracing::debug!(
+            "an MCP message longer than the limit is withheld: there are field paths to mask"
+        );
+    }
+
     pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
         if !self.events {
+            if self.withholding {
+                return;
+            }
             if self.overlong {
                 return self.text.push(chunk, out);
             }
             self.held.extend_from_slice(chunk);
             if self.held.len() > self.max {
-                self.overlong = true;
                 self.stats.json_fallback = true;
+                if self.rules.has_fields() {
+                    return self.withhold(false, out);
+                }
+                self.overlong = true;
                 let held = std::mem::take(&mut self.held);
                 self.text.push(&held, out);
             }
@@ -93,6 +163,14 @@ impl McpMasker {
                 None => (chunk, &[][..], false),
             };
             chunk = rest;
+            if self.withholding {
+                if complete {
+                    out.push(b'\n');
+                    self.withholding = false;
+                    self.overlong = false;
+                }
+                continue;
+            }
             if self.overlong {
                 self.text.push(line, out);
                 if complete {
@@ -105,6 +183,11 @@ impl McpMasker {
                 let line = std::mem::take(&mut self.held);
                 self.line(&line, out);
             } else if self.held.len() > self.max {
+                if self.rules.has_fields() {
+                    let data = self.held.starts_with(b"data:");
+                    self.withhold(data, out);
+                    continue;
+                }
                 self.overlong = true;
                 let held = std::mem::take(&mut self.held);
                 self.text.push(&held, out);
@@ -113,6 +196,9 @@ impl McpMasker {
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.withholding {
+            return;
+        }
         let held = std::mem::take(&mut self.held);
         if self.events {
             if !held.is_empty() {
@@ -178,10 +264,15 @@ impl McpMasker {
             }
             return;
         }
+        if let Some(f) = &mut self.tools
+            && v.get("result").is_some_and(|r| r.get("tools").is_some())
+        {
+            (f.0)(v);
+        }
         let mut n = 0;
         if let Some(result) = v.get_mut("result") {
             if let Some(s) = result.get_mut("structuredContent") {
-                n += self.rules.mask_value(&self.key, s);
+                n += self.mask_result(s, 2);
             }
             if let Some(items) = result.get_mut("content").and_then(Json::as_array_mut) {
                 for item in items {
@@ -190,7 +281,7 @@ impl McpMasker {
                     };
                     if let Ok(mut inner) = serde_json::from_str::<Json>(text) {
                         if inner.is_object() || inner.is_array() {
-                            let m = self.rules.mask_value(&self.key, &mut inner);
+                            let m = self.mask_result(&mut inner, 2);
                             if m > 0 {
                                 n += m;
                                 *text = serde_json::to_string_pretty(&inner).unwrap_or_default();
@@ -202,6 +293,30 @@ impl McpMasker {
         }
         n += self.rules.mask_value(&self.key, v);
         self.stats.masked += n as u64;
+    }
+
+    /// A tool's result: masked as a whole, then, with field paths to apply (addressed to the
+    /// result), each element of a list and what a `{"result": …}` wrapper holds, `depth`
+    /// levels down.
+    fn mask_result(&self, v: &mut Json, depth: u8) -> usize {
+        let mut n = self.rules.mask_value(&self.key, v);
+        if depth == 0 || !self.rules.has_fields() {
+            return n;
+        }
+        match v {
+            Json::Array(items) => {
+                for item in items {
+                    n += self.mask_result(item, depth - 1);
+                }
+            }
+            Json::Object(map) if map.len() == 1 => {
+                if let Some(inner) = map.get_mut("result") {
+                    n += self.mask_result(inner, depth - 1);
+                }
+            }
+            _ => {}
+        }
+        n
     }
 }
 
@@ -297,5 +412,81 @@ mod tests {
             "{out}"
         );
         serde_json::from_str::<Json>(&out).expect("still JSON");
+    }
+
+    #[test]
+    fn field_paths_reach_wrapped_results_and_list_elements() {
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": 4, "result": {
+            "content": [{"type": "text", "text": "[{\"ssn\": \"078-05-1120\", \"tier\": \"gold\"}]"}],
+            "structuredContent": {"result": [{"ssn": "078-05-1120", "tier": "gold"}]},
+        }});
+        let mut m = masker(false);
+        let mut out = Vec::new();
+        m.push(msg.to_string().as_bytes(), &mut out);
+        m.finish(&mut out);
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(!out.contains("078-05-1120"), "{out}");
+        assert!(out.contains("gold"), "{out}");
+        let one = serde_json::json!({"result": {"structuredContent": {"result": {"ssn": "078-05-1120"}}}});
+        let mut m = masker(false);
+        let mut out = Vec::new();
+        m.push(one.to_string().as_bytes(), &mut out);
+        m.finish(&mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("078-05-1120"));
+    }
+
+    #[test]
+    fn too_long_with_field_paths_is_withheld_as_an_error_to_its_request() {
+        let specs: Vec<MaskSpec> = yaml_serde::from_str("[{ field: \"$.ssn\" }]").expect("specs");
+        let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":9,"result":{{"structuredContent":{{"ssn":"078-05-1120","pad":"{}"}}}}}}"#,
+            "x".repeat(200)
+        );
+        for events in [false, true] {
+            let body = if events {
+                format!(
+                    "event: message\ndata: {long}\n\nevent: message\ndata: {{\"id\":10,\"result\":{{}}}}\n\n"
+                )
+            } else {
+                long.clone()
+            };
+            let mut m = McpMasker::new(rules.clone(), MaskKey::from_bytes([7; 32]), events, 64);
+            m.rpc_id = Some(Json::from(9));
+            let mut out = Vec::new();
+            for piece in body.as_bytes().chunks(9) {
+                m.push(piece, &mut out);
+            }
+            m.finish(&mut out);
+            let out = String::from_utf8(out).expect("utf8");
+            assert!(!out.contains("078-05-1120"), "{events}: {out}");
+            assert!(
+                out.contains("\"id\":9") && out.contains("withheld"),
+                "{events}: {out}"
+            );
+            if events {
+                // The next message comes through.
+                assert!(out.contains("\"id\":10"), "{out}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_tool_list_passes_the_filter() {
+        let mut m = masker(true);
+        m.tools = Some(ToolFilter(Box::new(|v: &mut Json| {
+            if let Some(tools) = v["result"]["tools"].as_array_mut() {
+                tools.retain(|t| t["name"] != "delete_table");
+            }
+        })));
+        let list = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search"},{"name":"delete_table"}]}}"#;
+        let mut out = Vec::new();
+        m.push(format!("id: 1\ndata: {list}\n\n").as_bytes(), &mut out);
+        m.finish(&mut out);
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(
+            out.contains("search") && !out.contains("delete_table"),
+            "{out}"
+        );
     }
 }

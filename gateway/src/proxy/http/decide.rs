@@ -221,7 +221,7 @@ impl Conn {
                 service: Some(service.name.clone()),
                 mode: snap.mode,
                 reason: Some("protocol session message".into()),
-                obligations: service.base_obligations().clone(),
+                obligations: service.session_obligations().clone(),
                 policy: snap.version.clone(),
             };
         }

@@ -138,8 +138,9 @@ impl Conn {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
-        if !ob.masks.0.is_empty() && seen.accept_encoding {
-            // The response is masked as it streams: it must come as readable text.
+        if (!ob.masks.0.is_empty() || kind == Kind::Mcp) && seen.accept_encoding {
+            // The response is masked as it streams (an MCP answer's tool lists are filtered
+            // too): it must come as readable text.
             req.headers_mut().remove(header::ACCEPT_ENCODING);
         }
         if !ob.masks.0.is_empty() {

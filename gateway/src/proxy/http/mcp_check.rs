@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     extract::Kind,
-    mcp::pins::Verdict,
+    mcp::pins::{PinStore, Verdict},
     policy::{Action, Service, Snapshot},
     proxy::reply::Refusal,
 };
@@ -33,12 +33,11 @@ const MCP_NAME: &str = "mcp-name";
 /// checked for poisoning (and refused when the service says so), and checked against its pin
 /// on a service that pins. A hidden tool is noted in `hidden` for the record.
 pub(super) fn shown(
-    conn: &Conn,
+    pins: &PinStore,
     service: &Service,
     tool: &Json,
     hidden: &RefCell<Vec<Json>>,
 ) -> bool {
-    let pins = &conn.inputs.pins;
     let Some((name, findings)) = pins.observe(service, tool) else {
         // Not a tool: nothing a client could call by it.
         return !service.mcp.checks_tools();
@@ -60,7 +59,7 @@ pub(super) fn shown(
     }
     hidden
         .borrow_mut()
-        .push(note(conn, service, &name, &verdict));
+        .push(note(pins, service, &name, &verdict));
     false
 }
 
@@ -72,10 +71,10 @@ pub(super) fn hidden_record(hidden: RefCell<Vec<Json>>) -> Option<Json> {
 
 /// What a record says of a tool that did not pass its pin: for a change, both digests and
 /// both definitions (the change to review).
-fn note(conn: &Conn, service: &Service, name: &str, verdict: &Verdict) -> Json {
+fn note(pins: &PinStore, service: &Service, name: &str, verdict: &Verdict) -> Json {
     match verdict {
         Verdict::Changed { pinned, now } => {
-            let change = conn.inputs.pins.last_change(&service.name, name);
+            let change = pins.last_change(&service.name, name);
             json!({
                 "tool": name,
                 "pin": verdict.as_str(),
@@ -229,7 +228,7 @@ pub(super) async fn before_call(
                      accept {svc} {name}` or commit its new pin"
                 ),
             );
-            Err((r, note(conn, service, name, &v)))
+            Err((r, note(&conn.inputs.pins, service, name, &v)))
         }
         Some(v) => Err((
             refusal(
@@ -239,7 +238,7 @@ pub(super) async fn before_call(
                      mcp accept {svc} {name}`, or commit its pin)"
                 ),
             ),
-            note(conn, service, name, &v),
+            note(&conn.inputs.pins, service, name, &v),
         )),
         None => Err((
             refusal(

@@ -2,6 +2,7 @@
 //! any credential the gateway injected, and the call is recorded as it ends (see
 //! [`streaming`] for when, by durability). An answer the masks cannot read is refused, unless
 //! the service lets it pass.
+use crate::obligations::mask::mcp::ToolFilter;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
@@ -20,6 +21,7 @@ use crate::{
 
 impl Conn {
     /// Streams the upstream's answer back, masked, and records the call when it ends.
+    /// `tools`: an MCP session message's answer has its `tools/list` results filtered.
     pub(super) fn respond(
         &self,
         kind: Kind,
@@ -27,6 +29,7 @@ impl Conn {
         resp: Response<UpstreamBody>,
         one: Decided,
         recording: Option<Recording>,
+        tools: Option<ToolFilter>,
     ) -> Response<ProxyBody> {
         let secrets = injected(&resp);
         let scrub = secrets.clone().map(ScrubStream::new);
@@ -34,7 +37,10 @@ impl Conn {
         parts.version = version;
         let masks = one.decision.obligations.masks.0.clone();
         // What the body is, from the head as the upstream sent it (before any stripping).
-        let body_kind = if masks.is_empty() {
+        let body_kind = if masks.is_empty() && tools.is_some() {
+            // Read message by message for its tool lists: readable, and what it is.
+            crate::obligations::mask::response_body(&parts.headers)
+        } else if masks.is_empty() {
             // An injected credential is scrubbed from the bytes as they pass: they must be
             // the bytes, not a compressed form of them.
             match &secrets {
@@ -71,6 +77,7 @@ impl Conn {
             return resp;
         }
         let status = parts.status.as_u16();
+        let one_rpc_id = one.call.rpc_id.clone();
         let cap = self
             .inputs
             .recorder
@@ -84,13 +91,14 @@ impl Conn {
         let recorded = scrub.is_none() && pending.as_ref().is_some_and(|p| p.keeps_answer());
         let masker = match body_kind {
             // An MCP answer: message by message.
-            Ok(k) if !masks.is_empty() && kind == Kind::Mcp => {
+            Ok(k) if (!masks.is_empty() || tools.is_some()) && kind == Kind::Mcp => {
                 Some(crate::obligations::mask::mcp::masker(
                     masks,
                     self.inputs.mask_key.clone(),
                     k,
                     &parts.headers,
                     self.inputs.cfg.http.max_held_response_bytes,
+                    tools,
                 ))
             }
             Ok(kind) if !masks.is_empty() => Some(if recorded {
@@ -104,6 +112,10 @@ impl Conn {
             }),
             _ => None,
         };
+        let mut masker = masker;
+        if let Some(crate::obligations::mask::BodyMasker::Mcp(m)) = &mut masker {
+            m.rpc_id = one_rpc_id;
+        }
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }

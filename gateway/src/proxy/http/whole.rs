@@ -19,7 +19,7 @@ use crate::{
     call::Caller,
     call::Role,
     extract::Kind,
-    obligations::mask::{BodyKind, BodyMasker, HeaderMasker, scrub::Secrets},
+    obligations::mask::{BodyKind, BodyMasker, HeaderMasker, mcp::ToolFilter, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     proxy::body::ProxyBody,
     proxy::reply::{self, Refusal},
@@ -127,7 +127,7 @@ pub(super) async fn batch(
                     let hidden = std::cell::RefCell::new(Vec::new());
                     filter_value(&mut a, &|t| {
                         tool_name(t).is_some_and(|name| may_call(snap, s, &d.caller, name))
-                            && super::mcp_check::shown(conn, s, t, &hidden)
+                            && super::mcp_check::shown(&conn.inputs.pins, s, t, &hidden)
                     });
                 }
                 d.decision
@@ -232,7 +232,7 @@ pub(super) async fn list_tools(
         let hidden = std::cell::RefCell::new(Vec::new());
         let may = |t: &Json| {
             tool_name(t).is_some_and(|name| may_call(snap, service, &one.caller, name))
-                && super::mcp_check::shown(conn, service, t, &hidden)
+                && super::mcp_check::shown(&conn.inputs.pins, service, t, &hidden)
         };
         let filtered = filter_tools_by(&bytes, ct.starts_with("text/event-stream"), &may);
         (filtered, super::mcp_check::hidden_record(hidden))
@@ -365,6 +365,38 @@ fn filter_tools_by(body: &[u8], sse: bool, may: &dyn Fn(&Json) -> bool) -> Vec<u
 
 fn tool_name(tool: &Json) -> Option<&str> {
     tool.get("name").and_then(Json::as_str)
+}
+
+/// The filter a session stream's `tools/list` results pass through (see
+/// [`crate::obligations::mask::mcp`]): as a listing's, for `caller`, against the snapshot the
+/// session message was decided on. A tool hidden so is logged; the stream's record says
+/// nothing of it (it is the session's, not a listing's).
+pub(super) fn session_tools(
+    conn: &Conn,
+    snap: Arc<Snapshot>,
+    service: &Service,
+    caller: Arc<Caller>,
+) -> ToolFilter {
+    let pins = conn.inputs.pins.clone();
+    let name = service.name.clone();
+    ToolFilter(Box::new(move |v: &mut Json| {
+        let hidden = std::cell::RefCell::new(Vec::new());
+        match snap.service(&name) {
+            Some(service) => {
+                filter_value(v, &|t| {
+                    tool_name(t).is_some_and(|n| may_call(&snap, service, &caller, n))
+                        && super::mcp_check::shown(&pins, service, t, &hidden)
+                });
+            }
+            None => {
+                filter_value(v, &|_| false);
+            }
+        }
+        let hidden = hidden.into_inner();
+        if !hidden.is_empty() {
+            tracing::info!(service = %name, ?hidden, "tools hidden from a tools/list answer on a session stream");
+        }
+    }))
 }
 
 /// Whether `caller` may call the tool `name` of `service` with some arguments.
