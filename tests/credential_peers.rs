@@ -226,15 +226,15 @@ impl Drop for Running {
     }
 }
 
-/// [`LISTENER`] on `host:port`, in namespace `ns` when given, in `cg` when given (else
-/// outside every enabled cgroup); the file its requests' headers go to.
+/// [`LISTENER`] on `host:port` (0: a free one), in namespace `ns` when given, in `cg` when
+/// given (else outside every enabled cgroup); the file its requests' headers go to, its port.
 fn listen(
     dir: &std::path::Path,
     cg: Option<&TestCgroup>,
     ns: Option<&Netns>,
     host: &str,
     port: u16,
-) -> (Running, std::path::PathBuf) {
+) -> (Running, std::path::PathBuf, u16) {
     let script = dir.join("listener.py");
     fs::write(&script, LISTENER).expect("script");
     let tag = format!("{host}-{port}");
@@ -264,7 +264,7 @@ fn listen(
             .expect("listener"),
     };
     let running = Running(child);
-    wait_for(Duration::from_secs(10), || {
+    let port = wait_for(Duration::from_secs(10), || {
         fs::read_to_string(&log).ok()?.trim().parse::<u16>().ok()
     })
     .unwrap_or_else(|| {
@@ -273,7 +273,7 @@ fn listen(
             fs::read_to_string(&log).unwrap_or_default()
         )
     });
-    (running, seen)
+    (running, seen, port)
 }
 
 /// curl in `cg`, in namespace `ns` when given: the body and the status.
@@ -301,6 +301,20 @@ fn call(cg: &TestCgroup, ns: Option<&Netns>, url: &str) -> String {
 
 fn heard(seen: &std::path::Path) -> String {
     fs::read_to_string(seen).unwrap_or_default()
+}
+
+/// A gateway whose upstream connects give up after 1.5 s: a governed listener the kernel keeps
+/// a credential-bearing connection from never completes the handshake.
+fn quick_gateway(dir: &std::path::Path, policies: &std::path::Path) -> Gateway {
+    gateway_with_config(policies, "connect_timeout_ms: 1500\n", dir)
+}
+
+/// The call was refused, at once (403 `credential_withheld`) or when the handshake the
+/// kernel's guard keeps from completing timed out (502): either way not answered by the
+/// listener.
+fn refused(out: &str) -> bool {
+    (out.ends_with("\n403") && out.contains("credential_withheld"))
+        || (out.ends_with("\n502") && out.contains("to send a credential"))
 }
 
 /// Containers on one bridge, or a workload and a sidecar of its own: the caller in namespace
@@ -345,14 +359,14 @@ fn a_governed_listener_in_another_namespace_gets_no_credential() {
         "default_action: deny\nunknown_destination: deny\n",
         &[("internal", &svc)],
     );
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let gw = quick_gateway(&dir, &policies);
     let cg = TestCgroup::new(test);
     gw.enable(&cg);
-    let (_governed, seen) = listen(&dir, Some(&cg), Some(&l), &l_ip, port);
-    let (_real, real_seen) = listen(&dir, None, Some(&l), &l_ip, real_port);
+    let (_governed, seen, _) = listen(&dir, Some(&cg), Some(&l), &l_ip, port);
+    let (_real, real_seen, _) = listen(&dir, None, Some(&l), &l_ip, real_port);
     let out = call(&cg, Some(&w), &format!("http://{l_ip}:{port}/echo"));
     assert!(
-        out.ends_with("\n403") && out.contains("credential_withheld"),
+        refused(&out),
         "the governed listener in another namespace is refused: {out}\n{}",
         gw.log()
     );
@@ -402,13 +416,13 @@ fn a_governed_listener_behind_a_veth_from_the_host_gets_no_credential() {
         "default_action: deny\nunknown_destination: deny\n",
         &[("internal", &svc)],
     );
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let gw = quick_gateway(&dir, &policies);
     let cg = TestCgroup::new(test);
     gw.enable(&cg);
-    let (_governed, seen) = listen(&dir, Some(&cg), Some(&l), &l_ip, 8080);
+    let (_governed, seen, _) = listen(&dir, Some(&cg), Some(&l), &l_ip, 8080);
     let out = call(&cg, None, &format!("http://{l_ip}:8080/echo"));
     assert!(
-        out.ends_with("\n403") && out.contains("credential_withheld"),
+        refused(&out),
         "the governed listener behind the veth is refused: {out}\n{}",
         gw.log()
     );
@@ -511,3 +525,229 @@ fn no_credential_leaves_a_namespace_the_workload_owns() {
         );
     }
 }
+
+/// A host link deleted on drop.
+struct Link(String);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn sh(ns: &Netns, cmd: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "sh", "-c", cmd])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace L reached from the host over a veth pair: L, the host's link, the /24 and L's
+/// address in it.
+fn behind_a_veth(second: u8, prefix: &str) -> (Netns, Link, String, String) {
+    let net = subnet(second);
+    let (h_ip, l_ip) = (format!("{net}.1"), format!("{net}.2"));
+    let l = Netns::new(prefix);
+    let host_if = format!("{prefix}{}", std::process::id() % 100_000);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "cg-l", "netns", &l.0,
+    ]);
+    let link = Link(host_if.clone());
+    ip(&["addr", "add", &format!("{h_ip}/24"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    ip(&[
+        "-n",
+        &l.0,
+        "addr",
+        "add",
+        &format!("{l_ip}/24"),
+        "dev",
+        "cg-l",
+    ]);
+    ip(&["-n", &l.0, "link", "set", "cg-l", "up"]);
+    (l, link, net, l_ip)
+}
+
+/// The second attacker pass's cases, each of which got the secret past the first version of
+/// the namespace search: a host service outside the enabled cgroups listening on 0.0.0.0 on
+/// the governed listener's port (the kernel's lookup fell back to it and vouched for the
+/// call); a governed listener handed with SCM_RIGHTS out of its namespace, which was then
+/// swept; a router namespace masquerading between caller and listener. The kernel's guard
+/// stops each whatever the search sees.
+#[test]
+fn what_no_search_sees_the_kernel_still_guards() {
+    let test = "what_no_search_sees_the_kernel_still_guards";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let (l, _link, net, l_ip) = behind_a_veth(227, "cgv");
+    let (a, b) = (subnet(229), subnet(230));
+    let svc = injecting("internal", &format!(r#""{net}.0/24", "{b}.0/24""#), &secret);
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("internal", &svc)],
+    );
+    let gw = quick_gateway(&dir, &policies);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+
+    // An unrelated host service on 0.0.0.0, outside every enabled cgroup, and the governed
+    // listener behind the veth on the same port.
+    let (_host_service, _, port) = listen(&dir, None, None, "0.0.0.0", 0);
+    let (_governed, seen, _) = listen(&dir, Some(&cg), Some(&l), &l_ip, port);
+    let out = call(&cg, None, &format!("http://{l_ip}:{port}/echo"));
+    assert!(refused(&out), "wildcard listener: {out}\n{}", gw.log());
+    assert!(
+        !heard(&seen).contains(SECRET),
+        "wildcard listener: it got the credential"
+    );
+
+    // A listener made in L by a governed process, served by one in the host's namespace
+    // after the maker left L.
+    let (maker, receiver) = (dir.join("maker.py"), dir.join("receiver.py"));
+    fs::write(&maker, MAKER).expect("maker");
+    fs::write(&receiver, RECEIVER).expect("receiver");
+    let (sock, go, handed) = (
+        dir.join("hand.sock"),
+        dir.join("go"),
+        dir.join("seen-handed.jsonl"),
+    );
+    let log = dir.join("receiver.log");
+    let python = party_python().display().to_string();
+    let _receiver = Running(cg.spawn(
+        &[
+            &python,
+            receiver.to_str().expect("path"),
+            handed.to_str().expect("path"),
+            sock.to_str().expect("path"),
+        ],
+        &log,
+    ));
+    let _maker = Running(cg.spawn(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &l.0,
+            &python,
+            maker.to_str().expect("path"),
+            &l_ip,
+            "8091",
+            sock.to_str().expect("path"),
+            go.to_str().expect("path"),
+        ],
+        &dir.join("maker.log"),
+    ));
+    wait_for(Duration::from_secs(10), || {
+        fs::read_to_string(&log).ok()?.trim().parse::<u16>().ok()
+    })
+    .unwrap_or_else(|| panic!("receiver: {}", fs::read_to_string(&log).unwrap_or_default()));
+    fs::write(&go, "").expect("go");
+    // The namespace sweep runs about once a second.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = call(&cg, None, &format!("http://{l_ip}:8091/echo"));
+    assert!(refused(&out), "handed-over listener: {out}\n{}", gw.log());
+    assert!(
+        !heard(&handed).contains(SECRET),
+        "handed-over listener: it got the credential"
+    );
+
+    // Caller in W, listener in M, a router R between that masquerades toward M.
+    let (w, r, m) = (Netns::new("cgmw"), Netns::new("cgmr"), Netns::new("cgml"));
+    ip(&[
+        "-n", &w.0, "link", "add", "w0", "type", "veth", "peer", "name", "rw", "netns", &r.0,
+    ]);
+    ip(&[
+        "-n", &m.0, "link", "add", "m0", "type", "veth", "peer", "name", "rm", "netns", &r.0,
+    ]);
+    sh(
+        &w,
+        &format!("ip addr add {a}.2/24 dev w0; ip link set w0 up; ip route add default via {a}.1"),
+    );
+    sh(
+        &m,
+        &format!("ip addr add {b}.2/24 dev m0; ip link set m0 up; ip route add default via {b}.1"),
+    );
+    sh(
+        &r,
+        &format!(
+            "ip addr add {a}.1/24 dev rw; ip link set rw up; ip addr add {b}.1/24 dev rm; \
+             ip link set rm up; sysctl -qw net.ipv4.ip_forward=1; \
+             nft add table ip m; \
+             nft add chain ip m post '{{ type nat hook postrouting priority 100; }}'; \
+             nft add rule ip m post oifname rm masquerade"
+        ),
+    );
+    let m_ip = format!("{b}.2");
+    let (_behind_nat, seen, _) = listen(&dir, Some(&cg), Some(&m), &m_ip, 8092);
+    let out = call(&cg, Some(&w), &format!("http://{m_ip}:8092/echo"));
+    assert!(refused(&out), "masquerading router: {out}\n{}", gw.log());
+    assert!(
+        !heard(&seen).contains(SECRET),
+        "masquerading router: it got the credential"
+    );
+    assert!(
+        gw.kernel_counter("credential_refused") > 0,
+        "the kernel's guard dropped the credential's packets"
+    );
+}
+
+/// Made in namespace L by a governed process: a listener on argv[1]:argv[2], handed over a
+/// unix socket (argv[3]) to a governed process elsewhere; then it waits for file argv[4] and
+/// exits.
+const MAKER: &str = r#"
+import os, socket, sys, time
+ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2]))); ls.listen(16)
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+for _ in range(100):
+    try:
+        u.connect(sys.argv[3]); break
+    except OSError:
+        time.sleep(0.1)
+socket.send_fds(u, [b"x"], [ls.fileno()])
+for _ in range(300):
+    if os.path.exists(sys.argv[4]): break
+    time.sleep(0.1)
+"#;
+
+/// In the host's namespace: receives a listener over unix socket argv[2], serves LISTENER's
+/// handler on it (headers to argv[1]); prints the port.
+const RECEIVER: &str = r#"
+import http.server, json, os, socket, sys
+seen = open(sys.argv[1], "a")
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+u.bind(sys.argv[2]); u.listen(1)
+c, _ = u.accept()
+_, fds, _, _ = socket.recv_fds(c, 16, 1)
+ls = socket.socket(fileno=fds[0])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        heads = {k.lower(): v for k, v in self.headers.items()}
+        seen.write(json.dumps(heads) + "\n"); seen.flush()
+        body = json.dumps({"reversed": {k: v[::-1] for k, v in heads.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    def server_bind(self): pass
+    def server_activate(self): pass
+s = S(ls.getsockname(), H, bind_and_activate=False)
+s.socket = ls
+print(ls.getsockname()[1], flush=True)
+s.serve_forever()
+"#;

@@ -43,7 +43,7 @@ fn stop_fails_closed_restart_resumes_disable_goes_direct() {
     let links = std::fs::read_dir(gw.bpffs.join("links").join(cg.id().to_string()))
         .expect("links")
         .count();
-    assert_eq!(links, 9);
+    assert_eq!(links, 10);
 
     gw.disable(&cg);
     assert_eq!(

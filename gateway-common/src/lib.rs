@@ -95,10 +95,20 @@ pub mod programs {
     /// `cgroup_skb/egress`: what is sent to UDP port 53 must be a DNS query; no IPv6 routing
     /// header leaves.
     pub const EGRESS: &str = "callgate_egress";
+    /// `cgroup_skb/ingress`: no packet of a connection that carries a credential the gateway
+    /// injected ([`super::CREDENTIAL_DSCP`]) reaches a socket of an enabled cgroup.
+    pub const INGRESS: &str = "callgate_ingress";
     /// `sk_skb/stream_verdict` on [`super::maps::SPLICE`]: what a spliced socket receives
     /// leaves by its peer.
     pub const SPLICE: &str = "callgate_splice";
 }
+
+/// The DSCP every packet of an upstream connection that carries an injected credential is
+/// sent with (from its SYN on), from RFC 2474's pool for experimental and local use
+/// (`xxxx11`): `cgroup_skb/ingress` drops such packets at the sockets of enabled cgroups, so
+/// that no governed workload completes a handshake with one, whatever namespaces, routes or
+/// address translation lie between.
+pub const CREDENTIAL_DSCP: u8 = 0b11_0011;
 
 /// Capacity of the splice maps: two entries per spliced connection.
 pub const SPLICE_ENTRIES: u32 = 65_536;
@@ -338,11 +348,14 @@ pub mod counter {
     /// A direct pass-through whose opening or end could not be reported (should not happen:
     /// admission keeps room for both); its record is missing.
     pub const DIRECT_UNREPORTED: u32 = 17;
+    /// A packet carrying an injected credential ([`super::CREDENTIAL_DSCP`]) dropped at a
+    /// socket of an enabled cgroup.
+    pub const CREDENTIAL_REFUSED: u32 = 18;
     /// Slots in the counters map: more than are named, so that a new counter does not change
     /// the pinned map's size (which would make an upgrade refuse the previous run's maps).
     pub const COUNT: u32 = 32;
     /// Names in index order, for status and metrics.
-    pub const NAMES: [&str; 18] = [
+    pub const NAMES: [&str; 19] = [
         "redirected",
         "skipped_gateway",
         "bypassed",
@@ -361,6 +374,7 @@ pub mod counter {
         "syn_held",
         "direct",
         "direct_unreported",
+        "credential_refused",
     ];
 }
 

@@ -10,6 +10,8 @@
 //! - `cgroup_skb/egress` reads every UDP datagram to port 53 and drops what is not one
 //!   plausible DNS query (the sock_addr hooks see the address, never the payload), and drops
 //!   IPv6 packets with a routing header (they go to an address no hook saw);
+//! - `cgroup_skb/ingress` drops every packet marked as carrying a credential the gateway
+//!   injected (`CREDENTIAL_DSCP`) before a socket of an enabled cgroup receives it;
 //! - `sock_create` lets an enabled cgroup create only the sockets the hooks above govern: TCP
 //!   and MPTCP streams and UDP (ICMP echo, UDP-Lite and raw IP would carry data past them);
 //! - `post_bind4/6`, attached at the cgroup root, keep the listener port for the gateway alone,
@@ -64,10 +66,10 @@ use aya_ebpf::{
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use gateway_common::{
-    COMM_LEN, Config, DirectConn, DirectEvent, FLAG_CONFIGURED, FLAG_DEFAULT_INTERCEPT,
-    FLAG_DIRECT, FLAG_UDP_ALLOW, MAX_NETNS, MAX_RESOLVERS, MAX_RULES, NETNS_EVENTS_BYTES,
-    NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule, SPLICE_ENTRIES, SockKey,
-    SplicePeer, Workload, counter, direct, is_v4_mapped, v4_mapped,
+    COMM_LEN, CREDENTIAL_DSCP, Config, DirectConn, DirectEvent, FLAG_CONFIGURED,
+    FLAG_DEFAULT_INTERCEPT, FLAG_DIRECT, FLAG_UDP_ALLOW, MAX_NETNS, MAX_RESOLVERS, MAX_RULES,
+    NETNS_EVENTS_BYTES, NetnsEvent, REDIRECT_MAP_ENTRIES, RULE_INTERCEPT, Redirect, Rule,
+    SPLICE_ENTRIES, SockKey, SplicePeer, Workload, counter, direct, is_v4_mapped, v4_mapped,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -393,6 +395,40 @@ const MAX_OPTIONS: usize = 8;
 #[cgroup_skb(egress)]
 pub fn callgate_egress(ctx: SkBuffContext) -> i32 {
     egress(&ctx)
+}
+
+#[cgroup_skb(ingress)]
+pub fn callgate_ingress(ctx: SkBuffContext) -> i32 {
+    ingress(&ctx)
+}
+
+/// Every packet a socket of an enabled cgroup receives. The gateway sends each upstream
+/// connection that carries a credential it injected with `CREDENTIAL_DSCP`, from its SYN on:
+/// such a packet is dropped here (counted as `credential_refused`), so that no governed
+/// workload completes a handshake with the gateway's credential-bearing connection, wherever
+/// its listener is (another network namespace, behind a veth, a bridge or NAT, a socket handed
+/// over from another process) and whatever address the gateway dialled. The gateway's connect
+/// then times out: the credential is never sent.
+#[inline(always)]
+fn ingress(ctx: &SkBuffContext) -> i32 {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return PASS;
+    };
+    let Ok(second) = ctx.load::<u8>(1) else {
+        return PASS;
+    };
+    let dscp = match first >> 4 {
+        // IPv4: the TOS byte's upper six bits.
+        4 => second >> 2,
+        // IPv6: the traffic class spans the two bytes after the version.
+        6 => ((first & 0x0f) << 2) | (second >> 6),
+        _ => return PASS,
+    };
+    if dscp == CREDENTIAL_DSCP {
+        count(counter::CREDENTIAL_REFUSED);
+        return DROP;
+    }
+    PASS
 }
 
 /// What a packet leaving an enabled cgroup is, as far as this program goes.

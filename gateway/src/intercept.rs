@@ -59,20 +59,21 @@ static EBPF_OBJECT: &[u8] =
 
 /// Attach order: the bookkeeping programs first and the redirecting ones last, so that no
 /// connection is redirected before its entry can be keyed; detach runs in reverse.
-const ATTACH_ORDER: [&str; 9] = [
+const ATTACH_ORDER: [&str; 10] = [
     programs::SOCK_OPS,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
     programs::SOCK_CREATE,
     programs::EGRESS,
+    programs::INGRESS,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT4,
     programs::CONNECT6,
 ];
 
-/// The programs of type `cgroup/sock` (the rest are `sock_ops`, `cgroup_skb` ([`programs::EGRESS`])
-/// and `cgroup/sock_addr`).
+/// The programs of type `cgroup/sock` (the rest are `sock_ops`, `cgroup_skb`
+/// ([`programs::EGRESS`], [`programs::INGRESS`]) and `cgroup/sock_addr`).
 const CGROUP_SOCK: [&str; 3] = [programs::SOCK_CREATE, programs::BIND4, programs::BIND6];
 
 /// Attached at the cgroup root, not per enabled cgroup (see the module doc).
@@ -233,7 +234,7 @@ impl Interceptor {
                 .ok_or(InterceptError::Missing(name))?;
             let res = if name == programs::SOCK_OPS {
                 <&mut SockOps>::try_from(prog).and_then(|p| p.load())
-            } else if name == programs::EGRESS {
+            } else if name == programs::EGRESS || name == programs::INGRESS {
                 <&mut CgroupSkb>::try_from(prog).and_then(|p| p.load())
             } else if CGROUP_SOCK.contains(&name) {
                 <&mut CgroupSock>::try_from(prog).and_then(|p| p.load())
@@ -783,14 +784,15 @@ fn attach_one(
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(program_err)?;
         FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
-    } else if name == programs::EGRESS {
+    } else if name == programs::EGRESS || name == programs::INGRESS {
         let p: &mut CgroupSkb = prog.try_into().map_err(program_err)?;
+        let direction = if name == programs::EGRESS {
+            CgroupSkbAttachType::Egress
+        } else {
+            CgroupSkbAttachType::Ingress
+        };
         let id = p
-            .attach(
-                cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
+            .attach(cgroup, direction, CgroupAttachMode::Single)
             .map_err(program_err)?;
         FdLink::try_from(p.take_link(id).map_err(program_err)?).map_err(link_err)
     } else if CGROUP_SOCK.contains(&name) {

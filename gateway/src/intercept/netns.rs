@@ -104,13 +104,6 @@ struct SocketRequest {
     reply: oneshot::Sender<io::Result<OwnedFd>>,
 }
 
-/// A namespace to look for sockets in: one the gateway listens in, or one a process is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Searchable {
-    Cookie(u64),
-    Pid(u32),
-}
-
 /// What a namespace's thread makes.
 #[derive(Clone, Copy)]
 enum Want {
@@ -203,51 +196,6 @@ impl Namespaces {
         lock(&self.entries)
             .get(&cookie)
             .is_none_or(|e| e.user_owned)
-    }
-
-    /// Where sockets of `cgroups`' processes may be, besides namespace `except`: the
-    /// namespaces the gateway listens in (its own first) by cookie, and those of the
-    /// cgroups' processes it has not opened yet (just made: the kernel's report may still be
-    /// on its way) by a process in them.
-    pub fn searchable(&self, except: u64, cgroups: &[PathBuf]) -> Vec<Searchable> {
-        let except = if except == 0 { self.host } else { except };
-        let mut known = std::collections::HashSet::new();
-        let mut all = Vec::new();
-        if except != self.host {
-            all.push(Searchable::Cookie(self.host));
-        }
-        known.extend(self.host_inode);
-        for (cookie, e) in lock(&self.entries).iter() {
-            if matches!(e.state, State::Ready) {
-                known.extend(e.inode);
-                if *cookie != except {
-                    all.push(Searchable::Cookie(*cookie));
-                }
-            }
-        }
-        for cgroup in cgroups {
-            for (inode, pid) in other_namespaces_under(cgroup) {
-                if known.insert(inode) {
-                    all.push(Searchable::Pid(pid));
-                }
-            }
-        }
-        all
-    }
-
-    /// A `sock_diag` socket of a namespace [`Namespaces::searchable`] named. A process
-    /// gone meanwhile gives `NotFound`.
-    pub(super) async fn sock_diag_of(
-        &self,
-        at: Searchable,
-    ) -> io::Result<super::sockdiag::SockDiag> {
-        match at {
-            Searchable::Cookie(cookie) => self.sock_diag(cookie).await,
-            Searchable::Pid(pid) => {
-                let fd = in_namespace_of(pid, super::sockdiag::new_fd)?;
-                Ok(super::sockdiag::SockDiag::from_fd(fd))
-            }
-        }
     }
 
     /// The inode of a namespace the gateway knows, for records.

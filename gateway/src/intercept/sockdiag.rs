@@ -19,11 +19,8 @@ const INET_DIAG_CGROUP_ID: u16 = 21;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
-const TCP_SYN_RECV: u32 = 3;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LISTEN: u32 = 10;
-/// A request socket (the handshake's SYN answered, its last ACK not yet processed).
-const TCP_NEW_SYN_RECV: u32 = 12;
 
 const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_sockid`: ports, two 16-byte addresses, interface, cookie.
@@ -171,38 +168,14 @@ impl SockDiag {
         }
     }
 
-    /// The TCP sockets of this namespace connected to `remote` (established, or still a
-    /// pending request, which names no cgroup), of both families.
-    pub fn connected_to(&mut self, remote: SocketAddr) -> io::Result<Vec<DiagSocket>> {
-        let states = [
-            TCP_ESTABLISHED,
-            TCP_SYN_RECV,
-            TCP_NEW_SYN_RECV,
-            TCP_CLOSE_WAIT,
-        ]
-        .iter()
-        .fold(0u32, |acc, s| acc | (1 << s));
-        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let want = canonical(remote);
-        let mut out = Vec::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let protocol = libc::IPPROTO_TCP as u8;
-            let req = request(family, protocol, states, &[0; SOCKID_LEN]);
-            let seq = self.send(
-                SOCK_DIAG_BY_FAMILY,
-                libc::NLM_F_REQUEST | libc::NLM_F_DUMP,
-                &req,
-            )?;
-            self.receive(seq, |ty, payload| {
-                if ty == SOCK_DIAG_BY_FAMILY
-                    && let Some(s) = parse_msg(payload, protocol)
-                    && canonical(s.remote) == want
-                {
-                    out.push(s);
-                }
-            })?;
-        }
-        Ok(out)
+    /// The listener a connection to `dst` would be taken by in this namespace (as the kernel
+    /// picks one for a SYN, from a client it does not know yet), if any.
+    pub fn listener_for(&mut self, dst: SocketAddr) -> io::Result<Option<DiagSocket>> {
+        let nobody = match dst.ip().to_canonical() {
+            IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        };
+        Ok(self.peer_of(nobody, dst)?.filter(DiagSocket::is_listening))
     }
 
     /// Aborts `sock`. A socket that is gone already is not an error.
@@ -436,6 +409,14 @@ mod tests {
             there.port(),
         );
         assert!(diag.peer_of(here, mapped).expect("lookup").is_some());
+        // Before any client: the listener a SYN to it would reach.
+        let found = diag
+            .listener_for(there)
+            .expect("lookup")
+            .expect("the listener");
+        assert!(found.is_listening() && found.local == there, "{found:?}");
+        let nobody_there = SocketAddr::new(there.ip(), 1);
+        assert!(diag.listener_for(nobody_there).expect("lookup").is_none());
         // A peer on another host has no socket here.
         let away: SocketAddr = "192.0.2.1:80".parse().expect("address");
         assert!(diag.peer_of(here, away).expect("lookup").is_none());

@@ -712,6 +712,7 @@ async fn pass_through(
         conn.netns,
         conn.dst,
         inputs.cfg.connect_timeout,
+        false,
     );
     let mut upstream = match dial.await {
         Ok(u) => u,

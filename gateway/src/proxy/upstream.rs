@@ -36,6 +36,10 @@ pub enum ForwardError {
     },
     #[error("connecting to {dst}: timed out after {after:?}")]
     ConnectTimeout { dst: SocketAddr, after: Duration },
+    #[error(
+        "connecting to {dst} to send a credential: no handshake within {after:?} (the kernel keeps such connections from the listeners of governed workloads; or the server does not answer)"
+    )]
+    CredentialConnectTimeout { dst: SocketAddr, after: Duration },
     #[error("TLS to {dst}: {reason}")]
     Tls { dst: SocketAddr, reason: String },
     #[error("{0}")]
@@ -60,32 +64,59 @@ pub async fn connect(
     dst: SocketAddr,
     connect_timeout: Duration,
 ) -> Result<TcpStream, ForwardError> {
-    connect_from(None, 0, dst, connect_timeout).await
+    connect_from(None, 0, dst, connect_timeout, false).await
 }
 
 /// Connects from inside the network namespace `netns` (the workload's), with a socket that
 /// `namespaces` makes there; without them (or from the gateway's own namespace), from here.
+/// `credential`: the connection will carry a credential the gateway injects, and every packet
+/// it sends is marked so (`CREDENTIAL_DSCP`, from the SYN on) that no socket of an enabled
+/// cgroup receives it (see `intercept::peers`).
 pub async fn connect_from(
     namespaces: Option<&crate::intercept::netns::Namespaces>,
     netns: u64,
     dst: SocketAddr,
     connect_timeout: Duration,
+    credential: bool,
 ) -> Result<TcpStream, ForwardError> {
     let dial = async {
-        match namespaces {
-            Some(ns) => ns.socket(netns, dst.is_ipv6()).await?.connect(dst).await,
-            None => TcpStream::connect(dst).await,
+        let socket = match namespaces {
+            Some(ns) => ns.socket(netns, dst.is_ipv6()).await?,
+            None if dst.is_ipv6() => tokio::net::TcpSocket::new_v6()?,
+            None => tokio::net::TcpSocket::new_v4()?,
+        };
+        if credential {
+            mark_credential(&socket, dst.is_ipv6())?;
         }
+        socket.connect(dst).await
     };
     let stream = timeout(connect_timeout, dial)
         .await
-        .map_err(|_| ForwardError::ConnectTimeout {
-            dst,
-            after: connect_timeout,
+        .map_err(|_| match credential {
+            true => ForwardError::CredentialConnectTimeout {
+                dst,
+                after: connect_timeout,
+            },
+            false => ForwardError::ConnectTimeout {
+                dst,
+                after: connect_timeout,
+            },
         })?
         .map_err(|source| ForwardError::Connect { dst, source })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Sends what `socket` sends with the credential mark: the DSCP the kernel's guard drops at
+/// the sockets of enabled cgroups.
+fn mark_credential(socket: &tokio::net::TcpSocket, v6: bool) -> io::Result<()> {
+    let class = u32::from(gateway_common::CREDENTIAL_DSCP) << 2;
+    let s = socket2::SockRef::from(socket);
+    if v6 {
+        s.set_tclass_v6(class)
+    } else {
+        s.set_tos_v4(class)
+    }
 }
 
 /// Copies until both directions reach end of stream, one side fails, or nothing moves for

@@ -85,8 +85,10 @@ pub struct Upstream1 {
     /// Authenticated as a connection (NTLM, Negotiate): it serves only the client connection
     /// that opened it, and is closed with it, never kept for another.
     private: bool,
-    /// Its peer was found outside every governed workload: it may carry a credential.
-    vetted: bool,
+    /// Made to carry credentials: its packets bear the mark the kernel's guard knows (see
+    /// `intercept::peers`). Only such a connection carries one, and only calls with one go
+    /// on it.
+    credential: bool,
 }
 
 impl Upstream1 {
@@ -107,7 +109,7 @@ impl Upstream1 {
     fn over(io: UpstreamStream, tls: Option<TlsIdentity>) -> Self {
         Self {
             private: false,
-            vetted: false,
+            credential: false,
             io,
             // No room yet: the first answer's read makes room for `HEAD_READ` (an 8 KiB
             // buffer made here was replaced by that read at once).
@@ -117,18 +119,15 @@ impl Upstream1 {
         }
     }
 
-    /// Its local address, which with the destination names it to the kernel.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.io.tcp().local_addr()
+    /// Made to carry credentials (its packets marked from its SYN on).
+    pub fn carries_credentials(&self) -> bool {
+        self.credential
     }
 
-    /// Its peer was found outside every governed workload (see `intercept::peers`).
-    pub fn is_vetted(&self) -> bool {
-        self.vetted
-    }
-
-    pub fn set_vetted(&mut self) {
-        self.vetted = true;
+    /// See [`Upstream1::carries_credentials`].
+    pub fn for_credentials(mut self, yes: bool) -> Self {
+        self.credential = yes;
+        self
     }
 
     pub fn identity(&self) -> Option<&TlsIdentity> {

@@ -79,8 +79,9 @@ const MAX_CLIENTS: usize = 2048;
 const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a lane's idle HTTP/1 connections wait: per destination, namespace, TLS identity
-/// (None: plain text) and owner.
-type IdleKey = (SocketAddr, u64, Option<TlsIdentity>, Owner);
+/// (None: plain text), owner, and whether they carry credentials (marked for the kernel's
+/// guard from their SYN on: a connection made without the mark never carries one).
+type IdleKey = (SocketAddr, u64, Option<TlsIdentity>, Owner, bool);
 
 /// The workload an idle HTTP/1 upstream connection was opened for, by its cgroup and user.
 /// Only connections of the same workload take it again: a server may have authenticated the
@@ -321,38 +322,38 @@ impl Upstreams {
         }
     }
 
-    /// Vets the peer of every connection before it carries an injected credential.
-    pub fn with_peers(mut self, peers: Peers) -> Self {
-        self.peers = Some(peers);
-        self
-    }
-
-    /// Vets `conn`'s peer (once per connection) when `guarded` says the call carries a
-    /// credential.
-    async fn vet(
-        &self,
-        conn: &mut Upstream1,
-        dst: SocketAddr,
-        netns: u64,
-        guarded: bool,
-    ) -> Result<(), ForwardError> {
-        let Some(peers) = self.peers.as_ref().filter(|_| guarded && !conn.is_vetted()) else {
-            return Ok(());
-        };
-        peers.check(conn.local_addr()?, dst, netns).await?;
-        conn.set_vetted();
-        Ok(())
-    }
-
     /// Dials upstreams from the workloads' own network namespaces.
     pub fn with_namespaces(mut self, namespaces: Arc<Namespaces>) -> Self {
         self.namespaces = Some(namespaces);
         self
     }
 
-    /// Connects to `dst` from the namespace `netns`.
-    async fn connect(&self, dst: SocketAddr, netns: u64) -> Result<TcpStream, ForwardError> {
-        super::connect_from(self.namespaces.as_deref(), netns, dst, self.connect_timeout).await
+    /// Looks, before a connection that carries credentials is made, at who would take it (see
+    /// `intercept::peers`).
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// Connects to `dst` from the namespace `netns`, marked to carry credentials when
+    /// `credential` says so.
+    async fn connect(
+        &self,
+        dst: SocketAddr,
+        netns: u64,
+        credential: bool,
+    ) -> Result<TcpStream, ForwardError> {
+        if let Some(peers) = self.peers.as_ref().filter(|_| credential) {
+            peers.before_connect(dst, netns).await?;
+        }
+        super::connect_from(
+            self.namespaces.as_deref(),
+            netns,
+            dst,
+            self.connect_timeout,
+            credential,
+        )
+        .await
     }
 
     /// Sends `req` (origin-form, with its Host) to the HTTP/1 upstream `dst` (over TLS when
@@ -376,43 +377,55 @@ impl Upstreams {
             .and_then(|mut c| (!c.looks_closed()).then_some(c));
         let held = match held {
             // A request on the same connection naming another server (no SNI, another Host)
-            // needs an upstream verified as that one: the held one waits for its own kind.
-            Some(c) if !same_tls(tls.as_ref(), c.identity()) => {
+            // needs an upstream verified as that one, and one with a credential a connection
+            // made for credentials (one without, one without): the held one waits for its own
+            // kind.
+            Some(c)
+                if !same_tls(tls.as_ref(), c.identity()) || c.carries_credentials() != guarded =>
+            {
                 // A full list closes it: the request needs another kind anyway.
                 drop(self.keep_http1(slot, dst, netns, c));
                 None
             }
             other => other,
         };
-        let kept =
-            held.or_else(|| self.kept_http1(slot, dst, netns, tls.as_ref().map(|t| t.identity())));
+        let kept = held.or_else(|| {
+            let identity = tls.as_ref().map(|t| t.identity());
+            self.kept_http1(slot, (dst, netns, identity, slot.owner, guarded))
+        });
         let mut conn = match kept {
             Some(c) => c,
-            None => self.connect_http1(dst, netns, tls.as_ref()).await?,
+            None => {
+                self.connect_http1(dst, netns, tls.as_ref(), guarded)
+                    .await?
+            }
         };
         loop {
-            self.vet(&mut conn, dst, netns, guarded).await?;
             match h1::send(conn, req, &slot.conn).await? {
                 Sent::Answered(resp) => return Ok(resp.map(UpstreamBody::Own)),
                 // A new connection is not retried again: its failure is the answer.
                 Sent::Retry(again) => {
                     req = again;
-                    conn = self.connect_http1(dst, netns, tls.as_ref()).await?;
+                    conn = self
+                        .connect_http1(dst, netns, tls.as_ref(), guarded)
+                        .await?;
                 }
             }
         }
     }
 
-    /// A new upstream connection for [`Upstreams::send_http1`], with its TLS handshake done.
+    /// A new upstream connection for [`Upstreams::send_http1`], with its TLS handshake done;
+    /// marked to carry credentials when `credential` says so.
     async fn connect_http1(
         &self,
         dst: SocketAddr,
         netns: u64,
         tls: Option<&UpstreamTls<'_>>,
+        credential: bool,
     ) -> Result<Upstream1, ForwardError> {
-        let tcp = self.connect(dst, netns).await?;
+        let tcp = self.connect(dst, netns, credential).await?;
         let Some(tls) = tls else {
-            return Ok(Upstream1::new(tcp));
+            return Ok(Upstream1::new(tcp).for_credentials(credential));
         };
         let tls_error = |reason: String| ForwardError::Tls { dst, reason };
         let config = (tls.config)().map_err(tls_error)?;
@@ -428,14 +441,14 @@ impl Upstreams {
             after: self.connect_timeout,
         })?
         .map_err(|e| tls_error(format!("{}: {e}", tls.name)))?;
-        Ok(Upstream1::tls(stream, tls.identity()))
+        Ok(Upstream1::tls(stream, tls.identity()).for_credentials(credential))
     }
 
     /// Drops every connection kept from network namespace `netns` (it was closed): idle
     /// HTTP/1 connections and the pooled clients dialled from it. Calls under way keep theirs.
     pub fn forget_netns(&self, netns: u64) {
         for lane in &self.idle_http1 {
-            lane.lists.locked().retain(|(_, n, _, _), _| *n != netns);
+            lane.lists.locked().retain(|(_, n, _, _, _), _| *n != netns);
         }
         self.clients.locked().map.retain(|k, _| k.netns != netns);
     }
@@ -517,9 +530,14 @@ impl Upstreams {
             return None;
         }
         let mut idle = self.idle_lane(slot.lane);
-        let kept = idle
-            .entry((dst, netns, conn.identity().cloned(), slot.owner))
-            .or_default();
+        let key = (
+            dst,
+            netns,
+            conn.identity().cloned(),
+            slot.owner,
+            conn.carries_credentials(),
+        );
+        let kept = idle.entry(key).or_default();
         if kept.len() < IDLE_PER_DESTINATION {
             kept.push((Instant::now(), conn));
             None
@@ -528,15 +546,9 @@ impl Upstreams {
         }
     }
 
-    fn kept_http1(
-        &self,
-        slot: &Http1Slot,
-        dst: SocketAddr,
-        netns: u64,
-        tls: Option<TlsIdentity>,
-    ) -> Option<Upstream1> {
+    fn kept_http1(&self, slot: &Http1Slot, key: IdleKey) -> Option<Upstream1> {
         let mut idle = self.idle_lane(slot.lane);
-        let kept = idle.get_mut(&(dst, netns, tls, slot.owner))?;
+        let kept = idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some((at, mut c)) = kept.pop() {
             if self.still_usable(at, now, &mut c) {
@@ -562,6 +574,7 @@ impl Upstreams {
             netns: key.netns,
             namespaces: self.namespaces.clone(),
             peers: self.peers.clone().filter(|_| key.guarded),
+            credential: key.guarded,
             tls: key
                 .tls
                 .as_ref()
@@ -594,8 +607,10 @@ pub struct Connector {
     dst: SocketAddr,
     netns: u64,
     namespaces: Option<Arc<Namespaces>>,
-    /// Set for a guarded key's client: each connection's peer is vetted before its first call.
+    /// Set for a guarded key's client: who would take a connection is looked at first.
     peers: Option<Peers>,
+    /// A guarded key's client: its connections are marked to carry credentials.
+    credential: bool,
     tls: Option<(String, TlsConnector)>,
     timeout: Duration,
 }
@@ -612,16 +627,17 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            if let Some(peers) = &this.peers {
+                peers.before_connect(this.dst, this.netns).await?;
+            }
             let tcp = super::connect_from(
                 this.namespaces.as_deref(),
                 this.netns,
                 this.dst,
                 this.timeout,
+                this.credential,
             )
             .await?;
-            if let Some(peers) = &this.peers {
-                peers.check(tcp.local_addr()?, this.dst, this.netns).await?;
-            }
             let Some((name, connector)) = this.tls else {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             };
@@ -647,16 +663,6 @@ impl tower_service::Service<Uri> for Connector {
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl UpstreamStream {
-    /// The TCP connection under it.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            UpstreamStream::Plain(s) => s,
-            UpstreamStream::Tls(t) => t.get_ref().0,
-        }
-    }
 }
 
 impl Connection for UpstreamStream {
