@@ -14,8 +14,8 @@ use callgate_e2e::*;
 const SECRET: &str = "gw-key-5b1e0c7d9a";
 
 /// An HTTP/1.1 server on address argv[2], port argv[3] (0: a free one), that writes each
-/// request's headers, one JSON line each, to the file in argv[1] and answers 200 with them;
-/// prints its port.
+/// request's headers (and a POST's body), one JSON line each, to the file in argv[1] and
+/// answers a GET 200 with them; prints its port.
 const LISTENER: &str = r#"
 import http.server, json, sys
 seen = open(sys.argv[1], "a")
@@ -30,6 +30,14 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        heads = {k.lower(): v for k, v in self.headers.items()}
+        heads["body"] = self.rfile.read(n).decode("latin-1")
+        seen.write(json.dumps(heads) + "\n"); seen.flush()
+        self.send_response(400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *a):
         pass
 s = http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[3])), H)
@@ -751,3 +759,64 @@ s.socket = ls
 print(ls.getsockname()[1], flush=True)
 s.serve_forever()
 "#;
+
+/// The gateway's own calls (here: the OAuth2 client credentials grant for a token it
+/// injects, with its client secret) bear the same mark: a governed workload listening where
+/// the token endpoint should be (on loopback, while the provider is down) never receives the
+/// secret, nor answers with a token of its making.
+#[test]
+fn the_gateways_own_calls_never_reach_a_governed_listener() {
+    let test = "the_gateways_own_calls_never_reach_a_governed_listener";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let client_secret = dir.join("client.secret");
+    fs::write(&client_secret, "support-bot-secret\n").expect("secret");
+    let up = upstream(&dir, None);
+    let token_port = free_port();
+    let repo = format!(
+        r#"default_action: deny
+unknown_destination: deny
+credentials:
+  upstream-token:
+    oauth2:
+      token_url: "http://127.0.0.1:{token_port}/token"
+      client_id: support-bot
+      client_secret: {{ file: "{}" }}
+"#,
+        client_secret.display()
+    );
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  echo: {{ route: "GET /echo" }}
+rules:
+  - {{ name: echo, function: echo, action: allow }}
+credentials:
+  inject: {{ header: Authorization, from: {{ credential: upstream-token }}, format: "Bearer {{}}" }}
+"#,
+        up.port
+    );
+    let policies = policy_repo(&dir, &repo, &[("payments", &service)]);
+    let gw = quick_gateway(&dir, &policies);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let (_fake, seen, _) = listen(&dir, Some(&cg), None, "127.0.0.1", token_port);
+    let out = call(&cg, None, &format!("http://127.0.0.1:{}/echo", up.port));
+    assert!(
+        out.ends_with("\n503") && out.contains("credential_unavailable"),
+        "no token, no call: {out}\n{}",
+        gw.log()
+    );
+    assert!(
+        heard(&seen).is_empty(),
+        "the governed listener got the gateway's token request (client id and secret): {}",
+        heard(&seen)
+    );
+    assert!(up.requests().is_empty(), "nothing went upstream");
+    assert!(gw.kernel_counter("credential_refused") > 0);
+}

@@ -86,7 +86,7 @@ pub async fn connect_from(
             None => tokio::net::TcpSocket::new_v4()?,
         };
         if credential {
-            mark_credential(&socket, dst.is_ipv6())?;
+            crate::util::net::mark_gateways_own(&socket, dst.is_ipv6())?;
         }
         socket.connect(dst).await
     };
@@ -105,18 +105,6 @@ pub async fn connect_from(
         .map_err(|source| ForwardError::Connect { dst, source })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// Sends what `socket` sends with the credential mark: the DSCP the kernel's guard drops at
-/// the sockets of enabled cgroups.
-fn mark_credential(socket: &tokio::net::TcpSocket, v6: bool) -> io::Result<()> {
-    let class = u32::from(gateway_common::CREDENTIAL_DSCP) << 2;
-    let s = socket2::SockRef::from(socket);
-    if v6 {
-        s.set_tclass_v6(class)
-    } else {
-        s.set_tos_v4(class)
-    }
 }
 
 /// Copies until both directions reach end of stream, one side fails, or nothing moves for

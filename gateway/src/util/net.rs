@@ -1,6 +1,21 @@
 //! Addresses as people write them (`10.0.0.0/8:443`, `host:port`) and as the kernel keeps
-//! them (four network-order words).
+//! them (four network-order words), and the mark on the gateway's own connections.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Marks what `socket` will send as the gateway's own (DSCP `CREDENTIAL_DSCP`, from its SYN
+/// on): a connection that carries a credential the gateway injects, or the gateway's own call
+/// to an identity provider, a token endpoint or a webhook. The eBPF ingress program drops such
+/// packets at every socket of an enabled cgroup, so no governed workload ever answers one,
+/// wherever it listens (see `intercept::peers`).
+pub fn mark_gateways_own(socket: &tokio::net::TcpSocket, v6: bool) -> std::io::Result<()> {
+    let class = u32::from(gateway_common::CREDENTIAL_DSCP) << 2;
+    let s = socket2::SockRef::from(socket);
+    if v6 {
+        s.set_tclass_v6(class)
+    } else {
+        s.set_tos_v4(class)
+    }
+}
 
 /// A network and a port range: `CIDR[:PORT[-PORT]]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

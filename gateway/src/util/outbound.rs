@@ -1,21 +1,85 @@
-//! The gateway's own outbound HTTP — OIDC discovery and key sets, approval webhooks — as
-//! opposed to forwarded calls: hyper with rustls (system roots), bounded in time and size.
-use std::time::Duration;
+//! The gateway's own outbound HTTP — OIDC discovery and key sets, token endpoints, approval
+//! webhooks — as opposed to forwarded calls: hyper with rustls (system roots), bounded in time
+//! and size. Its connections bear the gateway's mark ([`super::net::mark_gateways_own`]): a
+//! governed workload listening where a provider should be (a loopback provider that is down)
+//! never receives its client secret nor serves it keys.
+use std::{future::Future, io, pin::Pin, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
 };
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Largest answer read (a discovery document, a key set, a webhook's reply).
 const MAX_ANSWER: usize = 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to a URI's host and port (each address it resolves to in turn) with the
+/// gateway's mark on the socket.
+#[derive(Clone)]
+pub struct Marked {
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Marked {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URL"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let mut last = None;
+            for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
+                let socket = if addr.is_ipv6() {
+                    TcpSocket::new_v6()?
+                } else {
+                    TcpSocket::new_v4()?
+                };
+                super::net::mark_gateways_own(&socket, addr.is_ipv6())?;
+                match tokio::time::timeout(timeout, socket.connect(addr)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok(TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connecting to {addr}: no handshake within {timeout:?}"),
+                        ))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
+            }))
+        })
+    }
+}
 
 #[derive(Clone)]
 pub struct Outbound {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<Marked>, Full<Bytes>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +94,13 @@ impl Outbound {
     pub fn new(mut tls: rustls::ClientConfig) -> Self {
         // hyper-rustls sets ALPN itself, for the protocols it is told to speak.
         tls.alpn_protocols.clear();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(Marked {
+                timeout: CONNECT_TIMEOUT,
+            });
         Self {
             client: Client::builder(TokioExecutor::new()).build(https),
         }
