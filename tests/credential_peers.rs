@@ -57,25 +57,9 @@ fn a_credential_never_reaches_a_governed_listener() {
     let up = upstream(&dir, None);
     // The real server, outside the governed cgroup; and a port whose server is down.
     let down_port = free_port();
-    let service = |name: &str, hosts: &str| {
-        format!(
-            r#"
-service: {name}
-match: {{ hosts: [{hosts}] }}
-protocol: rest
-functions:
-  echo: {{ route: "GET /echo" }}
-rules:
-  - {{ name: echo, function: echo, action: allow }}
-credentials:
-  inject: {{ header: X-Api-Key, from: {{ file: "{file}" }} }}
-"#,
-            file = secret.display()
-        )
-    };
     // Any port of 127.0.0.1 (what `policy lint` warns about), and one host:port.
-    let any_port = service("internal", r#""127.0.0.1""#);
-    let one_port = service("billing", &format!(r#""127.0.0.2:{down_port}""#));
+    let any_port = injecting("internal", r#""127.0.0.1""#, &secret);
+    let one_port = injecting("billing", &format!(r#""127.0.0.2:{down_port}""#), &secret);
     let policies = policy_repo(
         &dir,
         "default_action: deny\nunknown_destination: deny\n",
@@ -108,27 +92,8 @@ credentials:
 
     // A governed workload's own listeners: a free port of 127.0.0.1, and the port of the
     // service whose server is down.
-    let script = dir.join("listener.py");
-    fs::write(&script, LISTENER).expect("script");
-    let python = party_python();
     for (host, port) in [("127.0.0.1", 0u16), ("127.0.0.2", down_port)] {
-        let seen = dir.join(format!("seen-{port}.jsonl"));
-        let log = dir.join(format!("listener-{port}.log"));
-        let bind_port = port.to_string();
-        let mut listener = cg.spawn(
-            &[
-                python.to_str().expect("python path"),
-                script.to_str().expect("script path"),
-                seen.to_str().expect("seen path"),
-                host,
-                &bind_port,
-            ],
-            &log,
-        );
-        let port: u16 = wait_for(Duration::from_secs(10), || {
-            fs::read_to_string(&log).ok()?.trim().parse().ok()
-        })
-        .expect("the listener's port");
+        let (listener, seen, port) = listen(&dir, Some(&cg), None, host, port);
         for proto in ["--http1.1", "--http2-prior-knowledge"] {
             let (code, out) = curl_in(
                 &cg,
@@ -150,13 +115,11 @@ credentials:
                 "the answer holds the credential: {out}"
             );
         }
-        let heard = fs::read_to_string(&seen).unwrap_or_default();
         assert!(
-            !heard.contains(SECRET),
-            "the governed listener at {host}:{port} received the credential: {heard}"
+            !heard(&seen).contains(SECRET),
+            "the governed listener at {host}:{port} received the credential"
         );
-        let _ = listener.kill();
-        let _ = listener.wait();
+        drop(listener);
     }
     let recs = wait_for(Duration::from_secs(10), || {
         let r = records(&gw);
