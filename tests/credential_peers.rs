@@ -52,22 +52,18 @@ fn a_credential_never_reaches_a_governed_listener() {
         return;
     }
     let dir = TestDir::new(test);
-    let secret = dir.join("k.secret");
-    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let secret = secret_file(&dir);
     let up = upstream(&dir, None);
     // The real server, outside the governed cgroup; and a port whose server is down.
     let down_port = free_port();
     // Any port of 127.0.0.1 (what `policy lint` warns about), and one host:port.
     let any_port = injecting("internal", r#""127.0.0.1""#, &secret);
     let one_port = injecting("billing", &format!(r#""127.0.0.2:{down_port}""#), &secret);
-    let policies = policy_repo(
+    let (gw, cg) = governed(
+        test,
         &dir,
-        "default_action: deny\nunknown_destination: deny\n",
         &[("internal", &any_port), ("billing", &one_port)],
     );
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
 
     // The real server gets the credential.
     let (code, _) = curl_in(
@@ -274,6 +270,26 @@ fn heard(seen: &std::path::Path) -> String {
     fs::read_to_string(seen).unwrap_or_default()
 }
 
+/// The secret the tests' services inject, in a file of `dir`.
+fn secret_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let secret = dir.join("k.secret");
+    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    secret
+}
+
+/// A gateway with `services` (unknown destinations denied) and a cgroup it governs.
+fn governed(test: &str, dir: &std::path::Path, services: &[(&str, &str)]) -> (Gateway, TestCgroup) {
+    let policies = policy_repo(
+        dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        services,
+    );
+    let gw = quick_gateway(dir, &policies);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    (gw, cg)
+}
+
 /// A gateway whose upstream connects give up after 1.5 s: a governed listener the kernel keeps
 /// a credential-bearing connection from never completes the handshake.
 fn quick_gateway(dir: &std::path::Path, policies: &std::path::Path) -> Gateway {
@@ -299,8 +315,7 @@ fn a_governed_listener_in_another_namespace_gets_no_credential() {
         return;
     }
     let dir = TestDir::new(test);
-    let secret = dir.join("k.secret");
-    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let secret = secret_file(&dir);
     let net = subnet(216);
     let (w_ip, l_ip) = (format!("{net}.1"), format!("{net}.2"));
     let (w, l) = (Netns::new("cgw"), Netns::new("cgl"));
@@ -325,14 +340,7 @@ fn a_governed_listener_in_another_namespace_gets_no_credential() {
         &format!(r#""{l_ip}:{port}", "{l_ip}:{real_port}""#),
         &secret,
     );
-    let policies = policy_repo(
-        &dir,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("internal", &svc)],
-    );
-    let gw = quick_gateway(&dir, &policies);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
+    let (gw, cg) = governed(test, &dir, &[("internal", &svc)]);
     let (_governed, seen, _) = listen(&dir, Some(&cg), Some(&l), &l_ip, port);
     let (_real, real_seen, _) = listen(&dir, None, Some(&l), &l_ip, real_port);
     let out = call(&cg, Some(&w), &format!("http://{l_ip}:{port}/echo"));
@@ -360,36 +368,10 @@ fn a_governed_listener_behind_a_veth_from_the_host_gets_no_credential() {
         return;
     }
     let dir = TestDir::new(test);
-    let secret = dir.join("k.secret");
-    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
-    let net = subnet(217);
-    let (h_ip, l_ip) = (format!("{net}.1"), format!("{net}.2"));
-    let l = Netns::new("cgh");
-    let host_if = format!("cgh{}", std::process::id() % 100_000);
-    ip(&[
-        "link", "add", &host_if, "type", "veth", "peer", "name", "cg-l", "netns", &l.0,
-    ]);
-    ip(&["addr", "add", &format!("{h_ip}/24"), "dev", &host_if]);
-    ip(&["link", "set", &host_if, "up"]);
-    ip(&[
-        "-n",
-        &l.0,
-        "addr",
-        "add",
-        &format!("{l_ip}/24"),
-        "dev",
-        "cg-l",
-    ]);
-    ip(&["-n", &l.0, "link", "set", "cg-l", "up"]);
+    let secret = secret_file(&dir);
+    let (l, _link, net, l_ip) = behind_a_veth(217, "cgh");
     let svc = injecting("internal", &format!(r#""{net}.0/24""#), &secret);
-    let policies = policy_repo(
-        &dir,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("internal", &svc)],
-    );
-    let gw = quick_gateway(&dir, &policies);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
+    let (gw, cg) = governed(test, &dir, &[("internal", &svc)]);
     let (_governed, seen, _) = listen(&dir, Some(&cg), Some(&l), &l_ip, 8080);
     let out = call(&cg, None, &format!("http://{l_ip}:8080/echo"));
     assert!(
@@ -443,20 +425,12 @@ fn no_credential_leaves_a_namespace_the_workload_owns() {
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new(test);
-    let secret = dir.join("k.secret");
-    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let secret = secret_file(&dir);
     fs::set_permissions(&*dir, fs::Permissions::from_mode(0o755)).expect("chmod");
     let net = subnet(218);
     let (a_ip, b_ip) = (format!("{net}.1"), format!("{net}.2"));
     let svc = injecting("internal", &format!(r#""{b_ip}:8080""#), &secret);
-    let policies = policy_repo(
-        &dir,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("internal", &svc)],
-    );
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
+    let (gw, cg) = governed(test, &dir, &[("internal", &svc)]);
     for mode in ["veth", "nat"] {
         let work = dir.join(mode);
         fs::create_dir_all(&work).expect("work dir");
@@ -557,19 +531,11 @@ fn what_no_search_sees_the_kernel_still_guards() {
         return;
     }
     let dir = TestDir::new(test);
-    let secret = dir.join("k.secret");
-    fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    let secret = secret_file(&dir);
     let (l, _link, net, l_ip) = behind_a_veth(227, "cgv");
     let (a, b) = (subnet(229), subnet(230));
     let svc = injecting("internal", &format!(r#""{net}.0/24", "{b}.0/24""#), &secret);
-    let policies = policy_repo(
-        &dir,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("internal", &svc)],
-    );
-    let gw = quick_gateway(&dir, &policies);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
+    let (gw, cg) = governed(test, &dir, &[("internal", &svc)]);
 
     // An unrelated host service on 0.0.0.0, outside every enabled cgroup, and the governed
     // listener behind the veth on the same port.
