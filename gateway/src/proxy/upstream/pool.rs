@@ -143,8 +143,9 @@ pub struct UpstreamKey {
     /// The workload whose calls the client carries: its connections are not another's (see
     /// [`Owner`]).
     pub owner: Owner,
-    /// Its calls carry a credential the gateway injects: each connection's peer is vetted
-    /// before it carries one (see [`Upstreams::with_peers`]).
+    /// Its calls carry a credential the gateway injects: its connections are made for
+    /// credentials (marked for the kernel's guard; who would take one is looked at first, see
+    /// [`Upstreams::with_peers`]).
     pub guarded: bool,
 }
 
@@ -158,8 +159,8 @@ pub struct Upstreams {
     idle: Duration,
     /// Makes the sockets of upstream connections in the workloads' network namespaces.
     namespaces: Option<Arc<Namespaces>>,
-    /// Who answers an upstream connection: none carries an injected credential to a governed
-    /// workload. Without it (no interception), peers are not vetted.
+    /// Who would take a connection made for credentials (see `intercept::peers`). Without it
+    /// (no interception) nobody is looked at; the mark is set all the same.
     peers: Option<Peers>,
 }
 
@@ -361,7 +362,7 @@ impl Upstreams {
     /// puts that connection back in `slot` for the next request when it ends. A kept
     /// connection the upstream closed meanwhile is replaced, and the request, which it never
     /// took, goes on the new one. `guarded`: the request carries an injected credential, and
-    /// goes only on a connection whose peer is vetted.
+    /// goes only on a connection made for credentials.
     pub async fn send_http1(
         &self,
         slot: &Http1Slot,
@@ -377,9 +378,9 @@ impl Upstreams {
             .and_then(|mut c| (!c.looks_closed()).then_some(c));
         let held = match held {
             // A request on the same connection naming another server (no SNI, another Host)
-            // needs an upstream verified as that one, and one with a credential a connection
-            // made for credentials (one without, one without): the held one waits for its own
-            // kind.
+            // needs an upstream verified as that one, and a request with a credential a
+            // connection made for credentials (and one without, one made without): the held
+            // one waits for its own kind.
             Some(c)
                 if !same_tls(tls.as_ref(), c.identity()) || c.carries_credentials() != guarded =>
             {
