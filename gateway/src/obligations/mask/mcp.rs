@@ -15,8 +15,10 @@
 //! With field paths to apply, a message longer than the limit is withheld instead
 //! (`[MASKED:unparsed]`): detectors alone would let the fields through.
 //!
-//! A session stream (an MCP `GET`) may carry any call's answer, a `tools/list` one included:
-//! its masker is given the filter a listing passes through ([`ToolFilter`]).
+//! Any MCP stream may carry any call's answer, a `tools/list` one included (a session's `GET`
+//! stream resumed with `Last-Event-ID` replays answers; a server may answer one request on
+//! another's stream): the masker is given the filter a listing passes through
+//! ([`ToolFilter`]) and applies it to every message with a tool list in its result.
 use std::sync::Arc;
 
 use serde_json::Value as Json;
