@@ -749,3 +749,39 @@ credentials:
     assert!(up.requests().is_empty(), "nothing went upstream");
     assert!(gw.kernel_counter("credential_refused") > 0);
 }
+
+/// The look before dialling does not refuse what it cannot judge: a governed workload
+/// listening on 0.0.0.0 at a remote server's port (the kernel's lookup takes such a listener
+/// for one of any address) does not make another tenant's credential calls to that server
+/// fail. Four at once, so that some need new connections.
+#[test]
+fn a_wildcard_listener_does_not_withhold_calls_to_other_hosts() {
+    let test = "a_wildcard_listener_does_not_withhold_calls_to_other_hosts";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let secret = secret_file(&dir);
+    // The remote server, in a namespace of its own behind a veth, outside every cgroup.
+    let (r, _link, _, r_ip) = behind_a_veth(231, "cgr");
+    let (_server, remote_seen, port) = listen(&dir, None, Some(&r), &r_ip, 0);
+    let svc = injecting("remote", &format!(r#""{r_ip}:{port}""#), &secret);
+    let (gw, victim) = governed(test, &dir, &[("remote", &svc)]);
+    let squatter = TestCgroup::new(&format!("{test}-squatter"));
+    gw.enable(&squatter);
+    let (_squat, _, _) = listen(&dir, Some(&squatter), None, "0.0.0.0", port);
+    let url = format!("http://{r_ip}:{port}/echo");
+    let outs: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| call(&victim, None, &url)))
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("call")).collect()
+    });
+    for out in &outs {
+        assert!(out.ends_with("\n200"), "the remote server answered: {out}");
+    }
+    assert!(
+        heard(&remote_seen).contains(SECRET),
+        "the remote server got the credential"
+    );
+}

@@ -11,10 +11,10 @@
 //! receives them, wherever that socket is (another network namespace, behind a veth, a
 //! bridge or address translation, handed over from another process after it was made): the
 //! handshake never completes and the gateway's connect times out. The one that explains is
-//! this module's: before such a connection is dialled, the listener that would take it in the
-//! namespace it leaves from is found with `sock_diag` (the kernel's own lookup for a SYN) and,
-//! when it was made in an enabled cgroup or below, the call is answered 403
-//! `credential_withheld` at once, saying whose it is.
+//! this module's: before such a connection is dialled to a loopback address, the listener
+//! that would take it in the namespace it leaves from is found with `sock_diag` (the kernel's
+//! own lookup for a SYN) and, when it was made in an enabled cgroup or below, the call is
+//! answered 403 `credential_withheld` at once, saying whose it is.
 //!
 //! A network namespace owned by a user namespace other than the gateway's (`unshare -Urn`, a
 //! rootless container) is its owner's to route, NAT and re-mark packets in: no credential is
@@ -74,6 +74,14 @@ impl Peers {
     pub async fn before_connect(&self, dst: SocketAddr, netns: u64) -> Result<(), PeerError> {
         if self.namespaces.user_owned(netns) {
             return Err(PeerError::UserNamespace { dst });
+        }
+        // The kernel's lookup takes a listener on 0.0.0.0 for one of any address, while a SYN
+        // to an address that is not this namespace's never reaches it: looked at for loopback
+        // destinations only, or a governed wildcard listener would withhold every tenant's
+        // calls to remote servers on its port.
+        let ip = dst.ip().to_canonical();
+        if !ip.is_loopback() && !ip.is_unspecified() {
+            return Ok(());
         }
         let failed = |e: std::io::Error| PeerError::Unknown {
             dst,
