@@ -253,6 +253,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         ),
         pins: pins.clone(),
         workload_blocks: Default::default(),
+        mcp_in_flight: Default::default(),
     });
     let mut tasks = Vec::new();
     if let Some(t) = approvals

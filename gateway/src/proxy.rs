@@ -68,4 +68,6 @@ pub struct ProxyInputs {
     pub pins: Arc<crate::mcp::pins::PinStore>,
     /// The last workload blocks made for records (see [`accept::WorkloadBlocks`]).
     pub workload_blocks: accept::WorkloadBlocks,
+    /// The MCP requests under way, by session and id (see [`http::InFlight`]).
+    pub mcp_in_flight: crate::proxy::http::InFlight,
 }

@@ -1,5 +1,5 @@
 //! Small helpers every stage shares and none owns: files written atomically, JSON paths, JSON
-//! structure 64 bytes at a time, signed notes, the guard on URLs the gateway itself calls out
+//! structure 64 bytes at a time, server-sent events as clients read them, signed notes, the guard on URLs the gateway itself calls out
 //! to, time, locks that survive a panicked holder, and the allocator's housekeeping.
 
 /// The maps the data path looks names up in on every call. Keys come only from the policy
@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod net;
 pub mod note;
 pub mod outbound;
+pub mod sse;
 pub mod sync;
 pub mod time;
 pub mod visible;

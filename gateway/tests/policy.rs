@@ -1386,7 +1386,7 @@ fn lint_warns_on_credentials_sent_to_any_local_port() {
             .collect();
         let got = findings
             .iter()
-            .any(|f| f.contains("receives the credential") && f.contains("svc.yaml:2:"));
+            .any(|f| f.contains("is taken for this service") && f.contains("svc.yaml:2:"));
         assert_eq!(got, warned, "{hosts}: {findings:#?}");
     }
 }

@@ -54,6 +54,7 @@ use crate::{
 };
 
 pub use budget::{ConnectionBudget, InspectionBudget};
+pub use mcp_check::InFlight;
 pub use streaming::Recording;
 pub use whole::filter_tools;
 
@@ -350,6 +351,23 @@ impl Conn {
             metrics.call(service.map(|s| &s.name), declared, outcome);
         }
 
+        // Under way until its answer is done: a second request with its id in the session
+        // would take its answer (see `mcp_check::InFlight`).
+        let in_flight = match service.filter(|_| kind == Kind::Mcp) {
+            Some(s) => match mcp_check::in_flight(&self, s, &parts.headers, &decided) {
+                Ok(guards) => guards,
+                Err(why) => {
+                    let r = Refusal::new(StatusCode::BAD_REQUEST, "duplicate_request_id", why);
+                    let Some(one) = decided.into_iter().next() else {
+                        return reply::empty(StatusCode::BAD_REQUEST);
+                    };
+                    return self
+                        .refuse(recording, kind, one.call, Some(&one.decision), r)
+                        .await;
+                }
+            },
+            None => Vec::new(),
+        };
         if extracted.batch {
             return whole::batch(&self, service, &snap, parts, decided, recording).await;
         }
@@ -449,14 +467,16 @@ impl Conn {
         // resumed with `Last-Event-ID` replays them, and a server may answer a listing on a
         // stream other than the listing's own.
         let tools = match service {
-            Some(s) if kind == Kind::Mcp => Some(whole::session_tools(
+            Some(s) if kind == Kind::Mcp => Some(whole::tool_filter(
                 &self,
                 snap.clone(),
                 s,
                 one.caller.clone(),
+                None,
             )),
             _ => None,
         };
-        self.respond(kind, version, resp, one, recording, tools)
+        let mcp = respond::McpAnswer { tools, in_flight };
+        self.respond(kind, version, resp, one, recording, mcp)
     }
 }

@@ -9,11 +9,14 @@
 //! SDKs wrap (FastMCP puts a result that is not an object in `structuredContent` as
 //! `{"result": …}`, its text holding the bare value) to what is wrapped too.
 //!
-//! An event stream is read line by line: each `data:` line holding one JSON message is masked
-//! as JSON and written back as one line; any other line, a `data:` line that is not JSON, or a
-//! line longer than the limit is masked as text. A JSON answer is read whole, up to the limit.
-//! With field paths to apply, a message longer than the limit is withheld instead
-//! (`[MASKED:unparsed]`): detectors alone would let the fields through.
+//! An event stream is read event by event as clients read it ([`crate::util::sse`]: CR, LF or
+//! CRLF line endings, a message split over several `data` lines): each event's message is
+//! masked as JSON and written back on one `data` line; its comments and `id`, `event` and
+//! `retry` fields are masked as text. An event whose data is not a JSON message, or longer
+//! than the limit, is withheld (`[MASKED:unparsed]`, or an error to the request the answer is
+//! for): a client would read what the masks and the tool-list filter could not. A JSON answer
+//! is read whole, up to the limit; past it, or not JSON, it is withheld as well when there
+//! are field paths to apply or tool lists to filter, and masked as text otherwise.
 //!
 //! Any MCP stream may carry any call's answer, a `tools/list` one included (a session's `GET`
 //! stream resumed with `Last-Event-ID` replays answers; a server may answer one request on
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use super::{BodyKind, BodyMasker, MaskKey, MaskRules, MaskStats, TextMasker};
+use crate::util::sse::{Event, Events};
 
 /// The masker for an MCP answer of `kind` with head `headers`: message by message when it is
 /// an event stream or JSON, else as any other body. `max`: the most held of one message.
@@ -69,18 +73,18 @@ pub fn is_event_stream(h: &http::HeaderMap) -> bool {
 pub struct McpMasker {
     rules: Arc<MaskRules>,
     key: MaskKey,
-    /// An event stream (line by line) rather than one JSON document.
-    events: bool,
-    /// Bytes of the line (or document) not yet complete.
+    /// An event stream, read event by event ([`crate::util::sse`]); None: one JSON document.
+    events: Option<Events>,
+    /// The JSON document so far.
     held: Vec<u8>,
-    /// The most held before falling back to text.
+    /// The most held of one message (an event, or the document).
     max: usize,
-    /// Masks what is not a JSON message, and an over-long line as it streams.
+    /// Masks a document that is not JSON, or past `max`, when nothing needs it parsed.
     text: TextMasker,
-    /// The current line went over `max`: it streams through `text` to its end.
+    /// The document went over `max`: it streams through `text` to its end, or is withheld.
     overlong: bool,
-    /// What went over `max` is withheld, not masked as text (there are field paths).
-    withholding: bool,
+    /// The document was withheld: nothing more of it is written.
+    withheld: bool,
     /// What every message with a `tools/list` result passes through first.
     tools: Option<ToolFilter>,
     /// The id of the request this answers, if one: what is withheld is then answered as an
@@ -96,11 +100,11 @@ impl McpMasker {
             text: TextMasker::json(rules.clone(), key.clone()),
             rules,
             key,
-            events,
+            events: events.then(Events::default),
             held: Vec::new(),
             max,
             overlong: false,
-            withholding: false,
+            withheld: false,
             tools: None,
             rpc_id: None,
             stats: MaskStats::default(),
@@ -108,109 +112,101 @@ impl McpMasker {
         }
     }
 
-    /// Past `max` with field paths to apply: the rest of the message is withheld, said once
-    /// (as a JSON string, `data:` line of one in an event stream).
-    fn withhold(&mut self, data_line: bool, out: &mut Vec<u8>) {
-        self.overlong = true;
-        self.withholding = true;
-        self.held.clear();
-        self.stats.masked += 1;
-        if data_line || !self.events {
-            if self.events {
-                out.extend_from_slice(b"data: ");
-            }
-            match &self.rpc_id {
-                Some(id) => {
-                    let error = serde_json::json!({
-                        "jsonrpc": "2.0",
-                        "id": id,
-                        "error": {
-                            "code": -32603,
-                            "message": "callgate: the answer is longer than the gateway holds to apply the service's field masks, and is withheld ([MASKED:unparsed])",
-                        },
-                    });
-                    out.extend_from_slice(&serde_json::to_vec(&error).unwrap_or_default());
-                }
-                None => out.extend_from_slice(b"\"[MASKED:unparsed]\""),
-            }
-        }
-        tracing::debug!(
-            "an MCP message longer than the limit is withheld: there are field paths to mask"
-        );
+    /// Gives every message with a `tools/list` result to `filter` first.
+    pub fn set_tools(&mut self, filter: ToolFilter) {
+        self.tools = Some(filter);
     }
 
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
-        if !self.events {
-            if self.withholding {
-                return;
+    /// A message that cannot be read must not pass: field paths to apply, or tool lists to
+    /// filter, need it parsed.
+    fn strict(&self) -> bool {
+        self.rules.has_fields() || self.tools.is_some()
+    }
+
+    /// What stands for a withheld message: an error to the request it answers, when there is
+    /// one, else `"[MASKED:unparsed]"`.
+    fn withheld_message(&mut self, why: &str) -> Vec<u8> {
+        self.stats.masked += 1;
+        self.stats.json_fallback = true;
+        tracing::debug!(why, "an MCP message is withheld");
+        match &self.rpc_id {
+            Some(id) => serde_json::to_vec(&serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": -32603,
+                    "message": format!("callgate: the answer {why}, and is withheld ([MASKED:unparsed])"),
+                },
+            }))
+            .unwrap_or_default(),
+            None => b"\"[MASKED:unparsed]\"".to_vec(),
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if let Some(mut events) = self.events.take() {
+            let mut done = Vec::new();
+            events.push(chunk, |e| done.push(e));
+            for e in done {
+                self.event(e, out);
             }
-            if self.overlong {
-                return self.text.push(chunk, out);
+            if events.held() > self.max {
+                // The rest of this event is skipped; what stands for it ends it.
+                events.skip_event();
+                out.extend_from_slice(b"data: ");
+                let w = self.withheld_message("is longer than the gateway holds to read it");
+                out.extend_from_slice(&w);
+                out.extend_from_slice(b"\n\n");
             }
-            self.held.extend_from_slice(chunk);
-            if self.held.len() > self.max {
-                self.stats.json_fallback = true;
-                if self.rules.has_fields() {
-                    return self.withhold(false, out);
-                }
-                self.overlong = true;
-                let held = std::mem::take(&mut self.held);
-                self.text.push(&held, out);
-            }
+            self.events = Some(events);
             return;
         }
-        while !chunk.is_empty() {
-            let (line, rest, complete) = match memchr::memchr(b'\n', chunk) {
-                Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
-                None => (chunk, &[][..], false),
-            };
-            chunk = rest;
-            if self.withholding {
-                if complete {
-                    out.push(b'\n');
-                    self.withholding = false;
-                    self.overlong = false;
-                }
-                continue;
+        if self.withheld {
+            return;
+        }
+        if self.overlong {
+            return self.text.push(chunk, out);
+        }
+        self.held.extend_from_slice(chunk);
+        if self.held.len() > self.max {
+            self.stats.json_fallback = true;
+            if self.strict() {
+                self.withheld = true;
+                self.held = Vec::new();
+                let w = self.withheld_message("is longer than the gateway holds to read it");
+                out.extend_from_slice(&w);
+                return;
             }
-            if self.overlong {
-                self.text.push(line, out);
-                if complete {
-                    self.end_text(out);
-                }
-                continue;
-            }
-            self.held.extend_from_slice(line);
-            if complete {
-                let line = std::mem::take(&mut self.held);
-                self.line(&line, out);
-            } else if self.held.len() > self.max {
-                if self.rules.has_fields() {
-                    let data = self.held.starts_with(b"data:");
-                    self.withhold(data, out);
-                    continue;
-                }
-                self.overlong = true;
-                let held = std::mem::take(&mut self.held);
-                self.text.push(&held, out);
-            }
+            self.overlong = true;
+            let held = std::mem::take(&mut self.held);
+            self.text.push(&held, out);
         }
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.withholding {
+        if let Some(mut events) = self.events.take() {
+            let mut done = Vec::new();
+            events.finish(|e| done.push(e));
+            for e in done {
+                self.event(e, out);
+            }
+            self.events = Some(events);
+            return;
+        }
+        if self.withheld {
             return;
         }
         let held = std::mem::take(&mut self.held);
-        if self.events {
-            if !held.is_empty() {
-                self.line(&held, out);
-            }
-        } else if !held.is_empty() {
+        if !held.is_empty() {
             match serde_json::from_slice::<Json>(&held) {
                 Ok(mut v) => {
+                    self.scanned += held.len() as u64;
                     self.message(&mut v);
                     out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                }
+                Err(_) if self.strict() => {
+                    let w = self.withheld_message("is not JSON the gateway can read");
+                    out.extend_from_slice(&w);
                 }
                 Err(_) => {
                     self.stats.json_fallback = true;
@@ -218,44 +214,75 @@ impl McpMasker {
                 }
             }
         }
-        self.end_text(out);
+        self.text.finish(out);
+        self.stats.masked += self.text.stats.masked;
     }
 
     pub fn scanned(&self) -> u64 {
         self.scanned + self.text.scanned()
     }
 
-    /// Releases what the text masker holds and starts it afresh (a line ended).
-    fn end_text(&mut self, out: &mut Vec<u8>) {
-        self.text.finish(out);
-        self.stats.masked += self.text.stats.masked;
-        self.scanned += self.text.scanned();
-        self.text = TextMasker::json(self.rules.clone(), self.key.clone());
-        self.overlong = false;
+    /// `bytes` masked as text (detectors), on their own.
+    fn masked_text(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut text = TextMasker::json(self.rules.clone(), self.key.clone());
+        let mut out = Vec::with_capacity(bytes.len());
+        text.push(bytes, &mut out);
+        text.finish(&mut out);
+        self.stats.masked += text.stats.masked;
+        self.scanned += text.scanned();
+        out
     }
 
-    /// One whole line of an event stream.
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        let body_end = line.len()
-            - line
-                .iter()
-                .rev()
-                .take_while(|b| matches!(b, b'\r' | b'\n'))
-                .count();
-        let (body, ending) = line.split_at(body_end);
-        if let Some(data) = body.strip_prefix(b"data:") {
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            if let Ok(mut v) = serde_json::from_slice::<Json>(data) {
-                self.scanned += data.len() as u64;
-                self.message(&mut v);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
-                out.extend_from_slice(ending);
-                return;
-            }
+    /// One event, written back with LF line endings: its comments and `id`, `event` and
+    /// `retry` fields masked as text (fields no client reads are left out), its data as one
+    /// `data` line holding the message, masked, or what stands for a message that is not one.
+    fn event(&mut self, e: Event, out: &mut Vec<u8>) {
+        for comment in &e.comments {
+            out.push(b':');
+            let masked = self.masked_text(comment);
+            out.extend_from_slice(&masked);
+            out.push(b'\n');
         }
-        self.text.push(line, out);
-        self.end_text(out);
+        for (name, value) in &e.fields {
+            if !matches!(name.as_slice(), b"id" | b"event" | b"retry") {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            let masked = self.masked_text(value);
+            out.extend_from_slice(&masked);
+            out.push(b'\n');
+        }
+        if let Some(data) = &e.data {
+            out.extend_from_slice(b"data: ");
+            match serde_json::from_slice::<Json>(data) {
+                // An event with empty data primes a client to resume (the 2025-11-25
+                // revision): no message, nothing to read.
+                _ if data.trim_ascii().is_empty() => {}
+                // The HTTP+SSE transport's first event: where to post, which clients read
+                // as a URL, never as a message.
+                Err(_)
+                    if !data.contains(&b'\n')
+                        && e.fields
+                            .iter()
+                            .any(|(n, v)| n == b"event" && v == b"endpoint") =>
+                {
+                    let masked = self.masked_text(data);
+                    out.extend_from_slice(&masked);
+                }
+                Ok(mut v) => {
+                    self.scanned += data.len() as u64;
+                    self.message(&mut v);
+                    out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                }
+                Err(_) => {
+                    let w = self.withheld_message("is not a JSON message the gateway can read");
+                    out.extend_from_slice(&w);
+                }
+            }
+            out.push(b'\n');
+        }
+        out.push(b'\n');
     }
 
     /// One JSON-RPC message (or a batch of them).
@@ -384,8 +411,9 @@ mod tests {
         }
         m.finish(&mut out);
         let out = String::from_utf8(out).expect("utf8");
-        assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
-        assert!(out.ends_with("}\r\n\r\n"), "{out}");
+        // Written back with LF line endings, the message on one `data` line.
+        assert!(out.starts_with("event: message\ndata: {"), "{out}");
+        assert!(out.ends_with("}\n\n"), "{out}");
         let data = out
             .lines()
             .nth(1)
@@ -490,5 +518,33 @@ mod tests {
             out.contains("search") && !out.contains("delete_table"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn events_without_a_message_pass_as_clients_read_them() {
+        let mut m = masker(true);
+        m.set_tools(ToolFilter(Box::new(|_| {})));
+        m.rpc_id = Some(Json::from(5));
+        let mut out = Vec::new();
+        m.push(
+            b"id: a1\r\ndata:\r\n\r\nevent: endpoint\ndata: /messages/?session_id=7\n\n: ping\n\ndata: not json\n\n",
+            &mut out,
+        );
+        m.finish(&mut out);
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(
+            out.starts_with("id: a1\ndata: \n\n"),
+            "the priming event: {out}"
+        );
+        assert!(
+            out.contains("event: endpoint\ndata: /messages/?session_id=7\n\n"),
+            "{out}"
+        );
+        assert!(out.contains(": ping\n\n"), "a comment: {out}");
+        assert!(
+            out.contains("data: {") && out.contains("\"id\":5") && out.contains("withheld"),
+            "data that is not JSON is withheld as an error to the request: {out}"
+        );
+        assert!(!out.contains("not json"), "{out}");
     }
 }

@@ -104,6 +104,75 @@ pub(super) fn listed(conn: &Conn, service: &Service, body: &[u8]) {
     }
 }
 
+/// The MCP requests under way, by service, session and id. The SDK servers key an answer's
+/// stream by the request's id (as text: `1` and `"1"` are one): a second request with the id
+/// of one under way takes over its stream, and the first call's answer goes out on the
+/// second's, masked with the second call's obligations (a call whose rule masks a card got it
+/// out through a call whose rule masks nothing). Such a second request is refused.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<InFlightKey>>>);
+
+type InFlightKey = (std::sync::Arc<str>, String, String);
+
+/// A request's place in [`InFlight`], given back when its answer is done.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    set: InFlight,
+    key: InFlightKey,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        crate::util::sync::LockExt::locked(&*self.set.0).remove(&self.key);
+    }
+}
+
+impl InFlight {
+    /// Marks the request with JSON-RPC `id` of `session` (its `Mcp-Session-Id`) to `service`
+    /// under way until the guard is dropped; `Err` when one with that id already is.
+    pub fn begin(
+        &self,
+        service: &std::sync::Arc<str>,
+        session: &str,
+        id: &Json,
+    ) -> Result<InFlightGuard, String> {
+        let id = match id {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let key = (service.clone(), session.to_string(), id);
+        if !crate::util::sync::LockExt::locked(&*self.0).insert(key.clone()) {
+            return Err(format!(
+                "a request with id {} is already under way in this MCP session",
+                key.2
+            ));
+        }
+        Ok(InFlightGuard {
+            set: self.clone(),
+            key,
+        })
+    }
+}
+
+/// Marks `decided`'s requests under way in their MCP session (see [`InFlight`]): the guards
+/// to keep until their answers are done, or why one cannot be (its id is taken).
+pub(super) fn in_flight(
+    conn: &Conn,
+    service: &Service,
+    headers: &http::HeaderMap,
+    decided: &[Decided],
+) -> Result<Vec<InFlightGuard>, String> {
+    let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
+        // Without a session each request is the server's own (a stateless server).
+        return Ok(Vec::new());
+    };
+    decided
+        .iter()
+        .filter_map(|d| d.call.rpc_id.as_ref())
+        .map(|id| conn.inputs.mcp_in_flight.begin(&service.name, session, id))
+        .collect()
+}
+
 /// What a record says of a retried multi-round-trip request (the 2026-07-28 revision: a
 /// `tools/call`, `prompts/get` or `resources/read` sent again with `params.inputResponses`
 /// and/or `params.requestState` after an `InputRequiredResult`): the keys of the answers it
@@ -383,24 +452,12 @@ fn messages(body: &[u8]) -> Vec<Json> {
             v => vec![v],
         };
     }
-    // An event stream: a message may span several `data:` lines of one event.
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    let mut data = String::new();
-    for line in text.lines().chain(std::iter::once("")) {
-        if let Some(d) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(d.strip_prefix(' ').unwrap_or(d));
-        } else if line.is_empty() && !data.is_empty() {
-            if let Ok(v) = serde_json::from_str::<Json>(&data) {
-                out.push(v);
-            }
-            data.clear();
-        }
-    }
-    out
+    // An event stream, read as clients read it: a message may span several `data` lines of
+    // one event, lines may end in CR.
+    crate::util::sse::data_of(body)
+        .iter()
+        .filter_map(|d| serde_json::from_slice::<Json>(d).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,9 +19,19 @@ use crate::{
     proxy::{body::ProxyBody, reply::Refusal, upstream::pool::UpstreamBody},
 };
 
+/// What an MCP answer carries besides its masks.
+#[derive(Default)]
+pub(super) struct McpAnswer {
+    /// What its `tools/list` results pass through.
+    pub(super) tools: Option<ToolFilter>,
+    /// The request's place among those under way in its MCP session, given back when the
+    /// answer ends (see [`super::mcp_check::InFlight`]).
+    pub(super) in_flight: Vec<super::mcp_check::InFlightGuard>,
+}
+
 impl Conn {
     /// Streams the upstream's answer back, masked, and records the call when it ends.
-    /// `tools`: an MCP session message's answer has its `tools/list` results filtered.
+    /// `mcp`: what an MCP answer carries besides its masks.
     pub(super) fn respond(
         &self,
         kind: Kind,
@@ -29,8 +39,9 @@ impl Conn {
         resp: Response<UpstreamBody>,
         one: Decided,
         recording: Option<Recording>,
-        tools: Option<ToolFilter>,
+        mcp: McpAnswer,
     ) -> Response<ProxyBody> {
+        let McpAnswer { tools, in_flight } = mcp;
         let secrets = injected(&resp);
         let scrub = secrets.clone().map(ScrubStream::new);
         let (mut parts, incoming) = resp.into_parts();
@@ -126,6 +137,7 @@ impl Conn {
             body.bodiless();
         }
         body.mask_trailers(header_masks, secrets);
+        body.hold_while_streaming(in_flight);
         body.timed(&self.inputs.metrics);
         Response::from_parts(parts, body.boxed_unsync())
     }

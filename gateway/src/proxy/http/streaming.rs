@@ -258,6 +258,8 @@ pub struct CallBody {
     /// With stage timings on ([`CallBody::timed`]): the metrics, and the time masking took so
     /// far.
     timing: Option<(Arc<Metrics>, Duration)>,
+    /// The request's place among the MCP requests under way, given back with the body.
+    in_flight: Vec<super::mcp_check::InFlightGuard>,
 }
 
 impl CallBody {
@@ -285,7 +287,13 @@ impl CallBody {
             trailer_masks: None,
             trailer_secrets: None,
             timing: None,
+            in_flight: Vec::new(),
         }
+    }
+
+    /// Keeps `guards` (see [`super::mcp_check::InFlight`]) until the answer is done.
+    pub fn hold_while_streaming(&mut self, guards: Vec<super::mcp_check::InFlightGuard>) {
+        self.in_flight = guards;
     }
 
     /// An answer without a body (204, 304): whatever data the upstream sends anyway is

@@ -19,7 +19,7 @@ use crate::{
     call::Caller,
     call::Role,
     extract::Kind,
-    obligations::mask::{BodyKind, BodyMasker, HeaderMasker, mcp::ToolFilter, scrub::Secrets},
+    obligations::mask::{HeaderMasker, mcp::ToolFilter, scrub::Secrets},
     policy::{Action, Service, Snapshot},
     proxy::body::ProxyBody,
     proxy::reply::{self, Refusal},
@@ -173,7 +173,7 @@ pub(super) async fn batch(
 pub(super) async fn list_tools(
     conn: &Conn,
     service: &Service,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     version: http::Version,
     resp: Response<UpstreamBody>,
     one: Decided,
@@ -223,38 +223,38 @@ pub(super) async fn list_tools(
             return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
         }
     };
-    let ct = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (filtered, hidden) = {
-        let hidden = std::cell::RefCell::new(Vec::new());
-        let may = |t: &Json| {
-            tool_name(t).is_some_and(|name| may_call(snap, service, &one.caller, name))
-                && super::mcp_check::shown(&conn.inputs.pins, service, t, &hidden)
-        };
-        let filtered = filter_tools_by(&bytes, ct.starts_with("text/event-stream"), &may);
-        (filtered, super::mcp_check::hidden_record(hidden))
-    };
+    // Filtered and masked message by message, read as clients read it (an event stream
+    // whatever the case of its type, a message over several `data` lines, a batch).
+    let hidden = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut masker = crate::obligations::mask::mcp::McpMasker::new(
+        one.decision.obligations.masks.0.clone(),
+        conn.inputs.mask_key.clone(),
+        crate::obligations::mask::mcp::is_event_stream(&head.headers),
+        conn.inputs.cfg.http.max_held_response_bytes,
+    );
+    masker.set_tools(tool_filter(
+        conn,
+        snap.clone(),
+        service,
+        one.caller.clone(),
+        Some(hidden.clone()),
+    ));
+    masker.rpc_id = one.call.rpc_id.clone();
+    let mut masked = Vec::with_capacity(bytes.len());
+    masker.push(&bytes, &mut masked);
+    masker.finish(&mut masked);
     super::mcp_check::listed(conn, service, &bytes);
     // The answer as read holds its share of the inspection budget: not while the record is
     // written.
     drop(bytes);
+    let hidden = std::mem::take(&mut *hidden.lock().unwrap_or_else(|p| p.into_inner()));
     let mut recording = recording;
-    if let (Some(r), Some(v)) = (recording.as_mut(), hidden) {
+    if let (Some(r), Some(v)) = (
+        recording.as_mut(),
+        super::mcp_check::hidden_record(std::cell::RefCell::new(hidden)),
+    ) {
         r.rec.mcp = Some(v);
     }
-    let mut masker = BodyMasker::new(
-        one.decision.obligations.masks.0.clone(),
-        conn.inputs.mask_key.clone(),
-        if ct.starts_with("text/event-stream") {
-            BodyKind::Text
-        } else {
-            BodyKind::from_content_type(Some(ct))
-        },
-    );
-    let masked = masker.mask_all(&filtered);
     record(
         recording,
         head.status.as_u16(),
@@ -348,53 +348,63 @@ pub(super) async fn read_held(
     }
 }
 
-/// A `tools/list` answer (JSON, or an event stream when `sse`) keeping only the tools `may`
-/// allows by name; anything that is not such an answer comes back unchanged.
-pub fn filter_tools(body: &[u8], sse: bool, may: &dyn Fn(&str) -> bool) -> Vec<u8> {
-    filter_tools_by(body, sse, &|t| tool_name(t).is_some_and(may))
-}
-
-/// [`filter_tools`] judging each tool's whole definition.
-fn filter_tools_by(body: &[u8], sse: bool, may: &dyn Fn(&Json) -> bool) -> Vec<u8> {
-    if sse {
-        filter_sse(body, may)
-    } else {
-        filter_json(body, may).unwrap_or_else(|| body.to_vec())
-    }
+/// A `tools/list` answer (JSON, or an event stream when `sse`) read as the answer path reads
+/// it ([`McpMasker`](crate::obligations::mask::mcp::McpMasker), no masks), keeping the tools
+/// `may` allows by name. For the fuzzer.
+pub fn filter_tools(body: &[u8], sse: bool, may: fn(&str) -> bool) -> Vec<u8> {
+    let rules = crate::obligations::mask::MaskRules::default();
+    let mut masker = crate::obligations::mask::mcp::McpMasker::new(
+        Arc::new(rules),
+        crate::obligations::mask::MaskKey::from_bytes([0; 32]),
+        sse,
+        usize::MAX,
+    );
+    masker.set_tools(ToolFilter(Box::new(move |v: &mut Json| {
+        filter_value(v, &|t| tool_name(t).is_some_and(may));
+    })));
+    let mut out = Vec::with_capacity(body.len());
+    masker.push(body, &mut out);
+    masker.finish(&mut out);
+    out
 }
 
 fn tool_name(tool: &Json) -> Option<&str> {
     tool.get("name").and_then(Json::as_str)
 }
 
-/// The filter a session stream's `tools/list` results pass through (see
-/// [`crate::obligations::mask::mcp`]): as a listing's, for `caller`, against the snapshot the
-/// session message was decided on. A tool hidden so is logged; the stream's record says
-/// nothing of it (it is the session's, not a listing's).
-pub(super) fn session_tools(
+/// The filter every `tools/list` result of an MCP answer passes through (see
+/// [`crate::obligations::mask::mcp`]), for `caller`, against the snapshot the call was decided
+/// on: the tools the caller may call, that pass their pins and poisoning checks. The tools it
+/// hides go to `hidden` (a listing's record), or to the log.
+pub(super) fn tool_filter(
     conn: &Conn,
     snap: Arc<Snapshot>,
     service: &Service,
     caller: Arc<Caller>,
+    hidden: Option<Arc<std::sync::Mutex<Vec<Json>>>>,
 ) -> ToolFilter {
     let pins = conn.inputs.pins.clone();
     let name = service.name.clone();
     ToolFilter(Box::new(move |v: &mut Json| {
-        let hidden = std::cell::RefCell::new(Vec::new());
+        let found = std::cell::RefCell::new(Vec::new());
         match snap.service(&name) {
             Some(service) => {
                 filter_value(v, &|t| {
                     tool_name(t).is_some_and(|n| may_call(&snap, service, &caller, n))
-                        && super::mcp_check::shown(&pins, service, t, &hidden)
+                        && super::mcp_check::shown(&pins, service, t, &found)
                 });
             }
             None => {
                 filter_value(v, &|_| false);
             }
         }
-        let hidden = hidden.into_inner();
-        if !hidden.is_empty() {
-            tracing::info!(service = %name, ?hidden, "tools hidden from a tools/list answer on a session stream");
+        let found = found.into_inner();
+        match &hidden {
+            Some(sink) => sink.lock().unwrap_or_else(|p| p.into_inner()).extend(found),
+            None if !found.is_empty() => {
+                tracing::info!(service = %name, hidden = ?found, "tools hidden from a tools/list result in an MCP answer");
+            }
+            None => {}
         }
     }))
 }
@@ -408,14 +418,8 @@ fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> 
     snap.may_call(service, &function, caller)
 }
 
-/// Drops disallowed tools from a JSON-RPC result; None if it is not such a result.
-fn filter_json(body: &[u8], may: &dyn Fn(&Json) -> bool) -> Option<Vec<u8>> {
-    let mut v: Json = serde_json::from_slice(body).ok()?;
-    filter_value(&mut v, may)?;
-    serde_json::to_vec(&v).ok()
-}
-
-/// [`filter_json`] on a parsed answer (one element of a batch's answer). The list that comes
+/// Drops disallowed tools from a parsed JSON-RPC result (an answer, one element of a batch's
+/// answer); None if it is not such a result. The list that comes
 /// out is this caller's, so a `cacheScope` other than `private` (the 2026-07-28 revision's
 /// caching hint: `public` lets a client share the answer across authorization contexts)
 /// becomes `private`; `ttlMs` and `nextCursor` are kept, each page being filtered on its own.
@@ -430,59 +434,55 @@ fn filter_value(v: &mut Json, may: &dyn Fn(&Json) -> bool) -> Option<()> {
     Some(())
 }
 
-/// The same for each `data:` line of an event stream.
-fn filter_sse(body: &[u8], may: &dyn Fn(&Json) -> bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            out.extend_from_slice(line);
-            continue;
-        };
-        let end = data.len()
-            - data
-                .iter()
-                .rev()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
-        match filter_json(data[..end].trim_ascii_start(), may) {
-            Some(json) => {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&json);
-                out.extend_from_slice(&data[end..]);
-            }
-            None => out.extend_from_slice(line),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn no_delete(name: &str) -> bool {
+        name != "delete_table"
+    }
+
     #[test]
     fn tools_are_filtered_in_json_and_sse() {
-        let may = |t: &Json| tool_name(t) != Some("delete_table");
         let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search_docs"},{"name":"delete_table"}]}}"#;
-        let out = String::from_utf8(filter_json(json, &may).expect("filtered")).expect("utf8");
-        assert!(out.contains("search_docs") && !out.contains("delete_table"));
-        let sse = format!(
-            "event: message\r\ndata: {}\r\n\r\n",
-            String::from_utf8_lossy(json)
+        let out = String::from_utf8(filter_tools(json, false, no_delete)).expect("utf8");
+        assert!(
+            out.contains("search_docs") && !out.contains("delete_table"),
+            "{out}"
         );
-        let out = String::from_utf8(filter_sse(sse.as_bytes(), &may)).expect("utf8");
-        assert!(out.starts_with("event: message\r\ndata: {"), "{out}");
-        assert!(out.ends_with("}\r\n\r\n"), "{out:?}");
-        assert!(out.contains("search_docs") && !out.contains("delete_table"));
-        assert_eq!(filter_json(b"{\"result\":{}}", &may), None);
+        // A batch, an event stream split over two `data` lines with CR line endings, and an
+        // event stream whose data is not JSON.
+        let batch = format!("[{}]", String::from_utf8_lossy(json));
+        let out =
+            String::from_utf8(filter_tools(batch.as_bytes(), false, no_delete)).expect("utf8");
+        assert!(
+            out.contains("search_docs") && !out.contains("delete_table"),
+            "{out}"
+        );
+        let text = String::from_utf8_lossy(json);
+        // Between two tokens: the LF that joins the lines is whitespace to JSON.
+        let (a, b) = text.split_at(text.find("\"result\"").expect("result"));
+        let sse = format!("event: message\rdata:{a}\rdata:{b}\r\r");
+        let out = String::from_utf8(filter_tools(sse.as_bytes(), true, no_delete)).expect("utf8");
+        assert!(out.starts_with("event: message\ndata: {"), "{out}");
+        assert!(out.ends_with("}\n\n"), "{out:?}");
+        assert!(
+            out.contains("search_docs") && !out.contains("delete_table"),
+            "{out}"
+        );
+        let out = filter_tools(
+            b"data: {\"result\":{\"tools\":[{\"name\":\"delete_table\"}]},NaN\n\n",
+            true,
+            no_delete,
+        );
+        assert_eq!(out, b"data: \"[MASKED:unparsed]\"\n\n".to_vec());
     }
 
     #[test]
     fn a_filtered_list_is_private_to_its_caller_and_keeps_its_cursor() {
         let may = |t: &Json| tool_name(t) != Some("delete_table");
-        let json = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"delete_table"}],"nextCursor":"2","ttlMs":3600000,"cacheScope":"public","resultType":"complete"}}"#;
-        let out: Json =
-            serde_json::from_slice(&filter_json(json, &may).expect("filtered")).expect("JSON");
+        let mut out: Json = serde_json::from_str(r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"delete_table"}],"nextCursor":"2","ttlMs":3600000,"cacheScope":"public","resultType":"complete"}}"#).expect("JSON");
+        filter_value(&mut out, &may).expect("filtered");
         assert_eq!(
             out["result"],
             serde_json::json!({"tools": [], "nextCursor": "2", "ttlMs": 3600000,
