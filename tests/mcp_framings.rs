@@ -130,15 +130,22 @@ fn a_listing_is_filtered_however_it_is_framed() {
     }
 }
 
-/// The same to the TypeScript SDK client, which also takes a batch array as a POST's answer
-/// and an event stream's type in any case.
+/// The same to the TypeScript SDK client, which also takes a batch array as a POST's answer,
+/// an event stream's type in any case, and a `GET` stream as events whatever its type.
 #[test]
 fn a_listing_is_filtered_for_the_typescript_client_too() {
     let test = "a_listing_is_filtered_for_the_typescript_client_too";
     if !ebpf_available(test) || !parties_available(test) || !node_parties_available(test) {
         return;
     }
-    for v in ["plain", "array_json", "multiline", "ct_case"] {
+    for v in [
+        "plain",
+        "array_json",
+        "multiline",
+        "ct_case",
+        "get_multiline",
+        "get_untyped",
+    ] {
         let w = world(
             &format!("{test}-{v}"),
             "mcp_framings_server.py",
@@ -150,6 +157,10 @@ fn a_listing_is_filtered_for_the_typescript_client_too() {
         let out =
             w.cg.run(&["timeout", "20", "node", &script, &url, "delete_table"]);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            stdout.contains("search_docs"),
+            "{v}: the client read the listing: {stdout}"
+        );
         assert!(
             !stdout.contains("\"delete_table\":") && !stdout.contains("\"poisoned\":"),
             "{v}: a denied or poisoned tool is shown: {stdout}"

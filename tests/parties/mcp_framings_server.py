@@ -105,8 +105,9 @@ async def get_stream(request: Request):
                 return
             yield frame(msg, inner)
 
-    return StreamingResponse(gen(), headers={"content-type": "text/event-stream",
-                                             "mcp-session-id": SID})
+    # The TypeScript client reads a GET stream as events whatever its type says.
+    ct = "text/plain" if VARIANT == "get_untyped" else "text/event-stream"
+    return StreamingResponse(gen(), headers={"content-type": ct, "mcp-session-id": SID})
 
 
 async def mcp(request: Request):

@@ -522,7 +522,10 @@ fn enter_and_listen(
     let ns = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let inode = inode_of(&path);
     // Unknown counts as owned by a workload: it only ever withholds a credential.
-    let user_owned = owning_user_ns(&ns).ok() != own_user_ns();
+    let user_owned = !matches!(
+        (owning_user_ns(&ns), own_user_ns()),
+        (Ok(owner), Some(own)) if owner == own
+    );
     // SAFETY: a valid namespace descriptor; CLONE_NEWNET moves this thread only.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(format!("setns: {}", io::Error::last_os_error()));

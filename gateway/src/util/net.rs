@@ -11,6 +11,8 @@ pub fn mark_gateways_own(socket: &tokio::net::TcpSocket, v6: bool) -> std::io::R
     let class = u32::from(gateway_common::CREDENTIAL_DSCP) << 2;
     let s = socket2::SockRef::from(socket);
     if v6 {
+        // And IPv4's, for an IPv4-mapped peer of a dual-stack socket.
+        let _ = s.set_tos_v4(class);
         s.set_tclass_v6(class)
     } else {
         s.set_tos_v4(class)

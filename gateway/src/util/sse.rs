@@ -38,12 +38,27 @@ pub struct Events {
     skipping: bool,
     /// While skipping: the current line has bytes (it is not the event's empty line).
     skipped_bytes: bool,
+    /// Bytes of the stream seen so far, up to three (a leading byte order mark is dropped,
+    /// as clients drop it).
+    seen: u8,
 }
 
 impl Events {
     /// Feeds `chunk`; calls `each` with every event it completes.
     pub fn push(&mut self, chunk: &[u8], mut each: impl FnMut(Event)) {
         let mut rest = chunk;
+        // A UTF-8 byte order mark opening the stream, however it is cut.
+        while self.seen < 3 && !rest.is_empty() {
+            const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+            if rest[0] != BOM[self.seen as usize] {
+                // Not a mark: what was taken for its start is the stream's.
+                self.line.extend_from_slice(&BOM[..self.seen as usize]);
+                self.seen = 3;
+                break;
+            }
+            rest = &rest[1..];
+            self.seen += 1;
+        }
         while !rest.is_empty() {
             if self.after_cr {
                 self.after_cr = false;
@@ -84,7 +99,10 @@ impl Events {
         if !self.skipping && !self.event.is_empty() {
             each(std::mem::take(&mut self.event));
         }
-        *self = Self::default();
+        *self = Self {
+            seen: 3,
+            ..Self::default()
+        };
     }
 
     /// Bytes of the current event held so far.
@@ -190,6 +208,7 @@ mod tests {
             &b"event: message\nid: 7\ndata: {\"a\":\ndata: 1}\n\n: ping\ndata: x\n\n"[..],
             b"event: message\r\nid: 7\r\ndata:{\"a\":\r\ndata:1}\r\n\r\n: ping\r\ndata:x\r\n\r\n",
             b"event: message\rid: 7\rdata: {\"a\":\rdata: 1}\r\r: ping\rdata: x\r\r",
+            b"\xef\xbb\xbfevent: message\nid: 7\ndata: {\"a\":\ndata: 1}\n\n: ping\ndata: x\n\n",
         ] {
             for piece in [1, 2, 3, 7, 1000] {
                 assert_eq!(

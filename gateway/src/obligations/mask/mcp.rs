@@ -31,7 +31,10 @@ use crate::util::sse::{Event, Events};
 
 /// The masker for an MCP answer of `kind` with head `headers`: message by message when it is
 /// an event stream or JSON, else as any other body. `max`: the most held of one message.
-/// `tools`: what every `tools/list` result passes through.
+/// `tools`: what every `tools/list` result passes through. With it, the answer is read
+/// message by message whatever its type says, as clients read it: JSON when the type says
+/// JSON, else an event stream (the TypeScript client reads a `GET` stream as one whatever its
+/// type, and takes a POST's answer for one when the type only contains the word).
 pub fn masker(
     rules: Arc<MaskRules>,
     key: MaskKey,
@@ -40,14 +43,27 @@ pub fn masker(
     max: usize,
     tools: Option<ToolFilter>,
 ) -> BodyMasker {
+    if tools.is_some() {
+        let mut m = McpMasker::new(rules, key, !is_json_only(headers), max);
+        m.tools = tools;
+        return BodyMasker::Mcp(Box::new(m));
+    }
     let events = kind != BodyKind::Binary && is_event_stream(headers);
     if events || kind == BodyKind::Json {
-        let mut m = McpMasker::new(rules, key, events, max);
-        m.tools = tools;
-        BodyMasker::Mcp(Box::new(m))
+        BodyMasker::Mcp(Box::new(McpMasker::new(rules, key, events, max)))
     } else {
         BodyMasker::new(rules, key, kind)
     }
+}
+
+/// Whether an answer's type says JSON and not an event stream (as the clients test it: the
+/// words anywhere in the value, any case).
+pub fn is_json_only(h: &http::HeaderMap) -> bool {
+    let ct = h
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+        .unwrap_or_default();
+    ct.contains("json") && !ct.contains("event-stream")
 }
 
 /// Keeps, of a `tools/list` result's `tools`, those the caller may see (the proxy's own
@@ -129,7 +145,8 @@ impl McpMasker {
         self.stats.masked += 1;
         self.stats.json_fallback = true;
         tracing::debug!(why, "an MCP message is withheld");
-        match &self.rpc_id {
+        // The request is answered once; anything further withheld is a plain marker.
+        match self.rpc_id.take() {
             Some(id) => serde_json::to_vec(&serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": id,
@@ -260,12 +277,16 @@ impl McpMasker {
                 // revision): no message, nothing to read.
                 _ if data.trim_ascii().is_empty() => {}
                 // The HTTP+SSE transport's first event: where to post, which clients read
-                // as a URL, never as a message.
+                // as a URL, never as a message (its last `event` field says so, and its data
+                // does not look like a message a lenient parser might take).
                 Err(_)
                     if !data.contains(&b'\n')
+                        && !matches!(data.trim_ascii().first(), Some(b'{' | b'['))
                         && e.fields
                             .iter()
-                            .any(|(n, v)| n == b"event" && v == b"endpoint") =>
+                            .rev()
+                            .find(|(n, _)| n == b"event")
+                            .is_some_and(|(_, v)| v == b"endpoint") =>
                 {
                     let masked = self.masked_text(data);
                     out.extend_from_slice(&masked);
@@ -546,5 +567,16 @@ mod tests {
             "data that is not JSON is withheld as an error to the request: {out}"
         );
         assert!(!out.contains("not json"), "{out}");
+        // Read as a message by its last `event` field, or looking like one: not an endpoint.
+        let mut m = masker(true);
+        m.set_tools(ToolFilter(Box::new(|_| {})));
+        let mut out = Vec::new();
+        m.push(
+            b"event: endpoint\nevent: message\ndata: /x\n\nevent: endpoint\ndata: {\"result\":{\"tools\":[]},\"x\":\"\\ud800\"\n\n",
+            &mut out,
+        );
+        m.finish(&mut out);
+        let out = String::from_utf8(out).expect("utf8");
+        assert_eq!(out.matches("[MASKED:unparsed]").count(), 2, "{out}");
     }
 }

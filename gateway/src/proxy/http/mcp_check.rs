@@ -105,25 +105,76 @@ pub(super) fn listed(conn: &Conn, service: &Service, body: &[u8]) {
 }
 
 /// The MCP requests under way, by service, session and id. The SDK servers key an answer's
-/// stream by the request's id (as text: `1` and `"1"` are one): a second request with the id
+/// stream by the request's id (`1`, `1.0` and `"1"` are one): a second request with the id
 /// of one under way takes over its stream, and the first call's answer goes out on the
 /// second's, masked with the second call's obligations (a call whose rule masks a card got it
-/// out through a call whose rule masks nothing). Such a second request is refused.
+/// out through a call whose rule masks nothing). Such a second request is refused. A request
+/// whose client went away before its answer ended keeps its id for [`LINGER`]: the server may
+/// still be working on it.
 #[derive(Debug, Default, Clone)]
-pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<InFlightKey>>>);
+pub struct InFlight(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<InFlightKey, Option<std::time::Instant>>>,
+    >,
+);
 
 type InFlightKey = (std::sync::Arc<str>, String, String);
+
+/// How long the id of a request whose answer was cut off stays taken.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Past this many entries, those whose lingering is over are swept.
+const SWEEP_PAST: usize = 4096;
 
 /// A request's place in [`InFlight`], given back when its answer is done.
 #[derive(Debug)]
 pub struct InFlightGuard {
     set: InFlight,
     key: InFlightKey,
+    /// Dropped now, the answer was cut off (see [`InFlightGuard::streaming`]).
+    cut_off: bool,
+}
+
+impl InFlightGuard {
+    /// The answer streams to the client: until [`InFlightGuard::answered`], a drop means it
+    /// was cut off and the id lingers.
+    pub fn streaming(&mut self) {
+        self.cut_off = true;
+    }
+
+    /// The answer ended.
+    pub fn answered(&mut self) {
+        self.cut_off = false;
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        crate::util::sync::LockExt::locked(&*self.set.0).remove(&self.key);
+        let mut map = crate::util::sync::LockExt::locked(&*self.set.0);
+        if self.cut_off {
+            map.insert(self.key.clone(), Some(std::time::Instant::now() + LINGER));
+        } else {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// A JSON-RPC id as the SDK servers key it: text as itself, a whole number as an integer
+/// (`1.0`, `1e0` and `-0` are `1`, `1` and `0` to JavaScript and to pydantic), any other
+/// number as JavaScript prints it.
+fn id_key(id: &Json) -> String {
+    match id {
+        Json::String(s) => s.clone(),
+        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
+                (f as i64).to_string()
+            }
+            (_, _, Some(f)) => f.to_string(),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -136,20 +187,32 @@ impl InFlight {
         session: &str,
         id: &Json,
     ) -> Result<InFlightGuard, String> {
-        let id = match id {
-            Json::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let key = (service.clone(), session.to_string(), id);
-        if !crate::util::sync::LockExt::locked(&*self.0).insert(key.clone()) {
-            return Err(format!(
-                "a request with id {} is already under way in this MCP session",
-                key.2
-            ));
+        let key = (service.clone(), session.to_string(), id_key(id));
+        let now = std::time::Instant::now();
+        let mut map = crate::util::sync::LockExt::locked(&*self.0);
+        if map.len() > SWEEP_PAST {
+            map.retain(|_, until| until.is_none_or(|t| t > now));
         }
+        match map.get(&key) {
+            Some(None) => {
+                return Err(format!(
+                    "a request with id {} is already under way in this MCP session",
+                    key.2
+                ));
+            }
+            Some(Some(t)) if *t > now => {
+                return Err(format!(
+                    "a request with id {} was cut off in this MCP session and may still be running: use another id",
+                    key.2
+                ));
+            }
+            _ => {}
+        }
+        map.insert(key.clone(), None);
         Ok(InFlightGuard {
             set: self.clone(),
             key,
+            cut_off: false,
         })
     }
 }
@@ -166,8 +229,16 @@ pub(super) fn in_flight(
         // Without a session each request is the server's own (a stateless server).
         return Ok(Vec::new());
     };
+    // Requests only: a response the client sends (to a server's sampling or elicitation
+    // request) carries the server's id, counted apart from the client's.
     decided
         .iter()
+        .filter(|d| {
+            d.call
+                .message
+                .as_ref()
+                .is_some_and(|m| m.get("method").is_some())
+        })
         .filter_map(|d| d.call.rpc_id.as_ref())
         .map(|id| conn.inputs.mcp_in_flight.begin(&service.name, session, id))
         .collect()
@@ -463,6 +534,37 @@ fn messages(body: &[u8]) -> Vec<Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_keyed_as_the_servers_key_them() {
+        for (a, b) in [
+            (json!(1), json!("1")),
+            (json!(1.0), json!(1)),
+            (json!(-0.0), json!(0)),
+        ] {
+            assert_eq!(id_key(&a), id_key(&b), "{a} {b}");
+        }
+        assert_ne!(id_key(&json!(1.5)), id_key(&json!(1)));
+        let set = InFlight::default();
+        let svc: std::sync::Arc<str> = "crm".into();
+        let mut g = set.begin(&svc, "s", &json!(7)).expect("first");
+        assert!(set.begin(&svc, "s", &json!("7")).is_err(), "under way");
+        assert!(set.begin(&svc, "t", &json!(7)).is_ok(), "another session");
+        g.streaming();
+        drop(g);
+        assert!(
+            set.begin(&svc, "s", &json!(7)).is_err(),
+            "cut off: it lingers"
+        );
+        let mut g = set.begin(&svc, "s", &json!(8)).expect("another id");
+        g.streaming();
+        g.answered();
+        drop(g);
+        assert!(
+            set.begin(&svc, "s", &json!(8)).is_ok(),
+            "answered: free again"
+        );
+    }
 
     #[test]
     fn the_answer_is_found_in_json_and_in_an_event_stream() {

@@ -291,8 +291,12 @@ impl CallBody {
         }
     }
 
-    /// Keeps `guards` (see [`super::mcp_check::InFlight`]) until the answer is done.
-    pub fn hold_while_streaming(&mut self, guards: Vec<super::mcp_check::InFlightGuard>) {
+    /// Keeps `guards` (see [`super::mcp_check::InFlight`]) until the answer is done; one
+    /// dropped before its end keeps its id taken a while.
+    pub fn hold_while_streaming(&mut self, mut guards: Vec<super::mcp_check::InFlightGuard>) {
+        for g in &mut guards {
+            g.streaming();
+        }
         self.in_flight = guards;
     }
 
@@ -447,6 +451,9 @@ impl Body for CallBody {
                 return Poll::Ready(this.ready.pop_front().map(Ok));
             }
             if this.ended {
+                for g in &mut this.in_flight {
+                    g.answered();
+                }
                 // Buffered: the record is written when the server lets go of the body, after
                 // the answer's last bytes (see `Drop`).
                 if this.strict

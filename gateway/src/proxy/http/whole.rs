@@ -229,7 +229,7 @@ pub(super) async fn list_tools(
     let mut masker = crate::obligations::mask::mcp::McpMasker::new(
         one.decision.obligations.masks.0.clone(),
         conn.inputs.mask_key.clone(),
-        crate::obligations::mask::mcp::is_event_stream(&head.headers),
+        !crate::obligations::mask::mcp::is_json_only(&head.headers),
         conn.inputs.cfg.http.max_held_response_bytes,
     );
     masker.set_tools(tool_filter(
