@@ -103,11 +103,11 @@ pub mod programs {
     pub const SPLICE: &str = "callgate_splice";
 }
 
-/// The DSCP every packet of an upstream connection that carries an injected credential is
-/// sent with (from its SYN on), from RFC 2474's pool for experimental and local use
-/// (`xxxx11`): `cgroup_skb/ingress` drops such packets at the sockets of enabled cgroups, so
-/// that no governed workload completes a handshake with one, whatever namespaces, routes or
-/// address translation lie between.
+/// The DSCP an upstream connection that carries an injected credential (or the gateway's own
+/// call out) opens with, on its handshake, from RFC 2474's pool for experimental and local
+/// use (`xxxx11`): `cgroup_skb/ingress` drops such packets at the sockets of enabled cgroups,
+/// so that no governed workload completes a handshake with one, whatever namespaces, routes
+/// or address translation lie between.
 pub const CREDENTIAL_DSCP: u8 = 0b11_0011;
 
 /// Capacity of the splice maps: two entries per spliced connection.

@@ -5,8 +5,9 @@
 //! own container's address for a service matched by a CIDR) and then calls itself would
 //! otherwise be handed the secret.
 //!
-//! Two guards. The one that holds is the kernel's: every packet of an upstream connection
-//! that carries a credential leaves with `CREDENTIAL_DSCP`, from its SYN on, and
+//! Two guards. The one that holds is the kernel's: an upstream connection that carries a
+//! credential opens with `CREDENTIAL_DSCP` on its handshake (the mark comes off once it is
+//! connected: an accepted socket is its listener's cgroup's for life), and
 //! `cgroup_skb/ingress` on the enabled cgroups drops such packets before a governed socket
 //! receives them, wherever that socket is (another network namespace, behind a veth, a
 //! bridge or address translation, handed over from another process after it was made): the

@@ -69,9 +69,9 @@ pub async fn connect(
 
 /// Connects from inside the network namespace `netns` (the workload's), with a socket that
 /// `namespaces` makes there; without them (or from the gateway's own namespace), from here.
-/// `credential`: the connection will carry a credential the gateway injects, and every packet
-/// it sends is marked so (`CREDENTIAL_DSCP`, from the SYN on) that no socket of an enabled
-/// cgroup receives it (see `intercept::peers`).
+/// `credential`: the connection will carry a credential the gateway injects, and its handshake
+/// is marked (`CREDENTIAL_DSCP`) so that no socket of an enabled cgroup completes it (see
+/// `intercept::peers`).
 pub async fn connect_from(
     namespaces: Option<&crate::intercept::netns::Namespaces>,
     netns: u64,
@@ -104,6 +104,9 @@ pub async fn connect_from(
         })?
         .map_err(|source| ForwardError::Connect { dst, source })?;
     let _ = stream.set_nodelay(true);
+    if credential {
+        crate::util::net::unmark(&stream, dst.is_ipv6())?;
+    }
     Ok(stream)
 }
 

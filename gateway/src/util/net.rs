@@ -2,14 +2,27 @@
 //! them (four network-order words), and the mark on the gateway's own connections.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Marks what `socket` will send as the gateway's own (DSCP `CREDENTIAL_DSCP`, from its SYN
-/// on): a connection that carries a credential the gateway injects, or the gateway's own call
-/// to an identity provider, a token endpoint or a webhook. The eBPF ingress program drops such
-/// packets at every socket of an enabled cgroup, so no governed workload ever answers one,
-/// wherever it listens (see `intercept::peers`).
+/// Marks what `socket` will send as the gateway's own (DSCP `CREDENTIAL_DSCP`): a connection
+/// that carries a credential the gateway injects, or the gateway's own call to an identity
+/// provider, a token endpoint or a webhook. The eBPF ingress program drops such packets at
+/// every socket of an enabled cgroup, so no governed workload completes a handshake with one,
+/// wherever it listens (see `intercept::peers`). Once connected, [`unmark`] takes the mark
+/// off: the SYN decided who answers (an accepted socket is its listener's cgroup's for life),
+/// and the rest of the connection's packets leave as any others, not marked on the wire.
 pub fn mark_gateways_own(socket: &tokio::net::TcpSocket, v6: bool) -> std::io::Result<()> {
-    let class = u32::from(gateway_common::CREDENTIAL_DSCP) << 2;
-    let s = socket2::SockRef::from(socket);
+    set_class(
+        socket2::SockRef::from(socket),
+        u32::from(gateway_common::CREDENTIAL_DSCP) << 2,
+        v6,
+    )
+}
+
+/// Takes [`mark_gateways_own`]'s mark off a connected socket.
+pub fn unmark(stream: &tokio::net::TcpStream, v6: bool) -> std::io::Result<()> {
+    set_class(socket2::SockRef::from(stream), 0, v6)
+}
+
+fn set_class(s: socket2::SockRef<'_>, class: u32, v6: bool) -> std::io::Result<()> {
     if v6 {
         // And IPv4's, for an IPv4-mapped peer of a dual-stack socket.
         let _ = s.set_tos_v4(class);

@@ -59,6 +59,7 @@ impl tower_service::Service<Uri> for Marked {
                 match tokio::time::timeout(timeout, socket.connect(addr)).await {
                     Ok(Ok(stream)) => {
                         let _ = stream.set_nodelay(true);
+                        super::net::unmark(&stream, addr.is_ipv6())?;
                         return Ok(TokioIo::new(stream));
                     }
                     Ok(Err(e)) => last = Some(e),
