@@ -1439,3 +1439,91 @@ pub fn json_of_size(size: usize) -> String {
     s.push(']');
     s
 }
+
+/// An MCP server party of `tests/parties` (run as `SCRIPT PORT RUNS [EXTRA...]`, appending
+/// each tool it runs to RUNS) behind a gateway whose only service is `svc` (`PORT` in it
+/// replaced by the server's port; unknown destinations denied), and a cgroup it governs.
+pub struct McpWorld {
+    pub cg: TestCgroup,
+    pub gw: Gateway,
+    _server: Party,
+    runs: PathBuf,
+    pub port: u16,
+    _dir: TestDir,
+}
+
+impl McpWorld {
+    pub fn start(test: &str, script: &str, extra: &[&str], svc: &str) -> Self {
+        Self::start_with_config(test, script, extra, svc, "")
+    }
+
+    /// [`McpWorld::start`] with `config` for the gateway's configuration file.
+    pub fn start_with_config(
+        test: &str,
+        script: &str,
+        extra: &[&str],
+        svc: &str,
+        config: &str,
+    ) -> Self {
+        let dir = TestDir::new(test);
+        let port = free_port();
+        let runs = dir.join("runs.log");
+        let py = party_python().display().to_string();
+        let server = party_script(script).display().to_string();
+        let (port_s, runs_s) = (port.to_string(), runs.display().to_string());
+        let mut argv = vec![
+            py.as_str(),
+            server.as_str(),
+            port_s.as_str(),
+            runs_s.as_str(),
+        ];
+        argv.extend_from_slice(extra);
+        let server = Party::start(&argv, port, dir.join("server"));
+        let svc = svc.replace("PORT", &port.to_string());
+        let name = svc
+            .lines()
+            .find_map(|l| l.strip_prefix("service:"))
+            .map_or("svc", str::trim);
+        let policies = policy_repo(
+            &dir,
+            "default_action: deny\nunknown_destination: deny\n",
+            &[(name, &svc)],
+        );
+        let gw = gateway_with_config(&policies, config, &dir);
+        let cg = TestCgroup::new(test);
+        gw.enable(&cg);
+        Self {
+            cg,
+            gw,
+            _server: server,
+            runs,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The Python party `script` run in the cgroup with `args`: the one JSON object it prints.
+    pub fn client(&self, script: &str, args: &[&str]) -> Value {
+        let py = party_python().display().to_string();
+        let script = party_script(script).display().to_string();
+        let mut argv = vec![py.as_str(), script.as_str()];
+        argv.extend_from_slice(args);
+        let out = self.cg.run(&argv);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "the client's output is not JSON ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// The tools the server ran, in order.
+    pub fn ran(&self) -> Vec<String> {
+        fs::read_to_string(&self.runs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}

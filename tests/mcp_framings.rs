@@ -10,68 +10,12 @@
 use callgate_e2e::*;
 use serde_json::Value;
 
-const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
-
-struct World {
-    cg: TestCgroup,
-    _gw: Gateway,
-    _server: Party,
-    runs: std::path::PathBuf,
-    port: u16,
-    _dir: TestDir,
+fn world(test: &str, script: &str, extra: &[&str], svc: &str) -> McpWorld {
+    McpWorld::start(test, script, extra, svc)
 }
 
-fn world(test: &str, script: &str, extra: &[&str], svc: &str) -> World {
-    let dir = TestDir::new(test);
-    let port = free_port();
-    let runs = dir.join("runs.log");
-    let py = party_python().display().to_string();
-    let server = party_script(script).display().to_string();
-    let (port_s, runs_s) = (port.to_string(), runs.display().to_string());
-    let mut argv = vec![
-        py.as_str(),
-        server.as_str(),
-        port_s.as_str(),
-        runs_s.as_str(),
-    ];
-    argv.extend_from_slice(extra);
-    let party = Party::start(&argv, port, dir.join("server"));
-    let svc = svc.replace("PORT", &port.to_string());
-    let policies = policy_repo(&dir, REPO, &[("crm", &svc)]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
-    World {
-        cg,
-        _gw: gw,
-        _server: party,
-        runs,
-        port,
-        _dir: dir,
-    }
-}
-
-fn client(w: &World, args: &[&str]) -> Value {
-    let py = party_python().display().to_string();
-    let script = party_script("mcp_framings_client.py").display().to_string();
-    let mut argv = vec![py.as_str(), script.as_str()];
-    argv.extend_from_slice(args);
-    let out = w.cg.run(&argv);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "the client's output is not JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn ran(w: &World) -> Vec<String> {
-    std::fs::read_to_string(&w.runs)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+fn client(w: &McpWorld, args: &[&str]) -> Value {
+    w.client("mcp_framings_client.py", args)
 }
 
 const LISTING: &str = r#"
@@ -124,7 +68,7 @@ fn a_listing_is_filtered_however_it_is_framed() {
             "{v}: a denied or poisoned tool is shown: {out}"
         );
         assert!(
-            !ran(&w).iter().any(|r| r == "delete_table"),
+            !w.ran().iter().any(|r| r == "delete_table"),
             "{v}: the denied tool ran"
         );
     }

@@ -8,75 +8,17 @@
 use callgate_e2e::*;
 use serde_json::Value;
 
-const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
-
 /// What the client must never see of the server's answers.
 const SECRETS: [&str; 3] = ["4111 1111 1111 1111", "jane.doe@example.com", "078-05-1120"];
 
-struct World {
-    cg: TestCgroup,
-    _gw: Gateway,
-    _server: Party,
-    runs: std::path::PathBuf,
-    port: u16,
-    _dir: TestDir,
-}
-
 /// A FastMCP server in `mode` (`http`: streamable HTTP with resumability, `sse`: HTTP+SSE)
-/// behind a gateway with service `svc(port)`.
-fn world(test: &str, mode: &str, svc: &str) -> World {
-    let dir = TestDir::new(test);
-    let port = free_port();
-    let runs = dir.join("runs.log");
-    let py = party_python().display().to_string();
-    let server = party_script("mcp_streams_server.py").display().to_string();
-    let party = Party::start(
-        &[
-            &py,
-            &server,
-            &port.to_string(),
-            &runs.display().to_string(),
-            mode,
-        ],
-        port,
-        dir.join("server"),
-    );
-    let svc = svc.replace("PORT", &port.to_string());
-    let policies = policy_repo(&dir, REPO, &[("crm", &svc)]);
-    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
-    World {
-        cg,
-        _gw: gw,
-        _server: party,
-        runs,
-        port,
-        _dir: dir,
-    }
+/// behind a gateway with service `svc`.
+fn world(test: &str, mode: &str, svc: &str) -> McpWorld {
+    McpWorld::start(test, "mcp_streams_server.py", &[mode], svc)
 }
 
-fn client(w: &World, args: &[&str]) -> Value {
-    let py = party_python().display().to_string();
-    let script = party_script("mcp_streams_client.py").display().to_string();
-    let mut argv = vec![py.as_str(), script.as_str()];
-    argv.extend_from_slice(args);
-    let out = w.cg.run(&argv);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "the client's output is not JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn ran(w: &World) -> Vec<String> {
-    std::fs::read_to_string(&w.runs)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+fn client(w: &McpWorld, args: &[&str]) -> Value {
+    w.client("mcp_streams_client.py", args)
 }
 
 fn leaked(text: &str) -> Vec<&'static str> {
@@ -195,7 +137,7 @@ fn the_http_sse_transport_is_governed_on_its_stream() {
             "pin {pin}: the tool's result leaked {:?}: {calls}",
             leaked(&calls)
         );
-        let runs = ran(&w);
+        let runs = w.ran();
         assert!(
             !runs
                 .iter()
@@ -250,48 +192,25 @@ fn an_answer_too_long_for_field_paths_is_withheld() {
     if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = TestDir::new(test);
-    let port = free_port();
-    let runs = dir.join("runs.log");
-    let py = party_python().display().to_string();
-    let server = party_script("mcp_streams_server.py").display().to_string();
-    let _server = Party::start(
-        &[
-            &py,
-            &server,
-            &port.to_string(),
-            &runs.display().to_string(),
-            "http",
-        ],
-        port,
-        dir.join("server"),
-    );
-    let svc = format!(
-        r#"
+    let svc = r#"
 service: crm
-match: {{ hosts: ["127.0.0.1:{port}"] }}
+match: { hosts: ["127.0.0.1:PORT"] }
 protocol: mcp
 functions:
-  report: {{}}
+  report: {}
 rules:
-  - {{ name: reports, function: report, action: allow }}
+  - { name: reports, function: report, action: allow }
 response:
-  mask: [card_number, email, {{ field: "$.ssn" }}]
-"#
+  mask: [card_number, email, { field: "$.ssn" }]
+"#;
+    let w = McpWorld::start_with_config(
+        test,
+        "mcp_streams_server.py",
+        &["http"],
+        svc,
+        "http:\n  max_held_response_kb: 64\n",
     );
-    let policies = policy_repo(&dir, REPO, &[("crm", &svc)]);
-    let _gw = gateway_with_config(&policies, "http:\n  max_held_response_kb: 64\n", &dir);
-    let cg = TestCgroup::new(test);
-    _gw.enable(&cg);
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let w = World {
-        cg,
-        _gw,
-        _server,
-        runs,
-        port,
-        _dir: dir,
-    };
+    let url = format!("http://127.0.0.1:{}/mcp", w.port);
     let out = client(&w, &["sdk", &url, "report:10", "report:5000"]);
     let calls = out["calls"].as_array().expect("calls");
     assert!(
