@@ -179,4 +179,28 @@ rules:
             "ids {a}/{b}: the second request is refused: {out:#}"
         );
     }
+    // The second over h2c with its Mcp-Session-Id spelled with the spaces or tab around it
+    // that an h2 server takes and the upstream's HTTP/1.1 parser strips.
+    let py = party_python().display().to_string();
+    let script = party_script("mcp_sid_h2c_client.py").display().to_string();
+    let port = w.port.to_string();
+    for v in ["plain", "lead", "trail", "tab"] {
+        let out = w.cg.run(&[
+            &py,
+            &script,
+            "127.0.0.1",
+            &port,
+            "profile",
+            "search_docs",
+            "0.3",
+            v,
+        ]);
+        let all = String::from_utf8_lossy(&out.stdout).to_string();
+        for secret in ["4111 1111 1111 1111", "jane.doe@example.com", "078-05-1120"] {
+            assert!(
+                !all.contains(secret),
+                "h2c {v}: {secret} reached the client: {all}"
+            );
+        }
+    }
 }

@@ -356,8 +356,8 @@ impl Conn {
         let in_flight = match service.filter(|_| kind == Kind::Mcp) {
             Some(s) => match mcp_check::in_flight(&self, s, &parts.headers, &decided) {
                 Ok(guards) => guards,
-                Err(why) => {
-                    let r = Refusal::new(StatusCode::BAD_REQUEST, "duplicate_request_id", why);
+                Err((code, why)) => {
+                    let r = Refusal::new(StatusCode::BAD_REQUEST, code, why);
                     let Some(one) = decided.into_iter().next() else {
                         return reply::empty(StatusCode::BAD_REQUEST);
                     };

@@ -218,17 +218,30 @@ impl InFlight {
 }
 
 /// Marks `decided`'s requests under way in their MCP session (see [`InFlight`]): the guards
-/// to keep until their answers are done, or why one cannot be (its id is taken).
+/// to keep until their answers are done, or the refusal's code and why (an id taken, or a
+/// session header given twice or not as text).
 pub(super) fn in_flight(
     conn: &Conn,
     service: &Service,
     headers: &http::HeaderMap,
     decided: &[Decided],
-) -> Result<Vec<InFlightGuard>, String> {
-    let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
+) -> Result<Vec<InFlightGuard>, (&'static str, String)> {
+    let bad = |why: &str| ("bad_session_header", why.to_string());
+    let mut values = headers.get_all("mcp-session-id").iter();
+    let session = match (values.next(), values.next()) {
         // Without a session each request is the server's own (a stateless server).
-        return Ok(Vec::new());
+        (None, _) => return Ok(Vec::new()),
+        (Some(_), Some(_)) => return Err(bad("Mcp-Session-Id is given twice")),
+        // As the servers read it: the spaces and tabs HTTP allows around a value are not
+        // the value's (an h2 request may carry them; the HTTP/1.1 upstream strips them).
+        (Some(v), None) => v
+            .to_str()
+            .map_err(|_| bad("Mcp-Session-Id is not text"))?
+            .trim_matches([' ', '\t']),
     };
+    if session.is_empty() {
+        return Ok(Vec::new());
+    }
     // Requests only: a response the client sends (to a server's sampling or elicitation
     // request) carries the server's id, counted apart from the client's.
     decided
@@ -240,7 +253,12 @@ pub(super) fn in_flight(
                 .is_some_and(|m| m.get("method").is_some())
         })
         .filter_map(|d| d.call.rpc_id.as_ref())
-        .map(|id| conn.inputs.mcp_in_flight.begin(&service.name, session, id))
+        .map(|id| {
+            conn.inputs
+                .mcp_in_flight
+                .begin(&service.name, session, id)
+                .map_err(|why| ("duplicate_request_id", why))
+        })
         .collect()
 }
 
