@@ -432,8 +432,12 @@ async fn live_tools(
     };
     let mut tools = Vec::new();
     let mut cursor: Option<Json> = None;
+    // An id of its own, no client's and no other check's: the servers route an answer to the
+    // request with its id, and two checks (or a client's request) sharing one in a session
+    // would take each other's.
+    let check = uuid::Uuid::now_v7().simple();
     for page in 0..MAX_PAGES {
-        let id = format!("callgate-pin-check-{page}");
+        let id = format!("callgate-pin-check-{check}-{page}");
         let mut params = Map::new();
         if let Some(c) = cursor.take() {
             params.insert("cursor".into(), c);
