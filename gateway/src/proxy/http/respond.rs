@@ -2,7 +2,6 @@
 //! any credential the gateway injected, and the call is recorded as it ends (see
 //! [`streaming`] for when, by durability). An answer the masks cannot read is refused, unless
 //! the service lets it pass.
-use crate::obligations::mask::mcp::ToolFilter;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
@@ -15,7 +14,7 @@ use super::{
 };
 use crate::{
     extract::Kind,
-    obligations::mask::scrub::ScrubStream,
+    obligations::mask::{mcp::ToolFilter, scrub::ScrubStream},
     proxy::{body::ProxyBody, reply::Refusal, upstream::pool::UpstreamBody},
 };
 
@@ -100,7 +99,7 @@ impl Conn {
         // The record keeps the answer as the client got it: masked once, for both. Unless an
         // injected credential is scrubbed from it after masking (the scrubber moves bytes).
         let recorded = scrub.is_none() && pending.as_ref().is_some_and(|p| p.keeps_answer());
-        let masker = match body_kind {
+        let mut masker = match body_kind {
             // An MCP answer: message by message.
             Ok(k) if (!masks.is_empty() || tools.is_some()) && kind == Kind::Mcp => {
                 Some(crate::obligations::mask::mcp::masker(
@@ -123,7 +122,6 @@ impl Conn {
             }),
             _ => None,
         };
-        let mut masker = masker;
         if let Some(crate::obligations::mask::BodyMasker::Mcp(m)) = &mut masker {
             m.rpc_id = one_rpc_id;
         }
