@@ -145,6 +145,9 @@ pub struct Status {
     #[serde(default)]
     pub namespaces: Vec<crate::intercept::netns::NetnsStatus>,
     pub counters: Counters,
+    /// Each data-path thread's open connections.
+    #[serde(default)]
+    pub lanes: Vec<u64>,
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
     /// How pass-through connections are copied (in the kernel, or by the gateway and why).
@@ -419,6 +422,7 @@ fn status(inputs: &AdminInputs) -> Status {
         enabled: inputs.interceptor.enabled(),
         namespaces: inputs.interceptor.namespaces().status(),
         counters: inputs.stats.snapshot(),
+        lanes: inputs.stats.lanes(),
         kernel: inputs
             .interceptor
             .counters()

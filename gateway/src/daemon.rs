@@ -199,7 +199,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     for line in interceptor.restore()? {
         info!("{line}");
     }
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::with_lanes(cfg.workers));
     let addresses: Vec<String> = listeners
         .addresses()
         .iter()

@@ -30,6 +30,8 @@ pub fn render(metrics: &Metrics, admin: &AdminInputs) -> String {
 #[derive(Debug)]
 struct State {
     counters: crate::telemetry::stats::Counters,
+    /// Each data-path thread's open connections.
+    lanes: Vec<u64>,
     kernel: Vec<(String, u64)>,
     enabled: usize,
     policy: Option<crate::policy::store::ReloadStatus>,
@@ -46,6 +48,7 @@ impl State {
     fn of(a: &AdminInputs) -> Self {
         Self {
             counters: a.stats.snapshot(),
+            lanes: a.stats.lanes(),
             kernel: a
                 .interceptor
                 .counters()
@@ -173,6 +176,19 @@ impl Collector for State {
             "connections_active",
             "Connections open now",
             int(c.active),
+        )?;
+        let lanes: Vec<(Cow<'_, str>, i64)> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Cow::Owned(i.to_string()), int(*n)))
+            .collect();
+        by_name(
+            &mut e,
+            "lane_connections",
+            "Connections each data-path thread serves now (label: the thread's number)",
+            false,
+            &lanes,
         )?;
         counter(
             &mut e,

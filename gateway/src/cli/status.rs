@@ -236,6 +236,10 @@ fn print_status(s: &Status) {
         "connections:   {} accepted, {} forwarded, {} active, {} upstream errors, {} without entry, {} loops refused",
         c.accepted, c.forwarded, c.active, c.upstream_errors, c.refused_no_entry, c.refused_loop
     );
+    if s.lanes.len() > 1 {
+        let lanes: Vec<String> = s.lanes.iter().map(u64::to_string).collect();
+        println!("data threads:  {} open connections each", lanes.join(" / "));
+    }
     println!("bytes:         {} up, {} down", c.bytes_up, c.bytes_down);
     let kernel: Vec<String> = s.kernel.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("kernel:        {}", kernel.join(" "));

@@ -3,7 +3,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
@@ -47,7 +47,16 @@ pub struct Stats {
     /// Intercepted TLS clients that refused the gateway's certificate, by workload.
     pub untrusting: crate::telemetry::untrusting::Refusals,
     recent: Mutex<VecDeque<ConnSummary>>,
+    /// Each data-path thread's open connections: the accept stage balances new connections
+    /// by them, and `status` shows them.
+    lanes: Box<[LaneLoad]>,
 }
+
+/// One data-path thread's open connections, on a cache line of its own (every accept and
+/// close writes it).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LaneLoad(AtomicUsize);
 
 /// One finished connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +107,49 @@ pub struct Counters {
 }
 
 impl Stats {
+    /// Counters for a gateway with `lanes` data-path threads.
+    pub fn with_lanes(lanes: usize) -> Self {
+        Self {
+            lanes: (0..lanes.max(1)).map(|_| LaneLoad::default()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The connections data-path thread `lane` serves now.
+    pub fn lane_open(&self, lane: usize) -> usize {
+        self.lanes.get(lane).map_or(0, |l| l.0.load(Relaxed))
+    }
+
+    /// The data-path thread with the fewest open connections (the first of equals), and how
+    /// many it has.
+    pub fn least_loaded_lane(&self) -> (usize, usize) {
+        self.lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.0.load(Relaxed)))
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((0, 0))
+    }
+
+    /// Each data-path thread's open connections.
+    pub fn lanes(&self) -> Vec<u64> {
+        self.lanes
+            .iter()
+            .map(|l| l.0.load(Relaxed) as u64)
+            .collect()
+    }
+
+    /// A new connection is `lane`'s from now until the guard drops.
+    pub fn lane_opened(self: &std::sync::Arc<Self>, lane: usize) -> LaneGuard {
+        if let Some(l) = self.lanes.get(lane) {
+            l.0.fetch_add(1, Relaxed);
+        }
+        LaneGuard {
+            stats: self.clone(),
+            lane,
+        }
+    }
+
     /// A new connection's id: unique across listeners and direct pass-through, easy to read.
     pub fn next_id(&self) -> u64 {
         self.last_id.fetch_add(1, Relaxed) + 1
@@ -138,6 +190,21 @@ impl Stats {
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
             tls_untrusted: self.untrusting.total(),
+        }
+    }
+}
+
+/// Counts a connection against the data-path thread serving it, until it ends.
+#[derive(Debug)]
+pub struct LaneGuard {
+    stats: std::sync::Arc<Stats>,
+    lane: usize,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.stats.lanes.get(self.lane) {
+            l.0.fetch_sub(1, Relaxed);
         }
     }
 }
