@@ -76,6 +76,11 @@ impl State {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabel {
+    lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -177,18 +182,26 @@ impl Collector for State {
             "Connections open now",
             int(c.active),
         )?;
-        let lanes: Vec<(Cow<'_, str>, i64)> = self
-            .lanes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (Cow::Owned(i.to_string()), int(*n)))
-            .collect();
-        by_name(
+        {
+            let g = ConstGauge::new(0i64);
+            let mut m = e.encode_descriptor(
+                "lane_connections",
+                "Connections each data-path thread serves now",
+                None,
+                g.metric_type(),
+            )?;
+            for (lane, open) in self.lanes.iter().enumerate() {
+                let labels = LaneLabel {
+                    lane: lane.to_string(),
+                };
+                ConstGauge::new(int(*open)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counter(
             &mut e,
-            "lane_connections",
-            "Connections each data-path thread serves now (label: the thread's number)",
-            false,
-            &lanes,
+            "connections_handover_failed",
+            "Connections closed unserved because they could not move to the data-path thread chosen for them",
+            c.handover_failed,
         )?;
         counter(
             &mut e,

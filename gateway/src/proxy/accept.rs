@@ -150,17 +150,10 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// The lane to serve a connection `lane` accepted: `lane`, unless another serves fewer.
-    fn pick(&self, lane: usize, stats: &crate::telemetry::stats::Stats) -> usize {
-        let (least, open) = stats.least_loaded_lane();
-        if stats.lane_open(lane) <= open || least >= self.runtimes.len() {
-            lane
-        } else {
-            least
-        }
-    }
-
-    /// Serves `client` on the lane [`Lanes::pick`] chose for it.
+    /// Serves `client` on the lane [`Stats::claim_lane`] chose for it. The redirect entry is
+    /// taken here, as the connection is accepted, whichever thread then serves it.
+    ///
+    /// [`Stats::claim_lane`]: crate::telemetry::stats::Stats::claim_lane
     fn dispatch(
         &self,
         client: TcpStream,
@@ -169,29 +162,41 @@ impl Lanes {
         netns: u64,
         inputs: &Arc<ProxyInputs>,
     ) {
-        let to = self.pick(lane, &inputs.stats);
-        let open = inputs.stats.lane_opened(to);
+        let redirect = inputs.interceptor.take(peer, netns, lane);
+        let open = inputs.stats.claim_lane(lane);
+        let to = open.lane();
         let inputs = inputs.clone();
         if to == lane {
             tokio::spawn(async move {
                 let _open = open;
-                handle(client, peer, lane, netns, &inputs).await
+                handle(client, peer, redirect, lane, netns, &inputs).await
             });
             return;
         }
+        let Some(runtime) = self.runtimes.get(to) else {
+            let e = io::Error::other(format!("no data-path thread {to}"));
+            return handover_failed(&inputs, peer, &e);
+        };
         // Out of this thread's poller (the descriptor stays non-blocking) and into the other's.
         let client = match client.into_std() {
             Ok(c) => c,
-            Err(e) => return warn!(%peer, error = %e, "could not hand a connection over"),
+            Err(e) => return handover_failed(&inputs, peer, &e),
         };
-        self.runtimes[to].spawn(async move {
+        runtime.spawn(async move {
             let _open = open;
             match TcpStream::from_std(client) {
-                Ok(client) => handle(client, peer, to, netns, &inputs).await,
-                Err(e) => warn!(%peer, error = %e, "could not take a connection over"),
+                Ok(client) => handle(client, peer, redirect, to, netns, &inputs).await,
+                Err(e) => handover_failed(&inputs, peer, &e),
             }
         });
     }
+}
+
+/// A connection that could not move to the thread chosen for it (its poller could not take
+/// it): closed unserved, counted and said.
+fn handover_failed(inputs: &ProxyInputs, peer: SocketAddr, e: &io::Error) {
+    inputs.stats.handover_failed.fetch_add(1, Relaxed);
+    warn!(%peer, error = %e, "a connection could not move to the data-path thread chosen for it; closed");
 }
 
 impl Workers {
@@ -368,7 +373,7 @@ async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 lanes.dispatch(stream, peer, lane, netns, &inputs);
-                // Let the connection start before taking another.
+                // Let what this thread has to do run before it takes another connection.
                 tokio::task::yield_now().await;
             }
             Err(e) => {
@@ -383,14 +388,21 @@ async fn serve(
 async fn handle(
     client: TcpStream,
     peer: SocketAddr,
+    redirect: Option<Redirect>,
     lane: usize,
     netns: u64,
     inputs: &Arc<ProxyInputs>,
 ) {
+    debug_assert!(
+        std::thread::current().name().is_none_or(
+            |n| !n.starts_with("callgate-data-") || n == format!("callgate-data-{lane}")
+        ),
+        "a connection of lane {lane} served on another thread"
+    );
     let stats = &inputs.stats;
     stats.accepted.fetch_add(1, Relaxed);
     let id = stats.next_id();
-    let Some(redirect) = inputs.interceptor.take(peer, netns, lane) else {
+    let Some(redirect) = redirect else {
         stats.refused_no_entry.fetch_add(1, Relaxed);
         warn!(%peer, "connection to the listener without a redirect entry; closing");
         return;

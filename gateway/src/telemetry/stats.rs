@@ -44,6 +44,9 @@ pub struct Stats {
     pub token_exchange_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Connections closed unserved because they could not move to the data-path thread
+    /// chosen to serve them.
+    pub handover_failed: AtomicU64,
     /// Intercepted TLS clients that refused the gateway's certificate, by workload.
     pub untrusting: crate::telemetry::untrusting::Refusals,
     recent: Mutex<VecDeque<ConnSummary>>,
@@ -101,6 +104,10 @@ pub struct Counters {
     pub token_exchange_failures: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Connections closed unserved because they could not move to the data-path thread
+    /// chosen to serve them.
+    #[serde(default)]
+    pub handover_failed: u64,
     /// Intercepted TLS connections whose client refused the gateway's certificate.
     #[serde(default)]
     pub tls_untrusted: u64,
@@ -120,17 +127,6 @@ impl Stats {
         self.lanes.get(lane).map_or(0, |l| l.0.load(Relaxed))
     }
 
-    /// The data-path thread with the fewest open connections (the first of equals), and how
-    /// many it has.
-    pub fn least_loaded_lane(&self) -> (usize, usize) {
-        self.lanes
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i, l.0.load(Relaxed)))
-            .min_by_key(|&(_, n)| n)
-            .unwrap_or((0, 0))
-    }
-
     /// Each data-path thread's open connections.
     pub fn lanes(&self) -> Vec<u64> {
         self.lanes
@@ -139,14 +135,45 @@ impl Stats {
             .collect()
     }
 
-    /// A new connection is `lane`'s from now until the guard drops.
-    pub fn lane_opened(self: &std::sync::Arc<Self>, lane: usize) -> LaneGuard {
-        if let Some(l) = self.lanes.get(lane) {
+    /// Counts a new connection that data-path thread `lane` accepted against the thread that
+    /// is to serve it: `lane`, unless another thread serves fewer connections, then the one
+    /// serving the fewest (of equals, the first after `lane`, so that ties do not all go to
+    /// one thread). Another thread's count is claimed with a compare-and-swap, so that two
+    /// threads accepting at once do not both hand their connections to the same one.
+    pub fn claim_lane(self: &std::sync::Arc<Self>, lane: usize) -> LaneGuard {
+        let n = self.lanes.len();
+        let mut to = lane;
+        // A lost compare-and-swap means another thread just counted one there: look again,
+        // a few times at most (then this thread serves it).
+        for _ in 0..4 {
+            let mine = self.lane_open(lane);
+            let Some((least, open)) = (1..n)
+                .map(|i| (lane + i) % n)
+                .map(|i| (i, self.lanes[i].0.load(Relaxed)))
+                .min_by_key(|&(_, open)| open)
+            else {
+                break;
+            };
+            if mine <= open {
+                break;
+            }
+            if self.lanes[least]
+                .0
+                .compare_exchange(open, open + 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                to = least;
+                break;
+            }
+        }
+        if to == lane
+            && let Some(l) = self.lanes.get(lane)
+        {
             l.0.fetch_add(1, Relaxed);
         }
         LaneGuard {
             stats: self.clone(),
-            lane,
+            lane: to,
         }
     }
 
@@ -189,6 +216,7 @@ impl Stats {
             token_exchange_failures: self.token_exchange_failures.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
+            handover_failed: self.handover_failed.load(Relaxed),
             tls_untrusted: self.untrusting.total(),
         }
     }
@@ -199,6 +227,13 @@ impl Stats {
 pub struct LaneGuard {
     stats: std::sync::Arc<Stats>,
     lane: usize,
+}
+
+impl LaneGuard {
+    /// The data-path thread that serves the connection.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
 }
 
 impl Drop for LaneGuard {
