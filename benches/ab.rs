@@ -24,12 +24,15 @@
 //! prints each one's p50 and p99 from when each call was due, and the medians of what each
 //! build adds over direct: the tails of two builds at the same load.
 //!
+//! `CALLGATE_AB_CASE=agent` is the half-load case at the l7 bench's agent's pace: one
+//! connection, 1,000 calls a second (`CALLGATE_AB_RATE` still sets the rate).
+//!
 //! `CALLGATE_AB_CASE=16k` runs the headline case with the l7 bench's 16 KiB answers (an array
 //! of small objects) and its load for them: what masking, checking and recording a larger
 //! answer costs each build.
 use std::{fs, path::PathBuf};
 
-use callgate_benches::{BODY, Wrk, items_service, nginx, paced, with_cpu, wrk};
+use callgate_benches::{BODY, Wrk, items_service, nginx, paced_on, with_cpu, wrk};
 use callgate_e2e::{
     Gateway, TestCgroup, callgate_bin, ebpf_available, free_port, json_of_size, policy_repo, unique,
 };
@@ -125,12 +128,17 @@ fn main() {
         pass_through(&mut sides, rounds, &url);
         return;
     }
-    if case == "half" {
+    if case == "half" || case == "agent" {
+        let (default, connections) = if case == "agent" {
+            (1_000.0, 1)
+        } else {
+            (17_000.0, 32)
+        };
         let rate = std::env::var("CALLGATE_AB_RATE")
             .ok()
             .and_then(|r| r.parse().ok())
-            .unwrap_or(17_000.0);
-        half_load(&sides, rounds, rate, &url);
+            .unwrap_or(default);
+        half_load(&sides, rounds, rate, connections, &url);
         return;
     }
     let mut direct_light = vec![];
@@ -265,11 +273,11 @@ fn pass_through(sides: &mut [Side; 2], rounds: usize, url: &str) {
 
 /// The half-load case: direct, A and B paced at `rate`, interleaved per round; what each
 /// build adds to direct's p50 and p99, as medians over the rounds.
-fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, url: &str) {
+fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, connections: usize, url: &str) {
     const SECS: f64 = 5.0;
     let exe = env!("CARGO_BIN_EXE_callgate-paced");
     println!(
-        "\nhalf load: {rate:.0} req/s paced, {SECS} s per run\n{:>5} {:>6} {:>10} {:>9} {:>9}",
+        "\n{rate:.0} req/s paced over {connections} connection(s), {SECS} s per run\n{:>5} {:>6} {:>10} {:>9} {:>9}",
         "round", "side", "req/s", "p50 µs", "p99 µs"
     );
     let mut direct = vec![];
@@ -285,12 +293,12 @@ fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, url: &str) {
         );
     };
     for round in 0..rounds {
-        let d = paced(exe, None, rate, SECS, url);
+        let d = paced_on(exe, None, rate, connections, SECS, url);
         row(round, "direct", &d);
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let s = &sides[i];
-            let w = paced(exe, Some(&s.cg), rate, SECS, url);
+            let w = paced_on(exe, Some(&s.cg), rate, connections, SECS, url);
             row(round, s.name, &w);
             assert!(w.non_2xx == 0, "{} error answers at half load", w.non_2xx);
             added[i].push((w.p50 - d.p50, w.p99 - d.p99));
