@@ -139,13 +139,13 @@ pub struct Workers {
 /// 32, an agent's pool) could have them all served by one thread while the other idled. In
 /// interleaved bench rounds that was one full-load run in six (a fifth fewer calls a second)
 /// and four half-load runs in five (one thread did nine tenths of the work; the added p99 was
-/// 16 ms, against 5.7 ms with the connections balanced). So a thread that
-/// accepts a connection while it serves more than another thread hands it over to the one
-/// with the fewest (Envoy's exact connection balance): once per connection, never per call.
+/// 16 ms, against 5.7 ms with the connections balanced). So a thread that accepts a
+/// connection while it serves more than another thread hands it over to the one with the
+/// fewest (Envoy's exact connection balance): once per connection, never per call.
 /// `SO_REUSEPORT` groups would spread connections by a hash of their addresses instead,
 /// uneven for a few dozen connections (binomial), and a group can be joined by another
 /// socket of the same user.
-pub struct Lanes {
+struct Lanes {
     runtimes: Vec<tokio::runtime::Handle>,
 }
 
