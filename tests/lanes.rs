@@ -80,7 +80,12 @@ rules:
         &[("payments", &service)],
     );
     // More threads than CPUs: the accept race is then the most uneven.
-    let gw = gateway_with_config(&policies, "workers: 4\n", &dir);
+    let web = free_port();
+    let gw = gateway_with_config(
+        &policies,
+        &format!("workers: 4\nadmin_http:\n  listen: 127.0.0.1:{web}\n"),
+        &dir,
+    );
     let cg = TestCgroup::new("lanes");
     gw.enable(&cg);
     let script = dir.join("client.py");
@@ -126,6 +131,20 @@ rules:
             "attempt {attempt}: {CONNS} connections opened at once were served {open:?} by the \
              data-path threads"
         );
+        // The metric says the same.
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{web}/metrics"))
+            .output()
+            .expect("curl");
+        let metrics = String::from_utf8_lossy(&out.stdout);
+        for (lane, n) in open.iter().enumerate() {
+            let line = format!("callgate_lane_connections{{lane=\"{lane}\"}} {n}");
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "no `{line}` in\n{metrics}"
+            );
+        }
         fs::write(&release, "").expect("release");
         let _ = client.wait();
         let closed = wait_for(Duration::from_secs(10), || {

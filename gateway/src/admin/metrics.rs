@@ -97,15 +97,33 @@ fn by_witness(
     help: &str,
     values: &[(&str, i64)],
 ) -> fmt::Result {
-    if values.is_empty() {
+    gauges(
+        e,
+        name,
+        help,
+        values.iter().map(|(url, v)| {
+            let labels = WitnessLabel {
+                witness: url.to_string(),
+            };
+            (labels, *v)
+        }),
+    )
+}
+
+/// One gauge per label set of `values`; nothing when there are none.
+fn gauges<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, i64)>,
+) -> fmt::Result {
+    let mut values = values.into_iter().peekable();
+    if values.peek().is_none() {
         return Ok(());
     }
     let mut m = e.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
-    for (url, v) in values {
-        let labels = WitnessLabel {
-            witness: url.to_string(),
-        };
-        ConstGauge::new(*v).encode(m.encode_family(&labels)?)?;
+    for (labels, v) in values {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }
@@ -182,21 +200,17 @@ impl Collector for State {
             "Connections open now",
             int(c.active),
         )?;
-        {
-            let g = ConstGauge::new(0i64);
-            let mut m = e.encode_descriptor(
-                "lane_connections",
-                "Connections each data-path thread serves now",
-                None,
-                g.metric_type(),
-            )?;
-            for (lane, open) in self.lanes.iter().enumerate() {
+        gauges(
+            &mut e,
+            "lane_connections",
+            "Connections each data-path thread serves now",
+            self.lanes.iter().enumerate().map(|(lane, open)| {
                 let labels = LaneLabel {
                     lane: lane.to_string(),
                 };
-                ConstGauge::new(int(*open)).encode(m.encode_family(&labels)?)?;
-            }
-        }
+                (labels, int(*open))
+            }),
+        )?;
         counter(
             &mut e,
             "connections_handover_failed",
