@@ -145,6 +145,14 @@ rules:
                 "no `{line}` in\n{metrics}"
             );
         }
+        // Connections that moved are counted, and none failed to (each is served above).
+        let moved = gw.counter("handed_over");
+        let line = format!("callgate_connections_handed_over_total {moved}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+        assert_eq!(gw.counter("handover_failed"), 0, "{}", gw.log());
         fs::write(&release, "").expect("release");
         let _ = client.wait();
         let closed = wait_for(Duration::from_secs(10), || {

@@ -213,8 +213,14 @@ impl Collector for State {
         )?;
         counter(
             &mut e,
+            "connections_handed_over",
+            "Connections served by another data-path thread than the one that accepted them",
+            c.handed_over,
+        )?;
+        counter(
+            &mut e,
             "connections_handover_failed",
-            "Connections closed unserved because they could not move to the data-path thread chosen for them",
+            "Connections closed unserved because the data-path thread chosen for them could not take them",
             c.handover_failed,
         )?;
         counter(

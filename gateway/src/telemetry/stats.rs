@@ -44,8 +44,10 @@ pub struct Stats {
     pub token_exchange_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
-    /// Connections closed unserved because they could not move to the data-path thread
-    /// chosen to serve them.
+    /// Connections served by another data-path thread than the one that accepted them.
+    pub handed_over: AtomicU64,
+    /// Connections closed unserved because the data-path thread chosen to serve them could
+    /// not take them (its poller refused them).
     pub handover_failed: AtomicU64,
     /// Intercepted TLS clients that refused the gateway's certificate, by workload.
     pub untrusting: crate::telemetry::untrusting::Refusals,
@@ -104,8 +106,11 @@ pub struct Counters {
     pub token_exchange_failures: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// Connections closed unserved because they could not move to the data-path thread
-    /// chosen to serve them.
+    /// Connections served by another data-path thread than the one that accepted them.
+    #[serde(default)]
+    pub handed_over: u64,
+    /// Connections closed unserved because the data-path thread chosen to serve them could
+    /// not take them (its poller refused them).
     #[serde(default)]
     pub handover_failed: u64,
     /// Intercepted TLS connections whose client refused the gateway's certificate.
@@ -216,6 +221,7 @@ impl Stats {
             token_exchange_failures: self.token_exchange_failures.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
+            handed_over: self.handed_over.load(Relaxed),
             handover_failed: self.handover_failed.load(Relaxed),
             tls_untrusted: self.untrusting.total(),
         }
