@@ -177,16 +177,13 @@ impl Lanes {
         let redirect = inputs.interceptor.take(peer, netns, lane);
         let open = inputs.stats.claim_lane(lane);
         let to = open.lane();
-        let runtime = if to == lane {
-            None
-        } else {
-            let Some(runtime) = self.runtimes.get(to) else {
-                let e = io::Error::other(format!("no data-path thread {to}"));
-                return handover_failed(inputs, peer, &e);
-            };
-            inputs.stats.handed_over.fetch_add(1, Relaxed);
-            Some(runtime)
+        let Some(runtime) = self.runtimes.get(to) else {
+            let e = io::Error::other(format!("no data-path thread {to}"));
+            return handover_failed(inputs, peer, &e);
         };
+        if to != lane {
+            inputs.stats.handed_over.fetch_add(1, Relaxed);
+        }
         let inputs = inputs.clone();
         // Registered with the poller of the thread that runs this: the one serving it.
         let serve = async move {
@@ -196,10 +193,8 @@ impl Lanes {
                 Err(e) => handover_failed(&inputs, peer, &e),
             }
         };
-        match runtime {
-            None => drop(tokio::spawn(serve)),
-            Some(runtime) => drop(runtime.spawn(serve)),
-        }
+        // On this thread's own runtime, spawned into its local queue as `tokio::spawn` would.
+        drop(runtime.spawn(serve));
     }
 }
 
