@@ -154,9 +154,12 @@ pub struct Workers {
 /// of ten, the tenth even), so the balance stays exact. One accepting thread per listener
 /// (no thundering herd: 1.8 `accept4` a connection instead of 2.6, one connection at a time)
 /// had to hand over about half of all connections, and served 0.89× the calls a second.
-/// `SO_REUSEPORT` groups would spread connections by a hash of their addresses instead,
-/// uneven for a few dozen connections (binomial), and a group can be joined by another
-/// socket of the same user.
+/// One listener per thread in a `SO_REUSEPORT` group (the kernel's hash of the addresses
+/// picks the thread; no herd and no hand-over at all) was measured too: with a new connection
+/// per call the CPU a call did not drop (1.01×), and the uneven spread served 0.90× the calls
+/// a second (`benches/results/2026-12-06-44c47ab-ruled-out.md`); steering such a group with
+/// an `sk_reuseport` program could at best restore the balance, not save CPU. A group can
+/// also be joined by another socket of the same user.
 struct Lanes {
     runtimes: Vec<tokio::runtime::Handle>,
 }
