@@ -466,6 +466,63 @@ fn two_namespaces_using_the_same_addresses_and_ports_do_not_collide() {
     gw.kill();
 }
 
+/// A rule that names a namespace by inode names that namespace, not the number: the kernel
+/// gives a new namespace the lowest free inode, so once a named namespace is gone the next one
+/// made (another pod's, or any user's `unshare -Urn`) could take its number and what the rule
+/// allowed. The gateway holds each named namespace open while the policy names it, so its
+/// number stays taken; and a named inode that no namespace had when the policy loaded matches
+/// nothing, whoever gets it later.
+#[test]
+fn a_namespace_named_by_inode_does_not_pass_its_rules_to_the_next_owner_of_the_number() {
+    if !ebpf_available(
+        "a_namespace_named_by_inode_does_not_pass_its_rules_to_the_next_owner_of_the_number",
+    ) {
+        return;
+    }
+    let dir = TestDir::new("netns-reuse");
+    let named = Pair::new();
+    let named_inode = named.workload.inode();
+    // A namespace that ends before the policy loads: its number is free for the next one.
+    let gone = Netns::new("cgx");
+    let gone_inode = gone.inode();
+    drop(gone);
+    let (mut gw, cg) = setup(&dir, &[named_inode, gone_inode]);
+    let url = format!("http://{}:{UPSTREAM_PORT}/allowed", upstream_ip());
+    {
+        let up = Upstream::start(&named.upstream, "named", &dir);
+        let (code, body) = curl_status(&cg, &named.workload, &url);
+        assert_eq!(code, "200", "the named namespace: {body}");
+        assert_eq!(up.requests().len(), 1);
+    }
+    // The pod goes away: its processes and its mount.
+    drop(named);
+    let mut reused = false;
+    for round in 0..3 {
+        let next = Pair::new();
+        let inode = next.workload.inode();
+        assert_ne!(
+            inode, named_inode,
+            "the kernel gave the inode of a namespace the gateway holds to a new one"
+        );
+        reused |= inode == gone_inode;
+        let up = Upstream::start(&next.upstream, &format!("next{round}"), &dir);
+        let (code, body) = curl_status(&cg, &next.workload, &url);
+        assert_eq!(
+            code, "403",
+            "a namespace made later (inode {inode}; named: {named_inode} held, {gone_inode} \
+             gone before the policy loaded): {body}"
+        );
+        assert!(up.requests().is_empty(), "the upstream ran a denied call");
+    }
+    eprintln!("a later namespace took the number of the one gone before the load: {reused}");
+    let log = gw.log();
+    assert!(
+        log.contains(&format!("names network namespace inode {gone_inode}")),
+        "the gateway says which named inode no namespace has: {log}"
+    );
+    gw.kill();
+}
+
 /// A container as a runtime lays it out (a scope named after its id, under a slice, its
 /// processes in a network namespace of their own), enabled by its short id as `docker ps`
 /// shows it: its calls are governed and recorded with the container.

@@ -110,6 +110,12 @@ pub struct Workload {
     /// The inode of its network namespace (`readlink /proc/PID/ns/net`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// The gateway holds that namespace open because the policy names its inode, so the
+    /// inode is this namespace's and not a later one's that the kernel gave the number of a
+    /// named namespace that ended ([`crate::intercept::netns_pins`]). A `netns:` condition
+    /// matches only then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub netns_held: bool,
 }
 
 impl Workload {

@@ -199,6 +199,18 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     for line in interceptor.restore()? {
         info!("{line}");
     }
+    // The namespaces rules name by inode are held open while the policy names them, so that
+    // no later namespace can take the number (see `intercept::netns_pins`).
+    if let Some(store) = &policy {
+        let namespaces = Arc::downgrade(interceptor.namespaces());
+        let hold = move |snap: &Arc<crate::policy::snapshot::Snapshot>| {
+            if let Some(n) = namespaces.upgrade() {
+                hold_named_netns(&n, snap);
+            }
+        };
+        hold(&store.snapshot());
+        store.on_change(hold);
+    }
     let stats = Arc::new(Stats::with_lanes(cfg.workers));
     let addresses: Vec<String> = listeners
         .addresses()
@@ -598,5 +610,24 @@ fn metrics() -> crate::telemetry::metrics::Metrics {
         Metrics::default().with_stage_timings()
     } else {
         Metrics::default()
+    }
+}
+
+/// Holds the namespaces `snap`'s rules name and says which of them no namespace has.
+fn hold_named_netns(
+    n: &crate::intercept::netns::Namespaces,
+    snap: &crate::policy::snapshot::Snapshot,
+) {
+    let named = snap.named_netns();
+    if named.is_empty() && !n.pins().holds_any() {
+        return;
+    }
+    for inode in n.pins().hold(&named) {
+        warn!(
+            netns = inode,
+            "the policy names network namespace inode {inode}, which no process or /run/netns \
+             entry has now: rules naming it match no namespace (the kernel may give that \
+             number to any new one) until a reload finds it; name containers or pods instead"
+        );
     }
 }

@@ -41,6 +41,7 @@ use crate::{
 pub mod cgroup;
 pub mod direct;
 pub mod netns;
+pub mod netns_pins;
 pub mod netns_watch;
 pub mod peers;
 mod pins;

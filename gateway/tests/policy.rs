@@ -440,10 +440,22 @@ fn container_pod_and_namespace_matchers() {
                 }
             }),
             netns: Some(4026532247),
+            // The gateway holds the namespace the policy names (intercept::netns_pins).
+            netns_held: true,
             cgroup: Some(cgroup.clone()),
             ..Workload::default()
         })),
         ..Caller::default()
+    };
+    // The same inode, in a namespace made after the named one ended: not held.
+    let next_owner = Caller {
+        workload: in_pod.workload.as_ref().map(|w| {
+            std::sync::Arc::new(Workload {
+                netns_held: false,
+                ..(**w).clone()
+            })
+        }),
+        ..in_pod.clone()
     };
     let on_host = in_cgroup("system.slice/a.service", 0);
     let cases: &[(String, &Caller, bool)] = &[
@@ -468,6 +480,7 @@ fn container_pod_and_namespace_matchers() {
         ("netns: 4026532247".into(), &in_pod, true),
         ("netns: [1, 2]".into(), &in_pod, false),
         ("netns: 4026532247".into(), &on_host, false),
+        ("netns: 4026532247".into(), &next_owner, false),
     ];
     for (cond, caller, want) in cases {
         let repo = one_rule(&format!("caller: {{ workload: {{ {cond} }} }}"));

@@ -123,6 +123,7 @@ pub struct Namespaces {
     serve: Mutex<Option<Arc<Serve>>>,
     on_close: Mutex<Vec<OnClose>>,
     containers: Arc<ContainerNames>,
+    pins: super::netns_pins::NetnsPins,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +161,7 @@ impl Namespaces {
             serve: Mutex::new(None),
             on_close: Mutex::new(Vec::new()),
             containers: Arc::new(ContainerNames::default()),
+            pins: super::netns_pins::NetnsPins::default(),
         }))
     }
 
@@ -196,6 +198,11 @@ impl Namespaces {
         lock(&self.entries)
             .get(&cookie)
             .is_none_or(|e| e.user_owned)
+    }
+
+    /// The namespaces held open because the policy names them (see [`super::netns_pins`]).
+    pub fn pins(&self) -> &super::netns_pins::NetnsPins {
+        &self.pins
     }
 
     /// The inode of a namespace the gateway knows, for records.

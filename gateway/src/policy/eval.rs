@@ -357,7 +357,10 @@ fn workload_matches<'r>(w: &'r WorkloadCond, a: &Workload) -> Result<(), Miss<'r
     {
         return Err(Miss::Workload("pod"));
     }
-    if !w.netns.is_empty() && !a.netns.is_some_and(|n| w.netns.contains(&n)) {
+    // Only a namespace the gateway holds open for the policy has the inode the rule's author
+    // saw: another with the same number came after that one ended.
+    let named_and_held = a.netns_held && a.netns.is_some_and(|n| w.netns.contains(&n));
+    if !w.netns.is_empty() && !named_and_held {
         return Err(Miss::Workload("netns"));
     }
     Ok(())

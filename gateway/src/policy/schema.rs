@@ -321,7 +321,10 @@ pub struct WorkloadMatch {
     /// where the runtime records them, the pod's name or `namespace/name`.
     #[serde(default)]
     pub pod: Option<OneOrMany>,
-    /// Network namespace inode(s) (`readlink /proc/PID/ns/net` → `net:[INODE]`).
+    /// Network namespace inode(s) (`readlink /proc/PID/ns/net` → `net:[INODE]`). Matches
+    /// only a namespace the gateway holds open because the policy names it, so that a later
+    /// namespace given the same number does not inherit the rule
+    /// ([`crate::intercept::netns_pins`]).
     #[serde(default)]
     pub netns: Option<NetnsList>,
 }

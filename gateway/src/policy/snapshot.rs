@@ -1,7 +1,11 @@
 //! The policy as the data path uses it: an immutable [`Snapshot`] of services, indexed by
 //! destination and name, with each function's rules in order and everything compiled once
 //! ([`super::compile`] builds it). The lookups the data path makes on every call are here too.
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use regex::Regex;
 use serde::Serialize;
@@ -270,6 +274,17 @@ pub struct Obligations {
 }
 
 impl Snapshot {
+    /// The network namespace inodes rules name (`caller.workload.netns`): what the gateway
+    /// holds open while this policy is in force ([`crate::intercept::netns_pins`]).
+    pub fn named_netns(&self) -> BTreeSet<u64> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.rules)
+            .filter_map(|r| r.caller.as_ref()?.workload.as_ref())
+            .flat_map(|w| w.netns.iter().copied())
+            .collect()
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.by_name.get(name).map(|&i| &self.services[i])
     }

@@ -82,6 +82,8 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
                     }
                 }),
                 netns: w.netns,
+                // A test case's namespace is the one its rules name.
+                netns_held: w.netns.is_some(),
                 ..Workload::default()
             })
         }),

@@ -1100,6 +1100,8 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         inputs.interceptor.namespaces().containers().fill(&mut c);
         c
     });
+    let namespaces = inputs.interceptor.namespaces();
+    let netns = namespaces.inode(w.netns);
     Workload {
         pid: Some(w.tgid),
         tid: Some(w.pid),
@@ -1114,7 +1116,8 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
         cgroup: facts.map(|f| f.cgroup.clone()),
         user: inputs.users.name(w.uid).map(|u| u.to_string()),
         exe: workload::exe(w.tgid),
-        netns: inputs.interceptor.namespaces().inode(w.netns),
+        netns,
+        netns_held: netns.is_some_and(|i| namespaces.pins().holds(i)),
     }
 }
 
