@@ -101,7 +101,9 @@ pub struct Workload {
     pub cgroup_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
-    /// The executable, when the process was still alive at connect time.
+    /// The executable, read from `/proc` when the gateway took the connection in (the
+    /// process may have exited by then, or exec'd another program: `comm`, pid, uid and
+    /// cgroup are the kernel's at `connect()`, this is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
     /// The container (and pod) its cgroup belongs to.

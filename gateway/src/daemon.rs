@@ -202,14 +202,18 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     // The namespaces rules name by inode are held open while the policy names them, so that
     // no later namespace can take the number (see `intercept::netns_pins`).
     if let Some(store) = &policy {
-        let namespaces = Arc::downgrade(interceptor.namespaces());
-        let hold = move |snap: &Arc<crate::policy::snapshot::Snapshot>| {
-            if let Some(n) = namespaces.upgrade() {
-                hold_named_netns(&n, snap);
+        // Called at once with the policy in force, then on each change.
+        let (namespaces, weak) = (
+            Arc::downgrade(interceptor.namespaces()),
+            Arc::downgrade(store),
+        );
+        // The policy in force when it runs, not the one that called: of two reloads whose
+        // holds run out of order, the last one's is still the current policy's.
+        store.on_change(move |_| {
+            if let (Some(n), Some(store)) = (namespaces.upgrade(), weak.upgrade()) {
+                hold_named_netns(&n, &store.snapshot());
             }
-        };
-        hold(&store.snapshot());
-        store.on_change(hold);
+        });
     }
     let stats = Arc::new(Stats::with_lanes(cfg.workers));
     let addresses: Vec<String> = listeners

@@ -30,24 +30,33 @@ const MOUNT_DIRS: [&str; 3] = ["/run/netns", "/var/run/netns", "/run/docker/netn
 #[derive(Default)]
 pub struct NetnsPins {
     held: Mutex<BTreeMap<u64, File>>,
+    /// One [`NetnsPins::hold`] at a time: the last to run is what stays.
+    holding: Mutex<()>,
 }
 
 impl NetnsPins {
     /// Holds the namespaces with these inodes and lets go of the others. Returns the inodes
     /// no namespace has now (a `netns:` condition naming one matches nothing).
+    ///
+    /// The look through every thread runs without the lock that [`Self::holds`], on the data
+    /// path, takes.
     pub fn hold(&self, wanted: &BTreeSet<u64>) -> Vec<u64> {
-        let mut held = self.held.locked();
-        held.retain(|inode, _| wanted.contains(inode));
-        let mut missing: BTreeSet<u64> = wanted
-            .iter()
-            .filter(|i| !held.contains_key(i))
-            .copied()
-            .collect();
+        let _one_at_a_time = self.holding.locked();
+        let mut missing: BTreeSet<u64> = {
+            let mut held = self.held.locked();
+            held.retain(|inode, _| wanted.contains(inode));
+            wanted
+                .iter()
+                .filter(|i| !held.contains_key(i))
+                .copied()
+                .collect()
+        };
         // Every namespace file is on the one nsfs: a file elsewhere with the same inode
         // number (a bind-mount directory is on tmpfs) is not a namespace.
         let Some(nsfs) = fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev()) else {
             return missing.into_iter().collect();
         };
+        let mut found = Vec::new();
         for path in candidates() {
             if missing.is_empty() {
                 break;
@@ -61,9 +70,10 @@ impl NetnsPins {
             let Ok(f) = File::open(&path) else { continue };
             let Ok(opened) = f.metadata() else { continue };
             if opened.dev() == nsfs && missing.remove(&opened.ino()) {
-                held.insert(opened.ino(), f);
+                found.push((opened.ino(), f));
             }
         }
+        self.held.locked().extend(found);
         missing.into_iter().collect()
     }
 
