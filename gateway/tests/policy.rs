@@ -834,6 +834,21 @@ fn lint_finds_shadowed_unreferenced_and_open_rules() {
         ),
         "{findings:?}"
     );
+
+    let by_inode = one_rule("caller: { workload: { netns: 4026532247 } }");
+    let (loaded, snap) = policy::load_snapshot(&by_inode.0).unwrap();
+    let findings: Vec<String> = lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains("names a network namespace by inode")
+                && f.contains("name the container or pod")
+                && f.contains("warning")),
+        "{findings:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `callgate policy lint`: schema and compile errors, plus findings about rules that cannot
 //! do what their author meant: shadowed rules, functions no rule mentions, overlapping
 //! services, allow rules open to any caller, rules that know the workload only by names the
-//! workload chooses itself.
+//! workload chooses itself, rules that name a network namespace by its (reusable) inode.
 use super::{
     compile::{HostSpec, parse_host},
     load::{Finding, Loaded, Severity},
@@ -39,6 +39,17 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
                 out.push(warn(
                     &["rules", &j.to_string(), "name"],
                     format!("rule {:?} allows any caller: add a `caller:` constraint (or a `when:`) if that is not intended", later.name),
+                ));
+            }
+            if later
+                .caller
+                .as_ref()
+                .and_then(|c| c.workload.as_ref())
+                .is_some_and(|w| !w.netns.is_empty())
+            {
+                out.push(warn(
+                    &["rules", &j.to_string(), "caller", "workload", "netns"],
+                    format!("rule {:?} names a network namespace by inode, which names it only while it lives: the gateway holds the namespaces a policy names open while it runs, but one that ended while the gateway was down may have passed its number to a new namespace, and an inode no namespace has when the policy loads matches nothing; name the container or pod where there is one", later.name),
                 ));
             }
             if let Some(chosen) = later
