@@ -801,16 +801,21 @@ fn alias_bombs_and_huge_files_are_refused() {
     );
 }
 
+/// `callgate policy lint`'s findings for `repo`, as it prints them.
+fn lint_of(repo: &Repo) -> Vec<String> {
+    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
+    lint::lint(&loaded, &snap)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 #[test]
 fn lint_finds_shadowed_unreferenced_and_open_rules() {
     let repo = Repo::service(&format!(
         "{HEAD}  - {{ name: all-f, function: f, caller: {{ groups: [x] }}, action: deny }}\n  - {{ name: open, function: \"*\", action: allow }}\n  - {{ name: late, function: f, caller: {{ groups: [y] }}, action: allow }}\n"
     ));
-    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
-    let findings: Vec<String> = lint::lint(&loaded, &snap)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let findings = lint_of(&repo);
     let text = findings.join("\n");
     assert!(
         text.contains("rule \"late\" can never match: rule \"open\" above it"),
@@ -822,11 +827,7 @@ fn lint_finds_shadowed_unreferenced_and_open_rules() {
     let unref = Repo::service(&format!(
         "{HEAD}  - {{ name: r, function: f, caller: {{ groups: [x] }}, action: allow }}\n"
     ));
-    let (loaded, snap) = policy::load_snapshot(&unref.0).unwrap();
-    let findings: Vec<String> = lint::lint(&loaded, &snap)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let findings = lint_of(&unref);
     assert!(
         findings.iter().any(
             |f| f.contains("function \"g\" is not mentioned by any rule")
@@ -836,11 +837,7 @@ fn lint_finds_shadowed_unreferenced_and_open_rules() {
     );
 
     let by_inode = one_rule("caller: { workload: { netns: 4026532247 } }");
-    let (loaded, snap) = policy::load_snapshot(&by_inode.0).unwrap();
-    let findings: Vec<String> = lint::lint(&loaded, &snap)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let findings = lint_of(&by_inode);
     assert!(
         findings
             .iter()
@@ -1202,12 +1199,7 @@ fn lint_warns_on_workload_names_the_workload_chooses() {
             "  - {{ name: {name}, function: f, caller: {{ workload: {w} }}, action: allow }}\n"
         ));
     }
-    let repo = Repo::service(&text);
-    let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
-    let findings: Vec<String> = lint::lint(&loaded, &snap)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let findings = lint_of(&Repo::service(&text));
     let chosen: Vec<&String> = findings
         .iter()
         .filter(|f| f.contains("only by names it chooses itself"))
@@ -1406,12 +1398,7 @@ fn lint_warns_on_credentials_sent_to_any_local_port() {
         let text = format!(
             "service: svc\nmatch: {{ hosts: {hosts} }}\nprotocol: rest\nfunctions:\n  f: {{ route: \"GET /x\" }}\nrules:\n  - {{ name: r, function: f, caller: {{ workload: {{ uid: 1000 }} }}, action: allow }}\ncredentials:\n  inject: {{ header: X-Api-Key, from: {{ env: KEY }} }}\n"
         );
-        let repo = Repo::service(&text);
-        let (loaded, snap) = policy::load_snapshot(&repo.0).unwrap();
-        let findings: Vec<String> = lint::lint(&loaded, &snap)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let findings = lint_of(&Repo::service(&text));
         let got = findings
             .iter()
             .any(|f| f.contains("is taken for this service") && f.contains("svc.yaml:2:"));
