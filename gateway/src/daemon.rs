@@ -622,11 +622,7 @@ fn hold_named_netns(
     n: &crate::intercept::netns::Namespaces,
     snap: &crate::policy::snapshot::Snapshot,
 ) {
-    let named = snap.named_netns();
-    if named.is_empty() && !n.pins().holds_any() {
-        return;
-    }
-    for inode in n.pins().hold(&named) {
+    for inode in n.pins().hold(&snap.named_netns()) {
         warn!(
             netns = inode,
             "the policy names network namespace inode {inode}, which no process or /run/netns \

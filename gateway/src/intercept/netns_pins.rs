@@ -51,6 +51,9 @@ impl NetnsPins {
                 .copied()
                 .collect()
         };
+        if missing.is_empty() {
+            return Vec::new();
+        }
         // Every namespace file is on the one nsfs: a file elsewhere with the same inode
         // number (a bind-mount directory is on tmpfs) is not a namespace.
         let Some(nsfs) = fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev()) else {
@@ -75,11 +78,6 @@ impl NetnsPins {
         }
         self.held.locked().extend(found);
         missing.into_iter().collect()
-    }
-
-    /// Whether any namespace is held.
-    pub fn holds_any(&self) -> bool {
-        !self.held.locked().is_empty()
     }
 
     /// Whether the namespace with `inode` is one the gateway holds: then that inode is this

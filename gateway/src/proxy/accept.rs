@@ -1094,13 +1094,13 @@ pub(super) fn workload_of(r: &Redirect, inputs: &ProxyInputs) -> Workload {
     );
     let facts = facts.as_deref();
     let units = facts.map(|f| f.units.clone()).unwrap_or_default();
+    let namespaces = inputs.interceptor.namespaces();
     let container = facts.and_then(|f| f.container.clone()).map(|mut c| {
         // Cached by id: read from the runtime's files once per container, usually
         // already when its namespace was opened.
-        inputs.interceptor.namespaces().containers().fill(&mut c);
+        namespaces.containers().fill(&mut c);
         c
     });
-    let namespaces = inputs.interceptor.namespaces();
     let netns = namespaces.inode(w.netns);
     Workload {
         pid: Some(w.tgid),
