@@ -2,7 +2,8 @@
 //! connections that the gateway has not accepted yet (or entries planted by anyone with
 //! access to the pins) evicts the oldest entries instead of failing new connections. A
 //! connection whose entry was evicted before the gateway took it arrives at the listener
-//! without an original destination and is refused — it fails closed, never passes.
+//! without an original destination and is refused — it fails closed, never passes. An entry
+//! never outlives its socket, whatever became of the other map.
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
@@ -114,6 +115,192 @@ fn full_redirect_maps_evict_and_fail_closed() {
         gw.log()
     );
     // And the gateway goes on serving.
+    let (code, body) = curl_in(&cg, &[&www.url("/hello.txt")]);
+    assert_eq!((code, body.as_str()), (0, HELLO));
+}
+
+fn by_cookie(gw: &Gateway) -> BpfHashMap<MapData, u64, Redirect> {
+    let data = MapData::from_pin(gw.bpffs.join("maps").join(maps::BY_COOKIE)).expect("pinned map");
+    BpfHashMap::try_from(Map::LruHashMap(data)).expect("LRU hash map")
+}
+
+/// A connection that ends before the gateway accepts it takes its address-keyed entry with
+/// it, even when its cookie entry is gone (evicted: connects that fail before their SYN leave
+/// cookie entries behind, so that LRU map churns). Were the entry left, a process that bound
+/// the same local port and dialled the listener directly would be taken for the workload,
+/// and its bytes sent where the workload was going.
+#[test]
+fn an_entry_goes_with_its_socket_even_after_its_cookie_entry_was_evicted() {
+    if !ebpf_available("an_entry_goes_with_its_socket_even_after_its_cookie_entry_was_evicted") {
+        return;
+    }
+    use std::{
+        io::Read,
+        net::{SocketAddr, TcpListener, TcpStream},
+        sync::{Arc, Mutex},
+    };
+    let gw = Gateway::start();
+    let cg = TestCgroup::new("stale");
+    gw.enable(&cg);
+
+    // Where the workload was going: whatever arrives there is kept.
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("upstream");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    upstream.set_nonblocking(true).expect("nonblocking");
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                match upstream.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 256];
+                        if let Ok(n) = s.read(&mut buf) {
+                            received.lock().expect("lock").extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+
+    // The gateway stops taking connections, and its listener's queue is filled, so that the
+    // workload's SYN is dropped: its connection will end before the gateway sees it.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a struct of the right type.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let pid = gw.pid().expect("gateway pid") as i32;
+    // SAFETY: plain signals to the gateway child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let listener: SocketAddr = format!("127.0.0.1:{}", gw.port).parse().expect("addr");
+    let mut queued = Vec::new();
+    for _ in 0..5_000 {
+        match TcpStream::connect_timeout(&listener, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        queued.len() < 5_000,
+        "the listener's queue never filled ({} connections)",
+        queued.len()
+    );
+
+    let go = std::env::temp_dir().join(unique("stale-go"));
+    let log = std::env::temp_dir().join(unique("stale-victim"));
+    let mut victim = cg.spawn(
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import os, socket, sys, time\n\
+                 s = socket.socket()\n\
+                 s.setblocking(False)\n\
+                 s.connect_ex(('{}', {}))\n\
+                 print(s.getsockname()[1], flush=True)\n\
+                 for _ in range(300):\n\
+                 \x20   if os.path.exists('{}'): break\n\
+                 \x20   time.sleep(0.05)\n\
+                 s.close()\n",
+                upstream_addr.ip(),
+                upstream_addr.port(),
+                go.display()
+            ),
+        ],
+        &log,
+    );
+    let port: Option<u16> = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).ok()?.trim().parse().ok()
+    });
+    let port = port.expect("the workload's local port");
+    let entry = wait_for(Duration::from_secs(5), || {
+        by_addr(&gw)
+            .keys()
+            .filter_map(Result::ok)
+            .find(|k| k.port == u32::from(port))
+    });
+    assert!(entry.is_some(), "the workload's connection was not keyed");
+    // Its cookie entry goes, as an eviction would take it.
+    let mut cookies = by_cookie(&gw);
+    let keys: Vec<u64> = cookies.keys().filter_map(Result::ok).collect();
+    assert!(!keys.is_empty(), "no cookie entry to evict");
+    for k in keys {
+        let _ = cookies.remove(&k);
+    }
+    // The connection ends, still waiting for its SYN's answer.
+    std::fs::write(&go, "").expect("go");
+    let ended = wait_for(Duration::from_secs(20), || victim.try_wait().ok()?);
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(&log);
+    assert!(ended.is_some(), "the workload did not finish");
+    let left = wait_for(Duration::from_secs(5), || {
+        let left = by_addr(&gw)
+            .keys()
+            .filter_map(Result::ok)
+            .any(|k| k.port == u32::from(port));
+        (!left).then_some(())
+    });
+
+    // Whoever dials the listener from that port now gets no entry, so nothing goes upstream.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let filled = queued.len() as u64;
+    drop(queued);
+    let drained = wait_for(Duration::from_secs(30), || {
+        (gw.counter("refused_no_entry") >= filled).then_some(())
+    });
+    assert!(
+        drained.is_some(),
+        "the gateway did not take the queued connections"
+    );
+    let attacker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\n\
+                 s = socket.socket()\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', {port}))\n\
+                 s.settimeout(10)\n\
+                 s.connect(('127.0.0.1', {}))\n\
+                 s.sendall(b'taken for the workload\\n')\n\
+                 try:\n\
+                 \x20   print(repr(s.recv(100)))\n\
+                 except OSError as e:\n\
+                 \x20   print(e)\n",
+                gw.port
+            ),
+        ])
+        .output()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    let got = String::from_utf8_lossy(&received.lock().expect("lock")).into_owned();
+    assert!(
+        !got.contains("taken for the workload"),
+        "a direct dial from the workload's old port reached its destination: {:?}",
+        String::from_utf8_lossy(&attacker.stdout)
+    );
+    assert!(
+        left.is_some(),
+        "the address-keyed entry outlived its socket (port {port})"
+    );
+    // And the gateway goes on serving the workload.
+    let www = HttpServer::start("127.0.0.1");
     let (code, body) = curl_in(&cg, &[&www.url("/hello.txt")]);
     assert_eq!((code, body.as_str()), (0, HELLO));
 }

@@ -813,8 +813,12 @@ pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            forget(&ctx, cookie);
-            direct_closed(&ctx, cookie);
+            // Only the sockets keyed or let through direct asked for their state changes.
+            if let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr(cookie) {
+                direct_closed(&ctx, cookie, unsafe { *conn });
+            } else {
+                forget(&ctx, cookie);
+            }
         }
         BPF_SOCK_OPS_STATE_CB => direct_state(&ctx, ctx.arg(1)),
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB => direct_segment(&ctx),
@@ -859,18 +863,30 @@ fn key_by_local_address(ctx: &SockOpsContext, cookie: u64) {
         count(counter::MAP_ERRORS);
         return;
     }
-    // Ask for state changes so both entries go when the socket closes, not when LRU gets to them.
-    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    // Ask for state changes so both entries go when the socket closes, not when LRU gets to
+    // them. An entry whose end would not be seen is not left: the connection fails closed.
+    if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err() {
+        let _ = CALLGATE_BY_ADDR.remove(key);
+        count(counter::MAP_ERRORS);
+        return;
+    }
     count(counter::KEYED);
 }
 
+/// A keyed socket closed: its entries go. The address-keyed one is found from the socket
+/// itself (its local address and port and its namespace), never through the cookie entry:
+/// that one sits in an LRU map that connects failing before their SYN fill, and once it was
+/// evicted, an address entry left behind would name this workload and destination for
+/// whoever next dialled the listener from the same address and port. Deleting by address is
+/// safe: the kernel keeps this socket's address, port and destination (the listener) from any
+/// other socket until it is unhashed, after this callback. (A direct pass-through, which may
+/// share the address and port with a redirected socket going elsewhere, never gets here.)
 #[inline(always)]
 fn forget(ctx: &SockOpsContext, cookie: u64) {
-    if let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) {
-        let netns = unsafe { (*redirect).workload.netns };
-        let _ = CALLGATE_BY_COOKIE.remove(cookie);
-        let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
-    }
+    // SAFETY: the helper takes the program's own context (sock_ops since Linux 5.15).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let _ = CALLGATE_BY_COOKIE.remove(cookie);
+    let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
 }
 
 // === direct pass-through ===
@@ -980,11 +996,7 @@ fn direct_segment(ctx: &SockOpsContext) {
 
 /// A direct pass-through's socket closed: its end and byte counts go to the gateway.
 #[inline(always)]
-fn direct_closed(ctx: &SockOpsContext, cookie: u64) {
-    let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr(cookie) else {
-        return;
-    };
-    let conn = unsafe { *conn };
+fn direct_closed(ctx: &SockOpsContext, cookie: u64, conn: DirectConn) {
     let old_state = ctx.arg(0);
     let ops = ctx.ops;
     let (acked, received, snd_una, snd_nxt, rcv_nxt) = unsafe {
