@@ -301,7 +301,7 @@ fn tampering_is_found_and_named() {
     let segs = segment::list(&dir).expect("list");
     let victim = &segs[1];
     let mut r = segment::Reader::open(victim).expect("reader");
-    assert_eq!(r.header.chain, segment::Chain::Leaf);
+    assert_eq!(r.header.chain, segment::Chain::NEWEST);
     let mut forged = segment::Header {
         chain: segment::Chain::Payload,
         ..r.header
@@ -309,7 +309,7 @@ fn tampering_is_found_and_named() {
     .encode()
     .to_vec();
     while let Some(f) = r.next_frame().expect("frame") {
-        let leaf = callgate::record::merkle::leaf_hash(&f.payload);
+        let leaf = f.leaf();
         forged.extend_from_slice(&32u32.to_le_bytes());
         forged.extend_from_slice(&f.seq.to_le_bytes());
         forged.extend_from_slice(&f.hash);
@@ -351,7 +351,7 @@ fn tampering_is_found_and_named() {
     fs::write(dir.join("head.json"), head.to_string()).expect("head");
     let p = problems(&dir);
     assert!(
-        p.contains(&victim.name()) && p.contains("chained over its payloads"),
+        p.contains(&victim.name()) && p.contains("older than the segments before it"),
         "{p}"
     );
     // Also when verifying from inside it, and the writer does not append to it.
@@ -359,14 +359,15 @@ fn tampering_is_found_and_named() {
     assert!(
         from.problems
             .iter()
-            .any(|p| p.contains("chained over its payloads")),
+            .any(|p| p.contains("older than the segments before it")),
         "{from:?}"
     );
     let err = Recorder::open(RecorderConfig::new(&dir), key())
         .err()
         .expect("refused");
     assert!(
-        err.to_string().contains("chained over its payloads"),
+        err.to_string()
+            .contains("older than the segments before it wrote"),
         "{err}"
     );
     let _ = fs::remove_dir_all(&dir);
@@ -501,7 +502,7 @@ fn segments_chained_over_payloads_are_verified_and_continued() {
         prev = segment::encode_frame(&mut raw, Chain::Payload, &prev, i, &payload, &leaf);
         // Chained over the payload itself, not its leaf hash.
         assert_eq!(prev, segment::chain(&before, i, &payload));
-        assert_ne!(prev, segment::chain_leaf(&before, i, &leaf));
+        assert_ne!(prev, Chain::Leaf.hash(&before, i, &payload));
     }
     segment::compress_frame(&mut z, &raw, &mut packed).expect("compress");
     file.extend_from_slice(&packed);
@@ -520,7 +521,10 @@ fn segments_chained_over_payloads_are_verified_and_continued() {
         Chain::Payload,
         "the older segment keeps its chain"
     );
-    assert!(chains[1..].iter().all(|c| *c == Chain::Leaf), "{chains:?}");
+    assert!(
+        chains[1..].iter().all(|c| *c == Chain::NEWEST),
+        "{chains:?}"
+    );
     let v = query::verify(&dir, None).expect("verify");
     assert!(v.ok() && v.notes.is_empty(), "{v:?}");
     assert_eq!(all(&dir).len(), 45);

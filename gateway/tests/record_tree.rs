@@ -12,7 +12,7 @@ use std::{
 use callgate::{
     obligations::mask::MaskKey,
     record::{
-        Record, Recorder, RecorderConfig, merkle,
+        RawJson, Record, Recorder, RecorderConfig, merkle,
         note::{self, Checkpoint, Signer},
         query, segment,
         tree::{self, Inclusion},
@@ -53,6 +53,11 @@ fn write(dir: &Path, s: &Arc<Signer>, n: u64, cfg: impl Fn(&mut RecorderConfig))
         r.protocol = "rest".into();
         r.function = Some(format!("f{i}"));
         r.decision.action = "allow".into();
+        // Every seventh record is longer than 4 KiB: its leaf is over its digest.
+        if i % 7 == 3 {
+            let items: Vec<String> = (0..800).map(|k| format!(r#"{{"n":{k}}}"#)).collect();
+            r.response = Some(RawJson::new(format!("[{}]", items.join(",")).as_bytes()));
+        }
         rec.submit(r).expect("submit");
     }
     rec.close();
@@ -75,9 +80,13 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+    frames(dir).into_iter().map(|f| f.payload).collect()
+}
+
+fn frames(dir: &Path) -> Vec<segment::Frame> {
     let mut out = Vec::new();
     tree::for_each_record(dir, 1, &mut |f| {
-        out.push(f.payload.clone());
+        out.push(f.clone());
         true
     })
     .unwrap();
@@ -87,26 +96,37 @@ fn payloads(dir: &Path) -> Vec<Vec<u8>> {
 /// What root on the host can do without the signing key's history: write a log of
 /// `payloads` as one segment, hash chain and `head.json` recomputed, so that `verify` passes.
 fn forge(dir: &Path, payloads: &[Vec<u8>]) {
+    forge_as(dir, payloads, segment::Chain::NEWEST)
+}
+
+/// [`forge`], the segment chained as `chain`.
+fn forge_as(dir: &Path, payloads: &[Vec<u8>], chain: segment::Chain) {
     for e in fs::read_dir(dir).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.contains(".seg") || name == "head.json" {
             fs::remove_file(e.path()).unwrap();
         }
     }
-    let chain = segment::Chain::Leaf;
     let header = segment::Header {
         first_seq: 1,
         created_ms: 1,
         prev_hash: [0; 32],
         chain,
     };
-    let mut bytes = header.encode().to_vec();
+    let mut bytes = Vec::new();
     let mut prev = [0u8; 32];
     for (i, p) in payloads.iter().enumerate() {
-        let leaf = callgate::record::merkle::leaf_hash(p);
+        let leaf = chain.leaf(p);
         prev = segment::encode_frame(&mut bytes, chain, &prev, i as u64 + 1, p, &leaf);
     }
-    fs::write(dir.join(segment::plain_segment_name(1)), bytes).unwrap();
+    // As the writer writes it: a zstd frame for the header, one for the records.
+    let mut z = segment::compressor().unwrap();
+    let (mut file, mut packed) = (Vec::new(), Vec::new());
+    segment::compress_frame(&mut z, &header.encode(), &mut packed).unwrap();
+    file.extend_from_slice(&packed);
+    segment::compress_frame(&mut z, &bytes, &mut packed).unwrap();
+    file.extend_from_slice(&packed);
+    fs::write(dir.join(segment::segment_name(1)), file).unwrap();
     let head =
         serde_json::json!({"seq": payloads.len(), "hash": segment::hex(&prev), "time_ms": 1});
     fs::write(dir.join("head.json"), head.to_string()).unwrap();
@@ -201,14 +221,17 @@ fn inclusion_proofs_verify_across_segments_and_after_retention() {
     let cp = latest(&dir, &s);
     let segs = segment::list(&dir).unwrap();
     assert!(segs.len() > 3, "several segments: {segs:?}");
-    let leaves = payloads(&dir);
+    let fs_ = frames(&dir);
     let t = tree::load(&dir).unwrap();
     let boundary = segs[1].first_seq;
-    for seq in [1, boundary - 1, boundary, 150, 300] {
-        let leaf = &leaves[seq as usize - 1];
-        let p = Inclusion::make(&t, seq, cp.size, leaf).unwrap();
-        p.verify(leaf, &cp.root).unwrap();
-        let mut bad = leaf.clone();
+    // Record 4 (and every seventh after it) is a large one, its leaf over its digest.
+    assert!(fs_[3].payload.len() > segment::DIGEST_ABOVE);
+    assert_ne!(fs_[3].leaf(), merkle::leaf_hash(&fs_[3].payload));
+    for seq in [1, 4, boundary - 1, boundary, 150, 151, 300] {
+        let f = &fs_[seq as usize - 1];
+        let p = Inclusion::make(&t, seq, cp.size, &f.leaf()).unwrap();
+        p.verify(&f.payload, &cp.root).unwrap();
+        let mut bad = f.payload.clone();
         bad[5] ^= 1;
         assert!(p.verify(&bad, &cp.root).is_err(), "a changed record fails");
     }
@@ -224,12 +247,12 @@ fn inclusion_proofs_verify_across_segments_and_after_retention() {
     assert_eq!(cp2.size, 600);
     let t = tree::load(&dir).unwrap();
     assert_eq!(t.root(600).unwrap(), cp2.root);
-    let leaves = payloads(&dir);
-    for seq in [first, 450, 600] {
-        let leaf = &leaves[(seq - first) as usize];
-        Inclusion::make(&t, seq, 600, leaf)
+    let fs_ = frames(&dir);
+    for seq in [first, (first + 600) / 2, 600] {
+        let f = &fs_[(seq - first) as usize];
+        Inclusion::make(&t, seq, 600, &f.leaf())
             .unwrap()
-            .verify(leaf, &cp2.root)
+            .verify(&f.payload, &cp2.root)
             .unwrap();
     }
     assert!(problems(&dir, &cp2).is_empty());
@@ -237,6 +260,72 @@ fn inclusion_proofs_verify_across_segments_and_after_retention() {
     if cp.size < first - 1 {
         let p = problems(&dir, &cp).join("\n");
         assert!(p.contains("older than the oldest records kept"), "{p}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A log the previous version wrote (`CALLGATE-RECORD2`, every leaf over its record) goes on in
+/// this version's segments (`CALLGATE-RECORD3`, a large record's leaf over its digest): the
+/// older segment keeps its leaves, a checkpoint signed before the newer segments stays
+/// consistent with the log after them, and a large record's proof verifies in either kind.
+#[test]
+fn a_log_of_the_previous_kind_goes_on_and_stays_provable() {
+    use segment::Chain;
+    let dir = tempdir("upgrade");
+    let s = signer();
+    write(&dir, &s, 30, |c| c.segment_bytes = 1 << 20);
+    forge_as(&dir, &payloads(&dir), Chain::Leaf);
+    let _ = fs::remove_file(dir.join(note::CHECKPOINT_FILE));
+    let kinds = |dir: &Path| -> Vec<Chain> {
+        segment::list(dir)
+            .unwrap()
+            .iter()
+            .map(|s| segment::Reader::open(s).unwrap().header.chain)
+            .collect()
+    };
+    // Still the older kind's segment: the record appended goes into it, as it is chained.
+    write(&dir, &s, 1, |c| c.segment_bytes = 1 << 20);
+    assert_eq!(kinds(&dir), [Chain::Leaf]);
+    let cp1 = latest(&dir, &s);
+    assert_eq!(cp1.size, 31);
+    write(&dir, &s, 40, |c| c.segment_bytes = 8 * 1024);
+    let k = kinds(&dir);
+    assert!(
+        k[0] == Chain::Leaf && k.len() > 2 && k[1..].iter().all(|c| *c == Chain::Digest),
+        "{k:?}"
+    );
+    assert!(query::verify(&dir, None).unwrap().ok());
+    let cp2 = latest(&dir, &s);
+    assert_eq!(cp2.size, 71);
+    let t = tree::load(&dir).unwrap();
+    assert_eq!(t.root(71).unwrap(), cp2.root);
+    assert_eq!(t.root(31).unwrap(), cp1.root);
+    assert!(problems(&dir, &cp1).is_empty() && problems(&dir, &cp2).is_empty());
+    let fs_ = frames(&dir);
+    for kind in [Chain::Leaf, Chain::Digest] {
+        let f = fs_
+            .iter()
+            .find(|f| f.chain == kind && f.payload.len() > segment::DIGEST_ABOVE)
+            .expect("a large record in a segment of each kind");
+        assert_eq!(
+            f.leaf() == merkle::leaf_hash(&f.payload),
+            kind == Chain::Leaf,
+            "a large record's leaf is over its digest in the newer kind only"
+        );
+        let p = Inclusion::make(&t, f.seq, cp2.size, &f.leaf()).unwrap();
+        p.verify(&f.payload, &cp2.root).unwrap();
+        let mut bad = f.payload.clone();
+        let at = bad.len() - 10;
+        bad[at] ^= 1;
+        assert!(p.verify(&bad, &cp2.root).is_err(), "a changed record fails");
+        if kind == Chain::Digest {
+            // Its digest entry is not a record that the proof proves.
+            let mut entry = vec![0xFF];
+            entry.extend_from_slice(blake3::hash(&f.payload).as_bytes());
+            assert_eq!(merkle::leaf_hash(&entry), f.leaf());
+            let e = p.verify(&entry, &cp2.root).unwrap_err();
+            assert!(e.contains("not a record"), "{e}");
+        }
     }
     let _ = fs::remove_dir_all(&dir);
 }

@@ -234,19 +234,19 @@ pub fn prove(
     tree::for_each_record(dir, 1, &mut |f| {
         let hit = serde_json::from_slice::<IdOnly>(&f.payload).is_ok_and(|r| r.id == id);
         if hit {
-            found = Some((f.seq, f.payload.clone()));
+            found = Some((f.seq, f.payload.clone(), f.leaf()));
         }
         !hit
     })
     .map_err(anyhow::Error::msg)?;
-    let (seq, payload) = found.with_context(|| format!("no record with id {id}"))?;
+    let (seq, payload, leaf) = found.with_context(|| format!("no record with id {id}"))?;
     if seq > cp.size {
         bail!(
             "record {id} (seq {seq}) was written after the checkpoint ({} records): prove it against a later one",
             cp.size
         );
     }
-    let mut p = Inclusion::make(&tree, seq, cp.size, &payload)?;
+    let mut p = Inclusion::make(&tree, seq, cp.size, &leaf)?;
     p.leaf = Some(String::from_utf8_lossy(&payload).into_owned());
     p.verify(&payload, &cp.root).map_err(anyhow::Error::msg)?;
     #[derive(Serialize)]
@@ -296,7 +296,7 @@ pub fn export(
             if !filter.matches(f.seq, &record) {
                 return Ok(None);
             }
-            let mut proof = Inclusion::make(&tree, f.seq, cp.size, &f.payload)?;
+            let mut proof = Inclusion::make(&tree, f.seq, cp.size, &f.leaf())?;
             proof.leaf = Some(String::from_utf8_lossy(&f.payload).into_owned());
             let line = ProvedLine {
                 seq: f.seq,

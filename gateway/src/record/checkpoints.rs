@@ -19,7 +19,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info};
 
 use super::{
-    merkle::{self, Frontier, Hash},
+    merkle::{Frontier, Hash},
     note,
     segment::{self, Chain},
     witness, witness_client,
@@ -207,18 +207,18 @@ impl Rebuild {
                 "record seq {seq} was altered in the fleet database: its JSON is not the text its host hashed"
             ));
         }
-        // Chained over its leaf hash, or (written into a segment an older version began)
-        // over its text: the row does not say which, so either makes its hash, but never the
-        // older after the newer.
-        let leaf_hash = merkle::leaf_hash(leaf.as_bytes());
-        let chains: &[Chain] = match self.chain {
-            Chain::Leaf => &[Chain::Leaf],
-            Chain::Payload => &[Chain::Leaf, Chain::Payload],
-        };
-        let (chain, hash) = chains
-            .iter()
-            .map(|&c| (c, c.hash_with_leaf(&self.prev, seq, leaf.as_bytes(), &leaf_hash)))
-            .find(|(_, h)| segment::hex(h) == row.hash)
+        // Chained as this version chains, or (written into a segment an older version
+        // began) as an older one did: the row does not say which, so any kind makes its hash,
+        // but never an older after a newer.
+        let text = leaf.as_bytes();
+        let (chain, leaf_hash, hash) = [Chain::Digest, Chain::Leaf, Chain::Payload]
+            .into_iter()
+            .filter(|&c| c >= self.chain)
+            .map(|c| {
+                let leaf_hash = c.leaf(text);
+                (c, leaf_hash, c.hash_with_leaf(&self.prev, seq, text, &leaf_hash))
+            })
+            .find(|(_, _, h)| segment::hex(h) == row.hash)
             .ok_or_else(|| {
                 format!(
                     "record seq {seq} was altered in the fleet database: its text does not make its chain hash"
@@ -256,7 +256,7 @@ mod tests {
 
     /// `texts` as shipped rows, chained as this version writes them.
     fn rows(texts: &[&str]) -> Vec<ShippedRow> {
-        rows_chained(texts, |_| Chain::Leaf)
+        rows_chained(texts, |_| Chain::NEWEST)
     }
 
     /// `texts` as shipped rows, the one at index `i` chained as `chain(i)` says.
@@ -279,9 +279,14 @@ mod tests {
     }
 
     fn checkpoint(texts: &[&str]) -> note::Checkpoint {
+        checkpoint_chained(texts, |_| Chain::NEWEST)
+    }
+
+    /// The checkpoint of `texts`, the one at index `i` in a segment of kind `chain(i)`.
+    fn checkpoint_chained(texts: &[&str], chain: impl Fn(usize) -> Chain) -> note::Checkpoint {
         let mut f = Frontier::new();
-        for t in texts {
-            f.push(merkle::leaf_hash(t.as_bytes()));
+        for (i, t) in texts.iter().enumerate() {
+            f.push(chain(i).leaf(t.as_bytes()));
         }
         note::Checkpoint {
             origin: "test/callgate/records".into(),
@@ -385,6 +390,31 @@ mod tests {
         rs[0].record = serde_json::json!({"id": "A", "time_ms": 1});
         let e = rebuild(&rs).err().unwrap();
         assert!(e.contains("record seq 1 was altered"), "{e}");
+    }
+
+    /// A record of more than 4 KiB is a leaf over its digest in the segments this version
+    /// writes and over its text in older ones: each row finds its kind by its chain hash, and
+    /// the tree gets that kind's leaf.
+    #[test]
+    fn large_records_of_each_kind_make_the_signed_root() {
+        let large = format!(r#"{{"id":"L","response":"{}"}}"#, "x".repeat(6000));
+        let texts = [TEXTS[0], large.as_str(), TEXTS[1], large.as_str(), TEXTS[2]];
+        let kind = |i: usize| if i < 2 { Chain::Leaf } else { Chain::Digest };
+        assert_ne!(
+            Chain::Leaf.leaf(large.as_bytes()),
+            Chain::Digest.leaf(large.as_bytes())
+        );
+        let r = rebuild(&rows_chained(&texts, kind)).unwrap();
+        r.finish(&checkpoint_chained(&texts, kind)).unwrap();
+        // The signed tree had the other kind's leaf for a record: not this log.
+        let e = r
+            .finish(&checkpoint_chained(&texts, |_| Chain::Leaf))
+            .unwrap_err();
+        assert!(e.contains("do not make the root"), "{e}");
+        // Never the older kind after the newer one.
+        let back = |i: usize| if i < 2 { Chain::Digest } else { Chain::Leaf };
+        let e = rebuild(&rows_chained(&texts, back)).err().unwrap();
+        assert!(e.contains("record seq 3 was altered"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     Record,
-    segment::{self, Chain, End, Hash, Reader, SegmentFile},
+    segment::{self, End, Hash, Reader, SegmentFile},
     writer::{ANCHOR_FILE, CHECKPOINT_FILE, Checkpoint},
 };
 
@@ -190,11 +190,12 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
     // The last sequence number the chain accounts for, records or segment headers.
     let mut chain_end: Option<u64> = None;
     let last_index = segs.len().saturating_sub(1);
-    // A log goes from segments chained over payloads to ones chained over leaves, once; from
-    // the segments before `from_seq`'s too, whose headers are read for that alone.
-    let mut leaf_chained_before = segs[..start]
+    // A log only goes from older kinds of segment to newer ones; the segments before
+    // `from_seq`'s count too, whose headers are read for that alone.
+    let mut newest_before = segs[..start]
         .iter()
-        .any(|s| Reader::open(s).is_ok_and(|r| r.header.chain == Chain::Leaf));
+        .filter_map(|s| Reader::open(s).ok().map(|r| r.header.chain))
+        .max();
     for (i, seg) in segs.iter().enumerate().skip(start) {
         v.segments += 1;
         let name = seg.name();
@@ -207,12 +208,12 @@ pub fn verify(dir: &Path, from_seq: Option<u64>) -> Result<Verification, QueryEr
             }
         };
         let h = r.header;
-        match h.chain {
-            Chain::Leaf => leaf_chained_before = true,
-            Chain::Payload if leaf_chained_before => v.problems.push(format!(
-                "{name}: chained over its payloads, as only versions older than the segments before it wrote (its header was changed?)"
+        match newest_before {
+            Some(newer) if newer > h.chain => v.problems.push(format!(
+                "{name}: chained as only versions older than the segments before it wrote ({:?} after {newer:?}; its header was changed?)",
+                h.chain
             )),
-            Chain::Payload => {}
+            _ => newest_before = Some(h.chain),
         }
         if h.first_seq != seg.first_seq {
             v.problems.push(format!(

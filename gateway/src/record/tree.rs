@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{
     merkle::{self, Frontier, Hash, ProofError, Tree},
     note,
-    segment::{self, Reader},
+    segment::{self, Chain, Reader},
     writer::{ANCHOR_FILE, CHECKPOINT_FILE, Checkpoint},
 };
 
@@ -92,7 +92,7 @@ pub(super) fn restore(dir: &Path, last_seq: u64) -> Option<Frontier> {
     if f.size() < last_seq {
         let from = f.size() + 1;
         for_each_record(dir, from, &mut |fr| {
-            f.push(merkle::leaf_hash(&fr.payload));
+            f.push(fr.leaf());
             true
         })
         .ok()?;
@@ -108,7 +108,7 @@ pub(super) fn frontier_before(dir: &Path, next_first: u64) -> Option<Frontier> {
         if fr.seq >= next_first {
             return false;
         }
-        f.push(merkle::leaf_hash(&fr.payload));
+        f.push(fr.leaf());
         true
     })
     .ok()?;
@@ -122,7 +122,7 @@ pub fn load(dir: &Path) -> Result<Tree, String> {
     })?;
     let mut t = Tree::from_frontier(&base);
     for_each_record(dir, base.size() + 1, &mut |fr| {
-        t.push(merkle::leaf_hash(&fr.payload));
+        t.push(fr.leaf());
         true
     })?;
     Ok(t)
@@ -203,7 +203,9 @@ pub struct Inclusion {
     pub seq: u64,
     /// The tree size the proof is for (the checkpoint's).
     pub tree_size: u64,
-    /// SHA-256(0x00 ‖ record), base64.
+    /// The record's Merkle leaf hash, base64: SHA-256(0x00 ‖ record), or for a record of
+    /// more than 4 KiB in a segment this version wrote, SHA-256(0x00 ‖ 0xFF ‖ BLAKE3(record))
+    /// (see `segment`).
     pub leaf_hash: String,
     /// The record exactly as it is hashed (its stored JSON text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,12 +215,13 @@ pub struct Inclusion {
 }
 
 impl Inclusion {
-    pub fn make(tree: &Tree, seq: u64, size: u64, leaf: &[u8]) -> Result<Self, ProofError> {
+    /// The proof for record `seq`, whose leaf hash is `leaf` ([`segment::Frame::leaf`]).
+    pub fn make(tree: &Tree, seq: u64, size: u64, leaf: &Hash) -> Result<Self, ProofError> {
         let hashes = tree.inclusion(seq - 1, size)?;
         Ok(Self {
             seq,
             tree_size: size,
-            leaf_hash: b64(&merkle::leaf_hash(leaf)),
+            leaf_hash: b64(leaf),
             leaf: None,
             hashes: hashes.iter().map(b64).collect(),
         })
@@ -238,13 +241,21 @@ impl Inclusion {
         if self.seq == 0 {
             return Err("seq 0 is not a record".into());
         }
-        merkle::verify_inclusion(
-            self.seq - 1,
-            self.tree_size,
-            &merkle::leaf_hash(leaf),
-            &hashes,
-            root,
-        )
-        .map_err(|e| e.to_string())
+        // The proof does not say which kind of segment held the record, so the leaf is over
+        // it by either kind's rule. A record never begins with 0xFF (see `segment`): a text
+        // that does could be a large record's digest entry read by the older rule.
+        if leaf.first() == Some(&0xFF) {
+            return Err("not a record: its text begins with 0xFF".into());
+        }
+        let stated = dec(&self.leaf_hash)?;
+        let leaf_hash = [Chain::NEWEST, Chain::Leaf]
+            .map(|c| c.leaf(leaf))
+            .into_iter()
+            .find(|h| *h == stated)
+            .ok_or(
+                "the record's text does not make the proof's leaf hash (the record was altered)",
+            )?;
+        merkle::verify_inclusion(self.seq - 1, self.tree_size, &leaf_hash, &hashes, root)
+            .map_err(|e| e.to_string())
     }
 }

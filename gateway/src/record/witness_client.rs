@@ -193,7 +193,7 @@ pub(super) fn bridge_retention(dir: &Path, next_first: u64) {
                 return false;
             }
             expect += 1;
-            f.push(merkle::leaf_hash(&fr.payload));
+            f.push(fr.leaf());
             if f.size() == 1 << plan[i].1 {
                 blocks.push((plan[i].1, f.root()));
                 f = Frontier::new();
@@ -591,7 +591,7 @@ impl Client {
                     gap = Some(fr.seq);
                     return false;
                 }
-                p.push(merkle::leaf_hash(&fr.payload));
+                p.push(fr.leaf());
                 true
             })?;
             if let Some(seq) = gap {

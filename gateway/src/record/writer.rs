@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use super::{
     Entry, RecordError, RecorderConfig, Shared,
-    merkle::{self, Frontier},
+    merkle::Frontier,
     note,
     segment::{self, Chain, End, HEADER_LEN, Hash, Header, Reader, SegmentFile},
     tree,
@@ -76,7 +76,7 @@ pub(super) struct Writer {
     raw_len: u64,
     next_seq: u64,
     last_hash: Hash,
-    /// How the active segment's frames are chained: [`Chain::Leaf`], unless it is a segment
+    /// How the active segment's frames are chained: [`Chain::NEWEST`], unless it is a segment
     /// an older version began.
     chain: Chain,
     /// Frames not yet fsync'd, and who waits for them.
@@ -151,7 +151,7 @@ impl Writer {
             None => {
                 let (f, path, len) =
                     new_segment(&cfg.dir, next_seq, &last_hash, &mut zstd).map_err(open_err)?;
-                (f, path, len, HEADER_LEN as u64, Chain::Leaf)
+                (f, path, len, HEADER_LEN as u64, Chain::NEWEST)
             }
         };
         shared
@@ -334,7 +334,7 @@ impl Writer {
         self.last_taken = Some(Instant::now());
         let seq = self.next_seq;
         // Hashed once, for the tree and the chain.
-        let leaf = merkle::leaf_hash(&e.payload);
+        let leaf = self.chain.leaf(&e.payload);
         self.last_hash = segment::encode_frame(
             &mut self.pending,
             self.chain,
@@ -443,7 +443,7 @@ impl Writer {
             Ok((file, path, len)) => {
                 self.seg_path = path;
                 self.file = file;
-                self.chain = Chain::Leaf;
+                self.chain = Chain::NEWEST;
                 self.durable_len = len;
                 self.raw_len = HEADER_LEN as u64;
                 self.seg_opened = Instant::now();
@@ -548,7 +548,7 @@ fn new_segment(
         first_seq,
         created_ms: now_ms(),
         prev_hash: *prev,
-        chain: Chain::Leaf,
+        chain: Chain::NEWEST,
     };
     let mut packed = Vec::new();
     let result = segment::compress_frame(z, &header.encode(), &mut packed)
@@ -625,14 +625,14 @@ fn recover(dir: &Path, last: &SegmentFile, shared: &Shared) -> Result<Recovered,
         }
         Err(e) => return Err(corrupt(e.to_string())),
     };
-    // Only a log an older version began ends in a segment chained over payloads: not one
-    // whose segments before are chained over leaves.
-    if r.header.chain == Chain::Payload {
+    // Only a log an older version began ends in a segment of an older kind: not one whose
+    // segments before are of a newer kind.
+    if r.header.chain < Chain::NEWEST {
         let segs = segment::list(dir).map_err(io_err)?;
         let before = segs.iter().rev().find(|s| s.first_seq < last.first_seq);
-        if before.is_some_and(|b| Reader::open(b).is_ok_and(|b| b.header.chain == Chain::Leaf)) {
+        if before.is_some_and(|b| Reader::open(b).is_ok_and(|b| b.header.chain > r.header.chain)) {
             return Err(corrupt(
-                "chained over its payloads after segments chained over leaves, which no callgate writes; run `callgate records verify` (refusing to append to a log that does not verify)".into(),
+                "chained as only versions older than the segments before it wrote, which no callgate does; run `callgate records verify` (refusing to append to a log that does not verify)".into(),
             ));
         }
     }
