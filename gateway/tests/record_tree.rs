@@ -329,3 +329,39 @@ fn a_log_of_the_previous_kind_goes_on_and_stays_provable() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Root on the host replaces each large record by its 33-byte digest entry and relabels the
+/// log as an older kind, chain recomputed: were the older kinds' leaf over such an entry the
+/// entry itself, it would make the large record's leaf and every proof would hold. A payload
+/// beginning with 0xFF is digested in every kind, so the checkpoint catches it.
+#[test]
+fn a_large_record_replaced_by_its_digest_entry_fails_the_checkpoint() {
+    use segment::Chain;
+    let dir = tempdir("entry");
+    let s = signer();
+    write(&dir, &s, 20, |_| {});
+    let cp = latest(&dir, &s);
+    let mut forged = payloads(&dir);
+    let mut replaced = 0;
+    for p in &mut forged {
+        if p.len() > segment::DIGEST_ABOVE {
+            let mut entry = vec![0xFF];
+            entry.extend_from_slice(blake3::hash(p).as_bytes());
+            *p = entry;
+            replaced += 1;
+        }
+    }
+    assert!(replaced > 0, "no large record to replace");
+    for kind in [Chain::Leaf, Chain::Payload, Chain::Digest] {
+        let d = tempdir("entry-forged");
+        copy_dir(&dir, &d);
+        forge_as(&d, &forged, kind);
+        let p = problems(&d, &cp).join("\n");
+        assert!(
+            p.contains("not the ones the checkpoint signed"),
+            "{kind:?}: {p}"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -13,9 +13,11 @@
 //!          | 0xFF ‖ BLAKE3(payload)      otherwise                             (33 bytes)
 //! "CALLGATE-RECORD2":
 //! hash     = SHA-256("callgate chain 2" 0x00 ‖ prev_hash ‖ seq:u64le ‖ leaf)
-//! leaf     = SHA-256(0x00 ‖ payload)
+//! leaf     = SHA-256(0x00 ‖ entry), entry = payload     when payload[0] ≠ 0xFF
+//!                                         | as above   otherwise
 //! "CALLGATE-RECORDS":
 //! hash     = SHA-256(prev_hash ‖ seq:u64le ‖ payload)
+//! leaf     = as for "CALLGATE-RECORD2"
 //! ```
 //! `prev_hash` of a frame is the hash of the frame before it, across segment boundaries (a
 //! segment's header carries the last hash of the previous segment), so removing, reordering or
@@ -30,7 +32,9 @@
 //! The tree stays an RFC 6962 SHA-256 tree, so checkpoints and witnesses are unchanged; only
 //! what a large record's leaf is over changes. An entry names one record: a digest entry
 //! begins with 0xFF, which no record (a JSON object, UTF-8) does, and a payload that does is
-//! digested whatever its length, so no payload is also another's entry.
+//! digested whatever its length, in every kind of segment, so no payload is also another's
+//! entry, even in a segment relabelled as another kind. (No writer ever wrote such a payload,
+//! so the older kinds' leaves of every record written are what they always were.)
 //!
 //! Segments of older versions are still read, verified and appended to; a log only ever goes
 //! from older kinds to newer ones, so `verify` reports an older-kind segment after a newer one.
@@ -93,17 +97,21 @@ impl Chain {
     pub const NEWEST: Chain = Chain::Digest;
 
     /// The Merkle leaf hash of the record `payload` in a segment of this kind.
+    ///
+    /// A payload beginning with 0xFF, which no writer ever wrote, is digested in every kind:
+    /// else a large record of a `CALLGATE-RECORD3` segment could be replaced by its 33-byte
+    /// digest entry and the segment relabelled as an older kind, whose leaf over that entry
+    /// is the large record's leaf, and every proof would still hold.
     pub fn leaf(self, payload: &[u8]) -> Hash {
-        match self {
-            Chain::Digest
-                if payload.len() > DIGEST_ABOVE || payload.first() == Some(&DIGEST_ENTRY) =>
-            {
-                let mut entry = [0u8; 33];
-                entry[0] = DIGEST_ENTRY;
-                entry[1..].copy_from_slice(blake3::hash(payload).as_bytes());
-                merkle::leaf_hash(&entry)
-            }
-            _ => merkle::leaf_hash(payload),
+        let digested = payload.first() == Some(&DIGEST_ENTRY)
+            || (self == Chain::Digest && payload.len() > DIGEST_ABOVE);
+        if digested {
+            let mut entry = [0u8; 33];
+            entry[0] = DIGEST_ENTRY;
+            entry[1..].copy_from_slice(blake3::hash(payload).as_bytes());
+            merkle::leaf_hash(&entry)
+        } else {
+            merkle::leaf_hash(payload)
         }
     }
 
