@@ -813,11 +813,9 @@ pub fn callgate_sock_ops(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            // Only the sockets keyed or let through direct asked for their state changes.
+            forget(&ctx, cookie);
             if let Some(conn) = CALLGATE_DIRECT_OPEN.get_ptr(cookie) {
                 direct_closed(&ctx, cookie, unsafe { *conn });
-            } else {
-                forget(&ctx, cookie);
             }
         }
         BPF_SOCK_OPS_STATE_CB => direct_state(&ctx, ctx.arg(1)),
@@ -851,12 +849,18 @@ fn held_syn_timeout(ctx: &SockOpsContext) -> u32 {
 }
 
 /// The local port is bound by now and the SYN has not left, so the entry exists before the
-/// gateway can possibly `accept()` this connection.
+/// gateway can possibly `accept()` this connection. Only a socket going to the listener is
+/// keyed: a cookie entry left by an earlier `connect()` of the same socket that failed
+/// before its SYN does not key a later one that went elsewhere.
 #[inline(always)]
 fn key_by_local_address(ctx: &SockOpsContext, cookie: u64) {
     let Some(redirect) = CALLGATE_BY_COOKIE.get_ptr(cookie) else {
         return;
     };
+    if !to_listener(ctx) {
+        let _ = CALLGATE_BY_COOKIE.remove(cookie);
+        return;
+    }
     let redirect = unsafe { *redirect };
     let key = local_key(ctx, redirect.workload.netns);
     if CALLGATE_BY_ADDR.insert(key, redirect, 0).is_err() {
@@ -873,20 +877,55 @@ fn key_by_local_address(ctx: &SockOpsContext, cookie: u64) {
     count(counter::KEYED);
 }
 
-/// A keyed socket closed: its entries go. The address-keyed one is found from the socket
-/// itself (its local address and port and its namespace), never through the cookie entry:
-/// that one sits in an LRU map that connects failing before their SYN fill, and once it was
-/// evicted, an address entry left behind would name this workload and destination for
-/// whoever next dialled the listener from the same address and port. Deleting by address is
-/// safe: the kernel keeps this socket's address, port and destination (the listener) from any
-/// other socket until it is unhashed, after this callback. (A direct pass-through, which may
-/// share the address and port with a redirected socket going elsewhere, never gets here.)
+/// A socket that asked for its state changes closed: its entries go. The address-keyed one
+/// is found from the socket itself (its local address and port and its namespace), never
+/// through the cookie entry: that one sits in an LRU map that connects failing before their
+/// SYN fill, and once it was evicted, an address entry left behind would name this workload
+/// and destination for whoever next dialled the listener from the same address and port.
+/// Deleting by address is safe for a socket connected to the listener: the kernel keeps its
+/// address, port and destination from any other socket until it is unhashed, after this
+/// callback, so the entry under its address is its own. Any other socket (a direct
+/// pass-through, one whose flags another program set) may share its address and port with
+/// a redirected connection going to the listener: it deletes nothing by address.
 #[inline(always)]
 fn forget(ctx: &SockOpsContext, cookie: u64) {
-    // SAFETY: the helper takes the program's own context (sock_ops since Linux 5.15).
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let _ = CALLGATE_BY_COOKIE.remove(cookie);
-    let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
+    if to_listener(ctx) {
+        // SAFETY: the helper takes the program's own context (sock_ops since Linux 5.15).
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        let _ = CALLGATE_BY_ADDR.remove(local_key(ctx, netns));
+    }
+}
+
+/// Whether the socket's peer is the gateway's listener (either family's, on its port).
+#[inline(always)]
+fn to_listener(ctx: &SockOpsContext) -> bool {
+    let Some(cfg) = config() else {
+        return false;
+    };
+    let ops = ctx.ops;
+    // Read unconditionally, as in `local_key`. `remote_port` holds the port as the wire has
+    // it (network order) in its upper 16 bits.
+    let (family, remote4, remote6, port) = unsafe {
+        (
+            read_volatile(addr_of!((*ops).family)),
+            read_volatile(addr_of!((*ops).remote_ip4)),
+            [
+                read_volatile(addr_of!((*ops).remote_ip6[0])),
+                read_volatile(addr_of!((*ops).remote_ip6[1])),
+                read_volatile(addr_of!((*ops).remote_ip6[2])),
+                read_volatile(addr_of!((*ops).remote_ip6[3])),
+            ],
+            read_volatile(addr_of!((*ops).remote_port)),
+        )
+    };
+    let port = u32::from(u16::from_be((port >> 16) as u16));
+    let addr = if family == AF_INET {
+        v4_mapped(remote4)
+    } else {
+        remote6
+    };
+    port == cfg.listen_port && (addr == v4_mapped(cfg.listen_v4) || addr == cfg.listen_v6)
 }
 
 // === direct pass-through ===
@@ -915,6 +954,11 @@ fn direct_opened(ctx: &SockOpsContext, cookie: u64) {
     };
     let conn = unsafe { *conn };
     let _ = CALLGATE_DIRECT_PENDING.remove(cookie);
+    if to_listener(ctx) {
+        // Left by an earlier `connect()` of this socket that failed before its SYN: this one
+        // was redirected.
+        return;
+    }
     if CALLGATE_DIRECT_OPEN
         .insert(cookie, conn, u64::from(BPF_NOEXIST))
         .is_err()

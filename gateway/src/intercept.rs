@@ -477,15 +477,19 @@ impl Interceptor {
         self.detach_all(cg.id)?;
         self.save()?;
         info!(cgroup = %cg.path.display(), id = cg.id, "disabled interception");
-        if let Some(direct) = &self.direct {
-            // Sockets of the subtree that no other enabled cgroup still covers.
-            let mut ids: std::collections::HashSet<u64> =
-                cgroup::subtree_ids(&cg.path).into_iter().collect();
-            for e in self.enabled() {
-                for id in cgroup::subtree_ids(&e.path) {
-                    ids.remove(&id);
-                }
+        // Sockets of the subtree that no other enabled cgroup still covers.
+        let mut ids: std::collections::HashSet<u64> =
+            cgroup::subtree_ids(&cg.path).into_iter().collect();
+        for e in self.enabled() {
+            for id in cgroup::subtree_ids(&e.path) {
+                ids.remove(&id);
             }
+        }
+        let forgotten = self.forget_redirects(&ids);
+        if forgotten > 0 {
+            info!(cgroup = %cg.path.display(), forgotten, "connections redirected and not yet accepted at disable are refused");
+        }
+        if let Some(direct) = &self.direct {
             let swept = direct.sweep(&ids);
             if swept > 0 {
                 info!(cgroup = %cg.path.display(), swept, "direct pass-throughs open at disable are recorded as ended unseen");
@@ -645,6 +649,28 @@ impl Interceptor {
                 Some(redirect)
             }
         }
+    }
+
+    /// Removes the redirect entries of connections from the cgroups `ids` that the gateway has
+    /// not taken yet. Once a cgroup's programs are detached, no close callback removes its
+    /// entries any more: one whose connection ended before the gateway accepted it would stay,
+    /// and whoever next dialled the listener from its address and port would be taken for
+    /// that workload. Such a connection still on its way is refused: it fails closed.
+    fn forget_redirects(&self, ids: &std::collections::HashSet<u64>) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let Some(map) = self.by_addr.first() else {
+            return 0;
+        };
+        let mut map = map.locked();
+        let stale: Vec<SockKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| ids.contains(&r.workload.cgroup_id))
+            .map(|(k, _)| k)
+            .collect();
+        stale.iter().filter(|k| map.remove(k).is_ok()).count()
     }
 
     /// Kernel-side counters, summed over CPUs.
