@@ -10,9 +10,14 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use callgate_e2e::*;
 use gateway_common::{REDIRECT_MAP_ENTRIES, Redirect, SockKey, maps};
 
-fn by_addr(gw: &Gateway) -> BpfHashMap<MapData, SockKey, Redirect> {
-    let data = MapData::from_pin(gw.bpffs.join("maps").join(maps::BY_ADDR)).expect("pinned map");
+/// One of the gateway's pinned LRU maps.
+fn pinned<K: aya::Pod, V: aya::Pod>(gw: &Gateway, name: &str) -> BpfHashMap<MapData, K, V> {
+    let data = MapData::from_pin(gw.bpffs.join("maps").join(name)).expect("pinned map");
     BpfHashMap::try_from(Map::LruHashMap(data)).expect("LRU hash map")
+}
+
+fn by_addr(gw: &Gateway) -> BpfHashMap<MapData, SockKey, Redirect> {
+    pinned(gw, maps::BY_ADDR)
 }
 
 #[test]
@@ -120,8 +125,7 @@ fn full_redirect_maps_evict_and_fail_closed() {
 }
 
 fn by_cookie(gw: &Gateway) -> BpfHashMap<MapData, u64, Redirect> {
-    let data = MapData::from_pin(gw.bpffs.join("maps").join(maps::BY_COOKIE)).expect("pinned map");
-    BpfHashMap::try_from(Map::LruHashMap(data)).expect("LRU hash map")
+    pinned(gw, maps::BY_COOKIE)
 }
 
 /// A connection that ends before the gateway accepts it takes its address-keyed entry with

@@ -52,6 +52,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT, BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT,
         BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_LAST_ACK, BPF_TCP_SYN_SENT, bpf_sock_addr,
+        bpf_sock_ops,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -910,12 +911,7 @@ fn to_listener(ctx: &SockOpsContext) -> bool {
         (
             read_volatile(addr_of!((*ops).family)),
             read_volatile(addr_of!((*ops).remote_ip4)),
-            [
-                read_volatile(addr_of!((*ops).remote_ip6[0])),
-                read_volatile(addr_of!((*ops).remote_ip6[1])),
-                read_volatile(addr_of!((*ops).remote_ip6[2])),
-                read_volatile(addr_of!((*ops).remote_ip6[3])),
-            ],
+            remote_ip6(ops),
             read_volatile(addr_of!((*ops).remote_port)),
         )
     };
@@ -1109,6 +1105,22 @@ fn add_state(index: u32) {
     }
 }
 
+/// The peer's address words, each read on its own (the verifier checks every context access).
+///
+/// # Safety
+/// `ops` is the program's own context.
+#[inline(always)]
+unsafe fn remote_ip6(ops: *const bpf_sock_ops) -> [u32; 4] {
+    unsafe {
+        [
+            read_volatile(addr_of!((*ops).remote_ip6[0])),
+            read_volatile(addr_of!((*ops).remote_ip6[1])),
+            read_volatile(addr_of!((*ops).remote_ip6[2])),
+            read_volatile(addr_of!((*ops).remote_ip6[3])),
+        ]
+    }
+}
+
 #[inline(always)]
 fn local_key(ctx: &SockOpsContext, netns: u64) -> SockKey {
     let ops = ctx.ops;
@@ -1117,12 +1129,7 @@ fn local_key(ctx: &SockOpsContext, netns: u64) -> SockKey {
     let (family, remote, local4, local6, port) = unsafe {
         (
             read_volatile(addr_of!((*ops).family)),
-            [
-                read_volatile(addr_of!((*ops).remote_ip6[0])),
-                read_volatile(addr_of!((*ops).remote_ip6[1])),
-                read_volatile(addr_of!((*ops).remote_ip6[2])),
-                read_volatile(addr_of!((*ops).remote_ip6[3])),
-            ],
+            remote_ip6(ops),
             read_volatile(addr_of!((*ops).local_ip4)),
             [
                 read_volatile(addr_of!((*ops).local_ip6[0])),

@@ -83,6 +83,13 @@ fn payloads(dir: &Path) -> Vec<Vec<u8>> {
     frames(dir).into_iter().map(|f| f.payload).collect()
 }
 
+/// What a large record's leaf is over in the newest kind of segment: `0xFF ‖ BLAKE3(record)`.
+fn digest_entry(payload: &[u8]) -> Vec<u8> {
+    let mut entry = vec![0xFF];
+    entry.extend_from_slice(blake3::hash(payload).as_bytes());
+    entry
+}
+
 fn frames(dir: &Path) -> Vec<segment::Frame> {
     let mut out = Vec::new();
     tree::for_each_record(dir, 1, &mut |f| {
@@ -320,8 +327,7 @@ fn a_log_of_the_previous_kind_goes_on_and_stays_provable() {
         assert!(p.verify(&bad, &cp2.root).is_err(), "a changed record fails");
         if kind == Chain::Digest {
             // Its digest entry is not a record that the proof proves.
-            let mut entry = vec![0xFF];
-            entry.extend_from_slice(blake3::hash(&f.payload).as_bytes());
+            let entry = digest_entry(&f.payload);
             assert_eq!(merkle::leaf_hash(&entry), f.leaf());
             let e = p.verify(&entry, &cp2.root).unwrap_err();
             assert!(e.contains("not a record"), "{e}");
@@ -345,9 +351,7 @@ fn a_large_record_replaced_by_its_digest_entry_fails_the_checkpoint() {
     let mut replaced = 0;
     for p in &mut forged {
         if p.len() > segment::DIGEST_ABOVE {
-            let mut entry = vec![0xFF];
-            entry.extend_from_slice(blake3::hash(p).as_bytes());
-            *p = entry;
+            *p = digest_entry(p);
             replaced += 1;
         }
     }
