@@ -832,6 +832,11 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
         assert_eq!(f.show(&f.cg_a).0, 200);
     }
     assert_eq!(f.show(&f.cg_b).0, 200);
+    // A long answer (a card at its end): the log keeps it beside its record's JSON; the row
+    // holds that text as its `leaf` and the record it reads as.
+    let long = format!("http://127.0.0.1:{}/v1/payments/p_2?size=3000", f.up.port);
+    let (code, body) = f.curl(&f.cg_a, &[&long]).finish();
+    assert_eq!(code, 200, "{body}");
     let seqs = all_shipped(&f, &f.a, "host-a");
     let last = *seqs.last().expect("records");
 
@@ -889,6 +894,56 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
     // Another host's key: refused.
     let (ok, out) = verify_fleet(&f, &key_b);
     assert!(!ok && out.contains("is not signed by the key"), "{out}");
+
+    // The long answer's row: its leaf is the log's text, its record the JSON it reads as,
+    // the card masked in both.
+    let row = f.pg.psql(
+        "callgate",
+        "SELECT seq || ' ' || (record->'response'->>'card') || ' ' \
+         || length(record->'response'->>'pad') || ' ' || (strpos(leaf, '4111') > 0) \
+         FROM callgate_records WHERE host = 'host-a' AND ascii(leaf) = 30",
+    );
+    let row: Vec<&str> = row.split(' ').collect();
+    assert_eq!(row[1..], ["************1111", "3000", "false"], "{row:?}");
+    let long_seq = row[0];
+    // Its answer altered in the leaf alone, then in the leaf and the record alike.
+    let alter = |sql: &str| {
+        f.pg.psql(
+            "callgate",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS kept_long AS SELECT * FROM callgate_records \
+                 WHERE host = 'host-a' AND seq = {long_seq}; {sql}"
+            ),
+        )
+    };
+    alter(&format!(
+        "UPDATE callgate_records SET leaf = replace(leaf, 'xxxx', 'xyxx') \
+         WHERE host = 'host-a' AND seq = {long_seq}"
+    ));
+    let (ok, out) = verify_fleet(&f, &key_a);
+    assert!(
+        !ok && out.contains(&format!("record seq {long_seq} was altered")),
+        "{out}"
+    );
+    alter(&format!(
+        "UPDATE callgate_records SET record = jsonb_set(record, '{{response,pad}}', \
+         to_jsonb(replace(record->'response'->>'pad', 'xxxx', 'xyxx'))) \
+         WHERE host = 'host-a' AND seq = {long_seq}"
+    ));
+    let (ok, out) = verify_fleet(&f, &key_a);
+    assert!(
+        !ok && out.contains(&format!("record seq {long_seq} was altered"))
+            && out.contains("chain hash"),
+        "{out}"
+    );
+    f.pg.psql(
+        "callgate",
+        &format!(
+            "DELETE FROM callgate_records WHERE host = 'host-a' AND seq = {long_seq}; \
+             INSERT INTO callgate_records SELECT * FROM kept_long"
+        ),
+    );
+    assert!(verify_fleet(&f, &key_a).0);
 
     // One record's JSON altered in the database.
     f.pg.psql(

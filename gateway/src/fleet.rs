@@ -193,10 +193,12 @@ mod sql {
         "SELECT seq FROM callgate_records WHERE host = $1 ORDER BY seq DESC LIMIT $2";
     /// One multi-row insert per batch; (host, seq) makes a batch sent twice land once.
     /// The text goes once and is kept twice: as sent (`leaf`, what the Merkle tree hashed)
-    /// and as jsonb (`record`, what queries read).
+    /// and as jsonb (`record`, what queries read); a record that keeps its answer beside its
+    /// JSON ([`crate::record::beside`]) sends its stored text as well, as its `leaf`.
     pub const RECORDS_PUT: &str = "INSERT INTO callgate_records (host, seq, hash, at_ms, record, leaf) \
-         SELECT $1, s, h, t, r::jsonb, r \
-         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[]) AS u(s, h, t, r) \
+         SELECT $1, s, h, t, r::jsonb, coalesce(l, r) \
+         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[]) \
+         AS u(s, h, t, r, l) \
          ON CONFLICT (host, seq) DO NOTHING";
     pub const CHECKPOINTS_MAX: &str = "SELECT size, cosigned IS NOT NULL FROM callgate_checkpoints \
          WHERE host = $1 ORDER BY size DESC LIMIT 1";
@@ -213,6 +215,9 @@ pub struct ShippedRecord {
     pub hash: String,
     pub time_ms: u64,
     pub record: RawJson,
+    /// The text the log holds, when it is not `record` itself: an answer kept beside the
+    /// record's JSON ([`crate::record::beside`]).
+    pub leaf: Option<RawJson>,
 }
 
 /// JSON text sent to the database as it is (`json`/`jsonb`/`text`), not parsed and written
@@ -719,8 +724,12 @@ impl Fleet {
         let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
         let times: Vec<i64> = batch.iter().map(|r| r.time_ms as i64).collect();
         let records: Vec<&RawJson> = batch.iter().map(|r| &r.record).collect();
-        self.execute(sql::RECORDS_PUT, &[&host, &seqs, &hashes, &times, &records])
-            .await
+        let leaves: Vec<Option<&RawJson>> = batch.iter().map(|r| r.leaf.as_ref()).collect();
+        self.execute(
+            sql::RECORDS_PUT,
+            &[&host, &seqs, &hashes, &times, &records, &leaves],
+        )
+        .await
     }
 
     /// The largest signed checkpoint of this host the database has, and whether it has its

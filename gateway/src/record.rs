@@ -5,6 +5,7 @@
 //! appends hash-chained frames ([`segment`]), compresses and fsyncs them in groups, and
 //! rotates segments. When the writer cannot keep up or the disk is full, `submit` refuses
 //! the call instead of dropping its record: callgate fails closed.
+pub mod beside;
 pub mod build;
 pub mod checkpoints;
 mod json;
@@ -77,6 +78,11 @@ pub struct Record {
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<RawJson>,
+    /// A long answer the log keeps beside the record's JSON instead of in `response`
+    /// ([`beside`]): the record's copy, already masked, not checked on the data path to be
+    /// JSON. Read back from the log, it is `response`. Not serialised by serde.
+    #[serde(skip)]
+    pub response_beside: Option<String>,
     /// The response was longer than the record's cap and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_truncated: bool,
@@ -119,7 +125,8 @@ pub struct RecordedDecision {
 
 /// A JSON value kept as its text. A response body goes into its record as the bytes the
 /// client got (masked again with every detector) rather than through a parsed tree and back:
-/// parsing, walking and re-serialising cost more than the rest of the record together.
+/// parsing, walking and re-serialising cost more than the rest of the record together. (A
+/// long one is not checked to be JSON either: it is kept beside the record's JSON, [`beside`].)
 ///
 /// `P` holds the text, always exactly one JSON value: boxed for a value that belongs to one
 /// record, shared ([`SharedJson`]) for one that many records carry. Text from outside is
@@ -153,16 +160,24 @@ impl RawJson {
     /// trim becomes the value without being copied (a large answer's record otherwise copies
     /// it once more here).
     pub fn owned(text: Vec<u8>) -> Self {
+        match String::from_utf8(text) {
+            Ok(s) => Self::owned_str(s),
+            Err(e) => Self::string(&String::from_utf8_lossy(e.as_bytes())),
+        }
+    }
+
+    /// [`RawJson::owned`] for text already known to be UTF-8.
+    pub fn owned_str(s: String) -> Self {
         let trimmed = |b: &[u8]| {
             !matches!(b.first(), Some(b' ' | b'\t' | b'\n' | b'\r'))
                 && !matches!(b.last(), Some(b' ' | b'\t' | b'\n' | b'\r'))
         };
-        match String::from_utf8(text) {
-            Ok(s) if trimmed(s.as_bytes()) && valid::is_json(s.as_bytes()) => {
-                Self(s.into_boxed_str())
-            }
-            Ok(s) => Self::text(&s),
-            Err(e) => Self::string(&String::from_utf8_lossy(e.as_bytes())),
+        if !trimmed(s.as_bytes()) {
+            Self::text(&s)
+        } else if valid::is_json(s.as_bytes()) {
+            Self(s.into_boxed_str())
+        } else {
+            Self::string(&s)
         }
     }
 
@@ -566,11 +581,18 @@ impl Recorder {
         // Sized up front: growing from serde_json's 128 bytes, doubling, was a quarter of
         // the serialising.
         let raw_len = |r: Option<&str>| r.map_or(0, str::len);
+        let beside = rec.response_beside.take();
         let mut payload = Vec::with_capacity(
             512 + raw_len(rec.response.as_ref().map(RawJson::get))
+                + raw_len(beside.as_deref())
                 + raw_len(rec.workload.as_ref().map(RawJson::get)),
         );
-        rec.write_json(&mut payload)?;
+        match &beside {
+            Some(answer) if rec.response.is_none() => {
+                beside::write(&mut payload, answer, |out| rec.write_json(out))?
+            }
+            _ => rec.write_json(&mut payload)?,
+        }
         let (done, durable) = match self.cfg.durability {
             Durability::Strict => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -654,6 +676,39 @@ impl Recorder {
                 rec.workload = Some(self.mask_workload(w));
             }
         }
+        if let Some(text) = rec.response_beside.take() {
+            rec.response_beside = if rec.response.is_some() {
+                // A `response` already there wins.
+                None
+            } else if !beside::keeps(&text) {
+                rec.response = Some(RawJson::text(&text));
+                None
+            } else if rec.response_masked {
+                Some(text)
+            } else if has_hiding_escape(text.as_bytes()) {
+                // Escapes a detector does not see through: inline, where they are decoded
+                // and masked as JSON (below).
+                rec.response = Some(RawJson::text(&text));
+                None
+            } else {
+                // Masked as text, as an inline answer without such escapes is.
+                Some(match self.masks.mask_str(&self.key, &text) {
+                    Cow::Owned(masked) => masked,
+                    Cow::Borrowed(_) => text,
+                })
+            };
+        }
+        if let Some(text) = &rec.response_beside {
+            if text.len() > self.cfg.response_cap {
+                let len = text.len();
+                rec.response_beside = None;
+                rec.response = Some(RawJson::string(&format!(
+                    "[{len} bytes, over the record cap of {}]",
+                    self.cfg.response_cap
+                )));
+                rec.response_truncated = true;
+            }
+        }
         if let Some(r) = &mut rec.response {
             if !rec.response_masked {
                 self.mask_raw(r);
@@ -689,6 +744,28 @@ impl Recorder {
             self.masks.mask_str(&self.key, rest).into_owned()
         });
         SharedJson::of(&v)
+    }
+
+    /// Puts an answer the client got (a captured buffer the caller is done with) into `rec` as
+    /// its record keeps it: masked here with `spans` when the scan that masked the client's
+    /// copy found them ([`Recorder::mask_answer`]), else by [`Recorder::submit`]; a long
+    /// answer kept beside the record's JSON ([`beside`]), not checked here to be JSON.
+    pub fn keep_answer(&self, rec: &mut Record, answer: Vec<u8>, spans: Option<&AnswerSpans>) {
+        let text = match spans {
+            Some(spans) => {
+                rec.response_masked = true;
+                match self.mask_answer(&answer, spans) {
+                    Cow::Owned(masked) => masked,
+                    Cow::Borrowed(_) => answer,
+                }
+            }
+            None => answer,
+        };
+        match String::from_utf8(text) {
+            Ok(s) if beside::keeps(&s) => rec.response_beside = Some(s),
+            Ok(s) => rec.response = Some(RawJson::owned_str(s)),
+            Err(e) => rec.response = Some(RawJson::string(&String::from_utf8_lossy(e.as_bytes()))),
+        }
     }
 
     /// An answer as the client got it, masked for the record: `spans` are the values of the

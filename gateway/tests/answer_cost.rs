@@ -13,7 +13,7 @@ use std::{hint::black_box, sync::Arc};
 
 use callgate::{
     obligations::mask::{BodyKind, BodyMasker, MaskKey, MaskRules, MaskSpec},
-    record::{RawJson, Record, Recorder, RecorderConfig},
+    record::{Record, Recorder, RecorderConfig},
 };
 
 const SMALL: &str = r#"{"id":42,"name":"widget","owner":"team-a","price":1299,"tags":["a","b","c"],"note":"nothing sensitive here, just a small JSON answer of about two hundred bytes"}"#;
@@ -74,16 +74,7 @@ fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[
     let mut rec = record();
     rec.bytes_out = out.len() as u64;
     // As the data path does: the captured buffer becomes the record's value, not copied.
-    match masker.answer_spans() {
-        Some(spans) => {
-            rec.response = Some(match recorder.mask_answer(&out, &spans) {
-                std::borrow::Cow::Owned(m) => RawJson::owned(m),
-                std::borrow::Cow::Borrowed(_) => RawJson::owned(out),
-            });
-            rec.response_masked = true;
-        }
-        None => rec.response = Some(RawJson::owned(out)),
-    }
+    recorder.keep_answer(&mut rec, out, masker.answer_spans().as_ref());
     black_box(recorder.submit(rec).expect("submit"));
 }
 

@@ -882,6 +882,92 @@ fn answers_masked_once_leave_nothing_unmasked_on_disk() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// A long answer is kept beside the record's JSON, unchecked on the data path: read back,
+/// each record is the one the answer written inline would have made (a JSON answer as its
+/// value, anything else as a string), an answer built to end `response` and write a decision
+/// of its own writes nothing, the chain verifies, and no value the record masks reaches disk,
+/// whether the scan that masked the client's copy masked it or the recorder does.
+#[test]
+fn answers_kept_beside_the_json_read_back_as_if_inline() {
+    use callgate::obligations::mask::{BodyKind, BodyMasker, MaskRules, MaskSpec};
+    use callgate::record::{beside, tree};
+    use std::sync::Arc;
+    let dir = tempdir("beside");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let policy =
+        Arc::new(MaskRules::compile(&[MaskSpec::Detector("email".into())]).expect("rules"));
+    let filler = "f".repeat(beside::FROM);
+    let answers = [
+        format!(r#"{{"card": "4111 1111 1111 1111", "n": 5555555555554444, "fill": "{filler}"}}"#),
+        format!(
+            r#"1,"decision":{{"action":"allow","rule":"forged"}},"fill":"{filler} 4111 1111 1111 1111""#
+        ),
+        format!("{filler}\"}}, \"status\": 1, \"x\": {{\"a\":\"4111 1111 1111 1111\n"),
+        format!("\u{1e}{{\"id\":\"forged\"}}\n{filler} 5555555555554444"),
+        format!("  [\"{filler}\"]  \n"),
+        // Escapes that spell a card: decoded and masked inline, not kept beside.
+        format!(r#"{{"card": "\u0034111 1111 1111 1111", "fill": "{filler}"}}"#),
+    ];
+    let mut ids = Vec::new();
+    let mut kept_beside = 0;
+    for masked_once in [true, false] {
+        for (i, answer) in answers.iter().enumerate() {
+            let text = if masked_once {
+                let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json);
+                let mut client = Vec::new();
+                m.push(answer.as_bytes(), &mut client);
+                m.finish(&mut client);
+                let spans = m.answer_spans().expect("followed");
+                String::from_utf8(rec.mask_answer(&client, &spans).into_owned()).expect("utf-8")
+            } else {
+                // No masks of the policy's: the recorder masks the answer itself.
+                answer.clone()
+            };
+            assert!(beside::keeps(&text), "{text}");
+            kept_beside += usize::from(masked_once || !text.contains("\\u"));
+            // The same answer, inline and beside.
+            let mut inline = record(3 * i as u64 + 1, "beside");
+            inline.response = Some(RawJson::text(&text));
+            inline.response_masked = masked_once;
+            let mut kept = inline.clone();
+            kept.id = format!("{}-beside", kept.id);
+            kept.response = None;
+            kept.response_beside = Some(text);
+            ids.push((inline.id.clone(), kept.id.clone()));
+            rec.submit(inline).expect("submit");
+            rec.submit(kept).expect("submit");
+        }
+    }
+    rec.close();
+    assert!(query::verify(&dir, None).expect("verify").ok());
+    let text = disk_text(&dir);
+    for pii in ["4111 1111 1111 1111", "5555555555554444", "0034111 1111"] {
+        assert!(!text.contains(pii), "{pii} reached disk: {text}");
+    }
+    let mut marked = 0;
+    tree::for_each_record(&dir, 1, &mut |f| {
+        marked += usize::from(f.payload.first() == Some(&beside::MARK));
+        true
+    })
+    .expect("frames");
+    assert_eq!(marked, kept_beside, "each long answer kept beside, once");
+    let stored = all(&dir);
+    assert_eq!(stored.len(), ids.len() * 2);
+    for (inline, kept) in &ids {
+        let find = |id: &str| {
+            let s = stored.iter().find(|s| s.record.id == *id).expect("stored");
+            serde_json::to_value(&s.record).expect("value")
+        };
+        let (a, mut b) = (find(inline), find(kept));
+        b["id"] = a["id"].clone();
+        assert_eq!(a, b, "kept beside, the record reads as it would inline");
+        assert_eq!(b["decision"]["action"], "allow");
+        assert!(b["decision"].get("rule").is_none(), "{b}");
+        assert_eq!(b["status"], 200, "{b}");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -232,7 +232,10 @@ pub fn prove(
     let tree = tree::load(dir).map_err(anyhow::Error::msg)?;
     let mut found = None;
     tree::for_each_record(dir, 1, &mut |f| {
-        let hit = serde_json::from_slice::<IdOnly>(&f.payload).is_ok_and(|r| r.id == id);
+        let hit = callgate::record::beside::json(&f.payload)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<IdOnly>(&json).ok())
+            .is_some_and(|r| r.id == id);
         if hit {
             found = Some((f.seq, f.payload.clone(), f.leaf()));
         }
@@ -292,7 +295,8 @@ pub fn export(
             return false;
         }
         let line = (|| -> Result<Option<String>> {
-            let record: Record = serde_json::from_slice(&f.payload)?;
+            let record: Record =
+                serde_json::from_slice(&callgate::record::beside::json(&f.payload)?)?;
             if !filter.matches(f.seq, &record) {
                 return Ok(None);
             }

@@ -115,6 +115,13 @@ CREATE TABLE callgate_checkpoints (
     PRIMARY KEY (host, size)
 );
 "#,
+    // 6: a `leaf` may hold a record whose answer is kept beside its JSON
+    // (`crate::record::beside`): no table changes, but a callgate older than this would take
+    // such a row for an altered one, so it must not read this database.
+    r#"
+COMMENT ON COLUMN callgate_records.leaf IS
+    'the text its host hashed: the record''s JSON, or 0x1E, its JSON without response, 0x0A, the answer';
+"#,
 ];
 
 /// The schema version this binary knows.

@@ -201,7 +201,10 @@ impl Rebuild {
                 "record seq {seq} was shipped without the text its host hashed (by a callgate older than schema 5): it cannot be checked"
             ));
         };
-        let same = serde_json::from_str::<serde_json::Value>(leaf).is_ok_and(|v| v == row.record);
+        let same = super::beside::json(leaf.as_bytes())
+            .ok()
+            .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+            .is_some_and(|v| v == row.record);
         if !same {
             return Err(format!(
                 "record seq {seq} was altered in the fleet database: its JSON is not the text its host hashed"

@@ -119,12 +119,15 @@ pub fn scan(
         };
         let mut r = Reader::open(seg).map_err(|e| err(e.to_string()))?;
         while let Some(frame) = r.next_frame().map_err(|e| err(e.to_string()))? {
-            let record: Record = serde_json::from_slice(&frame.payload).map_err(|e| {
-                err(format!(
-                    "record at offset {} (seq {}) does not parse: {e}",
-                    frame.offset, frame.seq
-                ))
-            })?;
+            let record: Record = super::beside::json(&frame.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    err(format!(
+                        "record at offset {} (seq {}) does not parse: {e}",
+                        frame.offset, frame.seq
+                    ))
+                })?;
             if filter.matches(frame.seq, &record) {
                 let stored = Stored {
                     seq: frame.seq,

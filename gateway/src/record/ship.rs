@@ -284,12 +284,23 @@ pub fn read_batch(
             continue;
         }
         c.next = frame.seq + 1;
-        match time_of(&frame.payload) {
+        // The row's JSON and, for a payload that keeps its answer beside its JSON, the
+        // payload as its `leaf` (what the tree hashed).
+        let (json, leaf) = match super::beside::json(&frame.payload) {
+            Ok(std::borrow::Cow::Borrowed(_)) => (frame.payload, None),
+            Ok(std::borrow::Cow::Owned(json)) => (json, Some(RawJson(frame.payload))),
+            Err(e) => {
+                warn!(seq = frame.seq, error = %e, "record not shipped: not a record's JSON");
+                continue;
+            }
+        };
+        match time_of(&json) {
             Some(time_ms) => out.push(ShippedRecord {
                 seq: frame.seq,
                 hash: segment::hex(&frame.hash),
                 time_ms,
-                record: RawJson(frame.payload),
+                record: RawJson(json),
+                leaf,
             }),
             None => warn!(seq = frame.seq, "record not shipped: not a record's JSON"),
         }

@@ -1,7 +1,8 @@
-//! Is a text one JSON value? The record keeps an answer as its text, written into the record
-//! as it is, so the text must be exactly one JSON value (anything else could end the record's
-//! `response` and write fields of its own). `serde_json` answers this too, by parsing it, at
-//! about 19 instructions a byte: two thirds of a 16 KiB answer's cost on the data path.
+//! Is a text one JSON value? The record keeps a short answer as its text, written into the
+//! record's JSON as it is, so the text must be exactly one JSON value (anything else could end
+//! the record's `response` and write fields of its own); a long one is kept beside the JSON
+//! ([`super::beside`]) and checked here when it is read. `serde_json` answers this too, by
+//! parsing it, at about 19 instructions a byte.
 //!
 //! This checks the same grammar (RFC 8259) in two passes over each 64-byte block, as simdjson does:
 //! the block's bytes are classified with vector compares ([`Lexed`]), which finds the strings,

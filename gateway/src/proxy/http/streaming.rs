@@ -206,27 +206,19 @@ impl Pending {
                 None => why,
             });
         }
-        let recorder = self.recording.conn.inputs.recorder.as_ref();
-        let mut masked = false;
         let capture = std::mem::take(&mut self.capture);
-        let response = (!capture.is_empty()).then(|| {
-            if self.truncated {
-                return RawJson::string(&String::from_utf8_lossy(&capture));
-            }
+        let response = if capture.is_empty() {
+            None
+        } else if self.truncated {
+            Some(RawJson::string(&String::from_utf8_lossy(&capture)))
+        } else if let Some(r) = self.recording.conn.inputs.recorder.as_ref() {
             // The captured buffer becomes the record's value as it is, not copied again.
-            match (self.spans.take(), recorder) {
-                // Masked once: the client's bytes with what the policy let through masked.
-                (Some(spans), Some(r)) => {
-                    masked = true;
-                    match r.mask_answer(&capture, &spans) {
-                        std::borrow::Cow::Owned(m) => RawJson::owned(m),
-                        std::borrow::Cow::Borrowed(_) => RawJson::owned(capture),
-                    }
-                }
-                _ => RawJson::owned(capture),
-            }
-        });
-        self.recording.rec.response_masked = masked;
+            let rec = &mut self.recording.rec;
+            r.keep_answer(rec, capture, self.spans.take().as_ref());
+            rec.response.take()
+        } else {
+            None
+        };
         self.recording
             .submit(Some(self.status), response, self.truncated, self.bytes_out)
     }

@@ -1,0 +1,189 @@
+//! A long answer kept beside its record's JSON rather than inside it.
+//!
+//! Written into the record's text, an answer must first be found to be exactly one JSON value
+//! ([`super::valid::is_json`]): anything else could end the record's `response` and write fields
+//! of its own. On the data path that check was a fifth of the CPU a call with 16 KiB answers.
+//! A long answer is instead written after the record's JSON, where none of its bytes can reach
+//! the record's fields, and is checked only when the record is read:
+//!
+//! `0x1E ‖ the record's JSON, without "response" ‖ 0x0A ‖ the answer`
+//!
+//! The answer is the record's copy (masked as always), valid UTF-8 without NUL (a fleet
+//! database's `text` refuses NUL). A reader ([`json`]) puts it back as `response`: the answer
+//! itself when it is one JSON value, else a JSON string of it, exactly what it would have been
+//! written inline ([`RawJson::text`]). A record's JSON begins with `{`, so the first byte says
+//! which form a payload has, in a segment of any kind: no payload reads two ways.
+//!
+//! The payload, in either form, is what the log chains, the Merkle tree hashes, proofs carry
+//! as their `leaf` and the fleet's `leaf` column keeps; the JSON it reads as is what `records`
+//! shows and the fleet's `record` column holds.
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::RawJson;
+
+/// The first byte of a payload whose answer is beside its JSON (ASCII record separator).
+pub const MARK: u8 = 0x1e;
+/// Answers this long or longer are kept beside: below it the check costs well under a
+/// microsecond, and the record stays plain JSON.
+pub const FROM: usize = 1024;
+
+/// Whether a record keeps `answer` beside its JSON: long enough, and without NUL.
+pub fn keeps(answer: &str) -> bool {
+    answer.len() >= FROM && memchr::memchr(0, answer.as_bytes()).is_none()
+}
+
+/// Appends `json` (the record without `response`, written by `write`) and `answer` to `out`
+/// as one payload.
+pub(super) fn write(
+    out: &mut Vec<u8>,
+    answer: &str,
+    json: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
+    out.push(MARK);
+    json(out)?;
+    out.push(b'\n');
+    out.extend_from_slice(answer.as_bytes());
+    Ok(())
+}
+
+/// Why a payload marked as keeping its answer beside its JSON cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BesideError {
+    #[error("its JSON, before the answer kept beside it, is not a JSON object: {0}")]
+    Json(String),
+    #[error("no line feed between its JSON and the answer kept beside it")]
+    NoSeparator,
+    #[error("its JSON has a `response` of its own and an answer kept beside it")]
+    TwoResponses,
+    #[error("the answer kept beside its JSON is not UTF-8")]
+    NotUtf8,
+}
+
+/// The record's JSON in a stored payload: the payload itself, or its JSON with the answer kept
+/// beside it put back as `response`.
+pub fn json(payload: &[u8]) -> Result<Cow<'_, [u8]>, BesideError> {
+    let Some(rest) = payload.strip_prefix(&[MARK]) else {
+        return Ok(Cow::Borrowed(payload));
+    };
+    /// The JSON before the answer: any object without a `response` of its own.
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default, deserialize_with = "present")]
+        response: bool,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| true)
+    }
+    if rest.first() != Some(&b'{') {
+        return Err(BesideError::Json("it does not begin with `{`".into()));
+    }
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Head>();
+    let head = match values.next() {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return Err(BesideError::Json(e.to_string())),
+        None => return Err(BesideError::NoSeparator),
+    };
+    if head.response {
+        return Err(BesideError::TwoResponses);
+    }
+    // The object ends with its `}`, right before the line feed.
+    let (object, tail) = rest.split_at(values.byte_offset());
+    let answer = tail.strip_prefix(b"\n").ok_or(BesideError::NoSeparator)?;
+    let answer = std::str::from_utf8(answer).map_err(|_| BesideError::NotUtf8)?;
+    let response = RawJson::text(answer);
+    let fields = &object[..object.len() - 1];
+    let mut out = Vec::with_capacity(fields.len() + response.get().len() + 16);
+    out.extend_from_slice(fields);
+    if fields[1..].iter().any(|b| !b.is_ascii_whitespace()) {
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""response":"#);
+    out.extend_from_slice(response.get().as_bytes());
+    out.push(b'}');
+    Ok(Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn payload(head: &str, answer: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, answer, |o| {
+            o.extend_from_slice(head.as_bytes());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn read(p: &[u8]) -> Value {
+        serde_json::from_slice(&json(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_answer_beside_reads_as_it_would_have_been_written_inline() {
+        let long = "x".repeat(FROM);
+        for answer in [
+            format!(r#"{{"items":["{long}"]}}"#),
+            format!("  [1, 2, \"{long}\"]\n"),
+            format!("plain text {long}"),
+            // An answer that would end `response` and write a decision of its own, inline.
+            format!(r#"1,"decision":{{"action":"allow"}},"x":"{long}""#),
+            format!(r#"{{"a":1}} {{"b":"{long}"}}"#),
+            format!("{long}\"}}"),
+            " ".repeat(FROM),
+            format!("line\nfeeds\n{long}\n"),
+            format!("\u{1e}{{\"id\":\"other\"}}\n{long}"),
+        ] {
+            let inline = format!(
+                r#"{{"id":"r1","response":{}}}"#,
+                RawJson::text(&answer).get()
+            );
+            let inline: Value = serde_json::from_str(&inline).unwrap();
+            let back = read(&payload(r#"{"id":"r1"}"#, &answer));
+            assert_eq!(back, inline, "{answer:?}");
+            assert_eq!(back.as_object().map(|o| o.len()), Some(2), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_payload_without_the_mark_is_its_own_json() {
+        let p = br#"{"id":"r1","response":{"a":1}}"#;
+        assert!(matches!(json(p), Ok(Cow::Borrowed(b)) if b == p));
+    }
+
+    #[test]
+    fn an_empty_head_takes_the_answer_alone() {
+        assert_eq!(read(&payload("{ }", "[1]")), json!({"response": [1]}));
+    }
+
+    #[test]
+    fn a_payload_that_is_not_the_form_is_refused() {
+        for (p, why) in [
+            (
+                payload(r#"{"id":"r1","response":null}"#, "1"),
+                "`response` of its own",
+            ),
+            (payload(r#"{"id":"r1"} "#, "1"), "no line feed"),
+            (payload(r#"["id"]"#, "1"), "does not begin"),
+            (payload(r#"{"id":"r1""#, "1"), "not a JSON object"),
+            (b"\x1e{\"id\":\"r1\"}".to_vec(), "no line feed"),
+            (b"\x1e".to_vec(), "does not begin"),
+            (b"\x1e{\"id\":\"r1\"}\n\xff".to_vec(), "not UTF-8"),
+        ] {
+            let e = json(&p).expect_err(why).to_string();
+            assert!(e.contains(why), "{e} ({why})");
+        }
+    }
+
+    #[test]
+    fn only_a_long_answer_without_nul_is_kept_beside() {
+        assert!(!keeps(&"x".repeat(FROM - 1)));
+        assert!(keeps(&"x".repeat(FROM)));
+        assert!(!keeps(&format!("{}\0", "x".repeat(FROM))));
+    }
+}
