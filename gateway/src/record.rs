@@ -139,11 +139,17 @@ pub struct RawJson<P = Box<str>>(P);
 pub type SharedJson = RawJson<Arc<str>>;
 
 /// Whether `s` holds a JSON escape that could hide a detector's match: `\u` (any character),
-/// or `\/` (a `/`, as PHP writes every one: half of AWS secret keys have one). A search of its
-/// own, not `memmem::find`, which builds a searcher per call: more than a record's short texts
-/// cost to scan.
+/// `\/` (a `/`, as PHP writes every one: half of AWS secret keys have one), or a control
+/// character's (`\n`, `\t`, `\r`, `\b`, `\f`), whose letter stands in the text where the
+/// detectors look for a boundary (`"line\nAKIA…"`). A search of its own, not `memmem::find`,
+/// which builds a searcher per call: more than a record's short texts cost to scan.
 fn has_hiding_escape(s: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', s).any(|i| matches!(s.get(i + 1), Some(b'u' | b'/')))
+    memchr::memchr_iter(b'\\', s).any(|i| {
+        matches!(
+            s.get(i + 1),
+            Some(b'u' | b'/' | b'n' | b't' | b'r' | b'b' | b'f')
+        )
+    })
 }
 
 impl RawJson {
@@ -793,7 +799,11 @@ impl Recorder {
             return;
         }
         *r = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => {
+            Ok(mut v) => {
+                // Each string, key and number as it reads decoded (serialised again, a control
+                // character is escaped again, its letter before what follows), then the text
+                // for what a detector finds by its context (a secret after its key's name).
+                self.masks.mask_value(&self.key, &mut v);
                 let decoded = v.to_string();
                 match self.masks.mask_str(&self.key, &decoded) {
                     Cow::Owned(masked) => RawJson::text(&masked),
