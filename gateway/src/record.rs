@@ -180,32 +180,39 @@ impl RawJson {
         };
         if !trimmed(s.as_bytes()) {
             Self::text(&s)
-        } else if valid::is_json(s.as_bytes()) {
+        } else if valid::is_json(s.as_bytes()) && valid::escapes_decode(s.as_bytes()) {
             Self(s.into_boxed_str())
         } else {
             Self::string(&s)
         }
     }
 
-    /// `s` itself when it is JSON (without the whitespace around it), else a JSON string of it.
+    /// `s` itself when it is JSON (without the whitespace around it) whose escapes decode
+    /// ([`valid::escapes_decode`]: every reader, a fleet's `jsonb` included, can read it),
+    /// else a JSON string of it.
     pub fn text(s: &str) -> Self {
-        if valid::is_json(s.as_bytes()) {
+        if valid::is_json(s.as_bytes()) && valid::escapes_decode(s.as_bytes()) {
             Self(s.trim_matches([' ', '\t', '\n', '\r']).into())
         } else {
             Self::string(s)
         }
     }
 
-    /// `s` as a JSON string.
+    /// `s` as a JSON string (a NUL in it as U+FFFD, as [`RawJson::of`] writes it).
     pub fn string(s: &str) -> Self {
-        Self::of(&serde_json::Value::from(s))
+        Self::of(s)
     }
 }
 
 impl<P: From<Box<str>>> RawJson<P> {
-    /// `v` serialised; `null` if it cannot be (a map with keys that are not strings).
+    /// `v` serialised, a NUL in a string as U+FFFD ([`json::write`]); `null` if it cannot be
+    /// (a map with keys that are not strings).
     pub fn of<T: Serialize + ?Sized>(v: &T) -> Self {
-        let text = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+        let mut text = Vec::new();
+        let text = match json::write(&mut text, v).map(|()| String::from_utf8(text)) {
+            Ok(Ok(t)) => t,
+            _ => "null".into(),
+        };
         Self(text.into_boxed_str().into())
     }
 }

@@ -110,7 +110,7 @@ impl<'a> Object<'a> {
     #[inline(always)]
     fn value<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), serde_json::Error> {
         self.key(key);
-        serde_json::to_writer(&mut *self.out, &value)
+        write(self.out, &value)
     }
 
     #[inline(always)]
@@ -139,7 +139,37 @@ fn string(out: &mut Vec<u8>, s: &str) {
         out.push(b'"');
     } else {
         // Writing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        let _ = write(out, s);
+    }
+}
+
+/// Appends `v` to `out` as `serde_json` writes it compact, except a NUL, written `\ufffd`
+/// (U+FFFD): a fleet database's `jsonb` refuses `\u0000`, and one record it refuses would
+/// stop its host's records from being shipped at all. Every value a record's text holds that
+/// is not copied as it is goes through here.
+pub(super) fn write<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    v: &T,
+) -> Result<(), serde_json::Error> {
+    v.serialize(&mut serde_json::Serializer::with_formatter(out, NulFree))
+}
+
+/// [`serde_json::ser::CompactFormatter`], a NUL written as U+FFFD.
+struct NulFree;
+
+impl serde_json::ser::Formatter for NulFree {
+    fn write_char_escape<W>(
+        &mut self,
+        writer: &mut W,
+        char_escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()>
+    where
+        W: ?Sized + std::io::Write,
+    {
+        match char_escape {
+            serde_json::ser::CharEscape::AsciiControl(0) => writer.write_all(br"\ufffd"),
+            other => serde_json::ser::CompactFormatter.write_char_escape(writer, other),
+        }
     }
 }
 
@@ -147,6 +177,22 @@ fn string(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use crate::record::RawJson;
+
+    #[test]
+    fn no_record_text_holds_an_escaped_nul() {
+        let mut r = Record::new("conn-\0", "127.0.0.1:1");
+        r.args = Some(serde_json::json!({"a\0": ["x\0y"], "n": 1}));
+        r.decision.reason = Some("why\0".into());
+        r.response = Some(RawJson::string("text\0"));
+        let mut out = Vec::new();
+        r.write_json(&mut out).expect("json");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains(r"\u0000"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(back["args"]["a\u{fffd}"][0], "x\u{fffd}y");
+        assert_eq!(back["response"], "text\u{fffd}");
+        assert_eq!(back["session"], "conn-\u{fffd}");
+    }
 
     fn both(r: &Record) -> (serde_json::Value, serde_json::Value, Vec<u8>) {
         let mut out = Vec::new();
@@ -218,7 +264,7 @@ mod tests {
             let mut out = Vec::new();
             string(&mut out, s);
             let back: String = serde_json::from_slice(&out).expect("JSON string");
-            assert_eq!(back, s);
+            assert_eq!(back, s.replace('\0', "\u{fffd}"));
         }
     }
 }

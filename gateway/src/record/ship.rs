@@ -294,6 +294,12 @@ pub fn read_batch(
                 continue;
             }
         };
+        // Written by an older callgate, a record may hold `\u0000`, which jsonb refuses: its
+        // row holds U+FFFD there (the leaf keeps the text as it was hashed).
+        let (json, leaf) = match for_jsonb(&json) {
+            Some(fixed) => (fixed, leaf.or(Some(RawJson(json)))),
+            None => (json, leaf),
+        };
         match time_of(&json) {
             Some(time_ms) => out.push(ShippedRecord {
                 seq: frame.seq,
@@ -329,6 +335,36 @@ fn open_at(dir: &Path, from: u64, after: Option<u64>) -> Result<Option<Cursor>, 
         reader,
         next: from,
     }))
+}
+
+/// A record's JSON as a fleet database's `jsonb` can hold it, when it cannot as it is: each
+/// NUL in a string or key (`\u0000`, which `jsonb` refuses) as U+FFFD. `None`: it can (every
+/// record this version writes), or it is not JSON this can read.
+pub fn for_jsonb(json: &[u8]) -> Option<Vec<u8>> {
+    memchr::memmem::find(json, br"\u0000")?;
+    let mut v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    without_nul(&mut v);
+    serde_json::to_vec(&v).ok()
+}
+
+/// `v` with each NUL in its strings and keys replaced by U+FFFD, as [`for_jsonb`] ships it.
+pub fn without_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let fix = |s: &str| s.replace('\0', "\u{fffd}");
+    match v {
+        Value::String(s) if s.contains('\0') => *s = fix(s),
+        Value::Array(a) => a.iter_mut().for_each(without_nul),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.contains('\0')) {
+                *o = std::mem::take(o)
+                    .into_iter()
+                    .map(|(k, v)| (fix(&k), v))
+                    .collect();
+            }
+            o.values_mut().for_each(without_nul);
+        }
+        _ => {}
+    }
 }
 
 /// A record's `time_ms`, without building the record. The writer puts it second, after
@@ -443,6 +479,19 @@ mod tests {
     }
 
     /// The fast path agrees with the serde pass on what the writer writes.
+    #[test]
+    fn an_older_record_with_a_nul_ships_as_jsonb_holds_it() {
+        let older = br#"{"id":"r","args":{"k\u0000":"a\u0000b","n":1},"s":"\\u0000"}"#;
+        let fixed = for_jsonb(older).expect("a NUL to replace");
+        let v: serde_json::Value = serde_json::from_slice(&fixed).expect("JSON");
+        assert_eq!(v["args"]["k\u{fffd}"], "a\u{fffd}b");
+        assert_eq!(v["s"], "\\u0000", "an escaped backslash is not a NUL");
+        let mut read: serde_json::Value = serde_json::from_slice(older).expect("JSON");
+        without_nul(&mut read);
+        assert_eq!(read, v, "what the fleet's check compares");
+        assert!(for_jsonb(br#"{"id":"r","s":"\\u0001"}"#).is_none());
+    }
+
     #[test]
     fn time_of_a_written_record() {
         let mut r = crate::record::Record::new("conn-1", "127.0.0.1:1");

@@ -30,6 +30,42 @@ pub fn is_json(s: &[u8]) -> bool {
     validate(s, Lexed::of)
 }
 
+/// Every `\u` escape in `s` (one JSON value, [`is_json`]) decodes to a character other than
+/// NUL: no surrogate without its pair, no `\u0000`. `serde_json`'s `Value` refuses the first,
+/// PostgreSQL's `jsonb` both; [`is_json`] checks an escape's form only.
+pub fn escapes_decode(s: &[u8]) -> bool {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(s.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut at = 0;
+    // Where the low half of a pair must begin, after its high half.
+    let mut low_at = None;
+    while let Some(off) = memchr::memchr(b'\\', &s[at..]) {
+        let i = at + off;
+        if low_at.is_some_and(|l| l != i) {
+            return false;
+        }
+        if s.get(i + 1) != Some(&b'u') {
+            if low_at.is_some() {
+                return false;
+            }
+            at = i + 2;
+            continue;
+        }
+        match hex(i + 2) {
+            None | Some(0) => return false,
+            Some(0xD800..=0xDBFF) if low_at.is_none() => low_at = Some(i + 6),
+            Some(0xDC00..=0xDFFF) if low_at.is_some() => low_at = None,
+            Some(0xD800..=0xDFFF) => return false,
+            Some(_) if low_at.is_some() => return false,
+            Some(_) => {}
+        }
+        at = i + 6;
+    }
+    low_at.is_none()
+}
+
 /// [`is_json`] with every block classified by AVX2.
 ///
 /// # Safety
@@ -312,6 +348,29 @@ fn number(s: &[u8], mut i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_that_do_not_decode_are_found() {
+        for (s, ok) in [
+            (r#""plain""#, true),
+            (r#""caf\u00e9 \n \" \\u0000""#, true),
+            (r#""\ud83d\ude00""#, true),
+            (r#""\u0000""#, false),
+            (r#""\ud800""#, false),
+            (r#""\ud800x""#, false),
+            (r#""\ud800\n""#, false),
+            (r#""\ud800\u0041""#, false),
+            (r#""\ud800\ud800""#, false),
+            (r#""\ude00""#, false),
+            (r#""\\\ud800""#, false),
+            (r#""\\\\ud800""#, true),
+        ] {
+            assert_eq!(escapes_decode(s.as_bytes()), ok, "{s}");
+            if is_json(s.as_bytes()) && ok {
+                assert!(serde_json::from_str::<serde_json::Value>(s).is_ok(), "{s}");
+            }
+        }
+    }
 
     /// [`is_json`], checked against the portable classification too (the machine's own may
     /// be AVX2's).
