@@ -278,3 +278,119 @@ fn an_offhost_checkpoint_catches_rollback_and_a_rewritten_tail() {
     );
     let _ = fs::remove_dir_all(&work);
 }
+
+/// A long answer is kept beside its record's JSON in the log (`record::beside`): `prove`,
+/// `export --with-proofs` and an auditor's `verify-export` elsewhere read the record it is,
+/// its answer as JSON with the card masked; a changed byte of the answer fails the proof.
+#[test]
+fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
+    let test = "a_long_answer_kept_beside_its_record_is_proved_and_exported";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("callgate-cp-beside");
+    let up = upstream(&work, None);
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  show: {{ route: "GET /v1/payments/{{payment_id}}" }}
+rules:
+  - {{ name: reads, function: show, action: allow }}
+"#,
+        up.port
+    );
+    let policies = policy_repo(
+        &work,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    );
+    let gw = gateway_with_config(
+        &policies,
+        "records:\n  commit_window_ms: 1\n  checkpoint_interval_s: 0\n  origin: e2e.example/callgate/records\n",
+        &work,
+    );
+    let dir = gw.dir.join("state/records");
+    let cg = TestCgroup::new("cp-beside");
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_1?size=3000", up.port);
+    let (code, body) = curl_in(&cg, &[&url]);
+    assert!(code == 0 && body.len() > 3000, "{code} {body}");
+    let (ok, rows) = cli(&["list", "--json"], Some(&dir), &work);
+    let n = rows.lines().count() as u64;
+    assert!(ok && n >= 1, "{rows}");
+    let signed = wait_for(Duration::from_secs(10), || {
+        (checkpoint_size(&dir) >= n).then_some(())
+    });
+    assert!(signed.is_some(), "no checkpoint of {n}: {}", gw.log());
+    let long = rows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["response"]["pad"].as_str().map(str::len) == Some(3000))
+        .unwrap_or_else(|| panic!("no record with the long answer: {rows}"));
+    assert_eq!(long["response"]["card"], "************1111", "{long}");
+    let id = long["id"].as_str().expect("id");
+
+    let (ok, cp) = cli(&["checkpoint"], Some(&dir), &work);
+    assert!(ok, "{cp}");
+    let (ok, key) = cli(&["key"], Some(&dir), &work);
+    assert!(ok, "{key}");
+    let key = key.trim();
+    let offhost = work.join("auditor");
+    fs::create_dir_all(&offhost).expect("auditor dir");
+    fs::write(offhost.join("checkpoint"), &cp).expect("checkpoint file");
+    let cp_arg = offhost.join("checkpoint").display().to_string();
+    let (ok, proof) = cli(
+        &["prove", id, "--checkpoint", &cp_arg, "--key", key],
+        Some(&dir),
+        &work,
+    );
+    assert!(ok && proof.contains("\"leaf\": \"\\u001e{"), "{proof}");
+    let (ok, export) = cli(
+        &[
+            "export",
+            "--with-proofs",
+            "--checkpoint",
+            &cp_arg,
+            "--key",
+            key,
+        ],
+        Some(&dir),
+        &work,
+    );
+    assert!(ok, "{export}");
+    let line = export
+        .lines()
+        .find(|l| l.contains(id))
+        .expect("the long answer's line");
+    let exported: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    assert_eq!(exported["response"], long["response"]);
+    fs::write(offhost.join("export.jsonl"), &export).expect("export");
+    let verify = |file: &str| {
+        cli(
+            &[
+                "verify-export",
+                file,
+                "--checkpoint",
+                "checkpoint",
+                "--key",
+                key,
+            ],
+            None,
+            &offhost,
+        )
+    };
+    let (ok, out) = verify("export.jsonl");
+    assert!(
+        ok && out.contains(&format!("verified: {n} record(s)")),
+        "{out}"
+    );
+    // The answer changed in the record and in its proof's text alike: the proof fails.
+    let altered = export.replace("xxxxx", "xxyxx");
+    assert_ne!(altered, export);
+    fs::write(offhost.join("altered.jsonl"), &altered).expect("altered");
+    let (ok, out) = verify("altered.jsonl");
+    assert!(!ok && out.contains("BROKEN"), "{out}");
+}

@@ -315,7 +315,8 @@ pub struct RecorderConfig {
     /// Delete the oldest sealed segments beyond these (0 = keep).
     pub retain_bytes: u64,
     pub retain_age: Duration,
-    /// Responses longer than this (serialised) are cut in records.
+    /// Responses longer than this (as stored: serialised when inline, the text when kept
+    /// beside the record's JSON) are cut in records.
     pub response_cap: usize,
     /// Signs checkpoints of the records' Merkle tree (none: no signed checkpoints).
     pub signer: Option<Arc<note::Signer>>,

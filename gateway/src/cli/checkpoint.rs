@@ -403,7 +403,7 @@ fn check_line(line: &str, size: &u64, root: &Hash) -> Result<()> {
         .verify(leaf.as_bytes(), root)
         .map_err(|e| anyhow::anyhow!("seq {}: {e}", l.seq))?;
     // What the line shows must be what was proved.
-    let stored: Record = serde_json::from_str(leaf)?;
+    let stored: Record = serde_json::from_slice(&callgate::record::beside::json(leaf.as_bytes())?)?;
     if serde_json::to_value(&stored)? != l.record {
         bail!(
             "seq {}: the record's fields differ from the text its proof is for (altered export)",

@@ -14,6 +14,11 @@
 //! written inline ([`RawJson::text`]). A record's JSON begins with `{`, so the first byte says
 //! which form a payload has, in a segment of any kind: no payload reads two ways.
 //!
+//! Which of the two an answer reads as is decided at every read, so the rule is part of the
+//! format and must not change between versions: one JSON value by RFC 8259 with whitespace
+//! around it, nesting at most 100 levels, escapes checked for their form only
+//! ([`super::valid::is_json`]; the tests below hold it).
+//!
 //! The payload, in either form, is what the log chains, the Merkle tree hashes, proofs carry
 //! as their `leaf` and the fleet's `leaf` column keeps; the JSON it reads as is what `records`
 //! shows and the fleet's `record` column holds.
@@ -147,6 +152,34 @@ mod tests {
             let back = read(&payload(r#"{"id":"r1"}"#, &answer));
             assert_eq!(back, inline, "{answer:?}");
             assert_eq!(back.as_object().map(|o| o.len()), Some(2), "{answer:?}");
+        }
+    }
+
+    /// The rule that makes an answer read as JSON or as a string is part of the format.
+    #[test]
+    fn what_reads_as_json_is_fixed() {
+        let pad = " ".repeat(FROM);
+        let nested = |depth: usize| format!("{}{}{pad}", "[".repeat(depth), "]".repeat(depth));
+        for (answer, is_value) in [
+            (nested(100), true),
+            (nested(101), false),
+            (format!(r#"["\u00e9\ud83d\ude00",{pad}1]"#), true),
+            (format!("{pad}\"x\"{pad}"), true),
+            (format!(r#"["\ud800",{pad}1]"#), false),
+            (format!(r#"["\u0000",{pad}1]"#), false),
+            (format!(r#"[1,{pad}]"#), false),
+            (format!("[\"\u{1}\"{pad}]"), false),
+            (format!("[NaN{pad}]"), false),
+            (format!("[01{pad}]"), false),
+            (format!("1{pad}2"), false),
+        ] {
+            let stored = payload("{}", &answer);
+            let back = json(&stored).unwrap();
+            let inline = format!(r#"{{"response":{}}}"#, answer.trim_matches(' '));
+            assert_eq!(back == inline.as_bytes(), is_value, "{answer:?}");
+            let read: Value = serde_json::from_slice(&back).expect("every reader reads it");
+            let string = !is_value || answer.trim().starts_with('"');
+            assert_eq!(read["response"].is_string(), string, "{answer:?}");
         }
     }
 
