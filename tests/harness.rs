@@ -867,6 +867,27 @@ pub fn policy_repo(dir: &Path, repo: &str, services: &[(&str, &str)]) -> PathBuf
     root
 }
 
+/// A policy repository in `dir` with one service, `payments` at the upstream on loopback
+/// `port`: `get_payment` (`GET /v1/payments/{payment_id}`) allowed, anything else denied.
+pub fn payments_reads(dir: &Path, port: u16) -> PathBuf {
+    let service = format!(
+        r#"
+service: payments
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
+rules:
+  - {{ name: reads, function: get_payment, action: allow }}
+"#
+    );
+    policy_repo(
+        dir,
+        "default_action: deny\nunknown_destination: deny\n",
+        &[("payments", &service)],
+    )
+}
+
 /// Every record a gateway wrote so far (`callgate records export`).
 pub fn records(gw: &Gateway) -> Vec<Value> {
     records_in(&gw.dir.join("state/records"))

@@ -62,23 +62,7 @@ fn connections_opened_at_once_are_spread_over_the_data_threads() {
     }
     let dir = TestDir::new("callgate-lanes");
     let up = upstream(&dir, None);
-    let service = format!(
-        r#"
-service: payments
-match: {{ hosts: ["127.0.0.1:{}"] }}
-protocol: rest
-functions:
-  get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
-rules:
-  - {{ name: reads, function: get_payment, action: allow }}
-"#,
-        up.port
-    );
-    let policies = policy_repo(
-        &dir,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("payments", &service)],
-    );
+    let policies = payments_reads(&dir, up.port);
     // More threads than CPUs: the accept race is then the most uneven.
     let web = free_port();
     let gw = gateway_with_config(

@@ -29,6 +29,22 @@ fn checkpoint_size(dir: &Path) -> u64 {
     out.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0)
 }
 
+/// `records verify-export FILE` off the host: in `offhost`, against its `checkpoint` file.
+fn verify_export(offhost: &Path, file: &str, key: &str) -> (bool, String) {
+    cli(
+        &[
+            "verify-export",
+            file,
+            "--checkpoint",
+            "checkpoint",
+            "--key",
+            key,
+        ],
+        None,
+        offhost,
+    )
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("copy dir");
     for e in fs::read_dir(from).expect("read dir").flatten() {
@@ -180,34 +196,12 @@ fn an_offhost_checkpoint_catches_rollback_and_a_rewritten_tail() {
     );
     assert!(ok && export.lines().count() == 6, "{export}");
     fs::write(offhost.join("export.jsonl"), &export).expect("export");
-    let (ok, out) = cli(
-        &[
-            "verify-export",
-            "export.jsonl",
-            "--checkpoint",
-            "checkpoint",
-            "--key",
-            &key,
-        ],
-        None,
-        &offhost,
-    );
+    let (ok, out) = verify_export(&offhost, "export.jsonl", &key);
     assert!(ok && out.contains("verified: 6 record(s)"), "{out}");
     let altered = export.replacen("\"action\":\"allow\"", "\"action\":\"deny\"", 1);
     assert_ne!(altered, export);
     fs::write(offhost.join("altered.jsonl"), &altered).expect("altered");
-    let (ok, out) = cli(
-        &[
-            "verify-export",
-            "altered.jsonl",
-            "--checkpoint",
-            "checkpoint",
-            "--key",
-            &key,
-        ],
-        None,
-        &offhost,
-    );
+    let (ok, out) = verify_export(&offhost, "altered.jsonl", &key);
     assert!(!ok && out.contains("altered export"), "{out}");
 
     // A forged checkpoint is refused.
@@ -290,23 +284,7 @@ fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
     }
     let work = TestDir::new("callgate-cp-beside");
     let up = upstream(&work, None);
-    let service = format!(
-        r#"
-service: payments
-match: {{ hosts: ["127.0.0.1:{}"] }}
-protocol: rest
-functions:
-  show: {{ route: "GET /v1/payments/{{payment_id}}" }}
-rules:
-  - {{ name: reads, function: show, action: allow }}
-"#,
-        up.port
-    );
-    let policies = policy_repo(
-        &work,
-        "default_action: deny\nunknown_destination: deny\n",
-        &[("payments", &service)],
-    );
+    let policies = payments_reads(&work, up.port);
     let gw = gateway_with_config(
         &policies,
         "records:\n  commit_window_ms: 1\n  checkpoint_interval_s: 0\n  origin: e2e.example/callgate/records\n",
@@ -368,21 +346,7 @@ rules:
     let exported: serde_json::Value = serde_json::from_str(line).expect("JSON line");
     assert_eq!(exported["response"], long["response"]);
     fs::write(offhost.join("export.jsonl"), &export).expect("export");
-    let verify = |file: &str| {
-        cli(
-            &[
-                "verify-export",
-                file,
-                "--checkpoint",
-                "checkpoint",
-                "--key",
-                key,
-            ],
-            None,
-            &offhost,
-        )
-    };
-    let (ok, out) = verify("export.jsonl");
+    let (ok, out) = verify_export(&offhost, "export.jsonl", key);
     assert!(
         ok && out.contains(&format!("verified: {n} record(s)")),
         "{out}"
@@ -391,6 +355,6 @@ rules:
     let altered = export.replace("xxxxx", "xxyxx");
     assert_ne!(altered, export);
     fs::write(offhost.join("altered.jsonl"), &altered).expect("altered");
-    let (ok, out) = verify("altered.jsonl");
+    let (ok, out) = verify_export(&offhost, "altered.jsonl", key);
     assert!(!ok && out.contains("BROKEN"), "{out}");
 }
