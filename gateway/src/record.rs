@@ -812,10 +812,10 @@ impl Recorder {
                 // character is escaped again, its letter before what follows), then the text
                 // for what a detector finds by its context (a secret after its key's name).
                 self.masks.mask_value(&self.key, &mut v);
-                let decoded = v.to_string();
-                match self.masks.mask_str(&self.key, &decoded) {
+                let decoded = RawJson::of(&v);
+                match self.masks.mask_str(&self.key, decoded.get()) {
                     Cow::Owned(masked) => RawJson::text(&masked),
-                    Cow::Borrowed(_) => RawJson::text(&decoded),
+                    Cow::Borrowed(_) => decoded,
                 }
             }
             Err(e) => RawJson::string(&format!(
