@@ -102,9 +102,17 @@ fn checkpoints_reach_the_witness_which_may_be_down_without_slowing_calls() {
     }
     let server = HttpServer::start("127.0.0.1");
     let work = TestDir::new("callgate-wit");
-    let port = free_port();
-    // The witness hangs: it takes the connection and never answers.
-    let hole = TcpListener::bind(("127.0.0.1", port)).expect("black hole");
+    // The witness hangs: it takes the connection and never answers. On a port outside the
+    // kernel's ephemeral range, for the witness to take over later; one found free can be
+    // taken before it is bound (by a test running beside this one), so a few are tried.
+    let (port, hole) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|h| (port, h))
+        })
+        .expect("black hole");
     let admin = free_port();
     let gw = gateway(
         &work,
