@@ -16,8 +16,8 @@
 //!
 //! Which of the two an answer reads as is decided at every read, so the rule is part of the
 //! format and must not change between versions: one JSON value by RFC 8259 with whitespace
-//! around it, nesting at most 100 levels, escapes checked for their form only
-//! ([`super::valid::is_json`]; the tests below hold it).
+//! around it, nesting at most 100 levels ([`super::valid::is_json`]), every `\u` escape a
+//! character other than NUL ([`super::valid::escapes_decode`]); the tests below hold it.
 //!
 //! The payload, in either form, is what the log chains, the Merkle tree hashes, proofs carry
 //! as their `leaf` and the fleet's `leaf` column keeps; the JSON it reads as is what `records`
@@ -39,8 +39,8 @@ pub fn keeps(answer: &str) -> bool {
     answer.len() >= FROM && memchr::memchr(0, answer.as_bytes()).is_none()
 }
 
-/// Appends `json` (the record without `response`, written by `write`) and `answer` to `out`
-/// as one payload.
+/// Appends one payload to `out`: the record's JSON without `response`, as `json` writes it
+/// (`Record::write_json`), and `answer` beside it.
 pub(super) fn write(
     out: &mut Vec<u8>,
     answer: &str,
