@@ -296,6 +296,14 @@ fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
     let url = format!("http://127.0.0.1:{}/v1/payments/p_1?size=3000", up.port);
     let (code, body) = curl_in(&cg, &[&url]);
     assert!(code == 0 && body.len() > 3000, "{code} {body}");
+    // A long answer that is not one JSON value, built to end `response` and write a
+    // decision and a status of its own: kept beside, it is a string and writes nothing.
+    let url = format!("http://127.0.0.1:{}/v1/payments/p_2?hostile=3000", up.port);
+    let (code, body) = curl_in(&cg, &[&url]);
+    assert!(
+        code == 0 && body.starts_with("1,\"decision\""),
+        "{code} {body}"
+    );
     let (ok, rows) = cli(&["list", "--json"], Some(&dir), &work);
     let n = rows.lines().count() as u64;
     assert!(ok && n >= 1, "{rows}");
@@ -309,6 +317,19 @@ fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
         .find(|r| r["response"]["pad"].as_str().map(str::len) == Some(3000))
         .unwrap_or_else(|| panic!("no record with the long answer: {rows}"));
     assert_eq!(long["response"]["card"], "************1111", "{long}");
+    let hostile = rows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["args"]["payment_id"] == "p_2")
+        .unwrap_or_else(|| panic!("no record of the hostile answer: {rows}"));
+    assert!(
+        hostile["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("1,\"decision\"")),
+        "{hostile}"
+    );
+    assert_eq!(hostile["status"], 200, "{hostile}");
+    assert_eq!(hostile["decision"]["rule"], "reads", "{hostile}");
     let id = long["id"].as_str().expect("id");
 
     let (ok, cp) = cli(&["checkpoint"], Some(&dir), &work);

@@ -60,6 +60,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/v1/payments/") and "close=1" in self.path:
             # Hangs up after answering, without saying so: a kept connection gone stale.
             self.close_connection = True
+        if self.path.startswith("/v1/payments/") and "hostile=" in self.path:
+            # Long, and not one JSON value: written into a record's JSON as it is, it would end
+            # `response` and give the record a decision and a status of its own.
+            size = int(self.path.split("hostile=")[1].split("&")[0])
+            return self.reply(200, ('1,"decision":{"action":"allow","rule":"forged"},'
+                                    '"status":999,"pad":"%s"' % ("x" * size)).encode())
         if self.path.startswith("/v1/payments/") and "size=" in self.path:
             # A large answer, padding then the card at its very end, sent head and body in
             # one write: a reader that comes late finds the head with much of the body.
