@@ -152,6 +152,12 @@ fn has_hiding_escape(s: &[u8]) -> bool {
     })
 }
 
+/// Whether an answer's text is kept as its JSON value rather than as a string of it: one JSON
+/// value whose escapes decode (every reader, a fleet's `jsonb` included, can read it).
+fn reads_as_json(s: &str) -> bool {
+    valid::is_json(s.as_bytes()) && valid::escapes_decode(s.as_bytes())
+}
+
 impl RawJson {
     /// `text` as a value: itself when it is JSON, else a JSON string of it (invalid UTF-8
     /// replaced).
@@ -162,36 +168,24 @@ impl RawJson {
         }
     }
 
-    /// [`RawJson::new`] for a buffer the caller is done with: a valid answer with nothing to
+    /// [`RawJson::text`] for a string the caller is done with: a valid answer with nothing to
     /// trim becomes the value without being copied (a large answer's record otherwise copies
     /// it once more here).
-    pub fn owned(text: Vec<u8>) -> Self {
-        match String::from_utf8(text) {
-            Ok(s) => Self::owned_str(s),
-            Err(e) => Self::string(&String::from_utf8_lossy(e.as_bytes())),
-        }
-    }
-
-    /// [`RawJson::owned`] for text already known to be UTF-8.
-    pub fn owned_str(s: String) -> Self {
-        let trimmed = |b: &[u8]| {
-            !matches!(b.first(), Some(b' ' | b'\t' | b'\n' | b'\r'))
-                && !matches!(b.last(), Some(b' ' | b'\t' | b'\n' | b'\r'))
-        };
-        if !trimmed(s.as_bytes()) {
+    pub fn owned(s: String) -> Self {
+        let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\n' | b'\r'));
+        if ws(s.as_bytes().first()) || ws(s.as_bytes().last()) {
             Self::text(&s)
-        } else if valid::is_json(s.as_bytes()) && valid::escapes_decode(s.as_bytes()) {
+        } else if reads_as_json(&s) {
             Self(s.into_boxed_str())
         } else {
             Self::string(&s)
         }
     }
 
-    /// `s` itself when it is JSON (without the whitespace around it) whose escapes decode
-    /// ([`valid::escapes_decode`]: every reader, a fleet's `jsonb` included, can read it),
-    /// else a JSON string of it.
+    /// `s` itself (without the whitespace around it) when it [`reads_as_json`], else a JSON
+    /// string of it.
     pub fn text(s: &str) -> Self {
-        if valid::is_json(s.as_bytes()) && valid::escapes_decode(s.as_bytes()) {
+        if reads_as_json(s) {
             Self(s.trim_matches([' ', '\t', '\n', '\r']).into())
         } else {
             Self::string(s)
@@ -777,7 +771,7 @@ impl Recorder {
         };
         match String::from_utf8(text) {
             Ok(s) if beside::keeps(&s) => rec.response_beside = Some(s),
-            Ok(s) => rec.response = Some(RawJson::owned_str(s)),
+            Ok(s) => rec.response = Some(RawJson::owned(s)),
             Err(e) => rec.response = Some(RawJson::string(&String::from_utf8_lossy(e.as_bytes()))),
         }
     }
