@@ -29,6 +29,15 @@ fn checkpoint_size(dir: &Path) -> u64 {
     out.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0)
 }
 
+/// `records export --with-proofs` of the log in `dir`, against the checkpoint file `cp`.
+fn export_with_proofs(dir: &Path, cwd: &Path, cp: &str, key: &str) -> (bool, String) {
+    cli(
+        &["export", "--with-proofs", "--checkpoint", cp, "--key", key],
+        Some(dir),
+        cwd,
+    )
+}
+
 /// `records verify-export FILE` off the host: in `offhost`, against its `checkpoint` file.
 fn verify_export(offhost: &Path, file: &str, key: &str) -> (bool, String) {
     cli(
@@ -182,18 +191,7 @@ fn an_offhost_checkpoint_catches_rollback_and_a_rewritten_tail() {
         ok && proof.contains("\"seq\": 5") && proof.contains("\"tree_size\": 6"),
         "{proof}"
     );
-    let (ok, export) = cli(
-        &[
-            "export",
-            "--with-proofs",
-            "--checkpoint",
-            &cp_arg,
-            "--key",
-            &key,
-        ],
-        Some(&dir),
-        &work,
-    );
+    let (ok, export) = export_with_proofs(&dir, &work, &cp_arg, &key);
     assert!(ok && export.lines().count() == 6, "{export}");
     fs::write(offhost.join("export.jsonl"), &export).expect("export");
     let (ok, out) = verify_export(&offhost, "export.jsonl", &key);
@@ -347,18 +345,7 @@ fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
         &work,
     );
     assert!(ok && proof.contains("\"leaf\": \"\\u001e{"), "{proof}");
-    let (ok, export) = cli(
-        &[
-            "export",
-            "--with-proofs",
-            "--checkpoint",
-            &cp_arg,
-            "--key",
-            key,
-        ],
-        Some(&dir),
-        &work,
-    );
+    let (ok, export) = export_with_proofs(&dir, &work, &cp_arg, key);
     assert!(ok, "{export}");
     let line = export
         .lines()
