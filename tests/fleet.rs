@@ -842,6 +842,14 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
     let nul = format!("http://127.0.0.1:{}/v1/payments/p_3?note=a%00b", f.up.port);
     let (code, body) = f.curl(&f.cg_a, &[&nul]).finish();
     assert_eq!(code, 200, "{body}");
+    // Numbers as Python writes them (`1e+16`, which jsonb gives back as an integer: the
+    // fleet's check once called that record altered), and numbers beyond what serde_json or
+    // jsonb hold (kept as the answer's text, in a string: as they were, they stalled shipping).
+    for numbers in ["python", "far"] {
+        let url = format!("http://127.0.0.1:{}/v1/payments/p_4?numbers={numbers}", f.up.port);
+        let (code, body) = f.curl(&f.cg_a, &[&url]).finish();
+        assert_eq!(code, 200, "{body}");
+    }
     let seqs = all_shipped(&f, &f.a, "host-a");
     assert_eq!(
         f.pg.psql(
@@ -850,6 +858,23 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
              AND record::text LIKE '%a\u{fffd}b%'"
         ),
         "1"
+    );
+    assert_eq!(
+        f.pg.psql(
+            "callgate",
+            "SELECT (record->'response'->>'big')::numeric = 1e16 \
+             AND (record->'response'->>'n')::numeric = 10000000000000001 \
+             FROM callgate_records WHERE host = 'host-a' AND record->'response' ? 'big'"
+        ),
+        "t"
+    );
+    assert_eq!(
+        f.pg.psql(
+            "callgate",
+            "SELECT jsonb_typeof(record->'response') FROM callgate_records \
+             WHERE host = 'host-a' AND record->>'response' LIKE '%1e400%'"
+        ),
+        "string"
     );
     let last = *seqs.last().expect("records");
 

@@ -57,6 +57,23 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/v1/payments/") and "escaped=1" in self.path:
             # The card spelled with JSON escapes: the same string to any JSON reader.
             return self.reply(200, b'{"card": "\\u0034111 1111 1111 \\u0031111"}')
+        if self.path.startswith("/v1/payments/") and "secretlog=" in self.path:
+            # An AWS key right after a line feed, as JSON writes it (`\nAKIA…`) and as text:
+            # the escape's letter stands where a detector looks for a boundary. `pad=N` makes
+            # it long enough to be kept beside its record's JSON.
+            pad = "x" * int(self.path.split("pad=")[1].split("&")[0]) if "pad=" in self.path else ""
+            if "secretlog=text" in self.path:
+                return self.reply(200, ("first line\nAKIAJ7777777777EXAMP second " + pad).encode(),
+                                  "text/plain")
+            return self.reply(200, {"log": "line\nAKIAI44QH8DHBEXAMPLE", "fill": pad})
+        if self.path.startswith("/v1/payments/") and "numbers=" in self.path:
+            if "numbers=far" in self.path:
+                # Past f64 (which serde_json refuses) and past the 16,383 digits after the
+                # point PostgreSQL's jsonb takes: a record holding them as they are stalls a
+                # fleet's shipping, and no reader can read it.
+                return self.reply(200, b'{"deep": 1e-20000, "huge": 1e400}')
+            # As Python writes a large float (1e+16), which jsonb gives back as an integer.
+            return self.reply(200, {"big": 1e16, "tiny": 1e-07, "n": 10000000000000001})
         if self.path.startswith("/v1/payments/") and "close=1" in self.path:
             # Hangs up after answering, without saying so: a kept connection gone stale.
             self.close_connection = True

@@ -203,12 +203,12 @@ impl Rebuild {
         };
         let same = super::beside::json(leaf.as_bytes())
             .ok()
-            .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
-            .is_some_and(|mut v| {
-                // As shipped: a NUL (in an older callgate's record) as U+FFFD.
-                super::ship::without_nul(&mut v);
-                v == row.record
-            });
+            .and_then(|json| {
+                // As shipped: what `jsonb` refuses (in an older callgate's record) as U+FFFD.
+                let fixed = super::ship::for_jsonb(&json);
+                serde_json::from_slice::<serde_json::Value>(fixed.as_deref().unwrap_or(&json)).ok()
+            })
+            .is_some_and(|v| same_value(&v, &row.record));
         if !same {
             return Err(format!(
                 "record seq {seq} was altered in the fleet database: its JSON is not the text its host hashed"
@@ -257,9 +257,62 @@ impl Rebuild {
     }
 }
 
+/// Whether a record as its host wrote it (`a`) and as a fleet database's `jsonb` gives it back
+/// (`b`) are the same value. `jsonb` keeps a number's value, not its text: `1e+16` (as Python
+/// writes a float that large) comes back as `10000000000000000`, which `serde_json` reads as an
+/// integer where it read the text as a float; so two numbers are the same when they are equal
+/// integers, an integer and a float that is exactly it, or else equal as `f64` (what every
+/// reader of a record gets from either).
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            // An integer and a float: the float is that integer exactly (1e16 is not
+            // 10000000000000001, though they are the same f64).
+            let exactly =
+                |i: i128, f: f64| f.fract() == 0.0 && f.abs() < 2f64.powi(127) && f as i128 == i;
+            match (x.as_i128(), y.as_i128(), x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y), _, _) => x == y,
+                (Some(i), None, _, Some(f)) | (None, Some(i), Some(f), _) => exactly(i, f),
+                (None, None, Some(x), Some(y)) => x == y,
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `jsonb` gives back for a number is its value: the same record whatever text it
+    /// came as; another value is another record.
+    #[test]
+    fn a_record_is_the_same_value_as_jsonb_gives_it_back() {
+        let v = |t: &str| serde_json::from_str::<serde_json::Value>(t).expect(t);
+        let same = |a: &str, b: &str| same_value(&v(a), &v(b));
+        // As written (Python's `json.dumps(1e16)`, ryu's `1e16`), as PostgreSQL returns it.
+        assert!(same(
+            r#"{"n":1e+16,"m":[1E2,-0,0.1e1,2.50]}"#,
+            r#"{"m":[100,0,1,2.5],"n":10000000000000000}"#
+        ));
+        assert!(same("18446744073709551616", "1.8446744073709551616e19"));
+        assert!(same("-9223372036854775808", "-9.223372036854775808e18"));
+        assert!(!same(r#"{"n":1e+16}"#, r#"{"n":10000000000000001}"#));
+        assert!(!same("[1,2]", "[2,1]"));
+        assert!(!same(r#"{"a":1}"#, r#"{"a":1,"b":2}"#));
+        assert!(!same(r#"{"a":"1"}"#, r#"{"a":1}"#));
+        assert!(!same("9007199254740993", "9007199254740992"));
+    }
 
     /// `texts` as shipped rows, chained as this version writes them.
     fn rows(texts: &[&str]) -> Vec<ShippedRow> {

@@ -338,33 +338,96 @@ fn open_at(dir: &Path, from: u64, after: Option<u64>) -> Result<Option<Cursor>, 
 }
 
 /// A record's JSON as a fleet database's `jsonb` can hold it, when it cannot as it is: each
-/// NUL in a string or key (`\u0000`, which `jsonb` refuses) as U+FFFD. `None`: it can (every
-/// record this version writes), or it is not JSON this can read.
+/// escape `jsonb` refuses — a NUL (`\u0000`) or half of a surrogate pair without its other
+/// half (`\ud800`) — as U+FFFD (`\ufffd`), and each number out of the range every reader
+/// holds ([`super::valid::number`]: `1e400`, `1e-20000`) as a string of its text; every other
+/// byte as it was. `None`: it can (every record this version writes). Written by an older
+/// callgate, which kept a JSON answer's text as it came, a record may hold any of them, and
+/// one row the database refused kept every later record of its host from being shipped.
 pub fn for_jsonb(json: &[u8]) -> Option<Vec<u8>> {
-    memchr::memmem::find(json, br"\u0000")?;
-    let mut v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    without_nul(&mut v);
-    serde_json::to_vec(&v).ok()
-}
-
-/// `v` with each NUL in its strings and keys replaced by U+FFFD, as [`for_jsonb`] ships it.
-pub fn without_nul(v: &mut serde_json::Value) {
-    use serde_json::Value;
-    let fix = |s: &str| s.replace('\0', "\u{fffd}");
-    match v {
-        Value::String(s) if s.contains('\0') => *s = fix(s),
-        Value::Array(a) => a.iter_mut().for_each(without_nul),
-        Value::Object(o) => {
-            if o.keys().any(|k| k.contains('\0')) {
-                *o = std::mem::take(o)
-                    .into_iter()
-                    .map(|(k, v)| (fix(&k), v))
-                    .collect();
-            }
-            o.values_mut().for_each(without_nul);
-        }
-        _ => {}
+    use super::valid;
+    if valid::is_json(json) && valid::escapes_decode(json) {
+        return None;
     }
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(json.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let mut changed = false;
+    let mut at = 0;
+    let mut inside = false;
+    while at < json.len() {
+        let (i, b) = if inside {
+            match memchr::memchr2(b'\\', b'"', &json[at..]) {
+                Some(off) => (at + off, json[at + off]),
+                None => break,
+            }
+        } else {
+            match json[at..]
+                .iter()
+                .position(|&b| matches!(b, b'"' | b'-' | b'0'..=b'9'))
+            {
+                Some(off) => (at + off, json[at + off]),
+                None => break,
+            }
+        };
+        out.extend_from_slice(&json[at..i]);
+        at = i;
+        match b {
+            b'"' => {
+                inside = !inside;
+                out.push(b'"');
+                at += 1;
+            }
+            b'\\' => {
+                let code = (json.get(i + 1) == Some(&b'u'))
+                    .then(|| hex(i + 2))
+                    .flatten();
+                let (keep, len) = match code {
+                    // Another escape (`\\` included: what follows it is text), or not one.
+                    None => (true, if i + 1 < json.len() { 2 } else { 1 }),
+                    Some(0) => (false, 6),
+                    Some(0xD800..=0xDBFF) => {
+                        match hex(i + 8).filter(|_| json.get(i + 6..i + 8) == Some(br"\u")) {
+                            Some(0xDC00..=0xDFFF) => (true, 12),
+                            _ => (false, 6),
+                        }
+                    }
+                    Some(0xDC00..=0xDFFF) => (false, 6),
+                    Some(_) => (true, 6),
+                };
+                if keep {
+                    out.extend_from_slice(&json[i..i + len]);
+                } else {
+                    out.extend_from_slice(br"\ufffd");
+                    changed = true;
+                }
+                at = i + len;
+            }
+            _ => {
+                // A number (outside strings): its whole run up to the next token.
+                let end = json[i..]
+                    .iter()
+                    .position(|&b| valid::ends_scalar(b))
+                    .map_or(json.len(), |n| i + n);
+                let run = &json[i..end];
+                if valid::number(json, i) == Some(end)
+                    || !run.iter().all(|b| b"+-.eE0123456789".contains(b))
+                {
+                    out.extend_from_slice(run);
+                } else {
+                    out.push(b'"');
+                    out.extend_from_slice(run);
+                    out.push(b'"');
+                    changed = true;
+                }
+                at = end;
+            }
+        }
+    }
+    out.extend_from_slice(&json[at..]);
+    changed.then_some(out)
 }
 
 /// A record's `time_ms`, without building the record. The writer puts it second, after
@@ -478,20 +541,45 @@ mod tests {
         assert_eq!(time_of(b"not json"), None);
     }
 
-    /// The fast path agrees with the serde pass on what the writer writes.
+    /// What an older callgate may have written, and `jsonb` refuses: a NUL, and half of a
+    /// surrogate pair alone. Repaired in the text (nothing else changes), as the row ships it.
     #[test]
-    fn an_older_record_with_a_nul_ships_as_jsonb_holds_it() {
-        let older = br#"{"id":"r","args":{"k\u0000":"a\u0000b","n":1},"s":"\\u0000"}"#;
+    fn an_older_record_ships_as_jsonb_holds_it() {
+        let older = br#"{"id":"r","args":{"k\u0000":"a\u0000b","n":1},"s":"\\u0000","t":"x\\"}"#;
         let fixed = for_jsonb(older).expect("a NUL to replace");
         let v: serde_json::Value = serde_json::from_slice(&fixed).expect("JSON");
         assert_eq!(v["args"]["k\u{fffd}"], "a\u{fffd}b");
         assert_eq!(v["s"], "\\u0000", "an escaped backslash is not a NUL");
-        let mut read: serde_json::Value = serde_json::from_slice(older).expect("JSON");
-        without_nul(&mut read);
-        assert_eq!(read, v, "what the fleet's check compares");
-        assert!(for_jsonb(br#"{"id":"r","s":"\\u0001"}"#).is_none());
+        assert_eq!(v["t"], "x\\");
+        assert!(for_jsonb(br#"{"id":"r","s":"\\u0001\u00e9\ud83d\ude00"}"#).is_none());
+
+        // Lone halves, high or low, at the end, before another escape or a pair; a pair kept.
+        let older = br#"{"a":"\ud800","b":"x\uDC00y","c":"\ud800\u0041","d":"\ud800\ud83d\ude00","e":"\ud800\""}"#;
+        assert!(serde_json::from_slice::<serde_json::Value>(older).is_err());
+        let fixed = for_jsonb(older).expect("lone surrogates to replace");
+        assert_eq!(
+            String::from_utf8_lossy(&fixed),
+            r#"{"a":"\ufffd","b":"x\ufffdy","c":"\ufffd\u0041","d":"\ufffd\ud83d\ude00","e":"\ufffd\""}"#
+        );
+        assert!(super::super::valid::escapes_decode(&fixed));
+        let v: serde_json::Value = serde_json::from_slice(&fixed).expect("JSON");
+        assert_eq!(v["d"], "\u{fffd}\u{1f600}");
+        // A number out of some reader's range (`1e400` past f64, `1e-20000` past jsonb's
+        // scale), outside strings: a string of its text; one inside a string, or in range, as
+        // it was.
+        let older = br#"{"a":[1e400,-1e-20000,1e+16,0.5],"b":"1e400","c":{"1e400":2e308}}"#;
+        let fixed = for_jsonb(older).expect("numbers to repair");
+        assert_eq!(
+            String::from_utf8_lossy(&fixed),
+            r#"{"a":["1e400","-1e-20000",1e+16,0.5],"b":"1e400","c":{"1e400":"2e308"}}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&fixed).expect("JSON");
+        assert_eq!(v["a"][0], "1e400");
+        // Text that is not JSON at all is left as it is.
+        assert!(for_jsonb(br"not \uzzzz json \").is_none());
     }
 
+    /// The fast path agrees with the serde pass on what the writer writes.
     #[test]
     fn time_of_a_written_record() {
         let mut r = crate::record::Record::new("conn-1", "127.0.0.1:1");

@@ -18,8 +18,9 @@ use crate::util::json_blocks::{Lexed, StringBits, Strings};
 /// parses the answer a level or two inside the record.
 const MAX_DEPTH: usize = 100;
 
-/// `s` is one JSON value, with whitespace around it or not. Escapes are checked for their
-/// form, not for what they encode (`\ud800` passes, as it does `serde_json`'s raw values).
+/// `s` is one JSON value, with whitespace around it or not, whose numbers every reader holds
+/// ([`holds`]: not `1e400`). Escapes are checked for their form, not for what they encode
+/// (`\ud800` passes, as it does `serde_json`'s raw values).
 /// UTF-8 is the caller's to check: any byte from 0x80 up may stand in a string.
 pub fn is_json(s: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -294,7 +295,7 @@ fn escapes_valid(s: &[u8], at: usize, mut bits: u64) -> bool {
 
 /// Whether `b` ends a number or literal: whitespace, a structural character or a quote (what
 /// the next token, if any, then judges).
-fn ends_scalar(b: u8) -> bool {
+pub(super) fn ends_scalar(b: u8) -> bool {
     matches!(
         b,
         b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b':' | b',' | b'"'
@@ -314,9 +315,10 @@ fn scalar(s: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// A number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; just past it.
+/// A number at `i`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, one every
+/// reader holds ([`holds`]); just past it.
 #[inline(always)]
-fn number(s: &[u8], mut i: usize) -> Option<usize> {
+pub(super) fn number(s: &[u8], mut i: usize) -> Option<usize> {
     let digits = |mut i: usize| {
         let from = i;
         while s.get(i).is_some_and(u8::is_ascii_digit) {
@@ -324,25 +326,89 @@ fn number(s: &[u8], mut i: usize) -> Option<usize> {
         }
         (i > from).then_some(i)
     };
+    let from = i;
     if s.get(i) == Some(&b'-') {
         i += 1;
     }
+    let int = i;
     i = match s.get(i)? {
         b'0' => i + 1,
         b'1'..=b'9' => digits(i)?,
         _ => return None,
     };
+    let int = int..i;
+    let mut frac = i..i;
     if s.get(i) == Some(&b'.') {
         i = digits(i + 1)?;
+        frac = frac.start + 1..i;
     }
+    let mut exp = None;
     if let Some(b'e' | b'E') = s.get(i) {
-        i += 1;
+        let at = i + 1;
+        i = at;
         if let Some(b'+' | b'-') = s.get(i) {
             i += 1;
         }
         i = digits(i)?;
+        exp = Some(at..i);
+    }
+    // Without an exponent, up to 300 digits are within every range.
+    if (exp.is_some() || i - from > 300) && !holds(s, int, frac, exp) {
+        return None;
     }
     Some(i)
+}
+
+/// Whether the number of these parts (its integer and fraction digits, its exponent with its
+/// sign) is one every reader of a record holds: `serde_json` refuses one beyond `f64`'s range
+/// (about 1.8e308), PostgreSQL's `jsonb` (a fleet's) one with more than 16,383 digits after the
+/// point once its exponent is applied (`1e-16384`, even `0e-20000`). Such a number in an answer
+/// keeps the answer out of the record's JSON (it is kept as a string), and one an older
+/// callgate recorded is shipped as a string ([`super::ship::for_jsonb`]). A zero's exponent
+/// above 16,383 is refused too (PostgreSQL's is bounded, if further out).
+#[cold]
+fn holds(
+    s: &[u8],
+    int: std::ops::Range<usize>,
+    frac: std::ops::Range<usize>,
+    exp: Option<std::ops::Range<usize>>,
+) -> bool {
+    const SCALE: i64 = 16_383;
+    let whole = int.start..exp.as_ref().map_or(frac.end, |e| e.end);
+    let exp = exp.map_or(0, |e| {
+        let (neg, digits) = match s[e.start] {
+            b'-' => (true, &s[e.start + 1..e.end]),
+            b'+' => (false, &s[e.start + 1..e.end]),
+            _ => (false, &s[e]),
+        };
+        // Saturated far beyond any bound below.
+        let v = digits
+            .iter()
+            .fold(0i64, |v, d| (v * 10 + i64::from(d - b'0')).min(1 << 40));
+        if neg { -v } else { v }
+    });
+    let (int, frac) = (&s[int], &s[frac]);
+    if frac.len() as i64 - exp > SCALE {
+        return false;
+    }
+    // The power of ten just above the number's magnitude (its first digit's place + 1).
+    let above = if int != b"0" {
+        int.len() as i64 + exp
+    } else {
+        match frac.iter().position(|&d| d != b'0') {
+            Some(zeros) => exp - zeros as i64,
+            None => return exp <= SCALE,
+        }
+    };
+    match above {
+        ..=308 => true,
+        // Up to f64::MAX (1.797…e308), as a correctly rounded parse (`serde_json`'s) has it.
+        309 => std::str::from_utf8(&s[whole])
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(f64::is_finite),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -539,9 +605,102 @@ mod tests {
         "{\"a\":[]}",
     ];
 
-    /// Whether `serde_json` takes `d` as one value.
+    /// Whether `serde_json` takes `d` as one value, and every reader its numbers.
     fn theirs(d: &[u8]) -> bool {
-        serde_json::from_slice::<serde::de::IgnoredAny>(d).is_ok()
+        serde_json::from_slice::<serde::de::IgnoredAny>(d).is_ok() && numbers_held(d)
+    }
+
+    /// Each number in `d` (a run of number bytes outside strings) is one `serde_json` reads as
+    /// a finite `f64` and PostgreSQL's `jsonb` takes: at most 16,383 digits after the point
+    /// once the exponent is applied, a zero's exponent at most 16,383. (Runs that are not
+    /// numbers are `serde_json`'s to refuse.)
+    fn numbers_held(d: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(d);
+        let (mut inside, mut escaped) = (false, false);
+        let mut runs = vec![String::new()];
+        for c in text.chars() {
+            if inside {
+                (inside, escaped) = (escaped || c != '"', !escaped && c == '\\');
+            } else if c == '"' {
+                inside = true;
+            } else if "+-.eE0123456789".contains(c) {
+                if let Some(r) = runs.last_mut() {
+                    r.push(c);
+                }
+                continue;
+            }
+            runs.push(String::new());
+        }
+        runs.iter().filter(|r| !r.is_empty()).all(|r| {
+            let (mantissa, exp) = r.split_once(['e', 'E']).unwrap_or((r, "0"));
+            let Ok(exp) = exp.parse::<i64>() else {
+                // Out of i64's range: held only if it is not a number at all.
+                return r.parse::<f64>().is_err();
+            };
+            let fraction = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i64);
+            let zero = mantissa.chars().all(|c| "-0.".contains(c));
+            r.parse::<f64>().map_or(true, f64::is_finite)
+                && fraction - exp <= 16_383
+                && (!zero || exp <= 16_383)
+        })
+    }
+
+    /// Numbers at the edges of what `serde_json` and `jsonb` hold: the answer that holds one
+    /// beyond them is not JSON to the record (it keeps the answer as a string).
+    #[test]
+    fn numbers_every_reader_holds() {
+        for (n, ok) in [
+            ("0", true),
+            ("-0.0", true),
+            ("1e308", true),
+            ("1.7976931348623157e308", true),
+            ("-1.7976931348623157e+308", true),
+            ("17976931348623157e292", true),
+            ("1.7976931348623159e308", false),
+            ("2e308", false),
+            ("1e309", false),
+            ("0.1e309", true),
+            ("0.01e310", true),
+            ("0.01e311", false),
+            ("1e400", false),
+            ("1e-400", true),
+            ("1e-16383", true),
+            ("1e-16384", false),
+            ("0.5e-16382", true),
+            ("0.5e-16383", false),
+            ("0e-16383", true),
+            ("0e-16384", false),
+            ("0e16383", true),
+            ("0e16384", false),
+            ("0e99999999999999999999999", false),
+            ("1e-99999999999999999999999", false),
+            ("1E+2", true),
+        ] {
+            assert_eq!(judged(n.as_bytes()), ok, "{n}");
+            assert_eq!(theirs(n.as_bytes()), ok, "the oracle: {n}");
+            // What `serde_json` reads: every number held, and the f64 ones it refuses.
+            let read = serde_json::from_str::<serde_json::Value>(n).is_ok();
+            assert!(read || !ok, "{n}");
+            if [
+                "1.7976931348623159e308",
+                "2e308",
+                "1e309",
+                "0.01e311",
+                "1e400",
+            ]
+            .contains(&n)
+            {
+                assert!(!read, "{n}");
+            }
+            let doc = format!(r#"{{"a":[1,{n}],"s":"{n}"}}"#);
+            assert_eq!(judged(doc.as_bytes()), ok, "{doc}");
+        }
+        // A 400-digit integer (no exponent) is as far out as 1e399.
+        let long = "9".repeat(400);
+        assert!(!judged(long.as_bytes()));
+        assert!(judged(format!("0.{long}").as_bytes()));
+        assert!(judged("9".repeat(300).as_bytes()));
+        assert!(!judged(format!("0.{}", "1".repeat(16_384)).as_bytes()));
     }
 
     /// A JSON value of some depth, with strings that need escapes.
