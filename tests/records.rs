@@ -313,3 +313,68 @@ fn strict_durability_holds_the_answers_end_until_its_record_is_on_disk() {
     });
     assert!(recorded.is_some(), "{}", gw.status()["records"]);
 }
+
+/// With no masks in its policy, the recorder masks an answer itself before it reaches disk:
+/// a key right after a line feed (`"line\nAKIA…"` as JSON writes it, and as text, short and
+/// long enough to be kept beside the record's JSON) from a real upstream is masked in the
+/// log's bytes, not only in what `records` shows. An escape's letter once stood where the
+/// detectors look for a boundary, and the key reached disk.
+#[test]
+fn a_key_after_a_line_feed_never_reaches_disk() {
+    let test = "a_key_after_a_line_feed_never_reaches_disk";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("callgate-records-keys");
+    let up = upstream(&work, None);
+    let policies = payments_reads(&work, up.port);
+    let gw = gateway_with_config(&policies, "records:\n  commit_window_ms: 1\n", &work);
+    let cg = TestCgroup::new("records-keys");
+    gw.enable(&cg);
+    let keys = ["AKIAI44QH8DHBEXAMPLE", "AKIAJ7777777777EXAMP"];
+    for query in ["json", "text", "json&pad=3000", "text&pad=3000"] {
+        let url = format!("http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}", up.port);
+        let (code, body) = curl_in(&cg, &[&url]);
+        // The policy masks nothing for the client: the key is its upstream's answer.
+        assert!(
+            code == 0 && keys.iter().any(|k| body.contains(k)),
+            "{query}: {code} {body}"
+        );
+    }
+    let answers = wait_for(Duration::from_secs(10), || {
+        let r: Vec<Value> = records(&gw)
+            .into_iter()
+            .filter(|r| r["function"] == "get_payment")
+            .collect();
+        (r.len() == 4).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("4 records: {}", gw.status()["records"]));
+    for r in &answers {
+        let text = r["response"].to_string();
+        assert!(text.contains("line"), "{r}");
+        assert!(!keys.iter().any(|k| text.contains(k)), "{r}");
+    }
+    // Every byte of the log, its segments decompressed (the last one may be open: what
+    // `zstd` reads of it is searched too).
+    let dir = gw.dir.join("state/records");
+    let mut seen = 0;
+    for e in fs::read_dir(&dir).expect("records dir").flatten() {
+        let path = e.path();
+        let bytes = if path.extension().is_some_and(|x| x == "zst") {
+            Command::new("zstd")
+                .arg("-dcq")
+                .arg(&path)
+                .output()
+                .expect("zstd")
+                .stdout
+        } else {
+            fs::read(&path).unwrap_or_default()
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        seen += text.matches("line").count();
+        for k in keys {
+            assert!(!text.contains(k), "{k} is on disk in {}", path.display());
+        }
+    }
+    assert!(seen >= 4, "the answers' records were not found on disk");
+}
