@@ -16,8 +16,11 @@
 //!
 //! Which of the two an answer reads as is decided at every read, so the rule is part of the
 //! format and must not change between versions: one JSON value by RFC 8259 with whitespace
-//! around it, nesting at most 100 levels ([`super::valid::is_json`]), every `\u` escape a
-//! character other than NUL ([`super::valid::escapes_decode`]); the tests below hold it.
+//! around it, nesting at most 100 levels, every number within `f64`'s range and at most 16,383
+//! digits after the point ([`super::valid::is_json`]), every `\u` escape a character other than
+//! NUL ([`super::valid::escapes_decode`]); the tests below hold it. (The numbers' bounds came
+//! a day after this format: an answer beyond them, read as JSON, made a record `serde_json`
+//! and `jsonb` could not read at all.)
 //!
 //! The payload, in either form, is what the log chains, the Merkle tree hashes, proofs carry
 //! as their `leaf` and the fleet's `leaf` column keeps; the JSON it reads as is what `records`
@@ -172,6 +175,9 @@ mod tests {
             (format!("[NaN{pad}]"), false),
             (format!("[01{pad}]"), false),
             (format!("1{pad}2"), false),
+            (format!("[1.7976931348623157e308,{pad}1e-16383]"), true),
+            (format!("[1e400,{pad}1]"), false),
+            (format!("[1e-16384,{pad}1]"), false),
         ] {
             let stored = payload("{}", &answer);
             let back = json(&stored).unwrap();
