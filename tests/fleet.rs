@@ -846,7 +846,10 @@ fn signed_checkpoints_are_shipped_and_the_fleet_records_verified() {
     // fleet's check once called that record altered), and numbers beyond what serde_json or
     // jsonb hold (kept as the answer's text, in a string: as they were, they stalled shipping).
     for numbers in ["python", "far"] {
-        let url = format!("http://127.0.0.1:{}/v1/payments/p_4?numbers={numbers}", f.up.port);
+        let url = format!(
+            "http://127.0.0.1:{}/v1/payments/p_4?numbers={numbers}",
+            f.up.port
+        );
         let (code, body) = f.curl(&f.cg_a, &[&url]).finish();
         assert_eq!(code, 200, "{body}");
     }

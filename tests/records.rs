@@ -333,7 +333,10 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
     gw.enable(&cg);
     let keys = ["AKIAI44QH8DHBEXAMPLE", "AKIAJ7777777777EXAMP"];
     for query in ["json", "text", "json&pad=3000", "text&pad=3000"] {
-        let url = format!("http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}", up.port);
+        let url = format!(
+            "http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}",
+            up.port
+        );
         let (code, body) = curl_in(&cg, &[&url]);
         // The policy masks nothing for the client: the key is its upstream's answer.
         assert!(

@@ -806,6 +806,21 @@ impl Recorder {
                 // character is escaped again, its letter before what follows), then the text
                 // for what a detector finds by its context (a secret after its key's name).
                 self.masks.mask_value(&self.key, &mut v);
+                // A text kept as a string: its escapes are its own characters to the record,
+                // but a reader may still parse it as the JSON it looks like (`{"n": 1e400,
+                // "card": "\u0034111…"}`, which Python reads): what such a reader would find
+                // once the text is masked, it is not kept.
+                if let serde_json::Value::String(s) = &v
+                    && has_hiding_escape(s.as_bytes())
+                    && self.masks.finds_through_escapes(s)
+                {
+                    *r = RawJson::string(&format!(
+                        "[{} bytes not recorded: read with their escapes decoded, they hold \
+                         what the detectors look for]",
+                        s.len()
+                    ));
+                    return;
+                }
                 let decoded = RawJson::of(&v);
                 match self.masks.mask_str(&self.key, decoded.get()) {
                     Cow::Owned(masked) => RawJson::text(&masked),

@@ -772,6 +772,53 @@ fn planted_pii_never_reaches_disk() {
 /// (`Recorder::mask_workload`), and its calls' records say so (`workload_masked`) instead of
 /// being scanned again: what reaches disk is masked either way, and what root chose (the
 /// unit, the cgroup path down to it) stays readable.
+/// An answer kept as a string (not JSON to the record: here, a number past f64) that a
+/// lenient reader still parses as JSON (Python's `json` reads `1e400` as infinity) and whose
+/// escapes then spell a card is not kept; a text whose escapes hide nothing is kept, masked
+/// where it shows something as written.
+#[test]
+fn a_text_whose_escapes_spell_a_value_is_not_kept() {
+    let dir = tempdir("escaped-text");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let answers: [&[u8]; 3] = [
+        br#"{"big": 1e400, "card": "\u0034111 1111 1111 1111"}"#,
+        br#"{"big": 1e400, "log": "line\nAKIAI44QH8DHBEXAMPLE"}"#,
+        br#"{"big": 1e400, "log": "a\nb", "to": "olga@example.com"}"#,
+    ];
+    for (i, text) in answers.into_iter().enumerate() {
+        let mut r = record(i as u64 + 1, "escaped-text");
+        r.response = Some(RawJson::new(text));
+        assert!(
+            r.response
+                .as_ref()
+                .is_some_and(|r| r.get().starts_with('"'))
+        );
+        rec.submit(r).expect("submit");
+    }
+    rec.close();
+    let got: Vec<String> = all(&dir)
+        .into_iter()
+        .map(|s| {
+            s.record
+                .response
+                .map(|r| r.get().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        got[0].contains("not recorded") && !got[0].contains("0034"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains("not recorded") && !got[1].contains("AKIA"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].contains(r"a\\nb") && got[2].contains("[MASKED:email]") && !got[2].contains("olga"),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn workloads_masked_once_per_connection_leave_nothing_unmasked_on_disk() {
     let dir = tempdir("workload-once");

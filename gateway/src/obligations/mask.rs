@@ -329,6 +329,29 @@ impl MaskRules {
         self.scanner.finds_in_any(parts)
     }
 
+    /// Whether the detectors find anything in `text` read as a JSON reader would read its
+    /// escapes: `\u0034` as `4`, `\/` as `/`, `\n` as the line break it is (its letter no
+    /// longer before what follows). For a text kept as it is (an answer that is not JSON to
+    /// the record) that a lenient reader could still parse as JSON and decode.
+    pub fn finds_through_escapes(&self, text: &str) -> bool {
+        let mut u = unescape::Unescaper::default();
+        let mut scratch = Vec::new();
+        let mut decoded = u.apply(text.as_bytes(), &mut scratch).to_vec();
+        decoded.extend(u.finish());
+        // What the unescaper leaves as written: a control character's escape, as whitespace.
+        let mut at = 0;
+        while let Some(off) = memchr::memchr(b'\\', &decoded[at..]) {
+            let i = at + off;
+            if let Some(b'n' | b't' | b'r' | b'b' | b'f') = decoded.get(i + 1) {
+                decoded[i..i + 2].copy_from_slice(b"  ");
+            }
+            at = i + 2;
+        }
+        let mut hits = Vec::new();
+        self.scanner.scan(&decoded, &mut hits);
+        !hits.is_empty()
+    }
+
     /// Masks a whole text at once (log lines, record fields).
     pub fn mask_str<'a>(&self, key: &MaskKey, s: &'a str) -> Cow<'a, str> {
         let mut hits = Vec::new();
