@@ -82,7 +82,7 @@ pub struct Record {
     /// ([`beside`]): the record's copy, already masked, not checked on the data path to be
     /// JSON. Read back from the log, it is `response`. Not serialised by serde.
     #[serde(skip)]
-    pub response_beside: Option<String>,
+    pub response_beside: Option<beside::Answer>,
     /// The response was longer than the record's cap and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub response_truncated: bool,
@@ -462,7 +462,9 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 struct Entry {
+    /// The record's text from `start` on (before it, room its answer was captured with).
     payload: Vec<u8>,
+    start: usize,
     done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
     /// Not a record: commit what is pending and answer with the durable sequence number.
     sync: bool,
@@ -586,21 +588,23 @@ impl Recorder {
     /// filled, each at most `response_cap` of answer.
     pub fn submit(&self, mut rec: Record) -> Result<Option<Durable>, RecordError> {
         self.mask(&mut rec);
-        // Sized up front: growing from serde_json's 128 bytes, doubling, was a quarter of
-        // the serialising.
-        let raw_len = |r: Option<&str>| r.map_or(0, str::len);
-        let beside = rec.response_beside.take();
-        let mut payload = Vec::with_capacity(
-            512 + raw_len(rec.response.as_ref().map(RawJson::get))
-                + raw_len(beside.as_deref())
-                + raw_len(rec.workload.as_ref().map(RawJson::get)),
-        );
-        match &beside {
+        let (payload, start) = match rec.response_beside.take() {
+            // Around the answer, in the room it was captured with when the head fits there.
             Some(answer) if rec.response.is_none() => {
-                beside::write(&mut payload, answer, |out| rec.write_json(out))?
+                beside::payload(answer, |out| rec.write_json(out))?
             }
-            _ => rec.write_json(&mut payload)?,
-        }
+            _ => {
+                // Sized up front: growing from serde_json's 128 bytes, doubling, was a
+                // quarter of the serialising.
+                let raw_len = |r: Option<&str>| r.map_or(0, str::len);
+                let mut payload = Vec::with_capacity(
+                    512 + raw_len(rec.response.as_ref().map(RawJson::get))
+                        + raw_len(rec.workload.as_ref().map(RawJson::get)),
+                );
+                rec.write_json(&mut payload)?;
+                (payload, 0)
+            }
+        };
         let (done, durable) = match self.cfg.durability {
             Durability::Strict => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -610,6 +614,7 @@ impl Recorder {
         };
         let entry = Entry {
             payload,
+            start,
             done,
             sync: false,
         };
@@ -684,31 +689,32 @@ impl Recorder {
                 rec.workload = Some(self.mask_workload(w));
             }
         }
-        if let Some(text) = rec.response_beside.take() {
+        if let Some(answer) = rec.response_beside.take() {
+            let text = answer.as_str();
             rec.response_beside = if rec.response.is_some() {
                 // A `response` already there wins.
                 None
-            } else if !beside::keeps(&text) {
-                rec.response = Some(RawJson::text(&text));
+            } else if !beside::keeps(text) {
+                rec.response = Some(RawJson::text(text));
                 None
             } else if rec.response_masked {
-                Some(text)
+                Some(answer)
             } else if has_hiding_escape(text.as_bytes()) {
                 // Escapes a detector does not see through: inline, where they are decoded
                 // and masked as JSON (below).
-                rec.response = Some(RawJson::text(&text));
+                rec.response = Some(RawJson::text(text));
                 None
             } else {
                 // Masked as text, as an inline answer without such escapes is.
-                Some(match self.masks.mask_str(&self.key, &text) {
-                    Cow::Owned(masked) => masked,
-                    Cow::Borrowed(_) => text,
+                Some(match self.masks.mask_str(&self.key, text) {
+                    Cow::Owned(masked) => masked.into(),
+                    Cow::Borrowed(_) => answer,
                 })
             };
         }
-        if let Some(text) = &rec.response_beside {
-            if text.len() > self.cfg.response_cap {
-                let len = text.len();
+        if let Some(answer) = &rec.response_beside {
+            if answer.as_str().len() > self.cfg.response_cap {
+                let len = answer.as_str().len();
                 rec.response_beside = None;
                 rec.response = Some(RawJson::string(&format!(
                     "[{len} bytes, over the record cap of {}]",
@@ -758,21 +764,27 @@ impl Recorder {
     /// its record keeps it: masked here with `spans` when the scan that masked the client's
     /// copy found them ([`Recorder::mask_answer`]), else by [`Recorder::submit`]; a long
     /// answer kept beside the record's JSON ([`beside`]), not checked here to be JSON.
-    pub fn keep_answer(&self, rec: &mut Record, answer: Vec<u8>, spans: Option<&AnswerSpans>) {
-        let text = match spans {
+    pub fn keep_answer(
+        &self,
+        rec: &mut Record,
+        answer: beside::Captured,
+        spans: Option<&AnswerSpans>,
+    ) {
+        let answer = match spans {
             Some(spans) => {
                 rec.response_masked = true;
-                match self.mask_answer(&answer, spans) {
-                    Cow::Owned(masked) => masked,
-                    Cow::Borrowed(_) => answer,
+                match self.mask_answer(answer.bytes(), spans) {
+                    Cow::Owned(masked) => Some(masked),
+                    Cow::Borrowed(_) => None,
                 }
+                .map_or(answer, beside::Captured::from)
             }
             None => answer,
         };
-        match String::from_utf8(text) {
-            Ok(s) if beside::keeps(&s) => rec.response_beside = Some(s),
-            Ok(s) => rec.response = Some(RawJson::owned(s)),
-            Err(e) => rec.response = Some(RawJson::string(&String::from_utf8_lossy(e.as_bytes()))),
+        match answer.into_text() {
+            Ok(a) if beside::keeps(a.as_str()) => rec.response_beside = Some(a),
+            Ok(a) => rec.response = Some(RawJson::owned(a.into_string())),
+            Err(bytes) => rec.response = Some(RawJson::string(&String::from_utf8_lossy(&bytes))),
         }
     }
 
@@ -870,6 +882,7 @@ impl Recorder {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(Entry {
             payload: Vec::new(),
+            start: 0,
             done: Some(tx),
             sync: true,
         })?;

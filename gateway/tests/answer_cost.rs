@@ -74,7 +74,7 @@ fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[
     let mut rec = record();
     rec.bytes_out = out.len() as u64;
     // As the data path does: the captured buffer becomes the record's value, not copied.
-    recorder.keep_answer(&mut rec, out, masker.answer_spans().as_ref());
+    recorder.keep_answer(&mut rec, out.into(), masker.answer_spans().as_ref());
     black_box(recorder.submit(rec).expect("submit"));
 }
 

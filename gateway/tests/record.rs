@@ -996,7 +996,7 @@ fn answers_kept_beside_the_json_read_back_as_if_inline() {
             let mut kept = inline.clone();
             kept.id = format!("{}-beside", kept.id);
             kept.response = None;
-            kept.response_beside = Some(text);
+            kept.response_beside = Some(text.into());
             ids.push((inline.id.clone(), kept.id.clone()));
             rec.submit(inline).expect("submit");
             rec.submit(kept).expect("submit");

@@ -42,18 +42,126 @@ pub fn keeps(answer: &str) -> bool {
     answer.len() >= FROM && memchr::memchr(0, answer.as_bytes()).is_none()
 }
 
-/// Appends one payload to `out`: the record's JSON without `response`, as `json` writes it
-/// (`Record::write_json`), and `answer` beside it.
-pub(super) fn write(
-    out: &mut Vec<u8>,
-    answer: &str,
+/// Room kept before an answer captured to be kept beside its record's JSON, for that JSON: a
+/// record's JSON without its answer is rarely half of it.
+pub const ROOM: usize = 2048;
+
+/// An answer's bytes captured for its record as they go to the client. One expected to be
+/// kept beside its record's JSON is captured with [`ROOM`] before it, where the payload's head
+/// is then written ([`payload`]): the answer is not copied again into a payload of its own (on
+/// the l7 bench's 16 KiB answers, one of the four copies of each).
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// `room` ASCII spaces, then the answer's bytes.
+    buf: Vec<u8>,
+    room: usize,
+}
+
+impl Captured {
+    /// Sized for `expected` bytes, once, before the first: with room before them when an
+    /// answer that long is kept beside.
+    pub fn reserve(&mut self, expected: usize) {
+        if self.buf.capacity() > 0 {
+            return;
+        }
+        if expected >= FROM {
+            self.buf.reserve(ROOM + expected);
+            self.buf.resize(ROOM, b' ');
+            self.room = ROOM;
+        } else {
+            self.buf.reserve(expected);
+        }
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The answer's bytes so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.room..]
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.room
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The answer as text; its bytes when they are not UTF-8.
+    pub fn into_text(self) -> Result<Answer, Vec<u8>> {
+        let room = self.room;
+        match String::from_utf8(self.buf) {
+            Ok(buf) => Ok(Answer { buf, room }),
+            Err(e) => {
+                let mut bytes = e.into_bytes();
+                bytes.drain(..room);
+                Err(bytes)
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for Captured {
+    fn from(buf: Vec<u8>) -> Self {
+        Self { buf, room: 0 }
+    }
+}
+
+/// An answer's text as its record keeps it beside its JSON, with the room it was captured
+/// with ([`Captured`]), if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// `room` ASCII spaces, then the answer.
+    buf: String,
+    room: usize,
+}
+
+impl Answer {
+    pub fn as_str(&self) -> &str {
+        &self.buf[self.room..]
+    }
+
+    /// The answer alone (copied only when it had room before it).
+    pub fn into_string(self) -> String {
+        if self.room == 0 {
+            self.buf
+        } else {
+            self.buf[self.room..].to_owned()
+        }
+    }
+}
+
+impl From<String> for Answer {
+    fn from(buf: String) -> Self {
+        Self { buf, room: 0 }
+    }
+}
+
+/// One payload: the record's JSON without `response`, as `json` writes it
+/// (`Record::write_json`), and `answer` beside it; with where in the buffer it begins. Written
+/// in the answer's room when its head fits there, else into a buffer of its own.
+pub(super) fn payload(
+    answer: Answer,
     json: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-) -> Result<(), serde_json::Error> {
-    out.push(MARK);
-    json(out)?;
-    out.push(b'\n');
-    out.extend_from_slice(answer.as_bytes());
-    Ok(())
+) -> Result<(Vec<u8>, usize), serde_json::Error> {
+    let mut head = Vec::with_capacity(1024);
+    head.push(MARK);
+    json(&mut head)?;
+    head.push(b'\n');
+    let Answer { buf, room } = answer;
+    let mut buf = buf.into_bytes();
+    if head.len() <= room {
+        let start = room - head.len();
+        buf[start..room].copy_from_slice(&head);
+        return Ok((buf, start));
+    }
+    let mut out = Vec::with_capacity(head.len() + buf.len() - room);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&buf[room..]);
+    Ok((out, 0))
 }
 
 /// Why a payload marked as keeping its answer beside its JSON cannot be read.
@@ -119,13 +227,12 @@ mod tests {
     use serde_json::{Value, json};
 
     fn payload(head: &str, answer: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        write(&mut out, answer, |o| {
+        let (buf, start) = super::payload(Answer::from(answer.to_string()), |o| {
             o.extend_from_slice(head.as_bytes());
             Ok(())
         })
         .unwrap();
-        out
+        buf[start..].to_vec()
     }
 
     fn read(p: &[u8]) -> Value {
@@ -187,6 +294,52 @@ mod tests {
             let string = !is_value || answer.trim().starts_with('"');
             assert_eq!(read["response"].is_string(), string, "{answer:?}");
         }
+    }
+
+    /// Captured with room before it, the answer's payload is written around it, in place: the
+    /// same bytes as one written into a buffer of its own; a head too long for the room, or
+    /// an answer not UTF-8, is not lost.
+    #[test]
+    fn a_payload_is_written_in_the_room_its_answer_was_captured_with() {
+        let answer = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
+        let head = |n: usize| format!(r#"{{"id":"{}"}}"#, "i".repeat(n));
+        for n in [10, ROOM - 10, ROOM - 9, ROOM, 3 * ROOM] {
+            let mut c = Captured::default();
+            c.reserve(answer.len());
+            for piece in answer.as_bytes().chunks(700) {
+                c.extend(piece);
+            }
+            assert_eq!(c.bytes(), answer.as_bytes());
+            let text = c.into_text().expect("UTF-8");
+            assert_eq!(text.as_str(), answer);
+            let (buf, start) = super::payload(text, |o| {
+                o.extend_from_slice(head(n).as_bytes());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(buf[start..], payload(&head(n), &answer)[..], "{n}");
+            // MARK, the head's 9 bytes and n, the line feed: in the room while they fit.
+            let fits = n + 11 <= ROOM;
+            assert_eq!(buf.len() == ROOM + answer.len(), fits, "{n}");
+            assert_eq!(
+                read(&buf[start..])["response"]["pad"]
+                    .as_str()
+                    .map(str::len),
+                Some(3000)
+            );
+        }
+        let mut c = Captured::default();
+        c.reserve(FROM);
+        c.extend(b"\xff not UTF-8");
+        assert_eq!(c.into_text().unwrap_err(), b"\xff not UTF-8");
+        // A short answer is captured without room.
+        let mut c = Captured::default();
+        c.reserve(FROM - 1);
+        c.extend(b"short");
+        assert_eq!(
+            c.into_text().map(Answer::into_string).as_deref(),
+            Ok("short")
+        );
     }
 
     #[test]

@@ -334,13 +334,14 @@ impl Writer {
         self.last_taken = Some(Instant::now());
         let seq = self.next_seq;
         // Hashed once, for the tree and the chain.
-        let leaf = self.chain.leaf(&e.payload);
+        let payload = &e.payload[e.start..];
+        let leaf = self.chain.leaf(payload);
         self.last_hash = segment::encode_frame(
             &mut self.pending,
             self.chain,
             &self.last_hash,
             seq,
-            &e.payload,
+            payload,
             &leaf,
         );
         if let Some(t) = &mut self.tree {

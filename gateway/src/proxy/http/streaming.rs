@@ -36,7 +36,7 @@ use crate::{
     policy::{Obligations, schema::RecordLevel},
     proxy::body::BodyError,
     proxy::upstream::pool::UpstreamBody,
-    record::{Durable, RawJson, Record, RecordError, RecordedDecision},
+    record::{Durable, RawJson, Record, RecordError, RecordedDecision, beside::Captured},
     telemetry::metrics::Metrics,
 };
 
@@ -152,7 +152,7 @@ pub(super) fn response_value(body: &[u8]) -> RawJson {
 pub struct Pending {
     recording: Recording,
     status: u16,
-    capture: Vec<u8>,
+    capture: Captured,
     cap: usize,
     truncated: bool,
     bytes_out: u64,
@@ -166,7 +166,7 @@ pub struct Pending {
 impl Pending {
     pub(super) fn new(recording: Recording, status: u16, cap: usize) -> Self {
         Self {
-            capture: Vec::new(),
+            capture: Captured::default(),
             cap: if recording.full { cap } else { 0 },
             recording,
             status,
@@ -183,19 +183,19 @@ impl Pending {
     }
 
     /// A chunk on its way to the client; `more`: how many bytes the upstream says are still
-    /// to come, so the capture is sized once instead of grown (and copied) by doubling.
+    /// to come, so the capture is sized once instead of grown (and copied) by doubling (and,
+    /// when it will be kept beside its record's JSON, with room for that JSON before it).
     fn saw(&mut self, chunk: &[u8], more: u64) {
         self.bytes_out += chunk.len() as u64;
-        if self.capture.capacity() == 0 && self.cap > 0 {
+        if self.cap > 0 {
             let want = (chunk.len() as u64).saturating_add(more);
             self.capture.reserve(want.min(self.cap as u64 + 1) as usize);
         }
-        let room = self.cap.saturating_sub(self.capture.len());
-        if chunk.len() > room {
+        let left = self.cap.saturating_sub(self.capture.len());
+        if chunk.len() > left {
             self.truncated = true;
         }
-        self.capture
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.capture.extend(&chunk[..chunk.len().min(left)]);
     }
 
     fn submit(mut self) -> Result<Option<Durable>, RecordError> {
@@ -210,7 +210,7 @@ impl Pending {
         let response = if capture.is_empty() {
             None
         } else if self.truncated {
-            Some(RawJson::string(&String::from_utf8_lossy(&capture)))
+            Some(RawJson::string(&String::from_utf8_lossy(capture.bytes())))
         } else if let Some(r) = self.recording.conn.inputs.recorder.as_ref() {
             // The captured buffer becomes the record's value as it is, not copied again.
             let rec = &mut self.recording.rec;
