@@ -780,10 +780,15 @@ fn planted_pii_never_reaches_disk() {
 fn a_text_whose_escapes_spell_a_value_is_not_kept() {
     let dir = tempdir("escaped-text");
     let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
-    let answers: [&[u8]; 3] = [
+    let answers: [&[u8]; 6] = [
+        br#"{"big": 1e400, "log": "a\nb", "to": "olga@example.com"}"#,
         br#"{"big": 1e400, "card": "\u0034111 1111 1111 1111"}"#,
         br#"{"big": 1e400, "log": "line\nAKIAI44QH8DHBEXAMPLE"}"#,
-        br#"{"big": 1e400, "log": "a\nb", "to": "olga@example.com"}"#,
+        // Escapes the masker's unescaper leaves as written, their last letter or digit right
+        // before the value (found in review).
+        br#"{"big": 1e400, "key": "\u000aAKIAIOSFODNN7EXAMPLE"}"#,
+        br#"{"big": 1e400, "card": "\u00284111 1111 1111 1111)"}"#,
+        br#"{"big": 1e400, "key": "\ud83d\ude00AKIAJ7777777777EXAMP\u0022"}"#,
     ];
     for (i, text) in answers.into_iter().enumerate() {
         let mut r = record(i as u64 + 1, "escaped-text");
@@ -806,17 +811,13 @@ fn a_text_whose_escapes_spell_a_value_is_not_kept() {
         })
         .collect();
     assert!(
-        got[0].contains("not recorded") && !got[0].contains("0034"),
+        got[0].contains(r"a\\nb") && got[0].contains("[MASKED:email]") && !got[0].contains("olga"),
         "{got:?}"
     );
-    assert!(
-        got[1].contains("not recorded") && !got[1].contains("AKIA"),
-        "{got:?}"
-    );
-    assert!(
-        got[2].contains(r"a\\nb") && got[2].contains("[MASKED:email]") && !got[2].contains("olga"),
-        "{got:?}"
-    );
+    for got in &got[1..] {
+        assert!(got.contains("not recorded"), "{got}");
+        assert!(!got.contains("AKIA") && !got.contains("1111"), "{got}");
+    }
 }
 
 #[test]

@@ -330,25 +330,20 @@ impl MaskRules {
     }
 
     /// Whether the detectors find anything in `text` read as a JSON reader would read its
-    /// escapes: `\u0034` as `4`, `\/` as `/`, `\n` as the line break it is (its letter no
-    /// longer before what follows). For a text kept as it is (an answer that is not JSON to
-    /// the record) that a lenient reader could still parse as JSON and decode.
+    /// escapes: `\u0034` as `4`, `\/` as `/`, and every other escape (`\n`, `\u000a`,
+    /// `\u0028`, a surrogate pair) as the character it stands for, its letters no longer
+    /// before what follows: the masker's own reading of a JSON body ([`unescape`]). For a text
+    /// kept as it is (an answer that is not JSON to the record) that a lenient reader could
+    /// still parse as JSON and decode.
     pub fn finds_through_escapes(&self, text: &str) -> bool {
         let mut u = unescape::Unescaper::default();
         let mut scratch = Vec::new();
         let mut decoded = u.apply(text.as_bytes(), &mut scratch).to_vec();
         decoded.extend(u.finish());
-        // What the unescaper leaves as written: a control character's escape, as whitespace.
-        let mut at = 0;
-        while let Some(off) = memchr::memchr(b'\\', &decoded[at..]) {
-            let i = at + off;
-            if let Some(b'n' | b't' | b'r' | b'b' | b'f') = decoded.get(i + 1) {
-                decoded[i..i + 2].copy_from_slice(b"  ");
-            }
-            at = i + 2;
-        }
+        let mut view = unescape::View::default();
+        view.build(&decoded);
         let mut hits = Vec::new();
-        self.scanner.scan(&decoded, &mut hits);
+        self.scanner.scan(view.read(&decoded), &mut hits);
         !hits.is_empty()
     }
 

@@ -257,23 +257,24 @@ impl Rebuild {
     }
 }
 
-/// Whether a record as its host wrote it (`a`) and as a fleet database's `jsonb` gives it back
-/// (`b`) are the same value. `jsonb` keeps a number's value, not its text: `1e+16` (as Python
-/// writes a float that large) comes back as `10000000000000000`, which `serde_json` reads as an
-/// integer where it read the text as a float; so two numbers are the same when they are equal
-/// integers, an integer and a float that is exactly it, or else equal as `f64` (what every
-/// reader of a record gets from either).
-fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+/// Whether a record as its host wrote it (`host`) and as a fleet database's `jsonb` gives it
+/// back (`db`) are the same value. `jsonb` keeps a number's value, not its text: `1e+16` (as
+/// Python writes a float that large) comes back as `10000000000000000`, which `serde_json` reads
+/// as an integer where it read the host's text as a float. So a host's float is the same as
+/// the database's integer that it is exactly (1e16 is not 10000000000000001, though they are
+/// the same f64); a host's integer is the same only as an equal integer (`jsonb` never writes
+/// an integer with a point: `1234.0000000000000001` in its place is an alteration, though it
+/// reads as the f64 1234); two floats are the same as `f64` (what every reader of a record
+/// gets from either: an alteration below f64's precision between two floats passes).
+fn same_value(host: &serde_json::Value, db: &serde_json::Value) -> bool {
     use serde_json::Value;
-    match (a, b) {
+    match (host, db) {
         (Value::Number(x), Value::Number(y)) => {
-            // An integer and a float: the float is that integer exactly (1e16 is not
-            // 10000000000000001, though they are the same f64).
             let exactly =
                 |i: i128, f: f64| f.fract() == 0.0 && f.abs() < 2f64.powi(127) && f as i128 == i;
             match (x.as_i128(), y.as_i128(), x.as_f64(), y.as_f64()) {
                 (Some(x), Some(y), _, _) => x == y,
-                (Some(i), None, _, Some(f)) | (None, Some(i), Some(f), _) => exactly(i, f),
+                (None, Some(i), Some(f), _) => exactly(i, f),
                 (None, None, Some(x), Some(y)) => x == y,
                 _ => false,
             }
@@ -286,7 +287,7 @@ fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
                 && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
-        _ => a == b,
+        _ => host == db,
     }
 }
 
@@ -305,8 +306,11 @@ mod tests {
             r#"{"n":1e+16,"m":[1E2,-0,0.1e1,2.50]}"#,
             r#"{"m":[100,0,1,2.5],"n":10000000000000000}"#
         ));
-        assert!(same("18446744073709551616", "1.8446744073709551616e19"));
-        assert!(same("-9223372036854775808", "-9.223372036854775808e18"));
+        assert!(same("1.8446744073709551616e19", "18446744073709551616"));
+        assert!(same("-9.223372036854775808e18", "-9223372036854775808"));
+        // A host's integer as a float, however close: jsonb never writes one so.
+        assert!(!same("1234", "1234.0000000000000001"));
+        assert!(!same(r#"{"n":2}"#, r#"{"n":2.0}"#));
         assert!(!same(r#"{"n":1e+16}"#, r#"{"n":10000000000000001}"#));
         assert!(!same("[1,2]", "[2,1]"));
         assert!(!same(r#"{"a":1}"#, r#"{"a":1,"b":2}"#));
