@@ -1196,3 +1196,63 @@ mod corruption {
         }
     }
 }
+
+/// What an older callgate may have written and PostgreSQL's `jsonb` refuses — a lone surrogate
+/// and a number past its scale in a raw answer, a NUL in the head of a record that keeps its
+/// answer beside, a number past f64 in an answer kept beside — is shipped repaired, each
+/// record's `leaf` the text as hashed; a record this version writes ships as it is.
+#[test]
+fn older_records_ship_as_jsonb_holds_them() {
+    use callgate::record::{ship, valid};
+    let dir = tempdir("ship-older");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let raw = |t: &str| serde_json::from_str::<RawJson>(t).expect("raw JSON");
+    // As an older callgate kept them: not masked again, not checked against the readers.
+    let mut inline = record(1, "older");
+    inline.response = Some(raw(r#"{"deep": 1e-20000, "cut": "\ud800"}"#));
+    inline.response_masked = true;
+    let mut beside = record(2, "older");
+    let long = format!(r#"{{"huge": 1e400, "pad": "{}"}}"#, "x".repeat(2000));
+    beside.response_beside = Some(long.clone().into());
+    beside.response_masked = true;
+    beside.workload =
+        Some(serde_json::from_str::<SharedJson>(r#"{"comm":"a\u0000b"}"#).expect("raw"));
+    beside.workload_masked = true;
+    let mut current = record(3, "older");
+    current.response = Some(RawJson::new(br#"{"ok": 1e+16}"#));
+    for r in [inline, beside, current] {
+        rec.submit(r).expect("submit");
+    }
+    rec.close();
+    let shipped = ship::read_batch(&dir, 1, &mut None).expect("read");
+    assert_eq!(shipped.len(), 3);
+    for s in &shipped {
+        let text = &s.record.0[..];
+        assert!(
+            valid::is_json(text) && valid::escapes_decode(text),
+            "{}",
+            String::from_utf8_lossy(&s.record.0)
+        );
+        assert!(serde_json::from_slice::<serde_json::Value>(text).is_ok());
+    }
+    let v = |i: usize| serde_json::from_slice::<serde_json::Value>(&shipped[i].record.0).unwrap();
+    assert_eq!(v(0)["response"]["deep"], "1e-20000");
+    assert_eq!(v(0)["response"]["cut"], "\u{fffd}");
+    assert!(
+        shipped[0]
+            .leaf
+            .as_ref()
+            .is_some_and(|l| String::from_utf8_lossy(&l.0).contains(r"\ud800"))
+    );
+    assert_eq!(v(1)["workload"]["comm"], "a\u{fffd}b");
+    // The answer beside reads as the string of its text: `1e400` is no reader's number.
+    assert_eq!(v(1)["response"], long.as_str());
+    assert!(
+        shipped[1]
+            .leaf
+            .as_ref()
+            .is_some_and(|l| l.0.first() == Some(&0x1e))
+    );
+    assert_eq!(v(2)["response"]["ok"], 1e16);
+    assert!(shipped[2].leaf.is_none(), "a current record ships as it is");
+}

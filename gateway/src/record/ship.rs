@@ -284,6 +284,15 @@ pub fn read_batch(
             continue;
         }
         c.next = frame.seq + 1;
+        // What `jsonb` may refuse (in an older callgate's record) is looked for in the JSON
+        // the record's own fields make: for a payload keeping its answer beside, the head
+        // before the answer (the answer reads back as a JSON value only when every reader
+        // holds it, else as a string): not in a 16 KiB answer again.
+        let fields = match frame.payload.strip_prefix(&[super::beside::MARK]) {
+            Some(rest) => &rest[..memchr::memchr(b'\n', rest).unwrap_or(rest.len())],
+            None => &frame.payload[..],
+        };
+        let held = super::valid::is_json(fields) && super::valid::escapes_decode(fields);
         // The row's JSON and, for a payload that keeps its answer beside its JSON, the
         // payload as its `leaf` (what the tree hashed).
         let (json, leaf) = match super::beside::json(&frame.payload) {
@@ -294,9 +303,10 @@ pub fn read_batch(
                 continue;
             }
         };
-        // Written by an older callgate, a record may hold `\u0000`, which jsonb refuses: its
-        // row holds U+FFFD there (the leaf keeps the text as it was hashed).
-        let (json, leaf) = match for_jsonb(&json) {
+        // Written by an older callgate, a record may hold what jsonb refuses (`\u0000`, a
+        // lone surrogate, `1e-20000`): its row holds it repaired (the leaf keeps the text as
+        // it was hashed).
+        let (json, leaf) = match (!held).then(|| for_jsonb(&json)).flatten() {
             Some(fixed) => (fixed, leaf.or(Some(RawJson(json)))),
             None => (json, leaf),
         };
