@@ -316,9 +316,10 @@ fn strict_durability_holds_the_answers_end_until_its_record_is_on_disk() {
 
 /// With no masks in its policy, the recorder masks an answer itself before it reaches disk:
 /// a key right after a line feed (`"line\nAKIA…"` as JSON writes it, and as text, short and
-/// long enough to be kept beside the record's JSON) from a real upstream is masked in the
-/// log's bytes, not only in what `records` shows. An escape's letter once stood where the
-/// detectors look for a boundary, and the key reached disk.
+/// long enough to be kept beside the record's JSON) and a secret key in quotes after its name
+/// (`\"` once in a JSON string) from a real upstream are masked in the log's bytes, not only
+/// in what `records` shows. An escape's letter (or backslash) once stood where the detectors
+/// look for a boundary (or a separator), and the key reached disk.
 #[test]
 fn a_key_after_a_line_feed_never_reaches_disk() {
     let test = "a_key_after_a_line_feed_never_reaches_disk";
@@ -331,8 +332,13 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
     let gw = gateway_with_config(&policies, "records:\n  commit_window_ms: 1\n", &work);
     let cg = TestCgroup::new("records-keys");
     gw.enable(&cg);
-    let keys = ["AKIAI44QH8DHBEXAMPLE", "AKIAJ7777777777EXAMP"];
-    for query in ["json", "text", "json&pad=3000", "text&pad=3000"] {
+    let keys = [
+        "AKIAI44QH8DHBEXAMPLE",
+        "AKIAJ7777777777EXAMP",
+        "bPxRfiCYEXAMPLEKEY",
+    ];
+    let queries = ["json", "text", "json&pad=3000", "text&pad=3000", "quoted"];
+    for query in queries {
         let url = format!(
             "http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}",
             up.port
@@ -349,12 +355,12 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
             .into_iter()
             .filter(|r| r["function"] == "get_payment")
             .collect();
-        (r.len() == 4).then_some(r)
+        (r.len() == queries.len()).then_some(r)
     })
-    .unwrap_or_else(|| panic!("4 records: {}", gw.status()["records"]));
+    .unwrap_or_else(|| panic!("{} records: {}", queries.len(), gw.status()["records"]));
     for r in &answers {
         let text = r["response"].to_string();
-        assert!(text.contains("line"), "{r}");
+        assert!(text.contains("aws_secret_access_key"), "{r}");
         assert!(!keys.iter().any(|k| text.contains(k)), "{r}");
     }
     // Every byte of the log, its segments decompressed (the last one may be open: what
@@ -374,10 +380,13 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
             fs::read(&path).unwrap_or_default()
         };
         let text = String::from_utf8_lossy(&bytes);
-        seen += text.matches("line").count();
+        seen += text.matches("aws_secret_access_key").count();
         for k in keys {
             assert!(!text.contains(k), "{k} is on disk in {}", path.display());
         }
     }
-    assert!(seen >= 4, "the answers' records were not found on disk");
+    assert!(
+        seen >= queries.len(),
+        "the answers' records were not found on disk"
+    );
 }

@@ -139,15 +139,18 @@ pub struct RawJson<P = Box<str>>(P);
 pub type SharedJson = RawJson<Arc<str>>;
 
 /// Whether `s` holds a JSON escape that could hide a detector's match: `\u` (any character),
-/// `\/` (a `/`, as PHP writes every one: half of AWS secret keys have one), or a control
+/// `\/` (a `/`, as PHP writes every one: half of AWS secret keys have one), a control
 /// character's (`\n`, `\t`, `\r`, `\b`, `\f`), whose letter stands in the text where the
-/// detectors look for a boundary (`"line\nAKIA…"`). A search of its own, not `memmem::find`,
-/// which builds a searcher per call: more than a record's short texts cost to scan.
+/// detectors look for a boundary (`"line\nAKIA…"`), or a quote's (`\"`), whose backslash
+/// stands between a secret's name and its value where only quotes and separators may
+/// (`aws_secret_access_key = \"wJalr…\"`, as a text answer with quotes reads once it is a
+/// JSON string: found in review). A search of its own, not `memmem::find`, which builds a
+/// searcher per call: more than a record's short texts cost to scan.
 fn has_hiding_escape(s: &[u8]) -> bool {
     memchr::memchr_iter(b'\\', s).any(|i| {
         matches!(
             s.get(i + 1),
-            Some(b'u' | b'/' | b'n' | b't' | b'r' | b'b' | b'f')
+            Some(b'u' | b'/' | b'n' | b't' | b'r' | b'b' | b'f' | b'"')
         )
     })
 }

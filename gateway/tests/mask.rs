@@ -531,6 +531,25 @@ fn json_escapes_do_not_hide_a_value() {
     assert_eq!(v["lit"], "\\u0034111111111111111");
 }
 
+/// 22 tabs between a secret's name and its value are within the detector's reach; written
+/// as `\u0009` each, they are six bytes to it, and once put the value out of reach (found in
+/// review): the reach is counted as a reader reads them.
+#[test]
+fn escaped_separators_do_not_put_a_secret_out_of_reach() {
+    let r = rules(json!(["secret_key"]));
+    let input = format!(
+        r#"{{"env": "aws_secret_access_key={}wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}}"#,
+        r"\u0009".repeat(22)
+    );
+    let out = same_at_every_split(&r, BodyKind::Json, &input);
+    assert!(!out.contains("bPxRfiCYEXAMPLEKEY"), "{out}");
+    let plain = format!(
+        "aws_secret_access_key={}wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "\t".repeat(22)
+    );
+    assert!(!text(&r, &plain).contains("bPxRfiCYEXAMPLEKEY"));
+}
+
 /// Inputs built to make the detectors work hardest: overlapping card readings (`4 4 4 …`,
 /// every start a Luhn-valid card), runs of token anchors that never complete, IBAN-shaped
 /// groups, `@`s. Issue 30 #15: `4 4 4 …` cost 23 s of CPU at 256 KiB.

@@ -780,7 +780,7 @@ fn planted_pii_never_reaches_disk() {
 fn a_text_whose_escapes_spell_a_value_is_not_kept() {
     let dir = tempdir("escaped-text");
     let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
-    let answers: [&[u8]; 6] = [
+    let answers: [&[u8]; 7] = [
         br#"{"big": 1e400, "log": "a\nb", "to": "olga@example.com"}"#,
         br#"{"big": 1e400, "card": "\u0034111 1111 1111 1111"}"#,
         br#"{"big": 1e400, "log": "line\nAKIAI44QH8DHBEXAMPLE"}"#,
@@ -789,6 +789,9 @@ fn a_text_whose_escapes_spell_a_value_is_not_kept() {
         br#"{"big": 1e400, "key": "\u000aAKIAIOSFODNN7EXAMPLE"}"#,
         br#"{"big": 1e400, "card": "\u00284111 1111 1111 1111)"}"#,
         br#"{"big": 1e400, "key": "\ud83d\ude00AKIAJ7777777777EXAMP\u0022"}"#,
+        // Escapes between a secret's name and its value: 22 tabs, six bytes each (found in
+        // review).
+        br#"{"big": 1e400, "env": "aws_secret_access_key=\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009\u0009wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}"#,
     ];
     for (i, text) in answers.into_iter().enumerate() {
         let mut r = record(i as u64 + 1, "escaped-text");
@@ -816,8 +819,29 @@ fn a_text_whose_escapes_spell_a_value_is_not_kept() {
     );
     for got in &got[1..] {
         assert!(got.contains("not recorded"), "{got}");
-        assert!(!got.contains("AKIA") && !got.contains("1111"), "{got}");
+        assert!(
+            !got.contains("AKIA") && !got.contains("1111") && !got.contains("EXAMPLEKEY"),
+            "{got}"
+        );
     }
+}
+
+/// A text answer with quotes is a JSON string in its record, each quote `\"`: the backslash
+/// stood between a secret's name and its value, where the detector allows only separators
+/// and quotes, and the key reached disk (found in review).
+#[test]
+fn a_text_answer_with_quotes_has_its_secret_masked() {
+    let dir = tempdir("quoted-text");
+    let rec = Recorder::open(RecorderConfig::new(&dir), key()).expect("open");
+    let mut r = record(1, "quoted-text");
+    r.response = Some(RawJson::new(
+        br#"aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY""#,
+    ));
+    rec.submit(r).expect("submit");
+    rec.close();
+    let text = disk_text(&dir);
+    assert!(!text.contains("bPxRfiCYEXAMPLEKEY"), "{text}");
+    assert!(text.contains("aws_secret_access_key"), "{text}");
 }
 
 #[test]

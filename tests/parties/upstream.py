@@ -62,10 +62,15 @@ class Handler(BaseHTTPRequestHandler):
             # the escape's letter stands where a detector looks for a boundary. `pad=N` makes
             # it long enough to be kept beside its record's JSON.
             pad = "x" * int(self.path.split("pad=")[1].split("&")[0]) if "pad=" in self.path else ""
+            # And a secret key after its name in quotes: `\"` once the text is a JSON string.
+            quoted = 'aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"'
+            if "secretlog=quoted" in self.path:
+                # Nothing else a detector could stumble on: the quotes alone.
+                return self.reply(200, quoted.encode(), "text/plain")
             if "secretlog=text" in self.path:
-                return self.reply(200, ("first line\nAKIAJ7777777777EXAMP second " + pad).encode(),
-                                  "text/plain")
-            return self.reply(200, {"log": "line\nAKIAI44QH8DHBEXAMPLE", "fill": pad})
+                return self.reply(200, ("first line\nAKIAJ7777777777EXAMP second " + quoted + " "
+                                        + pad).encode(), "text/plain")
+            return self.reply(200, {"log": "line\nAKIAI44QH8DHBEXAMPLE", "env": quoted, "fill": pad})
         if self.path.startswith("/v1/payments/") and "numbers=" in self.path:
             if "numbers=far" in self.path:
                 # Past f64 (which serde_json refuses) and past the 16,383 digits after the

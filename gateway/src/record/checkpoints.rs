@@ -265,7 +265,8 @@ impl Rebuild {
 /// the same f64); a host's integer is the same only as an equal integer (`jsonb` never writes
 /// an integer with a point: `1234.0000000000000001` in its place is an alteration, though it
 /// reads as the f64 1234); two floats are the same as `f64` (what every reader of a record
-/// gets from either: an alteration below f64's precision between two floats passes).
+/// gets from either: an alteration below f64's precision between two floats passes, and an
+/// integer beyond 64 bits is a float to `serde_json`, so one altered in its last digits does).
 fn same_value(host: &serde_json::Value, db: &serde_json::Value) -> bool {
     use serde_json::Value;
     match (host, db) {

@@ -118,10 +118,12 @@ const SECRET_NAMES: [&str; 3] = [
 static SECRET_FINDERS: std::sync::LazyLock<[memchr::memmem::FinderRev<'static>; 3]> =
     std::sync::LazyLock::new(|| SECRET_NAMES.map(memchr::memmem::FinderRev::new));
 /// The most bytes between a secret's name and its value: quotes, `=` or `:`, and the
-/// whitespace JSON, YAML or an env file allows (a JSON key, a newline and an indent; an
-/// escaped quote reads as spaces and a quote, see `unescape::View`; a table whose columns
-/// are aligned with spaces).
-const SECRET_SEPARATORS: usize = 128;
+/// whitespace JSON, YAML or an env file allows (a JSON key, a newline and an indent; a table
+/// whose columns are aligned with spaces): 128 of them as a reader reads them, each up to six
+/// bytes as the detectors see it, since an escape reads as spaces and the character it stands
+/// for (`\u0009` as five spaces and a tab, see `unescape::View`). Counted in bytes, 22 escaped
+/// tabs put a key out of reach that 22 plain ones did not (found in review).
+const SECRET_SEPARATORS: usize = 128 * 6;
 /// A secret's name, separators and 40-byte value fit in this many bytes.
 const SECRET_NAME_WINDOW: usize = 21 + SECRET_SEPARATORS + 40;
 
