@@ -5,7 +5,7 @@
 //! approvals page in headless Chromium; A's client gets the upstream's answer. With the database stopped, new approvals are refused (503
 //! `approval_unavailable`) while allowed calls go on; once it is back, approvals work again.
 //! A host that dies has its held calls marked interrupted by the other; a database whose
-//! schema is newer than the binary knows refuses the start. A fleet-wide rate limit is split
+//! schema is newer than the binary knows, or whose encoding is not UTF8, refuses the start. A fleet-wide rate limit is split
 //! between the hosts alive, goes whole to the one left, and fails closed once the database
 //! has been gone longer than the lease. With `fleet.trusted_keys`, a writer to the database
 //! alone can neither approve a call held on A, nor alter what B's approver judges, nor give a
@@ -557,23 +557,12 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     assert_eq!(ended["state"], "interrupted");
 }
 
-#[test]
-fn a_newer_schema_refuses_the_start() {
-    let test = "a_newer_schema_refuses_the_start";
-    if !ebpf_available(test) || !postgres_available(test) {
-        return;
-    }
-    let pg = Postgres::start();
-    pg.psql(
-        "callgate",
-        "CREATE TABLE callgate_schema (version integer PRIMARY KEY, \
-         applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL); \
-         INSERT INTO callgate_schema (version, applied_by) VALUES (1, 'x'), (99, 'tomorrow')",
-    );
-    let dir = TestDir::new("callgate-fleet-schema");
+/// `callgate run` on `pg`'s database: it must refuse to start; its stderr.
+fn refused_start(pg: &Postgres, name: &str) -> String {
+    let dir = TestDir::new(name);
     let policies = policy(&dir, 9);
     let config = dir.join("callgate.yaml");
-    fs::write(&config, config_text(&pg)).expect("config");
+    fs::write(&config, config_text(pg)).expect("config");
     let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("callgate-e2e"));
     let mut child = Command::new(callgate_bin())
         .args(["run", "--listen-port", &free_port().to_string()])
@@ -597,9 +586,26 @@ fn a_newer_schema_refuses_the_start() {
     }
     let out = child.wait_with_output().expect("callgate output");
     let _ = fs::remove_dir_all(&bpffs);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(status.is_some(), "callgate started on a newer schema");
-    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(status.is_some(), "callgate started: {stderr}");
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_newer_schema_refuses_the_start() {
+    let test = "a_newer_schema_refuses_the_start";
+    if !ebpf_available(test) || !postgres_available(test) {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql(
+        "callgate",
+        "CREATE TABLE callgate_schema (version integer PRIMARY KEY, \
+         applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL); \
+         INSERT INTO callgate_schema (version, applied_by) VALUES (1, 'x'), (99, 'tomorrow')",
+    );
+    let stderr = refused_start(&pg, "callgate-fleet-schema");
     assert!(
         stderr.contains("schema is version 99, newer than this callgate knows ("),
         "{stderr}"
@@ -608,6 +614,36 @@ fn a_newer_schema_refuses_the_start() {
     assert_eq!(
         pg.psql("callgate", "SELECT max(version) FROM callgate_schema"),
         "99"
+    );
+}
+
+/// A database in another encoding than UTF8 refuses some of the text records hold (jsonb's
+/// `\u00e9` in SQL_ASCII): one such row would stall a host's shipping for good, so fleet mode
+/// does not start on it, and says why.
+#[test]
+fn a_database_not_in_utf8_refuses_the_start() {
+    let test = "a_database_not_in_utf8_refuses_the_start";
+    if !ebpf_available(test) || !postgres_available(test) {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql("postgres", "DROP DATABASE callgate");
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE callgate ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+    );
+    let stderr = refused_start(&pg, "callgate-fleet-encoding");
+    assert!(
+        stderr.contains("the database's encoding is SQL_ASCII, not UTF8"),
+        "{stderr}"
+    );
+    // Nothing was written.
+    assert_eq!(
+        pg.psql(
+            "callgate",
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'callgate%'"
+        ),
+        "0"
     );
 }
 

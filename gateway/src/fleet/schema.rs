@@ -132,6 +132,21 @@ pub fn known() -> i32 {
 /// Brings the schema up to [`known`]; returns the version found before.
 pub async fn migrate(client: &mut Client, host: &str) -> Result<i32, FleetError> {
     let db = |e: tokio_postgres::Error| FleetError::Unavailable(super::describe(&e));
+    // Records, approvals and their reasons hold any Unicode text: a database in another
+    // encoding refuses some of it (`jsonb`'s `\u00e9` in SQL_ASCII or LATIN1), and one row
+    // refused would keep every later record of its host from being shipped.
+    let encoding: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    if encoding != "UTF8" {
+        return Err(FleetError::Config(format!(
+            "the database's encoding is {encoding}, not UTF8: records and approvals hold any \
+             Unicode text, which PostgreSQL keeps whole only in a UTF8 database (CREATE \
+             DATABASE … ENCODING 'UTF8' TEMPLATE template0)"
+        )));
+    }
     let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
