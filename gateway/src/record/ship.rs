@@ -359,10 +359,7 @@ pub fn for_jsonb(json: &[u8]) -> Option<Vec<u8>> {
     if valid::is_json(json) && valid::escapes_decode(json) {
         return None;
     }
-    let hex = |at: usize| -> Option<u16> {
-        let digits = std::str::from_utf8(json.get(at..at + 4)?).ok()?;
-        u16::from_str_radix(digits, 16).ok()
-    };
+    let hex = |at: usize| valid::code_unit(json, at);
     let mut out = Vec::with_capacity(json.len() + 16);
     let mut changed = false;
     let mut at = 0;

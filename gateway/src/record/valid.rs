@@ -35,10 +35,7 @@ pub fn is_json(s: &[u8]) -> bool {
 /// NUL: no surrogate without its pair, no `\u0000`. `serde_json`'s `Value` refuses the first,
 /// PostgreSQL's `jsonb` both; [`is_json`] checks an escape's form only.
 pub fn escapes_decode(s: &[u8]) -> bool {
-    let hex = |at: usize| -> Option<u16> {
-        let digits = std::str::from_utf8(s.get(at..at + 4)?).ok()?;
-        u16::from_str_radix(digits, 16).ok()
-    };
+    let hex = |at: usize| code_unit(s, at);
     let mut at = 0;
     // Where the low half of a pair must begin, after its high half.
     let mut low_at = None;
@@ -65,6 +62,15 @@ pub fn escapes_decode(s: &[u8]) -> bool {
         at = i + 6;
     }
     low_at.is_none()
+}
+
+/// The code unit of a `\u` escape in `s` whose four hex digits begin at `at` (`None`: they
+/// are not four hex digits: `from_str_radix` alone would take `+041`).
+pub(super) fn code_unit(s: &[u8], at: usize) -> Option<u16> {
+    let digits = s.get(at..at + 4)?;
+    digits.iter().try_fold(0u16, |v, &d| {
+        Some(v * 16 + char::from(d).to_digit(16)? as u16)
+    })
 }
 
 /// [`is_json`] with every block classified by AVX2.
@@ -422,6 +428,8 @@ mod tests {
             (r#""caf\u00e9 \n \" \\u0000""#, true),
             (r#""\ud83d\ude00""#, true),
             (r#""\u0000""#, false),
+            // Not four hex digits, though `from_str_radix` reads them as 0x41.
+            (r#""\u+041""#, false),
             (r#""\ud800""#, false),
             (r#""\ud800x""#, false),
             (r#""\ud800\n""#, false),
