@@ -491,7 +491,8 @@ static RUN: [u8; 256] = {
 /// time: each block's run bytes as a bitmask ([`run_bits`]), then the places where MIN_RUN of
 /// them follow one another by shifts. Blocks overlap by MIN_RUN − 1 bytes, so every place is
 /// tested in a block that holds its whole window. (The byte-at-a-time stride this replaced
-/// stopped at every space, digit and capital of API JSON: a third of the masker's time.)
+/// stopped at every space, digit and capital: an embeddings answer's floats masked at 0.98
+/// GB/s with it, 3.6 GB/s with this.)
 fn next_run(t: &[u8], from: usize) -> Option<usize> {
     const STEP: usize = 64 - (MIN_RUN - 1);
     let mut base = from;
@@ -671,7 +672,7 @@ fn chain_digits(groups: &[(u32, u32, bool, bool)], j: usize) -> usize {
 /// which ones are depends on how many follow: `now` is the sum with the digits doubled that a
 /// number ending here doubles, `next` the other one, which becomes `now` when a digit comes.
 /// (Two registers, where an array indexed by the count's parity was a store and a load per
-/// digit, each waiting for the last: a fifth of the masker's time on API JSON's dates.)
+/// digit, each waiting for the last: an eighth of the masker's time on API JSON's dates.)
 #[derive(Default)]
 struct Luhn {
     now: u32,
