@@ -1,6 +1,7 @@
 //! `cargo xtask bench --suite mask`: masking throughput on 1 MiB JSON bodies streamed in
 //! 16 KiB chunks (API records, the same with a value to mask every 200 bytes, an embeddings
-//! answer's floats), with every built-in detector and two field paths on.
+//! answer's floats, the l7 bench's answers), with every built-in detector and two field paths
+//! on.
 //!
 //! Goals (issue 5): ≥ 1 GB/s per core with no matches, ≥ 300 MB/s with a match every ~200
 //! bytes. Baseline in the same run: copying the body (what an unmasked proxy does at least).
@@ -35,6 +36,21 @@ fn body(dirty: bool) -> Vec<u8> {
         i += 1;
     }
     s.pop();
+    s.push(']');
+    s.into_bytes()
+}
+
+/// The l7 bench's large answers: one short record, over and over.
+fn items() -> Vec<u8> {
+    let item =
+        r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"}"#;
+    let mut s = String::from("[");
+    while s.len() + item.len() + 2 < SIZE {
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
     s.push(']');
     s.into_bytes()
 }
@@ -115,6 +131,7 @@ fn main() {
         ("clean", body(false)),
         ("match-every-200B", body(true)),
         ("embedding", embedding()),
+        ("l7 items", items()),
     ] {
         let mut g = c.benchmark_group(format!("mask/{name}"));
         g.throughput(Throughput::Bytes(b.len() as u64));

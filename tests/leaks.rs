@@ -8,8 +8,8 @@ use callgate_e2e::*;
 
 const REPO: &str = "default_action: deny\nunknown_destination: deny\n";
 
-/// A REST service that allows every call and masks cards and e-mail addresses; `response`
-/// adds to its `response:` block.
+/// A REST service that allows every call and masks cards, e-mail addresses, private and
+/// secret keys; `response` adds to its `response:` block.
 fn leaky(name: &str, port: u16, response: &str) -> String {
     format!(
         r#"
@@ -21,7 +21,7 @@ rules:
   - name: everything
     action: allow
 response:
-  mask: [card_number, email, private_key]
+  mask: [card_number, email, private_key, aws_access_key, secret_key]
   {response}
 "#
     )
@@ -103,6 +103,35 @@ fn overlapping_card_readings_are_masked_in_linear_time() {
     );
     assert_eq!(code, 0);
     assert!(s.gw.pid().is_some());
+}
+
+/// Escapes the client's JSON reader decodes carry no value past the masker: a key right after
+/// `\u000a` (its escape's last hex digit stands where a boundary is looked for), a card whose
+/// first digit is `\u0034`, in JSON only a lenient reader takes (Python's reads 1e400 as
+/// infinity); a secret 30 escaped tabs after its name (180 bytes as written, 30 separators as
+/// read: past the detector's reach when it counted bytes); a key after `\n`.
+#[test]
+fn escapes_carry_no_value_past_the_masker() {
+    let Some(s) = setup("escapes_carry_no_value_past_the_masker") else {
+        return;
+    };
+    // (the answer's query, the value, the field that holds it)
+    for (query, value, field) in [
+        ("escaped", "AKIAI44QH8DHBEXAMPLE", "log"),
+        ("escaped&card", "111 1111 1111 1111", "card"),
+        ("tabs", "bPxRfiCYEXAMPLEKEY", "env"),
+        ("json", "AKIAI44QH8DHBEXAMPLE", "log"),
+    ] {
+        let url = format!(
+            "http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}",
+            s.up.port
+        );
+        let (code, body) = curl_in(&s.cg, &["-sS", "--max-time", "10", &url]);
+        assert_eq!(code, 0, "{query}: {body}");
+        // The answer, masked (not refused).
+        assert!(body.contains(&format!("\"{field}\"")), "{query}: {body}");
+        assert!(!body.contains(value), "{query}: {value} got out: {body}");
+    }
 }
 
 /// Every record a gateway wrote, as the raw lines `records export --format jsonl` prints.

@@ -336,8 +336,22 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
         "AKIAI44QH8DHBEXAMPLE",
         "AKIAJ7777777777EXAMP",
         "bPxRfiCYEXAMPLEKEY",
+        // `\u0034111 1111 1111 1111`: the card, its first digit escaped.
+        "111 1111 1111 1111",
     ];
-    let queries = ["json", "text", "json&pad=3000", "text&pad=3000", "quoted"];
+    // `escaped`: a key after `\u000a` (or a card behind `\u0034`) in JSON that only a lenient
+    // reader (Python's, which takes 1e400 for infinity) reads; `tabs`: a secret 30 escaped
+    // tabs (180 bytes) after its name.
+    let queries = [
+        "json",
+        "text",
+        "json&pad=3000",
+        "text&pad=3000",
+        "quoted",
+        "escaped",
+        "escaped&card",
+        "tabs",
+    ];
     for query in queries {
         let url = format!(
             "http://127.0.0.1:{}/v1/payments/p_1?secretlog={query}",
@@ -360,7 +374,11 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
     .unwrap_or_else(|| panic!("{} records: {}", queries.len(), gw.status()["records"]));
     for r in &answers {
         let text = r["response"].to_string();
-        assert!(text.contains("aws_secret_access_key"), "{r}");
+        // Kept masked, or (the lenient JSON, whose escapes spell values) not kept at all.
+        assert!(
+            text.contains("aws_secret_access_key") || text.contains("bytes not recorded"),
+            "{r}"
+        );
         assert!(!keys.iter().any(|k| text.contains(k)), "{r}");
     }
     // Every byte of the log, its segments decompressed (the last one may be open: what
@@ -385,8 +403,9 @@ fn a_key_after_a_line_feed_never_reaches_disk() {
             assert!(!text.contains(k), "{k} is on disk in {}", path.display());
         }
     }
+    // Every answer's but the two not kept.
     assert!(
-        seen >= queries.len(),
+        seen >= queries.len() - 2,
         "the answers' records were not found on disk"
     );
 }

@@ -67,6 +67,19 @@ class Handler(BaseHTTPRequestHandler):
             if "secretlog=quoted" in self.path:
                 # Nothing else a detector could stumble on: the quotes alone.
                 return self.reply(200, quoted.encode(), "text/plain")
+            if "secretlog=escaped" in self.path:
+                # JSON a strict reader refuses (1e400 is past f64) and Python's json reads
+                # anyway (as infinity), decoding the escape that puts a key after a line feed;
+                # `card` spells a card's first digit with one instead.
+                log = b'"log": "\\u000aAKIAI44QH8DHBEXAMPLE"'
+                if "card" in self.path:
+                    log = b'"card": "\\u0034111 1111 1111 1111"'
+                return self.reply(200, b'{"big": 1e400, ' + log + b'}')
+            if "secretlog=tabs" in self.path:
+                # A secret's name and its value 30 escaped tabs apart: 180 bytes as written,
+                # 30 separators as a JSON reader reads them.
+                return self.reply(200, ('{"env": "aws_secret_access_key' + "\\u0009" * 30
+                                        + '= wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}').encode())
             if "secretlog=text" in self.path:
                 return self.reply(200, ("first line\nAKIAJ7777777777EXAMP second " + quoted + " "
                                         + pad).encode(), "text/plain")
