@@ -118,7 +118,8 @@ fn escapes_carry_no_value_past_the_masker() {
     // (the answer's query, the value, the field that holds it)
     for (query, value, field) in [
         ("escaped", "AKIAI44QH8DHBEXAMPLE", "log"),
-        ("escaped&card", "111 1111 1111 1111", "card"),
+        // Two groups of the card: a mask that left more than its last four digits shows them.
+        ("escaped&card", "111 1111", "card"),
         ("tabs", "bPxRfiCYEXAMPLEKEY", "env"),
         ("json", "AKIAI44QH8DHBEXAMPLE", "log"),
     ] {

@@ -2,9 +2,10 @@
 //! false positives low (Luhn, mod-97, SSN ranges, token shapes), plus custom regexes.
 //!
 //! Clean text must be skipped fast. Anchored detectors (tokens, keys, e-mail) are found with one
-//! aho-corasick automaton and `memchr`; the digit-shaped ones (cards, SSNs, IBANs) with a
-//! stride over a byte-class table: a match is at least [`MIN_RUN`] bytes of `[0-9A-Z -]`, so
-//! probing every `MIN_RUN`th byte skips most text without looking at the rest.
+//! aho-corasick automaton and `memchr`; the digit-shaped ones (cards, SSNs, IBANs) in runs of
+//! at least [`MIN_RUN`] bytes of `[0-9A-Z -]`, which are found 64 bytes at a time (a block's
+//! bytes of that class as a bitmask, then shifts: `next_run`) so that text between them is
+//! not read a byte at a time.
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use regex::bytes::Regex;
 
@@ -93,7 +94,7 @@ impl Hit {
     }
 }
 
-/// Shortest digit-shaped match (an SSN, `ddd-dd-dddd`); the stride of the run scan.
+/// Shortest digit-shaped match (an SSN, `ddd-dd-dddd`): the shortest run the run scan reads.
 pub const MIN_RUN: usize = 11;
 /// Longest value a streaming scan holds back waiting for its end (a JWT, a long token).
 pub const MAX_TOKEN: usize = 16 * 1024;
@@ -374,7 +375,8 @@ fn merge(out: &mut Vec<Hit>, first: usize) {
 }
 
 impl Scanner {
-    /// The stride scan for card numbers, SSNs and IBANs.
+    /// The run scan for card numbers, SSNs and IBANs: each run of at least [`MIN_RUN`] bytes
+    /// of `[0-9A-Z -]`, analysed.
     fn runs(&self, t: &[u8], out: &mut Vec<Hit>) {
         let n = t.len();
         // Set up once per scan, not per run: timestamps and ids make runs common. And only at
