@@ -502,11 +502,7 @@ fn next_run(t: &[u8], from: usize) -> Option<usize> {
         let bits = match t.get(base..base + 64).map(<&[u8; 64]>::try_from) {
             Some(Ok(block)) => run_bits(block),
             // The last bytes: fewer than 64, read one at a time.
-            _ => t[base..]
-                .iter()
-                .take(64)
-                .enumerate()
-                .fold(0, |m, (i, &c)| m | u64::from(RUN[c as usize]) << i),
+            _ => run_bits_bytes(&t[base..]),
         };
         let starts = runs_of_min_run(bits);
         if starts != 0 {
@@ -565,10 +561,11 @@ fn run_bits(b: &[u8; 64]) -> u64 {
     run_bits_bytes(b)
 }
 
-/// A byte at a time: where there are no vector compares, and the tests' reference.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-fn run_bits_bytes(b: &[u8; 64]) -> u64 {
+/// The [`RUN`] bytes of the first 64 of `b` (or fewer) a byte at a time: a text's last bytes,
+/// a block where there are no vector compares, and the tests' reference.
+fn run_bits_bytes(b: &[u8]) -> u64 {
     b.iter()
+        .take(64)
         .enumerate()
         .fold(0, |m, (i, &c)| m | u64::from(RUN[c as usize]) << i)
 }
