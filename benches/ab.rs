@@ -29,7 +29,11 @@
 //!
 //! `CALLGATE_AB_CASE=16k` runs the headline case with the l7 bench's 16 KiB answers (an array
 //! of small objects) and its load for them: what masking, checking and recording a larger
-//! answer costs each build.
+//! answer costs each build. `CALLGATE_AB_CASE=1m` does the same with its 1 MiB answers.
+//!
+//! `CALLGATE_AB_CONFIG_A` / `CALLGATE_AB_CONFIG_B` add lines to one side's `callgate.yaml`
+//! (e.g. `records: {enabled: false}`): with the same binary on both sides, what one setting
+//! costs, measured in the same interleaved rounds.
 use std::{fs, path::PathBuf};
 
 use callgate_benches::{BODY, Wrk, items_service, nginx, paced_on, with_cpu, wrk};
@@ -74,7 +78,7 @@ fn main() {
     let pass = case == "pass";
     let full = match case.as_str() {
         "close" => CLOSE,
-        "16k" => LARGE,
+        "16k" | "1m" => LARGE,
         _ => FULL,
     };
     let dir = std::env::temp_dir().join(unique("callgate-bench-ab"));
@@ -82,6 +86,7 @@ fn main() {
     let www = dir.join("www");
     fs::create_dir_all(&www).expect("www");
     fs::write(www.join("16k"), json_of_size(16 * 1024)).expect("answer file");
+    fs::write(www.join("1m"), json_of_size(1024 * 1024)).expect("answer file");
     let up_port = free_port();
     let _upstream = nginx(
         &dir,
@@ -97,9 +102,15 @@ fn main() {
     );
     let service = items_service(up_port);
     let policies = policy_repo(&dir, "default_action: deny\n", &[("items", &service)]);
-    let config = dir.join("callgate.yaml");
-    fs::write(&config, "records:\n  backlog_mb: 1024\n").expect("config");
     let side = |name: &'static str, bin: PathBuf| {
+        let config = dir.join(format!("callgate-{name}.yaml"));
+        let extra = std::env::var(format!("CALLGATE_AB_CONFIG_{name}")).unwrap_or_default();
+        let records = if extra.contains("records") {
+            ""
+        } else {
+            "records:\n  backlog_mb: 1024\n"
+        };
+        fs::write(&config, format!("{records}{extra}\n")).expect("config");
         let (policies, config) = (policies.display().to_string(), config.display().to_string());
         let args: Vec<&str> = if pass {
             vec!["--config", &config]
@@ -120,9 +131,13 @@ fn main() {
     };
     let mut sides = [side("A", bin_a), side("B", bin_b)];
     for s in &sides {
-        println!("{}: {}", s.name, s.bin.display());
+        let extra = std::env::var(format!("CALLGATE_AB_CONFIG_{}", s.name)).unwrap_or_default();
+        println!("{}: {} {extra}", s.name, s.bin.display());
     }
-    let path = if case == "16k" { "16k" } else { "42" };
+    let path = match case.as_str() {
+        "16k" | "1m" => &case,
+        _ => "42",
+    };
     let url = format!("http://127.0.0.1:{up_port}/v1/items/{path}");
     if pass {
         pass_through(&mut sides, rounds, &url);
@@ -145,6 +160,7 @@ fn main() {
     match case.as_str() {
         "close" => println!("\nfull load: a new connection per request (Connection: close)"),
         "16k" => println!("\n16 KiB answers: full load wrk -t2 -c8, light load one at a time"),
+        "1m" => println!("\n1 MiB answers: full load wrk -t2 -c8, light load one at a time"),
         _ => {}
     }
     println!(

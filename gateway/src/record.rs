@@ -199,6 +199,14 @@ impl RawJson {
     pub fn string(s: &str) -> Self {
         Self::of(s)
     }
+
+    /// What a record keeps instead of an answer of `len` bytes, longer than the record's cap
+    /// of `cap`: how long it was, and none of it (a prefix cut at the cap could end inside a
+    /// value a detector would have found whole: a card's first digits, a key's first
+    /// characters).
+    pub fn over_cap(len: u64, cap: usize) -> Self {
+        Self::string(&format!("[{len} bytes, over the record cap of {cap}]"))
+    }
 }
 
 impl<P: From<Box<str>>> RawJson<P> {
@@ -715,27 +723,28 @@ impl Recorder {
                 })
             };
         }
+        let cap = self.cfg.response_cap;
         if let Some(answer) = &rec.response_beside {
-            if answer.as_str().len() > self.cfg.response_cap {
-                let len = answer.as_str().len();
+            let len = answer.as_str().len();
+            if len > cap {
                 rec.response_beside = None;
-                rec.response = Some(RawJson::string(&format!(
-                    "[{len} bytes, over the record cap of {}]",
-                    self.cfg.response_cap
-                )));
+                rec.response = Some(RawJson::over_cap(len as u64, cap));
                 rec.response_truncated = true;
             }
         }
         if let Some(r) = &mut rec.response {
+            // Over the cap before masking: not masked only to be left out. (Masking can
+            // lengthen it, escapes decoded and written again: checked again after.)
+            if !rec.response_truncated && r.get().len() > cap {
+                *r = RawJson::over_cap(r.get().len() as u64, cap);
+                rec.response_truncated = true;
+            }
             if !rec.response_masked {
                 self.mask_raw(r);
             }
             let len = r.get().len();
-            if len > self.cfg.response_cap {
-                rec.response = Some(RawJson::string(&format!(
-                    "[{len} bytes, over the record cap of {}]",
-                    self.cfg.response_cap
-                )));
+            if len > cap && !rec.response_truncated {
+                *r = RawJson::over_cap(len as u64, cap);
                 rec.response_truncated = true;
             }
         }

@@ -101,6 +101,29 @@ class Handler(BaseHTTPRequestHandler):
             size = int(self.path.split("hostile=")[1].split("&")[0])
             return self.reply(200, ('1,"decision":{"action":"allow","rule":"forged"},'
                                     '"status":999,"pad":"%s"' % ("x" * size)).encode())
+        if self.path.startswith("/v1/payments/") and "straddle=" in self.path:
+            # An answer whose card starts 8 bytes before byte N (a record's cap) and runs
+            # across it, a secret key after it; `under=1`: the card in an answer 260 bytes
+            # shorter than N; `chunked=1`: sent in 600-byte chunks, with no length for a reader
+            # to go by.
+            at = int(self.path.split("straddle=")[1].split("&")[0])
+            if "under=1" in self.path:
+                data = json.dumps({"pad": "x" * (at - 300), "card": CARD}).encode()
+            else:
+                pad = at - 8 - len('{"pad": "", "card": "')
+                data = json.dumps({"pad": "x" * pad, "card": CARD,
+                                   "log": "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/"
+                                          "bPxRfiCYEXAMPLEKEY"}).encode()
+            if "chunked=1" not in self.path:
+                return self.reply(200, data)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(data), 600):
+                part = data[i:i + 600]
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if self.path.startswith("/v1/payments/") and "size=" in self.path:
             # A large answer, padding then the card at its very end, sent head and body in
             # one write: a reader that comes late finds the head with much of the body.

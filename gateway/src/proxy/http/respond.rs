@@ -93,9 +93,11 @@ impl Conn {
             .recorder
             .as_ref()
             .map_or(0, |r| r.response_cap());
-        let pending = one
-            .into_recording(recording, None)
-            .map(|r| streaming::Pending::new(r, status, cap));
+        let pending = one.into_recording(recording, None).map(|r| {
+            let mut p = streaming::Pending::new(r, status, cap);
+            p.expect(http_body::Body::size_hint(&incoming).lower());
+            p
+        });
         // The record keeps the answer as the client got it: masked once, for both. Unless an
         // injected credential is scrubbed from it after masking (the scrubber moves bytes).
         let recorded = scrub.is_none() && pending.as_ref().is_some_and(|p| p.keeps_answer());

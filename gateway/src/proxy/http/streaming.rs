@@ -177,25 +177,41 @@ impl Pending {
         }
     }
 
-    /// The record keeps the answer's body (`record: full`).
+    /// The record keeps the answer's body (`record: full`, and not longer than the cap as far
+    /// as is known).
     pub(super) fn keeps_answer(&self) -> bool {
-        self.cap > 0
+        self.cap > 0 && !self.truncated
+    }
+
+    /// The upstream declared the answer's length: one longer than the cap is not captured at
+    /// all (see [`Pending::saw`]), nor its record's spans looked for by the masker.
+    pub(super) fn expect(&mut self, len: u64) {
+        if self.cap > 0 && len > self.cap as u64 {
+            self.truncated = true;
+        }
     }
 
     /// A chunk on its way to the client; `more`: how many bytes the upstream says are still
     /// to come, so the capture is sized once instead of grown (and copied) by doubling (and,
     /// when it will be kept beside its record's JSON, with room for that JSON before it).
+    ///
+    /// An answer longer than the cap is not kept: its record says how long it was
+    /// ([`RawJson::over_cap`]), and what was captured before the cap was reached is let go
+    /// at once.
     fn saw(&mut self, chunk: &[u8], more: u64) {
         self.bytes_out += chunk.len() as u64;
-        if self.cap > 0 {
-            let want = (chunk.len() as u64).saturating_add(more);
-            self.capture.reserve(want.min(self.cap as u64 + 1) as usize);
+        if self.truncated {
+            return;
         }
-        let left = self.cap.saturating_sub(self.capture.len());
-        if chunk.len() > left {
-            self.truncated = true;
+        let want = (chunk.len() as u64).saturating_add(more);
+        if want > self.cap.saturating_sub(self.capture.len()) as u64 {
+            // Over the cap, or nothing is kept (a cap of 0: `record: metadata`).
+            self.truncated = self.cap > 0;
+            self.capture = Captured::default();
+            return;
         }
-        self.capture.extend(&chunk[..chunk.len().min(left)]);
+        self.capture.reserve(want as usize);
+        self.capture.extend(chunk);
     }
 
     fn submit(mut self) -> Result<Option<Durable>, RecordError> {
@@ -207,10 +223,10 @@ impl Pending {
             });
         }
         let capture = std::mem::take(&mut self.capture);
-        let response = if capture.is_empty() {
+        let response = if self.truncated {
+            Some(RawJson::over_cap(self.bytes_out, self.cap))
+        } else if capture.is_empty() {
             None
-        } else if self.truncated {
-            Some(RawJson::string(&String::from_utf8_lossy(capture.bytes())))
         } else if let Some(r) = self.recording.conn.inputs.recorder.as_ref() {
             // The captured buffer becomes the record's value as it is, not copied again.
             let rec = &mut self.recording.rec;
