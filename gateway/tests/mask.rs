@@ -434,6 +434,116 @@ mod props {
     }
 }
 
+/// Pieces of large bodies: clean JSON, values every kind of detector finds, values cut by a
+/// chunk's start wherever it falls (long token runs, escapes, a private key), and text that
+/// ends the JSON reading (the masker switches to text, or withholds the rest).
+const PIECES: &[&str] = &[
+    r#"{"id":12345,"name":"a widget of some kind","tags":["x","y"],"note":"plain text"},"#,
+    r#"{"card":"4111 1111 1111 1111","contact":"jane.doe@example.com"},"#,
+    r#"{"log":"aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},"#,
+    r#"{"key":"AKIAI44QH8DHBEXAMPLE","ssn":"078-05-1120","iban":"DE89 3704 0044 0532 0130 00"},"#,
+    r#"{"escaped":"\u0034111 1111 1111 1111","slash":"wJalrXUtnFEMI\/K7MDENG"},"#,
+    r#"{"pw":"hunter2","nested":{"pw":"x"}},"#,
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----",
+    "} not json after all 4111 1111 1111 1111 ",
+];
+
+mod bridge {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// Bodies of 2–20 KiB in chunks of 1–6 KiB, most of them long enough that a short value
+        /// held back at a chunk's start is settled by the chunk's first bytes and the rest is
+        /// masked in place (`Carry::feed`'s bridge), some not: the same bytes as one shot,
+        /// as text and as JSON, with and without a field path, for the client and for the
+        /// record.
+        #[test]
+        fn large_bodies_in_large_chunks_mask_as_one_shot(
+            pieces in proptest::collection::vec((0usize..PIECES.len(), 0usize..700), 8..60),
+            chunks in proptest::collection::vec(1usize..6000, 1..12),
+            json_mode in any::<bool>(),
+            fields in any::<bool>(),
+            recorded in any::<bool>(),
+        ) {
+            let mut input = String::from(if json_mode { "[" } else { "" });
+            for (i, run) in pieces {
+                input.push_str(PIECES[i]);
+                // A long run of value bytes (a token, an id), held back whole until it ends.
+                input.push_str(&"Zx9".repeat(run / 3));
+                input.push(' ');
+            }
+            let kind = if json_mode { BodyKind::Json } else { BodyKind::Text };
+            let r = if fields {
+                rules(json!(["card_number", "email", {"field": "$.pw"}]))
+            } else {
+                all()
+            };
+            let masker = || if recorded {
+                BodyMasker::recorded(r.clone(), key(), kind)
+            } else {
+                BodyMasker::new(r.clone(), key(), kind)
+            };
+            let whole = masker().mask_all(input.as_bytes());
+            let b = input.as_bytes();
+            let mut m = masker();
+            let mut out = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < b.len() {
+                let end = (at + chunks[i % chunks.len()]).min(b.len());
+                m.push(&b[at..end], &mut out);
+                at = end;
+                i += 1;
+            }
+            m.finish(&mut out);
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&whole));
+        }
+    }
+}
+
+/// JSON that stops being JSON in the first bytes of a long chunk, after a value cut by the
+/// chunk's start: the masker that takes over (text, or nothing with a field path to mask)
+/// takes the rest of that chunk too, as it would a chunk of its own. Every cut before the turn.
+#[test]
+fn json_that_turns_to_text_right_after_a_cut_value() {
+    let tail = format!(
+        "{}{}",
+        "contact jane.doe@example.com card 4111 1111 1111 1111 ".repeat(8),
+        "and more ".repeat(150)
+    );
+    let input = format!(r#"[{{"id":1,"tok":"Zx9Zx9Zx9Zx9Zx9"}}] not json {tail}"#);
+    let b = input.as_bytes();
+    let turn = input.find("] not").expect("turn");
+    for r in [
+        all(),
+        rules(json!(["card_number", "email", {"field": "$.pw"}])),
+    ] {
+        for recorded in [false, true] {
+            let masker = || {
+                if recorded {
+                    BodyMasker::recorded(r.clone(), key(), BodyKind::Json)
+                } else {
+                    BodyMasker::new(r.clone(), key(), BodyKind::Json)
+                }
+            };
+            let whole = masker().mask_all(b);
+            for cut in 1..=turn {
+                let mut m = masker();
+                let mut out = Vec::new();
+                m.push(&b[..cut], &mut out);
+                m.push(&b[cut..], &mut out);
+                m.finish(&mut out);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&whole),
+                    "cut at {cut}, recorded {recorded}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn long_runs_of_capitals_and_digits_do_not_hide_a_value() {
     let r = all();

@@ -722,6 +722,13 @@ pub struct MaskStats {
 /// Below this many held bytes, every chunk is masked as soon as it arrives.
 const DEFER_FROM: usize = 4096;
 
+/// A chunk of at least 4 × this many bytes, after at most this many held back, is masked
+/// without copying it behind them: its first `BRIDGE` bytes are, which almost always end the
+/// value that was cut (a JSON token, a word), and the masker goes on over the rest in place.
+/// Each byte of a large answer was copied once more when every chunk was appended to what
+/// was held (4.5 % of the gateway's time on 1 MiB JSON answers).
+const BRIDGE: usize = 256;
+
 /// What a streaming masker has not consumed yet: held back (a value may still be arriving)
 /// and, past [`DEFER_FROM`] held bytes, chunks that only make the value longer. Each chunk
 /// scans what is held again; deferring such chunks until they add up to as much as is held
@@ -736,14 +743,32 @@ struct Carry {
 
 impl Carry {
     /// Runs `process` over what was held back followed by `chunk` and keeps what it did not
-    /// consume. The common case (nothing held) copies nothing first.
-    fn feed(&mut self, chunk: &[u8], process: impl FnOnce(&[u8]) -> usize) {
+    /// consume. The common case (nothing held) copies nothing first; nor, mostly, does the next
+    /// most common, a short value cut by the chunk's start (see [`BRIDGE`]).
+    fn feed(&mut self, mut chunk: &[u8], mut process: impl FnMut(&[u8]) -> usize) {
         if self.buf.is_empty() {
             let used = process(chunk);
             self.buf.extend_from_slice(&chunk[used..]);
             return;
         }
-        let held = self.buf.len() - self.fresh;
+        let mut held = self.buf.len() - self.fresh;
+        if self.fresh == 0 && held <= BRIDGE && chunk.len() >= 4 * BRIDGE {
+            // As if the chunk had come in two: its first BRIDGE bytes behind what is held,
+            // then the rest where it is. Masking does not depend on where chunks end.
+            self.buf.extend_from_slice(&chunk[..BRIDGE]);
+            let used = process(&self.buf);
+            if used >= held {
+                let rest = &chunk[used - held..];
+                self.buf.clear();
+                let used = process(rest);
+                self.buf.extend_from_slice(&rest[used..]);
+                return;
+            }
+            // Still a value arriving: the rest goes behind it, as a second chunk would.
+            self.buf.drain(..used);
+            chunk = &chunk[BRIDGE..];
+            held = self.buf.len();
+        }
         self.buf.extend_from_slice(chunk);
         if held >= DEFER_FROM
             && self.fresh + chunk.len() < held

@@ -375,9 +375,20 @@ impl JsonMasker {
         if let Some(text) = &mut self.fallback {
             return text.push(chunk, out);
         }
-        // A switch to the text masker consumes everything, so nothing is held back then.
+        // A switch to the text masker consumes everything, so nothing is held back then. The
+        // carry may offer one chunk in two pieces: what the first piece switched to takes the
+        // second.
         let mut carry = std::mem::take(&mut self.carry);
-        carry.feed(chunk, |buf| self.process(buf, false, out));
+        carry.feed(chunk, |buf| {
+            if self.withheld {
+                return buf.len();
+            }
+            if let Some(text) = &mut self.fallback {
+                text.push(buf, out);
+                return buf.len();
+            }
+            self.process(buf, false, out)
+        });
         self.carry = carry;
     }
 
