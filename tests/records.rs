@@ -460,14 +460,36 @@ fn an_answer_over_the_record_cap_leaves_only_its_length() {
         );
         lengths.push(body.len());
     }
+    // An upstream that declares more than the cap and sends less: the answer is not kept (its
+    // length said it would be over), and its record says so.
+    let url = format!(
+        "http://127.0.0.1:{}/v1/payments/p_lie?straddle=1024&under=1&lie=1",
+        up.port
+    );
+    // curl fails (the answer ended early), with however much of it the gateway had passed on.
+    let (code, body) = curl_in(&cg, &[&url]);
+    assert!(code != 0, "{code} {body}");
     let recs = wait_for(Duration::from_secs(10), || {
         let r: Vec<Value> = records(&gw)
             .into_iter()
             .filter(|r| r["function"] == "get_payment")
             .collect();
-        (r.len() == over.len() + under.len()).then_some(r)
+        (r.len() == over.len() + under.len() + 1).then_some(r)
     })
-    .unwrap_or_else(|| panic!("4 records: {}", gw.status()["records"]));
+    .unwrap_or_else(|| panic!("5 records: {}", gw.status()["records"]));
+    let lie = recs
+        .iter()
+        .find(|r| r["args"]["payment_id"] == "p_lie")
+        .unwrap_or_else(|| panic!("no record of the short answer in {recs:?}"));
+    let note = lie["response"].as_str().unwrap_or_default();
+    let sent: usize = note
+        .strip_prefix('[')
+        .and_then(|n| {
+            n.strip_suffix(" of the 5000 bytes the upstream declared, over the record cap of 1024]")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{lie}"));
+    assert!(sent >= body.len() && sent < 1024, "{sent}: {lie}");
     for (i, query) in over.iter().chain(&under).enumerate() {
         let r = recs
             .iter()

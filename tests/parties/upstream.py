@@ -105,7 +105,7 @@ class Handler(BaseHTTPRequestHandler):
             # An answer whose card starts 8 bytes before byte N (a record's cap) and runs
             # across it, a secret key after it; `under=1`: the card in an answer 260 bytes
             # shorter than N; `chunked=1`: sent in 600-byte chunks, with no length for a reader
-            # to go by.
+            # to go by; `lie=1`: a length of 5,000 declared, and the connection closed after it.
             at = int(self.path.split("straddle=")[1].split("&")[0])
             if "under=1" in self.path:
                 data = json.dumps({"pad": "x" * (at - 300), "card": CARD}).encode()
@@ -114,6 +114,12 @@ class Handler(BaseHTTPRequestHandler):
                 data = json.dumps({"pad": "x" * pad, "card": CARD,
                                    "log": "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/"
                                           "bPxRfiCYEXAMPLEKEY"}).encode()
+            if "lie=1" in self.path:
+                # Declares 5,000 bytes, sends these and hangs up.
+                self.close_connection = True
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 5000\r\n\r\n" + data)
+                return
             if "chunked=1" not in self.path:
                 return self.reply(200, data)
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"

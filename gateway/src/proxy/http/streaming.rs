@@ -155,6 +155,8 @@ pub struct Pending {
     capture: Captured,
     cap: usize,
     truncated: bool,
+    /// The answer's length as the upstream declared it.
+    declared: Option<u64>,
     bytes_out: u64,
     incomplete: Option<String>,
     /// What the record masks in the captured answer beyond what the client's copy had
@@ -171,6 +173,7 @@ impl Pending {
             recording,
             status,
             truncated: false,
+            declared: None,
             bytes_out: 0,
             incomplete: None,
             spans: None,
@@ -180,15 +183,13 @@ impl Pending {
     /// The record keeps the answer's body (`record: full`, and not longer than the cap as far
     /// as is known).
     pub(super) fn keeps_answer(&self) -> bool {
-        self.cap > 0 && !self.truncated
+        self.cap > 0 && !self.truncated && self.declared.is_none_or(|len| len <= self.cap as u64)
     }
 
-    /// The upstream declared the answer's length: one longer than the cap is not captured at
-    /// all (see [`Pending::saw`]), nor its record's spans looked for by the masker.
+    /// The length the upstream declared for the answer: one longer than the cap is not
+    /// captured at all (see [`Pending::saw`]), nor its record's spans looked for by the masker.
     pub(super) fn expect(&mut self, len: u64) {
-        if self.cap > 0 && len > self.cap as u64 {
-            self.truncated = true;
-        }
+        self.declared = Some(len);
     }
 
     /// A chunk on its way to the client; `more`: how many bytes the upstream says are still
@@ -200,17 +201,17 @@ impl Pending {
     /// at once.
     fn saw(&mut self, chunk: &[u8], more: u64) {
         self.bytes_out += chunk.len() as u64;
-        if self.truncated {
+        if self.truncated || self.cap == 0 {
             return;
         }
-        let want = (chunk.len() as u64).saturating_add(more);
-        if want > self.cap.saturating_sub(self.capture.len()) as u64 {
-            // Over the cap, or nothing is kept (a cap of 0: `record: metadata`).
-            self.truncated = self.cap > 0;
+        let left = self.cap.saturating_sub(self.capture.len());
+        if chunk.len() > left || !self.keeps_answer() {
+            self.truncated = true;
             self.capture = Captured::default();
             return;
         }
-        self.capture.reserve(want as usize);
+        let want = (chunk.len() as u64).saturating_add(more);
+        self.capture.reserve(want.min(left as u64) as usize);
         self.capture.extend(chunk);
     }
 
@@ -224,7 +225,14 @@ impl Pending {
         }
         let capture = std::mem::take(&mut self.capture);
         let response = if self.truncated {
-            Some(RawJson::over_cap(self.bytes_out, self.cap))
+            Some(match self.declared {
+                // Cut short of the cap: the upstream declared more than it sent.
+                Some(len) if self.bytes_out <= self.cap as u64 => RawJson::string(&format!(
+                    "[{} of the {len} bytes the upstream declared, over the record cap of {}]",
+                    self.bytes_out, self.cap
+                )),
+                _ => RawJson::over_cap(self.bytes_out, self.cap),
+            })
         } else if capture.is_empty() {
             None
         } else if let Some(r) = self.recording.conn.inputs.recorder.as_ref() {
