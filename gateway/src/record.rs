@@ -733,17 +733,11 @@ impl Recorder {
             }
         }
         if let Some(r) = &mut rec.response {
-            // Over the cap before masking: not masked only to be left out. (Masking can
-            // lengthen it, escapes decoded and written again: checked again after.)
-            if !rec.response_truncated && r.get().len() > cap {
-                *r = RawJson::over_cap(r.get().len() as u64, cap);
-                rec.response_truncated = true;
-            }
             if !rec.response_masked {
                 self.mask_raw(r);
             }
             let len = r.get().len();
-            if len > cap && !rec.response_truncated {
+            if len > cap {
                 *r = RawJson::over_cap(len as u64, cap);
                 rec.response_truncated = true;
             }

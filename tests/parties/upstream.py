@@ -103,7 +103,7 @@ class Handler(BaseHTTPRequestHandler):
                                     '"status":999,"pad":"%s"' % ("x" * size)).encode())
         if self.path.startswith("/v1/payments/") and "straddle=" in self.path:
             # An answer whose card starts 8 bytes before byte N (a record's cap) and runs
-            # across it, a secret key after it; `under=1`: the card in an answer 260 bytes
+            # across it, a secret key after it; `under=1`: the card in an answer 258 bytes
             # shorter than N; `chunked=1`: sent in 600-byte chunks, with no length for a reader
             # to go by; `lie=1`: a length of 5,000 declared, and the connection closed after it.
             at = int(self.path.split("straddle=")[1].split("&")[0])

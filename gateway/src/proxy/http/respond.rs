@@ -4,6 +4,7 @@
 //! the service lets it pass.
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use super::{
@@ -95,7 +96,7 @@ impl Conn {
             .map_or(0, |r| r.response_cap());
         let pending = one.into_recording(recording, None).map(|r| {
             let mut p = streaming::Pending::new(r, status, cap);
-            p.expect(http_body::Body::size_hint(&incoming).lower());
+            p.expect(incoming.size_hint().exact());
             p
         });
         // The record keeps the answer as the client got it: masked once, for both. Unless an

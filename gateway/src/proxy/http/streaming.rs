@@ -155,7 +155,7 @@ pub struct Pending {
     capture: Captured,
     cap: usize,
     truncated: bool,
-    /// The answer's length as the upstream declared it.
+    /// The answer's length as the upstream declared it (see [`Pending::expect`]).
     declared: Option<u64>,
     bytes_out: u64,
     incomplete: Option<String>,
@@ -180,16 +180,19 @@ impl Pending {
         }
     }
 
-    /// The record keeps the answer's body (`record: full`, and not longer than the cap as far
-    /// as is known).
+    /// The record keeps the answer's body (`record: full`, and as far as is known not longer
+    /// than the cap).
     pub(super) fn keeps_answer(&self) -> bool {
         self.cap > 0 && !self.truncated && self.declared.is_none_or(|len| len <= self.cap as u64)
     }
 
-    /// The length the upstream declared for the answer: one longer than the cap is not
-    /// captured at all (see [`Pending::saw`]), nor its record's spans looked for by the masker.
-    pub(super) fn expect(&mut self, len: u64) {
-        self.declared = Some(len);
+    /// The answer's length, when the upstream declared it: one longer than the cap is masked
+    /// for the client without tracking what its record would mask. The cap applies to the
+    /// bytes the client gets, which masking can make shorter than declared (a private key
+    /// becomes its mask): such an answer, if it ends under the cap, is kept, masked by the
+    /// record on its own.
+    pub(super) fn expect(&mut self, len: Option<u64>) {
+        self.declared = len;
     }
 
     /// A chunk on its way to the client; `more`: how many bytes the upstream says are still
@@ -197,15 +200,14 @@ impl Pending {
     /// when it will be kept beside its record's JSON, with room for that JSON before it).
     ///
     /// An answer longer than the cap is not kept: its record says how long it was
-    /// ([`RawJson::over_cap`]), and what was captured before the cap was reached is let go
-    /// at once.
+    /// ([`RawJson::over_cap`]), and what was captured is let go as soon as the cap is passed.
     fn saw(&mut self, chunk: &[u8], more: u64) {
         self.bytes_out += chunk.len() as u64;
         if self.truncated || self.cap == 0 {
             return;
         }
         let left = self.cap.saturating_sub(self.capture.len());
-        if chunk.len() > left || !self.keeps_answer() {
+        if chunk.len() > left {
             self.truncated = true;
             self.capture = Captured::default();
             return;
@@ -225,14 +227,7 @@ impl Pending {
         }
         let capture = std::mem::take(&mut self.capture);
         let response = if self.truncated {
-            Some(match self.declared {
-                // Cut short of the cap: the upstream declared more than it sent.
-                Some(len) if self.bytes_out <= self.cap as u64 => RawJson::string(&format!(
-                    "[{} of the {len} bytes the upstream declared, over the record cap of {}]",
-                    self.bytes_out, self.cap
-                )),
-                _ => RawJson::over_cap(self.bytes_out, self.cap),
-            })
+            Some(RawJson::over_cap(self.bytes_out, self.cap))
         } else if capture.is_empty() {
             None
         } else if let Some(r) = self.recording.conn.inputs.recorder.as_ref() {
