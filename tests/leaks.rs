@@ -121,6 +121,8 @@ fn escapes_carry_no_value_past_the_masker() {
         // Two groups of the card: a mask that left more than its last four digits shows them.
         ("escaped&card", "111 1111", "card"),
         ("tabs", "bPxRfiCYEXAMPLEKEY", "env"),
+        // `\u00b` and `\u0030` (a `0`) in two chunks: `°` and the card, once decoded.
+        ("split", "4111111111111111", "card"),
         ("json", "AKIAI44QH8DHBEXAMPLE", "log"),
     ] {
         let url = format!(

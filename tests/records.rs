@@ -461,8 +461,7 @@ fn an_answer_over_the_record_cap_leaves_only_its_length() {
         lengths.push(body.len());
     }
     // An upstream that declares more than the cap and sends less (then hangs up): what the
-    // client got is under the cap, so it is kept, masked by the record on its own (the
-    // client's masker did not track it for the record: its declared length was over).
+    // client got is under the cap, so it is kept, masked by the record.
     let url = format!(
         "http://127.0.0.1:{}/v1/payments/p_lie?straddle=1024&under=1&lie=1",
         up.port

@@ -458,11 +458,11 @@ mod bridge {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
-        /// Bodies of 2–20 KiB in chunks of 1–6 KiB, most of them long enough that a short value
-        /// held back at a chunk's start is settled by the chunk's first bytes and the rest is
-        /// masked in place (`Carry::feed`'s bridge), some not: the same bytes as one shot,
-        /// as text and as JSON, with and without a field path, for the client and for the
-        /// record.
+        /// Bodies of up to about 45 KiB in chunks of up to 6 KiB, most of them long enough that
+        /// a short value held back at a chunk's start is settled by the chunk's first bytes and
+        /// the rest is masked in place (`Carry::feed`'s bridge), some not: the same bytes for
+        /// the client as one shot, as text and as JSON, with and without a field path, by the
+        /// masker that tracks the record's spans and by the one that does not.
         #[test]
         fn large_bodies_in_large_chunks_mask_as_one_shot(
             pieces in proptest::collection::vec((0usize..PIECES.len(), 0usize..700), 8..60),
@@ -1184,6 +1184,19 @@ fn an_escape_next_to_a_value_does_not_hide_it() {
     // first, which a client reads as `4`.
     let out = same_at_every_split(&r, BodyKind::Json, r#"{"t":"\u003\u0034111111111111111"}"#);
     assert!(!out.contains("111111111111111"), "{out}");
+    // The same where the first escape's last digit is a letter, so the run of the card's
+    // characters stops before it: a chunk that ended after `\u00b` (its `\u0030` held back
+    // whole, to be decoded to the `0` that completes `\u00b0`, a `°`) released the `\u` and
+    // left the next piece reading `00b04111…`, where no card stands alone (found in review).
+    let out = same_at_every_split(&r, BodyKind::Json, r#"{"t":"\u00b\u00304111111111111111"}"#);
+    assert!(!out.contains("4111111111111111"), "{out}");
+    let keys = rules(json!(["aws_access_key"]));
+    let out = same_at_every_split(
+        &keys,
+        BodyKind::Json,
+        r#"{"t":"\u004\u0031KIAIOSFODNN7EXAMPLE"}"#,
+    );
+    assert!(!out.contains("KIAIOSFODNN7EXAMPLE"), "{out}");
     // `\u` without four hex digits is no `\uXXXX` escape: the digits after it are text
     // (found by the mask_chunks fuzz target).
     let out = same_at_every_split(&r, BodyKind::Json, r"\u0 4111 1111 1111 1111 Ten");

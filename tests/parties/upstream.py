@@ -5,6 +5,7 @@ import argparse
 import json
 import ssl
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CARD = "4111 1111 1111 1111"
@@ -75,6 +76,22 @@ class Handler(BaseHTTPRequestHandler):
                 if "card" in self.path:
                     log = b'"card": "\\u0034111 1111 1111 1111"'
                 return self.reply(200, b'{"big": 1e400, ' + log + b'}')
+            if "secretlog=split" in self.path:
+                # A card after an escape that only decoding another completes: `\u00b` then
+                # `\u0030`, a `0`, make `\u00b0` (a degree sign) to a JSON reader, which then
+                # reads the card standing alone. Sent in two writes, the second one cut after
+                # `\u003`, 50 ms apart: the gateway reads them as two chunks.
+                body = b'{"card": "N\\u00b\\u00304111111111111111"}'
+                cut = body.index(b"\\u0030") + 5
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                time.sleep(0.05)
+                self.wfile.write(body[cut:])
+                return
             if "secretlog=tabs" in self.path:
                 # A secret's name and its value 30 escaped tabs apart: 180 bytes as written,
                 # 30 separators as a JSON reader reads them.

@@ -729,8 +729,8 @@ const DEFER_FROM: usize = 4096;
 /// was held (4.5 % of the gateway's time on 1 MiB JSON answers).
 const BRIDGE: usize = 256;
 
-/// The longest escape a JSON view reads as one (`\uD83D\uDE00`, a surrogate pair), and then
-/// some: a piece that ends with no backslash this close before its end ends between escapes.
+/// More than the longest escape a JSON view reads as one (`\u00b0`, six bytes): a piece with
+/// no backslash this close before its end ends between escapes.
 const ESCAPE_MAX: usize = 16;
 
 /// What a streaming masker has not consumed yet: held back (a value may still be arriving)
@@ -762,9 +762,9 @@ impl Carry {
             && memchr::memchr(b'\\', &chunk[BRIDGE - ESCAPE_MAX..BRIDGE]).is_none()
         {
             // As if the chunk had come in two: its first BRIDGE bytes behind what is held,
-            // then the rest where it is. Masking does not depend on where chunks end, but a
-            // JSON masker's chunks never end inside an escape its unescaper left as written
-            // (`\u00b0`): nor does the first piece, which ends where no escape can be under way.
+            // then the rest where it is. Masking does not depend on where chunks end; the
+            // first piece ends where no escape can be under way, so its view reads each of its
+            // escapes (`\u00b0`) as the whole chunk's view does.
             self.buf.extend_from_slice(&chunk[..BRIDGE]);
             let used = process(&self.buf);
             if used >= held {

@@ -127,6 +127,11 @@ pub struct View {
     bytes: Vec<u8>,
     /// Each escape's `start..end` in the text, in order.
     escapes: Vec<(usize, usize)>,
+    /// Where an escape the text's end may have cut short starts: a `\` or `\u` with fewer
+    /// than four hex digits after it. What comes next can complete it (`\u00b`, then the `0`
+    /// that the [`Unescaper`] decodes from the `\u0030` it held back: `\u00b0`, a `°`), so a
+    /// piece does not end after its start ([`View::start_of`]).
+    open: Option<usize>,
 }
 
 impl View {
@@ -143,6 +148,7 @@ impl View {
     /// Builds the view of `t`.
     pub fn build(&mut self, t: &[u8]) {
         self.escapes.clear();
+        self.open = None;
         let Some(first) = memchr(b'\\', t) else {
             return;
         };
@@ -156,6 +162,14 @@ impl View {
                 .then(|| t.get(at + 2..at + 6).and_then(code_unit))
                 .flatten();
             let end = (at + if unit.is_some() { 6 } else { 2 }).min(t.len());
+            let cut_short = match t.get(at + 1) {
+                None => true,
+                Some(b'u') => t.len() < at + 6 && t[at + 2..].iter().all(u8::is_ascii_hexdigit),
+                Some(_) => false,
+            };
+            if cut_short {
+                self.open = Some(at);
+            }
             let stands_for = match t.get(at + 1) {
                 Some(b'u') => unit.and_then(|v| u8::try_from(v).ok()),
                 Some(b'n') => Some(b'\n'),
@@ -187,9 +201,13 @@ impl View {
         self.escapes.is_empty()
     }
 
-    /// `p`, or the start of the escape `p` falls inside: a piece may end there.
+    /// `p`, or the start of the escape `p` falls inside, or of one the text's end may have cut
+    /// short that `p` follows: a piece may end there.
     pub fn start_of(&self, p: usize) -> usize {
-        self.around(p).map_or(p, |e| e.0)
+        match self.open {
+            Some(open) if p > open => open,
+            _ => self.around(p).map_or(p, |e| e.0),
+        }
     }
 
     /// `start..end` widened to whole escapes at both ends.
