@@ -434,6 +434,26 @@ mod props {
     }
 }
 
+/// The masker that also finds what a record masks beyond the client's masks
+/// ([`BodyMasker::recorded`]), or the one that does not.
+fn masker(r: &Arc<MaskRules>, kind: BodyKind, recorded: bool) -> BodyMasker {
+    if recorded {
+        BodyMasker::recorded(r.clone(), key(), kind)
+    } else {
+        BodyMasker::new(r.clone(), key(), kind)
+    }
+}
+
+/// What `m` makes of `chunks`, pushed one after another.
+fn in_chunks<'a>(mut m: BodyMasker, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in chunks {
+        m.push(c, &mut out);
+    }
+    m.finish(&mut out);
+    out
+}
+
 /// Pieces of large bodies: clean JSON, values every kind of detector finds, values cut by a
 /// chunk's start wherever it falls (long token runs, escapes, a private key), and text that
 /// ends the JSON reading (the masker switches to text, or withholds the rest).
@@ -484,23 +504,17 @@ mod bridge {
             } else {
                 all()
             };
-            let masker = || if recorded {
-                BodyMasker::recorded(r.clone(), key(), kind)
-            } else {
-                BodyMasker::new(r.clone(), key(), kind)
-            };
-            let whole = masker().mask_all(input.as_bytes());
+            let whole = masker(&r, kind, recorded).mask_all(input.as_bytes());
             let b = input.as_bytes();
-            let mut m = masker();
-            let mut out = Vec::new();
+            let mut cuts = vec![];
             let (mut at, mut i) = (0, 0);
             while at < b.len() {
                 let end = (at + chunks[i % chunks.len()]).min(b.len());
-                m.push(&b[at..end], &mut out);
+                cuts.push(&b[at..end]);
                 at = end;
                 i += 1;
             }
-            m.finish(&mut out);
+            let out = in_chunks(masker(&r, kind, recorded), cuts);
             prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&whole));
         }
     }
@@ -523,20 +537,12 @@ fn a_value_after_a_kept_escape_where_a_chunk_is_bridged() {
                 " ".repeat(1000)
             );
             let input = format!("{first}{second}");
-            let masker = || {
-                if recorded {
-                    BodyMasker::recorded(r.clone(), key(), BodyKind::Json)
-                } else {
-                    BodyMasker::new(r.clone(), key(), BodyKind::Json)
-                }
-            };
-            let whole = masker().mask_all(input.as_bytes());
+            let whole = masker(&r, BodyKind::Json, recorded).mask_all(input.as_bytes());
             assert!(!String::from_utf8_lossy(&whole).contains("4111111111111111"));
-            let mut m = masker();
-            let mut out = Vec::new();
-            m.push(first.as_bytes(), &mut out);
-            m.push(second.as_bytes(), &mut out);
-            m.finish(&mut out);
+            let out = in_chunks(
+                masker(&r, BodyKind::Json, recorded),
+                [first.as_bytes(), second.as_bytes()],
+            );
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 String::from_utf8_lossy(&whole),
@@ -564,20 +570,9 @@ fn json_that_breaks_right_after_a_cut_value() {
         rules(json!(["card_number", "email", {"field": "$.pw"}])),
     ] {
         for recorded in [false, true] {
-            let masker = || {
-                if recorded {
-                    BodyMasker::recorded(r.clone(), key(), BodyKind::Json)
-                } else {
-                    BodyMasker::new(r.clone(), key(), BodyKind::Json)
-                }
-            };
-            let whole = masker().mask_all(b);
+            let whole = masker(&r, BodyKind::Json, recorded).mask_all(b);
             for cut in 1..=turn {
-                let mut m = masker();
-                let mut out = Vec::new();
-                m.push(&b[..cut], &mut out);
-                m.push(&b[cut..], &mut out);
-                m.finish(&mut out);
+                let out = in_chunks(masker(&r, BodyKind::Json, recorded), [&b[..cut], &b[cut..]]);
                 assert_eq!(
                     String::from_utf8_lossy(&out),
                     String::from_utf8_lossy(&whole),
