@@ -489,13 +489,6 @@ fn step_chunked(
     }
 }
 
-/// Appends a chunk of chunked coding holding `data` (not empty) to `out`.
-pub fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    put_chunk_size(out, data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A chunk's size line.
 pub fn put_chunk_size(out: &mut Vec<u8>, len: usize) {
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
@@ -517,6 +510,13 @@ pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends a chunk of chunked coding holding `data` (not empty) to `out`.
+    fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+        put_chunk_size(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
 
     /// Decodes `wire` fed `step` bytes at a time: the data and the trailers.
     fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), Malformed> {

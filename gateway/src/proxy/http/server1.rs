@@ -16,7 +16,7 @@
 //! connection closed, so no bytes of it can be read as another request.
 use std::{
     future::Future,
-    io,
+    io::{self, IoSlice},
     mem::MaybeUninit,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
+use smallvec::SmallVec;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
     time::{Instant, Sleep},
@@ -42,8 +43,16 @@ use crate::{
     util::sync::LockExt,
 };
 
-/// Bodies up to this size are copied in with the head and the chunk framing, so the whole
-/// answer goes in one write; larger data is written from its own buffer.
+/// Data up to this size is copied in with the head and the chunk framing; larger data goes
+/// from its own buffer, in the same `writev` ([`Outgoing`]).
+const SPLICE_FROM: usize = 1024;
+/// How much data [`Outgoing`] holds in its own buffers before writing it, even while more
+/// is ready.
+const SPLICE_MAX_BYTES: usize = 256 * 1024;
+/// How many buffers it holds at most (each adds two iovecs to the write).
+const SPLICE_MAX: usize = 8;
+/// To a connection that takes one buffer per write, data up to this size is copied in, so
+/// that a whole answer still goes in one write; larger data is written from its own buffer.
 const COALESCE: usize = 16 * 1024;
 /// The most data a bodiless answer's body (HEAD, 204, 304) may still carry, dropped unsent,
 /// before the answer is failed as one that does not say what it is.
@@ -618,6 +627,7 @@ async fn write_answer<W: AsyncWrite>(
         return Ok(keep);
     }
     let chunked = matches!(framing, Framing::Chunked(_));
+    let mut out = Outgoing::new(out, wr.is_write_vectored());
     let mut left = match framing {
         Framing::Length(n) => Some(n),
         _ => None,
@@ -632,8 +642,7 @@ async fn write_answer<W: AsyncWrite>(
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() && left != Some(0) {
-                    wr.write_all(out).await?;
-                    out.clear();
+                    out.write(wr).await?;
                 }
                 body.frame().await
             }
@@ -644,8 +653,8 @@ async fn write_answer<W: AsyncWrite>(
             Ok(data) => data,
             Err(frame) => {
                 if let (true, Ok(t)) = (chunked, frame.into_trailers()) {
-                    h1::put_last_chunk(out, asked.trailers.then_some(&t));
-                    wr.write_all(out).await?;
+                    h1::put_last_chunk(out.buf, asked.trailers.then_some(&t));
+                    out.write(wr).await?;
                     return Ok(keep);
                 }
                 continue;
@@ -662,17 +671,24 @@ async fn write_answer<W: AsyncWrite>(
             }
             *l -= data.len() as u64;
         }
-        if left == Some(0) && !body.is_end_stream() {
-            out.extend_from_slice(&data);
+        if chunked {
+            h1::put_chunk_size(out.buf, data.len());
+            out.data(data);
+            out.buf.extend_from_slice(b"\r\n");
         } else {
-            put_data(wr, out, data, chunked).await?;
+            out.data(data);
+        }
+        // Bounded while the body has more ready, except the bytes that complete a
+        // Content-Length answer: they wait for the body's end.
+        if out.full() && left != Some(0) {
+            out.write(wr).await?;
         }
     }
     if chunked {
-        h1::put_last_chunk(out, None);
+        h1::put_last_chunk(out.buf, None);
     }
     if !out.is_empty() {
-        wr.write_all(out).await?;
+        out.write(wr).await?;
     }
     if left.is_some_and(|l| l > 0) {
         return Err(io::Error::other(
@@ -682,32 +698,94 @@ async fn write_answer<W: AsyncWrite>(
     Ok(keep)
 }
 
-/// Adds `data` to the answer: copied into `out` when small, written from its own buffer when
-/// not.
-async fn put_data<W: AsyncWrite>(
-    wr: &mut WriteHalf<W>,
-    out: &mut Vec<u8>,
-    data: Bytes,
-    chunked: bool,
-) -> io::Result<()> {
-    if data.len() <= COALESCE {
-        if chunked {
-            h1::put_chunk(out, &data);
-        } else {
-            out.extend_from_slice(&data);
+/// An answer's bytes ready to go: the head, chunk framing and small data copied into `buf`;
+/// larger data kept in the buffer it came in (the masker's output, the upstream's read),
+/// each at its place in `buf`, and written with it in one `writev`. Copying a 16 KiB chunk in
+/// with its framing was 1 % of the gateway's CPU with 16 KiB answers; and larger data, which
+/// went in a write of its own after the head, now goes in the same system call.
+struct Outgoing<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Data in its own buffer, and where in `buf` it goes (before the byte at that offset).
+    spliced: SmallVec<[(usize, Bytes); SPLICE_MAX]>,
+    spliced_bytes: usize,
+    /// The writer takes several buffers in one call (else data up to [`COALESCE`] is copied
+    /// in, and each larger piece is a write of its own).
+    vectored: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(buf: &'a mut Vec<u8>, vectored: bool) -> Self {
+        Self {
+            buf,
+            spliced: SmallVec::new(),
+            spliced_bytes: 0,
+            vectored,
         }
-        return Ok(());
     }
-    if chunked {
-        h1::put_chunk_size(out, data.len());
+
+    /// Adds `data` after what is there.
+    fn data(&mut self, data: Bytes) {
+        let from = if self.vectored {
+            SPLICE_FROM
+        } else {
+            COALESCE + 1
+        };
+        if data.len() < from {
+            self.buf.extend_from_slice(&data);
+        } else {
+            self.spliced_bytes += data.len();
+            self.spliced.push((self.buf.len(), data));
+        }
     }
-    wr.write_all(out).await?;
-    out.clear();
-    wr.write_all(&data).await?;
-    if chunked {
-        out.extend_from_slice(b"\r\n");
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.spliced.is_empty()
     }
-    Ok(())
+
+    /// Holding as much as it should before writing.
+    fn full(&self) -> bool {
+        self.spliced.len() >= SPLICE_MAX
+            || self.spliced_bytes >= SPLICE_MAX_BYTES
+            || self.buf.len() >= SPLICE_MAX_BYTES
+    }
+
+    /// Writes everything, in order, and empties it.
+    async fn write<W: AsyncWrite>(&mut self, wr: &mut WriteHalf<W>) -> io::Result<()> {
+        if self.spliced.is_empty() {
+            wr.write_all(self.buf).await?;
+        } else {
+            let mut slices: SmallVec<[IoSlice<'_>; 2 * SPLICE_MAX + 1]> = SmallVec::new();
+            let mut at = 0;
+            for (pos, data) in &self.spliced {
+                if *pos > at {
+                    slices.push(IoSlice::new(&self.buf[at..*pos]));
+                }
+                slices.push(IoSlice::new(data));
+                at = *pos;
+            }
+            if at < self.buf.len() {
+                slices.push(IoSlice::new(&self.buf[at..]));
+            }
+            if self.vectored {
+                let mut rest: &mut [IoSlice<'_>] = &mut slices;
+                while !rest.is_empty() {
+                    let n = wr.write_vectored(rest).await?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+            } else {
+                for s in &slices {
+                    wr.write_all(s).await?;
+                }
+            }
+        }
+        self.buf.clear();
+        self.spliced.clear();
+        self.spliced_bytes = 0;
+        Ok(())
+    }
 }
 
 fn body_failed(e: BodyError) -> io::Error {
@@ -924,6 +1002,188 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: keep-alive\r\n\r\nGET /a \
              HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    /// A connection that takes several buffers per write, at most `step` bytes each time, and
+    /// says it is busy every other time.
+    struct Trickle {
+        inner: DuplexStream,
+        step: usize,
+        busy: bool,
+        calls: Arc<AtomicUsize>,
+        vectored: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.busy = !self.busy;
+            if self.busy {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut gathered = Vec::new();
+            let bufs = if self.vectored { bufs } else { &bufs[..1] };
+            for b in bufs {
+                let take = (self.step - gathered.len()).min(b.len());
+                gathered.extend_from_slice(&b[..take]);
+                if gathered.len() == self.step {
+                    break;
+                }
+            }
+            Pin::new(&mut self.inner).poll_write(cx, &gathered)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Data in buffers of its own goes out with the head and the framing in one write, in
+    /// order, however little of it each write takes, chunked or within a Content-Length (whose
+    /// last bytes wait for the body's end, as ever).
+    #[tokio::test]
+    async fn large_data_goes_from_its_own_buffers_in_order() {
+        /// `len` bytes of `fill`, then its length, so no two frames read alike.
+        fn frame(len: usize, fill: u8) -> Bytes {
+            let mut v = vec![fill; len];
+            let tag = format!("<{len}>");
+            let n = tag.len().min(len);
+            v[len - n..].copy_from_slice(&tag.as_bytes()[..n]);
+            Bytes::from(v)
+        }
+        let sizes = [3000, 10, 20_000, SPLICE_FROM, SPLICE_FROM - 1, 1500, 5];
+        let mut many = vec![40_000; 2 * SPLICE_MAX];
+        many.extend([7, SPLICE_MAX_BYTES, 3]);
+        for (sizes, length) in [
+            (&sizes[..], false),
+            (&sizes[..], true),
+            (&many[..], false),
+            (&many[..], true),
+        ] {
+            for (step, vectored) in [
+                (1 << 20, true),
+                (700, true),
+                (1, true),
+                (1 << 20, false),
+                (700, false),
+            ] {
+                if step == 1 && sizes.len() > 10 {
+                    continue;
+                }
+                let frames: Vec<Bytes> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| frame(*n, b'a' + i as u8))
+                    .collect();
+                let whole: Vec<u8> = frames.concat();
+                let total = whole.len();
+                let handler = move |_req: Request<ProxyBody>| {
+                    let frames = frames.clone();
+                    async move {
+                        let stream = futures_util::stream::iter(
+                            frames
+                                .into_iter()
+                                .map(|b| Ok::<_, BodyError>(Frame::data(b))),
+                        );
+                        let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+                        if length {
+                            resp.headers_mut()
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+                        }
+                        resp
+                    }
+                };
+                let (mut client, server) = tokio::io::duplex(1 << 16);
+                let calls = Arc::new(AtomicUsize::new(0));
+                let io = Trickle {
+                    inner: server,
+                    step,
+                    busy: false,
+                    calls: calls.clone(),
+                    vectored,
+                };
+                let served = tokio::spawn(serve(io, LIMITS, handler, || {}));
+                client
+                    .write_all(b"GET /big HTTP/1.1\r\nconnection: close\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut wire = Vec::new();
+                client.read_to_end(&mut wire).await.expect("read");
+                served.await.expect("server task");
+                let at = wire
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .expect("a head")
+                    + 4;
+                let head = String::from_utf8_lossy(&wire[..at]).to_string();
+                let body = if length {
+                    assert!(
+                        head.contains(&format!("content-length: {total}\r\n")),
+                        "{head}"
+                    );
+                    wire[at..].to_vec()
+                } else {
+                    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                    // Strictly: a size line, the data, CRLF; the last chunk ends the wire.
+                    let (mut rest, mut body) = (&wire[at..], Vec::new());
+                    loop {
+                        let eol = rest.windows(2).position(|w| w == b"\r\n").expect("a line");
+                        let size = std::str::from_utf8(&rest[..eol]).expect("hex");
+                        let n = usize::from_str_radix(size, 16).expect("hex");
+                        rest = &rest[eol + 2..];
+                        if n == 0 {
+                            assert_eq!(rest, b"\r\n", "the end after the last chunk");
+                            break;
+                        }
+                        body.extend_from_slice(&rest[..n]);
+                        assert_eq!(&rest[n..n + 2], b"\r\n");
+                        rest = &rest[n + 2..];
+                    }
+                    body
+                };
+                assert!(
+                    body == whole,
+                    "sizes {sizes:?}, step {step}, length {length}, vectored {vectored}"
+                );
+                if step == 1 << 20 && sizes.len() < 10 {
+                    // One write: head, framing and every frame (all were ready); one at a
+                    // time, what comes before the 20,000 bytes, they, and what follows.
+                    let writes = if vectored { 1 } else { 3 };
+                    assert_eq!(calls.load(Ordering::Relaxed), writes, "length {length}");
+                }
+            }
+        }
     }
 
     #[tokio::test]
