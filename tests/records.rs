@@ -513,4 +513,6 @@ fn an_answer_over_the_record_cap_leaves_only_its_length() {
             assert!(!text.contains(k), "{k} is on disk in {}", path.display());
         }
     }
+    let (ok, verify) = records_cli(&["verify"], &gw.dir.join("state/records"));
+    assert!(ok, "{verify}");
 }

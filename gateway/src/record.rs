@@ -473,9 +473,8 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 struct Entry {
-    /// The record's text from `start` on (before it, room its answer was captured with).
-    payload: Vec<u8>,
-    start: usize,
+    /// The record's text.
+    payload: beside::Payload,
     done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
     /// Not a record: commit what is pending and answer with the durable sequence number.
     sync: bool,
@@ -484,7 +483,7 @@ struct Entry {
 impl Entry {
     /// What an entry counts against the backlog: its payload and its own size.
     fn cost(&self) -> usize {
-        self.payload.len() + std::mem::size_of::<Self>()
+        self.payload.buf.len() + self.payload.tail.len() + std::mem::size_of::<Self>()
     }
 }
 
@@ -599,8 +598,9 @@ impl Recorder {
     /// filled, each at most `response_cap` of answer.
     pub fn submit(&self, mut rec: Record) -> Result<Option<Durable>, RecordError> {
         self.mask(&mut rec);
-        let (payload, start) = match rec.response_beside.take() {
-            // Around the answer, in the room it was captured with when the head fits there.
+        let payload = match rec.response_beside.take() {
+            // Around the answer, in the room it was captured with when the head fits there,
+            // or before the buffer the client's copy went from.
             Some(answer) if rec.response.is_none() => {
                 beside::payload(answer, |out| rec.write_json(out))?
             }
@@ -613,7 +613,10 @@ impl Recorder {
                         + raw_len(rec.workload.as_ref().map(RawJson::get)),
                 );
                 rec.write_json(&mut payload)?;
-                (payload, 0)
+                beside::Payload {
+                    buf: payload,
+                    ..beside::Payload::default()
+                }
             }
         };
         let (done, durable) = match self.cfg.durability {
@@ -625,7 +628,6 @@ impl Recorder {
         };
         let entry = Entry {
             payload,
-            start,
             done,
             sync: false,
         };
@@ -887,8 +889,7 @@ impl Recorder {
     pub fn sync(&self) -> Result<u64, RecordError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(Entry {
-            payload: Vec::new(),
-            start: 0,
+            payload: beside::Payload::default(),
             done: Some(tx),
             sync: true,
         })?;

@@ -27,6 +27,7 @@
 //! shows and the fleet's `record` column holds.
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::RawJson;
@@ -46,24 +47,45 @@ pub fn keeps(answer: &str) -> bool {
 /// record's JSON without its answer is rarely half of it.
 pub const ROOM: usize = 2048;
 
-/// An answer's bytes captured for its record as they go to the client. One expected to be
-/// kept beside its record's JSON is captured with [`ROOM`] before it, where the payload's head
-/// is then written ([`payload`]): the answer is not copied again into a payload of its own (on
-/// the l7 bench's 16 KiB answers, one of the four copies of each).
+/// An answer's bytes captured for its record as they go to the client. An answer that came in
+/// one chunk is kept in the buffer the client's copy went from (the masker's output), not
+/// copied: on the l7 bench's 16 KiB answers that copy was 2 % of the gateway's CPU. A second
+/// chunk makes one buffer of both; one expected to be kept beside its record's JSON is made
+/// with [`ROOM`] before it, where the payload's head is then written ([`payload`]).
 #[derive(Debug, Default)]
 pub struct Captured {
-    /// `room` ASCII spaces, then the answer's bytes.
+    /// `room` ASCII spaces, then the answer's bytes (once there is more than one chunk).
     buf: Vec<u8>,
     room: usize,
+    /// The answer's one chunk so far, as it went to the client.
+    only: Option<Bytes>,
+    /// What `buf` is sized for when a second chunk comes.
+    expected: usize,
 }
 
 impl Captured {
+    /// Adds `chunk`; `expected`: how long the answer is expected to be, chunk included.
+    /// A chunk whose buffer nothing else holds (the masker's output) is kept as it is when it
+    /// is the first; one shared (a slice of the upstream's read buffer, which would have to
+    /// be replaced while the record waits for the writer) is copied.
+    pub fn push(&mut self, chunk: &Bytes, expected: usize) {
+        if self.only.is_none() && self.buf.capacity() == 0 {
+            if chunk.is_unique() {
+                self.only = Some(chunk.clone());
+                self.expected = expected;
+                return;
+            }
+            self.reserve(expected);
+        } else if let Some(only) = self.only.take() {
+            self.reserve(self.expected.max(only.len() + chunk.len()));
+            self.buf.extend_from_slice(&only);
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
     /// Sized for `expected` bytes, once, before the first: with room before them when an
     /// answer that long is kept beside.
-    pub fn reserve(&mut self, expected: usize) {
-        if self.buf.capacity() > 0 {
-            return;
-        }
+    fn reserve(&mut self, expected: usize) {
         if expected >= FROM {
             self.buf.reserve(ROOM + expected);
             self.buf.resize(ROOM, b' ');
@@ -73,17 +95,16 @@ impl Captured {
         }
     }
 
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
     /// The answer's bytes so far.
     pub fn bytes(&self) -> &[u8] {
-        &self.buf[self.room..]
+        match &self.only {
+            Some(b) => b,
+            None => &self.buf[self.room..],
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len() - self.room
+        self.bytes().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,9 +113,15 @@ impl Captured {
 
     /// The answer as text; its bytes when they are not UTF-8.
     pub fn into_text(self) -> Result<Answer, Vec<u8>> {
+        if let Some(only) = self.only {
+            return match std::str::from_utf8(&only) {
+                Ok(_) => Ok(Answer(Text::Shared(only))),
+                Err(_) => Err(only.to_vec()),
+            };
+        }
         let room = self.room;
         match String::from_utf8(self.buf) {
-            Ok(buf) => Ok(Answer { buf, room }),
+            Ok(buf) => Ok(Answer(Text::Room { buf, room })),
             Err(e) => {
                 let mut bytes = e.into_bytes();
                 bytes.drain(..room);
@@ -106,62 +133,113 @@ impl Captured {
 
 impl From<Vec<u8>> for Captured {
     fn from(buf: Vec<u8>) -> Self {
-        Self { buf, room: 0 }
+        Self {
+            buf,
+            ..Self::default()
+        }
     }
 }
 
-/// An answer's text as its record keeps it beside its JSON, with the room it was captured
-/// with ([`Captured`]), if any.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Answer {
+/// An answer's text as its record keeps it beside its JSON: with the room it was captured
+/// with ([`Captured`]), if any, or in the buffer the client's copy went from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer(Text);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
     /// `room` ASCII spaces, then the answer.
-    buf: String,
-    room: usize,
+    Room { buf: String, room: usize },
+    /// UTF-8, checked when it was made ([`Captured::into_text`]).
+    Shared(Bytes),
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        String::new().into()
+    }
 }
 
 impl Answer {
     pub fn as_str(&self) -> &str {
-        &self.buf[self.room..]
+        match &self.0 {
+            Text::Room { buf, room } => &buf[*room..],
+            // SAFETY: checked to be UTF-8 when made (`Captured::into_text`), and the bytes
+            // behind a `Bytes` never change.
+            Text::Shared(b) => unsafe { std::str::from_utf8_unchecked(b) },
+        }
     }
 
-    /// The answer alone (copied only when it had room before it).
+    /// The answer alone (copied when it had room before it or is shared).
     pub fn into_string(self) -> String {
-        if self.room == 0 {
-            self.buf
-        } else {
-            self.buf[self.room..].to_owned()
+        match self.0 {
+            Text::Room { buf, room: 0 } => buf,
+            _ => self.as_str().to_owned(),
         }
     }
 }
 
 impl From<String> for Answer {
     fn from(buf: String) -> Self {
-        Self { buf, room: 0 }
+        Self(Text::Room { buf, room: 0 })
+    }
+}
+
+/// A record's payload as the writer gets it: `buf[start..]` then `tail` (before `start`, room
+/// its answer was captured with; `tail`, an answer kept in the buffer it went to the client
+/// from).
+#[derive(Debug, Default)]
+pub(super) struct Payload {
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub tail: Bytes,
+}
+
+impl Payload {
+    /// Its two pieces, in order.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.buf[self.start..], &self.tail]
     }
 }
 
 /// One payload: the record's JSON without `response`, as `json` writes it
-/// (`Record::write_json`), and `answer` beside it; with where in the buffer it begins. Written
-/// in the answer's room when its head fits there, else into a buffer of its own.
+/// (`Record::write_json`), and `answer` beside it. Written in the answer's room when its head
+/// fits there, before the answer's own buffer when it has one, else into a buffer of its own.
 pub(super) fn payload(
     answer: Answer,
     json: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
-) -> Result<(Vec<u8>, usize), serde_json::Error> {
+) -> Result<Payload, serde_json::Error> {
     let mut head = Vec::with_capacity(1024);
     head.push(MARK);
     json(&mut head)?;
     head.push(b'\n');
-    let Answer { buf, room } = answer;
+    let (buf, room) = match answer.0 {
+        Text::Shared(tail) => {
+            return Ok(Payload {
+                buf: head,
+                start: 0,
+                tail,
+            });
+        }
+        Text::Room { buf, room } => (buf, room),
+    };
     let mut buf = buf.into_bytes();
     if head.len() <= room {
         let start = room - head.len();
         buf[start..room].copy_from_slice(&head);
-        return Ok((buf, start));
+        return Ok(Payload {
+            buf,
+            start,
+            tail: Bytes::new(),
+        });
     }
     let mut out = Vec::with_capacity(head.len() + buf.len() - room);
     out.extend_from_slice(&head);
     out.extend_from_slice(&buf[room..]);
-    Ok((out, 0))
+    Ok(Payload {
+        buf: out,
+        start: 0,
+        tail: Bytes::new(),
+    })
 }
 
 /// Why a payload marked as keeping its answer beside its JSON cannot be read.
@@ -227,12 +305,13 @@ mod tests {
     use serde_json::{Value, json};
 
     fn payload(head: &str, answer: &str) -> Vec<u8> {
-        let (buf, start) = super::payload(Answer::from(answer.to_string()), |o| {
+        super::payload(Answer::from(answer.to_string()), |o| {
             o.extend_from_slice(head.as_bytes());
             Ok(())
         })
-        .unwrap();
-        buf[start..].to_vec()
+        .unwrap()
+        .parts()
+        .concat()
     }
 
     fn read(p: &[u8]) -> Value {
@@ -298,44 +377,64 @@ mod tests {
 
     /// Captured with room before it, the answer's payload is written around it, in place: the
     /// same bytes as one written into a buffer of its own; a head too long for the room, or
-    /// an answer not UTF-8, is not lost.
+    /// an answer not UTF-8, is not lost. Captured in one chunk nothing else holds, it stays in
+    /// that chunk's buffer, and the head goes before it.
     #[test]
     fn a_payload_is_written_in_the_room_its_answer_was_captured_with() {
         let answer = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
         let head = |n: usize| format!(r#"{{"id":"{}"}}"#, "i".repeat(n));
         for n in [10, ROOM - 10, ROOM - 9, ROOM, 3 * ROOM] {
-            let mut c = Captured::default();
-            c.reserve(answer.len());
-            for piece in answer.as_bytes().chunks(700) {
-                c.extend(piece);
+            for chunk in [700, answer.len()] {
+                let mut c = Captured::default();
+                for piece in answer.as_bytes().chunks(chunk) {
+                    c.push(&Bytes::copy_from_slice(piece), answer.len());
+                }
+                assert_eq!(c.bytes(), answer.as_bytes());
+                let text = c.into_text().expect("UTF-8");
+                assert_eq!(text.as_str(), answer);
+                let shared = matches!(text.0, Text::Shared(_));
+                assert_eq!(shared, chunk == answer.len(), "{chunk}");
+                let p = super::payload(text, |o| {
+                    o.extend_from_slice(head(n).as_bytes());
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(p.parts().concat(), payload(&head(n), &answer), "{n}");
+                // MARK, the head's 9 bytes and n, the line feed: in the room while they fit.
+                let fits = n + 11 <= ROOM;
+                assert_eq!(
+                    p.buf.len() == ROOM + answer.len(),
+                    fits && !shared,
+                    "{n} {chunk}"
+                );
+                assert_eq!(p.tail.len(), if shared { answer.len() } else { 0 });
+                assert_eq!(
+                    read(&p.parts().concat())["response"]["pad"]
+                        .as_str()
+                        .map(str::len),
+                    Some(3000)
+                );
             }
-            assert_eq!(c.bytes(), answer.as_bytes());
-            let text = c.into_text().expect("UTF-8");
-            assert_eq!(text.as_str(), answer);
-            let (buf, start) = super::payload(text, |o| {
-                o.extend_from_slice(head(n).as_bytes());
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(buf[start..], payload(&head(n), &answer)[..], "{n}");
-            // MARK, the head's 9 bytes and n, the line feed: in the room while they fit.
-            let fits = n + 11 <= ROOM;
-            assert_eq!(buf.len() == ROOM + answer.len(), fits, "{n}");
-            assert_eq!(
-                read(&buf[start..])["response"]["pad"]
-                    .as_str()
-                    .map(str::len),
-                Some(3000)
-            );
         }
+        // A chunk something else holds too is copied.
+        let chunk = Bytes::from(answer.clone());
+        let held = chunk.clone();
         let mut c = Captured::default();
-        c.reserve(FROM);
-        c.extend(b"\xff not UTF-8");
-        assert_eq!(c.into_text().unwrap_err(), b"\xff not UTF-8");
+        c.push(&chunk, answer.len());
+        assert!(c.only.is_none() && c.room == ROOM);
+        drop(held);
+        for chunks in [1, 2] {
+            let mut c = Captured::default();
+            for piece in [&b"\xff not "[..], b"UTF-8"].chunks(3 - chunks) {
+                c.push(&Bytes::from(piece.concat()), FROM);
+            }
+            assert_eq!(c.into_text().unwrap_err(), b"\xff not UTF-8");
+        }
         // A short answer is captured without room.
         let mut c = Captured::default();
-        c.reserve(FROM - 1);
-        c.extend(b"short");
+        c.push(&Bytes::from_static(b"sh"), FROM - 1);
+        c.push(&Bytes::from_static(b"ort"), FROM - 1);
+        assert_eq!(c.room, 0);
         assert_eq!(
             c.into_text().map(Answer::into_string).as_deref(),
             Ok("short")

@@ -19,9 +19,16 @@ pub const EMPTY_ROOT: Hash = [
 ];
 
 pub fn leaf_hash(data: &[u8]) -> Hash {
+    leaf_hash_of(&[data])
+}
+
+/// [`leaf_hash`] of `parts` one after the other.
+pub fn leaf_hash_of(parts: &[&[u8]]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
-    h.update(data);
+    for p in parts {
+        h.update(p);
+    }
     h.finalize().into()
 }
 

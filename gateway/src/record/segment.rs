@@ -103,15 +103,26 @@ impl Chain {
     /// digest entry and the segment relabelled as an older kind, whose leaf over that entry
     /// is the large record's leaf, and every proof would still hold.
     pub fn leaf(self, payload: &[u8]) -> Hash {
-        let digested = payload.first() == Some(&DIGEST_ENTRY)
-            || (self == Chain::Digest && payload.len() > DIGEST_ABOVE);
+        self.leaf_of(&[payload])
+    }
+
+    /// [`Chain::leaf`] of the payload made of `parts` one after the other.
+    pub fn leaf_of(self, parts: &[&[u8]]) -> Hash {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let first = parts.iter().find_map(|p| p.first());
+        let digested =
+            first == Some(&DIGEST_ENTRY) || (self == Chain::Digest && len > DIGEST_ABOVE);
         if digested {
+            let mut h = blake3::Hasher::new();
+            for p in parts {
+                h.update(p);
+            }
             let mut entry = [0u8; 33];
             entry[0] = DIGEST_ENTRY;
-            entry[1..].copy_from_slice(blake3::hash(payload).as_bytes());
+            entry[1..].copy_from_slice(h.finalize().as_bytes());
             merkle::leaf_hash(&entry)
         } else {
-            merkle::leaf_hash(payload)
+            merkle::leaf_hash_of(parts)
         }
     }
 
@@ -123,10 +134,23 @@ impl Chain {
     /// [`Chain::hash`] when the payload's leaf hash ([`Chain::leaf`]) is known already: the
     /// payload is not hashed again.
     pub fn hash_with_leaf(self, prev: &Hash, seq: u64, payload: &[u8], leaf: &Hash) -> Hash {
+        self.hash_of(prev, seq, &[payload], leaf)
+    }
+
+    /// [`Chain::hash_with_leaf`] of the payload made of `parts` one after the other.
+    pub fn hash_of(self, prev: &Hash, seq: u64, parts: &[&[u8]], leaf: &Hash) -> Hash {
         match self {
             Chain::Digest => chain_leaf(DIGEST_CHAIN_TAG, prev, seq, leaf),
             Chain::Leaf => chain_leaf(LEAF_CHAIN_TAG, prev, seq, leaf),
-            Chain::Payload => chain(prev, seq, payload),
+            Chain::Payload => {
+                let mut h = Sha256::new();
+                h.update(prev);
+                h.update(seq.to_le_bytes());
+                for p in parts {
+                    h.update(p);
+                }
+                h.finalize().into()
+            }
         }
     }
 
@@ -141,11 +165,7 @@ impl Chain {
 
 /// `SHA-256(prev ‖ seq ‖ payload)`: the frame hash of [`Chain::Payload`] segments.
 pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(seq.to_le_bytes());
-    h.update(payload);
-    h.finalize().into()
+    Chain::Payload.hash_of(prev, seq, &[payload], &[0; 32])
 }
 
 /// What a [`Chain::Leaf`] frame hash begins with, so that no [`Chain::Payload`] frame hashes
@@ -221,11 +241,26 @@ pub fn encode_frame(
     payload: &[u8],
     leaf: &Hash,
 ) -> Hash {
-    let hash = chain.hash_with_leaf(prev, seq, payload, leaf);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    encode_frame_of(out, chain, prev, seq, &[payload], leaf)
+}
+
+/// [`encode_frame`] of the payload made of `parts` one after the other.
+pub fn encode_frame_of(
+    out: &mut Vec<u8>,
+    chain: Chain,
+    prev: &Hash,
+    seq: u64,
+    parts: &[&[u8]],
+    leaf: &Hash,
+) -> Hash {
+    let hash = chain.hash_of(prev, seq, parts, leaf);
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&hash);
-    out.extend_from_slice(payload);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     hash
 }
 
@@ -524,4 +559,37 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A payload given in two pieces (a record's head, and its answer kept in the buffer the
+    /// client's copy went from) hashes and encodes exactly as the one buffer they make, in
+    /// every kind of segment, on each side of the digest bound and with the digest entry's
+    /// first byte.
+    #[test]
+    fn a_payload_in_pieces_is_the_payload_they_make() {
+        let prev = [7u8; 32];
+        for len in [0, 1, 100, DIGEST_ABOVE, DIGEST_ABOVE + 1, 20_000] {
+            for first in [b'\x1e', DIGEST_ENTRY] {
+                let mut whole: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+                if let Some(b) = whole.first_mut() {
+                    *b = first;
+                }
+                for cut in [0, 1.min(len), len / 2, len.saturating_sub(1), len] {
+                    let parts = [&whole[..cut], &whole[cut..]];
+                    for chain in [Chain::Payload, Chain::Leaf, Chain::Digest] {
+                        let leaf = chain.leaf(&whole);
+                        assert_eq!(chain.leaf_of(&parts), leaf, "{len} {cut} {chain:?}");
+                        let (mut one, mut two) = (Vec::new(), Vec::new());
+                        let h1 = encode_frame(&mut one, chain, &prev, 9, &whole, &leaf);
+                        let h2 = encode_frame_of(&mut two, chain, &prev, 9, &parts, &leaf);
+                        assert_eq!((h1, &one), (h2, &two), "{len} {cut} {chain:?}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -334,14 +334,14 @@ impl Writer {
         self.last_taken = Some(Instant::now());
         let seq = self.next_seq;
         // Hashed once, for the tree and the chain.
-        let payload = &e.payload[e.start..];
-        let leaf = self.chain.leaf(payload);
-        self.last_hash = segment::encode_frame(
+        let parts = e.payload.parts();
+        let leaf = self.chain.leaf_of(&parts);
+        self.last_hash = segment::encode_frame_of(
             &mut self.pending,
             self.chain,
             &self.last_hash,
             seq,
-            payload,
+            &parts,
             &leaf,
         );
         if let Some(t) = &mut self.tree {

@@ -201,7 +201,7 @@ impl Pending {
     ///
     /// An answer longer than the cap is not kept: its record says how long it was
     /// ([`RawJson::over_cap`]), and what was captured is let go as soon as the cap is passed.
-    fn saw(&mut self, chunk: &[u8], more: u64) {
+    fn saw(&mut self, chunk: &Bytes, more: u64) {
         self.bytes_out += chunk.len() as u64;
         if self.truncated || self.cap == 0 {
             return;
@@ -213,8 +213,7 @@ impl Pending {
             return;
         }
         let want = (chunk.len() as u64).saturating_add(more);
-        self.capture.reserve(want.min(left as u64) as usize);
-        self.capture.extend(chunk);
+        self.capture.push(chunk, want.min(left as u64) as usize);
     }
 
     fn submit(mut self) -> Result<Option<Durable>, RecordError> {
@@ -382,27 +381,51 @@ impl CallBody {
     }
 
     /// A chunk from the upstream through the masker and the scrubber; None while they hold
-    /// it back.
-    fn transform(&mut self, data: Bytes) -> Option<Bytes> {
+    /// it back. `last`: the upstream says nothing follows `data`, so the stages are finished
+    /// too, into the same buffer (see [`CallBody::transform_now`]).
+    fn transform(&mut self, data: Bytes, last: bool) -> Option<Bytes> {
         if self.masker.is_none() && self.scrub.is_none() {
             return Some(data);
         }
-        self.masking(|this| this.transform_now(data))
+        self.masking(|this| this.transform_now(&data, last))
     }
 
     /// Each stage writes into a buffer of its own that becomes the chunk sent on: the masked
     /// bytes are not copied again into the frame (16 KiB answers: one copy fewer per chunk).
-    fn transform_now(&mut self, data: Bytes) -> Option<Bytes> {
+    ///
+    /// With `last`, each stage is finished as well, and what it held back ends the same
+    /// buffer: an answer that came in one read goes to the client as one chunk, which its
+    /// record keeps as it is ([`Captured`]) where the masked data and then what the masker held
+    /// back were two, copied together for the record.
+    fn transform_now(&mut self, data: &[u8], last: bool) -> Option<Bytes> {
         let mut masked: Option<Vec<u8>> = None;
-        if let Some(m) = &mut self.masker {
+        let mut finished = if last { self.masker.take() } else { None };
+        if let Some(m) = finished.as_mut().or(self.masker.as_mut()) {
             let mut out = Vec::with_capacity(data.len() + 256);
-            m.push(&data, &mut out);
+            if !data.is_empty() {
+                m.push(data, &mut out);
+            }
+            if last {
+                m.finish(&mut out);
+            }
             masked = Some(out);
         }
-        if let Some(s) = &mut self.scrub {
-            let input: &[u8] = masked.as_deref().unwrap_or(&data);
+        if let Some(m) = &mut finished
+            && let Some(p) = &mut self.pending
+            && self.scrub.is_none()
+        {
+            p.spans = m.answer_spans();
+        }
+        let mut scrub = if last { self.scrub.take() } else { None };
+        if let Some(s) = scrub.as_mut().or(self.scrub.as_mut()) {
+            let input: &[u8] = masked.as_deref().unwrap_or(data);
             let mut out = Vec::with_capacity(input.len() + 256);
-            s.push(input, &mut out);
+            if !input.is_empty() {
+                s.push(input, &mut out);
+            }
+            if last {
+                s.finish(&mut out);
+            }
             masked = Some(out);
         }
         masked.filter(|m| !m.is_empty()).map(Bytes::from)
@@ -410,30 +433,11 @@ impl CallBody {
 
     /// What the masker and the scrubber held back, once the upstream is done.
     fn flush(&mut self) -> Option<Bytes> {
-        let tail = self.masking(Self::flush_now);
+        let tail = self.masking(|this| this.transform_now(&[], true));
         if let Some((metrics, took)) = self.timing.take() {
             metrics.masked_in(took);
         }
         tail
-    }
-
-    fn flush_now(&mut self) -> Option<Bytes> {
-        let mut tail = Vec::new();
-        if let Some(mut m) = self.masker.take() {
-            m.finish(&mut tail);
-            if let Some(p) = &mut self.pending
-                && self.scrub.is_none()
-            {
-                p.spans = m.answer_spans();
-            }
-        }
-        if let Some(mut s) = self.scrub.take() {
-            let mut out = Vec::with_capacity(tail.len());
-            s.push(&tail, &mut out);
-            s.finish(&mut out);
-            tail = out;
-        }
-        (!tail.is_empty()).then(|| Bytes::from(tail))
     }
 }
 
@@ -506,7 +510,8 @@ impl Body for CallBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(_) if this.bodiless => {}
                     Ok(data) => {
-                        if let Some(b) = this.transform(data) {
+                        let last = this.inner.is_end_stream();
+                        if let Some(b) = this.transform(data, last) {
                             this.out(b);
                         }
                     }
