@@ -260,6 +260,9 @@ pub struct CallBody {
     /// The answer has no body by its status (see [`CallBody::bodiless`]): data is dropped.
     bodiless: bool,
     ended: bool,
+    /// The masker and the scrubber were finished with data the upstream said was its last
+    /// ([`CallBody::transform_now`]): data after it would pass them by, so it fails the body.
+    finished: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
     /// Masks and scrubs trailers as the head was (see [`CallBody::mask_trailers`]).
@@ -292,6 +295,7 @@ impl CallBody {
             trailers: false,
             bodiless: false,
             ended: false,
+            finished: false,
             pending,
             durable: None,
             trailer_masks: None,
@@ -398,6 +402,7 @@ impl CallBody {
     /// record keeps as it is ([`Captured`]) where the masked data and then what the masker held
     /// back were two, copied together for the record.
     fn transform_now(&mut self, data: &[u8], last: bool) -> Option<Bytes> {
+        self.finished |= last;
         let mut masked: Option<Vec<u8>> = None;
         let mut finished = if last { self.masker.take() } else { None };
         if let Some(m) = finished.as_mut().or(self.masker.as_mut()) {
@@ -509,6 +514,15 @@ impl Body for CallBody {
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(_) if this.bodiless => {}
+                    Ok(data) if this.finished && !data.is_empty() => {
+                        let e = "the upstream sent data after the end it announced";
+                        if let Some(p) = &mut this.pending {
+                            p.incomplete = Some(e.to_string());
+                        }
+                        this.ended = true;
+                        this.ready.clear();
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
                     Ok(data) => {
                         let last = this.inner.is_end_stream();
                         if let Some(b) = this.transform(data, last) {
