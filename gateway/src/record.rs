@@ -483,7 +483,7 @@ struct Entry {
 impl Entry {
     /// What an entry counts against the backlog: its payload and its own size.
     fn cost(&self) -> usize {
-        self.payload.buf.len() + self.payload.tail.len() + std::mem::size_of::<Self>()
+        self.payload.held() + std::mem::size_of::<Self>()
     }
 }
 

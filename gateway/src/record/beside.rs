@@ -57,26 +57,28 @@ pub struct Captured {
     /// `room` ASCII spaces, then the answer's bytes (once there is more than one chunk).
     buf: Vec<u8>,
     room: usize,
-    /// The answer's one chunk so far, as it went to the client.
-    only: Option<Bytes>,
+    /// The answer's one chunk so far, as it went to the client, and its buffer's capacity.
+    only: Option<(Bytes, usize)>,
     /// What `buf` is sized for when a second chunk comes.
     expected: usize,
 }
 
 impl Captured {
     /// Adds `chunk`; `expected`: how long the answer is expected to be, chunk included.
-    /// A chunk whose buffer nothing else holds (the masker's output) is kept as it is when it
-    /// is the first; one shared (a slice of the upstream's read buffer, which would have to
-    /// be replaced while the record waits for the writer) is copied.
-    pub fn push(&mut self, chunk: &Bytes, expected: usize) {
+    /// `own`: the chunk is a buffer written for this answer alone (the masker's output), of
+    /// that capacity; as the first, it is kept as it is. Any other (a slice of the upstream's
+    /// read buffer, which it would keep whole, read room and all) is copied.
+    pub fn push(&mut self, chunk: &Bytes, own: Option<usize>, expected: usize) {
         if self.only.is_none() && self.buf.capacity() == 0 {
-            if chunk.is_unique() {
-                self.only = Some(chunk.clone());
+            if let Some(held) = own
+                && chunk.is_unique()
+            {
+                self.only = Some((chunk.clone(), held));
                 self.expected = expected;
                 return;
             }
             self.reserve(expected);
-        } else if let Some(only) = self.only.take() {
+        } else if let Some((only, _)) = self.only.take() {
             self.reserve(self.expected.max(only.len() + chunk.len()));
             self.buf.extend_from_slice(&only);
         }
@@ -98,7 +100,7 @@ impl Captured {
     /// The answer's bytes so far.
     pub fn bytes(&self) -> &[u8] {
         match &self.only {
-            Some(b) => b,
+            Some((b, _)) => b,
             None => &self.buf[self.room..],
         }
     }
@@ -113,9 +115,9 @@ impl Captured {
 
     /// The answer as text; its bytes when they are not UTF-8.
     pub fn into_text(self) -> Result<Answer, Vec<u8>> {
-        if let Some(only) = self.only {
+        if let Some((only, held)) = self.only {
             return match std::str::from_utf8(&only) {
-                Ok(_) => Ok(Answer(Text::Shared(only))),
+                Ok(_) => Ok(Answer(Text::Shared(only, held))),
                 Err(_) => Err(only.to_vec()),
             };
         }
@@ -149,8 +151,9 @@ pub struct Answer(Text);
 enum Text {
     /// `room` ASCII spaces, then the answer.
     Room { buf: String, room: usize },
-    /// UTF-8, checked when it was made ([`Captured::into_text`]).
-    Shared(Bytes),
+    /// UTF-8, checked when it was made ([`Captured::into_text`]); and the capacity of the
+    /// buffer it keeps.
+    Shared(Bytes, usize),
 }
 
 impl Default for Answer {
@@ -165,7 +168,7 @@ impl Answer {
             Text::Room { buf, room } => &buf[*room..],
             // SAFETY: checked to be UTF-8 when made (`Captured::into_text`), and the bytes
             // behind a `Bytes` never change.
-            Text::Shared(b) => unsafe { std::str::from_utf8_unchecked(b) },
+            Text::Shared(b, _) => unsafe { std::str::from_utf8_unchecked(b) },
         }
     }
 
@@ -186,18 +189,24 @@ impl From<String> for Answer {
 
 /// A record's payload as the writer gets it: `buf[start..]` then `tail` (before `start`, room
 /// its answer was captured with; `tail`, an answer kept in the buffer it went to the client
-/// from).
+/// from, `tail_held` bytes of capacity).
 #[derive(Debug, Default)]
 pub(super) struct Payload {
     pub buf: Vec<u8>,
     pub start: usize,
     pub tail: Bytes,
+    pub tail_held: usize,
 }
 
 impl Payload {
     /// Its two pieces, in order.
     pub fn parts(&self) -> [&[u8]; 2] {
         [&self.buf[self.start..], &self.tail]
+    }
+
+    /// The memory it holds, as the backlog counts it.
+    pub fn held(&self) -> usize {
+        self.buf.capacity() + self.tail_held.max(self.tail.len())
     }
 }
 
@@ -213,11 +222,12 @@ pub(super) fn payload(
     json(&mut head)?;
     head.push(b'\n');
     let (buf, room) = match answer.0 {
-        Text::Shared(tail) => {
+        Text::Shared(tail, tail_held) => {
             return Ok(Payload {
                 buf: head,
                 start: 0,
                 tail,
+                tail_held,
             });
         }
         Text::Room { buf, room } => (buf, room),
@@ -229,7 +239,7 @@ pub(super) fn payload(
         return Ok(Payload {
             buf,
             start,
-            tail: Bytes::new(),
+            ..Payload::default()
         });
     }
     let mut out = Vec::with_capacity(head.len() + buf.len() - room);
@@ -237,8 +247,7 @@ pub(super) fn payload(
     out.extend_from_slice(&buf[room..]);
     Ok(Payload {
         buf: out,
-        start: 0,
-        tail: Bytes::new(),
+        ..Payload::default()
     })
 }
 
@@ -387,12 +396,16 @@ mod tests {
             for chunk in [700, answer.len()] {
                 let mut c = Captured::default();
                 for piece in answer.as_bytes().chunks(chunk) {
-                    c.push(&Bytes::copy_from_slice(piece), answer.len());
+                    c.push(
+                        &Bytes::copy_from_slice(piece),
+                        Some(piece.len()),
+                        answer.len(),
+                    );
                 }
                 assert_eq!(c.bytes(), answer.as_bytes());
                 let text = c.into_text().expect("UTF-8");
                 assert_eq!(text.as_str(), answer);
-                let shared = matches!(text.0, Text::Shared(_));
+                let shared = matches!(text.0, Text::Shared(..));
                 assert_eq!(shared, chunk == answer.len(), "{chunk}");
                 let p = super::payload(text, |o| {
                     o.extend_from_slice(head(n).as_bytes());
@@ -416,24 +429,37 @@ mod tests {
                 );
             }
         }
-        // A chunk something else holds too is copied.
+        // A chunk not written for this answer alone, or that something else holds too, is
+        // copied.
         let chunk = Bytes::from(answer.clone());
+        let mut c = Captured::default();
+        c.push(&chunk, None, answer.len());
+        assert!(c.only.is_none() && c.room == ROOM);
         let held = chunk.clone();
         let mut c = Captured::default();
-        c.push(&chunk, answer.len());
+        c.push(&chunk, Some(answer.len()), answer.len());
         assert!(c.only.is_none() && c.room == ROOM);
         drop(held);
+        // What a kept chunk holds is what the backlog counts.
+        let mut c = Captured::default();
+        c.push(&chunk, Some(1 << 20), answer.len());
+        let p = super::payload(c.into_text().expect("UTF-8"), |o| {
+            o.extend_from_slice(b"{}");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(p.held(), p.buf.capacity() + (1 << 20));
         for chunks in [1, 2] {
             let mut c = Captured::default();
             for piece in [&b"\xff not "[..], b"UTF-8"].chunks(3 - chunks) {
-                c.push(&Bytes::from(piece.concat()), FROM);
+                c.push(&Bytes::from(piece.concat()), Some(9), FROM);
             }
             assert_eq!(c.into_text().unwrap_err(), b"\xff not UTF-8");
         }
         // A short answer is captured without room.
         let mut c = Captured::default();
-        c.push(&Bytes::from_static(b"sh"), FROM - 1);
-        c.push(&Bytes::from_static(b"ort"), FROM - 1);
+        c.push(&Bytes::from_static(b"sh"), None, FROM - 1);
+        c.push(&Bytes::from_static(b"ort"), None, FROM - 1);
         assert_eq!(c.room, 0);
         assert_eq!(
             c.into_text().map(Answer::into_string).as_deref(),

@@ -1070,8 +1070,9 @@ mod tests {
     }
 
     /// Data in buffers of its own goes out with the head and the framing in one write, in
-    /// order, however little of it each write takes, chunked or within a Content-Length (whose
-    /// last bytes wait for the body's end, as ever).
+    /// order, however little of it each write takes, chunked or within a Content-Length; to a
+    /// connection that takes one buffer a write, as before. (That the bytes completing a
+    /// Content-Length wait for the body's end is `tests/records.rs`'s strict durability test.)
     #[tokio::test]
     async fn large_data_goes_from_its_own_buffers_in_order() {
         /// `len` bytes of `fill`, then its length, so no two frames read alike.

@@ -201,7 +201,7 @@ impl Pending {
     ///
     /// An answer longer than the cap is not kept: its record says how long it was
     /// ([`RawJson::over_cap`]), and what was captured is let go as soon as the cap is passed.
-    fn saw(&mut self, chunk: &Bytes, more: u64) {
+    fn saw(&mut self, chunk: &Bytes, own: Option<usize>, more: u64) {
         self.bytes_out += chunk.len() as u64;
         if self.truncated || self.cap == 0 {
             return;
@@ -213,7 +213,8 @@ impl Pending {
             return;
         }
         let want = (chunk.len() as u64).saturating_add(more);
-        self.capture.push(chunk, want.min(left as u64) as usize);
+        self.capture
+            .push(chunk, own, want.min(left as u64) as usize);
     }
 
     fn submit(mut self) -> Result<Option<Durable>, RecordError> {
@@ -362,11 +363,14 @@ impl CallBody {
     }
 
     /// Bytes for the client, captured for the record as they go.
-    fn out(&mut self, b: Bytes) {
+    ///
+    /// `own`: the bytes are a buffer the masker or the scrubber wrote for this body alone, of
+    /// that many bytes of capacity ([`Output`]); the record may keep it instead of a copy.
+    fn out(&mut self, b: Output) {
         if let Some(p) = &mut self.pending {
-            p.saw(&b, self.inner.size_hint().lower());
+            p.saw(&b.bytes, b.own, self.inner.size_hint().lower());
         }
-        self.ready.push_back(Frame::data(b));
+        self.ready.push_back(Frame::data(b.bytes));
     }
 
     /// How many ready frames stay back: in strict durability, once the upstream is at its
@@ -387,9 +391,12 @@ impl CallBody {
     /// A chunk from the upstream through the masker and the scrubber; None while they hold
     /// it back. `last`: the upstream says nothing follows `data`, so the stages are finished
     /// too, into the same buffer (see [`CallBody::transform_now`]).
-    fn transform(&mut self, data: Bytes, last: bool) -> Option<Bytes> {
+    fn transform(&mut self, data: Bytes, last: bool) -> Option<Output> {
         if self.masker.is_none() && self.scrub.is_none() {
-            return Some(data);
+            return (!data.is_empty()).then_some(Output {
+                bytes: data,
+                own: None,
+            });
         }
         self.masking(|this| this.transform_now(&data, last))
     }
@@ -401,7 +408,7 @@ impl CallBody {
     /// buffer: an answer that came in one read goes to the client as one chunk, which its
     /// record keeps as it is ([`Captured`]) where the masked data and then what the masker held
     /// back were two, copied together for the record.
-    fn transform_now(&mut self, data: &[u8], last: bool) -> Option<Bytes> {
+    fn transform_now(&mut self, data: &[u8], last: bool) -> Option<Output> {
         self.finished |= last;
         let mut masked: Option<Vec<u8>> = None;
         let mut finished = if last { self.masker.take() } else { None };
@@ -433,17 +440,26 @@ impl CallBody {
             }
             masked = Some(out);
         }
-        masked.filter(|m| !m.is_empty()).map(Bytes::from)
+        masked.filter(|m| !m.is_empty()).map(|m| Output {
+            own: Some(m.capacity()),
+            bytes: Bytes::from(m),
+        })
     }
 
     /// What the masker and the scrubber held back, once the upstream is done.
-    fn flush(&mut self) -> Option<Bytes> {
+    fn flush(&mut self) -> Option<Output> {
         let tail = self.masking(|this| this.transform_now(&[], true));
         if let Some((metrics, took)) = self.timing.take() {
             metrics.masked_in(took);
         }
         tail
     }
+}
+
+/// Bytes for the client: the upstream's own, or a buffer a stage wrote (`own`: its capacity).
+struct Output {
+    bytes: Bytes,
+    own: Option<usize>,
 }
 
 impl Body for CallBody {
