@@ -870,6 +870,11 @@ pub fn policy_repo(dir: &Path, repo: &str, services: &[(&str, &str)]) -> PathBuf
 /// A policy repository in `dir` with one service, `payments` at the upstream on loopback
 /// `port`: `get_payment` (`GET /v1/payments/{payment_id}`) allowed, anything else denied.
 pub fn payments_reads(dir: &Path, port: u16) -> PathBuf {
+    payments_reads_with(dir, port, "")
+}
+
+/// [`payments_reads`] with `more` (top-level YAML, e.g. `response:` masks) in the service.
+pub fn payments_reads_with(dir: &Path, port: u16, more: &str) -> PathBuf {
     let service = format!(
         r#"
 service: payments
@@ -879,7 +884,7 @@ functions:
   get_payment: {{ route: "GET /v1/payments/{{payment_id}}" }}
 rules:
   - {{ name: reads, function: get_payment, action: allow }}
-"#
+{more}"#
     );
     policy_repo(
         dir,
