@@ -142,15 +142,7 @@ impl Chain {
         match self {
             Chain::Digest => chain_leaf(DIGEST_CHAIN_TAG, prev, seq, leaf),
             Chain::Leaf => chain_leaf(LEAF_CHAIN_TAG, prev, seq, leaf),
-            Chain::Payload => {
-                let mut h = Sha256::new();
-                h.update(prev);
-                h.update(seq.to_le_bytes());
-                for p in parts {
-                    h.update(p);
-                }
-                h.finalize().into()
-            }
+            Chain::Payload => chain_of(prev, seq, parts),
         }
     }
 
@@ -165,7 +157,18 @@ impl Chain {
 
 /// `SHA-256(prev ‖ seq ‖ payload)`: the frame hash of [`Chain::Payload`] segments.
 pub fn chain(prev: &Hash, seq: u64, payload: &[u8]) -> Hash {
-    Chain::Payload.hash_of(prev, seq, &[payload], &[0; 32])
+    chain_of(prev, seq, &[payload])
+}
+
+/// [`chain`] of the payload made of `parts` one after the other.
+fn chain_of(prev: &Hash, seq: u64, parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_le_bytes());
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 /// What a [`Chain::Leaf`] frame hash begins with, so that no [`Chain::Payload`] frame hashes
