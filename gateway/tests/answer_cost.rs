@@ -61,7 +61,7 @@ fn record() -> Record {
 #[inline(never)]
 fn one_call(rules: &Arc<MaskRules>, key: &MaskKey, recorder: &Recorder, body: &[u8], once: bool) {
     let mut masker = if once {
-        BodyMasker::recorded(rules.clone(), key.clone(), BodyKind::Json)
+        BodyMasker::recorded(rules.clone(), key.clone(), BodyKind::Json, usize::MAX)
     } else {
         BodyMasker::new(rules.clone(), key.clone(), BodyKind::Json)
     };

@@ -438,7 +438,7 @@ mod props {
 /// ([`BodyMasker::recorded`]), or the one that does not.
 fn masker(r: &Arc<MaskRules>, kind: BodyKind, recorded: bool) -> BodyMasker {
     if recorded {
-        BodyMasker::recorded(r.clone(), key(), kind)
+        BodyMasker::recorded(r.clone(), key(), kind, usize::MAX)
     } else {
         BodyMasker::new(r.clone(), key(), kind)
     }
@@ -924,7 +924,7 @@ fn recorded_answers_are_masked_once_for_client_and_record() {
             .map(|c| vec![c])
             .chain([(1..b.len()).collect()]);
         for cuts in splits {
-            let mut m = BodyMasker::recorded(r.clone(), key(), BodyKind::Json);
+            let mut m = BodyMasker::recorded(r.clone(), key(), BodyKind::Json, usize::MAX);
             let mut out = Vec::new();
             let mut last = 0;
             for c in cuts.iter().copied().chain([b.len()]) {
@@ -960,6 +960,39 @@ fn recorded_answers_are_masked_once_for_client_and_record() {
                     !text.contains(s),
                     "{policy}: {s} in the record's copy: {text}"
                 );
+            }
+        }
+    }
+}
+
+/// The masker follows the record's values only as far as the record keeps an answer: one
+/// that ends at the cap is followed, one that goes past it is let go however it comes (a
+/// chunked answer declares no length), so that a hostile upstream's endless answer of e-mail
+/// addresses the policy leaves in cannot grow the list of them without bound.
+#[test]
+fn the_values_a_record_masks_are_followed_no_further_than_its_cap() {
+    let r = rules(json!(["card_number"]));
+    let item = br#"{"mail": "someone@example.com"},"#;
+    let mut body = b"[".to_vec();
+    for _ in 0..200 {
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(br#"{"mail": "last@example.com"}]"#);
+    let whole = BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(&body);
+    assert_eq!(whole, body, "the policy masks no e-mail address");
+    for piece in [body.len(), 1000, 64, 1] {
+        for (cap, followed) in [(body.len(), true), (body.len() - 1, false), (100, false)] {
+            let mut m = BodyMasker::recorded(r.clone(), key(), BodyKind::Json, cap);
+            let mut out = Vec::new();
+            for c in body.chunks(piece) {
+                m.push(c, &mut out);
+            }
+            m.finish(&mut out);
+            assert_eq!(out, body, "cap {cap}, pieces of {piece}");
+            let spans = m.answer_spans();
+            assert_eq!(spans.is_some(), followed, "cap {cap}, pieces of {piece}");
+            if let Some(spans) = spans {
+                assert_eq!(spans.len(), 201, "every address, cap {cap}");
             }
         }
     }

@@ -916,7 +916,7 @@ fn answers_masked_once_leave_nothing_unmasked_on_disk() {
     let answer = br#"{"card": "4111 1111 1111 1111", "n": 5555555555554444, "esc": "\u0034012888888881881",
         "mail": "victim@example.com", "ssn": "123-45-6789", "gh": "ghp_abcdefghijklmnopqrstuvwxyz0123456789"}"#;
     for (i, chunk) in [answer.len(), 7, 64].into_iter().enumerate() {
-        let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json);
+        let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json, usize::MAX);
         let mut client = Vec::new();
         for piece in answer.chunks(chunk) {
             m.push(piece, &mut client);
@@ -1002,7 +1002,7 @@ fn answers_kept_beside_the_json_read_back_as_if_inline() {
     for masked_once in [true, false] {
         for (i, answer) in answers.iter().enumerate() {
             let text = if masked_once {
-                let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json);
+                let mut m = BodyMasker::recorded(policy.clone(), key(), BodyKind::Json, usize::MAX);
                 let mut client = Vec::new();
                 m.push(answer.as_bytes(), &mut client);
                 m.finish(&mut client);

@@ -1189,13 +1189,14 @@ impl BodyMasker {
         }
     }
 
-    /// [`BodyMasker::new`] for an answer that is also recorded in full: a JSON masker then
-    /// finds, in the same scan, the values of every built-in detector the rules do not mask,
-    /// for the record ([`BodyMasker::answer_spans`]).
-    pub fn recorded(rules: Arc<MaskRules>, key: MaskKey, kind: BodyKind) -> Self {
+    /// [`BodyMasker::new`] for an answer that is also recorded in full, up to `cap` bytes: a
+    /// JSON masker then finds, in the same scan, the values of every built-in detector the
+    /// rules do not mask, for the record ([`BodyMasker::answer_spans`]), until it has written
+    /// more than `cap` bytes (a record would not keep such an answer).
+    pub fn recorded(rules: Arc<MaskRules>, key: MaskKey, kind: BodyKind, cap: usize) -> Self {
         match Self::new(rules, key, kind) {
             BodyMasker::Json(mut m) => {
-                m.track_spans();
+                m.track_spans(cap);
                 BodyMasker::Json(m)
             }
             other => other,

@@ -221,6 +221,9 @@ struct Tracking {
     written: usize,
     /// Where this push's output starts in its `out`.
     base: usize,
+    /// The record keeps no answer longer than this (its cap): past it, there is nothing to
+    /// follow the values for, and a long answer full of them would grow `found` without bound.
+    limit: usize,
 }
 
 /// A replaced piece of input, `in_start..in_end`, and its replacement in the output.
@@ -318,10 +321,15 @@ impl JsonMasker {
     }
 
     /// Follows, for the record, the values of the built-in detectors the rules do not mask
-    /// (not with field paths: their replacements move the text in ways not followed).
-    pub(super) fn track_spans(&mut self) {
+    /// (not with field paths: their replacements move the text in ways not followed), in
+    /// the first `limit` bytes written: an answer that goes on past them is let go
+    /// ([`Spans::Lost`]).
+    pub(super) fn track_spans(&mut self, limit: usize) {
         if !self.rules.has_fields() {
-            self.spans = Spans::On(Box::default());
+            self.spans = Spans::On(Box::new(Tracking {
+                limit,
+                ..Tracking::default()
+            }));
         }
     }
 
@@ -340,10 +348,13 @@ impl JsonMasker {
         }
     }
 
-    /// Counts a push's output.
+    /// Counts a push's output; past the limit, stops following.
     fn end(&mut self, out: &[u8]) {
         if let Spans::On(t) = &mut self.spans {
             t.written += out.len() - t.base;
+            if t.written > t.limit {
+                self.spans = Spans::Lost;
+            }
         }
     }
 

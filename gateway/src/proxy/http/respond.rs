@@ -101,7 +101,10 @@ impl Conn {
         });
         // The record keeps the answer as the client got it: masked once, for both. Unless an
         // injected credential is scrubbed from it after masking (the scrubber moves bytes).
-        let recorded = scrub.is_none() && pending.as_ref().is_some_and(|p| p.keeps_answer());
+        let recorded = pending
+            .as_ref()
+            .filter(|p| scrub.is_none() && p.keeps_answer())
+            .map(|p| p.cap());
         let mut masker = match body_kind {
             // An MCP answer: message by message.
             Ok(k) if (!masks.is_empty() || tools.is_some()) && kind == Kind::Mcp => {
@@ -114,11 +117,12 @@ impl Conn {
                     tools,
                 ))
             }
-            Ok(kind) if !masks.is_empty() => Some(if recorded {
+            Ok(kind) if !masks.is_empty() => Some(if let Some(cap) = recorded {
                 crate::obligations::mask::BodyMasker::recorded(
                     masks,
                     self.inputs.mask_key.clone(),
                     kind,
+                    cap,
                 )
             } else {
                 crate::obligations::mask::BodyMasker::new(masks, self.inputs.mask_key.clone(), kind)

@@ -186,6 +186,11 @@ impl Pending {
         self.cap > 0 && !self.truncated && self.declared.is_none_or(|len| len <= self.cap as u64)
     }
 
+    /// The longest answer the record keeps.
+    pub(super) fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// The answer's length, when the upstream declared it: one longer than the cap is masked
     /// for the client without tracking what its record would mask. The cap applies to the
     /// bytes the client gets, which masking can make shorter than declared (a private key
