@@ -189,7 +189,13 @@ fn main() {
         });
     }
     noting_steal(&mut rows, |rows| {
-        half_load(rows, (&gw, &cg), (&plain, &cg_plain), (&proxy, proxy_port), up_port)
+        half_load(
+            rows,
+            (&gw, &cg),
+            (&plain, &cg_plain),
+            (&proxy, proxy_port),
+            up_port,
+        )
     });
     noting_steal(&mut rows, |rows| {
         agent_pace(rows, &gw, &cg, (&proxy, proxy_port), up_port)

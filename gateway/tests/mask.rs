@@ -965,30 +965,45 @@ fn recorded_answers_are_masked_once_for_client_and_record() {
     }
 }
 
-/// The masker follows the record's values only as far as the record keeps an answer: one
-/// that ends at the cap is followed, one that goes past it is let go however it comes (a
-/// chunked answer declares no length), so that a hostile upstream's endless answer of e-mail
-/// addresses the policy leaves in cannot grow the list of them without bound.
+/// The masker follows the record's values only as far as the record keeps an answer, counted
+/// in the bytes the client gets (masking shortens the cards here): one that ends at the cap is
+/// followed, one that goes past it is let go however it comes (a chunked answer declares no
+/// length), so that a hostile upstream's endless answer of e-mail addresses the policy leaves
+/// in cannot grow the list of them without bound. The client's bytes are the same either way.
 #[test]
 fn the_values_a_record_masks_are_followed_no_further_than_its_cap() {
     let r = rules(json!(["card_number"]));
-    let item = br#"{"mail": "someone@example.com"},"#;
+    let item = br#"{"mail": "someone@example.com", "card": "4111 1111 1111 1111"},"#;
     let mut body = b"[".to_vec();
     for _ in 0..200 {
         body.extend_from_slice(item);
     }
-    body.extend_from_slice(br#"{"mail": "last@example.com"}]"#);
-    let whole = BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(&body);
-    assert_eq!(whole, body, "the policy masks no e-mail address");
+    body.extend_from_slice(br#"{"mail": "last@example.com", "n": 1234}]"#);
+    let client = BodyMasker::new(r.clone(), key(), BodyKind::Json).mask_all(&body);
+    assert!(client.len() < body.len(), "the cards are masked shorter");
+    let text = String::from_utf8_lossy(&client);
+    assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+    assert_eq!(
+        text.matches("@example.com").count(),
+        201,
+        "the policy leaves mail in"
+    );
+    let len = client.len();
     for piece in [body.len(), 1000, 64, 1] {
-        for (cap, followed) in [(body.len(), true), (body.len() - 1, false), (100, false)] {
+        // Between the two lengths: followed, counted in what the client gets.
+        for (cap, followed) in [
+            (len, true),
+            (len - 1, false),
+            (body.len() - 1, true),
+            (100, false),
+        ] {
             let mut m = BodyMasker::recorded(r.clone(), key(), BodyKind::Json, cap);
             let mut out = Vec::new();
             for c in body.chunks(piece) {
                 m.push(c, &mut out);
             }
             m.finish(&mut out);
-            assert_eq!(out, body, "cap {cap}, pieces of {piece}");
+            assert_eq!(out, client, "cap {cap}, pieces of {piece}");
             let spans = m.answer_spans();
             assert_eq!(spans.is_some(), followed, "cap {cap}, pieces of {piece}");
             if let Some(spans) = spans {

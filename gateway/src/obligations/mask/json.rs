@@ -432,6 +432,12 @@ impl JsonMasker {
     /// Masks `buf` up to the point where nothing pending can change; returns bytes consumed.
     /// On a syntax error, hands the rest to a text masker and consumes everything.
     fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<u8>) -> usize {
+        // Past the record's cap already within this push: let go before the wider scan.
+        if let Spans::On(t) = &self.spans
+            && t.written + (out.len() - t.base) > t.limit
+        {
+            self.spans = Spans::Lost;
+        }
         let tracking = matches!(self.spans, Spans::On(_));
         let scanner = if tracking {
             &self.rules.split
