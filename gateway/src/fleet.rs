@@ -130,6 +130,50 @@ struct Link {
     generation: u64,
 }
 
+/// Opens the pool's connections on the daemon's runtime, whichever thread asks for one. A
+/// connection's socket and its driver belong to the runtime that made them, and a data
+/// thread's runtime (where a call's quota count asks for a connection) ends at a stop before
+/// the stop's last statements (unused quota counts given back): a connection it drove would
+/// be closed under them.
+struct OnRuntime {
+    tls: MakeRustlsConnect,
+    runtime: tokio::runtime::Handle,
+}
+
+impl deadpool_postgres::Connect for OnRuntime {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<
+                    Output = Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+                > + Send
+                + '_,
+        >,
+    > {
+        let (pg, tls) = (pg.clone(), self.tls.clone());
+        let opened = self.runtime.spawn(async move {
+            let (client, conn) = pg.connect(tls).await?;
+            let driver = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %describe(&e), "a pooled fleet database connection ended");
+                }
+            });
+            Ok((client, driver))
+        });
+        Box::pin(async move {
+            match opened.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The daemon's runtime is ending: no connection; the pool's create timeout
+                // ends the wait.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+}
+
 /// The statements, run on the pool's connections (each prepared once per connection).
 mod sql {
     /// The columns of a held call.
@@ -354,9 +398,12 @@ impl Fleet {
             _ => "-c synchronous_commit=off".to_string(),
         };
         pg.options(options);
-        let manager = deadpool_postgres::Manager::from_config(
+        let manager = deadpool_postgres::Manager::from_connect(
             pg.clone(),
-            tls.clone(),
+            OnRuntime {
+                tls: tls.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            },
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -612,19 +659,27 @@ impl Fleet {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move { me.give_back(back).await });
+        tokio::spawn(async move {
+            me.give_back(back).await;
+        });
     }
 
-    async fn give_back(&self, back: Vec<reserve::GiveBack>) {
+    /// Returns how many counts the database took back.
+    async fn give_back(&self, back: Vec<reserve::GiveBack>) -> u64 {
+        let mut given = 0;
         for b in back {
             let n = b.n as i64;
-            if let Err(e) = self
+            match self
                 .execute(sql::GIVE_BACK, &[&b.key, &b.window_start, &n])
                 .await
             {
-                debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)");
+                Ok(_) => given += b.n,
+                Err(e) => {
+                    debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)")
+                }
             }
         }
+        given
     }
 
     /// Every second: the unused counts of blocks left idle go back.
@@ -650,7 +705,12 @@ impl Fleet {
         }
         let n: u64 = back.iter().map(|b| b.n).sum();
         match tokio::time::timeout(QUERY_TIMEOUT, self.give_back(back)).await {
-            Ok(()) => info!(counts = n, "unused fleet quota counts given back"),
+            Ok(given) if given == n => info!(counts = n, "unused fleet quota counts given back"),
+            Ok(given) => warn!(
+                counts = n,
+                given,
+                "unused fleet quota counts not all given back (the rest is lost for the window)"
+            ),
             Err(_) => warn!(
                 counts = n,
                 "unused fleet quota counts not all given back in time"
