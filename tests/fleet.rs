@@ -392,7 +392,10 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         took[took.len() / 2],
         took[took.len() - 1]
     );
-    assert!(took[took.len() - 1] < Duration::from_secs(2), "{took:?}");
+    // Notified, not polled: a verdict reaches A's client well within a second, at worst
+    // (a loaded two-vCPU runner, curl's own exit) within a few.
+    assert!(took[took.len() / 2] < Duration::from_secs(1), "{took:?}");
+    assert!(took[took.len() - 1] < Duration::from_secs(5), "{took:?}");
     // Inside the gateways, from their logs: B's verdict committed → A's client woken.
     let (log_a, log_b) = (f.a.log(), f.b.log());
     let mut inside: Vec<f64> = ids
@@ -461,6 +464,7 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     assert!(!again.status.success());
 
     // A 3-a-day quota counts across A and B.
+    f.clear_of_midnight();
     for (cg, host) in [(&f.cg_a, "A"), (&f.cg_b, "B"), (&f.cg_a, "A")] {
         let (code, body) = f.tally(cg);
         assert_eq!(code, 200, "call on {host} within the fleet's quota: {body}");
@@ -1235,9 +1239,14 @@ fn a_fleet_rate_limit_is_split_rebalanced_and_fails_closed() {
     // The database goes away: A's lease holds until it runs out, then such calls are
     // refused with the reason; everything else goes on.
     f.pg.stop();
-    if rate_lease(&f.a).is_some_and(|l| l.1 > 1000) {
+    let asked = Instant::now();
+    if let Some((_, left)) = rate_lease(&f.a).filter(|l| l.1 > 1000) {
         let within = statuses(f.quotes(&f.cg_a, "p_within", 1));
-        assert_eq!(within, [200], "the lease still runs");
+        // On a loaded runner the call may reach the gateway after the lease ran out.
+        assert!(
+            within == [200] || asked.elapsed() >= Duration::from_millis(left),
+            "the lease still runs: {within:?}"
+        );
     }
     let url = |key: &str| format!("http://127.0.0.1:{}/v1/payments/{key}/quote", f.up.port);
     let mut n = 0;
@@ -1291,6 +1300,24 @@ impl Fleet {
         }
     }
 
+    /// Waits out the last two minutes of the database's day, when a quota of so many calls
+    /// a day would start afresh in the middle of a test.
+    fn clear_of_midnight(&self) {
+        let left: u64 = self
+            .pg
+            .psql(
+                "callgate",
+                "SELECT 86400 - floor(extract(epoch FROM now()))::bigint % 86400",
+            )
+            .trim()
+            .parse()
+            .unwrap_or(86400);
+        if left < 120 {
+            eprintln!("waiting {left} s for the database's day to turn");
+            std::thread::sleep(Duration::from_secs(left + 2));
+        }
+    }
+
     /// The database's count of a rule's fleet-wide quota (0: no row).
     fn counted(&self, rule: &str) -> u64 {
         self.pg
@@ -1339,6 +1366,7 @@ fn reserved_blocks_admit_exactly_the_quota_and_give_back_what_is_unused() {
     };
     lease_of(&f.a, 2);
     lease_of(&f.b, 2);
+    f.clear_of_midnight();
     let rule = "two-hundred-a-day-in-the-fleet";
     let path = "/v1/payments/p_1/batch";
     let mut admitted = 0;
@@ -1410,16 +1438,18 @@ fn reserved_blocks_admit_exactly_the_quota_and_give_back_what_is_unused() {
         60,
         "A's unused counts went back at its stop: {held}"
     );
+    // (The idle sweep may have given them back before the stop: the count says it all.)
     let log = f.a.log();
-    assert!(
-        log.contains("unused fleet quota counts given back") || held["unused"].as_u64() == Some(0),
-        "{log}"
-    );
     // The stop's statements ran on connections that lived through it: none a data thread's
     // runtime drove (they end first) was found closed, in flight or taken from the pool.
     let stopped = log.split("stopping;").nth(1).unwrap_or_default();
-    for closed in ["lost the fleet database", "could not be recycled"] {
-        assert!(!stopped.contains(closed), "{closed} at the stop:\n{log}");
+    for bad in [
+        "lost the fleet database",
+        "could not be recycled",
+        "not all given back",
+        "refills still running",
+    ] {
+        assert!(!stopped.contains(bad), "{bad} at the stop:\n{log}");
     }
     f.a.kill();
 }
@@ -1744,8 +1774,15 @@ fn tls_to_the_database() {
     let st = fleet_status(&plain);
     assert_eq!(st["connected"], false, "{st}");
     assert_eq!(st["tls"], "off", "{st}");
-    let why = st["error"].as_str().unwrap_or_default().to_string();
-    assert!(why.contains("no encryption"), "{why}");
+    // A retry that times out on a loaded machine says so instead, for a while.
+    let why = wait_for(Duration::from_secs(15), || {
+        let why = fleet_status(&plain)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        why.contains("no encryption").then_some(why)
+    });
+    let why = why.unwrap_or_else(|| panic!("{}", fleet_status(&plain)));
     eprintln!("fleet: plaintext to a TLS-only server, status says: {why}");
 }
 

@@ -29,6 +29,7 @@ use serde_json::Value as Json;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_postgres::{AsyncMessage, Client, Row, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{config::FleetConfig, util::sync::LockExt, util::time::now_ms};
@@ -153,7 +154,7 @@ impl deadpool_postgres::Connect for OnRuntime {
         >,
     > {
         let (pg, tls) = (pg.clone(), self.tls.clone());
-        let opened = self.runtime.spawn(async move {
+        let open = |pg: tokio_postgres::Config, tls: MakeRustlsConnect| async move {
             let (client, conn) = pg.connect(tls).await?;
             let driver = tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -161,14 +162,16 @@ impl deadpool_postgres::Connect for OnRuntime {
                 }
             });
             Ok((client, driver))
-        });
+        };
+        // Aborted if the pool gives up on it (its create timeout, or the asking call gone):
+        // a database that accepts and then says nothing does not keep a socket per try.
+        let opened = AbortOnDropHandle::new(self.runtime.spawn(open(pg.clone(), tls.clone())));
         Box::pin(async move {
             match opened.await {
                 Ok(r) => r,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // The daemon's runtime is ending: no connection; the pool's create timeout
-                // ends the wait.
-                Err(_) => std::future::pending().await,
+                // The daemon's runtime is ending: on the asking thread's, then.
+                Err(_) => open(pg, tls).await,
             }
         })
     }
@@ -371,6 +374,12 @@ pub struct Fleet {
     lease: lease::Lease,
     /// This host's blocks of fleet-wide quotas.
     reserves: reserve::Reserves,
+    /// The daemon's runtime: what outlives a call (a refill, a give-back) runs on it, not on
+    /// the data thread the call ran on, whose runtime a stop ends first.
+    runtime: tokio::runtime::Handle,
+    /// Those tasks and the idle sweep, which hold counts taken out of `reserves`: a stop
+    /// waits for them before it gives back the rest.
+    quota_tasks: TaskTracker,
 }
 
 impl Fleet {
@@ -398,11 +407,12 @@ impl Fleet {
             _ => "-c synchronous_commit=off".to_string(),
         };
         pg.options(options);
+        let runtime = tokio::runtime::Handle::current();
         let manager = deadpool_postgres::Manager::from_connect(
             pg.clone(),
             OnRuntime {
                 tls: tls.clone(),
-                runtime: tokio::runtime::Handle::current(),
+                runtime: runtime.clone(),
             },
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -435,6 +445,8 @@ impl Fleet {
             lost: Notify::new(),
             lease: lease::Lease::new(),
             reserves: reserve::Reserves::new(reserve::MAX_KEYS),
+            runtime,
+            quota_tasks: TaskTracker::new(),
         });
         match fleet.connect_bounded().await {
             Ok(()) => {}
@@ -444,7 +456,7 @@ impl Fleet {
                 fleet.down(None, e.to_string());
             }
         }
-        tokio::spawn(fleet.clone().sweep(stop.clone()));
+        fleet.quota_tasks.spawn(fleet.clone().sweep(stop.clone()));
         tokio::spawn(fleet.clone().keep(stop));
         Ok(fleet)
     }
@@ -575,9 +587,12 @@ impl Fleet {
                 reserve::Take::Spent { refill } => {
                     if let Some(k) = refill {
                         let (me, key) = (self.clone(), key.to_string());
-                        tokio::spawn(async move {
-                            let _ = me.take_block(&key, window_s, calls, k, false).await;
-                        });
+                        self.quota_tasks.spawn_on(
+                            async move {
+                                let _ = me.take_block(&key, window_s, calls, k, false).await;
+                            },
+                            &self.runtime,
+                        );
                     }
                     return Ok(true);
                 }
@@ -659,27 +674,29 @@ impl Fleet {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
-            me.give_back(back).await;
-        });
+        self.quota_tasks.spawn_on(
+            async move {
+                me.give_back(back).await;
+            },
+            &self.runtime,
+        );
     }
 
-    /// Returns how many counts the database took back.
+    /// Returns how many counts could not be given back (a window that has ended since takes
+    /// none back, and loses none).
     async fn give_back(&self, back: Vec<reserve::GiveBack>) -> u64 {
-        let mut given = 0;
+        let mut lost = 0;
         for b in back {
             let n = b.n as i64;
-            match self
+            if let Err(e) = self
                 .execute(sql::GIVE_BACK, &[&b.key, &b.window_start, &n])
                 .await
             {
-                Ok(_) => given += b.n,
-                Err(e) => {
-                    debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)")
-                }
+                debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)");
+                lost += b.n;
             }
         }
-        given
+        lost
     }
 
     /// Every second: the unused counts of blocks left idle go back.
@@ -698,17 +715,30 @@ impl Fleet {
 
     /// At a graceful stop, once no call runs any more: every unused count of this host's
     /// blocks goes back (bounded in time; what does not make it is lost for the window).
-    pub async fn return_reserved(&self) {
+    /// Refills and give-backs still running finish first, and the idle sweep has ended (the
+    /// stop ends it), so that no count is in flight between them and this.
+    pub async fn return_reserved(self: &Arc<Self>) {
+        self.quota_tasks.close();
+        if tokio::time::timeout(QUERY_TIMEOUT, self.quota_tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("quota refills still running at the stop: their counts are lost for the window");
+        }
         let back = self.reserves.drain();
         if back.is_empty() {
             return;
         }
+        // Lost just now (the stop ends the reconnecting task): one more try.
+        if !self.connected() {
+            let _ = self.connect_bounded().await;
+        }
         let n: u64 = back.iter().map(|b| b.n).sum();
         match tokio::time::timeout(QUERY_TIMEOUT, self.give_back(back)).await {
-            Ok(given) if given == n => info!(counts = n, "unused fleet quota counts given back"),
-            Ok(given) => warn!(
+            Ok(0) => info!(counts = n, "unused fleet quota counts given back"),
+            Ok(lost) => warn!(
                 counts = n,
-                given,
+                lost,
                 "unused fleet quota counts not all given back (the rest is lost for the window)"
             ),
             Err(_) => warn!(
