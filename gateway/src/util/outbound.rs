@@ -81,6 +81,12 @@ impl tower_service::Service<Uri> for Marked {
 #[derive(Clone)]
 pub struct Outbound {
     client: Client<hyper_rustls::HttpsConnector<Marked>, Full<Bytes>>,
+    /// The runtime it was made on (the daemon's): every exchange runs there, whichever
+    /// thread asks, so a pooled connection's socket and driver belong to it. A data thread's
+    /// runtime (an on-demand key set, a token exchange) ends at a stop before the stop's own
+    /// last sends (a checkpoint to the witnesses), and a busy data thread would otherwise
+    /// hold up the connections it drives for everyone.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ impl Outbound {
             });
         Self {
             client: Client::builder(TokioExecutor::new()).build(https),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -136,9 +143,9 @@ impl Outbound {
     ) -> Result<http::Response<Vec<u8>>, OutboundError> {
         let (parts, body) = req.into_parts();
         let req = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let exchange = async {
-            let resp = self
-                .client
+        let client = self.client.clone();
+        let exchange = async move {
+            let resp = client
                 .request(req)
                 .await
                 .map_err(|e| OutboundError::Http(chain(&e)))?;
@@ -150,9 +157,20 @@ impl Outbound {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
-        tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| OutboundError::Timeout(TIMEOUT))?
+        let bounded = async {
+            tokio::time::timeout(TIMEOUT, exchange)
+                .await
+                .map_err(|_| OutboundError::Timeout(TIMEOUT))?
+        };
+        let Some(rt) = &self.runtime else {
+            return bounded.await;
+        };
+        // Cancelled with the asking call.
+        match tokio_util::task::AbortOnDropHandle::new(rt.spawn(bounded)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(OutboundError::Http("the gateway is stopping".into())),
+        }
     }
 }
 
