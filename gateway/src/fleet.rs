@@ -40,6 +40,8 @@ const CHANNEL: &str = "callgate_approvals";
 const GRANTS: &str = "callgate_grants";
 /// A statement that takes longer is treated as a lost database.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys given back in one statement (a stop gives back every key this host holds).
+const GIVE_BACK_BATCH: usize = 5_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connecting, migrating and preparing, together.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -224,9 +226,12 @@ mod sql {
          ON CONFLICT (key, window_start) DO UPDATE SET count = q.count + $4::bigint \
          WHERE q.count + $4::bigint <= $3::bigint \
          RETURNING q.count, q.window_start, extract(epoch FROM now())::float8";
-    /// Unused counts of a block go back to the same window's row.
-    pub const GIVE_BACK: &str = "UPDATE callgate_quotas SET count = greatest(count - $3::bigint, 0) \
-         WHERE key = $1 AND window_start = $2";
+    /// Unused counts of blocks go back to the same windows' rows, many keys in one statement
+    /// (a key listed twice gives back the sum).
+    pub const GIVE_BACK: &str = "UPDATE callgate_quotas AS q SET count = greatest(q.count - u.n, 0) \
+         FROM (SELECT k, w, sum(n)::bigint AS n \
+               FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS b(k, w, n) GROUP BY k, w) AS u \
+         WHERE q.key = u.k AND q.window_start = u.w";
     pub const EXPIRE: &str = "DELETE FROM callgate_quotas \
          WHERE window_start + window_len < extract(epoch FROM now())::bigint";
     pub const GRANT_PUT: &str = "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) \
@@ -686,14 +691,17 @@ impl Fleet {
     /// none back, and loses none).
     async fn give_back(&self, back: Vec<reserve::GiveBack>) -> u64 {
         let mut lost = 0;
-        for b in back {
-            let n = b.n as i64;
+        for batch in back.chunks(GIVE_BACK_BATCH) {
+            let keys: Vec<&str> = batch.iter().map(|b| b.key.as_str()).collect();
+            let windows: Vec<i64> = batch.iter().map(|b| b.window_start).collect();
+            let counts: Vec<i64> = batch.iter().map(|b| b.n as i64).collect();
             if let Err(e) = self
-                .execute(sql::GIVE_BACK, &[&b.key, &b.window_start, &n])
+                .execute(sql::GIVE_BACK, &[&keys, &windows, &counts])
                 .await
             {
-                debug!(error = %e, counts = b.n, "unused quota counts not given back (lost for the window)");
-                lost += b.n;
+                let n: u64 = batch.iter().map(|b| b.n).sum();
+                debug!(error = %e, counts = n, keys = batch.len(), "unused quota counts not given back (lost for the window)");
+                lost += n;
             }
         }
         lost
