@@ -516,3 +516,112 @@ fn an_answer_over_the_record_cap_leaves_only_its_length() {
     let (ok, verify) = records_cli(&["verify"], &gw.dir.join("state/records"));
     assert!(ok, "{verify}");
 }
+
+/// A client that closes its connection while the upstream works on its call cancels the call
+/// in the gateway, but the upstream has it and carries it out: the call is recorded all the
+/// same (no status, and a reason that says it was cut), over HTTP/1.1 and h2, and each call of
+/// a JSON-RPC batch (the one allowed, sent; the one denied, not). The callgate of 483d7f1
+/// dropped such a call's record with the cancelled call: a workload had any allowed call
+/// carried out unrecorded by giving up on its answer.
+#[test]
+fn a_call_whose_client_gives_up_is_recorded_all_the_same() {
+    if !ebpf_available("records_cut") || !parties_available("records_cut") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-cut"));
+    fs::create_dir_all(&dir).expect("dir");
+    let up = upstream(&dir, None);
+    let rpc = upstream(&dir, None);
+    let payments = format!(
+        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  get_payment: {{ route: \"GET /v1/payments/{{payment_id}}\" }}\n\
+         rules:\n  - {{ name: reads, function: get_payment, action: allow }}\n",
+        up.port
+    );
+    let ledger = format!(
+        "service: ledger\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: jsonrpc\n\
+         functions:\n  balance: {{ method: ledger.balance }}\n  transfer: {{ method: ledger.transfer }}\n\
+         rules:\n  - {{ name: balances, function: balance, action: allow }}\n",
+        rpc.port
+    );
+    let policies = policy_repo(
+        &dir,
+        "default_action: deny\n",
+        &[("payments", &payments), ("ledger", &ledger)],
+    );
+    let gw = gateway_with_config(&policies, "", &dir);
+    let cg = TestCgroup::new("cg-cut");
+    gw.enable(&cg);
+
+    // Each client gives up after 1 s; the upstream answers after 4.
+    let rest = |id: &str| format!("http://127.0.0.1:{}/v1/payments/{id}?slow=4000", up.port);
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ledger.balance","params":{}},{"jsonrpc":"2.0","id":2,"method":"ledger.transfer","params":{"to":"x"}}]"#;
+    let rpc_url = format!("http://127.0.0.1:{}/rpc?slow=4000", rpc.port);
+    let (h1, h2) = (rest("p_cut_h1"), rest("p_cut_h2"));
+    let gave_up = [
+        vec!["--http1.1", h1.as_str()],
+        vec!["--http2-prior-knowledge", h2.as_str()],
+        vec![
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            batch,
+            &rpc_url,
+        ],
+    ];
+    for args in &gave_up {
+        let mut argv = vec!["curl", "-sS", "--max-time", "1", "-o", "/dev/null"];
+        argv.extend(args.iter().copied());
+        let out = cg.run(&argv);
+        assert_eq!(
+            out.status.code(),
+            Some(28),
+            "curl gave up (timed out): {args:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The upstream had every call the gateway allowed.
+    let seen = |p: &Party, what: &str| {
+        p.requests()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap_or("").contains(what))
+    };
+    for (p, what) in [(&up, "p_cut_h1"), (&up, "p_cut_h2"), (&rpc, "/rpc?slow")] {
+        assert!(seen(p, what), "the upstream has {what}");
+    }
+    assert!(
+        rpc.requests()
+            .iter()
+            .all(|r| !r["body"].as_str().unwrap_or("").contains("transfer")),
+        "the denied call of the batch was not sent"
+    );
+
+    // Each is on record: the allowed ones as cut, without a status.
+    let cut = |r: &Value| {
+        r["status"].is_null()
+            && r["decision"]["reason"]
+                .as_str()
+                .is_some_and(|why| why.contains("cut before the upstream's answer came back"))
+    };
+    let on_record = wait_for(Duration::from_secs(15), || {
+        let recs = records(&gw);
+        let payment = |id: &str| {
+            recs.iter().any(|r| {
+                r["args"]["payment_id"] == id && r["decision"]["action"] == "allow" && cut(r)
+            })
+        };
+        let balance = recs
+            .iter()
+            .any(|r| r["function"] == "balance" && r["decision"]["action"] == "allow" && cut(r));
+        let transfer = recs
+            .iter()
+            .any(|r| r["function"] == "transfer" && r["decision"]["action"] == "deny" && !cut(r));
+        (payment("p_cut_h1") && payment("p_cut_h2") && balance && transfer).then_some(())
+    });
+    assert!(
+        on_record.is_some(),
+        "every call is on record: {:#?}\n{}",
+        records(&gw),
+        gw.log()
+    );
+}

@@ -42,13 +42,17 @@ class Handler(BaseHTTPRequestHandler):
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode(errors="replace"),
             }) + "\n")
+        if "slow=" in self.path:
+            # Works this many ms (logged already: it has the call) before it answers; its
+            # client may give up meanwhile.
+            time.sleep(int(self.path.split("slow=")[1].split("&")[0]) / 1000)
         if self.path == "/hook":
             # A webhook receiver that is down for its first --fail-hooks deliveries.
             self.server.hooks += 1
             if self.server.hooks <= self.server.fail_hooks:
                 return self.reply(503, {"error": "receiver starting"})
             return self.reply(204, b"")
-        if self.path == "/rpc":
+        if self.path.split("?")[0] == "/rpc":
             msgs = json.loads(body)
             batch = isinstance(msgs, list)
             out = [{"jsonrpc": "2.0", "id": m["id"],

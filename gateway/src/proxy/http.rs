@@ -431,6 +431,11 @@ impl Conn {
             (None, None) => crate::proxy::body::full(Bytes::new()),
         };
         let version = parts.version;
+        let cut = streaming::OnCut::new(|| {
+            if let Some(r) = one.recording(recording.clone(), None) {
+                r.cut();
+            }
+        });
         let resp = match self
             .forward(
                 &snap,
@@ -452,12 +457,14 @@ impl Conn {
                 resp
             }
             Err(r) => {
+                cut.disarm();
                 end_span(span.take(), &r);
                 return self
                     .refuse(recording, kind, one.call, Some(&one.decision), r)
                     .await;
             }
         };
+        cut.disarm();
         if one.call.role == Role::ListTools {
             if let Some(s) = service {
                 return whole::list_tools(&self, s, &snap, version, resp, one, recording).await;

@@ -40,6 +40,37 @@ use crate::{
     telemetry::metrics::Metrics,
 };
 
+/// What the record of a call cut by [`OnCut`] says.
+const CUT: &str = "cut before the upstream's answer came back (the client went away, or the \
+                   gateway stopped): the upstream may have carried the call out";
+
+/// Runs its closure if dropped before [`OnCut::disarm`]. It spans an `await` during which a
+/// call may be at the upstream while its record is owned by nothing that writes it when
+/// dropped (the request sent, the answer not yet handed to a [`CallBody`]): a future dropped
+/// there — its client went away, which cancels the call, or the gateway stopped — still
+/// leaves the call on record. Without it a client could have a call carried out unrecorded
+/// by closing its connection before the answer came.
+pub(super) struct OnCut<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnCut<F> {
+    pub(super) fn new(on_cut: F) -> Self {
+        Self(Some(on_cut))
+    }
+
+    /// The record is someone else's to write from here.
+    pub(super) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnCut<F> {
+    fn drop(&mut self) {
+        if let Some(on_cut) = self.0.take() {
+            on_cut();
+        }
+    }
+}
+
 /// What writing one call's record needs, carried from the request to the end of its answer.
 /// The recorder, key and counters are reached through the call's connection: cloning the
 /// shared handles per call would bounce their reference counts between the data-path threads.
@@ -101,6 +132,17 @@ impl Recording {
         }
         self.rec.decision = decision;
         Some(self)
+    }
+
+    /// Records a call cut while it may have been at the upstream: no answer came back to the
+    /// gateway, so there is no status.
+    pub(super) fn cut(mut self) {
+        let reason = self.rec.decision.reason.take();
+        self.rec.decision.reason = Some(match reason {
+            Some(r) => format!("{r}; {CUT}"),
+            None => CUT.to_string(),
+        });
+        let _ = self.submit(None, None, false, 0);
     }
 
     /// Queues the record. In strict durability the handle returned resolves once it is on

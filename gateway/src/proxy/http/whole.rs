@@ -13,7 +13,7 @@ use super::{
     decide::Decided,
     forward::{Outgoing, injected, strip_hop_by_hop},
     respond::json_bytes,
-    streaming::{Recording, response_value},
+    streaming::{OnCut, Recording, response_value},
 };
 use crate::{
     call::Caller,
@@ -65,6 +65,18 @@ pub(super) async fn batch(
              (credentials, headers, masks); send them separately",
         ));
     }
+    // Cut before the records below: the allowed calls may have been carried out.
+    let cut = OnCut::new(|| {
+        for d in &decided {
+            if let Some(rec) = d.recording(recording.clone(), None) {
+                if d.decision.enforced == Action::Allow {
+                    rec.cut();
+                } else {
+                    let _ = rec.submit(None, None, false, 0);
+                }
+            }
+        }
+    });
     if let (Some(base), None) = (first.filter(|_| !allowed.is_empty()), &failure) {
         let body = serde_json::to_vec(&allowed).unwrap_or_default();
         match conn
@@ -111,6 +123,7 @@ pub(super) async fn batch(
             Err(r) => failure = Some(r),
         }
     }
+    cut.disarm();
     let mut out = Vec::new();
     let mut owed = Owed::new(conn);
     for d in &decided {
@@ -216,13 +229,20 @@ pub(super) async fn list_tools(
             owed.add(rec.submit(Some(status), response, false, 0));
         }
     };
+    let cut = OnCut::new(|| {
+        if let Some(r) = one.recording(recording.clone(), None) {
+            r.cut();
+        }
+    });
     let bytes = match read_held(conn, body, scrub).await {
         Ok(b) => b,
         Err(r) => {
+            cut.disarm();
             record(recording, r.status.as_u16(), None);
             return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
         }
     };
+    cut.disarm();
     // Filtered and masked message by message, read as clients read it (an event stream
     // whatever the case of its type, a message over several `data` lines, a batch).
     let hidden = Arc::new(std::sync::Mutex::new(Vec::new()));
