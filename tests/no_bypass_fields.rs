@@ -590,6 +590,115 @@ fn go_reads_json_keys_case_insensitively() {
     assert!(ran_denied.is_empty(), "{}", ran_denied.join("\n"));
 }
 
+/// The same Go upstream as an MCP server (`POST /mcp`, each message read with encoding/json
+/// into a struct): a member spelled as `method`, `params`, `name` or `arguments` only under
+/// case folding is that member to Go, and the last one wins, so `{"method":"ping",
+/// "Method":"tools/call",…}` was a `ping` to the gateway (allowed without a rule) and a
+/// `tools/call` of a denied tool to Go; so was a `tools/call` of `search_docs` with
+/// `"NAME":"delete_table"`. Such members are now refused; what Go ran is asserted.
+#[test]
+fn go_reads_rpc_members_case_insensitively() {
+    let test = "go_reads_rpc_members_case_insensitively";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let Some(bin) = go_upstream(&dir) else {
+        skip(test, "go (Debian's golang-go) is not installed");
+        return;
+    };
+    let port = free_port();
+    let log = dir.join("go.jsonl");
+    let up = Party::start(
+        &[
+            &bin.display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let tools = format!(
+        r#"
+service: tools
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  search_docs: {{}}
+  send_payment: {{}}
+  delete_table: {{}}
+rules:
+  - {{ name: search, function: search_docs, action: allow }}
+  - name: pay-alice
+    function: send_payment
+    args: {{ recipient: {{ eq: alice }} }}
+    action: allow
+"#
+    );
+    let s = setup(test, &[("tools", &tools)]);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let ran_allowed = |r: &Value| match r["tool"].as_str().unwrap_or("") {
+        _ if r["rpc_method"] != "tools/call" => true,
+        "search_docs" => true,
+        "send_payment" => r["recipient"] == "alice",
+        _ => false,
+    };
+    let call = |body: &str| {
+        let before = up.requests().len();
+        let (_, out) = curl_in(
+            &s.cg,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Accept: application/json, text/event-stream",
+                "--data-binary",
+                body,
+                "-w",
+                "
+%{http_code}",
+                &url,
+            ],
+        );
+        let ran: Vec<Value> = up.requests()[before..].to_vec();
+        println!(
+            "=== {body}\n  client: {}\n  go ran: {ran:?}",
+            out.replace('\n', " | ")
+        );
+        ran
+    };
+    // Spelled as the gateway reads them: decided, and run as decided.
+    let ran = call(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs","arguments":{}}}"#,
+    );
+    assert!(
+        ran.iter().any(|r| r["tool"] == "search_docs"),
+        "the allowed call ran: {ran:?}"
+    );
+    let mut ran_denied = Vec::new();
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_table","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_table"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs","NAME":"delete_table"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"},"Params":{"name":"delete_table"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":null,"Method":"tools/call","params":{"name":"delete_table"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_payment","arguments":{"recipient":"alice","Recipient":"mallory"}}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs","Name":"delete_table"}}]"#,
+    ] {
+        for r in call(body) {
+            if !ran_allowed(&r) {
+                ran_denied.push(format!("{body} -> go ran {r}"));
+            }
+        }
+    }
+    assert!(
+        ran_denied.is_empty(),
+        "{}\n{}",
+        ran_denied.join("\n"),
+        s.gw.log()
+    );
+}
+
 /// The Go refunds upstream (`tests/parties/gorefunds`), built with Debian's golang-go (its
 /// build cache kept under `target/testenv`), or None without Go.
 fn go_upstream(dir: &Path) -> Option<std::path::PathBuf> {

@@ -160,6 +160,11 @@ pub enum ExtractError {
     MethodOverride(String),
     #[error("{0}")]
     ContentType(&'static str),
+    #[error(
+        "member {0:?} is {1:?} spelled another way; a server that reads members without case \
+         (Go's encoding/json) reads it as {1:?}"
+    )]
+    Spelling(String, &'static str),
 }
 
 /// Headers that frameworks read as the request's real method.
@@ -179,7 +184,7 @@ impl ExtractError {
             ExtractError::Method(_)
             | ExtractError::McpMethod(_)
             | ExtractError::MethodOverride(_) => "bad_method",
-            ExtractError::Ambiguous(_) => "ambiguous_argument",
+            ExtractError::Ambiguous(_) | ExtractError::Spelling(..) => "ambiguous_argument",
             ExtractError::NotJson(_) | ExtractError::NotRpc(_) => "bad_request",
             ExtractError::ContentType(_) => "bad_content_type",
         }
@@ -575,10 +580,33 @@ pub const SESSION_METHODS: &[&str] = &[
     "prompts/list",
 ];
 
+/// The members of a JSON-RPC message the gateway reads, and of an MCP `tools/call`'s params.
+const ENVELOPE: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+const TOOL_CALL: &[&str] = &["name", "arguments"];
+
+/// Refuses a member of `obj` that is one of `names` only under case folding (`Method`,
+/// `paramſ`, `NAME`). The gateway reads each of those members as spelled; a server that
+/// matches members to fields without case (Go's encoding/json, whose last match wins) reads
+/// `{"method":"ping","Method":"tools/call"}` as a `tools/call`, and a `tools/call` of
+/// `search_docs` with `"NAME":"delete_table"` as a call of `delete_table`.
+fn spelled_once(obj: &Map<String, Json>, names: &[&'static str]) -> Result<(), ExtractError> {
+    use crate::util::jsonpath::fold_eq;
+    for key in obj.keys() {
+        if names.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(&name) = names.iter().find(|&&n| fold_eq(key, n)) {
+            return Err(ExtractError::Spelling(key.clone(), name));
+        }
+    }
+    Ok(())
+}
+
 fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<Call, ExtractError> {
     let Json::Object(obj) = &message else {
         return Err(ExtractError::NotRpc("a batch element is not an object"));
     };
+    spelled_once(obj, ENVELOPE)?;
     let id = obj.get("id").cloned();
     let Some(method) = obj.get("method").and_then(Json::as_str) else {
         // A response the client sends back (MCP sampling, elicitation): not a call.
@@ -603,6 +631,9 @@ fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<Call, Extrac
     let (function, args, role) = if kind == Kind::Mcp {
         match method {
             "tools/call" => {
+                if let Json::Object(p) = &params {
+                    spelled_once(p, TOOL_CALL)?;
+                }
                 let name = params.get("name").and_then(Json::as_str).unwrap_or("");
                 let args = params
                     .get("arguments")

@@ -1055,6 +1055,54 @@ mod never_panics {
         assert!(got.calls[0].partial, "{:?}", got.calls[0]);
     }
 
+    /// A JSON-RPC or MCP member spelled as another member only under case folding is
+    /// refused: Go's encoding/json reads `Method` as `method` (its last match winning), and
+    /// `NAME` in a `tools/call`'s params as the tool's name. Exact spellings pass.
+    #[test]
+    fn rpc_members_spelled_another_way_are_refused() {
+        let snap = hostile_services();
+        let post = http::Request::builder()
+            .method("POST")
+            .uri("/")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let code = |name: &str, kind, body: &str| {
+            let svc = &snap.service(name).expect("service").surface;
+            callgate::extract::extract(kind, svc, &post, Some(body.as_bytes()), false)
+                .err()
+                .map(|e| e.code())
+        };
+        use callgate::extract::Kind::{JsonRpc, Mcp};
+        for (name, kind) in [("rpc", JsonRpc), ("mcp", Mcp)] {
+            for body in [
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"method":"ping","param\u017f":{"a":1}}"#,
+                r#"{"jsonrpc":"2.0","ID":1,"id":2,"method":"ping"}"#,
+                r#"{"jsonrpc":"2.0","id":1,"result":null,"METHOD":"a.b"}"#,
+                r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping","Params":[1]}]"#,
+            ] {
+                assert_eq!(
+                    code(name, kind, body),
+                    Some("ambiguous_argument"),
+                    "{name}: {body}"
+                );
+            }
+            let fine = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"Name":"x"}}"#;
+            assert_eq!(code(name, kind, fine), None, "{name}: {fine}");
+        }
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","NAME":"u"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n\u0041me":"u","name":"t"}}"#,
+        ] {
+            assert_eq!(code("mcp", Mcp, body), Some("ambiguous_argument"), "{body}");
+        }
+        let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"Name":1}}}"#;
+        assert_eq!(code("mcp", Mcp, fine), None, "{fine}");
+    }
+
     const VALID: &str = "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\nfunctions:\n  f: { route: \"POST /v1/{id}\" }\nrules:\n  - name: r\n    function: f\n    caller: { groups: [a] }\n    args: { amount: { max: 5 }, \"$.x[*].y\": { regex: \"a+\" } }\n    when: \"args.amount > 1\"\n    action: allow\n";
 
     proptest! {

@@ -278,8 +278,14 @@ pub fn fold_eq(a: &str, b: &str) -> bool {
 }
 
 /// One character folded: its upper case's lower case, each only where it is one character
-/// (`ß` upper-cases to `SS` and stays `ß`, as `ẞ` lower-cases to it).
+/// (`ß` upper-cases to `SS` and stays `ß`, as `ẞ` lower-cases to it). `İ` (whose full lower
+/// case is `i` and a combining dot) is an `i`: Go's encoding/json folds each character as
+/// `ToUpper(ToLower(c))` with Unicode's simple mappings, where `İ` lower-cases to `i`, so
+/// `recİpient` is the field `recipient` to it.
 pub fn fold_char(c: char) -> char {
+    if c == '\u{130}' {
+        return 'i';
+    }
     let mut up = c.to_uppercase();
     let up = match (up.next(), up.next()) {
         (Some(u), None) => u,
@@ -367,6 +373,8 @@ mod tests {
         assert_eq!(seen("status", true), ["\"s\""]);
         assert!(fold_eq("Stra\u{df}e", "STRA\u{1e9e}E") && !fold_eq("a", "b"));
         assert!(fold_eq("\u{212A}ind", "KIND") && fold_eq("\u{17F}tatus", "STATUS"));
+        // Go's ToUpper(ToLower(c)): the dotted capital I is an i.
+        assert!(fold_eq("rec\u{130}pient", "RECIPIENT") && fold_eq("\u{131}d", "ID"));
     }
 
     fn all(path: &str, v: &Value) -> Vec<Value> {
