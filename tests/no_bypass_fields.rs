@@ -725,3 +725,97 @@ fn go_upstream(dir: &Path) -> Option<std::path::PathBuf> {
     );
     Some(bin)
 }
+
+/// A JSON-RPC and an MCP service on servers that also have REST routes (`upstream.py`:
+/// `/rpc` beside `/v1/payments/…`), each with its `endpoint`: a request to a REST route
+/// whose body passes for protocol housekeeping (a client's response, an MCP `ping` with a
+/// refund's fields beside it) or an MCP GET without a body is decided as the undeclared
+/// `METHOD /path` (denied) instead of passing undecided, while messages on the endpoint go
+/// on as before. Found by an attacker's read of extraction: every path of an MCP or
+/// JSON-RPC service's host was read as its protocol, and such requests reached the REST
+/// routes with no rule consulted. What the upstream received is asserted.
+#[test]
+fn rpc_services_are_spoken_on_their_endpoint_only() {
+    let test = "rpc_services_are_spoken_on_their_endpoint_only";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let (rpc, mcp) = (upstream(&dir, None), upstream(&dir, None));
+    let ledger = format!(
+        "service: ledger\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: jsonrpc\nendpoint: [/rpc]\n\
+         functions:\n  balance: {{ method: ledger.balance }}\n\
+         rules:\n  - {{ name: balances, function: balance, action: allow }}\n",
+        rpc.port
+    );
+    let tools = format!(
+        "service: tools\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: mcp\nendpoint: [/mcp]\n\
+         functions:\n  search_docs: {{}}\n\
+         rules:\n  - {{ name: search, function: search_docs, action: allow }}\n",
+        mcp.port
+    );
+    let s = setup(test, &[("ledger", &ledger), ("tools", &tools)]);
+    let send = |port: u16, method: &str, path: &str, body: Option<&str>| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let mut argv = vec!["-X", method, "-w", "\n%{http_code}", url.as_str()];
+        if let Some(b) = body {
+            argv.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let (_, out) = curl_in(&s.cg, &argv);
+        println!(
+            "=== {method} {path} {body:?}\n  client: {}",
+            out.replace('\n', " | ")
+        );
+        out
+    };
+    let reached = |p: &Party, path: &str| p.requests().iter().any(|r| r["path"] == path);
+    // On the endpoints: as before.
+    let out = send(
+        rpc.port,
+        "POST",
+        "/rpc",
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"ledger.balance","params":{}}"#),
+    );
+    assert!(out.ends_with("200") && reached(&rpc, "/rpc"), "{out}");
+    let out = send(
+        mcp.port,
+        "POST",
+        "/mcp",
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+    );
+    assert!(
+        reached(&mcp, "/mcp"),
+        "a ping on the endpoint is forwarded: {out}"
+    );
+    // Elsewhere: denied, never forwarded.
+    for (p, method, path, body) in [
+        (
+            &rpc,
+            "POST",
+            "/v1/payments/p1/refund",
+            Some(r#"{"jsonrpc":"2.0","id":1,"result":null,"amount":5000}"#),
+        ),
+        (
+            &mcp,
+            "POST",
+            "/v1/payments/p2/refund",
+            Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping","amount":5000}"#),
+        ),
+        (&mcp, "GET", "/v1/payments/p3", None),
+        (&mcp, "DELETE", "/v1/payments/p4", None),
+        (
+            &mcp,
+            "POST",
+            "/mcp/",
+            Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+        ),
+    ] {
+        let out = send(p.port, method, path, body);
+        assert!(out.ends_with("403"), "{method} {path}: {out}");
+        assert!(
+            !reached(p, path),
+            "{method} {path} reached the upstream: {out}\n{}",
+            s.gw.log()
+        );
+    }
+}

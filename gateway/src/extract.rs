@@ -213,6 +213,15 @@ pub fn extract(
                 Json::Object(query(&parts.uri)?),
             )
         })),
+        // Another path of the service's host: not a message, whatever the body says (a server
+        // with REST routes beside its endpoint runs them), but the undeclared `METHOD /path`.
+        Kind::JsonRpc | Kind::Mcp if !service.is_endpoint(parts.uri.path()) => Ok(one(Call {
+            partial: unread_body || body.is_some_and(|b| !b.is_empty()),
+            ..governed(
+                format!("{} {}", parts.method, parts.uri.path()),
+                Json::Object(query(&parts.uri)?),
+            )
+        })),
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
             // A message in the body of another method: a server that reads bodies whatever

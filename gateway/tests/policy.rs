@@ -1453,3 +1453,82 @@ fn lint_warns_on_credentials_sent_to_any_local_port() {
         assert_eq!(got, warned, "{hosts}: {findings:#?}");
     }
 }
+
+/// A JSON-RPC or MCP service's `endpoint`: a request to another path of its host is not a
+/// message whatever its body says (a REST route of the same server would run it as sent), but
+/// the undeclared `METHOD /path`, decided by the default; on the endpoint, messages as before.
+/// Without an endpoint, lint says what that leaves open; one on another protocol, or one that
+/// is not a path, does not compile.
+#[test]
+fn rpc_services_are_spoken_on_their_endpoint_only() {
+    use callgate::call::Role;
+    use callgate::extract::{Kind, extract};
+    let svc = |endpoint: &str| {
+        format!(
+            "service: tools\nmatch: {{ hosts: [\"tools:80\"] }}\nprotocol: mcp\n{endpoint}\
+             functions:\n  search_docs: {{}}\n\
+             rules:\n  - {{ name: search, function: search_docs, caller: {{ groups: [a] }}, action: allow }}\n"
+        )
+    };
+    let repo = Repo::service(&svc("endpoint: [/mcp]\n"));
+    let snap = repo.snap();
+    let surface = &snap.service("tools").expect("tools").surface;
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let one = |method: &str, path: &str, body: Option<&[u8]>| {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let got = extract(Kind::Mcp, surface, &parts, body, false).expect("extracted");
+        let c = &got.calls[0];
+        (c.function.clone(), c.role, c.partial)
+    };
+    assert_eq!(
+        one("POST", "/mcp", Some(ping)),
+        ("ping".into(), Role::Session, false)
+    );
+    assert_eq!(one("GET", "/mcp", None).1, Role::Session);
+    assert_eq!(one("DELETE", "/mcp?x=1", None).1, Role::Session);
+    for (method, path, body) in [
+        ("POST", "/v1/refund", Some(&ping[..])),
+        ("POST", "/mcp/", Some(&ping[..])),
+        ("POST", "/mcp;x", Some(&ping[..])),
+        ("POST", "/%6dcp", Some(&ping[..])),
+        ("GET", "/v1/customers", None),
+        ("DELETE", "/v1/items/42", None),
+    ] {
+        let (function, role, partial) = one(method, path, body);
+        assert_eq!(function, format!("{method} {path}"));
+        assert_eq!(role, Role::Governed, "{method} {path}");
+        assert_eq!(
+            partial,
+            body.is_some(),
+            "{method} {path}: its body is not read"
+        );
+        let call = callgate::call::Call {
+            function,
+            ..Default::default()
+        };
+        let d = snap.decide(snap.service("tools").expect("tools"), &call, &user(&["a"]));
+        assert_eq!(d.action, Action::Deny, "{method} {path}");
+    }
+
+    let open = lint_of(&Repo::service(&svc(""))).join("\n");
+    assert!(open.contains("has no `endpoint`"), "{open}");
+    assert!(!lint_of(&repo).join("\n").contains("endpoint"));
+    let rest = "service: r\nmatch: { hosts: [\"r:80\"] }\nprotocol: rest\nendpoint: [/x]\nfunctions:\n  f: { route: \"GET /f\" }\nrules: []\n";
+    let errs = Repo::service(rest).errors().join("\n");
+    assert!(
+        errs.contains("`endpoint` is for JSON-RPC and MCP"),
+        "{errs}"
+    );
+    let errs = Repo::service(&svc("endpoint: [mcp, \"/a?b\"]\n"))
+        .errors()
+        .join("\n");
+    assert!(
+        errs.contains("\"mcp\" is not a path") && errs.contains("\"/a?b\" is not a path"),
+        "{errs}"
+    );
+}

@@ -19,6 +19,8 @@ pub struct Surface {
     /// The header the service's credential injection sets, if it injects one: never an
     /// argument.
     pub credential_header: Option<String>,
+    /// JSON-RPC and MCP: the paths the protocol is spoken on; empty, every path.
+    pub endpoint: Vec<String>,
     functions: Vec<Arc<str>>,
     by_method: NameIndex<usize>,
     routes: Vec<Route>,
@@ -57,10 +59,16 @@ impl Surface {
             protocol,
             paths,
             credential_header,
+            endpoint: Vec::new(),
             functions: Vec::new(),
             by_method: NameIndex::default(),
             routes: Vec::new(),
         }
+    }
+
+    /// Is `path` where the service speaks its protocol (JSON-RPC, MCP)?
+    pub fn is_endpoint(&self, path: &str) -> bool {
+        self.endpoint.is_empty() || self.endpoint.iter().any(|e| e == path)
     }
 
     /// Adds a function named by `method` (a JSON-RPC method, MCP tool or gRPC path) and,

@@ -278,6 +278,24 @@ fn compile_functions(
         },
         file.credentials.as_ref().map(|c| c.inject.header.clone()),
     );
+    for (i, e) in file.endpoint.iter().enumerate() {
+        let at = ["endpoint", &i.to_string()];
+        if !matches!(file.protocol, Protocol::Jsonrpc | Protocol::Mcp) {
+            errors.push(src.error(
+                &at[..1],
+                "`endpoint` is for JSON-RPC and MCP services, whose paths name no function",
+            ));
+            break;
+        }
+        let origin = e.parse::<http::uri::PathAndQuery>().ok();
+        if !e.starts_with('/') || origin.is_none_or(|p| p.query().is_some() || p.path() != e) {
+            errors.push(src.error(
+                &at,
+                format!("{e:?} is not a path: write it as requests send it, e.g. `/mcp`"),
+            ));
+        }
+    }
+    surface.endpoint = file.endpoint.clone();
     for (name, def) in &file.functions {
         let idx = functions.len();
         let at = ["functions", name.as_str()];

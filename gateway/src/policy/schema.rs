@@ -103,6 +103,11 @@ pub struct ServiceFile {
     /// MCP safeguards: tool pinning.
     #[serde(default)]
     pub mcp: super::mcp::McpOptions,
+    /// JSON-RPC and MCP: the paths the protocol is spoken on (`/mcp`, `/rpc`). A request to
+    /// another path of the service's hosts is not read as a message: it is decided as the
+    /// undeclared function `METHOD /path`. Empty: every path is the endpoint.
+    #[serde(default)]
+    pub endpoint: Vec<String>,
 }
 
 /// `paths:` in a service file: what its server needs that is refused by default, because
