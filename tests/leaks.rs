@@ -613,3 +613,74 @@ fn ranges_of_a_json_file_from_nginx_never_carry_the_card() {
         }
     }
 }
+
+/// A service that masks a JSON field (`$.customer.ssn`) and cards: the same payment asked for
+/// as XML or CSV has the SSN under no field path, and in UTF-16 the card's digits have a zero
+/// byte between each, which no detector reads. Such answers are refused (502
+/// `unmaskable_response`) unless the service lets them pass (XML then masked by the
+/// detectors, the SSN with them only if a detector finds it). The callgate of d22a992 gave
+/// the client the SSN in XML and CSV, and the card in UTF-16, with a 200.
+#[test]
+fn answers_a_field_mask_or_detector_cannot_read_are_refused() {
+    let test = "answers_a_field_mask_or_detector_cannot_read_are_refused";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let up = upstream(&dir, None);
+    let service = format!(
+        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         rules:\n  - {{ name: everything, action: allow }}\n\
+         response:\n  mask: [card_number, email, {{ field: \"$.customer.ssn\" }}]\n",
+        up.port
+    );
+    let policies = policy_repo(&dir, REPO, &[("payments", &service)]);
+    let gw = gateway_with_config(&policies, "", &dir);
+    let cg = TestCgroup::new("leaks-formats");
+    gw.enable(&cg);
+    let get = |query: &str| {
+        let url = format!("http://127.0.0.1:{}/v1/payments/p_1{query}", up.port);
+        let out = dir.join(unique("answer"));
+        let (_, code) = curl_in(
+            &cg,
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                &out.display().to_string(),
+                "-w",
+                "%{http_code}",
+                &url,
+            ],
+        );
+        (code, std::fs::read(&out).unwrap_or_default())
+    };
+    let utf16 = |s: &str| {
+        s.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    let has = |body: &[u8], v: &str| {
+        body.windows(v.len()).any(|w| w == v.as_bytes())
+            || body.windows(2 * v.len()).any(|w| w == utf16(v).as_slice())
+    };
+    // JSON: masked, both the field and the card.
+    let (code, body) = get("");
+    assert_eq!(code, "200", "{}", String::from_utf8_lossy(&body));
+    assert!(
+        !has(&body, "078-05-1120") && !has(&body, "4111 1111 1111 1111"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    for query in ["?format=xml", "?format=csv", "?charset=utf-16"] {
+        let (code, body) = get(query);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(code, "502", "{query}: {text}");
+        assert!(text.contains("unmaskable_response"), "{query}: {text}");
+        assert!(
+            !has(&body, "078-05-1120") && !has(&body, "1111 1111"),
+            "{query}: {text}"
+        );
+    }
+}

@@ -809,7 +809,7 @@ fn response_heads_that_hide_the_body_are_unmaskable() {
     let list = [("content-type", "text/plain, application/octet-stream")];
     assert_eq!(head(&list), Err(Unmaskable::Ambiguous));
     // A comma in a quoted parameter is not a second type.
-    let param = [("content-type", "text/plain; charset=\"a,b\"")];
+    let param = [("content-type", "text/plain; name=\"a,b\"")];
     assert_eq!(head(&param), Ok(BodyKind::Text));
 }
 
@@ -838,7 +838,7 @@ fn answers_that_cannot_be_masked_follow_the_services_choice() {
         "application/jsonl",
         "application/soap+xml",
     ] {
-        assert!(answer_kind(200, &ct(t), Refuse).is_ok(), "{t}");
+        assert!(answer_kind(200, &ct(t), Refuse, false).is_ok(), "{t}");
     }
     for t in [
         "application/octet-stream",
@@ -848,26 +848,86 @@ fn answers_that_cannot_be_masked_follow_the_services_choice() {
         "application/x-custom",
     ] {
         assert_eq!(
-            answer_kind(200, &ct(t), Refuse),
+            answer_kind(200, &ct(t), Refuse, false),
             Err(Unmaskable::Binary),
             "{t}"
         );
-        assert_eq!(answer_kind(200, &ct(t), Pass), Ok(BodyKind::Binary), "{t}");
+        assert_eq!(
+            answer_kind(200, &ct(t), Pass, false),
+            Ok(BodyKind::Binary),
+            "{t}"
+        );
     }
     let json = ct("application/json");
-    assert_eq!(answer_kind(206, &json, Refuse), Err(Unmaskable::Partial));
+    assert_eq!(
+        answer_kind(206, &json, Refuse, false),
+        Err(Unmaskable::Partial)
+    );
     let gz = head(&[("content-type", "text/plain"), ("content-encoding", "gzip")]);
-    assert_eq!(answer_kind(200, &gz, Refuse), Err(Unmaskable::Encoded));
-    assert_eq!(answer_kind(200, &gz, Pass), Ok(BodyKind::Binary));
+    assert_eq!(
+        answer_kind(200, &gz, Refuse, false),
+        Err(Unmaskable::Encoded)
+    );
+    assert_eq!(answer_kind(200, &gz, Pass, false), Ok(BodyKind::Binary));
     let two = head(&[
         ("content-type", "text/plain"),
         ("content-type", "image/png"),
     ]);
-    assert_eq!(answer_kind(200, &two, Pass), Err(Unmaskable::Ambiguous));
+    assert_eq!(
+        answer_kind(200, &two, Pass, false),
+        Err(Unmaskable::Ambiguous)
+    );
     let octet = ct("application/octet-stream");
-    assert!(answer_kind(204, &octet, Refuse).is_ok());
+    assert!(answer_kind(204, &octet, Refuse, false).is_ok());
     let empty = head(&[("content-type", "image/png"), ("content-length", "0")]);
-    assert!(answer_kind(200, &empty, Refuse).is_ok());
+    assert!(answer_kind(200, &empty, Refuse, false).is_ok());
+    // Text in another character set: the detectors read bytes as ASCII spells them.
+    for t in [
+        "application/json; charset=utf-16",
+        "text/plain;charset=\"UTF-16LE\"",
+        "text/csv; q=1; charset=ebcdic-cp-us",
+        "application/json; charset=utf-8; charset=utf-16",
+    ] {
+        assert_eq!(
+            answer_kind(200, &ct(t), Refuse, false),
+            Err(Unmaskable::Charset),
+            "{t}"
+        );
+    }
+    for t in [
+        "application/json; charset=UTF-8",
+        "text/plain; charset=\"us-ascii\"",
+        "text/html; level=1",
+    ] {
+        assert!(answer_kind(200, &ct(t), Refuse, false).is_ok(), "{t}");
+    }
+    // JSON fields to mask: only a JSON answer has them.
+    for t in [
+        "text/csv",
+        "application/xml",
+        "text/plain",
+        "application/javascript",
+    ] {
+        assert_eq!(
+            answer_kind(200, &ct(t), Refuse, true),
+            Err(Unmaskable::NotJson),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        answer_kind(200, &head(&[]), Refuse, true),
+        Err(Unmaskable::NotJson)
+    );
+    assert_eq!(answer_kind(200, &json, Refuse, true), Ok(BodyKind::Json));
+    // Let through when the service says so: as text, which the detectors still mask.
+    assert_eq!(
+        answer_kind(200, &ct("text/csv"), Pass, true),
+        Ok(BodyKind::Text)
+    );
+    assert_eq!(
+        answer_kind(200, &ct("application/problem+json"), Refuse, true),
+        Ok(BodyKind::Json)
+    );
 }
 
 /// An answer masked for the client by [`BodyMasker::recorded`] and for the record from the

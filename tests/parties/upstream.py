@@ -160,6 +160,18 @@ class Handler(BaseHTTPRequestHandler):
                     f"Content-Length: {len(data)}\r\n\r\n").encode()
             self.wfile.write(head + data)
             return
+        if self.path.startswith("/v1/payments/") and "format=" in self.path:
+            # The same payment in the format a client asks for (as `?format=` in Django REST
+            # Framework, or `Accept` in Spring): its values under no JSON field path.
+            ssn = "078-05-1120"
+            if "format=xml" in self.path:
+                return self.reply(200, (f"<payment><card>{CARD}</card><customer><ssn>{ssn}</ssn>"
+                                        "</customer></payment>").encode(), "application/xml")
+            return self.reply(200, f"card,ssn\n{CARD},{ssn}\n".encode(), "text/csv")
+        if self.path.startswith("/v1/payments/") and "charset=utf-16" in self.path:
+            # JSON in UTF-16, as ASP.NET or Spring answer a client whose Accept-Charset asks.
+            return self.reply(200, json.dumps({"card": CARD}).encode("utf-16"),
+                              "application/json; charset=utf-16")
         if self.path.startswith("/v1/payments/"):
             return self.reply(200, {
                 "path": self.path,

@@ -1067,6 +1067,12 @@ pub enum Unmaskable {
     Binary,
     /// `206 Partial Content`: a piece of a document, cut where a value may be.
     Partial,
+    /// Text in a character set other than UTF-8 or ASCII (UTF-16, EBCDIC): the detectors and
+    /// the credential scrubber read bytes as ASCII spells them.
+    Charset,
+    /// Text that is not JSON where policy masks JSON fields: XML, CSV or no type at all has
+    /// the same values under no field path (a client may ask for it: `Accept`, `?format=`).
+    NotJson,
 }
 
 impl Unmaskable {
@@ -1085,6 +1091,14 @@ impl Unmaskable {
             Unmaskable::Partial => {
                 "the upstream answered with part of a document (206), which policy says to mask"
             }
+            Unmaskable::Charset => {
+                "the upstream answered in a character set other than UTF-8 (UTF-16, …), which \
+                 policy says to mask or scrub"
+            }
+            Unmaskable::NotJson => {
+                "the upstream answered with text that is not JSON (XML, CSV, no type), where \
+                 policy masks JSON fields"
+            }
         }
     }
 }
@@ -1093,10 +1107,13 @@ impl Unmaskable {
 /// the service's choice (`unmaskable: refuse | pass`) for what cannot be masked. An ambiguous
 /// head is refused whatever the choice; an answer without a body (204, 304, `Content-Length:
 /// 0`) has nothing to mask.
+/// `fields`: the masks name JSON fields (and the answer is not MCP's, read message by
+/// message): only a JSON answer can be masked then.
 pub fn answer_kind(
     status: u16,
     h: &http::HeaderMap,
     choice: crate::obligations::mask::UnmaskableAnswer,
+    fields: bool,
 ) -> Result<BodyKind, Unmaskable> {
     let empty = status == 204
         || status == 304
@@ -1107,9 +1124,14 @@ pub fn answer_kind(
         _ if empty => return Ok(BodyKind::Binary),
         Ok(_) if status == 206 => Err(Unmaskable::Partial),
         Ok(BodyKind::Binary) => Err(Unmaskable::Binary),
+        Ok(BodyKind::Text) if fields => Err(Unmaskable::NotJson),
         other => other,
     };
     match verdict {
+        // Let through as what it is: text, still masked by the detectors.
+        Err(Unmaskable::NotJson) if choice == crate::obligations::mask::UnmaskableAnswer::Pass => {
+            Ok(BodyKind::Text)
+        }
         Err(_) if choice == crate::obligations::mask::UnmaskableAnswer::Pass => {
             Ok(BodyKind::Binary)
         }
@@ -1164,7 +1186,29 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
             return Err(Unmaskable::Ambiguous);
         }
     }
-    Ok(BodyKind::from_content_type(ct))
+    let kind = BodyKind::from_content_type(ct);
+    if kind != BodyKind::Binary && ct.is_some_and(|ct| !ascii_charset(ct)) {
+        return Err(Unmaskable::Charset);
+    }
+    Ok(kind)
+}
+
+/// Every `charset` a media type names is UTF-8 or ASCII (none named: UTF-8, as JSON is).
+/// ASP.NET and Spring answer in UTF-16 when a client's `Accept-Charset` (or `Accept`'s
+/// parameter) asks: a card number is then digits with a zero byte between each.
+fn ascii_charset(ct: &str) -> bool {
+    ct.split(';').skip(1).all(|param| {
+        let Some((name, value)) = param.split_once('=') else {
+            return true;
+        };
+        if !name.trim().eq_ignore_ascii_case("charset") {
+            return true;
+        }
+        let value = value.trim().trim_matches('"').trim();
+        ["utf-8", "utf8", "us-ascii", "ascii"]
+            .iter()
+            .any(|ok| value.eq_ignore_ascii_case(ok))
+    })
 }
 
 /// A body on its way out: JSON, text, or passed through.

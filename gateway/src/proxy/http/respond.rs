@@ -64,6 +64,7 @@ impl Conn {
                 parts.status.as_u16(),
                 &parts.headers,
                 one.decision.obligations.unmaskable,
+                masks.has_fields() && kind != Kind::Mcp,
             )
         };
         let seen = strip_hop_by_hop(&mut parts.headers);

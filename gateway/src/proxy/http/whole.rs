@@ -207,6 +207,7 @@ pub(super) async fn list_tools(
                 head.status.as_u16(),
                 &head.headers,
                 ob.unmaskable,
+                false,
             )
         }
     });
