@@ -376,3 +376,49 @@ fn a_long_answer_kept_beside_its_record_is_proved_and_exported() {
     let (ok, out) = verify_export(&offhost, "altered.jsonl", key);
     assert!(!ok && out.contains("BROKEN"), "{out}");
 }
+
+/// A graceful stop signs a checkpoint of every record it wrote, however recently the last
+/// one was signed (`checkpoint_interval_s: 3600` here): the stop's last records, and the calls
+/// since the last signature, are covered before the process ends. Before, the stop's final
+/// signature ran only once the last recorder handle was gone, which handles held in the
+/// daemon's own structures kept from happening: the tail stayed unsigned until the next start.
+#[test]
+fn a_graceful_stop_signs_every_record_it_wrote() {
+    if !ebpf_available("records_checkpoint_stop") {
+        return;
+    }
+    let server = HttpServer::start("127.0.0.1");
+    let work = std::env::temp_dir().join(unique("callgate-cp-stop"));
+    fs::create_dir_all(&work).expect("work dir");
+    let config = work.join("callgate.yaml");
+    fs::write(
+        &config,
+        "records:\n  checkpoint_interval_s: 3600\n  origin: e2e.example/callgate/records\n",
+    )
+    .expect("config");
+    let mut gw = Gateway::start_with(&["--config", &config.display().to_string()]);
+    let dir = gw.dir.join("state/records");
+    let cg = TestCgroup::new("cg-cp-stop");
+    gw.enable(&cg);
+    let calls = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(curl_in(&cg, &[&server.url("/hello.txt")]).0, 0);
+        }
+    };
+    calls(2);
+    let first = wait_for(Duration::from_secs(10), || {
+        let n = checkpoint_size(&dir);
+        (n > 0).then_some(n)
+    });
+    assert!(first.is_some(), "no first checkpoint: {}", gw.log());
+    calls(3);
+    assert!(gw.terminate(Duration::from_secs(20)), "{}", gw.log());
+    let written = records_in(&dir).len() as u64;
+    assert!(written >= 5, "{written} records");
+    assert_eq!(
+        checkpoint_size(&dir),
+        written,
+        "the last checkpoint signs every record: {}",
+        gw.log()
+    );
+}

@@ -436,11 +436,11 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     if let Some(r) = recorder {
         match tokio::task::spawn_blocking({
             let r = r.clone();
-            move || r.sync()
+            move || r.finish()
         })
         .await
         {
-            Ok(Ok(seq)) => info!(durable_seq = seq, "records flushed"),
+            Ok(Ok(seq)) => info!(durable_seq = seq, "records flushed and signed"),
             Ok(Err(e)) => warn!(error = %e, "could not flush records at shutdown"),
             Err(e) => warn!(error = %e, "records flush task failed"),
         }

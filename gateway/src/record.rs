@@ -478,6 +478,8 @@ struct Entry {
     done: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
     /// Not a record: commit what is pending and answer with the durable sequence number.
     sync: bool,
+    /// With `sync`: then write the checkpoint and sign one of every record, now.
+    finish: bool,
 }
 
 impl Entry {
@@ -630,6 +632,7 @@ impl Recorder {
             payload,
             done,
             sync: false,
+            finish: false,
         };
         if let Err(e) = self.enqueue(entry) {
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -887,11 +890,26 @@ impl Recorder {
     /// are still alive); the durable sequence number. Never refused for the backlog: it is
     /// how the backlog gets written.
     pub fn sync(&self) -> Result<u64, RecordError> {
+        self.sync_entry(false)
+    }
+
+    /// A graceful stop's last word: [`Recorder::sync`], then the checkpoint and a signed
+    /// checkpoint of every record written, however recently the last one was signed. The
+    /// writer's own last word waits for the last handle to go, which handles the daemon's
+    /// structures still hold (a connection's, a namespace listener's) can keep from coming
+    /// before the process ends. The writer goes on taking records after it (a call cut by
+    /// the stop is recorded), written if the process lives long enough.
+    pub fn finish(&self) -> Result<u64, RecordError> {
+        self.sync_entry(true)
+    }
+
+    fn sync_entry(&self, finish: bool) -> Result<u64, RecordError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(Entry {
             payload: beside::Payload::default(),
             done: Some(tx),
             sync: true,
+            finish,
         })?;
         Durable(rx).wait_blocking()
     }

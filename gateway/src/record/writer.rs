@@ -323,6 +323,22 @@ impl Writer {
         self.shared
             .queued_bytes
             .fetch_sub(e.cost(), Ordering::Relaxed);
+        if e.sync && e.finish {
+            // A graceful stop: everything durable, checkpointed and signed, now.
+            self.commit();
+            let answer = if self.shared.failing.load(Ordering::Acquire) {
+                let why = self.shared.failure.lock().ok().and_then(|f| f.clone());
+                Err(why.unwrap_or_else(|| "the records could not be written".into()))
+            } else {
+                self.checkpoint();
+                self.sign(true);
+                Ok(self.next_seq.saturating_sub(1))
+            };
+            if let Some(done) = e.done {
+                let _ = done.send(answer);
+            }
+            return;
+        }
         if e.sync {
             // Answered by the commit that follows (see `run`): it is a waiter.
             if let Some(done) = e.done {
