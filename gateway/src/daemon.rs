@@ -426,6 +426,8 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         let _ = task.await;
     }
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    // Quota counts once more, with the calls the data threads admitted while they ended.
+    let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
     // No call runs any more: this host's unused blocks of fleet-wide quotas go back.
     if let Some(f) = &fleet {
         f.return_reserved().await;
