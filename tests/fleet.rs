@@ -1354,6 +1354,42 @@ fn stop_gracefully(gw: &Gateway) {
     assert!(ended.is_some(), "the gateway did not stop:\n{}", gw.log());
 }
 
+/// A host that stops gracefully right after its calls ships them, and the checkpoint its
+/// stop signs, before it ends: the database has its whole log and a checkpoint of all of it at
+/// once, not at its next start (a host retired or scaled in has none).
+#[test]
+fn a_graceful_stop_ships_the_last_records_and_their_checkpoint() {
+    let Some(f) = setup("a_graceful_stop_ships_the_last_records_and_their_checkpoint") else {
+        return;
+    };
+    assert_eq!(f.show(&f.cg_a).0, 200);
+    // The first records shipped and signed; the calls after them are the stop's to ship.
+    all_shipped(&f, &f.a, "host-a");
+    for _ in 0..3 {
+        assert_eq!(f.show(&f.cg_a).0, 200);
+    }
+    stop_gracefully(&f.a);
+    let (shipped, local) = shipped_and_local(&f, &f.a, "host-a");
+    assert!(local.len() >= 4, "{local:?}");
+    assert_eq!(
+        shipped,
+        local,
+        "the whole log is in the database\n{}",
+        f.a.log()
+    );
+    let cps = records_fleet_json(
+        &f,
+        &["checkpoints", "--fleet", "--json", "--host", "host-a"],
+    );
+    let size = cps.first().and_then(|c| c["size"].as_u64());
+    assert_eq!(
+        size,
+        local.last().copied(),
+        "the stop's checkpoint signs it all: {cps:?}\n{}",
+        f.a.log()
+    );
+}
+
 /// Reservations (`fleet/reserve.rs`): a quota big enough to reserve (200 a day) is spent from
 /// per-host blocks, yet A and B together, calling at once, admit exactly 200 and never more;
 /// idle blocks give their unused counts back (the database's count is then the calls

@@ -64,6 +64,10 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
+/// How long a stop waits for each of the last rounds shipping records and checkpoints to the
+/// fleet database (within systemd's `TimeoutStopSec=15s`, with the witnesses' round).
+const SHIP_FINAL: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     run_with(cfg, || {}).await
 }
@@ -385,19 +389,21 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         );
     }
     // This host's records and signed checkpoints go to the fleet database too, in the
-    // background.
-    if let (Some(f), Some(r)) = (&fleet, &recorder) {
-        tasks.push(crate::record::ship::start(
-            f.clone(),
-            r.dir().to_path_buf(),
-            stop_rx.clone(),
-        ));
-        tasks.push(crate::record::checkpoints::start(
-            f.clone(),
-            r.dir().to_path_buf(),
-            stop_rx.clone(),
-        ));
-    }
+    // background; told to stop only once the stop's own records are written and signed, each
+    // then ships what it has not yet (see the end of this function).
+    let (ship_stop, ship_stop_rx) = watch::channel(false);
+    let (checkpoints_stop, checkpoints_stop_rx) = watch::channel(false);
+    let shipping = match (&fleet, &recorder) {
+        (Some(f), Some(r)) => Some((
+            crate::record::ship::start(f.clone(), r.dir().to_path_buf(), ship_stop_rx),
+            crate::record::checkpoints::start(
+                f.clone(),
+                r.dir().to_path_buf(),
+                checkpoints_stop_rx,
+            ),
+        )),
+        _ => None,
+    };
     started_hook();
 
     // Quota counts reach the state directory within seconds, so a restart (or a crash)
@@ -447,6 +453,13 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             Err(e) => warn!(error = %e, "records flush task failed"),
         }
         r.close();
+    }
+    // The fleet's copy: the last records, then the checkpoint that signs them, bounded.
+    if let Some((ship, checkpoints)) = shipping {
+        let _ = ship_stop.send(true);
+        let _ = tokio::time::timeout(SHIP_FINAL, ship).await;
+        let _ = checkpoints_stop.send(true);
+        let _ = tokio::time::timeout(SHIP_FINAL, checkpoints).await;
     }
     // The final checkpoint to the witnesses, bounded.
     let _ = witness_stop.send(true);

@@ -40,16 +40,21 @@ pub struct Latest {
     pub cosigned: Option<String>,
 }
 
-/// Ships this host's signed checkpoints in `dir` until `stop`.
+/// Ships this host's signed checkpoints in `dir` until `stop`, then one round more (the
+/// stop's own signature, once the records it covers are shipped).
 pub fn start(fleet: Arc<Fleet>, dir: PathBuf, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // The largest checkpoint the database has of this host, and whether cosigned; unknown
         // until it has said.
         let mut shipped: Option<(u64, bool)> = None;
         let mut held: Option<Latest> = None;
+        let mut last_round = false;
         loop {
+            if last_round {
+                return;
+            }
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => last_round = true,
                 _ = tokio::time::sleep(EVERY) => {}
             }
             if !fleet.connected() {

@@ -61,7 +61,8 @@ impl Depth {
     };
 }
 
-/// Ships the records in `dir` until `stop`.
+/// Ships the records in `dir` until `stop`, then one round more: the daemon says stop once
+/// its last records are written, so that they reach the database before it ends.
 pub fn start(fleet: Arc<Fleet>, dir: PathBuf, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     start_with(fleet, dir, stop, Depth::PIPELINED)
 }
@@ -82,10 +83,15 @@ pub fn start_with(
         let mut cursor: Option<Cursor> = None;
         // The last round stopped on its bound with more to ship.
         let mut backlog = false;
+        // Stopping: this round is the last.
+        let mut last_round = false;
         loop {
             let wait = if backlog { Duration::ZERO } else { EVERY };
+            if last_round {
+                return;
+            }
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => last_round = true,
                 _ = tokio::time::sleep(wait) => {}
             }
             backlog = false;
