@@ -507,10 +507,15 @@ fn op_holds(op: &Op, v: &Json) -> Option<bool> {
     })
 }
 
-/// A JSON number, or text that servers read as one; never NaN.
+/// A JSON number, or text that servers read as one; never NaN. Text with an exponent is
+/// none: servers read it as different numbers (`"100000e-5"` is 1 to Python's `float` and
+/// JavaScript's `Number`, 100000 to Ruby's `to_i` and `parseInt`), so no condition on it holds.
 fn number(v: &Json) -> Option<f64> {
     let x = match v {
         Json::Number(n) => n.as_f64()?,
+        Json::String(s) if s.contains(['e', 'E']) && !s.trim().eq_ignore_ascii_case("infinity") => {
+            return None;
+        }
         Json::String(s) => s.trim().replace('_', "").parse::<f64>().ok()?,
         _ => return None,
     };
