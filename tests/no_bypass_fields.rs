@@ -819,3 +819,68 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
         );
     }
 }
+
+/// Field names with `_` are dropped on the way upstream, as nginx drops them by default: a
+/// server that reads fields as CGI variables (Puma, PHP) folds `-` and `_`, so
+/// `X_HTTP_Method_Override: DELETE` is the override the gateway refuses when spelled with
+/// dashes (Rails routes a POST as a DELETE by it), and `X_Api_Key` stands beside a credential
+/// injected as `X-Api-Key`. What the upstream received is asserted.
+#[test]
+fn field_names_with_underscores_do_not_reach_the_upstream() {
+    let test = "field_names_with_underscores_do_not_reach_the_upstream";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let up = upstream(&dir, None);
+    let service = format!(
+        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  refund: {{ route: \"POST /v1/payments/{{payment_id}}/refund\" }}\n\
+         rules:\n  - {{ name: refunds, function: refund, action: allow }}\n",
+        up.port
+    );
+    let s = setup(test, &[("payments", &service)]);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    // Spelled with dashes, the override is refused.
+    let (_, out) = curl_in(
+        &s.cg,
+        &[
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            "-d",
+            "{}",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    assert!(out.ends_with("400"), "{out}");
+    let (_, out) = curl_in(
+        &s.cg,
+        &[
+            "-H",
+            "X_HTTP_Method_Override: DELETE",
+            "-H",
+            "X_Api_Key: attacker",
+            "-H",
+            "X-Kept: yes",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    assert!(out.ends_with("200"), "{out}");
+    let got = up.requests();
+    let last = got.last().expect("the refund reached the upstream");
+    let names: Vec<&String> = last["headers"]
+        .as_object()
+        .expect("headers")
+        .keys()
+        .collect();
+    assert!(names.iter().any(|n| *n == "x-kept"), "{names:?}");
+    assert!(names.iter().all(|n| !n.contains('_')), "{names:?}");
+}

@@ -138,6 +138,7 @@ impl Conn {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
+        drop_underscored(req.headers_mut());
         if (!ob.masks.0.is_empty() || kind == Kind::Mcp) && seen.accept_encoding {
             // The response is masked as it streams (an MCP answer's tool lists are filtered
             // too): it must come as readable text.
@@ -391,6 +392,26 @@ impl Seen {
 }
 
 /// Removes the hop-by-hop fields; what is left is then as [`Seen`] says.
+/// Drops the fields whose names hold `_`, as nginx does by default (`underscores_in_headers
+/// off`). A server that reads fields as CGI variables (Puma, PHP behind FastCGI, WSGI behind
+/// some servers) folds `-` and `_` into one: it reads `X_HTTP_Method_Override` as the method
+/// override the gateway refuses, and `X_Api_Key` beside the credential the gateway injects as
+/// `X-Api-Key`, where the gateway sees neither. A scan of the names on every request; a list
+/// only when one has an `_`.
+fn drop_underscored(h: &mut HeaderMap) {
+    if !h.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) -> Seen {
     let mut seen = Seen::of(h);
     strip_seen(h, &mut seen);
