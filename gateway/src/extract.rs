@@ -85,6 +85,11 @@ pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractE
         }
     }
     content_type(&parts.headers)?;
+    // `a=5;a=5000` is one parameter to most servers and two to Rack 2 (Rails up to 7.0),
+    // whose `;` separates as `&` does: decided on one, run with the other.
+    if !service.paths.semicolons && parts.uri.query().is_some_and(|q| q.contains(';')) {
+        return Err(ExtractError::Path(path::PathError::QuerySemicolon));
+    }
     let Some(canonical) = path::canonical(parts.uri.path(), service.paths)? else {
         return Ok(());
     };

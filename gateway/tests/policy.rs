@@ -1064,6 +1064,30 @@ mod never_panics {
         assert!(got.calls[0].partial, "{:?}", got.calls[0]);
     }
 
+    /// A `;` in a REST service's query is refused (Rack 2 separates parameters with it: one
+    /// `amount` to the gateway, a second to Rails); kept on other protocols, and where the
+    /// service says `paths: { semicolons: true }`.
+    #[test]
+    fn semicolons_in_a_rest_query_are_refused() {
+        let snap = hostile_services();
+        let get = |uri: &str| {
+            http::Request::builder()
+                .method("GET")
+                .uri(uri)
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0
+        };
+        let rest = &snap.service("rest").expect("rest").surface;
+        let got =
+            callgate::extract::canonicalise(rest, &mut get("/v1/a/x?amount=5&x=1;amount=5000"));
+        assert_eq!(got.err().map(|e| e.code()), Some("bad_path"));
+        assert!(callgate::extract::canonicalise(rest, &mut get("/v1/a/x?amount=5&x=%3B")).is_ok());
+        let rpc = &snap.service("rpc").expect("rpc").surface;
+        assert!(callgate::extract::canonicalise(rpc, &mut get("/rpc?a=1;b=2")).is_ok());
+    }
+
     /// A JSON-RPC or MCP member spelled as another member only under case folding is
     /// refused: Go's encoding/json reads `Method` as `method` (its last match winning), and
     /// `NAME` in a `tools/call`'s params as the tool's name. Exact spellings pass.

@@ -38,6 +38,11 @@ pub enum PathError {
          this service does not allow it"
     )]
     Semicolon,
+    #[error(
+        "the query has a ';', which some servers (Rack 2, Python before 3.9.2) read as a \
+         separator between parameters; this service does not allow it"
+    )]
+    QuerySemicolon,
     #[error("the path encodes a control character")]
     Control,
     #[error("the path does not decode to UTF-8")]
