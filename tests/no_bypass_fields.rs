@@ -522,21 +522,10 @@ fn go_reads_json_keys_case_insensitively() {
         return;
     }
     let dir = TestDir::new(test);
-    let Some(bin) = go_upstream(&dir) else {
-        skip(test, "go (Debian's golang-go) is not installed");
+    let Some(up) = go_party(test, &dir) else {
         return;
     };
-    let port = free_port();
-    let log = dir.join("go.jsonl");
-    let up = Party::start(
-        &[
-            &bin.display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let port = up.port;
     let policies = policy_repo(&dir, REPO, &[("payments", &payments(port))]);
     let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
     let cg = TestCgroup::new(test);
@@ -603,21 +592,10 @@ fn go_reads_rpc_members_case_insensitively() {
         return;
     }
     let dir = TestDir::new(test);
-    let Some(bin) = go_upstream(&dir) else {
-        skip(test, "go (Debian's golang-go) is not installed");
+    let Some(up) = go_party(test, &dir) else {
         return;
     };
-    let port = free_port();
-    let log = dir.join("go.jsonl");
-    let up = Party::start(
-        &[
-            &bin.display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let port = up.port;
     let tools = format!(
         r#"
 service: tools
@@ -697,6 +675,26 @@ rules:
         ran_denied.join("\n"),
         s.gw.log()
     );
+}
+
+/// The Go upstream, built and started for `test` in `dir`; None (the test skipped) without
+/// Go.
+fn go_party(test: &str, dir: &Path) -> Option<Party> {
+    let Some(bin) = go_upstream(dir) else {
+        skip(test, "go (Debian's golang-go) is not installed");
+        return None;
+    };
+    let port = free_port();
+    let log = dir.join("go.jsonl");
+    Some(Party::start(
+        &[
+            &bin.display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    ))
 }
 
 /// The Go refunds upstream (`tests/parties/gorefunds`), built with Debian's golang-go (its
