@@ -785,7 +785,7 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
         reached(&mcp, "/mcp"),
         "a ping on the endpoint is forwarded: {out}"
     );
-    // Elsewhere: denied, never forwarded.
+    // Elsewhere: a message refused (400), the rest denied (403), never forwarded.
     for (p, method, path, body) in [
         (
             &rpc,
@@ -807,9 +807,26 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
             "/mcp/",
             Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
         ),
+        (
+            &mcp,
+            "POST",
+            "/MCP",
+            Some(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_table"}}"#,
+            ),
+        ),
+        (
+            &mcp,
+            "POST",
+            "/v1/payments/p5/refund",
+            Some(r#"{"amount":5000}"#),
+        ),
     ] {
         let out = send(p.port, method, path, body);
-        assert!(out.ends_with("403"), "{method} {path}: {out}");
+        assert!(
+            out.ends_with("400") || out.ends_with("403"),
+            "{method} {path}: {out}"
+        );
         assert!(
             !reached(p, path),
             "{method} {path} reached the upstream: {out}\n{}",

@@ -170,6 +170,11 @@ pub enum ExtractError {
          (Go's encoding/json) reads it as {1:?}"
     )]
     Spelling(String, &'static str),
+    #[error(
+        "a JSON-RPC message on a path that is not the service's endpoint; send it to the \
+         endpoint, where it is decided as the call it is"
+    )]
+    OffEndpoint,
 }
 
 /// Headers that frameworks read as the request's real method.
@@ -190,7 +195,9 @@ impl ExtractError {
             | ExtractError::McpMethod(_)
             | ExtractError::MethodOverride(_) => "bad_method",
             ExtractError::Ambiguous(_) | ExtractError::Spelling(..) => "ambiguous_argument",
-            ExtractError::NotJson(_) | ExtractError::NotRpc(_) => "bad_request",
+            ExtractError::NotJson(_) | ExtractError::NotRpc(_) | ExtractError::OffEndpoint => {
+                "bad_request"
+            }
             ExtractError::ContentType(_) => "bad_content_type",
         }
     }
@@ -211,22 +218,11 @@ pub fn extract(
     match kind {
         Kind::Grpc => grpc(service, parts).map(one),
         Kind::Rest => rest(service, parts, body, unread_body).map(one),
-        Kind::Http => Ok(one(Call {
-            partial: unread_body,
-            ..governed(
-                format!("{} {}", parts.method, parts.uri.path()),
-                Json::Object(query(&parts.uri)?),
-            )
-        })),
-        // Another path of the service's host: not a message, whatever the body says (a server
-        // with REST routes beside its endpoint runs them), but the undeclared `METHOD /path`.
-        Kind::JsonRpc | Kind::Mcp if !service.is_endpoint(parts.uri.path()) => Ok(one(Call {
-            partial: unread_body || body.is_some_and(|b| !b.is_empty()),
-            ..governed(
-                format!("{} {}", parts.method, parts.uri.path()),
-                Json::Object(query(&parts.uri)?),
-            )
-        })),
+        Kind::Http => plain(parts, body, unread_body).map(one),
+        // Another path of the service's host (see [`off_endpoint`]).
+        Kind::JsonRpc | Kind::Mcp if off_endpoint(kind, service, parts) => {
+            plain(parts, body, unread_body).map(one)
+        }
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
             // A message in the body of another method: a server that reads bodies whatever
@@ -247,6 +243,52 @@ pub fn extract(
             }
             _ => Ok(one(raw(parts))),
         },
+    }
+}
+
+/// Is this a request to a path of a JSON-RPC or MCP service other than its `endpoint`? Such a
+/// request is not read as a message (a server with REST routes beside its endpoint runs them
+/// as such): it is a plain HTTP request ([`Kind::Http`]), decided as the undeclared
+/// `METHOD /path` and answered as one.
+pub fn off_endpoint(kind: Kind, service: &Surface, parts: &Parts) -> bool {
+    matches!(kind, Kind::JsonRpc | Kind::Mcp) && !service.is_endpoint(parts.uri.path())
+}
+
+/// A plain HTTP request: `METHOD /path`, its query the arguments, partial when it has a body
+/// (not read for arguments). A body that is a JSON-RPC message is refused: a server that takes
+/// messages on that path too (a trailing `/`, another case, a mount's subpaths) would run a
+/// call a rule that covers every function allows as `METHOD /path`, where a rule that names
+/// the call would deny it. Its first value is looked at, as Go's decoder reads only that.
+fn plain(parts: &Parts, body: Option<&[u8]>, unread_body: bool) -> Result<Call, ExtractError> {
+    if body.is_some_and(rpc_shaped) {
+        return Err(ExtractError::OffEndpoint);
+    }
+    Ok(Call {
+        partial: unread_body || body.is_some_and(|b| !b.is_empty()),
+        ..governed(
+            format!("{} {}", parts.method, parts.uri.path()),
+            Json::Object(query(&parts.uri)?),
+        )
+    })
+}
+
+/// Whether `body` starts with a JSON-RPC message or batch: an object with a member that is
+/// `jsonrpc` or `method` in any case.
+fn rpc_shaped(body: &[u8]) -> bool {
+    use crate::util::jsonpath::fold_eq;
+    let message = |v: &Json| {
+        v.as_object().is_some_and(|o| {
+            o.keys()
+                .any(|k| fold_eq(k, "jsonrpc") || fold_eq(k, "method"))
+        })
+    };
+    match serde_json::Deserializer::from_slice(body)
+        .into_iter::<Json>()
+        .next()
+    {
+        Some(Ok(Json::Array(items))) => items.iter().any(message),
+        Some(Ok(v)) => message(&v),
+        _ => false,
     }
 }
 

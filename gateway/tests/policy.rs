@@ -127,6 +127,11 @@ fn every_argument_operator() {
         ),
         ("args: { a: { max: 100 } }", json!({"a": "1E1"}), false),
         ("args: { a: { max: 100 } }", json!({"a": 1e1}), true),
+        // Nor equal or unequal to a number: unknown (a deny rule's `eq` matches it).
+        ("args: { a: { eq: 5 } }", json!({"a": "5e0"}), false),
+        ("args: { a: { ne: 5 } }", json!({"a": "5e0"}), false),
+        ("args: { a: { ne: 5 } }", json!({"a": "1e3"}), false),
+        ("args: { a: { not_in: [5] } }", json!({"a": "1e3"}), false),
         ("args: { a: { gt: 1 } }", json!({"a": "0.5"}), false),
         ("args: { a: { gt: 1 } }", json!({"a": "two"}), false),
         ("args: { a: { gt: 1 } }", json!({"a": "NaN"}), false),
@@ -1518,17 +1523,42 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
         let c = &got.calls[0];
         (c.function.clone(), c.role, c.partial)
     };
+    let refused = |method: &str, path: &str, body: &[u8]| {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request")
+            .into_parts();
+        extract(Kind::Mcp, surface, &parts, Some(body), false)
+            .err()
+            .map(|e| e.code())
+    };
+    // A message off the endpoint is refused, whatever a rule for every function would say
+    // of `POST /mcp/` (Starlette's mount serves it, Express routes it as `/mcp`); the first
+    // value of a body is what a Go decoder reads.
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
+    for (path, body) in [
+        ("/mcp/", &call[..]),
+        ("/MCP", &call[..]),
+        ("/mcp;x", &ping[..]),
+        ("/v1/refund", br#"{"id":1,"result":null,"Method":"x"}"#),
+        ("/v1/refund", br#"[{"method":"x"}]"#),
+        ("/v1/refund", br#"{"method":"x"} trailing"#),
+    ] {
+        assert_eq!(refused("POST", path, body), Some("bad_request"), "{path}");
+    }
     assert_eq!(
         one("POST", "/mcp", Some(ping)),
         ("ping".into(), Role::Session, false)
     );
     assert_eq!(one("GET", "/mcp", None).1, Role::Session);
     assert_eq!(one("DELETE", "/mcp?x=1", None).1, Role::Session);
+    let refund = br#"{"amount":5000}"#;
     for (method, path, body) in [
-        ("POST", "/v1/refund", Some(&ping[..])),
-        ("POST", "/mcp/", Some(&ping[..])),
-        ("POST", "/mcp;x", Some(&ping[..])),
-        ("POST", "/%6dcp", Some(&ping[..])),
+        ("POST", "/v1/refund", Some(&refund[..])),
+        ("POST", "/mcp/", Some(&refund[..])),
+        ("POST", "/%6dcp", Some(&b"amount=5"[..])),
         ("GET", "/v1/customers", None),
         ("DELETE", "/v1/items/42", None),
     ] {

@@ -483,10 +483,13 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
 }
 
 /// Whether `op` holds for `v`; None when `v` is not of a type the operator can test. A
-/// number sent as text is a number (`"5000"`, `" 5e3 "`): pydantic, Flask's `type=float` and
-/// most servers read it so.
+/// number sent as text is a number (`"5000"`, `" 5000 "`): pydantic, Flask's `type=float` and
+/// most servers read it so; text with an exponent is none (see [`with_exponent`]).
 fn op_holds(op: &Op, v: &Json) -> Option<bool> {
-    let num = || number(v);
+    let num = || match v {
+        Json::String(s) if with_exponent(s) => None,
+        _ => number(v),
+    };
     Some(match op {
         Op::Eq(want) => json_eq(v, want)?,
         Op::Ne(want) => !json_eq(v, want)?,
@@ -507,15 +510,17 @@ fn op_holds(op: &Op, v: &Json) -> Option<bool> {
     })
 }
 
-/// A JSON number, or text that servers read as one; never NaN. Text with an exponent is
-/// none: servers read it as different numbers (`"100000e-5"` is 1 to Python's `float` and
-/// JavaScript's `Number`, 100000 to Ruby's `to_i` and `parseInt`), so no condition on it holds.
+/// Text with an exponent, which servers read as different numbers (`"100000e-5"` is 1 to
+/// Python's `float` and JavaScript's `Number`, 100000 to Ruby's `to_i` and `parseInt`): no
+/// comparison with a number can say what the server will see.
+fn with_exponent(s: &str) -> bool {
+    s.contains(['e', 'E']) && s.trim().replace('_', "").parse::<f64>().is_ok()
+}
+
+/// A JSON number, or text that servers read as one; never NaN.
 fn number(v: &Json) -> Option<f64> {
     let x = match v {
         Json::Number(n) => n.as_f64()?,
-        Json::String(s) if s.contains(['e', 'E']) && !s.trim().eq_ignore_ascii_case("infinity") => {
-            return None;
-        }
         Json::String(s) => s.trim().replace('_', "").parse::<f64>().ok()?,
         _ => return None,
     };
@@ -528,6 +533,11 @@ fn number(v: &Json) -> Option<f64> {
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
+        (Json::Number(_), Json::String(s)) | (Json::String(s), Json::Number(_))
+            if with_exponent(s) =>
+        {
+            None
+        }
         (Json::Number(_), Json::String(_)) | (Json::String(_), Json::Number(_)) => {
             match (number(a), number(b)) {
                 (Some(x), Some(y)) if x == y => None,

@@ -233,10 +233,22 @@ impl Conn {
             }
         }
 
+        // A JSON-RPC or MCP service's other paths: plain HTTP, decided and answered as such,
+        // the body of a POST read all the same (a message there is refused).
+        let off_endpoint = service.is_some_and(|s| extract::off_endpoint(kind, &s.surface, &parts));
+        let kind = if off_endpoint { Kind::Http } else { kind };
+        let recording = recording.map(|mut r| {
+            if off_endpoint {
+                r.rec.protocol = kind.as_str().into();
+            }
+            r
+        });
         // Read what the decision needs, bounded.
         let limits = &self.inputs.cfg.http;
         let unread_body = !http_body::Body::is_end_stream(&body);
-        let (held_body, stream_body) = if service.is_some() && kind.needs_body(&parts) {
+        let needs_body =
+            kind.needs_body(&parts) || (off_endpoint && parts.method == http::Method::POST);
+        let (held_body, stream_body) = if service.is_some() && needs_body {
             match read_body(body, &parts, limits, &self.inputs.inspection).await {
                 Ok(b) => (Some(b), None),
                 Err(r) => {
