@@ -886,6 +886,8 @@ fn answers_that_cannot_be_masked_follow_the_services_choice() {
         "application/json; charset=utf-16",
         "text/plain;charset=\"UTF-16LE\"",
         "text/csv; q=1; charset=ebcdic-cp-us",
+        "text/plain; charset=utf-7",
+        "text/html; charset=iso-2022-jp",
         "application/json; charset=utf-8; charset=utf-16",
     ] {
         assert_eq!(
@@ -895,6 +897,9 @@ fn answers_that_cannot_be_masked_follow_the_services_choice() {
         );
     }
     for t in [
+        "text/html; charset=ISO-8859-1",
+        "text/plain; charset=windows-1252",
+        "text/plain; charset=Shift_JIS",
         "application/json; charset=UTF-8",
         "text/plain; charset=\"us-ascii\"",
         "text/html; level=1",
@@ -919,6 +924,17 @@ fn answers_that_cannot_be_masked_follow_the_services_choice() {
         Err(Unmaskable::NotJson)
     );
     assert_eq!(answer_kind(200, &json, Refuse, true), Ok(BodyKind::Json));
+    assert_eq!(
+        answer_kind(200, &ct("text/json"), Refuse, true),
+        Ok(BodyKind::Json)
+    );
+    // A redirect's or an error's text page keeps its status, masked by the detectors.
+    for status in [302, 404, 503] {
+        assert_eq!(
+            answer_kind(status, &ct("text/html"), Refuse, true),
+            Ok(BodyKind::Text)
+        );
+    }
     // Let through when the service says so: as text, which the detectors still mask.
     assert_eq!(
         answer_kind(200, &ct("text/csv"), Pass, true),

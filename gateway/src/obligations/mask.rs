@@ -1039,7 +1039,12 @@ impl BodyKind {
             "application/graphql",
             "application/x-sh",
         ];
-        if is("application/json") || ends("+json") || json_lines.iter().any(|m| is(m)) {
+        if is("application/json")
+            || ends("+json")
+            || is("text/json")
+            || is("text/x-json")
+            || json_lines.iter().any(|m| is(m))
+        {
             BodyKind::Json
         } else if starts("text/")
             || ends("+xml")
@@ -1124,7 +1129,9 @@ pub fn answer_kind(
         _ if empty => return Ok(BodyKind::Binary),
         Ok(_) if status == 206 => Err(Unmaskable::Partial),
         Ok(BodyKind::Binary) => Err(Unmaskable::Binary),
-        Ok(BodyKind::Text) if fields => Err(Unmaskable::NotJson),
+        // A redirect's or an error's text page is the server's, not the data's: masked by
+        // the detectors, and the client keeps its status.
+        Ok(BodyKind::Text) if fields && (200..300).contains(&status) => Err(Unmaskable::NotJson),
         other => other,
     };
     match verdict {
@@ -1193,9 +1200,12 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
     Ok(kind)
 }
 
-/// Every `charset` a media type names is UTF-8 or ASCII (none named: UTF-8, as JSON is).
-/// ASP.NET and Spring answer in UTF-16 when a client's `Accept-Charset` (or `Accept`'s
-/// parameter) asks: a card number is then digits with a zero byte between each.
+/// Every `charset` a media type names keeps ASCII's bytes for ASCII's characters (UTF-8,
+/// ASCII, the ISO 8859 and Windows code pages, the East Asian multi-byte sets whose digits and
+/// Latin letters are ASCII's), so that the detectors and the scrubber read digits, letters and
+/// `@` where they are; none named: UTF-8, as JSON is. Any other (UTF-16, UTF-32, UTF-7, EBCDIC,
+/// ISO-2022, one not known) is not: ASP.NET and Spring answer in UTF-16 when a client's
+/// `Accept-Charset` asks, and a card number is then digits with a zero byte between each.
 fn ascii_charset(ct: &str) -> bool {
     ct.split(';').skip(1).all(|param| {
         let Some((name, value)) = param.split_once('=') else {
@@ -1204,10 +1214,32 @@ fn ascii_charset(ct: &str) -> bool {
         if !name.trim().eq_ignore_ascii_case("charset") {
             return true;
         }
-        let value = value.trim().trim_matches('"').trim();
-        ["utf-8", "utf8", "us-ascii", "ascii"]
-            .iter()
-            .any(|ok| value.eq_ignore_ascii_case(ok))
+        let value = value.trim().trim_matches('"').trim().to_ascii_lowercase();
+        const EXACT: [&str; 12] = [
+            "utf-8",
+            "utf8",
+            "us-ascii",
+            "ascii",
+            "shift_jis",
+            "shift-jis",
+            "sjis",
+            "gb2312",
+            "gbk",
+            "gb18030",
+            "big5",
+            "macintosh",
+        ];
+        const FAMILIES: [&str; 8] = [
+            "iso-8859-",
+            "iso8859-",
+            "latin",
+            "windows-125",
+            "cp125",
+            "koi8-",
+            "euc-",
+            "tis-620",
+        ];
+        EXACT.contains(&value.as_str()) || FAMILIES.iter().any(|f| value.starts_with(f))
     })
 }
 
