@@ -434,14 +434,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     // Quota counts once more, with the calls the data threads admitted while they ended.
     let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
-    // No call runs any more: this host's unused blocks of fleet-wide quotas go back.
-    if let Some(f) = &fleet {
-        f.return_reserved().await;
-    }
+    // No call runs any more. The records first, on the host's own disk: what follows waits on
+    // the network (a stalled database, the witnesses), and systemd's stop timeout may end it.
     // Connection handlers may still hold clones: flush what is queued now, so a clean stop
     // loses no record, then let the writer end with the last handle.
     drop(inputs);
-    if let Some(r) = recorder {
+    if let Some(r) = &recorder {
         match tokio::task::spawn_blocking({
             let r = r.clone();
             move || r.finish()
@@ -452,6 +450,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             Ok(Err(e)) => warn!(error = %e, "could not flush records at shutdown"),
             Err(e) => warn!(error = %e, "records flush task failed"),
         }
+    }
+    // This host's unused blocks of fleet-wide quotas go back.
+    if let Some(f) = &fleet {
+        f.return_reserved().await;
+    }
+    if let Some(r) = recorder {
         r.close();
     }
     // The fleet's copy: the last records, then the checkpoint that signs them, bounded.

@@ -227,11 +227,17 @@ mod sql {
          WHERE q.count + $4::bigint <= $3::bigint \
          RETURNING q.count, q.window_start, extract(epoch FROM now())::float8";
     /// Unused counts of blocks go back to the same windows' rows, many keys in one statement
-    /// (a key listed twice gives back the sum).
-    pub const GIVE_BACK: &str = "UPDATE callgate_quotas AS q SET count = greatest(q.count - u.n, 0) \
-         FROM (SELECT k, w, sum(n)::bigint AS n \
-               FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS b(k, w, n) GROUP BY k, w) AS u \
-         WHERE q.key = u.k AND q.window_start = u.w";
+    /// (a key listed twice gives back the sum). The rows are locked in key order first: two
+    /// hosts giving back the same keys at once (their idle sweeps, a rolling stop) wait for
+    /// each other instead of deadlocking, which PostgreSQL would end by failing one of them.
+    pub const GIVE_BACK: &str = "WITH u AS (SELECT k, w, sum(n)::bigint AS n \
+               FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS b(k, w, n) GROUP BY k, w), \
+         locked AS (SELECT q.key, q.window_start FROM callgate_quotas q \
+               JOIN u ON q.key = u.k AND q.window_start = u.w \
+               ORDER BY q.key, q.window_start FOR UPDATE OF q) \
+         UPDATE callgate_quotas AS q SET count = greatest(q.count - u.n, 0) FROM u, locked \
+         WHERE q.key = u.k AND q.window_start = u.w \
+         AND locked.key = q.key AND locked.window_start = q.window_start";
     pub const EXPIRE: &str = "DELETE FROM callgate_quotas \
          WHERE window_start + window_len < extract(epoch FROM now())::bigint";
     pub const GRANT_PUT: &str = "INSERT INTO callgate_grants (id, grant_json, expires_at_ms) \
@@ -736,10 +742,6 @@ impl Fleet {
         let back = self.reserves.drain();
         if back.is_empty() {
             return;
-        }
-        // Lost just now (the stop ends the reconnecting task): one more try.
-        if !self.connected() {
-            let _ = self.connect_bounded().await;
         }
         let n: u64 = back.iter().map(|b| b.n).sum();
         match tokio::time::timeout(QUERY_TIMEOUT, self.give_back(back)).await {

@@ -71,7 +71,18 @@ pub fn lint(loaded: &Loaded, snap: &Snapshot) -> Vec<Finding> {
         {
             out.push(warn(
                 &["protocol"],
-                format!("service {:?} has no `endpoint`: every path of its hosts is read as {}, so a request to another path (a REST route of the same server) whose body passes as protocol housekeeping, or an MCP GET or DELETE, reaches it undecided; list the paths it is spoken on, e.g. `endpoint: [/mcp]`", file.service, if file.protocol == crate::call::Protocol::Mcp { "MCP" } else { "JSON-RPC" }),
+                format!(
+                    "service {:?} has no `endpoint`: every path of its hosts is read as {}, so a \
+                     request to another path (a REST route of the same server) whose body \
+                     passes as protocol housekeeping, or an MCP GET or DELETE, reaches it \
+                     undecided; list the paths it is spoken on, e.g. `endpoint: [/mcp]`",
+                    file.service,
+                    if file.protocol == crate::call::Protocol::Mcp {
+                        "MCP"
+                    } else {
+                        "JSON-RPC"
+                    }
+                ),
             ));
         }
         for f in &service.functions {

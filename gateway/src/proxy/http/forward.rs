@@ -391,7 +391,6 @@ impl Seen {
     }
 }
 
-/// Removes the hop-by-hop fields; what is left is then as [`Seen`] says.
 /// Drops the fields whose names hold `_`, as nginx does by default (`underscores_in_headers
 /// off`). A server that reads fields as CGI variables (Puma, PHP behind FastCGI, WSGI behind
 /// some servers) folds `-` and `_` into one: it reads `X_HTTP_Method_Override` as the method
@@ -412,6 +411,7 @@ fn drop_underscored(h: &mut HeaderMap) {
     }
 }
 
+/// Removes the hop-by-hop fields; what is left is then as [`Seen`] says.
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) -> Seen {
     let mut seen = Seen::of(h);
     strip_seen(h, &mut seen);
