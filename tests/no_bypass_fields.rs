@@ -899,3 +899,178 @@ fn field_names_with_underscores_do_not_reach_the_upstream() {
     assert!(names.iter().any(|n| *n == "x-kept"), "{names:?}");
     assert!(names.iter().all(|n| !n.contains('_')), "{names:?}");
 }
+
+/// PHP and Rack (Rails, Sinatra) rewrite parameter names before an application reads them:
+/// PHP drops leading spaces, cuts a name at a NUL and reads `.` and ` ` as `_`; Rack drops
+/// the brackets around a name; both read `name[]` as a list under `name`. The old binary read
+/// names as sent, so against the real servers (`tests/parties/params.php` on PHP's built-in
+/// server, `params.rb` on Rack + WEBrick) eight denied calls ran: on PHP, refunds of 5000
+/// (`?amount=5&%20amount=5000`, `?amount=5&amount%5B%5D=5000`) and refunds to the attacker
+/// (`to.account=attacker` or `to%20account=attacker` beside `to_account=customer`) where the
+/// policy allows at most 100 to the customer, and deletes sent as `POST` with a form's
+/// `.method=DELETE` or `%20_method=DELETE`; on Rack, deletes with `[_method]=DELETE` or
+/// `_method]=DELETE`. Such names are now refused; what each server ran is asserted.
+/// `name[...]` alone is still served.
+#[test]
+fn servers_that_rewrite_parameter_names_read_what_was_decided() {
+    let test = "servers_that_rewrite_parameter_names_read_what_was_decided";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let Some((php, rack)) = name_rewriting_parties(test, &dir) else {
+        return;
+    };
+    let service = |name: &str, port: u16| {
+        format!(
+            r#"
+service: {name}
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  refund: {{ route: "POST /v1/payments/{{payment_id}}/refund" }}
+  delete: {{ route: "DELETE /v1/payments/{{payment_id}}" }}
+rules:
+  - {{ name: big-refunds, function: refund, args: {{ amount: {{ gt: 100 }} }}, action: deny }}
+  - name: customer-refunds
+    function: refund
+    args: {{ to_account: {{ eq: customer }} }}
+    action: allow
+  - {{ name: other-refunds, function: refund, action: deny }}
+  - {{ name: no-deletes, function: delete, action: deny }}
+  - {{ name: everything-else, function: "*", action: allow }}
+"#
+        )
+    };
+    let s = setup(
+        test,
+        &[
+            ("php", &service("php", php.port)),
+            ("rack", &service("rack", rack.port)),
+        ],
+    );
+    // What a server ran that the policy denies: a delete, or a refund that is not of at most
+    // 100 to the customer (as the server read its parameters).
+    let denied = |r: &Value| {
+        let p = &r["params"];
+        let small = p["amount"]
+            .as_str()
+            .and_then(|a| a.parse::<f64>().ok())
+            .is_some_and(|a| a <= 100.0);
+        r["method"] == "DELETE"
+            || (r["path"].as_str().unwrap_or("").ends_with("/refund")
+                && !(small && p["to_account"] == "customer"))
+    };
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let (mut ran_denied, mut not_refused) = (Vec::new(), Vec::new());
+    for up in [&php, &rack] {
+        let base = format!("http://127.0.0.1:{}/v1/payments", up.port);
+        let send = |path_query: &str, body: &str| {
+            let before = up.requests().len();
+            let url = format!("{base}{path_query}");
+            let (_, out) = curl_in(
+                &s.cg,
+                &[
+                    "-H",
+                    form,
+                    "--data-binary",
+                    body,
+                    "-w",
+                    "\n%{http_code}",
+                    &url,
+                ],
+            );
+            let ran: Vec<Value> = up.requests()[before..].to_vec();
+            println!("=== {url} {body}\n  client: {out:?}\n  ran: {ran:?}");
+            (out, ran)
+        };
+        // As the gateway reads them: decided, and run as decided.
+        let (out, ran) = send("/p1/refund", "amount=5&to_account=customer");
+        assert!(out.ends_with("200") && ran.len() == 1, "{out} {ran:?}");
+        let (out, _) = send("/p1/refund", "amount=5000&to_account=customer");
+        assert!(out.ends_with("403"), "{out}");
+        // Nested names alone are served.
+        let (out, ran) = send("/search?filter%5Bstatus%5D=open&ids%5B%5D=1", "");
+        assert!(out.ends_with("200") && ran.len() == 1, "{out} {ran:?}");
+        for (path_query, body) in [
+            ("/p1/refund?amount=5&%20amount=5000", "to_account=customer"),
+            ("/p1/refund?%5Bamount%5D=5000", "to_account=customer"),
+            ("/p1/refund?amount%5D=5000", "to_account=customer"),
+            ("/p1/refund?amount%00x=5000&amount=5", "to_account=customer"),
+            (
+                "/p1/refund?amount=5&amount%5B%5D=5000",
+                "to_account=customer",
+            ),
+            (
+                "/p1/refund",
+                "amount=5&to_account=customer&to.account=attacker",
+            ),
+            (
+                "/p1/refund",
+                "amount=5&to_account=customer&to%20account=attacker",
+            ),
+            ("/p1", ".method=DELETE"),
+            ("/p1", "%20_method=DELETE"),
+            ("/p1", "%5B_method%5D=DELETE"),
+            ("/p1", "_method%5D=DELETE"),
+            ("/p1?_method=DELETE", ""),
+        ] {
+            let (out, ran) = send(path_query, body);
+            for r in ran.iter().filter(|r| denied(r)) {
+                ran_denied.push(format!("{path_query} {body} -> {} ran {r}", r["server"]));
+            }
+            if !out.ends_with("\n400") {
+                not_refused.push(format!("{path_query} {body} -> {out}"));
+            }
+        }
+    }
+    assert!(
+        ran_denied.is_empty(),
+        "DENIED CALLS THAT RAN:\n{}\n{}",
+        ran_denied.join("\n"),
+        s.gw.log()
+    );
+    assert!(not_refused.is_empty(), "{}", not_refused.join("\n"));
+}
+
+/// PHP's built-in server with `tests/parties/params.php`, and Rack on WEBrick with
+/// `params.rb`, started for `test`; None (the test skipped) without PHP or Ruby.
+fn name_rewriting_parties(test: &str, dir: &Path) -> Option<(Party, Party)> {
+    let have = |cmd: &str, arg: &str| {
+        std::process::Command::new(cmd)
+            .args([arg])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("php", "--version") || !have("ruby", "-rrack") {
+        skip(test, "php-cli, or ruby with ruby-rack, is not installed");
+        return None;
+    }
+    let port = free_port();
+    let log = dir.join("php.jsonl");
+    let php = Party::start(
+        &[
+            "env",
+            &format!("CALLGATE_PARTY_LOG={}", log.display()),
+            "php",
+            "-S",
+            &format!("127.0.0.1:{port}"),
+            &party_script("params.php").display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let port = free_port();
+    let log = dir.join("rack.jsonl");
+    let rack = Party::start(
+        &[
+            "ruby",
+            &party_script("params.rb").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    Some((php, rack))
+}

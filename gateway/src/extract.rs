@@ -5,8 +5,10 @@
 //!
 //! A request is read the way its service declares (never reclassified by a header), in its
 //! canonical form ([`path`]), and every argument the upstream could act on is seen once: a name
-//! given twice with different values (query and body, or twice in the query) is refused.
+//! given twice with different values (query and body, or twice in the query) is refused, and
+//! a parameter's name must be one name to every server ([`names`]).
 pub mod mcp_headers;
+pub mod names;
 pub mod path;
 pub mod surface;
 
@@ -14,6 +16,8 @@ use http::{HeaderMap, Method, Uri, request::Parts};
 use serde_json::{Map, Value as Json};
 
 pub use surface::Surface;
+
+use self::path::PathRules;
 
 use crate::call::{Call, Role};
 
@@ -159,6 +163,8 @@ pub enum ExtractError {
     Method(String),
     #[error("argument {0:?} is given twice with different values; the server may read either")]
     Ambiguous(String),
+    #[error("parameter name {0:?} is another name to some servers: {1}")]
+    ParamName(String, &'static str),
     #[error("an MCP endpoint takes POST, GET and DELETE, not {0}")]
     McpMethod(String),
     #[error("{0} asks the server for another method than the request's")]
@@ -194,7 +200,9 @@ impl ExtractError {
             ExtractError::Method(_)
             | ExtractError::McpMethod(_)
             | ExtractError::MethodOverride(_) => "bad_method",
-            ExtractError::Ambiguous(_) | ExtractError::Spelling(..) => "ambiguous_argument",
+            ExtractError::Ambiguous(_)
+            | ExtractError::Spelling(..)
+            | ExtractError::ParamName(..) => "ambiguous_argument",
             ExtractError::NotJson(_) | ExtractError::NotRpc(_) | ExtractError::OffEndpoint => {
                 "bad_request"
             }
@@ -218,10 +226,10 @@ pub fn extract(
     match kind {
         Kind::Grpc => grpc(service, parts).map(one),
         Kind::Rest => rest(service, parts, body, unread_body).map(one),
-        Kind::Http => plain(parts, body, unread_body).map(one),
+        Kind::Http => plain(service, parts, body, unread_body).map(one),
         // Another path of the service's host (see [`off_endpoint`]).
         Kind::JsonRpc | Kind::Mcp if off_endpoint(kind, service, parts) => {
-            plain(parts, body, unread_body).map(one)
+            plain(service, parts, body, unread_body).map(one)
         }
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
@@ -259,15 +267,23 @@ pub fn off_endpoint(kind: Kind, service: &Surface, parts: &Parts) -> bool {
 /// messages on that path too (a trailing `/`, another case, a mount's subpaths) would run a
 /// call a rule that covers every function allows as `METHOD /path`, where a rule that names
 /// the call would deny it. Its first value is looked at, as Go's decoder reads only that.
-fn plain(parts: &Parts, body: Option<&[u8]>, unread_body: bool) -> Result<Call, ExtractError> {
+fn plain(
+    service: &Surface,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    unread_body: bool,
+) -> Result<Call, ExtractError> {
     if body.is_some_and(rpc_shaped) {
         return Err(ExtractError::OffEndpoint);
     }
+    let mut nested = Vec::new();
+    let args = query(&parts.uri, service.paths, &mut nested)?;
+    settle(&args, &nested)?;
     Ok(Call {
         partial: unread_body || body.is_some_and(|b| !b.is_empty()),
         ..governed(
             format!("{} {}", parts.method, parts.uri.path()),
-            Json::Object(query(&parts.uri)?),
+            Json::Object(args),
         )
     })
 }
@@ -385,7 +401,9 @@ fn rest(
         }
         None => (format!("{} {}", parts.method, path), Map::new()),
     };
-    for (k, v) in query(&parts.uri)? {
+    // The bases of `name[...]` parameters (see [`names`]): rarely any.
+    let mut nested = Vec::new();
+    for (k, v) in query(&parts.uri, service.paths, &mut nested)? {
         join(&mut args, k, v)?;
     }
     let mut partial = unread_body;
@@ -413,7 +431,7 @@ fn rest(
                         Err(_) if may_be_json(b) => partial = true,
                         Err(_) => {}
                     }
-                    for (k, v) in form(b)? {
+                    for (k, v) in form(b, service.paths, &mut nested)? {
                         join(&mut args, k, v)?;
                     }
                 }
@@ -427,15 +445,27 @@ fn rest(
         }
         None => {}
     }
-    if args.contains_key("_method") {
-        // Rails and Laravel route a form's `_method` as the request's method.
-        return Err(ExtractError::MethodOverride("a `_method` argument".into()));
-    }
-    one_spelling(&args)?;
+    settle(&args, &nested)?;
     Ok(Call {
         partial,
         ..governed(function, Json::Object(args))
     })
+}
+
+/// The checks on a request's arguments once all are in: each has one reading, and none asks
+/// for another method. `nested` are the bases of the query's and form's `name[...]`
+/// parameters, which PHP and Rack read as `name`: given beside `name` itself, they are that
+/// name given twice.
+fn settle(args: &Map<String, Json>, nested: &[String]) -> Result<(), ExtractError> {
+    use crate::util::jsonpath::fold_eq;
+    // Rails and Laravel (Symfony, from the query too) route `_method` as the request's method.
+    if args.contains_key("_method") || nested.iter().any(|b| b == "_method") {
+        return Err(ExtractError::MethodOverride("a `_method` argument".into()));
+    }
+    if let Some(base) = nested.iter().find(|b| args.keys().any(|k| fold_eq(k, b))) {
+        return Err(ExtractError::Ambiguous(base.clone()));
+    }
+    one_spelling(args)
 }
 
 /// Adds one argument, refusing a second, different value for a name already given.
@@ -582,19 +612,30 @@ fn body_type(headers: &HeaderMap) -> BodyType {
 
 /// A query's arguments, each once: a name given twice with different values is refused
 /// (Flask reads the first, Starlette the last, PHP and Express an array).
-fn query(uri: &Uri) -> Result<Map<String, Json>, ExtractError> {
-    let mut m = Map::new();
-    if let Some(q) = uri.query() {
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            join(&mut m, k.into_owned(), Json::String(v.into_owned()))?;
-        }
+/// Names PHP or Rack read as another name are refused, and the bases of `name[...]` are added
+/// to `nested` ([`names`]).
+fn query(
+    uri: &Uri,
+    rules: PathRules,
+    nested: &mut Vec<String>,
+) -> Result<Map<String, Json>, ExtractError> {
+    match uri.query() {
+        Some(q) => form(q.as_bytes(), rules, nested),
+        None => Ok(Map::new()),
     }
-    Ok(m)
 }
 
-fn form(body: &[u8]) -> Result<Map<String, Json>, ExtractError> {
+/// A form's (or a query's) parameters, as [`query`] reads them.
+fn form(
+    body: &[u8],
+    rules: PathRules,
+    nested: &mut Vec<String>,
+) -> Result<Map<String, Json>, ExtractError> {
     let mut m = Map::new();
     for (k, v) in form_urlencoded::parse(body) {
+        if let names::Reading::Nested(base) = names::read(&k, rules)? {
+            nested.push(base.to_string());
+        }
         join(&mut m, k.into_owned(), Json::String(v.into_owned()))?;
     }
     Ok(m)

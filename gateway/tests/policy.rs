@@ -721,6 +721,26 @@ fn semantic_errors_name_file_line_and_column() {
     has("unknown detector \"cardnumber\"", "svc.yaml:19:");
 }
 
+/// A method two functions answer to was decided as the one compiled last: a deny on
+/// `refund` could pass a `refund` call as an allowed `lookup` that also says `method: refund`.
+#[test]
+fn a_method_two_functions_claim_is_an_error() {
+    let repo = Repo::service(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: jsonrpc\nfunctions:\n  refund: {}\n  lookup: { method: refund }\n  tools: { method: x.y }\n  other: { method: x.y }\n",
+    );
+    let errors = repo.errors();
+    let text = errors.join("\n");
+    for method in ["refund", "x.y"] {
+        let says = format!("method {method:?} also calls function");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("svc.yaml:") && e.contains(&says)),
+            "{says} in:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn a_route_two_functions_claim_names_the_first() {
     let repo = Repo::service(

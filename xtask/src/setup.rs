@@ -68,6 +68,12 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     // Fleet mode's shared database: each fleet test initdb's a private cluster of its own.
     "postgresql-15",
+    // Upstreams that rewrite parameter names (tests/no_bypass_fields.rs): PHP's built-in
+    // server, and Rack (what Rails and Sinatra read requests with) on WEBrick.
+    "php-cli",
+    "ruby",
+    "ruby-rack",
+    "ruby-webrick",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[

@@ -17,6 +17,9 @@ pub struct PathRules {
     pub encoded_slashes: bool,
     /// `;` stays in the path, instead of a refusal.
     pub semicolons: bool,
+    /// `.` and ` ` are kept in query and form parameter names, instead of a refusal (see
+    /// [`super::names`]).
+    pub dotted_names: bool,
 }
 
 /// Why a path has no canonical form the gateway can vouch for.
@@ -232,6 +235,7 @@ mod tests {
         let rules = PathRules {
             encoded_slashes: true,
             semicolons: true,
+            ..PathRules::default()
         };
         assert_eq!(
             canonical("/p/a%2fb;v=1", rules),

@@ -47,6 +47,10 @@ pub enum RouteError {
     /// Another function already has this route.
     #[error("route is also function {0}'s")]
     Taken(Arc<str>),
+    /// Another function is already called by this method (or tool, or gRPC path): a call
+    /// could be decided as only one of them.
+    #[error("method is also function {0}'s")]
+    MethodTaken(Arc<str>),
 }
 
 impl Surface {
@@ -79,6 +83,9 @@ impl Surface {
         method: &str,
         route: Option<&str>,
     ) -> Result<(), RouteError> {
+        if let Some(&other) = self.by_method.get(method) {
+            return Err(RouteError::MethodTaken(self.functions[other].clone()));
+        }
         let function = self.functions.len();
         self.functions.push(name.into());
         self.by_method.insert(method.to_string(), function);

@@ -275,6 +275,7 @@ fn compile_functions(
             encoded_slashes: file.paths.encoded_slashes,
             semicolons: file.paths.semicolons
                 || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
+            dotted_names: file.paths.dotted_names,
         },
         file.credentials.as_ref().map(|c| c.inject.header.clone()),
     );
@@ -329,11 +330,22 @@ fn compile_functions(
         }
         if let Err(e) = surface.add(name, &method, route) {
             let route = route.unwrap_or_default();
-            let msg = match e {
-                RouteError::Taken(other) => format!("route {route:?} is also function {other}'s"),
-                RouteError::Invalid(reason) => format!("route {route:?}: {reason}"),
+            let (key, msg) = match e {
+                RouteError::Taken(other) => (
+                    "route",
+                    format!("route {route:?} is also function {other}'s"),
+                ),
+                RouteError::Invalid(reason) => ("route", format!("route {route:?}: {reason}")),
+                RouteError::MethodTaken(other) => (
+                    "method",
+                    format!(
+                        "method {method:?} also calls function {other}: a call to it could be \
+                         decided as only one of them (a function's method is its name unless \
+                         `method:` says otherwise)"
+                    ),
+                ),
             };
-            errors.push(src.error(&[&at[..], &["route"]].concat(), msg));
+            errors.push(src.error(&[&at[..], &[key]].concat(), msg));
         }
         functions.push(Function {
             name: name.as_str().into(),

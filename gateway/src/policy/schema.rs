@@ -122,6 +122,10 @@ pub struct PathOptions {
     /// MCP and gRPC services, whose paths name no function.
     #[serde(default)]
     pub semicolons: bool,
+    /// Keep `.` and ` ` in query and form parameter names (`Filter.1.Name`) instead of
+    /// refusing the request: PHP reads them as `_`. For a server that is not PHP.
+    #[serde(default)]
+    pub dotted_names: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
