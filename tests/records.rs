@@ -625,3 +625,114 @@ fn a_call_whose_client_gives_up_is_recorded_all_the_same() {
         gw.log()
     );
 }
+
+/// A stop ends the data-path threads, and with them every connection still open. A
+/// pass-through connection open at that moment left no record (its record was written when
+/// its copy ended, which it never did), and a call cut at the upstream said it was cut by
+/// "the client going away, or the gateway stopping". Both are now on record as cut by the
+/// stop: the connection with the bytes it moved until then.
+#[test]
+fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
+    if !ebpf_available("records_stop_cut") || !parties_available("records_stop_cut") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("callgate-stop-cut"));
+    fs::create_dir_all(&dir).expect("dir");
+    let up = upstream(&dir, None);
+    // A TCP upstream that is not HTTP: it reads what comes and answers nothing.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("sink");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let Ok((mut s, _)) = sink.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let (mut buf, mut n) = ([0u8; 4096], 0);
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+            let _ = got_tx.send(n);
+        }
+    });
+    let services = [
+        (
+            "payments",
+            format!(
+                "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+                 functions:\n  get_payment: {{ route: \"GET /v1/payments/{{payment_id}}\" }}\n\
+                 rules:\n  - {{ name: reads, function: get_payment, action: allow }}\n",
+                up.port
+            ),
+        ),
+        (
+            "sink",
+            format!(
+                "service: sink\nmatch: {{ hosts: [\"127.0.0.1:{sink_port}\"] }}\nprotocol: http\ntcp: allow\n"
+            ),
+        ),
+    ];
+    let services: Vec<(&str, &str)> = services.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let policies = policy_repo(&dir, "default_action: deny\n", &services);
+    let mut gw = gateway_with_config(&policies, "", &dir);
+    let cg = TestCgroup::new("cg-stop-cut");
+    gw.enable(&cg);
+
+    // Both clients wait at most 20 s; the stop comes before.
+    let slow = format!("http://127.0.0.1:{}/v1/payments/p_stop?slow=20000", up.port);
+    let sink_client = format!(
+        "import socket, time\ns = socket.create_connection(('127.0.0.1', {sink_port}), 5)\n\
+         s.sendall(b'\\x00\\x01' * 500)\ns.settimeout(20)\ntry:\n    s.recv(1)\nexcept Exception:\n    pass\n"
+    );
+    let clients = std::thread::scope(|scope| {
+        let call = scope.spawn(|| cg.run(&["curl", "-sS", "--max-time", "20", &slow]));
+        let conn = scope.spawn(|| cg.run(&["python3", "-c", &sink_client]));
+        // Both are at their upstreams: the call arrived, the connection's bytes came.
+        let arrived = wait_for(Duration::from_secs(15), || {
+            up.requests()
+                .iter()
+                .any(|r| r["path"].as_str().unwrap_or("").contains("p_stop"))
+                .then_some(())
+        });
+        assert!(
+            arrived.is_some(),
+            "the call reached the upstream: {}",
+            gw.log()
+        );
+        let mut moved = 0;
+        while moved < 1000 {
+            match got_rx.recv_timeout(Duration::from_secs(15)) {
+                Ok(n) => moved = n,
+                Err(e) => panic!("the connection's bytes reached the sink: {e}\n{}", gw.log()),
+            }
+        }
+        assert!(gw.terminate(Duration::from_secs(20)), "{}", gw.log());
+        (call.join(), conn.join())
+    });
+    assert!(clients.0.is_ok() && clients.1.is_ok(), "the clients ended");
+
+    let recs = records(&gw);
+    let by_stop = |r: &&Value| {
+        r["decision"]["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("cut by the gateway's stop"))
+    };
+    let call = recs
+        .iter()
+        .filter(by_stop)
+        .find(|r| r["args"]["payment_id"] == "p_stop" && r["status"].is_null());
+    assert!(call.is_some(), "the call, cut by the stop: {recs:#?}");
+    let conn = recs
+        .iter()
+        .filter(by_stop)
+        .find(|r| r["service"] == "sink" && r["protocol"] == "tcp");
+    let conn = conn.unwrap_or_else(|| panic!("the connection, cut by the stop: {recs:#?}"));
+    assert_eq!(conn["decision"]["action"], "allow", "{conn:#}");
+    assert_eq!(
+        conn["bytes_in"], 1000,
+        "what it moved until the stop: {conn:#}"
+    );
+}

@@ -334,6 +334,9 @@ async fn run_worker(
         }
     }
     while serving.join_next().await.is_some() {}
+    // The runtime ends when this returns, and with it the connections it still serves: their
+    // records say the stop cut them.
+    inputs.stats.stop();
 }
 
 /// Keeps a timer due within a second on this thread's runtime, always.
@@ -499,9 +502,15 @@ async fn handle(
             // Boxed too: the task's own future stays small, and tokio moves it several
             // times when it spawns and finishes it.
             None => {
-                let (transfer, r) =
-                    Box::pin(pass_through(client, Bytes::new(), false, &conn, inputs)).await;
-                Ended::spliced("tcp pass-through (no policy loaded)", transfer, r)
+                Box::pin(pass_through(
+                    client,
+                    Bytes::new(),
+                    false,
+                    &conn,
+                    inputs,
+                    |t, r| Ended::spliced("tcp pass-through (no policy loaded)", t, r),
+                ))
+                .await
             }
         }
     };
@@ -760,16 +769,18 @@ async fn route(
                     None,
                 );
             }
-            let (transfer, r) = pass_through(client, sniffed.prefix, false, conn, inputs).await;
-            let mut e = Ended::spliced(
-                "unknown destination, allowed by `unknown_destination: allow`",
-                transfer,
-                r,
-            );
-            e.protocol = if sni.is_some() { "tls" } else { "tcp" };
-            e.function = sni.clone();
-            e.decision.policy_commit = d.policy.commit.clone();
-            e
+            pass_through(client, sniffed.prefix, false, conn, inputs, |t, r| {
+                let mut e = Ended::spliced(
+                    "unknown destination, allowed by `unknown_destination: allow`",
+                    t,
+                    r,
+                );
+                e.protocol = if sni.is_some() { "tls" } else { "tcp" };
+                e.function = sni.clone();
+                e.decision.policy_commit = d.policy.commit.clone();
+                e
+            })
+            .await
         }
         (Protocol::Tls(hello), Some(s)) => {
             if let Some(name) = &hello.sni {
@@ -786,14 +797,13 @@ async fn route(
             match (s.tls, &inputs.authority) {
                 (TlsMode::Passthrough, _) => {
                     let name = s.name.to_string();
-                    let (transfer, r) =
-                        pass_through(client, sniffed.prefix, false, conn, inputs).await;
-                    Ended {
+                    pass_through(client, sniffed.prefix, false, conn, inputs, |t, r| Ended {
                         protocol: "tls",
                         service: Some(name),
                         function: sni.clone(),
-                        ..Ended::spliced("tls passthrough", transfer, r)
-                    }
+                        ..Ended::spliced("tls passthrough", t, r)
+                    })
+                    .await
                 }
                 (TlsMode::Intercept, Some(authority)) => {
                     let cfg = authority.server_config(&dst_host);
@@ -832,11 +842,11 @@ async fn route(
         (Protocol::Other(reason), Some(s)) if s.tcp == TcpMode::Allow => {
             let name = s.name.to_string();
             let silent = *reason == OtherReason::Silent;
-            let (transfer, r) = pass_through(client, sniffed.prefix, silent, conn, inputs).await;
-            Ended {
+            pass_through(client, sniffed.prefix, silent, conn, inputs, |t, r| Ended {
                 service: Some(name),
-                ..Ended::spliced("tcp: allow", transfer, r)
-            }
+                ..Ended::spliced("tcp: allow", t, r)
+            })
+            .await
         }
         (Protocol::Other(_), Some(s)) => refuse(
             format!(
@@ -855,14 +865,72 @@ fn reason(d: &crate::policy::Decision) -> String {
         .to_string()
 }
 
-/// Connects to the original destination, replays what sniffing read, and copies both ways.
-async fn pass_through(
+/// Connects to the original destination, replays what sniffing read, and copies both ways;
+/// `ended` says what the connection's record is, from what moved and how it ended. A
+/// connection cut before it ended (the gateway stopped, which drops its task) is recorded
+/// all the same, with what moved until then: its bytes may have reached the upstream.
+async fn pass_through<'a, F>(
+    client: TcpStream,
+    prefix: Bytes,
+    silent: bool,
+    conn: &'a Connection,
+    inputs: &'a ProxyInputs,
+    ended: F,
+) -> Ended
+where
+    F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended,
+{
+    let cut = PassingCut {
+        conn,
+        inputs,
+        moved: upstream::Moved::default(),
+        ended: Some(ended),
+    };
+    let r = passing(client, prefix, silent, conn, inputs, &cut.moved).await;
+    cut.end(r)
+}
+
+/// Writes a pass-through connection's record if its future is dropped before [`Self::end`].
+struct PassingCut<'a, F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended> {
+    conn: &'a Connection,
+    inputs: &'a ProxyInputs,
+    moved: upstream::Moved,
+    ended: Option<F>,
+}
+
+impl<F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended> PassingCut<'_, F> {
+    /// The connection ended: its record is the caller's to write.
+    fn end(mut self, r: Result<(), upstream::ForwardError>) -> Ended {
+        let ended = self.ended.take().expect("ended once");
+        ended(self.moved.transfer(), r)
+    }
+}
+
+impl<F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended> Drop
+    for PassingCut<'_, F>
+{
+    fn drop(&mut self) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let why = match self.inputs.stats.stopping() {
+            true => "cut by the gateway's stop",
+            false => "cut before it ended",
+        };
+        let ended = ended(self.moved.transfer(), Err(upstream::ForwardError::Cut(why)));
+        finish(self.conn, self.inputs, ended);
+    }
+}
+
+/// [`pass_through`]'s copying, counting what moves in `moved`.
+async fn passing(
     mut client: TcpStream,
     prefix: Bytes,
     silent: bool,
     conn: &Connection,
     inputs: &ProxyInputs,
-) -> (upstream::Transfer, Result<(), upstream::ForwardError>) {
+    moved: &upstream::Moved,
+) -> Result<(), upstream::ForwardError> {
     let stats = &inputs.stats;
     let dial = upstream::connect_from(
         Some(inputs.interceptor.namespaces()),
@@ -875,7 +943,7 @@ async fn pass_through(
         Ok(u) => u,
         Err(e) => {
             stats.upstream_errors.fetch_add(1, Relaxed);
-            return (upstream::Transfer::default(), Err(e));
+            return Err(e);
         }
     };
     stats.forwarded.fetch_add(1, Relaxed);
@@ -887,28 +955,19 @@ async fn pass_through(
         let first = first_word(&mut client, &upstream, inputs.cfg.http.sniff_timeout);
         match tokio::time::timeout(idle, first).await {
             Ok(Ok(late)) => late,
-            Ok(Err(e)) => return (upstream::Transfer::default(), Err(e)),
+            Ok(Err(e)) => return Err(e),
             // Neither side spoke: idle, as a spliced connection would be.
-            Err(_) => {
-                return (
-                    upstream::Transfer::default(),
-                    Err(upstream::ForwardError::Idle(idle)),
-                );
-            }
+            Err(_) => return Err(upstream::ForwardError::Idle(idle)),
         }
     } else {
         prefix
     };
     if !prefix.is_empty() {
         use tokio::io::AsyncWriteExt;
-        if let Err(e) = upstream.write_all(&prefix).await {
-            return (upstream::Transfer::default(), Err(e.into()));
-        }
+        upstream.write_all(&prefix).await?;
+        moved.up.fetch_add(prefix.len() as u64, Relaxed);
     }
     let idle = inputs.cfg.idle_timeout;
-    let mut sent = prefix.len() as u64;
-    // What the kernel moved down before a splice that could not be completed.
-    let mut down = 0;
     let splicer = inputs
         .cfg
         .kernel_splice
@@ -918,36 +977,35 @@ async fn pass_through(
         Some(splicer) => {
             // What waits on the client beyond the sniffed bytes goes first, from here: the
             // kernel splice starts at a packet boundary.
-            match upstream::drain_waiting(&client, &upstream, DRAIN_ROUNDS).await {
-                Ok((n, true)) => {
-                    sent += n;
-                    // Boxed: its state (4,712 bytes) would make every copied connection's
-                    // future that large too (1,512 bytes without it).
-                    let spliced = Box::pin(upstream::splice_in_kernel(
-                        splicer, client, upstream, sent, idle,
-                    ));
-                    match spliced.await {
-                        Ok(done) => return done,
-                        Err((client, upstream, moved)) => {
-                            sent += moved.up;
-                            down += moved.down;
-                            (client, upstream)
-                        }
+            let (n, whole) = upstream::drain_waiting(&client, &upstream, DRAIN_ROUNDS).await?;
+            moved.up.fetch_add(n, Relaxed);
+            if whole {
+                // Boxed: its state (4,712 bytes) would make every copied connection's
+                // future that large too (1,512 bytes without it).
+                let sent = moved.up.load(Relaxed);
+                let spliced = Box::pin(upstream::splice_in_kernel(
+                    splicer, client, upstream, sent, idle,
+                ));
+                match spliced.await {
+                    Ok((t, r)) => {
+                        moved.up.store(t.up, Relaxed);
+                        moved.down.store(t.down, Relaxed);
+                        return r;
+                    }
+                    // What the kernel moved before a splice that could not be completed.
+                    Err((client, upstream, k)) => {
+                        moved.up.fetch_add(k.up, Relaxed);
+                        moved.down.fetch_add(k.down, Relaxed);
+                        (client, upstream)
                     }
                 }
-                Ok((n, false)) => {
-                    sent += n;
-                    (client, upstream)
-                }
-                Err(e) => return (upstream::Transfer { up: sent, down: 0 }, Err(e)),
+            } else {
+                (client, upstream)
             }
         }
         None => (client, upstream),
     };
-    let (mut t, r) = upstream::splice(client, upstream, idle).await;
-    t.up += sent;
-    t.down += down;
-    (t, r)
+    upstream::splice_counted(client, upstream, idle, moved).await
 }
 
 /// After a silent opening: whichever side speaks first. The upstream: nothing to read yet (its

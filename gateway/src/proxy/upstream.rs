@@ -46,6 +46,9 @@ pub enum ForwardError {
     H1(#[from] h1::H1Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// The connection's task was dropped before it ended: the gateway stopped.
+    #[error("{0}")]
+    Cut(&'static str),
     /// The call carries a credential, and its connection's peer may not have it.
     #[error("{0}")]
     Withheld(#[from] crate::intercept::peers::PeerError),
@@ -58,6 +61,23 @@ pub enum ForwardError {
 pub struct Transfer {
     pub up: u64,
     pub down: u64,
+}
+
+/// Bytes moved so far, counted as they move: what a connection cut before it ended (the
+/// gateway stopped) reports.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+}
+
+impl Moved {
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            up: self.up.load(Relaxed),
+            down: self.down.load(Relaxed),
+        }
+    }
 }
 
 pub async fn connect(
@@ -117,20 +137,24 @@ pub async fn splice(
     upstream: TcpStream,
     idle: Duration,
 ) -> (Transfer, Result<(), ForwardError>) {
+    let moved = Moved::default();
+    let result = splice_counted(client, upstream, idle, &moved).await;
+    (moved.transfer(), result)
+}
+
+/// [`splice`], adding what moves to `moved` as it moves.
+pub async fn splice_counted(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Duration,
+    moved: &Moved,
+) -> Result<(), ForwardError> {
     let activity = Activity::new();
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let result = tokio::try_join!(
-        pump(&client, &upstream, &up, &activity, idle),
-        pump(&upstream, &client, &down, &activity, idle)
+    tokio::try_join!(
+        pump(&client, &upstream, &moved.up, &activity, idle),
+        pump(&upstream, &client, &moved.down, &activity, idle)
     )
-    .map(|_| ());
-    (
-        Transfer {
-            up: up.load(Relaxed),
-            down: down.load(Relaxed),
-        },
-        result,
-    )
+    .map(|_| ())
 }
 
 /// Last time either direction moved a byte, shared by both pumps.

@@ -20,6 +20,9 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// The last connection id handed out: accepted and direct connections share one sequence.
     last_id: AtomicU64,
+    /// The data path is ending (the gateway stops): what is cut from here on is cut by the
+    /// stop, not by a client, which is what its record says.
+    stopping: std::sync::atomic::AtomicBool,
     pub forwarded: AtomicU64,
     pub refused_no_entry: AtomicU64,
     pub refused_loop: AtomicU64,
@@ -125,6 +128,16 @@ impl Stats {
             lanes: (0..lanes.max(1)).map(|_| LaneLoad::default()).collect(),
             ..Self::default()
         }
+    }
+
+    /// Says that the data path is ending: [`Self::stopping`] from now on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Whether the gateway is stopping (see [`Self::stop`]).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
     }
 
     /// The connections data-path thread `lane` serves now.

@@ -41,8 +41,11 @@ use crate::{
 };
 
 /// What the record of a call cut by [`OnCut`] says.
-const CUT: &str = "cut before the upstream's answer came back (the client went away, or the \
-                   gateway stopped): the upstream may have carried the call out";
+const CUT: &str = "cut before the upstream's answer came back (the client went away): the \
+                   upstream may have carried the call out";
+/// [`CUT`], when the gateway's stop cut it.
+const CUT_AT_STOP: &str = "cut by the gateway's stop before the upstream's answer came back: \
+                           the upstream may have carried the call out";
 
 /// Runs its closure if dropped before [`OnCut::disarm`]. It spans an `await` during which a
 /// call may be at the upstream while its record is owned by nothing that writes it when
@@ -137,10 +140,14 @@ impl Recording {
     /// Records a call cut while it may have been at the upstream: no answer came back to the
     /// gateway, so there is no status.
     pub(super) fn cut(mut self) {
+        let cut = match self.conn.inputs.stats.stopping() {
+            true => CUT_AT_STOP,
+            false => CUT,
+        };
         let reason = self.rec.decision.reason.take();
         self.rec.decision.reason = Some(match reason {
-            Some(r) => format!("{r}; {CUT}"),
-            None => CUT.to_string(),
+            Some(r) => format!("{r}; {cut}"),
+            None => cut.to_string(),
         });
         let _ = self.submit(None, None, false, 0);
     }
