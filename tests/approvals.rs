@@ -772,6 +772,27 @@ fn requests_and_grants_survive_a_restart() {
         text.contains("approvals:     0 pending, 1 grants in force"),
         "{text}"
     );
+
+    // A graceful stop (SIGTERM) with a call held: the request is interrupted, not cancelled
+    // as if its client had gone away, and the call's record says the stop ended it.
+    let held = s.refund(Some("support-bot"));
+    let held_id = id_of(&s.pending("refund"));
+    assert!(s.gw.terminate(Duration::from_secs(20)), "{}", s.gw.log());
+    let (code, _) = held.finish();
+    assert_eq!(code, 0, "the held connection did not survive");
+    s.gw.restart();
+    let r = s.ended(&held_id);
+    assert_eq!(r["state"], "interrupted", "{r}");
+    let rec = record_where(&s.gw, "the call the stop interrupted", |r| {
+        r["approval"]["request"] == held_id.as_str()
+    });
+    assert_eq!(rec["approval"]["state"], "interrupted", "{rec}");
+    assert!(
+        rec["decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("approval_interrupted")),
+        "{rec}"
+    );
 }
 
 #[test]

@@ -544,6 +544,37 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         "{body}"
     );
 
+    // B stops gracefully with a call held: B itself ends it as interrupted in the database,
+    // within its stop. (Before, B ended it as cancelled, as if its client had gone away,
+    // and sent that from the data thread's runtime as the stop ended it.)
+    let call = f.refund(&f.cg_b);
+    let id = pending_on(&f.a, "host-b")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let stopped = Instant::now();
+    assert!(f.b.terminate(Duration::from_secs(20)), "{}", f.b.log());
+    drop(call);
+    let ended = wait_for(Duration::from_secs(10), || {
+        list(&f.a, true)
+            .into_iter()
+            .find(|r| r["id"] == id.as_str() && r["state"] != "pending")
+    })
+    .unwrap_or_else(|| panic!("the stopped host's call was not ended:\n{}", f.b.log()));
+    assert_eq!(ended["state"], "interrupted", "{ended}");
+    assert!(
+        f.b.log()
+            .contains("the gateway is stopping; held call interrupted"),
+        "B ended it itself: {}",
+        f.b.log()
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "ended by B's stop, not by A's watch: {:?}",
+        stopped.elapsed()
+    );
+    f.b.restart();
+
     // B dies with a call held: A marks it interrupted once B has been silent for 3 s.
     let call = f.refund(&f.cg_b);
     let id = pending_on(&f.a, "host-b")["id"]

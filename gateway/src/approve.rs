@@ -113,9 +113,18 @@ pub struct Approvals {
     trust: Option<Trust>,
     refusals: Refusals,
     on_refusal: Option<RefusalHook>,
+    /// The gateway is stopping: a held call dropped from now on was interrupted by the stop,
+    /// not cancelled by its client.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Approvals {
+    /// Says that the gateway is stopping (see [`Hold`]'s drop).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens the state at `path`; requests that were held when the gateway stopped are
     /// returned (now `interrupted`) so that their calls can be recorded.
     pub fn open(
@@ -173,6 +182,7 @@ impl Approvals {
             trust: None,
             refusals: Refusals::default(),
             on_refusal: None,
+            stopping: Default::default(),
         };
         if !interrupted.is_empty() {
             a.save(&a.lock());
@@ -1037,8 +1047,8 @@ fn trim(inner: &mut Inner) {
     inner.grants.retain(|_, g| g.live(now));
 }
 
-/// A held call waiting for its verdict. Dropped before one (the client went away), the
-/// request is cancelled.
+/// A held call waiting for its verdict. Dropped before one, the request is cancelled (the
+/// client went away) or, once the gateway is stopping, interrupted.
 pub struct Hold {
     approvals: Arc<Approvals>,
     pub id: String,
@@ -1119,22 +1129,33 @@ impl std::fmt::Debug for Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.done {
-            if let Some(r) = self.approvals.end(&self.id, State::Cancelled) {
-                if r.state == State::Cancelled {
-                    info!(id = %self.id, "the client went away; approval request cancelled");
-                    // The fleet hears of it too (or catches up once it is reachable again).
-                    let fleet = self.approvals.fleet.clone();
-                    if let (Some(f), Ok(rt)) = (fleet, tokio::runtime::Handle::try_current()) {
-                        let id = self.id.clone();
-                        rt.spawn(async move {
-                            let _ = f
-                                .finish_approval(&id, State::Cancelled.as_str(), None, None)
-                                .await;
-                        });
-                    }
-                }
+        if self.done {
+            return;
+        }
+        let state = match self
+            .approvals
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            true => State::Interrupted,
+            false => State::Cancelled,
+        };
+        let Some(r) = self.approvals.end(&self.id, state) else {
+            return;
+        };
+        if r.state != state {
+            return;
+        }
+        match state {
+            State::Interrupted => {
+                info!(id = %self.id, "the gateway is stopping; held call interrupted")
             }
+            _ => info!(id = %self.id, "the client went away; approval request cancelled"),
+        }
+        // The fleet hears of it too, from the daemon's runtime (a data thread's ends with the
+        // stop; the stop waits for it, bounded), or catches up once it is reachable again.
+        if let Some(f) = &self.approvals.fleet {
+            f.finish_approval_later(self.id.clone(), state.as_str());
         }
     }
 }

@@ -559,6 +559,21 @@ impl Fleet {
         Ok(n == 1)
     }
 
+    /// [`Self::finish_approval`] in the background, on the daemon's runtime: for a held call
+    /// dropped on a data thread (its client went away, or the stop), whose runtime may be
+    /// ending. A stop waits for it, bounded ([`Self::return_reserved`]).
+    pub fn finish_approval_later(self: &Arc<Self>, id: String, state: &'static str) {
+        let me = self.clone();
+        self.quota_tasks.spawn_on(
+            async move {
+                if let Err(e) = me.finish_approval(&id, state, None, None).await {
+                    debug!(error = %e, id, state, "a held call's end not told to the fleet (it catches up)");
+                }
+            },
+            &self.runtime,
+        );
+    }
+
     pub async fn approval(&self, id: &str) -> Result<Option<SharedApproval>, FleetError> {
         let rows = self.query(sql::GET, &[&id]).await?;
         Ok(rows.first().map(shared))

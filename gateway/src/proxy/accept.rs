@@ -335,8 +335,11 @@ async fn run_worker(
     }
     while serving.join_next().await.is_some() {}
     // The runtime ends when this returns, and with it the connections it still serves: their
-    // records say the stop cut them.
+    // records say the stop cut them, and their held calls are interrupted, not cancelled.
     inputs.stats.stop();
+    if let Some(approvals) = &inputs.approvals {
+        approvals.stop();
+    }
 }
 
 /// Keeps a timer due within a second on this thread's runtime, always.

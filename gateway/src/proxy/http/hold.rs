@@ -1,18 +1,46 @@
 //! Hold: a call its rule says needs approval waits here, the upstream untouched, until an
 //! approver's verdict, a grant that covers it, or the rule's timeout. A client that goes away
-//! meanwhile has its call recorded as cancelled.
+//! meanwhile has its call recorded as cancelled; a stop of the gateway, as interrupted.
 use serde_json::Value as Json;
 
 use super::{Conn, decide::Decided, streaming::Recording};
 use crate::{approve, extract::Kind, policy::Service, proxy::reply::Refusal};
 
-/// The record of a call held for approval, written as cancelled if the call's future is
-/// dropped (its client went away) before the hold ends; emptied once it has.
-struct OnCancel(Option<Recording>);
+/// Writes the record of a call held for approval if the call's future is dropped before the
+/// hold ends: cancelled (its client went away) or, once the gateway stops, interrupted.
+/// Disarmed once the hold has ended.
+struct OnCancel<'a> {
+    armed: bool,
+    conn: &'a Conn,
+    one: &'a Decided,
+    recording: Option<&'a Recording>,
+    id: &'a str,
+}
 
-impl Drop for OnCancel {
+impl Drop for OnCancel<'_> {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        let Some(recording) = self.recording.filter(|_| self.armed) else {
+            return;
+        };
+        let (error, state, reason) = match self.conn.inputs.stats.stopping() {
+            true => (
+                "approval_interrupted",
+                "interrupted",
+                "the gateway stopped while the call was held for approval",
+            ),
+            false => (
+                "approval_cancelled",
+                "cancelled",
+                "the client went away while the call was held for approval",
+            ),
+        };
+        let refused = Refusal {
+            error,
+            reason: reason.into(),
+            ..self.one.refusal()
+        };
+        if let Some(mut r) = self.one.recording(Some(recording.clone()), Some(&refused)) {
+            r.rec.approval = Some(serde_json::json!({ "request": self.id, "state": state }));
             let _ = r.submit(None, None, false, 0);
         }
     }
@@ -101,20 +129,18 @@ impl Conn {
             }
         };
         let id = hold.id.clone();
-        // Should the client go away meanwhile, this future is dropped where it waits: the
-        // call's record is then written by the guard, as cancelled.
-        let mut on_cancel = OnCancel(recording.and_then(|r| {
-            let cancelled = Refusal {
-                error: "approval_cancelled",
-                reason: "the client went away while the call was held for approval".into(),
-                ..one.refusal()
-            };
-            let mut r = one.recording(Some(r.clone()), Some(&cancelled))?;
-            r.rec.approval = Some(serde_json::json!({ "request": id, "state": "cancelled" }));
-            Some(r)
-        }));
+        // Should the client go away or the gateway stop meanwhile, this future is dropped
+        // where it waits: the call's record is then written by the guard.
+        let mut on_cancel = OnCancel {
+            armed: true,
+            conn: self,
+            one,
+            recording,
+            id: &id,
+        };
         let outcome = hold.outcome().await;
-        on_cancel.0 = None;
+        on_cancel.armed = false;
+        drop(on_cancel);
         let info = |r: &approve::Request| serde_json::json!({ "request": id, "state": r.state, "verdict": r.verdict });
         match outcome {
             approve::Outcome::Approved(r) => {
