@@ -289,6 +289,40 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             u.forget_netns(netns);
         }
     }));
+    // What can still fail to start fails here, before the data path serves: once a call has
+    // been served, the stop sequence below (which flushes and signs its record) must run.
+    let signals = Signals::register()?;
+    let admin_http = match &cfg.admin_http {
+        Some(web) => {
+            let listener = tokio::net::TcpListener::bind(web.listen)
+                .await
+                .map_err(|e| DaemonError::AdminHttp(format!("listening on {}: {e}", web.listen)))?;
+            let login = match (&web.login, &outbound) {
+                (Some(l), Some(http)) => Some(
+                    admin::login::Login::new(l.clone(), &web.public_url, http.clone())
+                        .map_err(|e| DaemonError::AdminHttp(e.to_string()))?,
+                ),
+                (Some(_), None) => {
+                    warn!(
+                        "admin_http.login is ignored: without a policy no call is held for approval"
+                    );
+                    None
+                }
+                (None, _) => None,
+            };
+            Some((web, listener, login))
+        }
+        None => None,
+    };
+    let witness_targets = match &recorder {
+        Some(_) => cfg
+            .records
+            .witnesses
+            .iter()
+            .map(|w| crate::record::witness_client::Target::parse(&w.url, w.key.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     let workers = accept::Workers::start(listeners, cfg.workers, inputs.clone(), stop_rx.clone())?;
     // Workloads in their own network namespaces: listeners there from now on.
     tasks.push(crate::intercept::netns_watch::start(
@@ -310,21 +344,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         started,
     });
     let metrics = inputs.metrics.clone();
-    if let Some(web) = &cfg.admin_http {
-        let listener = tokio::net::TcpListener::bind(web.listen)
-            .await
-            .map_err(|e| DaemonError::AdminHttp(format!("listening on {}: {e}", web.listen)))?;
-        let login = match (&web.login, &outbound) {
-            (Some(l), Some(http)) => Some(
-                admin::login::Login::new(l.clone(), &web.public_url, http.clone())
-                    .map_err(|e| DaemonError::AdminHttp(e.to_string()))?,
-            ),
-            (Some(_), None) => {
-                warn!("admin_http.login is ignored: without a policy no call is held for approval");
-                None
-            }
-            (None, _) => None,
-        };
+    if let Some((web, listener, login)) = admin_http {
         info!(listen = %web.listen, url = %web.public_url, login = login.is_some(), "admin HTTP listener (approvals page, /metrics, /healthz, /readyz)");
         let inputs = admin::web::WebInputs {
             admin: admin_inputs.clone(),
@@ -370,14 +390,9 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let (witness_stop, witness_stop_rx) = watch::channel(false);
     let mut witness_tasks = Vec::new();
     if let Some(r) = &recorder
-        && !cfg.records.witnesses.is_empty()
+        && !witness_targets.is_empty()
     {
-        let targets = cfg
-            .records
-            .witnesses
-            .iter()
-            .map(|w| crate::record::witness_client::Target::parse(&w.url, w.key.as_deref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = witness_targets;
         let http = outbound.clone().unwrap_or_else(Outbound::with_system_roots);
         info!(witnesses = ?cfg.records.witnesses, quorum = cfg.records.witness_quorum, "sending records checkpoints to witnesses");
         witness_tasks = crate::record::witness_client::start_targets(
@@ -423,7 +438,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
         }
     }));
-    wait_for_signal(policy.as_ref(), &trust_refresh).await?;
+    signals.wait(policy.as_ref(), &trust_refresh).await;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
     let _ = stop_tx.send(true);
     interceptor.shutdown();
@@ -583,24 +598,40 @@ fn open_approvals(
     Ok(Arc::new(approvals))
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy and rewrites the trust bundle.
-async fn wait_for_signal(
-    policy: Option<&Arc<PolicyStore>>,
-    trust_refresh: &tokio::sync::Notify,
-) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                trust_refresh.notify_one();
-                if let Some(store) = policy {
-                    let store = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+/// The signals the daemon answers, registered before it serves (a registration that fails
+/// is a start that fails, with nothing served yet).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Self, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(DaemonError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(DaemonError::Signals)?,
+        })
+    }
+
+    /// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy and rewrites the trust bundle.
+    async fn wait(
+        mut self,
+        policy: Option<&Arc<PolicyStore>>,
+        trust_refresh: &tokio::sync::Notify,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    trust_refresh.notify_one();
+                    if let Some(store) = policy {
+                        let store = store.clone();
+                        let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                    }
                 }
             }
         }
