@@ -47,9 +47,20 @@ impl Kind {
         match self {
             Kind::JsonRpc | Kind::Mcp => parts.method == Method::POST,
             // Whatever the server might read arguments from, whatever its label says (Flask's
-            // `get_json(force=True)` reads JSON sent as text/plain).
-            Kind::Rest => body_type(&parts.headers) != BodyType::Opaque,
-            Kind::Grpc | Kind::Http => false,
+            // `get_json(force=True)` reads JSON sent as text/plain); a multipart form sent
+            // with POST, for a `_method` part (Rails and Laravel route by it).
+            Kind::Rest => {
+                body_type(&parts.headers) != BodyType::Opaque
+                    || (parts.method == Method::POST && is_multipart(&parts.headers))
+            }
+            // A plain HTTP service's POST, when its body may hold a form field a server reads
+            // as `_method` ([`no_override_in`]).
+            Kind::Http => {
+                parts.method == Method::POST
+                    && (body_type(&parts.headers) != BodyType::Opaque
+                        || is_multipart(&parts.headers))
+            }
+            Kind::Grpc => false,
         }
     }
 }
@@ -165,6 +176,13 @@ pub enum ExtractError {
     Ambiguous(String),
     #[error("parameter name {0:?} is another name to some servers: {1}")]
     ParamName(String, &'static str),
+    #[error(
+        "more than {0} parameters in the query or the form; PHP reads only the first {0} and \
+         drops the rest"
+    )]
+    TooManyParams(usize),
+    #[error("the form has bytes that are not UTF-8, which servers read differently")]
+    NotText,
     #[error("an MCP endpoint takes POST, GET and DELETE, not {0}")]
     McpMethod(String),
     #[error("{0} asks the server for another method than the request's")]
@@ -202,7 +220,9 @@ impl ExtractError {
             | ExtractError::MethodOverride(_) => "bad_method",
             ExtractError::Ambiguous(_)
             | ExtractError::Spelling(..)
-            | ExtractError::ParamName(..) => "ambiguous_argument",
+            | ExtractError::ParamName(..)
+            | ExtractError::TooManyParams(_)
+            | ExtractError::NotText => "ambiguous_argument",
             ExtractError::NotJson(_) | ExtractError::NotRpc(_) | ExtractError::OffEndpoint => {
                 "bad_request"
             }
@@ -226,10 +246,10 @@ pub fn extract(
     match kind {
         Kind::Grpc => grpc(service, parts).map(one),
         Kind::Rest => rest(service, parts, body, unread_body).map(one),
-        Kind::Http => plain(service, parts, body, unread_body).map(one),
+        Kind::Http => plain(service, parts, body, unread_body, false).map(one),
         // Another path of the service's host (see [`off_endpoint`]).
         Kind::JsonRpc | Kind::Mcp if off_endpoint(kind, service, parts) => {
-            plain(service, parts, body, unread_body).map(one)
+            plain(service, parts, body, unread_body, true).map(one)
         }
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
@@ -249,7 +269,9 @@ pub fn extract(
                     ..raw(parts)
                 }))
             }
-            _ => Ok(one(raw(parts))),
+            // A bodiless request on the endpoint (a JSON-RPC `GET`): its query is read as a
+            // plain request's is, with the same checks.
+            _ => plain(service, parts, None, false, false).map(one),
         },
     }
 }
@@ -263,7 +285,8 @@ pub fn off_endpoint(kind: Kind, service: &Surface, parts: &Parts) -> bool {
 }
 
 /// A plain HTTP request: `METHOD /path`, its query the arguments, partial when it has a body
-/// (not read for arguments). A body that is a JSON-RPC message is refused: a server that takes
+/// (not read for arguments, but looked at for a `_method` field: [`no_override_in`]). Off an
+/// endpoint (`off_endpoint`), a body that is a JSON-RPC message is refused: a server that takes
 /// messages on that path too (a trailing `/`, another case, a mount's subpaths) would run a
 /// call a rule that covers every function allows as `METHOD /path`, where a rule that names
 /// the call would deny it. Its first value is looked at, as Go's decoder reads only that.
@@ -272,19 +295,33 @@ fn plain(
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
+    off_endpoint: bool,
 ) -> Result<Call, ExtractError> {
-    if body.is_some_and(rpc_shaped) {
+    if off_endpoint && body.is_some_and(rpc_shaped) {
         return Err(ExtractError::OffEndpoint);
     }
+    // An `http` service's routes name its functions as a `rest` service's do (path
+    // parameters and the query their arguments); off an endpoint, no route is the service's.
+    let path = parts.uri.path();
+    let routed = match off_endpoint {
+        false => service.route(parts.method.as_str(), path),
+        true => None,
+    };
+    let (function, mut args) = match routed {
+        Some((f, params)) => (f.to_string(), path_args(params)),
+        None => (format!("{} {}", parts.method, path), Map::new()),
+    };
     let mut nested = Vec::new();
-    let args = query(&parts.uri, service.paths, &mut nested)?;
+    for (k, v) in query(&parts.uri, service.paths, &mut nested)? {
+        join(&mut args, k, v)?;
+    }
     settle(&args, &nested)?;
+    if let Some(b) = body {
+        no_override_in(parts, b)?;
+    }
     Ok(Call {
         partial: unread_body || body.is_some_and(|b| !b.is_empty()),
-        ..governed(
-            format!("{} {}", parts.method, parts.uri.path()),
-            Json::Object(args),
-        )
+        ..governed(function, Json::Object(args))
     })
 }
 
@@ -337,9 +374,7 @@ pub fn raw(parts: &Parts) -> Call {
 
 fn grpc(service: &Surface, parts: &Parts) -> Result<Call, ExtractError> {
     let path = parts.uri.path();
-    let function = service
-        .function_by_method(path)
-        .map_or_else(|| path.to_string(), |f| f.to_string());
+    let function = service.function_for(path);
     // Caller metadata is what policy can see of a gRPC call: the message is protobuf.
     // Credentials are not arguments: they would be recorded with the call.
     let injected = service.credential_header.as_deref();
@@ -391,14 +426,7 @@ fn rest(
     let method = parts.method.as_str();
     let path = parts.uri.path();
     let (function, mut args) = match service.route(method, path) {
-        Some((f, params)) => {
-            let mut args = Map::new();
-            for (k, v) in params {
-                let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
-                args.insert(k.to_string(), Json::String(v.into_owned()));
-            }
-            (f.to_string(), args)
-        }
+        Some((f, params)) => (f.to_string(), path_args(params)),
         None => (format!("{} {}", parts.method, path), Map::new()),
     };
     // The bases of `name[...]` parameters (see [`names`]): rarely any.
@@ -415,7 +443,11 @@ fn rest(
         .iter()
         .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
     match body.filter(|b| !b.is_empty()) {
-        Some(_) if encoded => partial = true,
+        // Read as sent all the same for a `_method` field: PHP and WEBrick do not inflate.
+        Some(b) if encoded => {
+            partial = true;
+            no_override_in(parts, b)?;
+        }
         Some(b) => {
             match body_type(&parts.headers) {
                 BodyType::Json => join_body(&mut args, parse(b)?)?,
@@ -436,10 +468,14 @@ fn rest(
                     }
                 }
                 // Unlabelled or text: read as JSON when it is JSON (some servers parse it
-                // whatever its label), else not an argument source the gateway can read.
+                // whatever its label), else not an argument source the gateway can read; but
+                // Rack reads an unlabelled POST body as a form, `_method` and all.
                 BodyType::Other | BodyType::Opaque => match serde_json::from_slice::<Json>(b) {
                     Ok(v) => join_body(&mut args, v)?,
-                    Err(_) => partial = true,
+                    Err(_) => {
+                        partial = true;
+                        no_override_in(parts, b)?;
+                    }
                 },
             }
         }
@@ -457,15 +493,33 @@ fn rest(
 /// parameters, which PHP and Rack read as `name`: given beside `name` itself, they are that
 /// name given twice.
 fn settle(args: &Map<String, Json>, nested: &[String]) -> Result<(), ExtractError> {
-    use crate::util::jsonpath::fold_eq;
+    use crate::util::jsonpath::fold_char;
     // Rails and Laravel (Symfony, from the query too) route `_method` as the request's method.
-    if args.contains_key("_method") || nested.iter().any(|b| b == "_method") {
+    // Slim reads `_METHOD`.
+    let is_override = |k: &str| k.eq_ignore_ascii_case("_method");
+    if args.keys().any(|k| is_override(k)) || nested.iter().any(|b| is_override(b)) {
         return Err(ExtractError::MethodOverride("a `_method` argument".into()));
     }
-    if let Some(base) = nested.iter().find(|b| args.keys().any(|k| fold_eq(k, b))) {
-        return Err(ExtractError::Ambiguous(base.clone()));
+    if !nested.is_empty() {
+        // Each argument's name folded once, so that many nested names cost no more than
+        // their number (a body of thousands of them must not cost their square).
+        let fold = |k: &str| k.chars().map(fold_char).collect::<String>();
+        let folded: std::collections::HashSet<String> = args.keys().map(|k| fold(k)).collect();
+        if let Some(base) = nested.iter().find(|b| folded.contains(&fold(b))) {
+            return Err(ExtractError::Ambiguous(base.clone()));
+        }
     }
     one_spelling(args)
+}
+
+/// A route's path parameters as arguments, percent-decoded.
+fn path_args(params: surface::PathParams<'_>) -> Map<String, Json> {
+    let mut args = Map::new();
+    for (k, v) in params {
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        args.insert(k.to_string(), Json::String(v.into_owned()));
+    }
+    args
 }
 
 /// Adds one argument, refusing a second, different value for a name already given.
@@ -580,6 +634,47 @@ enum BodyType {
     Opaque,
 }
 
+/// A body not read for arguments (a multipart form, a form with a content coding, one sent
+/// without a type or with one PHP cuts short, a plain HTTP request's) must not carry a field
+/// a server reads as `_method`: Rails and Laravel route by it, and the request would run as
+/// another method than the one decided. Every reading is looked at: as a form, and as
+/// multipart parts when the body says it is one.
+fn no_override_in(parts: &Parts, body: &[u8]) -> Result<(), ExtractError> {
+    let refuse = |name: &str| {
+        Err(ExtractError::MethodOverride(format!(
+            "a body field {name:?}, which Rails, Laravel or Slim read as `_method`,"
+        )))
+    };
+    if is_multipart(&parts.headers) {
+        if let Some(name) = names::multipart_names(body).find(|n| names::overrides_method(n)) {
+            return refuse(&name);
+        }
+    }
+    if let Some((name, _)) = form_urlencoded::parse(body)
+        .take(MAX_PARAMS)
+        .find(|(k, _)| names::overrides_method(k))
+    {
+        return refuse(&name);
+    }
+    // Laravel and Slim read a JSON body's members too.
+    if body.trim_ascii_start().starts_with(b"{")
+        && let Ok(Json::Object(m)) = serde_json::from_slice::<Json>(body)
+        && let Some(name) = m.keys().find(|k| names::overrides_method(k))
+    {
+        return refuse(name);
+    }
+    Ok(())
+}
+
+/// Whether the body is a multipart form (`multipart/form-data`, or any `multipart/*`, which
+/// PHP and Rack parse alike).
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().trim_ascii_start().len() >= 10
+            && v.as_bytes().trim_ascii_start()[..10].eq_ignore_ascii_case(b"multipart/")
+    })
+}
+
 fn body_type(headers: &HeaderMap) -> BodyType {
     let Some(ct) = headers
         .get(http::header::CONTENT_TYPE)
@@ -612,6 +707,11 @@ fn body_type(headers: &HeaderMap) -> BodyType {
 
 /// A query's arguments, each once: a name given twice with different values is refused
 /// (Flask reads the first, Starlette the last, PHP and Express an array).
+/// Parameters in a query, or in a form: PHP reads the first 1,000 (`max_input_vars`) and
+/// drops the rest, Express's body parser refuses more and `qs` ignores them, so a condition
+/// on a parameter past them would hold for a value the server never reads.
+const MAX_PARAMS: usize = 1000;
+
 /// Names PHP or Rack read as another name are refused, and the bases of `name[...]` are added
 /// to `nested` ([`names`]).
 fn query(
@@ -631,8 +731,16 @@ fn form(
     rules: PathRules,
     nested: &mut Vec<String>,
 ) -> Result<Map<String, Json>, ExtractError> {
+    // werkzeug reads a form with a byte that is not UTF-8 as no form at all (and Flask then
+    // runs with every argument missing), where a lossy reading would have decided on it.
+    if std::str::from_utf8(body).is_err() {
+        return Err(ExtractError::NotText);
+    }
     let mut m = Map::new();
-    for (k, v) in form_urlencoded::parse(body) {
+    for (i, (k, v)) in form_urlencoded::parse(body).enumerate() {
+        if i == MAX_PARAMS {
+            return Err(ExtractError::TooManyParams(MAX_PARAMS));
+        }
         if let names::Reading::Nested(base) = names::read(&k, rules)? {
             nested.push(base.to_string());
         }
@@ -720,11 +828,7 @@ fn rpc_call(kind: Kind, service: &Surface, message: Json) -> Result<Call, Extrac
         return Err(ExtractError::NotRpc("no method"));
     };
     let params = obj.get("params").cloned().unwrap_or(Json::Null);
-    let lookup = |name: &str| {
-        service
-            .function_by_method(name)
-            .map_or_else(|| name.to_string(), |f| f.to_string())
-    };
+    let lookup = |name: &str| service.function_for(name);
     let (function, args, role) = if kind == Kind::Mcp {
         match method {
             "tools/call" => {

@@ -60,6 +60,87 @@ pub fn read(name: &str, rules: PathRules) -> Result<Reading<'_>, ExtractError> {
     Ok(Reading::Nested(base))
 }
 
+/// Whether a server that rewrites names (PHP, Rack) reads `name` as `_method`, the field
+/// Rails (`Rack::MethodOverride`) and Laravel route as the request's method (Slim reads
+/// `_METHOD`: any case). For names in
+/// bodies that are not read for arguments (a multipart form, a form sent without a type),
+/// where only that reading matters.
+pub fn overrides_method(name: &str) -> bool {
+    const FIELD: &str = "_method";
+    let php = name.trim_start_matches(' ');
+    let php = php.split(['\0', '[']).next().unwrap_or("");
+    // Any case: Slim reads `_METHOD`.
+    let php_reads = php.len() == FIELD.len()
+        && php
+            .bytes()
+            .map(|b| match b {
+                b'.' | b' ' => b'_',
+                b => b.to_ascii_lowercase(),
+            })
+            .eq(FIELD.bytes());
+    let rack = name.trim_start_matches(['[', ']']);
+    let rack = rack.split(['[', ']']).next().unwrap_or("");
+    name.eq_ignore_ascii_case(FIELD) || php_reads || rack.eq_ignore_ascii_case(FIELD)
+}
+
+/// The names of a multipart body's parts, as their `Content-Disposition` lines give them
+/// (`form-data; name="_method"`). Every such line is read wherever it is, boundaries or not:
+/// a part's content that holds one costs a refusal, never a miss.
+pub fn multipart_names(body: &[u8]) -> impl Iterator<Item = String> + '_ {
+    const HEADER: &[u8] = b"content-disposition:";
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let rest = body.get(at..)?;
+            let found = rest
+                .windows(HEADER.len())
+                .position(|w| w.eq_ignore_ascii_case(HEADER))?;
+            let line_start = at + found + HEADER.len();
+            let line_end = body[line_start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(body.len(), |n| line_start + n);
+            at = line_end;
+            let line = String::from_utf8_lossy(&body[line_start..line_end]);
+            if let Some(name) = disposition_name(&line) {
+                return Some(name);
+            }
+        }
+    })
+}
+
+/// The `name` parameter of a `Content-Disposition` value: quoted (backslash escapes undone)
+/// or a token.
+fn disposition_name(value: &str) -> Option<String> {
+    let mut rest = value;
+    while let Some(semi) = rest.find(';') {
+        rest = rest[semi + 1..].trim_start();
+        let Some((key, v)) = rest.split_once('=') else {
+            continue;
+        };
+        if !key.trim().eq_ignore_ascii_case("name") {
+            continue;
+        }
+        let v = v.trim_start();
+        return Some(match v.strip_prefix('"') {
+            Some(q) => {
+                let mut out = String::new();
+                let mut chars = q.chars();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => out.extend(chars.next()),
+                        c => out.push(c),
+                    }
+                }
+                out
+            }
+            None => v.split([';', '\r']).next().unwrap_or("").trim().to_string(),
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +184,29 @@ mod tests {
         ] {
             assert!(read_(name).is_err(), "{name:?} was kept");
         }
+    }
+
+    #[test]
+    fn every_reading_of_method_is_found() {
+        for name in ["_method", " _method", ".method", "[_method]", "_method]"] {
+            assert!(overrides_method(name), "{name:?}");
+        }
+        for name in ["_method[]", "_method\0x", "_method[x]"] {
+            assert!(overrides_method(name), "{name:?}");
+        }
+        assert!(overrides_method("_METHOD"), "Slim's");
+        for name in ["method", "_methods", "x_method", "method_"] {
+            assert!(!overrides_method(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn multipart_part_names_are_read_from_every_disposition() {
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nhi\r\n\
+                     --b\r\ncontent-disposition: form-data;name=_method\r\n\r\nDELETE\r\n\
+                     --b\r\nCONTENT-DISPOSITION: form-data; name=\"a\\\"b\"\r\n\r\nx\r\n--b--\r\n";
+        let names: Vec<String> = multipart_names(body).collect();
+        assert_eq!(names, ["file", "_method", "a\"b"]);
     }
 
     #[test]

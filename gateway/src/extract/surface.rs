@@ -123,6 +123,20 @@ impl Surface {
         self.by_method.get(method).map(|&i| &self.functions[i])
     }
 
+    /// What a call to `method` is decided as: the function that answers to it, else the
+    /// method itself, undeclared. An undeclared method spelled as a declared function's name
+    /// (`lookup`, where `lookup: { method: payments.get }`) is not that function: it is marked
+    /// as undeclared, so that no rule of `lookup` decides another method of the server.
+    pub fn function_for(&self, method: &str) -> String {
+        match self.function_by_method(method) {
+            Some(f) => f.to_string(),
+            None if self.functions.iter().any(|f| **f == *method) => {
+                format!("{method} (undeclared method)")
+            }
+            None => method.to_string(),
+        }
+    }
+
     /// The function a REST request calls, with its path parameters.
     pub fn route<'a>(
         &'a self,
@@ -225,6 +239,22 @@ mod tests {
         assert!(parse_route("POST /a/{x}{y}").is_err());
         assert!(parse_route("POST /a/{x}/{x}").is_err());
         assert!(parse_route("/a").is_err());
+    }
+
+    /// `lookup` answers to `payments.get`: a call to a method `lookup` is not `lookup`.
+    #[test]
+    fn an_undeclared_method_is_never_a_function_by_its_name() {
+        let mut s = Surface::new(Protocol::Jsonrpc, PathRules::default(), None);
+        assert_eq!(s.add("lookup", "payments.get", None), Ok(()));
+        assert_eq!(s.add("refund", "refund", None), Ok(()));
+        assert_eq!(s.function_for("payments.get"), "lookup");
+        assert_eq!(s.function_for("refund"), "refund");
+        assert_eq!(s.function_for("lookup"), "lookup (undeclared method)");
+        assert_eq!(s.function_for("other"), "other");
+        assert_eq!(
+            s.add("again", "refund", None),
+            Err(RouteError::MethodTaken("refund".into()))
+        );
     }
 
     #[test]

@@ -432,10 +432,7 @@ pub(super) fn tool_filter(
 
 /// Whether `caller` may call the tool `name` of `service` with some arguments.
 fn may_call(snap: &Snapshot, service: &Service, caller: &Caller, name: &str) -> bool {
-    let function = service
-        .surface
-        .function_by_method(name)
-        .map_or_else(|| name.to_string(), |f| f.to_string());
+    let function = service.surface.function_for(name);
     snap.may_call(service, &function, caller)
 }
 
