@@ -630,13 +630,23 @@ fn a_call_whose_client_gives_up_is_recorded_all_the_same() {
 /// pass-through connection open at that moment left no record (its record was written when
 /// its copy ended, which it never did), and a call cut at the upstream said it was cut by
 /// "the client going away, or the gateway stopping". Both are now on record as cut by the
-/// stop: the connection with the bytes it moved until then.
+/// stop: the connection with the bytes it moved until then, copied by the gateway or spliced
+/// by the kernel.
 #[test]
 fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
-    if !ebpf_available("records_stop_cut") || !parties_available("records_stop_cut") {
+    stop_cuts("records_stop_cut", "");
+}
+
+#[test]
+fn what_a_stop_cuts_in_a_kernel_splice_is_on_record_with_what_it_moved() {
+    stop_cuts("records_stop_cut_spliced", "kernel_splice: true\n");
+}
+
+fn stop_cuts(test: &str, config: &str) {
+    if !ebpf_available(test) || !parties_available(test) {
         return;
     }
-    let dir = std::env::temp_dir().join(unique("callgate-stop-cut"));
+    let dir = std::env::temp_dir().join(unique(test));
     fs::create_dir_all(&dir).expect("dir");
     let up = upstream(&dir, None);
     // A TCP upstream that is not HTTP: it reads what comes and answers nothing.
@@ -677,16 +687,31 @@ fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
     ];
     let services: Vec<(&str, &str)> = services.iter().map(|(n, s)| (*n, s.as_str())).collect();
     let policies = policy_repo(&dir, "default_action: deny\n", &services);
-    let mut gw = gateway_with_config(&policies, "", &dir);
-    let cg = TestCgroup::new("cg-stop-cut");
+    let mut gw = gateway_with_config(&policies, config, &dir);
+    let cg = TestCgroup::new(test);
     gw.enable(&cg);
 
-    // Both clients wait at most 20 s; the stop comes before.
+    // Both clients wait at most 20 s; the stop comes before. The connection sends 1,000
+    // bytes (what the gateway sniffs), then 1,000 more (what it copies, or the kernel
+    // splices) once the first reached the sink.
     let slow = format!("http://127.0.0.1:{}/v1/payments/p_stop?slow=20000", up.port);
+    let go = dir.join("send-more");
     let sink_client = format!(
-        "import socket, time\ns = socket.create_connection(('127.0.0.1', {sink_port}), 5)\n\
-         s.sendall(b'\\x00\\x01' * 500)\ns.settimeout(20)\ntry:\n    s.recv(1)\nexcept Exception:\n    pass\n"
+        "import socket, time, os\ns = socket.create_connection(('127.0.0.1', {sink_port}), 5)\n\
+         s.sendall(b'\\x00\\x01' * 500)\n\
+         for _ in range(200):\n    if os.path.exists('{go}'): break\n    time.sleep(0.05)\n\
+         s.sendall(b'\\x02\\x03' * 500)\ns.settimeout(20)\ntry:\n    s.recv(1)\nexcept Exception:\n    pass\n",
+        go = go.display()
     );
+    let moved_to = |want: usize, log: &dyn Fn() -> String| {
+        let mut moved = 0;
+        while moved < want {
+            match got_rx.recv_timeout(Duration::from_secs(15)) {
+                Ok(n) => moved = n,
+                Err(e) => panic!("{want} bytes reached the sink: {e}\n{}", log()),
+            }
+        }
+    };
     let clients = std::thread::scope(|scope| {
         let call = scope.spawn(|| cg.run(&["curl", "-sS", "--max-time", "20", &slow]));
         let conn = scope.spawn(|| cg.run(&["python3", "-c", &sink_client]));
@@ -702,13 +727,9 @@ fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
             "the call reached the upstream: {}",
             gw.log()
         );
-        let mut moved = 0;
-        while moved < 1000 {
-            match got_rx.recv_timeout(Duration::from_secs(15)) {
-                Ok(n) => moved = n,
-                Err(e) => panic!("the connection's bytes reached the sink: {e}\n{}", gw.log()),
-            }
-        }
+        moved_to(1000, &|| gw.log());
+        fs::write(&go, "").expect("go");
+        moved_to(2000, &|| gw.log());
         assert!(gw.terminate(Duration::from_secs(20)), "{}", gw.log());
         (call.join(), conn.join())
     });
@@ -732,7 +753,7 @@ fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
     let conn = conn.unwrap_or_else(|| panic!("the connection, cut by the stop: {recs:#?}"));
     assert_eq!(conn["decision"]["action"], "allow", "{conn:#}");
     assert_eq!(
-        conn["bytes_in"], 1000,
+        conn["bytes_in"], 2000,
         "what it moved until the stop: {conn:#}"
     );
 }

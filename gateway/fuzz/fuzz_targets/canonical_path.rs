@@ -63,6 +63,7 @@ fuzz_target!(|data: (&str, bool, bool)| {
     let rules = PathRules {
         encoded_slashes,
         semicolons,
+        ..PathRules::default()
     };
     let Ok(result) = canonical(path, rules) else {
         return;

@@ -920,7 +920,10 @@ impl<F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended>
             true => "cut by the gateway's stop",
             false => "cut before it ended",
         };
-        let ended = ended(self.moved.transfer(), Err(upstream::ForwardError::Cut(why)));
+        let mut ended = ended(self.moved.transfer(), Err(upstream::ForwardError::Cut(why)));
+        // At a stop every open connection ends at once: their records say so, not a warning
+        // line each.
+        ended.quiet = self.inputs.stats.stopping();
         finish(self.conn, self.inputs, ended);
     }
 }
@@ -987,7 +990,7 @@ async fn passing(
                 // future that large too (1,512 bytes without it).
                 let sent = moved.up.load(Relaxed);
                 let spliced = Box::pin(upstream::splice_in_kernel(
-                    splicer, client, upstream, sent, idle,
+                    splicer, client, upstream, sent, idle, moved,
                 ));
                 match spliced.await {
                     Ok((t, r)) => {

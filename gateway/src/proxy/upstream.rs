@@ -225,17 +225,21 @@ async fn pump(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         };
+        // Counted as it goes out: a connection cut while `to` is slow reports what it took.
+        moved.fetch_add((n - rest.len()) as u64, Relaxed);
         let mut written = 0;
         while written < rest.len() {
             activity.ready(to, Interest::WRITABLE, idle).await?;
             match to.try_write(&rest[written..]) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(w) => written += w,
+                Ok(w) => {
+                    written += w;
+                    moved.fetch_add(w as u64, Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        moved.fetch_add(n as u64, Relaxed);
         activity.touch();
     }
 }
@@ -311,12 +315,14 @@ fn read_draining<'b>(from: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Re
 /// end of stream, one side fails, or nothing moves for `idle`. `prefix` is what the gateway
 /// already wrote to `upstream` (counted in the transfer). Returns the sockets, and what the
 /// kernel moved before it gave up, when they cannot be spliced (the caller copies instead).
+/// Cut before either (its task dropped), what the kernel moved is added to `cut`.
 pub async fn splice_in_kernel(
     splicer: &Splicer,
     client: TcpStream,
     upstream: TcpStream,
     prefix: u64,
     idle: Duration,
+    cut: &Moved,
 ) -> Result<(Transfer, Result<(), ForwardError>), (TcpStream, TcpStream, Transfer)> {
     let pair = match splicer.add(&client, &upstream) {
         Ok(p) => p,
@@ -327,7 +333,7 @@ pub async fn splice_in_kernel(
             };
             // Bytes the verdict already handed over must leave before the pair leaves the
             // maps; when that cannot be known, the connection ends (fail closed).
-            let spliced = Spliced { splicer, pair };
+            let spliced = Spliced { splicer, pair, cut };
             let settled = settle(&spliced, &client, &upstream, prefix, idle).await;
             let (up, down) = spliced.take();
             return match settled {
@@ -342,7 +348,7 @@ pub async fn splice_in_kernel(
             };
         }
     };
-    let spliced = Spliced { splicer, pair };
+    let spliced = Spliced { splicer, pair, cut };
     let result = run_spliced(&spliced, &client, &upstream, prefix, idle).await;
     let (up, down) = spliced.take();
     Ok((
@@ -382,10 +388,11 @@ async fn settle(
 }
 
 /// A pair in the splice maps, taken out when dropped (also when the connection's task is
-/// cancelled).
+/// cancelled, when what the kernel moved is added to `cut`).
 struct Spliced<'a> {
     splicer: &'a Splicer,
     pair: Pair,
+    cut: &'a Moved,
 }
 
 impl Spliced<'_> {
@@ -398,7 +405,9 @@ impl Spliced<'_> {
 
 impl Drop for Spliced<'_> {
     fn drop(&mut self) {
-        self.splicer.remove(self.pair);
+        let (up, down) = self.splicer.remove(self.pair);
+        self.cut.up.fetch_add(up, Relaxed);
+        self.cut.down.fetch_add(down, Relaxed);
     }
 }
 
