@@ -916,8 +916,11 @@ fn field_names_with_underscores_do_not_reach_the_upstream() {
 /// inflates; a form type PHP cuts at a space; no type at all, which Rack reads as a form; any
 /// POST body of a plain `http` service), Slim's `_METHOD`, a form of more than 1,000
 /// parameters (PHP reads the first 1,000: the amount decided on was dropped) and a form byte
-/// that is not UTF-8 (werkzeug then reads no form at all). All are refused now; what each
-/// server ran is asserted. `name[...]` alone, and a multipart upload, are still served.
+/// that is not UTF-8 (werkzeug then reads no form at all). A second pass found multipart part
+/// headers that PHP, Rack or Go read as naming `_method` where the gateway's first reading of
+/// them did not (a folded line, two `name`s, single quotes, a `;` in a quoted value, Rack's
+/// `Content-ID`). All are refused now; what each server ran is asserted. `name[...]` alone,
+/// and a plain multipart upload, are still served.
 #[test]
 fn servers_that_rewrite_parameter_names_read_what_was_decided() {
     let test = "servers_that_rewrite_parameter_names_read_what_was_decided";
@@ -1051,6 +1054,32 @@ rules:
                 "/p1",
                 vec![MULTIPART],
                 b"--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            // Part headers PHP, Rack or Go read as `_method` where a first reading did not.
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"--XX\r\nContent-Disposition: form-data;\r\n name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"--XX\r\nContent-Disposition: form-data; name=\"x\"; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"--XX\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"--XX\r\nContent-Disposition: form-data; foo=\"a;name=x\"; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"--XX\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
             ),
             ("/p1", vec!["Content-Encoding: gzip"], b"_method=DELETE".to_vec()),
             ("/p1", vec!["Content-Type: application/x-www-form-urlencoded x"], b"_method=DELETE".to_vec()),

@@ -8,6 +8,7 @@
 //! given twice with different values (query and body, or twice in the query) is refused, and
 //! a parameter's name must be one name to every server ([`names`]).
 pub mod mcp_headers;
+pub mod multipart;
 pub mod names;
 pub mod path;
 pub mod surface;
@@ -183,6 +184,8 @@ pub enum ExtractError {
     TooManyParams(usize),
     #[error("the form has bytes that are not UTF-8, which servers read differently")]
     NotText,
+    #[error("the multipart body's part headers are read differently by different servers: {0}")]
+    Multipart(multipart::Unread),
     #[error("an MCP endpoint takes POST, GET and DELETE, not {0}")]
     McpMethod(String),
     #[error("{0} asks the server for another method than the request's")]
@@ -223,9 +226,10 @@ impl ExtractError {
             | ExtractError::ParamName(..)
             | ExtractError::TooManyParams(_)
             | ExtractError::NotText => "ambiguous_argument",
-            ExtractError::NotJson(_) | ExtractError::NotRpc(_) | ExtractError::OffEndpoint => {
-                "bad_request"
-            }
+            ExtractError::NotJson(_)
+            | ExtractError::NotRpc(_)
+            | ExtractError::OffEndpoint
+            | ExtractError::Multipart(_) => "bad_request",
             ExtractError::ContentType(_) => "bad_content_type",
         }
     }
@@ -646,8 +650,14 @@ fn no_override_in(parts: &Parts, body: &[u8]) -> Result<(), ExtractError> {
         )))
     };
     if is_multipart(&parts.headers) {
-        if let Some(name) = names::multipart_names(body).find(|n| names::overrides_method(n)) {
-            return refuse(&name);
+        let ct = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let fields = multipart::part_names(ct, body).map_err(ExtractError::Multipart)?;
+        if let Some(name) = fields.iter().find(|n| names::overrides_method(n)) {
+            return refuse(name);
         }
     }
     if let Some((name, _)) = form_urlencoded::parse(body)

@@ -83,64 +83,6 @@ pub fn overrides_method(name: &str) -> bool {
     name.eq_ignore_ascii_case(FIELD) || php_reads || rack.eq_ignore_ascii_case(FIELD)
 }
 
-/// The names of a multipart body's parts, as their `Content-Disposition` lines give them
-/// (`form-data; name="_method"`). Every such line is read wherever it is, boundaries or not:
-/// a part's content that holds one costs a refusal, never a miss.
-pub fn multipart_names(body: &[u8]) -> impl Iterator<Item = String> + '_ {
-    const HEADER: &[u8] = b"content-disposition:";
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        loop {
-            let rest = body.get(at..)?;
-            let found = rest
-                .windows(HEADER.len())
-                .position(|w| w.eq_ignore_ascii_case(HEADER))?;
-            let line_start = at + found + HEADER.len();
-            let line_end = body[line_start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(body.len(), |n| line_start + n);
-            at = line_end;
-            let line = String::from_utf8_lossy(&body[line_start..line_end]);
-            if let Some(name) = disposition_name(&line) {
-                return Some(name);
-            }
-        }
-    })
-}
-
-/// The `name` parameter of a `Content-Disposition` value: quoted (backslash escapes undone)
-/// or a token.
-fn disposition_name(value: &str) -> Option<String> {
-    let mut rest = value;
-    while let Some(semi) = rest.find(';') {
-        rest = rest[semi + 1..].trim_start();
-        let Some((key, v)) = rest.split_once('=') else {
-            continue;
-        };
-        if !key.trim().eq_ignore_ascii_case("name") {
-            continue;
-        }
-        let v = v.trim_start();
-        return Some(match v.strip_prefix('"') {
-            Some(q) => {
-                let mut out = String::new();
-                let mut chars = q.chars();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => out.extend(chars.next()),
-                        c => out.push(c),
-                    }
-                }
-                out
-            }
-            None => v.split([';', '\r']).next().unwrap_or("").trim().to_string(),
-        });
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,15 +140,6 @@ mod tests {
         for name in ["method", "_methods", "x_method", "method_"] {
             assert!(!overrides_method(name), "{name:?}");
         }
-    }
-
-    #[test]
-    fn multipart_part_names_are_read_from_every_disposition() {
-        let body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nhi\r\n\
-                     --b\r\ncontent-disposition: form-data;name=_method\r\n\r\nDELETE\r\n\
-                     --b\r\nCONTENT-DISPOSITION: form-data; name=\"a\\\"b\"\r\n\r\nx\r\n--b--\r\n";
-        let names: Vec<String> = multipart_names(body).collect();
-        assert_eq!(names, ["file", "_method", "a\"b"]);
     }
 
     #[test]
