@@ -293,31 +293,36 @@ fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, connections: usize, ur
     const SECS: f64 = 5.0;
     let exe = env!("CARGO_BIN_EXE_callgate-paced");
     println!(
-        "\n{rate:.0} req/s paced over {connections} connection(s), {SECS} s per run\n{:>5} {:>6} {:>10} {:>9} {:>9}",
-        "round", "side", "req/s", "p50 µs", "p99 µs"
+        "\n{rate:.0} req/s paced over {connections} connection(s), {SECS} s per run\n{:>5} {:>6} {:>10} {:>9} {:>9} {:>12}",
+        "round", "side", "req/s", "p50 µs", "p99 µs", "CPU µs/call"
     );
     let mut direct = vec![];
     let mut added: [Vec<(f64, f64)>; 2] = [vec![], vec![]];
-    let row = |round: usize, name: &str, w: &Wrk| {
+    let mut cpus: [Vec<f64>; 2] = [vec![], vec![]];
+    let row = |round: usize, name: &str, w: &Wrk, cpu: Option<f64>| {
         println!(
-            "{:>5} {:>6} {:>10.0} {:>9.0} {:>9.0}",
+            "{:>5} {:>6} {:>10.0} {:>9.0} {:>9.0} {:>12}",
             round + 1,
             name,
             w.rps,
             w.p50,
-            w.p99
+            w.p99,
+            cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
         );
     };
     for round in 0..rounds {
         let d = paced_on(exe, None, rate, connections, SECS, url);
-        row(round, "direct", &d);
+        row(round, "direct", &d, None);
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let s = &sides[i];
-            let w = paced_on(exe, Some(&s.cg), rate, connections, SECS, url);
-            row(round, s.name, &w);
+            let (w, cpu) = with_cpu(&s.gw, || {
+                paced_on(exe, Some(&s.cg), rate, connections, SECS, url)
+            });
+            row(round, s.name, &w, Some(cpu));
             assert!(w.non_2xx == 0, "{} error answers at half load", w.non_2xx);
             added[i].push((w.p50 - d.p50, w.p99 - d.p99));
+            cpus[i].push(cpu);
         }
         direct.push((d.p50, d.p99));
     }
@@ -326,12 +331,15 @@ fn half_load(sides: &[Side; 2], rounds: usize, rate: f64, connections: usize, ur
         median(direct.iter().map(|d| d.0).collect()),
         median(direct.iter().map(|d| d.1).collect())
     );
-    for (s, a) in sides.iter().zip(&added) {
+    for ((s, a), c) in sides.iter().zip(&added).zip(&cpus) {
         println!(
-            "  {} adds p50 {:.0} µs, p99 {:.0} µs",
+            "  {} adds p50 {:.0} µs, p99 {:.0} µs; gateway CPU {:.1} µs per call",
             s.name,
             median(a.iter().map(|x| x.0).collect()),
-            median(a.iter().map(|x| x.1).collect())
+            median(a.iter().map(|x| x.1).collect()),
+            median(c.clone())
         );
     }
+    let (a, b) = (median(cpus[0].clone()), median(cpus[1].clone()));
+    println!("  B/A: {:.3}x CPU per call", b / a.max(f64::MIN_POSITIVE));
 }
