@@ -320,6 +320,11 @@ fn pending_on(gw: &Gateway, host: &str) -> Value {
     .unwrap_or_else(|| panic!("no pending request of {host}\n{}", gw.log()))
 }
 
+/// The id of a call of `host` held and listed on `gw`.
+fn pending_id(gw: &Gateway, host: &str) -> String {
+    pending_on(gw, host)["id"].as_str().expect("id").to_string()
+}
+
 /// Seconds since midnight of a log line's RFC 3339 timestamp (`2026-12-03T07:10:56.943937Z`).
 fn log_seconds(line: &str) -> Option<f64> {
     let t = line.split_whitespace().next()?.split_once('T')?.1;
@@ -375,10 +380,7 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     let mut ids = Vec::new();
     for _ in 0..20 {
         let call = f.refund(&f.cg_a);
-        let id = pending_on(&f.b, "host-a")["id"]
-            .as_str()
-            .expect("id")
-            .to_string();
+        let id = pending_id(&f.b, "host-a");
         ids.push(id.clone());
         cli_ok(&f.b, &["approvals", "approve", &id, "--as", "lee"]);
         let t = Instant::now();
@@ -421,10 +423,7 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
 
     // A grant given on B for A's call: A's next identical call passes without a new hold.
     let call = f.refund(&f.cg_a);
-    let id = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.b, "host-a");
     cli_ok(
         &f.b,
         &["approvals", "approve", &id, "--as", "lee", "--grant", "10m"],
@@ -519,20 +518,14 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
         );
     }
     let call = f.refund(&f.cg_a);
-    let id = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.b, "host-a");
     cli_ok(&f.b, &["approvals", "approve", &id, "--as", "lee"]);
     let (code, body) = call.finish();
     assert_eq!(code, 200, "{body}");
 
     // Denied on A's own CLI, a call held on B: B's client is told.
     let call = f.refund(&f.cg_b);
-    let id = pending_on(&f.a, "host-b")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.a, "host-b");
     cli_ok(
         &f.a,
         &["approvals", "deny", &id, "--as", "lee", "--comment", "no"],
@@ -548,10 +541,7 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     // within its stop. (Before, B ended it as cancelled, as if its client had gone away,
     // and sent that from the data thread's runtime as the stop ended it.)
     let call = f.refund(&f.cg_b);
-    let id = pending_on(&f.a, "host-b")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.a, "host-b");
     let stopped = Instant::now();
     assert!(f.b.terminate(Duration::from_secs(20)), "{}", f.b.log());
     drop(call);
@@ -577,10 +567,7 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
 
     // B dies with a call held: A marks it interrupted once B has been silent for 3 s.
     let call = f.refund(&f.cg_b);
-    let id = pending_on(&f.a, "host-b")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.a, "host-b");
     f.b.kill();
     drop(call);
     let ended = wait_for(Duration::from_secs(20), || {
@@ -1147,10 +1134,7 @@ fn held_on_a_approved_on_b_web_page_in_chromium() {
     };
     let (web, _idp) = f.web_b.as_ref().expect("B's page");
     let call = f.refund(&f.cg_a);
-    let id = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = pending_id(&f.b, "host-a");
     let script = node_script("approvals_browser.mjs");
     let out = f.dir.join("browser.out");
     let shot = f.dir.join("browser.png");
@@ -1953,10 +1937,7 @@ fn the_database_alone_cannot_approve() {
 
     // Sealed end to end: held on A, approved on B, A's client gets the upstream's answer.
     let call = f.refund(&f.cg_a);
-    let genuine = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let genuine = pending_id(&f.b, "host-a");
     cli_ok(&f.b, &["approvals", "approve", &genuine, "--as", "lee"]);
     let (code, body) = call.finish();
     assert_eq!(code, 200, "approved on B: {body}\n{}", f.a.log());
@@ -1973,10 +1954,7 @@ fn the_database_alone_cannot_approve() {
     // trusted host, but for another request).
     let sent = refunds_upstream(&f);
     let call = f.refund(&f.cg_a);
-    let forged = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let forged = pending_id(&f.b, "host-a");
     f.pg.psql(
         "callgate",
         &format!(
@@ -2014,10 +1992,7 @@ fn the_database_alone_cannot_approve() {
     // (b) A writer alters a held call's request (so that a refund looks like a read): B's
     // approver is refused to judge it.
     let call = f.refund(&f.cg_a);
-    let altered = pending_on(&f.b, "host-a")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let altered = pending_id(&f.b, "host-a");
     f.pg.psql(
         "callgate",
         &format!(
