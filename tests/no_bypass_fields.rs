@@ -1031,6 +1031,7 @@ rules:
 
         let many: String = (0..1100).map(|i| format!("x{i}=1&")).collect();
         let many_then_amount = format!("to_account=customer&{many}amount=5");
+        let filler_then_method = format!("{many}_method=DELETE");
         let attacks: Vec<(&str, Vec<&str>, Vec<u8>)> = vec![
             ("/p1/refund?amount=5&%20amount=5000", vec![], b"to_account=customer".to_vec()),
             ("/p1/refund?%5Bamount%5D=5000", vec![], b"to_account=customer".to_vec()),
@@ -1080,6 +1081,21 @@ rules:
                 "/p1",
                 vec![MULTIPART],
                 b"--XX\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            // Framing PHP, Rack or Go read where a first reading did not: a delimiter not at
+            // the start of a line.
+            (
+                "/p1",
+                vec![MULTIPART],
+                b"x--XX\r\nContent-Disposition: form-data; name=a\r\n\r\nv\r\n--XX\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
+            // Past the first 1,000 pairs of an untyped body (Rack reads 4,096); in JSON serde
+            // cannot read (PHP's json_decode reads 1e400).
+            ("/p1", vec!["Content-Type:"], filler_then_method.into_bytes()),
+            (
+                "/p1",
+                vec!["Content-Type: application/json"],
+                br#"{"_method":"DELETE","x":1e400}"#.to_vec(),
             ),
             ("/p1", vec!["Content-Encoding: gzip"], b"_method=DELETE".to_vec()),
             ("/p1", vec!["Content-Type: application/x-www-form-urlencoded x"], b"_method=DELETE".to_vec()),

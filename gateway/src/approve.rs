@@ -125,6 +125,11 @@ impl Approvals {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the gateway is stopping: a held call dropped now was interrupted by the stop.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens the state at `path`; requests that were held when the gateway stopped are
     /// returned (now `interrupted`) so that their calls can be recorded.
     pub fn open(
@@ -1132,11 +1137,7 @@ impl Drop for Hold {
         if self.done {
             return;
         }
-        let state = match self
-            .approvals
-            .stopping
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let state = match self.approvals.stopping() {
             true => State::Interrupted,
             false => State::Cancelled,
         };

@@ -440,6 +440,12 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     }));
     signals.wait(policy.as_ref(), &trust_refresh).await;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
+    // From here, what the stop cuts says the stop cut it (records, held calls), on every data
+    // thread alike.
+    inputs.stats.stop();
+    if let Some(a) = &approvals {
+        a.stop();
+    }
     let _ = stop_tx.send(true);
     interceptor.shutdown();
     interceptor.namespaces().close_all();

@@ -56,11 +56,7 @@ impl Kind {
             }
             // A plain HTTP service's POST, when its body may hold a form field a server reads
             // as `_method` ([`no_override_in`]).
-            Kind::Http => {
-                parts.method == Method::POST
-                    && (body_type(&parts.headers) != BodyType::Opaque
-                        || is_multipart(&parts.headers))
-            }
+            Kind::Http => parts.method == Method::POST && may_hold_fields(&parts.headers),
             Kind::Grpc => false,
         }
     }
@@ -660,20 +656,55 @@ fn no_override_in(parts: &Parts, body: &[u8]) -> Result<(), ExtractError> {
             return refuse(name);
         }
     }
-    if let Some((name, _)) = form_urlencoded::parse(body)
-        .take(MAX_PARAMS)
-        .find(|(k, _)| names::overrides_method(k))
-    {
-        return refuse(&name);
+    // Every pair: Rack reads 4,096 of them, Go all.
+    for (i, (name, _)) in form_urlencoded::parse(body).enumerate() {
+        if i == MAX_PARAMS {
+            return Err(ExtractError::TooManyParams(MAX_PARAMS));
+        }
+        if names::overrides_method(&name) {
+            return refuse(&name);
+        }
     }
-    // Laravel and Slim read a JSON body's members too.
-    if body.trim_ascii_start().starts_with(b"{")
-        && let Ok(Json::Object(m)) = serde_json::from_slice::<Json>(body)
-        && let Some(name) = m.keys().find(|k| names::overrides_method(k))
-    {
-        return refuse(name);
+    // Laravel and Slim read a JSON body's members too; one serde cannot read (nested past its
+    // limit, a number out of range: PHP's json_decode reads both) that may name one is refused.
+    if body.trim_ascii_start().starts_with(b"{") {
+        match serde_json::from_slice::<Json>(body) {
+            Ok(Json::Object(m)) => {
+                if let Some(name) = m.keys().find(|k| names::overrides_method(k)) {
+                    return refuse(name);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let lower = body.to_ascii_lowercase();
+                if memchr::memmem::find(&lower, b"method").is_some()
+                    || memchr::memmem::find(&lower, b"\\u").is_some()
+                {
+                    return refuse("(in JSON the gateway cannot read)");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether a server may read the body as fields that could hold `_method`: no type (Rack),
+/// a form or a multipart form as PHP reads a type (the media type cut at `;`, `,` or a space),
+/// or JSON as Laravel reads one (`/json` or `+json` anywhere in it).
+fn may_hold_fields(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else {
+        return true;
+    };
+    let ct = ct.as_bytes().to_ascii_lowercase();
+    let media = ct
+        .trim_ascii_start()
+        .split(|&b| matches!(b, b';' | b',' | b' ' | b'\t'))
+        .next()
+        .unwrap_or_default();
+    media == b"application/x-www-form-urlencoded"
+        || media.starts_with(b"multipart/")
+        || memchr::memmem::find(&ct, b"/json").is_some()
+        || memchr::memmem::find(&ct, b"+json").is_some()
 }
 
 /// Whether the body is a multipart form (`multipart/form-data`, or any `multipart/*`, which
@@ -715,15 +746,15 @@ fn body_type(headers: &HeaderMap) -> BodyType {
     }
 }
 
-/// A query's arguments, each once: a name given twice with different values is refused
-/// (Flask reads the first, Starlette the last, PHP and Express an array).
 /// Parameters in a query, or in a form: PHP reads the first 1,000 (`max_input_vars`) and
 /// drops the rest, Express's body parser refuses more and `qs` ignores them, so a condition
 /// on a parameter past them would hold for a value the server never reads.
 const MAX_PARAMS: usize = 1000;
 
-/// Names PHP or Rack read as another name are refused, and the bases of `name[...]` are added
-/// to `nested` ([`names`]).
+/// A query's arguments, each once: a name given twice with different values is refused
+/// (Flask reads the first, Starlette the last, PHP and Express an array). Names PHP or Rack
+/// read as another name are refused, and the bases of `name[...]` are added to `nested`
+/// ([`names`]).
 fn query(
     uri: &Uri,
     rules: PathRules,

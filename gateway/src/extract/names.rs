@@ -34,9 +34,7 @@ pub fn read(name: &str, rules: PathRules) -> Result<Reading<'_>, ExtractError> {
     if base.contains(']') {
         return refuse("Rack ends a name at a ']'");
     }
-    if base.contains(['.', ' '])
-        && (!rules.dotted_names || base.replace(['.', ' '], "_") == "_method")
-    {
+    if base.contains(['.', ' ']) && (!rules.dotted_names || overrides_method(name)) {
         return refuse(
             "PHP reads '.' and ' ' in a name as '_'; a service whose server is not PHP may \
              allow them (`paths: { dotted_names: true }`)",
@@ -153,5 +151,6 @@ mod tests {
         assert!(read(" a", rules).is_err());
         // What PHP would route as the request's method is refused whatever the service says.
         assert!(read(".method", rules).is_err());
+        assert!(read(".METHOD", rules).is_err());
     }
 }

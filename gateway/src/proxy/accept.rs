@@ -333,13 +333,9 @@ async fn run_worker(
             Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
         }
     }
+    // The runtime ends when this returns, and with it the connections it still serves: the
+    // daemon said the stop began first (`Stats::stop`), so their records say the stop cut them.
     while serving.join_next().await.is_some() {}
-    // The runtime ends when this returns, and with it the connections it still serves: their
-    // records say the stop cut them, and their held calls are interrupted, not cancelled.
-    inputs.stats.stop();
-    if let Some(approvals) = &inputs.approvals {
-        approvals.stop();
-    }
 }
 
 /// Keeps a timer due within a second on this thread's runtime, always.

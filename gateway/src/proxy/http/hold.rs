@@ -22,7 +22,14 @@ impl Drop for OnCancel<'_> {
         let Some(recording) = self.recording.filter(|_| self.armed) else {
             return;
         };
-        let (error, state, reason) = match self.conn.inputs.stats.stopping() {
+        // The flag the hold's own end reads, so that the record and the request agree.
+        let stopping = self
+            .conn
+            .inputs
+            .approvals
+            .as_ref()
+            .is_some_and(|a| a.stopping());
+        let (error, state, reason) = match stopping {
             true => (
                 "approval_interrupted",
                 "interrupted",
