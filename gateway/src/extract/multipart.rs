@@ -61,31 +61,44 @@ pub fn part_names(content_type: &str, body: &[u8]) -> Result<Vec<String>, Unread
     Err("a body without its close delimiter")
 }
 
-/// The boundary of a `multipart/*` type.
+/// The boundary of a `multipart/*` type. PHP takes the text after the first `=` that follows
+/// the first `boundary` anywhere in the type (looked for in lower case first, then in any),
+/// Rack and PHP keep a space after the `=`, Go trims it: so the parameter must be the first
+/// `boundary` in any case, spelled `boundary=` in lower case, its value right after the `=`.
+/// (Chrome's own boundary, `----WebKitFormBoundary…`, holds the word after that.)
 fn boundary(content_type: &str) -> Result<String, Unread> {
     let lower = content_type.to_ascii_lowercase();
-    // PHP takes the first `boundary=` anywhere in the type (Chrome's own boundary,
-    // `----WebKitFormBoundary…`, holds the word but not the `=`).
-    if lower.matches("boundary=").count() != 1 || lower.contains(',') {
-        return Err("a type with other than one boundary");
+    if lower.contains(',') {
+        return Err("a type with a comma");
     }
+    let first = lower.find("boundary").ok_or("no boundary")?;
     let mut found = None;
-    for param in content_type.split(';').skip(1) {
+    let mut offset = 0;
+    for (n, param) in content_type.split(';').enumerate() {
+        let at = offset;
+        offset += param.len() + 1;
+        if n == 0 {
+            continue;
+        }
         let (key, value) = param
             .split_once('=')
             .ok_or("a type parameter without '='")?;
-        let key = key.trim();
-        if key.eq_ignore_ascii_case("charset") {
+        let lead = key.len() - key.trim_ascii_start().len();
+        let key = &key[lead..];
+        if key.eq_ignore_ascii_case("charset") && !value.to_ascii_lowercase().contains("boundary") {
             continue;
         }
-        if !key.eq_ignore_ascii_case("boundary") {
-            return Err("a type parameter other than boundary and charset");
+        if key != "boundary" || at + lead != first || found.is_some() {
+            return Err("a type whose first `boundary` is not its one boundary= parameter");
         }
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
+        let value = value.trim_ascii_end();
+        let value = match value.strip_prefix('"') {
+            Some(q) => q
+                .strip_suffix('"')
+                .ok_or("a boundary with a quote that does not end")?,
+            None => value,
+        };
+        // No space or tab: PHP and Rack keep one after the `=`, Go does not.
         let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.=+/".contains(&b);
         if value.is_empty() || value.len() > 70 || !value.bytes().all(plain) {
             return Err("a boundary of other than letters, digits and -_.=+/");
@@ -100,6 +113,11 @@ fn part_name(headers: &[u8]) -> Result<String, Unread> {
     let headers = std::str::from_utf8(headers).map_err(|_| "a part header that is not UTF-8")?;
     if headers.bytes().any(|b| b == 0) {
         return Err("a part header with a NUL");
+    }
+    // PHP reads a header line in pieces of 5,120 bytes: a longer one is cut, and what follows
+    // the cut read as a header of its own.
+    if headers.split("\r\n").any(|l| l.len() > MAX_HEADER_LINE) {
+        return Err("a part header line longer than 4,096 bytes");
     }
     // Rack reads the name with `/Content-Disposition:[^:]*;\s*name=/i` over the whole block.
     let lower = headers.to_ascii_lowercase();
@@ -139,11 +157,22 @@ fn part_name(headers: &[u8]) -> Result<String, Unread> {
     name.ok_or("a part without a Content-Disposition")
 }
 
+/// The longest part header line read.
+const MAX_HEADER_LINE: usize = 4096;
+
+/// Ruby's `\s`: ASCII whitespace only (a no-break space is not).
+const RUBY_SPACE: [char; 5] = [' ', '\t', '\x0b', '\x0c', '\r'];
+
 /// How many times Rack's `;\s*name=` (any case) is in `lower`.
 fn rack_names(lower: &str) -> usize {
     lower
         .match_indices(';')
-        .filter(|(i, _)| lower[i + 1..].trim_start().starts_with("name="))
+        .filter(|(i, _)| {
+            lower[i + 1..]
+                .trim_start_matches(RUBY_SPACE)
+                .trim_start_matches('\n')
+                .starts_with("name=")
+        })
         .count()
 }
 
@@ -152,7 +181,7 @@ fn rack_names(lower: &str) -> usize {
 /// `name*` (RFC 2231); the name itself without a backslash.
 fn disposition_name(value: &str) -> Result<String, Unread> {
     let params = split_outside_quotes(value)?;
-    let kind = params.first().map_or("", |k| k.trim());
+    let kind = params.first().map_or("", |k| k.trim_ascii());
     if kind.is_empty() || !kind.bytes().all(is_tchar) {
         return Err("a Content-Disposition that is not a token and parameters");
     }
@@ -162,14 +191,15 @@ fn disposition_name(value: &str) -> Result<String, Unread> {
         let (key, value) = param
             .split_once('=')
             .ok_or("a Content-Disposition parameter without '='")?;
-        let key = key.trim_start().to_ascii_lowercase();
+        // ASCII whitespace only: Rack's `\s` is not Rust's `trim` (a no-break space).
+        let key = key.trim_ascii_start().to_ascii_lowercase();
         if key.is_empty() || !key.bytes().all(is_tchar) || key.contains('*') {
             return Err("a Content-Disposition parameter key that is not a plain token");
         }
         if keys.contains(&key) {
             return Err("a Content-Disposition parameter given twice");
         }
-        let value = value.trim_end();
+        let value = value.trim_ascii_end();
         let text = match value.strip_prefix('"') {
             Some(q) => q
                 .strip_suffix('"')
@@ -180,6 +210,10 @@ fn disposition_name(value: &str) -> Result<String, Unread> {
         if key == "name" {
             if text.contains(['\\', '"']) {
                 return Err("a part name with a backslash or a quote");
+            }
+            if text.is_empty() {
+                // Rack names such a part by its type or its filename.
+                return Err("a part with an empty name");
             }
             name = Some(text.to_string());
         }
@@ -266,7 +300,17 @@ mod tests {
             "Content-Disposition: form-data; name=x\r\nContent-Disposition: form-data; name=_method",
             "Content-Disposition: form-data; name=x\r\nContent-Type: multipart/mixed; boundary=XB",
             "Content-Disposition: form-data; name=\"x\nX: y; name=_method\"",
+            "Content-Disposition: form-data;\u{a0}name=\"a\"\r\nContent-Type: _method",
+            "Content-Disposition: form-data; name=\"\"; filename=\"_method\"",
         ] {
+            assert!(names(h).is_err(), "{h:?} was read as {:?}", names(h));
+        }
+        // PHP cuts a header line at 5,120 bytes.
+        let long = format!(
+            "Content-Disposition: form-data; pad=\"{}\"; name=\"_method:x\"",
+            "P".repeat(5067)
+        );
+        for h in [long.as_str()] {
             assert!(names(h).is_err(), "{h:?} was read as {:?}", names(h));
         }
     }
@@ -310,6 +354,13 @@ mod tests {
             "multipart/form-data; charset=boundary=ZZ; boundary=XB",
             "multipart/form-data; boundary=\"a b\"",
             "multipart/form-data; other=1; boundary=XB",
+            // Found by a differential run against PHP 8.2, Rack 2.2 and Go.
+            "multipart/form-data; boundary= XB",
+            "multipart/form-data; boundary=\tXB",
+            "multipart/form-data; charset=boundary x=ZZ; boundary=XB",
+            "multipart/form-data; charset=boundaryx=ZZ; boundary=XB",
+            "multipart/form-data; BOUNDARY=XB; charset=boundary/=ZZ",
+            "multipart/form-data; boundary =ZZ; boundary=XB",
         ] {
             assert!(part_names(ct, b"--XB\r\n").is_err(), "{ct}");
         }
