@@ -310,9 +310,11 @@ mod tests {
             "Content-Disposition: form-data; pad=\"{}\"; name=\"_method:x\"",
             "P".repeat(5067)
         );
-        for h in [long.as_str()] {
-            assert!(names(h).is_err(), "{h:?} was read as {:?}", names(h));
-        }
+        assert!(
+            names(&long).is_err(),
+            "a header line of {} bytes",
+            long.len()
+        );
     }
 
     #[test]
