@@ -1095,6 +1095,12 @@ rules:
                 vec!["Content-Type: multipart/form-data; boundary= XX"],
                 b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n-- XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n-- XX--\r\n\r\n--XX--\r\n".to_vec(),
             ),
+            // A type only Go reads as multipart (it trims Unicode spaces and lowers `İ`).
+            (
+                "/p1",
+                vec!["Content-Type: \u{a0}multipart/form-data; boundary=XX"],
+                b"--XX\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XX--\r\n".to_vec(),
+            ),
             // Past the first 1,000 pairs of an untyped body (Rack reads 4,096); in JSON serde
             // cannot read (PHP's json_decode reads 1e400).
             ("/p1", vec!["Content-Type:"], filler_then_method.into_bytes()),
