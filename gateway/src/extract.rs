@@ -44,7 +44,8 @@ impl Kind {
     }
 
     /// Whether the request body must be read before deciding.
-    pub fn needs_body(self, parts: &Parts) -> bool {
+    pub fn needs_body(self, parts: &Parts, service: &Surface) -> bool {
+        let fields = !service.paths.no_method_override;
         match self {
             Kind::JsonRpc | Kind::Mcp => parts.method == Method::POST,
             // Whatever the server might read arguments from, whatever its label says (Flask's
@@ -52,11 +53,11 @@ impl Kind {
             // with POST, for a `_method` part (Rails and Laravel route by it).
             Kind::Rest => {
                 body_type(&parts.headers) != BodyType::Opaque
-                    || (parts.method == Method::POST && is_multipart(&parts.headers))
+                    || (fields && parts.method == Method::POST && is_multipart(&parts.headers))
             }
             // A plain HTTP service's POST, when its body may hold a form field a server reads
             // as `_method` ([`no_override_in`]).
-            Kind::Http => parts.method == Method::POST && may_hold_fields(&parts.headers),
+            Kind::Http => fields && parts.method == Method::POST && may_hold_fields(&parts.headers),
             Kind::Grpc => false,
         }
     }
@@ -317,7 +318,7 @@ fn plain(
     }
     settle(&args, &nested)?;
     if let Some(b) = body {
-        no_override_in(parts, b)?;
+        no_override_in(parts, service.paths, b)?;
     }
     Ok(Call {
         partial: unread_body || body.is_some_and(|b| !b.is_empty()),
@@ -446,7 +447,7 @@ fn rest(
         // Read as sent all the same for a `_method` field: PHP and WEBrick do not inflate.
         Some(b) if encoded => {
             partial = true;
-            no_override_in(parts, b)?;
+            no_override_in(parts, service.paths, b)?;
         }
         Some(b) => {
             match body_type(&parts.headers) {
@@ -474,7 +475,7 @@ fn rest(
                     Ok(v) => join_body(&mut args, v)?,
                     Err(_) => {
                         partial = true;
-                        no_override_in(parts, b)?;
+                        no_override_in(parts, service.paths, b)?;
                     }
                 },
             }
@@ -639,7 +640,10 @@ enum BodyType {
 /// a server reads as `_method`: Rails and Laravel route by it, and the request would run as
 /// another method than the one decided. Every reading is looked at: as a form, and as
 /// multipart parts when the body says it is one.
-fn no_override_in(parts: &Parts, body: &[u8]) -> Result<(), ExtractError> {
+fn no_override_in(parts: &Parts, rules: PathRules, body: &[u8]) -> Result<(), ExtractError> {
+    if rules.no_method_override {
+        return Ok(());
+    }
     let refuse = |name: &str| {
         Err(ExtractError::MethodOverride(format!(
             "a body field {name:?}, which Rails, Laravel or Slim read as `_method`,"

@@ -1615,3 +1615,43 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
         "{errs}"
     );
 }
+
+/// A multipart `POST` to a `rest` service is read for a `_method` part (Rails, Laravel, Slim
+/// route by it), up to `http.max_body_kb`; a service whose server routes by no such field says
+/// `paths: { no_method_override: true }`, and its uploads stream unread, at any size.
+#[test]
+fn uploads_are_read_for_a_method_field_unless_the_server_takes_none() {
+    use callgate::extract::{Kind, extract};
+    let service = |paths: &str| {
+        Repo::service(&format!(
+            "service: svc\nmatch: {{ hosts: [\"svc:80\"] }}\nprotocol: rest\n{paths}\
+             functions:\n  upload: {{ route: \"POST /v1/files\" }}\n"
+        ))
+    };
+    let post = http::Request::builder()
+        .method("POST")
+        .uri("/v1/files")
+        .header("content-type", "multipart/form-data; boundary=XB")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let body =
+        b"--XB\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XB--\r\n";
+    let (strict, streaming) = (
+        service(""),
+        service("paths: { no_method_override: true }\n"),
+    );
+    let (strict, streaming) = (strict.snap(), streaming.snap());
+    let strict = &strict.service("svc").expect("svc").surface;
+    let streaming = &streaming.service("svc").expect("svc").surface;
+    assert!(Kind::Rest.needs_body(&post, strict));
+    assert!(!Kind::Rest.needs_body(&post, streaming));
+    let refused = extract(Kind::Rest, strict, &post, Some(body), false);
+    assert_eq!(refused.err().map(|e| e.code()), Some("bad_method"));
+    let call = extract(Kind::Rest, streaming, &post, None, true).expect("read");
+    assert!(
+        call.calls[0].partial,
+        "an unread upload: no condition holds on it"
+    );
+}

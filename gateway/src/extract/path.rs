@@ -20,6 +20,9 @@ pub struct PathRules {
     /// `.` and ` ` are kept in query and form parameter names, instead of a refusal (see
     /// [`super::names`]).
     pub dotted_names: bool,
+    /// The server routes by no `_method` field: bodies not read for arguments (multipart
+    /// uploads, an `http` service's) are not read to look for one either.
+    pub no_method_override: bool,
 }
 
 /// Why a path has no canonical form the gateway can vouch for.

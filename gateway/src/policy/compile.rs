@@ -276,6 +276,7 @@ fn compile_functions(
             semicolons: file.paths.semicolons
                 || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
             dotted_names: file.paths.dotted_names,
+            no_method_override: file.paths.no_method_override,
         },
         file.credentials.as_ref().map(|c| c.inject.header.clone()),
     );

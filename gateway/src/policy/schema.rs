@@ -126,6 +126,12 @@ pub struct PathOptions {
     /// refusing the request: PHP reads them as `_`. For a server that is not PHP.
     #[serde(default)]
     pub dotted_names: bool,
+    /// The server routes by no `_method` field (it is not Rails, Laravel, Symfony, Slim or
+    /// gorilla's override handler): multipart uploads and an `http` service's `POST` bodies
+    /// stream to it unread, at any size, instead of being read (up to `http.max_body_kb`)
+    /// for one.
+    #[serde(default)]
+    pub no_method_override: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -246,8 +246,8 @@ impl Conn {
         // Read what the decision needs, bounded.
         let limits = &self.inputs.cfg.http;
         let unread_body = !http_body::Body::is_end_stream(&body);
-        let needs_body =
-            kind.needs_body(&parts) || (off_endpoint && parts.method == http::Method::POST);
+        let needs_body = service.is_some_and(|s| kind.needs_body(&parts, &s.surface))
+            || (off_endpoint && parts.method == http::Method::POST);
         let (held_body, stream_body) = if service.is_some() && needs_body {
             match read_body(body, &parts, limits, &self.inputs.inspection).await {
                 Ok(b) => (Some(b), None),
