@@ -148,20 +148,14 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 
 /// A parameter, field or cookie name that servers read a bearer token from (RFC 6750's
 /// `access_token`, Doorkeeper's `bearer_token`, Flask-JWT-Extended's `access_token_cookie`),
-/// in any case, as servers normalise names: brackets around or after it (Rack reads
-/// `[access_token]` and `access_token]`, PHP and `qs` `access_token[]x`), `.` and spaces for
-/// `_` (PHP).
+/// in any case, as servers normalise names ([`crate::util::param_name`]): brackets around or
+/// after it (Rack reads `[access_token]` and `access_token]`, PHP and `qs` `access_token[]x`),
+/// `.` and spaces for `_`, leading spaces dropped and a NUL ending it (PHP).
 pub fn is_token_name(name: &str) -> bool {
-    let name = name.trim_start_matches(['[', ']']);
-    let name = &name[..name.find(['[', ']']).unwrap_or(name.len())];
-    let names = ["access_token", "bearer_token", "access_token_cookie"];
-    let fold_eq = crate::util::jsonpath::fold_eq;
-    if name.contains(['.', ' ']) {
-        let name = name.replace(['.', ' '], "_");
-        names.iter().any(|t| fold_eq(&name, t))
-    } else {
-        names.iter().any(|t| fold_eq(name, t))
-    }
+    crate::util::param_name::reads_as(
+        name,
+        &["access_token", "bearer_token", "access_token_cookie"],
+    )
 }
 
 /// The name of a REST call's argument that carries a bearer token a server may take (RFC

@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod net;
 pub mod note;
 pub mod outbound;
+pub mod param_name;
 pub mod sse;
 pub mod sync;
 pub mod time;

@@ -64,21 +64,7 @@ pub fn read(name: &str, rules: PathRules) -> Result<Reading<'_>, ExtractError> {
 /// bodies that are not read for arguments (a multipart form, a form sent without a type),
 /// where only that reading matters.
 pub fn overrides_method(name: &str) -> bool {
-    const FIELD: &str = "_method";
-    let php = name.trim_start_matches(' ');
-    let php = php.split(['\0', '[']).next().unwrap_or("");
-    // Any case: Slim reads `_METHOD`.
-    let php_reads = php.len() == FIELD.len()
-        && php
-            .bytes()
-            .map(|b| match b {
-                b'.' | b' ' => b'_',
-                b => b.to_ascii_lowercase(),
-            })
-            .eq(FIELD.bytes());
-    let rack = name.trim_start_matches(['[', ']']);
-    let rack = rack.split(['[', ']']).next().unwrap_or("");
-    name.eq_ignore_ascii_case(FIELD) || php_reads || rack.eq_ignore_ascii_case(FIELD)
+    crate::util::param_name::reads_as(name, &["_method"])
 }
 
 #[cfg(test)]
