@@ -673,6 +673,17 @@ fn answers_a_field_mask_or_detector_cannot_read_are_refused() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+    // A list of payments: the field path reaches each element (the callgate of 79888ef gave
+    // the client the SSN of `[{"customer": {"ssn": …}}]`).
+    let (code, body) = get("?format=list");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, "200", "{text}");
+    assert!(
+        !has(&body, "078-05-1120") && !has(&body, "4111 1111 1111 1111"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON list");
+    assert_eq!(v[0]["customer"]["ssn"], "[MASKED:field]", "{text}");
     for query in ["?format=xml", "?format=csv", "?charset=utf-16"] {
         let (code, body) = get(query);
         let text = String::from_utf8_lossy(&body);

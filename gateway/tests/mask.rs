@@ -253,6 +253,31 @@ fn json_ndjson_and_top_level_values() {
     );
 }
 
+/// An upstream that answers a list of what a field path names one of: `$.customer.ssn` is
+/// masked in each element (the callgate of 79888ef passed `[{"customer": {"ssn": …}}]` whole),
+/// and only there: not in an object's members, nor a list inside the list.
+#[test]
+fn field_paths_reach_each_element_of_a_list_answer() {
+    let r = rules(json!([{"field": "$.customer.ssn"}, {"field": "pw"}, {"field": "$[1].n"}]));
+    let input = r#"[{"customer": {"ssn": "078-05-1120"}, "pw": "a"}, {"customer": {"ssn": 1, "x": 2}, "n": 3},
+        {"other": {"customer": {"ssn": "kept"}}}, [{"customer": {"ssn": "kept"}}]]"#;
+    let out = same_at_every_split(&r, BodyKind::Json, input);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v[0]["customer"]["ssn"], "[MASKED:field]", "{out}");
+    assert_eq!(v[0]["pw"], "[MASKED:field]", "{out}");
+    assert_eq!(v[1]["customer"]["ssn"], "[MASKED:field]", "{out}");
+    assert_eq!(v[1]["customer"]["x"], 2, "{out}");
+    assert_eq!(v[1]["n"], "[MASKED:field]", "{out}");
+    assert_eq!(v[2]["other"]["customer"]["ssn"], "kept", "{out}");
+    assert_eq!(v[3][0]["customer"]["ssn"], "kept", "{out}");
+    // The same in place (a record's or an approval's copy).
+    let mut whole: Value = serde_json::from_str(input).expect("json");
+    r.mask_value(&key(), &mut whole);
+    assert_eq!(whole[0]["customer"]["ssn"], "[MASKED:field]");
+    assert_eq!(whole[1]["customer"]["ssn"], "[MASKED:field]");
+    assert_eq!(whole[2]["other"]["customer"]["ssn"], "kept");
+}
+
 #[test]
 fn invalid_json_is_masked_anyway() {
     let r = rules(json!(["email", {"field": "$.pw"}]));

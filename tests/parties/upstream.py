@@ -160,6 +160,9 @@ class Handler(BaseHTTPRequestHandler):
                     f"Content-Length: {len(data)}\r\n\r\n").encode()
             self.wfile.write(head + data)
             return
+        if self.path.startswith("/v1/payments/") and "format=list" in self.path:
+            # The payment as a list's element, as a collection route answers.
+            return self.reply(200, [{"card": CARD, "customer": {"ssn": "078-05-1120"}}])
         if self.path.startswith("/v1/payments/") and "format=" in self.path:
             # The same payment in the format a client asks for (as `?format=` in Django REST
             # Framework, or `Accept` in Spring): its values under no JSON field path.

@@ -251,7 +251,13 @@ impl MaskRules {
                     if path.is_root() {
                         return Err(MaskError::WholeBody);
                     }
-                    fields.push((path, style.unwrap_or_default()));
+                    // An upstream may answer a list of what the path names one of
+                    // (`[{"customer": …}]` for `$.customer.ssn`): the value is masked there too.
+                    let style = style.unwrap_or_default();
+                    if let Some(each) = path.in_each_element() {
+                        fields.push((each, style));
+                    }
+                    fields.push((path, style));
                 }
                 MaskSpec::Regex { regex, name, style } => {
                     let re = Regex::new(regex).map_err(|source| MaskError::Regex {

@@ -14,6 +14,9 @@ enum Seg {
     Wildcard,
     /// `..name`: the key at any depth below.
     Descend(String),
+    /// Each element of an array, and nothing in an object: how [`JsonPath::in_each_element`]
+    /// reaches into a list (`[*]` also selects an object's members).
+    Element,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +142,24 @@ impl JsonPath {
     pub fn steps_into_arrays(&self) -> bool {
         self.segs
             .iter()
-            .any(|s| matches!(s, Seg::Index(_) | Seg::Wildcard))
+            .any(|s| matches!(s, Seg::Index(_) | Seg::Wildcard | Seg::Element))
+    }
+
+    /// For a path that begins with a key (`$.customer.ssn`, `ssn`), the same path from each
+    /// element of a list at the root (`[{"customer": …}, …]`): what the path names in every
+    /// item of an answer an upstream shapes as a list. `None` where the path already says
+    /// what it wants of a list at the root (`$[0]…`, `$[*]…`) or reaches every depth (`$..a`).
+    pub fn in_each_element(&self) -> Option<Self> {
+        if !matches!(self.segs.first(), Some(Seg::Key(_))) {
+            return None;
+        }
+        let mut segs = Vec::with_capacity(self.segs.len() + 1);
+        segs.push(Seg::Element);
+        segs.extend(self.segs.iter().cloned());
+        Some(Self {
+            segs,
+            text: self.text.clone(),
+        })
     }
 
     /// The path is `$` itself: the whole document.
@@ -205,7 +225,7 @@ fn matches_at<'s>(segs: &[Seg], at: usize, len: usize, step: &dyn Fn(usize) -> S
             let here = match (seg, step(at)) {
                 (Seg::Key(k), Step::Key(s)) => k.as_bytes() == s,
                 (Seg::Index(i), Step::Index(j)) => *i == j,
-                (Seg::Wildcard, _) => true,
+                (Seg::Wildcard, _) | (Seg::Element, Step::Index(_)) => true,
                 _ => false,
             };
             here && matches_at(rest, at + 1, len, step)
@@ -251,6 +271,10 @@ fn walk<'v>(
         Seg::Wildcard => match v {
             Value::Array(a) => a.iter().all(|c| walk(rest, c, f, depth + 1, fold)),
             Value::Object(o) => o.values().all(|c| walk(rest, c, f, depth + 1, fold)),
+            _ => true,
+        },
+        Seg::Element => match v {
+            Value::Array(a) => a.iter().all(|c| walk(rest, c, f, depth + 1, fold)),
             _ => true,
         },
         Seg::Descend(k) => {
@@ -321,6 +345,11 @@ fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: u
             Value::Object(o) => o.values_mut().for_each(|c| walk_mut(rest, c, f, depth + 1)),
             _ => {}
         },
+        Seg::Element => {
+            if let Value::Array(a) = v {
+                a.iter_mut().for_each(|c| walk_mut(rest, c, f, depth + 1));
+            }
+        }
         Seg::Descend(k) => {
             if let Some(c) = v.get_mut(k.as_str()) {
                 walk_mut(rest, c, f, depth + 1);
@@ -424,6 +453,34 @@ mod tests {
         assert!(p("$.items[2]").matches(&[Key(b"items"), Index(2)]));
         assert!(!p("$.items[2]").matches(&[Key(b"items"), Index(1)]));
         assert!(p("ssn").matches(&[Key(b"ssn")]));
+    }
+
+    #[test]
+    fn a_path_from_each_element_of_a_list() {
+        use Step::*;
+        let each = |s: &str| JsonPath::parse(s).unwrap().in_each_element();
+        let p = each("$.customer.ssn").unwrap();
+        assert!(p.matches(&[Index(4), Key(b"customer"), Key(b"ssn")]));
+        // Elements of a list only, not an object's members.
+        assert!(!p.matches(&[Key(b"x"), Key(b"customer"), Key(b"ssn")]));
+        assert!(!p.matches(&[Key(b"customer"), Key(b"ssn")]));
+        let v = json!([{"customer": {"ssn": 1}}, {"customer": {"ssn": 2}}, 3]);
+        let mut seen = Vec::new();
+        p.visit(&v, &mut |x| {
+            seen.push(x.clone());
+            true
+        });
+        assert_eq!(seen, [json!(1), json!(2)]);
+        let mut m = v.clone();
+        p.visit_mut(&mut m, &mut |x| *x = json!("x"));
+        assert_eq!(
+            m,
+            json!([{"customer": {"ssn": "x"}}, {"customer": {"ssn": "x"}}, 3])
+        );
+        assert!(each("ssn").is_some());
+        for whole in ["$[0].ssn", "$[*].ssn", "$..ssn"] {
+            assert!(each(whole).is_none(), "{whole}");
+        }
     }
 
     #[test]

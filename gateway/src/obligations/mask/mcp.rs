@@ -345,28 +345,33 @@ impl McpMasker {
         self.stats.masked += n as u64;
     }
 
-    /// A tool's result: masked as a whole, then, with field paths to apply (addressed to the
-    /// result), each element of a list and what a `{"result": …}` wrapper holds, `depth`
-    /// levels down.
+    /// A tool's result: masked as a whole (which, for a list, applies the field paths to each
+    /// of its elements: see [`crate::util::jsonpath::JsonPath::in_each_element`]), then what
+    /// [`Self::within_result`] reaches.
     fn mask_result(&self, v: &mut Json, depth: u8) -> usize {
-        let mut n = self.rules.mask_value(&self.key, v);
+        self.rules.mask_value(&self.key, v) + self.within_result(v, depth)
+    }
+
+    /// With field paths to apply (addressed to the result), what a `{"result": …}` wrapper
+    /// holds and the lists in a list, `depth` levels down. An element of a list had the paths
+    /// applied with its list, and is not masked twice (a `hash` style would hash the mask).
+    fn within_result(&self, v: &mut Json, depth: u8) -> usize {
         if depth == 0 || !self.rules.has_fields() {
-            return n;
+            return 0;
         }
         match v {
-            Json::Array(items) => {
-                for item in items {
-                    n += self.mask_result(item, depth - 1);
-                }
-            }
-            Json::Object(map) if map.len() == 1 => {
-                if let Some(inner) = map.get_mut("result") {
-                    n += self.mask_result(inner, depth - 1);
-                }
-            }
-            _ => {}
+            Json::Array(items) => items
+                .iter_mut()
+                .map(|item| match item {
+                    Json::Array(_) => self.mask_result(item, depth - 1),
+                    _ => self.within_result(item, depth - 1),
+                })
+                .sum(),
+            Json::Object(map) if map.len() == 1 => map
+                .get_mut("result")
+                .map_or(0, |inner| self.mask_result(inner, depth - 1)),
+            _ => 0,
         }
-        n
     }
 }
 
@@ -484,6 +489,36 @@ mod tests {
         m.push(one.to_string().as_bytes(), &mut out);
         m.finish(&mut out);
         assert!(!String::from_utf8_lossy(&out).contains("078-05-1120"));
+    }
+
+    /// An element of a list is masked once: a `hash` style gives it the hash a single result
+    /// with the same value gets, not the hash of its mask.
+    #[test]
+    fn list_elements_are_masked_once() {
+        let specs: Vec<MaskSpec> =
+            yaml_serde::from_str("[{ field: \"$.ssn\", style: hash }]").expect("specs");
+        let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
+        let masked = |structured: Json| {
+            let msg = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"structuredContent": structured}});
+            let mut m = McpMasker::new(rules.clone(), MaskKey::from_bytes([7; 32]), false, 4096);
+            let mut out = Vec::new();
+            m.push(msg.to_string().as_bytes(), &mut out);
+            m.finish(&mut out);
+            let v: Json = serde_json::from_slice(&out).expect("JSON");
+            v["result"]["structuredContent"].clone()
+        };
+        let one = masked(serde_json::json!({"ssn": "078-05-1120"}));
+        let list = masked(serde_json::json!([{"ssn": "078-05-1120"}, [{"ssn": "078-05-1120"}]]));
+        let wrapped = masked(serde_json::json!({"result": [{"ssn": "078-05-1120"}]}));
+        assert!(
+            one["ssn"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("[MASKED:field:")),
+            "{one}"
+        );
+        assert_eq!(list[0]["ssn"], one["ssn"], "{list}");
+        assert_eq!(list[1][0]["ssn"], one["ssn"], "{list}");
+        assert_eq!(wrapped["result"][0]["ssn"], one["ssn"], "{wrapped}");
     }
 
     #[test]
