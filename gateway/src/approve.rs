@@ -377,6 +377,11 @@ impl Approvals {
             },
         };
         let (verdict, window) = judge(&r, approve, approver, grant, comment, Some(f.host()))?;
+        if self.stopping() && r.host.as_deref() == Some(f.host()) {
+            return Err(format!(
+                "the gateway is stopping: request {id} is interrupted, not answered"
+            ));
+        }
         let state = if approve {
             State::Approved
         } else {
@@ -430,6 +435,13 @@ impl Approvals {
             .ok_or_else(|| format!("no approval request {id}"))?;
         if r.state != State::Pending {
             return Err(format!("request {id} is already {}", r.state.as_str()));
+        }
+        if self.stopping() {
+            // Its call is being cut by the stop and recorded as interrupted: a verdict kept
+            // now would say approved (or denied) of a call that was never carried out.
+            return Err(format!(
+                "the gateway is stopping: request {id} is interrupted, not answered"
+            ));
         }
         if let Some(g) = grant_for(r, &verdict, window) {
             inner.grants.insert(g.id.clone(), g);
@@ -1299,6 +1311,33 @@ mod tests {
 
         a.revoke(&grant.id).unwrap();
         assert!(granted(&a, &c, "big", None, "d1").is_none());
+    }
+
+    /// A verdict given once the gateway is stopping is refused: the held call is being cut
+    /// and recorded as interrupted, and the state says so too (not `approved` of a call that
+    /// was never carried out).
+    #[tokio::test]
+    async fn a_verdict_during_the_stop_is_refused() {
+        let dir = tempdir();
+        let (a, _) = open(dir.path(), ApprovalLimits::default());
+        let c = caller("agent");
+        let s = spec(None);
+        let hold = a.hold(new(&c, &s)).await.unwrap();
+        let id = hold.id.clone();
+        a.stop();
+        let refused = a
+            .answer(&id, true, &person("lee", &["leads"]), None, None)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("stopping"), "{refused}");
+        assert_eq!(a.get(&id).unwrap().state, State::Pending);
+        drop(hold);
+        assert_eq!(a.get(&id).unwrap().state, State::Interrupted);
+        let (_, again) = open(dir.path(), ApprovalLimits::default());
+        assert!(
+            again.is_empty(),
+            "recorded at the stop, not again: {again:?}"
+        );
     }
 
     #[tokio::test]
