@@ -276,6 +276,25 @@ fn field_paths_reach_each_element_of_a_list_answer() {
     assert_eq!(whole[0]["customer"]["ssn"], "[MASKED:field]");
     assert_eq!(whole[1]["customer"]["ssn"], "[MASKED:field]");
     assert_eq!(whole[2]["other"]["customer"]["ssn"], "kept");
+    // A policy that already named the list (`$[*].customer.ssn` beside `$.customer.ssn`): each
+    // value is masked once, the hash that of the value, not of its mask.
+    let both = rules(json!([
+        {"field": "$.customer.ssn", "style": "hash"},
+        {"field": "$[*].customer.ssn", "style": "hash"}
+    ]));
+    let one = rules(json!([{"field": "$.customer.ssn", "style": "hash"}]));
+    let mut a = json!([{"customer": {"ssn": "078-05-1120"}}]);
+    let mut b = json!({"customer": {"ssn": "078-05-1120"}});
+    assert_eq!(both.mask_value(&key(), &mut a), 1);
+    assert_eq!(one.mask_value(&key(), &mut b), 1);
+    assert_eq!(a[0]["customer"]["ssn"], b["customer"]["ssn"]);
+    let streamed = same_at_every_split(
+        &both,
+        BodyKind::Json,
+        &json!([{"customer": {"ssn": "078-05-1120"}}]).to_string(),
+    );
+    let streamed: Value = serde_json::from_str(&streamed).expect("json");
+    assert_eq!(streamed[0]["customer"]["ssn"], b["customer"]["ssn"]);
 }
 
 #[test]

@@ -416,10 +416,17 @@ impl MaskRules {
 
     /// Masks a JSON value in place: field paths first, then detectors in every string (and
     /// card numbers written as numbers). Returns how many values were masked.
+    ///
+    /// A value that already is a field mask is left as it is: two paths that select it (an
+    /// MCP result masked as a list and element by element, `$.a` beside `$[*].a`) mask it
+    /// once, not the `hash` style's hash of its own mask.
     pub fn mask_value(&self, key: &MaskKey, v: &mut serde_json::Value) -> usize {
         let mut n = 0;
         for (path, style) in &self.fields {
             path.visit_mut(v, &mut |x| {
+                if matches!(&*x, serde_json::Value::String(s) if is_field_mask(s)) {
+                    return;
+                }
                 let raw = match &*x {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -568,6 +575,21 @@ impl MaskRules {
 
 /// Writes the replacement for `value`. Replacements never contain `"` or `\`, so they are
 /// valid inside a JSON string.
+/// `s` is what [`render_value`] writes for a field in the `redact` or `hash` style: nothing
+/// of a value but, for `hash`, its tag. (`partial` gives its own output again.)
+fn is_field_mask(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("[MASKED:field")
+        .and_then(|r| r.strip_suffix(']'))
+    else {
+        return false;
+    };
+    rest.is_empty()
+        || rest.strip_prefix(':').is_some_and(|hex| {
+            hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
 fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mut Vec<u8>) {
     match style {
         Style::Redact => {

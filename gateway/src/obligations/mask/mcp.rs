@@ -345,33 +345,29 @@ impl McpMasker {
         self.stats.masked += n as u64;
     }
 
-    /// A tool's result: masked as a whole (which, for a list, applies the field paths to each
-    /// of its elements: see [`crate::util::jsonpath::JsonPath::in_each_element`]), then what
-    /// [`Self::within_result`] reaches.
+    /// A tool's result: masked as a whole, then, with field paths to apply (addressed to the
+    /// result), each element of a list and what a `{"result": …}` wrapper holds, `depth`
+    /// levels down. A value two of these reach (`$..ssn`, or `$.ssn` from the list and from
+    /// its element) is masked once: [`MaskRules::mask_value`] leaves its own masks as they are.
     fn mask_result(&self, v: &mut Json, depth: u8) -> usize {
-        self.rules.mask_value(&self.key, v) + self.within_result(v, depth)
-    }
-
-    /// With field paths to apply (addressed to the result), what a `{"result": …}` wrapper
-    /// holds and the lists in a list, `depth` levels down. An element of a list had the paths
-    /// applied with its list, and is not masked twice (a `hash` style would hash the mask).
-    fn within_result(&self, v: &mut Json, depth: u8) -> usize {
+        let mut n = self.rules.mask_value(&self.key, v);
         if depth == 0 || !self.rules.has_fields() {
-            return 0;
+            return n;
         }
         match v {
-            Json::Array(items) => items
-                .iter_mut()
-                .map(|item| match item {
-                    Json::Array(_) => self.mask_result(item, depth - 1),
-                    _ => self.within_result(item, depth - 1),
-                })
-                .sum(),
-            Json::Object(map) if map.len() == 1 => map
-                .get_mut("result")
-                .map_or(0, |inner| self.mask_result(inner, depth - 1)),
-            _ => 0,
+            Json::Array(items) => {
+                for item in items {
+                    n += self.mask_result(item, depth - 1);
+                }
+            }
+            Json::Object(map) if map.len() == 1 => {
+                if let Some(inner) = map.get_mut("result") {
+                    n += self.mask_result(inner, depth - 1);
+                }
+            }
+            _ => {}
         }
+        n
     }
 }
 
@@ -519,6 +515,22 @@ mod tests {
         assert_eq!(list[0]["ssn"], one["ssn"], "{list}");
         assert_eq!(list[1][0]["ssn"], one["ssn"], "{list}");
         assert_eq!(wrapped["result"][0]["ssn"], one["ssn"], "{wrapped}");
+        // A path that begins with a wildcard still reaches into each element.
+        let specs: Vec<MaskSpec> =
+            yaml_serde::from_str("[{ field: \"$.*.ssn\" }, { field: \"$..pin\", style: hash }]")
+                .expect("specs");
+        let rules = Arc::new(MaskRules::compile(&specs).expect("rules"));
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"structuredContent":
+            [{"holder": {"ssn": "078-05-1120", "pin": "1234"}}]}});
+        let mut m = McpMasker::new(rules, MaskKey::from_bytes([7; 32]), false, 4096);
+        let mut out = Vec::new();
+        m.push(msg.to_string().as_bytes(), &mut out);
+        m.finish(&mut out);
+        let v: Json = serde_json::from_slice(&out).expect("JSON");
+        let holder = &v["result"]["structuredContent"][0]["holder"];
+        assert_eq!(holder["ssn"], "[MASKED:field]", "{v}");
+        let pin = holder["pin"].as_str().expect("masked pin");
+        assert!(pin.starts_with("[MASKED:field:") && pin.len() == 31, "{v}");
     }
 
     #[test]
