@@ -270,6 +270,14 @@ fn field_paths_reach_each_element_of_a_list_answer() {
     assert_eq!(v[1]["n"], "[MASKED:field]", "{out}");
     assert_eq!(v[2]["other"]["customer"]["ssn"], "kept", "{out}");
     assert_eq!(v[3][0]["customer"]["ssn"], "kept", "{out}");
+    // JSON Lines whose lines are lists, and a list after whitespace.
+    let lines = same_at_every_split(
+        &r,
+        BodyKind::Json,
+        " \n[{\"customer\": {\"ssn\": 1}}]\n[{\"customer\": {\"ssn\": 2}}]\n",
+    );
+    let masked = r#"[{"customer": {"ssn": "[MASKED:field]"}}]"#;
+    assert_eq!(lines, format!(" \n{masked}\n{masked}\n"), "{lines}");
     // The same in place (a record's or an approval's copy).
     let mut whole: Value = serde_json::from_str(input).expect("json");
     r.mask_value(&key(), &mut whole);
