@@ -573,8 +573,6 @@ impl MaskRules {
     }
 }
 
-/// Writes the replacement for `value`. Replacements never contain `"` or `\`, so they are
-/// valid inside a JSON string.
 /// `s` is what [`render_value`] writes for a field in the `redact` or `hash` style: nothing
 /// of a value but, for `hash`, its tag. (`partial` gives its own output again.)
 fn is_field_mask(s: &str) -> bool {
@@ -590,6 +588,8 @@ fn is_field_mask(s: &str) -> bool {
         })
 }
 
+/// Writes the replacement for `value`. Replacements never contain `"` or `\`, so they are
+/// valid inside a JSON string.
 fn render_value(key: &MaskKey, label: &str, style: Style, value: &[u8], out: &mut Vec<u8>) {
     match style {
         Style::Redact => {
