@@ -138,11 +138,12 @@ impl JsonPath {
         })
     }
 
-    /// The path counts array elements (`[0]`, `[*]`), so a streaming matcher must too.
+    /// The path counts array elements (`[0]`, `[*]`), so a streaming matcher must too. (The
+    /// step [`Self::in_each_element`] adds takes any element: nothing to count for it.)
     pub fn steps_into_arrays(&self) -> bool {
         self.segs
             .iter()
-            .any(|s| matches!(s, Seg::Index(_) | Seg::Wildcard | Seg::Element))
+            .any(|s| matches!(s, Seg::Index(_) | Seg::Wildcard))
     }
 
     /// For a path that begins with a key (`$.customer.ssn`, `ssn`), the same path from each
