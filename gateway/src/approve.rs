@@ -378,9 +378,7 @@ impl Approvals {
         };
         let (verdict, window) = judge(&r, approve, approver, grant, comment, Some(f.host()))?;
         if self.stopping() && r.host.as_deref() == Some(f.host()) {
-            return Err(format!(
-                "the gateway is stopping: request {id} is interrupted, not answered"
-            ));
+            return Err(interrupted_by_the_stop(id));
         }
         let state = if approve {
             State::Approved
@@ -439,9 +437,7 @@ impl Approvals {
         if self.stopping() {
             // Its call is being cut by the stop and recorded as interrupted: a verdict kept
             // now would say approved (or denied) of a call that was never carried out.
-            return Err(format!(
-                "the gateway is stopping: request {id} is interrupted, not answered"
-            ));
+            return Err(interrupted_by_the_stop(id));
         }
         if let Some(g) = grant_for(r, &verdict, window) {
             inner.grants.insert(g.id.clone(), g);
@@ -1062,6 +1058,12 @@ fn trim(inner: &mut Inner) {
     }
     let now = now_ms();
     inner.grants.retain(|_, g| g.live(now));
+}
+
+/// Why a verdict on request `id` is refused once the gateway is stopping: its call is being
+/// cut and recorded as interrupted.
+fn interrupted_by_the_stop(id: &str) -> String {
+    format!("the gateway is stopping: request {id} is interrupted, not answered")
 }
 
 /// A held call waiting for its verdict. Dropped before one, the request is cancelled (the
