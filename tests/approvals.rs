@@ -774,12 +774,21 @@ fn requests_and_grants_survive_a_restart() {
     );
 
     // A graceful stop (SIGTERM) with a call held: the request is interrupted, not cancelled
-    // as if its client had gone away, and the call's record says the stop ended it.
+    // as if its client had gone away, its client is told so at once (not cut at the end of
+    // the stop's grace), and the call's record says the stop ended it.
     let held = s.refund(Some("support-bot"));
     let held_id = id_of(&s.pending("refund"));
+    let stopped = std::time::Instant::now();
     assert!(s.gw.terminate(Duration::from_secs(20)), "{}", s.gw.log());
-    let (code, _) = held.finish();
-    assert_eq!(code, 0, "the held connection did not survive");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "the stop waited for the held call: {:?}\n{}",
+        stopped.elapsed(),
+        s.gw.log()
+    );
+    let (code, body) = held.finish();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("approval_interrupted"), "{body}");
     s.gw.restart();
     let r = s.ended(&held_id);
     assert_eq!(r["state"], "interrupted", "{r}");

@@ -544,7 +544,9 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     let id = pending_id(&f.a, "host-b");
     let stopped = Instant::now();
     assert!(f.b.terminate(Duration::from_secs(20)), "{}", f.b.log());
-    drop(call);
+    let (code, body) = call.finish();
+    assert_eq!(code, 503, "B's stop answered its held call: {body}");
+    assert!(body.contains("approval_interrupted"), "{body}");
     let ended = wait_for(Duration::from_secs(10), || {
         list(&f.a, true)
             .into_iter()
@@ -560,8 +562,9 @@ fn held_on_a_approved_on_b_and_the_database_going_away() {
     );
     assert!(
         stopped.elapsed() < Duration::from_secs(3),
-        "ended by B's stop, not by A's watch: {:?}",
-        stopped.elapsed()
+        "ended by B's stop, not by A's watch: {:?}\n{}",
+        stopped.elapsed(),
+        f.b.log()
     );
     f.b.restart();
 

@@ -626,20 +626,27 @@ fn a_call_whose_client_gives_up_is_recorded_all_the_same() {
     );
 }
 
-/// A stop ends the data-path threads, and with them every connection still open. A
-/// pass-through connection open at that moment left no record (its record was written when
-/// its copy ended, which it never did), and a call cut at the upstream said it was cut by
-/// "the client going away, or the gateway stopping". Both are now on record as cut by the
-/// stop: the connection with the bytes it moved until then, copied by the gateway or spliced
-/// by the kernel.
+/// A stop lets the calls in flight finish within its grace (`stop_grace_s`), over HTTP/1
+/// and h2, and takes no new connection meanwhile; what is still open at the end of the grace
+/// is cut. Before the drain, every connection was cut at once: the calls that were about to
+/// be answered too.
+///
+/// What the stop cuts is on record as cut by the stop. A pass-through connection open at that
+/// moment once left no record (its record was written when its copy ended, which it never
+/// did), and a call cut at the upstream said it was cut by "the client going away, or the
+/// gateway stopping". Both are now on record as cut by the stop: the connection with the
+/// bytes it moved until then, copied by the gateway or spliced by the kernel.
 #[test]
-fn what_a_stop_cuts_is_on_record_as_cut_by_the_stop() {
-    stop_cuts("records_stop_cut", "");
+fn a_stop_lets_calls_in_flight_finish_and_records_what_it_cuts() {
+    stop_cuts("records_stop_cut", "stop_grace_s: 3\n");
 }
 
 #[test]
 fn what_a_stop_cuts_in_a_kernel_splice_is_on_record_with_what_it_moved() {
-    stop_cuts("records_stop_cut_spliced", "kernel_splice: true\n");
+    stop_cuts(
+        "records_stop_cut_spliced",
+        "kernel_splice: true\nstop_grace_s: 3\n",
+    );
 }
 
 fn stop_cuts(test: &str, config: &str) {
@@ -712,30 +719,86 @@ fn stop_cuts(test: &str, config: &str) {
             }
         }
     };
+    // Two calls the upstream answers in 1.5 s, within the grace: over HTTP/1 and h2.
+    let quick = |id: &str| format!("http://127.0.0.1:{}/v1/payments/{id}?slow=1500", up.port);
+    let (quick_h1, quick_h2) = (quick("p_drain_h1"), quick("p_drain_h2"));
+    let arrived = |what: &str| {
+        up.requests()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap_or("").contains(what))
+    };
+    let answered = |url: &str, version: &str| {
+        let out = cg.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            version,
+            "-w",
+            " %{http_code}",
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     let clients = std::thread::scope(|scope| {
         let call = scope.spawn(|| cg.run(&["curl", "-sS", "--max-time", "20", &slow]));
         let conn = scope.spawn(|| cg.run(&["python3", "-c", &sink_client]));
         // Both are at their upstreams: the call arrived, the connection's bytes came.
-        let arrived = wait_for(Duration::from_secs(15), || {
-            up.requests()
-                .iter()
-                .any(|r| r["path"].as_str().unwrap_or("").contains("p_stop"))
-                .then_some(())
-        });
-        assert!(
-            arrived.is_some(),
-            "the call reached the upstream: {}",
-            gw.log()
-        );
+        let at = wait_for(Duration::from_secs(15), || arrived("p_stop").then_some(()));
+        assert!(at.is_some(), "the call reached the upstream: {}", gw.log());
         moved_to(1000, &|| gw.log());
         fs::write(&go, "").expect("go");
         moved_to(2000, &|| gw.log());
+        let drained = [
+            scope.spawn(|| answered(&quick_h1, "--http1.1")),
+            scope.spawn(|| answered(&quick_h2, "--http2-prior-knowledge")),
+        ];
+        let at = wait_for(Duration::from_secs(15), || {
+            (arrived("p_drain_h1") && arrived("p_drain_h2")).then_some(())
+        });
+        assert!(
+            at.is_some(),
+            "the quick calls reached the upstream: {}",
+            gw.log()
+        );
+        let pid = gw.pid().expect("running");
+        // SAFETY: kill(2) on the gateway, our own child, still running.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // While the stop drains, a new connection is not served.
+        let stopping = wait_for(Duration::from_secs(5), || {
+            gw.log()
+                .contains("letting the connections in flight finish")
+                .then_some(())
+        })
+        .is_some();
+        let late = cg.run(&["curl", "-sS", "--max-time", "3", &quick("p_late")]);
+        assert!(
+            !late.status.success(),
+            "a call after the stop began was served"
+        );
         assert!(gw.terminate(Duration::from_secs(20)), "{}", gw.log());
-        (call.join(), conn.join())
+        let drained = drained.map(|t| t.join().expect("client"));
+        (call.join(), conn.join(), drained, stopping)
     });
     assert!(clients.0.is_ok() && clients.1.is_ok(), "the clients ended");
+    for (version, out) in ["HTTP/1", "h2"].iter().zip(&clients.2) {
+        assert!(
+            out.ends_with(" 200"),
+            "the {version} call in flight was answered within the grace: {out}"
+        );
+    }
+    assert!(clients.3, "the gateway said the drain began: {}", gw.log());
+    assert!(
+        !arrived("p_late"),
+        "the call after the stop began reached the upstream"
+    );
 
     let recs = records(&gw);
+    for id in ["p_drain_h1", "p_drain_h2"] {
+        let drained = recs.iter().find(|r| r["args"]["payment_id"] == id);
+        let drained = drained.unwrap_or_else(|| panic!("{id} on record: {recs:#?}"));
+        assert_eq!(drained["status"], 200, "{drained:#}");
+    }
     let by_stop = |r: &&Value| {
         r["decision"]["reason"]
             .as_str()

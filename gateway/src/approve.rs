@@ -119,10 +119,23 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Says that the gateway is stopping (see [`Hold`]'s drop).
+    /// Says that the gateway is stopping, and ends every call held here now, interrupted:
+    /// its client is answered and its record says so, rather than the stop's drain waiting
+    /// out its grace for a verdict. No call is held from here on ([`Self::hold`]); one whose
+    /// hold is dropped is interrupted too (see [`Hold`]'s drop).
     pub fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let held: Vec<String> = self.lock().waiters.keys().cloned().collect();
+        for id in held {
+            let ended = self.end_waking(&id, State::Interrupted);
+            if ended.is_some_and(|r| r.state == State::Interrupted) {
+                info!(id = %id, "the gateway is stopping; held call interrupted");
+                if let Some(f) = &self.fleet {
+                    f.finish_approval_later(id, State::Interrupted.as_str());
+                }
+            }
+        }
     }
 
     /// Whether the gateway is stopping: a held call dropped now was interrupted by the stop.
@@ -249,6 +262,13 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         let (request, announce) = {
             let mut inner = self.lock();
+            // Read under the lock [`Self::stop`] takes to end the held calls: a call is
+            // either held before the stop, and ended by it, or refused here.
+            if self.stopping() {
+                return Err(Refused::Unavailable(
+                    "the gateway is stopping: no call is held for approval now; send it again once the gateway is back".into(),
+                ));
+            }
             let pending: Vec<&Request> = inner
                 .requests
                 .values()
@@ -1315,11 +1335,11 @@ mod tests {
         assert!(granted(&a, &c, "big", None, "d1").is_none());
     }
 
-    /// A verdict given once the gateway is stopping is refused: the held call is being cut
-    /// and recorded as interrupted, and the state says so too (not `approved` of a call that
-    /// was never carried out).
+    /// The stop ends every held call at once, interrupted, and its hold resolves so (its
+    /// client is answered); a verdict given then is refused (not `approved` of a call that
+    /// was never carried out), and no call is held any more.
     #[tokio::test]
-    async fn a_verdict_during_the_stop_is_refused() {
+    async fn the_stop_interrupts_held_calls_and_refuses_verdicts_and_holds() {
         let dir = tempdir();
         let (a, _) = open(dir.path(), ApprovalLimits::default());
         let c = caller("agent");
@@ -1327,14 +1347,23 @@ mod tests {
         let hold = a.hold(new(&c, &s)).await.unwrap();
         let id = hold.id.clone();
         a.stop();
+        assert_eq!(a.get(&id).unwrap().state, State::Interrupted);
         let refused = a
             .answer(&id, true, &person("lee", &["leads"]), None, None)
             .await
             .unwrap_err();
-        assert!(refused.contains("stopping"), "{refused}");
-        assert_eq!(a.get(&id).unwrap().state, State::Pending);
-        drop(hold);
+        assert!(refused.contains("interrupted"), "{refused}");
         assert_eq!(a.get(&id).unwrap().state, State::Interrupted);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), hold.outcome()).await;
+        assert!(
+            matches!(outcome, Ok(Outcome::Interrupted(ref r)) if r.id == id),
+            "{outcome:?}"
+        );
+        let later = a.hold(new(&c, &s)).await;
+        assert!(
+            matches!(later, Err(Refused::Unavailable(ref why)) if why.contains("stopping")),
+            "{later:?}"
+        );
         let (_, again) = open(dir.path(), ApprovalLimits::default());
         assert!(
             again.is_empty(),

@@ -16,6 +16,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/callgate";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/callgate/admin.sock";
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/callgate";
 pub const DEFAULT_PORT: u16 = 15001;
+/// How long a stop lets connections in flight finish, unless told otherwise; the unit file
+/// `callgate install` writes gives the whole stop `TimeoutStopSec=20s`.
+pub const DEFAULT_STOP_GRACE_S: u64 = 5;
+/// The longest grace a stop may give.
+pub const MAX_STOP_GRACE_S: u64 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,6 +68,10 @@ pub enum ConfigError {
         "{path}: direct_pass_through: true needs a gateway without a policy (a policy decides calls from their bytes, which a connection that goes straight to its destination never shows the gateway); remove `policies` or direct_pass_through"
     )]
     DirectWithPolicy { path: PathBuf },
+    #[error(
+        "{path}: stop_grace_s: {found} is more than {max}: a stop that long outlasts any service manager's stop timeout"
+    )]
+    StopGrace { path: PathBuf, found: u64, max: u64 },
     #[error("{path}: at most {max} intercept rules are supported, found {found}")]
     TooManyRules {
         path: PathBuf,
@@ -108,6 +117,9 @@ pub struct Config {
     pub direct_pass_through: bool,
     /// Data-path threads, each running its own connections start to end (default: one per CPU).
     pub workers: usize,
+    /// At a stop, how long connections in flight get to finish (`stop_grace_s`, default 5)
+    /// before what is still open is cut (see [`crate::proxy::drain`]).
+    pub stop_grace: Duration,
     /// The call log.
     pub records: RecordsConfig,
     /// Limits of the L7 data path.
@@ -464,6 +476,7 @@ struct File {
     kernel_splice: Option<bool>,
     direct_pass_through: Option<bool>,
     workers: Option<usize>,
+    stop_grace_s: Option<u64>,
     records: Option<FileRecords>,
     http: Option<FileHttp>,
     approvals: Option<FileApprovals>,
@@ -712,6 +725,16 @@ impl Config {
             }
         };
         let fleet = file.fleet.map(|f| fleet(path, f)).transpose()?;
+        let stop_grace = match file.stop_grace_s.unwrap_or(DEFAULT_STOP_GRACE_S) {
+            found if found > MAX_STOP_GRACE_S => {
+                return Err(ConfigError::StopGrace {
+                    path: path.into(),
+                    found,
+                    max: MAX_STOP_GRACE_S,
+                });
+            }
+            s => Duration::from_secs(s),
+        };
         let defaults = ApprovalLimits::default();
         let approvals = ApprovalsConfig {
             limits: ApprovalLimits {
@@ -781,6 +804,7 @@ impl Config {
                 Some(n) if n > 0 => n,
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
+            stop_grace,
         })
     }
 }
@@ -1001,6 +1025,21 @@ mod tests {
         assert!(c.workers >= 1);
         let c = Config::from_yaml(Path::new("c.yaml"), "workers: 3\n").unwrap();
         assert_eq!(c.workers, 3);
+    }
+
+    #[test]
+    fn a_stop_grace_has_a_default_and_a_bound() {
+        let c = Config::from_yaml(Path::new("c.yaml"), "").unwrap();
+        assert_eq!(c.stop_grace, Duration::from_secs(DEFAULT_STOP_GRACE_S));
+        let c = Config::from_yaml(Path::new("c.yaml"), "stop_grace_s: 0\n").unwrap();
+        assert_eq!(c.stop_grace, Duration::ZERO);
+        let e = Config::from_yaml(Path::new("c.yaml"), "stop_grace_s: 3600\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.yaml: stop_grace_s: 3600 is more than 600"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub enum DaemonError {
 }
 
 /// How long a stop waits for each of the last rounds shipping records and checkpoints to the
-/// fleet database (within systemd's `TimeoutStopSec=15s`, with the witnesses' round).
+/// fleet database (within systemd's `TimeoutStopSec=20s`, with the drain's grace and the
+/// witnesses' round).
 const SHIP_FINAL: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -272,6 +273,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             cfg.http.max_inspected_per_connection_bytes,
         ),
         pins: pins.clone(),
+        drains: crate::proxy::drain::Drains::new(cfg.workers),
         workload_blocks: Default::default(),
         mcp_in_flight: Default::default(),
     });
@@ -446,13 +448,25 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     if let Some(a) = &approvals {
         a.stop();
     }
+    // No connection is accepted from here; those open finish within the grace (the drain).
+    inputs.drains.begin();
     let _ = stop_tx.send(true);
-    interceptor.shutdown();
-    interceptor.namespaces().close_all();
+    let open: u64 = inputs.stats.lanes().iter().sum();
+    if open > 0 {
+        info!(
+            open,
+            grace_s = cfg.stop_grace.as_secs_f64(),
+            "letting the connections in flight finish"
+        );
+    }
     for task in tasks {
         let _ = task.await;
     }
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    // Only now: until the drain ended, calls in flight still dialled their upstreams, from
+    // the host (exempt by the gateway's tgid) and from the workloads' namespaces.
+    interceptor.shutdown();
+    interceptor.namespaces().close_all();
     // Quota counts once more, with the calls the data threads admitted while they ended.
     let _ = tokio::task::spawn_blocking(move || limiter.save()).await;
     // No call runs any more. The records first, on the host's own disk: what follows waits on

@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod body;
 pub mod direct;
+pub mod drain;
 pub mod h1;
 pub mod http;
 pub mod reply;
@@ -56,6 +57,8 @@ pub struct ProxyInputs {
     /// The local CA for intercepted TLS.
     pub authority: Option<Arc<Authority>>,
     pub upstreams: Arc<Upstreams>,
+    /// Each data-path thread's signal that the stop's drain has begun.
+    pub drains: drain::Drains,
     /// Keys the `hash` mask style.
     pub mask_key: MaskKey,
     /// Every built-in detector: what arguments kept at rest outside the records (a held

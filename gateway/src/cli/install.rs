@@ -105,8 +105,9 @@ ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=1s
 # Stopping leaves the eBPF programs pinned: enabled cgroups fail closed until the next start.
+# Calls in flight get stop_grace_s (default 5 s) to finish; raise this with it.
 KillSignal=SIGTERM
-TimeoutStopSec=15s
+TimeoutStopSec=20s
 
 StateDirectory=callgate
 StateDirectoryMode=0700

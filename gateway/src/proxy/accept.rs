@@ -333,9 +333,31 @@ async fn run_worker(
             Err(e) => warn!(error = %e, "a data-path thread could not take its listener"),
         }
     }
+    while serving.join_next().await.is_some() {}
+    drain(lane, &inputs).await;
     // The runtime ends when this returns, and with it the connections it still serves: the
     // daemon said the stop began first (`Stats::stop`), so their records say the stop cut them.
-    while serving.join_next().await.is_some() {}
+}
+
+/// Waits, at most the stop's grace, until this thread serves no connection any more: each
+/// one finishes what it is doing and closes ([`crate::proxy::drain`]). Checked every 10 ms;
+/// the connections end on this same thread, so nothing wakes it sooner.
+async fn drain(lane: usize, inputs: &ProxyInputs) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+    let grace = inputs.cfg.stop_grace;
+    let until = tokio::time::Instant::now() + grace;
+    while inputs.stats.lane_open(lane) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(EVERY.min(grace)).await;
+    }
+    let left = inputs.stats.lane_open(lane);
+    if left > 0 {
+        warn!(
+            lane,
+            open = left,
+            grace_s = grace.as_secs_f64(),
+            "connections still open at the end of the stop's grace are cut"
+        );
+    }
 }
 
 /// Keeps a timer due within a second on this thread's runtime, always.

@@ -108,6 +108,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = conn.inputs.cfg.http.clone();
+    let inputs = conn.inputs.clone();
+    let drain = inputs.drains.lane(conn.http1.lane());
     if speaks == Speaks::Http1 {
         let limits = server1::Limits {
             max_head: limits.max_header_bytes,
@@ -121,7 +123,7 @@ where
                 .upstreams
                 .quiet_http1(conn.dst, conn.netns, &conn.http1)
         };
-        return server1::serve(io, limits, |req| conn.clone().handle(req), quiet).await;
+        return server1::serve(io, limits, drain, |req| conn.clone().handle(req), quiet).await;
     }
     // The streams of one h2 connection share a part of the inspection budget, so that one
     // connection cannot take all of it.
@@ -142,7 +144,18 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let served = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(served);
+    // At the stop's drain: GOAWAY (h2) or a last answer with `connection: close` (HTTP/1),
+    // and the calls in flight finish.
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
+        () = drain.begins() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = ended {
         debug!(error = %e, "HTTP connection ended with an error");
     }
 }

@@ -1,6 +1,7 @@
 //! Hold: a call its rule says needs approval waits here, the upstream untouched, until an
 //! approver's verdict, a grant that covers it, or the rule's timeout. A client that goes away
-//! meanwhile has its call recorded as cancelled; a stop of the gateway, as interrupted.
+//! meanwhile has its call recorded as cancelled; a stop of the gateway answers it, and records
+//! it, as interrupted.
 use serde_json::Value as Json;
 
 use super::{Conn, decide::Decided, streaming::Recording};
@@ -164,6 +165,19 @@ impl Conn {
                     },
                 );
                 (Err(refusal("approval_denied", why)), Some(info(&r)))
+            }
+            // The gateway's stop ended it: the client is told, and the connection closes
+            // after this answer (the stop's drain).
+            approve::Outcome::Interrupted(r) if approvals.stopping() => {
+                metrics.approval("unavailable");
+                let why = "the gateway stopped while the call was held for approval; \
+                           send it again once the gateway is back"
+                    .to_string();
+                let refused = Refusal {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    ..refusal("approval_interrupted", why)
+                };
+                (Err(refused), Some(info(&r)))
             }
             approve::Outcome::Interrupted(r) => {
                 metrics.approval("unavailable");

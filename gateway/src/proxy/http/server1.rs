@@ -38,6 +38,7 @@ use tracing::debug;
 use crate::{
     extract::Kind,
     proxy::body::{BodyError, ProxyBody},
+    proxy::drain::Drain,
     proxy::h1::{self, FramedBody, Framing, MAX_HEADERS, Source},
     proxy::reply::Refusal,
     util::sync::LockExt,
@@ -141,7 +142,10 @@ enum HeadError {
 /// Serves HTTP/1.1 on `io` until the client closes, a limit ends the connection or an answer
 /// cannot be completed. `handle` answers each request; `quiet` is called when the connection
 /// has waited [`QUIET`] for a next request, to give back what the caller keeps for it.
-pub async fn serve<I, H, F, Q>(io: I, limits: Limits, mut handle: H, mut quiet: Q)
+///
+/// At the stop's drain ([`Drain`]) a connection waiting for its next request closes, and one
+/// in the middle of a call closes after its answer, which says `connection: close`.
+pub async fn serve<I, H, F, Q>(io: I, limits: Limits, drain: &Drain, mut handle: H, mut quiet: Q)
 where
     I: AsyncRead + AsyncWrite + Send + 'static,
     H: FnMut(Request<ProxyBody>) -> F,
@@ -166,7 +170,7 @@ where
     // on it for every request; a quiet connection gives it back.
     let mut handling: Option<Pin<Box<Option<F>>>> = None;
     loop {
-        let head = read_head(&mut reader, &limits, timer.as_mut(), &mut || {
+        let head = read_head(&mut reader, &limits, drain, timer.as_mut(), &mut || {
             out = Vec::new();
             handling = None;
             quiet();
@@ -175,7 +179,7 @@ where
         if out.capacity() == 0 {
             out.reserve(OUT_BUF);
         }
-        let (req, asked, framing) = match head {
+        let (req, mut asked, framing) = match head {
             Ok(r) => r,
             Err(HeadError::Gone) => return,
             Err(HeadError::Refuse(status, code, why)) => {
@@ -233,6 +237,8 @@ where
             debug!("the client closed its connection before its answer; request cancelled");
             return;
         };
+        // The stop's drain: this answer is the connection's last.
+        asked.keep_alive &= !drain.begun();
         let written = write_answer(&mut wr, &mut out, resp, &asked).await;
         // A lent reader is back by now unless the handler kept the body (rarely: it still
         // streams to an upstream that answered early).
@@ -330,20 +336,28 @@ enum Waited {
     /// Nothing of a head came for [`QUIET`].
     Quiet,
     TimedOut,
+    /// The stop's drain began with nothing of a head read.
+    Drained,
 }
 
 /// Reads and parses the next request head, within the header timeout. A wait that sees
 /// nothing of a head for [`QUIET`] gives the read buffer back, calls `quiet` once, and goes
-/// on waiting, as long as the header timeout allows, with room for a small head.
+/// on waiting, as long as the header timeout allows, with room for a small head. Between
+/// requests, the stop's drain ends the wait as a client's close would; a head already begun
+/// is read to its end.
 async fn read_head<I: AsyncRead>(
     r: &mut Reader<I>,
     limits: &Limits,
+    drain: &Drain,
     mut timer: Pin<&mut Sleep>,
     quiet: &mut impl FnMut(),
 ) -> Result<(Request<()>, Asked, Framing), HeadError> {
     // When the head began to be waited for: the header timeout counts from there.
     let mut since: Option<Instant> = None;
     let mut quieted = false;
+    // Made before the drain is checked, so that a drain that begins between the two wakes it.
+    let drained = drain.notified();
+    tokio::pin!(drained);
     loop {
         if !r.buf.is_empty() {
             if let Some(head) = parse_request(&mut r.buf, limits.max_head)? {
@@ -358,6 +372,9 @@ async fn read_head<I: AsyncRead>(
             };
             if let Poll::Ready(n) = h1::poll_fill_room(&mut r.io, &mut r.buf, cx, room) {
                 return Poll::Ready(Waited::Read(n));
+            }
+            if r.buf.is_empty() && (drain.begun() || drained.as_mut().poll(cx).is_ready()) {
+                return Poll::Ready(Waited::Drained);
             }
             let start = match since {
                 Some(t) => t,
@@ -407,8 +424,10 @@ async fn read_head<I: AsyncRead>(
                     timer.as_mut().reset(start + limits.header_timeout);
                 }
             }
-            Waited::TimedOut if r.buf.is_empty() => return Err(HeadError::Gone),
-            Waited::TimedOut => {
+            Waited::TimedOut | Waited::Drained if r.buf.is_empty() => {
+                return Err(HeadError::Gone);
+            }
+            Waited::TimedOut | Waited::Drained => {
                 return Err(HeadError::Refuse(
                     StatusCode::REQUEST_TIMEOUT,
                     "header_timeout",
@@ -907,6 +926,9 @@ mod tests {
     use super::*;
     use crate::proxy::body::full;
 
+    /// A drain that never begins.
+    static NO_DRAIN: Drain = Drain::new();
+
     const LIMITS: Limits = Limits {
         max_head: 1024,
         header_timeout: Duration::from_secs(5),
@@ -949,7 +971,7 @@ mod tests {
     /// Date lines left out.
     async fn exchange(wire: &[u8], limits: Limits) -> String {
         let (mut client, server): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 20);
-        let served = tokio::spawn(serve(server, limits, echo, || {}));
+        let served = tokio::spawn(serve(server, limits, &NO_DRAIN, echo, || {}));
         client.write_all(wire).await.expect("write");
         client.shutdown().await.expect("shutdown");
         let mut out = Vec::new();
@@ -1134,7 +1156,7 @@ mod tests {
                     calls: calls.clone(),
                     vectored,
                 };
-                let served = tokio::spawn(serve(io, LIMITS, handler, || {}));
+                let served = tokio::spawn(serve(io, LIMITS, &NO_DRAIN, handler, || {}));
                 client
                     .write_all(b"GET /big HTTP/1.1\r\nconnection: close\r\n\r\n")
                     .await
@@ -1249,10 +1271,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_the_drain_a_waiting_connection_closes_and_a_busy_one_answers_last() {
+        static DRAIN: Drain = Drain::new();
+        // Answers `/slow` once `go` is told, anything else at once.
+        let go = Arc::new(tokio::sync::Notify::new());
+        let handler = {
+            let go = go.clone();
+            move |req: Request<ProxyBody>| {
+                let go = go.clone();
+                async move {
+                    if req.uri().path() == "/slow" {
+                        go.notified().await;
+                    }
+                    Response::new(full(Bytes::from_static(b"done")))
+                }
+            }
+        };
+        let (mut idle, server) = tokio::io::duplex(1 << 16);
+        let idle_served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler.clone(), || {}));
+        idle.write_all(b"GET /a HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut first = [0u8; 512];
+        let n = idle.read(&mut first).await.expect("answer");
+        assert!(
+            first[..n].ends_with(b"done"),
+            "{}",
+            String::from_utf8_lossy(&first[..n])
+        );
+        let (mut busy, server) = tokio::io::duplex(1 << 16);
+        let busy_served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler, || {}));
+        busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::task::yield_now().await;
+
+        DRAIN.begin_for_tests();
+        // The connection between requests ends at once, without an answer.
+        let idle_end = tokio::time::timeout(Duration::from_secs(2), idle_served).await;
+        assert!(
+            idle_end.is_ok(),
+            "the idle connection did not close at the drain"
+        );
+        let mut rest = Vec::new();
+        idle.read_to_end(&mut rest).await.expect("end");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        // The call in flight is answered, as the connection's last answer.
+        go.notify_one();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), busy.read_to_end(&mut out));
+        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 200 ") && out.ends_with("done"),
+            "{out}"
+        );
+        assert!(out.contains("connection: close\r\n"), "{out}");
+        let busy_end = tokio::time::timeout(Duration::from_secs(2), busy_served).await;
+        assert!(
+            busy_end.is_ok(),
+            "the busy connection did not close after its answer"
+        );
+    }
+
+    #[tokio::test]
     async fn a_close_answer_lingers_only_when_the_client_sent_more() {
         // Nothing more sent: the connection ends without waiting for the client's FIN.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, LIMITS, echo, || {}));
+        let served = tokio::spawn(serve(server, LIMITS, &NO_DRAIN, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
@@ -1271,7 +1357,7 @@ mod tests {
         // A pipelined request already read: what the client sends is drained before closing,
         // so that the close does not reset the answer.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, LIMITS, echo, || {}));
+        let served = tokio::spawn(serve(server, LIMITS, &NO_DRAIN, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
             .await
@@ -1320,7 +1406,7 @@ mod tests {
                 std::future::pending::<Response<ProxyBody>>().await
             }
         };
-        let served = tokio::spawn(serve(server, LIMITS, handler, || {}));
+        let served = tokio::spawn(serve(server, LIMITS, &NO_DRAIN, handler, || {}));
         client
             .write_all(b"POST /a HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
             .await
@@ -1339,7 +1425,7 @@ mod tests {
             ..LIMITS
         };
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo, || {}));
+        let served = tokio::spawn(serve(server, limits, &NO_DRAIN, echo, || {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\nx-slow: ")
             .await
@@ -1353,7 +1439,7 @@ mod tests {
         assert!(out.contains("HTTP/1.1 408 "), "{out}");
         // Idle between requests: closed without an answer.
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo, || {}));
+        let served = tokio::spawn(serve(server, limits, &NO_DRAIN, echo, || {}));
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.expect("read");
         served.await.expect("server task");
@@ -1389,7 +1475,7 @@ mod tests {
         let quiets = Arc::new(AtomicUsize::new(0));
         let counted = quiets.clone();
         let (client, server) = tokio::io::duplex(1 << 16);
-        let served = tokio::spawn(serve(server, limits, echo, move || {
+        let served = tokio::spawn(serve(server, limits, &NO_DRAIN, echo, move || {
             counted.fetch_add(1, Ordering::Relaxed);
         }));
         (client, served, quiets)
@@ -1536,7 +1622,7 @@ mod tests {
         };
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let start = tokio::time::Instant::now();
-        let served = tokio::spawn(serve(server, limits, echo, || {}));
+        let served = tokio::spawn(serve(server, limits, &NO_DRAIN, echo, || {}));
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
             .await

@@ -263,6 +263,11 @@ impl Http1Slot {
     pub fn owner(&self) -> Owner {
         self.owner
     }
+
+    /// The data-path thread the slot's connection is served on.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
 }
 
 /// A response body from the upstream: from a pooled hyper client, or from this connection's
