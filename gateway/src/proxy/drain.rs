@@ -1,8 +1,10 @@
 //! The stop's drain: once the gateway stops accepting, the connections it serves finish what
 //! they are doing instead of being cut, within the configured grace (`stop_grace_s`).
 //!
-//! - An HTTP/1 connection waiting for its next request closes at once; one in the middle of a
-//!   call answers it with `connection: close`, then closes.
+//! - An HTTP/1 connection waiting for its next request closes (within a second: a connection
+//!   that waited less sees the drain at its quiet mark, so that a busy connection's wait for
+//!   its next call costs no registration with the drain); one in the middle of a call
+//!   answers it with `connection: close`, then closes.
 //! - An h2 connection is sent GOAWAY: its streams in flight finish, no new one starts.
 //! - A pass-through connection, a WebSocket or a streamed answer goes on until it ends.
 //!

@@ -343,8 +343,8 @@ enum Waited {
 /// Reads and parses the next request head, within the header timeout. A wait that sees
 /// nothing of a head for [`QUIET`] gives the read buffer back, calls `quiet` once, and goes
 /// on waiting, as long as the header timeout allows, with room for a small head. Between
-/// requests, the stop's drain ends the wait as a client's close would; a head already begun
-/// is read to its end.
+/// requests, the stop's drain ends the wait as a client's close would (within [`QUIET`]); a
+/// head already begun is read to its end.
 async fn read_head<I: AsyncRead>(
     r: &mut Reader<I>,
     limits: &Limits,
@@ -373,7 +373,12 @@ async fn read_head<I: AsyncRead>(
             if let Poll::Ready(n) = h1::poll_fill_room(&mut r.io, &mut r.buf, cx, room) {
                 return Poll::Ready(Waited::Read(n));
             }
-            if r.buf.is_empty() && (drain.begun() || drained.as_mut().poll(cx).is_ready()) {
+            // A connection between calls sees the drain at once once quiet (woken by it), and
+            // otherwise at its quiet mark, within [`QUIET`]: a busy connection's wait for its
+            // next call does not register with the drain, a lock and an unlock per call.
+            if r.buf.is_empty()
+                && (drain.begun() || (quieted && drained.as_mut().poll(cx).is_ready()))
+            {
                 return Poll::Ready(Waited::Drained);
             }
             let start = match since {
@@ -1287,18 +1292,23 @@ mod tests {
                 }
             }
         };
-        let (mut idle, server) = tokio::io::duplex(1 << 16);
-        let idle_served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler.clone(), || {}));
-        idle.write_all(b"GET /a HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        let mut first = [0u8; 512];
-        let n = idle.read(&mut first).await.expect("answer");
-        assert!(
-            first[..n].ends_with(b"done"),
-            "{}",
-            String::from_utf8_lossy(&first[..n])
-        );
+        let one_call = |handler| async move {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler, || {}));
+            client
+                .write_all(b"GET /a HTTP/1.1\r\n\r\n")
+                .await
+                .expect("write");
+            let mut first = [0u8; 512];
+            let n = client.read(&mut first).await.expect("answer");
+            let first = String::from_utf8_lossy(&first[..n]).to_string();
+            assert!(first.ends_with("done"), "{first}");
+            (client, served)
+        };
+        // Quiet (no call for longer than QUIET), and idle since a moment.
+        let (_quiet, quiet_served) = one_call(handler.clone()).await;
+        tokio::time::sleep(QUIET + Duration::from_millis(300)).await;
+        let (mut idle, idle_served) = one_call(handler.clone()).await;
         let (mut busy, server) = tokio::io::duplex(1 << 16);
         let busy_served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler, || {}));
         busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n")
@@ -1307,8 +1317,14 @@ mod tests {
         tokio::task::yield_now().await;
 
         DRAIN.begin_for_tests();
-        // The connection between requests ends at once, without an answer.
-        let idle_end = tokio::time::timeout(Duration::from_secs(2), idle_served).await;
+        let quiet_end = tokio::time::timeout(Duration::from_millis(300), quiet_served).await;
+        assert!(
+            quiet_end.is_ok(),
+            "the quiet connection did not close at once"
+        );
+        // The connection between requests ends at its quiet mark at the latest, without an
+        // answer.
+        let idle_end = tokio::time::timeout(QUIET * 2, idle_served).await;
         assert!(
             idle_end.is_ok(),
             "the idle connection did not close at the drain"
