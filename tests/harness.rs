@@ -429,6 +429,20 @@ impl Gateway {
         exited
     }
 
+    /// Waits up to `within` for the gateway to exit by itself (after a signal the test sent),
+    /// and says whether it did (a gateway still running then is killed).
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let exited = wait_for(within, || child.try_wait().ok()?).is_some();
+        if !exited {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        exited
+    }
+
     /// SIGKILL: no clean-up of any kind, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -148,13 +148,17 @@ fn install_writes_a_hardened_service_and_uninstall_takes_it_away() {
     assert!(exposure <= 4.0, "exposure {exposure}:\n{text}");
     let _ = fs::remove_file(&checked);
 
-    // Installing again keeps what the operator changed.
-    fs::write(&config, "# mine\npolicies: /srv/policies\n").unwrap();
+    // The stop's timeout covers the drain's default grace and the rest of the stop.
+    assert!(unit.contains("\nTimeoutStopSec=20s\n"), "{unit}");
+
+    // Installing again keeps what the operator changed, and the unit's stop timeout follows
+    // the grace they gave.
+    let mine = "# mine\npolicies: /srv/policies\nstop_grace_s: 60\n";
+    fs::write(&config, mine).unwrap();
     callgate(&["install", "--root", &r]);
-    assert_eq!(
-        fs::read_to_string(&config).unwrap(),
-        "# mine\npolicies: /srv/policies\n"
-    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), mine);
+    let unit = fs::read_to_string(&unit_path).expect("unit");
+    assert!(unit.contains("\nTimeoutStopSec=75s\n"), "{unit}");
 
     // Uninstall removes the service and the trust, keeps configuration and state…
     callgate(&["uninstall", "--root", &r]);

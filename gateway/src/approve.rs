@@ -340,6 +340,21 @@ impl Approvals {
                 self.forget(&request.id);
                 return Err(Refused::Unavailable(unavailable(f, Some(e))));
             }
+            // The stop may have ended it while the row was on its way: its own end, sent
+            // then, may have reached the database first and found no row. Said again now
+            // that the row is there, and not announced (no approver is to see it).
+            if self
+                .get(&request.id)
+                .is_some_and(|r| r.state != State::Pending)
+            {
+                if let Err(e) = f
+                    .finish_approval(&request.id, State::Interrupted.as_str(), None, None)
+                    .await
+                {
+                    debug!(error = %e, id = %request.id, "a held call's end not told to the fleet (it catches up)");
+                }
+                return Ok(hold);
+            }
         }
         info!(
             id = %request.id, service = %request.service, function = %request.function,

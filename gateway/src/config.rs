@@ -17,7 +17,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/callgate/admin.sock";
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/callgate";
 pub const DEFAULT_PORT: u16 = 15001;
 /// How long a stop lets connections in flight finish, unless told otherwise; the unit file
-/// `callgate install` writes gives the whole stop `TimeoutStopSec=20s`.
+/// `callgate install` writes gives the whole stop 15 s more than the grace.
 pub const DEFAULT_STOP_GRACE_S: u64 = 5;
 /// The longest grace a stop may give.
 pub const MAX_STOP_GRACE_S: u64 = 600;

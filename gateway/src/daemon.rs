@@ -293,7 +293,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     }));
     // What can still fail to start fails here, before the data path serves: once a call has
     // been served, the stop sequence below (which flushes and signs its record) must run.
-    let signals = Signals::register()?;
+    let mut signals = Signals::register()?;
     let admin_http = match &cfg.admin_http {
         Some(web) => {
             let listener = tokio::net::TcpListener::bind(web.listen)
@@ -442,27 +442,36 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     }));
     signals.wait(policy.as_ref(), &trust_refresh).await;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
-    // From here, what the stop cuts says the stop cut it (records, held calls), on every data
-    // thread alike.
-    inputs.stats.stop();
+    // Held calls end now, interrupted: their clients are told.
     if let Some(a) = &approvals {
         a.stop();
     }
     // No connection is accepted from here; those open finish within the grace (the drain).
-    inputs.drains.begin();
     let _ = stop_tx.send(true);
+    inputs.drains.begin();
     let open: u64 = inputs.stats.lanes().iter().sum();
     if open > 0 {
         info!(
             open,
             grace_s = cfg.stop_grace.as_secs_f64(),
-            "letting the connections in flight finish"
+            "letting the connections in flight finish (a second SIGTERM or SIGINT cuts them now)"
         );
     }
+    // A second stop signal ends the grace.
+    let hurry = tokio::spawn({
+        let inputs = inputs.clone();
+        async move {
+            signals.again().await;
+            info!("a second stop signal: cutting the connections still open");
+            inputs.drains.end_grace();
+        }
+    });
     for task in tasks {
         let _ = task.await;
     }
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    hurry.abort();
+    let _ = hurry.await;
     // Only now: until the drain ended, calls in flight still dialled their upstreams, from
     // the host (exempt by the gateway's tgid) and from the workloads' namespaces.
     interceptor.shutdown();
@@ -638,7 +647,7 @@ impl Signals {
 
     /// Runs until SIGTERM or SIGINT; SIGHUP reloads the policy and rewrites the trust bundle.
     async fn wait(
-        mut self,
+        &mut self,
         policy: Option<&Arc<PolicyStore>>,
         trust_refresh: &tokio::sync::Notify,
     ) {
@@ -654,6 +663,14 @@ impl Signals {
                     }
                 }
             }
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (during the stop: the operator wants it over now).
+    async fn again(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -14,6 +14,9 @@ use callgate::config::{self, Config, Overrides};
 use clap::Args;
 
 const UNIT_NAME: &str = "callgate.service";
+/// What the unit's stop timeout allows beyond the drain's grace: the records flushed and
+/// signed, quota counts given back, the fleet's and the witnesses' last rounds (each bounded).
+pub const STOP_AFTER_GRACE_S: u64 = 15;
 const TRUSTED_CA: &str = "usr/local/share/ca-certificates/callgate-local-ca.crt";
 
 /// The capabilities the daemon keeps: load and attach eBPF programs to cgroups (BPF,
@@ -90,7 +93,12 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// The systemd unit: root, but only with [`CAPABILITIES`], and a read-only view of the
 /// system except its own directories and the bpffs/cgroup trees it works on.
-pub fn unit(bin: &Path, config: &Path) -> String {
+///
+/// `stop_grace` is the config's `stop_grace_s`: the stop's timeout gives the drain that much and
+/// the rest of the stop (records flushed and signed, the fleet's and witnesses' last rounds)
+/// [`STOP_AFTER_GRACE_S`] more.
+pub fn unit(bin: &Path, config: &Path, stop_grace: std::time::Duration) -> String {
+    let stop_timeout = stop_grace.as_secs() + STOP_AFTER_GRACE_S;
     format!(
         "# Installed by `callgate install`; `callgate uninstall` removes it.
 [Unit]
@@ -105,9 +113,10 @@ ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=1s
 # Stopping leaves the eBPF programs pinned: enabled cgroups fail closed until the next start.
-# Calls in flight get stop_grace_s (default 5 s) to finish; raise this with it.
+# Calls in flight get stop_grace_s to finish, then the records are flushed and signed:
+# `callgate install` sets this from the config's stop_grace_s (re-run it after changing that).
 KillSignal=SIGTERM
-TimeoutStopSec=20s
+TimeoutStopSec={stop_timeout}s
 
 StateDirectory=callgate
 StateDirectoryMode=0700
@@ -265,10 +274,14 @@ pub fn install(a: InstallArgs) -> Result<()> {
         println!("{TRUST_CA_COVERS}");
     }
 
+    // The stop's timeout follows the config as it now is (ours, or the operator's).
+    let config_path = under(root, &config_rel);
+    let cfg = Config::load(&config_path, false, Overrides::default())
+        .with_context(|| format!("reading {}", config_path.display()))?;
     let unit_path = under(root, Path::new("/etc/systemd/system").join(UNIT_NAME));
     callgate::util::fs::write_atomic_mode(
         &unit_path,
-        unit(&bin_rel, &config_rel).as_bytes(),
+        unit(&bin_rel, &config_rel, cfg.stop_grace).as_bytes(),
         0o644,
     )
     .with_context(|| format!("writing {}", unit_path.display()))?;

@@ -178,7 +178,12 @@ impl Lanes {
         inputs: &Arc<ProxyInputs>,
     ) {
         let redirect = inputs.interceptor.take(peer, netns, lane);
-        let open = inputs.stats.claim_lane(lane);
+        // Once the stop began, the thread that accepted serves it: another one may have
+        // drained already, its runtime gone with whatever it is handed.
+        let open = match inputs.drains.lane(lane).begun() {
+            true => inputs.stats.claim_own_lane(lane),
+            false => inputs.stats.claim_lane(lane),
+        };
         let to = open.lane();
         let Some(runtime) = self.runtimes.get(to) else {
             let e = io::Error::other(format!("no data-path thread {to}"));
@@ -335,8 +340,12 @@ async fn run_worker(
     }
     while serving.join_next().await.is_some() {}
     drain(lane, &inputs).await;
-    // The runtime ends when this returns, and with it the connections it still serves: the
-    // daemon said the stop began first (`Stats::stop`), so their records say the stop cut them.
+    // The runtime ends when this returns, and with it the connections it still serves: said
+    // first (`Stats::stop`), so that their records say the stop cut them. (Said no sooner: a
+    // client that goes away during the drain's grace is on record as gone, not as cut.)
+    if inputs.stats.lane_open(lane) > 0 {
+        inputs.stats.stop();
+    }
 }
 
 /// Waits, at most the stop's grace, until this thread serves no connection any more: each
@@ -346,7 +355,11 @@ async fn drain(lane: usize, inputs: &ProxyInputs) {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(10);
     let grace = inputs.cfg.stop_grace;
     let until = tokio::time::Instant::now() + grace;
-    while inputs.stats.lane_open(lane) > 0 && tokio::time::Instant::now() < until {
+    let drains = &inputs.drains;
+    while inputs.stats.lane_open(lane) > 0
+        && tokio::time::Instant::now() < until
+        && !drains.cut_now()
+    {
         tokio::time::sleep(EVERY.min(grace)).await;
     }
     let left = inputs.stats.lane_open(lane);
@@ -402,9 +415,11 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // The stop first: once it began, no connection is taken that its drain may miss.
         let accepted = tokio::select! {
-            a = accept_raw(&listener) => a,
+            biased;
             _ = shutdown.changed() => return,
+            a = accept_raw(&listener) => a,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -8,8 +8,9 @@
 //! - An h2 connection is sent GOAWAY: its streams in flight finish, no new one starts.
 //! - A pass-through connection, a WebSocket or a streamed answer goes on until it ends.
 //!
-//! Each data-path thread waits for its own connections, at most the grace; what is still open
-//! then is cut with the thread's runtime, and its record says the stop cut it.
+//! Each data-path thread waits for its own connections, at most the grace (a second stop
+//! signal ends it early); what is still open then is cut with the thread's runtime, and its
+//! record says the stop cut it.
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
@@ -68,13 +69,26 @@ impl Drain {
 #[derive(Debug)]
 pub struct Drains {
     lanes: Box<[Drain]>,
+    /// A second stop signal came: the grace ends now.
+    cut_now: AtomicBool,
 }
 
 impl Drains {
     pub fn new(lanes: usize) -> Self {
         Self {
             lanes: (0..lanes.max(1)).map(|_| Drain::new()).collect(),
+            cut_now: AtomicBool::new(false),
         }
+    }
+
+    /// Ends the grace now (a second SIGTERM or SIGINT): what is still open is cut.
+    pub fn end_grace(&self) {
+        self.cut_now.store(true, Ordering::Release);
+    }
+
+    /// Whether the grace was ended early ([`Self::end_grace`]).
+    pub fn cut_now(&self) -> bool {
+        self.cut_now.load(Ordering::Acquire)
     }
 
     /// Lane `lane`'s drain (the last lane's for a number past the end, which no lane has).

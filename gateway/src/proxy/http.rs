@@ -23,7 +23,10 @@ pub use server1::read_all as read_http1_requests;
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     time::Instant,
 };
 
@@ -128,10 +131,18 @@ where
     // The streams of one h2 connection share a part of the inspection budget, so that one
     // connection cannot take all of it.
     let share = conn.inputs.inspection.connection();
+    // The calls in flight on this connection, answers still streaming included: what the
+    // stop's drain waits for.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let calls = in_flight.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let conn = conn.clone();
         req.extensions_mut().insert(share.clone());
-        async move { Ok::<_, Infallible>(conn.handle(req.map(boxed)).await) }
+        let call = CallInFlight::new(&calls);
+        async move {
+            let resp = conn.handle(req.map(boxed)).await;
+            Ok::<_, Infallible>(resp.map(|body| call.until_sent(body)))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -152,11 +163,90 @@ where
         ended = served.as_mut() => ended,
         () = drain.begins() => {
             served.as_mut().graceful_shutdown();
-            served.await
+            drained(served, &in_flight).await
         }
     };
     if let Err(e) = ended {
         debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// How long a connection with no call in flight is left to end by itself once told to shut
+/// down: long enough for the GOAWAY to go out.
+const IDLE_AFTER_GOAWAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Serves `served` (told to shut down) until it ends, or until it has had no call in flight for
+/// [`IDLE_AFTER_GOAWAY`]: hyper ends an h2 connection after its GOAWAY only once the client
+/// acknowledges the PING sent with it, and a client that is not making a call (a synchronous
+/// one: httpx, most SDKs) reads nothing, so acknowledges nothing. Such a connection is
+/// closed here; the client has had the GOAWAY. Checked every 50 ms, within the stop's grace.
+async fn drained<F>(mut served: std::pin::Pin<&mut F>, in_flight: &AtomicUsize) -> F::Output
+where
+    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut idle = std::time::Duration::ZERO;
+    loop {
+        tokio::select! {
+            ended = served.as_mut() => return ended,
+            () = tokio::time::sleep(EVERY) => {
+                idle = match in_flight.load(Relaxed) {
+                    0 => idle + EVERY,
+                    _ => std::time::Duration::ZERO,
+                };
+                if idle >= IDLE_AFTER_GOAWAY {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Counts a call as in flight on its connection from its request to the end of its answer
+/// (or until either is dropped).
+struct CallInFlight(Arc<AtomicUsize>);
+
+impl CallInFlight {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Relaxed);
+        Self(calls.clone())
+    }
+
+    /// `body`, still counting the call until it has been sent (or dropped).
+    fn until_sent(self, body: ProxyBody) -> ProxyBody {
+        InFlightBody { body, _call: self }.boxed_unsync()
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An answer's body whose call is in flight while it lasts.
+struct InFlightBody {
+    body: ProxyBody,
+    _call: CallInFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

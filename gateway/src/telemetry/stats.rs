@@ -20,8 +20,9 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// The last connection id handed out: accepted and direct connections share one sequence.
     last_id: AtomicU64,
-    /// The data path is ending (the gateway stops): what is cut from here on is cut by the
-    /// stop, not by a client, which is what its record says.
+    /// The data path is ending (the stop's grace is over and what is still open is being
+    /// cut): what is cut from here on is cut by the stop, not by a client, which is what its
+    /// record says.
     stopping: std::sync::atomic::AtomicBool,
     pub forwarded: AtomicU64,
     pub refused_no_entry: AtomicU64,
@@ -130,7 +131,8 @@ impl Stats {
         }
     }
 
-    /// Says that the data path is ending: [`Self::stopping`] from now on.
+    /// Says that the data path is ending, the stop about to cut what is still open:
+    /// [`Self::stopping`] from now on.
     pub fn stop(&self) {
         self.stopping.store(true, Relaxed);
     }
@@ -192,6 +194,17 @@ impl Stats {
         LaneGuard {
             stats: self.clone(),
             lane: to,
+        }
+    }
+
+    /// Counts a new connection against `lane`, the thread that accepted it, whatever the
+    /// others serve (at the stop: see [`crate::proxy::accept`]'s dispatch).
+    pub fn claim_own_lane(self: &std::sync::Arc<Self>, lane: usize) -> LaneGuard {
+        let lane = lane.min(self.lanes.len() - 1);
+        self.lanes[lane].0.fetch_add(1, Relaxed);
+        LaneGuard {
+            stats: self.clone(),
+            lane,
         }
     }
 

@@ -169,13 +169,23 @@ where
     // one request to the next, rather than being moved into and out of the futures that wait
     // on it for every request; a quiet connection gives it back.
     let mut handling: Option<Pin<Box<Option<F>>>> = None;
+    // A new connection's first call is waited for even once the drain began: its client
+    // connected to be served (it came as the stop began), and the grace bounds the wait.
+    let mut between_calls = None;
     loop {
-        let head = read_head(&mut reader, &limits, drain, timer.as_mut(), &mut || {
-            out = Vec::new();
-            handling = None;
-            quiet();
-        })
+        let head = read_head(
+            &mut reader,
+            &limits,
+            between_calls,
+            timer.as_mut(),
+            &mut || {
+                out = Vec::new();
+                handling = None;
+                quiet();
+            },
+        )
         .await;
+        between_calls = Some(drain);
         if out.capacity() == 0 {
             out.reserve(OUT_BUF);
         }
@@ -343,12 +353,12 @@ enum Waited {
 /// Reads and parses the next request head, within the header timeout. A wait that sees
 /// nothing of a head for [`QUIET`] gives the read buffer back, calls `quiet` once, and goes
 /// on waiting, as long as the header timeout allows, with room for a small head. Between
-/// requests, the stop's drain ends the wait as a client's close would (within [`QUIET`]); a
-/// head already begun is read to its end.
+/// requests (`drain` given), the stop's drain ends the wait as a client's close would (within
+/// [`QUIET`]); a head already begun is read to its end.
 async fn read_head<I: AsyncRead>(
     r: &mut Reader<I>,
     limits: &Limits,
-    drain: &Drain,
+    drain: Option<&Drain>,
     mut timer: Pin<&mut Sleep>,
     quiet: &mut impl FnMut(),
 ) -> Result<(Request<()>, Asked, Framing), HeadError> {
@@ -356,7 +366,7 @@ async fn read_head<I: AsyncRead>(
     let mut since: Option<Instant> = None;
     let mut quieted = false;
     // Made before the drain is checked, so that a drain that begins between the two wakes it.
-    let drained = drain.notified();
+    let drained = drain.map(Drain::notified);
     tokio::pin!(drained);
     loop {
         if !r.buf.is_empty() {
@@ -376,8 +386,9 @@ async fn read_head<I: AsyncRead>(
             // A connection between calls sees the drain at once once quiet (woken by it), and
             // otherwise at its quiet mark, within [`QUIET`]: a busy connection's wait for its
             // next call does not register with the drain, a lock and an unlock per call.
-            if r.buf.is_empty()
-                && (drain.begun() || (quieted && drained.as_mut().poll(cx).is_ready()))
+            if let (Some(drain), Some(drained)) = (drain, drained.as_mut().as_pin_mut())
+                && r.buf.is_empty()
+                && (drain.begun() || (quieted && drained.poll(cx).is_ready()))
             {
                 return Poll::Ready(Waited::Drained);
             }
@@ -1277,7 +1288,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_drain_a_waiting_connection_closes_and_a_busy_one_answers_last() {
-        static DRAIN: Drain = Drain::new();
+        let drain: &'static Drain = Box::leak(Box::new(Drain::new()));
         // Answers `/slow` once `go` is told, anything else at once.
         let go = Arc::new(tokio::sync::Notify::new());
         let handler = {
@@ -1294,7 +1305,7 @@ mod tests {
         };
         let one_call = |handler| async move {
             let (mut client, server) = tokio::io::duplex(1 << 16);
-            let served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler, || {}));
+            let served = tokio::spawn(serve(server, LIMITS, drain, handler, || {}));
             client
                 .write_all(b"GET /a HTTP/1.1\r\n\r\n")
                 .await
@@ -1310,13 +1321,18 @@ mod tests {
         tokio::time::sleep(QUIET + Duration::from_millis(300)).await;
         let (mut idle, idle_served) = one_call(handler.clone()).await;
         let (mut busy, server) = tokio::io::duplex(1 << 16);
-        let busy_served = tokio::spawn(serve(server, LIMITS, &DRAIN, handler, || {}));
+        let handler_again = handler.clone();
+        let busy_served = tokio::spawn(serve(server, LIMITS, drain, handler, || {}));
         busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n")
             .await
             .expect("write");
         tokio::task::yield_now().await;
+        // A new connection whose first call has not come yet.
+        let (mut fresh, server) = tokio::io::duplex(1 << 16);
+        let fresh_served = tokio::spawn(serve(server, LIMITS, drain, handler_again, || {}));
+        tokio::task::yield_now().await;
 
-        DRAIN.begin_for_tests();
+        drain.begin_for_tests();
         let quiet_end = tokio::time::timeout(Duration::from_millis(300), quiet_served).await;
         assert!(
             quiet_end.is_ok(),
@@ -1343,6 +1359,26 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("connection: close\r\n"), "{out}");
+        // The new connection's first call is served (its client came to be served), as its
+        // last.
+        fresh
+            .write_all(b"GET /a HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), fresh.read_to_end(&mut out));
+        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 200 ") && out.ends_with("done"),
+            "{out}"
+        );
+        assert!(out.contains("connection: close\r\n"), "{out}");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), fresh_served)
+                .await
+                .is_ok()
+        );
         let busy_end = tokio::time::timeout(Duration::from_secs(2), busy_served).await;
         assert!(
             busy_end.is_ok(),
