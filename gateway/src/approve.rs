@@ -100,6 +100,9 @@ struct Refusals {
 /// Announcements sent per minute at most: a workload that fills its approval slots over and
 /// over must not flood the approvers' channel (the requests still show in `approvals list`).
 const ANNOUNCE_PER_MINUTE: u32 = 30;
+/// How long a stop asks the fleet's database about the calls held here (see
+/// [`Approvals::stop`]).
+const STOP_SETTLE: Duration = Duration::from_secs(3);
 
 pub struct Approvals {
     path: PathBuf,
@@ -119,21 +122,52 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Says that the gateway is stopping, and ends every call held here now, interrupted:
-    /// its client is answered and its record says so, rather than the stop's drain waiting
-    /// out its grace for a verdict. No call is held from here on ([`Self::hold`]); one whose
-    /// hold is dropped is interrupted too (see [`Hold`]'s drop).
-    pub fn stop(&self) {
+    /// Says that the gateway is stopping, and ends every call held here now, rather than the
+    /// stop's drain waiting out its grace for a verdict: interrupted, its client answered and
+    /// its record saying so. No call is held from here on ([`Self::hold`]); one whose hold is
+    /// dropped is interrupted too (see [`Hold`]'s drop).
+    ///
+    /// In fleet mode the database decides, as between a verdict and a timeout: a verdict it
+    /// took before this host's end of the call stands, and the call is carried out (or
+    /// refused) within the drain's grace. Bounded by [`STOP_SETTLE`]; what is still held then
+    /// is interrupted here, and the database hears of it later.
+    pub async fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let held: Vec<String> = self.lock().waiters.keys().cloned().collect();
-        for id in held {
-            let ended = self.end_waking(&id, State::Interrupted);
-            if ended.is_some_and(|r| r.state == State::Interrupted) {
-                info!(id = %id, "the gateway is stopping; held call interrupted");
-                if let Some(f) = &self.fleet {
-                    f.finish_approval_later(id, State::Interrupted.as_str());
+        if let Some(f) = &self.fleet {
+            let settle = async {
+                for id in &held {
+                    match f
+                        .finish_approval(id, State::Interrupted.as_str(), None, None)
+                        .await
+                    {
+                        Ok(true) => self.interrupt_at_stop(id, false),
+                        // Decided in the database first: its verdict reaches the call.
+                        Ok(false) => {
+                            if let Ok(Some(row)) = f.approval(id).await {
+                                self.settle_from(id, &row);
+                            }
+                        }
+                        Err(_) => {}
+                    }
                 }
+            };
+            let _ = tokio::time::timeout(STOP_SETTLE, settle).await;
+        }
+        for id in &held {
+            self.interrupt_at_stop(id, self.fleet.is_some());
+        }
+    }
+
+    /// Ends held call `id` as interrupted by the stop, unless it has ended already; `tell`
+    /// sends that to the fleet's database (in the background: it catches up otherwise).
+    fn interrupt_at_stop(&self, id: &str, tell: bool) {
+        let ended = self.end_waking(id, State::Interrupted);
+        if ended.is_some_and(|r| r.state == State::Interrupted) {
+            info!(id, "the gateway is stopping; held call interrupted");
+            if let (true, Some(f)) = (tell, &self.fleet) {
+                f.finish_approval_later(id.to_string(), State::Interrupted.as_str());
             }
         }
     }
@@ -469,9 +503,10 @@ impl Approvals {
         if r.state != State::Pending {
             return Err(format!("request {id} is already {}", r.state.as_str()));
         }
-        if self.stopping() {
+        if self.stopping() && self.fleet.is_none() {
             // Its call is being cut by the stop and recorded as interrupted: a verdict kept
-            // now would say approved (or denied) of a call that was never carried out.
+            // now would say approved (or denied) of a call that was never carried out. (In
+            // fleet mode the database decided already: see [`Self::stop`].)
             return Err(interrupted_by_the_stop(id));
         }
         if let Some(g) = grant_for(r, &verdict, window) {
@@ -1361,7 +1396,7 @@ mod tests {
         let s = spec(None);
         let hold = a.hold(new(&c, &s)).await.unwrap();
         let id = hold.id.clone();
-        a.stop();
+        a.stop().await;
         assert_eq!(a.get(&id).unwrap().state, State::Interrupted);
         let refused = a
             .answer(&id, true, &person("lee", &["leads"]), None, None)

@@ -442,10 +442,6 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     }));
     signals.wait(policy.as_ref(), &trust_refresh).await;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
-    // Held calls end now, interrupted: their clients are told.
-    if let Some(a) = &approvals {
-        a.stop();
-    }
     // No connection is accepted from here; those open finish within the grace (the drain).
     let _ = stop_tx.send(true);
     inputs.drains.begin();
@@ -466,6 +462,11 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             inputs.drains.end_grace();
         }
     });
+    // Held calls end now, interrupted (or, in fleet mode, with a verdict the database took
+    // first): their clients are told.
+    if let Some(a) = &approvals {
+        a.stop().await;
+    }
     for task in tasks {
         let _ = task.await;
     }
