@@ -649,14 +649,10 @@ fn what_a_stop_cuts_in_a_kernel_splice_is_on_record_with_what_it_moved() {
     );
 }
 
-/// A stop does not wait out its grace for connections that are only open: a keep-alive
-/// HTTP/1 connection between calls is closed, an h2 one is sent GOAWAY, and the gateway ends
-/// in seconds though its grace is 30 s. (Broken, the stop would take the whole grace.)
-#[test]
-fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
-    let test = "records_stop_idle";
+/// A gateway with `config` whose policy lets a cgroup read payments from a test upstream.
+fn reading_payments(test: &str, config: &str) -> Option<(PathBuf, Party, Gateway, TestCgroup)> {
     if !ebpf_available(test) || !parties_available(test) {
-        return;
+        return None;
     }
     let dir = std::env::temp_dir().join(unique(test));
     fs::create_dir_all(&dir).expect("dir");
@@ -668,9 +664,21 @@ fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
         up.port
     );
     let policies = policy_repo(&dir, "default_action: deny\n", &[("payments", &service)]);
-    let mut gw = gateway_with_config(&policies, "stop_grace_s: 30\n", &dir);
+    let gw = gateway_with_config(&policies, config, &dir);
     let cg = TestCgroup::new(test);
     gw.enable(&cg);
+    Some((dir, up, gw, cg))
+}
+
+/// A stop does not wait out its grace for connections that are only open: a keep-alive
+/// HTTP/1 connection between calls is closed, an h2 one is sent GOAWAY, and the gateway ends
+/// in seconds though its grace is 30 s. (Broken, the stop would take the whole grace.)
+#[test]
+fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
+    let Some((dir, up, mut gw, cg)) = reading_payments("records_stop_idle", "stop_grace_s: 30\n")
+    else {
+        return;
+    };
 
     // One call on each connection, then both stay open, idle, until told.
     let (ready, done) = (dir.join("ready"), dir.join("done"));
@@ -709,23 +717,10 @@ fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
 /// and its record says the stop cut it (not its client).
 #[test]
 fn a_second_stop_signal_cuts_what_the_grace_waits_for() {
-    let test = "records_stop_twice";
-    if !ebpf_available(test) || !parties_available(test) {
+    let Some((_dir, up, mut gw, cg)) = reading_payments("records_stop_twice", "stop_grace_s: 60\n")
+    else {
         return;
-    }
-    let dir = std::env::temp_dir().join(unique(test));
-    fs::create_dir_all(&dir).expect("dir");
-    let up = upstream(&dir, None);
-    let service = format!(
-        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
-         functions:\n  get_payment: {{ route: \"GET /v1/payments/{{payment_id}}\" }}\n\
-         rules:\n  - {{ name: reads, function: get_payment, action: allow }}\n",
-        up.port
-    );
-    let policies = policy_repo(&dir, "default_action: deny\n", &[("payments", &service)]);
-    let mut gw = gateway_with_config(&policies, "stop_grace_s: 60\n", &dir);
-    let cg = TestCgroup::new(test);
-    gw.enable(&cg);
+    };
     let slow = format!(
         "http://127.0.0.1:{}/v1/payments/p_twice?slow=30000",
         up.port

@@ -1286,6 +1286,19 @@ mod tests {
         assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
     }
 
+    /// Reads a connection's answer to its end: a 200, said to be its last.
+    async fn last_answer(client: &mut DuplexStream) {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut out));
+        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 200 ") && out.ends_with("done"),
+            "{out}"
+        );
+        assert!(out.contains("connection: close\r\n"), "{out}");
+    }
+
     #[tokio::test]
     async fn at_the_drain_a_waiting_connection_closes_and_a_busy_one_answers_last() {
         let drain: &'static Drain = Box::leak(Box::new(Drain::new()));
@@ -1350,30 +1363,14 @@ mod tests {
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         // The call in flight is answered, as the connection's last answer.
         go.notify_one();
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), busy.read_to_end(&mut out));
-        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
-        let out = String::from_utf8_lossy(&out);
-        assert!(
-            out.starts_with("HTTP/1.1 200 ") && out.ends_with("done"),
-            "{out}"
-        );
-        assert!(out.contains("connection: close\r\n"), "{out}");
+        last_answer(&mut busy).await;
         // The new connection's first call is served (its client came to be served), as its
         // last.
         fresh
             .write_all(b"GET /a HTTP/1.1\r\n\r\n")
             .await
             .expect("write");
-        let mut out = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), fresh.read_to_end(&mut out));
-        assert!(matches!(read.await, Ok(Ok(_))), "no end of stream");
-        let out = String::from_utf8_lossy(&out);
-        assert!(
-            out.starts_with("HTTP/1.1 200 ") && out.ends_with("done"),
-            "{out}"
-        );
-        assert!(out.contains("connection: close\r\n"), "{out}");
+        last_answer(&mut fresh).await;
         assert!(
             tokio::time::timeout(Duration::from_secs(2), fresh_served)
                 .await
