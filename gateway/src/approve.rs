@@ -136,23 +136,22 @@ impl Approvals {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let held: Vec<String> = self.lock().waiters.keys().cloned().collect();
         if let Some(f) = &self.fleet {
-            let settle = async {
-                for id in &held {
-                    match f
-                        .finish_approval(id, State::Interrupted.as_str(), None, None)
-                        .await
-                    {
-                        Ok(true) => self.interrupt_at_stop(id, false),
-                        // Decided in the database first: its verdict reaches the call.
-                        Ok(false) => {
-                            if let Ok(Some(row)) = f.approval(id).await {
-                                self.settle_from(id, &row);
-                            }
+            // All at once (the pool's connections bound how many run together).
+            let settle = futures_util::future::join_all(held.iter().map(|id| async move {
+                match f
+                    .finish_approval(id, State::Interrupted.as_str(), None, None)
+                    .await
+                {
+                    Ok(true) => self.interrupt_at_stop(id, false),
+                    // Decided in the database first: its verdict reaches the call.
+                    Ok(false) => {
+                        if let Ok(Some(row)) = f.approval(id).await {
+                            self.settle_from(id, &row);
                         }
-                        Err(_) => {}
                     }
+                    Err(_) => {}
                 }
-            };
+            }));
             let _ = tokio::time::timeout(STOP_SETTLE, settle).await;
         }
         for id in &held {
@@ -395,6 +394,8 @@ impl Approvals {
             caller = %request.caller.describe(), rule = %request.rule,
             "call held for approval"
         );
+        // Not announced once the stop ends it: no approver is to see it.
+        let announce = announce && !self.stopping();
         match (&self.notifier, announce) {
             (Some(n), true) => n.announce(&request),
             (Some(_), false) => {

@@ -442,9 +442,17 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     }));
     signals.wait(policy.as_ref(), &trust_refresh).await;
     info!("stopping; enabled cgroups stay redirected and fail closed until the next start");
+    // Held calls end first, interrupted (or, in fleet mode, with a verdict the database took
+    // first, bounded): their clients are told, and a call approved meanwhile has the whole
+    // grace to run.
+    if let Some(a) = &approvals {
+        a.stop().await;
+    }
     // No connection is accepted from here; those open finish within the grace (the drain).
-    let _ = stop_tx.send(true);
+    // The drain is said first: a connection accepted as the listeners close stays with the
+    // thread that took it.
     inputs.drains.begin();
+    let _ = stop_tx.send(true);
     let open: u64 = inputs.stats.lanes().iter().sum();
     if open > 0 {
         info!(
@@ -462,11 +470,6 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
             inputs.drains.end_grace();
         }
     });
-    // Held calls end now, interrupted (or, in fleet mode, with a verdict the database took
-    // first): their clients are told.
-    if let Some(a) = &approvals {
-        a.stop().await;
-    }
     for task in tasks {
         let _ = task.await;
     }

@@ -341,11 +341,9 @@ async fn run_worker(
     while serving.join_next().await.is_some() {}
     drain(lane, &inputs).await;
     // The runtime ends when this returns, and with it the connections it still serves: said
-    // first (`Stats::stop`), so that their records say the stop cut them. (Said no sooner: a
-    // client that goes away during the drain's grace is on record as gone, not as cut.)
-    if inputs.stats.lane_open(lane) > 0 {
-        inputs.stats.stop();
-    }
+    // first, so that their records say the stop cut them. (Said no sooner, and for this
+    // thread only: a client that goes away during the grace is on record as gone.)
+    inputs.drains.lane(lane).cut();
 }
 
 /// Waits, at most the stop's grace, until this thread serves no connection any more: each
@@ -353,6 +351,9 @@ async fn run_worker(
 /// the connections end on this same thread, so nothing wakes it sooner.
 async fn drain(lane: usize, inputs: &ProxyInputs) {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+    // What this thread's other accept loops (a container namespace's listeners) took as the
+    // stop came is counted before the first look.
+    tokio::task::yield_now().await;
     let grace = inputs.cfg.stop_grace;
     let until = tokio::time::Instant::now() + grace;
     let drains = &inputs.drains;
@@ -519,6 +520,7 @@ async fn handle(
         netns,
         workload: Arc::new(workload_of(&redirect, inputs)),
         owner: owner_of(&redirect),
+        lane,
     };
     let ended = if conn.dst.port() == inputs.cfg.listen_port && conn.dst.ip().is_loopback() {
         stats.refused_loop.fetch_add(1, Relaxed);
@@ -635,6 +637,8 @@ pub(super) struct Connection {
     pub(super) workload: Arc<Workload>,
     /// Whose upstream connections it may take from the idle lists, as the kernel reported it.
     pub(super) owner: upstream::pool::Owner,
+    /// The data-path thread that serves it.
+    pub(super) lane: usize,
 }
 
 /// How a connection ended, for the log, `status` and its connection record.
@@ -949,14 +953,15 @@ impl<F: FnOnce(upstream::Transfer, Result<(), upstream::ForwardError>) -> Ended>
         let Some(ended) = self.ended.take() else {
             return;
         };
-        let why = match self.inputs.stats.stopping() {
+        let by_stop = self.inputs.drains.lane(self.conn.lane).cutting();
+        let why = match by_stop {
             true => "cut by the gateway's stop",
             false => "cut before it ended",
         };
         let mut ended = ended(self.moved.transfer(), Err(upstream::ForwardError::Cut(why)));
         // At a stop every open connection ends at once: their records say so, not a warning
         // line each.
-        ended.quiet = self.inputs.stats.stopping();
+        ended.quiet = by_stop;
         finish(self.conn, self.inputs, ended);
     }
 }

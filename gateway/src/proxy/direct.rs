@@ -221,6 +221,8 @@ impl Reader {
             netns: redirect.workload.netns,
             workload: Arc::new(workload),
             owner: accept::owner_of(redirect),
+            // Served by no data-path thread: it goes straight to its destination.
+            lane: 0,
         }
     }
 }

@@ -20,6 +20,8 @@ use tokio::sync::Notify;
 pub struct Drain {
     begun: AtomicBool,
     notify: Notify,
+    /// The grace is over: what this thread still serves is being cut by the stop.
+    cutting: AtomicBool,
 }
 
 impl Drain {
@@ -28,6 +30,7 @@ impl Drain {
         Self {
             begun: AtomicBool::new(false),
             notify: Notify::const_new(),
+            cutting: AtomicBool::new(false),
         }
     }
 
@@ -51,6 +54,17 @@ impl Drain {
     /// [`Self::begun`] for one that began before.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
+    }
+
+    /// Whether the grace is over and what this thread still serves is being cut by the
+    /// stop: what a record of it says (not that its client went away).
+    pub fn cutting(&self) -> bool {
+        self.cutting.load(Ordering::Acquire)
+    }
+
+    /// Says the grace is over ([`Self::cutting`]), as the thread ends what it still serves.
+    pub fn cut(&self) {
+        self.cutting.store(true, Ordering::Release);
     }
 
     fn begin(&self) {

@@ -155,6 +155,11 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
+    let activity = Arc::new(AtomicUsize::new(0));
+    let io = Active {
+        io,
+        activity: activity.clone(),
+    };
     let served = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(served);
     // At the stop's drain: GOAWAY (h2) or a last answer with `connection: close` (HTTP/1),
@@ -163,7 +168,7 @@ where
         ended = served.as_mut() => ended,
         () = drain.begins() => {
             served.as_mut().graceful_shutdown();
-            drained(served, &in_flight).await
+            drained(served, &in_flight, &activity).await
         }
     };
     if let Err(e) = ended {
@@ -171,34 +176,116 @@ where
     }
 }
 
-/// How long a connection with no call in flight is left to end by itself once told to shut
-/// down: long enough for the GOAWAY to go out.
-const IDLE_AFTER_GOAWAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a connection told to shut down may have no call in flight and move no byte
+/// before it is closed: the GOAWAY is out, and an answer's last bytes (which h2 may still
+/// hold until the client's window opens) have had time to move.
+const IDLE_AFTER_GOAWAY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serves `served` (told to shut down) until it ends, or until it has had no call in flight for
-/// [`IDLE_AFTER_GOAWAY`]: hyper ends an h2 connection after its GOAWAY only once the client
-/// acknowledges the PING sent with it, and a client that is not making a call (a synchronous
-/// one: httpx, most SDKs) reads nothing, so acknowledges nothing. Such a connection is
-/// closed here; the client has had the GOAWAY. Checked every 50 ms, within the stop's grace.
-async fn drained<F>(mut served: std::pin::Pin<&mut F>, in_flight: &AtomicUsize) -> F::Output
+/// Serves `served` (told to shut down) until it ends, or until it has had no call in flight
+/// and moved no byte either way (`activity`) for [`IDLE_AFTER_GOAWAY`]: hyper ends an h2
+/// connection after its GOAWAY only once the client acknowledges the PING sent with it, and
+/// a client that is not making a call (a synchronous one: httpx, most SDKs) reads nothing, so
+/// acknowledges nothing. Such a connection is closed here; the client has had the GOAWAY.
+/// Checked every 50 ms, within the stop's grace.
+async fn drained<F>(
+    mut served: std::pin::Pin<&mut F>,
+    in_flight: &AtomicUsize,
+    activity: &AtomicUsize,
+) -> F::Output
 where
     F: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
     let mut idle = std::time::Duration::ZERO;
+    let mut moved = activity.load(Relaxed);
     loop {
         tokio::select! {
             ended = served.as_mut() => return ended,
             () = tokio::time::sleep(EVERY) => {
-                idle = match in_flight.load(Relaxed) {
-                    0 => idle + EVERY,
+                let now = activity.load(Relaxed);
+                idle = match (in_flight.load(Relaxed), now == moved) {
+                    (0, true) => idle + EVERY,
                     _ => std::time::Duration::ZERO,
                 };
+                moved = now;
                 if idle >= IDLE_AFTER_GOAWAY {
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+/// A hyper-served connection's socket, counting the reads and writes that moved bytes (what
+/// [`drained`] watches).
+struct Active<I> {
+    io: I,
+    activity: Arc<AtomicUsize>,
+}
+
+impl<I> Active<I> {
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            self.activity.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.moved(n);
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Active<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.moved(*n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.moved(*n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

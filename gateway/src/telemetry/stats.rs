@@ -20,10 +20,6 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// The last connection id handed out: accepted and direct connections share one sequence.
     last_id: AtomicU64,
-    /// The data path is ending (the stop's grace is over and what is still open is being
-    /// cut): what is cut from here on is cut by the stop, not by a client, which is what its
-    /// record says.
-    stopping: std::sync::atomic::AtomicBool,
     pub forwarded: AtomicU64,
     pub refused_no_entry: AtomicU64,
     pub refused_loop: AtomicU64,
@@ -129,17 +125,6 @@ impl Stats {
             lanes: (0..lanes.max(1)).map(|_| LaneLoad::default()).collect(),
             ..Self::default()
         }
-    }
-
-    /// Says that the data path is ending, the stop about to cut what is still open:
-    /// [`Self::stopping`] from now on.
-    pub fn stop(&self) {
-        self.stopping.store(true, Relaxed);
-    }
-
-    /// Whether the gateway is stopping (see [`Self::stop`]).
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Relaxed)
     }
 
     /// The connections data-path thread `lane` serves now.

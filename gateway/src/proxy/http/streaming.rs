@@ -140,7 +140,8 @@ impl Recording {
     /// Records a call cut while it may have been at the upstream: no answer came back to the
     /// gateway, so there is no status.
     pub(super) fn cut(mut self) {
-        let cut = match self.conn.inputs.stats.stopping() {
+        let inputs = &self.conn.inputs;
+        let cut = match inputs.drains.lane(self.conn.http1.lane()).cutting() {
             true => CUT_AT_STOP,
             false => CUT,
         };
