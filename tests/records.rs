@@ -671,7 +671,7 @@ fn reading_payments(test: &str, config: &str) -> Option<(PathBuf, Party, Gateway
 }
 
 /// A stop does not wait out its grace for connections that are only open: a keep-alive
-/// HTTP/1 connection between calls is closed, an h2 one is sent GOAWAY, and the gateway ends
+/// HTTP/1 connection between calls is closed, an h2 one once quiet, and the gateway ends
 /// in seconds though its grace is 30 s. (Broken, the stop would take the whole grace.)
 #[test]
 fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
@@ -708,6 +708,56 @@ fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
         assert!(
             took < Duration::from_secs(8),
             "the stop waited for idle connections: {took:?}\n{}",
+            gw.log()
+        );
+    });
+}
+
+/// A large answer read slowly over h2 is read to its end across a stop: the drain does not
+/// close an h2 connection whose answer h2 still holds for the client's window, though the
+/// answer's body was handed over long before.
+#[test]
+fn a_stop_lets_a_slow_h2_reader_have_its_whole_answer() {
+    let Some((dir, up, mut gw, cg)) =
+        reading_payments("records_stop_slow_h2", "stop_grace_s: 30\n")
+    else {
+        return;
+    };
+    let (reading, result) = (dir.join("reading"), dir.join("result"));
+    // 600 KB read 64 KiB at a time, 0.3 s apart: about three seconds, the stop in between.
+    let client = format!(
+        "import httpx, json, time\n\
+         c = httpx.Client(http1=False, http2=True, timeout=30)\n\
+         got = b''\n\
+         with c.stream('GET', 'http://127.0.0.1:{port}/v1/payments/p_slow?size=600000') as r:\n\
+         \x20   for chunk in r.iter_bytes(65536):\n\
+         \x20       got += chunk\n\
+         \x20       open('{reading}', 'w').write(str(len(got)))\n\
+         \x20       time.sleep(0.3)\n\
+         \x20   status = r.status_code\n\
+         open('{result}', 'w').write(f'{{status}} {{len(json.loads(got)[\"pad\"])}}')\n",
+        port = up.port,
+        reading = reading.display(),
+        result = result.display(),
+    );
+    let python = party_python().display().to_string();
+    std::thread::scope(|scope| {
+        let read = scope.spawn(|| cg.run(&[&python, "-c", &client]));
+        let begun = wait_for(Duration::from_secs(15), || {
+            fs::read_to_string(&reading).ok()
+        });
+        assert!(begun.is_some(), "the answer began to come: {}", gw.log());
+        let pid = gw.pid().expect("running") as i32;
+        // SAFETY: kill(2) on the gateway, our own child, still running.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert!(gw.wait_exit(Duration::from_secs(30)), "{}", gw.log());
+        let out = read.join().expect("client");
+        let said = fs::read_to_string(&result).unwrap_or_default();
+        assert_eq!(
+            said,
+            "200 600000",
+            "the whole answer: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
             gw.log()
         );
     });

@@ -5,7 +5,9 @@
 //!   that waited less sees the drain at its quiet mark, so that a busy connection's wait for
 //!   its next call costs no registration with the drain); one in the middle of a call
 //!   answers it with `connection: close`, then closes.
-//! - An h2 connection is sent GOAWAY: its streams in flight finish, no new one starts.
+//! - An h2 connection (and HTTP/1 served by hyper) is closed once quiet for a second: no
+//!   call in flight and no byte moved, so that an answer's last bytes reach a slow reader
+//!   (see `proxy::http`'s `quiet` for why no GOAWAY is sent).
 //! - A pass-through connection, a WebSocket or a streamed answer goes on until it ends.
 //!
 //! Each data-path thread waits for its own connections, at most the grace (a second stop

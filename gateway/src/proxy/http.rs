@@ -162,45 +162,46 @@ where
     };
     let served = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(served);
-    // At the stop's drain: GOAWAY (h2) or a last answer with `connection: close` (HTTP/1),
-    // and the calls in flight finish.
+    // At the stop's drain: closed once quiet (see [`quiet`]).
     let ended = tokio::select! {
         ended = served.as_mut() => ended,
-        () = drain.begins() => {
-            served.as_mut().graceful_shutdown();
-            drained(served, &in_flight, &activity).await
-        }
+        () = drain.begins() => quiet(served.as_mut(), &in_flight, &activity).await.unwrap_or(Ok(())),
     };
     if let Err(e) = ended {
         debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 
-/// How long a connection told to shut down may have no call in flight and move no byte
-/// before it is closed: the GOAWAY is out, and an answer's last bytes (which h2 may still
-/// hold until the client's window opens) have had time to move.
-const IDLE_AFTER_GOAWAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection must be quiet (no call in flight, no byte moved either way) before
+/// the drain closes it.
+const QUIET_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serves `served` (told to shut down) until it ends, or until it has had no call in flight
-/// and moved no byte either way (`activity`) for [`IDLE_AFTER_GOAWAY`]: hyper ends an h2
-/// connection after its GOAWAY only once the client acknowledges the PING sent with it, and
-/// a client that is not making a call (a synchronous one: httpx, most SDKs) reads nothing, so
-/// acknowledges nothing. Such a connection is closed here; the client has had the GOAWAY.
-/// Checked every 50 ms, within the stop's grace.
-async fn drained<F>(
+/// Serves `served` until it has been quiet for [`QUIET_BEFORE_CLOSE`] (None: the caller
+/// closes it), or it ends (its end). Quiet is no call in flight and no byte moved either way
+/// (`activity`): h2 may still hold an answer's last bytes for the client's window after the
+/// answer's body was handed over, so the call count alone would cut a slow reader's answer.
+///
+/// No GOAWAY is sent first (hyper's `graceful_shutdown`): python-h2 (httpx's h2) reads a
+/// GOAWAY as the connection's end and fails the stream its application is still reading on
+/// the next frame (python-hyper/h2#1199: the PING hyper sends with its GOAWAY), and hyper
+/// waits for that PING's acknowledgement, which an idle synchronous client never reads. A
+/// quiet connection's close is what any server's idle timeout does: the client has had every
+/// byte, and opens a new connection for its next call. Checked every 50 ms, within the stop's
+/// grace.
+async fn quiet<F>(
     mut served: std::pin::Pin<&mut F>,
     in_flight: &AtomicUsize,
     activity: &AtomicUsize,
-) -> F::Output
+) -> Option<Result<(), Box<dyn std::error::Error + Send + Sync>>>
 where
     F: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
     let mut idle = std::time::Duration::ZERO;
     let mut moved = activity.load(Relaxed);
-    loop {
+    while idle < QUIET_BEFORE_CLOSE {
         tokio::select! {
-            ended = served.as_mut() => return ended,
+            ended = served.as_mut() => return Some(ended),
             () = tokio::time::sleep(EVERY) => {
                 let now = activity.load(Relaxed);
                 idle = match (in_flight.load(Relaxed), now == moved) {
@@ -208,16 +209,14 @@ where
                     _ => std::time::Duration::ZERO,
                 };
                 moved = now;
-                if idle >= IDLE_AFTER_GOAWAY {
-                    return Ok(());
-                }
             }
         }
     }
+    None
 }
 
 /// A hyper-served connection's socket, counting the reads and writes that moved bytes (what
-/// [`drained`] watches).
+/// [`quiet`] watches).
 struct Active<I> {
     io: I,
     activity: Arc<AtomicUsize>,
