@@ -144,11 +144,7 @@ impl Approvals {
                 {
                     Ok(true) => self.interrupt_at_stop(id, false),
                     // Decided in the database first: its verdict reaches the call.
-                    Ok(false) => {
-                        if let Ok(Some(row)) = f.approval(id).await {
-                            self.settle_from(id, &row);
-                        }
-                    }
+                    Ok(false) => self.settle(id).await,
                     Err(_) => {}
                 }
             }));

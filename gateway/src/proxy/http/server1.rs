@@ -440,10 +440,11 @@ async fn read_head<I: AsyncRead>(
                     timer.as_mut().reset(start + limits.header_timeout);
                 }
             }
-            Waited::TimedOut | Waited::Drained if r.buf.is_empty() => {
-                return Err(HeadError::Gone);
-            }
-            Waited::TimedOut | Waited::Drained => {
+            // Only ever with nothing of a head read: the connection ends as a client's
+            // close would end it.
+            Waited::Drained => return Err(HeadError::Gone),
+            Waited::TimedOut if r.buf.is_empty() => return Err(HeadError::Gone),
+            Waited::TimedOut => {
                 return Err(HeadError::Refuse(
                     StatusCode::REQUEST_TIMEOUT,
                     "header_timeout",
