@@ -242,6 +242,132 @@ fn path_spellings_of_a_denied_call_never_run() {
     );
 }
 
+/// Item 7 and the admin's user list are denied, everything else allowed: a spelling that the
+/// gateway decides as anything but those two would be let through by the last rule.
+fn items(port: u16) -> String {
+    format!(
+        r#"
+service: items
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: rest
+functions:
+  list_items: {{ route: "GET /items" }}
+  get_item: {{ route: "GET /items/{{id}}" }}
+  delete_item: {{ route: "DELETE /items/{{id}}" }}
+  admin_users: {{ route: "GET /admin/users" }}
+rules:
+  - {{ name: not-seven, function: [get_item, delete_item], args: {{ id: {{ eq: "7" }} }}, action: deny }}
+  - {{ name: no-admin, function: admin_users, action: deny }}
+  - {{ name: everything-else, function: "*", action: allow }}
+"#
+    )
+}
+
+#[test]
+fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
+    let test = "format_suffixes_rails_routes_are_decided_as_rails_reads_them";
+    if !ebpf_available(test) {
+        return;
+    }
+    let have_rails = std::process::Command::new("ruby")
+        .args([
+            "-rrack",
+            "-rwebrick",
+            "-raction_dispatch",
+            "-raction_controller",
+            "-e",
+            "1",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_rails {
+        skip(
+            test,
+            "ruby with ruby-actionpack, ruby-rack and ruby-webrick is not installed",
+        );
+        return;
+    }
+    let work = TestDir::new(test);
+    let port = free_port();
+    let log = work.join(format!("rails-{port}.jsonl"));
+    let up = Party::start(
+        &[
+            "ruby",
+            &party_script("rails_routes.rb").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let s = setup(test, &[("items", &items(port))]);
+    let base = format!("http://127.0.0.1:{port}");
+    let call = |method: &str, path: &str| {
+        status_in(
+            &s.cg,
+            &["--path-as-is", "-X", method, &format!("{base}{path}")],
+        )
+    };
+    // Rails runs `show` for item 7, and the admin's list, for each of these: decided as
+    // spelled, each is a call the last rule allows (`id` "7.json", or an undeclared path).
+    for (method, path) in [
+        ("GET", "/items/7.json"),
+        ("GET", "/items/7.xml"),
+        ("GET", "/items/7.JSON"),
+        ("GET", "/items/%37.json"),
+        ("GET", "/items/7.j%73on"),
+        ("GET", "/items/7.json/"),
+        ("DELETE", "/items/7.json"),
+        ("GET", "/admin/users.json"),
+        ("GET", "/admin/users.json/"),
+        ("GET", "/Admin/Users.csv"),
+    ] {
+        assert_eq!(call(method, path), "400", "{method} {path}");
+    }
+    // The controls: the plain spellings are denied, and a suffix both readings decide alike
+    // is served as sent.
+    assert_eq!(call("GET", "/items/7"), "403");
+    assert_eq!(call("GET", "/admin/users"), "403");
+    assert_eq!(call("GET", "/items/42.json"), "200");
+    assert_eq!(call("GET", "/items.json"), "200");
+    let ran: Vec<Value> = up.requests();
+    let denied: Vec<&Value> = ran
+        .iter()
+        .filter(|r| r["ran"] == "admin_users" || r["params"]["id"] == "7")
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "DENIED CALLS THAT RAN on Rails: {denied:?}"
+    );
+    let served: Vec<(&Value, &Value)> = ran.iter().map(|r| (&r["ran"], &r["params"])).collect();
+    assert_eq!(
+        served,
+        [
+            (
+                &"show".into(),
+                &serde_json::json!({"id": "42", "format": "json"})
+            ),
+            (&"index".into(), &serde_json::json!({"format": "json"})),
+        ],
+        "{ran:?}"
+    );
+    // The refusal says what the two readings are and how a service whose server reads no
+    // suffix says so.
+    let (_, body) = curl_in(
+        &s.cg,
+        &["-w", "\n%{http_code}", &format!("{base}/items/7.json")],
+    );
+    assert!(body.ends_with("\n400"), "{body}");
+    for want in [
+        "ambiguous_path",
+        "/items/7",
+        "not-seven",
+        "no_format_suffix",
+    ] {
+        assert!(body.contains(want), "{want} not in {body}");
+    }
+}
+
 #[test]
 fn arguments_are_read_as_the_server_reads_them() {
     let test = "arguments_are_read_as_the_server_reads_them";

@@ -277,6 +277,39 @@ pub fn extract(
     }
 }
 
+/// The request's calls as a server that reads a format suffix would run them: Rails routes
+/// `/items/7.json` as `/items/7` (and `/admin/users.json` as `/admin/users`), Spring before 5.3
+/// did too ([`path::without_format_suffix`]). `Some` for a `rest` or `http` request whose
+/// path ends in such a suffix, unless its service says its server reads none
+/// (`paths: { no_format_suffix: true }`): the caller decides both readings, and a call they
+/// decide differently is one whose upstream may run what was not decided.
+pub fn format_reading(
+    kind: Kind,
+    service: &Surface,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    unread_body: bool,
+) -> Option<Result<Extracted, ExtractError>> {
+    if !matches!(kind, Kind::Rest | Kind::Http) || service.paths.no_format_suffix {
+        return None;
+    }
+    let stripped = path::without_format_suffix(parts.uri.path())?;
+    let target = match parts.uri.query() {
+        Some(q) => format!("{stripped}?{q}"),
+        None => stripped,
+    };
+    // Bytes of a target that parsed already: a failure here is refused, never let through.
+    let Ok(uri) = Uri::try_from(target) else {
+        return Some(Err(ExtractError::Path(path::PathError::NotOrigin)));
+    };
+    let (mut read, ()) = http::Request::new(()).into_parts();
+    read.method = parts.method.clone();
+    read.uri = uri;
+    read.version = parts.version;
+    read.headers = parts.headers.clone();
+    Some(extract(kind, service, &read, body, unread_body))
+}
+
 /// Is this a request to a path of a JSON-RPC or MCP service other than its `endpoint`? Such a
 /// request is not read as a message (a server with REST routes beside its endpoint runs them
 /// as such): it is a plain HTTP request ([`Kind::Http`]), decided as the undeclared

@@ -1655,3 +1655,37 @@ fn uploads_are_read_for_a_method_field_unless_the_server_takes_none() {
         "an unread upload: no condition holds on it"
     );
 }
+
+/// A `rest` or `http` path ending in a format suffix (`/items/7.json`) has a second reading,
+/// the one Rails routes (`/items/7`), with the same query and body; a service whose server
+/// reads no suffix says `paths: { no_format_suffix: true }` and has only the one.
+#[test]
+fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
+    use callgate::extract::{Kind, format_reading};
+    let service = |paths: &str| {
+        Repo::service(&format!(
+            "service: svc\nmatch: {{ hosts: [\"svc:80\"] }}\nprotocol: rest\n{paths}\
+             functions:\n  get_item: {{ route: \"GET /items/{{id}}\" }}\n"
+        ))
+    };
+    let get = |uri: &str| {
+        http::Request::builder()
+            .uri(uri)
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    };
+    let (suffixed, plain) = (service(""), service("paths: { no_format_suffix: true }\n"));
+    let (suffixed, plain) = (suffixed.snap(), plain.snap());
+    let suffixed = &suffixed.service("svc").expect("svc").surface;
+    let plain = &plain.service("svc").expect("svc").surface;
+    let read = format_reading(Kind::Rest, suffixed, &get("/items/7.json?x=1"), None, false)
+        .expect("a second reading")
+        .expect("extracted");
+    assert_eq!(read.calls[0].function, "get_item");
+    assert_eq!(read.calls[0].args, serde_json::json!({"id": "7", "x": "1"}));
+    assert!(format_reading(Kind::Rest, plain, &get("/items/7.json"), None, false).is_none());
+    assert!(format_reading(Kind::Rest, suffixed, &get("/items/7"), None, false).is_none());
+    assert!(format_reading(Kind::Grpc, suffixed, &get("/items/7.json"), None, false).is_none());
+}

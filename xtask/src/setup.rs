@@ -74,6 +74,8 @@ const TEST_PACKAGES: &[&str] = &[
     "ruby",
     "ruby-rack",
     "ruby-webrick",
+    // Rails' router (tests/no_bypass.rs): `/items/7.json` runs `show` with id 7.
+    "ruby-actionpack",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[

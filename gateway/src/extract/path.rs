@@ -23,6 +23,9 @@ pub struct PathRules {
     /// The server routes by no `_method` field: bodies not read for arguments (multipart
     /// uploads, an `http` service's) are not read to look for one either.
     pub no_method_override: bool,
+    /// The server reads no format suffix (`/items/7.json` as `/items/7`): a path is decided
+    /// only as it is spelled, not also as [`without_format_suffix`] reads it.
+    pub no_format_suffix: bool,
 }
 
 /// Why a path has no canonical form the gateway can vouch for.
@@ -154,6 +157,25 @@ fn is_canonical(bytes: &[u8], rules: PathRules) -> Result<bool, PathError> {
     Ok(clean)
 }
 
+/// `path` (canonical) as a server that reads a format suffix routes it: the last segment's
+/// `.ext` taken off, `/items/7.json` read as `/items/7` and `/admin/users.json/` as
+/// `/admin/users/`. Rails routes every resource with an optional `(.:format)`, and Spring
+/// before 5.3 matched any `/x` route by `/x.anything`; both read the part before the last `.`.
+/// None when the last segment (before one trailing `/`) has no `.` with something on both
+/// sides of it.
+pub fn without_format_suffix(path: &str) -> Option<String> {
+    let (body, trailing) = match path.strip_suffix('/') {
+        Some(b) => (b, "/"),
+        None => (path, ""),
+    };
+    let start = body.rfind('/')? + 1;
+    let dot = start + body[start..].rfind('.')?;
+    if dot == start || dot + 1 == body.len() {
+        return None;
+    }
+    Some(format!("{}{trailing}", &body[..dot]))
+}
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex(c: u8) -> Option<u8> {
@@ -172,6 +194,30 @@ fn is_unreserved(c: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_format_suffix_is_read_off_the_last_segment() {
+        let read = |p: &str| without_format_suffix(p);
+        assert_eq!(read("/items/7.json").as_deref(), Some("/items/7"));
+        assert_eq!(read("/admin/users.json/").as_deref(), Some("/admin/users/"));
+        assert_eq!(read("/items.xml").as_deref(), Some("/items"));
+        // Spring reads the part before the last `.`; Rails routes `1.2.json` nowhere.
+        assert_eq!(
+            read("/models/gpt-4.1.json").as_deref(),
+            Some("/models/gpt-4.1")
+        );
+        for none in [
+            "/items/7",
+            "/",
+            "/items/.json",
+            "/items/7.",
+            "/v1.2/items",
+            "/.",
+            "",
+        ] {
+            assert_eq!(read(none), None, "{none:?}");
+        }
+    }
 
     fn canon(p: &str) -> Result<String, PathError> {
         canonical(p, PathRules::default()).map(|c| c.unwrap_or_else(|| p.to_string()))

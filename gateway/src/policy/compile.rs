@@ -277,6 +277,7 @@ fn compile_functions(
                 || !matches!(file.protocol, Protocol::Rest | Protocol::Http),
             dotted_names: file.paths.dotted_names,
             no_method_override: file.paths.no_method_override,
+            no_format_suffix: file.paths.no_format_suffix,
         },
         file.credentials.as_ref().map(|c| c.inject.header.clone()),
     );

@@ -132,6 +132,11 @@ pub struct PathOptions {
     /// for one.
     #[serde(default)]
     pub no_method_override: bool,
+    /// The server reads no format suffix (it is not Rails, nor Spring before 5.3, which route
+    /// `/items/7.json` as `/items/7`): a path whose last segment has a `.` is decided as it is
+    /// spelled only, instead of also as such a server would route it.
+    #[serde(default)]
+    pub no_format_suffix: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -528,6 +528,22 @@ impl Conn {
                 }
             })
             .collect();
+        // `/items/7.json` is `/items/7` to Rails: both readings must be decided alike.
+        if let (Some(s), [d]) = (service, decided.as_slice())
+            && let Some(r) = self.format_refusal(
+                &snap,
+                s,
+                d,
+                (kind, &parts),
+                (held_body.as_deref(), held_body.is_none() && unread_body),
+            )
+        {
+            stats.refused_policy.fetch_add(1, Relaxed);
+            let call = decided
+                .pop()
+                .map_or_else(|| extract::raw(&parts), |d| d.call);
+            return self.refuse(recording, kind, call, None, r).await;
+        }
         for d in decided.iter_mut() {
             self.fleet_quota(service, d).await;
         }

@@ -3,12 +3,13 @@
 //! function is known.
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode, request::Parts};
 
 use super::{Conn, streaming::Recording};
 use crate::{
     call::{Call, Caller, Role},
-    policy::{Action, Decision, Service, Snapshot},
+    extract::{self, Kind},
+    policy::{Action, Decision, Mode, Service, Snapshot},
     proxy::reply::Refusal,
     record::RecordedDecision,
     telemetry::trace::CallSpan,
@@ -201,6 +202,61 @@ impl Conn {
         };
         d.decision.enforced = Action::Deny;
         d.limited = Some(hit);
+    }
+
+    /// A request whose path ends in a format suffix, decided as a server that reads one would
+    /// run it too ([`extract::format_reading`]): `/items/7.json` is `/items/7` to Rails. When
+    /// that reading is decided otherwise (another action or rule), the server, not the policy,
+    /// would choose what runs: refused with 400 `ambiguous_path`, naming both decisions. In
+    /// dry-run nothing is enforced and nothing is refused.
+    pub(super) fn format_refusal(
+        &self,
+        snap: &Snapshot,
+        service: &Service,
+        spelled: &Decided,
+        (kind, parts): (Kind, &Parts),
+        (body, unread_body): (Option<&[u8]>, bool),
+    ) -> Option<Refusal> {
+        if spelled.decision.mode == Mode::DryRun {
+            return None;
+        }
+        let read = extract::format_reading(kind, &service.surface, parts, body, unread_body)?;
+        let path = parts.uri.path();
+        let ambiguous = |reason: String| {
+            Some(Refusal {
+                service: Some(service.name.to_string()),
+                ..Refusal::new(StatusCode::BAD_REQUEST, "ambiguous_path", reason)
+            })
+        };
+        let mut read = match read {
+            Ok(e) => e,
+            Err(e) => {
+                return ambiguous(format!(
+                    "a server that reads a format suffix (Rails) routes {path} without its last \
+                     '.', and read that way the request is refused: {e}"
+                ));
+            }
+        };
+        let call = read.calls.first_mut()?;
+        let d = self.decide(snap, Some(service), &spelled.caller, call);
+        let as_spelled = &spelled.decision;
+        if (d.action, &d.rule) == (as_spelled.action, &as_spelled.rule) {
+            return None;
+        }
+        let said = |d: &Decision| match &d.rule {
+            Some(r) => format!("{} by rule {r:?}", d.action.as_str()),
+            None => format!("{} by default", d.action.as_str()),
+        };
+        let read_as = extract::path::without_format_suffix(path).unwrap_or_default();
+        ambiguous(format!(
+            "a server that reads a format suffix (Rails; Spring before 5.3) routes {path} as \
+             {read_as}: {} ({}), where as spelled it is {} ({}); if this service's server reads \
+             no format suffix, say so in its file with `paths: {{ no_format_suffix: true }}`",
+            call.function,
+            said(&d),
+            spelled.call.function,
+            said(as_spelled)
+        ))
     }
 
     pub(super) fn decide(

@@ -1,0 +1,42 @@
+# A Rails routing upstream for tests/no_bypass.rs (`ruby rails_routes.rb PORT LOG`), on
+# WEBrick: ActionDispatch's router with the routes `resources` draws (each with Rails'
+# optional `(.:format)`, so `/items/7.json` runs `show` with id 7), and each action logs one
+# JSON line: what ran, with the parameters Rails gave it.
+require 'json'
+require 'rack'
+require 'webrick'
+require 'action_dispatch'
+require 'action_controller'
+
+PORT = Integer(ARGV.fetch(0))
+LOG = ARGV.fetch(1)
+
+# Each action: one JSON line to the log, and the same as the answer.
+class Logged < ActionController::Metal
+  def ran(action)
+    line = JSON.generate(server: 'rails', ran: action, path: request.path,
+                         params: params.to_h.except('controller', 'action'))
+    File.open(LOG, 'a') { |f| f.puts(line) }
+    self.content_type = 'application/json'
+    self.response_body = line
+  end
+end
+
+class ItemsController < Logged
+  def index = ran('index')
+  def show = ran('show')
+  def destroy = ran('destroy')
+end
+
+class AdminController < Logged
+  def users = ran('admin_users')
+end
+
+routes = ActionDispatch::Routing::RouteSet.new
+routes.draw do
+  resources :items, only: %i[index show destroy]
+  get 'admin/users', to: 'admin#users'
+end
+
+Rack::Handler::WEBrick.run(routes, Host: '127.0.0.1', Port: PORT, AccessLog: [],
+                                   Logger: WEBrick::Log.new($stderr, WEBrick::Log::WARN))
