@@ -1133,6 +1133,60 @@ fn numbers_are_compared_as_the_server_reads_them() {
 /// A deny rule on a JSON `false`: the same name given as text in the query and as JSON in the
 /// body is one value to the join, and the decision must not read the text where the server
 /// reads the JSON.
+/// Accounts 7 and 8 are kept (a deny on the number 7, one on the text "8"), any other may be
+/// closed. Flask's `<int:account>` reads `07`, `٧` (Arabic-Indic), `７` (full width) and `𝟕`
+/// (mathematical bold) as 7: each is a spelling of a kept account.
+#[test]
+fn digits_of_any_script_are_the_number_the_server_reads() {
+    let test = "digits_of_any_script_are_the_number_the_server_reads";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let up = flask(&work);
+    let policy = format!(
+        "service: accounts\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  close_account: {{ route: \"DELETE /v1/accounts/{{account}}\" }}\n\
+         rules:\n\
+         \x20 - {{ name: keep-seven, function: close_account, args: {{ account: {{ eq: 7 }} }}, action: deny }}\n\
+         \x20 - {{ name: keep-eight, function: close_account, args: {{ account: {{ in: [\"8\"] }} }}, action: deny }}\n\
+         \x20 - {{ name: others, function: close_account, action: allow }}\n",
+        up.port
+    );
+    let s = setup(test, &[("accounts", &policy)]);
+    let close = |account: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "-X",
+                "DELETE",
+                &format!("http://127.0.0.1:{}/v1/accounts/{account}", up.port),
+            ],
+        )
+    };
+    for account in [
+        "7",
+        "07",
+        "%D9%A7",
+        "%EF%BC%97",
+        "%F0%9D%9F%95",
+        "8",
+        "08",
+        "%D9%A8",
+        "%DB%B8",
+    ] {
+        assert_eq!(close(account), "403", "{account}");
+    }
+    assert_eq!(close("9"), "200");
+    let closed: Vec<Value> = ran(&up, "close_account");
+    let accounts: Vec<&Value> = closed.iter().map(|r| &r["account"]).collect();
+    assert_eq!(
+        accounts,
+        [&Value::from(9)],
+        "KEPT ACCOUNTS CLOSED: {closed:?}"
+    );
+}
+
 #[test]
 fn text_and_json_spellings_of_one_value_fail_closed() {
     let Some(r) = Refunds::start(

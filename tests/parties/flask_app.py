@@ -35,6 +35,13 @@ def get_payment(pid):
     return jsonify(id=pid, status="settled")
 
 
+@app.route("/v1/accounts/<int:account>", methods=["DELETE"])
+def close_account(account):
+    # werkzeug's `int` converter: `\d+` of any script, read by Python's `int`.
+    ran("close_account", account=account)
+    return jsonify(closed=account)
+
+
 @app.route("/admin/<path:rest>", methods=["GET", "POST"])
 def admin(rest):
     ran("admin", rest=rest)

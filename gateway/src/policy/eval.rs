@@ -483,13 +483,11 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
 }
 
 /// Whether `op` holds for `v`; None when `v` is not of a type the operator can test. A
-/// number sent as text is a number (`"5000"`, `" 5000 "`): pydantic, Flask's `type=float` and
-/// most servers read it so; text with an exponent is none (see [`with_exponent`]).
+/// number sent as text is a number (`"5000"`, `" 5000 "`, `"٥٠٠٠"`): pydantic, Flask's
+/// `type=float` and most servers read it so; text with an exponent, or with a numeric
+/// character that is no decimal digit the gateway knows, is none (see [`Reading`]).
 fn op_holds(op: &Op, v: &Json) -> Option<bool> {
-    let num = || match v {
-        Json::String(s) if with_exponent(s) => None,
-        _ => number(v),
-    };
+    let num = || number(v);
     Some(match op {
         Op::Eq(want) => json_eq(v, want)?,
         Op::Ne(want) => !json_eq(v, want)?,
@@ -510,40 +508,118 @@ fn op_holds(op: &Op, v: &Json) -> Option<bool> {
     })
 }
 
-/// Text with an exponent, which servers read as different numbers (`"100000e-5"` is 1 to
-/// Python's `float` and JavaScript's `Number`, 100000 to Ruby's `to_i` and `parseInt`): no
-/// comparison with a number can say what the server will see.
-fn with_exponent(s: &str) -> bool {
-    s.contains(['e', 'E']) && s.trim().replace('_', "").parse::<f64>().is_ok()
+/// What number, if any, servers read a text as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reading {
+    /// No server reads it as a number.
+    Text,
+    /// Every server that reads it as a number reads this one (never NaN).
+    Number(f64),
+    /// Servers read different numbers, or the gateway cannot say which: text with an
+    /// exponent (`"100000e-5"` is 1 to Python's `float` and JavaScript's `Number`, 100000 to
+    /// Ruby's `to_i` and `parseInt`), or with a numeric character that is not a decimal digit
+    /// of [`ND_ZEROS`] (a script's digits newer than the table, `½`).
+    Unsure,
+}
+
+impl Reading {
+    fn of(s: &str) -> Self {
+        let Some(digits) = ascii_digits(s) else {
+            return Reading::Unsure;
+        };
+        let plain = digits.trim().replace('_', "");
+        match plain.parse::<f64>() {
+            Ok(_) if plain.contains(['e', 'E']) => Reading::Unsure,
+            Ok(x) if !x.is_nan() => Reading::Number(x),
+            _ => Reading::Text,
+        }
+    }
 }
 
 /// A JSON number, or text that servers read as one; never NaN.
 fn number(v: &Json) -> Option<f64> {
-    let x = match v {
-        Json::Number(n) => n.as_f64()?,
-        Json::String(s) => s.trim().replace('_', "").parse::<f64>().ok()?,
-        _ => return None,
-    };
-    (!x.is_nan()).then_some(x)
+    match v {
+        Json::Number(n) => n.as_f64().filter(|x| !x.is_nan()),
+        Json::String(s) => match Reading::of(s) {
+            Reading::Number(x) => Some(x),
+            Reading::Text | Reading::Unsure => None,
+        },
+        _ => None,
+    }
 }
 
-/// JSON equality with numbers compared by value (1 == 1.0). A number and text that reads as
-/// the same number, or a boolean and its spelling as text, are neither equal nor different
-/// (None): a server that coerces sees the number, one that does not sees text.
+/// The first code point of each run of ten decimal digits (Unicode category Nd) outside
+/// ASCII, from Python's `unicodedata` (Unicode 14.0) and the runs Unicode 15.0 and 16.0 add.
+/// Python's `int` and `float`, werkzeug's `int` and `float` route converters and Java's
+/// `parseInt` read each as its digit: Flask runs `/items/<int:id>` for `/items/٧` with id 7.
+const ND_ZEROS: &[u32] = &[
+    0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6,
+    0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50,
+    0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x10D40, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0,
+    0x11650, 0x116C0, 0x116D0, 0x116DA, 0x11730, 0x118E0, 0x11950, 0x11BF0, 0x11C50, 0x11D50,
+    0x11DA0, 0x11F50, 0x16130, 0x16A60, 0x16AC0, 0x16B50, 0x16D70, 0x1CCF0, 0x1D7CE, 0x1D7D8,
+    0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E4F0, 0x1E5F1, 0x1E950, 0x1FBF0,
+];
+
+/// `s` with every decimal digit of [`ND_ZEROS`] written as its ASCII digit; borrowed when it
+/// has none (the common case). None when it holds another numeric character, which some
+/// server may read as a digit the gateway cannot name.
+fn ascii_digits(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if s.is_ascii() {
+        return Some(std::borrow::Cow::Borrowed(s));
+    }
+    let digit = |c: char| {
+        let at = ND_ZEROS
+            .partition_point(|&z| z <= c as u32)
+            .checked_sub(1)?;
+        let d = (c as u32).checked_sub(ND_ZEROS[at]).filter(|d| *d < 10)?;
+        char::from_digit(d, 10)
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut mapped = false;
+    for c in s.chars() {
+        match c {
+            c if c.is_ascii() => out.push(c),
+            c => match digit(c) {
+                Some(d) => {
+                    out.push(d);
+                    mapped = true;
+                }
+                None if c.is_numeric() => return None,
+                None => out.push(c),
+            },
+        }
+    }
+    Some(match mapped {
+        true => std::borrow::Cow::Owned(out),
+        false => std::borrow::Cow::Borrowed(s),
+    })
+}
+
+/// JSON equality with numbers compared by value (1 == 1.0). Values that a server may read as
+/// one number and another server as two, or as a number and as text, are neither equal nor
+/// different (None): a number and text that reads as the same number (a coercing server sees
+/// the number, a strict one text), two spellings of one number as text (`"07"` and `"7"`,
+/// `"٧"` and `"7"`: one to Flask's `int` converter), a boolean and its spelling as text, and
+/// any text [`Reading::Unsure`] beside a number.
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
-        (Json::Number(_), Json::String(s)) | (Json::String(s), Json::Number(_))
-            if with_exponent(s) =>
-        {
-            None
-        }
-        (Json::Number(_), Json::String(_)) | (Json::String(_), Json::Number(_)) => {
-            match (number(a), number(b)) {
-                (Some(x), Some(y)) if x == y => None,
+        (Json::Number(_), Json::String(s)) | (Json::String(s), Json::Number(_)) => {
+            let n = number(if matches!(a, Json::Number(_)) { a } else { b });
+            match (Reading::of(s), n) {
+                (Reading::Unsure, _) => None,
+                (Reading::Number(x), Some(y)) if x == y => None,
                 _ => Some(false),
             }
         }
+        (Json::String(x), Json::String(y)) if x != y => match (Reading::of(x), Reading::of(y)) {
+            (Reading::Number(p), Reading::Number(q)) if p == q => None,
+            (Reading::Unsure, Reading::Number(_) | Reading::Unsure)
+            | (Reading::Number(_), Reading::Unsure) => None,
+            _ => Some(false),
+        },
         // A boolean and text or a number a coercing server reads as it (`"false"`, and to
         // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
         (Json::Bool(v), other @ (Json::String(_) | Json::Number(_)))
@@ -785,5 +861,57 @@ fn describe_op(op: &Op) -> String {
         Op::MaxLen(n) => format!("max_len {n}"),
         Op::Present(true) => "present".into(),
         Op::Present(false) => "absent".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_run_of_digits_is_ten_numeric_characters_in_order() {
+        assert!(
+            ND_ZEROS.windows(2).all(|w| w[0] + 10 <= w[1]),
+            "sorted, apart"
+        );
+        for &zero in ND_ZEROS {
+            for d in 0..10 {
+                let c = char::from_u32(zero + d).expect("a character");
+                assert!(c.is_numeric(), "U+{:X} is not numeric", zero + d);
+                assert_eq!(
+                    ascii_digits(&c.to_string()).as_deref(),
+                    Some(&*d.to_string())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spellings_of_one_number_are_neither_equal_nor_different() {
+        let eq = |a: Json, b: Json| json_eq(&a, &b);
+        // One number to Flask's `int` converter, Python's `int`, Java's `parseInt`.
+        for text in ["07", "٧", "７", " 7", "7_0", "𝟕", "7.0"] {
+            let want = if text == "7_0" { 70 } else { 7 };
+            assert_eq!(eq(json!(text), json!(want)), None, "{text} and {want}");
+            assert_eq!(
+                eq(json!(text), json!(want.to_string())),
+                None,
+                "{text:?} and \"{want}\""
+            );
+        }
+        assert_eq!(number(&json!("٧٥")), Some(75.0));
+        // What the gateway cannot read as one number is not said to differ from one.
+        for unsure in ["7e0", "½", "⑦"] {
+            assert_eq!(eq(json!(unsure), json!(7)), None, "{unsure}");
+            assert_eq!(number(&json!(unsure)), None, "{unsure}");
+        }
+        // Different numbers, and text that is no number, still differ.
+        assert_eq!(eq(json!("7"), json!("8")), Some(false));
+        assert_eq!(eq(json!("٨"), json!(7)), Some(false));
+        assert_eq!(eq(json!("seven"), json!("7")), Some(false));
+        assert_eq!(eq(json!("عدد"), json!("7")), Some(false));
+        assert_eq!(eq(json!("7"), json!("7")), Some(true));
     }
 }
