@@ -281,8 +281,9 @@ pub fn extract(
 /// `/items/7.json` as `/items/7` (and `/admin/users.json` as `/admin/users`), Spring before 5.3
 /// did too ([`path::without_format_suffix`]). `Some` for a `rest` or `http` request whose
 /// path ends in such a suffix, unless its service says its server reads none
-/// (`paths: { no_format_suffix: true }`): the caller decides both readings, and a call they
-/// decide differently is one whose upstream may run what was not decided.
+/// (`paths: { no_format_suffix: true }`) or a route names the path as spelled, suffix and all
+/// (`GET /echo.txt`): the caller decides both readings, and a call they decide differently is
+/// one whose upstream may run what was not decided.
 pub fn format_reading(
     kind: Kind,
     service: &Surface,
@@ -290,7 +291,10 @@ pub fn format_reading(
     body: Option<&[u8]>,
     unread_body: bool,
 ) -> Option<Result<Extracted, ExtractError>> {
-    if !matches!(kind, Kind::Rest | Kind::Http) || service.paths.no_format_suffix {
+    if !matches!(kind, Kind::Rest | Kind::Http)
+        || service.paths.no_format_suffix
+        || service.routes_literally(parts.method.as_str(), parts.uri.path())
+    {
         return None;
     }
     let stripped = path::without_format_suffix(parts.uri.path())?;

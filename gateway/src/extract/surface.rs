@@ -137,14 +137,28 @@ impl Surface {
         }
     }
 
+    /// Whether `path` is one a route names to its last character: the route it takes ends in
+    /// a literal (`GET /echo.txt`), not a parameter. Its spelling is then the operator's
+    /// declaration of that function, format suffix and all.
+    pub fn routes_literally(&self, method: &str, path: &str) -> bool {
+        self.route_index(method, path)
+            .is_some_and(|(r, _)| matches!(self.routes[r].segs.last(), Some(RouteSeg::Lit(_))))
+    }
+
     /// The function a REST request calls, with its path parameters.
     pub fn route<'a>(
         &'a self,
         method: &str,
         path: &'a str,
     ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
+        self.route_index(method, path)
+            .map(|(r, params)| (&self.functions[self.routes[r].function], params))
+    }
+
+    /// The index of the route a REST request takes, with its path parameters.
+    fn route_index<'a>(&'a self, method: &str, path: &'a str) -> Option<(usize, PathParams<'a>)> {
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
-        'routes: for r in &self.routes {
+        'routes: for (i, r) in self.routes.iter().enumerate() {
             if !r.method.eq_ignore_ascii_case(method) {
                 continue;
             }
@@ -165,7 +179,7 @@ impl Surface {
             // One trailing `/` is the same route: many servers redirect or route it there.
             let rest = segs.next();
             if rest.is_none() || (rest == Some("") && segs.next().is_none()) {
-                return Some((&self.functions[r.function], params));
+                return Some((i, params));
             }
         }
         None
