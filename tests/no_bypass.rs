@@ -242,8 +242,9 @@ fn path_spellings_of_a_denied_call_never_run() {
     );
 }
 
-/// Item 7 and the admin's user list are denied, everything else allowed: a spelling that the
-/// gateway decides as anything but those two would be let through by the last rule.
+/// Items 7 and "secret" and the admin's user list are denied, everything else allowed: a
+/// spelling that the gateway decides as anything but those would be let through by the last
+/// rule.
 fn items(port: u16) -> String {
     format!(
         r#"
@@ -257,6 +258,7 @@ functions:
   admin_users: {{ route: "GET /admin/users" }}
 rules:
   - {{ name: not-seven, function: [get_item, delete_item], args: {{ id: {{ eq: "7" }} }}, action: deny }}
+  - {{ name: not-secret, function: [get_item, delete_item], args: {{ id: {{ eq: secret }} }}, action: deny }}
   - {{ name: no-admin, function: admin_users, action: deny }}
   - {{ name: everything-else, function: "*", action: allow }}
 "#
@@ -275,6 +277,7 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
             "-rwebrick",
             "-raction_dispatch",
             "-raction_controller",
+            "-ractive_model",
             "-e",
             "1",
         ])
@@ -283,7 +286,8 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
     if !have_rails {
         skip(
             test,
-            "ruby with ruby-actionpack, ruby-rack and ruby-webrick is not installed",
+            "ruby with ruby-actionpack, ruby-activemodel, ruby-rack and ruby-webrick is not \
+             installed",
         );
         return;
     }
@@ -308,21 +312,38 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
             &["--path-as-is", "-X", method, &format!("{base}{path}")],
         )
     };
-    // Rails runs `show` for item 7, and the admin's list, for each of these: decided as
-    // spelled, each is a call the last rule allows (`id` "7.json", or an undeclared path).
+    // Rails runs `show` for the item "secret", and the admin's list, for each of these:
+    // decided as spelled, each is a call the last rule allows (`id` "secret.json", or an
+    // undeclared path). Both readings are decided, and they differ.
     for (method, path) in [
-        ("GET", "/items/7.json"),
-        ("GET", "/items/7.xml"),
-        ("GET", "/items/7.JSON"),
-        ("GET", "/items/%37.json"),
-        ("GET", "/items/7.j%73on"),
-        ("GET", "/items/7.json/"),
-        ("DELETE", "/items/7.json"),
+        ("GET", "/items/secret.json"),
+        ("GET", "/items/secret.xml/"),
+        ("GET", "/items/%73ecret.j%73on"),
+        ("DELETE", "/items/secret.json"),
         ("GET", "/admin/users.json"),
         ("GET", "/admin/users.json/"),
         ("GET", "/Admin/Users.csv"),
     ] {
         assert_eq!(call(method, path), "400", "{method} {path}");
+    }
+    // Ids ActiveRecord's `find` casts to 7 (`to_i`'s reading, which stops at the first
+    // character that is not a digit): text the deny on "7" cannot tell from 7, so it matches,
+    // as spelled and (`7.json`) as Rails routes it.
+    for (method, path) in [
+        ("GET", "/items/7.json"),
+        ("GET", "/items/7.xml"),
+        ("GET", "/items/%37.json"),
+        ("GET", "/items/7.j%73on"),
+        ("GET", "/items/7.json/"),
+        ("DELETE", "/items/7.json"),
+        ("GET", "/items/7abc"),
+        ("GET", "/items/07"),
+        ("GET", "/items/7-x"),
+        ("GET", "/items/%207"),
+        ("GET", "/items/7.9"),
+        ("DELETE", "/items/7abc"),
+    ] {
+        assert_eq!(call(method, path), "403", "{method} {path}");
     }
     // The controls: the plain spellings are denied, and a suffix both readings decide alike
     // is served as sent.
@@ -333,7 +354,7 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
     let ran: Vec<Value> = up.requests();
     let denied: Vec<&Value> = ran
         .iter()
-        .filter(|r| r["ran"] == "admin_users" || r["params"]["id"] == "7")
+        .filter(|r| r["ran"] == "admin_users" || r["record"] == 7 || r["params"]["id"] == "secret")
         .collect();
     assert!(
         denied.is_empty(),
@@ -355,13 +376,14 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
     // suffix says so.
     let (_, body) = curl_in(
         &s.cg,
-        &["-w", "\n%{http_code}", &format!("{base}/items/7.json")],
+        &["-w", "\n%{http_code}", &format!("{base}/items/secret.json")],
     );
     assert!(body.ends_with("\n400"), "{body}");
     for want in [
         "ambiguous_path",
-        "/items/7",
-        "not-seven",
+        "as /items/secret",
+        "not-secret",
+        "everything-else",
         "no_format_suffix",
     ] {
         assert!(body.contains(want), "{want} not in {body}");

@@ -117,21 +117,28 @@ fn every_argument_operator() {
         ("args: { a: { min: 10 } }", json!({"a": 9}), false),
         // A number sent as text is the number servers coerce it to.
         ("args: { a: { gt: 1 } }", json!({"a": "2"}), true),
-        // ... except with an exponent, which servers read as different numbers (Ruby's
-        // `to_i` and `parseInt` stop at the `e`: 100000 where Python's `float` reads 1).
-        ("args: { a: { gt: 1 } }", json!({"a": " 2e3 "}), false),
+        // ... but text with an exponent is read as different numbers (Ruby's `to_i` and
+        // `parseInt` stop at the `e`: 100000 where Python's `float` reads 1), and a
+        // condition holds only when it holds for each.
+        ("args: { a: { gt: 100 } }", json!({"a": " 2e3 "}), false),
+        ("args: { a: { gt: 1 } }", json!({"a": " 2e3 "}), true),
         (
             "args: { a: { max: 100 } }",
             json!({"a": "100000e-5"}),
             false,
         ),
-        ("args: { a: { max: 100 } }", json!({"a": "1E1"}), false),
+        ("args: { a: { max: 100 } }", json!({"a": "1E3"}), false),
+        ("args: { a: { max: 100 } }", json!({"a": "1E1"}), true),
         ("args: { a: { max: 100 } }", json!({"a": 1e1}), true),
-        // Nor equal or unequal to a number: unknown (a deny rule's `eq` matches it).
+        // Text some server reads as the number is neither equal nor unequal to it: unknown
+        // (a deny rule's `eq` matches it); text no server reads as it is unequal.
         ("args: { a: { eq: 5 } }", json!({"a": "5e0"}), false),
         ("args: { a: { ne: 5 } }", json!({"a": "5e0"}), false),
-        ("args: { a: { ne: 5 } }", json!({"a": "1e3"}), false),
-        ("args: { a: { not_in: [5] } }", json!({"a": "1e3"}), false),
+        ("args: { a: { ne: 5 } }", json!({"a": "5abc"}), false),
+        ("args: { a: { ne: 5 } }", json!({"a": "0x5"}), false),
+        ("args: { a: { ne: 5 } }", json!({"a": "1e3"}), true),
+        ("args: { a: { not_in: [5] } }", json!({"a": "5.9"}), false),
+        ("args: { a: { not_in: [5] } }", json!({"a": "1e3"}), true),
         ("args: { a: { gt: 1 } }", json!({"a": "0.5"}), false),
         ("args: { a: { gt: 1 } }", json!({"a": "two"}), false),
         ("args: { a: { gt: 1 } }", json!({"a": "NaN"}), false),
@@ -1665,7 +1672,8 @@ fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
     let service = |paths: &str| {
         Repo::service(&format!(
             "service: svc\nmatch: {{ hosts: [\"svc:80\"] }}\nprotocol: rest\n{paths}\
-             functions:\n  get_item: {{ route: \"GET /items/{{id}}\" }}\n"
+             functions:\n  get_item: {{ route: \"GET /items/{{id}}\" }}\n\
+             \x20 export: {{ route: \"GET /items/{{id}}/export.csv\" }}\n"
         ))
     };
     let get = |uri: &str| {
@@ -1688,4 +1696,7 @@ fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
     assert!(format_reading(Kind::Rest, plain, &get("/items/7.json"), None, false).is_none());
     assert!(format_reading(Kind::Rest, suffixed, &get("/items/7"), None, false).is_none());
     assert!(format_reading(Kind::Grpc, suffixed, &get("/items/7.json"), None, false).is_none());
+    // A route that names the suffix: the operator's declaration of that function.
+    let export = get("/items/7/export.csv");
+    assert!(format_reading(Kind::Rest, suffixed, &export, None, false).is_none());
 }

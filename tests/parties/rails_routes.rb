@@ -1,12 +1,14 @@
 # A Rails routing upstream for tests/no_bypass.rs (`ruby rails_routes.rb PORT LOG`), on
 # WEBrick: ActionDispatch's router with the routes `resources` draws (each with Rails'
 # optional `(.:format)`, so `/items/7.json` runs `show` with id 7), and each action logs one
-# JSON line: what ran, with the parameters Rails gave it.
+# JSON line: what ran, with the parameters Rails gave it and, for an `id`, the record
+# ActiveRecord's `find` would load (its integer type casts `"7abc"` to 7).
 require 'json'
 require 'rack'
 require 'webrick'
 require 'action_dispatch'
 require 'action_controller'
+require 'active_model'
 
 PORT = Integer(ARGV.fetch(0))
 LOG = ARGV.fetch(1)
@@ -14,8 +16,9 @@ LOG = ARGV.fetch(1)
 # Each action: one JSON line to the log, and the same as the answer.
 class Logged < ActionController::Metal
   def ran(action)
+    record = params[:id] && ActiveModel::Type::Integer.new.cast(params[:id])
     line = JSON.generate(server: 'rails', ran: action, path: request.path,
-                         params: params.to_h.except('controller', 'action'))
+                         params: params.to_h.except('controller', 'action'), record: record)
     File.open(LOG, 'a') { |f| f.puts(line) }
     self.content_type = 'application/json'
     self.response_body = line

@@ -76,6 +76,8 @@ const TEST_PACKAGES: &[&str] = &[
     "ruby-webrick",
     // Rails' router (tests/no_bypass.rs): `/items/7.json` runs `show` with id 7.
     "ruby-actionpack",
+    // ActiveRecord's integer cast (`find("7abc")` loads 7), for the same test.
+    "ruby-activemodel",
 ];
 /// The Python test parties, pinned: real HTTP/2, MCP and gRPC peers, an OTLP receiver.
 const TEST_PYTHON: &[&str] = &[

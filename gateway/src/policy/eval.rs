@@ -482,21 +482,29 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
     })
 }
 
-/// Whether `op` holds for `v`; None when `v` is not of a type the operator can test. A
-/// number sent as text is a number (`"5000"`, `" 5000 "`, `"٥٠٠٠"`): pydantic, Flask's
-/// `type=float` and most servers read it so; text with an exponent, or with a numeric
-/// character that is no decimal digit the gateway knows, is none (see [`Reading`]).
+/// Whether `op` holds for `v`; None when `v` is not of a type the operator can test, or when
+/// it holds for one number a server may read `v` as and not for another (see [`Reading`]).
 fn op_holds(op: &Op, v: &Json) -> Option<bool> {
-    let num = || number(v);
+    let num = |holds: &dyn Fn(f64) -> bool| match Reading::of_value(v) {
+        Reading::Numbers { xs, .. } => {
+            let n = xs.iter().filter(|x| holds(**x)).count();
+            match n {
+                0 => Some(false),
+                n if n == xs.len() => Some(true),
+                _ => None,
+            }
+        }
+        Reading::Text | Reading::Any => None,
+    };
     Some(match op {
         Op::Eq(want) => json_eq(v, want)?,
         Op::Ne(want) => !json_eq(v, want)?,
         Op::In(list) => one_of(v, list)?,
         Op::NotIn(list) => !one_of(v, list)?,
-        Op::Gt(n) => num()? > *n,
-        Op::Ge(n) => num()? >= *n,
-        Op::Lt(n) => num()? < *n,
-        Op::Le(n) => num()? <= *n,
+        Op::Gt(n) => num(&|x| x > *n)?,
+        Op::Ge(n) => num(&|x| x >= *n)?,
+        Op::Lt(n) => num(&|x| x < *n)?,
+        Op::Le(n) => num(&|x| x <= *n)?,
         Op::Regex(re) => re.is_match(v.as_str()?),
         Op::Prefix(p) => v.as_str()?.starts_with(p.as_str()),
         Op::MaxLen(n) => match v {
@@ -508,43 +516,142 @@ fn op_holds(op: &Op, v: &Json) -> Option<bool> {
     })
 }
 
-/// What number, if any, servers read a text as.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The numbers servers read a value as. A JSON number is itself. Text is read differently by
+/// different servers, and every reading counts:
+/// - whole, as Python's `int` and `float`, pydantic, Java and Go read it (`" 7 "`, `"07"`,
+///   `"+7"`, `"1_000"` to Python, `"1e3"`), with the decimal digits of every script (`"٧"`);
+/// - its longest numeric start, as JavaScript's `parseInt` and `parseFloat`, Ruby's `to_i`
+///   and `to_f`, PHP's `(int)` and ActiveRecord's `find` read it: `"7abc"` and `"7.5"` are 7
+///   to `parseInt`, `"1_000"` is 1, `"1e3"` is 1 (and 1000 to `parseFloat`);
+/// - with a radix prefix, as JavaScript's `Number` and Ruby's `Integer` read `"0x7"`, `"0o7"`
+///   and `"0b111"` (7; `parseInt("0b111")` and Ruby's `to_i` read 0).
+#[derive(Debug, Clone, PartialEq)]
 enum Reading {
     /// No server reads it as a number.
     Text,
-    /// Every server that reads it as a number reads this one (never NaN).
-    Number(f64),
-    /// Servers read different numbers, or the gateway cannot say which: text with an
-    /// exponent (`"100000e-5"` is 1 to Python's `float` and JavaScript's `Number`, 100000 to
-    /// Ruby's `to_i` and `parseInt`), or with a numeric character that is not a decimal digit
-    /// of [`ND_ZEROS`] (a script's digits newer than the table, `½`).
-    Unsure,
+    /// Every number some server reads it as (never NaN, at least one); `whole`: the text as
+    /// a whole is a number, not only its start.
+    Numbers {
+        xs: smallvec::SmallVec<[f64; 4]>,
+        whole: bool,
+    },
+    /// Some server may read it as a number the gateway cannot name: a numeric character that
+    /// is no decimal digit of [`ND_ZEROS`] (a script's digits newer than the table, `½`).
+    Any,
 }
 
 impl Reading {
-    fn of(s: &str) -> Self {
-        let Some(digits) = ascii_digits(s) else {
-            return Reading::Unsure;
-        };
-        let plain = digits.trim().replace('_', "");
-        match plain.parse::<f64>() {
-            Ok(_) if plain.contains(['e', 'E']) => Reading::Unsure,
-            Ok(x) if !x.is_nan() => Reading::Number(x),
+    fn of_value(v: &Json) -> Self {
+        match v {
+            // `7.5` is 7 to Python's `int`, JavaScript's `parseInt`, Ruby's `to_i`.
+            Json::Number(n) => match n.as_f64().filter(|x| !x.is_nan()) {
+                Some(x) if x.fract() != 0.0 => Reading::Numbers {
+                    xs: smallvec::smallvec![x, x.trunc()],
+                    whole: true,
+                },
+                Some(x) => Reading::Numbers {
+                    xs: smallvec::smallvec![x],
+                    whole: true,
+                },
+                None => Reading::Any,
+            },
+            Json::String(s) => Reading::of(s),
             _ => Reading::Text,
         }
     }
-}
 
-/// A JSON number, or text that servers read as one; never NaN.
-fn number(v: &Json) -> Option<f64> {
-    match v {
-        Json::Number(n) => n.as_f64().filter(|x| !x.is_nan()),
-        Json::String(s) => match Reading::of(s) {
-            Reading::Number(x) => Some(x),
-            Reading::Text | Reading::Unsure => None,
-        },
-        _ => None,
+    fn of(s: &str) -> Self {
+        let Some(digits) = ascii_digits(s) else {
+            return Reading::Any;
+        };
+        let t = digits.trim();
+        let mut xs: smallvec::SmallVec<[f64; 4]> = smallvec::SmallVec::new();
+        let mut add = |x: Option<f64>| {
+            if let Some(x) = x.filter(|x| !x.is_nan())
+                && !xs.contains(&x)
+            {
+                xs.push(x);
+            }
+        };
+        // Whole (Python reads `_` between digits).
+        let whole = t.replace('_', "").parse().ok();
+        add(whole);
+        let (neg, unsigned) = match t.as_bytes().first() {
+            Some(b'-') => (true, &t[1..]),
+            Some(b'+') => (false, &t[1..]),
+            _ => (false, t),
+        };
+        let signed = |x: f64| if neg { -x } else { x };
+        // A radix prefix.
+        let b = unsigned.as_bytes();
+        if b.len() > 2 && b[0] == b'0' {
+            let radix = match b[1] {
+                b'x' | b'X' => Some(16),
+                b'o' | b'O' => Some(8),
+                b'b' | b'B' => Some(2),
+                _ => None,
+            };
+            if let Some(radix) = radix {
+                let rest = unsigned[2..].replace('_', "");
+                match u128::from_str_radix(&rest, radix) {
+                    Ok(n) => add(Some(signed(n as f64))),
+                    // Too long for the gateway to name, not for `Number`.
+                    Err(_) if rest.chars().all(|c| c.is_digit(radix)) => return Reading::Any,
+                    Err(_) => {}
+                }
+            }
+        }
+        // The longest numeric start: integer digits, then a fraction, then an exponent.
+        let int = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        let mut end = int;
+        if b.get(end) == Some(&b'.') {
+            end += 1 + b[end + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+        }
+        if end > usize::from(int == 0) {
+            if int > 0 {
+                add(unsigned[..int].parse().ok().map(signed));
+            }
+            add(unsigned[..end].parse().ok().map(signed));
+            if matches!(b.get(end), Some(b'e' | b'E')) {
+                let mut e = end + 1;
+                if matches!(b.get(e), Some(b'+' | b'-')) {
+                    e += 1;
+                }
+                let exp = b[e..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if exp > 0 {
+                    add(unsigned[..e + exp].parse().ok().map(signed));
+                }
+            }
+        }
+        match xs.is_empty() {
+            true => Reading::Text,
+            false => Reading::Numbers {
+                xs,
+                whole: whole.is_some_and(|x: f64| !x.is_nan()),
+            },
+        }
+    }
+
+    /// The one number every server reads this as, when the text is that number spelled
+    /// whole (`"7"`, `"-2.5"`, `"07"`, not `"7abc"` nor `"7.5"`, which `parseInt` reads as 7):
+    /// how a rule names a number as text.
+    fn plain(&self) -> Option<f64> {
+        match self {
+            Reading::Numbers { xs, whole: true } if xs.len() == 1 => Some(xs[0]),
+            _ => None,
+        }
+    }
+
+    /// Whether some server may read this as `x`.
+    fn may_be(&self, x: f64) -> bool {
+        match self {
+            Reading::Numbers { xs, .. } => xs.contains(&x),
+            Reading::Any => true,
+            Reading::Text => false,
+        }
     }
 }
 
@@ -597,29 +704,33 @@ fn ascii_digits(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     })
 }
 
-/// JSON equality with numbers compared by value (1 == 1.0). Values that a server may read as
-/// one number and another server as two, or as a number and as text, are neither equal nor
-/// different (None): a number and text that reads as the same number (a coercing server sees
-/// the number, a strict one text), two spellings of one number as text (`"07"` and `"7"`,
-/// `"٧"` and `"7"`: one to Flask's `int` converter), a boolean and its spelling as text, and
-/// any text [`Reading::Unsure`] beside a number.
+/// JSON equality with numbers compared by value (1 == 1.0). Values that one server may read
+/// as equal and another as different are neither (None): a number and text some server reads
+/// as that number (a coercing server sees the number, a strict one text: `"7"`, `"7abc"` to
+/// `parseInt`, `"0x7"` to `Number`, `"٧"` to Python), two texts one of which is a plain number
+/// the other may be read as (`"08"` and `"8"`: one account to Flask's `int` converter, to
+/// Rails' `find` `"8-x"` too), and a boolean and its spelling as text.
 fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => Some(same_number(x, y)),
-        (Json::Number(_), Json::String(s)) | (Json::String(s), Json::Number(_)) => {
-            let n = number(if matches!(a, Json::Number(_)) { a } else { b });
-            match (Reading::of(s), n) {
-                (Reading::Unsure, _) => None,
-                (Reading::Number(x), Some(y)) if x == y => None,
+        (Json::Number(x), Json::Number(y)) => match same_number(x, y) {
+            true => Some(true),
+            // `7.5` and `7`: one to a server that truncates (`int(7.5)`).
+            false if truncates_to(x, y) || truncates_to(y, x) => None,
+            false => Some(false),
+        },
+        (Json::Number(n), Json::String(s)) | (Json::String(s), Json::Number(n)) => {
+            let n = n.as_f64().filter(|x| !x.is_nan());
+            match n {
+                Some(n) if Reading::of(s).may_be(n) => None,
                 _ => Some(false),
             }
         }
-        (Json::String(x), Json::String(y)) if x != y => match (Reading::of(x), Reading::of(y)) {
-            (Reading::Number(p), Reading::Number(q)) if p == q => None,
-            (Reading::Unsure, Reading::Number(_) | Reading::Unsure)
-            | (Reading::Number(_), Reading::Unsure) => None,
-            _ => Some(false),
-        },
+        (Json::String(x), Json::String(y)) if x != y => {
+            let (rx, ry) = (Reading::of(x), Reading::of(y));
+            let unsure = rx.plain().is_some_and(|n| ry.may_be(n))
+                || ry.plain().is_some_and(|n| rx.may_be(n));
+            (!unsure).then_some(false)
+        }
         // A boolean and text or a number a coercing server reads as it (`"false"`, and to
         // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
         (Json::Bool(v), other @ (Json::String(_) | Json::Number(_)))
@@ -644,6 +755,15 @@ fn as_bool(v: &Json) -> Option<bool> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Whether `frac` has a fractional part and truncates to the integer `int`.
+fn truncates_to(frac: &serde_json::Number, int: &serde_json::Number) -> bool {
+    let is_int = int.is_i64() || int.is_u64();
+    match (frac.as_f64(), int.as_f64()) {
+        (Some(f), Some(i)) => is_int && f.fract() != 0.0 && f.trunc() == i,
+        _ => false,
     }
 }
 
@@ -891,27 +1011,45 @@ mod tests {
     #[test]
     fn spellings_of_one_number_are_neither_equal_nor_different() {
         let eq = |a: Json, b: Json| json_eq(&a, &b);
-        // One number to Flask's `int` converter, Python's `int`, Java's `parseInt`.
-        for text in ["07", "٧", "７", " 7", "7_0", "𝟕", "7.0"] {
-            let want = if text == "7_0" { 70 } else { 7 };
-            assert_eq!(eq(json!(text), json!(want)), None, "{text} and {want}");
-            assert_eq!(
-                eq(json!(text), json!(want.to_string())),
-                None,
-                "{text:?} and \"{want}\""
-            );
+        // One number to Flask's `int` converter, Python's `int`, Java's `parseInt`; to
+        // JavaScript's `parseInt` and Ruby's `to_i` (`"7abc"`, `"7.5"`, `"7e2"`); to `Number`
+        // (`"0x7"`, `"0b111"`).
+        for text in [
+            "07", "٧", "７", " 7", "𝟕", "7.0", "+7", "7abc", "7.5", "7e2", "0x7", "0b111", "7-x",
+        ] {
+            assert_eq!(eq(json!(text), json!(7)), None, "{text} and 7");
+            assert_eq!(eq(json!(text), json!("7")), None, "{text:?} and \"7\"");
         }
-        assert_eq!(number(&json!("٧٥")), Some(75.0));
+        assert_eq!(eq(json!(7.5), json!(7)), None, "int(7.5)");
+        assert_eq!(eq(json!("1_000"), json!(1000)), None, "Python's int");
+        assert_eq!(eq(json!("1_000"), json!(1)), None, "parseInt");
         // What the gateway cannot read as one number is not said to differ from one.
-        for unsure in ["7e0", "½", "⑦"] {
+        for unsure in ["½", "⑦", "0x1234567890abcdef1234567890abcdef12"] {
             assert_eq!(eq(json!(unsure), json!(7)), None, "{unsure}");
-            assert_eq!(number(&json!(unsure)), None, "{unsure}");
         }
         // Different numbers, and text that is no number, still differ.
         assert_eq!(eq(json!("7"), json!("8")), Some(false));
         assert_eq!(eq(json!("٨"), json!(7)), Some(false));
         assert_eq!(eq(json!("seven"), json!("7")), Some(false));
         assert_eq!(eq(json!("عدد"), json!("7")), Some(false));
+        assert_eq!(eq(json!("x7"), json!(7)), Some(false));
+        assert_eq!(eq(json!(8.5), json!(7)), Some(false));
+        // Two texts neither of which is a plain number: a date is not its year.
+        assert_eq!(eq(json!("2024-01-01"), json!("2024-01-02")), Some(false));
         assert_eq!(eq(json!("7"), json!("7")), Some(true));
+    }
+
+    #[test]
+    fn a_range_holds_when_every_reading_is_in_it() {
+        let gt = |v: Json, n: f64| op_holds(&Op::Gt(n), &v);
+        assert_eq!(gt(json!("٧٥"), 70.0), Some(true));
+        assert_eq!(gt(json!("5000abc"), 100.0), Some(true), "parseInt: 5000");
+        assert_eq!(gt(json!("7abc"), 100.0), Some(false));
+        // 1 to `parseInt`, 1000 to Python: one in the range, one out.
+        assert_eq!(gt(json!("1e3"), 100.0), None);
+        assert_eq!(gt(json!("1_000"), 100.0), None);
+        assert_eq!(gt(json!(7.5), 7.0), None, "int(7.5) is 7");
+        assert_eq!(gt(json!("lots"), 100.0), None);
+        assert_eq!(gt(json!("½"), 100.0), None);
     }
 }
