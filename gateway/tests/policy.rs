@@ -1700,3 +1700,101 @@ fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
     let export = get("/items/7/export.csv");
     assert!(format_reading(Kind::Rest, suffixed, &export, None, false).is_none());
 }
+
+/// A test case's `request` is read as the gateway reads it: its path canonical, its call
+/// extracted by the service's protocol, a format suffix read as Rails reads it, and a request
+/// the gateway refuses before deciding (400) is a deny no rule made.
+#[test]
+fn request_cases_are_read_as_the_gateway_reads_requests() {
+    let repo = Repo::new(
+        "default_action: deny\n",
+        &[(
+            "items.yaml",
+            "service: items\nmatch: { hosts: [\"items:80\"] }\nprotocol: rest\n\
+             functions:\n  get_item: { route: \"GET /items/{id}\" }\n\
+             \x20 put_item: { route: \"PUT /items/{id}\" }\n\
+             rules:\n\
+             \x20 - { name: not-secret, function: get_item, args: { id: { eq: secret } }, action: deny }\n\
+             \x20 - { name: small-puts, function: put_item, args: { n: { max: 10 } }, action: allow }\n\
+             \x20 - { name: reads, function: get_item, action: allow }\n",
+        )],
+    );
+    std::fs::create_dir_all(repo.0.join("tests")).unwrap();
+    let case = |name: &str, method: &str, path: &str, body: &str, expect: &str| {
+        format!(
+            "  - name: {name}\n    request: {{ destination: \"items:80\", method: {method}, \
+             path: \"{path}\"{body} }}\n    expect: {expect}\n"
+        )
+    };
+    let cases = [
+        case(
+            "decoded",
+            "GET",
+            "/items/%73ecret",
+            "",
+            "{ action: deny, rule: not-secret }",
+        ),
+        case(
+            "merged",
+            "GET",
+            "//items//secret",
+            "",
+            "{ action: deny, rule: not-secret }",
+        ),
+        case(
+            "suffixed",
+            "GET",
+            "/items/secret.json",
+            "",
+            "{ action: deny }",
+        ),
+        case(
+            "suffixed allow",
+            "GET",
+            "/items/secret.json",
+            "",
+            "{ action: allow }",
+        ),
+        case(
+            "plain suffix",
+            "GET",
+            "/items/7.json",
+            "",
+            "{ action: allow, rule: reads }",
+        ),
+        case("semicolon", "GET", "/items/x;y", "", "{ action: deny }"),
+        case(
+            "body",
+            "PUT",
+            "/items/1",
+            ", body: { n: 5 }",
+            "{ action: allow, rule: small-puts }",
+        ),
+        case(
+            "twice",
+            "PUT",
+            "/items/1?n=5",
+            ", body: { n: 50 }",
+            "{ action: deny }",
+        ),
+    ];
+    std::fs::write(
+        repo.0.join("tests/items.yaml"),
+        format!("tests:\n{}", cases.concat()),
+    )
+    .unwrap();
+    let (loaded, snap) = policy::load_snapshot(&repo.0).expect("loads");
+    let outcomes = policy::testing::run(&loaded, &snap);
+    let failed: Vec<(&str, &str)> = outcomes
+        .iter()
+        .filter_map(|o| Some((o.name.as_str(), o.failure.as_deref()?)))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0].0, "suffixed allow");
+    assert!(
+        failed[0].1.contains("400 ambiguous_path"),
+        "{}",
+        failed[0].1
+    );
+    assert_eq!(outcomes.len(), cases.len());
+}

@@ -130,30 +130,20 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
             let Some(service) = snap.service_for(&host, port, None) else {
                 return check(&case.expect, &snap.decide_unknown_destination(), "");
             };
-            let (function, args) = match service.surface.route(&req.method, &req.path) {
-                Some((f, params)) => {
-                    let mut args = match &req.body {
-                        Json::Object(m) => m.clone(),
-                        _ => Map::new(),
-                    };
-                    for (k, v) in params {
-                        args.insert(k.to_string(), Json::String(v.to_string()));
-                    }
-                    (f.to_string(), Json::Object(args))
+            match as_the_gateway_reads(snap, service, req, &caller) {
+                Ok((d, call)) => (d, call.function, call.args, service.name.to_string()),
+                // Refused before any rule is asked: a deny no rule made.
+                Err(_) if case.expect.action == Action::Deny && case.expect.rule.is_none() => {
+                    return Ok(());
                 }
-                // No route: the call is the raw HTTP request, decided by `*` rules or the default.
-                None => (
-                    format!("{} {}", req.method.to_ascii_uppercase(), req.path),
-                    Json::Object(Map::new()),
-                ),
-            };
-            let c = Call {
-                function,
-                args,
-                ..Call::default()
-            };
-            let d = snap.decide(service, &c, &caller);
-            (d, c.function, c.args, service.name.to_string())
+                Err(refused) => {
+                    return Err(format!(
+                        "expected {}, but the gateway refuses this request before deciding it: \
+                         {refused}",
+                        case.expect.action
+                    ));
+                }
+            }
         }
         _ => return Err("give exactly one of `call` and `request`".into()),
     };
@@ -162,6 +152,72 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
         Some(n) => check_limit(n, &decision, &caller, &service, &function, &args),
         None => Ok(()),
     }
+}
+
+/// A test case's request as the gateway reads it: put in its canonical form, its call
+/// extracted as the service's protocol reads it (JSON body, query, path parameters), and
+/// decided; a path with a format suffix decided as Rails reads it too
+/// ([`crate::extract::format_reading`]). Err: why the gateway refuses the request (400)
+/// before any rule decides it.
+fn as_the_gateway_reads(
+    snap: &Snapshot,
+    service: &super::Service,
+    req: &super::schema::TestRequest,
+    caller: &Caller,
+) -> Result<(Decision, Call), String> {
+    use crate::extract::{self, Kind};
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(req.path.as_str());
+    let body = match &req.body {
+        Json::Null => None,
+        b => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Some(serde_json::to_vec(b).map_err(|e| e.to_string())?)
+        }
+    };
+    let (mut parts, ()) = builder
+        .body(())
+        .map_err(|e| format!("the request is not HTTP: {e}"))?
+        .into_parts();
+    let surface = &service.surface;
+    let refused = |e: extract::ExtractError| format!("400 {}: {e}", e.code());
+    extract::canonicalise(surface, &mut parts).map_err(refused)?;
+    let kind = match extract::kind_of(surface) {
+        k if extract::off_endpoint(k, surface, &parts) => Kind::Http,
+        k => k,
+    };
+    let body = body.as_deref();
+    let mut calls = extract::extract(kind, surface, &parts, body, false)
+        .map_err(refused)?
+        .calls;
+    let [call] = <[Call; 1]>::try_from(std::mem::take(&mut calls)).map_err(|c| {
+        format!(
+            "a request case must hold one call; this one holds {}",
+            c.len()
+        )
+    })?;
+    let d = snap.decide(service, &call, caller);
+    if let Some(read) = extract::format_reading(kind, surface, &parts, body, false) {
+        let mut read = read.map_err(refused)?;
+        if let Some(alt) = read.calls.first_mut() {
+            let other = snap.decide(service, alt, caller);
+            if (other.action, &other.rule) != (d.action, &d.rule) {
+                return Err(format!(
+                    "400 ambiguous_path: Rails routes {} as {} ({} by {}), as spelled it is {} \
+                     ({} by {})",
+                    parts.uri.path(),
+                    alt.function,
+                    other.action,
+                    other.rule.as_deref().unwrap_or("default"),
+                    call.function,
+                    d.action,
+                    d.rule.as_deref().unwrap_or("default"),
+                ));
+            }
+        }
+    }
+    Ok((d, call))
 }
 
 /// `limited_after: n`: n calls at one moment pass the rule's limit and quota, the next not.
