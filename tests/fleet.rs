@@ -1408,6 +1408,45 @@ fn a_graceful_stop_ships_the_last_records_and_their_checkpoint() {
     );
 }
 
+/// A host that stops gracefully is alive to the fleet until its drain ends: while a call it
+/// carries finishes, it still beats, and the other hosts still split a fleet-wide rate with
+/// it; once it has ended they stop counting it.
+#[test]
+fn a_draining_host_is_alive_to_the_fleet_until_its_calls_end() {
+    let test = "a_draining_host_is_alive_to_the_fleet_until_its_calls_end";
+    let Some(f) = setup_full(test, false, "stop_grace_s: 30\n") else {
+        return;
+    };
+    lease_of(&f.a, 2);
+    lease_of(&f.b, 2);
+    // A call on A that its upstream answers in 10 s: A's drain lasts as long.
+    let slow = f.curl(
+        &f.cg_a,
+        &[&format!(
+            "http://127.0.0.1:{}/v1/payments/p_1?slow=10000",
+            f.up.port
+        )],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = f.a.pid().expect("a running gateway");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    // Past `dead_after_s` (3) and two heartbeats: B would count A dead by now had A stopped
+    // beating when its stop began.
+    std::thread::sleep(Duration::from_secs(6));
+    let hosts = rate_lease(&f.b).map(|l| l.0);
+    assert_eq!(
+        hosts,
+        Some(2),
+        "B stopped counting A {:?} into its drain\nA:\n{}",
+        stopped.elapsed(),
+        f.a.log()
+    );
+    let (code, _) = slow.finish();
+    assert_eq!(code, 200, "the call in flight finished\n{}", f.a.log());
+    lease_of(&f.b, 1);
+}
+
 /// Reservations (`fleet/reserve.rs`): a quota big enough to reserve (200 a day) is spent from
 /// per-host blocks, yet A and B together, calling at once, admit exactly 200 and never more;
 /// idle blocks give their unused counts back (the database's count is then the calls

@@ -163,10 +163,14 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
         _ => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The fleet's own stop comes after the drain: a host whose calls are still running beats
+    // (other hosts count it alive, a fleet-wide rate stays split with it) and refills quota
+    // blocks until they end.
+    let (fleet_stop_tx, fleet_stop_rx) = watch::channel(false);
     // Fleet mode: a database whose schema is newer than this binary stops the start; one
     // that cannot be reached does not (held calls are refused until it is back).
     let fleet = match (&cfg.fleet, &outbound) {
-        (Some(f), Some(_)) => Some(crate::fleet::Fleet::start(f.clone(), stop_rx.clone()).await?),
+        (Some(f), Some(_)) => Some(crate::fleet::Fleet::start(f.clone(), fleet_stop_rx).await?),
         (Some(_), None) => {
             warn!("fleet is ignored: without a policy no call is held for approval");
             None
@@ -476,6 +480,7 @@ pub async fn run_with(cfg: Config, started_hook: impl FnOnce()) -> Result<(), Da
     let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     hurry.abort();
     let _ = hurry.await;
+    let _ = fleet_stop_tx.send(true);
     // Only now: until the drain ended, calls in flight still dialled their upstreams, from
     // the host (exempt by the gateway's tgid) and from the workloads' namespaces.
     interceptor.shutdown();
