@@ -1209,6 +1209,43 @@ fn digits_of_any_script_are_the_number_the_server_reads() {
     );
 }
 
+/// Exports are denied, anything else allowed. Flask (as Rails, Express, Spring and Go's
+/// `ServeMux`) answers a `HEAD` by running the `GET` view: a `HEAD` of an export is an export.
+#[test]
+fn a_head_is_decided_as_the_get_it_runs() {
+    let test = "a_head_is_decided_as_the_get_it_runs";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let up = flask(&work);
+    let policy = format!(
+        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  export: {{ route: \"GET /v1/payments/{{payment_id}}/export\" }}\n\
+         \x20 get_payment: {{ route: \"GET /v1/payments/{{payment_id}}\" }}\n\
+         rules:\n\
+         \x20 - {{ name: no-exports, function: export, action: deny }}\n\
+         \x20 - {{ name: everything-else, function: \"*\", action: allow }}\n",
+        up.port
+    );
+    let s = setup(test, &[("payments", &policy)]);
+    let head = |path: &str| {
+        status_in(
+            &s.cg,
+            &["-I", &format!("http://127.0.0.1:{}{path}", up.port)],
+        )
+    };
+    assert_eq!(head("/v1/payments/p1/export"), "403");
+    assert_eq!(head("/V1/Payments/p1/EXPORT/"), "403");
+    assert_eq!(head("/v1/payments/p1"), "200", "a HEAD of an allowed GET");
+    assert!(
+        ran(&up, "export").is_empty(),
+        "AN EXPORT RAN: {:?}",
+        ran(&up, "export")
+    );
+    assert_eq!(ran(&up, "get_payment").len(), 1);
+}
+
 #[test]
 fn text_and_json_spellings_of_one_value_fail_closed() {
     let Some(r) = Refunds::start(

@@ -1798,3 +1798,21 @@ fn request_cases_are_read_as_the_gateway_reads_requests() {
     );
     assert_eq!(outcomes.len(), cases.len());
 }
+
+/// A `HEAD` is the `GET` route of its path, unless a `HEAD` route names it: servers run the
+/// `GET` handler for it.
+#[test]
+fn a_head_takes_the_get_route_unless_one_of_its_own_names_it() {
+    let repo = Repo::service(
+        "service: svc\nmatch: { hosts: [\"svc:80\"] }\nprotocol: rest\n\
+         functions:\n  get_item: { route: \"GET /items/{id}\" }\n\
+         \x20 probe: { route: \"HEAD /items/probe\" }\n",
+    );
+    let snap = repo.snap();
+    let surface = &snap.service("svc").expect("svc").surface;
+    let route = |m: &str, p: &str| surface.route(m, p).map(|(f, _)| f.to_string());
+    assert_eq!(route("HEAD", "/items/7").as_deref(), Some("get_item"));
+    assert_eq!(route("HEAD", "/items/probe").as_deref(), Some("probe"));
+    assert_eq!(route("GET", "/items/probe").as_deref(), Some("get_item"));
+    assert_eq!(route("POST", "/items/7"), None);
+}

@@ -35,6 +35,13 @@ def get_payment(pid):
     return jsonify(id=pid, status="settled")
 
 
+@app.route("/v1/payments/<pid>/export", methods=["GET"])
+def export(pid):
+    # A GET with an effect: Flask runs it for a HEAD too, and drops only the body.
+    ran("export", pid=pid)
+    return jsonify(exported=pid)
+
+
 @app.route("/v1/accounts/<int:account>", methods=["DELETE"])
 def close_account(account):
     # werkzeug's `int` converter: `\d+` of any script, read by Python's `int`.

@@ -155,8 +155,23 @@ impl Surface {
             .map(|(r, params)| (&self.functions[self.routes[r].function], params))
     }
 
-    /// The index of the route a REST request takes, with its path parameters.
+    /// The index of the route a REST request takes, with its path parameters. A `HEAD` takes
+    /// a `HEAD` route, else the `GET` route of its path: Flask, Rails, Express, Spring and
+    /// Go's `ServeMux` answer `HEAD` by running the `GET` handler, side effects and all, and
+    /// drop only the body.
     fn route_index<'a>(&'a self, method: &str, path: &'a str) -> Option<(usize, PathParams<'a>)> {
+        self.route_index_of(method, path).or_else(|| {
+            method
+                .eq_ignore_ascii_case("HEAD")
+                .then(|| self.route_index_of("GET", path))?
+        })
+    }
+
+    fn route_index_of<'a>(
+        &'a self,
+        method: &str,
+        path: &'a str,
+    ) -> Option<(usize, PathParams<'a>)> {
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
         'routes: for (i, r) in self.routes.iter().enumerate() {
             if !r.method.eq_ignore_ascii_case(method) {
