@@ -337,6 +337,7 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
         ("GET", "/items/7.json/"),
         ("DELETE", "/items/7.json"),
         ("GET", "/items/7abc"),
+        ("GET", "/items/0_7x"),
         ("GET", "/items/07"),
         ("GET", "/items/7-x"),
         ("GET", "/items/%207"),

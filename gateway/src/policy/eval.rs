@@ -529,11 +529,11 @@ fn op_holds(op: &Op, v: &Json) -> Option<bool> {
 enum Reading {
     /// No server reads it as a number.
     Text,
-    /// Every number some server reads it as (never NaN, at least one); `whole`: the text as
-    /// a whole is a number, not only its start.
+    /// Every number some server reads it as (never NaN, at least one); `whole`: what the
+    /// text is as a whole, when it is a number and not only starts with one.
     Numbers {
         xs: smallvec::SmallVec<[f64; 4]>,
-        whole: bool,
+        whole: Option<f64>,
     },
     /// Some server may read it as a number the gateway cannot name: a numeric character that
     /// is no decimal digit of [`ND_ZEROS`] (a script's digits newer than the table, `½`).
@@ -543,16 +543,16 @@ enum Reading {
 impl Reading {
     fn of_value(v: &Json) -> Self {
         match v {
-            // `7.5` is 7 to Python's `int`, JavaScript's `parseInt`, Ruby's `to_i`.
             Json::Number(n) => match n.as_f64().filter(|x| !x.is_nan()) {
-                Some(x) if x.fract() != 0.0 => Reading::Numbers {
-                    xs: smallvec::smallvec![x, x.trunc()],
-                    whole: true,
-                },
-                Some(x) => Reading::Numbers {
-                    xs: smallvec::smallvec![x],
-                    whole: true,
-                },
+                Some(x) => {
+                    let mut xs: smallvec::SmallVec<[f64; 4]> = smallvec::smallvec![x];
+                    for y in number_readings(n) {
+                        if !xs.contains(&y) {
+                            xs.push(y);
+                        }
+                    }
+                    Reading::Numbers { xs, whole: Some(x) }
+                }
                 None => Reading::Any,
             },
             Json::String(s) => Reading::of(s),
@@ -564,7 +564,9 @@ impl Reading {
         let Some(digits) = ascii_digits(s) else {
             return Reading::Any;
         };
-        let t = digits.trim();
+        // Java's `trim` takes off every character up to U+0020, JavaScript's `Number` every
+        // Unicode space and U+FEFF.
+        let t = digits.trim_matches(|c: char| c <= ' ' || c.is_whitespace() || c == '\u{FEFF}');
         let mut xs: smallvec::SmallVec<[f64; 4]> = smallvec::SmallVec::new();
         let mut add = |x: Option<f64>| {
             if let Some(x) = x.filter(|x| !x.is_nan())
@@ -573,35 +575,66 @@ impl Reading {
                 xs.push(x);
             }
         };
-        // Whole (Python reads `_` between digits).
-        let whole = t.replace('_', "").parse().ok();
+        // Whole, as Python reads it (`_` between digits), and as Spring's `NumberUtils` does,
+        // every space taken out (`"1 000"`).
+        let whole = t
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .filter(|x| !x.is_nan());
         add(whole);
+        if t.contains(char::is_whitespace) {
+            add(t.split_whitespace().collect::<String>().parse().ok());
+        }
+        // A decimal text with more digits than a double holds (`"100.000000000000001"` is
+        // more than 100 to Python's `Decimal` and Java's `BigDecimal`): its neighbours too.
+        if let Some(x) = whole
+            && t.bytes().filter(u8::is_ascii_digit).count() > 15
+        {
+            add(Some(x.next_up()));
+            add(Some(x.next_down()));
+        }
         let (neg, unsigned) = match t.as_bytes().first() {
             Some(b'-') => (true, &t[1..]),
             Some(b'+') => (false, &t[1..]),
             _ => (false, t),
         };
         let signed = |x: f64| if neg { -x } else { x };
-        // A radix prefix.
         let b = unsigned.as_bytes();
-        if b.len() > 2 && b[0] == b'0' {
-            let radix = match b[1] {
-                b'x' | b'X' => Some(16),
-                b'o' | b'O' => Some(8),
-                b'b' | b'B' => Some(2),
-                _ => None,
-            };
-            if let Some(radix) = radix {
-                let rest = unsigned[2..].replace('_', "");
-                match u128::from_str_radix(&rest, radix) {
-                    Ok(n) => add(Some(signed(n as f64))),
-                    // Too long for the gateway to name, not for `Number`.
-                    Err(_) if rest.chars().all(|c| c.is_digit(radix)) => return Reading::Any,
-                    Err(_) => {}
-                }
+        // A radix prefix: `0x`, `0o`, `0b` (JavaScript's `Number` and `parseInt`, Go's
+        // `ParseInt(s, 0)`, Ruby's `Integer`), `#` (Java's `decode`), read as far as the
+        // radix's digits go (`parseInt("0xAz")` is 10); a hexadecimal float (`0x1p10` is 1024
+        // to Go's `ParseFloat`, Java's `parseDouble`, Ruby's `Float`).
+        let radix = match b {
+            [b'0', b'x' | b'X', ..] => Some((16, 2)),
+            [b'0', b'o' | b'O', ..] => Some((8, 2)),
+            [b'0', b'b' | b'B', ..] => Some((2, 2)),
+            [b'#', ..] => Some((16, 1)),
+            _ => None,
+        };
+        if let Some((radix, skip)) = radix {
+            match lead_in_radix(&b[skip..], radix) {
+                Some(Some(n)) => add(Some(signed(n))),
+                // More digits than the gateway can name; not more than `Number` reads.
+                Some(None) => return Reading::Any,
+                None => {}
+            }
+            if radix == 16 {
+                add(hex_float(&b[skip..]).map(signed));
             }
         }
-        // The longest numeric start: integer digits, then a fraction, then an exponent.
+        // A leading zero is octal to Go's `ParseInt(s, 0)`, Ruby's `Integer` and Java's
+        // `decode`: `"012"` is 10.
+        if b.len() > 1 && b[0] == b'0' {
+            match lead_in_radix(&b[1..], 8) {
+                Some(Some(n)) => add(Some(signed(n))),
+                Some(None) => return Reading::Any,
+                None => {}
+            }
+        }
+        // The longest numeric start (`parseInt`, `parseFloat`, `to_i`, `to_f`, `(int)`):
+        // integer digits, then a fraction, then an exponent; and Ruby's, whose digits may have
+        // single `_` between them (`"1_000x".to_i` is 1000).
         let int = b.iter().take_while(|c| c.is_ascii_digit()).count();
         let mut end = int;
         if b.get(end) == Some(&b'.') {
@@ -626,12 +659,26 @@ impl Reading {
                 }
             }
         }
+        if int > 0 && b.get(int) == Some(&b'_') {
+            let mut ruby = String::new();
+            let mut k = 0;
+            while k < b.len()
+                && (b[k].is_ascii_digit()
+                    || (b[k] == b'_'
+                        && k > 0
+                        && b[k - 1].is_ascii_digit()
+                        && b.get(k + 1).is_some_and(u8::is_ascii_digit)))
+            {
+                if b[k] != b'_' {
+                    ruby.push(b[k] as char);
+                }
+                k += 1;
+            }
+            add(ruby.parse().ok().map(signed));
+        }
         match xs.is_empty() {
             true => Reading::Text,
-            false => Reading::Numbers {
-                xs,
-                whole: whole.is_some_and(|x: f64| !x.is_nan()),
-            },
+            false => Reading::Numbers { xs, whole },
         }
     }
 
@@ -640,19 +687,102 @@ impl Reading {
     /// how a rule names a number as text.
     fn plain(&self) -> Option<f64> {
         match self {
-            Reading::Numbers { xs, whole: true } if xs.len() == 1 => Some(xs[0]),
+            Reading::Numbers { xs, whole: Some(w) }
+                if xs
+                    .iter()
+                    .all(|x| x == w || *x == w.next_up() || *x == w.next_down()) =>
+            {
+                Some(*w)
+            }
             _ => None,
         }
     }
 
-    /// Whether some server may read this as `x`.
+    /// Whether some server may read this as `x`. Text with no numeric start is 0 to Ruby's
+    /// `to_i`, PHP's `(int)` and ActiveRecord's `find`.
     fn may_be(&self, x: f64) -> bool {
         match self {
             Reading::Numbers { xs, .. } => xs.contains(&x),
             Reading::Any => true,
-            Reading::Text => false,
+            Reading::Text => x == 0.0,
         }
     }
+}
+
+/// The digits of `radix` (and `_` between them) at the start of `b`, as a number: None when
+/// there are none, Some(None) when there are more than the gateway can name.
+fn lead_in_radix(b: &[u8], radix: u32) -> Option<Option<f64>> {
+    let run: String = b
+        .iter()
+        .take_while(|c| (**c as char).is_digit(radix) || **c == b'_')
+        .filter(|c| **c != b'_')
+        .map(|c| *c as char)
+        .collect();
+    if run.is_empty() {
+        return None;
+    }
+    Some(u128::from_str_radix(&run, radix).ok().map(|n| n as f64))
+}
+
+/// A hexadecimal float after its `0x` (`1p10`, `1.8p1`, `.8p-1`), as Go's `ParseFloat`,
+/// Java's `parseDouble` and Ruby's `Float` read it; None when `b` does not start with one.
+fn hex_float(b: &[u8]) -> Option<f64> {
+    let digit = |c: &u8| (*c as char).to_digit(16);
+    let mut mantissa = 0f64;
+    let mut scale = 0i32;
+    let mut k = 0;
+    let mut any = false;
+    while let Some(d) = b.get(k).and_then(digit) {
+        mantissa = mantissa * 16.0 + f64::from(d);
+        (k, any) = (k + 1, true);
+    }
+    if b.get(k) == Some(&b'.') {
+        k += 1;
+        while let Some(d) = b.get(k).and_then(digit) {
+            mantissa = mantissa * 16.0 + f64::from(d);
+            scale -= 4;
+            (k, any) = (k + 1, true);
+        }
+    }
+    if !any || !matches!(b.get(k), Some(b'p' | b'P')) {
+        return None;
+    }
+    k += 1;
+    let neg = match b.get(k) {
+        Some(b'-') => {
+            k += 1;
+            true
+        }
+        Some(b'+') => {
+            k += 1;
+            false
+        }
+        _ => false,
+    };
+    let digits = b[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let exp: i32 = std::str::from_utf8(&b[k..k + digits]).ok()?.parse().ok()?;
+    let exp = if neg { -exp } else { exp };
+    Some(mantissa * 2f64.powi(exp.saturating_add(scale)))
+}
+
+/// The numbers other than its own value that servers read a JSON number as: its integer part
+/// (`int(7.5)`), what JavaScript's `parseInt` reads of its text (`7e-7` is 7), and, past
+/// 2^63, the integer PHP's `(int)` wraps it to.
+fn number_readings(n: &serde_json::Number) -> smallvec::SmallVec<[f64; 4]> {
+    let mut out = smallvec::SmallVec::new();
+    let Some(x) = n.as_f64().filter(|x| x.is_finite()) else {
+        return out;
+    };
+    if x.fract() != 0.0 {
+        out.push(x.trunc());
+    }
+    if let Reading::Numbers { xs, .. } = Reading::of(&n.to_string()) {
+        out.extend(xs.into_iter().filter(|y| *y != x));
+    }
+    if x.abs() >= 2f64.powi(63) && x.abs() < 1e38 {
+        out.push(((x as i128).rem_euclid(1 << 64) as u64 as i64) as f64);
+    }
+    out
 }
 
 /// The first code point of each run of ten decimal digits (Unicode category Nd) outside
@@ -714,9 +844,13 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => match same_number(x, y) {
             true => Some(true),
-            // `7.5` and `7`: one to a server that truncates (`int(7.5)`).
-            false if truncates_to(x, y) || truncates_to(y, x) => None,
-            false => Some(false),
+            // `7.5` and `7`: one to a server that truncates (`int(7.5)`), and so on.
+            false => {
+                let read_as = |a: &serde_json::Number, b: &serde_json::Number| {
+                    b.as_f64().is_some_and(|b| number_readings(a).contains(&b))
+                };
+                (!(read_as(x, y) || read_as(y, x))).then_some(false)
+            }
         },
         (Json::Number(n), Json::String(s)) | (Json::String(s), Json::Number(n)) => {
             let n = n.as_f64().filter(|x| !x.is_nan());
@@ -755,15 +889,6 @@ fn as_bool(v: &Json) -> Option<bool> {
             _ => None,
         },
         _ => None,
-    }
-}
-
-/// Whether `frac` has a fractional part and truncates to the integer `int`.
-fn truncates_to(frac: &serde_json::Number, int: &serde_json::Number) -> bool {
-    let is_int = int.is_i64() || int.is_u64();
-    match (frac.as_f64(), int.as_f64()) {
-        (Some(f), Some(i)) => is_int && f.fract() != 0.0 && f.trunc() == i,
-        _ => false,
     }
 }
 
@@ -1037,6 +1162,48 @@ mod tests {
         // Two texts neither of which is a plain number: a date is not its year.
         assert_eq!(eq(json!("2024-01-01"), json!("2024-01-02")), Some(false));
         assert_eq!(eq(json!("7"), json!("7")), Some(true));
+    }
+
+    /// What an attacker's pass found read as another number by Ruby, Node, Go, Java and PHP.
+    #[test]
+    fn other_servers_readings_are_readings_too() {
+        let eq = |a: Json, b: Json| json_eq(&a, &b);
+        for (text, n) in [
+            ("1_0x", 10),       // Ruby's `to_i`, ActiveModel
+            ("1_000abc", 1000), // the same
+            ("abc", 0),         // `to_i`, `(int)`
+            ("0xAz", 10),       // `parseInt`
+            ("012", 10),        // Go's `ParseInt(s, 0)`, Ruby's `Integer`, Java's `decode`
+            ("0_12", 10),       // Go
+            ("#A", 10),         // Java's `decode`
+            ("#10", 16),
+            ("\u{FEFF}10", 10), // JavaScript trims U+FEFF
+            ("\u{1F}10", 10),   // Java's `trim`
+            ("0x1p10", 1024),   // Go's `ParseFloat`, Java, Ruby's `Float`
+        ] {
+            assert_eq!(eq(json!(text), json!(n)), None, "{text:?} and {n}");
+        }
+        assert_eq!(eq(json!(7e-7), json!(7)), None, "parseInt(7e-7)");
+        assert_eq!(
+            eq(json!(18446744073709551616.0), json!(0)),
+            None,
+            "PHP's (int)"
+        );
+        assert_eq!(eq(json!(18446744073709555712.0), json!(4096)), None);
+        assert_eq!(eq(json!("abc"), json!("0")), None);
+        assert_eq!(eq(json!("abc"), json!(1)), Some(false));
+        let le = |v: Json, n: f64| op_holds(&Op::Le(n), &v);
+        for v in [
+            json!("0x3e8z"),
+            json!("0x1p10"),
+            json!("1 000"),
+            json!("100.000000000000001"),
+            json!("1_000x"),
+        ] {
+            assert_eq!(le(v.clone(), 100.0), None, "{v}");
+        }
+        assert_eq!(le(json!("100"), 100.0), Some(true));
+        assert_eq!(le(json!("99.5"), 100.0), Some(true));
     }
 
     #[test]
