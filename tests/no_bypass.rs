@@ -203,7 +203,8 @@ fn path_spellings_of_a_denied_call_never_run() {
         ("/v1/./payments/p2/refund", "403"),
         ("/v1/x/../payments/p2/refund", "403"),
         ("/v1/x/%2e%2e/payments/p2/refund", "403"),
-        ("/V1/Payments/p2/REFUND", "403"),
+        // No route to werkzeug, `refund` to an any-case match: refused.
+        ("/V1/Payments/p2/REFUND", "400"),
         ("/v1/payments/p2/refund/", "403"),
         ("/v1/payments/p8%2Frefund", "400"),
         ("/v1/payments/p8%2frefund", "400"),
@@ -256,10 +257,12 @@ functions:
   get_item: {{ route: "GET /items/{{id}}" }}
   delete_item: {{ route: "DELETE /items/{{id}}" }}
   admin_users: {{ route: "GET /admin/users" }}
+  admin_status: {{ route: "GET /admin/status" }}
+  admin_section: {{ route: "GET /admin/{{section}}" }}
 rules:
   - {{ name: not-seven, function: [get_item, delete_item], args: {{ id: {{ eq: "7" }} }}, action: deny }}
   - {{ name: not-secret, function: [get_item, delete_item], args: {{ id: {{ eq: secret }} }}, action: deny }}
-  - {{ name: no-admin, function: admin_users, action: deny }}
+  - {{ name: no-admin, function: [admin_users, admin_section], action: deny }}
   - {{ name: everything-else, function: "*", action: allow }}
 "#
     )
@@ -312,19 +315,25 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
             &["--path-as-is", "-X", method, &format!("{base}{path}")],
         )
     };
-    // Rails runs `show` for the item "secret", and the admin's list, for each of these:
-    // decided as spelled, each is a call the last rule allows (`id` "secret.json", or an
-    // undeclared path). Both readings are decided, and they differ.
+    // Rails runs `show` for the item "secret" for each of these: decided as spelled, each is
+    // a call the last rule allows (`id` "secret.json"). Both readings are decided, and they
+    // differ.
     for (method, path) in [
         ("GET", "/items/secret.json"),
         ("GET", "/items/secret.xml/"),
         ("GET", "/items/%73ecret.j%73on"),
         ("DELETE", "/items/secret.json"),
-        ("GET", "/admin/users.json"),
-        ("GET", "/admin/users.json/"),
+        // Rails matches literals in their own case: these are sections, not the status.
+        ("GET", "/admin/STATUS"),
+        ("GET", "/admin/Status.json"),
+        // No route to Rails, where it is the admin's section to the gateway's any-case match.
         ("GET", "/Admin/Users.csv"),
     ] {
         assert_eq!(call(method, path), "400", "{method} {path}");
+    }
+    // The admin's user list, or a section, to Rails: denied in every reading.
+    for path in ["/admin/users.json", "/admin/users.json/"] {
+        assert_eq!(call("GET", path), "403", "{path}");
     }
     // Ids ActiveRecord's `find` casts to 7 (`to_i`'s reading, which stops at the first
     // character that is not a digit): text the deny on "7" cannot tell from 7, so it matches,
@@ -352,10 +361,16 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
     assert_eq!(call("GET", "/admin/users"), "403");
     assert_eq!(call("GET", "/items/42.json"), "200");
     assert_eq!(call("GET", "/items.json"), "200");
+    assert_eq!(call("GET", "/admin/status"), "200");
     let ran: Vec<Value> = up.requests();
     let denied: Vec<&Value> = ran
         .iter()
-        .filter(|r| r["ran"] == "admin_users" || r["record"] == 7 || r["params"]["id"] == "secret")
+        .filter(|r| {
+            r["ran"] == "admin_users"
+                || r["ran"] == "admin_section"
+                || r["record"] == 7
+                || r["params"]["id"] == "secret"
+        })
         .collect();
     assert!(
         denied.is_empty(),
@@ -370,6 +385,7 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
                 &serde_json::json!({"id": "42", "format": "json"})
             ),
             (&"index".into(), &serde_json::json!({"format": "json"})),
+            (&"admin_status".into(), &serde_json::json!({})),
         ],
         "{ran:?}"
     );
@@ -1237,7 +1253,8 @@ fn a_head_is_decided_as_the_get_it_runs() {
         )
     };
     assert_eq!(head("/v1/payments/p1/export"), "403");
-    assert_eq!(head("/V1/Payments/p1/EXPORT/"), "403");
+    // Another case: no route to Flask, the export to an any-case match: refused.
+    assert_eq!(head("/V1/Payments/p1/EXPORT/"), "400");
     assert_eq!(head("/v1/payments/p1"), "200", "a HEAD of an allowed GET");
     assert!(
         ran(&up, "export").is_empty(),

@@ -16,7 +16,7 @@ pub mod surface;
 use http::{HeaderMap, Method, Uri, request::Parts};
 use serde_json::{Map, Value as Json};
 
-pub use surface::Surface;
+pub use surface::{Case, Surface};
 
 use self::path::PathRules;
 
@@ -239,6 +239,18 @@ pub fn extract(
     body: Option<&[u8]>,
     unread_body: bool,
 ) -> Result<Extracted, ExtractError> {
+    extract_in(kind, service, parts, body, unread_body, Case::Any)
+}
+
+/// [`extract`], route literals matched as `case` says.
+fn extract_in(
+    kind: Kind,
+    service: &Surface,
+    parts: &Parts,
+    body: Option<&[u8]>,
+    unread_body: bool,
+    case: Case,
+) -> Result<Extracted, ExtractError> {
     let one = |call| Extracted {
         kind,
         calls: vec![call],
@@ -246,11 +258,11 @@ pub fn extract(
     };
     match kind {
         Kind::Grpc => grpc(service, parts).map(one),
-        Kind::Rest => rest(service, parts, body, unread_body).map(one),
-        Kind::Http => plain(service, parts, body, unread_body, false).map(one),
+        Kind::Rest => rest(service, parts, body, unread_body, case).map(one),
+        Kind::Http => plain(service, parts, body, unread_body, false, case).map(one),
         // Another path of the service's host (see [`off_endpoint`]).
         Kind::JsonRpc | Kind::Mcp if off_endpoint(kind, service, parts) => {
-            plain(service, parts, body, unread_body, true).map(one)
+            plain(service, parts, body, unread_body, true, case).map(one)
         }
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
@@ -272,46 +284,104 @@ pub fn extract(
             }
             // A bodiless request on the endpoint (a JSON-RPC `GET`): its query is read as a
             // plain request's is, with the same checks.
-            _ => plain(service, parts, None, false, false).map(one),
+            _ => plain(service, parts, None, false, false, case).map(one),
         },
     }
 }
 
-/// The request's calls as a server that reads a format suffix would run them: Rails routes
-/// `/items/7.json` as `/items/7` (and `/admin/users.json` as `/admin/users`), Spring before 5.3
-/// did too ([`path::without_format_suffix`]). `Some` for a `rest` or `http` request whose
-/// path ends in such a suffix, unless its service says its server reads none
-/// (`paths: { no_format_suffix: true }`) or a route names the path as spelled, suffix and all
-/// (`GET /echo.txt`): the caller decides both readings, and a call they decide differently is
-/// one whose upstream may run what was not decided.
-pub fn format_reading(
+/// The request's calls as other servers would run them, when they could differ from the
+/// reading [`extract`] gives: each reading named, and its calls (or why it is refused). The
+/// caller decides every reading; calls they decide differently are ones whose upstream may run
+/// what was not decided. For a `rest` or `http` request:
+/// - route literals matched in their own case only (Rails, Flask, Go's `ServeMux`, Spring:
+///   `/reports/LATEST` is `GET /reports/{id}` to them, `GET /reports/latest` to Express),
+///   unless the service says its server routes in any case (`paths: { any_case: true }`);
+/// - a last segment's format suffix taken off, as Rails routes `/items/7.json` (`/items/7`) and
+///   Spring did before 5.3 ([`path::without_format_suffix`]), unless the service says its
+///   server reads none (`paths: { no_format_suffix: true }`) or a route names the path as
+///   spelled, in its own case, suffix and all (`GET /echo.txt`); in either case of literals.
+pub fn other_readings(
     kind: Kind,
     service: &Surface,
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
-) -> Option<Result<Extracted, ExtractError>> {
-    if !matches!(kind, Kind::Rest | Kind::Http)
-        || service.paths.no_format_suffix
-        || service.routes_literally(parts.method.as_str(), parts.uri.path())
-    {
-        return None;
+) -> Vec<(Reading, Result<Extracted, ExtractError>)> {
+    let mut out = Vec::new();
+    if !matches!(kind, Kind::Rest | Kind::Http) {
+        return out;
     }
-    let stripped = path::without_format_suffix(parts.uri.path())?;
+    let method = parts.method.as_str();
+    let exact_too = |path: &str| !service.paths.any_case && service.folds_case(method, path);
+    let spelled = parts.uri.path();
+    if exact_too(spelled) {
+        let read = extract_in(kind, service, parts, body, unread_body, Case::Exact);
+        out.push((Reading::ExactCase, read));
+    }
+    let suffixed = !service.paths.no_format_suffix && !service.routes_literally(method, spelled);
+    let Some(stripped) = path::without_format_suffix(spelled).filter(|_| suffixed) else {
+        return out;
+    };
     let target = match parts.uri.query() {
         Some(q) => format!("{stripped}?{q}"),
-        None => stripped,
+        None => stripped.clone(),
     };
     // Bytes of a target that parsed already: a failure here is refused, never let through.
     let Ok(uri) = Uri::try_from(target) else {
-        return Some(Err(ExtractError::Path(path::PathError::NotOrigin)));
+        out.push((
+            Reading::FormatSuffix,
+            Err(ExtractError::Path(path::PathError::NotOrigin)),
+        ));
+        return out;
     };
     let (mut read, ()) = http::Request::new(()).into_parts();
     read.method = parts.method.clone();
     read.uri = uri;
     read.version = parts.version;
     read.headers = parts.headers.clone();
-    Some(extract(kind, service, &read, body, unread_body))
+    let any = extract_in(kind, service, &read, body, unread_body, Case::Any);
+    out.push((Reading::FormatSuffix, any));
+    if exact_too(&stripped) {
+        let exact = extract_in(kind, service, &read, body, unread_body, Case::Exact);
+        out.push((Reading::FormatSuffixExactCase, exact));
+    }
+    out
+}
+
+/// Another server's reading of a request (see [`other_readings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Route literals in their own case only.
+    ExactCase,
+    /// The last segment's `.ext` taken off.
+    FormatSuffix,
+    /// Both.
+    FormatSuffixExactCase,
+}
+
+impl Reading {
+    /// Who reads a request so, for an error message.
+    pub fn servers(self) -> &'static str {
+        match self {
+            Reading::ExactCase => {
+                "a server that routes literals in their own case only (Rails, Flask, Go, Spring)"
+            }
+            Reading::FormatSuffix => {
+                "a server that reads a format suffix (Rails; Spring before 5.3)"
+            }
+            Reading::FormatSuffixExactCase => {
+                "Rails, reading a format suffix and routing literals in their own case"
+            }
+        }
+    }
+
+    /// What a service says in its `paths:` when its server does not read requests so.
+    pub fn opt_out(self) -> &'static str {
+        match self {
+            Reading::ExactCase => "any_case: true",
+            Reading::FormatSuffix | Reading::FormatSuffixExactCase => "no_format_suffix: true",
+        }
+    }
 }
 
 /// Is this a request to a path of a JSON-RPC or MCP service other than its `endpoint`? Such a
@@ -334,6 +404,7 @@ fn plain(
     body: Option<&[u8]>,
     unread_body: bool,
     off_endpoint: bool,
+    case: Case,
 ) -> Result<Call, ExtractError> {
     if off_endpoint && body.is_some_and(rpc_shaped) {
         return Err(ExtractError::OffEndpoint);
@@ -342,7 +413,7 @@ fn plain(
     // parameters and the query their arguments); off an endpoint, no route is the service's.
     let path = parts.uri.path();
     let routed = match off_endpoint {
-        false => service.route(parts.method.as_str(), path),
+        false => service.route_in(parts.method.as_str(), path, case),
         true => None,
     };
     let (function, mut args) = match routed {
@@ -460,10 +531,11 @@ fn rest(
     parts: &Parts,
     body: Option<&[u8]>,
     unread_body: bool,
+    case: Case,
 ) -> Result<Call, ExtractError> {
     let method = parts.method.as_str();
     let path = parts.uri.path();
-    let (function, mut args) = match service.route(method, path) {
+    let (function, mut args) = match service.route_in(method, path, case) {
         Some((f, params)) => (f.to_string(), path_args(params)),
         None => (format!("{} {}", parts.method, path), Map::new()),
     };

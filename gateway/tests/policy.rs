@@ -1665,14 +1665,17 @@ fn uploads_are_read_for_a_method_field_unless_the_server_takes_none() {
 
 /// A `rest` or `http` path ending in a format suffix (`/items/7.json`) has a second reading,
 /// the one Rails routes (`/items/7`), with the same query and body; a service whose server
-/// reads no suffix says `paths: { no_format_suffix: true }` and has only the one.
+/// reads no suffix says `paths: { no_format_suffix: true }` and has only the one. A path
+/// whose literals match a route only in another case (`/Items/latest`) has the reading of a
+/// server that matches them in their own case (Rails, Flask), unless `paths: { any_case: true }`.
 #[test]
-fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
-    use callgate::extract::{Kind, format_reading};
+fn other_servers_readings_of_a_path_are_decided_too() {
+    use callgate::extract::{Kind, Reading, other_readings};
     let service = |paths: &str| {
         Repo::service(&format!(
             "service: svc\nmatch: {{ hosts: [\"svc:80\"] }}\nprotocol: rest\n{paths}\
              functions:\n  get_item: {{ route: \"GET /items/{{id}}\" }}\n\
+             \x20 latest: {{ route: \"GET /items/latest\" }}\n\
              \x20 export: {{ route: \"GET /items/{{id}}/export.csv\" }}\n"
         ))
     };
@@ -1684,21 +1687,62 @@ fn a_format_suffix_is_a_second_reading_unless_the_server_reads_none() {
             .into_parts()
             .0
     };
-    let (suffixed, plain) = (service(""), service("paths: { no_format_suffix: true }\n"));
-    let (suffixed, plain) = (suffixed.snap(), plain.snap());
-    let suffixed = &suffixed.service("svc").expect("svc").surface;
+    let (all, plain) = (
+        service(""),
+        service("paths: { no_format_suffix: true, any_case: true }\n"),
+    );
+    let (all, plain) = (all.snap(), plain.snap());
+    let all = &all.service("svc").expect("svc").surface;
     let plain = &plain.service("svc").expect("svc").surface;
-    let read = format_reading(Kind::Rest, suffixed, &get("/items/7.json?x=1"), None, false)
-        .expect("a second reading")
-        .expect("extracted");
-    assert_eq!(read.calls[0].function, "get_item");
-    assert_eq!(read.calls[0].args, serde_json::json!({"id": "7", "x": "1"}));
-    assert!(format_reading(Kind::Rest, plain, &get("/items/7.json"), None, false).is_none());
-    assert!(format_reading(Kind::Rest, suffixed, &get("/items/7"), None, false).is_none());
-    assert!(format_reading(Kind::Grpc, suffixed, &get("/items/7.json"), None, false).is_none());
-    // A route that names the suffix: the operator's declaration of that function.
-    let export = get("/items/7/export.csv");
-    assert!(format_reading(Kind::Rest, suffixed, &export, None, false).is_none());
+    let readings = |surface, kind, uri: &str| -> Vec<(Reading, String, serde_json::Value)> {
+        other_readings(kind, surface, &get(uri), None, false)
+            .into_iter()
+            .map(|(r, e)| {
+                let call = e.expect("extracted").calls.remove(0);
+                (r, call.function, call.args)
+            })
+            .collect()
+    };
+    assert_eq!(
+        readings(all, Kind::Rest, "/items/7.json?x=1"),
+        [(
+            Reading::FormatSuffix,
+            "get_item".into(),
+            serde_json::json!({"id": "7", "x": "1"})
+        )]
+    );
+    assert_eq!(
+        readings(all, Kind::Rest, "/Items/latest"),
+        [(
+            Reading::ExactCase,
+            "GET /Items/latest".into(),
+            serde_json::json!({})
+        )]
+    );
+    assert_eq!(
+        readings(all, Kind::Rest, "/items/LATEST.json"),
+        [
+            (
+                Reading::FormatSuffix,
+                "latest".into(),
+                serde_json::json!({})
+            ),
+            (
+                Reading::FormatSuffixExactCase,
+                "get_item".into(),
+                serde_json::json!({"id": "LATEST"})
+            ),
+        ]
+    );
+    for none in ["/items/7", "/items/latest", "/items/7/export.csv"] {
+        assert!(readings(all, Kind::Rest, none).is_empty(), "{none}");
+    }
+    // A route's literal in another case is no declaration of that spelling.
+    assert_eq!(readings(all, Kind::Rest, "/items/7/EXPORT.csv").len(), 2);
+    for uri in ["/items/7.json", "/Items/latest", "/items/LATEST.json"] {
+        assert!(readings(plain, Kind::Rest, uri).is_empty(), "{uri}");
+        assert!(readings(all, Kind::Grpc, uri).is_empty(), "{uri}");
+    }
 }
 
 /// A test case's `request` is read as the gateway reads it: its path canonical, its call

@@ -33,12 +33,17 @@ end
 
 class AdminController < Logged
   def users = ran('admin_users')
+  def status = ran('admin_status')
+  def section = ran('admin_section')
 end
 
 routes = ActionDispatch::Routing::RouteSet.new
 routes.draw do
   resources :items, only: %i[index show destroy]
   get 'admin/users', to: 'admin#users'
+  # Rails matches literals in their own case: `/admin/STATUS` is a section.
+  get 'admin/status', to: 'admin#status'
+  get 'admin/:section', to: 'admin#section'
 end
 
 Rack::Handler::WEBrick.run(routes, Host: '127.0.0.1', Port: PORT, AccessLog: [],

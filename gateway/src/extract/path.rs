@@ -26,6 +26,9 @@ pub struct PathRules {
     /// The server reads no format suffix (`/items/7.json` as `/items/7`): a path is decided
     /// only as it is spelled, not also as [`without_format_suffix`] reads it.
     pub no_format_suffix: bool,
+    /// The server routes literals in any case (Express, ASP.NET): a path is decided only as
+    /// routed so, not also with literals matched in their own case.
+    pub any_case: bool,
 }
 
 /// Why a path has no canonical form the gateway can vouch for.

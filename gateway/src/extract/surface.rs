@@ -10,6 +10,14 @@ use crate::{call::Protocol, util::NameIndex};
 /// the route and the path (most routes have a parameter or two: no allocation).
 pub type PathParams<'a> = smallvec::SmallVec<[(&'a str, &'a str); 4]>;
 
+/// How a route's literals are matched: in any case (Express, ASP.NET), or only in their own
+/// (Rails, Flask, Go's `ServeMux`, Spring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    Any,
+    Exact,
+}
+
 /// A service's functions as requests name them.
 #[derive(Debug)]
 pub struct Surface {
@@ -137,21 +145,40 @@ impl Surface {
         }
     }
 
-    /// Whether `path` is one a route names to its last character: the route it takes ends in
-    /// a literal (`GET /echo.txt`), not a parameter. Its spelling is then the operator's
-    /// declaration of that function, format suffix and all.
+    /// Whether `path` is one a route names to its last character, in the route's own case:
+    /// the route it takes ends in a literal (`GET /echo.txt`), not a parameter. Its spelling
+    /// is then the operator's declaration of that function, format suffix and all.
     pub fn routes_literally(&self, method: &str, path: &str) -> bool {
-        self.route_index(method, path)
+        self.route_index(method, path, Case::Exact)
             .is_some_and(|(r, _)| matches!(self.routes[r].segs.last(), Some(RouteSeg::Lit(_))))
     }
 
-    /// The function a REST request calls, with its path parameters.
+    /// Whether `path` takes another route, or none, when its literals are matched in their
+    /// own case only: `/reports/LATEST` is `GET /reports/latest` to Express and ASP.NET, and
+    /// `GET /reports/{id}` to Rails, Flask and Go.
+    pub fn folds_case(&self, method: &str, path: &str) -> bool {
+        let route = |case| self.route_index(method, path, case).map(|(r, _)| r);
+        route(Case::Any) != route(Case::Exact)
+    }
+
+    /// The function a REST request calls, with its path parameters; literals matched in any
+    /// case (Express, ASP.NET).
     pub fn route<'a>(
         &'a self,
         method: &str,
         path: &'a str,
     ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
-        self.route_index(method, path)
+        self.route_in(method, path, Case::Any)
+    }
+
+    /// [`Surface::route`], literals matched as `case` says.
+    pub fn route_in<'a>(
+        &'a self,
+        method: &str,
+        path: &'a str,
+        case: Case,
+    ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
+        self.route_index(method, path, case)
             .map(|(r, params)| (&self.functions[self.routes[r].function], params))
     }
 
@@ -159,11 +186,16 @@ impl Surface {
     /// a `HEAD` route, else the `GET` route of its path: Flask, Rails, Express, Spring and
     /// Go's `ServeMux` answer `HEAD` by running the `GET` handler, side effects and all, and
     /// drop only the body.
-    fn route_index<'a>(&'a self, method: &str, path: &'a str) -> Option<(usize, PathParams<'a>)> {
-        self.route_index_of(method, path).or_else(|| {
+    fn route_index<'a>(
+        &'a self,
+        method: &str,
+        path: &'a str,
+        case: Case,
+    ) -> Option<(usize, PathParams<'a>)> {
+        self.route_index_of(method, path, case).or_else(|| {
             method
                 .eq_ignore_ascii_case("HEAD")
-                .then(|| self.route_index_of("GET", path))?
+                .then(|| self.route_index_of("GET", path, case))?
         })
     }
 
@@ -171,6 +203,7 @@ impl Surface {
         &'a self,
         method: &str,
         path: &'a str,
+        case: Case,
     ) -> Option<(usize, PathParams<'a>)> {
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
         'routes: for (i, r) in self.routes.iter().enumerate() {
@@ -185,7 +218,8 @@ impl Surface {
                 };
                 match want {
                     // Literals match in any case: Express and ASP.NET route that way.
-                    RouteSeg::Lit(l) if l.eq_ignore_ascii_case(got) => {}
+                    RouteSeg::Lit(l) if case == Case::Any && l.eq_ignore_ascii_case(got) => {}
+                    RouteSeg::Lit(l) if l == got => {}
                     RouteSeg::Lit(_) => continue 'routes,
                     RouteSeg::Param(_) if got.is_empty() => continue 'routes,
                     RouteSeg::Param(name) => params.push((name.as_str(), got)),

@@ -278,6 +278,7 @@ fn compile_functions(
             dotted_names: file.paths.dotted_names,
             no_method_override: file.paths.no_method_override,
             no_format_suffix: file.paths.no_format_suffix,
+            any_case: file.paths.any_case,
         },
         file.credentials.as_ref().map(|c| c.inject.header.clone()),
     );

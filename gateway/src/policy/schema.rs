@@ -137,6 +137,11 @@ pub struct PathOptions {
     /// spelled only, instead of also as such a server would route it.
     #[serde(default)]
     pub no_format_suffix: bool,
+    /// The server routes route literals in any case (Express, ASP.NET): `/Reports/LATEST` is
+    /// decided only as `GET /reports/latest`, instead of also as a server that matches them in
+    /// their own case (Rails, Flask, Go, Spring) routes it.
+    #[serde(default)]
+    pub any_case: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -156,8 +156,7 @@ fn run_one(snap: &Snapshot, case: &TestCase) -> Result<(), String> {
 
 /// A test case's request as the gateway reads it: put in its canonical form, its call
 /// extracted as the service's protocol reads it (JSON body, query, path parameters), and
-/// decided; a path with a format suffix decided as Rails reads it too
-/// ([`crate::extract::format_reading`]). Err: why the gateway refuses the request (400)
+/// decided; and decided as other servers read it too ([`crate::extract::other_readings`]). Err: why the gateway refuses the request (400)
 /// before any rule decides it.
 fn as_the_gateway_reads(
     snap: &Snapshot,
@@ -198,23 +197,24 @@ fn as_the_gateway_reads(
         )
     })?;
     let d = snap.decide(service, &call, caller);
-    if let Some(read) = extract::format_reading(kind, surface, &parts, body, false) {
+    for (reading, read) in extract::other_readings(kind, surface, &parts, body, false) {
         let mut read = read.map_err(refused)?;
-        if let Some(alt) = read.calls.first_mut() {
-            let other = snap.decide(service, alt, caller);
-            if (other.action, &other.rule) != (d.action, &d.rule) {
-                return Err(format!(
-                    "400 ambiguous_path: Rails routes {} as {} ({} by {}), as spelled it is {} \
-                     ({} by {})",
-                    parts.uri.path(),
-                    alt.function,
-                    other.action,
-                    other.rule.as_deref().unwrap_or("default"),
-                    call.function,
-                    d.action,
-                    d.rule.as_deref().unwrap_or("default"),
-                ));
-            }
+        let Some(alt) = read.calls.first_mut() else {
+            continue;
+        };
+        let other = snap.decide(service, alt, caller);
+        if (other.action, &other.rule) != (d.action, &d.rule) {
+            return Err(format!(
+                "400 ambiguous_path: {} runs {} as {} ({} by {}), as decided it is {} ({} by {})",
+                reading.servers(),
+                parts.uri.path(),
+                alt.function,
+                other.action,
+                other.rule.as_deref().unwrap_or("default"),
+                call.function,
+                d.action,
+                d.rule.as_deref().unwrap_or("default"),
+            ));
         }
     }
     Ok((d, call))

@@ -528,9 +528,10 @@ impl Conn {
                 }
             })
             .collect();
-        // `/items/7.json` is `/items/7` to Rails: both readings must be decided alike.
+        // `/items/7.json` is `/items/7` to Rails, `/Items/7` not `get_item` to Flask: every
+        // reading must be decided alike.
         if let (Some(s), [d]) = (service, decided.as_slice())
-            && let Some(r) = self.format_refusal(
+            && let Some(r) = self.other_readings_refusal(
                 &snap,
                 s,
                 d,

@@ -204,12 +204,12 @@ impl Conn {
         d.limited = Some(hit);
     }
 
-    /// A request whose path ends in a format suffix, decided as a server that reads one would
-    /// run it too ([`extract::format_reading`]): `/items/7.json` is `/items/7` to Rails. When
-    /// that reading is decided otherwise (another action or rule), the server, not the policy,
-    /// would choose what runs: refused with 400 `ambiguous_path`, naming both decisions. In
-    /// dry-run nothing is enforced and nothing is refused.
-    pub(super) fn format_refusal(
+    /// A request decided as other servers would run it too ([`extract::other_readings`]:
+    /// `/items/7.json` is `/items/7` to Rails, `/reports/LATEST` is `GET /reports/{id}` to
+    /// Flask). When a reading is decided otherwise (another action or rule), the server, not
+    /// the policy, would choose what runs: refused with 400 `ambiguous_path`, naming both
+    /// decisions. In dry-run nothing is enforced and nothing is refused.
+    pub(super) fn other_readings_refusal(
         &self,
         snap: &Snapshot,
         service: &Service,
@@ -220,7 +220,6 @@ impl Conn {
         if spelled.decision.mode == Mode::DryRun {
             return None;
         }
-        let read = extract::format_reading(kind, &service.surface, parts, body, unread_body)?;
         let path = parts.uri.path();
         let ambiguous = |reason: String| {
             Some(Refusal {
@@ -228,35 +227,46 @@ impl Conn {
                 ..Refusal::new(StatusCode::BAD_REQUEST, "ambiguous_path", reason)
             })
         };
-        let mut read = match read {
-            Ok(e) => e,
-            Err(e) => {
-                return ambiguous(format!(
-                    "a server that reads a format suffix (Rails) routes {path} without its last \
-                     '.', and read that way the request is refused: {e}"
-                ));
-            }
-        };
-        let call = read.calls.first_mut()?;
-        let d = self.decide(snap, Some(service), &spelled.caller, call);
-        let as_spelled = &spelled.decision;
-        if (d.action, &d.rule) == (as_spelled.action, &as_spelled.rule) {
-            return None;
-        }
         let said = |d: &Decision| match &d.rule {
             Some(r) => format!("{} by rule {r:?}", d.action.as_str()),
             None => format!("{} by default", d.action.as_str()),
         };
-        let read_as = extract::path::without_format_suffix(path).unwrap_or_default();
-        ambiguous(format!(
-            "a server that reads a format suffix (Rails; Spring before 5.3) routes {path} as \
-             {read_as}: {} ({}), where as spelled it is {} ({}); if this service's server reads \
-             no format suffix, say so in its file with `paths: {{ no_format_suffix: true }}`",
-            call.function,
-            said(&d),
-            spelled.call.function,
-            said(as_spelled)
-        ))
+        let as_spelled = &spelled.decision;
+        for (reading, read) in
+            extract::other_readings(kind, &service.surface, parts, body, unread_body)
+        {
+            let who = reading.servers();
+            let mut read = match read {
+                Ok(e) => e,
+                Err(e) => {
+                    return ambiguous(format!(
+                        "{who} reads {path} otherwise, and read that way the request is refused: {e}"
+                    ));
+                }
+            };
+            let Some(call) = read.calls.first_mut() else {
+                continue;
+            };
+            let d = self.decide(snap, Some(service), &spelled.caller, call);
+            if (d.action, &d.rule) == (as_spelled.action, &as_spelled.rule) {
+                continue;
+            }
+            let read_as = match reading {
+                extract::Reading::ExactCase => path.to_string(),
+                _ => extract::path::without_format_suffix(path).unwrap_or_default(),
+            };
+            return ambiguous(format!(
+                "{who} reads {path} as {read_as}: {} ({}), where as decided it is {} ({}); if \
+                 this service's server does not read it so, say so in its file with \
+                 `paths: {{ {} }}`",
+                call.function,
+                said(&d),
+                spelled.call.function,
+                said(as_spelled),
+                reading.opt_out(),
+            ));
+        }
+        None
     }
 
     pub(super) fn decide(
