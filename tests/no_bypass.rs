@@ -268,12 +268,9 @@ rules:
     )
 }
 
-#[test]
-fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
-    let test = "format_suffixes_rails_routes_are_decided_as_rails_reads_them";
-    if !ebpf_available(test) {
-        return;
-    }
+/// Rails' router on WEBrick (`tests/parties/rails_routes.rb`), started for `test`; None (the
+/// test skipped) without Ruby's actionpack, activemodel, rack and webrick.
+fn rails(test: &str, work: &Path) -> Option<Party> {
     let have_rails = std::process::Command::new("ruby")
         .args([
             "-rrack",
@@ -292,12 +289,11 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
             "ruby with ruby-actionpack, ruby-activemodel, ruby-rack and ruby-webrick is not \
              installed",
         );
-        return;
+        return None;
     }
-    let work = TestDir::new(test);
     let port = free_port();
     let log = work.join(format!("rails-{port}.jsonl"));
-    let up = Party::start(
+    Some(Party::start(
         &[
             "ruby",
             &party_script("rails_routes.rb").display().to_string(),
@@ -306,7 +302,20 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
         ],
         port,
         log,
-    );
+    ))
+}
+
+#[test]
+fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
+    let test = "format_suffixes_rails_routes_are_decided_as_rails_reads_them";
+    if !ebpf_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let Some(up) = rails(test, &work) else {
+        return;
+    };
+    let port = up.port;
     let s = setup(test, &[("items", &items(port))]);
     let base = format!("http://127.0.0.1:{port}");
     let call = |method: &str, path: &str| {
@@ -405,6 +414,73 @@ fn format_suffixes_rails_routes_are_decided_as_rails_reads_them() {
     ] {
         assert!(body.contains(want), "{want} not in {body}");
     }
+}
+
+/// A quota per item and a limit per function count a call under the key its server reads:
+/// `/items/5.json`, `/items/05` and `/items/5abc` are item 5 to Rails (and `find`), and
+/// `/admin/users.json` is its admin list; none is a fresh count.
+#[test]
+fn limits_count_a_call_as_the_server_reads_it() {
+    let test = "limits_count_a_call_as_the_server_reads_it";
+    if !ebpf_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let Some(up) = rails(test, &work) else {
+        return;
+    };
+    let policy = format!(
+        r#"
+service: items
+match: {{ hosts: ["127.0.0.1:{}"] }}
+protocol: rest
+functions:
+  get_item: {{ route: "GET /items/{{id}}" }}
+  admin_users: {{ route: "GET /admin/users" }}
+rules:
+  - name: one-show-per-item-a-day
+    function: get_item
+    action: allow
+    quota: {{ per: [args.id], calls: 1/d }}
+  - name: each-once-a-day
+    function: "*"
+    action: allow
+    limit: {{ per: [function], rate: 1/d, burst: 1 }}
+"#,
+        up.port
+    );
+    let s = setup(test, &[("items", &policy)]);
+    let call = |path: &str| {
+        status_in(
+            &s.cg,
+            &[
+                "--path-as-is",
+                &format!("http://127.0.0.1:{}{path}", up.port),
+            ],
+        )
+    };
+    assert_eq!(call("/items/5"), "200");
+    assert_eq!(call("/admin/users"), "200");
+    for path in [
+        "/items/5",
+        "/items/5.json",
+        "/items/05",
+        "/items/5abc",
+        "/items/+5",
+        "/items/%35.xml",
+        "/admin/users",
+        "/admin/users.json",
+        "/admin/users.anything/",
+    ] {
+        assert_eq!(call(path), "429", "{path}");
+    }
+    // Read as 1000 by some servers and 1 by others: no one count is its.
+    assert_eq!(call("/items/1e3"), "429");
+    assert_eq!(call("/items/6"), "200", "another item has its own count");
+    let ran = up.requests();
+    let fives = ran.iter().filter(|r| r["record"] == 5).count();
+    let lists = ran.iter().filter(|r| r["ran"] == "admin_users").count();
+    assert_eq!((fives, lists), (1, 1), "COUNTED CALLS RAN AGAIN: {ran:?}");
 }
 
 #[test]

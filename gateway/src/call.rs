@@ -2,6 +2,7 @@
 //! Every stage imports it; it imports none of them.
 
 pub mod container;
+pub mod number;
 
 use std::sync::Arc;
 

@@ -112,6 +112,11 @@ pub struct LimitSpec {
 }
 
 impl LimitSpec {
+    /// The key a call counts under; Err: why it has none (see [`key`]).
+    pub fn key(&self, s: &Subject<'_>) -> Result<String, String> {
+        key(&self.rule, &self.per, s)
+    }
+
     pub fn compile(rule: &str, def: &crate::obligations::limit::LimitDef) -> Result<Self, String> {
         let per = parse_per(&def.per)?;
         let (n, period) = parse_rate(&def.rate)?;
@@ -169,8 +174,8 @@ impl QuotaSpec {
         })
     }
 
-    /// The key a call counts under.
-    pub fn key(&self, s: &Subject<'_>) -> String {
+    /// The key a call counts under; Err: why it has none (see [`key`]).
+    pub fn key(&self, s: &Subject<'_>) -> Result<String, String> {
         key(&self.rule, &self.per, s)
     }
 
@@ -189,7 +194,11 @@ pub struct Subject<'a> {
     pub args: &'a Json,
 }
 
-fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> String {
+/// The key a call counts under. An argument is keyed as servers read it
+/// ([`crate::call::number::key_text`]): `"05"`, `"5abc"` and `"5.json"` count as `5`, whose
+/// record Rails' `find` loads for each. Err (why) when an argument is read as several numbers:
+/// such a call is refused, as no one count is its.
+fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> Result<String, String> {
     use std::fmt::Write;
     let w = s.caller.workload.as_ref();
     let mut k = String::with_capacity(64);
@@ -206,13 +215,20 @@ fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> String {
             KeyPart::Service => write!(k, "{}", s.service),
             KeyPart::Function => write!(k, "{}", s.function),
             KeyPart::Arg(name) => match s.args.get(name) {
-                Some(Json::String(v)) => write!(k, "{v}"),
-                Some(v) => write!(k, "{v}"),
+                Some(v) => match crate::call::number::key_text(v) {
+                    Ok(t) => write!(k, "{t}"),
+                    Err(several) => {
+                        return Err(format!(
+                            "argument {name:?} is read as {several} by different servers: no one \
+                             count is its"
+                        ));
+                    }
+                },
                 None => Ok(()),
             },
         };
     }
-    k
+    Ok(k)
 }
 
 /// A limit or quota that refused a call.
@@ -360,6 +376,18 @@ impl Limiter {
             };
             (q, key(&q.rule, &q.per, s), window)
         });
+        let unkeyed = |kind: &'static str, rule: &str, text: &str, why: String| Hit {
+            kind,
+            rule: rule.to_string(),
+            limit: text.to_string(),
+            retry_after_s: 1,
+            why: Some(why),
+        };
+        let quota = match quota {
+            Some((q, Err(why), _)) => return Err(unkeyed("quota", &q.rule, &q.text, why)),
+            Some((q, Ok(k), window)) => Some((q, k, window)),
+            None => None,
+        };
         if let Some((q, k, window)) = &quota {
             let shard = self.windows.shard(k);
             // A window later than now means the wall clock was set back: it still counts,
@@ -386,7 +414,8 @@ impl Limiter {
                 1.0
             };
             let (rate, burst) = (l.rate * share, (l.burst * share).max(1.0));
-            let k = key(&l.rule, &l.per, s);
+            let k =
+                key(&l.rule, &l.per, s).map_err(|why| unkeyed("limit", &l.rule, &l.text, why))?;
             let mut shard = self.buckets.shard(&k);
             if !shard.contains_key(&k) && shard.len() >= PER_SHARD {
                 evict_buckets(&mut shard, burst / rate, now);

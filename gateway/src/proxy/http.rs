@@ -530,20 +530,24 @@ impl Conn {
             .collect();
         // `/items/7.json` is `/items/7` to Rails, `/Items/7` not `get_item` to Flask: every
         // reading must be decided alike.
-        if let (Some(s), [d]) = (service, decided.as_slice())
-            && let Some(r) = self.other_readings_refusal(
+        if let (Some(s), [d]) = (service, decided.as_mut_slice()) {
+            let read = self.other_readings_refusal(
                 &snap,
                 s,
                 d,
                 (kind, &parts),
                 (held_body.as_deref(), held_body.is_none() && unread_body),
-            )
-        {
-            stats.refused_policy.fetch_add(1, Relaxed);
-            let call = decided
-                .pop()
-                .map_or_else(|| extract::raw(&parts), |d| d.call);
-            return self.refuse(recording, kind, call, None, r).await;
+            );
+            match read {
+                Ok(others) => self.limit_readings(service, d, &others),
+                Err(r) => {
+                    stats.refused_policy.fetch_add(1, Relaxed);
+                    let call = decided
+                        .pop()
+                        .map_or_else(|| extract::raw(&parts), |d| d.call);
+                    return self.refuse(recording, kind, call, None, *r).await;
+                }
+            }
         }
         for d in decided.iter_mut() {
             self.fleet_quota(service, d).await;

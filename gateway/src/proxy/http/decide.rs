@@ -180,7 +180,6 @@ impl Conn {
             function: &d.call.function,
             args: &d.call.args,
         };
-        let key = q.key(&subject);
         let unix = crate::util::time::now_ms() / 1000;
         let hit = |kind| crate::obligations::limit::Hit {
             kind,
@@ -188,6 +187,18 @@ impl Conn {
             limit: q.text.clone(),
             retry_after_s: q.retry_after_s(unix),
             why: None,
+        };
+        let key = match q.key(&subject) {
+            Ok(key) => key,
+            Err(why) => {
+                let refused = crate::obligations::limit::Hit {
+                    why: Some(why),
+                    ..hit("quota")
+                };
+                d.decision.enforced = Action::Deny;
+                d.limited = Some(refused);
+                return;
+            }
         };
         let hit = match fleet.count_quota(&key, q.window.as_secs(), q.calls).await {
             Ok(true) => return,
@@ -216,16 +227,17 @@ impl Conn {
         spelled: &Decided,
         (kind, parts): (Kind, &Parts),
         (body, unread_body): (Option<&[u8]>, bool),
-    ) -> Option<Refusal> {
+    ) -> Result<Vec<Call>, Box<Refusal>> {
+        let mut agreed = Vec::new();
         if spelled.decision.mode == Mode::DryRun {
-            return None;
+            return Ok(agreed);
         }
         let path = parts.uri.path();
         let ambiguous = |reason: String| {
-            Some(Refusal {
+            Err(Box::new(Refusal {
                 service: Some(service.name.to_string()),
                 ..Refusal::new(StatusCode::BAD_REQUEST, "ambiguous_path", reason)
-            })
+            }))
         };
         let said = |d: &Decision| match &d.rule {
             Some(r) => format!("{} by rule {r:?}", d.action.as_str()),
@@ -244,11 +256,12 @@ impl Conn {
                     ));
                 }
             };
-            let Some(call) = read.calls.first_mut() else {
+            let Some(mut call) = read.calls.pop() else {
                 continue;
             };
-            let d = self.decide(snap, Some(service), &spelled.caller, call);
+            let d = self.decide(snap, Some(service), &spelled.caller, &mut call);
             if (d.action, &d.rule) == (as_spelled.action, &as_spelled.rule) {
+                agreed.push(call);
                 continue;
             }
             let read_as = match reading {
@@ -266,7 +279,47 @@ impl Conn {
                 reading.opt_out(),
             ));
         }
-        None
+        Ok(agreed)
+    }
+
+    /// A call's other readings that were decided alike ([`Conn::other_readings_refusal`])
+    /// count against its rule's limit and quota too, under each key of theirs that differs
+    /// from its own: `/admin/users.json` is `admin_users` to Rails, and a limit per function
+    /// must count it there, not only under `GET /admin/users.json`.
+    pub(super) fn limit_readings(
+        &self,
+        service: Option<&Service>,
+        d: &mut Decided,
+        others: &[Call],
+    ) {
+        let ob = &d.decision.obligations;
+        if d.limited.is_some() || (ob.limit.is_none() && ob.quota.is_none()) {
+            return;
+        }
+        let service_name = service.map_or("", |s| &*s.name);
+        let keys = |call: &Call| {
+            let s = crate::obligations::limit::Subject {
+                caller: &d.caller,
+                service: service_name,
+                function: &call.function,
+                args: &call.args,
+            };
+            (
+                ob.limit.as_deref().map(|l| l.key(&s)),
+                ob.quota.as_deref().map(|q| q.key(&s)),
+            )
+        };
+        let own = keys(&d.call);
+        for other in others {
+            if keys(other) == own {
+                continue;
+            }
+            if let Some(hit) = self.limit(service, &d.caller, other, &d.decision) {
+                d.decision.enforced = Action::Deny;
+                d.limited = Some(hit);
+                return;
+            }
+        }
     }
 
     pub(super) fn decide(
