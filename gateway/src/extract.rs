@@ -318,8 +318,9 @@ pub fn other_readings(
         let read = extract_in(kind, service, parts, body, unread_body, Case::Exact);
         out.push((Reading::ExactCase, read));
     }
-    let suffixed = !service.paths.no_format_suffix && !service.routes_literally(method, spelled);
-    let Some(stripped) = path::without_format_suffix(spelled).filter(|_| suffixed) else {
+    let Some(stripped) = path::without_format_suffix(spelled)
+        .filter(|_| !service.paths.no_format_suffix && !service.routes_literally(method, spelled))
+    else {
         return out;
     };
     let target = match parts.uri.query() {

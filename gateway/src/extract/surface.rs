@@ -157,8 +157,21 @@ impl Surface {
     /// own case only: `/reports/LATEST` is `GET /reports/latest` to Express and ASP.NET, and
     /// `GET /reports/{id}` to Rails, Flask and Go.
     pub fn folds_case(&self, method: &str, path: &str) -> bool {
-        let route = |case| self.route_index(method, path, case).map(|(r, _)| r);
-        route(Case::Any) != route(Case::Exact)
+        // A route that matches in its own case matches in any: the exact match is the any-case
+        // one exactly when that one's literals are spelled as the path spells them. One pass
+        // over one route, not a second search.
+        let Some((r, _)) = self.route_index(method, path, Case::Any) else {
+            return false;
+        };
+        let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
+        !self.routes[r]
+            .segs
+            .iter()
+            .zip(segments(path).skip(1))
+            .all(|(want, got)| match want {
+                RouteSeg::Lit(l) => l == got,
+                RouteSeg::Param(_) => true,
+            })
     }
 
     /// The function a REST request calls, with its path parameters; literals matched in any

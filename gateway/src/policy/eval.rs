@@ -543,6 +543,10 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
                 _ => Some(false),
             }
         }
+        // Two texts neither of which may be a plain number (`customer`, `supplier`): text.
+        (Json::String(x), Json::String(y)) if x != y && !(may_be_plain(x) || may_be_plain(y)) => {
+            Some(false)
+        }
         (Json::String(x), Json::String(y)) if x != y => {
             let (rx, ry) = (Reading::of(x), Reading::of(y));
             let unsure = rx.plain().is_some_and(|n| ry.may_be(n))
@@ -557,6 +561,21 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
         }
         _ => Some(a == b),
     }
+}
+
+/// Whether `s` may read as a plain number ([`Reading::plain`]): after leading spaces, it
+/// starts with a digit, a sign, a `.`, a non-ASCII character (another script's digits, a
+/// space) or the start of `inf` or `nan`. A cheap test, so that comparing two words does not
+/// read either as numbers.
+fn may_be_plain(s: &str) -> bool {
+    s.trim_start_matches(|c: char| c.is_ascii() && c <= ' ')
+        .bytes()
+        .next()
+        .is_some_and(|b| {
+            b.is_ascii_digit()
+                || !b.is_ascii()
+                || matches!(b, b'+' | b'-' | b'.' | b'i' | b'I' | b'n' | b'N')
+        })
 }
 
 /// The boolean a lenient server (pydantic's lax mode, most form binders) reads `v` as.

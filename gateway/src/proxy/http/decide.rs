@@ -293,7 +293,7 @@ impl Conn {
         others: &[Call],
     ) {
         let ob = &d.decision.obligations;
-        if d.limited.is_some() || (ob.limit.is_none() && ob.quota.is_none()) {
+        if others.is_empty() || d.limited.is_some() || (ob.limit.is_none() && ob.quota.is_none()) {
             return;
         }
         let service_name = service.map_or("", |s| &*s.name);
