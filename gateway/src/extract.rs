@@ -296,6 +296,9 @@ fn extract_in(
 /// - route literals matched in their own case only (Rails, Flask, Go's `ServeMux`, Spring:
 ///   `/reports/LATEST` is `GET /reports/{id}` to them, `GET /reports/latest` to Express),
 ///   unless the service says its server routes in any case (`paths: { any_case: true }`);
+/// - a `HEAD` as the `GET` of its path, where a `HEAD` route names another function than the
+///   `GET` route (werkzeug and Spring route by the most specific path, then run its `GET`
+///   handler);
 /// - a last segment's format suffix taken off, as Rails routes `/items/7.json` (`/items/7`) and
 ///   Spring did before 5.3 ([`path::without_format_suffix`]), unless the service says its
 ///   server reads none (`paths: { no_format_suffix: true }`) or a route names the path as
@@ -314,6 +317,19 @@ pub fn other_readings(
     let method = parts.method.as_str();
     let exact_too = |path: &str| !service.paths.any_case && service.folds_case(method, path);
     let spelled = parts.uri.path();
+    let like = |method: &Method, uri: Uri| {
+        let (mut read, ()) = http::Request::new(()).into_parts();
+        read.method = method.clone();
+        read.uri = uri;
+        read.version = parts.version;
+        read.headers = parts.headers.clone();
+        read
+    };
+    if parts.method == Method::HEAD && service.head_shadows_get(spelled) {
+        let get = like(&Method::GET, parts.uri.clone());
+        let read = extract_in(kind, service, &get, body, unread_body, Case::Any);
+        out.push((Reading::HeadAsGet, read));
+    }
     if exact_too(spelled) {
         let read = extract_in(kind, service, parts, body, unread_body, Case::Exact);
         out.push((Reading::ExactCase, read));
@@ -335,11 +351,7 @@ pub fn other_readings(
         ));
         return out;
     };
-    let (mut read, ()) = http::Request::new(()).into_parts();
-    read.method = parts.method.clone();
-    read.uri = uri;
-    read.version = parts.version;
-    read.headers = parts.headers.clone();
+    let read = like(&parts.method, uri);
     let any = extract_in(kind, service, &read, body, unread_body, Case::Any);
     out.push((Reading::FormatSuffix, any));
     if exact_too(&stripped) {
@@ -358,6 +370,8 @@ pub enum Reading {
     FormatSuffix,
     /// Both.
     FormatSuffixExactCase,
+    /// A `HEAD` as the `GET` of its path, where a `HEAD` route names another function.
+    HeadAsGet,
 }
 
 impl Reading {
@@ -373,14 +387,27 @@ impl Reading {
             Reading::FormatSuffixExactCase => {
                 "Rails, reading a format suffix and routing literals in their own case"
             }
+            Reading::HeadAsGet => {
+                "a server that routes a HEAD by the most specific path and runs its GET handler (Flask, Spring)"
+            }
         }
     }
 
-    /// What a service says in its `paths:` when its server does not read requests so.
-    pub fn opt_out(self) -> &'static str {
+    /// What to do when a reading is decided otherwise and the service's server does not
+    /// read requests so.
+    pub fn remedy(self) -> &'static str {
         match self {
-            Reading::ExactCase => "any_case: true",
-            Reading::FormatSuffix | Reading::FormatSuffixExactCase => "no_format_suffix: true",
+            Reading::ExactCase => {
+                "if this service's server routes literals in any case, say so in its file with \
+                 `paths: { any_case: true }`"
+            }
+            Reading::FormatSuffix | Reading::FormatSuffixExactCase => {
+                "if this service's server reads no format suffix, say so in its file with \
+                 `paths: { no_format_suffix: true }`"
+            }
+            Reading::HeadAsGet => {
+                "decide the HEAD route's function as its path's GET route's is decided"
+            }
         }
     }
 }

@@ -45,7 +45,33 @@ impl Reading {
                 None => Reading::Any,
             },
             Json::String(s) => Reading::of(s),
-            _ => Reading::Text,
+            // `null` is 0 to JavaScript's `Number` and PHP's `(int)`, `false` 0 and `true` 1.
+            Json::Null | Json::Bool(false) => Reading::number(0.0),
+            Json::Bool(true) => Reading::number(1.0),
+            // An array is 0 (empty) or 1 to PHP's `(int)`; one of a single item is that item
+            // to JavaScript's `Number` and `==` (`[7]` is 7).
+            Json::Array(items) => match items.as_slice() {
+                [] => Reading::number(0.0),
+                [one] => match Reading::of_value(one) {
+                    Reading::Numbers { mut xs, .. } => {
+                        if !xs.contains(&1.0) {
+                            xs.push(1.0);
+                        }
+                        Reading::Numbers { xs, whole: None }
+                    }
+                    Reading::Text => Reading::number(1.0),
+                    Reading::Any => Reading::Any,
+                },
+                _ => Reading::number(1.0),
+            },
+            Json::Object(_) => Reading::Text,
+        }
+    }
+
+    fn number(x: f64) -> Self {
+        Reading::Numbers {
+            xs: smallvec::smallvec![x],
+            whole: None,
         }
     }
 
@@ -90,7 +116,7 @@ impl Reading {
         };
         let signed = |x: f64| if neg { -x } else { x };
         let b = unsigned.as_bytes();
-        // A radix prefix: `0x`, `0o`, `0b` (JavaScript's `Number` and `parseInt`, Go's
+        // A radix prefix: `0x`, `0o`, `0b`, `0d` (JavaScript's `Number` and `parseInt`, Go's
         // `ParseInt(s, 0)`, Ruby's `Integer`), `#` (Java's `decode`), read as far as the
         // radix's digits go (`parseInt("0xAz")` is 10); a hexadecimal float (`0x1p10` is 1024
         // to Go's `ParseFloat`, Java's `parseDouble`, Ruby's `Float`).
@@ -98,6 +124,8 @@ impl Reading {
             [b'0', b'x' | b'X', ..] => Some((16, 2)),
             [b'0', b'o' | b'O', ..] => Some((8, 2)),
             [b'0', b'b' | b'B', ..] => Some((2, 2)),
+            // Ruby's `to_i`, `Integer` and ActiveModel read `0d500` as 500.
+            [b'0', b'd' | b'D', ..] => Some((10, 2)),
             [b'#', ..] => Some((16, 1)),
             _ => None,
         };
@@ -200,14 +228,15 @@ impl Reading {
 
 /// A value as the key of a count (a rate limit's bucket, a quota's window): text no server
 /// reads as a number is itself, a value every server reads as one number is that number
-/// (`"05"`, `"5abc"`, `"+5"`, `"5.json"`, `5.0` are all `5`), anything else is written as JSON.
+/// (`"05"`, `"5abc"`, `"+5"`, `"5.json"`, `5.0`, `[5]` are all `5`; `null` and `false` are
+/// `0`), an object is its JSON.
 /// Err: the values servers read it as, when they read it as several numbers (`"1e3"` is 1000
 /// or 1): no one count is its.
 pub fn key_text(v: &Json) -> Result<std::borrow::Cow<'_, str>, String> {
     use std::borrow::Cow;
     let reading = match v {
-        Json::String(_) | Json::Number(_) => Reading::of_value(v),
-        other => return Ok(Cow::Owned(other.to_string())),
+        Json::Object(o) => return Ok(Cow::Owned(Json::Object(o.clone()).to_string())),
+        v => Reading::of_value(v),
     };
     match (reading, v) {
         (Reading::Text, Json::String(t)) => Ok(Cow::Borrowed(t)),
@@ -378,6 +407,28 @@ mod tests {
                     Some(&*d.to_string())
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_key_is_the_one_number_every_server_reads() {
+        use serde_json::json;
+        let key = |v: Json| key_text(&v).map(|k| k.into_owned());
+        for (v, want) in [
+            (json!("05"), "5"),
+            (json!("5abc"), "5"),
+            (json!("5.json"), "5"),
+            (json!(5.0), "5"),
+            (json!(null), "0"),
+            (json!(false), "0"),
+            (json!([]), "0"),
+            (json!("customer"), "customer"),
+        ] {
+            assert_eq!(key(v.clone()).as_deref(), Ok(want), "{v}");
+        }
+        // 5 to Ruby's `to_i`, 0 to `parseInt`: several.
+        for several in [json!("1e3"), json!([7]), json!("0x10"), json!("0d5")] {
+            assert!(key(several.clone()).is_err(), "{several}");
         }
     }
 }

@@ -174,6 +174,17 @@ impl Surface {
             })
     }
 
+    /// Whether a `HEAD` of `path` takes a `HEAD` route whose function is not the one its
+    /// `GET` route names: Rails takes the `HEAD` route, werkzeug and Spring the more specific
+    /// path, whose `GET` handler then runs.
+    pub fn head_shadows_get(&self, path: &str) -> bool {
+        let function = |method| {
+            self.route_index_of(method, path, Case::Any)
+                .map(|(r, _)| self.routes[r].function)
+        };
+        matches!((function("HEAD"), function("GET")), (Some(h), Some(g)) if h != g)
+    }
+
     /// The function a REST request calls, with its path parameters; literals matched in any
     /// case (Express, ASP.NET).
     pub fn route<'a>(
@@ -279,10 +290,38 @@ fn parse_route(route: &str) -> Result<(String, Vec<RouteSeg>), String> {
                 "segment {seg:?}: a parameter must be a whole segment"
             ));
         } else {
-            segs.push(RouteSeg::Lit(seg.to_string()));
+            segs.push(RouteSeg::Lit(canonical_literal(seg)));
         }
     }
     Ok((method, segs))
+}
+
+/// A route's literal segment in the form a request's path has once canonical
+/// ([`super::path::canonical`]): `café` is `caf%C3%A9`, `%7Eme` is `~me`, escapes in upper-case
+/// hex. Written otherwise, a literal would never match the path it names, and a deny on it
+/// would be lost to a parameter route beside it.
+fn canonical_literal(seg: &str) -> String {
+    let canonical = super::path::canonical(
+        &format!("/{seg}"),
+        super::path::PathRules {
+            encoded_slashes: true,
+            semicolons: true,
+            ..Default::default()
+        },
+    );
+    let seg = match &canonical {
+        Ok(Some(c)) => c.strip_prefix('/').unwrap_or(c),
+        _ => seg,
+    };
+    let mut out = String::with_capacity(seg.len());
+    for b in seg.bytes() {
+        if b.is_ascii() && b > b' ' && b != 0x7f {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `path.split('/')`, by `memchr`: a route is matched for every call, and the generic char
@@ -360,5 +399,34 @@ mod tests {
             let std: Vec<&str> = path.split('/').collect();
             assert_eq!(ours, std, "{path:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod literal_tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_is_in_the_canonical_form_of_the_paths_it_names() {
+        assert_eq!(canonical_literal("café"), "caf%C3%A9");
+        assert_eq!(canonical_literal("caf%c3%a9"), "caf%C3%A9");
+        assert_eq!(canonical_literal("%7Eme"), "~me");
+        assert_eq!(canonical_literal("export.csv"), "export.csv");
+        let mut s = Surface::new(
+            Protocol::Rest,
+            super::super::path::PathRules::default(),
+            None,
+        );
+        s.add("cafe", "cafe", Some("GET /café")).expect("route");
+        s.add("page", "page", Some("GET /{page}")).expect("route");
+        let canonical = super::super::path::canonical("/caf%c3%a9", Default::default())
+            .expect("canonical")
+            .expect("changed");
+        assert_eq!(
+            s.route("GET", &canonical)
+                .map(|(f, _)| f.to_string())
+                .as_deref(),
+            Some("cafe")
+        );
     }
 }

@@ -487,7 +487,12 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
 /// Whether `op` holds for `v`; None when `v` is not of a type the operator can test, or when
 /// it holds for one number a server may read `v` as and not for another (see [`Reading`]).
 fn op_holds(op: &Op, v: &Json) -> Option<bool> {
-    let num = |holds: &dyn Fn(f64) -> bool| match Reading::of_value(v) {
+    // Only text and numbers are numbers to a range: anything else is unknown to it.
+    let reading = || match v {
+        Json::String(_) | Json::Number(_) => Reading::of_value(v),
+        _ => Reading::Any,
+    };
+    let num = |holds: &dyn Fn(f64) -> bool| match reading() {
         Reading::Numbers { xs, .. } => {
             let n = xs.iter().filter(|x| holds(**x)).count();
             match n {
@@ -552,6 +557,20 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
             let unsure = rx.plain().is_some_and(|n| ry.may_be(n))
                 || ry.plain().is_some_and(|n| rx.may_be(n));
             (!unsure).then_some(false)
+        }
+        // `[7]` is 7 to JavaScript's `Number` and `==`, 1 to PHP's `(int)`; `null` and `[]`
+        // are 0 to both.
+        (Json::Number(n), other @ (Json::Array(_) | Json::Null))
+        | (other @ (Json::Array(_) | Json::Null), Json::Number(n)) => match n.as_f64() {
+            Some(x) if Reading::of_value(other).may_be(x) => None,
+            _ => Some(false),
+        },
+        (Json::String(t), other @ (Json::Array(_) | Json::Null))
+        | (other @ (Json::Array(_) | Json::Null), Json::String(t)) => {
+            match Reading::of(t).plain() {
+                Some(x) if Reading::of_value(other).may_be(x) => None,
+                _ => Some(false),
+            }
         }
         // A boolean and text or a number a coercing server reads as it (`"false"`, and to
         // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
@@ -876,6 +895,14 @@ mod tests {
         );
         assert_eq!(eq(json!(18446744073709555712.0), json!(4096)), None);
         assert_eq!(eq(json!("abc"), json!("0")), None);
+        // A second attacker's pass: `[7]` is 7 to JavaScript, 1 to PHP; `null` and `[]` 0.
+        assert_eq!(eq(json!([7]), json!(7)), None);
+        assert_eq!(eq(json!(["7"]), json!(7)), None);
+        assert_eq!(eq(json!([99]), json!(1)), None);
+        assert_eq!(eq(json!(null), json!(0)), None);
+        assert_eq!(eq(json!([]), json!("0")), None);
+        assert_eq!(eq(json!([8]), json!(7)), Some(false));
+        assert_eq!(eq(json!("0d7"), json!(7)), None, "Ruby's 0d");
         assert_eq!(eq(json!("abc"), json!(1)), Some(false));
         let le = |v: Json, n: f64| op_holds(&Op::Le(n), &v);
         for v in [

@@ -266,17 +266,16 @@ impl Conn {
             }
             let read_as = match reading {
                 extract::Reading::ExactCase => path.to_string(),
+                extract::Reading::HeadAsGet => format!("GET {path}"),
                 _ => extract::path::without_format_suffix(path).unwrap_or_default(),
             };
             return ambiguous(format!(
-                "{who} reads {path} as {read_as}: {} ({}), where as decided it is {} ({}); if \
-                 this service's server does not read it so, say so in its file with \
-                 `paths: {{ {} }}`",
+                "{who} reads {path} as {read_as}: {} ({}), where as decided it is {} ({}); {}",
                 call.function,
                 said(&d),
                 spelled.call.function,
                 said(as_spelled),
-                reading.opt_out(),
+                reading.remedy(),
             ));
         }
         Ok(agreed)
