@@ -19,9 +19,19 @@ use serde_json::Value;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test process and call.
+/// A name no other test, of this run or an earlier one, has: the process id, when this
+/// process first asked (a pid comes round again, and a failed test keeps its directory for
+/// its log: a later process with its pid would otherwise take over that directory, records
+/// and all), and a count.
 pub fn unique(prefix: &str) -> String {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64 % 1_000_000_000)
+    });
     format!(
-        "{prefix}-{}-{}",
+        "{prefix}-{}-{started}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
@@ -166,7 +176,7 @@ impl TestCgroup {
         Self::at(mount.join(unique(name)))
     }
 
-    /// A cgroup named like a systemd unit (`<name>-<pid>-<n>.service`) under the mount's root,
+    /// A cgroup named like a systemd unit (`<name>-<pid>-<started>-<n>.service`) under the mount's root,
     /// which `callgate enable --unit` finds and names the workloads in it by.
     pub fn unit(name: &str) -> Self {
         let mount = cgroup_mount().expect("cgroup v2 mount");

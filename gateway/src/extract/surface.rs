@@ -174,15 +174,26 @@ impl Surface {
             })
     }
 
-    /// Whether a `HEAD` of `path` takes a `HEAD` route whose function is not the one its
-    /// `GET` route names: Rails takes the `HEAD` route, werkzeug and Spring the more specific
-    /// path, whose `GET` handler then runs.
+    /// Whether a `HEAD` of `path` takes a `HEAD` route while a more specific `GET` route
+    /// names another function: Rails takes the `HEAD` route, werkzeug and Spring the more
+    /// specific path, whose `GET` handler then runs.
     pub fn head_shadows_get(&self, path: &str) -> bool {
-        let function = |method| {
+        let route = |method| {
             self.route_index_of(method, path, Case::Any)
-                .map(|(r, _)| self.routes[r].function)
+                .map(|(r, _)| &self.routes[r])
         };
-        matches!((function("HEAD"), function("GET")), (Some(h), Some(g)) if h != g)
+        let literals = |r: &Route| {
+            r.segs
+                .iter()
+                .filter(|s| matches!(s, RouteSeg::Lit(_)))
+                .count()
+        };
+        // Only a more specific `GET` route is taken over the `HEAD` one: for the same path
+        // (`HEAD /items/{id}` beside `GET /items/{id}`) every server runs the `HEAD` handler.
+        matches!(
+            (route("HEAD"), route("GET")),
+            (Some(h), Some(g)) if h.function != g.function && literals(g) > literals(h)
+        )
     }
 
     /// The function a REST request calls, with its path parameters; literals matched in any
