@@ -296,9 +296,9 @@ fn extract_in(
 /// - route literals matched in their own case only (Rails, Flask, Go's `ServeMux`, Spring:
 ///   `/reports/LATEST` is `GET /reports/{id}` to them, `GET /reports/latest` to Express),
 ///   unless the service says its server routes in any case (`paths: { any_case: true }`);
-/// - a `HEAD` as the `GET` of its path, where a `HEAD` route names another function than the
-///   `GET` route (werkzeug and Spring route by the most specific path, then run its `GET`
-///   handler);
+/// - a `HEAD` as the `GET` of its path, where a `HEAD` route takes it while a more specific
+///   `GET` route names another function (werkzeug and Spring route by the most specific path,
+///   then run its `GET` handler);
 /// - a last segment's format suffix taken off, as Rails routes `/items/7.json` (`/items/7`) and
 ///   Spring did before 5.3 ([`path::without_format_suffix`]), unless the service says its
 ///   server reads none (`paths: { no_format_suffix: true }`) or a route names the path as
@@ -370,7 +370,8 @@ pub enum Reading {
     FormatSuffix,
     /// Both.
     FormatSuffixExactCase,
-    /// A `HEAD` as the `GET` of its path, where a `HEAD` route names another function.
+    /// A `HEAD` as the `GET` of its path, where a more specific `GET` route names another
+    /// function than the `HEAD` route it takes.
     HeadAsGet,
 }
 
