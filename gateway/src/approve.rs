@@ -851,7 +851,13 @@ impl Approvals {
             other => {
                 let state = state_named(other).unwrap_or(State::Interrupted);
                 if self.end_waking(id, state).is_some() {
-                    warn!(id, state = other, "the fleet ended a call held here");
+                    if state == State::Interrupted && self.stopping() {
+                        // This host's own stop, whose write to the database came back here
+                        // before the stop itself ended the call.
+                        info!(id, "the gateway is stopping; held call interrupted");
+                    } else {
+                        warn!(id, state = other, "the fleet ended a call held here");
+                    }
                 }
             }
         }
