@@ -16,7 +16,7 @@ pub mod surface;
 use http::{HeaderMap, Method, Uri, request::Parts};
 use serde_json::{Map, Value as Json};
 
-pub use surface::{Case, Surface};
+pub use surface::{Case, RouteId, Surface};
 
 use self::path::PathRules;
 
@@ -157,6 +157,9 @@ pub struct Extracted {
     pub calls: Vec<Call>,
     /// A JSON-RPC batch (the reply must be an array).
     pub batch: bool,
+    /// The REST route the request took (`rest` and `http` services), for
+    /// [`other_readings`].
+    pub route: Option<RouteId>,
 }
 
 /// Why a request cannot be turned into calls; answered without contacting the upstream.
@@ -255,14 +258,16 @@ fn extract_in(
         kind,
         calls: vec![call],
         batch: false,
+        route: None,
     };
+    let routed = |(call, route)| Extracted { route, ..one(call) };
     match kind {
         Kind::Grpc => grpc(service, parts).map(one),
-        Kind::Rest => rest(service, parts, body, unread_body, case).map(one),
-        Kind::Http => plain(service, parts, body, unread_body, false, case).map(one),
+        Kind::Rest => rest(service, parts, body, unread_body, case).map(routed),
+        Kind::Http => plain(service, parts, body, unread_body, false, case).map(routed),
         // Another path of the service's host (see [`off_endpoint`]).
         Kind::JsonRpc | Kind::Mcp if off_endpoint(kind, service, parts) => {
-            plain(service, parts, body, unread_body, true, case).map(one)
+            plain(service, parts, body, unread_body, true, case).map(routed)
         }
         Kind::JsonRpc | Kind::Mcp => match body {
             Some(body) if parts.method == Method::POST => rpc(kind, service, body),
@@ -284,7 +289,7 @@ fn extract_in(
             }
             // A bodiless request on the endpoint (a JSON-RPC `GET`): its query is read as a
             // plain request's is, with the same checks.
-            _ => plain(service, parts, None, false, false, case).map(one),
+            _ => plain(service, parts, None, false, false, case).map(routed),
         },
     }
 }
@@ -303,10 +308,12 @@ fn extract_in(
 ///   Spring did before 5.3 ([`path::without_format_suffix`]), unless the service says its
 ///   server reads none (`paths: { no_format_suffix: true }`) or a route names the path as
 ///   spelled, in its own case, suffix and all (`GET /echo.txt`); in either case of literals.
+///
+/// `route` is the route the request's own extraction took ([`Extracted::route`]).
 pub fn other_readings(
     kind: Kind,
     service: &Surface,
-    parts: &Parts,
+    (parts, route): (&Parts, Option<RouteId>),
     body: Option<&[u8]>,
     unread_body: bool,
 ) -> Vec<(Reading, Result<Extracted, ExtractError>)> {
@@ -315,7 +322,9 @@ pub fn other_readings(
         return out;
     }
     let method = parts.method.as_str();
-    let exact_too = |path: &str| !service.paths.any_case && service.folds_case(method, path);
+    let exact_too = |route: Option<RouteId>, path: &str| {
+        !service.paths.any_case && route.is_some_and(|r| service.folds_case(r, path))
+    };
     let spelled = parts.uri.path();
     let like = |method: &Method, uri: Uri| {
         let (mut read, ()) = http::Request::new(()).into_parts();
@@ -330,7 +339,7 @@ pub fn other_readings(
         let read = extract_in(kind, service, &get, body, unread_body, Case::Any);
         out.push((Reading::HeadAsGet, read));
     }
-    if exact_too(spelled) {
+    if exact_too(route, spelled) {
         let read = extract_in(kind, service, parts, body, unread_body, Case::Exact);
         out.push((Reading::ExactCase, read));
     }
@@ -353,8 +362,9 @@ pub fn other_readings(
     };
     let read = like(&parts.method, uri);
     let any = extract_in(kind, service, &read, body, unread_body, Case::Any);
+    let stripped_route = any.as_ref().ok().and_then(|e| e.route);
     out.push((Reading::FormatSuffix, any));
-    if exact_too(&stripped) {
+    if exact_too(stripped_route, &stripped) {
         let exact = extract_in(kind, service, &read, body, unread_body, Case::Exact);
         out.push((Reading::FormatSuffixExactCase, exact));
     }
@@ -434,7 +444,7 @@ fn plain(
     unread_body: bool,
     off_endpoint: bool,
     case: Case,
-) -> Result<Call, ExtractError> {
+) -> Result<(Call, Option<RouteId>), ExtractError> {
     if off_endpoint && body.is_some_and(rpc_shaped) {
         return Err(ExtractError::OffEndpoint);
     }
@@ -445,9 +455,9 @@ fn plain(
         false => service.route_in(parts.method.as_str(), path, case),
         true => None,
     };
-    let (function, mut args) = match routed {
-        Some((f, params)) => (f.to_string(), path_args(params)),
-        None => (format!("{} {}", parts.method, path), Map::new()),
+    let (route, function, mut args) = match routed {
+        Some((r, f, params)) => (Some(r), f.to_string(), path_args(params)),
+        None => (None, format!("{} {}", parts.method, path), Map::new()),
     };
     let mut nested = Vec::new();
     for (k, v) in query(&parts.uri, service.paths, &mut nested)? {
@@ -457,10 +467,11 @@ fn plain(
     if let Some(b) = body {
         no_override_in(parts, service.paths, b)?;
     }
-    Ok(Call {
+    let call = Call {
         partial: unread_body || body.is_some_and(|b| !b.is_empty()),
         ..governed(function, Json::Object(args))
-    })
+    };
+    Ok((call, route))
 }
 
 /// Whether `body` starts with a JSON-RPC message or batch: an object with a member that is
@@ -561,12 +572,12 @@ fn rest(
     body: Option<&[u8]>,
     unread_body: bool,
     case: Case,
-) -> Result<Call, ExtractError> {
+) -> Result<(Call, Option<RouteId>), ExtractError> {
     let method = parts.method.as_str();
     let path = parts.uri.path();
-    let (function, mut args) = match service.route_in(method, path, case) {
-        Some((f, params)) => (f.to_string(), path_args(params)),
-        None => (format!("{} {}", parts.method, path), Map::new()),
+    let (route, function, mut args) = match service.route_in(method, path, case) {
+        Some((r, f, params)) => (Some(r), f.to_string(), path_args(params)),
+        None => (None, format!("{} {}", parts.method, path), Map::new()),
     };
     // The bases of `name[...]` parameters (see [`names`]): rarely any.
     let mut nested = Vec::new();
@@ -621,10 +632,11 @@ fn rest(
         None => {}
     }
     settle(&args, &nested)?;
-    Ok(Call {
+    let call = Call {
         partial,
         ..governed(function, Json::Object(args))
-    })
+    };
+    Ok((call, route))
 }
 
 /// The checks on a request's arguments once all are in: each has one reading, and none asks
@@ -947,7 +959,12 @@ fn rpc(kind: Kind, service: &Surface, body: &[u8]) -> Result<Extracted, ExtractE
         .into_iter()
         .map(|m| rpc_call(kind, service, m))
         .collect::<Result<_, _>>()?;
-    Ok(Extracted { kind, calls, batch })
+    Ok(Extracted {
+        kind,
+        calls,
+        batch,
+        route: None,
+    })
 }
 
 /// The MCP messages that pass as protocol housekeeping, allowed and recorded without a rule:

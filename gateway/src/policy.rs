@@ -9,6 +9,7 @@ pub mod git;
 pub mod lint;
 pub mod load;
 pub mod mcp;
+pub mod readings;
 pub mod remote;
 pub mod schema;
 pub mod snapshot;

@@ -1695,7 +1695,12 @@ fn other_servers_readings_of_a_path_are_decided_too() {
     let all = &all.service("svc").expect("svc").surface;
     let plain = &plain.service("svc").expect("svc").surface;
     let readings = |surface, kind, uri: &str| -> Vec<(Reading, String, serde_json::Value)> {
-        other_readings(kind, surface, &get(uri), None, false)
+        let parts = get(uri);
+        // As the gateway asks: with the route its own reading took.
+        let route = callgate::extract::extract(kind, surface, &parts, None, false)
+            .ok()
+            .and_then(|e| e.route);
+        other_readings(kind, surface, (&parts, route), None, false)
             .into_iter()
             .map(|(r, e)| {
                 let call = e.expect("extracted").calls.remove(0);

@@ -235,7 +235,7 @@ impl Reading {
 pub fn key_text(v: &Json) -> Result<std::borrow::Cow<'_, str>, String> {
     use std::borrow::Cow;
     let reading = match v {
-        Json::Object(o) => return Ok(Cow::Owned(Json::Object(o.clone()).to_string())),
+        Json::Object(_) => return Ok(Cow::Owned(v.to_string())),
         v => Reading::of_value(v),
     };
     match (reading, v) {

@@ -18,6 +18,10 @@ pub enum Case {
     Exact,
 }
 
+/// A REST route of a [`Surface`], as a request took it ([`super::Extracted::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(usize);
+
 /// A service's functions as requests name them.
 #[derive(Debug)]
 pub struct Surface {
@@ -153,18 +157,15 @@ impl Surface {
             .is_some_and(|(r, _)| matches!(self.routes[r].segs.last(), Some(RouteSeg::Lit(_))))
     }
 
-    /// Whether `path` takes another route, or none, when its literals are matched in their
-    /// own case only: `/reports/LATEST` is `GET /reports/latest` to Express and ASP.NET, and
+    /// Whether `path`, which took `route` with literals matched in any case, takes another
+    /// route, or none, when they are matched in their own case only: `/reports/LATEST` is `GET /reports/latest` to Express and ASP.NET, and
     /// `GET /reports/{id}` to Rails, Flask and Go.
-    pub fn folds_case(&self, method: &str, path: &str) -> bool {
+    pub fn folds_case(&self, route: RouteId, path: &str) -> bool {
         // A route that matches in its own case matches in any: the exact match is the any-case
         // one exactly when that one's literals are spelled as the path spells them. One pass
-        // over one route, not a second search.
-        let Some((r, _)) = self.route_index(method, path, Case::Any) else {
-            return false;
-        };
+        // over the route the request took, not a second search.
         let path = memchr::memchr2(b'?', b'#', path.as_bytes()).map_or(path, |end| &path[..end]);
-        !self.routes[r]
+        !self.routes[route.0]
             .segs
             .iter()
             .zip(segments(path).skip(1))
@@ -204,6 +205,7 @@ impl Surface {
         path: &'a str,
     ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
         self.route_in(method, path, Case::Any)
+            .map(|(_, f, params)| (f, params))
     }
 
     /// [`Surface::route`], literals matched as `case` says.
@@ -212,9 +214,9 @@ impl Surface {
         method: &str,
         path: &'a str,
         case: Case,
-    ) -> Option<(&'a Arc<str>, PathParams<'a>)> {
+    ) -> Option<(RouteId, &'a Arc<str>, PathParams<'a>)> {
         self.route_index(method, path, case)
-            .map(|(r, params)| (&self.functions[self.routes[r].function], params))
+            .map(|(r, params)| (RouteId(r), &self.functions[self.routes[r].function], params))
     }
 
     /// The index of the route a REST request takes, with its path parameters. A `HEAD` takes

@@ -187,9 +187,8 @@ fn as_the_gateway_reads(
         k => k,
     };
     let body = body.as_deref();
-    let mut calls = extract::extract(kind, surface, &parts, body, false)
-        .map_err(refused)?
-        .calls;
+    let extracted = extract::extract(kind, surface, &parts, body, false).map_err(refused)?;
+    let (route, mut calls) = (extracted.route, extracted.calls);
     let [call] = <[Call; 1]>::try_from(std::mem::take(&mut calls)).map_err(|c| {
         format!(
             "a request case must hold one call; this one holds {}",
@@ -197,26 +196,11 @@ fn as_the_gateway_reads(
         )
     })?;
     let d = snap.decide(service, &call, caller);
-    for (reading, read) in extract::other_readings(kind, surface, &parts, body, false) {
-        let mut read = read.map_err(refused)?;
-        let Some(alt) = read.calls.first_mut() else {
-            continue;
-        };
-        let other = snap.decide(service, alt, caller);
-        if (other.action, &other.rule) != (d.action, &d.rule) {
-            return Err(format!(
-                "400 ambiguous_path: {} runs {} as {} ({} by {}), as decided it is {} ({} by {})",
-                reading.servers(),
-                parts.uri.path(),
-                alt.function,
-                other.action,
-                other.rule.as_deref().unwrap_or("default"),
-                call.function,
-                d.action,
-                d.rule.as_deref().unwrap_or("default"),
-            ));
-        }
-    }
+    let readings = extract::other_readings(kind, surface, (&parts, route), body, false);
+    super::readings::decided_alike((parts.uri.path(), &call.function), &d, readings, |alt| {
+        snap.decide(service, alt, caller)
+    })
+    .map_err(|e| format!("400 ambiguous_path: {e}"))?;
     Ok((d, call))
 }
 

@@ -461,6 +461,7 @@ impl Conn {
                 kind,
                 calls: vec![extract::raw(&parts)],
                 batch: false,
+                route: None,
             }),
         };
         let extracted = match extracted {
@@ -535,7 +536,7 @@ impl Conn {
                 &snap,
                 s,
                 d,
-                (kind, &parts),
+                (kind, &parts, extracted.route),
                 (held_body.as_deref(), held_body.is_none() && unread_body),
             );
             match read {

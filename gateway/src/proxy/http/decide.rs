@@ -225,60 +225,26 @@ impl Conn {
         snap: &Snapshot,
         service: &Service,
         spelled: &Decided,
-        (kind, parts): (Kind, &Parts),
+        (kind, parts, route): (Kind, &Parts, Option<extract::RouteId>),
         (body, unread_body): (Option<&[u8]>, bool),
     ) -> Result<Vec<Call>, Box<Refusal>> {
-        let mut agreed = Vec::new();
         if spelled.decision.mode == Mode::DryRun {
-            return Ok(agreed);
+            return Ok(Vec::new());
         }
-        let path = parts.uri.path();
-        let ambiguous = |reason: String| {
-            Err(Box::new(Refusal {
+        let readings =
+            extract::other_readings(kind, &service.surface, (parts, route), body, unread_body);
+        crate::policy::readings::decided_alike(
+            (parts.uri.path(), &spelled.call.function),
+            &spelled.decision,
+            readings,
+            |call| self.decide(snap, Some(service), &spelled.caller, call),
+        )
+        .map_err(|reason| {
+            Box::new(Refusal {
                 service: Some(service.name.to_string()),
                 ..Refusal::new(StatusCode::BAD_REQUEST, "ambiguous_path", reason)
-            }))
-        };
-        let said = |d: &Decision| match &d.rule {
-            Some(r) => format!("{} by rule {r:?}", d.action.as_str()),
-            None => format!("{} by default", d.action.as_str()),
-        };
-        let as_spelled = &spelled.decision;
-        for (reading, read) in
-            extract::other_readings(kind, &service.surface, parts, body, unread_body)
-        {
-            let who = reading.servers();
-            let mut read = match read {
-                Ok(e) => e,
-                Err(e) => {
-                    return ambiguous(format!(
-                        "{who} reads {path} otherwise, and read that way the request is refused: {e}"
-                    ));
-                }
-            };
-            let Some(mut call) = read.calls.pop() else {
-                continue;
-            };
-            let d = self.decide(snap, Some(service), &spelled.caller, &mut call);
-            if (d.action, &d.rule) == (as_spelled.action, &as_spelled.rule) {
-                agreed.push(call);
-                continue;
-            }
-            let read_as = match reading {
-                extract::Reading::ExactCase => path.to_string(),
-                extract::Reading::HeadAsGet => format!("GET {path}"),
-                _ => extract::path::without_format_suffix(path).unwrap_or_default(),
-            };
-            return ambiguous(format!(
-                "{who} reads {path} as {read_as}: {} ({}), where as decided it is {} ({}); {}",
-                call.function,
-                said(&d),
-                spelled.call.function,
-                said(as_spelled),
-                reading.remedy(),
-            ));
-        }
-        Ok(agreed)
+            })
+        })
     }
 
     /// A call's other readings that were decided alike ([`Conn::other_readings_refusal`])
