@@ -1558,3 +1558,118 @@ fn a_server_that_speaks_first_is_spliced_on_tcp_allow() {
     );
     assert_eq!(got, r"b'220 banner\r\necho QUIT\r\n'");
 }
+
+/// `s` as one shifted run of UTF-7 (`+`, the base64 of its UTF-16BE, `-`): printable ASCII
+/// that a UTF-7 decoder reads as `s`.
+fn utf7(s: &str) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = s.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let mut out = String::from("+");
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out.push('-');
+    out
+}
+
+/// Express's JSON parser (body-parser, and so the MCP TypeScript SDK's own Express app)
+/// decodes a body by its `charset`, UTF-7 included, where the gateway reads UTF-8. In UTF-7
+/// `+ACI-` is a `"`: a run that is harmless text inside a string to the gateway closes the
+/// string to Express, which then reads members the gateway never saw. A body labelled with
+/// any set but UTF-8 is refused before it reaches the upstream.
+#[test]
+fn bodies_are_read_in_the_charset_the_server_decodes() {
+    let test = "bodies_are_read_in_the_charset_the_server_decodes";
+    if !ebpf_available(test) || !node_parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let script = node_script("express_bodies.mjs").display().to_string();
+    let express = |name: &str| {
+        let (port, log) = (free_port(), work.join(format!("{name}.jsonl")));
+        let argv = [
+            "node",
+            script.as_str(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ];
+        Party::start(&argv, port, log)
+    };
+    let (mcp, rest) = (express("mcp"), express("rest"));
+    let tools = format!(
+        "service: tools\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: mcp\nendpoint: [/mcp]\n\
+         functions:\n  search_docs: {{ method: search_docs }}\n  delete_table: {{ method: delete_table }}\n\
+         rules:\n  - {{ name: search, function: search_docs, action: allow }}\n\
+         \x20 - {{ name: no-drops, function: delete_table, action: deny }}\n",
+        mcp.port
+    );
+    let refunds = format!(
+        "service: refunds\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  refund: {{ route: \"POST /v1/refunds\" }}\n\
+         rules:\n  - {{ name: big, function: refund, args: {{ amount: {{ gt: 100 }} }}, action: deny }}\n\
+         \x20 - {{ name: small, function: refund, action: allow }}\n",
+        rest.port
+    );
+    let s = setup(test, &[("tools", &tools), ("refunds", &refunds)]);
+    let post = |url: &str, charset: &str, body: &str| {
+        let ct = format!("Content-Type: application/json{charset}");
+        let args = [
+            "-w",
+            " %{http_code}",
+            "-H",
+            &ct,
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "--data-binary",
+            body,
+            url,
+        ];
+        curl_in(&s.cg, &args).1
+    };
+    let mcp_url = format!("http://127.0.0.1:{}/mcp", mcp.port);
+    let rest_url = format!("http://127.0.0.1:{}/v1/refunds", rest.port);
+    let search = |extra: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search_docs","arguments":{{"query":"x"}},"z":"{extra}"}}}}"#
+        )
+    };
+    // As the gateway reads it, a search with some text in `z`; as Express reads UTF-7, a
+    // `delete_table` (the last `name` wins).
+    let drop = utf7(r#"","name":"delete_table","arguments":{"table":"users"},"z":""#);
+    let big = format!(
+        r#"{{"amount":5,"z":"{}"}}"#,
+        utf7(r#"","amount":5000,"z":""#)
+    );
+    for charset in ["; charset=utf-7", "; charset=\"UTF-7\"", ";charset=utf-16"] {
+        let out = post(&mcp_url, charset, &search(&drop));
+        assert!(!out.contains("deleted"), "{charset}: {out}");
+        let out = post(&rest_url, charset, &big);
+        assert!(out.ends_with(" 400"), "{charset}: {out}");
+    }
+    // Labelled twice: readers differ on which label they take.
+    let out = post(&rest_url, "; charset=utf-8; charset=utf-7", &big);
+    assert!(out.ends_with(" 400"), "{out}");
+    // UTF-8 still passes, in any case (body-parser itself takes no other name for it).
+    let out = post(&mcp_url, "; charset=UTF-8", &search("plain"));
+    assert!(out.contains("found x"), "{out}");
+    let out = post(&rest_url, "; charset=\"utf-8\"", r#"{"amount":5}"#);
+    assert!(out.ends_with(" 200"), "{out}");
+    let ran = |up: &Party| {
+        up.requests()
+            .into_iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ran(&mcp),
+        [r#"{"query":"x","ran":"search_docs"}"#],
+        "MCP ran"
+    );
+    assert_eq!(ran(&rest), [r#"{"amount":5,"ran":"refund"}"#], "REST ran");
+}

@@ -120,6 +120,30 @@ pub fn canonicalise(service: &Surface, parts: &mut Parts) -> Result<(), ExtractE
     Ok(())
 }
 
+/// A body the gateway reads for arguments (JSON, a form, text that may be JSON) is read as
+/// UTF-8; a server that decodes it by its `charset` reads other characters from the same
+/// bytes. Express's JSON parser decodes any `utf-*` label through iconv-lite, UTF-7 included:
+/// `"query":"+ACIALAAi…-"` is harmless text to the gateway and closes the string to Express,
+/// which then reads members the gateway never saw (`"name":"delete_table"`). Refused: JSON and
+/// forms in anything but UTF-8 (or ASCII), other text in a set that does not keep ASCII's
+/// bytes ([`crate::util::media::Charset`]). Types never read for arguments (images, octet
+/// streams, gRPC, multipart, whose parts say their own) keep any label.
+fn readable_charset(content_type: &str) -> Result<(), ExtractError> {
+    use crate::util::media::{Charset, charset};
+    let strict = match body_type_of(content_type) {
+        BodyType::Json | BodyType::Form => true,
+        BodyType::Other => false,
+        BodyType::Opaque => return Ok(()),
+    };
+    match charset(content_type) {
+        Charset::Utf8 => Ok(()),
+        Charset::AsciiCompatible if !strict => Ok(()),
+        _ => Err(ExtractError::ContentType(
+            "the request's body is labelled with a character set other than UTF-8 (its Content-Type's charset); servers decode it by that label (Express reads UTF-7 and UTF-16) and would read other arguments than the gateway",
+        )),
+    }
+}
+
 /// The body's type must have one reading: how a body is read for arguments (JSON, a form, not
 /// at all) follows it, and so does the server's. Two `Content-Type` fields are refused, since
 /// servers differ on which one they take (werkzeug the last, most readers the first), and so
@@ -144,7 +168,7 @@ fn content_type(headers: &HeaderMap) -> Result<(), ExtractError> {
                     "the request's Content-Type names more than one media type; servers differ on which one they read",
                 ))
             }
-            Ok(_) => Ok(()),
+            Ok(t) => readable_charset(t),
         },
         (None, _) => Ok(()),
     }
@@ -871,12 +895,17 @@ fn is_multipart(headers: &HeaderMap) -> bool {
 }
 
 fn body_type(headers: &HeaderMap) -> BodyType {
-    let Some(ct) = headers
+    match headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return BodyType::Other;
-    };
+    {
+        Some(ct) => body_type_of(ct),
+        None => BodyType::Other,
+    }
+}
+
+/// [`body_type`] of one `Content-Type` value.
+fn body_type_of(ct: &str) -> BodyType {
     let mime = ct
         .split(';')
         .next()

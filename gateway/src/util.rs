@@ -11,6 +11,7 @@ pub mod fs;
 pub mod heap;
 pub mod json_blocks;
 pub mod jsonpath;
+pub mod media;
 pub mod net;
 pub mod note;
 pub mod outbound;

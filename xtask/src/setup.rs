@@ -100,7 +100,9 @@ const TEST_PYTHON_MCP2: &[&str] = &["mcp==2.3.0"];
 /// endpoints sign with), Playwright's driver for Debian's Chromium, and the official MCP
 /// TypeScript SDK (client and server) of both generations: `@modelcontextprotocol/sdk` (1.x,
 /// protocol revisions up to 2025-11-25) and its 2.x packages `@modelcontextprotocol/client`
-/// and `/server` (the 2026-07-28 revision), with the schema library tools are declared in.
+/// and `/server` (the 2026-07-28 revision), with the schema library tools are declared in,
+/// and Express (the 1.x SDK's own HTTP app is built on it; pinned at the version that SDK
+/// resolves), whose body parser decodes bodies by their charset.
 const TEST_NODE: &[&str] = &[
     "oidc-provider@9.13.3",
     "jose@6.2.17",
@@ -109,6 +111,7 @@ const TEST_NODE: &[&str] = &[
     "@modelcontextprotocol/client@2.4.0",
     "@modelcontextprotocol/server@2.4.0",
     "zod@4.6.7",
+    "express@5.3.0",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1228,47 +1228,14 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
     Ok(kind)
 }
 
-/// Every `charset` a media type names keeps ASCII's bytes for ASCII's characters (UTF-8,
-/// ASCII, the ISO 8859 and Windows code pages, the East Asian multi-byte sets whose digits and
-/// Latin letters are ASCII's), so that the detectors and the scrubber read digits, letters and
-/// `@` where they are; none named: UTF-8, as JSON is. Any other (UTF-16, UTF-32, UTF-7, EBCDIC,
-/// ISO-2022, one not known) is not: ASP.NET and Spring answer in UTF-16 when a client's
-/// `Accept-Charset` asks, and a card number is then digits with a zero byte between each.
+/// Every `charset` a media type names keeps ASCII's bytes for ASCII's characters, so that
+/// the detectors and the scrubber read digits, letters and `@` where they are
+/// ([`crate::util::media::Charset`]); none named: UTF-8, as JSON is. Any other (UTF-16,
+/// UTF-32, UTF-7, EBCDIC, ISO-2022, one not known) is not: ASP.NET and Spring answer in UTF-16
+/// when a client's `Accept-Charset` asks, and a card number is then digits with a zero byte
+/// between each.
 fn ascii_charset(ct: &str) -> bool {
-    ct.split(';').skip(1).all(|param| {
-        let Some((name, value)) = param.split_once('=') else {
-            return true;
-        };
-        if !name.trim().eq_ignore_ascii_case("charset") {
-            return true;
-        }
-        let value = value.trim().trim_matches('"').trim().to_ascii_lowercase();
-        const EXACT: [&str; 12] = [
-            "utf-8",
-            "utf8",
-            "us-ascii",
-            "ascii",
-            "shift_jis",
-            "shift-jis",
-            "sjis",
-            "gb2312",
-            "gbk",
-            "gb18030",
-            "big5",
-            "macintosh",
-        ];
-        const FAMILIES: [&str; 8] = [
-            "iso-8859-",
-            "iso8859-",
-            "latin",
-            "windows-125",
-            "cp125",
-            "koi8-",
-            "euc-",
-            "tis-620",
-        ];
-        EXACT.contains(&value.as_str()) || FAMILIES.iter().any(|f| value.starts_with(f))
-    })
+    crate::util::media::charset(ct) != crate::util::media::Charset::Other
 }
 
 /// A body on its way out: JSON, text, or passed through.
