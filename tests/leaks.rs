@@ -695,3 +695,51 @@ fn answers_a_field_mask_or_detector_cannot_read_are_refused() {
         );
     }
 }
+
+/// A text label on bytes that are not UTF-8 text: UTF-16 and UTF-32 (which Python's
+/// `json.loads` and browsers read by their zero bytes or byte-order mark, whatever the
+/// label), and a gzip file served as `text/plain`. The detectors read ASCII and saw digits
+/// apart; the previous binary let the card out in each. Now the body fails at its first such
+/// bytes, and neither the client nor the record gets a digit of it, in any decoding.
+#[test]
+fn text_labels_on_bytes_that_are_not_text_carry_nothing_out() {
+    let Some(s) = setup("text_labels_on_bytes_that_are_not_text_carry_nothing_out") else {
+        return;
+    };
+    for t in ["utf16", "utf32", "gzipped"] {
+        let url = format!("http://127.0.0.1:{}/typed/{t}", s.up.port);
+        let code = format!(
+            r#"
+import gzip, http.client, urllib.request
+try:
+    b = urllib.request.urlopen({url:?}, timeout=5).read()
+except http.client.IncompleteRead as e:
+    b = e.partial
+except Exception as e:
+    b = b""
+texts = [b.decode("utf-16", "ignore"), b.decode("utf-32-le", "ignore"), b.decode("latin-1")]
+try:
+    texts.append(gzip.decompress(b).decode("latin-1"))
+except Exception:
+    pass
+print("LEAK" if any("4111" in x or "1111" in x for x in texts) else "CLEAN", len(b))
+"#
+        );
+        let out = python_in(&s.cg, &code);
+        assert!(out.starts_with("CLEAN"), "{t}: {out}");
+    }
+    // Each call is recorded as cut for that reason, with no answer kept.
+    let recs = records(&s.gw);
+    for t in ["utf16", "utf32", "gzipped"] {
+        let r = recs
+            .iter()
+            .find(|r| r["function"].as_str() == Some(&format!("GET /typed/{t}")))
+            .unwrap_or_else(|| panic!("no record of {t}: {recs:#?}"));
+        let text = r.to_string();
+        assert!(text.contains("holds bytes no text has"), "{t}: {text}");
+        assert!(
+            !text.contains("4\\u0000") && !text.contains("4\u{fffd}1") && !text.contains("1111"),
+            "{t}: {text}"
+        );
+    }
+}

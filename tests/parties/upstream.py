@@ -261,12 +261,21 @@ class Handler(BaseHTTPRequestHandler):
                               f"--b\r\nContent-Type: text/plain\r\n\r\n{CARD}\r\n--b--\r\n"),
                 "unknown": ("application/x-custom", f"card {CARD}"),
                 "grpc": ("application/grpc", f"card {CARD}"),
+                # Text labels on bytes that are not UTF-8 text (issue 39 attacker pass):
+                # UTF-16 as Python writes it (a byte-order mark), which `json.loads` and
+                # browsers read by its mark; UTF-32 without one under a UTF-8 label; a gzip
+                # file served as text, as object stores serve files saved without a coding.
+                "utf16": ("application/json", json.dumps({"card": CARD}).encode("utf-16")),
+                "utf32": ("application/json; charset=utf-8",
+                          json.dumps({"card": CARD}).encode("utf-32-le")),
+                "gzipped": ("text/plain", __import__("gzip").compress(f"card {CARD}".encode())),
             }
             name = self.path.rsplit("/", 1)[1]
             if name not in types:
                 return self.reply(404, {"error": "no such type"})
             ctype, body = types[name]
-            return self.reply(200, body.encode(), ctype)
+            body = body if isinstance(body, bytes) else body.encode()
+            return self.reply(200, body, ctype)
         if self.path.startswith("/misframed/"):
             # A misbehaving upstream: the card in a body the head disguises (issue 30 #12).
             import gzip

@@ -1106,6 +1106,9 @@ pub enum Unmaskable {
     /// Text that is not JSON where policy masks JSON fields: XML, CSV or no type at all has
     /// the same values under no field path (a client may ask for it: `Accept`, `?format=`).
     NotJson,
+    /// A body labelled as text that holds bytes no text has ([`not_text`]): UTF-16 or UTF-32
+    /// under a UTF-8 label (or none), compressed data under a text type.
+    NotText,
 }
 
 impl Unmaskable {
@@ -1131,6 +1134,11 @@ impl Unmaskable {
             Unmaskable::NotJson => {
                 "the upstream answered with text that is not JSON (XML, CSV, no type), where \
                  policy masks JSON fields"
+            }
+            Unmaskable::NotText => {
+                "the upstream's answer is labelled as text but holds bytes no text has (the \
+                 zero bytes of UTF-16 or UTF-32, compressed data), which policy says to mask \
+                 or scrub"
             }
         }
     }
@@ -1236,6 +1244,28 @@ pub fn response_body(h: &http::HeaderMap) -> Result<BodyKind, Unmaskable> {
 /// between each.
 fn ascii_charset(ct: &str) -> bool {
     crate::util::media::charset(ct) != crate::util::media::Charset::Other
+}
+
+/// Whether `data` holds a byte no text in an ASCII-compatible set has: a C0 control other
+/// than tab, line feed, vertical tab, form feed, carriage return and escape. UTF-16 and
+/// UTF-32 put zero bytes beside every ASCII character, and compressed data has controls every
+/// few bytes. Under a text label (or none) either reaches a client that reads it (Python's
+/// `json.loads` and browsers detect UTF-16 and UTF-32 by their zero bytes or byte-order mark;
+/// `zcat`) past detectors and a scrubber that read ASCII. Eight bytes at a time: text has few
+/// controls, and a word without one is passed in a few instructions.
+pub fn not_text(data: &[u8]) -> bool {
+    // Tab, LF, VT, FF, CR and ESC.
+    const ALLOWED: u32 = 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 27;
+    let bad = |b: u8| b < 0x20 && ALLOWED >> b & 1 == 0;
+    let words = data.chunks_exact(8);
+    let rest = words.remainder();
+    words.into_iter().any(|w| {
+        let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        // A byte below 0x20 sets its top bit here (each byte's value is at most 0x7f after
+        // the mask, so no borrow crosses into the next byte's).
+        let low = (x & 0x7f7f_7f7f_7f7f_7f7f).wrapping_add(0x6060_6060_6060_6060) | x;
+        low & 0x8080_8080_8080_8080 != 0x8080_8080_8080_8080 && w.iter().any(|b| bad(*b))
+    }) || rest.iter().any(|b| bad(*b))
 }
 
 /// A body on its way out: JSON, text, or passed through.
@@ -1366,4 +1396,40 @@ pub enum UnmaskableAnswer {
     Refuse,
     /// Passed as it is, unmasked (headers and trailers are still masked).
     Pass,
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::not_text;
+
+    #[test]
+    fn text_has_no_controls_but_layout_ones() {
+        let json = br#"{"card": "4111 1111 1111 1111",	"note": "caf\xc3\xa9"}"#;
+        assert!(!not_text(json));
+        assert!(!not_text(
+            b"line one\r\nline\x0btwo\x0c\x1b[0m and more text to fill a word"
+        ));
+        assert!(!not_text(b""));
+        // UTF-16 and UTF-32 of ASCII, a byte-order mark or not.
+        let utf16: Vec<u8> = "\u{feff}{\"card\":\"4111\"}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(not_text(&utf16));
+        let utf32: Vec<u8> = "4111"
+            .chars()
+            .flat_map(|c| (c as u32).to_be_bytes())
+            .collect();
+        assert!(not_text(&utf32));
+        // gzip's header, and a control in the last, short word.
+        assert!(not_text(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"));
+        assert!(not_text(b"eight by\x01"));
+        for at in 0..24 {
+            let mut b = vec![b'a'; 24];
+            b[at] = 0;
+            assert!(not_text(&b), "a zero byte at {at}");
+            b[at] = 0x80;
+            assert!(!not_text(&b), "a high byte at {at}");
+        }
+    }
 }

@@ -48,6 +48,10 @@ impl Conn {
         parts.version = version;
         let masks = one.decision.obligations.masks.0.clone();
         // What the body is, from the head as the upstream sent it (before any stripping).
+        // Scrubbed only: whether the head says the body is text (JSON or other). Unlabelled
+        // bodies are often binary downloads: the scrubber looks for the UTF-16 and UTF-32
+        // spellings of a credential in them too.
+        let mut labelled_text = false;
         let body_kind = if masks.is_empty() && tools.is_some() {
             // Read message by message for its tool lists: readable, and what it is.
             crate::obligations::mask::response_body(&parts.headers)
@@ -55,8 +59,11 @@ impl Conn {
             // An injected credential is scrubbed from the bytes as they pass: they must be
             // the bytes, not a compressed form of them.
             match &secrets {
-                Some(_) => crate::obligations::mask::response_body(&parts.headers)
-                    .map(|_| crate::obligations::mask::BodyKind::Binary),
+                Some(_) => crate::obligations::mask::response_body(&parts.headers).map(|k| {
+                    labelled_text = k != crate::obligations::mask::BodyKind::Binary
+                        && parts.headers.contains_key(header::CONTENT_TYPE);
+                    crate::obligations::mask::BodyKind::Binary
+                }),
                 None => Ok(crate::obligations::mask::BodyKind::Binary),
             }
         } else {
@@ -138,7 +145,16 @@ impl Conn {
         }
         // Set up in place: the body is about a KiB, and each builder step that took it by
         // value would copy it.
+        // Masked or scrubbed as text: a text body must be text (see `CallBody::as_text`).
+        let read_as_text = match &masker {
+            Some(crate::obligations::mask::BodyMasker::Binary) => false,
+            Some(_) => true,
+            None => scrub.is_some() && labelled_text,
+        };
         let mut body = streaming::CallBody::new(incoming, masker, scrub, pending);
+        if read_as_text {
+            body.as_text();
+        }
         if matches!(status, 204 | 304) {
             body.bodiless();
         }

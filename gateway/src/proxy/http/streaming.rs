@@ -319,6 +319,9 @@ pub struct CallBody {
     /// The masker and the scrubber were finished with data the upstream said was its last
     /// ([`CallBody::transform_now`]): data after it would pass them by, so it fails the body.
     finished: bool,
+    /// The answer is masked or scrubbed as text: a byte no text has fails the body
+    /// ([`CallBody::as_text`]).
+    text: bool,
     pending: Option<Pending>,
     durable: Option<Wait>,
     /// Masks and scrubs trailers as the head was (see [`CallBody::mask_trailers`]).
@@ -352,6 +355,7 @@ impl CallBody {
             bodiless: false,
             ended: false,
             finished: false,
+            text: false,
             pending,
             durable: None,
             trailer_masks: None,
@@ -375,6 +379,13 @@ impl CallBody {
     /// an h2 upstream's DATA after a 204 reached an h2 client in clear.
     pub fn bodiless(&mut self) {
         self.bodiless = true;
+    }
+
+    /// The answer is read as text by its masks or scrubber: data holding a byte no text has
+    /// ([`crate::obligations::mask::not_text`]: UTF-16 under a UTF-8 label, compressed data
+    /// under a text type) is not passed on; the body fails there, and its record says why.
+    pub fn as_text(&mut self) {
+        self.text = true;
     }
 
     /// Times the masking of this answer into `metrics` when it keeps stage timings (and there
@@ -587,6 +598,15 @@ impl Body for CallBody {
                     Ok(_) if this.bodiless => {}
                     Ok(data) if this.finished && !data.is_empty() => {
                         let e = "the upstream sent data after the end it announced";
+                        if let Some(p) = &mut this.pending {
+                            p.incomplete = Some(e.to_string());
+                        }
+                        this.ended = true;
+                        this.ready.clear();
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Ok(data) if this.text && crate::obligations::mask::not_text(&data) => {
+                        let e = crate::obligations::mask::Unmaskable::NotText.reason();
                         if let Some(p) = &mut this.pending {
                             p.incomplete = Some(e.to_string());
                         }

@@ -244,6 +244,13 @@ pub(super) async fn list_tools(
         }
     };
     cut.disarm();
+    // Read as text, as every MCP answer is: UTF-16 would carry its tools past the filter.
+    if crate::obligations::mask::not_text(&bytes) {
+        let why = crate::obligations::mask::Unmaskable::NotText.reason();
+        let r = Refusal::new(StatusCode::BAD_GATEWAY, "unmaskable_response", why);
+        record(recording, r.status.as_u16(), None);
+        return r.respond(Kind::Mcp, one.call.rpc_id.as_ref());
+    }
     // Filtered and masked message by message, read as clients read it (an event stream
     // whatever the case of its type, a message over several `data` lines, a batch).
     let hidden = Arc::new(std::sync::Mutex::new(Vec::new()));
