@@ -365,6 +365,27 @@ fn the_injected_credential_never_comes_back() {
         assert!(!body.contains(spelled.as_str()), "{how}: leaked: {body}");
         assert!(body.contains("[MASKED:credential]"), "{how}: {body}");
     }
+    // Whole-value encodings: base64 in a Flask-style session cookie and a Basic
+    // authorization, UTF-16 in a binary body, hex, upper case. The previous binary passed
+    // each as it came.
+    for how in ["session", "basic", "utf16", "hex", "upper"] {
+        let (code, body) = s.call(
+            &s.home,
+            &[],
+            &format!("/echo-enc/{how}"),
+            Some(&finance),
+            &["-i"],
+        );
+        assert_eq!(code, 200, "{how}: {body}");
+        let body = body.replace('\0', "");
+        assert!(body.contains("[MASKED:credential]"), "{how}: {body}");
+        assert!(
+            !body
+                .to_ascii_uppercase()
+                .contains(&SECRET.to_ascii_uppercase()),
+            "{how}: {body}"
+        );
+    }
     let (code, body) = s.call(
         &s.home,
         &[],

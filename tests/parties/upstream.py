@@ -200,6 +200,27 @@ class Handler(BaseHTTPRequestHandler):
             if how == "html":
                 return self.reply(200, "".join("&#%d;" % b for b in key.encode()).encode(),
                                   "text/html")
+            # Whole-value encodings (issue 39 attacker pass): a Flask session cookie (what a
+            # view stored, as base64url JSON, then a timestamp and a signature), a Basic
+            # authorization quoted back, UTF-16 in a binary body, hex, upper case.
+            if how == "session":
+                import base64
+                cookie = base64.urlsafe_b64encode(
+                    json.dumps({"api_key": key}, separators=(",", ":")).encode()
+                ).rstrip(b"=").decode()
+                return self.reply(200, {"ok": True},
+                                  extra=[("Set-Cookie", f"session={cookie}.Z3x1aA.c2lnbmF0dXJl; HttpOnly; Path=/")])
+            if how == "basic":
+                import base64
+                return self.reply(200, {"auth": "Basic " + base64.b64encode(
+                    f"svc:{key}".encode()).decode()})
+            if how == "utf16":
+                return self.reply(200, ("key=" + key).encode("utf-16"),
+                                  "application/octet-stream")
+            if how == "hex":
+                return self.reply(200, {"key": key.encode().hex()})
+            if how == "upper":
+                return self.reply(200, {"key": key.upper()})
             if how == "gzip":
                 import gzip
                 packed = gzip.compress(json.dumps({"key": key}).encode())

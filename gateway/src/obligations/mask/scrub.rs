@@ -40,7 +40,17 @@ impl Secrets {
             .max()
             .ok_or(SecretsError::Empty)?
             * LONGEST_SPELLING;
-        let alternatives: Vec<String> = values.iter().map(|v| spellings(v.as_bytes())).collect();
+        let alternatives: Vec<String> = values
+            .iter()
+            .map(|v| {
+                let mut p = spellings(v.as_bytes());
+                for e in encodings(v.as_bytes()) {
+                    p.push('|');
+                    p.push_str(&literal(&e));
+                }
+                p
+            })
+            .collect();
         let re = Regex::new(&format!("(?s-u){}", alternatives.join("|"))).map_err(|_| {
             SecretsError::TooLong {
                 bytes: values.iter().map(|v| v.len()).max().unwrap_or(0),
@@ -129,6 +139,70 @@ pub fn token_tail(token: &str) -> &str {
         .map_or(token, |(i, _)| &token[i..])
 }
 
+/// The whole-value encodings an echo may give `secret`, each a literal: UTF-16 and UTF-32
+/// in either byte order (ASP.NET answers in UTF-16 when asked; a Windows API echoes its wide
+/// strings), hex in either case, and base64 in both alphabets (a Flask session cookie holds
+/// what a view stored in it as base64 JSON; Basic authorization echoes `user:secret` so) at
+/// each of its three alignments: of the base64 of any text around the secret, the characters
+/// that only the secret's bytes decide. Compressed or encrypted echoes are beyond any
+/// scrubber.
+fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let wide = |width: usize, big: bool| -> Vec<u8> {
+        secret
+            .iter()
+            .flat_map(|b| {
+                let mut unit = vec![0; width];
+                unit[if big { width - 1 } else { 0 }] = *b;
+                unit
+            })
+            .collect()
+    };
+    let mut out = vec![wide(2, false), wide(2, true), wide(4, false), wide(4, true)];
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.clone().into_bytes());
+    out.push(hex.to_ascii_uppercase().into_bytes());
+    // Short secrets' cores are a few characters, found by chance in any base64: skipped.
+    if secret.len() >= 6 {
+        for lead in 0..3 {
+            let mut buf = vec![0; lead];
+            buf.extend_from_slice(secret);
+            let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&buf);
+            // The first characters mix the unknown bytes before; a last partial group's last
+            // character the unknown bytes after.
+            let skip = [0, 2, 3][lead];
+            let end = enc.len() - usize::from(buf.len() % 3 != 0);
+            let core = &enc.as_bytes()[skip..end];
+            out.push(core.to_vec());
+            let url: Vec<u8> = core
+                .iter()
+                .map(|c| match c {
+                    b'+' => b'-',
+                    b'/' => b'_',
+                    c => *c,
+                })
+                .collect();
+            if url != core {
+                out.push(url);
+            }
+        }
+    }
+    out
+}
+
+/// `bytes` as a pattern that matches exactly them.
+fn literal(bytes: &[u8]) -> String {
+    let mut p = String::with_capacity(bytes.len() * 4);
+    for b in bytes {
+        if b.is_ascii_alphanumeric() {
+            p.push(*b as char);
+        } else {
+            let _ = write!(p, "\\x{b:02x}");
+        }
+    }
+    p
+}
+
 /// A pattern matching `secret` with each byte in any spelling an echo may give it: as is,
 /// `\u00hh`, `%hh`, `&#ddd;`, `&#xhh;` (hex in either case), HTML's named entities, JSON's
 /// short escapes (`\/`, `\"`, `\\`, `\n`…), and each escape inside more levels of JSON
@@ -138,7 +212,15 @@ fn spellings(secret: &[u8]) -> String {
     let mut p = String::with_capacity(secret.len() * 96);
     for &b in secret {
         p.push_str("(?:");
-        if b.is_ascii_graphic() || b == b' ' {
+        if b.is_ascii_alphabetic() {
+            // In either case: an upper-cased echo leaves a secret's letters to guess.
+            let _ = write!(
+                p,
+                "[{}{}]",
+                b.to_ascii_lowercase() as char,
+                b.to_ascii_uppercase() as char
+            );
+        } else if b.is_ascii_graphic() || b == b' ' {
             p.push_str(&regex::escape(&(b as char).to_string()));
         } else {
             let _ = write!(p, "\\x{b:02x}");
@@ -228,6 +310,47 @@ impl ScrubStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_value_encodings_of_a_secret_are_scrubbed() {
+        use base64::Engine as _;
+        let secret = "Zq9s3cr3tK3y77XyzW";
+        let s = Secrets::new(&[secret]).unwrap();
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        let b64url = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+        let utf16: Vec<u8> = secret.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf32be: Vec<u8> = secret
+            .chars()
+            .flat_map(|c| (c as u32).to_be_bytes())
+            .collect();
+        let hex: String = secret.bytes().map(|b| format!("{b:02X}")).collect();
+        for echo in [
+            // A Flask session cookie, a Basic authorization, at each alignment.
+            b64(&format!(r#"{{"api_key":"{secret}"}}"#)).into_bytes(),
+            b64(&format!("user:{secret}")).into_bytes(),
+            b64(&format!("{secret}:")).into_bytes(),
+            b64url(&format!("ab{secret}cd?>")).into_bytes(),
+            utf16,
+            utf32be,
+            hex.into_bytes(),
+            secret.to_ascii_uppercase().into_bytes(),
+        ] {
+            let out = s.scrub(&echo);
+            assert!(
+                matches!(out, Cow::Owned(_)),
+                "not scrubbed: {:?}",
+                String::from_utf8_lossy(&echo)
+            );
+            // What is left decodes to nothing that holds the secret's middle.
+            let left = String::from_utf8_lossy(&out).replace('\0', "");
+            assert!(!left.contains("3cr3tK3y"), "{left}");
+        }
+        // Text that only shares letters with it is left alone.
+        assert!(matches!(
+            s.scrub(b"plain text, no secret"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn secrets_are_replaced_whole_and_split() {
