@@ -1182,3 +1182,50 @@ fn name_rewriting_parties(test: &str, dir: &Path) -> Option<(Party, Party)> {
     );
     Some((php, rack))
 }
+
+/// A quota per argument counts the argument as Go reads it: `{"To":"c9"}` is the field `to`
+/// to `encoding/json`, as it is to every condition. The count once read the name exactly, so
+/// `To` and `TO` each started a bucket of their own (an attacker's pass ran four refunds to
+/// one account under a quota of two).
+#[test]
+fn a_quota_per_argument_counts_its_name_in_any_case() {
+    let test = "a_quota_per_argument_counts_its_name_in_any_case";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let Some(up) = go_party(test, &dir) else {
+        return;
+    };
+    let policy = format!(
+        "service: payments\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         functions:\n  refund: {{ route: \"POST /v1/payments/{{payment_id}}/refund\" }}\n\
+         rules:\n  - name: two-refunds-per-account\n    function: refund\n    action: allow\n\
+         \x20   quota: {{ per: [args.to], calls: 2/d }}\n",
+        up.port
+    );
+    let policies = policy_repo(&dir, REPO, &[("payments", &policy)]);
+    let gw = Gateway::start_with(&["--policies", &policies.display().to_string()]);
+    let cg = TestCgroup::new(test);
+    gw.enable(&cg);
+    let url = format!("http://127.0.0.1:{}/v1/payments/p1/refund", up.port);
+    let post = |body: &str| {
+        let h = "Content-Type: application/json";
+        status_in(&cg, &["-H", h, "--data-binary", body, &url])
+    };
+    assert_eq!(post(r#"{"amount": 5, "to": "c9"}"#), "200");
+    assert_eq!(post(r#"{"amount": 5, "to": "c9"}"#), "200");
+    for body in [
+        r#"{"amount": 5, "To": "c9"}"#,
+        r#"{"amount": 5, "TO": "c9"}"#,
+        r#"{"amount": 5, "to": "c9"}"#,
+    ] {
+        assert_eq!(post(body), "429", "{body}");
+    }
+    let to_c9 = up
+        .requests()
+        .iter()
+        .filter(|r| r["view"] == "refund" && r["to"] == "c9")
+        .count();
+    assert_eq!(to_c9, 2, "{:?}", up.requests());
+}

@@ -194,6 +194,18 @@ pub struct Subject<'a> {
     pub args: &'a Json,
 }
 
+/// The argument `name` as the server reads it: by its name, else by the one member whose
+/// name folds to it (Go's `encoding/json` reads `Account` and `ACCOUNT` as the field
+/// `account`, as conditions do; extraction refuses a call that spells one name twice).
+fn arg<'a>(args: &'a Json, name: &str) -> Option<&'a Json> {
+    let o = args.as_object()?;
+    o.get(name).or_else(|| {
+        o.iter()
+            .find(|(k, _)| crate::util::jsonpath::fold_eq(k, name))
+            .map(|(_, v)| v)
+    })
+}
+
 /// The key a call counts under. An argument is keyed as servers read it
 /// ([`crate::call::number::key_text`]): `"05"`, `"5abc"` and `"5.json"` count as `5`, whose
 /// record Rails' `find` loads for each. Err (why) when an argument is read as several numbers:
@@ -214,7 +226,7 @@ fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> Result<String, String> {
             KeyPart::Cgroup => write!(k, "{}", w.and_then(|w| w.cgroup.as_deref()).unwrap_or("")),
             KeyPart::Service => write!(k, "{}", s.service),
             KeyPart::Function => write!(k, "{}", s.function),
-            KeyPart::Arg(name) => match s.args.get(name) {
+            KeyPart::Arg(name) => match arg(s.args, name) {
                 Some(v) => match crate::call::number::key_text(v) {
                     Ok(t) => write!(k, "{t}"),
                     Err(several) => {
