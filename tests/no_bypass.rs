@@ -1430,6 +1430,72 @@ rules:
     );
 }
 
+/// FastMCP parses an argument given as JSON text into the dict or list its parameter's type
+/// asks for, so `"options": "{\"allow_writes\": true}"` holds `$.options.allow_writes` to
+/// the tool and nothing to a reader of the call as sent: a deny on `present: true` did not
+/// match, and the tool ran a write. A path that goes on below text holding JSON is now
+/// unknown: a deny holds, an allow does not.
+#[test]
+fn json_text_a_tool_parses_is_decided_as_the_tool_reads_it() {
+    let test = "json_text_a_tool_parses_is_decided_as_the_tool_reads_it";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let work = TestDir::new("mcp-json-text");
+    let port = free_port();
+    let log = work.join(format!("typed-{port}.jsonl"));
+    let py = party_python().display().to_string();
+    let up = Party::start(
+        &[
+            &py,
+            &party_script("mcp_typed_server.py").display().to_string(),
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policy = format!(
+        r#"
+service: typed
+match: {{ hosts: ["127.0.0.1:{port}"] }}
+protocol: mcp
+functions:
+  run_query: {{}}
+rules:
+  - name: no-writes
+    function: run_query
+    args: {{ "$.options.allow_writes": {{ present: true }} }}
+    action: deny
+  - {{ name: reads, function: run_query, action: allow }}
+"#
+    );
+    let s = setup(test, &[("typed", &policy)]);
+    let client = party_script("mcp_call.py").display().to_string();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let call = |args: &str| {
+        let out = s.cg.run(&[&py, &client, &url, "run_query", args]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for options in [
+        r#"{"allow_writes": true}"#,
+        r#""{\"allow_writes\": true}""#,
+        r#"" \n{\"ALLOW_WRITES\": true}""#,
+    ] {
+        let out = call(&format!(
+            r#"{{"sql": "DROP TABLE users", "options": {options}}}"#
+        ));
+        assert!(!out.contains("ran DROP"), "options {options}: {out}");
+    }
+    let out = call(r#"{"sql": "SELECT 1", "options": {"limit": 5}}"#);
+    assert!(out.contains("ran SELECT 1"), "{out}");
+    let ran = up.requests();
+    assert!(
+        ran.len() == 1 && ran[0]["sql"] == "SELECT 1",
+        "a write ran: {ran:?}"
+    );
+}
+
 /// Sends `pieces` from inside `cg`, sleeping after each the seconds given, and returns all it got
 /// back.
 fn paced_in(cg: &TestCgroup, port: u16, pieces: &[(&str, f64)]) -> String {

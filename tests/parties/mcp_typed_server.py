@@ -17,5 +17,14 @@ def transfer(amount: int, live: bool) -> str:
     return f"transferred {amount} live={live}"
 
 
+@server.tool()
+def run_query(sql: str, options: dict) -> str:
+    """Runs a query; writes only when options say so. FastMCP parses `options` given as JSON
+    text into the dict its type asks for (`pre_parse_json`)."""
+    with open(sys.argv[2], "a") as log:
+        log.write(json.dumps({"ran": "run_query", "sql": sql, "options": options}) + "\n")
+    return f"ran {sql} with {options}"
+
+
 if __name__ == "__main__":
     server.run(transport="streamable-http")

@@ -393,6 +393,9 @@ pub(super) enum Unknown {
     Type,
     /// Part of the request could not be read for arguments.
     Partial,
+    /// The path goes on below text that holds JSON, which a server may parse
+    /// ([`crate::util::jsonpath::JsonPath::passes_json_text`]).
+    JsonText,
 }
 
 /// `any`: the condition of a deny or approve rule holds when any value the path reaches
@@ -412,9 +415,15 @@ fn arg_matches<'r>(cond: &'r ArgCond, call: &Call, any: bool) -> Result<Tri<'r>,
             false
         });
     }
+    // Read once: rare, and then every operator is unknown.
+    let json_text = !call.partial && cond.path.passes_json_text(&call.args);
     for op in &cond.ops {
         if call.partial {
             unknown.get_or_insert((Unknown::Partial, op));
+            continue;
+        }
+        if json_text {
+            unknown.get_or_insert((Unknown::JsonText, op));
             continue;
         }
         let mut seen_any = false;
@@ -798,6 +807,9 @@ fn describe(miss: Miss<'_>, call: &Call, caller: &Caller) -> String {
                 Unknown::Missing => "it is missing",
                 Unknown::Type => "its value is not of the type the operator tests",
                 Unknown::Partial => "part of the request could not be read for arguments",
+                Unknown::JsonText => {
+                    "it is inside text that holds JSON, which a server may parse (FastMCP does)"
+                }
             },
             op.name()
         ),

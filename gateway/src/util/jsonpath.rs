@@ -120,6 +120,15 @@ impl JsonPath {
         walk(&self.segs, root, f, 0, true)
     }
 
+    /// Whether the path, with steps still to take, meets text that holds a JSON object or
+    /// list (keys matched as [`JsonPath::visit_folded`] matches them). FastMCP parses such an
+    /// argument into the object or list its parameter's type asks for (`pre_parse_json`),
+    /// so `"options": "{\"allow_writes\": true}"` has `$.options.allow_writes` to the tool
+    /// and none to a reader of the call as sent.
+    pub fn passes_json_text(&self, root: &Value) -> bool {
+        json_text_on(&self.segs, root, 0)
+    }
+
     /// Like `visit`, with mutable access (for masking in place).
     pub fn visit_mut(&self, root: &mut Value, f: &mut dyn FnMut(&mut Value)) {
         walk_mut(&self.segs, root, f, 0)
@@ -291,6 +300,49 @@ fn walk<'v>(
     }
 }
 
+fn json_text_on(segs: &[Seg], v: &Value, depth: usize) -> bool {
+    let Some((seg, rest)) = segs.split_first() else {
+        return false;
+    };
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    if let Value::String(t) = v {
+        let t = t.trim_start();
+        return t.starts_with('{') || t.starts_with('[');
+    }
+    // What a last step finds is its value, text or not (most conditions: `$.amount`).
+    if rest.is_empty() && !matches!(seg, Seg::Descend(_)) {
+        return false;
+    }
+    let on = |c: &Value, segs| json_text_on(segs, c, depth + 1);
+    let members = |k: &str| match v {
+        Value::Object(o) => o.iter().any(|(name, c)| fold_eq(name, k) && on(c, rest)),
+        _ => false,
+    };
+    match seg {
+        Seg::Key(k) => members(k),
+        Seg::Index(i) => v.get(*i).is_some_and(|c| on(c, rest)),
+        Seg::Wildcard => match v {
+            Value::Array(a) => a.iter().any(|c| on(c, rest)),
+            Value::Object(o) => o.values().any(|c| on(c, rest)),
+            _ => false,
+        },
+        Seg::Element => match v {
+            Value::Array(a) => a.iter().any(|c| on(c, rest)),
+            _ => false,
+        },
+        Seg::Descend(k) => {
+            members(k)
+                || match v {
+                    Value::Array(a) => a.iter().any(|c| on(c, segs)),
+                    Value::Object(o) => o.values().any(|c| on(c, segs)),
+                    _ => false,
+                }
+        }
+    }
+}
+
 /// `a` and `b` are equal under simple case folding, as Go's `strings.EqualFold` has it (the
 /// Kelvin sign is a `k`, the long `ſ` an `s`, `ẞ` a `ß`): each character's upper case's
 /// lower case, where each is one character. Compared a character at a time, without
@@ -373,6 +425,20 @@ fn ident(s: &str, start: usize) -> Option<(String, usize)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn paths_below_text_that_holds_json_are_seen() {
+        let p = |t: &str| JsonPath::parse(t).unwrap();
+        let args = json!({"options": " {\"w\": 1}", "list": "[1]", "name": "{x}", "n": {"a": "b"}});
+        assert!(p("$.options.w").passes_json_text(&args));
+        assert!(p("$.OPTIONS.w").passes_json_text(&args));
+        assert!(p("$.list[0]").passes_json_text(&args));
+        assert!(p("$..w").passes_json_text(&args));
+        // The last step takes the text as its value; other branches hold none.
+        assert!(!p("$.options").passes_json_text(&args));
+        assert!(!p("$.n.a").passes_json_text(&args));
+        assert!(!p("$.missing.w").passes_json_text(&args));
+    }
 
     #[test]
     fn folded_visits_read_every_spelling_of_a_key() {
