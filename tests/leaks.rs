@@ -169,7 +169,8 @@ fn records_hold_no_raw_values_credentials_or_forged_lines() {
     let (code, _) = curl_in(
         &s.cg,
         &[&format!(
-            "{base}/users/alice@example.com/cards/4111111111111111?api_key=k3y-0f-the-caller"
+            "{base}/users/alice@example.com/cards/4111111111111111?api_key=k3y-0f-the-caller\
+             &X-Amz-Signature=s1gn4ture-of-the-url&sig=s4s-s1gnature&client_assertion=a55ert10n"
         )],
     );
     assert_eq!(code, 0);
@@ -192,7 +193,14 @@ fn records_hold_no_raw_values_credentials_or_forged_lines() {
         assert!(v["seq"].is_u64(), "{line}");
     }
     let all = lines.join("\n");
-    for raw in ["alice@example.com", "4111111111111111", "k3y-0f-the-caller"] {
+    for raw in [
+        "alice@example.com",
+        "4111111111111111",
+        "k3y-0f-the-caller",
+        "s1gn4ture-of-the-url",
+        "s4s-s1gnature",
+        "a55ert10n",
+    ] {
         assert!(!all.contains(raw), "{raw} reached a record:\n{all}");
     }
     let r = record_where(&s.gw, "the call to a path with an e-mail in it", |r| {

@@ -50,7 +50,8 @@ pub enum MaskError {
 /// `X-Api-Key`, `password`, `access_token`): such values are never recorded.
 pub fn is_credential_name(name: &str) -> bool {
     // Short names that are words inside other names (`spinner`, `author`, `upwd`): whole only.
-    const EXACT: [&str; 10] = [
+    // `sig` is an Azure SAS's and a signed URL's signature.
+    const EXACT: [&str; 15] = [
         "authorization",
         "proxy-authorization",
         "cookie",
@@ -61,8 +62,18 @@ pub fn is_credential_name(name: &str) -> bool {
         "otp",
         "totp",
         "mfa",
+        "pass",
+        "sig",
+        "sas",
+        "jwt",
+        "bearer",
     ];
-    const PARTS: [&str; 18] = [
+    // `signature` also names AWS's `X-Amz-Signature`, `assertion` OAuth's
+    // `client_assertion`.
+    const PARTS: [&str; 21] = [
+        "signature",
+        "assertion",
+        "hmac",
         "passcode",
         "api-key",
         "apikey",
