@@ -681,6 +681,13 @@ fn answers_a_field_mask_or_detector_cannot_read_are_refused() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+    // Keys in another case (`Customer.SSN`, as .NET and Go services write them, and Go and
+    // .NET clients read them): the field path names them too (the callgate of 98d71bc gave
+    // the client the SSN).
+    let (code, body) = get("?format=pascal");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, "200", "{text}");
+    assert!(!has(&body, "078-05-1120") && text.contains("SSN"), "{text}");
     // A list of payments: the field path reaches each element (the callgate of 79888ef gave
     // the client the SSN of `[{"customer": {"ssn": …}}]`).
     let (code, body) = get("?format=list");

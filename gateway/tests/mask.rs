@@ -1772,3 +1772,44 @@ fn a_swallowed_key_ends_where_a_held_key_would() {
         assert!(out.ends_with(" done"), "{chunk}: {out}");
     }
 }
+
+/// Field paths name keys in any case, as Go's `encoding/json` and .NET's web defaults read
+/// them (`SSN` is the field `ssn`; Go reads the Kelvin sign as `k`): an answer spelling its
+/// keys so kept the values a field mask names. Streamed at every split, and parsed.
+#[test]
+fn field_paths_name_keys_in_any_case() {
+    let r = rules(json!([{"field": "$.secret"}, {"field": "$.customer.ssn"}, {"field": "$..key"}]));
+    let body = "{\"SECRET\":\"TOPSECRET1\",\"Customer\":{\"SSN\":\"TOPSECRET2\",\"name\":\"ann\"},\
+                \"deep\":[{\"\u{212a}ey\":\"TOPSECRET3\"},{\"KEY\":\"TOPSECRET4\"}],\"Secrets\":\"keep\"}";
+    let out = same_at_every_split(&r, BodyKind::Json, body);
+    assert!(!out.contains("TOPSECRET"), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["Customer"]["name"], "ann");
+    assert_eq!(v["Secrets"], "keep");
+    let mut parsed: Value = serde_json::from_str(body).unwrap();
+    r.mask_value(&key(), &mut parsed);
+    assert!(!parsed.to_string().contains("TOPSECRET"), "{parsed}");
+    assert_eq!(parsed["Secrets"], "keep");
+}
+
+/// An address percent-encoded, as a URL, a form or an Express cookie writes it
+/// (`alice%40example.com`), is an address: a client decodes it. It went out in `Location`
+/// headers, bodies and records' paths.
+#[test]
+fn percent_encoded_addresses_are_masked() {
+    let r = rules(json!(["email"]));
+    for body in [
+        "see /users/alice%40example.com/ok",
+        "{\"next\":\"/x?email=alice%40example.com&y=1\"}",
+        "email=bob.smith%2Btag%40mail.example.org",
+    ] {
+        let out = text(&r, body);
+        assert!(!out.contains("example."), "{out}");
+        assert!(!out.contains("alice") && !out.contains("bob"), "{out}");
+    }
+    let partial = rules(json!([{"detector": "email", "style": "partial"}]));
+    let out = text(&partial, "to alice%40example.com now");
+    assert!(!out.contains("alice"), "{out}");
+    // A percent sign before digits that is no address stays.
+    assert_eq!(text(&r, "100%40 of it"), "100%40 of it");
+}

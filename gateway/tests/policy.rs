@@ -1070,8 +1070,22 @@ mod never_panics {
                 )],
                 true,
             ),
+            // A comma in a quoted parameter is no list of types…
+            (
+                &[("content-type", &b"application/json; profile=\"a,b\""[..])],
+                false,
+            ),
+            // …but a charset no reader decodes as UTF-8 is refused (Express decodes by it).
             (
                 &[("content-type", &b"application/json; charset=\"a,b\""[..])],
+                true,
+            ),
+            (
+                &[("content-type", &b"application/json; charset=utf-7"[..])],
+                true,
+            ),
+            (
+                &[("content-type", &b"application/json; charset=UTF-8"[..])],
                 false,
             ),
         ] {

@@ -160,6 +160,10 @@ class Handler(BaseHTTPRequestHandler):
                     f"Content-Length: {len(data)}\r\n\r\n").encode()
             self.wfile.write(head + data)
             return
+        if self.path.startswith("/v1/payments/") and "format=pascal" in self.path:
+            # The payment with its keys in another case, as a .NET or Go service writes them
+            # (`Customer`, `SSN`): the fields a Go or .NET client reads as `customer.ssn`.
+            return self.reply(200, {"Card": CARD, "Customer": {"SSN": "078-05-1120"}})
         if self.path.startswith("/v1/payments/") and "format=list" in self.path:
             # The payment as a list's element, as a collection route answers.
             return self.reply(200, [{"card": CARD, "customer": {"ssn": "078-05-1120"}}])

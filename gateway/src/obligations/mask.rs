@@ -575,7 +575,10 @@ impl MaskRules {
                 render_value(key, label, style, &digits[..n], out)
             }
             Kind::Detector(Detector::Email) if style == Style::Partial => {
-                let at = memchr::memchr(b'@', value).unwrap_or(0);
+                // `@`, or `%40` in a percent-encoded address: the domain is kept.
+                let at = memchr::memchr(b'@', value)
+                    .or_else(|| memchr::memmem::find(value, b"%40"))
+                    .unwrap_or(0);
                 out.extend_from_slice(b"***");
                 out.extend_from_slice(&value[at..]);
             }

@@ -129,7 +129,8 @@ impl JsonPath {
         json_text_on(&self.segs, root, 0)
     }
 
-    /// Like `visit`, with mutable access (for masking in place).
+    /// Like `visit`, with mutable access (for masking in place), keys matched under case
+    /// folding as [`JsonPath::visit_folded`] matches them: masks over-reach rather than miss.
     pub fn visit_mut(&self, root: &mut Value, f: &mut dyn FnMut(&mut Value)) {
         walk_mut(&self.segs, root, f, 0)
     }
@@ -382,12 +383,17 @@ fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: u
     let Some((seg, rest)) = segs.split_first() else {
         return f(v);
     };
-    match seg {
-        Seg::Key(k) => {
-            if let Some(c) = v.get_mut(k.as_str()) {
-                walk_mut(rest, c, f, depth + 1)
-            }
+    // Every member whose name folds to `k`: a client that reads keys without case (Go's
+    // `encoding/json`, .NET's web defaults) reads `SSN` as the field `ssn`.
+    let members = |k: &str, v: &mut Value, f: &mut dyn FnMut(&mut Value)| {
+        if let Value::Object(o) = v {
+            o.iter_mut()
+                .filter(|(name, _)| fold_eq(name, k))
+                .for_each(|(_, c)| walk_mut(rest, c, f, depth + 1));
         }
+    };
+    match seg {
+        Seg::Key(k) => members(k, v, f),
         Seg::Index(i) => {
             if let Some(c) = v.get_mut(*i) {
                 walk_mut(rest, c, f, depth + 1)
@@ -404,9 +410,7 @@ fn walk_mut(segs: &[Seg], v: &mut Value, f: &mut dyn FnMut(&mut Value), depth: u
             }
         }
         Seg::Descend(k) => {
-            if let Some(c) = v.get_mut(k.as_str()) {
-                walk_mut(rest, c, f, depth + 1);
-            }
+            members(k, v, f);
             match v {
                 Value::Array(a) => a.iter_mut().for_each(|c| walk_mut(segs, c, f, depth + 1)),
                 Value::Object(o) => o.values_mut().for_each(|c| walk_mut(segs, c, f, depth + 1)),

@@ -299,7 +299,14 @@ impl Scanner {
     fn find(&self, t: &[u8], within: Within, out: &mut Vec<Hit>) {
         if self.on(Detector::Email) {
             for at in memchr::memchr_iter(b'@', t) {
-                if let Some((s, e)) = email(t, at) {
+                if let Some((s, e)) = email(t, at, 1) {
+                    out.push(hit(s, e, Kind::Detector(Detector::Email)));
+                }
+            }
+            // Percent-encoded, as a URL or a form writes one (`Location: /users/alice%40…`,
+            // Python's `quote`, Express's cookies): what a client decodes is the address.
+            for at in memchr::memmem::find_iter(t, b"%40") {
+                if let Some((s, e)) = email(t, at, 3) {
                     out.push(hit(s, e, Kind::Detector(Detector::Email)));
                 }
             }
@@ -806,22 +813,24 @@ fn mod97_step(r: u32, c: u8) -> u32 {
     }
 }
 
-fn email(t: &[u8], at: usize) -> Option<(usize, usize)> {
+/// The address around the `@` spelled in the `width` bytes at `at` (`@`, or `%40`).
+fn email(t: &[u8], at: usize, width: usize) -> Option<(usize, usize)> {
     let local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
     let domain = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
     let mut s = at;
     while s > 0 && at - s < 64 && local(t[s - 1]) {
         s -= 1;
     }
-    let mut e = at + 1;
+    let from = at + width;
+    let mut e = from;
     while e < t.len() && e - at < 254 && domain(t[e]) {
         e += 1;
     }
     // A sentence can end right after the address.
-    while e > at + 1 && (t[e - 1] == b'.' || t[e - 1] == b'-') {
+    while e > from && (t[e - 1] == b'.' || t[e - 1] == b'-') {
         e -= 1;
     }
-    let dom = &t[at + 1..e];
+    let dom = t.get(from..e)?;
     let dot = memchr::memrchr(b'.', dom)?;
     let tld = &dom[dot + 1..];
     (s < at && dot > 0 && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic))

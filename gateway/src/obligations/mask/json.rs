@@ -54,6 +54,42 @@ fn tail_bit(a: u8, b: u8) -> u64 {
     1 << ((u32::from(a) * 7 + u32::from(b)) % 64)
 }
 
+/// The filter bits of every key that names `name` under case folding: Go's `encoding/json`
+/// and .NET's web defaults read `SSN` and `Ssn` as the field `ssn`, and Go reads the Kelvin
+/// sign as `k` and the long `ſ` as `s`. A name whose last two characters are not ASCII turns
+/// the filter off.
+fn tails_of(name: &[u8]) -> u64 {
+    // An ASCII byte's spellings in a key.
+    fn spellings(b: u8) -> Vec<Vec<u8>> {
+        let mut out = vec![vec![b.to_ascii_lowercase()], vec![b.to_ascii_uppercase()]];
+        match b.to_ascii_lowercase() {
+            b'k' => out.push("\u{212a}".as_bytes().to_vec()),
+            b's' => out.push("\u{17f}".as_bytes().to_vec()),
+            _ => {}
+        }
+        out
+    }
+    // What precedes the last character: the opening quote, or the one before's spellings.
+    let (before, last) = match name {
+        [] => return !0,
+        [b] => (vec![b"\"".to_vec()], *b),
+        [.., a, b] if a.is_ascii() => (spellings(*a), *b),
+        _ => return !0,
+    };
+    if !last.is_ascii() {
+        return !0;
+    }
+    let mut bits = 0;
+    for l in spellings(last) {
+        for p in &before {
+            if let [.., a, b] = [&p[..], &l[..]].concat()[..] {
+                bits |= tail_bit(a, b);
+            }
+        }
+    }
+    bits
+}
+
 impl FieldKeys {
     pub(super) fn new<'p>(paths: impl Iterator<Item = &'p JsonPath> + Clone) -> Self {
         let mut k = Self::default();
@@ -73,15 +109,11 @@ impl FieldKeys {
             }
             k.arrays |= p.steps_into_arrays();
         }
-        k.lookback = k.names.iter().map(|n| n.len()).max().unwrap_or(0) + 3 + MAX_KEY_GAP;
+        // A key spelled in another case may be longer than the name (the Kelvin sign is
+        // three bytes for `k`).
+        k.lookback = k.names.iter().map(|n| n.len()).max().unwrap_or(0) * 3 + 3 + MAX_KEY_GAP;
         for n in &k.names {
-            // A one-byte name's opening quote stands in for its missing first byte; what
-            // precedes an empty name is unknown, so it turns the filter off.
-            k.tails |= match n[..] {
-                [] => !0,
-                [b] => tail_bit(b'"', b),
-                [.., a, b] => tail_bit(a, b),
-            };
+            k.tails |= tails_of(n);
         }
         k
     }
@@ -118,7 +150,8 @@ impl FieldKeys {
         }
     }
 
-    /// The name whose closing quote is `before[close]`, if any.
+    /// The name whose closing quote is `before[close]`, if any: as written, else under case
+    /// folding ([`crate::util::jsonpath::fold_eq`], as Go and .NET clients read keys).
     #[inline(never)]
     fn compare(&self, before: &[u8], close: usize) -> u16 {
         for (i, name) in self.names.iter().enumerate() {
@@ -134,7 +167,28 @@ impl FieldKeys {
                 return i as u16;
             }
         }
-        OTHER
+        self.compare_folded(before, close)
+    }
+
+    /// [`FieldKeys::compare`] under case folding: the key read back to its opening quote.
+    #[cold]
+    fn compare_folded(&self, before: &[u8], close: usize) -> u16 {
+        let from = close.saturating_sub(self.lookback);
+        let Some(open) = (from..close)
+            .rev()
+            .find(|&i| before[i] == b'"' && (i == 0 || before[i - 1] != b'\\'))
+        else {
+            return OTHER;
+        };
+        let Ok(key) = std::str::from_utf8(&before[open + 1..close]) else {
+            return OTHER;
+        };
+        self.names
+            .iter()
+            .position(|n| {
+                std::str::from_utf8(n).is_ok_and(|n| crate::util::jsonpath::fold_eq(key, n))
+            })
+            .map_or(OTHER, |i| i as u16)
     }
 
     fn name(&self, id: u16) -> &[u8] {

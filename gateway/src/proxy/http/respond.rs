@@ -47,11 +47,11 @@ impl Conn {
         let (mut parts, incoming) = resp.into_parts();
         parts.version = version;
         let masks = one.decision.obligations.masks.0.clone();
-        // What the body is, from the head as the upstream sent it (before any stripping).
         // Scrubbed only: whether the head says the body is text (JSON or other). Unlabelled
         // bodies are often binary downloads: the scrubber looks for the UTF-16 and UTF-32
         // spellings of a credential in them too.
         let mut labelled_text = false;
+        // What the body is, from the head as the upstream sent it (before any stripping).
         let body_kind = if masks.is_empty() && tools.is_some() {
             // Read message by message for its tool lists: readable, and what it is.
             crate::obligations::mask::response_body(&parts.headers)
@@ -113,6 +113,8 @@ impl Conn {
             .as_ref()
             .filter(|p| scrub.is_none() && p.keeps_answer())
             .map(|p| p.cap());
+        let text_kind =
+            matches!(body_kind, Ok(k) if k != crate::obligations::mask::BodyKind::Binary);
         let mut masker = match body_kind {
             // An MCP answer: message by message.
             Ok(k) if (!masks.is_empty() || tools.is_some()) && kind == Kind::Mcp => {
@@ -143,14 +145,14 @@ impl Conn {
         if (masker.is_some() || scrub.is_some()) && seen.content_length {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
-        // Set up in place: the body is about a KiB, and each builder step that took it by
-        // value would copy it.
         // Masked or scrubbed as text: a text body must be text (see `CallBody::as_text`).
         let read_as_text = match &masker {
             Some(crate::obligations::mask::BodyMasker::Binary) => false,
-            Some(_) => true,
+            Some(_) => text_kind,
             None => scrub.is_some() && labelled_text,
         };
+        // Set up in place: the body is about a KiB, and each builder step that took it by
+        // value would copy it.
         let mut body = streaming::CallBody::new(incoming, masker, scrub, pending);
         if read_as_text {
             body.as_text();
