@@ -1376,6 +1376,30 @@ fn a_deny_on_a_list_matches_any_item() {
     assert_eq!(r.refunds().len(), 1);
 }
 
+/// FastMCP (the official Python SDK) with typed tools (`tests/parties/mcp_typed_server.py`),
+/// logging each tool that runs.
+fn typed_tools(work: &Path) -> Party {
+    let port = free_port();
+    let log = work.join(format!("typed-{port}.jsonl"));
+    let (py, script) = (party_python(), party_script("mcp_typed_server.py"));
+    let argv = [
+        &py.display().to_string(),
+        &script.display().to_string(),
+        &port.to_string(),
+        &log.display().to_string(),
+    ];
+    Party::start(&argv.each_ref().map(|a| a.as_str()), port, log)
+}
+
+/// `tool` called with `args` (JSON) from `cg` by the official SDK's client: what it printed.
+fn call_tool(cg: &TestCgroup, port: u16, tool: &str, args: &str) -> String {
+    let (py, client) = (party_python(), party_script("mcp_call.py"));
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let (py, client) = (py.display().to_string(), client.display().to_string());
+    let out = cg.run(&[&py, &client, &url, tool, args]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An MCP tool served by the official SDK: pydantic reads `"yes"`, `"on"`, `"1"` and `1` as
 /// `True` for a `bool` argument, so a deny on `live: true` must match them too.
 #[test]
@@ -1385,19 +1409,8 @@ fn values_a_coercing_server_reads_as_the_denied_one_are_denied() {
         return;
     }
     let work = TestDir::new("mcp-typed");
-    let port = free_port();
-    let log = work.join(format!("typed-{port}.jsonl"));
-    let py = party_python().display().to_string();
-    let up = Party::start(
-        &[
-            &py,
-            &party_script("mcp_typed_server.py").display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let up = typed_tools(&work);
+    let port = up.port;
     let policy = format!(
         r#"
 service: typed
@@ -1411,12 +1424,7 @@ rules:
 "#
     );
     let s = setup(test, &[("typed", &policy)]);
-    let client = party_script("mcp_call.py").display().to_string();
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let call = |args: &str| {
-        let out = s.cg.run(&[&py, &client, &url, "transfer", args]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let call = |args: &str| call_tool(&s.cg, port, "transfer", args);
     for live in [r#""yes""#, r#""on""#, r#""1""#, "1", r#""True""#, "true"] {
         let out = call(&format!(r#"{{"amount": 5, "live": {live}}}"#));
         assert!(!out.contains("transferred"), "live {live}: {out}");
@@ -1442,19 +1450,8 @@ fn json_text_a_tool_parses_is_decided_as_the_tool_reads_it() {
         return;
     }
     let work = TestDir::new("mcp-json-text");
-    let port = free_port();
-    let log = work.join(format!("typed-{port}.jsonl"));
-    let py = party_python().display().to_string();
-    let up = Party::start(
-        &[
-            &py,
-            &party_script("mcp_typed_server.py").display().to_string(),
-            &port.to_string(),
-            &log.display().to_string(),
-        ],
-        port,
-        log,
-    );
+    let up = typed_tools(&work);
+    let port = up.port;
     let policy = format!(
         r#"
 service: typed
@@ -1471,12 +1468,7 @@ rules:
 "#
     );
     let s = setup(test, &[("typed", &policy)]);
-    let client = party_script("mcp_call.py").display().to_string();
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let call = |args: &str| {
-        let out = s.cg.run(&[&py, &client, &url, "run_query", args]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let call = |args: &str| call_tool(&s.cg, port, "run_query", args);
     for options in [
         r#"{"allow_writes": true}"#,
         r#""{\"allow_writes\": true}""#,
