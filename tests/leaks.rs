@@ -758,3 +758,47 @@ print("LEAK" if any("4111" in x or "1111" in x for x in texts) else "CLEAN", len
         );
     }
 }
+
+/// A service that masks nothing still never writes raw values to disk: its record kept a
+/// UTF-16 answer with each zero byte replaced (`4�1�1�1…`, read at a glance) and a gzip
+/// file's bytes as they came. An answer that is not UTF-8 text is now not kept; the record
+/// says how many bytes it had and why. The client gets the answer as the policy says.
+#[test]
+fn records_never_keep_answers_that_are_not_text() {
+    let test = "records_never_keep_answers_that_are_not_text";
+    if !ebpf_available(test) || !parties_available(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let up = upstream(&dir, None);
+    let service = format!(
+        "service: plain\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: rest\n\
+         rules:\n  - {{ name: everything, action: allow }}\n",
+        up.port
+    );
+    let policies = policy_repo(&dir, REPO, &[("plain", &service)]);
+    let gw = gateway_with_config(&policies, "", &dir);
+    let cg = TestCgroup::new("leaks-not-text");
+    gw.enable(&cg);
+    for t in ["utf16", "utf32", "gzipped"] {
+        let url = format!("http://127.0.0.1:{}/typed/{t}", up.port);
+        assert_eq!(status_in(&cg, &[&url]), "200", "{t}: not masked, passed");
+    }
+    let recs = wait_for(Duration::from_secs(10), || {
+        let r: Vec<_> = records(&gw)
+            .into_iter()
+            .filter(|r| {
+                r["function"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("GET /typed/"))
+            })
+            .collect();
+        (r.len() == 3).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("three records: {:#?}", records(&gw)));
+    for r in &recs {
+        let text = r["response"].to_string();
+        assert!(text.contains("bytes not recorded: not UTF-8 text"), "{r}");
+        assert!(!text.contains('\u{fffd}') && !text.contains("1111"), "{r}");
+    }
+}

@@ -1429,7 +1429,11 @@ rules:
         let out = call(&format!(r#"{{"amount": 5, "live": {live}}}"#));
         assert!(!out.contains("transferred"), "live {live}: {out}");
     }
+    // `"no"` is false to pydantic but true to a handler that tests it (`if live:`): denied
+    // too; `false` passes.
     let out = call(r#"{"amount": 5, "live": "no"}"#);
+    assert!(!out.contains("transferred"), "{out}");
+    let out = call(r#"{"amount": 5, "live": false}"#);
     assert!(out.contains("transferred 5 live=False"), "{out}");
     let ran = up.requests();
     assert!(
@@ -1617,6 +1621,57 @@ fn a_server_that_speaks_first_is_spliced_on_tcp_allow() {
     assert_eq!(got, r"b'220 banner\r\necho QUIT\r\n'");
 }
 
+/// JavaScript reads a value as a handler uses it: `if (force)` is true for `"false"`, `"0"`,
+/// `2` and `[]`, and `accounts[to]` finds `"mallory"` under `["mallory"]`. A deny on
+/// `force: {eq: true}` and on `to: {eq: mallory}` let those spellings through to Express
+/// (an attacker's pass); they are now neither equal nor different: a deny holds.
+#[test]
+fn values_are_compared_as_javascript_uses_them() {
+    let test = "values_are_compared_as_javascript_uses_them";
+    if !ebpf_available(test) || !node_parties_available(test) {
+        return;
+    }
+    let work = TestDir::new(test);
+    let script = node_script("express_bodies.mjs").display().to_string();
+    let (port, log) = (free_port(), work.join("close.jsonl"));
+    let up = Party::start(
+        &[
+            "node",
+            &script,
+            &port.to_string(),
+            &log.display().to_string(),
+        ],
+        port,
+        log,
+    );
+    let policy = format!(
+        "service: accounts\nmatch: {{ hosts: [\"127.0.0.1:{port}\"] }}\nprotocol: rest\n\
+         functions:\n  close: {{ route: \"POST /v1/close\" }}\n\
+         rules:\n  - {{ name: no-force, function: close, args: {{ force: {{ eq: true }} }}, action: deny }}\n\
+         \x20 - {{ name: no-mallory, function: close, args: {{ to: {{ eq: mallory }} }}, action: deny }}\n\
+         \x20 - {{ name: close, function: close, action: allow }}\n"
+    );
+    let s = setup(test, &[("accounts", &policy)]);
+    let url = format!("http://127.0.0.1:{port}/v1/close");
+    let post = |body: &str| {
+        let h = "Content-Type: application/json";
+        status_in(&s.cg, &["-H", h, "--data-binary", body, &url])
+    };
+    for body in [
+        r#"{"force": "false", "to": "alice"}"#,
+        r#"{"force": "0", "to": "alice"}"#,
+        r#"{"force": 2, "to": "alice"}"#,
+        r#"{"force": [], "to": "alice"}"#,
+        r#"{"force": false, "to": ["mallory"]}"#,
+        r#"{"force": false, "to": [["mallory"]]}"#,
+    ] {
+        assert_eq!(post(body), "403", "{body}");
+    }
+    assert_eq!(post(r#"{"force": false, "to": "alice"}"#), "200");
+    let ran: Vec<String> = up.requests().iter().map(|r| r.to_string()).collect();
+    assert_eq!(ran, [r#"{"ran":"pay","to":"alice"}"#], "{ran:?}");
+}
+
 /// `s` as one shifted run of UTF-7 (`+`, the base64 of its UTF-16BE, `-`): printable ASCII
 /// that a UTF-7 decoder reads as `s`.
 fn utf7(s: &str) -> String {
@@ -1640,7 +1695,8 @@ fn utf7(s: &str) -> String {
 /// decodes a body by its `charset`, UTF-7 included, where the gateway reads UTF-8. In UTF-7
 /// `+ACI-` is a `"`: a run that is harmless text inside a string to the gateway closes the
 /// string to Express, which then reads members the gateway never saw. A body labelled with
-/// any set but UTF-8 is refused before it reaches the upstream.
+/// any set but UTF-8 is refused before it reaches the upstream. Express also routes a path
+/// in any case and with a trailing `/`: the MCP endpoint is read so too.
 #[test]
 fn bodies_are_read_in_the_charset_the_server_decodes() {
     let test = "bodies_are_read_in_the_charset_the_server_decodes";
@@ -1664,7 +1720,8 @@ fn bodies_are_read_in_the_charset_the_server_decodes() {
         "service: tools\nmatch: {{ hosts: [\"127.0.0.1:{}\"] }}\nprotocol: mcp\nendpoint: [/mcp]\n\
          functions:\n  search_docs: {{ method: search_docs }}\n  delete_table: {{ method: delete_table }}\n\
          rules:\n  - {{ name: search, function: search_docs, action: allow }}\n\
-         \x20 - {{ name: no-drops, function: delete_table, action: deny }}\n",
+         \x20 - {{ name: no-drops, function: delete_table, action: deny }}\n\
+         \x20 - {{ name: the-rest, function: \"*\", action: allow }}\n",
         mcp.port
     );
     let refunds = format!(
@@ -1709,6 +1766,14 @@ fn bodies_are_read_in_the_charset_the_server_decodes() {
         assert!(!out.contains("deleted"), "{charset}: {out}");
         let out = post(&rest_url, charset, &big);
         assert!(out.ends_with(" 400"), "{charset}: {out}");
+    }
+    // The endpoint as Express routes it: in any case, with a trailing `/`. Decided as the
+    // undeclared `POST /MCP`, the catch-all allowed it and the SDK dropped the table.
+    let drop_it = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_table","arguments":{"table":"users"}}}"#;
+    for path in ["/MCP", "/mcp/", "/Mcp/"] {
+        let url = format!("http://127.0.0.1:{}{path}", mcp.port);
+        let out = post(&url, "", drop_it);
+        assert!(!out.contains("deleted"), "{path}: {out}");
     }
     // Labelled twice: readers differ on which label they take.
     let out = post(&rest_url, "; charset=utf-8; charset=utf-7", &big);

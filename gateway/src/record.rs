@@ -781,6 +781,18 @@ impl Recorder {
         answer: beside::Captured,
         spans: Option<&AnswerSpans>,
     ) {
+        // Bytes no text has (UTF-16 or UTF-32 of ASCII, compressed or binary data) hide
+        // values from the detectors, which read ASCII, and a reader of the record decodes
+        // them all the same: not kept, whatever the service masks.
+        let bytes = answer.bytes();
+        if crate::obligations::mask::not_text(bytes) || std::str::from_utf8(bytes).is_err() {
+            rec.response = Some(RawJson::string(&format!(
+                "[{} bytes not recorded: not UTF-8 text (UTF-16, compressed or binary data), \
+                 which the detectors cannot read]",
+                bytes.len()
+            )));
+            return;
+        }
         let answer = match spans {
             Some(spans) => {
                 rec.response_masked = true;

@@ -229,7 +229,25 @@ fn every_argument_operator() {
         ("args: { a: { ne: false } }", json!({"a": "no"}), false),
         ("args: { a: { ne: true } }", json!({"a": 1}), false),
         ("args: { a: { ne: true } }", json!({"a": "On"}), false),
-        ("args: { a: { ne: true } }", json!({"a": "maybe"}), true),
+        // Any text but `""` is true to JavaScript's and Python's `if`, every value but `nil`
+        // to Ruby's: `"maybe"` and `"false"` may be true; `null` is false to all.
+        ("args: { a: { ne: true } }", json!({"a": "maybe"}), false),
+        ("args: { a: { ne: true } }", json!({"a": "false"}), false),
+        ("args: { a: { ne: true } }", json!({"a": [false]}), false),
+        ("args: { a: { ne: true } }", json!({"a": null}), true),
+        ("args: { a: { eq: false } }", json!({"a": "x"}), false),
+        // A list of one text is that text to JavaScript's `String()` and property keys.
+        (
+            "args: { a: { ne: mallory } }",
+            json!({"a": ["mallory"]}),
+            false,
+        ),
+        (
+            "args: { a: { not_in: [mallory] } }",
+            json!({"a": [["mallory"]]}),
+            false,
+        ),
+        ("args: { a: { ne: mallory } }", json!({"a": ["bob"]}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 2}), true),
         ("when: \"args.a + 1 == 3\"", json!({"a": 5}), false),
         (
@@ -1576,12 +1594,12 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
             .map(|e| e.code())
     };
     // A message off the endpoint is refused, whatever a rule for every function would say
-    // of `POST /mcp/` (Starlette's mount serves it, Express routes it as `/mcp`); the first
-    // value of a body is what a Go decoder reads.
+    // of `POST /mcp/x` (Starlette's mount serves it); the first value of a body is what a Go
+    // decoder reads.
     let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
     for (path, body) in [
-        ("/mcp/", &call[..]),
-        ("/MCP", &call[..]),
+        ("/mcp/x", &call[..]),
+        ("/mcpx", &call[..]),
         ("/mcp;x", &ping[..]),
         ("/v1/refund", br#"{"id":1,"result":null,"Method":"x"}"#),
         ("/v1/refund", br#"[{"method":"x"}]"#),
@@ -1593,12 +1611,18 @@ fn rpc_services_are_spoken_on_their_endpoint_only() {
         one("POST", "/mcp", Some(ping)),
         ("ping".into(), Role::Session, false)
     );
+    // The endpoint in another case or with a trailing `/` is the endpoint: Express routes
+    // both there.
+    for path in ["/mcp/", "/MCP", "/Mcp/"] {
+        assert_eq!(one("POST", path, Some(ping)).1, Role::Session, "{path}");
+        assert_eq!(one("POST", path, Some(call)).0, "x", "{path}");
+    }
     assert_eq!(one("GET", "/mcp", None).1, Role::Session);
     assert_eq!(one("DELETE", "/mcp?x=1", None).1, Role::Session);
     let refund = br#"{"amount":5000}"#;
     for (method, path, body) in [
         ("POST", "/v1/refund", Some(&refund[..])),
-        ("POST", "/mcp/", Some(&refund[..])),
+        ("POST", "/mcp/x", Some(&refund[..])),
         ("POST", "/%6dcp", Some(&b"amount=5"[..])),
         ("GET", "/v1/customers", None),
         ("DELETE", "/v1/items/42", None),

@@ -3,7 +3,8 @@
 // services on one port, each logging what it ran as a JSON line to the log (argv[3]):
 // - /mcp: the official MCP TypeScript SDK's own Express app (`createMcpExpressApp`, stateless
 //   Streamable HTTP, JSON answers), tools `search_docs` and `delete_table`;
-// - POST /v1/refunds: a REST route reading `amount` from the JSON body.
+// - POST /v1/refunds: a REST route reading `amount` from the JSON body;
+// - POST /v1/close: tests `force` for its truth and looks `to` up as a property key.
 //
 // node express_bodies.mjs PORT LOG
 import { appendFileSync } from 'node:fs';
@@ -49,5 +50,13 @@ app.post('/mcp', async (req, res) => {
 app.post('/v1/refunds', express.json(), (req, res) => {
   ran({ ran: 'refund', amount: req.body.amount });
   res.json({ refunded: req.body.amount });
+});
+// As handlers test a flag and look an account up: `if (force)` and `accounts[to]`.
+const accounts = { alice: 0, mallory: 0 };
+app.post('/v1/close', express.json(), (req, res) => {
+  const { force, to } = req.body;
+  if (force) ran({ ran: 'force_close' });
+  if (to in accounts) ran({ ran: 'pay', to: `${to}` });
+  res.json({ ok: true });
 });
 app.listen(port, '127.0.0.1', () => console.log('listening', port));

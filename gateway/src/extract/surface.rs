@@ -82,9 +82,19 @@ impl Surface {
         }
     }
 
-    /// Is `path` where the service speaks its protocol (JSON-RPC, MCP)?
+    /// Is `path` where the service speaks its protocol (JSON-RPC, MCP)? In any case and with
+    /// or without one trailing `/`: Express (and so the MCP TypeScript SDK's Express app)
+    /// routes `/MCP` and `/mcp/` to `app.post('/mcp')`, and such a request decided as the
+    /// undeclared `POST /MCP` ran a denied tool under a rule that allows the rest.
     pub fn is_endpoint(&self, path: &str) -> bool {
-        self.endpoint.is_empty() || self.endpoint.iter().any(|e| e == path)
+        fn trim(p: &str) -> &str {
+            p.strip_suffix('/').filter(|t| !t.is_empty()).unwrap_or(p)
+        }
+        self.endpoint.is_empty()
+            || self
+                .endpoint
+                .iter()
+                .any(|e| e == path || trim(e).eq_ignore_ascii_case(trim(path)))
     }
 
     /// Adds a function named by `method` (a JSON-RPC method, MCP tool or gRPC path) and,

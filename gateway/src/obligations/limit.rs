@@ -214,6 +214,9 @@ fn key(rule: &str, per: &[KeyPart], s: &Subject<'_>) -> Result<String, String> {
     use std::fmt::Write;
     let w = s.caller.workload.as_ref();
     let mut k = String::with_capacity(64);
+    // Rules are named per service: two services' `balance` rules count apart.
+    k.push_str(s.service);
+    k.push('\u{1f}');
     k.push_str(rule);
     for p in per {
         k.push('\u{1f}');
@@ -631,6 +634,13 @@ mod tests {
             "refilled one"
         );
         assert!(lim.check_at(Some(&l), None, &s(&a), later, 0).is_err());
+        // Another service's rule of the same name counts apart (a caller of one service
+        // used up another's quota).
+        let other = Subject {
+            service: "t",
+            ..s(&a)
+        };
+        assert!(lim.check_at(Some(&l), None, &other, later, 0).is_ok());
     }
 
     #[test]

@@ -574,18 +574,24 @@ fn json_eq(a: &Json, b: &Json) -> Option<bool> {
             Some(x) if Reading::of_value(other).may_be(x) => None,
             _ => Some(false),
         },
+        // `["mallory"]` is `"mallory"` to JavaScript's `String()`, a template or a property
+        // key (`accounts[p.to]`); a list of one number is that number to `Number`.
         (Json::String(t), other @ (Json::Array(_) | Json::Null))
         | (other @ (Json::Array(_) | Json::Null), Json::String(t)) => {
+            if matches!(other, Json::Array(_)) && js_string(other) == *t {
+                return None;
+            }
             match Reading::of(t).plain() {
                 Some(x) if Reading::of_value(other).may_be(x) => None,
                 _ => Some(false),
             }
         }
-        // A boolean and text or a number a coercing server reads as it (`"false"`, and to
-        // pydantic `"no"`, `"off"`, `"0"`, `0`): one to that server, another to a strict one.
-        (Json::Bool(v), other @ (Json::String(_) | Json::Number(_)))
-        | (other @ (Json::String(_) | Json::Number(_)), Json::Bool(v)) => {
-            (as_bool(other) != Some(*v)).then_some(false)
+        // A boolean and any other value a server may read as it: a coercing one (pydantic's
+        // `"no"`, `"off"`, `"0"`, `0`) or one that tests its truth (`if (p.force)`: JavaScript
+        // and Python take `"false"` and `2` as true, Ruby everything but `nil`): one to that
+        // server, another to a strict one.
+        (Json::Bool(v), other) | (other, Json::Bool(v)) if !other.is_boolean() => {
+            (!may_be_bool(other, *v)).then_some(false)
         }
         _ => Some(a == b),
     }
@@ -604,6 +610,35 @@ fn may_be_plain(s: &str) -> bool {
                 || !b.is_ascii()
                 || matches!(b, b'+' | b'-' | b'.' | b'i' | b'I' | b'n' | b'N')
         })
+}
+
+/// Whether some server reads `v` (not a boolean) as `want`: coerced by a lenient one
+/// ([`as_bool`]), or tested for its truth by JavaScript, Python, PHP or Ruby.
+fn may_be_bool(v: &Json, want: bool) -> bool {
+    if as_bool(v) == Some(want) {
+        return true;
+    }
+    let truths: &[bool] = match v {
+        Json::Null => &[false],
+        // Ruby: every number, string, list and object is true.
+        Json::Number(n) => &[n.as_f64().is_some_and(|x| x != 0.0), true],
+        Json::String(s) => &[!s.is_empty(), !(s.is_empty() || s == "0"), true],
+        Json::Array(a) => &[!a.is_empty(), true],
+        Json::Object(o) => &[!o.is_empty(), true],
+        Json::Bool(b) => return *b == want,
+    };
+    truths.contains(&want)
+}
+
+/// `v` as JavaScript's `String()` writes it (a list's items joined by `,`, `null` as empty).
+fn js_string(v: &Json) -> String {
+    match v {
+        Json::Null => String::new(),
+        Json::String(s) => s.clone(),
+        Json::Array(a) => a.iter().map(js_string).collect::<Vec<_>>().join(","),
+        Json::Object(_) => "[object Object]".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The boolean a lenient server (pydantic's lax mode, most form binders) reads `v` as.

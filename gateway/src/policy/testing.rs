@@ -182,12 +182,14 @@ fn as_the_gateway_reads(
     let surface = &service.surface;
     let refused = |e: extract::ExtractError| format!("400 {}: {e}", e.code());
     extract::canonicalise(surface, &mut parts).map_err(refused)?;
-    let kind = match extract::kind_of(surface) {
+    let protocol = extract::kind_of(surface);
+    let kind = match protocol {
         k if extract::off_endpoint(k, surface, &parts) => Kind::Http,
         k => k,
     };
     let body = body.as_deref();
-    let extracted = extract::extract(kind, surface, &parts, body, false).map_err(refused)?;
+    // In the service's protocol, as the gateway asks: off the endpoint a message is refused.
+    let extracted = extract::extract(protocol, surface, &parts, body, false).map_err(refused)?;
     let (route, mut calls) = (extracted.route, extracted.calls);
     let [call] = <[Call; 1]>::try_from(std::mem::take(&mut calls)).map_err(|c| {
         format!(

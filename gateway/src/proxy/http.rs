@@ -425,7 +425,9 @@ impl Conn {
         // A JSON-RPC or MCP service's other paths: plain HTTP, decided and answered as such,
         // the body of a POST read all the same (a message there is refused).
         let off_endpoint = service.is_some_and(|s| extract::off_endpoint(kind, &s.surface, &parts));
-        let kind = if off_endpoint { Kind::Http } else { kind };
+        // Extraction is asked in the service's protocol: off the endpoint it reads the request
+        // as plain HTTP itself, and refuses a body that is a message.
+        let (protocol, kind) = (kind, if off_endpoint { Kind::Http } else { kind });
         let recording = recording.map(|mut r| {
             if off_endpoint {
                 r.rec.protocol = kind.as_str().into();
@@ -451,7 +453,7 @@ impl Conn {
         };
         let extracted = match service {
             Some(s) => extract::extract(
-                kind,
+                protocol,
                 &s.surface,
                 &parts,
                 held_body.as_deref(),

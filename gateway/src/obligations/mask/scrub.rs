@@ -46,7 +46,7 @@ impl Secrets {
                 let mut p = spellings(v.as_bytes());
                 for e in encodings(v.as_bytes()) {
                     p.push('|');
-                    p.push_str(&literal(&e));
+                    p.push_str(&e);
                 }
                 p
             })
@@ -139,51 +139,63 @@ pub fn token_tail(token: &str) -> &str {
         .map_or(token, |(i, _)| &token[i..])
 }
 
-/// The whole-value encodings an echo may give `secret`, each a literal: UTF-16 and UTF-32
-/// in either byte order (ASP.NET answers in UTF-16 when asked; a Windows API echoes its wide
-/// strings), hex in either case, and base64 in both alphabets (a Flask session cookie holds
-/// what a view stored in it as base64 JSON; Basic authorization echoes `user:secret` so) at
-/// each of its three alignments: of the base64 of any text around the secret, the characters
-/// that only the secret's bytes decide. Compressed or encrypted echoes are beyond any
+/// Patterns for the whole-value encodings an echo may give `secret`: UTF-16 and UTF-32 in
+/// either byte order (ASP.NET answers in UTF-16 when asked; a Windows API echoes its wide
+/// strings), its letters in either case there too; hex in either case; and base64 in both
+/// alphabets (a Flask session cookie holds what a view stored in it as base64 JSON; Basic
+/// authorization echoes `user:secret` so; .NET encodes UTF-16 so) at each of its three
+/// alignments, of the secret and of its UTF-16: of the base64 of any text around the secret,
+/// the characters that only the secret's bytes decide, with a line break allowed between any
+/// two (MIME wraps base64 at 76 columns). Compressed or encrypted echoes, and encodings made
+/// up for the purpose (base32, quoted-printable of every byte, ascii85), are beyond any
 /// scrubber.
-fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
+fn encodings(secret: &[u8]) -> Vec<String> {
     use base64::Engine as _;
-    let wide = |width: usize, big: bool| -> Vec<u8> {
-        secret
-            .iter()
-            .flat_map(|b| {
-                let mut unit = vec![0; width];
-                unit[if big { width - 1 } else { 0 }] = *b;
-                unit
-            })
-            .collect()
+    let one = |b: u8| {
+        if b.is_ascii_alphabetic() {
+            format!(
+                "[{}{}]",
+                b.to_ascii_lowercase() as char,
+                b.to_ascii_uppercase() as char
+            )
+        } else {
+            literal(&[b])
+        }
     };
-    let mut out = vec![wide(2, false), wide(2, true), wide(4, false), wide(4, true)];
+    let mut out = Vec::new();
+    for width in [2, 4] {
+        let pad = "\\x00".repeat(width - 1);
+        let little: String = secret.iter().map(|b| format!("{}{pad}", one(*b))).collect();
+        let big: String = secret.iter().map(|b| format!("{pad}{}", one(*b))).collect();
+        out.extend([little, big]);
+    }
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    out.push(hex.clone().into_bytes());
-    out.push(hex.to_ascii_uppercase().into_bytes());
+    out.push(format!("(?i:{hex})"));
     // Short secrets' cores are a few characters, found by chance in any base64: skipped.
     if secret.len() >= 6 {
-        for lead in 0..3 {
-            let mut buf = vec![0; lead];
-            buf.extend_from_slice(secret);
-            let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&buf);
-            // The first characters mix the unknown bytes before; a last partial group's last
-            // character the unknown bytes after.
-            let skip = [0, 2, 3][lead];
-            let end = enc.len() - usize::from(buf.len() % 3 != 0);
-            let core = &enc.as_bytes()[skip..end];
-            out.push(core.to_vec());
-            let url: Vec<u8> = core
-                .iter()
-                .map(|c| match c {
-                    b'+' => b'-',
-                    b'/' => b'_',
-                    c => *c,
-                })
-                .collect();
-            if url != core {
-                out.push(url);
+        let utf16: Vec<u8> = secret.iter().flat_map(|b| [*b, 0]).collect();
+        for text in [secret, &utf16[..]] {
+            for lead in 0..3 {
+                let mut buf = vec![0; lead];
+                buf.extend_from_slice(text);
+                let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&buf);
+                // The first characters mix the unknown bytes before; a last partial group's
+                // last character the unknown bytes after.
+                let skip = [0, 2, 3][lead];
+                let end = enc.len() - usize::from(buf.len() % 3 != 0);
+                let core = &enc.as_bytes()[skip..end];
+                let url: Vec<u8> = core
+                    .iter()
+                    .map(|c| match c {
+                        b'+' => b'-',
+                        b'/' => b'_',
+                        c => *c,
+                    })
+                    .collect();
+                out.push(wrapped(core));
+                if url != core {
+                    out.push(wrapped(&url));
+                }
             }
         }
     }
@@ -201,6 +213,15 @@ fn literal(bytes: &[u8]) -> String {
         }
     }
     p
+}
+
+/// `bytes` as a pattern that matches exactly them, with a line break allowed between any two.
+fn wrapped(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| literal(&[*b]))
+        .collect::<Vec<_>>()
+        .join("(?:\\r?\\n)?")
 }
 
 /// A pattern matching `secret` with each byte in any spelling an echo may give it: as is,
@@ -334,6 +355,26 @@ mod tests {
             utf32be,
             hex.into_bytes(),
             secret.to_ascii_uppercase().into_bytes(),
+            // MIME's base64, wrapped at 76 columns right inside the secret's characters.
+            {
+                let b = b64(&format!("{}{secret}", "p".repeat(44)));
+                let (head, tail) = b.split_at(62);
+                format!("{head}\r\n{tail}").into_bytes()
+            },
+            // UTF-16 of the upper-cased secret, and .NET's base64 of its UTF-16.
+            secret
+                .to_ascii_uppercase()
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+            base64::engine::general_purpose::STANDARD
+                .encode(
+                    secret
+                        .encode_utf16()
+                        .flat_map(u16::to_le_bytes)
+                        .collect::<Vec<u8>>(),
+                )
+                .into_bytes(),
         ] {
             let out = s.scrub(&echo);
             assert!(
