@@ -1342,7 +1342,8 @@ impl Fleet {
             .psql(
                 "callgate",
                 &format!(
-                    "SELECT coalesce(sum(count), 0) FROM callgate_quotas WHERE key LIKE '{rule}%'"
+                    "SELECT coalesce(sum(count), 0) FROM callgate_quotas \
+                     WHERE key LIKE '%' || chr(31) || '{rule}%'"
                 ),
             )
             .trim()
