@@ -537,11 +537,14 @@ fn a_container_enabled_by_its_id_is_governed_and_named_in_records() {
     let dir = TestDir::new("netns-ctr");
     let repo = policy_repo(&dir, REPO, &[("ns-upstream", &service(&[]))]);
     let gw = Gateway::start_with(&["--policies", &repo.display().to_string()]);
+    // Its first twelve characters (the short id) hold the pid: a scope another run left
+    // behind has another one.
     let id = format!(
-        "{:016x}{:016x}{:016x}{:016x}",
+        "{:08x}{:08x}{:016x}{:016x}{:016x}",
         std::process::id(),
+        Instant::now().elapsed().as_nanos() as u32 ^ 0x5eed,
         0xc0ffee_u64,
-        Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed,
+        0x5eed_u64,
         0xdecafbad_u64
     );
     let slice = cgroup_mount()
