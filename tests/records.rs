@@ -697,7 +697,10 @@ fn a_stop_closes_idle_keep_alive_and_h2_connections_at_once() {
     let python = party_python().display().to_string();
     std::thread::scope(|scope| {
         let held = scope.spawn(|| cg.run(&[&python, "-c", &client]));
-        let said = wait_for(Duration::from_secs(15), || fs::read_to_string(&ready).ok());
+        // The file exists before Python has written to it: wait for its words.
+        let said = wait_for(Duration::from_secs(15), || {
+            fs::read_to_string(&ready).ok().filter(|s| !s.is_empty())
+        });
         let said = said.unwrap_or_else(|| panic!("the client's calls: {}", gw.log()));
         assert_eq!(said, "200 200 HTTP/2", "{}", gw.log());
         let stopped = std::time::Instant::now();
